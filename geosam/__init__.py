@@ -1,0 +1,64 @@
+"""geosam: large GeoTIFF scenes to georeferenced vector objects with Segment Anything.
+
+Heavy modules (torch, transformers, geopandas) load on first use, so
+``import geosam`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from geosam.errors import (
+    BandError,
+    ConfigError,
+    ExportError,
+    GeosamError,
+    InvalidRasterError,
+    ModelLoadError,
+    NoCRSError,
+    PromptError,
+    PromptOutsideSceneError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "segment_scene": ("geosam.pipeline", "segment_scene"),
+    "SegmentConfig": ("geosam.config", "SegmentConfig"),
+    "Scene": ("geosam.io", "Scene"),
+    "ChipMasks": ("geosam.masks", "ChipMasks"),
+    "MaskGenerator": ("geosam.masks", "MaskGenerator"),
+    "SamMaskGenerator": ("geosam.amg", "SamMaskGenerator"),
+    "load_sam": ("geosam.model", "load_sam"),
+    "write_vector": ("geosam.export", "write_vector"),
+    "write_label_raster": ("geosam.export", "write_label_raster"),
+}
+
+__all__ = [
+    "BandError",
+    "ConfigError",
+    "ExportError",
+    "GeosamError",
+    "InvalidRasterError",
+    "ModelLoadError",
+    "NoCRSError",
+    "PromptError",
+    "PromptOutsideSceneError",
+    "__version__",
+    *list(_LAZY),
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("geosam.testing")
+    raise AttributeError(f"module 'geosam' has no attribute {name!r}")

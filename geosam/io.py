@@ -1,0 +1,292 @@
+"""Open, validate and read scenes in windows.
+
+The whole scene is never read into memory: pixels are read one chip window at
+a time, and scene-wide statistics (the percentile stretch) come from a
+decimated read of at most ``overview_max_px`` pixels per side, which GDAL
+serves from an overview when the file has one.
+
+Frames: windows are in scene pixel coordinates; a :class:`Chip` carries its
+:class:`~geosam.tiling.ChipSpec` (window, affine transform, CRS) with its pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from affine import Affine
+
+from geosam.errors import BandError, ConfigError, InvalidRasterError, NoCRSError
+from geosam.tiling import ChipSpec, PixelWindow, iter_chip_specs
+
+log = logging.getLogger(__name__)
+
+#: GDAL block cache used while geosam reads (bytes); bounded so that streaming stays small.
+GDAL_CACHEMAX_BYTES = 256 * 1024 * 1024
+
+
+def gdal_env():  # -> rasterio.Env
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+
+
+def scene_path(scene: Any) -> str:
+    """The path of a scene given as a path, a ``pathlib.Path`` or an open rasterio dataset."""
+    if isinstance(scene, (str, os.PathLike)):
+        return os.fspath(scene)
+    name = getattr(scene, "name", None)
+    if isinstance(name, str) and hasattr(scene, "read"):
+        return name
+    raise InvalidRasterError(
+        f"cannot use {type(scene).__name__!r} as a scene: give a file path or an open rasterio dataset"
+    )
+
+
+def open_raster(path: str):  # -> rasterio.DatasetReader
+    """Open a GDAL raster, turning failures into :class:`InvalidRasterError`."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    if "://" not in path and not path.startswith("/vsi") and not Path(path).exists():
+        raise InvalidRasterError(f"{path}: no such file")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InvalidRasterError(f"{path}: not a raster GDAL can read ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What geosam knows about a scene without reading its pixels."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    transform: Affine
+    crs_wkt: str
+    crs_name: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    colorinterp: tuple[str, ...]
+    res: tuple[float, float]
+    bounds: tuple[float, float, float, float]
+    is_geographic: bool
+
+    @classmethod
+    def from_dataset(cls, ds: Any) -> SceneInfo:
+        path = ds.name
+        if ds.crs is None:
+            raise NoCRSError(
+                f"{path}: the raster has no CRS, so its objects cannot be placed on a map; "
+                "assign one first (e.g. `gdal_edit.py -a_srs EPSG:XXXX`)"
+            )
+        if ds.transform == Affine.identity():
+            raise InvalidRasterError(f"{path}: the raster has no georeferencing (identity geotransform)")
+        if ds.transform.b != 0 or ds.transform.d != 0:
+            raise InvalidRasterError(
+                f"{path}: rotated or sheared geotransforms are not supported; warp the scene to a north-up grid first"
+            )
+        crs = ds.crs
+        name = crs.to_string() if crs.to_epsg() is not None else (crs.to_dict().get("proj", "custom") or "custom")
+        return cls(
+            path=path,
+            width=ds.width,
+            height=ds.height,
+            count=ds.count,
+            dtype=ds.dtypes[0],
+            transform=ds.transform,
+            crs_wkt=crs.to_wkt(),
+            crs_name=str(name),
+            nodata=ds.nodata,
+            descriptions=tuple(ds.descriptions),
+            colorinterp=tuple(ci.name for ci in ds.colorinterp),
+            res=ds.res,
+            bounds=tuple(ds.bounds),
+            is_geographic=bool(crs.is_geographic),
+        )
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """How pixels become the 3-channel uint8 image a model sees.
+
+    bands: 1-based band numbers for the model image (1 or 3 of them); None picks
+        red/green/blue by colour interpretation, else bands 1-3, else band 1.
+    fill_value: a pixel whose selected bands all equal this value (one number, or
+        one per selected band) is invalid, within ``fill_tolerance``.
+    stretch_percentiles: per-band (low, high) percentiles for non-uint8 data.
+    overview_max_px: longest side of the decimated read used for statistics.
+    """
+
+    bands: tuple[int, ...] | None = None
+    fill_value: tuple[float, ...] | None = None
+    fill_tolerance: float = 0.0
+    stretch_percentiles: tuple[float, float] = (2.0, 98.0)
+    overview_max_px: int = 1024
+
+
+@dataclass
+class Chip:
+    """Pixels of one chip with the georeferencing they belong to.
+
+    image: uint8 (H, W, 3), model-ready, invalid pixels set to 0.
+    valid: bool (H, W), False where nodata / masked / fill colour.
+    raw: the selected bands' original values (bands, H, W).
+    """
+
+    spec: ChipSpec
+    image: np.ndarray
+    valid: np.ndarray
+    raw: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+def default_bands(info: SceneInfo) -> tuple[int, ...]:
+    ci = [c.lower() for c in info.colorinterp]
+    if all(c in ci for c in ("red", "green", "blue")):
+        return (ci.index("red") + 1, ci.index("green") + 1, ci.index("blue") + 1)
+    if info.count >= 3:
+        return (1, 2, 3)
+    return (1,)
+
+
+def _check_bands(info: SceneInfo, bands: Sequence[int]) -> tuple[int, ...]:
+    bands = tuple(int(b) for b in bands)
+    if len(bands) not in (1, 3):
+        raise BandError(f"{info.path}: select 1 or 3 bands for the model image, got {list(bands)}")
+    for b in bands:
+        if b < 1 or b > info.count:
+            raise BandError(f"{info.path}: band {b} does not exist (the raster has bands 1..{info.count})")
+    return bands
+
+
+class Scene:
+    """An open scene: metadata, read settings and scene-wide stretch.
+
+    Holds one open rasterio dataset; use one ``Scene`` per thread.
+    """
+
+    def __init__(self, scene: Any, read: ReadConfig | None = None) -> None:
+        self.path = scene_path(scene)
+        self.read_config = read or ReadConfig()
+        self._env = gdal_env()
+        self._env.__enter__()
+        self.ds = open_raster(self.path)
+        try:
+            self.info = SceneInfo.from_dataset(self.ds)
+            rc = self.read_config
+            self.bands = _check_bands(self.info, rc.bands) if rc.bands else default_bands(self.info)
+            if rc.fill_value is not None and len(rc.fill_value) not in (1, len(self.bands)):
+                raise ConfigError(
+                    f"fill_value needs 1 or {len(self.bands)} numbers (one per selected band), got {list(rc.fill_value)}"
+                )
+            self.stretch = self._estimate_stretch()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------
+    def close(self) -> None:
+        if getattr(self, "ds", None) is not None:
+            self.ds.close()
+            self.ds = None
+        if getattr(self, "_env", None) is not None:
+            self._env.__exit__(None, None, None)
+            self._env = None
+
+    def __enter__(self) -> Scene:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- chips -------------------------------------------------------------
+    def chip_specs(self, chip_size_px: int, overlap_px: int) -> list[ChipSpec]:
+        i = self.info
+        return list(iter_chip_specs(self.path, i.width, i.height, i.transform, i.crs_wkt, chip_size_px, overlap_px))
+
+    def _valid_from(self, data: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        valid = np.all(masks != 0, axis=0)
+        if np.issubdtype(data.dtype, np.floating):
+            valid &= np.all(np.isfinite(data), axis=0)
+        fv = self.read_config.fill_value
+        if fv is not None:
+            fill = np.asarray(fv, dtype=np.float64).reshape(-1, 1, 1)
+            is_fill = np.all(np.abs(data.astype(np.float64) - fill) <= self.read_config.fill_tolerance, axis=0)
+            valid &= ~is_fill
+        return valid
+
+    def read_window(self, window: PixelWindow, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Selected bands (bands, H, W) and the valid mask (H, W) of a window."""
+        from rasterio.enums import Resampling
+
+        kw: dict[str, Any] = {"window": window.to_rasterio()}
+        if out_shape is not None:
+            kw["out_shape"] = (len(self.bands), *out_shape)
+            kw["resampling"] = Resampling.nearest
+        try:
+            data = self.ds.read(list(self.bands), **kw)
+            masks = self.ds.read_masks(list(self.bands), **kw)
+        except Exception as exc:  # rasterio raises several types for corrupt blocks
+            raise InvalidRasterError(f"{self.path}: cannot read window {window} ({exc})") from exc
+        return data, self._valid_from(data, masks)
+
+    def read_chip(self, spec: ChipSpec) -> Chip:
+        data, valid = self.read_window(spec.window)
+        return Chip(spec=spec, image=self.to_uint8(data, valid), valid=valid, raw=data)
+
+    # -- radiometry ----------------------------------------------------------
+    def _estimate_stretch(self) -> np.ndarray | None:
+        """Per-band (low, high) percentiles from a decimated read; None for uint8."""
+        if self.info.dtype == "uint8":
+            return None
+        i = self.info
+        scale = min(1.0, self.read_config.overview_max_px / max(i.width, i.height))
+        shape = (max(1, round(i.height * scale)), max(1, round(i.width * scale)))
+        data, valid = self.read_window(PixelWindow(0, 0, i.width, i.height), out_shape=shape)
+        lo_p, hi_p = self.read_config.stretch_percentiles
+        out = np.zeros((len(self.bands), 2), dtype=np.float64)
+        for k in range(len(self.bands)):
+            vals = data[k][valid]
+            if vals.size == 0:
+                log.warning("%s: band %d has no valid pixels in the overview; stretch 0..1", self.path, self.bands[k])
+                out[k] = (0.0, 1.0)
+                continue
+            lo, hi = np.percentile(vals.astype(np.float64), [lo_p, hi_p])
+            if hi <= lo:
+                hi = lo + 1.0
+            out[k] = (lo, hi)
+        log.debug("%s: stretch %s", self.path, out.tolist())
+        return out
+
+    def to_uint8(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(bands, H, W) raw values -> (H, W, 3) uint8 with invalid pixels at 0."""
+        if self.stretch is None:
+            img = data.astype(np.uint8, copy=False)
+        else:
+            lo = self.stretch[:, 0].reshape(-1, 1, 1)
+            hi = self.stretch[:, 1].reshape(-1, 1, 1)
+            f = (data.astype(np.float32) - lo.astype(np.float32)) / (hi - lo).astype(np.float32)
+            f = np.nan_to_num(f, nan=0.0, posinf=1.0, neginf=0.0)
+            img = np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = np.moveaxis(img, 0, -1)
+        if img.shape[-1] == 1:
+            img = np.repeat(img, 3, axis=-1)
+        img = np.ascontiguousarray(img)
+        img[~valid] = 0
+        return img

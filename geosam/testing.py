@@ -1,0 +1,198 @@
+"""Test helpers: an *oracle* mask generator that reads masks from a label raster.
+
+:class:`OracleMaskGenerator` implements :class:`geosam.masks.MaskGenerator`
+with perfect answers: for a chip it returns the objects of a known
+instance-label GeoTIFF inside the chip window. With it, tiling, stitching and
+export can be tested exactly, independent of model quality, and streaming
+benchmarks can run without a model.
+
+Frames: the label raster must be on the scene's pixel grid (same size,
+transform and CRS); chip windows are in scene pixel coordinates, masks in the
+chip's pixel frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from affine import Affine
+
+from geosam.errors import ConfigError, InvalidRasterError
+from geosam.masks import ChipMasks
+
+if TYPE_CHECKING:
+    from geosam.io import Chip
+    from geosam.tiling import ChipSpec
+
+log = logging.getLogger(__name__)
+
+#: Relative tolerance when comparing the label raster's transform with a chip's.
+TRANSFORM_RTOL = 1e-9
+
+
+def _open(path: str):  # -> rasterio.DatasetReader
+    from geosam.io import gdal_env, open_raster
+
+    with gdal_env():
+        return open_raster(path)
+
+
+def _transforms_match(a: Affine, b: Affine, rtol: float = TRANSFORM_RTOL) -> bool:
+    """Coefficient-wise equality within ``rtol`` (relative to the coefficient, or the pixel size for zeros)."""
+    scale = max(abs(a.a), abs(a.e), abs(a.b), abs(a.d))
+    return all(math.isclose(x, y, rel_tol=rtol, abs_tol=rtol * scale) for x, y in zip(a[:6], b[:6]))
+
+
+class OracleMaskGenerator:
+    """Masks straight from an instance-label GeoTIFF (0 = background, k > 0 = object k).
+
+    ``generate(chip)`` reads only ``chip.spec.window`` of the label raster and
+    returns one bool mask per label present in it, sorted by label, with
+    ``predicted_iou`` and ``stability_score`` of 1.0. Values <= 0 are
+    background; ``chip.valid`` is ignored (the oracle knows the truth). The labels of the last
+    call are in :attr:`last_labels`; :meth:`generate_with_labels` returns them
+    with the masks.
+
+    Picklable and cheap to ship to Dask workers: the pickled state is the path
+    and grid metadata; each process and thread opens its own dataset handle
+    lazily on first use.
+
+    Raises :class:`InvalidRasterError` at construction if the label raster
+    cannot be opened, has more than one band or a non-integer type, and
+    :class:`ConfigError` in ``generate`` if its grid differs from the chip's
+    scene.
+    """
+
+    name = "oracle"
+
+    def __init__(self, label_raster_path: str | os.PathLike[str]) -> None:
+        self.label_path = os.fspath(label_raster_path)
+        ds = _open(self.label_path)
+        try:
+            if ds.count != 1:
+                raise InvalidRasterError(
+                    f"{self.label_path}: an oracle label raster needs exactly 1 band, it has {ds.count}"
+                )
+            dtype = np.dtype(ds.dtypes[0])
+            if not np.issubdtype(dtype, np.integer):
+                raise InvalidRasterError(
+                    f"{self.label_path}: an oracle label raster needs an integer data type "
+                    f"(0 = background, k > 0 = object k), it has {dtype.name}"
+                )
+            self.width: int = ds.width
+            self.height: int = ds.height
+            self.transform: Affine = ds.transform
+            self.crs_wkt: str | None = ds.crs.to_wkt() if ds.crs is not None else None
+            self.dtype: str = dtype.name
+        finally:
+            ds.close()
+        self.last_labels: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._init_runtime()
+
+    # -- process / thread local state --------------------------------------
+    def _init_runtime(self) -> None:
+        self._local = threading.local()
+        self._crs_ok: dict[str, bool] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_local", None)
+        state.pop("_crs_ok", None)
+        state["last_labels"] = np.zeros(0, dtype=np.int64)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def _dataset(self):  # -> rasterio.DatasetReader
+        """This thread's open handle, reopened after a fork."""
+        ds = getattr(self._local, "ds", None)
+        if ds is None or ds.closed or getattr(self._local, "pid", None) != os.getpid():
+            self._local.ds = _open(self.label_path)
+            self._local.pid = os.getpid()
+        return self._local.ds
+
+    def close(self) -> None:
+        """Close this thread's dataset handle (it is reopened on the next call)."""
+        ds = getattr(self._local, "ds", None)
+        if ds is not None and getattr(self._local, "pid", None) == os.getpid():
+            ds.close()
+        self._local.ds = None
+
+    def __repr__(self) -> str:
+        return f"OracleMaskGenerator({self.label_path!r})"
+
+    # -- checks ----------------------------------------------------------------
+    def check_grid(self, spec: ChipSpec) -> None:
+        """Raise :class:`ConfigError` unless the label raster is on ``spec``'s scene grid."""
+        w = spec.window
+        expected = spec.transform
+        ours = self.transform @ Affine.translation(w.col_off, w.row_off)
+        problems = []
+        if (self.width, self.height) != (spec.scene_width, spec.scene_height):
+            problems.append(
+                f"size {self.width} x {self.height} px vs. {spec.scene_width} x {spec.scene_height} px"
+            )
+        if not _transforms_match(ours, expected):
+            scene_t = expected @ Affine.translation(-w.col_off, -w.row_off)
+            problems.append(f"transform {tuple(self.transform)[:6]} vs. {tuple(scene_t)[:6]}")
+        if self.crs_wkt is not None and spec.crs_wkt and not self._same_crs(spec.crs_wkt):
+            problems.append("different CRS")
+        if problems:
+            raise ConfigError(
+                f"oracle label raster {self.label_path} is not on the grid of scene {spec.path}: "
+                + "; ".join(problems)
+                + ". Give a label raster with the scene's size, transform and CRS."
+            )
+
+    def _same_crs(self, crs_wkt: str) -> bool:
+        ok = self._crs_ok.get(crs_wkt)
+        if ok is None:
+            from rasterio.crs import CRS
+
+            ok = crs_wkt == self.crs_wkt or CRS.from_wkt(crs_wkt) == CRS.from_wkt(self.crs_wkt or "")
+            self._crs_ok[crs_wkt] = ok
+        return ok
+
+    # -- the generator -----------------------------------------------------------
+    def read_labels(self, spec: ChipSpec) -> np.ndarray:
+        """The label raster inside ``spec.window`` (H, W), in its own integer type."""
+        from geosam.io import gdal_env
+
+        self.check_grid(spec)
+        try:
+            with gdal_env():  # geosam's bounded GDAL block cache
+                return self._dataset().read(1, window=spec.window.to_rasterio())
+        except Exception as exc:  # rasterio raises several types for corrupt blocks
+            raise InvalidRasterError(f"{self.label_path}: cannot read window {spec.window} ({exc})") from exc
+
+    def generate_with_labels(self, chip: Chip) -> tuple[ChipMasks, np.ndarray]:
+        """Masks of the objects in ``chip`` and their labels (int64, ascending)."""
+        lab = self.read_labels(chip.spec)
+        h, w = lab.shape
+        flat = lab.ravel()
+        fg = np.flatnonzero(flat > 0)
+        labels, index = np.unique(flat[fg], return_inverse=True)
+        labels = labels.astype(np.int64)
+        self.last_labels = labels
+        if labels.size == 0:
+            return ChipMasks.empty(h, w), labels
+        # one pass over the foreground pixels instead of one comparison per label
+        masks = np.zeros((labels.size, h * w), dtype=bool)
+        masks[index.ravel(), fg] = True
+        masks = masks.reshape(labels.size, h, w)
+        ones = np.ones(labels.size, dtype=np.float32)
+        return ChipMasks(masks, ones, ones.copy()), labels
+
+    def generate(self, chip: Chip) -> ChipMasks:
+        """Masks of the objects in ``chip``, sorted by label (see :attr:`last_labels`)."""
+        return self.generate_with_labels(chip)[0]
+
+
+__all__ = ["TRANSFORM_RTOL", "OracleMaskGenerator"]

@@ -1,0 +1,13 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests._tiny_sam import build_tiny_sam
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random-weight SAM checkpoint directory (model + processor)."""
+    return build_tiny_sam(tmp_path_factory.mktemp("tiny_sam"))

@@ -1,0 +1,386 @@
+"""Segment-everything: SAM's helpers with exact expectations, and generate() end to end.
+
+Two kinds of decoder are used: the tiny random-weight SAM (plumbing: shapes,
+valid pixels, stats) and a geometric fake decoder whose three masks per point
+are discs of known radius around the prompt, so that filtering, NMS and the
+frame conversions can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from affine import Affine
+
+from geosam import amg
+from geosam.amg import (
+    SamMaskGenerator,
+    batched_mask_to_box,
+    batched_nms,
+    box_iou,
+    build_point_grid,
+    calculate_stability_score,
+    nms,
+    remove_small_regions,
+)
+from geosam.errors import ConfigError
+from geosam.io import Chip
+from geosam.masks import ChipMasks, MaskGenerator
+from geosam.model import SamBundle, load_sam
+from geosam.tiling import ChipSpec, PixelWindow
+
+CRS_WKT = None  # filled lazily: rasterio is only needed for the CRS text
+
+
+def make_chip(height: int, width: int, valid: np.ndarray | None = None, seed: int = 0) -> Chip:
+    """A random-pixel chip at the scene origin (UTM 33N, 1 m pixels)."""
+    global CRS_WKT
+    if CRS_WKT is None:
+        from rasterio.crs import CRS
+
+        CRS_WKT = CRS.from_epsg(32633).to_wkt()
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if valid is None:
+        valid = np.ones((height, width), dtype=bool)
+    image[~valid] = 0
+    win = PixelWindow(0, 0, width, height)
+    spec = ChipSpec(
+        path="synthetic.tif",
+        row=0,
+        col=0,
+        window=win,
+        core=win,
+        scene_width=width,
+        scene_height=height,
+        transform=Affine.translation(500000.0, 4000000.0) @ Affine.scale(1.0, -1.0),
+        crs_wkt=CRS_WKT,
+    )
+    return Chip(spec=spec, image=image, valid=valid)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_sam_dir: str) -> SamBundle:
+    return load_sam(tiny_sam_dir, device="cpu")
+
+
+# -- pure helpers -----------------------------------------------------------------
+
+
+def test_build_point_grid() -> None:
+    g = build_point_grid(2)
+    assert g.tolist() == [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
+    g4 = build_point_grid(4)
+    assert g4.shape == (16, 2)
+    assert g4[:4, 0].tolist() == [0.125, 0.375, 0.625, 0.875]
+    assert g4[::4, 1].tolist() == [0.125, 0.375, 0.625, 0.875]
+    assert build_point_grid(1).tolist() == [[0.5, 0.5]]
+    with pytest.raises(ConfigError):
+        build_point_grid(0)
+
+
+def test_calculate_stability_score() -> None:
+    logits = torch.full((3, 10, 10), -5.0)
+    logits[0, :4, :] = 5.0  # 40 px well above threshold + offset
+    logits[0, 4:6, :] = 0.5  # 20 px only above threshold - offset
+    logits[1, :5, :] = 5.0  # crisp: stable
+    # mask 2: all below threshold - offset -> empty loose mask -> 0
+    s = calculate_stability_score(logits, 0.0, 1.0)
+    assert s.tolist() == pytest.approx([40 / 60, 1.0, 0.0])
+    # offset 0.25: the 0.5 band lies above both 0.25 and -0.25 -> stable
+    assert calculate_stability_score(logits[:1], 0.0, 0.25).tolist() == pytest.approx([1.0])
+    # threshold 0.4: the band (-0.6, 1.4) again splits 40 px (5.0) from 60 px (5.0 and 0.5)
+    assert calculate_stability_score(logits[:1], 0.4, 1.0).tolist() == pytest.approx([40 / 60])
+
+
+def test_batched_mask_to_box() -> None:
+    masks = torch.zeros((2, 3, 8, 10), dtype=torch.bool)
+    masks[0, 0, 2:5, 3:7] = True
+    masks[0, 1, 7, 9] = True
+    masks[1, 0, 0, 0] = True
+    masks[1, 0, 6, 2] = True
+    boxes = batched_mask_to_box(masks)
+    assert boxes.shape == (2, 3, 4)
+    assert boxes[0, 0].tolist() == [3, 2, 6, 4]
+    assert boxes[0, 1].tolist() == [9, 7, 9, 7]
+    assert boxes[0, 2].tolist() == [0, 0, 0, 0]  # empty
+    assert boxes[1, 0].tolist() == [0, 0, 2, 6]
+    assert batched_mask_to_box(torch.zeros((0, 5, 5), dtype=torch.bool)).shape == (0, 4)
+
+
+def test_box_iou() -> None:
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0], [3.0, 3.0, 3.0, 3.0]])
+    assert box_iou(a, b)[0].tolist() == pytest.approx([1.0, 50 / 150, 0.0, 0.0])
+    assert box_iou(b[3:], b[3:]).tolist() == [[0.0]]  # degenerate: no NaN
+
+
+def test_nms_on_hand_made_boxes() -> None:
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # 0
+            [1.0, 0.0, 11.0, 10.0],  # 1: IoU 0.818 with 0
+            [5.0, 0.0, 15.0, 10.0],  # 2: IoU 1/3 with 0, 0.4286 with 1
+            [20.0, 20.0, 30.0, 30.0],  # 3: alone
+            [20.0, 20.0, 30.0, 30.0],  # 4: duplicate of 3
+        ]
+    )
+    scores = torch.tensor([0.8, 0.9, 0.7, 0.5, 0.6])
+    assert nms(boxes, scores, 0.7).tolist() == [1, 2, 4]
+    assert nms(boxes, scores, 0.3).tolist() == [1, 4]
+    assert nms(boxes, scores, 0.85).tolist() == [1, 0, 2, 4]
+    # ties keep input order
+    assert nms(boxes[3:], torch.tensor([0.5, 0.5]), 0.7).tolist() == [0]
+    assert nms(torch.zeros((0, 4)), torch.zeros(0), 0.5).tolist() == []
+    # categories never suppress each other
+    assert sorted(batched_nms(boxes, scores, torch.tensor([0, 1, 0, 0, 1]), 0.7).tolist()) == [0, 1, 2, 3, 4]
+    assert batched_nms(boxes, scores, torch.zeros(5, dtype=torch.int64), 0.7).tolist() == [1, 2, 4]
+
+
+def test_remove_small_regions() -> None:
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[2:12, 2:12] = True  # 100 px island
+    mask[4, 4] = False  # 1 px hole
+    mask[8:10, 8:10] = False  # 4 px hole
+    mask[15:17, 15:17] = True  # 4 px island
+    mask[0, 19] = True  # 1 px island
+
+    no_islands, changed = remove_small_regions(mask, 5, "islands")
+    assert changed
+    assert no_islands.sum() == mask.sum() - 5
+    assert not no_islands[15:17, 15:17].any() and not no_islands[0, 19]
+
+    filled, changed = remove_small_regions(mask, 5, "holes")
+    assert changed
+    assert filled[2:12, 2:12].all()
+    assert filled.sum() == mask.sum() + 5
+
+    only_big_hole, changed = remove_small_regions(mask, 2, "holes")
+    assert changed and only_big_hole[4, 4] and not only_big_hole[8:10, 8:10].any()
+
+    same, changed = remove_small_regions(mask, 1, "islands")
+    assert not changed and np.array_equal(same, mask)
+
+    # every island small: the largest survives
+    tiny = np.zeros((10, 10), dtype=bool)
+    tiny[0:2, 0:2] = True
+    tiny[8, 8] = True
+    kept, changed = remove_small_regions(tiny, 50, "islands")
+    assert changed and kept.sum() == 4 and kept[0:2, 0:2].all()
+
+    # 8-connectivity: diagonal pixels form one region
+    diag = np.eye(6, dtype=bool)
+    kept, changed = remove_small_regions(diag, 6, "islands")
+    assert not changed
+    with pytest.raises(ValueError):
+        remove_small_regions(mask, 5, "blobs")
+
+
+# -- parameters ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"points_per_side": 0},
+        {"points_per_side": 2.5},
+        {"points_per_batch": 0},
+        {"pred_iou_thresh": 1.5},
+        {"stability_score_thresh": -0.1},
+        {"box_nms_thresh": 0.0},
+        {"stability_score_offset": 0.0},
+        {"min_mask_region_area": -1},
+        {"min_mask_region_area": 2.5},
+        {"mask_threshold": float("nan")},
+    ],
+)
+def test_bad_parameters(bundle: SamBundle, kwargs) -> None:
+    with pytest.raises(ConfigError):
+        SamMaskGenerator(bundle, **kwargs)
+
+
+def test_generator_protocol_and_name(bundle: SamBundle, tiny_sam_dir: str) -> None:
+    g = SamMaskGenerator(bundle)
+    assert isinstance(g, MaskGenerator)
+    assert g.name == tiny_sam_dir
+    g2 = SamMaskGenerator(tiny_sam_dir, device="cpu", points_per_side=4)
+    assert g2.name == tiny_sam_dir and g2.bundle is bundle
+    clone = pickle.loads(pickle.dumps(g2))  # the model is reloaded (from the cache), not pickled
+    assert clone.bundle is bundle and clone.points_per_side == 4
+
+
+# -- generate with the tiny random-weight model ------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (400, 600)])
+def test_generate_tiny_model(bundle: SamBundle, shape) -> None:
+    h, w = shape
+    g = SamMaskGenerator(bundle, points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    out = g.generate(make_chip(h, w))
+    assert isinstance(out, ChipMasks)
+    assert out.masks.shape[1:] == (h, w) and out.masks.dtype == bool
+    assert len(out) >= 1
+    assert out.predicted_iou.shape == out.stability_score.shape == (len(out),)
+    assert out.masks.reshape(len(out), -1).any(axis=1).all()  # no empty masks
+    st = g.last_stats
+    assert st["points_total"] == st["points_decoded"] == 36
+    assert st["masks_decoded"] == 108
+    assert st["masks_kept"] == len(out)
+
+
+def test_generate_tiny_model_respects_invalid_pixels(bundle: SamBundle) -> None:
+    h, w = 400, 600
+    valid = np.ones((h, w), dtype=bool)
+    valid[:, 300:] = False  # right half is nodata
+    valid[:50, :] = False
+    g = SamMaskGenerator(bundle, points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=30)
+    out = g.generate(make_chip(h, w, valid))
+    assert len(out) >= 1
+    assert not out.masks[:, ~valid].any()
+    assert (out.masks.sum(axis=(1, 2)) >= 30).all()
+    # grid x = 50, 150, 250 | 350, 450, 550 and y = 33.3 (invalid), 100, ...: 3 x 5 points decoded
+    assert g.last_stats["points_total"] == 36
+    assert g.last_stats["points_decoded"] == 15
+
+
+def test_invalid_only_chip_is_empty_without_decoding(bundle: SamBundle, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("nothing should be encoded or decoded")
+
+    monkeypatch.setattr(amg, "encode", boom)
+    monkeypatch.setattr(amg, "decode_points", boom)
+    g = SamMaskGenerator(bundle, points_per_side=4)
+    out = g.generate(make_chip(100, 120, np.zeros((100, 120), dtype=bool)))
+    assert len(out) == 0 and out.masks.shape == (0, 100, 120)
+    assert g.last_stats["points_decoded"] == 0
+    # valid pixels exist but no grid point falls on them
+    valid = np.zeros((100, 120), dtype=bool)
+    valid[0:5, 0:5] = True
+    out = g.generate(make_chip(100, 120, valid))
+    assert len(out) == 0 and g.last_stats["points_total"] == 16 and g.last_stats["points_decoded"] == 0
+
+
+# -- generate with a geometric fake decoder --------------------------------------------------
+
+#: Per point: three discs of these radii (low-res pixels) with these predicted IoUs.
+RADII = (10.0, 11.0, 40.0)
+IOUS = (0.90, 0.95, 0.85)
+
+
+def fake_decode_points(bundle, image_embeddings, points, labels=None, multimask=True):
+    """Logits = radius - distance to the prompt, in low-res pixels; a disc per radius."""
+    lr, s = bundle.low_res_size, bundle.input_size
+    pts = torch.as_tensor(points, dtype=torch.float32) * (lr / s)
+    centres = torch.arange(lr, dtype=torch.float32) + 0.5
+    dx = centres[None, None, :] - pts[:, 0, None, None]
+    dy = centres[None, :, None] - pts[:, 1, None, None]
+    dist = torch.sqrt(dx**2 + dy**2)  # (N, lr, lr)
+    logits = torch.stack([r - dist for r in RADII], dim=1)
+    iou = torch.tensor(IOUS).repeat(pts.shape[0], 1)
+    return logits, iou
+
+
+@pytest.fixture
+def fake_decoder(monkeypatch):
+    monkeypatch.setattr(amg, "decode_points", fake_decode_points)
+
+
+def _centroids(masks: np.ndarray) -> np.ndarray:
+    out = []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        out.append((xs.mean() + 0.5, ys.mean() + 0.5))
+    return np.array(out)
+
+
+def test_fake_decoder_nms_keeps_expected_masks(bundle: SamBundle, fake_decoder) -> None:
+    # 256 x 256 chip: 1 low-res px = 1 chip px; grid spacing 64 px
+    g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.7)
+    out = g.generate(make_chip(256, 256))
+    # per point the r=10 disc loses to the r=11 disc (box IoU 0.83 > 0.7); r=11 and r=40 survive
+    assert len(out) == 32
+    assert g.last_stats["masks_after_filter"] == 48 and g.last_stats["masks_after_nms"] == 32
+    assert np.allclose(np.sort(out.predicted_iou), [0.85] * 16 + [0.95] * 16)
+    small = out.masks[out.predicted_iou > 0.9]
+    areas = small.sum(axis=(1, 2))
+    assert np.allclose(areas, np.pi * 11**2, rtol=0.1)
+    # the masks sit on the grid points (chip frame)
+    grid = build_point_grid(4) * 256
+    cents = _centroids(small)
+    for c in cents:
+        assert np.min(np.hypot(*(grid - c).T)) < 1.0
+    # no pair left above the NMS threshold
+    boxes = batched_mask_to_box(torch.from_numpy(out.masks))
+    iou = box_iou(boxes, boxes) - torch.eye(len(out))
+    assert float(iou.max()) <= 0.7
+
+
+def test_fake_decoder_thresholds(bundle: SamBundle, fake_decoder) -> None:
+    g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.9, stability_score_thresh=0.0)
+    out = g.generate(make_chip(256, 256))
+    assert len(out) == 16 and np.allclose(out.predicted_iou, 0.95)  # 0.90 is not > 0.9
+    # stability of a disc with unit logit slope: ((r - 1) / (r + 1))^2 -> 0.67, 0.69, 0.90
+    g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.8)
+    out = g.generate(make_chip(256, 256))
+    assert len(out) == 16 and np.allclose(out.predicted_iou, 0.85)
+    # discs clipped by the chip edge are a little more stable
+    assert (out.stability_score >= (39 / 41) ** 2 - 0.01).all() and (out.stability_score < 0.95).all()
+
+
+def test_fake_decoder_frames_on_non_square_chip(bundle: SamBundle, fake_decoder) -> None:
+    h, w = 400, 600
+    g = SamMaskGenerator(bundle, points_per_side=3, pred_iou_thresh=0.9, stability_score_thresh=0.0)
+    out = g.generate(make_chip(h, w))
+    assert out.masks.shape == (9, h, w)
+    # r = 11 low-res px = 11 * 4 * 600 / 1024 chip px
+    r_chip = 11 * 4 * w / 1024
+    assert np.allclose(out.masks.sum(axis=(1, 2)), np.pi * r_chip**2, rtol=0.05)
+    grid = build_point_grid(3) * np.array([w, h])
+    cents = _centroids(out.masks)
+    for p in grid:
+        assert np.min(np.hypot(*(cents - p).T)) < 1.0
+
+
+def test_fake_decoder_invalid_pixels(bundle: SamBundle, fake_decoder) -> None:
+    valid = np.ones((256, 256), dtype=bool)
+    valid[:, 128:] = False
+    g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    out = g.generate(make_chip(256, 256, valid))
+    assert g.last_stats["points_decoded"] == 8
+    assert len(out) == 16  # r=11 and r=40 per decoded point
+    assert not out.masks[:, ~valid].any()
+    # r=40 discs around x = 96 reach past x = 128 but were cut at the valid edge
+    big = out.masks[out.predicted_iou < 0.9]
+    assert big[:, :, 127].any()
+
+
+def test_filtering_happens_before_upsampling(bundle: SamBundle, fake_decoder, monkeypatch) -> None:
+    upsampled: list[int] = []
+    real = amg.upsample_logits
+
+    def spy(logits, *args, **kwargs):
+        upsampled.append(int(logits.shape[0]))
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(amg, "upsample_logits", spy)
+    g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.99, stability_score_thresh=0.0)
+    out = g.generate(make_chip(256, 256))
+    assert len(out) == 0 and upsampled == []
+    assert g.last_stats["masks_decoded"] == 48 and g.last_stats["masks_after_filter"] == 0
+
+    g = SamMaskGenerator(bundle, points_per_side=4, points_per_batch=5, pred_iou_thresh=0.9, stability_score_thresh=0.0)
+    g.generate(make_chip(256, 256))
+    assert sum(upsampled) == 16  # only the survivors, never the 48 decoded masks
+    assert max(upsampled) <= amg.UPSAMPLE_CHUNK
+
+
+def test_min_mask_region_area_drops_small_masks(bundle: SamBundle, fake_decoder) -> None:
+    g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=500)
+    out = g.generate(make_chip(256, 256))
+    # r=11 discs (~380 px) are islands below 500 px: with nothing else in the mask the largest
+    # island is kept, so they survive the clean-up but are then dropped by area
+    assert len(out) == 16
+    assert (out.masks.sum(axis=(1, 2)) >= 500).all()
