@@ -303,7 +303,8 @@ class SamMaskGenerator:
         if not valid.any():
             return ChipMasks.empty(h, w)
 
-        points = self.grid_points(h, w, valid)
+        region = chip.prompt_region() if hasattr(chip, "prompt_region") else valid
+        points = self.grid_points(h, w, region)
         stats["points_decoded"] = int(points.shape[0])
         if points.shape[0] == 0:
             return ChipMasks.empty(h, w)

@@ -140,12 +140,19 @@ class Chip:
     image: uint8 (H, W, 3), model-ready, invalid pixels set to 0.
     valid: bool (H, W), False where nodata / masked / fill colour.
     raw: the selected bands' original values (bands, H, W).
+    prompt_mask: optional bool (H, W): where prompts may be placed (e.g. a
+        vegetation prefilter); None means everywhere valid.
     """
 
     spec: ChipSpec
     image: np.ndarray
     valid: np.ndarray
     raw: np.ndarray | None = field(default=None, repr=False)
+    prompt_mask: np.ndarray | None = field(default=None, repr=False)
+
+    def prompt_region(self) -> np.ndarray:
+        """Pixels where prompts may go: valid and, if set, inside ``prompt_mask``."""
+        return self.valid if self.prompt_mask is None else (self.valid & self.prompt_mask)
 
     @property
     def height(self) -> int:

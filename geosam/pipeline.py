@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,11 +72,25 @@ def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
     return tqdm(iterable, total=total, desc=desc, unit="chip", leave=False)
 
 
+#: per-object attribute hook: (object with final pixel mask, open scene) -> extra columns
+ObjectHook = Callable[[StitchedObject, Scene], dict[str, Any]]
+
+
+def _finish(objs: list[StitchedObject], hooks: list[ObjectHook], sc: Scene) -> list[StitchedObject]:
+    """Compute per-object attributes while the object's pixels are at hand, then drop them."""
+    for o in objs:
+        for hook in hooks:
+            o.extra.update(hook(o, sc))
+        o.mask = None
+    return objs
+
+
 def segment_scene(
     scene: Any,
     mask_generator: MaskGenerator | None = None,
     *,
     config: SegmentConfig | None = None,
+    object_hooks: list[ObjectHook] | None = None,
     **settings: Any,
 ):  # -> geopandas.GeoDataFrame
     """Segment every object in a scene into one polygon each.
@@ -91,6 +106,7 @@ def segment_scene(
     ``gdf.attrs['geosam']`` holds the run statistics.
     """
     cfg = (config or SegmentConfig()).with_overrides(**settings)
+    hooks = list(object_hooks or [])
     stats = RunStats()
     t_start = time.perf_counter()
     read_cfg = ReadConfig(
@@ -123,10 +139,10 @@ def segment_scene(
             stats.masks += len(masks)
             t0 = time.perf_counter()
             stitcher.add(spec, masks)
-            finished.extend(stitcher.pop_finished())
+            finished.extend(_finish(stitcher.pop_finished(), hooks, sc))
             stats.add_time("stitch", time.perf_counter() - t0)
         t0 = time.perf_counter()
-        finished.extend(stitcher.pop_finished(final=True))
+        finished.extend(_finish(stitcher.pop_finished(final=True), hooks, sc))
         gdf = _to_geodataframe(finished, sc.info.transform, sc.info.crs_wkt, getattr(mask_generator, "name", "unknown"))
         stats.add_time("stitch", time.perf_counter() - t0)
         path = sc.path
@@ -173,4 +189,7 @@ def _to_geodataframe(objs: list[StitchedObject], transform: Any, crs_wkt: str, m
         "n_chips": np.array([o.n_chips for o in objs], dtype=np.int64),
         "model": [model_name] * len(objs),
     }
+    extra_cols = sorted({k for o in objs for k in o.extra})
+    for k in extra_cols:
+        data[k] = [o.extra.get(k) for o in objs]
     return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=crs_wkt), crs=crs_wkt)

@@ -117,7 +117,12 @@ class _Piece:
 
 @dataclass
 class StitchedObject:
-    """A finished object: its outline in scene pixel coordinates and attributes."""
+    """A finished object: its outline in scene pixel coordinates and attributes.
+
+    mask/bbox: the object's final pixels (bool crop at ``bbox``, scene pixel
+    coordinates), for per-object statistics; None for objects too large for a
+    raster canvas (see ``CANVAS_MAX_PX``).
+    """
 
     geom_px: Any
     area_px: int
@@ -127,6 +132,9 @@ class StitchedObject:
     n_pieces: int
     chips: tuple[ChipKey, ...]
     attrs: list[dict[str, Any]] = field(default_factory=list)
+    mask: np.ndarray | None = None
+    bbox: PixelWindow | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _UnionFind:
@@ -339,6 +347,7 @@ class Stitcher:
             p = pieces[0]
             g = mask_to_pixel_geometry(p.mask, p.bbox.col_off, p.bbox.row_off)
             area = p.area_px
+            canvas, full = p.mask, p.bbox
         else:
             c0 = min(p.bbox.col_off for p in pieces)
             r0 = min(p.bbox.row_off for p in pieces)
@@ -352,6 +361,7 @@ class Stitcher:
                 g = mask_to_pixel_geometry(canvas, c0, r0)
                 area = int(canvas.sum())
             else:  # a huge object: vector union of the trimmed pieces
+                canvas, full = None, None
                 geoms = [mask_to_pixel_geometry(self._trimmed(p, chips), p.bbox.col_off, p.bbox.row_off) for p in pieces]
                 g = _polygonal(unary_union([q for q in geoms if q is not None]))
                 area = int(round(g.area))
@@ -368,6 +378,8 @@ class Stitcher:
             n_pieces=len(pieces),
             chips=tuple(sorted(chips)),
             attrs=[p.attrs for p in pieces],
+            mask=canvas,
+            bbox=full,
         )
 
 
