@@ -49,7 +49,8 @@ def main() -> None:
         t0 = time.perf_counter()
         # the scene is made in a child process so that peak RSS below is the pipeline's alone
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
-            n_objects = ex.submit(make_large_tiled_scene, str(img), str(lab), size=args.size, block=512, seed=0).result()
+            made = ex.submit(make_large_tiled_scene, str(img), str(lab), size=args.size, block=512, seed=0).result()
+        n_objects = made.n_objects
         t_make = time.perf_counter() - t0
         rss_after_make = peak_rss_mib()
 

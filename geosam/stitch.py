@@ -234,7 +234,7 @@ class Stitcher:
             r0, r1, c0, c1 = bb
             uid = self._next_uid
             self._next_uid += 1
-            crop = np.ascontiguousarray(m[r0:r1, c0:c1])
+            crop = m[r0:r1, c0:c1].copy()  # a copy: never keep the chip's (N, H, W) array alive
             self.pieces[uid] = _Piece(
                 uid=uid,
                 chip=key,

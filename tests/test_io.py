@@ -144,3 +144,32 @@ def test_real_scenes_open(name, dtype, stretched):
     if name == "solaris_pan_uint16.tif":
         with Scene(DATA / name) as sc:  # nodata 0 in the corners of this scene
             assert sc.info.nodata == 0
+
+
+def test_vrt_mosaic_reads_like_its_sources(tmp_path):
+    """A VRT mosaic of two GeoTIFF halves reads window by window like the whole."""
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 255, (3, 100, 160), dtype=np.uint8)
+    tr = from_origin(500000, 5000000, 2.0, 2.0)
+    left = _write(tmp_path / "left.tif", arr[:, :, :80], transform=tr)
+    right = _write(tmp_path / "right.tif", arr[:, :, 80:], transform=from_origin(500160, 5000000, 2.0, 2.0))
+    bands = []
+    for b in (1, 2, 3):
+        srcs = "".join(
+            f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{p}</SourceFilename><SourceBand>{b}</SourceBand>"
+            f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"80\" ySize=\"100\"/>"
+            f"<DstRect xOff=\"{x}\" yOff=\"0\" xSize=\"80\" ySize=\"100\"/></SimpleSource>"
+            for p, x in ((left, 0), (right, 80))
+        )
+        bands.append(f"<VRTRasterBand dataType=\"Byte\" band=\"{b}\">{srcs}</VRTRasterBand>")
+    with rasterio.open(left) as ds:
+        wkt = ds.crs.to_wkt()
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(
+        f"<VRTDataset rasterXSize=\"160\" rasterYSize=\"100\"><SRS>{wkt}</SRS>"
+        f"<GeoTransform>{tr.c}, {tr.a}, 0, {tr.f}, 0, {tr.e}</GeoTransform>{''.join(bands)}</VRTDataset>"
+    )
+    with Scene(vrt) as sc:
+        for spec in sc.chip_specs(64, 8):
+            r, c = spec.window.slices()
+            np.testing.assert_array_equal(sc.read_chip(spec).image, np.moveaxis(arr[:, r, c], 0, -1))
