@@ -30,8 +30,13 @@ _LAZY = {
     "MaskGenerator": ("geosam.masks", "MaskGenerator"),
     "SamMaskGenerator": ("geosam.amg", "SamMaskGenerator"),
     "load_sam": ("geosam.model", "load_sam"),
+    "segment_prompts": ("geosam.prompts", "segment_prompts"),
+    "PromptConfig": ("geosam.config", "PromptConfig"),
     "write_vector": ("geosam.export", "write_vector"),
     "write_label_raster": ("geosam.export", "write_label_raster"),
+    "write_index_raster": ("geosam.indices", "write_index_raster"),
+    "resolve_band_roles": ("geosam.bands", "resolve_band_roles"),
+    "INDICES": ("geosam.indices", "INDICES"),
 }
 
 __all__ = [

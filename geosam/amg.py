@@ -1,13 +1,18 @@
 """Segment everything in a chip with SAM: a point grid, filtered and de-duplicated.
 
-This follows segment-anything's ``SamAutomaticMaskGenerator`` (one crop
-layer) and keeps its parameter names, with three geosam choices:
+This follows segment-anything's ``SamAutomaticMaskGenerator`` (including its
+``crop_n_layers`` multi-scale crops) and keeps its parameter names, with these
+geosam choices:
 
 * grid points that fall on invalid chip pixels (``chip.valid`` False) are not
   decoded at all, and every mask is cut to the valid pixels;
 * predicted-IoU and stability-score filters run on the decoder's
   **low-resolution logits**; only the surviving masks are upsampled to the
-  chip, in small chunks, so memory stays bounded;
+  chip, in small chunks, so memory stays bounded (their stability score is
+  then confirmed at chip resolution, so the result is SAM's);
+* several chips (and crops) are encoded in one encoder batch
+  (:meth:`SamMaskGenerator.generate_batch`); per-stage wall times accumulate
+  in ``SamMaskGenerator.timings_s``;
 * non-maximum suppression is plain torch (no torchvision).
 
 Frames: the grid and every returned mask are in the **chip frame** (chip
@@ -21,17 +26,21 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from scipy import ndimage
+from typing_extensions import Self
 
 from geosam.config import DEFAULT_MODEL
 from geosam.errors import ConfigError
 from geosam.masks import ChipMasks
 from geosam.model import (
     SamBundle,
+    compile_bundle,
     decode_points,
     encode,
     load_sam,
@@ -178,8 +187,56 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
     return np.isin(regions, fill_labels), True
 
 
+
+def generate_crop_boxes(height: int, width: int, n_layers: int, overlap_ratio: float) -> tuple[list[list[int]], list[int]]:
+    """SAM's crop boxes: the whole chip, then ``(2 ** (i + 1)) ** 2`` overlapping crops in layer i + 1.
+
+    Boxes are XYXY chip-frame pixels with exclusive right/bottom edges. Returns
+    ``(boxes, layer index per box)``.
+    """
+    boxes: list[list[int]] = [[0, 0, width, height]]
+    layers = [0]
+    short_side = min(height, width)
+
+    def crop_len(orig_len: int, n_crops: int, overlap: int) -> int:
+        return math.ceil((overlap * (n_crops - 1) + orig_len) / n_crops)
+
+    for i_layer in range(n_layers):
+        n_side = 2 ** (i_layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / n_side))
+        crop_w = crop_len(width, n_side, overlap)
+        crop_h = crop_len(height, n_side, overlap)
+        x0s = [int((crop_w - overlap) * i) for i in range(n_side)]
+        y0s = [int((crop_h - overlap) * i) for i in range(n_side)]
+        for x0 in x0s:
+            for y0 in y0s:
+                boxes.append([x0, y0, min(x0 + crop_w, width), min(y0 + crop_h, height)])
+                layers.append(i_layer + 1)
+    return boxes, layers
+
+
+def is_box_near_crop_edge(boxes: torch.Tensor, crop_box: list[int], orig_box: list[int], atol: float = 20.0) -> torch.Tensor:
+    """(N,) True where a chip-frame XYXY box lies within ``atol`` px of an edge of
+    ``crop_box`` that is not also an edge of ``orig_box`` (the chip): such masks
+    are probably cut by the crop and are dropped, as in SAM.
+    """
+    crop_t = torch.as_tensor(crop_box, dtype=torch.float32, device=boxes.device)
+    orig_t = torch.as_tensor(orig_box, dtype=torch.float32, device=boxes.device)
+    b = boxes.to(torch.float32)
+    near_crop = torch.isclose(b, crop_t[None, :], atol=atol, rtol=0)
+    near_orig = torch.isclose(b, orig_t[None, :], atol=atol, rtol=0)
+    return torch.any(near_crop & ~near_orig, dim=1)
+
+
 # ---------------------------------------------------------------------------
 # the generator
+
+#: Low-resolution stability scores this far below ``stability_score_thresh`` still reach
+#: the exact (chip-resolution) check; lower scores are dropped before upsampling.
+STABILITY_PREFILTER_MARGIN = 0.05
+
+#: Stages timed in :attr:`SamMaskGenerator.timings_s` (seconds, accumulated).
+TIMED_STAGES = ("encode", "decode", "filter", "upsample", "nms", "postprocess")
 
 
 def _check_unit(name: str, value: float, *, low_open: bool = False) -> float:
@@ -191,12 +248,35 @@ def _check_unit(name: str, value: float, *, low_open: bool = False) -> float:
     return v
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Timer:
+    """Adds the wall time of a ``with`` block to ``timings[stage]`` (device synchronised)."""
+
+    def __init__(self, timings: dict[str, float], stage: str, device: torch.device) -> None:
+        self.timings, self.stage, self.device = timings, stage, device
+
+    def __enter__(self) -> Self:
+        _sync(self.device)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _sync(self.device)
+        self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.t0
+
+
 class SamMaskGenerator:
     """Segment everything in a chip with a SAM model (a :class:`~geosam.masks.MaskGenerator`).
 
     model: a hub id or local directory (loaded with :func:`geosam.model.load_sam`
-        on ``device`` / ``dtype``), or an already loaded :class:`~geosam.model.SamBundle`
-        (then ``device`` and ``dtype`` are ignored). ``name`` is the id/path.
+        on ``device`` / ``dtype``; ``dtype="auto"`` picks mixed precision where the
+        hardware has it, see :func:`geosam.model.resolve_dtype`), or an already
+        loaded :class:`~geosam.model.SamBundle` (then ``device`` and ``dtype`` are
+        ignored). ``name`` is the id/path.
 
     The other parameters keep segment-anything's names and meanings:
 
@@ -206,14 +286,25 @@ class SamMaskGenerator:
     stability_score_thresh: keep masks whose stability score is > this (0 disables).
     stability_score_offset: logit offset used for the stability score.
     mask_threshold: logit threshold binarising masks.
-    box_nms_thresh: box IoU above which the lower-scoring mask is dropped.
+    box_nms_thresh: box IoU above which the lower-scoring mask is dropped (within a crop).
+    crop_n_layers: if > 0, also segment ``(2 ** i) ** 2`` overlapping crops of the chip in
+        layer i = 1..n (finds small objects); masks touching an inner crop edge are dropped.
+    crop_overlap_ratio: overlap of the layer-1 crops as a fraction of the chip's short side.
+    crop_n_points_downscale_factor: layer i uses ``points_per_side / factor ** i`` points per side.
+    crop_nms_thresh: box IoU for the NMS between crops (smaller crops win).
     min_mask_region_area: if > 0, remove islands and fill holes smaller than
         this many chip pixels, then drop masks smaller than it.
+    compile: ``torch.compile`` the image encoder and mask decoder (first chips are slow).
+    encoder_batch_size: images (chips and crops) encoded together by :meth:`generate_batch`.
 
-    The model is loaded (or taken from the cache) on construction. After each
-    :meth:`generate`, ``last_stats`` holds counts: ``points_total``,
-    ``points_decoded``, ``masks_decoded``, ``masks_after_filter``,
-    ``masks_after_nms``, ``masks_kept``.
+    The stability filter runs on the decoder's low-resolution logits with a
+    margin (:data:`STABILITY_PREFILTER_MARGIN`); the survivors are upsampled and
+    their score is recomputed on the chip-resolution logits, as SAM does, so the
+    kept masks are the reference's. After each :meth:`generate`, ``last_stats``
+    holds counts: ``points_total``, ``points_decoded``, ``masks_decoded``,
+    ``masks_after_filter``, ``masks_after_nms``, ``masks_kept``. ``timings_s``
+    accumulates seconds per stage (:data:`TIMED_STAGES`) over every call;
+    :meth:`reset_timings` clears it.
     """
 
     def __init__(
@@ -229,7 +320,13 @@ class SamMaskGenerator:
         stability_score_offset: float = 1.0,
         mask_threshold: float = 0.0,
         box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        crop_nms_thresh: float = 0.7,
         min_mask_region_area: int = 0,
+        compile: bool = False,
+        encoder_batch_size: int = 4,
     ) -> None:
         if int(points_per_side) != points_per_side or points_per_side < 1:
             raise ConfigError(f"points_per_side must be an integer >= 1, got {points_per_side}")
@@ -241,6 +338,12 @@ class SamMaskGenerator:
             raise ConfigError(f"mask_threshold must be a finite number, got {mask_threshold}")
         if int(min_mask_region_area) != min_mask_region_area or min_mask_region_area < 0:
             raise ConfigError(f"min_mask_region_area must be an integer >= 0 (chip pixels), got {min_mask_region_area}")
+        if int(crop_n_layers) != crop_n_layers or crop_n_layers < 0:
+            raise ConfigError(f"crop_n_layers must be an integer >= 0, got {crop_n_layers}")
+        if int(crop_n_points_downscale_factor) != crop_n_points_downscale_factor or crop_n_points_downscale_factor < 1:
+            raise ConfigError(f"crop_n_points_downscale_factor must be an integer >= 1, got {crop_n_points_downscale_factor}")
+        if int(encoder_batch_size) != encoder_batch_size or encoder_batch_size < 1:
+            raise ConfigError(f"encoder_batch_size must be an integer >= 1, got {encoder_batch_size}")
         self.points_per_side = int(points_per_side)
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = _check_unit("pred_iou_thresh", pred_iou_thresh)
@@ -248,7 +351,13 @@ class SamMaskGenerator:
         self.stability_score_offset = float(stability_score_offset)
         self.mask_threshold = float(mask_threshold)
         self.box_nms_thresh = _check_unit("box_nms_thresh", box_nms_thresh, low_open=True)
+        self.crop_n_layers = int(crop_n_layers)
+        self.crop_overlap_ratio = _check_unit("crop_overlap_ratio", crop_overlap_ratio)
+        self.crop_n_points_downscale_factor = int(crop_n_points_downscale_factor)
+        self.crop_nms_thresh = _check_unit("crop_nms_thresh", crop_nms_thresh, low_open=True)
         self.min_mask_region_area = int(min_mask_region_area)
+        self.compile = bool(compile)
+        self.encoder_batch_size = int(encoder_batch_size)
 
         self._load_args: tuple[str, str, str] | None
         if isinstance(model, SamBundle):
@@ -259,7 +368,10 @@ class SamMaskGenerator:
             self._load_args = (str(model), device, dtype)
             self._bundle = load_sam(str(model), device=device, dtype=dtype)
             self.name = str(model)
+        if self.compile and self._bundle is not None:
+            compile_bundle(self._bundle)
         self.last_stats: dict[str, int] = {}
+        self.timings_s: dict[str, float] = {}
 
     # -- pickling: a generator built from a name reloads its model where it is unpickled
     def __getstate__(self) -> dict[str, Any]:
@@ -275,122 +387,236 @@ class SamMaskGenerator:
             assert self._load_args is not None
             name, device, dtype = self._load_args
             self._bundle = load_sam(name, device=device, dtype=dtype)
+            if self.compile:
+                compile_bundle(self._bundle)
         return self._bundle
 
     def __repr__(self) -> str:
         return (
             f"SamMaskGenerator({self.name!r}, points_per_side={self.points_per_side}, "
             f"pred_iou_thresh={self.pred_iou_thresh}, stability_score_thresh={self.stability_score_thresh}, "
-            f"box_nms_thresh={self.box_nms_thresh}, min_mask_region_area={self.min_mask_region_area})"
+            f"box_nms_thresh={self.box_nms_thresh}, crop_n_layers={self.crop_n_layers}, "
+            f"min_mask_region_area={self.min_mask_region_area})"
         )
+
+    def reset_timings(self) -> None:
+        """Forget the accumulated per-stage timings."""
+        self.timings_s = {}
+
+    def _time(self, stage: str) -> _Timer:
+        return _Timer(self.timings_s, stage, self.bundle.device)
 
     # -- main entry
     def generate(self, chip: Chip) -> ChipMasks:
         """Instance masks (chip frame) for every object SAM finds in ``chip``."""
-        h, w = int(chip.image.shape[0]), int(chip.image.shape[1])
-        valid = np.asarray(chip.valid, dtype=bool)
-        if valid.shape != (h, w):
-            raise ValueError(f"chip.valid has shape {valid.shape}, expected {(h, w)}")
-        stats = {
-            "points_total": self.points_per_side**2,
-            "points_decoded": 0,
-            "masks_decoded": 0,
-            "masks_after_filter": 0,
-            "masks_after_nms": 0,
-            "masks_kept": 0,
-        }
-        self.last_stats = stats
-        if not valid.any():
-            return ChipMasks.empty(h, w)
+        return self.generate_batch([chip])[0]
 
-        region = chip.prompt_region() if hasattr(chip, "prompt_region") else valid
-        points = self.grid_points(h, w, region)
-        stats["points_decoded"] = int(points.shape[0])
-        if points.shape[0] == 0:
-            return ChipMasks.empty(h, w)
+    def generate_batch(self, chips: Sequence[Chip]) -> list[ChipMasks]:
+        """:meth:`generate` for several chips, their images (and crops) encoded in batches.
 
-        masks, iou, stab = self._decode_and_filter(chip.image, valid, points, stats)
-        if masks.shape[0] == 0:
-            return ChipMasks.empty(h, w)
+        Results equal per-chip :meth:`generate` up to the encoder's batch-size
+        numerics; ``last_stats`` then holds the counts of the last chip.
+        """
+        jobs: list[tuple[int, list[int], int, np.ndarray]] = []  # chip index, crop box, layer, points
+        per_chip: list[dict[str, Any]] = []
+        for ci, chip in enumerate(chips):
+            h, w = int(chip.image.shape[0]), int(chip.image.shape[1])
+            valid = np.asarray(chip.valid, dtype=bool)
+            if valid.shape != (h, w):
+                raise ValueError(f"chip.valid has shape {valid.shape}, expected {(h, w)}")
+            region = chip.prompt_region() if hasattr(chip, "prompt_region") else valid
+            boxes, layers = generate_crop_boxes(h, w, self.crop_n_layers, self.crop_overlap_ratio)
+            stats = {
+                "points_total": 0,
+                "points_decoded": 0,
+                "masks_decoded": 0,
+                "masks_after_filter": 0,
+                "masks_after_nms": 0,
+                "masks_kept": 0,
+            }
+            per_chip.append({"h": h, "w": w, "valid": valid, "stats": stats, "boxes": boxes, "parts": []})
+            if not valid.any():
+                stats["points_total"] = self.points_per_side**2
+                continue
+            for box, layer in zip(boxes, layers):
+                x0, y0, x1, y1 = box
+                n_side = max(1, int(self.points_per_side / (self.crop_n_points_downscale_factor**layer)))
+                stats["points_total"] += n_side**2
+                pts = self._crop_points(n_side, region[y0:y1, x0:x1])
+                stats["points_decoded"] += int(pts.shape[0])
+                if pts.shape[0]:
+                    jobs.append((ci, box, layer, pts))
 
-        keep = nms(batched_mask_to_box(masks), iou, self.box_nms_thresh)
-        masks, iou, stab = masks[keep], iou[keep], stab[keep]
-        stats["masks_after_nms"] = int(masks.shape[0])
+        for start in range(0, len(jobs), self.encoder_batch_size):
+            group = jobs[start : start + self.encoder_batch_size]
+            with self._time("encode"):
+                images = [chips[ci].image[b[1] : b[3], b[0] : b[2]] for ci, b, _, _ in group]
+                pixel_values, _, resized = preprocess(self.bundle, images)
+                embeddings = encode(self.bundle, pixel_values)
+            for k, (ci, box, _layer, pts) in enumerate(group):
+                info = per_chip[ci]
+                x0, y0, x1, y1 = box
+                part = self._process_crop(
+                    embeddings[k : k + 1], resized[k], info["valid"][y0:y1, x0:x1], pts, box, (info["h"], info["w"]), info["stats"]
+                )
+                if part is not None:
+                    info["parts"].append((box, *part))
+            del embeddings
 
-        masks_np = masks.numpy()
-        if self.min_mask_region_area > 0:
-            masks_np, sel = self._postprocess_small_regions(masks_np)
-            iou, stab = iou[sel], stab[sel]
-        masks_np &= valid[None]
-        area = masks_np.sum(axis=(1, 2))
-        ok = area >= max(1, self.min_mask_region_area)
-        result = ChipMasks(masks_np[ok], iou.numpy()[ok], stab.numpy()[ok])
-        stats["masks_kept"] = len(result)
-        log.debug("chip %s: %s", getattr(chip.spec, "chip_id", "?"), stats)
-        return result
+        results = []
+        for info in per_chip:
+            result = self._finish_chip(info)
+            info["stats"]["masks_kept"] = len(result)
+            self.last_stats = info["stats"]
+            results.append(result)
+            log.debug("chip: %s", info["stats"])
+        return results
 
     # -- steps
     def grid_points(self, height: int, width: int, valid: np.ndarray | None = None) -> np.ndarray:
         """Chip-frame (x, y) grid points (float64, (N, 2)); those on invalid pixels dropped."""
-        pts = build_point_grid(self.points_per_side) * np.array([width, height], dtype=np.float64)
+        return self._points(self.points_per_side, height, width, valid)
+
+    @staticmethod
+    def _points(n_side: int, height: int, width: int, valid: np.ndarray | None) -> np.ndarray:
+        pts = build_point_grid(n_side) * np.array([width, height], dtype=np.float64)
         if valid is None:
             return pts
         cols = np.clip(np.floor(pts[:, 0]).astype(np.int64), 0, width - 1)
         rows = np.clip(np.floor(pts[:, 1]).astype(np.int64), 0, height - 1)
         return pts[valid[rows, cols]]
 
-    def _decode_and_filter(
-        self, image: np.ndarray, valid: np.ndarray, points: np.ndarray, stats: dict[str, int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Embed once, decode the points in batches, filter on low-res logits, upsample survivors.
+    def _crop_points(self, n_side: int, region: np.ndarray) -> np.ndarray:
+        return self._points(n_side, region.shape[0], region.shape[1], region)
 
-        Returns chip-frame bool masks (M, H, W) on the CPU (cut to valid pixels,
-        none empty) with their predicted IoU and stability score (float32 (M,)).
+    def _process_crop(
+        self,
+        embedding: torch.Tensor,
+        resized: tuple[int, int],
+        valid: np.ndarray,
+        points: np.ndarray,
+        crop_box: list[int],
+        chip_hw: tuple[int, int],
+        stats: dict[str, int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Decode one crop's points, filter, upsample survivors, drop crop-edge masks, NMS.
+
+        Returns crop-frame bool masks (M, h, w) on the CPU with predicted IoU and
+        stability score, or None when nothing survives.
+        """
+        masks, iou, stab = self._decode_and_filter(embedding, resized, valid, points, stats)
+        if masks.shape[0] == 0:
+            return None
+        with self._time("nms"):
+            x0, y0 = crop_box[0], crop_box[1]
+            boxes = batched_mask_to_box(masks)
+            full = [0, 0, chip_hw[1], chip_hw[0]]
+            if list(crop_box) != full:
+                offset = torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+                keep = ~is_box_near_crop_edge(boxes + offset, crop_box, full)
+                masks, iou, stab, boxes = masks[keep], iou[keep], stab[keep], boxes[keep]
+            keep = nms(boxes, iou, self.box_nms_thresh)
+            masks, iou, stab = masks[keep], iou[keep], stab[keep]
+        stats["masks_after_nms"] += int(masks.shape[0])
+        if masks.shape[0] == 0:
+            return None
+        return masks, iou, stab
+
+    def _decode_and_filter(
+        self, embedding: torch.Tensor, resized: tuple[int, int], valid: np.ndarray, points: np.ndarray, stats: dict[str, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode the points in batches, filter on low-res logits, upsample survivors, confirm stability.
+
+        ``valid`` is the crop's valid mask (h, w); ``resized`` the crop's size in the
+        model frame. Returns crop-frame bool masks (M, h, w) on the CPU (cut to
+        valid pixels, none empty) with their predicted IoU and stability score.
         """
         b = self.bundle
         h, w = valid.shape
-        pixel_values, _, resized = preprocess(b, [image])
-        rh, rw = resized[0]
-        embeddings = encode(b, pixel_values)
+        rh, rw = resized
         # the part of the low-res logits that covers the image (not the padding)
         lr = b.low_res_size
         lr_h = min(lr, math.ceil(rh * lr / b.input_size))
         lr_w = min(lr, math.ceil(rw * lr / b.input_size))
         model_points = to_model_frame(points, (h, w), (rh, rw))
         valid_t = torch.from_numpy(valid).to(b.device)
+        pre_thresh = self.stability_score_thresh - STABILITY_PREFILTER_MARGIN
 
         out_masks: list[torch.Tensor] = []
         out_iou: list[torch.Tensor] = []
         out_stab: list[torch.Tensor] = []
         for start in range(0, model_points.shape[0], self.points_per_batch):
             batch = model_points[start : start + self.points_per_batch]
-            logits, iou = decode_points(b, embeddings, batch, multimask=True)
-            logits = logits.flatten(0, 1)  # (n * 3, lr, lr)
-            iou = iou.flatten()
-            stats["masks_decoded"] += int(logits.shape[0])
-            keep = torch.ones_like(iou, dtype=torch.bool)
-            if self.pred_iou_thresh > 0.0:
-                keep &= iou > self.pred_iou_thresh
-            stab = calculate_stability_score(
-                logits[:, :lr_h, :lr_w], self.mask_threshold, self.stability_score_offset
-            )
-            if self.stability_score_thresh > 0.0:
-                keep &= stab > self.stability_score_thresh
-            if not bool(keep.any()):
+            with self._time("decode"):
+                logits, iou = decode_points(b, embedding, batch, multimask=True)
+            with self._time("filter"):
+                logits = logits.flatten(0, 1)  # (n * 3, lr, lr)
+                iou = iou.flatten()
+                stats["masks_decoded"] += int(logits.shape[0])
+                keep = torch.ones_like(iou, dtype=torch.bool)
+                if self.pred_iou_thresh > 0.0:
+                    keep &= iou > self.pred_iou_thresh
+                if self.stability_score_thresh > 0.0 and bool(keep.any()):
+                    idx = keep.nonzero()[:, 0]
+                    stab_lr = calculate_stability_score(
+                        logits[idx, :lr_h, :lr_w], self.mask_threshold, self.stability_score_offset
+                    )
+                    keep[idx] = stab_lr > pre_thresh
+                any_left = bool(keep.any())
+                if any_left:
+                    logits, iou = logits[keep], iou[keep]
+            if not any_left:
                 continue
-            logits, iou, stab = logits[keep], iou[keep], stab[keep]
-            stats["masks_after_filter"] += int(logits.shape[0])
-            for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
-                up = upsample_logits(logits[c : c + UPSAMPLE_CHUNK], b.input_size, (rh, rw), (h, w))
-                m = (up > self.mask_threshold) & valid_t
-                nonempty = m.flatten(1).any(dim=1)
-                out_masks.append(m[nonempty].cpu())
-                out_iou.append(iou[c : c + UPSAMPLE_CHUNK][nonempty].cpu())
-                out_stab.append(stab[c : c + UPSAMPLE_CHUNK][nonempty].cpu())
+            with self._time("upsample"):
+                for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
+                    up = upsample_logits(logits[c : c + UPSAMPLE_CHUNK], b.input_size, (rh, rw), (h, w))
+                    stab = calculate_stability_score(up, self.mask_threshold, self.stability_score_offset)
+                    ok = stab > self.stability_score_thresh if self.stability_score_thresh > 0.0 else torch.ones_like(stab, dtype=torch.bool)
+                    m = (up > self.mask_threshold) & valid_t
+                    ok &= m.flatten(1).any(dim=1)
+                    stats["masks_after_filter"] += int(ok.sum())
+                    out_masks.append(m[ok].cpu())
+                    out_iou.append(iou[c : c + UPSAMPLE_CHUNK][ok].cpu())
+                    out_stab.append(stab[ok].cpu())
         if not out_masks:
             empty = torch.zeros(0, dtype=torch.float32)
             return torch.zeros((0, h, w), dtype=torch.bool), empty, empty
         return torch.cat(out_masks), torch.cat(out_iou), torch.cat(out_stab)
+
+    def _finish_chip(self, info: dict[str, Any]) -> ChipMasks:
+        """Crop masks -> chip frame, NMS between crops, small-region clean-up, valid cut."""
+        h, w, valid = info["h"], info["w"], info["valid"]
+        parts = info["parts"]
+        if not parts:
+            return ChipMasks.empty(h, w)
+        with self._time("nms"):
+            masks_l, iou_l, stab_l, crop_l = [], [], [], []
+            for box, m, iou, stab in parts:
+                x0, y0, x1, y1 = box
+                if (x0, y0, x1, y1) == (0, 0, w, h):
+                    full = m
+                else:
+                    full = torch.zeros((m.shape[0], h, w), dtype=torch.bool)
+                    full[:, y0:y1, x0:x1] = m
+                masks_l.append(full)
+                iou_l.append(iou)
+                stab_l.append(stab)
+                crop_l.append(torch.full((m.shape[0],), float((x1 - x0) * (y1 - y0))))
+            masks, iou, stab = torch.cat(masks_l), torch.cat(iou_l), torch.cat(stab_l)
+            if len(parts) > 1:
+                # between crops, prefer masks from smaller crops (SAM's rule)
+                keep = nms(batched_mask_to_box(masks), 1.0 / torch.cat(crop_l), self.crop_nms_thresh)
+                keep = torch.sort(keep).values
+                masks, iou, stab = masks[keep], iou[keep], stab[keep]
+        with self._time("postprocess"):
+            masks_np = masks.numpy()
+            if self.min_mask_region_area > 0:
+                masks_np, sel = self._postprocess_small_regions(masks_np)
+                iou, stab = iou[sel], stab[sel]
+            masks_np &= valid[None]
+            area = masks_np.sum(axis=(1, 2))
+            ok = area >= max(1, self.min_mask_region_area)
+            return ChipMasks(masks_np[ok], iou.numpy()[ok], stab.numpy()[ok])
 
     def _postprocess_small_regions(self, masks: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """SAM's small-region clean-up: fill holes, drop islands, re-run NMS preferring unchanged masks.

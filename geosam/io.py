@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
+from typing_extensions import Self
 
 from geosam.errors import BandError, ConfigError, InvalidRasterError, NoCRSError
 from geosam.tiling import ChipSpec, PixelWindow, iter_chip_specs
@@ -216,7 +217,7 @@ class Scene:
             self._env.__exit__(None, None, None)
             self._env = None
 
-    def __enter__(self) -> Scene:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -256,6 +257,26 @@ class Scene:
     def read_chip(self, spec: ChipSpec) -> Chip:
         data, valid = self.read_window(spec.window)
         return Chip(spec=spec, image=self.to_uint8(data, valid), valid=valid, raw=data)
+
+    def read_bands(self, bands: Sequence[int], window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+        """Any 1-based ``bands`` (bands, H, W) in a window, at full resolution, and their valid mask (H, W).
+
+        Valid: every listed band unmasked (nodata / mask band) and finite; the
+        model-image ``fill_value`` does not apply to these bands.
+        """
+        bands = [int(b) for b in bands]
+        for b in bands:
+            if b < 1 or b > self.info.count:
+                raise BandError(f"{self.path}: band {b} does not exist (the raster has bands 1..{self.info.count})")
+        try:
+            data = self.ds.read(bands, window=window.to_rasterio())
+            masks = self.ds.read_masks(bands, window=window.to_rasterio())
+        except Exception as exc:  # rasterio raises several types for corrupt blocks
+            raise InvalidRasterError(f"{self.path}: cannot read bands {bands} in window {window} ({exc})") from exc
+        valid = np.all(masks != 0, axis=0)
+        if np.issubdtype(data.dtype, np.floating):
+            valid &= np.all(np.isfinite(data), axis=0)
+        return data, valid
 
     # -- radiometry ----------------------------------------------------------
     def _estimate_stretch(self) -> np.ndarray | None:

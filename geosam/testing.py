@@ -4,7 +4,9 @@
 with perfect answers: for a chip it returns the objects of a known
 instance-label GeoTIFF inside the chip window. With it, tiling, stitching and
 export can be tested exactly, independent of model quality, and streaming
-benchmarks can run without a model.
+benchmarks can run without a model. :class:`PromptedOracleMaskGenerator` answers
+only SAM's grid prompts inside ``chip.prompt_region()``, to test prompt
+prefilters exactly.
 
 Frames: the label raster must be on the scene's pixel grid (same size,
 transform and CRS); chip windows are in scene pixel coordinates, masks in the
@@ -195,4 +197,53 @@ class OracleMaskGenerator:
         return self.generate_with_labels(chip)[0]
 
 
-__all__ = ["TRANSFORM_RTOL", "OracleMaskGenerator"]
+class PromptedOracleMaskGenerator(OracleMaskGenerator):
+    """An oracle that, like SAM segment-everything, only answers its point prompts.
+
+    The chip gets SAM's point grid (``points_per_side`` squared points, the same
+    pixels as :func:`geosam.amg.build_point_grid`); points outside
+    ``chip.prompt_region()`` (invalid pixels, or outside a prefilter's
+    ``prompt_mask``) are not "decoded". Every other point returns the whole
+    object (inside the chip window) of the label under it; points on
+    background return nothing; several points on one object give one mask.
+
+    Counters: :attr:`prompts_received` (points decoded, all calls),
+    :attr:`chips_called`, and :attr:`last_stats` per call (``points_total``,
+    ``points_decoded``, ``masks_kept``), as :class:`geosam.amg.SamMaskGenerator`.
+    """
+
+    name = "prompted-oracle"
+
+    def __init__(self, label_raster_path: str | os.PathLike[str], points_per_side: int = 32) -> None:
+        if int(points_per_side) != points_per_side or points_per_side < 1:
+            raise ConfigError(f"points_per_side must be an integer >= 1, got {points_per_side}")
+        super().__init__(label_raster_path)
+        self.points_per_side = int(points_per_side)
+        self.prompts_received = 0
+        self.chips_called = 0
+        self.last_stats: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"PromptedOracleMaskGenerator({self.label_path!r}, points_per_side={self.points_per_side})"
+
+    def generate_with_labels(self, chip: Chip) -> tuple[ChipMasks, np.ndarray]:
+        from geosam.indices import grid_pixels
+
+        lab = self.read_labels(chip.spec)
+        h, w = lab.shape
+        rows, cols = grid_pixels(h, w, self.points_per_side)
+        on = np.asarray(chip.prompt_region(), dtype=bool)[rows, cols]
+        hit = lab[rows[on], cols[on]]
+        labels = np.unique(hit[hit > 0]).astype(np.int64)
+        self.chips_called += 1
+        self.prompts_received += int(on.sum())
+        self.last_stats = {"points_total": int(rows.size), "points_decoded": int(on.sum()), "masks_kept": int(labels.size)}
+        self.last_labels = labels
+        if labels.size == 0:
+            return ChipMasks.empty(h, w), labels
+        masks = lab[None, :, :] == labels.astype(lab.dtype)[:, None, None]
+        ones = np.ones(labels.size, dtype=np.float32)
+        return ChipMasks(masks, ones, ones.copy()), labels
+
+
+__all__ = ["TRANSFORM_RTOL", "OracleMaskGenerator", "PromptedOracleMaskGenerator"]

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# dtype="auto" would pick bf16 autocast on CPUs with AMX: keep tests exact and machine-independent
+# (tests of the choice itself set GEOSAM_CPU_AMX with monkeypatch)
+os.environ.setdefault("GEOSAM_CPU_AMX", "0")
 
 from tests._tiny_sam import build_tiny_sam
 

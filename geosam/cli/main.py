@@ -52,10 +52,12 @@ def cli(verbose: int) -> None:
 
 def _register() -> None:
     from geosam.cli.info import info
+    from geosam.cli.prompt import prompt
     from geosam.cli.segment import segment
 
     cli.add_command(info)
     cli.add_command(segment)
+    cli.add_command(prompt)
 
 
 _register()

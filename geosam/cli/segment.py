@@ -33,13 +33,41 @@ _D = SegmentConfig()
 @click.option("--to-crs", help="Output CRS (default: the scene's), e.g. EPSG:4326.")
 @click.option("--label-raster", type=click.Path(dir_okay=False), help="Also write an instance-label GeoTIFF.")
 @click.option("--overlay", type=click.Path(dir_okay=False), help="Also write a PNG of the polygons over the image.")
+@click.option("--band-roles", help="Band roles: a preset (sentinel2, landsat8, naip, rgb) or red=1,green=2,blue=3,nir=4 "
+              "(1-based). Default: from band descriptions / colour interpretation.")
+@click.option("--reflectance-scale", type=float, help="Reflectance = DN * scale + offset (e.g. 1e-4 for Sentinel-2 L2A).")
+@click.option("--reflectance-offset", type=float, help="See --reflectance-scale (e.g. -0.1 for S2 baseline >= 04.00).")
+@click.option("--indices", "indices_", help="Per-object index statistics, e.g. ndvi,exg (ndvi, ndwi, savi, evi, ndmi, "
+              "ndre, exg, vari, gli): adds <index>_mean, _median, _frac_above columns.")
+@click.option("--index-threshold", multiple=True, help="Threshold of <index>_frac_above, e.g. ndvi=0.5 (repeatable).")
+@click.option("--min-index", multiple=True, help="Keep objects with <index>_mean >= value, e.g. ndvi=0.3 (repeatable).")
+@click.option("--rank-by", help="Sort objects by this column, highest first (e.g. ndvi_mean); adds a rank column.")
+@click.option("--top-k", type=int, help="Keep the first K objects after --rank-by.")
+@click.option("--prefilter/--no-prefilter", default=False, show_default=True,
+              help="Decode only prompts near pixels passing --min-index; skip chips without any.")
+@click.option("--prefilter-radius", "prefilter_radius_px", default="2", show_default=True,
+              help="Prefilter neighbourhood (px): prompts within this of a passing pixel are kept; "
+              "'grid' = one point-grid spacing.")
+@click.option("--index-raster", type=click.Path(dir_okay=False),
+              help="Also write the indices (--indices, else those of --min-index/--rank-by, else ndvi) as a float32 GeoTIFF.")
+@click.option("--crop-n-layers", type=int, default=_D.crop_n_layers, show_default=True,
+              help="Also segment 4, 16, ... crops per chip (small objects).")
+@click.option("--chips-per-batch", type=int, default=_D.chips_per_batch, show_default=True,
+              help="Chips encoded together in one encoder batch.")
+@click.option("--prefetch-chips", type=int, default=_D.prefetch_chips, show_default=True,
+              help="Chips read ahead by a reader thread (0: read in the main thread).")
+@click.option("--profile", is_flag=True, help="Print seconds per stage (read, stretch, encode, decode, ...).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar over chips.")
 @handle_errors
 def segment(scene: str, output: str, model: str, chip_size_px: int, overlap_px: int, bands: str | None,
             fill_value: str | None, fill_tolerance: float, device: str, dtype: str, points_per_side: int,
             points_per_batch: int, pred_iou_thresh: float, stability_score_thresh: float, box_nms_thresh: float,
             min_mask_region_area: int, min_area_m2: float, to_crs: str | None, label_raster: str | None,
-            overlay: str | None, progress: bool) -> None:
+            overlay: str | None, progress: bool, band_roles: str | None = None, reflectance_scale: float | None = None,
+            reflectance_offset: float | None = None, indices_: str | None = None, index_threshold: tuple[str, ...] = (),
+            min_index: tuple[str, ...] = (), rank_by: str | None = None, top_k: int | None = None,
+            prefilter: bool = False, prefilter_radius_px: str = "2", index_raster: str | None = None,
+            crop_n_layers: int = 0, chips_per_batch: int = 1, prefetch_chips: int = 2, profile: bool = False) -> None:
     """Segment every object in SCENE and write one polygon per object to OUTPUT."""
     from geosam.export import render_overlay, write_label_raster, write_vector
     from geosam.pipeline import segment_scene
@@ -63,10 +91,26 @@ def segment(scene: str, output: str, model: str, chip_size_px: int, overlap_px: 
         min_area_m2=min_area_m2,
         to_crs=to_crs,
         progress=progress,
+        band_roles=band_roles,
+        reflectance_scale=reflectance_scale,
+        reflectance_offset=reflectance_offset,
+        indices=indices_ or (),
+        index_thresholds=index_threshold,
+        min_index=min_index,
+        rank_by=rank_by,
+        top_k=top_k,
+        prefilter=prefilter,
+        prefilter_radius_px=prefilter_radius_px,
+        crop_n_layers=crop_n_layers,
+        chips_per_batch=chips_per_batch,
+        prefetch_chips=prefetch_chips,
     )
     out = write_vector(gdf, output)
     if label_raster:
         write_label_raster(gdf, label_raster, like_path=scene)
+    if index_raster:
+        _write_index_raster(scene, index_raster, band_roles, reflectance_scale, reflectance_offset,
+                            indices_, min_index, rank_by)
     if overlay:
         render_overlay(scene, gdf, overlay, bands=parse_numbers(bands, int, "--bands"))
     stats = gdf.attrs.get("geosam", {})
@@ -74,3 +118,35 @@ def segment(scene: str, output: str, model: str, chip_size_px: int, overlap_px: 
         f"{out}: {len(gdf)} objects, {stats.get('chips_total', 0)} chips "
         f"({stats.get('chips_skipped_invalid', 0)} skipped as invalid), {stats.get('seconds', 0.0):.1f} s"
     )
+    if profile:
+        click.echo(format_profile(stats.get("timings_s", {}), stats.get("seconds", 0.0)))
+    if stats.get("prompts_total"):
+        click.echo(
+            f"prefilter: {stats['prompts_skipped_prefilter']} of {stats['prompts_total']} prompts and "
+            f"{stats['chips_skipped_prefilter']} chips skipped"
+        )
+
+
+def _write_index_raster(scene: str, path: str, band_roles: str | None, scale: float | None, offset: float | None,
+                        indices: str | None, min_index: tuple[str, ...], rank_by: str | None) -> None:
+    from geosam.config import SegmentConfig, index_names
+    from geosam.indices import write_index_raster
+
+    cfg = SegmentConfig(indices=indices or (), min_index=min_index, rank_by=rank_by)
+    write_index_raster(scene, path, index_names(cfg) or ("ndvi",), band_roles=band_roles,
+                       reflectance_scale=scale, reflectance_offset=offset)
+
+
+#: Stage order of ``--profile`` (stages a run did not time are left out; others follow).
+PROFILE_STAGES = ("read", "stretch", "encode", "decode", "filter", "upsample", "nms", "postprocess", "generate", "stitch")
+
+
+def format_profile(timings: dict[str, float], total_s: float) -> str:
+    """A table of seconds per stage. ``generate`` is the model's wall time (encode ... postprocess are
+    inside it); ``read`` and ``stretch`` run in the reader thread, overlapping the model; ``stitch``
+    includes polygonising."""
+    names = [s for s in PROFILE_STAGES if s in timings] + sorted(set(timings) - set(PROFILE_STAGES))
+    lines = ["stage          seconds"]
+    lines += [f"{n:<14} {timings[n]:8.2f}" for n in names]
+    lines.append(f"{'total (wall)':<14} {total_s:8.2f}")
+    return "\n".join(lines)

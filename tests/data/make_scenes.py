@@ -103,10 +103,10 @@ Shape = tuple[np.ndarray, int, int]
 
 def _grid(cy: float, cx: float, ry: float, rx: float) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Pixel-centre offsets (dy, dx) from (cy, cx) over a box of half-size (ry, rx)."""
-    r0 = int(math.floor(cy - ry)) - 1
-    c0 = int(math.floor(cx - rx)) - 1
-    r1 = int(math.ceil(cy + ry)) + 2
-    c1 = int(math.ceil(cx + rx)) + 2
+    r0 = math.floor(cy - ry) - 1
+    c0 = math.floor(cx - rx) - 1
+    r1 = math.ceil(cy + ry) + 2
+    c1 = math.ceil(cx + rx) + 2
     dy = (np.arange(r0, r1, dtype=np.float64) + 0.5 - cy)[:, None]
     dx = (np.arange(c0, c1, dtype=np.float64) + 0.5 - cx)[None, :]
     return dy, dx, r0, c0
@@ -580,6 +580,84 @@ def make_oracle_scene(
         ds.set_band_description(1, "instance label (0 = background)")
     log.info("wrote %s and %s (%d objects)", image_path, label_path, n)
     return SceneFiles(image_path=image_path, label_path=label_path, n_objects=n, labels=list(range(1, n + 1)))
+
+
+# --------------------------------------------------------------------------
+# multispectral scene with known vegetation index values
+
+
+@dataclass(frozen=True)
+class IndexSceneFiles:
+    """A 4-band (R, G, B, NIR) uint16 scene, its labels and which objects are vegetated.
+
+    image_path: uint16 reflectance x 10000 (use ``reflectance_scale=1e-4``), band
+        descriptions ``red, green, blue, nir``, nodata 0 (a background patch at
+        the top-left corner is nodata).
+    vegetated: labels of the vegetated objects (every even label): every pixel
+        has NDVI >= 0.6. Other objects and the background have NDVI < 0.15.
+    """
+
+    image_path: Path
+    label_path: Path
+    n_objects: int
+    labels: list[int]
+    vegetated: list[int]
+
+
+#: (R, G, B, NIR) x 10000 of vegetated objects, other objects and background.
+INDEX_SCENE_REFLECTANCE = {
+    "vegetated": (500, 900, 400, 4000),
+    "other": (2500, 2300, 2100, 2700),
+    "background": (1800, 1700, 1500, 2000),
+}
+
+
+def make_index_scene(
+    out_dir: str | Path,
+    *,
+    crs: str = "EPSG:32633",
+    width: int = 600,
+    height: int = 500,
+    seed: int = 0,
+    n_objects: int = 40,
+    name: str | None = None,
+) -> IndexSceneFiles:
+    """Write a multispectral scene where half of the objects are vegetated; same arguments -> same files.
+
+    Per object the reflectance is the table's value times a random factor in
+    [0.9, 1.1] (per band), plus per-pixel noise (sd 40 DN); values stay >= 1.
+    """
+    import rasterio
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    labels = _build_labels(height, width, n_objects, rng)
+    n = check_objects(labels)
+    table = np.zeros((n + 1, 4), dtype=np.float64)
+    table[0] = INDEX_SCENE_REFLECTANCE["background"]
+    for k in range(1, n + 1):
+        base = np.array(INDEX_SCENE_REFLECTANCE["vegetated" if k % 2 == 0 else "other"], dtype=np.float64)
+        table[k] = base * rng.uniform(0.9, 1.1, size=4)
+    img = table[labels] + rng.normal(0.0, 40.0, size=(height, width, 4))
+    img = np.clip(np.rint(img), 1, 65535).astype(np.uint16)
+    corner = np.zeros((height, width), dtype=bool)
+    corner[:12, :12] = True
+    img[corner & (labels == 0)] = 0
+    img = np.moveaxis(img, -1, 0)
+
+    stem = name or f"index_{re.sub(r'[^a-z0-9]+', '', crs.lower())[:24]}_{seed}"
+    image_path = out / f"{stem}_image.tif"
+    label_path = out / f"{stem}_labels.tif"
+    transform = scene_transform(crs)
+    with rasterio.open(image_path, "w", nodata=0, **_profile(width, height, 4, "uint16", crs, transform)) as ds:
+        ds.write(img)
+        for b, d in enumerate(("red", "green", "blue", "nir"), start=1):
+            ds.set_band_description(b, d)
+    with rasterio.open(label_path, "w", **_profile(width, height, 1, "uint32", crs, transform)) as ds:
+        ds.write(labels, 1)
+    labs = list(range(1, n + 1))
+    return IndexSceneFiles(image_path, label_path, n, labs, [k for k in labs if k % 2 == 0])
 
 
 # --------------------------------------------------------------------------

