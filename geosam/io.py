@@ -45,7 +45,8 @@ def scene_path(scene: Any) -> str:
     if isinstance(name, str) and hasattr(scene, "read"):
         return name
     raise InvalidRasterError(
-        f"cannot use {type(scene).__name__!r} as a scene: give a file path or an open rasterio dataset"
+        f"cannot use {type(scene).__name__!r} as a scene: give a file path, an open rasterio dataset "
+        "or an xarray DataArray"
     )
 
 
@@ -190,6 +191,14 @@ class Scene:
     """
 
     def __init__(self, scene: Any, read: ReadConfig | None = None) -> None:
+        from geosam.xr import dataarray_to_geotiff, is_dataarray
+
+        self._tmpdir = None
+        if is_dataarray(scene):  # materialised block by block into a temporary GeoTIFF
+            import tempfile
+
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="geosam-")
+            scene = dataarray_to_geotiff(scene, Path(self._tmpdir.name) / "dataarray.tif")
         self.path = scene_path(scene)
         self.read_config = read or ReadConfig()
         self._env = gdal_env()
@@ -216,6 +225,9 @@ class Scene:
         if getattr(self, "_env", None) is not None:
             self._env.__exit__(None, None, None)
             self._env = None
+        if getattr(self, "_tmpdir", None) is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
 
     def __enter__(self) -> Self:
         return self

@@ -119,7 +119,7 @@ def segment_scene(
 ):  # -> geopandas.GeoDataFrame
     """Segment every object in a scene into one polygon each.
 
-    scene: a raster path or an open rasterio dataset.
+    scene: a raster path, an open rasterio dataset or an xarray DataArray.
     mask_generator: anything with ``name`` and ``generate(chip) -> ChipMasks``;
         default is SAM segment-everything built from the settings.
     settings: any :class:`~geosam.config.SegmentConfig` field, e.g.
