@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # offline, the hub client logs every retry; the demo says plainly what happened instead
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     from geosam.config import DEFAULT_MODEL
     from geosam.errors import ModelLoadError
     from geosam.export import render_overlay, write_vector
