@@ -62,6 +62,29 @@ def _vector_format(path: Path) -> tuple[str, str | None]:
     return VECTOR_FORMATS[ext]
 
 
+def check_output_path(path: str | os.PathLike[str], kind: str = "vector") -> Path:
+    """Fail early (before hours of segmentation) on an output path that cannot be written.
+
+    kind: "vector" (extension must be a supported vector format), "raster" (.tif/.tiff) or
+    "png". Creates the parent folder; changes nothing else.
+    """
+    path = Path(path)
+    if kind == "vector":
+        _vector_format(path)
+    elif kind == "raster" and path.suffix.lower() not in (".tif", ".tiff"):
+        raise ExportError(f"{path}: a label or index raster must be a GeoTIFF (.tif or .tiff)")
+    elif kind == "png" and path.suffix.lower() != ".png":
+        raise ExportError(f"{path}: the overlay is written as PNG; use a .png file name")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot create folder {parent} ({exc.strerror or exc})") from exc
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"{path}: folder {parent} is not writable; choose another output path")
+    return path
+
+
 def _prepare_target(path: Path, overwrite: bool, sidecars: tuple[str, ...] = ()) -> None:
     """Create the parent folder, check it is writable, remove an old file if allowed."""
     parent = path.parent
@@ -473,6 +496,7 @@ def _rio_crs(wkt: str):  # -> rasterio.crs.CRS
 
 
 __all__ = [
+    "check_output_path",
     "VECTOR_FORMATS",
     "distinct_colours",
     "render_overlay",

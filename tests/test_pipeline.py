@@ -171,7 +171,7 @@ def test_cli_info():
         (["segment", str(DATA / "banepa_predict.tif"), "-o", "x.gpkg", "--model", "/nonexistent/model"],
          "/nonexistent/model"),
         (["segment", str(DATA / "banepa_predict.tif"), "-o", "x.kml", "--model", "/nonexistent/model"],
-         "/nonexistent/model"),
+         "x.kml: unknown vector format"),
     ],
 )
 def test_cli_errors_are_one_line_without_traceback(args, message, tmp_path, monkeypatch):
@@ -179,3 +179,21 @@ def test_cli_errors_are_one_line_without_traceback(args, message, tmp_path, monk
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 1
     assert message in res.output and "Traceback" not in res.output
+
+
+def test_cli_bad_output_path_fails_before_any_work(tmp_path, monkeypatch):
+    """A typo in an output name must not cost a whole run: checked before segmentation starts."""
+    import geosam.pipeline
+
+    def boom(*a, **k):
+        raise AssertionError("segmentation started despite a bad output path")
+
+    monkeypatch.setattr(geosam.pipeline, "segment_scene", boom)
+    scene = str(DATA / "solaris_pan_uint16.tif")
+    for extra, message in [
+        (["-o", str(tmp_path / "x.kml")], "unknown vector format"),
+        (["-o", str(tmp_path / "x.gpkg"), "--label-raster", str(tmp_path / "l.png")], "GeoTIFF"),
+        (["-o", str(tmp_path / "x.gpkg"), "--overlay", str(tmp_path / "o.jpg")], "PNG"),
+    ]:
+        res = CliRunner().invoke(cli, ["segment", scene, *extra])
+        assert res.exit_code == 1 and message in res.output, res.output

@@ -67,8 +67,12 @@ def prompt(scene: str, output: str, points: str | None, boxes: str | None, promp
     import geopandas as gpd
     import pandas as pd
 
-    from geosam.export import render_overlay, write_vector
+    from geosam.export import check_output_path, render_overlay, write_vector
     from geosam.prompts import prompts_to_frame, segment_prompts
+
+    check_output_path(output)  # before the run, so a typo loses nothing
+    if overlay:
+        check_output_path(overlay, "png")
 
     frames = []
     items: list[tuple[float, ...]] = parse_coordinate_list(points, 2, "--points") + parse_coordinate_list(boxes, 4, "--boxes")

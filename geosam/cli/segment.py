@@ -69,9 +69,14 @@ def segment(scene: str, output: str, model: str, chip_size_px: int, overlap_px: 
             prefilter: bool = False, prefilter_radius_px: str = "2", index_raster: str | None = None,
             crop_n_layers: int = 0, chips_per_batch: int = 1, prefetch_chips: int = 2, profile: bool = False) -> None:
     """Segment every object in SCENE and write one polygon per object to OUTPUT."""
-    from geosam.export import render_overlay, write_label_raster, write_vector
+    from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
     from geosam.pipeline import segment_scene
 
+    # every output path is checked before the (possibly hours-long) run, so a typo loses nothing
+    check_output_path(output)
+    for path, kind in ((label_raster, "raster"), (index_raster, "raster"), (overlay, "png")):
+        if path:
+            check_output_path(path, kind)
     gdf = segment_scene(
         scene,
         model=model,
