@@ -41,6 +41,9 @@ class SegmentConfig:
     crop_n_layers: int = 0
     # engine: reader-thread prefetch (chips read ahead), chips per encoder batch
     prefetch_chips: int = 2
+    #: a chip whose pixels cannot be read (corrupt block) is skipped with a warning
+    #: and listed in ``gdf.attrs['geosam']['chips_failed']`` instead of ending the run
+    skip_bad_chips: bool = False
     chips_per_batch: int = 1
     # stitching and output
     match_iou: float = 0.5

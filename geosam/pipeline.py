@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from geosam.config import SegmentConfig, index_names
+from geosam.errors import GeosamError
 from geosam.io import ReadConfig, Scene
 from geosam.masks import ChipMasks, MaskGenerator
 from geosam.stitch import StitchedObject, Stitcher, area_m2, pixel_to_map
@@ -31,6 +32,7 @@ class RunStats:
 
     chips_total: int = 0
     chips_skipped_invalid: int = 0
+    chips_failed: list[str] = field(default_factory=list)
     chips_empty: int = 0
     chips_skipped_prefilter: int = 0
     prompts_total: int = 0  # grid prompts on valid pixels (counted when the prefilter runs)
@@ -173,8 +175,13 @@ def segment_scene(
                 stats.add_time("stitch", time.perf_counter() - t0)
             pending.clear()
 
-        chips = iter_chips(sc, specs, cfg.prefetch_chips, stats)
+        chips = iter_chips(sc, specs, cfg.prefetch_chips, stats, skip_bad_chips=cfg.skip_bad_chips)
         for spec, chip in _progress(chips, len(specs), cfg.progress, "segment"):
+            if isinstance(chip, GeosamError):  # a chip that could not be read (skip_bad_chips)
+                log.warning("skipping chip %s: %s", spec.chip_id, chip)
+                stats.chips_failed.append(f"{spec.chip_id}: {chip}")
+                stitcher.skip(spec)
+                continue
             if not chip.valid.any():
                 stats.chips_skipped_invalid += 1
                 stitcher.skip(spec)
@@ -260,8 +267,23 @@ def _read_chip_timed(sc: Scene, spec: Any, timings: dict[str, float]) -> Any:
     return Chip(spec=spec, image=image, valid=valid, raw=data)
 
 
-def iter_chips(sc: Scene, specs: list[Any], prefetch: int, stats: RunStats | None = None) -> Iterator[tuple[Any, Any]]:
+def _read_or_error(sc: Scene, spec: Any, timings: dict[str, float], skip_bad_chips: bool) -> Any:
+    """The chip, or (with ``skip_bad_chips``) the read error as a value."""
+    try:
+        return _read_chip_timed(sc, spec, timings)
+    except GeosamError as exc:
+        if not skip_bad_chips:
+            raise
+        return exc
+
+
+def iter_chips(
+    sc: Scene, specs: list[Any], prefetch: int, stats: RunStats | None = None, skip_bad_chips: bool = False
+) -> Iterator[tuple[Any, Any]]:
     """(spec, chip) for every spec, in order.
+
+    With ``skip_bad_chips`` a chip whose pixels cannot be read is yielded as
+    ``(spec, error)`` (a :class:`GeosamError`) instead of ending the run.
 
     With ``prefetch > 0`` a reader thread with its own :class:`Scene` handle
     (rasterio datasets are not thread-safe) reads and stretches up to
@@ -273,7 +295,7 @@ def iter_chips(sc: Scene, specs: list[Any], prefetch: int, stats: RunStats | Non
     try:
         if prefetch <= 0:
             for spec in specs:
-                yield spec, _read_chip_timed(sc, spec, timings)
+                yield spec, _read_or_error(sc, spec, timings, skip_bad_chips)
             return
         q: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
@@ -293,7 +315,7 @@ def iter_chips(sc: Scene, specs: list[Any], prefetch: int, stats: RunStats | Non
                 with Scene(sc.path, sc.read_config) as rs:
                     rs.stretch = sc.stretch
                     for spec in specs:
-                        if not put((spec, _read_chip_timed(rs, spec, timings))):
+                        if not put((spec, _read_or_error(rs, spec, timings, skip_bad_chips))):
                             return
                 put(done)
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer

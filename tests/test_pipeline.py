@@ -197,3 +197,30 @@ def test_cli_bad_output_path_fails_before_any_work(tmp_path, monkeypatch):
     ]:
         res = CliRunner().invoke(cli, ["segment", scene, *extra])
         assert res.exit_code == 1 and message in res.output, res.output
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_unreadable_chip_stops_the_run_or_is_skipped(tmp_path, monkeypatch, prefetch):
+    """A corrupt block names the file and window; with skip_bad_chips the rest of the run is kept."""
+    from geosam.errors import InvalidRasterError
+    from geosam.io import Scene
+
+    lab = np.zeros((300, 300), np.int32)
+    lab[10:40, 10:40] = 1  # first chip
+    lab[200:260, 200:260] = 2  # last chips
+    p = _write_scene(tmp_path / "c.tif", np.full((3, 300, 300), 9, np.uint8))
+    real = Scene.read_window
+
+    def flaky(self, window, out_shape=None):
+        if out_shape is None and window.col_off == 0 and window.row_off > 0:
+            raise InvalidRasterError(f"{self.path}: cannot read window {window} (TIFFReadEncodedTile failed)")
+        return real(self, window, out_shape)
+
+    monkeypatch.setattr(Scene, "read_window", flaky)
+    kw = dict(chip_size_px=128, overlap_px=16, progress=False, prefetch_chips=prefetch)
+    with pytest.raises(InvalidRasterError, match="c.tif: cannot read window"):
+        geosam.segment_scene(p, _LabelOracle(lab), **kw)
+    gdf = geosam.segment_scene(p, _LabelOracle(lab), skip_bad_chips=True, **kw)
+    failed = gdf.attrs["geosam"]["chips_failed"]
+    assert len(failed) == 2 and all("TIFFReadEncodedTile" in f for f in failed)
+    assert sorted(gdf.area_m2) == [900.0, 3600.0]

@@ -56,6 +56,8 @@ _D = SegmentConfig()
               help="Chips encoded together in one encoder batch.")
 @click.option("--prefetch-chips", type=int, default=_D.prefetch_chips, show_default=True,
               help="Chips read ahead by a reader thread (0: read in the main thread).")
+@click.option("--skip-bad-chips", is_flag=True,
+              help="Skip (and list) chips whose pixels cannot be read instead of stopping the run.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage (read, stretch, encode, decode, ...).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar over chips.")
 @handle_errors
@@ -67,7 +69,8 @@ def segment(scene: str, output: str, model: str, chip_size_px: int, overlap_px: 
             reflectance_offset: float | None = None, indices_: str | None = None, index_threshold: tuple[str, ...] = (),
             min_index: tuple[str, ...] = (), rank_by: str | None = None, top_k: int | None = None,
             prefilter: bool = False, prefilter_radius_px: str = "2", index_raster: str | None = None,
-            crop_n_layers: int = 0, chips_per_batch: int = 1, prefetch_chips: int = 2, profile: bool = False) -> None:
+            crop_n_layers: int = 0, chips_per_batch: int = 1, prefetch_chips: int = 2, profile: bool = False,
+            skip_bad_chips: bool = False) -> None:
     """Segment every object in SCENE and write one polygon per object to OUTPUT."""
     from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
     from geosam.pipeline import segment_scene
@@ -109,6 +112,7 @@ def segment(scene: str, output: str, model: str, chip_size_px: int, overlap_px: 
         crop_n_layers=crop_n_layers,
         chips_per_batch=chips_per_batch,
         prefetch_chips=prefetch_chips,
+        skip_bad_chips=skip_bad_chips,
     )
     out = write_vector(gdf, output)
     if label_raster:
@@ -123,6 +127,8 @@ def segment(scene: str, output: str, model: str, chip_size_px: int, overlap_px: 
         f"{out}: {len(gdf)} objects, {stats.get('chips_total', 0)} chips "
         f"({stats.get('chips_skipped_invalid', 0)} skipped as invalid), {stats.get('seconds', 0.0):.1f} s"
     )
+    for failed in stats.get("chips_failed", []):
+        click.echo(f"warning: chip {failed}", err=True)
     if profile:
         click.echo(format_profile(stats.get("timings_s", {}), stats.get("seconds", 0.0)))
     if stats.get("prompts_total"):
