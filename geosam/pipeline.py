@@ -200,6 +200,8 @@ def segment_scene(
         finished.extend(_finish(stitcher.pop_finished(final=True), hooks, sc))
         gdf = _to_geodataframe(finished, sc.info.crs_wkt, getattr(mask_generator, "name", "unknown"))
         stats.add_time("stitch", time.perf_counter() - t0)
+        stats.timings_s["stitch"] -= stitcher.polygonise_s  # reported on its own
+        stats.add_time("polygonise", stitcher.polygonise_s)
         path = sc.path
     if cfg.min_area_m2 > 0:
         gdf = gdf[gdf["area_m2"] >= cfg.min_area_m2].reset_index(drop=True)

@@ -22,6 +22,7 @@ touches a chip it was seen in has been added or skipped.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -197,6 +198,8 @@ class Stitcher:
         self.uf = _UnionFind()
         self._next_uid = 0
         self.n_pieces_total = 0
+        #: seconds spent polygonising finished objects (part of the stitch time)
+        self.polygonise_s = 0.0
 
     def _find_neighbours(self) -> dict[ChipKey, list[ChipKey]]:
         keys = list(self.windows)
@@ -341,11 +344,18 @@ class Stitcher:
             m[w.relative_to(p.bbox).slices()] = False
         return m
 
+    def _polygonise(self, mask: np.ndarray, col_off: int, row_off: int) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return mask_to_pixel_geometry(mask, col_off, row_off)
+        finally:
+            self.polygonise_s += time.perf_counter() - t0
+
     def _build(self, members: list[int], chips: set[ChipKey]) -> StitchedObject | None:
         pieces = [self.pieces[u] for u in sorted(members)]
         if len(pieces) == 1:
             p = pieces[0]
-            g = mask_to_pixel_geometry(p.mask, p.bbox.col_off, p.bbox.row_off)
+            g = self._polygonise(p.mask, p.bbox.col_off, p.bbox.row_off)
             area = p.area_px
             canvas, full = p.mask, p.bbox
         else:
@@ -358,11 +368,11 @@ class Stitcher:
                 canvas = np.zeros((full.height, full.width), dtype=bool)
                 for p in pieces:
                     canvas[p.bbox.relative_to(full).slices()] |= self._trimmed(p, chips)
-                g = mask_to_pixel_geometry(canvas, c0, r0)
+                g = self._polygonise(canvas, c0, r0)
                 area = int(canvas.sum())
             else:  # a huge object: vector union of the trimmed pieces
                 canvas, full = None, None
-                geoms = [mask_to_pixel_geometry(self._trimmed(p, chips), p.bbox.col_off, p.bbox.row_off) for p in pieces]
+                geoms = [self._polygonise(self._trimmed(p, chips), p.bbox.col_off, p.bbox.row_off) for p in pieces]
                 g = _polygonal(unary_union([q for q in geoms if q is not None]))
                 area = int(round(g.area))
         if g is None or g.is_empty:

@@ -149,13 +149,13 @@ def _write_index_raster(scene: str, path: str, band_roles: str | None, scale: fl
 
 
 #: Stage order of ``--profile`` (stages a run did not time are left out; others follow).
-PROFILE_STAGES = ("read", "stretch", "encode", "decode", "filter", "upsample", "nms", "postprocess", "generate", "stitch")
+PROFILE_STAGES = ("read", "stretch", "encode", "decode", "filter", "upsample", "nms", "postprocess", "generate", "stitch", "polygonise")
 
 
 def format_profile(timings: dict[str, float], total_s: float) -> str:
     """A table of seconds per stage. ``generate`` is the model's wall time (encode ... postprocess are
     inside it); ``read`` and ``stretch`` run in the reader thread, overlapping the model; ``stitch``
-    includes polygonising."""
+    (matching and merging across seams) and ``polygonise`` (finished objects to polygons) are apart."""
     names = [s for s in PROFILE_STAGES if s in timings] + sorted(set(timings) - set(PROFILE_STAGES))
     lines = ["stage          seconds"]
     lines += [f"{n:<14} {timings[n]:8.2f}" for n in names]
