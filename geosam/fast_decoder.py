@@ -7,22 +7,23 @@ function with the loaded model's own weights, rearranged so that fewer
 multiplications touch the h*w positions:
 
 * token -> image attention: the key projection is moved to the token side
-  (``q . (W_k x + b_k) = (q W_k) . x + q . b_k``) and the value projection after
-  the attention (``A (x W_v^T + b_v) = (A x) W_v^T + b_v``, softmax rows sum
-  to 1), so the image positions are never projected: with a few tokens and
-  8 heads, ``heads * tokens`` (~56) rows replace the ``2 * internal_dim`` (256)
-  projections per position;
-* image -> token attention: the output projection is applied to the token
-  values per head (``out_proj(concat_h A_h V_h) = sum_h A_h (V_h W_o,h^T) + b_o``),
-  one matmul over ``heads * tokens`` columns instead of a (internal_dim x C)
-  projection of every position;
+  (``q . (W_k x + b_k) = (q W_k) . x + q . b_k``, the last term cancels in the
+  softmax) and the value projection after the attention
+  (``A (x W_v^T + b_v) = (A x) W_v^T + b_v``, softmax rows sum to 1), so the image
+  positions are never projected: ``heads * tokens`` (~56) rows per position
+  replace the ``2 * internal_dim`` (256) projections;
+* image -> token attention: likewise the query projection goes to the tokens
+  (``(W_q x + b_q) . k = x . (W_q^T k) + b_q . k``) and the output projection to
+  the token values per head (``out_proj(concat_h A_h V_h) = sum_h A_h (V_h W_o,h^T)
+  + b_o``), and the residual is added by the same matmul; the softmax over the
+  few tokens runs along a non-last axis (much faster on the CPU);
 * in the first layer the image side (embedding + dense prompt, positional
   encoding) is the same for every prompt when the dense embedding is shared
-  (no mask input): it is used once, without ``repeat``; the query projection of
-  the image positions in the first image -> token attention is computed once;
+  (no mask input): it is used once, without ``repeat``, in single large matmuls;
 * the output upscaling (two 2x2 stride-2 transposed convolutions) runs as
-  channels-last matmuls and only the requested mask tokens are multiplied out;
-  the pixel shuffle is done once on the K output masks.
+  channels-last matmuls, one prompt at a time through reused buffers on the CPU
+  (in-place GELU), and only the requested mask tokens are multiplied out; the
+  pixel shuffle is done once on the K output masks.
 
 Same math as the stock decoder; float32 results agree to rounding (~1e-5
 relative). ``attention_similarity`` / ``target_embedding`` (PerSAM) are not
@@ -50,20 +51,30 @@ def fast_decoder_supported(model: Any) -> bool:
         dec = _unwrap(model.mask_decoder)
         tr = dec.transformer
         layers = list(tr.layers)
+        attns = [
+            a
+            for layer in layers
+            for a in (layer.self_attn, layer.cross_attn_token_to_image, layer.cross_attn_image_to_token)
+        ]
+        attns.append(tr.final_attn_token_to_image)
         return (
-            len(layers) >= 1
-            and bool(layers[0].skip_first_layer_pe)
-            and not any(bool(layer.skip_first_layer_pe) for layer in layers[1:])
-            and hasattr(dec, "upscale_conv1")
-            and tuple(dec.upscale_conv1.kernel_size) == (2, 2)
-            and tuple(dec.upscale_conv1.stride) == (2, 2)
-            and tuple(dec.upscale_conv2.kernel_size) == (2, 2)
-            and tuple(dec.upscale_conv2.stride) == (2, 2)
-            and tuple(dec.upscale_conv1.padding) == (0, 0)
-            and tuple(dec.upscale_conv2.padding) == (0, 0)
+            callable(getattr(model, "prompt_encoder", None))
+            and callable(getattr(model, "get_image_wide_positional_embeddings", None))
+            and all(int(a.internal_dim) % int(a.num_attention_heads) == 0 for a in attns)
+            and all(p.bias is not None for a in attns for p in (a.q_proj, a.k_proj, a.v_proj, a.out_proj))
+            and all(
+                tuple(conv.kernel_size) == (2, 2)
+                and tuple(conv.stride) == (2, 2)
+                and tuple(conv.padding) == (0, 0)
+                and tuple(conv.output_padding) == (0, 0)
+                and tuple(conv.dilation) == (1, 1)
+                and conv.groups == 1
+                and conv.bias is not None
+                for conv in (dec.upscale_conv1, dec.upscale_conv2)
+            )
             and getattr(dec.upscale_layer_norm, "data_format", "") == "channels_first"
         )
-    except AttributeError:
+    except (AttributeError, TypeError):
         return False
 
 
@@ -77,70 +88,75 @@ def _heads(attn: Any) -> tuple[int, int]:
     return h, int(attn.internal_dim) // h
 
 
+def _scores(rows: torch.Tensor, x_pos: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """rows (N, R, C) against image keys x_pos (B, P, C), B = N or 1 (shared): (N, R, P) (+ bias (N, R, 1))."""
+    n, r, c = rows.shape
+    if x_pos.shape[0] == 1 and n > 1:  # shared image side: one GEMM for all prompts
+        xt = x_pos[0].transpose(0, 1)
+        if bias is None:
+            return (rows.reshape(n * r, c) @ xt).view(n, r, -1)
+        return torch.addmm(bias.reshape(n * r, 1), rows.reshape(n * r, c), xt).view(n, r, -1)
+    xt = x_pos.transpose(1, 2)
+    if bias is None:
+        return torch.bmm(rows, xt)
+    return torch.baddbmm(bias, rows, xt)
+
+
 def _token_to_image(attn: Any, q_tokens: torch.Tensor, x: torch.Tensor, x_pos: torch.Tensor) -> torch.Tensor:
     """``attn(query=q_tokens, key=x_pos, value=x)`` without projecting the image positions.
 
     q_tokens: (N, T, C) token queries (with their positional part); x: (B, P, C)
     image values, x_pos: (B, P, C) image keys (x + pos), B = N or 1 (shared).
     Returns the attention output after out_proj, (N, T, C).
+
+    ``q . k_p = (q W_k) . x_p + q . b_k``: the last term is the same for every
+    image position p, so it cancels in the softmax over p and is left out.
+    ``sum_p a_p (W_v x_p + b_v) = W_v (sum_p a_p x_p) + b_v`` as the a_p sum to 1.
     """
     n, t, c = q_tokens.shape
     nh, d = _heads(attn)
-    q = attn.q_proj(q_tokens).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
+    q = attn.q_proj(q_tokens).view(n, t, nh, d)
     wk = attn.k_proj.weight.view(nh, d, c)  # rows h*d..(h+1)*d belong to head h
-    bk = attn.k_proj.bias.view(nh, d)
-    scale = float(attn.scaling)
-    qk = torch.matmul(q, wk) * scale  # (N, h, T, C)
-    qb = (q * bk[None, :, None, :]).sum(-1, keepdim=True) * scale  # (N, h, T, 1): q . b_k
-    rows = nh * t
-    qk = qk.reshape(n, rows, c)
-    if x.shape[0] == 1 and n > 1:  # shared image side: one GEMM for all prompts
-        scores = (qk.reshape(n * rows, c) @ x_pos[0].transpose(0, 1)).view(n, rows, -1)
-    else:
-        scores = torch.bmm(qk, x_pos.transpose(1, 2))  # (N, h*T, P)
-    scores = scores + qb.reshape(n, rows, 1)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    qk = torch.einsum("nthd,hdc->nhtc", q, wk * float(attn.scaling)).reshape(n, nh * t, c)
+    probs = torch.softmax(_scores(qk, x_pos), dim=-1, dtype=torch.float32).to(qk.dtype)  # (N, h*T, P)
     if x.shape[0] == 1 and n > 1:
-        ax = (probs.reshape(n * rows, -1) @ x[0]).view(n, nh, t, c)
+        ax = (probs.reshape(n * nh * t, -1) @ x[0]).view(n, nh, t, c)
     else:
         ax = torch.bmm(probs, x).view(n, nh, t, c)  # (N, h, T, C)
     wv = attn.v_proj.weight.view(nh, d, c)
-    out = torch.matmul(ax, wv.transpose(1, 2)) + attn.v_proj.bias.view(nh, 1, d)  # (N, h, T, d)
-    out = out.transpose(1, 2).reshape(n, t, nh * d)
+    out = torch.einsum("nhtc,hdc->nthd", ax, wv).reshape(n, t, nh * d) + attn.v_proj.bias
     return attn.out_proj(out)
 
 
-def _image_to_token(
-    attn: Any, q_img: torch.Tensor, k_tokens: torch.Tensor, v_tokens: torch.Tensor
+def _image_to_token_residual(
+    attn: Any, x: torch.Tensor, x_pos: torch.Tensor, k_tokens: torch.Tensor, v_tokens: torch.Tensor
 ) -> torch.Tensor:
-    """``attn(query=image, key=k_tokens, value=v_tokens)`` with out_proj applied to the token values.
+    """``x + attn(query=x_pos, key=k_tokens, value=v_tokens)`` without projecting the image positions.
 
-    q_img: (B, P, h, d) the already projected and scaled image queries (B = N or 1);
-    k_tokens, v_tokens: (N, T, C). Returns (N, P, C).
+    x, x_pos: (B, P, C) image embedding and image keys (x + pos), B = N or 1
+    (shared); k_tokens, v_tokens: (N, T, C). Returns (N, P, C).
+
+    ``(W_q x_p + b_q) . k = x_p . (W_q^T k) + b_q . k`` moves the query
+    projection to the tokens, and ``out_proj(concat_h A_h V_h) = sum_h A_h
+    (V_h W_o,h^T) + b_o`` moves the output projection to the tokens too
+    (b_o is spread over the heads' values: each head's weights sum to 1).
     """
     n, t, c = k_tokens.shape
     nh, d = _heads(attn)
-    k = attn.k_proj(k_tokens).view(n, t, nh, d)  # (N, T, h, d)
+    scale = float(attn.scaling)
+    k = attn.k_proj(k_tokens).view(n, t, nh, d)
+    wq = attn.q_proj.weight.view(nh, d, c)
+    kq = torch.einsum("nthd,hdc->nhtc", k, wq * scale).reshape(n, nh * t, c)
+    kb = torch.einsum("nthd,hd->nht", k, attn.q_proj.bias.view(nh, d) * scale).reshape(n, nh * t, 1)
+    s = _scores(kq, x_pos, kb).view(n, nh, t, -1)  # (N, h, T, P)
+    probs = torch.softmax(s, dim=2, dtype=torch.float32).to(kq.dtype).view(n, nh * t, -1)
     v = attn.v_proj(v_tokens).view(n, t, nh, d)
     wo = attn.out_proj.weight.view(c, nh, d)  # columns h*d..(h+1)*d belong to head h
-    vo = torch.einsum("nthd,chd->nhtc", v, wo).reshape(n, nh * t, c)  # per-head values after out_proj
-    if q_img.shape[0] == 1 and n > 1:
-        # (h, P, d) @ (h, d, N*T) -> (h, P, N, T) -> (N, P, h, T)
-        kk = k.permute(2, 3, 0, 1).reshape(nh, d, n * t)
-        s = torch.bmm(q_img[0].transpose(0, 1), kk).view(nh, -1, n, t)
-        s = s.permute(2, 1, 0, 3)
-    else:
-        s = torch.einsum("nphd,nthd->npht", q_img, k)
-    p = s.shape[1]
-    probs = torch.softmax(s, dim=-1, dtype=torch.float32).to(vo.dtype).reshape(n, p, nh * t)
-    return torch.baddbmm(attn.out_proj.bias.view(1, 1, c).to(vo.dtype), probs, vo)
-
-
-def _project_image_queries(attn: Any, x_pos: torch.Tensor) -> torch.Tensor:
-    """(B, P, C) image keys+pos -> scaled, head-split queries (B, P, h, d)."""
-    nh, d = _heads(attn)
-    b, p, _ = x_pos.shape
-    return (attn.q_proj(x_pos) * float(attn.scaling)).view(b, p, nh, d)
+    vo = torch.einsum("nthd,chd->nhtc", v, wo) + (attn.out_proj.bias / nh)
+    vo = vo.reshape(n, nh * t, c)
+    p = probs.shape[-1]
+    base = x if x.shape[0] == n else x.expand(n, p, c)
+    return torch.baddbmm(base, probs.transpose(1, 2), vo)
 
 
 def fast_decode(
@@ -173,7 +189,9 @@ def fast_decode(
     output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)  # (1 + M, C)
     if sparse_embeddings is not None:
         n = sparse_embeddings.shape[0]
-        tokens = torch.cat((output_tokens[None].expand(n, -1, -1).to(sparse_embeddings.dtype), sparse_embeddings), dim=1)
+        tokens = torch.cat(
+            (output_tokens[None].expand(n, -1, -1).to(sparse_embeddings.dtype), sparse_embeddings), dim=1
+        )
     else:
         n = max(1, dense_embeddings.shape[0])
         tokens = output_tokens[None].expand(n, -1, -1)
@@ -183,11 +201,11 @@ def fast_decode(
     if dense_embeddings.shape[0] not in (1, n):
         raise ValueError(f"dense_embeddings batch {dense_embeddings.shape[0]} fits neither 1 nor {n} prompts")
     src = image_embeddings + dense_embeddings  # (1 or N, C, h, w)
-    keys = src.flatten(2).transpose(1, 2)  # (B, P, C)
-    pos = image_pe.flatten(2).transpose(1, 2)  # (1, P, C)
+    keys = src.flatten(2).transpose(1, 2).contiguous()  # (B, P, C)
+    pos = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, P, C)
 
     queries = tokens
-    for i, layer in enumerate(tr.layers):
+    for layer in tr.layers:
         # self attention of the tokens (cheap: run the module itself)
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])[0][0]
@@ -202,9 +220,9 @@ def fast_decode(
 
         queries = layer.layer_norm3(queries + layer.mlp(queries))
 
-        q_img = _project_image_queries(layer.cross_attn_image_to_token, keys_pos)
-        attn_out = _image_to_token(layer.cross_attn_image_to_token, q_img, queries + pe_tok, queries)
-        keys = layer.layer_norm4(keys + attn_out)  # broadcasts a shared (1, P, C) to (N, P, C)
+        keys = layer.layer_norm4(
+            _image_to_token_residual(layer.cross_attn_image_to_token, keys, keys_pos, queries + pe_tok, queries)
+        )
 
     keys_pos = keys + pos
     queries = queries + _token_to_image(tr.final_attn_token_to_image, queries + pe_tok, keys, keys_pos)
@@ -212,7 +230,7 @@ def fast_decode(
 
     iou_token_out = queries[:, 0, :]
     mask_tokens_out = queries[:, 1 : 1 + dec.num_mask_tokens, :]
-    sel = range(1, dec.num_mask_tokens) if multimask else range(0, 1)
+    sel = range(1, dec.num_mask_tokens) if multimask else range(1)
     hyper = torch.stack([dec.output_hypernetworks_mlps[j](mask_tokens_out[:, j, :]) for j in sel], dim=1)  # (N, K, C8)
 
     if keys.shape[0] != n:  # no transformer layer ran: still one embedding per prompt
@@ -223,24 +241,48 @@ def fast_decode(
     return masks, iou
 
 
-def _upscale_and_predict(dec: Any, x: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+def _activation_(act: Any, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, in place for exact/tanh GELU (saves a large allocation)."""
+    if isinstance(act, torch.nn.GELU):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
+
+
+def _upscale_and_predict(dec: Any, x: torch.Tensor, hyper: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """upscale_conv1 -> LN -> GELU -> upscale_conv2 -> GELU, then hyper @ features, channels-last.
 
     x: (N, h, w, C) channels-last embedding; hyper: (N, K, C8). Returns (N, K, 4h, 4w).
+    ``chunk`` prompts at a time (default: 1 on the CPU, all elsewhere) through
+    reused buffers: on a CPU the (16 h w, C8) features of a prompt stay in cache
+    between the matmuls and the activations.
     """
     n, hh, ww, c = x.shape
     conv1, conv2 = dec.upscale_conv1, dec.upscale_conv2
     c4 = conv1.out_channels
     c8 = conv2.out_channels
+    k = hyper.shape[1]
     # ConvTranspose2d(k=2, s=2) weight (in, out, a, b): out[o, 2i+a, 2j+b] = sum_c x[c, i, j] W[c, o, a, b] + bias[o]
     w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)  # columns (a, b, o)
-    y = torch.addmm(conv1.bias.repeat(4), x.reshape(-1, c), w1).view(-1, c4)  # (N*h*w*4, C4)
-    ln = dec.upscale_layer_norm
-    y = dec.activation(F.layer_norm(y, ln.normalized_shape, ln.weight, ln.bias, ln.eps))
+    b1 = conv1.bias.repeat(4)
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)  # columns (a2, b2, o2)
-    z = dec.activation(torch.addmm(conv2.bias.repeat(4), y, w2))  # (N*h*w*2*2, 4*C8)
-    z = z.view(n, hh * ww * 16, c8)  # rows (i, j, a, b, a2, b2)
-    k = hyper.shape[1]
-    m = torch.bmm(z, hyper.transpose(1, 2).to(z.dtype))  # (N, h*w*16, K)
-    m = m.view(n, hh, ww, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)  # (N, K, i, a, a2, j, b, b2)
-    return m.reshape(n, k, 4 * hh, 4 * ww)
+    b2 = conv2.bias.repeat(4)
+    ln = dec.upscale_layer_norm
+    dtype = torch.promote_types(x.dtype, w1.dtype)
+    opts = {"dtype": dtype, "device": x.device}
+    cs = max(1, min(n, chunk if chunk is not None else (1 if x.device.type == "cpu" else n)))
+    y = torch.empty(cs * hh * ww, 4 * c4, **opts)
+    z = torch.empty(cs * hh * ww * 4, 4 * c8, **opts)
+    mk = torch.empty(cs, hh * ww * 16, k, **opts)
+    out = torch.empty(n, k, 4 * hh, 4 * ww, **opts)
+    hyper_t = hyper.transpose(1, 2).to(dtype)  # (N, C8, K)
+    for s in range(0, n, cs):
+        m = min(cs, n - s)
+        yb, zb, mb = y[: m * hh * ww], z[: m * hh * ww * 4], mk[:m]
+        torch.addmm(b1, x[s : s + m].reshape(m * hh * ww, c), w1, out=yb)
+        yn = F.layer_norm(yb.view(-1, c4), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        yn = _activation_(dec.activation, yn)
+        torch.addmm(b2, yn, w2, out=zb)
+        zz = _activation_(dec.activation, zb)  # rows (n, i, j, a, b), columns (a2, b2, o2)
+        torch.bmm(zz.view(m, -1, c8), hyper_t[s : s + m], out=mb)  # rows (i, j, a, b, a2, b2)
+        out[s : s + m] = mb.view(m, hh, ww, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(m, k, 4 * hh, 4 * ww)
+    return out

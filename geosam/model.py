@@ -193,6 +193,14 @@ class SamBundle:
     input_size: side of the square, padded model input (px), = the encoder's image size.
     normalize: "sam" (rescale, then mean/std) or "minmax" (LiteMedSAM: the resized
         image rescaled to 0..1 by its own min and max, no mean/std).
+    fast_decoder: decode prompts with :func:`geosam.fast_decoder.fast_decode` (same
+        math as the stock mask decoder, ~3x faster on a CPU for many prompts per
+        image). None (default): on the CPU (not after :func:`compile_bundle`),
+        whatever the encoder's dtype - exact float32 decoding there is faster than
+        bf16 autocast of the stock decoder; True: whenever the model has transformers' SAM
+        decoder layout, on any device and dtype - the decoder then runs in float32
+        (no autocast), giving the float32 stock results; False: always the stock
+        ``SamModel.forward``.
     """
 
     model: Any = field(repr=False)
@@ -206,6 +214,7 @@ class SamBundle:
     longest_edge: int = SAM_LONGEST_EDGE
     input_size: int = SAM_LONGEST_EDGE
     normalize: str = "sam"
+    fast_decoder: bool | None = None
 
     @property
     def pad_size(self) -> tuple[int, int]:
@@ -494,9 +503,38 @@ def _decode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
         raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image_embeddings.shape)}")
+    n = next(iter(prompts.values())).shape[1] if prompts else 0
+    if n > 0 and _use_fast_decoder(bundle):
+        from geosam.fast_decoder import fast_decode
+
+        model = bundle.model
+        with torch.inference_mode():
+            sparse, dense = model.prompt_encoder(
+                input_points=prompts.get("input_points"),
+                input_labels=prompts.get("input_labels"),
+                input_boxes=prompts.get("input_boxes"),
+                input_masks=None,
+            )
+            emb = image_embeddings.to(device=bundle.device, dtype=torch.float32)
+            masks, iou = fast_decode(model, emb, sparse[0], dense, multimask)
+        return masks.float(), iou.float()
     with torch.inference_mode(), _autocast(bundle):
         out = bundle.model(image_embeddings=image_embeddings.to(bundle.device), multimask_output=multimask, **prompts)
     return out.pred_masks[0].float(), out.iou_scores[0].float()
+
+
+def _use_fast_decoder(bundle: SamBundle) -> bool:
+    """Whether :func:`_decode` takes :func:`geosam.fast_decoder.fast_decode` (see ``SamBundle.fast_decoder``)."""
+    choice = getattr(bundle, "fast_decoder", None)
+    if choice is not None and not choice:
+        return False
+    # default: on the CPU the exact float32 fast decoder beats even bf16 autocast of the stock decoder
+    # (measured 20.9 vs 51.2 ms/prompt, SAM-size decoder), so it is used whatever the encoder's dtype
+    if choice is None and (bundle.device.type != "cpu" or getattr(bundle.model, "_geosam_compiled", False)):
+        return False
+    from geosam.fast_decoder import fast_decoder_supported
+
+    return fast_decoder_supported(bundle.model)
 
 
 def decode_points(

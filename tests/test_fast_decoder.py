@@ -1,0 +1,136 @@
+"""geosam.fast_decoder: same logits / IoU as transformers' stock SAM mask decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from geosam import model as gm
+from geosam.fast_decoder import fast_decode, fast_decoder_supported
+
+
+def _sam_size_model():
+    """A SamModel with SAM's real prompt encoder / mask decoder sizes (hidden 256), random weights.
+
+    The vision encoder is tiny: only the decoder is exercised, on a random embedding.
+    """
+    from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
+
+    vision = SamVisionConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        mlp_dim=64,
+        output_channels=256,
+        global_attn_indexes=[0],
+        num_pos_feats=128,
+    )
+    config = SamConfig(
+        vision_config=vision, prompt_encoder_config=SamPromptEncoderConfig(), mask_decoder_config=SamMaskDecoderConfig()
+    )
+    gen = torch.Generator().manual_seed(1)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(1)
+        model = SamModel(config).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    with torch.no_grad():  # the default init is nearly degenerate: make the decoder's weights matter
+        for p in model.mask_decoder.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+        for p in model.prompt_encoder.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def sam_size() -> tuple[gm.SamBundle, torch.Tensor]:
+    bundle = gm.SamBundle(
+        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
+    )
+    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(2))
+    return bundle, emb
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_sam_dir: str) -> tuple[gm.SamBundle, torch.Tensor]:
+    bundle = gm.load_sam(tiny_sam_dir, device="cpu", dtype="float32")
+    rng = torch.Generator().manual_seed(3)
+    pixels = torch.rand((1, 3, 1024, 1024), generator=rng) * 4 - 2
+    return bundle, gm.encode(bundle, pixels)
+
+
+def _close(fast: tuple[torch.Tensor, torch.Tensor], stock: tuple[torch.Tensor, torch.Tensor]) -> None:
+    (fl, fi), (sl, si) = fast, stock
+    assert fl.shape == sl.shape and fi.shape == si.shape
+    assert fl.dtype == sl.dtype == torch.float32
+    # relative to the magnitude: the tiny model's logits are ~1e-4
+    assert float((fl - sl).abs().max()) <= 1e-4 * float(sl.abs().max()) + 1e-7
+    assert float((fi - si).abs().max()) <= 1e-4 * float(si.abs().max()) + 1e-7
+
+
+def _cases(gen: torch.Generator, size: int):
+    pts = torch.rand((5, 2), generator=gen) * size
+    labels = torch.tensor([1, 0, 1, 1, 0])
+    multi = torch.rand((4, 3, 2), generator=gen) * size
+    multi_labels = torch.tensor([[1, 0, 1], [1, 1, 1], [0, 1, 0], [1, 0, 0]])
+    xy = torch.rand((3, 2), generator=gen) * size * 0.5
+    boxes = torch.cat([xy, xy + torch.rand((3, 2), generator=gen) * size * 0.5 + 8], dim=1)
+    return [
+        ("point", gm.decode_points, {"points": pts[:1]}),
+        ("points", gm.decode_points, {"points": pts, "labels": labels}),
+        ("multi_points", gm.decode_prompts, {"points": multi, "labels": multi_labels}),
+        ("boxes", gm.decode_boxes, {"boxes": boxes}),
+        ("box", gm.decode_boxes, {"boxes": boxes[:1]}),
+        ("points_and_boxes", gm.decode_prompts, {"points": multi[:3], "labels": multi_labels[:3], "boxes": boxes}),
+    ]
+
+
+@pytest.mark.parametrize("which", ["tiny", "sam_size"])
+@pytest.mark.parametrize("multimask", [True, False])
+def test_fast_decoder_matches_stock(which: str, multimask: bool, request: pytest.FixtureRequest) -> None:
+    bundle, emb = request.getfixturevalue(which)
+    fast = dataclasses.replace(bundle, fast_decoder=True)
+    stock = dataclasses.replace(bundle, fast_decoder=False)
+    assert gm._use_fast_decoder(fast) and not gm._use_fast_decoder(stock)
+    for name, fn, kwargs in _cases(torch.Generator().manual_seed(4), bundle.input_size):
+        out_fast = fn(fast, emb, multimask=multimask, **kwargs)
+        out_stock = fn(stock, emb, multimask=multimask, **kwargs)
+        assert out_fast[0].shape[1] == (3 if multimask else 1), name
+        _close(out_fast, out_stock)
+
+
+def test_fast_decode_direct_and_per_prompt_dense(sam_size) -> None:
+    """fast_decode itself, with a shared (1, ...) and a per-prompt (N, ...) dense embedding."""
+    bundle, emb = sam_size
+    model = bundle.model
+    pts = torch.tensor([[[[100.0, 200.0]], [[900.0, 10.0]], [[512.0, 512.0]]]])
+    lab = torch.ones((1, 3, 1), dtype=torch.long)
+    with torch.inference_mode():
+        ref = model(image_embeddings=emb, input_points=pts, input_labels=lab, multimask_output=True)
+        sparse, dense = model.prompt_encoder(input_points=pts, input_labels=lab, input_boxes=None, input_masks=None)
+        out1 = fast_decode(model, emb, sparse[0], dense, True)
+        outn = fast_decode(model, emb, sparse[0], dense.expand(3, -1, -1, -1), True)
+    for out in (out1, outn):
+        _close(out, (ref.pred_masks[0], ref.iou_scores[0]))
+
+
+def test_default_choice(sam_size) -> None:
+    bundle, _ = sam_size
+    assert bundle.fast_decoder is None
+    assert gm._use_fast_decoder(bundle)  # float32 on the CPU
+    assert gm._use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16))  # CPU: exact beats bf16 stock
+    assert not gm._use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=False))
+    assert gm._use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=True))
+    assert not fast_decoder_supported(object())
+    assert not gm._use_fast_decoder(dataclasses.replace(bundle, model=torch.nn.Linear(2, 2), fast_decoder=True))
+
+
+def test_fast_decoder_forced_under_bf16_gives_float32_results(sam_size) -> None:
+    bundle, emb = sam_size
+    pts = torch.tensor([[10.0, 20.0], [700.0, 300.0]])
+    forced = dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=True)
+    stock32 = dataclasses.replace(bundle, fast_decoder=False)
+    _close(gm.decode_points(forced, emb.bfloat16(), pts), gm.decode_points(stock32, emb.bfloat16().float(), pts))
