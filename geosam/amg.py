@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from scipy import ndimage
-from typing_extensions import Self
 
 from geosam.config import DEFAULT_MODEL
 from geosam.errors import ConfigError
@@ -50,6 +49,7 @@ from geosam.model import (
 )
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
     from geosam.io import Chip
 
 log = logging.getLogger(__name__)
@@ -424,7 +424,7 @@ class SamMaskGenerator:
             valid = np.asarray(chip.valid, dtype=bool)
             if valid.shape != (h, w):
                 raise ValueError(f"chip.valid has shape {valid.shape}, expected {(h, w)}")
-            region = chip.prompt_region() if hasattr(chip, "prompt_region") else valid
+            region = chip.prompt_region()
             boxes, layers = generate_crop_boxes(h, w, self.crop_n_layers, self.crop_overlap_ratio)
             stats = {
                 "points_total": 0,

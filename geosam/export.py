@@ -62,6 +62,17 @@ def _vector_format(path: Path) -> tuple[str, str | None]:
     return VECTOR_FORMATS[ext]
 
 
+def _ensure_writable_folder(path: Path) -> None:
+    """Create ``path``'s parent folder if needed; ExportError naming the path if it is not writable."""
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot create folder {parent} ({exc.strerror or exc})") from exc
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"{path}: folder {parent} is not writable; choose another output path")
+
+
 def check_output_path(path: str | os.PathLike[str], kind: str = "vector") -> Path:
     """Fail early (before hours of segmentation) on an output path that cannot be written.
 
@@ -75,25 +86,13 @@ def check_output_path(path: str | os.PathLike[str], kind: str = "vector") -> Pat
         raise ExportError(f"{path}: a label or index raster must be a GeoTIFF (.tif or .tiff)")
     elif kind == "png" and path.suffix.lower() != ".png":
         raise ExportError(f"{path}: the overlay is written as PNG; use a .png file name")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"{path}: cannot create folder {parent} ({exc.strerror or exc})") from exc
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"{path}: folder {parent} is not writable; choose another output path")
+    _ensure_writable_folder(path)
     return path
 
 
 def _prepare_target(path: Path, overwrite: bool, sidecars: tuple[str, ...] = ()) -> None:
     """Create the parent folder, check it is writable, remove an old file if allowed."""
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"{path}: cannot create folder {parent} ({exc.strerror or exc})") from exc
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"{path}: folder {parent} is not writable; choose another output path")
+    _ensure_writable_folder(path)
     targets = [path] + [path.with_suffix(s) for s in sidecars if path.with_suffix(s) != path]
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:

@@ -380,7 +380,7 @@ def write_index_raster(
     names = [check_index(n) for n in indices]
     if not names:
         raise ConfigError("write_index_raster needs at least one index")
-    with Scene(scene) as sc:
+    with Scene(scene, stretch=None) as sc:  # index values are read raw: no stretch to estimate
         roles = resolve_band_roles(sc, band_roles, reflectance_scale, reflectance_offset)
         calc = IndexCalculator(roles, names)
         i = sc.info

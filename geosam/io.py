@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from affine import Affine
-from typing_extensions import Self
 
 from geosam.errors import BandError, ConfigError, InvalidRasterError, NoCRSError
 from geosam.tiling import ChipSpec, PixelWindow, iter_chip_specs
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -174,23 +177,35 @@ def default_bands(info: SceneInfo) -> tuple[int, ...]:
     return (1,)
 
 
-def _check_bands(info: SceneInfo, bands: Sequence[int]) -> tuple[int, ...]:
+def _check_band_numbers(info: SceneInfo, bands: Sequence[int]) -> tuple[int, ...]:
+    """1-based band numbers as ints; BandError naming the file for one that does not exist."""
     bands = tuple(int(b) for b in bands)
-    if len(bands) not in (1, 3):
-        raise BandError(f"{info.path}: select 1 or 3 bands for the model image, got {list(bands)}")
     for b in bands:
         if b < 1 or b > info.count:
             raise BandError(f"{info.path}: band {b} does not exist (the raster has bands 1..{info.count})")
     return bands
 
 
+def _check_bands(info: SceneInfo, bands: Sequence[int]) -> tuple[int, ...]:
+    bands = tuple(int(b) for b in bands)
+    if len(bands) not in (1, 3):
+        raise BandError(f"{info.path}: select 1 or 3 bands for the model image, got {list(bands)}")
+    return _check_band_numbers(info, bands)
+
+
+#: ``Scene(stretch=...)`` default: estimate the stretch from a decimated read
+_ESTIMATE = object()
+
+
 class Scene:
     """An open scene: metadata, read settings and scene-wide stretch.
 
     Holds one open rasterio dataset; use one ``Scene`` per thread.
+    ``stretch``: per-band (low, high) values to reuse (e.g. another handle's
+    ``Scene.stretch``, or None for none) instead of estimating them again.
     """
 
-    def __init__(self, scene: Any, read: ReadConfig | None = None) -> None:
+    def __init__(self, scene: Any, read: ReadConfig | None = None, *, stretch: Any = _ESTIMATE) -> None:
         from geosam.xr import dataarray_to_geotiff, is_dataarray
 
         self._tmpdir = None
@@ -212,7 +227,7 @@ class Scene:
                 raise ConfigError(
                     f"fill_value needs 1 or {len(self.bands)} numbers (one per selected band), got {list(rc.fill_value)}"
                 )
-            self.stretch = self._estimate_stretch()
+            self.stretch = self._estimate_stretch() if stretch is _ESTIMATE else stretch
         except BaseException:
             self.close()
             raise
@@ -240,35 +255,46 @@ class Scene:
         i = self.info
         return list(iter_chip_specs(self.path, i.width, i.height, i.transform, i.crs_wkt, chip_size_px, overlap_px))
 
-    def _valid_from(self, data: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def _read(
+        self, bands: Sequence[int], window: PixelWindow, out_shape: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Bands (bands, H, W) of a window and where they are all unmasked and finite (H, W)."""
+        from rasterio.enums import Resampling
+
+        kw: dict[str, Any] = {"window": window.to_rasterio()}
+        if out_shape is not None:
+            kw["out_shape"] = (len(bands), *out_shape)
+            kw["resampling"] = Resampling.nearest
+        try:
+            data = self.ds.read(list(bands), **kw)
+            masks = self.ds.read_masks(list(bands), **kw)
+        except Exception as exc:  # rasterio raises several types for corrupt blocks
+            raise InvalidRasterError(f"{self.path}: cannot read window {window} of bands {list(bands)} ({exc})") from exc
         valid = np.all(masks != 0, axis=0)
         if np.issubdtype(data.dtype, np.floating):
             valid &= np.all(np.isfinite(data), axis=0)
+        return data, valid
+
+    def read_window(self, window: PixelWindow, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Selected bands (bands, H, W) and the valid mask (H, W) of a window (fill value applied)."""
+        data, valid = self._read(self.bands, window, out_shape)
         fv = self.read_config.fill_value
         if fv is not None:
             fill = np.asarray(fv, dtype=np.float64).reshape(-1, 1, 1)
             is_fill = np.all(np.abs(data.astype(np.float64) - fill) <= self.read_config.fill_tolerance, axis=0)
             valid &= ~is_fill
-        return valid
+        return data, valid
 
-    def read_window(self, window: PixelWindow, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Selected bands (bands, H, W) and the valid mask (H, W) of a window."""
-        from rasterio.enums import Resampling
-
-        kw: dict[str, Any] = {"window": window.to_rasterio()}
-        if out_shape is not None:
-            kw["out_shape"] = (len(self.bands), *out_shape)
-            kw["resampling"] = Resampling.nearest
-        try:
-            data = self.ds.read(list(self.bands), **kw)
-            masks = self.ds.read_masks(list(self.bands), **kw)
-        except Exception as exc:  # rasterio raises several types for corrupt blocks
-            raise InvalidRasterError(f"{self.path}: cannot read window {window} ({exc})") from exc
-        return data, self._valid_from(data, masks)
-
-    def read_chip(self, spec: ChipSpec) -> Chip:
+    def read_chip(self, spec: ChipSpec, timings: dict[str, float] | None = None) -> Chip:
+        """The chip's pixels; with ``timings``, seconds of ``read`` and ``stretch`` are added to it."""
+        t0 = time.perf_counter()
         data, valid = self.read_window(spec.window)
-        return Chip(spec=spec, image=self.to_uint8(data, valid), valid=valid, raw=data)
+        t1 = time.perf_counter()
+        image = self.to_uint8(data, valid)
+        if timings is not None:
+            timings["read"] = timings.get("read", 0.0) + t1 - t0
+            timings["stretch"] = timings.get("stretch", 0.0) + time.perf_counter() - t1
+        return Chip(spec=spec, image=image, valid=valid, raw=data)
 
     def read_bands(self, bands: Sequence[int], window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
         """Any 1-based ``bands`` (bands, H, W) in a window, at full resolution, and their valid mask (H, W).
@@ -276,19 +302,7 @@ class Scene:
         Valid: every listed band unmasked (nodata / mask band) and finite; the
         model-image ``fill_value`` does not apply to these bands.
         """
-        bands = [int(b) for b in bands]
-        for b in bands:
-            if b < 1 or b > self.info.count:
-                raise BandError(f"{self.path}: band {b} does not exist (the raster has bands 1..{self.info.count})")
-        try:
-            data = self.ds.read(bands, window=window.to_rasterio())
-            masks = self.ds.read_masks(bands, window=window.to_rasterio())
-        except Exception as exc:  # rasterio raises several types for corrupt blocks
-            raise InvalidRasterError(f"{self.path}: cannot read bands {bands} in window {window} ({exc})") from exc
-        valid = np.all(masks != 0, axis=0)
-        if np.issubdtype(data.dtype, np.floating):
-            valid &= np.all(np.isfinite(data), axis=0)
-        return data, valid
+        return self._read(_check_band_numbers(self.info, bands), window)
 
     # -- radiometry ----------------------------------------------------------
     def _estimate_stretch(self) -> np.ndarray | None:

@@ -255,24 +255,10 @@ def _generate(mask_generator: MaskGenerator, chips: list[Any]) -> list[ChipMasks
     return [mask_generator.generate(c) for c in chips]
 
 
-def _read_chip_timed(sc: Scene, spec: Any, timings: dict[str, float]) -> Any:
-    """``sc.read_chip(spec)`` with the read and the stretch to uint8 timed apart."""
-    from geosam.io import Chip
-
-    t0 = time.perf_counter()
-    data, valid = sc.read_window(spec.window)
-    t1 = time.perf_counter()
-    image = sc.to_uint8(data, valid)
-    t2 = time.perf_counter()
-    timings["read"] = timings.get("read", 0.0) + t1 - t0
-    timings["stretch"] = timings.get("stretch", 0.0) + t2 - t1
-    return Chip(spec=spec, image=image, valid=valid, raw=data)
-
-
 def _read_or_error(sc: Scene, spec: Any, timings: dict[str, float], skip_bad_chips: bool) -> Any:
     """The chip, or (with ``skip_bad_chips``) the read error as a value."""
     try:
-        return _read_chip_timed(sc, spec, timings)
+        return sc.read_chip(spec, timings)
     except GeosamError as exc:
         if not skip_bad_chips:
             raise
@@ -314,8 +300,7 @@ def iter_chips(
 
         def reader() -> None:
             try:
-                with Scene(sc.path, sc.read_config) as rs:
-                    rs.stretch = sc.stretch
+                with Scene(sc.path, sc.read_config, stretch=sc.stretch) as rs:
                     for spec in specs:
                         if not put((spec, _read_or_error(rs, spec, timings, skip_bad_chips))):
                             return

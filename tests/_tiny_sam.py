@@ -14,6 +14,18 @@ import os
 import torch
 
 
+def seeded_sam_model(config, seed: int):  # -> transformers.SamModel
+    """``SamModel(config)`` in eval mode, initialised from ``seed`` without touching the global RNG."""
+    from transformers import SamModel
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return SamModel(config).eval()
+    finally:
+        torch.random.set_rng_state(state)
+
+
 def build_tiny_sam(dirpath: str | os.PathLike[str]) -> str:
     """Write a tiny SAM model and its processor into ``dirpath``; return the directory.
 
@@ -22,7 +34,6 @@ def build_tiny_sam(dirpath: str | os.PathLike[str]) -> str:
     from transformers import (
         SamConfig,
         SamMaskDecoderConfig,
-        SamModel,
         SamProcessor,
         SamPromptEncoderConfig,
         SamVisionConfig,
@@ -45,12 +56,7 @@ def build_tiny_sam(dirpath: str | os.PathLike[str]) -> str:
     decoder = SamMaskDecoderConfig(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=hidden)
     config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(0)
-        model = SamModel(config).eval()
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded_sam_model(config, seed=0)
 
     out = os.fspath(dirpath)
     os.makedirs(out, exist_ok=True)

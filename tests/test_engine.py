@@ -137,12 +137,12 @@ def test_prefetch_and_batches_give_identical_results(oracle_scene) -> None:
 
 
 def test_reader_errors_reach_the_caller(oracle_scene, monkeypatch) -> None:
-    import geosam.pipeline as gp
+    from geosam.io import Scene
 
-    def boom(sc, spec, timings):
+    def boom(sc, spec, timings=None):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(gp, "_read_chip_timed", boom)
+    monkeypatch.setattr(Scene, "read_chip", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         segment_scene(oracle_scene.image_path, OracleMaskGenerator(oracle_scene.label_path), chip_size_px=256,
                       overlap_px=32, progress=False, prefetch_chips=2)

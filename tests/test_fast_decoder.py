@@ -9,6 +9,7 @@ import torch
 
 from geosam import model as gm
 from geosam.fast_decoder import fast_decode, fast_decoder_supported
+from tests._tiny_sam import seeded_sam_model
 
 
 def _sam_size_model():
@@ -16,7 +17,7 @@ def _sam_size_model():
 
     The vision encoder is tiny: only the decoder is exercised, on a random embedding.
     """
-    from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
+    from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 
     vision = SamVisionConfig(
         hidden_size=32,
@@ -31,12 +32,7 @@ def _sam_size_model():
         vision_config=vision, prompt_encoder_config=SamPromptEncoderConfig(), mask_decoder_config=SamMaskDecoderConfig()
     )
     gen = torch.Generator().manual_seed(1)
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(1)
-        model = SamModel(config).eval()
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded_sam_model(config, seed=1)
     with torch.no_grad():  # the default init is nearly degenerate: make the decoder's weights matter
         for p in model.mask_decoder.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
