@@ -79,14 +79,27 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
     return np.stack([xs, ys], axis=-1).reshape(-1, 2)
 
 
+def count_true(masks: torch.Tensor) -> torch.Tensor:
+    """Number of True pixels per boolean mask (..., H, W) -> int64 (...).
+
+    On the CPU this is numpy's popcount-based ``count_nonzero`` (several times
+    faster than a torch ``sum`` over booleans, which widens every pixel first).
+    """
+    lead = masks.shape[:-2]
+    if masks.device.type == "cpu" and masks.dtype == torch.bool and masks.numel() > 0:
+        flat = masks.detach().reshape(-1, masks.shape[-2] * masks.shape[-1]).numpy()
+        return torch.from_numpy(np.count_nonzero(flat, axis=1).astype(np.int64)).reshape(lead)
+    return masks.sum(dim=(-1, -2), dtype=torch.int64)
+
+
 def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
     """IoU between the masks thresholded at ``mask_threshold +/- threshold_offset``.
 
     masks: logits (..., H, W). Returns float32 (...); 0 where even the loose
     mask is empty.
     """
-    high = (masks > (mask_threshold + threshold_offset)).sum(dim=(-1, -2), dtype=torch.int64)
-    low = (masks > (mask_threshold - threshold_offset)).sum(dim=(-1, -2), dtype=torch.int64)
+    high = count_true(masks > (mask_threshold + threshold_offset))
+    low = count_true(masks > (mask_threshold - threshold_offset))
     score = high.to(torch.float32) / low.clamp(min=1).to(torch.float32)
     return torch.where(low > 0, score, torch.zeros_like(score))
 
@@ -540,6 +553,7 @@ class SamMaskGenerator:
         lr_w = min(lr, math.ceil(rw * lr / b.input_size))
         model_points = to_model_frame(points, (h, w), (rh, rw))
         valid_t = torch.from_numpy(valid).to(b.device)
+        all_valid = bool(valid.all())
         pre_thresh = self.stability_score_thresh - STABILITY_PREFILTER_MARGIN
 
         out_masks: list[torch.Tensor] = []
@@ -572,8 +586,10 @@ class SamMaskGenerator:
                     up = upsample_logits(logits[c : c + UPSAMPLE_CHUNK], b.input_size, (rh, rw), (h, w))
                     stab = calculate_stability_score(up, self.mask_threshold, self.stability_score_offset)
                     ok = stab > self.stability_score_thresh if self.stability_score_thresh > 0.0 else torch.ones_like(stab, dtype=torch.bool)
-                    m = (up > self.mask_threshold) & valid_t
-                    ok &= m.flatten(1).any(dim=1)
+                    m = up > self.mask_threshold
+                    if not all_valid:
+                        m &= valid_t
+                    ok &= count_true(m) > 0
                     stats["masks_after_filter"] += int(ok.sum())
                     out_masks.append(m[ok].cpu())
                     out_iou.append(iou[c : c + UPSAMPLE_CHUNK][ok].cpu())

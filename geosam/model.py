@@ -201,6 +201,12 @@ class SamBundle:
         decoder layout, on any device and dtype - the decoder then runs in float32
         (no autocast), giving the float32 stock results; False: always the stock
         ``SamModel.forward``.
+    fast_encoder: encode images with :func:`geosam.fast_encoder.fast_image_embeddings`
+        (relative-position attention without the dense bias matrix; same math, ~1.8x
+        faster per 1024 px chip under bf16 autocast on a CPU with AMX). None (default):
+        on the CPU under autocast (not after :func:`compile_bundle`); True: whenever the
+        encoder has transformers' SAM ViT layout (any device; float32 too, where it is
+        slower); False: always the stock ``get_image_embeddings``.
     """
 
     model: Any = field(repr=False)
@@ -215,6 +221,7 @@ class SamBundle:
     input_size: int = SAM_LONGEST_EDGE
     normalize: str = "sam"
     fast_decoder: bool | None = None
+    fast_encoder: bool | None = None
 
     @property
     def pad_size(self) -> tuple[int, int]:
@@ -474,8 +481,26 @@ def _autocast(bundle: SamBundle) -> contextlib.AbstractContextManager[Any]:
 def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor:
     """Image embeddings (B, C, h, w) of ``pixel_values`` (B, 3, S, S) from :func:`preprocess`."""
     pv = pixel_values.to(device=bundle.device, dtype=torch.float32)
+    if _use_fast_encoder(bundle):
+        from geosam.fast_encoder import fast_image_embeddings
+
+        return fast_image_embeddings(bundle.model, pv, bundle.dtype)
     with torch.inference_mode(), _autocast(bundle):
         return bundle.model.get_image_embeddings(pv)
+
+
+def _use_fast_encoder(bundle: SamBundle) -> bool:
+    """Whether :func:`encode` takes :func:`geosam.fast_encoder.fast_image_embeddings` (see ``SamBundle.fast_encoder``)."""
+    choice = getattr(bundle, "fast_encoder", None)
+    if choice is not None and not choice:
+        return False
+    if choice is None and (
+        bundle.device.type != "cpu" or bundle.dtype == torch.float32 or getattr(bundle.model, "_geosam_compiled", False)
+    ):
+        return False
+    from geosam.fast_encoder import fast_encoder_supported
+
+    return fast_encoder_supported(bundle.model)
 
 
 def compile_bundle(bundle: SamBundle) -> SamBundle:

@@ -1,0 +1,109 @@
+"""geosam.fast_encoder: the same image embeddings as transformers' stock SAM ViT, without the bias matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from geosam import model as gm
+from geosam.fast_encoder import fast_encoder_supported, fast_image_embeddings
+from tests._tiny_sam import seeded_sam_model
+
+
+def _vit(use_rel_pos: bool = True, seed: int = 5):
+    """A small SAM ViT: 256 px input (16 x 16 tokens), windows of 6 (padded to 18), one global layer."""
+    from transformers import SamConfig, SamVisionConfig
+
+    vision = SamVisionConfig(
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        mlp_dim=128,
+        output_channels=32,
+        image_size=256,
+        window_size=6,
+        global_attn_indexes=[1],
+        use_rel_pos=use_rel_pos,
+        initializer_range=0.05,
+    )
+    model = seeded_sam_model(SamConfig(vision_config=vision), seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # rel-pos tables start at zero: give them weight so the test sees them
+        for layer in model.vision_encoder.layers:
+            if layer.attn.use_rel_pos:
+                layer.attn.rel_pos_h.copy_(torch.randn(layer.attn.rel_pos_h.shape, generator=gen))
+                layer.attn.rel_pos_w.copy_(torch.randn(layer.attn.rel_pos_w.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="module")
+def vit_and_pixels():
+    model = _vit()
+    pixels = torch.randn((2, 3, 256, 256), generator=torch.Generator().manual_seed(6))
+    return model, pixels
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def test_float32_equals_stock(vit_and_pixels) -> None:
+    model, pixels = vit_and_pixels
+    assert fast_encoder_supported(model)
+    with torch.no_grad():
+        stock = model.get_image_embeddings(pixels)
+    fast = fast_image_embeddings(model, pixels, torch.float32)
+    assert fast.shape == stock.shape == (2, 32, 16, 16)
+    assert _rel(fast, stock) < 1e-5
+    # the rel-pos tables matter here (the test would not see a mistake in them otherwise)
+    no_rel = _vit(use_rel_pos=False)
+    with torch.no_grad():
+        assert _rel(no_rel.get_image_embeddings(pixels), stock) > 1e-2
+
+
+def test_without_relative_positions_equals_stock() -> None:
+    model = _vit(use_rel_pos=False, seed=7)
+    pixels = torch.randn((1, 3, 256, 256), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        stock = model.get_image_embeddings(pixels)
+    assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5
+
+
+def test_bf16_is_as_close_to_float32_as_stock_bf16(vit_and_pixels) -> None:
+    model, pixels = vit_and_pixels
+    with torch.no_grad():
+        ref = model.get_image_embeddings(pixels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock_bf16 = model.get_image_embeddings(pixels)
+    fast_bf16 = fast_image_embeddings(model, pixels, torch.bfloat16)
+    assert _rel(fast_bf16, ref) < max(2 * _rel(stock_bf16, ref), 1e-2)
+    assert _rel(fast_bf16, stock_bf16) < 3e-2
+
+
+def test_encode_dispatch(vit_and_pixels) -> None:
+    model, pixels = vit_and_pixels
+    bundle = gm.SamBundle(model=model, processor=None, device=torch.device("cpu"), dtype=torch.float32, name="vit")
+    assert bundle.fast_encoder is None
+    assert not gm._use_fast_encoder(bundle)  # float32: the stock forward is faster
+    bf16 = dataclasses.replace(bundle, dtype=torch.bfloat16)
+    assert gm._use_fast_encoder(bf16)
+    assert not gm._use_fast_encoder(dataclasses.replace(bf16, fast_encoder=False))
+    assert gm._use_fast_encoder(dataclasses.replace(bundle, fast_encoder=True))
+    assert not fast_encoder_supported(torch.nn.Linear(2, 2))
+    assert not gm._use_fast_encoder(dataclasses.replace(bf16, model=torch.nn.Linear(2, 2)))
+    # encode() takes the fast path under bf16 and gives its result
+    assert torch.equal(gm.encode(bf16, pixels), fast_image_embeddings(model, pixels, torch.bfloat16))
+    forced32 = gm.encode(dataclasses.replace(bundle, fast_encoder=True), pixels)
+    assert _rel(forced32, gm.encode(bundle, pixels)) < 1e-5
+
+
+def test_fast_encoder_does_not_modify_the_model(vit_and_pixels) -> None:
+    model, pixels = vit_and_pixels
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = pixels.clone()
+    fast_image_embeddings(model, x, torch.bfloat16)
+    assert torch.equal(x, pixels)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
