@@ -2,11 +2,20 @@
 
 One run, the same chips, the same weights, the same point grid and thresholds:
 
-(a) ``geosam``: :class:`geosam.amg.SamMaskGenerator` end to end per chip (``dtype="auto"``: bf16 autocast
-    on CPUs with AMX and on CUDA; ``--dtype float32`` for full precision);
+(a) ``geosam``: :class:`geosam.amg.SamMaskGenerator` end to end per chip, at its headline dtype
+    (``--dtype auto``: bf16 autocast on CPUs with AMX and on CUDA, fp16 on CUDA) and again in float32
+    (skip with ``--no-float32``);
 (b) ``pipeline``: ``transformers.pipeline("mask-generation", model=..., image_processor=SamImageProcessorPil(),
-    points_per_batch=64)`` looped over the same chips with ``points_per_crop`` = the same grid;
-(c) ``encoder only``: preprocessing + image encoder per chip (the floor of segment-everything).
+    points_per_batch=64)`` looped over the same chips with ``points_per_crop`` = the same grid, float32,
+    stock modules (geosam's fast encoder/decoder are separate functions and never patch the model);
+(c) ``encoder only``: preprocessing + image encoder per chip, geosam's encoder path at the headline dtype
+    (the floor of segment-everything) and the stock float32 forward (the pipeline's).
+
+(a) and (b) each run twice: with the given thresholds (SAM's defaults: only a handful of masks survive NMS
+with these weights, so one flipped mask moves the agreement by ~0.2), and with NMS switched off
+(``box_nms_thresh`` = ``crops_nms_thresh`` = 1.0), which compares every mask that passes the predicted-IoU and
+stability filters (hundreds per chip): the strong check that geosam's decoding, filtering and upsampling give
+the pipeline's masks.
 
 Chips are cut from the shipped scene ``data/banepa_predict.tif`` (2048 x 2048 RGB uint8) on a 1024 px grid.
 
@@ -30,19 +39,22 @@ geosam's venv (torch 2.13 CPU has no matching build), so the reference run patch
 geosam's plain-torch :func:`geosam.amg.batched_nms` (same greedy algorithm). Everything else in the
 pipeline is untouched. If torchvision is importable, it is used as is.
 
-Metrics (``benchmarks/results/latest.json``): ``speedup_vs_pipeline`` = pipeline_s / geosam_s;
-``mask_agreement`` = min of (fraction of pipeline masks matched by a geosam mask at IoU >= 0.9) and
-the reverse; ``overhead_ratio`` = geosam_s / (geosam's encode + decode stage time); ``peak_rss_mib``
-is the process's peak after the geosam run (model + geosam), ``peak_rss_mib_after_pipeline`` after both.
+Metrics (``benchmarks/results/latest.json``): ``speedup_vs_pipeline`` = pipeline_s / geosam_s (given
+thresholds, headline dtype; ``speedup_vs_pipeline_float32`` likewise); ``mask_agreement`` = min of (fraction of
+pipeline masks matched by a geosam mask at IoU >= 0.9) and the reverse, pooled over both runs (each run's own
+figures under ``agreement``); ``overhead_ratio`` = geosam_s / (geosam's encode + decode stage time);
+``peak_rss_mib`` is the process's peak after the geosam runs (model + geosam), ``peak_rss_mib_after_pipeline``
+after both.
 
     .venv/bin/python benchmarks/bench_amg.py [--chips 2] [--points-per-side 16] [--dtype auto]
 
-Defaults are sized to finish in about 10 minutes on a 2-core CPU (the pipeline dominates).
+Defaults take about 5 minutes on a 2-core CPU (the two pipeline runs dominate).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -134,6 +146,75 @@ def agreement(a: np.ndarray, b: np.ndarray, thresh: float = 0.9) -> tuple[int, i
     return int((iou.max(dim=1).values >= thresh).sum()), int((iou.max(dim=0).values >= thresh).sum())
 
 
+def run_geosam(bundle, chips, args, box_nms_thresh: float) -> dict:
+    """geosam end to end over ``chips``: seconds, per-stage seconds, masks per chip."""
+    from geosam.amg import SamMaskGenerator
+
+    gen = SamMaskGenerator(
+        bundle,
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=box_nms_thresh,
+    )
+    t0 = time.perf_counter()
+    masks = [gen.generate(chip).masks for chip in chips]
+    seconds = time.perf_counter() - t0
+    return {"s": seconds, "stages": dict(gen.timings_s), "masks": masks}
+
+
+def run_pipeline(pipe, chips, args, box_nms_thresh: float) -> dict:
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    masks = []
+    for chip in chips:
+        out = pipe(
+            Image.fromarray(chip.image),
+            points_per_batch=64,
+            points_per_crop=args.points_per_side,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh,
+            crops_nms_thresh=box_nms_thresh,
+        )
+        m = out["masks"]
+        masks.append(np.stack(m).astype(bool) if len(m) else np.zeros((0, *chip.valid.shape), bool))
+    return {"s": time.perf_counter() - t0, "masks": masks}
+
+
+def compare(geo: list[np.ndarray], ref: list[np.ndarray]) -> dict:
+    g_in_p = p_in_g = n_g = n_p = 0
+    for g, p in zip(geo, ref):
+        a, b = agreement(g, p)
+        g_in_p, p_in_g, n_g, n_p = g_in_p + a, p_in_g + b, n_g + len(g), n_p + len(p)
+    return summarise(g_in_p, p_in_g, n_g, n_p)
+
+
+def summarise(g_in_p: int, p_in_g: int, n_g: int, n_p: int) -> dict:
+    pipe_matched = p_in_g / n_p if n_p else 1.0
+    geo_matched = g_in_p / n_g if n_g else 1.0
+    return {
+        "geosam_matched": g_in_p,
+        "pipeline_matched": p_in_g,
+        "geosam_masks": n_g,
+        "pipeline_masks": n_p,
+        "pipeline_masks_matched_by_geosam": round(pipe_matched, 4),
+        "geosam_masks_matched_by_pipeline": round(geo_matched, 4),
+        "mask_agreement": round(min(pipe_matched, geo_matched), 4),
+    }
+
+
+def encoder_only(bundle, chips) -> float:
+    from geosam.model import encode, preprocess
+
+    encode(bundle, preprocess(bundle, [chips[0].image])[0])  # warm-up
+    t0 = time.perf_counter()
+    for chip in chips:
+        encode(bundle, preprocess(bundle, [chip.image])[0])
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chips", type=int, default=2, help="number of 1024 px chips (max 4)")
@@ -143,7 +224,8 @@ def main() -> None:
     ap.add_argument("--pred-iou-thresh", type=float, default=0.88)
     ap.add_argument("--stability-score-thresh", type=float, default=0.95)
     ap.add_argument("--box-nms-thresh", type=float, default=0.7)
-    ap.add_argument("--dtype", default="auto", help="geosam's dtype (auto, float32, bfloat16, float16)")
+    ap.add_argument("--dtype", default="auto", help="geosam's headline dtype (auto, float32, bfloat16, float16)")
+    ap.add_argument("--no-float32", action="store_true", help="skip the extra float32 geosam runs")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--encoder-layers", type=int, default=12, help="12 = ViT-B")
     ap.add_argument("--skip-pipeline", action="store_true")
@@ -153,8 +235,7 @@ def main() -> None:
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    from geosam.amg import SamMaskGenerator
-    from geosam.model import encode, load_sam, preprocess
+    from geosam.model import load_sam
 
     torch.set_grad_enabled(False)
     chips = load_chips(args.chips, args.chip_size)
@@ -164,6 +245,9 @@ def main() -> None:
         SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(tmp)
         bundle = load_sam(tmp, device=args.device, dtype=args.dtype)
     device = bundle.device
+    bundles = {"headline": bundle}
+    if not args.no_float32 and bundle.dtype != torch.float32:
+        bundles["float32"] = dataclasses.replace(bundle, dtype=torch.float32)
     settings = {
         "scene": "data/banepa_predict.tif",
         "chips": len(chips),
@@ -174,6 +258,7 @@ def main() -> None:
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_score_thresh": args.stability_score_thresh,
         "box_nms_thresh": args.box_nms_thresh,
+        "agreement_run_box_nms_thresh": 1.0,
         "geosam_dtype": str(bundle.dtype).replace("torch.", ""),
         "pipeline_dtype": "float32",
         "model": f"random ViT-B SamConfig (encoder layers {args.encoder_layers}), sanity settings in bench_amg.py",
@@ -181,98 +266,95 @@ def main() -> None:
     }
     print(f"{len(chips)} chips of {args.chip_size} px, grid {args.points_per_side}^2, geosam dtype {settings['geosam_dtype']}, device {device}")
 
-    # (c) encoder only, geosam's precision (warm-up on the first chip excluded)
-    encode(bundle, preprocess(bundle, [chips[0].image[:64, :64]])[0])
-    t0 = time.perf_counter()
-    for chip in chips:
-        encode(bundle, preprocess(bundle, [chip.image])[0])
-    encoder_only_s = time.perf_counter() - t0
-    print(f"encoder only: {encoder_only_s:.1f} s")
+    # (c) encoder only: geosam's encoder path at its dtype, and the stock float32 forward (the pipeline's)
+    enc_s = encoder_only(bundle, chips)
+    stock32 = dataclasses.replace(bundle, dtype=torch.float32, fast_encoder=False)
+    enc_stock_s = encoder_only(stock32, chips)
+    print(f"encoder only: geosam {enc_s:.1f} s, stock float32 {enc_stock_s:.1f} s")
 
-    # (a) geosam end to end
-    gen = SamMaskGenerator(
-        bundle,
-        points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        box_nms_thresh=args.box_nms_thresh,
-    )
-    t0 = time.perf_counter()
-    geo_masks = [gen.generate(chip).masks for chip in chips]
-    geosam_s = time.perf_counter() - t0
+    # (a) geosam end to end: the default thresholds, then with NMS off (every mask that passes the
+    # filters is compared: hundreds of masks instead of a handful)
+    runs: dict[str, dict] = {}
+    for name, b in bundles.items():
+        runs[name] = run_geosam(b, chips, args, args.box_nms_thresh)
+        runs[name + "_all"] = run_geosam(b, chips, args, 1.0)
+        r = runs[name]
+        print(f"geosam {name} ({b.dtype}): {r['s']:.1f} s, {sum(len(m) for m in r['masks'])} masks "
+              f"({sum(len(m) for m in runs[name + '_all']['masks'])} without NMS), stages {({k: round(v, 2) for k, v in r['stages'].items()})}")
     rss_geosam = peak_rss_mib()
-    timings = dict(gen.timings_s)
-    print(f"geosam: {geosam_s:.1f} s, {sum(len(m) for m in geo_masks)} masks, stages {({k: round(v, 2) for k, v in timings.items()})}")
-
+    head = runs["headline"]
+    st = head["stages"]
     result: dict = {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch_version": torch.__version__,
         "platform": platform.platform(),
         "settings": settings,
-        "geosam_s": round(geosam_s, 3),
-        "encoder_only_s": round(encoder_only_s, 3),
-        "encode_s": round(timings.get("encode", 0.0), 3),
-        "decoder_s": round(timings.get("decode", 0.0), 3),
-        "overhead_ratio": round(geosam_s / max(1e-9, timings.get("encode", 0.0) + timings.get("decode", 0.0)), 3),
-        "geosam_stage_s": {k: round(v, 3) for k, v in timings.items()},
-        "geosam_masks": [len(m) for m in geo_masks],
+        "geosam_s": round(head["s"], 3),
+        "encoder_only_s": round(enc_s, 3),
+        "encoder_only_stock_float32_s": round(enc_stock_s, 3),
+        "encode_s": round(st.get("encode", 0.0), 3),
+        "decoder_s": round(st.get("decode", 0.0), 3),
+        "overhead_ratio": round(head["s"] / max(1e-9, st.get("encode", 0.0) + st.get("decode", 0.0)), 3),
+        "geosam_stage_s": {k: round(v, 3) for k, v in st.items()},
+        "geosam_masks": [len(m) for m in head["masks"]],
+        "geosam_masks_without_nms": [len(m) for m in runs["headline_all"]["masks"]],
         "peak_rss_mib": round(rss_geosam, 1),
     }
+    if "float32" in runs:
+        r32 = runs["float32"]
+        result["geosam_float32_s"] = round(r32["s"], 3)
+        result["geosam_float32_stage_s"] = {k: round(v, 3) for k, v in r32["stages"].items()}
 
-    # (b) the transformers pipeline, float32 (its default)
+    # (b) the transformers pipeline, float32 (its default), stock modules
     if not args.skip_pipeline:
-        from PIL import Image
         from transformers import pipeline
 
         result["pipeline_nms"] = _nms_patch()
-        ref_model = bundle.model
-        pipe = pipeline("mask-generation", model=ref_model, image_processor=SamImageProcessorPil(), device=device)
-        t0 = time.perf_counter()
-        pipe_masks = []
-        for chip in chips:
-            out = pipe(
-                Image.fromarray(chip.image),
-                points_per_batch=64,
-                points_per_crop=args.points_per_side,
-                pred_iou_thresh=args.pred_iou_thresh,
-                stability_score_thresh=args.stability_score_thresh,
-                crops_nms_thresh=args.box_nms_thresh,
-            )
-            masks = out["masks"]
-            pipe_masks.append(np.stack(masks).astype(bool) if len(masks) else np.zeros((0, *chip.valid.shape), bool))
-        pipeline_s = time.perf_counter() - t0
-        print(f"pipeline: {pipeline_s:.1f} s, {sum(len(m) for m in pipe_masks)} masks")
-        g_in_p = p_in_g = n_g = n_p = 0
-        for g, p in zip(geo_masks, pipe_masks):
-            a, b = agreement(g, p)
-            g_in_p, p_in_g, n_g, n_p = g_in_p + a, p_in_g + b, n_g + len(g), n_p + len(p)
-        pipe_matched = p_in_g / n_p if n_p else 1.0
-        geo_matched = g_in_p / n_g if n_g else 1.0
+        pipe = pipeline("mask-generation", model=bundle.model, image_processor=SamImageProcessorPil(), device=device)
+        ref = run_pipeline(pipe, chips, args, args.box_nms_thresh)
+        ref_all = run_pipeline(pipe, chips, args, 1.0)
+        print(f"pipeline: {ref['s']:.1f} s, {sum(len(m) for m in ref['masks'])} masks ({sum(len(m) for m in ref_all['masks'])} without NMS)")
+        agree = {}
+        for name in bundles:
+            parts = {
+                "default_thresholds": compare(runs[name]["masks"], ref["masks"]),
+                "without_nms": compare(runs[name + "_all"]["masks"], ref_all["masks"]),
+            }
+            keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
+            parts["pooled"] = summarise(*(sum(p[k] for p in parts.values()) for k in keys))
+            agree[name] = parts
         result.update(
             {
-                "pipeline_s": round(pipeline_s, 3),
-                "speedup_vs_pipeline": round(pipeline_s / geosam_s, 3),
-                "pipeline_masks": [len(m) for m in pipe_masks],
-                "pipeline_masks_matched_by_geosam": round(pipe_matched, 4),
-                "geosam_masks_matched_by_pipeline": round(geo_matched, 4),
-                "mask_agreement": round(min(pipe_matched, geo_matched), 4),
+                "pipeline_s": round(ref["s"], 3),
+                "speedup_vs_pipeline": round(ref["s"] / head["s"], 3),
+                "mask_agreement": agree["headline"]["pooled"]["mask_agreement"],
+                "agreement": agree,
+                "pipeline_masks": [len(m) for m in ref["masks"]],
+                "pipeline_masks_without_nms": [len(m) for m in ref_all["masks"]],
                 "peak_rss_mib_after_pipeline": round(peak_rss_mib(), 1),
             }
         )
+        if "float32" in runs:
+            result["speedup_vs_pipeline_float32"] = round(ref["s"] / runs["float32"]["s"], 3)
+            result["mask_agreement_float32"] = agree["float32"]["pooled"]["mask_agreement"]
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     rows = [
-        ("geosam end to end (s)", result["geosam_s"]),
+        (f"geosam end to end, {settings['geosam_dtype']} (s)", result["geosam_s"]),
         ("  encode / decode (s)", f"{result['encode_s']} / {result['decoder_s']}"),
-        ("encoder only (s)", result["encoder_only_s"]),
-        ("pipeline (s)", result.get("pipeline_s", "-")),
+        ("geosam end to end, float32 (s)", result.get("geosam_float32_s", "-")),
+        ("encoder only, geosam / stock fp32 (s)", f"{result['encoder_only_s']} / {result['encoder_only_stock_float32_s']}"),
+        ("pipeline, float32 (s)", result.get("pipeline_s", "-")),
         ("speedup vs pipeline", result.get("speedup_vs_pipeline", "-")),
-        ("mask agreement (min)", result.get("mask_agreement", "-")),
-        ("  pipeline masks matched", result.get("pipeline_masks_matched_by_geosam", "-")),
-        ("  geosam masks matched", result.get("geosam_masks_matched_by_pipeline", "-")),
+        ("speedup vs pipeline, float32", result.get("speedup_vs_pipeline_float32", "-")),
+        ("mask agreement (pooled)", result.get("mask_agreement", "-")),
+        ("  default thresholds", result.get("agreement", {}).get("headline", {}).get("default_thresholds", {}).get("mask_agreement", "-")),
+        ("  without NMS", result.get("agreement", {}).get("headline", {}).get("without_nms", {}).get("mask_agreement", "-")),
+        ("mask agreement, float32", result.get("mask_agreement_float32", "-")),
+        ("masks geosam / pipeline", f"{sum(result['geosam_masks'])} / {sum(result.get('pipeline_masks', [0]))}"),
+        ("  without NMS", f"{sum(result['geosam_masks_without_nms'])} / {sum(result.get('pipeline_masks_without_nms', [0]))}"),
         ("overhead ratio", result["overhead_ratio"]),
         ("peak RSS (MiB)", result["peak_rss_mib"]),
     ]

@@ -92,6 +92,45 @@ def count_true(masks: torch.Tensor) -> torch.Tensor:
     return masks.sum(dim=(-1, -2), dtype=torch.int64)
 
 
+def count_above_upsampled_x4(up: torch.Tensor, low: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
+    """``(up > t)`` pixel counts per mask and threshold, (N, T) int64, reading few pixels of ``up``.
+
+    ``up`` (N, 4h, 4w) must be ``low`` (N, h, w) upsampled 4x bilinearly with
+    ``align_corners=False`` (SAM's low-res logits -> a 1024 px chip). Every
+    such output pixel is a convex combination of the corners of one 2 x 2
+    cell of ``low`` (replicated at the border), so a cell whose corners all
+    lie above ``t`` contributes all its pixels and one whose corners are all
+    at or below ``t`` none; only the pixels of the other cells (the mask
+    outline) and of the 2 px border strips are compared. Cells within a
+    rounding margin of ``t`` are compared pixel by pixel, so the counts equal
+    ``(up > t).sum()``.
+    """
+    n, h, w = low.shape
+    hh, ww = 4 * h, 4 * w
+    if tuple(up.shape) != (n, hh, ww) or h < 2 or w < 2:
+        raise ValueError(f"up {tuple(up.shape)} is not a 4x upsampling of low {tuple(low.shape)}")
+    lo = low.to(up.dtype)
+    # corners of interior cell (r, c): lo[r : r + 2, c : c + 2]; its pixels are up[2 + 4r : 6 + 4r, 2 + 4c : 6 + 4c]
+    cmin = torch.minimum(torch.minimum(lo[:, :-1, :-1], lo[:, :-1, 1:]), torch.minimum(lo[:, 1:, :-1], lo[:, 1:, 1:]))
+    cmax = torch.maximum(torch.maximum(lo[:, :-1, :-1], lo[:, :-1, 1:]), torch.maximum(lo[:, 1:, :-1], lo[:, 1:, 1:]))
+    blocks = up[:, 2 : hh - 2, 2 : ww - 2].unflatten(2, (w - 1, 4)).unflatten(1, (h - 1, 4))  # (N, h-1, 4, w-1, 4)
+    strips = [up[:, :2, :], up[:, hh - 2 :, :], up[:, 2 : hh - 2, :2], up[:, 2 : hh - 2, ww - 2 :]]
+    margin = (1e-5 * (1.0 + lo.abs().flatten(1).amax(dim=1)))[:, None, None]  # > float rounding of the weights
+    out = torch.zeros((n, len(thresholds)), dtype=torch.int64, device=up.device)
+    for k, t in enumerate(thresholds):
+        above = cmin > t + margin
+        mixed = ~above & (cmax > t - margin)
+        count = above.flatten(1).sum(dim=1) * 16
+        ni, ri, ci = mixed.nonzero(as_tuple=True)
+        if ni.numel():
+            per_cell = (blocks[ni, ri, :, ci, :] > t).flatten(1).sum(dim=1)
+            count.index_add_(0, ni, per_cell)
+        for strip in strips:
+            count += (strip > t).flatten(1).sum(dim=1)
+        out[:, k] = count
+    return out
+
+
 def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
     """IoU between the masks thresholded at ``mask_threshold +/- threshold_offset``.
 
@@ -554,6 +593,8 @@ class SamMaskGenerator:
         model_points = to_model_frame(points, (h, w), (rh, rw))
         valid_t = torch.from_numpy(valid).to(b.device)
         all_valid = bool(valid.all())
+        # the common case (a chip of the model's input size): chip logits are the low-res logits upsampled 4x
+        plain_x4 = (rh, rw) == (h, w) == (b.input_size, b.input_size) and b.input_size == 4 * lr
         pre_thresh = self.stability_score_thresh - STABILITY_PREFILTER_MARGIN
 
         out_masks: list[torch.Tensor] = []
@@ -583,15 +624,26 @@ class SamMaskGenerator:
                 continue
             with self._time("upsample"):
                 for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
-                    up = upsample_logits(logits[c : c + UPSAMPLE_CHUNK], b.input_size, (rh, rw), (h, w))
-                    stab = calculate_stability_score(up, self.mask_threshold, self.stability_score_offset)
+                    low = logits[c : c + UPSAMPLE_CHUNK]
+                    up = upsample_logits(low, b.input_size, (rh, rw), (h, w))
+                    if plain_x4:  # count from the low-res cells, reading only outline pixels of `up`
+                        t, off = self.mask_threshold, self.stability_score_offset
+                        high, loose, inside = count_above_upsampled_x4(up, low, (t + off, t - off, t)).unbind(1)
+                        stab = torch.where(loose > 0, high.float() / loose.clamp(min=1).float(), torch.zeros_like(high, dtype=torch.float32))
+                    else:
+                        stab = calculate_stability_score(up, self.mask_threshold, self.stability_score_offset)
                     ok = stab > self.stability_score_thresh if self.stability_score_thresh > 0.0 else torch.ones_like(stab, dtype=torch.bool)
                     m = up > self.mask_threshold
-                    if not all_valid:
-                        m &= valid_t
-                    ok &= count_true(m) > 0
+                    if plain_x4 and all_valid:
+                        ok &= inside > 0
+                    else:
+                        if not all_valid:
+                            m &= valid_t
+                        ok &= count_true(m) > 0
+                    if not bool(ok.all()):
+                        m = m[ok]
                     stats["masks_after_filter"] += int(ok.sum())
-                    out_masks.append(m[ok].cpu())
+                    out_masks.append(m.cpu())
                     out_iou.append(iou[c : c + UPSAMPLE_CHUNK][ok].cpu())
                     out_stab.append(stab[ok].cpu())
         if not out_masks:

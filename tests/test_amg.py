@@ -23,6 +23,7 @@ from geosam.amg import (
     box_iou,
     build_point_grid,
     calculate_stability_score,
+    count_above_upsampled_x4,
     nms,
     remove_small_regions,
 )
@@ -94,6 +95,61 @@ def test_calculate_stability_score() -> None:
     assert calculate_stability_score(logits[:1], 0.0, 0.25).tolist() == pytest.approx([1.0])
     # threshold 0.4: the band (-0.6, 1.4) again splits 40 px (5.0) from 60 px (5.0 and 0.5)
     assert calculate_stability_score(logits[:1], 0.4, 1.0).tolist() == pytest.approx([40 / 60])
+
+
+def _upsample_x4(low: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.interpolate(low[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
+
+
+def test_count_above_upsampled_x4_equals_full_count() -> None:
+    gen = torch.Generator().manual_seed(11)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn((3, 1, 40, 36), generator=gen), 5, 1, 2)[:, 0] * 40
+    low = torch.cat(
+        [
+            smooth,
+            torch.randn((1, 40, 36), generator=gen),  # speckle: nearly every cell mixed
+            torch.zeros((1, 40, 36)),  # every pixel exactly at the threshold 0 (not above it)
+            torch.full((1, 40, 36), 7.0),  # constant above every threshold
+        ]
+    )
+    low[0, :3, :] = 1.0  # plateaus exactly at a threshold
+    low[1, :, -2:] = -1.0
+    low[2, 10:20, 10:20] = 30.0  # a crisp square
+    up = _upsample_x4(low)
+    thresholds = (-1.0, 0.0, 1.0, 0.5, 20.0)
+    counts = count_above_upsampled_x4(up, low, thresholds)
+    expected = torch.stack([(up > t).flatten(1).sum(dim=1) for t in thresholds], dim=1)
+    assert torch.equal(counts, expected)
+    n = up[0].numel()
+    assert counts[4].tolist() == [n, 0, 0, 0, 0] and counts[5].tolist() == [n, n, n, n, 0]
+    with pytest.raises(ValueError, match="4x"):
+        count_above_upsampled_x4(up[:, :-4], low, (0.0,))
+
+
+def test_generate_with_cell_counts_equals_full_counts(bundle: SamBundle, monkeypatch) -> None:
+    """A 1024 px chip takes the low-res cell counting; results equal counting every pixel."""
+    chip = make_chip(1024, 1024, seed=4)
+    gen = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    calls = []
+    real = amg.count_above_upsampled_x4
+
+    def spy(up, low, thresholds):
+        calls.append(len(low))
+        return real(up, low, thresholds)
+
+    monkeypatch.setattr(amg, "count_above_upsampled_x4", spy)
+    fast = gen.generate(chip)
+    assert calls, "the 1024 px chip should use the cell counts"
+
+    def brute(up, low, thresholds):
+        return torch.stack([(up > t).flatten(1).sum(dim=1) for t in thresholds], dim=1)
+
+    monkeypatch.setattr(amg, "count_above_upsampled_x4", brute)
+    full = gen.generate(chip)
+    assert len(fast) == len(full) > 0
+    assert np.array_equal(fast.masks, full.masks)
+    assert np.array_equal(fast.stability_score, full.stability_score)
+    assert np.array_equal(fast.predicted_iou, full.predicted_iou)
 
 
 def test_batched_mask_to_box() -> None:
