@@ -27,11 +27,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from geosam.config import DEFAULT_MODEL
@@ -56,6 +58,11 @@ log = logging.getLogger(__name__)
 
 #: Masks upsampled to the chip at once (bounds memory: chunk x input_size^2 float32).
 UPSAMPLE_CHUNK = 16
+
+#: Count and box masks from their low-res logits and upsample only those that survive NMS, where the
+#: chip is the model's input size and wholly valid (:func:`upsampled_x4_stats`); False: upsample every
+#: mask that passes the low-res filters (same results, more time and memory).
+LAZY_UPSAMPLE = True
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -92,43 +99,128 @@ def count_true(masks: torch.Tensor) -> torch.Tensor:
     return masks.sum(dim=(-1, -2), dtype=torch.int64)
 
 
-def count_above_upsampled_x4(up: torch.Tensor, low: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
-    """``(up > t)`` pixel counts per mask and threshold, (N, T) int64, reading few pixels of ``up``.
+def _first_last(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the first and last True along the last axis (..., L); L and -1 where there is none."""
+    n = flags.shape[-1]
+    ar = torch.arange(n, device=flags.device)
+    return torch.where(flags, ar, n).amin(dim=-1), torch.where(flags, ar, -1).amax(dim=-1)
 
-    ``up`` (N, 4h, 4w) must be ``low`` (N, h, w) upsampled 4x bilinearly with
-    ``align_corners=False`` (SAM's low-res logits -> a 1024 px chip). Every
-    such output pixel is a convex combination of the corners of one 2 x 2
-    cell of ``low`` (replicated at the border), so a cell whose corners all
-    lie above ``t`` contributes all its pixels and one whose corners are all
-    at or below ``t`` none; only the pixels of the other cells (the mask
-    outline) and of the 2 px border strips are compared. Cells within a
-    rounding margin of ``t`` are compared pixel by pixel, so the counts equal
-    ``(up > t).sum()``.
+
+_BITS4 = torch.tensor([1, 2, 4, 8], dtype=torch.int64)
+_FIRST4 = torch.tensor([4] + [(c & -c).bit_length() - 1 for c in range(1, 16)], dtype=torch.int64)
+_LAST4 = torch.tensor([-1] + [c.bit_length() - 1 for c in range(1, 16)], dtype=torch.int64)
+
+
+def _first_last4(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_first_last` for rows of exactly 4 flags (M, 4), by table lookup (reductions over 4 are slow)."""
+    code = (flags.to(torch.int64) * _BITS4.to(flags.device)).sum(dim=1)
+    return _FIRST4.to(flags.device)[code], _LAST4.to(flags.device)[code]
+
+
+def upsampled_x4_stats(
+    low: torch.Tensor, thresholds: Sequence[float], box_threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel counts and boxes of SAM's chip-resolution masks, from the low-res logits alone.
+
+    For ``up`` = ``low`` (N, h, w) upsampled 4x bilinearly with
+    ``align_corners=False`` (SAM's 256 px low-res logits -> a 1024 px chip),
+    returns ``counts`` (N, T) int64: ``(up > t).sum()`` per mask for each of
+    ``thresholds``, and ``boxes`` (N, 4) int64: the XYXY box (inclusive,
+    :func:`batched_mask_to_box`) of ``up > box_threshold``, without building ``up``.
+
+    Every interior pixel of ``up`` is a convex combination of the corners of
+    one 2 x 2 cell of ``low``: a cell whose corners all lie above every
+    threshold (by a rounding margin) has all its 16 pixels above, one whose
+    corners all lie at or below every threshold has none; only the other cells
+    (the mask outlines) are interpolated, from their four corners with the
+    kernel's weights (values equal ``up``'s to float rounding, ~1 ulp, so a
+    pixel within an ulp of a threshold may count differently). The 2 px border
+    strips are the 1-D interpolation of the border rows / columns.
     """
     n, h, w = low.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"low-res logits must be at least 2 x 2, got {tuple(low.shape)}")
     hh, ww = 4 * h, 4 * w
-    if tuple(up.shape) != (n, hh, ww) or h < 2 or w < 2:
-        raise ValueError(f"up {tuple(up.shape)} is not a 4x upsampling of low {tuple(low.shape)}")
-    lo = low.to(up.dtype)
-    # corners of interior cell (r, c): lo[r : r + 2, c : c + 2]; its pixels are up[2 + 4r : 6 + 4r, 2 + 4c : 6 + 4c]
-    cmin = torch.minimum(torch.minimum(lo[:, :-1, :-1], lo[:, :-1, 1:]), torch.minimum(lo[:, 1:, :-1], lo[:, 1:, 1:]))
-    cmax = torch.maximum(torch.maximum(lo[:, :-1, :-1], lo[:, :-1, 1:]), torch.maximum(lo[:, 1:, :-1], lo[:, 1:, 1:]))
-    blocks = up[:, 2 : hh - 2, 2 : ww - 2].unflatten(2, (w - 1, 4)).unflatten(1, (h - 1, 4))  # (N, h-1, 4, w-1, 4)
-    strips = [up[:, :2, :], up[:, hh - 2 :, :], up[:, 2 : hh - 2, :2], up[:, 2 : hh - 2, ww - 2 :]]
+    lo = low.to(torch.float32)
+    t_all = [float(t) for t in thresholds] + [float(box_threshold)]
+    t_lo, t_hi = min(t_all), max(t_all)
     margin = (1e-5 * (1.0 + lo.abs().flatten(1).amax(dim=1)))[:, None, None]  # > float rounding of the weights
-    out = torch.zeros((n, len(thresholds)), dtype=torch.int64, device=up.device)
+    c00, c01, c10, c11 = lo[:, :-1, :-1], lo[:, :-1, 1:], lo[:, 1:, :-1], lo[:, 1:, 1:]
+    cmin = torch.minimum(torch.minimum(c00, c01), torch.minimum(c10, c11))  # (N, h-1, w-1)
+    cmax = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
+    solid = cmin > t_hi + margin  # all 16 pixels above every threshold
+    mixed = (cmax > t_lo - margin) & ~solid  # the rest is below every threshold
+    ni, ri, ci = mixed.nonzero(as_tuple=True)
+    if ni.numel():
+        # the kernel's weights for 4x: pixel k of a cell sits at (2k + 1) / 8 between two corners
+        l1 = torch.tensor([0.125, 0.375, 0.625, 0.875], dtype=torch.float32, device=low.device)
+        l0 = 1.0 - l1
+        top_row = lo[ni, ri, ci, None] * l0 + lo[ni, ri, ci + 1, None] * l1  # (M, 4): columns
+        bottom_row = lo[ni, ri + 1, ci, None] * l0 + lo[ni, ri + 1, ci + 1, None] * l1
+        vals = top_row[:, None, :] * l0[:, None] + bottom_row[:, None, :] * l1[:, None]  # (M, 4 rows, 4 columns)
+    else:
+        vals = lo.new_zeros((0, 4, 4))
+    # border strips: rows 0-1 and hh-2..hh-1 (full width), columns 0-1 and ww-2..ww-1 (rows 2..hh-3)
+    top = F.interpolate(lo[:, None, :1, :], size=(1, ww), mode="bilinear", align_corners=False)[:, 0, 0]  # (N, ww)
+    bottom = F.interpolate(lo[:, None, -1:, :], size=(1, ww), mode="bilinear", align_corners=False)[:, 0, 0]
+    left = F.interpolate(lo[:, None, :, :1], size=(hh, 1), mode="bilinear", align_corners=False)[:, 0, 2:-2, 0]
+    right = F.interpolate(lo[:, None, :, -1:], size=(hh, 1), mode="bilinear", align_corners=False)[:, 0, 2:-2, 0]
+
+    n_solid = solid.flatten(1).sum(dim=1)
+    counts = torch.zeros((n, len(thresholds)), dtype=torch.int64, device=low.device)
     for k, t in enumerate(thresholds):
-        above = cmin > t + margin
-        mixed = ~above & (cmax > t - margin)
-        count = above.flatten(1).sum(dim=1) * 16
-        ni, ri, ci = mixed.nonzero(as_tuple=True)
+        c = n_solid * 16 + 2 * ((top > t).sum(dim=1) + (bottom > t).sum(dim=1) + (left > t).sum(dim=1) + (right > t).sum(dim=1))
         if ni.numel():
-            per_cell = (blocks[ni, ri, :, ci, :] > t).flatten(1).sum(dim=1)
-            count.index_add_(0, ni, per_cell)
-        for strip in strips:
-            count += (strip > t).flatten(1).sum(dim=1)
-        out[:, k] = count
-    return out
+            c.index_add_(0, ni, (vals > t).flatten(1).sum(dim=1))
+        counts[:, k] = c
+    # boxes of up > box_threshold
+    tb = float(box_threshold)
+    big = max(hh, ww)
+    y0 = torch.full((n,), big, dtype=torch.int64, device=low.device)
+    x0 = torch.full((n,), big, dtype=torch.int64, device=low.device)
+    y1 = torch.full((n,), -1, dtype=torch.int64, device=low.device)
+    x1 = torch.full((n,), -1, dtype=torch.int64, device=low.device)
+    # solid cells: whole 4 x 4 blocks at rows 4r + 2 .. 4r + 5, columns 4c + 2 .. 4c + 5
+    r_first, r_last = _first_last(solid.any(dim=2))
+    c_first, c_last = _first_last(solid.any(dim=1))
+    has = r_last >= 0
+    y0 = torch.where(has, torch.minimum(y0, 4 * r_first + 2), y0)
+    y1 = torch.where(has, torch.maximum(y1, 4 * r_last + 5), y1)
+    x0 = torch.where(has, torch.minimum(x0, 4 * c_first + 2), x0)
+    x1 = torch.where(has, torch.maximum(x1, 4 * c_last + 5), x1)
+    # outline cells
+    if ni.numel():
+        vb = vals > tb
+        fr, lr_ = _first_last4(vb.any(dim=2))
+        fc, lc = _first_last4(vb.any(dim=1))
+        any_cell = lr_ >= 0
+        m_i = ni[any_cell]
+        y0.scatter_reduce_(0, m_i, (4 * ri + 2 + fr)[any_cell], reduce="amin")
+        y1.scatter_reduce_(0, m_i, (4 * ri + 2 + lr_)[any_cell], reduce="amax")
+        x0.scatter_reduce_(0, m_i, (4 * ci + 2 + fc)[any_cell], reduce="amin")
+        x1.scatter_reduce_(0, m_i, (4 * ci + 2 + lc)[any_cell], reduce="amax")
+    # strips
+    for strip, row_lo, row_hi, col_off, horizontal in (
+        (top, 0, 1, 0, True),
+        (bottom, hh - 2, hh - 1, 0, True),
+        (left, 0, 1, 2, False),
+        (right, ww - 2, ww - 1, 2, False),
+    ):
+        f, l_ = _first_last(strip > tb)
+        hit = l_ >= 0
+        if horizontal:  # rows row_lo..row_hi, columns f..l_
+            y0 = torch.where(hit, torch.minimum(y0, torch.full_like(y0, row_lo)), y0)
+            y1 = torch.where(hit, torch.maximum(y1, torch.full_like(y1, row_hi)), y1)
+            x0 = torch.where(hit, torch.minimum(x0, f), x0)
+            x1 = torch.where(hit, torch.maximum(x1, l_), x1)
+        else:  # columns row_lo..row_hi (named for reuse), rows col_off + f .. col_off + l_
+            x0 = torch.where(hit, torch.minimum(x0, torch.full_like(x0, row_lo)), x0)
+            x1 = torch.where(hit, torch.maximum(x1, torch.full_like(x1, row_hi)), x1)
+            y0 = torch.where(hit, torch.minimum(y0, f + col_off), y0)
+            y1 = torch.where(hit, torch.maximum(y1, l_ + col_off), y1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+    empty = y1 < 0
+    return counts, torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
 
 
 def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
@@ -319,6 +411,33 @@ class _Timer:
     def __exit__(self, *exc: object) -> None:
         _sync(self.device)
         self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.t0
+
+
+@dataclass
+class _Candidates:
+    """Masks of one crop that passed the filters: chip-resolution masks, or their low-res logits
+    (upsampled on demand by :meth:`masks`), with predicted IoU, stability score and box (crop frame)."""
+
+    iou: torch.Tensor
+    stab: torch.Tensor
+    boxes: torch.Tensor
+    full: torch.Tensor | None  # (M, h, w) bool, or None when lazy
+    lows: torch.Tensor | None  # (M, lr, lr) low-res logits when lazy
+    upsample: Callable[[torch.Tensor], torch.Tensor]  # low-res logits -> bool masks (crop frame)
+    hw: tuple[int, int]
+
+    @property
+    def n(self) -> int:
+        return int(self.iou.shape[0])
+
+    def masks(self, index: torch.Tensor) -> torch.Tensor:
+        """Bool masks (len(index), h, w) on the CPU of the candidates at ``index``."""
+        if self.full is not None:
+            return self.full[index]
+        assert self.lows is not None
+        sel = self.lows[index.to(self.lows.device)]
+        parts = [self.upsample(sel[c : c + UPSAMPLE_CHUNK]).cpu() for c in range(0, sel.shape[0], UPSAMPLE_CHUNK)]
+        return torch.cat(parts) if parts else torch.zeros((0, *self.hw), dtype=torch.bool)
 
 
 class SamMaskGenerator:
@@ -551,37 +670,43 @@ class SamMaskGenerator:
         chip_hw: tuple[int, int],
         stats: dict[str, int],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Decode one crop's points, filter, upsample survivors, drop crop-edge masks, NMS.
+        """Decode one crop's points, filter, drop crop-edge masks, NMS, upsample the survivors.
 
         Returns crop-frame bool masks (M, h, w) on the CPU with predicted IoU and
         stability score, or None when nothing survives.
         """
-        masks, iou, stab = self._decode_and_filter(embedding, resized, valid, points, stats)
-        if masks.shape[0] == 0:
+        cands = self._decode_and_filter(embedding, resized, valid, points, stats)
+        if cands.n == 0:
             return None
         with self._time("nms"):
             x0, y0 = crop_box[0], crop_box[1]
-            boxes = batched_mask_to_box(masks)
+            boxes = cands.boxes
             full = [0, 0, chip_hw[1], chip_hw[0]]
+            keep = torch.arange(cands.n)
             if list(crop_box) != full:
                 offset = torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
-                keep = ~is_box_near_crop_edge(boxes + offset, crop_box, full)
-                masks, iou, stab, boxes = masks[keep], iou[keep], stab[keep], boxes[keep]
-            keep = nms(boxes, iou, self.box_nms_thresh)
-            masks, iou, stab = masks[keep], iou[keep], stab[keep]
-        stats["masks_after_nms"] += int(masks.shape[0])
-        if masks.shape[0] == 0:
+                keep = keep[~is_box_near_crop_edge(boxes + offset, crop_box, full)]
+            keep = keep[nms(boxes[keep], cands.iou[keep], self.box_nms_thresh)]
+        stats["masks_after_nms"] += int(keep.numel())
+        if keep.numel() == 0:
             return None
-        return masks, iou, stab
+        with self._time("upsample"):
+            masks = cands.masks(keep)
+        return masks, cands.iou[keep], cands.stab[keep]
 
     def _decode_and_filter(
         self, embedding: torch.Tensor, resized: tuple[int, int], valid: np.ndarray, points: np.ndarray, stats: dict[str, int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode the points in batches, filter on low-res logits, upsample survivors, confirm stability.
+    ) -> _Candidates:
+        """Decode the points in batches, filter on low-res logits, confirm stability at chip resolution.
 
         ``valid`` is the crop's valid mask (h, w); ``resized`` the crop's size in the
-        model frame. Returns crop-frame bool masks (M, h, w) on the CPU (cut to
-        valid pixels, none empty) with their predicted IoU and stability score.
+        model frame. Returns the masks that pass (none empty, cut to valid pixels)
+        with their predicted IoU, stability score and box, as :class:`_Candidates`.
+
+        When the crop is the model's input size and wholly valid (the common case),
+        chip-resolution pixel counts and boxes come from the low-res logits
+        (:func:`upsampled_x4_stats`) and only the masks that later survive NMS are
+        upsampled; otherwise every survivor of the low-res filter is upsampled here.
         """
         b = self.bundle
         h, w = valid.shape
@@ -593,13 +718,15 @@ class SamMaskGenerator:
         model_points = to_model_frame(points, (h, w), (rh, rw))
         valid_t = torch.from_numpy(valid).to(b.device)
         all_valid = bool(valid.all())
-        # the common case (a chip of the model's input size): chip logits are the low-res logits upsampled 4x
-        plain_x4 = (rh, rw) == (h, w) == (b.input_size, b.input_size) and b.input_size == 4 * lr
+        # the common case (a valid chip of the model's input size): chip logits = low-res logits upsampled 4x
+        lazy = LAZY_UPSAMPLE and all_valid and (rh, rw) == (h, w) == (b.input_size, b.input_size) and b.input_size == 4 * lr
         pre_thresh = self.stability_score_thresh - STABILITY_PREFILTER_MARGIN
+        t, off = self.mask_threshold, self.stability_score_offset
 
-        out_masks: list[torch.Tensor] = []
-        out_iou: list[torch.Tensor] = []
-        out_stab: list[torch.Tensor] = []
+        def upsample(low: torch.Tensor) -> torch.Tensor:
+            return upsample_logits(low, b.input_size, (rh, rw), (h, w))
+
+        out: dict[str, list[torch.Tensor]] = {"masks": [], "lows": [], "iou": [], "stab": [], "boxes": []}
         for start in range(0, model_points.shape[0], self.points_per_batch):
             batch = model_points[start : start + self.points_per_batch]
             with self._time("decode"):
@@ -613,9 +740,7 @@ class SamMaskGenerator:
                     keep &= iou > self.pred_iou_thresh
                 if self.stability_score_thresh > 0.0 and bool(keep.any()):
                     idx = keep.nonzero()[:, 0]
-                    stab_lr = calculate_stability_score(
-                        logits[idx, :lr_h, :lr_w], self.mask_threshold, self.stability_score_offset
-                    )
+                    stab_lr = calculate_stability_score(logits[idx, :lr_h, :lr_w], t, off)
                     keep[idx] = stab_lr > pre_thresh
                 any_left = bool(keep.any())
                 if any_left:
@@ -625,31 +750,41 @@ class SamMaskGenerator:
             with self._time("upsample"):
                 for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
                     low = logits[c : c + UPSAMPLE_CHUNK]
-                    up = upsample_logits(low, b.input_size, (rh, rw), (h, w))
-                    if plain_x4:  # count from the low-res cells, reading only outline pixels of `up`
-                        t, off = self.mask_threshold, self.stability_score_offset
-                        high, loose, inside = count_above_upsampled_x4(up, low, (t + off, t - off, t)).unbind(1)
+                    if lazy:  # chip-resolution counts and boxes without upsampling
+                        counts, boxes = upsampled_x4_stats(low, (t + off, t - off, t), t)
+                        high, loose, inside = counts.unbind(1)
                         stab = torch.where(loose > 0, high.float() / loose.clamp(min=1).float(), torch.zeros_like(high, dtype=torch.float32))
+                        nonempty = inside > 0
                     else:
-                        stab = calculate_stability_score(up, self.mask_threshold, self.stability_score_offset)
-                    ok = stab > self.stability_score_thresh if self.stability_score_thresh > 0.0 else torch.ones_like(stab, dtype=torch.bool)
-                    m = up > self.mask_threshold
-                    if plain_x4 and all_valid:
-                        ok &= inside > 0
-                    else:
+                        up = upsample(low)
+                        stab = calculate_stability_score(up, t, off)
+                        m = up > t
                         if not all_valid:
                             m &= valid_t
-                        ok &= count_true(m) > 0
-                    if not bool(ok.all()):
-                        m = m[ok]
+                        nonempty = count_true(m) > 0
+                    ok = stab > self.stability_score_thresh if self.stability_score_thresh > 0.0 else torch.ones_like(stab, dtype=torch.bool)
+                    ok &= nonempty
                     stats["masks_after_filter"] += int(ok.sum())
-                    out_masks.append(m.cpu())
-                    out_iou.append(iou[c : c + UPSAMPLE_CHUNK][ok].cpu())
-                    out_stab.append(stab[ok].cpu())
-        if not out_masks:
-            empty = torch.zeros(0, dtype=torch.float32)
-            return torch.zeros((0, h, w), dtype=torch.bool), empty, empty
-        return torch.cat(out_masks), torch.cat(out_iou), torch.cat(out_stab)
+                    if lazy:
+                        out["lows"].append(low[ok])
+                        out["boxes"].append(boxes[ok].cpu())
+                    else:
+                        m = m[ok].cpu()
+                        out["masks"].append(m)
+                        out["boxes"].append(batched_mask_to_box(m))
+                    out["iou"].append(iou[c : c + UPSAMPLE_CHUNK][ok].cpu())
+                    out["stab"].append(stab[ok].cpu())
+        cat = {k: torch.cat(v) if v else None for k, v in out.items()}
+        empty = torch.zeros(0, dtype=torch.float32)
+        return _Candidates(
+            iou=cat["iou"] if cat["iou"] is not None else empty,
+            stab=cat["stab"] if cat["stab"] is not None else empty,
+            boxes=cat["boxes"] if cat["boxes"] is not None else torch.zeros((0, 4), dtype=torch.int64),
+            full=cat["masks"],
+            lows=cat["lows"],
+            upsample=lambda low: upsample(low) > t,
+            hw=(h, w),
+        )
 
     def _finish_chip(self, info: dict[str, Any]) -> ChipMasks:
         """Crop masks -> chip frame, NMS between crops, small-region clean-up, valid cut."""

@@ -23,7 +23,7 @@ from geosam.amg import (
     box_iou,
     build_point_grid,
     calculate_stability_score,
-    count_above_upsampled_x4,
+    upsampled_x4_stats,
     nms,
     remove_small_regions,
 )
@@ -101,55 +101,81 @@ def _upsample_x4(low: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.interpolate(low[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
 
 
-def test_count_above_upsampled_x4_equals_full_count() -> None:
-    gen = torch.Generator().manual_seed(11)
-    smooth = torch.nn.functional.avg_pool2d(torch.randn((3, 1, 40, 36), generator=gen), 5, 1, 2)[:, 0] * 40
+def _brute_stats(low: torch.Tensor, thresholds, box_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    up = _upsample_x4(low)
+    counts = torch.stack([(up > t).flatten(1).sum(dim=1) for t in thresholds], dim=1)
+    return counts, batched_mask_to_box(up > box_threshold)
+
+
+@pytest.mark.parametrize("shape", [(40, 36), (7, 9), (2, 2), (3, 50)])
+def test_upsampled_x4_stats_equal_full_resolution(shape) -> None:
+    h, w = shape
+    gen = torch.Generator().manual_seed(h * 100 + w)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn((3, 1, h, w), generator=gen), 3, 1, 1)[:, 0] * 40
     low = torch.cat(
         [
             smooth,
-            torch.randn((1, 40, 36), generator=gen),  # speckle: nearly every cell mixed
-            torch.zeros((1, 40, 36)),  # every pixel exactly at the threshold 0 (not above it)
-            torch.full((1, 40, 36), 7.0),  # constant above every threshold
+            torch.randn((1, h, w), generator=gen),  # speckle: nearly every cell is outline
+            torch.zeros((1, h, w)),  # every pixel exactly at the threshold 0 (not above it)
+            torch.full((1, h, w), 7.0),  # above every threshold
+            torch.full((1, h, w), -7.0),  # empty
+            torch.full((1, h, w), -7.0),  # one bright corner pixel: the box is in the border strips
+            torch.full((1, h, w), -7.0),  # one bright low-res pixel inside
         ]
     )
-    low[0, :3, :] = 1.0  # plateaus exactly at a threshold
-    low[1, :, -2:] = -1.0
-    low[2, 10:20, 10:20] = 30.0  # a crisp square
-    up = _upsample_x4(low)
+    low[0, :1, :] = 1.0  # a plateau exactly at a threshold
+    low[7, -1, -1] = 9.0
+    low[8, h // 2, w // 2] = 9.0
     thresholds = (-1.0, 0.0, 1.0, 0.5, 20.0)
-    counts = count_above_upsampled_x4(up, low, thresholds)
-    expected = torch.stack([(up > t).flatten(1).sum(dim=1) for t in thresholds], dim=1)
-    assert torch.equal(counts, expected)
-    n = up[0].numel()
+    counts, boxes = upsampled_x4_stats(low, thresholds, 0.0)
+    exp_counts, exp_boxes = _brute_stats(low, thresholds, 0.0)
+    assert torch.equal(counts, exp_counts)
+    assert torch.equal(boxes, exp_boxes)
+    n = 16 * h * w
     assert counts[4].tolist() == [n, 0, 0, 0, 0] and counts[5].tolist() == [n, n, n, n, 0]
-    with pytest.raises(ValueError, match="4x"):
-        count_above_upsampled_x4(up[:, :-4], low, (0.0,))
+    assert counts[6].tolist() == [0] * 5 and boxes[6].tolist() == [0, 0, 0, 0]
+    assert boxes[7, 2:].tolist() == [4 * w - 1, 4 * h - 1]  # the bottom-right corner pixel is reached
+    # another box threshold
+    assert torch.equal(upsampled_x4_stats(low, (0.0,), 1.0)[1], _brute_stats(low, (0.0,), 1.0)[1])
 
 
-def test_generate_with_cell_counts_equals_full_counts(bundle: SamBundle, monkeypatch) -> None:
-    """A 1024 px chip takes the low-res cell counting; results equal counting every pixel."""
+def test_upsampled_x4_stats_rejects_tiny_input() -> None:
+    with pytest.raises(ValueError, match="2 x 2"):
+        upsampled_x4_stats(torch.zeros((1, 1, 5)), (0.0,), 0.0)
+
+
+def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> None:
+    """A valid 1024 px chip counts and boxes masks from the low-res logits and upsamples only NMS survivors;
+    the results equal upsampling every filtered mask."""
     chip = make_chip(1024, 1024, seed=4)
-    gen = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    calls = []
-    real = amg.count_above_upsampled_x4
+    gen = SamMaskGenerator(bundle, points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.5)
+    upsampled: list[int] = []
+    real_up = amg.upsample_logits
 
-    def spy(up, low, thresholds):
-        calls.append(len(low))
-        return real(up, low, thresholds)
+    def spy_up(logits, *args, **kwargs):
+        upsampled.append(int(logits.shape[0]))
+        return real_up(logits, *args, **kwargs)
 
-    monkeypatch.setattr(amg, "count_above_upsampled_x4", spy)
-    fast = gen.generate(chip)
-    assert calls, "the 1024 px chip should use the cell counts"
+    monkeypatch.setattr(amg, "upsample_logits", spy_up)
+    lazy = gen.generate(chip)
+    stats = dict(gen.last_stats)
+    assert stats["masks_after_filter"] > stats["masks_after_nms"] > 0
+    assert sum(upsampled) == stats["masks_after_nms"]  # only NMS survivors reach chip resolution
 
-    def brute(up, low, thresholds):
-        return torch.stack([(up > t).flatten(1).sum(dim=1) for t in thresholds], dim=1)
-
-    monkeypatch.setattr(amg, "count_above_upsampled_x4", brute)
+    monkeypatch.setattr(amg, "LAZY_UPSAMPLE", False)
+    upsampled.clear()
     full = gen.generate(chip)
-    assert len(fast) == len(full) > 0
-    assert np.array_equal(fast.masks, full.masks)
-    assert np.array_equal(fast.stability_score, full.stability_score)
-    assert np.array_equal(fast.predicted_iou, full.predicted_iou)
+    assert sum(upsampled) >= gen.last_stats["masks_after_filter"]
+    assert gen.last_stats == stats
+    assert len(lazy) == len(full) > 0
+    assert np.array_equal(lazy.masks, full.masks)
+    assert np.array_equal(lazy.stability_score, full.stability_score)
+    assert np.array_equal(lazy.predicted_iou, full.predicted_iou)
+    # and a chip with invalid pixels takes the full path (masks cut to valid pixels)
+    valid = np.ones((1024, 1024), dtype=bool)
+    valid[:, :100] = False
+    cut = gen.generate(make_chip(1024, 1024, valid=valid, seed=4))
+    assert not cut.masks[:, :, :100].any()
 
 
 def test_batched_mask_to_box() -> None:
