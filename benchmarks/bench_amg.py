@@ -9,7 +9,9 @@ One run, the same chips, the same weights, the same point grid and thresholds:
     points_per_batch=64)`` looped over the same chips with ``points_per_crop`` = the same grid, float32,
     stock modules (geosam's fast encoder/decoder are separate functions and never patch the model);
 (c) ``encoder only``: preprocessing + image encoder per chip, geosam's encoder path at the headline dtype
-    (the floor of segment-everything) and the stock float32 forward (the pipeline's).
+    (the floor of segment-everything) and the stock float32 forward (the pipeline's);
+(d) geosam at the headline dtype with ``torch.compile`` (:func:`geosam.model.compile_bundle`, on a copy of the
+    model), the compiling first chip timed apart (skip with ``--no-compile``).
 
 (a) and (b) each run twice: with the given thresholds (SAM's defaults: only a handful of masks survive NMS
 with these weights, so one flipped mask moves the agreement by ~0.2), and with NMS switched off
@@ -48,7 +50,7 @@ after both.
 
     .venv/bin/python benchmarks/bench_amg.py [--chips 2] [--points-per-side 16] [--dtype auto]
 
-Defaults take about 5 minutes on a 2-core CPU (the two pipeline runs dominate).
+Defaults take about 6 minutes on a 2-core CPU (the two pipeline runs dominate).
 """
 
 from __future__ import annotations
@@ -226,6 +228,7 @@ def main() -> None:
     ap.add_argument("--box-nms-thresh", type=float, default=0.7)
     ap.add_argument("--dtype", default="auto", help="geosam's headline dtype (auto, float32, bfloat16, float16)")
     ap.add_argument("--no-float32", action="store_true", help="skip the extra float32 geosam runs")
+    ap.add_argument("--no-compile", action="store_true", help="skip the extra torch.compile geosam run")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--encoder-layers", type=int, default=12, help="12 = ViT-B")
     ap.add_argument("--skip-pipeline", action="store_true")
@@ -338,6 +341,27 @@ def main() -> None:
             result["speedup_vs_pipeline_float32"] = round(ref["s"] / runs["float32"]["s"], 3)
             result["mask_agreement_float32"] = agree["float32"]["pooled"]["mask_agreement"]
 
+    # (d) geosam with torch.compile (on a copy of the model, so nothing above or in the pipeline is touched);
+    # the first chip, which compiles, is timed apart
+    if not args.no_compile:
+        import copy
+
+        from geosam.amg import SamMaskGenerator
+        from geosam.model import compile_bundle
+
+        cb = compile_bundle(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)))
+        t0 = time.perf_counter()
+        SamMaskGenerator(cb, points_per_side=2).generate(chips[0])
+        warm = time.perf_counter() - t0
+        rc = run_geosam(cb, chips, args, args.box_nms_thresh)
+        result["compile_warmup_s"] = round(warm, 3)
+        result["geosam_compiled_s"] = round(rc["s"], 3)
+        result["geosam_compiled_stage_s"] = {k: round(v, 3) for k, v in rc["stages"].items()}
+        if "pipeline_s" in result:
+            result["speedup_vs_pipeline_compiled"] = round(result["pipeline_s"] / rc["s"], 3)
+            result["agreement_compiled_vs_headline"] = compare(rc["masks"], head["masks"])
+        print(f"geosam compiled: warm-up {warm:.1f} s, then {rc['s']:.1f} s")
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -345,6 +369,8 @@ def main() -> None:
         (f"geosam end to end, {settings['geosam_dtype']} (s)", result["geosam_s"]),
         ("  encode / decode (s)", f"{result['encode_s']} / {result['decoder_s']}"),
         ("geosam end to end, float32 (s)", result.get("geosam_float32_s", "-")),
+        ("geosam + torch.compile (s)", f"{result.get('geosam_compiled_s', '-')} (+ {result.get('compile_warmup_s', '-')} warm-up)"),
+        ("speedup vs pipeline, compiled", result.get("speedup_vs_pipeline_compiled", "-")),
         ("encoder only, geosam / stock fp32 (s)", f"{result['encoder_only_s']} / {result['encoder_only_stock_float32_s']}"),
         ("pipeline, float32 (s)", result.get("pipeline_s", "-")),
         ("speedup vs pipeline", result.get("speedup_vs_pipeline", "-")),

@@ -45,6 +45,8 @@ class SegmentConfig:
     #: and listed in ``gdf.attrs['geosam']['chips_failed']`` instead of ending the run
     skip_bad_chips: bool = False
     chips_per_batch: int = 1
+    #: torch.compile the encoder / decoder (first chip slow, later ones faster; see geosam.model.compile_bundle)
+    compile: bool = False
     # stitching and output
     match_iou: float = 0.5
     min_area_m2: float = 0.0

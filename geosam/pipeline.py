@@ -70,6 +70,7 @@ def make_mask_generator(cfg: SegmentConfig) -> MaskGenerator:
         min_mask_region_area=cfg.min_mask_region_area,
         crop_n_layers=cfg.crop_n_layers,
         encoder_batch_size=max(1, cfg.chips_per_batch),
+        compile=cfg.compile,
     )
 
 

@@ -107,3 +107,48 @@ def test_fast_encoder_does_not_modify_the_model(vit_and_pixels) -> None:
     assert torch.equal(x, pixels)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_compile_bundle_compiles_the_paths_in_use(monkeypatch) -> None:
+    """compile_bundle wraps what encode()/decode run: the fast encoder under bf16 on a CPU (the fast decoder
+    stays eager there), the stock modules otherwise; once per model. torch.compile itself is faked (slow)."""
+    compiled: list[object] = []
+
+    def fake_compile(fn, *args, **kwargs):
+        compiled.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    pixels = torch.randn((1, 3, 256, 256), generator=torch.Generator().manual_seed(12))
+    model = _vit(seed=9)
+    bf16 = gm.SamBundle(model=model, processor=None, device=torch.device("cpu"), dtype=torch.bfloat16, name="vit")
+    before = gm.encode(bf16, pixels)
+    assert gm.compile_bundle(bf16) is bf16
+    assert len(compiled) == 1 and compiled[0] is not model.vision_encoder  # the fast-encoder function
+    assert callable(model._geosam_fast_encoder)
+    assert gm._use_fast_encoder(bf16) and gm._use_fast_decoder(bf16)  # fast paths stay on
+    assert torch.equal(gm.encode(bf16, pixels), before)
+    gm.compile_bundle(bf16)
+    assert len(compiled) == 1  # once per model
+
+    stock_model = _vit(seed=10)
+    stock = gm.SamBundle(
+        model=stock_model, processor=None, device=torch.device("cpu"), dtype=torch.float32, name="vit", fast_decoder=False
+    )
+    vision, decoder = stock_model.vision_encoder, stock_model.mask_decoder
+    gm.compile_bundle(stock)
+    assert compiled[1:] == [vision, decoder]  # float32: stock encoder; fast decoder off: stock decoder
+
+
+def test_segment_config_compile_reaches_the_generator(monkeypatch, tiny_sam_dir: str) -> None:
+    from geosam.config import SegmentConfig
+    from geosam.pipeline import make_mask_generator
+
+    calls: list[object] = []
+    monkeypatch.setattr(gm, "compile_bundle", lambda b: calls.append(b) or b)
+    import geosam.amg as amg
+
+    monkeypatch.setattr(amg, "compile_bundle", lambda b: calls.append(b) or b)
+    gen = make_mask_generator(SegmentConfig(model=tiny_sam_dir, device="cpu", compile=True))
+    assert gen.compile and len(calls) == 1
+    assert not make_mask_generator(SegmentConfig(model=tiny_sam_dir, device="cpu")).compile

@@ -56,6 +56,8 @@ _D = SegmentConfig()
               help="Chips encoded together in one encoder batch.")
 @click.option("--prefetch-chips", type=int, default=_D.prefetch_chips, show_default=True,
               help="Chips read ahead by a reader thread (0: read in the main thread).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the model (first chip slow, later ones faster: for large scenes).")
 @click.option("--skip-bad-chips", is_flag=True,
               help="Skip (and list) chips whose pixels cannot be read instead of stopping the run.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage (read, stretch, encode, decode, ...).")
@@ -70,7 +72,7 @@ def segment(scene: str, output: str, model: str, chip_size_px: int, overlap_px: 
             min_index: tuple[str, ...] = (), rank_by: str | None = None, top_k: int | None = None,
             prefilter: bool = False, prefilter_radius_px: str = "2", index_raster: str | None = None,
             crop_n_layers: int = 0, chips_per_batch: int = 1, prefetch_chips: int = 2, profile: bool = False,
-            skip_bad_chips: bool = False) -> None:
+            skip_bad_chips: bool = False, compile_: bool = False) -> None:
     """Segment every object in SCENE and write one polygon per object to OUTPUT."""
     from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
     from geosam.pipeline import segment_scene
@@ -113,6 +115,7 @@ def segment(scene: str, output: str, model: str, chip_size_px: int, overlap_px: 
         chips_per_batch=chips_per_batch,
         prefetch_chips=prefetch_chips,
         skip_bad_chips=skip_bad_chips,
+        compile=compile_,
     )
     out = write_vector(gdf, output)
     if label_raster:
