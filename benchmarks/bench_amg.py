@@ -11,7 +11,11 @@ One run, the same chips, the same weights, the same point grid and thresholds:
 (c) ``encoder only``: preprocessing + image encoder per chip, geosam's encoder path at the headline dtype
     (the floor of segment-everything) and the stock float32 forward (the pipeline's);
 (d) geosam at the headline dtype with ``torch.compile`` (:func:`geosam.model.compile_bundle`, on a copy of the
-    model), the compiling first chip timed apart (skip with ``--no-compile``).
+    model), after all the other runs: the compiling first chip timed apart, then interleaved with the eager
+    headline run (``compiled_speedup_vs_eager``; skip with ``--no-compile``).
+
+Timed variants run interleaved, chip by chip (every variant on chip 1, then on chip 2), after a warm-up, so
+that the drifting speed of a shared CPU hits all of them alike and their ratios hold.
 
 (a) and (b) each run twice: with the given thresholds (SAM's defaults: only a handful of masks survive NMS
 with these weights, so one flipped mask moves the agreement by ~0.2), and with NMS switched off
@@ -148,8 +152,8 @@ def agreement(a: np.ndarray, b: np.ndarray, thresh: float = 0.9) -> tuple[int, i
     return int((iou.max(dim=1).values >= thresh).sum()), int((iou.max(dim=0).values >= thresh).sum())
 
 
-def run_geosam(bundle, chips, args, box_nms_thresh: float) -> dict:
-    """geosam end to end over ``chips``: seconds, per-stage seconds, masks per chip."""
+def geosam_runner(bundle, args, box_nms_thresh: float):
+    """(generate(chip) -> masks, the generator) for geosam at ``bundle``'s dtype."""
     from geosam.amg import SamMaskGenerator
 
     gen = SamMaskGenerator(
@@ -160,18 +164,13 @@ def run_geosam(bundle, chips, args, box_nms_thresh: float) -> dict:
         stability_score_thresh=args.stability_score_thresh,
         box_nms_thresh=box_nms_thresh,
     )
-    t0 = time.perf_counter()
-    masks = [gen.generate(chip).masks for chip in chips]
-    seconds = time.perf_counter() - t0
-    return {"s": seconds, "stages": dict(gen.timings_s), "masks": masks}
+    return (lambda chip: gen.generate(chip).masks), gen
 
 
-def run_pipeline(pipe, chips, args, box_nms_thresh: float) -> dict:
+def pipeline_runner(pipe, args, box_nms_thresh: float):
     from PIL import Image
 
-    t0 = time.perf_counter()
-    masks = []
-    for chip in chips:
+    def run(chip) -> np.ndarray:
         out = pipe(
             Image.fromarray(chip.image),
             points_per_batch=64,
@@ -181,8 +180,25 @@ def run_pipeline(pipe, chips, args, box_nms_thresh: float) -> dict:
             crops_nms_thresh=box_nms_thresh,
         )
         m = out["masks"]
-        masks.append(np.stack(m).astype(bool) if len(m) else np.zeros((0, *chip.valid.shape), bool))
-    return {"s": time.perf_counter() - t0, "masks": masks}
+        return np.stack(m).astype(bool) if len(m) else np.zeros((0, *chip.valid.shape), bool)
+
+    return run
+
+
+def interleaved(runners: dict, chips) -> tuple[dict[str, float], dict[str, list]]:
+    """Run every runner on chip 1, then every runner on chip 2, ...: seconds and results per runner.
+
+    Interleaving puts all variants under the same machine conditions (a shared CPU's speed drifts
+    by tens of percent over minutes), so their ratios hold even when absolute times move.
+    """
+    seconds = {name: 0.0 for name in runners}
+    results: dict[str, list] = {name: [] for name in runners}
+    for chip in chips:
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            results[name].append(run(chip))
+            seconds[name] += time.perf_counter() - t0
+    return seconds, results
 
 
 def compare(geo: list[np.ndarray], ref: list[np.ndarray]) -> dict:
@@ -207,14 +223,10 @@ def summarise(g_in_p: int, p_in_g: int, n_g: int, n_p: int) -> dict:
     }
 
 
-def encoder_only(bundle, chips) -> float:
+def encoder_runner(bundle):
     from geosam.model import encode, preprocess
 
-    encode(bundle, preprocess(bundle, [chips[0].image])[0])  # warm-up
-    t0 = time.perf_counter()
-    for chip in chips:
-        encode(bundle, preprocess(bundle, [chip.image])[0])
-    return time.perf_counter() - t0
+    return lambda chip: encode(bundle, preprocess(bundle, [chip.image])[0])
 
 
 def main() -> None:
@@ -269,98 +281,111 @@ def main() -> None:
     }
     print(f"{len(chips)} chips of {args.chip_size} px, grid {args.points_per_side}^2, geosam dtype {settings['geosam_dtype']}, device {device}")
 
-    # (c) encoder only: geosam's encoder path at its dtype, and the stock float32 forward (the pipeline's)
-    enc_s = encoder_only(bundle, chips)
-    stock32 = dataclasses.replace(bundle, dtype=torch.float32, fast_encoder=False)
-    enc_stock_s = encoder_only(stock32, chips)
-    print(f"encoder only: geosam {enc_s:.1f} s, stock float32 {enc_stock_s:.1f} s")
+    from geosam.model import compile_bundle
 
-    # (a) geosam end to end: the default thresholds, then with NMS off (every mask that passes the
-    # filters is compared: hundreds of masks instead of a handful)
-    runs: dict[str, dict] = {}
-    for name, b in bundles.items():
-        runs[name] = run_geosam(b, chips, args, args.box_nms_thresh)
-        runs[name + "_all"] = run_geosam(b, chips, args, 1.0)
-        r = runs[name]
-        print(f"geosam {name} ({b.dtype}): {r['s']:.1f} s, {sum(len(m) for m in r['masks'])} masks "
-              f"({sum(len(m) for m in runs[name + '_all']['masks'])} without NMS), stages {({k: round(v, 2) for k, v in r['stages'].items()})}")
+    # warm-up: each path once on a small image (one-time costs out of the timings); peak RSS of model + geosam
+    stock32 = dataclasses.replace(bundle, dtype=torch.float32, fast_encoder=False)
+    for b in (bundle, stock32):
+        encoder_runner(b)(chips[0])
+    geosam_runner(bundle, args, args.box_nms_thresh)[0](chips[0])
     rss_geosam = peak_rss_mib()
-    head = runs["headline"]
-    st = head["stages"]
+
+    # every timed variant, interleaved chip by chip
+    runners: dict = {"encoder_only": encoder_runner(bundle), "encoder_only_stock_float32": encoder_runner(stock32)}
+    gens = {}
+    for name, b in bundles.items():
+        runners[name], gens[name] = geosam_runner(b, args, args.box_nms_thresh)
+    if not args.skip_pipeline:
+        from transformers import pipeline
+
+        nms_note = _nms_patch()
+        pipe = pipeline("mask-generation", model=bundle.model, image_processor=SamImageProcessorPil(), device=device)
+        runners["pipeline"] = pipeline_runner(pipe, args, args.box_nms_thresh)
+        pipeline_runner(pipe, argparse.Namespace(**{**vars(args), "points_per_side": 2}), args.box_nms_thresh)(chips[0])
+    seconds, masks = interleaved(runners, chips)
+    for name, sec in seconds.items():
+        print(f"{name}: {sec:.1f} s")
+
+    # torch.compile, after everything else (compiling must not touch the runs above): on a copy of the model,
+    # its compiling first chip timed apart, then interleaved with the eager headline run for their ratio
+    compile_warm = None
+    if not args.no_compile:
+        import copy
+
+        cb = compile_bundle(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)))
+        run_compiled, gens["compiled"] = geosam_runner(cb, args, args.box_nms_thresh)
+        t0 = time.perf_counter()
+        run_compiled(chips[0])  # compiles
+        compile_warm = time.perf_counter() - t0
+        gens["compiled"].reset_timings()
+        pair_s, pair_masks = interleaved({"eager": geosam_runner(bundle, args, args.box_nms_thresh)[0], "compiled": run_compiled}, chips)
+        masks["compiled"] = pair_masks["compiled"]
+        print(f"compiled: warm-up {compile_warm:.1f} s, then {pair_s['compiled']:.1f} s vs eager {pair_s['eager']:.1f} s")
+
+    # agreement without NMS: every mask that passes the filters (hundreds), geosam vs pipeline
+    all_runners = {name: geosam_runner(b, args, 1.0)[0] for name, b in bundles.items()}
+    if not args.skip_pipeline:
+        all_runners["pipeline"] = pipeline_runner(pipe, args, 1.0)
+    _, masks_all = interleaved(all_runners, chips)
+
+    head = gens["headline"]
+    st = head.timings_s
     result: dict = {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch_version": torch.__version__,
         "platform": platform.platform(),
         "settings": settings,
-        "geosam_s": round(head["s"], 3),
-        "encoder_only_s": round(enc_s, 3),
-        "encoder_only_stock_float32_s": round(enc_stock_s, 3),
+        "geosam_s": round(seconds["headline"], 3),
+        "encoder_only_s": round(seconds["encoder_only"], 3),
+        "encoder_only_stock_float32_s": round(seconds["encoder_only_stock_float32"], 3),
         "encode_s": round(st.get("encode", 0.0), 3),
         "decoder_s": round(st.get("decode", 0.0), 3),
-        "overhead_ratio": round(head["s"] / max(1e-9, st.get("encode", 0.0) + st.get("decode", 0.0)), 3),
+        "overhead_ratio": round(seconds["headline"] / max(1e-9, st.get("encode", 0.0) + st.get("decode", 0.0)), 3),
         "geosam_stage_s": {k: round(v, 3) for k, v in st.items()},
-        "geosam_masks": [len(m) for m in head["masks"]],
-        "geosam_masks_without_nms": [len(m) for m in runs["headline_all"]["masks"]],
+        "geosam_masks": [len(m) for m in masks["headline"]],
+        "geosam_masks_without_nms": [len(m) for m in masks_all["headline"]],
         "peak_rss_mib": round(rss_geosam, 1),
     }
-    if "float32" in runs:
-        r32 = runs["float32"]
-        result["geosam_float32_s"] = round(r32["s"], 3)
-        result["geosam_float32_stage_s"] = {k: round(v, 3) for k, v in r32["stages"].items()}
-
-    # (b) the transformers pipeline, float32 (its default), stock modules
+    if "float32" in bundles:
+        result["geosam_float32_s"] = round(seconds["float32"], 3)
+        result["geosam_float32_stage_s"] = {k: round(v, 3) for k, v in gens["float32"].timings_s.items()}
+    if compile_warm is not None:
+        result["compile_warmup_s"] = round(compile_warm, 3)
+        result["geosam_compiled_s"] = round(pair_s["compiled"], 3)
+        result["geosam_eager_beside_compiled_s"] = round(pair_s["eager"], 3)
+        result["compiled_speedup_vs_eager"] = round(pair_s["eager"] / pair_s["compiled"], 3)
+        result["geosam_compiled_stage_s"] = {k: round(v, 3) for k, v in gens["compiled"].timings_s.items()}
+        result["agreement_compiled_vs_headline"] = compare(masks["compiled"], masks["headline"])
     if not args.skip_pipeline:
-        from transformers import pipeline
-
-        result["pipeline_nms"] = _nms_patch()
-        pipe = pipeline("mask-generation", model=bundle.model, image_processor=SamImageProcessorPil(), device=device)
-        ref = run_pipeline(pipe, chips, args, args.box_nms_thresh)
-        ref_all = run_pipeline(pipe, chips, args, 1.0)
-        print(f"pipeline: {ref['s']:.1f} s, {sum(len(m) for m in ref['masks'])} masks ({sum(len(m) for m in ref_all['masks'])} without NMS)")
         agree = {}
         for name in bundles:
             parts = {
-                "default_thresholds": compare(runs[name]["masks"], ref["masks"]),
-                "without_nms": compare(runs[name + "_all"]["masks"], ref_all["masks"]),
+                "default_thresholds": compare(masks[name], masks["pipeline"]),
+                "without_nms": compare(masks_all[name], masks_all["pipeline"]),
             }
             keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
             parts["pooled"] = summarise(*(sum(p[k] for p in parts.values()) for k in keys))
             agree[name] = parts
+        pipeline_s = seconds["pipeline"]
         result.update(
             {
-                "pipeline_s": round(ref["s"], 3),
-                "speedup_vs_pipeline": round(ref["s"] / head["s"], 3),
+                "pipeline_nms": nms_note,
+                "pipeline_s": round(pipeline_s, 3),
+                "speedup_vs_pipeline": round(pipeline_s / seconds["headline"], 3),
                 "mask_agreement": agree["headline"]["pooled"]["mask_agreement"],
                 "agreement": agree,
-                "pipeline_masks": [len(m) for m in ref["masks"]],
-                "pipeline_masks_without_nms": [len(m) for m in ref_all["masks"]],
+                "pipeline_masks": [len(m) for m in masks["pipeline"]],
+                "pipeline_masks_without_nms": [len(m) for m in masks_all["pipeline"]],
                 "peak_rss_mib_after_pipeline": round(peak_rss_mib(), 1),
             }
         )
-        if "float32" in runs:
-            result["speedup_vs_pipeline_float32"] = round(ref["s"] / runs["float32"]["s"], 3)
+        if "float32" in bundles:
+            result["speedup_vs_pipeline_float32"] = round(pipeline_s / seconds["float32"], 3)
             result["mask_agreement_float32"] = agree["float32"]["pooled"]["mask_agreement"]
-
-    # (d) geosam with torch.compile (on a copy of the model, so nothing above or in the pipeline is touched);
-    # the first chip, which compiles, is timed apart
-    if not args.no_compile:
-        import copy
-
-        from geosam.amg import SamMaskGenerator
-        from geosam.model import compile_bundle
-
-        cb = compile_bundle(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)))
-        t0 = time.perf_counter()
-        SamMaskGenerator(cb, points_per_side=2).generate(chips[0])
-        warm = time.perf_counter() - t0
-        rc = run_geosam(cb, chips, args, args.box_nms_thresh)
-        result["compile_warmup_s"] = round(warm, 3)
-        result["geosam_compiled_s"] = round(rc["s"], 3)
-        result["geosam_compiled_stage_s"] = {k: round(v, 3) for k, v in rc["stages"].items()}
-        if "pipeline_s" in result:
-            result["speedup_vs_pipeline_compiled"] = round(result["pipeline_s"] / rc["s"], 3)
-            result["agreement_compiled_vs_headline"] = compare(rc["masks"], head["masks"])
-        print(f"geosam compiled: warm-up {warm:.1f} s, then {rc['s']:.1f} s")
+        if compile_warm is not None:  # the pipeline ratio carried over through the eager run timed beside it
+            result["speedup_vs_pipeline_compiled"] = round(
+                pipeline_s / seconds["headline"] * result["compiled_speedup_vs_eager"], 3
+            )
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -370,6 +395,7 @@ def main() -> None:
         ("  encode / decode (s)", f"{result['encode_s']} / {result['decoder_s']}"),
         ("geosam end to end, float32 (s)", result.get("geosam_float32_s", "-")),
         ("geosam + torch.compile (s)", f"{result.get('geosam_compiled_s', '-')} (+ {result.get('compile_warmup_s', '-')} warm-up)"),
+        ("compiled vs eager (interleaved)", result.get("compiled_speedup_vs_eager", "-")),
         ("speedup vs pipeline, compiled", result.get("speedup_vs_pipeline_compiled", "-")),
         ("encoder only, geosam / stock fp32 (s)", f"{result['encoder_only_s']} / {result['encoder_only_stock_float32_s']}"),
         ("pipeline, float32 (s)", result.get("pipeline_s", "-")),

@@ -199,25 +199,27 @@ def upsampled_x4_stats(
         y1.scatter_reduce_(0, m_i, (4 * ri + 2 + lr_)[any_cell], reduce="amax")
         x0.scatter_reduce_(0, m_i, (4 * ci + 2 + fc)[any_cell], reduce="amin")
         x1.scatter_reduce_(0, m_i, (4 * ci + 2 + lc)[any_cell], reduce="amax")
-    # strips
-    for strip, row_lo, row_hi, col_off, horizontal in (
-        (top, 0, 1, 0, True),
-        (bottom, hh - 2, hh - 1, 0, True),
-        (left, 0, 1, 2, False),
-        (right, ww - 2, ww - 1, 2, False),
+    # border strips: each is a band of 2 identical lines; (first, last) hit along the band,
+    # the band's 2 lines across it
+    def extend(lo_: torch.Tensor, hi_: torch.Tensor, first: torch.Tensor, last: torch.Tensor, hit: torch.Tensor):
+        return torch.where(hit, torch.minimum(lo_, first), lo_), torch.where(hit, torch.maximum(hi_, last), hi_)
+
+    for strip, lines, offset, horizontal in (
+        (top, (0, 1), 0, True),
+        (bottom, (hh - 2, hh - 1), 0, True),
+        (left, (0, 1), 2, False),
+        (right, (ww - 2, ww - 1), 2, False),
     ):
-        f, l_ = _first_last(strip > tb)
-        hit = l_ >= 0
-        if horizontal:  # rows row_lo..row_hi, columns f..l_
-            y0 = torch.where(hit, torch.minimum(y0, torch.full_like(y0, row_lo)), y0)
-            y1 = torch.where(hit, torch.maximum(y1, torch.full_like(y1, row_hi)), y1)
-            x0 = torch.where(hit, torch.minimum(x0, f), x0)
-            x1 = torch.where(hit, torch.maximum(x1, l_), x1)
-        else:  # columns row_lo..row_hi (named for reuse), rows col_off + f .. col_off + l_
-            x0 = torch.where(hit, torch.minimum(x0, torch.full_like(x0, row_lo)), x0)
-            x1 = torch.where(hit, torch.maximum(x1, torch.full_like(x1, row_hi)), x1)
-            y0 = torch.where(hit, torch.minimum(y0, f + col_off), y0)
-            y1 = torch.where(hit, torch.maximum(y1, l_ + col_off), y1)
+        first, last = _first_last(strip > tb)
+        hit = last >= 0
+        across = (torch.full_like(first, lines[0]), torch.full_like(first, lines[1]))
+        along = (first + offset, last + offset)
+        if horizontal:  # rows `lines`, columns along the strip
+            y0, y1 = extend(y0, y1, *across, hit)
+            x0, x1 = extend(x0, x1, *along, hit)
+        else:  # columns `lines`, rows along the strip (which starts at row 2)
+            x0, x1 = extend(x0, x1, *across, hit)
+            y0, y1 = extend(y0, y1, *along, hit)
     boxes = torch.stack([x0, y0, x1, y1], dim=1)
     empty = y1 < 0
     return counts, torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
