@@ -129,7 +129,7 @@ def _token_to_image(attn: Any, q_tokens: torch.Tensor, x: torch.Tensor, x_pos: t
 
 
 def _image_to_token_residual(
-    attn: Any, x: torch.Tensor, x_pos: torch.Tensor, k_tokens: torch.Tensor, v_tokens: torch.Tensor
+    attn: Any, x: torch.Tensor, x_pos: torch.Tensor, k_tokens: torch.Tensor, v_tokens: torch.Tensor, inplace: bool = False
 ) -> torch.Tensor:
     """``x + attn(query=x_pos, key=k_tokens, value=v_tokens)`` without projecting the image positions.
 
@@ -140,6 +140,7 @@ def _image_to_token_residual(
     projection to the tokens, and ``out_proj(concat_h A_h V_h) = sum_h A_h
     (V_h W_o,h^T) + b_o`` moves the output projection to the tokens too
     (b_o is spread over the heads' values: each head's weights sum to 1).
+    ``inplace``: ``x`` is not needed afterwards and may be overwritten.
     """
     n, t, c = k_tokens.shape
     nh, d = _heads(attn)
@@ -155,6 +156,8 @@ def _image_to_token_residual(
     vo = torch.einsum("nthd,chd->nhtc", v, wo) + (attn.out_proj.bias / nh)
     vo = vo.reshape(n, nh * t, c)
     p = probs.shape[-1]
+    if inplace and x.shape[0] == n:  # x is a dead intermediate: accumulate into it (saves a copy of N*P*C)
+        return x.baddbmm_(probs.transpose(1, 2), vo)
     base = x if x.shape[0] == n else x.expand(n, p, c)
     return torch.baddbmm(base, probs.transpose(1, 2), vo)
 
@@ -205,7 +208,7 @@ def fast_decode(
     pos = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, P, C)
 
     queries = tokens
-    for layer in tr.layers:
+    for i_layer, layer in enumerate(tr.layers):
         # self attention of the tokens (cheap: run the module itself)
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])[0][0]
@@ -220,8 +223,11 @@ def fast_decode(
 
         queries = layer.layer_norm3(queries + layer.mlp(queries))
 
+        # after the first layer, keys is our own layer-norm output, dead once the residual is added
         keys = layer.layer_norm4(
-            _image_to_token_residual(layer.cross_attn_image_to_token, keys, keys_pos, queries + pe_tok, queries)
+            _image_to_token_residual(
+                layer.cross_attn_image_to_token, keys, keys_pos, queries + pe_tok, queries, inplace=i_layer > 0
+            )
         )
 
     keys_pos = keys + pos
