@@ -70,6 +70,14 @@ def test_bundle_settings(bundle):
     assert bundle.normalize == "minmax"
     assert bundle.low_res_size == 256
     assert all(not k.startswith("image_encoder") for k in bundle.model.state_dict())
+    # the TinyViT encoder is not SAM's ViT: encode() keeps the model's own forward under bf16 too
+    import dataclasses
+
+    import torch
+
+    from geosam.model import _use_fast_encoder
+
+    assert not _use_fast_encoder(dataclasses.replace(bundle, dtype=torch.bfloat16))
 
 
 def test_matches_reference(bundle, ref):
