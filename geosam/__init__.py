@@ -39,18 +39,31 @@ _LAZY = {
     "INDICES": ("geosam.indices", "INDICES"),
 }
 
-__all__ = [
+__all__ = [  # the error classes, __version__ and every lazily loaded name (tests keep them in step)
+    "INDICES",
     "BandError",
+    "ChipMasks",
     "ConfigError",
     "ExportError",
     "GeosamError",
     "InvalidRasterError",
+    "MaskGenerator",
     "ModelLoadError",
     "NoCRSError",
+    "PromptConfig",
     "PromptError",
     "PromptOutsideSceneError",
+    "SamMaskGenerator",
+    "Scene",
+    "SegmentConfig",
     "__version__",
-    *list(_LAZY),
+    "load_sam",
+    "resolve_band_roles",
+    "segment_prompts",
+    "segment_scene",
+    "write_index_raster",
+    "write_label_raster",
+    "write_vector",
 ]
 
 

@@ -52,6 +52,7 @@ from geosam.model import (
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
     from geosam.io import Chip
 
 log = logging.getLogger(__name__)
@@ -180,14 +181,16 @@ def upsampled_x4_stats(
     x0 = torch.full((n,), big, dtype=torch.int64, device=low.device)
     y1 = torch.full((n,), -1, dtype=torch.int64, device=low.device)
     x1 = torch.full((n,), -1, dtype=torch.int64, device=low.device)
+
+    def extend(lo_: torch.Tensor, hi_: torch.Tensor, first: torch.Tensor, last: torch.Tensor, hit: torch.Tensor):
+        return torch.where(hit, torch.minimum(lo_, first), lo_), torch.where(hit, torch.maximum(hi_, last), hi_)
+
     # solid cells: whole 4 x 4 blocks at rows 4r + 2 .. 4r + 5, columns 4c + 2 .. 4c + 5
     r_first, r_last = _first_last(solid.any(dim=2))
     c_first, c_last = _first_last(solid.any(dim=1))
     has = r_last >= 0
-    y0 = torch.where(has, torch.minimum(y0, 4 * r_first + 2), y0)
-    y1 = torch.where(has, torch.maximum(y1, 4 * r_last + 5), y1)
-    x0 = torch.where(has, torch.minimum(x0, 4 * c_first + 2), x0)
-    x1 = torch.where(has, torch.maximum(x1, 4 * c_last + 5), x1)
+    y0, y1 = extend(y0, y1, 4 * r_first + 2, 4 * r_last + 5, has)
+    x0, x1 = extend(x0, x1, 4 * c_first + 2, 4 * c_last + 5, has)
     # outline cells
     if ni.numel():
         vb = vals > tb
@@ -201,9 +204,6 @@ def upsampled_x4_stats(
         x1.scatter_reduce_(0, m_i, (4 * ci + 2 + lc)[any_cell], reduce="amax")
     # border strips: each is a band of 2 identical lines; (first, last) hit along the band,
     # the band's 2 lines across it
-    def extend(lo_: torch.Tensor, hi_: torch.Tensor, first: torch.Tensor, last: torch.Tensor, hit: torch.Tensor):
-        return torch.where(hit, torch.minimum(lo_, first), lo_), torch.where(hit, torch.maximum(hi_, last), hi_)
-
     for strip, lines, offset, horizontal in (
         (top, (0, 1), 0, True),
         (bottom, (hh - 2, hh - 1), 0, True),
@@ -233,6 +233,11 @@ def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, thresh
     """
     high = count_true(masks > (mask_threshold + threshold_offset))
     low = count_true(masks > (mask_threshold - threshold_offset))
+    return stability_from_counts(high, low)
+
+
+def stability_from_counts(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """Stability score from the pixel counts of the strict (``high``) and loose (``low``) masks; 0 where ``low`` is 0."""
     score = high.to(torch.float32) / low.clamp(min=1).to(torch.float32)
     return torch.where(low > 0, score, torch.zeros_like(score))
 
@@ -756,7 +761,7 @@ class SamMaskGenerator:
                     if lazy:  # chip-resolution counts and boxes without upsampling
                         counts, boxes = upsampled_x4_stats(low, (t + off, t - off, t), t)
                         high, loose, inside = counts.unbind(1)
-                        stab = torch.where(loose > 0, high.float() / loose.clamp(min=1).float(), torch.zeros_like(high, dtype=torch.float32))
+                        stab = stability_from_counts(high, loose)
                         nonempty = inside > 0
                     else:
                         up = upsample(low)

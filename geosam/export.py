@@ -134,7 +134,7 @@ def shapefile_field_names(columns: list[str]) -> dict[str, str]:
 def _is_wgs84(crs: Any) -> bool:
     try:
         return crs is not None and crs.to_epsg() == 4326
-    except Exception:  # pragma: no cover - pyproj edge cases
+    except Exception:  # noqa: BLE001 - a predicate: pyproj raises many types on odd CRSs
         return False
 
 
@@ -349,7 +349,7 @@ def _same_crs(a: Any, b: Any) -> bool:
 
     try:
         return CRS.from_user_input(a).equals(CRS.from_wkt(b.to_wkt()), ignore_axis_order=True)
-    except Exception:  # pragma: no cover - unparsable CRS: reproject and let pyproj complain
+    except Exception:  # noqa: BLE001 - unparsable CRS: reproject and let pyproj complain
         return False
 
 
@@ -495,8 +495,8 @@ def _rio_crs(wkt: str):  # -> rasterio.crs.CRS
 
 
 __all__ = [
-    "check_output_path",
     "VECTOR_FORMATS",
+    "check_output_path",
     "distinct_colours",
     "render_overlay",
     "shapefile_field_names",

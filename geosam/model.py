@@ -492,16 +492,21 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor:
         return bundle.model.get_image_embeddings(pv)
 
 
-def _use_fast_encoder(bundle: SamBundle) -> bool:
-    """Whether :func:`encode` takes :func:`geosam.fast_encoder.fast_image_embeddings` (see ``SamBundle.fast_encoder``)."""
-    choice = getattr(bundle, "fast_encoder", None)
+def _fast_path(choice: bool | None, default_on: bool, supported: Any) -> bool:
+    """A ``SamBundle.fast_*`` switch: False never, None where ``default_on``, True always; all only if ``supported()``."""
     if choice is not None and not choice:
         return False
-    if choice is None and (bundle.device.type != "cpu" or bundle.dtype == torch.float32):
+    if choice is None and not default_on:
         return False
+    return bool(supported())
+
+
+def _use_fast_encoder(bundle: SamBundle) -> bool:
+    """Whether :func:`encode` takes :func:`geosam.fast_encoder.fast_image_embeddings` (see ``SamBundle.fast_encoder``)."""
     from geosam.fast_encoder import fast_encoder_supported
 
-    return fast_encoder_supported(bundle.model)
+    default_on = bundle.device.type == "cpu" and bundle.dtype != torch.float32
+    return _fast_path(getattr(bundle, "fast_encoder", None), default_on, lambda: fast_encoder_supported(bundle.model))
 
 
 def compile_bundle(bundle: SamBundle) -> SamBundle:
@@ -511,7 +516,7 @@ def compile_bundle(bundle: SamBundle) -> SamBundle:
     (:func:`geosam.fast_encoder.fast_image_embeddings`) where the bundle uses it,
     else the stock vision encoder; the stock mask decoder only where the fast
     decoder is not used (compiling :func:`geosam.fast_decoder.fast_decode` was
-    measured no faster on a CPU). The first calls are slow (tracing, ~40 s for a
+    measured no faster on a CPU). The first calls are slow (tracing, 40-55 s for a
     ViT-B on 2 CPU cores); measured after that on this project's 2-core AMX CPU:
     bf16 fast encoder 1.61 -> 1.44 s per 1024 px chip, compiled stock bf16 encoder
     1.94 s. Returns the bundle.
@@ -577,16 +582,12 @@ FAST_DECODER_CPU_CHUNK = 4
 
 def _use_fast_decoder(bundle: SamBundle) -> bool:
     """Whether :func:`_decode` takes :func:`geosam.fast_decoder.fast_decode` (see ``SamBundle.fast_decoder``)."""
-    choice = getattr(bundle, "fast_decoder", None)
-    if choice is not None and not choice:
-        return False
-    # default: on the CPU the exact float32 fast decoder beats even bf16 autocast of the stock decoder
-    # (measured 20.9 vs 51.2 ms/prompt, SAM-size decoder), so it is used whatever the encoder's dtype
-    if choice is None and bundle.device.type != "cpu":
-        return False
     from geosam.fast_decoder import fast_decoder_supported
 
-    return fast_decoder_supported(bundle.model)
+    # default: on the CPU the exact float32 fast decoder beats even bf16 autocast of the stock decoder
+    # (measured 20.9 vs 51.2 ms/prompt, SAM-size decoder), so it is used whatever the encoder's dtype
+    default_on = bundle.device.type == "cpu"
+    return _fast_path(getattr(bundle, "fast_decoder", None), default_on, lambda: fast_decoder_supported(bundle.model))
 
 
 def decode_points(

@@ -396,7 +396,7 @@ def plan_windows(prompts: Sequence[Prompt], width: int, height: int, cfg: Prompt
             cx = min(max((ext[0] + ext[2]) / 2.0, 0.0), width - 1e-6)
             cy = min(max((ext[1] + ext[3]) / 2.0, 0.0), height - 1e-6)
             # context a chip must give: the whole prompt plus a margin, the margin capped at half a chip
-            long_side = int(math.ceil(max(ext[2] - ext[0], ext[3] - ext[1])))
+            long_side = math.ceil(max(ext[2] - ext[0], ext[3] - ext[1]))
             need = _centred_window(ext, max(long_side + 2, min(side, chip_size_px // 2)), width, height)
             for win, core in cores:
                 if core.col_off <= cx < core.col_end and core.row_off <= cy < core.row_end:

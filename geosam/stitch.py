@@ -374,7 +374,7 @@ class Stitcher:
                 canvas, full = None, None
                 geoms = [self._polygonise(self._trimmed(p, chips), p.bbox.col_off, p.bbox.row_off) for p in pieces]
                 g = _polygonal(unary_union([q for q in geoms if q is not None]))
-                area = int(round(g.area))
+                area = round(g.area)
         if g is None or g.is_empty:
             return None
         w = np.array([p.area_px for p in pieces], dtype=np.float64)

@@ -16,6 +16,7 @@ own centre.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -124,7 +125,7 @@ def _starts(length: int, chip: int, stride: int) -> list[int]:
 def _core_bounds(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
     """Core [begin, end) per chip along one axis; together they partition [0, length)."""
     cuts = [0]
-    for a, b in zip(starts[:-1], starts[1:]):
+    for a, b in itertools.pairwise(starts):
         # middle of the shared strip [b, a + size)
         cuts.append((b + min(a + size, length)) // 2)
     cuts.append(length)

@@ -81,11 +81,11 @@ def dataarray_to_geotiff(da: Any, path: str | Path) -> str:
     if _has_rio(da):
         nodata = da.rio.nodata
     nodata = nodata if nodata is not None else da.attrs.get("nodata", da.attrs.get("_FillValue"))
-    profile = dict(
-        driver="GTiff", width=width, height=height, count=count, dtype=np.dtype(da.dtype).name,
-        crs=_crs(da), transform=_transform(da), nodata=nodata, tiled=True,
-        blockxsize=BLOCK_PX, blockysize=BLOCK_PX, compress="deflate",
-    )
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": np.dtype(da.dtype).name,
+        "crs": _crs(da), "transform": _transform(da), "nodata": nodata, "tiled": True,
+        "blockxsize": BLOCK_PX, "blockysize": BLOCK_PX, "compress": "deflate",
+    }
     with rasterio.open(path, "w", **profile) as dst:
         for r0 in range(0, height, BLOCK_PX):
             for c0 in range(0, width, BLOCK_PX):

@@ -23,9 +23,9 @@ from geosam.amg import (
     box_iou,
     build_point_grid,
     calculate_stability_score,
-    upsampled_x4_stats,
     nms,
     remove_small_regions,
+    upsampled_x4_stats,
 )
 from geosam.errors import ConfigError
 from geosam.io import Chip

@@ -146,7 +146,7 @@ def test_segment_config_compile_reaches_the_generator(monkeypatch, tiny_sam_dir:
 
     calls: list[object] = []
     monkeypatch.setattr(gm, "compile_bundle", lambda b: calls.append(b) or b)
-    import geosam.amg as amg
+    from geosam import amg
 
     monkeypatch.setattr(amg, "compile_bundle", lambda b: calls.append(b) or b)
     gen = make_mask_generator(SegmentConfig(model=tiny_sam_dir, device="cpu", compile=True))

@@ -81,13 +81,14 @@ def test_nodata_and_fill_value_are_invalid(tmp_path):
 def test_internal_mask_band_is_invalid(tmp_path):
     arr = np.full((3, 64, 64), 90, np.uint8)
     p = str(tmp_path / "m.tif")
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(p, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8", crs="EPSG:32633",
-                           transform=from_origin(500000, 5000000, 1, 1)) as ds:
-            ds.write(arr)
-            m = np.full((64, 64), 255, np.uint8)
-            m[:, :16] = 0
-            ds.write_mask(m)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+        p, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8", crs="EPSG:32633",
+        transform=from_origin(500000, 5000000, 1, 1),
+    ) as ds:
+        ds.write(arr)
+        m = np.full((64, 64), 255, np.uint8)
+        m[:, :16] = 0
+        ds.write_mask(m)
     with Scene(p) as sc:
         chip = sc.read_chip(sc.chip_specs(64, 0)[0])
         assert not chip.valid[:, :16].any() and chip.valid[:, 16:].all()

@@ -223,6 +223,6 @@ def test_bfloat16_autocast_on_cpu(tiny_sam_dir: str) -> None:
     assert b is not gm.load_sam(tiny_sam_dir, device="cpu", dtype="float32")
     pv, _, _ = gm.preprocess(b, [np.zeros((64, 64, 3), np.uint8)])
     emb = gm.encode(b, pv)
-    logits, iou = gm.decode_points(b, emb, np.array([[10.0, 10.0]]))
+    logits, _ = gm.decode_points(b, emb, np.array([[10.0, 10.0]]))
     assert logits.shape == (1, 3, 256, 256) and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()

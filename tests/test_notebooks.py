@@ -25,6 +25,6 @@ def test_notebook_runs(path, monkeypatch):
             continue
         src = "".join(cell["source"])
         try:
-            exec(compile(src, f"{path.name}[cell {i}]", "exec"), namespace)
+            exec(compile(src, f"{path.name}[cell {i}]", "exec"), namespace)  # noqa: S102 - running the notebook is the test
         except Exception as exc:  # noqa: BLE001 - report which cell failed
             pytest.fail(f"{path.name} cell {i} failed: {exc!r}")

@@ -17,6 +17,14 @@ def test_lazy_names_resolve():
         assert getattr(geosam, name) is not None
 
 
+def test_all_lists_every_public_name():
+    # __all__ is written out (static tools cannot see lazy names otherwise): it must stay in step
+    assert set(geosam._LAZY) <= set(geosam.__all__)
+    assert len(geosam.__all__) == len(set(geosam.__all__))
+    for name in geosam.__all__:
+        assert getattr(geosam, name) is not None
+
+
 def test_errors_share_one_base():
     for name in ("InvalidRasterError", "NoCRSError", "BandError", "ConfigError", "ModelLoadError",
                  "PromptError", "PromptOutsideSceneError", "ExportError"):

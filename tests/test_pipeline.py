@@ -19,16 +19,16 @@ from tests.data.make_scenes import make_oracle_scene
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 # tiny random model: permissive thresholds so that some masks survive, few points to stay fast
-TINY = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, progress=False)
+TINY = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "progress": False}
 
 
 @pytest.mark.parametrize(
     "name,kwargs",
     [
-        ("banepa_predict.tif", dict(fill_value=255)),
+        ("banepa_predict.tif", {"fill_value": 255}),
         ("solaris_pan_uint16.tif", {}),
         ("solaris_albers.tif", {}),
-        ("ftw_sentinel2_rgbn_2dates.tif", dict(bands=(1, 2, 3))),
+        ("ftw_sentinel2_rgbn_2dates.tif", {"bands": (1, 2, 3)}),
     ],
 )
 def test_real_scenes_with_tiny_sam(tiny_sam_dir, name, kwargs, tmp_path):
@@ -217,7 +217,7 @@ def test_unreadable_chip_stops_the_run_or_is_skipped(tmp_path, monkeypatch, pref
         return real(self, window, out_shape)
 
     monkeypatch.setattr(Scene, "read_window", flaky)
-    kw = dict(chip_size_px=128, overlap_px=16, progress=False, prefetch_chips=prefetch)
+    kw = {"chip_size_px": 128, "overlap_px": 16, "progress": False, "prefetch_chips": prefetch}
     with pytest.raises(InvalidRasterError, match="c.tif: cannot read window"):
         geosam.segment_scene(p, _LabelOracle(lab), **kw)
     gdf = geosam.segment_scene(p, _LabelOracle(lab), skip_bad_chips=True, **kw)

@@ -1,5 +1,7 @@
 """Chip grid: coverage, cores partition the scene, edge policy, validation."""
 
+import itertools
+
 import numpy as np
 import pytest
 from affine import Affine
@@ -31,7 +33,7 @@ def test_cores_partition_scene_and_windows_cover(width, height, chip, overlap):
 def test_neighbour_overlap_is_at_least_overlap_px():
     grid = chip_grid(1000, 1000, 256, 48)
     xs = sorted({w.col_off for _, _, w, _ in grid})
-    for a, b in zip(xs[:-1], xs[1:]):
+    for a, b in itertools.pairwise(xs):
         assert a + 256 - b >= 48
 
 

@@ -31,7 +31,7 @@ def _dataarray(path, georef="coords"):
 
 @pytest.mark.parametrize("georef", ["coords", "attrs"])
 def test_dataarray_gives_the_same_objects_as_the_file(scene, georef):
-    kw = dict(chip_size_px=256, overlap_px=32, progress=False)
+    kw = {"chip_size_px": 256, "overlap_px": 32, "progress": False}
     from_file = geosam.segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **kw)
     da = _dataarray(scene.image_path, georef)
     from_da = geosam.segment_scene(da, OracleMaskGenerator(scene.label_path), **kw)
