@@ -54,6 +54,9 @@ after both.
 
     .venv/bin/python benchmarks/bench_amg.py [--chips 2] [--points-per-side 16] [--dtype auto]
 
+On a GPU machine: ``--device cuda`` (fp16 autocast by ``--dtype auto``); geosam's fast encoder and decoder are
+off on CUDA by default (not yet measured there): add ``--fast-paths on`` for a second run that measures them.
+
 Defaults take about 6 minutes on a 2-core CPU (the two pipeline runs dominate).
 """
 
@@ -242,6 +245,13 @@ def main() -> None:
     ap.add_argument("--no-float32", action="store_true", help="skip the extra float32 geosam runs")
     ap.add_argument("--no-compile", action="store_true", help="skip the extra torch.compile geosam run")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--fast-paths",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="geosam's fast encoder/decoder: auto = geosam's defaults (on the CPU), on = also on CUDA (to measure "
+        "them on a GPU), off = the stock modules",
+    )
     ap.add_argument("--encoder-layers", type=int, default=12, help="12 = ViT-B")
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
@@ -259,6 +269,9 @@ def main() -> None:
         model.save_pretrained(tmp)
         SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(tmp)
         bundle = load_sam(tmp, device=args.device, dtype=args.dtype)
+    if args.fast_paths != "auto":
+        on = args.fast_paths == "on"
+        bundle = dataclasses.replace(bundle, fast_encoder=on, fast_decoder=on)
     device = bundle.device
     bundles = {"headline": bundle}
     if not args.no_float32 and bundle.dtype != torch.float32:
@@ -278,6 +291,7 @@ def main() -> None:
         "pipeline_dtype": "float32",
         "model": f"random ViT-B SamConfig (encoder layers {args.encoder_layers}), sanity settings in bench_amg.py",
         "threads": torch.get_num_threads(),
+        "fast_paths": args.fast_paths,
     }
     print(f"{len(chips)} chips of {args.chip_size} px, grid {args.points_per_side}^2, geosam dtype {settings['geosam_dtype']}, device {device}")
 
