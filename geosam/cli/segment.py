@@ -21,7 +21,9 @@ _D = SegmentConfig()
 @click.option("--fill-value", help="Pixels whose bands all equal this (e.g. 255 or 255,255,255) are invalid.")
 @click.option("--fill-tolerance", type=float, default=0.0, show_default=True, help="Tolerance for --fill-value.")
 @click.option("--device", default=_D.device, show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
-@click.option("--dtype", default=_D.dtype, show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+@click.option("--dtype", default=_D.dtype, show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              help="auto: bf16 on CPUs with AMX, fp16 on CUDA, else float32 (fast; masks right at a threshold may "
+              "differ from float32, ~1 % in benchmarks/bench_amg.py); float32: the reference's masks.")
 @click.option("--points-per-side", type=int, default=_D.points_per_side, show_default=True)
 @click.option("--points-per-batch", type=int, default=_D.points_per_batch, show_default=True)
 @click.option("--pred-iou-thresh", type=float, default=_D.pred_iou_thresh, show_default=True)
