@@ -250,17 +250,10 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
     if masks.numel() == 0:
         return torch.zeros((*masks.shape[:-2], 4), dtype=torch.int64, device=masks.device)
     masks = masks.to(torch.bool)
-    h, w = masks.shape[-2:]
-    rows = masks.any(dim=-1)  # (..., H)
-    cols = masks.any(dim=-2)  # (..., W)
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
-    top = torch.where(rows, ar_h, h).amin(dim=-1)
-    bottom = torch.where(rows, ar_h, -1).amax(dim=-1)
-    left = torch.where(cols, ar_w, w).amin(dim=-1)
-    right = torch.where(cols, ar_w, -1).amax(dim=-1)
+    top, bottom = _first_last(masks.any(dim=-1))  # rows (..., H)
+    left, right = _first_last(masks.any(dim=-2))  # columns (..., W)
     boxes = torch.stack([left, top, right, bottom], dim=-1)
-    empty = ~rows.any(dim=-1)
+    empty = bottom < 0
     return torch.where(empty[..., None], torch.zeros_like(boxes), boxes)
 
 
