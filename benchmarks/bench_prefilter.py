@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from geosam.masks import BaseMaskGenerator
+
 SCENE = ROOT / "data" / "ftw_sentinel2_rgbn_2dates.tif"
 ROLES = {"red": 1, "green": 2, "blue": 3, "nir": 4}
 
@@ -92,13 +94,14 @@ class DecoderTimer:
         self.amg.decode_points = self.orig
 
 
-class CountingGenerator:
+class CountingGenerator(BaseMaskGenerator):
     """Delegate to a SamMaskGenerator, adding up ``last_stats`` over chips."""
 
     def __init__(self, gen) -> None:
+        super().__init__()
         self.gen = gen
         self.name = gen.name
-        self.points_per_side = gen.points_per_side
+        self.capabilities = gen.capabilities
         self.points_decoded = 0
         self.chips = 0
 

@@ -30,7 +30,7 @@ _LAZY = {
     "MaskGenerator": ("geosam.masks", "MaskGenerator"),
     "SamMaskGenerator": ("geosam.amg", "SamMaskGenerator"),
     "load_sam": ("geosam.model", "load_sam"),
-    "segment_prompts": ("geosam.prompts", "segment_prompts"),
+    "segment_prompts": ("geosam.pipeline", "segment_prompts"),
     "PromptConfig": ("geosam.config", "PromptConfig"),
     "write_vector": ("geosam.export", "write_vector"),
     "write_label_raster": ("geosam.export", "write_label_raster"),

@@ -1,87 +1,206 @@
-"""Typed, frozen settings. Every default of geosam lives here."""
+"""Typed, frozen settings, composed from small parts. Every default of geosam lives here.
+
+A run's settings are composed like transformers' ``SamConfig``: each part owns
+its fields, defaults and validation, and a mode's config holds the parts it uses.
+
+================  =====================================================================
+part              fields
+================  =====================================================================
+ReadConfig        bands, fill_value, fill_tolerance, stretch_percentiles, overview_max_px
+TilingConfig      chip_size_px, overlap_px
+ModelConfig       model, device, dtype, compile
+AmgConfig         SAM's segment-everything parameters (points_per_side, ... crop_*)
+IndexConfig       band_roles, reflectance_*, indices, index_thresholds, min_index, rank_by,
+                  top_k, prefilter, prefilter_radius_px
+EngineConfig      prefetch_chips, chips_per_batch, skip_bad_chips, progress
+OutputConfig      match_iou, min_area_m2, to_crs
+PromptWindowConfig  context, min_window_px, point_window_px, box_grow, multimask, mask_threshold
+================  =====================================================================
+
+:class:`SegmentConfig` and :class:`PromptConfig` compose them. Flat keyword
+settings (``chip_size_px=512, points_per_side=16``) stay the convenience of the
+Python API and the CLI: :meth:`SegmentConfig.with_overrides` routes each name
+to the part that owns it. Everything here is checked without pixels or a model,
+so a typo fails before anything loads. Units are in the names: ``_px`` scene
+pixels, ``_m2`` square metres. This module depends on nothing above
+:mod:`geosam.errors`, :mod:`geosam.bands` and :mod:`geosam.index_defs`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
+from typing_extensions import Self
+
+from geosam.bands import normalise_band_roles
 from geosam.errors import ConfigError
+from geosam.index_defs import INDICES, STATS, check_index
 
 DEFAULT_MODEL = "Zigeng/SlimSAM-uniform-50"
+#: model used by prompt mode unless another is given: the built-in, offline LiteMedSAM (box prompts)
+DEFAULT_PROMPT_MODEL = "litemedsam"
+
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _int_at_least(name: str, value: Any, low: int) -> int:
+    try:
+        ok = int(value) == value and int(value) >= low
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _unit(name: str, value: Any, *, low_open: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
+    if not ok:
+        raise ConfigError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+    return v
+
+
+def _put(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)  # normalising a frozen dataclass in __post_init__
+
+
+def _numbers(value: Any) -> tuple[Any, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return (value,)
+    return tuple(value)
 
 
 @dataclass(frozen=True)
-class SegmentConfig:
-    """Settings of a segment-everything run over a scene.
+class ReadConfig:
+    """How pixels become the 3-channel uint8 image a model sees.
 
-    Units are in the names: ``_px`` pixels of the scene, ``_m2`` square metres.
-    SAM parameters keep SAM's own names.
+    bands: 1-based band numbers for the model image (1 or 3 of them); None picks
+        red/green/blue by colour interpretation, else bands 1-3, else band 1.
+    fill_value: a pixel whose selected bands all equal this value (one number, or
+        one per selected band) is invalid, within ``fill_tolerance``.
+    stretch_percentiles: per-band (low, high) percentiles for non-uint8 data.
+    overview_max_px: longest side of the decimated read used for statistics.
     """
 
-    # tiling
-    chip_size_px: int = 1024
-    overlap_px: int = 128
-    # reading
     bands: tuple[int, ...] | None = None
     fill_value: tuple[float, ...] | None = None
     fill_tolerance: float = 0.0
     stretch_percentiles: tuple[float, float] = (2.0, 98.0)
-    # model
+    overview_max_px: int = 1024
+
+    def __post_init__(self) -> None:
+        bands = _numbers(self.bands)
+        if bands is not None:
+            if len(bands) not in (1, 3):
+                raise ConfigError(f"bands must name 1 or 3 bands for the model image, got {bands}")
+            for b in bands:
+                _int_at_least("a band number (1-based)", b, 1)
+            bands = tuple(int(b) for b in bands)
+        _put(self, "bands", bands)
+        fv = _numbers(self.fill_value)
+        _put(self, "fill_value", None if fv is None else tuple(float(v) for v in fv))
+        if not self.fill_tolerance >= 0:
+            raise ConfigError(f"fill_tolerance must be >= 0, got {self.fill_tolerance}")
+        lo, hi = (float(v) for v in self.stretch_percentiles)
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(f"stretch_percentiles must be (low, high) with 0 <= low < high <= 100, got {(lo, hi)}")
+        _put(self, "stretch_percentiles", (lo, hi))
+        _int_at_least("overview_max_px", self.overview_max_px, 16)
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """The chip grid: square chips of ``chip_size_px`` overlapping by ``overlap_px`` (scene pixels)."""
+
+    chip_size_px: int = 1024
+    overlap_px: int = 128
+
+    def __post_init__(self) -> None:
+        _int_at_least("chip_size_px", self.chip_size_px, 16)
+        _int_at_least("overlap_px", self.overlap_px, 0)
+        if self.overlap_px * 2 >= self.chip_size_px:
+            raise ConfigError(
+                f"overlap_px must be less than half of chip_size_px ({self.chip_size_px}), got {self.overlap_px}"
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model runs where: a checkpoint id or local directory, or a built-in name (``litemedsam``).
+
+    device: auto | cpu | cuda | cuda:N | mps. dtype: auto (bf16 on CPUs with AMX,
+    fp16 on CUDA, else float32) | float32 | bfloat16 | float16. compile: ``torch.compile``.
+    """
+
     model: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "auto"
-    # segment everything (SAM's names)
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not str(self.model).strip():
+            raise ConfigError("model must name a checkpoint id, a local directory or 'litemedsam'")
+        dev = str(self.device).strip().lower()
+        if dev.split(":", 1)[0] not in _DEVICES or (dev.startswith("cuda:") and not dev[5:].isdigit()):
+            raise ConfigError(f"unknown device {self.device!r}: use one of auto, cpu, cuda, cuda:N, mps")
+        if str(self.dtype).strip().lower() not in _DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}: use one of {', '.join(_DTYPES)}")
+
+
+@dataclass(frozen=True)
+class AmgConfig:
+    """Segment everything, with segment-anything's parameter names and meanings.
+
+    points_per_side: the grid has ``points_per_side ** 2`` points per chip.
+    points_per_batch: point prompts decoded together (memory vs. speed).
+    pred_iou_thresh, stability_score_thresh: keep masks above these (0 disables).
+    stability_score_offset: logit offset of the stability score.
+    mask_threshold: logit threshold binarising masks.
+    box_nms_thresh: box IoU above which the lower-scoring mask is dropped.
+    crop_n_layers: also segment ``(2 ** i) ** 2`` overlapping crops in layer i = 1..n.
+    crop_overlap_ratio: overlap of the layer-1 crops as a fraction of the chip's short side.
+    crop_n_points_downscale_factor: layer i uses ``points_per_side / factor ** i`` points per side.
+    crop_nms_thresh: box IoU for the NMS between crops (smaller crops win).
+    min_mask_region_area: remove islands and fill holes smaller than this (chip pixels).
+    """
+
     points_per_side: int = 32
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0
+    mask_threshold: float = 0.0
     box_nms_thresh: float = 0.7
-    min_mask_region_area: int = 0
     crop_n_layers: int = 0
-    # engine: reader-thread prefetch (chips read ahead), chips per encoder batch
-    prefetch_chips: int = 2
-    #: a chip whose pixels cannot be read (corrupt block) is skipped with a warning
-    #: and listed in ``gdf.attrs['geosam']['chips_failed']`` instead of ending the run
-    skip_bad_chips: bool = False
-    chips_per_batch: int = 1
-    #: torch.compile the encoder / decoder (first chip slow, later ones faster; see geosam.model.compile_bundle)
-    compile: bool = False
-    # stitching and output
-    match_iou: float = 0.5
-    min_area_m2: float = 0.0
-    to_crs: str | None = None
-    progress: bool = True
-    # spectral indices, ranking, prefilter (geosam.bands, geosam.indices)
-    band_roles: str | tuple[tuple[str, int], ...] | None = None  # preset name or ((role, 1-based band), ...)
-    reflectance_scale: float | None = None  # None: file metadata, preset, else 1/255 for uint8, 1 otherwise
-    reflectance_offset: float | None = None
-    indices: tuple[str, ...] = ()
-    index_thresholds: tuple[tuple[str, float], ...] = ()  # what {index}_frac_above counts against
-    min_index: tuple[tuple[str, float], ...] = ()  # keep objects with {index}_mean >= value
-    rank_by: str | None = None  # a column, e.g. "ndvi_mean"; sorted descending, adds `rank`
-    top_k: int | None = None
-    prefilter: bool = False  # decode only prompts near pixels passing min_index
-    prefilter_radius_px: int | str = 2  # prefilter neighbourhood (px); "grid": one point-grid spacing
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    crop_nms_thresh: float = 0.7
+    min_mask_region_area: int = 0
 
     def __post_init__(self) -> None:
-        _normalise_index_fields(self)
-        if not 0.0 < self.match_iou <= 1.0:
-            raise ConfigError(f"match_iou must be in (0, 1], got {self.match_iou}")
-        if self.min_area_m2 < 0:
-            raise ConfigError(f"min_area_m2 must be >= 0, got {self.min_area_m2}")
-        if self.points_per_side < 1 or self.points_per_batch < 1:
-            raise ConfigError("points_per_side and points_per_batch must be >= 1")
-        if self.prefetch_chips < 0 or self.chips_per_batch < 1 or self.crop_n_layers < 0:
-            raise ConfigError("prefetch_chips and crop_n_layers must be >= 0, chips_per_batch >= 1")
-
-    def with_overrides(self, **overrides: Any) -> SegmentConfig:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
-        clean = {k: _normalise(k, v) for k, v in overrides.items() if v is not None or k == "to_crs"}
-        return replace(self, **clean)
+        _int_at_least("points_per_side", self.points_per_side, 1)
+        _int_at_least("points_per_batch", self.points_per_batch, 1)
+        _unit("pred_iou_thresh", self.pred_iou_thresh)
+        _unit("stability_score_thresh", self.stability_score_thresh)
+        if not (float(self.stability_score_offset) > 0 and math.isfinite(float(self.stability_score_offset))):
+            raise ConfigError(f"stability_score_offset must be a positive number, got {self.stability_score_offset}")
+        if not math.isfinite(float(self.mask_threshold)):
+            raise ConfigError(f"mask_threshold must be a finite number, got {self.mask_threshold}")
+        _unit("box_nms_thresh", self.box_nms_thresh, low_open=True)
+        _int_at_least("crop_n_layers", self.crop_n_layers, 0)
+        _unit("crop_overlap_ratio", self.crop_overlap_ratio)
+        _int_at_least("crop_n_points_downscale_factor", self.crop_n_points_downscale_factor, 1)
+        _unit("crop_nms_thresh", self.crop_nms_thresh, low_open=True)
+        _int_at_least("min_mask_region_area (chip pixels)", self.min_mask_region_area, 0)
 
 
 _INDEX_COLUMNS_BASE = ("area_m2", "predicted_iou", "stability_score", "n_chips")
@@ -91,10 +210,10 @@ def _pairs(key: str, value: Any, kind: type) -> tuple[tuple[str, Any], ...]:
     """{'ndvi': 0.3} / 'ndvi=0.3' / ['ndvi=0.3', ...] / (('ndvi', 0.3),) -> (('ndvi', 0.3),)."""
     if isinstance(value, str):
         value = [value]
+    items: list[tuple[Any, Any]] = []
     if isinstance(value, dict):
         items = list(value.items())
     else:
-        items = []
         for v in value:
             if isinstance(v, str):
                 name, sep, num = v.partition("=")
@@ -104,139 +223,265 @@ def _pairs(key: str, value: Any, kind: type) -> tuple[tuple[str, Any], ...]:
             else:
                 name, num = v
                 items.append((name, num))
-    from geosam.indices import check_index
-
     try:
         return tuple(sorted((check_index(n), kind(x)) for n, x in items))
     except (TypeError, ValueError):
         raise ConfigError(f"{key} needs index=number pairs, got {value!r}") from None
 
 
-def _normalise_index_fields(cfg: SegmentConfig) -> None:
-    """Normalise and validate the index settings in place (the dataclass is frozen)."""
-    from geosam.bands import normalise_band_roles
-    from geosam.indices import STATS, check_index
+@dataclass(frozen=True)
+class IndexConfig:
+    """Spectral indices per object, filtering, ranking and the prompt prefilter (:mod:`geosam.indices`).
 
-    def put(name: str, value: Any) -> None:
-        object.__setattr__(cfg, name, value)
+    band_roles: a preset name or ((role, 1-based band), ...); None: file metadata.
+    reflectance_scale / _offset: reflectance = DN * scale + offset (None: file metadata,
+        preset, else 1/255 for uint8 and 1 otherwise).
+    indices: index names whose statistics become columns.
+    index_thresholds: what ``{index}_frac_above`` counts against.
+    min_index: keep objects with ``{index}_mean >= value``.
+    rank_by: a column, sorted descending (adds ``rank``); top_k keeps the best.
+    prefilter: decode only prompts near pixels passing ``min_index``.
+    prefilter_radius_px: prefilter neighbourhood (px), or "grid" (one point-grid spacing).
+    """
 
-    put("band_roles", normalise_band_roles(cfg.band_roles))
-    idx = cfg.indices
-    if isinstance(idx, str):
-        idx = [t for t in idx.replace(" ", "").split(",") if t]
-    put("indices", tuple(dict.fromkeys(check_index(n) for n in idx)))
-    put("index_thresholds", _pairs("index_thresholds", cfg.index_thresholds, float))
-    put("min_index", _pairs("min_index", cfg.min_index, float))
-    if cfg.rank_by is not None:
-        known = set(_INDEX_COLUMNS_BASE) | {f"{n}_{s}" for n in _all_index_names() for s in STATS}
-        if cfg.rank_by not in known:
-            raise ConfigError(f"rank_by must be one of {sorted(known)}, got {cfg.rank_by!r}")
-    if cfg.top_k is not None and (int(cfg.top_k) != cfg.top_k or cfg.top_k < 1):
-        raise ConfigError(f"top_k must be an integer >= 1, got {cfg.top_k}")
-    if cfg.top_k is not None and cfg.rank_by is None:
-        raise ConfigError("top_k needs rank_by (e.g. rank_by='ndvi_mean')")
-    if cfg.prefilter and not cfg.min_index:
-        raise ConfigError("prefilter needs min_index (e.g. min_index={'ndvi': 0.3}): it drops prompts below it")
-    rad = cfg.prefilter_radius_px
-    if isinstance(rad, str) and rad.strip().lower() == "grid":
-        put("prefilter_radius_px", "grid")
-    else:
-        try:
-            ok = int(rad) == float(rad) and int(rad) >= 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"prefilter_radius_px must be an integer >= 0 or 'grid', got {rad!r}")
-        put("prefilter_radius_px", int(rad))
-    if cfg.reflectance_scale is not None and not cfg.reflectance_scale > 0:
-        raise ConfigError(f"reflectance_scale must be > 0, got {cfg.reflectance_scale}")
+    band_roles: str | tuple[tuple[str, int], ...] | None = None
+    reflectance_scale: float | None = None
+    reflectance_offset: float | None = None
+    indices: tuple[str, ...] = ()
+    index_thresholds: tuple[tuple[str, float], ...] = ()
+    min_index: tuple[tuple[str, float], ...] = ()
+    rank_by: str | None = None
+    top_k: int | None = None
+    prefilter: bool = False
+    prefilter_radius_px: int | str = 2
 
+    def __post_init__(self) -> None:
+        _put(self, "band_roles", normalise_band_roles(self.band_roles))
+        idx: Any = self.indices
+        if isinstance(idx, str):
+            idx = [t for t in idx.replace(" ", "").split(",") if t]
+        _put(self, "indices", tuple(dict.fromkeys(check_index(n) for n in idx)))
+        _put(self, "index_thresholds", _pairs("index_thresholds", self.index_thresholds, float))
+        _put(self, "min_index", _pairs("min_index", self.min_index, float))
+        if self.rank_by is not None:
+            known = set(_INDEX_COLUMNS_BASE) | {f"{n}_{s}" for n in INDICES for s in STATS}
+            if self.rank_by not in known:
+                raise ConfigError(f"rank_by must be one of {sorted(known)}, got {self.rank_by!r}")
+        if self.top_k is not None:
+            _int_at_least("top_k", self.top_k, 1)
+            if self.rank_by is None:
+                raise ConfigError("top_k needs rank_by (e.g. rank_by='ndvi_mean')")
+        if self.prefilter and not self.min_index:
+            raise ConfigError("prefilter needs min_index (e.g. min_index={'ndvi': 0.3}): it drops prompts below it")
+        rad = self.prefilter_radius_px
+        if isinstance(rad, str) and rad.strip().lower() == "grid":
+            _put(self, "prefilter_radius_px", "grid")
+        else:
+            try:
+                ok = int(rad) == float(rad) and int(rad) >= 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"prefilter_radius_px must be an integer >= 0 or 'grid', got {rad!r}")
+            _put(self, "prefilter_radius_px", int(rad))
+        if self.reflectance_scale is not None and not self.reflectance_scale > 0:
+            raise ConfigError(f"reflectance_scale must be > 0, got {self.reflectance_scale}")
 
-def _all_index_names() -> list[str]:
-    from geosam.indices import INDICES
-
-    return list(INDICES)
-
-
-def index_names(cfg: SegmentConfig) -> tuple[str, ...]:
-    """Indices a run needs: ``indices``, then those named by ``min_index`` and ``rank_by``."""
-    names = list(cfg.indices) + [n for n, _ in cfg.min_index]
-    if cfg.rank_by is not None:
-        head = cfg.rank_by.split("_", 1)[0]
-        if head in _all_index_names() and cfg.rank_by not in _INDEX_COLUMNS_BASE:
-            names.append(head)
-    return tuple(dict.fromkeys(names))
-
-
-def _normalise(key: str, value: Any) -> Any:
-    if key in ("bands", "fill_value") and value is not None:
-        if isinstance(value, (int, float)):
-            value = (value,)
-        return tuple(value)
-    if key == "stretch_percentiles":
-        return tuple(value)
-    return value
-
-
-#: model used by prompt mode unless another is given: the built-in, offline LiteMedSAM (box prompts)
-DEFAULT_PROMPT_MODEL = "litemedsam"
+    def names(self) -> tuple[str, ...]:
+        """Indices a run needs: ``indices``, then those named by ``min_index`` and ``rank_by``."""
+        names = list(self.indices) + [n for n, _ in self.min_index]
+        if self.rank_by is not None and self.rank_by not in _INDEX_COLUMNS_BASE:
+            head = self.rank_by.split("_", 1)[0]
+            if head in INDICES:
+                names.append(head)
+        return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
-class PromptConfig:
-    """Settings of a prompt-mode run (:func:`geosam.prompts.segment_prompts`).
+class EngineConfig:
+    """How the run loop works (not what it computes).
 
-    Windows: each prompt needs a square *context window* centred on it, of side
-    ``context`` x the prompt box's longest side (px), at least ``min_window_px``;
-    point prompts use ``point_window_px``. With ``chip_size_px`` > 0 prompts are
-    grouped on a chip grid (``chip_size_px``, ``overlap_px``) and every prompt
-    that fits in its chip with a margin (its context window, capped at half a
-    chip) shares the chip's image embedding; a prompt near a chip edge or larger
-    than a chip gets its own window centred on it. ``chip_size_px`` = 0 gives every prompt its own context window (prompts
-    with the same window share it). ``None`` picks 0 for LiteMedSAM (whose
-    masks depend on the crop size) and 1024 for other models.
-    ``box_grow``: fraction of a box's width / height added on each side.
-    ``multimask``: None = 3 candidate masks for single-point prompts (the best
-    by predicted IoU is kept), one mask otherwise.
+    prefetch_chips: chips read ahead by a reader thread (0: read in the calling thread).
+    chips_per_batch: chips handed to the generator at once (one encoder batch).
+    skip_bad_chips: a chip whose pixels cannot be read is skipped and listed in the
+        run statistics (``chips_failed``) instead of ending the run.
+    progress: a progress bar over chips.
     """
 
-    model: str = DEFAULT_PROMPT_MODEL
-    chip_size_px: int | None = None
-    overlap_px: int = 128
+    prefetch_chips: int = 2
+    chips_per_batch: int = 1
+    skip_bad_chips: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _int_at_least("prefetch_chips", self.prefetch_chips, 0)
+        _int_at_least("chips_per_batch", self.chips_per_batch, 1)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Stitching and the output table.
+
+    match_iou: IoU inside a shared chip overlap at or above which two masks are one object.
+    min_area_m2: drop smaller objects. to_crs: output CRS (None: the scene's); checked here.
+    """
+
+    match_iou: float = 0.5
+    min_area_m2: float = 0.0
+    to_crs: str | None = None
+
+    def __post_init__(self) -> None:
+        _unit("match_iou", self.match_iou, low_open=True)
+        if not self.min_area_m2 >= 0:
+            raise ConfigError(f"min_area_m2 must be >= 0, got {self.min_area_m2}")
+        if self.to_crs is not None:
+            check_crs(self.to_crs, "to_crs")
+
+
+def check_crs(value: Any, what: str) -> Any:
+    """A pyproj CRS for ``value`` (EPSG:4326, WKT, PROJ, ...); :class:`ConfigError` naming ``what`` otherwise."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        return CRS.from_user_input(value)
+    except (CRSError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{what}: {value!r} is not a coordinate reference system ({exc}); "
+                          "use e.g. EPSG:4326 or a WKT string") from None
+
+
+@dataclass(frozen=True)
+class PromptWindowConfig:
+    """Prompt mode's windows and decoding.
+
+    Each prompt needs a square *context window* centred on it, of side ``context`` x
+    the prompt box's longest side (px), at least ``min_window_px``; point prompts use
+    ``point_window_px``. ``box_grow``: fraction of a box's width / height added on each
+    side. ``multimask``: None = 3 candidate masks for single-point prompts (the best by
+    predicted IoU is kept), one mask otherwise. ``mask_threshold``: logit threshold.
+    """
+
     context: float = 2.5
     min_window_px: int = 64
     point_window_px: int = 256
     box_grow: float = 0.0
     multimask: bool | None = None
     mask_threshold: float = 0.0
-    # reading
-    bands: tuple[int, ...] | None = None
-    fill_value: tuple[float, ...] | None = None
-    fill_tolerance: float = 0.0
-    stretch_percentiles: tuple[float, float] = (2.0, 98.0)
-    # model
-    device: str = "auto"
-    dtype: str = "auto"
-    # output
-    to_crs: str | None = None
-    progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.chip_size_px is not None and self.chip_size_px < 0:
-            raise ConfigError(f"chip_size_px must be >= 0 (0 = one window per prompt), got {self.chip_size_px}")
-        if self.chip_size_px and self.overlap_px >= self.chip_size_px:
-            raise ConfigError(f"overlap_px ({self.overlap_px}) must be smaller than chip_size_px ({self.chip_size_px})")
-        if self.context < 1.0:
+        if not self.context >= 1.0:
             raise ConfigError(f"context must be >= 1 (window side / box side), got {self.context}")
-        if self.min_window_px < 1 or self.point_window_px < 1:
-            raise ConfigError("min_window_px and point_window_px must be >= 1")
+        _int_at_least("min_window_px", self.min_window_px, 1)
+        _int_at_least("point_window_px", self.point_window_px, 1)
         if not -0.5 < self.box_grow <= 5.0:
             raise ConfigError(f"box_grow must be in (-0.5, 5] (fraction of the box side per side), got {self.box_grow}")
+        if not math.isfinite(float(self.mask_threshold)):
+            raise ConfigError(f"mask_threshold must be a finite number, got {self.mask_threshold}")
 
-    def with_overrides(self, **overrides: Any) -> PromptConfig:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
+
+C = TypeVar("C", bound="_Composed")
+
+
+class _Composed:
+    """A config composed of parts; flat settings are routed to the part that owns them."""
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name."""
+        out: dict[str, Any] = {}
+        for part in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, part.name)
+            if hasattr(value, "__dataclass_fields__"):
+                out.update({f.name: getattr(value, f.name) for f in fields(value)})
+            else:
+                out[part.name] = value
+        return out
+
+    def with_overrides(self, **overrides: Any) -> Self:
+        """A copy with flat settings replaced (``None`` keeps the current value, except ``to_crs``)."""
+        owners: dict[str, str] = {}
+        for part in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, part.name)
+            if hasattr(value, "__dataclass_fields__"):
+                owners.update({f.name: part.name for f in fields(value)})
+        unknown = sorted(set(overrides) - set(owners))
         if unknown:
-            raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
-        clean = {k: _normalise(k, v) for k, v in overrides.items() if v is not None or k in ("to_crs", "chip_size_px", "multimask")}
-        return replace(self, **clean)
+            raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(owners)}")
+        by_part: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            if value is None and key not in self._none_allowed:
+                continue
+            by_part.setdefault(owners[key], {})[key] = value
+        return replace(self, **{p: replace(getattr(self, p), **kv) for p, kv in by_part.items()})  # type: ignore[type-var]
+
+    _none_allowed: tuple[str, ...] = ("to_crs",)
+
+
+@dataclass(frozen=True)
+class SegmentConfig(_Composed):
+    """Settings of a segment-everything run over a scene (see the module docstring for the parts)."""
+
+    read: ReadConfig = field(default_factory=ReadConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    amg: AmgConfig = field(default_factory=AmgConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> SegmentConfig:
+        """A config from flat settings (``chip_size_px=512, points_per_side=16, ...``)."""
+        return cls().with_overrides(**settings)
+
+
+@dataclass(frozen=True)
+class PromptTilingConfig:
+    """Prompt mode's chip grid: ``chip_size_px`` > 0 groups prompts on a grid (sharing an image
+    embedding); 0 gives every prompt its own context window; None picks 0 for models whose masks
+    depend on the crop size (LiteMedSAM) and 1024 otherwise."""
+
+    chip_size_px: int | None = None
+    overlap_px: int = 128
+
+    def __post_init__(self) -> None:
+        if self.chip_size_px is not None:
+            _int_at_least("chip_size_px (0 = one window per prompt)", self.chip_size_px, 0)
+        _int_at_least("overlap_px", self.overlap_px, 0)
+        if self.chip_size_px and self.overlap_px >= self.chip_size_px:
+            raise ConfigError(f"overlap_px ({self.overlap_px}) must be smaller than chip_size_px ({self.chip_size_px})")
+
+
+@dataclass(frozen=True)
+class PromptConfig(_Composed):
+    """Settings of a prompt-mode run (:func:`geosam.pipeline.segment_prompts`)."""
+
+    read: ReadConfig = field(default_factory=ReadConfig)
+    tiling: PromptTilingConfig = field(default_factory=PromptTilingConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(model=DEFAULT_PROMPT_MODEL))
+    window: PromptWindowConfig = field(default_factory=PromptWindowConfig)
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(progress=False))
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    _none_allowed = ("to_crs", "chip_size_px", "multimask")
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> PromptConfig:
+        return cls().with_overrides(**settings)
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_PROMPT_MODEL",
+    "AmgConfig",
+    "EngineConfig",
+    "IndexConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PromptConfig",
+    "PromptTilingConfig",
+    "PromptWindowConfig",
+    "ReadConfig",
+    "SegmentConfig",
+    "TilingConfig",
+    "check_crs",
+]

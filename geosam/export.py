@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosam.errors import ExportError
+from geosam.geo import same_crs
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -289,7 +290,7 @@ def write_label_raster(
     if len(gdf) and crs is not None:
         if gdf.crs is None:
             log.warning("%s: the GeoDataFrame has no CRS; assuming the raster's (%s)", path, crs.to_string())
-        elif not _same_crs(gdf.crs, crs):
+        elif not same_crs(gdf.crs, crs):
             gdf = gdf.to_crs(crs.to_wkt())
     geoms = np.asarray(gdf.geometry.values, dtype=object) if len(gdf) else np.zeros(0, dtype=object)
     keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms)) if geoms.size else np.zeros(0, dtype=bool)
@@ -341,16 +342,6 @@ def write_label_raster(
         raise ExportError(f"{path}: cannot write the label raster ({exc})") from exc
     log.info("wrote %s (%d x %d px, %d features, %d block burns)", path, width, height, len(geoms), n_burnt)
     return path
-
-
-def _same_crs(a: Any, b: Any) -> bool:
-    """Whether a pyproj CRS ``a`` and a rasterio CRS ``b`` are the same."""
-    from pyproj import CRS
-
-    try:
-        return CRS.from_user_input(a).equals(CRS.from_wkt(b.to_wkt()), ignore_axis_order=True)
-    except Exception:  # noqa: BLE001 - unparsable CRS: reproject and let pyproj complain
-        return False
 
 
 # ----------------------------------------------------------------------------
@@ -437,7 +428,7 @@ def render_overlay(
     img, info = _read_quicklook(os.fspath(image_path), max_side_px, bands)
     oh, ow = img.shape[:2]
 
-    if len(gdf) and gdf.crs is not None and not _same_crs(gdf.crs, _rio_crs(info.crs_wkt)):
+    if len(gdf) and gdf.crs is not None and not same_crs(gdf.crs, _rio_crs(info.crs_wkt)):
         gdf = gdf.to_crs(info.crs_wkt)
     geoms = np.asarray(gdf.geometry.values, dtype=object) if len(gdf) else np.zeros(0, dtype=object)
     geoms = geoms[~(shapely.is_missing(geoms) | shapely.is_empty(geoms))] if geoms.size else geoms

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from affine import Affine
 
+from geosam.config import ReadConfig
 from geosam.errors import BandError, ConfigError, InvalidRasterError, NoCRSError
 from geosam.tiling import ChipSpec, PixelWindow, iter_chip_specs
 
@@ -119,25 +120,6 @@ class SceneInfo:
         )
 
 
-@dataclass(frozen=True)
-class ReadConfig:
-    """How pixels become the 3-channel uint8 image a model sees.
-
-    bands: 1-based band numbers for the model image (1 or 3 of them); None picks
-        red/green/blue by colour interpretation, else bands 1-3, else band 1.
-    fill_value: a pixel whose selected bands all equal this value (one number, or
-        one per selected band) is invalid, within ``fill_tolerance``.
-    stretch_percentiles: per-band (low, high) percentiles for non-uint8 data.
-    overview_max_px: longest side of the decimated read used for statistics.
-    """
-
-    bands: tuple[int, ...] | None = None
-    fill_value: tuple[float, ...] | None = None
-    fill_tolerance: float = 0.0
-    stretch_percentiles: tuple[float, float] = (2.0, 98.0)
-    overview_max_px: int = 1024
-
-
 @dataclass
 class Chip:
     """Pixels of one chip with the georeferencing they belong to.
@@ -147,6 +129,8 @@ class Chip:
     raw: the selected bands' original values (bands, H, W).
     prompt_mask: optional bool (H, W): where prompts may be placed (e.g. a
         vegetation prefilter); None means everywhere valid.
+    prompts: prompt mode: the :class:`~geosam.prompts.Prompt` objects (scene pixel
+        coordinates) this chip must answer.
     """
 
     spec: ChipSpec
@@ -154,6 +138,7 @@ class Chip:
     valid: np.ndarray
     raw: np.ndarray | None = field(default=None, repr=False)
     prompt_mask: np.ndarray | None = field(default=None, repr=False)
+    prompts: tuple[Any, ...] = ()
 
     def prompt_region(self) -> np.ndarray:
         """Pixels where prompts may go: valid and, if set, inside ``prompt_mask``."""

@@ -34,6 +34,8 @@ class ChipMasks:
     prompt_index: int64 (N,): index of the prompt of the chip task each mask answers
         (prompt mode), -1 when the mask answers no particular prompt (segment everything).
     labels: one label per mask (text mode: the phrase), or None.
+    prompt_status: prompt mode: one status per prompt of the chip task, ``ok`` (decoded),
+        ``invalid`` (on invalid pixels, not decoded) or ``empty`` (decoded, nothing found); None otherwise.
     """
 
     masks: np.ndarray
@@ -41,6 +43,7 @@ class ChipMasks:
     stability_score: np.ndarray
     prompt_index: np.ndarray | None = None
     labels: tuple[str | None, ...] | None = None
+    prompt_status: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.masks = np.asarray(self.masks, dtype=bool)
@@ -74,7 +77,7 @@ class ChipMasks:
         assert self.prompt_index is not None
         labels = None if self.labels is None else tuple(np.asarray(self.labels, dtype=object)[keep])
         return ChipMasks(self.masks[keep], self.predicted_iou[keep], self.stability_score[keep],
-                         self.prompt_index[keep], labels)
+                         self.prompt_index[keep], labels, self.prompt_status)
 
 
 @dataclass(frozen=True)

@@ -1,115 +1,74 @@
-"""Compose the stages: read chips -> generate masks -> stitch -> GeoDataFrame.
+"""Entry points: segment everything (:func:`segment_scene`) and prompts (:func:`segment_prompts`).
 
-``cli/`` and (later) the Dask runner only call this module.
+Each builds its chip tasks, mask generator and assembler, then calls the one
+run loop (:func:`geosam.engine.run`) and builds the one table
+(:mod:`geosam.table`). ``cli/`` and (later) the Dask runner only call this module.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geosam.config import SegmentConfig, index_names
-from geosam.errors import GeosamError
-from geosam.io import ReadConfig, Scene
-from geosam.masks import ChipMasks, MaskGenerator
-from geosam.stitch import StitchedObject, Stitcher, area_m2, pixel_to_map
+from geosam.assemble import GridAssembler
+from geosam.config import IndexConfig, PromptConfig, SegmentConfig
+from geosam.engine import ChipStep, ChipTask, RunStats, run
+from geosam.io import Chip, Scene
+from geosam.masks import MaskGenerator
+from geosam.result import PREFILTERED, ChipResult
+from geosam.table import ObjectHook, objects_frame
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["id", "area_m2", "predicted_iou", "stability_score", "n_chips", "model"]
 
-
-@dataclass
-class RunStats:
-    """What a run did, for the summary line and ``gdf.attrs['geosam']``."""
-
-    chips_total: int = 0
-    chips_skipped_invalid: int = 0
-    chips_failed: list[str] = field(default_factory=list)
-    chips_empty: int = 0
-    chips_skipped_prefilter: int = 0
-    prompts_total: int = 0  # grid prompts on valid pixels (counted when the prefilter runs)
-    prompts_skipped_prefilter: int = 0
-    masks: int = 0
-    objects: int = 0
-    seconds: float = 0.0
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-    def add_time(self, stage: str, seconds: float) -> None:
-        self.timings_s[stage] = self.timings_s.get(stage, 0.0) + seconds
-
-    def summary(self) -> str:
-        return (
-            f"{self.objects} objects from {self.masks} masks in {self.chips_total} chips "
-            f"({self.chips_skipped_invalid} skipped as invalid, {self.chips_empty} without masks) "
-            f"in {self.seconds:.1f} s"
-        )
+# ---------------------------------------------------------------------------
+# segment everything
 
 
 def make_mask_generator(cfg: SegmentConfig) -> MaskGenerator:
     """The SAM segment-everything generator configured by ``cfg``."""
-    from geosam.amg import SamMaskGenerator
+    from dataclasses import asdict
 
-    return SamMaskGenerator(
-        cfg.model,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        points_per_side=cfg.points_per_side,
-        points_per_batch=cfg.points_per_batch,
-        pred_iou_thresh=cfg.pred_iou_thresh,
-        stability_score_thresh=cfg.stability_score_thresh,
-        stability_score_offset=cfg.stability_score_offset,
-        box_nms_thresh=cfg.box_nms_thresh,
-        min_mask_region_area=cfg.min_mask_region_area,
-        crop_n_layers=cfg.crop_n_layers,
-        encoder_batch_size=max(1, cfg.chips_per_batch),
-        compile=cfg.compile,
-    )
+    from geosam.segment import SamMaskGenerator
+
+    m = cfg.model
+    return SamMaskGenerator(m.model, device=m.device, dtype=m.dtype, compile=m.compile,
+                            encoder_batch_size=cfg.engine.chips_per_batch, **asdict(cfg.amg))
 
 
-def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
+def index_steps(icfg: IndexConfig, sc: Scene, points_per_side: int | None,
+                stats: RunStats) -> tuple[list[ObjectHook], ChipStep | None]:
+    """The index statistics hook and the prefilter step a run needs (BandError here, before any model work)."""
+    names = icfg.names()
+    if not names:
+        return [], None
+    from geosam.indices import Prefilter, ZonalStats, calculator_for
 
-    return tqdm(iterable, total=total, desc=desc, unit="chip", leave=False)
+    calc = calculator_for(sc, icfg, names)
+    hooks: list[ObjectHook] = [ZonalStats(calc, {**dict(icfg.min_index), **dict(icfg.index_thresholds)})]
+    if not icfg.prefilter:
+        return hooks, None
+    radius = None if icfg.prefilter_radius_px == "grid" else int(icfg.prefilter_radius_px)
+    prefilter = Prefilter(calc, dict(icfg.min_index), radius)
+    pps = points_per_side or 32
 
+    def step(chip: Chip) -> ChipResult | None:
+        t0 = time.perf_counter()
+        total, kept = prefilter.apply(chip, sc, pps)
+        stats.prompts_total += total
+        stats.prompts_skipped_prefilter += total - kept
+        stats.add_time("prefilter", time.perf_counter() - t0)
+        if chip.prompt_region().any():
+            return None
+        return ChipResult.empty(chip.spec.chip_id, chip.spec.window, PREFILTERED)
 
-#: per-object attribute hook: (object with final pixel mask, open scene) -> extra columns
-ObjectHook = Callable[[StitchedObject, Scene], dict[str, Any]]
-
-
-@dataclass
-class _Record:
-    """A finished object reduced to what the output needs (map coordinates)."""
-
-    order: tuple[float, float, float]
-    geom: Any
-    predicted_iou: float
-    stability_score: float
-    n_chips: int
-    extra: dict[str, Any]
-
-
-def _finish(objs: list[StitchedObject], hooks: list[ObjectHook], sc: Scene) -> list[_Record]:
-    """Compute per-object attributes while the object's pixels are at hand, then keep a compact record."""
-    out = []
-    for o in objs:
-        if o.geom_px.is_empty:
-            continue
-        for hook in hooks:
-            o.extra.update(hook(o, sc))
-        b = o.geom_px.bounds
-        out.append(_Record((b[1], b[0], o.geom_px.area), pixel_to_map(o.geom_px, sc.info.transform),
-                           o.predicted_iou, o.stability_score, o.n_chips, o.extra))
-    return out
+    return hooks, step
 
 
 def segment_scene(
@@ -119,18 +78,18 @@ def segment_scene(
     config: SegmentConfig | None = None,
     object_hooks: list[ObjectHook] | None = None,
     **settings: Any,
-):  # -> geopandas.GeoDataFrame
+) -> gpd.GeoDataFrame:
     """Segment every object in a scene into one polygon each.
 
     scene: a raster path, an open rasterio dataset or an xarray DataArray.
-    mask_generator: anything with ``name`` and ``generate(chip) -> ChipMasks``;
+    mask_generator: a :class:`~geosam.masks.MaskGenerator` (e.g. :class:`geosam.testing.OracleMaskGenerator`);
         default is SAM segment-everything built from the settings.
-    settings: any :class:`~geosam.config.SegmentConfig` field, e.g.
+    settings: flat :class:`~geosam.config.SegmentConfig` settings, e.g.
         ``chip_size_px=512, overlap_px=64, bands=(3, 2, 1), fill_value=255``.
 
     Returns a GeoDataFrame in the scene CRS (or ``to_crs``) with columns
-    ``id, area_m2, predicted_iou, stability_score, n_chips, model, geometry``;
-    ``gdf.attrs['geosam']`` holds the run statistics.
+    ``id, area_m2, predicted_iou, stability_score, n_chips, model, geometry``
+    (``area_m2`` in square metres); ``gdf.attrs['geosam']`` holds the run statistics.
 
     Spectral indices (:mod:`geosam.indices`): ``band_roles={"red": 1, "nir": 4}``
     (or a preset such as ``"sentinel2"``), ``indices=["ndvi", "exg"]`` add
@@ -141,78 +100,35 @@ def segment_scene(
     ``prompts_skipped_prefilter``).
     """
     cfg = (config or SegmentConfig()).with_overrides(**settings)
-    hooks = list(object_hooks or [])
-    stats = RunStats()
     t_start = time.perf_counter()
-    read_cfg = ReadConfig(
-        bands=cfg.bands,
-        fill_value=cfg.fill_value,
-        fill_tolerance=cfg.fill_tolerance,
-        stretch_percentiles=cfg.stretch_percentiles,
-    )
-    with Scene(scene, read_cfg) as sc:
-        if mask_generator is None:
-            mask_generator = make_mask_generator(cfg)
-        prefilter, pps = _add_index_hooks(cfg, sc, hooks), getattr(mask_generator, "points_per_side", cfg.points_per_side)
-        specs = sc.chip_specs(cfg.chip_size_px, cfg.overlap_px)
-        stats.chips_total = len(specs)
-        stitcher = Stitcher(specs, match_iou=cfg.match_iou)
-        finished: list[_Record] = []
-        gen_t0 = dict(getattr(mask_generator, "timings_s", None) or {})
-        pending: list[Any] = []  # chips waiting for one generate_batch call
-
-        def flush() -> None:
-            t0 = time.perf_counter()
-            results = _generate(mask_generator, pending)
-            stats.add_time("generate", time.perf_counter() - t0)
-            for chip, masks in zip(pending, results):
-                masks = _clean_masks(masks, chip.valid)
-                if len(masks) == 0:
-                    stats.chips_empty += 1
-                stats.masks += len(masks)
-                t0 = time.perf_counter()
-                stitcher.add(chip.spec, masks)
-                finished.extend(_finish(stitcher.pop_finished(), hooks, sc))
-                stats.add_time("stitch", time.perf_counter() - t0)
-            pending.clear()
-
-        chips = iter_chips(sc, specs, cfg.prefetch_chips, stats, skip_bad_chips=cfg.skip_bad_chips)
-        for spec, chip in _progress(chips, len(specs), cfg.progress, "segment"):
-            if isinstance(chip, GeosamError):  # a chip that could not be read (skip_bad_chips)
-                log.warning("skipping chip %s: %s", spec.chip_id, chip)
-                stats.chips_failed.append(f"{spec.chip_id}: {chip}")
-                stitcher.skip(spec)
-                continue
-            if not chip.valid.any():
-                stats.chips_skipped_invalid += 1
-                stitcher.skip(spec)
-                continue
-            if prefilter is not None and _prefilter_chip(prefilter, chip, sc, pps, stats):
-                stitcher.skip(spec)
-                continue
-            pending.append(chip)
-            if len(pending) >= cfg.chips_per_batch:
-                flush()
-        if pending:
-            flush()
-        for stage, sec in (getattr(mask_generator, "timings_s", None) or {}).items():
-            stats.add_time(stage, sec - gen_t0.get(stage, 0.0))
-        t0 = time.perf_counter()
-        finished.extend(_finish(stitcher.pop_finished(final=True), hooks, sc))
-        gdf = _to_geodataframe(finished, sc.info.crs_wkt, getattr(mask_generator, "name", "unknown"))
-        stats.add_time("stitch", time.perf_counter() - t0)
-        stats.timings_s["stitch"] -= stitcher.polygonise_s  # reported on its own
-        stats.add_time("polygonise", stitcher.polygonise_s)
+    stats = RunStats()
+    with Scene(scene, cfg.read) as sc:
+        specs = sc.chip_specs(cfg.tiling.chip_size_px, cfg.tiling.overlap_px)
+        pps = mask_generator.capabilities.points_per_side if mask_generator is not None else cfg.amg.points_per_side
+        hooks, before = index_steps(cfg.index, sc, pps, stats)
+        hooks = [*(object_hooks or []), *hooks]
+        generator = mask_generator if mask_generator is not None else make_mask_generator(cfg)
+        assembler = GridAssembler(specs, cfg.output.match_iou)
+        records, stats = run(sc, [ChipTask(s) for s in specs], generator, assembler, cfg.engine,
+                             hooks=hooks, before=before, stats=stats)
+        gdf = objects_frame(records, sc.info.crs_wkt, generator.name)
         path = sc.path
-    if cfg.min_area_m2 > 0:
-        gdf = gdf[gdf["area_m2"] >= cfg.min_area_m2].reset_index(drop=True)
+    return _finish_frame(gdf, cfg, stats, path, t_start)
+
+
+def _finish_frame(gdf: gpd.GeoDataFrame, cfg: SegmentConfig, stats: RunStats, path: str,
+                  t_start: float) -> gpd.GeoDataFrame:
+    """Area and index filters, ranking, reprojection, statistics in ``gdf.attrs['geosam']``."""
+    if cfg.output.min_area_m2 > 0:
+        gdf = gdf[gdf["area_m2"] >= cfg.output.min_area_m2].reset_index(drop=True)
         gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
-    if index_names(cfg) or cfg.rank_by:
+    names = cfg.index.names()
+    if names or cfg.index.rank_by:
         from geosam.indices import filter_and_rank
 
-        gdf = filter_and_rank(gdf, index_names(cfg), dict(cfg.min_index), cfg.rank_by, cfg.top_k)
-    if cfg.to_crs:
-        gdf = gdf.to_crs(cfg.to_crs)
+        gdf = filter_and_rank(gdf, names, dict(cfg.index.min_index), cfg.index.rank_by, cfg.index.top_k)
+    if cfg.output.to_crs:
+        gdf = gdf.to_crs(cfg.output.to_crs)
     stats.objects = len(gdf)
     stats.seconds = time.perf_counter() - t_start
     if len(gdf) == 0:
@@ -222,144 +138,64 @@ def segment_scene(
     return gdf
 
 
-def _add_index_hooks(cfg: SegmentConfig, sc: Scene, hooks: list[ObjectHook]) -> Any:
-    """Append the index statistics hook (if the run needs indices); return the prefilter or None."""
-    names = index_names(cfg)
-    if not names:
-        return None
-    from geosam.indices import Prefilter, ZonalStats, calculator_for
+def segment_prompts(
+    scene: Any,
+    prompts: Any,
+    *,
+    model: Any = None,
+    prompt_crs: Any = None,
+    id_column: str | None = "id",
+    label_column: str | None = None,
+    point_label_column: str | None = None,
+    object_column: str | None = None,
+    config: PromptConfig | None = None,
+    **settings: Any,
+) -> gpd.GeoDataFrame:
+    """Segment one object per point / box prompt given in map coordinates (see :mod:`geosam.prompts`).
 
-    calc = calculator_for(sc, cfg, names)  # BandError here, before any chip is decoded
-    hooks.append(ZonalStats(calc, {**dict(cfg.min_index), **dict(cfg.index_thresholds)}))
-    radius = None if cfg.prefilter_radius_px == "grid" else int(cfg.prefilter_radius_px)
-    return Prefilter(calc, dict(cfg.min_index), radius) if cfg.prefilter else None
+    scene: a raster path or open rasterio dataset.
+    prompts: a GeoDataFrame or a list of points, boxes, geometries or dicts, in any CRS.
+    model: "litemedsam" (default, built in, offline; box prompts), a SAM hub id
+        or local directory, or a loaded :class:`~geosam.model.SamBundle`.
+    settings: flat :class:`~geosam.config.PromptConfig` settings, e.g.
+        ``box_grow=0.1, context=2.5, chip_size_px=0, device="cpu", fill_value=255``.
 
-
-def _prefilter_chip(prefilter: Any, chip: Any, sc: Scene, points_per_side: int, stats: RunStats) -> bool:
-    """Set the chip's prompt mask; True if the chip has no prompt left and is skipped."""
-    t0 = time.perf_counter()
-    total, kept = prefilter.apply(chip, sc, points_per_side)
-    stats.prompts_total += total
-    stats.prompts_skipped_prefilter += total - kept
-    stats.add_time("prefilter", time.perf_counter() - t0)
-    if not chip.prompt_region().any():
-        stats.chips_skipped_prefilter += 1
-        return True
-    return False
-
-
-def _generate(mask_generator: MaskGenerator, chips: list[Any]) -> list[ChipMasks]:
-    """Masks of several chips: one ``generate_batch`` call when the generator has it."""
-    batch = getattr(mask_generator, "generate_batch", None)
-    if batch is not None and len(chips) > 1:
-        return list(batch(chips))
-    return [mask_generator.generate(c) for c in chips]
-
-
-def _read_or_error(sc: Scene, spec: Any, timings: dict[str, float], skip_bad_chips: bool) -> Any:
-    """The chip, or (with ``skip_bad_chips``) the read error as a value."""
-    try:
-        return sc.read_chip(spec, timings)
-    except GeosamError as exc:
-        if not skip_bad_chips:
-            raise
-        return exc
-
-
-def iter_chips(
-    sc: Scene, specs: list[Any], prefetch: int, stats: RunStats | None = None, skip_bad_chips: bool = False
-) -> Iterator[tuple[Any, Any]]:
-    """(spec, chip) for every spec, in order.
-
-    With ``skip_bad_chips`` a chip whose pixels cannot be read is yielded as
-    ``(spec, error)`` (a :class:`GeosamError`) instead of ending the run.
-
-    With ``prefetch > 0`` a reader thread with its own :class:`Scene` handle
-    (rasterio datasets are not thread-safe) reads and stretches up to
-    ``prefetch`` chips ahead while the caller runs the model; the scene-wide
-    stretch of ``sc`` is reused, so chips are identical to ``sc.read_chip``.
-    Read and stretch times are added to ``stats`` (reader-thread time).
+    Returns one row per prompt in input order (``prompt_id, prompt_type, ..., label, status,
+    predicted_iou, area_m2, model, geometry``); ``status`` is ``ok`` (an object was found),
+    ``empty`` (decoded, nothing found), ``outside`` (outside the scene) or ``invalid`` (on
+    nodata / fill pixels).
     """
-    timings: dict[str, float] = {}
-    try:
-        if prefetch <= 0:
-            for spec in specs:
-                yield spec, _read_or_error(sc, spec, timings, skip_bad_chips)
-            return
-        q: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
-        done = object()
+    from geosam.assemble import PromptAssembler
+    from geosam.model import SamBundle, load_sam
+    from geosam.prompts import prompt_tasks, prompts_frame, report_statuses, resolve_prompts
+    from geosam.segment.prompted import PromptMaskGenerator
 
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def reader() -> None:
-            try:
-                with Scene(sc.path, sc.read_config, stretch=sc.stretch) as rs:
-                    for spec in specs:
-                        if not put((spec, _read_or_error(rs, spec, timings, skip_bad_chips))):
-                            return
-                put(done)
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                put(exc)
-
-        thread = threading.Thread(target=reader, name="geosam-reader", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is done:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            thread.join(timeout=10)
-    finally:
-        if stats is not None:
-            for stage, sec in timings.items():
-                stats.add_time(stage, sec)
+    if model is not None and not isinstance(model, SamBundle):
+        settings["model"] = model
+    cfg = (config or PromptConfig()).with_overrides(**settings)
+    t_start = time.perf_counter()
+    with Scene(scene, cfg.read) as sc:
+        plist, status = resolve_prompts(sc, prompts, prompt_crs=prompt_crs, id_column=id_column,
+                                        label_column=label_column, point_label_column=point_label_column,
+                                        object_column=object_column, box_grow=cfg.window.box_grow)
+        m = cfg.model
+        bundle = model if isinstance(model, SamBundle) else load_sam(m.model, device=m.device, dtype=m.dtype)
+        generator = PromptMaskGenerator(bundle, cfg.window)
+        generator.check_prompts([p for p, s in zip(plist, status) if s == "ok"])
+        chip = cfg.tiling.chip_size_px if cfg.tiling.chip_size_px is not None else generator.default_chip_size_px
+        tasks = prompt_tasks(sc, plist, status, cfg.window, chip, cfg.tiling.overlap_px)
+        records, stats = run(sc, tasks, generator, PromptAssembler(status), cfg.engine, desc="prompts")
+        report_statuses(sc.path, plist, status)
+        gdf = prompts_frame(plist, status, records, sc.info.crs_wkt, bundle.name)
+        path = sc.path
+    if cfg.output.to_crs:
+        gdf = gdf.to_crs(cfg.output.to_crs)
+    stats.objects = int(sum(s == "ok" for s in status))
+    stats.seconds = time.perf_counter() - t_start
+    gdf.attrs["geosam"] = {**stats.__dict__, "scene": path, "prompts": len(plist), "windows": len(tasks),
+                           "chip_size_px": chip, "status_counts": {s: status.count(s) for s in sorted(set(status))}}
+    log.info("%s: %d prompts in %d windows, %.1f s", path, len(plist), len(tasks), stats.seconds)
+    return gdf
 
 
-def _clean_masks(masks: ChipMasks, valid: np.ndarray) -> ChipMasks:
-    """Remove invalid pixels from every mask (in place) and drop masks left empty."""
-    if len(masks) == 0:
-        return masks
-    if masks.masks.shape[1:] != valid.shape:
-        raise ValueError(f"mask generator returned masks of shape {masks.masks.shape[1:]}, chip is {valid.shape}")
-    if valid.all():
-        return masks
-    m = masks.masks
-    np.logical_and(m, valid[None], out=m)
-    keep = m.reshape(len(m), -1).any(axis=1)
-    if keep.all():
-        return masks
-    return ChipMasks(m[keep], masks.predicted_iou[keep], masks.stability_score[keep])
-
-
-def _to_geodataframe(objs: list[_Record], crs_wkt: str, model_name: str):
-    import geopandas as gpd
-    from rasterio.crs import CRS
-
-    # deterministic ids: top-to-bottom, left-to-right by the object's first pixel row/col
-    objs.sort(key=lambda o: o.order)
-    geoms = [o.geom for o in objs]
-    data = {
-        "id": np.arange(1, len(objs) + 1, dtype=np.int64),
-        "area_m2": area_m2(geoms, CRS.from_wkt(crs_wkt)) if geoms else np.zeros(0),
-        "predicted_iou": np.array([o.predicted_iou for o in objs], dtype=np.float64),
-        "stability_score": np.array([o.stability_score for o in objs], dtype=np.float64),
-        "n_chips": np.array([o.n_chips for o in objs], dtype=np.int64),
-        "model": [model_name] * len(objs),
-    }
-    extra_cols = sorted({k for o in objs for k in o.extra})
-    for k in extra_cols:
-        data[k] = [o.extra.get(k) for o in objs]
-    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=crs_wkt), crs=crs_wkt)
+__all__ = ["ChipTask", "RunStats", "index_steps", "make_mask_generator", "segment_prompts", "segment_scene"]

@@ -43,18 +43,25 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from affine import Affine
 
-from geosam.config import PromptConfig
+from geosam.config import PromptWindowConfig
+from geosam.engine import ChipTask
 from geosam.errors import PromptError, PromptOutsideSceneError
-from geosam.tiling import PixelWindow
+from geosam.geo import same_crs
+from geosam.io import Scene
+from geosam.table import Record, geo_frame
+from geosam.tiling import ChipSpec, plan_windows
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +223,9 @@ def prompts_from_frame(
 
     if gdf.crs is None:
         gdf = gdf.set_crs(prompt_crs if prompt_crs is not None else scene_crs, allow_override=True)
-    elif prompt_crs is not None and not _same_crs(gdf.crs, prompt_crs):
+    elif prompt_crs is not None and not same_crs(gdf.crs, prompt_crs):
         raise PromptError(f"the prompts have CRS {gdf.crs.to_string()} but prompt_crs={prompt_crs!r}; drop one of them")
-    geoms = gdf.geometry.to_crs(scene_crs) if not _same_crs(gdf.crs, scene_crs) else gdf.geometry
+    geoms = gdf.geometry.to_crs(scene_crs) if not same_crs(gdf.crs, scene_crs) else gdf.geometry
     cols = [c for c in gdf.columns if c != gdf.geometry.name]
     for name, col in (("label_column", label_column), ("point_label_column", point_label_column),
                       ("object_column", object_column)):
@@ -312,16 +319,6 @@ def _bounds_to_px(inv: Any, bounds: tuple[float, float, float, float]) -> tuple[
     return float(min(cs)), float(min(rs)), float(max(cs)), float(max(rs))
 
 
-def _same_crs(a: Any, b: Any) -> bool:
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        return CRS.from_user_input(a) == CRS.from_user_input(b)
-    except (CRSError, TypeError, ValueError):
-        return False
-
-
 # ---------------------------------------------------------------------------
 # windows
 
@@ -333,208 +330,141 @@ def grow_box(box: tuple[float, float, float, float], fraction: float) -> tuple[f
     return x0 - dx, y0 - dy, x1 + dx, y1 + dy
 
 
-def _clip_extent(ext: tuple[float, float, float, float], width: int, height: int) -> tuple[float, float, float, float] | None:
-    x0, y0, x1, y1 = max(ext[0], 0.0), max(ext[1], 0.0), min(ext[2], float(width)), min(ext[3], float(height))
-    if x1 < x0 or y1 < y0:
-        return None
-    return x0, y0, x1, y1
+def gather_prompts(
+    scene: str,
+    *,
+    prompts_file: str | None = None,
+    layer: str | None = None,
+    points: Sequence[Sequence[float]] = (),
+    boxes: Sequence[Sequence[float]] = (),
+    prompt_crs: Any = None,
+) -> gpd.GeoDataFrame:
+    """Prompts from a vector file and from point / box coordinates, as one GeoDataFrame.
 
-
-def context_side(p: Prompt, cfg: PromptConfig) -> int:
-    """Side (px) of the square context window a prompt wants (scene pixels)."""
-    x0, y0, x1, y1 = p.extent()
-    long_side = max(x1 - x0, y1 - y0)
-    if p.box is None:
-        return max(math.ceil(cfg.context * long_side), cfg.point_window_px, math.ceil(long_side) + 2)
-    return max(math.ceil(cfg.context * long_side), cfg.min_window_px, math.ceil(long_side) + 2)
-
-
-def _centred_window(ext: tuple[float, float, float, float], side: int, width: int, height: int) -> PixelWindow:
-    """A ``side`` x ``side`` window centred on ``ext``, shifted inside the scene (clipped if larger)."""
-    cx, cy = (ext[0] + ext[2]) / 2.0, (ext[1] + ext[3]) / 2.0
-
-    def axis(c: float, size: int) -> tuple[int, int]:
-        if side >= size:
-            return 0, size
-        off = math.floor(c - side / 2.0)
-        return min(max(off, 0), size - side), side
-
-    c0, w = axis(cx, width)
-    r0, h = axis(cy, height)
-    return PixelWindow(c0, r0, w, h)
-
-
-def _contains(win: PixelWindow, ext: tuple[float, float, float, float]) -> bool:
-    return win.col_off <= ext[0] and win.row_off <= ext[1] and ext[2] <= win.col_end and ext[3] <= win.row_end
-
-
-def plan_windows(prompts: Sequence[Prompt], width: int, height: int, cfg: PromptConfig, chip_size_px: int) -> list[tuple[PixelWindow, list[int]]]:
-    """Group prompts (inside the scene) into windows: [(window, [prompt index, ...]), ...].
-
-    Scene pixel frame. ``chip_size_px`` > 0: a prompt goes to the grid chip
-    whose core holds its centre when a square centred on it of side
-    max(prompt side + 2, min(context side (:func:`context_side`), chip / 2))
-    lies inside that chip; otherwise (near a chip edge, or larger than a chip)
-    it gets its own window of side max(context side, chip size) centred on it.
-    0: every prompt gets its own context window. Every window contains the
-    whole extent (box and points) of each of its prompts.
+    The file's rows come first (in the file's CRS, or ``prompt_crs``, or the scene's
+    when it has none, with a warning), then ``points`` and ``boxes`` (in ``prompt_crs``,
+    default the scene's), reprojected to the file's CRS. Raises :class:`PromptError`
+    naming the file when it cannot be read, and when there is no prompt at all.
     """
-    from geosam.tiling import chip_grid
+    import geopandas as gpd
+    import pandas as pd
 
-    by_window: dict[PixelWindow, list[int]] = {}
-    cores: list[tuple[PixelWindow, PixelWindow]] = []
-    if chip_size_px > 0:
-        cores = [(win, core) for _, _, win, core in chip_grid(width, height, chip_size_px, cfg.overlap_px)]
-    for i, p in enumerate(prompts):
-        ext = _clip_extent(p.extent(), width, height)
-        if ext is None:
-            raise ValueError(f"prompt {p.prompt_id!r} lies outside the scene")
-        side = context_side(p, cfg)
-        want = _centred_window(ext, side, width, height)
-        chosen = None
-        if cores:
-            cx = min(max((ext[0] + ext[2]) / 2.0, 0.0), width - 1e-6)
-            cy = min(max((ext[1] + ext[3]) / 2.0, 0.0), height - 1e-6)
-            # context a chip must give: the whole prompt plus a margin, the margin capped at half a chip
-            long_side = math.ceil(max(ext[2] - ext[0], ext[3] - ext[1]))
-            need = _centred_window(ext, max(long_side + 2, min(side, chip_size_px // 2)), width, height)
-            for win, core in cores:
-                if core.col_off <= cx < core.col_end and core.row_off <= cy < core.row_end:
-                    ctx = (float(need.col_off), float(need.row_off), float(need.col_end), float(need.row_end))
-                    if _contains(win, ctx) and _contains(win, ext):
-                        chosen = win
-                    break
-            if chosen is None:
-                chosen = _centred_window(ext, max(side, chip_size_px), width, height)
-        else:
-            chosen = want
-        if not _contains(chosen, ext):  # cannot happen for a scene-clipped extent; guard the invariant
-            raise AssertionError(f"window {chosen} does not contain prompt {p.prompt_id!r} {ext}")
-        by_window.setdefault(chosen, []).append(i)
-    return sorted(by_window.items(), key=lambda kv: (kv[0].row_off, kv[0].col_off, kv[0].width))
+    from geosam.io import SceneInfo, open_raster
+
+    with open_raster(scene) as ds:
+        scene_crs = SceneInfo.from_dataset(ds).crs_wkt
+
+    frames = []
+    if prompts_file:
+        try:
+            f = gpd.read_file(prompts_file, layer=layer)
+        except Exception as exc:
+            raise PromptError(f"{prompts_file}: cannot read prompts ({exc})") from exc
+        if f.crs is None:
+            if prompt_crs is None:
+                warn(f"{prompts_file} has no CRS; assuming the scene's")
+            f = f.set_crs(prompt_crs if prompt_crs is not None else scene_crs)
+        frames.append(f)
+    items = [tuple(p) for p in points] + [tuple(b) for b in boxes]
+    if items:
+        frames.append(prompts_to_frame(items, prompt_crs if prompt_crs is not None else scene_crs))
+    if not frames:
+        raise PromptError("no prompts given: use a prompts file, points or boxes")
+    if len(frames) == 1:
+        return frames[0]
+    target = frames[0].crs
+    return gpd.GeoDataFrame(pd.concat([f.to_crs(target) for f in frames], ignore_index=True), crs=target)
 
 
 # ---------------------------------------------------------------------------
-# the run
+# a run's prompts, windows and table
 
 
-def segment_prompts(
-    scene: Any,
+def resolve_prompts(
+    sc: Scene,
     prompts: Any,
     *,
-    model: Any = None,
     prompt_crs: Any = None,
     id_column: str | None = "id",
     label_column: str | None = None,
     point_label_column: str | None = None,
     object_column: str | None = None,
-    config: PromptConfig | None = None,
-    **settings: Any,
-):  # -> geopandas.GeoDataFrame
-    """Segment one object per prompt; see the module docstring for inputs and output.
+    box_grow: float = 0.0,
+) -> tuple[list[Prompt], list[str]]:
+    """The run's prompts in scene pixel coordinates and their first status (``ok`` or ``outside``).
 
-    scene: a raster path or open rasterio dataset.
-    model: "litemedsam" (default, built in, offline; box prompts), a SAM hub id
-        or local directory, or a loaded :class:`~geosam.model.SamBundle`.
-    settings: any :class:`~geosam.config.PromptConfig` field, e.g.
-        ``box_grow=0.1, context=2.5, chip_size_px=0, device="cpu", fill_value=255``.
+    Raises :class:`PromptError` for malformed prompts and
+    :class:`PromptOutsideSceneError` when every prompt lies outside the scene; the
+    others outside get a warning.
     """
     import geopandas as gpd
     from rasterio.crs import CRS
 
-    from geosam.io import ReadConfig, Scene
-    from geosam.model import SamBundle, load_sam
-
-    if model is not None and not isinstance(model, SamBundle):
-        settings["model"] = model
-    cfg = (config or PromptConfig()).with_overrides(**settings)
-    t_start = time.perf_counter()
-    read_cfg = ReadConfig(bands=cfg.bands, fill_value=cfg.fill_value, fill_tolerance=cfg.fill_tolerance,
-                          stretch_percentiles=cfg.stretch_percentiles)
-    with Scene(scene, read_cfg) as sc:
-        info = sc.info
-        scene_crs = CRS.from_wkt(info.crs_wkt)
-        if isinstance(prompts, gpd.GeoDataFrame):
-            frame = prompts
-        elif isinstance(prompts, (list, tuple)):
-            frame = prompts_to_frame(prompts, prompt_crs if prompt_crs is not None else scene_crs)
-        else:
-            raise PromptError(f"prompts must be a GeoDataFrame or a list, got {type(prompts).__name__}")
-        if len(frame) == 0:
-            raise PromptError("no prompts given")
-        plist = prompts_from_frame(frame, scene_crs, info.transform, prompt_crs=prompt_crs if isinstance(prompts, gpd.GeoDataFrame) else None,
-                                   id_column=id_column, label_column=label_column,
-                                   point_label_column=point_label_column, object_column=object_column)
-        if cfg.box_grow:
-            plist = [Prompt(p.prompt_id, grow_box(p.box, cfg.box_grow) if p.box else None, p.points, p.point_labels,
-                            p.label, p.attrs) for p in plist]
-        status: list[str] = ["ok"] * len(plist)
-        for i, p in enumerate(plist):
-            status[i] = _outside_status(p, info.width, info.height)
-        n_out = sum(s == "outside" for s in status)
-        if n_out == len(plist):
-            x0, y0, x1, y1 = info.bounds
-            raise PromptOutsideSceneError(
-                f"{sc.path}: all {len(plist)} prompts lie outside the scene, which covers x {x0:.6g}..{x1:.6g}, "
-                f"y {y0:.6g}..{y1:.6g} in {info.crs_name}; check the prompts' CRS (prompt_crs / --prompt-crs) "
-                "and coordinate order (x = easting / longitude first)"
-            )
-        for i, p in enumerate(plist):
-            if status[i] == "outside":
-                _warn(f"{sc.path}: prompt {p.prompt_id!r} lies outside the scene; it gets an empty result")
-
-        bundle = model if isinstance(model, SamBundle) else load_sam(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        is_lite = bundle.normalize == "minmax"
-        if is_lite and any(p.box is None for p, s in zip(plist, status) if s == "ok"):
-            log.warning("LiteMedSAM was trained for box prompts: point prompts give poor masks with it; "
-                        "use box prompts or a SAM checkpoint (--model)")
-        chip = cfg.chip_size_px if cfg.chip_size_px is not None else (0 if is_lite else 1024)
-        inside = [i for i, s in enumerate(status) if s == "ok"]
-        plan = plan_windows([plist[i] for i in inside], info.width, info.height, cfg, chip)
-        geoms_px: list[Any] = [None] * len(plist)
-        ious = np.full(len(plist), np.nan)
-        for win, members in _progress(plan, cfg.progress):
-            idx = [inside[m] for m in members]
-            res = _segment_window(sc, bundle, win, [plist[i] for i in idx], cfg)
-            for i, (st, g, iou) in zip(idx, res):
-                status[i], geoms_px[i], ious[i] = st, g, iou
-                if st == "invalid":
-                    _warn(f"{sc.path}: prompt {plist[i].prompt_id!r} lies on invalid (nodata / fill) pixels; "
-                          "it gets an empty result")
-                elif st == "empty":
-                    _warn(f"{sc.path}: prompt {plist[i].prompt_id!r}: the model found no object there")
-        if not any(s in ("ok", "empty") for s in status):
-            raise PromptOutsideSceneError(
-                f"{sc.path}: none of the {len(plist)} prompts can be used: they lie outside the scene or on "
-                "invalid (nodata / fill) pixels"
-            )
-        gdf = _to_frame(plist, status, geoms_px, ious, info.transform, info.crs_wkt, bundle.name)
-        path = sc.path
-    if cfg.to_crs:
-        gdf = gdf.to_crs(cfg.to_crs)
-    gdf.attrs["geosam"] = {
-        "scene": path,
-        "prompts": len(plist),
-        "windows": len(plan),
-        "chip_size_px": chip,
-        "status_counts": {s: status.count(s) for s in sorted(set(status))},
-        "seconds": time.perf_counter() - t_start,
-    }
-    log.info("%s: %d prompts in %d windows, %.1f s", path, len(plist), len(plan), gdf.attrs["geosam"]["seconds"])
-    return gdf
+    info = sc.info
+    scene_crs = CRS.from_wkt(info.crs_wkt)
+    if isinstance(prompts, gpd.GeoDataFrame):
+        frame = prompts
+    elif isinstance(prompts, (list, tuple)):
+        frame = prompts_to_frame(prompts, prompt_crs if prompt_crs is not None else scene_crs)
+    else:
+        raise PromptError(f"prompts must be a GeoDataFrame or a list, got {type(prompts).__name__}")
+    if len(frame) == 0:
+        raise PromptError("no prompts given")
+    plist = prompts_from_frame(frame, scene_crs, info.transform,
+                               prompt_crs=prompt_crs if isinstance(prompts, gpd.GeoDataFrame) else None,
+                               id_column=id_column, label_column=label_column,
+                               point_label_column=point_label_column, object_column=object_column)
+    if box_grow:
+        plist = [Prompt(p.prompt_id, grow_box(p.box, box_grow) if p.box else None, p.points, p.point_labels,
+                        p.label, p.attrs) for p in plist]
+    status = [_outside_status(p, info.width, info.height) for p in plist]
+    if all(s == "outside" for s in status):
+        x0, y0, x1, y1 = info.bounds
+        raise PromptOutsideSceneError(
+            f"{sc.path}: all {len(plist)} prompts lie outside the scene, which covers x {x0:.6g}..{x1:.6g}, "
+            f"y {y0:.6g}..{y1:.6g} in {info.crs_name}; check the prompts' CRS (prompt_crs / --prompt-crs) "
+            "and coordinate order (x = easting / longitude first)"
+        )
+    for p, s in zip(plist, status):
+        if s == "outside":
+            warn(f"{sc.path}: prompt {p.prompt_id!r} lies outside the scene; it gets an empty result")
+    return plist, status
 
 
-def _warn(msg: str) -> None:
-    log.warning(msg)
+def prompt_tasks(sc: Scene, plist: Sequence[Prompt], status: Sequence[str], cfg: PromptWindowConfig,
+                 chip_size_px: int, overlap_px: int) -> list[ChipTask]:
+    """One chip task per window of :func:`geosam.tiling.plan_windows`, carrying its prompts (``ok`` ones only)."""
+    info = sc.info
+    inside = [i for i, s in enumerate(status) if s == "ok"]
+    plan = plan_windows([plist[i] for i in inside], info.width, info.height, cfg, chip_size_px, overlap_px)
+    tasks = []
+    for n, (win, members) in enumerate(plan):
+        spec = ChipSpec(path=sc.path, row=n, col=0, window=win, core=win, scene_width=info.width,
+                        scene_height=info.height, transform=info.transform * Affine.translation(win.col_off, win.row_off),
+                        crs_wkt=info.crs_wkt)
+        ids = tuple(inside[m] for m in members)
+        tasks.append(ChipTask(spec, tuple(plist[i] for i in ids), ids))
+    return tasks
+
+
+def report_statuses(path: str, plist: Sequence[Prompt], status: Sequence[str]) -> None:
+    """Warn about prompts on invalid pixels or without a mask; raise if no prompt could be used."""
+    for p, st in zip(plist, status):
+        if st == "invalid":
+            warn(f"{path}: prompt {p.prompt_id!r} lies on invalid (nodata / fill) pixels; it gets an empty result")
+        elif st == "empty":
+            warn(f"{path}: prompt {p.prompt_id!r}: the model found no object there")
+    if not any(s in ("ok", "empty") for s in status):
+        raise PromptOutsideSceneError(
+            f"{path}: none of the {len(plist)} prompts can be used: they lie outside the scene or on "
+            "invalid (nodata / fill) pixels"
+        )
+
+
+def warn(msg: str) -> None:
+    """Warn about a prompt, once: a :class:`PromptWarning` (the log gets it at debug level only)."""
+    log.debug(msg)
     warnings.warn(msg, PromptWarning, stacklevel=3)
-
-
-def _progress(items: list[Any], enabled: bool) -> Any:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="prompts", unit="window", leave=False)
 
 
 def _outside_status(p: Prompt, width: int, height: int) -> str:
@@ -549,85 +479,14 @@ def _outside_status(p: Prompt, width: int, height: int) -> str:
     return "ok"
 
 
-def _segment_window(sc: Any, bundle: Any, win: PixelWindow, prompts: list[Prompt], cfg: PromptConfig) -> list[tuple[str, Any, float]]:
-    """(status, pixel geometry or None, predicted IoU) per prompt of one window."""
-    import torch
-
-    from geosam.model import decode_prompts, encode, preprocess, to_model_frame, upsample_logits
-    from geosam.stitch import mask_to_pixel_geometry
-
-    data, valid = sc.read_window(win)
-    results: list[tuple[str, Any, float] | None] = [None] * len(prompts)
-    todo: list[int] = []
-    for k, p in enumerate(prompts):
-        if _on_invalid(p, win, valid):
-            results[k] = ("invalid", None, float("nan"))
-        else:
-            todo.append(k)
-    if not todo:
-        return results  # type: ignore[return-value]
-    image = sc.to_uint8(data, valid)
-    pv, orig, resized = preprocess(bundle, [image])
-    emb = encode(bundle, pv)
-    shift = np.array([win.col_off, win.row_off], dtype=np.float64)
-    # batch prompts of the same shape (number of points, with / without box)
-    batches: dict[tuple[int, bool], list[int]] = defaultdict(list)
-    for k in todo:
-        p = prompts[k]
-        batches[(len(p.points), p.box is not None)].append(k)
-    for (n_pts, has_box), ks in batches.items():
-        multimask = cfg.multimask if cfg.multimask is not None else (n_pts == 1 and not has_box)
-        pts = labs = bxs = None
-        if n_pts:
-            pts = np.array([[np.subtract(xy, shift) for xy in prompts[k].points] for k in ks], dtype=np.float32)
-            pts = to_model_frame(pts, orig[0], resized[0])
-            labs = np.array([prompts[k].point_labels for k in ks], dtype=np.int64)
-        if has_box:
-            bxs = np.array([np.subtract(prompts[k].box, np.tile(shift, 2)) for k in ks], dtype=np.float32)
-            bxs = to_model_frame(bxs, orig[0], resized[0])
-        logits, iou = decode_prompts(bundle, emb, points=pts, labels=labs, boxes=bxs, multimask=multimask)
-        best = torch.argmax(iou, dim=1)
-        sel = logits[torch.arange(len(ks)), best]
-        sel_iou = iou[torch.arange(len(ks)), best]
-        masks = upsample_logits(sel, bundle.input_size, resized[0], orig[0]) > cfg.mask_threshold
-        masks_np = masks.cpu().numpy() & valid[None]
-        for j, k in enumerate(ks):
-            g = mask_to_pixel_geometry(masks_np[j], win.col_off, win.row_off)
-            results[k] = ("ok" if g is not None else "empty", g, float(sel_iou[j]))
-    return results  # type: ignore[return-value]
-
-
-def _on_invalid(p: Prompt, win: PixelWindow, valid: np.ndarray) -> bool:
-    """True when every positive point, or the whole box, lies on invalid pixels."""
-    h, w = valid.shape
-    if p.points:
-        for (x, y), lab in zip(p.points, p.point_labels):
-            c, r = math.floor(x) - win.col_off, math.floor(y) - win.row_off
-            if lab == 1 and 0 <= c < w and 0 <= r < h and valid[r, c]:
-                return False
-        if p.box is None:
-            return True
-    if p.box is not None:
-        x0, y0, x1, y1 = p.box
-        c0, r0 = max(math.floor(x0) - win.col_off, 0), max(math.floor(y0) - win.row_off, 0)
-        c1, r1 = min(math.ceil(x1) - win.col_off, w), min(math.ceil(y1) - win.row_off, h)
-        return not (c1 > c0 and r1 > r0 and valid[r0:r1, c0:c1].any())
-    return True
-
-
-def _to_frame(plist: list[Prompt], status: list[str], geoms_px: list[Any], ious: np.ndarray, transform: Any,
-              crs_wkt: str, model_name: str):
-    import geopandas as gpd
-    from rasterio.crs import CRS
+def prompts_frame(plist: list[Prompt], status: list[str], records: list[Record], crs_wkt: str,
+                  model_name: str) -> gpd.GeoDataFrame:
+    """One row per prompt in input order: ``prompt_id, prompt_type, <carried columns>, label, status,
+    predicted_iou, area_m2 (m2), model, geometry`` (map coordinates; empty where nothing was found)."""
     from shapely.geometry import Polygon
 
-    from geosam.stitch import area_m2, pixel_to_map
-
-    geoms = [pixel_to_map(g, transform) if g is not None else Polygon() for g in geoms_px]
-    areas = np.zeros(len(geoms))
-    have = [i for i, g in enumerate(geoms) if not g.is_empty]
-    if have:
-        areas[have] = area_m2([geoms[i] for i in have], CRS.from_wkt(crs_wkt))
+    by_key = {r.key: r for r in records}
+    geoms = [by_key[i].geom if i in by_key else Polygon() for i in range(len(plist))]
     carried: list[str] = []
     for p in plist:
         for c in p.attrs:
@@ -643,21 +502,23 @@ def _to_frame(plist: list[Prompt], status: list[str], geoms_px: list[Any], ious:
             continue  # the label column itself: it becomes `label`
         data[name] = [p.attrs.get(c) for p in plist]
     data["label"] = [p.label for p in plist]
-    data["status"] = status
-    data["predicted_iou"] = ious
-    data["area_m2"] = areas
+    data["status"] = list(status)
+    data["predicted_iou"] = np.array([by_key[i].predicted_iou if i in by_key else np.nan for i in range(len(plist))])
+    n_cols = len(data)
     data["model"] = [model_name] * len(plist)
-    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=crs_wkt), crs=crs_wkt)
+    return geo_frame(data, geoms, crs_wkt, area_at=n_cols)
 
 
 __all__ = [
     "OUTPUT_COLUMNS",
     "Prompt",
     "PromptWarning",
-    "context_side",
+    "gather_prompts",
     "grow_box",
-    "plan_windows",
+    "prompt_tasks",
+    "prompts_frame",
     "prompts_from_frame",
     "prompts_to_frame",
-    "segment_prompts",
+    "report_statuses",
+    "resolve_prompts",
 ]

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import shapely
-import shapely.affinity
 from affine import Affine
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.ops import unary_union
 
+from geosam.geo import area_m2, pixel_to_map  # noqa: F401 - re-exported for callers of the stitcher
 from geosam.masks import ChipMasks
+from geosam.result import ChipResult
 from geosam.tiling import ChipSpec, PixelWindow
 
 log = logging.getLogger(__name__)
@@ -63,34 +63,6 @@ def mask_to_pixel_geometry(mask: np.ndarray, col_off: int, row_off: int) -> Poly
     if not polys:
         return None
     return polys[0] if len(polys) == 1 else MultiPolygon(polys)
-
-
-def pixel_to_map(geom: Any, transform: Affine) -> Any:
-    """Apply a scene affine transform to a geometry in scene pixel coordinates."""
-    t = transform
-    return shapely.affinity.affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
-
-
-def area_m2(geoms: Sequence[Any], crs: Any) -> np.ndarray:
-    """True areas in square metres of map-coordinate geometries.
-
-    Geographic CRSs use geodesic areas on the CRS ellipsoid; projected CRSs use
-    planar area scaled by the linear unit (e.g. US feet) to metres.
-    """
-    from pyproj import CRS as PCRS
-    from pyproj import Geod
-
-    pcrs = PCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    if pcrs.is_geographic:
-        ell = pcrs.ellipsoid
-        geod = Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre) if ell is not None else Geod(ellps="WGS84")
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
-    factor = 1.0
-    for ax in pcrs.axis_info:
-        if ax.unit_conversion_factor:
-            factor = ax.unit_conversion_factor
-            break
-    return np.asarray(shapely.area(np.asarray(geoms, dtype=object)), dtype=np.float64) * factor * factor
 
 
 #: largest merged object (pixels of its bounding box) assembled on a raster canvas;
@@ -163,15 +135,6 @@ class _UnionFind:
         del self.parent[x]
 
 
-def _bbox_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(row0, row1, col0, col1) of the True pixels, or None."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
 class Stitcher:
     """Merge chip masks into whole objects, streaming.
 
@@ -222,30 +185,26 @@ class Stitcher:
         return out
 
     # -- adding ------------------------------------------------------------
-    def add(self, spec: ChipSpec, masks: ChipMasks, attrs: Sequence[dict[str, Any]] | None = None) -> None:
-        """Add one chip's masks (chip pixel frame); ``attrs`` are carried per mask."""
+    def add(self, spec: ChipSpec, result: ChipResult | ChipMasks, attrs: Sequence[dict[str, Any]] | None = None) -> None:
+        """Add one chip's masks: a :class:`~geosam.result.ChipResult` (crops in scene pixels), or
+        :class:`~geosam.masks.ChipMasks` in the chip pixel frame; ``attrs`` are carried per mask."""
         key = (spec.row, spec.col)
         if key in self.done:
             raise ValueError(f"chip {spec.chip_id} was already added")
-        win = spec.window
+        if isinstance(result, ChipMasks):
+            result = ChipResult.from_masks(spec.chip_id, spec.window, result)
         new: list[int] = []
-        for i in range(len(masks)):
-            m = masks.masks[i]
-            bb = _bbox_of(m)
-            if bb is None:
-                continue
-            r0, r1, c0, c1 = bb
+        for i, mc in enumerate(result.crops()):
             uid = self._next_uid
             self._next_uid += 1
-            crop = m[r0:r1, c0:c1].copy()  # a copy: never keep the chip's (N, H, W) array alive
             self.pieces[uid] = _Piece(
                 uid=uid,
                 chip=key,
-                bbox=PixelWindow(win.col_off + c0, win.row_off + r0, c1 - c0, r1 - r0),
-                mask=crop,
-                area_px=int(crop.sum()),
-                predicted_iou=float(masks.predicted_iou[i]),
-                stability_score=float(masks.stability_score[i]),
+                bbox=mc.bbox,
+                mask=mc.mask,
+                area_px=mc.area_px,
+                predicted_iou=mc.predicted_iou,
+                stability_score=mc.stability_score,
                 attrs=dict(attrs[i]) if attrs is not None else {},
             )
             self.uf.add(uid)
@@ -259,7 +218,7 @@ class Stitcher:
 
     def skip(self, spec: ChipSpec) -> None:
         """Mark a chip as processed with no masks (e.g. all pixels invalid)."""
-        self.add(spec, ChipMasks.empty(1, 1))
+        self.add(spec, ChipResult.empty(spec.chip_id, spec.window))
 
     def _parts_in(self, uids: list[int], shared: PixelWindow) -> dict[int, tuple[PixelWindow, int]]:
         """For each piece touching ``shared``: (its bbox inside shared, its pixel count there)."""
@@ -293,6 +252,8 @@ class Stitcher:
                 w = wa.intersection(wb)
                 if w is None:
                     continue
+                if self.pieces[ua].attrs.get("label") != self.pieces[ub].attrs.get("label"):
+                    continue  # masks of different labels (text mode) are different objects
                 inter = int(np.count_nonzero(self.pieces[ua].crop(w) & self.pieces[ub].crop(w)))
                 if inter and inter / (na + nb_px - inter) >= self.match_iou:
                     self.uf.union(ua, ub)

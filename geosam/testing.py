@@ -25,7 +25,7 @@ import numpy as np
 from affine import Affine
 
 from geosam.errors import ConfigError, InvalidRasterError
-from geosam.masks import ChipMasks
+from geosam.masks import BaseMaskGenerator, ChipMasks, GeneratorCapabilities
 
 if TYPE_CHECKING:
     from geosam.io import Chip
@@ -50,7 +50,7 @@ def _transforms_match(a: Affine, b: Affine, rtol: float = TRANSFORM_RTOL) -> boo
     return all(math.isclose(x, y, rel_tol=rtol, abs_tol=rtol * scale) for x, y in zip(a[:6], b[:6]))
 
 
-class OracleMaskGenerator:
+class OracleMaskGenerator(BaseMaskGenerator):
     """Masks straight from an instance-label GeoTIFF (0 = background, k > 0 = object k).
 
     ``generate(chip)`` reads only ``chip.spec.window`` of the label raster and
@@ -73,6 +73,7 @@ class OracleMaskGenerator:
     name = "oracle"
 
     def __init__(self, label_raster_path: str | os.PathLike[str]) -> None:
+        super().__init__()
         self.label_path = os.fspath(label_raster_path)
         ds = _open(self.label_path)
         try:
@@ -219,6 +220,7 @@ class PromptedOracleMaskGenerator(OracleMaskGenerator):
             raise ConfigError(f"points_per_side must be an integer >= 1, got {points_per_side}")
         super().__init__(label_raster_path)
         self.points_per_side = int(points_per_side)
+        self.capabilities = GeneratorCapabilities(points_per_side=self.points_per_side)
         self.prompts_received = 0
         self.chips_called = 0
         self.last_stats: dict[str, int] = {}

@@ -62,7 +62,7 @@ def litemedsam_boxes(out: Path) -> int:
 
     from geosam.errors import ModelLoadError
     from geosam.export import render_overlay, write_vector
-    from geosam.prompts import segment_prompts
+    from geosam.pipeline import segment_prompts
 
     scene = ROOT / "data" / "solaris_pan_uint16.tif"
     footprints = gpd.read_file(ROOT / "data" / "solaris_pan_buildings.geojson")

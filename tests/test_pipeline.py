@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 import geosam
 from geosam.cli.main import cli
-from geosam.masks import ChipMasks
+from geosam.masks import BaseMaskGenerator, ChipMasks
 from geosam.testing import OracleMaskGenerator
 from tests.data.make_scenes import make_oracle_scene
 
@@ -53,12 +53,13 @@ def _write_scene(path, arr, nodata=None, crs="EPSG:32633"):
     return str(path)
 
 
-class _LabelOracle:
+class _LabelOracle(BaseMaskGenerator):
     """In-memory oracle for edge-case scenes."""
 
     name = "mem-oracle"
 
     def __init__(self, lab):
+        super().__init__()
         self.lab = lab
         self.calls = 0
 
@@ -71,7 +72,7 @@ class _LabelOracle:
         return ChipMasks(np.stack([sub == i for i in ids]), np.ones(len(ids)), np.ones(len(ids)))
 
 
-class _FullChip:
+class _FullChip(BaseMaskGenerator):
     """Claims every pixel of every chip: whatever survives is what the pipeline lets through."""
 
     name = "full-chip"

@@ -20,10 +20,12 @@ import torch
 from affine import Affine
 from shapely.geometry import Point, box
 
-from geosam.config import PromptConfig
+from geosam.config import PromptWindowConfig
 from geosam.errors import PromptOutsideSceneError
 from geosam.model import SamBundle
-from geosam.prompts import Prompt, PromptWarning, plan_windows, segment_prompts
+from geosam.pipeline import segment_prompts
+from geosam.prompts import Prompt, PromptWarning
+from geosam.tiling import plan_windows
 
 CRS = "EPSG:32616"
 ORIGIN = (733601.0, 3725139.0)
@@ -120,7 +122,7 @@ def _prompt_frame(crs: str = CRS) -> gpd.GeoDataFrame:
 
 
 def test_plan_windows_chip_grid_shares_and_never_truncates():
-    cfg = PromptConfig(context=2.0, min_window_px=32, overlap_px=32)
+    cfg = PromptWindowConfig(context=2.0, min_window_px=32)
     prompts = [
         Prompt(0, box=(10, 10, 40, 40)),  # inside chip (0, 0)
         Prompt(1, box=(60, 60, 90, 90)),  # inside chip (0, 0): shares its embedding
@@ -128,7 +130,7 @@ def test_plan_windows_chip_grid_shares_and_never_truncates():
         Prompt(3, box=(60, 300, 420, 560)),  # larger than a chip
         Prompt(4, points=((470.0, 80.0),), point_labels=(1,)),
     ]
-    plan = plan_windows(prompts, 600, 600, cfg, chip_size_px=256)
+    plan = plan_windows(prompts, 600, 600, cfg, chip_size_px=256, overlap_px=32)
     where = {i: win for win, members in plan for i in members}
     assert where[0] == where[1] and (where[0].width, where[0].height) == (256, 256)
     for i, p in enumerate(prompts):
@@ -141,7 +143,7 @@ def test_plan_windows_chip_grid_shares_and_never_truncates():
 
 
 def test_plan_windows_per_prompt_context():
-    cfg = PromptConfig(context=2.5, min_window_px=64)
+    cfg = PromptWindowConfig(context=2.5, min_window_px=64)
     plan = plan_windows([Prompt(0, box=(100, 100, 132, 120)), Prompt(1, box=(0, 0, 10, 10))], 600, 600, cfg, 0)
     sizes = sorted((w.width, w.col_off, w.row_off) for w, _ in plan)
     assert sizes == [(64, 0, 0), (80, 76, 70)]  # 2.5 x 32 px centred; small box: min window, shifted inside

@@ -14,16 +14,6 @@ from geosam import __version__
 from geosam.errors import GeosamError
 
 
-def parse_numbers(text: str | None, kind: type = float, what: str = "value") -> tuple[Any, ...] | None:
-    """'3,2,1' -> (3, 2, 1); None stays None."""
-    if text is None or text == "":
-        return None
-    try:
-        return tuple(kind(t) for t in text.replace(" ", "").split(","))
-    except ValueError:
-        raise click.BadParameter(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn geosam errors into a one-line message and exit code 1, never a traceback."""
 

@@ -1,0 +1,110 @@
+"""Click parameter types and option groups shared by the commands (names follow the Python API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from geosam.config import EngineConfig, ModelConfig, OutputConfig, ReadConfig
+
+F = Callable[..., Any]
+
+
+class NumberList(click.ParamType):
+    """'3,2,1' -> (3, 2, 1); ``count`` fixes how many numbers."""
+
+    name = "numbers"
+
+    def __init__(self, kind: type = float, count: int | None = None) -> None:
+        self.kind, self.count = kind, count
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(self.kind(t) for t in str(value).replace(" ", "").split(",") if t != "")
+        except ValueError:
+            self.fail(f"must be comma-separated numbers, got {value!r}", param, ctx)
+        if not out or (self.count is not None and len(out) != self.count):
+            self.fail(f"needs {self.count or 'some'} comma-separated numbers, got {value!r}", param, ctx)
+        return out
+
+
+class CoordinateList(click.ParamType):
+    """'x,y;x,y' -> ((x, y), (x, y)), ``count`` numbers per item."""
+
+    name = "coordinates"
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        items = [item for item in str(value).split(";") if item.strip()]
+        return tuple(NumberList(float, self.count).convert(item, param, ctx) for item in items)
+
+
+class KeyValue(click.ParamType):
+    """'ndvi=0.3' -> ('ndvi', 0.3)."""
+
+    name = "key=value"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        key, sep, num = str(value).partition("=")
+        if not sep or not key:
+            self.fail(f"looks like name=number (e.g. ndvi=0.3), got {value!r}", param, ctx)
+        try:
+            return key.strip(), float(num)
+        except ValueError:
+            self.fail(f"needs a number after '=', got {value!r}", param, ctx)
+
+
+def _apply(options: list[F]) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+_R, _M, _E, _O = ReadConfig(), ModelConfig(), EngineConfig(), OutputConfig()
+
+#: reading: bands, fill value
+read_options = _apply([
+    click.option("--bands", type=NumberList(int), help="1-based bands for the model image, e.g. 3,2,1 (1 or 3 bands)."),
+    click.option("--fill-value", type=NumberList(float),
+                 help="Pixels whose bands all equal this (e.g. 255 or 255,255,255) are invalid."),
+    click.option("--fill-tolerance", type=float, default=_R.fill_tolerance, show_default=True,
+                 help="Tolerance for --fill-value."),
+])
+
+
+def model_options(default_model: str) -> Callable[[F], F]:
+    """--model, --device, --dtype."""
+    return _apply([
+        click.option("--model", default=default_model, show_default=True,
+                     help="A SAM checkpoint id or local directory, or litemedsam (built in, offline, box prompts)."),
+        click.option("--device", default=_M.device, show_default=True,
+                     type=click.Choice(["auto", "cpu", "cuda", "mps"])),
+        click.option("--dtype", default=_M.dtype, show_default=True,
+                     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                     help="auto: bf16 on CPUs with AMX, fp16 on CUDA, else float32 (fast; masks right at a "
+                     "threshold may differ from float32, see benchmarks/results/); float32: the reference's masks."),
+    ])
+
+
+#: output: CRS, overlay, progress
+output_options = _apply([
+    click.option("--to-crs", help="Output CRS (default: the scene's), e.g. EPSG:4326."),
+    click.option("--overlay", type=click.Path(dir_okay=False), help="Also write a PNG of the polygons over the image."),
+    click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar over chips."),
+])
+
+
+__all__ = ["CoordinateList", "KeyValue", "NumberList", "model_options", "output_options", "read_options"]

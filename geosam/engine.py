@@ -1,0 +1,185 @@
+"""The one run loop: chip tasks -> masks per chip -> compact results -> assembled objects.
+
+Every mode is a chip plan, a per-chip mask generator and an assembler
+(:mod:`geosam.assemble`); reading, the per-chip result
+(:class:`~geosam.result.ChipResult`), per-object attributes and the records of
+the output table are this loop's, written once. The entry points are in
+:mod:`geosam.pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geosam.assemble import Assembler
+from geosam.io import Chip, Scene
+from geosam.masks import ChipMasks, MaskGenerator
+from geosam.reader import iter_chips
+from geosam.result import FAILED, INVALID, PREFILTERED, ChipResult
+from geosam.table import ObjectHook, Record, finish
+from geosam.tiling import ChipSpec
+
+if TYPE_CHECKING:
+    from geosam.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChipTask:
+    """One unit of work: a chip to read and, in prompt mode, the prompts it answers.
+
+    Small and picklable (a Dask task, a journal key). ``prompt_ids``: the run's
+    indices of ``prompts`` (scene pixel coordinates, :class:`geosam.prompts.Prompt`).
+    """
+
+    spec: ChipSpec
+    prompts: tuple[Any, ...] = ()
+    prompt_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the summary line and ``gdf.attrs['geosam']``."""
+
+    chips_total: int = 0
+    chips_skipped_invalid: int = 0
+    chips_failed: list[str] = field(default_factory=list)
+    chips_empty: int = 0
+    chips_skipped_prefilter: int = 0
+    prompts_total: int = 0  # grid prompts on valid pixels (counted when the prefilter runs)
+    prompts_skipped_prefilter: int = 0
+    masks: int = 0
+    objects: int = 0
+    seconds: float = 0.0
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.timings_s[stage] = self.timings_s.get(stage, 0.0) + seconds
+
+    def summary(self) -> str:
+        return (
+            f"{self.objects} objects from {self.masks} masks in {self.chips_total} chips "
+            f"({self.chips_skipped_invalid} skipped as invalid, {self.chips_empty} without masks) "
+            f"in {self.seconds:.1f} s"
+        )
+
+    def count(self, result: ChipResult) -> None:
+        """Count one chip result."""
+        if result.status == INVALID:
+            self.chips_skipped_invalid += 1
+        elif result.status == PREFILTERED:
+            self.chips_skipped_prefilter += 1
+        elif result.status == FAILED:
+            self.chips_failed.append(f"{result.task_id}: {result.error}")
+        elif len(result) == 0:
+            self.chips_empty += 1
+        self.masks += len(result)
+
+
+#: a per-chip step before generation; returns a result to skip the chip (e.g. the prefilter), else None
+ChipStep = Callable[[Chip], "ChipResult | None"]
+
+
+def clean_masks(masks: ChipMasks, valid: np.ndarray) -> ChipMasks:
+    """Cut every mask to the chip's valid pixels (in place); masks left empty are dropped later."""
+    if len(masks) == 0 or valid.all():
+        return masks
+    if masks.masks.shape[1:] != valid.shape:
+        raise ValueError(f"mask generator returned masks of shape {masks.masks.shape[1:]}, chip is {valid.shape}")
+    np.logical_and(masks.masks, valid[None], out=masks.masks)
+    return masks
+
+
+def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="chip", leave=False)
+
+
+def run(
+    sc: Scene,
+    tasks: Sequence[ChipTask],
+    generator: MaskGenerator,
+    assembler: Assembler,
+    engine: EngineConfig,
+    *,
+    hooks: Sequence[ObjectHook] = (),
+    before: ChipStep | None = None,
+    stats: RunStats | None = None,
+    desc: str = "segment",
+) -> tuple[list[Record], RunStats]:
+    """Run every task: read its chip, generate masks, hand the compact result to ``assembler``.
+
+    Finished objects get the ``hooks``' attributes while their pixels are at hand
+    and come back as :class:`~geosam.table.Record` values (map coordinates).
+    """
+    stats = stats or RunStats()
+    stats.chips_total += len(tasks)
+    records: list[Record] = []
+    pending: list[tuple[ChipTask, Chip]] = []
+    gen_t0 = dict(generator.timings_s)
+    batch = max(engine.chips_per_batch, 1)
+
+    def deliver(task: ChipTask, result: ChipResult) -> None:
+        stats.count(result)
+        t0 = time.perf_counter()
+        assembler.add(task.spec, result, task.prompt_ids)
+        records.extend(finish(assembler.pop_finished(), hooks, sc, sc.info.transform))
+        stats.add_time("stitch", time.perf_counter() - t0)
+
+    def flush() -> None:
+        t0 = time.perf_counter()
+        chips = [c for _, c in pending]
+        outs = generator.generate_batch(chips) if len(chips) > 1 else [generator.generate(chips[0])]
+        stats.add_time("generate", time.perf_counter() - t0)
+        for (task, chip), masks in zip(pending, outs):
+            masks = clean_masks(masks, chip.valid)
+            deliver(task, ChipResult.from_masks(task.spec.chip_id, task.spec.window, masks))
+        pending.clear()
+
+    by_spec = {t.spec: t for t in tasks}
+    read_times: dict[str, float] = {}
+    chips = iter_chips(sc, [t.spec for t in tasks], engine.prefetch_chips, read_times, engine.skip_bad_chips)
+    for spec, chip in _progress(chips, len(tasks), engine.progress, desc):
+        task = by_spec[spec]
+        if not isinstance(chip, Chip):  # a chip that could not be read (skip_bad_chips)
+            log.warning("skipping chip %s: %s", spec.chip_id, chip)
+            deliver(task, ChipResult.empty(spec.chip_id, spec.window, FAILED, error=str(chip)))
+            continue
+        if not chip.valid.any():
+            deliver(task, ChipResult.empty(spec.chip_id, spec.window, INVALID,
+                                           prompt_status=("invalid",) * len(task.prompts) or None))
+            continue
+        chip.prompts = task.prompts
+        skipped = before(chip) if before is not None else None
+        if skipped is not None:
+            deliver(task, skipped)
+            continue
+        pending.append((task, chip))
+        if len(pending) >= batch:
+            flush()
+    if pending:
+        flush()
+    for stage, sec in read_times.items():
+        stats.add_time(stage, sec)
+    for stage, sec in generator.timings_s.items():
+        stats.add_time(stage, sec - gen_t0.get(stage, 0.0))
+    t0 = time.perf_counter()
+    records.extend(finish(assembler.pop_finished(final=True), hooks, sc, sc.info.transform))
+    stats.add_time("stitch", time.perf_counter() - t0)
+    poly = float(getattr(assembler, "polygonise_s", 0.0))
+    stats.timings_s["stitch"] = stats.timings_s.get("stitch", 0.0) - poly  # reported on its own
+    stats.add_time("polygonise", poly)
+    return records, stats
+
+
+__all__ = ["ChipStep", "ChipTask", "RunStats", "clean_masks", "run"]

@@ -1,0 +1,78 @@
+"""Georeferencing helpers: pixel <-> map coordinates, true areas, one CRS comparison.
+
+Frames: **scene pixel coordinates** have x = column, y = row, origin at the
+top-left corner of the top-left pixel, pixel edges on integers; **map
+coordinates** are the scene CRS's, reached by the scene's affine transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import shapely
+import shapely.affinity
+from affine import Affine
+
+
+def pixel_to_map(geom: Any, transform: Affine) -> Any:
+    """A geometry in scene pixel coordinates -> map coordinates by the scene's affine ``transform``."""
+    t = transform
+    return shapely.affinity.affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
+
+
+def map_to_pixel(x: float, y: float, transform: Affine) -> tuple[float, float]:
+    """Map coordinates (x, y) -> scene pixel coordinates (column, row) as floats."""
+    c, r = ~transform * (x, y)
+    return float(c), float(r)
+
+
+def to_pyproj(crs: Any) -> Any:
+    """A pyproj CRS from a pyproj / rasterio CRS, WKT, EPSG code or any user input."""
+    from pyproj import CRS
+
+    if hasattr(crs, "to_wkt") and not isinstance(crs, CRS):
+        crs = crs.to_wkt()
+    return CRS.from_user_input(crs)
+
+
+def same_crs(a: Any, b: Any) -> bool:
+    """Whether two CRSs (pyproj, rasterio, WKT, 'EPSG:n', ...) are the same, ignoring axis order.
+
+    An unparsable CRS is never the same as anything (the caller reprojects and pyproj complains).
+    """
+    from pyproj.exceptions import CRSError
+
+    if a is None or b is None:
+        return a is None and b is None
+    try:
+        return bool(to_pyproj(a).equals(to_pyproj(b), ignore_axis_order=True))
+    except (CRSError, TypeError, ValueError):
+        return False
+
+
+def area_m2(geoms: Sequence[Any], crs: Any) -> np.ndarray:
+    """True areas in square metres of map-coordinate geometries.
+
+    Geographic CRSs use geodesic areas on the CRS ellipsoid; projected CRSs use
+    planar area scaled by the linear unit (e.g. US feet) to metres.
+    """
+    from pyproj import Geod
+
+    if len(geoms) == 0:
+        return np.zeros(0, dtype=np.float64)
+    pcrs = to_pyproj(crs)
+    if pcrs.is_geographic:
+        ell = pcrs.ellipsoid
+        geod = Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre) if ell is not None else Geod(ellps="WGS84")
+        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
+    factor = 1.0
+    for ax in pcrs.axis_info:
+        if ax.unit_conversion_factor:
+            factor = ax.unit_conversion_factor
+            break
+    return np.asarray(shapely.area(np.asarray(geoms, dtype=object)), dtype=np.float64) * factor * factor
+
+
+__all__ = ["area_m2", "map_to_pixel", "pixel_to_map", "same_crs", "to_pyproj"]
