@@ -414,27 +414,59 @@ def _as_uint16_tiled(src: Path, dst: Path, block: int) -> Path:
 # -- 6. fuzz -------------------------------------------------------------------------------
 
 
-def corrupted_copies(src: bytes, n: int, seed: int) -> list[tuple[str, bytes]]:
-    """``n`` damaged copies of a little-endian classic TIFF: flipped bytes, truncations, bad tag entries."""
-    rng = np.random.default_rng(seed)
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8}
+#: GeoTIFF tags: ModelPixelScale, ModelTiepoint, GeoKeyDirectory, GeoDoubleParams.
+_GEO_TAGS = (33550, 33922, 34735, 34736)
+_ODD_DOUBLES = (float("nan"), float("inf"), -float("inf"), 0.0, 1e308, -1e-308)
+
+
+def _tiff_entries(src: bytes) -> dict[int, tuple[int, int, int]]:
+    """tag -> (position of its 12-byte entry, byte offset of its data, data size) of a classic LE TIFF."""
     ifd = int.from_bytes(src[4:8], "little")
-    n_tags = int.from_bytes(src[ifd: ifd + 2], "little")
+    out = {}
+    for k in range(int.from_bytes(src[ifd: ifd + 2], "little")):
+        e = ifd + 2 + 12 * k
+        tag, typ, count = (int.from_bytes(src[e + a: e + b], "little") for a, b in ((0, 2), (2, 4), (4, 8)))
+        size = _TIFF_TYPE_SIZE.get(typ, 1) * count
+        out[tag] = (e, e + 8 if size <= 4 else int.from_bytes(src[e + 8: e + 12], "little"), size)
+    return out
+
+
+def corrupted_copies(src: bytes, n: int, seed: int) -> list[tuple[str, bytes]]:
+    """``n`` damaged copies of a little-endian classic TIFF (seeded).
+
+    Kinds in turn: flipped bytes anywhere, random bytes in the header and IFD,
+    truncation, one tag entry's type / count / value, odd values (NaN, inf, 0,
+    huge doubles or random bytes) in the georeferencing tags.
+    """
+    rng = np.random.default_rng(seed)
+    entries = _tiff_entries(src)
+    ifd_end = max(e for e, _, _ in entries.values()) + 12
+    geo = [entries[t] for t in _GEO_TAGS if t in entries]
     out = []
     for i in range(n):
         b = bytearray(src)
-        kind = ("flip", "header", "truncate", "tag")[i % 4]
+        kind = ("flip", "header", "truncate", "tag", "geo")[i % 5]
         if kind == "flip":
             for pos in rng.integers(0, len(b), int(rng.integers(1, 40))):
                 b[pos] ^= int(rng.integers(1, 256))
         elif kind == "header":
-            for pos in rng.integers(0, min(len(b), ifd + 2 + 12 * n_tags + 512), int(rng.integers(1, 6))):
+            for pos in rng.integers(0, min(len(b), ifd_end + 512), int(rng.integers(1, 6))):
                 b[pos] = int(rng.integers(0, 256))
         elif kind == "truncate":
             b = b[: int(rng.integers(0, len(b)))]
-        else:  # one tag entry: random type, count or value
-            entry = ifd + 2 + 12 * int(rng.integers(0, n_tags))
+        elif kind == "tag":
+            entry = list(entries.values())[int(rng.integers(0, len(entries)))][0]
             field, width = [(2, 2), (4, 4), (8, 4)][int(rng.integers(0, 3))]
             b[entry + field: entry + field + width] = rng.integers(0, 256, width, dtype=np.uint8).tobytes()
+        else:
+            _, off, size = geo[int(rng.integers(0, len(geo)))]
+            if size >= 8 and rng.uniform() < 0.6:
+                pos = off + 8 * int(rng.integers(0, size // 8))
+                b[pos: pos + 8] = np.float64(_ODD_DOUBLES[int(rng.integers(0, len(_ODD_DOUBLES)))]).tobytes()
+            else:
+                for pos in off + rng.integers(0, max(size, 1), int(rng.integers(1, 4))):
+                    b[pos] = int(rng.integers(0, 256))
         out.append((f"{i:03d}-{kind}", bytes(b)))
     return out
 
