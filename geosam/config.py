@@ -89,6 +89,9 @@ class ReadConfig:
         one per selected band) is invalid, within ``fill_tolerance``.
     stretch_percentiles: per-band (low, high) percentiles for non-uint8 data.
     overview_max_px: longest side of the decimated read used for statistics.
+    remote: skip GDAL's directory listing on open (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``;
+        sidecar ``.msk`` / ``.aux.xml`` / ``.ovr`` files are then ignored); None: only for
+        remote paths (``/vsicurl/``, URLs), see :func:`geosam.rasterfile.gdal_env`.
     """
 
     bands: tuple[int, ...] | None = None
@@ -96,6 +99,7 @@ class ReadConfig:
     fill_tolerance: float = 0.0
     stretch_percentiles: tuple[float, float] = (2.0, 98.0)
     overview_max_px: int = 1024
+    remote: bool | None = None
 
     def __post_init__(self) -> None:
         bands = _numbers(self.bands)

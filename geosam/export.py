@@ -5,8 +5,13 @@
   columns and the CRS (GeoJSON cannot store columns without features).
 * :func:`write_label_raster` -- a uint32 instance-label GeoTIFF on the grid of
   the input scene, rasterized block by block so memory stays bounded.
-* :func:`render_overlay` -- a PNG of the (decimated) scene with the polygon
-  outlines drawn over it.
+* :func:`render_overlay` (:mod:`geosam.overlay`) -- a PNG of the (decimated)
+  scene with the polygon outlines drawn over it.
+
+Every writer is atomic (:func:`geosam.outputs.atomic_output`): it writes
+beside the target and renames on success, so a failed or killed write leaves
+an earlier file as it was, and a folder at the path is never replaced. A
+GeoPackage gets (or replaces) only its own layer; other layers are kept.
 
 Frames: polygons are in the CRS of their GeoDataFrame (map units); raster
 grids are those of the file named ``like_path`` / ``image_path``.
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,8 @@ import numpy as np
 
 from geosam.errors import ExportError
 from geosam.geo import same_crs
+from geosam.outputs import atomic_output, check_not_input, check_writable_path, output_files
+from geosam.overlay import distinct_colours, render_overlay
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -42,7 +48,6 @@ VECTOR_FORMATS: dict[str, tuple[str, str | None]] = {
 
 #: Longest attribute name a Shapefile (dBASE) can hold.
 SHAPEFILE_MAX_FIELD = 10
-_SHAPEFILE_SIDECARS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qmd")
 
 #: Geometry type declared for an empty layer (geosam writes polygons).
 EMPTY_GEOMETRY_TYPE = "Polygon"
@@ -63,22 +68,12 @@ def _vector_format(path: Path) -> tuple[str, str | None]:
     return VECTOR_FORMATS[ext]
 
 
-def _ensure_writable_folder(path: Path) -> None:
-    """Create ``path``'s parent folder if needed; ExportError naming the path if it is not writable."""
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"{path}: cannot create folder {parent} ({exc.strerror or exc})") from exc
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"{path}: folder {parent} is not writable; choose another output path")
-
-
 def check_output_path(path: str | os.PathLike[str], kind: str = "vector") -> Path:
     """Fail early (before hours of segmentation) on an output path that cannot be written.
 
     kind: "vector" (extension must be a supported vector format), "raster" (.tif/.tiff) or
-    "png". Creates the parent folder; changes nothing else.
+    "png". A folder at the path, or an unwritable folder, is an :class:`ExportError`;
+    creates nothing (see :func:`geosam.outputs.check_outputs` for inputs and existing files).
     """
     path = Path(path)
     if kind == "vector":
@@ -87,25 +82,7 @@ def check_output_path(path: str | os.PathLike[str], kind: str = "vector") -> Pat
         raise ExportError(f"{path}: a label or index raster must be a GeoTIFF (.tif or .tiff)")
     elif kind == "png" and path.suffix.lower() != ".png":
         raise ExportError(f"{path}: the overlay is written as PNG; use a .png file name")
-    _ensure_writable_folder(path)
-    return path
-
-
-def _prepare_target(path: Path, overwrite: bool, sidecars: tuple[str, ...] = ()) -> None:
-    """Create the parent folder, check it is writable, remove an old file if allowed."""
-    _ensure_writable_folder(path)
-    targets = [path] + [path.with_suffix(s) for s in sidecars if path.with_suffix(s) != path]
-    existing = [p for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise ExportError(f"{path}: file exists; pass overwrite=True to replace it")
-    for p in existing:
-        try:
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        except OSError as exc:
-            raise ExportError(f"{path}: cannot replace existing {p} ({exc.strerror or exc})") from exc
+    return check_writable_path(path)
 
 
 def shapefile_field_names(columns: list[str]) -> dict[str, str]:
@@ -149,23 +126,28 @@ def write_vector(
     *,
     to_crs: Any = None,
     overwrite: bool = True,
+    layer: str | None = None,
 ) -> Path:
     """Write ``gdf`` to ``path`` in the format its extension names; return the path.
 
-    Formats: ``.geojson``/``.json`` (GeoJSON), ``.gpkg`` (GeoPackage, layer
-    named after the file stem), ``.shp`` (Shapefile; column names longer than
-    10 characters are shortened by :func:`shapefile_field_names`, with a
-    warning), ``.parquet``/``.geoparquet`` (GeoParquet). ``to_crs`` reprojects
-    first (anything pyproj accepts). GeoJSON is written in the data's CRS with
-    a ``crs`` member (read by GDAL and QGIS); RFC 7946 readers assume WGS84, so
-    a warning is logged when the CRS is not EPSG:4326 -- pass
+    Formats: ``.geojson``/``.json`` (GeoJSON), ``.gpkg`` (GeoPackage: writes or
+    replaces only the layer ``layer``, default the file stem; other layers are
+    kept), ``.shp`` (Shapefile; column names longer than 10 characters are
+    shortened by :func:`shapefile_field_names`, with a warning),
+    ``.parquet``/``.geoparquet`` (GeoParquet). ``to_crs`` reprojects first
+    (anything pyproj accepts). GeoJSON is written in the data's CRS with a
+    ``crs`` member (read by GDAL and QGIS); RFC 7946 readers assume WGS84, so a
+    warning is logged when the CRS is not EPSG:4326 -- pass
     ``to_crs="EPSG:4326"`` for web use.
 
-    Parent folders are created. A GeoDataFrame without rows gives a valid
-    empty file with the CRS and (except GeoJSON, which has no schema) the
-    columns. Raises :class:`ExportError` for an unknown extension, an
-    unwritable folder, an existing file with ``overwrite=False`` or a write
-    failure.
+    The write is atomic (:func:`geosam.outputs.atomic_output`): an existing file
+    is replaced only once the new one is complete (``overwrite=True``, the
+    default, as in geopandas); ``overwrite=False`` refuses an existing file (for a
+    GeoPackage: an existing layer of that name). Parent folders are created. A
+    GeoDataFrame without rows gives a valid empty file with the CRS and (except
+    GeoJSON, which has no schema) the columns. Raises :class:`ExportError` for an
+    unknown extension, a folder at ``path``, an unwritable folder, an existing
+    file with ``overwrite=False`` or a write failure.
     """
     import geopandas as gpd
 
@@ -173,37 +155,62 @@ def write_vector(
     fmt, driver = _vector_format(path)
     if not isinstance(gdf, gpd.GeoDataFrame):
         raise ExportError(f"{path}: expected a GeoDataFrame, got {type(gdf).__name__}")
+    if layer is not None and driver != "GPKG":
+        raise ExportError(f"{path}: layer={layer!r} applies to GeoPackages (.gpkg) only")
+    layer = (layer or path.stem) if driver == "GPKG" else None
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give a file path (geosam never replaces a folder)")
     if to_crs is not None:
         if gdf.crs is None:
             raise ExportError(f"{path}: cannot reproject to {to_crs}: the GeoDataFrame has no CRS (set one first)")
         gdf = gdf.to_crs(to_crs)
     if gdf.crs is None:
         log.warning("%s: the GeoDataFrame has no CRS; the file will not be georeferenced", path)
-    sidecars = _SHAPEFILE_SIDECARS if driver == "ESRI Shapefile" else ()
-    _prepare_target(path, overwrite, sidecars)
+    layers = _gpkg_layers(path) if driver == "GPKG" and path.exists() else None
+    if not overwrite:
+        if layers is not None and layer in layers:
+            raise ExportError(f"{path}: layer {layer!r} exists; pass overwrite=True to replace it")
+        existing = [f for f in output_files(path) if f.exists()]
+        if existing and layers is None:
+            raise ExportError(f"{existing[0]}: file exists; pass overwrite=True to replace it")
 
     try:
-        if driver is None:
-            gdf.to_parquet(path, index=False)
-        else:
-            _write_ogr(gdf, path, fmt, driver)
+        with atomic_output(path, copy_existing=layers is not None) as tmp:
+            if driver is None:
+                gdf.to_parquet(tmp, index=False)
+            else:
+                _write_ogr(gdf, tmp, fmt, driver, layer, shown=path)
     except ExportError:
         raise
     except Exception as exc:  # pyogrio / pyarrow / OS errors
         raise ExportError(f"{path}: cannot write {fmt} ({exc})") from exc
-    log.info("wrote %d features to %s (%s)", len(gdf), path, fmt)
+    log.info("wrote %d features to %s (%s%s)", len(gdf), path, fmt, f", layer {layer!r}" if layer else "")
     return path
 
 
-def _write_ogr(gdf: gpd.GeoDataFrame, path: Path, fmt: str, driver: str) -> None:
+def _gpkg_layers(path: Path) -> list[str] | None:
+    """Layer names of an existing GeoPackage; None if it is not one GDAL can read (then it is replaced whole)."""
+    import pyogrio
+
+    try:
+        return [str(name) for name, _ in pyogrio.list_layers(path)]
+    except Exception:  # noqa: BLE001 - a predicate: unreadable means "not a GeoPackage"
+        log.warning("%s: not a readable GeoPackage; it will be replaced as a whole", path)
+        return None
+
+
+def _write_ogr(
+    gdf: gpd.GeoDataFrame, path: Path, fmt: str, driver: str, layer: str | None, shown: Path
+) -> None:
+    """Write with pyogrio to ``path``; ``shown`` is the path named in warnings (the final target)."""
     kw: dict[str, Any] = {"driver": driver, "engine": "pyogrio", "index": False}
-    if driver == "GPKG":
-        kw["layer"] = path.stem
+    if layer is not None:
+        kw["layer"] = layer
     if driver == "GeoJSON" and gdf.crs is not None and not _is_wgs84(gdf.crs):
         log.warning(
             "%s: writing GeoJSON in %s with a 'crs' member; RFC 7946 readers assume WGS84 "
             "(pass to_crs='EPSG:4326' for web maps)",
-            path,
+            shown,
             gdf.crs.to_string(),
         )
     if driver == "ESRI Shapefile":
@@ -211,7 +218,7 @@ def _write_ogr(gdf: gpd.GeoDataFrame, path: Path, fmt: str, driver: str) -> None
         if renames:
             log.warning(
                 "%s: Shapefile field names are limited to %d characters; renamed %s",
-                path,
+                shown,
                 SHAPEFILE_MAX_FIELD,
                 ", ".join(f"{a!r} -> {b!r}" for a, b in renames.items()),
             )
@@ -283,6 +290,7 @@ def write_label_raster(
         raise ExportError(f"{path}: block_px must be at least 16, got {block_px}")
     if path.suffix.lower() not in (".tif", ".tiff"):
         log.warning("%s: writing a GeoTIFF to a file without a .tif extension", path)
+    check_not_input(path, {"like_path": like_path}, "label raster")
     with open_raster(os.fspath(like_path)) as src:
         width, height, transform, crs = src.width, src.height, src.transform, src.crs
 
@@ -297,7 +305,6 @@ def write_label_raster(
     geoms, ids = geoms[keep], ids[keep]
     tree = shapely.STRtree(geoms)
 
-    _prepare_target(path, overwrite=True)
     profile = {
         "driver": "GTiff",
         "width": width,
@@ -314,7 +321,7 @@ def write_label_raster(
     }
     n_burnt = 0
     try:
-        with rasterio.open(path, "w", **profile) as dst:
+        with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.set_band_description(1, "instance id (0 = background)")
             for r0 in range(0, height, block_px):
                 for c0 in range(0, width, block_px):
@@ -342,147 +349,6 @@ def write_label_raster(
         raise ExportError(f"{path}: cannot write the label raster ({exc})") from exc
     log.info("wrote %s (%d x %d px, %d features, %d block burns)", path, width, height, len(geoms), n_burnt)
     return path
-
-
-# ----------------------------------------------------------------------------
-# overlay
-
-
-def distinct_colours(n: int, seed: int = 0) -> np.ndarray:
-    """(n, 3) uint8 RGB colours with well-spread hues (golden-ratio steps), bright and saturated."""
-    from matplotlib.colors import hsv_to_rgb
-
-    rng = np.random.default_rng(seed)
-    h = (rng.uniform() + np.arange(n) * 0.618033988749895) % 1.0
-    s = rng.uniform(0.65, 1.0, n)
-    v = rng.uniform(0.8, 1.0, n)
-    return np.round(hsv_to_rgb(np.stack([h, s, v], axis=-1).reshape(-1, 3)) * 255).astype(np.uint8).reshape(n, 3)
-
-
-def _read_quicklook(image_path: str, max_side_px: int, bands: tuple[int, ...] | None):
-    """Decimated (H, W, 3) uint8 image, its full-resolution transform, size and CRS."""
-    from rasterio.enums import Resampling
-
-    from geosam.errors import BandError
-    from geosam.io import SceneInfo, default_bands, open_raster
-
-    with open_raster(image_path) as ds:
-        info = SceneInfo.from_dataset(ds)
-        sel = tuple(int(b) for b in bands) if bands else default_bands(info)
-        if len(sel) not in (1, 3) or any(b < 1 or b > info.count for b in sel):
-            raise BandError(f"{image_path}: select 1 or 3 of bands 1..{info.count} for the overlay, got {list(sel)}")
-        scale = min(1.0, max_side_px / max(info.width, info.height))
-        oh, ow = max(1, round(info.height * scale)), max(1, round(info.width * scale))
-        kw = {"out_shape": (len(sel), oh, ow), "resampling": Resampling.nearest}
-        data = ds.read(list(sel), **kw)
-        valid = np.all(ds.read_masks(list(sel), **kw) != 0, axis=0)
-    if data.dtype != np.uint8:
-        out = np.zeros(data.shape, dtype=np.uint8)
-        for k in range(data.shape[0]):
-            band = data[k].astype(np.float64)
-            vals = band[valid & np.isfinite(band)]
-            if vals.size == 0:
-                continue
-            lo, hi = np.percentile(vals, [2.0, 98.0])
-            hi = hi if hi > lo else lo + 1.0
-            f = np.nan_to_num((band - lo) / (hi - lo), nan=0.0, posinf=1.0, neginf=0.0)
-            out[k] = np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        data = out
-    img = np.moveaxis(data, 0, -1)
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    img = np.ascontiguousarray(img)
-    img[~valid] = 0
-    return img, info
-
-
-def render_overlay(
-    image_path: str | os.PathLike[str],
-    gdf: gpd.GeoDataFrame,
-    png_path: str | os.PathLike[str],
-    *,
-    max_side_px: int = 2048,
-    bands: tuple[int, ...] | None = None,
-    outline_px: int = 1,
-    fill_alpha: int = 80,
-    seed: int = 0,
-) -> Path:
-    """Draw polygon outlines over a quick-look of the scene; return the PNG path.
-
-    The scene is read decimated (nearest neighbour, longest side
-    ``max_side_px`` px; GDAL uses overviews when present), non-uint8 bands
-    are stretched 2-98 % on that read, invalid pixels are black. ``bands``:
-    1-based bands (1 or 3), default red/green/blue or the first bands. Each
-    feature gets a random distinct colour (reproducible with ``seed``), a fill
-    of opacity ``fill_alpha`` / 255 and an opaque outline ``outline_px`` px
-    wide; holes are left unfilled. ``gdf`` is reprojected to the scene CRS.
-    The PNG is exactly as large as the decimated read.
-    """
-    import shapely
-    from affine import Affine
-    from PIL import Image, ImageDraw
-
-    png_path = Path(png_path)
-    if max_side_px < 1:
-        raise ExportError(f"{png_path}: max_side_px must be positive, got {max_side_px}")
-    img, info = _read_quicklook(os.fspath(image_path), max_side_px, bands)
-    oh, ow = img.shape[:2]
-
-    if len(gdf) and gdf.crs is not None and not same_crs(gdf.crs, _rio_crs(info.crs_wkt)):
-        gdf = gdf.to_crs(info.crs_wkt)
-    geoms = np.asarray(gdf.geometry.values, dtype=object) if len(gdf) else np.zeros(0, dtype=object)
-    geoms = geoms[~(shapely.is_missing(geoms) | shapely.is_empty(geoms))] if geoms.size else geoms
-    # map coordinates -> output pixel coordinates, all vertices at once
-    to_px = Affine.scale(ow / info.width, oh / info.height) @ ~info.transform
-    m = np.array([[to_px.a, to_px.b], [to_px.d, to_px.e]])
-    off = np.array([to_px.c, to_px.f])
-    geoms = shapely.transform(geoms, lambda xy: xy @ m.T + off) if geoms.size else geoms
-    colours = distinct_colours(len(geoms), seed)
-
-    base = Image.fromarray(img, "RGB").convert("RGBA")
-    fill_layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    fill = ImageDraw.Draw(fill_layer)
-    # larger features first, so a feature inside another's hole is not erased by that hole
-    order = np.argsort(-shapely.area(shapely.envelope(geoms))) if geoms.size else np.zeros(0, dtype=int)
-    for i in order:
-        c = tuple(int(v) for v in colours[i])
-        for part in shapely.get_parts(geoms[i]):
-            if isinstance(part, shapely.Polygon):
-                fill.polygon(_flat(part.exterior), fill=(*c, fill_alpha))
-                for ring in part.interiors:
-                    fill.polygon(_flat(ring), fill=(0, 0, 0, 0))
-    out = Image.alpha_composite(base, fill_layer)
-    draw = ImageDraw.Draw(out)
-    for i in range(len(geoms)):
-        c = (*(int(v) for v in colours[i]), 255)
-        for part in shapely.get_parts(geoms[i]):
-            if isinstance(part, shapely.Polygon):
-                for ring in (part.exterior, *part.interiors):
-                    draw.line(_flat(ring), fill=c, width=outline_px)
-            elif isinstance(part, shapely.LineString):
-                draw.line(_flat(part), fill=c, width=outline_px)
-            elif isinstance(part, shapely.Point):
-                r = max(2, outline_px * 2)
-                draw.ellipse((part.x - r, part.y - r, part.x + r, part.y + r), outline=c, width=outline_px)
-
-    _prepare_target(png_path, overwrite=True)
-    try:
-        out.convert("RGB").save(png_path, format="PNG")
-    except OSError as exc:
-        raise ExportError(f"{png_path}: cannot write the PNG ({exc})") from exc
-    log.info("wrote %s (%d x %d px, %d features)", png_path, ow, oh, len(geoms))
-    return png_path
-
-
-def _flat(line: Any) -> list[float]:
-    """Vertices of a ring or line as a flat [x0, y0, x1, y1, ...] list for PIL."""
-    return np.asarray(line.coords)[:, :2].ravel().tolist()
-
-
-def _rio_crs(wkt: str):  # -> rasterio.crs.CRS
-    from rasterio.crs import CRS
-
-    return CRS.from_wkt(wkt)
 
 
 __all__ = [

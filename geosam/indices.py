@@ -315,11 +315,15 @@ def write_index_raster(
 
     Band descriptions are the index names; NaN is nodata (invalid pixels, zero
     denominators). Computed and written ``block_px`` x ``block_px`` px at a
-    time, so memory is bounded by a block. Tiled (256 px), deflate.
+    time, so memory is bounded by a block. Tiled (256 px), deflate. Written
+    atomically (:func:`geosam.outputs.atomic_output`); ``path`` equal to the
+    scene is an :class:`ExportError`.
     """
     import rasterio
 
-    from geosam.io import Scene
+    from geosam.io import Scene, scene_path
+    from geosam.outputs import atomic_output, check_not_input
+    from geosam.xr import is_dataarray
 
     path = Path(path)
     if block_px < 16:
@@ -327,6 +331,8 @@ def write_index_raster(
     names = [check_index(n) for n in indices]
     if not names:
         raise ConfigError("write_index_raster needs at least one index")
+    if not is_dataarray(scene):
+        check_not_input(path, {"scene": scene_path(scene)}, "index raster")
     with Scene(scene, stretch=None) as sc:  # index values are read raw: no stretch to estimate
         roles = resolve_band_roles(sc, band_roles, reflectance_scale, reflectance_offset)
         calc = IndexCalculator(roles, names)
@@ -337,9 +343,8 @@ def write_index_raster(
             "blockxsize": 256, "blockysize": 256, "compress": "deflate", "predictor": 3,
             "BIGTIFF": "IF_SAFER",
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with rasterio.open(path, "w", **profile) as dst:
+            with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
                 for k, n in enumerate(names, start=1):
                     dst.set_band_description(k, n)
                 for r0 in range(0, i.height, block_px):

@@ -23,23 +23,22 @@ import numpy as np
 from affine import Affine
 
 from geosam.config import ReadConfig
-from geosam.errors import BandError, ConfigError, InvalidRasterError, NoCRSError
+from geosam.errors import BandError, ConfigError, GeosamError, InvalidRasterError, NoCRSError
+from geosam.rasterfile import (  # noqa: F401 - re-exported: geosam.io is where callers look for them
+    GDAL_CACHEMAX_BYTES,
+    BadBlock,
+    check_blocks,
+    gdal_env,
+    gdal_message,
+    iter_block_windows,
+    open_raster,
+)
 from geosam.tiling import ChipSpec, PixelWindow, iter_chip_specs
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 log = logging.getLogger(__name__)
-
-#: GDAL block cache used while geosam reads (bytes); bounded so that streaming stays small.
-GDAL_CACHEMAX_BYTES = 256 * 1024 * 1024
-
-
-def gdal_env():  # -> rasterio.Env
-    import rasterio
-
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
-
 
 def scene_path(scene: Any) -> str:
     """The path of a scene given as a path, a ``pathlib.Path`` or an open rasterio dataset."""
@@ -52,19 +51,6 @@ def scene_path(scene: Any) -> str:
         f"cannot use {type(scene).__name__!r} as a scene: give a file path, an open rasterio dataset "
         "or an xarray DataArray"
     )
-
-
-def open_raster(path: str):  # -> rasterio.DatasetReader
-    """Open a GDAL raster, turning failures into :class:`InvalidRasterError`."""
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    if "://" not in path and not path.startswith("/vsi") and not Path(path).exists():
-        raise InvalidRasterError(f"{path}: no such file")
-    try:
-        return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise InvalidRasterError(f"{path}: not a raster GDAL can read ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -185,7 +171,10 @@ _ESTIMATE = object()
 class Scene:
     """An open scene: metadata, read settings and scene-wide stretch.
 
-    Holds one open rasterio dataset; use one ``Scene`` per thread.
+    Holds one open rasterio dataset; use one ``Scene`` per thread. GDAL
+    environments are scoped to each open and read (see :mod:`geosam.rasterfile`),
+    so scenes may be closed in any order. Every failure to open or read the file
+    is an :class:`~geosam.errors.InvalidRasterError` naming it.
     ``stretch``: per-band (low, high) values to reuse (e.g. another handle's
     ``Scene.stretch``, or None for none) instead of estimating them again.
     """
@@ -201,11 +190,10 @@ class Scene:
             scene = dataarray_to_geotiff(scene, Path(self._tmpdir.name) / "dataarray.tif")
         self.path = scene_path(scene)
         self.read_config = read or ReadConfig()
-        self._env = gdal_env()
-        self._env.__enter__()
-        self.ds = open_raster(self.path)
+        self.ds = None
         try:
-            self.info = SceneInfo.from_dataset(self.ds)
+            self.ds = open_raster(self.path, remote=self.read_config.remote)
+            self.info = self._scene_info()
             rc = self.read_config
             self.bands = _check_bands(self.info, rc.bands) if rc.bands else default_bands(self.info)
             if rc.fill_value is not None and len(rc.fill_value) not in (1, len(self.bands)):
@@ -222,9 +210,6 @@ class Scene:
         if getattr(self, "ds", None) is not None:
             self.ds.close()
             self.ds = None
-        if getattr(self, "_env", None) is not None:
-            self._env.__exit__(None, None, None)
-            self._env = None
         if getattr(self, "_tmpdir", None) is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
@@ -234,6 +219,16 @@ class Scene:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _scene_info(self) -> SceneInfo:
+        """The dataset's metadata; unreadable metadata (corrupt tags) is an InvalidRasterError."""
+        try:
+            with gdal_env(self.path, remote=self.read_config.remote):
+                return SceneInfo.from_dataset(self.ds)
+        except GeosamError:
+            raise
+        except Exception as exc:  # corrupt tags raise CRSError, ValueError, CPLE_* ...
+            raise InvalidRasterError(f"{self.path}: unreadable raster metadata ({gdal_message(exc)})") from exc
 
     # -- chips -------------------------------------------------------------
     def chip_specs(self, chip_size_px: int, overlap_px: int) -> list[ChipSpec]:
@@ -251,10 +246,13 @@ class Scene:
             kw["out_shape"] = (len(bands), *out_shape)
             kw["resampling"] = Resampling.nearest
         try:
-            data = self.ds.read(list(bands), **kw)
-            masks = self.ds.read_masks(list(bands), **kw)
+            with gdal_env(self.path, remote=self.read_config.remote):
+                data = self.ds.read(list(bands), **kw)
+                masks = self.ds.read_masks(list(bands), **kw)
         except Exception as exc:  # rasterio raises several types for corrupt blocks
-            raise InvalidRasterError(f"{self.path}: cannot read window {window} of bands {list(bands)} ({exc})") from exc
+            raise InvalidRasterError(
+                f"{self.path}: cannot read window {window} of bands {list(bands)} ({gdal_message(exc)})"
+            ) from exc
         valid = np.all(masks != 0, axis=0)
         if np.issubdtype(data.dtype, np.floating):
             valid &= np.all(np.isfinite(data), axis=0)
@@ -291,17 +289,13 @@ class Scene:
 
     # -- radiometry ----------------------------------------------------------
     def _estimate_stretch(self) -> np.ndarray | None:
-        """Per-band (low, high) percentiles from a decimated read; None for uint8."""
+        """Per-band (low, high) percentiles of a decimated sample (:meth:`stretch_sample`); None for uint8."""
         if self.info.dtype == "uint8":
             return None
-        i = self.info
-        scale = min(1.0, self.read_config.overview_max_px / max(i.width, i.height))
-        shape = (max(1, round(i.height * scale)), max(1, round(i.width * scale)))
-        data, valid = self.read_window(PixelWindow(0, 0, i.width, i.height), out_shape=shape)
+        samples = self.stretch_sample()
         lo_p, hi_p = self.read_config.stretch_percentiles
         out = np.zeros((len(self.bands), 2), dtype=np.float64)
-        for k in range(len(self.bands)):
-            vals = data[k][valid]
+        for k, vals in enumerate(samples):
             if vals.size == 0:
                 log.warning("%s: band %d has no valid pixels in the overview; stretch 0..1", self.path, self.bands[k])
                 out[k] = (0.0, 1.0)
@@ -312,6 +306,59 @@ class Scene:
             out[k] = (lo, hi)
         log.debug("%s: stretch %s", self.path, out.tolist())
         return out
+
+    def stretch_sample(self) -> list[np.ndarray]:
+        """Valid values of each selected band in a decimated read (longest side ``overview_max_px``).
+
+        One read of the whole scene (GDAL serves it from an overview when there is
+        one). If that read fails (a corrupt block), the scene is sampled window by
+        window instead -- windows of whole blocks, each decimated alike -- skipping
+        unreadable windows with a warning that counts them; if no window is
+        readable, :class:`InvalidRasterError` names the file.
+        """
+        i = self.info
+        scale = min(1.0, self.read_config.overview_max_px / max(i.width, i.height))
+        shape = (max(1, round(i.height * scale)), max(1, round(i.width * scale)))
+        try:
+            data, valid = self.read_window(PixelWindow(0, 0, i.width, i.height), out_shape=shape)
+        except InvalidRasterError as exc:
+            log.debug("%s: the decimated read failed (%s); sampling window by window", self.path, exc)
+        else:
+            return [data[k][valid] for k in range(data.shape[0])]
+        return self._windowed_sample(shape[0] / i.height, shape[1] / i.width)
+
+    def _windowed_sample(self, scale_y: float, scale_x: float, max_windows_per_side: int = 32) -> list[np.ndarray]:
+        """:meth:`stretch_sample` window by window; ``scale_*``: output px per scene px."""
+        i = self.info
+        bh, bw = self.ds.block_shapes[0]
+        step_r = bh * max(1, -(-i.height // (bh * max_windows_per_side)))
+        step_c = bw * max(1, -(-i.width // (bw * max_windows_per_side)))
+        parts: list[list[np.ndarray]] = [[] for _ in self.bands]
+        n_windows, n_failed, first_error = 0, 0, ""
+        for r0 in range(0, i.height, step_r):
+            for c0 in range(0, i.width, step_c):
+                win = PixelWindow(c0, r0, min(step_c, i.width - c0), min(step_r, i.height - r0))
+                n_windows += 1
+                out_shape = (max(1, round(win.height * scale_y)), max(1, round(win.width * scale_x)))
+                try:
+                    data, valid = self.read_window(win, out_shape=out_shape)
+                except InvalidRasterError as exc:
+                    n_failed += 1
+                    first_error = first_error or str(exc)
+                    continue
+                for k in range(data.shape[0]):
+                    parts[k].append(data[k][valid])
+        if n_failed == n_windows:
+            raise InvalidRasterError(
+                f"{self.path}: no part of the scene is readable for the stretch sample "
+                f"({n_windows} windows failed; first: {first_error})"
+            )
+        if n_failed:
+            log.warning(
+                "%s: %d of %d windows of the stretch sample are unreadable and were skipped (first: %s)",
+                self.path, n_failed, n_windows, first_error,
+            )
+        return [np.concatenate(p) if p else np.zeros(0) for p in parts]
 
     def to_uint8(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(bands, H, W) raw values -> (H, W, 3) uint8 with invalid pixels at 0."""

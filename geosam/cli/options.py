@@ -99,11 +99,13 @@ def model_options(default_model: str) -> Callable[[F], F]:
     ])
 
 
-#: output: CRS, overlay, progress
+#: output: CRS, overlay, progress, overwrite
 output_options = _apply([
     click.option("--to-crs", help="Output CRS (default: the scene's), e.g. EPSG:4326."),
     click.option("--overlay", type=click.Path(dir_okay=False), help="Also write a PNG of the polygons over the image."),
     click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar over chips."),
+    click.option("--overwrite", is_flag=True,
+                 help="Replace existing output files (atomically: the old file stays until the new one is complete)."),
 ])
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geosam.cli.main import handle_errors
+from geosam.cli.common import handle_errors
 from geosam.cli.options import CoordinateList, model_options, output_options, read_options
 from geosam.config import PromptConfig, check_crs
 
@@ -43,9 +43,10 @@ _D = PromptConfig()
 def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes: tuple[tuple[float, ...], ...],
            prompts_file: str | None, prompt_crs: str | None, layer: str | None, id_column: str,
            label_column: str | None, point_label_column: str | None, object_column: str | None,
-           overlay: str | None, **settings: Any) -> None:
+           overlay: str | None, overwrite: bool, **settings: Any) -> None:
     """Segment the object at each point / box prompt in SCENE and write one polygon per prompt to OUTPUT."""
     from geosam.export import check_output_path, render_overlay, write_vector
+    from geosam.outputs import check_outputs
     from geosam.pipeline import segment_prompts
     from geosam.prompts import gather_prompts
 
@@ -55,6 +56,8 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
     check_output_path(output)  # before the run, so a typo loses nothing
     if overlay:
         check_output_path(overlay, "png")
+    check_outputs({"--output": output, "--overlay": overlay}, {"SCENE": scene, "--prompts": prompts_file},
+                  overwrite=overwrite)
     if not (points or boxes or prompts_file):
         raise click.UsageError("give prompts with --points, --boxes or --prompts")
     prompts = gather_prompts(scene, prompts_file=prompts_file, layer=layer, points=points, boxes=boxes,

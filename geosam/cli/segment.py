@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geosam.cli.main import handle_errors
+from geosam.cli.common import handle_errors
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.config import DEFAULT_MODEL, SegmentConfig
 from geosam.indices import write_index_raster
@@ -65,9 +65,10 @@ _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
 @click.option("--profile", is_flag=True, help="Print seconds per stage (read, stretch, encode, decode, ...).")
 @handle_errors
 def segment(scene: str, output: str, label_raster: str | None, index_raster: str | None, overlay: str | None,
-            profile: bool, **settings: Any) -> None:
+            profile: bool, overwrite: bool, **settings: Any) -> None:
     """Segment every object in SCENE and write one polygon per object to OUTPUT."""
     from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
+    from geosam.outputs import check_outputs
     from geosam.pipeline import segment_scene
 
     settings["indices"] = settings["indices"] or ()
@@ -77,6 +78,8 @@ def segment(scene: str, output: str, label_raster: str | None, index_raster: str
     for path, kind in ((label_raster, "raster"), (index_raster, "raster"), (overlay, "png")):
         if path:
             check_output_path(path, kind)
+    check_outputs({"--output": output, "--label-raster": label_raster, "--index-raster": index_raster,
+                   "--overlay": overlay}, {"SCENE": scene}, overwrite=overwrite)
     gdf = segment_scene(scene, config=cfg)
     out = write_vector(gdf, output)
     if label_raster:

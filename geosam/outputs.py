@@ -1,0 +1,215 @@
+"""Output paths that never destroy inputs or earlier results.
+
+* :func:`check_outputs` -- before any work: refuse an output that is an input,
+  two outputs that are the same file, a folder at an output path, a missing or
+  read-only parent folder, and (unless ``overwrite``) an existing output. It
+  creates nothing.
+* :func:`atomic_output` -- every writer writes into a temporary folder beside
+  the target and moves the file(s) over the target only once the write has
+  succeeded (``os.replace``, atomic on one file system). A failed or killed
+  write leaves the previous output as it was; a killed one may leave the
+  temporary folder (``.NAME.*.geosam-tmp``) behind, never a half-written target.
+
+A Shapefile is a group of files (``.shp``, ``.shx``, ``.dbf``, ``.prj``...):
+all are written under temporary names, then renamed one by one; sidecars of
+the old file that the new write did not produce (a stale ``.qix`` index) are
+removed after the renames.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from geosam.errors import ExportError
+
+PathLike = str | os.PathLike[str]
+
+#: Files of a Shapefile, by extension (lower case); all may belong to one output.
+SHAPEFILE_SIDECARS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qmd")
+
+#: Suffix of the temporary folders that :func:`atomic_output` creates beside a target.
+TMP_SUFFIX = ".geosam-tmp"
+
+
+def output_files(path: PathLike) -> list[Path]:
+    """The files a write to ``path`` may create: the path itself, plus the sidecars of a Shapefile."""
+    p = Path(path)
+    if p.suffix.lower() != ".shp":
+        return [p]
+    return [p] + [p.with_suffix(s) for s in SHAPEFILE_SIDECARS if s != ".shp"]
+
+
+def _resolved(path: PathLike) -> Path:
+    return Path(os.path.abspath(os.fspath(path))).resolve()
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """Whether two paths name one file: ``os.path.samefile`` when both exist, else equal resolved paths."""
+    if os.path.exists(a) and os.path.exists(b):
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            pass
+    return _resolved(a) == _resolved(b)
+
+
+def _is_local(path: PathLike) -> bool:
+    p = os.fspath(path)
+    return "://" not in p and not p.startswith("/vsi")
+
+
+def _check_folder(name: str, path: Path) -> None:
+    """ExportError naming the folder if ``path``'s parent is missing, not a folder or not writable."""
+    parent = path.parent
+    if not parent.exists():
+        raise ExportError(f"{name} {path}: folder {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise ExportError(f"{name} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"{name} {path}: folder {parent} is not writable; choose another output path")
+
+
+def check_not_input(
+    path: PathLike, inputs: Mapping[str, PathLike | None] | Iterable[PathLike | None], name: str = "output"
+) -> None:
+    """ExportError naming both if writing ``path`` (or a Shapefile's sidecars) would replace one of ``inputs``.
+
+    inputs: a list of paths, or name -> path; None and remote paths are skipped.
+    """
+    pairs = list(inputs.items()) if isinstance(inputs, Mapping) else [("", p) for p in inputs]
+    for f in output_files(path):
+        for in_name, in_path in pairs:
+            if in_path is None or not _is_local(in_path) or not same_file(f, in_path):
+                continue
+            what = f"input {in_name} {os.fspath(in_path)}" if in_name else f"input {os.fspath(in_path)}"
+            raise ExportError(f"{name} {os.fspath(path)} would overwrite the {what}; choose another output path")
+
+
+def check_outputs(
+    outputs: Mapping[str, PathLike | None],
+    inputs: Mapping[str, PathLike | None] | Iterable[PathLike | None] = (),
+    *,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Check output paths before any work; return them as Paths (None entries are dropped).
+
+    outputs: what each path is for -> path, e.g. ``{"--output": "a.gpkg", "--label-raster": "l.tif"}``.
+    inputs: files read by the run (a list, or name -> path for clearer messages); remote
+        paths (URLs, ``/vsi...``) are not compared.
+    overwrite: allow replacing existing outputs (the CLI's ``--overwrite``; replacing is
+        still atomic, see :func:`atomic_output`).
+
+    Raises :class:`ExportError` naming both paths when an output is an input (the same
+    file by ``os.path.samefile`` or the same resolved path; a Shapefile's sidecars
+    count) or when two outputs are the same file; naming the path when it is a
+    folder, exists and ``overwrite`` is False, or its parent folder is missing or not
+    writable. Creates and changes nothing.
+    """
+    inputs = dict(inputs) if isinstance(inputs, Mapping) else list(inputs)
+    outs = {k: Path(v) for k, v in outputs.items() if v is not None}
+    claimed: dict[Path, str] = {}
+    for name, path in outs.items():
+        check_not_input(path, inputs, name)
+        files = output_files(path)
+        for f in files:
+            key = _resolved(f)
+            if key in claimed:
+                other = claimed[key]
+                raise ExportError(f"{name} {path} and {other} are the same file; give each output its own path")
+            claimed[key] = f"{name} {path}"
+        if path.is_dir():
+            raise ExportError(f"{name} {path} is a folder; give a file path (geosam never replaces a folder)")
+        _check_folder(name, path)
+        existing = [f for f in files if f.exists() or f.is_symlink()]
+        if existing and not overwrite:
+            raise ExportError(f"{name} {existing[0]}: file exists; pass --overwrite (overwrite=True) to replace it")
+    return outs
+
+
+def check_writable_path(path: PathLike) -> Path:
+    """ExportError unless ``path`` can be written: not a folder, nearest existing parent folder writable.
+
+    A missing parent folder is fine here (writers create it once they succeed); use
+    :func:`check_outputs` to require it. Creates nothing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give a file path (geosam never replaces a folder)")
+    folder = _resolved(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"{path}: folder {folder} is not writable; choose another output path")
+    return path
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot create folder {path.parent} ({exc.strerror or exc})") from exc
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ExportError(f"{path}: folder {path.parent} is not writable; choose another output path")
+
+
+@contextmanager
+def atomic_output(path: PathLike, *, copy_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary path with ``path``'s name, in a new folder beside it; move it over ``path`` on success.
+
+    The writer writes the temporary path (and, for a Shapefile, its sidecars). On a
+    normal exit every file the writer created there replaces its namesake beside
+    ``path`` (``os.replace``); on an exception the temporary folder is removed and
+    ``path`` is untouched. ``copy_existing``: start from a copy of the existing file
+    (to replace one layer of a GeoPackage). Missing parent folders are created; a
+    folder at ``path`` is an :class:`ExportError` (never replaced).
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ExportError(f"{target} is a folder; give a file path (geosam never replaces a folder)")
+    _make_parent(target)
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent))
+    except OSError as exc:
+        raise ExportError(f"{target}: cannot write in {target.parent} ({exc.strerror or exc})") from exc
+    tmp = tmp_dir / target.name
+    try:
+        if copy_existing and target.exists():
+            shutil.copyfile(target, tmp)
+        yield tmp
+        _move_into_place(tmp_dir, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # our own temporary folder, empty after a success
+
+
+def _move_into_place(tmp_dir: Path, target: Path) -> None:
+    """Rename the written files over their namesakes beside ``target`` (the main file last)."""
+    written = sorted((p for p in tmp_dir.iterdir() if p.is_file()), key=lambda p: p.name == target.name)
+    if not any(p.name == target.name for p in written):
+        raise ExportError(f"{target}: the writer produced no file")
+    moved = set()
+    try:
+        for p in written:
+            os.replace(p, target.parent / p.name)
+            moved.add(p.name)
+    except OSError as exc:
+        raise ExportError(f"{target}: cannot move the new file into place ({exc.strerror or exc})") from exc
+    for stale in output_files(target):  # sidecars of an older Shapefile that no longer match it
+        if stale.name not in moved and stale.is_file():
+            stale.unlink()
+
+
+__all__ = [
+    "SHAPEFILE_SIDECARS",
+    "TMP_SUFFIX",
+    "atomic_output",
+    "check_not_input",
+    "check_outputs",
+    "check_writable_path",
+    "output_files",
+    "same_file",
+]
