@@ -36,44 +36,19 @@ def distinct_colours(n: int, seed: int = 0) -> np.ndarray:
     return np.round(hsv_to_rgb(np.stack([h, s, v], axis=-1).reshape(-1, 3)) * 255).astype(np.uint8).reshape(n, 3)
 
 
-def _read_quicklook(image_path: str, max_side_px: int, bands: tuple[int, ...] | None):
-    """Decimated (H, W, 3) uint8 image, its full-resolution transform, size and CRS."""
-    from rasterio.enums import Resampling
+def _read_quicklook(image_path: str, max_side_px: int, bands: tuple[int, ...] | None) -> tuple[np.ndarray, Any]:
+    """Decimated (H, W, 3) uint8 image, stretched exactly as the model sees the scene
+    (:meth:`geosam.io.Scene.to_uint8`), and the scene's :class:`~geosam.io.SceneInfo`."""
+    from geosam.config import ReadConfig
+    from geosam.io import Scene
+    from geosam.tiling import PixelWindow
 
-    from geosam.errors import BandError, InvalidRasterError
-    from geosam.io import SceneInfo, default_bands, gdal_env, gdal_message, open_raster
-
-    with open_raster(image_path) as ds, gdal_env(image_path):
-        info = SceneInfo.from_dataset(ds)
-        sel = tuple(int(b) for b in bands) if bands else default_bands(info)
-        if len(sel) not in (1, 3) or any(b < 1 or b > info.count for b in sel):
-            raise BandError(f"{image_path}: select 1 or 3 of bands 1..{info.count} for the overlay, got {list(sel)}")
+    with Scene(image_path, ReadConfig(bands=bands)) as sc:
+        info = sc.info
         scale = min(1.0, max_side_px / max(info.width, info.height))
-        oh, ow = max(1, round(info.height * scale)), max(1, round(info.width * scale))
-        kw = {"out_shape": (len(sel), oh, ow), "resampling": Resampling.nearest}
-        try:
-            data = ds.read(list(sel), **kw)
-            valid = np.all(ds.read_masks(list(sel), **kw) != 0, axis=0)
-        except Exception as exc:  # rasterio raises several types for corrupt blocks
-            raise InvalidRasterError(f"{image_path}: cannot read the quick-look ({gdal_message(exc)})") from exc
-    if data.dtype != np.uint8:
-        out = np.zeros(data.shape, dtype=np.uint8)
-        for k in range(data.shape[0]):
-            band = data[k].astype(np.float64)
-            vals = band[valid & np.isfinite(band)]
-            if vals.size == 0:
-                continue
-            lo, hi = np.percentile(vals, [2.0, 98.0])
-            hi = hi if hi > lo else lo + 1.0
-            f = np.nan_to_num((band - lo) / (hi - lo), nan=0.0, posinf=1.0, neginf=0.0)
-            out[k] = np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        data = out
-    img = np.moveaxis(data, 0, -1)
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    img = np.ascontiguousarray(img)
-    img[~valid] = 0
-    return img, info
+        shape = (max(1, round(info.height * scale)), max(1, round(info.width * scale)))
+        data, valid = sc.read_window(PixelWindow(0, 0, info.width, info.height), out_shape=shape)
+        return sc.to_uint8(data, valid), info
 
 
 def render_overlay(

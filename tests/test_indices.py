@@ -349,7 +349,7 @@ def test_index_raster_matches_numpy(tmp_path):
 
 def test_cli_indices_min_index_round_trip(idx_scene, tmp_path, monkeypatch):
     monkeypatch.setattr(geosam.pipeline, "make_mask_generator",
-                        lambda cfg: PromptedOracleMaskGenerator(idx_scene.label_path, cfg.points_per_side))
+                        lambda cfg: PromptedOracleMaskGenerator(idx_scene.label_path, cfg.amg.points_per_side))
     out, vi = tmp_path / "veg.gpkg", tmp_path / "vi.tif"
     res = CliRunner().invoke(cli, [
         "segment", str(idx_scene.image_path), "-o", str(out), "--chip-size", "256", "--overlap", "32",
@@ -365,9 +365,14 @@ def test_cli_indices_min_index_round_trip(idx_scene, tmp_path, monkeypatch):
     assert list(gdf["rank"]) == [1, 2, 3, 4, 5]
     with rasterio.open(vi) as ds:
         assert ds.count == 2 and ds.descriptions == ("ndvi", "exg")
+    before = out.read_bytes()
     res = CliRunner().invoke(cli, ["segment", str(idx_scene.image_path), "-o", str(out), "--band-roles", "rgb",
                                    "--indices", "ndvi", "--no-progress"])
+    assert res.exit_code == 1 and "file exists" in res.output and "--overwrite" in res.output
+    res = CliRunner().invoke(cli, ["segment", str(idx_scene.image_path), "-o", str(out), "--band-roles", "rgb",
+                                   "--indices", "ndvi", "--no-progress", "--overwrite"])
     assert res.exit_code == 1 and "'nir'" in res.output and "Traceback" not in res.output
+    assert out.read_bytes() == before  # a failed run leaves the earlier output as it was
 
 
 def test_index_names_are_documented():
