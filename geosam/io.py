@@ -182,7 +182,7 @@ class Scene:
     def __init__(self, scene: Any, read: ReadConfig | None = None, *, stretch: Any = _ESTIMATE) -> None:
         from geosam.xr import dataarray_to_geotiff, is_dataarray
 
-        self._tmpdir = None
+        self._tmpdir: Any = None
         if is_dataarray(scene):  # materialised block by block into a temporary GeoTIFF
             import tempfile
 
@@ -190,7 +190,7 @@ class Scene:
             scene = dataarray_to_geotiff(scene, Path(self._tmpdir.name) / "dataarray.tif")
         self.path = scene_path(scene)
         self.read_config = read or ReadConfig()
-        self.ds = None
+        self.ds: Any = None  # the open rasterio dataset; None once closed
         try:
             self.ds = open_raster(self.path, remote=self.read_config.remote)
             self.info = self._scene_info()

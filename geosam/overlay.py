@@ -135,7 +135,7 @@ def _flat(line: Any) -> list[float]:
     return np.asarray(line.coords)[:, :2].ravel().tolist()
 
 
-def _rio_crs(wkt: str):  # -> rasterio.crs.CRS
+def _rio_crs(wkt: str) -> Any:  # rasterio.crs.CRS
     from rasterio.crs import CRS
 
     return CRS.from_wkt(wkt)

@@ -130,7 +130,7 @@ def _parse_point_label(value: Any, where: str) -> int:
     raise PromptError(f"{where}: point label {value!r} is neither positive (1, true, positive) nor negative (0, false, negative)")
 
 
-def prompts_to_frame(items: Sequence[Any], crs: Any):  # -> GeoDataFrame
+def prompts_to_frame(items: Sequence[Any], crs: Any) -> gpd.GeoDataFrame:
     """A list of prompts (see the module docstring) as a GeoDataFrame in ``crs``."""
     import geopandas as gpd
     from shapely.geometry import Point
@@ -191,7 +191,7 @@ def _numbers(v: Any, n: int | None, where: str) -> list[float]:
     return vals
 
 
-def _box_geometry(v: Any, where: str):
+def _box_geometry(v: Any, where: str) -> Any:
     """A box polygon, densified so that reprojection keeps its true extent."""
     import shapely
     from shapely.geometry import box

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 TRANSFORM_RTOL = 1e-9
 
 
-def _open(path: str):  # -> rasterio.DatasetReader
+def _open(path: str) -> Any:  # rasterio.DatasetReader
     from geosam.io import gdal_env, open_raster
 
     with gdal_env():

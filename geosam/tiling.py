@@ -200,8 +200,11 @@ def iter_chip_specs(
 class HasExtent(Protocol):
     """A prompt as the window planner sees it (scene pixel coordinates)."""
 
-    prompt_id: Any
-    box: tuple[float, float, float, float] | None
+    @property
+    def prompt_id(self) -> Any: ...
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None: ...
 
     def extent(self) -> tuple[float, float, float, float]: ...
 

@@ -81,7 +81,8 @@ class PromptMaskGenerator(BaseMaskGenerator):
         status = ["invalid" if on_invalid(p, win.col_off, win.row_off, chip.valid) else "ok" for p in prompts]
         todo = [k for k, st in enumerate(status) if st == "ok"]
         if not todo:
-            return ChipMasks(np.zeros((0, h, w), bool), [], [], [], prompt_status=tuple(status))
+            none = np.zeros(0, np.float32)
+            return ChipMasks(np.zeros((0, h, w), bool), none, none, np.zeros(0, np.int64), prompt_status=tuple(status))
         pv, orig, resized = preprocess(self.bundle, [chip.image])
         emb = encode(self.bundle, pv)
         shift = np.array([win.col_off, win.row_off], dtype=np.float64)
@@ -95,12 +96,12 @@ class PromptMaskGenerator(BaseMaskGenerator):
             multimask = self.cfg.multimask if self.cfg.multimask is not None else (n_pts == 1 and not has_box)
             pts = labs = bxs = None
             if n_pts:
-                pts = np.array([[np.subtract(xy, shift) for xy in prompts[k].points] for k in ks], dtype=np.float32)
-                pts = to_model_frame(pts, orig[0], resized[0])
+                xy = np.array([[np.subtract(p, shift) for p in prompts[k].points] for k in ks], dtype=np.float32)
+                pts = to_model_frame(xy, orig[0], resized[0])
                 labs = np.array([prompts[k].point_labels for k in ks], dtype=np.int64)
             if has_box:
-                bxs = np.array([np.subtract(prompts[k].box, np.tile(shift, 2)) for k in ks], dtype=np.float32)
-                bxs = to_model_frame(bxs, orig[0], resized[0])
+                xyxy = np.array([np.subtract(prompts[k].box, np.tile(shift, 2)) for k in ks], dtype=np.float32)
+                bxs = to_model_frame(xyxy, orig[0], resized[0])
             logits, iou = decode_prompts(self.bundle, emb, points=pts, labels=labs, boxes=bxs, multimask=multimask)
             best = torch.argmax(iou, dim=1)
             rows = torch.arange(len(ks))
