@@ -45,7 +45,7 @@ class SegmentConfig:
     #: and listed in ``gdf.attrs['geosam']['chips_failed']`` instead of ending the run
     skip_bad_chips: bool = False
     chips_per_batch: int = 1
-    #: torch.compile the encoder / decoder (first chip slow, later ones faster; see geosam.model.compile_bundle)
+    #: torch.compile the encoder / decoder (first chip slow, later ones faster; see geosam.models.compile_bundle)
     compile: bool = False
     # stitching and output
     match_iou: float = 0.5
@@ -193,8 +193,8 @@ class PromptConfig:
     that fits in its chip with a margin (its context window, capped at half a
     chip) shares the chip's image embedding; a prompt near a chip edge or larger
     than a chip gets its own window centred on it. ``chip_size_px`` = 0 gives every prompt its own context window (prompts
-    with the same window share it). ``None`` picks 0 for LiteMedSAM (whose
-    masks depend on the crop size) and 1024 for other models.
+    with the same window share it). ``None`` picks 0 for a model that takes box
+    prompts only, such as LiteMedSAM (whose masks depend on the crop size), and 1024 for other models.
     ``box_grow``: fraction of a box's width / height added on each side.
     ``multimask``: None = 3 candidate masks for single-point prompts (the best
     by predicted IoU is kept), one mask otherwise.

@@ -435,7 +435,7 @@ def segment_prompts(
 
     scene: a raster path or open rasterio dataset.
     model: "litemedsam" (default, built in, offline; box prompts), a SAM hub id
-        or local directory, or a loaded :class:`~geosam.model.SamBundle`.
+        or local directory, or a loaded :class:`~geosam.models.SamBundle`.
     settings: any :class:`~geosam.config.PromptConfig` field, e.g.
         ``box_grow=0.1, context=2.5, chip_size_px=0, device="cpu", fill_value=255``.
     """
@@ -443,7 +443,7 @@ def segment_prompts(
     from rasterio.crs import CRS
 
     from geosam.io import ReadConfig, Scene
-    from geosam.model import SamBundle, load_sam
+    from geosam.models import SamBundle, load_sam
 
     if model is not None and not isinstance(model, SamBundle):
         settings["model"] = model
@@ -484,11 +484,11 @@ def segment_prompts(
                 _warn(f"{sc.path}: prompt {p.prompt_id!r} lies outside the scene; it gets an empty result")
 
         bundle = model if isinstance(model, SamBundle) else load_sam(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        is_lite = bundle.normalize == "minmax"
-        if is_lite and any(p.box is None for p, s in zip(plist, status) if s == "ok"):
-            log.warning("LiteMedSAM was trained for box prompts: point prompts give poor masks with it; "
-                        "use box prompts or a SAM checkpoint (--model)")
-        chip = cfg.chip_size_px if cfg.chip_size_px is not None else (0 if is_lite else 1024)
+        box_only = not bundle.capabilities.point_prompts  # e.g. LiteMedSAM: one crop per box prompt
+        if box_only and any(p.box is None for p, s in zip(plist, status) if s == "ok"):
+            log.warning("model %r takes box prompts only: point prompts give poor masks with it; "
+                        "use box prompts or a SAM checkpoint (--model)", bundle.name)
+        chip = cfg.chip_size_px if cfg.chip_size_px is not None else (0 if box_only else 1024)
         inside = [i for i, s in enumerate(status) if s == "ok"]
         plan = plan_windows([plist[i] for i in inside], info.width, info.height, cfg, chip)
         geoms_px: list[Any] = [None] * len(plist)
@@ -553,7 +553,7 @@ def _segment_window(sc: Any, bundle: Any, win: PixelWindow, prompts: list[Prompt
     """(status, pixel geometry or None, predicted IoU) per prompt of one window."""
     import torch
 
-    from geosam.model import decode_prompts, encode, preprocess, to_model_frame, upsample_logits
+    from geosam.models import decode_prompts, encode, preprocess, to_model_frame, upsample_logits
     from geosam.stitch import mask_to_pixel_geometry
 
     data, valid = sc.read_window(win)

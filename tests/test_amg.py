@@ -30,7 +30,7 @@ from geosam.amg import (
 from geosam.errors import ConfigError
 from geosam.io import Chip
 from geosam.masks import ChipMasks, MaskGenerator
-from geosam.model import SamBundle, load_sam
+from geosam.models import SamBundle, load_sam
 from geosam.tiling import ChipSpec, PixelWindow
 
 CRS_WKT = None  # filled lazily: rasterio is only needed for the CRS text
