@@ -68,6 +68,8 @@ def _run(bundle, ref, i):
 def test_bundle_settings(bundle):
     assert bundle.input_size == 256 and bundle.longest_edge == 256
     assert bundle.normalize == "minmax"
+    caps = bundle.capabilities  # declared by the loader: box prompts only
+    assert (caps.family, caps.box_prompts, caps.point_prompts, caps.segment_everything) == ("litemedsam", True, False, False)
     assert bundle.low_res_size == 256
     assert all(not k.startswith("image_encoder") for k in bundle.model.state_dict())
     # the TinyViT encoder is not SAM's ViT: encode() keeps the model's own forward under bf16 too
