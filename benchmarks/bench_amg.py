@@ -10,7 +10,7 @@ One run, the same chips, the same weights, the same point grid and thresholds:
     stock modules (geosam's fast encoder/decoder are separate functions and never patch the model);
 (c) ``encoder only``: preprocessing + image encoder per chip, geosam's encoder path at the headline dtype
     (the floor of segment-everything) and the stock float32 forward (the pipeline's);
-(d) geosam at the headline dtype with ``torch.compile`` (:func:`geosam.model.compile_bundle`, on a copy of the
+(d) geosam at the headline dtype with ``torch.compile`` (:func:`geosam.models.compile_bundle`, on a copy of the
     model), after all the other runs: the compiling first chip timed apart, then interleaved with the eager
     headline run (``compiled_speedup_vs_eager``; skip with ``--no-compile``).
 
@@ -227,7 +227,7 @@ def summarise(g_in_p: int, p_in_g: int, n_g: int, n_p: int) -> dict:
 
 
 def encoder_runner(bundle):
-    from geosam.model import encode, preprocess
+    from geosam.models import encode, preprocess
 
     return lambda chip: encode(bundle, preprocess(bundle, [chip.image])[0])
 
@@ -260,7 +260,7 @@ def main() -> None:
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    from geosam.model import load_sam
+    from geosam.models import load_sam
 
     torch.set_grad_enabled(False)
     chips = load_chips(args.chips, args.chip_size)
@@ -295,7 +295,7 @@ def main() -> None:
     }
     print(f"{len(chips)} chips of {args.chip_size} px, grid {args.points_per_side}^2, geosam dtype {settings['geosam_dtype']}, device {device}")
 
-    from geosam.model import compile_bundle
+    from geosam.models import compile_bundle
 
     # warm-up: each path once on a small image (one-time costs out of the timings); peak RSS of model + geosam
     stock32 = dataclasses.replace(bundle, dtype=torch.float32, fast_encoder=False)

@@ -17,7 +17,7 @@ geosam choices:
 
 Frames: the grid and every returned mask are in the **chip frame** (chip
 pixels, x = column, y = row); prompts are converted to the model frame by
-:func:`geosam.model.to_model_frame`. Boxes are XYXY in pixel indices with the
+:func:`geosam.models.to_model_frame`. Boxes are XYXY in pixel indices with the
 right/bottom edge *inclusive* (SAM's convention: a one-pixel mask at (x, y)
 has the box (x, y, x, y)).
 """
@@ -39,13 +39,14 @@ from scipy import ndimage
 from geosam.config import DEFAULT_MODEL
 from geosam.errors import ConfigError
 from geosam.masks import ChipMasks
-from geosam.model import (
+from geosam.models import (
     SamBundle,
     compile_bundle,
     decode_points,
     encode,
     load_sam,
     preprocess,
+    require,
     to_model_frame,
     upsample_logits,
 )
@@ -443,10 +444,10 @@ class _Candidates:
 class SamMaskGenerator:
     """Segment everything in a chip with a SAM model (a :class:`~geosam.masks.MaskGenerator`).
 
-    model: a hub id or local directory (loaded with :func:`geosam.model.load_sam`
+    model: a hub id or local directory (loaded with :func:`geosam.models.load_sam`
         on ``device`` / ``dtype``; ``dtype="auto"`` picks mixed precision where the
-        hardware has it, see :func:`geosam.model.resolve_dtype`), or an already
-        loaded :class:`~geosam.model.SamBundle` (then ``device`` and ``dtype`` are
+        hardware has it, see :func:`geosam.models.resolve_dtype`), or an already
+        loaded :class:`~geosam.models.SamBundle` (then ``device`` and ``dtype`` are
         ignored). ``name`` is the id/path.
 
     The other parameters keep segment-anything's names and meanings:
@@ -465,7 +466,7 @@ class SamMaskGenerator:
     crop_nms_thresh: box IoU for the NMS between crops (smaller crops win).
     min_mask_region_area: if > 0, remove islands and fill holes smaller than
         this many chip pixels, then drop masks smaller than it.
-    compile: ``torch.compile`` the encoder and decoder paths (:func:`geosam.model.compile_bundle`; the first
+    compile: ``torch.compile`` the encoder and decoder paths (:func:`geosam.models.compile_bundle`; the first
         chip is slow, later ones ~10 % faster on a CPU).
     encoder_batch_size: images (chips and crops) encoded together by :meth:`generate_batch`.
 
@@ -540,6 +541,7 @@ class SamMaskGenerator:
             self._load_args = (str(model), device, dtype)
             self._bundle = load_sam(str(model), device=device, dtype=dtype)
             self.name = str(model)
+        require(self._bundle, "segment_everything")  # before any chip work: a box-only model cannot
         if self.compile and self._bundle is not None:
             compile_bundle(self._bundle)
         self.last_stats: dict[str, int] = {}

@@ -156,7 +156,7 @@ def segment_prompts(
     scene: a raster path or open rasterio dataset.
     prompts: a GeoDataFrame or a list of points, boxes, geometries or dicts, in any CRS.
     model: "litemedsam" (default, built in, offline; box prompts), a SAM hub id
-        or local directory, or a loaded :class:`~geosam.model.SamBundle`.
+        or local directory, or a loaded :class:`~geosam.models.SamBundle`.
     settings: flat :class:`~geosam.config.PromptConfig` settings, e.g.
         ``box_grow=0.1, context=2.5, chip_size_px=0, device="cpu", fill_value=255``.
 
@@ -166,7 +166,7 @@ def segment_prompts(
     nodata / fill pixels).
     """
     from geosam.assemble import PromptAssembler
-    from geosam.model import SamBundle, load_sam
+    from geosam.models import SamBundle, load_sam
     from geosam.prompts import prompt_tasks, prompts_frame, report_statuses, resolve_prompts
     from geosam.segment.prompted import PromptMaskGenerator
 

@@ -30,7 +30,7 @@ from geosam.amg import (
 from geosam.errors import ConfigError
 from geosam.io import Chip
 from geosam.masks import ChipMasks, MaskGenerator
-from geosam.model import SamBundle, load_sam
+from geosam.models import SamBundle, load_sam
 from geosam.tiling import ChipSpec, PixelWindow
 
 CRS_WKT = None  # filled lazily: rasterio is only needed for the CRS text
@@ -466,3 +466,40 @@ def test_min_mask_region_area_drops_small_masks(bundle: SamBundle, fake_decoder)
     # island is kept, so they survive the clean-up but are then dropped by area
     assert len(out) == 16
     assert (out.masks.sum(axis=(1, 2)) >= 500).all()
+
+
+# -- models that cannot segment everything ------------------------------------------
+
+
+@pytest.fixture
+def box_only_litemedsam(monkeypatch, tiny_sam_dir: str):
+    """model="litemedsam" through the registry, with a tiny SamModel instead of its weights (runs without them)."""
+    from transformers import SamModel
+
+    from geosam.models import clear_model_cache, litemedsam
+
+    clear_model_cache()
+    monkeypatch.setattr(litemedsam, "build_model", lambda path=None: SamModel.from_pretrained(tiny_sam_dir).eval())
+    yield "litemedsam"
+    clear_model_cache()
+
+
+def test_box_only_model_is_refused_before_any_chip_work(box_only_litemedsam, monkeypatch) -> None:
+    from pathlib import Path
+
+    from geosam.io import Scene
+    from geosam.pipeline import segment_scene
+
+    def no_chip_work(*args, **kwargs):
+        raise AssertionError("a chip was read although the model cannot segment everything")
+
+    monkeypatch.setattr(Scene, "read_chip", no_chip_work)
+    monkeypatch.setattr(SamMaskGenerator, "generate_batch", no_chip_work)
+    with pytest.raises(ConfigError) as err:
+        SamMaskGenerator(box_only_litemedsam, device="cpu")
+    msg = str(err.value)
+    assert "'litemedsam' takes box prompts only" in msg and "segment-everything needs point prompts" in msg
+    assert "`geosam prompt` with boxes" in msg
+    scene = Path(__file__).resolve().parents[1] / "data" / "solaris_pan_uint16.tif"
+    with pytest.raises(ConfigError, match="'litemedsam' takes box prompts only.*geosam prompt"):
+        segment_scene(scene, model=box_only_litemedsam, device="cpu")

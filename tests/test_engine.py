@@ -7,11 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import geosam.model as gm
+import geosam.models.device as gm
 from geosam import amg
 from geosam.amg import SamMaskGenerator, generate_crop_boxes, is_box_near_crop_edge
 from geosam.cli.main import cli
-from geosam.model import SamBundle, load_sam
+from geosam.models import SamBundle, load_sam
 from geosam.pipeline import segment_scene
 from geosam.testing import OracleMaskGenerator
 from tests.data.make_scenes import make_oracle_scene

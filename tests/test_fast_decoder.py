@@ -1,4 +1,4 @@
-"""geosam.fast_decoder: same logits / IoU as transformers' stock SAM mask decoder."""
+"""geosam.models.fast_decoder: same logits / IoU as transformers' stock SAM mask decoder."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from geosam import model as gm
-from geosam.fast_decoder import fast_decode, fast_decoder_supported
+from geosam import models as gm
+from geosam.models.compile import use_fast_decoder
+from geosam.models.fast_decoder import fast_decode, fast_decoder_supported
 from tests._tiny_sam import seeded_sam_model
 
 
@@ -90,7 +91,7 @@ def test_fast_decoder_matches_stock(which: str, multimask: bool, request: pytest
     bundle, emb = request.getfixturevalue(which)
     fast = dataclasses.replace(bundle, fast_decoder=True)
     stock = dataclasses.replace(bundle, fast_decoder=False)
-    assert gm._use_fast_decoder(fast) and not gm._use_fast_decoder(stock)
+    assert use_fast_decoder(fast) and not use_fast_decoder(stock)
     for name, fn, kwargs in _cases(torch.Generator().manual_seed(4), bundle.input_size):
         out_fast = fn(fast, emb, multimask=multimask, **kwargs)
         out_stock = fn(stock, emb, multimask=multimask, **kwargs)
@@ -116,12 +117,12 @@ def test_fast_decode_direct_and_per_prompt_dense(sam_size) -> None:
 def test_default_choice(sam_size) -> None:
     bundle, _ = sam_size
     assert bundle.fast_decoder is None
-    assert gm._use_fast_decoder(bundle)  # float32 on the CPU
-    assert gm._use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16))  # CPU: exact beats bf16 stock
-    assert not gm._use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=False))
-    assert gm._use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=True))
+    assert use_fast_decoder(bundle)  # float32 on the CPU
+    assert use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16))  # CPU: exact beats bf16 stock
+    assert not use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=False))
+    assert use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=True))
     assert not fast_decoder_supported(object())
-    assert not gm._use_fast_decoder(dataclasses.replace(bundle, model=torch.nn.Linear(2, 2), fast_decoder=True))
+    assert not use_fast_decoder(dataclasses.replace(bundle, model=torch.nn.Linear(2, 2), fast_decoder=True))
 
 
 def test_fast_decoder_forced_under_bf16_gives_float32_results(sam_size) -> None:

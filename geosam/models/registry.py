@@ -1,0 +1,166 @@
+"""Loading models by name through a registry of model families.
+
+A family is a name, a test that says whether a model belongs to it and a
+loader that builds its :class:`~geosam.models.bundle.SamBundle`. A new model
+family is one :func:`register_family` call. :func:`load_model` asks the
+families in two passes:
+
+1. by name alone (``matches(name, None)``), e.g. the built-in "litemedsam";
+2. by the checkpoint's ``config.json`` (``matches(name, config)``), e.g. "sam"
+   for ``model_type == "sam"`` (hub id or local directory).
+
+A checkpoint no family takes gives a :class:`ModelLoadError` naming the model
+and its ``model_type``. Bundles are cached by (model, device, dtype).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from geosam.config import DEFAULT_MODEL
+from geosam.models.bundle import SamBundle
+from geosam.models.device import resolve_device, resolve_dtype
+from geosam.models.hf_sam import is_local_path, load_error, load_hf_sam, read_config
+from geosam.models.litemedsam import NAME as LITEMEDSAM
+from geosam.models.litemedsam import load_litemedsam
+
+#: ``matches(name, config)``: config is None in the by-name pass, else the checkpoint's config.json as a dict.
+Matcher = Callable[[str, "dict[str, Any] | None"], bool]
+#: ``loader(name, device, dtype)`` -> the loaded bundle (device and dtype already resolved).
+Loader = Callable[[str, torch.device, torch.dtype], SamBundle]
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One registry entry: ``name``, the ``matches`` test and the ``loader``."""
+
+    name: str
+    matches: Matcher
+    loader: Loader
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+_CACHE: dict[tuple[str, str, str], SamBundle] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _model_type_matcher(model_types: Sequence[str]) -> Matcher:
+    types = frozenset(model_types)
+
+    def matches(name: str, config: dict[str, Any] | None) -> bool:
+        return config is not None and config.get("model_type") in types
+
+    return matches
+
+
+def register_family(name: str, *, matches: Matcher | str | Sequence[str], loader: Loader) -> None:
+    """Add (or replace) model family ``name``.
+
+    matches: ``matches(name, config) -> bool`` (config is None when only the
+        model name is known, else the checkpoint's ``config.json`` as a dict), or
+        one or more ``model_type`` strings of ``config.json``.
+    loader: ``loader(name, device, dtype) -> SamBundle``; it declares the
+        bundle's :class:`~geosam.models.bundle.ModelCapabilities`.
+
+    Families registered later are asked first, so a new family can take models
+    from a built-in one. Bundles already cached are not reloaded.
+    """
+    if isinstance(matches, str):
+        matches = _model_type_matcher([matches])
+    elif not callable(matches):
+        matches = _model_type_matcher(list(matches))
+    _FAMILIES.pop(name, None)
+    _FAMILIES[name] = ModelFamily(name=name, matches=matches, loader=loader)
+
+
+def unregister_family(name: str) -> None:
+    """Remove model family ``name`` (nothing happens if there is none)."""
+    _FAMILIES.pop(name, None)
+
+
+def families() -> list[str]:
+    """Names of the registered families, in the order they are asked."""
+    return list(reversed(_FAMILIES))
+
+
+def clear_model_cache() -> None:
+    """Forget every bundle cached by :func:`load_model`."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def load_model(
+    model: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> SamBundle:
+    """Load a model by name: a built-in name ("litemedsam"), a Hugging Face hub id or a local directory.
+
+    Bundles are cached by (model, device, dtype), so repeated calls are cheap
+    and return the same object. With ``HF_HUB_OFFLINE=1`` (or
+    ``TRANSFORMERS_OFFLINE=1``) in the environment only the local cache is used.
+
+    Raises :class:`ModelLoadError` naming the model and what to do when it
+    cannot be found, downloaded or read (or no family takes it), and
+    :class:`ConfigError` for a bad device or dtype.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    name = os.fspath(model)
+    key_name = os.path.abspath(os.path.expanduser(name)) if is_local_path(name) else name
+    key = (key_name, str(dev), str(dt))
+    with _CACHE_LOCK:
+        bundle = _CACHE.get(key)
+        if bundle is None:
+            bundle = _family_for(name).loader(name, dev, dt)
+            _CACHE[key] = bundle
+    return bundle
+
+
+#: The public name used by the README and the tests; the same function as :func:`load_model`.
+load_sam = load_model
+
+
+def _family_for(name: str) -> ModelFamily:
+    order = list(reversed(_FAMILIES.values()))
+    for family in order:
+        if family.matches(name, None):
+            return family
+    config = read_config(name)
+    for family in order:
+        if family.matches(name, config):
+            return family
+    model_type = config.get("model_type")
+    known = sorted({f.name for f in order})
+    raise load_error(
+        name,
+        f"its config.json describes a {model_type!r} model, not a SAM ('sam') model "
+        f"(model families geosam knows: {', '.join(known)})",
+    )
+
+
+def _load_litemedsam(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
+    return load_litemedsam(device, dtype, name=LITEMEDSAM)
+
+
+register_family("sam", matches="sam", loader=load_hf_sam)
+register_family(
+    LITEMEDSAM,
+    matches=lambda name, config: name.strip().lower() == LITEMEDSAM,
+    loader=_load_litemedsam,
+)
+
+
+__all__ = [
+    "ModelFamily",
+    "clear_model_cache",
+    "families",
+    "load_model",
+    "load_sam",
+    "register_family",
+    "unregister_family",
+]

@@ -1,0 +1,284 @@
+"""Run a loaded model in three steps: preprocess, encode, decode.
+
+The steps are split so that a batched engine can schedule them separately:
+
+1. :func:`preprocess` - uint8 chip images -> normalised, padded ``pixel_values``;
+2. :func:`encode` - ``pixel_values`` -> image embeddings (the expensive part);
+3. :func:`decode` - point and/or box prompts -> low-resolution mask logits and
+   predicted IoU, reusing one embedding for many prompts (:func:`decode_points`
+   and :func:`decode_boxes` are shorthands for one point or one box per object).
+
+Frames and units:
+
+* **chip frame** - pixels of the chip as given (x = column, y = row, origin at
+  the top-left corner of the top-left pixel; a pixel centre is at ``+0.5``);
+* **model frame** - pixels of the model input: the chip resized so that its
+  longest side is ``longest_edge`` (normally 1024) and padded bottom/right to
+  ``input_size`` x ``input_size``. Point and box prompts go to the decoder in
+  this frame; :func:`to_model_frame` converts from the chip frame;
+* **low-res frame** - the decoder's ``low_res_size`` x ``low_res_size`` (256)
+  logits cover the whole padded model input; :func:`upsample_logits` maps them
+  back to the chip frame.
+
+Nothing here needs torchvision: images are resized in torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from geosam.models.bundle import SamBundle
+from geosam.models.compile import FAST_DECODER_CPU_CHUNK, use_fast_decoder, use_fast_encoder
+
+# ---------------------------------------------------------------------------
+# frames
+
+
+def resized_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
+    """(h', w') of a ``height`` x ``width`` image resized to ``longest_edge`` (SAM's rounding)."""
+    scale = longest_edge * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def to_model_frame(
+    coords: np.ndarray | torch.Tensor, original_hw: tuple[int, int], resized_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Chip-frame x, y coordinates -> model-frame coordinates (float32 tensor).
+
+    ``coords`` has a last dimension of 2 (x, y points) or 4 (x0, y0, x1, y1 boxes).
+    """
+    t = torch.as_tensor(np.asarray(coords, dtype=np.float32) if not isinstance(coords, torch.Tensor) else coords)
+    t = t.to(torch.float32)
+    if t.shape[-1] not in (2, 4):
+        raise ValueError(f"coordinates need a last dimension of 2 or 4, got shape {tuple(t.shape)}")
+    sx = resized_hw[1] / original_hw[1]
+    sy = resized_hw[0] / original_hw[0]
+    scale = torch.tensor([sx, sy] * (t.shape[-1] // 2), dtype=torch.float32, device=t.device)
+    return t * scale
+
+
+# ---------------------------------------------------------------------------
+# preprocess
+
+
+def preprocess(bundle: SamBundle, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+    """uint8 (H, W, 3) images -> model input.
+
+    Each image is resized (bilinear, antialiased, rounded to uint8 like the PIL
+    processor) so that its longest side is ``bundle.longest_edge``, rescaled to
+    0..1, normalised with the bundle's mean/std and padded bottom/right with
+    zeros to ``input_size`` x ``input_size``.
+
+    Returns ``(pixel_values (B, 3, S, S) float32 on bundle.device, original
+    (H, W) per image, resized (h', w') per image)``.
+    """
+    if len(images) == 0:
+        raise ValueError("preprocess needs at least one image")
+    s = bundle.input_size
+    device = bundle.device
+    mean = torch.tensor(bundle.image_mean, dtype=torch.float32, device=device).view(3, 1, 1)
+    std = torch.tensor(bundle.image_std, dtype=torch.float32, device=device).view(3, 1, 1)
+    out = torch.zeros((len(images), 3, s, s), dtype=torch.float32, device=device)
+    originals: list[tuple[int, int]] = []
+    resized: list[tuple[int, int]] = []
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (H, W, 3), got {arr.dtype} {arr.shape}")
+        h, w = int(arr.shape[0]), int(arr.shape[1])
+        nh, nw = resized_size(h, w, bundle.longest_edge)
+        x = torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(2, 0, 1).to(torch.float32)
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+            x = x.round_().clamp_(0, 255)
+        if bundle.normalize == "minmax":
+            lo, hi = x.min(), x.max()
+            x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
+        else:
+            x = (x * bundle.rescale_factor - mean) / std
+        out[i, :, :nh, :nw] = x
+        originals.append((h, w))
+        resized.append((nh, nw))
+    return out, originals, resized
+
+
+def _autocast(bundle: SamBundle) -> contextlib.AbstractContextManager[Any]:
+    if bundle.dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=bundle.device.type, dtype=bundle.dtype)
+
+
+def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Image embeddings (B, C, h, w) of ``pixel_values`` (B, 3, S, S) from :func:`preprocess`."""
+    pv = pixel_values.to(device=bundle.device, dtype=torch.float32)
+    if use_fast_encoder(bundle):
+        compiled = getattr(bundle.model, "_geosam_fast_encoder", None)  # set by compile_bundle
+        if compiled is not None:
+            return compiled(pv, bundle.dtype)
+        from geosam.models.fast_encoder import fast_image_embeddings
+
+        return fast_image_embeddings(bundle.model, pv, bundle.dtype)
+    with torch.inference_mode(), _autocast(bundle):
+        return bundle.model.get_image_embeddings(pv)
+
+
+def _run_decoder(
+    bundle: SamBundle,
+    image_embeddings: torch.Tensor,
+    multimask: bool,
+    **prompts: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask decoder on model-frame prompts already shaped for ``SamModel.forward`` (batch of one image)."""
+    if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
+        raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image_embeddings.shape)}")
+    n = next(iter(prompts.values())).shape[1] if prompts else 0
+    if n > 0 and use_fast_decoder(bundle):
+        from geosam.models.fast_decoder import fast_decode, image_positional_embeddings
+
+        model = bundle.model
+        with torch.inference_mode():
+            sparse, dense = model.prompt_encoder(
+                input_points=prompts.get("input_points"),
+                input_labels=prompts.get("input_labels"),
+                input_boxes=prompts.get("input_boxes"),
+                input_masks=None,
+            )
+            emb = image_embeddings.to(device=bundle.device, dtype=torch.float32)
+            pe = image_positional_embeddings(model)
+            step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
+            parts = [
+                fast_decode(model, emb, sparse[0][s : s + step], dense if dense.shape[0] == 1 else dense[s : s + step], multimask, pe)
+                for s in range(0, n, step)
+            ]
+            masks = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
+            iou = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+        return masks.float(), iou.float()
+    with torch.inference_mode(), _autocast(bundle):
+        out = bundle.model(image_embeddings=image_embeddings.to(bundle.device), multimask_output=multimask, **prompts)
+    return out.pred_masks[0].float(), out.iou_scores[0].float()
+
+
+def decode(
+    bundle: SamBundle,
+    image_embeddings: torch.Tensor,
+    points: np.ndarray | torch.Tensor | None = None,
+    labels: np.ndarray | torch.Tensor | None = None,
+    boxes: np.ndarray | torch.Tensor | None = None,
+    multimask: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mask prediction per object prompted by several points and/or a box.
+
+    image_embeddings: (1, C, h, w) from :func:`encode`.
+    points: (N, P, 2) x, y in the model frame, P points per object; labels:
+    (N, P) 1 = foreground (default), 0 = background. boxes: (N, 4) x0, y0, x1,
+    y1 in the model frame (one per object, with or without points).
+
+    Returns ``(low_res_logits (N, K, 256, 256), iou_scores (N, K))`` float32 on
+    ``bundle.device``, K = 3 with ``multimask`` else 1. Logits cover the padded
+    model input (low-res frame).
+    """
+    prompts: dict[str, torch.Tensor] = {}
+    n = None
+    if points is not None:
+        pts = torch.as_tensor(points, dtype=torch.float32).to(bundle.device)
+        if pts.ndim != 3 or pts.shape[2] != 2:
+            raise ValueError(f"points must be (N, P, 2), got {tuple(pts.shape)}")
+        n = pts.shape[0]
+        if labels is None:
+            lab = torch.ones(pts.shape[:2], dtype=torch.long, device=bundle.device)
+        else:
+            lab = torch.as_tensor(labels, dtype=torch.long).to(bundle.device)
+            if tuple(lab.shape) != tuple(pts.shape[:2]):
+                raise ValueError(f"labels must be (N, P) = {tuple(pts.shape[:2])}, got {tuple(lab.shape)}")
+        prompts["input_points"] = pts[None]
+        prompts["input_labels"] = lab[None]
+    if boxes is not None:
+        bx = torch.as_tensor(boxes, dtype=torch.float32).to(bundle.device)
+        if bx.ndim != 2 or bx.shape[1] != 4 or (n is not None and bx.shape[0] != n):
+            raise ValueError(f"boxes must be (N, 4) with one box per object, got {tuple(bx.shape)}")
+        prompts["input_boxes"] = bx[None]
+    if not prompts:
+        raise ValueError("decode needs points, boxes or both")
+    return _run_decoder(bundle, image_embeddings, multimask, **prompts)
+
+
+#: The former name of :func:`decode`.
+decode_prompts = decode
+
+
+def decode_points(
+    bundle: SamBundle,
+    image_embeddings: torch.Tensor,
+    points: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor | None = None,
+    multimask: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mask prediction per point prompt: :func:`decode` with one point per object.
+
+    points: (N, 2) x, y in the model frame; labels: (N,) 1 = foreground
+    (default), 0 = background. Returns as :func:`decode` (multimask by default).
+    """
+    pts = torch.as_tensor(points, dtype=torch.float32).to(bundle.device)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"points must be (N, 2), got {tuple(pts.shape)}")
+    lab = None
+    if labels is not None:
+        lab = torch.as_tensor(labels, dtype=torch.long).to(bundle.device).reshape(-1)
+        if lab.shape[0] != pts.shape[0]:
+            raise ValueError(f"{lab.shape[0]} labels for {pts.shape[0]} points")
+        lab = lab[:, None]
+    return decode(bundle, image_embeddings, points=pts[:, None, :], labels=lab, multimask=multimask)
+
+
+def decode_boxes(
+    bundle: SamBundle,
+    image_embeddings: torch.Tensor,
+    boxes: np.ndarray | torch.Tensor,
+    multimask: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mask prediction per box prompt: :func:`decode` with boxes only.
+
+    boxes: (N, 4) x0, y0, x1, y1 in the model frame. Returns as :func:`decode`.
+    """
+    bx = torch.as_tensor(boxes, dtype=torch.float32).to(bundle.device)
+    if bx.ndim != 2 or bx.shape[1] != 4:
+        raise ValueError(f"boxes must be (N, 4), got {tuple(bx.shape)}")
+    return decode(bundle, image_embeddings, boxes=bx, multimask=multimask)
+
+
+def upsample_logits(
+    logits: torch.Tensor,
+    input_size: int,
+    resized_hw: tuple[int, int],
+    original_hw: tuple[int, int],
+) -> torch.Tensor:
+    """Low-res logits (N, h, w) -> chip-frame logits (N, H, W), float32.
+
+    As SAM: bilinear to the padded ``input_size`` square, crop the padding away
+    (``resized_hw``), bilinear to ``original_hw``.
+    """
+    x = logits.to(torch.float32)[:, None]
+    x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    x = x[..., : resized_hw[0], : resized_hw[1]]
+    if tuple(resized_hw) != tuple(original_hw):
+        x = F.interpolate(x, size=tuple(original_hw), mode="bilinear", align_corners=False)
+    return x[:, 0]
+
+
+__all__ = [
+    "decode",
+    "decode_boxes",
+    "decode_points",
+    "decode_prompts",
+    "encode",
+    "preprocess",
+    "resized_size",
+    "to_model_frame",
+    "upsample_logits",
+]
