@@ -28,7 +28,7 @@ _LAZY = {
     "Scene": ("geosam.io", "Scene"),
     "ChipMasks": ("geosam.masks", "ChipMasks"),
     "MaskGenerator": ("geosam.masks", "MaskGenerator"),
-    "SamMaskGenerator": ("geosam.amg", "SamMaskGenerator"),
+    "SamMaskGenerator": ("geosam.segment", "SamMaskGenerator"),
     "load_sam": ("geosam.model", "load_sam"),
     "segment_prompts": ("geosam.prompts", "segment_prompts"),
     "PromptConfig": ("geosam.config", "PromptConfig"),

@@ -55,7 +55,7 @@ class RunStats:
 
 def make_mask_generator(cfg: SegmentConfig) -> MaskGenerator:
     """The SAM segment-everything generator configured by ``cfg``."""
-    from geosam.amg import SamMaskGenerator
+    from geosam.segment import SamMaskGenerator
 
     return SamMaskGenerator(
         cfg.model,
