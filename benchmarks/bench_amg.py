@@ -2,7 +2,7 @@
 
 One run, the same chips, the same weights, the same point grid and thresholds:
 
-(a) ``geosam``: :class:`geosam.amg.SamMaskGenerator` end to end per chip, at its headline dtype
+(a) ``geosam``: :class:`geosam.segment.SamMaskGenerator` end to end per chip, at its headline dtype
     (``--dtype auto``: bf16 autocast on CPUs with AMX and on CUDA, fp16 on CUDA) and again in float32
     (skip with ``--no-float32``);
 (b) ``pipeline``: ``transformers.pipeline("mask-generation", model=..., image_processor=SamImageProcessorPil(),
@@ -42,7 +42,7 @@ instead of ~3500; ~50 % pass the stability filter, ~35 % the IoU filter):
 
 NMS. The pipeline's post-processing imports ``torchvision.ops.batched_nms``; torchvision is not installed in
 geosam's venv (torch 2.13 CPU has no matching build), so the reference run patches that one function with
-geosam's plain-torch :func:`geosam.amg.batched_nms` (same greedy algorithm). Everything else in the
+geosam's plain-torch :func:`geosam.segment.sam_utils.batched_nms` (same greedy algorithm). Everything else in the
 pipeline is untouched. If torchvision is importable, it is used as is.
 
 Metrics (``benchmarks/results/latest.json``): ``speedup_vs_pipeline`` = pipeline_s / geosam_s (given
@@ -132,7 +132,7 @@ def _nms_patch() -> str:
         print(f"torchvision unusable ({type(exc).__name__}); patching the pipeline's NMS")
     import transformers.models.sam.image_processing_pil_sam as ipm
 
-    from geosam.amg import batched_nms
+    from geosam.segment.sam_utils import batched_nms
 
     def post_process_for_mask_generation(self, all_masks, all_scores, all_boxes, crops_nms_thresh):
         keep = batched_nms(all_boxes.float(), all_scores, torch.zeros(all_boxes.shape[0]), crops_nms_thresh)
@@ -140,7 +140,7 @@ def _nms_patch() -> str:
         return [ipm._rle_to_mask(r) for r in rle], all_scores[keep], rle, all_boxes[keep]
 
     ipm.SamImageProcessorPil.post_process_for_mask_generation = post_process_for_mask_generation
-    return "geosam.amg.batched_nms patched in (torchvision not installed)"
+    return "geosam.segment.sam_utils.batched_nms patched in (torchvision not installed)"
 
 
 def agreement(a: np.ndarray, b: np.ndarray, thresh: float = 0.9) -> tuple[int, int]:
@@ -157,7 +157,7 @@ def agreement(a: np.ndarray, b: np.ndarray, thresh: float = 0.9) -> tuple[int, i
 
 def geosam_runner(bundle, args, box_nms_thresh: float):
     """(generate(chip) -> masks, the generator) for geosam at ``bundle``'s dtype."""
-    from geosam.amg import SamMaskGenerator
+    from geosam.segment import SamMaskGenerator
 
     gen = SamMaskGenerator(
         bundle,

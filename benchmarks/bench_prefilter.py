@@ -62,13 +62,13 @@ def build_bench_sam(dirpath: Path) -> str:
 
 
 class DecoderTimer:
-    """Wrap ``geosam.amg.decode_points`` to add up its wall time."""
+    """Wrap ``geosam.segment.crop.decode_points`` (the segment-everything decoder call) to add up its wall time."""
 
     def __init__(self, device: str) -> None:
-        import geosam.amg
+        import geosam.segment.crop
 
-        self.amg = geosam.amg
-        self.orig = geosam.amg.decode_points
+        self.crop = geosam.segment.crop
+        self.orig = geosam.segment.crop.decode_points
         self.seconds = 0.0
         self.calls = 0
         self.cuda = device.startswith("cuda")
@@ -87,11 +87,11 @@ class DecoderTimer:
             self.calls += 1
             return out
 
-        self.amg.decode_points = timed
+        self.crop.decode_points = timed
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.amg.decode_points = self.orig
+        self.crop.decode_points = self.orig
 
 
 class CountingGenerator(BaseMaskGenerator):
@@ -114,7 +114,7 @@ class CountingGenerator(BaseMaskGenerator):
 
 def run_once(model_dir: str, args, prefilter: bool, radius: int | str | None, threshold: float) -> dict:
     import geosam
-    from geosam.amg import SamMaskGenerator
+    from geosam.segment import SamMaskGenerator
 
     gen = CountingGenerator(SamMaskGenerator(model_dir, device=args.device, points_per_side=args.points_per_side,
                                              points_per_batch=args.points_per_batch))

@@ -28,7 +28,7 @@ _LAZY = {
     "Scene": ("geosam.io", "Scene"),
     "ChipMasks": ("geosam.masks", "ChipMasks"),
     "MaskGenerator": ("geosam.masks", "MaskGenerator"),
-    "SamMaskGenerator": ("geosam.amg", "SamMaskGenerator"),
+    "SamMaskGenerator": ("geosam.segment", "SamMaskGenerator"),
     "load_sam": ("geosam.models", "load_sam"),
     "load_model": ("geosam.models", "load_model"),
     "ModelCapabilities": ("geosam.models", "ModelCapabilities"),

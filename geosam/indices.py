@@ -202,13 +202,16 @@ class ZonalStats:
 
 
 def grid_pixels(height: int, width: int, points_per_side: int) -> tuple[Arr, Arr]:
-    """(rows, cols) of the chip pixels under SAM's point grid (as :func:`geosam.amg.build_point_grid`)."""
-    n = int(points_per_side)
-    offset = 1.0 / (2 * n)
-    side = np.linspace(offset, 1.0 - offset, n)
-    cols = np.clip(np.floor(side * width).astype(np.int64), 0, width - 1)
-    rows = np.clip(np.floor(side * height).astype(np.int64), 0, height - 1)
-    return np.repeat(rows, n), np.tile(cols, n)
+    """(rows, cols) int64 of the chip pixels under SAM's point grid, in grid order (x fastest).
+
+    The points are :func:`geosam.segment.sam_utils.build_point_grid` scaled to the
+    chip (chip frame), the pixels :func:`geosam.segment.sam_utils.grid_pixel_indices`:
+    the same pixels the segment-everything generator decodes.
+    """
+    from geosam.segment.sam_utils import build_point_grid, grid_pixel_indices
+
+    points = build_point_grid(int(points_per_side)) * np.array([width, height], dtype=np.float64)
+    return grid_pixel_indices(points, height, width)
 
 
 class Prefilter:

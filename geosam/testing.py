@@ -202,7 +202,7 @@ class PromptedOracleMaskGenerator(OracleMaskGenerator):
     """An oracle that, like SAM segment-everything, only answers its point prompts.
 
     The chip gets SAM's point grid (``points_per_side`` squared points, the same
-    pixels as :func:`geosam.amg.build_point_grid`); points outside
+    pixels as :func:`geosam.segment.sam_utils.build_point_grid`); points outside
     ``chip.prompt_region()`` (invalid pixels, or outside a prefilter's
     ``prompt_mask``) are not "decoded". Every other point returns the whole
     object (inside the chip window) of the label under it; points on
@@ -210,7 +210,7 @@ class PromptedOracleMaskGenerator(OracleMaskGenerator):
 
     Counters: :attr:`prompts_received` (points decoded, all calls),
     :attr:`chips_called`, and :attr:`last_stats` per call (``points_total``,
-    ``points_decoded``, ``masks_kept``), as :class:`geosam.amg.SamMaskGenerator`.
+    ``points_decoded``, ``masks_kept``), as :class:`geosam.segment.SamMaskGenerator`.
     """
 
     name = "prompted-oracle"

@@ -8,14 +8,14 @@ import torch
 from click.testing import CliRunner
 
 import geosam.models.device as gm
-from geosam import amg
-from geosam.amg import SamMaskGenerator, generate_crop_boxes, is_box_near_crop_edge
 from geosam.cli.main import cli
 from geosam.models import SamBundle, load_sam
 from geosam.pipeline import segment_scene
+from geosam.segment import SamMaskGenerator, crop
+from geosam.segment.sam_utils import generate_crop_boxes, is_box_near_crop_edge
 from geosam.testing import OracleMaskGenerator
 from tests.data.make_scenes import make_oracle_scene
-from tests.test_amg import fake_decode_points, make_chip
+from tests.test_segment_everything import fake_decode_points, make_chip
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_is_box_near_crop_edge() -> None:
 def test_crop_layers_find_smaller_objects(bundle: SamBundle, monkeypatch) -> None:
     # fake decoder: discs of fixed low-res radius around each prompt, so a crop (fewer chip px per
     # low-res px) yields smaller masks in the chip frame
-    monkeypatch.setattr(amg, "decode_points", fake_decode_points)
+    monkeypatch.setattr(crop, "decode_points", fake_decode_points)
     chip = make_chip(256, 256)
     kw = {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     plain = SamMaskGenerator(bundle, **kw).generate(chip)

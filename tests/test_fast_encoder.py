@@ -147,9 +147,9 @@ def test_segment_config_compile_reaches_the_generator(monkeypatch, tiny_sam_dir:
 
     calls: list[object] = []
     monkeypatch.setattr(gm, "compile_bundle", lambda b: calls.append(b) or b)
-    from geosam import amg
+    from geosam.segment import everything
 
-    monkeypatch.setattr(amg, "compile_bundle", lambda b: calls.append(b) or b)
+    monkeypatch.setattr(everything, "compile_bundle", lambda b: calls.append(b) or b)
     gen = make_mask_generator(SegmentConfig(model=tiny_sam_dir, device="cpu", compile=True))
     assert gen.compile and len(calls) == 1
     assert not make_mask_generator(SegmentConfig(model=tiny_sam_dir, device="cpu")).compile

@@ -39,7 +39,7 @@ class ModelCapabilities:
 
     point_prompts: foreground/background points give usable masks.
     box_prompts: boxes give usable masks.
-    segment_everything: the grid-of-points generator (:class:`geosam.amg.SamMaskGenerator`)
+    segment_everything: the grid-of-points generator (:class:`geosam.segment.SamMaskGenerator`)
         works; needs ``point_prompts``.
     text_prompts: a text phrase selects objects (SAM 3 style).
     exemplars: example boxes select similar objects (SAM 3 style).

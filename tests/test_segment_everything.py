@@ -1,4 +1,4 @@
-"""Segment-everything: SAM's helpers with exact expectations, and generate() end to end.
+"""Segment-everything (geosam.segment.SamMaskGenerator) end to end.
 
 Two kinds of decoder are used: the tiny random-weight SAM (plumbing: shapes,
 valid pixels, stats) and a geometric fake decoder whose three masks per point
@@ -15,22 +15,12 @@ import pytest
 import torch
 from affine import Affine
 
-from geosam import amg
-from geosam.amg import (
-    SamMaskGenerator,
-    batched_mask_to_box,
-    batched_nms,
-    box_iou,
-    build_point_grid,
-    calculate_stability_score,
-    nms,
-    remove_small_regions,
-    upsampled_x4_stats,
-)
 from geosam.errors import ConfigError
 from geosam.io import Chip
 from geosam.masks import ChipMasks, MaskGenerator
 from geosam.models import SamBundle, load_sam
+from geosam.segment import SamMaskGenerator, crop, everything
+from geosam.segment.sam_utils import batched_mask_to_box, box_iou, build_point_grid
 from geosam.tiling import ChipSpec, PixelWindow
 
 CRS_WKT = None  # filled lazily: rasterio is only needed for the CRS text
@@ -68,81 +58,6 @@ def bundle(tiny_sam_dir: str) -> SamBundle:
     return load_sam(tiny_sam_dir, device="cpu")
 
 
-# -- pure helpers -----------------------------------------------------------------
-
-
-def test_build_point_grid() -> None:
-    g = build_point_grid(2)
-    assert g.tolist() == [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
-    g4 = build_point_grid(4)
-    assert g4.shape == (16, 2)
-    assert g4[:4, 0].tolist() == [0.125, 0.375, 0.625, 0.875]
-    assert g4[::4, 1].tolist() == [0.125, 0.375, 0.625, 0.875]
-    assert build_point_grid(1).tolist() == [[0.5, 0.5]]
-    with pytest.raises(ConfigError):
-        build_point_grid(0)
-
-
-def test_calculate_stability_score() -> None:
-    logits = torch.full((3, 10, 10), -5.0)
-    logits[0, :4, :] = 5.0  # 40 px well above threshold + offset
-    logits[0, 4:6, :] = 0.5  # 20 px only above threshold - offset
-    logits[1, :5, :] = 5.0  # crisp: stable
-    # mask 2: all below threshold - offset -> empty loose mask -> 0
-    s = calculate_stability_score(logits, 0.0, 1.0)
-    assert s.tolist() == pytest.approx([40 / 60, 1.0, 0.0])
-    # offset 0.25: the 0.5 band lies above both 0.25 and -0.25 -> stable
-    assert calculate_stability_score(logits[:1], 0.0, 0.25).tolist() == pytest.approx([1.0])
-    # threshold 0.4: the band (-0.6, 1.4) again splits 40 px (5.0) from 60 px (5.0 and 0.5)
-    assert calculate_stability_score(logits[:1], 0.4, 1.0).tolist() == pytest.approx([40 / 60])
-
-
-def _upsample_x4(low: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.interpolate(low[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
-
-
-def _brute_stats(low: torch.Tensor, thresholds, box_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    up = _upsample_x4(low)
-    counts = torch.stack([(up > t).flatten(1).sum(dim=1) for t in thresholds], dim=1)
-    return counts, batched_mask_to_box(up > box_threshold)
-
-
-@pytest.mark.parametrize("shape", [(40, 36), (7, 9), (2, 2), (3, 50)])
-def test_upsampled_x4_stats_equal_full_resolution(shape) -> None:
-    h, w = shape
-    gen = torch.Generator().manual_seed(h * 100 + w)
-    smooth = torch.nn.functional.avg_pool2d(torch.randn((3, 1, h, w), generator=gen), 3, 1, 1)[:, 0] * 40
-    low = torch.cat(
-        [
-            smooth,
-            torch.randn((1, h, w), generator=gen),  # speckle: nearly every cell is outline
-            torch.zeros((1, h, w)),  # every pixel exactly at the threshold 0 (not above it)
-            torch.full((1, h, w), 7.0),  # above every threshold
-            torch.full((1, h, w), -7.0),  # empty
-            torch.full((1, h, w), -7.0),  # one bright corner pixel: the box is in the border strips
-            torch.full((1, h, w), -7.0),  # one bright low-res pixel inside
-        ]
-    )
-    low[0, :1, :] = 1.0  # a plateau exactly at a threshold
-    low[7, -1, -1] = 9.0
-    low[8, h // 2, w // 2] = 9.0
-    thresholds = (-1.0, 0.0, 1.0, 0.5, 20.0)
-    counts, boxes = upsampled_x4_stats(low, thresholds, 0.0)
-    exp_counts, exp_boxes = _brute_stats(low, thresholds, 0.0)
-    assert torch.equal(counts, exp_counts)
-    assert torch.equal(boxes, exp_boxes)
-    n = 16 * h * w
-    assert counts[4].tolist() == [n, 0, 0, 0, 0] and counts[5].tolist() == [n, n, n, n, 0]
-    assert counts[6].tolist() == [0] * 5 and boxes[6].tolist() == [0, 0, 0, 0]
-    assert boxes[7, 2:].tolist() == [4 * w - 1, 4 * h - 1]  # the bottom-right corner pixel is reached
-    # another box threshold
-    assert torch.equal(upsampled_x4_stats(low, (0.0,), 1.0)[1], _brute_stats(low, (0.0,), 1.0)[1])
-
-
-def test_upsampled_x4_stats_rejects_tiny_input() -> None:
-    with pytest.raises(ValueError, match="2 x 2"):
-        upsampled_x4_stats(torch.zeros((1, 1, 5)), (0.0,), 0.0)
-
 
 def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> None:
     """A valid 1024 px chip counts and boxes masks from the low-res logits and upsamples only NMS survivors;
@@ -150,19 +65,19 @@ def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> 
     chip = make_chip(1024, 1024, seed=4)
     gen = SamMaskGenerator(bundle, points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.5)
     upsampled: list[int] = []
-    real_up = amg.upsample_logits
+    real_up = crop.upsample_logits
 
     def spy_up(logits, *args, **kwargs):
         upsampled.append(int(logits.shape[0]))
         return real_up(logits, *args, **kwargs)
 
-    monkeypatch.setattr(amg, "upsample_logits", spy_up)
+    monkeypatch.setattr(crop, "upsample_logits", spy_up)
     lazy = gen.generate(chip)
     stats = dict(gen.last_stats)
     assert stats["masks_after_filter"] > stats["masks_after_nms"] > 0
     assert sum(upsampled) == stats["masks_after_nms"]  # only NMS survivors reach chip resolution
 
-    monkeypatch.setattr(amg, "LAZY_UPSAMPLE", False)
+    monkeypatch.setattr(crop, "LAZY_UPSAMPLE", False)
     upsampled.clear()
     full = gen.generate(chip)
     assert sum(upsampled) >= gen.last_stats["masks_after_filter"]
@@ -176,89 +91,6 @@ def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> 
     valid[:, :100] = False
     cut = gen.generate(make_chip(1024, 1024, valid=valid, seed=4))
     assert not cut.masks[:, :, :100].any()
-
-
-def test_batched_mask_to_box() -> None:
-    masks = torch.zeros((2, 3, 8, 10), dtype=torch.bool)
-    masks[0, 0, 2:5, 3:7] = True
-    masks[0, 1, 7, 9] = True
-    masks[1, 0, 0, 0] = True
-    masks[1, 0, 6, 2] = True
-    boxes = batched_mask_to_box(masks)
-    assert boxes.shape == (2, 3, 4)
-    assert boxes[0, 0].tolist() == [3, 2, 6, 4]
-    assert boxes[0, 1].tolist() == [9, 7, 9, 7]
-    assert boxes[0, 2].tolist() == [0, 0, 0, 0]  # empty
-    assert boxes[1, 0].tolist() == [0, 0, 2, 6]
-    assert batched_mask_to_box(torch.zeros((0, 5, 5), dtype=torch.bool)).shape == (0, 4)
-
-
-def test_box_iou() -> None:
-    a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0], [3.0, 3.0, 3.0, 3.0]])
-    assert box_iou(a, b)[0].tolist() == pytest.approx([1.0, 50 / 150, 0.0, 0.0])
-    assert box_iou(b[3:], b[3:]).tolist() == [[0.0]]  # degenerate: no NaN
-
-
-def test_nms_on_hand_made_boxes() -> None:
-    boxes = torch.tensor(
-        [
-            [0.0, 0.0, 10.0, 10.0],  # 0
-            [1.0, 0.0, 11.0, 10.0],  # 1: IoU 0.818 with 0
-            [5.0, 0.0, 15.0, 10.0],  # 2: IoU 1/3 with 0, 0.4286 with 1
-            [20.0, 20.0, 30.0, 30.0],  # 3: alone
-            [20.0, 20.0, 30.0, 30.0],  # 4: duplicate of 3
-        ]
-    )
-    scores = torch.tensor([0.8, 0.9, 0.7, 0.5, 0.6])
-    assert nms(boxes, scores, 0.7).tolist() == [1, 2, 4]
-    assert nms(boxes, scores, 0.3).tolist() == [1, 4]
-    assert nms(boxes, scores, 0.85).tolist() == [1, 0, 2, 4]
-    # ties keep input order
-    assert nms(boxes[3:], torch.tensor([0.5, 0.5]), 0.7).tolist() == [0]
-    assert nms(torch.zeros((0, 4)), torch.zeros(0), 0.5).tolist() == []
-    # categories never suppress each other
-    assert sorted(batched_nms(boxes, scores, torch.tensor([0, 1, 0, 0, 1]), 0.7).tolist()) == [0, 1, 2, 3, 4]
-    assert batched_nms(boxes, scores, torch.zeros(5, dtype=torch.int64), 0.7).tolist() == [1, 2, 4]
-
-
-def test_remove_small_regions() -> None:
-    mask = np.zeros((20, 20), dtype=bool)
-    mask[2:12, 2:12] = True  # 100 px island
-    mask[4, 4] = False  # 1 px hole
-    mask[8:10, 8:10] = False  # 4 px hole
-    mask[15:17, 15:17] = True  # 4 px island
-    mask[0, 19] = True  # 1 px island
-
-    no_islands, changed = remove_small_regions(mask, 5, "islands")
-    assert changed
-    assert no_islands.sum() == mask.sum() - 5
-    assert not no_islands[15:17, 15:17].any() and not no_islands[0, 19]
-
-    filled, changed = remove_small_regions(mask, 5, "holes")
-    assert changed
-    assert filled[2:12, 2:12].all()
-    assert filled.sum() == mask.sum() + 5
-
-    only_big_hole, changed = remove_small_regions(mask, 2, "holes")
-    assert changed and only_big_hole[4, 4] and not only_big_hole[8:10, 8:10].any()
-
-    same, changed = remove_small_regions(mask, 1, "islands")
-    assert not changed and np.array_equal(same, mask)
-
-    # every island small: the largest survives
-    tiny = np.zeros((10, 10), dtype=bool)
-    tiny[0:2, 0:2] = True
-    tiny[8, 8] = True
-    kept, changed = remove_small_regions(tiny, 50, "islands")
-    assert changed and kept.sum() == 4 and kept[0:2, 0:2].all()
-
-    # 8-connectivity: diagonal pixels form one region
-    diag = np.eye(6, dtype=bool)
-    kept, changed = remove_small_regions(diag, 6, "islands")
-    assert not changed
-    with pytest.raises(ValueError):
-        remove_small_regions(mask, 5, "blobs")
 
 
 # -- parameters ----------------------------------------------------------------------
@@ -332,8 +164,8 @@ def test_invalid_only_chip_is_empty_without_decoding(bundle: SamBundle, monkeypa
     def boom(*args, **kwargs):
         raise AssertionError("nothing should be encoded or decoded")
 
-    monkeypatch.setattr(amg, "encode", boom)
-    monkeypatch.setattr(amg, "decode_points", boom)
+    monkeypatch.setattr(everything, "encode", boom)
+    monkeypatch.setattr(crop, "decode_points", boom)
     g = SamMaskGenerator(bundle, points_per_side=4)
     out = g.generate(make_chip(100, 120, np.zeros((100, 120), dtype=bool)))
     assert len(out) == 0 and out.masks.shape == (0, 100, 120)
@@ -367,7 +199,7 @@ def fake_decode_points(bundle, image_embeddings, points, labels=None, multimask=
 
 @pytest.fixture
 def fake_decoder(monkeypatch):
-    monkeypatch.setattr(amg, "decode_points", fake_decode_points)
+    monkeypatch.setattr(crop, "decode_points", fake_decode_points)
 
 
 def _centroids(masks: np.ndarray) -> np.ndarray:
@@ -441,13 +273,13 @@ def test_fake_decoder_invalid_pixels(bundle: SamBundle, fake_decoder) -> None:
 
 def test_filtering_happens_before_upsampling(bundle: SamBundle, fake_decoder, monkeypatch) -> None:
     upsampled: list[int] = []
-    real = amg.upsample_logits
+    real = crop.upsample_logits
 
     def spy(logits, *args, **kwargs):
         upsampled.append(int(logits.shape[0]))
         return real(logits, *args, **kwargs)
 
-    monkeypatch.setattr(amg, "upsample_logits", spy)
+    monkeypatch.setattr(crop, "upsample_logits", spy)
     g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.99, stability_score_thresh=0.0)
     out = g.generate(make_chip(256, 256))
     assert len(out) == 0 and upsampled == []
@@ -456,7 +288,7 @@ def test_filtering_happens_before_upsampling(bundle: SamBundle, fake_decoder, mo
     g = SamMaskGenerator(bundle, points_per_side=4, points_per_batch=5, pred_iou_thresh=0.9, stability_score_thresh=0.0)
     g.generate(make_chip(256, 256))
     assert sum(upsampled) == 16  # only the survivors, never the 48 decoded masks
-    assert max(upsampled) <= amg.UPSAMPLE_CHUNK
+    assert max(upsampled) <= crop.UPSAMPLE_CHUNK
 
 
 def test_min_mask_region_area_drops_small_masks(bundle: SamBundle, fake_decoder) -> None:

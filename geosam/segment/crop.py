@@ -1,0 +1,211 @@
+"""One crop of segment-everything: decode the grid points, filter, NMS (SAM's ``_process_batch`` / ``_process_crop``).
+
+Order of operations per crop, as SAM: for each batch of points, decode 3
+masks per point, keep predicted IoU ``> pred_iou_thresh`` (if > 0), keep
+stability ``>= stability_score_thresh`` (if > 0), box the masks; then drop
+masks near an inner crop edge, and run box NMS by predicted IoU
+(``box_nms_thresh``). The result is in NMS order (decreasing predicted IoU).
+
+Frames: ``points`` and the returned masks and boxes are in the **crop frame**
+(crop pixels, x = column, y = row; boxes XYXY inclusive); ``crop_box`` is
+XYXY exclusive in the chip frame.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from geosam.models import SamBundle, decode_points, to_model_frame, upsample_logits
+from geosam.segment.lowres import stability_upper_bound_x4, upsampled_x4_stats
+from geosam.segment.sam_utils import (
+    MaskData,
+    batched_mask_to_box,
+    calculate_stability_score,
+    count_true,
+    is_box_near_crop_edge,
+    nms,
+    stability_from_counts,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+#: Masks upsampled to the chip at once (bounds memory: chunk x crop pixels float32).
+UPSAMPLE_CHUNK = 16
+
+#: Score and box masks from their low-res logits and upsample only NMS survivors where the crop is
+#: the model's input size and wholly valid; False: upsample every candidate (same results, slower).
+LAZY_UPSAMPLE = True
+
+#: A stability upper bound this far below the threshold drops a mask (covers float32 rounding of SAM's score).
+BOUND_SLACK = 1e-6
+
+Timer = Callable[[str], AbstractContextManager[object]]
+
+
+class StageTimer:
+    """``with timer(stage):`` adds the block's wall time to ``timings[stage]`` (device synchronised)."""
+
+    def __init__(self, timings: dict[str, float], device: torch.device) -> None:
+        self.timings, self.device = timings, device
+        self.stage, self.t0 = "", 0.0
+
+    def __call__(self, stage: str) -> Self:
+        self.stage = stage
+        return self
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self) -> Self:
+        self._sync()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sync()
+        self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.t0
+
+
+@dataclass(frozen=True)
+class FilterParams:
+    """SAM's per-crop parameters (names and meanings as ``SamAutomaticMaskGenerator``)."""
+
+    points_per_batch: int
+    pred_iou_thresh: float
+    stability_score_thresh: float
+    stability_score_offset: float
+    mask_threshold: float
+    box_nms_thresh: float
+
+
+@dataclass(frozen=True)
+class CropFrame:
+    """A crop's sizes (``hw`` in chip pixels, ``resized`` in the model frame), its valid pixels, and whether
+    the low-res fast path applies (the crop is the model's input size, 4x the low-res logits, and wholly valid)."""
+
+    hw: tuple[int, int]
+    resized: tuple[int, int]
+    valid: torch.Tensor
+    all_valid: bool
+    lazy: bool
+
+    @classmethod
+    def make(cls, bundle: SamBundle, valid: np.ndarray, resized: tuple[int, int]) -> CropFrame:
+        h, w = valid.shape
+        rh, rw = resized
+        lr, size = bundle.low_res_size, bundle.input_size
+        all_valid = bool(valid.all())
+        lazy = LAZY_UPSAMPLE and all_valid and (rh, rw) == (h, w) == (size, size) and size == 4 * lr
+        return cls((h, w), (rh, rw), torch.from_numpy(valid).to(bundle.device), all_valid, lazy)
+
+
+def process_crop(
+    bundle: SamBundle,
+    params: FilterParams,
+    embedding: torch.Tensor,
+    frame: CropFrame,
+    points: np.ndarray,
+    crop_box: list[int],
+    chip_hw: tuple[int, int],
+    timer: Timer,
+) -> tuple[MaskData, int, int]:
+    """Decode one crop's ``points`` (crop frame), filter, drop inner-crop-edge masks, NMS, upsample survivors.
+
+    Returns ``(data, n_decoded, n_after_filter)``: ``data`` holds bool ``masks``
+    (crop frame, on the CPU), ``iou_preds``, ``stability_score`` and ``boxes``
+    in NMS order.
+    """
+    model_points = to_model_frame(points, frame.hw, frame.resized)
+    parts, n_decoded = [], 0
+    for start in range(0, model_points.shape[0], params.points_per_batch):
+        with timer("decode"):
+            logits, iou = decode_points(bundle, embedding, model_points[start : start + params.points_per_batch], multimask=True)
+        n_decoded += int(logits.shape[0] * logits.shape[1])
+        parts.append(_process_batch(bundle, params, frame, logits.flatten(0, 1), iou.flatten(), timer))
+    data = MaskData.cat(parts)
+    n_filtered = len(data)
+    with timer("nms"):
+        h, w = chip_hw
+        if list(crop_box) != [0, 0, w, h]:
+            offset = torch.tensor([crop_box[0], crop_box[1]] * 2, dtype=data.boxes.dtype)
+            data = data.filter(~is_box_near_crop_edge(data.boxes + offset, crop_box, [0, 0, w, h]))
+        data = data.filter(nms(data.boxes, data.iou_preds, params.box_nms_thresh))
+    if data.low_res_logits is not None:
+        with timer("upsample"):
+            data = data.with_(masks=_upsample(bundle, frame, params, data.low_res_logits), low_res_logits=None)
+    return data, n_decoded, n_filtered
+
+
+def _process_batch(
+    bundle: SamBundle, params: FilterParams, frame: CropFrame, logits: torch.Tensor, iou: torch.Tensor, timer: Timer
+) -> MaskData:
+    """SAM's ``_process_batch`` on decoded low-res logits (M, lr, lr): IoU filter, stability filter, boxes.
+
+    Returns the survivors on the CPU: with bool masks (crop frame), or with
+    their low-res logits when ``frame.lazy`` (upsampled after NMS).
+    """
+    with timer("filter"):
+        keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+        if frame.lazy and params.stability_score_thresh > 0.0 and bool(keep.any()):
+            idx = keep.nonzero()[:, 0]
+            bound = stability_upper_bound_x4(logits[idx], params.mask_threshold, params.stability_score_offset)
+            keep[idx] = bound >= params.stability_score_thresh - BOUND_SLACK  # proven: the rest cannot pass
+        logits, iou = logits[keep], iou[keep]
+    chunks = []
+    stage = "filter" if frame.lazy else "upsample"
+    for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
+        with timer(stage):
+            chunks.append(_score_chunk(bundle, params, frame, logits[c : c + UPSAMPLE_CHUNK], iou[c : c + UPSAMPLE_CHUNK]))
+    if not chunks:
+        empty = MaskData(torch.zeros(0), torch.zeros(0), torch.zeros((0, 4), dtype=torch.int64))
+        if frame.lazy:
+            return empty.with_(low_res_logits=torch.zeros((0, *logits.shape[1:])))
+        return empty.with_(masks=torch.zeros((0, *frame.hw), dtype=torch.bool))
+    return MaskData.cat(chunks)
+
+
+def _score_chunk(bundle: SamBundle, params: FilterParams, frame: CropFrame, low: torch.Tensor, iou: torch.Tensor) -> MaskData:
+    """Stability scores and boxes of a few masks at crop resolution; keep stability ``>=`` threshold and non-empty."""
+    t, off = params.mask_threshold, params.stability_score_offset
+    masks = None
+    if frame.lazy:  # chip-resolution counts and boxes without upsampling
+        counts, boxes = upsampled_x4_stats(low, (t + off, t - off, t), t)
+        high, loose, inside = counts.unbind(1)
+        stab = stability_from_counts(high, loose)
+        nonempty = inside > 0
+    else:
+        up = upsample_logits(low, bundle.input_size, frame.resized, frame.hw)
+        stab = calculate_stability_score(up, t, off)
+        masks = up > t
+        if not frame.all_valid:
+            masks &= frame.valid
+        nonempty = count_true(masks) > 0
+        boxes = batched_mask_to_box(masks)
+    ok = nonempty
+    if params.stability_score_thresh > 0.0:
+        ok = ok & (stab >= params.stability_score_thresh)
+    data = MaskData(iou[ok].float().cpu(), stab[ok].cpu(), boxes[ok].cpu())
+    if masks is None:
+        return data.with_(low_res_logits=low[ok])
+    return data.with_(masks=masks[ok].cpu())
+
+
+def _upsample(bundle: SamBundle, frame: CropFrame, params: FilterParams, low: torch.Tensor) -> torch.Tensor:
+    """Bool crop-frame masks (N, h, w) on the CPU from low-res logits, :data:`UPSAMPLE_CHUNK` at a time."""
+    out = [
+        (upsample_logits(low[c : c + UPSAMPLE_CHUNK], bundle.input_size, frame.resized, frame.hw) > params.mask_threshold).cpu()
+        for c in range(0, low.shape[0], UPSAMPLE_CHUNK)
+    ]
+    return torch.cat(out) if out else torch.zeros((0, *frame.hw), dtype=torch.bool)
+
+
+__all__ = ["LAZY_UPSAMPLE", "UPSAMPLE_CHUNK", "CropFrame", "FilterParams", "StageTimer", "process_crop"]

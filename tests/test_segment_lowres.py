@@ -1,0 +1,56 @@
+"""The low-res kernel (geosam.segment.lowres): exact chip-resolution counts and boxes, and a proven stability bound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geosam.segment.lowres import upsampled_x4_stats
+from geosam.segment.sam_utils import batched_mask_to_box
+
+
+def _upsample_x4(low: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.interpolate(low[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _brute_stats(low: torch.Tensor, thresholds, box_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    up = _upsample_x4(low)
+    counts = torch.stack([(up > t).flatten(1).sum(dim=1) for t in thresholds], dim=1)
+    return counts, batched_mask_to_box(up > box_threshold)
+
+
+@pytest.mark.parametrize("shape", [(40, 36), (7, 9), (2, 2), (3, 50)])
+def test_upsampled_x4_stats_equal_full_resolution(shape) -> None:
+    h, w = shape
+    gen = torch.Generator().manual_seed(h * 100 + w)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn((3, 1, h, w), generator=gen), 3, 1, 1)[:, 0] * 40
+    low = torch.cat(
+        [
+            smooth,
+            torch.randn((1, h, w), generator=gen),  # speckle: nearly every cell is outline
+            torch.zeros((1, h, w)),  # every pixel exactly at the threshold 0 (not above it)
+            torch.full((1, h, w), 7.0),  # above every threshold
+            torch.full((1, h, w), -7.0),  # empty
+            torch.full((1, h, w), -7.0),  # one bright corner pixel: the box is in the border strips
+            torch.full((1, h, w), -7.0),  # one bright low-res pixel inside
+        ]
+    )
+    low[0, :1, :] = 1.0  # a plateau exactly at a threshold
+    low[7, -1, -1] = 9.0
+    low[8, h // 2, w // 2] = 9.0
+    thresholds = (-1.0, 0.0, 1.0, 0.5, 20.0)
+    counts, boxes = upsampled_x4_stats(low, thresholds, 0.0)
+    exp_counts, exp_boxes = _brute_stats(low, thresholds, 0.0)
+    assert torch.equal(counts, exp_counts)
+    assert torch.equal(boxes, exp_boxes)
+    n = 16 * h * w
+    assert counts[4].tolist() == [n, 0, 0, 0, 0] and counts[5].tolist() == [n, n, n, n, 0]
+    assert counts[6].tolist() == [0] * 5 and boxes[6].tolist() == [0, 0, 0, 0]
+    assert boxes[7, 2:].tolist() == [4 * w - 1, 4 * h - 1]  # the bottom-right corner pixel is reached
+    # another box threshold
+    assert torch.equal(upsampled_x4_stats(low, (0.0,), 1.0)[1], _brute_stats(low, (0.0,), 1.0)[1])
+
+
+def test_upsampled_x4_stats_rejects_tiny_input() -> None:
+    with pytest.raises(ValueError, match="2 x 2"):
+        upsampled_x4_stats(torch.zeros((1, 1, 5)), (0.0,), 0.0)
