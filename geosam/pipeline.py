@@ -167,7 +167,7 @@ def segment_prompts(
     """
     from geosam.assemble import PromptAssembler
     from geosam.models import SamBundle, load_sam
-    from geosam.prompts import prompt_tasks, prompts_frame, report_statuses, resolve_prompts
+    from geosam.prompt_mode import prompt_tasks, prompts_frame, report_statuses, resolve_prompts
     from geosam.segment.prompted import PromptMaskGenerator
 
     if model is not None and not isinstance(model, SamBundle):

@@ -48,7 +48,7 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
     from geosam.export import check_output_path, render_overlay, write_vector
     from geosam.outputs import check_outputs
     from geosam.pipeline import segment_prompts
-    from geosam.prompts import gather_prompts
+    from geosam.prompt_mode import gather_prompts
 
     cfg = PromptConfig.from_settings(**settings)  # every setting checked before any pixel or model
     if prompt_crs is not None:

@@ -1,42 +1,15 @@
-"""Typed, frozen settings, composed from small parts. Every default of geosam lives here.
+"""The parts a run's settings are composed of: reading, tiling, model, segment-everything, engine, output.
 
-A run's settings are composed like transformers' ``SamConfig``: each part owns
-its fields, defaults and validation, and a mode's config holds the parts it uses.
-
-================  =====================================================================
-part              fields
-================  =====================================================================
-ReadConfig        bands, fill_value, fill_tolerance, stretch_percentiles, overview_max_px
-TilingConfig      chip_size_px, overlap_px
-ModelConfig       model, device, dtype, compile
-AmgConfig         SAM's segment-everything parameters (points_per_side, ... crop_*)
-IndexConfig       band_roles, reflectance_*, indices, index_thresholds, min_index, rank_by,
-                  top_k, prefilter, prefilter_radius_px
-EngineConfig      prefetch_chips, chips_per_batch, skip_bad_chips, progress
-OutputConfig      match_iou, min_area_m2, to_crs
-PromptWindowConfig  context, min_window_px, point_window_px, box_grow, multimask, mask_threshold
-================  =====================================================================
-
-:class:`SegmentConfig` and :class:`PromptConfig` compose them. Flat keyword
-settings (``chip_size_px=512, points_per_side=16``) stay the convenience of the
-Python API and the CLI: :meth:`SegmentConfig.with_overrides` routes each name
-to the part that owns it. Everything here is checked without pixels or a model,
-so a typo fails before anything loads. Units are in the names: ``_px`` scene
-pixels, ``_m2`` square metres. This module depends on nothing above
-:mod:`geosam.errors`, :mod:`geosam.bands` and :mod:`geosam.index_defs`.
+Each part owns its fields, defaults and validation (see :mod:`geosam.config`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
-from typing_extensions import Self
-
-from geosam.bands import normalise_band_roles
 from geosam.errors import ConfigError
-from geosam.index_defs import INDICES, STATS, check_index
 
 DEFAULT_MODEL = "Zigeng/SlimSAM-uniform-50"
 #: model used by prompt mode unless another is given: the built-in, offline LiteMedSAM (box prompts)
@@ -207,100 +180,6 @@ class AmgConfig:
         _int_at_least("min_mask_region_area (chip pixels)", self.min_mask_region_area, 0)
 
 
-_INDEX_COLUMNS_BASE = ("area_m2", "predicted_iou", "stability_score", "n_chips")
-
-
-def _pairs(key: str, value: Any, kind: type) -> tuple[tuple[str, Any], ...]:
-    """{'ndvi': 0.3} / 'ndvi=0.3' / ['ndvi=0.3', ...] / (('ndvi', 0.3),) -> (('ndvi', 0.3),)."""
-    if isinstance(value, str):
-        value = [value]
-    items: list[tuple[Any, Any]] = []
-    if isinstance(value, dict):
-        items = list(value.items())
-    else:
-        for v in value:
-            if isinstance(v, str):
-                name, sep, num = v.partition("=")
-                if not sep:
-                    raise ConfigError(f"{key} entries look like ndvi=0.3, got {v!r}")
-                items.append((name, num))
-            else:
-                name, num = v
-                items.append((name, num))
-    try:
-        return tuple(sorted((check_index(n), kind(x)) for n, x in items))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} needs index=number pairs, got {value!r}") from None
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """Spectral indices per object, filtering, ranking and the prompt prefilter (:mod:`geosam.indices`).
-
-    band_roles: a preset name or ((role, 1-based band), ...); None: file metadata.
-    reflectance_scale / _offset: reflectance = DN * scale + offset (None: file metadata,
-        preset, else 1/255 for uint8 and 1 otherwise).
-    indices: index names whose statistics become columns.
-    index_thresholds: what ``{index}_frac_above`` counts against.
-    min_index: keep objects with ``{index}_mean >= value``.
-    rank_by: a column, sorted descending (adds ``rank``); top_k keeps the best.
-    prefilter: decode only prompts near pixels passing ``min_index``.
-    prefilter_radius_px: prefilter neighbourhood (px), or "grid" (one point-grid spacing).
-    """
-
-    band_roles: str | tuple[tuple[str, int], ...] | None = None
-    reflectance_scale: float | None = None
-    reflectance_offset: float | None = None
-    indices: tuple[str, ...] = ()
-    index_thresholds: tuple[tuple[str, float], ...] = ()
-    min_index: tuple[tuple[str, float], ...] = ()
-    rank_by: str | None = None
-    top_k: int | None = None
-    prefilter: bool = False
-    prefilter_radius_px: int | str = 2
-
-    def __post_init__(self) -> None:
-        _put(self, "band_roles", normalise_band_roles(self.band_roles))
-        idx: Any = self.indices
-        if isinstance(idx, str):
-            idx = [t for t in idx.replace(" ", "").split(",") if t]
-        _put(self, "indices", tuple(dict.fromkeys(check_index(n) for n in idx)))
-        _put(self, "index_thresholds", _pairs("index_thresholds", self.index_thresholds, float))
-        _put(self, "min_index", _pairs("min_index", self.min_index, float))
-        if self.rank_by is not None:
-            known = set(_INDEX_COLUMNS_BASE) | {f"{n}_{s}" for n in INDICES for s in STATS}
-            if self.rank_by not in known:
-                raise ConfigError(f"rank_by must be one of {sorted(known)}, got {self.rank_by!r}")
-        if self.top_k is not None:
-            _int_at_least("top_k", self.top_k, 1)
-            if self.rank_by is None:
-                raise ConfigError("top_k needs rank_by (e.g. rank_by='ndvi_mean')")
-        if self.prefilter and not self.min_index:
-            raise ConfigError("prefilter needs min_index (e.g. min_index={'ndvi': 0.3}): it drops prompts below it")
-        rad = self.prefilter_radius_px
-        if isinstance(rad, str) and rad.strip().lower() == "grid":
-            _put(self, "prefilter_radius_px", "grid")
-        else:
-            try:
-                ok = int(rad) == float(rad) and int(rad) >= 0
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ConfigError(f"prefilter_radius_px must be an integer >= 0 or 'grid', got {rad!r}")
-            _put(self, "prefilter_radius_px", int(rad))
-        if self.reflectance_scale is not None and not self.reflectance_scale > 0:
-            raise ConfigError(f"reflectance_scale must be > 0, got {self.reflectance_scale}")
-
-    def names(self) -> tuple[str, ...]:
-        """Indices a run needs: ``indices``, then those named by ``min_index`` and ``rank_by``."""
-        names = list(self.indices) + [n for n, _ in self.min_index]
-        if self.rank_by is not None and self.rank_by not in _INDEX_COLUMNS_BASE:
-            head = self.rank_by.split("_", 1)[0]
-            if head in INDICES:
-                names.append(head)
-        return tuple(dict.fromkeys(names))
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     """How the run loop works (not what it computes).
@@ -383,109 +262,15 @@ class PromptWindowConfig:
             raise ConfigError(f"mask_threshold must be a finite number, got {self.mask_threshold}")
 
 
-C = TypeVar("C", bound="_Composed")
-
-
-class _Composed:
-    """A config composed of parts; flat settings are routed to the part that owns them."""
-
-    def flat(self) -> dict[str, Any]:
-        """Every setting by its flat name."""
-        out: dict[str, Any] = {}
-        for part in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, part.name)
-            if hasattr(value, "__dataclass_fields__"):
-                out.update({f.name: getattr(value, f.name) for f in fields(value)})
-            else:
-                out[part.name] = value
-        return out
-
-    def with_overrides(self, **overrides: Any) -> Self:
-        """A copy with flat settings replaced (``None`` keeps the current value, except ``to_crs``)."""
-        owners: dict[str, str] = {}
-        for part in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, part.name)
-            if hasattr(value, "__dataclass_fields__"):
-                owners.update({f.name: part.name for f in fields(value)})
-        unknown = sorted(set(overrides) - set(owners))
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(owners)}")
-        by_part: dict[str, dict[str, Any]] = {}
-        for key, value in overrides.items():
-            if value is None and key not in self._none_allowed:
-                continue
-            by_part.setdefault(owners[key], {})[key] = value
-        return replace(self, **{p: replace(getattr(self, p), **kv) for p, kv in by_part.items()})  # type: ignore[type-var]
-
-    _none_allowed: tuple[str, ...] = ("to_crs",)
-
-
-@dataclass(frozen=True)
-class SegmentConfig(_Composed):
-    """Settings of a segment-everything run over a scene (see the module docstring for the parts)."""
-
-    read: ReadConfig = field(default_factory=ReadConfig)
-    tiling: TilingConfig = field(default_factory=TilingConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    amg: AmgConfig = field(default_factory=AmgConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-
-    @classmethod
-    def from_settings(cls, **settings: Any) -> SegmentConfig:
-        """A config from flat settings (``chip_size_px=512, points_per_side=16, ...``)."""
-        return cls().with_overrides(**settings)
-
-
-@dataclass(frozen=True)
-class PromptTilingConfig:
-    """Prompt mode's chip grid: ``chip_size_px`` > 0 groups prompts on a grid (sharing an image
-    embedding); 0 gives every prompt its own context window; None picks 0 for models whose masks
-    depend on the crop size (LiteMedSAM) and 1024 otherwise."""
-
-    chip_size_px: int | None = None
-    overlap_px: int = 128
-
-    def __post_init__(self) -> None:
-        if self.chip_size_px is not None:
-            _int_at_least("chip_size_px (0 = one window per prompt)", self.chip_size_px, 0)
-        _int_at_least("overlap_px", self.overlap_px, 0)
-        if self.chip_size_px and self.overlap_px >= self.chip_size_px:
-            raise ConfigError(f"overlap_px ({self.overlap_px}) must be smaller than chip_size_px ({self.chip_size_px})")
-
-
-@dataclass(frozen=True)
-class PromptConfig(_Composed):
-    """Settings of a prompt-mode run (:func:`geosam.pipeline.segment_prompts`)."""
-
-    read: ReadConfig = field(default_factory=ReadConfig)
-    tiling: PromptTilingConfig = field(default_factory=PromptTilingConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(model=DEFAULT_PROMPT_MODEL))
-    window: PromptWindowConfig = field(default_factory=PromptWindowConfig)
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(progress=False))
-    output: OutputConfig = field(default_factory=OutputConfig)
-
-    _none_allowed = ("to_crs", "chip_size_px", "multimask")
-
-    @classmethod
-    def from_settings(cls, **settings: Any) -> PromptConfig:
-        return cls().with_overrides(**settings)
-
-
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PROMPT_MODEL",
     "AmgConfig",
     "EngineConfig",
-    "IndexConfig",
     "ModelConfig",
     "OutputConfig",
-    "PromptConfig",
-    "PromptTilingConfig",
     "PromptWindowConfig",
     "ReadConfig",
-    "SegmentConfig",
     "TilingConfig",
     "check_crs",
 ]
