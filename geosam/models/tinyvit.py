@@ -19,7 +19,6 @@ from torch import nn
 INPUT_SIZE = 256
 
 
-
 class ConvBN(nn.Sequential):
     """Conv2d without bias followed by BatchNorm2d (children ``c`` and ``bn``)."""
 
