@@ -150,6 +150,6 @@ def test_segment_config_compile_reaches_the_generator(monkeypatch, tiny_sam_dir:
     from geosam.segment import everything
 
     monkeypatch.setattr(everything, "compile_bundle", lambda b: calls.append(b) or b)
-    gen = make_mask_generator(SegmentConfig(model=tiny_sam_dir, device="cpu", compile=True))
+    gen = make_mask_generator(SegmentConfig.from_settings(model=tiny_sam_dir, device="cpu", compile=True))
     assert gen.compile and len(calls) == 1
-    assert not make_mask_generator(SegmentConfig(model=tiny_sam_dir, device="cpu")).compile
+    assert not make_mask_generator(SegmentConfig.from_settings(model=tiny_sam_dir, device="cpu")).compile
