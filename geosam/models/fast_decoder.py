@@ -274,7 +274,7 @@ def _upscale_and_predict(dec: Any, x: torch.Tensor, hyper: torch.Tensor, chunk: 
     b2 = conv2.bias.repeat(4)
     ln = dec.upscale_layer_norm
     dtype = torch.promote_types(x.dtype, w1.dtype)
-    opts = {"dtype": dtype, "device": x.device}
+    opts: dict[str, Any] = {"dtype": dtype, "device": x.device}
     cs = max(1, min(n, chunk if chunk is not None else (1 if x.device.type == "cpu" else n)))
     y = torch.empty(cs * hh * ww, 4 * c4, **opts)
     z = torch.empty(cs * hh * ww * 4, 4 * c8, **opts)

@@ -126,7 +126,7 @@ def load_hf_sam(name: str, device: torch.device, dtype: torch.dtype) -> SamBundl
         raise _unreadable(name, exc, local, offline) from exc
     sam.eval().to(device)
     processor, params = _load_processor(source, kwargs)
-    input_size = int(sam.config.vision_config.image_size)
+    input_size = int(sam.config.vision_config.image_size)  # type: ignore[union-attr]
     if tuple(params["pad_size"]) != (input_size, input_size):
         log.warning(
             "%s: processor pad size %s differs from the encoder's image size %d; padding to %d",

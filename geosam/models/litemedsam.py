@@ -185,7 +185,7 @@ def build_model(path: str | os.PathLike[str] | None = None) -> Any:
     enc_state = {k[len("image_encoder.") :]: v for k, v in state.items() if k.startswith("image_encoder.")}
     try:
         encoder.load_state_dict(enc_state, strict=True)
-        sam.vision_encoder = encoder
+        sam.vision_encoder = encoder  # type: ignore[assignment]  # same interface, another network
         missing, unexpected = sam.load_state_dict(sam_keys_to_transformers(state), strict=False)
     except RuntimeError as exc:
         raise ModelLoadError(f"cannot load SAM model 'litemedsam': {ckpt} does not fit the architecture ({exc})") from exc

@@ -135,7 +135,8 @@ class Attention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, -1)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.key_dim], dim=3)
         q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
-        bias = self.attention_biases[:, self.attention_bias_idxs]
+        idx: torch.Tensor = self.attention_bias_idxs  # type: ignore[assignment]  # a registered buffer
+        bias = self.attention_biases[:, idx]
         attn = ((q @ k.transpose(-2, -1)) * self.scale + bias).softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(b, n, -1)
         return self.proj(out)
@@ -241,6 +242,7 @@ class TinyViTEncoder(nn.Module):
             res = img_size // (2 ** (i - 1 if i == n - 1 else i))
             out_dim = embed_dims[min(i + 1, n - 1)] if i < n - 1 else None
             if i == 0:
+                assert out_dim is not None  # the first stage always merges into the second
                 self.layers.append(ConvStage(embed_dims[0], (res, res), depths[0], out_dim, mbconv_expand_ratio))
             else:
                 self.layers.append(

@@ -173,7 +173,8 @@ def _x4_boxes(
     y1 = torch.full((n,), -1, dtype=torch.int64, device=dev)
     x1 = y1.clone()
 
-    def extend(lo_: torch.Tensor, hi_: torch.Tensor, first: torch.Tensor, last: torch.Tensor, hit: torch.Tensor):
+    def extend(lo_: torch.Tensor, hi_: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
+               hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.where(hit, torch.minimum(lo_, first), lo_), torch.where(hit, torch.maximum(hi_, last), hi_)
 
     # solid cells: whole 4 x 4 blocks at rows 4r + 2 .. 4r + 5, columns 4c + 2 .. 4c + 5

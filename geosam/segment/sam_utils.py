@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,13 +52,13 @@ class MaskData:
 
     def filter(self, keep: torch.Tensor) -> MaskData:
         """The rows selected by a boolean mask or an index tensor ``keep`` (index order kept)."""
-        out = {}
+        out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             out[f.name] = None if v is None else v[keep.to(v.device)]
         return MaskData(**out)
 
-    def with_(self, **changes: torch.Tensor | None) -> MaskData:
+    def with_(self, **changes: Any) -> MaskData:
         """A copy with some fields replaced (each with N rows)."""
         return replace(self, **changes)
 
@@ -66,7 +67,7 @@ class MaskData:
         """Rows of ``parts`` one after the other; a field must be None in all parts or in none."""
         if not parts:
             raise ValueError("MaskData.cat needs at least one part")
-        out = {}
+        out: dict[str, Any] = {}
         for f in fields(MaskData):
             vals = [getattr(p, f.name) for p in parts]
             if all(v is None for v in vals):
