@@ -55,8 +55,7 @@ def test_crop_layers_find_smaller_objects(bundle: SamBundle, monkeypatch) -> Non
     assert len(crops) > len(plain)
     assert crops.masks.sum(axis=(1, 2)).min() < plain.masks.sum(axis=(1, 2)).min()
     assert g.last_stats["points_total"] == 4 + 4 * 4
-    for stage in ("encode", "decode", "filter", "upsample", "nms", "postprocess"):
-        assert g.timings_s[stage] >= 0.0
+    assert {"encode", "decode", "filter", "upsample", "nms", "postprocess"} <= set(g.timings_s)  # every stage timed
 
 
 # -- batched encoding --------------------------------------------------------------

@@ -133,3 +133,42 @@ def test_touching_objects_stay_separate():
         st.add(s, ChipMasks(np.stack([sub == i for i in ids]), np.ones(len(ids)), np.ones(len(ids))))
     objs = st.pop_finished(final=True)
     assert sorted(o.geom_px.area for o in objs) == [160 * 80.0, 160 * 80.0]
+
+
+def _two_chips():
+    """Two chips side by side (cols 0..99 and 60..159, overlap 40 px; cores split at column 80)."""
+    from affine import Affine
+
+    specs = list(iter_chip_specs("mem.tif", 160, 100, Affine.identity(), "", 100, 40))
+    assert [(s.window.col_off, s.core.col_off, s.core.width) for s in specs] == [(0, 0, 80), (60, 80, 80)]
+    return specs
+
+
+def _rect_mask(spec, c0, c1, r0=30, r1=70):
+    """A (1, H, W) chip-frame mask of scene columns c0..c1-1 and rows r0..r1-1."""
+    m = np.zeros((1, spec.window.height, spec.window.width), bool)
+    m[0, r0:r1, max(c0 - spec.window.col_off, 0) : max(c1 - spec.window.col_off, 0)] = True
+    return ChipMasks(m, [0.9], [0.95])
+
+
+@pytest.mark.parametrize("shift, merged", [(0, True), (12, True), (13, False), (30, False)])
+def test_imperfect_seam_merges_exactly_at_match_iou(shift, merged):
+    """The left chip sees an object up to its edge (col 100); the right chip sees it shifted right by ``shift``.
+
+    Inside the shared strip (cols 60..99) the left part is cols 60..99 (40 px wide); the right part is cols
+    60 + shift..99: IoU = (40 - shift) / 40, compared with match_iou = 0.7 (12 -> 0.7, 13 -> 0.675).
+    """
+    left, right = _two_chips()
+    st = Stitcher([left, right], match_iou=0.7)
+    st.add(left, _rect_mask(left, 20, 100))
+    st.add(right, _rect_mask(right, 60 + shift, 140))
+    objs = st.pop_finished(final=True)
+    assert len(objs) == (1 if merged else 2)
+    if merged:
+        (o,) = objs
+        assert o.n_chips == 2
+        # each chip's core decides its side: cols 20..79 from the left chip, 80..139 from the right one
+        assert o.geom_px.equals(shapely.box(20, 30, 140, 70))
+        assert o.area_px == 120 * 40
+    else:
+        assert sorted(o.n_chips for o in objs) == [1, 1]
