@@ -1,0 +1,111 @@
+"""Before / after a refactor: the same segment-everything run on two versions of geosam, interleaved.
+
+Both versions run ``geosam.segment_scene`` on ``data/banepa_predict.tif`` (2048 x 2048, 4 chips of 1024 px)
+with the same saved random-weight ViT-B (``bench_amg.build_sane_random_sam``), 16 x 16 points, float32 and
+``dtype="auto"``. Each run is a fresh subprocess whose ``PYTHONPATH`` points at one version's source tree;
+runs alternate old, new, old, new, ... so that the drifting speed of a shared CPU hits both alike. The model
+load is timed apart; ``segment_s`` is the wall time of ``segment_scene`` (reading, encoder, decoder, filters,
+stitching, table). The output also records whether both versions give the same polygons.
+
+    .venv/bin/python benchmarks/bench_core_change.py --old REV [--rounds 3]
+
+``REV`` is checked out into a temporary git worktree. Results: ``benchmarks/results/core_change.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RUN = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import geosam
+from geosam.models import load_sam
+""" + r"""
+bundle = load_sam(sys.argv[1], device="cpu", dtype=sys.argv[3])
+t1 = time.perf_counter()
+gdf = geosam.segment_scene(sys.argv[2], model=sys.argv[1], chip_size_px=1024, overlap_px=128, points_per_side=16,
+                           device="cpu", dtype=sys.argv[3], progress=False, prefetch_chips=1)
+t2 = time.perf_counter()
+print(json.dumps({"load_s": t1 - t0, "segment_s": t2 - t1, "objects": len(gdf),
+                  "wkb": sorted(g.wkb_hex for g in gdf.geometry), "file": geosam.__file__}))
+"""
+
+
+def run_version(src: Path, model_dir: str, dtype: str, old_api: bool) -> dict:
+    code = RUN.replace("from geosam.models import load_sam", "from geosam.model import load_sam") if old_api else RUN
+    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code, model_dir, str(ROOT / "data" / "banepa_predict.tif"), dtype],
+                         capture_output=True, text=True, env=env, cwd=str(src), check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["file"].startswith(str(src)), f"imported {res['file']}, expected the tree at {src}"
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--old", required=True, help="git revision of the 'before' code")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dtypes", default="float32,auto")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "core_change.json"))
+    args = ap.parse_args()
+
+    from transformers import SamProcessor
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    from benchmarks.bench_amg import build_sane_random_sam
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(Path(tmp) / "model")
+        build_sane_random_sam().save_pretrained(model_dir)
+        SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(model_dir)
+        old_src = Path(tmp) / "old"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old_src), args.old], cwd=ROOT, check=True,
+                       capture_output=True)
+        try:
+            results: dict = {}
+            for dtype in args.dtypes.split(","):
+                runs: dict[str, list[dict]] = {"old": [], "new": []}
+                for _ in range(args.rounds):
+                    runs["old"].append(run_version(old_src, model_dir, dtype, old_api=True))
+                    runs["new"].append(run_version(ROOT, model_dir, dtype, old_api=False))
+                med = {k: statistics.median(r["segment_s"] for r in v) for k, v in runs.items()}
+                results[dtype] = {
+                    "segment_s_old": [round(r["segment_s"], 2) for r in runs["old"]],
+                    "segment_s_new": [round(r["segment_s"], 2) for r in runs["new"]],
+                    "median_old_s": round(med["old"], 2),
+                    "median_new_s": round(med["new"], 2),
+                    "new_over_old": round(med["new"] / med["old"], 3),
+                    "objects_old": runs["old"][0]["objects"],
+                    "objects_new": runs["new"][0]["objects"],
+                    "same_polygons": runs["old"][0]["wkb"] == runs["new"][0]["wkb"],
+                }
+                print(dtype, {k: v for k, v in results[dtype].items() if not k.startswith("segment_s_")})
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old_src)], cwd=ROOT, check=False,
+                           capture_output=True)
+    cpu = platform.processor() or ""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    out = {"old": args.old, "rounds": args.rounds, "cpu": cpu, "threads": os.cpu_count(),
+           "scene": "data/banepa_predict.tif (4 chips of 1024 px, 16 x 16 points)", "results": results}
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
