@@ -8,12 +8,11 @@ import torch
 from click.testing import CliRunner
 
 import geosam.model as gm
-from geosam.segment import crop
-from geosam.segment import SamMaskGenerator
-from geosam.segment.sam_utils import generate_crop_boxes, is_box_near_crop_edge
 from geosam.cli.main import cli
 from geosam.model import SamBundle, load_sam
 from geosam.pipeline import segment_scene
+from geosam.segment import SamMaskGenerator, crop
+from geosam.segment.sam_utils import generate_crop_boxes, is_box_near_crop_edge
 from geosam.testing import OracleMaskGenerator
 from tests.data.make_scenes import make_oracle_scene
 from tests.test_segment_everything import fake_decode_points, make_chip

@@ -11,7 +11,6 @@ import torch
 
 from geosam.errors import ConfigError
 from geosam.segment.sam_utils import (
-    MaskData,
     batched_mask_to_box,
     batched_nms,
     box_iou,

@@ -265,7 +265,7 @@ def _first_block_key(regions: np.ndarray, n_labels: int) -> np.ndarray:
     numbers components in this order (all foreground pixels of a block are
     8-connected, so no block holds two components).
     """
-    h, w = regions.shape
+    w = regions.shape[1]
     rows, cols = np.nonzero(regions)
     keys = (rows // 2) * ((w + 1) // 2) + cols // 2
     first = np.full(n_labels, np.iinfo(np.int64).max, dtype=np.int64)
