@@ -202,12 +202,8 @@ class ZonalStats:
 
 
 def grid_pixels(height: int, width: int, points_per_side: int) -> tuple[Arr, Arr]:
-    """(rows, cols) int64 of the chip pixels under SAM's point grid, in grid order (x fastest).
-
-    The points are :func:`geosam.segment.sam_utils.build_point_grid` scaled to the
-    chip (chip frame), the pixels :func:`geosam.segment.sam_utils.grid_pixel_indices`:
-    the same pixels the segment-everything generator decodes.
-    """
+    """(rows, cols) int64 of the chip pixels under SAM's point grid (x fastest): the pixels the generator
+    decodes (:func:`geosam.segment.sam_utils.build_point_grid`, :func:`~geosam.segment.sam_utils.grid_pixel_indices`)."""
     from geosam.segment.sam_utils import build_point_grid, grid_pixel_indices
 
     points = build_point_grid(int(points_per_side)) * np.array([width, height], dtype=np.float64)

@@ -13,7 +13,7 @@ copied from segment-anything 1.0 with these stand-ins:
 * ``torchvision.ops.batched_nms``: :func:`brute_batched_nms` (greedy, torchvision's
   float32 IoU arithmetic, stable score order);
 * ``cv2``-based ``remove_small_regions``: SAM's own when cv2 imports, else
-  :func:`brute_remove_small_regions` (BFS components; among islands tied for
+  :func:`brute_remove_small_regions` (min-label propagation; among islands tied for
   largest, the first in 2 x 2 block-raster order: cv2's 8-connected labelling
   order, checked against opencv-python-headless 5.0.0 on 20 000 random masks).
 """
@@ -21,7 +21,6 @@ copied from segment-anything 1.0 with these stand-ins:
 from __future__ import annotations
 
 import importlib.util
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -87,53 +86,42 @@ def brute_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Ten
     return torch.tensor(keep, dtype=torch.int64)
 
 
-def _components(work: np.ndarray) -> list[list[tuple[int, int]]]:
-    """8-connected components of a bool image by BFS, in raster order of their first pixel."""
+def _component_labels(work: np.ndarray) -> np.ndarray:
+    """8-connected components of a bool image: each pixel labelled with its component's smallest flat index
+    (min-label propagation until stable; background -1). Independent of scipy and cv2."""
     h, w = work.shape
-    seen = np.zeros_like(work)
-    comps = []
-    for y in range(h):
-        for x in range(w):
-            if work[y, x] and not seen[y, x]:
-                seen[y, x] = True
-                todo, comp = deque([(y, x)]), []
-                while todo:
-                    cy, cx = todo.popleft()
-                    comp.append((cy, cx))
-                    for dy in (-1, 0, 1):
-                        for dx in (-1, 0, 1):
-                            ny, nx = cy + dy, cx + dx
-                            if 0 <= ny < h and 0 <= nx < w and work[ny, nx] and not seen[ny, nx]:
-                                seen[ny, nx] = True
-                                todo.append((ny, nx))
-                comps.append(comp)
-    return comps
+    big = h * w
+    lab = np.where(work, np.arange(big).reshape(h, w), big)
+    while True:
+        padded = np.pad(lab, 1, constant_values=big)
+        new = lab.copy()
+        for dy in range(3):
+            for dx in range(3):
+                new = np.minimum(new, padded[dy : dy + h, dx : dx + w])
+        new = np.where(work, new, big)
+        if np.array_equal(new, lab):
+            return np.where(work, lab, -1)
+        lab = new
 
 
 def brute_remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
-    """SAM's ``remove_small_regions`` by BFS (see the module docstring for the tie rule)."""
+    """SAM's ``remove_small_regions`` on :func:`_component_labels` (see the module docstring for the tie rule)."""
     holes = mode == "holes"
-    comps = _components(np.logical_xor(holes, mask))
-    small = [c for c in comps if len(c) < area_thresh]
-    if not small:
+    lab = _component_labels(np.logical_xor(holes, mask))
+    ids, sizes = np.unique(lab[lab >= 0], return_counts=True)
+    small = ids[sizes < area_thresh]
+    if small.size == 0:
         return mask, False
-    out = np.array(mask, dtype=bool)
     if holes:
-        for c in small:
-            for y, x in c:
-                out[y, x] = True
-        return out, True
-    big = [c for c in comps if len(c) >= area_thresh]
-    if not big:
-        size = max(len(c) for c in comps)
+        return np.asarray(mask, dtype=bool) | np.isin(lab, small), True
+    big = ids[sizes >= area_thresh]
+    if big.size == 0:
         w = mask.shape[1]
-        tied = [c for c in comps if len(c) == size]
-        big = [min(tied, key=lambda c: min((y // 2) * ((w + 1) // 2) + x // 2 for y, x in c))]
-    out[:] = False
-    for c in big:
-        for y, x in c:
-            out[y, x] = True
-    return out, True
+        tied = ids[sizes == sizes.max()]
+        rows, cols = np.nonzero(lab >= 0)
+        key = {i: min(int((r // 2) * ((w + 1) // 2) + c // 2) for r, c in zip(rows, cols) if lab[r, c] == i) for i in tied}
+        big = np.array([min(tied, key=lambda i: key[i])])
+    return np.isin(lab, big), True
 
 
 def sam_remove_small_regions() -> Callable[[np.ndarray, float, str], tuple[np.ndarray, bool]]:

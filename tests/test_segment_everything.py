@@ -59,6 +59,7 @@ def bundle(tiny_sam_dir: str) -> SamBundle:
 
 
 
+@pytest.mark.slow
 def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> None:
     """A valid 1024 px chip counts and boxes masks from the low-res logits and upsamples only NMS survivors;
     the results equal upsampling every filtered mask."""

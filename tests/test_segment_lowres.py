@@ -54,3 +54,38 @@ def test_upsampled_x4_stats_equal_full_resolution(shape) -> None:
 def test_upsampled_x4_stats_rejects_tiny_input() -> None:
     with pytest.raises(ValueError, match="2 x 2"):
         upsampled_x4_stats(torch.zeros((1, 1, 5)), (0.0,), 0.0)
+
+
+def _adversarial_logits(seed: int) -> torch.Tensor:
+    """Small sharp squares and plateaus at the thresholds on a -20 background, and the brief's example:
+    a 12 x 12 square of 0 whose 10 x 10 interior is +20 (stability 0.694 at low resolution, 0.994 upsampled)."""
+    gen = torch.Generator().manual_seed(seed)
+    low = torch.full((64, 48, 40), -20.0)
+    low[0, 10:22, 10:22] = 0.0
+    low[0, 11:21, 11:21] = 20.0
+    for i in range(1, 64):
+        y, x = (int(v) for v in torch.randint(0, 40, (2,), generator=gen))
+        s = int(torch.randint(1, 9, (1,), generator=gen))
+        low[i, y : y + s + 2, x : x + s + 2] = float(torch.tensor([0.0, 1.0, -1.0, 0.5])[i % 4])
+        low[i, y + 1 : y + s + 1, x + 1 : x + s + 1] = 20.0 if i % 3 else float(torch.rand((), generator=gen) * 4 - 2)
+    return low
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stability_upper_bound_is_proven(seed: int) -> None:
+    """The bound is never below the chip-resolution score (so the prefilter never drops a mask SAM keeps)."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn((32, 1, 48, 40), generator=gen), 3, 1, 1)[:, 0] * 30
+    low = torch.cat([_adversarial_logits(seed), smooth])
+    for t, off in ((0.0, 1.0), (0.5, 1.0), (0.0, 0.25)):
+        exact = calculate_stability_score(_upsample_x4(low), t, off).double()
+        bound = stability_upper_bound_x4(low, t, off)
+        assert (bound >= exact - 1e-6).all()  # exact is float32 (SAM's rounding): the generator allows BOUND_SLACK
+    # the brief's example: kept by SAM at 0.95, and by the bound
+    ex = low[:1]
+    assert float(calculate_stability_score(ex, 0.0, 1.0)) < 0.7
+    assert float(calculate_stability_score(_upsample_x4(ex), 0.0, 1.0)) > 0.99
+    assert float(stability_upper_bound_x4(ex, 0.0, 1.0)[0]) >= 0.95
+    # the bound does drop masks that cannot pass: a wide soft ramp
+    ramp = torch.linspace(-30, 30, 40).repeat(1, 48, 1)
+    assert float(stability_upper_bound_x4(ramp, 0.0, 10.0)[0]) < 0.95

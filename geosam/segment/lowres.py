@@ -132,9 +132,10 @@ def upsampled_x4_stats(
     has all its 16 pixels above, one whose corners all lie at or below every
     threshold has none; only the other cells (the mask outlines) are
     interpolated, from their four corners with the kernel's weights in the
-    kernel's order of operations (values equal ``up``'s to float rounding,
-    checked bit for bit by the tests). The 2 px border strips are the 1-D
-    interpolation of the border rows / columns.
+    kernel's order of operations (values equal ``up``'s up to float rounding,
+    ~1 ulp, so a pixel within an ulp of a threshold may count differently; the
+    tests find them equal). The 2 px border strips are the 1-D interpolation
+    of the border rows / columns.
     """
     lo = _check_low(low)
     n = lo.shape[0]
