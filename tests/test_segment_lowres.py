@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geosam.segment.lowres import upsampled_x4_stats
-from geosam.segment.sam_utils import batched_mask_to_box
+from geosam.segment.lowres import stability_upper_bound_x4, upsampled_x4_stats
+from geosam.segment.sam_utils import batched_mask_to_box, calculate_stability_score
 
 
 def _upsample_x4(low: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from geosam.model import SamBundle, load_sam
+from geosam.models import SamBundle, load_sam
 from geosam.segment import SamMaskGenerator, crop, everything
 from tests._sam_reference import reference_generate, sam_amg
 from tests.test_segment_everything import make_chip
