@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from geosam.bands import normalise_band_roles
-from geosam.config.parts import _int_at_least, _put
+from geosam.config.parts import _put, int_at_least
 from geosam.errors import ConfigError
 from geosam.index_defs import INDICES, STATS, check_index
 
@@ -75,7 +75,7 @@ class IndexConfig:
             if self.rank_by not in known:
                 raise ConfigError(f"rank_by must be one of {sorted(known)}, got {self.rank_by!r}")
         if self.top_k is not None:
-            _int_at_least("top_k", self.top_k, 1)
+            int_at_least("top_k", self.top_k, 1)
             if self.rank_by is None:
                 raise ConfigError("top_k needs rank_by (e.g. rank_by='ndvi_mean')")
         if self.prefilter and not self.min_index:

@@ -15,7 +15,7 @@ from geosam.config.parts import (
     PromptWindowConfig,
     ReadConfig,
     TilingConfig,
-    _int_at_least,
+    int_at_least,
 )
 from geosam.errors import ConfigError
 
@@ -85,8 +85,8 @@ class PromptTilingConfig:
 
     def __post_init__(self) -> None:
         if self.chip_size_px is not None:
-            _int_at_least("chip_size_px (0 = one window per prompt)", self.chip_size_px, 0)
-        _int_at_least("overlap_px", self.overlap_px, 0)
+            int_at_least("chip_size_px (0 = one window per prompt)", self.chip_size_px, 0)
+        int_at_least("overlap_px", self.overlap_px, 0)
         if self.chip_size_px and self.overlap_px >= self.chip_size_px:
             raise ConfigError(f"overlap_px ({self.overlap_px}) must be smaller than chip_size_px ({self.chip_size_px})")
 

@@ -19,7 +19,7 @@ _DEVICES = ("auto", "cpu", "cuda", "mps")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def _int_at_least(name: str, value: Any, low: int) -> int:
+def int_at_least(name: str, value: Any, low: int) -> int:
     try:
         ok = int(value) == value and int(value) >= low
     except (TypeError, ValueError):
@@ -80,7 +80,7 @@ class ReadConfig:
             if len(bands) not in (1, 3):
                 raise ConfigError(f"bands must name 1 or 3 bands for the model image, got {bands}")
             for b in bands:
-                _int_at_least("a band number (1-based)", b, 1)
+                int_at_least("a band number (1-based)", b, 1)
             bands = tuple(int(b) for b in bands)
         _put(self, "bands", bands)
         fv = _numbers(self.fill_value)
@@ -91,7 +91,7 @@ class ReadConfig:
         if not 0.0 <= lo < hi <= 100.0:
             raise ConfigError(f"stretch_percentiles must be (low, high) with 0 <= low < high <= 100, got {(lo, hi)}")
         _put(self, "stretch_percentiles", (lo, hi))
-        _int_at_least("overview_max_px", self.overview_max_px, 16)
+        int_at_least("overview_max_px", self.overview_max_px, 16)
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ class TilingConfig:
     overlap_px: int = 128
 
     def __post_init__(self) -> None:
-        _int_at_least("chip_size_px", self.chip_size_px, 16)
-        _int_at_least("overlap_px", self.overlap_px, 0)
+        int_at_least("chip_size_px", self.chip_size_px, 16)
+        int_at_least("overlap_px", self.overlap_px, 0)
         if self.overlap_px * 2 >= self.chip_size_px:
             raise ConfigError(
                 f"overlap_px must be less than half of chip_size_px ({self.chip_size_px}), got {self.overlap_px}"
@@ -164,8 +164,8 @@ class AmgConfig:
     min_mask_region_area: int = 0
 
     def __post_init__(self) -> None:
-        _int_at_least("points_per_side", self.points_per_side, 1)
-        _int_at_least("points_per_batch", self.points_per_batch, 1)
+        int_at_least("points_per_side", self.points_per_side, 1)
+        int_at_least("points_per_batch", self.points_per_batch, 1)
         _unit("pred_iou_thresh", self.pred_iou_thresh)
         _unit("stability_score_thresh", self.stability_score_thresh)
         if not (float(self.stability_score_offset) > 0 and math.isfinite(float(self.stability_score_offset))):
@@ -173,11 +173,11 @@ class AmgConfig:
         if not math.isfinite(float(self.mask_threshold)):
             raise ConfigError(f"mask_threshold must be a finite number, got {self.mask_threshold}")
         _unit("box_nms_thresh", self.box_nms_thresh, low_open=True)
-        _int_at_least("crop_n_layers", self.crop_n_layers, 0)
+        int_at_least("crop_n_layers", self.crop_n_layers, 0)
         _unit("crop_overlap_ratio", self.crop_overlap_ratio)
-        _int_at_least("crop_n_points_downscale_factor", self.crop_n_points_downscale_factor, 1)
+        int_at_least("crop_n_points_downscale_factor", self.crop_n_points_downscale_factor, 1)
         _unit("crop_nms_thresh", self.crop_nms_thresh, low_open=True)
-        _int_at_least("min_mask_region_area (chip pixels)", self.min_mask_region_area, 0)
+        int_at_least("min_mask_region_area (chip pixels)", self.min_mask_region_area, 0)
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,8 @@ class EngineConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _int_at_least("prefetch_chips", self.prefetch_chips, 0)
-        _int_at_least("chips_per_batch", self.chips_per_batch, 1)
+        int_at_least("prefetch_chips", self.prefetch_chips, 0)
+        int_at_least("chips_per_batch", self.chips_per_batch, 1)
 
 
 @dataclass(frozen=True)
@@ -254,8 +254,8 @@ class PromptWindowConfig:
     def __post_init__(self) -> None:
         if not self.context >= 1.0:
             raise ConfigError(f"context must be >= 1 (window side / box side), got {self.context}")
-        _int_at_least("min_window_px", self.min_window_px, 1)
-        _int_at_least("point_window_px", self.point_window_px, 1)
+        int_at_least("min_window_px", self.min_window_px, 1)
+        int_at_least("point_window_px", self.point_window_px, 1)
         if not -0.5 < self.box_grow <= 5.0:
             raise ConfigError(f"box_grow must be in (-0.5, 5] (fraction of the box side per side), got {self.box_grow}")
         if not math.isfinite(float(self.mask_threshold)):

@@ -25,7 +25,6 @@ x = column, y = row); :func:`geosam.models.to_model_frame` converts prompts.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from geosam.config import DEFAULT_MODEL, AmgConfig
+from geosam.config.parts import int_at_least
 from geosam.errors import ConfigError
 from geosam.masks import BaseMaskGenerator, ChipMasks, GeneratorCapabilities
 from geosam.models import SamBundle, compile_bundle, encode, load_sam, preprocess, require
@@ -55,20 +55,6 @@ log = logging.getLogger(__name__)
 
 #: Stages timed in :attr:`SamMaskGenerator.timings_s` (seconds, accumulated).
 TIMED_STAGES = ("encode", "decode", "filter", "upsample", "nms", "postprocess")
-
-
-def _check_unit(name: str, value: float, *, low_open: bool = False) -> float:
-    v = float(value)
-    ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
-    if not ok or math.isnan(v):
-        raise ConfigError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value}")
-    return v
-
-
-def _check_int(name: str, value: float, minimum: int, unit: str = "") -> int:
-    if int(value) != value or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}{unit}, got {value}")
-    return int(value)
 
 
 @dataclass
@@ -171,7 +157,7 @@ class SamMaskGenerator(BaseMaskGenerator):
         self.crop_nms_thresh = float(cfg.crop_nms_thresh)
         self.min_mask_region_area = int(cfg.min_mask_region_area)
         self.compile = bool(compile)
-        self.encoder_batch_size = _check_int("encoder_batch_size", encoder_batch_size, 1)
+        self.encoder_batch_size = int_at_least("encoder_batch_size", encoder_batch_size, 1)
         self.capabilities = GeneratorCapabilities(batch_size=self.encoder_batch_size, points_per_side=self.points_per_side)
         self._load_args: tuple[str, str, str] | None = None
         self._bundle: SamBundle | None
