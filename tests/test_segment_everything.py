@@ -94,6 +94,34 @@ def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> 
     assert not cut.masks[:, :, :100].any()
 
 
+def test_invalid_pixels_score_from_low_res_like_the_full_path(bundle: SamBundle, monkeypatch) -> None:
+    """A 1024 px chip with invalid pixels scores stability from the low-res logits (exact: SAM scores the
+    whole upsampled logits) and upsamples only the masks that pass; the kept masks equal the full path's.
+    A scripted decoder gives sharp small squares, soft ramps and exact-threshold masks."""
+    from tests.test_segment_sam_diff_generator import scripted_decode
+
+    monkeypatch.setattr(crop, "decode_points", lambda b, emb, points, labels=None, multimask=True: scripted_decode(points))
+    valid = np.ones((1024, 1024), dtype=bool)
+    valid[:, :300] = False
+    chip = make_chip(1024, 1024, valid=valid, seed=5)
+    gen = SamMaskGenerator(bundle, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.9)
+    upsampled: list[int] = []
+    real_up = crop.upsample_logits
+
+    def spy_up(logits, *args, **kwargs):
+        upsampled.append(int(logits.shape[0]))
+        return real_up(logits, *args, **kwargs)
+
+    monkeypatch.setattr(crop, "upsample_logits", spy_up)
+    fast = gen.generate(chip)
+    assert sum(upsampled) < gen.last_stats["masks_decoded"]  # only masks whose score passes are upsampled
+    monkeypatch.setattr(crop, "LAZY_UPSAMPLE", False)
+    full = gen.generate(chip)
+    assert len(fast) == len(full) > 0
+    assert np.array_equal(fast.masks, full.masks) and not fast.masks[:, :, :300].any()
+    assert np.array_equal(fast.stability_score, full.stability_score)
+
+
 # -- parameters ----------------------------------------------------------------------
 
 

@@ -90,13 +90,16 @@ class FilterParams:
 @dataclass(frozen=True)
 class CropFrame:
     """A crop's sizes (``hw`` in chip pixels, ``resized`` in the model frame), its valid pixels, and whether
-    the low-res fast path applies (the crop is the model's input size, 4x the low-res logits, and wholly valid)."""
+    its chip-resolution logits are the low-res logits upsampled 4x (``x4``: the crop is the model's input size,
+    4x the low-res logits), so stability scores come from the low-res logits, and whether the whole low-res fast
+    path applies (``lazy``: ``x4`` and wholly valid, so boxes too, and only NMS survivors are upsampled)."""
 
     hw: tuple[int, int]
     resized: tuple[int, int]
     valid: torch.Tensor
     all_valid: bool
     lazy: bool
+    x4: bool = False
 
     @classmethod
     def make(cls, bundle: SamBundle, valid: np.ndarray, resized: tuple[int, int]) -> CropFrame:
@@ -104,8 +107,8 @@ class CropFrame:
         rh, rw = resized
         lr, size = bundle.low_res_size, bundle.input_size
         all_valid = bool(valid.all())
-        lazy = LAZY_UPSAMPLE and all_valid and (rh, rw) == (h, w) == (size, size) and size == 4 * lr
-        return cls((h, w), (rh, rw), torch.from_numpy(valid).to(bundle.device), all_valid, lazy)
+        x4 = LAZY_UPSAMPLE and (rh, rw) == (h, w) == (size, size) and size == 4 * lr
+        return cls((h, w), (rh, rw), torch.from_numpy(valid).to(bundle.device), all_valid, x4 and all_valid, x4)
 
 
 def process_crop(
@@ -155,13 +158,13 @@ def _process_batch(
     """
     with timer("filter"):
         keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-        if frame.lazy and params.stability_score_thresh > 0.0 and bool(keep.any()):
+        if frame.x4 and params.stability_score_thresh > 0.0 and bool(keep.any()):
             idx = keep.nonzero()[:, 0]
             bound = stability_upper_bound_x4(logits[idx], params.mask_threshold, params.stability_score_offset)
             keep[idx] = bound >= params.stability_score_thresh - BOUND_SLACK  # proven: the rest cannot pass
         logits, iou = logits[keep], iou[keep]
     chunks = []
-    stage = "filter" if frame.lazy else "upsample"
+    stage = "filter" if frame.x4 else "upsample"
     for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
         with timer(stage):
             chunks.append(_score_chunk(bundle, params, frame, logits[c : c + UPSAMPLE_CHUNK], iou[c : c + UPSAMPLE_CHUNK]))
@@ -183,8 +186,17 @@ def _score_chunk(bundle: SamBundle, params: FilterParams, frame: CropFrame, low:
         stab = stability_from_counts(high, loose)
         nonempty = inside > 0
     else:
-        up = upsample_logits(low, bundle.input_size, frame.resized, frame.hw)
-        stab = calculate_stability_score(up, t, off)
+        if frame.x4:  # the score is SAM's on the whole upsampled logits: exact from the low-res ones, so only
+            # masks that pass are upsampled (for the cut to valid pixels and their boxes)
+            counts, _ = upsampled_x4_stats(low, (t + off, t - off), t)
+            stab = stability_from_counts(counts[:, 0], counts[:, 1])
+            if params.stability_score_thresh > 0.0:
+                passing = stab >= params.stability_score_thresh
+                low, iou, stab = low[passing], iou[passing], stab[passing]
+            up = upsample_logits(low, bundle.input_size, frame.resized, frame.hw)
+        else:
+            up = upsample_logits(low, bundle.input_size, frame.resized, frame.hw)
+            stab = calculate_stability_score(up, t, off)
         masks = up > t
         if not frame.all_valid:
             masks &= frame.valid
