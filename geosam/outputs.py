@@ -1,9 +1,10 @@
 """Output paths that never destroy inputs or earlier results.
 
 * :func:`check_outputs` -- before any work: refuse an output that is an input,
-  two outputs that are the same file, a folder at an output path, a missing or
-  read-only parent folder, and (unless ``overwrite``) an existing output. It
-  creates nothing.
+  two outputs that are the same file, a folder at an output path, a parent
+  folder that cannot be created or written, and (unless ``overwrite``) an
+  existing output. It creates nothing: missing folders are created by the
+  writers, once the run has succeeded.
 * :func:`atomic_output` -- every writer writes into a temporary folder beside
   the target and moves the file(s) over the target only once the write has
   succeeded (``os.replace``, atomic on one file system). A failed or killed
@@ -18,6 +19,7 @@ removed after the renames.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from geosam.errors import ExportError
+
+log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
@@ -64,14 +68,19 @@ def _is_local(path: PathLike) -> bool:
 
 
 def _check_folder(name: str, path: Path) -> None:
-    """ExportError naming the folder if ``path``'s parent is missing, not a folder or not writable."""
-    parent = path.parent
-    if not parent.exists():
-        raise ExportError(f"{name} {path}: folder {parent} does not exist; create it first")
-    if not parent.is_dir():
-        raise ExportError(f"{name} {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"{name} {path}: folder {parent} is not writable; choose another output path")
+    """ExportError naming the folder if ``path``'s parent is not a folder or cannot be created or written.
+
+    A missing parent folder is created by the writer, only once the run has succeeded.
+    """
+    folder = _resolved(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExportError(f"{name} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"{name} {path}: folder {folder} is not writable; choose another output path")
+    if folder != _resolved(path).parent:
+        log.info("%s %s: folder %s will be created when the run has succeeded", name, path, path.parent)
 
 
 def check_not_input(
@@ -107,7 +116,7 @@ def check_outputs(
     Raises :class:`ExportError` naming both paths when an output is an input (the same
     file by ``os.path.samefile`` or the same resolved path; a Shapefile's sidecars
     count) or when two outputs are the same file; naming the path when it is a
-    folder, exists and ``overwrite`` is False, or its parent folder is missing or not
+    folder, exists and ``overwrite`` is False, or its nearest existing parent folder is not
     writable. Creates and changes nothing.
     """
     inputs = dict(inputs) if isinstance(inputs, Mapping) else list(inputs)
@@ -134,8 +143,7 @@ def check_outputs(
 def check_writable_path(path: PathLike) -> Path:
     """ExportError unless ``path`` can be written: not a folder, nearest existing parent folder writable.
 
-    A missing parent folder is fine here (writers create it once they succeed); use
-    :func:`check_outputs` to require it. Creates nothing.
+    A missing parent folder is fine here (writers create it once they succeed). Creates nothing.
     """
     path = Path(path)
     if path.is_dir():

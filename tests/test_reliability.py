@@ -187,9 +187,16 @@ def test_check_outputs_refuses_inputs_duplicates_and_existing(tmp_path: Path) ->
     with pytest.raises(ExportError, match=r"p\.shp: file exists; pass --overwrite"):
         check_outputs({"-o": prompts}, [scene])
     assert check_outputs({"-o": prompts, "--overlay": None}, [scene], overwrite=True) == {"-o": prompts}
-    with pytest.raises(ExportError, match=r"folder .*missing does not exist"):
-        check_outputs({"-o": tmp_path / "missing" / "a.gpkg"}, [scene])
+    assert check_outputs({"-o": tmp_path / "missing" / "a.gpkg"}, [scene])  # created by the writer, at the end
     assert not (tmp_path / "missing").exists()  # checking creates nothing
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        if not os.access(tmp_path / "ro", os.W_OK):  # root may write anywhere
+            with pytest.raises(ExportError, match=r"folder .*ro is not writable"):
+                check_outputs({"-o": tmp_path / "ro" / "sub" / "a.gpkg"}, [scene])
+    finally:
+        (tmp_path / "ro").chmod(0o700)
     (tmp_path / "ds.parquet").mkdir()
     with pytest.raises(ExportError, match="is a folder"):
         check_outputs({"-o": tmp_path / "ds.parquet"}, [scene], overwrite=True)
