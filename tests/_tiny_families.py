@@ -88,8 +88,8 @@ def tiny_sam3_config(image_size: int = 336) -> object:
         Sam3DETREncoderConfig,
         Sam3GeometryEncoderConfig,
         Sam3MaskDecoderConfig,
-        Sam3ViTConfig,
         Sam3VisionConfig,
+        Sam3ViTConfig,
     )
 
     h = 32

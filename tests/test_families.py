@@ -41,7 +41,7 @@ def test_runtime_matches_the_model_forward(tiny_family_dirs: dict[str, str], fam
     b = load_model(tiny_family_dirs[family], device="cpu", dtype="float32")
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (300, 400, 3), dtype=np.uint8) for _ in range(2)]
-    pv, orig, resized = preprocess(b, imgs)
+    pv, _, resized = preprocess(b, imgs)
     assert resized[0] == ((1024, 1024) if family == "sam2" else (768, 1024))
     emb = encode(b, pv)
     assert isinstance(emb, MultiEmbeddings)

@@ -177,7 +177,8 @@ def write_clip_tokenizer(out_dir: str | os.PathLike[str], merges: list[str] | No
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     os.makedirs(out_dir, exist_ok=True)
     vocab = {t: i for i, t in enumerate(vocab_list)}
-    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
+    pairs: list[Any] = [tuple(m.split()) for m in merges]
+    tok = CLIPTokenizer(vocab=vocab, merges=pairs)
     tok.save_pretrained(out_dir)
     return tok
 
