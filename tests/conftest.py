@@ -17,3 +17,20 @@ from tests._tiny_sam import build_tiny_sam
 def tiny_sam_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random-weight SAM checkpoint directory (model + processor)."""
     return build_tiny_sam(tmp_path_factory.mktemp("tiny_sam"))
+
+
+@pytest.fixture(scope="session")
+def tiny_family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny random-weight SAM-HQ and SAM 2 checkpoint directories, by family."""
+    from tests._tiny_families import build_tiny_sam2, build_tiny_sam_hq
+
+    return {"sam_hq": build_tiny_sam_hq(tmp_path_factory.mktemp("tiny_sam_hq")),
+            "sam2": build_tiny_sam2(tmp_path_factory.mktemp("tiny_sam2"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_sam3_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random-weight SAM 3 checkpoint directory (model, CLIP tokenizer, preprocessor config)."""
+    from tests._tiny_families import build_tiny_sam3
+
+    return build_tiny_sam3(tmp_path_factory.mktemp("tiny_sam3"))

@@ -20,12 +20,16 @@ def cli(verbose: int) -> None:
 
 def _register() -> None:
     from geosam.cli.info import info
+    from geosam.cli.models import models
     from geosam.cli.prompt import prompt
     from geosam.cli.segment import segment
+    from geosam.cli.text import text
 
     cli.add_command(info)
     cli.add_command(segment)
     cli.add_command(prompt)
+    cli.add_command(text)
+    cli.add_command(models)
 
 
 _register()

@@ -82,6 +82,9 @@ class SamBundle:
     normalize: preprocessing only: "sam" (rescale, then mean/std) or "minmax"
         (the resized image rescaled to 0..1 by its own min and max, no mean/std).
         Never a test of what the model can do: use ``capabilities``.
+    resize: preprocessing only: "longest" (SAM, SAM-HQ: the longest side to
+        ``longest_edge``, aspect kept, padded bottom/right) or "square" (SAM 2,
+        SAM 3: stretched to ``input_size`` x ``input_size``, no padding).
     capabilities: what the model can be asked (declared by its loader; SAM's by default).
     fast_decoder: decode prompts with :func:`geosam.models.fast_decoder.fast_decode` (same
         math as the stock mask decoder, faster on a CPU for many prompts per image).
@@ -109,6 +112,7 @@ class SamBundle:
     longest_edge: int = SAM_LONGEST_EDGE
     input_size: int = SAM_LONGEST_EDGE
     normalize: str = "sam"
+    resize: str = "longest"
     capabilities: ModelCapabilities = SAM_CAPABILITIES
     fast_decoder: bool | None = None
     fast_encoder: bool | None = None
@@ -121,7 +125,11 @@ class SamBundle:
     @property
     def low_res_size(self) -> int:
         """Side of the decoder's low-resolution logits (px of the low-res frame, normally 256)."""
-        return int(self.model.config.prompt_encoder_config.image_embedding_size) * 4
+        pe = self.model.config.prompt_encoder_config
+        side = getattr(pe, "image_embedding_size", None)  # SAM, SAM-HQ
+        if side is None:  # SAM 2: image_size / patch_size
+            side = int(pe.image_size) // int(pe.patch_size)
+        return int(side) * 4
 
     def require(self, what: str) -> None:
         """Raise :class:`ConfigError` unless the model has capability ``what`` (see :func:`require`)."""

@@ -7,7 +7,9 @@ families in two passes:
 
 1. by name alone (``matches(name, None)``), e.g. the built-in "litemedsam";
 2. by the checkpoint's ``config.json`` (``matches(name, config)``), e.g. "sam"
-   for ``model_type == "sam"`` (hub id or local directory).
+   for ``model_type == "sam"`` (hub id or local directory); built in: "sam"
+   (SAM, SlimSAM), "sam_hq", "sam2" (SAM 2 / 2.1), "sam3" (text and exemplars),
+   see :mod:`geosam.models.families`.
 
 A checkpoint no family takes gives a :class:`ModelLoadError` naming the model
 and its ``model_type``. Bundles are cached by (model, device, dtype).
@@ -26,9 +28,11 @@ import torch
 from geosam.config import DEFAULT_MODEL
 from geosam.models.bundle import SamBundle
 from geosam.models.device import resolve_device, resolve_dtype
+from geosam.models.families import load_sam2, load_sam_hq
 from geosam.models.hf_sam import is_local_path, load_error, load_hf_sam, read_config
 from geosam.models.litemedsam import NAME as LITEMEDSAM
 from geosam.models.litemedsam import load_litemedsam
+from geosam.models.sam3 import load_sam3
 
 #: ``matches(name, config)``: config is None in the by-name pass, else the checkpoint's config.json as a dict.
 Matcher = Callable[[str, "dict[str, Any] | None"], bool]
@@ -138,7 +142,7 @@ def _family_for(name: str) -> ModelFamily:
     known = sorted({f.name for f in order})
     raise load_error(
         name,
-        f"its config.json describes a {model_type!r} model, not a SAM ('sam') model "
+        f"its config.json describes a {model_type!r} model, not a SAM-family model "
         f"(model families geosam knows: {', '.join(known)})",
     )
 
@@ -148,6 +152,9 @@ def _load_litemedsam(name: str, device: torch.device, dtype: torch.dtype) -> Sam
 
 
 register_family("sam", matches="sam", loader=load_hf_sam)
+register_family("sam_hq", matches="sam_hq", loader=load_sam_hq)
+register_family("sam2", matches="sam2", loader=load_sam2)
+register_family("sam3", matches="sam3", loader=load_sam3)
 register_family(
     LITEMEDSAM,
     matches=lambda name, config: name.strip().lower() == LITEMEDSAM,

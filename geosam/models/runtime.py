@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import FAST_DECODER_CPU_CHUNK, use_fast_decoder, use_fast_encoder
+from geosam.models.embeddings import MULTI_EMBEDDING_FAMILIES, MultiEmbeddings, decoder_kwargs, encode_family
 
 # ---------------------------------------------------------------------------
 # frames
@@ -71,7 +72,9 @@ def preprocess(bundle: SamBundle, images: Sequence[np.ndarray]) -> tuple[torch.T
     """uint8 (H, W, 3) images -> model input.
 
     Each image is resized (bilinear, antialiased, rounded to uint8 like the PIL
-    processor) so that its longest side is ``bundle.longest_edge``, rescaled to
+    processor) so that its longest side is ``bundle.longest_edge`` (with
+    ``bundle.resize == "square"``, SAM 2 and SAM 3: to ``input_size`` x
+    ``input_size``, aspect not kept, no padding), rescaled to
     0..1, normalised with the bundle's mean/std and padded bottom/right with
     zeros to ``input_size`` x ``input_size``.
 
@@ -92,7 +95,7 @@ def preprocess(bundle: SamBundle, images: Sequence[np.ndarray]) -> tuple[torch.T
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (H, W, 3), got {arr.dtype} {arr.shape}")
         h, w = int(arr.shape[0]), int(arr.shape[1])
-        nh, nw = resized_size(h, w, bundle.longest_edge)
+        nh, nw = (s, s) if bundle.resize == "square" else resized_size(h, w, bundle.longest_edge)
         x = torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(2, 0, 1).to(torch.float32)
         if (nh, nw) != (h, w):
             x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
@@ -114,9 +117,17 @@ def _autocast(bundle: SamBundle) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast(device_type=bundle.device.type, dtype=bundle.dtype)
 
 
-def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Image embeddings (B, C, h, w) of ``pixel_values`` (B, 3, S, S) from :func:`preprocess`."""
+def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | MultiEmbeddings:
+    """Image embeddings (B, C, h, w) of ``pixel_values`` (B, 3, S, S) from :func:`preprocess`.
+
+    SAM-HQ and SAM 2 (``bundle.capabilities.family``) give a
+    :class:`~geosam.models.embeddings.MultiEmbeddings`, sliced like a tensor.
+    """
     pv = pixel_values.to(device=bundle.device, dtype=torch.float32)
+    family = bundle.capabilities.family
+    if family in MULTI_EMBEDDING_FAMILIES:
+        with torch.inference_mode(), _autocast(bundle):
+            return encode_family(bundle.model, family, pv)
     if use_fast_encoder(bundle):
         compiled = getattr(bundle.model, "_geosam_fast_encoder", None)  # set by compile_bundle
         if compiled is not None:
@@ -130,7 +141,7 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor:
 
 def _run_decoder(
     bundle: SamBundle,
-    image_embeddings: torch.Tensor,
+    image_embeddings: torch.Tensor | MultiEmbeddings,
     multimask: bool,
     **prompts: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +149,7 @@ def _run_decoder(
     if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
         raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image_embeddings.shape)}")
     n = next(iter(prompts.values())).shape[1] if prompts else 0
-    if n > 0 and use_fast_decoder(bundle):
+    if n > 0 and not isinstance(image_embeddings, MultiEmbeddings) and use_fast_decoder(bundle):
         from geosam.models.fast_decoder import fast_decode, image_positional_embeddings
 
         model = bundle.model
@@ -160,13 +171,13 @@ def _run_decoder(
             iou = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
         return masks.float(), iou.float()
     with torch.inference_mode(), _autocast(bundle):
-        out = bundle.model(image_embeddings=image_embeddings.to(bundle.device), multimask_output=multimask, **prompts)
+        out = bundle.model(**decoder_kwargs(image_embeddings, bundle.device), multimask_output=multimask, **prompts)
     return out.pred_masks[0].float(), out.iou_scores[0].float()
 
 
 def decode(
     bundle: SamBundle,
-    image_embeddings: torch.Tensor,
+    image_embeddings: torch.Tensor | MultiEmbeddings,
     points: np.ndarray | torch.Tensor | None = None,
     labels: np.ndarray | torch.Tensor | None = None,
     boxes: np.ndarray | torch.Tensor | None = None,
@@ -214,7 +225,7 @@ decode_prompts = decode
 
 def decode_points(
     bundle: SamBundle,
-    image_embeddings: torch.Tensor,
+    image_embeddings: torch.Tensor | MultiEmbeddings,
     points: np.ndarray | torch.Tensor,
     labels: np.ndarray | torch.Tensor | None = None,
     multimask: bool = True,
@@ -238,7 +249,7 @@ def decode_points(
 
 def decode_boxes(
     bundle: SamBundle,
-    image_embeddings: torch.Tensor,
+    image_embeddings: torch.Tensor | MultiEmbeddings,
     boxes: np.ndarray | torch.Tensor,
     multimask: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from geosam.models import SamBundle, decode_points, to_model_frame, upsample_logits
+from geosam.models.embeddings import MultiEmbeddings
 from geosam.segment.lowres import stability_upper_bound_x4, upsampled_x4_stats
 from geosam.segment.sam_utils import (
     MaskData,
@@ -114,7 +115,7 @@ class CropFrame:
 def process_crop(
     bundle: SamBundle,
     params: FilterParams,
-    embedding: torch.Tensor,
+    embedding: torch.Tensor | MultiEmbeddings,
     frame: CropFrame,
     points: np.ndarray,
     crop_box: list[int],

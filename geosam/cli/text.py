@@ -1,0 +1,63 @@
+"""``geosam text SCENE -o OUT --text building --text "solar panel"``: objects named by noun phrases (SAM 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from geosam.cli.common import handle_errors
+from geosam.cli.options import KeyValue, model_options, output_options, read_options
+from geosam.config import SegmentConfig
+from geosam.config.text import DEFAULT_TEXT_MODEL, TextConfig
+
+_D = SegmentConfig()
+_T, _E, _O = _D.tiling, _D.engine, _D.output
+
+
+@click.command()
+@click.argument("scene", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
+@click.option("--text", "phrases", multiple=True, required=True,
+              help="A noun phrase, e.g. building (repeatable; each phrase is the label of its objects).")
+@model_options(DEFAULT_TEXT_MODEL)
+@click.option("--score-threshold", type=float, default=None,
+              help="Keep instances scoring above this (default: the model's, 0.3).")
+@click.option("--mask-threshold", type=float, default=None,
+              help="Mask probability above which a pixel is in an instance (default: the model's, 0.5).")
+@click.option("--chip-size", "chip_size_px", type=int, default=_T.chip_size_px, show_default=True, help="Chip size (px).")
+@click.option("--overlap", "overlap_px", type=int, default=_T.overlap_px, show_default=True, help="Chip overlap (px).")
+@read_options
+@click.option("--min-area-m2", type=float, default=_O.min_area_m2, show_default=True, help="Drop smaller objects.")
+@output_options
+@click.option("--band-roles", help="Band roles: a preset (sentinel2, landsat8, naip, rgb) or red=1,green=2,blue=3,nir=4.")
+@click.option("--indices", "indices", help="Per-object index statistics, e.g. ndvi,exg.")
+@click.option("--min-index", multiple=True, type=KeyValue(),
+              help="Keep objects with <index>_mean >= value, e.g. ndvi=0.3 (repeatable).")
+@click.option("--prefilter/--no-prefilter", default=False, show_default=True,
+              help="Skip chips without any pixel passing --min-index.")
+@click.option("--skip-bad-chips", is_flag=True, help="Skip (and list) chips whose pixels cannot be read.")
+@click.option("--profile", is_flag=True, help="Print seconds per stage (backbone, text_encoder, detector, stitch, ...).")
+@handle_errors
+def text(scene: str, output: str, phrases: tuple[str, ...], score_threshold: float | None,
+         mask_threshold: float | None, overlay: str | None, profile: bool, overwrite: bool, **settings: Any) -> None:
+    """Write one polygon per object in SCENE matching a --text phrase to OUTPUT (label = the phrase)."""
+    from geosam.cli.segment import report
+    from geosam.export import check_output_path, render_overlay, write_vector
+    from geosam.outputs import check_outputs
+    from geosam.text_mode import segment_text
+
+    settings["indices"] = settings["indices"] or ()
+    TextConfig(phrases=phrases, score_threshold=score_threshold, mask_threshold=mask_threshold)  # checked first
+    cfg = SegmentConfig.from_settings(**settings)
+    check_output_path(output)
+    if overlay:
+        check_output_path(overlay, "png")
+    check_outputs({"--output": output, "--overlay": overlay}, {"SCENE": scene}, overwrite=overwrite)
+    gdf = segment_text(scene, list(phrases), model=cfg.model.model, score_threshold=score_threshold,
+                       mask_threshold=mask_threshold, config=cfg)
+    out = write_vector(gdf, output)
+    if overlay:
+        render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
+    report(out, gdf.attrs.get("geosam", {}), profile)

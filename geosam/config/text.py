@@ -1,0 +1,48 @@
+"""Text mode's own settings (:class:`TextConfig`); the rest of a text run is a :class:`~geosam.config.SegmentConfig`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from geosam.errors import ConfigError
+
+#: SAM 3's model in the hub (text mode's default)
+DEFAULT_TEXT_MODEL = "facebook/sam3"
+
+
+def _unit_or_none(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    v = float(value)
+    if math.isnan(v) or not 0.0 <= v < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1), got {value}")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Noun phrases and thresholds of text mode (SAM 3).
+
+    phrases: the noun phrases ("building", "solar panel"); each becomes the ``label`` of its objects.
+    score_threshold: keep instances whose score (query probability x presence probability) is > this;
+        None: the model's default (0.3, as transformers' ``post_process_instance_segmentation``).
+    mask_threshold: a pixel belongs to an instance where its mask probability is > this; None: 0.5.
+    """
+
+    phrases: tuple[str, ...] = ()
+    score_threshold: float | None = None
+    mask_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        phrases = (self.phrases,) if isinstance(self.phrases, str) else tuple(self.phrases)
+        cleaned = tuple(" ".join(str(p).split()) for p in phrases)
+        if not cleaned or any(not p for p in cleaned):
+            raise ConfigError("text mode needs at least one non-empty phrase (--text building --text 'solar panel')")
+        if len(set(cleaned)) != len(cleaned):
+            raise ConfigError(f"phrases must differ, got {list(cleaned)}")
+        object.__setattr__(self, "phrases", cleaned)
+        _unit_or_none("score_threshold", self.score_threshold)
+        _unit_or_none("mask_threshold", self.mask_threshold)
+
+
+__all__ = ["DEFAULT_TEXT_MODEL", "TextConfig"]

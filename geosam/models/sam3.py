@@ -1,0 +1,197 @@
+"""SAM 3 (``Sam3Model``): every instance of a noun phrase in an image, without torchvision.
+
+:func:`load_sam3` builds the :class:`~geosam.models.bundle.SamBundle` (the CLIP
+tokenizer is its ``processor``); the text runtime is split like SAM's
+(:mod:`geosam.models.runtime`) so that a chip's vision backbone runs once for
+all phrases and the phrases' text encoding runs once per run:
+
+1. :func:`encode_text` - phrases -> text features (CLIP text encoder);
+2. :func:`vision_features` - ``pixel_values`` (one chip, from
+   :func:`geosam.models.runtime.preprocess`: square resize to ``input_size``) -> backbone features;
+3. :func:`detect` - backbone features x phrases -> DETR decoder queries: mask logits
+   (low-res frame: ``pred_masks`` (P, Q, m, m) over the whole resized chip), scores;
+4. :func:`instances` - transformers' ``post_process_instance_segmentation``
+   re-implemented (score = sigmoid(logit) x sigmoid(presence), kept when > threshold;
+   mask = bilinear resize of sigmoid(mask logits) to the chip size > mask threshold).
+
+transformers' ``Sam3Processor`` imports torchvision (its image processor), so
+geosam reads ``preprocessor_config.json`` as JSON and tokenizes with the
+checkpoint's tokenizer directly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from geosam.models.bundle import ModelCapabilities, SamBundle
+from geosam.models.families import load_pretrained, preprocessing
+from geosam.models.hf_sam import load_error
+
+log = logging.getLogger(__name__)
+
+SAM3_CAPABILITIES = ModelCapabilities(point_prompts=False, box_prompts=False, segment_everything=False,
+                                      text_prompts=True, exemplars=True, family="sam3")
+#: SAM 3's image normalisation (IMAGENET_STANDARD: 0.5, 0.5) and text length (tokens, padded)
+SAM3_MEAN_STD = (0.5, 0.5, 0.5)
+TEXT_LENGTH = 32
+#: transformers' post_process_instance_segmentation defaults
+DEFAULT_SCORE_THRESHOLD = 0.3
+DEFAULT_MASK_THRESHOLD = 0.5
+
+
+def load_sam3(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
+    """A transformers SAM 3 checkpoint (``model_type == "sam3"``) with its tokenizer, as a :class:`SamBundle`."""
+    from transformers import AutoTokenizer
+
+    model, pp, source, kwargs = load_pretrained(name, "Sam3Model", device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError) as exc:
+        raise load_error(name, f"it has no usable tokenizer files ({exc}); SAM 3 needs its CLIP tokenizer "
+                               "(tokenizer.json or vocab.json + merges.txt) saved beside the model") from exc
+    size = int(model.config.vision_config.image_size)
+    return SamBundle(model=model, processor=tokenizer, device=device, dtype=dtype, name=name,
+                     **preprocessing(pp, SAM3_MEAN_STD, SAM3_MEAN_STD), longest_edge=size, input_size=size,
+                     resize="square", capabilities=SAM3_CAPABILITIES, fast_decoder=False, fast_encoder=False)
+
+
+@dataclass
+class TextFeatures:
+    """Encoded phrases: ``phrases`` (P), the model's text output (``pooler_output`` (P, T, C)) and
+    ``attention_mask`` (P, T)."""
+
+    phrases: tuple[str, ...]
+    embeds: Any
+    attention_mask: torch.Tensor
+
+
+def encode_text(bundle: SamBundle, phrases: list[str] | tuple[str, ...]) -> TextFeatures:
+    """Tokenize (CLIP, padded to 32 tokens as ``Sam3Processor``) and encode ``phrases``."""
+    tok = bundle.processor(list(phrases), return_tensors="pt", padding="max_length", max_length=TEXT_LENGTH,
+                           truncation=True)
+    ids = tok["input_ids"].to(bundle.device)
+    mask = tok["attention_mask"].to(bundle.device)
+    with torch.inference_mode():
+        embeds = bundle.model.get_text_features(input_ids=ids, attention_mask=mask, return_dict=True)
+    return TextFeatures(tuple(phrases), embeds, mask)
+
+
+def vision_features(bundle: SamBundle, pixel_values: torch.Tensor) -> Any:
+    """The vision backbone's output for ``pixel_values`` (1, 3, S, S) (model frame)."""
+    with torch.inference_mode():
+        return bundle.model.get_vision_features(pixel_values=pixel_values.to(bundle.device))
+
+
+def _repeat(vision: Any, n: int) -> Any:
+    """Backbone features of one image, viewed as a batch of ``n`` (one per phrase; no copy)."""
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    def rep(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.expand(n, *v.shape[1:])
+        if isinstance(v, (tuple, list)):
+            return tuple(rep(x) for x in v)
+        return v
+
+    return Sam3VisionEncoderOutput(**{k: rep(v) for k, v in vision.items()})
+
+
+def detect(bundle: SamBundle, vision: Any, text: TextFeatures, input_boxes: torch.Tensor | None = None,
+           input_boxes_labels: torch.Tensor | None = None) -> Any:
+    """SAM 3's detector and mask decoder for every phrase on one image's backbone features.
+
+    input_boxes: optional exemplar boxes (P, K, 4), normalised (cx, cy, w, h) in the model frame;
+    input_boxes_labels (P, K): 1 positive, 0 negative. Returns the model output with
+    ``pred_logits`` (P, Q), ``presence_logits`` (P, 1), ``pred_masks`` (P, Q, m, m), ``pred_boxes``.
+    """
+    n = len(text.phrases)
+    with torch.inference_mode():
+        return bundle.model(vision_embeds=_repeat(vision, n), text_embeds=text.embeds,
+                            attention_mask=text.attention_mask, input_boxes=input_boxes,
+                            input_boxes_labels=input_boxes_labels)
+
+
+def instances(outputs: Any, target_size: tuple[int, int], threshold: float = DEFAULT_SCORE_THRESHOLD,
+              mask_threshold: float = DEFAULT_MASK_THRESHOLD) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per phrase ``(scores (K,), masks (K, H, W) bool)`` as ``Sam3Processor.post_process_instance_segmentation``.
+
+    target_size: (H, W) of the chip (px); the masks cover the whole chip (SAM 3's
+    square resize has no padding).
+    """
+    scores = outputs.pred_logits.float().sigmoid()
+    if outputs.presence_logits is not None:
+        scores = scores * outputs.presence_logits.float().sigmoid()
+    out = []
+    for s, m in zip(scores, outputs.pred_masks.float()):
+        keep = s > threshold
+        s, m = s[keep], m[keep].sigmoid()
+        if len(m) > 0:
+            m = F.interpolate(m[None], size=tuple(target_size), mode="bilinear", align_corners=False)[0]
+        else:
+            m = m.new_zeros((0, *target_size))
+        out.append((s, m > mask_threshold))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# a CLIP tokenizer from the BPE merges file (offline)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's (GPT-2's) reversible byte -> printable-unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def write_clip_tokenizer(out_dir: str | os.PathLike[str], merges: list[str] | None = None,
+                         bpe_path: str | os.PathLike[str] | None = None) -> Any:
+    """Write a CLIP tokenizer into ``out_dir`` (``save_pretrained`` files) and return it.
+
+    bpe_path: CLIP's ``bpe_simple_vocab_16e6.txt.gz`` (e.g. from the PyPI wheel
+    ``open_clip_torch``): the real tokenizer, 49408 ids. merges: else, a list of
+    "a b" merge lines (a small tokenizer for tests; ids 0..511 are the byte
+    symbols, then one id per merge, then the two special tokens).
+    """
+    from transformers import CLIPTokenizer
+
+    if bpe_path is not None:
+        with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
+            merges = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    merges = list(merges or [])
+    symbols = list(_bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(out_dir, exist_ok=True)
+    vocab = {t: i for i, t in enumerate(vocab_list)}
+    pairs: list[Any] = [tuple(m.split()) for m in merges]
+    tok = CLIPTokenizer(vocab=vocab, merges=pairs)
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+__all__ = [
+    "DEFAULT_MASK_THRESHOLD",
+    "DEFAULT_SCORE_THRESHOLD",
+    "SAM3_CAPABILITIES",
+    "TextFeatures",
+    "detect",
+    "encode_text",
+    "instances",
+    "load_sam3",
+    "vision_features",
+    "write_clip_tokenizer",
+]

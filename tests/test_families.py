@@ -1,0 +1,91 @@
+"""SAM-HQ and SAM 2 through the registry, the runtime and both entry points (tiny random weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import geosam
+from geosam.cli.main import cli
+from geosam.errors import ModelLoadError
+from geosam.models import decode_points, encode, load_model, preprocess
+from geosam.models.embeddings import MultiEmbeddings
+from tests.data.make_scenes import make_oracle_scene
+
+FEW = {"points_per_side": 2, "points_per_batch": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+       "device": "cpu", "dtype": "float32", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def two_chip_scene(tmp_path_factory: pytest.TempPathFactory) -> str:
+    d = tmp_path_factory.mktemp("fam_scene")
+    return str(make_oracle_scene(d, width=700, height=400, n_objects=8, seed=3).image_path)
+
+
+@pytest.mark.parametrize("family", ["sam_hq", "sam2"])
+def test_family_from_config_and_declared(tiny_family_dirs: dict[str, str], family: str) -> None:
+    b = load_model(tiny_family_dirs[family], device="cpu", dtype="float32")
+    assert b.capabilities.family == family
+    assert b.capabilities.segment_everything and b.capabilities.point_prompts and b.capabilities.box_prompts
+    assert b.resize == ("square" if family == "sam2" else "longest")
+    assert b.low_res_size == 256
+
+
+@pytest.mark.parametrize("family", ["sam_hq", "sam2"])
+def test_runtime_matches_the_model_forward(tiny_family_dirs: dict[str, str], family: str) -> None:
+    """geosam's encode + decode of one chip of a batch equals the transformers forward on that chip alone."""
+    b = load_model(tiny_family_dirs[family], device="cpu", dtype="float32")
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (300, 400, 3), dtype=np.uint8) for _ in range(2)]
+    pv, _, resized = preprocess(b, imgs)
+    assert resized[0] == ((1024, 1024) if family == "sam2" else (768, 1024))
+    emb = encode(b, pv)
+    assert isinstance(emb, MultiEmbeddings)
+    pts = torch.tensor([[100.0, 200.0], [600.0, 300.0]])
+    logits, iou = decode_points(b, emb[1:2], pts)
+    with torch.inference_mode():
+        ref = b.model(pixel_values=pv[1:2], input_points=pts[None, :, None, :],
+                      input_labels=torch.ones(1, 2, 1, dtype=torch.long), multimask_output=True)
+    torch.testing.assert_close(logits, ref.pred_masks[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(iou, ref.iou_scores[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["sam_hq", "sam2"])
+def test_segment_scene_and_prompts(tiny_family_dirs: dict[str, str], two_chip_scene: str, family: str) -> None:
+    gdf = geosam.segment_scene(two_chip_scene, model=tiny_family_dirs[family], chip_size_px=400, overlap_px=32,
+                               fill_value=255, **FEW)
+    stats = gdf.attrs["geosam"]
+    assert stats["chips_total"] == 2 and not stats["chips_failed"]
+    assert set(gdf["model"]) <= {tiny_family_dirs[family]}
+    from rasterio import open as ropen
+
+    with ropen(two_chip_scene) as ds:
+        x, y = ds.xy(100, 150)
+        x0, y0 = ds.xy(50, 100)
+        x1, y1 = ds.xy(200, 300)
+    from shapely.geometry import Point, box
+
+    prompts = [Point(x, y), box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))]
+    out = geosam.segment_prompts(two_chip_scene, prompts, model=tiny_family_dirs[family], device="cpu",
+                                 dtype="float32", progress=False, fill_value=255)
+    assert len(out) == 2 and set(out["status"]) <= {"ok", "empty"}
+
+
+def test_models_command_lists_families(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    res = CliRunner().invoke(cli, ["models"])
+    assert res.exit_code == 0, res.output
+    for name in ("sam", "sam_hq", "sam2", "sam3", "litemedsam", "facebook/sam3", "facebook/sam2.1-hiera-tiny"):
+        assert name in res.output
+    assert "cached" in res.output
+
+
+def test_offline_missing_checkpoint_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"facebook/sam3.*hf download facebook/sam3"):
+        load_model("facebook/sam3", device="cpu")
