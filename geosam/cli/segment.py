@@ -63,9 +63,12 @@ _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
 @click.option("--skip-bad-chips", is_flag=True,
               help="Skip (and list) chips whose pixels cannot be read instead of stopping the run.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage (read, stretch, encode, decode, ...).")
+@click.option("--resume", is_flag=True, help="Journal finished chips in OUTPUT.geosam-journal; a rerun after a crash "
+              "replays them and runs only the rest.")
+@click.option("--keep-journal", is_flag=True, help="With --resume: keep the journal after a successful write.")
 @handle_errors
 def segment(scene: str, output: str, label_raster: str | None, index_raster: str | None, overlay: str | None,
-            profile: bool, overwrite: bool, **settings: Any) -> None:
+            profile: bool, overwrite: bool, resume: bool, keep_journal: bool, **settings: Any) -> None:
     """Segment every object in SCENE and write one polygon per object to OUTPUT."""
     from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
     from geosam.outputs import check_outputs
@@ -80,7 +83,8 @@ def segment(scene: str, output: str, label_raster: str | None, index_raster: str
             check_output_path(path, kind)
     check_outputs({"--output": output, "--label-raster": label_raster, "--index-raster": index_raster,
                    "--overlay": overlay}, {"SCENE": scene}, overwrite=overwrite)
-    gdf = segment_scene(scene, config=cfg)
+    journal = journal_path(output) if resume else None
+    gdf = segment_scene(scene, config=cfg, journal=journal)
     out = write_vector(gdf, output)
     if label_raster:
         write_label_raster(gdf, label_raster, like_path=scene)
@@ -91,6 +95,15 @@ def segment(scene: str, output: str, label_raster: str | None, index_raster: str
     if overlay:
         render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
     report(out, gdf.attrs.get("geosam", {}), profile)
+    if journal is not None and not keep_journal:
+        from geosam.journal import remove_journal
+
+        remove_journal(journal)
+
+
+def journal_path(output: str) -> str:
+    """Where ``--resume`` keeps the journal of ``output``."""
+    return output + ".geosam-journal"
 
 
 def report(out: Any, stats: dict[str, Any], profile: bool) -> None:
@@ -99,6 +112,8 @@ def report(out: Any, stats: dict[str, Any], profile: bool) -> None:
         f"{out}: {stats.get('objects', 0)} objects, {stats.get('chips_total', 0)} chips "
         f"({stats.get('chips_skipped_invalid', 0)} skipped as invalid), {stats.get('seconds', 0.0):.1f} s"
     )
+    if stats.get("chips_replayed"):
+        click.echo(f"resumed: {stats['chips_replayed']} chips taken from the journal")
     for failed in stats.get("chips_failed", []):
         click.echo(f"warning: chip {failed}", err=True)
     if profile:
