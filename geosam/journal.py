@@ -112,7 +112,7 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
         if a != b:
-            sa, sb = (s if len(s) <= 60 else s[:57] + "..." for s in (json.dumps(a), json.dumps(b)))
+            sa, sb = (s if len(s) <= 100 else s[:97] + "..." for s in (json.dumps(a), json.dumps(b)))
             out.append(f"{k}: {sa} in the journal, {sb} now")
     return out
 

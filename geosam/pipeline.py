@@ -123,7 +123,7 @@ def segment_scene(
         tasks = [ChipTask(s) for s in specs]
         with ExitStack() as stack:
             jr = _open_journal(stack, journal, sc, cfg.flat(), mask_generator, tasks)
-            execute = _executor(stack, scheduler, n_workers, sc, cfg, mask_generator, stats)
+            execute = _executor(stack, scheduler, n_workers, sc, cfg, generator, pps, stats)
             records, stats = run(sc, tasks, generator, assembler, cfg.engine, hooks=hooks, before=before,
                                  stats=stats, journal=jr, execute=execute)
         gdf = objects_frame(records, sc.info.crs_wkt, generator.name)
@@ -141,16 +141,24 @@ def _open_journal(stack: ExitStack, path: str | os.PathLike[str] | None, sc: Sce
     return stack.enter_context(open_journal(path, sc, flat, generator, tasks))
 
 
-def _executor(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, cfg: Any,
-              generator: MaskGenerator | None, stats: RunStats) -> Any:
+def _executor(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, cfg: SegmentConfig,
+              generator: MaskGenerator, pps: int | None, stats: RunStats) -> Any:
     """A Dask executor for the run (its client closed with ``stack``), or None to run in-process."""
     if scheduler is None:
         if n_workers is not None:
             raise ConfigError("n_workers needs scheduler='local' (or a scheduler address / Client)")
         return None
+    from functools import partial
+
     from geosam.distributed import dask_executor
 
-    return dask_executor(stack, scheduler, n_workers, sc, cfg, generator, stats)
+    before = partial(worker_prefilter, cfg.index, pps) if cfg.index.prefilter and cfg.index.names() else None
+    return dask_executor(stack, scheduler, n_workers, sc, cfg.engine, generator, before, stats)
+
+
+def worker_prefilter(icfg: IndexConfig, pps: int | None, sc: Scene, stats: RunStats) -> ChipStep | None:
+    """The index prefilter step of a Dask worker (built there, on the worker's own scene handle)."""
+    return index_steps(icfg, sc, pps, stats)[1]
 
 
 def _finish_frame(gdf: gpd.GeoDataFrame, cfg: SegmentConfig, stats: RunStats, path: str,
@@ -235,4 +243,5 @@ def segment_prompts(
     return gdf
 
 
-__all__ = ["ChipTask", "RunStats", "index_steps", "make_mask_generator", "segment_prompts", "segment_scene"]
+__all__ = ["ChipTask", "RunStats", "index_steps", "make_mask_generator", "segment_prompts", "segment_scene",
+           "worker_prefilter"]
