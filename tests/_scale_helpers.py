@@ -74,3 +74,18 @@ def main(argv: list[str]) -> Any:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+class SceneOracle(OracleMaskGenerator):
+    """The oracle for several scenes: ``labels`` maps each scene path to its label raster."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.by_scene = {os.path.abspath(k): OracleMaskGenerator(v) for k, v in labels.items()}
+        first = next(iter(self.by_scene.values()))
+        self.__dict__.update({k: v for k, v in first.__dict__.items() if k != "by_scene"})
+
+    def __repr__(self) -> str:
+        return f"SceneOracle({sorted(self.by_scene)!r})"
+
+    def generate(self, chip: Chip) -> ChipMasks:
+        return self.by_scene[os.path.abspath(chip.spec.path)].generate(chip)
