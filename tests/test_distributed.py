@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from geosam.errors import ConfigError
@@ -16,7 +14,6 @@ from tests.test_journal import assert_same
 distributed = pytest.importorskip("distributed")
 
 KW = {"chip_size_px": 192, "overlap_px": 32, "progress": False}
-DATA = Path(__file__).resolve().parents[1] / "data"
 TINY = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "device": "cpu"}
 
 
@@ -71,11 +68,12 @@ def test_index_prefilter_runs_on_the_workers(client, scene) -> None:
         assert dask.attrs["geosam"][key] == local.attrs["geosam"][key]
 
 
-def test_tiny_sam_on_two_workers_gives_the_in_process_output(client, tiny_sam_dir) -> None:
-    scene = DATA / "solaris_pan_uint16.tif"
-    kw = {"model": tiny_sam_dir, "chip_size_px": 256, "overlap_px": 32, "progress": False, **TINY}
-    local = segment_scene(scene, **kw)
-    dask = segment_scene(scene, scheduler=client, **kw)
+@pytest.mark.slow
+def test_tiny_sam_on_two_workers_gives_the_in_process_output(client, tiny_sam_dir, tmp_path) -> None:
+    small = make_oracle_scene(tmp_path, width=320, height=240, n_objects=8, seed=3)
+    kw = {"model": tiny_sam_dir, "chip_size_px": 192, "overlap_px": 32, "progress": False, **TINY}
+    local = segment_scene(small.image_path, **kw)
+    dask = segment_scene(small.image_path, scheduler=client, **kw)
     assert len(local) > 0
     assert_same(dask, local)
 

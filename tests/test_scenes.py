@@ -35,7 +35,7 @@ def _oracle(scenes) -> SceneOracle:
 
 
 def test_expand_scenes_globs_lists_and_urls(scenes, tmp_path) -> None:
-    a, b, bad = scenes
+    a, b, _ = scenes
     listing = tmp_path / "list.txt"
     listing.write_text(f"# scenes\n{a.image_path}\n\n/vsicurl/https://example.com/x.tif\n")
     folder = a.image_path.parent
@@ -68,7 +68,7 @@ def test_merged_table_has_a_scene_column(scenes) -> None:
 
 
 def test_cli_many_scenes(scenes, tmp_path, monkeypatch) -> None:
-    a, b, bad = scenes
+    a, b, _ = scenes
     monkeypatch.setattr(geosam.pipeline, "make_mask_generator", lambda cfg: _oracle(scenes))
     folder = a.image_path.parent
     common = ["--chip-size", "256", "--overlap", "32", "--no-progress"]
