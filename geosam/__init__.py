@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "segment_scene": ("geosam.pipeline", "segment_scene"),
+    "segment_scenes": ("geosam.scenes", "segment_scenes"),
     "SegmentConfig": ("geosam.config", "SegmentConfig"),
     "Scene": ("geosam.io", "Scene"),
     "ChipMasks": ("geosam.masks", "ChipMasks"),
@@ -66,6 +67,7 @@ __all__ = [  # the error classes, __version__ and every lazily loaded name (test
     "resolve_band_roles",
     "segment_prompts",
     "segment_scene",
+    "segment_scenes",
     "segment_text",
     "write_index_raster",
     "write_label_raster",

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -51,6 +51,7 @@ class RunStats:
     chips_total: int = 0
     chips_skipped_invalid: int = 0
     chips_failed: list[str] = field(default_factory=list)
+    chips_replayed: int = 0  # results taken from a journal (not generated again)
     chips_empty: int = 0
     chips_skipped_prefilter: int = 0
     prompts_total: int = 0  # grid prompts on valid pixels (counted when the prefilter runs)
@@ -81,6 +82,18 @@ class RunStats:
         elif len(result) == 0:
             self.chips_empty += 1
         self.masks += len(result)
+
+
+class ChipJournal(Protocol):
+    """Where finished chip results are committed and replayed from (:class:`geosam.journal.Journal`)."""
+
+    def get(self, task: ChipTask) -> ChipResult | None: ...
+
+    def put(self, task: ChipTask, result: ChipResult) -> None: ...
+
+
+#: runs chip tasks elsewhere (e.g. on Dask workers): yields (task, result) in any order
+Executor = Callable[[Sequence[ChipTask]], Iterable[tuple[ChipTask, ChipResult]]]
 
 
 #: a per-chip step before generation; returns a result to skip the chip (e.g. the prefilter), else None
@@ -116,11 +129,16 @@ def run(
     before: ChipStep | None = None,
     stats: RunStats | None = None,
     desc: str = "segment",
+    journal: ChipJournal | None = None,
+    execute: Executor | None = None,
 ) -> tuple[list[Record], RunStats]:
     """Run every task: read its chip, generate masks, hand the compact result to ``assembler``.
 
     Finished objects get the ``hooks``' attributes while their pixels are at hand
     and come back as :class:`~geosam.table.Record` values (map coordinates).
+    ``journal``: results it holds are replayed (not generated again); every new result is
+    committed to it before it is assembled. ``execute``: runs the remaining tasks elsewhere
+    (e.g. :mod:`geosam.distributed`) instead of in this process; results arrive in any order.
     """
     stats = stats or RunStats()
     stats.chips_total += len(tasks)
@@ -129,7 +147,9 @@ def run(
     gen_t0 = dict(generator.timings_s)
     batch = max(engine.chips_per_batch, 1)
 
-    def deliver(task: ChipTask, result: ChipResult) -> None:
+    def deliver(task: ChipTask, result: ChipResult, replayed: bool = False) -> None:
+        if journal is not None and not replayed:
+            journal.put(task, result)
         stats.count(result)
         t0 = time.perf_counter()
         assembler.add(task.spec, result, task.prompt_ids)
@@ -146,10 +166,16 @@ def run(
             deliver(task, ChipResult.from_masks(task.spec.chip_id, task.spec.window, masks))
         pending.clear()
 
+    if journal is not None:
+        tasks = replay(journal, tasks, deliver, stats)
+    if execute is not None:
+        for task, result in _progress(execute(tasks), len(tasks), engine.progress, desc):
+            deliver(task, result)
+        tasks = []
     by_spec = {t.spec: t for t in tasks}
     read_times: dict[str, float] = {}
     chips = iter_chips(sc, [t.spec for t in tasks], engine.prefetch_chips, read_times, engine.skip_bad_chips)
-    for spec, chip in _progress(chips, len(tasks), engine.progress, desc):
+    for spec, chip in _progress(chips, len(tasks), engine.progress and bool(tasks), desc):
         task = by_spec[spec]
         if not isinstance(chip, Chip):  # a chip that could not be read (skip_bad_chips)
             log.warning("skipping chip %s: %s", spec.chip_id, chip)
@@ -182,4 +208,20 @@ def run(
     return records, stats
 
 
-__all__ = ["ChipStep", "ChipTask", "RunStats", "clean_masks", "run"]
+def replay(journal: ChipJournal, tasks: Sequence[ChipTask], deliver: Callable[[ChipTask, ChipResult, bool], None],
+           stats: RunStats) -> list[ChipTask]:
+    """Deliver the journal's results of ``tasks``; return the tasks it has no result for."""
+    todo: list[ChipTask] = []
+    for task in tasks:
+        result = journal.get(task)
+        if result is None:
+            todo.append(task)
+            continue
+        stats.chips_replayed += 1
+        deliver(task, result, True)
+    if stats.chips_replayed:
+        log.info("journal: %d of %d chips replayed, %d to run", stats.chips_replayed, len(tasks), len(todo))
+    return todo
+
+
+__all__ = ["ChipJournal", "ChipStep", "ChipTask", "Executor", "RunStats", "clean_masks", "replay", "run"]

@@ -8,7 +8,9 @@ run loop (:func:`geosam.engine.run`) and builds the one table
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +18,7 @@ import numpy as np
 from geosam.assemble import GridAssembler
 from geosam.config import IndexConfig, PromptConfig, SegmentConfig
 from geosam.engine import ChipStep, ChipTask, RunStats, run
+from geosam.errors import ConfigError
 from geosam.io import Chip, Scene
 from geosam.masks import MaskGenerator
 from geosam.result import PREFILTERED, ChipResult
@@ -77,6 +80,9 @@ def segment_scene(
     *,
     config: SegmentConfig | None = None,
     object_hooks: list[ObjectHook] | None = None,
+    journal: str | os.PathLike[str] | None = None,
+    scheduler: Any = None,
+    n_workers: int | None = None,
     **settings: Any,
 ) -> gpd.GeoDataFrame:
     """Segment every object in a scene into one polygon each.
@@ -98,6 +104,11 @@ def segment_scene(
     sorts (adds ``rank``), ``top_k=10`` keeps the best; ``prefilter=True`` decodes
     only prompts near passing pixels (counts in ``chips_skipped_prefilter``,
     ``prompts_skipped_prefilter``).
+
+    Resume (:mod:`geosam.journal`): ``journal="run.geosam-journal"`` commits every finished chip to
+    that file; calling again with it replays those chips and runs only the rest (same output).
+    Scale-out (:mod:`geosam.distributed`, needs ``dask[distributed]``): ``scheduler="local"`` with
+    ``n_workers`` worker processes, a scheduler address ``"tcp://host:8786"`` or a ``distributed.Client``.
     """
     cfg = (config or SegmentConfig()).with_overrides(**settings)
     t_start = time.perf_counter()
@@ -109,11 +120,45 @@ def segment_scene(
         hooks = [*(object_hooks or []), *hooks]
         generator = mask_generator if mask_generator is not None else make_mask_generator(cfg)
         assembler = GridAssembler(specs, cfg.output.match_iou)
-        records, stats = run(sc, [ChipTask(s) for s in specs], generator, assembler, cfg.engine,
-                             hooks=hooks, before=before, stats=stats)
+        tasks = [ChipTask(s) for s in specs]
+        with ExitStack() as stack:
+            jr = _open_journal(stack, journal, sc, cfg.flat(), mask_generator, tasks)
+            execute = _executor(stack, scheduler, n_workers, sc, cfg, generator, pps, stats)
+            records, stats = run(sc, tasks, generator, assembler, cfg.engine, hooks=hooks, before=before,
+                                 stats=stats, journal=jr, execute=execute)
         gdf = objects_frame(records, sc.info.crs_wkt, generator.name)
         path = sc.path
     return _finish_frame(gdf, cfg, stats, path, t_start)
+
+
+def _open_journal(stack: ExitStack, path: str | os.PathLike[str] | None, sc: Scene, flat: dict[str, Any],
+                  generator: MaskGenerator | None, tasks: list[ChipTask]) -> Any:
+    """The run's journal (closed with ``stack``), or None."""
+    if path is None:
+        return None
+    from geosam.journal import open_journal
+
+    return stack.enter_context(open_journal(path, sc, flat, generator, tasks))
+
+
+def _executor(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, cfg: SegmentConfig,
+              generator: MaskGenerator, pps: int | None, stats: RunStats) -> Any:
+    """A Dask executor for the run (its client closed with ``stack``), or None to run in-process."""
+    if scheduler is None:
+        if n_workers is not None:
+            raise ConfigError("n_workers needs scheduler='local' (or a scheduler address / Client)")
+        return None
+    from functools import partial
+
+    from geosam.distributed import dask_executor
+
+    before = partial(worker_prefilter, cfg.index, pps) if cfg.index.prefilter and cfg.index.names() else None
+    return dask_executor(stack, scheduler, n_workers, sc, cfg.engine, generator, before, stats)
+
+
+def worker_prefilter(icfg: IndexConfig, pps: int | None, sc: Scene, stats: RunStats) -> ChipStep | None:
+    """The index prefilter step of a Dask worker (built there, on the worker's own scene handle)."""
+    return index_steps(icfg, sc, pps, stats)[1]
 
 
 def _finish_frame(gdf: gpd.GeoDataFrame, cfg: SegmentConfig, stats: RunStats, path: str,
@@ -198,4 +243,5 @@ def segment_prompts(
     return gdf
 
 
-__all__ = ["ChipTask", "RunStats", "index_steps", "make_mask_generator", "segment_prompts", "segment_scene"]
+__all__ = ["ChipTask", "RunStats", "index_steps", "make_mask_generator", "segment_prompts", "segment_scene",
+           "worker_prefilter"]

@@ -313,7 +313,8 @@ class Stitcher:
             self.polygonise_s += time.perf_counter() - t0
 
     def _build(self, members: list[int], chips: set[ChipKey]) -> StitchedObject | None:
-        pieces = [self.pieces[u] for u in sorted(members)]
+        # by chip, then mask order within the chip: the same whatever order chips arrived in
+        pieces = sorted((self.pieces[u] for u in members), key=lambda p: (p.chip, p.uid))
         if len(pieces) == 1:
             p = pieces[0]
             g = self._polygonise(p.mask, p.bbox.col_off, p.bbox.row_off)

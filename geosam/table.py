@@ -82,7 +82,7 @@ def objects_frame(records: list[Record], crs_wkt: str, model_name: str) -> gpd.G
     """Segment-everything output: ``id`` (1.., top-to-bottom, left-to-right by the object's first pixel),
     ``area_m2, predicted_iou, stability_score, n_chips, model``, a ``label`` column when any object has
     one, then the hooks' columns, ``geometry``."""
-    records = sorted(records, key=lambda o: o.order)
+    records = sorted(records, key=lambda o: (o.order, o.geom.wkb))  # ties: by outline, not arrival order
     data: dict[str, Any] = {
         "id": np.arange(1, len(records) + 1, dtype=np.int64),
         "predicted_iou": np.array([o.predicted_iou for o in records], dtype=np.float64),

@@ -16,9 +16,16 @@ _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
 
 
 @click.command()
-@click.argument("scene", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.argument("scenes", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
+@click.option("--output-dir", type=click.Path(file_okay=False),
+              help="Many scenes: one output per scene in this folder (<scene stem><--format>).")
+@click.option("--merge", is_flag=True, help="Many scenes: one output (-o) with a 'scene' column.")
+@click.option("--format", "fmt", default=".gpkg", show_default=True, help="File suffix of --output-dir outputs.")
+@click.option("--scheduler", help="Run the chips on Dask: 'local' (a local cluster of --workers processes) or a "
+              "scheduler address such as tcp://host:8786 (needs geosam-scenes[dask]).")
+@click.option("--workers", "n_workers", type=int, help="Worker processes of --scheduler local (default 2).")
 @model_options(DEFAULT_MODEL)
 @click.option("--chip-size", "chip_size_px", type=int, default=_T.chip_size_px, show_default=True, help="Chip size (px).")
 @click.option("--overlap", "overlap_px", type=int, default=_T.overlap_px, show_default=True, help="Chip overlap (px).")
@@ -63,16 +70,36 @@ _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
 @click.option("--skip-bad-chips", is_flag=True,
               help="Skip (and list) chips whose pixels cannot be read instead of stopping the run.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage (read, stretch, encode, decode, ...).")
+@click.option("--resume", is_flag=True, help="Journal finished chips in OUTPUT.geosam-journal; a rerun after a crash "
+              "replays them and runs only the rest.")
+@click.option("--keep-journal", is_flag=True, help="With --resume: keep the journal after a successful write.")
 @handle_errors
-def segment(scene: str, output: str, label_raster: str | None, index_raster: str | None, overlay: str | None,
-            profile: bool, overwrite: bool, **settings: Any) -> None:
-    """Segment every object in SCENE and write one polygon per object to OUTPUT."""
+def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None, merge: bool, fmt: str,
+            scheduler: str | None, n_workers: int | None, label_raster: str | None, index_raster: str | None,
+            overlay: str | None, profile: bool, overwrite: bool, resume: bool, keep_journal: bool,
+            **settings: Any) -> None:
+    """Segment every object in SCENES and write one polygon per object to OUTPUT.
+
+    SCENES: one raster, or many (paths, GDAL URLs, quoted globs like 'tiles/*.tif', @list.txt)
+    with --output-dir or --merge."""
     from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
     from geosam.outputs import check_outputs
     from geosam.pipeline import segment_scene
+    from geosam.scenes import expand_scenes
 
     settings["indices"] = settings["indices"] or ()
     cfg = SegmentConfig.from_settings(**settings)  # every setting checked before any pixel or model
+    paths = expand_scenes(scenes)
+    if output_dir is not None or merge or len(paths) > 1:
+        if label_raster or index_raster or overlay:
+            raise click.UsageError("--label-raster, --index-raster and --overlay take one scene")
+        from geosam.cli.many import segment_many
+
+        return segment_many(paths, cfg, output=output, output_dir=output_dir, merge=merge, resume=resume,
+                            scheduler=scheduler, n_workers=n_workers, fmt=fmt)
+    if output is None:
+        raise click.UsageError("give -o/--output FILE (or --output-dir DIR for many scenes)")
+    scene = paths[0]
     # every output path is checked before the (possibly hours-long) run, so a typo loses nothing
     check_output_path(output)
     for path, kind in ((label_raster, "raster"), (index_raster, "raster"), (overlay, "png")):
@@ -80,7 +107,8 @@ def segment(scene: str, output: str, label_raster: str | None, index_raster: str
             check_output_path(path, kind)
     check_outputs({"--output": output, "--label-raster": label_raster, "--index-raster": index_raster,
                    "--overlay": overlay}, {"SCENE": scene}, overwrite=overwrite)
-    gdf = segment_scene(scene, config=cfg)
+    journal = journal_path(output) if resume else None
+    gdf = segment_scene(scene, config=cfg, journal=journal, scheduler=scheduler, n_workers=n_workers)
     out = write_vector(gdf, output)
     if label_raster:
         write_label_raster(gdf, label_raster, like_path=scene)
@@ -91,6 +119,15 @@ def segment(scene: str, output: str, label_raster: str | None, index_raster: str
     if overlay:
         render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
     report(out, gdf.attrs.get("geosam", {}), profile)
+    if journal is not None and not keep_journal:
+        from geosam.journal import remove_journal
+
+        remove_journal(journal)
+
+
+def journal_path(output: str) -> str:
+    """Where ``--resume`` keeps the journal of ``output``."""
+    return output + ".geosam-journal"
 
 
 def report(out: Any, stats: dict[str, Any], profile: bool) -> None:
@@ -99,6 +136,8 @@ def report(out: Any, stats: dict[str, Any], profile: bool) -> None:
         f"{out}: {stats.get('objects', 0)} objects, {stats.get('chips_total', 0)} chips "
         f"({stats.get('chips_skipped_invalid', 0)} skipped as invalid), {stats.get('seconds', 0.0):.1f} s"
     )
+    if stats.get("chips_replayed"):
+        click.echo(f"resumed: {stats['chips_replayed']} chips taken from the journal")
     for failed in stats.get("chips_failed", []):
         click.echo(f"warning: chip {failed}", err=True)
     if profile:

@@ -1,0 +1,194 @@
+"""Scale-out on Dask: chip tasks run on workers, their compact results stream back to the client.
+
+The unit of work is a batch of :class:`~geosam.engine.ChipTask` values (chip specs: path,
+window, transform, CRS) plus a small :class:`WorkerJob` (scene path, read settings, the
+client's stretch, the pickled mask generator). Each worker process opens the raster
+itself and reads its own windows (pixels never travel from the client), builds the mask
+generator once (cached by a hash of its pickled settings; a SAM generator pickles without
+its weights and loads them on the worker, on the worker's device), runs the one run loop
+(:func:`geosam.engine.run`) over its chips and returns their
+:class:`~geosam.result.ChipResult` values. The client feeds them to the assembler in
+arrival order (the stitcher accepts any order); a journal on the client commits them as they
+arrive. A worker that dies has its batches re-run elsewhere by the scheduler.
+
+``dask[distributed]`` is optional (``pip install geosam-scenes[dask]``) and imported only here.
+The raster path must be readable by every worker (a shared file system or a GDAL URL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from geosam.engine import ChipStep, ChipTask, Executor, RunStats, run
+from geosam.errors import ConfigError
+from geosam.io import Scene
+from geosam.result import ChipResult
+from geosam.stitch import StitchedObject
+from geosam.tiling import ChipSpec
+
+if TYPE_CHECKING:
+    from geosam.config import EngineConfig, ReadConfig
+    from geosam.masks import MaskGenerator
+
+log = logging.getLogger(__name__)
+
+#: a picklable factory of the per-chip step before generation (e.g. the index prefilter), built per worker
+BeforeFactory = Callable[[Scene, RunStats], "ChipStep | None"]
+
+
+def connect(stack: ExitStack, scheduler: Any, n_workers: int | None = None) -> Any:
+    """A ``distributed.Client`` for ``scheduler`` (closed with ``stack`` when created here).
+
+    scheduler: ``"local"`` (a ``LocalCluster`` of ``n_workers`` processes, default 2, one
+    thread each), a scheduler address (``"tcp://host:8786"``) or a ``distributed.Client``.
+    """
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ConfigError("scheduler= needs Dask: pip install 'geosam-scenes[dask]' (dask[distributed])") from exc
+    if isinstance(scheduler, distributed.Client):
+        return scheduler
+    if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
+        raise ConfigError(f"n_workers must be a whole number >= 1, got {n_workers!r}")
+    if scheduler == "local":
+        cluster = stack.enter_context(distributed.LocalCluster(
+            n_workers=n_workers or 2, threads_per_worker=1, processes=True, dashboard_address=None))
+        return stack.enter_context(distributed.Client(cluster))
+    if isinstance(scheduler, str) and "://" in scheduler:
+        if n_workers is not None:
+            raise ConfigError("n_workers sizes a local cluster only; an existing cluster keeps its workers")
+        return stack.enter_context(distributed.Client(scheduler))
+    raise ConfigError(f"unknown scheduler {scheduler!r}: use 'local', an address like 'tcp://host:8786' "
+                      "or a distributed.Client")
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a worker needs besides its chips (small, picklable; the same for every batch of a run).
+
+    stretch: the client's scene-wide (low, high) per band, so worker chips equal in-process ones.
+    generator_blob: the pickled mask generator; ``generator_key`` its SHA-256 (the worker cache key).
+    """
+
+    path: str
+    read: ReadConfig
+    stretch: Any
+    engine: EngineConfig
+    generator_blob: bytes
+    generator_key: str
+    before: BeforeFactory | None = None
+
+
+def make_job(sc: Scene, engine: EngineConfig, generator: MaskGenerator, before: BeforeFactory | None = None) -> WorkerJob:
+    """The job of a run over the open scene ``sc``."""
+    blob = pickle.dumps(generator, protocol=pickle.HIGHEST_PROTOCOL)
+    return WorkerJob(sc.path, sc.read_config, sc.stretch, replace(engine, progress=False), blob,
+                     hashlib.sha256(blob).hexdigest(), before)
+
+
+# -- worker side ----------------------------------------------------------------
+
+_lock = threading.Lock()
+_local = threading.local()  # scenes per thread (a rasterio dataset is not thread-safe)
+_generators: OrderedDict[str, tuple[Any, threading.Lock]] = OrderedDict()
+_MAX_CACHED = 4
+
+
+def _scene(job: WorkerJob) -> Scene:
+    cache: OrderedDict[Any, Scene] = getattr(_local, "scenes", None) or OrderedDict()
+    _local.scenes = cache
+    key = (job.path, job.read, pickle.dumps(job.stretch))
+    sc = cache.get(key)
+    if sc is None:
+        sc = cache[key] = Scene(job.path, job.read, stretch=job.stretch)
+        while len(cache) > _MAX_CACHED:
+            cache.popitem(last=False)[1].close()
+    return sc
+
+
+def _generator(job: WorkerJob) -> tuple[Any, threading.Lock]:
+    with _lock:
+        hit = _generators.get(job.generator_key)
+        if hit is None:
+            hit = _generators[job.generator_key] = (pickle.loads(job.generator_blob), threading.Lock())
+            while len(_generators) > _MAX_CACHED:
+                _generators.popitem(last=False)
+        return hit
+
+
+class _Collect:
+    """An assembler that keeps the chip results (the worker's side of the run loop)."""
+
+    def __init__(self) -> None:
+        self.results: list[ChipResult] = []
+
+    def add(self, spec: ChipSpec, result: ChipResult, prompt_ids: Sequence[int] = ()) -> None:
+        self.results.append(result)
+
+    def pop_finished(self, final: bool = False) -> list[StitchedObject]:
+        return []
+
+
+def run_batch(job: WorkerJob, tasks: Sequence[ChipTask]) -> tuple[list[ChipResult], dict[str, Any]]:
+    """Run chip tasks on this worker: their results (in task order) and the worker's counts and timings."""
+    sc = _scene(job)
+    generator, gen_lock = _generator(job)
+    stats = RunStats()
+    before = job.before(sc, stats) if job.before is not None else None
+    out = _Collect()
+    with gen_lock:
+        run(sc, tasks, generator, out, job.engine, before=before, stats=stats)
+    return out.results, {"prompts_total": stats.prompts_total,
+                         "prompts_skipped_prefilter": stats.prompts_skipped_prefilter,
+                         "timings_s": dict(stats.timings_s)}
+
+
+# -- client side ------------------------------------------------------------------
+
+def batches(tasks: Sequence[ChipTask], n_workers: int, chips_per_task: int | None = None) -> list[list[ChipTask]]:
+    """Tasks in consecutive batches: ``chips_per_task`` each, default about 4 batches per worker (1..16 chips)."""
+    if not tasks:
+        return []
+    size = chips_per_task or max(1, min(16, -(-len(tasks) // (4 * max(n_workers, 1)))))
+    return [list(tasks[i:i + size]) for i in range(0, len(tasks), size)]
+
+
+def execute_on(client: Any, job: WorkerJob, stats: RunStats, chips_per_task: int | None = None) -> Executor:
+    """An executor for :func:`geosam.engine.run` that runs batches of tasks on ``client``'s workers."""
+
+    def execute(tasks: Sequence[ChipTask]) -> Iterator[tuple[ChipTask, ChipResult]]:
+        from distributed import as_completed
+
+        n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
+        parts = batches(tasks, n_workers, chips_per_task)
+        futures = {client.submit(run_batch, job, b, pure=False): b for b in parts}
+        log.info("dask: %d chips in %d batches on %d workers", len(tasks), len(parts), n_workers)
+        for fut in as_completed(futures):
+            results, worker_stats = fut.result()
+            batch = futures.pop(fut)
+            fut.release()
+            stats.prompts_total += worker_stats["prompts_total"]
+            stats.prompts_skipped_prefilter += worker_stats["prompts_skipped_prefilter"]
+            for stage, sec in worker_stats["timings_s"].items():
+                stats.add_time(stage, sec)  # summed over workers
+            yield from zip(batch, results)
+
+    return execute
+
+
+def dask_executor(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, engine: EngineConfig,
+                  generator: MaskGenerator, before: BeforeFactory | None, stats: RunStats) -> Executor:
+    """Connect to ``scheduler`` (see :func:`connect`) and return the run's executor."""
+    client = connect(stack, scheduler, n_workers)
+    return execute_on(client, make_job(sc, engine, generator, before), stats)
+
+
+__all__ = ["WorkerJob", "batches", "connect", "dask_executor", "execute_on", "make_job", "run_batch"]

@@ -1,0 +1,94 @@
+"""Scale-out on Dask: a LocalCluster of two worker processes gives the in-process output."""
+
+from __future__ import annotations
+
+import pytest
+
+from geosam.errors import ConfigError
+from geosam.pipeline import segment_scene
+from geosam.testing import OracleMaskGenerator
+from tests._scale_helpers import CountingOracle, read_log
+from tests.data.make_scenes import make_oracle_scene
+from tests.test_journal import assert_same
+
+distributed = pytest.importorskip("distributed")
+
+KW = {"chip_size_px": 192, "overlap_px": 32, "progress": False}
+TINY = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            distributed.Client(cl) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory):
+    return make_oracle_scene(tmp_path_factory.mktemp("dask"), width=600, height=500, n_objects=40, seed=21)
+
+
+def test_two_workers_give_the_in_process_output(client, scene, tmp_path) -> None:
+    local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **KW)
+    log = str(tmp_path / "chips.log")
+    dask = segment_scene(scene.image_path, CountingOracle(scene.label_path, log), scheduler=client, **KW)
+    assert_same(dask, local)
+    assert len(dask) == scene.n_objects
+    assert sorted(read_log(log)) == sorted({line for line in read_log(log)})  # every chip generated once
+    assert len(read_log(log)) == local.attrs["geosam"]["chips_total"]
+
+
+def test_dask_run_journals_and_resumes(client, scene, tmp_path) -> None:
+    import sqlite3
+
+    local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **KW)
+    journal = tmp_path / "j"
+    first = segment_scene(scene.image_path, CountingOracle(scene.label_path), journal=journal,
+                          scheduler=client, **KW)
+    assert_same(first, local)
+    with sqlite3.connect(journal) as conn:
+        keys = [k for (k,) in conn.execute("SELECT key FROM chips")]
+        conn.executemany("DELETE FROM chips WHERE key = ?", [(k,) for k in keys[1::2]])
+    log = str(tmp_path / "chips.log")
+    again = segment_scene(scene.image_path, CountingOracle(scene.label_path, log), journal=journal,
+                          scheduler=client, **KW)
+    assert_same(again, local)
+    assert sorted(read_log(log)) == sorted(k.split(":")[0] for k in keys[1::2])
+
+
+def test_index_prefilter_runs_on_the_workers(client, scene) -> None:
+    kw = {**KW, "indices": ["exg"], "min_index": {"exg": 0.1}, "prefilter": True}
+    local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **kw)
+    dask = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), scheduler=client, **kw)
+    assert "exg_mean" in dask.columns
+    assert_same(dask, local)
+    assert local.attrs["geosam"]["prompts_total"] > 0
+    for key in ("prompts_total", "prompts_skipped_prefilter", "chips_skipped_prefilter"):
+        assert dask.attrs["geosam"][key] == local.attrs["geosam"][key]
+
+
+@pytest.mark.slow
+def test_tiny_sam_on_two_workers_gives_the_in_process_output(client, tiny_sam_dir, tmp_path) -> None:
+    small = make_oracle_scene(tmp_path, width=320, height=240, n_objects=8, seed=3)
+    kw = {"model": tiny_sam_dir, "chip_size_px": 192, "overlap_px": 32, "progress": False, **TINY}
+    local = segment_scene(small.image_path, **kw)
+    dask = segment_scene(small.image_path, scheduler=client, **kw)
+    assert len(local) > 0
+    assert_same(dask, local)
+
+
+def test_a_worker_that_dies_mid_run_changes_nothing(client, scene, tmp_path) -> None:
+    local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **KW)
+    marker = tmp_path / "died"
+    gen = CountingOracle(scene.label_path, delay_s=0.05, die_after=3, die_marker=str(marker))
+    dask = segment_scene(scene.image_path, gen, scheduler=client, **KW)
+    assert marker.exists()  # one worker process did exit mid-batch
+    assert_same(dask, local)
+
+
+def test_bad_scheduler_settings_are_refused(scene) -> None:
+    with pytest.raises(ConfigError, match="unknown scheduler"):
+        segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), scheduler="nowhere", **KW)
+    with pytest.raises(ConfigError, match="n_workers needs scheduler"):
+        segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), n_workers=2, **KW)
