@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosam.assemble import GridAssembler
-from geosam.config import IndexConfig, PromptConfig, SegmentConfig
+from geosam.config import IndexConfig, PromptConfig, SegmentConfig, check_crs
 from geosam.engine import ChipStep, ChipTask, RunStats, run
 from geosam.io import Chip, Scene
 from geosam.masks import MaskGenerator
@@ -173,6 +173,8 @@ def segment_prompts(
     if model is not None and not isinstance(model, SamBundle):
         settings["model"] = model
     cfg = (config or PromptConfig()).with_overrides(**settings)
+    if prompt_crs is not None:
+        check_crs(prompt_crs, "prompt_crs")  # ConfigError before any pixel or model
     t_start = time.perf_counter()
     with Scene(scene, cfg.read) as sc:
         plist, status = resolve_prompts(sc, prompts, prompt_crs=prompt_crs, id_column=id_column,
