@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosam.assemble import Assembler
+from geosam.failed_chips import failed_chip_entry
 from geosam.io import Chip, Scene
 from geosam.masks import ChipMasks, MaskGenerator
 from geosam.reader import iter_chips
@@ -50,7 +51,7 @@ class RunStats:
 
     chips_total: int = 0
     chips_skipped_invalid: int = 0
-    chips_failed: list[str] = field(default_factory=list)
+    chips_failed: list[dict[str, Any]] = field(default_factory=list)  # see geosam.failed_chips
     chips_empty: int = 0
     chips_skipped_prefilter: int = 0
     prompts_total: int = 0  # grid prompts on valid pixels (counted when the prefilter runs)
@@ -70,14 +71,14 @@ class RunStats:
             f"in {self.seconds:.1f} s"
         )
 
-    def count(self, result: ChipResult) -> None:
-        """Count one chip result."""
+    def count(self, result: ChipResult, transform: Any = None) -> None:
+        """Count one chip result; ``transform``: the scene's (pixel -> map), for failed chips' bounds."""
         if result.status == INVALID:
             self.chips_skipped_invalid += 1
         elif result.status == PREFILTERED:
             self.chips_skipped_prefilter += 1
         elif result.status == FAILED:
-            self.chips_failed.append(f"{result.task_id}: {result.error}")
+            self.chips_failed.append(failed_chip_entry(result, transform))
         elif len(result) == 0:
             self.chips_empty += 1
         self.masks += len(result)
@@ -130,7 +131,7 @@ def run(
     batch = max(engine.chips_per_batch, 1)
 
     def deliver(task: ChipTask, result: ChipResult) -> None:
-        stats.count(result)
+        stats.count(result, sc.info.transform)
         t0 = time.perf_counter()
         assembler.add(task.spec, result, task.prompt_ids)
         records.extend(finish(assembler.pop_finished(), hooks, sc, sc.info.transform))

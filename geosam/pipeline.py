@@ -127,13 +127,19 @@ def _finish_frame(gdf: gpd.GeoDataFrame, cfg: SegmentConfig, stats: RunStats, pa
         from geosam.indices import filter_and_rank
 
         gdf = filter_and_rank(gdf, names, dict(cfg.index.min_index), cfg.index.rank_by, cfg.index.top_k)
+    extra: dict[str, Any] = {}
+    if stats.chips_failed:  # see geosam.failed_chips
+        gdf["complete"] = gdf["complete"].fillna(True).astype(bool) if "complete" in gdf else True
+        extra["chips_failed_crs"] = gdf.crs.to_wkt() if gdf.crs is not None else None
+    elif "complete" in gdf:
+        gdf = gdf.drop(columns="complete")
     if cfg.output.to_crs:
         gdf = gdf.to_crs(cfg.output.to_crs)
     stats.objects = len(gdf)
     stats.seconds = time.perf_counter() - t_start
     if len(gdf) == 0:
         log.warning("%s: no objects found", path)
-    gdf.attrs["geosam"] = {**stats.__dict__, "scene": path}
+    gdf.attrs["geosam"] = {**stats.__dict__, "scene": path, **extra}
     log.info("%s: %s", path, stats.summary())
     return gdf
 

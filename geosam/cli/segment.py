@@ -99,8 +99,14 @@ def report(out: Any, stats: dict[str, Any], profile: bool) -> None:
         f"{out}: {stats.get('objects', 0)} objects, {stats.get('chips_total', 0)} chips "
         f"({stats.get('chips_skipped_invalid', 0)} skipped as invalid), {stats.get('seconds', 0.0):.1f} s"
     )
-    for failed in stats.get("chips_failed", []):
-        click.echo(f"warning: chip {failed}", err=True)
+    failed_chips = stats.get("chips_failed", [])
+    for failed in failed_chips:
+        click.echo(f"warning: chip {failed['chip_id']} could not be read: {failed['error']}", err=True)
+    if failed_chips:
+        from geosam.failed_chips import sidecar_path
+
+        click.echo(f"warning: {len(failed_chips)} chips skipped; objects touching them have complete = False; "
+                   f"their footprints are in {sidecar_path(out)}", err=True)
     if profile:
         click.echo(format_profile(stats.get("timings_s", {}), stats.get("seconds", 0.0)))
     if stats.get("prompts_total"):
