@@ -264,7 +264,8 @@ def test_cli_vector_file_round_trip(scene, oracle, tmp_path, monkeypatch):
                                    "--prompt-crs", "EPSG:4326", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert _iou(gpd.read_file(out2).geometry.iloc[0], map_box(*OBJECTS["small"])) > 0.95
-    res = CliRunner().invoke(cli, ["prompt", scene, "-o", str(out2), "--points", "0,0", "--prompt-crs", "EPSG:4326"])
+    res = CliRunner().invoke(cli, ["prompt", scene, "-o", str(tmp_path / "out3.geojson"), "--points", "0,0",
+                                   "--prompt-crs", "EPSG:4326"])
     assert res.exit_code == 1 and "outside the scene" in res.output
 
 
