@@ -9,6 +9,7 @@ Prompts are parsed by :mod:`geosam.prompts`; windows are planned by
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -200,7 +201,11 @@ def warn(msg: str) -> None:
 
 
 def _outside_status(p: Prompt, width: int, height: int) -> str:
-    """"outside" when no positive point and no part of the box lies in the scene."""
+    """"outside" when no positive point and no part of the box lies in the scene, or when the prompt's
+    coordinates are not finite (it could not be reprojected to the scene's CRS)."""
+    coords = [v for pt in p.points for v in pt] + list(p.box or ())
+    if not all(math.isfinite(v) for v in coords):
+        return "outside"
     if p.box is not None:
         x0, y0, x1, y1 = p.box
         if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:

@@ -292,7 +292,6 @@ def prompts_from_frame(
         if not points and not boxes:
             unusable.append(pid)
             continue
-        _check_finite(points, boxes, pid, where_all)
         box = None
         if boxes:
             b = np.array(boxes)
@@ -320,8 +319,8 @@ def check_coordinates(gdf: Any, where: str) -> None:
     A GeoJSON without a ``crs`` member is WGS84 by definition (RFC 7946), so a file
     of projected coordinates (metres) without one is read as longitude / latitude:
     any coordinate outside longitude -180..360, latitude -90..90 is caught here,
-    before it becomes NaN in reprojection. Projected CRSs are checked after
-    reprojection (non-finite coordinates, in :func:`prompts_from_frame`).
+    before it becomes NaN in reprojection. A prompt that cannot be reprojected to
+    the scene's CRS (non-finite coordinates) lies "outside" the scene.
     """
     crs = gdf.crs
     if crs is None or not crs.is_geographic:
@@ -339,18 +338,6 @@ def check_coordinates(gdf: Any, where: str) -> None:
             f"{where}: coordinate ({x:.10g}, {y:.10g}) of row {_py(row)!r} is not a longitude / latitude, but the "
             f"prompts are read in {crs.name} (a GeoJSON without a 'crs' member is WGS84 by definition); "
             "pass --prompt-crs (prompt_crs=...) with the CRS of the coordinates, e.g. the scene's EPSG code"
-        )
-
-
-def _check_finite(points: list[tuple[float, float]], boxes: list[tuple[float, float, float, float]],
-                  pid: Any, where: str) -> None:
-    """Scene pixel coordinates must be finite (a reprojection outside a CRS's area gives inf / NaN)."""
-    vals = [v for p in points for v in p] + [v for b in boxes for v in b]
-    if not all(math.isfinite(v) for v in vals):
-        raise PromptError(
-            f"{where}: prompt {pid!r} cannot be reprojected to the scene's CRS (its coordinates fall outside "
-            "the area where the prompts' CRS is defined); check the prompts' CRS or pass --prompt-crs "
-            "(prompt_crs=...) with the CRS of the coordinates"
         )
 
 
@@ -373,6 +360,7 @@ def _bounds_to_px(inv: Any, bounds: tuple[float, float, float, float]) -> tuple[
     cs = [c for c, _ in corners]
     rs = [r for _, r in corners]
     return float(min(cs)), float(min(rs)), float(max(cs)), float(max(rs))
+
 
 
 # ---------------------------------------------------------------------------
