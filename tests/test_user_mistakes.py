@@ -191,11 +191,16 @@ def scene_point(folder: Path, col: float = 64, row: float = 64) -> tuple[float, 
     return float(x), float(y)
 
 
+def oracle_bundle() -> SamBundle:
+    """The oracle SAM of tests/test_prompts.py with a box-only model's capabilities (one window per prompt)."""
+    return SamBundle(model=OracleSam(), processor=None, device=torch.device("cpu"), dtype=torch.float32,
+                     name="oracle", image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0), longest_edge=256,
+                     input_size=256, normalize="minmax", capabilities=BOX_ONLY)
+
+
 @pytest.fixture
 def oracle(monkeypatch: pytest.MonkeyPatch) -> SamBundle:
-    bundle = SamBundle(model=OracleSam(), processor=None, device=torch.device("cpu"), dtype=torch.float32,
-                       name="oracle", image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0), longest_edge=256,
-                       input_size=256, normalize="minmax", capabilities=BOX_ONLY)
+    bundle = oracle_bundle()
     monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: bundle)
     return bundle
 
