@@ -11,9 +11,9 @@ exactly one window per prompt and assembles one object per prompt
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from geosam.result import ChipResult
+from geosam.result import FAILED, ChipResult
 from geosam.stitch import StitchedObject, Stitcher, mask_to_pixel_geometry
 from geosam.tiling import ChipSpec
 
@@ -27,17 +27,32 @@ class Assembler(Protocol):
 
 
 class GridAssembler:
-    """Stitch masks of a chip grid into whole objects (masks with different labels never merge)."""
+    """Stitch masks of a chip grid into whole objects (masks with different labels never merge).
+
+    Once a chip has failed (status ``failed``), every finished object gets
+    ``extra["complete"]``: False when its pixels touch a failed chip's window
+    (see :mod:`geosam.failed_chips`). An object is finished only after all its
+    chips' neighbours, so the failures that can touch it are known by then.
+    """
 
     def __init__(self, specs: Sequence[ChipSpec], match_iou: float) -> None:
         self.stitcher = Stitcher(specs, match_iou=match_iou)
+        self.failed: list[Any] = []  # failed chips' windows as shapely boxes (scene pixel frame)
 
     def add(self, spec: ChipSpec, result: ChipResult, prompt_ids: Sequence[int] = ()) -> None:
+        if result.status == FAILED:
+            from shapely.geometry import box
+
+            self.failed.append(box(*spec.window.bounds()))
         attrs = None if result.labels is None else [{"label": lab} for lab in result.labels]
         self.stitcher.add(spec, result, attrs)
 
     def pop_finished(self, final: bool = False) -> list[StitchedObject]:
-        return self.stitcher.pop_finished(final=final)
+        objs = self.stitcher.pop_finished(final=final)
+        if self.failed:
+            for o in objs:
+                o.extra["complete"] = not any(o.geom_px.intersects(w) for w in self.failed)
+        return objs
 
     @property
     def polygonise_s(self) -> float:

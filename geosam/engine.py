@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from geosam.assemble import Assembler
+from geosam.failed_chips import failed_chip_entry
 from geosam.io import Chip, Scene
 from geosam.masks import ChipMasks, MaskGenerator
 from geosam.reader import iter_chips
@@ -50,7 +51,7 @@ class RunStats:
 
     chips_total: int = 0
     chips_skipped_invalid: int = 0
-    chips_failed: list[str] = field(default_factory=list)
+    chips_failed: list[dict[str, Any]] = field(default_factory=list)  # see geosam.failed_chips
     chips_replayed: int = 0  # results taken from a journal (not generated again)
     chips_empty: int = 0
     chips_skipped_prefilter: int = 0
@@ -71,14 +72,14 @@ class RunStats:
             f"in {self.seconds:.1f} s"
         )
 
-    def count(self, result: ChipResult) -> None:
-        """Count one chip result."""
+    def count(self, result: ChipResult, transform: Any = None) -> None:
+        """Count one chip result; ``transform``: the scene's (pixel -> map), for failed chips' bounds."""
         if result.status == INVALID:
             self.chips_skipped_invalid += 1
         elif result.status == PREFILTERED:
             self.chips_skipped_prefilter += 1
         elif result.status == FAILED:
-            self.chips_failed.append(f"{result.task_id}: {result.error}")
+            self.chips_failed.append(failed_chip_entry(result, transform))
         elif len(result) == 0:
             self.chips_empty += 1
         self.masks += len(result)
@@ -150,7 +151,7 @@ def run(
     def deliver(task: ChipTask, result: ChipResult, replayed: bool = False) -> None:
         if journal is not None and not replayed:
             journal.put(task, result)
-        stats.count(result)
+        stats.count(result, sc.info.transform)
         t0 = time.perf_counter()
         assembler.add(task.spec, result, task.prompt_ids)
         records.extend(finish(assembler.pop_finished(), hooks, sc, sc.info.transform))

@@ -41,3 +41,7 @@ class PromptOutsideSceneError(PromptError):
 
 class ExportError(GeosamError):
     """A result cannot be written to the requested file."""
+
+
+class DeviceMemoryError(GeosamError):
+    """The accelerator ran out of memory even at the smallest batch."""

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosam.errors import ExportError
+from geosam.failed_chips import write_failed_chips
 from geosam.geo import same_crs
 from geosam.outputs import atomic_output, check_not_input, check_writable_path, output_files
 from geosam.overlay import distinct_colours, render_overlay
@@ -147,7 +148,9 @@ def write_vector(
     GeoDataFrame without rows gives a valid empty file with the CRS and (except
     GeoJSON, which has no schema) the columns. Raises :class:`ExportError` for an
     unknown extension, a folder at ``path``, an unwritable folder, an existing
-    file with ``overwrite=False`` or a write failure.
+    file with ``overwrite=False`` or a write failure. For a geosam run's table
+    whose chips failed (``skip_bad_chips``), their footprints are written beside
+    it (:func:`geosam.failed_chips.write_failed_chips`).
     """
     import geopandas as gpd
 
@@ -185,6 +188,8 @@ def write_vector(
     except Exception as exc:  # pyogrio / pyarrow / OS errors
         raise ExportError(f"{path}: cannot write {fmt} ({exc})") from exc
     log.info("wrote %d features to %s (%s%s)", len(gdf), path, fmt, f", layer {layer!r}" if layer else "")
+    if "geosam" in gdf.attrs:  # a geosam run's table: its failed chips beside it (geosam.failed_chips)
+        write_failed_chips(gdf.attrs["geosam"], path)
     return path
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosam.assemble import GridAssembler
-from geosam.config import IndexConfig, PromptConfig, SegmentConfig
+from geosam.config import IndexConfig, PromptConfig, SegmentConfig, check_crs
 from geosam.engine import ChipStep, ChipTask, RunStats, run
 from geosam.errors import ConfigError
 from geosam.io import Chip, Scene
@@ -172,13 +172,19 @@ def _finish_frame(gdf: gpd.GeoDataFrame, cfg: SegmentConfig, stats: RunStats, pa
         from geosam.indices import filter_and_rank
 
         gdf = filter_and_rank(gdf, names, dict(cfg.index.min_index), cfg.index.rank_by, cfg.index.top_k)
+    extra: dict[str, Any] = {}
+    if stats.chips_failed:  # see geosam.failed_chips
+        gdf["complete"] = gdf["complete"].fillna(True).astype(bool) if "complete" in gdf else True
+        extra["chips_failed_crs"] = gdf.crs.to_wkt() if gdf.crs is not None else None
+    elif "complete" in gdf:
+        gdf = gdf.drop(columns="complete")
     if cfg.output.to_crs:
         gdf = gdf.to_crs(cfg.output.to_crs)
     stats.objects = len(gdf)
     stats.seconds = time.perf_counter() - t_start
     if len(gdf) == 0:
         log.warning("%s: no objects found", path)
-    gdf.attrs["geosam"] = {**stats.__dict__, "scene": path}
+    gdf.attrs["geosam"] = {**stats.__dict__, "scene": path, **extra}
     log.info("%s: %s", path, stats.summary())
     return gdf
 
@@ -218,6 +224,8 @@ def segment_prompts(
     if model is not None and not isinstance(model, SamBundle):
         settings["model"] = model
     cfg = (config or PromptConfig()).with_overrides(**settings)
+    if prompt_crs is not None:
+        check_crs(prompt_crs, "prompt_crs")  # ConfigError before any pixel or model
     t_start = time.perf_counter()
     with Scene(scene, cfg.read) as sc:
         plist, status = resolve_prompts(sc, prompts, prompt_crs=prompt_crs, id_column=id_column,

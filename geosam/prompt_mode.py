@@ -9,6 +9,7 @@ Prompts are parsed by :mod:`geosam.prompts`; windows are planned by
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,15 @@ from affine import Affine
 from geosam.engine import ChipTask
 from geosam.errors import PromptError, PromptOutsideSceneError
 from geosam.io import Scene
-from geosam.prompts import OUTPUT_COLUMNS, Prompt, PromptWarning, grow_box, prompts_from_frame, prompts_to_frame
+from geosam.prompts import (
+    OUTPUT_COLUMNS,
+    Prompt,
+    PromptWarning,
+    check_coordinates,
+    grow_box,
+    prompts_from_frame,
+    prompts_to_frame,
+)
 from geosam.table import Record, geo_frame
 from geosam.tiling import ChipSpec, plan_windows
 
@@ -43,7 +52,9 @@ def gather_prompts(
     """Prompts from a vector file and from point / box coordinates, as one GeoDataFrame.
 
     The file's rows come first (in the file's CRS, or ``prompt_crs``, or the scene's
-    when it has none, with a warning), then ``points`` and ``boxes`` (in ``prompt_crs``,
+    when it has none, with a warning; a GeoJSON without a ``crs`` member is WGS84
+    unless ``prompt_crs`` is given, and coordinates that cannot be longitude / latitude
+    raise :class:`PromptError` saying to pass ``--prompt-crs``), then ``points`` and ``boxes`` (in ``prompt_crs``,
     default the scene's), reprojected to the file's CRS. Raises :class:`PromptError`
     naming the file when it cannot be read, and when there is no prompt at all.
     """
@@ -61,10 +72,13 @@ def gather_prompts(
             f = gpd.read_file(prompts_file, layer=layer)
         except Exception as exc:
             raise PromptError(f"{prompts_file}: cannot read prompts ({exc})") from exc
-        if f.crs is None:
+        if f.crs is not None and prompt_crs is not None and _geojson_without_crs(prompts_file):
+            f = f.set_crs(prompt_crs, allow_override=True)  # GDAL reads such a file as WGS84
+        elif f.crs is None:
             if prompt_crs is None:
                 warn(f"{prompts_file} has no CRS; assuming the scene's")
             f = f.set_crs(prompt_crs if prompt_crs is not None else scene_crs)
+        check_coordinates(f, prompts_file)
         frames.append(f)
     items = [tuple(p) for p in points] + [tuple(b) for b in boxes]
     if items:
@@ -72,9 +86,27 @@ def gather_prompts(
     if not frames:
         raise PromptError("no prompts given: use a prompts file, points or boxes")
     if len(frames) == 1:
-        return frames[0]
-    target = frames[0].crs
-    return gpd.GeoDataFrame(pd.concat([f.to_crs(target) for f in frames], ignore_index=True), crs=target)
+        out = frames[0]
+    else:
+        target = frames[0].crs
+        out = gpd.GeoDataFrame(pd.concat([f.to_crs(target) for f in frames], ignore_index=True), crs=target)
+    if prompts_file:
+        out.attrs["geosam_source"] = str(prompts_file)  # named in messages about its rows
+    return out
+
+
+def _geojson_without_crs(path: str) -> bool:
+    """True for a GeoJSON file without a top-level ``crs`` member (WGS84 by definition, RFC 7946)."""
+    import json
+
+    if not str(path).lower().endswith((".geojson", ".json")):
+        return False
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "crs" not in doc
 
 
 # ---------------------------------------------------------------------------
@@ -169,7 +201,11 @@ def warn(msg: str) -> None:
 
 
 def _outside_status(p: Prompt, width: int, height: int) -> str:
-    """"outside" when no positive point and no part of the box lies in the scene."""
+    """"outside" when no positive point and no part of the box lies in the scene, or when the prompt's
+    coordinates are not finite (it could not be reprojected to the scene's CRS)."""
+    coords = [v for pt in p.points for v in pt] + list(p.box or ())
+    if not all(math.isfinite(v) for v in coords):
+        return "outside"
     if p.box is not None:
         x0, y0, x1, y1 = p.box
         if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -207,17 +208,26 @@ def prompts_from_frame(
     label_column: str | None = None,
     point_label_column: str | None = None,
     object_column: str | None = None,
+    source: str | None = None,
 ) -> list[Prompt]:
     """Prompts of a GeoDataFrame in scene pixel coordinates (see the module docstring).
 
-    transform: the scene's affine transform (pixel -> map).
+    transform: the scene's affine transform (pixel -> map). source: the prompts'
+    file, named in messages (default ``gdf.attrs["geosam_source"]``, set by
+    :func:`geosam.prompt_mode.gather_prompts`). Rows with a null or empty geometry
+    are skipped with one :class:`PromptWarning` naming their prompt ids; if no
+    prompt is left, :class:`PromptError`. Coordinates that cannot be in the
+    prompts' CRS (:func:`check_coordinates`) raise :class:`PromptError`.
     """
     from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
 
+    where_all = source or gdf.attrs.get("geosam_source") or "the prompts"
     if gdf.crs is None:
         gdf = gdf.set_crs(prompt_crs if prompt_crs is not None else scene_crs, allow_override=True)
     elif prompt_crs is not None and not same_crs(gdf.crs, prompt_crs):
-        raise PromptError(f"the prompts have CRS {gdf.crs.to_string()} but prompt_crs={prompt_crs!r}; drop one of them")
+        raise PromptError(f"{where_all}: the prompts have CRS {gdf.crs.to_string()} but prompt_crs={prompt_crs!r}; "
+                          "drop one of them")
+    check_coordinates(gdf, where_all)
     geoms = gdf.geometry.to_crs(scene_crs) if not same_crs(gdf.crs, scene_crs) else gdf.geometry
     cols = [c for c in gdf.columns if c != gdf.geometry.name]
     for name, col in (("label_column", label_column), ("point_label_column", point_label_column),
@@ -245,6 +255,7 @@ def prompts_from_frame(
         groups[key].append(pos)
 
     out: list[Prompt] = []
+    unusable: list[Any] = []  # prompt ids without any usable geometry
     for key in order:
         members = groups[key]
         first = members[0]
@@ -278,6 +289,9 @@ def prompts_from_frame(
                 boxes.append(_bounds_to_px(inv, g.bounds))
             else:
                 raise PromptError(f"{where}: cannot use a {g.geom_type} as a prompt (use points, lines or polygons)")
+        if not points and not boxes:
+            unusable.append(pid)
+            continue
         box = None
         if boxes:
             b = np.array(boxes)
@@ -288,7 +302,43 @@ def prompts_from_frame(
         label = label.item() if isinstance(label, np.generic) else label
         attrs = {c: _py(row[c]) for c in carried}
         out.append(Prompt(pid, box, tuple(points), tuple(labels), label, attrs))
+    if unusable:
+        shown = ", ".join(repr(u) for u in unusable[:20]) + (", ..." if len(unusable) > 20 else "")
+        if not out:
+            raise PromptError(f"{where_all}: no prompt has a geometry: all {len(unusable)} are null or empty "
+                              f"(prompt ids {shown})")
+        msg = f"{where_all}: skipped {len(unusable)} prompt(s) with a null or empty geometry: prompt ids {shown}"
+        log.debug(msg)
+        warnings.warn(msg, PromptWarning, stacklevel=2)
     return out
+
+
+def check_coordinates(gdf: Any, where: str) -> None:
+    """Raise :class:`PromptError` when coordinates cannot be in the frame's (geographic) CRS.
+
+    A GeoJSON without a ``crs`` member is WGS84 by definition (RFC 7946), so a file
+    of projected coordinates (metres) without one is read as longitude / latitude:
+    any coordinate outside longitude -180..360, latitude -90..90 is caught here,
+    before it becomes NaN in reprojection. A prompt that cannot be reprojected to
+    the scene's CRS (non-finite coordinates) lies "outside" the scene.
+    """
+    crs = gdf.crs
+    if crs is None or not crs.is_geographic:
+        return
+    geom = gdf.geometry
+    usable = ~(geom.isna() | geom.is_empty)
+    if not usable.any():
+        return
+    b = geom[usable].bounds
+    bad = (b["minx"] < -180) | (b["maxx"] > 360) | (b["miny"] < -90) | (b["maxy"] > 90)
+    if bad.any():
+        row = b.index[bad.to_numpy().argmax()]
+        x, y = float(b.loc[row, "minx"]), float(b.loc[row, "miny"])
+        raise PromptError(
+            f"{where}: coordinate ({x:.10g}, {y:.10g}) of row {_py(row)!r} is not a longitude / latitude, but the "
+            f"prompts are read in {crs.name} (a GeoJSON without a 'crs' member is WGS84 by definition); "
+            "pass --prompt-crs (prompt_crs=...) with the CRS of the coordinates, e.g. the scene's EPSG code"
+        )
 
 
 def _missing(v: Any) -> bool:
@@ -312,6 +362,7 @@ def _bounds_to_px(inv: Any, bounds: tuple[float, float, float, float]) -> tuple[
     return float(min(cs)), float(min(rs)), float(max(cs)), float(max(rs))
 
 
+
 # ---------------------------------------------------------------------------
 # windows
 
@@ -327,6 +378,7 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "Prompt",
     "PromptWarning",
+    "check_coordinates",
     "grow_box",
     "prompts_from_frame",
     "prompts_to_frame",

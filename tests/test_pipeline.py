@@ -146,6 +146,7 @@ def test_cli_segment_writes_file_and_summary(tiny_sam_dir, tmp_path):
     out = tmp_path / "o" / "pan.gpkg"
     lab = tmp_path / "o" / "lab.tif"
     png = tmp_path / "o" / "pan.png"
+    out.parent.mkdir()  # the CLI refuses a missing output folder (tests/test_user_mistakes.py)
     res = CliRunner().invoke(cli, [
         "segment", str(DATA / "solaris_pan_uint16.tif"), "-o", str(out), "--model", tiny_sam_dir,
         "--chip-size", "512", "--overlap", "64", "--points-per-side", "4", "--pred-iou-thresh", "0",
@@ -223,5 +224,5 @@ def test_unreadable_chip_stops_the_run_or_is_skipped(tmp_path, monkeypatch, pref
         geosam.segment_scene(p, _LabelOracle(lab), **kw)
     gdf = geosam.segment_scene(p, _LabelOracle(lab), skip_bad_chips=True, **kw)
     failed = gdf.attrs["geosam"]["chips_failed"]
-    assert len(failed) == 2 and all("TIFFReadEncodedTile" in f for f in failed)
+    assert len(failed) == 2 and all("TIFFReadEncodedTile" in f["error"] for f in failed)
     assert sorted(gdf.area_m2) == [900.0, 3600.0]

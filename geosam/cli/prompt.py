@@ -30,7 +30,7 @@ _D = PromptConfig()
 @model_options(_D.model.model)
 @click.option("--chip-size", "chip_size_px", type=int, default=None,
               help="Group prompts on a chip grid of this size (px); 0 = one window per prompt. "
-                   "Default: 0 for litemedsam, 1024 otherwise.")
+                   "Default: 0 for box-only models such as litemedsam, 1024 otherwise.")
 @click.option("--overlap", "overlap_px", type=int, default=_D.tiling.overlap_px, show_default=True,
               help="Chip overlap (px).")
 @click.option("--context", type=float, default=_D.window.context, show_default=True,

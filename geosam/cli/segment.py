@@ -138,8 +138,14 @@ def report(out: Any, stats: dict[str, Any], profile: bool) -> None:
     )
     if stats.get("chips_replayed"):
         click.echo(f"resumed: {stats['chips_replayed']} chips taken from the journal")
-    for failed in stats.get("chips_failed", []):
-        click.echo(f"warning: chip {failed}", err=True)
+    failed_chips = stats.get("chips_failed", [])
+    for failed in failed_chips:
+        click.echo(f"warning: chip {failed['chip_id']} could not be read: {failed['error']}", err=True)
+    if failed_chips:
+        from geosam.failed_chips import sidecar_path
+
+        click.echo(f"warning: {len(failed_chips)} chips skipped; objects touching them have complete = False; "
+                   f"their footprints are in {sidecar_path(out)}", err=True)
     if profile:
         click.echo(format_profile(stats.get("timings_s", {}), stats.get("seconds", 0.0)))
     if stats.get("prompts_total"):

@@ -16,7 +16,9 @@ geosam's choices on top:
 * where a crop is the model's input size and wholly valid, chip-resolution
   scores and boxes come from the low-res logits (:mod:`geosam.segment.lowres`,
   after a proven stability bound) and only NMS survivors are upsampled;
-* several chips (and crops) are encoded in one batch (:meth:`SamMaskGenerator.generate_batch`).
+* several chips (and crops) are encoded in one batch (:meth:`SamMaskGenerator.generate_batch`);
+* out of device memory, the image batch or ``points_per_batch`` is halved (kept for later
+  chips) and the step retried; at one, :class:`~geosam.errors.DeviceMemoryError` says what to change.
 
 Frames: grid points and returned masks are in the **chip frame** (chip pixels,
 x = column, y = row); :func:`geosam.models.to_model_frame` converts prompts.
@@ -38,6 +40,7 @@ from geosam.errors import ConfigError
 from geosam.masks import BaseMaskGenerator, ChipMasks, GeneratorCapabilities
 from geosam.models import SamBundle, compile_bundle, encode, load_sam, preprocess, require
 from geosam.segment.crop import CropFrame, FilterParams, StageTimer, process_crop
+from geosam.segment.memory import free_device_memory, is_out_of_memory, out_of_memory_error
 from geosam.segment.sam_utils import (
     MaskData,
     batched_mask_to_box,
@@ -275,22 +278,49 @@ class SamMaskGenerator(BaseMaskGenerator):
     def _run_jobs(self, chips: Sequence[Chip], jobs: list[_CropJob], states: list[_ChipState]) -> None:
         """Encode the crops of ``jobs`` in one batch, then decode and filter each (results into ``states``)."""
         timer = StageTimer(self.timings_s, self.bundle.device)
-        with timer("encode"):
-            images = [chips[j.chip].image[j.box[1] : j.box[3], j.box[0] : j.box[2]] for j in jobs]
-            pixel_values, _, resized = preprocess(self.bundle, images)
-            embeddings = encode(self.bundle, pixel_values)
+        try:
+            with timer("encode"):
+                images = [chips[j.chip].image[j.box[1] : j.box[3], j.box[0] : j.box[2]] for j in jobs]
+                pixel_values, _, resized = preprocess(self.bundle, images)
+                embeddings = encode(self.bundle, pixel_values)
+        except (RuntimeError, MemoryError) as exc:  # out of device memory: halve the image batch, retry
+            if not is_out_of_memory(exc):
+                raise
+            free_device_memory(self.bundle.device)
+            if len(jobs) == 1:
+                raise out_of_memory_error(self.bundle.device, "encoding an image", exc) from exc
+            self.encoder_batch_size = max(1, len(jobs) // 2)
+            log.warning("out of memory encoding %d images; retrying %d at a time", len(jobs), self.encoder_batch_size)
+            for start in range(0, len(jobs), self.encoder_batch_size):
+                self._run_jobs(chips, jobs[start : start + self.encoder_batch_size], states)
+            return
         for k, job in enumerate(jobs):
             st = states[job.chip]
             x0, y0, x1, y1 = job.box
             frame = CropFrame.make(self.bundle, st.valid[y0:y1, x0:x1], resized[k])
-            data, n_decoded, n_filtered = process_crop(
-                self.bundle, self.filter_params, embeddings[k : k + 1], frame, job.points, job.box, (st.height, st.width), timer
-            )
+            data, n_decoded, n_filtered = self._decode_crop(embeddings[k : k + 1], frame, job, st, timer)
             st.stats.masks_decoded += n_decoded
             st.stats.masks_after_filter += n_filtered
             st.stats.masks_after_nms += len(data)
             if len(data):
                 st.parts.append(_to_chip_frame(data, job.box, (st.height, st.width)))
+
+    def _decode_crop(self, embedding: torch.Tensor, frame: CropFrame, job: _CropJob, st: _ChipState,
+                     timer: StageTimer) -> tuple[MaskData, int, int]:
+        """:func:`process_crop`, halving ``points_per_batch`` and retrying when the device runs out of memory."""
+        while True:
+            try:
+                return process_crop(self.bundle, self.filter_params, embedding, frame, job.points, job.box,
+                                    (st.height, st.width), timer)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                free_device_memory(self.bundle.device)
+                if self.points_per_batch == 1:
+                    raise out_of_memory_error(self.bundle.device, "decoding point prompts", exc) from exc
+                self.points_per_batch = max(1, self.points_per_batch // 2)
+                log.warning("out of memory decoding point prompts; retrying with points_per_batch=%d",
+                            self.points_per_batch)
 
     def _finish_chip(self, st: _ChipState) -> ChipMasks:
         """NMS between crops, small-region clean-up, valid cut (SAM's ``_generate_masks`` and ``generate``)."""
