@@ -195,6 +195,7 @@ def show(
 
         _, ax = plt.subplots(figsize=figsize)
     draw_image(ax, img, info)
+    ax.ticklabel_format(style="plain", useOffset=False)
     ax.set_xlabel(f"x ({_unit_name(info.crs_wkt)}, {info.crs_name})")
     ax.set_ylabel(f"y ({_unit_name(info.crs_wkt)})")
     if gdf is not None and len(gdf):
