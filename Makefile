@@ -3,11 +3,12 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# CPU build of torch (no torchvision needed); override e.g. TORCH="torch==2.14.1" for a CUDA build.
+# torch as the configured package index serves it (a CPU-wheel index: the CPU build; public PyPI: the CUDA build).
+# A torch already in .venv that satisfies TORCH is kept (see the README); no torchvision needed.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.geosam-installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean notebooks docs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# re-render the notebooks in place, storing their outputs (pictures, tables)
+notebooks: $(STAMP)
+	$(PY) scripts/run_notebooks.py
+
+# CLI reference from --help, then the documentation site (strict) into site/
+docs: $(STAMP)
+	$(PY) scripts/cli_reference.py
+	$(PY) -m mkdocs build --strict -d site
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_streaming.py
