@@ -151,7 +151,9 @@ def check_writable_path(path: PathLike) -> Path:
     folder = _resolved(path).parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+    if not folder.is_dir():
+        raise ExportError(f"{path}: {folder} is not a folder; choose another output path")
+    if not os.access(folder, os.W_OK | os.X_OK):
         raise ExportError(f"{path}: folder {folder} is not writable; choose another output path")
     return path
 

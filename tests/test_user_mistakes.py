@@ -131,7 +131,7 @@ EARLY_CLI_CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("index-name", [*SEG, "--indices", "ndvi,foo"], 1, ["foo"]),
     ("min-index-name", [*SEG, "--min-index", "bogus=0.3"], 1, ["bogus"]),
     ("index-needs-missing-band", [*SEG, "--indices", "ndvi"], 1, ["nir"]),
-    ("missing-parent-folder", ["segment", "{d}/scene.tif", "-o", "{d}/nope/out.gpkg"], 1, ["nope", "does not exist"]),
+    ("parent-is-a-file", ["segment", "{d}/scene.tif", "-o", "{d}/scene.tif/out.gpkg"], 1, ["scene.tif", "not a folder"]),
     ("existing-output", ["segment", "{d}/scene.tif", "-o", "{d}/old.gpkg"], 1, ["old.gpkg", "--overwrite"]),
     ("existing-prompt-output", ["prompt", "{d}/scene.tif", "-o", "{d}/old.gpkg", "--points", "1,2"], 1,
      ["old.gpkg", "--overwrite"]),

@@ -39,6 +39,7 @@ from geosam.config.parts import int_at_least
 from geosam.errors import ConfigError
 from geosam.masks import BaseMaskGenerator, ChipMasks, GeneratorCapabilities
 from geosam.models import SamBundle, compile_bundle, encode, load_sam, preprocess, require
+from geosam.models.embeddings import MultiEmbeddings
 from geosam.segment.crop import CropFrame, FilterParams, StageTimer, process_crop
 from geosam.segment.memory import free_device_memory, is_out_of_memory, out_of_memory_error
 from geosam.segment.sam_utils import (
@@ -305,7 +306,7 @@ class SamMaskGenerator(BaseMaskGenerator):
             if len(data):
                 st.parts.append(_to_chip_frame(data, job.box, (st.height, st.width)))
 
-    def _decode_crop(self, embedding: torch.Tensor, frame: CropFrame, job: _CropJob, st: _ChipState,
+    def _decode_crop(self, embedding: torch.Tensor | MultiEmbeddings, frame: CropFrame, job: _CropJob, st: _ChipState,
                      timer: StageTimer) -> tuple[MaskData, int, int]:
         """:func:`process_crop`, halving ``points_per_batch`` and retrying when the device runs out of memory."""
         while True:
