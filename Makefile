@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.geosam-installed
 
-.PHONY: demo test bench venv clean notebooks docs
+.PHONY: demo test test-fast bench venv clean notebooks docs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# everything but the tests marked slow (notebooks, README snippets, long equality runs): a few minutes
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # re-render the notebooks in place, storing their outputs (pictures, tables)
 notebooks: $(STAMP)
