@@ -300,6 +300,15 @@ def filter_and_rank(
 # index raster
 
 
+def check_index_bands(scene: Any, indices: Sequence[str], *, band_roles: Any = None,
+                      reflectance_scale: float | None = None, reflectance_offset: float | None = None) -> None:
+    """:class:`~geosam.errors.BandError` now (before any model work) if ``scene`` lacks a band the indices need."""
+    from geosam.io import Scene
+
+    with Scene(scene, stretch=None) as sc:
+        IndexCalculator(resolve_band_roles(sc, band_roles, reflectance_scale, reflectance_offset), indices)
+
+
 def write_index_raster(
     scene: Any,
     path: str | os.PathLike[str],

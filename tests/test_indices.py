@@ -380,3 +380,12 @@ def test_index_names_are_documented():
 
     for name in INDICES:
         assert name in geosam.indices.__doc__
+
+
+def test_cli_index_raster_bands_checked_before_the_model(tmp_path):
+    """--index-raster on a scene without NIR fails on the band, before any model is looked for."""
+    res = CliRunner().invoke(cli, ["segment", str(DATA / "banepa_predict.tif"), "-o", str(tmp_path / "o.gpkg"),
+                                   "--index-raster", str(tmp_path / "vi.tif"), "--model", str(tmp_path / "no-model"),
+                                   "--no-progress"])
+    assert res.exit_code == 1 and "'nir'" in res.output and "no-model" not in res.output
+    assert not (tmp_path / "o.gpkg").exists() and not (tmp_path / "vi.tif").exists()

@@ -9,7 +9,7 @@ import click
 from geosam.cli.common import handle_errors
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.config import DEFAULT_MODEL, SegmentConfig
-from geosam.indices import write_index_raster
+from geosam.indices import check_index_bands, write_index_raster
 
 _D = SegmentConfig()
 _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
@@ -107,15 +107,17 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
             check_output_path(path, kind)
     check_outputs({"--output": output, "--label-raster": label_raster, "--index-raster": index_raster,
                    "--overlay": overlay}, {"SCENE": scene}, overwrite=overwrite)
+    index_kw = {"band_roles": cfg.index.band_roles, "reflectance_scale": cfg.index.reflectance_scale,
+                "reflectance_offset": cfg.index.reflectance_offset}
+    if index_raster:  # a scene without the bands fails now, not after the run
+        check_index_bands(scene, cfg.index.names() or ("ndvi",), **index_kw)
     journal = journal_path(output) if resume else None
     gdf = segment_scene(scene, config=cfg, journal=journal, scheduler=scheduler, n_workers=n_workers)
     out = write_vector(gdf, output)
     if label_raster:
         write_label_raster(gdf, label_raster, like_path=scene)
     if index_raster:
-        write_index_raster(scene, index_raster, cfg.index.names() or ("ndvi",), band_roles=cfg.index.band_roles,
-                           reflectance_scale=cfg.index.reflectance_scale,
-                           reflectance_offset=cfg.index.reflectance_offset)
+        write_index_raster(scene, index_raster, cfg.index.names() or ("ndvi",), **index_kw)
     if overlay:
         render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
     report(out, gdf.attrs.get("geosam", {}), profile)
