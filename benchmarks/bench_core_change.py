@@ -92,9 +92,14 @@ def main() -> None:
                     "same_polygons": runs["old"][0]["wkb"] == runs["new"][0]["wkb"],
                 }
                 print(dtype, {k: v for k, v in results[dtype].items() if not k.startswith("segment_s_")})
+                _write(args, results)  # after every dtype, so a run cut short keeps what it measured
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old_src)], cwd=ROOT, check=False,
                            capture_output=True)
+    _write(args, results)
+
+
+def _write(args: argparse.Namespace, results: dict) -> None:
     cpu = platform.processor() or ""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
