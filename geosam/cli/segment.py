@@ -107,7 +107,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
             check_output_path(path, kind)
     check_outputs({"--output": output, "--label-raster": label_raster, "--index-raster": index_raster,
                    "--overlay": overlay}, {"SCENE": scene}, overwrite=overwrite)
-    index_kw = {"band_roles": cfg.index.band_roles, "reflectance_scale": cfg.index.reflectance_scale,
+    index_kw: dict[str, Any] = {"band_roles": cfg.index.band_roles, "reflectance_scale": cfg.index.reflectance_scale,
                 "reflectance_offset": cfg.index.reflectance_offset}
     if index_raster:  # a scene without the bands fails now, not after the run
         check_index_bands(scene, cfg.index.names() or ("ndvi",), **index_kw)
