@@ -119,6 +119,101 @@ def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
     return tqdm(iterable, total=total, desc=desc, unit="chip", leave=False)
 
 
+class _RunLoop:
+    """The state of one :func:`run`: where results go and the chips waiting to fill a batch.
+
+    ``deliver`` commits a result to the journal, counts it and hands it to the
+    assembler; finished objects become :class:`~geosam.table.Record` values
+    (map coordinates) in ``records``.
+    """
+
+    def __init__(
+        self,
+        sc: Scene,
+        generator: MaskGenerator,
+        assembler: Assembler,
+        engine: EngineConfig,
+        hooks: Sequence[ObjectHook],
+        stats: RunStats,
+        journal: ChipJournal | None,
+    ) -> None:
+        self.sc = sc
+        self.generator = generator
+        self.assembler = assembler
+        self.hooks = hooks
+        self.stats = stats
+        self.journal = journal
+        self.batch = max(engine.chips_per_batch, 1)
+        self.records: list[Record] = []
+        self.pending: list[tuple[ChipTask, Chip]] = []
+        self.gen_t0 = dict(generator.timings_s)
+
+    def deliver(self, task: ChipTask, result: ChipResult, replayed: bool = False) -> None:
+        """Commit (unless ``replayed``), count and assemble one chip's result."""
+        if self.journal is not None and not replayed:
+            self.journal.put(task, result)
+        self.stats.count(result, self.sc.info.transform)
+        t0 = time.perf_counter()
+        self.assembler.add(task.spec, result, task.prompt_ids)
+        self._collect()
+        self.stats.add_time("stitch", time.perf_counter() - t0)
+
+    def _collect(self, final: bool = False) -> None:
+        finished = self.assembler.pop_finished(final=final)
+        self.records.extend(finish(finished, self.hooks, self.sc, self.sc.info.transform))
+
+    def queue(self, task: ChipTask, chip: Chip) -> None:
+        """Add a chip to the batch; generate the batch once it is full."""
+        self.pending.append((task, chip))
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Generate masks for the waiting chips (one batch) and deliver their results."""
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        chips = [c for _, c in self.pending]
+        outs = self.generator.generate_batch(chips) if len(chips) > 1 else [self.generator.generate(chips[0])]
+        self.stats.add_time("generate", time.perf_counter() - t0)
+        for (task, chip), masks in zip(self.pending, outs):
+            masks = clean_masks(masks, chip.valid)
+            self.deliver(task, ChipResult.from_masks(task.spec.chip_id, task.spec.window, masks))
+        self.pending.clear()
+
+    def close(self, read_times: dict[str, float]) -> None:
+        """Assemble what is left and file the stage timings (seconds) into ``stats``."""
+        stats = self.stats
+        for stage, sec in read_times.items():
+            stats.add_time(stage, sec)
+        for stage, sec in self.generator.timings_s.items():
+            stats.add_time(stage, sec - self.gen_t0.get(stage, 0.0))
+        t0 = time.perf_counter()
+        self._collect(final=True)
+        stats.add_time("stitch", time.perf_counter() - t0)
+        poly = float(getattr(self.assembler, "polygonise_s", 0.0))
+        stats.timings_s["stitch"] = stats.timings_s.get("stitch", 0.0) - poly  # reported on its own
+        stats.add_time("polygonise", poly)
+
+
+def _triage(task: ChipTask, chip: Chip | Exception, before: ChipStep | None) -> ChipResult | Chip:
+    """The result of a chip that is not generated, else the chip to generate (carrying its prompts).
+
+    A chip is not generated when it could not be read (``skip_bad_chips``: ``chip`` is
+    the error), has no valid pixel, or ``before`` returns a result for it (e.g. the prefilter).
+    """
+    spec = task.spec
+    if not isinstance(chip, Chip):
+        log.warning("skipping chip %s: %s", spec.chip_id, chip)
+        return ChipResult.empty(spec.chip_id, spec.window, FAILED, error=str(chip))
+    if not chip.valid.any():
+        return ChipResult.empty(spec.chip_id, spec.window, INVALID,
+                                prompt_status=("invalid",) * len(task.prompts) or None)
+    chip.prompts = task.prompts
+    skipped = before(chip) if before is not None else None
+    return chip if skipped is None else skipped
+
+
 def run(
     sc: Scene,
     tasks: Sequence[ChipTask],
@@ -143,70 +238,26 @@ def run(
     """
     stats = stats or RunStats()
     stats.chips_total += len(tasks)
-    records: list[Record] = []
-    pending: list[tuple[ChipTask, Chip]] = []
-    gen_t0 = dict(generator.timings_s)
-    batch = max(engine.chips_per_batch, 1)
-
-    def deliver(task: ChipTask, result: ChipResult, replayed: bool = False) -> None:
-        if journal is not None and not replayed:
-            journal.put(task, result)
-        stats.count(result, sc.info.transform)
-        t0 = time.perf_counter()
-        assembler.add(task.spec, result, task.prompt_ids)
-        records.extend(finish(assembler.pop_finished(), hooks, sc, sc.info.transform))
-        stats.add_time("stitch", time.perf_counter() - t0)
-
-    def flush() -> None:
-        t0 = time.perf_counter()
-        chips = [c for _, c in pending]
-        outs = generator.generate_batch(chips) if len(chips) > 1 else [generator.generate(chips[0])]
-        stats.add_time("generate", time.perf_counter() - t0)
-        for (task, chip), masks in zip(pending, outs):
-            masks = clean_masks(masks, chip.valid)
-            deliver(task, ChipResult.from_masks(task.spec.chip_id, task.spec.window, masks))
-        pending.clear()
-
+    loop = _RunLoop(sc, generator, assembler, engine, hooks, stats, journal)
     if journal is not None:
-        tasks = replay(journal, tasks, deliver, stats)
+        tasks = replay(journal, tasks, loop.deliver, stats)
     if execute is not None:
         for task, result in _progress(execute(tasks), len(tasks), engine.progress, desc):
-            deliver(task, result)
+            loop.deliver(task, result)
         tasks = []
     by_spec = {t.spec: t for t in tasks}
     read_times: dict[str, float] = {}
     chips = iter_chips(sc, [t.spec for t in tasks], engine.prefetch_chips, read_times, engine.skip_bad_chips)
     for spec, chip in _progress(chips, len(tasks), engine.progress and bool(tasks), desc):
         task = by_spec[spec]
-        if not isinstance(chip, Chip):  # a chip that could not be read (skip_bad_chips)
-            log.warning("skipping chip %s: %s", spec.chip_id, chip)
-            deliver(task, ChipResult.empty(spec.chip_id, spec.window, FAILED, error=str(chip)))
-            continue
-        if not chip.valid.any():
-            deliver(task, ChipResult.empty(spec.chip_id, spec.window, INVALID,
-                                           prompt_status=("invalid",) * len(task.prompts) or None))
-            continue
-        chip.prompts = task.prompts
-        skipped = before(chip) if before is not None else None
-        if skipped is not None:
-            deliver(task, skipped)
-            continue
-        pending.append((task, chip))
-        if len(pending) >= batch:
-            flush()
-    if pending:
-        flush()
-    for stage, sec in read_times.items():
-        stats.add_time(stage, sec)
-    for stage, sec in generator.timings_s.items():
-        stats.add_time(stage, sec - gen_t0.get(stage, 0.0))
-    t0 = time.perf_counter()
-    records.extend(finish(assembler.pop_finished(final=True), hooks, sc, sc.info.transform))
-    stats.add_time("stitch", time.perf_counter() - t0)
-    poly = float(getattr(assembler, "polygonise_s", 0.0))
-    stats.timings_s["stitch"] = stats.timings_s.get("stitch", 0.0) - poly  # reported on its own
-    stats.add_time("polygonise", poly)
-    return records, stats
+        outcome = _triage(task, chip, before)
+        if isinstance(outcome, Chip):
+            loop.queue(task, outcome)
+        else:
+            loop.deliver(task, outcome)
+    loop.flush()
+    loop.close(read_times)
+    return loop.records, stats
 
 
 def replay(journal: ChipJournal, tasks: Sequence[ChipTask], deliver: Callable[[ChipTask, ChipResult, bool], None],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -150,6 +151,41 @@ def _polygon_path(poly: Any) -> Any:
     return Path(np.concatenate(verts), np.concatenate(codes))
 
 
+@dataclass(frozen=True)
+class PlotStyle:
+    """How :func:`show` draws: colours, outlines, legend, scale bar, title and figure size.
+
+    categorical: treat ``column`` as categories (default: text and bool columns are);
+    cmap: a matplotlib colormap name; vmin / vmax: the numeric colour range (default
+    the column's); alpha: fill opacity of polygons (outlines are opaque); color: one
+    colour for every feature when there is no ``column``; linewidth: outline width in
+    points; legend: a legend or colour bar for ``column``; scalebar: a scale bar in
+    metres; title: the axes' title; figsize: inches, for a new figure; seed: of the
+    distinct per-feature colours.
+    """
+
+    categorical: bool | None = None
+    cmap: str | None = None
+    vmin: float | None = None
+    vmax: float | None = None
+    alpha: float = 0.35
+    color: Any = None
+    linewidth: float = 1.0
+    legend: bool = True
+    scalebar: bool = True
+    title: str | None = None
+    figsize: tuple[float, float] = (8.0, 8.0)
+    seed: int = 0
+
+
+def _style(style: PlotStyle | None, overrides: dict[str, Any]) -> PlotStyle:
+    """``style`` (default :class:`PlotStyle`) with the fields named in ``overrides`` replaced."""
+    unknown = sorted(set(overrides) - {f.name for f in fields(PlotStyle)})
+    if unknown:
+        raise TypeError(f"show() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    return replace(style or PlotStyle(), **overrides)
+
+
 def show(
     scene: Any,
     gdf: gpd.GeoDataFrame | None = None,
@@ -159,18 +195,8 @@ def show(
     bands: Sequence[int] | None = None,
     fill_value: float | None = None,
     max_side_px: int = 1024,
-    categorical: bool | None = None,
-    cmap: str | None = None,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    alpha: float = 0.35,
-    color: Any = None,
-    linewidth: float = 1.0,
-    legend: bool = True,
-    scalebar: bool = True,
-    title: str | None = None,
-    figsize: tuple[float, float] = (8.0, 8.0),
-    seed: int = 0,
+    style: PlotStyle | None = None,
+    **style_overrides: Any,
 ) -> Axes:
     """Show the scene as the model sees it, with ``gdf``'s geometries over it; return the axes.
 
@@ -179,7 +205,9 @@ def show(
     black) placed at the scene's bounds, so **the axes are in the scene CRS's
     map coordinates** (add layers with ``other.to_crs(gdf.crs).plot(ax=ax)``).
     ``gdf`` is reprojected to the scene CRS; empty and missing geometries are
-    skipped. Colours: with ``column`` categorical (text, bool or
+    skipped. ``style``: a :class:`PlotStyle`; its fields can also be given as
+    keyword arguments (``cmap="magma", alpha=0.5``), which override ``style``'s.
+    Colours: with ``column`` categorical (text, bool or
     ``categorical=True``) one colour per category and a legend whose entries
     are the categories (sorted); numeric, ``cmap`` (default viridis) over
     [``vmin``, ``vmax``] (default the column's range) and a colour bar; missing
@@ -189,11 +217,12 @@ def show(
     in the lower left (geodesic on the ellipsoid for geographic CRSs, the CRS's
     linear unit converted to metres for projected ones).
     """
+    st = _style(style, style_overrides)
     img, info = read_quicklook(scene, max_side_px, bands, fill_value)
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=figsize)
+        _, ax = plt.subplots(figsize=st.figsize)
     draw_image(ax, img, info)
     ax.ticklabel_format(style="plain", useOffset=False)
     ax.set_xlabel(f"x ({_unit_name(info.crs_wkt)}, {info.crs_name})")
@@ -202,14 +231,14 @@ def show(
         gdf = _in_scene_crs(gdf, info.crs_wkt)
         keep = ~(gdf.geometry.isna() | gdf.geometry.is_empty).to_numpy()
         gdf = gdf[keep]
-        rgba = _feature_colours(gdf, column, categorical, cmap, vmin, vmax, color, seed, ax if legend else None)
+        rgba = _feature_colours(gdf, column, st, ax if st.legend else None)
         face = rgba.copy()
-        face[:, 3] *= alpha
-        draw_geometries(ax, list(gdf.geometry), face, rgba, linewidth=linewidth)
-    if scalebar:
+        face[:, 3] *= st.alpha
+        draw_geometries(ax, list(gdf.geometry), face, rgba, linewidth=st.linewidth)
+    if st.scalebar:
         add_scalebar(ax, info.crs_wkt)
-    if title:
-        ax.set_title(title)
+    if st.title:
+        ax.set_title(st.title)
     return ax
 
 
@@ -219,13 +248,14 @@ def _in_scene_crs(gdf: gpd.GeoDataFrame, crs_wkt: str) -> gpd.GeoDataFrame:
     return gdf
 
 
-def _feature_colours(gdf: gpd.GeoDataFrame, column: str | None, categorical: bool | None, cmap: str | None,
-                     vmin: float | None, vmax: float | None, color: Any, seed: int, ax: Axes | None) -> np.ndarray:
+def _feature_colours(gdf: gpd.GeoDataFrame, column: str | None, style: PlotStyle, ax: Axes | None) -> np.ndarray:
     """(n, 4) RGBA floats per feature; adds the legend or colour bar to ``ax`` when given."""
     import pandas as pd
     from matplotlib import colormaps
     from matplotlib import colors as mcolors
 
+    categorical, cmap, vmin, vmax, color, seed = (style.categorical, style.cmap, style.vmin, style.vmax, style.color,
+                                                  style.seed)
     n = len(gdf)
     grey = np.array(mcolors.to_rgba("0.6"))
     if column is None:
@@ -343,6 +373,7 @@ def explore(gdf: gpd.GeoDataFrame, column: str | None = None, **kwargs: Any) -> 
 
 __all__ = [
     "SCALEBAR_GID",
+    "PlotStyle",
     "add_scalebar",
     "distinct_colours",
     "draw_geometries",

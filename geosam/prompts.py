@@ -45,17 +45,16 @@ import logging
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from geosam.errors import PromptError
 from geosam.geo import same_crs
-
-if TYPE_CHECKING:
-    import geopandas as gpd
+from geosam.prompt_list import OBJECT_COLUMN as _OBJ
+from geosam.prompt_list import POINT_LABEL_COLUMN as _PLAB
+from geosam.prompt_list import prompts_to_frame  # re-exported: part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,6 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = ("prompt_id", "prompt_type", "label", "status", "predicted_iou", "area_m2", "model")
 _POSITIVE = {"1", "true", "t", "yes", "y", "positive", "pos", "fg", "foreground", "+", "include", "in"}
 _NEGATIVE = {"0", "false", "f", "no", "n", "negative", "neg", "bg", "background", "-", "exclude", "out"}
-_OBJ = "__geosam_object"
-_PLAB = "__geosam_point_label"
 
 
 class PromptWarning(UserWarning):
@@ -124,80 +121,6 @@ def _parse_point_label(value: Any, where: str) -> int:
     raise PromptError(f"{where}: point label {value!r} is neither positive (1, true, positive) nor negative (0, false, negative)")
 
 
-def prompts_to_frame(items: Sequence[Any], crs: Any) -> gpd.GeoDataFrame:
-    """A list of prompts (see the module docstring) as a GeoDataFrame in ``crs``."""
-    import geopandas as gpd
-    from shapely.geometry import Point
-    from shapely.geometry.base import BaseGeometry
-
-    rows: list[dict[str, Any]] = []
-    for i, item in enumerate(items):
-        where = f"prompt {i}"
-        props: dict[str, Any] = {}
-        if isinstance(item, BaseGeometry):
-            geom = item
-        elif isinstance(item, dict):
-            d = dict(item)
-            if "geometry" in d:
-                geom = d.pop("geometry")
-            elif "box" in d:
-                geom = _box_geometry(d.pop("box"), where)
-            elif "point" in d:
-                geom = Point(*_numbers(d.pop("point"), 2, where))
-            elif "x" in d and "y" in d:
-                geom = Point(float(d.pop("x")), float(d.pop("y")))
-            elif "points" in d:
-                pts = [tuple(_numbers(p, 2, where)) for p in d.pop("points")]
-                if not pts:
-                    raise PromptError(f"{where}: 'points' is empty")
-                labels = d.pop("labels", None) or [1] * len(pts)
-                if len(labels) != len(pts):
-                    raise PromptError(f"{where}: {len(labels)} labels for {len(pts)} points")
-                for p, lab in zip(pts, labels):
-                    rows.append({**d, "geometry": Point(p), _OBJ: i, _PLAB: lab})
-                continue
-            else:
-                raise PromptError(f"{where}: a dict prompt needs 'point', 'x'/'y', 'points', 'box' or 'geometry', got {sorted(d)}")
-            props = d
-        elif isinstance(item, (tuple, list, np.ndarray)):
-            vals = _numbers(item, None, where)
-            if len(vals) == 2:
-                geom = Point(*vals)
-            elif len(vals) == 4:
-                geom = _box_geometry(vals, where)
-            else:
-                raise PromptError(f"{where}: a tuple prompt is (x, y) or (minx, miny, maxx, maxy), got {len(vals)} numbers")
-        else:
-            raise PromptError(f"{where}: cannot use {type(item).__name__} as a prompt")
-        rows.append({**props, "geometry": geom, _OBJ: i})
-    return gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
-
-
-def _numbers(v: Any, n: int | None, where: str) -> list[float]:
-    try:
-        vals = [float(x) for x in v]
-    except (TypeError, ValueError):
-        raise PromptError(f"{where}: expected numbers, got {v!r}") from None
-    if n is not None and len(vals) != n:
-        raise PromptError(f"{where}: expected {n} numbers, got {len(vals)}")
-    if not all(math.isfinite(x) for x in vals):
-        raise PromptError(f"{where}: coordinates must be finite, got {vals}")
-    return vals
-
-
-def _box_geometry(v: Any, where: str) -> Any:
-    """A box polygon, densified so that reprojection keeps its true extent."""
-    import shapely
-    from shapely.geometry import box
-
-    x0, y0, x1, y1 = _numbers(v, 4, where)
-    if x1 < x0 or y1 < y0:
-        raise PromptError(f"{where}: box must be (minx, miny, maxx, maxy), got {(x0, y0, x1, y1)}")
-    b = box(x0, y0, x1, y1)
-    side = max(x1 - x0, y1 - y0)
-    return shapely.segmentize(b, side / 16) if side > 0 else b
-
-
 def prompts_from_frame(
     gdf: Any,
     scene_crs: Any,
@@ -219,8 +142,6 @@ def prompts_from_frame(
     prompt is left, :class:`PromptError`. Coordinates that cannot be in the
     prompts' CRS (:func:`check_coordinates`) raise :class:`PromptError`.
     """
-    from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
-
     where_all = source or gdf.attrs.get("geosam_source") or "the prompts"
     if gdf.crs is None:
         gdf = gdf.set_crs(prompt_crs if prompt_crs is not None else scene_crs, allow_override=True)
@@ -229,7 +150,37 @@ def prompts_from_frame(
                           "drop one of them")
     check_coordinates(gdf, where_all)
     geoms = gdf.geometry.to_crs(scene_crs) if not same_crs(gdf.crs, scene_crs) else gdf.geometry
-    cols = [c for c in gdf.columns if c != gdf.geometry.name]
+    columns = _resolve_columns([c for c in gdf.columns if c != gdf.geometry.name], id_column=id_column,
+                               label_column=label_column, point_label_column=point_label_column,
+                               object_column=object_column)
+    inv = ~transform
+    out: list[Prompt] = []
+    unusable: list[Any] = []  # prompt ids without any usable geometry
+    for key, members in _group_rows(gdf, columns.object):
+        pid, prompt = _build_prompt(gdf, geoms, key, members, columns, inv)
+        if prompt is None:
+            unusable.append(pid)
+        else:
+            out.append(prompt)
+    if unusable:
+        _report_unusable(unusable, bool(out), where_all)
+    return out
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The prompt frame's columns that :func:`prompts_from_frame` reads (None: absent)."""
+
+    id: str | None
+    label: str | None
+    point_label: str | None
+    object: str | None
+    carried: tuple[str, ...]  # copied to the output as the prompts' attrs
+
+
+def _resolve_columns(cols: list[str], *, id_column: str | None, label_column: str | None,
+                     point_label_column: str | None, object_column: str | None) -> _Columns:
+    """Check the named columns exist among ``cols`` and fill in the default ones that do."""
     for name, col in (("label_column", label_column), ("point_label_column", point_label_column),
                       ("object_column", object_column)):
         if col is not None and col not in cols:
@@ -243,74 +194,82 @@ def prompts_from_frame(
     if id_column is not None and id_column not in cols:
         id_column = None
     internal = {_OBJ, _PLAB, id_column, object_column, point_label_column}
-    carried = [c for c in cols if c not in internal]
-    inv = ~transform
+    carried = tuple(c for c in cols if c not in internal)
+    return _Columns(id_column, label_column, point_label_column, object_column, carried)
 
+
+def _group_rows(gdf: Any, object_column: str | None) -> list[tuple[Any, list[int]]]:
+    """(key, row positions) of every prompt in order of first row; without ``object_column`` one row each."""
     groups: dict[Any, list[int]] = defaultdict(list)
-    order: list[Any] = []
     for pos in range(len(gdf)):
         key = gdf[object_column].iloc[pos] if object_column is not None else ("__row", pos)
-        if key not in groups:
-            order.append(key)
         groups[key].append(pos)
+    return list(groups.items())
 
-    out: list[Prompt] = []
-    unusable: list[Any] = []  # prompt ids without any usable geometry
-    for key in order:
-        members = groups[key]
-        first = members[0]
-        row = gdf.iloc[first]
-        if object_column is not None and object_column != _OBJ:
-            pid = key
-        elif id_column is not None and not _missing(row[id_column]):
-            pid = row[id_column]
-        elif object_column == _OBJ:
-            pid = int(key)
-        else:
-            pid = gdf.index[first]
-        pid = pid.item() if isinstance(pid, np.generic) else pid
-        points: list[tuple[float, float]] = []
-        labels: list[int] = []
-        boxes: list[tuple[float, float, float, float]] = []
-        for pos in members:
-            g = geoms.iloc[pos]
-            where = f"prompt {pid!r}"
-            if g is None or g.is_empty:
-                continue
-            plab = _parse_point_label(gdf[point_label_column].iloc[pos], where) if point_label_column else 1
-            if isinstance(g, Point):
-                points.append(_to_px(inv, g.x, g.y))
-                labels.append(plab)
-            elif isinstance(g, MultiPoint):
-                for p in g.geoms:
-                    points.append(_to_px(inv, p.x, p.y))
-                    labels.append(plab)
-            elif isinstance(g, (Polygon, MultiPolygon, LineString, MultiLineString)):
-                boxes.append(_bounds_to_px(inv, g.bounds))
-            else:
-                raise PromptError(f"{where}: cannot use a {g.geom_type} as a prompt (use points, lines or polygons)")
-        if not points and not boxes:
-            unusable.append(pid)
+
+def _prompt_id(gdf: Any, key: Any, first: int, columns: _Columns) -> Any:
+    """The prompt id of group ``key``: the object column's value, the id column, or the row index."""
+    row = gdf.iloc[first]
+    if columns.object is not None and columns.object != _OBJ:
+        pid = key
+    elif columns.id is not None and not _missing(row[columns.id]):
+        pid = row[columns.id]
+    elif columns.object == _OBJ:
+        pid = int(key)
+    else:
+        pid = gdf.index[first]
+    return _py(pid)
+
+
+def _build_prompt(gdf: Any, geoms: Any, key: Any, members: list[int], columns: _Columns,
+                  inv: Any) -> tuple[Any, Prompt | None]:
+    """(prompt id, the Prompt of rows ``members``, or None when none has a usable geometry).
+
+    geoms: the frame's geometries in the scene CRS; inv: map -> scene pixel transform.
+    """
+    from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
+
+    pid = _prompt_id(gdf, key, members[0], columns)
+    where = f"prompt {pid!r}"
+    points: list[tuple[float, float]] = []
+    labels: list[int] = []
+    boxes: list[tuple[float, float, float, float]] = []
+    for pos in members:
+        g = geoms.iloc[pos]
+        if g is None or g.is_empty:
             continue
-        box = None
-        if boxes:
-            b = np.array(boxes)
-            box = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
-        if points and not any(labels):
-            raise PromptError(f"prompt {pid!r}: has only negative (background) points; give at least one positive point")
-        label = row[label_column] if label_column is not None else None
-        label = label.item() if isinstance(label, np.generic) else label
-        attrs = {c: _py(row[c]) for c in carried}
-        out.append(Prompt(pid, box, tuple(points), tuple(labels), label, attrs))
-    if unusable:
-        shown = ", ".join(repr(u) for u in unusable[:20]) + (", ..." if len(unusable) > 20 else "")
-        if not out:
-            raise PromptError(f"{where_all}: no prompt has a geometry: all {len(unusable)} are null or empty "
-                              f"(prompt ids {shown})")
-        msg = f"{where_all}: skipped {len(unusable)} prompt(s) with a null or empty geometry: prompt ids {shown}"
-        log.debug(msg)
-        warnings.warn(msg, PromptWarning, stacklevel=2)
-    return out
+        plab = _parse_point_label(gdf[columns.point_label].iloc[pos], where) if columns.point_label else 1
+        if isinstance(g, (Point, MultiPoint)):
+            pts = [g] if isinstance(g, Point) else list(g.geoms)
+            points += [_to_px(inv, p.x, p.y) for p in pts]
+            labels += [plab] * len(pts)
+        elif isinstance(g, (Polygon, MultiPolygon, LineString, MultiLineString)):
+            boxes.append(_bounds_to_px(inv, g.bounds))
+        else:
+            raise PromptError(f"{where}: cannot use a {g.geom_type} as a prompt (use points, lines or polygons)")
+    if not points and not boxes:
+        return pid, None
+    box = None
+    if boxes:
+        b = np.array(boxes)
+        box = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+    if points and not any(labels):
+        raise PromptError(f"{where}: has only negative (background) points; give at least one positive point")
+    row = gdf.iloc[members[0]]
+    label = _py(row[columns.label]) if columns.label is not None else None
+    attrs = {c: _py(row[c]) for c in columns.carried}
+    return pid, Prompt(pid, box, tuple(points), tuple(labels), label, attrs)
+
+
+def _report_unusable(unusable: list[Any], any_usable: bool, where_all: str) -> None:
+    """Warn about prompts without a usable geometry, or raise when no prompt has one."""
+    shown = ", ".join(repr(u) for u in unusable[:20]) + (", ..." if len(unusable) > 20 else "")
+    if not any_usable:
+        raise PromptError(f"{where_all}: no prompt has a geometry: all {len(unusable)} are null or empty "
+                          f"(prompt ids {shown})")
+    msg = f"{where_all}: skipped {len(unusable)} prompt(s) with a null or empty geometry: prompt ids {shown}"
+    log.debug(msg)
+    warnings.warn(msg, PromptWarning, stacklevel=3)
 
 
 def check_coordinates(gdf: Any, where: str) -> None:

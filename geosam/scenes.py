@@ -134,13 +134,7 @@ def segment_scenes(
     paths = expand_scenes(scenes)
     if not paths:
         raise ConfigError("no scenes given")
-    if merge and output_dir is not None and output is None:
-        output = os.path.join(os.fspath(output_dir), f"merged{ext}")
-    if resume and output_dir is None and output is None:
-        raise ConfigError("resume needs an output_dir or output (the journals are kept beside the outputs)")
-    names = output_names(paths, output_dir, ext) if output_dir is not None and not merge else {}
-    if output_dir is not None:
-        os.makedirs(output_dir, exist_ok=True)
+    output, names = _plan_outputs(paths, output_dir=output_dir, merge=merge, output=output, ext=ext, resume=resume)
     result = ScenesResult()
     frames: dict[str, gpd.GeoDataFrame] = {}
     journals: list[str] = []  # merged runs: removed once the merged file is written
@@ -152,12 +146,8 @@ def segment_scenes(
         for scene in paths:
             target = names.get(scene) or (os.fspath(output) + f".{len(frames)}" if merge and output else None)
             journal = target + JOURNAL_SUFFIX if resume and target else None
-            if mask_generator is None or hasattr(mask_generator, "generate"):
-                gen = cast("MaskGenerator | None", mask_generator)
-            else:  # a function of the scene path
-                gen = mask_generator(scene)
             try:
-                gdf = segment_scene(scene, gen, journal=journal, scheduler=scheduler, n_workers=n_workers,
+                gdf = segment_scene(scene, _scene_generator(mask_generator, scene), journal=journal, scheduler=scheduler, n_workers=n_workers,
                                     **settings)
             except GeosamError as exc:
                 log.error("%s: %s", scene, exc)
@@ -176,14 +166,56 @@ def segment_scenes(
             if on_scene is not None:
                 on_scene(scene, gdf, None)
     if merge:
-        result.merged = merge_frames(frames, settings.get("to_crs"))
-        if output is not None:
-            result.outputs["*"] = str(write_vector(result.merged, output))
-            for journal in journals:
-                remove_journal(journal)
+        _merge_into(result, frames, journals, output, settings.get("to_crs"))
     else:
         result.frames = frames
     return result
+
+
+def _plan_outputs(
+    paths: Sequence[str],
+    *,
+    output_dir: str | os.PathLike[str] | None,
+    merge: bool,
+    output: str | os.PathLike[str] | None,
+    ext: str,
+    resume: bool,
+) -> tuple[str | os.PathLike[str] | None, dict[str, str]]:
+    """(the merged output, or None; the output path per scene, empty when merged or not written).
+
+    A merged run with an ``output_dir`` and no ``output`` writes ``merged<ext>`` there;
+    ``output_dir`` is created.
+    """
+    if merge and output_dir is not None and output is None:
+        output = os.path.join(os.fspath(output_dir), f"merged{ext}")
+    if resume and output_dir is None and output is None:
+        raise ConfigError("resume needs an output_dir or output (the journals are kept beside the outputs)")
+    names = output_names(paths, output_dir, ext) if output_dir is not None and not merge else {}
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+    return output, names
+
+
+def _scene_generator(
+    mask_generator: MaskGenerator | Callable[[str], MaskGenerator] | None, scene: str
+) -> MaskGenerator | None:
+    """The mask generator for ``scene``: the one given, or what a function of the scene path returns."""
+    if mask_generator is None or hasattr(mask_generator, "generate"):
+        return cast("MaskGenerator | None", mask_generator)
+    return mask_generator(scene)  # a function of the scene path
+
+
+def _merge_into(result: ScenesResult, frames: dict[str, gpd.GeoDataFrame], journals: list[str],
+                output: str | os.PathLike[str] | None, to_crs: Any) -> None:
+    """Merge the scenes' tables into ``result``; write them to ``output`` (then drop the journals)."""
+    from geosam.export import write_vector
+    from geosam.journal import remove_journal
+
+    result.merged = merge_frames(frames, to_crs)
+    if output is not None:
+        result.outputs["*"] = str(write_vector(result.merged, output))
+        for journal in journals:
+            remove_journal(journal)
 
 
 __all__ = ["ScenesResult", "expand_scenes", "merge_frames", "output_names", "segment_scenes"]

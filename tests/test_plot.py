@@ -130,6 +130,28 @@ def test_show_points_lines_and_empty(footprints: gpd.GeoDataFrame) -> None:
         plt.close(ax.figure)
 
 
+def test_show_style_object_matches_keywords(footprints: gpd.GeoDataFrame) -> None:
+    """A PlotStyle draws what the same keyword arguments draw; keywords override its fields; typos are errors."""
+    style = plot.PlotStyle(cmap="magma", alpha=0.6, linewidth=2.0, legend=False, title="t")
+    a = plot.show(PAN, footprints, column="area", max_side_px=100, style=style)
+    b = plot.show(PAN, footprints, column="area", max_side_px=100, cmap="magma", alpha=0.6, linewidth=2.0,
+                  legend=False, title="t")
+    c = plot.show(PAN, footprints, column="area", max_side_px=100, style=style, title="override", scalebar=False)
+    try:
+        fa, fb = a.collections[0].get_facecolors(), b.collections[0].get_facecolors()
+        np.testing.assert_allclose(fa, fb)
+        assert fa[:, 3] == pytest.approx(0.6)
+        assert a.collections[0].get_linewidths()[0] == b.collections[0].get_linewidths()[0] == 2.0
+        assert a.get_title() == b.get_title() == "t" and len(a.figure.axes) == 1  # no colour bar
+        assert c.get_title() == "override" and style.title == "t"  # the frozen style is not changed
+        assert not [ln for ln in c.get_lines() if ln.get_gid() == plot.SCALEBAR_GID]
+        with pytest.raises(TypeError, match="'colour'"):
+            plot.show(PAN, footprints, max_side_px=50, colour="red")
+    finally:
+        for ax in (a, b, c):
+            plt.close(ax.figure)
+
+
 def test_explore(footprints: gpd.GeoDataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("folium")
     m = plot.explore(footprints, column="kind", tiles=None)
