@@ -72,15 +72,21 @@ def _check_folder(name: str, path: Path) -> None:
 
     A missing parent folder is created by the writer, only once the run has succeeded.
     """
+    folder = _nearest_writable_folder(path, f"{name} {path}")
+    if folder != _resolved(path).parent:
+        log.info("%s %s: folder %s will be created when the run has succeeded", name, path, path.parent)
+
+
+def _nearest_writable_folder(path: PathLike, label: str) -> Path:
+    """The nearest existing folder above ``path``; ExportError (prefixed ``label``) unless it is a writable folder."""
     folder = _resolved(path).parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise ExportError(f"{name} {path}: {folder} is not a folder")
+        raise ExportError(f"{label}: {folder} is not a folder; choose another output path")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ExportError(f"{name} {path}: folder {folder} is not writable; choose another output path")
-    if folder != _resolved(path).parent:
-        log.info("%s %s: folder %s will be created when the run has succeeded", name, path, path.parent)
+        raise ExportError(f"{label}: folder {folder} is not writable; choose another output path")
+    return folder
 
 
 def check_not_input(
@@ -148,13 +154,7 @@ def check_writable_path(path: PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ExportError(f"{path} is a folder; give a file path (geosam never replaces a folder)")
-    folder = _resolved(path).parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ExportError(f"{path}: {folder} is not a folder; choose another output path")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ExportError(f"{path}: folder {folder} is not writable; choose another output path")
+    _nearest_writable_folder(path, str(path))
     return path
 
 

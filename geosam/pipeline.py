@@ -36,13 +36,11 @@ log = logging.getLogger(__name__)
 
 def make_mask_generator(cfg: SegmentConfig) -> MaskGenerator:
     """The SAM segment-everything generator configured by ``cfg``."""
-    from dataclasses import asdict
-
     from geosam.segment import SamMaskGenerator
 
     m = cfg.model
     return SamMaskGenerator(m.model, device=m.device, dtype=m.dtype, compile=m.compile,
-                            encoder_batch_size=cfg.engine.chips_per_batch, **asdict(cfg.amg))
+                            encoder_batch_size=cfg.engine.chips_per_batch, config=cfg.amg)
 
 
 def index_steps(icfg: IndexConfig, sc: Scene, points_per_side: int | None,
