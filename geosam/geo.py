@@ -22,12 +22,6 @@ def pixel_to_map(geom: Any, transform: Affine) -> Any:
     return shapely.affinity.affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
 
 
-def map_to_pixel(x: float, y: float, transform: Affine) -> tuple[float, float]:
-    """Map coordinates (x, y) -> scene pixel coordinates (column, row) as floats."""
-    c, r = ~transform * (x, y)
-    return float(c), float(r)
-
-
 def to_pyproj(crs: Any) -> Any:
     """A pyproj CRS from a pyproj / rasterio CRS, WKT, EPSG code or any user input."""
     from pyproj import CRS
@@ -75,4 +69,4 @@ def area_m2(geoms: Sequence[Any], crs: Any) -> np.ndarray:
     return np.asarray(shapely.area(np.asarray(geoms, dtype=object)), dtype=np.float64) * factor * factor
 
 
-__all__ = ["area_m2", "map_to_pixel", "pixel_to_map", "same_crs", "to_pyproj"]
+__all__ = ["area_m2", "pixel_to_map", "same_crs", "to_pyproj"]

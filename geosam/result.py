@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -71,12 +70,6 @@ class ChipResult:
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the arrays held (what travels from a worker)."""
-        return int(sum(a.nbytes for a in (self.boxes, self.bits, self.offsets, self.area_px, self.predicted_iou,
-                                          self.stability_score, self.prompt_index)))
 
     @classmethod
     def empty(cls, task_id: str, window: PixelWindow, status: str = EMPTY, error: str | None = None,
@@ -148,19 +141,6 @@ class ChipResult:
         """Every mask, unpacked, in order."""
         for i in range(len(self)):
             yield self.crop(i)
-
-    def to_chip_masks(self) -> ChipMasks:
-        """The masks back in the chip frame (dense; for tests and small chips)."""
-        w = self.window
-        dense = np.zeros((len(self), w.height, w.width), dtype=bool)
-        for i, mc in enumerate(self.crops()):
-            dense[i][mc.bbox.relative_to(w).slices()] = mc.mask
-        return ChipMasks(dense, self.predicted_iou, self.stability_score, self.prompt_index, self.labels)
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-friendly description (no pixels)."""
-        return {"task_id": self.task_id, "status": self.status, "masks": len(self), "error": self.error,
-                "stats": dict(self.stats)}
 
 
 __all__ = ["EMPTY", "FAILED", "INVALID", "OK", "PREFILTERED", "ChipResult", "MaskCrop"]

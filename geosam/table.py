@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 #: per-object attribute hook: (object with final pixel mask, open scene) -> extra columns
 ObjectHook = Callable[[StitchedObject, "Scene"], dict[str, Any]]
 
-#: columns of segment-everything output, in order (index columns follow)
-OBJECT_COLUMNS = ("id", "area_m2", "predicted_iou", "stability_score", "n_chips", "model")
-
 
 @dataclass
 class Record:
@@ -97,4 +94,4 @@ def objects_frame(records: list[Record], crs_wkt: str, model_name: str) -> gpd.G
     return geo_frame(data, [o.geom for o in records], crs_wkt, area_at=1)
 
 
-__all__ = ["OBJECT_COLUMNS", "ObjectHook", "Record", "finish", "geo_frame", "objects_frame"]
+__all__ = ["ObjectHook", "Record", "finish", "geo_frame", "objects_frame"]
