@@ -136,6 +136,7 @@ class _RunLoop:
         hooks: Sequence[ObjectHook],
         stats: RunStats,
         journal: ChipJournal | None,
+        sink: Callable[[list[Record]], None] | None = None,
     ) -> None:
         self.sc = sc
         self.generator = generator
@@ -145,6 +146,7 @@ class _RunLoop:
         self.journal = journal
         self.batch = max(engine.chips_per_batch, 1)
         self.records: list[Record] = []
+        self.sink = sink if sink is not None else self.records.extend
         self.pending: list[tuple[ChipTask, Chip]] = []
         self.gen_t0 = dict(generator.timings_s)
 
@@ -160,7 +162,8 @@ class _RunLoop:
 
     def _collect(self, final: bool = False) -> None:
         finished = self.assembler.pop_finished(final=final)
-        self.records.extend(finish(finished, self.hooks, self.sc, self.sc.info.transform))
+        if finished:
+            self.sink(finish(finished, self.hooks, self.sc, self.sc.info.transform))
 
     def queue(self, task: ChipTask, chip: Chip) -> None:
         """Add a chip to the batch; generate the batch once it is full."""
@@ -227,6 +230,7 @@ def run(
     desc: str = "segment",
     journal: ChipJournal | None = None,
     execute: Executor | None = None,
+    sink: Callable[[list[Record]], None] | None = None,
 ) -> tuple[list[Record], RunStats]:
     """Run every task: read its chip, generate masks, hand the compact result to ``assembler``.
 
@@ -235,10 +239,12 @@ def run(
     ``journal``: results it holds are replayed (not generated again); every new result is
     committed to it before it is assembled. ``execute``: runs the remaining tasks elsewhere
     (e.g. :mod:`geosam.distributed`) instead of in this process; results arrive in any order.
+    ``sink``: receives the records as objects finish (e.g. :class:`geosam.store.ObjectStore`'s ``add``,
+    so they need not stay in memory); the returned list is then empty.
     """
     stats = stats or RunStats()
     stats.chips_total += len(tasks)
-    loop = _RunLoop(sc, generator, assembler, engine, hooks, stats, journal)
+    loop = _RunLoop(sc, generator, assembler, engine, hooks, stats, journal, sink)
     if journal is not None:
         tasks = replay(journal, tasks, loop.deliver, stats)
     if execute is not None:

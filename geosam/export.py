@@ -22,36 +22,27 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geosam.errors import ExportError
-from geosam.failed_chips import write_failed_chips
 from geosam.geo import same_crs
-from geosam.outputs import atomic_output, check_not_input, check_writable_path, output_files
+from geosam.outputs import atomic_output, check_not_input, check_writable_path
 from geosam.overlay import distinct_colours, render_overlay
+from geosam.vector import (
+    VECTOR_FORMATS,
+    read_vector,
+    shapefile_field_names,
+    vector_format,
+    write_frames,
+    write_vector,
+)
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
 log = logging.getLogger(__name__)
-
-#: File extension -> (format name, OGR driver or None for GeoParquet).
-VECTOR_FORMATS: dict[str, tuple[str, str | None]] = {
-    ".geojson": ("GeoJSON", "GeoJSON"),
-    ".json": ("GeoJSON", "GeoJSON"),
-    ".gpkg": ("GeoPackage", "GPKG"),
-    ".shp": ("Shapefile", "ESRI Shapefile"),
-    ".parquet": ("GeoParquet", None),
-    ".geoparquet": ("GeoParquet", None),
-}
-
-#: Longest attribute name a Shapefile (dBASE) can hold.
-SHAPEFILE_MAX_FIELD = 10
-
-#: Geometry type declared for an empty layer (geosam writes polygons).
-EMPTY_GEOMETRY_TYPE = "Polygon"
 
 #: Largest instance id a uint32 label raster can hold.
 MAX_LABEL = np.iinfo(np.uint32).max
@@ -59,14 +50,6 @@ MAX_LABEL = np.iinfo(np.uint32).max
 
 # ----------------------------------------------------------------------------
 # helpers
-
-
-def _vector_format(path: Path) -> tuple[str, str | None]:
-    ext = path.suffix.lower()
-    if ext not in VECTOR_FORMATS:
-        supported = ", ".join(sorted(VECTOR_FORMATS))
-        raise ExportError(f"{path}: unknown vector format {ext or '(no extension)'!r}; use one of {supported}")
-    return VECTOR_FORMATS[ext]
 
 
 def check_output_path(path: str | os.PathLike[str], kind: str = "vector") -> Path:
@@ -78,159 +61,12 @@ def check_output_path(path: str | os.PathLike[str], kind: str = "vector") -> Pat
     """
     path = Path(path)
     if kind == "vector":
-        _vector_format(path)
+        vector_format(path)
     elif kind == "raster" and path.suffix.lower() not in (".tif", ".tiff"):
         raise ExportError(f"{path}: a label or index raster must be a GeoTIFF (.tif or .tiff)")
     elif kind == "png" and path.suffix.lower() != ".png":
         raise ExportError(f"{path}: the overlay is written as PNG; use a .png file name")
     return check_writable_path(path)
-
-
-def shapefile_field_names(columns: list[str]) -> dict[str, str]:
-    """Deterministic map of column names to unique Shapefile field names (<= 10 chars).
-
-    Names that fit are kept; longer ones are truncated to 10 characters, and a
-    clash (case-insensitive, as dBASE compares) gets a numeric suffix:
-    ``predicted_iou_mean`` -> ``predicted_``, then ``predicte_1``, ``predicte_2``...
-    Only names that change are in the result.
-    """
-    taken = {c.lower() for c in columns if len(c) <= SHAPEFILE_MAX_FIELD}
-    out: dict[str, str] = {}
-    for c in columns:
-        if len(c) <= SHAPEFILE_MAX_FIELD:
-            continue
-        new = c[:SHAPEFILE_MAX_FIELD]
-        k = 0
-        while new.lower() in taken:
-            k += 1
-            suffix = f"_{k}"
-            new = c[: SHAPEFILE_MAX_FIELD - len(suffix)] + suffix
-        taken.add(new.lower())
-        out[c] = new
-    return out
-
-
-def _is_wgs84(crs: Any) -> bool:
-    try:
-        return crs is not None and crs.to_epsg() == 4326
-    except Exception:  # noqa: BLE001 - a predicate: pyproj raises many types on odd CRSs
-        return False
-
-
-# ----------------------------------------------------------------------------
-# vectors
-
-
-def write_vector(
-    gdf: gpd.GeoDataFrame,
-    path: str | os.PathLike[str],
-    *,
-    to_crs: Any = None,
-    overwrite: bool = True,
-    layer: str | None = None,
-) -> Path:
-    """Write ``gdf`` to ``path`` in the format its extension names; return the path.
-
-    Formats: ``.geojson``/``.json`` (GeoJSON), ``.gpkg`` (GeoPackage: writes or
-    replaces only the layer ``layer``, default the file stem; other layers are
-    kept), ``.shp`` (Shapefile; column names longer than 10 characters are
-    shortened by :func:`shapefile_field_names`, with a warning),
-    ``.parquet``/``.geoparquet`` (GeoParquet). ``to_crs`` reprojects first
-    (anything pyproj accepts). GeoJSON is written in the data's CRS with a
-    ``crs`` member (read by GDAL and QGIS); RFC 7946 readers assume WGS84, so a
-    warning is logged when the CRS is not EPSG:4326 -- pass
-    ``to_crs="EPSG:4326"`` for web use.
-
-    The write is atomic (:func:`geosam.outputs.atomic_output`): an existing file
-    is replaced only once the new one is complete (``overwrite=True``, the
-    default, as in geopandas); ``overwrite=False`` refuses an existing file (for a
-    GeoPackage: an existing layer of that name). Parent folders are created. A
-    GeoDataFrame without rows gives a valid empty file with the CRS and (except
-    GeoJSON, which has no schema) the columns. Raises :class:`ExportError` for an
-    unknown extension, a folder at ``path``, an unwritable folder, an existing
-    file with ``overwrite=False`` or a write failure. For a geosam run's table
-    whose chips failed (``skip_bad_chips``), their footprints are written beside
-    it (:func:`geosam.failed_chips.write_failed_chips`).
-    """
-    import geopandas as gpd
-
-    path = Path(path)
-    fmt, driver = _vector_format(path)
-    if not isinstance(gdf, gpd.GeoDataFrame):
-        raise ExportError(f"{path}: expected a GeoDataFrame, got {type(gdf).__name__}")
-    if layer is not None and driver != "GPKG":
-        raise ExportError(f"{path}: layer={layer!r} applies to GeoPackages (.gpkg) only")
-    layer = (layer or path.stem) if driver == "GPKG" else None
-    if path.is_dir():
-        raise ExportError(f"{path} is a folder; give a file path (geosam never replaces a folder)")
-    if to_crs is not None:
-        if gdf.crs is None:
-            raise ExportError(f"{path}: cannot reproject to {to_crs}: the GeoDataFrame has no CRS (set one first)")
-        gdf = gdf.to_crs(to_crs)
-    if gdf.crs is None:
-        log.warning("%s: the GeoDataFrame has no CRS; the file will not be georeferenced", path)
-    layers = _gpkg_layers(path) if driver == "GPKG" and path.exists() else None
-    if not overwrite:
-        if layers is not None and layer in layers:
-            raise ExportError(f"{path}: layer {layer!r} exists; pass overwrite=True to replace it")
-        existing = [f for f in output_files(path) if f.exists()]
-        if existing and layers is None:
-            raise ExportError(f"{existing[0]}: file exists; pass overwrite=True to replace it")
-
-    try:
-        with atomic_output(path, copy_existing=layers is not None) as tmp:
-            if driver is None:
-                gdf.to_parquet(tmp, index=False)
-            else:
-                _write_ogr(gdf, tmp, fmt, driver, layer, shown=path)
-    except ExportError:
-        raise
-    except Exception as exc:  # pyogrio / pyarrow / OS errors
-        raise ExportError(f"{path}: cannot write {fmt} ({exc})") from exc
-    log.info("wrote %d features to %s (%s%s)", len(gdf), path, fmt, f", layer {layer!r}" if layer else "")
-    if "geosam" in gdf.attrs:  # a geosam run's table: its failed chips beside it (geosam.failed_chips)
-        write_failed_chips(gdf.attrs["geosam"], path)
-    return path
-
-
-def _gpkg_layers(path: Path) -> list[str] | None:
-    """Layer names of an existing GeoPackage; None if it is not one GDAL can read (then it is replaced whole)."""
-    import pyogrio
-
-    try:
-        return [str(name) for name, _ in pyogrio.list_layers(path)]
-    except Exception:  # noqa: BLE001 - a predicate: unreadable means "not a GeoPackage"
-        log.warning("%s: not a readable GeoPackage; it will be replaced as a whole", path)
-        return None
-
-
-def _write_ogr(
-    gdf: gpd.GeoDataFrame, path: Path, fmt: str, driver: str, layer: str | None, shown: Path
-) -> None:
-    """Write with pyogrio to ``path``; ``shown`` is the path named in warnings (the final target)."""
-    kw: dict[str, Any] = {"driver": driver, "engine": "pyogrio", "index": False}
-    if layer is not None:
-        kw["layer"] = layer
-    if driver == "GeoJSON" and gdf.crs is not None and not _is_wgs84(gdf.crs):
-        log.warning(
-            "%s: writing GeoJSON in %s with a 'crs' member; RFC 7946 readers assume WGS84 "
-            "(pass to_crs='EPSG:4326' for web maps)",
-            shown,
-            gdf.crs.to_string(),
-        )
-    if driver == "ESRI Shapefile":
-        renames = shapefile_field_names([str(c) for c in gdf.columns if c != gdf.geometry.name])
-        if renames:
-            log.warning(
-                "%s: Shapefile field names are limited to %d characters; renamed %s",
-                shown,
-                SHAPEFILE_MAX_FIELD,
-                ", ".join(f"{a!r} -> {b!r}" for a, b in renames.items()),
-            )
-            gdf = gdf.rename(columns=renames)
-    if len(gdf) == 0:
-        kw["geometry_type"] = EMPTY_GEOMETRY_TYPE
-    gdf.to_file(path, **kw)
 
 
 # ----------------------------------------------------------------------------
@@ -360,8 +196,10 @@ __all__ = [
     "VECTOR_FORMATS",
     "check_output_path",
     "distinct_colours",
+    "read_vector",
     "render_overlay",
     "shapefile_field_names",
+    "write_frames",
     "write_label_raster",
     "write_vector",
 ]

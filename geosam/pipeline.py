@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from geosam.assemble import GridAssembler
 from geosam.config import IndexConfig, PromptConfig, SegmentConfig, check_crs
@@ -22,7 +21,8 @@ from geosam.errors import ConfigError
 from geosam.io import Chip, Scene
 from geosam.masks import MaskGenerator
 from geosam.result import PREFILTERED, ChipResult
-from geosam.table import ObjectHook, objects_frame
+from geosam.store import ObjectStore
+from geosam.table import ObjectHook
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -81,8 +81,11 @@ def segment_scene(
     journal: str | os.PathLike[str] | None = None,
     scheduler: Any = None,
     n_workers: int | None = None,
+    output: str | os.PathLike[str] | None = None,
+    layer: str | None = None,
+    frame_hook: Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame] | None = None,
     **settings: Any,
-) -> gpd.GeoDataFrame:
+) -> Any:
     """Segment every object in a scene into one polygon each.
 
     scene: a raster path, an open rasterio dataset or an xarray DataArray.
@@ -94,6 +97,13 @@ def segment_scene(
     Returns a GeoDataFrame in the scene CRS (or ``to_crs``) with columns
     ``id, area_m2, predicted_iou, stability_score, n_chips, model, geometry``
     (``area_m2`` in square metres); ``gdf.attrs['geosam']`` holds the run statistics.
+
+    ``output="objects.gpkg"`` (any format of :func:`geosam.export.write_vector`; ``layer``
+    for a GeoPackage) streams the objects into that file instead, with memory independent of
+    their number: finished objects wait in a temporary file beside the output
+    (:class:`geosam.store.ObjectStore`) and are written in id order at the end, atomically
+    (an existing file is replaced only by a complete new one). Returns the run statistics
+    (a dict, with ``output``).
 
     Spectral indices (:mod:`geosam.indices`): ``band_roles={"red": 1, "nir": 4}``
     (or a preset such as ``"sentinel2"``), ``indices=["ndvi", "exg"]`` add
@@ -107,11 +117,16 @@ def segment_scene(
     that file; calling again with it replays those chips and runs only the rest (same output).
     Scale-out (:mod:`geosam.distributed`, needs ``dask[distributed]``): ``scheduler="local"`` with
     ``n_workers`` worker processes, a scheduler address ``"tcp://host:8786"`` or a ``distributed.Client``.
+    ``frame_hook``: reshapes each batch of the table (e.g. text mode's columns).
     """
     cfg = (config or SegmentConfig()).with_overrides(**settings)
+    if output is not None:
+        from geosam.export import check_output_path
+
+        check_output_path(output)  # before any pixel or model
     t_start = time.perf_counter()
     stats = RunStats()
-    with Scene(scene, cfg.read) as sc:
+    with Scene(scene, cfg.read) as sc, ExitStack() as stack:
         specs = sc.chip_specs(cfg.tiling.chip_size_px, cfg.tiling.overlap_px)
         pps = mask_generator.capabilities.points_per_side if mask_generator is not None else cfg.amg.points_per_side
         hooks, before = index_steps(cfg.index, sc, pps, stats)
@@ -119,14 +134,70 @@ def segment_scene(
         generator = mask_generator if mask_generator is not None else make_mask_generator(cfg)
         assembler = GridAssembler(specs, cfg.output.match_iou)
         tasks = [ChipTask(s) for s in specs]
-        with ExitStack() as stack:
-            jr = _open_journal(stack, journal, sc, cfg.flat(), mask_generator, tasks)
-            execute = _executor(stack, scheduler, n_workers, sc, cfg, generator, pps, stats)
-            records, stats = run(sc, tasks, generator, assembler, cfg.engine, hooks=hooks, before=before,
-                                 stats=stats, journal=jr, execute=execute)
-        gdf = objects_frame(records, sc.info.crs_wkt, generator.name)
-        path = sc.path
-    return _finish_frame(gdf, cfg, stats, path, t_start)
+        store = stack.enter_context(ObjectStore(sc.info.crs_wkt, min_area_m2=cfg.output.min_area_m2,
+                                                min_index=cfg.index.min_index, folder=_spill_folder(output)))
+        with ExitStack() as run_stack:
+            jr = _open_journal(run_stack, journal, sc, cfg.flat(), mask_generator, tasks)
+            execute = _executor(run_stack, scheduler, n_workers, sc, cfg, generator, pps, stats)
+            _, stats = run(sc, tasks, generator, assembler, cfg.engine, hooks=hooks, before=before,
+                           stats=stats, journal=jr, execute=execute, sink=store.add)
+        summary = _summary(stats, sc)
+        frames = store.frames(generator.name, rank_by=cfg.index.rank_by, top_k=cfg.index.top_k,
+                              require=stat_columns(cfg.index.names()), complete=bool(stats.chips_failed),
+                              to_crs=cfg.output.to_crs or None, hook=frame_hook)
+        if output is not None:
+            from geosam.export import write_frames
+            from geosam.failed_chips import write_failed_chips
+
+            summary["output"] = str(write_frames(frames, output, geometry_types=store.geometry_types, layer=layer))
+            write_failed_chips(summary, output)
+            return _done(summary, store.rows_out, t_start)
+        gdf = _concat(list(frames))
+    gdf.attrs["geosam"] = _done(summary, len(gdf), t_start)
+    return gdf
+
+
+def stat_columns(names: Any) -> list[str]:
+    """The index statistics columns of index ``names`` (present, NaN where missing, in every table)."""
+    from geosam.index_defs import STATS
+
+    return [f"{n}_{st}" for n in names for st in STATS]
+
+
+def _spill_folder(output: str | os.PathLike[str] | None) -> str | None:
+    """Where an output's objects wait: beside the output when its folder exists, else the temp folder."""
+    if output is None:
+        return None
+    parent = os.path.dirname(os.path.abspath(output))
+    return parent if os.path.isdir(parent) and os.access(parent, os.W_OK) else None
+
+
+def _concat(frames: list[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
+    if len(frames) == 1:
+        return frames[0]
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def _summary(stats: RunStats, sc: Scene) -> dict[str, Any]:
+    """The run statistics (``gdf.attrs['geosam']``) before the table is written."""
+    extra: dict[str, Any] = {"scene": sc.path}
+    if stats.chips_failed:  # see geosam.failed_chips
+        extra["chips_failed_crs"] = sc.info.crs_wkt
+    return {**stats.__dict__, **extra}
+
+
+def _done(summary: dict[str, Any], n_objects: int, t_start: float) -> dict[str, Any]:
+    summary["objects"] = n_objects
+    summary["seconds"] = time.perf_counter() - t_start
+    path = summary.get("scene")
+    if n_objects == 0:
+        log.warning("%s: no objects found", path)
+    log.info("%s: %d objects from %d masks in %d chips (%d skipped as invalid, %d without masks) in %.1f s",
+             path, n_objects, summary.get("masks", 0), summary.get("chips_total", 0),
+             summary.get("chips_skipped_invalid", 0), summary.get("chips_empty", 0), summary["seconds"])
+    return summary
 
 
 def _open_journal(stack: ExitStack, path: str | os.PathLike[str] | None, sc: Scene, flat: dict[str, Any],
@@ -157,34 +228,6 @@ def _executor(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene
 def worker_prefilter(icfg: IndexConfig, pps: int | None, sc: Scene, stats: RunStats) -> ChipStep | None:
     """The index prefilter step of a Dask worker (built there, on the worker's own scene handle)."""
     return index_steps(icfg, sc, pps, stats)[1]
-
-
-def _finish_frame(gdf: gpd.GeoDataFrame, cfg: SegmentConfig, stats: RunStats, path: str,
-                  t_start: float) -> gpd.GeoDataFrame:
-    """Area and index filters, ranking, reprojection, statistics in ``gdf.attrs['geosam']``."""
-    if cfg.output.min_area_m2 > 0:
-        gdf = gdf[gdf["area_m2"] >= cfg.output.min_area_m2].reset_index(drop=True)
-        gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
-    names = cfg.index.names()
-    if names or cfg.index.rank_by:
-        from geosam.indices import filter_and_rank
-
-        gdf = filter_and_rank(gdf, names, dict(cfg.index.min_index), cfg.index.rank_by, cfg.index.top_k)
-    extra: dict[str, Any] = {}
-    if stats.chips_failed:  # see geosam.failed_chips
-        gdf["complete"] = gdf["complete"].fillna(True).astype(bool) if "complete" in gdf else True
-        extra["chips_failed_crs"] = gdf.crs.to_wkt() if gdf.crs is not None else None
-    elif "complete" in gdf:
-        gdf = gdf.drop(columns="complete")
-    if cfg.output.to_crs:
-        gdf = gdf.to_crs(cfg.output.to_crs)
-    stats.objects = len(gdf)
-    stats.seconds = time.perf_counter() - t_start
-    if len(gdf) == 0:
-        log.warning("%s: no objects found", path)
-    gdf.attrs["geosam"] = {**stats.__dict__, "scene": path, **extra}
-    log.info("%s: %s", path, stats.summary())
-    return gdf
 
 
 def segment_prompts(
@@ -250,4 +293,4 @@ def segment_prompts(
 
 
 __all__ = ["ChipTask", "RunStats", "index_steps", "make_mask_generator", "segment_prompts", "segment_scene",
-           "worker_prefilter"]
+           "stat_columns", "worker_prefilter"]

@@ -75,23 +75,4 @@ def geo_frame(data: dict[str, Any], geoms: list[Any], crs_wkt: str, area_at: int
     return gpd.GeoDataFrame(dict(items), geometry=gpd.GeoSeries(geoms, crs=crs_wkt), crs=crs_wkt)
 
 
-def objects_frame(records: list[Record], crs_wkt: str, model_name: str) -> gpd.GeoDataFrame:
-    """Segment-everything output: ``id`` (1.., top-to-bottom, left-to-right by the object's first pixel),
-    ``area_m2, predicted_iou, stability_score, n_chips, model``, a ``label`` column when any object has
-    one, then the hooks' columns, ``geometry``."""
-    records = sorted(records, key=lambda o: (o.order, o.geom.wkb))  # ties: by outline, not arrival order
-    data: dict[str, Any] = {
-        "id": np.arange(1, len(records) + 1, dtype=np.int64),
-        "predicted_iou": np.array([o.predicted_iou for o in records], dtype=np.float64),
-        "stability_score": np.array([o.stability_score for o in records], dtype=np.float64),
-        "n_chips": np.array([o.n_chips for o in records], dtype=np.int64),
-        "model": [model_name] * len(records),
-    }
-    if any(o.label is not None for o in records):
-        data["label"] = [o.label for o in records]
-    for k in sorted({k for o in records for k in o.extra}):
-        data[k] = [o.extra.get(k) for o in records]
-    return geo_frame(data, [o.geom for o in records], crs_wkt, area_at=1)
-
-
-__all__ = ["ObjectHook", "Record", "finish", "geo_frame", "objects_frame"]
+__all__ = ["ObjectHook", "Record", "finish", "geo_frame"]

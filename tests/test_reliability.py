@@ -224,12 +224,18 @@ def test_failed_write_keeps_the_previous_output(tmp_path: Path, ext: str, monkey
     write_vector(polygons(5), out)
     before = checksums(tmp_path)
 
-    def half_then_fail(self, path, *args, **kwargs):
+    import pyarrow.parquet as pq
+    import pyogrio.raw
+
+    def half_then_fail(stream, path, *args, **kwargs):  # the OGR writer (geosam.vector streams Arrow batches)
         Path(path).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(gpd.GeoDataFrame, "to_file", half_then_fail)
-    monkeypatch.setattr(gpd.GeoDataFrame, "to_parquet", half_then_fail)
+    def parquet_fails(self, table, *args, **kwargs):  # the GeoParquet writer, after its file was created
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pyogrio.raw, "write_arrow", half_then_fail)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", parquet_fails)
     with pytest.raises(ExportError, match="No space left"):
         write_vector(polygons(50), out)
     assert checksums(tmp_path) == before and leftovers(tmp_path) == []

@@ -82,7 +82,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
 
     SCENES: one raster, or many (paths, GDAL URLs, quoted globs like 'tiles/*.tif', @list.txt)
     with --output-dir or --merge."""
-    from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
+    from geosam.export import check_output_path, read_vector, render_overlay, write_label_raster
     from geosam.outputs import check_outputs
     from geosam.pipeline import segment_scene
     from geosam.scenes import expand_scenes
@@ -112,15 +112,17 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     if index_raster:  # a scene without the bands fails now, not after the run
         check_index_bands(scene, cfg.index.names() or ("ndvi",), **index_kw)
     journal = journal_path(output) if resume else None
-    gdf = segment_scene(scene, config=cfg, journal=journal, scheduler=scheduler, n_workers=n_workers)
-    out = write_vector(gdf, output)
-    if label_raster:
-        write_label_raster(gdf, label_raster, like_path=scene)
+    # objects stream into the output (memory independent of their number); the extras read it back
+    stats = segment_scene(scene, config=cfg, journal=journal, scheduler=scheduler, n_workers=n_workers, output=output)
+    if label_raster or overlay:
+        gdf = read_vector(output)
+        if label_raster:
+            write_label_raster(gdf, label_raster, like_path=scene)
+        if overlay:
+            render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
     if index_raster:
         write_index_raster(scene, index_raster, cfg.index.names() or ("ndvi",), **index_kw)
-    if overlay:
-        render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
-    report(out, gdf.attrs.get("geosam", {}), profile)
+    report(output, stats, profile)
     if journal is not None and not keep_journal:
         from geosam.journal import remove_journal
 

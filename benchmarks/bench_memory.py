@@ -1,0 +1,117 @@
+"""Peak memory of a whole run vs scene size: objects kept in memory vs streamed to the output.
+
+Generated scenes (``tests.data.make_scenes.make_large_tiled_scene``: one object per
+~80 px cell, so the number of objects grows with the area) of 2000^2, 20000^2 and
+60000^2 px go through ``segment_scene`` with the oracle mask generator (exact masks from
+the label raster: no model, so the figures are the pipeline's own):
+
+* ``frame``: the GeoDataFrame is built in memory and written with ``write_vector``
+  (what a Python caller without ``output=`` gets; how the CLI worked before);
+* ``streamed``: ``segment_scene(..., output="objects.gpkg")`` (what the CLI does): finished
+  objects wait in a temporary SQLite file and are streamed into the GeoPackage.
+
+Each run is a fresh process; its own peak RSS (``ru_maxrss``) is reported. Results go to
+``benchmarks/results/memory.json`` after every run (a long run keeps what it measured).
+
+    .venv/bin/python benchmarks/bench_memory.py [--sizes 2000 20000 60000] [--frame-max 20000]
+        [--workdir /path/with/space]   # generated scenes are kept there and reused
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _make(img: str, lab: str, size: int) -> int:
+    from tests.data.make_scenes import make_large_tiled_scene
+
+    return int(make_large_tiled_scene(img, lab, size=size, block=512, seed=0).n_objects)
+
+
+def _run(mode: str, img: str, lab: str, out: str, chip: int, overlap: int) -> dict:
+    from geosam.export import write_vector
+    from geosam.pipeline import segment_scene
+    from geosam.testing import OracleMaskGenerator
+
+    t0 = time.perf_counter()
+    kw = {"chip_size_px": chip, "overlap_px": overlap, "progress": False}
+    if mode == "frame":
+        gdf = segment_scene(img, OracleMaskGenerator(lab), **kw)
+        write_vector(gdf, out)
+        stats = gdf.attrs["geosam"]
+    else:
+        stats = segment_scene(img, OracleMaskGenerator(lab), output=out, **kw)
+    return {
+        "objects_out": int(stats["objects"]),
+        "chips": int(stats["chips_total"]),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "timings_s": {k: round(v, 1) for k, v in stats["timings_s"].items()},
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "output_mib": round(Path(out).stat().st_size / 2**20, 1),
+    }
+
+
+def _in_child(fn, *args):  # a one-off process runner
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return ex.submit(fn, *args).result()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 60000])
+    ap.add_argument("--frame-max", type=int, default=20000, help="largest size also run in 'frame' mode")
+    ap.add_argument("--chip", type=int, default=1024)
+    ap.add_argument("--overlap", type=int, default=128)
+    ap.add_argument("--workdir", default=str(ROOT / ".bench-scenes"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
+    args = ap.parse_args()
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict = {"cpu": _cpu(), "machine": platform.platform(), "python": platform.python_version(),
+                 "chip_size_px": args.chip, "overlap_px": args.overlap, "runs": []}
+    out_path = Path(args.out)
+    for size in args.sizes:
+        img, lab = work / f"scene_{size}.tif", work / f"labels_{size}.tif"
+        meta = work / f"scene_{size}.json"
+        if not meta.exists():
+            t0 = time.perf_counter()
+            n = _in_child(_make, str(img), str(lab), size)
+            meta.write_text(json.dumps({"n_objects": n, "make_s": round(time.perf_counter() - t0, 1)}))
+        made = json.loads(meta.read_text())
+        for mode in ("streamed", "frame"):
+            if mode == "frame" and size > args.frame_max:
+                continue
+            out = work / f"out_{size}_{mode}.gpkg"
+            r = _in_child(_run, mode, str(img), str(lab), str(out), args.chip, args.overlap)
+            out.unlink()
+            row = {"scene_px": size, "mode": mode, "objects_true": made["n_objects"], **r}
+            res["runs"].append(row)
+            print(json.dumps(row), flush=True)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
