@@ -26,8 +26,8 @@ def _kernel(feat: np.ndarray, rois: np.ndarray, ph: int, pw: int, scale: float, 
         if not aligned:
             rw, rh = max(rw, f(1.0)), max(rh, f(1.0))
         bh, bw = f(rh / f(ph)), f(rw / f(pw))
-        gh = sampling_ratio if sampling_ratio > 0 else int(math.ceil(f(rh / f(ph))))
-        gw = sampling_ratio if sampling_ratio > 0 else int(math.ceil(f(rw / f(pw))))
+        gh = sampling_ratio if sampling_ratio > 0 else math.ceil(f(rh / f(ph)))
+        gw = sampling_ratio if sampling_ratio > 0 else math.ceil(f(rw / f(pw)))
         count = f(max(gh * gw, 1))
         for yb in range(ph):
             for xb in range(pw):

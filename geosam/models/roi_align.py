@@ -94,19 +94,11 @@ def _one_roi(feat: torch.Tensor, roi: torch.Tensor, out_hw: tuple[int, int], sca
     for iy in range(gh):
         for ix in range(gw):
             ok = oky[:, iy, None] & okx[None, :, ix]  # (PH, PW); an empty sample reads pixel 0 with weight 0
-            zero = torch.zeros_like(ok, dtype=ylo.dtype)
-
-            def at(ys: torch.Tensor, xs: torch.Tensor, ok: torch.Tensor = ok, zero: torch.Tensor = zero) -> torch.Tensor:
-                yy = torch.where(ok, ys[:, iy, None].expand_as(ok), zero)
-                xx = torch.where(ok, xs[None, :, ix].expand_as(ok), zero)
-                return feat[:, yy, xx]
-
-            def wt(a: torch.Tensor, b: torch.Tensor, ok: torch.Tensor = ok) -> torch.Tensor:
-                v = a[:, iy, None] * b[None, :, ix]
-                return torch.where(ok, v, torch.zeros_like(v))
-
-            out += (wt(hy, hx) * at(ylo, xlo) + wt(hy, lx) * at(ylo, xhi)
-                    + wt(ly, hx) * at(yhi, xlo) + wt(ly, lx) * at(yhi, xhi))
+            y0, y1 = (torch.where(ok, v[:, iy, None], 0) for v in (ylo, yhi))
+            x0, x1 = (torch.where(ok, v[None, :, ix], 0) for v in (xlo, xhi))
+            w00, w01, w10, w11 = (torch.where(ok, a[:, iy, None] * b[None, :, ix], 0)
+                                  for a, b in ((hy, hx), (hy, lx), (ly, hx), (ly, lx)))
+            out += w00 * feat[:, y0, x0] + w01 * feat[:, y0, x1] + w10 * feat[:, y1, x0] + w11 * feat[:, y1, x1]
     return out / count
 
 
@@ -156,7 +148,8 @@ def use_for_sam3() -> bool:
         return True
     if _has_torchvision_roi_align(modeling_sam3):
         return False
-    modeling_sam3.torchvision = SimpleNamespace(ops=SimpleNamespace(roi_align=roi_align), geosam_roi_align=True)
+    plain = SimpleNamespace(ops=SimpleNamespace(roi_align=roi_align), geosam_roi_align=True)
+    modeling_sam3.torchvision = plain  # type: ignore[attr-defined]
     log.debug("SAM 3 geometry encoder: plain-torch roi_align (no working torchvision)")
     return True
 

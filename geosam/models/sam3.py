@@ -16,7 +16,10 @@ all phrases and the phrases' text encoding runs once per run:
 
 transformers' ``Sam3Processor`` imports torchvision (its image processor), so
 geosam reads ``preprocessor_config.json`` as JSON and tokenizes with the
-checkpoint's tokenizer directly.
+checkpoint's tokenizer directly. Box exemplars (:mod:`geosam.models.sam3_exemplars`)
+need ``torchvision.ops.roi_align`` in the geometry encoder: :func:`load_sam3` gives
+that module geosam's exact plain-torch version when torchvision is missing
+(:func:`geosam.models.roi_align.use_for_sam3`).
 """
 
 from __future__ import annotations
@@ -50,7 +53,10 @@ def load_sam3(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
     """A transformers SAM 3 checkpoint (``model_type == "sam3"``) with its tokenizer, as a :class:`SamBundle`."""
     from transformers import AutoTokenizer
 
+    from geosam.models.roi_align import use_for_sam3
+
     model, pp, source, kwargs = load_pretrained(name, "Sam3Model", device)
+    use_for_sam3()  # box exemplars: plain-torch roi_align where torchvision is missing (scoped to SAM 3's module)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
