@@ -18,6 +18,7 @@ working ``torchvision`` (it sets the module's own ``torchvision`` name to a name
 
 from __future__ import annotations
 
+import itertools
 import logging
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -91,14 +92,17 @@ def _one_roi(feat: torch.Tensor, roi: torch.Tensor, out_hw: tuple[int, int], sca
         return out
     ylo, yhi, hy, ly, oky = _axis(y1, bh, ph, gh, h)
     xlo, xhi, hx, lx, okx = _axis(x1, bw, pw, gw, w)
-    for iy in range(gh):
+    # every sample's bilinear value at once, (C, PH, gh, PW, gw); an empty sample reads pixel 0 with weight 0
+    ok = oky[:, :, None, None] & okx[None, None, :, :]
+    ys = [torch.where(ok, v[:, :, None, None], 0) * w for v in (ylo, yhi)]
+    xs = [torch.where(ok, v[None, None, :, :], 0) for v in (xlo, xhi)]
+    flat = feat.reshape(c, h * w)
+    val = sum((torch.where(ok, a[:, :, None, None] * b[None, None, :, :], 0) * flat.index_select(1, (y + x).flatten()).view(c, *ok.shape)
+               for (a, y), (b, x) in itertools.product(((hy, ys[0]), (ly, ys[1])), ((hx, xs[0]), (lx, xs[1])))),
+              start=torch.zeros((), dtype=dt))
+    for iy in range(gh):  # accumulated one sample after another, as the kernel does
         for ix in range(gw):
-            ok = oky[:, iy, None] & okx[None, :, ix]  # (PH, PW); an empty sample reads pixel 0 with weight 0
-            y0, y1 = (torch.where(ok, v[:, iy, None], 0) for v in (ylo, yhi))
-            x0, x1 = (torch.where(ok, v[None, :, ix], 0) for v in (xlo, xhi))
-            w00, w01, w10, w11 = (torch.where(ok, a[:, iy, None] * b[None, :, ix], 0)
-                                  for a, b in ((hy, hx), (hy, lx), (ly, hx), (ly, lx)))
-            out += w00 * feat[:, y0, x0] + w01 * feat[:, y0, x1] + w10 * feat[:, y1, x0] + w11 * feat[:, y1, x1]
+            out += val[:, :, iy, :, ix]
     return out / count
 
 
