@@ -85,7 +85,7 @@ def segment_text(
     mask_generator: instead of the model, any generator whose masks carry ``labels``.
     score_threshold, mask_threshold: see :class:`~geosam.config.text.TextConfig` (None: the model's defaults).
     settings: flat :class:`~geosam.config.SegmentConfig` settings (chip size, bands, indices,
-        ``min_index``, ``prefilter``, device, ...).
+        ``min_index``, ``prefilter``, device, ``compile`` (:func:`geosam.models.sam3.compile_sam3`), ...).
 
     Returns a GeoDataFrame in the scene CRS (or ``to_crs``): ``id, label, score, area_m2``
     (m2), ``n_chips, model``, index columns, ``geometry``.
@@ -110,6 +110,10 @@ def segment_text(
 
         m = cfg.model
         bundle = model if isinstance(model, SamBundle) else load_model(m.model, device=m.device, dtype=m.dtype)
+        if m.compile:
+            from geosam.models.sam3 import compile_sam3
+
+            compile_sam3(bundle)
         ex = _encode_exemplars(bundle, scene, cfg, boxes, windows) if boxes else None
         mask_generator = TextMaskGenerator(bundle, tcfg, ex)
     t_ex = time.perf_counter() - t0

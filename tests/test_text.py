@@ -231,3 +231,56 @@ def test_text_cli_min_index_prefilter(tiny_sam3_dir: str, tmp_path: Path, monkey
 
     gdf = gpd.read_file(out)
     assert "ndvi_mean" in gdf.columns and (gdf["ndvi_mean"] >= 0.3).all()
+
+
+def _text_cli(tiny_sam3_dir: str, scene: object, out: Path, *extra: str) -> None:
+    res = CliRunner().invoke(cli, ["text", str(scene.image_path), "--text", "building",  # type: ignore[attr-defined]
+                                   "--model", tiny_sam3_dir, "--device", "cpu", "--dtype", "float32", "--chip-size",
+                                   "336", "--overlap", "32", "--score-threshold", "0.0", "--no-progress", "-o",
+                                   str(out), *extra])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_label_raster(tiny_sam3_dir: str, scene: object, tmp_path: Path) -> None:
+    """--label-raster writes the objects' ids on the scene's grid."""
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    _text_cli(tiny_sam3_dir, scene, tmp_path / "a.gpkg", "--label-raster", str(tmp_path / "a.tif"))
+    a = gpd.read_file(tmp_path / "a.gpkg")
+    with rasterio.open(scene.image_path) as src, rasterio.open(tmp_path / "a.tif") as la:  # type: ignore[attr-defined]
+        assert (la.width, la.height, la.transform, la.crs) == (src.width, src.height, src.transform, src.crs)
+        lab = la.read(1)
+    ids = set(np.unique(lab[lab > 0]).tolist())
+    assert ids and ids <= set(a["id"].tolist())
+    for k in sorted(ids)[:5]:  # a pixel labelled k has its centre inside object k (objects may overlap)
+        poly = a.loc[a["id"] == k].geometry.iloc[0]
+        rows, cols = np.nonzero(lab == k)
+        for r, c in list(zip(rows, cols))[:: max(1, len(rows) // 50)]:
+            assert poly.buffer(1e-6).contains(Point(src.transform * (c + 0.5, r + 0.5)))
+
+
+@pytest.mark.slow
+def test_cli_compile_changes_nothing(tiny_sam3_dir: str, scene: object, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile compiles SAM 3's per-chip parts and gives the same objects (torch.compile with its "eager"
+    backend here: dynamo's tracing and guards without inductor's minutes of C++ builds)."""
+    import geopandas as gpd
+
+    from geosam.models.sam3 import SAM3_COMPILED
+
+    _text_cli(tiny_sam3_dir, scene, tmp_path / "a.gpkg")
+    compiled: list[str] = []
+    real = torch.compile
+
+    def eager_compile(module: torch.nn.Module, **kw: object) -> object:
+        compiled.append(type(module).__name__)
+        return real(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    _text_cli(tiny_sam3_dir, scene, tmp_path / "b.gpkg", "--compile")
+    assert compiled == ["Sam3VisionModel", "Sam3DetrEncoder", "Sam3DetrDecoder", "Sam3MaskDecoder"]
+    assert len(compiled) == len(SAM3_COMPILED)
+    a, b = gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(tmp_path / "b.gpkg")
+    assert len(a) > 0 and len(a) == len(b)
+    assert all(g1.equals(g2) for g1, g2 in zip(a.geometry, b.geometry))

@@ -41,14 +41,19 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
               help="Keep objects with <index>_mean >= value, e.g. ndvi=0.3 (repeatable).")
 @click.option("--prefilter/--no-prefilter", default=False, show_default=True,
               help="Skip chips without any pixel passing --min-index.")
+@click.option("--label-raster", type=click.Path(dir_okay=False),
+              help="Also write an instance-label GeoTIFF (uint32, 0 background, else the object's id).")
+@click.option("--compile", "compile", is_flag=True,
+              help="torch.compile SAM 3's per-chip parts (first chip slow, later ones faster: for large scenes).")
 @click.option("--skip-bad-chips", is_flag=True, help="Skip (and list) chips whose pixels cannot be read.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage (backbone, text_encoder, detector, stitch, ...).")
 @handle_errors
 def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | None, score_threshold: float | None,
-         mask_threshold: float | None, overlay: str | None, profile: bool, overwrite: bool, **settings: Any) -> None:
+         mask_threshold: float | None, overlay: str | None, label_raster: str | None, profile: bool, overwrite: bool,
+         **settings: Any) -> None:
     """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT."""
     from geosam.cli.segment import report
-    from geosam.export import check_output_path, render_overlay, write_vector
+    from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
     from geosam.outputs import check_outputs
     from geosam.text_mode import segment_text
 
@@ -60,11 +65,15 @@ def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | Non
     check_output_path(output)
     if overlay:
         check_output_path(overlay, "png")
+    if label_raster:
+        check_output_path(label_raster, "raster")
     inputs = {"SCENE": scene, **({"--exemplars": exemplars} if exemplars else {})}
-    check_outputs({"--output": output, "--overlay": overlay}, inputs, overwrite=overwrite)
+    check_outputs({"--output": output, "--overlay": overlay, "--label-raster": label_raster}, inputs, overwrite=overwrite)
     gdf = segment_text(scene, list(phrases), exemplars=exemplars, model=cfg.model.model, score_threshold=score_threshold,
                        mask_threshold=mask_threshold, config=cfg)
     out = write_vector(gdf, output)
+    if label_raster:
+        write_label_raster(gdf, label_raster, like_path=scene)
     if overlay:
         render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
     report(out, gdf.attrs.get("geosam", {}), profile)
