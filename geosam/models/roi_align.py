@@ -58,8 +58,8 @@ def _axis(start: torch.Tensor, bin_size: torch.Tensor, n_bins: int, grid: int,
           size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample coordinates along one axis, (n_bins, grid): low / high index, low / high weight, in-range flag."""
     dt = start.dtype
-    b = torch.arange(n_bins, dtype=dt)[:, None]
-    i = torch.arange(grid, dtype=dt)[None, :] + 0.5
+    b = torch.arange(n_bins, dtype=dt, device=start.device)[:, None]
+    i = torch.arange(grid, dtype=dt, device=start.device)[None, :] + 0.5
     c = (start + b * bin_size) + i * bin_size / torch.tensor(grid, dtype=dt)
     ok = (c >= -1.0) & (c <= size)  # NaN -> not ok, as the kernel's !(in range)
     c = torch.where(ok, c, torch.zeros_like(c)).clamp_min(0)
@@ -78,7 +78,7 @@ def _one_roi(feat: torch.Tensor, roi: torch.Tensor, out_hw: tuple[int, int], sca
     c, h, w = feat.shape
     ph, pw = out_hw
     dt = feat.dtype
-    offset = torch.tensor(0.5 if aligned else 0.0, dtype=dt)
+    offset = torch.tensor(0.5 if aligned else 0.0, dtype=dt, device=feat.device)
     x1, y1, x2, y2 = (roi[i] * scale - offset for i in range(1, 5))
     rw, rh = x2 - x1, y2 - y1
     if not aligned:  # malformed ROIs forced to 1 x 1
@@ -121,7 +121,7 @@ def roi_align(input: torch.Tensor, boxes: torch.Tensor | list[torch.Tensor] | tu
         raise ValueError(f"input must be (N, C, H, W), got shape {tuple(input.shape)}")
     rois = as_rois(boxes, input.dtype).to(input.device)
     out_hw = _pair(output_size)
-    scale = torch.tensor(spatial_scale, dtype=input.dtype)
+    scale = torch.tensor(spatial_scale, dtype=input.dtype, device=input.device)
     if len(rois) == 0:
         return input.new_zeros((0, input.shape[1], *out_hw))
     return torch.stack([_one_roi(input[int(r[0])], r, out_hw, scale, int(sampling_ratio), aligned) for r in rois])
