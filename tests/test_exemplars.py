@@ -148,6 +148,25 @@ def test_prompt_tokens_equal_sam3_with_input_boxes(tiny_sam3_dir: str) -> None:
             torch.testing.assert_close(getattr(mine, k), getattr(native, k), rtol=0, atol=1e-5)
 
 
+def test_several_windows_form_one_prompt(tiny_sam3_dir: str) -> None:
+    """Exemplars on several windows: one token sequence, one CLS, cross-attention over all windows' features.
+    Checked exactly: the same image given as two windows (every key and value twice, so attention is unchanged)
+    equals all boxes on that one image, i.e. SAM 3's own encoder."""
+    from geosam.models import load_model, preprocess
+    from geosam.models.sam3 import vision_features
+    from geosam.models.sam3_exemplars import geometry_tokens
+
+    b = load_model(tiny_sam3_dir, device="cpu", dtype="float32")
+    img = np.random.default_rng(3).integers(0, 255, (336, 336, 3), dtype=np.uint8)
+    vision = vision_features(b, preprocess(b, [img])[0])
+    b1, b2 = torch.tensor([[0.3, 0.4, 0.2, 0.1]]), torch.tensor([[0.7, 0.2, 0.1, 0.3], [0.5, 0.8, 0.3, 0.2]])
+    l1, l2 = torch.tensor([1]), torch.tensor([0, 1])
+    two = geometry_tokens(b.model, [(vision, b1, l1), (vision, b2, l2)])
+    one = geometry_tokens(b.model, [(vision, torch.cat([b1, b2]), torch.cat([l1, l2]))])
+    assert two.embeds.shape == one.embeds.shape == (1, 4, 32)
+    torch.testing.assert_close(two.embeds, one.embeds, rtol=0, atol=1e-5)
+
+
 def test_exemplar_tokens_reach_every_chip(tiny_sam3_dir: str, scene: Any) -> None:
     """The exemplars are encoded once (one geometry-encoder pass) and every chip's detector sees them."""
     from geosam.models import load_model
