@@ -9,10 +9,12 @@ index statistics, ``min_index`` filter and prefilter. Only the table differs:
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from geosam.config import SegmentConfig
 from geosam.config.text import DEFAULT_TEXT_MODEL, TextConfig
+from geosam.errors import ConfigError
 from geosam.masks import MaskGenerator
 
 if TYPE_CHECKING:
@@ -33,10 +35,36 @@ def text_frame(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return out
 
 
+def _exemplar_plan(scene: Any, exemplars: Any, cfg: SegmentConfig) -> tuple[list[Any], list[Any]]:
+    """Exemplar boxes (scene pixels) and their windows; every check that needs no model (file, CRS, rows)."""
+    from geosam.exemplars import exemplar_windows, read_exemplars
+    from geosam.io import Scene
+
+    with Scene(scene, cfg.read) as sc:
+        i = sc.info
+        boxes = read_exemplars(exemplars, i.crs_wkt, i.transform, i.width, i.height)
+    return boxes, exemplar_windows(boxes, i.width, i.height, cfg.tiling.chip_size_px)
+
+
+def _encode_exemplars(bundle: Any, scene: Any, cfg: SegmentConfig, boxes: list[Any], windows: list[Any]) -> Any:
+    """SAM 3 prompt tokens of the exemplars, each shown on its window (read and stretched as chips are)."""
+    from geosam.exemplars import window_boxes
+    from geosam.io import Scene
+    from geosam.models.sam3_exemplars import encode_exemplars
+
+    shown = []
+    with Scene(scene, cfg.read) as sc:
+        for win, members in windows:
+            data, valid = sc.read_window(win)
+            shown.append((sc.to_uint8(data, valid), *window_boxes(boxes, members, win)))
+    return encode_exemplars(bundle, shown)
+
+
 def segment_text(
     scene: Any,
-    phrases: str | list[str] | tuple[str, ...],
+    phrases: str | list[str] | tuple[str, ...] | None = None,
     *,
+    exemplars: Any = None,
     model: Any = DEFAULT_TEXT_MODEL,
     mask_generator: MaskGenerator | None = None,
     score_threshold: float | None = None,
@@ -44,14 +72,20 @@ def segment_text(
     config: SegmentConfig | None = None,
     **settings: Any,
 ) -> gpd.GeoDataFrame:
-    """Polygons of every object matching each phrase, e.g. ``segment_text(path, ["building", "solar panel"])``.
+    """Polygons of every object matching each phrase, e.g. ``segment_text(path, ["building", "solar panel"])``,
+    or like the exemplar boxes (``exemplars=``), with or without phrases.
 
+    exemplars: a GeoDataFrame or vector file of boxes around example objects, any CRS, optional
+        ``label`` column (1 / 0, true / false, "positive" / "negative"; default positive); see
+        :mod:`geosam.exemplars` and :mod:`geosam.models.sam3_exemplars` (encoded once, used on every
+        chip). Without phrases the objects' ``label`` is "exemplar"; with phrases, every phrase's
+        prompt carries the exemplars.
     model: a SAM 3 hub id or local directory (``save_pretrained`` folder with its tokenizer),
         or a loaded :class:`~geosam.models.SamBundle`.
     mask_generator: instead of the model, any generator whose masks carry ``labels``.
     score_threshold, mask_threshold: see :class:`~geosam.config.text.TextConfig` (None: the model's defaults).
     settings: flat :class:`~geosam.config.SegmentConfig` settings (chip size, bands, indices,
-        ``min_index``, ``prefilter``, device, ...).
+        ``min_index``, ``prefilter``, device, ``compile`` (:func:`geosam.models.sam3.compile_sam3`), ...).
 
     Returns a GeoDataFrame in the scene CRS (or ``to_crs``): ``id, label, score, area_m2``
     (m2), ``n_chips, model``, index columns, ``geometry``.
@@ -59,21 +93,37 @@ def segment_text(
     from geosam.models import SamBundle
     from geosam.pipeline import segment_scene
 
-    tcfg = TextConfig(phrases=tuple([phrases] if isinstance(phrases, str) else phrases),
-                      score_threshold=score_threshold, mask_threshold=mask_threshold)
+    given = () if phrases is None else tuple([phrases] if isinstance(phrases, str) else phrases)
+    tcfg = TextConfig(phrases=given, score_threshold=score_threshold, mask_threshold=mask_threshold)
+    if not tcfg.phrases and exemplars is None:
+        raise ConfigError("text mode needs at least one phrase or exemplar boxes (--text building, --exemplars FILE)")
+    if exemplars is not None and mask_generator is not None:
+        raise ConfigError("exemplars are shown to SAM 3; they cannot be given with a mask_generator")
     if not isinstance(model, SamBundle):
         settings["model"] = model
     cfg = (config or SegmentConfig()).with_overrides(**settings)  # checked before the model loads
+    boxes, windows = _exemplar_plan(scene, exemplars, cfg) if exemplars is not None else ([], [])
+    t0 = time.perf_counter()
     if mask_generator is None:
         from geosam.models import load_model
         from geosam.segment.text import TextMaskGenerator
 
         m = cfg.model
         bundle = model if isinstance(model, SamBundle) else load_model(m.model, device=m.device, dtype=m.dtype)
-        mask_generator = TextMaskGenerator(bundle, tcfg)
+        if m.compile:
+            from geosam.models.sam3 import compile_sam3
+
+            compile_sam3(bundle)
+        ex = _encode_exemplars(bundle, scene, cfg, boxes, windows) if boxes else None
+        mask_generator = TextMaskGenerator(bundle, tcfg, ex)
+    t_ex = time.perf_counter() - t0
     gdf = segment_scene(scene, mask_generator, config=cfg)
     out = text_frame(gdf)
-    out.attrs["geosam"] = {**gdf.attrs.get("geosam", {}), "phrases": list(tcfg.phrases)}
+    stats = gdf.attrs.get("geosam", {})
+    if boxes:
+        stats["timings_s"] = {**stats.get("timings_s", {}), "exemplar_encoder": t_ex}
+    out.attrs["geosam"] = {**stats, "phrases": list(tcfg.phrases), "exemplars": len(boxes),
+                           "exemplar_windows": len(windows)}
     return out
 
 

@@ -143,3 +143,144 @@ def test_real_clip_tokenizer_from_bpe(tmp_path: Path) -> None:
     tok = write_clip_tokenizer(tmp_path, bpe_path=bpe)
     assert len(tok) == 49408
     assert tok("solar panel")["input_ids"] == [49406, 5199, 3724, 49407]
+
+
+# -- text with indices: --min-index and the prefilter ------------------------------------------------
+
+
+class _Counting(_Phrases):
+    """_Phrases on a vegetation scene: odd ids "building", even ids (vegetated) "tree"; counts the chips it sees."""
+
+    def __init__(self, label_path: str) -> None:
+        super().__init__(label_path)
+        self.chips = 0
+
+    def generate(self, chip: object) -> ChipMasks:
+        self.chips += 1
+        out = super().generate(chip)
+        return ChipMasks(out.masks, out.predicted_iou, out.stability_score,
+                         labels=tuple("tree" if lab == "solar panel" else lab for lab in out.labels or ()))
+
+
+def _veg_strip(tmp_path: Path) -> tuple[Path, Path]:
+    """64 x 256 px, 4 bands (naip order): a vegetated square (id 2) in the first 64 px chip, a bare one (id 1) in the last."""
+    from rasterio.transform import from_origin
+
+    h, w = 64, 256
+    red = np.full((h, w), 3000, np.uint16)
+    nir = red.copy()
+    nir[10:30, 10:30] = 27000  # ndvi 0.8
+    lab = np.zeros((h, w), np.uint32)
+    lab[10:30, 10:30] = 2
+    lab[10:30, 200:230] = 1
+    paths = []
+    for name, bands in (("img.tif", np.stack([red, red, red, nir])), ("lab.tif", lab[None])):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=w, height=h, count=len(bands),
+                           dtype=bands.dtype.name, crs="EPSG:32633",
+                           transform=from_origin(500000, 5300000, 10, 10)) as ds:
+            ds.write(bands)
+        paths.append(tmp_path / name)
+    return paths[0], paths[1]
+
+
+def test_text_with_min_index_and_prefilter(tmp_path: Path) -> None:
+    from tests.data.make_scenes import make_index_scene
+
+    sc = make_index_scene(tmp_path / "idx", seed=4, n_objects=30)
+    kw = {"chip_size_px": 256, "overlap_px": 32, "reflectance_scale": 1e-4, "progress": False}
+    full = geosam.segment_text(sc.image_path, ["building", "tree"], mask_generator=_Counting(str(sc.label_path)),
+                               indices=["ndvi"], **kw)
+    assert {"ndvi_mean", "ndvi_median"} <= set(full.columns) and len(full) == sc.n_objects
+    kept = geosam.segment_text(sc.image_path, ["building", "tree"], mask_generator=_Counting(str(sc.label_path)),
+                               indices=["ndvi"], min_index={"ndvi": 0.3}, prefilter=True, **kw)
+    assert list(kept.columns[: len(TEXT_COLUMNS)]) == list(TEXT_COLUMNS)
+    assert len(kept) == (full["ndvi_mean"] >= 0.3).sum() == len(sc.vegetated)
+    assert set(kept["label"]) == {"tree"} and (kept["ndvi_mean"] >= 0.3).all()
+    expect = full[full["ndvi_mean"] >= 0.3].sort_values("score")
+    np.testing.assert_allclose(np.sort(kept["score"].to_numpy()), expect["score"].to_numpy())
+
+    img, lab = _veg_strip(tmp_path)
+    gen = _Counting(str(lab))
+    strip = geosam.segment_text(img, ["building", "tree"], mask_generator=gen, chip_size_px=64, overlap_px=0,
+                                band_roles="naip", min_index={"ndvi": 0.3}, prefilter=True, progress=False)
+    st = strip.attrs["geosam"]
+    assert st["chips_total"] == 4 and st["chips_skipped_prefilter"] == 3 and gen.chips == 1
+    assert list(strip["label"]) == ["tree"] and strip["ndvi_mean"].iloc[0] == pytest.approx(0.8, abs=1e-3)
+
+
+def test_text_cli_min_index_prefilter(tiny_sam3_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geosam.segment.text import TextMaskGenerator
+
+    img, _ = _veg_strip(tmp_path)
+    seen: list[str] = []
+    real = TextMaskGenerator.generate
+
+    def spy(self: TextMaskGenerator, chip: object) -> ChipMasks:
+        seen.append(chip.spec.chip_id)  # type: ignore[attr-defined]
+        return real(self, chip)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TextMaskGenerator, "generate", spy)
+    out = tmp_path / "veg.gpkg"
+    res = CliRunner().invoke(cli, ["text", str(img), "-o", str(out), "--text", "tree", "--model", tiny_sam3_dir,
+                                   "--device", "cpu", "--dtype", "float32", "--chip-size", "64", "--overlap", "0",
+                                   "--band-roles", "naip", "--min-index", "ndvi=0.3", "--prefilter",
+                                   "--score-threshold", "0.0", "--mask-threshold", "0.0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert seen == ["r0c0"]  # the three chips without a pixel of NDVI >= 0.3 never reach the model
+    import geopandas as gpd
+
+    gdf = gpd.read_file(out)
+    assert "ndvi_mean" in gdf.columns and (gdf["ndvi_mean"] >= 0.3).all()
+
+
+def _text_cli(tiny_sam3_dir: str, scene: object, out: Path, *extra: str) -> None:
+    res = CliRunner().invoke(cli, ["text", str(scene.image_path), "--text", "building",  # type: ignore[attr-defined]
+                                   "--model", tiny_sam3_dir, "--device", "cpu", "--dtype", "float32", "--chip-size",
+                                   "336", "--overlap", "32", "--score-threshold", "0.0", "--no-progress", "-o",
+                                   str(out), *extra])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_label_raster(tiny_sam3_dir: str, scene: object, tmp_path: Path) -> None:
+    """--label-raster writes the objects' ids on the scene's grid."""
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    _text_cli(tiny_sam3_dir, scene, tmp_path / "a.gpkg", "--label-raster", str(tmp_path / "a.tif"))
+    a = gpd.read_file(tmp_path / "a.gpkg")
+    with rasterio.open(scene.image_path) as src, rasterio.open(tmp_path / "a.tif") as la:  # type: ignore[attr-defined]
+        assert (la.width, la.height, la.transform, la.crs) == (src.width, src.height, src.transform, src.crs)
+        lab = la.read(1)
+    ids = set(np.unique(lab[lab > 0]).tolist())
+    assert ids and ids <= set(a["id"].tolist())
+    for k in sorted(ids)[:5]:  # a pixel labelled k has its centre inside object k (objects may overlap)
+        poly = a.loc[a["id"] == k].geometry.iloc[0]
+        rows, cols = np.nonzero(lab == k)
+        for r, c in list(zip(rows, cols))[:: max(1, len(rows) // 50)]:
+            assert poly.buffer(1e-6).contains(Point(src.transform * (c + 0.5, r + 0.5)))
+
+
+@pytest.mark.slow
+def test_cli_compile_changes_nothing(tiny_sam3_dir: str, scene: object, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile compiles SAM 3's per-chip parts and gives the same objects (torch.compile with its "eager"
+    backend here: dynamo's tracing and guards without inductor's minutes of C++ builds)."""
+    import geopandas as gpd
+
+    from geosam.models.sam3 import SAM3_COMPILED
+
+    _text_cli(tiny_sam3_dir, scene, tmp_path / "a.gpkg")
+    compiled: list[str] = []
+    real = torch.compile
+
+    def eager_compile(module: torch.nn.Module, **kw: object) -> object:
+        compiled.append(type(module).__name__)
+        return real(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    _text_cli(tiny_sam3_dir, scene, tmp_path / "b.gpkg", "--compile")
+    assert compiled == ["Sam3VisionModel", "Sam3DetrEncoder", "Sam3DetrDecoder", "Sam3MaskDecoder"]
+    assert len(compiled) == len(SAM3_COMPILED)
+    a, b = gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(tmp_path / "b.gpkg")
+    assert len(a) > 0 and len(a) == len(b)
+    assert all(g1.equals(g2) for g1, g2 in zip(a.geometry, b.geometry))

@@ -1,4 +1,5 @@
-"""``geosam text SCENE -o OUT --text building --text "solar panel"``: objects named by noun phrases (SAM 3)."""
+"""``geosam text SCENE -o OUT --text building --text "solar panel"``: objects named by noun phrases (SAM 3);
+``--exemplars boxes.gpkg``: objects like example boxes, with or without ``--text``."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
 @click.argument("scene", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
-@click.option("--text", "phrases", multiple=True, required=True,
+@click.option("--text", "phrases", multiple=True,
               help="A noun phrase, e.g. building (repeatable; each phrase is the label of its objects).")
+@click.option("--exemplars", type=click.Path(dir_okay=False),
+              help="Vector file of boxes around example objects (any CRS; column label: 1/0, positive/negative). "
+                   "Finds objects like them on every chip; without --text their label is 'exemplar'.")
 @model_options(DEFAULT_TEXT_MODEL)
 @click.option("--score-threshold", type=float, default=None,
               help="Keep instances scoring above this (default: the model's, 0.3).")
@@ -37,27 +41,39 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
               help="Keep objects with <index>_mean >= value, e.g. ndvi=0.3 (repeatable).")
 @click.option("--prefilter/--no-prefilter", default=False, show_default=True,
               help="Skip chips without any pixel passing --min-index.")
+@click.option("--label-raster", type=click.Path(dir_okay=False),
+              help="Also write an instance-label GeoTIFF (uint32, 0 background, else the object's id).")
+@click.option("--compile", "compile", is_flag=True,
+              help="torch.compile SAM 3's per-chip parts (first chip slow, later ones faster: for large scenes).")
 @click.option("--skip-bad-chips", is_flag=True, help="Skip (and list) chips whose pixels cannot be read.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage (backbone, text_encoder, detector, stitch, ...).")
 @handle_errors
-def text(scene: str, output: str, phrases: tuple[str, ...], score_threshold: float | None,
-         mask_threshold: float | None, overlay: str | None, profile: bool, overwrite: bool, **settings: Any) -> None:
-    """Write one polygon per object in SCENE matching a --text phrase to OUTPUT (label = the phrase)."""
+def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | None, score_threshold: float | None,
+         mask_threshold: float | None, overlay: str | None, label_raster: str | None, profile: bool, overwrite: bool,
+         **settings: Any) -> None:
+    """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT."""
     from geosam.cli.segment import report
-    from geosam.export import check_output_path, render_overlay, write_vector
+    from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
     from geosam.outputs import check_outputs
     from geosam.text_mode import segment_text
 
     settings["indices"] = settings["indices"] or ()
     TextConfig(phrases=phrases, score_threshold=score_threshold, mask_threshold=mask_threshold)  # checked first
+    if not phrases and not exemplars:
+        raise click.UsageError("give at least one --text phrase or --exemplars FILE")
     cfg = SegmentConfig.from_settings(**settings)
     check_output_path(output)
     if overlay:
         check_output_path(overlay, "png")
-    check_outputs({"--output": output, "--overlay": overlay}, {"SCENE": scene}, overwrite=overwrite)
-    gdf = segment_text(scene, list(phrases), model=cfg.model.model, score_threshold=score_threshold,
+    if label_raster:
+        check_output_path(label_raster, "raster")
+    inputs = {"SCENE": scene, **({"--exemplars": exemplars} if exemplars else {})}
+    check_outputs({"--output": output, "--overlay": overlay, "--label-raster": label_raster}, inputs, overwrite=overwrite)
+    gdf = segment_text(scene, list(phrases), exemplars=exemplars, model=cfg.model.model, score_threshold=score_threshold,
                        mask_threshold=mask_threshold, config=cfg)
     out = write_vector(gdf, output)
+    if label_raster:
+        write_label_raster(gdf, label_raster, like_path=scene)
     if overlay:
         render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
     report(out, gdf.attrs.get("geosam", {}), profile)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from geosam.errors import ConfigError
+from geosam.exemplars import EXEMPLAR_LABEL, EXEMPLAR_PROMPT
 
 #: SAM 3's model in the hub (text mode's default)
 DEFAULT_TEXT_MODEL = "facebook/sam3"
@@ -24,6 +25,8 @@ class TextConfig:
     """Noun phrases and thresholds of text mode (SAM 3).
 
     phrases: the noun phrases ("building", "solar panel"); each becomes the ``label`` of its objects.
+        May be empty when exemplar boxes are given (``segment_text(exemplars=...)``): the model then gets
+        SAM 3's placeholder text "visual" and the objects' label is "exemplar".
     score_threshold: keep instances whose score (query probability x presence probability) is > this;
         None: the model's default (0.3, as transformers' ``post_process_instance_segmentation``).
     mask_threshold: a pixel belongs to an instance where its mask probability is > this; None: 0.5.
@@ -36,13 +39,23 @@ class TextConfig:
     def __post_init__(self) -> None:
         phrases = (self.phrases,) if isinstance(self.phrases, str) else tuple(self.phrases)
         cleaned = tuple(" ".join(str(p).split()) for p in phrases)
-        if not cleaned or any(not p for p in cleaned):
-            raise ConfigError("text mode needs at least one non-empty phrase (--text building --text 'solar panel')")
+        if any(not p for p in cleaned):
+            raise ConfigError(f"phrases must not be empty, got {list(phrases)} (--text building --text 'solar panel')")
         if len(set(cleaned)) != len(cleaned):
             raise ConfigError(f"phrases must differ, got {list(cleaned)}")
         object.__setattr__(self, "phrases", cleaned)
         _unit_or_none("score_threshold", self.score_threshold)
         _unit_or_none("mask_threshold", self.mask_threshold)
+
+    @property
+    def model_phrases(self) -> tuple[str, ...]:
+        """The texts given to the model: the phrases, or SAM 3's "visual" for exemplars alone."""
+        return self.phrases or (EXEMPLAR_PROMPT,)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The output label of each model phrase: the phrase, or "exemplar" for exemplars alone."""
+        return self.phrases or (EXEMPLAR_LABEL,)
 
 
 __all__ = ["DEFAULT_TEXT_MODEL", "TextConfig"]

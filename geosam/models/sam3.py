@@ -16,7 +16,10 @@ all phrases and the phrases' text encoding runs once per run:
 
 transformers' ``Sam3Processor`` imports torchvision (its image processor), so
 geosam reads ``preprocessor_config.json`` as JSON and tokenizes with the
-checkpoint's tokenizer directly.
+checkpoint's tokenizer directly. Box exemplars (:mod:`geosam.models.sam3_exemplars`)
+need ``torchvision.ops.roi_align`` in the geometry encoder: :func:`load_sam3` gives
+that module geosam's exact plain-torch version when torchvision is missing
+(:func:`geosam.models.roi_align.use_for_sam3`).
 """
 
 from __future__ import annotations
@@ -50,7 +53,10 @@ def load_sam3(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
     """A transformers SAM 3 checkpoint (``model_type == "sam3"``) with its tokenizer, as a :class:`SamBundle`."""
     from transformers import AutoTokenizer
 
+    from geosam.models.roi_align import use_for_sam3
+
     model, pp, source, kwargs = load_pretrained(name, "Sam3Model", device)
+    use_for_sam3()  # box exemplars: plain-torch roi_align where torchvision is missing (scoped to SAM 3's module)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
@@ -60,6 +66,25 @@ def load_sam3(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
     return SamBundle(model=model, processor=tokenizer, device=device, dtype=dtype, name=name,
                      **preprocessing(pp, SAM3_MEAN_STD, SAM3_MEAN_STD), longest_edge=size, input_size=size,
                      resize="square", capabilities=SAM3_CAPABILITIES, fast_decoder=False, fast_encoder=False)
+
+
+#: Sam3Model parts ``torch.compile``d by :func:`compile_sam3`: what runs per chip (the geometry encoder runs once)
+SAM3_COMPILED = ("vision_encoder", "detr_encoder", "detr_decoder", "mask_decoder")
+
+
+def compile_sam3(bundle: SamBundle) -> SamBundle:
+    """``torch.compile`` the per-chip parts of a SAM 3 model (:data:`SAM3_COMPILED`), once, in place.
+
+    The text encoder and the exemplar encoder run once per run and stay eager. The first chip is
+    slow (tracing); later chips of the same size reuse the compiled graphs. Returns the bundle.
+    """
+    model = bundle.model
+    if getattr(model, "_geosam_compiled", False):
+        return bundle
+    for name in SAM3_COMPILED:
+        setattr(model, name, torch.compile(getattr(model, name)))
+    model._geosam_compiled = True
+    return bundle
 
 
 @dataclass
@@ -187,7 +212,9 @@ __all__ = [
     "DEFAULT_MASK_THRESHOLD",
     "DEFAULT_SCORE_THRESHOLD",
     "SAM3_CAPABILITIES",
+    "SAM3_COMPILED",
     "TextFeatures",
+    "compile_sam3",
     "detect",
     "encode_text",
     "instances",

@@ -29,14 +29,18 @@ TEXT_STAGES = ("backbone", "text_encoder", "detector", "postprocess")
 class TextMaskGenerator(BaseMaskGenerator):
     """Instances of ``cfg.phrases`` per chip with a loaded SAM 3 bundle (``bundle.capabilities.text_prompts``)."""
 
-    def __init__(self, bundle: Any, cfg: TextConfig) -> None:
+    def __init__(self, bundle: Any, cfg: TextConfig, exemplars: Any = None) -> None:
+        """exemplars: :class:`~geosam.models.sam3_exemplars.ExemplarFeatures` added to every phrase's prompt
+        on every chip (see :mod:`geosam.models.sam3_exemplars`); with no phrases, the model gets "visual"."""
         from geosam.models import require
         from geosam.models.sam3 import DEFAULT_MASK_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 
         super().__init__()
         require(bundle, "text_prompts")
         self.bundle = bundle
-        self.phrases = cfg.phrases
+        self.phrases = cfg.model_phrases
+        self.labels = cfg.labels
+        self.exemplars = exemplars
         self.name = str(bundle.name)
         self.score_threshold = DEFAULT_SCORE_THRESHOLD if cfg.score_threshold is None else cfg.score_threshold
         self.mask_threshold = DEFAULT_MASK_THRESHOLD if cfg.mask_threshold is None else cfg.mask_threshold
@@ -58,6 +62,10 @@ class TextMaskGenerator(BaseMaskGenerator):
         if self._text is None:
             with self._timed("text_encoder"):
                 self._text = encode_text(self.bundle, self.phrases)
+                if self.exemplars is not None:
+                    from geosam.models.sam3_exemplars import with_exemplars
+
+                    self._text = with_exemplars(self._text, self.exemplars)
         with self._timed("backbone"):
             pv, _, _ = preprocess(self.bundle, [chip.image])
             vision = vision_features(self.bundle, pv)
@@ -68,7 +76,7 @@ class TextMaskGenerator(BaseMaskGenerator):
             masks: list[np.ndarray] = []
             scores: list[float] = []
             labels: list[str] = []
-            for phrase, (s, m) in zip(self.phrases, per_phrase):
+            for phrase, (s, m) in zip(self.labels, per_phrase):
                 m_np = m.cpu().numpy()
                 keep = m_np.reshape(len(m_np), -1).any(axis=1)
                 masks.extend(m_np[keep])
