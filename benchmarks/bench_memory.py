@@ -10,7 +10,9 @@ the label raster: no model, so the figures are the pipeline's own):
 * ``streamed``: ``segment_scene(..., output="objects.gpkg")`` (what the CLI does): finished
   objects wait in a temporary SQLite file and are streamed into the GeoPackage.
 
-Each run is a fresh process; its own peak RSS (``ru_maxrss``) is reported. Results go to
+Each run is a fresh process; its own peak RSS (``ru_maxrss``) is reported, and the highest RSS
+seen by 10/25/50/75/100 % of the run's time (sampled every second: a budget that levels off
+early is independent of the number of objects). Results go to
 ``benchmarks/results/memory.json`` after every run (a long run keeps what it measured).
 
     .venv/bin/python benchmarks/bench_memory.py [--sizes 2000 20000 60000] [--frame-max 20000]
@@ -49,11 +51,46 @@ def _make(img: str, lab: str, size: int) -> int:
     return int(make_large_tiled_scene(img, lab, size=size, block=512, seed=0).n_objects)
 
 
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+class _RssTrace:
+    """RSS sampled every ``every_s`` seconds in a thread (does the run's memory level off?)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self.every_s, self.t0 = every_s, time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.samples.append((time.perf_counter() - self.t0, _rss_mib()))
+
+    def stop(self) -> dict[str, float]:
+        """RSS (MiB) at 10 %, 25 %, 50 %, 75 % and 100 % of the run's time."""
+        self._stop.set()
+        self._thread.join()
+        s = [(0.0, self.samples[0][1] if self.samples else _rss_mib()), *self.samples, (
+            time.perf_counter() - self.t0, _rss_mib())]
+        end = s[-1][0]
+        return {f"{int(q * 100)}%": round(max(r for t, r in s if t <= q * end), 1)
+                for q in (0.1, 0.25, 0.5, 0.75, 1.0)}
+
+
 def _run(mode: str, img: str, lab: str, out: str, chip: int, overlap: int) -> dict:
     from geosam.export import write_vector
     from geosam.pipeline import segment_scene
     from geosam.testing import OracleMaskGenerator
 
+    trace = _RssTrace()
     t0 = time.perf_counter()
     kw = {"chip_size_px": chip, "overlap_px": overlap, "progress": False}
     if mode == "frame":
@@ -62,12 +99,14 @@ def _run(mode: str, img: str, lab: str, out: str, chip: int, overlap: int) -> di
         stats = gdf.attrs["geosam"]
     else:
         stats = segment_scene(img, OracleMaskGenerator(lab), output=out, **kw)
+    levels = trace.stop()
     return {
         "objects_out": int(stats["objects"]),
         "chips": int(stats["chips_total"]),
         "seconds": round(time.perf_counter() - t0, 1),
         "timings_s": {k: round(v, 1) for k, v in stats["timings_s"].items()},
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "peak_rss_mib_by_time": levels,
         "output_mib": round(Path(out).stat().st_size / 2**20, 1),
     }
 

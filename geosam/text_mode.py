@@ -9,6 +9,7 @@ index statistics, ``min_index`` filter and prefilter. Only the table differs:
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +71,9 @@ def segment_text(
     score_threshold: float | None = None,
     mask_threshold: float | None = None,
     config: SegmentConfig | None = None,
+    output: str | os.PathLike[str] | None = None,
     **settings: Any,
-) -> gpd.GeoDataFrame:
+) -> Any:
     """Polygons of every object matching each phrase, e.g. ``segment_text(path, ["building", "solar panel"])``,
     or like the exemplar boxes (``exemplars=``), with or without phrases.
 
@@ -88,7 +90,9 @@ def segment_text(
         ``min_index``, ``prefilter``, device, ``compile`` (:func:`geosam.models.sam3.compile_sam3`), ...).
 
     Returns a GeoDataFrame in the scene CRS (or ``to_crs``): ``id, label, score, area_m2``
-    (m2), ``n_chips, model``, index columns, ``geometry``.
+    (m2), ``n_chips, model``, index columns, ``geometry``; with ``output=PATH`` the objects are
+    streamed into that file instead (see :func:`geosam.pipeline.segment_scene`) and the run
+    statistics (a dict) are returned.
     """
     from geosam.models import SamBundle
     from geosam.pipeline import segment_scene
@@ -117,14 +121,12 @@ def segment_text(
         ex = _encode_exemplars(bundle, scene, cfg, boxes, windows) if boxes else None
         mask_generator = TextMaskGenerator(bundle, tcfg, ex)
     t_ex = time.perf_counter() - t0
-    gdf = segment_scene(scene, mask_generator, config=cfg)
-    out = text_frame(gdf)
-    stats = gdf.attrs.get("geosam", {})
+    res = segment_scene(scene, mask_generator, config=cfg, output=output, frame_hook=text_frame)
+    stats = res if output is not None else res.attrs.get("geosam", {})
     if boxes:
         stats["timings_s"] = {**stats.get("timings_s", {}), "exemplar_encoder": t_ex}
-    out.attrs["geosam"] = {**stats, "phrases": list(tcfg.phrases), "exemplars": len(boxes),
-                           "exemplar_windows": len(windows)}
-    return out
+    stats.update({"phrases": list(tcfg.phrases), "exemplars": len(boxes), "exemplar_windows": len(windows)})
+    return res
 
 
 __all__ = ["TEXT_COLUMNS", "segment_text", "text_frame"]

@@ -53,7 +53,7 @@ def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | Non
          **settings: Any) -> None:
     """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT."""
     from geosam.cli.segment import report
-    from geosam.export import check_output_path, render_overlay, write_label_raster, write_vector
+    from geosam.export import check_output_path, read_vector, render_overlay, write_label_raster
     from geosam.outputs import check_outputs
     from geosam.text_mode import segment_text
 
@@ -69,11 +69,12 @@ def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | Non
         check_output_path(label_raster, "raster")
     inputs = {"SCENE": scene, **({"--exemplars": exemplars} if exemplars else {})}
     check_outputs({"--output": output, "--overlay": overlay, "--label-raster": label_raster}, inputs, overwrite=overwrite)
-    gdf = segment_text(scene, list(phrases), exemplars=exemplars, model=cfg.model.model, score_threshold=score_threshold,
-                       mask_threshold=mask_threshold, config=cfg)
-    out = write_vector(gdf, output)
-    if label_raster:
-        write_label_raster(gdf, label_raster, like_path=scene)
-    if overlay:
-        render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
-    report(out, gdf.attrs.get("geosam", {}), profile)
+    stats = segment_text(scene, list(phrases), exemplars=exemplars, model=cfg.model.model,
+                         score_threshold=score_threshold, mask_threshold=mask_threshold, config=cfg, output=output)
+    if label_raster or overlay:  # read back from the streamed output
+        gdf = read_vector(output)
+        if label_raster:
+            write_label_raster(gdf, label_raster, like_path=scene)
+        if overlay:
+            render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
+    report(output, stats, profile)
