@@ -1,12 +1,14 @@
 """Execute the notebooks in notebooks/ in place, storing their outputs (``make notebooks``).
 
 Each notebook runs in its own folder (``notebooks/``), as on a reader's machine, in a fresh kernel of this
-Python. Pass notebook paths to run only those. The tests execute the same notebooks on a temporary copy
+Python that imports this checkout's ``geosam`` (``PYTHONPATH``; processes the notebook starts, such as Dask
+workers, inherit it). Pass notebook paths to run only those. The tests execute the same notebooks on a temporary copy
 (``tests/test_notebooks.py``), so running the tests never rewrites them.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ def main(argv: list[str]) -> int:
     import nbformat
 
     paths = [Path(a).resolve() for a in argv] or sorted((ROOT / "notebooks").glob("*.ipynb"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     for path in paths:
         t0 = time.perf_counter()
         nb = execute(path, path.parent)
