@@ -13,7 +13,9 @@ from ``attrs["transform"]`` (an ``Affine`` or its 6 GDAL-order coefficients a, b
 c, d, e, f) or regularly spaced ``x``/``y`` coordinates (pixel centres), and
 ``attrs["crs"]`` (anything pyproj understands). Nodata from ``rio.nodata`` or
 ``attrs["nodata"]`` / ``attrs["_FillValue"]``. Band ``k`` (1-based, as in
-``bands=``) is the k-th entry of the dimension that is not ``y`` / ``x``.
+``bands=``) is the k-th entry of the dimension that is not ``y`` / ``x``; text labels of that
+dimension (``band=["red", "green", "blue", "nir"]``) become band descriptions, from which band roles
+(:mod:`geosam.bands`) are found, and red / green / blue mark the default RGB bands.
 """
 
 from __future__ import annotations

@@ -200,3 +200,14 @@ def test_label_dataarray_of_a_path_matches_the_label_geotiff(scene, tmp_path):
     np.testing.assert_allclose(labels.y.values, expected["y"])
     # on the DataArray of the same pixels the coordinates are identical
     xr.align(labels, dataarray(scene.image_path), join="exact")
+
+
+def test_index_raster_of_a_dataarray_equals_the_files(scene, tmp_path):
+    """Band roles, reflectance scaling and the block-by-block index raster work on a DataArray scene too."""
+    from_file = geosam.write_index_raster(scene.image_path, tmp_path / "f.tif", ["exg"], block_px=128,
+                                          band_roles="rgb")
+    named = dataarray(scene.image_path, backing="lazy").assign_coords(band=["red", "green", "blue"])
+    from_da = geosam.write_index_raster(named, tmp_path / "d.tif", ["exg"], block_px=128)  # roles from band names
+    with rasterio.open(from_file) as a, rasterio.open(from_da) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.transform == b.transform and a.crs == b.crs
