@@ -2,9 +2,10 @@
 
 Each mode runs in its own subprocess on the same generated oracle scene (exact masks from a label
 raster, so it measures reading, the run loop, result transport, journaling and stitching, not a
-model); ``--tiny-sam`` adds a tiny random-weight SAM on a small scene. Reports chips/s, wall
-seconds and the client process's peak RSS (MiB; Dask workers are other processes) to
-``benchmarks/results/scale.json``.
+model); ``--tiny-sam`` adds a tiny random-weight SAM (``SamConfig``, saved with ``save_pretrained``) on a
+small scene, in-process and on 1 and 2 Dask workers (torch uses every core in-process, one thread per
+Dask worker process, as Dask sets it). Reports chips/s, wall seconds and the client process's peak RSS
+(MiB; Dask workers are other processes) to ``benchmarks/results/scale.json``.
 
     .venv/bin/python benchmarks/bench_scale.py [--size 2000] [--chip 256] [--tiny-sam]
 """
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODES = ("in-process", "in-process+journal", "dask-1-worker", "dask-2-workers")
+TINY_SAM_MODES = ("in-process", "dask-1-worker", "dask-2-workers")
 
 
 def one_run(args: argparse.Namespace) -> dict[str, float]:
@@ -54,8 +56,11 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
         t0 = time.perf_counter()
         gdf = segment_scene(args.scene, gen, **kw)
         wall = time.perf_counter() - t0
+    import torch
+
     chips = gdf.attrs["geosam"]["chips_total"]
     return {"wall_s": round(wall, 2), "cluster_startup_s": round(startup, 2), "chips": chips,
+            "torch_threads_per_process": 1 if args.mode.startswith("dask") else torch.get_num_threads(),
             "chips_per_s": round(chips / wall, 2), "objects": len(gdf),
             "client_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
 
@@ -109,8 +114,8 @@ def main() -> None:
 
         model = str(build_tiny_sam(Path(work) / "tiny_sam"))
         small = make_oracle_scene(work, width=640, height=480, n_objects=20, seed=6, name="small")
-        results["tiny_sam"] = {"scene_px": [640, 480], "chip_size_px": 192}
-        for mode in MODES:
+        results["tiny_sam"] = {"scene_px": [640, 480], "chip_size_px": 192, "points_per_side": 4}
+        for mode in TINY_SAM_MODES:
             results["tiny_sam"][mode] = r = run_mode(mode, str(small.image_path), str(small.label_path), model,
                                                      192, 32)
             print(f"tiny SAM {mode:20s} {r}", flush=True)

@@ -39,6 +39,7 @@ _LAZY = {
     "write_vector": ("geosam.export", "write_vector"),
     "write_label_raster": ("geosam.export", "write_label_raster"),
     "write_index_raster": ("geosam.indices", "write_index_raster"),
+    "label_dataarray": ("geosam.xr", "label_dataarray"),
     "resolve_band_roles": ("geosam.bands", "resolve_band_roles"),
     "INDICES": ("geosam.indices", "INDICES"),
 }
@@ -62,6 +63,7 @@ __all__ = [  # the error classes, __version__ and every lazily loaded name (test
     "Scene",
     "SegmentConfig",
     "__version__",
+    "label_dataarray",
     "load_model",
     "load_sam",
     "resolve_band_roles",

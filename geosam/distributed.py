@@ -13,6 +13,16 @@ arrive. A worker that dies has its batches re-run elsewhere by the scheduler.
 
 ``dask[distributed]`` is optional (``pip install geosam-scenes[dask]``) and imported only here.
 The raster path must be readable by every worker (a shared file system or a GDAL URL).
+
+An xarray DataArray scene travels in the job itself, scattered to the workers once per run
+(not once per batch). A dask-backed one is a graph (e.g. ``rioxarray.open_rasterio(path,
+chunks=...)``: small), and each worker computes only its own windows, in its own process, so
+pixels of other chips never travel. A numpy-backed one is its pixels: it is copied to every
+worker once (a warning gives its size); for a scene larger than a worker should hold, give a
+lazily loaded DataArray or a file path instead. A mask generator that holds a loaded model
+(prompt mode's, or one built from a :class:`~geosam.models.SamBundle`) is likewise scattered once
+per run, so its weights travel once to each worker (and stay on the device they were loaded on);
+a SAM generator built from a model name pickles without weights and loads them on the worker.
 """
 
 from __future__ import annotations
@@ -78,7 +88,8 @@ class WorkerJob:
     generator_blob: the pickled mask generator; ``generator_key`` its SHA-256 (the worker cache key).
     """
 
-    path: str
+    scene: Any  # the raster path, or the DataArray itself
+    scene_key: str  # what the worker's scene cache is keyed by (the path; unique per run for a DataArray)
     read: ReadConfig
     stretch: Any
     engine: EngineConfig
@@ -89,8 +100,13 @@ class WorkerJob:
 
 def make_job(sc: Scene, engine: EngineConfig, generator: MaskGenerator, before: BeforeFactory | None = None) -> WorkerJob:
     """The job of a run over the open scene ``sc``."""
+    import uuid
+
+    from geosam.xr import is_dataarray
+
     blob = pickle.dumps(generator, protocol=pickle.HIGHEST_PROTOCOL)
-    return WorkerJob(sc.path, sc.read_config, sc.stretch, replace(engine, progress=False), blob,
+    key = f"{sc.path}#{uuid.uuid4().hex}" if is_dataarray(sc.source) else sc.path
+    return WorkerJob(sc.source, key, sc.read_config, sc.stretch, replace(engine, progress=False), blob,
                      hashlib.sha256(blob).hexdigest(), before)
 
 
@@ -105,10 +121,10 @@ _MAX_CACHED = 4
 def _scene(job: WorkerJob) -> Scene:
     cache: OrderedDict[Any, Scene] = getattr(_local, "scenes", None) or OrderedDict()
     _local.scenes = cache
-    key = (job.path, job.read, pickle.dumps(job.stretch))
+    key = (job.scene_key, job.read, pickle.dumps(job.stretch))
     sc = cache.get(key)
     if sc is None:
-        sc = cache[key] = Scene(job.path, job.read, stretch=job.stretch)
+        sc = cache[key] = Scene(job.scene, job.read, stretch=job.stretch)
         while len(cache) > _MAX_CACHED:
             cache.popitem(last=False)[1].close()
     return sc
@@ -153,6 +169,9 @@ def run_batch(job: WorkerJob, tasks: Sequence[ChipTask]) -> tuple[list[ChipResul
 
 # -- client side ------------------------------------------------------------------
 
+#: a job whose pickled generator is larger than this is scattered once instead of sent with each batch
+SCATTER_BYTES = 1 << 20
+
 def batches(tasks: Sequence[ChipTask], n_workers: int, chips_per_task: int | None = None) -> list[list[ChipTask]]:
     """Tasks in consecutive batches: ``chips_per_task`` each, default about 4 batches per worker (1..16 chips)."""
     if not tasks:
@@ -169,7 +188,8 @@ def execute_on(client: Any, job: WorkerJob, stats: RunStats, chips_per_task: int
 
         n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
         parts = batches(tasks, n_workers, chips_per_task)
-        futures = {client.submit(run_batch, job, b, pure=False): b for b in parts}
+        job_arg = _scatter_if_large(client, job) if parts else job
+        futures = {client.submit(run_batch, job_arg, b, pure=False): b for b in parts}
         log.info("dask: %d chips in %d batches on %d workers", len(tasks), len(parts), n_workers)
         for fut in as_completed(futures):
             results, worker_stats = fut.result()
@@ -184,6 +204,20 @@ def execute_on(client: Any, job: WorkerJob, stats: RunStats, chips_per_task: int
     return execute
 
 
+def _scatter_if_large(client: Any, job: WorkerJob) -> Any:
+    """The job as a future scattered to every worker once when it carries a DataArray or a large
+    generator (e.g. prompt mode's, holding its loaded model); else the job itself (sent with each batch)."""
+    from geosam.xr import is_dask_backed, is_dataarray
+
+    if not is_dataarray(job.scene):
+        return client.scatter(job, broadcast=True, hash=False) if len(job.generator_blob) > SCATTER_BYTES else job
+    if not is_dask_backed(job.scene):
+        log.warning("%s: a numpy-backed DataArray (%.0f MiB) is copied to every Dask worker; for large scenes "
+                    "give a dask-backed (lazily loaded) DataArray or a file path", getattr(job.scene, "name", None),
+                    job.scene.nbytes / 2**20)
+    return client.scatter(job, broadcast=True, hash=False)
+
+
 def dask_executor(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, engine: EngineConfig,
                   generator: MaskGenerator, before: BeforeFactory | None, stats: RunStats) -> Executor:
     """Connect to ``scheduler`` (see :func:`connect`) and return the run's executor."""
@@ -191,4 +225,32 @@ def dask_executor(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: S
     return execute_on(client, make_job(sc, engine, generator, before), stats)
 
 
-__all__ = ["WorkerJob", "batches", "connect", "dask_executor", "execute_on", "make_job", "run_batch"]
+def check_scheduler(scheduler: Any, n_workers: int | None) -> None:
+    """:class:`ConfigError` now (before any pixel or model) for ``n_workers`` without a scheduler or not >= 1."""
+    if scheduler is None and n_workers is not None:
+        raise ConfigError("n_workers needs scheduler='local' (or a scheduler address / Client)")
+    if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
+        raise ConfigError(f"n_workers must be a whole number >= 1, got {n_workers!r}")
+
+
+def executor_or_none(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, engine: EngineConfig,
+                     generator: MaskGenerator, stats: RunStats) -> Executor | None:
+    """:func:`dask_executor` when ``scheduler`` is given, else None (run in-process); ``n_workers``
+    without a scheduler is a :class:`ConfigError`."""
+    check_scheduler(scheduler, n_workers)
+    if scheduler is None:
+        return None
+    return dask_executor(stack, scheduler, n_workers, sc, engine, generator, None, stats)
+
+
+__all__ = [
+    "WorkerJob",
+    "batches",
+    "check_scheduler",
+    "connect",
+    "dask_executor",
+    "execute_on",
+    "executor_or_none",
+    "make_job",
+    "run_batch",
+]

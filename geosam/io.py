@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -171,6 +170,8 @@ _ESTIMATE = object()
 class Scene:
     """An open scene: metadata, read settings and scene-wide stretch.
 
+    ``scene``: a raster path, an open rasterio dataset or an xarray DataArray (read
+    window by window in place, see :mod:`geosam.xr`: no copy, no temporary file).
     Holds one open rasterio dataset; use one ``Scene`` per thread. GDAL
     environments are scoped to each open and read (see :mod:`geosam.rasterfile`),
     so scenes may be closed in any order. Every failure to open or read the file
@@ -180,19 +181,16 @@ class Scene:
     """
 
     def __init__(self, scene: Any, read: ReadConfig | None = None, *, stretch: Any = _ESTIMATE) -> None:
-        from geosam.xr import dataarray_to_geotiff, is_dataarray
+        from geosam.xr import DataArrayDataset, describe, is_dataarray
 
-        self._tmpdir: Any = None
-        if is_dataarray(scene):  # materialised block by block into a temporary GeoTIFF
-            import tempfile
-
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="geosam-")
-            scene = dataarray_to_geotiff(scene, Path(self._tmpdir.name) / "dataarray.tif")
-        self.path = scene_path(scene)
+        dataarray = is_dataarray(scene)
+        self.path = describe(scene) if dataarray else scene_path(scene)
+        #: what another handle opens (a reader thread, a Dask worker): the path, or the DataArray itself
+        self.source: Any = scene if dataarray else self.path
         self.read_config = read or ReadConfig()
-        self.ds: Any = None  # the open rasterio dataset; None once closed
+        self.ds: Any = None  # the open rasterio dataset (or DataArrayDataset); None once closed
         try:
-            self.ds = open_raster(self.path, remote=self.read_config.remote)
+            self.ds = DataArrayDataset(scene) if dataarray else open_raster(self.path, remote=self.read_config.remote)
             self.info = self._scene_info()
             rc = self.read_config
             self.bands = _check_bands(self.info, rc.bands) if rc.bands else default_bands(self.info)
@@ -210,9 +208,6 @@ class Scene:
         if getattr(self, "ds", None) is not None:
             self.ds.close()
             self.ds = None
-        if getattr(self, "_tmpdir", None) is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
 
     def __enter__(self) -> Self:
         return self

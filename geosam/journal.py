@@ -6,7 +6,8 @@ is pickled into it in its own transaction (an interrupted write is rolled back, 
 written for: the scene's fingerprint (path, file size and modification time, raster
 size, transform, CRS, bands and stretch) and the settings that change results (model,
 reading, tiling, segment-everything, indices, output; not progress or read-ahead) with
-a digest of the run's chip tasks. Opening it for another scene or other settings raises
+a digest of the run's chip tasks. A DataArray scene is fingerprinted by dask's ``tokenize``
+(its graph when dask-backed, its bytes when numpy-backed; dask is then needed). Opening it for another scene or other settings raises
 :class:`~geosam.errors.ConfigError` naming the journal and what differs.
 
 Chips that failed to read (``skip_bad_chips``) are not journaled, so a resumed run tries
@@ -56,16 +57,19 @@ def _jsonable(value: Any) -> Any:
 
 def scene_fingerprint(sc: Scene) -> dict[str, Any]:
     """What identifies a scene's pixels: path, file size (bytes) and mtime (ns) when it is a local
-    file, raster size (px), band count, data type, transform, CRS, selected bands and stretch."""
+    file (a DataArray: :func:`geosam.xr.dataarray_token`), raster size (px), band count, data type,
+    transform, CRS, selected bands and stretch."""
+    from geosam.xr import dataarray_token, is_dataarray
+
     info = sc.info
     out: dict[str, Any] = {}
-    if getattr(sc, "_tmpdir", None) is None:  # a DataArray's temporary copy has no lasting path
-        path = sc.path
-        if os.path.exists(path):
-            st = os.stat(path)
-            out.update(path=os.path.abspath(path), size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
-        else:
-            out["path"] = path
+    if is_dataarray(sc.source):  # no file: its values, coordinates and attributes by dask's tokenize
+        out["dataarray"] = dataarray_token(sc.source)
+    elif os.path.exists(sc.path):
+        st = os.stat(sc.path)
+        out.update(path=os.path.abspath(sc.path), size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+    else:
+        out["path"] = sc.path
     out.update(width=info.width, height=info.height, count=info.count, dtype=info.dtype,
                transform=list(info.transform)[:6], crs_wkt=info.crs_wkt, bands=list(sc.bands),
                stretch=_jsonable(sc.stretch))

@@ -60,7 +60,7 @@ def iter_chips(
 
     def reader() -> None:
         try:
-            with Scene(sc.path, sc.read_config, stretch=sc.stretch) as rs:
+            with Scene(sc.source, sc.read_config, stretch=sc.stretch) as rs:
                 for spec in specs:
                     if not put((spec, read_or_error(rs, spec, times, skip_bad_chips))):
                         return

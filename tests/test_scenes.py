@@ -83,3 +83,17 @@ def test_cli_many_scenes(scenes, tmp_path, monkeypatch) -> None:
     gdf = gpd.read_file(merged)
     assert len(gdf) == a.n_objects + b.n_objects and set(gdf["scene"]) == {str(a.image_path), str(b.image_path)}
     assert not list(tmp_path.glob("*.geosam-journal*"))
+
+
+def test_cli_many_scenes_shows_a_line_per_scene_and_an_overall_bar(scenes, tmp_path, monkeypatch) -> None:
+    a, b, _ = scenes
+    monkeypatch.setattr(geosam.pipeline, "make_mask_generator", lambda cfg: _oracle(scenes))
+    args = ["segment", str(a.image_path), str(b.image_path), "--output-dir", str(tmp_path / "o"),
+            "--chip-size", "256", "--overlap", "32"]
+    res = CliRunner().invoke(cli, [*args, "--progress"])
+    assert res.exit_code == 0, res.output
+    assert "[1/2] " in res.stdout and "[2/2] " in res.stdout and "2 of 2 scenes done" in res.stdout
+    assert "scenes: 100%" in res.stderr and "2/2" in res.stderr  # the overall bar, finished
+    quiet = CliRunner().invoke(cli, [*args, "--no-progress", "--overwrite"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "[2/2] " in quiet.stdout and "scenes:" not in quiet.stderr

@@ -1,4 +1,5 @@
-"""``geosam segment`` over many scenes: one output per scene (``--output-dir``) or ``--merge``d."""
+"""``geosam segment`` over many scenes: one output per scene (``--output-dir``) or ``--merge``d,
+one line per scene and an overall progress bar."""
 
 from __future__ import annotations
 
@@ -12,25 +13,37 @@ from geosam.config import SegmentConfig
 
 def segment_many(paths: list[str], cfg: SegmentConfig, *, output: str | None, output_dir: str | None, merge: bool,
                  resume: bool, scheduler: str | None, n_workers: int | None, fmt: str) -> None:
-    """Segment ``paths`` one after the other; one line per scene; exit code 1 when any failed."""
+    """Segment ``paths`` one after the other; one line per scene under an overall bar (``--progress``,
+    on stderr, beside the chip bar of the scene at work); exit code 1 when any failed."""
+    from tqdm.auto import tqdm
+
     from geosam.scenes import segment_scenes
 
     if output_dir is None and not (merge and output):
         raise click.UsageError("many scenes need --output-dir DIR (one file per scene) or --merge -o FILE")
     total = len(paths)
     done = [0]
+    bar = tqdm(total=total, desc="scenes", unit="scene", disable=not cfg.engine.progress, file=sys.stderr)
 
     def line(scene: str, gdf: Any, error: str | None) -> None:
         done[0] += 1
         head = f"[{done[0]}/{total}] {scene}:"
         if error is not None:
-            click.echo(f"{head} failed: {error}", err=True)
+            text, err = f"{head} failed: {error}", True
         else:
             st = gdf.attrs.get("geosam", {})
-            click.echo(f"{head} {len(gdf)} objects, {st.get('chips_total', 0)} chips, {st.get('seconds', 0.0):.1f} s")
+            text, err = f"{head} {len(gdf)} objects, {st.get('chips_total', 0)} chips, {st.get('seconds', 0.0):.1f} s", False
+        if bar.disable:
+            click.echo(text, err=err)
+        else:  # above the bars, which are redrawn below it
+            tqdm.write(text, file=sys.stderr if err else sys.stdout)
+        bar.update(1)
 
-    res = segment_scenes(paths, config=cfg, output_dir=output_dir, merge=merge, output=output, ext=fmt,
-                         resume=resume, scheduler=scheduler, n_workers=n_workers, on_scene=line)
+    try:
+        res = segment_scenes(paths, config=cfg, output_dir=output_dir, merge=merge, output=output, ext=fmt,
+                             resume=resume, scheduler=scheduler, n_workers=n_workers, on_scene=line)
+    finally:
+        bar.close()
     for scene, path in res.outputs.items():
         if scene == "*":
             click.echo(f"{path}: {0 if res.merged is None else len(res.merged)} objects from "

@@ -37,14 +37,19 @@ _D = PromptConfig()
               help="Window side as a multiple of the prompt box's longest side.")
 @click.option("--box-grow", type=float, default=_D.window.box_grow, show_default=True,
               help="Grow every box by this fraction of its width / height on each side (e.g. 0.1).")
+@click.option("--scheduler", help="Run the prompt windows on Dask: 'local' (a local cluster of --workers processes) "
+              "or a scheduler address such as tcp://host:8786 (needs geosam-scenes[dask]).")
+@click.option("--workers", "n_workers", type=int, help="Worker processes of --scheduler local (default 2).")
 @read_options
 @output_options
 @handle_errors
 def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes: tuple[tuple[float, ...], ...],
            prompts_file: str | None, prompt_crs: str | None, layer: str | None, id_column: str,
            label_column: str | None, point_label_column: str | None, object_column: str | None,
-           overlay: str | None, overwrite: bool, **settings: Any) -> None:
+           scheduler: str | None, n_workers: int | None, overlay: str | None, overwrite: bool,
+           **settings: Any) -> None:
     """Segment the object at each point / box prompt in SCENE and write one polygon per prompt to OUTPUT."""
+    from geosam.distributed import check_scheduler
     from geosam.export import check_output_path, render_overlay, write_vector
     from geosam.outputs import check_outputs
     from geosam.pipeline import segment_prompts
@@ -53,6 +58,7 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
     cfg = PromptConfig.from_settings(**settings)  # every setting checked before any pixel or model
     if prompt_crs is not None:
         check_crs(prompt_crs, "--prompt-crs")
+    check_scheduler(scheduler, n_workers)
     check_output_path(output)  # before the run, so a typo loses nothing
     if overlay:
         check_output_path(overlay, "png")
@@ -63,7 +69,8 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
     prompts = gather_prompts(scene, prompts_file=prompts_file, layer=layer, points=points, boxes=boxes,
                              prompt_crs=prompt_crs)
     gdf = segment_prompts(scene, prompts, id_column=id_column, label_column=label_column,
-                          point_label_column=point_label_column, object_column=object_column, config=cfg)
+                          point_label_column=point_label_column, object_column=object_column, config=cfg,
+                          scheduler=scheduler, n_workers=n_workers)
     out = write_vector(gdf, output)
     if overlay:
         render_overlay(scene, gdf[~gdf.geometry.is_empty], overlay, bands=cfg.read.bands)
