@@ -114,7 +114,7 @@ def segment_scenes(
     resume: bool = False,
     scheduler: Any = None,
     n_workers: int | None = None,
-    on_scene: Callable[[str, gpd.GeoDataFrame | None, str | None], None] | None = None,
+    on_scene: Callable[[str, dict[str, Any] | None, str | None], None] | None = None,
     **settings: Any,
 ) -> ScenesResult:
     """Segment every scene (paths, globs or ``@list.txt``, see :func:`expand_scenes`).
@@ -123,11 +123,10 @@ def segment_scenes(
         ``scene`` column instead, written to ``output`` when given. resume: keep a journal beside
         each output (``<output>.geosam-journal``) and resume from it; removed after the write.
     mask_generator: one generator for every scene, or a function of the scene path returning one.
-    on_scene: called after each scene with (scene, table or None, error or None).
+    on_scene: called after each scene with (scene, its run statistics or None, error or None).
     settings: as :func:`geosam.pipeline.segment_scene`. A scene failing with a geosam error is
     recorded in ``failed`` and the others go on.
     """
-    from geosam.export import write_vector
     from geosam.journal import remove_journal
     from geosam.pipeline import segment_scene
 
@@ -146,9 +145,9 @@ def segment_scenes(
         for scene in paths:
             target = names.get(scene) or (os.fspath(output) + f".{len(frames)}" if merge and output else None)
             journal = target + JOURNAL_SUFFIX if resume and target else None
-            try:
-                gdf = segment_scene(scene, _scene_generator(mask_generator, scene), journal=journal, scheduler=scheduler, n_workers=n_workers,
-                                    **settings)
+            try:  # one file per scene: objects streamed into it (memory independent of their number)
+                res = segment_scene(scene, _scene_generator(mask_generator, scene), journal=journal,
+                                    scheduler=scheduler, n_workers=n_workers, output=names.get(scene), **settings)
             except GeosamError as exc:
                 log.error("%s: %s", scene, exc)
                 result.failed[scene] = str(exc)
@@ -156,15 +155,16 @@ def segment_scenes(
                     on_scene(scene, None, str(exc))
                 continue
             if scene in names:
-                result.outputs[scene] = str(write_vector(gdf, names[scene]))
+                result.outputs[scene] = res["output"]
+                stats = res
             else:
-                frames[scene] = gdf
+                frames[scene], stats = res, res.attrs.get("geosam", {})
             if journal is not None:
                 journals.append(journal)
                 if scene in names:  # its output is written: the journal is done
                     remove_journal(journals.pop())
             if on_scene is not None:
-                on_scene(scene, gdf, None)
+                on_scene(scene, stats, None)
     if merge:
         _merge_into(result, frames, journals, output, settings.get("to_crs"))
     else:

@@ -25,14 +25,14 @@ def segment_many(paths: list[str], cfg: SegmentConfig, *, output: str | None, ou
     done = [0]
     bar = tqdm(total=total, desc="scenes", unit="scene", disable=not cfg.engine.progress, file=sys.stderr)
 
-    def line(scene: str, gdf: Any, error: str | None) -> None:
+    def line(scene: str, st: Any, error: str | None) -> None:
         done[0] += 1
         head = f"[{done[0]}/{total}] {scene}:"
         if error is not None:
             text, err = f"{head} failed: {error}", True
         else:
-            st = gdf.attrs.get("geosam", {})
-            text, err = f"{head} {len(gdf)} objects, {st.get('chips_total', 0)} chips, {st.get('seconds', 0.0):.1f} s", False
+            text, err = (f"{head} {st.get('objects', 0)} objects, {st.get('chips_total', 0)} chips, "
+                         f"{st.get('seconds', 0.0):.1f} s"), False
         if bar.disable:
             click.echo(text, err=err)
         else:  # above the bars, which are redrawn below it
