@@ -123,6 +123,14 @@ def test_tiny_sam3_through_the_cli(tiny_sam3_dir: str, scene: object, tmp_path: 
     assert len(gdf) > 0 and (gdf["score"] > 0).all()
 
 
+def test_a_phrase_that_finds_nothing_gives_an_empty_table(tiny_sam3_dir: str, scene: object) -> None:
+    gdf = geosam.segment_text(scene.image_path, ["building", "solar panel"], model=tiny_sam3_dir,  # type: ignore[attr-defined]
+                              score_threshold=0.999, device="cpu", dtype="float32", chip_size_px=336, overlap_px=32,
+                              progress=False)
+    assert len(gdf) == 0 and list(gdf.columns) == [*TEXT_COLUMNS, "geometry"]
+    assert gdf.attrs["geosam"]["chips_empty"] == gdf.attrs["geosam"]["chips_total"] > 0
+
+
 def test_text_needs_a_text_model(tiny_sam_dir: str, scene: object) -> None:
     with pytest.raises(ConfigError, match="text prompts are not supported"):
         geosam.segment_text(scene.image_path, ["tree"], model=tiny_sam_dir, device="cpu",  # type: ignore[attr-defined]

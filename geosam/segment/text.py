@@ -78,6 +78,8 @@ class TextMaskGenerator(BaseMaskGenerator):
             labels: list[str] = []
             for phrase, (s, m) in zip(self.labels, per_phrase):
                 m_np = m.cpu().numpy()
+                if len(m_np) == 0:  # the phrase found nothing on this chip
+                    continue
                 keep = m_np.reshape(len(m_np), -1).any(axis=1)
                 masks.extend(m_np[keep])
                 scores.extend(float(v) for v in s.cpu().numpy()[keep])
