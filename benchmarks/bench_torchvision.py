@@ -28,8 +28,8 @@ changes, in one run, with each venv's own python in subprocesses:
     .venv/bin/python benchmarks/bench_torchvision.py --python-b /work/scratch-tv/bin/python \
         [--install-dir /work/scratch-install] [--runs 2] [--reps 3] [--reps-vitb 1]
 
-Results: ``benchmarks/results/torchvision.json``. About 6 minutes on 2 shared CPU cores without
-``--install-dir``; the installs add about 5 minutes and need ~8 GB of free disk.
+Results: ``benchmarks/results/torchvision.json``. About 14 minutes on 2 shared CPU cores without
+``--install-dir`` (the ViT-B encodes dominate); the installs add about 5 minutes and need ~8 GB of free disk.
 """
 
 from __future__ import annotations
