@@ -105,8 +105,10 @@ def load_model(
     """Load a model by name: a built-in name ("litemedsam"), a Hugging Face hub id or a local directory.
 
     Bundles are cached by (model, device, dtype), so repeated calls are cheap
-    and return the same object. With ``HF_HUB_OFFLINE=1`` (or
-    ``TRANSFORMERS_OFFLINE=1``) in the environment only the local cache is used.
+    and return the same object. A hub id is read from the local Hugging Face
+    cache only (no network, no retries) with ``HF_HUB_OFFLINE=1`` (or
+    ``TRANSFORMERS_OFFLINE=1``), when it is already cached, or when one short
+    probe finds the hub unreachable (see :mod:`geosam.models.hub`).
 
     Raises :class:`ModelLoadError` naming the model and what to do when it
     cannot be found, downloaded or read (or no family takes it), and
