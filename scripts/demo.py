@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger("demo")
 
 
 def main() -> int:

@@ -125,3 +125,17 @@ def test_a_cached_checkpoint_loads_without_probe_or_network(
     assert time.perf_counter() - t0 < 10
     assert bundle.name == name and bundle.input_size == 1024
     assert connects == []
+
+
+def test_a_partly_cached_checkpoint_is_not_taken_for_a_cached_one(
+    online_env: None, tiny_sam_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(Path(tiny_sam_dir) / "config.json", partial / "config.json")  # e.g. left by an earlier read_config
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(_hub_cache(tmp_path / "cache", "geosam-tests/part", str(partial))))
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
+    assert not hub.in_cache("geosam-tests/part")
+    assert hub.cache_only_reason("geosam-tests/part") == f"the Hugging Face hub at {hub.hub_url()} cannot be reached"

@@ -5,7 +5,7 @@ Without network the hub client retries every file five times (~25 s, one warning
 ``local_files_only=True``, for that load alone; the environment is not changed) when
 
 * ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set (:func:`hub_offline`),
-* the checkpoint is already in the cache (config and weights): it is loaded without touching the network, or
+* the checkpoint is already in the cache (configs and weights): it is loaded without touching the network, or
 * the hub cannot be reached: one TCP connection to ``HF_ENDPOINT`` (default https://huggingface.co) that does not
   open within a short timeout (:func:`hub_reachable`, asked once per process and endpoint).
 
@@ -78,7 +78,9 @@ def hub_offline() -> bool:
 
 
 def in_cache(repo_id: str) -> bool:
-    """Whether hub checkpoint ``repo_id`` has its ``config.json`` and weights in the local Hugging Face cache."""
+    """Whether hub checkpoint ``repo_id`` has its ``config.json``, its processor's config
+    (``preprocessor_config.json`` or ``processor_config.json``) and weights in the local Hugging Face cache
+    (as ``hf download`` or an earlier load leaves it)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - transformers always brings it
@@ -90,7 +92,8 @@ def in_cache(repo_id: str) -> bool:
         except ValueError:  # not a valid repo id
             return False
 
-    return cached("config.json") and any(cached(f) for f in WEIGHT_FILES)
+    processor = cached("preprocessor_config.json") or cached("processor_config.json")
+    return cached("config.json") and processor and any(cached(f) for f in WEIGHT_FILES)
 
 
 def cache_only_reason(repo_id: str) -> str | None:
