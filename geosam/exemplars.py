@@ -77,7 +77,7 @@ def _frame(exemplars: Any) -> tuple[Any, str]:
 
 def _to_px(inv: Any, bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = bounds
-    corners = [inv * (x, y) for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
+    corners = [inv @ (x, y) for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
     cs, rs = [float(c) for c, _ in corners], [float(r) for _, r in corners]
     return min(cs), min(rs), max(cs), max(rs)
 

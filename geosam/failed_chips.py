@@ -47,7 +47,7 @@ def failed_chip_entry(result: ChipResult, transform: Affine | None) -> dict[str,
         "error": result.error,
     }
     if transform is not None:
-        xs, ys = zip(*(transform * (c, r) for c in (w.col_off, w.col_end) for r in (w.row_off, w.row_end)))
+        xs, ys = zip(*(transform @ (c, r) for c in (w.col_off, w.col_end) for r in (w.row_off, w.row_end)))
         entry["bounds"] = [float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))]
     return entry
 

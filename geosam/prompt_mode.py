@@ -173,7 +173,7 @@ def prompt_tasks(sc: Scene, plist: Sequence[Prompt], status: Sequence[str], cfg:
     tasks = []
     for n, (win, members) in enumerate(plan):
         spec = ChipSpec(path=sc.path, row=n, col=0, window=win, core=win, scene_width=info.width,
-                        scene_height=info.height, transform=info.transform * Affine.translation(win.col_off, win.row_off),
+                        scene_height=info.height, transform=info.transform @ Affine.translation(win.col_off, win.row_off),
                         crs_wkt=info.crs_wkt)
         ids = tuple(inside[m] for m in members)
         tasks.append(ChipTask(spec, tuple(plist[i] for i in ids), ids))

@@ -309,13 +309,13 @@ def _py(v: Any) -> Any:
 
 
 def _to_px(inv: Any, x: float, y: float) -> tuple[float, float]:
-    c, r = inv * (x, y)
+    c, r = inv @ (x, y)
     return float(c), float(r)
 
 
 def _bounds_to_px(inv: Any, bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = bounds
-    corners = [inv * (x, y) for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
+    corners = [inv @ (x, y) for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
     cs = [c for c, _ in corners]
     rs = [r for _, r in corners]
     return float(min(cs)), float(min(rs)), float(max(cs)), float(max(rs))

@@ -11,45 +11,18 @@ boxes of ``data/solaris_pan_uint16.tif``, grown 10 %), writing
 ``out/solaris_pan_litemedsam.gpkg`` and ``.png`` and printing the mean IoU
 against the footprints.
 
-Offline, one short probe (a TCP connection to the hub, 3 s at most) finds the hub unreachable and sets
-``HF_HUB_OFFLINE=1``, so only the local cache is tried: no retries, no retry warnings.
+Offline, geosam's model loading (:mod:`geosam.models.hub`) finds the hub unreachable with one short probe (a TCP
+connection, 2 s at most) and reads the local cache only: no retries, no retry warnings.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger("demo")
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) opens."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
-
-
-def use_cache_only_if_offline(model: str) -> None:
-    """Set ``HF_HUB_OFFLINE=1`` when ``model`` is a hub id and the hub cannot be reached.
-
-    Must run before huggingface_hub is imported (it reads the variable then). Without it the hub client
-    retries each file five times over ~25 s, logging every retry.
-    """
-    if os.path.isdir(model) or os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"):
-        return
-    if not hub_reachable():
-        log.info("the Hugging Face hub cannot be reached: using the local cache only (HF_HUB_OFFLINE=1)")
-        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def main() -> int:
@@ -57,11 +30,6 @@ def main() -> int:
     from geosam.config import DEFAULT_MODEL  # imports no hub client
 
     model = os.environ.get("GEOSAM_MODEL", DEFAULT_MODEL)
-    use_cache_only_if_offline(model)
-    # the hub client's own retry warnings (printed by its handler and ours: twice each); the demo says what happened
-    from huggingface_hub.utils import logging as hub_logging
-
-    hub_logging.set_verbosity_error()
     from geosam.errors import ModelLoadError
     from geosam.export import render_overlay, write_vector
     from geosam.pipeline import segment_scene

@@ -1,44 +1,33 @@
-"""The demo's offline path: one short probe of the hub, then the local cache only (no retries)."""
+"""The demo offline: the library's probe finds the hub unreachable, the demo says so at once (no retries)."""
 
 from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from scripts import demo
+from tests.test_hub import online_env  # noqa: F401  (fixture)
 
 
-@pytest.fixture
-def closed_port() -> int:
-    """A local TCP port nobody listens on (bound then released)."""
+def test_the_offline_demo_explains_and_falls_back_at_once(
+    online_env: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_an_unreachable_hub_means_the_cache_only(closed_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from geosam.errors import ModelLoadError
-    from geosam.models.hf_sam import read_config
-
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "")  # unset for the demo; restored after the test
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "")
+        port = int(s.getsockname()[1])
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GEOSAM_MODEL", "geosam-tests/not-in-any-cache")
+    fallback: list[Path] = []
+    monkeypatch.setattr(demo, "litemedsam_boxes", lambda out: fallback.append(out) or 0)
     t0 = time.perf_counter()
-    assert not demo.hub_reachable()
-    demo.use_cache_only_if_offline("Zigeng/SlimSAM-uniform-50")
-    assert demo.os.environ["HF_HUB_OFFLINE"] == "1"
-    with pytest.raises(ModelLoadError, match="SlimSAM-uniform-50"):
-        read_config("Zigeng/SlimSAM-uniform-50-not-cached")  # cache only: fails at once, no retries
-    assert time.perf_counter() - t0 < 20
-
-
-def test_a_local_model_folder_or_a_set_variable_skips_the_probe(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "")  # unset for the demo; restored after the test
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "")
-    monkeypatch.setattr(demo, "hub_reachable", lambda: pytest.fail("probed"))
-    demo.use_cache_only_if_offline(str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    demo.use_cache_only_if_offline("Zigeng/SlimSAM-uniform-50")
-    assert demo.os.environ["HF_HUB_OFFLINE"] == "0"
+    assert demo.main() == 0
+    assert time.perf_counter() - t0 < 10
+    err = capsys.readouterr().err
+    assert "geosam-tests/not-in-any-cache" in err and "cannot be reached" in err
+    assert "Retry" not in err
+    assert fallback == [demo.ROOT / "out"]

@@ -2,8 +2,9 @@
 
 :func:`read_config` reads a checkpoint's ``config.json`` (the registry decides
 the model family from its ``model_type``); :func:`load_hf_sam` builds the
-:class:`~geosam.models.bundle.SamBundle`. With ``HF_HUB_OFFLINE=1`` (or
-``TRANSFORMERS_OFFLINE=1``) only the local Hugging Face cache is used. Every
+:class:`~geosam.models.bundle.SamBundle`. A hub id is read from the local
+Hugging Face cache only with ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``),
+when it is cached, or when the hub cannot be reached (:mod:`geosam.models.hub`). Every
 failure is a :class:`ModelLoadError` that names the model and says how to get it.
 
 Nothing here needs torchvision: the processor is built from transformers' PIL
@@ -23,17 +24,19 @@ import torch
 from geosam.config import DEFAULT_MODEL
 from geosam.errors import ModelLoadError
 from geosam.models.bundle import SAM_CAPABILITIES, SAM_LONGEST_EDGE, SamBundle
+from geosam.models.hub import cache_only_reason, hub_offline
 
 log = logging.getLogger(__name__)
 
 #: What to do when a model cannot be loaded; ``{model}`` is replaced by the hub id
 #: (by :data:`DEFAULT_MODEL` when a local path was given).
 MODEL_LOAD_HELP = (
-    "To use a SAM model without internet access, either pass a local directory written by "
-    "`SamModel.save_pretrained(dir)` and `SamProcessor.save_pretrained(dir)`, or pre-download the "
-    "model into the Hugging Face cache on a machine with internet (`hf download {model}`, formerly "
-    "`huggingface-cli download {model}`), copy the cache over and set HF_HUB_OFFLINE=1 so that the "
-    "cache is used without trying the network."
+    "To use a SAM model without internet access, download it on a machine with internet "
+    "(`hf download {model} --local-dir PATH`, formerly `huggingface-cli download`), copy PATH over and pass "
+    "`--model PATH` (model=PATH; a directory written by `SamModel.save_pretrained(dir)` and "
+    "`SamProcessor.save_pretrained(dir)` works too), or pre-download it into the Hugging Face cache "
+    "(`hf download {model}`) and copy the cache over: a cached checkpoint is used without trying the network "
+    "(set HF_HUB_OFFLINE=1 to never try it)."
 )
 
 #: Extra hint naming the built-in offline model (geosam.models.litemedsam), appended to ModelLoadError messages.
@@ -50,20 +53,6 @@ def is_local_path(name: str) -> bool:
     if os.path.exists(os.path.expanduser(name)):
         return True
     return not _HUB_ID.match(name)
-
-
-def hub_offline() -> bool:
-    """Whether the Hugging Face hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    truthy = {"1", "true", "yes", "on"}
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in truthy:
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except (ImportError, AttributeError):  # pragma: no cover - very old hub
-        return False
 
 
 def load_error(name: str, problem: str) -> ModelLoadError:
@@ -88,14 +77,15 @@ def _source(name: str) -> tuple[str, dict[str, Any], bool, bool]:
             raise load_error(
                 name, "the directory exists but has no config.json, so it is not a model saved with `save_pretrained`"
             )
-    offline = hub_offline()
+    # offline, cached or the hub unreachable (one short probe): the cache only, for this load (geosam.models.hub)
+    offline = not local and cache_only_reason(name) is not None
     kwargs: dict[str, Any] = {"local_files_only": True} if (offline or local) else {}
     return source, kwargs, local, offline
 
 
 def _unreadable(name: str, exc: Exception, local: bool, offline: bool) -> ModelLoadError:
     reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-    where = "the local directory" if local else ("the local cache (offline mode)" if offline else "the hub")
+    where = "the local directory" if local else (f"the local cache ({cache_only_reason(name)})" if offline else "the hub")
     return load_error(name, f"not found or unreadable in {where} ({reason})")
 
 

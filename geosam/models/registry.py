@@ -18,7 +18,9 @@ and its ``model_type``. Bundles are cached by (model, device, dtype).
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,23 @@ from geosam.models.hf_sam import is_local_path, load_error, load_hf_sam, read_co
 from geosam.models.litemedsam import NAME as LITEMEDSAM
 from geosam.models.litemedsam import load_litemedsam
 from geosam.models.sam3 import load_sam3
+
+
+def _import_tqdm_auto_quietly() -> None:
+    """Import ``tqdm.auto`` once with tqdm's "IProgress not found" warning silenced.
+
+    transformers (and geosam's progress bars) import ``tqdm.auto``; in a Jupyter kernel without ipywidgets it
+    warns that it falls back to plain tqdm, which is what geosam wants there. Imported first from here (before
+    any model import), later imports are silent; nothing is changed where ipywidgets is installed.
+    """
+    if "tqdm.autonotebook" in sys.modules:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import tqdm.auto  # noqa: F401
+
+
+_import_tqdm_auto_quietly()
 
 #: ``matches(name, config)``: config is None in the by-name pass, else the checkpoint's config.json as a dict.
 Matcher = Callable[[str, "dict[str, Any] | None"], bool]
@@ -105,8 +124,10 @@ def load_model(
     """Load a model by name: a built-in name ("litemedsam"), a Hugging Face hub id or a local directory.
 
     Bundles are cached by (model, device, dtype), so repeated calls are cheap
-    and return the same object. With ``HF_HUB_OFFLINE=1`` (or
-    ``TRANSFORMERS_OFFLINE=1``) in the environment only the local cache is used.
+    and return the same object. A hub id is read from the local Hugging Face
+    cache only (no network, no retries) with ``HF_HUB_OFFLINE=1`` (or
+    ``TRANSFORMERS_OFFLINE=1``), when it is already cached, or when one short
+    probe finds the hub unreachable (see :mod:`geosam.models.hub`).
 
     Raises :class:`ModelLoadError` naming the model and what to do when it
     cannot be found, downloaded or read (or no family takes it), and
