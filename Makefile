@@ -40,7 +40,7 @@ docs: $(STAMP)
 	$(PY) -m mkdocs build --strict -d site
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_streaming.py
+	$(PY) benchmarks/bench_memory.py
 
 clean:
 	rm -rf $(VENV) out

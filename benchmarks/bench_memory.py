@@ -120,6 +120,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 60000])
     ap.add_argument("--frame-max", type=int, default=20000, help="largest size also run in 'frame' mode")
+    ap.add_argument("--modes", nargs="+", default=["streamed", "frame"], choices=["streamed", "frame"])
+    ap.add_argument("--append", action="store_true", help="add these runs to the existing results file")
     ap.add_argument("--chip", type=int, default=1024)
     ap.add_argument("--overlap", type=int, default=128)
     ap.add_argument("--workdir", default=str(ROOT / ".bench-scenes"))
@@ -131,6 +133,8 @@ def main() -> None:
     res: dict = {"cpu": _cpu(), "machine": platform.platform(), "python": platform.python_version(),
                  "chip_size_px": args.chip, "overlap_px": args.overlap, "runs": []}
     out_path = Path(args.out)
+    if args.append and out_path.exists():
+        res["runs"] = json.loads(out_path.read_text())["runs"]
     for size in args.sizes:
         img, lab = work / f"scene_{size}.tif", work / f"labels_{size}.tif"
         meta = work / f"scene_{size}.json"
@@ -139,7 +143,7 @@ def main() -> None:
             n = _in_child(_make, str(img), str(lab), size)
             meta.write_text(json.dumps({"n_objects": n, "make_s": round(time.perf_counter() - t0, 1)}))
         made = json.loads(meta.read_text())
-        for mode in ("streamed", "frame"):
+        for mode in args.modes:
             if mode == "frame" and size > args.frame_max:
                 continue
             out = work / f"out_{size}_{mode}.gpkg"
