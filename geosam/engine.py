@@ -114,9 +114,9 @@ def clean_masks(masks: ChipMasks, valid: np.ndarray) -> ChipMasks:
 def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
+    from geosam.progress import tqdm_auto
 
-    return tqdm(iterable, total=total, desc=desc, unit="chip", leave=False)
+    return tqdm_auto()(iterable, total=total, desc=desc, unit="chip", leave=False)
 
 
 class _RunLoop:

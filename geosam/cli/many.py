@@ -15,9 +15,10 @@ def segment_many(paths: list[str], cfg: SegmentConfig, *, output: str | None, ou
                  resume: bool, scheduler: str | None, n_workers: int | None, fmt: str) -> None:
     """Segment ``paths`` one after the other; one line per scene under an overall bar (``--progress``,
     on stderr, beside the chip bar of the scene at work); exit code 1 when any failed."""
-    from tqdm.auto import tqdm
-
+    from geosam.progress import tqdm_auto
     from geosam.scenes import segment_scenes
+
+    tqdm = tqdm_auto()
 
     if output_dir is None and not (merge and output):
         raise click.UsageError("many scenes need --output-dir DIR (one file per scene) or --merge -o FILE")

@@ -18,9 +18,7 @@ and its ``model_type``. Bundles are cached by (model, device, dtype).
 from __future__ import annotations
 
 import os
-import sys
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,23 +33,9 @@ from geosam.models.hf_sam import is_local_path, load_error, load_hf_sam, read_co
 from geosam.models.litemedsam import NAME as LITEMEDSAM
 from geosam.models.litemedsam import load_litemedsam
 from geosam.models.sam3 import load_sam3
+from geosam.progress import tqdm_auto
 
-
-def _import_tqdm_auto_quietly() -> None:
-    """Import ``tqdm.auto`` once with tqdm's "IProgress not found" warning silenced.
-
-    transformers (and geosam's progress bars) import ``tqdm.auto``; in a Jupyter kernel without ipywidgets it
-    warns that it falls back to plain tqdm, which is what geosam wants there. Imported first from here (before
-    any model import), later imports are silent; nothing is changed where ipywidgets is installed.
-    """
-    if "tqdm.autonotebook" in sys.modules:
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        import tqdm.auto  # noqa: F401
-
-
-_import_tqdm_auto_quietly()
+tqdm_auto()  # before transformers imports tqdm.auto: no "IProgress not found" warning in notebooks
 
 #: ``matches(name, config)``: config is None in the by-name pass, else the checkpoint's config.json as a dict.
 Matcher = Callable[[str, "dict[str, Any] | None"], bool]
