@@ -61,6 +61,51 @@ def _kind(v: Any) -> str:
     return "object"
 
 
+#: name prefix of a store's temporary folder (hidden, beside the output or in the temp folder)
+STORE_PREFIX = ".geosam-objects-"
+
+
+def _hold_lock(folder: Path) -> Any:
+    """An open file holding an exclusive lock while this process uses ``folder`` (released when it dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: stale stores are then left for the user to delete
+        return None
+    f = open(folder / "lock", "w")  # noqa: SIM115 - held open for the store's life
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return f
+
+
+def remove_stale_stores(folder: str | os.PathLike[str] | None) -> list[Path]:
+    """Remove temporary stores in ``folder`` (default: the temp folder) left by killed runs; return them.
+
+    A live store's process holds the lock file inside it; a store whose lock can be taken (or that has
+    none, being older than a minute) belongs to no running process.
+    """
+    import shutil
+    import time
+
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    base = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+    removed = []
+    for d in base.glob(STORE_PREFIX + "*"):
+        lock = d / "lock"
+        try:
+            if lock.exists():
+                with open(lock, "a") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its run is alive
+            elif time.time() - d.stat().st_mtime < 60:
+                continue  # being created right now
+        except OSError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 class ObjectStore:
     """Finished objects of one run in a temporary SQLite file (removed by :meth:`close`).
 
@@ -77,7 +122,9 @@ class ObjectStore:
         self._crs = to_pyproj(crs_wkt)
         self.min_area_m2 = float(min_area_m2)
         self.min_index = dict(min_index or {})
-        self._dir = tempfile.TemporaryDirectory(prefix=".geosam-objects-", dir=folder)
+        remove_stale_stores(folder)
+        self._dir = tempfile.TemporaryDirectory(prefix=STORE_PREFIX, dir=folder)
+        self._lock = _hold_lock(Path(self._dir.name))
         self.db = sqlite3.connect(Path(self._dir.name) / "objects.sqlite")
         self.db.executescript(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=FILE;"
@@ -229,6 +276,9 @@ class ObjectStore:
         if self.db is not None:
             self.db.close()
             self.db = None  # type: ignore[assignment]
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         self._dir.cleanup()
 
     def __enter__(self) -> ObjectStore:  # noqa: PYI034 - a final class in practice
@@ -238,4 +288,4 @@ class ObjectStore:
         self.close()
 
 
-__all__ = ["BATCH_ROWS", "ObjectStore"]
+__all__ = ["BATCH_ROWS", "STORE_PREFIX", "ObjectStore", "remove_stale_stores"]

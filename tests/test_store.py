@@ -155,3 +155,29 @@ def test_the_run_loop_hands_records_to_the_sink_not_a_list(scene) -> None:
         records, _ = run(sc, [ChipTask(s) for s in specs], _oracle(scene),
                              GridAssembler(specs, cfg.output.match_iou), cfg.engine, sink=got.extend)
     assert records == [] and len(got) == scene.n_objects
+
+
+def test_stores_left_by_killed_runs_are_removed_live_ones_kept(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from geosam.store import STORE_PREFIX, remove_stale_stores
+
+    code = ("import sys, time; from geosam.store import ObjectStore; s = ObjectStore('EPSG:32633', folder=sys.argv[1]);"
+            " print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            cwd=os.getcwd())
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    (stale,) = tmp_path.glob(STORE_PREFIX + "*")
+    assert remove_stale_stores(tmp_path) == []  # its run is alive
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert stale.exists()  # a killed run leaves it ...
+    with ObjectStore("EPSG:32633", folder=tmp_path) as live:  # ... and the next run removes it
+        assert not stale.exists()
+        (mine,) = tmp_path.glob(STORE_PREFIX + "*")
+        assert remove_stale_stores(tmp_path) == [] and mine.exists()  # a live store in this process is kept
+        live.add([])
+    assert not list(tmp_path.glob(STORE_PREFIX + "*"))
