@@ -31,18 +31,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from _machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _make(img: str, lab: str, size: int) -> int:
@@ -130,7 +122,7 @@ def main() -> None:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"cpu": _cpu(), "machine": platform.platform(), "python": platform.python_version(),
+    res: dict = {"cpu": cpu_name(), "machine": platform.platform(), "python": platform.python_version(),
                  "chip_size_px": args.chip, "overlap_px": args.overlap, "runs": []}
     out_path = Path(args.out)
     if args.append and out_path.exists():

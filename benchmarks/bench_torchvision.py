@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -46,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "data" / "banepa_predict.tif"
@@ -290,16 +291,6 @@ def compare_outputs(npz_a: Path, npz_b: Path) -> dict[str, Any]:
         out[f"{key}_counts"] = [len(a[key]), len(b[key])]
         out[f"{key}_pixels_differing"] = int((a[key] != b[key]).sum()) if same_shape else None
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_has_amx() -> bool:

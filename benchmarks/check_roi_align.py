@@ -18,13 +18,13 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "roi_align.json"
@@ -36,16 +36,6 @@ def _load_geosam_roi_align() -> Any:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.roi_align
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _case(seed: int, dtype: torch.dtype, n: int = 2, c: int = 8, h: int = 17, w: int = 23,
@@ -105,7 +95,7 @@ def main() -> int:
             "seconds_per_call_geosam": _timed(lambda: mine(feat, boxes, 7)),
             "seconds_per_call_torchvision": _timed(lambda: tv_roi_align(feat, boxes, 7))}
     result = {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": sys.version.split()[0],
-              "cpu": _cpu_name(), "threads": torch.get_num_threads(), "cases": len(cases),
+              "cpu": cpu_name(), "threads": torch.get_num_threads(), "cases": len(cases),
               "bit_identical_cases": identical, "max_abs_diff": max(worst, sam3["max_abs_diff"]), "sam3_call": sam3,
               "details": cases}
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -46,16 +47,6 @@ PHRASES = ("building", "tree")
 CHIP_PX = 1024
 INPUT_PX = 1008
 MASK_THRESHOLDS = (0.5, 0.0, 0.9)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _has_amx() -> bool:
@@ -213,7 +204,7 @@ def main() -> None:
 
     result = {
         "torch": torch.__version__, "torchvision": torchvision.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "cpu": _cpu_name(), "threads": torch.get_num_threads(),
+        "python": platform.python_version(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
         "amx": _has_amx(), "gpu": False,
         "model": f"tiny random SAM 3 (tests/_tiny_families.build_tiny_sam3, image_size={INPUT_PX}, 12 queries)",
         "image_processor": type(proc.image_processor).__name__,
