@@ -114,7 +114,7 @@ def build_sane_random_sam(encoder_layers: int = 12, seed: int = 0):
 
 
 def load_chips(n: int, size: int):
-    from geosam.io import Scene
+    from geosam.read.scene import Scene
 
     with Scene(str(ROOT / "data" / "banepa_predict.tif")) as sc:
         specs = sc.chip_specs(size, 0)

@@ -41,7 +41,7 @@ def ious(pred, truth) -> np.ndarray:
 def run(name: str, prompts, settings: dict) -> dict:
     import geopandas as gpd
 
-    from geosam.pipeline import segment_prompts
+    from geosam.modes.everything import segment_prompts
 
     truth = gpd.read_file(LABELS).geometry
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def main() -> int:
     import geopandas as gpd
     import torch
 
-    from geosam.prompts import grow_box
+    from geosam.prompts.parse import grow_box
 
     fp = gpd.read_file(LABELS)
     truth = list(fp.geometry)

@@ -78,9 +78,9 @@ class _RssTrace:
 
 
 def _run(mode: str, img: str, lab: str, out: str, chip: int, overlap: int) -> dict:
-    from geosam.export import write_vector
-    from geosam.pipeline import segment_scene
+    from geosam.modes.everything import segment_scene
     from geosam.testing import OracleMaskGenerator
+    from geosam.write.label_raster import write_vector
 
     trace = _RssTrace()
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from geosam.masks import BaseMaskGenerator
+from geosam.segment.base import BaseMaskGenerator
 
 SCENE = ROOT / "data" / "ftw_sentinel2_rgbn_2dates.tif"
 ROLES = {"red": 1, "green": 2, "blue": 3, "nir": 4}

@@ -34,7 +34,7 @@ TINY_SAM_MODES = ("in-process", "dask-1-worker", "dask-2-workers")
 def one_run(args: argparse.Namespace) -> dict[str, float]:
     """Run one mode in this process; return its figures."""
     os.environ.setdefault("GEOSAM_CPU_AMX", "0")
-    from geosam.pipeline import segment_scene
+    from geosam.modes.everything import segment_scene
     from geosam.testing import OracleMaskGenerator
 
     kw: dict = {"chip_size_px": args.chip, "overlap_px": args.overlap, "progress": False}
@@ -48,7 +48,7 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
     startup = 0.0
     with ExitStack() as stack:
         if args.mode.startswith("dask"):  # the cluster's start-up is timed apart from the run
-            from geosam.distributed import connect
+            from geosam.run.dask import connect
 
             t0 = time.perf_counter()
             kw["scheduler"] = connect(stack, "local", 1 if args.mode == "dask-1-worker" else 2)

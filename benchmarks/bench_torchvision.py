@@ -69,7 +69,7 @@ OPTIONS = {"a": ("torch==2.13.0",), "b": ("torch==2.14.1", "torchvision==0.29.1"
 
 
 def _chip() -> Any:
-    from geosam.io import Scene
+    from geosam.read.scene import Scene
 
     with Scene(str(SCENE)) as sc:
         spec = next(s for s in sc.chip_specs(CHIP_PX, 0) if s.window.width == s.window.height == CHIP_PX)

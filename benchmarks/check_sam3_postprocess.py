@@ -57,7 +57,7 @@ def _has_amx() -> bool:
 
 
 def _chip() -> Any:
-    from geosam.io import Scene
+    from geosam.read.scene import Scene
 
     with Scene(str(SCENE)) as sc:
         spec = next(s for s in sc.chip_specs(CHIP_PX, 0) if s.window.width == s.window.height == CHIP_PX)

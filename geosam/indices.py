@@ -1,6 +1,6 @@
 """Spectral indices (NDVI, ExG, ...): per-object statistics, ranking, and a prompt prefilter.
 
-Indices are computed in float32 from reflectance (see :mod:`geosam.bands` for
+Indices are computed in float32 from reflectance (see :mod:`geosam.config.bands` for
 roles and scaling) on valid pixels only; an invalid pixel or a zero
 denominator gives NaN, and NaN pixels are left out of every statistic.
 
@@ -70,14 +70,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geosam.bands import BandRoles, resolve_band_roles
+from geosam.config.bands import BandRoles, resolve_band_roles
+from geosam.config.index_table import INDICES, STATS, IndexDef, check_index
 from geosam.errors import ConfigError, ExportError
-from geosam.index_defs import INDICES, STATS, IndexDef, check_index
-from geosam.tiling import PixelWindow
+from geosam.windows import PixelWindow
 
 if TYPE_CHECKING:
-    from geosam.io import Chip, Scene
-    from geosam.stitch import StitchedObject
+    from geosam.assemble.stitch import StitchedObject
+    from geosam.read.scene import Chip, Scene
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ Arr = np.ndarray
 class IndexCalculator:
     """Compute several indices of one scene in any window, reading each band once.
 
-    roles: resolved :class:`~geosam.bands.BandRoles`; raises
+    roles: resolved :class:`~geosam.config.bands.BandRoles`; raises
     :class:`~geosam.errors.BandError` at construction if an index needs an
     unmapped band.
     """
@@ -303,7 +303,7 @@ def filter_and_rank(
 def check_index_bands(scene: Any, indices: Sequence[str], *, band_roles: Any = None,
                       reflectance_scale: float | None = None, reflectance_offset: float | None = None) -> None:
     """:class:`~geosam.errors.BandError` now (before any model work) if ``scene`` lacks a band the indices need."""
-    from geosam.io import Scene
+    from geosam.read.scene import Scene
 
     with Scene(scene, stretch=None) as sc:
         IndexCalculator(resolve_band_roles(sc, band_roles, reflectance_scale, reflectance_offset), indices)
@@ -324,14 +324,14 @@ def write_index_raster(
     Band descriptions are the index names; NaN is nodata (invalid pixels, zero
     denominators). Computed and written ``block_px`` x ``block_px`` px at a
     time, so memory is bounded by a block. Tiled (256 px), deflate. Written
-    atomically (:func:`geosam.outputs.atomic_output`); ``path`` equal to the
+    atomically (:func:`geosam.write.paths.atomic_output`); ``path`` equal to the
     scene is an :class:`ExportError`.
     """
     import rasterio
 
-    from geosam.io import Scene, scene_path
-    from geosam.outputs import atomic_output, check_not_input
-    from geosam.xr import is_dataarray
+    from geosam.read.dataarray import is_dataarray
+    from geosam.read.scene import Scene, scene_path
+    from geosam.write.paths import atomic_output, check_not_input
 
     path = Path(path)
     if block_px < 16:

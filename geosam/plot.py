@@ -9,7 +9,7 @@
 * :func:`explore` -- an interactive folium map (``gdf.explore``), an optional
   extra: ``pip install "geosam-scenes[maps]"``.
 
-The CLI's PNG overlay (:func:`geosam.overlay.render_overlay`) draws through
+The CLI's PNG overlay (:func:`geosam.write.overlay.render_overlay`) draws through
 the same functions (:func:`read_quicklook`, :func:`draw_image`,
 :func:`draw_geometries`).
 """
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import geopandas as gpd
     from matplotlib.axes import Axes
 
-    from geosam.io import SceneInfo
+    from geosam.read.scene import SceneInfo
 
 #: gid of the scale bar's line, so that it can be found on an axes (tests, styling)
 SCALEBAR_GID = "geosam-scalebar"
@@ -49,19 +49,19 @@ def distinct_colours(n: int, seed: int = 0) -> np.ndarray:
 def read_quicklook(
     scene: Any, max_side_px: int = 1024, bands: Sequence[int] | None = None, fill_value: float | None = None
 ) -> tuple[np.ndarray, SceneInfo]:
-    """A decimated (H, W, 3) uint8 image of the whole scene and its :class:`~geosam.io.SceneInfo`.
+    """A decimated (H, W, 3) uint8 image of the whole scene and its :class:`~geosam.read.scene.SceneInfo`.
 
     The longest side is at most ``max_side_px`` px (nearest-neighbour
     decimation; GDAL uses overviews when present); values are stretched
-    exactly as the model sees them (:meth:`geosam.io.Scene.to_uint8`: uint8 as
+    exactly as the model sees them (:meth:`geosam.read.scene.Scene.to_uint8`: uint8 as
     is, other types by the scene's 2-98 % per-band stretch); invalid pixels
     (nodata, mask bands, ``fill_value``) are black. ``bands``: 1-based, 1 or 3
     of them; default red/green/blue or the first bands. ``scene``: a path, an
     open rasterio dataset or an xarray DataArray.
     """
     from geosam.config import ReadConfig
-    from geosam.io import Scene
-    from geosam.tiling import PixelWindow
+    from geosam.read.scene import Scene
+    from geosam.windows import PixelWindow
 
     fill = None if fill_value is None else (float(fill_value),)
     with Scene(scene, ReadConfig(bands=tuple(bands) if bands else None, fill_value=fill)) as sc:

@@ -1,6 +1,6 @@
 """Test helpers: an *oracle* mask generator that reads masks from a label raster.
 
-:class:`OracleMaskGenerator` implements :class:`geosam.masks.MaskGenerator`
+:class:`OracleMaskGenerator` implements :class:`geosam.segment.base.MaskGenerator`
 with perfect answers: for a chip it returns the objects of a known
 instance-label GeoTIFF inside the chip window. With it, tiling, stitching and
 export can be tested exactly, independent of model quality, and streaming
@@ -25,11 +25,11 @@ import numpy as np
 from affine import Affine
 
 from geosam.errors import ConfigError, InvalidRasterError
-from geosam.masks import BaseMaskGenerator, ChipMasks, GeneratorCapabilities
+from geosam.segment.base import BaseMaskGenerator, ChipMasks, GeneratorCapabilities
 
 if TYPE_CHECKING:
-    from geosam.io import Chip
-    from geosam.tiling import ChipSpec
+    from geosam.read.scene import Chip
+    from geosam.tile.grid import ChipSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ TRANSFORM_RTOL = 1e-9
 
 
 def _open(path: str) -> Any:  # rasterio.DatasetReader
-    from geosam.io import gdal_env, open_raster
+    from geosam.read.scene import gdal_env, open_raster
 
     with gdal_env():
         return open_raster(path)
@@ -166,7 +166,7 @@ class OracleMaskGenerator(BaseMaskGenerator):
     # -- the generator -----------------------------------------------------------
     def read_labels(self, spec: ChipSpec) -> np.ndarray:
         """The label raster inside ``spec.window`` (H, W), in its own integer type."""
-        from geosam.io import gdal_env
+        from geosam.read.scene import gdal_env
 
         self.check_grid(spec)
         try:

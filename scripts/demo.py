@@ -31,8 +31,8 @@ def main() -> int:
 
     model = os.environ.get("GEOSAM_MODEL", DEFAULT_MODEL)
     from geosam.errors import ModelLoadError
-    from geosam.export import render_overlay, write_vector
-    from geosam.pipeline import segment_scene
+    from geosam.modes.everything import segment_scene
+    from geosam.write.label_raster import render_overlay, write_vector
 
     scene = ROOT / "data" / "banepa_predict.tif"
     out = ROOT / "out"
@@ -63,8 +63,8 @@ def litemedsam_boxes(out: Path) -> int:
     import numpy as np
 
     from geosam.errors import ModelLoadError
-    from geosam.export import render_overlay, write_vector
-    from geosam.pipeline import segment_prompts
+    from geosam.modes.everything import segment_prompts
+    from geosam.write.label_raster import render_overlay, write_vector
 
     scene = ROOT / "data" / "solaris_pan_uint16.tif"
     footprints = gpd.read_file(ROOT / "data" / "solaris_pan_buildings.geojson")

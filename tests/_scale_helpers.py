@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Any
 
-from geosam.io import Chip
-from geosam.masks import ChipMasks
+from geosam.read.scene import Chip
+from geosam.segment.base import ChipMasks
 from geosam.testing import OracleMaskGenerator
 
 
@@ -63,12 +63,12 @@ def read_log(path: str) -> list[str]:
 
 def main(argv: list[str]) -> Any:
     """The ``geosam`` CLI with the SAM generator replaced by a :class:`CountingOracle`."""
-    import geosam.pipeline
+    import geosam.modes.everything
     from geosam.cli.main import cli
 
     gen = CountingOracle(os.environ["GEOSAM_TEST_LABELS"], os.environ.get("GEOSAM_TEST_LOG"),
                          float(os.environ.get("GEOSAM_TEST_DELAY_S", "0")))
-    geosam.pipeline.make_mask_generator = lambda cfg: gen  # type: ignore[assignment]
+    geosam.modes.everything.make_mask_generator = lambda cfg: gen  # type: ignore[assignment]
     return cli.main(argv, prog_name="geosam")
 
 

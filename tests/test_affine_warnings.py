@@ -16,7 +16,7 @@ from shapely.geometry import Point, box
 import geosam
 import geosam.models
 from geosam.errors import InvalidRasterError
-from geosam.io import Scene
+from geosam.read.scene import Scene
 from geosam.testing import OracleMaskGenerator
 from tests.data.make_scenes import make_oracle_scene
 from tests.test_user_mistakes import oracle_bundle

@@ -54,7 +54,7 @@ def test_a_prompt_warning_prints_as_one_line(tmp_path: Path, monkeypatch: pytest
 
 def test_other_warnings_keep_python_s_format_and_the_display_is_restored(shown: None,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from geosam.prompts import PromptWarning
+    from geosam.prompts.parse import PromptWarning
 
     before = warnings.formatwarning
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from geosam.errors import ConfigError
-from geosam.pipeline import segment_prompts, segment_scene
+from geosam.modes.everything import segment_prompts, segment_scene
 from geosam.testing import OracleMaskGenerator
 from tests._scale_helpers import CountingOracle, read_log
 from tests.data.make_scenes import make_oracle_scene
@@ -112,18 +112,18 @@ def test_dataarray_on_two_workers_gives_the_file_output(client, scene, backing) 
 
 def test_lazy_dataarray_is_read_by_the_workers_not_the_client(client, scene, monkeypatch) -> None:
     """The client never computes a window of a dask-backed DataArray: its reads are counted (none)."""
-    import geosam.xr
+    import geosam.read.dataarray
     from tests.test_xarray import dataarray
 
     local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **KW)
-    real_load = geosam.xr.load
+    real_load = geosam.read.dataarray.load
     calls: list[tuple[int, ...]] = []
 
     def counting_load(sel):
         calls.append(tuple(sel.shape))
         return real_load(sel)
 
-    monkeypatch.setattr(geosam.xr, "load", counting_load)
+    monkeypatch.setattr(geosam.read.dataarray, "load", counting_load)
     dask = segment_scene(dataarray(scene.image_path, backing="lazy"), OracleMaskGenerator(scene.label_path),
                          scheduler=client, **KW)
     assert_same(dask, local)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import geosam.models.device as gm
 from geosam.cli.main import cli
 from geosam.models import SamBundle, load_sam
-from geosam.pipeline import segment_scene
+from geosam.modes.everything import segment_scene
 from geosam.segment import SamMaskGenerator, crop
 from geosam.segment.sam_utils import generate_crop_boxes, is_box_near_crop_edge
 from geosam.testing import OracleMaskGenerator
@@ -136,7 +136,7 @@ def test_prefetch_and_batches_give_identical_results(oracle_scene) -> None:
 
 
 def test_reader_errors_reach_the_caller(oracle_scene, monkeypatch) -> None:
-    from geosam.io import Scene
+    from geosam.read.scene import Scene
 
     def boom(sc, spec, timings=None):
         raise RuntimeError("disk on fire")

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 import geosam
 from geosam.cli.main import cli
 from geosam.errors import ConfigError, PromptError, PromptOutsideSceneError
-from geosam.exemplars import exemplar_windows, read_exemplars, window_boxes
-from geosam.text_mode import TEXT_COLUMNS
+from geosam.modes.text import TEXT_COLUMNS
+from geosam.prompts.exemplars import exemplar_windows, read_exemplars, window_boxes
 from tests.data.make_scenes import make_oracle_scene
 
 

@@ -15,10 +15,10 @@ from shapely.geometry import box
 
 import geosam
 from geosam.errors import InvalidRasterError
-from geosam.export import write_vector
-from geosam.failed_chips import sidecar_path
-from geosam.io import Scene
+from geosam.read.scene import Scene
 from geosam.testing import OracleMaskGenerator
+from geosam.write.failed_chips import sidecar_path
+from geosam.write.label_raster import write_vector
 from tests.data.make_scenes import make_oracle_scene
 
 KW = {"chip_size_px": 128, "overlap_px": 16, "progress": False}
@@ -88,10 +88,10 @@ def test_objects_touching_a_failed_chip_are_incomplete(files, clean, bad_chip, t
 
 def test_cli_reports_failed_chips_and_writes_their_footprints(files, bad_chip, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import geosam.pipeline
+    import geosam.modes.everything
     from geosam.cli.main import cli
 
-    monkeypatch.setattr(geosam.pipeline, "make_mask_generator", lambda cfg: OracleMaskGenerator(files.label_path))
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", lambda cfg: OracleMaskGenerator(files.label_path))
     out = tmp_path / "o.geojson"
     args = ["segment", str(files.image_path), "-o", str(out), "--chip-size", "128", "--overlap", "16",
             "--no-progress"]

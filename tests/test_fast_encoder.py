@@ -143,7 +143,7 @@ def test_compile_bundle_compiles_the_paths_in_use(monkeypatch) -> None:
 
 def test_segment_config_compile_reaches_the_generator(monkeypatch, tiny_sam_dir: str) -> None:
     from geosam.config import SegmentConfig
-    from geosam.pipeline import make_mask_generator
+    from geosam.modes.everything import make_mask_generator
 
     calls: list[object] = []
     monkeypatch.setattr(gm, "compile_bundle", lambda b: calls.append(b) or b)

@@ -13,13 +13,13 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 import geosam
-import geosam.pipeline
-import geosam.stitch
-from geosam.bands import parse_band_roles, resolve_band_roles
+import geosam.assemble.stitch
+import geosam.modes.everything
 from geosam.cli.main import cli
+from geosam.config.bands import parse_band_roles, resolve_band_roles
 from geosam.errors import BandError, ConfigError
 from geosam.indices import INDICES, IndexCalculator, grid_pixels, write_index_raster
-from geosam.io import Scene
+from geosam.read.scene import Scene
 from geosam.testing import OracleMaskGenerator, PromptedOracleMaskGenerator
 from tests.data.make_scenes import make_index_scene, make_oracle_scene
 
@@ -100,7 +100,7 @@ def test_formulas_float32_and_zero_denominators():
 
 
 def resolve_roles_plain(bands):
-    from geosam.bands import BandRoles
+    from geosam.config.bands import BandRoles
 
     return BandRoles(path="mem", bands=bands)
 
@@ -162,7 +162,7 @@ def test_stitched_objects_get_single_chip_statistics(idx_scene, monkeypatch):
     gen = OracleMaskGenerator(idx_scene.label_path)
     one = geosam.segment_scene(idx_scene.image_path, gen, chip_size_px=1024, **kw)
     many = geosam.segment_scene(idx_scene.image_path, gen, chip_size_px=128, overlap_px=32, **kw)
-    monkeypatch.setattr(geosam.stitch, "CANVAS_MAX_PX", 1)  # stitched objects become vector-only (mask None)
+    monkeypatch.setattr(geosam.assemble.stitch, "CANVAS_MAX_PX", 1)  # stitched objects become vector-only (mask None)
     vec = geosam.segment_scene(idx_scene.image_path, gen, chip_size_px=128, overlap_px=32, **kw)
     assert (one["n_chips"] == 1).all() and (many["n_chips"] > 1).sum() >= 5
     for other in (many, vec):
@@ -348,7 +348,7 @@ def test_index_raster_matches_numpy(tmp_path):
 
 
 def test_cli_indices_min_index_round_trip(idx_scene, tmp_path, monkeypatch):
-    monkeypatch.setattr(geosam.pipeline, "make_mask_generator",
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator",
                         lambda cfg: PromptedOracleMaskGenerator(idx_scene.label_path, cfg.amg.points_per_side))
     out, vi = tmp_path / "veg.gpkg", tmp_path / "vi.tif"
     res = CliRunner().invoke(cli, [

@@ -8,8 +8,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 from geosam.errors import BandError, ConfigError, InvalidRasterError, NoCRSError
-from geosam.io import ReadConfig, Scene
-from geosam.tiling import PixelWindow
+from geosam.read.scene import ReadConfig, Scene
+from geosam.windows import PixelWindow
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

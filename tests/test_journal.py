@@ -14,7 +14,7 @@ import geopandas as gpd
 import pytest
 
 from geosam.errors import ConfigError
-from geosam.pipeline import segment_scene
+from geosam.modes.everything import segment_scene
 from geosam.testing import OracleMaskGenerator
 from tests._scale_helpers import CountingOracle, read_log
 from tests.data.make_scenes import make_oracle_scene

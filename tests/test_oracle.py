@@ -13,10 +13,10 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from geosam.errors import ConfigError, InvalidRasterError
-from geosam.io import Scene
-from geosam.masks import ChipMasks, MaskGenerator
+from geosam.read.scene import Scene
+from geosam.segment.base import ChipMasks, MaskGenerator
 from geosam.testing import OracleMaskGenerator
-from geosam.tiling import iter_chip_specs
+from geosam.tile.grid import iter_chip_specs
 from tests.data.make_scenes import (
     SceneFiles,
     check_objects,

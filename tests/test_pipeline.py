@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 import geosam
 from geosam.cli.main import cli
-from geosam.masks import BaseMaskGenerator, ChipMasks
+from geosam.segment.base import BaseMaskGenerator, ChipMasks
 from geosam.testing import OracleMaskGenerator
 from tests.data.make_scenes import make_oracle_scene
 
@@ -185,12 +185,12 @@ def test_cli_errors_are_one_line_without_traceback(args, message, tmp_path, monk
 
 def test_cli_bad_output_path_fails_before_any_work(tmp_path, monkeypatch):
     """A typo in an output name must not cost a whole run: checked before segmentation starts."""
-    import geosam.pipeline
+    import geosam.modes.everything
 
     def boom(*a, **k):
         raise AssertionError("segmentation started despite a bad output path")
 
-    monkeypatch.setattr(geosam.pipeline, "segment_scene", boom)
+    monkeypatch.setattr(geosam.modes.everything, "segment_scene", boom)
     scene = str(DATA / "solaris_pan_uint16.tif")
     for extra, message in [
         (["-o", str(tmp_path / "x.kml")], "unknown vector format"),
@@ -205,7 +205,7 @@ def test_cli_bad_output_path_fails_before_any_work(tmp_path, monkeypatch):
 def test_unreadable_chip_stops_the_run_or_is_skipped(tmp_path, monkeypatch, prefetch):
     """A corrupt block names the file and window; with skip_bad_chips the rest of the run is kept."""
     from geosam.errors import InvalidRasterError
-    from geosam.io import Scene
+    from geosam.read.scene import Scene
 
     lab = np.zeros((300, 300), np.int32)
     lab[10:40, 10:40] = 1  # first chip

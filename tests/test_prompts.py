@@ -25,9 +25,9 @@ from geosam.errors import PromptOutsideSceneError
 from geosam.models import SamBundle
 from geosam.models.bundle import SAM_CAPABILITIES
 from geosam.models.litemedsam import CAPABILITIES as LITEMEDSAM_CAPABILITIES
-from geosam.pipeline import segment_prompts
-from geosam.prompts import Prompt, PromptWarning
-from geosam.tiling import plan_windows
+from geosam.modes.everything import segment_prompts
+from geosam.prompts.parse import Prompt, PromptWarning
+from geosam.tile.prompt_windows import plan_windows
 
 CRS = "EPSG:32616"
 ORIGIN = (733601.0, 3725139.0)
@@ -190,13 +190,13 @@ def test_default_windows_follow_the_declared_capabilities(scene, oracle, caplog)
     import logging
 
     prompts = _prompt_frame()
-    with caplog.at_level(logging.WARNING, logger="geosam.prompts"):
+    with caplog.at_level(logging.WARNING, logger="geosam.prompts.parse"):
         box_only = segment_prompts(scene, prompts, model=oracle)
     assert box_only.attrs["geosam"]["chip_size_px"] == 0
     assert "'oracle' takes box prompts only" in caplog.text
     caplog.clear()
     points_too = dataclasses.replace(oracle, capabilities=SAM_CAPABILITIES)  # normalize stays "minmax"
-    with caplog.at_level(logging.WARNING, logger="geosam.prompts"):
+    with caplog.at_level(logging.WARNING, logger="geosam.prompts.parse"):
         gdf = segment_prompts(scene, prompts, model=points_too)
     assert gdf.attrs["geosam"]["chip_size_px"] == 1024
     assert "box prompts only" not in caplog.text

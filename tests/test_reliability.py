@@ -28,10 +28,10 @@ from click.testing import CliRunner
 
 from geosam.cli.main import cli
 from geosam.errors import ExportError, GeosamError, InvalidRasterError
-from geosam.export import write_label_raster, write_vector
-from geosam.io import ReadConfig, Scene, check_blocks, gdal_env
-from geosam.outputs import TMP_SUFFIX, atomic_output, check_outputs
-from geosam.tiling import PixelWindow
+from geosam.read.scene import ReadConfig, Scene, check_blocks, gdal_env
+from geosam.windows import PixelWindow
+from geosam.write.label_raster import write_label_raster, write_vector
+from geosam.write.paths import TMP_SUFFIX, atomic_output, check_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CRS = "EPSG:32633"
@@ -205,7 +205,7 @@ def test_check_outputs_refuses_inputs_duplicates_and_existing(tmp_path: Path) ->
 
 def test_python_writers_refuse_to_overwrite_their_input(tmp_path: Path) -> None:
     from geosam.indices import write_index_raster
-    from geosam.overlay import render_overlay
+    from geosam.write.overlay import render_overlay
 
     scene = write_tiled(tmp_path / "scene.tif", size=64, count=4)
     before = checksums(tmp_path)
@@ -227,7 +227,7 @@ def test_failed_write_keeps_the_previous_output(tmp_path: Path, ext: str, monkey
     import pyarrow.parquet as pq
     import pyogrio.raw
 
-    def half_then_fail(stream, path, *args, **kwargs):  # the OGR writer (geosam.vector streams Arrow batches)
+    def half_then_fail(stream, path, *args, **kwargs):  # the OGR writer (geosam.write.vector streams Arrow batches)
         Path(path).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
@@ -300,7 +300,7 @@ def test_label_raster_failure_keeps_the_previous_one(tmp_path: Path, monkeypatch
 
 _KILL_CHILD = """
 import sys, numpy as np, shapely, geopandas as gpd
-from geosam.export import write_vector
+from geosam.write.label_raster import write_vector
 n = int(sys.argv[2])
 rng = np.random.default_rng(1)
 geoms = shapely.buffer(shapely.points(rng.uniform(0, 1e5, (n, 2))), 3.0, quad_segs=4)
@@ -385,7 +385,7 @@ def test_stretch_sample_skips_unreadable_windows(tmp_path: Path, caplog) -> None
     with Scene(p) as sc:
         reference = sc.stretch
     corrupt_block(p, 3, 4)
-    with caplog.at_level(logging.WARNING, logger="geosam.io"), Scene(p) as sc:
+    with caplog.at_level(logging.WARNING, logger="geosam.read.scene"), Scene(p) as sc:
         np.testing.assert_allclose(sc.stretch, reference, rtol=0.02)
     assert "1 of 64 windows of the stretch sample are unreadable" in caplog.text
     for col in range(8):

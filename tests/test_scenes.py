@@ -6,11 +6,11 @@ import geopandas as gpd
 import pytest
 from click.testing import CliRunner
 
-import geosam.pipeline
+import geosam.modes.everything
 from geosam.cli.main import cli
 from geosam.errors import ConfigError
-from geosam.pipeline import segment_scene
-from geosam.scenes import expand_scenes, segment_scenes
+from geosam.modes.everything import segment_scene
+from geosam.modes.scenes import expand_scenes, segment_scenes
 from geosam.testing import OracleMaskGenerator
 from tests._scale_helpers import SceneOracle
 from tests.data.make_scenes import make_oracle_scene
@@ -69,7 +69,7 @@ def test_merged_table_has_a_scene_column(scenes) -> None:
 
 def test_cli_many_scenes(scenes, tmp_path, monkeypatch) -> None:
     a, b, _ = scenes
-    monkeypatch.setattr(geosam.pipeline, "make_mask_generator", lambda cfg: _oracle(scenes))
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", lambda cfg: _oracle(scenes))
     folder = a.image_path.parent
     common = ["--chip-size", "256", "--overlap", "32", "--no-progress"]
     res = CliRunner().invoke(cli, ["segment", str(folder / "*_image.tif"), "--output-dir", str(tmp_path / "o"), *common])
@@ -87,7 +87,7 @@ def test_cli_many_scenes(scenes, tmp_path, monkeypatch) -> None:
 
 def test_cli_many_scenes_shows_a_line_per_scene_and_an_overall_bar(scenes, tmp_path, monkeypatch) -> None:
     a, b, _ = scenes
-    monkeypatch.setattr(geosam.pipeline, "make_mask_generator", lambda cfg: _oracle(scenes))
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", lambda cfg: _oracle(scenes))
     args = ["segment", str(a.image_path), str(b.image_path), "--output-dir", str(tmp_path / "o"),
             "--chip-size", "256", "--overlap", "32"]
     res = CliRunner().invoke(cli, [*args, "--progress"])

@@ -16,12 +16,13 @@ import torch
 from affine import Affine
 
 from geosam.errors import ConfigError
-from geosam.io import Chip
-from geosam.masks import ChipMasks, MaskGenerator
 from geosam.models import SamBundle, load_sam
+from geosam.read.scene import Chip
 from geosam.segment import SamMaskGenerator, crop, everything
+from geosam.segment.base import ChipMasks, MaskGenerator
 from geosam.segment.sam_utils import batched_mask_to_box, box_iou, build_point_grid
-from geosam.tiling import ChipSpec, PixelWindow
+from geosam.tile.grid import ChipSpec
+from geosam.windows import PixelWindow
 
 CRS_WKT = None  # filled lazily: rasterio is only needed for the CRS text
 
@@ -348,8 +349,8 @@ def box_only_litemedsam(monkeypatch, tiny_sam_dir: str):
 def test_box_only_model_is_refused_before_any_chip_work(box_only_litemedsam, monkeypatch) -> None:
     from pathlib import Path
 
-    from geosam.io import Scene
-    from geosam.pipeline import segment_scene
+    from geosam.modes.everything import segment_scene
+    from geosam.read.scene import Scene
 
     def no_chip_work(*args, **kwargs):
         raise AssertionError("a chip was read although the model cannot segment everything")

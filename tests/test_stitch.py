@@ -11,11 +11,11 @@ from rasterio.features import shapes
 from shapely.geometry import shape
 from shapely.ops import unary_union
 
-from geosam.masks import ChipMasks
-from geosam.pipeline import segment_scene
-from geosam.stitch import Stitcher, area_m2, mask_to_pixel_geometry
+from geosam.assemble.stitch import Stitcher, area_m2, mask_to_pixel_geometry
+from geosam.modes.everything import segment_scene
+from geosam.segment.base import ChipMasks
 from geosam.testing import OracleMaskGenerator
-from geosam.tiling import iter_chip_specs
+from geosam.tile.grid import iter_chip_specs
 from tests.data.make_scenes import make_oracle_scene
 
 

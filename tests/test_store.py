@@ -1,4 +1,4 @@
-"""Streamed output: finished objects wait on disk (geosam.store) and are written in batches (geosam.vector)."""
+"""Streamed output: finished objects wait on disk (geosam.assemble.store) and are written in batches (geosam.write.vector)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import shapely
 
+from geosam.assemble.records import Record
+from geosam.assemble.store import ObjectStore
 from geosam.errors import ExportError
-from geosam.export import write_frames, write_vector
-from geosam.pipeline import segment_scene
-from geosam.store import ObjectStore
-from geosam.table import Record
+from geosam.modes.everything import segment_scene
 from geosam.testing import OracleMaskGenerator
+from geosam.write.label_raster import write_frames, write_vector
 from tests.data.make_scenes import make_oracle_scene
 
 KW = {"chip_size_px": 256, "overlap_px": 32, "progress": False}
@@ -143,10 +143,10 @@ def test_a_failing_stream_leaves_the_previous_output_intact(scene, tmp_path) -> 
 
 
 def test_the_run_loop_hands_records_to_the_sink_not_a_list(scene) -> None:
-    from geosam.assemble import GridAssembler
+    from geosam.assemble.assemblers import GridAssembler
     from geosam.config import SegmentConfig
-    from geosam.engine import ChipTask, run
-    from geosam.io import Scene
+    from geosam.read.scene import Scene
+    from geosam.run.loop import ChipTask, run
 
     cfg = SegmentConfig().with_overrides(**KW)
     got: list[Record] = []
@@ -163,9 +163,9 @@ def test_stores_left_by_killed_runs_are_removed_live_ones_kept(tmp_path) -> None
     import subprocess
     import sys
 
-    from geosam.store import STORE_PREFIX, remove_stale_stores
+    from geosam.assemble.store import STORE_PREFIX, remove_stale_stores
 
-    code = ("import sys, time; from geosam.store import ObjectStore; s = ObjectStore('EPSG:32633', folder=sys.argv[1]);"
+    code = ("import sys, time; from geosam.assemble.store import ObjectStore; s = ObjectStore('EPSG:32633', folder=sys.argv[1]);"
             " print('ready', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                             cwd=os.getcwd())

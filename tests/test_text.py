@@ -14,9 +14,9 @@ from click.testing import CliRunner
 import geosam
 from geosam.cli.main import cli
 from geosam.errors import ConfigError
-from geosam.masks import BaseMaskGenerator, ChipMasks
+from geosam.modes.text import TEXT_COLUMNS
+from geosam.segment.base import BaseMaskGenerator, ChipMasks
 from geosam.testing import OracleMaskGenerator
-from geosam.text_mode import TEXT_COLUMNS
 from tests.data.make_scenes import make_oracle_scene
 
 

@@ -7,7 +7,8 @@ import pytest
 from affine import Affine
 
 from geosam.errors import ConfigError
-from geosam.tiling import PixelWindow, chip_grid, iter_chip_specs
+from geosam.tile.grid import chip_grid, iter_chip_specs
+from geosam.windows import PixelWindow
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,8 @@ from geosam.cli.main import cli
 from geosam.errors import BandError, ConfigError, GeosamError, PromptError
 from geosam.models import SamBundle
 from geosam.models.litemedsam import CAPABILITIES as BOX_ONLY
-from geosam.pipeline import segment_prompts
-from geosam.prompts import PromptWarning
+from geosam.modes.everything import segment_prompts
+from geosam.prompts.parse import PromptWarning
 from geosam.testing import OracleMaskGenerator
 from tests.data.make_scenes import make_oracle_scene
 from tests.test_prompts import OracleSam
@@ -154,9 +154,9 @@ def test_cli_mistakes_found_before_any_model(case: Path, model_loads: list[str],
 
 
 def test_cli_existing_output_is_replaced_only_with_overwrite(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import geosam.pipeline
+    import geosam.modes.everything
 
-    monkeypatch.setattr(geosam.pipeline, "make_mask_generator", lambda cfg: OracleMaskGenerator(case / "labels.tif"))
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", lambda cfg: OracleMaskGenerator(case / "labels.tif"))
     before = snapshot(case)
     res = CliRunner().invoke(cli, ["segment", str(case / "scene.tif"), "-o", str(case / "old.gpkg"), "--no-progress",
                                    "--chip-size", "64", "--overlap", "0", "--overwrite"])

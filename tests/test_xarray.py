@@ -14,9 +14,9 @@ import xarray as xr
 
 import geosam
 from geosam.errors import ConfigError
-from geosam.io import Scene
+from geosam.read.scene import Scene
 from geosam.testing import OracleMaskGenerator
-from geosam.tiling import PixelWindow
+from geosam.windows import PixelWindow
 from tests.data.make_scenes import make_oracle_scene
 from tests.test_journal import assert_same
 
@@ -146,7 +146,7 @@ def test_dataarray_journal_resumes_and_refuses_other_pixels(scene, tmp_path):
 def test_lazy_dataarray_pickles_small(scene):
     """A dask-backed DataArray read from a file is a graph: what goes to a worker holds no pixels."""
     from geosam.config import EngineConfig
-    from geosam.distributed import make_job
+    from geosam.run.dask import make_job
 
     with Scene(dataarray(scene.image_path, backing="lazy")) as sc:
         job = make_job(sc, EngineConfig(), OracleMaskGenerator(scene.label_path))

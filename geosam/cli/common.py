@@ -24,7 +24,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def is_geosam_warning(category: type[Warning]) -> bool:
-    """Whether warnings of ``category`` are geosam's own (e.g. :class:`~geosam.prompts.PromptWarning`)."""
+    """Whether warnings of ``category`` are geosam's own (e.g. :class:`~geosam.prompts.parse.PromptWarning`)."""
     return category.__module__.split(".")[0] == "geosam"
 
 

@@ -1,6 +1,6 @@
 """``geosam info SCENE``: what geosam sees in a raster, without reading its pixels.
 
-``--check`` also reads every block (:func:`geosam.io.check_blocks`) and lists the
+``--check`` also reads every block (:func:`geosam.read.scene.check_blocks`) and lists the
 unreadable ones with GDAL's message; the exit code is then 1.
 """
 
@@ -26,7 +26,7 @@ from geosam.cli.common import handle_errors
 def info(scene: str, chip_size_px: int, overlap_px: int, as_json: bool, check: bool) -> None:
     """Describe SCENE: size, bands, CRS, nodata, default bands and chip grid."""
     from geosam.errors import GeosamError
-    from geosam.io import ReadConfig, Scene, check_blocks
+    from geosam.read.scene import ReadConfig, Scene, check_blocks
 
     n_blocks, bad = check_blocks(scene) if check else (0, [])
     try:

@@ -15,8 +15,8 @@ def segment_many(paths: list[str], cfg: SegmentConfig, *, output: str | None, ou
                  resume: bool, scheduler: str | None, n_workers: int | None, fmt: str) -> None:
     """Segment ``paths`` one after the other; one line per scene under an overall bar (``--progress``,
     on stderr, beside the chip bar of the scene at work); exit code 1 when any failed."""
+    from geosam.modes.scenes import segment_scenes
     from geosam.progress import tqdm_auto
-    from geosam.scenes import segment_scenes
 
     tqdm = tqdm_auto()
 

@@ -49,11 +49,11 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
            scheduler: str | None, n_workers: int | None, overlay: str | None, overwrite: bool,
            **settings: Any) -> None:
     """Segment the object at each point / box prompt in SCENE and write one polygon per prompt to OUTPUT."""
-    from geosam.distributed import check_scheduler
-    from geosam.export import check_output_path, render_overlay, write_vector
-    from geosam.outputs import check_outputs
-    from geosam.pipeline import segment_prompts
-    from geosam.prompt_mode import gather_prompts
+    from geosam.modes.everything import segment_prompts
+    from geosam.modes.prompted import gather_prompts
+    from geosam.run.dask import check_scheduler
+    from geosam.write.label_raster import check_output_path, render_overlay, write_vector
+    from geosam.write.paths import check_outputs
 
     cfg = PromptConfig.from_settings(**settings)  # every setting checked before any pixel or model
     if prompt_crs is not None:

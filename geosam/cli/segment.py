@@ -82,10 +82,10 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
 
     SCENES: one raster, or many (paths, GDAL URLs, quoted globs like 'tiles/*.tif', @list.txt)
     with --output-dir or --merge."""
-    from geosam.export import check_output_path, read_vector, render_overlay, write_label_raster
-    from geosam.outputs import check_outputs
-    from geosam.pipeline import segment_scene
-    from geosam.scenes import expand_scenes
+    from geosam.modes.everything import segment_scene
+    from geosam.modes.scenes import expand_scenes
+    from geosam.write.label_raster import check_output_path, read_vector, render_overlay, write_label_raster
+    from geosam.write.paths import check_outputs
 
     settings["indices"] = settings["indices"] or ()
     cfg = SegmentConfig.from_settings(**settings)  # every setting checked before any pixel or model
@@ -124,7 +124,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
         write_index_raster(scene, index_raster, cfg.index.names() or ("ndvi",), **index_kw)
     report(output, stats, profile)
     if journal is not None and not keep_journal:
-        from geosam.journal import remove_journal
+        from geosam.run.journal import remove_journal
 
         remove_journal(journal)
 
@@ -146,7 +146,7 @@ def report(out: Any, stats: dict[str, Any], profile: bool) -> None:
     for failed in failed_chips:
         click.echo(f"warning: chip {failed['chip_id']} could not be read: {failed['error']}", err=True)
     if failed_chips:
-        from geosam.failed_chips import sidecar_path
+        from geosam.write.failed_chips import sidecar_path
 
         click.echo(f"warning: {len(failed_chips)} chips skipped; objects touching them have complete = False; "
                    f"their footprints are in {sidecar_path(out)}", err=True)

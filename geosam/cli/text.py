@@ -53,9 +53,9 @@ def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | Non
          **settings: Any) -> None:
     """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT."""
     from geosam.cli.segment import report
-    from geosam.export import check_output_path, read_vector, render_overlay, write_label_raster
-    from geosam.outputs import check_outputs
-    from geosam.text_mode import segment_text
+    from geosam.modes.text import segment_text
+    from geosam.write.label_raster import check_output_path, read_vector, render_overlay, write_label_raster
+    from geosam.write.paths import check_outputs
 
     settings["indices"] = settings["indices"] or ()
     TextConfig(phrases=phrases, score_threshold=score_threshold, mask_threshold=mask_threshold)  # checked first

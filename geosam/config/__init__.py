@@ -23,7 +23,7 @@ Python API and the CLI: :meth:`SegmentConfig.with_overrides` routes each name
 to the part that owns it. Everything here is checked without pixels or a model,
 so a typo fails before anything loads. Units are in the names: ``_px`` scene
 pixels, ``_m2`` square metres. This package depends on nothing above
-:mod:`geosam.errors`, :mod:`geosam.bands` and :mod:`geosam.index_defs`.
+:mod:`geosam.errors`, :mod:`geosam.config.bands` and :mod:`geosam.config.index_table`.
 
 Modules: :mod:`~geosam.config.parts` (the parts), :mod:`~geosam.config.index`
 (:class:`IndexConfig`), :mod:`~geosam.config.modes` (the composed configs).

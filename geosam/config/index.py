@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from geosam.bands import normalise_band_roles
+from geosam.config.bands import normalise_band_roles
+from geosam.config.index_table import INDICES, STATS, check_index
 from geosam.config.parts import _put, int_at_least
 from geosam.errors import ConfigError
-from geosam.index_defs import INDICES, STATS, check_index
 
 _INDEX_COLUMNS_BASE = ("area_m2", "predicted_iou", "stability_score", "n_chips")
 

@@ -93,7 +93,7 @@ class PromptTilingConfig:
 
 @dataclass(frozen=True)
 class PromptConfig(_Composed):
-    """Settings of a prompt-mode run (:func:`geosam.pipeline.segment_prompts`)."""
+    """Settings of a prompt-mode run (:func:`geosam.modes.everything.segment_prompts`)."""
 
     read: ReadConfig = field(default_factory=ReadConfig)
     tiling: PromptTilingConfig = field(default_factory=PromptTilingConfig)

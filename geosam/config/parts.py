@@ -64,7 +64,7 @@ class ReadConfig:
     overview_max_px: longest side of the decimated read used for statistics.
     remote: skip GDAL's directory listing on open (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``;
         sidecar ``.msk`` / ``.aux.xml`` / ``.ovr`` files are then ignored); None: only for
-        remote paths (``/vsicurl/``, URLs), see :func:`geosam.rasterfile.gdal_env`.
+        remote paths (``/vsicurl/``, URLs), see :func:`geosam.read.gdal.gdal_env`.
     """
 
     bands: tuple[int, ...] | None = None

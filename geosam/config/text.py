@@ -6,7 +6,11 @@ import math
 from dataclasses import dataclass
 
 from geosam.errors import ConfigError
-from geosam.exemplars import EXEMPLAR_LABEL, EXEMPLAR_PROMPT
+
+#: the text SAM 3 pairs with exemplars given without a phrase (as transformers' Sam3Processor)
+EXEMPLAR_PROMPT = "visual"
+#: the output ``label`` of objects found from exemplars alone
+EXEMPLAR_LABEL = "exemplar"
 
 #: SAM 3's model in the hub (text mode's default)
 DEFAULT_TEXT_MODEL = "facebook/sam3"

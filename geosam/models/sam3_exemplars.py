@@ -12,7 +12,7 @@ therefore describe pixels *of the image being segmented*: on a chip that does no
 the exemplar, the same coordinates would pool unrelated pixels.
 
 geosam instead encodes the exemplars once, on windows of the chip size centred on them
-(:func:`geosam.exemplars.exemplar_windows`), with the geometry encoder's own modules
+(:func:`geosam.prompts.exemplars.exemplar_windows`), with the geometry encoder's own modules
 (:func:`encode_exemplars`), and hands the model ``text tokens + geometry tokens`` as its
 precomputed prompt for every chip (:func:`with_exemplars`), through ``text_embeds`` /
 ``attention_mask``, exactly the tensors the model builds itself after its geometry encoder.

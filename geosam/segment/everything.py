@@ -37,9 +37,9 @@ import torch
 from geosam.config import DEFAULT_MODEL, AmgConfig
 from geosam.config.parts import int_at_least
 from geosam.errors import ConfigError
-from geosam.masks import BaseMaskGenerator, ChipMasks, GeneratorCapabilities
 from geosam.models import SamBundle, compile_bundle, encode, load_sam, preprocess, require
 from geosam.models.embeddings import MultiEmbeddings
+from geosam.segment.base import BaseMaskGenerator, ChipMasks, GeneratorCapabilities
 from geosam.segment.crop import CropFrame, FilterParams, StageTimer, process_crop
 from geosam.segment.memory import free_device_memory, is_out_of_memory, out_of_memory_error
 from geosam.segment.sam_utils import (
@@ -53,7 +53,7 @@ from geosam.segment.sam_utils import (
 )
 
 if TYPE_CHECKING:
-    from geosam.io import Chip
+    from geosam.read.scene import Chip
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class _CropJob:
 
 
 class SamMaskGenerator(BaseMaskGenerator):
-    """Segment everything in a chip with a SAM model (a :class:`~geosam.masks.MaskGenerator`).
+    """Segment everything in a chip with a SAM model (a :class:`~geosam.segment.base.MaskGenerator`).
 
     model: a hub id or local directory (loaded with :func:`geosam.models.load_sam`
         on ``device`` / ``dtype``; ``dtype="auto"`` picks mixed precision where the

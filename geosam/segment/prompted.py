@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from geosam.config import PromptWindowConfig
-from geosam.io import Chip
-from geosam.masks import BaseMaskGenerator, ChipMasks
+from geosam.read.scene import Chip
+from geosam.segment.base import BaseMaskGenerator, ChipMasks
 
 log = logging.getLogger(__name__)
 

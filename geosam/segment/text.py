@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosam.config.text import TextConfig
-from geosam.masks import BaseMaskGenerator, ChipMasks
+from geosam.segment.base import BaseMaskGenerator, ChipMasks
 
 if TYPE_CHECKING:
-    from geosam.io import Chip
+    from geosam.read.scene import Chip
 
 #: Stages timed in ``timings_s`` (seconds, accumulated)
 TEXT_STAGES = ("backbone", "text_encoder", "detector", "postprocess")

@@ -1,0 +1,221 @@
+"""Many scenes in one call: one output per scene, or one merged table with a ``scene`` column.
+
+:func:`segment_scenes` runs :func:`geosam.modes.everything.segment_scene` for each scene; a scene
+that fails is reported (``failed``) and the others go on. With a Dask ``scheduler`` one
+client serves every scene, so the chips of all scenes share the cluster.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from geosam.errors import ConfigError, GeosamError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+    from geosam.segment.base import MaskGenerator
+
+log = logging.getLogger(__name__)
+
+#: suffix of the journal kept beside an output by ``resume=True``
+JOURNAL_SUFFIX = ".geosam-journal"
+
+
+def expand_scenes(items: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Scene paths from ``items``: glob patterns are expanded (sorted), ``@list.txt`` reads one
+    path or GDAL URL per line (blank lines and ``#`` comments skipped); anything else is kept
+    as given (a path or a URL such as ``/vsicurl/https://...``). Duplicates are dropped."""
+    out: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        if text.startswith("@"):
+            listing = Path(text[1:])
+            if not listing.is_file():
+                raise ConfigError(f"scene list {listing} does not exist")
+            lines = [ln.strip() for ln in listing.read_text().splitlines()]
+            out.extend(expand_scenes([ln for ln in lines if ln and not ln.startswith("#")]))
+        elif any(ch in text for ch in "*?[") and "://" not in text:
+            hits = sorted(glob.glob(text))
+            if not hits:
+                raise ConfigError(f"no scene matches {text!r}")
+            out.extend(hits)
+        else:
+            out.append(text)
+    return list(dict.fromkeys(out))
+
+
+def output_names(scenes: Sequence[str], output_dir: str | os.PathLike[str], ext: str) -> dict[str, str]:
+    """One output path per scene in ``output_dir``: the scene's file stem plus ``ext``, numbered when stems repeat."""
+    used: dict[str, int] = {}
+    out = {}
+    for s in scenes:
+        stem = Path(s.rstrip("/").split("?")[0]).stem or "scene"
+        n = used.get(stem, 0)
+        used[stem] = n + 1
+        out[s] = os.path.join(os.fspath(output_dir), f"{stem}{f'_{n}' if n else ''}{ext}")
+    return out
+
+
+@dataclass
+class ScenesResult:
+    """What :func:`segment_scenes` did.
+
+    frames: each finished scene's table (only when nothing was written and not merged).
+    merged: the merged table (``merge=True``), with a ``scene`` column.
+    outputs: written files per scene (or the merged file under ``"*"``).
+    failed: error message per failed scene.
+    """
+
+    frames: dict[str, gpd.GeoDataFrame] = field(default_factory=dict)
+    merged: gpd.GeoDataFrame | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def merge_frames(frames: dict[str, gpd.GeoDataFrame], to_crs: Any = None) -> gpd.GeoDataFrame:
+    """One table of every scene's objects with a ``scene`` column first; CRSs other than
+    ``to_crs`` (default: the first scene's) are reprojected."""
+    import geopandas as gpd
+    import pandas as pd
+
+    if not frames:
+        return gpd.GeoDataFrame({"scene": []}, geometry=gpd.GeoSeries([]))
+    first = next(iter(frames.values()))
+    crs = to_crs or first.crs
+    parts = []
+    for scene, gdf in frames.items():
+        if gdf.crs != crs:
+            log.warning("%s: reprojected to %s for the merged output", scene, crs)
+            gdf = gdf.to_crs(crs)
+        parts.append(gdf.assign(scene=scene)[["scene", *gdf.columns]])
+    return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs=crs)
+
+
+def segment_scenes(
+    scenes: Sequence[str | os.PathLike[str]],
+    mask_generator: MaskGenerator | Callable[[str], MaskGenerator] | None = None,
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    merge: bool = False,
+    output: str | os.PathLike[str] | None = None,
+    ext: str = ".gpkg",
+    resume: bool = False,
+    scheduler: Any = None,
+    n_workers: int | None = None,
+    on_scene: Callable[[str, dict[str, Any] | None, str | None], None] | None = None,
+    **settings: Any,
+) -> ScenesResult:
+    """Segment every scene (paths, globs or ``@list.txt``, see :func:`expand_scenes`).
+
+    output_dir: write one vector file per scene there (``<stem><ext>``); merge: one table with a
+        ``scene`` column instead, written to ``output`` when given. resume: keep a journal beside
+        each output (``<output>.geosam-journal``) and resume from it; removed after the write.
+    mask_generator: one generator for every scene, or a function of the scene path returning one.
+    on_scene: called after each scene with (scene, its run statistics or None, error or None).
+    settings: as :func:`geosam.modes.everything.segment_scene`. A scene failing with a geosam error is
+    recorded in ``failed`` and the others go on.
+    """
+    from geosam.modes.everything import segment_scene
+    from geosam.run.journal import remove_journal
+
+    paths = expand_scenes(scenes)
+    if not paths:
+        raise ConfigError("no scenes given")
+    output, names = _plan_outputs(paths, output_dir=output_dir, merge=merge, output=output, ext=ext, resume=resume)
+    result = ScenesResult()
+    frames: dict[str, gpd.GeoDataFrame] = {}
+    journals: list[str] = []  # merged runs: removed once the merged file is written
+    with ExitStack() as stack:
+        if scheduler is not None:
+            from geosam.run.dask import connect
+
+            scheduler, n_workers = connect(stack, scheduler, n_workers), None  # one client for every scene
+        for scene in paths:
+            target = names.get(scene) or (os.fspath(output) + f".{len(frames)}" if merge and output else None)
+            journal = target + JOURNAL_SUFFIX if resume and target else None
+            try:  # one file per scene: objects streamed into it (memory independent of their number)
+                res = segment_scene(scene, _scene_generator(mask_generator, scene), journal=journal,
+                                    scheduler=scheduler, n_workers=n_workers, output=names.get(scene), **settings)
+            except GeosamError as exc:
+                log.error("%s: %s", scene, exc)
+                result.failed[scene] = str(exc)
+                if on_scene is not None:
+                    on_scene(scene, None, str(exc))
+                continue
+            if scene in names:
+                result.outputs[scene] = res["output"]
+                stats = res
+            else:
+                frames[scene], stats = res, res.attrs.get("geosam", {})
+            if journal is not None:
+                journals.append(journal)
+                if scene in names:  # its output is written: the journal is done
+                    remove_journal(journals.pop())
+            if on_scene is not None:
+                on_scene(scene, stats, None)
+    if merge:
+        _merge_into(result, frames, journals, output, settings.get("to_crs"))
+    else:
+        result.frames = frames
+    return result
+
+
+def _plan_outputs(
+    paths: Sequence[str],
+    *,
+    output_dir: str | os.PathLike[str] | None,
+    merge: bool,
+    output: str | os.PathLike[str] | None,
+    ext: str,
+    resume: bool,
+) -> tuple[str | os.PathLike[str] | None, dict[str, str]]:
+    """(the merged output, or None; the output path per scene, empty when merged or not written).
+
+    A merged run with an ``output_dir`` and no ``output`` writes ``merged<ext>`` there;
+    ``output_dir`` is created.
+    """
+    if merge and output_dir is not None and output is None:
+        output = os.path.join(os.fspath(output_dir), f"merged{ext}")
+    if resume and output_dir is None and output is None:
+        raise ConfigError("resume needs an output_dir or output (the journals are kept beside the outputs)")
+    names = output_names(paths, output_dir, ext) if output_dir is not None and not merge else {}
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+    return output, names
+
+
+def _scene_generator(
+    mask_generator: MaskGenerator | Callable[[str], MaskGenerator] | None, scene: str
+) -> MaskGenerator | None:
+    """The mask generator for ``scene``: the one given, or what a function of the scene path returns."""
+    if mask_generator is None or hasattr(mask_generator, "generate"):
+        return cast("MaskGenerator | None", mask_generator)
+    return mask_generator(scene)  # a function of the scene path
+
+
+def _merge_into(result: ScenesResult, frames: dict[str, gpd.GeoDataFrame], journals: list[str],
+                output: str | os.PathLike[str] | None, to_crs: Any) -> None:
+    """Merge the scenes' tables into ``result``; write them to ``output`` (then drop the journals)."""
+    from geosam.run.journal import remove_journal
+    from geosam.write.label_raster import write_vector
+
+    result.merged = merge_frames(frames, to_crs)
+    if output is not None:
+        result.outputs["*"] = str(write_vector(result.merged, output))
+        for journal in journals:
+            remove_journal(journal)
+
+
+__all__ = ["ScenesResult", "expand_scenes", "merge_frames", "output_names", "segment_scenes"]

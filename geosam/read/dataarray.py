@@ -1,0 +1,322 @@
+"""xarray DataArrays as scenes, read window by window, and label rasters as DataArrays.
+
+A (band, y, x) or (y, x) DataArray -- numpy- or dask-backed -- is read in place:
+:class:`DataArrayDataset` offers the few parts of a rasterio dataset that
+:class:`geosam.read.scene.Scene` uses (metadata, ``read`` / ``read_masks`` of a window,
+optionally decimated), and each read selects its window with ``isel`` and loads
+only that. A dask-backed array is computed with the synchronous scheduler in the
+calling process, so a Dask worker reads its own windows and no temporary copy of
+the scene is ever written.
+
+Georeferencing comes from the ``rio`` accessor when rioxarray is installed, else
+from ``attrs["transform"]`` (an ``Affine`` or its 6 GDAL-order coefficients a, b,
+c, d, e, f) or regularly spaced ``x``/``y`` coordinates (pixel centres), and
+``attrs["crs"]`` (anything pyproj understands). Nodata from ``rio.nodata`` or
+``attrs["nodata"]`` / ``attrs["_FillValue"]``. Band ``k`` (1-based, as in
+``bands=``) is the k-th entry of the dimension that is not ``y`` / ``x``; text labels of that
+dimension (``band=["red", "green", "blue", "nir"]``) become band descriptions, from which band roles
+(:mod:`geosam.config.bands`) are found, and red / green / blue mark the default RGB bands.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from affine import Affine
+
+from geosam.errors import ConfigError, ExportError, InvalidRasterError, NoCRSError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import xarray as xr
+    from typing_extensions import Self
+
+#: block shape reported for a numpy-backed DataArray (px; used by the windowed stretch sample)
+BLOCK_PX = 512
+
+
+def is_dataarray(obj: Any) -> bool:
+    return type(obj).__name__ == "DataArray" and hasattr(obj, "dims") and hasattr(obj, "attrs")
+
+
+def is_dask_backed(da: Any) -> bool:
+    """Whether the DataArray's data is a dask array (read lazily, chunk by chunk)."""
+    return getattr(da, "chunks", None) is not None
+
+
+def describe(da: Any) -> str:
+    """How messages name a DataArray scene: ``DataArray 'name'`` (or ``DataArray``)."""
+    return f"DataArray {da.name!r}" if getattr(da, "name", None) is not None else "DataArray"
+
+
+def _transform(da: Any) -> Affine:
+    rio = getattr(da, "rio", None) if _has_rio(da) else None
+    if rio is not None:
+        return rio.transform()
+    t = da.attrs.get("transform")
+    if t is not None:
+        return t if isinstance(t, Affine) else Affine(*list(t)[:6])
+    if "x" in da.coords and "y" in da.coords and da.sizes.get("x", 0) > 1 and da.sizes.get("y", 0) > 1:
+        x = np.asarray(da.coords["x"], dtype=np.float64)
+        y = np.asarray(da.coords["y"], dtype=np.float64)
+        dx, dy = np.diff(x), np.diff(y)
+        if not (np.allclose(dx, dx[0], rtol=1e-6) and np.allclose(dy, dy[0], rtol=1e-6)):
+            raise InvalidRasterError(f"{describe(da)}: x/y coordinates are not regularly spaced; cannot georeference it")
+        return Affine(dx[0], 0.0, x[0] - dx[0] / 2, 0.0, dy[0], y[0] - dy[0] / 2)
+    raise InvalidRasterError(
+        f"{describe(da)}: no georeferencing found; give it x/y coordinates, attrs['transform'], or use rioxarray"
+    )
+
+
+def _has_rio(da: Any) -> bool:
+    try:
+        return da.rio.crs is not None
+    except Exception:  # noqa: BLE001 - accessor absent or not georeferenced
+        return False
+
+
+def _crs(da: Any) -> Any:
+    from rasterio.crs import CRS
+
+    if _has_rio(da):
+        return da.rio.crs
+    c = da.attrs.get("crs") or da.attrs.get("spatial_ref")
+    if c is None:
+        raise NoCRSError(f"{describe(da)}: no CRS; set attrs['crs'] (e.g. 'EPSG:32633') or use rioxarray's write_crs")
+    return CRS.from_user_input(c)
+
+
+def _nodata(da: Any) -> float | None:
+    nodata = da.rio.nodata if _has_rio(da) else None
+    nodata = nodata if nodata is not None else da.attrs.get("nodata", da.attrs.get("_FillValue"))
+    return None if nodata is None else float(nodata)
+
+
+def band_yx(da: Any) -> Any:
+    """``da`` as (band, y, x): a (y, x) array gets a band dimension; the band dimension is the one not y / x."""
+    if da.ndim == 2:
+        da = da.expand_dims("band")
+    if da.ndim != 3:
+        raise InvalidRasterError(f"{describe(da)}: expected dims (band, y, x) or (y, x), got {da.dims}")
+    band_dim = next((d for d in da.dims if d not in ("y", "x")), da.dims[0])
+    ydim = "y" if "y" in da.dims else da.dims[1]
+    xdim = "x" if "x" in da.dims else da.dims[2]
+    return da.transpose(band_dim, ydim, xdim)
+
+
+def load(da: Any) -> np.ndarray:
+    """The values of a (small) selection; a dask-backed one computed here, in this process."""
+    if is_dask_backed(da):
+        import dask
+
+        (data,) = dask.compute(da.data, scheduler="synchronous")
+        return np.asarray(data)
+    return np.asarray(da.values)
+
+
+def dataarray_token(da: Any) -> str:
+    """A fingerprint of a DataArray's values, coordinates and attributes (``dask.base.tokenize``).
+
+    A dask-backed array is fingerprinted by its graph (its source and operations, not its
+    pixels); a numpy-backed one by its bytes. Needs dask.
+    """
+    try:
+        from dask.base import tokenize
+    except ImportError as exc:
+        raise ConfigError(
+            f"{describe(da)}: a journal needs a fingerprint of the scene, and a DataArray's comes from dask "
+            "(pip install 'geosam-scenes[dask]'); or write the array to a GeoTIFF and journal that"
+        ) from exc
+    return str(tokenize(da))
+
+
+class DataArrayDataset:
+    """The parts of a rasterio dataset that :class:`geosam.read.scene.Scene` uses, over a DataArray.
+
+    Nothing is loaded up front; :meth:`read` loads the selected bands of one window
+    (``out_shape``: nearest-neighbour decimation picking the pixels GDAL's nearest
+    resampling picks). :meth:`read_masks` is 0 where a band equals the nodata value.
+    """
+
+    def __init__(self, da: Any) -> None:
+        from rasterio.coords import BoundingBox
+        from rasterio.enums import ColorInterp
+
+        self.name = describe(da)
+        self.da = band_yx(da)
+        self.count, self.height, self.width = (int(n) for n in self.da.shape)
+        self.dtypes = (np.dtype(self.da.dtype).name,) * self.count
+        self.transform = _transform(da)
+        self.crs = _crs(da)
+        self.nodata = _nodata(da)
+        labels = [str(v) for v in np.asarray(self.da.coords[self.da.dims[0]])] if self.da.dims[0] in self.da.coords \
+            else [None] * self.count
+        self.descriptions = tuple(v if v is not None and not v.lstrip("-").isdigit() else None for v in labels)
+        names = [(d or "").lower() for d in self.descriptions]
+        self.colorinterp = tuple(
+            ColorInterp[n] if n in ("red", "green", "blue", "alpha") else (ColorInterp.gray if k == 0 else
+                                                                           ColorInterp.undefined)
+            for k, n in enumerate(names))
+        t = self.transform
+        self.res = (abs(t.a), abs(t.e))
+        self.bounds = BoundingBox(t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f)
+        chunks = self.da.chunks
+        shape = (chunks[1][0], chunks[2][0]) if chunks is not None else (min(BLOCK_PX, self.height),
+                                                                         min(BLOCK_PX, self.width))
+        self.block_shapes = [tuple(int(n) for n in shape)] * self.count
+        self.scales, self.offsets = (1.0,) * self.count, (0.0,) * self.count
+        self.closed = False
+        self._last: tuple[Any, np.ndarray] | None = None  # read_masks reuses the read before it
+
+    def tags(self, *args: Any, **kwargs: Any) -> dict[str, str]:
+        return {}
+
+    def _key(self, indexes: Sequence[int], window: Any, out_shape: Any) -> tuple[Any, ...]:
+        w = (0, 0, self.width, self.height) if window is None else \
+            (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
+        return (tuple(int(i) for i in indexes), w, None if out_shape is None else tuple(out_shape[-2:]))
+
+    def read(self, indexes: Sequence[int], window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
+        """Bands ``indexes`` (1-based) of ``window`` as (bands, H, W) (``out_shape``: decimated)."""
+        key = self._key(indexes, window, out_shape)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        bands, (c0, r0, w, h), shape = key
+        if shape is None:
+            rows, cols = slice(r0, r0 + h), slice(c0, c0 + w)
+        else:  # GDAL's nearest: source pixel floor((i + 0.5) * in / out)
+            rows = r0 + np.floor((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64)
+            cols = c0 + np.floor((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64)
+        b, y, x = self.da.dims
+        sel = self.da.isel({b: [i - 1 for i in bands]}).isel({y: rows}).isel({x: cols})  # one array index at a time (dask)
+        data = load(sel)
+        self._last = (key, data)
+        return data
+
+    def read_masks(self, indexes: Sequence[int], window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
+        """255 where valid, 0 where a band equals the nodata value (NaN nodata: where NaN), as uint8."""
+        data = self.read(indexes, window, out_shape)
+        if self.nodata is None:
+            return np.full(data.shape, 255, dtype=np.uint8)
+        bad = np.isnan(data) if np.isnan(self.nodata) else (data == self.nodata)
+        return np.where(bad, 0, 255).astype(np.uint8)
+
+    def close(self) -> None:
+        self._last = None
+        self.closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------
+# label raster
+
+
+def _grid(like: Any) -> tuple[int, int, Affine, Any, Any]:
+    """(height, width, transform, CRS, the (y, x) DataArray whose coordinates to copy or None) of ``like``."""
+    like = getattr(like, "source", like)  # a geosam Scene: what it was opened from
+    if is_dataarray(like):
+        ds = DataArrayDataset(like)
+        return ds.height, ds.width, ds.transform, ds.crs, ds.da.isel({ds.da.dims[0]: 0}, drop=True)
+    from geosam.read.gdal import open_raster
+
+    path = os.fspath(like) if isinstance(like, (str, os.PathLike)) else like.name  # an open rasterio dataset
+    with open_raster(path) as src:
+        if src.crs is None:
+            raise NoCRSError(f"{src.name}: the raster has no CRS")
+        return src.height, src.width, src.transform, src.crs, None
+
+
+def _ids(gdf: gpd.GeoDataFrame, id_column: str | None) -> np.ndarray:
+    if id_column is None:
+        return np.arange(1, len(gdf) + 1, dtype=np.uint32)
+    if id_column not in gdf.columns:
+        raise ExportError(f"label_dataarray: id column {id_column!r} not in the GeoDataFrame; "
+                          "pass id_column=None to number the features 1..N")
+    vals = np.asarray(gdf[id_column], dtype=np.float64)
+    if len(vals) and (~np.isfinite(vals) | (vals != np.round(vals)) | (vals < 1) | (vals > 2**32 - 1)).any():
+        raise ExportError(f"label_dataarray: id column {id_column!r} must hold whole numbers 1..{2**32 - 1} "
+                          "(0 is the background)")
+    return vals.astype(np.uint32)
+
+
+def _burn(geoms: np.ndarray, ids: np.ndarray, tree: Any, transform: Affine, r0: int, c0: int,
+          shape: tuple[int, int]) -> np.ndarray:
+    """The label block of ``shape`` px at (row ``r0``, col ``c0``): only the geometries the tree finds there."""
+    import shapely
+    from rasterio.features import rasterize
+
+    wt = transform @ Affine.translation(c0, r0)
+    x0, y1 = wt @ (0, 0)
+    x1, y0 = wt @ (shape[1], shape[0])
+    hits = np.sort(tree.query(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))))
+    if hits.size == 0:
+        return np.zeros(shape, dtype=np.uint32)
+    return rasterize(zip(geoms[hits], ids[hits].tolist()), out_shape=shape, transform=wt, fill=0, dtype="uint32")
+
+
+def label_dataarray(gdf: gpd.GeoDataFrame, like: Any, *, id_column: str | None = "id",
+                    block_px: int = 1024) -> xr.DataArray:
+    """An instance-label DataArray (y, x) of ``gdf`` on the grid of ``like`` (a DataArray, a raster path or a Scene).
+
+    uint32 pixels: 0 = background, else the feature's ``id_column`` (None: row number 1..N);
+    a pixel belongs to a polygon when its centre is inside, the later row winning where
+    polygons overlap (as :func:`geosam.write_label_raster`). ``gdf`` is reprojected to the
+    grid's CRS. The x / y coordinates are ``like``'s own (a DataArray) or the pixel centres
+    (a path), so the result aligns exactly; ``attrs`` carry ``crs`` (WKT), ``transform``
+    and ``nodata`` (0), and rioxarray's CRS when it is installed. For a dask-backed ``like``
+    the labels are dask-backed with its chunks, each chunk rasterized when computed;
+    otherwise they are burnt ``block_px`` px at a time into one array.
+    """
+    import shapely
+    import xarray as xr
+
+    height, width, transform, crs, template = _grid(like)
+    ids = _ids(gdf, id_column)
+    if len(gdf) and gdf.crs is not None and not gdf.crs.equals(crs.to_wkt()):
+        gdf = gdf.to_crs(crs.to_wkt())
+    geoms = np.asarray(gdf.geometry.values, dtype=object) if len(gdf) else np.zeros(0, dtype=object)
+    keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms)) if geoms.size else np.zeros(0, dtype=bool)
+    geoms, ids = geoms[keep], ids[keep]
+    tree = shapely.STRtree(geoms)
+    if template is not None and is_dask_backed(template):
+        import dask.array
+
+        def block(block_info: Any = None) -> np.ndarray:
+            (r0, r1), (c0, c1) = block_info[None]["array-location"]
+            return _burn(geoms, ids, tree, transform, r0, c0, (r1 - r0, c1 - c0))
+
+        data: Any = dask.array.map_blocks(block, chunks=template.chunks, dtype=np.uint32, meta=np.zeros((0, 0),
+                                                                                                         np.uint32))
+    else:
+        data = np.zeros((height, width), dtype=np.uint32)
+        for r0 in range(0, height, block_px):
+            for c0 in range(0, width, block_px):
+                shape = (min(block_px, height - r0), min(block_px, width - c0))
+                data[r0:r0 + shape[0], c0:c0 + shape[1]] = _burn(geoms, ids, tree, transform, r0, c0, shape)
+    if template is not None:
+        coords = {d: template.coords[d] for d in template.dims if d in template.coords}
+        dims = template.dims
+    else:
+        coords = {"y": transform.f + transform.e * (np.arange(height) + 0.5),
+                  "x": transform.c + transform.a * (np.arange(width) + 0.5)}
+        dims = ("y", "x")
+    out = xr.DataArray(data, dims=dims, coords=coords, name="label",
+                       attrs={"crs": crs.to_wkt(), "transform": tuple(transform)[:6], "nodata": 0})
+    try:
+        import rioxarray  # noqa: F401 - registers the .rio accessor
+
+        out = out.rio.write_crs(crs).rio.write_nodata(0)
+    except ImportError:
+        pass
+    return out
+
+
+__all__ = ["DataArrayDataset", "dataarray_token", "describe", "is_dataarray", "label_dataarray"]

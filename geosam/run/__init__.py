@@ -1,0 +1,1 @@
+"""Running: the one run loop, its journal (resume), the Dask executor and progress bars."""

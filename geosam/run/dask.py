@@ -1,0 +1,256 @@
+"""Scale-out on Dask: chip tasks run on workers, their compact results stream back to the client.
+
+The unit of work is a batch of :class:`~geosam.run.loop.ChipTask` values (chip specs: path,
+window, transform, CRS) plus a small :class:`WorkerJob` (scene path, read settings, the
+client's stretch, the pickled mask generator). Each worker process opens the raster
+itself and reads its own windows (pixels never travel from the client), builds the mask
+generator once (cached by a hash of its pickled settings; a SAM generator pickles without
+its weights and loads them on the worker, on the worker's device), runs the one run loop
+(:func:`geosam.run.loop.run`) over its chips and returns their
+:class:`~geosam.assemble.result.ChipResult` values. The client feeds them to the assembler in
+arrival order (the stitcher accepts any order); a journal on the client commits them as they
+arrive. A worker that dies has its batches re-run elsewhere by the scheduler.
+
+``dask[distributed]`` is optional (``pip install geosam-scenes[dask]``) and imported only here.
+The raster path must be readable by every worker (a shared file system or a GDAL URL).
+
+An xarray DataArray scene travels in the job itself, scattered to the workers once per run
+(not once per batch). A dask-backed one is a graph (e.g. ``rioxarray.open_rasterio(path,
+chunks=...)``: small), and each worker computes only its own windows, in its own process, so
+pixels of other chips never travel. A numpy-backed one is its pixels: it is copied to every
+worker once (a warning gives its size); for a scene larger than a worker should hold, give a
+lazily loaded DataArray or a file path instead. A mask generator that holds a loaded model
+(prompt mode's, or one built from a :class:`~geosam.models.SamBundle`) is likewise scattered once
+per run, so its weights travel once to each worker (and stay on the device they were loaded on);
+a SAM generator built from a model name pickles without weights and loads them on the worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from geosam.assemble.result import ChipResult
+from geosam.assemble.stitch import StitchedObject
+from geosam.errors import ConfigError
+from geosam.read.scene import Scene
+from geosam.run.loop import ChipStep, ChipTask, Executor, RunStats, run
+from geosam.tile.grid import ChipSpec
+
+if TYPE_CHECKING:
+    from geosam.config import EngineConfig, ReadConfig
+    from geosam.segment.base import MaskGenerator
+
+log = logging.getLogger(__name__)
+
+#: a picklable factory of the per-chip step before generation (e.g. the index prefilter), built per worker
+BeforeFactory = Callable[[Scene, RunStats], "ChipStep | None"]
+
+
+def connect(stack: ExitStack, scheduler: Any, n_workers: int | None = None) -> Any:
+    """A ``distributed.Client`` for ``scheduler`` (closed with ``stack`` when created here).
+
+    scheduler: ``"local"`` (a ``LocalCluster`` of ``n_workers`` processes, default 2, one
+    thread each), a scheduler address (``"tcp://host:8786"``) or a ``distributed.Client``.
+    """
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ConfigError("scheduler= needs Dask: pip install 'geosam-scenes[dask]' (dask[distributed])") from exc
+    if isinstance(scheduler, distributed.Client):
+        return scheduler
+    if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
+        raise ConfigError(f"n_workers must be a whole number >= 1, got {n_workers!r}")
+    if scheduler == "local":
+        cluster = stack.enter_context(distributed.LocalCluster(
+            n_workers=n_workers or 2, threads_per_worker=1, processes=True, dashboard_address=None))
+        return stack.enter_context(distributed.Client(cluster))
+    if isinstance(scheduler, str) and "://" in scheduler:
+        if n_workers is not None:
+            raise ConfigError("n_workers sizes a local cluster only; an existing cluster keeps its workers")
+        return stack.enter_context(distributed.Client(scheduler))
+    raise ConfigError(f"unknown scheduler {scheduler!r}: use 'local', an address like 'tcp://host:8786' "
+                      "or a distributed.Client")
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a worker needs besides its chips (small, picklable; the same for every batch of a run).
+
+    stretch: the client's scene-wide (low, high) per band, so worker chips equal in-process ones.
+    generator_blob: the pickled mask generator; ``generator_key`` its SHA-256 (the worker cache key).
+    """
+
+    scene: Any  # the raster path, or the DataArray itself
+    scene_key: str  # what the worker's scene cache is keyed by (the path; unique per run for a DataArray)
+    read: ReadConfig
+    stretch: Any
+    engine: EngineConfig
+    generator_blob: bytes
+    generator_key: str
+    before: BeforeFactory | None = None
+
+
+def make_job(sc: Scene, engine: EngineConfig, generator: MaskGenerator, before: BeforeFactory | None = None) -> WorkerJob:
+    """The job of a run over the open scene ``sc``."""
+    import uuid
+
+    from geosam.read.dataarray import is_dataarray
+
+    blob = pickle.dumps(generator, protocol=pickle.HIGHEST_PROTOCOL)
+    key = f"{sc.path}#{uuid.uuid4().hex}" if is_dataarray(sc.source) else sc.path
+    return WorkerJob(sc.source, key, sc.read_config, sc.stretch, replace(engine, progress=False), blob,
+                     hashlib.sha256(blob).hexdigest(), before)
+
+
+# -- worker side ----------------------------------------------------------------
+
+_lock = threading.Lock()
+_local = threading.local()  # scenes per thread (a rasterio dataset is not thread-safe)
+_generators: OrderedDict[str, tuple[Any, threading.Lock]] = OrderedDict()
+_MAX_CACHED = 4
+
+
+def _scene(job: WorkerJob) -> Scene:
+    cache: OrderedDict[Any, Scene] = getattr(_local, "scenes", None) or OrderedDict()
+    _local.scenes = cache
+    key = (job.scene_key, job.read, pickle.dumps(job.stretch))
+    sc = cache.get(key)
+    if sc is None:
+        sc = cache[key] = Scene(job.scene, job.read, stretch=job.stretch)
+        while len(cache) > _MAX_CACHED:
+            cache.popitem(last=False)[1].close()
+    return sc
+
+
+def _generator(job: WorkerJob) -> tuple[Any, threading.Lock]:
+    with _lock:
+        hit = _generators.get(job.generator_key)
+        if hit is None:
+            hit = _generators[job.generator_key] = (pickle.loads(job.generator_blob), threading.Lock())
+            while len(_generators) > _MAX_CACHED:
+                _generators.popitem(last=False)
+        return hit
+
+
+class _Collect:
+    """An assembler that keeps the chip results (the worker's side of the run loop)."""
+
+    def __init__(self) -> None:
+        self.results: list[ChipResult] = []
+
+    def add(self, spec: ChipSpec, result: ChipResult, prompt_ids: Sequence[int] = ()) -> None:
+        self.results.append(result)
+
+    def pop_finished(self, final: bool = False) -> list[StitchedObject]:
+        return []
+
+
+def run_batch(job: WorkerJob, tasks: Sequence[ChipTask]) -> tuple[list[ChipResult], dict[str, Any]]:
+    """Run chip tasks on this worker: their results (in task order) and the worker's counts and timings."""
+    sc = _scene(job)
+    generator, gen_lock = _generator(job)
+    stats = RunStats()
+    before = job.before(sc, stats) if job.before is not None else None
+    out = _Collect()
+    with gen_lock:
+        run(sc, tasks, generator, out, job.engine, before=before, stats=stats)
+    return out.results, {"prompts_total": stats.prompts_total,
+                         "prompts_skipped_prefilter": stats.prompts_skipped_prefilter,
+                         "timings_s": dict(stats.timings_s)}
+
+
+# -- client side ------------------------------------------------------------------
+
+#: a job whose pickled generator is larger than this is scattered once instead of sent with each batch
+SCATTER_BYTES = 1 << 20
+
+def batches(tasks: Sequence[ChipTask], n_workers: int, chips_per_task: int | None = None) -> list[list[ChipTask]]:
+    """Tasks in consecutive batches: ``chips_per_task`` each, default about 4 batches per worker (1..16 chips)."""
+    if not tasks:
+        return []
+    size = chips_per_task or max(1, min(16, -(-len(tasks) // (4 * max(n_workers, 1)))))
+    return [list(tasks[i:i + size]) for i in range(0, len(tasks), size)]
+
+
+def execute_on(client: Any, job: WorkerJob, stats: RunStats, chips_per_task: int | None = None) -> Executor:
+    """An executor for :func:`geosam.run.loop.run` that runs batches of tasks on ``client``'s workers."""
+
+    def execute(tasks: Sequence[ChipTask]) -> Iterator[tuple[ChipTask, ChipResult]]:
+        from distributed import as_completed
+
+        n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
+        parts = batches(tasks, n_workers, chips_per_task)
+        job_arg = _scatter_if_large(client, job) if parts else job
+        futures = {client.submit(run_batch, job_arg, b, pure=False): b for b in parts}
+        log.info("dask: %d chips in %d batches on %d workers", len(tasks), len(parts), n_workers)
+        for fut in as_completed(futures):
+            results, worker_stats = fut.result()
+            batch = futures.pop(fut)
+            fut.release()
+            stats.prompts_total += worker_stats["prompts_total"]
+            stats.prompts_skipped_prefilter += worker_stats["prompts_skipped_prefilter"]
+            for stage, sec in worker_stats["timings_s"].items():
+                stats.add_time(stage, sec)  # summed over workers
+            yield from zip(batch, results)
+
+    return execute
+
+
+def _scatter_if_large(client: Any, job: WorkerJob) -> Any:
+    """The job as a future scattered to every worker once when it carries a DataArray or a large
+    generator (e.g. prompt mode's, holding its loaded model); else the job itself (sent with each batch)."""
+    from geosam.read.dataarray import is_dask_backed, is_dataarray
+
+    if not is_dataarray(job.scene):
+        return client.scatter(job, broadcast=True, hash=False) if len(job.generator_blob) > SCATTER_BYTES else job
+    if not is_dask_backed(job.scene):
+        log.warning("%s: a numpy-backed DataArray (%.0f MiB) is copied to every Dask worker; for large scenes "
+                    "give a dask-backed (lazily loaded) DataArray or a file path", getattr(job.scene, "name", None),
+                    job.scene.nbytes / 2**20)
+    return client.scatter(job, broadcast=True, hash=False)
+
+
+def dask_executor(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, engine: EngineConfig,
+                  generator: MaskGenerator, before: BeforeFactory | None, stats: RunStats) -> Executor:
+    """Connect to ``scheduler`` (see :func:`connect`) and return the run's executor."""
+    client = connect(stack, scheduler, n_workers)
+    return execute_on(client, make_job(sc, engine, generator, before), stats)
+
+
+def check_scheduler(scheduler: Any, n_workers: int | None) -> None:
+    """:class:`ConfigError` now (before any pixel or model) for ``n_workers`` without a scheduler or not >= 1."""
+    if scheduler is None and n_workers is not None:
+        raise ConfigError("n_workers needs scheduler='local' (or a scheduler address / Client)")
+    if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
+        raise ConfigError(f"n_workers must be a whole number >= 1, got {n_workers!r}")
+
+
+def executor_or_none(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, engine: EngineConfig,
+                     generator: MaskGenerator, stats: RunStats) -> Executor | None:
+    """:func:`dask_executor` when ``scheduler`` is given, else None (run in-process); ``n_workers``
+    without a scheduler is a :class:`ConfigError`."""
+    check_scheduler(scheduler, n_workers)
+    if scheduler is None:
+        return None
+    return dask_executor(stack, scheduler, n_workers, sc, engine, generator, None, stats)
+
+
+__all__ = [
+    "WorkerJob",
+    "batches",
+    "check_scheduler",
+    "connect",
+    "dask_executor",
+    "execute_on",
+    "executor_or_none",
+    "make_job",
+    "run_batch",
+]

@@ -1,0 +1,285 @@
+"""The one run loop: chip tasks -> masks per chip -> compact results -> assembled objects.
+
+Every mode is a chip plan, a per-chip mask generator and an assembler
+(:mod:`geosam.assemble.assemblers`); reading, the per-chip result
+(:class:`~geosam.assemble.result.ChipResult`), per-object attributes and the records of
+the output table are this loop's, written once. The entry points are in
+:mod:`geosam.modes.everything`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from geosam.assemble.assemblers import Assembler
+from geosam.assemble.records import ObjectHook, Record, finish
+from geosam.assemble.result import FAILED, INVALID, PREFILTERED, ChipResult
+from geosam.read.prefetch import iter_chips
+from geosam.read.scene import Chip, Scene
+from geosam.segment.base import ChipMasks, MaskGenerator
+from geosam.tile.grid import ChipSpec
+from geosam.write.failed_chips import failed_chip_entry
+
+if TYPE_CHECKING:
+    from geosam.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChipTask:
+    """One unit of work: a chip to read and, in prompt mode, the prompts it answers.
+
+    Small and picklable (a Dask task, a journal key). ``prompt_ids``: the run's
+    indices of ``prompts`` (scene pixel coordinates, :class:`geosam.prompts.parse.Prompt`).
+    """
+
+    spec: ChipSpec
+    prompts: tuple[Any, ...] = ()
+    prompt_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the summary line and ``gdf.attrs['geosam']``."""
+
+    chips_total: int = 0
+    chips_skipped_invalid: int = 0
+    chips_failed: list[dict[str, Any]] = field(default_factory=list)  # see geosam.write.failed_chips
+    chips_replayed: int = 0  # results taken from a journal (not generated again)
+    chips_empty: int = 0
+    chips_skipped_prefilter: int = 0
+    prompts_total: int = 0  # grid prompts on valid pixels (counted when the prefilter runs)
+    prompts_skipped_prefilter: int = 0
+    masks: int = 0
+    objects: int = 0
+    seconds: float = 0.0
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.timings_s[stage] = self.timings_s.get(stage, 0.0) + seconds
+
+    def summary(self) -> str:
+        return (
+            f"{self.objects} objects from {self.masks} masks in {self.chips_total} chips "
+            f"({self.chips_skipped_invalid} skipped as invalid, {self.chips_empty} without masks) "
+            f"in {self.seconds:.1f} s"
+        )
+
+    def count(self, result: ChipResult, transform: Any = None) -> None:
+        """Count one chip result; ``transform``: the scene's (pixel -> map), for failed chips' bounds."""
+        if result.status == INVALID:
+            self.chips_skipped_invalid += 1
+        elif result.status == PREFILTERED:
+            self.chips_skipped_prefilter += 1
+        elif result.status == FAILED:
+            self.chips_failed.append(failed_chip_entry(result, transform))
+        elif len(result) == 0:
+            self.chips_empty += 1
+        self.masks += len(result)
+
+
+class ChipJournal(Protocol):
+    """Where finished chip results are committed and replayed from (:class:`geosam.run.journal.Journal`)."""
+
+    def get(self, task: ChipTask) -> ChipResult | None: ...
+
+    def put(self, task: ChipTask, result: ChipResult) -> None: ...
+
+
+#: runs chip tasks elsewhere (e.g. on Dask workers): yields (task, result) in any order
+Executor = Callable[[Sequence[ChipTask]], Iterable[tuple[ChipTask, ChipResult]]]
+
+
+#: a per-chip step before generation; returns a result to skip the chip (e.g. the prefilter), else None
+ChipStep = Callable[[Chip], "ChipResult | None"]
+
+
+def clean_masks(masks: ChipMasks, valid: np.ndarray) -> ChipMasks:
+    """Cut every mask to the chip's valid pixels (in place); masks left empty are dropped later."""
+    if len(masks) == 0 or valid.all():
+        return masks
+    if masks.masks.shape[1:] != valid.shape:
+        raise ValueError(f"mask generator returned masks of shape {masks.masks.shape[1:]}, chip is {valid.shape}")
+    np.logical_and(masks.masks, valid[None], out=masks.masks)
+    return masks
+
+
+def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return iterable
+    from geosam.progress import tqdm_auto
+
+    return tqdm_auto()(iterable, total=total, desc=desc, unit="chip", leave=False)
+
+
+class _RunLoop:
+    """The state of one :func:`run`: where results go and the chips waiting to fill a batch.
+
+    ``deliver`` commits a result to the journal, counts it and hands it to the
+    assembler; finished objects become :class:`~geosam.assemble.records.Record` values
+    (map coordinates) in ``records``.
+    """
+
+    def __init__(
+        self,
+        sc: Scene,
+        generator: MaskGenerator,
+        assembler: Assembler,
+        engine: EngineConfig,
+        hooks: Sequence[ObjectHook],
+        stats: RunStats,
+        journal: ChipJournal | None,
+        sink: Callable[[list[Record]], None] | None = None,
+    ) -> None:
+        self.sc = sc
+        self.generator = generator
+        self.assembler = assembler
+        self.hooks = hooks
+        self.stats = stats
+        self.journal = journal
+        self.batch = max(engine.chips_per_batch, 1)
+        self.records: list[Record] = []
+        self.sink = sink if sink is not None else self.records.extend
+        self.pending: list[tuple[ChipTask, Chip]] = []
+        self.gen_t0 = dict(generator.timings_s)
+
+    def deliver(self, task: ChipTask, result: ChipResult, replayed: bool = False) -> None:
+        """Commit (unless ``replayed``), count and assemble one chip's result."""
+        if self.journal is not None and not replayed:
+            self.journal.put(task, result)
+        self.stats.count(result, self.sc.info.transform)
+        t0 = time.perf_counter()
+        self.assembler.add(task.spec, result, task.prompt_ids)
+        self._collect()
+        self.stats.add_time("stitch", time.perf_counter() - t0)
+
+    def _collect(self, final: bool = False) -> None:
+        finished = self.assembler.pop_finished(final=final)
+        if finished:
+            self.sink(finish(finished, self.hooks, self.sc, self.sc.info.transform))
+
+    def queue(self, task: ChipTask, chip: Chip) -> None:
+        """Add a chip to the batch; generate the batch once it is full."""
+        self.pending.append((task, chip))
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Generate masks for the waiting chips (one batch) and deliver their results."""
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        chips = [c for _, c in self.pending]
+        outs = self.generator.generate_batch(chips) if len(chips) > 1 else [self.generator.generate(chips[0])]
+        self.stats.add_time("generate", time.perf_counter() - t0)
+        for (task, chip), masks in zip(self.pending, outs):
+            masks = clean_masks(masks, chip.valid)
+            self.deliver(task, ChipResult.from_masks(task.spec.chip_id, task.spec.window, masks))
+        self.pending.clear()
+
+    def close(self, read_times: dict[str, float]) -> None:
+        """Assemble what is left and file the stage timings (seconds) into ``stats``."""
+        stats = self.stats
+        for stage, sec in read_times.items():
+            stats.add_time(stage, sec)
+        for stage, sec in self.generator.timings_s.items():
+            stats.add_time(stage, sec - self.gen_t0.get(stage, 0.0))
+        t0 = time.perf_counter()
+        self._collect(final=True)
+        stats.add_time("stitch", time.perf_counter() - t0)
+        poly = float(getattr(self.assembler, "polygonise_s", 0.0))
+        stats.timings_s["stitch"] = stats.timings_s.get("stitch", 0.0) - poly  # reported on its own
+        stats.add_time("polygonise", poly)
+
+
+def _triage(task: ChipTask, chip: Chip | Exception, before: ChipStep | None) -> ChipResult | Chip:
+    """The result of a chip that is not generated, else the chip to generate (carrying its prompts).
+
+    A chip is not generated when it could not be read (``skip_bad_chips``: ``chip`` is
+    the error), has no valid pixel, or ``before`` returns a result for it (e.g. the prefilter).
+    """
+    spec = task.spec
+    if not isinstance(chip, Chip):
+        log.warning("skipping chip %s: %s", spec.chip_id, chip)
+        return ChipResult.empty(spec.chip_id, spec.window, FAILED, error=str(chip))
+    if not chip.valid.any():
+        return ChipResult.empty(spec.chip_id, spec.window, INVALID,
+                                prompt_status=("invalid",) * len(task.prompts) or None)
+    chip.prompts = task.prompts
+    skipped = before(chip) if before is not None else None
+    return chip if skipped is None else skipped
+
+
+def run(
+    sc: Scene,
+    tasks: Sequence[ChipTask],
+    generator: MaskGenerator,
+    assembler: Assembler,
+    engine: EngineConfig,
+    *,
+    hooks: Sequence[ObjectHook] = (),
+    before: ChipStep | None = None,
+    stats: RunStats | None = None,
+    desc: str = "segment",
+    journal: ChipJournal | None = None,
+    execute: Executor | None = None,
+    sink: Callable[[list[Record]], None] | None = None,
+) -> tuple[list[Record], RunStats]:
+    """Run every task: read its chip, generate masks, hand the compact result to ``assembler``.
+
+    Finished objects get the ``hooks``' attributes while their pixels are at hand
+    and come back as :class:`~geosam.assemble.records.Record` values (map coordinates).
+    ``journal``: results it holds are replayed (not generated again); every new result is
+    committed to it before it is assembled. ``execute``: runs the remaining tasks elsewhere
+    (e.g. :mod:`geosam.run.dask`) instead of in this process; results arrive in any order.
+    ``sink``: receives the records as objects finish (e.g. :class:`geosam.assemble.store.ObjectStore`'s ``add``,
+    so they need not stay in memory); the returned list is then empty.
+    """
+    stats = stats or RunStats()
+    stats.chips_total += len(tasks)
+    loop = _RunLoop(sc, generator, assembler, engine, hooks, stats, journal, sink)
+    if journal is not None:
+        tasks = replay(journal, tasks, loop.deliver, stats)
+    if execute is not None:
+        for task, result in _progress(execute(tasks), len(tasks), engine.progress, desc):
+            loop.deliver(task, result)
+        tasks = []
+    by_spec = {t.spec: t for t in tasks}
+    read_times: dict[str, float] = {}
+    chips = iter_chips(sc, [t.spec for t in tasks], engine.prefetch_chips, read_times, engine.skip_bad_chips)
+    for spec, chip in _progress(chips, len(tasks), engine.progress and bool(tasks), desc):
+        task = by_spec[spec]
+        outcome = _triage(task, chip, before)
+        if isinstance(outcome, Chip):
+            loop.queue(task, outcome)
+        else:
+            loop.deliver(task, outcome)
+    loop.flush()
+    loop.close(read_times)
+    return loop.records, stats
+
+
+def replay(journal: ChipJournal, tasks: Sequence[ChipTask], deliver: Callable[[ChipTask, ChipResult, bool], None],
+           stats: RunStats) -> list[ChipTask]:
+    """Deliver the journal's results of ``tasks``; return the tasks it has no result for."""
+    todo: list[ChipTask] = []
+    for task in tasks:
+        result = journal.get(task)
+        if result is None:
+            todo.append(task)
+            continue
+        stats.chips_replayed += 1
+        deliver(task, result, True)
+    if stats.chips_replayed:
+        log.info("journal: %d of %d chips replayed, %d to run", stats.chips_replayed, len(tasks), len(todo))
+    return todo
+
+
+__all__ = ["ChipJournal", "ChipStep", "ChipTask", "Executor", "RunStats", "clean_masks", "replay", "run"]
