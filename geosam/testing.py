@@ -6,7 +6,9 @@ instance-label GeoTIFF inside the chip window. With it, tiling, stitching and
 export can be tested exactly, independent of model quality, and streaming
 benchmarks can run without a model. :class:`PromptedOracleMaskGenerator` answers
 only SAM's grid prompts inside ``chip.prompt_region()``, to test prompt
-prefilters exactly.
+prefilters exactly. :class:`NoisyOracleMaskGenerator` perturbs the oracle's masks
+independently per chip and per object (:func:`perturb_masks`), the way a real
+model disagrees with itself across chip seams, to test the stitcher's tolerance.
 
 Frames: the label raster must be on the scene's pixel grid (same size,
 transform and CRS); chip windows are in scene pixel coordinates, masks in the
@@ -248,4 +250,120 @@ class PromptedOracleMaskGenerator(OracleMaskGenerator):
         return ChipMasks(masks, ones, ones.copy()), labels
 
 
-__all__ = ["TRANSFORM_RTOL", "OracleMaskGenerator", "PromptedOracleMaskGenerator"]
+def _disk(radius_px: int) -> np.ndarray:
+    r = np.arange(-radius_px, radius_px + 1)
+    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius_px**2
+
+
+def _grow_or_shrink(mask: np.ndarray, r: int) -> np.ndarray:
+    """``mask`` dilated (r > 0) or eroded (r < 0) by a disc of radius ``|r|`` px.
+
+    The chip's edges do not erode: the object is taken to continue beyond them (edge pixels are replicated).
+    """
+    from scipy import ndimage
+
+    if r == 0 or not mask.any():
+        return mask
+    k = abs(r)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1 = max(rows[0] - k, 0), min(rows[-1] + 1 + k, mask.shape[0])
+    c0, c1 = max(cols[0] - k, 0), min(cols[-1] + 1 + k, mask.shape[1])
+    sub = np.pad(mask[r0:r1, c0:c1], k, mode="edge")
+    op = ndimage.binary_dilation if r > 0 else ndimage.binary_erosion
+    out = np.zeros_like(mask)
+    out[r0:r1, c0:c1] = op(sub, structure=_disk(k))[k:-k, k:-k]
+    return out
+
+
+def perturb_masks(
+    masks: np.ndarray,
+    rng: np.random.Generator,
+    radius_px: int = 2,
+    shift_px: int = 0,
+    edge_cut_px: int = 0,
+    cut_edges: tuple[bool, bool, bool, bool] = (True, True, True, True),
+    disjoint: bool = True,
+) -> np.ndarray:
+    """Per-object noise on one chip's masks (N, H, W), like a model's chip-to-chip disagreement.
+
+    Each mask is moved out (dilation) or in (erosion) by a whole number of pixels drawn uniformly from
+    ``[-radius_px, radius_px]``, then shifted by up to ``shift_px`` pixels along each axis (both drawn per object).
+    With ``edge_cut_px``, each chip side flagged in ``cut_edges`` (left, top, right, bottom; sides inside the
+    scene) loses the mask pixels within a depth drawn from ``[0, edge_cut_px]`` of it: a mask that stops short
+    of the chip edge. With ``disjoint``, a pixel claimed by several masks stays only with the mask that had it
+    before the noise (else the first), so the chip's masks do not overlap, as after SAM's box NMS.
+
+    Returns:
+        The perturbed masks (bool, same shape); a mask may come out empty.
+    """
+    from scipy import ndimage
+
+    n, h, w = masks.shape
+    out = np.zeros_like(masks, dtype=bool)
+    for i in range(n):
+        m = _grow_or_shrink(masks[i], int(rng.integers(-radius_px, radius_px + 1)))
+        if shift_px:
+            dy, dx = (int(v) for v in rng.integers(-shift_px, shift_px + 1, size=2))
+            m = ndimage.shift(m, (dy, dx), order=0, mode="nearest")
+        out[i] = m
+    if edge_cut_px:
+        depth = rng.integers(0, edge_cut_px + 1, size=4)
+        left, top, right, bottom = (int(d) if cut else 0 for d, cut in zip(depth, cut_edges))
+        out[:, :, :left] = False
+        out[:, :top, :] = False
+        out[:, :, w - right :] = False
+        out[:, h - bottom :, :] = False
+    if disjoint and n > 1:
+        many = out.sum(axis=0) > 1
+        if many.any():
+            claim = out[:, many]
+            first_orig = np.argmax(claim & masks[:, many], axis=0)
+            has_orig = (claim & masks[:, many]).any(axis=0)
+            winner = np.where(has_orig, first_orig, np.argmax(claim, axis=0))
+            out[:, many] = claim & (np.arange(n)[:, None] == winner[None, :])
+    return out
+
+
+class NoisyOracleMaskGenerator(OracleMaskGenerator):
+    """The oracle's masks with per-chip, per-object noise (:func:`perturb_masks`).
+
+    Neighbouring chips see each object with outlines that differ by a few pixels, as a real model does, so the
+    stitcher's seam matching can be tested against known objects. The noise is a pure function of ``seed`` and the
+    chip's (row, col): the same whatever order or process chips run in.
+
+    Args:
+        label_raster_path: instance-label GeoTIFF on the scene's grid (see `OracleMaskGenerator`).
+        radius_px: masks move out or in by up to this many pixels.
+        shift_px: masks shift by up to this many pixels along each axis.
+        edge_cut_px: masks stop short of a chip side inside the scene by up to this many pixels.
+        disjoint: a chip's masks do not overlap.
+        seed: noise seed.
+    """
+
+    name = "noisy-oracle"
+
+    def __init__(self, label_raster_path: str | os.PathLike[str], radius_px: int = 2, shift_px: int = 0,
+                 edge_cut_px: int = 0, disjoint: bool = True, seed: int = 0) -> None:
+        if min(radius_px, shift_px, edge_cut_px) < 0:
+            raise ConfigError(f"noise sizes must be >= 0 px, got radius_px={radius_px}, shift_px={shift_px}, "
+                              f"edge_cut_px={edge_cut_px}")
+        super().__init__(label_raster_path)
+        self.radius_px, self.shift_px, self.edge_cut_px = int(radius_px), int(shift_px), int(edge_cut_px)
+        self.disjoint, self.seed = bool(disjoint), int(seed)
+
+    def __repr__(self) -> str:
+        return (f"NoisyOracleMaskGenerator({self.label_path!r}, radius_px={self.radius_px}, shift_px={self.shift_px}, "
+                f"edge_cut_px={self.edge_cut_px}, seed={self.seed})")
+
+    def generate_with_labels(self, chip: Chip) -> tuple[ChipMasks, np.ndarray]:
+        masks, labels = super().generate_with_labels(chip)
+        if labels.size == 0:
+            return masks, labels
+        rng = np.random.default_rng([self.seed, chip.spec.row, chip.spec.col])
+        noisy = perturb_masks(masks.masks, rng, self.radius_px, self.shift_px, self.edge_cut_px,
+                              chip.spec.edges_inside_scene(), self.disjoint)
+        return ChipMasks(noisy, masks.predicted_iou, masks.stability_score), labels
+
+
+__all__ = ["TRANSFORM_RTOL", "NoisyOracleMaskGenerator", "OracleMaskGenerator", "PromptedOracleMaskGenerator", "perturb_masks"]

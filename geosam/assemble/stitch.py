@@ -5,14 +5,24 @@ edges on integers) on boolean mask crops, so matching and merging are exact
 pixel operations. Each finished object is polygonised once (holes kept) and the
 scene's affine transform is applied only then.
 
-Merging rule. Two masks from different chips are the same object when, inside
-the rectangle where the two chip windows overlap, their pixels agree: IoU of
-their parts inside that rectangle >= ``match_iou``. Matches are joined with a
-union-find, so an object larger than a chip (seen truncated by every chip) is
-assembled from all of them. The outline of a merged object takes, in each
-chip's core, the pixels of the member seen by that chip, and elsewhere the
-union of what its members saw. Objects truncated at a chip edge are thereby
-completed from the neighbours that see the rest.
+Merging rule (`geosam.assemble.seams` has the details). Two masks from
+different chips are compared inside the rectangle where the two chip windows
+overlap (the shared strip), which both chips see whole. They are the same
+object when their parts there agree: IoU >= ``match_iou``; or, since a model's
+two views of one object differ by a few pixels along the outline, when the
+smaller part lies mostly inside the larger, both agree outside a band of
+``seam_tolerance_px`` pixels, and each is the other's best such candidate.
+Matches are joined with a union-find, so an object larger than a chip (seen
+truncated by every chip) is assembled from all of them.
+
+Ownership rule. Every pixel has an order of precedence among the chips that
+see it: the chip whose core holds it, then the others by distance from their
+cores. An object takes each pixel from its member chip of highest precedence
+that sees it (so in a member chip's core, that chip's mask decides), and gives
+up pixels that a piece of another object, from a chip of higher precedence,
+holds. Objects truncated at a chip edge are thereby completed from the
+neighbours that see the rest, and pieces left apart (two chips that disagree
+too much) never claim the same pixels twice: each chip decides its own core.
 
 The stitcher is streaming: chips are added one at a time in any order, and an
 object is finished (and leaves memory) as soon as every chip whose window
@@ -34,6 +44,7 @@ from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.ops import unary_union
 
 from geosam.assemble.result import ChipResult
+from geosam.assemble.seams import SEAM_TOLERANCE_PX, Part, claims, core_distance, match_strip, on_window
 from geosam.geo import area_m2, pixel_to_map  # noqa: F401 - re-exported for callers of the stitcher
 from geosam.segment.base import ChipMasks
 from geosam.tile.grid import ChipSpec
@@ -83,6 +94,8 @@ class _Piece:
     predicted_iou: float
     stability_score: float
     attrs: dict[str, Any] = field(default_factory=dict)
+    #: pixels other pieces' chips take precedence over: (their uid, window, pixels over it)
+    blockers: list[tuple[int, PixelWindow, np.ndarray]] = field(default_factory=list)
 
     def crop(self, win: PixelWindow) -> np.ndarray:
         """The mask inside ``win`` (which must lie inside ``bbox``)."""
@@ -143,13 +156,17 @@ class Stitcher:
         skipped), used to know neighbours and cores.
     match_iou: IoU inside the shared overlap above which two masks of
         neighbouring chips are one object.
+    seam_tolerance_px: width of the band (scene pixels) along an outline in
+        which two chips' masks of one object may disagree (0: IoU only).
 
     Pieces are kept as boolean crops (exact, cheap to intersect); polygons are
     made once per finished object.
     """
 
-    def __init__(self, specs: Sequence[ChipSpec], match_iou: float = 0.5) -> None:
+    def __init__(self, specs: Sequence[ChipSpec], match_iou: float = 0.5,
+                 seam_tolerance_px: int = SEAM_TOLERANCE_PX) -> None:
         self.match_iou = match_iou
+        self.seam_tolerance_px = int(seam_tolerance_px)
         self.windows: dict[ChipKey, PixelWindow] = {}
         self.cores: dict[ChipKey, PixelWindow] = {}
         for s in specs:
@@ -221,17 +238,17 @@ class Stitcher:
         """Mark a chip as processed with no masks (e.g. all pixels invalid)."""
         self.add(spec, ChipResult.empty(spec.chip_id, spec.window))
 
-    def _parts_in(self, uids: list[int], shared: PixelWindow) -> dict[int, tuple[PixelWindow, int]]:
-        """For each piece touching ``shared``: (its bbox inside shared, its pixel count there)."""
-        out = {}
+    def _parts_in(self, uids: list[int], shared: PixelWindow) -> list[Part]:
+        """The pieces touching ``shared``: their bbox inside shared and their pixel count there."""
+        out = []
         for u in uids:
             p = self.pieces[u]
             w = p.bbox.intersection(shared)
             if w is None:
                 continue
-            n = int(p.crop(w).sum())
+            n = int(np.count_nonzero(p.crop(w)))
             if n:
-                out[u] = (w, n)
+                out.append(Part(u, w, n))
         return out
 
     def _match(self, key: ChipKey, uids: list[int], nb: ChipKey, nb_uids: list[int]) -> None:
@@ -242,22 +259,23 @@ class Stitcher:
         b_parts = self._parts_in(nb_uids, shared)
         if not a_parts or not b_parts:
             return
-        b_ids = list(b_parts)
-        b_box = np.array([b_parts[u][0].bounds() for u in b_ids], dtype=np.int64)
-        for ua, (wa, na) in a_parts.items():
-            c0, r0, c1, r1 = wa.bounds()
-            hit = (b_box[:, 0] < c1) & (b_box[:, 2] > c0) & (b_box[:, 1] < r1) & (b_box[:, 3] > r0)
-            for j in np.flatnonzero(hit):
-                ub = b_ids[int(j)]
-                wb, nb_px = b_parts[ub]
-                w = wa.intersection(wb)
-                if w is None:
-                    continue
-                if self.pieces[ua].attrs.get("label") != self.pieces[ub].attrs.get("label"):
-                    continue  # masks of different labels (text mode) are different objects
-                inter = int(np.count_nonzero(self.pieces[ua].crop(w) & self.pieces[ub].crop(w)))
-                if inter and inter / (na + nb_px - inter) >= self.match_iou:
-                    self.uf.union(ua, ub)
+        pieces = self.pieces
+
+        def same_kind(a: int, b: int) -> bool:  # masks of different labels (text mode) are different objects
+            return pieces[a].attrs.get("label") == pieces[b].attrs.get("label")
+
+        matched, apart = match_strip(shared, a_parts, b_parts, lambda u, w: on_window(pieces[u].mask, pieces[u].bbox, w),
+                                     same_kind, self.match_iou, self.seam_tolerance_px)
+        for ua, ub in matched:
+            self.uf.union(ua, ub)
+        for ua, ub, w in apart:  # left apart: each gives up what the other's chip takes precedence over
+            pa, pb = pieces[ua], pieces[ub]
+            give_a, give_b = claims(w, (pa.chip, self.windows[pa.chip], self.cores[pa.chip], pa.crop(w)),
+                                    (pb.chip, self.windows[pb.chip], self.cores[pb.chip], pb.crop(w)))
+            if give_a.any():
+                pb.blockers.append((ua, w, give_a))
+            if give_b.any():
+                pa.blockers.append((ub, w, give_b))
 
     # -- finishing ---------------------------------------------------------
     def _components(self, uids: Iterable[int]) -> dict[int, list[int]]:
@@ -290,20 +308,22 @@ class Stitcher:
                     lst.remove(u)
         return out
 
-    def _trimmed(self, p: _Piece, chips: set[ChipKey]) -> np.ndarray:
-        """The piece without pixels owned by the cores of the *other* member chips."""
-        m = p.mask
-        copied = False
-        for c in chips:
-            if c == p.chip:
-                continue
-            w = self.cores[c].intersection(p.bbox)
-            if w is None:
-                continue
-            if not copied:
-                m = m.copy()
-                copied = True
-            m[w.relative_to(p.bbox).slices()] = False
+    def _own(self, p: _Piece, members: set[int], chips: Sequence[ChipKey]) -> np.ndarray:
+        """The pixels ``p`` gives its object: where its chip takes precedence over the object's other chips,
+        less those that pieces of other objects from chips of higher precedence hold."""
+        m = p.mask.copy()
+        for uid, w, claim in p.blockers:
+            if uid not in members:
+                m[w.relative_to(p.bbox).slices()] &= ~claim
+        if len(chips) > 1:
+            mine = core_distance(p.bbox, self.cores[p.chip])
+            for c in chips:
+                seen = None if c == p.chip else self.windows[c].intersection(p.bbox)
+                if seen is None:
+                    continue
+                sl = seen.relative_to(p.bbox).slices()
+                theirs = core_distance(seen, self.cores[c])
+                m[sl] &= (mine[sl] < theirs) | ((mine[sl] == theirs) & (p.chip < c))
         return m
 
     def _polygonise(self, mask: np.ndarray, col_off: int, row_off: int) -> Any:
@@ -316,11 +336,12 @@ class Stitcher:
     def _build(self, members: list[int], chips: set[ChipKey]) -> StitchedObject | None:
         # by chip, then mask order within the chip: the same whatever order chips arrived in
         pieces = sorted((self.pieces[u] for u in members), key=lambda p: (p.chip, p.uid))
+        ids, keys = set(members), sorted(chips)
         if len(pieces) == 1:
             p = pieces[0]
-            g = self._polygonise(p.mask, p.bbox.col_off, p.bbox.row_off)
-            area = p.area_px
-            canvas, full = p.mask, p.bbox
+            canvas, full = (self._own(p, ids, keys) if p.blockers else p.mask), p.bbox
+            g = self._polygonise(canvas, p.bbox.col_off, p.bbox.row_off)
+            area = p.area_px if canvas is p.mask else int(np.count_nonzero(canvas))
         else:
             c0 = min(p.bbox.col_off for p in pieces)
             r0 = min(p.bbox.row_off for p in pieces)
@@ -330,12 +351,12 @@ class Stitcher:
             if full.width * full.height <= CANVAS_MAX_PX:
                 canvas = np.zeros((full.height, full.width), dtype=bool)
                 for p in pieces:
-                    canvas[p.bbox.relative_to(full).slices()] |= self._trimmed(p, chips)
+                    canvas[p.bbox.relative_to(full).slices()] |= self._own(p, ids, keys)
                 g = self._polygonise(canvas, c0, r0)
                 area = int(canvas.sum())
-            else:  # a huge object: vector union of the trimmed pieces
+            else:  # a huge object: vector union of the pieces' own pixels
                 canvas, full = None, None
-                geoms = [self._polygonise(self._trimmed(p, chips), p.bbox.col_off, p.bbox.row_off) for p in pieces]
+                geoms = [self._polygonise(self._own(p, ids, keys), p.bbox.col_off, p.bbox.row_off) for p in pieces]
                 g = _polygonal(unary_union([q for q in geoms if q is not None]))
                 area = round(g.area)
         if g is None or g.is_empty:

@@ -1,0 +1,194 @@
+"""The seam rule: which pieces of neighbouring chips are one object, and who owns a contested pixel.
+
+All functions work in **scene pixel coordinates** on boolean crops placed at `PixelWindow` values; they are pure
+and know nothing of the streaming stitcher (`geosam.assemble.stitch.Stitcher`) that calls them.
+
+**Matching.** Two pieces of neighbouring chips are compared inside the chips' shared strip (the intersection of the
+two windows, which both chips see whole), on their parts there, ``a`` and ``b``:
+
+1. *Agreement*: ``IoU(a, b) >= match_iou`` joins them (the exact rule, unchanged).
+2. *Tolerant agreement*, for pairs that fail 1 and share pixels: a model's two views of one object differ by a band
+   of a few pixels along the outline, which costs a thin sliver (an object that only just enters the strip) most
+   of its IoU. So the pair is also one object when
+
+   * the smaller part lies mostly inside the larger (``|a & b| >= MIN_CONTAINMENT * min(|a|, |b|)``), and
+   * the parts agree outside a band of ``tolerance_px`` pixels: at least ``MIN_AGREEMENT`` of their pixels lie
+     within ``tolerance_px`` (chessboard distance) of the other part, and
+   * they are each other's best such candidate (mutual best match), and neither was joined by rule 1 in this strip.
+
+   Objects that merely touch fail this: one's part is not within a few pixels of the other's (a building's part
+   is not explained by a thin rim of its neighbour), and each has a better partner, itself seen by the other chip.
+
+**Ownership.** Whatever stays apart must not claim the same pixels twice. Every pixel has an order of precedence
+among the chips that see it: the chip whose core holds it first (cores partition the scene), then the others by
+chessboard distance from their cores, ties by chip (row, col). An object takes a pixel from its best-placed member
+chip that sees it (the core's owner when that chip is a member), and loses it to any piece of another object from a
+chip of higher precedence. So each chip decides the pixels of its own core, neighbours fill in only what its own
+masks leave free, and as long as one chip's masks do not overlap, no two objects share a pixel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from geosam.windows import PixelWindow
+
+#: default width of the band (scene pixels) in which two chips' outlines of one object may disagree
+SEAM_TOLERANCE_PX = 4
+#: tolerant rule: share of the smaller part that must lie inside the larger one
+MIN_CONTAINMENT = 0.5
+#: tolerant rule: share of both parts' pixels that must lie within the tolerance band of the other part
+MIN_AGREEMENT = 0.9
+
+ChipKey = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece's pixels inside a shared strip: its uid, the window they span there, and their count."""
+
+    uid: int
+    window: PixelWindow
+    n_px: int
+
+
+def on_window(mask: np.ndarray, bbox: PixelWindow, win: PixelWindow) -> np.ndarray:
+    """``mask`` (placed at ``bbox``) read over ``win``; False outside ``bbox``."""
+    out = np.zeros((win.height, win.width), dtype=bool)
+    w = bbox.intersection(win)
+    if w is not None:
+        out[w.relative_to(win).slices()] = mask[w.relative_to(bbox).slices()]
+    return out
+
+
+def _dilate(m: np.ndarray, r: int) -> np.ndarray:
+    """Chessboard dilation by ``r`` px (separable maxima along rows, then columns)."""
+    from scipy import ndimage
+
+    return ndimage.maximum_filter(m.view(np.uint8), size=2 * r + 1, mode="constant").view(bool)
+
+
+def tolerant_agreement(a: np.ndarray, b: np.ndarray, tolerance_px: int) -> float:
+    """Share of the pixels of ``a`` and ``b`` (same frame) lying within ``tolerance_px`` of the other mask."""
+    na, nb = int(a.sum()), int(b.sum())
+    if na + nb == 0:
+        return 0.0
+    near = int(np.count_nonzero(a & _dilate(b, tolerance_px))) + int(np.count_nonzero(b & _dilate(a, tolerance_px)))
+    return near / (na + nb)
+
+
+def mutual_best(scores: dict[tuple[int, int], tuple[float, int]]) -> list[tuple[int, int]]:
+    """Pairs ``(a, b)`` that are each other's best-scoring candidate (ties: the lower uid)."""
+    best_a: dict[int, tuple[tuple[float, int], int]] = {}
+    best_b: dict[int, tuple[tuple[float, int], int]] = {}
+    for (a, b), s in sorted(scores.items()):
+        if a not in best_a or s > best_a[a][0]:
+            best_a[a] = (s, b)
+        if b not in best_b or s > best_b[b][0]:
+            best_b[b] = (s, a)
+    return [(a, b) for a, (_, b) in best_a.items() if best_b[b][1] == a]
+
+
+def match_strip(
+    shared: PixelWindow,
+    a_parts: Sequence[Part],
+    b_parts: Sequence[Part],
+    pixels: Callable[[int, PixelWindow], np.ndarray],
+    same_kind: Callable[[int, int], bool],
+    match_iou: float,
+    tolerance_px: int,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int, PixelWindow]]]:
+    """Match the parts of two chips' pieces inside their shared strip ``shared``.
+
+    Args:
+        shared: the intersection of the two chip windows.
+        a_parts, b_parts: each chip's pieces that have pixels in ``shared``.
+        pixels: ``pixels(uid, window)``: a piece's mask over ``window`` (inside ``shared``).
+        same_kind: whether two pieces may be one object at all (e.g. text mode: same label).
+        match_iou: rule 1's IoU.
+        tolerance_px: rule 2's band; 0 switches rule 2 off.
+
+    Returns:
+        The matched ``(a uid, b uid)`` pairs, and the overlapping pairs left apart, with the window where their
+        bounding boxes meet (for `claims`).
+    """
+    matched: list[tuple[int, int]] = []
+    apart: list[tuple[int, int, PixelWindow]] = []
+    tolerant: dict[tuple[int, int], tuple[float, int]] = {}
+    b_box = np.array([p.window.bounds() for p in b_parts], dtype=np.int64).reshape(-1, 4)
+    for pa in a_parts:
+        c0, r0, c1, r1 = pa.window.bounds()
+        hit = (b_box[:, 0] < c1) & (b_box[:, 2] > c0) & (b_box[:, 1] < r1) & (b_box[:, 3] > r0)
+        for j in np.flatnonzero(hit):
+            pb = b_parts[int(j)]
+            w = pa.window.intersection(pb.window)
+            if w is None or not same_kind(pa.uid, pb.uid):
+                continue
+            inter = int(np.count_nonzero(pixels(pa.uid, w) & pixels(pb.uid, w)))
+            if not inter:
+                continue
+            if inter / (pa.n_px + pb.n_px - inter) >= match_iou:
+                matched.append((pa.uid, pb.uid))
+                continue
+            apart.append((pa.uid, pb.uid, w))
+            if tolerance_px <= 0 or inter < MIN_CONTAINMENT * min(pa.n_px, pb.n_px):
+                continue
+            c0_, r0_, c1_, r1_ = pa.window.bounds()
+            u = PixelWindow(min(c0_, pb.window.col_off), min(r0_, pb.window.row_off), 0, 0)
+            u = PixelWindow(u.col_off, u.row_off, max(c1_, pb.window.col_end) - u.col_off,
+                            max(r1_, pb.window.row_end) - u.row_off)
+            agree = tolerant_agreement(pixels(pa.uid, u), pixels(pb.uid, u), tolerance_px)
+            if agree >= MIN_AGREEMENT:
+                tolerant[(pa.uid, pb.uid)] = (agree, inter)
+    joined_a = {a for a, _ in matched}
+    joined_b = {b for _, b in matched}
+    tolerant = {k: v for k, v in tolerant.items() if k[0] not in joined_a and k[1] not in joined_b}
+    pairs = mutual_best(tolerant)
+    done = set(pairs)
+    return matched + pairs, [t for t in apart if (t[0], t[1]) not in done]
+
+
+def core_distance(win: PixelWindow, core: PixelWindow) -> np.ndarray:
+    """Chessboard distance (px) from each pixel of ``win`` to the rectangle ``core`` (0 inside), int64 (H, W)."""
+    cols = np.arange(win.col_off, win.col_end)
+    rows = np.arange(win.row_off, win.row_end)
+    dx = np.maximum(np.maximum(core.col_off - cols, cols - (core.col_end - 1)), 0)
+    dy = np.maximum(np.maximum(core.row_off - rows, rows - (core.row_end - 1)), 0)
+    return np.maximum(dy[:, None], dx[None, :])
+
+
+def first_in_precedence(win: PixelWindow, chips: Sequence[tuple[ChipKey, PixelWindow, PixelWindow]]) -> np.ndarray:
+    """For each pixel of ``win``: the index into ``chips`` ((key, window, core), sorted by key) of the chip of
+    highest precedence that sees the pixel, -1 where none does. int64 (H, W)."""
+    best = np.full((win.height, win.width), np.iinfo(np.int64).max, dtype=np.int64)
+    choice = np.full((win.height, win.width), -1, dtype=np.int64)
+    for i, (_, window, core) in enumerate(chips):
+        w = window.intersection(win)
+        if w is None:
+            continue
+        sl = w.relative_to(win).slices()
+        d = core_distance(w, core)
+        better = d < best[sl]
+        best[sl][better] = d[better]
+        choice[sl][better] = i
+    return choice
+
+
+def claims(
+    w: PixelWindow,
+    a: tuple[ChipKey, PixelWindow, PixelWindow, np.ndarray],
+    b: tuple[ChipKey, PixelWindow, PixelWindow, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two overlapping pieces of two chips, ``(chip key, chip window, chip core, piece pixels over w)`` each.
+
+    Returns:
+        (pixels of ``a`` that ``b`` must give up, pixels of ``b`` that ``a`` must give up), both over ``w``: each
+        piece's pixels where its chip takes precedence over the other's.
+    """
+    order = sorted([a, b], key=lambda t: t[0])
+    first = first_in_precedence(w, [(k, win, core) for k, win, core, _ in order]) == 0
+    a_first = first if order[0] is a else ~first
+    return a[3] & a_first, b[3] & ~a_first
