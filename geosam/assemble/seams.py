@@ -37,13 +37,40 @@ import numpy as np
 from geosam.windows import PixelWindow
 
 #: default width of the band (scene pixels) in which two chips' outlines of one object may disagree
-SEAM_TOLERANCE_PX = 4
+SEAM_TOLERANCE_PX = 6
 #: tolerant rule: share of the smaller part that must lie inside the larger one
 MIN_CONTAINMENT = 0.5
 #: tolerant rule: share of both parts' pixels that must lie within the tolerance band of the other part
 MIN_AGREEMENT = 0.9
 
 ChipKey = tuple[int, int]
+
+
+class UnionFind:
+    """Disjoint sets of piece uids (path halving; the smaller uid is the root)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def add(self, x: int) -> None:
+        self.parent[x] = x
+
+    def find(self, x: int) -> int:
+        p = self.parent
+        while p[x] != x:
+            p[x] = p[p[x]]
+            x = p[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                ra, rb = rb, ra
+            self.parent[ra] = rb
+
+    def remove(self, x: int) -> None:
+        del self.parent[x]
 
 
 @dataclass(frozen=True)
@@ -53,6 +80,15 @@ class Part:
     uid: int
     window: PixelWindow
     n_px: int
+
+
+@dataclass(frozen=True)
+class Side:
+    """One chip of a pair: its window, its pieces' parts in the shared strip, and all its pieces (uid, bbox)."""
+
+    window: PixelWindow
+    parts: Sequence[Part]
+    pieces: Sequence[tuple[int, PixelWindow]]
 
 
 def on_window(mask: np.ndarray, bbox: PixelWindow, win: PixelWindow) -> np.ndarray:
@@ -192,3 +228,96 @@ def claims(
     first = first_in_precedence(w, [(k, win, core) for k, win, core, _ in order]) == 0
     a_first = first if order[0] is a else ~first
     return a[3] & a_first, b[3] & ~a_first
+
+
+def drop_slivers(mask: np.ndarray, tolerance_px: int) -> np.ndarray:
+    """``mask`` without the seam slivers left where two chips' views of one object meet: every 4-connected part
+    but the largest that is at most ``tolerance_px`` + 1 pixels thick (gone after a chessboard erosion by
+    ``ceil(tolerance_px / 2)``). A mask of one part comes back as it is."""
+    from scipy import ndimage
+
+    if tolerance_px <= 0:
+        return mask
+    lab, n = ndimage.label(mask)
+    if n < 2:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    r = -(-tolerance_px // 2)
+    thick = ndimage.binary_erosion(mask, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(lab[thick])] = True
+    keep[int(np.argmax(sizes))] = True
+    keep[0] = False
+    return keep[lab]
+
+
+def _grow(w: PixelWindow, r: int) -> PixelWindow:
+    return PixelWindow(w.col_off - r, w.row_off - r, w.width + 2 * r, w.height + 2 * r)
+
+
+def cut_by_chip(part: PixelWindow, chip: PixelWindow, other: PixelWindow) -> bool:
+    """Does a part (window ``part``) reach a side of its ``chip`` window that lies inside the ``other`` chip's
+    window (so the object may continue where only the other chip sees it)?"""
+    return ((part.col_off == chip.col_off > other.col_off) or (part.row_off == chip.row_off > other.row_off)
+            or (part.col_end == chip.col_end < other.col_end) or (part.row_end == chip.row_end < other.row_end))
+
+
+def match_near(
+    lonely: Sequence[Part],
+    others: Sequence[tuple[int, PixelWindow]],
+    pixels: Callable[[int, PixelWindow], np.ndarray],
+    same_kind: Callable[[int, int], bool],
+    tolerance_px: int,
+) -> list[tuple[int, int]]:
+    """Rule 3: a part with no partner in the strip, cut by its chip's edge, joins the other chip's piece that
+    lies within ``tolerance_px`` of (``MIN_AGREEMENT`` of) its pixels: the nearest such piece, anywhere near.
+
+    A sliver that only just enters the strip in one chip's view may have no pixel in common with the other
+    chip's view of the same object (eroded a few pixels back, out of the strip). ``others``: (uid, bbox) of the
+    other chip's pieces not joined in this strip. Returns (lonely uid, other uid) pairs.
+    """
+    out = []
+    for x in lonely:
+        region = _grow(x.window, tolerance_px)
+        mine = pixels(x.uid, x.window)
+        best: tuple[int, int, int] | None = None
+        for uid, bbox in others:
+            if bbox.intersection(region) is None or not same_kind(x.uid, uid):
+                continue
+            theirs = pixels(uid, region)
+            for r in range(1, tolerance_px + 1):
+                near = np.count_nonzero(mine & _dilate(theirs, r)[tolerance_px:-tolerance_px, tolerance_px:-tolerance_px])
+                if near >= MIN_AGREEMENT * x.n_px:
+                    if best is None or (r, -near) < (best[0], -best[1]):
+                        best = (r, int(near), uid)
+                    break
+        if best is not None:
+            out.append((x.uid, best[2]))
+    return out
+
+
+def match_chips(
+    a: Side,
+    b: Side,
+    pixels: Callable[[int, PixelWindow], np.ndarray],
+    same_kind: Callable[[int, int], bool],
+    match_iou: float,
+    tolerance_px: int,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int, PixelWindow]]]:
+    """Rules 1-3 for two neighbouring chips: the pairs to join, and the overlapping pairs left apart (see
+    `match_strip`)."""
+    shared = a.window.intersection(b.window)
+    if shared is None:
+        return [], []
+    matched, apart = match_strip(shared, a.parts, b.parts, pixels, same_kind, match_iou, tolerance_px)
+    if tolerance_px <= 0:
+        return matched, apart
+    joined = {u for pair in matched for u in pair}
+    for mine, theirs, flip in ((a, b, False), (b, a, True)):
+        lonely = [p for p in mine.parts if p.uid not in joined and cut_by_chip(p.window, mine.window, theirs.window)]
+        free = [(u, w) for u, w in theirs.pieces if u not in joined]
+        if lonely and free:
+            near = match_near(lonely, free, pixels, same_kind, tolerance_px)
+            matched += [(y, x) if flip else (x, y) for x, y in near]
+    return matched, apart

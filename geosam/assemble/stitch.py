@@ -44,7 +44,17 @@ from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.ops import unary_union
 
 from geosam.assemble.result import ChipResult
-from geosam.assemble.seams import SEAM_TOLERANCE_PX, Part, claims, core_distance, match_strip, on_window
+from geosam.assemble.seams import (
+    SEAM_TOLERANCE_PX,
+    Part,
+    Side,
+    UnionFind,
+    claims,
+    core_distance,
+    drop_slivers,
+    match_chips,
+    on_window,
+)
 from geosam.geo import area_m2, pixel_to_map  # noqa: F401 - re-exported for callers of the stitcher
 from geosam.segment.base import ChipMasks
 from geosam.tile.grid import ChipSpec
@@ -124,31 +134,6 @@ class StitchedObject:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-
-    def add(self, x: int) -> None:
-        self.parent[x] = x
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        while p[x] != x:
-            p[x] = p[p[x]]
-            x = p[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if ra < rb:
-                ra, rb = rb, ra
-            self.parent[ra] = rb
-
-    def remove(self, x: int) -> None:
-        del self.parent[x]
-
-
 class Stitcher:
     """Merge chip masks into whole objects, streaming.
 
@@ -167,6 +152,7 @@ class Stitcher:
                  seam_tolerance_px: int = SEAM_TOLERANCE_PX) -> None:
         self.match_iou = match_iou
         self.seam_tolerance_px = int(seam_tolerance_px)
+        self.cut_band_px = 0
         self.windows: dict[ChipKey, PixelWindow] = {}
         self.cores: dict[ChipKey, PixelWindow] = {}
         for s in specs:
@@ -176,7 +162,7 @@ class Stitcher:
         self.done: set[ChipKey] = set()
         self.pieces: dict[int, _Piece] = {}
         self.by_chip: dict[ChipKey, list[int]] = defaultdict(list)
-        self.uf = _UnionFind()
+        self.uf = UnionFind()
         self._next_uid = 0
         self.n_pieces_total = 0
         #: seconds spent polygonising finished objects (part of the stitch time)
@@ -257,15 +243,19 @@ class Stitcher:
             return
         a_parts = self._parts_in(uids, shared)
         b_parts = self._parts_in(nb_uids, shared)
-        if not a_parts or not b_parts:
+        if not a_parts and not b_parts:
             return
         pieces = self.pieces
 
         def same_kind(a: int, b: int) -> bool:  # masks of different labels (text mode) are different objects
             return pieces[a].attrs.get("label") == pieces[b].attrs.get("label")
 
-        matched, apart = match_strip(shared, a_parts, b_parts, lambda u, w: on_window(pieces[u].mask, pieces[u].bbox, w),
-                                     same_kind, self.match_iou, self.seam_tolerance_px)
+        matched, apart = match_chips(
+            Side(self.windows[key], a_parts, [(u, pieces[u].bbox) for u in uids]),
+            Side(self.windows[nb], b_parts, [(u, pieces[u].bbox) for u in nb_uids]),
+            lambda u, w: on_window(pieces[u].mask, pieces[u].bbox, w), same_kind, self.match_iou,
+            self.seam_tolerance_px,
+        )
         for ua, ub in matched:
             self.uf.union(ua, ub)
         for ua, ub, w in apart:  # left apart: each gives up what the other's chip takes precedence over
@@ -309,13 +299,15 @@ class Stitcher:
         return out
 
     def _own(self, p: _Piece, members: set[int], chips: Sequence[ChipKey]) -> np.ndarray:
-        """The pixels ``p`` gives its object: where its chip takes precedence over the object's other chips,
-        less those that pieces of other objects from chips of higher precedence hold."""
+        """The pixels ``p`` gives its object: where its chip takes precedence over the object's other chips (or
+        comes within ``seam_tolerance_px`` of doing so), less those that pieces of other objects from chips of
+        higher precedence hold."""
         m = p.mask.copy()
         for uid, w, claim in p.blockers:
             if uid not in members:
                 m[w.relative_to(p.bbox).slices()] &= ~claim
         if len(chips) > 1:
+            band = self.cut_band_px
             mine = core_distance(p.bbox, self.cores[p.chip])
             for c in chips:
                 seen = None if c == p.chip else self.windows[c].intersection(p.bbox)
@@ -323,7 +315,7 @@ class Stitcher:
                     continue
                 sl = seen.relative_to(p.bbox).slices()
                 theirs = core_distance(seen, self.cores[c])
-                m[sl] &= (mine[sl] < theirs) | ((mine[sl] == theirs) & (p.chip < c))
+                m[sl] &= (mine[sl] < theirs + band) | ((mine[sl] == theirs + band) & (p.chip < c))
         return m
 
     def _polygonise(self, mask: np.ndarray, col_off: int, row_off: int) -> Any:
@@ -339,7 +331,7 @@ class Stitcher:
         ids, keys = set(members), sorted(chips)
         if len(pieces) == 1:
             p = pieces[0]
-            canvas, full = (self._own(p, ids, keys) if p.blockers else p.mask), p.bbox
+            canvas, full = (drop_slivers(self._own(p, ids, keys), self.seam_tolerance_px) if p.blockers else p.mask), p.bbox
             g = self._polygonise(canvas, p.bbox.col_off, p.bbox.row_off)
             area = p.area_px if canvas is p.mask else int(np.count_nonzero(canvas))
         else:
@@ -352,6 +344,7 @@ class Stitcher:
                 canvas = np.zeros((full.height, full.width), dtype=bool)
                 for p in pieces:
                     canvas[p.bbox.relative_to(full).slices()] |= self._own(p, ids, keys)
+                canvas = drop_slivers(canvas, self.seam_tolerance_px)
                 g = self._polygonise(canvas, c0, r0)
                 area = int(canvas.sum())
             else:  # a huge object: vector union of the pieces' own pixels
