@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from geosam.assemble.result import FAILED, ChipResult
+from geosam.assemble.seams import SEAM_TOLERANCE_PX
 from geosam.assemble.stitch import StitchedObject, Stitcher, mask_to_pixel_geometry
 from geosam.tile.grid import ChipSpec
 
@@ -35,8 +36,9 @@ class GridAssembler:
     chips' neighbours, so the failures that can touch it are known by then.
     """
 
-    def __init__(self, specs: Sequence[ChipSpec], match_iou: float) -> None:
-        self.stitcher = Stitcher(specs, match_iou=match_iou)
+    def __init__(self, specs: Sequence[ChipSpec], match_iou: float,
+                 seam_tolerance_px: int = SEAM_TOLERANCE_PX) -> None:
+        self.stitcher = Stitcher(specs, match_iou=match_iou, seam_tolerance_px=seam_tolerance_px)
         self.failed: list[Any] = []  # failed chips' windows as shapely boxes (scene pixel frame)
 
     def add(self, spec: ChipSpec, result: ChipResult, prompt_ids: Sequence[int] = ()) -> None:

@@ -34,10 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geosam.config.parts import OutputConfig
 from geosam.windows import PixelWindow
 
 #: default width of the band (scene pixels) in which two chips' outlines of one object may disagree
-SEAM_TOLERANCE_PX = 6
+SEAM_TOLERANCE_PX: int = OutputConfig.seam_tolerance_px
 #: tolerant rule: share of the smaller part that must lie inside the larger one
 MIN_CONTAINMENT = 0.5
 #: tolerant rule: share of both parts' pixels that must lie within the tolerance band of the other part

@@ -152,7 +152,6 @@ class Stitcher:
                  seam_tolerance_px: int = SEAM_TOLERANCE_PX) -> None:
         self.match_iou = match_iou
         self.seam_tolerance_px = int(seam_tolerance_px)
-        self.cut_band_px = 0
         self.windows: dict[ChipKey, PixelWindow] = {}
         self.cores: dict[ChipKey, PixelWindow] = {}
         for s in specs:
@@ -299,15 +298,13 @@ class Stitcher:
         return out
 
     def _own(self, p: _Piece, members: set[int], chips: Sequence[ChipKey]) -> np.ndarray:
-        """The pixels ``p`` gives its object: where its chip takes precedence over the object's other chips (or
-        comes within ``seam_tolerance_px`` of doing so), less those that pieces of other objects from chips of
-        higher precedence hold."""
+        """The pixels ``p`` gives its object: where its chip takes precedence over the object's other chips, less
+        those that pieces of other objects from chips of higher precedence hold."""
         m = p.mask.copy()
         for uid, w, claim in p.blockers:
             if uid not in members:
                 m[w.relative_to(p.bbox).slices()] &= ~claim
         if len(chips) > 1:
-            band = self.cut_band_px
             mine = core_distance(p.bbox, self.cores[p.chip])
             for c in chips:
                 seen = None if c == p.chip else self.windows[c].intersection(p.bbox)
@@ -315,7 +312,7 @@ class Stitcher:
                     continue
                 sl = seen.relative_to(p.bbox).slices()
                 theirs = core_distance(seen, self.cores[c])
-                m[sl] &= (mine[sl] < theirs + band) | ((mine[sl] == theirs + band) & (p.chip < c))
+                m[sl] &= (mine[sl] < theirs) | ((mine[sl] == theirs) & (p.chip < c))
         return m
 
     def _polygonise(self, mask: np.ndarray, col_off: int, row_off: int) -> Any:

@@ -13,7 +13,7 @@ AmgConfig         SAM's segment-everything parameters (points_per_side, ... crop
 IndexConfig       band_roles, reflectance_*, indices, index_thresholds, min_index, rank_by,
                   top_k, prefilter, prefilter_radius_px
 EngineConfig      prefetch_chips, chips_per_batch, skip_bad_chips, progress
-OutputConfig      match_iou, min_area_m2, to_crs
+OutputConfig      match_iou, seam_tolerance_px, min_area_m2, to_crs
 PromptWindowConfig  context, min_window_px, point_window_px, box_grow, multimask, mask_threshold
 ================  =====================================================================
 

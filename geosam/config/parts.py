@@ -206,15 +206,19 @@ class OutputConfig:
     """Stitching and the output table.
 
     match_iou: IoU inside a shared chip overlap at or above which two masks are one object.
+    seam_tolerance_px: width of the band (scene pixels) along an object's outline in which two chips' masks of
+        it may disagree and still be joined (0: IoU only); see docs/seams.md.
     min_area_m2: drop smaller objects. to_crs: output CRS (None: the scene's); checked here.
     """
 
     match_iou: float = 0.5
+    seam_tolerance_px: int = 6
     min_area_m2: float = 0.0
     to_crs: str | None = None
 
     def __post_init__(self) -> None:
         _unit("match_iou", self.match_iou, low_open=True)
+        int_at_least("seam_tolerance_px", self.seam_tolerance_px, 0)
         if not self.min_area_m2 >= 0:
             raise ConfigError(f"min_area_m2 must be >= 0, got {self.min_area_m2}")
         if self.to_crs is not None:

@@ -132,7 +132,7 @@ def segment_scene(
         hooks, before = index_steps(cfg.index, sc, pps, stats)
         hooks = [*(object_hooks or []), *hooks]
         generator = mask_generator if mask_generator is not None else make_mask_generator(cfg)
-        assembler = GridAssembler(specs, cfg.output.match_iou)
+        assembler = GridAssembler(specs, cfg.output.match_iou, cfg.output.seam_tolerance_px)
         tasks = [ChipTask(s) for s in specs]
         store = stack.enter_context(ObjectStore(sc.info.crs_wkt, min_area_m2=cfg.output.min_area_m2,
                                                 min_index=cfg.index.min_index, folder=_spill_folder(output)))
