@@ -278,21 +278,28 @@ def match_near(
     chip's view of the same object (eroded a few pixels back, out of the strip). ``others``: (uid, bbox) of the
     other chip's pieces not joined in this strip. Returns (lonely uid, other uid) pairs.
     """
+    from scipy import ndimage
+
     out = []
+    boxes = np.array([w.bounds() for _, w in others], dtype=np.int64).reshape(-1, 4)
     for x in lonely:
         region = _grow(x.window, tolerance_px)
-        mine = pixels(x.uid, x.window)
+        c0, r0, c1, r1 = region.bounds()
+        hit = (boxes[:, 0] < c1) & (boxes[:, 2] > c0) & (boxes[:, 1] < r1) & (boxes[:, 3] > r0)
+        mine = np.zeros((region.height, region.width), bool)
+        mine[tolerance_px:-tolerance_px, tolerance_px:-tolerance_px] = pixels(x.uid, x.window)
+        need = int(np.ceil(MIN_AGREEMENT * x.n_px))
         best: tuple[int, int, int] | None = None
-        for uid, bbox in others:
-            if bbox.intersection(region) is None or not same_kind(x.uid, uid):
-                continue
+        for j in np.flatnonzero(hit):
+            uid = others[int(j)][0]
             theirs = pixels(uid, region)
-            for r in range(1, tolerance_px + 1):
-                near = np.count_nonzero(mine & _dilate(theirs, r)[tolerance_px:-tolerance_px, tolerance_px:-tolerance_px])
-                if near >= MIN_AGREEMENT * x.n_px:
-                    if best is None or (r, -near) < (best[0], -best[1]):
-                        best = (r, int(near), uid)
-                    break
+            if not theirs.any() or not same_kind(x.uid, uid):
+                continue
+            dist = np.sort(ndimage.distance_transform_cdt(~theirs, metric="chessboard")[mine])
+            r = int(dist[need - 1])  # the distance within which MIN_AGREEMENT of the part lies
+            near = int(np.count_nonzero(dist <= r))
+            if r <= tolerance_px and (best is None or (r, -near, uid) < (best[0], -best[1], best[2])):
+                best = (r, near, uid)
         if best is not None:
             out.append((x.uid, best[2]))
     return out
