@@ -1,0 +1,149 @@
+"""The second round of user mistakes (issue 19): each case ends with the right result or one clear line.
+
+Every case runs on small generated scenes with a model-free mask generator (the oracle, masks from a
+label raster) and checks: no traceback (a ``SystemExit`` with the expected code), the culprit named,
+mistakes in the settings found before any model loads, and no input changed (sha256 of every file
+in the case's folder before and after).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner, Result
+from rasterio.transform import from_origin
+from shapely.geometry import box
+
+import geosam.models
+import geosam.models.registry
+import geosam.modes.everything
+import geosam.segment.everything
+from geosam.cli.main import cli
+from geosam.testing import OracleMaskGenerator
+from tests.data.make_scenes import make_oracle_scene
+
+CRS = "EPSG:32633"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative path -> digest)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 128 px scene, its labels and an earlier output."""
+    d = tmp_path_factory.mktemp("mistakes2")
+    files = make_oracle_scene(d, crs=CRS, width=128, height=128, n_objects=6, seed=3, name="scene")
+    files.image_path.rename(d / "scene.tif")
+    files.label_path.rename(d / "labels.tif")
+    gpd.GeoDataFrame({"id": [1]}, geometry=[box(0, 0, 1, 1)], crs=CRS).to_file(d / "old.gpkg")
+    return d
+
+
+@pytest.fixture
+def case(base: Path, tmp_path: Path) -> Path:
+    """A fresh copy of ``base`` for one case."""
+    for p in base.iterdir():
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    return tmp_path
+
+
+@pytest.fixture
+def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every model load attempt is recorded (and fails): the list must stay empty for early mistakes."""
+    calls: list[str] = []
+
+    def spy(name: Any = None, *args: Any, **kwargs: Any) -> Any:
+        calls.append(str(name))
+        raise AssertionError(f"model {name!r} loaded")
+
+    for mod in (geosam.models, geosam.models.registry, geosam.segment.everything):
+        monkeypatch.setattr(mod, "load_sam", spy)
+    monkeypatch.setattr(geosam.models.registry, "load_model", spy)
+    monkeypatch.setattr(geosam.models, "load_model", spy)
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", spy)
+    return calls
+
+
+@pytest.fixture
+def oracle(monkeypatch: pytest.MonkeyPatch, case: Path) -> Path:
+    """Segment-everything runs use the oracle (masks from the case's labels.tif)."""
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator",
+                        lambda cfg: OracleMaskGenerator(case / "labels.tif"))
+    return case / "labels.tif"
+
+
+def invoke(folder: Path, args: list[str], *, changes: tuple[str, ...] = ()) -> Result:
+    """Run the CLI; no file in ``folder`` changes except those named in ``changes`` (which may appear)."""
+    before = snapshot(folder)
+    res = CliRunner().invoke(cli, [a.format(d=folder) for a in args])
+    after = snapshot(folder)
+    assert {k: v for k, v in after.items() if k in before} == before | {
+        k: after[k] for k in changes if k in after and k in before}, res.output
+    assert set(after) - set(before) <= set(changes), (set(after) - set(before), res.output)
+    return res
+
+
+def assert_exit(res: Result, code: int, *culprits: str) -> None:
+    """No traceback, exit ``code``, every culprit named in the output."""
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.exit_code == code, res.output
+    for c in culprits:
+        assert c in res.output, (c, res.output)
+
+
+SEG = ["segment", "{d}/scene.tif", "-o", "{d}/out.gpkg", "--no-progress", "--chip-size", "64", "--overlap", "0"]
+
+
+# ---------------------------------------------------------------------------
+# 1. a write cut short (full disk) keeps the earlier file and fails
+
+
+_FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    import geopandas as gpd, numpy as np
+    from shapely.geometry import box
+    from geosam.errors import ExportError
+    from geosam.write.label_raster import write_label_raster
+    d = sys.argv[1]
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1990, (3000, 2))
+    gdf = gpd.GeoDataFrame({"id": np.arange(1, 3001)}, geometry=[box(x, y, x + 5, y + 5) for x, y in xy],
+                           crs="EPSG:32633")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))  # writes past 20 kB fail, as on a full disk
+    try:
+        write_label_raster(gdf, d + "/labels_out.tif", like_path=d + "/like.tif")
+    except ExportError as exc:
+        print("ExportError:", exc)
+        sys.exit(1)
+""")
+
+
+def test_label_raster_write_cut_short_keeps_the_old_file(tmp_path: Path) -> None:
+    prof = {"driver": "GTiff", "width": 2000, "height": 2000, "count": 1, "dtype": "uint8", "crs": CRS,
+            "transform": from_origin(0, 2000, 1, 1)}
+    with rasterio.open(tmp_path / "like.tif", "w", **prof) as dst:
+        dst.write(np.zeros((1, 2000, 2000), np.uint8))
+    old = b"an earlier label raster" * 100
+    (tmp_path / "labels_out.tif").write_bytes(old)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path)], check=False, capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "labels_out.tif" in res.stdout and "the earlier file" in res.stdout
+    assert (tmp_path / "labels_out.tif").read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels_out.tif", "like.tif"]  # no temporary left
