@@ -147,3 +147,49 @@ def test_label_raster_write_cut_short_keeps_the_old_file(tmp_path: Path) -> None
     assert "labels_out.tif" in res.stdout and "the earlier file" in res.stdout
     assert (tmp_path / "labels_out.tif").read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels_out.tif", "like.tif"]  # no temporary left
+
+
+# ---------------------------------------------------------------------------
+# 2. nodata: per dataset (GDAL's dataset mask), not per band
+
+
+def write_tif(path: Path, data: np.ndarray, *, crs: str | None = CRS, transform: Any = None, **kw: Any) -> Path:
+    """A GeoTIFF of ``data`` (bands, H, W) with 1 m pixels (or ``transform``)."""
+    prof = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+            "dtype": data.dtype.name, "crs": crs, "transform": transform or from_origin(500000, 5300000, 1, 1), **kw}
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(data)
+    return path
+
+
+def test_nodata_in_one_band_does_not_invalidate_the_pixel(tmp_path: Path) -> None:
+    from geosam.read.scene import Scene
+    from geosam.windows import PixelWindow
+
+    data = np.full((3, 32, 32), 120, np.uint8)
+    data[0, :, :16] = 0  # band 1 is 0 (the nodata value) on the left half only
+    data[:, :4, :4] = 0  # every band nodata: invalid
+    path = write_tif(tmp_path / "s.tif", data, nodata=0)
+    with rasterio.open(path) as ds:
+        gdal_valid = ds.dataset_mask() != 0
+    with Scene(path) as sc:
+        _, valid = sc.read_window(PixelWindow(0, 0, 32, 32))
+        _, valid_small = sc.read_window(PixelWindow(0, 0, 32, 32), out_shape=(16, 16))
+        _, bands_valid = sc.read_bands([1, 2], PixelWindow(0, 0, 32, 32))
+    assert np.array_equal(valid, gdal_valid)
+    assert valid[:, 4:16].all() and not valid[:4, :4].any()
+    assert np.array_equal(bands_valid, gdal_valid)
+    assert valid_small.shape == (16, 16) and not valid_small[:2, :2].any() and valid_small[2:, 2:].all()
+
+
+def test_alpha_band_masks_the_pixel(tmp_path: Path) -> None:
+    from geosam.read.scene import Scene
+    from geosam.windows import PixelWindow
+
+    data = np.full((4, 16, 16), 90, np.uint8)
+    data[3] = 255
+    data[3, 8:, :] = 0  # transparent lower half
+    path = write_tif(tmp_path / "a.tif", data, photometric="RGB", alpha="YES")
+    with Scene(path) as sc:
+        _, valid = sc.read_window(PixelWindow(0, 0, 16, 16))
+    assert valid[:8].all() and not valid[8:].any()

@@ -27,6 +27,7 @@ from geosam.read.gdal import (  # noqa: F401 - re-exported: geosam.read.scene is
     GDAL_CACHEMAX_BYTES,
     BadBlock,
     check_blocks,
+    dataset_valid,
     gdal_env,
     gdal_message,
     iter_block_windows,
@@ -234,7 +235,9 @@ class Scene:
     def _read(
         self, bands: Sequence[int], window: PixelWindow, out_shape: tuple[int, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Bands (bands, H, W) of a window and where they are all unmasked and finite (H, W)."""
+        """Bands (bands, H, W) of a window and where the pixel is valid (H, W): GDAL's dataset mask says
+        so (see `dataset_valid`: not every band nodata, not masked by a mask or alpha band) and the
+        bands' values are finite."""
         from rasterio.enums import Resampling
 
         kw: dict[str, Any] = {"window": window.to_rasterio()}
@@ -244,12 +247,11 @@ class Scene:
         try:
             with gdal_env(self.path, remote=self.read_config.remote):
                 data = self.ds.read(list(bands), **kw)
-                masks = self.ds.read_masks(list(bands), **kw)
+                valid = dataset_valid(self.ds, window, out_shape)
         except Exception as exc:  # rasterio raises several types for corrupt blocks
             raise InvalidRasterError(
                 f"{self.path}: cannot read window {window} of bands {list(bands)} ({gdal_message(exc)})"
             ) from exc
-        valid = np.all(masks != 0, axis=0)
         if np.issubdtype(data.dtype, np.floating):
             valid &= np.all(np.isfinite(data), axis=0)
         return data, valid
@@ -278,7 +280,7 @@ class Scene:
     def read_bands(self, bands: Sequence[int], window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
         """Any 1-based ``bands`` (bands, H, W) in a window, at full resolution, and their valid mask (H, W).
 
-        Valid: every listed band unmasked (nodata / mask band) and finite; the
+        Valid: GDAL's dataset mask (see `dataset_valid`) and every listed band finite; the
         model-image ``fill_value`` does not apply to these bands.
         """
         return self._read(_check_band_numbers(self.info, bands), window)
