@@ -193,3 +193,81 @@ def test_alpha_band_masks_the_pixel(tmp_path: Path) -> None:
     with Scene(path) as sc:
         _, valid = sc.read_window(PixelWindow(0, 0, 16, 16))
     assert valid[:8].all() and not valid[8:].any()
+
+
+# ---------------------------------------------------------------------------
+# 3. concurrent runs, journals and changed weights
+
+_HOLD = textwrap.dedent("""
+    import sys, time
+    from geosam.write.lock import output_lock
+    with output_lock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(60)
+""")
+
+
+def hold_lock(path: Path) -> subprocess.Popen[str]:
+    """Another process holding the run lock of ``path`` (as a running geosam run does)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_run_on_a_busy_output_is_refused(case: Path, model_loads: list[str]) -> None:
+    proc = hold_lock(case / "out.gpkg")
+    try:
+        lock = {p.name for p in case.iterdir()} - {"scene.tif", "labels.tif", "old.gpkg"}
+        res = invoke(case, SEG, changes=tuple(lock))
+        assert_exit(res, 1, "out.gpkg", "in use by another geosam run", str(proc.pid))
+        res = invoke(case, [*SEG[:3], "{d}/other.gpkg", *SEG[4:], "--label-raster", "{d}/out.gpkg"],
+                     changes=tuple(lock))
+        assert_exit(res, 1, "out.gpkg", "in use")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert model_loads == []
+
+
+def test_lock_is_released_and_removed_after_a_run(case: Path, oracle: Path) -> None:
+    res = invoke(case, SEG, changes=("out.gpkg",))
+    assert_exit(res, 0)
+    assert sorted(p.name for p in case.iterdir()) == ["labels.tif", "old.gpkg", "out.gpkg", "scene.tif"]
+    res = invoke(case, SEG)  # finished: the output exists, so the next run needs --overwrite
+    assert_exit(res, 1, "out.gpkg", "--overwrite")
+
+
+def test_journal_in_use_is_refused(case: Path) -> None:
+    from geosam.errors import ExportError
+    from geosam.run.journal import Journal
+
+    journal = case / "run.geosam-journal"
+    proc = hold_lock(journal)
+    try:
+        with pytest.raises(ExportError, match="run.geosam-journal is in use by another geosam run"):
+            Journal(journal, {"scene": {}, "settings": {}})
+    finally:
+        proc.kill()
+        proc.wait()
+    with Journal(journal, {"scene": {}, "settings": {}}) as jr:
+        assert len(jr) == 0
+
+
+def test_resume_after_the_weights_changed_is_refused(case: Path, oracle: Path) -> None:
+    model = case / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "sam"}')
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"\x00" * 300_000)
+    args = [*SEG, "--model", str(model), "--resume", "--keep-journal", "--overwrite"]
+    assert_exit(CliRunner().invoke(cli, [a.format(d=case) for a in args]), 0)
+    res = CliRunner().invoke(cli, [a.format(d=case) for a in args])
+    assert_exit(res, 0, "resumed: 4 chips taken from the journal")  # same weights: replayed
+    st = weights.stat()
+    with open(weights, "r+b") as f:  # other weights, same size and mtime (as `cp -p` leaves them)
+        f.seek(-100, os.SEEK_END)
+        f.write(b"\x01" * 100)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    res = invoke(case, args)
+    assert_exit(res, 1, "out.gpkg.geosam-journal", "weights changed")

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geosam.cli.common import handle_errors
+from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.config import DEFAULT_MODEL, SegmentConfig
 from geosam.indices import check_index_bands, write_index_raster
@@ -100,6 +100,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     if output is None:
         raise click.UsageError("give -o/--output FILE (or --output-dir DIR for many scenes)")
     scene = paths[0]
+    lock_outputs(output, label_raster, index_raster, overlay)  # a second run on one of them is refused
     # every output path is checked before the (possibly hours-long) run, so a typo loses nothing
     check_output_path(output)
     for path, kind in ((label_raster, "raster"), (index_raster, "raster"), (overlay, "png")):

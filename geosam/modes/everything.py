@@ -126,7 +126,12 @@ def segment_scene(
         check_output_path(output)  # before any pixel or model
     t_start = time.perf_counter()
     stats = RunStats()
-    with Scene(scene, cfg.read) as sc, ExitStack() as stack:
+    with ExitStack() as stack:
+        if output is not None:  # one run per output (a second one is refused at once)
+            from geosam.write.lock import output_lock
+
+            stack.enter_context(output_lock(output))
+        sc = stack.enter_context(Scene(scene, cfg.read))
         specs = sc.chip_specs(cfg.tiling.chip_size_px, cfg.tiling.overlap_px)
         pps = mask_generator.capabilities.points_per_side if mask_generator is not None else cfg.amg.points_per_side
         hooks, before = index_steps(cfg.index, sc, pps, stats)

@@ -138,6 +138,10 @@ def segment_scenes(
     frames: dict[str, gpd.GeoDataFrame] = {}
     journals: list[str] = []  # merged runs: removed once the merged file is written
     with ExitStack() as stack:
+        if merge and output is not None:  # one run per output (a second one is refused at once)
+            from geosam.write.lock import output_lock
+
+            stack.enter_context(output_lock(output))
         if scheduler is not None:
             from geosam.run.dask import connect
 
@@ -165,10 +169,10 @@ def segment_scenes(
                     remove_journal(journals.pop())
             if on_scene is not None:
                 on_scene(scene, stats, None)
-    if merge:
-        _merge_into(result, frames, journals, output, settings.get("to_crs"))
-    else:
-        result.frames = frames
+        if merge:
+            _merge_into(result, frames, journals, output, settings.get("to_crs"))
+        else:
+            result.frames = frames
     return result
 
 
