@@ -271,3 +271,122 @@ def test_resume_after_the_weights_changed_is_refused(case: Path, oracle: Path) -
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
     res = invoke(case, args)
     assert_exit(res, 1, "out.gpkg.geosam-journal", "weights changed")
+
+
+# ---------------------------------------------------------------------------
+# 4. options that cannot be right: refused before any model (or made right)
+
+#: (id, args, exit code, strings the message must contain)
+EARLY_CASES: list[tuple[str, list[str], int, list[str]]] = [
+    ("output-and-output-dir", [*SEG, "--output-dir", "{d}/dir"], 2, ["-o/--output", "--output-dir", "not both"]),
+    ("same-band-two-roles", [*SEG, "--band-roles", "red=3,nir=3", "--indices", "ndvi"], 1,
+     ["band 3", "red", "nir", "ndvi"]),
+    ("fill-value-outside-dtype", [*SEG, "--fill-value", "300"], 1, ["scene.tif", "300", "uint8"]),
+    ("unknown-format", ["segment", "{d}/scene.tif", "--output-dir", "{d}/dir", "--format", "xyz"], 2,
+     ["--format .xyz", ".gpkg"]),
+    ("format-against-extension", [*SEG, "--format", "geojson"], 2, ["--format .geojson", "out.gpkg"]),
+    ("workers-0", [*SEG, "--scheduler", "local", "--workers", "0"], 1, ["--workers", "0"]),
+    ("points-per-side-above-pixels", [*SEG, "--points-per-side", "1000"], 1,
+     ["scene.tif", "points_per_side=1000", "1000000 prompts", "64 px", "more prompts than pixels"]),
+    ("crop-n-layers-5", [*SEG, "--crop-n-layers", "5"], 1, ["crop_n_layers=5", "1365"]),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "culprits"), [c[1:] for c in EARLY_CASES], ids=[c[0] for c in EARLY_CASES])
+def test_settings_mistakes_found_before_any_model(case: Path, model_loads: list[str], args: list[str], code: int,
+                                                  culprits: list[str]) -> None:
+    res = invoke(case, args)
+    assert_exit(res, code, *culprits)
+    assert "Traceback" not in res.output
+    assert model_loads == []
+
+
+def test_format_without_dot_and_output_starting_with_dash(case: Path, oracle: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    res = invoke(case, ["segment", "{d}/scene.tif", "--output-dir", "{d}/dir", "--format", "gpkg", "--no-progress",
+                        "--chip-size", "64", "--overlap", "0"], changes=("dir/scene.gpkg",))
+    assert_exit(res, 0)
+    n = len(gpd.read_file(case / "dir" / "scene.gpkg"))
+    assert n > 0
+    monkeypatch.chdir(case)
+    res = invoke(case, ["segment", "scene.tif", "-o", "-out.gpkg", "--no-progress", "--chip-size", "64",
+                        "--overlap", "0"], changes=("-out.gpkg",))
+    assert_exit(res, 0, "-out.gpkg")
+    assert len(gpd.read_file(case / "-out.gpkg")) == n
+
+
+def test_plan_and_estimate_are_printed(case: Path, oracle: Path) -> None:
+    res = invoke(case, SEG, changes=("out.gpkg",))
+    assert_exit(res, 0, "scene.tif: 4 chips of up to 64 px", "first 3 of 4 chips took", "for the other 1")
+
+
+def test_every_chip_unreadable_is_a_failure(case: Path, oracle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geosam.errors import InvalidRasterError
+    from geosam.read.scene import Scene
+
+    def broken(self: Scene, spec: Any, timings: Any = None) -> Any:
+        raise InvalidRasterError(f"{self.path}: cannot read window {spec.window} (TIFFReadEncodedTile() failed)")
+
+    monkeypatch.setattr(Scene, "read_chip", broken)
+    res = invoke(case, [*SEG, "--skip-bad-chips"])
+    assert_exit(res, 1, "scene.tif", "none of its 4 chips could be read", "nothing was written")
+
+
+# ---------------------------------------------------------------------------
+# prompt files: ids, CSV tables
+
+PROMPT = ["prompt", "{d}/scene.tif", "-o", "{d}/out.gpkg", "--no-progress"]
+
+
+@pytest.fixture
+def prompt_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_user_mistakes import oracle_bundle
+
+    bundle = oracle_bundle()
+    monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: bundle)
+
+
+def centre_points(folder: Path, n: int) -> list[tuple[float, float]]:
+    with rasterio.open(folder / "scene.tif") as ds:
+        return [tuple(ds.transform * (20 + 30 * k, 64)) for k in range(n)]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("ids", "culprits"), [
+    ([1.0, float("nan"), 3.0], ["'id'", "row(s) 1"]),
+    (["a", None, "c"], ["'id'", "row(s) 1"]),
+])
+def test_missing_prompt_ids_refused_up_front(case: Path, model_loads: list[str], ids: list[Any],
+                                             culprits: list[str]) -> None:
+    from shapely.geometry import Point
+
+    pts = [Point(p) for p in centre_points(case, 3)]
+    gpd.GeoDataFrame({"id": ids}, geometry=pts, crs=CRS).to_file(case / "p.gpkg")
+    res = invoke(case, [*PROMPT, "--prompts", "{d}/p.gpkg"])
+    assert_exit(res, 1, "p.gpkg", *culprits)
+    assert model_loads == []
+
+
+def test_unknown_id_column_refused(case: Path, model_loads: list[str]) -> None:
+    from shapely.geometry import Point
+
+    gpd.GeoDataFrame({"id": [1]}, geometry=[Point(centre_points(case, 1)[0])], crs=CRS).to_file(case / "p.gpkg")
+    res = invoke(case, [*PROMPT, "--prompts", "{d}/p.gpkg", "--id-column", "nope"])
+    assert_exit(res, 1, "id_column='nope'", "columns")
+    assert model_loads == []
+
+
+def test_csv_of_points_as_prompts(case: Path, prompt_oracle: None) -> None:
+    pts = centre_points(case, 2)
+    (case / "p.csv").write_text("id,x,y\n" + "".join(f"{10 + k},{x},{y}\n" for k, (x, y) in enumerate(pts)))
+    res = invoke(case, [*PROMPT, "--prompts", "{d}/p.csv", "--prompt-crs", CRS], changes=("out.gpkg",))
+    assert_exit(res, 0, "2 prompts")
+    got = gpd.read_file(case / "out.gpkg")
+    assert sorted(got["prompt_id"]) == [10, 11]
+    assert set(got["status"]) <= {"ok", "empty"}  # decoded at the points, inside the scene
+
+
+def test_csv_without_coordinates_is_one_clear_line(case: Path, model_loads: list[str]) -> None:
+    (case / "p.csv").write_text("id,a,b\n1,2,3\n")
+    res = invoke(case, [*PROMPT, "--prompts", "{d}/p.csv"])
+    assert_exit(res, 1, "p.csv", "no coordinate columns", "id, a, b", "x,y")
+    assert model_loads == []

@@ -153,6 +153,8 @@ def prompts_from_frame(
     columns = _resolve_columns([c for c in gdf.columns if c != gdf.geometry.name], id_column=id_column,
                                label_column=label_column, point_label_column=point_label_column,
                                object_column=object_column)
+    if columns.id is not None and columns.object is None:
+        _check_ids(gdf[columns.id], columns.id, where_all)
     inv = ~transform
     out: list[Prompt] = []
     unusable: list[Any] = []  # prompt ids without any usable geometry
@@ -192,6 +194,8 @@ def _resolve_columns(cols: list[str], *, id_column: str | None, label_column: st
     if object_column is None and _OBJ in cols:
         object_column = _OBJ
     if id_column is not None and id_column not in cols:
+        if id_column != "id":  # the default name may be absent (prompts numbered by row); any other must exist
+            raise PromptError(f"id_column={id_column!r} is not a column of the prompts (columns: {cols})")
         id_column = None
     internal = {_OBJ, _PLAB, id_column, object_column, point_label_column}
     carried = tuple(c for c in cols if c not in internal)
@@ -297,6 +301,20 @@ def check_coordinates(gdf: Any, where: str) -> None:
             f"{where}: coordinate ({x:.10g}, {y:.10g}) of row {_py(row)!r} is not a longitude / latitude, but the "
             f"prompts are read in {crs.name} (a GeoJSON without a 'crs' member is WGS84 by definition); "
             "pass --prompt-crs (prompt_crs=...) with the CRS of the coordinates, e.g. the scene's EPSG code"
+        )
+
+
+def _check_ids(ids: Any, column: str, where: str) -> None:
+    """PromptError naming the column and rows when a prompt id is missing (NaN, None): a row number in its
+    place could collide with a real id."""
+    import pandas as pd
+
+    missing = [int(pos) for pos in np.flatnonzero(pd.isna(np.asarray(ids, dtype=object)))]
+    if missing:
+        rows = ", ".join(str(r) for r in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise PromptError(
+            f"{where}: id column {column!r} has no value in row(s) {rows}; give every prompt an id, or choose "
+            "another column (--id-column / id_column)"
         )
 
 

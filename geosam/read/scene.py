@@ -23,6 +23,7 @@ from affine import Affine
 
 from geosam.config import ReadConfig
 from geosam.errors import BandError, ConfigError, GeosamError, InvalidRasterError, NoCRSError
+from geosam.read.checks import check_fill_value, check_georeferencing, check_pixel_type
 from geosam.read.gdal import (  # noqa: F401 - re-exported: geosam.read.scene is where callers look for them
     GDAL_CACHEMAX_BYTES,
     BadBlock,
@@ -76,6 +77,7 @@ class SceneInfo:
     @classmethod
     def from_dataset(cls, ds: Any) -> SceneInfo:
         path = ds.name
+        check_georeferencing(ds)
         if ds.crs is None:
             raise NoCRSError(
                 f"{path}: the raster has no CRS, so its objects cannot be placed on a map; "
@@ -195,11 +197,13 @@ class Scene:
             self.ds = DataArrayDataset(scene) if dataarray else open_raster(self.path, remote=self.read_config.remote)
             self.info = self._scene_info()
             rc = self.read_config
+            check_pixel_type(self.ds, self.path, rc.bands)
             self.bands = _check_bands(self.info, rc.bands) if rc.bands else default_bands(self.info)
             if rc.fill_value is not None and len(rc.fill_value) not in (1, len(self.bands)):
                 raise ConfigError(
                     f"fill_value needs 1 or {len(self.bands)} numbers (one per selected band), got {list(rc.fill_value)}"
                 )
+            check_fill_value(self.path, self.info.dtype, rc.fill_value, rc.fill_tolerance)
             self.stretch = self._estimate_stretch() if stretch is _ESTIMATE else stretch
         except BaseException:
             self.close()

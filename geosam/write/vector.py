@@ -159,7 +159,7 @@ def write_frames(
     fmt, driver = vector_format(path)
     if layer is not None and driver != "GPKG":
         raise ExportError(f"{path}: layer={layer!r} applies to GeoPackages (.gpkg) only")
-    layer = (layer or path.stem) if driver == "GPKG" else None
+    layer = (layer or path.stem.lstrip("-") or "objects") if driver == "GPKG" else None  # GDAL refuses a leading '-' 
     if path.is_dir():
         raise ExportError(f"{path} is a folder; give a file path (geosam never replaces a folder)")
     check_writable_path(path)
