@@ -390,3 +390,75 @@ def test_csv_without_coordinates_is_one_clear_line(case: Path, model_loads: list
     res = invoke(case, [*PROMPT, "--prompts", "{d}/p.csv"])
     assert_exit(res, 1, "p.csv", "no coordinate columns", "id, a, b", "x,y")
     assert model_loads == []
+
+
+# ---------------------------------------------------------------------------
+# 5. scenes that would be misread
+
+
+def test_one_pixel_scene_is_refused_before_the_model(tmp_path: Path, model_loads: list[str]) -> None:
+    write_tif(tmp_path / "one.tif", np.full((3, 1, 1), 100, np.uint8))
+    res = invoke(tmp_path, ["segment", "{d}/one.tif", "-o", "{d}/out.gpkg", "--no-progress"])
+    assert_exit(res, 1, "one.tif", "points_per_side=32", "1 px per side", "smaller than one chip")
+    assert model_loads == []
+
+
+def test_complex_data_is_refused(tmp_path: Path, model_loads: list[str]) -> None:
+    write_tif(tmp_path / "c.tif", (np.ones((1, 16, 16)) * (1 + 2j)).astype(np.complex64))
+    res = invoke(tmp_path, ["segment", "{d}/c.tif", "-o", "{d}/out.gpkg", "--no-progress"])
+    assert_exit(res, 1, "c.tif", "complex data (complex64)", "amplitude")
+    assert model_loads == []
+
+
+def test_palette_scene_is_refused_unless_bands_are_chosen(tmp_path: Path, model_loads: list[str]) -> None:
+    path = write_tif(tmp_path / "p.tif", np.arange(256, dtype=np.uint8).reshape(1, 16, 16), photometric="palette")
+    with rasterio.open(path, "r+") as ds:
+        ds.write_colormap(1, {k: (k, 255 - k, 0, 255) for k in range(256)})
+    res = invoke(tmp_path, ["segment", "{d}/p.tif", "-o", "{d}/out.gpkg", "--no-progress"])
+    assert_exit(res, 1, "p.tif", "palette", "gdal_translate -expand rgb", "--bands 1")
+    assert model_loads == []
+    from geosam.config import ReadConfig
+    from geosam.read.scene import Scene
+
+    with Scene(path, read=ReadConfig(bands=(1,))) as sc:
+        assert sc.bands == (1,)  # chosen explicitly: read as grey
+
+
+def test_gcp_only_scene_names_the_gcp_crs(tmp_path: Path, model_loads: list[str]) -> None:
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS as RioCRS
+
+    path = write_tif(tmp_path / "g.tif", np.full((3, 16, 16), 50, np.uint8), crs=None,
+                     transform=rasterio.Affine.identity())
+    gcps = [GroundControlPoint(row=r, col=c, x=500000 + c, y=5300000 - r) for r, c in ((0, 0), (0, 16), (16, 0))]
+    with rasterio.open(path, "r+") as ds:
+        ds.gcps = (gcps, RioCRS.from_string(CRS))
+    res = invoke(tmp_path, ["segment", "{d}/g.tif", "-o", "{d}/out.gpkg", "--no-progress"])
+    assert_exit(res, 1, "g.tif", "3 ground control points in EPSG:32633", "gdalwarp -t_srs EPSG:32633")
+    assert model_loads == []
+
+
+@pytest.mark.parametrize(("crs", "x", "y"), [
+    ("EPSG:3413", 500_000.0, -2_000_000.0),  # polar stereographic north: map area 0.7 % below the true area
+    ("EPSG:3031", 100_000.0, 200_000.0),  # polar stereographic south
+    ("EPSG:3857", 1_000_000.0, 8_400_000.0),  # Web Mercator at 60 N: map area 4x the true area
+    ("EPSG:32633", 166_500.0, 5_350_900.0),  # UTM at its zone's western edge (scale 1.001)
+    ("EPSG:32633", 400_000.0, 5_350_900.0),  # inside the zone: the map-plane area holds
+    ("EPSG:4326", 13.1, 48.3),
+])
+@pytest.mark.parametrize("side_m", [20.0, 30_000.0])
+def test_area_m2_within_0_1_percent_of_geodesic(crs: str, x: float, y: float, side_m: float) -> None:
+    import shapely
+    from pyproj import CRS as PCRS
+    from pyproj import Geod, Transformer
+
+    from geosam.geo import area_m2
+
+    side = side_m / 111_000 if crs == "EPSG:4326" else side_m
+    g = box(x, y, x + side, y + side)
+    pcrs = PCRS.from_user_input(crs)
+    tr = Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True)
+    fine = shapely.transform(shapely.segmentize(g, side / 500),
+                             lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    truth = abs(Geod(ellps="WGS84").geometry_area_perimeter(fine)[0])
+    assert area_m2([g], crs)[0] == pytest.approx(truth, rel=1e-3)
