@@ -33,6 +33,33 @@ def to_pyproj(crs: Any) -> Any:
     return CRS.from_user_input(crs)
 
 
+def crs_label(crs: Any) -> str:
+    """A short name of a CRS for messages: ``EPSG:n`` when it has a code, else its name (never a WKT dump)."""
+    try:
+        pcrs = to_pyproj(crs)
+    except Exception:  # noqa: BLE001 - any input: a message must not fail
+        return str(crs)[:60]
+    epsg = pcrs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else str(pcrs.name)
+
+
+def wrap_longitudes(geoms: np.ndarray, west: float, east: float) -> np.ndarray:
+    """Geometries (lon, lat) moved by +-360 deg where that puts their centre inside ``west..east`` and it was
+    outside (a scene across the antimeridian, e.g. 179.9..180.1, and a point at -179.95)."""
+    out = np.array(geoms, dtype=object)
+    for k, g in enumerate(out):
+        if g is None or g.is_empty:
+            continue
+        x = g.centroid.x
+        if west <= x <= east:
+            continue
+        for shift in (360.0, -360.0):
+            if west <= x + shift <= east:
+                out[k] = shapely.affinity.translate(g, xoff=shift)
+                break
+    return out
+
+
 def same_crs(a: Any, b: Any) -> bool:
     """Whether two CRSs (pyproj, rasterio, WKT, 'EPSG:n', ...) are the same, ignoring axis order.
 
@@ -175,4 +202,4 @@ def _wrap(dlon: np.ndarray) -> np.ndarray:
     return (dlon + 180.0) % 360.0 - 180.0
 
 
-__all__ = ["LARGE_GEOMETRY_M", "PLANAR_TOLERANCE", "area_m2", "areal_scale", "pixel_to_map", "same_crs", "to_pyproj"]
+__all__ = ["LARGE_GEOMETRY_M", "PLANAR_TOLERANCE", "area_m2", "areal_scale", "crs_label", "pixel_to_map", "same_crs", "to_pyproj", "wrap_longitudes"]

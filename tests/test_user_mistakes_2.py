@@ -462,3 +462,111 @@ def test_area_m2_within_0_1_percent_of_geodesic(crs: str, x: float, y: float, si
                              lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
     truth = abs(Geod(ellps="WGS84").geometry_area_perimeter(fine)[0])
     assert area_m2([g], crs)[0] == pytest.approx(truth, rel=1e-3)
+
+
+# ---------------------------------------------------------------------------
+# 6. reprojection: valid, split at the antimeridian; prompts across it; --merge of many CRSs
+
+
+def regrid(folder: Path, name: str, crs: str, transform: Any) -> tuple[Path, Path]:
+    """The case's scene and labels again, placed by ``transform`` in ``crs`` (same pixels)."""
+    out = []
+    for src in ("scene.tif", "labels.tif"):
+        with rasterio.open(folder / src) as ds:
+            data, prof = ds.read(), ds.profile
+        prof.update(crs=crs, transform=transform)
+        path = folder / f"{Path(src).stem}_{name}.tif"
+        with rasterio.open(path, "w", **prof) as dst:
+            dst.write(data)
+        out.append(path)
+    return out[0], out[1]
+
+
+RES_DEG = 1e-5
+#: col 64 of the 128 px scene on longitude 180, at 60 N
+ACROSS = ("EPSG:4326", from_origin(180.0 - 64 * RES_DEG, 60.0, RES_DEG, RES_DEG))
+#: polar stereographic north, 10 km from the pole, on the antimeridian (EPSG:3413's lon0 is -45)
+POLAR = ("EPSG:3413", from_origin(-7071.0 - 64, 7071.0 + 64, 1.0, 1.0))
+
+
+def run_oracle(monkeypatch: pytest.MonkeyPatch, scene: Path, labels: Path, out: Path, *extra: str) -> Result:
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", lambda cfg: OracleMaskGenerator(labels))
+    return CliRunner().invoke(cli, ["segment", str(scene), "-o", str(out), "--no-progress", "--chip-size", "64",
+                                    "--overlap", "0", *extra])
+
+
+@pytest.mark.parametrize("place", [ACROSS, POLAR], ids=["antimeridian", "polar"])
+@pytest.mark.parametrize("target", ["EPSG:4326", "EPSG:3857"])
+def test_to_crs_valid_and_split_at_the_antimeridian(case: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     place: tuple[str, Any], target: str) -> None:
+    import shapely
+
+    from geosam.geo import area_m2
+
+    scene, labels = regrid(case, "placed", *place)
+    native = case / "native.gpkg"
+    assert_exit(run_oracle(monkeypatch, scene, labels, native), 0)
+    res = run_oracle(monkeypatch, scene, labels, case / "out.geojson", "--to-crs", target)
+    assert_exit(res, 0)
+    got, ref = gpd.read_file(case / "out.geojson"), gpd.read_file(native)
+    assert len(got) == len(ref) > 0
+    geoms = np.asarray(got.geometry.values)
+    assert shapely.is_valid(geoms).all()
+    if target == "EPSG:4326":  # RFC 7946: longitudes within -180..180
+        b = shapely.bounds(geoms)
+        assert (b[:, 0] >= -180).all() and (b[:, 2] <= 180).all()
+    parts = shapely.get_parts(geoms)
+    widths = shapely.bounds(parts)[:, 2] - shapely.bounds(parts)[:, 0]
+    assert widths.max() < (90 if target == "EPSG:4326" else 1e7)  # no part spans the world (as they did)
+    # every object keeps its true area (split parts together), within 0.5 %
+    np.testing.assert_allclose(area_m2(list(geoms), target), ref["area_m2"], rtol=5e-3)
+    if place is ACROSS:
+        assert (shapely.get_num_geometries(geoms) > 1).any()  # objects on the antimeridian are split
+
+
+def test_point_prompt_across_the_antimeridian_is_inside(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_user_mistakes import oracle_bundle
+
+    scene, _ = regrid(case, "across", *ACROSS)
+    bundle = oracle_bundle()
+    monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: bundle)
+    lat = 60.0 - 64 * RES_DEG
+    res = CliRunner().invoke(cli, ["prompt", str(scene), "-o", str(case / "p.gpkg"), "--no-progress",
+                                   "--points", f"{-180 + 20 * RES_DEG},{lat};{180 - 20 * RES_DEG},{lat}",
+                                   "--prompt-crs", "EPSG:4326"])
+    assert_exit(res, 0)
+    got = gpd.read_file(case / "p.gpkg")
+    assert "outside" not in set(got["status"]), got[["prompt_id", "status"]]
+
+
+def test_merge_of_many_crss_is_in_wgs84_with_a_short_warning(case: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import shapely
+
+    from geosam.modes.scenes import segment_scenes
+
+    placed = {name: regrid(case, name, *where) for name, where in
+              (("utm", (CRS, from_origin(500000, 5300000, 0.5, 0.5))), ("across", ACROSS), ("polar", POLAR))}
+    by_scene = {str(s): lab for s, lab in placed.values()}
+    with caplog.at_level("WARNING"):
+        res = segment_scenes(list(by_scene), lambda scene: OracleMaskGenerator(by_scene[scene]), merge=True,
+                             output=case / "merged.gpkg", chip_size_px=64, overlap_px=0, progress=False)
+    assert res.ok
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "3 CRSs (EPSG:32633, EPSG:4326, EPSG:3413)" in text and "merged in EPSG:4326" in text
+    assert "PROJCS" not in text and "PROJCRS" not in text and len(text) < 400
+    got = gpd.read_file(case / "merged.gpkg")
+    assert got.crs.to_epsg() == 4326 and shapely.is_valid(np.asarray(got.geometry.values)).all()
+    for name, (scene, _) in placed.items():  # each scene's objects stay where the scene is
+        with rasterio.open(scene) as ds:
+            from rasterio.warp import transform_bounds
+
+            w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+        part = got[got["scene"] == str(scene)]
+        b = part.total_bounds
+        assert len(part) > 0, name
+        assert s - 1e-3 <= b[1] and b[3] <= n + 1e-3, name
+        if name == "utm":
+            assert w - 1e-3 <= b[0] and b[2] <= e + 1e-3
+        else:  # on the antimeridian: every vertex near +-180, none far off
+            lon = shapely.get_coordinates(np.asarray(part.geometry.values))[:, 0]
+            assert (np.abs(lon) > 179).all(), name

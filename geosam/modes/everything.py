@@ -162,7 +162,8 @@ def segment_scene(
             from geosam.write.failed_chips import write_failed_chips
             from geosam.write.label_raster import write_frames
 
-            summary["output"] = str(write_frames(frames, output, geometry_types=store.geometry_types, layer=layer))
+            types = store.geometry_types | ({"MultiPolygon"} if cfg.output.to_crs else set())  # split / made valid
+            summary["output"] = str(write_frames(frames, output, geometry_types=types, layer=layer))
             write_failed_chips(summary, output)
             return _done(summary, store.rows_out, t_start)
         gdf = _concat(list(frames))
@@ -333,7 +334,9 @@ def segment_prompts(
         gdf = prompts_frame(plist, status, records, sc.info.crs_wkt, bundle.name)
         path = sc.path
     if cfg.output.to_crs:
-        gdf = gdf.to_crs(cfg.output.to_crs)
+        from geosam.assemble.reproject import reproject
+
+        gdf = reproject(gdf, cfg.output.to_crs)
     stats.objects = int(sum(s == "ok" for s in status))
     stats.seconds = time.perf_counter() - t_start
     gdf.attrs["geosam"] = {**stats.__dict__, "scene": path, "prompts": len(plist), "windows": len(tasks),

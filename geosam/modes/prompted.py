@@ -150,7 +150,8 @@ def resolve_prompts(
     plist = prompts_from_frame(frame, scene_crs, info.transform,
                                prompt_crs=prompt_crs if isinstance(prompts, gpd.GeoDataFrame) else None,
                                id_column=id_column, label_column=label_column,
-                               point_label_column=point_label_column, object_column=object_column)
+                               point_label_column=point_label_column, object_column=object_column,
+                               scene_bounds=info.bounds if info.is_geographic else None)
     if box_grow:
         plist = [Prompt(p.prompt_id, grow_box(p.box, box_grow) if p.box else None, p.points, p.point_labels,
                         p.label, p.attrs) for p in plist]

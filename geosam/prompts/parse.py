@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from geosam.errors import PromptError
-from geosam.geo import same_crs
+from geosam.geo import same_crs, wrap_longitudes
 from geosam.prompts.from_list import OBJECT_COLUMN as _OBJ
 from geosam.prompts.from_list import POINT_LABEL_COLUMN as _PLAB
 from geosam.prompts.from_list import prompts_to_frame  # re-exported: part of this module's API
@@ -132,6 +132,7 @@ def prompts_from_frame(
     point_label_column: str | None = None,
     object_column: str | None = None,
     source: str | None = None,
+    scene_bounds: tuple[float, float, float, float] | None = None,
 ) -> list[Prompt]:
     """Prompts of a GeoDataFrame in scene pixel coordinates (see the module docstring).
 
@@ -141,6 +142,8 @@ def prompts_from_frame(
     are skipped with one :class:`PromptWarning` naming their prompt ids; if no
     prompt is left, :class:`PromptError`. Coordinates that cannot be in the
     prompts' CRS (:func:`check_coordinates`) raise :class:`PromptError`.
+    ``scene_bounds``: a geographic scene's bounds (west, south, east, north); prompts 360 deg off in
+    longitude (-179.95 for a scene spanning 179.9..180.1) are moved onto it (`geosam.geo.wrap_longitudes`).
     """
     where_all = source or gdf.attrs.get("geosam_source") or "the prompts"
     if gdf.crs is None:
@@ -150,6 +153,9 @@ def prompts_from_frame(
                           "drop one of them")
     check_coordinates(gdf, where_all)
     geoms = gdf.geometry.to_crs(scene_crs) if not same_crs(gdf.crs, scene_crs) else gdf.geometry
+    if scene_bounds is not None:
+        geoms = geoms.__class__(wrap_longitudes(np.asarray(geoms.values, dtype=object), scene_bounds[0],
+                                                scene_bounds[2]), index=geoms.index, crs=geoms.crs)
     columns = _resolve_columns([c for c in gdf.columns if c != gdf.geometry.name], id_column=id_column,
                                label_column=label_column, point_label_column=point_label_column,
                                object_column=object_column)
