@@ -332,6 +332,7 @@ def write_index_raster(
     from geosam.read.dataarray import is_dataarray
     from geosam.read.scene import Scene, scene_path
     from geosam.write.paths import atomic_output, check_not_input
+    from geosam.write.verify import raster_verifier
 
     path = Path(path)
     if block_px < 16:
@@ -352,7 +353,8 @@ def write_index_raster(
             "BIGTIFF": "IF_SAFER",
         }
         try:
-            with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            verify = raster_verifier(path, i.width, i.height, len(names))
+            with atomic_output(path, verify=verify) as tmp, rasterio.open(tmp, "w", **profile) as dst:
                 for k, n in enumerate(names, start=1):
                     dst.set_band_description(k, n)
                 for r0 in range(0, i.height, block_px):

@@ -78,7 +78,8 @@ def test_area_m2_is_true_area(oracle_scene):
 
 
 def test_area_m2_converts_feet():
-    g = shapely.box(0, 0, 100, 100)  # 100 ft x 100 ft
+    x, y = 6_561_667, 2_100_000  # inside the zone (its origin, 0, 0, lies ~2000 km away, where the map scale is off)
+    g = shapely.box(x, y, x + 100, y + 100)  # 100 ft x 100 ft
     a = area_m2([g], "EPSG:2227")  # NAD83 / California zone 3 (ftUS)
     assert a[0] == pytest.approx(10000 * 0.3048006096**2, rel=1e-6)
 

@@ -237,8 +237,10 @@ class ObjectStore:
             n_out += len(rows)
             self.rows_out = n_out
             first = False
-            if to_crs is not None:
-                gdf = gdf.to_crs(to_crs)
+            if to_crs is not None:  # valid, split at the antimeridian
+                from geosam.assemble.reproject import reproject
+
+                gdf = reproject(gdf, to_crs)
             yield hook(gdf) if hook is not None else gdf
             if not rows:
                 return

@@ -77,4 +77,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-__all__ = ["Terminated", "handle_errors", "is_geosam_warning", "make_formatwarning"]
+def lock_outputs(*paths: str | None) -> None:
+    """Hold the lock of every output path (None skipped) until the command ends: a second geosam run on
+    one of them is refused at once (see `geosam.write.lock.output_lock`)."""
+    from geosam.write.lock import output_lock
+
+    ctx = click.get_current_context()
+    for path in paths:
+        ctx.with_resource(output_lock(path))
+
+
+__all__ = ["Terminated", "handle_errors", "is_geosam_warning", "lock_outputs", "make_formatwarning"]

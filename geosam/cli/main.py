@@ -9,6 +9,13 @@ import click
 from geosam import __version__
 
 
+class _EchoHandler(logging.Handler):
+    """Log records as plain lines on the current stderr (looked up at each record, as click does)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="geosam")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
@@ -16,6 +23,11 @@ def cli(verbose: int) -> None:
     """Segment satellite and aerial scenes into georeferenced vector objects."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    plan = logging.getLogger("geosam.plan")  # the plan and the first estimate, shown without -v
+    if verbose == 0 and not plan.handlers:
+        plan.addHandler(_EchoHandler())
+        plan.setLevel(logging.INFO)
+        plan.propagate = False
 
 
 def _register() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geosam.cli.common import handle_errors
+from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.options import CoordinateList, model_options, output_options, read_options
 from geosam.config import PromptConfig, check_crs
 
@@ -59,6 +59,7 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
     if prompt_crs is not None:
         check_crs(prompt_crs, "--prompt-crs")
     check_scheduler(scheduler, n_workers)
+    lock_outputs(output, overlay)  # a second run on one of them is refused
     check_output_path(output)  # before the run, so a typo loses nothing
     if overlay:
         check_output_path(overlay, "png")

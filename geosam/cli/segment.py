@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geosam.cli.common import handle_errors
+from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.config import DEFAULT_MODEL, SegmentConfig
 from geosam.indices import check_index_bands, write_index_raster
@@ -84,11 +84,14 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     with --output-dir or --merge."""
     from geosam.modes.everything import segment_scene
     from geosam.modes.scenes import expand_scenes
+    from geosam.run.dask import check_scheduler
     from geosam.write.label_raster import check_output_path, read_vector, render_overlay, write_label_raster
     from geosam.write.paths import check_outputs
 
     settings["indices"] = settings["indices"] or ()
     cfg = SegmentConfig.from_settings(**settings)  # every setting checked before any pixel or model
+    fmt = check_output_choice(output, output_dir, fmt)
+    check_scheduler(scheduler, n_workers)
     paths = expand_scenes(scenes)
     if output_dir is not None or merge or len(paths) > 1:
         if label_raster or index_raster or overlay:
@@ -100,6 +103,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     if output is None:
         raise click.UsageError("give -o/--output FILE (or --output-dir DIR for many scenes)")
     scene = paths[0]
+    lock_outputs(output, label_raster, index_raster, overlay)  # a second run on one of them is refused
     # every output path is checked before the (possibly hours-long) run, so a typo loses nothing
     check_output_path(output)
     for path, kind in ((label_raster, "raster"), (index_raster, "raster"), (overlay, "png")):
@@ -127,6 +131,27 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
         from geosam.run.journal import remove_journal
 
         remove_journal(journal)
+
+
+def check_output_choice(output: str | None, output_dir: str | None, fmt: str) -> str:
+    """The ``--format`` suffix (``gpkg`` -> ``.gpkg``), checked; a UsageError for ``-o`` with ``--output-dir``
+    (which one?) or an explicit ``--format`` that contradicts ``-o``'s extension."""
+    from pathlib import Path
+
+    from geosam.write.vector import VECTOR_FORMATS
+
+    ctx = click.get_current_context()
+    if output is not None and output_dir is not None:
+        raise click.UsageError("give -o/--output FILE (one file, or --merge) or --output-dir DIR (one file per "
+                               "scene), not both")
+    fmt = fmt if fmt.startswith(".") else f".{fmt}"
+    if fmt.lower() not in VECTOR_FORMATS:
+        raise click.UsageError(f"--format {fmt}: unknown vector format; use one of {', '.join(sorted(VECTOR_FORMATS))}")
+    explicit = ctx.get_parameter_source("fmt") not in (None, click.core.ParameterSource.DEFAULT)
+    if explicit and output is not None and Path(output).suffix.lower() != fmt.lower():
+        raise click.UsageError(f"--format {fmt} names the type of --output-dir files; -o {output} is written as "
+                               f"its extension says ({Path(output).suffix or 'none'}): drop --format or change -o")
+    return fmt
 
 
 def journal_path(output: str) -> str:

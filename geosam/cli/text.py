@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geosam.cli.common import handle_errors
+from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.config import SegmentConfig
 from geosam.config.text import DEFAULT_TEXT_MODEL, TextConfig
@@ -62,6 +62,7 @@ def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | Non
     if not phrases and not exemplars:
         raise click.UsageError("give at least one --text phrase or --exemplars FILE")
     cfg = SegmentConfig.from_settings(**settings)
+    lock_outputs(output, overlay, label_raster)  # a second run on one of them is refused
     check_output_path(output)
     if overlay:
         check_output_path(overlay, "png")

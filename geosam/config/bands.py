@@ -168,7 +168,23 @@ def normalise_band_roles(value: Any) -> str | tuple[tuple[str, int], ...] | None
         if int(band) != band or int(band) < 1:
             raise ConfigError(f"band numbers are 1-based integers, got {role}={band}")
         out.append((role, int(band)))
+    _check_distinct(dict(out))
     return tuple(sorted(out))
+
+
+def _check_distinct(roles: Mapping[str, int]) -> None:
+    """ConfigError when one band is given for two roles that an index compares (``red=4,nir=4``: NDVI 0 everywhere)."""
+    from geosam.config.index_table import INDICES
+
+    for d in INDICES.values():
+        given = [(r, roles[r]) for r in d.roles if r in roles]
+        for i, (role_a, band_a) in enumerate(given):
+            for role_b, band_b in given[i + 1:]:
+                if band_a == band_b:
+                    raise ConfigError(
+                        f"band_roles: band {band_a} is given for both {role_a} and {role_b}, which {d.name} compares "
+                        f"(it would be constant); give each role its own band, e.g. {role_a}={band_a},{role_b}=..."
+                    )
 
 
 def roles_from_descriptions(descriptions: tuple[str | None, ...], colorinterp: tuple[str, ...]) -> dict[str, int]:

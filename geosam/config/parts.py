@@ -133,6 +133,10 @@ class ModelConfig:
             raise ConfigError(f"unknown dtype {self.dtype!r}: use one of {', '.join(_DTYPES)}")
 
 
+#: Most crop layers segment-everything accepts (layer i adds 4**i crops, each a full image encoding).
+MAX_CROP_N_LAYERS = 3
+
+
 @dataclass(frozen=True)
 class AmgConfig:
     """Segment everything, with segment-anything's parameter names and meanings.
@@ -174,6 +178,12 @@ class AmgConfig:
             raise ConfigError(f"mask_threshold must be a finite number, got {self.mask_threshold}")
         _unit("box_nms_thresh", self.box_nms_thresh, low_open=True)
         int_at_least("crop_n_layers", self.crop_n_layers, 0)
+        if self.crop_n_layers > MAX_CROP_N_LAYERS:
+            n_crops = sum(4**i for i in range(self.crop_n_layers + 1))
+            raise ConfigError(
+                f"crop_n_layers={self.crop_n_layers} means {n_crops} image encodings per chip; use at most "
+                f"{MAX_CROP_N_LAYERS} (1 is usual: 5 encodings), or smaller chips for small objects"
+            )
         _unit("crop_overlap_ratio", self.crop_overlap_ratio)
         int_at_least("crop_n_points_downscale_factor", self.crop_n_points_downscale_factor, 1)
         _unit("crop_nms_thresh", self.crop_nms_thresh, low_open=True)

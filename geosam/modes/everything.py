@@ -19,9 +19,10 @@ from geosam.assemble.records import ObjectHook
 from geosam.assemble.result import PREFILTERED, ChipResult
 from geosam.assemble.store import ObjectStore
 from geosam.config import IndexConfig, PromptConfig, SegmentConfig, check_crs
-from geosam.errors import ConfigError
+from geosam.errors import ConfigError, InvalidRasterError
 from geosam.read.scene import Chip, Scene
 from geosam.run.loop import ChipStep, ChipTask, RunStats, run
+from geosam.run.plan import log_plan
 from geosam.segment.base import MaskGenerator
 
 if TYPE_CHECKING:
@@ -120,15 +121,26 @@ def segment_scene(
     ``frame_hook``: reshapes each batch of the table (e.g. text mode's columns).
     """
     cfg = (config or SegmentConfig()).with_overrides(**settings)
+    from geosam.run.dask import check_scheduler
+
+    check_scheduler(scheduler, n_workers)  # before any pixel or model
     if output is not None:
         from geosam.write.label_raster import check_output_path
 
         check_output_path(output)  # before any pixel or model
     t_start = time.perf_counter()
     stats = RunStats()
-    with Scene(scene, cfg.read) as sc, ExitStack() as stack:
+    with ExitStack() as stack:
+        if output is not None:  # one run per output (a second one is refused at once)
+            from geosam.write.lock import output_lock
+
+            stack.enter_context(output_lock(output))
+        sc = stack.enter_context(Scene(scene, cfg.read))
         specs = sc.chip_specs(cfg.tiling.chip_size_px, cfg.tiling.overlap_px)
         pps = mask_generator.capabilities.points_per_side if mask_generator is not None else cfg.amg.points_per_side
+        check_grid(sc, specs, pps)
+        log_plan(sc.path, len(specs), cfg.tiling.chip_size_px, pps, cfg.amg.crop_n_layers if mask_generator is None
+                 else 0, cfg.amg.crop_n_points_downscale_factor)
         hooks, before = index_steps(cfg.index, sc, pps, stats)
         hooks = [*(object_hooks or []), *hooks]
         generator = mask_generator if mask_generator is not None else make_mask_generator(cfg)
@@ -141,6 +153,7 @@ def segment_scene(
             execute = _executor(run_stack, scheduler, n_workers, sc, cfg, generator, pps, stats)
             _, stats = run(sc, tasks, generator, assembler, cfg.engine, hooks=hooks, before=before,
                            stats=stats, journal=jr, execute=execute, sink=store.add)
+        _check_some_chip_read(stats, sc.path)
         summary = _summary(stats, sc)
         frames = store.frames(generator.name, rank_by=cfg.index.rank_by, top_k=cfg.index.top_k,
                               require=stat_columns(cfg.index.names()), complete=bool(stats.chips_failed),
@@ -149,12 +162,38 @@ def segment_scene(
             from geosam.write.failed_chips import write_failed_chips
             from geosam.write.label_raster import write_frames
 
-            summary["output"] = str(write_frames(frames, output, geometry_types=store.geometry_types, layer=layer))
+            types = store.geometry_types | ({"MultiPolygon"} if cfg.output.to_crs else set())  # split / made valid
+            summary["output"] = str(write_frames(frames, output, geometry_types=types, layer=layer))
             write_failed_chips(summary, output)
             return _done(summary, store.rows_out, t_start)
         gdf = _concat(list(frames))
     gdf.attrs["geosam"] = _done(summary, len(gdf), t_start)
     return gdf
+
+
+def check_grid(sc: Scene, specs: list[Any], pps: int | None) -> None:
+    """ConfigError (before any pixel or model) when the point grid has more points per side than a chip has
+    pixels: more prompts than pixels, decoded for nothing (a 1 x 1 scene with the default grid)."""
+    if pps is None or not specs:
+        return
+    side = max(min(s.window.width, s.window.height) for s in specs)  # edge chips may be slivers
+    if pps > side:
+        raise ConfigError(
+            f"{sc.path}: points_per_side={pps} puts {pps * pps} prompts on a chip of {side} px per side "
+            f"(at most {side * side} pixels): more prompts than pixels; use points_per_side <= {side}"
+            + (" (the scene is smaller than one chip)" if side < 16 else "")
+        )
+
+
+def _check_some_chip_read(stats: RunStats, path: str) -> None:
+    """InvalidRasterError (no output written) when ``skip_bad_chips`` skipped every chip: an empty result
+    would look like a scene without objects."""
+    failed = stats.chips_failed
+    if failed and len(failed) >= stats.chips_total:
+        raise InvalidRasterError(
+            f"{path}: none of its {stats.chips_total} chips could be read (first: {failed[0].get('error')}); "
+            "nothing was written. Check the file (`geosam info --check`) or re-create it"
+        )
 
 
 def stat_columns(names: Any) -> list[str]:
@@ -295,7 +334,9 @@ def segment_prompts(
         gdf = prompts_frame(plist, status, records, sc.info.crs_wkt, bundle.name)
         path = sc.path
     if cfg.output.to_crs:
-        gdf = gdf.to_crs(cfg.output.to_crs)
+        from geosam.assemble.reproject import reproject
+
+        gdf = reproject(gdf, cfg.output.to_crs)
     stats.objects = int(sum(s == "ok" for s in status))
     stats.seconds = time.perf_counter() - t_start
     gdf.attrs["geosam"] = {**stats.__dict__, "scene": path, "prompts": len(plist), "windows": len(tasks),

@@ -62,6 +62,7 @@ def gather_prompts(
     import geopandas as gpd
     import pandas as pd
 
+    from geosam.prompts.table import has_geometry, points_from_table
     from geosam.read.scene import SceneInfo, open_raster
 
     with open_raster(scene) as ds:
@@ -73,6 +74,8 @@ def gather_prompts(
             f = gpd.read_file(prompts_file, layer=layer)
         except Exception as exc:
             raise PromptError(f"{prompts_file}: cannot read prompts ({exc})") from exc
+        if not has_geometry(f):  # a CSV of x,y / lon,lat columns
+            f = points_from_table(f, str(prompts_file))
         if f.crs is not None and prompt_crs is not None and _geojson_without_crs(prompts_file):
             f = f.set_crs(prompt_crs, allow_override=True)  # GDAL reads such a file as WGS84
         elif f.crs is None:
@@ -147,7 +150,8 @@ def resolve_prompts(
     plist = prompts_from_frame(frame, scene_crs, info.transform,
                                prompt_crs=prompt_crs if isinstance(prompts, gpd.GeoDataFrame) else None,
                                id_column=id_column, label_column=label_column,
-                               point_label_column=point_label_column, object_column=object_column)
+                               point_label_column=point_label_column, object_column=object_column,
+                               scene_bounds=info.bounds if info.is_geographic else None)
     if box_grow:
         plist = [Prompt(p.prompt_id, grow_box(p.box, box_grow) if p.box else None, p.points, p.point_labels,
                         p.label, p.attrs) for p in plist]

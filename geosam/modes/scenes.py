@@ -86,19 +86,29 @@ class ScenesResult:
 
 def merge_frames(frames: dict[str, gpd.GeoDataFrame], to_crs: Any = None) -> gpd.GeoDataFrame:
     """One table of every scene's objects with a ``scene`` column first; CRSs other than
-    ``to_crs`` (default: the first scene's) are reprojected."""
+    ``to_crs`` are reprojected (valid, split at the antimeridian). Default ``to_crs``: the scenes'
+    CRS, or EPSG:4326 when they are in several (a UTM zone cannot hold a polar scene), with one
+    warning naming them."""
     import geopandas as gpd
     import pandas as pd
 
     if not frames:
         return gpd.GeoDataFrame({"scene": []}, geometry=gpd.GeoSeries([]))
+    from geosam.assemble.reproject import reproject
+    from geosam.geo import crs_label, same_crs
+
     first = next(iter(frames.values()))
-    crs = to_crs or first.crs
+    crss = [gdf.crs for gdf in frames.values() if gdf.crs is not None]
+    several = any(not same_crs(c, crss[0]) for c in crss[1:])
+    crs = to_crs or ("EPSG:4326" if several else first.crs)
+    if several and to_crs is None:
+        names = list(dict.fromkeys(crs_label(c) for c in crss))
+        log.warning("the scenes are in %d CRSs (%s): merged in EPSG:4326 (pass to_crs / --to-crs to choose)",
+                    len(names), ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""))
     parts = []
     for scene, gdf in frames.items():
-        if gdf.crs != crs:
-            log.warning("%s: reprojected to %s for the merged output", scene, crs)
-            gdf = gdf.to_crs(crs)
+        if gdf.crs is not None and not same_crs(gdf.crs, crs):
+            gdf = reproject(gdf, crs)
         parts.append(gdf.assign(scene=scene)[["scene", *gdf.columns]])
     return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs=crs)
 
@@ -138,6 +148,10 @@ def segment_scenes(
     frames: dict[str, gpd.GeoDataFrame] = {}
     journals: list[str] = []  # merged runs: removed once the merged file is written
     with ExitStack() as stack:
+        if merge and output is not None:  # one run per output (a second one is refused at once)
+            from geosam.write.lock import output_lock
+
+            stack.enter_context(output_lock(output))
         if scheduler is not None:
             from geosam.run.dask import connect
 
@@ -165,10 +179,10 @@ def segment_scenes(
                     remove_journal(journals.pop())
             if on_scene is not None:
                 on_scene(scene, stats, None)
-    if merge:
-        _merge_into(result, frames, journals, output, settings.get("to_crs"))
-    else:
-        result.frames = frames
+        if merge:
+            _merge_into(result, frames, journals, output, settings.get("to_crs"))
+        else:
+            result.frames = frames
     return result
 
 

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from geosam.errors import PromptError
-from geosam.geo import same_crs
+from geosam.geo import same_crs, wrap_longitudes
 from geosam.prompts.from_list import OBJECT_COLUMN as _OBJ
 from geosam.prompts.from_list import POINT_LABEL_COLUMN as _PLAB
 from geosam.prompts.from_list import prompts_to_frame  # re-exported: part of this module's API
@@ -132,6 +132,7 @@ def prompts_from_frame(
     point_label_column: str | None = None,
     object_column: str | None = None,
     source: str | None = None,
+    scene_bounds: tuple[float, float, float, float] | None = None,
 ) -> list[Prompt]:
     """Prompts of a GeoDataFrame in scene pixel coordinates (see the module docstring).
 
@@ -141,6 +142,8 @@ def prompts_from_frame(
     are skipped with one :class:`PromptWarning` naming their prompt ids; if no
     prompt is left, :class:`PromptError`. Coordinates that cannot be in the
     prompts' CRS (:func:`check_coordinates`) raise :class:`PromptError`.
+    ``scene_bounds``: a geographic scene's bounds (west, south, east, north); prompts 360 deg off in
+    longitude (-179.95 for a scene spanning 179.9..180.1) are moved onto it (`geosam.geo.wrap_longitudes`).
     """
     where_all = source or gdf.attrs.get("geosam_source") or "the prompts"
     if gdf.crs is None:
@@ -150,9 +153,14 @@ def prompts_from_frame(
                           "drop one of them")
     check_coordinates(gdf, where_all)
     geoms = gdf.geometry.to_crs(scene_crs) if not same_crs(gdf.crs, scene_crs) else gdf.geometry
+    if scene_bounds is not None:
+        geoms = geoms.__class__(wrap_longitudes(np.asarray(geoms.values, dtype=object), scene_bounds[0],
+                                                scene_bounds[2]), index=geoms.index, crs=geoms.crs)
     columns = _resolve_columns([c for c in gdf.columns if c != gdf.geometry.name], id_column=id_column,
                                label_column=label_column, point_label_column=point_label_column,
                                object_column=object_column)
+    if columns.id is not None and columns.object is None:
+        _check_ids(gdf[columns.id], columns.id, where_all)
     inv = ~transform
     out: list[Prompt] = []
     unusable: list[Any] = []  # prompt ids without any usable geometry
@@ -192,6 +200,8 @@ def _resolve_columns(cols: list[str], *, id_column: str | None, label_column: st
     if object_column is None and _OBJ in cols:
         object_column = _OBJ
     if id_column is not None and id_column not in cols:
+        if id_column != "id":  # the default name may be absent (prompts numbered by row); any other must exist
+            raise PromptError(f"id_column={id_column!r} is not a column of the prompts (columns: {cols})")
         id_column = None
     internal = {_OBJ, _PLAB, id_column, object_column, point_label_column}
     carried = tuple(c for c in cols if c not in internal)
@@ -297,6 +307,20 @@ def check_coordinates(gdf: Any, where: str) -> None:
             f"{where}: coordinate ({x:.10g}, {y:.10g}) of row {_py(row)!r} is not a longitude / latitude, but the "
             f"prompts are read in {crs.name} (a GeoJSON without a 'crs' member is WGS84 by definition); "
             "pass --prompt-crs (prompt_crs=...) with the CRS of the coordinates, e.g. the scene's EPSG code"
+        )
+
+
+def _check_ids(ids: Any, column: str, where: str) -> None:
+    """PromptError naming the column and rows when a prompt id is missing (NaN, None): a row number in its
+    place could collide with a real id."""
+    import pandas as pd
+
+    missing = [int(pos) for pos in np.flatnonzero(pd.isna(np.asarray(ids, dtype=object)))]
+    if missing:
+        rows = ", ".join(str(r) for r in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise PromptError(
+            f"{where}: id column {column!r} has no value in row(s) {rows}; give every prompt an id, or choose "
+            "another column (--id-column / id_column)"
         )
 
 

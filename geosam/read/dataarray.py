@@ -204,6 +204,15 @@ class DataArrayDataset:
         bad = np.isnan(data) if np.isnan(self.nodata) else (data == self.nodata)
         return np.where(bad, 0, 255).astype(np.uint8)
 
+    def dataset_mask(self, window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
+        """255 where any band is valid (GDAL's dataset mask from per-band nodata), else 0, as uint8 (H, W)."""
+        if self.nodata is None:
+            w = self.width if window is None else int(window.width)
+            h = self.height if window is None else int(window.height)
+            return np.full(tuple(out_shape[-2:]) if out_shape is not None else (h, w), 255, dtype=np.uint8)
+        masks = self.read_masks(range(1, self.count + 1), window, out_shape)
+        return np.where(np.any(masks != 0, axis=0), 255, 0).astype(np.uint8)
+
     def close(self) -> None:
         self._last = None
         self.closed = True

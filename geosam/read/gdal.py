@@ -109,6 +109,24 @@ def open_raster(path: str | os.PathLike[str], *, remote: bool | None = None) -> 
         raise InvalidRasterError(f"{p}: not a raster GDAL can read ({gdal_message(exc)})") from exc
 
 
+def dataset_valid(ds: Any, window: PixelWindow, out_shape: tuple[int, int] | None = None) -> Any:
+    """Where GDAL's dataset mask says a pixel of ``window`` is valid: bool (H, W).
+
+    A pixel is invalid where the dataset's mask band or alpha band masks it, or, with a nodata
+    value, where *every* band equals it (``GDALGetMaskBand`` of the dataset). One band equal to
+    the nodata value does not make the pixel invalid (its 0 may be a real 0 of that band).
+    ``out_shape``: a decimated read (nearest). Works on rasterio datasets and on
+    `geosam.read.dataarray.DataArrayDataset`.
+    """
+    from rasterio.enums import Resampling
+
+    kw: dict[str, Any] = {"window": window.to_rasterio()}
+    if out_shape is not None:
+        kw["out_shape"] = tuple(out_shape)
+        kw["resampling"] = Resampling.nearest
+    return ds.dataset_mask(**kw) != 0
+
+
 # ----------------------------------------------------------------------------
 # block-by-block check
 
@@ -164,6 +182,7 @@ __all__ = [
     "REMOTE_PREFIXES",
     "BadBlock",
     "check_blocks",
+    "dataset_valid",
     "gdal_env",
     "gdal_message",
     "is_remote",

@@ -23,10 +23,12 @@ from affine import Affine
 
 from geosam.config import ReadConfig
 from geosam.errors import BandError, ConfigError, GeosamError, InvalidRasterError, NoCRSError
+from geosam.read.checks import check_fill_value, check_georeferencing, check_pixel_type
 from geosam.read.gdal import (  # noqa: F401 - re-exported: geosam.read.scene is where callers look for them
     GDAL_CACHEMAX_BYTES,
     BadBlock,
     check_blocks,
+    dataset_valid,
     gdal_env,
     gdal_message,
     iter_block_windows,
@@ -75,6 +77,7 @@ class SceneInfo:
     @classmethod
     def from_dataset(cls, ds: Any) -> SceneInfo:
         path = ds.name
+        check_georeferencing(ds)
         if ds.crs is None:
             raise NoCRSError(
                 f"{path}: the raster has no CRS, so its objects cannot be placed on a map; "
@@ -194,11 +197,13 @@ class Scene:
             self.ds = DataArrayDataset(scene) if dataarray else open_raster(self.path, remote=self.read_config.remote)
             self.info = self._scene_info()
             rc = self.read_config
+            check_pixel_type(self.ds, self.path, rc.bands)
             self.bands = _check_bands(self.info, rc.bands) if rc.bands else default_bands(self.info)
             if rc.fill_value is not None and len(rc.fill_value) not in (1, len(self.bands)):
                 raise ConfigError(
                     f"fill_value needs 1 or {len(self.bands)} numbers (one per selected band), got {list(rc.fill_value)}"
                 )
+            check_fill_value(self.path, self.info.dtype, rc.fill_value, rc.fill_tolerance)
             self.stretch = self._estimate_stretch() if stretch is _ESTIMATE else stretch
         except BaseException:
             self.close()
@@ -234,7 +239,9 @@ class Scene:
     def _read(
         self, bands: Sequence[int], window: PixelWindow, out_shape: tuple[int, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Bands (bands, H, W) of a window and where they are all unmasked and finite (H, W)."""
+        """Bands (bands, H, W) of a window and where the pixel is valid (H, W): GDAL's dataset mask says
+        so (see `dataset_valid`: not every band nodata, not masked by a mask or alpha band) and the
+        bands' values are finite."""
         from rasterio.enums import Resampling
 
         kw: dict[str, Any] = {"window": window.to_rasterio()}
@@ -244,12 +251,11 @@ class Scene:
         try:
             with gdal_env(self.path, remote=self.read_config.remote):
                 data = self.ds.read(list(bands), **kw)
-                masks = self.ds.read_masks(list(bands), **kw)
+                valid = dataset_valid(self.ds, window, out_shape)
         except Exception as exc:  # rasterio raises several types for corrupt blocks
             raise InvalidRasterError(
                 f"{self.path}: cannot read window {window} of bands {list(bands)} ({gdal_message(exc)})"
             ) from exc
-        valid = np.all(masks != 0, axis=0)
         if np.issubdtype(data.dtype, np.floating):
             valid &= np.all(np.isfinite(data), axis=0)
         return data, valid
@@ -278,7 +284,7 @@ class Scene:
     def read_bands(self, bands: Sequence[int], window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
         """Any 1-based ``bands`` (bands, H, W) in a window, at full resolution, and their valid mask (H, W).
 
-        Valid: every listed band unmasked (nodata / mask band) and finite; the
+        Valid: GDAL's dataset mask (see `dataset_valid`) and every listed band finite; the
         model-image ``fill_value`` does not apply to these bands.
         """
         return self._read(_check_band_numbers(self.info, bands), window)

@@ -67,7 +67,7 @@ def connect(stack: ExitStack, scheduler: Any, n_workers: int | None = None) -> A
     if isinstance(scheduler, distributed.Client):
         return scheduler
     if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
-        raise ConfigError(f"n_workers must be a whole number >= 1, got {n_workers!r}")
+        raise ConfigError(f"n_workers (--workers) must be a whole number >= 1, got {n_workers!r}")
     if scheduler == "local":
         cluster = stack.enter_context(distributed.LocalCluster(
             n_workers=n_workers or 2, threads_per_worker=1, processes=True, dashboard_address=None))
@@ -230,7 +230,7 @@ def check_scheduler(scheduler: Any, n_workers: int | None) -> None:
     if scheduler is None and n_workers is not None:
         raise ConfigError("n_workers needs scheduler='local' (or a scheduler address / Client)")
     if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
-        raise ConfigError(f"n_workers must be a whole number >= 1, got {n_workers!r}")
+        raise ConfigError(f"n_workers (--workers) must be a whole number >= 1, got {n_workers!r}")
 
 
 def executor_or_none(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, engine: EngineConfig,

@@ -134,6 +134,17 @@ class Journal:
         self.identity = {k: _jsonable(v) for k, v in identity.items()}
         if self.path.exists() and self.path.is_dir():
             raise ConfigError(f"journal {self.path} is a directory; give a file path")
+        from geosam.write.lock import output_lock
+
+        self._lock: Any = output_lock(self.path)  # one run per journal: a second one is refused at once
+        self._lock.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+
+    def _open(self) -> None:
         try:
             self.conn = sqlite3.connect(os.fspath(self.path), isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -142,7 +153,11 @@ class Journal:
             self.conn.execute("CREATE TABLE IF NOT EXISTS chips (key TEXT PRIMARY KEY, result BLOB NOT NULL)")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"journal {self.path} is not a geosam journal ({exc})") from exc
-        self._check_identity()
+        try:
+            self._check_identity()
+        except BaseException:
+            self.conn.close()
+            raise
 
     def _check_identity(self) -> None:
         stored = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
@@ -159,7 +174,9 @@ class Journal:
         for part in self.identity:
             old = json.loads(stored.get(part, "null")) or {}
             new = self.identity[part]
-            if old != new:
+            if old != new and part == "weights":
+                problems.append("the model's weights changed (or the journal predates weight fingerprints)")
+            elif old != new:
                 diffs = _differences(old, new) if isinstance(old, dict) and isinstance(new, dict) else ["differs"]
                 problems.append(f"{part}: " + "; ".join(diffs))
         if problems:
@@ -190,6 +207,9 @@ class Journal:
 
     def close(self) -> None:
         self.conn.close()
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
 
     def __enter__(self) -> Self:
         return self
@@ -208,8 +228,17 @@ def remove_journal(path: str | os.PathLike[str]) -> None:
 
 def open_journal(path: str | os.PathLike[str], sc: Scene, flat: Mapping[str, Any], generator: MaskGenerator | None,
                  tasks: Sequence[ChipTask]) -> Journal:
-    """The journal at ``path`` for this scene, these settings and chip tasks (created if missing)."""
-    return Journal(path, {"scene": scene_fingerprint(sc), "settings": run_settings(flat, generator, tasks)})
+    """The journal at ``path`` for this scene, these settings and chip tasks (created if missing).
+
+    With the model of the settings (``generator`` None), the key also holds the fingerprint of its weights
+    (`geosam.models.fingerprint.weights_fingerprint`): new weights in the same folder refuse the journal.
+    """
+    identity: dict[str, Any] = {"scene": scene_fingerprint(sc), "settings": run_settings(flat, generator, tasks)}
+    if generator is None:
+        from geosam.models.fingerprint import weights_fingerprint
+
+        identity["weights"] = weights_fingerprint(flat.get("model"))
+    return Journal(path, identity)
 
 
 __all__ = ["Journal", "open_journal", "remove_journal", "run_settings", "scene_fingerprint", "task_key"]

@@ -38,6 +38,7 @@ from geosam.write.vector import (
     write_frames,
     write_vector,
 )
+from geosam.write.verify import raster_verifier
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -162,7 +163,8 @@ def write_label_raster(
     }
     n_burnt = 0
     try:
-        with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        with atomic_output(path, verify=raster_verifier(path, width, height, 1)) as tmp, \
+                rasterio.open(tmp, "w", **profile) as dst:
             dst.set_band_description(1, "instance id (0 = background)")
             for r0 in range(0, height, block_px):
                 for c0 in range(0, width, block_px):

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -168,14 +168,19 @@ def _make_parent(path: Path) -> None:
 
 
 @contextmanager
-def atomic_output(path: PathLike, *, copy_existing: bool = False) -> Iterator[Path]:
+def atomic_output(
+    path: PathLike, *, copy_existing: bool = False, verify: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
     """Yield a temporary path with ``path``'s name, in a new folder beside it; move it over ``path`` on success.
 
     The writer writes the temporary path (and, for a Shapefile, its sidecars). On a
     normal exit every file the writer created there replaces its namesake beside
     ``path`` (``os.replace``); on an exception the temporary folder is removed and
     ``path`` is untouched. ``copy_existing``: start from a copy of the existing file
-    (to replace one layer of a GeoPackage). Missing parent folders are created; a
+    (to replace one layer of a GeoPackage). ``verify``: called with the temporary path once the
+    writer is done, before the move; it raises (an :class:`ExportError`) when the file is broken,
+    e.g. :func:`geosam.write.verify.raster_verifier` for a write GDAL cut short without raising.
+    Missing parent folders are created; a
     folder at ``path`` is an :class:`ExportError` (never replaced).
     """
     target = Path(path)
@@ -191,6 +196,8 @@ def atomic_output(path: PathLike, *, copy_existing: bool = False) -> Iterator[Pa
         if copy_existing and target.exists():
             shutil.copyfile(target, tmp)
         yield tmp
+        if verify is not None:
+            verify(tmp)
         _move_into_place(tmp_dir, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # our own temporary folder, empty after a success

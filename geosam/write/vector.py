@@ -132,7 +132,9 @@ def write_vector(
     if to_crs is not None:
         if gdf.crs is None:
             raise ExportError(f"{path}: cannot reproject to {to_crs}: the GeoDataFrame has no CRS (set one first)")
-        gdf = gdf.to_crs(to_crs)
+        from geosam.assemble.reproject import reproject
+
+        gdf = reproject(gdf, to_crs)  # valid, split at the antimeridian
     types = {str(t) for t in gdf.geometry.geom_type.dropna().unique()}
     out = write_frames([gdf], path, geometry_types=types, overwrite=overwrite, layer=layer)
     if "geosam" in gdf.attrs:  # a geosam run's table: its failed chips beside it (geosam.write.failed_chips)
@@ -159,7 +161,7 @@ def write_frames(
     fmt, driver = vector_format(path)
     if layer is not None and driver != "GPKG":
         raise ExportError(f"{path}: layer={layer!r} applies to GeoPackages (.gpkg) only")
-    layer = (layer or path.stem) if driver == "GPKG" else None
+    layer = (layer or path.stem.lstrip("-") or "objects") if driver == "GPKG" else None  # GDAL refuses a leading '-' 
     if path.is_dir():
         raise ExportError(f"{path} is a folder; give a file path (geosam never replaces a folder)")
     check_writable_path(path)
