@@ -98,12 +98,12 @@ def test_an_unreachable_item_and_an_asset_404(stac_catalog, stac_served, tmp_pat
         Scene(f"{srv.url}/no/such/item.json")
     folder = f"{srv.url}/{stac_catalog.items[0].parent.name}"
     doc = stac_catalog.items[0].read_text().replace('"./blue.tif"', '"./missing.tif"').replace('"./', f'"{folder}/')
-    (stac_catalog.root / "broken").mkdir(exist_ok=True)
-    (stac_catalog.root / "broken" / "item.json").write_text(doc)
-    out = tmp_path / "out.gpkg"
+    (tmp_path / "item.json").write_text(doc)  # a local item of remote assets, one of them missing
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "out.gpkg"
     with pytest.raises(InvalidRasterError, match=r"stac:S2A_33UVP_20240503.*asset 'blue'.*missing\.tif\): HTTP 404"):
-        geosam.segment_scene(f"{srv.url}/broken/item.json", ThresholdGenerator(), output=out, progress=False)
-    assert list(tmp_path.iterdir()) == []
+        geosam.segment_scene(tmp_path / "item.json", ThresholdGenerator(), output=out, progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_a_chip_that_cannot_be_read_follows_skip_bad_chips(stac_catalog, stac_served, monkeypatch) -> None:
