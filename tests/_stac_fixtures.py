@@ -1,4 +1,5 @@
-"""Fixtures of the STAC tests: the generated catalog (:mod:`tests.data.make_stac`), served with a tiny STAC API.
+"""Fixtures of the STAC tests: the generated catalog (:mod:`tests.data.make_stac`), served with its STAC API
+(:class:`geosam.stac.local.LocalCatalog`).
 
 Each test gets its own server (a new port, so GDAL's in-process cache of another test's URLs
 never hides a read). ``ThresholdGenerator``: masks from the chip's pixels (bright connected
@@ -15,8 +16,7 @@ from scipy import ndimage
 
 from geosam.read.scene import Chip
 from geosam.segment.base import BaseMaskGenerator, ChipMasks
-from tests._range_server import RangeServer
-from tests._stac_api import StacApi
+from geosam.stac.local import LocalCatalog
 from tests.data.make_stac import StacFiles, make_catalog
 
 
@@ -26,15 +26,12 @@ def stac_catalog(tmp_path_factory: pytest.TempPathFactory) -> StacFiles:
 
 
 @pytest.fixture()
-def stac_served(stac_catalog: StacFiles) -> Iterator[tuple[RangeServer, StacApi]]:
-    api = StacApi(stac_catalog.root)
-    srv = RangeServer(stac_catalog.root, lifetime_s=300, api=api)
-    api.base = srv.url
-    yield srv, api
-    srv.stop()
+def stac_served(stac_catalog: StacFiles) -> Iterator[LocalCatalog]:
+    with LocalCatalog(stac_catalog.root, lifetime_s=300) as srv:
+        yield srv
 
 
-def item_url(srv: RangeServer, files: StacFiles, k: int = 0) -> str:
+def item_url(srv: LocalCatalog, files: StacFiles, k: int = 0) -> str:
     return f"{srv.url}/{files.items[k].relative_to(files.root).as_posix()}"
 
 

@@ -23,7 +23,7 @@ ALL = PixelWindow(0, 0, 578, 379)
 
 
 def test_an_item_url_reads_its_bands_by_common_name_onto_the_finest_grid(stac_catalog, stac_served) -> None:
-    srv, _ = stac_served
+    srv = stac_served
     with Scene(item_url(srv, stac_catalog)) as sc, Scene(stac_catalog.stacks[0]) as local:
         assert sc.path == "stac:S2A_33UVP_20240503"
         assert sc.info.descriptions == ("red", "green", "blue", "nir")  # the default bands, in this order
@@ -49,7 +49,7 @@ def test_an_item_file_a_pystac_item_and_chosen_assets(stac_catalog) -> None:
 
 
 def test_each_chip_reads_only_its_part_of_each_asset(stac_catalog, stac_served) -> None:
-    srv, _ = stac_served
+    srv = stac_served
     sizes = {f"/{p.relative_to(stac_catalog.root).as_posix()}": p.stat().st_size
              for p in stac_catalog.items[0].parent.glob("*.tif")}
     sc = Scene(item_url(srv, stac_catalog), ReadConfig(overview_max_px=128))  # the stretch sample from overviews
@@ -76,7 +76,7 @@ def test_each_chip_reads_only_its_part_of_each_asset(stac_catalog, stac_served) 
 
 
 def test_segmenting_an_item_equals_segmenting_the_local_stack(stac_catalog, stac_served) -> None:
-    srv, _ = stac_served
+    srv = stac_served
     kw = {"chip_size_px": 256, "overlap_px": 32, "progress": False, "overview_max_px": 2048}
     local = geosam.segment_scene(stac_catalog.stacks[0], ThresholdGenerator(), **kw)
     remote = geosam.segment_scene(item_url(srv, stac_catalog), ThresholdGenerator(), **kw)
@@ -91,7 +91,7 @@ def test_a_missing_band_names_the_bands_the_item_has(stac_catalog) -> None:
 
 
 def test_an_unreachable_item_and_an_asset_404(stac_catalog, stac_served, tmp_path) -> None:
-    srv, _ = stac_served
+    srv = stac_served
     with pytest.raises(StacError, match="cannot reach"):
         Scene("http://127.0.0.1:9/item.json")
     with pytest.raises(StacError, match="HTTP 404"):
@@ -109,7 +109,7 @@ def test_an_unreachable_item_and_an_asset_404(stac_catalog, stac_served, tmp_pat
 def test_a_chip_that_cannot_be_read_follows_skip_bad_chips(stac_catalog, stac_served, monkeypatch) -> None:
     from geosam.stac import dataset
 
-    srv, _ = stac_served
+    srv = stac_served
     real = dataset.load_window
 
     def flaky(scene, keys, geobox, dtype):

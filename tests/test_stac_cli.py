@@ -24,7 +24,7 @@ def wkbs(path) -> list[bytes]:
 
 @pytest.mark.slow  # a tiny SAM on 2 chips: ~12 s on a quiet 2-core machine
 def test_segment_an_item_url_equals_the_local_stack(stac_catalog, stac_served, tiny_sam_dir, tmp_path) -> None:
-    srv, _ = stac_served
+    srv = stac_served
     res = run(item_url(srv, stac_catalog), "--assets", "red,green,blue", "-o", str(tmp_path / "item.gpkg"),
               "--model", tiny_sam_dir, *TINY)
     assert res.exit_code == 0, res.output
@@ -38,7 +38,7 @@ def test_segment_an_item_url_equals_the_local_stack(stac_catalog, stac_served, t
 
 @pytest.mark.slow
 def test_a_search_writes_one_file_per_item(stac_served, tiny_sam_dir, tmp_path) -> None:
-    srv, api = stac_served
+    srv = stac_served
     out = tmp_path / "out"
     res = run("--stac-search", srv.url, "--collection", "sentinel-2-l2a", "--bbox", "13,48,14,49",
               "--datetime", "2024-04/2024-10", "--query", "eo:cloud_cover<20", "--assets", "red,green,blue",
@@ -47,11 +47,11 @@ def test_a_search_writes_one_file_per_item(stac_served, tiny_sam_dir, tmp_path) 
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["S2A_33UVP_20240503.gpkg", "S2A_33UVP_20240712.gpkg"]
     assert "2 of 2 scenes done" in res.output
-    assert api.searches[-1]["bbox"] == [13.0, 48.0, 14.0, 49.0]
+    assert srv.searches[-1]["bbox"] == [13.0, 48.0, 14.0, 49.0]
 
 
 def test_bad_stac_input_is_one_error_and_writes_nothing(stac_catalog, stac_served, tmp_path) -> None:
-    srv, _ = stac_served
+    srv = stac_served
     out = tmp_path / "out"
     cases = [
         (["--stac-search", srv.url, "--collection", "sentinel-2-l2a", "--datetime", "2019-01/2019-02"],

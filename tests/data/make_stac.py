@@ -12,7 +12,7 @@ R, G, B, NIR, date B bands 5-8) it writes, per date, one item like a Sentinel-2 
 * ``eo:bands`` common names, ``proj:epsg`` / ``proj:shape`` / ``proj:transform``, ``raster:bands``.
 
 Also a second "granule" pair for one day (the scene's left and right halves as two items of
-the same date and orbit, overlapping by 64 px) to test mosaics per day, and the local
+the same date and orbit, overlapping by 64 px, in collection :data:`HALVES_COLLECTION`) to test mosaics per day, and the local
 10 m stack of what an item reads (``stack_<date>.tif``: R, G, B, NIR at 10 m, NIR repeated
 2 x 2) to compare a STAC run with a local one. Run ``python -m tests.data.make_stac OUT_DIR``.
 """
@@ -37,6 +37,8 @@ BANDS = {"red": ("red", 0.665, 0, 1), "green": ("green", 0.56, 1, 1), "blue": ("
 #: SCL classes written: vegetation, bare soil, cloud (high probability)
 SCL_VEGETATION, SCL_BARE, SCL_CLOUD = 4, 5, 9
 BLOCK_PX = 128
+#: the collection of the two half items (a search of ``sentinel-2-l2a`` does not find them)
+HALVES_COLLECTION = "sentinel-2-l2a-halves"
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,12 @@ def make_catalog(root: Path) -> StacFiles:
                 part = {key: v[:, (c0 // 2 if v.shape[1] != w else c0):(-(-c1 // 2) if v.shape[1] != w else c1)]
                         for key, v in bands.items()}
                 t = transform * Affine.translation(c0, 0)
-                halves.append(_write_item(root, f"{item_id}_{name}", date, part,
-                                          scl[:, c0 // 2 : -(-c1 // 2)], t, crs, (0, 0, c1 - c0, h)))
+                half = _write_item(root, f"{item_id}_{name}", date, part, scl[:, c0 // 2 : -(-c1 // 2)], t, crs,
+                                   (0, 0, c1 - c0, h))
+                doc = json.loads(half.read_text())
+                doc["collection"] = HALVES_COLLECTION  # searched only when asked for
+                half.write_text(json.dumps(doc, indent=1))
+                halves.append(half)
     collection = root / "collection.json"
     collection.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=1))
     return StacFiles(root=root, items=tuple(items), halves=tuple(halves), stacks=tuple(stacks), collection=collection)
