@@ -48,14 +48,17 @@ def window_geobox(grid: StacGrid, window: Any, out_shape: Sequence[int] | None =
 def load_window(scene: StacScene, keys: Sequence[str], geobox: Any, dtype: str) -> np.ndarray:
     """Assets ``keys`` of ``scene`` on ``geobox`` as (bands, rows, cols); the day's items joined.
 
+    Up to ``scene.env.asset_threads`` assets are read at once (odc-stac carries the GDAL settings to its threads).
     Raises whatever odc-stac / rasterio raise for an unreadable asset (the caller names the scene).
     """
     import odc.stac
 
+    bands = list(dict.fromkeys(keys))
+    threads = min(scene.env.asset_threads, len(bands) * len(scene.items))
     with scene.env.rio_env():
-        ds = odc.stac.load(list(scene.items), bands=list(dict.fromkeys(keys)), geobox=geobox, resampling="nearest",
-                           groupby="solar_day", chunks=None, dtype=dtype, patch_url=scene.sign, fail_on_error=True,
-                           preserve_original_order=True)
+        ds = odc.stac.load(list(scene.items), bands=bands, geobox=geobox, resampling="nearest", groupby="solar_day",
+                           chunks=None, dtype=dtype, patch_url=scene.sign, fail_on_error=True,
+                           preserve_original_order=True, pool=threads if threads > 1 else None)
     if ds.sizes.get("time", 0) != 1:
         raise ValueError(f"{scene.label}: the items fall on {ds.sizes.get('time', 0)} days; a scene is one day")
     return np.stack([np.asarray(ds[k].values[0]) for k in keys])

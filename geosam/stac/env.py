@@ -48,6 +48,8 @@ class RemoteEnv:
         no_sign_request: read public S3 buckets without credentials (``AWS_NO_SIGN_REQUEST=YES``).
         requester_pays: the reader pays for S3 requests (``AWS_REQUEST_PAYER=requester``).
         options: more GDAL configuration options as (name, value) pairs; they win over the above.
+        asset_threads: assets of one chip read at once (their requests overlap: over a network a chip
+            costs about one round trip instead of one per asset; see ``benchmarks/results/stac.json``).
     """
 
     timeout_s: float = 30.0
@@ -56,8 +58,11 @@ class RemoteEnv:
     no_sign_request: bool = False
     requester_pays: bool = False
     options: tuple[tuple[str, str], ...] = ()
+    asset_threads: int = 4
 
     def __post_init__(self) -> None:
+        if int(self.asset_threads) != self.asset_threads or self.asset_threads < 1:
+            raise ConfigError(f"asset_threads must be a whole number >= 1, got {self.asset_threads}")
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout_s must be > 0 seconds, got {self.timeout_s}")
         if int(self.max_retries) != self.max_retries or self.max_retries < 0:

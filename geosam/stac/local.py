@@ -6,7 +6,8 @@ cloud object store and a STAC API answer: files with HTTP byte ranges (``Range: 
 ``GET`` / ``POST /search`` an ItemCollection of the folder's items (``*/*.json`` Features, asset hrefs
 made absolute) filtered by ``collections``, ``bbox`` and ``datetime`` (other search terms are accepted and
 ignored; no paging). It counts the bytes of files sent, per path, so a reader can see what a chip costs.
-It stops on :meth:`LocalCatalog.stop` or by itself after ``lifetime_s``. Not for serving anything but
+``latency_s`` delays every file response, as a distant object store does. It stops on
+:meth:`LocalCatalog.stop` or by itself after ``lifetime_s``. Not for serving anything but
 a test or demo catalog: one thread per request, files read whole into memory.
 """
 
@@ -16,6 +17,7 @@ import datetime as dt
 import json
 import re
 import threading
+import time
 import urllib.parse
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -75,6 +77,7 @@ class _Server(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.bytes_by_path: dict[str, int] = {}
         self.searches: list[dict[str, Any]] = []
+        self.latency_s = 0.0
 
     def items(self) -> list[dict[str, Any]]:
         """The folder's items with absolute asset hrefs and a self link."""
@@ -140,6 +143,8 @@ class _Handler(SimpleHTTPRequestHandler):
         if not path.is_file():
             self.send_error(404)
             return
+        if self.server.latency_s > 0:
+            time.sleep(self.server.latency_s)
         data = path.read_bytes()
         m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", "").strip())
         if m and (m.group(1) or m.group(2)):
@@ -184,11 +189,14 @@ class _Handler(SimpleHTTPRequestHandler):
 class LocalCatalog:
     """Serve ``folder`` at :attr:`url` (``http://127.0.0.1:PORT``) until :meth:`stop` or ``lifetime_s`` seconds.
 
+    ``latency_s``: seconds each file response waits (a simulated distance to the store).
+
     Use as a context manager, or call :meth:`stop`.
     """
 
-    def __init__(self, folder: str | Path, lifetime_s: float = 3600.0) -> None:
+    def __init__(self, folder: str | Path, lifetime_s: float = 3600.0, latency_s: float = 0.0) -> None:
         self.httpd = _Server(Path(folder))
+        self.httpd.latency_s = latency_s
         self.url = self.httpd.base
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self.thread.start()

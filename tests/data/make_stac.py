@@ -138,14 +138,22 @@ def _write_item(root: Path, item_id: str, date: str, bands: dict[str, np.ndarray
     return path
 
 
-def make_catalog(root: Path) -> StacFiles:
-    """Write the catalog under ``root`` (created); about 0.3 s."""
+def _mirror_tile(pixels: np.ndarray, tiles: int) -> np.ndarray:
+    """(bands, H, W) repeated ``tiles`` x ``tiles`` times, every other copy mirrored (seamless)."""
+    rows = [pixels if i % 2 == 0 else pixels[:, ::-1] for i in range(tiles)]
+    column = np.concatenate(rows, axis=1)
+    return np.concatenate([column if j % 2 == 0 else column[:, :, ::-1] for j in range(tiles)], axis=2)
+
+
+def make_catalog(root: Path, tiles: int = 1) -> StacFiles:
+    """Write the catalog under ``root`` (created); about 0.3 s. ``tiles``: the source mirrored ``tiles`` x
+    ``tiles`` times (larger assets, for benchmarks)."""
     import rasterio
     from affine import Affine
 
     root.mkdir(parents=True, exist_ok=True)
     with rasterio.open(SOURCE) as src:
-        pixels, transform, crs = src.read(), src.transform, src.crs
+        pixels, transform, crs = _mirror_tile(src.read(), tiles), src.transform, src.crs
     pixels = np.maximum(pixels, 1)  # 0 is nodata in the catalog
     items, halves, stacks, features = [], [], [], []
     for k, (date, first) in enumerate(DATES):
