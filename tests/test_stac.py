@@ -124,3 +124,26 @@ def test_a_chip_that_cannot_be_read_follows_skip_bad_chips(stac_catalog, stac_se
     gdf = geosam.segment_scene(item_url(srv, stac_catalog), ThresholdGenerator(), skip_bad_chips=True, **kw)
     assert [f["chip_id"] for f in gdf.attrs["geosam"]["chips_failed"]] == ["r0c2"]
     assert len(gdf) > 0
+
+
+def test_a_signing_hook_and_the_remote_settings(stac_catalog, stac_served) -> None:
+    from geosam.stac import RemoteEnv
+
+    srv = stac_served
+    signed: list[str] = []
+
+    def sign(href: str) -> str:
+        signed.append(href)
+        return href + "?sig=abc"  # what the Planetary Computer's sign does: a token in the query
+
+    env = RemoteEnv(timeout_s=5, max_retries=2, no_sign_request=True, requester_pays=True,
+                    options=(("GDAL_HTTP_MULTIPLEX", "NO"),))
+    opts = env.gdal_options()
+    assert (opts["AWS_NO_SIGN_REQUEST"], opts["AWS_REQUEST_PAYER"], opts["GDAL_HTTP_MAX_RETRY"]) == ("YES", "requester", 2)
+    assert opts["GDAL_HTTP_TIMEOUT"] == 5 and opts["GDAL_HTTP_MULTIPLEX"] == "NO"
+    with Scene(stac_scene(item_url(srv, stac_catalog), "red,green,blue", env=env, sign=sign),
+               ReadConfig(overview_max_px=128)) as sc:
+        sc.read_chip(sc.chip_specs(128, 0)[0])
+    assert {h.rsplit("/", 1)[1] for h in signed} == {"red.tif", "green.tif", "blue.tif"}
+    with pytest.raises(StacError, match="fall on 2 days"):
+        stac_scene([stac_catalog.items[0], stac_catalog.items[1]])

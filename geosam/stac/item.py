@@ -14,6 +14,7 @@ bands) are read onto it with nearest-neighbour resampling.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -132,6 +133,13 @@ def default_names(item: Any) -> tuple[str, ...]:
     return names
 
 
+def solar_day(item: Any) -> dt.date:
+    """The item's date in local solar time (UTC shifted by the longitude of its bbox centre / 15 h)."""
+    when = item.datetime or dt.datetime.fromisoformat(str(item.properties["start_datetime"]).replace("Z", "+00:00"))
+    lon = (item.bbox[0] + item.bbox[2]) / 2 if item.bbox else 0.0
+    return (when + dt.timedelta(hours=lon / 15.0)).date()
+
+
 @dataclass(frozen=True, eq=False)
 class StacScene:
     """Items read as one scene: one item, or the items of one day joined (later items on top).
@@ -162,6 +170,11 @@ class StacScene:
             raise StacError(f"resolution_m must be > 0, got {self.resolution_m}")
         if self.mask_values and self.mask_asset is None:
             raise StacError("mask_values need a mask_asset (e.g. mask_asset='scl')")
+        days = sorted({solar_day(i) for i in self.items})
+        if len(days) > 1:
+            raise StacError(f"items {', '.join(i.id for i in self.items)} fall on {len(days)} days "
+                            f"({', '.join(map(str, days))}); a scene is one item or one day's mosaic: group them "
+                            "with geosam.stac.search.stac_scenes(items, 'day') (--group day)")
         if not self.label:
             object.__setattr__(self, "label", "stac:" + "+".join(i.id for i in self.items))
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from geosam.errors import ConfigError, StacError
 from geosam.stac.env import RemoteEnv
-from geosam.stac.item import StacScene, item_from_doc, read_item, read_json, stac_grid, stac_scene
+from geosam.stac.item import StacScene, item_from_doc, read_item, read_json, solar_day, stac_grid, stac_scene
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,6 @@ def search(url: str, *, collections: Sequence[str] | str | None = None, bbox: Se
         raise StacError(f"{what}: no items found; widen the bbox, the dates or the query")
     log.info("%s: %d items", url, len(items))
     return [read_item(it, env) for it in items]
-
-
-def solar_day(item: Any) -> dt.date:
-    """The item's date in local solar time (UTC shifted by the longitude of its bbox centre / 15 h)."""
-    when = item.datetime or dt.datetime.fromisoformat(str(item.properties["start_datetime"]).replace("Z", "+00:00"))
-    lon = (item.bbox[0] + item.bbox[2]) / 2 if item.bbox else 0.0
-    return (when + dt.timedelta(hours=lon / 15.0)).date()
 
 
 def _day_key(item: Any) -> tuple[str, dt.date, str]:
