@@ -45,3 +45,7 @@ class ExportError(GeosamError):
 
 class DeviceMemoryError(GeosamError):
     """The accelerator ran out of memory even at the smallest batch."""
+
+
+class StacError(InvalidRasterError):
+    """A STAC item, catalog or search cannot be read or does not give usable imagery."""

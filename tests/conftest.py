@@ -10,6 +10,7 @@ import pytest
 # (tests of the choice itself set GEOSAM_CPU_AMX with monkeypatch)
 os.environ.setdefault("GEOSAM_CPU_AMX", "0")
 
+from tests._stac_fixtures import stac_catalog, stac_served  # noqa: F401 - the STAC tests' catalog and server
 from tests._tiny_sam import build_tiny_sam
 
 

@@ -8,6 +8,7 @@ import click
 
 from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
+from geosam.cli.stac_options import pop_stac_options, segment_stac, stac_options, stac_sources
 from geosam.config import DEFAULT_MODEL, SegmentConfig
 from geosam.indices import check_index_bands, write_index_raster
 
@@ -16,7 +17,7 @@ _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
 
 
 @click.command()
-@click.argument("scenes", nargs=-1, required=True)
+@click.argument("scenes", nargs=-1)
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
 @click.option("--output-dir", type=click.Path(file_okay=False),
@@ -73,6 +74,7 @@ _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
 @click.option("--resume", is_flag=True, help="Journal finished chips in OUTPUT.geosam-journal; a rerun after a crash "
               "replays them and runs only the rest.")
 @click.option("--keep-journal", is_flag=True, help="With --resume: keep the journal after a successful write.")
+@stac_options
 @handle_errors
 def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None, merge: bool, fmt: str,
             scheduler: str | None, n_workers: int | None, label_raster: str | None, index_raster: str | None,
@@ -81,7 +83,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     """Segment every object in SCENES and write one polygon per object to OUTPUT.
 
     SCENES: one raster, or many (paths, GDAL URLs, quoted globs like 'tiles/*.tif', @list.txt)
-    with --output-dir or --merge."""
+    with --output-dir or --merge; or STAC items (item JSON files or URLs, --stac-items, --stac-search)."""
     from geosam.modes.everything import segment_scene
     from geosam.modes.scenes import expand_scenes
     from geosam.run.dask import check_scheduler
@@ -89,9 +91,18 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     from geosam.write.paths import check_outputs
 
     settings["indices"] = settings["indices"] or ()
+    stac_opts = pop_stac_options(settings)
     cfg = SegmentConfig.from_settings(**settings)  # every setting checked before any pixel or model
     fmt = check_output_choice(output, output_dir, fmt)
     check_scheduler(scheduler, n_workers)
+    stac = stac_sources(scenes, stac_opts)
+    if stac is not None:
+        return segment_stac(stac, cfg, output=output, output_dir=output_dir, fmt=fmt, resume=resume,
+                            overwrite=overwrite, scheduler=scheduler, n_workers=n_workers,
+                            extras={"--merge": merge, "--label-raster": label_raster, "--index-raster": index_raster,
+                                    "--overlay": overlay}, report=report, journal_path=journal_path)
+    if not scenes:
+        raise click.UsageError("give SCENES (raster files, or STAC items), or --stac-search / --stac-items")
     paths = expand_scenes(scenes)
     if output_dir is not None or merge or len(paths) > 1:
         if label_raster or index_raster or overlay:

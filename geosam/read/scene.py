@@ -186,15 +186,18 @@ class Scene:
 
     def __init__(self, scene: Any, read: ReadConfig | None = None, *, stretch: Any = _ESTIMATE) -> None:
         from geosam.read.dataarray import DataArrayDataset, describe, is_dataarray
+        from geosam.stac import stac_dataset
 
-        dataarray = is_dataarray(scene)
-        self.path = describe(scene) if dataarray else scene_path(scene)
-        #: what another handle opens (a reader thread, a Dask worker): the path, or the DataArray itself
-        self.source: Any = scene if dataarray else self.path
+        stac = stac_dataset(scene)  # a STAC item or StacScene, read window by window (geosam.stac); else None
+        dataarray = stac is None and is_dataarray(scene)
+        self.path = stac.name if stac is not None else describe(scene) if dataarray else scene_path(scene)
+        #: what another handle opens (a reader thread, a Dask worker): the path, the DataArray or the StacScene
+        self.source: Any = stac.scene if stac is not None else scene if dataarray else self.path
         self.read_config = read or ReadConfig()
         self.ds: Any = None  # the open rasterio dataset (or DataArrayDataset); None once closed
         try:
-            self.ds = DataArrayDataset(scene) if dataarray else open_raster(self.path, remote=self.read_config.remote)
+            self.ds = stac if stac is not None else DataArrayDataset(scene) if dataarray else \
+                open_raster(self.path, remote=self.read_config.remote)
             self.info = self._scene_info()
             rc = self.read_config
             check_pixel_type(self.ds, self.path, rc.bands)

@@ -60,11 +60,15 @@ def scene_fingerprint(sc: Scene) -> dict[str, Any]:
     file (a DataArray: :func:`geosam.read.dataarray.dataarray_token`), raster size (px), band count, data type,
     transform, CRS, selected bands and stretch."""
     from geosam.read.dataarray import dataarray_token, is_dataarray
+    from geosam.stac.fingerprint import stac_fingerprint
+    from geosam.stac.item import StacScene
 
     info = sc.info
     out: dict[str, Any] = {}
     if is_dataarray(sc.source):  # no file: its values, coordinates and attributes by dask's tokenize
         out["dataarray"] = dataarray_token(sc.source)
+    elif isinstance(sc.source, StacScene):  # STAC items: ids, asset hrefs and their ETags / sizes
+        out["stac"] = stac_fingerprint(sc.source)
     elif os.path.exists(sc.path):
         st = os.stat(sc.path)
         out.update(path=os.path.abspath(sc.path), size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
