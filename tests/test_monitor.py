@@ -284,3 +284,20 @@ def test_label_stats_equals_per_object_numpy():
         mean, median, frac = zonal_stats(vals[m], 0.3)
         np.testing.assert_allclose([out["ndvi_mean"][k - 1], out["ndvi_median"][k - 1], out["ndvi_frac_above"][k - 1]],
                                    [mean, median, frac], rtol=1e-6)
+
+
+def test_bulk_shapes_rasterize_like_shapely_geometries():
+    """Polygons with holes and multipolygons burn the same pixels through `shapes` as through shapely."""
+    from affine import Affine
+    from rasterio.features import rasterize
+    from shapely.geometry import MultiPolygon, Point, box
+
+    from geosam.monitor.zonal import shapes
+
+    ring = Point(50, 50).buffer(30).difference(Point(50, 50).buffer(12))
+    multi = MultiPolygon([box(100, 10, 120, 30), box(130, 10, 150, 40)])
+    geoms = np.array([ring, multi, box(10, 70, 40, 95).buffer(3)], dtype=object)
+    t = Affine(1.0, 0, 0, 0, -1.0, 100)
+    a = rasterize(zip(geoms, range(1, 4)), out_shape=(100, 160), transform=t, dtype="int32")
+    b = rasterize(zip(shapes(geoms), range(1, 4)), out_shape=(100, 160), transform=t, dtype="int32")
+    assert (a == b).all() and set(np.unique(a)) == {0, 1, 2, 3}

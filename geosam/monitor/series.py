@@ -124,6 +124,7 @@ def _stats_per_date(readers: Sequence[DateReader], frames: Sequence[Any]) -> lis
     for r, f in zip(readers, frames):
         geoms = np.asarray(f.geometry.to_crs(r.scene.info.crs_wkt).values, dtype=object)
         out.append(date_stats(r, geoms))
+        r.scene.close()  # frees this date's blocks from GDAL's cache: memory does not grow with the dates
     return out
 
 
