@@ -42,6 +42,7 @@ _LAZY = {
     "label_dataarray": ("geosam.read.dataarray", "label_dataarray"),
     "resolve_band_roles": ("geosam.config.bands", "resolve_band_roles"),
     "INDICES": ("geosam.indices", "INDICES"),
+    "monitor_objects": ("geosam.monitor.series", "monitor_objects"),
 }
 
 __all__ = [  # the error classes, __version__ and every lazily loaded name (tests keep them in step)
@@ -66,6 +67,7 @@ __all__ = [  # the error classes, __version__ and every lazily loaded name (test
     "label_dataarray",
     "load_model",
     "load_sam",
+    "monitor_objects",
     "resolve_band_roles",
     "segment_prompts",
     "segment_scene",

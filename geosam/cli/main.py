@@ -33,6 +33,7 @@ def cli(verbose: int) -> None:
 def _register() -> None:
     from geosam.cli.info import info
     from geosam.cli.models import models
+    from geosam.cli.monitor import monitor
     from geosam.cli.prompt import prompt
     from geosam.cli.segment import segment
     from geosam.cli.text import text
@@ -42,6 +43,7 @@ def _register() -> None:
     cli.add_command(prompt)
     cli.add_command(text)
     cli.add_command(models)
+    cli.add_command(monitor)
 
 
 _register()

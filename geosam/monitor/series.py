@@ -1,0 +1,248 @@
+"""`monitor_objects`: objects through time, the Python face of ``geosam monitor``.
+
+Order of work: every check that needs no pixels runs first (dates, objects and their CRS, band roles of every
+date, mask bands, overlap of objects and dates, output paths, the ranking column), then each date is read
+once, chip by chip (:mod:`geosam.monitor.zonal`), then change, flags and ranking
+(:mod:`geosam.monitor.change`), tracking when each date has its own objects (:mod:`geosam.monitor.track`),
+and the tables (:mod:`geosam.monitor.table`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geosam.config.bands import resolve_band_roles
+from geosam.config.monitor import CHANGE_STATS, MonitorConfig
+from geosam.errors import BandError, ConfigError, NoCRSError
+from geosam.indices import IndexCalculator
+from geosam.monitor.change import flags, rank_table, series_change
+from geosam.monitor.dates import DateScene, date_scenes
+from geosam.monitor.table import check_long_path, long_table, wide_columns, write_long
+from geosam.monitor.zonal import DateReader, DateStats, date_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MonitorResult:
+    """What `monitor_objects` returns.
+
+    Args:
+        wide: one row per object (per track when tracked): geometry, attributes, per-date means and statuses,
+            change columns, flags, ``rank`` (see `geosam.monitor.table`).
+        long: one row per object and date, with every statistic and the status.
+        dates: the dates, oldest first.
+        tracks: when each date had its own objects, `geosam.monitor.track.track_objects`'s table; else None.
+        paths: the files written.
+    """
+
+    wide: Any
+    long: Any
+    dates: list[dt.date]
+    tracks: Any = None
+    paths: tuple[Path, ...] = ()
+
+
+def _load_objects(obj: Any, k: int | None = None) -> Any:
+    import geopandas as gpd
+
+    from geosam.write.vector import read_vector
+
+    name = f"objects[{k}]" if k is not None else "objects"
+    if isinstance(obj, (str, os.PathLike)):
+        if not Path(obj).exists():
+            raise ConfigError(f"{obj}: objects file does not exist")
+        name, obj = os.fspath(obj), read_vector(obj)
+    if not isinstance(obj, gpd.GeoDataFrame):
+        raise ConfigError(f"{name}: objects must be a vector file or a GeoDataFrame, got {type(obj).__name__}")
+    if obj.crs is None:
+        raise NoCRSError(f"{name}: the objects have no CRS, so they cannot be placed on the dates' rasters; "
+                         "set one (gdf.set_crs(...) / ogr2ogr -a_srs EPSG:XXXX)")
+    obj = obj[~obj.geometry.isna()].reset_index(drop=True)
+    obj.attrs["name"] = name
+    return obj
+
+
+def _open_dates(scenes: Sequence[DateScene], cfg: MonitorConfig) -> list[DateReader]:
+    """Open every date and resolve its index bands; BandError naming the date's scene and the index."""
+    from geosam.read.scene import Scene
+
+    readers: list[DateReader] = []
+    try:
+        for s in scenes:
+            sc = Scene(s.source, stretch=None)
+            readers.append(DateReader(sc, _calculator(sc, s, cfg), s.mask_band or cfg.mask_band, cfg))
+            mb = readers[-1].mask_band
+            if mb is not None and mb > sc.info.count:
+                raise BandError(f"{s.name} ({s.date}): mask band {mb} does not exist (bands 1..{sc.info.count})")
+    except BaseException:
+        for r in readers:
+            r.scene.close()
+        raise
+    return readers
+
+
+def _calculator(sc: Any, s: DateScene, cfg: MonitorConfig) -> IndexCalculator:
+    roles = resolve_band_roles(sc, s.band_roles if s.band_roles is not None else cfg.band_roles,
+                               cfg.reflectance_scale, cfg.reflectance_offset)
+    try:
+        return IndexCalculator(roles, cfg.indices)
+    except BandError as exc:
+        raise BandError(f"date {s.date}: {exc}") from None
+
+
+def _check_overlap(readers: Sequence[DateReader], scenes: Sequence[DateScene], frames: Sequence[Any]) -> None:
+    """ConfigError naming a date whose raster holds none of its objects' bounding boxes."""
+    from rasterio.warp import transform_bounds
+
+    for r, s, f in zip(readers, scenes, frames):
+        if len(f) == 0:
+            continue
+        x0, y0, x1, y1 = transform_bounds(f.crs, r.scene.info.crs_wkt, *f.total_bounds, densify_pts=21)
+        b = r.scene.info.bounds
+        if x1 <= b[0] or x0 >= b[2] or y1 <= b[1] or y0 >= b[3]:
+            raise ConfigError(f"{s.name} ({s.date}): the raster does not overlap the objects ({f.attrs.get('name')}): "
+                              "check that they show the same place")
+
+
+def _rank_columns(cfg: MonitorConfig, dates: Sequence[dt.date], attrs: Sequence[str]) -> set[str]:
+    cols = set(attrs) | {f"{n}_{c}" for n in cfg.indices for c in CHANGE_STATS}
+    cols |= {f"{n}_mean_{d.isoformat()}" for n in cfg.indices for d in dates}
+    return cols | {f"valid_fraction_{d.isoformat()}" for d in dates} | {"object_id", "track_id"}
+
+
+def _stats_per_date(readers: Sequence[DateReader], frames: Sequence[Any]) -> list[DateStats]:
+    out = []
+    for r, f in zip(readers, frames):
+        geoms = np.asarray(f.geometry.to_crs(r.scene.info.crs_wkt).values, dtype=object)
+        out.append(date_stats(r, geoms))
+        r.scene.close()  # frees this date's blocks from GDAL's cache: memory does not grow with the dates
+    return out
+
+
+def monitor_objects(
+    scenes: Any,
+    objects: Any,
+    *,
+    dates: Sequence[Any] | None = None,
+    stack: Mapping[Any, Any] | None = None,
+    config: MonitorConfig | None = None,
+    output: str | os.PathLike[str] | None = None,
+    long_output: str | os.PathLike[str] | None = None,
+    **settings: Any,
+) -> MonitorResult:
+    """Per-object index series, change and ranking across dates (and tracking when each date has its objects).
+
+    Args:
+        scenes: raster paths / globs / ``@list`` files, one multi-date band stack (with ``stack``), or a
+            DataArray with a ``time`` dimension (`geosam.monitor.dates`).
+        objects: a vector file or GeoDataFrame (the same objects at every date; attribute columns carried
+            through), or a list with one per date (each date's own objects, e.g. a geosam segmentation of
+            each date): these are tracked (`geosam.monitor.track`) and the wide table has one row per track.
+        dates: one date per file (else from tags or file names).
+        stack: {date: band roles} of a band stack, e.g. ``{'2021-06-01': 'red=1,green=2,blue=3,nir=4', ...}``.
+        config: a `MonitorConfig`; or give its fields as keywords (``indices=('ndvi',), min_valid=0.5``).
+        output: write the wide table here (any vector format geosam writes).
+        long_output: write the long table here (``.csv``, ``.parquet`` or ``.geoparquet``).
+
+    Returns:
+        A `MonitorResult`.
+
+    Raises:
+        GeosamError: for bad input, before any pixel is read (unparseable or duplicate dates, objects without
+            CRS, an index band a date lacks, a date that does not overlap the objects, a bad output path).
+    """
+    from geosam.write.vector import vector_format
+
+    if config is not None and settings:
+        raise ConfigError("give either config or keyword settings, not both")
+    known = {f.name for f in fields(MonitorConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown monitor setting(s) {unknown}; known: {sorted(known)}")
+    cfg = config or MonitorConfig(**settings)
+    scene_list = date_scenes(scenes, dates, stack)
+    tracked = isinstance(objects, (list, tuple))
+    frames = [_load_objects(o, k) for k, o in enumerate(objects)] if tracked else [_load_objects(objects)]
+    if tracked and len(frames) != len(scene_list):
+        raise ConfigError(f"{len(frames)} object sets for {len(scene_list)} dates: give one per date, oldest first, "
+                          "or one for all dates")
+    per_date = frames if tracked else frames * len(scene_list)
+    if output is not None:
+        vector_format(Path(output))
+    if long_output is not None:
+        check_long_path(long_output)
+    if cfg.rank_by is not None:
+        cols = _rank_columns(cfg, [s.date for s in scene_list], list(frames[0].columns))
+        if cfg.rank_by not in cols:
+            raise ConfigError(f"cannot rank by {cfg.rank_by!r}; choose one of {sorted(cols)}")
+    readers = _open_dates(scene_list, cfg)
+    try:
+        _check_overlap(readers, scene_list, per_date)
+        stats = _stats_per_date(readers, per_date)
+    finally:
+        for r in readers:
+            r.scene.close()
+    result = _tables(scene_list, per_date, stats, cfg, tracked)
+    written = []
+    if output is not None:
+        from geosam.write.vector import write_vector
+
+        written.append(write_vector(result.wide, output))
+    if long_output is not None:
+        written.append(write_long(result.long, long_output))
+    result.paths = tuple(written)
+    return result
+
+
+def _tables(scenes: Sequence[DateScene], frames: Sequence[Any], stats: Sequence[DateStats], cfg: MonitorConfig,
+            tracked: bool) -> MonitorResult:
+    import geopandas as gpd
+
+    dates = [s.date for s in scenes]
+    crs = frames[0].crs
+    tracks = None
+    if tracked:
+        from geosam.monitor.track import track_objects
+
+        tracks = track_objects(frames, dates, cfg.match_iou, cfg.cover_fraction)
+        present = tracks[tracks["object"] >= 0]
+        ids = np.unique(tracks["track_id"].to_numpy())
+        pos = {int(t): k for k, t in enumerate(ids)}
+        rows, track_of = [], []
+        for d in dates:
+            sel = present[present["date"] == d.isoformat()].sort_values("object")
+            t = sel["track_id"].to_numpy()
+            rows.append((np.array([pos[int(x)] for x in t], dtype=np.int64), len(ids)))
+            track_of.append(t)
+        first = present.drop_duplicates("track_id").set_index("track_id").loc[ids]
+        base = gpd.GeoDataFrame({"track_id": ids}, geometry=first.geometry.to_numpy(), crs=crs)
+        cols = wide_columns(stats, dates, cfg.indices, rows)
+        long = long_table(stats, dates, [np.arange(1, len(f) + 1) for f in frames],
+                          [f.geometry.to_crs(crs).values for f in frames], crs, {"track_id": track_of})
+    else:
+        base = frames[0].copy()
+        base.insert(0, "object_id", np.arange(1, len(base) + 1, dtype=np.int64))
+        cols = wide_columns(stats, dates, cfg.indices)
+        long = long_table(stats, dates, [base["object_id"].to_numpy()] * len(dates),
+                          [base.geometry.values] * len(dates), crs)
+    change: dict[str, Any] = {}
+    for n in cfg.indices:
+        means = np.stack([np.asarray(cols[f"{n}_mean_{d.isoformat()}"], dtype=np.float64) for d in dates], axis=1)
+        change.update(series_change(means, dates, n))
+    change.update(flags(change, cfg.loss, cfg.gain))
+    wide = base.assign(**cols, **change)
+    if cfg.rank_by is not None:
+        wide = rank_table(wide, cfg.rank_by, cfg.ascending)
+    return MonitorResult(wide=wide, long=long, dates=dates, tracks=tracks)
+
+
+__all__ = ["MonitorResult", "monitor_objects"]
