@@ -60,7 +60,9 @@ def area_m2(geoms: Sequence[Any], crs: Any) -> np.ndarray:
     if pcrs.is_geographic:
         ell = pcrs.ellipsoid
         geod = Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre) if ell is not None else Geod(ellps="WGS84")
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
+        # rings oriented first: pyproj sums signed ring areas, so a hole wound like its shell would add
+        oriented = shapely.orient_polygons(np.asarray(geoms, dtype=object))
+        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in oriented], dtype=np.float64)
     factor = 1.0
     for ax in pcrs.axis_info:
         if ax.unit_conversion_factor:
