@@ -143,6 +143,8 @@ def _geodesic(arr: np.ndarray, pcrs: Any, geographic: Any) -> np.ndarray:
         arr = shapely.transform(arr, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
         pcrs = geographic
     geod = _geod(pcrs)  # coordinates in GIS order (x = longitude), as GDAL and geosam hold them
+    # rings oriented first: pyproj sums signed ring areas, so a hole wound like its shell would add
+    arr = shapely.orient_polygons(arr)
     out = np.zeros(arr.size, dtype=np.float64)
     for k, g in enumerate(arr):
         if g is not None and not g.is_empty:

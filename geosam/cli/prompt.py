@@ -8,6 +8,7 @@ import click
 
 from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.options import CoordinateList, model_options, output_options, read_options
+from geosam.cli.outline_options import outline_options
 from geosam.config import PromptConfig, check_crs
 
 _D = PromptConfig()
@@ -42,6 +43,7 @@ _D = PromptConfig()
 @click.option("--workers", "n_workers", type=int, help="Worker processes of --scheduler local (default 2).")
 @read_options
 @output_options
+@outline_options
 @handle_errors
 def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes: tuple[tuple[float, ...], ...],
            prompts_file: str | None, prompt_crs: str | None, layer: str | None, id_column: str,

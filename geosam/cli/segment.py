@@ -9,6 +9,7 @@ import click
 from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.cli.stac_options import pop_stac_options, segment_stac, stac_options, stac_sources
+from geosam.cli.outline_options import outline_options
 from geosam.config import DEFAULT_MODEL, SegmentConfig
 from geosam.indices import check_index_bands, write_index_raster
 
@@ -42,6 +43,7 @@ _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
               help="Also segment 4, 16, ... crops per chip (small objects).")
 @click.option("--min-area-m2", type=float, default=_O.min_area_m2, show_default=True, help="Drop smaller objects.")
 @output_options
+@outline_options
 @click.option("--label-raster", type=click.Path(dir_okay=False), help="Also write an instance-label GeoTIFF.")
 @click.option("--band-roles", help="Band roles: a preset (sentinel2, landsat8, naip, rgb) or red=1,green=2,blue=3,nir=4 "
               "(1-based). Default: from band descriptions / colour interpretation.")
@@ -186,6 +188,10 @@ def report(out: Any, stats: dict[str, Any], profile: bool) -> None:
 
         click.echo(f"warning: {len(failed_chips)} chips skipped; objects touching them have complete = False; "
                    f"their footprints are in {sidecar_path(out)}", err=True)
+    if stats.get("outline"):
+        o = stats["outline"]
+        click.echo(f"outlines: {o['changed']} of {o['objects']} changed, {o['vertices_before']} -> "
+                   f"{o['vertices_after']} vertices, {o['seconds']:.1f} s")
     if profile:
         click.echo(format_profile(stats.get("timings_s", {}), stats.get("seconds", 0.0)))
     if stats.get("prompts_total"):

@@ -9,6 +9,7 @@ import click
 
 from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
+from geosam.cli.outline_options import outline_options
 from geosam.config import SegmentConfig
 from geosam.config.text import DEFAULT_TEXT_MODEL, TextConfig
 
@@ -35,6 +36,7 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
 @read_options
 @click.option("--min-area-m2", type=float, default=_O.min_area_m2, show_default=True, help="Drop smaller objects.")
 @output_options
+@outline_options
 @click.option("--band-roles", help="Band roles: a preset (sentinel2, landsat8, naip, rgb) or red=1,green=2,blue=3,nir=4.")
 @click.option("--indices", "indices", help="Per-object index statistics, e.g. ndvi,exg.")
 @click.option("--min-index", multiple=True, type=KeyValue(),

@@ -15,6 +15,7 @@ IndexConfig       band_roles, reflectance_*, indices, index_thresholds, min_inde
 EngineConfig      prefetch_chips, chips_per_batch, skip_bad_chips, progress
 OutputConfig      match_iou, seam_tolerance_px, min_area_m2, to_crs
 PromptWindowConfig  context, min_window_px, point_window_px, box_grow, multimask, mask_threshold
+OutlineConfig     simplify_m, regularize, regularize_45, smooth, smooth_m, fill_holes_m2
 ================  =====================================================================
 
 :class:`SegmentConfig` and :class:`PromptConfig` compose them. Flat keyword
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 from geosam.config.index import IndexConfig
 from geosam.config.modes import PromptConfig, PromptTilingConfig, SegmentConfig
+from geosam.config.outline import OutlineConfig
 from geosam.config.parts import (
     DEFAULT_MODEL,
     DEFAULT_PROMPT_MODEL,
@@ -53,6 +55,7 @@ __all__ = [
     "EngineConfig",
     "IndexConfig",
     "ModelConfig",
+    "OutlineConfig",
     "OutputConfig",
     "PromptConfig",
     "PromptTilingConfig",

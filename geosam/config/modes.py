@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from geosam.config.index import IndexConfig
+from geosam.config.outline import OutlineConfig
 from geosam.config.parts import (
     DEFAULT_PROMPT_MODEL,
     AmgConfig,
@@ -67,6 +68,7 @@ class SegmentConfig(_Composed):
     index: IndexConfig = field(default_factory=IndexConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    outline: OutlineConfig = field(default_factory=OutlineConfig)
 
     @classmethod
     def from_settings(cls, **settings: Any) -> SegmentConfig:
@@ -101,6 +103,7 @@ class PromptConfig(_Composed):
     window: PromptWindowConfig = field(default_factory=PromptWindowConfig)
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(progress=False))
     output: OutputConfig = field(default_factory=OutputConfig)
+    outline: OutlineConfig = field(default_factory=OutlineConfig)
 
     _none_allowed = ("to_crs", "chip_size_px", "multimask")
 

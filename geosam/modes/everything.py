@@ -155,9 +155,11 @@ def segment_scene(
                            stats=stats, journal=jr, execute=execute, sink=store.add)
         _check_some_chip_read(stats, sc.path)
         summary = _summary(stats, sc)
+        from geosam.outline import outline_hook  # outlines refined batch by batch (summary["outline"])
+
         frames = store.frames(generator.name, rank_by=cfg.index.rank_by, top_k=cfg.index.top_k,
                               require=stat_columns(cfg.index.names()), complete=bool(stats.chips_failed),
-                              to_crs=cfg.output.to_crs or None, hook=frame_hook)
+                              to_crs=cfg.output.to_crs or None, hook=outline_hook(cfg.outline, summary, frame_hook))
         if output is not None:
             from geosam.write.failed_chips import write_failed_chips
             from geosam.write.label_raster import write_frames
@@ -333,6 +335,10 @@ def segment_prompts(
         report_statuses(sc.path, plist, status)
         gdf = prompts_frame(plist, status, records, sc.info.crs_wkt, bundle.name)
         path = sc.path
+    from geosam.outline import refine_table
+
+    outline: dict[str, Any] = {}
+    gdf = refine_table(gdf, cfg.outline, outline)
     if cfg.output.to_crs:
         from geosam.assemble.reproject import reproject
 
@@ -340,7 +346,8 @@ def segment_prompts(
     stats.objects = int(sum(s == "ok" for s in status))
     stats.seconds = time.perf_counter() - t_start
     gdf.attrs["geosam"] = {**stats.__dict__, "scene": path, "prompts": len(plist), "windows": len(tasks),
-                           "chip_size_px": chip, "status_counts": {s: status.count(s) for s in sorted(set(status))}}
+                           "chip_size_px": chip, "status_counts": {s: status.count(s) for s in sorted(set(status))},
+                           **outline}
     log.info("%s: %d prompts in %d windows, %.1f s", path, len(plist), len(tasks), stats.seconds)
     return gdf
 
