@@ -8,8 +8,8 @@ import click
 
 from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
-from geosam.cli.stac_options import pop_stac_options, segment_stac, stac_options, stac_sources
 from geosam.cli.outline_options import outline_options
+from geosam.cli.stac_options import pop_stac_options, segment_stac, stac_options, stac_sources
 from geosam.config import DEFAULT_MODEL, SegmentConfig
 from geosam.indices import check_index_bands, write_index_raster
 
