@@ -110,12 +110,13 @@ class StacDataset:
             data = load_window(self.scene, keys + extra, geobox, self.grid.dtype)
         except Exception as exc:  # odc-stac / rasterio / GDAL raise several types; Scene names the window
             raise InvalidRasterError(f"{exc}{unreadable_assets(self.scene, keys + extra)}") from exc
-        valid = np.ones(data.shape[1:], dtype=bool)
+        valid = np.ones(data.shape, dtype=bool)  # per band: not a masked class, not the band's nodata
         if extra:
-            valid &= ~np.isin(data[-1], self.scene.mask_values)
+            valid &= ~np.isin(data[-1], self.scene.mask_values)[None]
             data = data[:-1]
+            valid = valid[:-1]
         if self.nodata is not None:
-            valid &= ~np.any(np.isnan(data) if np.isnan(self.nodata) else data == self.nodata, axis=0)
+            valid &= ~(np.isnan(data) if np.isnan(self.nodata) else data == self.nodata)
         self._last = (key, data, valid)
         return data, valid
 
@@ -124,9 +125,25 @@ class StacDataset:
         return self._load(indexes, window, out_shape)[0]
 
     def read_masks(self, indexes: Sequence[int], window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
-        """255 where valid (no band at nodata, not a masked class of the mask asset), else 0; per band."""
-        data, valid = self._load(indexes, window, out_shape)
-        return np.broadcast_to(np.where(valid, 255, 0).astype(np.uint8), data.shape).copy()
+        """255 where valid (not the band's nodata, not a masked class of the mask asset), else 0; per band."""
+        return np.where(self._load(indexes, window, out_shape)[1], 255, 0).astype(np.uint8)
+
+    def dataset_mask(self, window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
+        """GDAL's dataset mask of the selected assets: 255 where any band is valid, else 0, as uint8 (H, W).
+
+        As for a local stack of the same pixels with a nodata value, a pixel is invalid where every band
+        is nodata (or the mask asset marks it), not where one band is. The bands are those of the last read
+        of the same window (the assets a chip needs, so that no other asset is fetched for its mask), else all.
+        """
+        w = None if window is None else (int(window.col_off), int(window.row_off), int(window.width),
+                                         int(window.height))
+        shape = None if out_shape is None else tuple(out_shape[-2:])
+        last = self._last
+        if last is not None and last[0][1:] == (w, shape):
+            valid = last[2]
+        else:
+            valid = self._load(range(1, self.count + 1), window, out_shape)[1]
+        return np.where(valid.any(axis=0), 255, 0).astype(np.uint8)
 
     def close(self) -> None:
         self._last = None
