@@ -22,6 +22,23 @@ def pixel_to_map(geom: Any, transform: Affine) -> Any:
     return shapely.affinity.affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
 
 
+def map_bounds_to_pixels(inverse: Affine, bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """Map-coordinate bounds -> the scene pixel box holding all four corners.
+
+    Args:
+        inverse: The scene's inverse transform (map -> pixel), ``~transform``.
+        bounds: (minx, miny, maxx, maxy) in map coordinates.
+
+    Returns:
+        (x0, y0, x1, y1) in scene pixel coordinates (x = column), floats.
+    """
+    x0, y0, x1, y1 = bounds
+    corners = [inverse @ (x, y) for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
+    cs = [float(c) for c, _ in corners]
+    rs = [float(r) for _, r in corners]
+    return min(cs), min(rs), max(cs), max(rs)
+
+
 def to_pyproj(crs: Any) -> Any:
     """A pyproj CRS from a pyproj / rasterio CRS, WKT, EPSG code or any user input."""
     from pyproj import CRS
@@ -69,4 +86,4 @@ def area_m2(geoms: Sequence[Any], crs: Any) -> np.ndarray:
     return np.asarray(shapely.area(np.asarray(geoms, dtype=object)), dtype=np.float64) * factor * factor
 
 
-__all__ = ["area_m2", "pixel_to_map", "same_crs", "to_pyproj"]
+__all__ = ["area_m2", "map_bounds_to_pixels", "pixel_to_map", "same_crs", "to_pyproj"]
