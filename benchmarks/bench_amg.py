@@ -260,7 +260,7 @@ def main() -> None:
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    from geosam.models import load_sam
+    from geosam.models import load_model
 
     torch.set_grad_enabled(False)
     chips = load_chips(args.chips, args.chip_size)
@@ -268,7 +268,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(tmp)
-        bundle = load_sam(tmp, device=args.device, dtype=args.dtype)
+        bundle = load_model(tmp, device=args.device, dtype=args.dtype)
     if args.fast_paths != "auto":
         on = args.fast_paths == "on"
         bundle = dataclasses.replace(bundle, fast_encoder=on, fast_decoder=on)

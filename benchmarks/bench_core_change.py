@@ -31,7 +31,7 @@ RUN = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import geosam
-from geosam.models import load_sam
+from geosam.models import load_model as load_sam
 """ + r"""
 bundle = load_sam(sys.argv[1], device="cpu", dtype=sys.argv[3])
 t1 = time.perf_counter()
@@ -44,7 +44,7 @@ print(json.dumps({"load_s": t1 - t0, "segment_s": t2 - t1, "objects": len(gdf),
 
 
 def run_version(src: Path, model_dir: str, dtype: str, old_api: bool) -> dict:
-    code = RUN.replace("from geosam.models import load_sam", "from geosam.model import load_sam") if old_api else RUN
+    code = RUN.replace("from geosam.models import load_model as load_sam", "from geosam.model import load_sam") if old_api else RUN
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code, model_dir, str(ROOT / "data" / "banepa_predict.tif"), dtype],
                          capture_output=True, text=True, env=env, cwd=str(src), check=True)

@@ -7,7 +7,7 @@ the label raster: no model, so the figures are the pipeline's own):
 
 * ``frame``: the GeoDataFrame is built in memory and written with ``write_vector``
   (what a Python caller without ``output=`` gets; how the CLI worked before);
-* ``streamed``: ``segment_scene(..., output="objects.gpkg")`` (what the CLI does): finished
+* ``streamed``: ``segment_scene_to_file(scene, "objects.gpkg")`` (what the CLI does): finished
   objects wait in a temporary SQLite file and are streamed into the GeoPackage.
 
 Each run is a fresh process; its own peak RSS (``ru_maxrss``) is reported, and the highest RSS
@@ -78,9 +78,9 @@ class _RssTrace:
 
 
 def _run(mode: str, img: str, lab: str, out: str, chip: int, overlap: int) -> dict:
-    from geosam.modes.everything import segment_scene
+    from geosam.modes.everything import segment_scene, segment_scene_to_file
     from geosam.testing import OracleMaskGenerator
-    from geosam.write.label_raster import write_vector
+    from geosam.write.vector import write_vector
 
     trace = _RssTrace()
     t0 = time.perf_counter()
@@ -90,7 +90,7 @@ def _run(mode: str, img: str, lab: str, out: str, chip: int, overlap: int) -> di
         write_vector(gdf, out)
         stats = gdf.attrs["geosam"]
     else:
-        stats = segment_scene(img, OracleMaskGenerator(lab), output=out, **kw)
+        stats = segment_scene_to_file(img, out, OracleMaskGenerator(lab), **kw).as_dict()
     levels = trace.stop()
     return {
         "objects_out": int(stats["objects"]),

@@ -24,6 +24,23 @@ def pixel_to_map(geom: Any, transform: Affine) -> Any:
     return shapely.affinity.affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
 
 
+def map_bounds_to_pixels(inverse: Affine, bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """Map-coordinate bounds -> the scene pixel box holding all four corners.
+
+    Args:
+        inverse: The scene's inverse transform (map -> pixel), ``~transform``.
+        bounds: (minx, miny, maxx, maxy) in map coordinates.
+
+    Returns:
+        (x0, y0, x1, y1) in scene pixel coordinates (x = column), floats.
+    """
+    x0, y0, x1, y1 = bounds
+    corners = [inverse @ (x, y) for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
+    cs = [float(c) for c, _ in corners]
+    rs = [float(r) for _, r in corners]
+    return min(cs), min(rs), max(cs), max(rs)
+
+
 def to_pyproj(crs: Any) -> Any:
     """A pyproj CRS from a pyproj / rasterio CRS, WKT, EPSG code or any user input."""
     from pyproj import CRS
@@ -204,4 +221,4 @@ def _wrap(dlon: np.ndarray) -> np.ndarray:
     return (dlon + 180.0) % 360.0 - 180.0
 
 
-__all__ = ["LARGE_GEOMETRY_M", "PLANAR_TOLERANCE", "area_m2", "areal_scale", "crs_label", "pixel_to_map", "same_crs", "to_pyproj", "wrap_longitudes"]
+__all__ = ["LARGE_GEOMETRY_M", "PLANAR_TOLERANCE", "area_m2", "areal_scale", "crs_label", "map_bounds_to_pixels", "pixel_to_map", "same_crs", "to_pyproj", "wrap_longitudes"]

@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geosam.config.bands import BandRoles, resolve_band_roles
-from geosam.config.index_table import INDICES, STATS, IndexDef, check_index
+from geosam.config.index_table import INDICES, check_index
 from geosam.errors import ConfigError, ExportError
 from geosam.windows import PixelWindow
 
@@ -255,48 +255,6 @@ class Prefilter:
 
 
 # ---------------------------------------------------------------------------
-# filtering and ranking
-
-
-def filter_and_rank(
-    gdf: Any,
-    names: Sequence[str],
-    min_index: Mapping[str, float],
-    rank_by: str | None,
-    top_k: int | None,
-) -> Any:
-    """Keep objects with ``{index}_mean >= threshold`` for every ``min_index`` entry (NaN fails),
-    renumber ``id`` 1..N (spatial order), then sort by ``rank_by`` descending (NaN last), add
-    ``rank`` (1 = highest) and keep the first ``top_k``.
-
-    The statistics columns of ``names`` are added (NaN) where missing, so an
-    empty result has the same columns as a full one.
-    """
-    for n in names:
-        for st in STATS:
-            if f"{n}_{st}" not in gdf.columns:
-                gdf[f"{n}_{st}"] = np.full(len(gdf), np.nan)
-    keep = np.ones(len(gdf), dtype=bool)
-    for n, t in min_index.items():
-        col = f"{n}_mean"
-        if col not in gdf.columns:
-            raise ConfigError(f"cannot filter on {col!r}: the result has no such column")
-        keep &= np.asarray(gdf[col] >= t, dtype=bool)
-    if not keep.all():
-        gdf = gdf[keep].reset_index(drop=True)
-        gdf["id"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
-    if rank_by is not None:
-        if rank_by not in gdf.columns:
-            raise ConfigError(f"cannot rank by {rank_by!r}: the result has no such column")
-        order = gdf.sort_values(rank_by, ascending=False, na_position="last", kind="stable").index
-        gdf = gdf.loc[order].reset_index(drop=True)
-        gdf["rank"] = np.arange(1, len(gdf) + 1, dtype=np.int64)
-    if top_k is not None:
-        gdf = gdf.iloc[: int(top_k)].reset_index(drop=True)
-    return gdf
-
-
-# ---------------------------------------------------------------------------
 # index raster
 
 
@@ -369,12 +327,9 @@ def write_index_raster(
 
 
 __all__ = [
-    "INDICES",
     "IndexCalculator",
-    "IndexDef",
     "Prefilter",
     "ZonalStats",
-    "filter_and_rank",
     "grid_pixels",
     "write_index_raster",
     "zonal_stats",

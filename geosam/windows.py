@@ -7,6 +7,7 @@ columns ``col_off .. col_end - 1`` and rows ``row_off .. row_end - 1``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -52,3 +53,33 @@ class PixelWindow:
     def bounds(self) -> tuple[int, int, int, int]:
         """(minx, miny, maxx, maxy) in pixel units (x = column, y = row)."""
         return self.col_off, self.row_off, self.col_end, self.row_end
+
+    def contains_box(self, box: tuple[float, float, float, float]) -> bool:
+        """Whether the box (x0, y0, x1, y1), scene pixels, lies whole inside this window."""
+        return self.col_off <= box[0] and self.row_off <= box[1] and box[2] <= self.col_end and box[3] <= self.row_end
+
+    @classmethod
+    def centred_on(cls, box: tuple[float, float, float, float], size: tuple[int, int], scene_width: int,
+                   scene_height: int) -> PixelWindow:
+        """A window of ``size`` (width, height) px centred on ``box``, shifted inside the scene.
+
+        Along an axis where ``size`` is not smaller than the scene, the window is the whole scene.
+
+        Args:
+            box: (x0, y0, x1, y1), scene pixels.
+            size: The window's (width, height) in pixels.
+            scene_width: The scene's width (px).
+            scene_height: The scene's height (px).
+
+        Returns:
+            The window.
+        """
+
+        def axis(centre: float, side: int, n: int) -> tuple[int, int]:
+            if side >= n:
+                return 0, n
+            return min(max(math.floor(centre - side / 2.0), 0), n - side), side
+
+        c0, w = axis((box[0] + box[2]) / 2.0, size[0], scene_width)
+        r0, h = axis((box[1] + box[3]) / 2.0, size[1], scene_height)
+        return cls(c0, r0, w, h)

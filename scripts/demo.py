@@ -32,7 +32,8 @@ def main() -> int:
     model = os.environ.get("GEOSAM_MODEL", DEFAULT_MODEL)
     from geosam.errors import ModelLoadError
     from geosam.modes.everything import segment_scene
-    from geosam.write.label_raster import render_overlay, write_vector
+    from geosam.write.overlay import render_overlay
+    from geosam.write.vector import write_vector
 
     scene = ROOT / "data" / "banepa_predict.tif"
     out = ROOT / "out"
@@ -64,7 +65,8 @@ def litemedsam_boxes(out: Path) -> int:
 
     from geosam.errors import ModelLoadError
     from geosam.modes.everything import segment_prompts
-    from geosam.write.label_raster import render_overlay, write_vector
+    from geosam.write.overlay import render_overlay
+    from geosam.write.vector import write_vector
 
     scene = ROOT / "data" / "solaris_pan_uint16.tif"
     footprints = gpd.read_file(ROOT / "data" / "solaris_pan_buildings.geojson")

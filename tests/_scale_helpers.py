@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
+
 from geosam.read.scene import Chip
 from geosam.segment.base import ChipMasks
 from geosam.testing import OracleMaskGenerator
@@ -51,6 +53,21 @@ class CountingOracle(OracleMaskGenerator):
             open(self.die_marker, "w").close()
             os._exit(1)
         return out
+
+
+class PhraseOracle(CountingOracle):
+    """Text mode's stand-in: oracle masks labelled by object id, odd -> "building", even -> "solar panel",
+    score = id / 1000 (counted and logged as `CountingOracle`)."""
+
+    name = "scripted"
+
+    def __repr__(self) -> str:
+        return f"PhraseOracle({self.label_path!r})"
+
+    def generate_with_labels(self, chip: Chip) -> tuple[ChipMasks, np.ndarray]:
+        masks, ids = super().generate_with_labels(chip)
+        labels = tuple("building" if i % 2 else "solar panel" for i in ids)
+        return ChipMasks(masks.masks, np.asarray(ids) / 1000.0, np.ones(len(ids)), labels=labels), ids
 
 
 def read_log(path: str) -> list[str]:

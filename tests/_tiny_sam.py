@@ -29,7 +29,7 @@ def seeded_sam_model(config, seed: int):  # -> transformers.SamModel
 def build_tiny_sam(dirpath: str | os.PathLike[str]) -> str:
     """Write a tiny SAM model and its processor into ``dirpath``; return the directory.
 
-    The directory loads with ``SamModel.from_pretrained`` / ``geosam.models.load_sam``.
+    The directory loads with ``SamModel.from_pretrained`` / ``geosam.models.load_model``.
     """
     from transformers import (
         SamConfig,

@@ -38,7 +38,7 @@ def test_segment_and_prompt_runs_emit_no_affine_deprecation(tmp_path: Path, monk
     prompts = gpd.GeoDataFrame({"id": [1, 2]}, geometry=[Point(centre), box(centre[0] - 20, centre[1] - 20,
                                                                              centre[0] + 20, centre[1] + 20)], crs=crs)
     bundle = oracle_bundle()
-    monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: bundle)
+    monkeypatch.setattr(geosam.models, "load_model", lambda *a, **k: bundle)
     real = Scene.read_window
 
     def one_bad_chip(self, window, out_shape=None):  # type: ignore[no-untyped-def]

@@ -38,7 +38,7 @@ def test_a_prompt_warning_prints_as_one_line(tmp_path: Path, monkeypatch: pytest
     files = make_oracle_scene(tmp_path, crs=CRS, width=128, height=128, n_objects=6, seed=2, name="scene")
     files.image_path.rename(tmp_path / "scene.tif")
     bundle = oracle_bundle()
-    monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: bundle)
+    monkeypatch.setattr(geosam.models, "load_model", lambda *a, **k: bundle)
     x, y = scene_point(tmp_path)
     src = write_geojson(tmp_path / "p.geojson", [(7, None), (8, {"type": "Point", "coordinates": [x, y]})],
                         crs=CRS)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from geosam.errors import ConfigError
-from geosam.modes.everything import segment_prompts, segment_scene
+from geosam.modes.everything import segment_scene
+from geosam.modes.prompted import segment_prompts
 from geosam.testing import OracleMaskGenerator
-from tests._scale_helpers import CountingOracle, read_log
+from tests._scale_helpers import CountingOracle, PhraseOracle, read_log
 from tests.data.make_scenes import make_oracle_scene
 from tests.test_journal import assert_same
 
@@ -75,7 +76,23 @@ def test_tiny_sam_on_two_workers_gives_the_in_process_output(client, tiny_sam_di
     local = segment_scene(small.image_path, **kw)
     dask = segment_scene(small.image_path, scheduler=client, **kw)
     assert len(local) > 0
+    # dtype="auto" is decided once, on the client, and the workers compute in it whatever their CPU
+    assert dask.attrs["geosam"]["dtype"] == local.attrs["geosam"]["dtype"] in ("float32", "bfloat16")
     assert_same(dask, local)
+
+
+def test_text_on_two_workers_gives_the_in_process_output(client, scene, tmp_path) -> None:
+    """Text mode runs on Dask through the same runner as segment-everything (chips on the workers)."""
+    from geosam.modes.text import segment_text
+
+    phrases = ["building", "solar panel"]
+    local = segment_text(scene.image_path, phrases, mask_generator=PhraseOracle(scene.label_path), **KW)
+    log = str(tmp_path / "chips.log")
+    dask = segment_text(scene.image_path, phrases, mask_generator=PhraseOracle(scene.label_path, log),
+                        scheduler=client, **KW)
+    assert_same(dask, local)
+    assert set(dask["label"]) == set(phrases)
+    assert len(read_log(log)) == local.attrs["geosam"]["chips_total"]  # every chip generated on a worker
 
 
 def test_a_worker_that_dies_mid_run_changes_nothing(client, scene, tmp_path) -> None:

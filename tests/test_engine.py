@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import geosam.models.device as gm
 from geosam.cli.main import cli
-from geosam.models import SamBundle, load_sam
+from geosam.models import SamBundle, load_model
 from geosam.modes.everything import segment_scene
 from geosam.segment import SamMaskGenerator, crop
 from geosam.segment.sam_utils import generate_crop_boxes, is_box_near_crop_edge
@@ -20,7 +20,7 @@ from tests.test_segment_everything import fake_decode_points, make_chip
 
 @pytest.fixture(scope="module")
 def bundle(tiny_sam_dir: str) -> SamBundle:
-    return load_sam(tiny_sam_dir, device="cpu")
+    return load_model(tiny_sam_dir, device="cpu")
 
 
 # -- crop layers ---------------------------------------------------------------------

@@ -17,13 +17,9 @@ from rasterio.features import rasterize
 from shapely.geometry import MultiPolygon, Polygon, box
 
 from geosam.errors import ExportError
-from geosam.write.label_raster import (
-    VECTOR_FORMATS,
-    render_overlay,
-    shapefile_field_names,
-    write_label_raster,
-    write_vector,
-)
+from geosam.write.label_raster import write_label_raster
+from geosam.write.overlay import render_overlay
+from geosam.write.vector import VECTOR_FORMATS, shapefile_field_names, write_vector
 
 CRS = "EPSG:32633"
 TRANSFORM = Affine(0.5, 0.0, 359_600.0, 0.0, -0.5, 5_350_900.0)
@@ -125,12 +121,12 @@ def test_empty_round_trip(tmp_path: Path, ext: str) -> None:
 
 
 def test_geojson_keeps_crs_and_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="geosam.write.label_raster"):
+    with caplog.at_level(logging.WARNING, logger="geosam.write.vector"):
         path = write_vector(small_gdf(), tmp_path / "a.geojson")
     assert "RFC 7946" in caplog.text
     assert "32633" in json.loads(path.read_text())["crs"]["properties"]["name"]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="geosam.write.label_raster"):
+    with caplog.at_level(logging.WARNING, logger="geosam.write.vector"):
         path = write_vector(small_gdf(), tmp_path / "b.geojson", to_crs="EPSG:4326")
     assert "RFC 7946" not in caplog.text
     back = gpd.read_file(path)
@@ -149,7 +145,7 @@ def test_shapefile_field_names() -> None:
 
 
 def test_shapefile_warns_about_renames(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="geosam.write.label_raster"):
+    with caplog.at_level(logging.WARNING, logger="geosam.write.vector"):
         write_vector(small_gdf(), tmp_path / "a.shp")
     assert "'predicted_iou_mean' -> 'predicted_'" in caplog.text
     assert "'predicted_iou_max' -> 'predicte_1'" in caplog.text

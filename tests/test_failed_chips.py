@@ -18,7 +18,7 @@ from geosam.errors import InvalidRasterError
 from geosam.read.scene import Scene
 from geosam.testing import OracleMaskGenerator
 from geosam.write.failed_chips import sidecar_path
-from geosam.write.label_raster import write_vector
+from geosam.write.vector import write_vector
 from tests.data.make_scenes import make_oracle_scene
 
 KW = {"chip_size_px": 128, "overlap_px": 16, "progress": False}

@@ -53,7 +53,7 @@ def sam_size() -> tuple[gm.SamBundle, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_sam_dir: str) -> tuple[gm.SamBundle, torch.Tensor]:
-    bundle = gm.load_sam(tiny_sam_dir, device="cpu", dtype="float32")
+    bundle = gm.load_model(tiny_sam_dir, device="cpu", dtype="float32")
     rng = torch.Generator().manual_seed(3)
     pixels = torch.rand((1, 3, 1024, 1024), generator=rng) * 4 - 2
     return bundle, gm.encode(bundle, pixels)
@@ -78,10 +78,10 @@ def _cases(gen: torch.Generator, size: int):
     return [
         ("point", gm.decode_points, {"points": pts[:1]}),
         ("points", gm.decode_points, {"points": pts, "labels": labels}),
-        ("multi_points", gm.decode_prompts, {"points": multi, "labels": multi_labels}),
+        ("multi_points", gm.decode, {"points": multi, "labels": multi_labels}),
         ("boxes", gm.decode_boxes, {"boxes": boxes}),
         ("box", gm.decode_boxes, {"boxes": boxes[:1]}),
-        ("points_and_boxes", gm.decode_prompts, {"points": multi[:3], "labels": multi_labels[:3], "boxes": boxes}),
+        ("points_and_boxes", gm.decode, {"points": multi[:3], "labels": multi_labels[:3], "boxes": boxes}),
     ]
 
 

@@ -17,8 +17,9 @@ import geosam.assemble.stitch
 import geosam.modes.everything
 from geosam.cli.main import cli
 from geosam.config.bands import parse_band_roles, resolve_band_roles
+from geosam.config.index_table import INDICES
 from geosam.errors import BandError, ConfigError
-from geosam.indices import INDICES, IndexCalculator, grid_pixels, write_index_raster
+from geosam.indices import IndexCalculator, grid_pixels, write_index_raster
 from geosam.read.scene import Scene
 from geosam.testing import OracleMaskGenerator, PromptedOracleMaskGenerator
 from tests.data.make_scenes import make_index_scene, make_oracle_scene

@@ -127,3 +127,55 @@ def test_cli_run_killed_part_way_resumes_to_identical_output(scene, tmp_path) ->
     assert sorted(read_log(log2)) == sorted(set(all_chips) - journaled)
     assert not journal.exists()  # removed after the successful write
     assert_same(gpd.read_file(out), gpd.read_file(ref_out))
+
+
+def test_dtype_is_decided_once_and_a_resumed_journal_keeps_it(scene, tmp_path, monkeypatch, caplog) -> None:
+    """dtype="auto" is resolved on the client before the run, recorded in the statistics and the journal's
+    settings key; a resume where "auto" would now pick another dtype keeps the recorded one."""
+    import json
+    import logging
+
+    import geosam.modes.everything
+    from geosam.modes.runner import run_dtype
+
+    made: list[str] = []
+
+    def oracle_for(cfg):
+        made.append(cfg.model.dtype)  # the generator is built with the resolved dtype
+        return OracleMaskGenerator(scene.label_path)
+
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", oracle_for)
+    monkeypatch.setenv("GEOSAM_CPU_AMX", "1")
+    assert run_dtype("auto", "cpu", None) == "bfloat16" and run_dtype("float32", "auto", None) == "float32"
+    journal = tmp_path / "j.geosam-journal"
+    first = segment_scene(scene.image_path, journal=journal, device="cpu", **KW)
+    assert first.attrs["geosam"]["dtype"] == "bfloat16" and made == ["bfloat16"]
+    with sqlite3.connect(journal) as conn:
+        settings = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()[0])
+    assert settings["dtype"] == "bfloat16"
+    monkeypatch.setenv("GEOSAM_CPU_AMX", "0")  # "auto" now picks float32 on this machine
+    assert run_dtype("auto", "cpu", None) == "float32"
+    with caplog.at_level(logging.WARNING, logger="geosam.modes.runner"):
+        again = segment_scene(scene.image_path, journal=journal, device="cpu", **KW)
+    assert again.attrs["geosam"]["dtype"] == "bfloat16" and made[-1] == "bfloat16"
+    assert again.attrs["geosam"]["chips_replayed"] == again.attrs["geosam"]["chips_total"]
+    assert "keeping bfloat16" in caplog.text and "float32" in caplog.text
+    with pytest.raises(ConfigError, match="dtype"):  # an explicit other dtype is another run: refused, naming both
+        segment_scene(scene.image_path, journal=journal, device="cpu", dtype="float32", **KW)
+
+
+def test_a_generator_pickled_for_a_worker_keeps_the_clients_dtype(tiny_sam_dir, monkeypatch) -> None:
+    """A SAM generator built with dtype="auto" pickles the dtype it resolved, not "auto": a worker whose
+    CPU would choose otherwise loads the model in the client's precision."""
+    import pickle
+
+    import torch
+
+    from geosam.segment import SamMaskGenerator
+
+    monkeypatch.setenv("GEOSAM_CPU_AMX", "1")
+    gen = SamMaskGenerator(tiny_sam_dir, device="cpu", dtype="auto", points_per_side=2)
+    assert gen.bundle.dtype == torch.bfloat16
+    blob = pickle.dumps(gen)
+    monkeypatch.setenv("GEOSAM_CPU_AMX", "0")  # the worker's CPU
+    assert pickle.loads(blob).bundle.dtype == torch.bfloat16

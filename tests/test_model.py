@@ -20,7 +20,7 @@ from geosam.models.bundle import SAM_IMAGE_MEAN
 
 @pytest.fixture(scope="module")
 def bundle(tiny_sam_dir: str) -> gm.SamBundle:
-    return gm.load_sam(tiny_sam_dir, device="cpu")
+    return gm.load_model(tiny_sam_dir, device="cpu")
 
 
 # -- loading -----------------------------------------------------------------
@@ -42,8 +42,8 @@ def test_load_from_saved_dir(tiny_sam_dir: str, bundle: gm.SamBundle) -> None:
     assert bundle.image_std == pytest.approx((0.229, 0.224, 0.225))
     assert bundle.rescale_factor == pytest.approx(1 / 255)
     # cached: same object for the same (model, device, dtype), "auto" dtype resolves to float32 on cpu
-    assert gm.load_sam(tiny_sam_dir, device="cpu", dtype="auto") is bundle
-    assert gm.load_sam(tiny_sam_dir, device="cpu", dtype="float32") is bundle
+    assert gm.load_model(tiny_sam_dir, device="cpu", dtype="auto") is bundle
+    assert gm.load_model(tiny_sam_dir, device="cpu", dtype="float32") is bundle
 
 
 def test_missing_processor_config_falls_back_to_defaults(tiny_sam_dir, tmp_path, caplog) -> None:
@@ -52,7 +52,7 @@ def test_missing_processor_config_falls_back_to_defaults(tiny_sam_dir, tmp_path,
     for name in ("config.json", "model.safetensors"):
         shutil.copy(f"{tiny_sam_dir}/{name}", d / name)
     with caplog.at_level(logging.WARNING, logger="geosam.models.hf_sam"):
-        b = gm.load_sam(str(d), device="cpu")
+        b = gm.load_model(str(d), device="cpu")
     assert "default preprocessing" in caplog.text
     assert (b.longest_edge, b.input_size) == (1024, 1024)
     assert b.image_mean == pytest.approx(SAM_IMAGE_MEAN)
@@ -68,7 +68,7 @@ def _assert_helpful(msg: str, name: str) -> None:
 def test_nonexistent_local_path(tmp_path) -> None:
     missing = str(tmp_path / "nowhere" / "sam")
     with pytest.raises(ModelLoadError) as err:
-        gm.load_sam(missing, device="cpu")
+        gm.load_model(missing, device="cpu")
     assert "no such local directory" in str(err.value)
     _assert_helpful(str(err.value), missing)
 
@@ -84,7 +84,7 @@ def test_hub_id_offline_never_touches_the_network(monkeypatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", no_network)
     name = "geosam-tests/no-such-model"
     with pytest.raises(ModelLoadError) as err:
-        gm.load_sam(name, device="cpu")
+        gm.load_model(name, device="cpu")
     assert connects == []  # offline: only the local cache is looked at, no retries against the hub
     assert "offline" in str(err.value)
     _assert_helpful(str(err.value), name)
@@ -93,30 +93,30 @@ def test_hub_id_offline_never_touches_the_network(monkeypatch) -> None:
 def test_dir_without_config_json(tmp_path) -> None:
     (tmp_path / "weights.pth").write_bytes(b"\0")
     with pytest.raises(ModelLoadError, match="no config.json"):
-        gm.load_sam(str(tmp_path), device="cpu")
+        gm.load_model(str(tmp_path), device="cpu")
 
 
 def test_file_instead_of_dir(tmp_path) -> None:
     f = tmp_path / "sam.pth"
     f.write_bytes(b"\0")
     with pytest.raises(ModelLoadError, match="not a directory"):
-        gm.load_sam(str(f), device="cpu")
+        gm.load_model(str(f), device="cpu")
 
 
 def test_non_sam_config(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelLoadError, match="'bert' model, not a SAM"):
-        gm.load_sam(str(tmp_path), device="cpu")
+        gm.load_model(str(tmp_path), device="cpu")
 
 
 def test_load_error_names_the_hub_id_to_download(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # a hub id: the download command names that id; a local path (no hub id): the default model as example
     with pytest.raises(ModelLoadError) as err:
-        gm.load_sam("geosam-tests/other-model", device="cpu")
+        gm.load_model("geosam-tests/other-model", device="cpu")
     assert "hf download geosam-tests/other-model" in str(err.value)
     with pytest.raises(ModelLoadError) as err:
-        gm.load_sam(str(tmp_path / "missing"), device="cpu")
+        gm.load_model(str(tmp_path / "missing"), device="cpu")
     assert f"hf download {DEFAULT_MODEL}" in str(err.value)
     assert gm.BUILTIN_OFFLINE_MODEL_HINT in str(err.value)
 
@@ -234,9 +234,9 @@ def test_encode_and_decode_shapes(bundle: gm.SamBundle) -> None:
 
 
 def test_bfloat16_autocast_on_cpu(tiny_sam_dir: str) -> None:
-    b = gm.load_sam(tiny_sam_dir, device="cpu", dtype="bfloat16")
+    b = gm.load_model(tiny_sam_dir, device="cpu", dtype="bfloat16")
     assert b.dtype == torch.bfloat16
-    assert b is not gm.load_sam(tiny_sam_dir, device="cpu", dtype="float32")
+    assert b is not gm.load_model(tiny_sam_dir, device="cpu", dtype="float32")
     pv, _, _ = gm.preprocess(b, [np.zeros((64, 64, 3), np.uint8)])
     emb = gm.encode(b, pv)
     logits, _ = gm.decode_points(b, emb, np.array([[10.0, 10.0]]))
@@ -257,7 +257,6 @@ def test_decode_is_the_one_decoder(bundle: gm.SamBundle) -> None:
     ):
         torch.testing.assert_close(got[0], want[0])
         torch.testing.assert_close(got[1], want[1])
-    assert gm.decode_prompts is gm.decode
     both, _ = gm.decode(bundle, emb, points=pts[:, None], boxes=boxes)
     assert both.shape == (2, 1, 256, 256)
     with pytest.raises(ValueError, match="points, boxes or both"):

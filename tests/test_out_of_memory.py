@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from geosam.errors import DeviceMemoryError, GeosamError
-from geosam.models import SamBundle, load_sam
+from geosam.models import SamBundle, load_model
 from geosam.segment import SamMaskGenerator, everything
 from tests.test_segment_everything import make_chip
 
@@ -20,7 +20,7 @@ SETTINGS = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thres
 
 @pytest.fixture(scope="module")
 def bundle(tiny_sam_dir: str) -> SamBundle:
-    return load_sam(tiny_sam_dir, device="cpu")
+    return load_model(tiny_sam_dir, device="cpu")
 
 
 def same_masks(a, b) -> None:

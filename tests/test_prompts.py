@@ -21,11 +21,11 @@ from affine import Affine
 from shapely.geometry import Point, box
 
 from geosam.config import PromptWindowConfig
-from geosam.errors import PromptOutsideSceneError
+from geosam.errors import ConfigError, PromptOutsideSceneError
 from geosam.models import SamBundle
 from geosam.models.bundle import SAM_CAPABILITIES
 from geosam.models.litemedsam import CAPABILITIES as LITEMEDSAM_CAPABILITIES
-from geosam.modes.everything import segment_prompts
+from geosam.modes.prompted import segment_prompts
 from geosam.prompts.parse import Prompt, PromptWarning
 from geosam.tile.prompt_windows import plan_windows
 
@@ -244,7 +244,7 @@ def test_cli_vector_file_round_trip(scene, oracle, tmp_path, monkeypatch):
     import geosam.models
     from geosam.cli.main import cli
 
-    monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: oracle)
+    monkeypatch.setattr(geosam.models, "load_model", lambda *a, **k: oracle)
     src = tmp_path / "survey.gpkg"
     _prompt_frame("EPSG:4326").rename(columns={"kind": "class"}).to_file(src)
     out = tmp_path / "out.gpkg"
@@ -292,3 +292,27 @@ def test_litemedsam_box_prompt_in_two_crss():
     assert a.geometry.iloc[0].equals(b.geometry.iloc[0])
     assert _iou(a.geometry.iloc[0], fp.geometry.iloc[0]) > 0.5
     assert a["model"].iloc[0] == "litemedsam" and 0 < a["predicted_iou"].iloc[0] <= 1
+
+
+def test_prompt_run_resumes_from_its_journal(scene, oracle, tmp_path):
+    """Prompt mode gets resume as segment-everything does: replayed windows give the same table."""
+    import sqlite3
+
+    from tests.test_journal import assert_same
+
+    kw = {"model": oracle, "chip_size_px": 256, "overlap_px": 32}
+    fresh = segment_prompts(scene, _prompt_frame(), **kw)
+    journal = tmp_path / "prompts.geosam-journal"
+    first = segment_prompts(scene, _prompt_frame(), journal=journal, **kw)
+    assert_same(first, fresh)
+    n = first.attrs["geosam"]["windows"]
+    with sqlite3.connect(journal) as conn:
+        keys = [k for (k,) in conn.execute("SELECT key FROM chips")]
+        assert len(keys) == n > 1
+        conn.execute("DELETE FROM chips WHERE key = ?", (keys[0],))
+    again = segment_prompts(scene, _prompt_frame(), journal=journal, **kw)
+    assert_same(again, fresh)
+    assert again.attrs["geosam"]["chips_replayed"] == n - 1
+    assert again.attrs["geosam"]["status_counts"] == fresh.attrs["geosam"]["status_counts"]
+    with pytest.raises(ConfigError, match="tasks"):  # other prompts: another run
+        segment_prompts(scene, _prompt_frame().iloc[:2], journal=journal, **kw)

@@ -49,7 +49,7 @@ def test_registered_family_is_used_by_load_model(tmp_path, fresh_cache) -> None:
         b = gm.load_model(path, device="cpu", dtype="float32")
         assert calls == [(path, torch.device("cpu"), torch.float32)]
         assert b.capabilities.family == "toy" and b.capabilities.text_prompts
-        assert gm.load_sam(path, device="cpu", dtype="float32") is b  # cached, and load_sam is the same loader
+        assert gm.load_model(path, device="cpu", dtype="float32") is b  # cached, and load_model is the same loader
         assert len(calls) == 1
     finally:
         registry.unregister_family("toy")

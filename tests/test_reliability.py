@@ -30,8 +30,9 @@ from geosam.cli.main import cli
 from geosam.errors import ExportError, GeosamError, InvalidRasterError
 from geosam.read.scene import ReadConfig, Scene, check_blocks, gdal_env
 from geosam.windows import PixelWindow
-from geosam.write.label_raster import write_label_raster, write_vector
+from geosam.write.label_raster import write_label_raster
 from geosam.write.paths import TMP_SUFFIX, atomic_output, check_outputs
+from geosam.write.vector import write_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 CRS = "EPSG:32633"
@@ -300,7 +301,7 @@ def test_label_raster_failure_keeps_the_previous_one(tmp_path: Path, monkeypatch
 
 _KILL_CHILD = """
 import sys, numpy as np, shapely, geopandas as gpd
-from geosam.write.label_raster import write_vector
+from geosam.write.vector import write_vector
 n = int(sys.argv[2])
 rng = np.random.default_rng(1)
 geoms = shapely.buffer(shapely.points(rng.uniform(0, 1e5, (n, 2))), 3.0, quad_segs=4)

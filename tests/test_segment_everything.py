@@ -16,7 +16,7 @@ import torch
 from affine import Affine
 
 from geosam.errors import ConfigError
-from geosam.models import SamBundle, load_sam
+from geosam.models import SamBundle, load_model
 from geosam.read.scene import Chip
 from geosam.segment import SamMaskGenerator, crop, everything
 from geosam.segment.base import ChipMasks, MaskGenerator
@@ -56,7 +56,7 @@ def make_chip(height: int, width: int, valid: np.ndarray | None = None, seed: in
 
 @pytest.fixture(scope="module")
 def bundle(tiny_sam_dir: str) -> SamBundle:
-    return load_sam(tiny_sam_dir, device="cpu")
+    return load_model(tiny_sam_dir, device="cpu")
 
 
 

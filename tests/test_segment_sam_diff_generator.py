@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from geosam.models import SamBundle, load_sam
+from geosam.models import SamBundle, load_model
 from geosam.segment import SamMaskGenerator, crop, everything
 from tests._sam_reference import reference_generate, sam_amg
 from tests.test_segment_everything import make_chip
@@ -80,7 +80,7 @@ def scripted_decode(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def bundle(tiny_sam_dir: str) -> SamBundle:
-    return load_sam(tiny_sam_dir, device="cpu")
+    return load_model(tiny_sam_dir, device="cpu")
 
 
 @pytest.fixture

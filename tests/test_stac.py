@@ -102,7 +102,7 @@ def test_an_unreachable_item_and_an_asset_404(stac_catalog, stac_served, tmp_pat
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "out.gpkg"
     with pytest.raises(InvalidRasterError, match=r"stac:S2A_33UVP_20240503.*asset 'blue'.*missing\.tif\): HTTP 404"):
-        geosam.segment_scene(tmp_path / "item.json", ThresholdGenerator(), output=out, progress=False)
+        geosam.segment_scene_to_file(tmp_path / "item.json", out, ThresholdGenerator(), progress=False)
     assert list((tmp_path / "out").iterdir()) == []
 
 

@@ -11,7 +11,8 @@ from rasterio.features import shapes
 from shapely.geometry import shape
 from shapely.ops import unary_union
 
-from geosam.assemble.stitch import Stitcher, area_m2, mask_to_pixel_geometry
+from geosam.assemble.stitch import Stitcher, mask_to_pixel_geometry
+from geosam.geo import area_m2
 from geosam.modes.everything import segment_scene
 from geosam.segment.base import ChipMasks
 from geosam.testing import OracleMaskGenerator

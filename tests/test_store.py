@@ -12,9 +12,9 @@ import shapely
 from geosam.assemble.records import Record
 from geosam.assemble.store import ObjectStore
 from geosam.errors import ExportError
-from geosam.modes.everything import segment_scene
+from geosam.modes.everything import segment_scene, segment_scene_to_file
 from geosam.testing import OracleMaskGenerator
-from geosam.write.label_raster import write_frames, write_vector
+from geosam.write.vector import write_frames, write_vector
 from tests.data.make_scenes import make_oracle_scene
 
 KW = {"chip_size_px": 256, "overlap_px": 32, "progress": False}
@@ -48,8 +48,8 @@ def test_streamed_output_equals_the_frame_written_whole(scene, tmp_path, ext) ->
     gdf = segment_scene(scene.image_path, _oracle(scene), **KW)
     assert len(gdf) == scene.n_objects
     whole = write_vector(gdf, tmp_path / f"whole{ext}")
-    stats = segment_scene(scene.image_path, _oracle(scene), output=tmp_path / f"streamed{ext}", **KW)
-    assert stats["objects"] == len(gdf) and stats["output"] == str(tmp_path / f"streamed{ext}")
+    stats = segment_scene_to_file(scene.image_path, tmp_path / f"streamed{ext}", _oracle(scene), **KW)
+    assert stats.objects == len(gdf) and stats.output == str(tmp_path / f"streamed{ext}")
     read = gpd.read_parquet if ext == ".parquet" else gpd.read_file
     _same(read(tmp_path / f"streamed{ext}"), read(whole))
     assert not list(tmp_path.glob(".*")), "the objects' temporary store is removed"
@@ -69,7 +69,7 @@ def test_filters_ranking_and_reprojection_stream_like_the_frame(scene, tmp_path)
                                                                 "to_crs": None})
     assert len(kept) < len(full)
     assert sorted(gdf["id"]) == sorted(kept.sort_values("exg_mean", ascending=False)["id"][:12])
-    segment_scene(scene.image_path, _oracle(scene), output=tmp_path / "ranked.gpkg", **kw)
+    segment_scene_to_file(scene.image_path, tmp_path / "ranked.gpkg", _oracle(scene), **kw)
     _same(gpd.read_file(tmp_path / "ranked.gpkg"), gpd.read_file(write_vector(gdf, tmp_path / "whole.gpkg")))
 
 
@@ -129,7 +129,7 @@ def test_empty_store_gives_one_empty_frame_with_the_columns(tmp_path) -> None:
 
 def test_a_failing_stream_leaves_the_previous_output_intact(scene, tmp_path) -> None:
     out = tmp_path / "objects.gpkg"
-    segment_scene(scene.image_path, _oracle(scene), output=out, **KW)
+    segment_scene_to_file(scene.image_path, out, _oracle(scene), **KW)
     before = out.read_bytes()
 
     def frames():

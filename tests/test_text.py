@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -15,25 +15,11 @@ import geosam
 from geosam.cli.main import cli
 from geosam.errors import ConfigError
 from geosam.modes.text import TEXT_COLUMNS
-from geosam.segment.base import BaseMaskGenerator, ChipMasks
-from geosam.testing import OracleMaskGenerator
+from geosam.segment.base import ChipMasks
+from tests._scale_helpers import PhraseOracle, read_log
 from tests.data.make_scenes import make_oracle_scene
 
-
-class _Phrases(BaseMaskGenerator):
-    """Oracle masks labelled by object id: odd -> "building", even -> "solar panel"; score = id / 1000."""
-
-    name = "scripted"
-
-    def __init__(self, label_path: str) -> None:
-        super().__init__()
-        self.oracle = OracleMaskGenerator(label_path)
-
-    def generate(self, chip: object) -> ChipMasks:
-        masks, ids = self.oracle.generate_with_labels(chip)  # type: ignore[arg-type]
-        ids = np.asarray(ids)
-        labels: Sequence[str] = ["building" if i % 2 else "solar panel" for i in ids]
-        return ChipMasks(masks.masks, ids / 1000.0, np.ones(len(ids)), labels=tuple(labels))
+_Phrases = PhraseOracle
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +278,34 @@ def test_cli_compile_changes_nothing(tiny_sam3_dir: str, scene: object, tmp_path
     a, b = gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(tmp_path / "b.gpkg")
     assert len(a) > 0 and len(a) == len(b)
     assert all(g1.equals(g2) for g1, g2 in zip(a.geometry, b.geometry))
+
+
+def test_text_run_resumes_from_its_journal(scene: object, tmp_path: Path) -> None:
+    """Text mode gets resume as segment-everything does: the same output, only the missing chips generated."""
+    import sqlite3
+
+    from geosam.modes.text import segment_text_to_file
+    from tests.test_journal import assert_same
+
+    kw = {"chip_size_px": 160, "overlap_px": 24, "progress": False}
+    path = scene.image_path  # type: ignore[attr-defined]
+    labels = scene.label_path  # type: ignore[attr-defined]
+    fresh = geosam.segment_text(path, ["building", "solar panel"], mask_generator=PhraseOracle(labels), **kw)
+    journal = tmp_path / "text.geosam-journal"
+    first = geosam.segment_text(path, ["building", "solar panel"], mask_generator=PhraseOracle(labels),
+                                journal=journal, **kw)
+    assert_same(first, fresh)
+    with sqlite3.connect(journal) as conn:
+        keys = [k for (k,) in conn.execute("SELECT key FROM chips ORDER BY key")]
+        dropped = keys[::3]
+        conn.executemany("DELETE FROM chips WHERE key = ?", [(k,) for k in dropped])
+    log = str(tmp_path / "again.log")
+    summary = segment_text_to_file(path, tmp_path / "again.gpkg", ["building", "solar panel"],
+                                   mask_generator=PhraseOracle(labels, log), journal=journal, **kw)
+    assert sorted(read_log(log)) == sorted(k.split(":")[0] for k in dropped)
+    assert summary.chips_replayed == len(keys) - len(dropped) and summary.objects == len(fresh)
+    assert summary.details["phrases"] == ["building", "solar panel"]
+    back = gpd.read_file(tmp_path / "again.gpkg")
+    assert list(back.columns) == list(fresh.columns) and sorted(back["score"]) == sorted(fresh["score"])
+    with pytest.raises(ConfigError, match="phrases"):  # the phrases are part of what the journal was written for
+        geosam.segment_text(path, ["building"], mask_generator=PhraseOracle(labels), journal=journal, **kw)

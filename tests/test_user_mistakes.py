@@ -33,7 +33,7 @@ from geosam.cli.main import cli
 from geosam.errors import BandError, ConfigError, GeosamError, PromptError
 from geosam.models import SamBundle
 from geosam.models.litemedsam import CAPABILITIES as BOX_ONLY
-from geosam.modes.everything import segment_prompts
+from geosam.modes.prompted import segment_prompts
 from geosam.prompts.parse import PromptWarning
 from geosam.testing import OracleMaskGenerator
 from tests.data.make_scenes import make_oracle_scene
@@ -86,7 +86,7 @@ def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         raise AssertionError(f"model {name!r} loaded")
 
     for mod in (geosam.models, geosam.models.registry, geosam.segment.everything):
-        monkeypatch.setattr(mod, "load_sam", spy)
+        monkeypatch.setattr(mod, "load_model", spy)
     monkeypatch.setattr(geosam.models.registry, "load_model", spy)
     monkeypatch.setattr(geosam.models, "load_model", spy)
     return calls
@@ -201,7 +201,7 @@ def oracle_bundle() -> SamBundle:
 @pytest.fixture
 def oracle(monkeypatch: pytest.MonkeyPatch) -> SamBundle:
     bundle = oracle_bundle()
-    monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: bundle)
+    monkeypatch.setattr(geosam.models, "load_model", lambda *a, **k: bundle)
     return bundle
 
 

@@ -70,9 +70,9 @@ def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(str(name))
         raise AssertionError(f"model {name!r} loaded")
 
-    for mod in (geosam.models, geosam.models.registry, geosam.segment.everything):
-        monkeypatch.setattr(mod, "load_sam", spy)
-    monkeypatch.setattr(geosam.models.registry, "load_model", spy)
+    for mod in (geosam.models.registry, geosam.segment.everything):
+        if hasattr(mod, "load_model"):
+            monkeypatch.setattr(mod, "load_model", spy)
     monkeypatch.setattr(geosam.models, "load_model", spy)
     monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", spy)
     return calls
@@ -343,7 +343,7 @@ def prompt_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.test_user_mistakes import oracle_bundle
 
     bundle = oracle_bundle()
-    monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: bundle)
+    monkeypatch.setattr(geosam.models, "load_model", lambda *a, **k: bundle)
 
 
 def centre_points(folder: Path, n: int) -> list[tuple[float, float]]:
@@ -529,7 +529,7 @@ def test_point_prompt_across_the_antimeridian_is_inside(case: Path, monkeypatch:
 
     scene, _ = regrid(case, "across", *ACROSS)
     bundle = oracle_bundle()
-    monkeypatch.setattr(geosam.models, "load_sam", lambda *a, **k: bundle)
+    monkeypatch.setattr(geosam.models, "load_model", lambda *a, **k: bundle)
     lat = 60.0 - 64 * RES_DEG
     res = CliRunner().invoke(cli, ["prompt", str(scene), "-o", str(case / "p.gpkg"), "--no-progress",
                                    "--points", f"{-180 + 20 * RES_DEG},{lat};{180 - 20 * RES_DEG},{lat}",

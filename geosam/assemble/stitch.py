@@ -55,7 +55,6 @@ from geosam.assemble.seams import (
     match_chips,
     on_window,
 )
-from geosam.geo import area_m2, pixel_to_map  # noqa: F401 - re-exported for callers of the stitcher
 from geosam.segment.base import ChipMasks
 from geosam.tile.grid import ChipSpec
 from geosam.windows import PixelWindow
@@ -218,10 +217,6 @@ class Stitcher:
                 self._match(key, new, nb, self.by_chip[nb])
         self.by_chip[key] = new
         self.done.add(key)
-
-    def skip(self, spec: ChipSpec) -> None:
-        """Mark a chip as processed with no masks (e.g. all pixels invalid)."""
-        self.add(spec, ChipResult.empty(spec.chip_id, spec.window))
 
     def _parts_in(self, uids: list[int], shared: PixelWindow) -> list[Part]:
         """The pieces touching ``shared``: their bbox inside shared and their pixel count there."""

@@ -9,7 +9,7 @@ attributes: arrival order plays no part), after the per-object filters
 (``min_area_m2``, ``min_index``) and, with ``rank_by``, sorted by that column
 (highest first, NaN last) with a ``rank`` column and at most ``top_k`` rows. Those
 batches become either the returned GeoDataFrame or, streamed, an output file
-(:func:`geosam.writer.write_frames`), so a run with millions of objects writes them
+(`geosam.write.vector.write_frames`), so a run with millions of objects writes them
 with a fixed memory budget (SQLite sorts on disk).
 """
 
@@ -20,7 +20,7 @@ import math
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 #: rows per batch read back from the store
 BATCH_ROWS = 20_000
 
-#: columns of the store's table (and of the output, in this order, before the attributes)
-_BASE = ("id", "area_m2", "predicted_iou", "stability_score", "n_chips", "model")
+#: segment-everything's leading columns (then ``label`` when any object has one, the attributes, ``rank``)
+OBJECT_COLUMNS = ("id", "area_m2", "predicted_iou", "stability_score", "n_chips", "model")
+#: the leading columns a table may name: ``score`` is the model's score (``predicted_iou``) under text mode's name
+LEAD_COLUMNS = frozenset({*OBJECT_COLUMNS, "score", "label"})
 _NUMERIC = ("area_m2", "predicted_iou", "stability_score", "n_chips")
 
 
@@ -174,12 +176,12 @@ class ObjectStore:
         self.n += len(rows)
 
     # -- reading back ---------------------------------------------------------
-    def columns(self, require: Sequence[str] = ()) -> list[str]:
-        """Attribute columns after the base ones: ``label`` when any object has one, then the
-        sorted attribute names (incl. ``require``, NaN where an object has none)."""
+    def columns(self, require: Sequence[str] = (), lead: Sequence[str] = OBJECT_COLUMNS) -> list[str]:
+        """Attribute columns after the ``lead`` ones: ``label`` when any object has one (and ``lead``
+        has none), then the sorted attribute names (incl. ``require``, NaN where an object has none)."""
         for k in require:
             self.kinds.setdefault(k, "float")
-        return (["label"] if self.has_label else []) + sorted(self.kinds)
+        return (["label"] if self.has_label and "label" not in lead else []) + sorted(self.kinds)
 
     def _query(self, rank_by: str | None, top_k: int | None) -> tuple[str, tuple[Any, ...]]:
         spatial = "ORDER BY r, c, a, wkb, label, predicted_iou, stability_score, n_chips, extra"
@@ -207,23 +209,26 @@ class ObjectStore:
         self,
         model_name: str,
         *,
+        lead: Sequence[str] = OBJECT_COLUMNS,
         rank_by: str | None = None,
         top_k: int | None = None,
         require: Sequence[str] = (),
         complete: bool = False,
         to_crs: Any = None,
-        hook: Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame] | None = None,
         batch_rows: int = BATCH_ROWS,
     ) -> Iterator[gpd.GeoDataFrame]:
         """The objects in output order, ``batch_rows`` at a time (at least one frame, maybe empty).
 
-        Columns: ``id, area_m2, predicted_iou, stability_score, n_chips, model``, ``label`` (when any
-        object has one), the attributes (sorted; ``require``: NaN where missing), ``rank`` (with
+        Columns: ``lead`` (default `OBJECT_COLUMNS`; any of `LEAD_COLUMNS`, text mode's
+        ``id, label, score, area_m2, n_chips, model``), ``label`` (when any object has one and
+        ``lead`` has none), the attributes (sorted; ``require``: NaN where missing), ``rank`` (with
         ``rank_by``), ``geometry``. ``complete``: the ``complete`` attribute is kept (missing = True,
-        see :mod:`geosam.write.failed_chips`); otherwise it is dropped. ``to_crs`` reprojects each batch,
-        ``hook`` reshapes it (e.g. text mode's columns).
+        see `geosam.write.failed_chips`); otherwise it is dropped. ``to_crs`` reprojects each batch.
         """
-        cols = self.columns(require)
+        unknown = sorted(set(lead) - LEAD_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown table column(s) {unknown}; known: {sorted(LEAD_COLUMNS)}")
+        cols = self.columns(require, lead)
         if not complete and "complete" in cols:
             cols.remove("complete")
         sql, args = self._query(rank_by, top_k)
@@ -233,7 +238,7 @@ class ObjectStore:
             rows = cur.fetchmany(batch_rows)
             if not rows and not first:
                 return
-            gdf = self._frame(rows, cols, model_name, complete, n_out if rank_by is not None else None)
+            gdf = self._frame(rows, lead, cols, model_name, complete, n_out if rank_by is not None else None)
             n_out += len(rows)
             self.rows_out = n_out
             first = False
@@ -241,24 +246,28 @@ class ObjectStore:
                 from geosam.assemble.reproject import reproject
 
                 gdf = reproject(gdf, to_crs)
-            yield hook(gdf) if hook is not None else gdf
+            yield gdf
             if not rows:
                 return
 
-    def _frame(self, rows: list[tuple[Any, ...]], cols: list[str], model_name: str, complete: bool,
-               rank_from: int | None) -> gpd.GeoDataFrame:
+    def _frame(self, rows: list[tuple[Any, ...]], lead: Sequence[str], cols: list[str], model_name: str,
+               complete: bool, rank_from: int | None) -> gpd.GeoDataFrame:
         import geopandas as gpd
         import shapely
 
         n = len(rows)
-        data: dict[str, Any] = {
+        iou = np.array([r[1] for r in rows], dtype=np.float64)
+        source: dict[str, Any] = {
             "id": np.array([r[0] for r in rows], dtype=np.int64),
             "area_m2": np.array([r[4] for r in rows], dtype=np.float64),
-            "predicted_iou": np.array([r[1] for r in rows], dtype=np.float64),
+            "predicted_iou": iou,
+            "score": iou,
             "stability_score": np.array([r[2] for r in rows], dtype=np.float64),
             "n_chips": np.array([r[3] for r in rows], dtype=np.int64),
             "model": [model_name] * n,
+            "label": [r[5] for r in rows],
         }
+        data: dict[str, Any] = {k: source[k] for k in lead}
         extras = [json.loads(r[6]) for r in rows]
         for k in cols:
             if k == "label":
@@ -290,4 +299,4 @@ class ObjectStore:
         self.close()
 
 
-__all__ = ["BATCH_ROWS", "STORE_PREFIX", "ObjectStore", "remove_stale_stores"]
+__all__ = ["BATCH_ROWS", "LEAD_COLUMNS", "OBJECT_COLUMNS", "STORE_PREFIX", "ObjectStore", "remove_stale_stores"]

@@ -4,11 +4,11 @@ one line per scene and an overall progress bar."""
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
 from geosam.config import SegmentConfig
+from geosam.run.summary import RunSummary
 
 
 def segment_many(paths: list[str], cfg: SegmentConfig, *, output: str | None, output_dir: str | None, merge: bool,
@@ -26,14 +26,13 @@ def segment_many(paths: list[str], cfg: SegmentConfig, *, output: str | None, ou
     done = [0]
     bar = tqdm(total=total, desc="scenes", unit="scene", disable=not cfg.engine.progress, file=sys.stderr)
 
-    def line(scene: str, st: Any, error: str | None) -> None:
+    def line(scene: str, st: RunSummary | None, error: str | None) -> None:
         done[0] += 1
         head = f"[{done[0]}/{total}] {scene}:"
-        if error is not None:
+        if st is None:
             text, err = f"{head} failed: {error}", True
         else:
-            text, err = (f"{head} {st.get('objects', 0)} objects, {st.get('chips_total', 0)} chips, "
-                         f"{st.get('seconds', 0.0):.1f} s"), False
+            text, err = f"{head} {st.objects} objects, {st.chips_total} chips, {st.seconds:.1f} s", False
         if bar.disable:
             click.echo(text, err=err)
         else:  # above the bars, which are redrawn below it

@@ -51,11 +51,14 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
            scheduler: str | None, n_workers: int | None, overlay: str | None, overwrite: bool,
            **settings: Any) -> None:
     """Segment the object at each point / box prompt in SCENE and write one polygon per prompt to OUTPUT."""
-    from geosam.modes.everything import segment_prompts
-    from geosam.modes.prompted import gather_prompts
+    from geosam.modes.prompted import segment_prompts
+    from geosam.prompts.gather import gather_prompts
+    from geosam.prompts.parse import PromptColumns
     from geosam.run.dask import check_scheduler
-    from geosam.write.label_raster import check_output_path, render_overlay, write_vector
+    from geosam.write.checks import check_output_path
+    from geosam.write.overlay import render_overlay
     from geosam.write.paths import check_outputs
+    from geosam.write.vector import write_vector
 
     cfg = PromptConfig.from_settings(**settings)  # every setting checked before any pixel or model
     if prompt_crs is not None:
@@ -71,9 +74,8 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
         raise click.UsageError("give prompts with --points, --boxes or --prompts")
     prompts = gather_prompts(scene, prompts_file=prompts_file, layer=layer, points=points, boxes=boxes,
                              prompt_crs=prompt_crs)
-    gdf = segment_prompts(scene, prompts, id_column=id_column, label_column=label_column,
-                          point_label_column=point_label_column, object_column=object_column, config=cfg,
-                          scheduler=scheduler, n_workers=n_workers)
+    columns = PromptColumns(id=id_column, label=label_column, point_label=point_label_column, object=object_column)
+    gdf = segment_prompts(scene, prompts, columns=columns, config=cfg, scheduler=scheduler, n_workers=n_workers)
     out = write_vector(gdf, output)
     if overlay:
         render_overlay(scene, gdf[~gdf.geometry.is_empty], overlay, bands=cfg.read.bands)

@@ -86,10 +86,12 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
 
     SCENES: one raster, or many (paths, GDAL URLs, quoted globs like 'tiles/*.tif', @list.txt)
     with --output-dir or --merge; or STAC items (item JSON files or URLs, --stac-items, --stac-search)."""
-    from geosam.modes.everything import segment_scene
+    from geosam.cli.report import report, write_extras
+    from geosam.modes.everything import segment_scene_to_file
     from geosam.modes.scenes import expand_scenes
     from geosam.run.dask import check_scheduler
-    from geosam.write.label_raster import check_output_path, read_vector, render_overlay, write_label_raster
+    from geosam.run.journal import journal_path, remove_journal
+    from geosam.write.checks import check_output_path
     from geosam.write.paths import check_outputs
 
     settings["indices"] = settings["indices"] or ()
@@ -102,7 +104,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
         return segment_stac(stac, cfg, output=output, output_dir=output_dir, fmt=fmt, resume=resume,
                             overwrite=overwrite, scheduler=scheduler, n_workers=n_workers,
                             extras={"--merge": merge, "--label-raster": label_raster, "--index-raster": index_raster,
-                                    "--overlay": overlay}, report=report, journal_path=journal_path)
+                                    "--overlay": overlay})
     if not scenes:
         raise click.UsageError("give SCENES (raster files, or STAC items), or --stac-search / --stac-items")
     paths = expand_scenes(scenes)
@@ -130,19 +132,13 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
         check_index_bands(scene, cfg.index.names() or ("ndvi",), **index_kw)
     journal = journal_path(output) if resume else None
     # objects stream into the output (memory independent of their number); the extras read it back
-    stats = segment_scene(scene, config=cfg, journal=journal, scheduler=scheduler, n_workers=n_workers, output=output)
-    if label_raster or overlay:
-        gdf = read_vector(output)
-        if label_raster:
-            write_label_raster(gdf, label_raster, like_path=scene)
-        if overlay:
-            render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
+    summary = segment_scene_to_file(scene, output, config=cfg, journal=journal, scheduler=scheduler,
+                                    n_workers=n_workers)
+    write_extras(scene, output, label_raster=label_raster, overlay=overlay, bands=cfg.read.bands)
     if index_raster:
         write_index_raster(scene, index_raster, cfg.index.names() or ("ndvi",), **index_kw)
-    report(output, stats, profile)
+    report(summary, profile)
     if journal is not None and not keep_journal:
-        from geosam.run.journal import remove_journal
-
         remove_journal(journal)
 
 
@@ -166,51 +162,3 @@ def check_output_choice(output: str | None, output_dir: str | None, fmt: str) ->
                                f"its extension says ({Path(output).suffix or 'none'}): drop --format or change -o")
     return fmt
 
-
-def journal_path(output: str) -> str:
-    """Where ``--resume`` keeps the journal of ``output``."""
-    return output + ".geosam-journal"
-
-
-def report(out: Any, stats: dict[str, Any], profile: bool) -> None:
-    """The run's summary lines."""
-    click.echo(
-        f"{out}: {stats.get('objects', 0)} objects, {stats.get('chips_total', 0)} chips "
-        f"({stats.get('chips_skipped_invalid', 0)} skipped as invalid), {stats.get('seconds', 0.0):.1f} s"
-    )
-    if stats.get("chips_replayed"):
-        click.echo(f"resumed: {stats['chips_replayed']} chips taken from the journal")
-    failed_chips = stats.get("chips_failed", [])
-    for failed in failed_chips:
-        click.echo(f"warning: chip {failed['chip_id']} could not be read: {failed['error']}", err=True)
-    if failed_chips:
-        from geosam.write.failed_chips import sidecar_path
-
-        click.echo(f"warning: {len(failed_chips)} chips skipped; objects touching them have complete = False; "
-                   f"their footprints are in {sidecar_path(out)}", err=True)
-    if stats.get("outline"):
-        o = stats["outline"]
-        click.echo(f"outlines: {o['changed']} of {o['objects']} changed, {o['vertices_before']} -> "
-                   f"{o['vertices_after']} vertices, {o['seconds']:.1f} s")
-    if profile:
-        click.echo(format_profile(stats.get("timings_s", {}), stats.get("seconds", 0.0)))
-    if stats.get("prompts_total"):
-        click.echo(
-            f"prefilter: {stats['prompts_skipped_prefilter']} of {stats['prompts_total']} prompts and "
-            f"{stats['chips_skipped_prefilter']} chips skipped"
-        )
-
-
-#: Stage order of ``--profile`` (stages a run did not time are left out; others follow).
-PROFILE_STAGES = ("read", "stretch", "encode", "decode", "filter", "upsample", "nms", "postprocess", "generate", "stitch", "polygonise")
-
-
-def format_profile(timings: dict[str, float], total_s: float) -> str:
-    """A table of seconds per stage. ``generate`` is the model's wall time (encode ... postprocess are
-    inside it); ``read`` and ``stretch`` run in the reader thread, overlapping the model; ``stitch``
-    (matching and merging across seams) and ``polygonise`` (finished objects to polygons) are apart."""
-    names = [s for s in PROFILE_STAGES if s in timings] + sorted(set(timings) - set(PROFILE_STAGES))
-    lines = ["stage          seconds"]
-    lines += [f"{n:<14} {timings[n]:8.2f}" for n in names]
-    lines.append(f"{'total (wall)':<14} {total_s:8.2f}")
-    return "\n".join(lines)

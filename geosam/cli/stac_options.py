@@ -97,14 +97,12 @@ def stac_sources(scenes: tuple[str, ...], opts: dict[str, Any]) -> list[Any] | N
 
 def segment_stac(scenes: list[Any], cfg: Any, *, output: str | None, output_dir: str | None, fmt: str,
                  resume: bool, overwrite: bool, scheduler: str | None, n_workers: int | None,
-                 extras: dict[str, Any], report: Callable[..., None], journal_path: Callable[[str], str]) -> None:
-    """Segment STAC ``scenes``: ``-o`` for one, ``--output-dir`` for any number; exit 1 when one failed.
-
-    ``report`` / ``journal_path``: the command's summary lines and journal location (``geosam.cli.segment``'s).
-    """
+                 extras: dict[str, Any]) -> None:
+    """Segment STAC ``scenes``: ``-o`` for one, ``--output-dir`` for any number; exit 1 when one failed."""
+    from geosam.cli.report import report
     from geosam.errors import GeosamError
-    from geosam.modes.everything import segment_scene
-    from geosam.run.journal import remove_journal
+    from geosam.modes.everything import segment_scene_to_file
+    from geosam.run.journal import journal_path, remove_journal
     from geosam.write.paths import check_outputs
 
     if any(extras.values()):
@@ -122,15 +120,15 @@ def segment_stac(scenes: list[Any], cfg: Any, *, output: str | None, output_dir:
         target = targets[sc.label]
         journal = journal_path(target) if resume else None
         try:
-            stats = segment_scene(sc, config=cfg, journal=journal, scheduler=scheduler, n_workers=n_workers,
-                                  output=target)
+            summary = segment_scene_to_file(sc, target, config=cfg, journal=journal, scheduler=scheduler,
+                                            n_workers=n_workers)
         except GeosamError as exc:
             if len(scenes) == 1:
                 raise
             failed += 1
             click.echo(f"{sc.label}: failed: {exc}", err=True)
             continue
-        report(target, stats, False)
+        report(summary, False)
         if journal is not None:
             remove_journal(journal)
     if len(scenes) > 1:

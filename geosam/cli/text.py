@@ -54,9 +54,9 @@ def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | Non
          mask_threshold: float | None, overlay: str | None, label_raster: str | None, profile: bool, overwrite: bool,
          **settings: Any) -> None:
     """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT."""
-    from geosam.cli.segment import report
-    from geosam.modes.text import segment_text
-    from geosam.write.label_raster import check_output_path, read_vector, render_overlay, write_label_raster
+    from geosam.cli.report import report, write_extras
+    from geosam.modes.text import segment_text_to_file
+    from geosam.write.checks import check_output_path
     from geosam.write.paths import check_outputs
 
     settings["indices"] = settings["indices"] or ()
@@ -72,12 +72,7 @@ def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | Non
         check_output_path(label_raster, "raster")
     inputs = {"SCENE": scene, **({"--exemplars": exemplars} if exemplars else {})}
     check_outputs({"--output": output, "--overlay": overlay, "--label-raster": label_raster}, inputs, overwrite=overwrite)
-    stats = segment_text(scene, list(phrases), exemplars=exemplars, model=cfg.model.model,
-                         score_threshold=score_threshold, mask_threshold=mask_threshold, config=cfg, output=output)
-    if label_raster or overlay:  # read back from the streamed output
-        gdf = read_vector(output)
-        if label_raster:
-            write_label_raster(gdf, label_raster, like_path=scene)
-        if overlay:
-            render_overlay(scene, gdf, overlay, bands=cfg.read.bands)
-    report(output, stats, profile)
+    summary = segment_text_to_file(scene, output, list(phrases), exemplars=exemplars, model=cfg.model.model,
+                                   score_threshold=score_threshold, mask_threshold=mask_threshold, config=cfg)
+    write_extras(scene, output, label_raster=label_raster, overlay=overlay, bands=cfg.read.bands)
+    report(summary, profile)

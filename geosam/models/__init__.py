@@ -18,12 +18,11 @@ from geosam.models.bundle import ModelCapabilities, SamBundle, require
 from geosam.models.compile import FAST_DECODER_CPU_CHUNK, compile_bundle
 from geosam.models.device import cpu_has_amx, resolve_device, resolve_dtype
 from geosam.models.hf_sam import BUILTIN_OFFLINE_MODEL_HINT, MODEL_LOAD_HELP
-from geosam.models.registry import clear_model_cache, load_model, load_sam, register_family
+from geosam.models.registry import clear_model_cache, load_model, register_family
 from geosam.models.runtime import (
     decode,
     decode_boxes,
     decode_points,
-    decode_prompts,
     encode,
     preprocess,
     resized_size,
@@ -44,10 +43,8 @@ __all__ = [
     "decode",
     "decode_boxes",
     "decode_points",
-    "decode_prompts",
     "encode",
     "load_model",
-    "load_sam",
     "preprocess",
     "register_family",
     "require",

@@ -130,10 +130,6 @@ def load_model(
     return bundle
 
 
-#: The public name used by the README and the tests; the same function as :func:`load_model`.
-load_sam = load_model
-
-
 def _family_for(name: str) -> ModelFamily:
     order = list(reversed(_FAMILIES.values()))
     for family in order:
@@ -172,7 +168,6 @@ __all__ = [
     "clear_model_cache",
     "families",
     "load_model",
-    "load_sam",
     "register_family",
     "unregister_family",
 ]

@@ -219,9 +219,6 @@ def decode(
     return _run_decoder(bundle, image_embeddings, multimask, **prompts)
 
 
-#: The former name of :func:`decode`.
-decode_prompts = decode
-
 
 def decode_points(
     bundle: SamBundle,
@@ -286,7 +283,6 @@ __all__ = [
     "decode",
     "decode_boxes",
     "decode_points",
-    "decode_prompts",
     "encode",
     "preprocess",
     "resized_size",

@@ -1,35 +1,42 @@
-"""Prompt mode in the run loop: the run's prompts, their chip tasks and statuses, and the output table.
+"""Prompt mode: one object per point / box prompt given in map coordinates (`segment_prompts`).
 
-Prompts are parsed by :mod:`geosam.prompts.parse`; windows are planned by
-:func:`geosam.tile.prompt_windows.plan_windows`; masks are decoded by
-:class:`geosam.segment.prompted.PromptMaskGenerator`. Coordinates: prompts in
-**scene pixel coordinates** here, output geometries in map coordinates.
+A prompt run is the run loop's data like every mode's (`geosam.modes.runner.ModePlan`): the
+prompts are parsed by `geosam.prompts.parse`; windows are planned by
+`geosam.tile.prompt_windows.plan_windows` (one chip task per window, carrying its prompts);
+masks are decoded by `geosam.segment.prompted.PromptMaskGenerator`; the
+`geosam.assemble.assemblers.PromptAssembler` gives one object per prompt;
+`geosam.assemble.tables.PromptTable` gives one row per prompt. Journal, Dask, output streaming and object hooks come from the runner, as in
+every mode. Coordinates: prompts in **scene pixel coordinates** here, output geometries in map
+coordinates.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from affine import Affine
 
-from geosam.assemble.records import Record, geo_frame
+from geosam.assemble.assemblers import PromptAssembler
+from geosam.assemble.records import ObjectHook
+from geosam.assemble.tables import PromptTable
+from geosam.config import PromptConfig, check_crs
 from geosam.errors import PromptError, PromptOutsideSceneError
+from geosam.modes.runner import ModePlan, PlanBuilder, RunOptions, run_dtype, run_mode
+from geosam.prompts.from_list import prompts_to_frame
 from geosam.prompts.parse import (
-    OUTPUT_COLUMNS,
     Prompt,
-    PromptWarning,
-    check_coordinates,
+    PromptColumns,
     grow_box,
     prompts_from_frame,
-    prompts_to_frame,
+    warn_prompt,
 )
 from geosam.read.scene import Scene
 from geosam.run.loop import ChipTask
+from geosam.run.summary import RunSummary
 from geosam.tile.grid import ChipSpec
 from geosam.tile.prompt_windows import plan_windows
 
@@ -41,98 +48,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def gather_prompts(
-    scene: str,
-    *,
-    prompts_file: str | None = None,
-    layer: str | None = None,
-    points: Sequence[Sequence[float]] = (),
-    boxes: Sequence[Sequence[float]] = (),
-    prompt_crs: Any = None,
-) -> gpd.GeoDataFrame:
-    """Prompts from a vector file and from point / box coordinates, as one GeoDataFrame.
-
-    The file's rows come first (in the file's CRS, or ``prompt_crs``, or the scene's
-    when it has none, with a warning; a GeoJSON without a ``crs`` member is WGS84
-    unless ``prompt_crs`` is given, and coordinates that cannot be longitude / latitude
-    raise :class:`PromptError` saying to pass ``--prompt-crs``), then ``points`` and ``boxes`` (in ``prompt_crs``,
-    default the scene's), reprojected to the file's CRS. Raises :class:`PromptError`
-    naming the file when it cannot be read, and when there is no prompt at all.
-    """
-    import geopandas as gpd
-    import pandas as pd
-
-    from geosam.prompts.table import has_geometry, points_from_table
-    from geosam.read.scene import SceneInfo, open_raster
-
-    with open_raster(scene) as ds:
-        scene_crs = SceneInfo.from_dataset(ds).crs_wkt
-
-    frames = []
-    if prompts_file:
-        try:
-            f = gpd.read_file(prompts_file, layer=layer)
-        except Exception as exc:
-            raise PromptError(f"{prompts_file}: cannot read prompts ({exc})") from exc
-        if not has_geometry(f):  # a CSV of x,y / lon,lat columns
-            f = points_from_table(f, str(prompts_file))
-        if f.crs is not None and prompt_crs is not None and _geojson_without_crs(prompts_file):
-            f = f.set_crs(prompt_crs, allow_override=True)  # GDAL reads such a file as WGS84
-        elif f.crs is None:
-            if prompt_crs is None:
-                warn(f"{prompts_file} has no CRS; assuming the scene's")
-            f = f.set_crs(prompt_crs if prompt_crs is not None else scene_crs)
-        check_coordinates(f, prompts_file)
-        frames.append(f)
-    items = [tuple(p) for p in points] + [tuple(b) for b in boxes]
-    if items:
-        frames.append(prompts_to_frame(items, prompt_crs if prompt_crs is not None else scene_crs))
-    if not frames:
-        raise PromptError("no prompts given: use a prompts file, points or boxes")
-    if len(frames) == 1:
-        out = frames[0]
-    else:
-        target = frames[0].crs
-        out = gpd.GeoDataFrame(pd.concat([f.to_crs(target) for f in frames], ignore_index=True), crs=target)
-    if prompts_file:
-        out.attrs["geosam_source"] = str(prompts_file)  # named in messages about its rows
-    return out
-
-
-def _geojson_without_crs(path: str) -> bool:
-    """True for a GeoJSON file without a top-level ``crs`` member (WGS84 by definition, RFC 7946)."""
-    import json
-
-    if not str(path).lower().endswith((".geojson", ".json")):
-        return False
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and "crs" not in doc
-
-
 # ---------------------------------------------------------------------------
 # a run's prompts, windows and table
 
 
-def resolve_prompts(
-    sc: Scene,
-    prompts: Any,
-    *,
-    prompt_crs: Any = None,
-    id_column: str | None = "id",
-    label_column: str | None = None,
-    point_label_column: str | None = None,
-    object_column: str | None = None,
-    box_grow: float = 0.0,
-) -> tuple[list[Prompt], list[str]]:
+def resolve_prompts(sc: Scene, prompts: Any, *, prompt_crs: Any = None, columns: PromptColumns | None = None,
+                    box_grow: float = 0.0) -> tuple[list[Prompt], list[str]]:
     """The run's prompts in scene pixel coordinates and their first status (``ok`` or ``outside``).
 
-    Raises :class:`PromptError` for malformed prompts and
-    :class:`PromptOutsideSceneError` when every prompt lies outside the scene; the
-    others outside get a warning.
+    Args:
+        sc: The open scene.
+        prompts: A GeoDataFrame or a list of points, boxes, geometries or dicts (`geosam.prompts.parse`).
+        prompt_crs: The CRS of a list, or of a GeoDataFrame without one (default: the scene's).
+        columns: Which columns of a GeoDataFrame say what (`geosam.prompts.parse.PromptColumns`; None:
+            the defaults).
+        box_grow: Grow every box by this fraction of its width / height on each side.
+
+    Returns:
+        The prompts and one status each.
+
+    Raises:
+        PromptError: Malformed prompts.
+        PromptOutsideSceneError: Every prompt lies outside the scene (the others outside get a warning).
     """
     import geopandas as gpd
     from rasterio.crs import CRS
@@ -149,8 +86,7 @@ def resolve_prompts(
         raise PromptError("no prompts given")
     plist = prompts_from_frame(frame, scene_crs, info.transform,
                                prompt_crs=prompt_crs if isinstance(prompts, gpd.GeoDataFrame) else None,
-                               id_column=id_column, label_column=label_column,
-                               point_label_column=point_label_column, object_column=object_column,
+                               columns=columns or PromptColumns(),
                                scene_bounds=info.bounds if info.is_geographic else None)
     if box_grow:
         plist = [Prompt(p.prompt_id, grow_box(p.box, box_grow) if p.box else None, p.points, p.point_labels,
@@ -165,13 +101,25 @@ def resolve_prompts(
         )
     for p, s in zip(plist, status):
         if s == "outside":
-            warn(f"{sc.path}: prompt {p.prompt_id!r} lies outside the scene; it gets an empty result")
+            warn_prompt(f"{sc.path}: prompt {p.prompt_id!r} lies outside the scene; it gets an empty result")
     return plist, status
 
 
 def prompt_tasks(sc: Scene, plist: Sequence[Prompt], status: Sequence[str], cfg: PromptWindowConfig,
                  chip_size_px: int, overlap_px: int) -> list[ChipTask]:
-    """One chip task per window of :func:`geosam.tile.prompt_windows.plan_windows`, carrying its prompts (``ok`` ones only)."""
+    """One chip task per window of `geosam.tile.prompt_windows.plan_windows`, carrying its prompts.
+
+    Args:
+        sc: The open scene.
+        plist: The run's prompts (scene pixels).
+        status: Their statuses; only ``ok`` prompts get a window.
+        cfg: The prompt windows' settings.
+        chip_size_px: The grid's chip size (0: one window per prompt).
+        overlap_px: The grid's overlap.
+
+    Returns:
+        The chip tasks.
+    """
     info = sc.info
     inside = [i for i, s in enumerate(status) if s == "ok"]
     plan = plan_windows([plist[i] for i in inside], info.width, info.height, cfg, chip_size_px, overlap_px)
@@ -185,29 +133,9 @@ def prompt_tasks(sc: Scene, plist: Sequence[Prompt], status: Sequence[str], cfg:
     return tasks
 
 
-def report_statuses(path: str, plist: Sequence[Prompt], status: Sequence[str]) -> None:
-    """Warn about prompts on invalid pixels or without a mask; raise if no prompt could be used."""
-    for p, st in zip(plist, status):
-        if st == "invalid":
-            warn(f"{path}: prompt {p.prompt_id!r} lies on invalid (nodata / fill) pixels; it gets an empty result")
-        elif st == "empty":
-            warn(f"{path}: prompt {p.prompt_id!r}: the model found no object there")
-    if not any(s in ("ok", "empty") for s in status):
-        raise PromptOutsideSceneError(
-            f"{path}: none of the {len(plist)} prompts can be used: they lie outside the scene or on "
-            "invalid (nodata / fill) pixels"
-        )
-
-
-def warn(msg: str) -> None:
-    """Warn about a prompt, once: a :class:`PromptWarning` (the log gets it at debug level only)."""
-    log.debug(msg)
-    warnings.warn(msg, PromptWarning, stacklevel=3)
-
-
 def _outside_status(p: Prompt, width: int, height: int) -> str:
     """"outside" when no positive point and no part of the box lies in the scene, or when the prompt's
-    coordinates are not finite (it could not be reprojected to the scene's CRS)."""
+    coordinates are not finite (it could not be reprojected to the scene's CRS); else "ok"."""
     coords = [v for pt in p.points for v in pt] + list(p.box or ())
     if not all(math.isfinite(v) for v in coords):
         return "outside"
@@ -221,34 +149,128 @@ def _outside_status(p: Prompt, width: int, height: int) -> str:
     return "ok"
 
 
-def prompts_frame(plist: list[Prompt], status: list[str], records: list[Record], crs_wkt: str,
-                  model_name: str) -> gpd.GeoDataFrame:
-    """One row per prompt in input order: ``prompt_id, prompt_type, <carried columns>, label, status,
-    predicted_iou, area_m2 (m2), model, geometry`` (map coordinates; empty where nothing was found)."""
-    from shapely.geometry import Polygon
+def _prompt_plan(prompts: Any, model: Any, cfg: PromptConfig, prompt_crs: Any, columns: PromptColumns | None,
+                 journal: str | os.PathLike[str] | None) -> PlanBuilder:
+    """The plan builder of a prompt run: prompts (no model), then the model and the windows."""
 
-    by_key = {r.key: r for r in records}
-    geoms = [by_key[i].geom if i in by_key else Polygon() for i in range(len(plist))]
-    carried: list[str] = []
-    for p in plist:
-        for c in p.attrs:
-            if c not in carried:
-                carried.append(c)
-    data: dict[str, Any] = {
-        "prompt_id": [p.prompt_id for p in plist],
-        "prompt_type": [p.kind for p in plist],
-    }
-    for c in carried:
-        name = f"input_{c}" if c in OUTPUT_COLUMNS or c == "geometry" else c
-        if c == "label" and all(p.attrs.get(c) == p.label for p in plist):
-            continue  # the label column itself: it becomes `label`
-        data[name] = [p.attrs.get(c) for p in plist]
-    data["label"] = [p.label for p in plist]
-    data["status"] = list(status)
-    data["predicted_iou"] = np.array([by_key[i].predicted_iou if i in by_key else np.nan for i in range(len(plist))])
-    n_cols = len(data)
-    data["model"] = [model_name] * len(plist)
-    return geo_frame(data, geoms, crs_wkt, area_at=n_cols)
+    def build(sc: Scene) -> ModePlan:
+        from geosam.models import SamBundle, load_model
+        from geosam.segment.prompted import PromptMaskGenerator
+
+        plist, status = resolve_prompts(sc, prompts, prompt_crs=prompt_crs, columns=columns,
+                                        box_grow=cfg.window.box_grow)
+        m = cfg.model
+        if isinstance(model, SamBundle):
+            bundle = model
+        else:
+            bundle = load_model(m.model, device=m.device, dtype=run_dtype(m.dtype, m.device, journal))
+        generator = PromptMaskGenerator(bundle, cfg.window)
+        generator.check_prompts([p for p, s in zip(plist, status) if s == "ok"])
+        chip = cfg.tiling.chip_size_px if cfg.tiling.chip_size_px is not None else generator.default_chip_size_px
+        tasks = prompt_tasks(sc, plist, status, cfg.window, chip, cfg.tiling.overlap_px)
+        table = PromptTable(plist, status, len(tasks), chip, sc.path, sc.info.crs_wkt, bundle.name, cfg.output.to_crs,
+                            cfg.outline)
+        dtype_name = str(bundle.dtype).removeprefix("torch.")
+        return ModePlan(tasks=tasks, generator=generator, assembler=PromptAssembler(status),
+                        table=lambda folder: table, engine=cfg.engine, desc="prompts", dtype=dtype_name,
+                        settings={**cfg.flat(), "model": bundle.name, "dtype": dtype_name, "chip_size_px": chip})
+
+    return build
 
 
-__all__ = ["gather_prompts", "prompt_tasks", "prompts_frame", "report_statuses", "resolve_prompts", "warn"]
+def _prompt_run(prompts: Any, model: Any, prompt_crs: Any, columns: PromptColumns | None, config: PromptConfig | None,
+                options: RunOptions, settings: dict[str, Any]) -> tuple[PromptConfig, PlanBuilder]:
+    """Check a prompt run's settings (before any pixel or model) and return its config and plan builder."""
+    from geosam.models import SamBundle
+
+    if model is not None and not isinstance(model, SamBundle):
+        settings["model"] = model
+    cfg = (config or PromptConfig()).with_overrides(**settings)
+    if prompt_crs is not None:
+        check_crs(prompt_crs, "prompt_crs")
+    return cfg, _prompt_plan(prompts, model, cfg, prompt_crs, columns, options.journal)
+
+
+def segment_prompts(
+    scene: Any,
+    prompts: Any,
+    *,
+    model: Any = None,
+    prompt_crs: Any = None,
+    columns: PromptColumns | None = None,
+    config: PromptConfig | None = None,
+    object_hooks: list[ObjectHook] | None = None,
+    journal: str | os.PathLike[str] | None = None,
+    scheduler: Any = None,
+    n_workers: int | None = None,
+    **settings: Any,
+) -> gpd.GeoDataFrame:
+    """Segment one object per point / box prompt given in map coordinates (see `geosam.prompts.parse`).
+
+    Args:
+        scene: A raster path, an open rasterio dataset or an xarray DataArray.
+        prompts: A GeoDataFrame or a list of points, boxes, geometries or dicts, in any CRS.
+        model: "litemedsam" (default, built in, offline; box prompts), a SAM hub id or local directory,
+            or a loaded `geosam.models.SamBundle`.
+        prompt_crs: The CRS of a list, or of a GeoDataFrame without one (default: the scene's).
+        columns: Which columns of a GeoDataFrame give the prompt id, label, point label and object
+            (`geosam.prompts.parse.PromptColumns`; None: the defaults, ``id`` and ``label`` when present).
+        config: The run's settings (`geosam.config.PromptConfig`); ``settings`` override it.
+        object_hooks: Per-object attribute hooks (their columns join the table).
+        journal: Resume (`geosam.run.journal`): every finished window is committed to this file; calling
+            again with it replays those windows and runs only the rest (same output).
+        scheduler: Scale-out (`geosam.run.dask`): ``"local"``, a scheduler address or a
+            ``distributed.Client``; the prompt windows run on the workers (same output as in-process).
+        n_workers: Worker processes of ``scheduler="local"``.
+        **settings: Flat `geosam.config.PromptConfig` settings, e.g.
+            ``box_grow=0.1, context=2.5, chip_size_px=0, device="cpu", fill_value=255``.
+
+    Returns:
+        One row per prompt in input order (``prompt_id, prompt_type, ..., label, status, predicted_iou,
+        area_m2, model, geometry``); ``status`` is ``ok`` (an object was found), ``empty`` (decoded,
+        nothing found), ``outside`` (outside the scene) or ``invalid`` (on nodata / fill pixels). The
+        run statistics are in ``attrs["geosam"]``.
+    """
+    options = RunOptions(journal, scheduler, n_workers, tuple(object_hooks or ()))
+    options.check()
+    cfg, build = _prompt_run(prompts, model, prompt_crs, columns, config, options, settings)
+    frame = run_mode(scene, cfg.read, build, options).frame
+    assert frame is not None
+    return frame
+
+
+def segment_prompts_to_file(
+    scene: Any,
+    prompts: Any,
+    output: str | os.PathLike[str],
+    *,
+    layer: str | None = None,
+    model: Any = None,
+    prompt_crs: Any = None,
+    columns: PromptColumns | None = None,
+    config: PromptConfig | None = None,
+    object_hooks: list[ObjectHook] | None = None,
+    journal: str | os.PathLike[str] | None = None,
+    scheduler: Any = None,
+    n_workers: int | None = None,
+    **settings: Any,
+) -> RunSummary:
+    """`segment_prompts`, writing the table into a vector file (atomically).
+
+    Every argument not listed here is as in `segment_prompts`.
+
+    Args:
+        output: The vector file (checked before any pixel or model).
+        layer: The layer of a GeoPackage output (default: the file's stem).
+
+    Returns:
+        The run statistics (``details["status_counts"]``: prompts per status), with the written file
+        in ``output``.
+    """
+    options = RunOptions(journal, scheduler, n_workers, tuple(object_hooks or ()))
+    options.check()
+    cfg, build = _prompt_run(prompts, model, prompt_crs, columns, config, options, settings)
+    return run_mode(scene, cfg.read, build, options, output, layer).summary
+
+
+__all__ = ["prompt_tasks", "resolve_prompts", "segment_prompts", "segment_prompts_to_file"]

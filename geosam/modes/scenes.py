@@ -1,8 +1,9 @@
 """Many scenes in one call: one output per scene, or one merged table with a ``scene`` column.
 
-:func:`segment_scenes` runs :func:`geosam.modes.everything.segment_scene` for each scene; a scene
-that fails is reported (``failed``) and the others go on. With a Dask ``scheduler`` one
-client serves every scene, so the chips of all scenes share the cluster.
+`segment_scenes` runs segment-everything (`geosam.modes.everything.everything_plan`, through the one
+runner `geosam.modes.runner.run_mode`) for each scene; a scene that fails is reported (``failed``)
+and the others go on. With a Dask ``scheduler`` one client serves every scene, so the chips of all
+scenes share the cluster.
 """
 
 from __future__ import annotations
@@ -16,23 +17,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from geosam.config import SegmentConfig
 from geosam.errors import ConfigError, GeosamError
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
+    from geosam.run.summary import RunSummary
     from geosam.segment.base import MaskGenerator
 
 log = logging.getLogger(__name__)
 
-#: suffix of the journal kept beside an output by ``resume=True``
-JOURNAL_SUFFIX = ".geosam-journal"
-
 
 def expand_scenes(items: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Scene paths from ``items``: glob patterns are expanded (sorted), ``@list.txt`` reads one
-    path or GDAL URL per line (blank lines and ``#`` comments skipped); anything else is kept
-    as given (a path or a URL such as ``/vsicurl/https://...``). Duplicates are dropped."""
+    """Scene paths from ``items``.
+
+    Args:
+        items: Glob patterns (expanded, sorted), ``@list.txt`` (one path or GDAL URL per line; blank lines
+            and ``#`` comments skipped) or anything else, kept as given (a path or a URL such as
+            ``/vsicurl/https://...``).
+
+    Returns:
+        The paths, duplicates dropped.
+
+    Raises:
+        ConfigError: A list file that does not exist, or a pattern that matches nothing.
+    """
     out: list[str] = []
     for item in items:
         text = os.fspath(item)
@@ -53,7 +63,16 @@ def expand_scenes(items: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 
 def output_names(scenes: Sequence[str], output_dir: str | os.PathLike[str], ext: str) -> dict[str, str]:
-    """One output path per scene in ``output_dir``: the scene's file stem plus ``ext``, numbered when stems repeat."""
+    """One output path per scene.
+
+    Args:
+        scenes: The scene paths.
+        output_dir: The folder of the outputs.
+        ext: The outputs' suffix, e.g. ``".gpkg"``.
+
+    Returns:
+        Per scene, ``output_dir`` / the scene's file stem plus ``ext`` (numbered when stems repeat).
+    """
     used: dict[str, int] = {}
     out = {}
     for s in scenes:
@@ -66,12 +85,13 @@ def output_names(scenes: Sequence[str], output_dir: str | os.PathLike[str], ext:
 
 @dataclass
 class ScenesResult:
-    """What :func:`segment_scenes` did.
+    """What `segment_scenes` did.
 
-    frames: each finished scene's table (only when nothing was written and not merged).
-    merged: the merged table (``merge=True``), with a ``scene`` column.
-    outputs: written files per scene (or the merged file under ``"*"``).
-    failed: error message per failed scene.
+    Attributes:
+        frames: Each finished scene's table (only when nothing was written and not merged).
+        merged: The merged table (``merge=True``), with a ``scene`` column.
+        outputs: Written files per scene (or the merged file under ``"*"``).
+        failed: Error message per failed scene.
     """
 
     frames: dict[str, gpd.GeoDataFrame] = field(default_factory=dict)
@@ -85,10 +105,17 @@ class ScenesResult:
 
 
 def merge_frames(frames: dict[str, gpd.GeoDataFrame], to_crs: Any = None) -> gpd.GeoDataFrame:
-    """One table of every scene's objects with a ``scene`` column first; CRSs other than
-    ``to_crs`` are reprojected (valid, split at the antimeridian). Default ``to_crs``: the scenes'
-    CRS, or EPSG:4326 when they are in several (a UTM zone cannot hold a polar scene), with one
-    warning naming them."""
+    """One table of every scene's objects with a ``scene`` column first.
+
+    Args:
+        frames: Each scene's table.
+        to_crs: The merged table's CRS. Default: the scenes' CRS, or EPSG:4326 when they are in several (a UTM
+            zone cannot hold a polar scene), with one warning naming them. Other CRSs are reprojected (valid,
+            split at the antimeridian).
+
+    Returns:
+        The merged table.
+    """
     import geopandas as gpd
     import pandas as pd
 
@@ -122,24 +149,40 @@ def segment_scenes(
     output: str | os.PathLike[str] | None = None,
     ext: str = ".gpkg",
     resume: bool = False,
+    config: SegmentConfig | None = None,
     scheduler: Any = None,
     n_workers: int | None = None,
-    on_scene: Callable[[str, dict[str, Any] | None, str | None], None] | None = None,
+    on_scene: Callable[[str, RunSummary | None, str | None], None] | None = None,
     **settings: Any,
 ) -> ScenesResult:
-    """Segment every scene (paths, globs or ``@list.txt``, see :func:`expand_scenes`).
+    """Segment every scene; a scene failing with a geosam error is recorded in ``failed`` and the others go on.
 
-    output_dir: write one vector file per scene there (``<stem><ext>``); merge: one table with a
-        ``scene`` column instead, written to ``output`` when given. resume: keep a journal beside
-        each output (``<output>.geosam-journal``) and resume from it; removed after the write.
-    mask_generator: one generator for every scene, or a function of the scene path returning one.
-    on_scene: called after each scene with (scene, its run statistics or None, error or None).
-    settings: as :func:`geosam.modes.everything.segment_scene`. A scene failing with a geosam error is
-    recorded in ``failed`` and the others go on.
+    Args:
+        scenes: Paths, globs or ``@list.txt`` (see `expand_scenes`).
+        mask_generator: One generator for every scene, or a function of the scene path returning one.
+        output_dir: Write one vector file per scene there (``<stem><ext>``).
+        merge: One table with a ``scene`` column instead, written to ``output`` when given.
+        output: The merged table's file.
+        ext: The suffix of the per-scene files.
+        resume: Keep a journal beside each output (``<output>.geosam-journal``) and resume from it;
+            removed after the write.
+        config: As `geosam.modes.everything.segment_scene`.
+        scheduler: One Dask client serves every scene (see `geosam.run.dask.connect`).
+        n_workers: Worker processes of ``scheduler="local"``.
+        on_scene: Called after each scene with (scene, its run statistics or None, error or None).
+        **settings: As `geosam.modes.everything.segment_scene`.
+
+    Returns:
+        The tables, written files and failures.
+
+    Raises:
+        ConfigError: No scenes, bad settings, or ``resume`` without an output.
     """
-    from geosam.modes.everything import segment_scene
-    from geosam.run.journal import remove_journal
+    from geosam.modes.everything import everything_plan
+    from geosam.modes.runner import RunOptions, run_mode
+    from geosam.run.journal import journal_path, remove_journal
 
+    cfg = (config or SegmentConfig()).with_overrides(**settings)
     paths = expand_scenes(scenes)
     if not paths:
         raise ConfigError("no scenes given")
@@ -158,31 +201,31 @@ def segment_scenes(
             scheduler, n_workers = connect(stack, scheduler, n_workers), None  # one client for every scene
         for scene in paths:
             target = names.get(scene) or (os.fspath(output) + f".{len(frames)}" if merge and output else None)
-            journal = target + JOURNAL_SUFFIX if resume and target else None
+            journal = journal_path(target) if resume and target else None
+            options = RunOptions(journal, scheduler, n_workers)
             try:  # one file per scene: objects streamed into it (memory independent of their number)
-                res = segment_scene(scene, _scene_generator(mask_generator, scene), journal=journal,
-                                    scheduler=scheduler, n_workers=n_workers, output=names.get(scene), **settings)
+                build = everything_plan(cfg, _scene_generator(mask_generator, scene), journal)
+                res = run_mode(scene, cfg.read, build, options, names.get(scene))
             except GeosamError as exc:
                 log.error("%s: %s", scene, exc)
                 result.failed[scene] = str(exc)
                 if on_scene is not None:
                     on_scene(scene, None, str(exc))
                 continue
-            if scene in names:
-                result.outputs[scene] = res["output"]
-                stats = res
-            else:
-                frames[scene], stats = res, res.attrs.get("geosam", {})
+            if res.frame is not None:
+                frames[scene] = res.frame
+            elif res.summary.output is not None:
+                result.outputs[scene] = res.summary.output
             if journal is not None:
                 journals.append(journal)
                 if scene in names:  # its output is written: the journal is done
                     remove_journal(journals.pop())
             if on_scene is not None:
-                on_scene(scene, stats, None)
-        if merge:
-            _merge_into(result, frames, journals, output, settings.get("to_crs"))
-        else:
-            result.frames = frames
+                on_scene(scene, res.summary, None)
+    if merge:
+        _merge_into(result, frames, journals, output, cfg.output.to_crs or None)
+    else:
+        result.frames = frames
     return result
 
 
@@ -223,7 +266,7 @@ def _merge_into(result: ScenesResult, frames: dict[str, gpd.GeoDataFrame], journ
                 output: str | os.PathLike[str] | None, to_crs: Any) -> None:
     """Merge the scenes' tables into ``result``; write them to ``output`` (then drop the journals)."""
     from geosam.run.journal import remove_journal
-    from geosam.write.label_raster import write_vector
+    from geosam.write.vector import write_vector
 
     result.merged = merge_frames(frames, to_crs)
     if output is not None:

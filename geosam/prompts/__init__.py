@@ -1,1 +1,1 @@
-"""Prompts: parsing vector files and lists of points / boxes into prompts in scene pixels, and exemplars."""
+"""Prompts: vector files and lists of points / boxes into prompts in scene pixels, their labels, and exemplars."""

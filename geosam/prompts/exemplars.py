@@ -4,10 +4,10 @@ Input: a GeoDataFrame or a vector file path; one row per exemplar box, any CRS
 (reprojected to the scene's; a frame without a CRS is in the scene's). A row's box
 is its geometry's bounding box in the scene's pixel frame (a Polygon drawn around an
 object; a Point is refused). Column ``label`` (optional): 1 / 0, true / false,
-"positive" / "negative" (default positive). A box wholly outside the scene is an
+"positive" / "negative", every spelling of `geosam.prompts.labels` (default positive). A box wholly outside the scene is an
 error naming the file and row; a box partly outside is clipped to the scene.
 
-Windows (:func:`exemplar_windows`): each exemplar is shown to the model on a window
+Windows (`exemplar_windows`): each exemplar is shown to the model on a window
 of the chip's size (``chip_size_px``, smaller only where the scene is) centred on it
 and shifted inside the scene, so that objects appear at the scale they have on every
 chip; exemplars that lie whole inside one window share it. Nothing here needs pixels
@@ -22,36 +22,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from geosam.errors import ConfigError, PromptError, PromptOutsideSceneError
+from geosam.geo import map_bounds_to_pixels
+from geosam.prompts.labels import parse_label
 from geosam.windows import PixelWindow
-
-_POSITIVE = {"1", "true", "t", "yes", "positive", "pos", "+"}
-_NEGATIVE = {"0", "false", "f", "no", "negative", "neg", "-"}
 
 
 @dataclass(frozen=True)
 class Exemplar:
-    """One exemplar box: ``row`` (its row index in the input), ``box`` (x0, y0, x1, y1) in
-    scene pixels (x = column), ``positive`` (False: a negative exemplar, "not like this")."""
+    """One exemplar box.
+
+    Attributes:
+        row: Its row index in the input.
+        box: (x0, y0, x1, y1) in scene pixels (x = column).
+        positive: False for a negative exemplar ("not like this").
+    """
 
     row: Any
     box: tuple[float, float, float, float]
     positive: bool = True
-
-
-def _label(value: Any, where: str) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return True
-    if isinstance(value, bool) or (isinstance(value, (int, float)) and float(value) in (0.0, 1.0)):
-        return bool(value)
-    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars
-        return _label(value.item(), where)
-    text = str(value).strip().lower()
-    if text in _POSITIVE:
-        return True
-    if text in _NEGATIVE:
-        return False
-    raise PromptError(f"{where}: label {value!r} is neither positive (1, true, positive) nor negative "
-                      "(0, false, negative)")
 
 
 def _frame(exemplars: Any) -> tuple[Any, str]:
@@ -71,15 +59,24 @@ def _frame(exemplars: Any) -> tuple[Any, str]:
     raise PromptError(f"exemplars must be a GeoDataFrame or a vector file path, got {type(exemplars).__name__}")
 
 
-def _to_px(inv: Any, bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = bounds
-    corners = [inv @ (x, y) for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
-    cs, rs = [float(c) for c, _ in corners], [float(r) for _, r in corners]
-    return min(cs), min(rs), max(cs), max(rs)
-
-
 def read_exemplars(exemplars: Any, scene_crs: Any, transform: Any, width: int, height: int) -> list[Exemplar]:
-    """Exemplar boxes in scene pixels (see the module docstring); PromptError naming the file and row otherwise."""
+    """Exemplar boxes in scene pixels (see the module docstring).
+
+    Args:
+        exemplars: A GeoDataFrame or a vector file path.
+        scene_crs: The scene's CRS (the boxes are reprojected to it).
+        transform: The scene's transform (pixel -> map).
+        width: The scene's width (px).
+        height: The scene's height (px).
+
+    Returns:
+        The exemplars, in row order.
+
+    Raises:
+        PromptError: An unreadable file, a row without a box, a bad label, or only negative boxes
+            (naming the file and row).
+        PromptOutsideSceneError: A box outside the scene.
+    """
     from geosam.geo import same_crs
     from geosam.prompts.parse import check_coordinates
 
@@ -99,7 +96,7 @@ def read_exemplars(exemplars: Any, scene_crs: Any, transform: Any, width: int, h
             raise PromptError(f"{at}: the exemplar has no geometry")
         if geom.geom_type == "Point":
             raise PromptError(f"{at}: an exemplar is a box (a polygon around one object), got a Point")
-        x0, y0, x1, y1 = _to_px(inv, tuple(geom.bounds))
+        x0, y0, x1, y1 = map_bounds_to_pixels(inv, tuple(geom.bounds))
         if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
             raise PromptOutsideSceneError(f"{at}: the box cannot be reprojected to the scene's CRS")
         if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
@@ -109,33 +106,30 @@ def read_exemplars(exemplars: Any, scene_crs: Any, transform: Any, width: int, h
         box = (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
         if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
             raise PromptError(f"{at}: the exemplar box has no area (a line or a point); draw a box around the object")
-        out.append(Exemplar(row=row.item() if hasattr(row, "item") else row, box=box, positive=_label(lab, at)))
+        out.append(Exemplar(row=row.item() if hasattr(row, "item") else row, box=box, positive=parse_label(lab, at)))
     if not any(e.positive for e in out):
         raise PromptError(f"{where}: every exemplar is negative; give at least one positive box")
     return out
 
 
-def _window(box: tuple[float, float, float, float], size: tuple[int, int], width: int, height: int) -> PixelWindow:
-    """A window of ``size`` (w, h) centred on ``box``, shifted inside the scene."""
-
-    def axis(c: float, side: int, n: int) -> int:
-        return min(max(math.floor(c - side / 2.0), 0), n - side)
-
-    w, h = size
-    return PixelWindow(axis((box[0] + box[2]) / 2.0, w, width), axis((box[1] + box[3]) / 2.0, h, height), w, h)
-
-
-def _inside(win: PixelWindow, box: tuple[float, float, float, float]) -> bool:
-    return win.col_off <= box[0] and win.row_off <= box[1] and box[2] <= win.col_end and box[3] <= win.row_end
-
-
 def exemplar_windows(exemplars: list[Exemplar], width: int, height: int,
                      chip_size_px: int) -> list[tuple[PixelWindow, list[int]]]:
-    """Windows of the chips' size showing every exemplar whole: ``[(window, [exemplar index, ...]), ...]``.
+    """Windows of the chips' size showing every exemplar whole.
 
     Greedy in input order: the first exemplar not yet shown gets a window centred on it; every
-    other exemplar not yet shown that lies whole inside that window joins it. ConfigError for a
-    box larger than a chip (it could not be shown whole, nor found whole on a chip).
+    other exemplar not yet shown that lies whole inside that window joins it.
+
+    Args:
+        exemplars: The exemplars (scene pixels).
+        width: The scene's width (px).
+        height: The scene's height (px).
+        chip_size_px: The run's chip size.
+
+    Returns:
+        ``[(window, [exemplar index, ...]), ...]``.
+
+    Raises:
+        ConfigError: A box larger than a chip (it could not be shown whole, nor found whole on a chip).
     """
     size = (min(chip_size_px, width), min(chip_size_px, height))
     for e in exemplars:
@@ -146,16 +140,25 @@ def exemplar_windows(exemplars: list[Exemplar], width: int, height: int,
     left = list(range(len(exemplars)))
     out: list[tuple[PixelWindow, list[int]]] = []
     while left:
-        win = _window(exemplars[left[0]].box, size, width, height)
-        members = [i for i in left if _inside(win, exemplars[i].box)]
+        win = PixelWindow.centred_on(exemplars[left[0]].box, size, width, height)
+        members = [i for i in left if win.contains_box(exemplars[i].box)]
         out.append((win, members))
         left = [i for i in left if i not in members]
     return out
 
 
 def window_boxes(exemplars: list[Exemplar], members: list[int], win: PixelWindow) -> tuple[list[list[float]], list[int]]:
-    """SAM 3's box input for one window: normalised (cx, cy, w, h) per member (0..1 of the window, which
-    SAM 3 resizes to its square input without padding) and labels (1 positive, 0 negative)."""
+    """SAM 3's box input for one window.
+
+    Args:
+        exemplars: The exemplars (scene pixels).
+        members: Indices of the exemplars shown on ``win``.
+        win: The window.
+
+    Returns:
+        Normalised (cx, cy, w, h) per member (0..1 of the window, which SAM 3 resizes to its square input
+        without padding) and labels (1 positive, 0 negative).
+    """
     boxes, labels = [], []
     for i in members:
         x0, y0, x1, y1 = exemplars[i].box

@@ -1,4 +1,4 @@
-"""List prompts -> a GeoDataFrame of prompts (see :mod:`geosam.prompts.parse` for the accepted forms).
+"""List prompts -> a GeoDataFrame of prompts (see `geosam.prompts.parse` for the accepted forms).
 
 Coordinates are in the prompts' CRS (map units); each list item becomes one row,
 or one row per point of a ``"points"`` dict, tagged with its item index.
@@ -26,7 +26,18 @@ _PLAB = POINT_LABEL_COLUMN
 
 
 def prompts_to_frame(items: Sequence[Any], crs: Any) -> gpd.GeoDataFrame:
-    """A list of prompts (see the module docstring) as a GeoDataFrame in ``crs``."""
+    """A list of prompts as a GeoDataFrame.
+
+    Args:
+        items: Points, boxes, geometries or dicts (see `geosam.prompts.parse`).
+        crs: The prompts' CRS.
+
+    Returns:
+        One row per prompt (per point of a ``"points"`` dict), in ``crs``.
+
+    Raises:
+        PromptError: An item that is none of those.
+    """
     import geopandas as gpd
 
     rows = [row for i, item in enumerate(items) for row in _item_rows(item, i)]

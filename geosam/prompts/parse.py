@@ -11,8 +11,8 @@ Input (``prompts``), in any CRS (reprojected to the scene's):
   - ``label`` (``label_column``): any value, copied to the output ``label``
     (e.g. a class name);
   - ``point_label`` (``point_label_column``): 1 / 0, True / False, "positive" /
-    "negative" (also pos/neg, fg/bg, +/-): a foreground or background point
-    (default foreground);
+    "negative" (every spelling of `geosam.prompts.labels`): a foreground or
+    background point (default foreground);
   - ``object_column`` (no default): rows with the same value form one prompt,
     e.g. two positive and one negative point, or points plus a box, for one
     object; its ``prompt_id`` is that value.
@@ -32,10 +32,10 @@ input order: ``prompt_id, prompt_type, <carried columns>, label, status,
 predicted_iou, area_m2, model, geometry`` (Polygon or MultiPolygon). A prompt
 outside the scene or on invalid pixels gives a warning and a row with an
 empty geometry (``status`` "outside" / "invalid"; "empty" when the model found
-nothing); if no prompt can be used at all, :class:`PromptOutsideSceneError`.
+nothing); if no prompt can be used at all, `PromptOutsideSceneError`.
 
-Windows (scene pixel frame): see :class:`~geosam.config.PromptConfig` and
-:func:`plan_windows`. One image embedding serves every prompt of a window; a
+Windows (scene pixel frame): see `geosam.config.PromptConfig` and
+`plan_windows`. One image embedding serves every prompt of a window; a
 window always contains its prompts' boxes whole.
 """
 
@@ -45,35 +45,67 @@ import logging
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from geosam.errors import PromptError
-from geosam.geo import same_crs, wrap_longitudes
+from geosam.errors import PromptError, PromptOutsideSceneError
+from geosam.geo import map_bounds_to_pixels, same_crs, wrap_longitudes
 from geosam.prompts.from_list import OBJECT_COLUMN as _OBJ
 from geosam.prompts.from_list import POINT_LABEL_COLUMN as _PLAB
-from geosam.prompts.from_list import prompts_to_frame  # re-exported: part of this module's API
+from geosam.prompts.labels import parse_label
 
 log = logging.getLogger(__name__)
 
 #: columns geosam writes; input columns with these names are carried as ``input_<name>``
 OUTPUT_COLUMNS = ("prompt_id", "prompt_type", "label", "status", "predicted_iou", "area_m2", "model")
-_POSITIVE = {"1", "true", "t", "yes", "y", "positive", "pos", "fg", "foreground", "+", "include", "in"}
-_NEGATIVE = {"0", "false", "f", "no", "n", "negative", "neg", "bg", "background", "-", "exclude", "out"}
 
 
 class PromptWarning(UserWarning):
     """A prompt could not be used (outside the scene, on invalid pixels) or found nothing."""
 
 
+def warn_prompt(msg: str) -> None:
+    """Warn about prompts, once: a `PromptWarning` at the caller's caller (the log gets it at debug level).
+
+    Args:
+        msg: The message (names the scene or file and the prompt).
+    """
+    log.debug(msg)
+    warnings.warn(msg, PromptWarning, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class PromptColumns:
+    """Which columns of a prompts GeoDataFrame say what (None: the default named below, when present).
+
+    Attributes:
+        id: The output ``prompt_id`` (default ``id``; else the row index).
+        label: Copied to the output ``label`` (default: a column named ``label``).
+        point_label: Marks points positive or negative (default ``point_label``; spellings in
+            `geosam.prompts.labels`).
+        object: Rows with the same value form one prompt (no default).
+    """
+
+    id: str | None = "id"
+    label: str | None = None
+    point_label: str | None = None
+    object: str | None = None
+
+
 @dataclass(frozen=True)
 class Prompt:
     """One object to segment, in **scene pixel coordinates** (x = column, y = row, floats).
 
-    box: (x0, y0, x1, y1) or None; points: ((x, y), ...) with point_labels
-    (1 foreground, 0 background). attrs: input columns carried to the output.
+    Attributes:
+        prompt_id: The output ``prompt_id``.
+        box: (x0, y0, x1, y1), or None.
+        points: ((x, y), ...).
+        point_labels: One per point: 1 foreground, 0 background.
+        label: The output ``label``.
+        attrs: Input columns carried to the output.
     """
 
     prompt_id: Any
@@ -106,44 +138,37 @@ class Prompt:
 # input -> Prompt list
 
 
-def _parse_point_label(value: Any, where: str) -> int:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return 1
-    if isinstance(value, (bool, np.bool_)):
-        return int(bool(value))
-    if isinstance(value, (int, np.integer, float, np.floating)) and float(value) in (0.0, 1.0):
-        return int(value)
-    text = str(value).strip().lower()
-    if text in _POSITIVE:
-        return 1
-    if text in _NEGATIVE:
-        return 0
-    raise PromptError(f"{where}: point label {value!r} is neither positive (1, true, positive) nor negative (0, false, negative)")
-
-
 def prompts_from_frame(
     gdf: Any,
     scene_crs: Any,
     transform: Any,
     *,
     prompt_crs: Any = None,
-    id_column: str | None = "id",
-    label_column: str | None = None,
-    point_label_column: str | None = None,
-    object_column: str | None = None,
+    columns: PromptColumns = PromptColumns(),
     source: str | None = None,
     scene_bounds: tuple[float, float, float, float] | None = None,
 ) -> list[Prompt]:
     """Prompts of a GeoDataFrame in scene pixel coordinates (see the module docstring).
 
-    transform: the scene's affine transform (pixel -> map). source: the prompts'
-    file, named in messages (default ``gdf.attrs["geosam_source"]``, set by
-    :func:`geosam.modes.prompted.gather_prompts`). Rows with a null or empty geometry
-    are skipped with one :class:`PromptWarning` naming their prompt ids; if no
-    prompt is left, :class:`PromptError`. Coordinates that cannot be in the
-    prompts' CRS (:func:`check_coordinates`) raise :class:`PromptError`.
-    ``scene_bounds``: a geographic scene's bounds (west, south, east, north); prompts 360 deg off in
-    longitude (-179.95 for a scene spanning 179.9..180.1) are moved onto it (`geosam.geo.wrap_longitudes`).
+    Rows with a null or empty geometry are skipped with one `PromptWarning` naming their prompt ids.
+
+    Args:
+        gdf: The prompts, one row per prompt (or per member of an ``object`` group).
+        scene_crs: The scene's CRS (the prompts are reprojected to it).
+        transform: The scene's affine transform (pixel -> map).
+        prompt_crs: The CRS of a frame without one.
+        columns: Which columns say what.
+        scene_bounds: A geographic scene's bounds (west, south, east, north); prompts 360 deg off in
+            longitude (-179.95 for a scene spanning 179.9..180.1) are moved onto it (`geosam.geo.wrap_longitudes`).
+        source: The prompts' file, named in messages (default ``gdf.attrs["geosam_source"]``, set by
+            `geosam.prompts.gather.gather_prompts`).
+
+    Returns:
+        The prompts, in order of their first row.
+
+    Raises:
+        PromptError: No prompt is left, a column named in ``columns`` is missing, or coordinates cannot be
+            in the prompts' CRS (`check_coordinates`).
     """
     where_all = source or gdf.attrs.get("geosam_source") or "the prompts"
     if gdf.crs is None:
@@ -156,28 +181,30 @@ def prompts_from_frame(
     if scene_bounds is not None:
         geoms = geoms.__class__(wrap_longitudes(np.asarray(geoms.values, dtype=object), scene_bounds[0],
                                                 scene_bounds[2]), index=geoms.index, crs=geoms.crs)
-    columns = _resolve_columns([c for c in gdf.columns if c != gdf.geometry.name], id_column=id_column,
-                               label_column=label_column, point_label_column=point_label_column,
-                               object_column=object_column)
-    if columns.id is not None and columns.object is None:
-        _check_ids(gdf[columns.id], columns.id, where_all)
+    resolved = _resolve_columns([c for c in gdf.columns if c != gdf.geometry.name], columns)
+    if resolved.id is not None and resolved.object is None:
+        _check_ids(gdf[resolved.id], resolved.id, where_all)
     inv = ~transform
     out: list[Prompt] = []
     unusable: list[Any] = []  # prompt ids without any usable geometry
-    for key, members in _group_rows(gdf, columns.object):
-        pid, prompt = _build_prompt(gdf, geoms, key, members, columns, inv)
+    for key, members in _group_rows(gdf, resolved.object):
+        pid, prompt = _build_prompt(gdf, geoms, key, members, resolved, inv)
         if prompt is None:
             unusable.append(pid)
         else:
             out.append(prompt)
     if unusable:
-        _report_unusable(unusable, bool(out), where_all)
+        shown = ", ".join(repr(u) for u in unusable[:20]) + (", ..." if len(unusable) > 20 else "")
+        if not out:
+            raise PromptError(f"{where_all}: no prompt has a geometry: all {len(unusable)} are null or empty "
+                              f"(prompt ids {shown})")
+        warn_prompt(f"{where_all}: skipped {len(unusable)} prompt(s) with a null or empty geometry: prompt ids {shown}")
     return out
 
 
 @dataclass(frozen=True)
 class _Columns:
-    """The prompt frame's columns that :func:`prompts_from_frame` reads (None: absent)."""
+    """The prompt frame's columns that `prompts_from_frame` reads (None: absent)."""
 
     id: str | None
     label: str | None
@@ -186,9 +213,9 @@ class _Columns:
     carried: tuple[str, ...]  # copied to the output as the prompts' attrs
 
 
-def _resolve_columns(cols: list[str], *, id_column: str | None, label_column: str | None,
-                     point_label_column: str | None, object_column: str | None) -> _Columns:
+def _resolve_columns(cols: list[str], given: PromptColumns) -> _Columns:
     """Check the named columns exist among ``cols`` and fill in the default ones that do."""
+    id_column, label_column, point_label_column, object_column = given.id, given.label, given.point_label, given.object
     for name, col in (("label_column", label_column), ("point_label_column", point_label_column),
                       ("object_column", object_column)):
         if col is not None and col not in cols:
@@ -248,13 +275,13 @@ def _build_prompt(gdf: Any, geoms: Any, key: Any, members: list[int], columns: _
         g = geoms.iloc[pos]
         if g is None or g.is_empty:
             continue
-        plab = _parse_point_label(gdf[columns.point_label].iloc[pos], where) if columns.point_label else 1
+        plab = int(parse_label(gdf[columns.point_label].iloc[pos], where)) if columns.point_label else 1
         if isinstance(g, (Point, MultiPoint)):
             pts = [g] if isinstance(g, Point) else list(g.geoms)
             points += [_to_px(inv, p.x, p.y) for p in pts]
             labels += [plab] * len(pts)
         elif isinstance(g, (Polygon, MultiPolygon, LineString, MultiLineString)):
-            boxes.append(_bounds_to_px(inv, g.bounds))
+            boxes.append(map_bounds_to_pixels(inv, g.bounds))
         else:
             raise PromptError(f"{where}: cannot use a {g.geom_type} as a prompt (use points, lines or polygons)")
     if not points and not boxes:
@@ -271,25 +298,44 @@ def _build_prompt(gdf: Any, geoms: Any, key: Any, members: list[int], columns: _
     return pid, Prompt(pid, box, tuple(points), tuple(labels), label, attrs)
 
 
-def _report_unusable(unusable: list[Any], any_usable: bool, where_all: str) -> None:
-    """Warn about prompts without a usable geometry, or raise when no prompt has one."""
-    shown = ", ".join(repr(u) for u in unusable[:20]) + (", ..." if len(unusable) > 20 else "")
-    if not any_usable:
-        raise PromptError(f"{where_all}: no prompt has a geometry: all {len(unusable)} are null or empty "
-                          f"(prompt ids {shown})")
-    msg = f"{where_all}: skipped {len(unusable)} prompt(s) with a null or empty geometry: prompt ids {shown}"
-    log.debug(msg)
-    warnings.warn(msg, PromptWarning, stacklevel=3)
+def report_statuses(path: str, plist: Sequence[Prompt], status: Sequence[str]) -> None:
+    """Warn about prompts on invalid pixels or without a mask; raise if no prompt could be used.
+
+    Args:
+        path: The scene, named in the messages.
+        plist: The run's prompts.
+        status: Their final statuses.
+
+    Raises:
+        PromptOutsideSceneError: No prompt could be used.
+    """
+    for p, st in zip(plist, status):
+        if st == "invalid":
+            warn_prompt(f"{path}: prompt {p.prompt_id!r} lies on invalid (nodata / fill) pixels; it gets an empty result")
+        elif st == "empty":
+            warn_prompt(f"{path}: prompt {p.prompt_id!r}: the model found no object there")
+    if not any(s in ("ok", "empty") for s in status):
+        raise PromptOutsideSceneError(
+            f"{path}: none of the {len(plist)} prompts can be used: they lie outside the scene or on "
+            "invalid (nodata / fill) pixels"
+        )
 
 
 def check_coordinates(gdf: Any, where: str) -> None:
-    """Raise :class:`PromptError` when coordinates cannot be in the frame's (geographic) CRS.
+    """Refuse coordinates that cannot be in the frame's (geographic) CRS.
 
     A GeoJSON without a ``crs`` member is WGS84 by definition (RFC 7946), so a file
     of projected coordinates (metres) without one is read as longitude / latitude:
     any coordinate outside longitude -180..360, latitude -90..90 is caught here,
     before it becomes NaN in reprojection. A prompt that cannot be reprojected to
     the scene's CRS (non-finite coordinates) lies "outside" the scene.
+
+    Args:
+        gdf: The prompts.
+        where: The file or frame, named in the error.
+
+    Raises:
+        PromptError: A coordinate outside longitude -180..360, latitude -90..90 in a geographic CRS.
     """
     crs = gdf.crs
     if crs is None or not crs.is_geographic:
@@ -337,21 +383,20 @@ def _to_px(inv: Any, x: float, y: float) -> tuple[float, float]:
     return float(c), float(r)
 
 
-def _bounds_to_px(inv: Any, bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = bounds
-    corners = [inv @ (x, y) for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
-    cs = [c for c, _ in corners]
-    rs = [r for _, r in corners]
-    return float(min(cs)), float(min(rs)), float(max(cs)), float(max(rs))
-
-
-
 # ---------------------------------------------------------------------------
 # windows
 
 
 def grow_box(box: tuple[float, float, float, float], fraction: float) -> tuple[float, float, float, float]:
-    """``box`` grown by ``fraction`` of its width / height on each side."""
+    """A box grown on each side.
+
+    Args:
+        box: (x0, y0, x1, y1).
+        fraction: Of the box's width / height, added on each side.
+
+    Returns:
+        The grown box.
+    """
     x0, y0, x1, y1 = box
     dx, dy = (x1 - x0) * fraction, (y1 - y0) * fraction
     return x0 - dx, y0 - dy, x1 + dx, y1 + dy
@@ -360,9 +405,11 @@ def grow_box(box: tuple[float, float, float, float], fraction: float) -> tuple[f
 __all__ = [
     "OUTPUT_COLUMNS",
     "Prompt",
+    "PromptColumns",
     "PromptWarning",
     "check_coordinates",
     "grow_box",
     "prompts_from_frame",
-    "prompts_to_frame",
+    "report_statuses",
+    "warn_prompt",
 ]

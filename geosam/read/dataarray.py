@@ -20,18 +20,15 @@ dimension (``band=["red", "green", "blue", "nir"]``) become band descriptions, f
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from affine import Affine
 
-from geosam.errors import ConfigError, ExportError, InvalidRasterError, NoCRSError
+from geosam.errors import ConfigError, InvalidRasterError, NoCRSError
 
 if TYPE_CHECKING:
-    import geopandas as gpd
-    import xarray as xr
     from typing_extensions import Self
 
 #: block shape reported for a numpy-backed DataArray (px; used by the windowed stretch sample)
@@ -224,108 +221,4 @@ class DataArrayDataset:
         self.close()
 
 
-# ----------------------------------------------------------------------------
-# label raster
-
-
-def _grid(like: Any) -> tuple[int, int, Affine, Any, Any]:
-    """(height, width, transform, CRS, the (y, x) DataArray whose coordinates to copy or None) of ``like``."""
-    like = getattr(like, "source", like)  # a geosam Scene: what it was opened from
-    if is_dataarray(like):
-        ds = DataArrayDataset(like)
-        return ds.height, ds.width, ds.transform, ds.crs, ds.da.isel({ds.da.dims[0]: 0}, drop=True)
-    from geosam.read.gdal import open_raster
-
-    path = os.fspath(like) if isinstance(like, (str, os.PathLike)) else like.name  # an open rasterio dataset
-    with open_raster(path) as src:
-        if src.crs is None:
-            raise NoCRSError(f"{src.name}: the raster has no CRS")
-        return src.height, src.width, src.transform, src.crs, None
-
-
-def _ids(gdf: gpd.GeoDataFrame, id_column: str | None) -> np.ndarray:
-    if id_column is None:
-        return np.arange(1, len(gdf) + 1, dtype=np.uint32)
-    if id_column not in gdf.columns:
-        raise ExportError(f"label_dataarray: id column {id_column!r} not in the GeoDataFrame; "
-                          "pass id_column=None to number the features 1..N")
-    vals = np.asarray(gdf[id_column], dtype=np.float64)
-    if len(vals) and (~np.isfinite(vals) | (vals != np.round(vals)) | (vals < 1) | (vals > 2**32 - 1)).any():
-        raise ExportError(f"label_dataarray: id column {id_column!r} must hold whole numbers 1..{2**32 - 1} "
-                          "(0 is the background)")
-    return vals.astype(np.uint32)
-
-
-def _burn(geoms: np.ndarray, ids: np.ndarray, tree: Any, transform: Affine, r0: int, c0: int,
-          shape: tuple[int, int]) -> np.ndarray:
-    """The label block of ``shape`` px at (row ``r0``, col ``c0``): only the geometries the tree finds there."""
-    import shapely
-    from rasterio.features import rasterize
-
-    wt = transform @ Affine.translation(c0, r0)
-    x0, y1 = wt @ (0, 0)
-    x1, y0 = wt @ (shape[1], shape[0])
-    hits = np.sort(tree.query(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))))
-    if hits.size == 0:
-        return np.zeros(shape, dtype=np.uint32)
-    return rasterize(zip(geoms[hits], ids[hits].tolist()), out_shape=shape, transform=wt, fill=0, dtype="uint32")
-
-
-def label_dataarray(gdf: gpd.GeoDataFrame, like: Any, *, id_column: str | None = "id",
-                    block_px: int = 1024) -> xr.DataArray:
-    """An instance-label DataArray (y, x) of ``gdf`` on the grid of ``like`` (a DataArray, a raster path or a Scene).
-
-    uint32 pixels: 0 = background, else the feature's ``id_column`` (None: row number 1..N);
-    a pixel belongs to a polygon when its centre is inside, the later row winning where
-    polygons overlap (as :func:`geosam.write_label_raster`). ``gdf`` is reprojected to the
-    grid's CRS. The x / y coordinates are ``like``'s own (a DataArray) or the pixel centres
-    (a path), so the result aligns exactly; ``attrs`` carry ``crs`` (WKT), ``transform``
-    and ``nodata`` (0), and rioxarray's CRS when it is installed. For a dask-backed ``like``
-    the labels are dask-backed with its chunks, each chunk rasterized when computed;
-    otherwise they are burnt ``block_px`` px at a time into one array.
-    """
-    import shapely
-    import xarray as xr
-
-    height, width, transform, crs, template = _grid(like)
-    ids = _ids(gdf, id_column)
-    if len(gdf) and gdf.crs is not None and not gdf.crs.equals(crs.to_wkt()):
-        gdf = gdf.to_crs(crs.to_wkt())
-    geoms = np.asarray(gdf.geometry.values, dtype=object) if len(gdf) else np.zeros(0, dtype=object)
-    keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms)) if geoms.size else np.zeros(0, dtype=bool)
-    geoms, ids = geoms[keep], ids[keep]
-    tree = shapely.STRtree(geoms)
-    if template is not None and is_dask_backed(template):
-        import dask.array
-
-        def block(block_info: Any = None) -> np.ndarray:
-            (r0, r1), (c0, c1) = block_info[None]["array-location"]
-            return _burn(geoms, ids, tree, transform, r0, c0, (r1 - r0, c1 - c0))
-
-        data: Any = dask.array.map_blocks(block, chunks=template.chunks, dtype=np.uint32, meta=np.zeros((0, 0),
-                                                                                                         np.uint32))
-    else:
-        data = np.zeros((height, width), dtype=np.uint32)
-        for r0 in range(0, height, block_px):
-            for c0 in range(0, width, block_px):
-                shape = (min(block_px, height - r0), min(block_px, width - c0))
-                data[r0:r0 + shape[0], c0:c0 + shape[1]] = _burn(geoms, ids, tree, transform, r0, c0, shape)
-    if template is not None:
-        coords = {d: template.coords[d] for d in template.dims if d in template.coords}
-        dims = template.dims
-    else:
-        coords = {"y": transform.f + transform.e * (np.arange(height) + 0.5),
-                  "x": transform.c + transform.a * (np.arange(width) + 0.5)}
-        dims = ("y", "x")
-    out = xr.DataArray(data, dims=dims, coords=coords, name="label",
-                       attrs={"crs": crs.to_wkt(), "transform": tuple(transform)[:6], "nodata": 0})
-    try:
-        import rioxarray  # noqa: F401 - registers the .rio accessor
-
-        out = out.rio.write_crs(crs).rio.write_nodata(0)
-    except ImportError:
-        pass
-    return out
-
-
-__all__ = ["DataArrayDataset", "dataarray_token", "describe", "is_dataarray", "label_dataarray"]
+__all__ = ["DataArrayDataset", "dataarray_token", "describe", "is_dask_backed", "is_dataarray"]

@@ -1,1 +1,1 @@
-"""Running: the one run loop, its journal (resume), the Dask executor and progress bars."""
+"""Running: the one run loop, its journal (resume), the Dask executor and the run summary."""

@@ -1,13 +1,13 @@
 """Scale-out on Dask: chip tasks run on workers, their compact results stream back to the client.
 
-The unit of work is a batch of :class:`~geosam.run.loop.ChipTask` values (chip specs: path,
-window, transform, CRS) plus a small :class:`WorkerJob` (scene path, read settings, the
+The unit of work is a batch of `geosam.run.loop.ChipTask` values (chip specs: path,
+window, transform, CRS) plus a small `WorkerJob` (scene path, read settings, the
 client's stretch, the pickled mask generator). Each worker process opens the raster
 itself and reads its own windows (pixels never travel from the client), builds the mask
 generator once (cached by a hash of its pickled settings; a SAM generator pickles without
 its weights and loads them on the worker, on the worker's device), runs the one run loop
-(:func:`geosam.run.loop.run`) over its chips and returns their
-:class:`~geosam.assemble.result.ChipResult` values. The client feeds them to the assembler in
+(`geosam.run.loop.run`) over its chips and returns their
+`geosam.assemble.result.ChipResult` values. The client feeds them to the assembler in
 arrival order (the stitcher accepts any order); a journal on the client commits them as they
 arrive. A worker that dies has its batches re-run elsewhere by the scheduler.
 
@@ -20,7 +20,7 @@ chunks=...)``: small), and each worker computes only its own windows, in its own
 pixels of other chips never travel. A numpy-backed one is its pixels: it is copied to every
 worker once (a warning gives its size); for a scene larger than a worker should hold, give a
 lazily loaded DataArray or a file path instead. A mask generator that holds a loaded model
-(prompt mode's, or one built from a :class:`~geosam.models.SamBundle`) is likewise scattered once
+(prompt mode's, or one built from a `geosam.models.SamBundle`) is likewise scattered once
 per run, so its weights travel once to each worker (and stay on the device they were loaded on);
 a SAM generator built from a model name pickles without weights and loads them on the worker.
 """
@@ -55,10 +55,19 @@ BeforeFactory = Callable[[Scene, RunStats], "ChipStep | None"]
 
 
 def connect(stack: ExitStack, scheduler: Any, n_workers: int | None = None) -> Any:
-    """A ``distributed.Client`` for ``scheduler`` (closed with ``stack`` when created here).
+    """A ``distributed.Client`` for ``scheduler``.
 
-    scheduler: ``"local"`` (a ``LocalCluster`` of ``n_workers`` processes, default 2, one
-    thread each), a scheduler address (``"tcp://host:8786"``) or a ``distributed.Client``.
+    Args:
+        stack: Closes a client (and local cluster) created here.
+        scheduler: ``"local"`` (a ``LocalCluster`` of ``n_workers`` processes, one thread each), a
+            scheduler address (``"tcp://host:8786"``) or a ``distributed.Client`` (returned as it is).
+        n_workers: Worker processes of a local cluster (default 2).
+
+    Returns:
+        The client.
+
+    Raises:
+        ConfigError: Dask is not installed, or the settings are wrong.
     """
     try:
         import distributed
@@ -84,8 +93,15 @@ def connect(stack: ExitStack, scheduler: Any, n_workers: int | None = None) -> A
 class WorkerJob:
     """What a worker needs besides its chips (small, picklable; the same for every batch of a run).
 
-    stretch: the client's scene-wide (low, high) per band, so worker chips equal in-process ones.
-    generator_blob: the pickled mask generator; ``generator_key`` its SHA-256 (the worker cache key).
+    Attributes:
+        scene: The raster path, or the DataArray itself.
+        scene_key: What the worker's scene cache is keyed by (the path; unique per run for a DataArray).
+        read: How the scene is read.
+        stretch: The client's scene-wide (low, high) per band, so worker chips equal in-process ones.
+        engine: The run's engine settings.
+        generator_blob: The pickled mask generator (a SAM generator pickles the dtype resolved on the client).
+        generator_key: Its SHA-256 (the worker cache key).
+        before: Builds the per-chip step before generation on the worker.
     """
 
     scene: Any  # the raster path, or the DataArray itself
@@ -99,7 +115,17 @@ class WorkerJob:
 
 
 def make_job(sc: Scene, engine: EngineConfig, generator: MaskGenerator, before: BeforeFactory | None = None) -> WorkerJob:
-    """The job of a run over the open scene ``sc``."""
+    """The job of a run over the open scene ``sc``.
+
+    Args:
+        sc: The open scene (its source, read settings and stretch travel).
+        engine: The run's engine settings (progress off on the workers).
+        generator: The mask generator, pickled once.
+        before: Builds the per-chip step before generation on each worker.
+
+    Returns:
+        The job.
+    """
     import uuid
 
     from geosam.read.dataarray import is_dataarray
@@ -154,7 +180,15 @@ class _Collect:
 
 
 def run_batch(job: WorkerJob, tasks: Sequence[ChipTask]) -> tuple[list[ChipResult], dict[str, Any]]:
-    """Run chip tasks on this worker: their results (in task order) and the worker's counts and timings."""
+    """Run chip tasks on this worker (the function Dask calls).
+
+    Args:
+        job: The run's job.
+        tasks: A batch of the run's chip tasks.
+
+    Returns:
+        Their results (in task order) and the worker's counts and timings.
+    """
     sc = _scene(job)
     generator, gen_lock = _generator(job)
     stats = RunStats()
@@ -173,7 +207,16 @@ def run_batch(job: WorkerJob, tasks: Sequence[ChipTask]) -> tuple[list[ChipResul
 SCATTER_BYTES = 1 << 20
 
 def batches(tasks: Sequence[ChipTask], n_workers: int, chips_per_task: int | None = None) -> list[list[ChipTask]]:
-    """Tasks in consecutive batches: ``chips_per_task`` each, default about 4 batches per worker (1..16 chips)."""
+    """Tasks in consecutive batches.
+
+    Args:
+        tasks: The chip plan.
+        n_workers: Workers of the cluster.
+        chips_per_task: Chips per batch; default about 4 batches per worker (1..16 chips).
+
+    Returns:
+        The batches.
+    """
     if not tasks:
         return []
     size = chips_per_task or max(1, min(16, -(-len(tasks) // (4 * max(n_workers, 1)))))
@@ -181,7 +224,17 @@ def batches(tasks: Sequence[ChipTask], n_workers: int, chips_per_task: int | Non
 
 
 def execute_on(client: Any, job: WorkerJob, stats: RunStats, chips_per_task: int | None = None) -> Executor:
-    """An executor for :func:`geosam.run.loop.run` that runs batches of tasks on ``client``'s workers."""
+    """An executor for `geosam.run.loop.run` that runs batches of tasks on ``client``'s workers.
+
+    Args:
+        client: A ``distributed.Client``.
+        job: The run's job.
+        stats: The run's counts (the workers' prefilter counts and timings are added).
+        chips_per_task: Chips per batch (see `batches`).
+
+    Returns:
+        The executor: yields (task, result) in the order results arrive.
+    """
 
     def execute(tasks: Sequence[ChipTask]) -> Iterator[tuple[ChipTask, ChipResult]]:
         from distributed import as_completed
@@ -220,27 +273,69 @@ def _scatter_if_large(client: Any, job: WorkerJob) -> Any:
 
 def dask_executor(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, engine: EngineConfig,
                   generator: MaskGenerator, before: BeforeFactory | None, stats: RunStats) -> Executor:
-    """Connect to ``scheduler`` (see :func:`connect`) and return the run's executor."""
+    """Connect to ``scheduler`` and return the run's executor.
+
+    Args:
+        stack: Closes a client created here.
+        scheduler: See `connect`.
+        n_workers: See `connect`.
+        sc: The open scene.
+        engine: The run's engine settings.
+        generator: The mask generator.
+        before: Builds the per-chip step before generation on each worker.
+        stats: The run's counts.
+
+    Returns:
+        The executor.
+    """
     client = connect(stack, scheduler, n_workers)
     return execute_on(client, make_job(sc, engine, generator, before), stats)
 
 
 def check_scheduler(scheduler: Any, n_workers: int | None) -> None:
-    """:class:`ConfigError` now (before any pixel or model) for ``n_workers`` without a scheduler or not >= 1."""
+    """Refuse scheduler settings now, before any pixel or model.
+
+    Args:
+        scheduler: None, ``"local"``, a scheduler address or a ``distributed.Client``.
+        n_workers: Worker processes of a local cluster.
+
+    Raises:
+        ConfigError: ``n_workers`` without a scheduler or not a whole number >= 1, or a scheduler
+            that is neither ``"local"``, an address nor a client.
+    """
     if scheduler is None and n_workers is not None:
         raise ConfigError("n_workers needs scheduler='local' (or a scheduler address / Client)")
     if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
         raise ConfigError(f"n_workers (--workers) must be a whole number >= 1, got {n_workers!r}")
+    if isinstance(scheduler, str) and scheduler != "local" and "://" not in scheduler:
+        raise ConfigError(f"unknown scheduler {scheduler!r}: use 'local', an address like 'tcp://host:8786' "
+                          "or a distributed.Client")
 
 
 def executor_or_none(stack: ExitStack, scheduler: Any, n_workers: int | None, sc: Scene, engine: EngineConfig,
-                     generator: MaskGenerator, stats: RunStats) -> Executor | None:
-    """:func:`dask_executor` when ``scheduler`` is given, else None (run in-process); ``n_workers``
-    without a scheduler is a :class:`ConfigError`."""
+                     generator: MaskGenerator, stats: RunStats, before: BeforeFactory | None = None) -> Executor | None:
+    """The run's Dask executor when ``scheduler`` is given, else None (run in-process).
+
+    Args:
+        stack: Closes the client (and a local cluster) created here.
+        scheduler: See `connect`; None runs in-process.
+        n_workers: Worker processes of a local cluster.
+        sc: The open scene.
+        engine: The run's engine settings.
+        generator: The mask generator, pickled to the workers.
+        stats: The run's counts (workers' counts and timings are added to it).
+        before: Builds the per-chip step before generation on each worker (e.g. the index prefilter).
+
+    Returns:
+        The executor, or None.
+
+    Raises:
+        ConfigError: See `check_scheduler`.
+    """
     check_scheduler(scheduler, n_workers)
     if scheduler is None:
         return None
-    return dask_executor(stack, scheduler, n_workers, sc, engine, generator, None, stats)
+    return dask_executor(stack, scheduler, n_workers, sc, engine, generator, before, stats)
 
 
 __all__ = [

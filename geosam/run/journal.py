@@ -1,14 +1,14 @@
 """A run journal: every finished chip's result, committed as it completes, so a run can resume.
 
-A journal is one SQLite file. Each finished chip's :class:`~geosam.assemble.result.ChipResult`
+A journal is one SQLite file. Each finished chip's `geosam.assemble.result.ChipResult`
 is pickled into it in its own transaction (an interrupted write is rolled back, so a
 ``kill -9`` loses at most the chip being written). The journal records what it was
 written for: the scene's fingerprint (path, file size and modification time, raster
 size, transform, CRS, bands and stretch) and the settings that change results (model,
-reading, tiling, segment-everything, indices, output; not progress or read-ahead) with
-a digest of the run's chip tasks. A DataArray scene is fingerprinted by dask's ``tokenize``
+the compute dtype as resolved once on the client, reading, tiling, segment-everything,
+indices, output; not progress or read-ahead) with a digest of the run's chip tasks. A DataArray scene is fingerprinted by dask's ``tokenize``
 (its graph when dask-backed, its bytes when numpy-backed; dask is then needed). Opening it for another scene or other settings raises
-:class:`~geosam.errors.ConfigError` naming the journal and what differs.
+`geosam.errors.ConfigError` naming the journal and what differs.
 
 Chips that failed to read (``skip_bad_chips``) are not journaled, so a resumed run tries
 them again. The file holds pickles: open only journals you wrote.
@@ -22,6 +22,7 @@ import os
 import pickle
 import sqlite3
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
 
 #: bump when the stored layout changes
 FORMAT = 1
+
+#: suffix of the journal kept beside an output (`journal_path`)
+JOURNAL_SUFFIX = ".geosam-journal"
+
+#: the dtypes a run records once ``"auto"`` is resolved (`geosam.modes.runner.run_dtype`)
+CONCRETE_DTYPES = ("float32", "bfloat16", "float16")
 
 #: engine settings that do not change results (left out of the settings hash)
 NEUTRAL_SETTINGS = frozenset({"progress", "prefetch_chips", "skip_bad_chips"})
@@ -56,9 +63,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def scene_fingerprint(sc: Scene) -> dict[str, Any]:
-    """What identifies a scene's pixels: path, file size (bytes) and mtime (ns) when it is a local
-    file (a DataArray: :func:`geosam.read.dataarray.dataarray_token`), raster size (px), band count, data type,
-    transform, CRS, selected bands and stretch."""
+    """What identifies a scene's pixels.
+
+    Args:
+        sc: The open scene.
+
+    Returns:
+        Path, file size (bytes) and mtime (ns) when it is a local file (a DataArray:
+        `geosam.read.dataarray.dataarray_token`), raster size (px), band count, data type, transform,
+        CRS, selected bands and stretch, as JSON values.
+    """
     from geosam.read.dataarray import dataarray_token, is_dataarray
     from geosam.stac.fingerprint import stac_fingerprint
     from geosam.stac.item import StacScene
@@ -81,7 +95,14 @@ def scene_fingerprint(sc: Scene) -> dict[str, Any]:
 
 
 def generator_key(generator: MaskGenerator | None) -> str:
-    """A description of a mask generator for the settings hash (None: the one built from the model settings)."""
+    """A description of a mask generator for the settings key.
+
+    Args:
+        generator: The caller's generator; None: the one the mode builds from the settings.
+
+    Returns:
+        Its ``journal_key``, else its class and ``repr`` (the class alone when the repr names an address).
+    """
     if generator is None:
         return "model settings"
     explicit = getattr(generator, "journal_key", None)
@@ -93,7 +114,14 @@ def generator_key(generator: MaskGenerator | None) -> str:
 
 
 def tasks_digest(tasks: Sequence[ChipTask]) -> str:
-    """SHA-256 of the chip tasks' windows and prompts (changes when the chip plan or the prompts change)."""
+    """A digest that changes when the chip plan or the prompts change.
+
+    Args:
+        tasks: The chip plan.
+
+    Returns:
+        SHA-256 (hex) of the tasks' windows and prompts.
+    """
     h = hashlib.sha256()
     for t in tasks:
         h.update(repr((task_key(t), t.prompt_ids, t.prompts)).encode())
@@ -101,8 +129,16 @@ def tasks_digest(tasks: Sequence[ChipTask]) -> str:
 
 
 def run_settings(flat: Mapping[str, Any], generator: MaskGenerator | None, tasks: Sequence[ChipTask]) -> dict[str, Any]:
-    """The settings that change a run's results: ``flat`` config settings without the neutral
-    engine ones, the generator's description and the chip tasks' digest."""
+    """The settings that change a run's results (the journal's settings key).
+
+    Args:
+        flat: Flat settings (the resolved dtype among them), without the neutral engine ones.
+        generator: The caller's generator, or None (see `generator_key`).
+        tasks: The chip plan (see `tasks_digest`).
+
+    Returns:
+        The settings as JSON values.
+    """
     out = {k: _jsonable(v) for k, v in sorted(flat.items()) if k not in NEUTRAL_SETTINGS}
     out["generator"] = generator_key(generator)
     out["tasks"] = tasks_digest(tasks)
@@ -110,7 +146,14 @@ def run_settings(flat: Mapping[str, Any], generator: MaskGenerator | None, tasks
 
 
 def task_key(task: ChipTask) -> str:
-    """A chip task's key in the journal: its chip id and window (scene pixels)."""
+    """A chip task's key in the journal.
+
+    Args:
+        task: The chip task.
+
+    Returns:
+        Its chip id and window (scene pixels).
+    """
     w = task.spec.window
     return f"{task.spec.chip_id}:{w.col_off},{w.row_off},{w.width},{w.height}"
 
@@ -126,11 +169,17 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 
 class Journal:
-    """Finished chip results of one run (scene + settings), in a SQLite file at ``path``.
+    """Finished chip results of one run (scene + settings), in a SQLite file.
 
-    ``identity``: ``{"scene": fingerprint, "settings": settings}`` (JSON values). A new file
-    is created with it; an existing one must match it (:class:`ConfigError` otherwise).
-    ``get`` / ``put`` are what :func:`geosam.run.loop.run` calls (one thread at a time).
+    ``get`` / ``put`` are what `geosam.run.loop.run` calls (one thread at a time).
+
+    Args:
+        path: The SQLite file (created with ``identity`` when missing).
+        identity: ``{"scene": fingerprint, "settings": settings}`` (JSON values); an existing file must
+            match it.
+
+    Raises:
+        ConfigError: The file is a folder, not a journal, or a journal of another run.
     """
 
     def __init__(self, path: str | os.PathLike[str], identity: Mapping[str, Any]) -> None:
@@ -191,19 +240,31 @@ class Journal:
 
     # -- the engine's hook -------------------------------------------------
     def get(self, task: ChipTask) -> ChipResult | None:
-        """The committed result of ``task``, or None."""
+        """The committed result of ``task``, or None.
+
+        Args:
+            task: The chip task.
+
+        Returns:
+            The result.
+        """
         row = self.conn.execute("SELECT result FROM chips WHERE key = ?", (task_key(task),)).fetchone()
         return None if row is None else pickle.loads(row[0])
 
     def put(self, task: ChipTask, result: ChipResult) -> None:
-        """Commit ``result`` (chips that failed to read are not kept: a resumed run retries them)."""
+        """Commit a result (chips that failed to read are not kept: a resumed run retries them).
+
+        Args:
+            task: The chip task.
+            result: Its result.
+        """
         if result.status == FAILED:
             return
         blob = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         self.conn.execute("INSERT OR REPLACE INTO chips VALUES (?, ?)", (task_key(task), blob))
 
     def keys(self) -> set[str]:
-        """Keys of the committed chips (see :func:`task_key`)."""
+        """Keys of the committed chips (see `task_key`)."""
         return {k for (k,) in self.conn.execute("SELECT key FROM chips")}
 
     def __len__(self) -> int:
@@ -222,12 +283,49 @@ class Journal:
         self.close()
 
 
+def journal_path(output: str | os.PathLike[str]) -> str:
+    """Where a run resumed beside its output keeps its journal (``--resume``, ``segment_scenes(resume=True)``).
+
+    Args:
+        output: The run's output file.
+
+    Returns:
+        ``<output>.geosam-journal``.
+    """
+    return os.fspath(output) + JOURNAL_SUFFIX
+
+
 def remove_journal(path: str | os.PathLike[str]) -> None:
-    """Delete a journal file and SQLite's side files (``-wal``, ``-shm``)."""
+    """Delete a journal file and SQLite's side files (``-wal``, ``-shm``).
+
+    Args:
+        path: The journal.
+    """
     for suffix in ("", "-wal", "-shm"):
         p = Path(os.fspath(path) + suffix)
         if p.exists():
             p.unlink()
+
+
+def recorded_dtype(path: str | os.PathLike[str]) -> str | None:
+    """The compute dtype a journal's run recorded in its settings key, if any.
+
+    Args:
+        path: The journal file (need not exist).
+
+    Returns:
+        The dtype's name (e.g. ``"bfloat16"``), or None when there is no such journal or it recorded
+        no concrete dtype.
+    """
+    if not Path(path).is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{Path(path).resolve().as_posix()}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+    except sqlite3.DatabaseError:
+        return None  # not a journal: opening it says so
+    dtype = json.loads(row[0]).get("dtype") if row is not None else None
+    return dtype if dtype in CONCRETE_DTYPES else None
 
 
 def open_journal(path: str | os.PathLike[str], sc: Scene, flat: Mapping[str, Any], generator: MaskGenerator | None,
@@ -236,6 +334,19 @@ def open_journal(path: str | os.PathLike[str], sc: Scene, flat: Mapping[str, Any
 
     With the model of the settings (``generator`` None), the key also holds the fingerprint of its weights
     (`geosam.models.fingerprint.weights_fingerprint`): new weights in the same folder refuse the journal.
+
+    Args:
+        path: The journal file.
+        sc: The open scene.
+        flat: The run's flat settings (see `run_settings`).
+        generator: The caller's generator, or None.
+        tasks: The chip plan.
+
+    Returns:
+        The open journal.
+
+    Raises:
+        ConfigError: The file is a journal of another run (naming what differs), or not a journal.
     """
     identity: dict[str, Any] = {"scene": scene_fingerprint(sc), "settings": run_settings(flat, generator, tasks)}
     if generator is None:
@@ -245,4 +356,4 @@ def open_journal(path: str | os.PathLike[str], sc: Scene, flat: Mapping[str, Any
     return Journal(path, identity)
 
 
-__all__ = ["Journal", "open_journal", "remove_journal", "run_settings", "scene_fingerprint", "task_key"]
+__all__ = ["JOURNAL_SUFFIX", "Journal", "journal_path", "open_journal", "recorded_dtype", "remove_journal", "run_settings", "scene_fingerprint", "task_key"]

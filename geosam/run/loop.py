@@ -1,10 +1,10 @@
 """The one run loop: chip tasks -> masks per chip -> compact results -> assembled objects.
 
 Every mode is a chip plan, a per-chip mask generator and an assembler
-(:mod:`geosam.assemble.assemblers`); reading, the per-chip result
-(:class:`~geosam.assemble.result.ChipResult`), per-object attributes and the records of
-the output table are this loop's, written once. The entry points are in
-:mod:`geosam.modes.everything`.
+(`geosam.assemble.assemblers`); reading, the per-chip result
+(`geosam.assemble.result.ChipResult`), per-object attributes and the records of
+the output table are this loop's, written once. `geosam.modes.runner.run_mode` calls it for
+every mode.
 """
 
 from __future__ import annotations
@@ -37,8 +37,12 @@ log = logging.getLogger(__name__)
 class ChipTask:
     """One unit of work: a chip to read and, in prompt mode, the prompts it answers.
 
-    Small and picklable (a Dask task, a journal key). ``prompt_ids``: the run's
-    indices of ``prompts`` (scene pixel coordinates, :class:`geosam.prompts.parse.Prompt`).
+    Small and picklable (a Dask task, a journal key).
+
+    Attributes:
+        spec: The chip (window, core, transform, CRS).
+        prompts: The prompts it answers (scene pixel coordinates, `geosam.prompts.parse.Prompt`).
+        prompt_ids: The run's indices of ``prompts``.
     """
 
     spec: ChipSpec
@@ -48,7 +52,20 @@ class ChipTask:
 
 @dataclass
 class RunStats:
-    """What a run did, for the summary line and ``gdf.attrs['geosam']``."""
+    """What a run does, counted while it runs (frozen into a `geosam.run.summary.RunSummary` at the end).
+
+    Attributes:
+        chips_total: Chip tasks of the run.
+        chips_skipped_invalid: Chips without a valid pixel.
+        chips_failed: Entries of chips that could not be read (see `geosam.write.failed_chips`).
+        chips_replayed: Results taken from a journal (not generated again).
+        chips_empty: Chips generated without any mask.
+        chips_skipped_prefilter: Chips the index prefilter skipped.
+        prompts_total: Grid prompts on valid pixels (counted when the prefilter runs).
+        prompts_skipped_prefilter: Grid prompts the prefilter dropped.
+        masks: Masks kept over all chips.
+        timings_s: Seconds per stage.
+    """
 
     chips_total: int = 0
     chips_skipped_invalid: int = 0
@@ -59,22 +76,24 @@ class RunStats:
     prompts_total: int = 0  # grid prompts on valid pixels (counted when the prefilter runs)
     prompts_skipped_prefilter: int = 0
     masks: int = 0
-    objects: int = 0
-    seconds: float = 0.0
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def add_time(self, stage: str, seconds: float) -> None:
+        """Add ``seconds`` to a stage's time.
+
+        Args:
+            stage: The stage, e.g. ``"generate"``.
+            seconds: Time spent (s).
+        """
         self.timings_s[stage] = self.timings_s.get(stage, 0.0) + seconds
 
-    def summary(self) -> str:
-        return (
-            f"{self.objects} objects from {self.masks} masks in {self.chips_total} chips "
-            f"({self.chips_skipped_invalid} skipped as invalid, {self.chips_empty} without masks) "
-            f"in {self.seconds:.1f} s"
-        )
-
     def count(self, result: ChipResult, transform: Any = None) -> None:
-        """Count one chip result; ``transform``: the scene's (pixel -> map), for failed chips' bounds."""
+        """Count one chip result.
+
+        Args:
+            result: The chip's result.
+            transform: The scene's transform (pixel -> map), for a failed chip's bounds; None: no bounds.
+        """
         if result.status == INVALID:
             self.chips_skipped_invalid += 1
         elif result.status == PREFILTERED:
@@ -87,11 +106,15 @@ class RunStats:
 
 
 class ChipJournal(Protocol):
-    """Where finished chip results are committed and replayed from (:class:`geosam.run.journal.Journal`)."""
+    """Where finished chip results are committed and replayed from (`geosam.run.journal.Journal`)."""
 
-    def get(self, task: ChipTask) -> ChipResult | None: ...
+    def get(self, task: ChipTask) -> ChipResult | None:
+        """The committed result of ``task``, or None."""
+        ...
 
-    def put(self, task: ChipTask, result: ChipResult) -> None: ...
+    def put(self, task: ChipTask, result: ChipResult) -> None:
+        """Commit the result of ``task``."""
+        ...
 
 
 #: runs chip tasks elsewhere (e.g. on Dask workers): yields (task, result) in any order
@@ -103,7 +126,18 @@ ChipStep = Callable[[Chip], "ChipResult | None"]
 
 
 def clean_masks(masks: ChipMasks, valid: np.ndarray) -> ChipMasks:
-    """Cut every mask to the chip's valid pixels (in place); masks left empty are dropped later."""
+    """Cut every mask to the chip's valid pixels (in place); masks left empty are dropped later.
+
+    Args:
+        masks: The chip's masks (chip frame).
+        valid: The chip's valid pixels (H, W).
+
+    Returns:
+        ``masks``, cut.
+
+    Raises:
+        ValueError: The masks' shape is not the chip's.
+    """
     if len(masks) == 0 or valid.all():
         return masks
     if masks.masks.shape[1:] != valid.shape:
@@ -121,10 +155,10 @@ def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
 
 
 class _RunLoop:
-    """The state of one :func:`run`: where results go and the chips waiting to fill a batch.
+    """The state of one `run`: where results go and the chips waiting to fill a batch.
 
     ``deliver`` commits a result to the journal, counts it and hands it to the
-    assembler; finished objects become :class:`~geosam.assemble.records.Record` values
+    assembler; finished objects become `geosam.assemble.records.Record` values
     (map coordinates) in ``records``.
     """
 
@@ -152,7 +186,13 @@ class _RunLoop:
         self.gen_t0 = dict(generator.timings_s)
 
     def deliver(self, task: ChipTask, result: ChipResult, replayed: bool = False) -> None:
-        """Commit (unless ``replayed``), count and assemble one chip's result."""
+        """Commit, count and assemble one chip's result.
+
+        Args:
+            task: The chip task.
+            result: Its result.
+            replayed: The result came from the journal (not committed again).
+        """
         if self.journal is not None and not replayed:
             self.journal.put(task, result)
         self.stats.count(result, self.sc.info.transform)
@@ -167,7 +207,12 @@ class _RunLoop:
             self.sink(finish(finished, self.hooks, self.sc, self.sc.info.transform))
 
     def queue(self, task: ChipTask, chip: Chip) -> None:
-        """Add a chip to the batch; generate the batch once it is full."""
+        """Add a chip to the batch; generate the batch once it is full.
+
+        Args:
+            task: The chip task.
+            chip: Its pixels (carrying its prompts).
+        """
         self.pending.append((task, chip))
         if len(self.pending) >= self.batch:
             self.flush()
@@ -186,7 +231,11 @@ class _RunLoop:
         self.pending.clear()
 
     def close(self, read_times: dict[str, float]) -> None:
-        """Assemble what is left and file the stage timings (seconds) into ``stats``."""
+        """Assemble what is left and file the stage timings into ``stats``.
+
+        Args:
+            read_times: Seconds per reading stage (from the reader).
+        """
         stats = self.stats
         for stage, sec in read_times.items():
             stats.add_time(stage, sec)
@@ -235,13 +284,28 @@ def run(
 ) -> tuple[list[Record], RunStats]:
     """Run every task: read its chip, generate masks, hand the compact result to ``assembler``.
 
-    Finished objects get the ``hooks``' attributes while their pixels are at hand
-    and come back as :class:`~geosam.assemble.records.Record` values (map coordinates).
-    ``journal``: results it holds are replayed (not generated again); every new result is
-    committed to it before it is assembled. ``execute``: runs the remaining tasks elsewhere
-    (e.g. :mod:`geosam.run.dask`) instead of in this process; results arrive in any order.
-    ``sink``: receives the records as objects finish (e.g. :class:`geosam.assemble.store.ObjectStore`'s ``add``,
-    so they need not stay in memory); the returned list is then empty.
+    Finished objects get the ``hooks``' attributes while their pixels are at hand and become
+    `geosam.assemble.records.Record` values (map coordinates).
+
+    Args:
+        sc: The open scene.
+        tasks: The chip plan.
+        generator: Turns chips into masks.
+        assembler: Turns chip results into finished objects.
+        engine: Batching, read-ahead, progress and bad-chip settings.
+        hooks: Per-object attribute hooks.
+        before: A per-chip step before generation (e.g. the prefilter); a result it returns skips the chip.
+        stats: The counts to add to (default: new ones).
+        desc: The progress bar's label.
+        journal: Results it holds are replayed (not generated again); every new result is committed to it
+            before it is assembled.
+        execute: Runs the remaining tasks elsewhere (e.g. `geosam.run.dask`) instead of in this process;
+            results arrive in any order.
+        sink: Receives the records as objects finish (e.g. a table's ``add``, so they need not stay in
+            memory); the returned list is then empty.
+
+    Returns:
+        The records (unless a ``sink`` took them) and the counts.
     """
     stats = stats or RunStats()
     stats.chips_total += len(tasks)
@@ -269,7 +333,17 @@ def run(
 
 def replay(journal: ChipJournal, tasks: Sequence[ChipTask], deliver: Callable[[ChipTask, ChipResult, bool], None],
            stats: RunStats) -> list[ChipTask]:
-    """Deliver the journal's results of ``tasks``; return the tasks it has no result for."""
+    """Deliver the journal's results of ``tasks``.
+
+    Args:
+        journal: The run's journal.
+        tasks: The chip plan.
+        deliver: Called with (task, result, True) for each replayed result.
+        stats: Counts ``chips_replayed``.
+
+    Returns:
+        The tasks the journal has no result for.
+    """
     todo: list[ChipTask] = []
     for task in tasks:
         result = journal.get(task)

@@ -37,7 +37,7 @@ import torch
 from geosam.config import DEFAULT_MODEL, AmgConfig
 from geosam.config.parts import int_at_least
 from geosam.errors import ConfigError
-from geosam.models import SamBundle, compile_bundle, encode, load_sam, preprocess, require
+from geosam.models import SamBundle, compile_bundle, encode, load_model, preprocess, require
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.segment.base import BaseMaskGenerator, ChipMasks, GeneratorCapabilities
 from geosam.segment.crop import CropFrame, FilterParams, StageTimer, process_crop
@@ -97,7 +97,7 @@ class _CropJob:
 class SamMaskGenerator(BaseMaskGenerator):
     """Segment everything in a chip with a SAM model (a :class:`~geosam.segment.base.MaskGenerator`).
 
-    model: a hub id or local directory (loaded with :func:`geosam.models.load_sam`
+    model: a hub id or local directory (loaded with :func:`geosam.models.load_model`
         on ``device`` / ``dtype``; ``dtype="auto"`` picks mixed precision where the
         hardware has it, see :func:`geosam.models.resolve_dtype`), or an already
         loaded :class:`~geosam.models.SamBundle` (then ``device`` and ``dtype`` are
@@ -168,8 +168,9 @@ class SamMaskGenerator(BaseMaskGenerator):
         if isinstance(model, SamBundle):
             self._bundle, self.name = model, model.name
         else:
-            self._load_args = (str(model), device, dtype)
-            self._bundle, self.name = load_sam(str(model), device=device, dtype=dtype), str(model)
+            self._bundle, self.name = load_model(str(model), device=device, dtype=dtype), str(model)
+            # the dtype as resolved here: a worker that unpickles this generator loads the same precision
+            self._load_args = (str(model), device, str(self._bundle.dtype).removeprefix("torch."))
         require(self._bundle, "segment_everything")  # before any chip work: a box-only model cannot
         if self.compile:
             compile_bundle(self._bundle)
@@ -188,7 +189,7 @@ class SamMaskGenerator(BaseMaskGenerator):
         if self._bundle is None:
             assert self._load_args is not None
             name, device, dtype = self._load_args
-            self._bundle = load_sam(name, device=device, dtype=dtype)
+            self._bundle = load_model(name, device=device, dtype=dtype)
             if self.compile:
                 compile_bundle(self._bundle)
         return self._bundle

@@ -46,7 +46,7 @@ def on_invalid(p: Any, col_off: int, row_off: int, valid: np.ndarray) -> bool:
 class PromptMaskGenerator(BaseMaskGenerator):
     """Decode the prompts of each chip (``chip.prompts``) with one image embedding per chip.
 
-    bundle: a loaded model (:func:`geosam.models.load_sam`). Prompts of the same shape
+    bundle: a loaded model (:func:`geosam.models.load_model`). Prompts of the same shape
     (number of points, with / without a box) are decoded together; with
     ``cfg.multimask`` None a single point gets 3 candidates and the best by predicted
     IoU is kept. Masks are the upsampled logits > ``cfg.mask_threshold``.
@@ -73,7 +73,7 @@ class PromptMaskGenerator(BaseMaskGenerator):
     def generate(self, chip: Chip) -> ChipMasks:
         import torch
 
-        from geosam.models import decode_prompts, encode, preprocess, to_model_frame, upsample_logits
+        from geosam.models import decode, encode, preprocess, to_model_frame, upsample_logits
 
         prompts = chip.prompts
         win = chip.spec.window
@@ -102,7 +102,7 @@ class PromptMaskGenerator(BaseMaskGenerator):
             if has_box:
                 xyxy = np.array([np.subtract(prompts[k].box, np.tile(shift, 2)) for k in ks], dtype=np.float32)
                 bxs = to_model_frame(xyxy, orig[0], resized[0])
-            logits, iou = decode_prompts(self.bundle, emb, points=pts, labels=labs, boxes=bxs, multimask=multimask)
+            logits, iou = decode(self.bundle, emb, points=pts, labels=labs, boxes=bxs, multimask=multimask)
             best = torch.argmax(iou, dim=1)
             rows = torch.arange(len(ks))
             sel = upsample_logits(logits[rows, best], self.bundle.input_size, resized[0], orig[0])

@@ -44,25 +44,6 @@ def context_side(p: HasExtent, cfg: PromptWindowConfig) -> int:
     return max(math.ceil(cfg.context * long_side), cfg.min_window_px, math.ceil(long_side) + 2)
 
 
-def _centred_window(ext: tuple[float, float, float, float], side: int, width: int, height: int) -> PixelWindow:
-    """A ``side`` x ``side`` window centred on ``ext``, shifted inside the scene (clipped if larger)."""
-    cx, cy = (ext[0] + ext[2]) / 2.0, (ext[1] + ext[3]) / 2.0
-
-    def axis(c: float, size: int) -> tuple[int, int]:
-        if side >= size:
-            return 0, size
-        off = math.floor(c - side / 2.0)
-        return min(max(off, 0), size - side), side
-
-    c0, w = axis(cx, width)
-    r0, h = axis(cy, height)
-    return PixelWindow(c0, r0, w, h)
-
-
-def _contains(win: PixelWindow, ext: tuple[float, float, float, float]) -> bool:
-    return win.col_off <= ext[0] and win.row_off <= ext[1] and ext[2] <= win.col_end and ext[3] <= win.row_end
-
-
 def plan_windows(prompts: Sequence[HasExtent], width: int, height: int, cfg: PromptWindowConfig, chip_size_px: int,
                  overlap_px: int = 128) -> list[tuple[PixelWindow, list[int]]]:
     """Group prompts (inside the scene) into windows: [(window, [prompt index, ...]), ...].
@@ -84,25 +65,27 @@ def plan_windows(prompts: Sequence[HasExtent], width: int, height: int, cfg: Pro
         if ext is None:
             raise ValueError(f"prompt {p.prompt_id!r} lies outside the scene")
         side = context_side(p, cfg)
-        want = _centred_window(ext, side, width, height)
+        want = PixelWindow.centred_on(ext, (side, side), width, height)
         chosen = None
         if cores:
             cx = min(max((ext[0] + ext[2]) / 2.0, 0.0), width - 1e-6)
             cy = min(max((ext[1] + ext[3]) / 2.0, 0.0), height - 1e-6)
             # context a chip must give: the whole prompt plus a margin, the margin capped at half a chip
             long_side = math.ceil(max(ext[2] - ext[0], ext[3] - ext[1]))
-            need = _centred_window(ext, max(long_side + 2, min(side, chip_size_px // 2)), width, height)
+            need_side = max(long_side + 2, min(side, chip_size_px // 2))
+            need = PixelWindow.centred_on(ext, (need_side, need_side), width, height)
             for win, core in cores:
                 if core.col_off <= cx < core.col_end and core.row_off <= cy < core.row_end:
                     ctx = (float(need.col_off), float(need.row_off), float(need.col_end), float(need.row_end))
-                    if _contains(win, ctx) and _contains(win, ext):
+                    if win.contains_box(ctx) and win.contains_box(ext):
                         chosen = win
                     break
             if chosen is None:
-                chosen = _centred_window(ext, max(side, chip_size_px), width, height)
+                big = max(side, chip_size_px)
+                chosen = PixelWindow.centred_on(ext, (big, big), width, height)
         else:
             chosen = want
-        if not _contains(chosen, ext):  # cannot happen for a scene-clipped extent; guard the invariant
+        if not chosen.contains_box(ext):  # cannot happen for a scene-clipped extent; guard the invariant
             raise AssertionError(f"window {chosen} does not contain prompt {p.prompt_id!r} {ext}")
         by_window.setdefault(chosen, []).append(i)
     return sorted(by_window.items(), key=lambda kv: (kv[0].row_off, kv[0].col_off, kv[0].width))

@@ -1,20 +1,13 @@
-"""Write results: vector files, instance-label rasters and quick-look PNGs.
+"""Instance-label rasters of polygons: a GeoTIFF (`write_label_raster`) or a DataArray (`label_dataarray`).
 
-* :func:`write_vector` -- GeoJSON, GeoPackage, Shapefile or GeoParquet, chosen
-  by the file extension; empty results still give a valid file with the
-  columns and the CRS (GeoJSON cannot store columns without features).
-* :func:`write_label_raster` -- a uint32 instance-label GeoTIFF on the grid of
-  the input scene, rasterized block by block so memory stays bounded.
-* :func:`render_overlay` (:mod:`geosam.write.overlay`) -- a PNG of the (decimated)
-  scene with the polygon outlines drawn over it.
+Both burn the same way (`burn_block`): pixels are uint32, 0 = background, else the feature's id; a
+pixel belongs to a polygon when its centre is inside, the later row winning where polygons overlap
+(as ``rasterio.features.rasterize``); the grid is burnt block by block, each block only with the
+polygons an STRtree finds there, so memory is bounded by a block and the geometries. The GeoTIFF is
+written atomically (`geosam.write.paths.atomic_output`).
 
-Every writer is atomic (:func:`geosam.write.paths.atomic_output`): it writes
-beside the target and renames on success, so a failed or killed write leaves
-an earlier file as it was, and a folder at the path is never replaced. A
-GeoPackage gets (or replaces) only its own layer; other layers are kept.
-
-Frames: polygons are in the CRS of their GeoDataFrame (map units); raster
-grids are those of the file named ``like_path`` / ``image_path``.
+Frames: polygons are in the CRS of their GeoDataFrame (map units, reprojected to the grid's); the
+grid is that of the raster or DataArray named ``like_path`` / ``like``.
 """
 
 from __future__ import annotations
@@ -22,26 +15,20 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from affine import Affine
 
-from geosam.errors import ExportError
+from geosam.errors import ExportError, NoCRSError
 from geosam.geo import same_crs
-from geosam.write.overlay import distinct_colours, render_overlay
-from geosam.write.paths import atomic_output, check_not_input, check_writable_path
-from geosam.write.vector import (
-    VECTOR_FORMATS,
-    read_vector,
-    shapefile_field_names,
-    vector_format,
-    write_frames,
-    write_vector,
-)
+from geosam.read.dataarray import DataArrayDataset, is_dask_backed, is_dataarray
+from geosam.write.paths import atomic_output, check_not_input
 from geosam.write.verify import raster_verifier
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +36,7 @@ log = logging.getLogger(__name__)
 MAX_LABEL = np.iinfo(np.uint32).max
 
 
-# ----------------------------------------------------------------------------
-# helpers
-
-
-def check_output_path(path: str | os.PathLike[str], kind: str = "vector") -> Path:
-    """Fail early (before hours of segmentation) on an output path that cannot be written.
-
-    kind: "vector" (extension must be a supported vector format), "raster" (.tif/.tiff) or
-    "png". A folder at the path, or an unwritable folder, is an :class:`ExportError`;
-    creates nothing (see :func:`geosam.write.paths.check_outputs` for inputs and existing files).
-    """
-    path = Path(path)
-    if kind == "vector":
-        vector_format(path)
-    elif kind == "raster" and path.suffix.lower() not in (".tif", ".tiff"):
-        raise ExportError(f"{path}: a label or index raster must be a GeoTIFF (.tif or .tiff)")
-    elif kind == "png" and path.suffix.lower() != ".png":
-        raise ExportError(f"{path}: the overlay is written as PNG; use a .png file name")
-    return check_writable_path(path)
-
-
-# ----------------------------------------------------------------------------
-# label raster
-
-
-def _label_ids(gdf: gpd.GeoDataFrame, id_column: str | None, path: Path) -> np.ndarray:
+def _label_ids(gdf: gpd.GeoDataFrame, id_column: str | None, path: Path | str) -> np.ndarray:
     """Instance ids as uint32, checked to be whole numbers in 1..2^32-1."""
     if id_column is None:
         return np.arange(1, len(gdf) + 1, dtype=np.uint32)
@@ -96,6 +58,53 @@ def _label_ids(gdf: gpd.GeoDataFrame, id_column: str | None, path: Path) -> np.n
             f"(0 is the background); e.g. row {int(np.flatnonzero(bad)[0])} has {raw[bad][0]!r}"
         )
     return vals.astype(np.uint32)
+
+
+def _features(gdf: gpd.GeoDataFrame, ids: np.ndarray, crs: Any, where: str) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(geometries in the grid's CRS, their ids, an STRtree of them), null and empty geometries dropped.
+
+    A frame without a CRS is taken to be in the grid's (with a warning naming ``where``).
+    """
+    import shapely
+
+    if len(gdf) and crs is not None:
+        if gdf.crs is None:
+            log.warning("%s: the GeoDataFrame has no CRS; assuming the raster's (%s)", where, crs.to_string())
+        elif not same_crs(gdf.crs, crs):
+            gdf = gdf.to_crs(crs.to_wkt())
+    geoms = np.asarray(gdf.geometry.values, dtype=object) if len(gdf) else np.zeros(0, dtype=object)
+    keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms)) if geoms.size else np.zeros(0, dtype=bool)
+    geoms, ids = geoms[keep], ids[keep]
+    return geoms, ids, shapely.STRtree(geoms)
+
+
+def burn_block(geoms: np.ndarray, ids: np.ndarray, tree: Any, transform: Affine, r0: int, c0: int,
+               shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """The label block of ``shape`` (rows, columns) px at row ``r0``, column ``c0`` of the grid.
+
+    Args:
+        geoms: The polygons (the grid's CRS).
+        ids: Their ids (uint32).
+        tree: An STRtree of ``geoms``.
+        transform: The grid's transform (pixel -> map).
+        r0: The block's first row.
+        c0: The block's first column.
+        shape: The block's (height, width) in pixels.
+
+    Returns:
+        The uint32 block and how many polygons were burnt into it.
+    """
+    import shapely
+    from rasterio.features import rasterize
+
+    wt = transform @ Affine.translation(c0, r0)
+    x0, y1 = wt @ (0, 0)
+    x1, y0 = wt @ (shape[1], shape[0])
+    hits = np.sort(tree.query(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))))
+    if hits.size == 0:
+        return np.zeros(shape, dtype=np.uint32), 0
+    block = rasterize(zip(geoms[hits], ids[hits].tolist()), out_shape=shape, transform=wt, fill=0, dtype="uint32")
+    return block, int(hits.size)
 
 
 def write_label_raster(
@@ -120,9 +129,6 @@ def write_label_raster(
     block and the geometries. The file is a tiled (256 px) deflate GeoTIFF.
     """
     import rasterio
-    import shapely
-    from affine import Affine
-    from rasterio.features import rasterize
     from rasterio.windows import Window
 
     from geosam.read.scene import open_raster
@@ -136,16 +142,7 @@ def write_label_raster(
     with open_raster(os.fspath(like_path)) as src:
         width, height, transform, crs = src.width, src.height, src.transform, src.crs
 
-    ids = _label_ids(gdf, id_column, path)
-    if len(gdf) and crs is not None:
-        if gdf.crs is None:
-            log.warning("%s: the GeoDataFrame has no CRS; assuming the raster's (%s)", path, crs.to_string())
-        elif not same_crs(gdf.crs, crs):
-            gdf = gdf.to_crs(crs.to_wkt())
-    geoms = np.asarray(gdf.geometry.values, dtype=object) if len(gdf) else np.zeros(0, dtype=object)
-    keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms)) if geoms.size else np.zeros(0, dtype=bool)
-    geoms, ids = geoms[keep], ids[keep]
-    tree = shapely.STRtree(geoms)
+    geoms, ids, tree = _features(gdf, _label_ids(gdf, id_column, path), crs, str(path))
 
     profile = {
         "driver": "GTiff",
@@ -169,22 +166,8 @@ def write_label_raster(
             for r0 in range(0, height, block_px):
                 for c0 in range(0, width, block_px):
                     win = Window(c0, r0, min(block_px, width - c0), min(block_px, height - r0))
-                    wt = transform @ Affine.translation(c0, r0)
-                    shape = (int(win.height), int(win.width))
-                    x0, y1 = wt @ (0, 0)
-                    x1, y0 = wt @ (shape[1], shape[0])
-                    hits = np.sort(tree.query(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))))
-                    if hits.size == 0:
-                        block = np.zeros(shape, dtype=np.uint32)
-                    else:
-                        block = rasterize(
-                            zip(geoms[hits], ids[hits].tolist()),
-                            out_shape=shape,
-                            transform=wt,
-                            fill=0,
-                            dtype="uint32",
-                        )
-                        n_burnt += int(hits.size)
+                    block, hits = burn_block(geoms, ids, tree, transform, r0, c0, (int(win.height), int(win.width)))
+                    n_burnt += hits
                     dst.write(block, 1, window=win)
     except ExportError:
         raise
@@ -194,14 +177,69 @@ def write_label_raster(
     return path
 
 
-__all__ = [
-    "VECTOR_FORMATS",
-    "check_output_path",
-    "distinct_colours",
-    "read_vector",
-    "render_overlay",
-    "shapefile_field_names",
-    "write_frames",
-    "write_label_raster",
-    "write_vector",
-]
+def _grid(like: Any) -> tuple[int, int, Affine, Any, Any]:
+    """(height, width, transform, CRS, the (y, x) DataArray whose coordinates to copy or None) of ``like``."""
+    like = getattr(like, "source", like)  # a geosam Scene: what it was opened from
+    if is_dataarray(like):
+        ds = DataArrayDataset(like)
+        return ds.height, ds.width, ds.transform, ds.crs, ds.da.isel({ds.da.dims[0]: 0}, drop=True)
+    from geosam.read.gdal import open_raster
+
+    path = os.fspath(like) if isinstance(like, (str, os.PathLike)) else like.name  # an open rasterio dataset
+    with open_raster(path) as src:
+        if src.crs is None:
+            raise NoCRSError(f"{src.name}: the raster has no CRS")
+        return src.height, src.width, src.transform, src.crs, None
+
+
+def label_dataarray(gdf: gpd.GeoDataFrame, like: Any, *, id_column: str | None = "id",
+                    block_px: int = 1024) -> xr.DataArray:
+    """An instance-label DataArray (y, x) of ``gdf`` on the grid of ``like`` (a DataArray, a raster path or a Scene).
+
+    uint32 pixels: 0 = background, else the feature's ``id_column`` (None: row number 1..N);
+    a pixel belongs to a polygon when its centre is inside, the later row winning where
+    polygons overlap (as `write_label_raster`). ``gdf`` is reprojected to the
+    grid's CRS. The x / y coordinates are ``like``'s own (a DataArray) or the pixel centres
+    (a path), so the result aligns exactly; ``attrs`` carry ``crs`` (WKT), ``transform``
+    and ``nodata`` (0), and rioxarray's CRS when it is installed. For a dask-backed ``like``
+    the labels are dask-backed with its chunks, each chunk rasterized when computed;
+    otherwise they are burnt ``block_px`` px at a time into one array.
+    """
+    import xarray as xr
+
+    height, width, transform, crs, template = _grid(like)
+    geoms, ids, tree = _features(gdf, _label_ids(gdf, id_column, "label_dataarray"), crs, "label_dataarray")
+    if template is not None and is_dask_backed(template):
+        import dask.array
+
+        def block(block_info: Any = None) -> np.ndarray:
+            (r0, r1), (c0, c1) = block_info[None]["array-location"]
+            return burn_block(geoms, ids, tree, transform, r0, c0, (r1 - r0, c1 - c0))[0]
+
+        data: Any = dask.array.map_blocks(block, chunks=template.chunks, dtype=np.uint32, meta=np.zeros((0, 0),
+                                                                                                         np.uint32))
+    else:
+        data = np.zeros((height, width), dtype=np.uint32)
+        for r0 in range(0, height, block_px):
+            for c0 in range(0, width, block_px):
+                shape = (min(block_px, height - r0), min(block_px, width - c0))
+                data[r0:r0 + shape[0], c0:c0 + shape[1]] = burn_block(geoms, ids, tree, transform, r0, c0, shape)[0]
+    if template is not None:
+        coords = {d: template.coords[d] for d in template.dims if d in template.coords}
+        dims = template.dims
+    else:
+        coords = {"y": transform.f + transform.e * (np.arange(height) + 0.5),
+                  "x": transform.c + transform.a * (np.arange(width) + 0.5)}
+        dims = ("y", "x")
+    out = xr.DataArray(data, dims=dims, coords=coords, name="label",
+                       attrs={"crs": crs.to_wkt(), "transform": tuple(transform)[:6], "nodata": 0})
+    try:
+        import rioxarray  # noqa: F401 - registers the .rio accessor
+
+        out = out.rio.write_crs(crs).rio.write_nodata(0)
+    except ImportError:
+        pass
+    return out
+
+
+__all__ = ["MAX_LABEL", "burn_block", "label_dataarray", "write_label_raster"]

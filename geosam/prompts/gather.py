@@ -1,0 +1,100 @@
+"""Prompts from where a user keeps them: a vector file plus point / box coordinates, as one GeoDataFrame."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from geosam.errors import PromptError
+from geosam.prompts.from_list import prompts_to_frame
+from geosam.prompts.parse import check_coordinates, warn_prompt
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+
+def gather_prompts(
+    scene: str,
+    *,
+    prompts_file: str | None = None,
+    layer: str | None = None,
+    points: Sequence[Sequence[float]] = (),
+    boxes: Sequence[Sequence[float]] = (),
+    prompt_crs: Any = None,
+) -> gpd.GeoDataFrame:
+    """Prompts from a vector file and from point / box coordinates, as one GeoDataFrame.
+
+    The file's rows come first (in the file's CRS, or ``prompt_crs``, or the scene's when it has none,
+    with a warning; a GeoJSON without a ``crs`` member is WGS84 unless ``prompt_crs`` is given), then
+    ``points`` and ``boxes`` (in ``prompt_crs``, default the scene's), reprojected to the file's CRS.
+
+    Args:
+        scene: The raster the prompts are for (its CRS is the default).
+        prompts_file: A vector file of prompts (see `geosam.prompts.parse`).
+        layer: The file's layer (default: the first).
+        points: ``(x, y)`` point prompts.
+        boxes: ``(minx, miny, maxx, maxy)`` box prompts.
+        prompt_crs: The CRS of ``points`` / ``boxes`` and of a file without one.
+
+    Returns:
+        The prompts; ``attrs["geosam_source"]`` names the file (in messages about its rows).
+
+    Raises:
+        PromptError: The file cannot be read, its coordinates cannot be longitude / latitude (pass
+            ``--prompt-crs``), or there is no prompt at all.
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    from geosam.prompts.table import has_geometry, points_from_table
+    from geosam.read.scene import SceneInfo, open_raster
+
+    with open_raster(scene) as ds:
+        scene_crs = SceneInfo.from_dataset(ds).crs_wkt
+
+    frames = []
+    if prompts_file:
+        try:
+            f = gpd.read_file(prompts_file, layer=layer)
+        except Exception as exc:
+            raise PromptError(f"{prompts_file}: cannot read prompts ({exc})") from exc
+        if not has_geometry(f):  # a CSV of x,y / lon,lat columns
+            f = points_from_table(f, str(prompts_file))
+        if f.crs is not None and prompt_crs is not None and _geojson_without_crs(prompts_file):
+            f = f.set_crs(prompt_crs, allow_override=True)  # GDAL reads such a file as WGS84
+        elif f.crs is None:
+            if prompt_crs is None:
+                warn_prompt(f"{prompts_file} has no CRS; assuming the scene's")
+            f = f.set_crs(prompt_crs if prompt_crs is not None else scene_crs)
+        check_coordinates(f, prompts_file)
+        frames.append(f)
+    items = [tuple(p) for p in points] + [tuple(b) for b in boxes]
+    if items:
+        frames.append(prompts_to_frame(items, prompt_crs if prompt_crs is not None else scene_crs))
+    if not frames:
+        raise PromptError("no prompts given: use a prompts file, points or boxes")
+    if len(frames) == 1:
+        out = frames[0]
+    else:
+        target = frames[0].crs
+        out = gpd.GeoDataFrame(pd.concat([f.to_crs(target) for f in frames], ignore_index=True), crs=target)
+    if prompts_file:
+        out.attrs["geosam_source"] = str(prompts_file)  # named in messages about its rows
+    return out
+
+
+def _geojson_without_crs(path: str) -> bool:
+    """True for a GeoJSON file without a top-level ``crs`` member (WGS84 by definition, RFC 7946)."""
+    import json
+
+    if not str(path).lower().endswith((".geojson", ".json")):
+        return False
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "crs" not in doc
+
+
+__all__ = ["gather_prompts"]
