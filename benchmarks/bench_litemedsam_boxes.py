@@ -41,7 +41,7 @@ def ious(pred, truth) -> np.ndarray:
 def run(name: str, prompts, settings: dict) -> dict:
     import geopandas as gpd
 
-    from geosam.modes.everything import segment_prompts
+    from geosam.modes.prompted import segment_prompts
 
     truth = gpd.read_file(LABELS).geometry
     t0 = time.perf_counter()

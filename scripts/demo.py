@@ -64,7 +64,7 @@ def litemedsam_boxes(out: Path) -> int:
     import numpy as np
 
     from geosam.errors import ModelLoadError
-    from geosam.modes.everything import segment_prompts
+    from geosam.modes.prompted import segment_prompts
     from geosam.write.overlay import render_overlay
     from geosam.write.vector import write_vector
 

@@ -1,4 +1,4 @@
-"""Finished objects -> the one output table (a GeoDataFrame), for every mode.
+"""Finished objects -> records -> the output table (a GeoDataFrame, built by `geo_frame` in every mode).
 
 Objects arrive in scene pixel coordinates (:class:`geosam.assemble.stitch.StitchedObject`);
 per-object hooks (index statistics) run while their pixels are at hand, then each
@@ -61,18 +61,30 @@ def finish(objs: Sequence[StitchedObject], hooks: Sequence[ObjectHook], sc: Scen
     return out
 
 
-def geo_frame(data: dict[str, Any], geoms: list[Any], crs_wkt: str, area_at: int | None = None) -> gpd.GeoDataFrame:
-    """A GeoDataFrame of ``data`` columns and ``geoms`` (map coordinates, scene CRS), with ``area_m2``
-    (m2, 0 for empty geometries) inserted at column position ``area_at`` (default: last)."""
+def geo_frame(data: dict[str, Any], geoms: Any, crs_wkt: str, area_at: int | None = None) -> gpd.GeoDataFrame:
+    """The one builder of output tables: ``data`` columns, in order, and ``geoms`` in the scene CRS.
+
+    Args:
+        data: Column name -> values, in output order.
+        geoms: Geometries (map coordinates, scene CRS), one per row.
+        crs_wkt: The scene's CRS.
+        area_at: Insert ``area_m2`` (m2, 0 for empty geometries) at this column position; None: ``data``
+            already has it (or has none).
+
+    Returns:
+        The GeoDataFrame (geometry column ``geometry`` last).
+    """
     import geopandas as gpd
 
-    areas = np.zeros(len(geoms))
-    have = [i for i, g in enumerate(geoms) if g is not None and not g.is_empty]
-    if have:
-        areas[have] = area_m2([geoms[i] for i in have], crs_wkt)
-    items = list(data.items())
-    items.insert(len(items) if area_at is None else area_at, ("area_m2", areas))
-    return gpd.GeoDataFrame(dict(items), geometry=gpd.GeoSeries(geoms, crs=crs_wkt), crs=crs_wkt)
+    if area_at is not None:
+        areas = np.zeros(len(geoms))
+        have = [i for i, g in enumerate(geoms) if g is not None and not g.is_empty]
+        if have:
+            areas[have] = area_m2([geoms[i] for i in have], crs_wkt)
+        items = list(data.items())
+        items.insert(area_at, ("area_m2", areas))
+        data = dict(items)
+    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=crs_wkt), crs=crs_wkt)
 
 
 __all__ = ["ObjectHook", "Record", "finish", "geo_frame"]

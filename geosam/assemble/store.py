@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geosam.assemble.records import geo_frame
 from geosam.errors import ConfigError
 from geosam.geo import area_m2, to_pyproj
 
@@ -252,7 +253,6 @@ class ObjectStore:
 
     def _frame(self, rows: list[tuple[Any, ...]], lead: Sequence[str], cols: list[str], model_name: str,
                complete: bool, rank_from: int | None) -> gpd.GeoDataFrame:
-        import geopandas as gpd
         import shapely
 
         n = len(rows)
@@ -281,7 +281,7 @@ class ObjectStore:
         if rank_from is not None:
             data["rank"] = np.arange(rank_from + 1, rank_from + n + 1, dtype=np.int64)
         geoms = shapely.from_wkb([r[7] for r in rows]) if n else []
-        return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=self.crs_wkt), crs=self.crs_wkt)
+        return geo_frame(data, geoms, self.crs_wkt)
 
     def close(self) -> None:
         if self.db is not None:

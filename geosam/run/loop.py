@@ -52,19 +52,10 @@ class ChipTask:
 
 @dataclass
 class RunStats:
-    """What a run does, counted while it runs (frozen into a `geosam.run.summary.RunSummary` at the end).
+    """What a run does, counted while it runs.
 
-    Attributes:
-        chips_total: Chip tasks of the run.
-        chips_skipped_invalid: Chips without a valid pixel.
-        chips_failed: Entries of chips that could not be read (see `geosam.write.failed_chips`).
-        chips_replayed: Results taken from a journal (not generated again).
-        chips_empty: Chips generated without any mask.
-        chips_skipped_prefilter: Chips the index prefilter skipped.
-        prompts_total: Grid prompts on valid pixels (counted when the prefilter runs).
-        prompts_skipped_prefilter: Grid prompts the prefilter dropped.
-        masks: Masks kept over all chips.
-        timings_s: Seconds per stage.
+    The counts mean what the fields of the same names in `geosam.run.summary.RunSummary` mean; the
+    runner freezes them into one when the run ends.
     """
 
     chips_total: int = 0
