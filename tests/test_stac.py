@@ -1,6 +1,6 @@
 """STAC items as scenes: per-band COGs over HTTP range requests, on one grid, equal to a local stack.
 
-The stac_catalog (:mod:`tests.data.make_stac`) is stac_served on 127.0.0.1 by :mod:`tests._range_server`;
+The stac_catalog (`tests.data.make_stac`) is stac_served on 127.0.0.1 by `tests._range_server`;
 bytes are counted per asset and per chip.
 """
 
