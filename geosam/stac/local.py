@@ -78,6 +78,7 @@ class _Server(ThreadingHTTPServer):
         self.bytes_by_path: dict[str, int] = {}
         self.searches: list[dict[str, Any]] = []
         self.latency_s = 0.0
+        self.fail_next = 0  # that many file requests answer 503 (a store's transient error)
 
     def items(self) -> list[dict[str, Any]]:
         """The folder's items with absolute asset hrefs and a self link."""
@@ -145,6 +146,11 @@ class _Handler(SimpleHTTPRequestHandler):
             return
         if self.server.latency_s > 0:
             time.sleep(self.server.latency_s)
+        with self.server.lock:
+            fail, self.server.fail_next = self.server.fail_next > 0, max(0, self.server.fail_next - 1)
+        if fail:
+            self.send_error(503)
+            return
         data = path.read_bytes()
         m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", "").strip())
         if m and (m.group(1) or m.group(2)):
@@ -220,6 +226,11 @@ class LocalCatalog:
         """The search parameters received, oldest first."""
         with self.httpd.lock:
             return list(self.httpd.searches)
+
+    def fail_next(self, n: int) -> None:
+        """Answer the next ``n`` file requests with HTTP 503 (a transient error), to try retries."""
+        with self.httpd.lock:
+            self.httpd.fail_next = int(n)
 
     def reset(self) -> None:
         """Zero the byte counts."""
