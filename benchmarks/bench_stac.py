@@ -19,6 +19,8 @@ whether the pixels equal the local stack's. Every reader runs twice: on loopback
 Results go to ``benchmarks/results/stac.json``.
 
     .venv/bin/python benchmarks/bench_stac.py [--tiles 4] [--chip 256] [--latency-ms 20]
+
+Needs the ``stac`` extra and, for the comparison only, ``pip install stackstac`` (not a geosam dependency).
 """
 
 from __future__ import annotations
