@@ -3,12 +3,12 @@ of the STAC-to-pixels library (odc-stac, stackstac, rasterio's WarpedVRT).
 
 Catalog: ``tests/data/make_stac.py`` with the shipped Sentinel-2 scene mirrored ``--tiles`` x ``--tiles``
 times (default 4: 2312 x 1516 px at 10 m; red, green, blue at 10 m and nir at 20 m as 128 px-block
-deflate COGs with overviews), served on 127.0.0.1 by :class:`geosam.stac.local.LocalCatalog` (byte
+deflate COGs with overviews), served on 127.0.0.1 by `geosam.stac.local.LocalCatalog` (byte
 ranges; loopback, so the times are CPU and request overheads, not network latency). Every chip of
 ``--chip`` px (no overlap) is read, all four bands, in row order. Each way of reading gets its own
 server (a new port, so GDAL's in-process cache never serves one reader from another's reads):
 
-* ``geosam (odc-stac, N threads)``: :class:`geosam.read.scene.Scene` on the item URL (``Scene.read_bands`` per
+* ``geosam (odc-stac, N threads)``: `geosam.read.scene.Scene` on the item URL (``Scene.read_bands`` per
   chip), the assets of a chip read by N threads (``RemoteEnv.asset_threads``);
 * ``odc-stac``, ``stackstac``, ``WarpedVRT``: each library on its own, per chip, onto the same grid;
 * ``local GeoTIFF``: ``Scene`` on the 10 m R, G, B, NIR stack of the same pixels (a local file: bytes = its size).
@@ -19,6 +19,8 @@ whether the pixels equal the local stack's. Every reader runs twice: on loopback
 Results go to ``benchmarks/results/stac.json``.
 
     .venv/bin/python benchmarks/bench_stac.py [--tiles 4] [--chip 256] [--latency-ms 20]
+
+Needs the ``stac`` extra and, for the comparison only, ``pip install stackstac`` (not a geosam dependency).
 """
 
 from __future__ import annotations

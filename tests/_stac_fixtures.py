@@ -1,5 +1,5 @@
-"""Fixtures of the STAC tests: the generated catalog (:mod:`tests.data.make_stac`), served with its STAC API
-(:class:`geosam.stac.local.LocalCatalog`).
+"""Fixtures of the STAC tests: the generated catalog (`tests.data.make_stac`), served with its STAC API
+(`geosam.stac.local.LocalCatalog`).
 
 Each test gets its own server (a new port, so GDAL's in-process cache of another test's URLs
 never hides a read). ``ThresholdGenerator``: masks from the chip's pixels (bright connected

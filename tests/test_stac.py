@@ -1,6 +1,6 @@
 """STAC items as scenes: per-band COGs over HTTP range requests, on one grid, equal to a local stack.
 
-The stac_catalog (:mod:`tests.data.make_stac`) is stac_served on 127.0.0.1 by :mod:`tests._range_server`;
+The stac_catalog (`tests.data.make_stac`) is stac_served on 127.0.0.1 by `tests._range_server`;
 bytes are counted per asset and per chip.
 """
 
@@ -147,3 +147,21 @@ def test_a_signing_hook_and_the_remote_settings(stac_catalog, stac_served) -> No
     assert {h.rsplit("/", 1)[1] for h in signed} == {"red.tif", "green.tif", "blue.tif"}
     with pytest.raises(StacError, match="fall on 2 days"):
         stac_scene([stac_catalog.items[0], stac_catalog.items[1]])
+
+
+def test_transient_http_errors_are_retried(stac_catalog) -> None:
+    from geosam.stac import RemoteEnv
+    from geosam.stac.local import LocalCatalog
+
+    with Scene(stac_catalog.stacks[0]) as local:
+        want = local.read_bands((1,), local.chip_specs(128, 0)[4].window)[0]
+    for failures, ok in ((2, True), (1000, False)):  # two 503s, then a store that keeps failing
+        with LocalCatalog(stac_catalog.root) as srv:  # a new URL: nothing in GDAL's cache yet
+            env = RemoteEnv(max_retries=3, retry_delay_s=0.05)
+            with Scene(stac_scene(item_url(srv, stac_catalog), "red", env=env), ReadConfig(overview_max_px=128)) as sc:
+                srv.fail_next(failures)
+                if ok:  # GDAL retried the 503s: the right pixels
+                    np.testing.assert_array_equal(sc.read_chip(sc.chip_specs(128, 0)[4]).raw, want)
+                else:  # a chip that still cannot be read: an InvalidRasterError naming the asset (skip_bad_chips)
+                    with pytest.raises(InvalidRasterError, match=r"cannot read window .*red\.tif"):
+                        sc.read_chip(sc.chip_specs(128, 0)[4])

@@ -20,7 +20,7 @@ from geosam.cli.options import NumberList
 
 F = Callable[..., Any]
 
-#: the options this module adds (popped from the command's settings by :func:`pop_stac_options`)
+#: the options this module adds (popped from the command's settings by `pop_stac_options`)
 NAMES = ("assets", "resolution_m", "mask_asset", "mask_values", "stac_search", "stac_items", "collections", "bbox",
          "datetime", "query", "group", "max_items", "sign", "no_sign_request", "requester_pays", "http_timeout_s",
          "http_retries")

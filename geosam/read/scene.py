@@ -175,7 +175,9 @@ class Scene:
     """An open scene: metadata, read settings and scene-wide stretch.
 
     ``scene``: a raster path, an open rasterio dataset or an xarray DataArray (read
-    window by window in place, see :mod:`geosam.read.dataarray`: no copy, no temporary file).
+    window by window in place, see :mod:`geosam.read.dataarray`: no copy, no temporary file),
+    or a STAC item (a ``pystac.Item``, an item JSON path or URL, a `geosam.stac.StacScene`: each
+    chip's window of each asset read over HTTP ranges, see `geosam.stac`).
     Holds one open rasterio dataset; use one ``Scene`` per thread. GDAL
     environments are scoped to each open and read (see :mod:`geosam.read.gdal`),
     so scenes may be closed in any order. Every failure to open or read the file

@@ -131,7 +131,7 @@ def make_job(sc: Scene, engine: EngineConfig, generator: MaskGenerator, before: 
     from geosam.read.dataarray import is_dataarray
 
     blob = pickle.dumps(generator, protocol=pickle.HIGHEST_PROTOCOL)
-    key = f"{sc.path}#{uuid.uuid4().hex}" if is_dataarray(sc.source) else sc.path
+    key = f"{sc.path}#{uuid.uuid4().hex}" if is_dataarray(sc.source) or not isinstance(sc.source, str) else sc.path
     return WorkerJob(sc.source, key, sc.read_config, sc.stretch, replace(engine, progress=False), blob,
                      hashlib.sha256(blob).hexdigest(), before)
 

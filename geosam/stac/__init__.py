@@ -1,11 +1,11 @@
 """STAC items and searches as scenes: per-band cloud-optimised assets read chip by chip.
 
-Stage modules: :mod:`~geosam.stac.env` (remote-read settings, signing), :mod:`~geosam.stac.item`
-(an item -> a :class:`~geosam.stac.item.StacScene`: bands by common name, one grid),
-:mod:`~geosam.stac.dataset` (window reads through odc-stac), :mod:`~geosam.stac.search`
+Stage modules: `geosam.stac.env` (remote-read settings, signing), `geosam.stac.item`
+(an item -> a `geosam.stac.item.StacScene`: bands by common name, one grid),
+`geosam.stac.dataset` (window reads through odc-stac), `geosam.stac.search`
 (ItemCollections and STAC API searches -> scenes per item, per day, or dated and cloud-masked),
-:mod:`~geosam.stac.fingerprint` (what a journal records of an item). This package depends on
-nothing above :mod:`geosam.errors`; ``geosam.read.scene.Scene`` calls :func:`stac_dataset`.
+`geosam.stac.fingerprint` (what a journal records of an item). This package depends on
+nothing above `geosam.errors`; ``geosam.read.scene.Scene`` calls `stac_dataset`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from geosam.stac.item import StacScene, is_stac, read_item, stac_scene
 
 
 def stac_dataset(scene: Any) -> Any:
-    """A :class:`~geosam.stac.dataset.StacDataset` when ``scene`` is a STAC item or scene, else None."""
+    """A `geosam.stac.dataset.StacDataset` when ``scene`` is a STAC item or scene, else None."""
     if not is_stac(scene):
         return None
     from geosam.stac.dataset import StacDataset

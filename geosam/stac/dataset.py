@@ -1,6 +1,6 @@
-"""A :class:`~geosam.stac.item.StacScene` read like a raster dataset, one window at a time.
+"""A `geosam.stac.item.StacScene` read like a raster dataset, one window at a time.
 
-:class:`StacDataset` has the parts of a rasterio dataset that :class:`geosam.read.scene.Scene`
+`StacDataset` has the parts of a rasterio dataset that `geosam.read.scene.Scene`
 uses (size, transform, CRS, band descriptions, ``read`` / ``read_masks`` of a window). Each
 window is read with ``odc.stac.load`` onto exactly that window's part of the scene grid
 (an ``odc.geo`` GeoBox): for every asset only the internal blocks under the window are
@@ -65,7 +65,7 @@ def load_window(scene: StacScene, keys: Sequence[str], geobox: Any, dtype: str) 
 
 
 class StacDataset:
-    """The parts of a rasterio dataset that ``Scene`` uses, over a :class:`StacScene` (nothing read up front)."""
+    """The parts of a rasterio dataset that ``Scene`` uses, over a `StacScene` (nothing read up front)."""
 
     def __init__(self, scene: StacScene) -> None:
         from rasterio.coords import BoundingBox

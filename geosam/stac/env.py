@@ -1,6 +1,6 @@
 """Remote reads the way users configure them: GDAL options, retries, signing.
 
-:class:`RemoteEnv` is a small frozen value (picklable, travels to reader threads and Dask
+`RemoteEnv` is a small frozen value (picklable, travels to reader threads and Dask
 workers) that becomes a scoped ``rasterio.Env`` around each chip read (never held for an
 object's life) and the timeout / retries of the JSON requests (items, searches).
 

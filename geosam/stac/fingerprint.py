@@ -38,7 +38,17 @@ def href_fingerprint(href: str, scene: StacScene) -> dict[str, Any]:
 
 
 def stac_fingerprint(scene: StacScene) -> list[dict[str, Any]]:
-    """Per item: id, and per asset read: key, href and :func:`href_fingerprint`."""
+    """What identifies a scene's pixels, for a run journal.
+
+    Args:
+        scene: the `StacScene`.
+
+    Returns:
+        Per item: its id and, per asset read (bands, then the mask asset), its key, href and `href_fingerprint`.
+
+    Raises:
+        StacError: an asset cannot be reached.
+    """
     names = (*scene.names, *([scene.mask_asset] if scene.mask_asset else []))
     out = []
     for item in scene.items:

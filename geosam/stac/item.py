@@ -1,11 +1,11 @@
 """STAC items as scenes: which assets are read, on which grid.
 
-A :class:`StacScene` is what geosam reads instead of a GeoTIFF: one item, or the items of
+A `StacScene` is what geosam reads instead of a GeoTIFF: one item, or the items of
 one day joined into a mosaic, with the assets chosen by their ``eo:bands`` / ``bands`` common
 names (``red``, ``nir``, ``swir16``...) or asset keys. Its pixels are read chip by chip by
-:class:`geosam.stac.dataset.StacDataset`; nothing is downloaded up front.
+`geosam.stac.dataset.StacDataset`; nothing is downloaded up front.
 
-The grid (:class:`StacGrid`): the CRS of the items (one CRS: items of several CRSs are an
+The grid (`StacGrid`): the CRS of the items (one CRS: items of several CRSs are an
 error, never silently warped), the resolution asked for (default: the finest of the chosen
 assets), anchored on the finest asset's pixel edges, covering every item. One item read at
 its finest resolution is exactly that asset's own grid. Coarser assets (Sentinel-2's 20 m
@@ -34,7 +34,7 @@ DEFAULT_NAMES = ("red", "green", "blue", "nir")
 
 
 def is_stac(obj: Any) -> bool:
-    """Whether ``obj`` is a STAC item (``pystac.Item``, item dict, ``.json`` path or URL) or a :class:`StacScene`."""
+    """Whether ``obj`` is a STAC item (``pystac.Item``, item dict, ``.json`` path or URL) or a `StacScene`."""
     if isinstance(obj, StacScene):
         return True
     if type(obj).__name__ == "Item" and type(obj).__module__.startswith("pystac"):
@@ -62,7 +62,18 @@ def read_json(source: str | os.PathLike[str], env: RemoteEnv) -> tuple[Any, str]
 
 
 def read_item(source: Any, env: RemoteEnv | None = None) -> Any:
-    """A ``pystac.Item`` from an item, an item dict, a JSON path or a URL; asset hrefs made absolute."""
+    """A ``pystac.Item`` with absolute asset hrefs.
+
+    Args:
+        source: a ``pystac.Item``, an item dict, or an item JSON's path or http(s) URL.
+        env: timeout and retries of the request (default `RemoteEnv()`).
+
+    Returns:
+        The item (a copy when one was given), asset hrefs resolved against the JSON's location.
+
+    Raises:
+        StacError: the file or URL cannot be read (naming it and the HTTP status), or is not a STAC item.
+    """
     import pystac
 
     env = env or RemoteEnv()
@@ -125,7 +136,7 @@ def asset_key(item: Any, name: str) -> str:
 
 
 def default_names(item: Any) -> tuple[str, ...]:
-    """Common names of :data:`DEFAULT_NAMES` the item has; StacError when it lacks red, green or blue."""
+    """Common names of `DEFAULT_NAMES` the item has; StacError when it lacks red, green or blue."""
     names = tuple(n for n in DEFAULT_NAMES if any(common_names(a) == [n] or k == n for k, a in item.assets.items()))
     if not {"red", "green", "blue"} <= set(names):
         raise BandError(f"STAC item {item.id!r} has no red, green and blue bands to show the model; choose bands "
@@ -145,7 +156,7 @@ class StacScene:
     """Items read as one scene: one item, or the items of one day joined (later items on top).
 
     Args:
-        items: ``pystac.Item`` objects (see :func:`read_item`), one CRS.
+        items: ``pystac.Item`` objects (see `read_item`), one CRS.
         names: the bands, by asset key or common name, in band order (band 1 first).
         resolution_m: pixel size of the grid in CRS units; None: the finest chosen asset's.
         mask_asset: a classification asset (e.g. ``scl``) whose ``mask_values`` mark invalid pixels.
@@ -180,7 +191,7 @@ class StacScene:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """The asset keys of :attr:`names` (the first item's; every item must have them)."""
+        """The asset keys of `names` (the first item's; every item must have them)."""
         return tuple(asset_key(self.items[0], n) for n in self.names)
 
     @property
@@ -191,11 +202,25 @@ class StacScene:
 def stac_scene(source: Any, assets: Sequence[str] | str | None = None, *, resolution_m: float | None = None,
                mask_asset: str | None = None, mask_values: Sequence[int] = (), env: RemoteEnv | None = None,
                sign: Callable[[str], str] | None = None) -> StacScene:
-    """A :class:`StacScene` of one item (``pystac.Item``, dict, JSON path or URL) or a list of one day's items.
+    """A `StacScene` of one item or of one day's items, every band checked before a pixel is read.
 
-    ``assets``: names (keys or common names, a list or ``"red,green,blue"``); None: red, green,
-    blue and nir where the item has them. Every name is checked against every item here,
-    before a pixel is read (BandError naming the bands the item has).
+    Args:
+        source: a ``pystac.Item``, an item dict, an item JSON path or URL, or a list of them (one day's
+            granules, joined into one mosaic); a `StacScene` is returned as it is.
+        assets: band names, asset keys or ``eo:bands`` common names, as a list or ``"red,green,blue"``;
+            None: red, green, blue and nir where the item has them.
+        resolution_m: pixel size of the grid in CRS units; None: the finest chosen asset's.
+        mask_asset: a classification asset (e.g. ``"scl"``) whose ``mask_values`` are invalid pixels.
+        mask_values: the masked classes (e.g. 3, 8, 9, 10: Sentinel-2 cloud shadow, clouds, cirrus).
+        env: remote-read settings (default `RemoteEnv()`).
+        sign: a function of an asset URL returning the URL to read (e.g. ``planetary_computer.sign``).
+
+    Returns:
+        The scene, labelled ``stac:<item id>``.
+
+    Raises:
+        BandError: an item lacks a band (the message lists the bands it has).
+        StacError: an item cannot be read, or the items fall on several days.
     """
     if isinstance(source, StacScene):
         return source
@@ -241,7 +266,21 @@ def _crs_of(item: Any, asset: Any) -> str | None:
 
 
 def asset_meta(item: Any, key: str, env: RemoteEnv, sign: Callable[[str], str] | None = None) -> AssetMeta:
-    """An asset's :class:`AssetMeta` from the projection / raster extensions, else from its header (one read)."""
+    """An asset's grid and values.
+
+    Args:
+        item: the ``pystac.Item``.
+        key: the asset key.
+        env: remote-read settings for the header read.
+        sign: the URL-signing function, if any.
+
+    Returns:
+        The `AssetMeta`, from the projection and raster extensions when they say everything, else from the
+        asset's header (one read).
+
+    Raises:
+        StacError: the asset cannot be opened or has no CRS.
+    """
     asset = item.assets[key]
     f, p = asset.extra_fields, item.properties
     transform, shape = f.get("proj:transform") or p.get("proj:transform"), f.get("proj:shape") or p.get("proj:shape")
@@ -267,7 +306,7 @@ def asset_meta(item: Any, key: str, env: RemoteEnv, sign: Callable[[str], str] |
 
 @dataclass(frozen=True)
 class StacGrid:
-    """The pixel grid a :class:`StacScene` is read onto, and what its bands hold.
+    """The pixel grid a `StacScene` is read onto, and what its bands hold.
 
     transform maps grid pixels to ``crs_wkt`` coordinates; width / height in pixels; dtype the
     bands' common data type; nodata the first band's; scales / offsets per band (``raster:bands``).
@@ -290,10 +329,19 @@ def _snap(value: float, origin: float, res: float, up: bool) -> float:
 
 
 def stac_grid(scene: StacScene) -> StacGrid:
-    """The grid of ``scene``: see the module docstring. StacError for items in several CRSs.
+    """The grid a scene is read onto (see the module docstring).
 
     Its extent is the union of each item's finest asset's extent (a coarser asset may overhang it by part
     of a pixel), snapped outwards to the grid.
+
+    Args:
+        scene: the `StacScene`.
+
+    Returns:
+        The `StacGrid`.
+
+    Raises:
+        StacError: the items are in several CRSs, or an asset's header cannot be read.
     """
     from rasterio.crs import CRS
 

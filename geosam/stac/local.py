@@ -1,13 +1,13 @@
 """A static STAC catalog served on this machine, read exactly as a public one: for trying geosam offline.
 
-:class:`LocalCatalog` serves a folder on ``127.0.0.1`` (an ephemeral port, a daemon thread) with what a
+`LocalCatalog` serves a folder on ``127.0.0.1`` (an ephemeral port, a daemon thread) with what a
 cloud object store and a STAC API answer: files with HTTP byte ranges (``Range: bytes=a-b`` -> 206),
 ``HEAD`` with ``Content-Length`` and ``ETag``; ``GET /`` a landing page that conforms to item search;
 ``GET`` / ``POST /search`` an ItemCollection of the folder's items (``*/*.json`` Features, asset hrefs
 made absolute) filtered by ``collections``, ``bbox`` and ``datetime`` (other search terms are accepted and
 ignored; no paging). It counts the bytes of files sent, per path, so a reader can see what a chip costs.
 ``latency_s`` delays every file response, as a distant object store does. It stops on
-:meth:`LocalCatalog.stop` or by itself after ``lifetime_s``. Not for serving anything but
+`LocalCatalog.stop` or by itself after ``lifetime_s``. Not for serving anything but
 a test or demo catalog: one thread per request, files read whole into memory.
 """
 
@@ -78,6 +78,7 @@ class _Server(ThreadingHTTPServer):
         self.bytes_by_path: dict[str, int] = {}
         self.searches: list[dict[str, Any]] = []
         self.latency_s = 0.0
+        self.fail_next = 0  # that many file requests answer 503 (a store's transient error)
 
     def items(self) -> list[dict[str, Any]]:
         """The folder's items with absolute asset hrefs and a self link."""
@@ -145,6 +146,11 @@ class _Handler(SimpleHTTPRequestHandler):
             return
         if self.server.latency_s > 0:
             time.sleep(self.server.latency_s)
+        with self.server.lock:
+            fail, self.server.fail_next = self.server.fail_next > 0, max(0, self.server.fail_next - 1)
+        if fail:
+            self.send_error(503)
+            return
         data = path.read_bytes()
         m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", "").strip())
         if m and (m.group(1) or m.group(2)):
@@ -187,11 +193,11 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 class LocalCatalog:
-    """Serve ``folder`` at :attr:`url` (``http://127.0.0.1:PORT``) until :meth:`stop` or ``lifetime_s`` seconds.
+    """Serve ``folder`` at `url` (``http://127.0.0.1:PORT``) until `stop` or ``lifetime_s`` seconds.
 
     ``latency_s``: seconds each file response waits (a simulated distance to the store).
 
-    Use as a context manager, or call :meth:`stop`.
+    Use as a context manager, or call `stop`.
     """
 
     def __init__(self, folder: str | Path, lifetime_s: float = 3600.0, latency_s: float = 0.0) -> None:
@@ -206,13 +212,13 @@ class LocalCatalog:
 
     @property
     def bytes_by_path(self) -> dict[str, int]:
-        """Bytes of files sent per URL path since the last :meth:`reset`."""
+        """Bytes of files sent per URL path since the last `reset`."""
         with self.httpd.lock:
             return dict(self.httpd.bytes_by_path)
 
     @property
     def bytes_sent(self) -> int:
-        """Bytes of files sent since the last :meth:`reset`."""
+        """Bytes of files sent since the last `reset`."""
         return sum(self.bytes_by_path.values())
 
     @property
@@ -220,6 +226,11 @@ class LocalCatalog:
         """The search parameters received, oldest first."""
         with self.httpd.lock:
             return list(self.httpd.searches)
+
+    def fail_next(self, n: int) -> None:
+        """Answer the next ``n`` file requests with HTTP 503 (a transient error), to try retries."""
+        with self.httpd.lock:
+            self.httpd.fail_next = int(n)
 
     def reset(self) -> None:
         """Zero the byte counts."""

@@ -1,17 +1,17 @@
 """Many items: ItemCollections and STAC API searches as scenes, per item, per day or dated.
 
 Sources: an ItemCollection (``pystac.ItemCollection``, a FeatureCollection JSON file or URL,
-a list of items) or a STAC API search (:func:`search`, through pystac-client). Grouping
-(:func:`stac_scenes`):
+a list of items) or a STAC API search (`search`, through pystac-client). Grouping
+(`stac_scenes`):
 
 * ``"item"``: one scene per item (one output each);
 * ``"day"``: one mosaic per day and orbit: the items of one solar day (UTC shifted by the
   longitude) and relative orbit joined, the first item's pixel winning where they overlap;
-* :func:`dated_scenes`: the day mosaics as (date, scene) pairs, in date order, for the
+* `dated_scenes`: the day mosaics as (date, scene) pairs, in date order, for the
   monitoring capability, with clouds masked from a classification asset
   (``mask_asset="scl", mask_values=(3, 8, 9, 10)``).
 
-Every group's grid is checked up front (:func:`check_scenes`): items of one day in several
+Every group's grid is checked up front (`check_scenes`): items of one day in several
 CRSs are an error before anything is read or written.
 """
 
@@ -34,7 +34,19 @@ GROUPS = ("item", "day")
 
 
 def read_items(source: Any, env: RemoteEnv | None = None) -> list[Any]:
-    """Items of an ItemCollection (object, FeatureCollection file / URL / dict), an item, or a list of either."""
+    """The items of a collection.
+
+    Args:
+        source: a ``pystac.ItemCollection``, a FeatureCollection (dict, JSON file or URL; relative asset hrefs
+            resolved against its location), an item in any form `read_item` takes, or a list of these.
+        env: remote-read settings (default `RemoteEnv()`).
+
+    Returns:
+        ``pystac.Item`` objects with absolute asset hrefs, in the order given.
+
+    Raises:
+        StacError: a file or URL cannot be read or holds no STAC items.
+    """
     env = env or RemoteEnv()
     if isinstance(source, (list, tuple)):
         return [it for s in source for it in read_items(s, env)]
@@ -65,7 +77,23 @@ def _query(query: str | Sequence[str] | dict[str, Any] | None) -> Any:
 def search(url: str, *, collections: Sequence[str] | str | None = None, bbox: Sequence[float] | None = None,
            datetime: str | None = None, query: Any = None, max_items: int | None = 1000,
            env: RemoteEnv | None = None) -> list[Any]:
-    """Items of a STAC API search (pystac-client). StacError for an unreachable API or no items."""
+    """Items of a STAC API item search (pystac-client).
+
+    Args:
+        url: the API's landing page, e.g. ``https://earth-search.aws.element84.com/v1``.
+        collections: collection id(s), e.g. ``"sentinel-2-l2a"``.
+        bbox: (lon_min, lat_min, lon_max, lat_max) in degrees.
+        datetime: an instant or a range, e.g. ``"2024-04/2024-10"``.
+        query: property filters, ``"eo:cloud_cover<20"`` or a list of such, or a query dict.
+        max_items: at most this many items.
+        env: timeout and retries of the requests.
+
+    Returns:
+        The items found, asset hrefs absolute.
+
+    Raises:
+        StacError: the API cannot be reached or answers an error, or the search finds nothing (naming the terms).
+    """
     import pystac_client
     from pystac_client.stac_api_io import StacApiIO
 
@@ -93,7 +121,18 @@ def _day_key(item: Any) -> tuple[str, dt.date, str]:
 
 
 def group_items(items: Sequence[Any], group: str = "item") -> list[tuple[str, list[Any]]]:
-    """(label, items) per output: one per item, or one per (collection, solar day, orbit) in date order."""
+    """Items grouped into scenes.
+
+    Args:
+        items: ``pystac.Item`` objects.
+        group: ``"item"`` (one group per item) or ``"day"`` (one per collection, solar day and relative orbit).
+
+    Returns:
+        (label, items) per group: the item id, or ``<collection>_<date>_R<orbit>``; days in date order.
+
+    Raises:
+        ConfigError: an unknown ``group``.
+    """
     if group not in GROUPS:
         raise ConfigError(f"group must be one of {GROUPS}, got {group!r}")
     if group == "item":
@@ -111,7 +150,19 @@ def group_items(items: Sequence[Any], group: str = "item") -> list[tuple[str, li
 def stac_scenes(source: Any, group: str = "item", *, assets: Sequence[str] | str | None = None,
                 resolution_m: float | None = None, mask_asset: str | None = None, mask_values: Sequence[int] = (),
                 env: RemoteEnv | None = None, sign: Callable[[str], str] | None = None) -> list[StacScene]:
-    """Scenes of a collection or a list of items (see :func:`read_items`), grouped by ``group``."""
+    """Scenes of a collection or of a list of items, one per item or one per day.
+
+    Args:
+        source: anything `read_items` takes (e.g. the items of `search`).
+        group: ``"item"`` or ``"day"`` (see `group_items`).
+        assets, resolution_m, mask_asset, mask_values, env, sign: as `geosam.stac.item.stac_scene`.
+
+    Returns:
+        One `StacScene` per group, labelled as `group_items` says.
+
+    Raises:
+        StacError: no items; BandError: an item lacks a band.
+    """
     env = env or RemoteEnv()
     items = read_items(source, env)
     if not items:
@@ -141,9 +192,17 @@ class DatedScene:
 def dated_scenes(source: Any, *, assets: Sequence[str] | str | None = None, resolution_m: float | None = None,
                  mask_asset: str | None = None, mask_values: Sequence[int] = (), env: RemoteEnv | None = None,
                  sign: Callable[[str], str] | None = None) -> list[DatedScene]:
-    """One :class:`DatedScene` per day (:func:`stac_scenes` with ``group="day"``), in date order, checked.
+    """The dated scenes of a time series: one day's mosaic per date, clouds masked, every grid checked.
 
-    Raises StacError when two orbits fall on one day (give a narrower search) or a day mixes CRSs.
+    Args:
+        source: anything `read_items` takes.
+        assets, resolution_m, mask_asset, mask_values, env, sign: as `geosam.stac.item.stac_scene`.
+
+    Returns:
+        One `DatedScene` per day, oldest first.
+
+    Raises:
+        StacError: two orbits or collections on one day (narrow the search), or a day's items in several CRSs.
     """
     scenes = stac_scenes(source, "day", assets=assets, resolution_m=resolution_m, mask_asset=mask_asset,
                          mask_values=mask_values, env=env, sign=sign)

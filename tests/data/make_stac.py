@@ -12,7 +12,7 @@ R, G, B, NIR, date B bands 5-8) it writes, per date, one item like a Sentinel-2 
 * ``eo:bands`` common names, ``proj:epsg`` / ``proj:shape`` / ``proj:transform``, ``raster:bands``.
 
 Also a second "granule" pair for one day (the scene's left and right halves as two items of
-the same date and orbit, overlapping by 64 px, in collection :data:`HALVES_COLLECTION`) to test mosaics per day, and the local
+the same date and orbit, overlapping by 64 px, in collection `HALVES_COLLECTION`) to test mosaics per day, and the local
 10 m stack of what an item reads (``stack_<date>.tif``: R, G, B, NIR at 10 m, NIR repeated
 2 x 2) to compare a STAC run with a local one. Run ``python -m tests.data.make_stac OUT_DIR``.
 """
@@ -43,7 +43,7 @@ HALVES_COLLECTION = "sentinel-2-l2a-halves"
 
 @dataclass(frozen=True)
 class StacFiles:
-    """What :func:`make_catalog` wrote (paths inside ``root``; items' asset hrefs are relative)."""
+    """What `make_catalog` wrote (paths inside ``root``; items' asset hrefs are relative)."""
 
     root: Path
     items: tuple[Path, ...]  # one item JSON per date

@@ -1,0 +1,24 @@
+"""A STAC item on Dask: the workers read the item's assets themselves (the scene travels as a picklable
+`StacScene`) and give the in-process output."""
+
+from __future__ import annotations
+
+import pytest
+
+import geosam
+from tests._stac_fixtures import ThresholdGenerator, geometries, item_url
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.mark.slow  # starting two worker processes: ~10-20 s
+def test_an_item_on_two_workers_gives_the_in_process_output(stac_catalog, stac_served) -> None:
+    srv = stac_served
+    kw = {"chip_size_px": 192, "overlap_px": 32, "progress": False, "overview_max_px": 2048}
+    here = geosam.segment_scene(item_url(srv, stac_catalog), ThresholdGenerator(), **kw)
+    srv.reset()
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            distributed.Client(cl) as client:
+        there = geosam.segment_scene(item_url(srv, stac_catalog), ThresholdGenerator(), scheduler=client, **kw)
+    assert len(here) > 10 and geometries(there) == geometries(here)
+    assert srv.bytes_sent > 0  # the workers fetched the chips
