@@ -570,3 +570,82 @@ def test_merge_of_many_crss_is_in_wgs84_with_a_short_warning(case: Path, caplog:
         else:  # on the antimeridian: every vertex near +-180, none far off
             lon = shapely.get_coordinates(np.asarray(part.geometry.values))[:, 0]
             assert (np.abs(lon) > 179).all(), name
+
+
+# ---------------------------------------------------------------------------
+# 7. raw tracebacks and noise
+
+
+@pytest.mark.parametrize("command", ["segment", "prompt"])
+def test_unreachable_scheduler_is_one_line_at_once(case: Path, model_loads: list[str], command: str) -> None:
+    import time
+
+    args = SEG if command == "segment" else [*PROMPT, "--points", "1,2"]
+    t0 = time.perf_counter()
+    res = invoke(case, [*args, "--scheduler", "tcp://127.0.0.1:1"])
+    assert time.perf_counter() - t0 < 10
+    assert_exit(res, 1, "cannot reach the Dask scheduler at tcp://127.0.0.1:1", "dask scheduler")
+    assert model_loads == []
+
+
+def test_library_warnings_do_not_leak_through_the_cli(case: Path, oracle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    generate = OracleMaskGenerator.generate
+
+    def noisy(self: OracleMaskGenerator, chip: Any) -> Any:
+        with np.errstate(divide="warn"):
+            np.divide(np.ones(1), np.zeros(1))  # numpy's RuntimeWarning
+        warnings.warn("a library's UserWarning", UserWarning, stacklevel=1)
+        return generate(self, chip)
+
+    monkeypatch.setattr(OracleMaskGenerator, "generate", noisy)
+    monkeypatch.setattr(warnings, "filters", [])
+    warnings.simplefilter("always")
+    res = invoke(case, SEG, changes=("out.gpkg",))
+    assert_exit(res, 0, "out.gpkg:")
+    assert "RuntimeWarning" not in res.output and "UserWarning" not in res.output
+
+
+_NO_GUARD = textwrap.dedent("""
+    from geosam.modes.everything import segment_scene
+    from geosam.testing import OracleMaskGenerator
+    segment_scene("{d}/scene.tif", OracleMaskGenerator("{d}/labels.tif"), scheduler="local", n_workers=1,
+                  chip_size_px=64, overlap_px=0, progress=False)
+""")
+
+_CLI_LOCAL = textwrap.dedent("""
+    import geosam.modes.everything
+    from geosam.cli.main import cli
+    from geosam.testing import OracleMaskGenerator
+    if __name__ == "__main__":
+        geosam.modes.everything.make_mask_generator = lambda cfg: OracleMaskGenerator("{d}/labels.tif")
+        cli.main(["segment", "{d}/scene.tif", "-o", "{d}/out.gpkg", "--no-progress", "--chip-size", "64",
+                  "--overlap", "0", "--scheduler", "local", "--workers", "1"])
+""")
+
+
+def run_script(folder: Path, text: str) -> subprocess.CompletedProcess[str]:
+    script = folder / "run.py"
+    script.write_text(text.format(d=folder))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")} | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, env=env,
+                          cwd=folder, timeout=240)
+
+
+@pytest.mark.slow
+def test_local_scheduler_in_a_script_without_main_guard(case: Path) -> None:
+    res = run_script(case, _NO_GUARD)
+    assert res.returncode != 0
+    hint = 'put the code that runs geosam under `if __name__ == "__main__":`'
+    assert res.stderr.count(hint) >= 1 and "geosam.errors.ConfigError" in res.stderr
+    assert len(res.stderr.splitlines()) < 40, res.stderr  # not Dask's 228 lines
+
+
+@pytest.mark.slow
+def test_local_scheduler_from_the_cli_is_quiet(case: Path) -> None:
+    res = run_script(case, _CLI_LOCAL)
+    assert res.returncode == 0, res.stderr
+    noise = [ln for ln in (res.stdout + res.stderr).splitlines() if "distributed" in ln or "Warning" in ln]
+    assert noise == [], noise
+    assert "out.gpkg: " in res.stdout and len(gpd.read_file(case / "out.gpkg")) > 0

@@ -249,7 +249,7 @@ def run(
     if journal is not None:
         tasks = replay(journal, tasks, loop.deliver, stats)
     if execute is not None:
-        for task, result in _progress(execute(tasks), len(tasks), engine.progress, desc):
+        for task, result in _progress(with_estimate(execute(tasks), len(tasks)), len(tasks), engine.progress, desc):
             loop.deliver(task, result)
         tasks = []
     by_spec = {t.spec: t for t in tasks}
