@@ -599,7 +599,12 @@ def test_library_warnings_do_not_leak_through_the_cli(case: Path, oracle: Path, 
         warnings.warn("a library's UserWarning", UserWarning, stacklevel=1)
         return generate(self, chip)
 
+    def print_like_python(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                          line: str | None = None) -> None:  # what a plain python process does (pytest records)
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
     monkeypatch.setattr(OracleMaskGenerator, "generate", noisy)
+    monkeypatch.setattr(warnings, "showwarning", print_like_python)
     monkeypatch.setattr(warnings, "filters", [])
     warnings.simplefilter("always")
     res = invoke(case, SEG, changes=("out.gpkg",))
