@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 import threading
 from collections import OrderedDict
@@ -104,9 +103,8 @@ def _main_is_script() -> bool:
     """Whether the program runs a Python script file (whose workers re-import it), not the geosam CLI."""
     import sys
 
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None) or ""
-    return path.endswith(".py") and "geosam" not in os.path.basename(path)
+    path = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return path.endswith(".py")  # the geosam console script has no .py suffix
 
 
 def connect(stack: ExitStack, scheduler: Any, n_workers: int | None = None) -> Any:
