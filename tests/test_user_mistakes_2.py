@@ -149,6 +149,42 @@ def test_label_raster_write_cut_short_keeps_the_old_file(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels_out.tif", "like.tif"]  # no temporary left
 
 
+_FULL_DISK_VECTORS = textwrap.dedent("""
+    import os, resource, signal, sys
+    import geopandas as gpd, numpy as np
+    from shapely.geometry import box
+    from geosam.errors import ExportError
+    from geosam.write.label_raster import write_vector
+    d = sys.argv[1]
+    rng = np.random.default_rng(0)
+    gdf = gpd.GeoDataFrame({"id": np.arange(1, 5001)},
+                           geometry=[box(x, y, x + 5, y + 5) for x, y in rng.uniform(0, 1990, (5000, 2))],
+                           crs="EPSG:32633")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000))
+    for ext in (".gpkg", ".geojson", ".parquet", ".shp"):
+        try:
+            write_vector(gdf, d + "/out" + ext, overwrite=True)
+            print(ext, "written")
+        except ExportError as exc:
+            print(ext, "ExportError", str(exc)[:80].replace(chr(10), " "))
+""")
+
+
+def test_vector_write_cut_short_keeps_the_old_files(tmp_path: Path) -> None:
+    old = {ext: f"an earlier {ext} output".encode() * 50 for ext in (".gpkg", ".geojson", ".parquet", ".shp")}
+    for ext, data in old.items():
+        (tmp_path / f"out{ext}").write_bytes(data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", _FULL_DISK_VECTORS, str(tmp_path)], check=False, capture_output=True,
+                         text=True, env=env, timeout=120)
+    lines = res.stdout.splitlines()
+    assert len(lines) == 4 and all("ExportError" in ln for ln in lines), res.stdout + res.stderr
+    for ext, data in old.items():
+        assert (tmp_path / f"out{ext}").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"out{ext}" for ext in old)
+
+
 # ---------------------------------------------------------------------------
 # 2. nodata: per dataset (GDAL's dataset mask), not per band
 
