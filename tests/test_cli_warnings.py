@@ -52,7 +52,7 @@ def test_a_prompt_warning_prints_as_one_line(tmp_path: Path, monkeypatch: pytest
     assert list(gpd.read_file(tmp_path / "out.gpkg")["prompt_id"]) == [8]
 
 
-def test_other_warnings_keep_python_s_format_and_the_display_is_restored(shown: None,
+def test_other_warnings_hidden_without_v_keep_python_s_format_with_it(shown: None,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from geosam.prompts.parse import PromptWarning
 
@@ -63,8 +63,20 @@ def test_other_warnings_keep_python_s_format_and_the_display_is_restored(shown: 
         warnings.warn("from geosam", PromptWarning, stacklevel=1)
         warnings.warn("from elsewhere", UserWarning, stacklevel=1)
 
-    command()
-    err = capsys.readouterr().err
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.WARNING)  # no -v: other libraries' warnings go to the debug log (issue 19)
+        command()
+        err = capsys.readouterr().err
+        assert "warning: from geosam\n" in err and "from elsewhere" not in err
+        root.setLevel(logging.INFO)  # -v: shown, in Python's format
+        command()
+        err = capsys.readouterr().err
+    finally:
+        root.setLevel(level)
     assert "warning: from geosam\n" in err
     assert "UserWarning: from elsewhere" in err and "test_cli_warnings.py:" in err
     assert warnings.formatwarning is before

@@ -149,6 +149,42 @@ def test_label_raster_write_cut_short_keeps_the_old_file(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels_out.tif", "like.tif"]  # no temporary left
 
 
+_FULL_DISK_VECTORS = textwrap.dedent("""
+    import os, resource, signal, sys
+    import geopandas as gpd, numpy as np
+    from shapely.geometry import box
+    from geosam.errors import ExportError
+    from geosam.write.label_raster import write_vector
+    d = sys.argv[1]
+    rng = np.random.default_rng(0)
+    gdf = gpd.GeoDataFrame({"id": np.arange(1, 5001)},
+                           geometry=[box(x, y, x + 5, y + 5) for x, y in rng.uniform(0, 1990, (5000, 2))],
+                           crs="EPSG:32633")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000))
+    for ext in (".gpkg", ".geojson", ".parquet", ".shp"):
+        try:
+            write_vector(gdf, d + "/out" + ext, overwrite=True)
+            print(ext, "written")
+        except ExportError as exc:
+            print(ext, "ExportError", str(exc)[:80].replace(chr(10), " "))
+""")
+
+
+def test_vector_write_cut_short_keeps_the_old_files(tmp_path: Path) -> None:
+    old = {ext: f"an earlier {ext} output".encode() * 50 for ext in (".gpkg", ".geojson", ".parquet", ".shp")}
+    for ext, data in old.items():
+        (tmp_path / f"out{ext}").write_bytes(data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", _FULL_DISK_VECTORS, str(tmp_path)], check=False, capture_output=True,
+                         text=True, env=env, timeout=120)
+    lines = res.stdout.splitlines()
+    assert len(lines) == 4 and all("ExportError" in ln for ln in lines), res.stdout + res.stderr
+    for ext, data in old.items():
+        assert (tmp_path / f"out{ext}").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"out{ext}" for ext in old)
+
+
 # ---------------------------------------------------------------------------
 # 2. nodata: per dataset (GDAL's dataset mask), not per band
 
@@ -570,3 +606,87 @@ def test_merge_of_many_crss_is_in_wgs84_with_a_short_warning(case: Path, caplog:
         else:  # on the antimeridian: every vertex near +-180, none far off
             lon = shapely.get_coordinates(np.asarray(part.geometry.values))[:, 0]
             assert (np.abs(lon) > 179).all(), name
+
+
+# ---------------------------------------------------------------------------
+# 7. raw tracebacks and noise
+
+
+@pytest.mark.parametrize("command", ["segment", "prompt"])
+def test_unreachable_scheduler_is_one_line_at_once(case: Path, model_loads: list[str], command: str) -> None:
+    import time
+
+    args = SEG if command == "segment" else [*PROMPT, "--points", "1,2"]
+    t0 = time.perf_counter()
+    res = invoke(case, [*args, "--scheduler", "tcp://127.0.0.1:1"])
+    assert time.perf_counter() - t0 < 10
+    assert_exit(res, 1, "cannot reach the Dask scheduler at tcp://127.0.0.1:1", "dask scheduler")
+    assert model_loads == []
+
+
+def test_library_warnings_do_not_leak_through_the_cli(case: Path, oracle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    generate = OracleMaskGenerator.generate
+
+    def noisy(self: OracleMaskGenerator, chip: Any) -> Any:
+        with np.errstate(divide="warn"):
+            np.divide(np.ones(1), np.zeros(1))  # numpy's RuntimeWarning
+        warnings.warn("a library's UserWarning", UserWarning, stacklevel=1)
+        return generate(self, chip)
+
+    def print_like_python(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                          line: str | None = None) -> None:  # what a plain python process does (pytest records)
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(OracleMaskGenerator, "generate", noisy)
+    monkeypatch.setattr(warnings, "showwarning", print_like_python)
+    monkeypatch.setattr(warnings, "filters", [])
+    warnings.simplefilter("always")
+    res = invoke(case, SEG, changes=("out.gpkg",))
+    assert_exit(res, 0, "out.gpkg:")
+    assert "RuntimeWarning" not in res.output and "UserWarning" not in res.output
+
+
+_NO_GUARD = textwrap.dedent("""
+    from geosam.modes.everything import segment_scene
+    from geosam.testing import OracleMaskGenerator
+    segment_scene("{d}/scene.tif", OracleMaskGenerator("{d}/labels.tif"), scheduler="local", n_workers=1,
+                  chip_size_px=64, overlap_px=0, progress=False)
+""")
+
+_CLI_LOCAL = textwrap.dedent("""
+    import geosam.modes.everything
+    from geosam.cli.main import cli
+    from geosam.testing import OracleMaskGenerator
+    if __name__ == "__main__":
+        geosam.modes.everything.make_mask_generator = lambda cfg: OracleMaskGenerator("{d}/labels.tif")
+        cli.main(["segment", "{d}/scene.tif", "-o", "{d}/out.gpkg", "--no-progress", "--chip-size", "64",
+                  "--overlap", "0", "--scheduler", "local", "--workers", "1"])
+""")
+
+
+def run_script(folder: Path, text: str) -> subprocess.CompletedProcess[str]:
+    script = folder / "run.py"
+    script.write_text(text.format(d=folder))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")} | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, env=env,
+                          cwd=folder, timeout=240)
+
+
+@pytest.mark.slow
+def test_local_scheduler_in_a_script_without_main_guard(case: Path) -> None:
+    res = run_script(case, _NO_GUARD)
+    assert res.returncode != 0
+    hint = 'put the code that runs geosam under `if __name__ == "__main__":`'
+    assert res.stderr.count(hint) >= 1 and "geosam.errors.ConfigError" in res.stderr
+    assert len(res.stderr.splitlines()) < 40, res.stderr  # not Dask's 228 lines
+
+
+@pytest.mark.slow
+def test_local_scheduler_from_the_cli_is_quiet(case: Path) -> None:
+    res = run_script(case, _CLI_LOCAL)
+    assert res.returncode == 0, res.stderr
+    noise = [ln for ln in (res.stdout + res.stderr).splitlines() if "distributed" in ln or "Warning" in ln]
+    assert noise == [], noise
+    assert "out.gpkg: " in res.stdout and len(gpd.read_file(case / "out.gpkg")) > 0

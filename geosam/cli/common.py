@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 import sys
 import warnings
@@ -13,6 +14,8 @@ from typing import Any
 import click
 
 from geosam.errors import GeosamError
+
+log = logging.getLogger(__name__)
 
 
 class Terminated(Exception):
@@ -45,6 +48,22 @@ def make_formatwarning(fallback: Callable[..., str]) -> Callable[..., str]:
     return formatwarning
 
 
+def make_showwarning(fallback: Callable[..., None]) -> Callable[..., None]:
+    """A :data:`warnings.showwarning` that shows geosam's own warnings (through ``fallback``) and, unless ``-v``
+    (the root logger at INFO or below), sends other libraries' warnings (pyogrio, rasterio, numpy, Dask...) to
+    the debug log: they are about geosam's internals, not the user's data, and would drown its one-line messages.
+    """
+
+    def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: Any = None, line: str | None = None) -> None:
+        if is_geosam_warning(category) or logging.getLogger().isEnabledFor(logging.INFO):
+            fallback(message, category, filename, lineno, file, line)
+        else:
+            log.debug("%s from %s:%d: %s", category.__name__, filename, lineno, message)
+
+    return showwarning
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a command: a :class:`GeosamError` becomes ``Error: ...`` and exit code 1, never a traceback;
     geosam's warnings print as ``warning: ...`` (one line on stderr);
@@ -52,13 +71,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        formatwarning = warnings.formatwarning
+        formatwarning, showwarning = warnings.formatwarning, warnings.showwarning
         try:
             previous: Any = signal.signal(signal.SIGTERM, _on_sigterm)
         except ValueError:  # not the main thread: leave signals alone
             previous = None
         try:
             warnings.formatwarning = make_formatwarning(formatwarning)  # the command's only: restored below
+            warnings.showwarning = make_showwarning(showwarning)
             return fn(*args, **kwargs)
         except GeosamError as exc:
             click.echo(f"Error: {exc}", err=True)
@@ -70,7 +90,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("Terminated; no output was written or changed.", err=True)
             sys.exit(143)
         finally:
-            warnings.formatwarning = formatwarning
+            warnings.formatwarning, warnings.showwarning = formatwarning, showwarning
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 
@@ -87,4 +107,4 @@ def lock_outputs(*paths: str | None) -> None:
         ctx.with_resource(output_lock(path))
 
 
-__all__ = ["Terminated", "handle_errors", "is_geosam_warning", "lock_outputs", "make_formatwarning"]
+__all__ = ["Terminated", "handle_errors", "is_geosam_warning", "lock_outputs", "make_formatwarning", "make_showwarning"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -23,6 +24,8 @@ def cli(verbose: int) -> None:
     """Segment satellite and aerial scenes into georeferenced vector objects."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose == 0:  # Dask's INFO lines (here and in its worker processes) only with -v
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     plan = logging.getLogger("geosam.plan")  # the plan and the first estimate, shown without -v
     if verbose == 0 and not plan.handlers:
         plan.addHandler(_EchoHandler())

@@ -22,7 +22,7 @@ from geosam.assemble.records import ObjectHook, Record, finish
 from geosam.assemble.result import FAILED, INVALID, PREFILTERED, ChipResult
 from geosam.read.prefetch import iter_chips
 from geosam.read.scene import Chip, Scene
-from geosam.run.plan import with_estimate
+from geosam.run.plan import ESTIMATE_AFTER_CHIPS, with_estimate
 from geosam.segment.base import ChipMasks, MaskGenerator
 from geosam.tile.grid import ChipSpec
 from geosam.write.failed_chips import failed_chip_entry
@@ -304,13 +304,14 @@ def run(
     if journal is not None:
         tasks = replay(journal, tasks, loop.deliver, stats)
     if execute is not None:
-        for task, result in _progress(execute(tasks), len(tasks), engine.progress, desc):
+        for task, result in _progress(with_estimate(execute(tasks), len(tasks)), len(tasks), engine.progress, desc):
             loop.deliver(task, result)
         tasks = []
     by_spec = {t.spec: t for t in tasks}
     read_times: dict[str, float] = {}
     chips = iter_chips(sc, [t.spec for t in tasks], engine.prefetch_chips, read_times, engine.skip_bad_chips)
-    for spec, chip in _progress(with_estimate(chips, len(tasks)), len(tasks), engine.progress and bool(tasks), desc):
+    timed = with_estimate(chips, len(tasks), after=max(ESTIMATE_AFTER_CHIPS, engine.chips_per_batch))  # whole batches
+    for spec, chip in _progress(timed, len(tasks), engine.progress and bool(tasks), desc):
         task = by_spec[spec]
         outcome = _triage(task, chip, before)
         if isinstance(outcome, Chip):

@@ -38,7 +38,7 @@ def log_plan(path: str, n_chips: int, chip_side_px: int, points_per_side: int | 
         return
     per_chip = prompts_per_chip(points_per_side, crop_n_layers, downscale)
     crops = sum(4**i for i in range(crop_n_layers + 1))
-    log.info("%s: %d chips of up to %d px, %d image encodings and %d point prompts per chip (%d prompts to decode)",
+    log.info("%s: %d chips of up to %d px, %d image encoding(s) and %d point prompts per chip (%d prompts to decode)",
              path, n_chips, chip_side_px, crops, per_chip, per_chip * n_chips)
 
 
