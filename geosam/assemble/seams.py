@@ -18,13 +18,18 @@ two windows, which both chips see whole), on their parts there, ``a`` and ``b``:
 
    Objects that merely touch fail this: one's part is not within a few pixels of the other's (a building's part
    is not explained by a thin rim of its neighbour), and each has a better partner, itself seen by the other chip.
+3. *A sliver cut by its chip*: a part with no partner in the strip that reaches its chip's edge (the object goes on
+   where only the neighbour sees it) joins the neighbour's piece within ``tolerance_px`` of ``MIN_AGREEMENT`` of
+   its pixels, the nearest one (`match_near`): the other view, eroded a pixel or two, may have left the strip.
 
 **Ownership.** Whatever stays apart must not claim the same pixels twice. Every pixel has an order of precedence
 among the chips that see it: the chip whose core holds it first (cores partition the scene), then the others by
 chessboard distance from their cores, ties by chip (row, col). An object takes a pixel from its best-placed member
 chip that sees it (the core's owner when that chip is a member), and loses it to any piece of another object from a
 chip of higher precedence. So each chip decides the pixels of its own core, neighbours fill in only what its own
-masks leave free, and as long as one chip's masks do not overlap, no two objects share a pixel.
+masks leave free, and as long as one chip's masks do not overlap, no two objects share a pixel. Where two views of
+one object meet at a core cut, a detached sliver no thicker than the tolerance may be left (one view's edge just
+beyond the cut, the other's just before it): `drop_slivers` removes it.
 """
 
 from __future__ import annotations
@@ -231,10 +236,16 @@ def claims(
     return a[3] & a_first, b[3] & ~a_first
 
 
-def drop_slivers(mask: np.ndarray, tolerance_px: int) -> np.ndarray:
-    """``mask`` without the seam slivers left where two chips' views of one object meet: every 4-connected part
-    but the largest that is at most ``tolerance_px`` + 1 pixels thick (gone after a chessboard erosion by
-    ``ceil(tolerance_px / 2)``). A mask of one part comes back as it is."""
+def drop_slivers(mask: np.ndarray, tolerance_px: int, disputed: np.ndarray) -> np.ndarray:
+    """``mask`` without the seam slivers left where two chips' views of one object meet.
+
+    A sliver is a 4-connected part, not the largest, at most ``tolerance_px`` + 1 pixels thick (gone after a
+    chessboard erosion by ``ceil(tolerance_px / 2)``), all of whose pixels are ``disputed`` (some chip that sees
+    them does not hold them). Parts every chip agrees on stay, so perfect masks come back as they are.
+
+    Returns:
+        ``mask`` itself when nothing is dropped, else a new array.
+    """
     from scipy import ndimage
 
     if tolerance_px <= 0:
@@ -247,9 +258,11 @@ def drop_slivers(mask: np.ndarray, tolerance_px: int) -> np.ndarray:
     r = -(-tolerance_px // 2)
     thick = ndimage.binary_erosion(mask, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
     keep = np.zeros(n + 1, bool)
-    keep[np.unique(lab[thick])] = True
+    keep[np.unique(lab[thick | (mask & ~disputed)])] = True
     keep[int(np.argmax(sizes))] = True
     keep[0] = False
+    if keep[1:].all():
+        return mask
     return keep[lab]
 
 
@@ -329,3 +342,50 @@ def match_chips(
             near = match_near(lonely, free, pixels, same_kind, tolerance_px)
             matched += [(y, x) if flip else (x, y) for x, y in near]
     return matched, apart
+
+
+View = tuple[ChipKey, PixelWindow, np.ndarray]  # a member piece: its chip, bbox and pixels
+
+
+def own_pixels(
+    view: View,
+    blockers: Sequence[tuple[int, PixelWindow, np.ndarray]],
+    members: set[int],
+    deciding: Sequence[ChipKey],
+    windows: dict[ChipKey, PixelWindow],
+    cores: dict[ChipKey, PixelWindow],
+) -> np.ndarray:
+    """The pixels a piece gives its object: where its chip takes precedence over the other ``deciding`` chips, less
+    those that pieces of other objects (``blockers`` whose uid is not in ``members``) hold."""
+    chip, bbox, mask = view
+    m = mask.copy()
+    for uid, w, claim in blockers:
+        if uid not in members:
+            m[w.relative_to(bbox).slices()] &= ~claim
+    if len(deciding) < 2:
+        return m
+    mine = core_distance(bbox, cores[chip])
+    for c in deciding:
+        seen = None if c == chip else windows[c].intersection(bbox)
+        if seen is None:
+            continue
+        sl = seen.relative_to(bbox).slices()
+        theirs = core_distance(seen, cores[c])
+        m[sl] &= (mine[sl] < theirs) | ((mine[sl] == theirs) & (chip < c))
+    return m
+
+
+def disputed_pixels(views: Sequence[View], full: PixelWindow, windows: dict[ChipKey, PixelWindow]) -> np.ndarray:
+    """Pixels of ``full`` that a member chip sees without its members holding them."""
+    out = np.zeros((full.height, full.width), dtype=bool)
+    for c in sorted({v[0] for v in views}):
+        seen = windows[c].intersection(full)
+        if seen is None:
+            continue
+        held = np.zeros_like(out)
+        for chip, bbox, mask in views:
+            if chip == c:
+                held[bbox.relative_to(full).slices()] |= mask
+        sl = seen.relative_to(full).slices()
+        out[sl] |= ~held[sl]
+    return out
