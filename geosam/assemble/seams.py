@@ -99,6 +99,8 @@ class Side:
 
 def on_window(mask: np.ndarray, bbox: PixelWindow, win: PixelWindow) -> np.ndarray:
     """``mask`` (placed at ``bbox``) read over ``win``; False outside ``bbox``."""
+    if bbox.intersection(win) == win:  # inside: a view, no copy
+        return mask[win.relative_to(bbox).slices()]
     out = np.zeros((win.height, win.width), dtype=bool)
     w = bbox.intersection(win)
     if w is not None:
@@ -364,6 +366,17 @@ def own_pixels(
             m[w.relative_to(bbox).slices()] &= ~claim
     if len(deciding) < 2:
         return m
+    # in a deciding chip's core, that chip decides; only pixels outside every deciding core need distances
+    free = np.ones(m.shape, dtype=bool)
+    for c in deciding:
+        in_core = cores[c].intersection(bbox)
+        if in_core is not None:
+            sl = in_core.relative_to(bbox).slices()
+            free[sl] = False
+            if c != chip:
+                m[sl] = False
+    if not (free & m).any():
+        return m
     mine = core_distance(bbox, cores[chip])
     for c in deciding:
         seen = None if c == chip else windows[c].intersection(bbox)
@@ -371,7 +384,7 @@ def own_pixels(
             continue
         sl = seen.relative_to(bbox).slices()
         theirs = core_distance(seen, cores[c])
-        m[sl] &= (mine[sl] < theirs) | ((mine[sl] == theirs) & (chip < c))
+        m[sl] &= ~free[sl] | (mine[sl] < theirs) | ((mine[sl] == theirs) & (chip < c))
     return m
 
 
