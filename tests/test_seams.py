@@ -11,7 +11,8 @@ import rasterio
 from affine import Affine
 from rasterio.features import rasterize
 
-from geosam.assemble.seams import drop_slivers, tolerant_agreement
+from geosam.assemble.ownership import drop_slivers
+from geosam.assemble.seams import tolerant_agreement
 from geosam.assemble.stitch import Stitcher
 from geosam.config import SegmentConfig
 from geosam.errors import ConfigError

@@ -5,7 +5,7 @@ edges on integers) on boolean mask crops, so matching and merging are exact
 pixel operations. Each finished object is polygonised once (holes kept) and the
 scene's affine transform is applied only then.
 
-Merging rule (`geosam.assemble.seams` has the details). Two masks from
+Merging rule (`geosam.assemble.seams` and `geosam.assemble.ownership` have the details). Two masks from
 different chips are compared inside the rectangle where the two chip windows
 overlap (the shared strip), which both chips see whole. They are the same
 object when their parts there agree: IoU >= ``match_iou``; or, since a model's
@@ -45,19 +45,9 @@ from affine import Affine
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.ops import unary_union
 
+from geosam.assemble.ownership import claims, disputed_pixels, drop_slivers, own_pixels
 from geosam.assemble.result import ChipResult
-from geosam.assemble.seams import (
-    SEAM_TOLERANCE_PX,
-    Part,
-    Side,
-    UnionFind,
-    claims,
-    disputed_pixels,
-    drop_slivers,
-    match_chips,
-    on_window,
-    own_pixels,
-)
+from geosam.assemble.seams import SEAM_TOLERANCE_PX, Part, Side, UnionFind, match_chips, on_window
 from geosam.geo import area_m2, pixel_to_map  # noqa: F401 - re-exported for callers of the stitcher
 from geosam.segment.base import ChipMasks
 from geosam.tile.grid import ChipSpec
