@@ -5,7 +5,7 @@ to R px (binary dilation / erosion by a disc), independently per chip and per ob
 short of the chip edges. The chip masks are made once, by this tree's code, and handed (pickled) to two versions of
 the stitcher, each in its own subprocess whose ``PYTHONPATH`` is that version's tree: ``--old REV`` (checked out into
 a temporary git worktree) and this tree. Runs alternate old, new, old, new so a shared CPU's drift hits both alike;
-the stitch time is the fastest of ``--rounds``.
+the stitch time (wall and process CPU time) is the fastest of ``--rounds``.
 
 Scenes (label geometry):
 
@@ -46,7 +46,7 @@ cases = pickle.load(open(sys.argv[1], "rb"))
 out = {"file": geosam.__file__, "cases": {}}
 for name, specs, chips in cases:
     objs = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for runs in chips:
         st = Stitcher(specs)
         for s, r in zip(specs, runs):
@@ -54,10 +54,10 @@ for name, specs, chips in cases:
             objs.extend(st.pop_finished())
         objs.extend(st.pop_finished(final=True))
         objs.append(None)  # end of one noise seed
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     keep = [None if o is None else (o.mask, (o.bbox.col_off, o.bbox.row_off, o.bbox.width, o.bbox.height),
             len(o.geom_px.geoms) if o.geom_px.geom_type == "MultiPolygon" else 1) for o in objs]
-    out["cases"][name] = {"stitch_s": dt, "objects": keep}
+    out["cases"][name] = {"stitch_s": dt, "stitch_cpu_s": dc, "objects": keep}
 pickle.dump(out, open(sys.argv[2], "wb"))
 """
 
@@ -159,14 +159,21 @@ def main() -> None:
         for version in ("old", "new"):
             row["before" if version == "old" else "after"] = score(runs[version][0][name]["objects"], truth[name])
             row[f"stitch_s_{version}"] = round(min(r[name]["stitch_s"] for r in runs[version]), 3)
+            row[f"stitch_cpu_s_{version}"] = round(min(r[name]["stitch_cpu_s"] for r in runs[version]), 3)
         row["stitch_new_over_old"] = round(row["stitch_s_new"] / row["stitch_s_old"], 3)
+        row["stitch_cpu_new_over_old"] = round(row["stitch_cpu_s_new"] / row["stitch_cpu_s_old"], 3)
         results[name] = row
         b, a = row["before"], row["after"]
         print(f"{name:55s} whole {b['whole_pct']:6.2f} -> {a['whole_pct']:6.2f} %  split {b['split']:3d} -> "
               f"{a['split']:3d}  extra {b['extra_polygons']:3d} -> {a['extra_polygons']:3d}  merged {b['merged']} -> "
-              f"{a['merged']}  dup {b['duplicates']} -> {a['duplicates']}  time x{row['stitch_new_over_old']}")
+              f"{a['merged']}  dup {b['duplicates']} -> {a['duplicates']}  time x{row['stitch_new_over_old']} (cpu x{row['stitch_cpu_new_over_old']})")
+    total = {v: sum(r[f"stitch_cpu_s_{v}"] for r in results.values()) for v in ("old", "new")}
     out = {"old": args.old, "rounds": args.rounds, "cpu": cpu_name(), "threads": os.cpu_count(),
-           "note": "machine shared with other jobs; stitch_s = fastest of the rounds", "results": results}
+           "note": "machine shared with other jobs; stitch_s (wall) and stitch_cpu_s (process CPU time) = fastest of "
+                   "the rounds, old and new interleaved",
+           "stitch_cpu_s_all_cases": {**{k: round(v, 2) for k, v in total.items()},
+                                      "new_over_old": round(total["new"] / total["old"], 3)},
+           "results": results}
     Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {args.out}")
 

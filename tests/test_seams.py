@@ -11,7 +11,8 @@ import rasterio
 from affine import Affine
 from rasterio.features import rasterize
 
-from geosam.assemble.seams import drop_slivers, tolerant_agreement
+from geosam.assemble.ownership import drop_slivers
+from geosam.assemble.seams import tolerant_agreement
 from geosam.assemble.stitch import Stitcher
 from geosam.config import SegmentConfig
 from geosam.errors import ConfigError
@@ -199,10 +200,14 @@ def test_tolerant_agreement_and_slivers() -> None:
     assert tolerant_agreement(a, b, 1) < 1.0
     m = np.zeros((30, 30), bool)
     m[5:25, 5:20] = True
-    m[5:25, 22:24] = True  # a 2 px sliver, 2 px off the body
-    assert drop_slivers(m, 6).sum() == 20 * 15
-    m[5:25, 26:29] = False
-    assert drop_slivers(m, 0).sum() == m.sum()
+    m[5:25, 22:25] = True  # a 3 px sliver, 2 px off the body
+    everywhere = np.ones_like(m)
+    assert drop_slivers(m, 6, everywhere).sum() == 20 * 15
+    assert drop_slivers(m, 1, everywhere) is m  # 3 px is thicker than 1 + 1: not a sliver at this tolerance
+    assert drop_slivers(m, 0, everywhere) is m
+    undisputed = everywhere.copy()
+    undisputed[5:25, 22:25] = False  # every chip seeing it holds it: a part of the object, not a sliver
+    assert drop_slivers(m, 6, undisputed) is m
 
 
 # ---------------------------------------------------------------------------

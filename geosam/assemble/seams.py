@@ -1,4 +1,4 @@
-"""The seam rule: which pieces of neighbouring chips are one object, and who owns a contested pixel.
+"""The seam rule: which pieces of neighbouring chips are one object.
 
 All functions work in **scene pixel coordinates** on boolean crops placed at `PixelWindow` values; they are pure
 and know nothing of the streaming stitcher (`geosam.assemble.stitch.Stitcher`) that calls them.
@@ -18,13 +18,11 @@ two windows, which both chips see whole), on their parts there, ``a`` and ``b``:
 
    Objects that merely touch fail this: one's part is not within a few pixels of the other's (a building's part
    is not explained by a thin rim of its neighbour), and each has a better partner, itself seen by the other chip.
+3. *A sliver cut by its chip*: a part with no partner in the strip that reaches its chip's edge (the object goes on
+   where only the neighbour sees it) joins the neighbour's piece within ``tolerance_px`` of ``MIN_AGREEMENT`` of
+   its pixels, the nearest one (`match_near`): the other view, eroded a pixel or two, may have left the strip.
 
-**Ownership.** Whatever stays apart must not claim the same pixels twice. Every pixel has an order of precedence
-among the chips that see it: the chip whose core holds it first (cores partition the scene), then the others by
-chessboard distance from their cores, ties by chip (row, col). An object takes a pixel from its best-placed member
-chip that sees it (the core's owner when that chip is a member), and loses it to any piece of another object from a
-chip of higher precedence. So each chip decides the pixels of its own core, neighbours fill in only what its own
-masks leave free, and as long as one chip's masks do not overlap, no two objects share a pixel.
+Ownership (which pixels each object keeps) is in `geosam.assemble.ownership`.
 """
 
 from __future__ import annotations
@@ -94,6 +92,8 @@ class Side:
 
 def on_window(mask: np.ndarray, bbox: PixelWindow, win: PixelWindow) -> np.ndarray:
     """``mask`` (placed at ``bbox``) read over ``win``; False outside ``bbox``."""
+    if bbox.intersection(win) == win:  # inside: a view, no copy
+        return mask[win.relative_to(bbox).slices()]
     out = np.zeros((win.height, win.width), dtype=bool)
     w = bbox.intersection(win)
     if w is not None:
@@ -186,71 +186,6 @@ def match_strip(
     pairs = mutual_best(tolerant)
     done = set(pairs)
     return matched + pairs, [t for t in apart if (t[0], t[1]) not in done]
-
-
-def core_distance(win: PixelWindow, core: PixelWindow) -> np.ndarray:
-    """Chessboard distance (px) from each pixel of ``win`` to the rectangle ``core`` (0 inside), int64 (H, W)."""
-    cols = np.arange(win.col_off, win.col_end)
-    rows = np.arange(win.row_off, win.row_end)
-    dx = np.maximum(np.maximum(core.col_off - cols, cols - (core.col_end - 1)), 0)
-    dy = np.maximum(np.maximum(core.row_off - rows, rows - (core.row_end - 1)), 0)
-    return np.maximum(dy[:, None], dx[None, :])
-
-
-def first_in_precedence(win: PixelWindow, chips: Sequence[tuple[ChipKey, PixelWindow, PixelWindow]]) -> np.ndarray:
-    """For each pixel of ``win``: the index into ``chips`` ((key, window, core), sorted by key) of the chip of
-    highest precedence that sees the pixel, -1 where none does. int64 (H, W)."""
-    best = np.full((win.height, win.width), np.iinfo(np.int64).max, dtype=np.int64)
-    choice = np.full((win.height, win.width), -1, dtype=np.int64)
-    for i, (_, window, core) in enumerate(chips):
-        w = window.intersection(win)
-        if w is None:
-            continue
-        sl = w.relative_to(win).slices()
-        d = core_distance(w, core)
-        better = d < best[sl]
-        best[sl][better] = d[better]
-        choice[sl][better] = i
-    return choice
-
-
-def claims(
-    w: PixelWindow,
-    a: tuple[ChipKey, PixelWindow, PixelWindow, np.ndarray],
-    b: tuple[ChipKey, PixelWindow, PixelWindow, np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two overlapping pieces of two chips, ``(chip key, chip window, chip core, piece pixels over w)`` each.
-
-    Returns:
-        (pixels of ``a`` that ``b`` must give up, pixels of ``b`` that ``a`` must give up), both over ``w``: each
-        piece's pixels where its chip takes precedence over the other's.
-    """
-    order = sorted([a, b], key=lambda t: t[0])
-    first = first_in_precedence(w, [(k, win, core) for k, win, core, _ in order]) == 0
-    a_first = first if order[0] is a else ~first
-    return a[3] & a_first, b[3] & ~a_first
-
-
-def drop_slivers(mask: np.ndarray, tolerance_px: int) -> np.ndarray:
-    """``mask`` without the seam slivers left where two chips' views of one object meet: every 4-connected part
-    but the largest that is at most ``tolerance_px`` + 1 pixels thick (gone after a chessboard erosion by
-    ``ceil(tolerance_px / 2)``). A mask of one part comes back as it is."""
-    from scipy import ndimage
-
-    if tolerance_px <= 0:
-        return mask
-    lab, n = ndimage.label(mask)
-    if n < 2:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    r = -(-tolerance_px // 2)
-    thick = ndimage.binary_erosion(mask, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
-    keep = np.zeros(n + 1, bool)
-    keep[np.unique(lab[thick])] = True
-    keep[int(np.argmax(sizes))] = True
-    keep[0] = False
-    return keep[lab]
 
 
 def _grow(w: PixelWindow, r: int) -> PixelWindow:

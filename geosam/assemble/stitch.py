@@ -5,14 +5,15 @@ edges on integers) on boolean mask crops, so matching and merging are exact
 pixel operations. Each finished object is polygonised once (holes kept) and the
 scene's affine transform is applied only then.
 
-Merging rule (`geosam.assemble.seams` has the details). Two masks from
+Merging rule (`geosam.assemble.seams` and `geosam.assemble.ownership` have the details). Two masks from
 different chips are compared inside the rectangle where the two chip windows
 overlap (the shared strip), which both chips see whole. They are the same
 object when their parts there agree: IoU >= ``match_iou``; or, since a model's
 two views of one object differ by a few pixels along the outline, when the
 smaller part lies mostly inside the larger, both agree outside a band of
-``seam_tolerance_px`` pixels, and each is the other's best such candidate.
-Matches are joined with a union-find, so an object larger than a chip (seen
+``seam_tolerance_px`` pixels, and each is the other's best such candidate; or
+when a sliver at one chip's edge lies within that band of the other chip's
+view. Objects that merely touch stay apart. Matches are joined with a union-find, so an object larger than a chip (seen
 truncated by every chip) is assembled from all of them.
 
 Ownership rule. Every pixel has an order of precedence among the chips that
@@ -23,6 +24,7 @@ up pixels that a piece of another object, from a chip of higher precedence,
 holds. Objects truncated at a chip edge are thereby completed from the
 neighbours that see the rest, and pieces left apart (two chips that disagree
 too much) never claim the same pixels twice: each chip decides its own core.
+Detached slivers left where two views meet at a core cut are dropped.
 
 The stitcher is streaming: chips are added one at a time in any order, and an
 object is finished (and leaves memory) as soon as every chip whose window
@@ -43,18 +45,9 @@ from affine import Affine
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.ops import unary_union
 
+from geosam.assemble.ownership import claims, disputed_pixels, drop_slivers, own_pixels
 from geosam.assemble.result import ChipResult
-from geosam.assemble.seams import (
-    SEAM_TOLERANCE_PX,
-    Part,
-    Side,
-    UnionFind,
-    claims,
-    core_distance,
-    drop_slivers,
-    match_chips,
-    on_window,
-)
+from geosam.assemble.seams import SEAM_TOLERANCE_PX, Part, Side, UnionFind, match_chips, on_window
 from geosam.segment.base import ChipMasks
 from geosam.tile.grid import ChipSpec
 from geosam.windows import PixelWindow
@@ -292,23 +285,15 @@ class Stitcher:
                     lst.remove(u)
         return out
 
-    def _own(self, p: _Piece, members: set[int], chips: Sequence[ChipKey]) -> np.ndarray:
-        """The pixels ``p`` gives its object: where its chip takes precedence over the object's other chips, less
-        those that pieces of other objects from chips of higher precedence hold."""
-        m = p.mask.copy()
-        for uid, w, claim in p.blockers:
-            if uid not in members:
-                m[w.relative_to(p.bbox).slices()] &= ~claim
-        if len(chips) > 1:
-            mine = core_distance(p.bbox, self.cores[p.chip])
-            for c in chips:
-                seen = None if c == p.chip else self.windows[c].intersection(p.bbox)
-                if seen is None:
-                    continue
-                sl = seen.relative_to(p.bbox).slices()
-                theirs = core_distance(seen, self.cores[c])
-                m[sl] &= (mine[sl] < theirs) | ((mine[sl] == theirs) & (p.chip < c))
-        return m
+    def _own(self, p: _Piece, members: set[int], deciding: Sequence[ChipKey]) -> np.ndarray:
+        return own_pixels((p.chip, p.bbox, p.mask), p.blockers, members, deciding, self.windows, self.cores)
+
+    def _without_slivers(self, canvas: np.ndarray, full: PixelWindow, disputed: np.ndarray, g: Any) -> tuple[Any, Any]:
+        """``canvas`` and its polygon without detached seam slivers (`geosam.assemble.seams.drop_slivers`)."""
+        kept = drop_slivers(canvas, self.seam_tolerance_px, disputed)
+        if kept is canvas:
+            return canvas, g
+        return kept, self._polygonise(kept, full.col_off, full.row_off)
 
     def _polygonise(self, mask: np.ndarray, col_off: int, row_off: int) -> Any:
         t0 = time.perf_counter()
@@ -320,28 +305,31 @@ class Stitcher:
     def _build(self, members: list[int], chips: set[ChipKey]) -> StitchedObject | None:
         # by chip, then mask order within the chip: the same whatever order chips arrived in
         pieces = sorted((self.pieces[u] for u in members), key=lambda p: (p.chip, p.uid))
-        ids, keys = set(members), sorted(chips)
-        if len(pieces) == 1:
-            p = pieces[0]
-            canvas, full = (drop_slivers(self._own(p, ids, keys), self.seam_tolerance_px) if p.blockers else p.mask), p.bbox
-            g = self._polygonise(canvas, p.bbox.col_off, p.bbox.row_off)
-            area = p.area_px if canvas is p.mask else int(np.count_nonzero(canvas))
+        ids, deciding, use = set(members), sorted(chips), pieces
+        blocked = any(uid not in ids for p in use for uid, _, _ in p.blockers)
+        if len(use) == 1 and not blocked:
+            p = use[0]
+            g = self._polygonise(p.mask, p.bbox.col_off, p.bbox.row_off)
+            area, canvas, full = p.area_px, p.mask, p.bbox
         else:
-            c0 = min(p.bbox.col_off for p in pieces)
-            r0 = min(p.bbox.row_off for p in pieces)
-            c1 = max(p.bbox.col_end for p in pieces)
-            r1 = max(p.bbox.row_end for p in pieces)
+            c0 = min(p.bbox.col_off for p in use)
+            r0 = min(p.bbox.row_off for p in use)
+            c1 = max(p.bbox.col_end for p in use)
+            r1 = max(p.bbox.row_end for p in use)
             full = PixelWindow(c0, r0, c1 - c0, r1 - r0)
             if full.width * full.height <= CANVAS_MAX_PX:
                 canvas = np.zeros((full.height, full.width), dtype=bool)
-                for p in pieces:
-                    canvas[p.bbox.relative_to(full).slices()] |= self._own(p, ids, keys)
-                canvas = drop_slivers(canvas, self.seam_tolerance_px)
+                for p in use:
+                    canvas[p.bbox.relative_to(full).slices()] |= self._own(p, ids, deciding)
                 g = self._polygonise(canvas, c0, r0)
+                if isinstance(g, MultiPolygon):  # cut by other objects' pixels, or where views meet at a core cut
+                    disputed = (disputed_pixels([(p.chip, p.bbox, p.mask) for p in use], full, self.windows)
+                                if len(use) > 1 else np.ones_like(canvas))
+                    canvas, g = self._without_slivers(canvas, full, disputed, g)
                 area = int(canvas.sum())
             else:  # a huge object: vector union of the pieces' own pixels
                 canvas, full = None, None
-                geoms = [self._polygonise(self._own(p, ids, keys), p.bbox.col_off, p.bbox.row_off) for p in pieces]
+                geoms = [self._polygonise(self._own(p, ids, deciding), p.bbox.col_off, p.bbox.row_off) for p in use]
                 g = _polygonal(unary_union([q for q in geoms if q is not None]))
                 area = round(g.area)
         if g is None or g.is_empty:
