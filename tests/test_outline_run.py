@@ -116,3 +116,11 @@ def test_cli_outline_options(fields: tuple[Path, Path], tmp_path: Path, monkeypa
     assert res.exit_code != 0 and "simplify_m" in res.output and not (tmp_path / "bad.geojson").exists()
     res = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "bad.geojson"), "--regularize", "--smooth"])
     assert res.exit_code != 0 and "exclude each other" in res.output
+
+
+def test_outline_options_do_not_change_the_journal_key() -> None:
+    from geosam.config import SegmentConfig
+    from geosam.run.journal import run_settings
+
+    plain, refined = SegmentConfig(), SegmentConfig.from_settings(simplify_m=1.0, regularize=True)
+    assert run_settings(plain.flat(), None, []) == run_settings(refined.flat(), None, [])

@@ -80,7 +80,9 @@ def refine_geometries(geoms: Any, crs: Any, cfg: OutlineConfig, *, smooth_m: flo
     if cfg.regularize:
         gm = regularize(gm, allow_45=cfg.regularize_45)
     if cfg.simplify_m:
-        gm = simplify(gm, cfg.simplify_m, step_m if step_m is not None else typical_step_m(before))
+        traced = not (cfg.smooth or cfg.regularize)  # else no pixel staircase is left to cut
+        step = (step_m if step_m is not None else typical_step_m(before)) if traced else 0.0
+        gm = simplify(gm, cfg.simplify_m, step)
     changed = np.flatnonzero(~shapely.equals_exact(gm, before, tolerance=0.0) & ~shapely.is_empty(orig))
     out = orig.copy()
     if len(changed):

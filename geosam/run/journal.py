@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geosam.assemble.result import FAILED, ChipResult
+from geosam.config.outline import OutlineConfig
 from geosam.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
 #: bump when the stored layout changes
 FORMAT = 1
 
-#: engine settings that do not change results (left out of the settings hash)
-NEUTRAL_SETTINGS = frozenset({"progress", "prefetch_chips", "skip_bad_chips"})
+#: settings that do not change chip results (left out of the settings hash): engine settings, and the outline
+#: options (applied when the table is built, after the chips)
+NEUTRAL_SETTINGS = frozenset({"progress", "prefetch_chips", "skip_bad_chips", *OutlineConfig.__dataclass_fields__})
 
 
 def _jsonable(value: Any) -> Any:
