@@ -155,8 +155,10 @@ class OutlineStats:
         if self.cfg.smooth and self.smooth_m is None and len(_polygonal(geoms)):
             self.smooth_m = SMOOTH_STEPS * typical_step_m(metric_frame(gdf.crs, geoms).to_metres(geoms))
         new = refine_geometries(geoms, gdf.crs, self.cfg, smooth_m=self.smooth_m)
+        import geopandas as gpd
+
         out = gdf.copy()
-        out[gdf.geometry.name] = out.geometry.__class__(new, index=gdf.index, crs=gdf.crs)
+        out[gdf.geometry.name] = gpd.GeoSeries(new, index=gdf.index, crs=gdf.crs)
         if "area_m2" in gdf.columns:
             areas = np.asarray(gdf["area_m2"], dtype=np.float64).copy()
             live = np.flatnonzero(~shapely.is_empty(new) & (new != geoms))
