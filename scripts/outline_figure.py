@@ -80,6 +80,9 @@ def main() -> int:
     fig.tight_layout()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT, dpi=90)
+    from PIL import Image  # a palette PNG: a quarter of the size
+
+    Image.open(OUT).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(OUT, optimize=True)
     print(f"wrote {OUT}")
     return 0
 
