@@ -193,3 +193,24 @@ def test_nothing_on_leaves_the_table_alone() -> None:
     out = refine_outlines(raw)
     assert all(a is b for a, b in zip(out.geometry, raw.geometry))
     assert out.attrs["geosam_outline"]["changed"] == 0
+
+
+@pytest.mark.parametrize("option", [{"simplify_m": 2.0}, {"smooth": True}])
+def test_neighbours_in_different_batches_keep_their_edge(option: dict) -> None:
+    from geosam.outline import OutlineConfig, refine_frames
+    from geosam.outline.refine import OutlineStats
+
+    raw = utm_fields()
+    top = raw.geometry.bounds  # in the object store's order: by top row, then left column
+    raw = raw.iloc[np.lexsort((top.minx.to_numpy(), -top.maxy.to_numpy()))]
+    batches = [raw.iloc[:5], raw.iloc[5:]]
+    cfg = OutlineConfig(**option)
+    summary: dict = {}
+    out = np.concatenate([np.asarray(f.geometry.values, dtype=object)
+                          for f in refine_frames(iter(batches), cfg, summary)])
+    assert_coverage(out, 2.0)
+    assert summary["outline"]["objects"] == 9 and summary["outline"]["changed"] == 9
+    # refined one batch at a time, without the neighbouring batches, the fields would not fit together
+    stats = OutlineStats(cfg)
+    apart = np.concatenate([np.asarray(stats.apply(f).geometry.values, dtype=object) for f in batches])
+    assert not bool(shapely.coverage_is_valid(apart))

@@ -142,11 +142,11 @@ def segment_scene(
             _, stats = run(sc, tasks, generator, assembler, cfg.engine, hooks=hooks, before=before,
                            stats=stats, journal=jr, execute=execute, sink=store.add)
         summary = _summary(stats, sc)
-        from geosam.outline import outline_hook  # outlines refined batch by batch (summary["outline"])
+        from geosam.outline import refine_frames  # outlines refined batch by batch (summary["outline"])
 
-        frames = store.frames(generator.name, rank_by=cfg.index.rank_by, top_k=cfg.index.top_k,
-                              require=stat_columns(cfg.index.names()), complete=bool(stats.chips_failed),
-                              to_crs=cfg.output.to_crs or None, hook=outline_hook(cfg.outline, summary, frame_hook))
+        frames = refine_frames(store.frames(generator.name, rank_by=cfg.index.rank_by, top_k=cfg.index.top_k,
+                                            require=stat_columns(cfg.index.names()), complete=bool(stats.chips_failed),
+                                            to_crs=cfg.output.to_crs or None, hook=frame_hook), cfg.outline, summary)
         if output is not None:
             from geosam.write.failed_chips import write_failed_chips
             from geosam.write.label_raster import write_frames
