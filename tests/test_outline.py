@@ -214,3 +214,15 @@ def test_neighbours_in_different_batches_keep_their_edge(option: dict) -> None:
     stats = OutlineStats(cfg)
     apart = np.concatenate([np.asarray(stats.apply(f).geometry.values, dtype=object) for f in batches])
     assert not bool(shapely.coverage_is_valid(apart))
+
+
+def test_simplify_keeps_a_rectangle_and_cuts_only_staircases() -> None:
+    from geosam.outline.coverage import cut_steps
+
+    rect = np.array([(0, 0), (40, 0), (40, 20), (0, 20)], dtype=float)
+    assert np.array_equal(cut_steps(rect, True, 20.0), rect)  # turns alike: corners, not steps
+    stairs = np.array([(0, 0), (3, 0), (3, 1), (6, 1), (6, 2)], dtype=float)  # right, left turns: risers
+    # the riser at the open end is not known to be one (the turn beyond the end is not known): it stays
+    assert np.allclose(cut_steps(stairs, False, 1.0), [(0, 0), (1.5, 0), (3, 0.5), (4.5, 1), (6, 1), (6, 2)])
+    out = refine_outlines(gpd.GeoDataFrame(geometry=[box(0, 0, 100, 60)], crs=UTM), simplify_m=5.0)
+    assert out.geometry.iloc[0].equals(box(0, 0, 100, 60))
