@@ -17,7 +17,7 @@ from tests.test_readme import FENCE, MARKS
 
 ROOT = Path(__file__).resolve().parents[1]
 #: pages whose unmarked python blocks run, with the marks of their tests (LiteMedSAM's blocks take > 10 s)
-PAGES = {"docs/vegetation.md": (), "docs/prompt-mode.md": (pytest.mark.slow,)}
+PAGES = {"docs/vegetation.md": (), "docs/prompt-mode.md": (pytest.mark.slow,), "docs/outlines.md": ()}
 
 
 def page_blocks(page: str, lang: str = "python") -> list[tuple[str, str]]:

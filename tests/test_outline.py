@@ -193,3 +193,36 @@ def test_nothing_on_leaves_the_table_alone() -> None:
     out = refine_outlines(raw)
     assert all(a is b for a, b in zip(out.geometry, raw.geometry))
     assert out.attrs["geosam_outline"]["changed"] == 0
+
+
+@pytest.mark.parametrize("option", [{"simplify_m": 2.0}, {"smooth": True}])
+def test_neighbours_in_different_batches_keep_their_edge(option: dict) -> None:
+    from geosam.outline import OutlineConfig, refine_frames
+    from geosam.outline.refine import OutlineStats
+
+    raw = utm_fields()
+    top = raw.geometry.bounds  # in the object store's order: by top row, then left column
+    raw = raw.iloc[np.lexsort((top.minx.to_numpy(), -top.maxy.to_numpy()))]
+    batches = [raw.iloc[:5], raw.iloc[5:]]
+    cfg = OutlineConfig(**option)
+    summary: dict = {}
+    out = np.concatenate([np.asarray(f.geometry.values, dtype=object)
+                          for f in refine_frames(iter(batches), cfg, summary)])
+    assert_coverage(out, 2.0)
+    assert summary["outline"]["objects"] == 9 and summary["outline"]["changed"] == 9
+    # refined one batch at a time, without the neighbouring batches, the fields would not fit together
+    stats = OutlineStats(cfg)
+    apart = np.concatenate([np.asarray(stats.apply(f).geometry.values, dtype=object) for f in batches])
+    assert not bool(shapely.coverage_is_valid(apart))
+
+
+def test_simplify_keeps_a_rectangle_and_cuts_only_staircases() -> None:
+    from geosam.outline.coverage import cut_steps
+
+    rect = np.array([(0, 0), (40, 0), (40, 20), (0, 20)], dtype=float)
+    assert np.array_equal(cut_steps(rect, True, 20.0), rect)  # turns alike: corners, not steps
+    stairs = np.array([(0, 0), (3, 0), (3, 1), (6, 1), (6, 2)], dtype=float)  # right, left turns: risers
+    # the riser at the open end is not known to be one (the turn beyond the end is not known): it stays
+    assert np.allclose(cut_steps(stairs, False, 1.0), [(0, 0), (1.5, 0), (3, 0.5), (4.5, 1), (6, 1), (6, 2)])
+    out = refine_outlines(gpd.GeoDataFrame(geometry=[box(0, 0, 100, 60)], crs=UTM), simplify_m=5.0)
+    assert out.geometry.iloc[0].equals(box(0, 0, 100, 60))

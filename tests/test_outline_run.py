@@ -79,7 +79,7 @@ def test_text_mode_and_smoothing(fields: tuple[Path, Path]) -> None:
     img, lab = fields
     gdf = geosam.segment_text(img, ["building", "solar panel"], mask_generator=_Phrases(str(lab)), chip_size_px=64,
                               overlap_px=8, progress=False, smooth=True, simplify_m=0.5, fill_holes_m2=10)
-    assert list(gdf.columns[:6]) == ["id", "label", "score", "area_m2", "n_chips", "model"]
+    assert list(gdf.columns[:7]) == ["id", "label", "score", "area_m2", "area_raw_m2", "n_chips", "model"]
     assert "area_raw_m2" in gdf.columns and gdf.attrs["geosam"]["outline"]["smooth"]
     assert gdf.attrs["geosam"]["outline"]["smooth_m_used"] == pytest.approx(1.5 * PIXEL_M, rel=0.05)
     geoms = np.asarray(gdf.geometry.values, dtype=object)
@@ -116,3 +116,11 @@ def test_cli_outline_options(fields: tuple[Path, Path], tmp_path: Path, monkeypa
     assert res.exit_code != 0 and "simplify_m" in res.output and not (tmp_path / "bad.geojson").exists()
     res = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "bad.geojson"), "--regularize", "--smooth"])
     assert res.exit_code != 0 and "exclude each other" in res.output
+
+
+def test_outline_options_do_not_change_the_journal_key() -> None:
+    from geosam.config import SegmentConfig
+    from geosam.run.journal import run_settings
+
+    plain, refined = SegmentConfig(), SegmentConfig.from_settings(simplify_m=1.0, regularize=True)
+    assert run_settings(plain.flat(), None, []) == run_settings(refined.flat(), None, [])

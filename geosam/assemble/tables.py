@@ -121,12 +121,15 @@ class ObjectTable:
         return dict(self._details)
 
     def frames(self, complete: bool) -> Iterator[gpd.GeoDataFrame]:
-        """The objects in output order, in batches (see `ObjectStore.frames`), outlines refined per batch."""
+        """The objects in output order, in batches (see `ObjectStore.frames`), outlines refined (`geosam.outline`)."""
         s = self.spec
         frames = self.store.frames(self.model_name, lead=s.lead, rank_by=s.rank_by, top_k=s.top_k, require=s.require,
                                    complete=complete, to_crs=s.to_crs)
-        hook = _outline_hook(s.outline, self._details)
-        return frames if hook is None else (hook(f) for f in frames)
+        if s.outline is None:
+            return frames
+        from geosam.outline import refine_frames  # one batch read ahead: neighbours across batches keep one edge
+
+        return refine_frames(frames, s.outline, self._details)
 
     def close(self) -> None:
         """Remove the store's temporary file."""

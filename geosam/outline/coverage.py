@@ -43,22 +43,32 @@ def overlapping(geoms: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([a[inner], b[inner]]))
 
 
+def _turns(pts: np.ndarray) -> np.ndarray:
+    """Sign of the turn at each interior point of ``pts`` (+1 left, -1 right, 0 straight); 0 at the two ends."""
+    a, b = pts[1:-1] - pts[:-2], pts[2:] - pts[1:-1]
+    return np.concatenate([[0.0], np.sign(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]), [0.0]])
+
+
 def cut_steps(c: np.ndarray, closed: bool, step_m: float) -> np.ndarray:
-    """A pixel staircase's corners cut: every vertex with an edge of at most 1.5 ``step_m`` (a step) becomes the
-    midpoints of its two edges (the line through the pixel edges' midpoints that marching squares traces);
-    other vertices (corners between long edges) and an open chain's ends stay."""
+    """A pixel staircase's steps cut: the two corners of a *riser* (an edge of at most 1.5 ``step_m`` between a left
+    and a right turn) become the midpoints of their edges, i.e. the line through the pixel edges' midpoints that
+    marching squares traces. Corners of a rectangle (turns alike), long edges and an open chain's ends stay."""
     if step_m <= 0 or len(c) < 3:
         return c
-    pts = np.vstack([c[-1:], c, c[:1]]) if closed else c
+    pts = np.vstack([c[-2:], c, c[:2]]) if closed else c
+    turn = _turns(pts)
+    seg = np.hypot(*np.diff(pts, axis=0).T)  # seg[k]: from point k to k + 1
+    short = seg <= STEP_EDGE * step_m
+    riser = short & (turn[:-1] * turn[1:] < 0)  # edge k joins a left and a right turn
+    lo, hi = (2, len(pts) - 2) if closed else (1, len(pts) - 1)
     out = [] if closed else [c[0]]
-    for k in range(1, len(pts) - 1):
-        a, v, b = pts[k - 1], pts[k], pts[k + 1]
-        la, lb = float(np.hypot(*(v - a))), float(np.hypot(*(b - v)))
-        if min(la, lb) > STEP_EDGE * step_m or la == 0 or lb == 0:
+    for k in range(lo, hi):
+        v = pts[k]
+        if riser[k - 1] or riser[k]:
+            out.append((pts[k - 1] + v) / 2)
+            out.append((v + pts[k + 1]) / 2)
+        else:
             out.append(v)
-            continue
-        out.append((a + v) / 2)
-        out.append((v + b) / 2)
     if not closed:
         out.append(c[-1])
     res = np.array(out)

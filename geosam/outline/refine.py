@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -80,7 +80,9 @@ def refine_geometries(geoms: Any, crs: Any, cfg: OutlineConfig, *, smooth_m: flo
     if cfg.regularize:
         gm = regularize(gm, allow_45=cfg.regularize_45)
     if cfg.simplify_m:
-        gm = simplify(gm, cfg.simplify_m, step_m if step_m is not None else typical_step_m(before))
+        traced = not (cfg.smooth or cfg.regularize)  # else no pixel staircase is left to cut
+        step = (step_m if step_m is not None else typical_step_m(before)) if traced else 0.0
+        gm = simplify(gm, cfg.simplify_m, step)
     changed = np.flatnonzero(~shapely.equals_exact(gm, before, tolerance=0.0) & ~shapely.is_empty(orig))
     out = orig.copy()
     if len(changed):
@@ -146,15 +148,23 @@ class OutlineStats:
         self.seconds = 0.0
         self.smooth_m: float | None = cfg.smooth_m
 
-    def apply(self, gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-        """A copy of one batch with refined outlines and ``area_m2`` / ``area_raw_m2`` (when it has ``area_m2``)."""
+    def apply(self, gdf: gpd.GeoDataFrame, context: Sequence[Any] | np.ndarray = ()) -> gpd.GeoDataFrame:
+        """A copy of one batch with refined outlines and ``area_m2`` / ``area_raw_m2`` (when it has ``area_m2``).
+
+        ``context``: raw outlines of neighbouring batches (same CRS); those touching this batch are refined
+        with it (and dropped), so an edge shared across batches is simplified or smoothed alike on both sides.
+        """
         t0 = time.perf_counter()
         geoms = np.asarray(gdf.geometry.values, dtype=object)
         if self.cfg.smooth and self.smooth_m is None and len(_polygonal(geoms)):
             self.smooth_m = SMOOTH_STEPS * typical_step_m(metric_frame(gdf.crs, geoms).to_metres(geoms))
-        new = refine_geometries(geoms, gdf.crs, self.cfg, smooth_m=self.smooth_m)
+        near = _touching(np.asarray(context, dtype=object), geoms) if len(context) and len(geoms) else np.zeros(0)
+        both = np.concatenate([geoms, np.asarray(near, dtype=object)]) if len(near) else geoms
+        new = refine_geometries(both, gdf.crs, self.cfg, smooth_m=self.smooth_m)[: len(geoms)]
+        import geopandas as gpd
+
         out = gdf.copy()
-        out[gdf.geometry.name] = out.geometry.__class__(new, index=gdf.index, crs=gdf.crs)
+        out[gdf.geometry.name] = gpd.GeoSeries(new, index=gdf.index, crs=gdf.crs)
         if "area_m2" in gdf.columns:
             areas = np.asarray(gdf["area_m2"], dtype=np.float64).copy()
             live = np.flatnonzero(~shapely.is_empty(new) & (new != geoms))
@@ -174,6 +184,40 @@ class OutlineStats:
         return {**self.cfg.settings(), "smooth_m_used": self.smooth_m if self.cfg.smooth else None,
                 "objects": self.objects, "changed": self.changed, "vertices_before": self.vertices_before,
                 "vertices_after": self.vertices_after, "seconds": round(self.seconds, 3)}
+
+
+def _touching(context: np.ndarray, geoms: np.ndarray) -> np.ndarray:
+    """The ``context`` outlines that touch or intersect any of ``geoms``."""
+    live = context[~shapely.is_empty(context)]
+    if not len(live):
+        return live
+    hit = shapely.STRtree(geoms[~shapely.is_empty(geoms)]).query(live, predicate="intersects")[0]
+    return live[np.unique(hit)]
+
+
+def refine_frames(frames: Iterable[gpd.GeoDataFrame], cfg: OutlineConfig,
+                  summary: dict[str, Any]) -> Iterator[gpd.GeoDataFrame]:
+    """A run's batches with refined outlines (``frames`` itself when no option is on); ``summary["outline"]``
+    says what was done. One batch is read ahead: each batch is refined with the raw outlines of the
+    batches before and after it that touch it, so neighbours in different batches keep their shared edge
+    (memory: three batches)."""
+    if not cfg.active:
+        return iter(frames)
+    return _refined(iter(frames), OutlineStats(cfg), summary)
+
+
+def _refined(frames: Iterator[gpd.GeoDataFrame], stats: OutlineStats,
+             summary: dict[str, Any]) -> Iterator[gpd.GeoDataFrame]:
+    summary["outline"] = stats.summary()
+    prev: np.ndarray = np.zeros(0, dtype=object)
+    cur = next(frames, None)
+    while cur is not None:
+        nxt = next(frames, None)
+        after = np.asarray(nxt.geometry.values, dtype=object) if nxt is not None else np.zeros(0, dtype=object)
+        out = stats.apply(cur, np.concatenate([prev, after]))
+        summary["outline"] = stats.summary()
+        yield out
+        prev, cur = np.asarray(cur.geometry.values, dtype=object), nxt
 
 
 def outline_hook(cfg: OutlineConfig, summary: dict[str, Any],
@@ -200,5 +244,6 @@ def refine_table(gdf: gpd.GeoDataFrame, cfg: OutlineConfig, summary: dict[str, A
     return hook(gdf) if hook is not None else gdf
 
 
-__all__ = ["OutlineStats", "outline_config", "outline_hook", "refine_geometries", "refine_outlines", "refine_table",
+__all__ = ["OutlineStats", "outline_config", "outline_hook", "refine_frames", "refine_geometries", "refine_outlines",
+           "refine_table",
            "typical_step_m"]

@@ -189,7 +189,7 @@ def regularize_polygon(poly: Any, *, allow_45: bool = False, min_fit_iou: float 
         score = iou - VERTEX_PRICE * len(cand.exterior.coords)
         if score > best_score:
             best, best_score = cand, score
-    if best is None:
+    if best is None or best.equals(shell):
         return poly
     if poly.interiors:
         best = best.difference(shapely.union_all([shapely.Polygon(h) for h in poly.interiors]))

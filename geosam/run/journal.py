@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geosam.assemble.result import FAILED, ChipResult
+from geosam.config.outline import OutlineConfig
 from geosam.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,8 +46,9 @@ JOURNAL_SUFFIX = ".geosam-journal"
 #: the dtypes a run records once ``"auto"`` is resolved (`geosam.modes.runner.run_dtype`)
 CONCRETE_DTYPES = ("float32", "bfloat16", "float16")
 
-#: engine settings that do not change results (left out of the settings hash)
-NEUTRAL_SETTINGS = frozenset({"progress", "prefetch_chips", "skip_bad_chips"})
+#: settings that do not change chip results (left out of the settings hash): engine settings, and the outline
+#: options (applied when the table is built, after the chips)
+NEUTRAL_SETTINGS = frozenset({"progress", "prefetch_chips", "skip_bad_chips", *OutlineConfig.__dataclass_fields__})
 
 
 def _jsonable(value: Any) -> Any:
