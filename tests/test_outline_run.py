@@ -66,10 +66,10 @@ def test_segment_scene_refines_every_batch(fields: tuple[Path, Path], tmp_path: 
     assert st["simplify_m"] == 1.0 and st["fill_holes_m2"] == 10 and st["objects"] == 9 and st["changed"] == 9
     assert st["vertices_after"] == n_vertices(gdf.geometry) and st["vertices_before"] == n_vertices(raw.geometry)
     # streamed into a file: the same table
-    stats = geosam.segment_scene(img, OracleMaskGenerator(lab), simplify_m=1.0, fill_holes_m2=10,
-                                 output=tmp_path / "f.gpkg", **kw)
+    summary = geosam.segment_scene_to_file(img, tmp_path / "f.gpkg", OracleMaskGenerator(lab), simplify_m=1.0,
+                                           fill_holes_m2=10, **kw)
     back = gpd.read_file(tmp_path / "f.gpkg")
-    assert {**stats["outline"], "seconds": 0} == {**st, "seconds": 0}
+    assert {**summary.details["outline"], "seconds": 0} == {**st, "seconds": 0}
     assert all(a.equals_exact(b, 1e-9) for a, b in zip(back.geometry, gdf.geometry))
 
 
