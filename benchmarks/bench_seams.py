@@ -127,6 +127,15 @@ def score(objects: list[Any], lab: Any) -> dict[str, Any]:
     return total
 
 
+def same_objects(old: list[Any], new: list[Any]) -> bool:
+    """Do both versions give the same objects (pixels, boxes, polygon parts), in the same order?"""
+    import numpy as np
+
+    return len(old) == len(new) and all(
+        (a is None and b is None) or (a is not None and b is not None and a[1:] == b[1:] and np.array_equal(a[0], b[0]))
+        for a, b in zip(old, new))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--old", required=True, help="git revision of the 'before' stitcher")
@@ -160,6 +169,7 @@ def main() -> None:
             row["before" if version == "old" else "after"] = score(runs[version][0][name]["objects"], truth[name])
             row[f"stitch_s_{version}"] = round(min(r[name]["stitch_s"] for r in runs[version]), 3)
             row[f"stitch_cpu_s_{version}"] = round(min(r[name]["stitch_cpu_s"] for r in runs[version]), 3)
+        row["identical_to_old"] = same_objects(runs["old"][0][name]["objects"], runs["new"][0][name]["objects"])
         row["stitch_new_over_old"] = round(row["stitch_s_new"] / row["stitch_s_old"], 3)
         row["stitch_cpu_new_over_old"] = round(row["stitch_cpu_s_new"] / row["stitch_cpu_s_old"], 3)
         results[name] = row

@@ -5,18 +5,19 @@ edges on integers) on boolean mask crops, so matching and merging are exact
 pixel operations. Each finished object is polygonised once (holes kept) and the
 scene's affine transform is applied only then.
 
-Merging rule (`geosam.assemble.seams` and `geosam.assemble.ownership` have the details). Two masks from
-different chips are compared inside the rectangle where the two chip windows
-overlap (the shared strip), which both chips see whole. They are the same
+Merging rule (details in `geosam.assemble.seams`). Two masks from different
+chips are compared inside the rectangle where the two chip windows overlap
+(the shared strip), which both chips see whole. They are the same
 object when their parts there agree: IoU >= ``match_iou``; or, since a model's
 two views of one object differ by a few pixels along the outline, when the
 smaller part lies mostly inside the larger, both agree outside a band of
 ``seam_tolerance_px`` pixels, and each is the other's best such candidate; or
 when a sliver at one chip's edge lies within that band of the other chip's
-view. Objects that merely touch stay apart. Matches are joined with a union-find, so an object larger than a chip (seen
-truncated by every chip) is assembled from all of them.
+view. Objects that merely touch stay apart. Matches are joined with a
+union-find, so an object larger than a chip (seen truncated by every chip) is
+assembled from all of them.
 
-Ownership rule. Every pixel has an order of precedence among the chips that
+Ownership rule (details in `geosam.assemble.ownership`). Every pixel has an order of precedence among the chips that
 see it: the chip whose core holds it, then the others by distance from their
 cores. An object takes each pixel from its member chip of highest precedence
 that sees it (so in a member chip's core, that chip's mask decides), and gives
@@ -289,7 +290,7 @@ class Stitcher:
         return own_pixels((p.chip, p.bbox, p.mask), p.blockers, members, deciding, self.windows, self.cores)
 
     def _without_slivers(self, canvas: np.ndarray, full: PixelWindow, disputed: np.ndarray, g: Any) -> tuple[Any, Any]:
-        """``canvas`` and its polygon without detached seam slivers (`geosam.assemble.seams.drop_slivers`)."""
+        """``canvas`` and its polygon without detached seam slivers (`geosam.assemble.ownership.drop_slivers`)."""
         kept = drop_slivers(canvas, self.seam_tolerance_px, disputed)
         if kept is canvas:
             return canvas, g
@@ -305,31 +306,31 @@ class Stitcher:
     def _build(self, members: list[int], chips: set[ChipKey]) -> StitchedObject | None:
         # by chip, then mask order within the chip: the same whatever order chips arrived in
         pieces = sorted((self.pieces[u] for u in members), key=lambda p: (p.chip, p.uid))
-        ids, deciding, use = set(members), sorted(chips), pieces
-        blocked = any(uid not in ids for p in use for uid, _, _ in p.blockers)
-        if len(use) == 1 and not blocked:
-            p = use[0]
+        ids, deciding = set(members), sorted(chips)
+        blocked = any(uid not in ids for p in pieces for uid, _, _ in p.blockers)
+        if len(pieces) == 1 and not blocked:
+            p = pieces[0]
             g = self._polygonise(p.mask, p.bbox.col_off, p.bbox.row_off)
             area, canvas, full = p.area_px, p.mask, p.bbox
         else:
-            c0 = min(p.bbox.col_off for p in use)
-            r0 = min(p.bbox.row_off for p in use)
-            c1 = max(p.bbox.col_end for p in use)
-            r1 = max(p.bbox.row_end for p in use)
+            c0 = min(p.bbox.col_off for p in pieces)
+            r0 = min(p.bbox.row_off for p in pieces)
+            c1 = max(p.bbox.col_end for p in pieces)
+            r1 = max(p.bbox.row_end for p in pieces)
             full = PixelWindow(c0, r0, c1 - c0, r1 - r0)
             if full.width * full.height <= CANVAS_MAX_PX:
                 canvas = np.zeros((full.height, full.width), dtype=bool)
-                for p in use:
+                for p in pieces:
                     canvas[p.bbox.relative_to(full).slices()] |= self._own(p, ids, deciding)
                 g = self._polygonise(canvas, c0, r0)
                 if isinstance(g, MultiPolygon):  # cut by other objects' pixels, or where views meet at a core cut
-                    disputed = (disputed_pixels([(p.chip, p.bbox, p.mask) for p in use], full, self.windows)
-                                if len(use) > 1 else np.ones_like(canvas))
+                    disputed = (disputed_pixels([(p.chip, p.bbox, p.mask) for p in pieces], full, self.windows)
+                                if len(pieces) > 1 else np.ones_like(canvas))
                     canvas, g = self._without_slivers(canvas, full, disputed, g)
                 area = int(canvas.sum())
             else:  # a huge object: vector union of the pieces' own pixels
                 canvas, full = None, None
-                geoms = [self._polygonise(self._own(p, ids, deciding), p.bbox.col_off, p.bbox.row_off) for p in use]
+                geoms = [self._polygonise(self._own(p, ids, deciding), p.bbox.col_off, p.bbox.row_off) for p in pieces]
                 g = _polygonal(unary_union([q for q in geoms if q is not None]))
                 area = round(g.area)
         if g is None or g.is_empty:
