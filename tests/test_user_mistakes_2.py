@@ -154,7 +154,7 @@ _FULL_DISK_VECTORS = textwrap.dedent("""
     import geopandas as gpd, numpy as np
     from shapely.geometry import box
     from geosam.errors import ExportError
-    from geosam.write.label_raster import write_vector
+    from geosam.write.vector import write_vector
     d = sys.argv[1]
     rng = np.random.default_rng(0)
     gdf = gpd.GeoDataFrame({"id": np.arange(1, 5001)},
