@@ -48,7 +48,7 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
     startup = 0.0
     with ExitStack() as stack:
         if args.mode.startswith("dask"):  # the cluster's start-up is timed apart from the run
-            from geosam.run.dask import connect
+            from geosam.run.cluster import connect
 
             t0 = time.perf_counter()
             kw["scheduler"] = connect(stack, "local", 1 if args.mode == "dask-1-worker" else 2)

@@ -54,7 +54,7 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
     from geosam.modes.prompted import segment_prompts
     from geosam.prompts.gather import gather_prompts
     from geosam.prompts.parse import PromptColumns
-    from geosam.run.dask import check_scheduler
+    from geosam.run.cluster import check_scheduler
     from geosam.write.checks import check_output_path
     from geosam.write.overlay import render_overlay
     from geosam.write.paths import check_outputs

@@ -89,7 +89,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     from geosam.cli.report import report, write_extras
     from geosam.modes.everything import segment_scene_to_file
     from geosam.modes.scenes import expand_scenes
-    from geosam.run.dask import check_scheduler
+    from geosam.run.cluster import check_scheduler
     from geosam.run.journal import journal_path, remove_journal
     from geosam.write.checks import check_output_path
     from geosam.write.paths import check_outputs

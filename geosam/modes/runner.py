@@ -23,7 +23,8 @@ from geosam.assemble.records import ObjectHook
 from geosam.assemble.tables import Table
 from geosam.errors import InvalidRasterError
 from geosam.read.scene import Scene
-from geosam.run.dask import BeforeFactory, check_scheduler, executor_or_none
+from geosam.run.cluster import check_scheduler
+from geosam.run.dask import BeforeFactory, executor_or_none
 from geosam.run.loop import ChipStep, ChipTask, RunStats, run
 from geosam.run.summary import RunSummary
 from geosam.segment.base import MaskGenerator
@@ -59,7 +60,7 @@ class RunOptions:
         """Refuse bad settings before any pixel or model.
 
         Raises:
-            ConfigError: See `geosam.run.dask.check_scheduler`.
+            ConfigError: See `geosam.run.cluster.check_scheduler`.
         """
         check_scheduler(self.scheduler, self.n_workers)
 

@@ -167,7 +167,7 @@ def segment_scenes(
         resume: Keep a journal beside each output (``<output>.geosam-journal``) and resume from it;
             removed after the write.
         config: As `geosam.modes.everything.segment_scene`.
-        scheduler: One Dask client serves every scene (see `geosam.run.dask.connect`).
+        scheduler: One Dask client serves every scene (see `geosam.run.cluster.connect`).
         n_workers: Worker processes of ``scheduler="local"``.
         on_scene: Called after each scene with (scene, its run statistics or None, error or None).
         **settings: As `geosam.modes.everything.segment_scene`.
@@ -196,7 +196,7 @@ def segment_scenes(
 
             stack.enter_context(output_lock(output))
         if scheduler is not None:
-            from geosam.run.dask import connect
+            from geosam.run.cluster import connect
 
             scheduler, n_workers = connect(stack, scheduler, n_workers), None  # one client for every scene
         for scene in paths:

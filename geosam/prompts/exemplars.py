@@ -78,7 +78,7 @@ def read_exemplars(exemplars: Any, scene_crs: Any, transform: Any, width: int, h
         PromptOutsideSceneError: A box outside the scene.
     """
     from geosam.geo import same_crs
-    from geosam.prompts.parse import check_coordinates
+    from geosam.prompts.checks import check_coordinates
 
     gdf, where = _frame(exemplars)
     if len(gdf) == 0:

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from geosam.errors import PromptError
+from geosam.prompts.checks import check_coordinates
 from geosam.prompts.from_list import prompts_to_frame
-from geosam.prompts.parse import check_coordinates, warn_prompt
+from geosam.prompts.parse import warn_prompt
 
 if TYPE_CHECKING:
     import geopandas as gpd

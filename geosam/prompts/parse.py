@@ -53,6 +53,7 @@ import numpy as np
 
 from geosam.errors import PromptError, PromptOutsideSceneError
 from geosam.geo import map_bounds_to_pixels, same_crs, wrap_longitudes
+from geosam.prompts.checks import check_coordinates, check_ids
 from geosam.prompts.from_list import OBJECT_COLUMN as _OBJ
 from geosam.prompts.from_list import POINT_LABEL_COLUMN as _PLAB
 from geosam.prompts.labels import parse_label
@@ -183,7 +184,7 @@ def prompts_from_frame(
                                                 scene_bounds[2]), index=geoms.index, crs=geoms.crs)
     resolved = _resolve_columns([c for c in gdf.columns if c != gdf.geometry.name], columns)
     if resolved.id is not None and resolved.object is None:
-        _check_ids(gdf[resolved.id], resolved.id, where_all)
+        check_ids(gdf[resolved.id], resolved.id, where_all)
     inv = ~transform
     out: list[Prompt] = []
     unusable: list[Any] = []  # prompt ids without any usable geometry
@@ -321,55 +322,6 @@ def report_statuses(path: str, plist: Sequence[Prompt], status: Sequence[str]) -
         )
 
 
-def check_coordinates(gdf: Any, where: str) -> None:
-    """Refuse coordinates that cannot be in the frame's (geographic) CRS.
-
-    A GeoJSON without a ``crs`` member is WGS84 by definition (RFC 7946), so a file
-    of projected coordinates (metres) without one is read as longitude / latitude:
-    any coordinate outside longitude -180..360, latitude -90..90 is caught here,
-    before it becomes NaN in reprojection. A prompt that cannot be reprojected to
-    the scene's CRS (non-finite coordinates) lies "outside" the scene.
-
-    Args:
-        gdf: The prompts.
-        where: The file or frame, named in the error.
-
-    Raises:
-        PromptError: A coordinate outside longitude -180..360, latitude -90..90 in a geographic CRS.
-    """
-    crs = gdf.crs
-    if crs is None or not crs.is_geographic:
-        return
-    geom = gdf.geometry
-    usable = ~(geom.isna() | geom.is_empty)
-    if not usable.any():
-        return
-    b = geom[usable].bounds
-    bad = (b["minx"] < -180) | (b["maxx"] > 360) | (b["miny"] < -90) | (b["maxy"] > 90)
-    if bad.any():
-        row = b.index[bad.to_numpy().argmax()]
-        x, y = float(b.loc[row, "minx"]), float(b.loc[row, "miny"])
-        raise PromptError(
-            f"{where}: coordinate ({x:.10g}, {y:.10g}) of row {_py(row)!r} is not a longitude / latitude, but the "
-            f"prompts are read in {crs.name} (a GeoJSON without a 'crs' member is WGS84 by definition); "
-            "pass --prompt-crs (prompt_crs=...) with the CRS of the coordinates, e.g. the scene's EPSG code"
-        )
-
-
-def _check_ids(ids: Any, column: str, where: str) -> None:
-    """PromptError naming the column and rows when a prompt id is missing (NaN, None): a row number in its
-    place could collide with a real id."""
-    import pandas as pd
-
-    missing = [int(pos) for pos in np.flatnonzero(pd.isna(np.asarray(ids, dtype=object)))]
-    if missing:
-        rows = ", ".join(str(r) for r in missing[:10]) + (", ..." if len(missing) > 10 else "")
-        raise PromptError(
-            f"{where}: id column {column!r} has no value in row(s) {rows}; give every prompt an id, or choose "
-            "another column (--id-column / id_column)"
-        )
-
-
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, (float, np.floating)) and math.isnan(v))
 
@@ -407,7 +359,6 @@ __all__ = [
     "Prompt",
     "PromptColumns",
     "PromptWarning",
-    "check_coordinates",
     "grow_box",
     "prompts_from_frame",
     "report_statuses",
