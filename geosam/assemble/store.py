@@ -1,7 +1,7 @@
 """Finished objects on disk until the run ends: memory independent of the number of objects.
 
-The run loop hands every finished object (a :class:`~geosam.assemble.records.Record`, map
-coordinates) to an :class:`ObjectStore`, which keeps it in a temporary SQLite file
+The run loop hands every finished object (a `Record`, map
+coordinates) to an `ObjectStore`, which keeps it in a temporary SQLite file
 (outline as WKB, attributes as JSON) instead of in memory. When the run ends the
 store reads them back in the output's order, in batches of GeoDataFrames: ``id``
 1..N top-to-bottom, left-to-right by the object's first pixel (ties by outline, then
@@ -9,7 +9,7 @@ attributes: arrival order plays no part), after the per-object filters
 (``min_area_m2``, ``min_index``) and, with ``rank_by``, sorted by that column
 (highest first, NaN last) with a ``rank`` column and at most ``top_k`` rows. Those
 batches become either the returned GeoDataFrame or, streamed, an output file
-(:func:`geosam.writer.write_frames`), so a run with millions of objects writes them
+(`geosam.writer.write_frames`), so a run with millions of objects writes them
 with a fixed memory budget (SQLite sorts on disk).
 """
 
@@ -107,7 +107,7 @@ def remove_stale_stores(folder: str | os.PathLike[str] | None) -> list[Path]:
 
 
 class ObjectStore:
-    """Finished objects of one run in a temporary SQLite file (removed by :meth:`close`).
+    """Finished objects of one run in a temporary SQLite file (removed by `close`).
 
     crs_wkt: the scene CRS (records' outlines are in it); areas are computed on arrival.
     min_area_m2, min_index: objects below ``min_area_m2`` (m2) or whose ``<index>_mean`` is
@@ -220,7 +220,7 @@ class ObjectStore:
         Columns: ``id, area_m2, predicted_iou, stability_score, n_chips, model``, ``label`` (when any
         object has one), the attributes (sorted; ``require``: NaN where missing), ``rank`` (with
         ``rank_by``), ``geometry``. ``complete``: the ``complete`` attribute is kept (missing = True,
-        see :mod:`geosam.write.failed_chips`); otherwise it is dropped. ``to_crs`` reprojects each batch,
+        see `geosam.write.failed_chips`); otherwise it is dropped. ``to_crs`` reprojects each batch,
         ``hook`` reshapes it (e.g. text mode's columns).
         """
         cols = self.columns(require)

@@ -1,6 +1,6 @@
 """``geosam info SCENE``: what geosam sees in a raster, without reading its pixels.
 
-``--check`` also reads every block (:func:`geosam.read.scene.check_blocks`) and lists the
+``--check`` also reads every block (`geosam.read.scene.check_blocks`) and lists the
 unreadable ones with GDAL's message; the exit code is then 1.
 """
 

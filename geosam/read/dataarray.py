@@ -1,8 +1,8 @@
 """xarray DataArrays as scenes, read window by window, and label rasters as DataArrays.
 
 A (band, y, x) or (y, x) DataArray -- numpy- or dask-backed -- is read in place:
-:class:`DataArrayDataset` offers the few parts of a rasterio dataset that
-:class:`geosam.read.scene.Scene` uses (metadata, ``read`` / ``read_masks`` of a window,
+`DataArrayDataset` offers the few parts of a rasterio dataset that
+`geosam.read.scene.Scene` uses (metadata, ``read`` / ``read_masks`` of a window,
 optionally decimated), and each read selects its window with ``isel`` and loads
 only that. A dask-backed array is computed with the synchronous scheduler in the
 calling process, so a Dask worker reads its own windows and no temporary copy of
@@ -15,7 +15,7 @@ c, d, e, f) or regularly spaced ``x``/``y`` coordinates (pixel centres), and
 ``attrs["nodata"]`` / ``attrs["_FillValue"]``. Band ``k`` (1-based, as in
 ``bands=``) is the k-th entry of the dimension that is not ``y`` / ``x``; text labels of that
 dimension (``band=["red", "green", "blue", "nir"]``) become band descriptions, from which band roles
-(:mod:`geosam.config.bands`) are found, and red / green / blue mark the default RGB bands.
+(`geosam.config.bands`) are found, and red / green / blue mark the default RGB bands.
 """
 
 from __future__ import annotations
@@ -134,11 +134,11 @@ def dataarray_token(da: Any) -> str:
 
 
 class DataArrayDataset:
-    """The parts of a rasterio dataset that :class:`geosam.read.scene.Scene` uses, over a DataArray.
+    """The parts of a rasterio dataset that `geosam.read.scene.Scene` uses, over a DataArray.
 
-    Nothing is loaded up front; :meth:`read` loads the selected bands of one window
+    Nothing is loaded up front; `read` loads the selected bands of one window
     (``out_shape``: nearest-neighbour decimation picking the pixels GDAL's nearest
-    resampling picks). :meth:`read_masks` is 0 where a band equals the nodata value.
+    resampling picks). `read_masks` is 0 where a band equals the nodata value.
     """
 
     def __init__(self, da: Any) -> None:
@@ -264,16 +264,25 @@ def _burn(geoms: np.ndarray, ids: np.ndarray, tree: Any, transform: Affine, r0: 
 
 def label_dataarray(gdf: gpd.GeoDataFrame, like: Any, *, id_column: str | None = "id",
                     block_px: int = 1024) -> xr.DataArray:
-    """An instance-label DataArray (y, x) of ``gdf`` on the grid of ``like`` (a DataArray, a raster path or a Scene).
+    """An instance-label DataArray (y, x) of `gdf` on the grid of `like`.
 
-    uint32 pixels: 0 = background, else the feature's ``id_column`` (None: row number 1..N);
-    a pixel belongs to a polygon when its centre is inside, the later row winning where
-    polygons overlap (as :func:`geosam.write_label_raster`). ``gdf`` is reprojected to the
-    grid's CRS. The x / y coordinates are ``like``'s own (a DataArray) or the pixel centres
-    (a path), so the result aligns exactly; ``attrs`` carry ``crs`` (WKT), ``transform``
-    and ``nodata`` (0), and rioxarray's CRS when it is installed. For a dask-backed ``like``
-    the labels are dask-backed with its chunks, each chunk rasterized when computed;
-    otherwise they are burnt ``block_px`` px at a time into one array.
+    A pixel belongs to a polygon when its centre is inside, the later row winning where
+    polygons overlap (as `geosam.write_label_raster`). `gdf` is reprojected to the
+    grid's CRS. For a dask-backed `like` the labels are dask-backed with its chunks,
+    each chunk rasterized when computed; otherwise they are burnt `block_px` px at a
+    time into one array.
+
+    Args:
+        gdf: The objects (polygons), in any CRS.
+        like: The grid: a DataArray, a raster path or a `Scene`.
+        id_column: Column whose value labels each polygon; None: the row number 1..N.
+        block_px: Side of the blocks rasterized at a time (px).
+
+    Returns:
+        uint32 labels, 0 = background. The x / y coordinates are `like`'s own (a
+        DataArray) or the pixel centres (a path), so the result aligns exactly; `attrs`
+        carry `crs` (WKT), `transform` and `nodata` (0), and rioxarray's CRS when it is
+        installed.
     """
     import shapely
     import xarray as xr

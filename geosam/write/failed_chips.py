@@ -11,7 +11,7 @@ about each one is kept three ways:
   pixels touch a failed chip's window (they may continue into it), True for the
   others. The column exists only when a chip failed, so the schema of a clean run
   does not change;
-* next to a written vector file (:func:`geosam.write.label_raster.write_vector`): a GeoJSON
+* next to a written vector file (`geosam.write.label_raster.write_vector`): a GeoJSON
   of the failed chips' footprints, ``<output>.failed_chips.geojson`` (in the
   scene CRS, with a ``crs`` member; QGIS opens it beside the output). A stale one
   from an earlier run of the same output is removed when no chip failed.

@@ -1,14 +1,14 @@
 """Write results: vector files, instance-label rasters and quick-look PNGs.
 
-* :func:`write_vector` -- GeoJSON, GeoPackage, Shapefile or GeoParquet, chosen
+* `write_vector` -- GeoJSON, GeoPackage, Shapefile or GeoParquet, chosen
   by the file extension; empty results still give a valid file with the
   columns and the CRS (GeoJSON cannot store columns without features).
-* :func:`write_label_raster` -- a uint32 instance-label GeoTIFF on the grid of
+* `write_label_raster` -- a uint32 instance-label GeoTIFF on the grid of
   the input scene, rasterized block by block so memory stays bounded.
-* :func:`render_overlay` (:mod:`geosam.write.overlay`) -- a PNG of the (decimated)
+* `render_overlay` (`geosam.write.overlay`) -- a PNG of the (decimated)
   scene with the polygon outlines drawn over it.
 
-Every writer is atomic (:func:`geosam.write.paths.atomic_output`): it writes
+Every writer is atomic (`geosam.write.paths.atomic_output`): it writes
 beside the target and renames on success, so a failed or killed write leaves
 an earlier file as it was, and a folder at the path is never replaced. A
 GeoPackage gets (or replaces) only its own layer; other layers are kept.
@@ -56,8 +56,8 @@ def check_output_path(path: str | os.PathLike[str], kind: str = "vector") -> Pat
     """Fail early (before hours of segmentation) on an output path that cannot be written.
 
     kind: "vector" (extension must be a supported vector format), "raster" (.tif/.tiff) or
-    "png". A folder at the path, or an unwritable folder, is an :class:`ExportError`;
-    creates nothing (see :func:`geosam.write.paths.check_outputs` for inputs and existing files).
+    "png". A folder at the path, or an unwritable folder, is an `ExportError`;
+    creates nothing (see `geosam.write.paths.check_outputs` for inputs and existing files).
     """
     path = Path(path)
     if kind == "vector":
@@ -105,18 +105,29 @@ def write_label_raster(
     id_column: str | None = "id",
     block_px: int = 1024,
 ) -> Path:
-    """Rasterize polygons into an instance-label GeoTIFF on the grid of ``like_path``.
+    """Rasterize polygons into an instance-label GeoTIFF on the grid of `like_path`.
 
-    The output has the size, transform and CRS of ``like_path``; pixels are
-    uint32, 0 = background, else the feature's ``id_column`` value (None:
-    row number 1..N). A pixel belongs to a polygon when its centre is inside;
-    where polygons overlap, the later row wins (as in
-    ``rasterio.features.rasterize``). ``gdf`` is reprojected to the raster
-    CRS if needed (a missing CRS is taken to be the raster's, with a warning).
+    The output has the size, transform and CRS of `like_path`; pixels are uint32,
+    0 = background. A pixel belongs to a polygon when its centre is inside; where
+    polygons overlap, the later row wins (as in `rasterio.features.rasterize`). `gdf` is
+    reprojected to the raster CRS if needed (a missing CRS is taken to be the raster's,
+    with a warning). Each block burns only the polygons an STRtree finds intersecting
+    it, so memory is bounded by a block and the geometries. The file is a tiled (256 px)
+    deflate GeoTIFF, written atomically.
 
-    Written ``block_px`` x ``block_px`` px at a time, each block burning only
-    the polygons an STRtree finds intersecting it, so memory is bounded by a
-    block and the geometries. The file is a tiled (256 px) deflate GeoTIFF.
+    Args:
+        gdf: The polygons.
+        path: The GeoTIFF to write.
+        like_path: The raster whose grid (size, transform, CRS) the labels take.
+        id_column: Column whose value labels each polygon; None: the row number 1..N.
+        block_px: Side of the blocks written at a time (px).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ExportError: An id that is not a whole number 1..2^32-1, `block_px` below 16, the
+            scene itself as `path`, or a path that cannot be written.
     """
     import rasterio
     import shapely
