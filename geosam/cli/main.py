@@ -7,9 +7,10 @@ import logging
 import click
 
 from geosam import __version__
+from geosam.cli.help import GroupedGroup
 
 
-@click.group()
+@click.group(cls=GroupedGroup)
 @click.version_option(__version__, prog_name="geosam")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:

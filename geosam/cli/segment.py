@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from geosam.cli.common import handle_errors
+from geosam.cli.help import GroupedCommand
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.config import DEFAULT_MODEL, SegmentConfig
 from geosam.indices import check_index_bands, write_index_raster
@@ -15,7 +16,7 @@ _D = SegmentConfig()
 _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("scenes", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
