@@ -16,8 +16,9 @@ import pytest
 from tests.test_readme import FENCE, MARKS
 
 ROOT = Path(__file__).resolve().parents[1]
-#: pages whose unmarked python blocks run, with the marks of their tests (LiteMedSAM's blocks take > 10 s)
-PAGES = {"docs/vegetation.md": (), "docs/prompt-mode.md": (pytest.mark.slow,)}
+#: pages whose unmarked python blocks run, with the marks of their tests (LiteMedSAM's blocks take > 10 s); every
+#: executed snippet is marked ``docs``: it runs in ``make test-docs`` (with the notebooks and the README's snippets)
+PAGES = {"docs/vegetation.md": (pytest.mark.docs,), "docs/prompt-mode.md": (pytest.mark.docs, pytest.mark.slow)}
 
 
 def page_blocks(page: str, lang: str = "python") -> list[tuple[str, str]]:
