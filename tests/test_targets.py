@@ -37,5 +37,6 @@ def test_the_documents_are_the_docs_target() -> None:
     assert test_notebooks.NOTEBOOKS and "docs" in marks(test_notebooks.test_notebook_runs)
     assert test_readme.blocks("python") and "docs" in marks(test_readme.test_python_snippet)
     assert test_readme.cli_lines() and "docs" in marks(test_readme.test_cli_snippet)
-    assert test_docs_snippets.BLOCKS
-    assert all("docs" in {m.name for m in p.marks} for p in test_docs_snippets.BLOCKS)
+    snippets = [*test_docs_snippets.BLOCKS, *test_docs_snippets.CLI_LINES]
+    assert test_docs_snippets.BLOCKS and test_docs_snippets.CLI_LINES
+    assert all("docs" in {m.name for m in p.marks} for p in snippets)  # type: ignore[attr-defined]
