@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.geosam-installed
 
-.PHONY: demo test test-fast bench venv clean notebooks docs
+.PHONY: demo test test-docs test-fast bench venv clean notebooks docs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# every test but those that execute the notebooks and the README's / docs' snippets (marked docs): a few minutes
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not docs"
 
-# everything but the tests marked slow (notebooks, README snippets, long equality runs): a few minutes
+# the documents as tests: every notebook runs top to bottom, every README / docs snippet runs as written
+test-docs: $(STAMP)
+	$(PY) -m pytest -q -m docs
+
+# `make test` without the tests marked slow (long equality runs, Dask clusters)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not docs"
 
 # re-render the notebooks in place, storing their outputs (pictures, tables)
 notebooks: $(STAMP)

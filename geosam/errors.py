@@ -1,6 +1,6 @@
 """One error hierarchy for geosam.
 
-Every failure caused by user input is a :class:`GeosamError` subclass whose
+Every failure caused by user input is a `GeosamError` subclass whose
 message names the file, band or coordinate at fault and says what to do.
 """
 

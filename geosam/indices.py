@@ -1,6 +1,6 @@
 """Spectral indices (NDVI, ExG, ...): per-object statistics, ranking, and a prompt prefilter.
 
-Indices are computed in float32 from reflectance (see :mod:`geosam.config.bands` for
+Indices are computed in float32 from reflectance (see `geosam.config.bands` for
 roles and scaling) on valid pixels only; an invalid pixel or a zero
 denominator gives NaN, and NaN pixels are left out of every statistic.
 
@@ -24,12 +24,12 @@ gli       (2 G - R - B) / (2 G + R + B)                  0.0
 The default threshold is what ``{index}_frac_above`` counts against unless
 ``index_thresholds`` or ``min_index`` names another.
 
-Per-object statistics (:class:`ZonalStats`, a pipeline object hook) read the
+Per-object statistics (`ZonalStats`, a pipeline object hook) read the
 index bands in each *final* object's bounding box at full resolution and use the
 object's final pixel mask, so an object stitched from several chips gets exactly
 the statistics of a single-chip run.
 
-Prefilter (:class:`Prefilter`). Before the decoder runs, a chip's
+Prefilter (`Prefilter`). Before the decoder runs, a chip's
 ``prompt_mask`` is set to the pixels within ``radius_px`` (Chebyshev distance;
 ``SegmentConfig.prefilter_radius_px``, default 2 px, ``"grid"`` = one point-grid spacing) of a pixel whose index is >= the ``min_index``
 threshold (for several indices: near a passing pixel of each). Grid prompts
@@ -90,8 +90,8 @@ Arr = np.ndarray
 class IndexCalculator:
     """Compute several indices of one scene in any window, reading each band once.
 
-    roles: resolved :class:`~geosam.config.bands.BandRoles`; raises
-    :class:`~geosam.errors.BandError` at construction if an index needs an
+    roles: resolved `BandRoles`; raises
+    `BandError` at construction if an index needs an
     unmapped band.
     """
 
@@ -127,7 +127,7 @@ class IndexCalculator:
 
 
 def calculator_for(scene: Scene, cfg: Any, names: Sequence[str]) -> IndexCalculator:
-    """An :class:`IndexCalculator` for an open scene and a :class:`~geosam.config.SegmentConfig`."""
+    """An `IndexCalculator` for an open scene and a `SegmentConfig`."""
     roles = resolve_band_roles(scene, cfg.band_roles, cfg.reflectance_scale, cfg.reflectance_offset)
     return IndexCalculator(roles, names)
 
@@ -175,7 +175,7 @@ class ZonalStats:
     """Pipeline object hook: ``{index}_mean``, ``{index}_median``, ``{index}_frac_above`` per object.
 
     thresholds: per index, the value ``_frac_above`` counts against (default
-    :attr:`IndexDef.threshold`).
+    `IndexDef.threshold`).
     """
 
     def __init__(self, calc: IndexCalculator, thresholds: Mapping[str, float] | None = None) -> None:
@@ -203,7 +203,7 @@ class ZonalStats:
 
 def grid_pixels(height: int, width: int, points_per_side: int) -> tuple[Arr, Arr]:
     """(rows, cols) int64 of the chip pixels under SAM's point grid (x fastest): the pixels the generator
-    decodes (:func:`geosam.segment.sam_utils.build_point_grid`, :func:`~geosam.segment.sam_utils.grid_pixel_indices`)."""
+    decodes (`geosam.segment.sam_utils.build_point_grid`, `grid_pixel_indices`)."""
     from geosam.segment.sam_utils import build_point_grid, grid_pixel_indices
 
     points = build_point_grid(int(points_per_side)) * np.array([width, height], dtype=np.float64)
@@ -260,7 +260,7 @@ class Prefilter:
 
 def check_index_bands(scene: Any, indices: Sequence[str], *, band_roles: Any = None,
                       reflectance_scale: float | None = None, reflectance_offset: float | None = None) -> None:
-    """:class:`~geosam.errors.BandError` now (before any model work) if ``scene`` lacks a band the indices need."""
+    """`BandError` now (before any model work) if ``scene`` lacks a band the indices need."""
     from geosam.read.scene import Scene
 
     with Scene(scene, stretch=None) as sc:
@@ -277,13 +277,29 @@ def write_index_raster(
     reflectance_offset: float | None = None,
     block_px: int = 1024,
 ) -> Path:
-    """Write indices of ``scene`` as a float32 GeoTIFF on the scene's grid, one band per index.
+    """Write indices of `scene` as a float32 GeoTIFF on the scene's grid, one band per index.
 
     Band descriptions are the index names; NaN is nodata (invalid pixels, zero
-    denominators). Computed and written ``block_px`` x ``block_px`` px at a
-    time, so memory is bounded by a block. Tiled (256 px), deflate. Written
-    atomically (:func:`geosam.write.paths.atomic_output`); ``path`` equal to the
-    scene is an :class:`ExportError`.
+    denominators). Computed and written `block_px` x `block_px` px at a time, so memory
+    is bounded by a block. Tiled (256 px), deflate, written atomically
+    (`geosam.write.paths.atomic_output`).
+
+    Args:
+        scene: A raster path, an open rasterio dataset or a DataArray.
+        path: The GeoTIFF to write.
+        indices: Index names (`ndvi`, `ndwi`, `savi`, `evi`, `ndmi`, `ndre`, `exg`, `vari`, `gli`).
+        band_roles: A preset (`sentinel2`, `landsat8`, `naip`, `rgb`) or a role -> 1-based band
+            mapping; None: from the band descriptions / colour interpretation.
+        reflectance_scale: Reflectance = DN * scale + offset (e.g. 1e-4 for Sentinel-2 L2A).
+        reflectance_offset: See `reflectance_scale`.
+        block_px: Side of the blocks computed at a time (px).
+
+    Returns:
+        The written path.
+
+    Raises:
+        BandError: The scene lacks a band an index needs.
+        ExportError: `path` is the scene itself or cannot be written.
     """
     import rasterio
 

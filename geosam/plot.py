@@ -1,17 +1,12 @@
 """Pictures of scenes and objects: the image as the model sees it, polygons coloured by a column.
 
-* :func:`show` -- a matplotlib axes with the scene (decimated, stretched exactly
-  as the model sees it) in **map coordinates of the scene CRS**, polygons,
-  lines or points over it coloured by a column (legend or colour bar) and a
-  scale bar in metres (geodesic for geographic CRSs). Because the axes are in
-  map coordinates, any GeoDataFrame in the scene CRS can be added with
-  ``gdf.plot(ax=ax)``.
-* :func:`explore` -- an interactive folium map (``gdf.explore``), an optional
-  extra: ``pip install "geosam-scenes[maps]"``.
+* `show` -- a matplotlib axes with the scene (decimated, stretched exactly as the model sees it) in
+  **map coordinates of the scene CRS**, polygons, lines or points over it coloured by a column (legend
+  or colour bar) and a scale bar in metres; any GeoDataFrame in the scene CRS can be added with
+  `gdf.plot(ax=ax)`.
+* `explore` -- an interactive folium map (`gdf.explore`), extra `pip install "geosam-scenes[maps]"`.
 
-The CLI's PNG overlay (:func:`geosam.write.overlay.render_overlay`) draws through
-the same functions (:func:`read_quicklook`, :func:`draw_image`,
-:func:`draw_geometries`).
+The CLI's PNG overlay (`render_overlay`) draws through `read_quicklook`, `draw_image`, `draw_geometries`.
 """
 
 from __future__ import annotations
@@ -49,15 +44,13 @@ def distinct_colours(n: int, seed: int = 0) -> np.ndarray:
 def read_quicklook(
     scene: Any, max_side_px: int = 1024, bands: Sequence[int] | None = None, fill_value: float | None = None
 ) -> tuple[np.ndarray, SceneInfo]:
-    """A decimated (H, W, 3) uint8 image of the whole scene and its :class:`~geosam.read.scene.SceneInfo`.
+    """A decimated (H, W, 3) uint8 image of the whole scene and its `SceneInfo`.
 
-    The longest side is at most ``max_side_px`` px (nearest-neighbour
-    decimation; GDAL uses overviews when present); values are stretched
-    exactly as the model sees them (:meth:`geosam.read.scene.Scene.to_uint8`: uint8 as
-    is, other types by the scene's 2-98 % per-band stretch); invalid pixels
-    (nodata, mask bands, ``fill_value``) are black. ``bands``: 1-based, 1 or 3
-    of them; default red/green/blue or the first bands. ``scene``: a path, an
-    open rasterio dataset or an xarray DataArray.
+    The longest side is at most `max_side_px` px (nearest-neighbour decimation; GDAL uses overviews
+    when present); values are stretched exactly as the model sees them (`Scene.to_uint8`: uint8 as is,
+    other types by the scene's 2-98 % per-band stretch); invalid pixels (nodata, mask bands,
+    `fill_value`) are black. `bands`: 1-based, 1 or 3 of them; default red/green/blue or the first
+    bands. `scene`: a path, an open rasterio dataset or an xarray DataArray.
     """
     from geosam.config import ReadConfig
     from geosam.read.scene import Scene
@@ -100,9 +93,8 @@ def draw_geometries(
 ) -> None:
     """Draw shapely geometries (map coordinates of the axes) with one RGBA colour each (floats in [0, 1]).
 
-    Polygons are filled with ``facecolors`` and outlined with ``edgecolors``
-    (holes stay open), lines and points take ``edgecolors``; larger polygons
-    are drawn first so that small ones stay visible. ``linewidth`` in points.
+    Polygons are filled with `facecolors` and outlined with `edgecolors` (holes stay open), lines and
+    points take `edgecolors`; larger polygons are drawn first so that small ones stay visible.
     """
     import shapely
     from matplotlib.collections import LineCollection, PathCollection
@@ -153,15 +145,21 @@ def _polygon_path(poly: Any) -> Any:
 
 @dataclass(frozen=True)
 class PlotStyle:
-    """How :func:`show` draws: colours, outlines, legend, scale bar, title and figure size.
+    """How `show` draws: colours, outlines, legend, scale bar, title and figure size.
 
-    categorical: treat ``column`` as categories (default: text and bool columns are);
-    cmap: a matplotlib colormap name; vmin / vmax: the numeric colour range (default
-    the column's); alpha: fill opacity of polygons (outlines are opaque); color: one
-    colour for every feature when there is no ``column``; linewidth: outline width in
-    points; legend: a legend or colour bar for ``column``; scalebar: a scale bar in
-    metres; title: the axes' title; figsize: inches, for a new figure; seed: of the
-    distinct per-feature colours.
+    Attributes:
+        categorical: Treat `column` as categories (default: text and bool columns are).
+        cmap: A matplotlib colormap name.
+        vmin: Lower end of the numeric colour range (default the column's minimum).
+        vmax: Upper end of the numeric colour range (default the column's maximum).
+        alpha: Fill opacity of polygons (outlines are opaque).
+        color: One colour for every feature when there is no `column`.
+        linewidth: Outline width (points).
+        legend: A legend or colour bar for `column`.
+        scalebar: A scale bar in metres.
+        title: The axes' title.
+        figsize: Figure size (inches), for a new figure.
+        seed: Seed of the distinct per-feature colours.
     """
 
     categorical: bool | None = None
@@ -179,7 +177,7 @@ class PlotStyle:
 
 
 def _style(style: PlotStyle | None, overrides: dict[str, Any]) -> PlotStyle:
-    """``style`` (default :class:`PlotStyle`) with the fields named in ``overrides`` replaced."""
+    """``style`` (default `PlotStyle`) with the fields named in ``overrides`` replaced."""
     unknown = sorted(set(overrides) - {f.name for f in fields(PlotStyle)})
     if unknown:
         raise TypeError(f"show() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
@@ -198,24 +196,31 @@ def show(
     style: PlotStyle | None = None,
     **style_overrides: Any,
 ) -> Axes:
-    """Show the scene as the model sees it, with ``gdf``'s geometries over it; return the axes.
+    """Show the scene as the model sees it, with `gdf`'s geometries over it.
 
-    The image is a decimated read (:func:`read_quicklook`: longest side
-    ``max_side_px`` px, stretched like the model's input, invalid pixels
-    black) placed at the scene's bounds, so **the axes are in the scene CRS's
-    map coordinates** (add layers with ``other.to_crs(gdf.crs).plot(ax=ax)``).
-    ``gdf`` is reprojected to the scene CRS; empty and missing geometries are
-    skipped. ``style``: a :class:`PlotStyle`; its fields can also be given as
-    keyword arguments (``cmap="magma", alpha=0.5``), which override ``style``'s.
-    Colours: with ``column`` categorical (text, bool or
-    ``categorical=True``) one colour per category and a legend whose entries
-    are the categories (sorted); numeric, ``cmap`` (default viridis) over
-    [``vmin``, ``vmax``] (default the column's range) and a colour bar; missing
-    values grey. Without ``column``, ``color`` for all or else a distinct colour
-    per feature. Polygons are filled at opacity ``alpha`` and outlined opaque
-    (``linewidth`` in points). ``scalebar``: a bar of a round length in metres
-    in the lower left (geodesic on the ellipsoid for geographic CRSs, the CRS's
-    linear unit converted to metres for projected ones).
+    The image is a decimated read (`read_quicklook`, stretched like the model's input, invalid pixels
+    black) placed at the scene's bounds, so **the axes are in the scene CRS's map coordinates** (add
+    layers with `other.to_crs(gdf.crs).plot(ax=ax)`). `gdf` is reprojected to the scene CRS; empty and
+    missing geometries are skipped. Colours: with `column` categorical (text, bool or
+    `categorical=True`) one colour per category and a legend of the (sorted) categories; numeric,
+    `cmap` (default viridis) over [`vmin`, `vmax`] (default the column's range) and a colour bar;
+    missing values grey. Without `column`, `color` for all or else a distinct colour per feature.
+    Polygons are filled at opacity `alpha` and outlined opaque. `scalebar`: a round length in metres
+    (geodesic for geographic CRSs, the linear unit converted to metres for projected ones).
+
+    Args:
+        scene: A raster path, an open rasterio dataset or a DataArray.
+        gdf: Geometries to draw over the image (any CRS); None shows the image alone.
+        column: Column that colours the geometries.
+        ax: Axes to draw on; None makes a new figure (`figsize`).
+        bands: 1-based bands (1 or 3); default as the model reads them.
+        fill_value: Pixels whose bands all equal this are invalid (black).
+        max_side_px: Longest side of the decimated read (px).
+        style: A `PlotStyle`.
+        **style_overrides: `PlotStyle` fields (`cmap="magma", alpha=0.5`), overriding `style`'s.
+
+    Returns:
+        The axes, in the scene CRS's map coordinates.
     """
     st = _style(style, style_overrides)
     img, info = read_quicklook(scene, max_side_px, bands, fill_value)
@@ -316,13 +321,20 @@ def nice_length_m(max_m: float) -> float:
 
 
 def add_scalebar(ax: Axes, crs: Any, *, fraction: float = 0.25, loc: tuple[float, float] = (0.05, 0.05)) -> float:
-    """Draw a scale bar on an axes in map coordinates of ``crs``; return its length in metres.
+    """Draw a scale bar on an axes in map coordinates of `crs`.
 
-    The bar starts at ``loc`` (axes fractions) and is the longest round length
-    (1, 2, 5 x 10^k m) not above ``fraction`` of the axes' width. Geographic
-    CRSs: the bar runs due east from its start for that many metres on the
-    ellipsoid (pyproj ``Geod``); projected CRSs: that many metres converted to
-    the CRS's linear unit. The line has gid :data:`SCALEBAR_GID`.
+    The bar is the longest round length (1, 2, 5 x 10^k m) not above `fraction` of the axes' width.
+    Geographic CRSs: it runs due east for that many metres on the ellipsoid (pyproj `Geod`);
+    projected CRSs: that many metres in the CRS's linear unit. The line has gid `SCALEBAR_GID`.
+
+    Args:
+        ax: Axes whose data coordinates are map coordinates of `crs`.
+        crs: The axes' CRS (anything pyproj accepts).
+        fraction: Longest bar, as a fraction of the axes' width.
+        loc: Where the bar starts, in axes fractions (x, y).
+
+    Returns:
+        The bar's length in metres.
     """
     import matplotlib.patheffects as pe
     from pyproj import Geod
@@ -353,12 +365,15 @@ def add_scalebar(ax: Axes, crs: Any, *, fraction: float = 0.25, loc: tuple[float
 
 
 def explore(gdf: gpd.GeoDataFrame, column: str | None = None, **kwargs: Any) -> Any:
-    """An interactive folium map of ``gdf`` (``GeoDataFrame.explore``, web-mercator tiles, WGS 84 popups).
+    """An interactive folium map of `gdf` (`GeoDataFrame.explore`, web-mercator tiles, WGS 84 popups).
 
-    Needs the optional extra ``pip install "geosam-scenes[maps]"`` (folium, mapclassify);
-    without it an ImportError says so. Empty and missing geometries (prompts
-    outside the scene, say) are dropped. ``kwargs`` go to ``gdf.explore``
-    (``tiles=None`` for a map without a basemap, e.g. offline).
+    Needs the extra `pip install "geosam-scenes[maps]"` (else an ImportError says so). Empty and missing
+    geometries are dropped. Returns the `folium.Map`.
+
+    Args:
+        gdf: The objects, in any CRS.
+        column: Column that colours them.
+        **kwargs: Passed to `gdf.explore` (`tiles=None` for a map without a basemap, e.g. offline).
     """
     try:  # only checks that the extra is installed: geopandas imports them itself
         import folium  # noqa: F401

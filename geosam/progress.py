@@ -1,7 +1,7 @@
 """Progress bars: ``tqdm.auto`` (notebook bars where ipywidgets is installed), imported without its warning.
 
 In a Jupyter kernel without ipywidgets ``tqdm.auto`` warns "IProgress not found" and falls back to plain tqdm,
-which is what geosam wants there; :func:`tqdm_auto` imports it once with that warning silenced (transformers
+which is what geosam wants there; `tqdm_auto` imports it once with that warning silenced (transformers
 imports it too, so the model registry calls this before any model import).
 """
 

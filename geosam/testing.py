@@ -1,10 +1,10 @@
 """Test helpers: an *oracle* mask generator that reads masks from a label raster.
 
-:class:`OracleMaskGenerator` implements :class:`geosam.segment.base.MaskGenerator`
+`OracleMaskGenerator` implements `geosam.segment.base.MaskGenerator`
 with perfect answers: for a chip it returns the objects of a known
 instance-label GeoTIFF inside the chip window. With it, tiling, stitching and
 export can be tested exactly, independent of model quality, and streaming
-benchmarks can run without a model. :class:`PromptedOracleMaskGenerator` answers
+benchmarks can run without a model. `PromptedOracleMaskGenerator` answers
 only SAM's grid prompts inside ``chip.prompt_region()``, to test prompt
 prefilters exactly. :class:`NoisyOracleMaskGenerator` perturbs the oracle's masks
 independently per chip and per object (:func:`perturb_masks`), the way a real
@@ -55,21 +55,22 @@ def _transforms_match(a: Affine, b: Affine, rtol: float = TRANSFORM_RTOL) -> boo
 class OracleMaskGenerator(BaseMaskGenerator):
     """Masks straight from an instance-label GeoTIFF (0 = background, k > 0 = object k).
 
-    ``generate(chip)`` reads only ``chip.spec.window`` of the label raster and
-    returns one bool mask per label present in it, sorted by label, with
-    ``predicted_iou`` and ``stability_score`` of 1.0. Values <= 0 are
-    background; ``chip.valid`` is ignored (the oracle knows the truth). The labels of the last
-    call are in :attr:`last_labels`; :meth:`generate_with_labels` returns them
-    with the masks.
+    `generate(chip)` reads only `chip.spec.window` of the label raster and returns one
+    bool mask per label present in it, sorted by label, with `predicted_iou` and
+    `stability_score` of 1.0. Values <= 0 are background; `chip.valid` is ignored (the
+    oracle knows the truth). The labels of the last call are in `last_labels`;
+    `generate_with_labels` returns them with the masks.
 
-    Picklable and cheap to ship to Dask workers: the pickled state is the path
-    and grid metadata; each process and thread opens its own dataset handle
-    lazily on first use.
+    Picklable and cheap to ship to Dask workers: the pickled state is the path and grid
+    metadata; each process and thread opens its own dataset handle lazily on first use.
 
-    Raises :class:`InvalidRasterError` at construction if the label raster
-    cannot be opened, has more than one band or a non-integer type, and
-    :class:`ConfigError` in ``generate`` if its grid differs from the chip's
-    scene.
+    Args:
+        label_raster_path: A single-band integer GeoTIFF on the scene's grid.
+
+    Raises:
+        InvalidRasterError: At construction, if the label raster cannot be opened, has
+            more than one band or a non-integer type.
+        ConfigError: In `generate`, if its grid differs from the chip's scene.
     """
 
     name = "oracle"
@@ -135,7 +136,7 @@ class OracleMaskGenerator(BaseMaskGenerator):
 
     # -- checks ----------------------------------------------------------------
     def check_grid(self, spec: ChipSpec) -> None:
-        """Raise :class:`ConfigError` unless the label raster is on ``spec``'s scene grid."""
+        """Raise `ConfigError` unless the label raster is on ``spec``'s scene grid."""
         w = spec.window
         expected = spec.transform
         ours = self.transform @ Affine.translation(w.col_off, w.row_off)
@@ -196,7 +197,7 @@ class OracleMaskGenerator(BaseMaskGenerator):
         return ChipMasks(masks, ones, ones.copy()), labels
 
     def generate(self, chip: Chip) -> ChipMasks:
-        """Masks of the objects in ``chip``, sorted by label (see :attr:`last_labels`)."""
+        """Masks of the objects in ``chip``, sorted by label (see `last_labels`)."""
         return self.generate_with_labels(chip)[0]
 
 
@@ -204,15 +205,22 @@ class PromptedOracleMaskGenerator(OracleMaskGenerator):
     """An oracle that, like SAM segment-everything, only answers its point prompts.
 
     The chip gets SAM's point grid (``points_per_side`` squared points, the same
-    pixels as :func:`geosam.segment.sam_utils.build_point_grid`); points outside
+    pixels as `geosam.segment.sam_utils.build_point_grid`); points outside
     ``chip.prompt_region()`` (invalid pixels, or outside a prefilter's
     ``prompt_mask``) are not "decoded". Every other point returns the whole
     object (inside the chip window) of the label under it; points on
     background return nothing; several points on one object give one mask.
 
-    Counters: :attr:`prompts_received` (points decoded, all calls),
-    :attr:`chips_called`, and :attr:`last_stats` per call (``points_total``,
-    ``points_decoded``, ``masks_kept``), as :class:`geosam.segment.SamMaskGenerator`.
+    Counters: `prompts_received` (points decoded, all calls),
+    `chips_called`, and `last_stats` per call (`points_total`,
+    `points_decoded`, `masks_kept`), as `geosam.segment.SamMaskGenerator`.
+
+    Args:
+        label_raster_path: A single-band integer GeoTIFF on the scene's grid.
+        points_per_side: Side of the point grid (SAM's `points_per_side`).
+
+    Raises:
+        ConfigError: `points_per_side` is not a whole number >= 1.
     """
 
     name = "prompted-oracle"

@@ -10,8 +10,19 @@ import pytest
 # (tests of the choice itself set GEOSAM_CPU_AMX with monkeypatch)
 os.environ.setdefault("GEOSAM_CPU_AMX", "0")
 
+from tests import _background
 from tests._stac_fixtures import stac_catalog, stac_served  # noqa: F401 - the STAC tests' catalog and server
 from tests._tiny_sam import build_tiny_sam
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start mypy in the background when its test is selected; it runs while the other tests do."""
+    if any(item.nodeid == _background.MYPY_TEST for item in session.items):
+        _background.start("mypy", _background.MYPY)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _background.stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 Each runs on a temporary copy laid out like the repository (``notebooks/`` beside ``data/``), so the committed
 notebooks and their stored outputs are never rewritten by the tests (``make notebooks`` re-renders those).
+Running them is marked ``docs`` (``make test-docs``; ``.ci/run`` runs it after ``make test``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def test_notebook_has_stored_outputs_and_no_path_hacks(path: Path) -> None:
     assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
 
 
+@pytest.mark.docs
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

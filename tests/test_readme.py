@@ -5,6 +5,7 @@ ending in ``\\`` joined), in a temporary folder holding ``data/`` (the shipped s
 directly preceded by the line ``<!-- readme-test: needs-weights -->`` (it needs SAM weights from the hub) or
 ``<!-- readme-test: illustration -->`` (it names the user's own files or cluster, e.g. ``scene.tif``,
 ``tcp://scheduler:8786``; what it shows is tested in tests/test_journal.py, test_distributed.py, test_scenes.py).
+Executing the snippets is marked ``docs``: ``make test-docs`` runs them (``make test`` does not; ``.ci/run`` runs both).
 """
 
 from __future__ import annotations
@@ -59,12 +60,14 @@ def in_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.docs
 @pytest.mark.slow
 @pytest.mark.parametrize(("lineno", "source"), blocks("python"), ids=lambda v: f"line{v}" if isinstance(v, int) else "")
 def test_python_snippet(lineno: int, source: str, in_copy: Path) -> None:
     exec(compile(source, f"README.md:{lineno}", "exec"), {"__name__": "__main__"})  # noqa: S102 - the snippet is the test
 
 
+@pytest.mark.docs
 @pytest.mark.slow
 @pytest.mark.parametrize(("lineno", "cmd"), cli_lines(), ids=lambda v: f"line{v}" if isinstance(v, int) else "")
 def test_cli_snippet(lineno: int, cmd: str, in_copy: Path) -> None:

@@ -1,15 +1,14 @@
-"""The type gate: mypy (configured in pyproject.toml) finds no error in geosam/."""
+"""The type gate: mypy (configured in pyproject.toml) finds no error in geosam/.
+
+mypy starts in the background as soon as this test is selected (tests/conftest.py, tests/_background.py), so that it
+runs while the other tests do; this test waits for its result.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests import _background
 
 
 def test_mypy_is_clean() -> None:
-    run = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary"], capture_output=True, text=True,
-                         cwd=ROOT, check=False)
-    assert run.returncode == 0, f"mypy found problems:\n{run.stdout}{run.stderr}"
+    code, out = _background.result("mypy", _background.MYPY)
+    assert code == 0, f"mypy found problems:\n{out}"

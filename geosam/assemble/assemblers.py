@@ -1,11 +1,11 @@
 """Assemblers: per-chip results -> finished objects, in any chip order.
 
-An :class:`Assembler` consumes :class:`~geosam.assemble.result.ChipResult` values and
-hands out :class:`~geosam.assemble.stitch.StitchedObject` values when they are finished.
+An `Assembler` consumes `ChipResult` values and
+hands out `StitchedObject` values when they are finished.
 Segment-everything (and text) mode stitches masks across chip seams
-(:class:`GridAssembler`, over :class:`~geosam.assemble.stitch.Stitcher`); prompt mode has
+(`GridAssembler`, over `Stitcher`); prompt mode has
 exactly one window per prompt and assembles one object per prompt
-(:class:`PromptAssembler`).
+(`PromptAssembler`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class GridAssembler:
 
     Once a chip has failed (status ``failed``), every finished object gets
     ``extra["complete"]``: False when its pixels touch a failed chip's window
-    (see :mod:`geosam.write.failed_chips`). An object is finished only after all its
+    (see `geosam.write.failed_chips`). An object is finished only after all its
     chips' neighbours, so the failures that can touch it are known by then.
     """
 

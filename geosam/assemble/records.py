@@ -1,8 +1,8 @@
 """Finished objects -> records -> the output table (a GeoDataFrame, built by `geo_frame` in every mode).
 
-Objects arrive in scene pixel coordinates (:class:`geosam.assemble.stitch.StitchedObject`);
+Objects arrive in scene pixel coordinates (`geosam.assemble.stitch.StitchedObject`);
 per-object hooks (index statistics) run while their pixels are at hand, then each
-object is reduced to a compact :class:`Record` in map coordinates.
+object is reduced to a compact `Record` in map coordinates.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The per-chip result: a small, picklable value that the run loop consumes.
 
-A :class:`ChipResult` is what one chip task produces. A Dask worker returns it,
+A `ChipResult` is what one chip task produces. A Dask worker returns it,
 a journal stores it, and the stitcher / prompt assembler consume it, in any
 order. It holds no chip-sized arrays: each mask is cropped to its bounding box
 and bit-packed (1 bit per pixel), with the crop's offset in **scene pixel
@@ -50,7 +50,7 @@ class ChipResult:
     status: ``ok`` (masks found), ``empty`` (no mask), ``invalid`` (no valid pixel),
         ``failed`` (unreadable; ``error`` says why), ``prefiltered`` (skipped by the index prefilter).
     stats: counts reported by the loop (e.g. prompts decoded).
-    prompt_status: prompt mode: one status per prompt of the task (see :class:`~geosam.segment.base.ChipMasks`).
+    prompt_status: prompt mode: one status per prompt of the task (see `ChipMasks`).
     """
 
     task_id: str

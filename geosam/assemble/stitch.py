@@ -182,8 +182,8 @@ class Stitcher:
 
     # -- adding ------------------------------------------------------------
     def add(self, spec: ChipSpec, result: ChipResult | ChipMasks, attrs: Sequence[dict[str, Any]] | None = None) -> None:
-        """Add one chip's masks: a :class:`~geosam.assemble.result.ChipResult` (crops in scene pixels), or
-        :class:`~geosam.segment.base.ChipMasks` in the chip pixel frame; ``attrs`` are carried per mask."""
+        """Add one chip's masks: a `ChipResult` (crops in scene pixels), or
+        `ChipMasks` in the chip pixel frame; ``attrs`` are carried per mask."""
         key = (spec.row, spec.col)
         if key in self.done:
             raise ValueError(f"chip {spec.chip_id} was already added")

@@ -1,7 +1,7 @@
 """Finished objects on disk until the run ends: memory independent of the number of objects.
 
-The run loop hands every finished object (a :class:`~geosam.assemble.records.Record`, map
-coordinates) to an :class:`ObjectStore`, which keeps it in a temporary SQLite file
+The run loop hands every finished object (a `Record`, map
+coordinates) to an `ObjectStore`, which keeps it in a temporary SQLite file
 (outline as WKB, attributes as JSON) instead of in memory. When the run ends the
 store reads them back in the output's order, in batches of GeoDataFrames: ``id``
 1..N top-to-bottom, left-to-right by the object's first pixel (ties by outline, then
@@ -110,7 +110,7 @@ def remove_stale_stores(folder: str | os.PathLike[str] | None) -> list[Path]:
 
 
 class ObjectStore:
-    """Finished objects of one run in a temporary SQLite file (removed by :meth:`close`).
+    """Finished objects of one run in a temporary SQLite file (removed by `close`).
 
     crs_wkt: the scene CRS (records' outlines are in it); areas are computed on arrival.
     min_area_m2, min_index: objects below ``min_area_m2`` (m2) or whose ``<index>_mean`` is

@@ -1,1 +1,1 @@
-"""The ``geosam`` command line: a thin click layer over :mod:`geosam.modes.everything`."""
+"""The ``geosam`` command line: a thin click layer over `geosam.modes.everything`."""

@@ -27,12 +27,12 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def is_geosam_warning(category: type[Warning]) -> bool:
-    """Whether warnings of ``category`` are geosam's own (e.g. :class:`~geosam.prompts.parse.PromptWarning`)."""
+    """Whether warnings of ``category`` are geosam's own (e.g. `PromptWarning`)."""
     return category.__module__.split(".")[0] == "geosam"
 
 
 def make_formatwarning(fallback: Callable[..., str]) -> Callable[..., str]:
-    """A :data:`warnings.formatwarning` that writes geosam's own warnings as one line, ``warning: <message>``
+    """A `warnings.formatwarning` that writes geosam's own warnings as one line, ``warning: <message>``
     (no file name, line number or source line), and leaves every other warning to ``fallback``.
 
     Only the text changes: where warnings go (stderr), the filters and anything recording warnings stay as they are.
@@ -65,7 +65,7 @@ def make_showwarning(fallback: Callable[..., None]) -> Callable[..., None]:
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a command: a :class:`GeosamError` becomes ``Error: ...`` and exit code 1, never a traceback;
+    """Run a command: a `GeosamError` becomes ``Error: ...`` and exit code 1, never a traceback;
     geosam's warnings print as ``warning: ...`` (one line on stderr);
     Ctrl-C exits 130 and SIGTERM 143, with a message and no partial output (outputs are written atomically)."""
 

@@ -1,6 +1,6 @@
 """``geosam info SCENE``: what geosam sees in a raster, without reading its pixels.
 
-``--check`` also reads every block (:func:`geosam.read.scene.check_blocks`) and lists the
+``--check`` also reads every block (`geosam.read.scene.check_blocks`) and lists the
 unreadable ones with GDAL's message; the exit code is then 1.
 """
 
@@ -12,9 +12,10 @@ import sys
 import click
 
 from geosam.cli.common import handle_errors
+from geosam.cli.help import GroupedCommand
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("scene", type=click.Path(dir_okay=False))
 @click.option("--chip-size", "chip_size_px", type=int, default=1024, show_default=True, help="Chip size in pixels.")
 @click.option("--overlap", "overlap_px", type=int, default=128, show_default=True, help="Chip overlap in pixels.")

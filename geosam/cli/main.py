@@ -8,6 +8,7 @@ import os
 import click
 
 from geosam import __version__
+from geosam.cli.help import GroupedGroup
 
 
 class _EchoHandler(logging.Handler):
@@ -17,7 +18,7 @@ class _EchoHandler(logging.Handler):
         click.echo(self.format(record), err=True)
 
 
-@click.group()
+@click.group(cls=GroupedGroup)
 @click.version_option(__version__, prog_name="geosam")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from geosam.cli.common import handle_errors
+from geosam.cli.help import GroupedCommand
 
 
 def cached_repos() -> set[str] | None:
@@ -21,7 +22,7 @@ def cached_repos() -> set[str] | None:
     return {r.repo_id for r in info.repos if r.repo_type == "model"}
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @handle_errors
 def models() -> None:
     """List the model families geosam knows, each default checkpoint, and whether it is cached locally."""

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from geosam.cli.common import handle_errors, lock_outputs
+from geosam.cli.help import GroupedCommand
 from geosam.cli.options import CoordinateList, model_options, output_options, read_options
 from geosam.cli.outline_options import outline_options
 from geosam.config import PromptConfig, check_crs
@@ -14,7 +15,7 @@ from geosam.config import PromptConfig, check_crs
 _D = PromptConfig()
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("scene", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from geosam.cli.common import handle_errors, lock_outputs
+from geosam.cli.help import GroupedCommand
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.cli.outline_options import outline_options
 from geosam.cli.stac_options import pop_stac_options, segment_stac, stac_options, stac_sources
@@ -17,7 +18,7 @@ _D = SegmentConfig()
 _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("scenes", nargs=-1)
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")

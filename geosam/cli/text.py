@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from geosam.cli.common import handle_errors, lock_outputs
+from geosam.cli.help import GroupedCommand
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.cli.outline_options import outline_options
 from geosam.config import SegmentConfig
@@ -17,7 +18,7 @@ _D = SegmentConfig()
 _T, _E, _O = _D.tiling, _D.engine, _D.output
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("scene", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")

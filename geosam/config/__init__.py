@@ -18,16 +18,16 @@ PromptWindowConfig  context, min_window_px, point_window_px, box_grow, multimask
 OutlineConfig     simplify_m, regularize, regularize_45, smooth, smooth_m, fill_holes_m2
 ================  =====================================================================
 
-:class:`SegmentConfig` and :class:`PromptConfig` compose them. Flat keyword
+`SegmentConfig` and `PromptConfig` compose them. Flat keyword
 settings (``chip_size_px=512, points_per_side=16``) stay the convenience of the
-Python API and the CLI: :meth:`SegmentConfig.with_overrides` routes each name
+Python API and the CLI: `SegmentConfig.with_overrides` routes each name
 to the part that owns it. Everything here is checked without pixels or a model,
 so a typo fails before anything loads. Units are in the names: ``_px`` scene
 pixels, ``_m2`` square metres. This package depends on nothing above
-:mod:`geosam.errors`, :mod:`geosam.config.bands` and :mod:`geosam.config.index_table`.
+`geosam.errors`, `geosam.config.bands` and `geosam.config.index_table`.
 
-Modules: :mod:`~geosam.config.parts` (the parts), :mod:`~geosam.config.index`
-(:class:`IndexConfig`), :mod:`~geosam.config.modes` (the composed configs).
+Modules: `parts` (the parts), `index`
+(`IndexConfig`), `modes` (the composed configs).
 """
 
 from __future__ import annotations

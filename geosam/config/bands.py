@@ -4,7 +4,7 @@ Roles come from, in order of precedence:
 
 1. an explicit mapping, ``{"red": 1, "nir": 4}`` or the CLI text
    ``red=1,green=2,blue=3,nir=4`` (1-based band numbers, like GDAL);
-2. a preset name (:data:`PRESETS`): ``sentinel2``, ``landsat8``, ``naip``, ``rgb``;
+2. a preset name (`PRESETS`): ``sentinel2``, ``landsat8``, ``naip``, ``rgb``;
 3. with neither, the scene's band descriptions (STAC ``eo`` common names such
    as ``red``, ``nir``, ``swir16``, or the role names themselves) and colour
    interpretation (red/green/blue).
@@ -112,7 +112,7 @@ class BandRoles:
     source: str = "explicit"
 
     def band(self, role: str, index: str) -> int:
-        """The band of ``role``; :class:`BandError` naming the index, role and file if unmapped."""
+        """The band of ``role``; `BandError` naming the index, role and file if unmapped."""
         if role in self.bands:
             return self.bands[role]
         if role == "rededge" and "rededge1" in self.bands:
@@ -218,9 +218,9 @@ def resolve_band_roles(
     reflectance_scale: float | None = None,
     reflectance_offset: float | None = None,
 ) -> BandRoles:
-    """Resolve roles and scaling for an open :class:`~geosam.read.scene.Scene`.
+    """Resolve roles and scaling for an open `Scene`.
 
-    Raises :class:`BandError` naming the file when a preset does not fit the
+    Raises `BandError` naming the file when a preset does not fit the
     band count or a mapped band does not exist.
     """
     info = scene.info

@@ -1,8 +1,8 @@
 """The spectral index table: names, band roles, formulas and default thresholds.
 
-Pure definitions (numpy only), so that :mod:`geosam.config` can validate index
+Pure definitions (numpy only), so that `geosam.config` can validate index
 names without importing the I/O stack. The statistics, ranking and prefilter
-that use them are in :mod:`geosam.indices`; formulas are listed there.
+that use them are in `geosam.indices`; formulas are listed there.
 """
 
 from __future__ import annotations

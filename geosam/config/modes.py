@@ -59,7 +59,21 @@ class _Composed:
 
 @dataclass(frozen=True)
 class SegmentConfig(_Composed):
-    """Settings of a segment-everything run over a scene (see the module docstring for the parts)."""
+    """Settings of a segment-everything run over a scene, composed of parts that own their defaults.
+
+    Build one from flat settings with `SegmentConfig.from_settings(chip_size_px=512, ...)`; each
+    setting goes to the part that owns it, and everything checkable without pixels or a model
+    fails there (`ConfigError`).
+
+    Attributes:
+        read: Bands, fill value, stretch (`ReadConfig`).
+        tiling: Chip size and overlap (`TilingConfig`).
+        model: Checkpoint, device, dtype (`ModelConfig`).
+        amg: SAM's segment-everything parameters (`AmgConfig`).
+        index: Band roles, reflectance, indices, filters, ranking, prefilter (`IndexConfig`).
+        engine: Batching, prefetch, compile, progress, bad chips (`EngineConfig`).
+        output: Minimum area, output CRS (`OutputConfig`).
+    """
 
     read: ReadConfig = field(default_factory=ReadConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
@@ -95,7 +109,16 @@ class PromptTilingConfig:
 
 @dataclass(frozen=True)
 class PromptConfig(_Composed):
-    """Settings of a prompt-mode run (:func:`geosam.modes.everything.segment_prompts`)."""
+    """Settings of a prompt-mode run (`segment_prompts`), composed like `SegmentConfig`.
+
+    Attributes:
+        read: Bands, fill value, stretch (`ReadConfig`).
+        tiling: Prompt mode's chip grid (`PromptTilingConfig`).
+        model: Checkpoint (default the built-in LiteMedSAM), device, dtype (`ModelConfig`).
+        window: Context windows around prompts (`PromptWindowConfig`).
+        engine: Batching, prefetch, compile, progress (`EngineConfig`).
+        output: Minimum area, output CRS (`OutputConfig`).
+    """
 
     read: ReadConfig = field(default_factory=ReadConfig)
     tiling: PromptTilingConfig = field(default_factory=PromptTilingConfig)

@@ -1,6 +1,6 @@
 """The parts a run's settings are composed of: reading, tiling, model, segment-everything, engine, output.
 
-Each part owns its fields, defaults and validation (see :mod:`geosam.config`).
+Each part owns its fields, defaults and validation (see `geosam.config`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class ReadConfig:
     overview_max_px: longest side of the decimated read used for statistics.
     remote: skip GDAL's directory listing on open (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``;
         sidecar ``.msk`` / ``.aux.xml`` / ``.ovr`` files are then ignored); None: only for
-        remote paths (``/vsicurl/``, URLs), see :func:`geosam.read.gdal.gdal_env`.
+        remote paths (``/vsicurl/``, URLs), see `geosam.read.gdal.gdal_env`.
     """
 
     bands: tuple[int, ...] | None = None
@@ -236,7 +236,7 @@ class OutputConfig:
 
 
 def check_crs(value: Any, what: str) -> Any:
-    """A pyproj CRS for ``value`` (EPSG:4326, WKT, PROJ, ...); :class:`ConfigError` naming ``what`` otherwise."""
+    """A pyproj CRS for ``value`` (EPSG:4326, WKT, PROJ, ...); `ConfigError` naming ``what`` otherwise."""
     from pyproj import CRS
     from pyproj.exceptions import CRSError
 

@@ -1,4 +1,4 @@
-"""Text mode's own settings (:class:`TextConfig`); the rest of a text run is a :class:`~geosam.config.SegmentConfig`."""
+"""Text mode's own settings (`TextConfig`); the rest of a text run is a `SegmentConfig`."""
 
 from __future__ import annotations
 

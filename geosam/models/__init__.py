@@ -1,12 +1,12 @@
-"""Model loading and running: SAM-family models behind one :class:`SamBundle`.
+"""Model loading and running: SAM-family models behind one `SamBundle`.
 
-* :mod:`~geosam.models.device` - device and compute dtype ("auto" choices);
-* :mod:`~geosam.models.bundle` - :class:`SamBundle`, :class:`ModelCapabilities`, :func:`require`;
-* :mod:`~geosam.models.registry` - :func:`load_model` by name through model families
-  (:func:`register_family`); built in: "sam" (:mod:`~geosam.models.hf_sam`,
-  transformers checkpoints) and "litemedsam" (:mod:`~geosam.models.litemedsam`);
-* :mod:`~geosam.models.runtime` - frames, :func:`preprocess`, :func:`encode`, :func:`decode`;
-* :mod:`~geosam.models.compile` - fast-path switches and :func:`compile_bundle`.
+* `device` - device and compute dtype ("auto" choices);
+* `bundle` - `SamBundle`, `ModelCapabilities`, `require`;
+* `registry` - `load_model` by name through model families
+  (`register_family`); built in: "sam" (`hf_sam`,
+  transformers checkpoints) and "litemedsam" (`litemedsam`);
+* `runtime` - frames, `preprocess`, `encode`, `decode`;
+* `compile` - fast-path switches and `compile_bundle`.
 
 This package imports torch; ``import geosam`` loads it only on first use.
 """

@@ -1,7 +1,7 @@
-"""A loaded model (:class:`SamBundle`) and what it can do (:class:`ModelCapabilities`).
+"""A loaded model (`SamBundle`) and what it can do (`ModelCapabilities`).
 
 Each loader declares its model's capabilities; callers ask them through
-:func:`require` (or read ``bundle.capabilities``) instead of guessing from a
+`require` (or read ``bundle.capabilities``) instead of guessing from a
 preprocessing setting. This module imports nothing else from ``geosam.models``,
 so any loader (``geosam.models.litemedsam``, ``geosam.models.hf_sam``) can build
 a bundle without import cycles.
@@ -39,7 +39,7 @@ class ModelCapabilities:
 
     point_prompts: foreground/background points give usable masks.
     box_prompts: boxes give usable masks.
-    segment_everything: the grid-of-points generator (:class:`geosam.segment.SamMaskGenerator`)
+    segment_everything: the grid-of-points generator (`geosam.segment.SamMaskGenerator`)
         works; needs ``point_prompts``.
     text_prompts: a text phrase selects objects (SAM 3 style).
     exemplars: example boxes select similar objects (SAM 3 style).
@@ -62,7 +62,7 @@ class ModelCapabilities:
         return [label for key, label in _MODES.items() if key != "segment_everything" and getattr(self, key)]
 
 
-#: Capabilities of a transformers SAM checkpoint (the default of a :class:`SamBundle`).
+#: Capabilities of a transformers SAM checkpoint (the default of a `SamBundle`).
 SAM_CAPABILITIES = ModelCapabilities(point_prompts=True, box_prompts=True, segment_everything=True, family="sam")
 
 
@@ -86,14 +86,14 @@ class SamBundle:
         ``longest_edge``, aspect kept, padded bottom/right) or "square" (SAM 2,
         SAM 3: stretched to ``input_size`` x ``input_size``, no padding).
     capabilities: what the model can be asked (declared by its loader; SAM's by default).
-    fast_decoder: decode prompts with :func:`geosam.models.fast_decoder.fast_decode` (same
+    fast_decoder: decode prompts with `geosam.models.fast_decoder.fast_decode` (same
         math as the stock mask decoder, faster on a CPU for many prompts per image).
         None (default): on the CPU, whatever the encoder's dtype (exact float32
         decoding there is faster than bf16 autocast of the stock decoder); True:
         whenever the model has transformers' SAM decoder layout, on any device and
         dtype - the decoder then runs in float32 (no autocast), giving the float32
         stock results; False: always the stock ``SamModel.forward``.
-    fast_encoder: encode images with :func:`geosam.models.fast_encoder.fast_image_embeddings`
+    fast_encoder: encode images with `geosam.models.fast_encoder.fast_image_embeddings`
         (relative-position attention without the dense bias matrix; same math, faster
         under bf16 autocast on a CPU with AMX). None (default): on the CPU under
         autocast; True: whenever the encoder has transformers' SAM ViT layout (any
@@ -132,12 +132,12 @@ class SamBundle:
         return int(side) * 4
 
     def require(self, what: str) -> None:
-        """Raise :class:`ConfigError` unless the model has capability ``what`` (see :func:`require`)."""
+        """Raise `ConfigError` unless the model has capability ``what`` (see `require`)."""
         require(self, what)
 
 
 def _what_works(caps: ModelCapabilities) -> str:
-    """The advice half of a :func:`require` message: the mode that works with this model."""
+    """The advice half of a `require` message: the mode that works with this model."""
     if caps.box_prompts and caps.point_prompts:
         prompt = "`geosam prompt` with points or boxes"
     elif caps.box_prompts:
@@ -150,9 +150,9 @@ def _what_works(caps: ModelCapabilities) -> str:
 
 
 def require(bundle: SamBundle, what: str) -> None:
-    """Raise :class:`ConfigError` unless ``bundle`` can do ``what``.
+    """Raise `ConfigError` unless ``bundle`` can do ``what``.
 
-    ``what`` is a :class:`ModelCapabilities` field name: "point_prompts",
+    ``what`` is a `ModelCapabilities` field name: "point_prompts",
     "box_prompts", "segment_everything", "text_prompts" or "exemplars". The
     message names the model, the modes it takes and what to use instead, e.g.
     "model 'litemedsam' takes box prompts only: segment-everything needs point

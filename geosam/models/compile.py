@@ -1,9 +1,9 @@
 """Fast-path switches (geosam's own encoder / decoder kernels) and ``torch.compile`` of a bundle.
 
-:func:`use_fast_encoder` / :func:`use_fast_decoder` read the bundle's
-``fast_encoder`` / ``fast_decoder`` settings (see :class:`~geosam.models.bundle.SamBundle`)
+`use_fast_encoder` / `use_fast_decoder` read the bundle's
+``fast_encoder`` / ``fast_decoder`` settings (see `SamBundle`)
 and whether the model has the layout those kernels need;
-:func:`geosam.models.runtime.encode` and ``decode`` follow them.
+`geosam.models.runtime.encode` and ``decode`` follow them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from geosam.models.bundle import SamBundle
 
-#: Prompts per :func:`geosam.models.fast_decoder.fast_decode` call on the CPU: each prompt's (h*w, C) image side
+#: Prompts per `geosam.models.fast_decoder.fast_decode` call on the CPU: each prompt's (h*w, C) image side
 #: then stays in cache across the decoder's layers (measured faster for 4 than for 64 prompts per call,
 #: SAM-size decoder, 2 cores). ``points_per_batch`` still sets how many prompts are decoded and filtered together.
 FAST_DECODER_CPU_CHUNK = 4
@@ -30,7 +30,7 @@ def _fast_path(choice: bool | None, default_on: bool, supported: Callable[[], bo
 
 
 def use_fast_encoder(bundle: SamBundle) -> bool:
-    """Whether ``encode`` takes :func:`geosam.models.fast_encoder.fast_image_embeddings` (``SamBundle.fast_encoder``).
+    """Whether ``encode`` takes `geosam.models.fast_encoder.fast_image_embeddings` (``SamBundle.fast_encoder``).
 
     Default (None): on the CPU under autocast (dtype not float32).
     """
@@ -41,7 +41,7 @@ def use_fast_encoder(bundle: SamBundle) -> bool:
 
 
 def use_fast_decoder(bundle: SamBundle) -> bool:
-    """Whether ``decode`` takes :func:`geosam.models.fast_decoder.fast_decode` (``SamBundle.fast_decoder``).
+    """Whether ``decode`` takes `geosam.models.fast_decoder.fast_decode` (``SamBundle.fast_decoder``).
 
     Default (None): on the CPU, whatever the encoder's dtype - there the exact
     float32 fast decoder beats even bf16 autocast of the stock decoder.
@@ -56,9 +56,9 @@ def compile_bundle(bundle: SamBundle) -> SamBundle:
     """``torch.compile`` the bundle's encoder and decoder paths, once (in place on its model).
 
     What is compiled is what ``encode`` and ``decode`` run: the fast encoder
-    (:func:`geosam.models.fast_encoder.fast_image_embeddings`) where the bundle uses
+    (`geosam.models.fast_encoder.fast_image_embeddings`) where the bundle uses
     it, else the stock vision encoder; the stock mask decoder only where the fast
-    decoder is not used (compiling :func:`geosam.models.fast_decoder.fast_decode`
+    decoder is not used (compiling `geosam.models.fast_decoder.fast_decode`
     was measured no faster on a CPU). The first calls are slow (tracing); for
     measured times see ``benchmarks/results/``. Returns the bundle.
     """

@@ -25,7 +25,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The torch device for ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``.
 
     ``"auto"`` picks CUDA if available, else MPS if available, else the CPU.
-    Asking for an accelerator that is not there raises :class:`ConfigError`.
+    Asking for an accelerator that is not there raises `ConfigError`.
     """
     if isinstance(device, torch.device):
         device = str(device)
@@ -74,7 +74,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch
     """The compute dtype for ``"auto" | "float32" | "bfloat16" | "float16"``.
 
     ``"auto"`` is float16 on CUDA, bfloat16 on a CPU with AMX bf16 units
-    (:func:`cpu_has_amx`) and float32 elsewhere. Weights stay float32; a lower
+    (`cpu_has_amx`) and float32 elsewhere. Weights stay float32; a lower
     precision is applied with autocast. Pass ``"float32"`` for full precision.
     """
     if isinstance(dtype, torch.dtype):

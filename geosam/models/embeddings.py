@@ -2,10 +2,10 @@
 
 SAM's decoder takes one (B, C, h, w) tensor. SAM-HQ's also takes the ViT's
 first global-attention features (``intermediate_embeddings``), SAM 2's the two
-high-resolution FPN levels. :class:`MultiEmbeddings` keeps those tensors together
+high-resolution FPN levels. `MultiEmbeddings` keeps those tensors together
 and slices them by image like a tensor (``emb[k : k + 1]``), so the segment
-code handles every family alike; :func:`encode_family` and
-:func:`decoder_kwargs` are the family dispatch of :mod:`geosam.models.runtime`
+code handles every family alike; `encode_family` and
+`decoder_kwargs` are the family dispatch of `geosam.models.runtime`
 (the family is the one declared in ``bundle.capabilities.family``).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-#: families whose embeddings are a :class:`MultiEmbeddings`
+#: families whose embeddings are a `MultiEmbeddings`
 MULTI_EMBEDDING_FAMILIES = ("sam_hq", "sam2")
 
 

@@ -3,14 +3,14 @@
 Each family is a ``model_type`` of ``config.json``, a transformers model class,
 how its images are preprocessed (SAM-HQ: SAM's longest-side resize and padding;
 SAM 2 and SAM 3: a square resize) and its declared
-:class:`~geosam.models.bundle.ModelCapabilities`. :data:`FAMILIES` lists every
+`ModelCapabilities`. `FAMILIES` lists every
 family geosam knows with its default checkpoint (``geosam models`` prints it);
-the registry (:mod:`geosam.models.registry`) registers the loaders.
+the registry (`geosam.models.registry`) registers the loaders.
 
 No torchvision: the preprocessing parameters are read from the checkpoint's
 ``preprocessor_config.json`` as plain JSON (transformers' SAM 2 and SAM 3 image
 processors import torchvision), and geosam preprocesses itself
-(:func:`geosam.models.runtime.preprocess`).
+(`geosam.models.runtime.preprocess`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 transformers' ``SamMaskDecoder`` repeats the (h*w, C) image embedding once per
 prompt and runs every projection of the two-way transformer over all h*w
-image positions of every prompt. :func:`fast_decode` computes the same
+image positions of every prompt. `fast_decode` computes the same
 function with the loaded model's own weights, rearranged so that fewer
 multiplications touch the h*w positions:
 
@@ -46,7 +46,7 @@ def _unwrap(module: Any) -> Any:
 
 
 def fast_decoder_supported(model: Any) -> bool:
-    """Whether :func:`fast_decode` can run ``model``'s mask decoder (a transformers SAM layout)."""
+    """Whether `fast_decode` can run ``model``'s mask decoder (a transformers SAM layout)."""
     try:
         dec = _unwrap(model.mask_decoder)
         tr = dec.transformer

@@ -4,7 +4,7 @@ transformers' ``SamVisionSdpaAttention`` adds SAM's decomposed relative
 positions (``rel_h[q, key row] + rel_w[q, key column]``) as a dense
 ``(heads, tokens, tokens)`` attention mask: for the global layers of a 1024 px
 input that is 12 x 4096 x 4096 numbers built, copied and read per layer, which
-costs more than the attention itself on a CPU. :func:`fast_image_embeddings`
+costs more than the attention itself on a CPU. `fast_image_embeddings`
 computes the same function with the model's own weights and no mask:
 
     q . k * scale + rel_h[q] . onehot(row(k)) + rel_w[q] . onehot(col(k))
@@ -17,7 +17,7 @@ CPU kernels need) gives the attention exactly, in flash-attention memory.
 Everything else (patch embedding, windows, MLPs, neck) runs the model's own
 modules. With low precision (bf16 autocast, the CPU-with-AMX default) this is
 ~1.3x faster per chip than the stock forward; in float32 the wider products
-cost more than the mask saves, so :func:`geosam.models.encode` uses it only
+cost more than the mask saves, so `geosam.models.encode` uses it only
 under autocast. Results equal the stock forward to rounding.
 """
 
@@ -94,7 +94,7 @@ def _rel_attention(attn: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 
 
 def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``SamVisionLayer.forward`` with :func:`_rel_attention`; updates ``x`` (the residual stream) in place.
+    """``SamVisionLayer.forward`` with `_rel_attention`; updates ``x`` (the residual stream) in place.
 
     In-place residual adds also avoid a slow mixed-dtype ``float32 + bf16`` under autocast.
     """
@@ -114,7 +114,7 @@ def fast_image_embeddings(model: Any, pixel_values: torch.Tensor, dtype: torch.d
     """``model.get_image_embeddings(pixel_values)`` (B, C, h, w) with mask-free relative-position attention.
 
     dtype: compute dtype; other than float32 the forward runs under autocast
-    (as :func:`geosam.models.encode` does) and attention in that dtype. Default:
+    (as `geosam.models.encode` does) and attention in that dtype. Default:
     the autocast dtype if autocast is on, else float32.
     """
     device_type = pixel_values.device.type

@@ -1,11 +1,11 @@
 """Loading transformers ``SamModel`` / ``SamProcessor`` checkpoints (hub id or local directory).
 
-:func:`read_config` reads a checkpoint's ``config.json`` (the registry decides
-the model family from its ``model_type``); :func:`load_hf_sam` builds the
-:class:`~geosam.models.bundle.SamBundle`. A hub id is read from the local
+`read_config` reads a checkpoint's ``config.json`` (the registry decides
+the model family from its ``model_type``); `load_hf_sam` builds the
+`SamBundle`. A hub id is read from the local
 Hugging Face cache only with ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``),
-when it is cached, or when the hub cannot be reached (:mod:`geosam.models.hub`). Every
-failure is a :class:`ModelLoadError` that names the model and says how to get it.
+when it is cached, or when the hub cannot be reached (`geosam.models.hub`). Every
+failure is a `ModelLoadError` that names the model and says how to get it.
 
 Nothing here needs torchvision: the processor is built from transformers' PIL
 image-processor class.
@@ -29,7 +29,7 @@ from geosam.models.hub import cache_only_reason, hub_offline
 log = logging.getLogger(__name__)
 
 #: What to do when a model cannot be loaded; ``{model}`` is replaced by the hub id
-#: (by :data:`DEFAULT_MODEL` when a local path was given).
+#: (by `DEFAULT_MODEL` when a local path was given).
 MODEL_LOAD_HELP = (
     "To use a SAM model without internet access, download it on a machine with internet "
     "(`hf download {model} --local-dir PATH`, formerly `huggingface-cli download`), copy PATH over and pass "
@@ -56,7 +56,7 @@ def is_local_path(name: str) -> bool:
 
 
 def load_error(name: str, problem: str) -> ModelLoadError:
-    """A :class:`ModelLoadError` for model ``name``: the problem, then how to get a model offline."""
+    """A `ModelLoadError` for model ``name``: the problem, then how to get a model offline."""
     hub_id = DEFAULT_MODEL if is_local_path(name) else name  # a path is no hub id: show the default as example
     msg = f"cannot load SAM model {name!r}: {problem}. " + MODEL_LOAD_HELP.format(model=hub_id)
     if BUILTIN_OFFLINE_MODEL_HINT:
@@ -92,7 +92,7 @@ def _unreadable(name: str, exc: Exception, local: bool, offline: bool) -> ModelL
 def read_config(name: str) -> dict[str, Any]:
     """The ``config.json`` of checkpoint ``name`` (hub id or local directory) as a dict.
 
-    Raises :class:`ModelLoadError` when it cannot be found or read.
+    Raises `ModelLoadError` when it cannot be found or read.
     """
     from transformers import PretrainedConfig
 
@@ -105,7 +105,7 @@ def read_config(name: str) -> dict[str, Any]:
 
 
 def load_hf_sam(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
-    """A transformers SAM checkpoint (``model_type == "sam"``) as a :class:`SamBundle` on ``device``."""
+    """A transformers SAM checkpoint (``model_type == "sam"``) as a `SamBundle` on ``device``."""
     from transformers import SamModel
 
     source, kwargs, local, offline = _source(name)

@@ -1,13 +1,13 @@
 """Whether the Hugging Face hub may be contacted for a checkpoint, decided before any hub call.
 
 Without network the hub client retries every file five times (~25 s, one warning per retry) before it gives up.
-:func:`cache_only_reason` avoids that: a hub id is read from the local Hugging Face cache only (transformers'
+`cache_only_reason` avoids that: a hub id is read from the local Hugging Face cache only (transformers'
 ``local_files_only=True``, for that load alone; the environment is not changed) when
 
-* ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set (:func:`hub_offline`),
+* ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set (`hub_offline`),
 * the checkpoint is already in the cache (configs and weights): it is loaded without touching the network, or
 * the hub cannot be reached: one TCP connection to ``HF_ENDPOINT`` (default https://huggingface.co) that does not
-  open within a short timeout (:func:`hub_reachable`, asked once per process and endpoint).
+  open within a short timeout (`hub_reachable`, asked once per process and endpoint).
 
 A local directory is never probed. ``scripts/demo.py`` uses the same probe.
 """
@@ -45,7 +45,7 @@ def hub_url() -> str:
 def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to the hub opens within ``timeout_s`` seconds.
 
-    Asked once per process and endpoint; later calls return the first answer (see :func:`forget_hub_probe`).
+    Asked once per process and endpoint; later calls return the first answer (see `forget_hub_probe`).
     """
     endpoint = hub_endpoint()
     with _PROBE_LOCK:
@@ -59,7 +59,7 @@ def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
 
 
 def forget_hub_probe() -> None:
-    """Forget the probe's answers, so that the next :func:`hub_reachable` connects again (network came back)."""
+    """Forget the probe's answers, so that the next `hub_reachable` connects again (network came back)."""
     with _PROBE_LOCK:
         _PROBED.clear()
 

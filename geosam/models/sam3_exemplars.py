@@ -12,9 +12,9 @@ therefore describe pixels *of the image being segmented*: on a chip that does no
 the exemplar, the same coordinates would pool unrelated pixels.
 
 geosam instead encodes the exemplars once, on windows of the chip size centred on them
-(:func:`geosam.prompts.exemplars.exemplar_windows`), with the geometry encoder's own modules
-(:func:`encode_exemplars`), and hands the model ``text tokens + geometry tokens`` as its
-precomputed prompt for every chip (:func:`with_exemplars`), through ``text_embeds`` /
+(`geosam.prompts.exemplars.exemplar_windows`), with the geometry encoder's own modules
+(`encode_exemplars`), and hands the model ``text tokens + geometry tokens`` as its
+precomputed prompt for every chip (`with_exemplars`), through ``text_embeds`` /
 ``attention_mask``, exactly the tensors the model builds itself after its geometry encoder.
 
 Exact: on a chip equal to an exemplar's window, the output equals
@@ -104,7 +104,7 @@ def encode_exemplars(bundle: SamBundle, windows: list[tuple[Any, list[list[float
 
 
 def with_exemplars(text: Any, ex: ExemplarFeatures) -> Any:
-    """Text features (:class:`geosam.models.sam3.TextFeatures`, P phrases) followed by the exemplar tokens:
+    """Text features (`geosam.models.sam3.TextFeatures`, P phrases) followed by the exemplar tokens:
     the prompt ``Sam3Model`` builds itself from ``text`` and ``input_boxes`` (text tokens, then geometry tokens)."""
     from geosam.models.sam3 import TextFeatures
 

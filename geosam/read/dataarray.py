@@ -1,8 +1,8 @@
 """xarray DataArrays as scenes, read window by window, and label rasters as DataArrays.
 
 A (band, y, x) or (y, x) DataArray -- numpy- or dask-backed -- is read in place:
-:class:`DataArrayDataset` offers the few parts of a rasterio dataset that
-:class:`geosam.read.scene.Scene` uses (metadata, ``read`` / ``read_masks`` of a window,
+`DataArrayDataset` offers the few parts of a rasterio dataset that
+`geosam.read.scene.Scene` uses (metadata, ``read`` / ``read_masks`` of a window,
 optionally decimated), and each read selects its window with ``isel`` and loads
 only that. A dask-backed array is computed with the synchronous scheduler in the
 calling process, so a Dask worker reads its own windows and no temporary copy of
@@ -15,7 +15,7 @@ c, d, e, f) or regularly spaced ``x``/``y`` coordinates (pixel centres), and
 ``attrs["nodata"]`` / ``attrs["_FillValue"]``. Band ``k`` (1-based, as in
 ``bands=``) is the k-th entry of the dimension that is not ``y`` / ``x``; text labels of that
 dimension (``band=["red", "green", "blue", "nir"]``) become band descriptions, from which band roles
-(:mod:`geosam.config.bands`) are found, and red / green / blue mark the default RGB bands.
+(`geosam.config.bands`) are found, and red / green / blue mark the default RGB bands.
 """
 
 from __future__ import annotations
@@ -131,11 +131,11 @@ def dataarray_token(da: Any) -> str:
 
 
 class DataArrayDataset:
-    """The parts of a rasterio dataset that :class:`geosam.read.scene.Scene` uses, over a DataArray.
+    """The parts of a rasterio dataset that `geosam.read.scene.Scene` uses, over a DataArray.
 
-    Nothing is loaded up front; :meth:`read` loads the selected bands of one window
+    Nothing is loaded up front; `read` loads the selected bands of one window
     (``out_shape``: nearest-neighbour decimation picking the pixels GDAL's nearest
-    resampling picks). :meth:`read_masks` is 0 where a band equals the nodata value.
+    resampling picks). `read_masks` is 0 where a band equals the nodata value.
     """
 
     def __init__(self, da: Any) -> None:

@@ -58,7 +58,7 @@ def gdal_env(path: str | os.PathLike[str] | None = None, *, remote: bool | None 
     """A ``rasterio.Env`` for one operation on ``path``: bounded block cache, sidecars read.
 
     remote: True skips the directory listing on open (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``,
-        sidecar files are then ignored); None decides by :func:`is_remote` (False without a path).
+        sidecar files are then ignored); None decides by `is_remote` (False without a path).
     Use it as ``with gdal_env(path): ...`` around the open and the reads, never across an object's life.
     """
     import rasterio
@@ -90,9 +90,9 @@ def gdal_message(exc: BaseException) -> str:
 
 
 def open_raster(path: str | os.PathLike[str], *, remote: bool | None = None) -> rasterio.io.DatasetReader:
-    """Open a GDAL raster in its own scoped environment; failures become :class:`InvalidRasterError`.
+    """Open a GDAL raster in its own scoped environment; failures become `InvalidRasterError`.
 
-    remote: see :func:`gdal_env`. The returned dataset is used (and closed) outside
+    remote: see `gdal_env`. The returned dataset is used (and closed) outside
     any environment; wrap reads in ``with gdal_env(path):`` for the bounded cache.
     """
     import rasterio
@@ -158,7 +158,7 @@ def check_blocks(
 
     One window per internal block of band 1 (all bands at once), so memory stays
     at one block. ``max_bad``: stop after that many unreadable blocks (None: all).
-    Raises :class:`InvalidRasterError` if the file cannot be opened at all.
+    Raises `InvalidRasterError` if the file cannot be opened at all.
     """
     p = os.fspath(path)
     bad: list[BadBlock] = []

@@ -32,9 +32,9 @@ def iter_chips(
     """(spec, chip) for every spec, in order.
 
     With ``skip_bad_chips`` a chip whose pixels cannot be read is yielded as
-    ``(spec, error)`` (a :class:`GeosamError`) instead of ending the run.
+    ``(spec, error)`` (a `GeosamError`) instead of ending the run.
 
-    With ``prefetch > 0`` a reader thread with its own :class:`Scene` handle
+    With ``prefetch > 0`` a reader thread with its own `Scene` handle
     (rasterio datasets are not thread-safe) reads and stretches up to
     ``prefetch`` chips ahead while the caller runs the model; the scene-wide
     stretch of ``sc`` is reused, so chips are identical to ``sc.read_chip``.

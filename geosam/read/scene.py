@@ -1,12 +1,9 @@
 """Open, validate and read scenes in windows.
 
-The whole scene is never read into memory: pixels are read one chip window at
-a time, and scene-wide statistics (the percentile stretch) come from a
-decimated read of at most ``overview_max_px`` pixels per side, which GDAL
-serves from an overview when the file has one.
-
-Frames: windows are in scene pixel coordinates; a :class:`Chip` carries its
-:class:`~geosam.tile.grid.ChipSpec` (window, affine transform, CRS) with its pixels.
+The whole scene is never read into memory: pixels are read one chip window at a time, and scene-wide
+statistics (the percentile stretch) come from a decimated read of at most `overview_max_px` pixels per
+side, which GDAL serves from an overview when the file has one. Frames: windows are in scene pixel
+coordinates; a `Chip` carries its `ChipSpec` (window, affine transform, CRS) with its pixels.
 """
 
 from __future__ import annotations
@@ -57,7 +54,23 @@ def scene_path(scene: Any) -> str:
 
 @dataclass(frozen=True)
 class SceneInfo:
-    """What geosam knows about a scene without reading its pixels."""
+    """What geosam knows about a scene without reading its pixels.
+
+    Attributes:
+        path: The raster's path or GDAL URL (a description for a DataArray).
+        width: Width (px).
+        height: Height (px).
+        count: Number of bands, of pixel type `dtype` (numpy name).
+        transform: Affine transform, scene pixel -> map coordinates.
+        crs_wkt: The CRS as WKT.
+        crs_name: A short name of the CRS (e.g. `EPSG:32616`).
+        nodata: The nodata value, or None.
+        descriptions: Band descriptions (None where unset).
+        colorinterp: Colour interpretation per band (`red`, `green`, `gray`, ...).
+        res: Pixel size (x, y) in map units.
+        bounds: (left, bottom, right, top) in map coordinates.
+        is_geographic: Whether the CRS is geographic (degrees).
+    """
 
     path: str
     width: int
@@ -113,13 +126,13 @@ class SceneInfo:
 class Chip:
     """Pixels of one chip with the georeferencing they belong to.
 
-    image: uint8 (H, W, 3), model-ready, invalid pixels set to 0.
-    valid: bool (H, W), False where nodata / masked / fill colour.
-    raw: the selected bands' original values (bands, H, W).
-    prompt_mask: optional bool (H, W): where prompts may be placed (e.g. a
-        vegetation prefilter); None means everywhere valid.
-    prompts: prompt mode: the :class:`~geosam.prompts.parse.Prompt` objects (scene pixel
-        coordinates) this chip must answer.
+    Attributes:
+        spec: Window, transform and CRS of the chip.
+        image: uint8 (H, W, 3), model-ready, invalid pixels set to 0.
+        valid: bool (H, W), False where nodata / masked / fill colour.
+        raw: The selected bands' original values (bands, H, W).
+        prompt_mask: Optional bool (H, W): where prompts may go (e.g. a vegetation prefilter); None: everywhere valid.
+        prompts: Prompt mode: the `Prompt` objects (scene pixel coordinates) this chip must answer.
     """
 
     spec: ChipSpec
@@ -174,16 +187,20 @@ _ESTIMATE = object()
 class Scene:
     """An open scene: metadata, read settings and scene-wide stretch.
 
-    ``scene``: a raster path, an open rasterio dataset or an xarray DataArray (read
-    window by window in place, see :mod:`geosam.read.dataarray`: no copy, no temporary file),
-    or a STAC item (a ``pystac.Item``, an item JSON path or URL, a `geosam.stac.StacScene`: each
-    chip's window of each asset read over HTTP ranges, see `geosam.stac`).
-    Holds one open rasterio dataset; use one ``Scene`` per thread. GDAL
-    environments are scoped to each open and read (see :mod:`geosam.read.gdal`),
-    so scenes may be closed in any order. Every failure to open or read the file
-    is an :class:`~geosam.errors.InvalidRasterError` naming it.
-    ``stretch``: per-band (low, high) values to reuse (e.g. another handle's
-    ``Scene.stretch``, or None for none) instead of estimating them again.
+    Holds one open rasterio dataset; use one `Scene` per thread. GDAL environments are scoped to each
+    open and read (see `geosam.read.gdal`), so scenes may be closed in any order.
+
+    Args:
+        scene: A raster path, an open rasterio dataset or an xarray DataArray (read
+            window by window in place, see `geosam.read.dataarray`: no copy, no temporary file), or a STAC
+            item (a ``pystac.Item``, an item JSON path or URL, a `geosam.stac.StacScene`: each chip's window of
+            each asset read over HTTP ranges, see `geosam.stac`).
+        read: Bands, fill value and stretch settings (`ReadConfig`; default: its defaults).
+        stretch: Per-band (low, high) values to reuse (e.g. another handle's
+            `Scene.stretch`, or None for none) instead of estimating them again.
+
+    Raises:
+        InvalidRasterError: The file cannot be opened or read (the message names it).
     """
 
     def __init__(self, scene: Any, read: ReadConfig | None = None, *, stretch: Any = _ESTIMATE) -> None:
@@ -266,7 +283,15 @@ class Scene:
         return data, valid
 
     def read_window(self, window: PixelWindow, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Selected bands (bands, H, W) and the valid mask (H, W) of a window (fill value applied)."""
+        """Read the selected bands of a window and its valid mask (fill value applied).
+
+        Args:
+            window: The window in scene pixel coordinates.
+            out_shape: (height, width) to resample to (nearest neighbour); None: full resolution.
+
+        Returns:
+            The bands (bands, H, W) and the valid mask (H, W, bool).
+        """
         data, valid = self._read(self.bands, window, out_shape)
         fv = self.read_config.fill_value
         if fv is not None:
@@ -287,16 +312,16 @@ class Scene:
         return Chip(spec=spec, image=image, valid=valid, raw=data)
 
     def read_bands(self, bands: Sequence[int], window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
-        """Any 1-based ``bands`` (bands, H, W) in a window, at full resolution, and their valid mask (H, W).
+        """Any 1-based `bands` (bands, H, W) in a window, at full resolution, and their valid mask (H, W).
 
         Valid: GDAL's dataset mask (see `dataset_valid`) and every listed band finite; the
-        model-image ``fill_value`` does not apply to these bands.
+        model-image `fill_value` does not apply to these bands.
         """
         return self._read(_check_band_numbers(self.info, bands), window)
 
     # -- radiometry ----------------------------------------------------------
     def _estimate_stretch(self) -> np.ndarray | None:
-        """Per-band (low, high) percentiles of a decimated sample (:meth:`stretch_sample`); None for uint8."""
+        """Per-band (low, high) percentiles of a decimated sample (`stretch_sample`); None for uint8."""
         if self.info.dtype == "uint8":
             return None
         samples = self.stretch_sample()
@@ -317,11 +342,10 @@ class Scene:
     def stretch_sample(self) -> list[np.ndarray]:
         """Valid values of each selected band in a decimated read (longest side ``overview_max_px``).
 
-        One read of the whole scene (GDAL serves it from an overview when there is
-        one). If that read fails (a corrupt block), the scene is sampled window by
-        window instead -- windows of whole blocks, each decimated alike -- skipping
-        unreadable windows with a warning that counts them; if no window is
-        readable, :class:`InvalidRasterError` names the file.
+        One read of the whole scene (GDAL serves it from an overview when there is one). If that read
+        fails (a corrupt block), the scene is sampled window by window instead -- windows of whole
+        blocks, each decimated alike -- skipping unreadable windows with a warning that counts them; if
+        no window is readable, `InvalidRasterError` names the file.
         """
         i = self.info
         scale = min(1.0, self.read_config.overview_max_px / max(i.width, i.height))
@@ -335,7 +359,7 @@ class Scene:
         return self._windowed_sample(shape[0] / i.height, shape[1] / i.width)
 
     def _windowed_sample(self, scale_y: float, scale_x: float, max_windows_per_side: int = 32) -> list[np.ndarray]:
-        """:meth:`stretch_sample` window by window; ``scale_*``: output px per scene px."""
+        """`stretch_sample` window by window; ``scale_*``: output px per scene px."""
         i = self.info
         bh, bw = self.ds.block_shapes[0]
         step_r = bh * max(1, -(-i.height // (bh * max_windows_per_side)))
@@ -368,7 +392,12 @@ class Scene:
         return [np.concatenate(p) if p else np.zeros(0) for p in parts]
 
     def to_uint8(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(bands, H, W) raw values -> (H, W, 3) uint8 with invalid pixels at 0."""
+        """Stretch raw values (bands, H, W) to the model's image (H, W, 3), uint8, with the scene-wide stretch.
+
+        Args:
+            data: Raw values (bands, H, W), 1 or 3 bands.
+            valid: Valid mask (H, W); invalid pixels become 0.
+        """
         if self.stretch is None:
             img = data.astype(np.uint8, copy=False)
         else:

@@ -1,10 +1,10 @@
 """Segment everything: SAM's automatic mask generator for chips.
 
-:mod:`~geosam.segment.sam_utils` holds segment-anything's pure helpers,
-:mod:`~geosam.segment.lowres` the low-resolution statistics kernel,
-:mod:`~geosam.segment.crop` one crop's decode / filter / NMS,
-:mod:`~geosam.segment.prompted` prompt mode's decoding (:class:`PromptMaskGenerator`), and
-:mod:`~geosam.segment.everything` :class:`SamMaskGenerator` (loaded on first
+`sam_utils` holds segment-anything's pure helpers,
+`lowres` the low-resolution statistics kernel,
+`crop` one crop's decode / filter / NMS,
+`prompted` prompt mode's decoding (`PromptMaskGenerator`), and
+`everything` `SamMaskGenerator` (loaded on first
 use, so that the pure helpers import without the model stack).
 """
 

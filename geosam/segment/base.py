@@ -1,15 +1,15 @@
 """The small interface between mask generators and the run loop.
 
-A mask generator turns :class:`geosam.read.scene.Chip` objects into :class:`ChipMasks`:
+A mask generator turns `geosam.read.scene.Chip` objects into `ChipMasks`:
 boolean instance masks in the chip's pixel frame (same height and width as
 ``chip.image``) with one score pair per mask, and optionally the prompt each
 mask answers and a label. SAM segment-everything
-(:class:`geosam.segment.everything.SamMaskGenerator`), prompt decoding and the
-test oracle (:class:`geosam.testing.OracleMaskGenerator`) all implement
-:class:`MaskGenerator`; :class:`BaseMaskGenerator` gives the defaults, so a new
-generator only writes :meth:`BaseMaskGenerator.generate`.
+(`geosam.segment.everything.SamMaskGenerator`), prompt decoding and the
+test oracle (`geosam.testing.OracleMaskGenerator`) all implement
+`MaskGenerator`; `BaseMaskGenerator` gives the defaults, so a new
+generator only writes `BaseMaskGenerator.generate`.
 
-What a generator can do is *declared* in :class:`GeneratorCapabilities`; the
+What a generator can do is *declared* in `GeneratorCapabilities`; the
 run loop never probes for attributes.
 """
 
@@ -29,13 +29,15 @@ if TYPE_CHECKING:
 class ChipMasks:
     """Instance masks of one chip, in the chip pixel frame.
 
-    masks: bool array (N, H, W).
-    predicted_iou, stability_score: float32 arrays (N,).
-    prompt_index: int64 (N,): index of the prompt of the chip task each mask answers
-        (prompt mode), -1 when the mask answers no particular prompt (segment everything).
-    labels: one label per mask (text mode: the phrase), or None.
-    prompt_status: prompt mode: one status per prompt of the chip task, ``ok`` (decoded),
-        ``invalid`` (on invalid pixels, not decoded) or ``empty`` (decoded, nothing found); None otherwise.
+    Attributes:
+        masks: bool array (N, H, W).
+        predicted_iou: float32 array (N,).
+        stability_score: float32 array (N,).
+        prompt_index: int64 (N,): index of the prompt of the chip task each mask answers
+            (prompt mode), -1 when the mask answers no particular prompt (segment everything).
+        labels: One label per mask (text mode: the phrase), or None.
+        prompt_status: Prompt mode: one status per prompt of the chip task, `ok` (decoded),
+            `invalid` (on invalid pixels, not decoded) or `empty` (decoded, nothing found); None otherwise.
     """
 
     masks: np.ndarray
@@ -73,7 +75,14 @@ class ChipMasks:
         )
 
     def filter(self, keep: np.ndarray) -> ChipMasks:
-        """The masks selected by a boolean or index array ``keep``."""
+        """The masks selected by `keep`.
+
+        Args:
+            keep: A boolean mask (N,) or an index array.
+
+        Returns:
+            A new `ChipMasks` with the selected masks and their per-mask arrays.
+        """
         assert self.prompt_index is not None
         labels = None if self.labels is None else tuple(np.asarray(self.labels, dtype=object)[keep])
         return ChipMasks(self.masks[keep], self.predicted_iou[keep], self.stability_score[keep],
@@ -84,10 +93,11 @@ class ChipMasks:
 class GeneratorCapabilities:
     """What a mask generator declares about itself (the run loop reads this, never probes).
 
-    batch_size: chips the generator wants per :meth:`MaskGenerator.generate_batch` call
-        (several chips share one encoder batch).
-    points_per_side: side of its point grid in segment-everything mode (the prompt
-        prefilter drops grid points); None when it has no grid.
+    Attributes:
+        batch_size: Chips the generator wants per `MaskGenerator.generate_batch` call
+            (several chips share one encoder batch).
+        points_per_side: Side of its point grid in segment-everything mode (the prompt
+            prefilter drops grid points); None when it has no grid.
     """
 
     batch_size: int = 1
@@ -98,9 +108,10 @@ class GeneratorCapabilities:
 class MaskGenerator(Protocol):
     """Anything that turns chips into instance masks.
 
-    name: written to the output's ``model`` column.
-    capabilities: see :class:`GeneratorCapabilities`.
-    timings_s: seconds per stage, accumulated over calls (may stay empty).
+    Attributes:
+        name: Written to the output's `model` column.
+        capabilities: What the generator declares about itself (`GeneratorCapabilities`).
+        timings_s: Seconds per stage, accumulated over calls (may stay empty).
     """
 
     name: str
@@ -113,10 +124,10 @@ class MaskGenerator(Protocol):
 
 
 class BaseMaskGenerator:
-    """Defaults for :class:`MaskGenerator`: one chip at a time, no grid, no timings.
+    """Defaults for `MaskGenerator`: one chip at a time, no grid, no timings.
 
-    Subclasses call ``super().__init__()`` and write :meth:`generate` (and may
-    override ``capabilities`` and :meth:`generate_batch`).
+    Subclasses call ``super().__init__()`` and write `generate` (and may
+    override ``capabilities`` and `generate_batch`).
     """
 
     name: str = "generator"
@@ -129,7 +140,7 @@ class BaseMaskGenerator:
         raise NotImplementedError
 
     def generate_batch(self, chips: Sequence[Chip]) -> list[ChipMasks]:
-        """:meth:`generate` for each chip."""
+        """`generate` for each chip."""
         return [self.generate(c) for c in chips]
 
 

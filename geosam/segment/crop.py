@@ -213,7 +213,7 @@ def _score_chunk(bundle: SamBundle, params: FilterParams, frame: CropFrame, low:
 
 
 def _upsample(bundle: SamBundle, frame: CropFrame, params: FilterParams, low: torch.Tensor) -> torch.Tensor:
-    """Bool crop-frame masks (N, h, w) on the CPU from low-res logits, :data:`UPSAMPLE_CHUNK` at a time."""
+    """Bool crop-frame masks (N, h, w) on the CPU from low-res logits, `UPSAMPLE_CHUNK` at a time."""
     out = [
         (upsample_logits(low[c : c + UPSAMPLE_CHUNK], bundle.input_size, frame.resized, frame.hw) > params.mask_threshold).cpu()
         for c in range(0, low.shape[0], UPSAMPLE_CHUNK)

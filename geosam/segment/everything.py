@@ -1,6 +1,6 @@
 """Segment everything in a chip with SAM: a point grid, filtered and de-duplicated.
 
-:class:`SamMaskGenerator` follows segment-anything's ``SamAutomaticMaskGenerator``
+`SamMaskGenerator` follows segment-anything's ``SamAutomaticMaskGenerator``
 (``_process_batch`` -> ``_process_crop`` -> crop NMS -> ``postprocess_small_regions``),
 with its parameter names, filters (predicted IoU ``>``, stability ``>=``), NMS
 thresholds and mask order; ``tests/test_segment_sam_diff.py`` checks the kept
@@ -14,14 +14,14 @@ geosam's choices on top:
   box that never suppresses nor is suppressed, so the other masks are SAM's;
 * last, masks smaller than ``max(1, min_mask_region_area)`` chip pixels are dropped;
 * where a crop is the model's input size and wholly valid, chip-resolution
-  scores and boxes come from the low-res logits (:mod:`geosam.segment.lowres`,
+  scores and boxes come from the low-res logits (`geosam.segment.lowres`,
   after a proven stability bound) and only NMS survivors are upsampled;
-* several chips (and crops) are encoded in one batch (:meth:`SamMaskGenerator.generate_batch`);
+* several chips (and crops) are encoded in one batch (`SamMaskGenerator.generate_batch`);
 * out of device memory, the image batch or ``points_per_batch`` is halved (kept for later
-  chips) and the step retried; at one, :class:`~geosam.errors.DeviceMemoryError` says what to change.
+  chips) and the step retried; at one, `DeviceMemoryError` says what to change.
 
 Frames: grid points and returned masks are in the **chip frame** (chip pixels,
-x = column, y = row); :func:`geosam.models.to_model_frame` converts prompts.
+x = column, y = row); `geosam.models.to_model_frame` converts prompts.
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Stages timed in :attr:`SamMaskGenerator.timings_s` (seconds, accumulated).
+#: Stages timed in `SamMaskGenerator.timings_s` (seconds, accumulated).
 TIMED_STAGES = ("encode", "decode", "filter", "upsample", "nms", "postprocess")
 
 
 @dataclass
 class ChipStats:
-    """Counts of one chip's run (:attr:`SamMaskGenerator.last_stats` holds them as a dict)."""
+    """Counts of one chip's run (`SamMaskGenerator.last_stats` holds them as a dict)."""
 
     points_total: int = 0
     points_decoded: int = 0
@@ -75,7 +75,7 @@ class ChipStats:
 
 @dataclass
 class _ChipState:
-    """One chip in :meth:`SamMaskGenerator.generate_batch`: size, valid pixels, crops, per-crop results."""
+    """One chip in `SamMaskGenerator.generate_batch`: size, valid pixels, crops, per-crop results."""
 
     height: int
     width: int
@@ -95,12 +95,12 @@ class _CropJob:
 
 
 class SamMaskGenerator(BaseMaskGenerator):
-    """Segment everything in a chip with a SAM model (a :class:`~geosam.segment.base.MaskGenerator`).
+    """Segment everything in a chip with a SAM model (a `MaskGenerator`).
 
-    model: a hub id or local directory (loaded with :func:`geosam.models.load_model`
+    model: a hub id or local directory (loaded with `geosam.models.load_model`
         on ``device`` / ``dtype``; ``dtype="auto"`` picks mixed precision where the
-        hardware has it, see :func:`geosam.models.resolve_dtype`), or an already
-        loaded :class:`~geosam.models.SamBundle` (then ``device`` and ``dtype`` are
+        hardware has it, see `geosam.models.resolve_dtype`), or an already
+        loaded `SamBundle` (then ``device`` and ``dtype`` are
         ignored). ``name`` is the id/path.
 
     The other parameters keep segment-anything's names and meanings:
@@ -120,14 +120,14 @@ class SamMaskGenerator(BaseMaskGenerator):
     min_mask_region_area: if > 0, remove islands and fill holes smaller than this many chip
         pixels (then NMS at ``max(box_nms_thresh, crop_nms_thresh)`` preferring unchanged
         masks, as SAM), and drop masks smaller than it.
-    compile: ``torch.compile`` the encoder and decoder paths (:func:`geosam.models.compile_bundle`).
-    encoder_batch_size: images (chips and crops) encoded together by :meth:`generate_batch`.
+    compile: ``torch.compile`` the encoder and decoder paths (`geosam.models.compile_bundle`).
+    encoder_batch_size: images (chips and crops) encoded together by `generate_batch`.
 
     Masks come in SAM's order (NMS order: predicted IoU within a crop, smaller crops
     first between crops, unchanged masks first after the small-region clean-up).
-    After each :meth:`generate`, ``last_stats`` holds the counts of :class:`ChipStats`.
-    ``timings_s`` accumulates seconds per stage (:data:`TIMED_STAGES`) over every call;
-    :meth:`reset_timings` clears it.
+    After each `generate`, ``last_stats`` holds the counts of `ChipStats`.
+    ``timings_s`` accumulates seconds per stage (`TIMED_STAGES`) over every call;
+    `reset_timings` clears it.
     """
 
     def __init__(
@@ -196,7 +196,7 @@ class SamMaskGenerator(BaseMaskGenerator):
 
     @property
     def filter_params(self) -> FilterParams:
-        """The per-crop parameters (:class:`geosam.segment.crop.FilterParams`)."""
+        """The per-crop parameters (`geosam.segment.crop.FilterParams`)."""
         return FilterParams(self.points_per_batch, self.pred_iou_thresh, self.stability_score_thresh,
                             self.stability_score_offset, self.mask_threshold, self.box_nms_thresh)
 
@@ -218,9 +218,9 @@ class SamMaskGenerator(BaseMaskGenerator):
         return self.generate_batch([chip])[0]
 
     def generate_batch(self, chips: Sequence[Chip]) -> list[ChipMasks]:
-        """:meth:`generate` for several chips, their images (and crops) encoded in batches.
+        """`generate` for several chips, their images (and crops) encoded in batches.
 
-        Results equal per-chip :meth:`generate` up to the encoder's batch-size
+        Results equal per-chip `generate` up to the encoder's batch-size
         numerics; ``last_stats`` then holds the counts of the last chip.
         """
         states: list[_ChipState] = []
@@ -309,7 +309,7 @@ class SamMaskGenerator(BaseMaskGenerator):
 
     def _decode_crop(self, embedding: torch.Tensor | MultiEmbeddings, frame: CropFrame, job: _CropJob, st: _ChipState,
                      timer: StageTimer) -> tuple[MaskData, int, int]:
-        """:func:`process_crop`, halving ``points_per_batch`` and retrying when the device runs out of memory."""
+        """`process_crop`, halving ``points_per_batch`` and retrying when the device runs out of memory."""
         while True:
             try:
                 return process_crop(self.bundle, self.filter_params, embedding, frame, job.points, job.box,

@@ -6,9 +6,9 @@ SAM's decoder returns 256 x 256 logits; for a chip of the model's input size
 convex combination of the four corners of one 2 x 2 cell of the low-res
 logits, so it lies between the cell's corner minimum and maximum. That gives
 
-* :func:`stability_upper_bound_x4`: a proven upper bound on the chip-resolution
+* `stability_upper_bound_x4`: a proven upper bound on the chip-resolution
   stability score (used to skip masks that cannot pass the stability filter);
-* :func:`upsampled_x4_stats`: the exact pixel counts and boxes, interpolating
+* `upsampled_x4_stats`: the exact pixel counts and boxes, interpolating
   only the cells a threshold crosses (the mask outlines).
 
 Frames: ``low`` is (N, h, w) in low-res pixels; counts and boxes are in the
@@ -36,7 +36,7 @@ _LAST4 = torch.tensor([-1] + [c.bit_length() - 1 for c in range(1, 16)], dtype=t
 
 
 def _first_last4(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_first_last` for rows of exactly 4 flags (M, 4), by table lookup (reductions over 4 are slow)."""
+    """`_first_last` for rows of exactly 4 flags (M, 4), by table lookup (reductions over 4 are slow)."""
     code = (flags.to(torch.int64) * _BITS4.to(flags.device)).sum(dim=1)
     return _FIRST4.to(flags.device)[code], _LAST4.to(flags.device)[code]
 
@@ -83,7 +83,7 @@ def stability_upper_bound_x4(low: torch.Tensor, mask_threshold: float, threshold
     """An upper bound (float64, (N,)) on SAM's stability score of ``low`` upsampled 4x.
 
     The score is ``count(up > t + o) / count(up > t - o)``. Interior pixels of a
-    cell lie between its corner min and max (:func:`_cells`), so
+    cell lie between its corner min and max (`_cells`), so
     ``count(up > t + o) <= 16 #{cmax > t + o - margin} + strips`` and
     ``count(up > t - o) >= 16 #{cmin > t - o + margin} + strips``, the border
     strips counted exactly. The bound is 1 where the lower count bound is 0
@@ -125,7 +125,7 @@ def upsampled_x4_stats(
     ``align_corners=False`` (SAM's 256 px low-res logits -> a 1024 px chip),
     returns ``counts`` (N, T) int64: ``(up > t).sum()`` per mask for each of
     ``thresholds``, and ``boxes`` (N, 4) int64: the XYXY box (inclusive,
-    :func:`geosam.segment.sam_utils.batched_mask_to_box`) of ``up > box_threshold``,
+    `geosam.segment.sam_utils.batched_mask_to_box`) of ``up > box_threshold``,
     without building ``up``.
 
     A cell whose corners all lie above every threshold (by a rounding margin)

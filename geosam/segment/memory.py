@@ -1,8 +1,8 @@
 """Out-of-memory on the accelerator: recognise it, free the cache, say what to change.
 
-:class:`geosam.segment.SamMaskGenerator` halves its point batch (decoder) or its
+`geosam.segment.SamMaskGenerator` halves its point batch (decoder) or its
 image batch (encoder) and retries when the device runs out of memory; at a batch
-of one it raises :class:`~geosam.errors.DeviceMemoryError`.
+of one it raises `DeviceMemoryError`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Frames: prompts arrive in **scene pixel coordinates** (``chip.prompts``, x =
 column, y = row); they are shifted to the chip frame and then to the model frame
-(:func:`geosam.models.to_model_frame`). Masks come back in the chip frame, one per
+(`geosam.models.to_model_frame`). Masks come back in the chip frame, one per
 decoded prompt, with ``prompt_index`` naming the prompt.
 """
 
@@ -46,7 +46,7 @@ def on_invalid(p: Any, col_off: int, row_off: int, valid: np.ndarray) -> bool:
 class PromptMaskGenerator(BaseMaskGenerator):
     """Decode the prompts of each chip (``chip.prompts``) with one image embedding per chip.
 
-    bundle: a loaded model (:func:`geosam.models.load_model`). Prompts of the same shape
+    bundle: a loaded model (`geosam.models.load_model`). Prompts of the same shape
     (number of points, with / without a box) are decoded together; with
     ``cfg.multimask`` None a single point gets 3 candidates and the best by predicted
     IoU is kept. Masks are the upsampled logits > ``cfg.mask_threshold``.

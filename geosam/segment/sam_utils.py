@@ -36,7 +36,7 @@ class MaskData:
     low_res_logits: float (N, h, w) decoder logits (upsampled on demand), or None.
     crop_area: float32 (N,): pixel area of the crop each mask came from (crop NMS prefers small crops).
 
-    Every field that is not None has N rows; :meth:`filter` and :meth:`cat`
+    Every field that is not None has N rows; `filter` and `cat`
     keep them aligned.
     """
 
@@ -281,7 +281,7 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
     pixels is small). When every island is small the largest is kept; among
     islands tied for largest SAM keeps cv2's lowest label (``np.argmax``),
     which is the island whose first 2 x 2 block comes first in block-raster
-    order (:func:`_first_block_key`): this function keeps the same one, with
+    order (`_first_block_key`): this function keeps the same one, with
     scipy instead of cv2. Returns ``(mask, changed)``.
     """
     if mode not in ("holes", "islands"):

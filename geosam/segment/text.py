@@ -30,8 +30,8 @@ class TextMaskGenerator(BaseMaskGenerator):
     """Instances of ``cfg.phrases`` per chip with a loaded SAM 3 bundle (``bundle.capabilities.text_prompts``)."""
 
     def __init__(self, bundle: Any, cfg: TextConfig, exemplars: Any = None) -> None:
-        """exemplars: :class:`~geosam.models.sam3_exemplars.ExemplarFeatures` added to every phrase's prompt
-        on every chip (see :mod:`geosam.models.sam3_exemplars`); with no phrases, the model gets "visual"."""
+        """exemplars: `ExemplarFeatures` added to every phrase's prompt
+        on every chip (see `geosam.models.sam3_exemplars`); with no phrases, the model gets "visual"."""
         from geosam.models import require
         from geosam.models.sam3 import DEFAULT_MASK_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 

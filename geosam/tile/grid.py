@@ -31,8 +31,18 @@ class ChipSpec:
     """Everything a worker needs to read and georeference one chip.
 
     Small, hashable and picklable: this is the unit of work for Dask and for the
-    per-chip journal. ``transform`` maps *chip* pixel coordinates to map
-    coordinates; ``crs_wkt`` is the scene CRS as WKT.
+    per-chip journal.
+
+    Attributes:
+        path: The scene (path or GDAL URL) the chip is read from.
+        row: Chip row in the grid.
+        col: Chip column in the grid.
+        window: The chip's window in scene pixel coordinates.
+        core: The part of the window this chip decides (the cores partition the scene).
+        transform: Maps *chip* pixel coordinates to map coordinates.
+        crs_wkt: The scene CRS as WKT.
+        scene_width: Scene width (px).
+        scene_height: Scene height (px).
     """
 
     path: str
@@ -95,9 +105,20 @@ def chip_grid(
     chip_size_px: int,
     overlap_px: int,
 ) -> list[tuple[int, int, PixelWindow, PixelWindow]]:
-    """The chip grid of a ``width`` x ``height`` scene.
+    """The chip grid of a `width` x `height` scene.
 
-    Returns ``(row, col, window, core)`` tuples in row-major order.
+    Edge chips are shifted inward so every chip is full size (a scene smaller than a
+    chip is one chip); the cores partition the scene, the boundary between two chips
+    being the middle of their shared strip.
+
+    Args:
+        width: Scene width (px).
+        height: Scene height (px).
+        chip_size_px: Chip side (px).
+        overlap_px: Overlap of neighbouring chips (px).
+
+    Returns:
+        `(row, col, window, core)` tuples in row-major order, windows in scene pixel coordinates.
     """
     if chip_size_px < 16:
         raise ConfigError(f"chip_size_px must be at least 16, got {chip_size_px}")

@@ -1,6 +1,6 @@
 """Windows planned around prompts (prompt mode): which chip or own window decodes each prompt.
 
-Frame: scene pixel coordinates, as :mod:`geosam.tile.grid`.
+Frame: scene pixel coordinates, as `geosam.tile.grid`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def plan_windows(prompts: Sequence[HasExtent], width: int, height: int, cfg: Pro
 
     Scene pixel frame. ``chip_size_px`` > 0: a prompt goes to the grid chip
     whose core holds its centre when a square centred on it of side
-    max(prompt side + 2, min(context side (:func:`context_side`), chip / 2))
+    max(prompt side + 2, min(context side (`context_side`), chip / 2))
     lies inside that chip; otherwise (near a chip edge, or larger than a chip)
     it gets its own window of side max(context side, chip size) centred on it.
     0: every prompt gets its own context window. Every window contains the

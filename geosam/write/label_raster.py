@@ -115,18 +115,29 @@ def write_label_raster(
     id_column: str | None = "id",
     block_px: int = 1024,
 ) -> Path:
-    """Rasterize polygons into an instance-label GeoTIFF on the grid of ``like_path``.
+    """Rasterize polygons into an instance-label GeoTIFF on the grid of `like_path`.
 
-    The output has the size, transform and CRS of ``like_path``; pixels are
-    uint32, 0 = background, else the feature's ``id_column`` value (None:
-    row number 1..N). A pixel belongs to a polygon when its centre is inside;
-    where polygons overlap, the later row wins (as in
-    ``rasterio.features.rasterize``). ``gdf`` is reprojected to the raster
-    CRS if needed (a missing CRS is taken to be the raster's, with a warning).
+    The output has the size, transform and CRS of `like_path`; pixels are uint32,
+    0 = background. A pixel belongs to a polygon when its centre is inside; where
+    polygons overlap, the later row wins (as in `rasterio.features.rasterize`). `gdf` is
+    reprojected to the raster CRS if needed (a missing CRS is taken to be the raster's,
+    with a warning). Each block burns only the polygons an STRtree finds intersecting
+    it, so memory is bounded by a block and the geometries. The file is a tiled (256 px)
+    deflate GeoTIFF, written atomically.
 
-    Written ``block_px`` x ``block_px`` px at a time, each block burning only
-    the polygons an STRtree finds intersecting it, so memory is bounded by a
-    block and the geometries. The file is a tiled (256 px) deflate GeoTIFF.
+    Args:
+        gdf: The polygons.
+        path: The GeoTIFF to write.
+        like_path: The raster whose grid (size, transform, CRS) the labels take.
+        id_column: Column whose value labels each polygon; None: the row number 1..N.
+        block_px: Side of the blocks written at a time (px).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ExportError: An id that is not a whole number 1..2^32-1, `block_px` below 16, the
+            scene itself as `path`, or a path that cannot be written.
     """
     import rasterio
     from rasterio.windows import Window

@@ -1,6 +1,6 @@
 """Quick-look PNGs: the (decimated) scene with polygon outlines drawn over it.
 
-Drawn with the same code as :func:`geosam.plot.show` (:mod:`geosam.plot`).
+Drawn with the same code as `geosam.plot.show` (`geosam.plot`).
 
 Frames: the PNG's pixels are those of a decimated read of ``image_path``
 (longest side ``max_side_px``); polygons are reprojected to the scene CRS and
@@ -39,16 +39,26 @@ def render_overlay(
     fill_alpha: int = 80,
     seed: int = 0,
 ) -> Path:
-    """Draw polygon outlines over a quick-look of the scene; return the PNG path.
+    """Draw polygon outlines over a quick-look of the scene into a PNG.
 
-    The scene is read decimated (nearest neighbour, longest side
-    ``max_side_px`` px; GDAL uses overviews when present), non-uint8 bands
-    are stretched 2-98 % on that read, invalid pixels are black. ``bands``:
-    1-based bands (1 or 3), default red/green/blue or the first bands. Each
-    feature gets a random distinct colour (reproducible with ``seed``), a fill
-    of opacity ``fill_alpha`` / 255 and an opaque outline ``outline_px`` px
-    wide; holes are left unfilled. ``gdf`` is reprojected to the scene CRS.
-    The PNG is exactly as large as the decimated read.
+    The scene is read decimated (nearest neighbour; GDAL uses overviews when present),
+    non-uint8 bands are stretched 2-98 % on that read, invalid pixels are black. Each
+    feature gets a random distinct colour, a translucent fill and an opaque outline;
+    holes are left unfilled. `gdf` is reprojected to the scene CRS. The PNG is exactly as
+    large as the decimated read.
+
+    Args:
+        image_path: The scene.
+        gdf: The polygons to draw.
+        png_path: The PNG to write.
+        max_side_px: Longest side of the decimated read (px).
+        bands: 1-based bands (1 or 3); default red/green/blue or the first bands.
+        outline_px: Outline width (px).
+        fill_alpha: Fill opacity, 0-255.
+        seed: Seed of the per-feature colours.
+
+    Returns:
+        The written PNG path.
     """
     import shapely
     from matplotlib.backends.backend_agg import FigureCanvasAgg

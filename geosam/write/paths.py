@@ -1,11 +1,11 @@
 """Output paths that never destroy inputs or earlier results.
 
-* :func:`check_outputs` -- before any work: refuse an output that is an input,
+* `check_outputs` -- before any work: refuse an output that is an input,
   two outputs that are the same file, a folder at an output path, a parent
   folder that cannot be created or written, and (unless ``overwrite``) an
   existing output. It creates nothing: missing folders are created by the
   writers, once the run has succeeded.
-* :func:`atomic_output` -- every writer writes into a temporary folder beside
+* `atomic_output` -- every writer writes into a temporary folder beside
   the target and moves the file(s) over the target only once the write has
   succeeded (``os.replace``, atomic on one file system). A failed or killed
   write leaves the previous output as it was; a killed one may leave the
@@ -36,7 +36,7 @@ PathLike = str | os.PathLike[str]
 #: Files of a Shapefile, by extension (lower case); all may belong to one output.
 SHAPEFILE_SIDECARS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qmd")
 
-#: Suffix of the temporary folders that :func:`atomic_output` creates beside a target.
+#: Suffix of the temporary folders that `atomic_output` creates beside a target.
 TMP_SUFFIX = ".geosam-tmp"
 
 
@@ -117,9 +117,9 @@ def check_outputs(
     inputs: files read by the run (a list, or name -> path for clearer messages); remote
         paths (URLs, ``/vsi...``) are not compared.
     overwrite: allow replacing existing outputs (the CLI's ``--overwrite``; replacing is
-        still atomic, see :func:`atomic_output`).
+        still atomic, see `atomic_output`).
 
-    Raises :class:`ExportError` naming both paths when an output is an input (the same
+    Raises `ExportError` naming both paths when an output is an input (the same
     file by ``os.path.samefile`` or the same resolved path; a Shapefile's sidecars
     count) or when two outputs are the same file; naming the path when it is a
     folder, exists and ``overwrite`` is False, or its nearest existing parent folder is not
@@ -178,10 +178,10 @@ def atomic_output(
     ``path`` (``os.replace``); on an exception the temporary folder is removed and
     ``path`` is untouched. ``copy_existing``: start from a copy of the existing file
     (to replace one layer of a GeoPackage). ``verify``: called with the temporary path once the
-    writer is done, before the move; it raises (an :class:`ExportError`) when the file is broken,
-    e.g. :func:`geosam.write.verify.raster_verifier` for a write GDAL cut short without raising.
+    writer is done, before the move; it raises (an `ExportError`) when the file is broken,
+    e.g. `geosam.write.verify.raster_verifier` for a write GDAL cut short without raising.
     Missing parent folders are created; a
-    folder at ``path`` is an :class:`ExportError` (never replaced).
+    folder at ``path`` is an `ExportError` (never replaced).
     """
     target = Path(path)
     if target.is_dir():

@@ -1,10 +1,10 @@
 """Vector files: GeoJSON, GeoPackage, Shapefile or GeoParquet, written from one frame or streamed batches.
 
-:func:`write_frames` writes any number of GeoDataFrame batches (same columns) into one
+`write_frames` writes any number of GeoDataFrame batches (same columns) into one
 file through a single Arrow stream (pyogrio for the OGR formats, a Parquet writer for
 GeoParquet), so a table of millions of rows is written without ever being whole in
-memory; :func:`write_vector` is the one-frame case. The write is atomic
-(:func:`geosam.write.paths.atomic_output`).
+memory; `write_vector` is the one-frame case. The write is atomic
+(`geosam.write.paths.atomic_output`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _is_wgs84(crs: Any) -> bool:
 
 
 def read_vector(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
-    """Read a vector file of any format :func:`write_vector` writes (GeoParquet included)."""
+    """Read a vector file of any format `write_vector` writes (GeoParquet included)."""
     import geopandas as gpd
 
     if vector_format(Path(path))[1] is None:
@@ -102,28 +102,35 @@ def write_vector(
     overwrite: bool = True,
     layer: str | None = None,
 ) -> Path:
-    """Write ``gdf`` to ``path`` in the format its extension names; return the path.
+    """Write `gdf` to `path` in the format its extension names.
 
-    Formats: ``.geojson``/``.json`` (GeoJSON), ``.gpkg`` (GeoPackage: writes or
-    replaces only the layer ``layer``, default the file stem; other layers are
-    kept), ``.shp`` (Shapefile; column names longer than 10 characters are
-    shortened by :func:`shapefile_field_names`, with a warning),
-    ``.parquet``/``.geoparquet`` (GeoParquet). ``to_crs`` reprojects first
-    (anything pyproj accepts). GeoJSON is written in the data's CRS with a
-    ``crs`` member (read by GDAL and QGIS); RFC 7946 readers assume WGS84, so a
-    warning is logged when the CRS is not EPSG:4326 -- pass
-    ``to_crs="EPSG:4326"`` for web use.
+    Formats: `.geojson`/`.json` (GeoJSON), `.gpkg` (GeoPackage), `.shp` (Shapefile; column
+    names longer than 10 characters are shortened by `shapefile_field_names`, with a
+    warning), `.parquet`/`.geoparquet` (GeoParquet). GeoJSON is written in the data's CRS
+    with a `crs` member (read by GDAL and QGIS); RFC 7946 readers assume WGS84, so a
+    warning is logged when the CRS is not EPSG:4326 -- pass `to_crs="EPSG:4326"` for web use.
 
-    The write is atomic (:func:`geosam.write.paths.atomic_output`): an existing file
-    is replaced only once the new one is complete (``overwrite=True``, the
-    default, as in geopandas); ``overwrite=False`` refuses an existing file (for a
-    GeoPackage: an existing layer of that name). Parent folders are created. A
-    GeoDataFrame without rows gives a valid empty file with the CRS and (except
-    GeoJSON, which has no schema) the columns. Raises :class:`ExportError` for an
-    unknown extension, a folder at ``path``, an unwritable folder, an existing
-    file with ``overwrite=False`` or a write failure. For a geosam run's table
-    whose chips failed (``skip_bad_chips``), their footprints are written beside
-    it (:func:`geosam.write.failed_chips.write_failed_chips`).
+    The write is atomic (`geosam.write.paths.atomic_output`): an existing file is replaced
+    only once the new one is complete. Parent folders are created. A GeoDataFrame without
+    rows gives a valid empty file with the CRS and (except GeoJSON, which has no schema)
+    the columns. For a geosam run's table whose chips failed (`skip_bad_chips`), their
+    footprints are written beside it (`geosam.write.failed_chips.write_failed_chips`).
+
+    Args:
+        gdf: The table to write.
+        path: The output file; its extension chooses the format.
+        to_crs: Reproject first (anything pyproj accepts); None keeps the data's CRS.
+        overwrite: Replace an existing file (the default, as in geopandas); False refuses
+            one (for a GeoPackage: an existing layer of that name).
+        layer: GeoPackage layer to write or replace (default: the file stem); other
+            layers are kept.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ExportError: An unknown extension, a folder at `path`, an unwritable folder, an
+            existing file with `overwrite=False`, or a failed write.
     """
     import geopandas as gpd
 
@@ -155,7 +162,7 @@ def write_frames(
     ``geometry_types``: every geometry type the batches hold (declares the layer's type: a
     GeoPackage with both Polygon and MultiPolygon gets MultiPolygons, as geopandas writes it).
     Batches are consumed one at a time. Formats, atomicity, GeoPackage layers and
-    ``overwrite`` as in :func:`write_vector`. Returns the path.
+    ``overwrite`` as in `write_vector`. Returns the path.
     """
     path = Path(path)
     fmt, driver = vector_format(path)
