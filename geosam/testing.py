@@ -6,8 +6,8 @@ instance-label GeoTIFF inside the chip window. With it, tiling, stitching and
 export can be tested exactly, independent of model quality, and streaming
 benchmarks can run without a model. `PromptedOracleMaskGenerator` answers
 only SAM's grid prompts inside ``chip.prompt_region()``, to test prompt
-prefilters exactly. :class:`NoisyOracleMaskGenerator` perturbs the oracle's masks
-independently per chip and per object (:func:`perturb_masks`), the way a real
+prefilters exactly. `NoisyOracleMaskGenerator` perturbs the oracle's masks
+independently per chip and per object (`perturb_masks`), the way a real
 model disagrees with itself across chip seams, to test the stitcher's tolerance.
 
 Frames: the label raster must be on the scene's pixel grid (same size,
@@ -334,7 +334,7 @@ def perturb_masks(
 
 
 class NoisyOracleMaskGenerator(OracleMaskGenerator):
-    """The oracle's masks with per-chip, per-object noise (:func:`perturb_masks`).
+    """The oracle's masks with per-chip, per-object noise (`perturb_masks`).
 
     Neighbouring chips see each object with outlines that differ by a few pixels, as a real model does, so the
     stitcher's seam matching can be tested against known objects. The noise is a pure function of ``seed`` and the

@@ -3,7 +3,7 @@
 ``GeoDataFrame.to_crs`` moves every vertex on its own. An object that crosses the antimeridian
 (longitude 180) then gets vertices at +179.9 and -179.9 and becomes a polygon spanning the whole
 world (in EPSG:4326, and in EPSG:3857 alike); an object near a pole may come out self-intersecting
-(invalid). :func:`reproject` does it right:
+(invalid). `reproject` does it right:
 
 * objects whose longitude span (on WGS84) exceeds 180 deg, or that lie beyond +-180 (a geographic
   scene across the antimeridian), are unwrapped to one side, cut at 180 deg and the far part moved

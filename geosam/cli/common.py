@@ -49,7 +49,7 @@ def make_formatwarning(fallback: Callable[..., str]) -> Callable[..., str]:
 
 
 def make_showwarning(fallback: Callable[..., None]) -> Callable[..., None]:
-    """A :data:`warnings.showwarning` that shows geosam's own warnings (through ``fallback``) and, unless ``-v``
+    """A `warnings.showwarning` that shows geosam's own warnings (through ``fallback``) and, unless ``-v``
     (the root logger at INFO or below), sends other libraries' warnings (pyogrio, rasterio, numpy, Dask...) to
     the debug log: they are about geosam's internals, not the user's data, and would drown its one-line messages.
     """

@@ -1,4 +1,4 @@
-"""Settings of ``geosam monitor`` (objects through time, :mod:`geosam.monitor`): every default in one place.
+"""Settings of ``geosam monitor`` (objects through time, `geosam.monitor`): every default in one place.
 
 Checked without pixels: a typo in an index name, a flag or a threshold fails before any file is read.
 """
@@ -48,10 +48,11 @@ class MonitorConfig:
     """What ``geosam monitor`` computes per object and date, and how it judges change.
 
     Args:
-        indices: index names (:mod:`geosam.indices`) whose statistics are computed per object and date.
+        indices: index names (`geosam.indices`) whose statistics are computed per object and date.
         band_roles: band roles of every date (a preset or ((role, 1-based band), ...)); None: file metadata.
             A band stack gives each date its own roles instead.
-        reflectance_scale / reflectance_offset: reflectance = DN * scale + offset (None: as geosam.config.bands).
+        reflectance_scale: reflectance = DN * scale + offset (None: as `geosam.config.bands`).
+        reflectance_offset: see ``reflectance_scale``.
         index_thresholds: what ``<index>_frac_above`` counts against (default: the index's threshold).
         min_valid: a date where less than this fraction of an object's pixels is valid gives no value.
         nodata: a nodata value for every date's index bands (beside the files' own nodata and masks).

@@ -2,7 +2,7 @@
 
 ``--resume`` replays chips from a journal whose key names the model. A model *name* is not enough:
 new weights copied into the same folder (or a hub checkpoint updated in the cache) keep the name.
-:func:`weights_fingerprint` describes the files the name resolves to:
+`weights_fingerprint` describes the files the name resolves to:
 
 * a local folder: every weight or config file in it (``*.safetensors``, ``*.bin``, ``*.pth``,
   ``*.pt``, ``*.ckpt``, ``*.json``), each by size (bytes), modification time (ns) and the SHA-256
@@ -41,7 +41,7 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
 
 
 def folder_fingerprint(folder: Path) -> dict[str, Any]:
-    """:func:`file_fingerprint` of every weight / config file under ``folder`` (relative path -> fingerprint)."""
+    """`file_fingerprint` of every weight / config file under ``folder`` (relative path -> fingerprint)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
     return {p.relative_to(folder).as_posix(): file_fingerprint(p.resolve()) for p in files}
 

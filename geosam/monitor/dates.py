@@ -1,6 +1,6 @@
 """Date scenes in: rasters of one place at several dates, each with its date and band roles.
 
-Where the scenes come from (:func:`date_scenes`):
+Where the scenes come from (`date_scenes`):
 
 * files -- paths, glob patterns (``'s2/*.tif'``) and ``@list`` files (one path per line, ``#`` comments);
 * one multi-date band stack -- one file and ``stack={date: roles}``, e.g. the shipped Sentinel-2 sample
@@ -9,8 +9,8 @@ Where the scenes come from (:func:`date_scenes`):
 * an xarray DataArray with a ``time`` dimension (each time step a (band, y, x) scene, read in place).
 
 A file's date is, in order: the ``dates`` given (``--dates``), the raster's acquisition-date tag
-(:data:`DATE_TAGS`, e.g. ``TIFFTAG_DATETIME``), an ISO date in the file name (``d1_2024-04-01.tif``, or
-``20240401`` as in Sentinel-2 product names); else :class:`DateError` names the file. Dates must be unique.
+(`DATE_TAGS`, e.g. ``TIFFTAG_DATETIME``), an ISO date in the file name (``d1_2024-04-01.tif``, or
+``20240401`` as in Sentinel-2 product names); else `DateError` names the file. Dates must be unique.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ DATE_TAGS = (
     "ACQUISITIONDATETIME", "ACQUISITION_DATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "SENSING_TIME",
     "DATATAKE_SENSING_START", "TIFFTAG_DATETIME", "DATETIME", "datetime",
 )
-#: GDAL metadata domains searched for :data:`DATE_TAGS`.
+#: GDAL metadata domains searched for `DATE_TAGS`.
 TAG_DOMAINS = (None, "IMAGERY")
 
 _ISO = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
@@ -105,7 +105,7 @@ def date_from_name(path: str) -> dt.date | None:
 
 
 def date_from_tags(path: str, ds: Any) -> tuple[dt.date, str] | None:
-    """(date, tag name) from an open dataset's first acquisition-date tag (:data:`DATE_TAGS`), or None."""
+    """(date, tag name) from an open dataset's first acquisition-date tag (`DATE_TAGS`), or None."""
     for domain in TAG_DOMAINS:
         try:
             tags = ds.tags(ns=domain) if domain else ds.tags()

@@ -2,9 +2,9 @@
 
 Order of work: every check that needs no pixels runs first (dates, objects and their CRS, band roles of every
 date, mask bands, overlap of objects and dates, output paths, the ranking column), then each date is read
-once, chip by chip (:mod:`geosam.monitor.zonal`), then change, flags and ranking
-(:mod:`geosam.monitor.change`), tracking when each date has its own objects (:mod:`geosam.monitor.track`),
-and the tables (:mod:`geosam.monitor.table`).
+once, chip by chip (`geosam.monitor.zonal`), then change, flags and ranking
+(`geosam.monitor.change`), tracking when each date has its own objects (`geosam.monitor.track`),
+and the tables (`geosam.monitor.table`).
 """
 
 from __future__ import annotations

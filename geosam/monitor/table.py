@@ -2,13 +2,13 @@
 
 Wide: the object's geometry and attribute columns, ``object_id``, per date ``<index>_mean_<YYYY-MM-DD>``,
 ``valid_fraction_<YYYY-MM-DD>`` and ``status_<YYYY-MM-DD>``, then the change columns
-(:mod:`geosam.monitor.change`), flags and ``rank``. Written in every vector format geosam writes
-(:func:`geosam.write.vector.write_vector`).
+(`geosam.monitor.change`), flags and ``rank``. Written in every vector format geosam writes
+(`geosam.write.vector.write_vector`).
 
 Long: ``object_id`` (and ``track_id`` when tracked), ``date``, ``n_pixels``, ``n_valid``, ``valid_fraction``,
 ``<index>_mean`` / ``_median`` / ``_frac_above`` and ``status``. Written as CSV (``.csv``), Parquet without
 geometry (``.parquet``) or GeoParquet with each row's geometry (``.geoparquet``). Every write is atomic
-(:func:`geosam.write.paths.atomic_output`).
+(`geosam.write.paths.atomic_output`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LONG_FORMATS = {".csv": "CSV", ".parquet": "Parquet (no geometry)", ".geoparquet
 
 
 def check_long_path(path: str | os.PathLike[str]) -> Path:
-    """The long table's path; ExportError naming it for an extension other than :data:`LONG_FORMATS`."""
+    """The long table's path; ExportError naming it for an extension other than `LONG_FORMATS`."""
     p = Path(path)
     if p.suffix.lower() not in LONG_FORMATS:
         raise ExportError(f"{p}: the long table is written as {', '.join(LONG_FORMATS)}; got {p.suffix or 'none'!r}")

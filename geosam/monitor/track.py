@@ -13,7 +13,7 @@ Rule, for each pair of consecutive dates (A the earlier objects, B the later one
    that is not part of a merge ``vanished``: its track gets a row at date B without geometry.
 
 At the first date every object is ``appeared``. Areas are true areas in square metres
-(:func:`geosam.geo.area_m2`).
+(`geosam.geo.area_m2`).
 """
 
 from __future__ import annotations

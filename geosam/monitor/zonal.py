@@ -14,7 +14,7 @@ overlap another object are rasterized one by one, so each keeps all its pixels.
 Per object and date: ``n_pixels`` (pixel centres inside the object, including those outside the raster),
 ``n_valid`` (of them: inside the raster, not nodata / masked / fill / flagged by the mask band),
 ``valid_fraction`` and, per index, ``mean``, ``median``, ``frac_above`` (of the finite index values at valid
-pixels; as :func:`geosam.indices.zonal_stats`). Status (:data:`STATUSES`): ``ok``; ``outside_footprint`` (no
+pixels; as `geosam.indices.zonal_stats`). Status (`STATUSES`): ``ok``; ``outside_footprint`` (no
 pixel of the object lies in the raster); ``no_pixel_centre`` (the object covers no pixel centre: smaller than
 a pixel); ``too_few_valid`` (``valid_fraction < min_valid``: e.g. clouds). Only ``ok`` rows carry index values.
 """

@@ -6,13 +6,13 @@ file such as::
     id,x,y
     1,359650.5,5350850.0
 
-arrives as a plain DataFrame. :func:`points_from_table` turns it into point prompts: the coordinate
+arrives as a plain DataFrame. `points_from_table` turns it into point prompts: the coordinate
 columns are found by name (case-insensitive; ``x``/``y``, ``easting``/``northing``, ``lon``/``lat``,
 ``lng``, ``long``, ``longitude``/``latitude``), the other columns are kept (``id``, ``label`` ...), as
 numbers where every value is one.
 ``lon``/``lat`` names mean WGS84 (EPSG:4326); ``x``/``y`` carry no CRS (``--prompt-crs`` gives it,
 else the scene's is assumed, with a warning). A table without such columns is a
-:class:`~geosam.errors.PromptError` naming the file and its columns.
+`geosam.errors.PromptError` naming the file and its columns.
 """
 
 from __future__ import annotations

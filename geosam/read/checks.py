@@ -1,12 +1,12 @@
 """Scenes geosam would otherwise misread without a word, refused at open with what to do.
 
-* :func:`check_georeferencing` -- a raster placed by ground control points only (no geotransform):
+* `check_georeferencing` -- a raster placed by ground control points only (no geotransform):
   it *has* a CRS, that of its GCPs; say so and how to warp it, not "no CRS".
-* :func:`check_pixel_type` -- complex data (the model would see the real part only) and palette
+* `check_pixel_type` -- complex data (the model would see the real part only) and palette
   bands (colour indices fed to the model as brightness) unless the bands were chosen explicitly.
-* :func:`check_fill_value` -- a fill value the data type cannot hold (``300`` on uint8) matches no pixel.
+* `check_fill_value` -- a fill value the data type cannot hold (``300`` on uint8) matches no pixel.
 
-Each raises a :class:`~geosam.errors.GeosamError` naming the file; nothing here reads pixels.
+Each raises a `geosam.errors.GeosamError` naming the file; nothing here reads pixels.
 """
 
 from __future__ import annotations

@@ -155,7 +155,12 @@ def stac_scenes(source: Any, group: str = "item", *, assets: Sequence[str] | str
     Args:
         source: anything `read_items` takes (e.g. the items of `search`).
         group: ``"item"`` or ``"day"`` (see `group_items`).
-        assets, resolution_m, mask_asset, mask_values, env, sign: as `geosam.stac.item.stac_scene`.
+        assets: as `geosam.stac.item.stac_scene`.
+        resolution_m: as `geosam.stac.item.stac_scene`.
+        mask_asset: as `geosam.stac.item.stac_scene`.
+        mask_values: as `geosam.stac.item.stac_scene`.
+        env: as `geosam.stac.item.stac_scene`.
+        sign: as `geosam.stac.item.stac_scene`.
 
     Returns:
         One `StacScene` per group, labelled as `group_items` says.
@@ -196,7 +201,12 @@ def dated_scenes(source: Any, *, assets: Sequence[str] | str | None = None, reso
 
     Args:
         source: anything `read_items` takes.
-        assets, resolution_m, mask_asset, mask_values, env, sign: as `geosam.stac.item.stac_scene`.
+        assets: as `geosam.stac.item.stac_scene`.
+        resolution_m: as `geosam.stac.item.stac_scene`.
+        mask_asset: as `geosam.stac.item.stac_scene`.
+        mask_values: as `geosam.stac.item.stac_scene`.
+        env: as `geosam.stac.item.stac_scene`.
+        sign: as `geosam.stac.item.stac_scene`.
 
     Returns:
         One `DatedScene` per day, oldest first.

@@ -205,16 +205,24 @@ def _grid(like: Any) -> tuple[int, int, Affine, Any, Any]:
 
 def label_dataarray(gdf: gpd.GeoDataFrame, like: Any, *, id_column: str | None = "id",
                     block_px: int = 1024) -> xr.DataArray:
-    """An instance-label DataArray (y, x) of ``gdf`` on the grid of ``like`` (a DataArray, a raster path or a Scene).
+    """An instance-label DataArray (y, x) of `gdf` on the grid of `like`.
 
-    uint32 pixels: 0 = background, else the feature's ``id_column`` (None: row number 1..N);
-    a pixel belongs to a polygon when its centre is inside, the later row winning where
-    polygons overlap (as `write_label_raster`). ``gdf`` is reprojected to the
-    grid's CRS. The x / y coordinates are ``like``'s own (a DataArray) or the pixel centres
-    (a path), so the result aligns exactly; ``attrs`` carry ``crs`` (WKT), ``transform``
-    and ``nodata`` (0), and rioxarray's CRS when it is installed. For a dask-backed ``like``
-    the labels are dask-backed with its chunks, each chunk rasterized when computed;
-    otherwise they are burnt ``block_px`` px at a time into one array.
+    A pixel belongs to a polygon when its centre is inside, the later row winning where
+    polygons overlap (as `write_label_raster`). `gdf` is reprojected to the grid's CRS.
+    For a dask-backed `like` the labels are dask-backed with its chunks, each chunk
+    rasterized when computed; otherwise they are burnt `block_px` px at a time into one array.
+
+    Args:
+        gdf: The objects (polygons), in any CRS.
+        like: The grid: a DataArray, a raster path or a `Scene`.
+        id_column: Column whose value labels each polygon; None: the row number 1..N.
+        block_px: Side of the blocks rasterized at a time (px).
+
+    Returns:
+        uint32 labels, 0 = background. The x / y coordinates are `like`'s own (a
+        DataArray) or the pixel centres (a path), so the result aligns exactly; `attrs`
+        carry `crs` (WKT), `transform` and `nodata` (0), and rioxarray's CRS when it is
+        installed.
     """
     import xarray as xr
 

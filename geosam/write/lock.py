@@ -1,9 +1,9 @@
 """One geosam run per output: a lock file beside the output, held (``flock``) for the run's life.
 
 Two runs started on one output (or one journal) would otherwise both succeed, the second silently
-replacing the first. :func:`output_lock` takes an exclusive, non-blocking ``flock`` on
+replacing the first. `output_lock` takes an exclusive, non-blocking ``flock`` on
 ``.NAME.geosam-lock`` beside the path; a second run (another process) finds it held and is refused
-at once, before any pixel or model, with an :class:`~geosam.errors.ExportError` naming the path and
+at once, before any pixel or model, with an `geosam.errors.ExportError` naming the path and
 the process holding it. The kernel releases the lock when the holder dies (``kill -9`` included),
 so a stale lock file never blocks: the next run takes it over. The file is removed on release.
 
@@ -79,7 +79,7 @@ def _acquire(lock: Path, target: str) -> Any:
 def output_lock(path: str | os.PathLike[str] | None) -> Iterator[None]:
     """Hold the lock of ``path`` (None: nothing) for the ``with`` block; see the module docstring.
 
-    Raises :class:`ExportError` naming ``path`` when another process holds it.
+    Raises `ExportError` naming ``path`` when another process holds it.
     """
     try:
         import fcntl  # noqa: F401

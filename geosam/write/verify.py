@@ -3,9 +3,9 @@
 GDAL does not always raise when a write fails late: on a full disk (or past a file-size limit)
 libtiff prints ``_tiffWriteProc`` / seek errors while the dataset is flushed and closed, and
 rasterio returns normally with a truncated file. Renaming that file over an earlier output
-would destroy it. :func:`raster_verifier` gives :func:`geosam.write.paths.atomic_output` a check
+would destroy it. `raster_verifier` gives `geosam.write.paths.atomic_output` a check
 that reopens the temporary file and reads every block (one block in memory at a time): a
-truncated or unreadable file is an :class:`~geosam.errors.ExportError` and the target stays as
+truncated or unreadable file is an `geosam.errors.ExportError` and the target stays as
 it was.
 """
 
@@ -21,7 +21,7 @@ from geosam.errors import ExportError
 def raster_verifier(target: str | os.PathLike[str], width: int, height: int, count: int) -> Callable[[Path], None]:
     """A check of a written raster: it opens, has ``width`` x ``height`` px and ``count`` bands, every block reads.
 
-    Raises :class:`ExportError` naming ``target`` (not the temporary file) and GDAL's message.
+    Raises `ExportError` naming ``target`` (not the temporary file) and GDAL's message.
     """
 
     def verify(tmp: Path) -> None:
