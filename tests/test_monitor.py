@@ -136,11 +136,12 @@ def test_files_in_different_crs_match_direct_computation(two_crs_files):
         assert r.long[r.long["date"] == date]["n_valid"].sum() > 0
 
 
-def test_band_stack_matches_direct_computation():
+@pytest.mark.parametrize("chip", [64, 16])  # 16 px: most objects are larger than a chip, read chip by chip
+def test_band_stack_matches_direct_computation(chip):
     from geosam.monitor.series import monitor_objects
 
     objs = _fields("EPSG:32633", n=60, seed=1)
-    r = monitor_objects(str(S2), objs, stack=STACK, chip_size_px=64)
+    r = monitor_objects(str(S2), objs, stack=STACK, chip_size_px=chip)
     for bands, date in (((1, 4), "2021-06-01"), ((5, 8), "2021-09-01")):
         _check(r, [_reference(S2, bands, g, objs.crs) for g in objs.geometry], date)
     a, b = r.wide["ndvi_mean_2021-06-01"], r.wide["ndvi_mean_2021-09-01"]
@@ -301,3 +302,19 @@ def test_bulk_shapes_rasterize_like_shapely_geometries():
     a = rasterize(zip(geoms, range(1, 4)), out_shape=(100, 160), transform=t, dtype="int32")
     b = rasterize(zip(shapes(geoms), range(1, 4)), out_shape=(100, 160), transform=t, dtype="int32")
     assert (a == b).all() and set(np.unique(a)) == {0, 1, 2, 3}
+
+
+def test_rows_without_geometry_stay_with_a_status():
+    import geopandas as gpd
+    from shapely.geometry import Polygon, box
+
+    from geosam.monitor.series import monitor_objects
+
+    objs = _fields("EPSG:32633", n=3, seed=5)
+    x0, y0 = objs.geometry.iloc[0].centroid.coords[0]
+    objs = gpd.GeoDataFrame({"name": ["a", "none", "empty", "b"]},
+                            geometry=[box(x0, y0, x0 + 100, y0 + 100), None, Polygon(), objs.geometry.iloc[1]],
+                            crs=objs.crs)
+    r = monitor_objects(str(S2), objs, stack=STACK)
+    assert r.wide["name"].tolist() == ["a", "none", "empty", "b"]
+    assert r.wide["status_2021-06-01"].tolist() == ["ok", "no_pixel_centre", "no_pixel_centre", "ok"]

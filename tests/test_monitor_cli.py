@@ -121,3 +121,17 @@ def test_python_function_is_exported():
     from geosam.monitor.series import monitor_objects
 
     assert geosam.monitor_objects is monitor_objects
+
+
+def test_cli_tracks_when_each_date_has_its_objects(tmp_path, fields):
+    import geopandas as gpd
+
+    later = gpd.read_file(fields).iloc[5:]  # five fields gone at the later date
+    later.to_file(tmp_path / "later.gpkg")
+    out = tmp_path / "tracks.parquet"
+    r = _run(["monitor", str(S2), *STACK, "--objects", str(fields), "--objects", str(tmp_path / "later.gpkg"),
+              "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "tracks" in r.output
+    w = gpd.read_parquet(out)
+    assert len(w) == 30 and (w["status_2021-09-01"] == "absent").sum() == 5

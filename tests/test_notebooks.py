@@ -19,7 +19,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks() -> None:
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "prompt_mode", "vegetation", "seams", "scale_out", "stac"}
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "prompt_mode", "vegetation", "seams", "scale_out", "stac",
+                                          "monitoring"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

@@ -50,6 +50,8 @@ def series(result: Any, ids: Sequence[int] | None = None, index: str = "ndvi", *
     for _, row in rows.iterrows():
         y = row[cols].to_numpy(dtype=np.float64)
         ax.plot(x, y, marker="o", label=f"{key} {row[key]}")
+    ax.set_xticks(x)
+    ax.set_xticklabels([d.isoformat() for d in result.dates], rotation=30, ha="right")
     ax.set_xlabel("date")
     ax.set_ylabel(f"{index} mean")
     if len(rows):

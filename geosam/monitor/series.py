@@ -66,7 +66,7 @@ def _load_objects(obj: Any, k: int | None = None) -> Any:
     if obj.crs is None:
         raise NoCRSError(f"{name}: the objects have no CRS, so they cannot be placed on the dates' rasters; "
                          "set one (gdf.set_crs(...) / ogr2ogr -a_srs EPSG:XXXX)")
-    obj = obj[~obj.geometry.isna()].reset_index(drop=True)
+    obj = obj.reset_index(drop=True)  # rows without geometry stay, with status no_pixel_centre
     obj.attrs["name"] = name
     return obj
 

@@ -7,8 +7,8 @@ an object is measured on the pixels that date really has.
 
 Reading: objects are bucketed by the chip (``chip_size_px`` square of the date's grid) that holds the top-left
 corner of their pixel window; each chip is read once per date, in the window that covers its objects. Memory
-is one such window plus per-object numbers, whatever the number of objects (an object larger than a chip is
-read on its own window). Objects of one chip are rasterized in one call into a label image; objects that
+is one such window plus per-object numbers, whatever the number of objects. An object larger than a chip is read
+chip by chip over its own window (plus its finite index values, for the median). Objects of one chip are rasterized in one call into a label image; objects that
 overlap another object are rasterized one by one, so each keeps all its pixels.
 
 Per object and date: ``n_pixels`` (pixel centres inside the object, including those outside the raster),
@@ -181,13 +181,26 @@ def shapes(geoms: Arr) -> list[Any]:
     return out
 
 
-def _group_keys(c0: Arr, r0: Arr, width: int, height: int, chip: int, big: Arr) -> Arr:
-    """A chip number per object (the chip of its window's top-left pixel, clipped); big objects their own."""
+def _group_keys(c0: Arr, r0: Arr, width: int, height: int, chip: int) -> Arr:
+    """A chip number per object: the chip of its window's top-left pixel (clipped to the raster)."""
     cols = -(-width // chip)
-    key = (np.clip(r0, 0, height - 1) // chip) * cols + np.clip(c0, 0, width - 1) // chip
-    n_chips = cols * (-(-height // chip))
-    key[big] = n_chips + np.arange(int(big.sum()))
-    return key
+    return (np.clip(r0, 0, height - 1) // chip) * cols + np.clip(c0, 0, width - 1) // chip
+
+
+def _read_padded(reader: DateReader, win: PixelWindow) -> tuple[dict[str, Arr], Arr, Arr]:
+    """Indices (NaN where invalid), valid mask and inside-the-raster mask of ``win``, which may reach outside."""
+    info = reader.scene.info
+    shape = (win.height, win.width)
+    idx = {n: np.full(shape, np.nan, dtype=np.float32) for n in reader.calc.names}
+    valid, in_raster = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    inside = win.intersection(PixelWindow(0, 0, info.width, info.height))
+    if inside is not None:
+        idx_in, valid_in = reader.read(inside)
+        sl = inside.relative_to(win).slices()
+        valid[sl], in_raster[sl] = valid_in, True
+        for n, a in idx_in.items():
+            idx[n][sl] = a
+    return idx, valid, in_raster
 
 
 def _window_stats(reader: DateReader, geoms: Arr, members: Arr, win: PixelWindow, alone: Arr,
@@ -196,21 +209,8 @@ def _window_stats(reader: DateReader, geoms: Arr, members: Arr, win: PixelWindow
     from affine import Affine
     from rasterio.features import rasterize
 
-    info = reader.scene.info
-    inside = win.intersection(PixelWindow(0, 0, info.width, info.height))
-    assert inside is not None
-    idx_in, valid_in = reader.read(inside)
-    sl = inside.relative_to(win).slices()
-    valid = np.zeros((win.height, win.width), dtype=bool)
-    valid[sl] = valid_in
-    in_raster = np.zeros((win.height, win.width), dtype=bool)
-    in_raster[sl] = True
-    idx = {}
-    for n, a in idx_in.items():
-        full = np.full((win.height, win.width), np.nan, dtype=np.float32)
-        full[sl] = a
-        idx[n] = full
-    t = info.transform * Affine.translation(win.col_off, win.row_off)
+    idx, valid, in_raster = _read_padded(reader, win)
+    t = reader.scene.info.transform * Affine.translation(win.col_off, win.row_off)
     shared = members[~alone[members]]
     if len(shared):
         labels = rasterize(zip(shapes(geoms[shared]), range(1, len(shared) + 1)), out_shape=(win.height, win.width),
@@ -219,6 +219,39 @@ def _window_stats(reader: DateReader, geoms: Arr, members: Arr, win: PixelWindow
     for i in members[alone[members]]:
         m = rasterize([(geoms[i], 1)], out_shape=(win.height, win.width), transform=t, fill=0, dtype="int32")
         _store(out, np.array([i]), m, in_raster, *label_stats(m, 1, valid, idx, thresholds))
+
+
+def _big_object_stats(reader: DateReader, geom: Any, i: int, win: PixelWindow, chip: int,
+                      thresholds: Mapping[str, float], out: DateStats) -> None:
+    """Statistics of one object larger than a chip, read chip by chip over its window (memory: one chip plus
+    the object's finite index values, for the median)."""
+    from affine import Affine
+    from rasterio.features import rasterize
+
+    from geosam.indices import zonal_stats
+
+    shape = shapes(np.array([geom], dtype=object))[0]
+    counts = np.zeros(3, dtype=np.int64)
+    values: dict[str, list[Arr]] = {n: [] for n in reader.calc.names}
+    for r0 in range(win.row_off, win.row_end, chip):
+        for c0 in range(win.col_off, win.col_end, chip):
+            tile = PixelWindow(c0, r0, min(chip, win.col_end - c0), min(chip, win.row_end - r0))
+            t = reader.scene.info.transform * Affine.translation(c0, r0)
+            m = rasterize([(shape, 1)], out_shape=(tile.height, tile.width), transform=t, fill=0,
+                          dtype="uint8").astype(bool)
+            if not m.any():
+                continue
+            idx, valid, in_raster = _read_padded(reader, tile)
+            counts += (int(m.sum()), int((m & valid).sum()), int((m & in_raster).sum()))
+            for n, a in idx.items():
+                v = a[m]
+                values[n].append(v[np.isfinite(v)])
+    out.n_pixels[i], out.n_valid[i], out.n_inside[i] = counts
+    for n, parts in values.items():
+        v = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        stats = zonal_stats(v, thresholds[n])
+        for name, x in zip(("mean", "median", "frac_above"), stats):
+            out.values[f"{n}_{name}"][i] = x
 
 
 def _store(out: DateStats, ids: Arr, labels: Arr, in_raster: Arr, n_pix: Arr, n_val: Arr, vals: dict[str, Arr]
@@ -247,9 +280,12 @@ def date_stats(reader: DateReader, geoms: Arr) -> DateStats:
     todo = ~empty & ~outside
     chip = cfg.chip_size_px
     big = todo & (((c1 - c0) > chip) | ((r1 - r0) > chip))
-    keys = _group_keys(c0, r0, info.width, info.height, chip, big)
+    keys = _group_keys(c0, r0, info.width, info.height, chip)
     alone = overlapping(geoms) & todo
-    ids = np.flatnonzero(todo)
+    for i in np.flatnonzero(big):
+        win = PixelWindow(int(c0[i]), int(r0[i]), int(c1[i] - c0[i]), int(r1[i] - r0[i]))
+        _big_object_stats(reader, geoms[i], int(i), win, chip, thresholds, out)
+    ids = np.flatnonzero(todo & ~big)
     order = ids[np.argsort(keys[ids], kind="stable")]
     bounds = np.flatnonzero(np.diff(keys[order])) + 1
     n_reads = 0
@@ -258,7 +294,8 @@ def date_stats(reader: DateReader, geoms: Arr) -> DateStats:
                           int(c1[members].max() - c0[members].min()), int(r1[members].max() - r0[members].min()))
         _window_stats(reader, geoms, members, win, alone, thresholds, out)
         n_reads += 1
-    log.info("%s: %d objects in %d reads", reader.scene.path, len(ids), n_reads)
+    log.info("%s: %d objects in %d reads, %d objects larger than a chip read on their own", reader.scene.path,
+             len(ids), n_reads, int(big.sum()))
     vf = out.valid_fraction
     status = out.status
     status[empty | (todo & (out.n_pixels == 0))] = NO_PIXEL
