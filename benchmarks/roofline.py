@@ -1,0 +1,77 @@
+"""The machine's measured matmul throughput and a stage's counted FLOPs: what fraction of peak a stage reaches.
+
+* :func:`matmul_flops_per_s`: the best of a few timed GEMMs (the ViT-B encoder's MLP and attention-projection
+  shapes and a square one) in a dtype: float32, or bfloat16 (bf16 operands, float32 accumulation, as under
+  autocast). On a shared machine call it next to the stage it is compared with: both then see the same load.
+* :func:`count_flops`: ``torch.utils.flop_counter.FlopCounterMode`` over a call, with the CPU's fused attention
+  kernel (``aten._scaled_dot_product_flash_attention_for_cpu``, which the counter does not know) counted as
+  the counter counts the other fused attention kernels (``2 * b * h * (s_q * s_k * d_q + s_q * s_k * d_v)``).
+  Matmuls, convolutions and attention are counted; element-wise work (layer norms, GELU, softmax) is not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+#: GEMM shapes (m, k, n): ViT-B at 1024 px has 4096 tokens of width 768 (MLP 3072; qkv 2304).
+GEMM_SHAPES = ((4096, 768, 3072), (4096, 3072, 768), (4096, 768, 2304), (2048, 2048, 2048))
+
+
+def _cpu_sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
+                    **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        custom[op] = _cpu_sdpa_flops
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_flops_per_s(dtype: torch.dtype, min_seconds: float = 0.4) -> dict[str, Any]:
+    """The best measured GEMM throughput in ``dtype`` (FLOP/s) and each shape's, over ``min_seconds`` per shape."""
+    per_shape = {}
+    gen = torch.Generator().manual_seed(0)
+    for m, k, n in GEMM_SHAPES:
+        a = torch.randn((m, k), generator=gen).to(dtype)
+        b = torch.randn((k, n), generator=gen).to(dtype)
+        out = torch.empty((m, n), dtype=dtype)
+        torch.mm(a, b, out=out)  # warm-up (oneDNN picks its kernel)
+        reps, t0 = 0, time.perf_counter()
+        best = float("inf")
+        while time.perf_counter() - t0 < min_seconds or reps < 3:
+            s = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - s)
+            reps += 1
+        per_shape[f"{m}x{k}x{n}"] = 2.0 * m * k * n / best
+    return {"flops_per_s": max(per_shape.values()), "per_shape": per_shape}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU has bf16 dot-product instructions (AMX or AVX-512 BF16), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split())
+                    return bool({"amx_bf16", "avx512_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+__all__ = ["GEMM_SHAPES", "count_flops", "cpu_has_native_bf16", "matmul_flops_per_s"]
