@@ -5,7 +5,8 @@
   autocast). On a shared machine call it next to the stage it is compared with: both then see the same load.
 * :func:`count_flops`: ``torch.utils.flop_counter.FlopCounterMode`` over a call, with the CPU's fused attention
   kernel (``aten._scaled_dot_product_flash_attention_for_cpu``, which the counter does not know) counted as
-  the counter counts the other fused attention kernels (``2 * b * h * (s_q * s_k * d_q + s_q * s_k * d_v)``).
+  the counter counts the other fused attention kernels (``2 * b * h * (s_q * s_k * d_q + s_q * s_k * d_v)``),
+  and oneDNN's linear (``mkldnn._linear_pointwise``, :func:`geosam.models.cpu_gemm.linear`) as ``2 * m * k * n``.
   Matmuls, convolutions and attention are counted; element-wise work (layer norms, GELU, softmax) is not.
 """
 
@@ -28,15 +29,30 @@ def _cpu_sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: A
     return int(sdpa_flop_count(query_shape, key_shape, value_shape))
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
-    """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call."""
+def _onednn_linear_flops(x_shape: Any, w_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    rows = 1
+    for n in x_shape[:-1]:
+        rows *= int(n)
+    return 2 * rows * int(x_shape[-1]) * int(w_shape[0])
+
+
+def flop_counter() -> Any:
+    """A ``FlopCounterMode`` (use as a context; ``get_total_flops()`` after) that also counts the CPU's fused attention."""
     from torch.utils.flop_counter import FlopCounterMode
 
     custom = {}
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if op is not None:
         custom[op] = _cpu_sdpa_flops
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
+    lin = getattr(torch.ops.mkldnn, "_linear_pointwise", None)  # geosam.models.cpu_gemm.linear
+    if lin is not None:
+        custom[lin] = _onednn_linear_flops
+    return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call."""
+    with torch.inference_mode(), flop_counter() as counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -74,4 +90,4 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-__all__ = ["GEMM_SHAPES", "count_flops", "cpu_has_native_bf16", "matmul_flops_per_s"]
+__all__ = ["GEMM_SHAPES", "count_flops", "cpu_has_native_bf16", "flop_counter", "matmul_flops_per_s"]
