@@ -15,7 +15,7 @@ so one ``scaled_dot_product_attention`` call with queries and keys widened by
 CPU kernels need) gives the attention exactly, in flash-attention memory.
 
 Everything else (patch embedding, windows, MLPs, neck) runs the model's own
-modules. With low precision (bf16 autocast, the CPU-with-AMX default) this is
+modules. With low precision (bf16 autocast, the default on CPUs with AMX) this is
 ~1.3x faster per chip than the stock forward.
 
 In float32 on the CPU the wider products cost more than the mask saves, and
