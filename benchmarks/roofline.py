@@ -2,7 +2,9 @@
 
 * :func:`matmul_flops_per_s`: the best of a few timed GEMMs (the ViT-B encoder's MLP and attention-projection
   shapes and a square one) in a dtype: float32, or bfloat16 (bf16 operands, float32 accumulation, as under
-  autocast). On a shared machine call it next to the stage it is compared with: both then see the same load.
+  autocast), through ``torch.mm`` or oneDNN (for float32 the two differ 2x on AMD CPUs, where MKL's float32 GEMM
+  skips AVX-512: the CPU's float32 peak is the better of the two). On a shared machine call it next to the
+  stage it is compared with: both then see the same load.
 * :func:`count_flops`: ``torch.utils.flop_counter.FlopCounterMode`` over a call, with the CPU's fused attention
   kernel (``aten._scaled_dot_product_flash_attention_for_cpu``, which the counter does not know) counted as
   the counter counts the other fused attention kernels (``2 * b * h * (s_q * s_k * d_q + s_q * s_k * d_v)``),
@@ -57,20 +59,35 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_flops_per_s(dtype: torch.dtype, min_seconds: float = 0.4) -> dict[str, Any]:
-    """The best measured GEMM throughput in ``dtype`` (FLOP/s) and each shape's, over ``min_seconds`` per shape."""
+def matmul_flops_per_s(dtype: torch.dtype, min_seconds: float = 0.4, path: str = "torch") -> dict[str, Any]:
+    """The best measured GEMM throughput in ``dtype`` (FLOP/s) and each shape's, over ``min_seconds`` per shape.
+
+    path: ``"torch"`` (``torch.mm``: MKL for float32 in the PyPI wheels, oneDNN for bf16) or ``"onednn"``
+    (:func:`geosam.models.cpu_gemm.linear`, what geosam's float32 encoder and decoder use on the CPU).
+    """
+    from geosam.models.cpu_gemm import linear
+
     per_shape = {}
     gen = torch.Generator().manual_seed(0)
     for m, k, n in GEMM_SHAPES:
         a = torch.randn((m, k), generator=gen).to(dtype)
-        b = torch.randn((k, n), generator=gen).to(dtype)
-        out = torch.empty((m, n), dtype=dtype)
-        torch.mm(a, b, out=out)  # warm-up (oneDNN picks its kernel)
+        if path == "onednn":
+            w = torch.randn((n, k), generator=gen).to(dtype)
+
+            def run(a: torch.Tensor = a, w: torch.Tensor = w) -> None:
+                linear(a, w)
+        else:
+            b = torch.randn((k, n), generator=gen).to(dtype)
+            out = torch.empty((m, n), dtype=dtype)
+
+            def run(a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out) -> None:
+                torch.mm(a, b, out=out)
+        run()  # warm-up (oneDNN picks its kernel)
         reps, t0 = 0, time.perf_counter()
         best = float("inf")
         while time.perf_counter() - t0 < min_seconds or reps < 3:
             s = time.perf_counter()
-            torch.mm(a, b, out=out)
+            run()
             best = min(best, time.perf_counter() - s)
             reps += 1
         per_shape[f"{m}x{k}x{n}"] = 2.0 * m * k * n / best
