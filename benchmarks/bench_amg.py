@@ -1,27 +1,31 @@
-"""Segment-everything benchmark: geosam's SamMaskGenerator vs the transformers mask-generation pipeline.
+"""Segment-everything benchmark: geosam vs the transformers pipeline and segment-anything's own generator.
 
-One run, the same chips, the same weights, the same point grid and thresholds:
+One run, the same chips, the same weights, the same point grids and thresholds, every variant interleaved chip
+by chip (every variant on chip 1, then on chip 2, ...) after a warm-up, so that the drifting speed of a shared
+CPU hits all of them alike and their ratios hold:
 
-(a) ``geosam``: :class:`geosam.segment.SamMaskGenerator` end to end per chip, at its headline dtype
-    (``--dtype auto``: bf16 autocast on CPUs with AMX and on CUDA, fp16 on CUDA) and again in float32
-    (skip with ``--no-float32``);
+(a) ``geosam_float32`` / ``geosam_bfloat16``: `geosam.segment.SamMaskGenerator` end to end per chip, in
+    float32 and in bf16 autocast (the latter where the CPU has native bf16 - AMX or AVX-512 BF16 - or CUDA);
 (b) ``pipeline``: ``transformers.pipeline("mask-generation", model=..., image_processor=SamImageProcessorPil(),
-    points_per_batch=64)`` looped over the same chips with ``points_per_crop`` = the same grid, float32,
-    stock modules (geosam's fast encoder/decoder are separate functions and never patch the model);
-(c) ``encoder only``: preprocessing + image encoder per chip, geosam's encoder path at the headline dtype
-    (the floor of segment-everything) and the stock float32 forward (the pipeline's);
-(d) geosam at the headline dtype with ``torch.compile`` (:func:`geosam.models.compile_bundle`, on a copy of the
-    model), after all the other runs: the compiling first chip timed apart, then interleaved with the eager
-    headline run (``compiled_speedup_vs_eager``; skip with ``--no-compile``).
+    points_per_batch=64)`` with ``points_per_crop`` = the grid, float32, stock modules;
+(c) ``sam_amg``: segment-anything 1.0's ``SamAutomaticMaskGenerator`` (``points_per_batch=64``, float32) on the
+    same weights converted to its layout (``benchmarks/sam_anchor.py``; ``tests/test_sam_anchor.py`` shows both
+    libraries give the same embedding and masks); before timing, both models' embeddings of the first chip are
+    compared here too (``sam_amg_embedding_max_rel_diff``);
+(d) ``encoder``: preprocessing + image encoder per chip, geosam's float32 and bf16 paths and the stock float32
+    forward, each with the measured matmul throughput (float32, and bf16 where native) timed beside it, and the
+    FLOPs counted (``benchmarks/roofline.py``): ``encoder_fraction_of_peak`` per dtype = counted FLOPs of geosam's
+    path / seconds / the measured matmul FLOP/s in that dtype (``..._model_flops``: the stock forward's FLOPs,
+    the model's own work, instead of the FLOPs geosam's path executes).
+    ``decoder_fraction_of_peak`` likewise for the decode stage (geosam's fast decoder runs in float32 in both
+    dtypes, so its peak is the float32 one): the FLOPs of the whole generator counted in the agreement run
+    minus the encoder's, over the timed run's decode seconds.
 
-Timed variants run interleaved, chip by chip (every variant on chip 1, then on chip 2), after a warm-up, so
-that the drifting speed of a shared CPU hits all of them alike and their ratios hold.
-
-(a) and (b) each run twice: with the given thresholds (SAM's defaults: only a handful of masks survive NMS
-with these weights, so one flipped mask moves the agreement by ~0.2), and with NMS switched off
+Each grid (``--grids``, default 16 and 32 points per side) runs twice: with the given thresholds (SAM's
+defaults: only a handful of masks survive NMS with these weights), timed; then with NMS switched off
 (``box_nms_thresh`` = ``crops_nms_thresh`` = 1.0), which compares every mask that passes the predicted-IoU and
 stability filters (hundreds per chip): the strong check that geosam's decoding, filtering and upsampling give
-the pipeline's masks.
+the references' masks.
 
 Chips are cut from the shipped scene ``data/banepa_predict.tif`` (2048 x 2048 RGB uint8) on a 1024 px grid.
 
@@ -40,24 +44,23 @@ instead of ~3500; ~50 % pass the stability filter, ~35 % the IoU filter):
 * the IoU head's last layer weight is doubled and its bias set to 0.88 (predicted IoU spreads around the
   default ``pred_iou_thresh``).
 
-NMS. The pipeline's post-processing imports ``torchvision.ops.batched_nms``; torchvision is not installed in
-geosam's venv (torch 2.13 CPU has no matching build), so the reference run patches that one function with
-geosam's plain-torch :func:`geosam.segment.sam_utils.batched_nms` (same greedy algorithm). Everything else in the
-pipeline is untouched. If torchvision is importable, it is used as is.
+NMS. The pipeline's post-processing imports ``torchvision.ops.batched_nms`` and segment-anything imports
+torchvision too; torchvision is not installed in geosam's venv (torch 2.13 CPU has no matching build), so the
+pipeline's one function is patched with geosam's plain-torch `geosam.segment.sam_utils.batched_nms` (same
+greedy algorithm) and segment-anything is imported with stand-ins (``benchmarks/sam_anchor.py``). Everything
+else is untouched. If torchvision is importable, it is used as is.
 
-Metrics (``benchmarks/results/latest.json``): ``speedup_vs_pipeline`` = pipeline_s / geosam_s (given
-thresholds, headline dtype; ``speedup_vs_pipeline_float32`` likewise); ``mask_agreement`` = min of (fraction of
-pipeline masks matched by a geosam mask at IoU >= 0.9) and the reverse, pooled over both runs (each run's own
-figures under ``agreement``); ``overhead_ratio`` = geosam_s / (geosam's encode + decode stage time);
-``peak_rss_mib`` is the process's peak after the geosam runs (model + geosam), ``peak_rss_mib_after_pipeline``
-after both.
+Metrics (``benchmarks/results/latest.json``), per grid under ``grids``, and collected at the top level:
+``speedup_vs_pipeline_<dtype>`` = pipeline_s / geosam_s, ``speedup_vs_sam_amg_<dtype>`` = sam_amg_s / geosam_s;
+``mask_agreement`` = min of (fraction of reference masks matched by a geosam mask at IoU >= 0.9) and the
+reverse, pooled over the default and the NMS-free runs; ``overhead_ratio`` = geosam_s / (geosam's encode +
+decode stage time); ``dtype_auto``: what ``dtype="auto"`` resolves to here and the measured figures it rests on.
 
-    .venv/bin/python benchmarks/bench_amg.py [--chips 2] [--points-per-side 16] [--dtype auto]
+    .venv/bin/python benchmarks/bench_amg.py [--chips 1] [--grids 16 32]
 
-On a GPU machine: ``--device cuda`` (fp16 autocast by ``--dtype auto``); geosam's fast encoder and decoder are
-off on CUDA by default (not yet measured there): add ``--fast-paths on`` for a second run that measures them.
+On a GPU machine: ``--device cuda`` (fp16 autocast by ``--dtype auto``).
 
-Defaults take about 6 minutes on a 2-core CPU (the two pipeline runs dominate).
+With 1 chip and both grids this takes ~10 minutes on a quiet 2-core CPU (the references dominate).
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import torch
+from _machine import cpu_name
+from roofline import count_flops, cpu_has_native_bf16, flop_counter, matmul_flops_per_s
+from sam_anchor import build_segment_anything, import_segment_anything
 
 
 def peak_rss_mib() -> float:
@@ -155,13 +161,13 @@ def agreement(a: np.ndarray, b: np.ndarray, thresh: float = 0.9) -> tuple[int, i
     return int((iou.max(dim=1).values >= thresh).sum()), int((iou.max(dim=0).values >= thresh).sum())
 
 
-def geosam_runner(bundle, args, box_nms_thresh: float):
+def geosam_runner(bundle, args, grid: int, box_nms_thresh: float):
     """(generate(chip) -> masks, the generator) for geosam at ``bundle``'s dtype."""
     from geosam.segment import SamMaskGenerator
 
     gen = SamMaskGenerator(
         bundle,
-        points_per_side=args.points_per_side,
+        points_per_side=grid,
         points_per_batch=args.points_per_batch,
         pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh,
@@ -170,14 +176,14 @@ def geosam_runner(bundle, args, box_nms_thresh: float):
     return (lambda chip: gen.generate(chip).masks), gen
 
 
-def pipeline_runner(pipe, args, box_nms_thresh: float):
+def pipeline_runner(pipe, args, grid: int, box_nms_thresh: float):
     from PIL import Image
 
     def run(chip) -> np.ndarray:
         out = pipe(
             Image.fromarray(chip.image),
             points_per_batch=64,
-            points_per_crop=args.points_per_side,
+            points_per_crop=grid,
             pred_iou_thresh=args.pred_iou_thresh,
             stability_score_thresh=args.stability_score_thresh,
             crops_nms_thresh=box_nms_thresh,
@@ -205,6 +211,7 @@ def interleaved(runners: dict, chips) -> tuple[dict[str, float], dict[str, list]
 
 
 def compare(geo: list[np.ndarray], ref: list[np.ndarray]) -> dict:
+    """Agreement of two runs' masks, chip by chip (``pipeline_*`` names: the second run, the reference)."""
     g_in_p = p_in_g = n_g = n_p = 0
     for g, p in zip(geo, ref):
         a, b = agreement(g, p)
@@ -232,37 +239,77 @@ def encoder_runner(bundle):
     return lambda chip: encode(bundle, preprocess(bundle, [chip.image])[0])
 
 
+def sam_amg_runner(sam, args, grid: int, box_nms_thresh: float):
+    """segment-anything's ``SamAutomaticMaskGenerator`` on ``sam`` (chip -> bool masks)."""
+    sa, _ = import_segment_anything()
+    gen = sa.SamAutomaticMaskGenerator(
+        sam,
+        points_per_side=grid,
+        points_per_batch=64,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=box_nms_thresh,
+    )
+
+    def run(chip) -> np.ndarray:
+        out = gen.generate(chip.image)
+        return np.stack([o["segmentation"] for o in out]).astype(bool) if out else np.zeros((0, *chip.valid.shape), bool)
+
+    return run
+
+
+def counted(run, sink: list):
+    """``run`` with the FLOPs of each call appended to ``sink`` (untimed runs only: counting costs time)."""
+
+    def f(chip):
+        with flop_counter() as counter:
+            out = run(chip)
+        sink.append(int(counter.get_total_flops()))
+        return out
+
+    return f
+
+
+def agreement_parts(geo_default, ref_default, geo_all, ref_all, single: bool = False) -> dict:
+    """Agreement with the given thresholds, without NMS, and pooled (``single``: the NMS-free pass only)."""
+    parts = {"without_nms": compare(geo_all, ref_all)}
+    if not single:
+        parts["default_thresholds"] = compare(geo_default, ref_default)
+    keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
+    parts["pooled"] = summarise(*(sum(p[k] for p in parts.values()) for k in keys))
+    return parts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--chips", type=int, default=2, help="number of 1024 px chips (max 4)")
+    ap.add_argument("--chips", type=int, default=1, help="number of 1024 px chips (max 4)")
     ap.add_argument("--chip-size", type=int, default=1024)
-    ap.add_argument("--points-per-side", type=int, default=16)
+    ap.add_argument("--grids", type=int, nargs="+", default=[16, 32], help="points per side, one run each")
     ap.add_argument("--points-per-batch", type=int, default=64, help="geosam's decoder batch")
     ap.add_argument("--pred-iou-thresh", type=float, default=0.88)
     ap.add_argument("--stability-score-thresh", type=float, default=0.95)
     ap.add_argument("--box-nms-thresh", type=float, default=0.7)
-    ap.add_argument("--dtype", default="auto", help="geosam's headline dtype (auto, float32, bfloat16, float16)")
-    ap.add_argument("--no-float32", action="store_true", help="skip the extra float32 geosam runs")
-    ap.add_argument("--no-compile", action="store_true", help="skip the extra torch.compile geosam run")
+    ap.add_argument("--dtype", default="auto", help="what geosam's headline dtype resolves from (auto, float32, ...)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument(
-        "--fast-paths",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="geosam's fast encoder/decoder: auto = geosam's defaults (on the CPU), on = also on CUDA (to measure "
-        "them on a GPU), off = the stock modules",
-    )
     ap.add_argument("--encoder-layers", type=int, default=12, help="12 = ViT-B")
-    ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--skip-references", action="store_true", help="no pipeline / segment-anything runs")
+    ap.add_argument("--single-pass", type=int, nargs="*", default=[],
+                    help="grids run once, timed without NMS (every variant alike), instead of a timed pass with the "
+                    "given thresholds and an NMS-free pass: halves the references' time on a loaded machine")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a machine "
+                    "shared with other jobs, where OpenMP barriers wait on descheduled threads")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     args = ap.parse_args()
 
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    from geosam.models import load_model
+    from geosam.models import encode, load_model, preprocess, resolve_dtype
 
     torch.set_grad_enabled(False)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
     chips = load_chips(args.chips, args.chip_size)
     model = build_sane_random_sam(args.encoder_layers)
     with tempfile.TemporaryDirectory() as tmp:
@@ -273,159 +320,185 @@ def main() -> None:
         on = args.fast_paths == "on"
         bundle = dataclasses.replace(bundle, fast_encoder=on, fast_decoder=on)
     device = bundle.device
-    bundles = {"headline": bundle}
-    if not args.no_float32 and bundle.dtype != torch.float32:
-        bundles["float32"] = dataclasses.replace(bundle, dtype=torch.float32)
-    settings = {
-        "scene": "data/banepa_predict.tif",
-        "chips": len(chips),
-        "chip_size_px": args.chip_size,
-        "points_per_side": args.points_per_side,
-        "points_per_batch_geosam": args.points_per_batch,
-        "points_per_batch_pipeline": 64,
-        "pred_iou_thresh": args.pred_iou_thresh,
-        "stability_score_thresh": args.stability_score_thresh,
-        "box_nms_thresh": args.box_nms_thresh,
-        "agreement_run_box_nms_thresh": 1.0,
-        "geosam_dtype": str(bundle.dtype).replace("torch.", ""),
-        "pipeline_dtype": "float32",
-        "model": f"random ViT-B SamConfig (encoder layers {args.encoder_layers}), sanity settings in bench_amg.py",
-        "threads": torch.get_num_threads(),
-        "fast_paths": args.fast_paths,
-    }
-    print(f"{len(chips)} chips of {args.chip_size} px, grid {args.points_per_side}^2, geosam dtype {settings['geosam_dtype']}, device {device}")
-
-    from geosam.models import compile_bundle
-
-    # warm-up: each path once on a small image (one-time costs out of the timings); peak RSS of model + geosam
+    headline = str(bundle.dtype).replace("torch.", "")
+    dtypes = ["float32"]
+    if device.type == "cuda" or cpu_has_native_bf16() or bundle.dtype == torch.bfloat16:
+        dtypes.append("bfloat16")
+    bundles = {d: dataclasses.replace(bundle, dtype=getattr(torch, d)) for d in dtypes}
     stock32 = dataclasses.replace(bundle, dtype=torch.float32, fast_encoder=False)
-    for b in (bundle, stock32):
-        encoder_runner(b)(chips[0])
-    geosam_runner(bundle, args, args.box_nms_thresh)[0](chips[0])
-    rss_geosam = peak_rss_mib()
+    print(f"{len(chips)} chips of {args.chip_size} px, grids {args.grids}, dtypes {dtypes} (auto: {headline}), {cpu_name()}")
 
-    # every timed variant, interleaved chip by chip
-    runners: dict = {"encoder_only": encoder_runner(bundle), "encoder_only_stock_float32": encoder_runner(stock32)}
-    gens = {}
-    for name, b in bundles.items():
-        runners[name], gens[name] = geosam_runner(b, args, args.box_nms_thresh)
-    if not args.skip_pipeline:
+    # FLOPs of one encode per path, and segment-anything's embedding beside geosam's stock one
+    pv = preprocess(bundle, [chips[0].image])[0]
+    enc_flops = {d: count_flops(lambda d=d: encode(bundles[d], pv)) for d in dtypes}
+    enc_flops_model = count_flops(lambda: encode(stock32, pv))
+    refs = not args.skip_references
+    if refs:
+        _, sa_note = import_segment_anything()
+        sam = build_segment_anything(model)
+        with torch.inference_mode():
+            emb_sa = sam.image_encoder(pv)
+        emb_hf = encode(stock32, pv)
+        emb_diff = float((emb_sa - emb_hf).abs().max() / emb_hf.abs().max())
+
+    # warm-up: each path once (one-time costs out of the timings)
+    enc_runners = {f"encoder_{d}": encoder_runner(bundles[d]) for d in dtypes}
+    enc_runners["encoder_stock_float32"] = encoder_runner(stock32)
+    for run in enc_runners.values():
+        run(chips[0])
+    for d in dtypes:
+        geosam_runner(bundles[d], args, 4, args.box_nms_thresh)[0](chips[0])
+    rss_geosam = peak_rss_mib()
+    if refs:
         from transformers import pipeline
 
         nms_note = _nms_patch()
         pipe = pipeline("mask-generation", model=bundle.model, image_processor=SamImageProcessorPil(), device=device)
-        runners["pipeline"] = pipeline_runner(pipe, args, args.box_nms_thresh)
-        pipeline_runner(pipe, argparse.Namespace(**{**vars(args), "points_per_side": 2}), args.box_nms_thresh)(chips[0])
-    seconds, masks = interleaved(runners, chips)
-    for name, sec in seconds.items():
-        print(f"{name}: {sec:.1f} s")
+        pipeline_runner(pipe, args, 2, args.box_nms_thresh)(chips[0])
+        sam_amg_runner(sam, args, 2, args.box_nms_thresh)(chips[0])
 
-    # torch.compile, after everything else (compiling must not touch the runs above): on a copy of the model,
-    # its compiling first chip timed apart, then interleaved with the eager headline run for their ratio
-    compile_warm = None
-    if not args.no_compile:
-        import copy
+    # (d) encoders, each chip after a matmul-throughput measurement in every dtype
+    peaks: dict[str, list[float]] = {d: [] for d in dtypes}
+    enc_s = {name: 0.0 for name in enc_runners}
+    for chip in chips:
+        for d in dtypes:
+            peaks[d].append(matmul_flops_per_s(getattr(torch, d))["flops_per_s"])
+        for name, run in enc_runners.items():
+            t0 = time.perf_counter()
+            run(chip)
+            enc_s[name] += time.perf_counter() - t0
+    for d in dtypes:  # and once more after them
+        peaks[d].append(matmul_flops_per_s(getattr(torch, d))["flops_per_s"])
+    peak = {d: float(np.median(v)) for d, v in peaks.items()}
+    print("encoders:", {k: round(v, 2) for k, v in enc_s.items()}, "matmul GFLOP/s:", {d: round(v / 1e9) for d, v in peak.items()})
 
-        cb = compile_bundle(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)))
-        run_compiled, gens["compiled"] = geosam_runner(cb, args, args.box_nms_thresh)
-        t0 = time.perf_counter()
-        run_compiled(chips[0])  # compiles
-        compile_warm = time.perf_counter() - t0
-        gens["compiled"].reset_timings()
-        pair_s, pair_masks = interleaved({"eager": geosam_runner(bundle, args, args.box_nms_thresh)[0], "compiled": run_compiled}, chips)
-        masks["compiled"] = pair_masks["compiled"]
-        print(f"compiled: warm-up {compile_warm:.1f} s, then {pair_s['compiled']:.1f} s vs eager {pair_s['eager']:.1f} s")
+    # (a)-(c) per grid: timed with the given thresholds, then without NMS (agreement, FLOPs)
+    grids: dict[str, dict] = {}
+    for grid in args.grids:
+        single = grid in args.single_pass  # one pass, timed without NMS (see --single-pass)
+        nms_timed = 1.0 if single else args.box_nms_thresh
+        runners: dict = {}
+        gens = {}
+        for d in dtypes:
+            runners[f"geosam_{d}"], gens[d] = geosam_runner(bundles[d], args, grid, nms_timed)
+        if refs:
+            runners["pipeline"] = pipeline_runner(pipe, args, grid, nms_timed)
+            runners["sam_amg"] = sam_amg_runner(sam, args, grid, nms_timed)
+        seconds, masks = interleaved(runners, chips)
+        print(f"grid {grid}:", {k: round(v, 1) for k, v in seconds.items()})
+        flops: dict[str, list[int]] = {d: [] for d in dtypes}
+        all_runners = {f"geosam_{d}": counted(geosam_runner(bundles[d], args, grid, 1.0)[0], flops[d]) for d in dtypes}
+        if refs and not single:
+            all_runners["pipeline"] = pipeline_runner(pipe, args, grid, 1.0)
+            all_runners["sam_amg"] = sam_amg_runner(sam, args, grid, 1.0)
+        _, masks_all = interleaved(all_runners, chips)
+        if single:  # the timed pass was the NMS-free one
+            masks_all = {**masks_all, **masks}
 
-    # agreement without NMS: every mask that passes the filters (hundreds), geosam vs pipeline
-    all_runners = {name: geosam_runner(b, args, 1.0)[0] for name, b in bundles.items()}
-    if not args.skip_pipeline:
-        all_runners["pipeline"] = pipeline_runner(pipe, args, 1.0)
-    _, masks_all = interleaved(all_runners, chips)
+        g: dict = {"seconds": {k: round(v, 3) for k, v in seconds.items()},
+                   "timed_box_nms_thresh": nms_timed}
+        for d in dtypes:
+            st = gens[d].timings_s
+            dec_flops = sum(flops[d]) - enc_flops[d] * len(chips)
+            g[d] = {
+                "geosam_s": round(seconds[f"geosam_{d}"], 3),
+                "stage_s": {k: round(v, 3) for k, v in st.items()},
+                "overhead_ratio": round(seconds[f"geosam_{d}"] / max(1e-9, st.get("encode", 0.0) + st.get("decode", 0.0)), 3),
+                "decoder_gflop": round(dec_flops / 1e9, 2),
+                "decoder_fraction_of_peak": round(dec_flops / max(1e-9, st.get("decode", 0.0)) / peak["float32"], 3),
+                "masks": [len(m) for m in masks[f"geosam_{d}"]],
+                "masks_without_nms": [len(m) for m in masks_all[f"geosam_{d}"]],
+            }
+            if refs:
+                g[d]["speedup_vs_pipeline"] = round(seconds["pipeline"] / seconds[f"geosam_{d}"], 3)
+                g[d]["speedup_vs_sam_amg"] = round(seconds["sam_amg"] / seconds[f"geosam_{d}"], 3)
+                for ref in ("pipeline", "sam_amg"):
+                    g[d][f"agreement_vs_{ref}"] = agreement_parts(
+                        masks[f"geosam_{d}"], masks[ref], masks_all[f"geosam_{d}"], masks_all[ref], single
+                    )
+        if refs:
+            g["sam_amg_vs_pipeline"] = agreement_parts(masks["sam_amg"], masks["pipeline"], masks_all["sam_amg"],
+                                                       masks_all["pipeline"], single)
+            g["reference_masks"] = {r: [len(m) for m in masks[r]] for r in ("pipeline", "sam_amg")}
+            g["reference_masks_without_nms"] = {r: [len(m) for m in masks_all[r]] for r in ("pipeline", "sam_amg")}
+        grids[f"{grid}x{grid}"] = g
+        partial = Path(args.out).with_suffix(".partial.json")  # what is known so far, should a later step fail
+        partial.write_text(json.dumps({"encoder_s": enc_s, "peaks": peaks, "enc_flops": enc_flops, "grids": grids},
+                                      indent=1, default=str) + "\n")
 
-    head = gens["headline"]
-    st = head.timings_s
+    def per(key: str, d: str) -> dict:
+        return {name: g[d][key] for name, g in grids.items() if key in g[d]}
+
+    def agree(d: str, ref: str) -> dict:
+        return {name: g[d][f"agreement_vs_{ref}"]["pooled"]["mask_agreement"] for name, g in grids.items()
+                if f"agreement_vs_{ref}" in g[d]}
+
     result: dict = {
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "cpu": cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "platform": platform.platform(),
-        "settings": settings,
-        "geosam_s": round(seconds["headline"], 3),
-        "encoder_only_s": round(seconds["encoder_only"], 3),
-        "encoder_only_stock_float32_s": round(seconds["encoder_only_stock_float32"], 3),
-        "encode_s": round(st.get("encode", 0.0), 3),
-        "decoder_s": round(st.get("decode", 0.0), 3),
-        "overhead_ratio": round(seconds["headline"] / max(1e-9, st.get("encode", 0.0) + st.get("decode", 0.0)), 3),
-        "geosam_stage_s": {k: round(v, 3) for k, v in st.items()},
-        "geosam_masks": [len(m) for m in masks["headline"]],
-        "geosam_masks_without_nms": [len(m) for m in masks_all["headline"]],
+        "note": "shared machine: 2 cores, other jobs running; absolute times inflated and noisy, ratios of the "
+        "interleaved variants hold",
+        "settings": {
+            "scene": "data/banepa_predict.tif", "chips": len(chips), "chip_size_px": args.chip_size,
+            "grids": args.grids, "points_per_batch_geosam": args.points_per_batch, "points_per_batch_references": 64,
+            "pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh,
+            "box_nms_thresh": args.box_nms_thresh, "agreement_run_box_nms_thresh": 1.0, "dtypes": dtypes,
+            "single_pass_grids_timed_without_nms": args.single_pass,
+            "model": f"random ViT-B SamConfig (encoder layers {args.encoder_layers}), sanity settings in bench_amg.py",
+        },
+        "dtype_auto": {"resolves_to": str(resolve_dtype("auto", device)).replace("torch.", ""),
+                       "cpu_native_bf16": cpu_has_native_bf16()},
+        "matmul_peak_gflop_per_s": {d: round(v / 1e9, 1) for d, v in peak.items()},
+        "matmul_measurements_gflop_per_s": {d: [round(x / 1e9, 1) for x in v] for d, v in peaks.items()},
+        "encoder_gflop_per_chip": {**{d: round(v / 1e9, 1) for d, v in enc_flops.items()},
+                                   "stock_model": round(enc_flops_model / 1e9, 1)},
+        "encoder_s": {k: round(v, 3) for k, v in enc_s.items()},
+        "encoder_fraction_of_peak": {
+            d: round(enc_flops[d] * len(chips) / enc_s[f"encoder_{d}"] / peak[d], 3) for d in dtypes},
+        "encoder_fraction_of_peak_model_flops": {
+            d: round(enc_flops_model * len(chips) / enc_s[f"encoder_{d}"] / peak[d], 3) for d in dtypes},
+        "encoder_stock_float32_fraction_of_peak": round(
+            enc_flops_model * len(chips) / enc_s["encoder_stock_float32"] / peak["float32"], 3),
+        "encoder_speedup_vs_stock_float32": {d: round(enc_s["encoder_stock_float32"] / enc_s[f"encoder_{d}"], 3)
+                                             for d in dtypes},
+        "decoder_fraction_of_peak": {d: per("decoder_fraction_of_peak", d) for d in dtypes},
+        "overhead_ratio": {d: per("overhead_ratio", d) for d in dtypes},
         "peak_rss_mib": round(rss_geosam, 1),
+        "grids": grids,
     }
-    if "float32" in bundles:
-        result["geosam_float32_s"] = round(seconds["float32"], 3)
-        result["geosam_float32_stage_s"] = {k: round(v, 3) for k, v in gens["float32"].timings_s.items()}
-    if compile_warm is not None:
-        result["compile_warmup_s"] = round(compile_warm, 3)
-        result["geosam_compiled_s"] = round(pair_s["compiled"], 3)
-        result["geosam_eager_beside_compiled_s"] = round(pair_s["eager"], 3)
-        result["compiled_speedup_vs_eager"] = round(pair_s["eager"] / pair_s["compiled"], 3)
-        result["geosam_compiled_stage_s"] = {k: round(v, 3) for k, v in gens["compiled"].timings_s.items()}
-        result["agreement_compiled_vs_headline"] = compare(masks["compiled"], masks["headline"])
-    if not args.skip_pipeline:
-        agree = {}
-        for name in bundles:
-            parts = {
-                "default_thresholds": compare(masks[name], masks["pipeline"]),
-                "without_nms": compare(masks_all[name], masks_all["pipeline"]),
-            }
-            keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
-            parts["pooled"] = summarise(*(sum(p[k] for p in parts.values()) for k in keys))
-            agree[name] = parts
-        pipeline_s = seconds["pipeline"]
-        result.update(
-            {
-                "pipeline_nms": nms_note,
-                "pipeline_s": round(pipeline_s, 3),
-                "speedup_vs_pipeline": round(pipeline_s / seconds["headline"], 3),
-                "mask_agreement": agree["headline"]["pooled"]["mask_agreement"],
-                "agreement": agree,
-                "pipeline_masks": [len(m) for m in masks["pipeline"]],
-                "pipeline_masks_without_nms": [len(m) for m in masks_all["pipeline"]],
-                "peak_rss_mib_after_pipeline": round(peak_rss_mib(), 1),
-            }
-        )
-        if "float32" in bundles:
-            result["speedup_vs_pipeline_float32"] = round(pipeline_s / seconds["float32"], 3)
-            result["mask_agreement_float32"] = agree["float32"]["pooled"]["mask_agreement"]
-        if compile_warm is not None:  # the pipeline ratio carried over through the eager run timed beside it
-            result["speedup_vs_pipeline_compiled"] = round(
-                pipeline_s / seconds["headline"] * result["compiled_speedup_vs_eager"], 3
-            )
+    if refs:
+        for d in dtypes:
+            result[f"speedup_vs_pipeline_{d}"] = per("speedup_vs_pipeline", d)
+            result[f"speedup_vs_sam_amg_{d}"] = per("speedup_vs_sam_amg", d)
+            result[f"mask_agreement_{d}"] = {"vs_pipeline": agree(d, "pipeline"), "vs_sam_amg": agree(d, "sam_amg")}
+        result["speedup_vs_pipeline"] = result[f"speedup_vs_pipeline_{headline}"]
+        result["sam_amg_agreement_vs_pipeline"] = {n: g["sam_amg_vs_pipeline"]["pooled"]["mask_agreement"]
+                                                   for n, g in grids.items()}
+        result["sam_amg_embedding_max_rel_diff"] = emb_diff
+        result["pipeline_nms"] = nms_note
+        result["sam_amg_torchvision"] = sa_note
+        result["peak_rss_mib_after_references"] = round(peak_rss_mib(), 1)
+        if "bfloat16" in dtypes:
+            result["dtype_auto"]["bf16_mask_agreement_min"] = min(
+                min(agree("bfloat16", "pipeline").values()), min(agree("bfloat16", "sam_amg").values()))
+    if "bfloat16" in dtypes:
+        result["dtype_auto"]["bf16_speedup_vs_float32"] = {
+            n: round(g["float32"]["geosam_s"] / g["bfloat16"]["geosam_s"], 3) for n, g in grids.items()}
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    rows = [
-        (f"geosam end to end, {settings['geosam_dtype']} (s)", result["geosam_s"]),
-        ("  encode / decode (s)", f"{result['encode_s']} / {result['decoder_s']}"),
-        ("geosam end to end, float32 (s)", result.get("geosam_float32_s", "-")),
-        ("geosam + torch.compile (s)", f"{result.get('geosam_compiled_s', '-')} (+ {result.get('compile_warmup_s', '-')} warm-up)"),
-        ("compiled vs eager (interleaved)", result.get("compiled_speedup_vs_eager", "-")),
-        ("speedup vs pipeline, compiled", result.get("speedup_vs_pipeline_compiled", "-")),
-        ("encoder only, geosam / stock fp32 (s)", f"{result['encoder_only_s']} / {result['encoder_only_stock_float32_s']}"),
-        ("pipeline, float32 (s)", result.get("pipeline_s", "-")),
-        ("speedup vs pipeline", result.get("speedup_vs_pipeline", "-")),
-        ("speedup vs pipeline, float32", result.get("speedup_vs_pipeline_float32", "-")),
-        ("mask agreement (pooled)", result.get("mask_agreement", "-")),
-        ("  default thresholds", result.get("agreement", {}).get("headline", {}).get("default_thresholds", {}).get("mask_agreement", "-")),
-        ("  without NMS", result.get("agreement", {}).get("headline", {}).get("without_nms", {}).get("mask_agreement", "-")),
-        ("mask agreement, float32", result.get("mask_agreement_float32", "-")),
-        ("masks geosam / pipeline", f"{sum(result['geosam_masks'])} / {sum(result.get('pipeline_masks', [0]))}"),
-        ("  without NMS", f"{sum(result['geosam_masks_without_nms'])} / {sum(result.get('pipeline_masks_without_nms', [0]))}"),
-        ("overhead ratio", result["overhead_ratio"]),
-        ("peak RSS (MiB)", result["peak_rss_mib"]),
-    ]
-    width = max(len(r[0]) for r in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
+    for key in ("matmul_peak_gflop_per_s", "encoder_s", "encoder_fraction_of_peak", "encoder_fraction_of_peak_model_flops",
+                "decoder_fraction_of_peak", "overhead_ratio", "speedup_vs_pipeline_float32", "speedup_vs_sam_amg_float32",
+                "speedup_vs_pipeline_bfloat16", "speedup_vs_sam_amg_bfloat16", "mask_agreement_float32",
+                "mask_agreement_bfloat16", "sam_amg_agreement_vs_pipeline", "dtype_auto"):
+        if key in result:
+            print(f"{key}: {result[key]}")
     print(f"wrote {out}")
 
 

@@ -14,7 +14,7 @@ default ``pred_iou_thresh``/``stability_score_thresh`` drop them all: this
 measures how much decoding the prefilter saves, not mask quality (the tests
 check with an oracle that no vegetated object is lost).
 
-Decoder time is the wall time spent in :func:`geosam.models.decode_points`
+Decoder time is the wall time spent in `geosam.models.decode_points`
 (wrapped; CUDA synchronised), prompts decoded come from the generator's
 ``last_stats['points_decoded']`` per chip. Results go to
 ``benchmarks/results/prefilter.json``.

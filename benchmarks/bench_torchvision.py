@@ -10,17 +10,17 @@ changes, in one run, with each venv's own python in subprocesses:
    ``torch==2.14.1 torchvision==0.29.1`` + the same; wall time and ``du`` size of each (removed afterwards).
    Without ``--install-dir`` only the sizes of the two given venvs and of their torch packages are recorded.
 2. **speed** per 1024 px chip of ``data/banepa_predict.tif``, the same saved weights in both venvs:
-   ``text``: text mode's per-chip generator (:class:`geosam.segment.text.TextMaskGenerator`, two phrases) on a
+   ``text``: text mode's per-chip generator (`geosam.segment.text.TextMaskGenerator`, two phrases) on a
    tiny random ``Sam3Config`` (``tests/_tiny_families.tiny_sam3_config``, 1008 px input like SAM 3);
-   ``sam_tiny``: segment-everything (:class:`geosam.segment.SamMaskGenerator`, ``--points-per-side``) on the tiny
+   ``sam_tiny``: segment-everything (`geosam.segment.SamMaskGenerator`, ``--points-per-side``) on the tiny
    random ``SamConfig`` of ``tests/_tiny_sam.py``; ``vitb_encode``: geosam's preprocess + image encoder on a
    random ViT-B ``SamConfig`` (SAM's real encoder size: where the torch version's kernels matter).
    Runs alternate between the venvs (a, b, b, a, ...), each a fresh process: one warm-up chip, then
    ``--reps`` timed chips per workload. The outputs of the two torch versions are compared (max abs diff).
 3. **import and load**: ``import geosam``, then ``geosam.models`` (torch + transformers), then loading each
-   checkpoint with :func:`geosam.models.load_model`, in every fresh process (file cache warm after run 1).
+   checkpoint with `geosam.models.load_model`, in every fresh process (file cache warm after run 1).
 4. **processor** (option b's venv only): geosam's SAM 3 preprocessing
-   (:func:`geosam.models.runtime.preprocess`) vs transformers' ``Sam3Processor`` (needs torchvision) on the
+   (`geosam.models.runtime.preprocess`) vs transformers' ``Sam3Processor`` (needs torchvision) on the
    same chip: time and max abs difference of ``pixel_values``; and the whole transformers route per chip
    (``Sam3Processor`` + ``Sam3Model`` forward + ``post_process_instance_segmentation``, one image per phrase as
    its API takes them) next to geosam's generator.

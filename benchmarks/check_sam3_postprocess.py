@@ -1,7 +1,7 @@
 """geosam's SAM 3 post-processing and preprocessing against transformers' own ``Sam3Processor`` (one check).
 
-geosam re-implements ``Sam3Processor.post_process_instance_segmentation`` (:func:`geosam.models.sam3.instances`)
-and SAM 3's preprocessing (:func:`geosam.models.runtime.preprocess`) because the processor imports
+geosam re-implements ``Sam3Processor.post_process_instance_segmentation`` (`geosam.models.sam3.instances`)
+and SAM 3's preprocessing (`geosam.models.runtime.preprocess`) because the processor imports
 torchvision. Run this with a Python that has torchvision and geosam's runtime dependencies, from the
 repository root so that this checkout's geosam is imported, e.g.::
 

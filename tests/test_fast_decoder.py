@@ -131,3 +131,19 @@ def test_fast_decoder_forced_under_bf16_gives_float32_results(sam_size) -> None:
     forced = dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=True)
     stock32 = dataclasses.replace(bundle, fast_decoder=False)
     _close(gm.decode_points(forced, emb.bfloat16(), pts), gm.decode_points(stock32, emb.bfloat16().float(), pts))
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_iou_floor_skips_prompts_without_a_mask_above_it(sam_size, fast_path: bool) -> None:
+    """Prompts none of whose masks has IoU above the floor come back -inf; the others exactly as without a floor."""
+    bundle, emb = sam_size
+    b = dataclasses.replace(bundle, fast_decoder=fast_path)
+    pts = torch.rand((12, 2), generator=torch.Generator().manual_seed(9)) * bundle.input_size
+    full, iou = gm.decode_points(b, emb, pts)
+    floor = float(iou.max(dim=1).values.median())  # about half the prompts have a mask above it
+    low, iou2 = gm.decode_points(b, emb, pts, iou_floor=floor)
+    assert torch.equal(iou, iou2)
+    above = (iou > floor).any(dim=1)
+    assert 0 < int(above.sum()) < len(pts)
+    assert torch.equal(low[above], full[above])
+    assert bool(torch.isneginf(low[~above]).all())

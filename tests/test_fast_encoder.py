@@ -64,6 +64,27 @@ def test_float32_equals_stock(vit_and_pixels) -> None:
         assert _rel(no_rel.get_image_embeddings(pixels), stock) > 1e-2
 
 
+def test_float32_one_head_at_a_time_equals_stock(vit_and_pixels, monkeypatch) -> None:
+    """The global layers' path (one head, a block of queries at a time), forced on every layer of the small ViT,
+    with blocks that do not divide the token count."""
+    from geosam.models import fast_encoder
+
+    model, pixels = vit_and_pixels
+    monkeypatch.setattr(fast_encoder, "PER_HEAD_MIN_TOKENS", 0)
+    monkeypatch.setattr(fast_encoder, "QUERY_CHUNK", 100)
+    with torch.no_grad():
+        stock = model.get_image_embeddings(pixels)
+    assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5
+
+
+def test_float32_without_onednn_equals_stock(vit_and_pixels, monkeypatch) -> None:
+    model, pixels = vit_and_pixels
+    monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "0")
+    with torch.no_grad():
+        stock = model.get_image_embeddings(pixels)
+    assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5
+
+
 def test_without_relative_positions_equals_stock() -> None:
     model = _vit(use_rel_pos=False, seed=7)
     pixels = torch.randn((1, 3, 256, 256), generator=torch.Generator().manual_seed(8))
@@ -87,7 +108,8 @@ def test_encode_dispatch(vit_and_pixels) -> None:
     model, pixels = vit_and_pixels
     bundle = gm.SamBundle(model=model, processor=None, device=torch.device("cpu"), dtype=torch.float32, name="vit")
     assert bundle.fast_encoder is None
-    assert not use_fast_encoder(bundle)  # float32: the stock forward is faster
+    assert use_fast_encoder(bundle)  # on the CPU in float32 too (explicit attention, oneDNN products)
+    assert not use_fast_encoder(dataclasses.replace(bundle, device=torch.device("meta")))  # off elsewhere by default
     bf16 = dataclasses.replace(bundle, dtype=torch.bfloat16)
     assert use_fast_encoder(bf16)
     assert not use_fast_encoder(dataclasses.replace(bf16, fast_encoder=False))
@@ -96,8 +118,9 @@ def test_encode_dispatch(vit_and_pixels) -> None:
     assert not use_fast_encoder(dataclasses.replace(bf16, model=torch.nn.Linear(2, 2)))
     # encode() takes the fast path under bf16 and gives its result
     assert torch.equal(gm.encode(bf16, pixels), fast_image_embeddings(model, pixels, torch.bfloat16))
-    forced32 = gm.encode(dataclasses.replace(bundle, fast_encoder=True), pixels)
-    assert _rel(forced32, gm.encode(bundle, pixels)) < 1e-5
+    fast32 = gm.encode(bundle, pixels)
+    assert torch.equal(fast32, fast_image_embeddings(model, pixels, torch.float32))
+    assert _rel(fast32, gm.encode(dataclasses.replace(bundle, fast_encoder=False), pixels)) < 1e-5
 
 
 def test_fast_encoder_does_not_modify_the_model(vit_and_pixels) -> None:
@@ -134,11 +157,12 @@ def test_compile_bundle_compiles_the_paths_in_use(monkeypatch) -> None:
 
     stock_model = _vit(seed=10)
     stock = gm.SamBundle(
-        model=stock_model, processor=None, device=torch.device("cpu"), dtype=torch.float32, name="vit", fast_decoder=False
+        model=stock_model, processor=None, device=torch.device("cpu"), dtype=torch.float32, name="vit", fast_decoder=False,
+        fast_encoder=False,
     )
     vision, decoder = stock_model.vision_encoder, stock_model.mask_decoder
     gm.compile_bundle(stock)
-    assert compiled[1:] == [vision, decoder]  # float32: stock encoder; fast decoder off: stock decoder
+    assert compiled[1:] == [vision, decoder]  # fast paths off: the stock encoder and decoder
 
 
 def test_segment_config_compile_reaches_the_generator(monkeypatch, tiny_sam_dir: str) -> None:

@@ -94,10 +94,10 @@ class SamBundle:
         dtype - the decoder then runs in float32 (no autocast), giving the float32
         stock results; False: always the stock ``SamModel.forward``.
     fast_encoder: encode images with `geosam.models.fast_encoder.fast_image_embeddings`
-        (relative-position attention without the dense bias matrix; same math, faster
-        under bf16 autocast on a CPU with AMX). None (default): on the CPU under
-        autocast; True: whenever the encoder has transformers' SAM ViT layout (any
-        device; float32 too, where it is slower); False: always the stock
+        (relative-position attention without the dense bias matrix, float32 products
+        through oneDNN; same math, faster on the CPU in float32 and bf16). None
+        (default): on the CPU, any dtype; True: whenever the encoder has
+        transformers' SAM ViT layout (any device); False: always the stock
         ``get_image_embeddings``.
     """
 

@@ -32,11 +32,11 @@ def _fast_path(choice: bool | None, default_on: bool, supported: Callable[[], bo
 def use_fast_encoder(bundle: SamBundle) -> bool:
     """Whether ``encode`` takes `geosam.models.fast_encoder.fast_image_embeddings` (``SamBundle.fast_encoder``).
 
-    Default (None): on the CPU under autocast (dtype not float32).
+    Default (None): on the CPU, in every dtype (float32 through its explicit attention and oneDNN products).
     """
     from geosam.models.fast_encoder import fast_encoder_supported
 
-    default_on = bundle.device.type == "cpu" and bundle.dtype != torch.float32
+    default_on = bundle.device.type == "cpu"
     return _fast_path(getattr(bundle, "fast_encoder", None), default_on, lambda: fast_encoder_supported(bundle.model))
 
 

@@ -1,17 +1,38 @@
 """Which torch device and compute dtype a model runs on.
 
 ``"auto"`` choices depend on the machine: CUDA, then MPS, then the CPU; float16
-on CUDA, bfloat16 on a CPU with AMX bf16 units, float32 elsewhere.
+on CUDA; on a CPU the fastest dtype that keeps the masks: bfloat16 where the
+CPU has native bf16 (AMX, or AVX-512 BF16) and ``benchmarks/bench_amg.py``
+measured bf16 there both faster than float32 and agreeing with the float32
+references' masks (`MIN_BF16_MASK_AGREEMENT`), float32 elsewhere.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
 
 from geosam.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: bf16 is chosen by ``dtype="auto"`` only on CPUs where its masks agree this well with the float32 references.
+MIN_BF16_MASK_AGREEMENT = 0.98
+
+#: Per kind of native CPU bf16 (`cpu_bf16_kind`), what ``benchmarks/bench_amg.py`` measured for bf16
+#: against float32 (random ViT-B, 1024 px chips, 2 threads): the mask agreement with the references (pooled,
+#: lowest over the grids) and the end-to-end speedup (lowest over the grids).
+#: amx: Intel Xeon, 2 chips, 16 x 16, before the float32 fast paths of issue 24 (git history of
+#: ``benchmarks/results/latest.json``, 2026-12-02): to be re-measured there.
+#: avx512_bf16: AMD EPYC (Zen 5), 1 chip, 16 x 16 (``benchmarks/results/latest.json``): bf16 is both slower than
+#: the float32 path (oneDNN products) and below the agreement bar, so ``auto`` stays float32 there.
+BF16_MEASURED: dict[str, dict[str, float]] = {
+    "amx": {"mask_agreement": 0.984, "speedup_vs_float32": 1.69},
+    "avx512_bf16": {"mask_agreement": 0.976, "speedup_vs_float32": 0.89},
+}
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 _DTYPES: dict[str, torch.dtype] = {
@@ -73,8 +94,9 @@ def _mps_available() -> bool:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype:
     """The compute dtype for ``"auto" | "float32" | "bfloat16" | "float16"``.
 
-    ``"auto"`` is float16 on CUDA, bfloat16 on a CPU with AMX bf16 units
-    (`cpu_has_amx`) and float32 elsewhere. Weights stay float32; a lower
+    ``"auto"`` is float16 on CUDA; on a CPU, bfloat16 where `cpu_prefers_bf16`
+    (native bf16 measured faster than float32 with the same masks), else float32 (the
+    choice is logged); float32 elsewhere. Weights stay float32; a lower
     precision is applied with autocast. Pass ``"float32"`` for full precision.
     """
     if isinstance(dtype, torch.dtype):
@@ -86,35 +108,72 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch
         kind = torch.device(device).type
         if kind == "cuda":
             return torch.float16
-        if kind == "cpu" and cpu_has_amx():
-            return torch.bfloat16
+        if kind == "cpu":
+            return torch.bfloat16 if cpu_prefers_bf16() else torch.float32
         return torch.float32
     if name not in _DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}: use one of auto, float32, bfloat16, float16")
     return _DTYPES[name]
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 units (``amx_bf16`` in /proc/cpuinfo), where bf16 autocast pays.
+def cpu_prefers_bf16() -> bool:
+    """Whether ``dtype="auto"`` runs bf16 on this CPU: native bf16 (`cpu_bf16_kind`) for which
+    `BF16_MEASURED` has bf16 faster than float32 with masks agreeing at least `MIN_BF16_MASK_AGREEMENT`.
+    The choice and its reason are logged (INFO) once per process."""
+    kind = cpu_bf16_kind()
+    measured = BF16_MEASURED.get(kind or "", {})
+    agree, speedup = measured.get("mask_agreement", 0.0), measured.get("speedup_vs_float32", 0.0)
+    choice = kind is not None and agree >= MIN_BF16_MASK_AGREEMENT and speedup > 1.0
+    _log_choice(kind, agree, speedup, choice)
+    return choice
 
-    The environment variable ``GEOSAM_CPU_AMX=0`` (or ``1``) overrides the check.
+
+@functools.lru_cache(maxsize=8)
+def _log_choice(kind: str | None, agree: float, speedup: float, choice: bool) -> None:
+    if kind is None:
+        log.info('dtype="auto" on the CPU: float32 (no native bf16: neither AMX nor AVX-512 BF16)')
+    else:
+        log.info('dtype="auto" on the CPU: %s (native bf16: %s; measured bf16 mask agreement %.3f, needed %.2f; '
+                 "bf16 speedup over float32 %.2fx)", "bfloat16" if choice else "float32", kind, agree,
+                 MIN_BF16_MASK_AGREEMENT, speedup)
+
+
+def cpu_bf16_kind() -> str | None:
+    """This CPU's native bf16: ``"amx"`` (``amx_bf16`` in /proc/cpuinfo), ``"avx512_bf16"``, or None.
+
+    ``GEOSAM_CPU_BF16`` (``amx``, ``avx512_bf16`` or ``none``) overrides the check, as does the older
+    ``GEOSAM_CPU_AMX`` (``1``: amx, ``0``: none).
     """
-    env = os.environ.get("GEOSAM_CPU_AMX", "").strip().lower()
-    if env in ("0", "1", "false", "true", "no", "yes"):
-        return env in ("1", "true", "yes")
-    return _cpuinfo_has_amx()
+    env = os.environ.get("GEOSAM_CPU_BF16", "").strip().lower()
+    if env in ("amx", "avx512_bf16"):
+        return env
+    if env in ("none", "0", "no", "false"):
+        return None
+    amx = os.environ.get("GEOSAM_CPU_AMX", "").strip().lower()
+    if amx in ("0", "1", "false", "true", "no", "yes"):
+        return "amx" if amx in ("1", "true", "yes") else None
+    flags = _cpuinfo_flags()
+    if "amx_bf16" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else None
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 units (`cpu_bf16_kind` is ``"amx"``; ``GEOSAM_CPU_AMX=0``/``1`` overrides)."""
+    return cpu_bf16_kind() == "amx"
 
 
 @functools.lru_cache(maxsize=1)
-def _cpuinfo_has_amx() -> bool:
+def _cpuinfo_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                    return frozenset(line.split())
     except OSError:
         pass
-    return False
+    return frozenset()
 
 
-__all__ = ["cpu_has_amx", "resolve_device", "resolve_dtype"]
+__all__ = ["BF16_MEASURED", "MIN_BF16_MASK_AGREEMENT", "cpu_bf16_kind", "cpu_has_amx", "cpu_prefers_bf16",
+           "resolve_device", "resolve_dtype"]

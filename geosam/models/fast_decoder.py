@@ -21,9 +21,14 @@ multiplications touch the h*w positions:
   encoding) is the same for every prompt when the dense embedding is shared
   (no mask input): it is used once, without ``repeat``, in single large matmuls;
 * the output upscaling (two 2x2 stride-2 transposed convolutions) runs as
-  channels-last matmuls, one prompt at a time through reused buffers on the CPU
-  (in-place GELU), and only the requested mask tokens are multiplied out; the
-  pixel shuffle is done once on the K output masks.
+  channels-last matmuls (float32 on the CPU through oneDNN,
+  `geosam.models.cpu_gemm.linear`, the second GELU fused), one prompt at
+  a time on the CPU, and only the requested mask tokens are multiplied out;
+  the pixel shuffle is done once on the K output masks;
+* with ``iou_floor`` (segment-everything's ``pred_iou_thresh``), prompts none
+  of whose masks has a predicted IoU above it are not upscaled at all (the
+  predicted IoU needs only the transformer): their logits are ``-inf``. They
+  would be dropped by the IoU filter anyway, so the kept masks are the same.
 
 Same math as the stock decoder; float32 results agree to rounding (~1e-5
 relative). ``attention_similarity`` / ``target_embedding`` (PerSAM) are not
@@ -36,6 +41,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from geosam.models.cpu_gemm import linear
 
 __all__ = ["fast_decode", "fast_decoder_supported", "image_positional_embeddings"]
 
@@ -169,6 +176,7 @@ def fast_decode(
     dense_embeddings: torch.Tensor,
     multimask: bool,
     image_pe: torch.Tensor | None = None,
+    iou_floor: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's mask decoder for N prompts on one image, same results as ``model.mask_decoder``.
 
@@ -178,7 +186,9 @@ def fast_decode(
     encoding (computed from the model when None).
 
     Returns ``(low_res_masks (N, K, 4h, 4w), iou (N, K))``, K = 3 with
-    ``multimask`` else 1 (``num_multimask_outputs`` in general).
+    ``multimask`` else 1 (``num_multimask_outputs`` in general). With
+    ``iou_floor``, the masks of prompts whose every returned IoU is at or below
+    it are ``-inf`` (not computed).
     """
     dec = _unwrap(model.mask_decoder)
     tr = dec.transformer
@@ -241,9 +251,10 @@ def fast_decode(
 
     if keys.shape[0] != n:  # no transformer layer ran: still one embedding per prompt
         keys = keys.expand(n, -1, -1)
-    masks = _upscale_and_predict(dec, keys.reshape(n, hh, ww, c), hyper)
     iou = dec.iou_prediction_head(iou_token_out)
     iou = iou[:, 1:] if multimask else iou[:, 0:1]
+    rows = None if iou_floor is None else (iou > iou_floor).any(dim=1).nonzero()[:, 0].tolist()
+    masks = _upscale_and_predict(dec, keys.reshape(n, hh, ww, c), hyper, rows=rows)
     return masks, iou
 
 
@@ -254,13 +265,16 @@ def _activation_(act: Any, x: torch.Tensor) -> torch.Tensor:
     return act(x)
 
 
-def _upscale_and_predict(dec: Any, x: torch.Tensor, hyper: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def _upscale_and_predict(
+    dec: Any, x: torch.Tensor, hyper: torch.Tensor, chunk: int | None = None, rows: list[int] | None = None
+) -> torch.Tensor:
     """upscale_conv1 -> LN -> GELU -> upscale_conv2 -> GELU, then hyper @ features, channels-last.
 
     x: (N, h, w, C) channels-last embedding; hyper: (N, K, C8). Returns (N, K, 4h, 4w).
-    ``chunk`` prompts at a time (default: 1 on the CPU, all elsewhere) through
-    reused buffers: on a CPU the (16 h w, C8) features of a prompt stay in cache
-    between the matmuls and the activations.
+    ``chunk`` prompts at a time (default: 1 on the CPU, all elsewhere): on a CPU
+    the (16 h w, C8) features of a prompt stay in cache between the matmuls and
+    the activations. ``rows``: only these prompts are computed, the others'
+    masks are ``-inf`` (default: all).
     """
     n, hh, ww, c = x.shape
     conv1, conv2 = dec.upscale_conv1, dec.upscale_conv2
@@ -268,27 +282,29 @@ def _upscale_and_predict(dec: Any, x: torch.Tensor, hyper: torch.Tensor, chunk: 
     c8 = conv2.out_channels
     k = hyper.shape[1]
     # ConvTranspose2d(k=2, s=2) weight (in, out, a, b): out[o, 2i+a, 2j+b] = sum_c x[c, i, j] W[c, o, a, b] + bias[o]
-    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c4)  # columns (a, b, o)
+    # as linear weights (out features, in features): rows (a, b, o) resp. (a2, b2, o2)
+    w1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c4, c).contiguous()
     b1 = conv1.bias.repeat(4)
-    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c4, 4 * c8)  # columns (a2, b2, o2)
+    w2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c8, c4).contiguous()
     b2 = conv2.bias.repeat(4)
     ln = dec.upscale_layer_norm
     dtype = torch.promote_types(x.dtype, w1.dtype)
-    opts: dict[str, Any] = {"dtype": dtype, "device": x.device}
-    cs = max(1, min(n, chunk if chunk is not None else (1 if x.device.type == "cpu" else n)))
-    y = torch.empty(cs * hh * ww, 4 * c4, **opts)
-    z = torch.empty(cs * hh * ww * 4, 4 * c8, **opts)
-    mk = torch.empty(cs, hh * ww * 16, k, **opts)
-    out = torch.empty(n, k, 4 * hh, 4 * ww, **opts)
+    exact_gelu = isinstance(dec.activation, torch.nn.GELU) and dec.activation.approximate == "none"
+    todo = list(range(n)) if rows is None else list(rows)
+    out = torch.empty(n, k, 4 * hh, 4 * ww, dtype=dtype, device=x.device)
+    if len(todo) < n:
+        out.fill_(float("-inf"))
     hyper_t = hyper.transpose(1, 2).to(dtype)  # (N, C8, K)
-    for s in range(0, n, cs):
-        m = min(cs, n - s)
-        yb, zb, mb = y[: m * hh * ww], z[: m * hh * ww * 4], mk[:m]
-        torch.addmm(b1, x[s : s + m].reshape(m * hh * ww, c), w1, out=yb)
-        yn = F.layer_norm(yb.view(-1, c4), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    cs = max(1, min(n, chunk if chunk is not None else (1 if x.device.type == "cpu" else n)))
+    for s in range(0, len(todo), cs):
+        idx = todo[s : s + cs]
+        m = len(idx)
+        sel = slice(idx[0], idx[0] + 1) if m == 1 else torch.tensor(idx, device=x.device)
+        y = linear(x[sel].reshape(m * hh * ww, c).to(dtype), w1, b1)
+        yn = F.layer_norm(y.view(-1, c4), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
         yn = _activation_(dec.activation, yn)
-        torch.addmm(b2, yn, w2, out=zb)
-        zz = _activation_(dec.activation, zb)  # rows (n, i, j, a, b), columns (a2, b2, o2)
-        torch.bmm(zz.view(m, -1, c8), hyper_t[s : s + m], out=mb)  # rows (i, j, a, b, a2, b2)
-        out[s : s + m] = mb.view(m, hh, ww, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(m, k, 4 * hh, 4 * ww)
+        # rows (n, i, j, a, b), columns (a2, b2, o2)
+        zz = linear(yn, w2, b2, gelu=True) if exact_gelu else _activation_(dec.activation, linear(yn, w2, b2))
+        mb = torch.bmm(zz.view(m, -1, c8), hyper_t[sel])  # rows (i, j, a, b, a2, b2)
+        out[sel] = mb.view(m, hh, ww, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(m, k, 4 * hh, 4 * ww)
     return out

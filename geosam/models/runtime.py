@@ -143,6 +143,7 @@ def _run_decoder(
     bundle: SamBundle,
     image_embeddings: torch.Tensor | MultiEmbeddings,
     multimask: bool,
+    iou_floor: float | None = None,
     **prompts: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mask decoder on model-frame prompts already shaped for ``SamModel.forward`` (batch of one image)."""
@@ -164,7 +165,8 @@ def _run_decoder(
             pe = image_positional_embeddings(model)
             step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
             parts = [
-                fast_decode(model, emb, sparse[0][s : s + step], dense if dense.shape[0] == 1 else dense[s : s + step], multimask, pe)
+                fast_decode(model, emb, sparse[0][s : s + step], dense if dense.shape[0] == 1 else dense[s : s + step],
+                            multimask, pe, iou_floor=iou_floor)
                 for s in range(0, n, step)
             ]
             masks = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
@@ -172,7 +174,10 @@ def _run_decoder(
         return masks.float(), iou.float()
     with torch.inference_mode(), _autocast(bundle):
         out = bundle.model(**decoder_kwargs(image_embeddings, bundle.device), multimask_output=multimask, **prompts)
-    return out.pred_masks[0].float(), out.iou_scores[0].float()
+    masks, iou = out.pred_masks[0].float(), out.iou_scores[0].float()
+    if iou_floor is not None:  # as the fast decoder: prompts with no mask above the floor are -inf
+        masks = torch.where((iou > iou_floor).any(dim=1)[:, None, None, None], masks, float("-inf"))
+    return masks, iou
 
 
 def decode(
@@ -182,6 +187,7 @@ def decode(
     labels: np.ndarray | torch.Tensor | None = None,
     boxes: np.ndarray | torch.Tensor | None = None,
     multimask: bool = False,
+    iou_floor: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One mask prediction per object prompted by several points and/or a box.
 
@@ -189,6 +195,10 @@ def decode(
     points: (N, P, 2) x, y in the model frame, P points per object; labels:
     (N, P) 1 = foreground (default), 0 = background. boxes: (N, 4) x0, y0, x1,
     y1 in the model frame (one per object, with or without points).
+
+    iou_floor: objects none of whose K masks has a predicted IoU above this get
+    ``-inf`` logits, and the fast decoder skips their upscaling (for callers
+    that drop such masks anyway, as segment-everything's ``pred_iou_thresh``).
 
     Returns ``(low_res_logits (N, K, 256, 256), iou_scores (N, K))`` float32 on
     ``bundle.device``, K = 3 with ``multimask`` else 1. Logits cover the padded
@@ -216,7 +226,7 @@ def decode(
         prompts["input_boxes"] = bx[None]
     if not prompts:
         raise ValueError("decode needs points, boxes or both")
-    return _run_decoder(bundle, image_embeddings, multimask, **prompts)
+    return _run_decoder(bundle, image_embeddings, multimask, iou_floor, **prompts)
 
 
 
@@ -226,11 +236,13 @@ def decode_points(
     points: np.ndarray | torch.Tensor,
     labels: np.ndarray | torch.Tensor | None = None,
     multimask: bool = True,
+    iou_floor: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One mask prediction per point prompt: `decode` with one point per object.
 
     points: (N, 2) x, y in the model frame; labels: (N,) 1 = foreground
-    (default), 0 = background. Returns as `decode` (multimask by default).
+    (default), 0 = background; iou_floor: as `decode`. Returns as
+    `decode` (multimask by default).
     """
     pts = torch.as_tensor(points, dtype=torch.float32).to(bundle.device)
     if pts.ndim != 2 or pts.shape[1] != 2:
@@ -241,7 +253,7 @@ def decode_points(
         if lab.shape[0] != pts.shape[0]:
             raise ValueError(f"{lab.shape[0]} labels for {pts.shape[0]} points")
         lab = lab[:, None]
-    return decode(bundle, image_embeddings, points=pts[:, None, :], labels=lab, multimask=multimask)
+    return decode(bundle, image_embeddings, points=pts[:, None, :], labels=lab, multimask=multimask, iou_floor=iou_floor)
 
 
 def decode_boxes(

@@ -1,0 +1,110 @@
+"""The machine's measured matmul throughput and a stage's counted FLOPs: what fraction of peak a stage reaches.
+
+* `matmul_flops_per_s`: the best of a few timed GEMMs (the ViT-B encoder's MLP and attention-projection
+  shapes and a square one) in a dtype: float32, or bfloat16 (bf16 operands, float32 accumulation, as under
+  autocast), through ``torch.mm`` or oneDNN (for float32 the two differ 2x on AMD CPUs, where MKL's float32 GEMM
+  skips AVX-512: the CPU's float32 peak is the better of the two). On a shared machine call it next to the
+  stage it is compared with: both then see the same load.
+* `count_flops`: ``torch.utils.flop_counter.FlopCounterMode`` over a call, with the CPU's fused attention
+  kernel (``aten._scaled_dot_product_flash_attention_for_cpu``, which the counter does not know) counted as
+  the counter counts the other fused attention kernels (``2 * b * h * (s_q * s_k * d_q + s_q * s_k * d_v)``),
+  and oneDNN's linear (``mkldnn._linear_pointwise``, `geosam.models.cpu_gemm.linear`) as ``2 * m * k * n``.
+  Matmuls, convolutions and attention are counted; element-wise work (layer norms, GELU, softmax) is not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+#: GEMM shapes (m, k, n): ViT-B at 1024 px has 4096 tokens of width 768 (MLP 3072; qkv 2304).
+GEMM_SHAPES = ((4096, 768, 3072), (4096, 3072, 768), (4096, 768, 2304), (2048, 2048, 2048))
+
+
+def _cpu_sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
+                    **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
+
+
+def _onednn_linear_flops(x_shape: Any, w_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    rows = 1
+    for n in x_shape[:-1]:
+        rows *= int(n)
+    return 2 * rows * int(x_shape[-1]) * int(w_shape[0])
+
+
+def flop_counter() -> Any:
+    """A ``FlopCounterMode`` (use as a context; ``get_total_flops()`` after) that also counts the CPU's fused attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        custom[op] = _cpu_sdpa_flops
+    lin = getattr(torch.ops.mkldnn, "_linear_pointwise", None)  # geosam.models.cpu_gemm.linear
+    if lin is not None:
+        custom[lin] = _onednn_linear_flops
+    return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call."""
+    with torch.inference_mode(), flop_counter() as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_flops_per_s(dtype: torch.dtype, min_seconds: float = 0.4, path: str = "torch") -> dict[str, Any]:
+    """The best measured GEMM throughput in ``dtype`` (FLOP/s) and each shape's, over ``min_seconds`` per shape.
+
+    path: ``"torch"`` (``torch.mm``: MKL for float32 in the PyPI wheels, oneDNN for bf16) or ``"onednn"``
+    (`geosam.models.cpu_gemm.linear`, what geosam's float32 encoder and decoder use on the CPU).
+    """
+    from geosam.models.cpu_gemm import linear
+
+    per_shape = {}
+    gen = torch.Generator().manual_seed(0)
+    for m, k, n in GEMM_SHAPES:
+        a = torch.randn((m, k), generator=gen).to(dtype)
+        if path == "onednn":
+            w = torch.randn((n, k), generator=gen).to(dtype)
+
+            def run(a: torch.Tensor = a, w: torch.Tensor = w) -> None:
+                linear(a, w)
+        else:
+            b = torch.randn((k, n), generator=gen).to(dtype)
+            out = torch.empty((m, n), dtype=dtype)
+
+            def run(a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out) -> None:
+                torch.mm(a, b, out=out)
+        run()  # warm-up (oneDNN picks its kernel)
+        reps, t0 = 0, time.perf_counter()
+        best = float("inf")
+        while time.perf_counter() - t0 < min_seconds or reps < 3:
+            s = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - s)
+            reps += 1
+        per_shape[f"{m}x{k}x{n}"] = 2.0 * m * k * n / best
+    return {"flops_per_s": max(per_shape.values()), "per_shape": per_shape}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU has bf16 dot-product instructions (AMX or AVX-512 BF16), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split())
+                    return bool({"amx_bf16", "avx512_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+__all__ = ["GEMM_SHAPES", "count_flops", "cpu_has_native_bf16", "flop_counter", "matmul_flops_per_s"]

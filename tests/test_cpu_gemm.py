@@ -1,0 +1,33 @@
+"""geosam.models.cpu_gemm.linear: F.linear's result (to rounding) through oneDNN, and F.linear where it cannot."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from geosam.models.cpu_gemm import linear, onednn_linear_available
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_linear_equals_torch(gelu: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 5, 7, 48), generator=gen)
+    w, b = torch.randn((40, 48), generator=gen), torch.randn(40, generator=gen)
+    ref = F.linear(x, w, b)
+    ref = F.gelu(ref) if gelu else ref
+    out = linear(x, w, b, gelu=gelu)
+    assert out.shape == (2, 5, 7, 40)
+    assert float((out - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+    # a non-contiguous input and no bias
+    xt = torch.randn((48, 30), generator=gen).T
+    assert torch.allclose(linear(xt, w), xt @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_other_dtypes_and_switch_off(monkeypatch) -> None:
+    x, w = torch.randn((4, 8)), torch.randn((3, 8))
+    assert linear(x.double(), w.double()).dtype == torch.float64
+    assert linear(x.bfloat16(), w.bfloat16()).dtype == torch.bfloat16
+    monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "0")
+    assert not onednn_linear_available()
+    assert torch.equal(linear(x, w), F.linear(x, w))
