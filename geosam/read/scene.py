@@ -31,6 +31,7 @@ from geosam.read.gdal import (  # noqa: F401 - re-exported: geosam.read.scene is
     iter_block_windows,
     open_raster,
 )
+from geosam.read.stretch import stretch_to_uint8, windowed_sample
 from geosam.tile.grid import ChipSpec, iter_chip_specs
 from geosam.windows import PixelWindow
 
@@ -356,40 +357,7 @@ class Scene:
             log.debug("%s: the decimated read failed (%s); sampling window by window", self.path, exc)
         else:
             return [data[k][valid] for k in range(data.shape[0])]
-        return self._windowed_sample(shape[0] / i.height, shape[1] / i.width)
-
-    def _windowed_sample(self, scale_y: float, scale_x: float, max_windows_per_side: int = 32) -> list[np.ndarray]:
-        """`stretch_sample` window by window; ``scale_*``: output px per scene px."""
-        i = self.info
-        bh, bw = self.ds.block_shapes[0]
-        step_r = bh * max(1, -(-i.height // (bh * max_windows_per_side)))
-        step_c = bw * max(1, -(-i.width // (bw * max_windows_per_side)))
-        parts: list[list[np.ndarray]] = [[] for _ in self.bands]
-        n_windows, n_failed, first_error = 0, 0, ""
-        for r0 in range(0, i.height, step_r):
-            for c0 in range(0, i.width, step_c):
-                win = PixelWindow(c0, r0, min(step_c, i.width - c0), min(step_r, i.height - r0))
-                n_windows += 1
-                out_shape = (max(1, round(win.height * scale_y)), max(1, round(win.width * scale_x)))
-                try:
-                    data, valid = self.read_window(win, out_shape=out_shape)
-                except InvalidRasterError as exc:
-                    n_failed += 1
-                    first_error = first_error or str(exc)
-                    continue
-                for k in range(data.shape[0]):
-                    parts[k].append(data[k][valid])
-        if n_failed == n_windows:
-            raise InvalidRasterError(
-                f"{self.path}: no part of the scene is readable for the stretch sample "
-                f"({n_windows} windows failed; first: {first_error})"
-            )
-        if n_failed:
-            log.warning(
-                "%s: %d of %d windows of the stretch sample are unreadable and were skipped (first: %s)",
-                self.path, n_failed, n_windows, first_error,
-            )
-        return [np.concatenate(p) if p else np.zeros(0) for p in parts]
+        return windowed_sample(self, shape[0] / i.height, shape[1] / i.width)
 
     def to_uint8(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Stretch raw values (bands, H, W) to the model's image (H, W, 3), uint8, with the scene-wide stretch.
@@ -398,17 +366,4 @@ class Scene:
             data: Raw values (bands, H, W), 1 or 3 bands.
             valid: Valid mask (H, W); invalid pixels become 0.
         """
-        if self.stretch is None:
-            img = data.astype(np.uint8, copy=False)
-        else:
-            lo = self.stretch[:, 0].reshape(-1, 1, 1)
-            hi = self.stretch[:, 1].reshape(-1, 1, 1)
-            f = (data.astype(np.float32) - lo.astype(np.float32)) / (hi - lo).astype(np.float32)
-            f = np.nan_to_num(f, nan=0.0, posinf=1.0, neginf=0.0)
-            img = np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = np.moveaxis(img, 0, -1)
-        if img.shape[-1] == 1:
-            img = np.repeat(img, 3, axis=-1)
-        img = np.ascontiguousarray(img)
-        img[~valid] = 0
-        return img
+        return stretch_to_uint8(data, valid, self.stretch)
