@@ -33,7 +33,10 @@ def help_of(*args: str) -> str:
 
 def test_segment_help_is_grouped() -> None:
     got = sections(help_of("segment"))
-    assert list(got) == ["Input", "Model", "Segment everything", "Indices", "Output", "Run", "Other options"]
+    assert list(got) == ["Input", "STAC input", "Model", "Segment everything", "Indices", "Output", "Outlines", "Run",
+                         "Other options"]
+    assert {"--assets", "--stac-search", "--mask-values"} <= set(got["STAC input"])
+    assert {"--simplify", "--regularize", "--smooth", "--fill-holes"} <= set(got["Outlines"])
     assert {"--bands", "--chip-size", "--fill-value"} <= set(got["Input"])
     assert got["Model"][:3] == ["--model", "--device", "--dtype"]
     assert "--points-per-side" in got["Segment everything"] and "--min-index" in got["Indices"]

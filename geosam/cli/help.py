@@ -16,12 +16,14 @@ import click
 #: Section titles in the order --help shows them.
 SECTIONS: dict[str, str] = {
     "input": "Input",
+    "stac": "STAC input",
     "prompts": "Prompts",
     "model": "Model",
     "segment-everything": "Segment everything",
     "text": "Text and exemplars",
     "indices": "Indices",
     "output": "Output",
+    "outlines": "Outlines",
     "run": "Run",
     "other": "Other options",
 }

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from geosam.cli.help import option
 from geosam.cli.options import NumberList
 
 F = Callable[..., Any]
@@ -25,31 +26,36 @@ NAMES = ("assets", "resolution_m", "mask_asset", "mask_values", "stac_search", "
          "datetime", "query", "group", "max_items", "sign", "no_sign_request", "requester_pays", "http_timeout_s",
          "http_retries")
 
+def _stac_option(*decls: str, **kw: Any) -> Callable[[Any], Any]:
+    """An option listed under --help's "STAC input" section."""
+    return option(*decls, group="stac", **kw)
+
+
 _OPTIONS = [
-    click.option("--assets", help="STAC: bands by eo:bands common name or asset key, e.g. red,green,blue,nir "
+    _stac_option("--assets", help="STAC: bands by eo:bands common name or asset key, e.g. red,green,blue,nir "
                  "(default: red,green,blue and nir where present; band roles follow the common names)."),
-    click.option("--resolution", "resolution_m", type=float,
+    _stac_option("--resolution", "resolution_m", type=float,
                  help="STAC: pixel size of the grid (CRS units; default: the finest chosen asset's)."),
-    click.option("--mask-asset", help="STAC: a classification asset masking pixels, e.g. scl (with --mask-values)."),
-    click.option("--mask-values", type=NumberList(int), default=(), help="STAC: classes of --mask-asset that are "
+    _stac_option("--mask-asset", help="STAC: a classification asset masking pixels, e.g. scl (with --mask-values)."),
+    _stac_option("--mask-values", type=NumberList(int), default=(), help="STAC: classes of --mask-asset that are "
                  "invalid, e.g. 3,8,9,10 (Sentinel-2 SCL: cloud shadow, clouds, cirrus)."),
-    click.option("--stac-search", help="STAC API URL to search (pystac-client), e.g. "
+    _stac_option("--stac-search", help="STAC API URL to search (pystac-client), e.g. "
                  "https://earth-search.aws.element84.com/v1."),
-    click.option("--stac-items", help="STAC: an ItemCollection JSON file or URL (a FeatureCollection of items)."),
-    click.option("--collection", "collections", multiple=True, help="--stac-search: collection id (repeatable)."),
-    click.option("--bbox", type=NumberList(float, 4), help="--stac-search: lon_min,lat_min,lon_max,lat_max."),
-    click.option("--datetime", help="--stac-search: an instant or a range, e.g. 2024-04/2024-10."),
-    click.option("--query", multiple=True, help="--stac-search: a property filter, e.g. 'eo:cloud_cover<20' "
+    _stac_option("--stac-items", help="STAC: an ItemCollection JSON file or URL (a FeatureCollection of items)."),
+    _stac_option("--collection", "collections", multiple=True, help="--stac-search: collection id (repeatable)."),
+    _stac_option("--bbox", type=NumberList(float, 4), help="--stac-search: lon_min,lat_min,lon_max,lat_max."),
+    _stac_option("--datetime", help="--stac-search: an instant or a range, e.g. 2024-04/2024-10."),
+    _stac_option("--query", multiple=True, help="--stac-search: a property filter, e.g. 'eo:cloud_cover<20' "
                  "(repeatable)."),
-    click.option("--group", type=click.Choice(["item", "day"]), default="item", show_default=True,
+    _stac_option("--group", type=click.Choice(["item", "day"]), default="item", show_default=True,
                  help="STAC: one output per item, or one mosaic per day and orbit."),
-    click.option("--max-items", type=int, default=1000, show_default=True, help="--stac-search: at most this many."),
-    click.option("--sign", help="STAC: sign asset URLs with this function, e.g. planetary_computer:sign."),
-    click.option("--no-sign-request", is_flag=True, help="STAC: read public S3 buckets anonymously."),
-    click.option("--requester-pays", is_flag=True, help="STAC: S3 requester-pays buckets (you pay the transfer)."),
-    click.option("--http-timeout", "http_timeout_s", type=float, default=30.0, show_default=True,
+    _stac_option("--max-items", type=int, default=1000, show_default=True, help="--stac-search: at most this many."),
+    _stac_option("--sign", help="STAC: sign asset URLs with this function, e.g. planetary_computer:sign."),
+    _stac_option("--no-sign-request", is_flag=True, help="STAC: read public S3 buckets anonymously."),
+    _stac_option("--requester-pays", is_flag=True, help="STAC: S3 requester-pays buckets (you pay the transfer)."),
+    _stac_option("--http-timeout", "http_timeout_s", type=float, default=30.0, show_default=True,
                  help="STAC: seconds before an HTTP request is abandoned."),
-    click.option("--http-retries", type=int, default=4, show_default=True,
+    _stac_option("--http-retries", type=int, default=4, show_default=True,
                  help="STAC: retries of transient HTTP errors (429, 5xx) before a chip fails."),
 ]
 
