@@ -74,8 +74,11 @@ def _hold_lock(folder: Path) -> Any:
         import fcntl
     except ImportError:  # not POSIX: stale stores are then left for the user to delete
         return None
-    f = open(folder / "lock", "w")  # noqa: SIM115 - held open for the store's life
+    # locked under a private name, then renamed: another run's `remove_stale_stores` never sees an unlocked
+    # "lock" (the lock is the file's, so it holds across the rename)
+    f = open(folder / "lock.new", "w")  # noqa: SIM115 - held open for the store's life
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.replace(folder / "lock.new", folder / "lock")
     return f
 
 
