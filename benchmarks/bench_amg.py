@@ -4,7 +4,7 @@ One run, the same chips, the same weights, the same point grids and thresholds, 
 by chip (every variant on chip 1, then on chip 2, ...) after a warm-up, so that the drifting speed of a shared
 CPU hits all of them alike and their ratios hold:
 
-(a) ``geosam_float32`` / ``geosam_bfloat16``: :class:`geosam.segment.SamMaskGenerator` end to end per chip, in
+(a) ``geosam_float32`` / ``geosam_bfloat16``: `geosam.segment.SamMaskGenerator` end to end per chip, in
     float32 and in bf16 autocast (the latter where the CPU has native bf16 - AMX or AVX-512 BF16 - or CUDA);
 (b) ``pipeline``: ``transformers.pipeline("mask-generation", model=..., image_processor=SamImageProcessorPil(),
     points_per_batch=64)`` with ``points_per_crop`` = the grid, float32, stock modules;
@@ -46,7 +46,7 @@ instead of ~3500; ~50 % pass the stability filter, ~35 % the IoU filter):
 
 NMS. The pipeline's post-processing imports ``torchvision.ops.batched_nms`` and segment-anything imports
 torchvision too; torchvision is not installed in geosam's venv (torch 2.13 CPU has no matching build), so the
-pipeline's one function is patched with geosam's plain-torch :func:`geosam.segment.sam_utils.batched_nms` (same
+pipeline's one function is patched with geosam's plain-torch `geosam.segment.sam_utils.batched_nms` (same
 greedy algorithm) and segment-anything is imported with stand-ins (``benchmarks/sam_anchor.py``). Everything
 else is untouched. If torchvision is importable, it is used as is.
 

@@ -1,14 +1,14 @@
 """The machine's measured matmul throughput and a stage's counted FLOPs: what fraction of peak a stage reaches.
 
-* :func:`matmul_flops_per_s`: the best of a few timed GEMMs (the ViT-B encoder's MLP and attention-projection
+* `matmul_flops_per_s`: the best of a few timed GEMMs (the ViT-B encoder's MLP and attention-projection
   shapes and a square one) in a dtype: float32, or bfloat16 (bf16 operands, float32 accumulation, as under
   autocast), through ``torch.mm`` or oneDNN (for float32 the two differ 2x on AMD CPUs, where MKL's float32 GEMM
   skips AVX-512: the CPU's float32 peak is the better of the two). On a shared machine call it next to the
   stage it is compared with: both then see the same load.
-* :func:`count_flops`: ``torch.utils.flop_counter.FlopCounterMode`` over a call, with the CPU's fused attention
+* `count_flops`: ``torch.utils.flop_counter.FlopCounterMode`` over a call, with the CPU's fused attention
   kernel (``aten._scaled_dot_product_flash_attention_for_cpu``, which the counter does not know) counted as
   the counter counts the other fused attention kernels (``2 * b * h * (s_q * s_k * d_q + s_q * s_k * d_v)``),
-  and oneDNN's linear (``mkldnn._linear_pointwise``, :func:`geosam.models.cpu_gemm.linear`) as ``2 * m * k * n``.
+  and oneDNN's linear (``mkldnn._linear_pointwise``, `geosam.models.cpu_gemm.linear`) as ``2 * m * k * n``.
   Matmuls, convolutions and attention are counted; element-wise work (layer norms, GELU, softmax) is not.
 """
 
@@ -63,7 +63,7 @@ def matmul_flops_per_s(dtype: torch.dtype, min_seconds: float = 0.4, path: str =
     """The best measured GEMM throughput in ``dtype`` (FLOP/s) and each shape's, over ``min_seconds`` per shape.
 
     path: ``"torch"`` (``torch.mm``: MKL for float32 in the PyPI wheels, oneDNN for bf16) or ``"onednn"``
-    (:func:`geosam.models.cpu_gemm.linear`, what geosam's float32 encoder and decoder use on the CPU).
+    (`geosam.models.cpu_gemm.linear`, what geosam's float32 encoder and decoder use on the CPU).
     """
     from geosam.models.cpu_gemm import linear
 

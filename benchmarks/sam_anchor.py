@@ -1,15 +1,15 @@
 """segment-anything 1.0 as a benchmark anchor: the same weights as a transformers ``SamModel``, run by SAM's own code.
 
-:func:`segment_anything_state_dict` renames a transformers ``SamModel`` state dict into segment-anything's layout
-(the inverse of transformers' ``convert_sam_to_hf.py``); :func:`build_segment_anything` builds segment-anything's
+`segment_anything_state_dict` renames a transformers ``SamModel`` state dict into segment-anything's layout
+(the inverse of transformers' ``convert_sam_to_hf.py``); `build_segment_anything` builds segment-anything's
 ``Sam`` with the transformers config's sizes and loads those weights (strict), so both libraries run one model.
 
 segment-anything imports torchvision in two places: ``torchvision.ops.boxes`` (``batched_nms``, ``box_area``, in
 ``automatic_mask_generator.py``) and ``torchvision.transforms.functional`` (``resize``, ``to_pil_image``, in
-``utils/transforms.py``). torchvision is not installed in geosam's venv, so :func:`import_segment_anything` stands in
+``utils/transforms.py``). torchvision is not installed in geosam's venv, so `import_segment_anything` stands in
 for them while segment-anything is imported, as ``bench_amg.py`` does for the transformers pipeline's NMS:
 
-* ``batched_nms``: :func:`geosam.segment.sam_utils.batched_nms` (torchvision's greedy algorithm and order);
+* ``batched_nms``: `geosam.segment.sam_utils.batched_nms` (torchvision's greedy algorithm and order);
 * ``box_area``: ``(x1 - x0) * (y1 - y0)``, torchvision's formula;
 * ``resize`` / ``to_pil_image`` on a uint8 image: PIL's bilinear ``Image.resize`` / ``Image.fromarray``, which is
   what torchvision calls for PIL images.

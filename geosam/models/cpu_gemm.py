@@ -6,7 +6,7 @@ only: on an AMD EPYC (Zen 5, AVX-512) its float32 GEMM runs at about half of
 what the same CPU does through oneDNN (measured on the encoder's MLP shape,
 one thread: 89 vs 175 GFLOP/s; ``benchmarks/results/latest.json`` has this
 machine's figures). oneDNN, which torch also ships and uses for bf16,
-vectorises for whatever the CPU has. :func:`linear` sends a float32 CPU
+vectorises for whatever the CPU has. `linear` sends a float32 CPU
 ``x @ weight.T + bias`` (optionally with an exact GELU fused in) there, and
 falls back to ``torch.nn.functional.linear`` elsewhere (other devices and
 dtypes, torch builds without oneDNN). Results equal ``F.linear``'s to float
@@ -40,7 +40,7 @@ def _op_works() -> bool:
 
 
 def onednn_linear_available() -> bool:
-    """Whether :func:`linear` runs float32 CPU products through oneDNN here (``GEOSAM_ONEDNN_LINEAR=0``: never)."""
+    """Whether `linear` runs float32 CPU products through oneDNN here (``GEOSAM_ONEDNN_LINEAR=0``: never)."""
     if os.environ.get("GEOSAM_ONEDNN_LINEAR", "").strip().lower() in ("0", "false", "no"):
         return False
     return _op_works()
@@ -49,7 +49,7 @@ def onednn_linear_available() -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
     """``x @ weight.T + bias`` (then exact GELU if ``gelu``), x (..., K), weight (N, K): (..., N).
 
-    Float32 CPU tensors go through oneDNN (:func:`onednn_linear_available`); the
+    Float32 CPU tensors go through oneDNN (`onednn_linear_available`); the
     rest through ``F.linear`` (and ``F.gelu``).
     """
     if (

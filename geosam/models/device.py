@@ -4,7 +4,7 @@
 on CUDA; on a CPU the fastest dtype that keeps the masks: bfloat16 where the
 CPU has native bf16 (AMX, or AVX-512 BF16) and ``benchmarks/bench_amg.py``
 measured bf16 there both faster than float32 and agreeing with the float32
-references' masks (:data:`MIN_BF16_MASK_AGREEMENT`), float32 elsewhere.
+references' masks (`MIN_BF16_MASK_AGREEMENT`), float32 elsewhere.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 #: bf16 is chosen by ``dtype="auto"`` only on CPUs where its masks agree this well with the float32 references.
 MIN_BF16_MASK_AGREEMENT = 0.98
 
-#: Per kind of native CPU bf16 (:func:`cpu_bf16_kind`), what ``benchmarks/bench_amg.py`` measured for bf16
+#: Per kind of native CPU bf16 (`cpu_bf16_kind`), what ``benchmarks/bench_amg.py`` measured for bf16
 #: against float32 (random ViT-B, 1024 px chips, 2 threads): the mask agreement with the references (pooled,
 #: lowest over the grids) and the end-to-end speedup (lowest over the grids).
 #: amx: Intel Xeon, 2 chips, 16 x 16, before the float32 fast paths of issue 24 (git history of
@@ -94,7 +94,7 @@ def _mps_available() -> bool:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype:
     """The compute dtype for ``"auto" | "float32" | "bfloat16" | "float16"``.
 
-    ``"auto"`` is float16 on CUDA; on a CPU, bfloat16 where :func:`cpu_prefers_bf16`
+    ``"auto"`` is float16 on CUDA; on a CPU, bfloat16 where `cpu_prefers_bf16`
     (native bf16 measured faster than float32 with the same masks), else float32 (the
     choice is logged); float32 elsewhere. Weights stay float32; a lower
     precision is applied with autocast. Pass ``"float32"`` for full precision.
@@ -117,8 +117,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch
 
 
 def cpu_prefers_bf16() -> bool:
-    """Whether ``dtype="auto"`` runs bf16 on this CPU: native bf16 (:func:`cpu_bf16_kind`) for which
-    :data:`BF16_MEASURED` has bf16 faster than float32 with masks agreeing at least :data:`MIN_BF16_MASK_AGREEMENT`.
+    """Whether ``dtype="auto"`` runs bf16 on this CPU: native bf16 (`cpu_bf16_kind`) for which
+    `BF16_MEASURED` has bf16 faster than float32 with masks agreeing at least `MIN_BF16_MASK_AGREEMENT`.
     The choice and its reason are logged (INFO) once per process."""
     kind = cpu_bf16_kind()
     measured = BF16_MEASURED.get(kind or "", {})
@@ -159,7 +159,7 @@ def cpu_bf16_kind() -> str | None:
 
 
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 units (:func:`cpu_bf16_kind` is ``"amx"``; ``GEOSAM_CPU_AMX=0``/``1`` overrides)."""
+    """Whether this CPU has AMX bf16 units (`cpu_bf16_kind` is ``"amx"``; ``GEOSAM_CPU_AMX=0``/``1`` overrides)."""
     return cpu_bf16_kind() == "amx"
 
 

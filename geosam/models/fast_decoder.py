@@ -22,7 +22,7 @@ multiplications touch the h*w positions:
   (no mask input): it is used once, without ``repeat``, in single large matmuls;
 * the output upscaling (two 2x2 stride-2 transposed convolutions) runs as
   channels-last matmuls (float32 on the CPU through oneDNN,
-  :func:`geosam.models.cpu_gemm.linear`, the second GELU fused), one prompt at
+  `geosam.models.cpu_gemm.linear`, the second GELU fused), one prompt at
   a time on the CPU, and only the requested mask tokens are multiplied out;
   the pixel shuffle is done once on the K output masks;
 * with ``iou_floor`` (segment-everything's ``pred_iou_thresh``), prompts none

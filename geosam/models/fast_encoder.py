@@ -21,10 +21,10 @@ modules. With low precision (bf16 autocast, the default on CPUs with AMX) this i
 In float32 on the CPU the wider products cost more than the mask saves, and
 the fused attention kernel and torch's float32 GEMM (MKL, which takes its
 AVX-512 kernels on Intel CPUs only) run far below the CPU's peak. There
-:func:`fast_image_embeddings` runs the attention explicitly instead: for the
-global layers (4096 tokens) one head and :data:`QUERY_CHUNK` queries at a time,
+`fast_image_embeddings` runs the attention explicitly instead: for the
+global layers (4096 tokens) one head and `QUERY_CHUNK` queries at a time,
 so the scores stay in cache, with both products, the qkv / output projections
-and the MLP (GELU fused) through oneDNN (:func:`geosam.models.cpu_gemm.linear`);
+and the MLP (GELU fused) through oneDNN (`geosam.models.cpu_gemm.linear`);
 for the windowed layers (196 tokens) all windows and heads in two batched
 products. Measured on one core of an AMD EPYC (Zen 5): a global layer's
 attention 2.0 s -> 0.7 s, a windowed layer's 0.40 s -> 0.29 s.
@@ -176,7 +176,7 @@ def _mlp_f32(mlp: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_f32(layer: Any, x: torch.Tensor) -> torch.Tensor:
-    """``SamVisionLayer.forward`` in float32 with :func:`_attention_f32` and :func:`_mlp_f32`; x updated in place."""
+    """``SamVisionLayer.forward`` in float32 with `_attention_f32` and `_mlp_f32`; x updated in place."""
     h = layer.layer_norm1(x)
     if layer.window_size > 0:
         height, width = h.shape[1], h.shape[2]
@@ -212,7 +212,7 @@ def fast_image_embeddings(model: Any, pixel_values: torch.Tensor, dtype: torch.d
     dtype: compute dtype; other than float32 the forward runs under autocast
     (as :func:`geosam.models.encode` does) and attention in that dtype. Default:
     the autocast dtype if autocast is on, else float32. Float32 runs the
-    explicit attention of :func:`_attention_f32` (see the module docstring).
+    explicit attention of `_attention_f32` (see the module docstring).
     """
     device_type = pixel_values.device.type
     if dtype is None:

@@ -244,8 +244,8 @@ def decode_points(
     """One mask prediction per point prompt: :func:`decode` with one point per object.
 
     points: (N, 2) x, y in the model frame; labels: (N,) 1 = foreground
-    (default), 0 = background; iou_floor: as :func:`decode`. Returns as
-    :func:`decode` (multimask by default).
+    (default), 0 = background; iou_floor: as `decode`. Returns as
+    `decode` (multimask by default).
     """
     pts = torch.as_tensor(points, dtype=torch.float32).to(bundle.device)
     if pts.ndim != 2 or pts.shape[1] != 2:
