@@ -41,7 +41,11 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64, help="point prompts decoded per round (a square grid)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "roofline.json"))
     ap.add_argument("--merge-into", default="")
+    ap.add_argument("--from-file", default="", help="merge this earlier result file instead of measuring")
     args = ap.parse_args()
+    if args.from_file:
+        merge(json.loads(Path(args.from_file).read_text()), Path(args.merge_into), args.from_file)
+        return
 
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
@@ -118,16 +122,20 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=1))
     if args.merge_into:
-        target = Path(args.merge_into)
-        data = json.loads(target.read_text())
-        for key in ("encoder_fraction_of_peak", "decoder_fraction_of_peak", "encoder_fraction_of_peak_model_flops",
-                    "encoder_stock_float32_fraction_of_peak"):
-            if key in data:
-                data[f"{key}_vs_torch_mm"] = data[key]
-            data[key] = result[key]
-        data["roofline"] = {**result, "source": "benchmarks/bench_roofline.py (results/roofline.json)"}
-        target.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"merged into {target}")
+        merge(result, Path(args.merge_into), str(out))
+
+
+def merge(result: dict, target: Path, source: str) -> None:
+    """Copy the fractions of ``result`` into ``bench_amg.py``'s results file ``target`` (see the module docstring)."""
+    data = json.loads(target.read_text())
+    for key in ("encoder_fraction_of_peak", "decoder_fraction_of_peak", "encoder_fraction_of_peak_model_flops",
+                "encoder_stock_float32_fraction_of_peak"):
+        if key in data:
+            data[f"{key}_vs_torch_mm"] = data[key]
+        data[key] = result[key]
+    data["roofline"] = {**result, "source": f"benchmarks/bench_roofline.py ({source})"}
+    target.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"merged into {target}")
 
 
 if __name__ == "__main__":
