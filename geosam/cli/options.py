@@ -94,8 +94,8 @@ def model_options(default_model: str) -> Callable[[F], F]:
                      type=click.Choice(["auto", "cpu", "cuda", "mps"])),
         click.option("--dtype", default=_M.dtype, show_default=True,
                      type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                     help="auto: bf16 on CPUs with AMX, fp16 on CUDA, else float32 (fast; masks right at a "
-                     "threshold may differ from float32, see benchmarks/results/); float32: the reference's masks."),
+                     help="auto: fp16 on CUDA; on a CPU bf16 only where native bf16 was measured faster with the same masks "
+                     "(agreement >= 0.98), else float32; decided once per run. float32: the reference's masks."),
     ])
 
 

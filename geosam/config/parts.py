@@ -114,8 +114,8 @@ class TilingConfig:
 class ModelConfig:
     """Which model runs where: a checkpoint id or local directory, or a built-in name (``litemedsam``).
 
-    device: auto | cpu | cuda | cuda:N | mps. dtype: auto (bf16 on CPUs with AMX,
-    fp16 on CUDA, else float32) | float32 | bfloat16 | float16. compile: ``torch.compile``.
+    device: auto | cpu | cuda | cuda:N | mps. dtype: auto (fp16 on CUDA; bf16 on CPUs
+    with native bf16 where measured faster with the same masks; else float32) | float32 | bfloat16 | float16. compile: ``torch.compile``.
     """
 
     model: str = DEFAULT_MODEL
