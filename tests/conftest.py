@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +48,35 @@ def tiny_sam3_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tests._tiny_families import build_tiny_sam3
 
     return build_tiny_sam3(tmp_path_factory.mktemp("tiny_sam3"))
+
+
+# ---------------------------------------------------------------------------
+# user-mistake tests (tests/test_user_mistakes*.py): each module defines its own ``base`` folder
+
+
+@pytest.fixture
+def case(base: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the module's ``base`` folder for one case."""
+    for p in base.iterdir():
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    return tmp_path
+
+
+@pytest.fixture
+def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every model load attempt is recorded (and fails): the list must stay empty for early mistakes."""
+    import geosam.models
+    import geosam.models.registry
+    import geosam.modes.everything
+    import geosam.segment.everything
+
+    calls: list[str] = []
+
+    def spy(name: Any = None, *args: Any, **kwargs: Any) -> Any:
+        calls.append(str(name))
+        raise AssertionError(f"model {name!r} loaded")
+
+    for mod in (geosam.models, geosam.models.registry, geosam.segment.everything):
+        monkeypatch.setattr(mod, "load_model", spy)
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", spy)
+    return calls

@@ -68,30 +68,6 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture
-def case(base: Path, tmp_path: Path) -> Path:
-    """A fresh copy of ``base`` for one case."""
-    for p in base.iterdir():
-        (tmp_path / p.name).write_bytes(p.read_bytes())
-    return tmp_path
-
-
-@pytest.fixture
-def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every model load attempt is recorded (and fails): the list must stay empty for early mistakes."""
-    calls: list[str] = []
-
-    def spy(name: Any = None, *args: Any, **kwargs: Any) -> Any:
-        calls.append(str(name))
-        raise AssertionError(f"model {name!r} loaded")
-
-    for mod in (geosam.models, geosam.models.registry, geosam.segment.everything):
-        monkeypatch.setattr(mod, "load_model", spy)
-    monkeypatch.setattr(geosam.models.registry, "load_model", spy)
-    monkeypatch.setattr(geosam.models, "load_model", spy)
-    return calls
-
-
 def invoke(folder: Path, args: list[str]) -> Result:
     """Run the CLI in ``folder`` and assert that no file there changed (or appeared)."""
     before = snapshot(folder)

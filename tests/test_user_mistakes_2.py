@@ -54,31 +54,6 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def case(base: Path, tmp_path: Path) -> Path:
-    """A fresh copy of ``base`` for one case."""
-    for p in base.iterdir():
-        (tmp_path / p.name).write_bytes(p.read_bytes())
-    return tmp_path
-
-
-@pytest.fixture
-def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every model load attempt is recorded (and fails): the list must stay empty for early mistakes."""
-    calls: list[str] = []
-
-    def spy(name: Any = None, *args: Any, **kwargs: Any) -> Any:
-        calls.append(str(name))
-        raise AssertionError(f"model {name!r} loaded")
-
-    for mod in (geosam.models.registry, geosam.segment.everything):
-        if hasattr(mod, "load_model"):
-            monkeypatch.setattr(mod, "load_model", spy)
-    monkeypatch.setattr(geosam.models, "load_model", spy)
-    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", spy)
-    return calls
-
-
-@pytest.fixture
 def oracle(monkeypatch: pytest.MonkeyPatch, case: Path) -> Path:
     """Segment-everything runs use the oracle (masks from the case's labels.tif)."""
     monkeypatch.setattr(geosam.modes.everything, "make_mask_generator",
