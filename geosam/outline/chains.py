@@ -9,6 +9,7 @@ another's hole exactly) is one closed chain, canonically started at its smallest
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,10 @@ import shapely
 SNAP_M = 1e-4
 
 #: (coordinates, closed) -> new coordinates with the same end points (an open chain's ends are kept)
-ChainFn = Callable[[np.ndarray, bool], np.ndarray]
+#: a chain's new coordinates at a retry level: ``fn(coords, closed, level)`` (see `transform_valid`)
+LevelFn = Callable[[np.ndarray, bool, int], np.ndarray]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -117,19 +121,48 @@ def keys_of(rings: list[_Ring], geoms: set[int]) -> set[bytes]:
     return {key for r in rings if r.geom in geoms for key, _ in r.pieces}
 
 
-def transform_shared(geoms: np.ndarray, idx: np.ndarray, fn: ChainFn) -> np.ndarray:
-    """``geoms[idx]`` rebuilt from their chains transformed by ``fn`` (each distinct chain once).
+def polygonal(geoms: np.ndarray) -> np.ndarray:
+    """Indices of the non-empty (multi)polygons of ``geoms``."""
+    kind = shapely.get_type_id(geoms)
+    return np.flatnonzero(((kind == 3) | (kind == 6)) & ~shapely.is_empty(geoms))
+
+
+def transform_valid(geoms: Any, fn: LevelFn, what: str, attempts: int = 4) -> np.ndarray:
+    """The polygons of ``geoms`` rebuilt from their chains transformed by ``fn``, every output valid.
+
+    Each distinct chain is transformed once, so neighbours' shared edges change alike. The chains of
+    objects that come out invalid (or empty) are transformed again one level higher (``fn(c, closed, 1)``,
+    then 2, ...: a milder change, or the raw chain), for their neighbours too, up to ``attempts`` builds;
+    an object still invalid then keeps its outline.
 
     Args:
-        geoms: polygons (metres).
-        idx: indices of the polygons to transform.
-        fn: the chain transformation.
+        geoms: polygons in metres (others pass through unchanged).
+        fn: the chain transformation at a retry level (0 first).
+        what: what ``fn`` does, for the debug line about objects kept as they were.
+        attempts: the most rebuilds.
 
     Returns:
-        The rebuilt geometries (aligned with ``idx``); not checked for validity here.
+        The transformed geometries, aligned with ``geoms``.
     """
-    rings, chains = cut(geoms, idx)
-    return rebuild(rings, {k: fn(c, closed) for k, (c, closed) in chains.items()}, geoms, idx)
+    out = np.array(geoms, dtype=object)
+    idx = polygonal(out)
+    if not len(idx):
+        return out
+    rings, chains = cut(out, idx)
+    level = dict.fromkeys(chains, 0)
+    done = {k: fn(c, closed, 0) for k, (c, closed) in chains.items()}
+    for _ in range(attempts):
+        new = rebuild(rings, done, out, idx)
+        ok = shapely.is_valid(new) & ~shapely.is_empty(new)
+        if ok.all():
+            break
+        for k in keys_of(rings, set(idx[~ok].tolist())):
+            level[k] += 1
+            done[k] = fn(*chains[k], level[k])
+    if not ok.all():
+        log.debug("%d outlines kept as they were (%s, they were not valid)", int((~ok).sum()), what)
+    out[idx[ok]] = new[ok]
+    return out
 
 
 def _ring_coords(r: _Ring, done: dict[bytes, np.ndarray]) -> np.ndarray:
@@ -160,4 +193,4 @@ def rebuild(rings: list[_Ring], done: dict[bytes, np.ndarray], geoms: np.ndarray
     return np.array(out, dtype=object)
 
 
-__all__ = ["ChainFn", "cut", "keys_of", "node", "rebuild", "transform_shared"]
+__all__ = ["LevelFn", "cut", "keys_of", "node", "polygonal", "rebuild", "transform_valid"]

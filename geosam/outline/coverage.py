@@ -9,24 +9,14 @@ the square root of a triangle's area: at half a pixel it leaves a pixel staircas
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import shapely
 
-from geosam.outline.chains import cut, keys_of, rebuild
+from geosam.outline.chains import polygonal, transform_valid
 from geosam.outline.regular import _dp, _ring_dp
-
-log = logging.getLogger(__name__)
 
 #: a vertex is a staircase step when one of its edges is at most this many pixels long
 STEP_EDGE = 1.5
-
-
-def _polygonal(geoms: np.ndarray) -> np.ndarray:
-    """Indices of the non-empty (multi)polygons."""
-    kind = shapely.get_type_id(geoms)
-    return np.flatnonzero(((kind == 3) | (kind == 6)) & ~shapely.is_empty(geoms))
 
 
 def overlapping(geoms: np.ndarray) -> np.ndarray:
@@ -104,25 +94,14 @@ def simplify(geoms: np.ndarray, tolerance_m: float, step_m: float = 0.0) -> np.n
     Returns:
         The simplified geometries, aligned with ``geoms``.
     """
-    out = np.array(geoms, dtype=object)
-    idx = _polygonal(out)
-    if tolerance_m <= 0 or not len(idx):
-        return out
-    rings, chains = cut(out, idx)
-    tol = dict.fromkeys(chains, tolerance_m)
-    done = {k: _dp_chain(c, closed, tolerance_m, step_m) for k, (c, closed) in chains.items()}
-    for _ in range(4):
-        new = rebuild(rings, done, out, idx)
-        ok = shapely.is_valid(new) & ~shapely.is_empty(new)
-        if ok.all():
-            break
-        for k in keys_of(rings, set(idx[~ok].tolist())):
-            tol[k] /= 2
-            done[k] = _dp_chain(*chains[k], tol[k], step_m) if tol[k] > tolerance_m / 8 else chains[k][0]
-    if not ok.all():
-        log.debug("%d outlines kept as they were (simplified, they were not valid)", int((~ok).sum()))
-    out[idx[ok]] = new[ok]
-    return out
+    if tolerance_m <= 0:
+        return np.array(geoms, dtype=object)
+
+    def chain(c: np.ndarray, closed: bool, level: int) -> np.ndarray:
+        # a failed object's chains: half the tolerance, at most three times, then the raw chain
+        return _dp_chain(c, closed, tolerance_m / 2**level, step_m) if level < 3 else c
+
+    return transform_valid(geoms, chain, "simplified")
 
 
 def fill_holes(geoms: np.ndarray, max_hole_m2: float) -> np.ndarray:
@@ -134,7 +113,7 @@ def fill_holes(geoms: np.ndarray, max_hole_m2: float) -> np.ndarray:
     out = np.array(geoms, dtype=object)
     if max_hole_m2 <= 0:
         return out
-    for i in _polygonal(out):
+    for i in polygonal(out):
         g = out[i]
         parts = list(g.geoms) if g.geom_type == "MultiPolygon" else [g]
         if not any(len(p.interiors) for p in parts):

@@ -18,7 +18,8 @@ import shapely
 
 from geosam.config.outline import OutlineConfig
 from geosam.geo import area_m2
-from geosam.outline.coverage import _polygonal, fill_holes, simplify
+from geosam.outline.chains import polygonal
+from geosam.outline.coverage import fill_holes, simplify
 from geosam.outline.metric import metric_frame
 from geosam.outline.regular import regularize
 from geosam.outline.smoothing import smooth
@@ -41,7 +42,7 @@ def outline_config(settings: OutlineConfig | Mapping[str, Any] | None = None, **
 
 def typical_step_m(geoms: np.ndarray) -> float:
     """The median edge length of the exteriors (metres): the pixel size for outlines traced from masks."""
-    idx = _polygonal(geoms)
+    idx = polygonal(geoms)
     if not len(idx):
         return 0.0
     rings = shapely.get_exterior_ring(shapely.get_parts(geoms[idx]))
@@ -156,7 +157,7 @@ class OutlineStats:
         """
         t0 = time.perf_counter()
         geoms = np.asarray(gdf.geometry.values, dtype=object)
-        if self.cfg.smooth and self.smooth_m is None and len(_polygonal(geoms)):
+        if self.cfg.smooth and self.smooth_m is None and len(polygonal(geoms)):
             self.smooth_m = SMOOTH_STEPS * typical_step_m(metric_frame(gdf.crs, geoms).to_metres(geoms))
         near = _touching(np.asarray(context, dtype=object), geoms) if len(context) and len(geoms) else np.zeros(0)
         both = np.concatenate([geoms, np.asarray(near, dtype=object)]) if len(near) else geoms

@@ -9,17 +9,12 @@ unsmoothed (and so do its neighbours' shared edges); every output is valid.
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
-import shapely
 
-from geosam.outline.chains import cut, keys_of, rebuild
-from geosam.outline.coverage import _polygonal
+from geosam.outline.chains import transform_valid
 from geosam.outline.regular import _dp
-
-log = logging.getLogger(__name__)
 
 
 def _resample(c: np.ndarray, step: float) -> np.ndarray:
@@ -63,24 +58,11 @@ def smooth(geoms: np.ndarray, sigma_m: float) -> np.ndarray:
     Returns:
         The smoothed geometries, aligned with ``geoms``.
     """
-    out = np.array(geoms, dtype=object)
-    idx = _polygonal(out)
-    if sigma_m <= 0 or not len(idx):
-        return out
-    rings, chains = cut(out, idx)
-    done = {k: smooth_chain(c, closed, sigma_m) for k, (c, closed) in chains.items()}
-    for _ in range(4):
-        new = rebuild(rings, done, out, idx)
-        ok = shapely.is_valid(new) & ~shapely.is_empty(new)
-        if ok.all():
-            break
-        # the chains of the objects that failed stay raw (for their neighbours too), then try again
-        for k in keys_of(rings, set(idx[~ok].tolist())):
-            done[k] = chains[k][0]
-    if not ok.all():
-        log.debug("%d outlines kept unsmoothed (their smoothed outline was not valid)", int((~ok).sum()))
-    out[idx[ok]] = new[ok]
-    return out
+    if sigma_m <= 0:
+        return np.array(geoms, dtype=object)
+    # a failed object's chains stay raw (for its neighbours too)
+    return transform_valid(geoms, lambda c, closed, level: smooth_chain(c, closed, sigma_m) if level == 0 else c,
+                           "unsmoothed")
 
 
 __all__ = ["smooth", "smooth_chain"]
