@@ -99,19 +99,20 @@ def pop_stac_options(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: settings.pop(k) for k in NAMES if k in settings}
 
 
-def _names_stac(scenes: Sequence[str], opts: dict[str, Any]) -> list[str] | None:
-    """The SCENES that are STAC items, or None when the command line names no STAC (plain rasters)."""
+def stac_args(scenes: Sequence[str], opts: dict[str, Any]) -> list[str] | None:
+    """The SCENES that are STAC items (JSON files or URLs), or None when the command line names no STAC (plain
+    rasters); a UsageError for a mix, or for ``--assets`` / ``--mask-asset`` without STAC. Reads nothing."""
     from geosam.stac import is_stac
 
-    stac_args = [s for s in scenes if is_stac(s)]
-    if not (opts.get("stac_search") or opts.get("stac_items") or stac_args):
+    found = [s for s in scenes if is_stac(s)]
+    if not (opts.get("stac_search") or opts.get("stac_items") or found):
         if opts.get("assets") or opts.get("mask_asset"):
             raise click.UsageError("--assets and --mask-asset need STAC scenes (an item JSON, --stac-search or "
                                    "--stac-items)")
         return None
-    if len(stac_args) != len(scenes):
+    if len(found) != len(scenes):
         raise click.UsageError("mix of STAC items and rasters: give either item JSONs or raster files")
-    return stac_args
+    return found
 
 
 def _env(opts: dict[str, Any]) -> Any:
@@ -121,11 +122,11 @@ def _env(opts: dict[str, Any]) -> Any:
                      no_sign_request=opts["no_sign_request"], requester_pays=opts["requester_pays"])
 
 
-def _items(stac_args: list[str], opts: dict[str, Any], env: Any) -> list[Any]:
+def _items(args: list[str], opts: dict[str, Any], env: Any) -> list[Any]:
     """What the scenes are made of: item JSONs, ``--stac-items`` and the items ``--stac-search`` finds."""
     from geosam.stac.search import search
 
-    items: list[Any] = list(stac_args)
+    items: list[Any] = list(args)
     if opts.get("stac_items"):
         items.append(opts["stac_items"])
     if opts.get("stac_search"):
@@ -148,11 +149,11 @@ def stac_sources(scenes: Sequence[str], opts: dict[str, Any]) -> list[Any] | Non
     checked; None when it names no STAC (plain rasters)."""
     from geosam.stac.search import check_scenes, stac_scenes
 
-    stac_args = _names_stac(scenes, opts)
-    if stac_args is None:
+    args = stac_args(scenes, opts)
+    if args is None:
         return None
     env = _env(opts)
-    out = stac_scenes(_items(stac_args, opts, env), opts.get("group", "item"), **_read_kw(opts, env))
+    out = stac_scenes(_items(args, opts, env), opts.get("group", "item"), **_read_kw(opts, env))
     check_scenes(out)  # bands and one CRS per scene: before any output
     return out
 
@@ -177,11 +178,11 @@ def stac_dated(scenes: Sequence[str], opts: dict[str, Any], mask_values: Sequenc
     names, or None when it names no STAC. ``mask_values``: the classes of ``--mask-asset`` that are invalid."""
     from geosam.stac.search import dated_scenes
 
-    stac_args = _names_stac(scenes, opts)
-    if stac_args is None:
+    args = stac_args(scenes, opts)
+    if args is None:
         return None
     env = _env(opts)
-    return dated_scenes(_items(stac_args, opts, env), **_read_kw(opts, env, mask_values))
+    return dated_scenes(_items(args, opts, env), **_read_kw(opts, env, mask_values))
 
 
 def segment_stac(scenes: list[Any], cfg: Any, *, output: str | None, output_dir: str | None, fmt: str,
@@ -223,5 +224,5 @@ def segment_stac(scenes: list[Any], cfg: Any, *, output: str | None, output_dir:
         sys.exit(1)
 
 
-__all__ = ["one_scene", "pop_stac_options", "segment_stac", "stac_dated", "stac_option_group", "stac_options",
-           "stac_sources"]
+__all__ = ["one_scene", "pop_stac_options", "segment_stac", "stac_args", "stac_dated", "stac_option_group",
+           "stac_options", "stac_sources"]

@@ -11,6 +11,7 @@ from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.help import GroupedCommand
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.cli.outline_options import outline_options
+from geosam.cli.stac_options import one_scene, pop_stac_options, stac_options
 from geosam.config import SegmentConfig
 from geosam.config.text import DEFAULT_TEXT_MODEL, TextConfig
 
@@ -19,7 +20,7 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
 
 
 @click.command(cls=GroupedCommand)
-@click.argument("scene", type=click.Path(dir_okay=False))
+@click.argument("scene", required=False)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
 @click.option("--text", "phrases", multiple=True,
@@ -50,30 +51,36 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
               help="torch.compile SAM 3's per-chip parts (first chip slow, later ones faster: for large scenes).")
 @click.option("--skip-bad-chips", is_flag=True, help="Skip (and list) chips whose pixels cannot be read.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage (backbone, text_encoder, detector, stitch, ...).")
+@stac_options
 @handle_errors
-def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | None, score_threshold: float | None,
+def text(scene: str | None, output: str, phrases: tuple[str, ...], exemplars: str | None, score_threshold: float | None,
          mask_threshold: float | None, overlay: str | None, label_raster: str | None, profile: bool, overwrite: bool,
          **settings: Any) -> None:
-    """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT."""
+    """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT.
+
+    SCENE: a raster (path or GDAL URL) or a STAC item (JSON file or URL; or --stac-items / --stac-search
+    giving one item or one day)."""
     from geosam.cli.report import report, write_extras
     from geosam.modes.text import segment_text_to_file
     from geosam.write.checks import check_output_path
     from geosam.write.paths import check_outputs
 
     settings["indices"] = settings["indices"] or ()
+    stac_opts = pop_stac_options(settings)
     TextConfig(phrases=phrases, score_threshold=score_threshold, mask_threshold=mask_threshold)  # checked first
     if not phrases and not exemplars:
         raise click.UsageError("give at least one --text phrase or --exemplars FILE")
     cfg = SegmentConfig.from_settings(**settings)
+    source = one_scene(scene, stac_opts)  # the raster, or the STAC scene (bands and grid checked)
     lock_outputs(output, overlay, label_raster)  # a second run on one of them is refused
     check_output_path(output)
     if overlay:
         check_output_path(overlay, "png")
     if label_raster:
         check_output_path(label_raster, "raster")
-    inputs = {"SCENE": scene, **({"--exemplars": exemplars} if exemplars else {})}
+    inputs = {"SCENE": source, **({"--exemplars": exemplars} if exemplars else {})}
     check_outputs({"--output": output, "--overlay": overlay, "--label-raster": label_raster}, inputs, overwrite=overwrite)
-    summary = segment_text_to_file(scene, output, list(phrases), exemplars=exemplars, model=cfg.model.model,
+    summary = segment_text_to_file(source, output, list(phrases), exemplars=exemplars, model=cfg.model.model,
                                    score_threshold=score_threshold, mask_threshold=mask_threshold, config=cfg)
-    write_extras(scene, output, label_raster=label_raster, overlay=overlay, bands=cfg.read.bands)
+    write_extras(source, output, label_raster=label_raster, overlay=overlay, bands=cfg.read.bands)
     report(summary, profile)
