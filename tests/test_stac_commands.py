@@ -75,20 +75,22 @@ def _boxes(stack) -> str:
     return ";".join(boxes)
 
 
-@pytest.mark.slow  # LiteMedSAM, loaded twice: ~25 s on a shared 2-core machine
-def test_prompt_on_an_item_equals_prompt_on_the_local_stack(stac_catalog, stac_served, tmp_path) -> None:
-    stack = stac_catalog.stacks[0]
-    common = ["--boxes", _boxes(stack), "--model", "litemedsam", "--device", "cpu", "--dtype", "float32",
-              "--no-progress"]
-    res = run("prompt", item_url(stac_served, stac_catalog), "--assets", "red,green,blue", "-o",
-              str(tmp_path / "stac.gpkg"), "--overlay", str(tmp_path / "stac.png"), *common)
+@pytest.mark.slow  # LiteMedSAM, 3 runs: ~30 s on a quiet 2-core machine
+def test_prompt_on_a_search_equals_prompt_on_the_local_stacks(stac_catalog, stac_served, tmp_path) -> None:
+    common = ["--boxes", _boxes(stac_catalog.stacks[0]), "--model", "litemedsam", "--device", "cpu", "--dtype",
+              "float32", "--no-progress"]
+    # a search giving several items: the same prompts on each, one output per item
+    res = run("prompt", "--stac-search", stac_served.url, *SEARCH, "--assets", "red,green,blue", "--output-dir",
+              str(tmp_path / "each"), *common)
     assert res.exit_code == 0, res.output
-    res = run("prompt", str(stack), "--bands", "1,2,3", "-o", str(tmp_path / "local.gpkg"), "--overlay",
-              str(tmp_path / "local.png"), *common)
-    assert res.exit_code == 0, res.output
-    local = wkbs(tmp_path / "local.gpkg")
-    assert len(local) == 2 and wkbs(tmp_path / "stac.gpkg") == local
-    assert (tmp_path / "stac.png").read_bytes() == (tmp_path / "local.png").read_bytes()
+    assert "2 of 2 scenes done" in res.output
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == ["S2A_33UVP_20240503.gpkg",
+                                                                     "S2A_33UVP_20240712.gpkg"]
+    for k, (stack, item) in enumerate(zip(stac_catalog.stacks, stac_catalog.items)):
+        res = run("prompt", str(stack), "--bands", "1,2,3", "-o", str(tmp_path / f"local_{k}.gpkg"), *common)
+        assert res.exit_code == 0, res.output
+        local = wkbs(tmp_path / f"local_{k}.gpkg")
+        assert len(local) == 2 and wkbs(tmp_path / "each" / f"{item.stem}.gpkg") == local
 
 
 def test_prompt_and_text_refuse_several_scenes_and_bad_bands_before_any_model(stac_catalog, stac_served,
@@ -103,6 +105,13 @@ def test_prompt_and_text_refuse_several_scenes_and_bad_bands_before_any_model(st
          "has no band 'swir16'"),
         (["prompt", str(stac_catalog.stacks[0]), "--mask-asset", "scl", "--points", "1,2", "-o", out],
          "--assets and --mask-asset need STAC scenes"),
+        (["prompt", str(stac_catalog.stacks[0]), "--points", "1,2", "--output-dir", str(tmp_path / "d")],
+         "--output-dir is for STAC options giving several scenes"),
+        (["text", "--stac-items", str(stac_catalog.collection), "--text", "field", "--output-dir",
+          str(tmp_path / "d"), "--overlay", str(tmp_path / "o.png")], "--overlay take one scene"),
+        (["text", "--stac-items", str(stac_catalog.collection), "--text", "field", "--output-dir",
+          str(tmp_path / "d"), "-o", out], "not both"),
+        (["prompt", item_url(stac_served, stac_catalog), "--points", "1,2"], "give -o/--output FILE"),
     ]
     for args, message in cases:
         res = run(*args, "--model", "/nonexistent/model")  # a model would fail to load: the check comes first

@@ -159,18 +159,86 @@ def stac_sources(scenes: Sequence[str], opts: dict[str, Any]) -> list[Any] | Non
 
 
 def one_scene(scene: str | None, opts: dict[str, Any]) -> Any:
-    """The scene of a one-scene command (``prompt``, ``text``, ``info``): SCENE, or the one STAC scene it or the
-    STAC options name (an item JSON, ``--stac-items``, ``--stac-search`` finding one item or one day)."""
+    """The scene of a one-scene command (``info``): SCENE, or the one STAC scene it or the STAC options name (an
+    item JSON, ``--stac-items``, ``--stac-search`` finding one item or one day)."""
     scenes = stac_sources(() if scene is None else (scene,), opts)
     if scenes is None:
         if scene is None:
             raise click.UsageError("give SCENE (a raster or a STAC item JSON), or --stac-search / --stac-items")
         return scene
     if len(scenes) != 1:
-        raise click.UsageError(f"the STAC options give {len(scenes)} scenes ({', '.join(s.label for s in scenes[:4])}"
-                               f"{', ...' if len(scenes) > 4 else ''}); this command takes one: narrow the search "
-                               "(--datetime, --bbox, --max-items 1) or join a day's items with --group day")
+        raise click.UsageError(_several(scenes, "this command takes one"))
     return scenes[0]
+
+
+def _several(scenes: Sequence[Any], what: str) -> str:
+    names = ", ".join(s.label for s in scenes[:4]) + (", ..." if len(scenes) > 4 else "")
+    return (f"the STAC options give {len(scenes)} scenes ({names}); {what}: narrow the search (--datetime, --bbox, "
+            "--max-items 1) or join a day's items with --group day")
+
+
+#: ``--output-dir`` of ``prompt`` and ``text``: one output per STAC scene
+output_dir_option = option("--output-dir", type=click.Path(file_okay=False), group="output",
+                           help="STAC options giving several scenes: one GeoPackage per scene in this folder, named "
+                           "by item id (or day with --group day).")
+
+
+def scene_outputs(scene: str | None, opts: dict[str, Any], output: str | None, output_dir: str | None,
+                  extras: Sequence[str] = ()) -> list[tuple[Any, str]]:
+    """(scene, output path) of each run of a command that writes one output per scene (``prompt``, ``text``).
+
+    Args:
+        scene: SCENE: a raster, an item JSON, or None (the STAC options name the scenes).
+        opts: the STAC options (`pop_stac_options`).
+        output: ``-o``: the output of one scene.
+        output_dir: ``--output-dir``: one ``<label>.gpkg`` per STAC scene.
+        extras: the one-scene options given (``--overlay``, ``--label-raster``), for the message.
+
+    Returns:
+        One pair per scene: SCENE (a raster path) or a STAC scene, with its output.
+
+    Raises:
+        click.UsageError: no scene; ``-o`` and ``--output-dir`` both or neither; ``-o`` for several scenes;
+            ``--output-dir`` without STAC or with ``extras``.
+    """
+    scenes = stac_sources(() if scene is None else (scene,), opts)
+    if scenes is None and scene is None:
+        raise click.UsageError("give SCENE (a raster or a STAC item JSON), or --stac-search / --stac-items")
+    if output is not None and output_dir is not None:
+        raise click.UsageError("give -o/--output FILE (one scene) or --output-dir DIR (one file per scene), not both")
+    if output_dir is None:
+        if scenes is not None and len(scenes) != 1:
+            raise click.UsageError(_several(scenes, "give --output-dir DIR for one output each, or -o for one"))
+        if output is None:
+            raise click.UsageError("give -o/--output FILE")
+        return [(scene if scenes is None else scenes[0], output)]
+    if scenes is None:
+        raise click.UsageError("--output-dir is for STAC options giving several scenes; give -o/--output FILE")
+    if extras:
+        raise click.UsageError(f"{', '.join(extras)} take one scene; give -o/--output FILE")
+    return [(sc, str(Path(output_dir) / f"{sc.label}.gpkg")) for sc in scenes]
+
+
+def each_scene(runs: Sequence[tuple[Any, str]], run: Callable[[Any, str], None]) -> None:
+    """``run(scene, output)`` for each pair; with several, a failing scene (a geosam error) is reported and the
+    others go on, then the count of scenes done is echoed and the exit code is 1 when one failed."""
+    from geosam.errors import GeosamError
+
+    failed = 0
+    for scene, output in runs:
+        if len(runs) > 1:
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run(scene, output)
+        except GeosamError as exc:
+            if len(runs) == 1:
+                raise
+            failed += 1
+            click.echo(f"{getattr(scene, 'label', scene)}: failed: {exc}", err=True)
+    if len(runs) > 1:
+        click.echo(f"{len(runs) - failed} of {len(runs)} scenes done" + (f", {failed} failed" if failed else ""))
+    if failed:
+        sys.exit(1)
 
 
 def stac_dated(scenes: Sequence[str], opts: dict[str, Any], mask_values: Sequence[int]) -> list[Any] | None:
@@ -189,7 +257,6 @@ def segment_stac(scenes: list[Any], cfg: Any, *, output: str | None, output_dir:
                  resume: bool, overwrite: bool, scheduler: str | None, n_workers: int | None) -> None:
     """Segment STAC ``scenes``, one output each in ``--output-dir``; exit 1 when one failed."""
     from geosam.cli.report import report
-    from geosam.errors import GeosamError
     from geosam.modes.everything import segment_scene_to_file
     from geosam.run.journal import journal_path, remove_journal
     from geosam.write.paths import check_outputs
@@ -200,29 +267,17 @@ def segment_stac(scenes: list[Any], cfg: Any, *, output: str | None, output_dir:
     targets = {sc.label: str(output) if output_dir is None else str(Path(output_dir) / f"{sc.label}{fmt}")
                for sc in scenes}
     check_outputs({f"output of {k}": v for k, v in targets.items()}, overwrite=overwrite)
-    if output_dir is not None:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for sc in scenes:
-        target = targets[sc.label]
+
+    def run(sc: Any, target: str) -> None:
         journal = journal_path(target) if resume else None
-        try:
-            summary = segment_scene_to_file(sc, target, config=cfg, journal=journal, scheduler=scheduler,
-                                            n_workers=n_workers)
-        except GeosamError as exc:
-            if len(scenes) == 1:
-                raise
-            failed += 1
-            click.echo(f"{sc.label}: failed: {exc}", err=True)
-            continue
+        summary = segment_scene_to_file(sc, target, config=cfg, journal=journal, scheduler=scheduler,
+                                        n_workers=n_workers)
         report(summary, False)
         if journal is not None:
             remove_journal(journal)
-    if len(scenes) > 1:
-        click.echo(f"{len(scenes) - failed} of {len(scenes)} scenes done" + (f", {failed} failed" if failed else ""))
-    if failed:
-        sys.exit(1)
+
+    each_scene([(sc, targets[sc.label]) for sc in scenes], run)
 
 
-__all__ = ["one_scene", "pop_stac_options", "segment_stac", "stac_args", "stac_dated", "stac_option_group",
-           "stac_options", "stac_sources"]
+__all__ = ["each_scene", "one_scene", "output_dir_option", "pop_stac_options", "scene_outputs", "segment_stac",
+           "stac_args", "stac_dated", "stac_option_group", "stac_options", "stac_sources"]
