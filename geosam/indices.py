@@ -303,9 +303,8 @@ def write_index_raster(
     """
     import rasterio
 
-    from geosam.read.dataarray import is_dataarray
-    from geosam.read.scene import Scene, scene_path
-    from geosam.write.paths import atomic_output, check_not_input
+    from geosam.read.scene import Scene
+    from geosam.write.paths import atomic_output, check_not_input, local_input
     from geosam.write.verify import raster_verifier
 
     path = Path(path)
@@ -314,8 +313,7 @@ def write_index_raster(
     names = [check_index(n) for n in indices]
     if not names:
         raise ConfigError("write_index_raster needs at least one index")
-    if not is_dataarray(scene):
-        check_not_input(path, {"scene": scene_path(scene)}, "index raster")
+    check_not_input(path, {"scene": local_input(scene)}, "index raster")  # a DataArray or STAC scene: no file
     with Scene(scene, stretch=None) as sc:  # index values are read raw: no stretch to estimate
         roles = resolve_band_roles(sc, band_roles, reflectance_scale, reflectance_offset)
         calc = IndexCalculator(roles, names)

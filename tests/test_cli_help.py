@@ -55,7 +55,8 @@ def test_every_command_lists_its_sections_in_one_order() -> None:
             assert list(got) == sorted(got, key=titles.index), (name, list(got))
         flags = [f for fs in got.values() for f in fs]
         assert len(flags) == len(set(flags)), name  # each option once
-    assert list(sections(help_of("prompt")))[:3] == ["Input", "Prompts", "Model"]
+    assert list(sections(help_of("prompt")))[:4] == ["Input", "STAC input", "Prompts", "Model"]
+    assert all("STAC input" in sections(help_of(c)) for c in ("segment", "prompt", "text", "info"))
     assert "Text and exemplars" in sections(help_of("text"))
 
 

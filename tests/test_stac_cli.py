@@ -69,3 +69,37 @@ def test_bad_stac_input_is_one_error_and_writes_nothing(stac_catalog, stac_serve
         assert message in res.output, (args, res.output)
         assert "Traceback" not in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # a tiny SAM on 2 chips per scene, 4 runs
+def test_segment_extras_and_merge_on_stac_equal_those_on_the_local_stacks(stac_catalog, stac_served, tiny_sam_dir,
+                                                                          tmp_path) -> None:
+    import numpy as np
+    import rasterio
+    from PIL import Image
+
+    srv = stac_served
+    extras = {tag: ["--label-raster", str(tmp_path / f"{tag}_labels.tif"), "--index-raster",
+                    str(tmp_path / f"{tag}_ndvi.tif"), "--overlay", str(tmp_path / f"{tag}.png")]
+              for tag in ("stac", "local")}
+    res = run(item_url(srv, stac_catalog), "--assets", "red,green,blue,nir", "--bands", "1,2,3", "-o",
+              str(tmp_path / "stac.gpkg"), *extras["stac"], "--model", tiny_sam_dir, *TINY)
+    assert res.exit_code == 0, res.output
+    res = run(str(stac_catalog.stacks[0]), "--bands", "1,2,3", "--reflectance-scale", "1e-4", "-o",
+              str(tmp_path / "local.gpkg"), *extras["local"], "--model", tiny_sam_dir, *TINY)
+    assert res.exit_code == 0, res.output
+    assert wkbs(tmp_path / "stac.gpkg") == wkbs(tmp_path / "local.gpkg")
+    for name in ("labels.tif", "ndvi.tif"):
+        with rasterio.open(tmp_path / f"stac_{name}") as a, rasterio.open(tmp_path / f"local_{name}") as b:
+            assert (a.transform, a.crs, a.shape) == (b.transform, b.crs, b.shape)
+            np.testing.assert_array_equal(a.read(), b.read())
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "stac.png")), np.asarray(Image.open(tmp_path / "local.png")))
+    res = run("--stac-items", f"{srv.url}/collection.json", "--assets", "red,green,blue", "--merge", "-o",
+              str(tmp_path / "stac_merged.gpkg"), "--model", tiny_sam_dir, *TINY)
+    assert res.exit_code == 0, res.output
+    res = run(*(str(p) for p in stac_catalog.stacks), "--bands", "1,2,3", "--merge", "-o",
+              str(tmp_path / "local_merged.gpkg"), "--model", tiny_sam_dir, *TINY)
+    assert res.exit_code == 0, res.output
+    a, b = gpd.read_file(tmp_path / "stac_merged.gpkg"), gpd.read_file(tmp_path / "local_merged.gpkg")
+    assert sorted(a["scene"].unique()) == ["S2A_33UVP_20240503", "S2A_33UVP_20240712"]
+    assert len(a) == len(b) > 0 and wkbs(tmp_path / "stac_merged.gpkg") == wkbs(tmp_path / "local_merged.gpkg")

@@ -4,6 +4,7 @@ one line per scene and an overall progress bar."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -11,10 +12,10 @@ from geosam.config import SegmentConfig
 from geosam.run.summary import RunSummary
 
 
-def segment_many(paths: list[str], cfg: SegmentConfig, *, output: str | None, output_dir: str | None, merge: bool,
+def segment_many(paths: list[Any], cfg: SegmentConfig, *, output: str | None, output_dir: str | None, merge: bool,
                  resume: bool, scheduler: str | None, n_workers: int | None, fmt: str) -> None:
-    """Segment ``paths`` one after the other; one line per scene under an overall bar (``--progress``,
-    on stderr, beside the chip bar of the scene at work); exit code 1 when any failed."""
+    """Segment ``paths`` (raster paths or STAC scenes) one after the other; one line per scene under an overall
+    bar (``--progress``, on stderr, beside the chip bar of the scene at work); exit code 1 when any failed."""
     from geosam.modes.scenes import segment_scenes
     from geosam.progress import tqdm_auto
 

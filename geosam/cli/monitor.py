@@ -11,6 +11,7 @@ import click
 
 from geosam.cli.common import handle_errors
 from geosam.cli.options import KeyValue
+from geosam.cli.stac_options import pop_stac_options, stac_args, stac_dated, stac_option_group
 from geosam.config.monitor import MonitorConfig
 
 _D = MonitorConfig()
@@ -35,7 +36,7 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
 
 
 @click.command()
-@click.argument("scenes", nargs=-1, required=True)
+@click.argument("scenes", nargs=-1)
 @click.option("--objects", "objects", multiple=True, required=True,
               help="Vector file of the objects (fields, parcels, crowns), used at every date; give it once per date "
               "(oldest first) for each date's own objects: they are then tracked across dates.")
@@ -60,7 +61,8 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--nodata", type=float, help="Nodata value of the index bands (besides the files' own).")
 @click.option("--fill-value", type=float, help="Pixels whose index bands all equal this are invalid (e.g. 255).")
 @click.option("--mask-band", type=int, help="A band marking invalid pixels (e.g. Sentinel-2 SCL).")
-@click.option("--mask-values", help="Its invalid values, e.g. 3,8,9,10 (default: 0 is invalid).")
+@click.option("--mask-values", help="Invalid values of --mask-band or of the STAC --mask-asset, e.g. 3,8,9,10 "
+              "(default: 0 is invalid).")
 @click.option("--chip-size", "chip_size_px", type=int, default=_D.chip_size_px, show_default=True,
               help="Objects are read in groups, one read per chip of this size (px) per date.")
 @click.option("--loss", multiple=True, help="Flag <index>_loss where <index>_delta <= T, e.g. ndvi:-0.2 (repeatable).")
@@ -69,25 +71,35 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--ascending", is_flag=True, help="With --rank-by: smallest first (e.g. the largest NDVI fall).")
 @click.option("--match-iou", type=float, default=_D.match_iou, show_default=True,
               help="Tracking: consecutive dates' objects match one-to-one at IoU >= this.")
+@stac_option_group(without=("mask_values", "group"))  # --mask-values above serves both; STAC dates are days
 @handle_errors
 def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], output: str | None, long_output: str | None,
             dates: str | None, stack: tuple[str, ...], mask_values: str | None, loss: tuple[str, ...],
             gain: tuple[str, ...], **settings: Any) -> None:
-    """Per-object index series across dates (SCENES: files, globs, @lists), change, flags, rank and tracking."""
+    """Per-object index series across dates (SCENES: files, globs, @lists), change, flags, rank and tracking.
+
+    STAC: SCENES as item JSONs or an ItemCollection, or --stac-search / --stac-items: one date per day (a day's
+    items joined), clouds masked with --mask-asset scl --mask-values 3,8,9,10."""
     from geosam.errors import ConfigError
     from geosam.monitor.series import monitor_objects
 
+    stac_opts = pop_stac_options(settings)
     if output is None and long_output is None:
         raise ConfigError("give -o/--output (wide table) and/or --long (long table)")
     try:
         values = tuple(int(v) for v in _split(mask_values) or ())
     except ValueError:
         raise ConfigError(f"--mask-values takes integers like 3,8,9,10, got {mask_values!r}") from None
-    cfg = MonitorConfig(mask_values=values, loss=loss, gain=gain,
+    stac = stac_args(scenes, stac_opts) is not None  # --mask-values then name classes of --mask-asset
+    cfg = MonitorConfig(mask_values=() if stac else values, loss=loss, gain=gain,
                         **{k: v for k, v in settings.items() if v is not None and v != ()})
     objs: Any = list(objects) if len(objects) > 1 else objects[0]
-    result = monitor_objects(list(scenes), objs, dates=_split(dates), stack=_stack(stack), config=cfg,
-                             output=output, long_output=long_output)
+    dated = stac_dated(scenes, stac_opts, values) if stac else None  # STAC: the day mosaics, dated
+    if dated is None and not scenes:
+        raise ConfigError("give DATE_SCENES (rasters, or STAC items / an ItemCollection), or --stac-search / "
+                          "--stac-items")
+    result = monitor_objects(dated if dated is not None else list(scenes), objs, dates=_split(dates),
+                             stack=_stack(stack), config=cfg, output=output, long_output=long_output)
     n = len(result.wide)
     what = "tracks" if result.tracks is not None else "objects"
     click.echo(f"{n} {what} x {len(result.dates)} dates ({', '.join(d.isoformat() for d in result.dates)}) -> "

@@ -10,15 +10,17 @@ from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.help import GroupedCommand
 from geosam.cli.options import CoordinateList, model_options, output_options, read_options
 from geosam.cli.outline_options import outline_options
+from geosam.cli.stac_options import each_scene, output_dir_option, pop_stac_options, scene_outputs, stac_options
 from geosam.config import PromptConfig, check_crs
 
 _D = PromptConfig()
 
 
 @click.command(cls=GroupedCommand)
-@click.argument("scene", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.argument("scene", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
+@output_dir_option
 @click.option("--points", type=CoordinateList(2), default=(), help='Point prompts "x,y;x,y" (one object each), in --prompt-crs.')
 @click.option("--boxes", type=CoordinateList(4), default=(), help='Box prompts "minx,miny,maxx,maxy;..." (one object each), in --prompt-crs.')
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
@@ -45,13 +47,17 @@ _D = PromptConfig()
 @read_options
 @output_options
 @outline_options
+@stac_options
 @handle_errors
-def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes: tuple[tuple[float, ...], ...],
+def prompt(scene: str | None, output: str | None, output_dir: str | None, points: tuple[tuple[float, ...], ...], boxes: tuple[tuple[float, ...], ...],
            prompts_file: str | None, prompt_crs: str | None, layer: str | None, id_column: str,
            label_column: str | None, point_label_column: str | None, object_column: str | None,
            scheduler: str | None, n_workers: int | None, overlay: str | None, overwrite: bool,
            **settings: Any) -> None:
-    """Segment the object at each point / box prompt in SCENE and write one polygon per prompt to OUTPUT."""
+    """Segment the object at each point / box prompt in SCENE and write one polygon per prompt to OUTPUT.
+
+    SCENE: a raster (path or GDAL URL) or a STAC item (JSON file or URL); or --stac-items / --stac-search giving
+    one scene (-o) or several (--output-dir: the same prompts on each, one output per item or day)."""
     from geosam.modes.prompted import segment_prompts
     from geosam.prompts.gather import gather_prompts
     from geosam.prompts.parse import PromptColumns
@@ -61,25 +67,34 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
     from geosam.write.paths import check_outputs
     from geosam.write.vector import write_vector
 
+    stac_opts = pop_stac_options(settings)
     cfg = PromptConfig.from_settings(**settings)  # every setting checked before any pixel or model
     if prompt_crs is not None:
         check_crs(prompt_crs, "--prompt-crs")
     check_scheduler(scheduler, n_workers)
-    lock_outputs(output, overlay)  # a second run on one of them is refused
-    check_output_path(output)  # before the run, so a typo loses nothing
+    runs = scene_outputs(scene, stac_opts, output, output_dir, ["--overlay"] if overlay else [])
+    lock_outputs(*(out for _, out in runs), overlay)  # a second run on one of them is refused
+    for _, out in runs:
+        check_output_path(out)  # before the run, so a typo loses nothing
     if overlay:
         check_output_path(overlay, "png")
-    check_outputs({"--output": output, "--overlay": overlay}, {"SCENE": scene, "--prompts": prompts_file},
+    names = {"--output": runs[0][1]} if len(runs) == 1 else {f"output of {sc.label}": out for sc, out in runs}
+    check_outputs({**names, "--overlay": overlay}, {"SCENE": runs[0][0], "--prompts": prompts_file},
                   overwrite=overwrite)
     if not (points or boxes or prompts_file):
         raise click.UsageError("give prompts with --points, --boxes or --prompts")
-    prompts = gather_prompts(scene, prompts_file=prompts_file, layer=layer, points=points, boxes=boxes,
+    # prompts without a CRS are in the (first) scene's; each scene's run reprojects them to its own
+    prompts = gather_prompts(runs[0][0], prompts_file=prompts_file, layer=layer, points=points, boxes=boxes,
                              prompt_crs=prompt_crs)
     columns = PromptColumns(id=id_column, label=label_column, point_label=point_label_column, object=object_column)
-    gdf = segment_prompts(scene, prompts, columns=columns, config=cfg, scheduler=scheduler, n_workers=n_workers)
-    out = write_vector(gdf, output)
-    if overlay:
-        render_overlay(scene, gdf[~gdf.geometry.is_empty], overlay, bands=cfg.read.bands)
-    counts = gdf.attrs.get("geosam", {}).get("status_counts", {})
-    click.echo(f"{out}: {len(gdf)} prompts ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
-               f"{gdf.attrs.get('geosam', {}).get('seconds', 0.0):.1f} s")
+
+    def run(source: Any, output: str) -> None:
+        gdf = segment_prompts(source, prompts, columns=columns, config=cfg, scheduler=scheduler, n_workers=n_workers)
+        out = write_vector(gdf, output)
+        if overlay:
+            render_overlay(source, gdf[~gdf.geometry.is_empty], overlay, bands=cfg.read.bands)
+        counts = gdf.attrs.get("geosam", {}).get("status_counts", {})
+        click.echo(f"{out}: {len(gdf)} prompts ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
+                   f"{gdf.attrs.get('geosam', {}).get('seconds', 0.0):.1f} s")
+
+    each_scene(runs, run)

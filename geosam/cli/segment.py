@@ -100,25 +100,23 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     cfg = SegmentConfig.from_settings(**settings)  # every setting checked before any pixel or model
     fmt = check_output_choice(output, output_dir, fmt)
     check_scheduler(scheduler, n_workers)
-    stac = stac_sources(scenes, stac_opts)
-    if stac is not None:
-        return segment_stac(stac, cfg, output=output, output_dir=output_dir, fmt=fmt, resume=resume,
-                            overwrite=overwrite, scheduler=scheduler, n_workers=n_workers,
-                            extras={"--merge": merge, "--label-raster": label_raster, "--index-raster": index_raster,
-                                    "--overlay": overlay})
-    if not scenes:
+    stac = stac_sources(scenes, stac_opts)  # STAC items or a search: its scenes; else None
+    if stac is None and not scenes:
         raise click.UsageError("give SCENES (raster files, or STAC items), or --stac-search / --stac-items")
-    paths = expand_scenes(scenes)
+    paths: list[Any] = stac if stac is not None else expand_scenes(scenes)
     if output_dir is not None or merge or len(paths) > 1:
         if label_raster or index_raster or overlay:
             raise click.UsageError("--label-raster, --index-raster and --overlay take one scene")
+        if stac is not None and not merge:  # outputs named by item id / day
+            return segment_stac(stac, cfg, output=output, output_dir=output_dir, fmt=fmt, resume=resume,
+                                overwrite=overwrite, scheduler=scheduler, n_workers=n_workers)
         from geosam.cli.many import segment_many
 
         return segment_many(paths, cfg, output=output, output_dir=output_dir, merge=merge, resume=resume,
                             scheduler=scheduler, n_workers=n_workers, fmt=fmt)
     if output is None:
         raise click.UsageError("give -o/--output FILE (or --output-dir DIR for many scenes)")
-    scene = paths[0]
+    scene = paths[0]  # a raster path or one STAC scene: the same run, the same extras on its grid
     lock_outputs(output, label_raster, index_raster, overlay)  # a second run on one of them is refused
     # every output path is checked before the (possibly hours-long) run, so a typo loses nothing
     check_output_path(output)

@@ -11,6 +11,7 @@ from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.help import GroupedCommand
 from geosam.cli.options import KeyValue, model_options, output_options, read_options
 from geosam.cli.outline_options import outline_options
+from geosam.cli.stac_options import each_scene, output_dir_option, pop_stac_options, scene_outputs, stac_options
 from geosam.config import SegmentConfig
 from geosam.config.text import DEFAULT_TEXT_MODEL, TextConfig
 
@@ -19,9 +20,10 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
 
 
 @click.command(cls=GroupedCommand)
-@click.argument("scene", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.argument("scene", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
+@output_dir_option
 @click.option("--text", "phrases", multiple=True,
               help="A noun phrase, e.g. building (repeatable; each phrase is the label of its objects).")
 @click.option("--exemplars", type=click.Path(dir_okay=False),
@@ -50,30 +52,43 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
               help="torch.compile SAM 3's per-chip parts (first chip slow, later ones faster: for large scenes).")
 @click.option("--skip-bad-chips", is_flag=True, help="Skip (and list) chips whose pixels cannot be read.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage (backbone, text_encoder, detector, stitch, ...).")
+@stac_options
 @handle_errors
-def text(scene: str, output: str, phrases: tuple[str, ...], exemplars: str | None, score_threshold: float | None,
+def text(scene: str | None, output: str | None, output_dir: str | None, phrases: tuple[str, ...], exemplars: str | None, score_threshold: float | None,
          mask_threshold: float | None, overlay: str | None, label_raster: str | None, profile: bool, overwrite: bool,
          **settings: Any) -> None:
-    """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT."""
+    """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT.
+
+    SCENE: a raster (path or GDAL URL) or a STAC item (JSON file or URL); or --stac-items / --stac-search giving
+    one scene (-o) or several (--output-dir: one output per item or day)."""
     from geosam.cli.report import report, write_extras
     from geosam.modes.text import segment_text_to_file
     from geosam.write.checks import check_output_path
     from geosam.write.paths import check_outputs
 
     settings["indices"] = settings["indices"] or ()
+    stac_opts = pop_stac_options(settings)
     TextConfig(phrases=phrases, score_threshold=score_threshold, mask_threshold=mask_threshold)  # checked first
     if not phrases and not exemplars:
         raise click.UsageError("give at least one --text phrase or --exemplars FILE")
     cfg = SegmentConfig.from_settings(**settings)
-    lock_outputs(output, overlay, label_raster)  # a second run on one of them is refused
-    check_output_path(output)
+    extras = [k for k, v in (("--overlay", overlay), ("--label-raster", label_raster)) if v]
+    runs = scene_outputs(scene, stac_opts, output, output_dir, extras)
+    lock_outputs(*(out for _, out in runs), overlay, label_raster)  # a second run on one of them is refused
+    for _, out in runs:
+        check_output_path(out)
     if overlay:
         check_output_path(overlay, "png")
     if label_raster:
         check_output_path(label_raster, "raster")
-    inputs = {"SCENE": scene, **({"--exemplars": exemplars} if exemplars else {})}
-    check_outputs({"--output": output, "--overlay": overlay, "--label-raster": label_raster}, inputs, overwrite=overwrite)
-    summary = segment_text_to_file(scene, output, list(phrases), exemplars=exemplars, model=cfg.model.model,
-                                   score_threshold=score_threshold, mask_threshold=mask_threshold, config=cfg)
-    write_extras(scene, output, label_raster=label_raster, overlay=overlay, bands=cfg.read.bands)
-    report(summary, profile)
+    inputs = {"SCENE": runs[0][0], **({"--exemplars": exemplars} if exemplars else {})}
+    names = {"--output": runs[0][1]} if len(runs) == 1 else {f"output of {sc.label}": out for sc, out in runs}
+    check_outputs({**names, "--overlay": overlay, "--label-raster": label_raster}, inputs, overwrite=overwrite)
+
+    def run(source: Any, output: str) -> None:
+        summary = segment_text_to_file(source, output, list(phrases), exemplars=exemplars, model=cfg.model.model,
+                                       score_threshold=score_threshold, mask_threshold=mask_threshold, config=cfg)
+        write_extras(source, output, label_raster=label_raster, overlay=overlay, bands=cfg.read.bands)
+        report(summary, profile)
+
+    each_scene(runs, run)

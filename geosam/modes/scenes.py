@@ -29,13 +29,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def expand_scenes(items: Sequence[str | os.PathLike[str]]) -> list[str]:
+def expand_scenes(items: Sequence[Any]) -> list[Any]:
     """Scene paths from ``items``.
 
     Args:
         items: Glob patterns (expanded, sorted), ``@list.txt`` (one path or GDAL URL per line; blank lines
             and ``#`` comments skipped) or anything else, kept as given (a path or a URL such as
-            ``/vsicurl/https://...``).
+            ``/vsicurl/https://...``, or a scene that is not a path: a `geosam.stac.StacScene`).
 
     Returns:
         The paths, duplicates dropped.
@@ -43,8 +43,11 @@ def expand_scenes(items: Sequence[str | os.PathLike[str]]) -> list[str]:
     Raises:
         ConfigError: A list file that does not exist, or a pattern that matches nothing.
     """
-    out: list[str] = []
+    out: list[Any] = []
     for item in items:
+        if not isinstance(item, (str, os.PathLike)):  # a STAC scene: named by its label
+            out.append(item)
+            continue
         text = os.fspath(item)
         if text.startswith("@"):
             listing = Path(text[1:])
@@ -62,21 +65,28 @@ def expand_scenes(items: Sequence[str | os.PathLike[str]]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def output_names(scenes: Sequence[str], output_dir: str | os.PathLike[str], ext: str) -> dict[str, str]:
+def scene_name(scene: Any) -> str:
+    """How outputs, messages and the merged ``scene`` column name a scene: its path, or a STAC scene's label."""
+    return scene if isinstance(scene, str) else getattr(scene, "label", None) or os.fspath(scene)
+
+
+def output_names(scenes: Sequence[Any], output_dir: str | os.PathLike[str], ext: str) -> dict[str, str]:
     """One output path per scene.
 
     Args:
-        scenes: The scene paths.
+        scenes: The scene paths (or STAC scenes: `scene_name`).
         output_dir: The folder of the outputs.
         ext: The outputs' suffix, e.g. ``".gpkg"``.
 
     Returns:
-        Per scene, ``output_dir`` / the scene's file stem plus ``ext`` (numbered when stems repeat).
+        Per scene name, ``output_dir`` / the scene's file stem (a STAC scene's label) plus ``ext`` (numbered
+        when stems repeat).
     """
     used: dict[str, int] = {}
     out = {}
-    for s in scenes:
-        stem = Path(s.rstrip("/").split("?")[0]).stem or "scene"
+    for scene in scenes:
+        s = scene_name(scene)
+        stem = (s if not isinstance(scene, (str, os.PathLike)) else Path(s.rstrip("/").split("?")[0]).stem) or "scene"
         n = used.get(stem, 0)
         used[stem] = n + 1
         out[s] = os.path.join(os.fspath(output_dir), f"{stem}{f'_{n}' if n else ''}{ext}")
@@ -158,7 +168,8 @@ def segment_scenes(
     """Segment every scene; a scene failing with a geosam error is recorded in ``failed`` and the others go on.
 
     Args:
-        scenes: Paths, globs or ``@list.txt`` (see `expand_scenes`).
+        scenes: Paths, globs or ``@list.txt`` (see `expand_scenes`), or STAC scenes (`geosam.stac`, named by
+            their labels).
         mask_generator: One generator for every scene, or a function of the scene path returning one.
         output_dir: Write one vector file per scene there (``<stem><ext>``).
         merge: One table with a ``scene`` column instead, written to ``output`` when given.
@@ -199,13 +210,14 @@ def segment_scenes(
             from geosam.run.cluster import connect
 
             scheduler, n_workers = connect(stack, scheduler, n_workers), None  # one client for every scene
-        for scene in paths:
+        for source in paths:
+            scene = scene_name(source)
             target = names.get(scene) or (os.fspath(output) + f".{len(frames)}" if merge and output else None)
             journal = journal_path(target) if resume and target else None
             options = RunOptions(journal, scheduler, n_workers)
             try:  # one file per scene: objects streamed into it (memory independent of their number)
                 build = everything_plan(cfg, _scene_generator(mask_generator, scene), journal)
-                res = run_mode(scene, cfg.read, build, options, names.get(scene))
+                res = run_mode(source, cfg.read, build, options, names.get(scene))
             except GeosamError as exc:
                 log.error("%s: %s", scene, exc)
                 result.failed[scene] = str(exc)
@@ -230,7 +242,7 @@ def segment_scenes(
 
 
 def _plan_outputs(
-    paths: Sequence[str],
+    paths: Sequence[Any],
     *,
     output_dir: str | os.PathLike[str] | None,
     merge: bool,
@@ -275,4 +287,4 @@ def _merge_into(result: ScenesResult, frames: dict[str, gpd.GeoDataFrame], journ
             remove_journal(journal)
 
 
-__all__ = ["ScenesResult", "expand_scenes", "merge_frames", "output_names", "segment_scenes"]
+__all__ = ["ScenesResult", "expand_scenes", "merge_frames", "output_names", "scene_name", "segment_scenes"]

@@ -6,7 +6,10 @@ Where the scenes come from (`date_scenes`):
 * one multi-date band stack -- one file and ``stack={date: roles}``, e.g. the shipped Sentinel-2 sample
   (``{'2021-06-01': 'red=1,green=2,blue=3,nir=4', '2021-09-01': 'red=5,green=6,blue=7,nir=8'}``); a role
   ``mask=N`` names that date's cloud/quality band;
-* an xarray DataArray with a ``time`` dimension (each time step a (band, y, x) scene, read in place).
+* an xarray DataArray with a ``time`` dimension (each time step a (band, y, x) scene, read in place);
+* STAC: the ``DatedScene`` objects of `geosam.stac.search.dated_scenes` (one day's mosaic each, clouds
+  masked from its classification asset), `geosam.stac.StacScene` objects (dated by their items' solar
+  day), or item JSON files / URLs and ItemCollection files (read as ``dated_scenes`` with the default bands).
 
 A file's date is, in order: the ``dates`` given (``--dates``), the raster's acquisition-date tag
 (`DATE_TAGS`, e.g. ``TIFFTAG_DATETIME``), an ISO date in the file name (``d1_2024-04-01.tif``, or
@@ -191,12 +194,41 @@ def _dataarray_dates(da: Any) -> list[DateScene]:
     return out
 
 
+def _is_dated(obj: Any) -> bool:
+    from geosam.stac import StacScene
+
+    return hasattr(obj, "date") and isinstance(getattr(obj, "scene", None), StacScene)
+
+
+def _is_stac_input(scenes: Any) -> bool:
+    """Whether ``scenes`` is STAC input (see the module docstring): dated scenes, scenes, items or collections."""
+    from geosam.stac import is_stac
+
+    items = list(scenes) if isinstance(scenes, (list, tuple)) else [scenes]
+    return bool(items) and all(_is_dated(s) or is_stac(s) for s in items)
+
+
+def _stac_dates(scenes: Any) -> list[DateScene]:
+    """One `DateScene` per STAC date (`_is_stac_input`); item and collection files are read as ``dated_scenes``."""
+    from geosam.stac import StacScene
+    from geosam.stac.search import DatedScene, dated_scenes, solar_day
+
+    items = list(scenes) if isinstance(scenes, (list, tuple)) else [scenes]
+    files = [s for s in items if not (_is_dated(s) or isinstance(s, StacScene))]
+    if files and len(files) != len(items):
+        raise ConfigError("give STAC (dated) scenes or item / collection files, not a mix")
+    dated = dated_scenes(files) if files else [s if _is_dated(s) else DatedScene(solar_day(s.items[0]), s)
+                                               for s in items]
+    return [DateScene(d.date, d.scene, None, None, d.scene.label, "STAC") for d in dated]
+
+
 def date_scenes(scenes: Any, dates: Sequence[Any] | None = None, stack: Mapping[Any, Any] | None = None
                 ) -> list[DateScene]:
     """The run's dates, sorted by date.
 
     Args:
-        scenes: paths / globs / ``@list`` files, one path, or a DataArray with a ``time`` dimension.
+        scenes: paths / globs / ``@list`` files, one path, a DataArray with a ``time`` dimension, or STAC
+            dated scenes / scenes / item and ItemCollection files (see the module docstring).
         dates: one date per file, in the order the files are listed (overrides tags and names).
         stack: for one multi-date file: {date: that date's band roles}, e.g. ``{'2021-06-01': 'red=1,nir=4'}``.
 
@@ -212,6 +244,10 @@ def date_scenes(scenes: Any, dates: Sequence[Any] | None = None, stack: Mapping[
         if stack is not None or dates is not None:
             raise ConfigError("a DataArray brings its dates in its 'time' coordinate: leave dates and stack unset")
         out = _dataarray_dates(scenes)
+    elif _is_stac_input(scenes):
+        if stack is not None or dates is not None:
+            raise ConfigError("STAC scenes bring their dates (the items' solar day): leave dates and stack unset")
+        out = _stac_dates(scenes)
     else:
         items = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
         paths = expand_paths(items)

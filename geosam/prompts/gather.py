@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def gather_prompts(
-    scene: str,
+    scene: Any,
     *,
     prompts_file: str | None = None,
     layer: str | None = None,
@@ -30,7 +30,8 @@ def gather_prompts(
     ``points`` and ``boxes`` (in ``prompt_crs``, default the scene's), reprojected to the file's CRS.
 
     Args:
-        scene: The raster the prompts are for (its CRS is the default).
+        scene: The scene the prompts are for (its CRS is the default): a raster path, a DataArray or a STAC
+            item / `geosam.stac.StacScene`.
         prompts_file: A vector file of prompts (see `geosam.prompts.parse`).
         layer: The file's layer (default: the first).
         points: ``(x, y)`` point prompts.
@@ -48,10 +49,10 @@ def gather_prompts(
     import pandas as pd
 
     from geosam.prompts.table import has_geometry, points_from_table
-    from geosam.read.scene import SceneInfo, open_raster
+    from geosam.read.scene import Scene
 
-    with open_raster(scene) as ds:
-        scene_crs = SceneInfo.from_dataset(ds).crs_wkt
+    with Scene(scene, stretch=None) as sc:  # a path, a DataArray or a STAC scene; no pixel read
+        scene_crs = sc.info.crs_wkt
 
     frames = []
     if prompts_file:

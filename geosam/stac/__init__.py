@@ -4,7 +4,8 @@ Stage modules: `geosam.stac.env` (remote-read settings, signing), `geosam.stac.i
 (an item -> a `geosam.stac.item.StacScene`: bands by common name, one grid),
 `geosam.stac.dataset` (window reads through odc-stac), `geosam.stac.search`
 (ItemCollections and STAC API searches -> scenes per item, per day, or dated and cloud-masked),
-`geosam.stac.fingerprint` (what a journal records of an item). This package depends on
+`geosam.stac.fingerprint` (what a journal records of an item), `geosam.stac.describe` (what a scene would
+read: grid, bands, asset sizes; ``geosam info``). This package depends on
 nothing above `geosam.errors`; ``geosam.read.scene.Scene`` calls `stac_dataset`.
 """
 

@@ -23,7 +23,8 @@ from affine import Affine
 from geosam.errors import ExportError, NoCRSError
 from geosam.geo import same_crs
 from geosam.read.dataarray import DataArrayDataset, is_dask_backed, is_dataarray
-from geosam.write.paths import atomic_output, check_not_input
+from geosam.stac import is_stac, stac_dataset
+from geosam.write.paths import atomic_output, check_not_input, local_input
 from geosam.write.verify import raster_verifier
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def write_label_raster(
     gdf: gpd.GeoDataFrame,
     path: str | os.PathLike[str],
     *,
-    like_path: str | os.PathLike[str],
+    like_path: Any,
     id_column: str | None = "id",
     block_px: int = 1024,
 ) -> Path:
@@ -128,7 +129,8 @@ def write_label_raster(
     Args:
         gdf: The polygons.
         path: The GeoTIFF to write.
-        like_path: The raster whose grid (size, transform, CRS) the labels take.
+        like_path: The raster whose grid (size, transform, CRS) the labels take: a path, or a DataArray or
+            STAC item / `geosam.stac.StacScene` (its chip grid: CRS and transform at the chosen resolution).
         id_column: Column whose value labels each polygon; None: the row number 1..N.
         block_px: Side of the blocks written at a time (px).
 
@@ -142,16 +144,13 @@ def write_label_raster(
     import rasterio
     from rasterio.windows import Window
 
-    from geosam.read.scene import open_raster
-
     path = Path(path)
     if block_px < 16:
         raise ExportError(f"{path}: block_px must be at least 16, got {block_px}")
     if path.suffix.lower() not in (".tif", ".tiff"):
         log.warning("%s: writing a GeoTIFF to a file without a .tif extension", path)
-    check_not_input(path, {"like_path": like_path}, "label raster")
-    with open_raster(os.fspath(like_path)) as src:
-        width, height, transform, crs = src.width, src.height, src.transform, src.crs
+    check_not_input(path, {"like_path": local_input(like_path)}, "label raster")
+    height, width, transform, crs = _like_grid(like_path)
 
     geoms, ids, tree = _features(gdf, _label_ids(gdf, id_column, path), crs, str(path))
 
@@ -188,12 +187,25 @@ def write_label_raster(
     return path
 
 
+def _like_grid(like: Any) -> tuple[int, int, Affine, Any]:
+    """(height, width, transform, CRS or None) of a raster path, or of what `_grid` takes."""
+    if isinstance(like, (str, os.PathLike)) and not is_stac(like):
+        from geosam.read.gdal import open_raster
+
+        with open_raster(os.fspath(like)) as src:
+            return src.height, src.width, src.transform, src.crs
+    return _grid(like)[:4]
+
+
 def _grid(like: Any) -> tuple[int, int, Affine, Any, Any]:
     """(height, width, transform, CRS, the (y, x) DataArray whose coordinates to copy or None) of ``like``."""
     like = getattr(like, "source", like)  # a geosam Scene: what it was opened from
     if is_dataarray(like):
         ds = DataArrayDataset(like)
         return ds.height, ds.width, ds.transform, ds.crs, ds.da.isel({ds.da.dims[0]: 0}, drop=True)
+    stac = stac_dataset(like)  # a STAC item or scene: the grid its chips are read on
+    if stac is not None:
+        return stac.height, stac.width, stac.transform, stac.crs, None
     from geosam.read.gdal import open_raster
 
     path = os.fspath(like) if isinstance(like, (str, os.PathLike)) else like.name  # an open rasterio dataset
@@ -214,7 +226,7 @@ def label_dataarray(gdf: gpd.GeoDataFrame, like: Any, *, id_column: str | None =
 
     Args:
         gdf: The objects (polygons), in any CRS.
-        like: The grid: a DataArray, a raster path or a `Scene`.
+        like: The grid: a DataArray, a raster path, a `Scene` or a STAC item / `geosam.stac.StacScene`.
         id_column: Column whose value labels each polygon; None: the row number 1..N.
         block_px: Side of the blocks rasterized at a time (px).
 

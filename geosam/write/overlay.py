@@ -19,7 +19,7 @@ import numpy as np
 from geosam.errors import ExportError
 from geosam.geo import same_crs
 from geosam.plot import distinct_colours, draw_geometries, draw_image, read_quicklook
-from geosam.write.paths import atomic_output, check_not_input
+from geosam.write.paths import atomic_output, check_not_input, local_input
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -29,7 +29,7 @@ _DPI = 72.0
 
 
 def render_overlay(
-    image_path: str | os.PathLike[str],
+    image_path: Any,
     gdf: gpd.GeoDataFrame,
     png_path: str | os.PathLike[str],
     *,
@@ -48,7 +48,8 @@ def render_overlay(
     large as the decimated read.
 
     Args:
-        image_path: The scene.
+        image_path: The scene: a raster path, an xarray DataArray or a STAC item / `geosam.stac.StacScene`
+            (anything `geosam.read.scene.Scene` opens).
         gdf: The polygons to draw.
         png_path: The PNG to write.
         max_side_px: Longest side of the decimated read (px).
@@ -66,10 +67,11 @@ def render_overlay(
     from PIL import Image
 
     png_path = Path(png_path)
-    check_not_input(png_path, {"scene": image_path}, "overlay")
+    check_not_input(png_path, {"scene": local_input(image_path)}, "overlay")
     if max_side_px < 1:
         raise ExportError(f"{png_path}: max_side_px must be positive, got {max_side_px}")
-    img, info = read_quicklook(os.fspath(image_path), max_side_px, bands)
+    scene = os.fspath(image_path) if isinstance(image_path, os.PathLike) else image_path
+    img, info = read_quicklook(scene, max_side_px, bands)
     oh, ow = img.shape[:2]
 
     if len(gdf) and gdf.crs is not None and not same_crs(gdf.crs, _rio_crs(info.crs_wkt)):

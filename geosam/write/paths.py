@@ -62,9 +62,31 @@ def same_file(a: PathLike, b: PathLike) -> bool:
     return _resolved(a) == _resolved(b)
 
 
-def _is_local(path: PathLike) -> bool:
+def _is_local(path: object) -> bool:
+    """Whether ``path`` names a local file: a path (not a URL, not ``/vsi...``); False for anything else (a STAC
+    scene, a DataArray)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
     p = os.fspath(path)
     return "://" not in p and not p.startswith("/vsi")
+
+
+def local_input(scene: object) -> str | None:
+    """The local file a scene is read from, for `check_not_input`; None when it is read from no local file.
+
+    Args:
+        scene: A path, an open rasterio dataset (its ``name``), or a scene read from elsewhere (an xarray
+            DataArray, a STAC item or `geosam.stac.StacScene`, a URL): None.
+
+    Returns:
+        The path, or None.
+    """
+    if isinstance(scene, (str, os.PathLike)):
+        return os.fspath(scene) if _is_local(scene) else None
+    name = getattr(scene, "name", None)
+    if isinstance(name, str) and hasattr(scene, "read") and hasattr(scene, "driver"):  # an open rasterio dataset
+        return name if _is_local(name) else None
+    return None
 
 
 def _check_folder(name: str, path: Path) -> None:
@@ -90,16 +112,17 @@ def _nearest_writable_folder(path: PathLike, label: str) -> Path:
 
 
 def check_not_input(
-    path: PathLike, inputs: Mapping[str, PathLike | None] | Iterable[PathLike | None], name: str = "output"
+    path: PathLike, inputs: Mapping[str, object] | Iterable[object], name: str = "output"
 ) -> None:
     """ExportError naming both if writing ``path`` (or a Shapefile's sidecars) would replace one of ``inputs``.
 
-    inputs: a list of paths, or name -> path; None and remote paths are skipped.
+    inputs: a list of paths, or name -> path; None, remote paths and inputs that are not paths (a STAC scene,
+    a DataArray: read from no local file an output could replace) are skipped.
     """
     pairs = list(inputs.items()) if isinstance(inputs, Mapping) else [("", p) for p in inputs]
     for f in output_files(path):
         for in_name, in_path in pairs:
-            if in_path is None or not _is_local(in_path) or not same_file(f, in_path):
+            if not isinstance(in_path, (str, os.PathLike)) or not _is_local(in_path) or not same_file(f, in_path):
                 continue
             what = f"input {in_name} {os.fspath(in_path)}" if in_name else f"input {os.fspath(in_path)}"
             raise ExportError(f"{name} {os.fspath(path)} would overwrite the {what}; choose another output path")
@@ -107,7 +130,7 @@ def check_not_input(
 
 def check_outputs(
     outputs: Mapping[str, PathLike | None],
-    inputs: Mapping[str, PathLike | None] | Iterable[PathLike | None] = (),
+    inputs: Mapping[str, object] | Iterable[object] = (),
     *,
     overwrite: bool = False,
 ) -> dict[str, Path]:
@@ -227,6 +250,7 @@ __all__ = [
     "check_not_input",
     "check_outputs",
     "check_writable_path",
+    "local_input",
     "output_files",
     "same_file",
 ]
