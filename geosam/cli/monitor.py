@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from geosam.cli.common import handle_errors
-from geosam.cli.options import KeyValue
+from geosam.cli.options import KeyValue, dask_options, resume_options
 from geosam.config.monitor import MonitorConfig
 
 _D = MonitorConfig()
@@ -69,13 +69,17 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--ascending", is_flag=True, help="With --rank-by: smallest first (e.g. the largest NDVI fall).")
 @click.option("--match-iou", type=float, default=_D.match_iou, show_default=True,
               help="Tracking: consecutive dates' objects match one-to-one at IoU >= this.")
+@dask_options
+@resume_options
 @handle_errors
 def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], output: str | None, long_output: str | None,
             dates: str | None, stack: tuple[str, ...], mask_values: str | None, loss: tuple[str, ...],
-            gain: tuple[str, ...], **settings: Any) -> None:
+            gain: tuple[str, ...], scheduler: str | None, n_workers: int | None, resume: bool, keep_journal: bool,
+            **settings: Any) -> None:
     """Per-object index series across dates (SCENES: files, globs, @lists), change, flags, rank and tracking."""
     from geosam.errors import ConfigError
     from geosam.monitor.series import monitor_objects
+    from geosam.run.journal import journal_path, remove_journal
 
     if output is None and long_output is None:
         raise ConfigError("give -o/--output (wide table) and/or --long (long table)")
@@ -86,9 +90,14 @@ def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], output: str | Non
     cfg = MonitorConfig(mask_values=values, loss=loss, gain=gain,
                         **{k: v for k, v in settings.items() if v is not None and v != ()})
     objs: Any = list(objects) if len(objects) > 1 else objects[0]
+    target = output or long_output
+    journal = journal_path(target) if resume and target is not None else None
     result = monitor_objects(list(scenes), objs, dates=_split(dates), stack=_stack(stack), config=cfg,
-                             output=output, long_output=long_output)
-    n = len(result.wide)
+                             output=output, long_output=long_output, journal=journal, scheduler=scheduler,
+                             n_workers=n_workers, keep_tables=False)
+    if journal is not None and not keep_journal:
+        remove_journal(journal)
+    n = result.n_rows
     what = "tracks" if result.tracks is not None else "objects"
     click.echo(f"{n} {what} x {len(result.dates)} dates ({', '.join(d.isoformat() for d in result.dates)}) -> "
                + ", ".join(str(p) for p in result.paths), err=True)
