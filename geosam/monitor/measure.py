@@ -114,9 +114,9 @@ def measure(readers: Sequence[DateReader], scenes: Sequence[DateScene], frames: 
                 r.scene.close()
                 store.add_outside(k, outside)
                 run_tasks(tasks, spec, lambda t, p: store.add(t.date, p), journal=jr, execute=execute, counts=counts)
+                close_readers()  # this date's blocks leave GDAL's cache: memory does not grow with the dates
                 log.info("%s (%s): %d objects in %d chip tasks", scenes[k].name, scenes[k].date, len(f), len(tasks))
                 del tasks
-            close_readers()
         store.finish(job.thresholds)
     except BaseException:
         close_readers()

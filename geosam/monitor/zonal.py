@@ -5,11 +5,12 @@ geometry reprojected to the date's CRS (GDAL's rasterization without ``all_touch
 ``rasterio.features.rasterize``). No scene is warped: every date keeps its own CRS, pixel size and extent, so
 an object is measured on the pixels that date really has.
 
-Reading: objects are bucketed by the chip (``chip_size_px`` square of the date's grid) that holds the top-left
-corner of their pixel window; each chip is read once per date, in the window that covers its objects. Memory
-is one such window plus per-object numbers, whatever the number of objects. An object larger than a chip is read
-chip by chip over its own window (plus its finite index values, for the median). Objects of one chip are rasterized in one call into a label image; objects that
-overlap another object are rasterized one by one, so each keeps all its pixels.
+Reading is planned and run as chip tasks (`geosam.monitor.chips`, through `geosam.monitor.measure`): objects
+are bucketed by the chip (``chip_size_px`` square of the date's grid) that holds the top-left corner of their
+pixel window; each chip is read once per date, in the window that covers its objects (`read_padded`). Objects
+of one chip are rasterized in one call into a label image (`label_sums`); objects that overlap another object are
+rasterized one by one, so each keeps all its pixels. An object larger than a chip is read chip by chip over its
+own window. This module holds the per-window pieces: windows, label statistics, reads, statuses.
 
 Per object and date: ``n_pixels`` (pixel centres inside the object, including those outside the raster),
 ``n_valid`` (of them: inside the raster, not nodata / masked / fill / flagged by the mask band),
