@@ -39,27 +39,45 @@ PLAN_BATCH = 20_000
 class MonitorTask:
     """One chip of one date and the objects it measures (small, picklable: a Dask task, a journal key).
 
+    Packed in arrays (a few bytes per object besides its WKB), so one date's plan stays small.
+
     Attributes:
         date: The date's position (oldest first).
         window: The window to read, in the date's pixel grid (may reach outside the raster).
-        ids: The objects' rows in the objects table (0-based).
-        wkb: Their geometries in the date's CRS (WKB).
-        alone: Per object: it overlaps another object, so it is rasterized on its own.
+        ids: The objects' rows in the objects table (0-based, int64).
+        wkb: Their geometries in the date's CRS: WKB, one after the other.
+        offsets: Where each object's WKB starts in ``wkb`` (int64, one more than ``ids``).
+        alone: Per object: it overlaps another object, so it is rasterized on its own (bool).
         piece: One tile of an object larger than a chip (its statistics are partial).
     """
 
     date: int
     window: PixelWindow
-    ids: tuple[int, ...]
-    wkb: tuple[bytes, ...]
-    alone: tuple[bool, ...]
+    ids: Arr
+    wkb: bytes
+    offsets: Arr
+    alone: Arr
     piece: bool = False
+
+    def geometries(self) -> Arr:
+        """The objects' shapely geometries (date CRS)."""
+        import shapely
+
+        o = self.offsets
+        return shapely.from_wkb(np.array([self.wkb[o[k]:o[k + 1]] for k in range(len(self.ids))], dtype=object))
 
 
 def task_key(task: MonitorTask) -> str:
     """A task's journal key: date, first object and window (unique within a run)."""
     w = task.window
-    return f"{task.date}:{task.ids[0]}:{w.col_off},{w.row_off},{w.width},{w.height}"
+    return f"{task.date}:{int(task.ids[0])}:{w.col_off},{w.row_off},{w.width},{w.height}"
+
+
+def _pack(date: int, win: PixelWindow, members: Arr, wkb: Sequence[bytes], lengths: Arr, alone: Arr) -> MonitorTask:
+    """A bucket's task, its objects' WKB joined into one string."""
+    offsets = np.concatenate([[0], np.cumsum(lengths[members])]).astype(np.int64)
+    return MonitorTask(date, win, members.astype(np.int64), b"".join(wkb[i] for i in members), offsets,
+                       alone[members].astype(bool))
 
 
 @dataclass
@@ -161,19 +179,20 @@ def plan_date(date: int, geoms: Any, info: Any, alone: Arr, chip: int) -> tuple[
     todo = ~empty & ~outside
     big = todo & (((c1 - c0) > chip) | ((r1 - r0) > chip))
     keys = _group_keys(c0, r0, info.width, info.height, chip)
+    lengths = np.fromiter((0 if b is None else len(b) for b in wkb), dtype=np.int64, count=len(wkb))
     tasks: list[MonitorTask] = []
     ids = np.flatnonzero(todo & ~big)
     order = ids[np.argsort(keys[ids], kind="stable")]
     for members in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1) if len(order) else []:
         x0, y0 = int(c0[members].min()), int(r0[members].min())
         win = PixelWindow(x0, y0, int(c1[members].max()) - x0, int(r1[members].max()) - y0)
-        tasks.append(MonitorTask(date, win, tuple(int(i) for i in members), tuple(wkb[i] for i in members),
-                                 tuple(bool(alone[i]) for i in members)))
+        tasks.append(_pack(date, win, members, wkb, lengths, alone))
     for i in np.flatnonzero(big):
         for y in range(int(r0[i]), int(r1[i]), chip):
             for x in range(int(c0[i]), int(c1[i]), chip):
                 tile = PixelWindow(x, y, min(chip, int(c1[i]) - x), min(chip, int(r1[i]) - y))
-                tasks.append(MonitorTask(date, tile, (int(i),), (wkb[i],), (True,), piece=True))
+                tasks.append(MonitorTask(date, tile, np.array([i], np.int64), wkb[i],
+                                         np.array([0, lengths[i]], np.int64), np.ones(1, bool), piece=True))
     return tasks, np.flatnonzero(outside)
 
 
@@ -229,15 +248,14 @@ def _transform(reader: DateReader, win: PixelWindow) -> Any:
 
 def _bucket_stats(reader: DateReader, task: MonitorTask, thresholds: Mapping[str, float]) -> ChipStats:
     """Statistics of objects wholly inside the task's window, from one read of it."""
-    import shapely
     from rasterio.features import rasterize
 
     win = task.window
     idx, valid, in_raster = read_padded(reader, win)
     t = _transform(reader, win)
-    geoms = shapely.from_wkb(np.array(task.wkb, dtype=object))
-    alone = np.array(task.alone, dtype=bool)
-    ids = np.array(task.ids, dtype=np.int64)
+    geoms = task.geometries()
+    alone = task.alone
+    ids = task.ids
     n = len(ids)
     out = ChipStats(ids, np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), sums={})
     shared = np.flatnonzero(~alone)
@@ -260,12 +278,10 @@ def _bucket_stats(reader: DateReader, task: MonitorTask, thresholds: Mapping[str
 
 def _piece_stats(reader: DateReader, task: MonitorTask, thresholds: Mapping[str, float]) -> ChipStats:
     """Partial statistics of one object larger than a chip, in one chip-sized tile of its window."""
-    import shapely
     from rasterio.features import rasterize
 
     win = task.window
-    geom = shapely.from_wkb(task.wkb[0])
-    shape = shapes(np.array([geom], dtype=object))[0]
+    shape = shapes(task.geometries())[0]
     m = rasterize([(shape, 1)], out_shape=(win.height, win.width), transform=_transform(reader, win), fill=0,
                   dtype="uint8").astype(bool)
     names = reader.calc.names
@@ -283,8 +299,7 @@ def _piece_stats(reader: DateReader, task: MonitorTask, thresholds: Mapping[str,
         sums[f"{n}_sum"] = np.array([float(np.sum(v, dtype=np.float64))])
         sums[f"{n}_above"] = np.array([float(np.count_nonzero(v >= np.float64(thresholds[n])))])
         sums[f"{n}_median"] = np.array([np.nan])
-    one = np.array(task.ids, dtype=np.int64)
-    return ChipStats(one, counts[:1].copy(), counts[1:2].copy(), counts[2:3].copy(), sums, values)
+    return ChipStats(task.ids.copy(), counts[:1].copy(), counts[1:2].copy(), counts[2:3].copy(), sums, values)
 
 
 __all__ = ["ChipStats", "DateSource", "MonitorJob", "MonitorTask", "chip_stats", "close_readers", "plan_date",
