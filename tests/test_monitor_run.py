@@ -140,6 +140,53 @@ def test_killed_run_resumes_from_its_journal(tmp_path, monkeypatch):
     assert ranked.tasks["computed"] == 0 and ranked.wide["rank"].tolist() == list(range(1, len(objs) + 1))
 
 
+_KILLED_RUN = """
+import os, signal, sys
+import geopandas as gpd
+from geosam.monitor import measure
+from geosam.monitor.chips import chip_stats
+from geosam.monitor.series import monitor_objects
+
+calls = [0]
+
+def dies(job, tasks):
+    calls[0] += 1
+    if calls[0] > 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 mid-run: no cleanup at all
+    return chip_stats(job, tasks)
+
+measure.chip_stats = dies
+stack = {"2021-06-01": "red=1,green=2,blue=3,nir=4", "2021-09-01": "red=5,green=6,blue=7,nir=8"}
+monitor_objects(sys.argv[1], gpd.read_file(sys.argv[2]), stack=stack, chip_size_px=16, journal=sys.argv[3])
+"""
+
+
+def test_run_killed_with_sigkill_resumes_identically(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import geopandas as gpd
+
+    objs = _fields()
+    src = tmp_path / "objs.gpkg"
+    objs.to_file(src)
+    objs = gpd.read_file(src)  # the same geometries the killed process read
+    journal = tmp_path / "run.geosam-journal"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(S2), str(src), str(journal)], env=env, check=False,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    again = _run(objs, journal=journal)
+    from geosam.monitor.measure import BATCH_TASKS
+
+    assert again.tasks["replayed"] == 3 * BATCH_TASKS and again.tasks["computed"] > 0  # 3 batches were committed
+    ref = _run(objs)
+    _same(again.wide, ref.wide)
+    _same(again.long, ref.long)
+
+
 def test_journal_of_other_objects_or_settings_is_refused(tmp_path):
     from geosam.errors import ConfigError
 
