@@ -61,11 +61,17 @@ def journal_identity(readers: Sequence[DateReader], scenes: Sequence[DateScene],
         roles = r.calc.roles
         dates.append({"date": s.date.isoformat(), "scene": scene_fingerprint(r.scene), "mask_band": r.mask_band,
                       "bands": {k: [b, *roles.scale_offset(k)] for k, b in sorted(r.calc.role_bands.items())}})
+    objects: dict[str, Any] = {}
     digests: dict[int, str] = {}
-    objects = [digests.setdefault(id(f), objects_digest(f)) for f in frames]
+    tracked = len({id(f) for f in frames}) > 1  # each date its own objects
+    for k, f in enumerate(frames if tracked else frames[:1]):
+        tag = f"date {k + 1} " if tracked else ""
+        objects[f"{tag}count"] = len(f)
+        objects[f"{tag}crs"] = f.crs.to_string() if f.crs is not None else None
+        objects[f"{tag}geometries_sha256"] = digests.setdefault(id(f), objects_digest(f))
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NEUTRAL}
     settings["kind"] = "monitor"
-    return {"dates": {"list": dates}, "objects": {"per_date": objects}, "settings": settings}
+    return {"dates": {str(k + 1): d for k, d in enumerate(dates)}, "objects": objects, "settings": settings}
 
 
 def measure(readers: Sequence[DateReader], scenes: Sequence[DateScene], frames: Sequence[Any], cfg: MonitorConfig,
