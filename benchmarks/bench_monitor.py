@@ -18,6 +18,13 @@ The NDVI rasters the other two need are written once by ``geosam.write_index_ras
 difference of the per-field means against geosam's, over fields and dates where both have a value.
 
     .venv/bin/python benchmarks/bench_monitor.py [--fields 20000] [--dates 6] [--size 3000] [--workdir DIR]
+
+Memory scaling (``--scaling``): geosam alone, for each ``--fields`` (e.g. 2000 20000 100000) and
+``--scaling-dates`` (e.g. 2 6), writing the wide table (.gpkg) and the long table (.parquet), once with the tables
+streamed from the on-disk store (``keep_tables=False``, what ``geosam monitor`` does) and once built in memory;
+time, peak RSS and peak above the RSS after imports, in ``benchmarks/results/monitor.json`` under ``scaling``.
+
+    .venv/bin/python benchmarks/bench_monitor.py --scaling --fields 2000 20000 100000 --scaling-dates 2 6
 """
 
 from __future__ import annotations
@@ -121,6 +128,53 @@ def run_geosam(rasters: list[str], fields: str, out: str, chip: int) -> dict:
     return {"seconds": sec, "rss_after_imports_mib": base, "peak_rss_mib": _peak()}
 
 
+def run_geosam_scaling(rasters: list[str], fields: str, workdir: str, chip: int, streamed: bool) -> dict:
+    """One geosam run writing the wide (.gpkg) and long (.parquet) tables; ``streamed``: ``keep_tables=False``
+    (tables written from the on-disk store in batches), else the tables built in memory, then written."""
+    import geopandas  # noqa: F401 - imported before the baseline RSS
+    import pyarrow.parquet  # noqa: F401
+    import pyogrio  # noqa: F401
+    import rasterio  # noqa: F401
+
+    import geosam.monitor.measure
+    import geosam.monitor.stream  # noqa: F401
+    from geosam.monitor.series import monitor_objects
+
+    base = _rss_mib()
+    t0 = time.perf_counter()
+    tag = "streamed" if streamed else "in_memory"
+    r = monitor_objects(rasters, fields, indices=("ndvi",), min_valid=0.0, chip_size_px=chip,
+                        output=f"{workdir}/wide_{tag}.gpkg", long_output=f"{workdir}/long_{tag}.parquet",
+                        keep_tables=not streamed)
+    sec = time.perf_counter() - t0
+    peak = _peak()
+    return {"seconds": sec, "rss_after_imports_mib": base, "peak_rss_mib": peak, "peak_above_imports_mib": peak - base,
+            "rows": r.n_rows, "chip_tasks": r.tasks}
+
+
+def scaling(a: argparse.Namespace) -> None:
+    """Peak RSS and time of geosam vs number of fields and dates, tables streamed vs built in memory."""
+    out: dict = {"what": "geosam monitor: wide .gpkg + long .parquet written; peak RSS vs fields and dates",
+                 "cpu": cpu_name(), "python": platform.python_version(),
+                 "note": "2-core machine shared with other jobs (load ~2-4): times are indicative; each run alone in "
+                         "its own fresh process; peak = ru_maxrss (includes GDAL's block cache)",
+                 "rasters": {"size_px": a.size, "pixel_m": RES_M, "bands": "4 x uint16, tiled 256"},
+                 "chip_size_px": a.chip, "runs": []}
+    rasters = make_rasters(a.workdir, max(a.scaling_dates), a.size)
+    for n in a.fields:
+        fields = make_fields(a.workdir, n, a.size)
+        for d in a.scaling_dates:
+            for streamed in (True, False):
+                r = _in_process(run_geosam_scaling, [str(p) for p in rasters[:d]], str(fields), str(a.workdir),
+                                a.chip, streamed)
+                r.update(fields=n, dates=d, tables="streamed" if streamed else "in_memory")
+                out["runs"].append(r)
+                print(json.dumps(r), flush=True)
+    old = json.loads(OUT.read_text()) if OUT.exists() else {}
+    old["scaling"] = out
+    OUT.write_text(json.dumps(old, indent=2) + "\n")
+
+
 def run_exactextract(ndvi: list[str], fields: str, out: str) -> dict:
     import geopandas as gpd
     from exactextract import exact_extract
@@ -179,8 +233,14 @@ def main() -> None:
     ap.add_argument("--tools", nargs="+", default=["geosam", "exactextract", "rasterstats"])
     ap.add_argument("--rasterstats-max", type=int, default=2000,
                     help="rasterstats runs on the first this many fields (it takes ~5-10 ms per field and date)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="geosam alone: peak RSS vs --fields and --scaling-dates, streamed vs in-memory tables")
+    ap.add_argument("--scaling-dates", type=int, nargs="+", default=[2, 6])
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
+    if a.scaling:
+        scaling(a)
+        return
     rasters = make_rasters(a.workdir, a.dates, a.size)
     t0 = time.perf_counter()
     ndvi = []

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from geosam.cli.common import handle_errors
-from geosam.cli.options import KeyValue
+from geosam.cli.options import KeyValue, dask_options, resume_options
 from geosam.cli.stac_options import pop_stac_options, stac_args, stac_dated, stac_option_group
 from geosam.config.monitor import MonitorConfig
 
@@ -72,16 +72,20 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--match-iou", type=float, default=_D.match_iou, show_default=True,
               help="Tracking: consecutive dates' objects match one-to-one at IoU >= this.")
 @stac_option_group(without=("mask_values", "group"))  # --mask-values above serves both; STAC dates are days
+@dask_options
+@resume_options
 @handle_errors
 def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], output: str | None, long_output: str | None,
             dates: str | None, stack: tuple[str, ...], mask_values: str | None, loss: tuple[str, ...],
-            gain: tuple[str, ...], **settings: Any) -> None:
+            gain: tuple[str, ...], scheduler: str | None, n_workers: int | None, resume: bool, keep_journal: bool,
+            **settings: Any) -> None:
     """Per-object index series across dates (SCENES: files, globs, @lists), change, flags, rank and tracking.
 
     STAC: SCENES as item JSONs or an ItemCollection, or --stac-search / --stac-items: one date per day (a day's
     items joined), clouds masked with --mask-asset scl --mask-values 3,8,9,10."""
     from geosam.errors import ConfigError
     from geosam.monitor.series import monitor_objects
+    from geosam.run.journal import journal_path, remove_journal
 
     stac_opts = pop_stac_options(settings)
     if output is None and long_output is None:
@@ -98,9 +102,14 @@ def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], output: str | Non
     if dated is None and not scenes:
         raise ConfigError("give DATE_SCENES (rasters, or STAC items / an ItemCollection), or --stac-search / "
                           "--stac-items")
+    target = output or long_output
+    journal = journal_path(target) if resume and target is not None else None
     result = monitor_objects(dated if dated is not None else list(scenes), objs, dates=_split(dates),
-                             stack=_stack(stack), config=cfg, output=output, long_output=long_output)
-    n = len(result.wide)
+                             stack=_stack(stack), config=cfg, output=output, long_output=long_output,
+                             journal=journal, scheduler=scheduler, n_workers=n_workers, keep_tables=False)
+    if journal is not None and not keep_journal:
+        remove_journal(journal)
+    n = result.n_rows
     what = "tracks" if result.tracks is not None else "objects"
     click.echo(f"{n} {what} x {len(result.dates)} dates ({', '.join(d.isoformat() for d in result.dates)}) -> "
                + ", ".join(str(p) for p in result.paths), err=True)

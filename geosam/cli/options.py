@@ -108,5 +108,20 @@ output_options = _apply([
                  help="Replace existing output files (atomically: the old file stays until the new one is complete)."),
 ])
 
+#: Dask: --scheduler, --workers (as ``segment``)
+dask_options = _apply([
+    click.option("--scheduler", help="Run the chips on Dask: 'local' (a local cluster of --workers processes) or a "
+                 "scheduler address such as tcp://host:8786 (needs geosam-scenes[dask])."),
+    click.option("--workers", "n_workers", type=int, help="Worker processes of --scheduler local (default 2)."),
+])
 
-__all__ = ["CoordinateList", "KeyValue", "NumberList", "model_options", "output_options", "read_options"]
+#: resume: --resume, --keep-journal (as ``segment``)
+resume_options = _apply([
+    click.option("--resume", is_flag=True, help="Journal finished chips in OUTPUT.geosam-journal; a rerun after a "
+                 "crash replays them and runs only the rest."),
+    click.option("--keep-journal", is_flag=True, help="With --resume: keep the journal after a successful write."),
+])
+
+
+__all__ = ["CoordinateList", "KeyValue", "NumberList", "dask_options", "model_options", "output_options",
+           "read_options", "resume_options"]

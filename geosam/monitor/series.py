@@ -2,9 +2,11 @@
 
 Order of work: every check that needs no pixels runs first (dates, objects and their CRS, band roles of every
 date, mask bands, overlap of objects and dates, output paths, the ranking column), then each date is read
-once, chip by chip (`geosam.monitor.zonal`), then change, flags and ranking
-(`geosam.monitor.change`), tracking when each date has its own objects (`geosam.monitor.track`),
-and the tables (`geosam.monitor.table`).
+once, chip by chip, as chip tasks through the run machinery (`geosam.monitor.measure`: journal, Dask) into an
+on-disk store (`geosam.monitor.store`), then change, flags and ranking (`geosam.monitor.change`), tracking when
+each date has its own objects (`geosam.monitor.track`), and the tables (`geosam.monitor.table`), built from
+the store in batches of objects (`geosam.monitor.stream`); with ``keep_tables=False`` they go straight to their
+files and memory does not grow with objects x dates.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from geosam.errors import BandError, ConfigError, NoCRSError
 from geosam.indices import IndexCalculator
 from geosam.monitor.change import flags, rank_table, series_change
 from geosam.monitor.dates import DateScene, date_scenes
+from geosam.monitor.store import StatsStore
 from geosam.monitor.table import check_long_path, long_table, wide_columns, write_long
-from geosam.monitor.zonal import DateReader, DateStats, date_stats
+from geosam.monitor.zonal import DateReader, DateStats
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class MonitorResult:
         dates: the dates, oldest first.
         tracks: when each date had its own objects, `geosam.monitor.track.track_objects`'s table; else None.
         paths: the files written.
+        n_rows: rows of the wide table (also when it was only written, ``keep_tables=False``).
+        tasks: chip tasks of the run: ``total``, ``replayed`` (from the journal) and ``computed``.
     """
 
     wide: Any
@@ -49,6 +54,8 @@ class MonitorResult:
     dates: list[dt.date]
     tracks: Any = None
     paths: tuple[Path, ...] = ()
+    n_rows: int = 0
+    tasks: dict[str, int] | None = None
 
 
 def _load_objects(obj: Any, k: int | None = None) -> Any:
@@ -119,15 +126,6 @@ def _rank_columns(cfg: MonitorConfig, dates: Sequence[dt.date], attrs: Sequence[
     return cols | {f"valid_fraction_{d.isoformat()}" for d in dates} | {"object_id", "track_id"}
 
 
-def _stats_per_date(readers: Sequence[DateReader], frames: Sequence[Any]) -> list[DateStats]:
-    out = []
-    for r, f in zip(readers, frames):
-        geoms = np.asarray(f.geometry.to_crs(r.scene.info.crs_wkt).values, dtype=object)
-        out.append(date_stats(r, geoms))
-        r.scene.close()  # frees this date's blocks from GDAL's cache: memory does not grow with the dates
-    return out
-
-
 def monitor_objects(
     scenes: Any,
     objects: Any,
@@ -137,6 +135,10 @@ def monitor_objects(
     config: MonitorConfig | None = None,
     output: str | os.PathLike[str] | None = None,
     long_output: str | os.PathLike[str] | None = None,
+    journal: str | os.PathLike[str] | None = None,
+    scheduler: Any = None,
+    n_workers: int | None = None,
+    keep_tables: bool = True,
     **settings: Any,
 ) -> MonitorResult:
     """Per-object index series, change and ranking across dates (and tracking when each date has its objects).
@@ -152,14 +154,24 @@ def monitor_objects(
         config: a `MonitorConfig`; or give its fields as keywords (``indices=('ndvi',), min_valid=0.5``).
         output: write the wide table here (any vector format geosam writes).
         long_output: write the long table here (``.csv``, ``.parquet`` or ``.geoparquet``).
+        journal: a journal file (`geosam.run.journal`): each finished chip task is committed to it, and a run
+            started again with it (same dates, objects and settings) replays them and computes only the rest.
+        scheduler: run the chip tasks on Dask: ``"local"`` (a local cluster of ``n_workers`` processes), a
+            scheduler address (``"tcp://host:8786"``) or a ``distributed.Client``; None: in this process.
+        n_workers: worker processes of ``scheduler="local"`` (default 2).
+        keep_tables: False: the tables are written to ``output`` / ``long_output`` batch by batch and not
+            returned (``wide`` and ``long`` are None), so memory does not grow with objects x dates
+            (tracked runs keep their tables).
 
     Returns:
         A `MonitorResult`.
 
     Raises:
         GeosamError: for bad input, before any pixel is read (unparseable or duplicate dates, objects without
-            CRS, an index band a date lacks, a date that does not overlap the objects, a bad output path).
+            CRS, an index band a date lacks, a date that does not overlap the objects, a bad output path, a
+            journal of another run, bad scheduler settings).
     """
+    from geosam.run.cluster import check_scheduler
     from geosam.write.vector import vector_format
 
     if config is not None and settings:
@@ -169,6 +181,7 @@ def monitor_objects(
     if unknown:
         raise ConfigError(f"unknown monitor setting(s) {unknown}; known: {sorted(known)}")
     cfg = config or MonitorConfig(**settings)
+    check_scheduler(scheduler, n_workers)
     scene_list = date_scenes(scenes, dates, stack)
     tracked = isinstance(objects, (list, tuple))
     frames = [_load_objects(o, k) for k, o in enumerate(objects)] if tracked else [_load_objects(objects)]
@@ -184,14 +197,36 @@ def monitor_objects(
         cols = _rank_columns(cfg, [s.date for s in scene_list], list(frames[0].columns))
         if cfg.rank_by not in cols:
             raise ConfigError(f"cannot rank by {cfg.rank_by!r}; choose one of {sorted(cols)}")
+    if not keep_tables and output is None and long_output is None:
+        raise ConfigError("keep_tables=False needs output and/or long_output (the tables are only written)")
+    from geosam.monitor.measure import measure
+
     readers = _open_dates(scene_list, cfg)
     try:
         _check_overlap(readers, scene_list, per_date)
-        stats = _stats_per_date(readers, per_date)
+        store, counts = measure(readers, scene_list, per_date, cfg, journal=journal, scheduler=scheduler,
+                                n_workers=n_workers)
     finally:
         for r in readers:
             r.scene.close()
-    result = _tables(scene_list, per_date, stats, cfg, tracked)
+    with store:
+        result = _results(store, scene_list, per_date, cfg, tracked, keep_tables, output, long_output)
+    result.tasks = {"total": counts.total, "replayed": counts.replayed, "computed": counts.computed}
+    return result
+
+
+def _results(store: StatsStore, scenes: Sequence[DateScene], frames: Sequence[Any], cfg: MonitorConfig,
+             tracked: bool, keep_tables: bool, output: str | os.PathLike[str] | None,
+             long_output: str | os.PathLike[str] | None) -> MonitorResult:
+    """The tables from the store: streamed to their files (``keep_tables=False``), else in memory and written."""
+    dates = [s.date for s in scenes]
+    if not keep_tables and not tracked:
+        from geosam.monitor.stream import write_streamed
+
+        paths = write_streamed(store, frames[0], dates, cfg, output, long_output)
+        return MonitorResult(None, None, dates, paths=tuple(paths), n_rows=len(frames[0]))
+    stats = [store.date_stats(k, np.arange(len(f))) for k, f in enumerate(frames)]
+    result = _tables(scenes, frames, stats, cfg, tracked)
     written = []
     if output is not None:
         from geosam.write.vector import write_vector
@@ -200,6 +235,9 @@ def monitor_objects(
     if long_output is not None:
         written.append(write_long(result.long, long_output))
     result.paths = tuple(written)
+    result.n_rows = len(result.wide)
+    if not keep_tables:
+        result.wide = result.long = None
     return result
 
 
@@ -209,31 +247,32 @@ def _tables(scenes: Sequence[DateScene], frames: Sequence[Any], stats: Sequence[
 
     dates = [s.date for s in scenes]
     crs = frames[0].crs
-    tracks = None
-    if tracked:
-        from geosam.monitor.track import track_objects
+    if not tracked:
+        from geosam.monitor.stream import wide_batch
 
-        tracks = track_objects(frames, dates, cfg.match_iou, cfg.cover_fraction)
-        present = tracks[tracks["object"] >= 0]
-        ids = np.unique(tracks["track_id"].to_numpy())
-        pos = {int(t): k for k, t in enumerate(ids)}
-        rows, track_of = [], []
-        for d in dates:
-            sel = present[present["date"] == d.isoformat()].sort_values("object")
-            t = sel["track_id"].to_numpy()
-            rows.append((np.array([pos[int(x)] for x in t], dtype=np.int64), len(ids)))
-            track_of.append(t)
-        first = present.drop_duplicates("track_id").set_index("track_id").loc[ids]
-        base = gpd.GeoDataFrame({"track_id": ids}, geometry=first.geometry.to_numpy(), crs=crs)
-        cols = wide_columns(stats, dates, cfg.indices, rows)
-        long = long_table(stats, dates, [np.arange(1, len(f) + 1) for f in frames],
-                          [f.geometry.to_crs(crs).values for f in frames], crs, {"track_id": track_of})
-    else:
-        base = frames[0].copy()
-        base.insert(0, "object_id", np.arange(1, len(base) + 1, dtype=np.int64))
-        cols = wide_columns(stats, dates, cfg.indices)
-        long = long_table(stats, dates, [base["object_id"].to_numpy()] * len(dates),
-                          [base.geometry.values] * len(dates), crs)
+        rows = np.arange(len(frames[0]), dtype=np.int64)
+        wide = wide_batch(frames[0], rows, stats, dates, cfg)
+        long = long_table(stats, dates, [rows + 1] * len(dates), [frames[0].geometry.values] * len(dates), crs)
+        if cfg.rank_by is not None:
+            wide = rank_table(wide, cfg.rank_by, cfg.ascending)
+        return MonitorResult(wide=wide, long=long, dates=dates)
+    from geosam.monitor.track import track_objects
+
+    tracks = track_objects(frames, dates, cfg.match_iou, cfg.cover_fraction)
+    present = tracks[tracks["object"] >= 0]
+    ids = np.unique(tracks["track_id"].to_numpy())
+    pos = {int(t): k for k, t in enumerate(ids)}
+    track_rows, track_of = [], []
+    for d in dates:
+        sel = present[present["date"] == d.isoformat()].sort_values("object")
+        t = sel["track_id"].to_numpy()
+        track_rows.append((np.array([pos[int(x)] for x in t], dtype=np.int64), len(ids)))
+        track_of.append(t)
+    first = present.drop_duplicates("track_id").set_index("track_id").loc[ids]
+    base = gpd.GeoDataFrame({"track_id": ids}, geometry=first.geometry.to_numpy(), crs=crs)
+    cols = wide_columns(stats, dates, cfg.indices, track_rows)
+    long = long_table(stats, dates, [np.arange(1, len(f) + 1) for f in frames],
+                      [f.geometry.to_crs(crs).values for f in frames], crs, {"track_id": track_of})
     change: dict[str, Any] = {}
     for n in cfg.indices:
         means = np.stack([np.asarray(cols[f"{n}_mean_{d.isoformat()}"], dtype=np.float64) for d in dates], axis=1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,4 +102,62 @@ def write_long(table: Any, path: str | os.PathLike[str]) -> Path:
     return p
 
 
-__all__ = ["LONG_FORMATS", "check_long_path", "long_table", "wide_columns", "write_long"]
+def write_long_batches(frames: Iterable[Any], path: str | os.PathLike[str], geometry_types: set[str]) -> Path:
+    """Write the long table from batches (same columns; at least one, maybe empty), never whole in memory.
+
+    Args:
+        frames: The long table's batches (`long_table` frames), in order.
+        path: ``.csv``, ``.parquet`` (no geometry) or ``.geoparquet`` (`geosam.write.vector.write_frames`).
+        geometry_types: The geometry types the batches hold (``.geoparquet``).
+
+    Returns:
+        The path.
+
+    Raises:
+        ExportError: A bad path or a failed write.
+    """
+    from geosam.write.paths import atomic_output, check_writable_path
+
+    p = check_long_path(path)
+    ext = p.suffix.lower()
+    if ext == ".geoparquet":
+        from geosam.write.vector import write_frames
+
+        return write_frames(frames, p, geometry_types=geometry_types)
+    check_writable_path(p)
+    try:
+        with atomic_output(p) as tmp:
+            _write_plain(frames, tmp, ext)
+    except ExportError:
+        raise
+    except Exception as exc:  # pyarrow / pandas / OS errors
+        raise ExportError(f"{p}: cannot write the long table ({exc})") from exc
+    return p
+
+
+def _write_plain(frames: Iterable[Any], tmp: Path, ext: str) -> None:
+    """CSV (appended batch by batch) or Parquet (one row group per batch) without the geometry column."""
+    import pandas as pd
+
+    writer: Any = None
+    try:
+        for k, table in enumerate(frames):
+            plain = pd.DataFrame(table.drop(columns=table.geometry.name))
+            if ext == ".csv":
+                plain.to_csv(tmp, index=False, mode="w" if k == 0 else "a", header=k == 0)
+                continue
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            if writer is None:
+                batch = pa.Table.from_pandas(plain, preserve_index=False)
+                writer = pq.ParquetWriter(tmp, batch.schema)
+            else:
+                batch = pa.Table.from_pandas(plain, schema=writer.schema, preserve_index=False)
+            writer.write_table(batch)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+__all__ = ["LONG_FORMATS", "check_long_path", "long_table", "wide_columns", "write_long", "write_long_batches"]

@@ -5,11 +5,12 @@ geometry reprojected to the date's CRS (GDAL's rasterization without ``all_touch
 ``rasterio.features.rasterize``). No scene is warped: every date keeps its own CRS, pixel size and extent, so
 an object is measured on the pixels that date really has.
 
-Reading: objects are bucketed by the chip (``chip_size_px`` square of the date's grid) that holds the top-left
-corner of their pixel window; each chip is read once per date, in the window that covers its objects. Memory
-is one such window plus per-object numbers, whatever the number of objects. An object larger than a chip is read
-chip by chip over its own window (plus its finite index values, for the median). Objects of one chip are rasterized in one call into a label image; objects that
-overlap another object are rasterized one by one, so each keeps all its pixels.
+Reading is planned and run as chip tasks (`geosam.monitor.chips`, through `geosam.monitor.measure`): objects
+are bucketed by the chip (``chip_size_px`` square of the date's grid) that holds the top-left corner of their
+pixel window; each chip is read once per date, in the window that covers its objects (`read_padded`). Objects
+of one chip are rasterized in one call into a label image (`label_sums`); objects that overlap another object are
+rasterized one by one, so each keeps all its pixels. An object larger than a chip is read chip by chip over its
+own window. This module holds the per-window pieces: windows, label statistics, reads, statuses.
 
 Per object and date: ``n_pixels`` (pixel centres inside the object, including those outside the raster),
 ``n_valid`` (of them: inside the raster, not nodata / masked / fill / flagged by the mask band),
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from geosam.config.index_table import INDICES, STATS
+from geosam.config.index_table import STATS
 from geosam.config.monitor import MonitorConfig
 from geosam.indices import IndexCalculator
 from geosam.windows import PixelWindow
@@ -122,9 +123,14 @@ def overlapping(geoms: Arr) -> Arr:
     return out
 
 
-def label_stats(labels: Arr, k: int, valid: Arr, idx: Mapping[str, Arr], thresholds: Mapping[str, float]
-                ) -> tuple[Arr, Arr, dict[str, Arr]]:
-    """Per label 1..k: (pixel count, valid count, ``<index>_<stat>`` arrays) from a label image (0 = none)."""
+def label_sums(labels: Arr, k: int, valid: Arr, idx: Mapping[str, Arr], thresholds: Mapping[str, float]
+               ) -> tuple[Arr, Arr, dict[str, Arr]]:
+    """Per label 1..k: pixel count, valid count and sufficient statistics from a label image (0 = none).
+
+    The statistics, per index: ``<index>_cnt`` (finite values), ``<index>_sum`` (their float64 sum),
+    ``<index>_above`` (values >= the threshold) and ``<index>_median`` (exact: one sort of all labels' values).
+    Counts and sums of the same object from several windows add up exactly.
+    """
     lab = labels.ravel()
     n_pix = np.bincount(lab, minlength=k + 1)[1:]
     n_val = np.bincount(lab[valid.ravel()], minlength=k + 1)[1:]
@@ -134,10 +140,10 @@ def label_stats(labels: Arr, k: int, valid: Arr, idx: Mapping[str, Arr], thresho
         fin = np.isfinite(vv) & (lab > 0)
         lk, x = lab[fin], vv[fin].astype(np.float64)
         cnt = np.bincount(lk, minlength=k + 1)[1:]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"{name}_mean"] = np.bincount(lk, weights=x, minlength=k + 1)[1:] / cnt
-            above = np.bincount(lk, weights=(x >= np.float64(thresholds[name])).astype(np.float64), minlength=k + 1)
-            out[f"{name}_frac_above"] = above[1:] / cnt
+        out[f"{name}_cnt"] = cnt
+        out[f"{name}_sum"] = np.bincount(lk, weights=x, minlength=k + 1)[1:]
+        out[f"{name}_above"] = np.bincount(lk, weights=(x >= np.float64(thresholds[name])).astype(np.float64),
+                                           minlength=k + 1)[1:]
         xs = _sorted_by_label(lk, vv[fin])
         starts = np.concatenate([[0], np.cumsum(cnt)[:-1]])
         has = cnt > 0
@@ -146,6 +152,25 @@ def label_stats(labels: Arr, k: int, valid: Arr, idx: Mapping[str, Arr], thresho
         med[has] = (xs[lo] + xs[hi]) / 2.0
         out[f"{name}_median"] = med
     return n_pix, n_val, out
+
+
+def finish_sums(sums: Mapping[str, Arr], names: Sequence[str]) -> dict[str, Arr]:
+    """``<index>_mean`` / ``_median`` / ``_frac_above`` from `label_sums`' statistics (NaN without values)."""
+    out: dict[str, Arr] = {}
+    for name in names:
+        cnt = np.asarray(sums[f"{name}_cnt"], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{name}_mean"] = np.where(cnt > 0, sums[f"{name}_sum"] / cnt, np.nan)
+            out[f"{name}_median"] = np.where(cnt > 0, sums[f"{name}_median"], np.nan)
+            out[f"{name}_frac_above"] = np.where(cnt > 0, sums[f"{name}_above"] / cnt, np.nan)
+    return out
+
+
+def label_stats(labels: Arr, k: int, valid: Arr, idx: Mapping[str, Arr], thresholds: Mapping[str, float]
+                ) -> tuple[Arr, Arr, dict[str, Arr]]:
+    """Per label 1..k: (pixel count, valid count, ``<index>_<stat>`` arrays) from a label image (0 = none)."""
+    n_pix, n_val, sums = label_sums(labels, k, valid, idx, thresholds)
+    return n_pix, n_val, finish_sums(sums, list(idx))
 
 
 def _sorted_by_label(labels: Arr, values: Arr) -> Arr:
@@ -181,13 +206,7 @@ def shapes(geoms: Arr) -> list[Any]:
     return out
 
 
-def _group_keys(c0: Arr, r0: Arr, width: int, height: int, chip: int) -> Arr:
-    """A chip number per object: the chip of its window's top-left pixel (clipped to the raster)."""
-    cols = -(-width // chip)
-    return (np.clip(r0, 0, height - 1) // chip) * cols + np.clip(c0, 0, width - 1) // chip
-
-
-def _read_padded(reader: DateReader, win: PixelWindow) -> tuple[dict[str, Arr], Arr, Arr]:
+def read_padded(reader: DateReader, win: PixelWindow) -> tuple[dict[str, Arr], Arr, Arr]:
     """Indices (NaN where invalid), valid mask and inside-the-raster mask of ``win``, which may reach outside."""
     info = reader.scene.info
     shape = (win.height, win.width)
@@ -203,104 +222,21 @@ def _read_padded(reader: DateReader, win: PixelWindow) -> tuple[dict[str, Arr], 
     return idx, valid, in_raster
 
 
-def _window_stats(reader: DateReader, geoms: Arr, members: Arr, win: PixelWindow, alone: Arr,
-                  thresholds: Mapping[str, float], out: DateStats) -> None:
-    """Statistics of ``members`` (object indices) from one read of ``win`` (may reach outside the raster)."""
-    from affine import Affine
-    from rasterio.features import rasterize
+def apply_status(out: DateStats, outside: Arr, min_valid: float) -> DateStats:
+    """Set each object's status (`STATUSES`) from its counts, in place; only ``ok`` rows keep values.
 
-    idx, valid, in_raster = _read_padded(reader, win)
-    t = reader.scene.info.transform * Affine.translation(win.col_off, win.row_off)
-    shared = members[~alone[members]]
-    if len(shared):
-        labels = rasterize(zip(shapes(geoms[shared]), range(1, len(shared) + 1)), out_shape=(win.height, win.width),
-                           transform=t, fill=0, dtype="int32")
-        _store(out, shared, labels, in_raster, *label_stats(labels, len(shared), valid, idx, thresholds))
-    for i in members[alone[members]]:
-        m = rasterize([(geoms[i], 1)], out_shape=(win.height, win.width), transform=t, fill=0, dtype="int32")
-        _store(out, np.array([i]), m, in_raster, *label_stats(m, 1, valid, idx, thresholds))
+    Args:
+        out: The statistics (``status`` all ``ok``); objects not measured have zero counts.
+        outside: Per object: its pixel window lies wholly outside the raster.
+        min_valid: See `geosam.config.monitor.MonitorConfig`.
 
-
-def _big_object_stats(reader: DateReader, geom: Any, i: int, win: PixelWindow, chip: int,
-                      thresholds: Mapping[str, float], out: DateStats) -> None:
-    """Statistics of one object larger than a chip, read chip by chip over its window (memory: one chip plus
-    the object's finite index values, for the median)."""
-    from affine import Affine
-    from rasterio.features import rasterize
-
-    from geosam.indices import zonal_stats
-
-    shape = shapes(np.array([geom], dtype=object))[0]
-    counts = np.zeros(3, dtype=np.int64)
-    values: dict[str, list[Arr]] = {n: [] for n in reader.calc.names}
-    for r0 in range(win.row_off, win.row_end, chip):
-        for c0 in range(win.col_off, win.col_end, chip):
-            tile = PixelWindow(c0, r0, min(chip, win.col_end - c0), min(chip, win.row_end - r0))
-            t = reader.scene.info.transform * Affine.translation(c0, r0)
-            m = rasterize([(shape, 1)], out_shape=(tile.height, tile.width), transform=t, fill=0,
-                          dtype="uint8").astype(bool)
-            if not m.any():
-                continue
-            idx, valid, in_raster = _read_padded(reader, tile)
-            counts += (int(m.sum()), int((m & valid).sum()), int((m & in_raster).sum()))
-            for n, a in idx.items():
-                v = a[m]
-                values[n].append(v[np.isfinite(v)])
-    out.n_pixels[i], out.n_valid[i], out.n_inside[i] = counts
-    for n, parts in values.items():
-        v = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        stats = zonal_stats(v, thresholds[n])
-        for name, x in zip(("mean", "median", "frac_above"), stats):
-            out.values[f"{n}_{name}"][i] = x
-
-
-def _store(out: DateStats, ids: Arr, labels: Arr, in_raster: Arr, n_pix: Arr, n_val: Arr, vals: dict[str, Arr]
-           ) -> None:
-    out.n_inside[ids] = np.bincount(labels[in_raster].ravel(), minlength=len(ids) + 1)[1:]
-    out.n_pixels[ids] = n_pix
-    out.n_valid[ids] = n_val
-    for k, v in vals.items():
-        out.values[k][ids] = v
-
-
-def date_stats(reader: DateReader, geoms: Arr) -> DateStats:
-    """Statistics of every object (``geoms``: shapely geometries in the date's CRS) at one date.
-
-    Reads one window per chip (see the module docstring); applies ``min_valid`` and sets each status.
+    Returns:
+        ``out``.
     """
-    cfg = reader.cfg
-    info = reader.scene.info
-    names = reader.calc.names
-    thresholds = {n: cfg.threshold(n, INDICES[n].threshold) for n in names}
-    n = len(geoms)
-    out = DateStats.empty(n, names)
-    c0, r0, c1, r1 = pixel_windows(geoms, info.transform)
-    empty = (c1 <= c0) | (r1 <= r0)
-    outside = ~empty & ((c1 <= 0) | (r1 <= 0) | (c0 >= info.width) | (r0 >= info.height))
-    todo = ~empty & ~outside
-    chip = cfg.chip_size_px
-    big = todo & (((c1 - c0) > chip) | ((r1 - r0) > chip))
-    keys = _group_keys(c0, r0, info.width, info.height, chip)
-    alone = overlapping(geoms) & todo
-    for i in np.flatnonzero(big):
-        win = PixelWindow(int(c0[i]), int(r0[i]), int(c1[i] - c0[i]), int(r1[i] - r0[i]))
-        _big_object_stats(reader, geoms[i], int(i), win, chip, thresholds, out)
-    ids = np.flatnonzero(todo & ~big)
-    order = ids[np.argsort(keys[ids], kind="stable")]
-    bounds = np.flatnonzero(np.diff(keys[order])) + 1
-    n_reads = 0
-    for members in np.split(order, bounds) if len(order) else []:
-        win = PixelWindow(int(c0[members].min()), int(r0[members].min()),
-                          int(c1[members].max() - c0[members].min()), int(r1[members].max() - r0[members].min()))
-        _window_stats(reader, geoms, members, win, alone, thresholds, out)
-        n_reads += 1
-    log.info("%s: %d objects in %d reads, %d objects larger than a chip read on their own", reader.scene.path,
-             len(ids), n_reads, int(big.sum()))
-    vf = out.valid_fraction
     status = out.status
-    status[empty | (todo & (out.n_pixels == 0))] = NO_PIXEL
-    status[outside | (todo & (out.n_pixels > 0) & (out.n_inside == 0))] = OUTSIDE
-    low = (status == OK) & ~(vf >= cfg.min_valid)
+    status[out.n_pixels == 0] = NO_PIXEL
+    status[outside | ((out.n_pixels > 0) & (out.n_inside == 0))] = OUTSIDE
+    low = (status == OK) & ~(out.valid_fraction >= min_valid)
     status[low] = TOO_FEW_VALID
     bad = status != OK
     for v in out.values.values():
@@ -308,5 +244,5 @@ def date_stats(reader: DateReader, geoms: Arr) -> DateStats:
     return out
 
 
-__all__ = ["NO_PIXEL", "OK", "OUTSIDE", "STATUSES", "TOO_FEW_VALID", "DateReader", "DateStats", "date_stats",
-           "label_stats", "overlapping", "pixel_windows"]
+__all__ = ["NO_PIXEL", "OK", "OUTSIDE", "STATUSES", "TOO_FEW_VALID", "DateReader", "DateStats", "apply_status",
+           "finish_sums", "label_stats", "label_sums", "overlapping", "pixel_windows", "read_padded"]

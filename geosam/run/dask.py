@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from geosam.assemble.result import ChipResult
 from geosam.assemble.stitch import StitchedObject
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from geosam.segment.base import MaskGenerator
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: a picklable factory of the per-chip step before generation (e.g. the index prefilter), built per worker
 BeforeFactory = Callable[[Scene, RunStats], "ChipStep | None"]
@@ -171,11 +173,11 @@ def run_batch(job: WorkerJob, tasks: Sequence[ChipTask]) -> tuple[list[ChipResul
 #: a job whose pickled generator is larger than this is scattered once instead of sent with each batch
 SCATTER_BYTES = 1 << 20
 
-def batches(tasks: Sequence[ChipTask], n_workers: int, chips_per_task: int | None = None) -> list[list[ChipTask]]:
+def batches(tasks: Sequence[T], n_workers: int, chips_per_task: int | None = None) -> list[list[T]]:
     """Tasks in consecutive batches.
 
     Args:
-        tasks: The chip plan.
+        tasks: The chip plan (or any tasks, e.g. `geosam.run.tasks`).
         n_workers: Workers of the cluster.
         chips_per_task: Chips per batch; default about 4 batches per worker (1..16 chips).
 

@@ -250,8 +250,7 @@ class Journal:
         Returns:
             The result.
         """
-        row = self.conn.execute("SELECT result FROM chips WHERE key = ?", (task_key(task),)).fetchone()
-        return None if row is None else pickle.loads(row[0])
+        return self.get_key(task_key(task))
 
     def put(self, task: ChipTask, result: ChipResult) -> None:
         """Commit a result (chips that failed to read are not kept: a resumed run retries them).
@@ -262,8 +261,30 @@ class Journal:
         """
         if result.status == FAILED:
             return
-        blob = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-        self.conn.execute("INSERT OR REPLACE INTO chips VALUES (?, ?)", (task_key(task), blob))
+        self.put_key(task_key(task), result)
+
+    # -- any task payload (e.g. monitoring's per-object statistics, `geosam.run.tasks`) --
+    def get_key(self, key: str) -> Any:
+        """The committed payload under ``key``, or None.
+
+        Args:
+            key: The task's key.
+
+        Returns:
+            The unpickled payload.
+        """
+        row = self.conn.execute("SELECT result FROM chips WHERE key = ?", (key,)).fetchone()
+        return None if row is None else pickle.loads(row[0])
+
+    def put_key(self, key: str, payload: Any) -> None:
+        """Commit a payload under ``key`` (one transaction: a killed run loses at most this one).
+
+        Args:
+            key: The task's key.
+            payload: Any picklable result.
+        """
+        blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        self.conn.execute("INSERT OR REPLACE INTO chips VALUES (?, ?)", (key, blob))
 
     def keys(self) -> set[str]:
         """Keys of the committed chips (see `task_key`)."""

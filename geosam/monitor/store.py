@@ -1,0 +1,175 @@
+"""Per-object per-date statistics on disk while a monitoring run goes: memory does not grow with objects x dates.
+
+A `StatsStore` is a SQLite file in a private temporary folder (removed on close). Each chip task's payload
+(`geosam.monitor.chips.ChipStats`) is inserted as it arrives: objects wholly inside a task as final rows of
+``stats``; the pieces of objects larger than a chip in ``pieces`` (their counts, sums and finite values),
+combined into one exact row per object and date by `StatsStore.finish` (memory: one object's values).
+`StatsStore.date_stats` reads any set of objects of one date back as a `geosam.monitor.zonal.DateStats`
+with its statuses, so the tables are built in batches of objects (`geosam.monitor.stream`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geosam.monitor.chips import ChipStats
+from geosam.monitor.zonal import DateStats, apply_status, finish_sums
+
+Arr = np.ndarray
+
+_COUNTS = ("n_pixels", "n_valid", "n_inside")
+_SUMS = ("cnt", "sum", "above", "median")
+
+
+class StatsStore:
+    """Per-object per-date sufficient statistics of one run, in a temporary SQLite file.
+
+    Args:
+        names: The run's index names.
+        min_valid: Below this valid fraction a date gives status ``too_few_valid``.
+        folder: Where the temporary folder is made (default: the system's temporary folder).
+    """
+
+    def __init__(self, names: Sequence[str], min_valid: float, folder: str | os.PathLike[str] | None = None) -> None:
+        self.names = tuple(names)
+        self.min_valid = min_valid
+        self.dir = Path(tempfile.mkdtemp(prefix="geosam-monitor-", dir=folder))
+        self.path = self.dir / "stats.sqlite"
+        self.conn = sqlite3.connect(os.fspath(self.path), isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=OFF")
+        self.conn.execute("PRAGMA synchronous=OFF")  # a scratch file: a crash discards it anyway
+        self._cols = [*_COUNTS, *(f"{n}_{s}" for n in self.names for s in _SUMS)]
+        cols = ", ".join(f'"{c}"' for c in self._cols)
+        self.conn.execute(f"CREATE TABLE stats (date INTEGER, obj INTEGER, outside INTEGER, {cols}, "
+                          "PRIMARY KEY (date, obj)) WITHOUT ROWID")
+        blobs = ", ".join(f'"{n}_values"' for n in self.names)
+        self.conn.execute(f"CREATE TABLE pieces (date INTEGER, obj INTEGER, {cols}, {blobs})")
+        self.rows = 0  # rows inserted into stats (for tests and logs)
+
+    def _insert(self, table: str, rows: Iterator[tuple[Any, ...]] | list[tuple[Any, ...]], width: int) -> None:
+        marks = ", ".join("?" * width)
+        self.conn.execute("BEGIN")
+        self.conn.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", rows)
+        self.conn.execute("COMMIT")
+
+    def add(self, date: int, payload: ChipStats) -> None:
+        """Store one task's payload.
+
+        Args:
+            date: The task's date position.
+            payload: Its statistics.
+        """
+        arrays = [payload.n_pixels, payload.n_valid, payload.n_inside,
+                  *(payload.sums[f"{n}_{s}"] for n in self.names for s in _SUMS)]
+        plain = [a.tolist() for a in arrays]
+        ids = payload.ids.tolist()
+        if payload.values is None:
+            rows = [(date, i, 0, *(col[k] for col in plain)) for k, i in enumerate(ids)]
+            self._insert("stats", rows, 3 + len(plain))
+            self.rows += len(rows)
+            return
+        blobs = [np.ascontiguousarray(payload.values[n], dtype=np.float32).tobytes() for n in self.names]
+        self._insert("pieces", [(date, ids[0], *(col[0] for col in plain), *blobs)], 2 + len(plain) + len(blobs))
+
+    def add_outside(self, date: int, ids: Arr) -> None:
+        """Mark objects wholly outside a date's raster (status ``outside_footprint``).
+
+        Args:
+            date: The date position.
+            ids: The object rows.
+        """
+        zeros = (0,) * len(self._cols)
+        self._insert("stats", [(date, int(i), 1, *zeros) for i in ids], 3 + len(zeros))
+        self.rows += len(ids)
+
+    def finish(self, thresholds: dict[str, float]) -> int:
+        """Combine the pieces of every object larger than a chip into one exact row per object and date.
+
+        Counts and sums add; the median is that of all the object's finite values (read one object at a
+        time). Returns the number of objects combined.
+        """
+        from geosam.indices import zonal_stats
+
+        n = 0
+        cur = self.conn.execute("SELECT DISTINCT date, obj FROM pieces ORDER BY date, obj")
+        keys = cur.fetchall()
+        for date, obj in keys:
+            rows = self.conn.execute("SELECT * FROM pieces WHERE date = ? AND obj = ?", (date, obj)).fetchall()
+            width = len(self._cols)
+            counts = np.array([r[2:2 + width] for r in rows], dtype=np.float64).sum(axis=0)
+            row: list[Any] = [int(counts[k]) for k in range(len(_COUNTS))]
+            for j, name in enumerate(self.names):
+                base = len(_COUNTS) + j * len(_SUMS)
+                v = np.concatenate([np.frombuffer(r[2 + width + j], dtype=np.float32) for r in rows])
+                median = zonal_stats(v, thresholds[name])[1]
+                row += [int(counts[base]), float(sum(r[2 + base + 1] for r in rows)), float(counts[base + 2]), median]
+            self._insert("stats", [(date, obj, 0, *row)], 3 + width)
+            self.rows += 1
+            n += 1
+        self.conn.execute("DELETE FROM pieces")
+        return n
+
+    def date_stats(self, date: int, ids: Arr) -> DateStats:
+        """The statistics and statuses of objects ``ids`` (rows, any order) at one date.
+
+        Args:
+            date: The date position.
+            ids: Object rows (int).
+
+        Returns:
+            Arrays aligned with ``ids``; an object without a row covers no pixel centre.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        out = DateStats.empty(len(ids), self.names)
+        outside = np.zeros(len(ids), dtype=bool)
+        sums = {f"{n}_{s}": np.zeros(len(ids)) for n in self.names for s in _SUMS}
+        if len(ids):
+            order = np.argsort(ids, kind="stable")
+            lo, hi = int(ids.min()), int(ids.max())
+            cols = ", ".join(f'"{c}"' for c in self._cols)
+            got = self._rows(date, ids, lo, hi, cols)
+            if got:
+                table = np.array(got, dtype=np.float64)
+                where = np.searchsorted(ids[order], table[:, 0].astype(np.int64))
+                hit = (where < len(ids)) & (ids[order][np.minimum(where, len(ids) - 1)] == table[:, 0])
+                pos, table = order[where[hit]], table[hit]
+                outside[pos] = table[:, 1] > 0
+                for k, name in enumerate((*_COUNTS,)):
+                    getattr(out, name)[pos] = table[:, 2 + k].astype(np.int64)
+                for k, key in enumerate(sums):
+                    sums[key][pos] = table[:, 2 + len(_COUNTS) + k]
+        out.values.update(finish_sums(sums, self.names))
+        return apply_status(out, outside, self.min_valid)
+
+    def _rows(self, date: int, ids: Arr, lo: int, hi: int, cols: str) -> list[tuple[Any, ...]]:
+        """Rows of one date for ``ids``: a range scan when they are dense, else a join with a temporary table."""
+        if hi - lo < 2 * len(ids):
+            return self.conn.execute(f"SELECT obj, outside, {cols} FROM stats WHERE date = ? AND obj BETWEEN ? AND ?",
+                                     (date, lo, hi)).fetchall()
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS want (obj INTEGER PRIMARY KEY)")
+        self.conn.execute("DELETE FROM want")
+        self._insert("want", [(int(i),) for i in np.unique(ids)], 1)
+        return self.conn.execute(f"SELECT s.obj, s.outside, {', '.join('s.' + c for c in cols.split(', '))} "
+                                 "FROM want w JOIN stats s ON s.date = ? AND s.obj = w.obj", (date,)).fetchall()
+
+    def close(self) -> None:
+        """Close and delete the file."""
+        self.conn.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> StatsStore:  # noqa: PYI034 - a final class in practice
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["StatsStore"]
