@@ -53,11 +53,11 @@ def prompt(scene: str, output: str, points: tuple[tuple[float, ...], ...], boxes
            **settings: Any) -> None:
     """Segment the object at each point / box prompt in SCENE and write one polygon per prompt to OUTPUT."""
     from geosam.modes.prompted import segment_prompts
+    from geosam.plot.overlay import render_overlay
     from geosam.prompts.gather import gather_prompts
     from geosam.prompts.parse import PromptColumns
     from geosam.run.cluster import check_scheduler
     from geosam.write.checks import check_output_path
-    from geosam.write.overlay import render_overlay
     from geosam.write.paths import check_outputs
     from geosam.write.vector import write_vector
 

@@ -4,5 +4,5 @@ Stage modules: `geosam.monitor.dates` (date scenes in), `geosam.monitor.zonal` (
 date, read in that date's own grid, grouped by chip), `geosam.monitor.change` (first / last / delta / slope /
 largest drop, flags, rank), `geosam.monitor.track` (objects of consecutive dates matched by overlap),
 `geosam.monitor.table` (wide and long tables and their files), `geosam.monitor.series` (`monitor_objects`,
-the entry point) and `geosam.monitor.plot` (series of objects, change map).
+the entry point); its pictures are `geosam.plot.series` and `geosam.plot.change_map`.
 """
