@@ -1,6 +1,8 @@
 """``geosam monitor DATE_SCENES... --objects OBJ -o OUT``: per-object index series, change and tracking.
 
-A thin layer over `geosam.monitor.series.monitor_objects`; every option has the Python setting's name.
+A thin layer over `geosam.monitor.series.monitor_objects`; every option has the Python setting's name. Instead
+of ``--objects``, ``--segment DATE|composite|every`` segments the dates in the same command
+(`geosam.monitor.segment`), with ``geosam segment``'s model and segment-everything options.
 """
 
 from __future__ import annotations
@@ -10,10 +12,16 @@ from typing import Any
 import click
 
 from geosam.cli.common import handle_errors
-from geosam.cli.options import KeyValue
+from geosam.cli.help import GroupedCommand, option
+from geosam.cli.options import KeyValue, amg_options, bands_option, model_options
+from geosam.config import DEFAULT_MODEL, SegmentConfig
 from geosam.config.monitor import MonitorConfig
 
-_D = MonitorConfig()
+_D, _S = MonitorConfig(), SegmentConfig()
+#: the options that only the segmentation (--segment) reads
+_SEGMENT_SETTINGS = ("model", "device", "dtype", "overlap_px", "points_per_side", "points_per_batch", "pred_iou_thresh",
+                     "stability_score_thresh", "box_nms_thresh", "min_mask_region_area", "crop_n_layers", "bands",
+                     "min_area_m2", "progress")
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -34,20 +42,26 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
     return out
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.argument("scenes", nargs=-1, required=True)
-@click.option("--objects", "objects", multiple=True, required=True,
-              help="Vector file of the objects (fields, parcels, crowns), used at every date; give it once per date "
-              "(oldest first) for each date's own objects: they are then tracked across dates.")
+@option("--objects", "objects", multiple=True, group="input",
+        help="Vector file of the objects (fields, parcels, crowns), used at every date; give it once per date "
+        "(oldest first) for each date's own objects: they are then tracked across dates.")
+@option("--segment", group="input",
+        help="Instead of --objects, segment in this command: a DATE of the run (that date's scene; its objects are "
+        "monitored on every date), composite (a per-pixel --composite of the dates on the first date's grid, "
+        "segmented once) or every (each date segmented, objects tracked across dates).")
+@option("--composite", type=click.Choice(["median", "mean"]), default="median", show_default=True, group="input",
+        help="With --segment composite: the per-pixel statistic over each pixel's valid dates.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Wide table (one row per object): .gpkg, .geojson, .shp or .parquet.")
-@click.option("--long", "long_output", type=click.Path(dir_okay=False),
-              help="Long table (one row per object and date): .csv, .parquet or .geoparquet.")
-@click.option("--dates", help="One date per scene, in order, e.g. 2024-04-01,2024-06-01 (default: the raster's "
-              "date tag, else a YYYY-MM-DD in the file name).")
-@click.option("--stack", multiple=True, help="A multi-date band stack: DATE:ROLES per date, e.g. "
-              "--stack 2021-06-01:red=1,green=2,blue=3,nir=4 --stack 2021-09-01:red=5,green=6,blue=7,nir=8 "
-              "(mask=N: that date's mask band).")
+@option("--long", "long_output", type=click.Path(dir_okay=False),
+        help="Long table (one row per object and date): .csv, .parquet or .geoparquet.", group="output")
+@option("--dates", help="One date per scene, in order, e.g. 2024-04-01,2024-06-01 (default: the raster's "
+        "date tag, else a YYYY-MM-DD in the file name).", group="input")
+@option("--stack", multiple=True, help="A multi-date band stack: DATE:ROLES per date, e.g. "
+        "--stack 2021-06-01:red=1,green=2,blue=3,nir=4 --stack 2021-09-01:red=5,green=6,blue=7,nir=8 "
+        "(mask=N: that date's mask band).", group="input")
 @click.option("--index", "indices", default=",".join(_D.indices), show_default=True,
               help="Indices, e.g. ndvi,exg (ndvi, ndwi, savi, evi, ndmi, ndre, exg, vari, gli).")
 @click.option("--band-roles", help="Band roles of every date: a preset or red=1,green=2,blue=3,nir=4.")
@@ -55,40 +69,69 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
 @click.option("--reflectance-offset", type=float, help="See --reflectance-scale.")
 @click.option("--index-threshold", "index_thresholds", multiple=True, type=KeyValue(),
               help="Threshold of <index>_frac_above, e.g. ndvi=0.5 (repeatable).")
-@click.option("--min-valid", type=float, default=_D.min_valid, show_default=True,
-              help="A date where less than this fraction of an object is valid gives no value (status too_few_valid).")
-@click.option("--nodata", type=float, help="Nodata value of the index bands (besides the files' own).")
-@click.option("--fill-value", type=float, help="Pixels whose index bands all equal this are invalid (e.g. 255).")
-@click.option("--mask-band", type=int, help="A band marking invalid pixels (e.g. Sentinel-2 SCL).")
-@click.option("--mask-values", help="Its invalid values, e.g. 3,8,9,10 (default: 0 is invalid).")
+@option("--min-valid", type=float, default=_D.min_valid, show_default=True, group="monitor",
+        help="A date where less than this fraction of an object is valid gives no value (status too_few_valid).")
+@option("--nodata", type=float, help="Nodata value of the index bands (besides the files' own).", group="monitor")
+@click.option("--fill-value", type=float,
+              help="Pixels whose index bands (with --segment also the model bands) all equal this are invalid (e.g. 255).")
+@option("--mask-band", type=int, help="A band marking invalid pixels (e.g. Sentinel-2 SCL).", group="monitor")
+@option("--mask-values", help="Its invalid values, e.g. 3,8,9,10 (default: 0 is invalid).", group="monitor")
 @click.option("--chip-size", "chip_size_px", type=int, default=_D.chip_size_px, show_default=True,
-              help="Objects are read in groups, one read per chip of this size (px) per date.")
-@click.option("--loss", multiple=True, help="Flag <index>_loss where <index>_delta <= T, e.g. ndvi:-0.2 (repeatable).")
-@click.option("--gain", multiple=True, help="Flag <index>_gain where <index>_delta >= T, e.g. ndvi:0.2.")
+              help="Objects are read in groups, one read per chip of this size (px) per date; --segment's chips too.")
+@model_options(DEFAULT_MODEL)
+@click.option("--overlap", "overlap_px", type=int, default=_S.tiling.overlap_px, show_default=True,
+              help="--segment: chip overlap (px).")
+@bands_option
+@amg_options
+@click.option("--min-area-m2", type=float, default=_S.output.min_area_m2, show_default=True,
+              help="--segment: drop smaller objects.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="--segment: progress bar over chips.")
+@option("--loss", multiple=True, group="monitor",
+        help="Flag <index>_loss where <index>_delta <= T, e.g. ndvi:-0.2 (repeatable).")
+@option("--gain", multiple=True, help="Flag <index>_gain where <index>_delta >= T, e.g. ndvi:0.2.", group="monitor")
 @click.option("--rank-by", help="Rank by a column (e.g. ndvi_delta); adds rank (1 = first).")
-@click.option("--ascending", is_flag=True, help="With --rank-by: smallest first (e.g. the largest NDVI fall).")
-@click.option("--match-iou", type=float, default=_D.match_iou, show_default=True,
-              help="Tracking: consecutive dates' objects match one-to-one at IoU >= this.")
+@option("--ascending", is_flag=True, group="monitor",
+        help="With --rank-by: smallest first (e.g. the largest NDVI fall).")
+@option("--match-iou", type=float, default=_D.match_iou, show_default=True,
+        help="Tracking: consecutive dates' objects match one-to-one at IoU >= this.", group="monitor")
 @handle_errors
-def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], output: str | None, long_output: str | None,
-            dates: str | None, stack: tuple[str, ...], mask_values: str | None, loss: tuple[str, ...],
-            gain: tuple[str, ...], **settings: Any) -> None:
-    """Per-object index series across dates (SCENES: files, globs, @lists), change, flags, rank and tracking."""
+def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], segment: str | None, composite: str,
+            output: str | None, long_output: str | None, dates: str | None, stack: tuple[str, ...],
+            mask_values: str | None, loss: tuple[str, ...], gain: tuple[str, ...], **settings: Any) -> None:
+    """Per-object index series across dates (SCENES: files, globs, @lists), change, flags, rank and tracking.
+
+    The objects: --objects FILE, or --segment DATE|composite|every (segmented here, with the model options)."""
     from geosam.errors import ConfigError
     from geosam.monitor.series import monitor_objects
 
     if output is None and long_output is None:
         raise ConfigError("give -o/--output (wide table) and/or --long (long table)")
+    if objects and segment is not None:
+        raise ConfigError("--objects and --segment exclude each other: give the objects, or segment a date")
+    if not objects and segment is None:
+        raise ConfigError("give the objects with --objects FILE, or segment them with --segment DATE|composite|every")
+    seg = {k: settings.pop(k) for k in _SEGMENT_SETTINGS}
+    seg_spec = None if segment is None else _segment_spec(segment, composite, seg, settings)
     try:
         values = tuple(int(v) for v in _split(mask_values) or ())
     except ValueError:
         raise ConfigError(f"--mask-values takes integers like 3,8,9,10, got {mask_values!r}") from None
     cfg = MonitorConfig(mask_values=values, loss=loss, gain=gain,
                         **{k: v for k, v in settings.items() if v is not None and v != ()})
-    objs: Any = list(objects) if len(objects) > 1 else objects[0]
-    result = monitor_objects(list(scenes), objs, dates=_split(dates), stack=_stack(stack), config=cfg,
-                             output=output, long_output=long_output)
+    objs: Any = None if not objects else list(objects) if len(objects) > 1 else objects[0]
+    result = monitor_objects(list(scenes), objs, segment=seg_spec, dates=_split(dates), stack=_stack(stack),
+                             config=cfg, output=output, long_output=long_output)
     n = len(result.wide)
     what = "tracks" if result.tracks is not None else "objects"
     click.echo(f"{n} {what} x {len(result.dates)} dates ({', '.join(d.isoformat() for d in result.dates)}) -> "
                + ", ".join(str(p) for p in result.paths), err=True)
+
+
+def _segment_spec(segment: str, composite: str, seg: dict[str, Any], settings: dict[str, Any]) -> Any:
+    """The `SegmentObjects` of ``--segment``: its settings checked now, before any pixel or model."""
+    from geosam.monitor.segment import SegmentObjects
+
+    fill = settings.get("fill_value")
+    cfg = SegmentConfig.from_settings(chip_size_px=settings.get("chip_size_px"),
+                                      fill_value=None if fill is None else (fill,), **seg)
+    return SegmentObjects(segment, config=cfg, composite="mean" if composite == "mean" else "median")

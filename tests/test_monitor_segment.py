@@ -1,0 +1,254 @@
+"""Objects segmented in the monitoring run itself (`geosam.monitor.segment`): one date, a composite, every date.
+
+Three generated dates of one place (4 bands, red/green/blue/nir): the first two on one 10 m grid, the third on a
+5 m grid. Their objects are known label rasters, segmented exactly by the oracle generator; the tiny random SAM
+checks the real model path once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+CRS = "EPSG:32633"
+X0, Y0 = 500_000.0, 5_000_000.0
+H, W = 96, 128  # at 10 m
+DATES = ("2024-04-01", "2024-06-01", "2024-08-01")
+#: objects per date as (label, row0, row1, col0, col1) in 10 m pixels; B splits at date 2, C vanishes at date 3
+OBJECTS = {
+    0: [(1, 10, 30, 10, 40), (2, 50, 80, 20, 60), (3, 20, 60, 80, 110)],
+    1: [(1, 10, 30, 10, 40), (2, 50, 80, 20, 38), (4, 50, 80, 42, 60), (3, 20, 60, 80, 110)],
+    2: [(1, 10, 30, 10, 40), (2, 50, 80, 20, 38), (4, 50, 80, 42, 60)],
+}
+
+
+def _write(path: Path, data: np.ndarray, res: float, nodata: float | None = None) -> None:
+    import rasterio
+    from affine import Affine
+
+    prof = {"driver": "GTiff", "width": data.shape[-1], "height": data.shape[-2], "count": data.shape[0],
+            "dtype": data.dtype.name, "crs": CRS, "transform": Affine(res, 0, X0, 0, -res, Y0), "nodata": nodata}
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(data)
+        if data.shape[0] == 4:
+            dst.descriptions = ("red", "green", "blue", "nir")
+
+
+def _date(k: int, folder: Path) -> tuple[Path, Path]:
+    """Scene and label raster of date ``k`` (date 2 at 5 m pixels, each 10 m pixel split in four)."""
+    rng = np.random.default_rng(k)
+    labels = np.zeros((H, W), np.int32)
+    for lab, r0, r1, c0, c1 in OBJECTS[k]:
+        labels[r0:r1, c0:c1] = lab
+    img = rng.integers(900, 1100, size=(4, H, W)).astype(np.uint16)  # soil: nir ~ red
+    for lab in np.unique(labels[labels > 0]):
+        m = labels == lab
+        img[3][m] = 3000 + 200 * lab - 800 * k * (lab == 1)  # vegetation; object 1 loses it over time
+        img[0][m] = 600 + 50 * lab
+        img[1][m] = 900 + 300 * lab  # distinct colours per object
+    scale = 2 if k == 2 else 1
+    img, labels = (np.repeat(np.repeat(a, scale, axis=-1), scale, axis=-2) for a in (img, labels))
+    scene, lab = folder / f"d{k}_{DATES[k]}.tif", folder / f"labels_{k}.tif"
+    _write(scene, img, 10.0 / scale)
+    _write(lab, labels[None], 10.0 / scale)
+    return scene, lab
+
+
+@pytest.fixture(scope="module")
+def dates(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[str]]:
+    folder = tmp_path_factory.mktemp("monseg")
+    made = [_date(k, folder) for k in range(3)]
+    return [str(s) for s, _ in made], [str(lab) for _, lab in made]
+
+
+def _boxes(k: int):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    return gpd.GeoDataFrame({"label": [o[0] for o in OBJECTS[k]]}, geometry=[
+        box(X0 + 10 * c0, Y0 - 10 * r1, X0 + 10 * c1, Y0 - 10 * r0) for _, r0, r1, c0, c1 in OBJECTS[k]], crs=CRS)
+
+
+def _means(wide):
+    cols = [c for c in wide.columns if c.startswith("ndvi_mean_")]
+    w = wide.assign(_a=wide.geometry.area.round(3), _x=wide.geometry.centroid.x.round(3)).sort_values(["_a", "_x"])
+    return w[cols].to_numpy(dtype=float)
+
+
+def test_segment_one_date_equals_its_objects_given(dates) -> None:
+    from geosam.monitor.segment import SegmentObjects
+    from geosam.monitor.series import monitor_objects
+    from geosam.testing import OracleMaskGenerator
+
+    scenes, labels = dates
+    seg = SegmentObjects("2024-04-01", mask_generator=OracleMaskGenerator(labels[0]))
+    got = monitor_objects(scenes, segment=seg)
+    want = monitor_objects(scenes, _boxes(0))
+    assert len(got.wide) == 3 and got.tracks is None
+    np.testing.assert_allclose(_means(got.wide), _means(want.wide), rtol=1e-6)
+    assert np.isfinite(_means(got.wide)).all()
+    a = got.wide.loc[got.wide.geometry.area.idxmin()]  # object A (the smallest) loses vegetation
+    assert a["ndvi_delta"] < -0.2 and {"id", "area_m2", "predicted_iou"} <= set(got.wide.columns)
+
+
+def test_segment_every_date_tracks_split_and_vanished(dates) -> None:
+    from geosam.monitor.segment import SegmentObjects
+    from geosam.monitor.series import monitor_objects
+    from geosam.testing import OracleMaskGenerator
+
+    scenes, labels = dates
+    gens = {d: OracleMaskGenerator(p) for d, p in zip(DATES, labels)}
+    r = monitor_objects(scenes, segment=SegmentObjects("every", mask_generator=gens))
+    want = monitor_objects(scenes, [_boxes(k) for k in range(3)])
+    t = r.tracks
+    assert t is not None
+    assert sorted(t[t["date"] == "2024-06-01"]["status"]) == sorted(want.tracks[want.tracks["date"] == "2024-06-01"][
+        "status"])
+    assert "split" in set(t["status"]) and "vanished" in set(t["status"])
+    np.testing.assert_allclose(_means(r.wide), _means(want.wide), rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("statistic", ["median", "mean"])
+def test_composite_is_the_per_pixel_statistic_of_the_dates(dates, tmp_path, statistic) -> None:
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    from geosam.monitor.dates import date_scenes
+    from geosam.monitor.segment import composite_path
+
+    scenes, _ = dates
+    a = rasterio.open(scenes[0]).read()
+    hole = a.copy()
+    hole[:, :8, :8] = 0  # nodata at the first date: the composite there is of the other dates
+    first = tmp_path / "first_2024-04-01.tif"
+    _write(first, hole, 10.0, nodata=0)
+    ds = date_scenes([str(first), *scenes[1:]])
+    out = composite_path(ds, [(1, 2, 3)] * 3, tmp_path / "c.tif", statistic=statistic, chip_px=40)
+    with rasterio.open(scenes[2]) as src, WarpedVRT(src, crs=CRS, transform=rasterio.open(first).transform,
+                                                     width=W, height=H, resampling=Resampling.nearest) as vrt:
+        third = vrt.read([1, 2, 3])
+    stack = np.stack([hole[:3], rasterio.open(scenes[1]).read([1, 2, 3]), third]).astype(np.float64)
+    stack[0][:, :8, :8] = np.nan
+    want = np.rint(np.nanmedian(stack, axis=0) if statistic == "median" else np.nanmean(stack, axis=0))
+    with rasterio.open(out) as c:
+        got = c.read()
+        assert c.dtypes[0] == "uint16" and c.crs == rasterio.open(first).crs and (c.width, c.height) == (W, H)
+        assert c.read_masks(1).all()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_segment_composite_leaves_no_temporary_file(dates, tmp_path) -> None:
+    from geosam.monitor.segment import SegmentObjects
+    from geosam.monitor.series import monitor_objects
+    from geosam.testing import OracleMaskGenerator
+
+    scenes, labels = dates
+    out = tmp_path / "o.gpkg"
+    seg = SegmentObjects("composite", mask_generator=OracleMaskGenerator(labels[0]))
+    r = monitor_objects(scenes, segment=seg, output=out)
+    assert len(r.wide) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.gpkg"]
+
+
+# -- the CLI ------------------------------------------------------------------------------------------------
+
+
+def _cli(args, ok: bool = True):
+    from geosam.cli.main import cli
+
+    r = CliRunner().invoke(cli, args)
+    assert (r.exit_code == 0) == ok, r.output
+    return r
+
+
+@pytest.fixture
+def oracles(monkeypatch, dates):
+    """SAM replaced by the oracle of each segmented date, in the order they are segmented (oldest first)."""
+    import geosam.modes.everything
+    from geosam.testing import OracleMaskGenerator
+
+    order: list[str] = []
+
+    def build(cfg):
+        lab = order.pop(0)
+        return OracleMaskGenerator(lab)
+
+    monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", build)
+    return order
+
+
+def test_cli_segment_a_date(dates, oracles, tmp_path) -> None:
+    from geosam.write.vector import read_vector
+
+    scenes, labels = dates
+    oracles.append(labels[1])
+    out = tmp_path / "o.gpkg"
+    _cli(["monitor", *scenes, "--segment", "2024-06-01", "-o", str(out), "--rank-by", "ndvi_delta", "--ascending",
+          "--no-progress"])
+    w = read_vector(out)
+    assert len(w) == 4 and w["rank"].tolist() == [1, 2, 3, 4] and not oracles
+    assert {"area_m2", "ndvi_mean_2024-06-01", "ndvi_delta"} <= set(w.columns)
+
+
+def test_cli_segment_composite_and_every(dates, oracles, tmp_path) -> None:
+    import pandas as pd
+
+    from geosam.write.vector import read_vector
+
+    scenes, labels = dates
+    oracles.append(labels[0])
+    _cli(["monitor", *scenes, "--segment", "composite", "--composite", "mean", "-o", str(tmp_path / "c.gpkg")])
+    assert len(read_vector(tmp_path / "c.gpkg")) == 3
+    oracles.extend(labels)
+    _cli(["monitor", *scenes, "--segment", "every", "-o", str(tmp_path / "e.gpkg"), "--long", str(tmp_path / "e.csv")])
+    w, long = read_vector(tmp_path / "e.gpkg"), pd.read_csv(tmp_path / "e.csv")
+    assert "track_id" in w.columns and len(w) == 4  # A, B (split: B keeps its track), C, and B's new part
+    assert len(long) == 3 + 4 + 3 and not oracles
+
+
+def test_cli_bad_input_before_any_model(dates, tmp_path, model_loads) -> None:
+    scenes, _ = dates
+    o = str(tmp_path / "o.gpkg")
+    obj = tmp_path / "obj.gpkg"
+    _boxes(0).to_file(obj)
+    msg = _cli(["monitor", *scenes, "--segment", "2024-05-01", "-o", o], ok=False).output
+    assert "2024-05-01" in msg and "2024-04-01, 2024-06-01, 2024-08-01" in msg
+    assert "exclude each other" in _cli(["monitor", *scenes, "--segment", "every", "--objects", str(obj), "-o", o],
+                                        ok=False).output
+    assert "--objects" in _cli(["monitor", *scenes, "-o", o], ok=False).output
+    assert "cannot read a date" in _cli(["monitor", *scenes, "--segment", "soon", "-o", o], ok=False).output
+    assert "cannot rank by" in _cli(["monitor", *scenes, "--segment", "every", "-o", o, "--rank-by", "x"],
+                                    ok=False).output
+    assert "swir1" in _cli(["monitor", *scenes, "--segment", "every", "-o", o, "--index", "ndmi"], ok=False).output
+    assert "band 7" in _cli(["monitor", *scenes, "--segment", "2024-04-01", "--bands", "7,2,1", "-o", o],
+                            ok=False).output
+    assert model_loads == [] and not Path(o).exists()
+
+
+def test_cli_segment_with_the_tiny_sam(dates, tiny_sam_dir, tmp_path) -> None:
+    """The real model path: SAM loads once, segments the date, and every object gets its series."""
+    import pandas as pd
+
+    scenes, _ = dates
+    long = tmp_path / "l.csv"
+    _cli(["monitor", *scenes[:2], "--segment", "2024-04-01", "--long", str(long), "--model", tiny_sam_dir,
+          "--device", "cpu", "--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+          "--chip-size", "128", "--overlap", "0", "--no-progress"])
+    lt = pd.read_csv(long)
+    assert set(lt["date"]) == {"2024-04-01", "2024-06-01"} and len(lt) % 2 == 0
+
+
+def test_python_segment_takes_a_date_string(dates) -> None:
+    from geosam.monitor.segment import SegmentObjects
+
+    assert SegmentObjects("2024-04-01").date == dt.date(2024, 4, 1)
+    assert SegmentObjects(" Every ").date == "every"
+    from geosam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="median"):
+        SegmentObjects("composite", composite="max")  # type: ignore[arg-type]
