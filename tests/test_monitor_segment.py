@@ -252,3 +252,81 @@ def test_python_segment_takes_a_date_string(dates) -> None:
 
     with pytest.raises(ConfigError, match="median"):
         SegmentObjects("composite", composite="max")  # type: ignore[arg-type]
+
+
+# -- band stacks and DataArrays -------------------------------------------------------------------------------
+
+S2 = Path(__file__).resolve().parents[1] / "data" / "ftw_sentinel2_rgbn_2dates.tif"
+S2_STACK = {"2021-06-01": "red=1,green=2,blue=3,nir=4", "2021-09-01": "red=5,green=6,blue=7,nir=8"}
+
+
+def _recording_oracle(label_path: Path):
+    from geosam.testing import OracleMaskGenerator
+
+    class Recording(OracleMaskGenerator):
+        """The oracle, keeping each chip's raw model bands and window."""
+
+        def generate(self, chip):
+            self.seen.append((chip.spec.window, chip.raw))
+            return super().generate(chip)
+
+    gen = Recording(label_path)
+    gen.seen = []
+    return gen
+
+
+@pytest.fixture(scope="module")
+def s2_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import rasterio
+
+    with rasterio.open(S2) as src:
+        prof = src.profile | {"count": 1, "dtype": "int32", "nodata": None}
+    labels = np.zeros((prof["height"], prof["width"]), np.int32)
+    labels[20:60, 30:90], labels[100:130, 150:220] = 1, 2
+    path = tmp_path_factory.mktemp("s2lab") / "labels.tif"
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(labels[None])
+    return path
+
+
+def test_a_band_stack_date_is_segmented_from_its_own_rgb_roles(s2_labels) -> None:
+    import rasterio
+
+    from geosam.config import SegmentConfig
+    from geosam.errors import ConfigError
+    from geosam.monitor.segment import SegmentObjects
+    from geosam.monitor.series import monitor_objects
+
+    gen = _recording_oracle(s2_labels)
+    r = monitor_objects(str(S2), segment=SegmentObjects("2021-09-01", mask_generator=gen,
+                                                        config=SegmentConfig.from_settings(chip_size_px=256, overlap_px=32)),
+                        stack=S2_STACK)
+    assert len(r.wide) == 2 and gen.seen
+    with rasterio.open(S2) as src:
+        for window, raw in gen.seen:
+            np.testing.assert_array_equal(raw, src.read([5, 6, 7], window=window.to_rasterio()))
+    with pytest.raises(ConfigError, match="leave bands"):
+        monitor_objects(str(S2), segment=SegmentObjects("2021-06-01", mask_generator=gen,
+                                                        config=SegmentConfig.from_settings(bands=(1, 2, 3))),
+                        stack=S2_STACK)
+
+
+def test_a_dataarray_with_time_is_segmented_and_composited(s2_labels) -> None:
+    import rasterio
+    import xarray as xr
+
+    from geosam.monitor.segment import SegmentObjects
+    from geosam.monitor.series import monitor_objects
+    from geosam.testing import OracleMaskGenerator
+
+    with rasterio.open(S2) as src:
+        data, t, crs = src.read(), src.transform, src.crs
+    da = xr.DataArray(np.stack([data[:4], data[4:]]), dims=("time", "band", "y", "x"),
+                      coords={"time": np.array(list(S2_STACK), dtype="datetime64[ns]"), "band": ["red", "green", "blue", "nir"]},
+                      attrs={"transform": t, "crs": str(crs)})
+    by_stack = monitor_objects(str(S2), segment=SegmentObjects("2021-06-01", mask_generator=OracleMaskGenerator(
+        s2_labels)), stack=S2_STACK)
+    for which in ("2021-06-01", "composite"):
+        r = monitor_objects(da, segment=SegmentObjects(which, mask_generator=OracleMaskGenerator(s2_labels)))
+        assert len(r.wide) == 2
+        np.testing.assert_allclose(_means(r.wide), _means(by_stack.wide), rtol=1e-6)
