@@ -118,8 +118,8 @@ def test_composite_is_the_per_pixel_statistic_of_the_dates(dates, tmp_path, stat
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
+    from geosam.monitor.composite import composite_path
     from geosam.monitor.dates import date_scenes
-    from geosam.monitor.segment import composite_path
 
     scenes, _ = dates
     a = rasterio.open(scenes[0]).read()
@@ -227,7 +227,28 @@ def test_cli_bad_input_before_any_model(dates, tmp_path, model_loads) -> None:
     assert "swir1" in _cli(["monitor", *scenes, "--segment", "every", "-o", o, "--index", "ndmi"], ok=False).output
     assert "band 7" in _cli(["monitor", *scenes, "--segment", "2024-04-01", "--bands", "7,2,1", "-o", o],
                             ok=False).output
+    assert "--prompts needs --segment" in _cli(["monitor", *scenes, "--objects", str(obj), "--prompts", str(obj),
+                                                "-o", o], ok=False).output
+    assert "no_such.gpkg: prompts file does not exist" in _cli(
+        ["monitor", *scenes, "--segment", "every", "--prompts", str(tmp_path / "no_such.gpkg"), "-o", o],
+        ok=False).output
     assert model_loads == [] and not Path(o).exists()
+
+
+def test_cli_segment_by_box_prompts(dates, tiny_sam_dir, tmp_path) -> None:
+    """--prompts: one row per box prompt at the segmented date (prompt mode, tiny SAM), the prompts' columns kept."""
+    from geosam.write.vector import read_vector
+
+    scenes, _ = dates
+    boxes = tmp_path / "boxes.gpkg"
+    _boxes(0).assign(name=["a", "b", "c"]).to_file(boxes)
+    out = tmp_path / "o.gpkg"
+    _cli(["monitor", *scenes, "--segment", "2024-04-01", "--prompts", str(boxes), "--model", tiny_sam_dir,
+          "--device", "cpu", "-o", str(out), "--rank-by", "name"])
+    w = read_vector(out)
+    assert len(w) == 3 and w["name"].tolist() == ["c", "b", "a"]  # the prompts' own columns carried, ranked by
+    assert {"prompt_id", "status", "ndvi_mean_2024-08-01"} <= set(w.columns)
+    assert set(w["model"]) == {tiny_sam_dir}
 
 
 def test_cli_segment_with_the_tiny_sam(dates, tiny_sam_dir, tmp_path) -> None:
@@ -244,6 +265,7 @@ def test_cli_segment_with_the_tiny_sam(dates, tiny_sam_dir, tmp_path) -> None:
 
 
 def test_python_segment_takes_a_date_string(dates) -> None:
+    from geosam.config import PromptConfig, SegmentConfig
     from geosam.monitor.segment import SegmentObjects
 
     assert SegmentObjects("2024-04-01").date == dt.date(2024, 4, 1)
@@ -252,6 +274,11 @@ def test_python_segment_takes_a_date_string(dates) -> None:
 
     with pytest.raises(ConfigError, match="median"):
         SegmentObjects("composite", composite="max")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="takes a PromptConfig"):
+        SegmentObjects("every", prompts=[(0.0, 0.0, 1.0, 1.0)], config=SegmentConfig())
+    with pytest.raises(ConfigError, match="leave mask_generator unset"):
+        SegmentObjects("every", prompts=[(0.0, 0.0, 1.0, 1.0)], mask_generator=object())  # type: ignore[arg-type]
+    assert isinstance(SegmentObjects("every", prompts=[(0.0, 0.0, 1.0, 1.0)]).config, PromptConfig)
 
 
 # -- band stacks and DataArrays -------------------------------------------------------------------------------

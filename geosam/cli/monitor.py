@@ -53,6 +53,9 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
         "segmented once) or every (each date segmented, objects tracked across dates).")
 @option("--composite", type=click.Choice(["median", "mean"]), default="median", show_default=True, group="input",
         help="With --segment composite: the per-pixel statistic over each pixel's valid dates.")
+@option("--prompts", "prompts_file", type=click.Path(dir_okay=False), group="prompts",
+        help="With --segment: one object per point / box prompt of this vector file (points -> point prompts, "
+        "polygons -> their bounding boxes) instead of segment everything; default model then litemedsam.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Wide table (one row per object): .gpkg, .geojson, .shp or .parquet.")
 @option("--long", "long_output", type=click.Path(dir_okay=False),
@@ -96,7 +99,7 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
         help="Tracking: consecutive dates' objects match one-to-one at IoU >= this.", group="monitor")
 @handle_errors
 def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], segment: str | None, composite: str,
-            output: str | None, long_output: str | None, dates: str | None, stack: tuple[str, ...],
+            prompts_file: str | None, output: str | None, long_output: str | None, dates: str | None, stack: tuple[str, ...],
             mask_values: str | None, loss: tuple[str, ...], gain: tuple[str, ...], **settings: Any) -> None:
     """Per-object index series across dates (SCENES: files, globs, @lists), change, flags, rank and tracking.
 
@@ -111,7 +114,9 @@ def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], segment: str | No
     if not objects and segment is None:
         raise ConfigError("give the objects with --objects FILE, or segment them with --segment DATE|composite|every")
     seg = {k: settings.pop(k) for k in _SEGMENT_SETTINGS}
-    seg_spec = None if segment is None else _segment_spec(segment, composite, seg, settings)
+    if prompts_file is not None and segment is None:
+        raise ConfigError("--prompts needs --segment (the date, composite or every that the prompts segment)")
+    seg_spec = None if segment is None else _segment_spec(segment, composite, prompts_file, seg, settings)
     try:
         values = tuple(int(v) for v in _split(mask_values) or ())
     except ValueError:
@@ -127,11 +132,21 @@ def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], segment: str | No
                + ", ".join(str(p) for p in result.paths), err=True)
 
 
-def _segment_spec(segment: str, composite: str, seg: dict[str, Any], settings: dict[str, Any]) -> Any:
+def _segment_spec(segment: str, composite: str, prompts_file: str | None, seg: dict[str, Any],
+                  settings: dict[str, Any]) -> Any:
     """The `SegmentObjects` of ``--segment``: its settings checked now, before any pixel or model."""
+    from geosam.config import PromptConfig
     from geosam.monitor.segment import SegmentObjects
 
     fill = settings.get("fill_value")
-    cfg = SegmentConfig.from_settings(chip_size_px=settings.get("chip_size_px"),
-                                      fill_value=None if fill is None else (fill,), **seg)
-    return SegmentObjects(segment, config=cfg, composite="mean" if composite == "mean" else "median")
+    fill_value = None if fill is None else (fill,)
+    stat: Any = "mean" if composite == "mean" else "median"
+    if prompts_file is None:
+        cfg = SegmentConfig.from_settings(chip_size_px=settings.get("chip_size_px"), fill_value=fill_value, **seg)
+        return SegmentObjects(segment, config=cfg, composite=stat)
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("model") in (None, click.core.ParameterSource.DEFAULT):
+        seg.pop("model")  # prompt mode's own default model (litemedsam, built in)
+    keep = ("model", "device", "dtype", "overlap_px", "bands", "min_area_m2", "progress")
+    pcfg = PromptConfig.from_settings(fill_value=fill_value, **{k: v for k, v in seg.items() if k in keep})
+    return SegmentObjects(segment, config=pcfg, composite=stat, prompts=prompts_file)

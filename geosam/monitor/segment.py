@@ -3,12 +3,11 @@
 `SegmentObjects` says which (``monitor_objects(..., segment=SegmentObjects("2024-04-01"))``,
 ``geosam monitor ... --segment 2024-04-01``):
 
-* a date -- that date's scene is segmented (segment everything), and those objects are monitored on every date;
+* a date -- that date's scene is segmented (segment everything, or one object per prompt with ``prompts``),
+  and those objects are monitored on every date;
 * ``"composite"`` -- a per-pixel median (or mean) of the dates on the **first date's grid** is segmented once.
-  It is built chip by chip (`composite_path`) into a temporary GeoTIFF beside the output (removed afterwards),
-  never holding whole scenes: each date's chip is a windowed read on that grid, or for a date in another grid
-  a window of a `rasterio.vrt.WarpedVRT` onto it (nearest neighbour). A pixel counts at a date where that date
-  is valid (nodata, masks, ``fill_value``); where no date is valid the composite is masked;
+  It is built block by block (`geosam.monitor.composite.composite_path`) into a temporary GeoTIFF beside the
+  output (removed afterwards), never holding whole scenes; where no date is valid the composite is masked;
 * ``"every"`` -- each date is segmented in its own grid and the objects are tracked across dates
   (`geosam.monitor.track`).
 
@@ -25,21 +24,17 @@ import datetime as dt
 import logging
 import os
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
-from geosam.config import ReadConfig, SegmentConfig
+from geosam.config import PromptConfig, ReadConfig, SegmentConfig
 from geosam.config.monitor import CHANGE_STATS, MonitorConfig
 from geosam.errors import BandError, ConfigError
 from geosam.monitor.dates import DateScene, date_scenes, parse_date
 
 if TYPE_CHECKING:
-    from geosam.read.scene import Scene
     from geosam.segment.base import MaskGenerator
 
 log = logging.getLogger(__name__)
@@ -54,17 +49,22 @@ class SegmentObjects:
 
     Args:
         date: a date of the run (``'2024-04-01'`` or a `datetime.date`), ``'composite'`` or ``'every'``.
-        config: the segmentation settings (`geosam.config.SegmentConfig`; default its defaults: SAM segment
-            everything). Its ``bands`` are the model bands of every date's file.
+        config: the segmentation settings: a `geosam.config.SegmentConfig` (default: SAM segment everything),
+            or with ``prompts`` a `geosam.config.PromptConfig` (default: its defaults, the built-in LiteMedSAM).
+            Its ``bands`` are the model bands of every date's file.
         mask_generator: a `geosam.segment.base.MaskGenerator` used instead of SAM (e.g. an oracle); for
-            ``'every'`` one per date, as a mapping ``{'2024-04-01': generator, ...}``.
+            ``'every'`` one per date, as a mapping ``{'2024-04-01': generator, ...}``. Not with ``prompts``.
+        prompts: point / box prompts (anything `geosam.modes.prompted.segment_prompts` takes: a GeoDataFrame,
+            a list of points or boxes in the first date's CRS, or a vector file): one object per prompt, at
+            the segmented date(s) or on the composite, instead of segment everything.
         composite: the composite's per-pixel statistic over the valid dates, ``'median'`` or ``'mean'``.
         composite_chip_px: the composite is built in blocks of this many pixels a side.
     """
 
     date: str | dt.date
-    config: SegmentConfig = field(default_factory=SegmentConfig)
+    config: SegmentConfig | PromptConfig | None = None
     mask_generator: MaskGenerator | Mapping[Any, MaskGenerator] | None = None
+    prompts: Any = None
     composite: Literal["median", "mean"] = "median"
     composite_chip_px: int = 1024
 
@@ -77,6 +77,20 @@ class SegmentObjects:
             object.__setattr__(self, "date", self.date.strip().lower())
         elif not isinstance(self.date, str) or self.date not in (COMPOSITE, EVERY):
             object.__setattr__(self, "date", parse_date(self.date, "segment"))
+        want = SegmentConfig if self.prompts is None else PromptConfig
+        if self.config is None:
+            object.__setattr__(self, "config", want())
+        elif not isinstance(self.config, want):
+            raise ConfigError(f"segment {'with' if self.prompts is not None else 'without'} prompts takes a "
+                              f"{want.__name__}, got {type(self.config).__name__}")
+        if self.prompts is not None and self.mask_generator is not None:
+            raise ConfigError("prompts are decoded by the model (config.model): leave mask_generator unset")
+
+    @property
+    def settings(self) -> SegmentConfig | PromptConfig:
+        """The segmentation settings (never None after construction)."""
+        assert self.config is not None
+        return self.config
 
 
 def segmented_objects(
@@ -134,6 +148,7 @@ def check_segment(spec: SegmentObjects, scenes: Sequence[DateScene], mcfg: Monit
     from geosam.indices import check_index_bands
     from geosam.modes.everything import stat_columns
     from geosam.monitor.table import check_long_path
+    from geosam.prompts.parse import OUTPUT_COLUMNS
     from geosam.write.vector import vector_format
 
     if spec.date in (COMPOSITE, EVERY):
@@ -149,6 +164,8 @@ def check_segment(spec: SegmentObjects, scenes: Sequence[DateScene], mcfg: Monit
             ([] if COMPOSITE in keys else [COMPOSITE])
         if missing:
             raise ConfigError(f"mask_generator has no generator for {', '.join(missing)}")
+    if isinstance(spec.prompts, (str, os.PathLike)) and not Path(spec.prompts).is_file():
+        raise ConfigError(f"{spec.prompts}: prompts file does not exist")
     if output is not None:
         vector_format(Path(output))
     if long_output is not None:
@@ -160,12 +177,17 @@ def check_segment(spec: SegmentObjects, scenes: Sequence[DateScene], mcfg: Monit
                               reflectance_offset=mcfg.reflectance_offset)
         except BandError as exc:
             raise BandError(f"date {s.date}: {exc}") from None
-    bands = [_model_bands(s, spec.config) for s in targets]
+    bands = [_model_bands(s, spec.settings) for s in targets]
     if spec.date == COMPOSITE and len({len(b) for b in bands}) > 1:
         raise BandError("composite: the dates have different numbers of model bands ("
                         + ", ".join(f"{s.label}: {list(b)}" for s, b in zip(targets, bands)) + "); give --bands")
     if mcfg.rank_by is not None:
-        cols = set(OBJECT_COLUMNS) | set(stat_columns(spec.config.index.names())) | {"object_id", "track_id"}
+        cfg = spec.settings
+        made = set(OUTPUT_COLUMNS) if isinstance(cfg, PromptConfig) else \
+            set(OBJECT_COLUMNS) | set(stat_columns(cfg.index.names()))
+        if spec.prompts is not None:  # their own columns are carried through
+            made |= set(getattr(_prompts(spec.prompts), "columns", ()))
+        cols = made | {"object_id", "track_id"}
         cols |= {f"{n}_{c}" for n in mcfg.indices for c in CHANGE_STATS}
         cols |= {f"{n}_mean_{s.label}" for n in mcfg.indices for s in scenes}
         cols |= {f"valid_fraction_{s.label}" for s in scenes}
@@ -174,7 +196,7 @@ def check_segment(spec: SegmentObjects, scenes: Sequence[DateScene], mcfg: Monit
     return targets
 
 
-def _model_bands(s: DateScene, cfg: SegmentConfig) -> tuple[int, ...]:
+def _model_bands(s: DateScene, cfg: SegmentConfig | PromptConfig) -> tuple[int, ...]:
     """The 1-based bands of ``s``'s model image; BandError naming the date when they do not exist."""
     from geosam.config.bands import resolve_band_roles
     from geosam.read.scene import Scene
@@ -204,27 +226,47 @@ def _generator(spec: SegmentObjects, key: Any) -> MaskGenerator | None:
     return gen
 
 
-def _segment_date(spec: SegmentObjects, s: DateScene) -> Any:
+def _segment(spec: SegmentObjects, source: Any, key: Any, read: ReadConfig) -> Any:
+    """Segment everything in ``source`` (or decode ``spec.prompts`` there) with ``read`` as the read settings."""
+    cfg = dataclasses.replace(spec.settings, read=read)
+    if spec.prompts is not None:
+        from geosam.modes.prompted import segment_prompts
+
+        assert isinstance(cfg, PromptConfig)
+        return segment_prompts(source, _prompts(spec.prompts), config=cfg)
     from geosam.modes.everything import segment_scene
 
-    read = dataclasses.replace(spec.config.read, bands=_model_bands(s, spec.config))
-    gdf = segment_scene(s.source, _generator(spec, s.date), config=dataclasses.replace(spec.config, read=read))
+    assert isinstance(cfg, SegmentConfig)
+    return segment_scene(source, _generator(spec, key), config=cfg)
+
+
+def _prompts(prompts: Any) -> Any:
+    if isinstance(prompts, (str, os.PathLike)):
+        from geosam.write.vector import read_vector
+
+        return read_vector(prompts)
+    return prompts
+
+
+def _segment_date(spec: SegmentObjects, s: DateScene) -> Any:
+    read = dataclasses.replace(spec.settings.read, bands=_model_bands(s, spec.settings))
+    gdf = _segment(spec, s.source, s.date, read)
     log.info("segmented %s (%s): %d objects", s.name, s.date, len(gdf))
     return _named(gdf, f"segmentation of {s.label}")
 
 
 def _segment_composite(spec: SegmentObjects, scenes: Sequence[DateScene],
                        output: str | os.PathLike[str] | None) -> Any:
-    from geosam.modes.everything import segment_scene
+    from geosam.monitor.composite import composite_path
 
     folder = Path(output).parent if output is not None else None
     with tempfile.TemporaryDirectory(prefix=".geosam-composite-", dir=folder) as tmp:
-        path = composite_path(scenes, [_model_bands(s, spec.config) for s in scenes], Path(tmp) / "composite.tif",
-                              statistic=spec.composite, chip_px=spec.composite_chip_px, read=spec.config.read)
-        nb = len(_model_bands(scenes[0], spec.config))
-        read = dataclasses.replace(spec.config.read, bands=tuple(range(1, nb + 1)) if nb == 3 else (1,),
+        path = composite_path(scenes, [_model_bands(s, spec.settings) for s in scenes], Path(tmp) / "composite.tif",
+                              statistic=spec.composite, chip_px=spec.composite_chip_px, read=spec.settings.read)
+        nb = len(_model_bands(scenes[0], spec.settings))
+        read = dataclasses.replace(spec.settings.read, bands=tuple(range(1, nb + 1)) if nb == 3 else (1,),
                                    fill_value=None)
-        gdf = segment_scene(path, _generator(spec, COMPOSITE), config=dataclasses.replace(spec.config, read=read))
+        gdf = _segment(spec, path, COMPOSITE, read)
     log.info("segmented the %s composite of %d dates: %d objects", spec.composite, len(scenes), len(gdf))
     return _named(gdf, f"segmentation of the {spec.composite} composite")
 
@@ -235,106 +277,4 @@ def _named(gdf: Any, name: str) -> Any:
     return gdf
 
 
-def composite_path(scenes: Sequence[DateScene], bands: Sequence[Sequence[int]], path: str | os.PathLike[str], *,
-                   statistic: Literal["median", "mean"] = "median", chip_px: int = 1024,
-                   read: ReadConfig | None = None) -> Path:
-    """Write the per-pixel ``statistic`` of the dates' ``bands`` on the first date's grid, block by block.
-
-    Args:
-        scenes: the dates; the first one's grid (size, transform, CRS) is the composite's.
-        bands: each date's 1-based bands (the same number for every date).
-        path: the GeoTIFF to write (the first date's data type, integers rounded; masked where no date is valid).
-        statistic: ``'median'`` or ``'mean'`` of the valid dates of each pixel.
-        chip_px: the block side (px); memory is about dates x bands x ``chip_px``² x 4 bytes.
-        read: read settings of the dates (``fill_value`` marks invalid pixels of dates on the first grid).
-
-    Returns:
-        ``path``.
-    """
-    import rasterio
-
-    from geosam.windows import PixelWindow
-
-    readers = [_BlockReader(s, b, scenes[0], read) for s, b in zip(scenes, bands)]
-    try:
-        ref = readers[0].scene.info
-        dtype = np.dtype(ref.dtype)
-        profile = {"driver": "GTiff", "width": ref.width, "height": ref.height, "count": len(bands[0]),
-                   "dtype": dtype.name, "crs": ref.crs_wkt, "transform": ref.transform, "tiled": True,
-                   "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
-        reduce = np.nanmedian if statistic == "median" else np.nanmean
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
-            for row in range(0, ref.height, chip_px):
-                for col in range(0, ref.width, chip_px):
-                    w = PixelWindow(col, row, min(chip_px, ref.width - col), min(chip_px, ref.height - row))
-                    stackd = np.stack([r.read(w) for r in readers])  # (dates, bands, h, w), NaN where invalid
-                    valid = np.isfinite(stackd).all(axis=1).any(axis=0)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: masked below
-                        out = reduce(stackd, axis=0)
-                    out[:, ~valid] = 0
-                    if dtype.kind in "iu":
-                        info = np.iinfo(dtype)
-                        out = np.clip(np.rint(out), info.min, info.max)
-                    dst.write(out.astype(dtype), window=w.to_rasterio())
-                    dst.write_mask(valid.astype(np.uint8) * 255, window=w.to_rasterio())
-    finally:
-        for r in readers:
-            r.close()
-    return Path(path)
-
-
-class _BlockReader:
-    """One date's bands in blocks of the reference grid: float32, NaN where the date is invalid."""
-
-    def __init__(self, s: DateScene, bands: Sequence[int], ref: DateScene, read: ReadConfig | None) -> None:
-        from geosam.read.scene import Scene
-
-        self.bands = tuple(bands)
-        self.scene: Scene = Scene(s.source, dataclasses.replace(read or ReadConfig(), bands=self.bands), stretch=None)
-        self.vrt: Any = None
-        self.src: Any = None
-        if s is not ref:
-            with Scene(ref.source, stretch=None) as r:
-                target = r.info
-            if not _same_grid(self.scene.info, target):
-                self._warp(s, target)
-
-    def _warp(self, s: DateScene, target: Any) -> None:
-        import rasterio
-        from rasterio.enums import Resampling
-        from rasterio.vrt import WarpedVRT
-
-        if not isinstance(s.source, (str, os.PathLike)):
-            raise ConfigError(f"{s.name}: a composite warps dates in other grids from files only")
-        self.src = rasterio.open(s.source)
-        self.vrt = WarpedVRT(self.src, crs=target.crs_wkt, transform=target.transform, width=target.width,
-                             height=target.height, resampling=Resampling.nearest)
-
-    def read(self, w: Any) -> np.ndarray:
-        if self.vrt is None:
-            data, valid = self.scene.read_window(w)
-        else:
-            data = self.vrt.read(list(self.bands), window=w.to_rasterio())
-            valid = self.vrt.dataset_mask(window=w.to_rasterio()) > 0
-            if np.issubdtype(data.dtype, np.floating):
-                valid &= np.isfinite(data).all(axis=0)
-        out = data.astype(np.float32)
-        out[:, ~valid] = np.nan
-        return out
-
-    def close(self) -> None:
-        self.scene.close()
-        for h in (self.vrt, self.src):
-            if h is not None:
-                h.close()
-
-
-def _same_grid(a: Any, b: Any) -> bool:
-    from geosam.geo import same_crs
-
-    return (a.width, a.height) == (b.width, b.height) and a.transform.almost_equals(b.transform) and \
-        same_crs(a.crs_wkt, b.crs_wkt)
-
-
-__all__ = ["COMPOSITE", "EVERY", "SegmentObjects", "check_segment", "composite_path", "segmented_objects"]
+__all__ = ["COMPOSITE", "EVERY", "SegmentObjects", "check_segment", "segmented_objects"]
