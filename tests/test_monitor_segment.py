@@ -212,6 +212,9 @@ def test_cli_segment_composite_and_every(dates, oracles, tmp_path) -> None:
 
 
 def test_cli_bad_input_before_any_model(dates, tmp_path, model_loads) -> None:
+    import rasterio
+    from affine import Affine
+
     scenes, _ = dates
     o = str(tmp_path / "o.gpkg")
     obj = tmp_path / "obj.gpkg"
@@ -232,6 +235,15 @@ def test_cli_bad_input_before_any_model(dates, tmp_path, model_loads) -> None:
     assert "no_such.gpkg: prompts file does not exist" in _cli(
         ["monitor", *scenes, "--segment", "every", "--prompts", str(tmp_path / "no_such.gpkg"), "-o", o],
         ok=False).output
+    far = tmp_path / "far_2024-09-01.tif"
+    with rasterio.open(scenes[0]) as src:
+        prof, data = src.profile, src.read()
+    prof["transform"] = prof["transform"] * Affine.translation(10_000, 0)
+    with rasterio.open(far, "w", **prof) as dst:
+        dst.write(data)
+        dst.descriptions = ("red", "green", "blue", "nir")
+    msg = _cli(["monitor", *scenes, str(far), "--segment", "composite", "-o", o], ok=False).output
+    assert "far_2024-09-01.tif (2024-09-01): the raster does not overlap" in msg
     assert model_loads == [] and not Path(o).exists()
 
 

@@ -130,7 +130,7 @@ def segmented_objects(
     scene_list = date_scenes(scenes, dates, stack)
     targets = check_segment(spec, scene_list, config, output, long_output)
     if spec.date == COMPOSITE:
-        return _segment_composite(spec, scene_list, output)
+        return _segment_composite(spec, scene_list, output if output is not None else long_output)
     frames = [_segment_date(spec, s) for s in targets]
     return frames if spec.date == EVERY else frames[0]
 
@@ -144,26 +144,11 @@ def check_segment(spec: SegmentObjects, scenes: Sequence[DateScene], mcfg: Monit
         ConfigError: a date not in the run (naming the run's dates), a bad output path or ranking column.
         BandError: a date without the model bands or the index bands (naming the date's scene).
     """
-    from geosam.assemble.store import OBJECT_COLUMNS
     from geosam.indices import check_index_bands
-    from geosam.modes.everything import stat_columns
     from geosam.monitor.table import check_long_path
-    from geosam.prompts.parse import OUTPUT_COLUMNS
     from geosam.write.vector import vector_format
 
-    if spec.date in (COMPOSITE, EVERY):
-        targets = list(scenes)
-    else:
-        targets = [s for s in scenes if s.date == spec.date]
-        if not targets:
-            raise ConfigError(f"--segment {spec.date}: not a date of this run; its dates are "
-                              + ", ".join(s.label for s in scenes) + " (or use composite / every)")
-    if isinstance(spec.mask_generator, Mapping):
-        keys = {parse_date(k, "mask_generator") if k != COMPOSITE else k for k in spec.mask_generator}
-        missing = [s.label for s in targets if s.date not in keys] if spec.date != COMPOSITE else \
-            ([] if COMPOSITE in keys else [COMPOSITE])
-        if missing:
-            raise ConfigError(f"mask_generator has no generator for {', '.join(missing)}")
+    targets = _targets(spec, scenes)
     if isinstance(spec.prompts, (str, os.PathLike)) and not Path(spec.prompts).is_file():
         raise ConfigError(f"{spec.prompts}: prompts file does not exist")
     if output is not None:
@@ -177,23 +162,71 @@ def check_segment(spec: SegmentObjects, scenes: Sequence[DateScene], mcfg: Monit
                               reflectance_offset=mcfg.reflectance_offset)
         except BandError as exc:
             raise BandError(f"date {s.date}: {exc}") from None
+    if spec.date != EVERY:  # the objects of one date (or of the first date's grid) must lie on every date
+        _check_footprints(scenes, targets[0])
     bands = [_model_bands(s, spec.settings) for s in targets]
     if spec.date == COMPOSITE and len({len(b) for b in bands}) > 1:
         raise BandError("composite: the dates have different numbers of model bands ("
                         + ", ".join(f"{s.label}: {list(b)}" for s, b in zip(targets, bands)) + "); give --bands")
     if mcfg.rank_by is not None:
-        cfg = spec.settings
-        made = set(OUTPUT_COLUMNS) if isinstance(cfg, PromptConfig) else \
-            set(OBJECT_COLUMNS) | set(stat_columns(cfg.index.names()))
-        if spec.prompts is not None:  # their own columns are carried through
-            made |= set(getattr(_prompts(spec.prompts), "columns", ()))
-        cols = made | {"object_id", "track_id"}
-        cols |= {f"{n}_{c}" for n in mcfg.indices for c in CHANGE_STATS}
-        cols |= {f"{n}_mean_{s.label}" for n in mcfg.indices for s in scenes}
-        cols |= {f"valid_fraction_{s.label}" for s in scenes}
-        if mcfg.rank_by not in cols:
-            raise ConfigError(f"cannot rank by {mcfg.rank_by!r}; choose one of {sorted(cols)}")
+        _check_rank_by(spec, mcfg, scenes)
     return targets
+
+
+def _targets(spec: SegmentObjects, scenes: Sequence[DateScene]) -> list[DateScene]:
+    """The dates to segment; ConfigError for a date not in the run or a generator missing for one."""
+    if spec.date in (COMPOSITE, EVERY):
+        targets = list(scenes)
+    else:
+        targets = [s for s in scenes if s.date == spec.date]
+        if not targets:
+            raise ConfigError(f"--segment {spec.date}: not a date of this run; its dates are "
+                              + ", ".join(s.label for s in scenes) + " (or use composite / every)")
+    if isinstance(spec.mask_generator, Mapping):
+        keys = {parse_date(k, "mask_generator") if k != COMPOSITE else k for k in spec.mask_generator}
+        missing = [s.label for s in targets if s.date not in keys] if spec.date != COMPOSITE else \
+            ([] if COMPOSITE in keys else [COMPOSITE])
+        if missing:
+            raise ConfigError(f"mask_generator has no generator for {', '.join(missing)}")
+    return targets
+
+
+def _check_rank_by(spec: SegmentObjects, mcfg: MonitorConfig, scenes: Sequence[DateScene]) -> None:
+    """ConfigError unless ``rank_by`` names a column the wide table will have."""
+    from geosam.assemble.store import OBJECT_COLUMNS
+    from geosam.modes.everything import stat_columns
+    from geosam.prompts.parse import OUTPUT_COLUMNS
+
+    cfg = spec.settings
+    made = set(OUTPUT_COLUMNS) if isinstance(cfg, PromptConfig) else \
+        set(OBJECT_COLUMNS) | set(stat_columns(cfg.index.names()))
+    if spec.prompts is not None:  # their own columns are carried through
+        made |= set(getattr(_prompts(spec.prompts), "columns", ()))
+    cols = made | {"object_id", "track_id"}
+    cols |= {f"{n}_{c}" for n in mcfg.indices for c in CHANGE_STATS}
+    cols |= {f"{n}_mean_{s.label}" for n in mcfg.indices for s in scenes}
+    cols |= {f"valid_fraction_{s.label}" for s in scenes}
+    if mcfg.rank_by not in cols:
+        raise ConfigError(f"cannot rank by {mcfg.rank_by!r}; choose one of {sorted(cols)}")
+
+
+def _check_footprints(scenes: Sequence[DateScene], ref: DateScene) -> None:
+    """ConfigError naming a date whose raster does not overlap the segmented date's (``ref``) footprint."""
+    from rasterio.warp import transform_bounds
+
+    from geosam.read.scene import Scene
+
+    with Scene(ref.source, stretch=None) as r:
+        ref_bounds, ref_crs = r.info.bounds, r.info.crs_wkt
+    for s in scenes:
+        if s is ref:
+            continue
+        with Scene(s.source, stretch=None) as sc:
+            x0, y0, x1, y1 = transform_bounds(ref_crs, sc.info.crs_wkt, *ref_bounds, densify_pts=21)
+            b = sc.info.bounds
+        if x1 <= b[0] or x0 >= b[2] or y1 <= b[1] or y0 >= b[3]:
+            raise ConfigError(f"{s.name} ({s.date}): the raster does not overlap {ref.name} ({ref.date}), whose "
+                              "segmentation would be measured on it: check that the dates show the same place")
 
 
 def _model_bands(s: DateScene, cfg: SegmentConfig | PromptConfig) -> tuple[int, ...]:
@@ -259,7 +292,7 @@ def _segment_composite(spec: SegmentObjects, scenes: Sequence[DateScene],
                        output: str | os.PathLike[str] | None) -> Any:
     from geosam.monitor.composite import composite_path
 
-    folder = Path(output).parent if output is not None else None
+    folder = Path(output).parent if output is not None else None  # beside the output: room for a scene
     with tempfile.TemporaryDirectory(prefix=".geosam-composite-", dir=folder) as tmp:
         path = composite_path(scenes, [_model_bands(s, spec.settings) for s in scenes], Path(tmp) / "composite.tif",
                               statistic=spec.composite, chip_px=spec.composite_chip_px, read=spec.settings.read)
