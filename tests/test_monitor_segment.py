@@ -369,3 +369,22 @@ def test_a_dataarray_with_time_is_segmented_and_composited(s2_labels) -> None:
         r = monitor_objects(da, segment=SegmentObjects(which, mask_generator=OracleMaskGenerator(s2_labels)))
         assert len(r.wide) == 2
         np.testing.assert_allclose(_means(r.wide), _means(by_stack.wide), rtol=1e-6)
+
+
+def test_valid_median_and_mean_equal_numpys_nan_versions() -> None:
+    import warnings
+
+    from geosam.monitor.composite import valid_mean, valid_median
+
+    rng = np.random.default_rng(3)
+    stack = rng.normal(size=(5, 3, 40, 50)).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.4] = np.nan  # 0 to 5 valid dates per pixel: odd, even and none
+    stack[:, :, 0, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med, mean = np.nanmedian(stack, axis=0), np.nanmean(stack.astype(np.float64), axis=0)
+    some = np.isfinite(stack).any(axis=0)
+    assert (~some).any() and some.any()
+    np.testing.assert_allclose(valid_median(stack)[some], med[some], rtol=1e-6)
+    np.testing.assert_allclose(valid_mean(stack)[some], mean[some], rtol=1e-6)
+    assert valid_median(stack)[~some].tolist() == [0.0] * int((~some).sum())

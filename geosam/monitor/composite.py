@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,16 +51,14 @@ def composite_path(scenes: Sequence[DateScene], bands: Sequence[Sequence[int]], 
         profile = {"driver": "GTiff", "width": ref.width, "height": ref.height, "count": len(bands[0]),
                    "dtype": dtype.name, "crs": ref.crs_wkt, "transform": ref.transform, "tiled": True,
                    "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
-        reduce = np.nanmedian if statistic == "median" else np.nanmean
+        reduce = valid_median if statistic == "median" else valid_mean
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
             for row in range(0, ref.height, chip_px):
                 for col in range(0, ref.width, chip_px):
                     w = PixelWindow(col, row, min(chip_px, ref.width - col), min(chip_px, ref.height - row))
                     stackd = np.stack([r.read(w) for r in readers])  # (dates, bands, h, w), NaN where invalid
                     valid = np.isfinite(stackd).all(axis=1).any(axis=0)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: masked below
-                        out = reduce(stackd, axis=0)
+                    out = reduce(stackd)
                     out[:, ~valid] = 0
                     if dtype.kind in "iu":
                         info = np.iinfo(dtype)
@@ -72,6 +69,31 @@ def composite_path(scenes: Sequence[DateScene], bands: Sequence[Sequence[int]], 
         for r in readers:
             r.close()
     return Path(path)
+
+
+def valid_median(stack: np.ndarray) -> np.ndarray:
+    """The median over axis 0 of the finite values (``np.nanmedian``'s result, without its copies per element).
+
+    Args:
+        stack: (dates, ...) float32, NaN where a date is invalid.
+
+    Returns:
+        (...) float32; where no value is finite, an arbitrary finite value (the caller masks it).
+    """
+    n = np.isfinite(stack).sum(axis=0)
+    s = np.sort(stack, axis=0)  # NaN last
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[None], axis=0)[0]
+    hi = np.take_along_axis(s, (n // 2)[None], axis=0)[0]
+    out = (lo + hi) / np.float32(2)
+    out[n == 0] = 0
+    return out
+
+
+def valid_mean(stack: np.ndarray) -> np.ndarray:
+    """The mean over axis 0 of the finite values; 0 where none is (the caller masks it)."""
+    n = np.isfinite(stack).sum(axis=0)
+    total = np.nansum(stack, axis=0, dtype=np.float64)
+    return (total / np.maximum(n, 1)).astype(np.float32)
 
 
 class _BlockReader:
@@ -128,4 +150,4 @@ def _same_grid(a: Any, b: Any) -> bool:
 
 
 
-__all__ = ["composite_path"]
+__all__ = ["composite_path", "valid_mean", "valid_median"]
