@@ -388,3 +388,17 @@ def test_valid_median_and_mean_equal_numpys_nan_versions() -> None:
     np.testing.assert_allclose(valid_median(stack)[some], med[some], rtol=1e-6)
     np.testing.assert_allclose(valid_mean(stack)[some], mean[some], rtol=1e-6)
     assert valid_median(stack)[~some].tolist() == [0.0] * int((~some).sum())
+
+
+def test_python_segment_as_a_plain_date_and_neither_objects_nor_segment(dates, oracles) -> None:
+    from geosam.errors import ConfigError
+    from geosam.monitor.series import monitor_objects
+
+    scenes, labels = dates
+    oracles.append(labels[1])
+    r = monitor_objects(scenes, segment="2024-06-01")
+    assert len(r.wide) == 4 and not oracles
+    with pytest.raises(ConfigError, match="give objects"):
+        monitor_objects(scenes)
+    with pytest.raises(ConfigError, match="not both"):
+        monitor_objects(scenes, _boxes(0), segment="every")
