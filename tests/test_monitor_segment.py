@@ -230,6 +230,8 @@ def test_cli_bad_input_before_any_model(dates, tmp_path, model_loads) -> None:
     assert "swir1" in _cli(["monitor", *scenes, "--segment", "every", "-o", o, "--index", "ndmi"], ok=False).output
     assert "band 7" in _cli(["monitor", *scenes, "--segment", "2024-04-01", "--bands", "7,2,1", "-o", o],
                             ok=False).output
+    assert "--composite mean takes effect with --segment composite" in _cli(
+        ["monitor", *scenes, "--segment", "every", "--composite", "mean", "-o", o], ok=False).output
     assert "--prompts needs --segment" in _cli(["monitor", *scenes, "--objects", str(obj), "--prompts", str(obj),
                                                 "-o", o], ok=False).output
     assert "no_such.gpkg: prompts file does not exist" in _cli(

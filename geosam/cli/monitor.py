@@ -114,6 +114,10 @@ def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], segment: str | No
     if not objects and segment is None:
         raise ConfigError("give the objects with --objects FILE, or segment them with --segment DATE|composite|every")
     seg = {k: settings.pop(k) for k in _SEGMENT_SETTINGS}
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("composite") not in (None, click.core.ParameterSource.DEFAULT) and \
+            (segment or "").strip().lower() != "composite":
+        raise ConfigError(f"--composite {composite} takes effect with --segment composite only")
     if prompts_file is not None and segment is None:
         raise ConfigError("--prompts needs --segment (the date, composite or every that the prompts segment)")
     seg_spec = None if segment is None else _segment_spec(segment, composite, prompts_file, seg, settings)

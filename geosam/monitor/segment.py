@@ -75,7 +75,7 @@ class SegmentObjects:
             raise ConfigError(f"composite_chip_px must be >= 16, got {self.composite_chip_px}")
         if isinstance(self.date, str) and self.date.strip().lower() in (COMPOSITE, EVERY):
             object.__setattr__(self, "date", self.date.strip().lower())
-        elif not isinstance(self.date, str) or self.date not in (COMPOSITE, EVERY):
+        else:
             object.__setattr__(self, "date", parse_date(self.date, "segment"))
         want = SegmentConfig if self.prompts is None else PromptConfig
         if self.config is None:
