@@ -32,7 +32,7 @@ def main() -> int:
     model = os.environ.get("GEOSAM_MODEL", DEFAULT_MODEL)
     from geosam.errors import ModelLoadError
     from geosam.modes.everything import segment_scene
-    from geosam.write.overlay import render_overlay
+    from geosam.plot.overlay import render_overlay
     from geosam.write.vector import write_vector
 
     scene = ROOT / "data" / "banepa_predict.tif"
@@ -65,7 +65,7 @@ def litemedsam_boxes(out: Path) -> int:
 
     from geosam.errors import ModelLoadError
     from geosam.modes.prompted import segment_prompts
-    from geosam.write.overlay import render_overlay
+    from geosam.plot.overlay import render_overlay
     from geosam.write.vector import write_vector
 
     scene = ROOT / "data" / "solaris_pan_uint16.tif"

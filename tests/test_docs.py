@@ -23,7 +23,7 @@ WITH_PARAMETERS = (
     "geosam.read.scene.Scene", "geosam.read.scene.Scene.read_window", "geosam.write.label_raster.label_dataarray",
     "geosam.tile.grid.chip_grid", "geosam.models.load_model", "geosam.write.vector.write_vector",
     "geosam.write.label_raster.write_label_raster", "geosam.indices.write_index_raster",
-    "geosam.write.overlay.render_overlay", "geosam.plot.show", "geosam.plot.add_scalebar",
+    "geosam.plot.overlay.render_overlay", "geosam.plot.show", "geosam.plot.add_scalebar",
 )
 
 

@@ -17,8 +17,8 @@ from rasterio.features import rasterize
 from shapely.geometry import MultiPolygon, Polygon, box
 
 from geosam.errors import ExportError
+from geosam.plot.overlay import render_overlay
 from geosam.write.label_raster import write_label_raster
-from geosam.write.overlay import render_overlay
 from geosam.write.vector import VECTOR_FORMATS, shapefile_field_names, write_vector
 
 CRS = "EPSG:32633"

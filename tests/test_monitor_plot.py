@@ -1,4 +1,4 @@
-"""geosam.monitor.plot: a series of chosen objects and a change map, on the shipped Sentinel-2 sample."""
+"""geosam.plot.series / geosam.plot.change_map: a series of chosen objects and a change map, on the shipped Sentinel-2 sample."""
 
 from __future__ import annotations
 
@@ -30,17 +30,33 @@ def _result():
 
 def test_series_and_change_map():
     from geosam import plot
-    from geosam.monitor.plot import change_map, series
 
     r = _result()
-    ax = series(r, ids=[2, 4])
+    ax = plot.series(r, ids=[2, 4])
     lines = ax.get_lines()
     assert len(lines) == 2
     np.testing.assert_allclose(lines[0].get_ydata(), r.wide.loc[r.wide.object_id == 2,
                                ["ndvi_mean_2021-06-01", "ndvi_mean_2021-09-01"]].to_numpy()[0])
     ax = plot.show(S2, bands=[1, 2, 3])
     n_images = len(ax.images)
-    change_map(r, ax=ax, crs="EPSG:32633")
+    plot.change_map(r, ax=ax, crs="EPSG:32633")
     assert len(ax.images) == n_images and len(ax.collections) >= 1  # drawn over the scene
     assert ax.get_title() == "ndvi_delta"
     plt.close("all")
+
+
+def test_plot_package_layout():
+    """``geosam.plot`` is a package whose names live in its modules; ``geosam.write`` draws nothing (no cycle)."""
+    import ast
+
+    import geosam
+    from geosam.plot import draw, monitor, overlay, scene
+
+    assert geosam.plot.show is scene.show and geosam.plot.series is monitor.series
+    assert geosam.plot.change_map is monitor.change_map and geosam.plot.render_overlay is overlay.render_overlay
+    assert geosam.plot.add_scalebar is draw.add_scalebar
+    root = Path(geosam.__file__).parent
+    for f in (root / "write").glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("geosam.plot"), f"{f.name} imports {node.module}"

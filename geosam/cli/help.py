@@ -22,6 +22,7 @@ SECTIONS: dict[str, str] = {
     "segment-everything": "Segment everything",
     "text": "Text and exemplars",
     "indices": "Indices",
+    "monitor": "Monitoring",
     "output": "Output",
     "outlines": "Outlines",
     "run": "Run",

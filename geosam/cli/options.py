@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geosam.config import EngineConfig, ModelConfig, OutputConfig, ReadConfig
+from geosam.config import AmgConfig, EngineConfig, ModelConfig, OutputConfig, ReadConfig
 
 F = Callable[..., Any]
 
@@ -73,11 +73,15 @@ def _apply(options: list[F]) -> Callable[[F], F]:
     return decorate
 
 
-_R, _M, _E, _O = ReadConfig(), ModelConfig(), EngineConfig(), OutputConfig()
+_R, _M, _E, _O, _A = ReadConfig(), ModelConfig(), EngineConfig(), OutputConfig(), AmgConfig()
+
+#: the model image's bands
+bands_option = click.option("--bands", type=NumberList(int),
+                            help="1-based bands for the model image, e.g. 3,2,1 (1 or 3 bands).")
 
 #: reading: bands, fill value
 read_options = _apply([
-    click.option("--bands", type=NumberList(int), help="1-based bands for the model image, e.g. 3,2,1 (1 or 3 bands)."),
+    bands_option,
     click.option("--fill-value", type=NumberList(float),
                  help="Pixels whose bands all equal this (e.g. 255 or 255,255,255) are invalid."),
     click.option("--fill-tolerance", type=float, default=_R.fill_tolerance, show_default=True,
@@ -98,6 +102,19 @@ def model_options(default_model: str) -> Callable[[F], F]:
                      "(agreement >= 0.98), else float32; decided once per run. float32: the reference's masks."),
     ])
 
+
+#: segment everything: SAM's own parameter names
+amg_options = _apply([
+    click.option("--points-per-side", type=int, default=_A.points_per_side, show_default=True),
+    click.option("--points-per-batch", type=int, default=_A.points_per_batch, show_default=True),
+    click.option("--pred-iou-thresh", type=float, default=_A.pred_iou_thresh, show_default=True),
+    click.option("--stability-score-thresh", type=float, default=_A.stability_score_thresh, show_default=True),
+    click.option("--box-nms-thresh", type=float, default=_A.box_nms_thresh, show_default=True),
+    click.option("--min-mask-region-area", type=int, default=_A.min_mask_region_area, show_default=True,
+                 help="Remove islands and holes smaller than this (px)."),
+    click.option("--crop-n-layers", type=int, default=_A.crop_n_layers, show_default=True,
+                 help="Also segment 4, 16, ... crops per chip (small objects)."),
+])
 
 #: output: CRS, overlay, progress, overwrite
 output_options = _apply([
@@ -123,5 +140,5 @@ resume_options = _apply([
 ])
 
 
-__all__ = ["CoordinateList", "KeyValue", "NumberList", "dask_options", "model_options", "output_options",
-           "read_options", "resume_options"]
+__all__ = ["CoordinateList", "KeyValue", "NumberList", "amg_options", "bands_option", "dask_options", "model_options",
+           "output_options", "read_options", "resume_options"]

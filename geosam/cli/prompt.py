@@ -59,11 +59,11 @@ def prompt(scene: str | None, output: str | None, output_dir: str | None, points
     SCENE: a raster (path or GDAL URL) or a STAC item (JSON file or URL); or --stac-items / --stac-search giving
     one scene (-o) or several (--output-dir: the same prompts on each, one output per item or day)."""
     from geosam.modes.prompted import segment_prompts
+    from geosam.plot.overlay import render_overlay
     from geosam.prompts.gather import gather_prompts
     from geosam.prompts.parse import PromptColumns
     from geosam.run.cluster import check_scheduler
     from geosam.write.checks import check_output_path
-    from geosam.write.overlay import render_overlay
     from geosam.write.paths import check_outputs
     from geosam.write.vector import write_vector
 

@@ -26,8 +26,8 @@ def write_extras(scene: str, output: str, *, label_raster: str | None, overlay: 
     """
     if not (label_raster or overlay):
         return
+    from geosam.plot.overlay import render_overlay
     from geosam.write.label_raster import write_label_raster
-    from geosam.write.overlay import render_overlay
     from geosam.write.vector import read_vector
 
     gdf = read_vector(output)

@@ -8,14 +8,14 @@ import click
 
 from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.help import GroupedCommand
-from geosam.cli.options import KeyValue, model_options, output_options, read_options
+from geosam.cli.options import KeyValue, amg_options, model_options, output_options, read_options
 from geosam.cli.outline_options import outline_options
 from geosam.cli.stac_options import pop_stac_options, segment_stac, stac_options, stac_sources
 from geosam.config import DEFAULT_MODEL, SegmentConfig
 from geosam.indices import check_index_bands, write_index_raster
 
 _D = SegmentConfig()
-_T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
+_T, _E, _O = _D.tiling, _D.engine, _D.output
 
 
 @click.command(cls=GroupedCommand)
@@ -33,15 +33,7 @@ _T, _A, _E, _O = _D.tiling, _D.amg, _D.engine, _D.output
 @click.option("--chip-size", "chip_size_px", type=int, default=_T.chip_size_px, show_default=True, help="Chip size (px).")
 @click.option("--overlap", "overlap_px", type=int, default=_T.overlap_px, show_default=True, help="Chip overlap (px).")
 @read_options
-@click.option("--points-per-side", type=int, default=_A.points_per_side, show_default=True)
-@click.option("--points-per-batch", type=int, default=_A.points_per_batch, show_default=True)
-@click.option("--pred-iou-thresh", type=float, default=_A.pred_iou_thresh, show_default=True)
-@click.option("--stability-score-thresh", type=float, default=_A.stability_score_thresh, show_default=True)
-@click.option("--box-nms-thresh", type=float, default=_A.box_nms_thresh, show_default=True)
-@click.option("--min-mask-region-area", type=int, default=_A.min_mask_region_area, show_default=True,
-              help="Remove islands and holes smaller than this (px).")
-@click.option("--crop-n-layers", type=int, default=_A.crop_n_layers, show_default=True,
-              help="Also segment 4, 16, ... crops per chip (small objects).")
+@amg_options
 @click.option("--min-area-m2", type=float, default=_O.min_area_m2, show_default=True, help="Drop smaller objects.")
 @output_options
 @outline_options

@@ -5,6 +5,7 @@ date, read in that date's own grid, grouped by chip), `geosam.monitor.chips` (th
 `geosam.monitor.measure` (the tasks through the journal / Dask machinery of `geosam.run.tasks`),
 `geosam.monitor.store` (the results on disk), `geosam.monitor.stream` (the tables built from it in batches), `geosam.monitor.change` (first / last / delta / slope /
 largest drop, flags, rank), `geosam.monitor.track` (objects of consecutive dates matched by overlap),
-`geosam.monitor.table` (wide and long tables and their files), `geosam.monitor.series` (`monitor_objects`,
-the entry point) and `geosam.monitor.plot` (series of objects, change map).
+`geosam.monitor.table` (wide and long tables and their files), `geosam.monitor.segment` (objects segmented in
+the run: one date, a composite from `geosam.monitor.composite`, every date), `geosam.monitor.series`
+(`monitor_objects`, the entry point); its pictures are `geosam.plot.series` and `geosam.plot.change_map`.
 """

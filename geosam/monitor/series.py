@@ -27,6 +27,7 @@ from geosam.errors import BandError, ConfigError, NoCRSError
 from geosam.indices import IndexCalculator
 from geosam.monitor.change import flags, rank_table, series_change
 from geosam.monitor.dates import DateScene, date_scenes
+from geosam.monitor.segment import SegmentObjects, segmented_objects
 from geosam.monitor.store import StatsStore
 from geosam.monitor.table import check_long_path, long_table, wide_columns, write_long
 from geosam.monitor.zonal import DateReader, DateStats
@@ -128,8 +129,9 @@ def _rank_columns(cfg: MonitorConfig, dates: Sequence[dt.date], attrs: Sequence[
 
 def monitor_objects(
     scenes: Any,
-    objects: Any,
+    objects: Any = None,
     *,
+    segment: SegmentObjects | str | dt.date | None = None,
     dates: Sequence[Any] | None = None,
     stack: Mapping[Any, Any] | None = None,
     config: MonitorConfig | None = None,
@@ -149,6 +151,8 @@ def monitor_objects(
         objects: a vector file or GeoDataFrame (the same objects at every date; attribute columns carried
             through), or a list with one per date (each date's own objects, e.g. a geosam segmentation of
             each date): these are tracked (`geosam.monitor.track`) and the wide table has one row per track.
+        segment: instead of ``objects``, segment the dates in this run (`geosam.monitor.segment.SegmentObjects`,
+            or just its date: ``'2024-04-01'``, ``'composite'`` or ``'every'``, the last one tracked).
         dates: one date per file (else from tags or file names).
         stack: {date: band roles} of a band stack, e.g. ``{'2021-06-01': 'red=1,green=2,blue=3,nir=4', ...}``.
         config: a `MonitorConfig`; or give its fields as keywords (``indices=('ndvi',), min_valid=0.5``).
@@ -182,6 +186,11 @@ def monitor_objects(
         raise ConfigError(f"unknown monitor setting(s) {unknown}; known: {sorted(known)}")
     cfg = config or MonitorConfig(**settings)
     check_scheduler(scheduler, n_workers)
+    if segment is not None or objects is None:  # objects made here (checks first, then the model)
+        if segment is None:
+            raise ConfigError("give objects (a vector file or GeoDataFrame) or segment= (a date, 'composite', 'every')")
+        objects = segmented_objects(scenes, objects, segment, dates=dates, stack=stack, config=cfg,
+                                    output=output, long_output=long_output)
     scene_list = date_scenes(scenes, dates, stack)
     tracked = isinstance(objects, (list, tuple))
     frames = [_load_objects(o, k) for k, o in enumerate(objects)] if tracked else [_load_objects(objects)]

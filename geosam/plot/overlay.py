@@ -1,6 +1,6 @@
 """Quick-look PNGs: the (decimated) scene with polygon outlines drawn over it.
 
-Drawn with the same code as `geosam.plot.show` (`geosam.plot`).
+Drawn with the same primitives as `geosam.plot.show` (`geosam.plot.draw`); the CLI's ``--overlay``.
 
 Frames: the PNG's pixels are those of a decimated read of ``image_path``
 (longest side ``max_side_px``); polygons are reprojected to the scene CRS and
@@ -18,7 +18,7 @@ import numpy as np
 
 from geosam.errors import ExportError
 from geosam.geo import same_crs
-from geosam.plot import distinct_colours, draw_geometries, draw_image, read_quicklook
+from geosam.plot.draw import distinct_colours, draw_geometries, draw_image, read_quicklook
 from geosam.write.paths import atomic_output, check_not_input, local_input
 
 if TYPE_CHECKING:
@@ -109,4 +109,4 @@ def _rio_crs(wkt: str) -> Any:  # rasterio.crs.CRS
     return CRS.from_wkt(wkt)
 
 
-__all__ = ["distinct_colours", "render_overlay"]
+__all__ = ["render_overlay"]

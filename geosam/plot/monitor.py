@@ -1,8 +1,8 @@
 """Pictures of objects through time: the series of chosen objects, and a map coloured by change.
 
-Kept here, not in `geosam.plot`: exposing them there would make a package-level import cycle (`geosam.write`
-draws through `geosam.plot`, and this stage writes through `geosam.write`). Neither reads a raster: put the scene
-under a change map with ``ax = geosam.plot.show(scene)`` and ``change_map(result, ax=ax, crs=scene_crs)``.
+``geosam.plot.series(result, ids)`` and ``geosam.plot.change_map(result, "ndvi_delta")``; ``result`` is a
+`geosam.monitor.series.MonitorResult`. Neither reads a raster: put the scene under a change map with
+``ax = geosam.plot.show(scene)`` and ``geosam.plot.change_map(result, ax=ax, crs=scene_crs)``.
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def change_map(result: Any, column: str = "ndvi_delta", *, ax: Axes | None = Non
         column: a numeric or boolean column of the wide table.
         ax: the axes to draw on (e.g. one from ``geosam.plot.show(scene)``; default a new figure).
         crs: reproject the objects to this CRS first (the scene's, when drawing over it).
-        cmap / alpha / legend: as geopandas' ``plot``.
+        cmap: a matplotlib colormap name (as geopandas' ``plot``).
+        alpha: fill opacity.
+        legend: a colour bar (numbers) or a legend (categories).
 
     Returns:
         The axes. Objects without a value are drawn grey, outlined.
