@@ -61,6 +61,7 @@ def test_bad_stac_input_is_one_error_and_writes_nothing(stac_catalog, stac_serve
         ([f"{srv.url}/nothing/here.json"], "HTTP 404"),
         (["--stac-items", str(stac_catalog.collection), "--assets", "red,green,blue"], "give --output-dir"),
         ([str(stac_catalog.stacks[0]), "--assets", "red"], "--assets and --mask-asset need STAC scenes"),
+        ([item_url(srv, stac_catalog), "--mask-asset", "scl"], "mask_asset 'scl' needs mask_values"),  # masks nothing
     ]
     for args, message in cases:
         res = run(*args, "--output-dir" if "give --output-dir" not in message else "-o",

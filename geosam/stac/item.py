@@ -181,6 +181,10 @@ class StacScene:
             raise StacError(f"resolution_m must be > 0, got {self.resolution_m}")
         if self.mask_values and self.mask_asset is None:
             raise StacError("mask_values need a mask_asset (e.g. mask_asset='scl')")
+        if self.mask_asset is not None and not self.mask_values:  # it would mask nothing, silently
+            raise StacError(f"mask_asset {self.mask_asset!r} needs mask_values, the classes that are invalid "
+                            "(e.g. mask_values=(3, 8, 9, 10): Sentinel-2 SCL cloud shadow, clouds, cirrus; "
+                            "--mask-values 3,8,9,10)")
         days = sorted({solar_day(i) for i in self.items})
         if len(days) > 1:
             raise StacError(f"items {', '.join(i.id for i in self.items)} fall on {len(days)} days "
