@@ -93,7 +93,9 @@ def _cli(scene, out: Path, log: str, delay_s: float, *extra: str) -> subprocess.
 
 def test_cli_run_killed_part_way_resumes_to_identical_output(scene, tmp_path) -> None:
     ref_out = tmp_path / "ref.gpkg"
-    ref = _cli(scene, ref_out, str(tmp_path / "ref.log"), 0.0)  # the uninterrupted run, beside the killed one
+    proc = _cli(scene, ref_out, str(tmp_path / "ref.log"), 0.0)
+    assert proc.wait(timeout=120) == 0, proc.stdout.read().decode() if proc.stdout else ""
+    all_chips = read_log(str(tmp_path / "ref.log"))
 
     out = tmp_path / "out.gpkg"
     journal = Path(str(out) + ".geosam-journal")
@@ -113,8 +115,6 @@ def test_cli_run_killed_part_way_resumes_to_identical_output(scene, tmp_path) ->
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not out.exists()
-    assert ref.wait(timeout=120) == 0, ref.stdout.read().decode() if ref.stdout else ""
-    all_chips = read_log(str(tmp_path / "ref.log"))
     with sqlite3.connect(journal) as conn:
         journaled = {k.split(":")[0] for (k,) in conn.execute("SELECT key FROM chips")}
     assert 3 <= len(journaled) < len(all_chips)
