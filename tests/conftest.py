@@ -52,6 +52,14 @@ def tiny_sam3_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def oracle_scene_600(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The 600 x 500 px oracle scene with 40 objects (seed 11) that several modules share (read only)."""
+    from tests.data.make_scenes import make_oracle_scene
+
+    return make_oracle_scene(tmp_path_factory.mktemp("oracle_600"), width=600, height=500, n_objects=40, seed=11)
+
+
+@pytest.fixture(scope="session")
 def dask_client() -> Iterator[Any]:
     """A ``distributed.Client`` of a LocalCluster with two worker processes, one thread each.
 

@@ -17,14 +17,13 @@ from geosam.errors import ConfigError
 from geosam.modes.text import TEXT_COLUMNS
 from geosam.segment.base import ChipMasks
 from tests._scale_helpers import PhraseOracle, read_log
-from tests.data.make_scenes import make_oracle_scene
 
 _Phrases = PhraseOracle
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> object:
-    return make_oracle_scene(tmp_path_factory.mktemp("text_scene"), seed=11, width=600, height=500, n_objects=40)
+def scene(oracle_scene_600: object) -> object:
+    return oracle_scene_600
 
 
 def test_scripted_phrases_stitch_exactly_with_labels(scene: object) -> None:
