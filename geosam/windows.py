@@ -1,4 +1,4 @@
-"""PixelWindow: the pixel-frame value every stage shares.
+"""PixelWindow: the pixel-frame value every stage shares; `WindowedDataset`: the base of dataset stand-ins.
 
 Frame: **scene pixel coordinates** (column, row of the full raster, origin at the
 top-left corner of the top-left pixel). Windows are half-open: a window covers
@@ -8,7 +8,15 @@ columns ``col_off .. col_end - 1`` and rows ``row_off .. row_end - 1``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from affine import Affine
+    from typing_extensions import Self
 
 
 @dataclass(frozen=True)
@@ -83,3 +91,63 @@ class PixelWindow:
         c0, w = axis((box[0] + box[2]) / 2.0, size[0], scene_width)
         r0, h = axis((box[1] + box[3]) / 2.0, size[1], scene_height)
         return cls(c0, r0, w, h)
+
+
+class WindowedDataset:
+    """The base of the stand-ins for a rasterio dataset that `geosam.read.scene.Scene` reads window by window.
+
+    A subclass (a DataArray's, a STAC item's) sets ``count``, ``width``, ``height`` and the transform
+    (`set_transform`) and implements `band_valid`; the base gives ``res`` / ``bounds``, ``read_masks``,
+    GDAL's ``dataset_mask`` (valid where any band is), ``tags``, ``close`` and the context manager.
+    Windows are rasterio windows (or `PixelWindow`) in scene pixels; None is the whole raster.
+    """
+
+    count: int
+    width: int
+    height: int
+    closed: bool = False
+    _last: Any = None  # the subclass's cache of its last read (dropped on close)
+
+    def set_transform(self, transform: Affine) -> None:
+        """Set ``transform``, ``res`` (map units per pixel) and ``bounds`` (map units) from the affine transform."""
+        from rasterio.coords import BoundingBox
+
+        t = self.transform = transform
+        self.res = (abs(t.a), abs(t.e))
+        self.bounds = BoundingBox(t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f)
+
+    def window_key(self, indexes: Sequence[int], window: Any, out_shape: Any) -> tuple[Any, ...]:
+        """A read's key: (band indexes, (col, row, width, height) of the window, (rows, cols) out or None)."""
+        w = (0, 0, self.width, self.height) if window is None else \
+            (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
+        return tuple(int(i) for i in indexes), w, None if out_shape is None else tuple(int(n) for n in out_shape[-2:])
+
+    def band_valid(self, indexes: Sequence[int], window: Any, out_shape: Any) -> np.ndarray:
+        """Per band, True where a pixel is valid: (bands, rows, cols) bool."""
+        raise NotImplementedError
+
+    def mask_indexes(self, window: Any, out_shape: Any) -> Sequence[int]:
+        """The bands whose masks make the dataset mask (default: all)."""
+        return range(1, self.count + 1)
+
+    def read_masks(self, indexes: Sequence[int], window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
+        """255 where valid, else 0, per band, as uint8 (bands, H, W)."""
+        return np.where(self.band_valid(indexes, window, out_shape), 255, 0).astype(np.uint8)
+
+    def dataset_mask(self, window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
+        """GDAL's dataset mask: 255 where any band is valid, else 0, as uint8 (H, W)."""
+        valid = self.band_valid(self.mask_indexes(window, out_shape), window, out_shape)
+        return np.where(valid.any(axis=0), 255, 0).astype(np.uint8)
+
+    def tags(self, *args: Any, **kwargs: Any) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        self._last = None
+        self.closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

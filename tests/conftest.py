@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,27 @@ def tiny_sam3_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tests._tiny_families import build_tiny_sam3
 
     return build_tiny_sam3(tmp_path_factory.mktemp("tiny_sam3"))
+
+
+@pytest.fixture(scope="session")
+def oracle_scene_600(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The 600 x 500 px oracle scene with 40 objects (seed 11) that several modules share (read only)."""
+    from tests.data.make_scenes import make_oracle_scene
+
+    return make_oracle_scene(tmp_path_factory.mktemp("oracle_600"), width=600, height=500, n_objects=40, seed=11)
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    """A ``distributed.Client`` of a LocalCluster with two worker processes, one thread each.
+
+    Started once per session (each start spawns two processes that import geosam: seconds), shared by the
+    Dask tests (tests/test_distributed.py, tests/test_stac_dask.py); skipped without ``dask[distributed]``.
+    """
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            distributed.Client(cl) as client:
+        yield client
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Scale-out on Dask: a LocalCluster of two worker processes gives the in-process output."""
+"""Scale-out on Dask: a LocalCluster of two worker processes (the session's `dask_client`) gives the in-process
+output."""
 
 from __future__ import annotations
 
@@ -19,49 +20,42 @@ TINY = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 
 
 
 @pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
-            distributed.Client(cl) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory):
     return make_oracle_scene(tmp_path_factory.mktemp("dask"), width=600, height=500, n_objects=40, seed=21)
 
 
-def test_two_workers_give_the_in_process_output(client, scene, tmp_path) -> None:
+def test_two_workers_give_the_in_process_output(dask_client, scene, tmp_path) -> None:
     local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **KW)
     log = str(tmp_path / "chips.log")
-    dask = segment_scene(scene.image_path, CountingOracle(scene.label_path, log), scheduler=client, **KW)
+    dask = segment_scene(scene.image_path, CountingOracle(scene.label_path, log), scheduler=dask_client, **KW)
     assert_same(dask, local)
     assert len(dask) == scene.n_objects
     assert sorted(read_log(log)) == sorted({line for line in read_log(log)})  # every chip generated once
     assert len(read_log(log)) == local.attrs["geosam"]["chips_total"]
 
 
-def test_dask_run_journals_and_resumes(client, scene, tmp_path) -> None:
+def test_dask_run_journals_and_resumes(dask_client, scene, tmp_path) -> None:
     import sqlite3
 
     local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **KW)
     journal = tmp_path / "j"
     first = segment_scene(scene.image_path, CountingOracle(scene.label_path), journal=journal,
-                          scheduler=client, **KW)
+                          scheduler=dask_client, **KW)
     assert_same(first, local)
     with sqlite3.connect(journal) as conn:
         keys = [k for (k,) in conn.execute("SELECT key FROM chips")]
         conn.executemany("DELETE FROM chips WHERE key = ?", [(k,) for k in keys[1::2]])
     log = str(tmp_path / "chips.log")
     again = segment_scene(scene.image_path, CountingOracle(scene.label_path, log), journal=journal,
-                          scheduler=client, **KW)
+                          scheduler=dask_client, **KW)
     assert_same(again, local)
     assert sorted(read_log(log)) == sorted(k.split(":")[0] for k in keys[1::2])
 
 
-def test_index_prefilter_runs_on_the_workers(client, scene) -> None:
+def test_index_prefilter_runs_on_the_workers(dask_client, scene) -> None:
     kw = {**KW, "indices": ["exg"], "min_index": {"exg": 0.1}, "prefilter": True}
     local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **kw)
-    dask = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), scheduler=client, **kw)
+    dask = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), scheduler=dask_client, **kw)
     assert "exg_mean" in dask.columns
     assert_same(dask, local)
     assert local.attrs["geosam"]["prompts_total"] > 0
@@ -70,18 +64,18 @@ def test_index_prefilter_runs_on_the_workers(client, scene) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_sam_on_two_workers_gives_the_in_process_output(client, tiny_sam_dir, tmp_path) -> None:
+def test_tiny_sam_on_two_workers_gives_the_in_process_output(dask_client, tiny_sam_dir, tmp_path) -> None:
     small = make_oracle_scene(tmp_path, width=320, height=240, n_objects=8, seed=3)
     kw = {"model": tiny_sam_dir, "chip_size_px": 192, "overlap_px": 32, "progress": False, **TINY}
     local = segment_scene(small.image_path, **kw)
-    dask = segment_scene(small.image_path, scheduler=client, **kw)
+    dask = segment_scene(small.image_path, scheduler=dask_client, **kw)
     assert len(local) > 0
     # dtype="auto" is decided once, on the client, and the workers compute in it whatever their CPU
     assert dask.attrs["geosam"]["dtype"] == local.attrs["geosam"]["dtype"] in ("float32", "bfloat16")
     assert_same(dask, local)
 
 
-def test_text_on_two_workers_gives_the_in_process_output(client, scene, tmp_path) -> None:
+def test_text_on_two_workers_gives_the_in_process_output(dask_client, scene, tmp_path) -> None:
     """Text mode runs on Dask through the same runner as segment-everything (chips on the workers)."""
     from geosam.modes.text import segment_text
 
@@ -89,17 +83,17 @@ def test_text_on_two_workers_gives_the_in_process_output(client, scene, tmp_path
     local = segment_text(scene.image_path, phrases, mask_generator=PhraseOracle(scene.label_path), **KW)
     log = str(tmp_path / "chips.log")
     dask = segment_text(scene.image_path, phrases, mask_generator=PhraseOracle(scene.label_path, log),
-                        scheduler=client, **KW)
+                        scheduler=dask_client, **KW)
     assert_same(dask, local)
     assert set(dask["label"]) == set(phrases)
     assert len(read_log(log)) == local.attrs["geosam"]["chips_total"]  # every chip generated on a worker
 
 
-def test_a_worker_that_dies_mid_run_changes_nothing(client, scene, tmp_path) -> None:
+def test_a_worker_that_dies_mid_run_changes_nothing(dask_client, scene, tmp_path) -> None:
     local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **KW)
     marker = tmp_path / "died"
     gen = CountingOracle(scene.label_path, delay_s=0.05, die_after=3, die_marker=str(marker))
-    dask = segment_scene(scene.image_path, gen, scheduler=client, **KW)
+    dask = segment_scene(scene.image_path, gen, scheduler=dask_client, **KW)
     assert marker.exists()  # one worker process did exit mid-batch
     assert_same(dask, local)
 
@@ -115,19 +109,19 @@ def test_bad_scheduler_settings_are_refused(scene) -> None:
 
 
 @pytest.mark.parametrize("backing", ["lazy", "numpy"])
-def test_dataarray_on_two_workers_gives_the_file_output(client, scene, backing) -> None:
+def test_dataarray_on_two_workers_gives_the_file_output(dask_client, scene, backing) -> None:
     """A dask-backed DataArray goes to the workers as its (small) graph and each reads its own windows;
     a numpy-backed one is scattered once. No temporary GeoTIFF either way (the workers read the array)."""
     from tests.test_xarray import dataarray
 
     local = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), **KW)
     da = dataarray(scene.image_path, backing=backing)
-    dask = segment_scene(da, OracleMaskGenerator(scene.label_path), scheduler=client, **KW)
+    dask = segment_scene(da, OracleMaskGenerator(scene.label_path), scheduler=dask_client, **KW)
     assert_same(dask, local)
     assert dask.attrs["geosam"]["scene"] == "DataArray 'scene'"
 
 
-def test_lazy_dataarray_is_read_by_the_workers_not_the_client(client, scene, monkeypatch) -> None:
+def test_lazy_dataarray_is_read_by_the_workers_not_the_client(dask_client, scene, monkeypatch) -> None:
     """The client never computes a window of a dask-backed DataArray: its reads are counted (none)."""
     import geosam.read.dataarray
     from tests.test_xarray import dataarray
@@ -142,7 +136,7 @@ def test_lazy_dataarray_is_read_by_the_workers_not_the_client(client, scene, mon
 
     monkeypatch.setattr(geosam.read.dataarray, "load", counting_load)
     dask = segment_scene(dataarray(scene.image_path, backing="lazy"), OracleMaskGenerator(scene.label_path),
-                         scheduler=client, **KW)
+                         scheduler=dask_client, **KW)
     assert_same(dask, local)
     assert calls == []  # uint8: no stretch sample to read; every chip window was read on a worker
 
@@ -161,7 +155,7 @@ def _prompts(path):
 
 
 @pytest.mark.slow
-def test_prompts_on_two_workers_give_the_in_process_output(client, tiny_sam_dir, tmp_path) -> None:
+def test_prompts_on_two_workers_give_the_in_process_output(dask_client, tiny_sam_dir, tmp_path) -> None:
     import torch
 
     small = make_oracle_scene(tmp_path, width=320, height=240, n_objects=8, seed=3)
@@ -174,7 +168,7 @@ def test_prompts_on_two_workers_give_the_in_process_output(client, tiny_sam_dir,
         local = segment_prompts(small.image_path, prompts, **kw)
     finally:
         torch.set_num_threads(threads)
-    dask = segment_prompts(small.image_path, prompts, scheduler=client, **kw)
+    dask = segment_prompts(small.image_path, prompts, scheduler=dask_client, **kw)
     assert local.attrs["geosam"]["windows"] > 1
     assert set(local["status"]) <= {"ok", "empty"} and (local["status"] == "ok").any()
     assert_same(dask, local)

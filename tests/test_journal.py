@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory):
-    return make_oracle_scene(tmp_path_factory.mktemp("journal"), width=600, height=500, n_objects=40, seed=11)
+def scene(oracle_scene_600):
+    return oracle_scene_600
 
 
 def assert_same(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:

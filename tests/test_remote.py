@@ -1,7 +1,7 @@
 """A remote scene read by windows: a Cloud-Optimized GeoTIFF over HTTP (``/vsicurl/``).
 
-The COG is served by a local server with byte-range support (:mod:`tests._range_server`,
-127.0.0.1 only); labels for the oracle generator stay local. Results must equal the
+The COG is served on 127.0.0.1 with byte-range support by the package's own server
+(`geosam.stac.local.LocalCatalog`); labels for the oracle generator stay local. Results must equal the
 local run, and a run that needs one window must transfer far less than the file.
 If GDAL is built without curl, the tests are skipped saying so.
 """
@@ -16,8 +16,8 @@ import pytest
 import rasterio
 
 import geosam
+from geosam.stac.local import LocalCatalog
 from geosam.testing import OracleMaskGenerator
-from tests._range_server import RangeServer
 from tests.data.make_scenes import make_oracle_scene
 
 
@@ -43,8 +43,8 @@ def cog(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(cog: tuple[Path, Path]) -> Iterator[RangeServer]:
-    srv = RangeServer(cog[0].parent, lifetime_s=600)
+def server(cog: tuple[Path, Path]) -> Iterator[LocalCatalog]:
+    srv = LocalCatalog(cog[0].parent, lifetime_s=600)
     try:
         with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
             rasterio.open(f"/vsicurl/{srv.url}/scene.tif").close()
@@ -59,7 +59,7 @@ def geometries(gdf) -> list[bytes]:
     return [g.normalize().wkb for g in gdf.geometry]
 
 
-def test_segment_a_remote_cog_equals_the_local_run(cog: tuple[Path, Path], server: RangeServer) -> None:
+def test_segment_a_remote_cog_equals_the_local_run(cog: tuple[Path, Path], server: LocalCatalog) -> None:
     path, labels = cog
     kw = {"chip_size_px": 256, "overlap_px": 32, "progress": False}
     local = geosam.segment_scene(path, OracleMaskGenerator(labels), **kw)
@@ -71,7 +71,7 @@ def test_segment_a_remote_cog_equals_the_local_run(cog: tuple[Path, Path], serve
     np.testing.assert_array_equal(remote["area_m2"], local["area_m2"])
 
 
-def test_one_prompt_reads_a_small_part_of_a_remote_cog(cog: tuple[Path, Path], server: RangeServer) -> None:
+def test_one_prompt_reads_a_small_part_of_a_remote_cog(cog: tuple[Path, Path], server: LocalCatalog) -> None:
     from tests.test_user_mistakes import oracle_bundle
 
     path, labels = cog

@@ -1,7 +1,7 @@
 """STAC items as scenes: per-band COGs over HTTP range requests, on one grid, equal to a local stack.
 
-The stac_catalog (`tests.data.make_stac`) is stac_served on 127.0.0.1 by `tests._range_server`;
-bytes are counted per asset and per chip.
+The stac_catalog (`tests.data.make_stac`) is served on 127.0.0.1 by `geosam.stac.local.LocalCatalog`
+(the `stac_served` fixture); bytes are counted per asset and per chip.
 """
 
 from __future__ import annotations

@@ -8,17 +8,13 @@ import pytest
 import geosam
 from tests._stac_fixtures import ThresholdGenerator, geometries, item_url
 
-distributed = pytest.importorskip("distributed")
 
-
-@pytest.mark.slow  # starting two worker processes: ~10-20 s
-def test_an_item_on_two_workers_gives_the_in_process_output(stac_catalog, stac_served) -> None:
+@pytest.mark.slow
+def test_an_item_on_two_workers_gives_the_in_process_output(stac_catalog, stac_served, dask_client) -> None:
     srv = stac_served
     kw = {"chip_size_px": 192, "overlap_px": 32, "progress": False, "overview_max_px": 2048}
     here = geosam.segment_scene(item_url(srv, stac_catalog), ThresholdGenerator(), **kw)
     srv.reset()
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
-            distributed.Client(cl) as client:
-        there = geosam.segment_scene(item_url(srv, stac_catalog), ThresholdGenerator(), scheduler=client, **kw)
+    there = geosam.segment_scene(item_url(srv, stac_catalog), ThresholdGenerator(), scheduler=dask_client, **kw)
     assert len(here) > 10 and geometries(there) == geometries(here)
     assert srv.bytes_sent > 0  # the workers fetched the chips

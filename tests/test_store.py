@@ -15,14 +15,13 @@ from geosam.errors import ExportError
 from geosam.modes.everything import segment_scene, segment_scene_to_file
 from geosam.testing import OracleMaskGenerator
 from geosam.write.vector import write_frames, write_vector
-from tests.data.make_scenes import make_oracle_scene
 
 KW = {"chip_size_px": 256, "overlap_px": 32, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory):
-    return make_oracle_scene(tmp_path_factory.mktemp("store"), width=600, height=500, n_objects=40, seed=11)
+def scene(oracle_scene_600):
+    return oracle_scene_600
 
 
 def _oracle(scene):

@@ -17,14 +17,13 @@ from geosam.errors import ConfigError
 from geosam.modes.text import TEXT_COLUMNS
 from geosam.segment.base import ChipMasks
 from tests._scale_helpers import PhraseOracle, read_log
-from tests.data.make_scenes import make_oracle_scene
 
 _Phrases = PhraseOracle
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> object:
-    return make_oracle_scene(tmp_path_factory.mktemp("text_scene"), seed=11, width=600, height=500, n_objects=40)
+def scene(oracle_scene_600: object) -> object:
+    return oracle_scene_600
 
 
 def test_scripted_phrases_stitch_exactly_with_labels(scene: object) -> None:
@@ -235,14 +234,21 @@ def _text_cli(tiny_sam3_dir: str, scene: object, out: Path, *extra: str) -> None
     assert res.exit_code == 0, res.output
 
 
-def test_cli_label_raster(tiny_sam3_dir: str, scene: object, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def building_run(tiny_sam3_dir: str, scene: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``a.gpkg`` and ``a.tif`` (--label-raster) of one uncompiled `_text_cli` run (read only)."""
+    d = tmp_path_factory.mktemp("text_building")
+    _text_cli(tiny_sam3_dir, scene, d / "a.gpkg", "--label-raster", str(d / "a.tif"))
+    return d
+
+
+def test_cli_label_raster(building_run: Path, scene: object) -> None:
     """--label-raster writes the objects' ids on the scene's grid."""
     import geopandas as gpd
     from shapely.geometry import Point
 
-    _text_cli(tiny_sam3_dir, scene, tmp_path / "a.gpkg", "--label-raster", str(tmp_path / "a.tif"))
-    a = gpd.read_file(tmp_path / "a.gpkg")
-    with rasterio.open(scene.image_path) as src, rasterio.open(tmp_path / "a.tif") as la:  # type: ignore[attr-defined]
+    a = gpd.read_file(building_run / "a.gpkg")
+    with rasterio.open(scene.image_path) as src, rasterio.open(building_run / "a.tif") as la:  # type: ignore[attr-defined]
         assert (la.width, la.height, la.transform, la.crs) == (src.width, src.height, src.transform, src.crs)
         lab = la.read(1)
     ids = set(np.unique(lab[lab > 0]).tolist())
@@ -255,7 +261,7 @@ def test_cli_label_raster(tiny_sam3_dir: str, scene: object, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_cli_compile_changes_nothing(tiny_sam3_dir: str, scene: object, tmp_path: Path,
+def test_cli_compile_changes_nothing(tiny_sam3_dir: str, scene: object, building_run: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """--compile compiles SAM 3's per-chip parts and gives the same objects (torch.compile with its "eager"
     backend here: dynamo's tracing and guards without inductor's minutes of C++ builds)."""
@@ -263,7 +269,6 @@ def test_cli_compile_changes_nothing(tiny_sam3_dir: str, scene: object, tmp_path
 
     from geosam.models.sam3 import SAM3_COMPILED
 
-    _text_cli(tiny_sam3_dir, scene, tmp_path / "a.gpkg")
     compiled: list[str] = []
     real = torch.compile
 
@@ -275,7 +280,7 @@ def test_cli_compile_changes_nothing(tiny_sam3_dir: str, scene: object, tmp_path
     _text_cli(tiny_sam3_dir, scene, tmp_path / "b.gpkg", "--compile")
     assert compiled == ["Sam3VisionModel", "Sam3DetrEncoder", "Sam3DetrDecoder", "Sam3MaskDecoder"]
     assert len(compiled) == len(SAM3_COMPILED)
-    a, b = gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(tmp_path / "b.gpkg")
+    a, b = gpd.read_file(building_run / "a.gpkg"), gpd.read_file(tmp_path / "b.gpkg")  # a: the same run uncompiled
     assert len(a) > 0 and len(a) == len(b)
     assert all(g1.equals(g2) for g1, g2 in zip(a.geometry, b.geometry))
 

@@ -21,7 +21,7 @@ from geosam.assemble.store import OBJECT_COLUMNS
 from geosam.assemble.tables import ObjectTable, ObjectTableSpec, min_index_pairs
 from geosam.config import IndexConfig, SegmentConfig
 from geosam.errors import ConfigError
-from geosam.modes.runner import ModePlan, PlanBuilder, RunOptions, run_dtype, run_mode
+from geosam.modes.runner import ModePlan, PlanBuilder, RunOptions, run_dtype, run_frame, run_mode
 from geosam.read.scene import Chip, Scene
 from geosam.run.loop import ChipStep, ChipTask, RunStats
 from geosam.run.plan import log_plan
@@ -257,9 +257,7 @@ def segment_scene(
     """
     cfg = (config or SegmentConfig()).with_overrides(**settings)
     options = RunOptions(journal, scheduler, n_workers, tuple(object_hooks or ()))
-    frame = run_mode(scene, cfg.read, everything_plan(cfg, mask_generator, journal), options).frame
-    assert frame is not None
-    return frame
+    return run_frame(scene, cfg.read, everything_plan(cfg, mask_generator, journal), options)
 
 
 def segment_scene_to_file(

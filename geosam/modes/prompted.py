@@ -25,7 +25,7 @@ from geosam.assemble.records import ObjectHook
 from geosam.assemble.tables import PromptTable
 from geosam.config import PromptConfig, check_crs
 from geosam.errors import PromptError, PromptOutsideSceneError
-from geosam.modes.runner import ModePlan, PlanBuilder, RunOptions, run_dtype, run_mode
+from geosam.modes.runner import ModePlan, PlanBuilder, RunOptions, run_dtype, run_frame, run_mode
 from geosam.prompts.from_list import prompts_to_frame
 from geosam.prompts.parse import (
     Prompt,
@@ -234,9 +234,7 @@ def segment_prompts(
     options = RunOptions(journal, scheduler, n_workers, tuple(object_hooks or ()))
     options.check()
     cfg, build = _prompt_run(prompts, model, prompt_crs, columns, config, options, settings)
-    frame = run_mode(scene, cfg.read, build, options).frame
-    assert frame is not None
-    return frame
+    return run_frame(scene, cfg.read, build, options)
 
 
 def segment_prompts_to_file(

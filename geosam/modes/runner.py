@@ -185,6 +185,24 @@ def run_mode(scene: Any, read: ReadConfig, build: PlanBuilder, options: RunOptio
     return ModeRun(summary, frame)
 
 
+def run_frame(scene: Any, read: ReadConfig, build: PlanBuilder, options: RunOptions) -> gpd.GeoDataFrame:
+    """`run_mode` without an output: the table (the summary as a dict in ``attrs["geosam"]``).
+
+    Args:
+        scene: A raster path, an open rasterio dataset or an xarray DataArray.
+        read: How the scene is read.
+        build: Builds the mode's plan over the open scene.
+        options: Journal, scheduler, workers and object hooks.
+
+    Returns:
+        The output table.
+    """
+    frame = run_mode(scene, read, build, options).frame
+    if frame is None:  # run_mode returns the table whenever no output is given
+        raise RuntimeError("run_mode gave no table for a run without an output")
+    return frame
+
+
 def _check_some_chip_read(stats: RunStats, path: str) -> None:
     """InvalidRasterError (no output written) when ``skip_bad_chips`` skipped every chip: an empty result
     would look like a scene without objects."""
@@ -258,4 +276,4 @@ def run_dtype(dtype: str, device: str, journal: str | os.PathLike[str] | None) -
     return chosen
 
 
-__all__ = ["ModePlan", "ModeRun", "PlanBuilder", "RunOptions", "run_dtype", "run_mode"]
+__all__ = ["ModePlan", "ModeRun", "PlanBuilder", "RunOptions", "run_dtype", "run_frame", "run_mode"]

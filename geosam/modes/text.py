@@ -19,7 +19,7 @@ from geosam.config import SegmentConfig
 from geosam.config.text import DEFAULT_TEXT_MODEL, TextConfig
 from geosam.errors import ConfigError
 from geosam.modes.everything import grid_plan
-from geosam.modes.runner import ModePlan, PlanBuilder, RunOptions, run_mode
+from geosam.modes.runner import ModePlan, PlanBuilder, RunOptions, run_frame, run_mode
 from geosam.read.scene import Scene
 from geosam.run.summary import RunSummary
 from geosam.segment.base import MaskGenerator
@@ -154,9 +154,7 @@ def segment_text(
     options = RunOptions(journal, scheduler, n_workers, tuple(object_hooks or ()))
     cfg, build = _text_run(scene, phrases, exemplars, model, mask_generator, score_threshold, mask_threshold,
                            config, options, settings)
-    frame = run_mode(scene, cfg.read, build, options).frame
-    assert frame is not None
-    return frame
+    return run_frame(scene, cfg.read, build, options)
 
 
 def segment_text_to_file(  # noqa: PLR0913 - segment_text's options, plus the output and its layer

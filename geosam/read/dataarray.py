@@ -21,15 +21,13 @@ dimension (``band=["red", "green", "blue", "nir"]``) become band descriptions, f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from affine import Affine
 
 from geosam.errors import ConfigError, InvalidRasterError, NoCRSError
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from geosam.windows import WindowedDataset
 
 #: block shape reported for a numpy-backed DataArray (px; used by the windowed stretch sample)
 BLOCK_PX = 512
@@ -130,7 +128,7 @@ def dataarray_token(da: Any) -> str:
     return str(tokenize(da))
 
 
-class DataArrayDataset:
+class DataArrayDataset(WindowedDataset):
     """The parts of a rasterio dataset that `geosam.read.scene.Scene` uses, over a DataArray.
 
     Nothing is loaded up front; `read` loads the selected bands of one window
@@ -139,14 +137,13 @@ class DataArrayDataset:
     """
 
     def __init__(self, da: Any) -> None:
-        from rasterio.coords import BoundingBox
         from rasterio.enums import ColorInterp
 
         self.name = describe(da)
         self.da = band_yx(da)
         self.count, self.height, self.width = (int(n) for n in self.da.shape)
         self.dtypes = (np.dtype(self.da.dtype).name,) * self.count
-        self.transform = _transform(da)
+        self.set_transform(_transform(da))
         self.crs = _crs(da)
         self.nodata = _nodata(da)
         labels = [str(v) for v in np.asarray(self.da.coords[self.da.dims[0]])] if self.da.dims[0] in self.da.coords \
@@ -157,28 +154,16 @@ class DataArrayDataset:
             ColorInterp[n] if n in ("red", "green", "blue", "alpha") else (ColorInterp.gray if k == 0 else
                                                                            ColorInterp.undefined)
             for k, n in enumerate(names))
-        t = self.transform
-        self.res = (abs(t.a), abs(t.e))
-        self.bounds = BoundingBox(t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f)
         chunks = self.da.chunks
         shape = (chunks[1][0], chunks[2][0]) if chunks is not None else (min(BLOCK_PX, self.height),
                                                                          min(BLOCK_PX, self.width))
         self.block_shapes = [tuple(int(n) for n in shape)] * self.count
         self.scales, self.offsets = (1.0,) * self.count, (0.0,) * self.count
-        self.closed = False
         self._last: tuple[Any, np.ndarray] | None = None  # read_masks reuses the read before it
-
-    def tags(self, *args: Any, **kwargs: Any) -> dict[str, str]:
-        return {}
-
-    def _key(self, indexes: Sequence[int], window: Any, out_shape: Any) -> tuple[Any, ...]:
-        w = (0, 0, self.width, self.height) if window is None else \
-            (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
-        return (tuple(int(i) for i in indexes), w, None if out_shape is None else tuple(out_shape[-2:]))
 
     def read(self, indexes: Sequence[int], window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
         """Bands ``indexes`` (1-based) of ``window`` as (bands, H, W) (``out_shape``: decimated)."""
-        key = self._key(indexes, window, out_shape)
+        key = self.window_key(indexes, window, out_shape)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         bands, (c0, r0, w, h), shape = key
@@ -193,32 +178,13 @@ class DataArrayDataset:
         self._last = (key, data)
         return data
 
-    def read_masks(self, indexes: Sequence[int], window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
-        """255 where valid, 0 where a band equals the nodata value (NaN nodata: where NaN), as uint8."""
+    def band_valid(self, indexes: Sequence[int], window: Any, out_shape: Any) -> np.ndarray:
+        """True where a band is not the nodata value (NaN nodata: not NaN); all True without nodata (nothing read)."""
+        if self.nodata is None:
+            bands, (_, _, w, h), shape = self.window_key(indexes, window, out_shape)
+            return np.ones((len(bands), *(shape or (h, w))), dtype=bool)
         data = self.read(indexes, window, out_shape)
-        if self.nodata is None:
-            return np.full(data.shape, 255, dtype=np.uint8)
-        bad = np.isnan(data) if np.isnan(self.nodata) else (data == self.nodata)
-        return np.where(bad, 0, 255).astype(np.uint8)
-
-    def dataset_mask(self, window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
-        """255 where any band is valid (GDAL's dataset mask from per-band nodata), else 0, as uint8 (H, W)."""
-        if self.nodata is None:
-            w = self.width if window is None else int(window.width)
-            h = self.height if window is None else int(window.height)
-            return np.full(tuple(out_shape[-2:]) if out_shape is not None else (h, w), 255, dtype=np.uint8)
-        masks = self.read_masks(range(1, self.count + 1), window, out_shape)
-        return np.where(np.any(masks != 0, axis=0), 255, 0).astype(np.uint8)
-
-    def close(self) -> None:
-        self._last = None
-        self.closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return ~np.isnan(data) if np.isnan(self.nodata) else data != self.nodata
 
 
 __all__ = ["DataArrayDataset", "dataarray_token", "describe", "is_dask_backed", "is_dataarray"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -24,9 +24,7 @@ from affine import Affine
 from geosam.errors import InvalidRasterError
 from geosam.stac.fingerprint import unreadable_assets
 from geosam.stac.item import StacGrid, StacScene, stac_grid
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from geosam.windows import WindowedDataset
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +62,10 @@ def load_window(scene: StacScene, keys: Sequence[str], geobox: Any, dtype: str) 
     return np.stack([np.asarray(ds[k].values[0]) for k in keys])
 
 
-class StacDataset:
+class StacDataset(WindowedDataset):
     """The parts of a rasterio dataset that ``Scene`` uses, over a `StacScene` (nothing read up front)."""
 
     def __init__(self, scene: StacScene) -> None:
-        from rasterio.coords import BoundingBox
         from rasterio.crs import CRS
         from rasterio.enums import ColorInterp
 
@@ -79,28 +76,19 @@ class StacDataset:
         self.mask_key = scene.mask_key
         self.count, self.height, self.width = len(self.keys), grid.height, grid.width
         self.dtypes = (grid.dtype,) * self.count
-        self.transform = grid.transform
+        self.set_transform(grid.transform)
         self.crs = CRS.from_wkt(grid.crs_wkt)
         self.nodata = grid.nodata
         self.descriptions = tuple(n.lower() for n in scene.names)
         self.colorinterp = tuple(ColorInterp[n] if n in ("red", "green", "blue") else ColorInterp.undefined
                                  for n in self.descriptions)
-        t = grid.transform
-        self.res = (abs(t.a), abs(t.e))
-        self.bounds = BoundingBox(t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f)
         self.block_shapes = [(min(BLOCK_PX, self.height), min(BLOCK_PX, self.width))] * self.count
         self.scales, self.offsets = grid.scales, grid.offsets
-        self.closed = False
         self._last: tuple[Any, np.ndarray, np.ndarray] | None = None  # read_masks reuses the read before it
-
-    def tags(self, *args: Any, **kwargs: Any) -> dict[str, str]:
-        return {}
 
     def _load(self, indexes: Sequence[int], window: Any, out_shape: Any) -> tuple[np.ndarray, np.ndarray]:
         """(bands, the valid mask (rows, cols)) of a window; one request set for bands and mask asset."""
-        w = None if window is None else (int(window.col_off), int(window.row_off), int(window.width),
-                                         int(window.height))
-        key = (tuple(int(i) for i in indexes), w, None if out_shape is None else tuple(out_shape[-2:]))
+        key = self.window_key(indexes, window, out_shape)
         if self._last is not None and self._last[0] == key:
             return self._last[1], self._last[2]
         keys = [self.keys[i - 1] for i in key[0]]
@@ -124,36 +112,21 @@ class StacDataset:
         """Bands ``indexes`` (1-based) of ``window`` as (bands, H, W) (``out_shape``: from overviews)."""
         return self._load(indexes, window, out_shape)[0]
 
-    def read_masks(self, indexes: Sequence[int], window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
-        """255 where valid (not the band's nodata, not a masked class of the mask asset), else 0; per band."""
-        return np.where(self._load(indexes, window, out_shape)[1], 255, 0).astype(np.uint8)
+    def band_valid(self, indexes: Sequence[int], window: Any, out_shape: Any) -> np.ndarray:
+        """Valid per band: not the band's nodata, not a masked class of the mask asset."""
+        return self._load(indexes, window, out_shape)[1]
 
-    def dataset_mask(self, window: Any = None, out_shape: Any = None, **_: Any) -> np.ndarray:
-        """GDAL's dataset mask of the selected assets: 255 where any band is valid, else 0, as uint8 (H, W).
+    def mask_indexes(self, window: Any, out_shape: Any) -> Sequence[int]:
+        """The dataset mask's bands: those of the last read of the same window, else all.
 
         As for a local stack of the same pixels with a nodata value, a pixel is invalid where every band
-        is nodata (or the mask asset marks it), not where one band is. The bands are those of the last read
-        of the same window (the assets a chip needs, so that no other asset is fetched for its mask), else all.
+        is nodata (or the mask asset marks it), not where one band is; the bands a chip read suffice, so no
+        other asset is fetched for its mask.
         """
-        w = None if window is None else (int(window.col_off), int(window.row_off), int(window.width),
-                                         int(window.height))
-        shape = None if out_shape is None else tuple(out_shape[-2:])
         last = self._last
-        if last is not None and last[0][1:] == (w, shape):
-            valid = last[2]
-        else:
-            valid = self._load(range(1, self.count + 1), window, out_shape)[1]
-        return np.where(valid.any(axis=0), 255, 0).astype(np.uint8)
-
-    def close(self) -> None:
-        self._last = None
-        self.closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        if last is not None and last[0][1:] == self.window_key((), window, out_shape)[1:]:
+            return last[0][0]
+        return super().mask_indexes(window, out_shape)
 
 
 __all__ = ["StacDataset", "load_window", "window_geobox"]
