@@ -13,7 +13,7 @@ from geosam.indices import write_index_raster
 from geosam.modes.scenes import segment_scenes
 from geosam.stac.search import stac_scenes
 from geosam.write.label_raster import label_dataarray, write_label_raster
-from geosam.write.overlay import render_overlay
+from geosam.plot.overlay import render_overlay
 from tests._stac_fixtures import ThresholdGenerator, geometries, item_url
 
 KW = {"chip_size_px": 256, "overlap_px": 32, "progress": False, "overview_max_px": 2048}
