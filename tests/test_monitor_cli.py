@@ -109,7 +109,7 @@ def test_bad_inputs(tmp_path, fields):
     nocrs.to_file(tmp_path / "nocrs.gpkg")
     msg = _error(["monitor", str(a), "--dates", "2024-01-01", *base[2:], "--objects", str(tmp_path / "nocrs.gpkg")])
     assert "nocrs.gpkg" in msg and "no CRS" in msg
-    assert "no file" in _error(["monitor", str(tmp_path / "*.jp2"), *base])
+    assert "*.jp2: no date scene matches this pattern" in _error(["monitor", str(tmp_path / "*.jp2"), *base])
     assert "cannot rank by" in _error(["monitor", str(S2), *STACK, *base[:4], "--rank-by", "ndvi_mean"])
     assert not Path(o).exists()
 

@@ -10,7 +10,8 @@ import geosam.modes.everything
 from geosam.cli.main import cli
 from geosam.errors import ConfigError
 from geosam.modes.everything import segment_scene
-from geosam.modes.scenes import expand_scenes, segment_scenes
+from geosam.modes.scenes import segment_scenes
+from geosam.read.sources import expand_sources
 from geosam.testing import OracleMaskGenerator
 from tests._scale_helpers import SceneOracle
 from tests.data.make_scenes import make_oracle_scene
@@ -39,10 +40,10 @@ def test_expand_scenes_globs_lists_and_urls(scenes, tmp_path) -> None:
     listing = tmp_path / "list.txt"
     listing.write_text(f"# scenes\n{a.image_path}\n\n/vsicurl/https://example.com/x.tif\n")
     folder = a.image_path.parent
-    got = expand_scenes([str(folder / "[ab]_image.tif"), f"@{listing}", str(b.image_path)])
+    got = expand_sources([str(folder / "[ab]_image.tif"), f"@{listing}", str(b.image_path)])
     assert got == [str(a.image_path), str(b.image_path), "/vsicurl/https://example.com/x.tif"]
-    with pytest.raises(ConfigError, match="no scene matches"):
-        expand_scenes([str(folder / "zzz*.tif")])
+    with pytest.raises(ConfigError, match="no scene matches this pattern"):
+        expand_sources([str(folder / "zzz*.tif")])
 
 
 def test_output_per_scene_and_a_failing_scene(scenes, tmp_path) -> None:

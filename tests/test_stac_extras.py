@@ -11,9 +11,9 @@ from PIL import Image
 from geosam.errors import ExportError
 from geosam.indices import write_index_raster
 from geosam.modes.scenes import segment_scenes
+from geosam.plot.overlay import render_overlay
 from geosam.stac.search import stac_scenes
 from geosam.write.label_raster import label_dataarray, write_label_raster
-from geosam.plot.overlay import render_overlay
 from tests._stac_fixtures import ThresholdGenerator, geometries, item_url
 
 KW = {"chip_size_px": 256, "overlap_px": 32, "progress": False, "overview_max_px": 2048}

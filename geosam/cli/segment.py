@@ -81,7 +81,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     with --output-dir or --merge; or STAC items (item JSON files or URLs, --stac-items, --stac-search)."""
     from geosam.cli.report import report, write_extras
     from geosam.modes.everything import segment_scene_to_file
-    from geosam.modes.scenes import expand_scenes
+    from geosam.read.sources import expand_sources
     from geosam.run.cluster import check_scheduler
     from geosam.run.journal import journal_path, remove_journal
     from geosam.write.checks import check_output_path
@@ -95,7 +95,7 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     stac = stac_sources(scenes, stac_opts)  # STAC items or a search: its scenes; else None
     if stac is None and not scenes:
         raise click.UsageError("give SCENES (raster files, or STAC items), or --stac-search / --stac-items")
-    paths: list[Any] = stac if stac is not None else expand_scenes(scenes)
+    paths: list[Any] = stac if stac is not None else expand_sources(scenes)
     if output_dir is not None or merge or len(paths) > 1:
         if label_raster or index_raster or overlay:
             raise click.UsageError("--label-raster, --index-raster and --overlay take one scene")

@@ -8,7 +8,6 @@ scenes share the cluster.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from geosam.config import SegmentConfig
 from geosam.errors import ConfigError, GeosamError
+from geosam.read.sources import expand_sources
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -27,42 +27,6 @@ if TYPE_CHECKING:
     from geosam.segment.base import MaskGenerator
 
 log = logging.getLogger(__name__)
-
-
-def expand_scenes(items: Sequence[Any]) -> list[Any]:
-    """Scene paths from ``items``.
-
-    Args:
-        items: Glob patterns (expanded, sorted), ``@list.txt`` (one path or GDAL URL per line; blank lines
-            and ``#`` comments skipped) or anything else, kept as given (a path or a URL such as
-            ``/vsicurl/https://...``, or a scene that is not a path: a `geosam.stac.StacScene`).
-
-    Returns:
-        The paths, duplicates dropped.
-
-    Raises:
-        ConfigError: A list file that does not exist, or a pattern that matches nothing.
-    """
-    out: list[Any] = []
-    for item in items:
-        if not isinstance(item, (str, os.PathLike)):  # a STAC scene: named by its label
-            out.append(item)
-            continue
-        text = os.fspath(item)
-        if text.startswith("@"):
-            listing = Path(text[1:])
-            if not listing.is_file():
-                raise ConfigError(f"scene list {listing} does not exist")
-            lines = [ln.strip() for ln in listing.read_text().splitlines()]
-            out.extend(expand_scenes([ln for ln in lines if ln and not ln.startswith("#")]))
-        elif any(ch in text for ch in "*?[") and "://" not in text:
-            hits = sorted(glob.glob(text))
-            if not hits:
-                raise ConfigError(f"no scene matches {text!r}")
-            out.extend(hits)
-        else:
-            out.append(text)
-    return list(dict.fromkeys(out))
 
 
 def scene_name(scene: Any) -> str:
@@ -168,7 +132,7 @@ def segment_scenes(
     """Segment every scene; a scene failing with a geosam error is recorded in ``failed`` and the others go on.
 
     Args:
-        scenes: Paths, globs or ``@list.txt`` (see `expand_scenes`), or STAC scenes (`geosam.stac`, named by
+        scenes: Paths, globs or ``@list.txt`` (see `geosam.read.sources`), or STAC scenes (`geosam.stac`, named by
             their labels).
         mask_generator: One generator for every scene, or a function of the scene path returning one.
         output_dir: Write one vector file per scene there (``<stem><ext>``).
@@ -194,7 +158,7 @@ def segment_scenes(
     from geosam.run.journal import journal_path, remove_journal
 
     cfg = (config or SegmentConfig()).with_overrides(**settings)
-    paths = expand_scenes(scenes)
+    paths = expand_sources(scenes)
     if not paths:
         raise ConfigError("no scenes given")
     output, names = _plan_outputs(paths, output_dir=output_dir, merge=merge, output=output, ext=ext, resume=resume)
@@ -287,4 +251,4 @@ def _merge_into(result: ScenesResult, frames: dict[str, gpd.GeoDataFrame], journ
             remove_journal(journal)
 
 
-__all__ = ["ScenesResult", "expand_scenes", "merge_frames", "output_names", "scene_name", "segment_scenes"]
+__all__ = ["ScenesResult", "merge_frames", "output_names", "scene_name", "segment_scenes"]

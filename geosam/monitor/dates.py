@@ -19,7 +19,6 @@ A file's date is, in order: the ``dates`` given (``--dates``), the raster's acqu
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 
 from geosam.config.bands import normalise_band_roles
 from geosam.errors import ConfigError
+from geosam.read.sources import expand_sources
 
 #: Raster tags that hold an acquisition date, in the order they are tried (any GDAL metadata domain listed).
 DATE_TAGS = (
@@ -118,34 +118,6 @@ def date_from_tags(path: str, ds: Any) -> tuple[dt.date, str] | None:
             if key in tags and str(tags[key]).strip():
                 return parse_date(tags[key], f"{path}: tag {key}"), key
     return None
-
-
-def expand_paths(items: Sequence[Any]) -> list[str]:
-    """Paths from paths, glob patterns and ``@list`` files (one path per line; relative to the list's folder).
-
-    Raises:
-        ConfigError: a pattern that matches nothing, a list or a file that does not exist.
-    """
-    out: list[str] = []
-    for item in items:
-        text = os.fspath(item)
-        if text.startswith("@"):
-            lst = Path(text[1:])
-            if not lst.is_file():
-                raise ConfigError(f"{text}: list file {lst} does not exist")
-            lines = [ln.strip() for ln in lst.read_text().splitlines()]
-            entries = [ln for ln in lines if ln and not ln.startswith("#")]
-            out.extend(expand_paths([e if os.path.isabs(e) else str(lst.parent / e) for e in entries]))
-        elif glob.has_magic(text):
-            found = sorted(glob.glob(text))
-            if not found:
-                raise ConfigError(f"{text}: the pattern matches no file")
-            out.extend(found)
-        elif "://" in text or text.startswith("/vsi") or os.path.exists(text):
-            out.append(text)
-        else:
-            raise ConfigError(f"{text}: no such file")
-    return out
 
 
 def _file_date(path: str) -> tuple[dt.date, str]:
@@ -250,7 +222,7 @@ def date_scenes(scenes: Any, dates: Sequence[Any] | None = None, stack: Mapping[
         out = _stac_dates(scenes)
     else:
         items = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
-        paths = expand_paths(items)
+        paths = expand_sources(items, what="date scene", must_exist=True, unique=False)
         if not paths:
             raise ConfigError("monitor needs at least one scene")
         if stack is not None:
@@ -276,4 +248,4 @@ def date_scenes(scenes: Any, dates: Sequence[Any] | None = None, stack: Mapping[
 
 
 __all__ = ["DATE_TAGS", "DateError", "DateScene", "date_from_name", "date_from_tags", "date_scenes",
-           "expand_paths", "parse_date"]
+           "parse_date"]
