@@ -244,7 +244,7 @@ def main() -> None:
     rasters = make_rasters(a.workdir, a.dates, a.size)
     t0 = time.perf_counter()
     ndvi = []
-    from geosam.indices import write_index_raster
+    from geosam.write.index_raster import write_index_raster
 
     for p in rasters:
         q = p.with_name(p.stem + "_ndvi.tif")

@@ -44,7 +44,7 @@ _LAZY = {
     "ModelCapabilities": ("geosam.models", "ModelCapabilities"),
     "write_vector": ("geosam.write.vector", "write_vector"),
     "write_label_raster": ("geosam.write.label_raster", "write_label_raster"),
-    "write_index_raster": ("geosam.indices", "write_index_raster"),
+    "write_index_raster": ("geosam.write.index_raster", "write_index_raster"),
     "label_dataarray": ("geosam.write.label_raster", "label_dataarray"),
     "INDICES": ("geosam.config.index_table", "INDICES"),
     "monitor_objects": ("geosam.monitor.series", "monitor_objects"),

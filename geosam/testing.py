@@ -239,7 +239,7 @@ class PromptedOracleMaskGenerator(OracleMaskGenerator):
         return f"PromptedOracleMaskGenerator({self.label_path!r}, points_per_side={self.points_per_side})"
 
     def generate_with_labels(self, chip: Chip) -> tuple[ChipMasks, np.ndarray]:
-        from geosam.indices import grid_pixels
+        from geosam.index.prefilter import grid_pixels
 
         lab = self.read_labels(chip.spec)
         h, w = lab.shape

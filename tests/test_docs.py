@@ -22,7 +22,7 @@ PENDING_SOURCES: tuple[str, ...] = ()  # source files still converting (none lef
 WITH_PARAMETERS = (
     "geosam.read.scene.Scene", "geosam.read.scene.Scene.read_window", "geosam.write.label_raster.label_dataarray",
     "geosam.tile.grid.chip_grid", "geosam.models.load_model", "geosam.write.vector.write_vector",
-    "geosam.write.label_raster.write_label_raster", "geosam.indices.write_index_raster",
+    "geosam.write.label_raster.write_label_raster", "geosam.write.index_raster.write_index_raster",
     "geosam.plot.overlay.render_overlay", "geosam.plot.show", "geosam.plot.add_scalebar",
 )
 

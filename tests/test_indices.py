@@ -19,9 +19,11 @@ from geosam.cli.main import cli
 from geosam.config.bands import parse_band_roles, resolve_band_roles
 from geosam.config.index_table import INDICES
 from geosam.errors import BandError, ConfigError
-from geosam.indices import IndexCalculator, grid_pixels, write_index_raster
+from geosam.index.calculator import IndexCalculator
+from geosam.index.prefilter import grid_pixels
 from geosam.read.scene import Scene
 from geosam.testing import OracleMaskGenerator, PromptedOracleMaskGenerator
+from geosam.write.index_raster import write_index_raster
 from tests.data.make_scenes import make_index_scene, make_oracle_scene
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -377,10 +379,10 @@ def test_cli_indices_min_index_round_trip(idx_scene, tmp_path, monkeypatch):
 
 
 def test_index_names_are_documented():
-    import geosam.indices
+    import geosam.index
 
     for name in INDICES:
-        assert name in geosam.indices.__doc__
+        assert name in geosam.index.__doc__
 
 
 def test_cli_index_raster_bands_checked_before_the_model(tmp_path):

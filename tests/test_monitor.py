@@ -270,7 +270,7 @@ def test_rank_and_flags_in_the_wide_table():
 
 def test_label_stats_equals_per_object_numpy():
     """The grouped (bincount) statistics equal numpy on each label's pixels."""
-    from geosam.indices import zonal_stats
+    from geosam.index.zonal import zonal_stats
     from geosam.monitor.zonal import label_stats
 
     rng = np.random.default_rng(4)

@@ -205,8 +205,8 @@ def test_check_outputs_refuses_inputs_duplicates_and_existing(tmp_path: Path) ->
 
 
 def test_python_writers_refuse_to_overwrite_their_input(tmp_path: Path) -> None:
-    from geosam.indices import write_index_raster
     from geosam.plot.overlay import render_overlay
+    from geosam.write.index_raster import write_index_raster
 
     scene = write_tiled(tmp_path / "scene.tif", size=64, count=4)
     before = checksums(tmp_path)

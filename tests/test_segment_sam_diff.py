@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from geosam.indices import grid_pixels
+from geosam.index.prefilter import grid_pixels
 from geosam.segment import sam_utils as ours
 from tests._sam_reference import brute_batched_nms, brute_nms, have_cv2, sam_amg, sam_remove_small_regions
 

@@ -9,10 +9,10 @@ import rasterio
 from PIL import Image
 
 from geosam.errors import ExportError
-from geosam.indices import write_index_raster
 from geosam.modes.scenes import segment_scenes
 from geosam.plot.overlay import render_overlay
 from geosam.stac.search import stac_scenes
+from geosam.write.index_raster import write_index_raster
 from geosam.write.label_raster import label_dataarray, write_label_raster
 from tests._stac_fixtures import ThresholdGenerator, geometries, item_url
 

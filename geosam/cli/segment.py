@@ -12,7 +12,8 @@ from geosam.cli.options import KeyValue, amg_options, model_options, output_opti
 from geosam.cli.outline_options import outline_options
 from geosam.cli.stac_options import pop_stac_options, segment_stac, stac_options, stac_sources
 from geosam.config import DEFAULT_MODEL, SegmentConfig
-from geosam.indices import check_index_bands, write_index_raster
+from geosam.index.calculator import check_index_bands
+from geosam.write.index_raster import write_index_raster
 
 _D = SegmentConfig()
 _T, _E, _O = _D.tiling, _D.engine, _D.output

@@ -38,7 +38,7 @@ def _pairs(key: str, value: Any, kind: type) -> tuple[tuple[str, Any], ...]:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Spectral indices per object, filtering, ranking and the prompt prefilter (`geosam.indices`).
+    """Spectral indices per object, filtering, ranking and the prompt prefilter (`geosam.index`).
 
     band_roles: a preset name or ((role, 1-based band), ...); None: file metadata.
     reflectance_scale / _offset: reflectance = DN * scale + offset (None: file metadata,

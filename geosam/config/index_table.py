@@ -2,7 +2,7 @@
 
 Pure definitions (numpy only), so that `geosam.config` can validate index
 names without importing the I/O stack. The statistics, ranking and prefilter
-that use them are in `geosam.indices`; formulas are listed there.
+that use them are in `geosam.index`; formulas are listed there.
 """
 
 from __future__ import annotations

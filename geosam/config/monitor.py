@@ -48,7 +48,7 @@ class MonitorConfig:
     """What ``geosam monitor`` computes per object and date, and how it judges change.
 
     Args:
-        indices: index names (`geosam.indices`) whose statistics are computed per object and date.
+        indices: index names (`geosam.index`) whose statistics are computed per object and date.
         band_roles: band roles of every date (a preset or ((role, 1-based band), ...)); None: file metadata.
             A band stack gives each date its own roles instead.
         reflectance_scale: reflectance = DN * scale + offset (None: as `geosam.config.bands`).

@@ -67,7 +67,9 @@ def index_steps(icfg: IndexConfig, sc: Scene, points_per_side: int | None,
     names = icfg.names()
     if not names:
         return [], None
-    from geosam.indices import Prefilter, ZonalStats, calculator_for
+    from geosam.index.calculator import calculator_for
+    from geosam.index.prefilter import Prefilter
+    from geosam.index.zonal import ZonalStats
 
     calc = calculator_for(sc, icfg, names)
     hooks: list[ObjectHook] = [ZonalStats(calc, {**dict(icfg.min_index), **dict(icfg.index_thresholds)})]
@@ -230,7 +232,7 @@ def segment_scene(
 ) -> gpd.GeoDataFrame:
     """Segment every object in a scene into one polygon each.
 
-    Spectral indices (`geosam.indices`): ``band_roles={"red": 1, "nir": 4}`` (or a preset such as
+    Spectral indices (`geosam.index`): ``band_roles={"red": 1, "nir": 4}`` (or a preset such as
     ``"sentinel2"``), ``indices=["ndvi", "exg"]`` add ``ndvi_mean, ndvi_median, ndvi_frac_above, ...``
     per object; ``min_index={"ndvi": 0.3}`` keeps objects whose mean passes, ``rank_by="ndvi_mean"``
     sorts (adds ``rank``), ``top_k=10`` keeps the best; ``prefilter=True`` decodes only prompts near

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from geosam.config.monitor import MonitorConfig
-from geosam.indices import IndexCalculator
+from geosam.index.calculator import IndexCalculator
 from geosam.monitor.zonal import DateReader, label_sums, pixel_windows, read_padded, shapes
 from geosam.windows import PixelWindow
 

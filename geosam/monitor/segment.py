@@ -144,7 +144,7 @@ def check_segment(spec: SegmentObjects, scenes: Sequence[DateScene], mcfg: Monit
         ConfigError: a date not in the run (naming the run's dates), a bad output path or ranking column.
         BandError: a date without the model bands or the index bands (naming the date's scene).
     """
-    from geosam.indices import check_index_bands
+    from geosam.index.calculator import check_index_bands
     from geosam.monitor.table import check_long_path
     from geosam.write.vector import vector_format
 

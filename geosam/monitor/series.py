@@ -24,7 +24,7 @@ import numpy as np
 from geosam.config.bands import resolve_band_roles
 from geosam.config.monitor import CHANGE_STATS, MonitorConfig
 from geosam.errors import BandError, ConfigError, NoCRSError
-from geosam.indices import IndexCalculator
+from geosam.index.calculator import IndexCalculator
 from geosam.monitor.change import flags, rank_table, series_change
 from geosam.monitor.dates import DateScene, date_scenes
 from geosam.monitor.segment import SegmentObjects, segmented_objects

@@ -96,7 +96,7 @@ class StatsStore:
         Counts and sums add; the median is that of all the object's finite values (read one object at a
         time). Returns the number of objects combined.
         """
-        from geosam.indices import zonal_stats
+        from geosam.index.zonal import zonal_stats
 
         n = 0
         cur = self.conn.execute("SELECT DISTINCT date, obj FROM pieces ORDER BY date, obj")

@@ -15,7 +15,7 @@ own window. This module holds the per-window pieces: windows, label statistics, 
 Per object and date: ``n_pixels`` (pixel centres inside the object, including those outside the raster),
 ``n_valid`` (of them: inside the raster, not nodata / masked / fill / flagged by the mask band),
 ``valid_fraction`` and, per index, ``mean``, ``median``, ``frac_above`` (of the finite index values at valid
-pixels; as `geosam.indices.zonal_stats`). Status (`STATUSES`): ``ok``; ``outside_footprint`` (no
+pixels; as `geosam.index.zonal.zonal_stats`). Status (`STATUSES`): ``ok``; ``outside_footprint`` (no
 pixel of the object lies in the raster); ``no_pixel_centre`` (the object covers no pixel centre: smaller than
 a pixel); ``too_few_valid`` (``valid_fraction < min_valid``: e.g. clouds). Only ``ok`` rows carry index values.
 """
@@ -31,7 +31,7 @@ import numpy as np
 
 from geosam.config.index_table import STATS
 from geosam.config.monitor import MonitorConfig
-from geosam.indices import IndexCalculator
+from geosam.index.calculator import IndexCalculator
 from geosam.windows import PixelWindow
 
 log = logging.getLogger(__name__)
