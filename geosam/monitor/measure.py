@@ -28,7 +28,7 @@ from geosam.monitor.chips import DateSource, MonitorJob, MonitorTask, chip_stats
 from geosam.monitor.dates import DateScene
 from geosam.monitor.store import StatsStore
 from geosam.monitor.zonal import DateReader, overlapping
-from geosam.run.tasks import TaskCounts, TaskRun, dask_task_executor, run_tasks
+from geosam.run.tasks import Keyed, TaskCounts, TaskRun, in_process, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,12 @@ def measure(readers: Sequence[DateReader], scenes: Sequence[DateScene], frames: 
             if journal is not None:
                 from geosam.run.journal import Journal
 
-                jr = stack.enter_context(Journal(journal, journal_identity(readers, scenes, frames, cfg)))
-            execute = None
+                jr = Keyed(stack.enter_context(Journal(journal, journal_identity(readers, scenes, frames, cfg))),
+                           task_key)
+            execute = in_process(spec)
             if scheduler is not None:
                 from geosam.run.cluster import connect
+                from geosam.run.dask import dask_task_executor
 
                 execute = dask_task_executor(connect(stack, scheduler, n_workers), spec)
             alone_of: dict[int, np.ndarray] = {}
@@ -119,7 +121,7 @@ def measure(readers: Sequence[DateReader], scenes: Sequence[DateScene], frames: 
                 tasks, outside = plan_date(k, f.geometry, r.scene.info, alone, cfg.chip_size_px)
                 r.scene.close()
                 store.add_outside(k, outside)
-                run_tasks(tasks, spec, lambda t, p: store.add(t.date, p), journal=jr, execute=execute, counts=counts)
+                run_tasks(tasks, execute, lambda t, p: store.add(t.date, p), journal=jr, counts=counts)
                 close_readers()  # this date's blocks leave GDAL's cache: memory does not grow with the dates
                 log.info("%s (%s): %d objects in %d chip tasks", scenes[k].name, scenes[k].date, len(f), len(tasks))
                 del tasks
