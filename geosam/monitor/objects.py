@@ -52,7 +52,7 @@ class FrameObjects:
         """(minx, miny, maxx, maxy) of every object, in their CRS."""
         return np.asarray(self.frame.total_bounds, dtype=np.float64)
 
-    def take(self, rows: np.ndarray, store: Any = None) -> Any:
+    def take(self, rows: np.ndarray, store: Any = None, geometry_only: bool = False) -> Any:
         """The objects ``rows`` (0-based, any order) as a GeoDataFrame with index 0..len(rows)-1."""
         return self.frame.iloc[rows].reset_index(drop=True)
 
@@ -151,10 +151,11 @@ class FileObjects:
             self._bounds = b
         return self._bounds
 
-    def take(self, rows: np.ndarray, store: Any = None) -> Any:
-        """The objects ``rows`` (0-based, any order), from the run's store, as a GeoDataFrame."""
+    def take(self, rows: np.ndarray, store: Any = None, geometry_only: bool = False) -> Any:
+        """The objects ``rows`` (0-based, any order), from the run's store, as a GeoDataFrame (``geometry_only``:
+        without the attributes)."""
         assert store is not None, "FileObjects.take needs the run's store (filled by the planning pass)"
-        return store.plan.objects(rows, self.columns, self.geometry, self.dtypes, self.crs)
+        return store.plan.objects(rows, self.columns, self.geometry, self.dtypes, self.crs, geometry_only)
 
 
 def _parquet_meta(pf: Any) -> dict[bytes, bytes]:

@@ -225,7 +225,25 @@ class PlanStore:
         blobs = [pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL) for a in attrs]
         self._insert("INSERT OR REPLACE INTO objects VALUES (?, ?, ?)", list(zip(ids.tolist(), wkb, blobs)))
 
-    def objects(self, rows: Arr, columns: Sequence[str], geometry: str, dtypes: dict[str, Any], crs: Any) -> Any:
+    def _object_rows(self, rows: Arr, what: str) -> dict[int, tuple[Any, ...]]:
+        """``what`` columns of objects ``rows``: a range scan when they are dense, else lookups by key."""
+        want = np.unique(rows)
+        got: dict[int, tuple[Any, ...]] = {}
+        if not len(want):
+            return got
+        lo, hi = int(want[0]), int(want[-1])
+        if hi - lo < 2 * len(want):
+            cur = self.conn.execute(f"SELECT obj, {what} FROM objects WHERE obj BETWEEN ? AND ?", (lo, hi))
+            return {r[0]: r[1:] for r in cur}
+        for i in range(0, len(want), 900):  # SQLite's host-parameter limit
+            part = want[i:i + 900].tolist()
+            marks = ", ".join("?" * len(part))
+            got.update((r[0], r[1:]) for r in self.conn.execute(
+                f"SELECT obj, {what} FROM objects WHERE obj IN ({marks})", part))
+        return got
+
+    def objects(self, rows: Arr, columns: Sequence[str], geometry: str, dtypes: dict[str, Any], crs: Any,
+                geometry_only: bool = False) -> Any:
         """Objects ``rows`` (0-based, any order) as a GeoDataFrame with index 0..len(rows)-1.
 
         Args:
@@ -234,6 +252,7 @@ class PlanStore:
             geometry: The geometry column's name.
             dtypes: Attribute dtypes to restore (where the values allow).
             crs: The objects' CRS.
+            geometry_only: Only the geometry column (the attributes are not read).
 
         Returns:
             The GeoDataFrame, in ``rows`` order.
@@ -243,20 +262,14 @@ class PlanStore:
         import shapely
 
         rows = np.asarray(rows, dtype=np.int64)
-        want = np.unique(rows)
-        got: dict[int, tuple[Any, Any]] = {}
-        for i in range(0, len(want), 900):  # SQLite's host-parameter limit
-            part = want[i:i + 900].tolist()
-            marks = ", ".join("?" * len(part))
-            for obj, wkb, attrs in self.conn.execute(f"SELECT obj, wkb, attrs FROM objects WHERE obj IN ({marks})",
-                                                     part):
-                got[obj] = (wkb, attrs)
+        got = self._object_rows(rows, "wkb" if geometry_only else "wkb, attrs")
         found = [got[int(r)] for r in rows]
-        attrs = [c for c in columns if c != geometry]
+        attrs = [] if geometry_only else [c for c in columns if c != geometry]
         data: dict[str, list[Any]] = {c: [] for c in attrs}
-        for _, a in found:
-            for c, v in zip(attrs, pickle.loads(a)):
-                data[c].append(v)
+        if attrs:
+            for _, a in found:
+                for c, v in zip(attrs, pickle.loads(a)):
+                    data[c].append(v)
         table = pd.DataFrame(data, index=pd.RangeIndex(len(found)))
         for c, t in dtypes.items():
             if c in table.columns and table[c].dtype != t:
@@ -264,8 +277,9 @@ class PlanStore:
                     table[c] = table[c].astype(t)
                 except (TypeError, ValueError):
                     pass
-        table[geometry] = gpd.GeoSeries(shapely.from_wkb(np.array([w for w, _ in found], dtype=object)), crs=crs)
-        return gpd.GeoDataFrame(table[list(columns)], geometry=geometry, crs=crs)
+        table[geometry] = gpd.GeoSeries(shapely.from_wkb(np.array([f[0] for f in found], dtype=object)), crs=crs)
+        return gpd.GeoDataFrame(table[[*attrs, geometry] if geometry_only else list(columns)], geometry=geometry,
+                                crs=crs)
 
     def close(self) -> None:
         """Close the file (`StatsStore.close` deletes its folder)."""

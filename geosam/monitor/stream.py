@@ -95,12 +95,12 @@ def long_frames(store: StatsStore, objects: Objects, dates: Sequence[dt.date]) -
     """The long table (date after date, objects in row order) in batches of `TABLE_BATCH` rows."""
     for k, d in enumerate(dates):
         for rows in _batches(objects.n):
-            geoms = objects.take(rows, store).geometry.values
+            geoms = objects.take(rows, store, geometry_only=True).geometry.values
             yield long_table([store.date_stats(k, rows)], [d], [rows + 1], [geoms], objects.crs)
     if objects.n == 0 or not dates:
         empty = np.zeros(0, np.int64)
         yield long_table([store.date_stats(0, empty)], dates[:1], [empty],
-                         [objects.take(empty, store).geometry.values], objects.crs)
+                         [objects.take(empty, store, geometry_only=True).geometry.values], objects.crs)
 
 
 def write_streamed(store: StatsStore, objects: Objects, dates: Sequence[dt.date], cfg: MonitorConfig,
