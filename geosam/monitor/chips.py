@@ -71,12 +71,15 @@ def task_key(task: MonitorTask) -> str:
     return f"{task.date}:{int(task.ids[0])}:{w.col_off},{w.row_off},{w.width},{w.height}"
 
 
-def _pack(date: int, rows: Sequence[tuple[Any, ...]]) -> MonitorTask:
-    """A bucket's task from its plan rows ``(big, key, obj, c0, r0, c1, r1, wkb)``, WKB joined into one string."""
-    x0, y0 = min(r[3] for r in rows), min(r[4] for r in rows)
-    win = PixelWindow(x0, y0, max(r[5] for r in rows) - x0, max(r[6] for r in rows) - y0)
-    offsets = np.concatenate([[0], np.cumsum([len(r[7]) for r in rows])]).astype(np.int64)
-    return MonitorTask(date, win, np.array([r[2] for r in rows], np.int64), b"".join(r[7] for r in rows), offsets)
+def _pack(date: int, parts: Sequence[tuple[Any, ...]]) -> MonitorTask:
+    """A bucket's task from its plan rows (see `plan_batch`), their objects and WKB joined."""
+    ids = np.concatenate([np.frombuffer(p[3], np.int64) for p in parts])
+    wins = np.concatenate([np.frombuffer(p[4], np.int64).reshape(-1, 4) for p in parts])
+    lengths = np.concatenate([np.frombuffer(p[5], np.int64) for p in parts])
+    x0, y0 = int(wins[:, 0].min()), int(wins[:, 1].min())
+    win = PixelWindow(x0, y0, int(wins[:, 2].max()) - x0, int(wins[:, 3].max()) - y0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return MonitorTask(date, win, ids.copy(), b"".join(p[6] for p in parts), offsets)
 
 
 @dataclass
@@ -145,16 +148,18 @@ def plan_batch(ids: Arr, geoms: Any, info: Any, chip: int) -> tuple[list[tuple[A
     """Plan rows of a batch of objects at one date, and those of them wholly outside its raster.
 
     Args:
-        ids: The objects' rows (0-based).
+        ids: The objects' rows (0-based, increasing).
         geoms: Their geometries (a GeoSeries with a CRS, aligned with ``ids``).
         info: The date's `geosam.read.scene.SceneInfo` (grid, CRS).
         chip: ``chip_size_px``.
 
     Returns:
-        Rows ``(big, key, obj, c0, r0, c1, r1, wkb)``: an object within a chip has ``big`` 0 and ``key`` the
-        chip holding its window's top-left pixel; one larger than a chip has ``big`` 1 and ``key`` its row
-        (`tasks_from_plan` cuts it into pieces); WKB in the date's CRS. And the rows of the objects outside the
-        raster (status ``outside_footprint``). Objects covering no pixel centre get no row.
+        Rows ``(big, key, first, ids, windows, lengths, wkb)``, one per chip of the batch's objects within a chip
+        (``big`` 0, ``key`` the chip holding their windows' top-left pixel) and one per object larger than a chip
+        (``big`` 1, ``key`` its row; `tasks_from_plan` cuts it into pieces): ``first`` is the first object,
+        ``ids`` (int64), ``windows`` (int64 c0, r0, c1, r1 per object) and ``lengths`` (int64) are array bytes,
+        ``wkb`` the objects' WKB in the date's CRS, joined. And the rows of the objects outside the raster
+        (status ``outside_footprint``). Objects covering no pixel centre get no row.
     """
     import shapely
 
@@ -162,17 +167,25 @@ def plan_batch(ids: Arr, geoms: Any, info: Any, chip: int) -> tuple[list[tuple[A
     c0, r0, c1, r1 = pixel_windows(g, info.transform)
     empty = (c1 <= c0) | (r1 <= r0)
     outside = ~empty & ((c1 <= 0) | (r1 <= 0) | (c0 >= info.width) | (r0 >= info.height))
-    todo = np.flatnonzero(~empty & ~outside)
     big = ((c1 - c0) > chip) | ((r1 - r0) > chip)
     keys = np.where(big, ids, _group_keys(c0, r0, info.width, info.height, chip))
-    wkb = shapely.to_wkb(g[todo]).tolist()
-    rows = [(int(big[i]), int(keys[i]), int(ids[i]), int(c0[i]), int(r0[i]), int(c1[i]), int(r1[i]), w)
-            for i, w in zip(todo.tolist(), wkb)]
+    todo = np.flatnonzero(~empty & ~outside)
+    order = todo[np.lexsort((todo, keys[todo], big[todo]))]  # by (big, key), objects in row order
+    wins = np.stack([c0, r0, c1, r1], axis=1).astype(np.int64)
+    wkb = shapely.to_wkb(g[order]).tolist()
+    lengths = np.fromiter((len(b) for b in wkb), dtype=np.int64, count=len(wkb))
+    rows: list[tuple[Any, ...]] = []
+    if len(order):
+        cuts = np.flatnonzero(np.diff(keys[order]) | np.diff(big[order].astype(np.int64))) + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(order)]):
+            m = order[lo:hi]
+            rows.append((int(big[m[0]]), int(keys[m[0]]), int(ids[m[0]]), np.asarray(ids)[m].astype(np.int64).tobytes(),
+                         wins[m].tobytes(), lengths[lo:hi].tobytes(), b"".join(wkb[lo:hi])))
     return rows, np.asarray(ids)[outside]
 
 
 def tasks_from_plan(date: int, rows: Iterator[tuple[Any, ...]], chip: int) -> Iterator[MonitorTask]:
-    """One date's tasks from its plan rows, ordered by (big, key, obj) (`geosam.monitor.store.PlanStore.rows`).
+    """One date's tasks from its plan rows, ordered by (big, key, first) (`geosam.monitor.store.PlanStore.rows`).
 
     Objects sharing a chip become one bucket task reading the window that covers them (one read per chip and
     date, whatever the number of objects); an object larger than a chip becomes one piece task per chip-sized
@@ -189,7 +202,9 @@ def tasks_from_plan(date: int, rows: Iterator[tuple[Any, ...]], chip: int) -> It
     bucket: list[tuple[Any, ...]] = []
     for row in rows:
         if row[0]:
-            _, _, i, x0, y0, x1, y1, w = row
+            i = int(np.frombuffer(row[3], np.int64)[0])
+            x0, y0, x1, y1 = (int(v) for v in np.frombuffer(row[4], np.int64))
+            w = row[6]
             for y in range(y0, y1, chip):
                 for x in range(x0, x1, chip):
                     tile = PixelWindow(x, y, min(chip, x1 - x), min(chip, y1 - y))

@@ -189,8 +189,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 class PlanStore:
     """A run's plan and, for objects read from a file, their rows, in a scratch SQLite file.
 
-    ``plan`` rows ``(date, big, key, obj, c0, r0, c1, r1, wkb)`` (see `geosam.monitor.chips.plan_batch`) are
-    kept ordered by (date, big, key, obj), so `rows` reads a date back chip by chip. ``objects`` rows hold an
+    ``plan`` rows ``(date, big, key, first, ids, windows, lengths, wkb)`` -- per date, batch and chip, the
+    objects' arrays and WKB (see `geosam.monitor.chips.plan_batch`) -- are kept ordered by (date, big, key,
+    first), so `rows` reads a date back chip by chip. ``objects`` rows hold an
     object's WKB (its own CRS) and its attributes (one pickled tuple).
 
     Args:
@@ -199,9 +200,8 @@ class PlanStore:
 
     def __init__(self, path: Path) -> None:
         self.conn = _connect(path)
-        self.conn.execute("CREATE TABLE plan (date INTEGER, big INTEGER, key INTEGER, obj INTEGER, c0 INTEGER, "
-                          "r0 INTEGER, c1 INTEGER, r1 INTEGER, wkb BLOB, PRIMARY KEY (date, big, key, obj)) "
-                          "WITHOUT ROWID")
+        self.conn.execute("CREATE TABLE plan (date INTEGER, big INTEGER, key INTEGER, first INTEGER, ids BLOB, "
+                          "wins BLOB, lengths BLOB, wkb BLOB, PRIMARY KEY (date, big, key, first))")
         self.conn.execute("CREATE TABLE objects (obj INTEGER PRIMARY KEY, wkb BLOB, attrs BLOB)")
 
     def _insert(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -210,14 +210,14 @@ class PlanStore:
         self.conn.execute("COMMIT")
 
     def add(self, date: int, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Spill plan rows ``(big, key, obj, c0, r0, c1, r1, wkb)`` of one date."""
-        self._insert("INSERT OR REPLACE INTO plan VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(date, *r) for r in rows])
+        """Spill plan rows ``(big, key, first, ids, windows, lengths, wkb)`` of one date."""
+        self._insert("INSERT OR REPLACE INTO plan VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(date, *r) for r in rows])
 
-    def rows(self, date: int, fetch: int = 1000) -> Iterator[tuple[Any, ...]]:
-        """One date's plan rows ``(big, key, obj, c0, r0, c1, r1, wkb)`` ordered by (big, key, obj), ``fetch`` at a time."""
-        cur = self.conn.execute("SELECT big, key, obj, c0, r0, c1, r1, wkb FROM plan WHERE date = ? "
-                                "ORDER BY big, key, obj", (date,))
-        while part := cur.fetchmany(fetch):
+    def rows(self, date: int) -> Iterator[tuple[Any, ...]]:
+        """One date's plan rows ``(big, key, first, ids, windows, lengths, wkb)`` ordered by (big, key, first)."""
+        cur = self.conn.execute("SELECT big, key, first, ids, wins, lengths, wkb FROM plan WHERE date = ? "
+                                "ORDER BY big, key, first", (date,))
+        while part := cur.fetchmany(16):
             yield from part
 
     def put_objects(self, ids: Arr, wkb: Sequence[bytes | None], attrs: Sequence[tuple[Any, ...]]) -> None:
