@@ -4,7 +4,7 @@ Data (generated, deterministic): ``--dates`` rasters (default 6) of ``--size`` x
 10 m, UTM 33N, 4 x uint16: red, green, blue, NIR, tiled 256, uncompressed) and ``--fields`` fields (default
 20 000): a jittered grid of slightly rotated rectangles, like parcels, none overlapping.
 
-Tools, each in a fresh process (time and peak RSS, ``ru_maxrss``, and the RSS after its imports):
+Tools, each in a fresh process (time and peak RSS, ``VmHWM`` (else ``ru_maxrss``), and the RSS after its imports):
 
 * ``geosam``: ``monitor_objects`` on the band rasters (NDVI computed per chip window, objects grouped by chip);
   pixel rule: pixel centre inside the polygon.
@@ -24,7 +24,11 @@ Memory scaling (``--scaling``): geosam alone, for each ``--fields`` (e.g. 2000 2
 streamed from the on-disk store (``keep_tables=False``, what ``geosam monitor`` does) and once built in memory;
 time, peak RSS and peak above the RSS after imports, in ``benchmarks/results/monitor.json`` under ``scaling``.
 
-    .venv/bin/python benchmarks/bench_monitor.py --scaling --fields 2000 20000 100000 --scaling-dates 2 6
+    .venv/bin/python benchmarks/bench_monitor.py --scaling --fields 2000 20000 100000 --scaling-dates 2 6 \
+        [--baseline /tmp/geosam-before]
+
+With ``--baseline`` (a source tree of the code before a change, e.g. ``git archive <commit> geosam``) each
+streamed case also runs on that code, side by side in the same run (``code``: ``before`` / ``after``).
 """
 
 from __future__ import annotations
@@ -110,6 +114,11 @@ def make_fields(workdir: Path, n: int, size: int) -> Path:
 
 
 def _peak() -> float:
+    """Peak RSS of this process (MiB): ``VmHWM``, which starts afresh at exec (``ru_maxrss`` keeps the parent's
+    RSS at fork when a process is started by fork + exec), else ``ru_maxrss``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -157,22 +166,34 @@ def scaling(a: argparse.Namespace) -> None:
     out: dict = {"what": "geosam monitor: wide .gpkg + long .parquet written; peak RSS vs fields and dates",
                  "cpu": cpu_name(), "python": platform.python_version(),
                  "note": "2-core machine shared with other jobs (load ~2-4): times are indicative; each run alone in "
-                         "its own fresh process; peak = ru_maxrss (includes GDAL's block cache)",
+                         "its own fresh process; peak = VmHWM of that process (includes GDAL's block cache)",
                  "rasters": {"size_px": a.size, "pixel_m": RES_M, "bands": "4 x uint16, tiled 256"},
                  "chip_size_px": a.chip, "runs": []}
+    if a.baseline is not None:
+        out["baseline"] = f"{a.baseline} (the code before, run side by side: code='before'; this tree: 'after')"
     rasters = make_rasters(a.workdir, max(a.scaling_dates), a.size)
     for n in a.fields:
         fields = make_fields(a.workdir, n, a.size)
         for d in a.scaling_dates:
-            for streamed in (True, False):
-                r = _in_process(run_geosam_scaling, [str(p) for p in rasters[:d]], str(fields), str(a.workdir),
-                                a.chip, streamed)
-                r.update(fields=n, dates=d, tables="streamed" if streamed else "in_memory")
+            runs = [(a.baseline, True, "before")] if a.baseline is not None else []
+            runs += [(ROOT, True, "after"), (ROOT, False, "after")]
+            for code, streamed, label in runs:
+                r = _fresh_process(code, [str(p) for p in rasters[:d]], str(fields), str(a.workdir), a.chip, streamed)
+                r.update(fields=n, dates=d, tables="streamed" if streamed else "in_memory", code=label)
                 out["runs"].append(r)
                 print(json.dumps(r), flush=True)
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     old["scaling"] = out
     OUT.write_text(json.dumps(old, indent=2) + "\n")
+
+
+def _fresh_process(code: Path, *args) -> dict:
+    """`run_geosam_scaling` in a fresh Python process importing geosam from ``code`` (a source tree)."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--one-scaling-run", json.dumps(list(args)), "--code", str(code)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_exactextract(ndvi: list[str], fields: str, out: str) -> dict:
@@ -236,7 +257,16 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true",
                     help="geosam alone: peak RSS vs --fields and --scaling-dates, streamed vs in-memory tables")
     ap.add_argument("--scaling-dates", type=int, nargs="+", default=[2, 6])
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="with --scaling: also run the streamed case on the geosam source tree at this path (e.g. "
+                         "an export of the commit before), side by side in the same run")
+    ap.add_argument("--one-scaling-run", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--code", type=Path, default=ROOT, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.one_scaling_run is not None:  # a fresh process of --scaling: geosam from --code
+        sys.path.insert(0, str(a.code))
+        print(json.dumps(run_geosam_scaling(*json.loads(a.one_scaling_run))))
+        return
     a.workdir.mkdir(parents=True, exist_ok=True)
     if a.scaling:
         scaling(a)

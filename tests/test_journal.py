@@ -179,3 +179,25 @@ def test_a_generator_pickled_for_a_worker_keeps_the_clients_dtype(tiny_sam_dir, 
     blob = pickle.dumps(gen)
     monkeypatch.setenv("GEOSAM_CPU_AMX", "0")  # the worker's CPU
     assert pickle.loads(blob).bundle.dtype == torch.bfloat16
+
+
+def test_segmentation_replays_and_commits_through_the_shared_task_loop(scene, tmp_path, monkeypatch) -> None:
+    """The modes' loop is `geosam.run.tasks.run_tasks` (the one monitoring uses): it gets the journal, commits
+    every computed chip and replays them on a rerun, with the same output."""
+    from geosam.run import loop, tasks
+
+    calls: list[tasks.TaskCounts] = []
+
+    def spy(plan, execute, sink, **kw):
+        assert kw["journal"] is not None and kw["unit"] == "chips"
+        calls.append(tasks.run_tasks(plan, execute, sink, **kw))
+        return calls[-1]
+
+    monkeypatch.setattr(loop, "run_tasks", spy)
+    journal = tmp_path / "run.geosam-journal"
+    first = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), journal=journal, **KW)
+    again = segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), journal=journal, **KW)
+    assert_same(first, again)
+    n = first.attrs["geosam"]["chips_total"]
+    assert (calls[0].total, calls[0].replayed, calls[0].computed) == (n, 0, n)
+    assert (calls[1].total, calls[1].replayed, calls[1].computed) == (n, n, 0)

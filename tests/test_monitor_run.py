@@ -227,3 +227,61 @@ def test_local_dask_cluster_gives_the_in_process_result():
     assert got.tasks["computed"] == ref.tasks["computed"] > 0
     _same(got.wide, ref.wide)
     _same(got.long, ref.long)
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geoparquet"])
+def test_objects_file_is_read_in_batches_never_whole(tmp_path, monkeypatch, suffix):
+    """A file of objects is read a batch at a time (spied readers: no call reads more than the batch), its rows
+    come back from the store for the tables, and the files equal those of the run given the GeoDataFrame."""
+    import geopandas as gpd
+    import pyarrow.parquet as pq
+    import pyogrio
+
+    from geosam.monitor import objects as objects_mod
+    from geosam.monitor import stream
+    from geosam.write import vector
+    from geosam.write.vector import read_vector, write_vector
+
+    objs = _fields(40)
+    objs["area_ha"] = objs.to_crs(objs.estimate_utm_crs()).area / 1e4
+    objs["n"] = np.arange(40, dtype=np.int64) * 3
+    objs["note"] = [None if k % 5 == 0 else f"n{k}" for k in range(40)]
+    src = tmp_path / f"fields{suffix}"
+    write_vector(objs, src)
+    settings = {"rank_by": "ndvi_delta", "loss": ["ndvi:-0.1"], "chip_size_px": 32}
+    _run(read_vector(src), output=tmp_path / "a.gpkg", long_output=tmp_path / "a.geoparquet", keep_tables=False,
+         **settings)
+
+    batch = 6
+    monkeypatch.setattr(objects_mod, "OBJECT_BATCH", batch)
+    monkeypatch.setattr(stream, "TABLE_BATCH", 9)
+    sizes: list[int] = []
+    ogr_read, pq_batches = pyogrio.read_dataframe, pq.ParquetFile.iter_batches
+
+    def spy_ogr(path, *a, **kw):
+        assert kw.get("max_features") is not None and kw["max_features"] <= batch, kw
+        out = ogr_read(path, *a, **kw)
+        sizes.append(len(out))
+        return out
+
+    def spy_pq(self, *a, **kw):
+        assert kw.get("batch_size") is not None and kw["batch_size"] <= batch, kw
+        for b in pq_batches(self, *a, **kw):
+            sizes.append(b.num_rows)
+            yield b
+
+    def whole(*a, **kw):
+        raise AssertionError("the objects file was read whole")
+
+    monkeypatch.setattr(pyogrio, "read_dataframe", spy_ogr)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy_pq)
+    monkeypatch.setattr(vector, "read_vector", whole)
+    monkeypatch.setattr(gpd, "read_parquet", whole)
+    monkeypatch.setattr(gpd, "read_file", whole)
+    got = _run(str(src), output=tmp_path / "b.gpkg", long_output=tmp_path / "b.geoparquet", keep_tables=False,
+               **settings)
+    monkeypatch.undo()
+    assert got.n_rows == 40
+    assert sizes and max(sizes) <= batch and sum(sizes) == 40  # one pass over the file, batch by batch
+    _same(read_vector(tmp_path / "a.gpkg"), read_vector(tmp_path / "b.gpkg"))
+    _same(read_vector(tmp_path / "a.geoparquet"), read_vector(tmp_path / "b.geoparquet"))

@@ -1,11 +1,15 @@
 """Monitoring as chip tasks: one task = one date, one chip window, the objects whose pixels it holds.
 
-Planning (`plan_date`, on the client): each object's geometry, reprojected to the date's CRS in batches, gets
-its pixel window (`geosam.monitor.zonal.pixel_windows`); objects are bucketed by the chip (``chip_size_px``
-of the date's grid) holding their window's top-left pixel, and one task reads the window covering a bucket
-(one read per chip and date, whatever the number of objects). An object larger than a chip gets one task per
-chip-sized tile of its own window (``piece=True``). A task carries its objects' geometries (WKB, in the date's
-CRS), so a worker needs nothing else but the date's raster.
+Planning (on the client, one batch of objects at a time, `plan_batch`): each object's geometry, reprojected to
+the date's CRS, gets its pixel window (`geosam.monitor.zonal.pixel_windows`) and the chip (``chip_size_px`` of
+the date's grid) holding its window's top-left pixel; these plan rows are spilled to the run's on-disk store
+(`geosam.monitor.store.PlanStore`). `tasks_from_plan` then reads them back chip by chip: one task reads the
+window covering a chip's objects (one read per chip and date, whatever the number of objects). An object
+larger than a chip gets one task per chip-sized tile of its own window (``piece=True``). A task carries its
+objects' geometries (WKB, in the date's CRS), so a worker needs nothing else but the date's raster. Only the
+objects of one task share a label raster, so overlaps matter only among them: they are found there
+(`geosam.monitor.zonal.overlapping` on the task's geometries, in the date's CRS) and those objects are
+rasterized one by one; no step needs every geometry at once.
 
 Computing (`chip_stats`, on the client or a Dask worker): a task's payload is a `ChipStats` of sufficient
 statistics that combine across chips exactly: pixel counts, per index the count of finite values, their
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +30,10 @@ import numpy as np
 
 from geosam.config.monitor import MonitorConfig
 from geosam.index.calculator import IndexCalculator
-from geosam.monitor.zonal import DateReader, label_sums, pixel_windows, read_padded, shapes
+from geosam.monitor.zonal import DateReader, label_sums, overlapping, pixel_windows, read_padded, shapes
 from geosam.windows import PixelWindow
 
 Arr = np.ndarray
-
-#: objects reprojected and planned per batch (bounds the transient copies of the geometries)
-PLAN_BATCH = 20_000
-
 
 @dataclass(frozen=True)
 class MonitorTask:
@@ -47,7 +47,6 @@ class MonitorTask:
         ids: The objects' rows in the objects table (0-based, int64).
         wkb: Their geometries in the date's CRS: WKB, one after the other.
         offsets: Where each object's WKB starts in ``wkb`` (int64, one more than ``ids``).
-        alone: Per object: it overlaps another object, so it is rasterized on its own (bool).
         piece: One tile of an object larger than a chip (its statistics are partial).
     """
 
@@ -56,7 +55,6 @@ class MonitorTask:
     ids: Arr
     wkb: bytes
     offsets: Arr
-    alone: Arr
     piece: bool = False
 
     def geometries(self) -> Arr:
@@ -73,11 +71,15 @@ def task_key(task: MonitorTask) -> str:
     return f"{task.date}:{int(task.ids[0])}:{w.col_off},{w.row_off},{w.width},{w.height}"
 
 
-def _pack(date: int, win: PixelWindow, members: Arr, wkb: Sequence[bytes], lengths: Arr, alone: Arr) -> MonitorTask:
-    """A bucket's task, its objects' WKB joined into one string."""
-    offsets = np.concatenate([[0], np.cumsum(lengths[members])]).astype(np.int64)
-    return MonitorTask(date, win, members.astype(np.int64), b"".join(wkb[i] for i in members), offsets,
-                       alone[members].astype(bool))
+def _pack(date: int, parts: Sequence[tuple[Any, ...]]) -> MonitorTask:
+    """A bucket's task from its plan rows (see `plan_batch`), their objects and WKB joined."""
+    ids = np.concatenate([np.frombuffer(p[3], np.int64) for p in parts])
+    wins = np.concatenate([np.frombuffer(p[4], np.int64).reshape(-1, 4) for p in parts])
+    lengths = np.concatenate([np.frombuffer(p[5], np.int64) for p in parts])
+    x0, y0 = int(wins[:, 0].min()), int(wins[:, 1].min())
+    win = PixelWindow(x0, y0, int(wins[:, 2].max()) - x0, int(wins[:, 3].max()) - y0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return MonitorTask(date, win, ids.copy(), b"".join(p[6] for p in parts), offsets)
 
 
 @dataclass
@@ -142,58 +144,79 @@ def _group_keys(c0: Arr, r0: Arr, width: int, height: int, chip: int) -> Arr:
     return (np.clip(r0, 0, height - 1) // chip) * cols + np.clip(c0, 0, width - 1) // chip
 
 
-def date_windows(geoms: Any, crs_wkt: str, transform: Any) -> tuple[Arr, Arr, Arr, Arr, list[bytes]]:
-    """Pixel windows (c0, r0, c1, r1) and WKB in the date's CRS of a GeoSeries, reprojected in batches."""
-    import shapely
-
-    parts: list[tuple[Arr, ...]] = []
-    wkb: list[bytes] = []
-    for i in range(0, len(geoms), PLAN_BATCH):
-        g = np.asarray(geoms.iloc[i:i + PLAN_BATCH].to_crs(crs_wkt).values, dtype=object)
-        parts.append(pixel_windows(g, transform))
-        wkb.extend(shapely.to_wkb(g).tolist())
-    if not parts:
-        z = np.zeros(0, np.int64)
-        return z, z, z, z, wkb
-    c0, r0, c1, r1 = (np.concatenate([p[k] for p in parts]) for k in range(4))
-    return c0, r0, c1, r1, wkb
-
-
-def plan_date(date: int, geoms: Any, info: Any, alone: Arr, chip: int) -> tuple[list[MonitorTask], Arr]:
-    """The tasks of one date, and the objects that lie wholly outside its raster.
+def plan_batch(ids: Arr, geoms: Any, info: Any, chip: int) -> tuple[list[tuple[Any, ...]], Arr]:
+    """Plan rows of a batch of objects at one date, and those of them wholly outside its raster.
 
     Args:
-        date: The date's position.
-        geoms: The objects' geometries (a GeoSeries with a CRS).
+        ids: The objects' rows (0-based, increasing).
+        geoms: Their geometries (a GeoSeries with a CRS, aligned with ``ids``).
         info: The date's `geosam.read.scene.SceneInfo` (grid, CRS).
-        alone: Per object: rasterize on its own (it overlaps another object).
         chip: ``chip_size_px``.
 
     Returns:
-        The tasks (bucket tasks by chip, then the pieces of objects larger than a chip) and the rows of
-        objects outside the raster (status ``outside_footprint``). Objects covering no pixel centre get no task.
+        Rows ``(big, key, first, ids, windows, lengths, wkb)``, one per chip of the batch's objects within a chip
+        (``big`` 0, ``key`` the chip holding their windows' top-left pixel) and one per object larger than a chip
+        (``big`` 1, ``key`` its row; `tasks_from_plan` cuts it into pieces): ``first`` is the first object,
+        ``ids`` (int64), ``windows`` (int64 c0, r0, c1, r1 per object) and ``lengths`` (int64) are array bytes,
+        ``wkb`` the objects' WKB in the date's CRS, joined. And the rows of the objects outside the raster
+        (status ``outside_footprint``). Objects covering no pixel centre get no row.
     """
-    c0, r0, c1, r1, wkb = date_windows(geoms, info.crs_wkt, info.transform)
+    import shapely
+
+    g = np.asarray(geoms.to_crs(info.crs_wkt).values, dtype=object)
+    c0, r0, c1, r1 = pixel_windows(g, info.transform)
     empty = (c1 <= c0) | (r1 <= r0)
     outside = ~empty & ((c1 <= 0) | (r1 <= 0) | (c0 >= info.width) | (r0 >= info.height))
-    todo = ~empty & ~outside
-    big = todo & (((c1 - c0) > chip) | ((r1 - r0) > chip))
-    keys = _group_keys(c0, r0, info.width, info.height, chip)
-    lengths = np.fromiter((0 if b is None else len(b) for b in wkb), dtype=np.int64, count=len(wkb))
-    tasks: list[MonitorTask] = []
-    ids = np.flatnonzero(todo & ~big)
-    order = ids[np.argsort(keys[ids], kind="stable")]
-    for members in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1) if len(order) else []:
-        x0, y0 = int(c0[members].min()), int(r0[members].min())
-        win = PixelWindow(x0, y0, int(c1[members].max()) - x0, int(r1[members].max()) - y0)
-        tasks.append(_pack(date, win, members, wkb, lengths, alone))
-    for i in np.flatnonzero(big):
-        for y in range(int(r0[i]), int(r1[i]), chip):
-            for x in range(int(c0[i]), int(c1[i]), chip):
-                tile = PixelWindow(x, y, min(chip, int(c1[i]) - x), min(chip, int(r1[i]) - y))
-                tasks.append(MonitorTask(date, tile, np.array([i], np.int64), wkb[i],
-                                         np.array([0, lengths[i]], np.int64), np.ones(1, bool), piece=True))
-    return tasks, np.flatnonzero(outside)
+    big = ((c1 - c0) > chip) | ((r1 - r0) > chip)
+    keys = np.where(big, ids, _group_keys(c0, r0, info.width, info.height, chip))
+    todo = np.flatnonzero(~empty & ~outside)
+    order = todo[np.lexsort((todo, keys[todo], big[todo]))]  # by (big, key), objects in row order
+    wins = np.stack([c0, r0, c1, r1], axis=1).astype(np.int64)
+    wkb = shapely.to_wkb(g[order]).tolist()
+    lengths = np.fromiter((len(b) for b in wkb), dtype=np.int64, count=len(wkb))
+    rows: list[tuple[Any, ...]] = []
+    if len(order):
+        cuts = np.flatnonzero(np.diff(keys[order]) | np.diff(big[order].astype(np.int64))) + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(order)]):
+            m = order[lo:hi]
+            rows.append((int(big[m[0]]), int(keys[m[0]]), int(ids[m[0]]), np.asarray(ids)[m].astype(np.int64).tobytes(),
+                         wins[m].tobytes(), lengths[lo:hi].tobytes(), b"".join(wkb[lo:hi])))
+    return rows, np.asarray(ids)[outside]
+
+
+def tasks_from_plan(date: int, rows: Iterator[tuple[Any, ...]], chip: int) -> Iterator[MonitorTask]:
+    """One date's tasks from its plan rows, ordered by (big, key, first) (`geosam.monitor.store.PlanStore.rows`).
+
+    Objects sharing a chip become one bucket task reading the window that covers them (one read per chip and
+    date, whatever the number of objects); an object larger than a chip becomes one piece task per chip-sized
+    tile of its own window. Only one bucket's rows are held at a time.
+
+    Args:
+        date: The date's position.
+        rows: The plan rows (see `plan_batch`).
+        chip: ``chip_size_px``.
+
+    Yields:
+        The tasks: buckets by chip, then pieces.
+    """
+    bucket: list[tuple[Any, ...]] = []
+    for row in rows:
+        if row[0]:
+            i = int(np.frombuffer(row[3], np.int64)[0])
+            x0, y0, x1, y1 = (int(v) for v in np.frombuffer(row[4], np.int64))
+            w = row[6]
+            for y in range(y0, y1, chip):
+                for x in range(x0, x1, chip):
+                    tile = PixelWindow(x, y, min(chip, x1 - x), min(chip, y1 - y))
+                    yield MonitorTask(date, tile, np.array([i], np.int64), w, np.array([0, len(w)], np.int64),
+                                      piece=True)
+            continue
+        if bucket and bucket[0][1] != row[1]:
+            yield _pack(date, bucket)
+            bucket = []
+        bucket.append(row)
+    if bucket:
+        yield _pack(date, bucket)
 
 
 # -- computing (client or worker) ---------------------------------------------------------------------------
@@ -254,7 +277,7 @@ def _bucket_stats(reader: DateReader, task: MonitorTask, thresholds: Mapping[str
     idx, valid, in_raster = read_padded(reader, win)
     t = _transform(reader, win)
     geoms = task.geometries()
-    alone = task.alone
+    alone = overlapping(geoms)  # objects of this chip sharing pixels are rasterized one by one
     ids = task.ids
     n = len(ids)
     out = ChipStats(ids, np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), sums={})
@@ -302,5 +325,5 @@ def _piece_stats(reader: DateReader, task: MonitorTask, thresholds: Mapping[str,
     return ChipStats(task.ids.copy(), counts[:1].copy(), counts[1:2].copy(), counts[2:3].copy(), sums, values)
 
 
-__all__ = ["ChipStats", "DateSource", "MonitorJob", "MonitorTask", "chip_stats", "close_readers", "plan_date",
-           "task_key"]
+__all__ = ["ChipStats", "DateSource", "MonitorJob", "MonitorTask", "chip_stats", "close_readers", "plan_batch",
+           "task_key", "tasks_from_plan"]

@@ -6,7 +6,8 @@ once, chip by chip, as chip tasks through the run machinery (`geosam.monitor.mea
 on-disk store (`geosam.monitor.store`), then change, flags and ranking (`geosam.monitor.change`), tracking when
 each date has its own objects (`geosam.monitor.track`), and the tables (`geosam.monitor.table`), built from
 the store in batches of objects (`geosam.monitor.stream`); with ``keep_tables=False`` they go straight to their
-files and memory does not grow with objects x dates.
+files, an objects file is read in batches, never whole (`geosam.monitor.objects`), and memory does not grow
+with objects x dates.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from geosam.errors import BandError, ConfigError, NoCRSError
 from geosam.index.calculator import IndexCalculator
 from geosam.monitor.change import flags, rank_table, series_change
 from geosam.monitor.dates import DateScene, date_scenes
+from geosam.monitor.objects import FileObjects, FrameObjects, Objects
 from geosam.monitor.segment import SegmentObjects, segmented_objects
 from geosam.monitor.store import StatsStore
 from geosam.monitor.table import check_long_path, long_table, wide_columns, write_long
@@ -59,7 +61,8 @@ class MonitorResult:
     tasks: dict[str, int] | None = None
 
 
-def _load_objects(obj: Any, k: int | None = None) -> Any:
+def _load_objects(obj: Any, k: int | None = None, *, whole: bool = True) -> Objects:
+    """The objects, checked (a CRS); a file is read whole only when ``whole`` (the tables stay in memory)."""
     import geopandas as gpd
 
     from geosam.write.vector import read_vector
@@ -68,15 +71,24 @@ def _load_objects(obj: Any, k: int | None = None) -> Any:
     if isinstance(obj, (str, os.PathLike)):
         if not Path(obj).exists():
             raise ConfigError(f"{obj}: objects file does not exist")
-        name, obj = os.fspath(obj), read_vector(obj)
+        name = os.fspath(obj)
+        if not whole:
+            src = FileObjects(obj)
+            _check_crs(src.crs, name)
+            return src
+        obj = read_vector(obj)
     if not isinstance(obj, gpd.GeoDataFrame):
         raise ConfigError(f"{name}: objects must be a vector file or a GeoDataFrame, got {type(obj).__name__}")
-    if obj.crs is None:
-        raise NoCRSError(f"{name}: the objects have no CRS, so they cannot be placed on the dates' rasters; "
-                         "set one (gdf.set_crs(...) / ogr2ogr -a_srs EPSG:XXXX)")
+    _check_crs(obj.crs, name)
     obj = obj.reset_index(drop=True)  # rows without geometry stay, with status no_pixel_centre
     obj.attrs["name"] = name
-    return obj
+    return FrameObjects(obj, name)
+
+
+def _check_crs(crs: Any, name: str) -> None:
+    if crs is None:
+        raise NoCRSError(f"{name}: the objects have no CRS, so they cannot be placed on the dates' rasters; "
+                         "set one (gdf.set_crs(...) / ogr2ogr -a_srs EPSG:XXXX)")
 
 
 def _open_dates(scenes: Sequence[DateScene], cfg: MonitorConfig) -> list[DateReader]:
@@ -107,17 +119,17 @@ def _calculator(sc: Any, s: DateScene, cfg: MonitorConfig) -> IndexCalculator:
         raise BandError(f"date {s.date}: {exc}") from None
 
 
-def _check_overlap(readers: Sequence[DateReader], scenes: Sequence[DateScene], frames: Sequence[Any]) -> None:
+def _check_overlap(readers: Sequence[DateReader], scenes: Sequence[DateScene], sources: Sequence[Objects]) -> None:
     """ConfigError naming a date whose raster holds none of its objects' bounding boxes."""
     from rasterio.warp import transform_bounds
 
-    for r, s, f in zip(readers, scenes, frames):
-        if len(f) == 0:
+    for r, s, f in zip(readers, scenes, sources):
+        if f.n == 0:
             continue
-        x0, y0, x1, y1 = transform_bounds(f.crs, r.scene.info.crs_wkt, *f.total_bounds, densify_pts=21)
+        x0, y0, x1, y1 = transform_bounds(f.crs, r.scene.info.crs_wkt, *f.total_bounds(), densify_pts=21)
         b = r.scene.info.bounds
         if x1 <= b[0] or x0 >= b[2] or y1 <= b[1] or y0 >= b[3]:
-            raise ConfigError(f"{s.name} ({s.date}): the raster does not overlap the objects ({f.attrs.get('name')}): "
+            raise ConfigError(f"{s.name} ({s.date}): the raster does not overlap the objects ({f.name}): "
                               "check that they show the same place")
 
 
@@ -193,7 +205,8 @@ def monitor_objects(
                                     output=output, long_output=long_output)
     scene_list = date_scenes(scenes, dates, stack)
     tracked = isinstance(objects, (list, tuple))
-    frames = [_load_objects(o, k) for k, o in enumerate(objects)] if tracked else [_load_objects(objects)]
+    frames = ([_load_objects(o, k) for k, o in enumerate(objects)] if tracked
+              else [_load_objects(objects, whole=keep_tables)])
     if tracked and len(frames) != len(scene_list):
         raise ConfigError(f"{len(frames)} object sets for {len(scene_list)} dates: give one per date, oldest first, "
                           "or one for all dates")
@@ -203,7 +216,7 @@ def monitor_objects(
     if long_output is not None:
         check_long_path(long_output)
     if cfg.rank_by is not None:
-        cols = _rank_columns(cfg, [s.date for s in scene_list], list(frames[0].columns))
+        cols = _rank_columns(cfg, [s.date for s in scene_list], frames[0].columns)
         if cfg.rank_by not in cols:
             raise ConfigError(f"cannot rank by {cfg.rank_by!r}; choose one of {sorted(cols)}")
     if not keep_tables and output is None and long_output is None:
@@ -224,7 +237,7 @@ def monitor_objects(
     return result
 
 
-def _results(store: StatsStore, scenes: Sequence[DateScene], frames: Sequence[Any], cfg: MonitorConfig,
+def _results(store: StatsStore, scenes: Sequence[DateScene], sources: Sequence[Objects], cfg: MonitorConfig,
              tracked: bool, keep_tables: bool, output: str | os.PathLike[str] | None,
              long_output: str | os.PathLike[str] | None) -> MonitorResult:
     """The tables from the store: streamed to their files (``keep_tables=False``), else in memory and written."""
@@ -232,8 +245,10 @@ def _results(store: StatsStore, scenes: Sequence[DateScene], frames: Sequence[An
     if not keep_tables and not tracked:
         from geosam.monitor.stream import write_streamed
 
-        paths = write_streamed(store, frames[0], dates, cfg, output, long_output)
-        return MonitorResult(None, None, dates, paths=tuple(paths), n_rows=len(frames[0]))
+        paths = write_streamed(store, sources[0], dates, cfg, output, long_output)
+        return MonitorResult(None, None, dates, paths=tuple(paths), n_rows=sources[0].n)
+    frames = [s.frame for s in sources if isinstance(s, FrameObjects)]  # in memory: the tables are
+    assert len(frames) == len(sources)
     stats = [store.date_stats(k, np.arange(len(f))) for k, f in enumerate(frames)]
     result = _tables(scenes, frames, stats, cfg, tracked)
     written = []

@@ -6,11 +6,16 @@ A `StatsStore` is a SQLite file in a private temporary folder (removed on close)
 combined into one exact row per object and date by `StatsStore.finish` (memory: one object's values).
 `StatsStore.date_stats` reads any set of objects of one date back as a `geosam.monitor.zonal.DateStats`
 with its statuses, so the tables are built in batches of objects (`geosam.monitor.stream`).
+
+Beside it, in the same folder, a `PlanStore` holds the run's plan (per date, each object's chip, pixel window
+and WKB in the date's CRS, spilled batch by batch as the objects are read) and, for objects read from a file,
+their rows (WKB and attributes), so neither the objects nor a date's plan is ever whole in memory.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import sqlite3
 import tempfile
@@ -53,6 +58,7 @@ class StatsStore:
         blobs = ", ".join(f'"{n}_values"' for n in self.names)
         self.conn.execute(f"CREATE TABLE pieces (date INTEGER, obj INTEGER, {cols}, {blobs})")
         self.rows = 0  # rows inserted into stats (for tests and logs)
+        self.plan = PlanStore(self.dir / "plan.sqlite")
 
     def _insert(self, table: str, rows: Iterator[tuple[Any, ...]] | list[tuple[Any, ...]], width: int) -> None:
         marks = ", ".join("?" * width)
@@ -161,8 +167,9 @@ class StatsStore:
                                  "FROM want w JOIN stats s ON s.date = ? AND s.obj = w.obj", (date,)).fetchall()
 
     def close(self) -> None:
-        """Close and delete the file."""
+        """Close and delete the files."""
         self.conn.close()
+        self.plan.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> StatsStore:  # noqa: PYI034 - a final class in practice
@@ -172,4 +179,111 @@ class StatsStore:
         self.close()
 
 
-__all__ = ["StatsStore"]
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(os.fspath(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")  # a scratch file: a crash discards it anyway
+    return conn
+
+
+class PlanStore:
+    """A run's plan and, for objects read from a file, their rows, in a scratch SQLite file.
+
+    ``plan`` rows ``(date, big, key, first, ids, windows, lengths, wkb)`` -- per date, batch and chip, the
+    objects' arrays and WKB (see `geosam.monitor.chips.plan_batch`) -- are kept ordered by (date, big, key,
+    first), so `rows` reads a date back chip by chip. ``objects`` rows hold an
+    object's WKB (its own CRS) and its attributes (one pickled tuple).
+
+    Args:
+        path: The file (in the run's private temporary folder).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.conn = _connect(path)
+        self.conn.execute("CREATE TABLE plan (date INTEGER, big INTEGER, key INTEGER, first INTEGER, ids BLOB, "
+                          "wins BLOB, lengths BLOB, wkb BLOB, PRIMARY KEY (date, big, key, first))")
+        self.conn.execute("CREATE TABLE objects (obj INTEGER PRIMARY KEY, wkb BLOB, attrs BLOB)")
+
+    def _insert(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.conn.execute("BEGIN")
+        self.conn.executemany(sql, rows)
+        self.conn.execute("COMMIT")
+
+    def add(self, date: int, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Spill plan rows ``(big, key, first, ids, windows, lengths, wkb)`` of one date."""
+        self._insert("INSERT OR REPLACE INTO plan VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(date, *r) for r in rows])
+
+    def rows(self, date: int) -> Iterator[tuple[Any, ...]]:
+        """One date's plan rows ``(big, key, first, ids, windows, lengths, wkb)`` ordered by (big, key, first)."""
+        cur = self.conn.execute("SELECT big, key, first, ids, wins, lengths, wkb FROM plan WHERE date = ? "
+                                "ORDER BY big, key, first", (date,))
+        while part := cur.fetchmany(16):
+            yield from part
+
+    def put_objects(self, ids: Arr, wkb: Sequence[bytes | None], attrs: Sequence[tuple[Any, ...]]) -> None:
+        """Spill objects' rows: WKB (their CRS; None for no geometry) and attribute tuples."""
+        blobs = [pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL) for a in attrs]
+        self._insert("INSERT OR REPLACE INTO objects VALUES (?, ?, ?)", list(zip(ids.tolist(), wkb, blobs)))
+
+    def _object_rows(self, rows: Arr, what: str) -> dict[int, tuple[Any, ...]]:
+        """``what`` columns of objects ``rows``: a range scan when they are dense, else lookups by key."""
+        want = np.unique(rows)
+        got: dict[int, tuple[Any, ...]] = {}
+        if not len(want):
+            return got
+        lo, hi = int(want[0]), int(want[-1])
+        if hi - lo < 2 * len(want):
+            cur = self.conn.execute(f"SELECT obj, {what} FROM objects WHERE obj BETWEEN ? AND ?", (lo, hi))
+            return {r[0]: r[1:] for r in cur}
+        for i in range(0, len(want), 900):  # SQLite's host-parameter limit
+            part = want[i:i + 900].tolist()
+            marks = ", ".join("?" * len(part))
+            got.update((r[0], r[1:]) for r in self.conn.execute(
+                f"SELECT obj, {what} FROM objects WHERE obj IN ({marks})", part))
+        return got
+
+    def objects(self, rows: Arr, columns: Sequence[str], geometry: str, dtypes: dict[str, Any], crs: Any,
+                geometry_only: bool = False) -> Any:
+        """Objects ``rows`` (0-based, any order) as a GeoDataFrame with index 0..len(rows)-1.
+
+        Args:
+            rows: Object rows.
+            columns: Every column in the file's order, the geometry's included.
+            geometry: The geometry column's name.
+            dtypes: Attribute dtypes to restore (where the values allow).
+            crs: The objects' CRS.
+            geometry_only: Only the geometry column (the attributes are not read).
+
+        Returns:
+            The GeoDataFrame, in ``rows`` order.
+        """
+        import geopandas as gpd
+        import pandas as pd
+        import shapely
+
+        rows = np.asarray(rows, dtype=np.int64)
+        got = self._object_rows(rows, "wkb" if geometry_only else "wkb, attrs")
+        found = [got[int(r)] for r in rows]
+        attrs = [] if geometry_only else [c for c in columns if c != geometry]
+        data: dict[str, list[Any]] = {c: [] for c in attrs}
+        if attrs:
+            for _, a in found:
+                for c, v in zip(attrs, pickle.loads(a)):
+                    data[c].append(v)
+        table = pd.DataFrame(data, index=pd.RangeIndex(len(found)))
+        for c, t in dtypes.items():
+            if c in table.columns and table[c].dtype != t:
+                try:
+                    table[c] = table[c].astype(t)
+                except (TypeError, ValueError):
+                    pass
+        table[geometry] = gpd.GeoSeries(shapely.from_wkb(np.array([f[0] for f in found], dtype=object)), crs=crs)
+        return gpd.GeoDataFrame(table[[*attrs, geometry] if geometry_only else list(columns)], geometry=geometry,
+                                crs=crs)
+
+    def close(self) -> None:
+        """Close the file (`StatsStore.close` deletes its folder)."""
+        self.conn.close()
+
+
+__all__ = ["PlanStore", "StatsStore"]

@@ -42,6 +42,7 @@ from geosam.assemble.stitch import StitchedObject
 from geosam.read.scene import Scene
 from geosam.run.cluster import check_scheduler, connect
 from geosam.run.loop import ChipStep, ChipTask, Executor, RunStats, run
+from geosam.run.tasks import TaskExecutor, TaskRun
 from geosam.tile.grid import ChipSpec
 
 if TYPE_CHECKING:
@@ -204,22 +205,69 @@ def execute_on(client: Any, job: WorkerJob, stats: RunStats, chips_per_task: int
     """
 
     def execute(tasks: Sequence[ChipTask]) -> Iterator[tuple[ChipTask, ChipResult]]:
-        from distributed import as_completed
-
-        n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
-        parts = batches(tasks, n_workers, chips_per_task)
-        job_arg = _scatter_if_large(client, job) if parts else job
-        futures = {client.submit(run_batch, job_arg, b, pure=False): b for b in parts}
-        log.info("dask: %d chips in %d batches on %d workers", len(tasks), len(parts), n_workers)
-        for fut in as_completed(futures):
-            results, worker_stats = fut.result()
-            batch = futures.pop(fut)
-            fut.release()
+        job_arg = _scatter_if_large(client, job) if tasks else job
+        for batch, (results, worker_stats) in submit_batches(client, run_batch, job_arg, tasks, chips_per_task):
             stats.prompts_total += worker_stats["prompts_total"]
             stats.prompts_skipped_prefilter += worker_stats["prompts_skipped_prefilter"]
             for stage, sec in worker_stats["timings_s"].items():
                 stats.add_time(stage, sec)  # summed over workers
             yield from zip(batch, results)
+
+    return execute
+
+
+def submit_batches(client: Any, work: Callable[[Any, list[T]], Any], job: Any, tasks: Sequence[T],
+                   per_batch: int | None = None) -> Iterator[tuple[list[T], Any]]:
+    """Run ``work(job, batch)`` for consecutive batches of ``tasks`` on ``client``'s workers.
+
+    The Dask side of every executor of `geosam.run.tasks.run_tasks` (chip tasks here, monitoring's in
+    `dask_task_executor`).
+
+    Args:
+        client: A ``distributed.Client``.
+        work: A module-level function.
+        job: Its first argument (a value or a scattered future).
+        tasks: The tasks.
+        per_batch: Tasks per batch (see `batches`).
+
+    Yields:
+        (batch, what ``work`` returned for it), in the order batches finish.
+    """
+    if not tasks:
+        return
+    from distributed import as_completed
+
+    n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
+    parts = batches(tasks, n_workers, per_batch)
+    futures = {client.submit(work, job, b, pure=False): b for b in parts}
+    log.info("dask: %d tasks in %d batches on %d workers", len(tasks), len(parts), n_workers)
+    for fut in as_completed(futures):
+        out = fut.result()
+        batch = futures.pop(fut)
+        fut.release()
+        yield batch, out
+
+
+def dask_task_executor(client: Any, spec: TaskRun[T], tasks_per_batch: int | None = None) -> TaskExecutor[T]:
+    """An executor of `geosam.run.tasks.run_tasks` that runs ``spec.work`` on ``client``'s workers.
+
+    Args:
+        client: A ``distributed.Client`` (`geosam.run.cluster.connect`).
+        spec: The work and its job (scattered to the workers once).
+        tasks_per_batch: Tasks per Dask task (default: `batches`' choice).
+
+    Returns:
+        The executor: yields (task, payload) in the order batches finish.
+    """
+
+    scattered: list[Any] = []  # the job's future, scattered on the first call with tasks
+
+    def execute(tasks: Sequence[T]) -> Iterator[tuple[T, Any]]:
+        if tasks and not scattered:
+            scattered.append(client.scatter(spec.job, broadcast=True, hash=False))
+        job = scattered[0] if scattered else spec.job
+        for batch, payloads in submit_batches(client, spec.work, job, tasks, tasks_per_batch):
+            yield from zip(batch, payloads)
 
     return execute
 
@@ -289,8 +337,10 @@ __all__ = [
     "WorkerJob",
     "batches",
     "dask_executor",
+    "dask_task_executor",
     "execute_on",
     "executor_or_none",
     "make_job",
     "run_batch",
+    "submit_batches",
 ]

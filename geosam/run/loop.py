@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +23,7 @@ from geosam.assemble.result import FAILED, INVALID, PREFILTERED, ChipResult
 from geosam.read.prefetch import iter_chips
 from geosam.read.scene import Chip, Scene
 from geosam.run.plan import ESTIMATE_AFTER_CHIPS, with_estimate
+from geosam.run.tasks import run_tasks
 from geosam.segment.base import ChipMasks, MaskGenerator
 from geosam.tile.grid import ChipSpec
 from geosam.write.failed_chips import failed_chip_entry
@@ -146,11 +147,12 @@ def _progress(iterable: Any, total: int, enabled: bool, desc: str) -> Any:
 
 
 class _RunLoop:
-    """The state of one `run`: where results go and the chips waiting to fill a batch.
+    """The mode-specific part of one `run`: reading and generating chips, and where results go.
 
-    ``deliver`` commits a result to the journal, counts it and hands it to the
-    assembler; finished objects become `geosam.assemble.records.Record` values
-    (map coordinates) in ``records``.
+    ``compute`` is the in-process executor of `geosam.run.tasks.run_tasks` (chips read ahead, triaged,
+    generated in batches); ``deliver`` is its sink: it counts a result and hands it to the assembler;
+    finished objects become `geosam.assemble.records.Record` values (map coordinates) in ``records``.
+    Replaying and committing to the journal are `geosam.run.tasks.run_tasks`' own.
     """
 
     def __init__(
@@ -161,31 +163,30 @@ class _RunLoop:
         engine: EngineConfig,
         hooks: Sequence[ObjectHook],
         stats: RunStats,
-        journal: ChipJournal | None,
         sink: Callable[[list[Record]], None] | None = None,
+        before: ChipStep | None = None,
     ) -> None:
         self.sc = sc
         self.generator = generator
         self.assembler = assembler
         self.hooks = hooks
         self.stats = stats
-        self.journal = journal
+        self.before = before
+        self.engine = engine
+        self.read_times: dict[str, float] = {}
         self.batch = max(engine.chips_per_batch, 1)
         self.records: list[Record] = []
         self.sink = sink if sink is not None else self.records.extend
         self.pending: list[tuple[ChipTask, Chip]] = []
         self.gen_t0 = dict(generator.timings_s)
 
-    def deliver(self, task: ChipTask, result: ChipResult, replayed: bool = False) -> None:
-        """Commit, count and assemble one chip's result.
+    def deliver(self, task: ChipTask, result: ChipResult) -> None:
+        """Count and assemble one chip's result (replayed or computed).
 
         Args:
             task: The chip task.
             result: Its result.
-            replayed: The result came from the journal (not committed again).
         """
-        if self.journal is not None and not replayed:
-            self.journal.put(task, result)
         self.stats.count(result, self.sc.info.transform)
         t0 = time.perf_counter()
         self.assembler.add(task.spec, result, task.prompt_ids)
@@ -197,29 +198,44 @@ class _RunLoop:
         if finished:
             self.sink(finish(finished, self.hooks, self.sc, self.sc.info.transform))
 
-    def queue(self, task: ChipTask, chip: Chip) -> None:
-        """Add a chip to the batch; generate the batch once it is full.
+    def compute(self, tasks: Sequence[ChipTask], desc: str = "segment") -> Iterator[tuple[ChipTask, ChipResult]]:
+        """Read the tasks' chips (read ahead), triage them, generate masks in batches: (task, result) in order.
 
         Args:
-            task: The chip task.
-            chip: Its pixels (carrying its prompts).
-        """
-        self.pending.append((task, chip))
-        if len(self.pending) >= self.batch:
-            self.flush()
+            tasks: The chip tasks to compute.
+            desc: The progress bar's label.
 
-    def flush(self) -> None:
-        """Generate masks for the waiting chips (one batch) and deliver their results."""
+        Yields:
+            Each task and its result, in task order.
+        """
+        engine = self.engine
+        by_spec = {t.spec: t for t in tasks}
+        chips = iter_chips(self.sc, [t.spec for t in tasks], engine.prefetch_chips, self.read_times,
+                           engine.skip_bad_chips)
+        timed = with_estimate(chips, len(tasks), after=max(ESTIMATE_AFTER_CHIPS, engine.chips_per_batch))
+        for spec, chip in _progress(timed, len(tasks), engine.progress and bool(tasks), desc):
+            task = by_spec[spec]
+            outcome = _triage(task, chip, self.before)
+            if not isinstance(outcome, Chip):
+                yield task, outcome
+                continue
+            self.pending.append((task, outcome))
+            if len(self.pending) >= self.batch:
+                yield from self._generate()
+        yield from self._generate()
+
+    def _generate(self) -> Iterator[tuple[ChipTask, ChipResult]]:
+        """Generate masks for the waiting chips (one batch): their results."""
         if not self.pending:
             return
+        pending, self.pending = self.pending, []
         t0 = time.perf_counter()
-        chips = [c for _, c in self.pending]
+        chips = [c for _, c in pending]
         outs = self.generator.generate_batch(chips) if len(chips) > 1 else [self.generator.generate(chips[0])]
         self.stats.add_time("generate", time.perf_counter() - t0)
-        for (task, chip), masks in zip(self.pending, outs):
+        for (task, chip), masks in zip(pending, outs):
             masks = clean_masks(masks, chip.valid)
-            self.deliver(task, ChipResult.from_masks(task.spec.chip_id, task.spec.window, masks))
-        self.pending.clear()
+            yield task, ChipResult.from_masks(task.spec.chip_id, task.spec.window, masks)
 
     def close(self, read_times: dict[str, float]) -> None:
         """Assemble what is left and file the stage timings into ``stats``.
@@ -289,7 +305,7 @@ def run(
         stats: The counts to add to (default: new ones).
         desc: The progress bar's label.
         journal: Results it holds are replayed (not generated again); every new result is committed to it
-            before it is assembled.
+            before it is assembled (`geosam.run.tasks.run_tasks`, the loop monitoring runs through too).
         execute: Runs the remaining tasks elsewhere (e.g. `geosam.run.dask`) instead of in this process;
             results arrive in any order.
         sink: Receives the records as objects finish (e.g. a table's ``add``, so they need not stay in
@@ -300,53 +316,17 @@ def run(
     """
     stats = stats or RunStats()
     stats.chips_total += len(tasks)
-    loop = _RunLoop(sc, generator, assembler, engine, hooks, stats, journal, sink)
-    if journal is not None:
-        tasks = replay(journal, tasks, loop.deliver, stats)
+    loop = _RunLoop(sc, generator, assembler, engine, hooks, stats, sink, before)
     if execute is not None:
-        for task, result in _progress(with_estimate(execute(tasks), len(tasks)), len(tasks), engine.progress, desc):
-            loop.deliver(task, result)
-        tasks = []
-    by_spec = {t.spec: t for t in tasks}
-    read_times: dict[str, float] = {}
-    chips = iter_chips(sc, [t.spec for t in tasks], engine.prefetch_chips, read_times, engine.skip_bad_chips)
-    timed = with_estimate(chips, len(tasks), after=max(ESTIMATE_AFTER_CHIPS, engine.chips_per_batch))  # whole batches
-    for spec, chip in _progress(timed, len(tasks), engine.progress and bool(tasks), desc):
-        task = by_spec[spec]
-        outcome = _triage(task, chip, before)
-        if isinstance(outcome, Chip):
-            loop.queue(task, outcome)
-        else:
-            loop.deliver(task, outcome)
-    loop.flush()
-    loop.close(read_times)
+        def compute(todo: Sequence[ChipTask]) -> Iterable[tuple[ChipTask, ChipResult]]:
+            return _progress(with_estimate(execute(todo), len(todo)), len(todo), engine.progress, desc)
+    else:
+        def compute(todo: Sequence[ChipTask]) -> Iterable[tuple[ChipTask, ChipResult]]:
+            return loop.compute(todo, desc)
+    counts = run_tasks(tasks, compute, loop.deliver, journal=journal, unit="chips")
+    stats.chips_replayed += counts.replayed
+    loop.close(loop.read_times)
     return loop.records, stats
 
 
-def replay(journal: ChipJournal, tasks: Sequence[ChipTask], deliver: Callable[[ChipTask, ChipResult, bool], None],
-           stats: RunStats) -> list[ChipTask]:
-    """Deliver the journal's results of ``tasks``.
-
-    Args:
-        journal: The run's journal.
-        tasks: The chip plan.
-        deliver: Called with (task, result, True) for each replayed result.
-        stats: Counts ``chips_replayed``.
-
-    Returns:
-        The tasks the journal has no result for.
-    """
-    todo: list[ChipTask] = []
-    for task in tasks:
-        result = journal.get(task)
-        if result is None:
-            todo.append(task)
-            continue
-        stats.chips_replayed += 1
-        deliver(task, result, True)
-    if stats.chips_replayed:
-        log.info("journal: %d of %d chips replayed, %d to run", stats.chips_replayed, len(tasks), len(todo))
-    return todo
-
-
-__all__ = ["ChipJournal", "ChipStep", "ChipTask", "Executor", "RunStats", "clean_masks", "replay", "run"]
+__all__ = ["ChipJournal", "ChipStep", "ChipTask", "Executor", "RunStats", "clean_masks", "run"]

@@ -1,13 +1,14 @@
 """Tasks with any payload through the run machinery: journal replay, in-process or Dask execution, a sink.
 
-`geosam.run.loop.run` drives chip tasks whose result is a `geosam.assemble.result.ChipResult` (masks for
-an assembler). Work whose result is something else -- monitoring's per-object statistics of one chip of one
-date (`geosam.monitor.chips`) -- runs here on the same pieces: the journal (`geosam.run.journal.Journal`,
-its file format and identity check, through ``get_key`` / ``put_key``), the Dask client helpers
-(`geosam.run.cluster.connect`) and the batching of `geosam.run.dask.batches`. A task is any small picklable
-value; ``key(task)`` names it in the journal; ``work(job, tasks)`` computes the payloads of a batch (on the
-client, or on a Dask worker, where ``job`` is scattered once); every payload is committed to the journal
-before the ``sink`` gets it, so a killed run resumes where it stopped.
+`run_tasks` is the one run loop's skeleton -- replay from the journal, execute (in this process or on
+Dask), commit, deliver -- for every kind of task: the modes' chip tasks (`geosam.run.loop.run`, whose
+payload is a `geosam.assemble.result.ChipResult` for an assembler, computed by its chip reader and mask
+generator) and monitoring's (`geosam.monitor.measure`, per-object statistics of one chip of one date). A
+task is any small picklable value; the journal (`geosam.run.journal.Journal`: one file format and identity
+check) holds its payload under its key (`Keyed`); an executor computes tasks: `in_process` or
+`geosam.run.dask.dask_task_executor` (``work(job, tasks)`` computes the payloads of a batch, on the client or on a Dask
+worker, where ``job`` is scattered once) or the segmentation loop's own; every payload is committed to the
+journal before the ``sink`` gets it, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 #: computes the payloads of a batch of tasks (in task order); must be a module-level function for Dask
 Work = Callable[[Any, Sequence[Any]], list[Any]]
@@ -28,8 +31,24 @@ Work = Callable[[Any, Sequence[Any]], list[Any]]
 TaskExecutor = Callable[[Sequence[T]], Iterable[tuple[T, Any]]]
 
 
+class TaskJournal(Protocol[T_contra]):
+    """Where finished tasks' payloads are committed and replayed from.
+
+    `geosam.run.journal.Journal` is one for chip tasks (its ``get`` / ``put``); `keyed` makes one of it for
+    any task with a key.
+    """
+
+    def get(self, task: T_contra) -> Any:
+        """The committed payload of ``task``, or None."""
+        ...
+
+    def put(self, task: T_contra, payload: Any) -> None:
+        """Commit the payload of ``task``."""
+        ...
+
+
 class PayloadJournal(Protocol):
-    """Where payloads are committed and replayed from (`geosam.run.journal.Journal`)."""
+    """A journal that stores any payload under a string key (`geosam.run.journal.Journal`)."""
 
     def get_key(self, key: str) -> Any:
         """The committed payload under ``key``, or None."""
@@ -38,6 +57,22 @@ class PayloadJournal(Protocol):
     def put_key(self, key: str, payload: Any) -> None:
         """Commit ``payload`` under ``key``."""
         ...
+
+
+@dataclass(frozen=True)
+class Keyed(Generic[T]):
+    """A `TaskJournal` over a `PayloadJournal`: each task's payload under ``key(task)``."""
+
+    journal: PayloadJournal
+    key: Callable[[T], str]
+
+    def get(self, task: T) -> Any:
+        """The committed payload of ``task``, or None."""
+        return self.journal.get_key(self.key(task))
+
+    def put(self, task: T, payload: Any) -> None:
+        """Commit the payload of ``task``."""
+        self.journal.put_key(self.key(task), payload)
 
 
 @dataclass
@@ -67,86 +102,78 @@ class TaskRun(Generic[T]):
 
 
 def run_tasks(
-    tasks: Sequence[T],
-    spec: TaskRun[T],
+    tasks: Iterable[T],
+    execute: TaskExecutor[T],
     sink: Callable[[T, Any], None],
     *,
-    journal: PayloadJournal | None = None,
-    execute: TaskExecutor[T] | None = None,
+    journal: TaskJournal[T] | None = None,
     counts: TaskCounts | None = None,
+    chunk_size: int | None = None,
+    unit: str = "tasks",
 ) -> TaskCounts:
-    """Run every task: replay the journal's payloads, compute the rest, hand each payload to ``sink``.
+    """Run every task: replay the journal's payloads, compute the rest, commit each, hand each to ``sink``.
+
+    This is the one run loop's skeleton: segmentation (`geosam.run.loop.run`, chip results for an
+    assembler) and monitoring (`geosam.monitor.measure`, per-object statistics) both go through it; they
+    differ in their executor (what a task computes, in this process or on Dask) and their sink.
 
     Args:
-        tasks: The plan.
-        spec: The work, its job and the task keys.
-        sink: Gets (task, payload) for every task, in any order (replayed ones first).
-        journal: Payloads it holds are replayed, not computed; every new payload is committed before
-            ``sink`` gets it.
-        execute: Computes the remaining tasks elsewhere (e.g. `dask_task_executor`); None: in this process.
+        tasks: The plan (may be a lazy iterable with ``chunk_size``).
+        execute: Computes tasks: yields (task, payload) in any order (`in_process`, `geosam.run.dask.dask_task_executor`, or
+            the segmentation loop's chip reader and generator).
+        sink: Gets (task, payload) for every task (of a chunk: replayed ones first).
+        journal: Payloads it holds are replayed, not computed; every new payload is committed to it before
+            ``sink`` gets it, so a killed run resumes where it stopped.
         counts: The counts to add to (default: new ones).
+        chunk_size: Take the plan this many tasks at a time (replay, then compute), so a lazy plan is never
+            whole in memory; None: all at once.
+        unit: What a task is called in the log (e.g. "chips").
 
     Returns:
         The counts.
     """
     counts = counts or TaskCounts()
-    counts.total += len(tasks)
-    todo: list[T] = []
-    for task in tasks:
-        payload = journal.get_key(spec.key(task)) if journal is not None else None
-        if payload is None:
-            todo.append(task)
-            continue
-        counts.replayed += 1
-        sink(task, payload)
-    if counts.replayed:
-        log.info("journal: %d of %d tasks replayed, %d to run", counts.replayed, counts.total, len(todo))
-    done = execute(todo) if execute is not None else _in_process(todo, spec)
-    for task, payload in done:
-        if journal is not None:
-            journal.put_key(spec.key(task), payload)
-        counts.computed += 1
-        sink(task, payload)
+    it = iter(tasks)
+    while chunk := list(islice(it, chunk_size)) if chunk_size else list(it):
+        counts.total += len(chunk)
+        todo: list[T] = []
+        for task in chunk:
+            payload = journal.get(task) if journal is not None else None
+            if payload is None:
+                todo.append(task)
+                continue
+            counts.replayed += 1
+            sink(task, payload)
+        if len(todo) < len(chunk):
+            log.info("journal: %d of %d %s replayed, %d to run", len(chunk) - len(todo), len(chunk), unit, len(todo))
+        for task, payload in execute(todo):
+            if journal is not None:
+                journal.put(task, payload)
+            counts.computed += 1
+            sink(task, payload)
+        if not chunk_size:
+            break
     return counts
 
 
-def _in_process(tasks: Sequence[T], spec: TaskRun[T]) -> Iterator[tuple[T, Any]]:
-    size = max(spec.batch_size, 1)
-    for i in range(0, len(tasks), size):
-        batch = tasks[i:i + size]
-        yield from zip(batch, spec.work(spec.job, batch))
-
-
-def dask_task_executor(client: Any, spec: TaskRun[T], tasks_per_batch: int | None = None) -> TaskExecutor[T]:
-    """An executor that runs batches of tasks on ``client``'s workers (the job scattered to them once).
+def in_process(spec: TaskRun[T]) -> TaskExecutor[T]:
+    """An executor that computes tasks in this process, ``spec.batch_size`` per call of ``spec.work``.
 
     Args:
-        client: A ``distributed.Client`` (`geosam.run.cluster.connect`).
         spec: The work and its job.
-        tasks_per_batch: Tasks per Dask task (default: `geosam.run.dask.batches`' choice).
 
     Returns:
-        The executor: yields (task, payload) in the order batches finish.
+        The executor: yields (task, payload) in task order.
     """
-    from geosam.run.dask import batches
 
     def execute(tasks: Sequence[T]) -> Iterator[tuple[T, Any]]:
-        if not tasks:
-            return
-        from distributed import as_completed
-
-        n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
-        parts = batches(tasks, n_workers, tasks_per_batch)
-        job = client.scatter(spec.job, broadcast=True, hash=False)
-        futures = {client.submit(spec.work, job, b, pure=False): b for b in parts}
-        log.info("dask: %d tasks in %d batches on %d workers", len(tasks), len(parts), n_workers)
-        for fut in as_completed(futures):
-            payloads = fut.result()
-            batch = futures.pop(fut)
-            fut.release()
-            yield from zip(batch, payloads)
+        size = max(spec.batch_size, 1)
+        for i in range(0, len(tasks), size):
+            batch = tasks[i:i + size]
+            yield from zip(batch, spec.work(spec.job, batch))
 
     return execute
 
 
-__all__ = ["PayloadJournal", "TaskCounts", "TaskExecutor", "TaskRun", "Work", "dask_task_executor", "run_tasks"]
+__all__ = ["Keyed", "PayloadJournal", "TaskCounts", "TaskExecutor", "TaskJournal", "TaskRun", "Work", "in_process",
+           "run_tasks"]
