@@ -135,3 +135,28 @@ def test_cli_tracks_when_each_date_has_its_objects(tmp_path, fields):
     assert "tracks" in r.output
     w = gpd.read_parquet(out)
     assert len(w) == 30 and (w["status_2021-09-01"] == "absent").sum() == 5
+
+
+def test_outputs_are_never_inputs_and_existing_ones_need_overwrite(tmp_path, fields):
+    """An output on the objects file or a date's raster is refused before any work (Python and CLI), leaving the
+    input untouched; an existing output is replaced only with --overwrite, as every geosam command."""
+    import hashlib
+
+    from geosam.errors import ExportError
+    from geosam.monitor.series import monitor_objects
+
+    digest = hashlib.sha256(fields.read_bytes()).hexdigest()
+    base = ["monitor", str(S2), *STACK, "--objects", str(fields)]
+    for target in (["-o", str(fields)], ["--long", str(S2)]):
+        r = _run([*base, *target])  # an existing file: refused without --overwrite
+        assert r.exit_code == 1 and "--overwrite" in r.output, r.output
+        r = _run([*base, *target, "--overwrite"])  # and as an input with it
+        assert r.exit_code == 1 and Path(target[1]).name in r.output and "input" in r.output, r.output
+    with pytest.raises(ExportError, match="fields.gpkg"):
+        monitor_objects(str(S2), str(fields), stack={"2021-06-01": {"red": 1, "nir": 4}}, output=fields)
+    assert hashlib.sha256(fields.read_bytes()).hexdigest() == digest
+    out = tmp_path / "change.gpkg"
+    assert _run([*base, "-o", str(out)]).exit_code == 0
+    r = _run([*base, "-o", str(out)])
+    assert r.exit_code == 1 and "--overwrite" in r.output and "change.gpkg" in r.output
+    assert _run([*base, "-o", str(out), "--overwrite"]).exit_code == 0

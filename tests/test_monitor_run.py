@@ -213,10 +213,10 @@ def test_cli_resume_and_scheduler_checked(tmp_path):
     r = CliRunner().invoke(cli, [*args, "--resume", "--keep-journal"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "w.gpkg.geosam-journal").exists()
-    r = CliRunner().invoke(cli, [*args, "--resume"])
+    r = CliRunner().invoke(cli, [*args, "--resume", "--overwrite"])  # the output exists now
     assert r.exit_code == 0, r.output
     assert not (tmp_path / "w.gpkg.geosam-journal").exists()
-    r = CliRunner().invoke(cli, [*args, "--workers", "2"])
+    r = CliRunner().invoke(cli, [*args, "--workers", "2", "--overwrite"])
     assert r.exit_code == 1 and "n_workers needs scheduler" in r.output
 
 

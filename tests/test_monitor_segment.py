@@ -193,6 +193,9 @@ def test_cli_segment_a_date(dates, oracles, tmp_path) -> None:
     w = read_vector(out)
     assert len(w) == 4 and w["rank"].tolist() == [1, 2, 3, 4] and not oracles
     assert {"area_m2", "ndvi_mean_2024-06-01", "ndvi_delta"} <= set(w.columns)
+    oracles.append(labels[1])  # --resume: the run and its segmentation journaled, both journals gone after success
+    _cli(["monitor", *scenes, "--segment", "2024-06-01", "-o", str(tmp_path / "again.gpkg"), "--resume", "--no-progress"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.gpkg", "o.gpkg"]
 
 
 def test_cli_segment_composite_and_every(dates, oracles, tmp_path) -> None:
@@ -404,3 +407,35 @@ def test_python_segment_as_a_plain_date_and_neither_objects_nor_segment(dates, o
         monitor_objects(scenes)
     with pytest.raises(ConfigError, match="not both"):
         monitor_objects(scenes, _boxes(0), segment="every")
+
+
+@pytest.mark.slow  # a local Dask cluster (shared per session) and four monitoring runs
+def test_a_segmented_date_resumes_from_its_own_journal_and_runs_on_dask(dates, dask_client, tmp_path,
+                                                                         monkeypatch) -> None:
+    """With ``segment=``, the run's journal and scheduler reach the segmentation: the date's chips are journaled
+    beside the monitoring journal and replayed by a rerun, and Dask gives the in-process objects."""
+    from geosam.monitor.segment import SegmentObjects, segment_journal
+    from geosam.monitor.series import monitor_objects
+    from geosam.run import loop, tasks
+    from geosam.testing import OracleMaskGenerator
+
+    scenes, labels = dates
+    calls: list[tasks.TaskCounts] = []
+
+    def spy(plan, execute, sink, **kw):  # the modes' loop only (monitoring's own tasks do not pass here)
+        calls.append(tasks.run_tasks(plan, execute, sink, **kw))
+        return calls[-1]
+
+    monkeypatch.setattr(loop, "run_tasks", spy)
+    seg = SegmentObjects("2024-04-01", mask_generator=OracleMaskGenerator(labels[0]))
+    journal = tmp_path / "change.gpkg.geosam-journal"
+    first = monitor_objects(scenes, segment=seg, journal=journal)
+    assert Path(segment_journal(journal, dt.date(2024, 4, 1))).is_file()
+    again = monitor_objects(scenes, segment=seg, journal=journal)
+    (n, replayed, computed), (n2, replayed2, computed2) = ((c.total, c.replayed, c.computed) for c in calls)
+    assert (replayed, computed) == (0, n) and (n2, replayed2, computed2) == (n, n, 0)
+    np.testing.assert_array_equal(_means(again.wide), _means(first.wide))
+    on_dask = monitor_objects(scenes, segment=seg, scheduler=dask_client)
+    np.testing.assert_array_equal(_means(on_dask.wide), _means(first.wide))
+    assert on_dask.wide.geometry.area.sort_values().round(3).tolist() == \
+        first.wide.geometry.area.sort_values().round(3).tolist()

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from geosam.cli.common import handle_errors
+from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.help import GroupedCommand, option
 from geosam.cli.options import KeyValue, amg_options, bands_option, dask_options, model_options, resume_options
 from geosam.cli.stac_options import pop_stac_options, stac_args, stac_dated, stac_option_group
@@ -59,6 +59,8 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
         "polygons -> their bounding boxes) instead of segment everything; default model then litemedsam.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Wide table (one row per object): .gpkg, .geojson, .shp or .parquet.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing output files (atomically: the old file stays until the new one is complete).")
 @option("--long", "long_output", type=click.Path(dir_okay=False),
         help="Long table (one row per object and date): .csv, .parquet or .geoparquet.", group="output")
 @option("--dates", help="One date per scene, in order, e.g. 2024-04-01,2024-06-01 (default: the raster's "
@@ -106,19 +108,24 @@ def _stack(items: tuple[str, ...]) -> dict[str, str] | None:
 def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], segment: str | None, composite: str,
             prompts_file: str | None, output: str | None, long_output: str | None, dates: str | None,
             stack: tuple[str, ...], mask_values: str | None, loss: tuple[str, ...], gain: tuple[str, ...],
-            scheduler: str | None, n_workers: int | None, resume: bool, keep_journal: bool, **settings: Any) -> None:
+            scheduler: str | None, n_workers: int | None, resume: bool, keep_journal: bool, overwrite: bool,
+            **settings: Any) -> None:
     """Per-object index series across dates (SCENES: files, globs, @lists), change, flags, rank and tracking.
 
     The objects: --objects FILE, or --segment DATE|composite|every (segmented here, with the model options).
     STAC: SCENES as item JSONs or an ItemCollection, or --stac-search / --stac-items: one date per day (a day's
     items joined), clouds masked with --mask-asset scl --mask-values 3,8,9,10."""
     from geosam.errors import ConfigError
+    from geosam.monitor.segment import segment_journal
     from geosam.monitor.series import monitor_objects
     from geosam.run.journal import journal_path, remove_journal
+    from geosam.write.paths import check_outputs
 
     stac_opts = pop_stac_options(settings)
     if output is None and long_output is None:
         raise ConfigError("give -o/--output (wide table) and/or --long (long table)")
+    check_outputs({"--output": output, "--long": long_output}, overwrite=overwrite)  # existing: --overwrite
+    lock_outputs(output, long_output)  # a second run on one of them is refused
     if objects and segment is not None:
         raise ConfigError("--objects and --segment exclude each other: give the objects, or segment a date")
     if not objects and segment is None:
@@ -150,7 +157,8 @@ def monitor(scenes: tuple[str, ...], objects: tuple[str, ...], segment: str | No
                              long_output=long_output, journal=journal, scheduler=scheduler, n_workers=n_workers,
                              keep_tables=False)
     if journal is not None and not keep_journal:
-        remove_journal(journal)
+        for done in [journal, *(segment_journal(journal, d) for d in result.dates)]:
+            remove_journal(done)
     n = result.n_rows
     what = "tracks" if result.tracks is not None else "objects"
     click.echo(f"{n} {what} x {len(result.dates)} dates ({', '.join(d.isoformat() for d in result.dates)}) -> "

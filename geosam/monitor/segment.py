@@ -103,6 +103,9 @@ def segmented_objects(
     config: MonitorConfig,
     output: str | os.PathLike[str] | None,
     long_output: str | os.PathLike[str] | None,
+    journal: str | os.PathLike[str] | None = None,
+    scheduler: Any = None,
+    n_workers: int | None = None,
 ) -> Any:
     """The objects of `monitor_objects(..., segment=...)`: one GeoDataFrame, or a list with one per date (``every``).
 
@@ -117,6 +120,11 @@ def segmented_objects(
         config: the monitoring settings.
         output: the wide table's path (checked now).
         long_output: the long table's path (checked now).
+        journal: the monitoring run's journal: each segmented date then has its own beside it
+            (`segment_journal`), so a resumed run replays that date's finished chips. The composite is a new
+            temporary file each run, so its segmentation is not journaled.
+        scheduler: run the segmentation's chips on Dask (as `geosam.modes.everything.segment_scene`).
+        n_workers: worker processes of ``scheduler="local"``.
 
     Returns:
         A GeoDataFrame of the segmented objects, or a list with one per date, oldest first.
@@ -129,9 +137,10 @@ def segmented_objects(
     spec = segment if isinstance(segment, SegmentObjects) else SegmentObjects(segment)
     scene_list = date_scenes(scenes, dates, stack)
     targets = check_segment(spec, scene_list, config, output, long_output)
+    run = _RunArgs(None if journal is None else os.fspath(journal), scheduler, n_workers)
     if spec.date == COMPOSITE:
-        return _segment_composite(spec, scene_list, output if output is not None else long_output)
-    frames = [_segment_date(spec, s) for s in targets]
+        return _segment_composite(spec, scene_list, output if output is not None else long_output, run)
+    frames = [_segment_date(spec, s, run) for s in targets]
     return frames if spec.date == EVERY else frames[0]
 
 
@@ -259,18 +268,42 @@ def _generator(spec: SegmentObjects, key: Any) -> MaskGenerator | None:
     return gen
 
 
-def _segment(spec: SegmentObjects, source: Any, key: Any, read: ReadConfig) -> Any:
+@dataclasses.dataclass(frozen=True)
+class _RunArgs:
+    """How the segmentation runs: the monitoring run's journal (None: none), Dask scheduler and workers."""
+
+    journal: str | None = None
+    scheduler: Any = None
+    n_workers: int | None = None
+
+
+def segment_journal(journal: str | os.PathLike[str], date: dt.date) -> str:
+    """The journal of one date's segmentation inside a monitoring run journaled in ``journal``.
+
+    Args:
+        journal: The monitoring run's journal.
+        date: The segmented date.
+
+    Returns:
+        ``<journal>.segment-YYYY-MM-DD``.
+    """
+    return f"{os.fspath(journal)}.segment-{date.isoformat()}"
+
+
+def _segment(spec: SegmentObjects, source: Any, key: Any, read: ReadConfig, run: _RunArgs) -> Any:
     """Segment everything in ``source`` (or decode ``spec.prompts`` there) with ``read`` as the read settings."""
     cfg = dataclasses.replace(spec.settings, read=read)
+    journal = segment_journal(run.journal, key) if run.journal is not None and key != COMPOSITE else None
+    kw = {"journal": journal, "scheduler": run.scheduler, "n_workers": run.n_workers}
     if spec.prompts is not None:
         from geosam.modes.prompted import segment_prompts
 
         assert isinstance(cfg, PromptConfig)
-        return segment_prompts(source, _prompts(spec.prompts), config=cfg)
+        return segment_prompts(source, _prompts(spec.prompts), config=cfg, **kw)
     from geosam.modes.everything import segment_scene
 
     assert isinstance(cfg, SegmentConfig)
-    return segment_scene(source, _generator(spec, key), config=cfg)
+    return segment_scene(source, _generator(spec, key), config=cfg, **kw)
 
 
 def _prompts(prompts: Any) -> Any:
@@ -281,15 +314,15 @@ def _prompts(prompts: Any) -> Any:
     return prompts
 
 
-def _segment_date(spec: SegmentObjects, s: DateScene) -> Any:
+def _segment_date(spec: SegmentObjects, s: DateScene, run: _RunArgs) -> Any:
     read = dataclasses.replace(spec.settings.read, bands=_model_bands(s, spec.settings))
-    gdf = _segment(spec, s.source, s.date, read)
+    gdf = _segment(spec, s.source, s.date, read, run)
     log.info("segmented %s (%s): %d objects", s.name, s.date, len(gdf))
     return _named(gdf, f"segmentation of {s.label}")
 
 
 def _segment_composite(spec: SegmentObjects, scenes: Sequence[DateScene],
-                       output: str | os.PathLike[str] | None) -> Any:
+                       output: str | os.PathLike[str] | None, run: _RunArgs) -> Any:
     from geosam.monitor.composite import composite_path
 
     folder = Path(output).parent if output is not None else None  # beside the output: room for a scene
@@ -299,7 +332,7 @@ def _segment_composite(spec: SegmentObjects, scenes: Sequence[DateScene],
         nb = len(_model_bands(scenes[0], spec.settings))
         read = dataclasses.replace(spec.settings.read, bands=tuple(range(1, nb + 1)) if nb == 3 else (1,),
                                    fill_value=None)
-        gdf = _segment(spec, path, COMPOSITE, read)
+        gdf = _segment(spec, path, COMPOSITE, read, run)
     log.info("segmented the %s composite of %d dates: %d objects", spec.composite, len(scenes), len(gdf))
     return _named(gdf, f"segmentation of the {spec.composite} composite")
 
@@ -310,4 +343,4 @@ def _named(gdf: Any, name: str) -> Any:
     return gdf
 
 
-__all__ = ["COMPOSITE", "EVERY", "SegmentObjects", "check_segment", "segmented_objects"]
+__all__ = ["COMPOSITE", "EVERY", "SegmentObjects", "check_segment", "segment_journal", "segmented_objects"]

@@ -139,6 +139,24 @@ def _rank_columns(cfg: MonitorConfig, dates: Sequence[dt.date], attrs: Sequence[
     return cols | {f"valid_fraction_{d.isoformat()}" for d in dates} | {"object_id", "track_id"}
 
 
+def _check_output_paths(scene_list: Sequence[DateScene], objects: Any, segment: Any,
+                        output: str | os.PathLike[str] | None, long_output: str | os.PathLike[str] | None) -> None:
+    """Refuse, before any work, an output that is an input (a date's raster, an objects or prompts file), two
+    outputs on one file, a folder, or an unwritable folder (`geosam.write.paths.check_outputs`; an existing output
+    is replaced atomically here: the CLI asks for --overwrite)."""
+    from geosam.write.paths import check_outputs, local_input
+
+    inputs: dict[str, object] = {f"date {s.date} ({s.name})": local_input(s.source) for s in scene_list}
+    sets = objects if isinstance(objects, (list, tuple)) else [objects]
+    inputs.update({f"objects {k + 1}" if len(sets) > 1 else "objects": o for k, o in enumerate(sets)
+                   if isinstance(o, (str, os.PathLike))})
+    prompts = getattr(segment, "prompts", None)
+    if isinstance(prompts, (str, os.PathLike)):
+        inputs["prompts"] = prompts
+    check_outputs({"output": output, "long_output": long_output}, {k: v for k, v in inputs.items() if v},
+                  overwrite=True)
+
+
 def monitor_objects(
     scenes: Any,
     objects: Any = None,
@@ -172,7 +190,9 @@ def monitor_objects(
         long_output: write the long table here (``.csv``, ``.parquet`` or ``.geoparquet``).
         journal: a journal file (`geosam.run.journal`): each finished chip task is committed to it, and a run
             started again with it (same dates, objects and settings) replays them and computes only the rest.
-        scheduler: run the chip tasks on Dask: ``"local"`` (a local cluster of ``n_workers`` processes), a
+            With ``segment=``, each segmented date keeps its own journal beside it
+            (`geosam.monitor.segment.segment_journal`).
+        scheduler: run the chip tasks (and those of ``segment=``) on Dask: ``"local"`` (a local cluster of ``n_workers`` processes), a
             scheduler address (``"tcp://host:8786"``) or a ``distributed.Client``; None: in this process.
         n_workers: worker processes of ``scheduler="local"`` (default 2).
         keep_tables: False: the tables are written to ``output`` / ``long_output`` batch by batch and not
@@ -198,12 +218,14 @@ def monitor_objects(
         raise ConfigError(f"unknown monitor setting(s) {unknown}; known: {sorted(known)}")
     cfg = config or MonitorConfig(**settings)
     check_scheduler(scheduler, n_workers)
+    scene_list = date_scenes(scenes, dates, stack)
+    _check_output_paths(scene_list, objects, segment, output, long_output)
     if segment is not None or objects is None:  # objects made here (checks first, then the model)
         if segment is None:
             raise ConfigError("give objects (a vector file or GeoDataFrame) or segment= (a date, 'composite', 'every')")
         objects = segmented_objects(scenes, objects, segment, dates=dates, stack=stack, config=cfg,
-                                    output=output, long_output=long_output)
-    scene_list = date_scenes(scenes, dates, stack)
+                                    output=output, long_output=long_output, journal=journal, scheduler=scheduler,
+                                    n_workers=n_workers)
     tracked = isinstance(objects, (list, tuple))
     frames = ([_load_objects(o, k) for k, o in enumerate(objects)] if tracked
               else [_load_objects(objects, whole=keep_tables)])
