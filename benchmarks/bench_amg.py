@@ -291,6 +291,9 @@ def main() -> None:
     ap.add_argument("--box-nms-thresh", type=float, default=0.7)
     ap.add_argument("--dtype", default="auto", help="what geosam's headline dtype resolves from (auto, float32, ...)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--fast-paths", choices=["auto", "on", "off"], default="auto",
+                    help="geosam's fast encoder/decoder: auto = geosam's defaults (on the CPU), on = also on CUDA, "
+                    "off = the stock modules")
     ap.add_argument("--encoder-layers", type=int, default=12, help="12 = ViT-B")
     ap.add_argument("--skip-references", action="store_true", help="no pipeline / segment-anything runs")
     ap.add_argument("--single-pass", type=int, nargs="*", default=[],
@@ -446,7 +449,7 @@ def main() -> None:
             "grids": args.grids, "points_per_batch_geosam": args.points_per_batch, "points_per_batch_references": 64,
             "pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh,
             "box_nms_thresh": args.box_nms_thresh, "agreement_run_box_nms_thresh": 1.0, "dtypes": dtypes,
-            "single_pass_grids_timed_without_nms": args.single_pass,
+            "single_pass_grids_timed_without_nms": args.single_pass, "fast_paths": args.fast_paths,
             "model": f"random ViT-B SamConfig (encoder layers {args.encoder_layers}), sanity settings in bench_amg.py",
         },
         "dtype_auto": {"resolves_to": str(resolve_dtype("auto", device)).replace("torch.", ""),

@@ -50,7 +50,7 @@ def main() -> None:
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    from geosam.models import decode_points, encode, load_sam, preprocess
+    from geosam.models import decode_points, encode, load_model, preprocess
 
     torch.set_grad_enabled(False)
     if args.threads > 0:
@@ -59,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_sane_random_sam().save_pretrained(tmp)
         SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(tmp)
-        bundle = load_sam(tmp, device="cpu", dtype="float32")
+        bundle = load_model(tmp, device="cpu", dtype="float32")
     dtypes = ["float32"] + (["bfloat16"] if cpu_has_native_bf16() else [])
     bundles = {d: dataclasses.replace(bundle, dtype=getattr(torch, d)) for d in dtypes}
     stock32 = dataclasses.replace(bundle, fast_encoder=False)
