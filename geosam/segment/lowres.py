@@ -41,6 +41,11 @@ def _first_last4(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _FIRST4.to(flags.device)[code], _LAST4.to(flags.device)[code]
 
 
+def _count(flags: torch.Tensor) -> torch.Tensor:
+    """True flags per mask (N, ...) -> (N,) int64, summed in int32 (a bool sum in int64 first copies the flags)."""
+    return flags.flatten(1).sum(dim=1, dtype=torch.int32).to(torch.int64)
+
+
 def _check_low(low: torch.Tensor) -> torch.Tensor:
     if low.ndim != 3 or low.shape[1] < 2 or low.shape[2] < 2:
         raise ValueError(f"low-res logits must be (N, h, w) with h, w at least 2 x 2, got {tuple(low.shape)}")
@@ -53,11 +58,11 @@ def _cells(lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     The margin exceeds the float rounding of the interpolation weights, so an
     upsampled pixel of a cell lies in ``[cmin - margin, cmax + margin]``.
     """
-    margin = (1e-5 * (1.0 + lo.abs().flatten(1).amax(dim=1)))[:, None, None]
-    c00, c01, c10, c11 = lo[:, :-1, :-1], lo[:, :-1, 1:], lo[:, 1:, :-1], lo[:, 1:, 1:]
-    cmin = torch.minimum(torch.minimum(c00, c01), torch.minimum(c10, c11))
-    cmax = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
-    return cmin, cmax, margin
+    lo_min, lo_max = torch.aminmax(lo.flatten(1), dim=1)  # max |lo| without an abs copy
+    margin = (1e-5 * (1.0 + torch.maximum(lo_max, -lo_min)))[:, None, None]
+    # min / max of horizontal neighbours, then of vertical ones (exact: min and max do not round)
+    hmin, hmax = torch.minimum(lo[:, :, :-1], lo[:, :, 1:]), torch.maximum(lo[:, :, :-1], lo[:, :, 1:])
+    return torch.minimum(hmin[:, :-1], hmin[:, 1:]), torch.maximum(hmax[:, :-1], hmax[:, 1:]), margin
 
 
 def _border_strips(lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,8 +100,8 @@ def stability_upper_bound_x4(low: torch.Tensor, mask_threshold: float, threshold
     t_lo = float(mask_threshold) - float(threshold_offset)
     cmin, cmax, margin = _cells(lo)
     strips = _border_strips(lo)
-    high_ub = 16 * (cmax > t_hi - margin).flatten(1).sum(dim=1) + _strip_count(strips, t_hi)
-    low_lb = 16 * (cmin > t_lo + margin).flatten(1).sum(dim=1) + _strip_count(strips, t_lo)
+    high_ub = 16 * _count(cmax > t_hi - margin) + _strip_count(strips, t_hi)
+    low_lb = 16 * _count(cmin > t_lo + margin) + _strip_count(strips, t_lo)
     ratio = high_ub.to(torch.float64) / low_lb.clamp(min=1).to(torch.float64)
     bound = torch.where(low_lb > 0, ratio.clamp(max=1.0), torch.ones_like(ratio))
     return torch.where(high_ub > 0, bound, torch.zeros_like(bound))
@@ -110,8 +115,12 @@ def _outline_values(lo: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor
     # the kernel's weights for 4x: pixel k of a cell sits at (2k + 1) / 8 between two corners
     l1 = torch.tensor([0.125, 0.375, 0.625, 0.875], dtype=torch.float32, device=lo.device)
     l0 = 1.0 - l1
-    top_row = lo[ni, ri, ci, None] * l0 + lo[ni, ri, ci + 1, None] * l1  # (M, 4): columns
-    bottom_row = lo[ni, ri + 1, ci, None] * l0 + lo[ni, ri + 1, ci + 1, None] * l1
+    w = lo.shape[2]
+    flat = lo.reshape(-1)
+    at = (ni * lo.shape[1] + ri) * w + ci  # the cells' top-left corners in the flattened logits
+    corners = [flat[at + d][:, None] for d in (0, 1, w, w + 1)]
+    top_row = corners[0] * l0 + corners[1] * l1  # (M, 4): columns
+    bottom_row = corners[2] * l0 + corners[3] * l1
     vals = top_row[:, None, :] * l0[:, None] + bottom_row[:, None, :] * l1[:, None]
     return vals, ni, ri, ci
 
@@ -145,12 +154,13 @@ def upsampled_x4_stats(
     mixed = (cmax > min(t_all) - margin) & ~solid  # the rest is below every threshold
     vals, ni, ri, ci = _outline_values(lo, mixed)
     strips = _border_strips(lo)
-    n_solid = solid.flatten(1).sum(dim=1)
+    n_solid = _count(solid)
     counts = torch.zeros((n, len(thresholds)), dtype=torch.int64, device=lo.device)
     for k, t in enumerate(thresholds):
         c = n_solid * 16 + _strip_count(strips, float(t))
         if ni.numel():
-            c.index_add_(0, ni, (vals > t).flatten(1).sum(dim=1))
+            # at most 16 per cell: summed as bytes (a bool sum in int64 first copies the flags to int64)
+            c.index_add_(0, ni, (vals > t).flatten(1).view(torch.uint8).sum(dim=1, dtype=torch.uint8).to(torch.int64))
         counts[:, k] = c
     return counts, _x4_boxes(lo.shape, solid, vals > float(box_threshold), ni, ri, ci, strips, float(box_threshold))
 
