@@ -333,19 +333,25 @@ def _upscale_and_predict(
         zz = linear(yn, w2, b2, gelu=True) if exact_gelu else _activation_(dec.activation, linear(yn, w2, b2))
         return zz.view(-1, c8)
 
+    def shuffle(mb: torch.Tensor, rows: int) -> torch.Tensor:
+        """(m, rows * ww * 16, K) rows (i, j, a, b, a2, b2) -> masks (m, K, 4 rows, 4 ww) at (4i + 2a + a2, 4j + 2b + b2)."""
+        return mb.view(-1, rows, ww, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(-1, k, 4 * rows, 4 * ww)
+
     p = hh * ww
-    tile = CPU_TILE_POSITIONS if x.device.type == "cpu" else p
+    # CPU: a band of whole embedding rows at a time, so that the features stay in cache up to the output masks
+    band = max(1, CPU_TILE_POSITIONS // ww) if x.device.type == "cpu" else hh
     for s in range(0, len(todo), cs):
         idx = todo[s : s + cs]
         m = len(idx)
         sel = slice(idx[0], idx[0] + 1) if m == 1 else torch.tensor(idx, device=x.device)
-        if m == 1:  # `tile` positions at a time: the features stay in cache
-            mb = torch.empty((1, 16 * p, k), dtype=dtype, device=x.device)
-            prompt_rows = x[idx[0]].reshape(p, c)
-            for t0 in range(0, p, tile):
-                t1 = min(p, t0 + tile)
-                mb[0, 16 * t0 : 16 * t1] = bmm(features(prompt_rows[t0:t1])[None], hyper_t[sel])[0]
+        if m == 1:
+            emb = x[idx[0]]
+            for r0 in range(0, hh, band):
+                r1 = min(hh, r0 + band)
+                mb = bmm(features(emb[r0:r1].reshape((r1 - r0) * ww, c))[None], hyper_t[sel])
+                # straight into the output band, viewed as (K, i, a, a2, j, b, b2)
+                dst = out[idx[0], :, 4 * r0 : 4 * r1].view(k, r1 - r0, 2, 2, ww, 2, 2)
+                dst.copy_(mb.view(r1 - r0, ww, 2, 2, 2, 2, k).permute(6, 0, 2, 4, 1, 3, 5))
         else:
-            mb = bmm(features(x[sel].reshape(m * p, c)).view(m, -1, c8), hyper_t[sel])  # rows (i, j, a, b, a2, b2)
-        out[sel] = mb.view(m, hh, ww, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(m, k, 4 * hh, 4 * ww)
+            out[sel] = shuffle(bmm(features(x[sel].reshape(m * p, c)).view(m, -1, c8), hyper_t[sel]), hh)
     return out
