@@ -65,6 +65,15 @@ def _cells(lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.minimum(hmin[:, :-1], hmin[:, 1:]), torch.maximum(hmax[:, :-1], hmax[:, 1:]), margin
 
 
+#: Corner minimum and maximum of every 2 x 2 cell (N, h-1, w-1) and a per-mask rounding margin (N, 1, 1).
+Cells = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def cell_bounds(low: torch.Tensor) -> Cells:
+    """The `Cells` of low-res logits (N, h, w): computed once, they can be passed to both functions below."""
+    return _cells(_check_low(low))
+
+
 def _border_strips(lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The upsampled values of the 2 px border strips, exactly (1-D interpolation of the border lines).
 
@@ -84,7 +93,9 @@ def _strip_count(strips: Sequence[torch.Tensor], t: float) -> torch.Tensor:
     return 2 * sum(((s > t).sum(dim=1) for s in strips), torch.zeros((), dtype=torch.int64))
 
 
-def stability_upper_bound_x4(low: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
+def stability_upper_bound_x4(
+    low: torch.Tensor, mask_threshold: float, threshold_offset: float, cells: Cells | None = None
+) -> torch.Tensor:
     """An upper bound (float64, (N,)) on SAM's stability score of ``low`` upsampled 4x.
 
     The score is ``count(up > t + o) / count(up > t - o)``. Interior pixels of a
@@ -93,12 +104,13 @@ def stability_upper_bound_x4(low: torch.Tensor, mask_threshold: float, threshold
     ``count(up > t - o) >= 16 #{cmin > t - o + margin} + strips``, the border
     strips counted exactly. The bound is 1 where the lower count bound is 0
     and some pixel may lie above ``t + o``; 0 where none can (then the score is 0).
-    A mask whose bound is below a threshold cannot pass it.
+    A mask whose bound is below a threshold cannot pass it. ``cells``:
+    `cell_bounds` of ``low`` if already computed.
     """
     lo = _check_low(low)
     t_hi = float(mask_threshold) + float(threshold_offset)
     t_lo = float(mask_threshold) - float(threshold_offset)
-    cmin, cmax, margin = _cells(lo)
+    cmin, cmax, margin = cells if cells is not None else _cells(lo)
     strips = _border_strips(lo)
     high_ub = 16 * _count(cmax > t_hi - margin) + _strip_count(strips, t_hi)
     low_lb = 16 * _count(cmin > t_lo + margin) + _strip_count(strips, t_lo)
@@ -126,7 +138,7 @@ def _outline_values(lo: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor
 
 
 def upsampled_x4_stats(
-    low: torch.Tensor, thresholds: Sequence[float], box_threshold: float
+    low: torch.Tensor, thresholds: Sequence[float], box_threshold: float, cells: Cells | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel counts and boxes of SAM's chip-resolution masks, from the low-res logits alone.
 
@@ -144,12 +156,13 @@ def upsampled_x4_stats(
     kernel's order of operations (values equal ``up``'s up to float rounding,
     ~1 ulp, so a pixel within an ulp of a threshold may count differently; the
     tests find them equal). The 2 px border strips are the 1-D interpolation
-    of the border rows / columns.
+    of the border rows / columns. ``cells``: `cell_bounds` of ``low`` if
+    already computed.
     """
     lo = _check_low(low)
     n = lo.shape[0]
     t_all = [float(t) for t in thresholds] + [float(box_threshold)]
-    cmin, cmax, margin = _cells(lo)
+    cmin, cmax, margin = cells if cells is not None else _cells(lo)
     solid = cmin > max(t_all) + margin  # all 16 pixels above every threshold
     mixed = (cmax > min(t_all) - margin) & ~solid  # the rest is below every threshold
     vals, ni, ri, ci = _outline_values(lo, mixed)
@@ -225,4 +238,4 @@ def _x4_boxes(
     return torch.where((y1 < 0)[:, None], torch.zeros_like(boxes), boxes)
 
 
-__all__ = ["stability_upper_bound_x4", "upsampled_x4_stats"]
+__all__ = ["Cells", "cell_bounds", "stability_upper_bound_x4", "upsampled_x4_stats"]
