@@ -41,6 +41,11 @@ def _first_last4(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _FIRST4.to(flags.device)[code], _LAST4.to(flags.device)[code]
 
 
+def _any(flags: torch.Tensor, dim: int) -> torch.Tensor:
+    """``flags.any(dim)`` as the byte maximum (bool ``any`` over an inner axis is up to 4x slower)."""
+    return flags.view(torch.uint8).amax(dim=dim) > 0
+
+
 def _count(flags: torch.Tensor) -> torch.Tensor:
     """True flags per mask (N, ...) -> (N,) int64, summed in int32 (a bool sum in int64 first copies the flags)."""
     return flags.flatten(1).sum(dim=1, dtype=torch.int32).to(torch.int64)
@@ -58,8 +63,8 @@ def _cells(lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     The margin exceeds the float rounding of the interpolation weights, so an
     upsampled pixel of a cell lies in ``[cmin - margin, cmax + margin]``.
     """
-    lo_min, lo_max = torch.aminmax(lo.flatten(1), dim=1)  # max |lo| without an abs copy
-    margin = (1e-5 * (1.0 + torch.maximum(lo_max, -lo_min)))[:, None, None]
+    flat = lo.flatten(1)  # max |lo| without an abs copy (amax and amin are each ~8x faster than aminmax here)
+    margin = (1e-5 * (1.0 + torch.maximum(flat.amax(dim=1), -flat.amin(dim=1))))[:, None, None]
     # min / max of horizontal neighbours, then of vertical ones (exact: min and max do not round)
     hmin, hmax = torch.minimum(lo[:, :, :-1], lo[:, :, 1:]), torch.maximum(lo[:, :, :-1], lo[:, :, 1:])
     return torch.minimum(hmin[:, :-1], hmin[:, 1:]), torch.maximum(hmax[:, :-1], hmax[:, 1:]), margin
@@ -133,7 +138,8 @@ def _outline_values(lo: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor
     corners = [flat[at + d][:, None] for d in (0, 1, w, w + 1)]
     top_row = corners[0] * l0 + corners[1] * l1  # (M, 4): columns
     bottom_row = corners[2] * l0 + corners[3] * l1
-    vals = top_row[:, None, :] * l0[:, None] + bottom_row[:, None, :] * l1[:, None]
+    # row by row (the same products as broadcasting (M, 1, 4) by (4, 1), ~4x faster)
+    vals = torch.stack([top_row * float(l0[r]) + bottom_row * float(l1[r]) for r in range(4)], dim=1)
     return vals, ni, ri, ci
 
 
@@ -202,14 +208,14 @@ def _x4_boxes(
         return torch.where(hit, torch.minimum(lo_, first), lo_), torch.where(hit, torch.maximum(hi_, last), hi_)
 
     # solid cells: whole 4 x 4 blocks at rows 4r + 2 .. 4r + 5, columns 4c + 2 .. 4c + 5
-    r_first, r_last = _first_last(solid.any(dim=2))
-    c_first, c_last = _first_last(solid.any(dim=1))
+    r_first, r_last = _first_last(_any(solid, 2))
+    c_first, c_last = _first_last(_any(solid, 1))
     has = r_last >= 0
     y0, y1 = extend(y0, y1, 4 * r_first + 2, 4 * r_last + 5, has)
     x0, x1 = extend(x0, x1, 4 * c_first + 2, 4 * c_last + 5, has)
     if ni.numel():  # outline cells
-        fr, lr_ = _first_last4(vb.any(dim=2))
-        fc, lc = _first_last4(vb.any(dim=1))
+        fr, lr_ = _first_last4(_any(vb, 2))
+        fc, lc = _first_last4(_any(vb, 1))
         any_cell = lr_ >= 0
         m_i = ni[any_cell]
         y0.scatter_reduce_(0, m_i, (4 * ri + 2 + fr)[any_cell], reduce="amin")
