@@ -309,6 +309,8 @@ def main() -> None:
                     "given thresholds and an NMS-free pass: halves the references' time on a loaded machine")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a machine "
                     "shared with other jobs, where OpenMP barriers wait on descheduled threads")
+    ap.add_argument("--note", default="shared machine: 2 cores, other jobs running; absolute times inflated and noisy, "
+                    "ratios of the interleaved variants hold", help="what the results file says about the machine's load")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     args = ap.parse_args()
 
@@ -450,8 +452,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "platform": platform.platform(),
-        "note": "shared machine: 2 cores, other jobs running; absolute times inflated and noisy, ratios of the "
-        "interleaved variants hold",
+        "note": args.note,
         "settings": {
             "scene": "data/banepa_predict.tif", "chips": len(chips), "chip_size_px": args.chip_size,
             "grids": args.grids, "points_per_batch_geosam": args.points_per_batch, "points_per_batch_references": 64,

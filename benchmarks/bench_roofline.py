@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--prompts", type=int, default=64, help="point prompts decoded per round (a square grid)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "roofline.json"))
+    ap.add_argument("--note", default="shared machine: other jobs running; peak and stages measured side by side",
+                    help="what the results file says about the machine's load")
     ap.add_argument("--merge-into", default="")
     ap.add_argument("--from-file", default="", help="merge this earlier result file instead of measuring")
     args = ap.parse_args()
@@ -106,7 +108,7 @@ def main() -> None:
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "note": "shared machine: other jobs running; peak and stages measured side by side",
+        "note": args.note,
         "gemm_gflop_per_s_median": {k: round(v / 1e9, 1) for k, v in med.items()},
         "gemm_gflop_per_s_measurements": {k: [round(x / 1e9, 1) for x in v] for k, v in peaks.items()},
         "peak_gflop_per_s": {d: round(v / 1e9, 1) for d, v in peak.items()},
