@@ -24,7 +24,8 @@ multiplications touch the h*w positions:
   channels-last matmuls (float32 on the CPU through oneDNN,
   `geosam.models.cpu_gemm.linear`, the second GELU fused), one prompt at
   a time on the CPU, and only the requested mask tokens are multiplied out;
-  the pixel shuffle is done once on the K output masks;
+  the pixel shuffle is done once on the K output masks (on the CPU band by
+  band, straight into the output);
 * on the CPU in float32 every product with the (h*w, C) image side (scores,
   attention-weighted sums, the image -> token residual) goes through oneDNN
   (`geosam.models.cpu_gemm.bmm`: torch's float32 ``bmm`` calls MKL, at half
@@ -325,6 +326,7 @@ def _upscale_and_predict(
         out.fill_(float("-inf"))
     hyper_t = hyper.transpose(1, 2).to(dtype)  # (N, C8, K)
     cs = max(1, min(n, chunk if chunk is not None else (1 if x.device.type == "cpu" else n)))
+
     def features(emb_rows: torch.Tensor) -> torch.Tensor:
         """(R, C) embedding rows -> (16 R, C8) features, rows (position, a, b, a2, b2)."""
         y = linear(emb_rows.to(dtype), w1, b1)
