@@ -398,7 +398,8 @@ def main() -> None:
             runners["pipeline"] = pipeline_runner(pipe, args, grid, nms_timed)
             runners["sam_amg"] = sam_amg_runner(sam, args, grid, nms_timed)
         seconds, masks = interleaved(runners, chips)
-        print(f"grid {grid}:", {k: round(v, 1) for k, v in seconds.items()})
+        print(f"grid {grid}:", {k: round(v, 1) for k, v in seconds.items()},
+              {d: {k: round(v, 2) for k, v in gens[d].timings_s.items()} for d in dtypes}, flush=True)
         flops: dict[str, list[int]] = {d: [] for d in dtypes}
         all_runners = {f"geosam_{d}": counted(geosam_runner(bundles[d], args, grid, 1.0)[0], flops[d]) for d in dtypes}
         if refs and not single:
