@@ -279,8 +279,9 @@ def counted(run, sink: list):
 
 
 def agreement_parts(geo_default, ref_default, geo_all, ref_all, single: bool = False) -> dict:
-    """Agreement with the given thresholds, without NMS, and pooled (``single``: the NMS-free pass only)."""
-    parts = {"without_nms": compare(geo_all, ref_all)}
+    """Agreement with the given thresholds, without NMS, and pooled (``single``: the NMS-free pass only;
+    ``ref_all`` None: the reference was not in the NMS-free pass, see ``--nms-free-refs``)."""
+    parts = {} if ref_all is None else {"without_nms": compare(geo_all, ref_all)}
     if not single:
         parts["default_thresholds"] = compare(geo_default, ref_default)
     keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
@@ -309,6 +310,9 @@ def main() -> None:
                     "given thresholds and an NMS-free pass: halves the references' time on a loaded machine")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a machine "
                     "shared with other jobs, where OpenMP barriers wait on descheduled threads")
+    ap.add_argument("--nms-free-refs", nargs="*", default=["pipeline", "sam_amg"],
+                    help="references also run in the NMS-free agreement pass (default both; segment-anything at "
+                    "32 x 32 is the longest run of all)")
     ap.add_argument("--note", default="shared machine: 2 cores, other jobs running; absolute times inflated and noisy, "
                     "ratios of the interleaved variants hold", help="what the results file says about the machine's load")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
@@ -403,8 +407,10 @@ def main() -> None:
         flops: dict[str, list[int]] = {d: [] for d in dtypes}
         all_runners = {f"geosam_{d}": counted(geosam_runner(bundles[d], args, grid, 1.0)[0], flops[d]) for d in dtypes}
         if refs and not single:
-            all_runners["pipeline"] = pipeline_runner(pipe, args, grid, 1.0)
-            all_runners["sam_amg"] = sam_amg_runner(sam, args, grid, 1.0)
+            if "pipeline" in args.nms_free_refs:
+                all_runners["pipeline"] = pipeline_runner(pipe, args, grid, 1.0)
+            if "sam_amg" in args.nms_free_refs:
+                all_runners["sam_amg"] = sam_amg_runner(sam, args, grid, 1.0)
         _, masks_all = interleaved(all_runners, chips)
         if single:  # the timed pass was the NMS-free one
             masks_all = {**masks_all, **masks}
@@ -428,13 +434,15 @@ def main() -> None:
                 g[d]["speedup_vs_sam_amg"] = round(seconds["sam_amg"] / seconds[f"geosam_{d}"], 3)
                 for ref in ("pipeline", "sam_amg"):
                     g[d][f"agreement_vs_{ref}"] = agreement_parts(
-                        masks[f"geosam_{d}"], masks[ref], masks_all[f"geosam_{d}"], masks_all[ref], single
+                        masks[f"geosam_{d}"], masks[ref], masks_all[f"geosam_{d}"], masks_all.get(ref), single
                     )
         if refs:
-            g["sam_amg_vs_pipeline"] = agreement_parts(masks["sam_amg"], masks["pipeline"], masks_all["sam_amg"],
-                                                       masks_all["pipeline"], single)
+            both = "sam_amg" in masks_all and "pipeline" in masks_all
+            g["sam_amg_vs_pipeline"] = agreement_parts(masks["sam_amg"], masks["pipeline"], masks_all.get("sam_amg"),
+                                                       masks_all["pipeline"] if both else None, single)
             g["reference_masks"] = {r: [len(m) for m in masks[r]] for r in ("pipeline", "sam_amg")}
-            g["reference_masks_without_nms"] = {r: [len(m) for m in masks_all[r]] for r in ("pipeline", "sam_amg")}
+            g["reference_masks_without_nms"] = {r: [len(m) for m in masks_all[r]] for r in ("pipeline", "sam_amg")
+                                                if r in masks_all}
         grids[f"{grid}x{grid}"] = g
         partial = Path(args.out).with_suffix(".partial.json")  # what is known so far, should a later step fail
         partial.write_text(json.dumps({"encoder_s": enc_s, "peaks": peaks, "enc_flops": enc_flops, "grids": grids},
@@ -460,6 +468,7 @@ def main() -> None:
             "pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh,
             "box_nms_thresh": args.box_nms_thresh, "agreement_run_box_nms_thresh": 1.0, "dtypes": dtypes,
             "single_pass_grids_timed_without_nms": args.single_pass, "fast_paths": args.fast_paths,
+            "nms_free_pass_references": args.nms_free_refs,
             "model": f"random ViT-B SamConfig (encoder layers {args.encoder_layers}), sanity settings in bench_amg.py",
         },
         "dtype_auto": {"resolves_to": str(resolve_dtype("auto", device)).replace("torch.", ""),
