@@ -171,8 +171,12 @@ def _process_batch(
             passing = bound >= params.stability_score_thresh - BOUND_SLACK  # proven: the rest cannot pass
             keep[idx] = passing
             if not bool(passing.all()):
+                low = low[passing]
                 cells = (cells[0][passing], cells[1][passing], cells[2][passing])
-        logits, iou = logits[keep], iou[keep]
+            logits = low  # = logits[keep], without copying the survivors again
+        else:
+            logits = logits[keep]
+        iou = iou[keep]
     chunks = []
     stage = "filter" if frame.x4 else "upsample"
     for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
