@@ -13,7 +13,8 @@ CPU hits all of them alike and their ratios hold:
     libraries give the same embedding and masks); before timing, both models' embeddings of the first chip are
     compared here too (``sam_amg_embedding_max_rel_diff``);
 (d) ``encoder``: preprocessing + image encoder per chip, geosam's float32 and bf16 paths and the stock float32
-    forward, each with the measured matmul throughput (float32, and bf16 where native) timed beside it, and the
+    forward, each with the measured matmul throughput (float32: the better of ``torch.mm`` (MKL) and oneDNN; bf16
+    where native) timed beside it, and the
     FLOPs counted (``benchmarks/roofline.py``): ``encoder_fraction_of_peak`` per dtype = counted FLOPs of geosam's
     path / seconds / the measured matmul FLOP/s in that dtype (``..._model_flops``: the stock forward's FLOPs,
     the model's own work, instead of the FLOPs geosam's path executes).
@@ -258,6 +259,13 @@ def sam_amg_runner(sam, args, grid: int, box_nms_thresh: float):
     return run
 
 
+def gemm_peak(dtype: str) -> float:
+    """The measured GEMM FLOP/s in ``dtype``: for float32 the better of torch.mm (MKL) and oneDNN (geosam's path)."""
+    dt = getattr(torch, dtype)
+    paths = ("torch", "onednn") if dt == torch.float32 else ("torch",)
+    return max(matmul_flops_per_s(dt, path=p)["flops_per_s"] for p in paths)
+
+
 def counted(run, sink: list):
     """``run`` with the FLOPs of each call appended to ``sink`` (untimed runs only: counting costs time)."""
 
@@ -271,8 +279,9 @@ def counted(run, sink: list):
 
 
 def agreement_parts(geo_default, ref_default, geo_all, ref_all, single: bool = False) -> dict:
-    """Agreement with the given thresholds, without NMS, and pooled (``single``: the NMS-free pass only)."""
-    parts = {"without_nms": compare(geo_all, ref_all)}
+    """Agreement with the given thresholds, without NMS, and pooled (``single``: the NMS-free pass only;
+    ``ref_all`` None: the reference was not in the NMS-free pass, see ``--nms-free-refs``)."""
+    parts = {} if ref_all is None else {"without_nms": compare(geo_all, ref_all)}
     if not single:
         parts["default_thresholds"] = compare(geo_default, ref_default)
     keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
@@ -291,6 +300,9 @@ def main() -> None:
     ap.add_argument("--box-nms-thresh", type=float, default=0.7)
     ap.add_argument("--dtype", default="auto", help="what geosam's headline dtype resolves from (auto, float32, ...)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--fast-paths", choices=["auto", "on", "off"], default="auto",
+                    help="geosam's fast encoder/decoder: auto = geosam's defaults (on the CPU), on = also on CUDA, "
+                    "off = the stock modules")
     ap.add_argument("--encoder-layers", type=int, default=12, help="12 = ViT-B")
     ap.add_argument("--skip-references", action="store_true", help="no pipeline / segment-anything runs")
     ap.add_argument("--single-pass", type=int, nargs="*", default=[],
@@ -298,6 +310,11 @@ def main() -> None:
                     "given thresholds and an NMS-free pass: halves the references' time on a loaded machine")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a machine "
                     "shared with other jobs, where OpenMP barriers wait on descheduled threads")
+    ap.add_argument("--nms-free-refs", nargs="*", default=["pipeline", "sam_amg"],
+                    help="references also run in the NMS-free agreement pass (default both; segment-anything at "
+                    "32 x 32 is the longest run of all)")
+    ap.add_argument("--note", default="shared machine: 2 cores, other jobs running; absolute times inflated and noisy, "
+                    "ratios of the interleaved variants hold", help="what the results file says about the machine's load")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     args = ap.parse_args()
 
@@ -362,13 +379,13 @@ def main() -> None:
     enc_s = {name: 0.0 for name in enc_runners}
     for chip in chips:
         for d in dtypes:
-            peaks[d].append(matmul_flops_per_s(getattr(torch, d))["flops_per_s"])
+            peaks[d].append(gemm_peak(d))
         for name, run in enc_runners.items():
             t0 = time.perf_counter()
             run(chip)
             enc_s[name] += time.perf_counter() - t0
     for d in dtypes:  # and once more after them
-        peaks[d].append(matmul_flops_per_s(getattr(torch, d))["flops_per_s"])
+        peaks[d].append(gemm_peak(d))
     peak = {d: float(np.median(v)) for d, v in peaks.items()}
     print("encoders:", {k: round(v, 2) for k, v in enc_s.items()}, "matmul GFLOP/s:", {d: round(v / 1e9) for d, v in peak.items()})
 
@@ -385,12 +402,15 @@ def main() -> None:
             runners["pipeline"] = pipeline_runner(pipe, args, grid, nms_timed)
             runners["sam_amg"] = sam_amg_runner(sam, args, grid, nms_timed)
         seconds, masks = interleaved(runners, chips)
-        print(f"grid {grid}:", {k: round(v, 1) for k, v in seconds.items()})
+        print(f"grid {grid}:", {k: round(v, 1) for k, v in seconds.items()},
+              {d: {k: round(v, 2) for k, v in gens[d].timings_s.items()} for d in dtypes}, flush=True)
         flops: dict[str, list[int]] = {d: [] for d in dtypes}
         all_runners = {f"geosam_{d}": counted(geosam_runner(bundles[d], args, grid, 1.0)[0], flops[d]) for d in dtypes}
         if refs and not single:
-            all_runners["pipeline"] = pipeline_runner(pipe, args, grid, 1.0)
-            all_runners["sam_amg"] = sam_amg_runner(sam, args, grid, 1.0)
+            if "pipeline" in args.nms_free_refs:
+                all_runners["pipeline"] = pipeline_runner(pipe, args, grid, 1.0)
+            if "sam_amg" in args.nms_free_refs:
+                all_runners["sam_amg"] = sam_amg_runner(sam, args, grid, 1.0)
         _, masks_all = interleaved(all_runners, chips)
         if single:  # the timed pass was the NMS-free one
             masks_all = {**masks_all, **masks}
@@ -414,13 +434,15 @@ def main() -> None:
                 g[d]["speedup_vs_sam_amg"] = round(seconds["sam_amg"] / seconds[f"geosam_{d}"], 3)
                 for ref in ("pipeline", "sam_amg"):
                     g[d][f"agreement_vs_{ref}"] = agreement_parts(
-                        masks[f"geosam_{d}"], masks[ref], masks_all[f"geosam_{d}"], masks_all[ref], single
+                        masks[f"geosam_{d}"], masks[ref], masks_all[f"geosam_{d}"], masks_all.get(ref), single
                     )
         if refs:
-            g["sam_amg_vs_pipeline"] = agreement_parts(masks["sam_amg"], masks["pipeline"], masks_all["sam_amg"],
-                                                       masks_all["pipeline"], single)
+            both = "sam_amg" in masks_all and "pipeline" in masks_all
+            g["sam_amg_vs_pipeline"] = agreement_parts(masks["sam_amg"], masks["pipeline"], masks_all.get("sam_amg"),
+                                                       masks_all["pipeline"] if both else None, single)
             g["reference_masks"] = {r: [len(m) for m in masks[r]] for r in ("pipeline", "sam_amg")}
-            g["reference_masks_without_nms"] = {r: [len(m) for m in masks_all[r]] for r in ("pipeline", "sam_amg")}
+            g["reference_masks_without_nms"] = {r: [len(m) for m in masks_all[r]] for r in ("pipeline", "sam_amg")
+                                                if r in masks_all}
         grids[f"{grid}x{grid}"] = g
         partial = Path(args.out).with_suffix(".partial.json")  # what is known so far, should a later step fail
         partial.write_text(json.dumps({"encoder_s": enc_s, "peaks": peaks, "enc_flops": enc_flops, "grids": grids},
@@ -439,14 +461,14 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "platform": platform.platform(),
-        "note": "shared machine: 2 cores, other jobs running; absolute times inflated and noisy, ratios of the "
-        "interleaved variants hold",
+        "note": args.note,
         "settings": {
             "scene": "data/banepa_predict.tif", "chips": len(chips), "chip_size_px": args.chip_size,
             "grids": args.grids, "points_per_batch_geosam": args.points_per_batch, "points_per_batch_references": 64,
             "pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh,
             "box_nms_thresh": args.box_nms_thresh, "agreement_run_box_nms_thresh": 1.0, "dtypes": dtypes,
-            "single_pass_grids_timed_without_nms": args.single_pass,
+            "single_pass_grids_timed_without_nms": args.single_pass, "fast_paths": args.fast_paths,
+            "nms_free_pass_references": args.nms_free_refs,
             "model": f"random ViT-B SamConfig (encoder layers {args.encoder_layers}), sanity settings in bench_amg.py",
         },
         "dtype_auto": {"resolves_to": str(resolve_dtype("auto", device)).replace("torch.", ""),

@@ -10,7 +10,8 @@ of MKL and oneDNN. Fractions: counted FLOPs / seconds / peak (``*_model_flops``:
     .venv/bin/python benchmarks/bench_roofline.py [--threads 1] [--rounds 1] [--merge-into benchmarks/results/latest.json]
 
 ``--merge-into`` copies the fractions into ``bench_amg.py``'s results file (as ``encoder_fraction_of_peak`` /
-``decoder_fraction_of_peak``, the figures there measured against ``torch.mm`` kept under ``..._vs_torch_mm``) and
+``decoder_fraction_of_peak``, bench_amg's own figures (its encoders and decode stages timed within the generator
+runs) kept under ``..._in_bench_amg``) and
 this run's figures under ``roofline``. Results: ``benchmarks/results/roofline.json``.
 """
 
@@ -40,6 +41,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--prompts", type=int, default=64, help="point prompts decoded per round (a square grid)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "roofline.json"))
+    ap.add_argument("--note", default="shared machine: other jobs running; peak and stages measured side by side",
+                    help="what the results file says about the machine's load")
     ap.add_argument("--merge-into", default="")
     ap.add_argument("--from-file", default="", help="merge this earlier result file instead of measuring")
     args = ap.parse_args()
@@ -50,7 +53,7 @@ def main() -> None:
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    from geosam.models import decode_points, encode, load_sam, preprocess
+    from geosam.models import decode_points, encode, load_model, preprocess
 
     torch.set_grad_enabled(False)
     if args.threads > 0:
@@ -59,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_sane_random_sam().save_pretrained(tmp)
         SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(tmp)
-        bundle = load_sam(tmp, device="cpu", dtype="float32")
+        bundle = load_model(tmp, device="cpu", dtype="float32")
     dtypes = ["float32"] + (["bfloat16"] if cpu_has_native_bf16() else [])
     bundles = {d: dataclasses.replace(bundle, dtype=getattr(torch, d)) for d in dtypes}
     stock32 = dataclasses.replace(bundle, fast_encoder=False)
@@ -105,7 +108,7 @@ def main() -> None:
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "note": "shared machine: other jobs running; peak and stages measured side by side",
+        "note": args.note,
         "gemm_gflop_per_s_median": {k: round(v / 1e9, 1) for k, v in med.items()},
         "gemm_gflop_per_s_measurements": {k: [round(x / 1e9, 1) for x in v] for k, v in peaks.items()},
         "peak_gflop_per_s": {d: round(v / 1e9, 1) for d, v in peak.items()},
@@ -131,7 +134,7 @@ def merge(result: dict, target: Path, source: str) -> None:
     for key in ("encoder_fraction_of_peak", "decoder_fraction_of_peak", "encoder_fraction_of_peak_model_flops",
                 "encoder_stock_float32_fraction_of_peak"):
         if key in data:
-            data[f"{key}_vs_torch_mm"] = data[key]
+            data[f"{key}_in_bench_amg"] = data[key]
         data[key] = result[key]
     data["roofline"] = {**result, "source": f"benchmarks/bench_roofline.py ({source})"}
     target.write_text(json.dumps(data, indent=2) + "\n")

@@ -147,3 +147,17 @@ def test_iou_floor_skips_prompts_without_a_mask_above_it(sam_size, fast_path: bo
     assert 0 < int(above.sum()) < len(pts)
     assert torch.equal(low[above], full[above])
     assert bool(torch.isneginf(low[~above]).all())
+
+
+@pytest.mark.parametrize(("tile", "onednn"), [(100, True), (4096, True), (100, False)])
+def test_tiles_and_torch_products_match_stock(sam_size, monkeypatch, tile: int, onednn: bool) -> None:
+    """The per-position steps tile by tile (an uneven last tile) or whole, through oneDNN or torch: stock results."""
+    import geosam.models.fast_decoder as fdm
+
+    bundle, emb = sam_size
+    monkeypatch.setattr(fdm, "CPU_TILE_POSITIONS", tile)
+    if not onednn:
+        monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "0")
+    pts = torch.rand((5, 2), generator=torch.Generator().manual_seed(11)) * bundle.input_size
+    fast = gm.decode_points(dataclasses.replace(bundle, fast_decoder=True), emb, pts)
+    _close(fast, gm.decode_points(dataclasses.replace(bundle, fast_decoder=False), emb, pts))

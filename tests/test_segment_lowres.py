@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geosam.segment.lowres import stability_upper_bound_x4, upsampled_x4_stats
+from geosam.segment.lowres import cell_bounds, stability_upper_bound_x4, upsampled_x4_stats
 from geosam.segment.sam_utils import batched_mask_to_box, calculate_stability_score
 
 
@@ -89,3 +89,16 @@ def test_stability_upper_bound_is_proven(seed: int) -> None:
     # the bound does drop masks that cannot pass: a wide soft ramp
     ramp = torch.linspace(-30, 30, 40).repeat(1, 48, 1)
     assert float(stability_upper_bound_x4(ramp, 0.0, 10.0)[0]) < 0.95
+
+
+def test_shared_cell_bounds_give_the_same_results() -> None:
+    """`cell_bounds` computed once (and subset with the masks) give what each function computes on its own."""
+    low = _adversarial_logits(5)
+    cells = cell_bounds(low)
+    assert torch.equal(stability_upper_bound_x4(low, 0.0, 1.0, cells), stability_upper_bound_x4(low, 0.0, 1.0))
+    part = torch.arange(low.shape[0]) % 3 == 1
+    sub = (cells[0][part], cells[1][part], cells[2][part])
+    with_cells = upsampled_x4_stats(low[part], (1.0, -1.0, 0.0), 0.0, sub)
+    alone = upsampled_x4_stats(low[part], (1.0, -1.0, 0.0), 0.0)
+    assert torch.equal(with_cells[0], alone[0]) and torch.equal(with_cells[1], alone[1])
+    assert torch.equal(with_cells[0], _brute_stats(low[part], (1.0, -1.0, 0.0), 0.0)[0])

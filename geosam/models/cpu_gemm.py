@@ -23,7 +23,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-__all__ = ["linear", "onednn_linear_available"]
+__all__ = ["bmm", "linear", "onednn_linear_available"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,19 +46,22 @@ def onednn_linear_available() -> bool:
     return _op_works()
 
 
+def _onednn(*tensors: torch.Tensor) -> bool:
+    """Whether a product of these tensors goes through oneDNN: all float32 on the CPU, no autocast, op available."""
+    return (
+        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and not torch.is_autocast_enabled("cpu")
+        and onednn_linear_available()
+    )
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
     """``x @ weight.T + bias`` (then exact GELU if ``gelu``), x (..., K), weight (N, K): (..., N).
 
     Float32 CPU tensors go through oneDNN (`onednn_linear_available`); the
     rest through ``F.linear`` (and ``F.gelu``).
     """
-    if (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and onednn_linear_available()
-    ):
+    if _onednn(x, weight):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         if not x2.is_contiguous():
@@ -67,3 +70,47 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return out.view(*lead, weight.shape[0])
     out = F.linear(x, weight, bias)
     return F.gelu(out) if gelu else out
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` through oneDNN: a (M, K), b (K, L) (any strides; b is oneDNN's weight, transposed)."""
+    return torch.ops.mkldnn._linear_pointwise(a if a.is_contiguous() else a.contiguous(), b.t(), None, "none", [], "")
+
+
+def bmm(
+    a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``add + a @ b`` batched: a (N, M, K), b (B, K, L) with B = N, or B = 1 (one b for every batch entry).
+
+    ``add`` (optional) broadcasts to (N, M, L); ``out`` (optional, (N, M, L),
+    may be ``add`` itself for an in-place accumulation) receives the result.
+    Float32 CPU tensors go through oneDNN (`onednn_linear_available`): a
+    shared ``b`` as one product over all N * M rows, else one product per batch
+    entry, with ``add`` added while the result is written (one pass); the rest
+    through ``torch.bmm`` / ``torch.baddbmm``. Results equal torch's to float
+    rounding (the summation order differs).
+    """
+    n, m, k = a.shape
+    if b.ndim != 3 or b.shape[0] not in (1, n) or b.shape[1] != k:
+        raise ValueError(f"bmm: b must be (1 or {n}, {k}, L), got {tuple(b.shape)}")
+    shared = b.shape[0] == 1 and n > 1
+    if not _onednn(a, b, *(t for t in (add, out) if t is not None)):
+        res = (a.reshape(n * m, k) @ b[0]).view(n, m, -1) if shared else torch.bmm(a, b)
+        if add is not None:
+            res.add_(add)
+        return res if out is None else out.copy_(res)
+    if shared:
+        res = _mm(a.reshape(n * m, k), b[0]).view(n, m, -1)
+        if add is None:
+            return res if out is None else out.copy_(res)
+        return torch.add(res, add, out=out) if out is not None else res.add_(add)
+    if out is None:
+        out = torch.empty((n, m, b.shape[2]), dtype=a.dtype, device=a.device)
+    addn = None if add is None else add.expand(n, m, b.shape[2])
+    for i in range(n):
+        r = _mm(a[i], b[i])
+        if addn is None:
+            out[i].copy_(r)
+        else:
+            torch.add(r, addn[i], out=out[i])
+    return out

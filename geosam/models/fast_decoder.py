@@ -24,7 +24,15 @@ multiplications touch the h*w positions:
   channels-last matmuls (float32 on the CPU through oneDNN,
   `geosam.models.cpu_gemm.linear`, the second GELU fused), one prompt at
   a time on the CPU, and only the requested mask tokens are multiplied out;
-  the pixel shuffle is done once on the K output masks;
+  the pixel shuffle is done once on the K output masks (on the CPU band by
+  band, straight into the output);
+* on the CPU in float32 every product with the (h*w, C) image side (scores,
+  attention-weighted sums, the image -> token residual) goes through oneDNN
+  (`geosam.models.cpu_gemm.bmm`: torch's float32 ``bmm`` calls MKL, at half
+  the speed on AMD CPUs), and the per-position steps (residual + layer norm +
+  positional encoding after each image -> token attention; the upscaling) run
+  `CPU_TILE_POSITIONS` image positions at a time, so that their intermediates
+  stay in cache;
 * with ``iou_floor`` (segment-everything's ``pred_iou_thresh``), prompts none
   of whose masks has a predicted IoU above it are not upscaled at all (the
   predicted IoU needs only the transformer): their logits are ``-inf``. They
@@ -42,7 +50,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_gemm import linear
+from geosam.models.cpu_gemm import bmm, linear, onednn_linear_available
 
 __all__ = ["fast_decode", "fast_decoder_supported", "image_positional_embeddings"]
 
@@ -80,6 +88,7 @@ def fast_decoder_supported(model: Any) -> bool:
                 for conv in (dec.upscale_conv1, dec.upscale_conv2)
             )
             and getattr(dec.upscale_layer_norm, "data_format", "") == "channels_first"
+            and all(isinstance(layer.layer_norm4, torch.nn.LayerNorm) for layer in layers)
         )
     except (AttributeError, TypeError):
         return False
@@ -96,17 +105,9 @@ def _heads(attn: Any) -> tuple[int, int]:
 
 
 def _scores(rows: torch.Tensor, x_pos: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """rows (N, R, C) against image keys x_pos (B, P, C), B = N or 1 (shared): (N, R, P) (+ bias (N, R, 1))."""
-    n, r, c = rows.shape
-    if x_pos.shape[0] == 1 and n > 1:  # shared image side: one GEMM for all prompts
-        xt = x_pos[0].transpose(0, 1)
-        if bias is None:
-            return (rows.reshape(n * r, c) @ xt).view(n, r, -1)
-        return torch.addmm(bias.reshape(n * r, 1), rows.reshape(n * r, c), xt).view(n, r, -1)
-    xt = x_pos.transpose(1, 2)
-    if bias is None:
-        return torch.bmm(rows, xt)
-    return torch.baddbmm(bias, rows, xt)
+    """rows (N, R, C) against image keys x_pos (B, P, C), B = N or 1 (shared: one GEMM for all prompts):
+    (N, R, P) (+ bias (N, R, 1))."""
+    return bmm(rows, x_pos.transpose(1, 2), add=bias)
 
 
 def _token_to_image(attn: Any, q_tokens: torch.Tensor, x: torch.Tensor, x_pos: torch.Tensor) -> torch.Tensor:
@@ -126,28 +127,31 @@ def _token_to_image(attn: Any, q_tokens: torch.Tensor, x: torch.Tensor, x_pos: t
     wk = attn.k_proj.weight.view(nh, d, c)  # rows h*d..(h+1)*d belong to head h
     qk = torch.einsum("nthd,hdc->nhtc", q, wk * float(attn.scaling)).reshape(n, nh * t, c)
     probs = torch.softmax(_scores(qk, x_pos), dim=-1, dtype=torch.float32).to(qk.dtype)  # (N, h*T, P)
-    if x.shape[0] == 1 and n > 1:
-        ax = (probs.reshape(n * nh * t, -1) @ x[0]).view(n, nh, t, c)
-    else:
-        ax = torch.bmm(probs, x).view(n, nh, t, c)  # (N, h, T, C)
+    ax = bmm(probs, x).view(n, nh, t, c)  # (N, h, T, C)
     wv = attn.v_proj.weight.view(nh, d, c)
     out = torch.einsum("nhtc,hdc->nthd", ax, wv).reshape(n, t, nh * d) + attn.v_proj.bias
     return attn.out_proj(out)
 
 
-def _image_to_token_residual(
-    attn: Any, x: torch.Tensor, x_pos: torch.Tensor, k_tokens: torch.Tensor, v_tokens: torch.Tensor, inplace: bool = False
-) -> torch.Tensor:
-    """``x + attn(query=x_pos, key=k_tokens, value=v_tokens)`` without projecting the image positions.
+#: Image positions per tile of the per-position steps on the CPU (residual, layer norm and positional add after
+#: the image -> token attention; the output upscaling): a tile's intermediates stay in the core's cache, so each
+#: prompt's (h*w, C) image side is read and written once per step instead of once per operation.
+CPU_TILE_POSITIONS = 1024
 
-    x, x_pos: (B, P, C) image embedding and image keys (x + pos), B = N or 1
-    (shared); k_tokens, v_tokens: (N, T, C). Returns (N, P, C).
+
+def _image_to_token_parts(
+    attn: Any, x_pos: torch.Tensor, k_tokens: torch.Tensor, v_tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attn(query=x_pos, key=k_tokens, value=v_tokens)`` as ``probs^T @ vo``, without projecting the image positions.
+
+    x_pos: (B, P, C) image keys (x + pos), B = N or 1 (shared); k_tokens,
+    v_tokens: (N, T, C). Returns ``(probs (N, h*T, P), vo (N, h*T, C))``: the
+    attention output at position p is ``sum_j probs[:, j, p] vo[:, j]``.
 
     ``(W_q x_p + b_q) . k = x_p . (W_q^T k) + b_q . k`` moves the query
     projection to the tokens, and ``out_proj(concat_h A_h V_h) = sum_h A_h
     (V_h W_o,h^T) + b_o`` moves the output projection to the tokens too
     (b_o is spread over the heads' values: each head's weights sum to 1).
-    ``inplace``: ``x`` is not needed afterwards and may be overwritten.
     """
     n, t, c = k_tokens.shape
     nh, d = _heads(attn)
@@ -161,12 +165,42 @@ def _image_to_token_residual(
     v = attn.v_proj(v_tokens).view(n, t, nh, d)
     wo = attn.out_proj.weight.view(c, nh, d)  # columns h*d..(h+1)*d belong to head h
     vo = torch.einsum("nthd,chd->nhtc", v, wo) + (attn.out_proj.bias / nh)
-    vo = vo.reshape(n, nh * t, c)
-    p = probs.shape[-1]
-    if inplace and x.shape[0] == n:  # x is a dead intermediate: accumulate into it (saves a copy of N*P*C)
-        return x.baddbmm_(probs.transpose(1, 2), vo)
-    base = x if x.shape[0] == n else x.expand(n, p, c)
-    return torch.baddbmm(base, probs.transpose(1, 2), vo)
+    return probs, vo.reshape(n, nh * t, c)
+
+
+def _layer_norm(x: torch.Tensor, ln: Any) -> torch.Tensor:
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def _image_side(
+    x: torch.Tensor, probs: torch.Tensor, vo: torch.Tensor, ln: Any, pos: torch.Tensor, inplace: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image side after an image -> token attention: ``keys = ln(x + probs^T @ vo)`` and ``keys + pos``.
+
+    x: (B, P, C), B = N or 1 (shared); probs (N, R, P), vo (N, R, C) from
+    `_image_to_token_parts`; pos (1, P, C). Returns ``(keys, keys_pos)``, both
+    (N, P, C). ``inplace``: ``x`` is not needed afterwards and receives ``keys``.
+    On the CPU in float32 each prompt runs `CPU_TILE_POSITIONS` positions at a
+    time through all three steps (the same values: every step is per position).
+    """
+    n, _, p = probs.shape
+    c = vo.shape[-1]
+    own = inplace and x.shape[0] == n
+    if not (onednn_linear_available() and x.device.type == "cpu" and x.dtype == vo.dtype == torch.float32):
+        keys = _layer_norm(bmm(probs.transpose(1, 2), vo, add=x, out=x if own else None), ln)
+        return keys, keys + pos
+    keys = x if own else torch.empty((n, p, c), dtype=x.dtype, device=x.device)
+    keys_pos = torch.empty_like(keys)
+    for i in range(n):
+        xi = x[i] if x.shape[0] == n else x[0]
+        pt = probs[i].t().contiguous()  # (P, R): tiles of positions are contiguous rows
+        for s in range(0, p, CPU_TILE_POSITIONS):
+            e = min(p, s + CPU_TILE_POSITIONS)
+            y = linear(pt[s:e], vo[i].t()).add_(xi[s:e])
+            y = _layer_norm(y, ln)
+            keys[i, s:e] = y
+            torch.add(y, pos[0, s:e], out=keys_pos[i, s:e])
+    return keys, keys_pos
 
 
 def fast_decode(
@@ -218,6 +252,7 @@ def fast_decode(
     pos = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, P, C)
 
     queries = tokens
+    keys_pos = keys + pos
     for i_layer, layer in enumerate(tr.layers):
         # self attention of the tokens (cheap: run the module itself)
         if layer.skip_first_layer_pe:
@@ -227,20 +262,15 @@ def fast_decode(
             queries = queries + layer.self_attn(query=q, key=q, value=queries[None])[0][0]
         queries = layer.layer_norm1(queries)
 
-        keys_pos = keys + pos
         queries = queries + _token_to_image(layer.cross_attn_token_to_image, queries + pe_tok, keys, keys_pos)
         queries = layer.layer_norm2(queries)
 
         queries = layer.layer_norm3(queries + layer.mlp(queries))
 
         # after the first layer, keys is our own layer-norm output, dead once the residual is added
-        keys = layer.layer_norm4(
-            _image_to_token_residual(
-                layer.cross_attn_image_to_token, keys, keys_pos, queries + pe_tok, queries, inplace=i_layer > 0
-            )
-        )
+        probs, vo = _image_to_token_parts(layer.cross_attn_image_to_token, keys_pos, queries + pe_tok, queries)
+        keys, keys_pos = _image_side(keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0)
 
-    keys_pos = keys + pos
     queries = queries + _token_to_image(tr.final_attn_token_to_image, queries + pe_tok, keys, keys_pos)
     queries = tr.layer_norm_final_attn(queries)
 
@@ -296,15 +326,34 @@ def _upscale_and_predict(
         out.fill_(float("-inf"))
     hyper_t = hyper.transpose(1, 2).to(dtype)  # (N, C8, K)
     cs = max(1, min(n, chunk if chunk is not None else (1 if x.device.type == "cpu" else n)))
+
+    def features(emb_rows: torch.Tensor) -> torch.Tensor:
+        """(R, C) embedding rows -> (16 R, C8) features, rows (position, a, b, a2, b2)."""
+        y = linear(emb_rows.to(dtype), w1, b1)
+        yn = _activation_(dec.activation, F.layer_norm(y.view(-1, c4), ln.normalized_shape, ln.weight, ln.bias, ln.eps))
+        # rows (position, a, b), columns (a2, b2, o2)
+        zz = linear(yn, w2, b2, gelu=True) if exact_gelu else _activation_(dec.activation, linear(yn, w2, b2))
+        return zz.view(-1, c8)
+
+    def shuffle(mb: torch.Tensor, rows: int) -> torch.Tensor:
+        """(m, rows * ww * 16, K) rows (i, j, a, b, a2, b2) -> masks (m, K, 4 rows, 4 ww) at (4i + 2a + a2, 4j + 2b + b2)."""
+        return mb.view(-1, rows, ww, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(-1, k, 4 * rows, 4 * ww)
+
+    p = hh * ww
+    # CPU: a band of whole embedding rows at a time, so that the features stay in cache up to the output masks
+    band = max(1, CPU_TILE_POSITIONS // ww) if x.device.type == "cpu" else hh
     for s in range(0, len(todo), cs):
         idx = todo[s : s + cs]
         m = len(idx)
         sel = slice(idx[0], idx[0] + 1) if m == 1 else torch.tensor(idx, device=x.device)
-        y = linear(x[sel].reshape(m * hh * ww, c).to(dtype), w1, b1)
-        yn = F.layer_norm(y.view(-1, c4), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-        yn = _activation_(dec.activation, yn)
-        # rows (n, i, j, a, b), columns (a2, b2, o2)
-        zz = linear(yn, w2, b2, gelu=True) if exact_gelu else _activation_(dec.activation, linear(yn, w2, b2))
-        mb = torch.bmm(zz.view(m, -1, c8), hyper_t[sel])  # rows (i, j, a, b, a2, b2)
-        out[sel] = mb.view(m, hh, ww, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(m, k, 4 * hh, 4 * ww)
+        if m == 1:
+            emb = x[idx[0]]
+            for r0 in range(0, hh, band):
+                r1 = min(hh, r0 + band)
+                mb = bmm(features(emb[r0:r1].reshape((r1 - r0) * ww, c))[None], hyper_t[sel])
+                # straight into the output band, viewed as (K, i, a, a2, j, b, b2)
+                dst = out[idx[0], :, 4 * r0 : 4 * r1].view(k, r1 - r0, 2, 2, ww, 2, 2)
+                dst.copy_(mb.view(r1 - r0, ww, 2, 2, 2, 2, k).permute(6, 0, 2, 4, 1, 3, 5))
+        else:
+            out[sel] = shuffle(bmm(features(x[sel].reshape(m * p, c)).view(m, -1, c8), hyper_t[sel]), hh)
     return out

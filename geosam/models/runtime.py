@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import FAST_DECODER_CPU_CHUNK, use_fast_decoder, use_fast_encoder
+from geosam.models.cpu_memory import keep_freed_memory
 from geosam.models.embeddings import MULTI_EMBEDDING_FAMILIES, MultiEmbeddings, decoder_kwargs, encode_family
 
 # ---------------------------------------------------------------------------
@@ -124,6 +125,8 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | Mult
     `MultiEmbeddings`, sliced like a tensor.
     """
     pv = pixel_values.to(device=bundle.device, dtype=torch.float32)
+    if bundle.device.type == "cpu":
+        keep_freed_memory()
     family = bundle.capabilities.family
     if family in MULTI_EMBEDDING_FAMILIES:
         with torch.inference_mode(), _autocast(bundle):
@@ -150,6 +153,8 @@ def _run_decoder(
     if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
         raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image_embeddings.shape)}")
     n = next(iter(prompts.values())).shape[1] if prompts else 0
+    if bundle.device.type == "cpu":
+        keep_freed_memory()
     if n > 0 and not isinstance(image_embeddings, MultiEmbeddings) and use_fast_decoder(bundle):
         from geosam.models.fast_decoder import fast_decode, image_positional_embeddings
 

@@ -24,7 +24,7 @@ import torch
 
 from geosam.models import SamBundle, decode_points, to_model_frame, upsample_logits
 from geosam.models.embeddings import MultiEmbeddings
-from geosam.segment.lowres import stability_upper_bound_x4, upsampled_x4_stats
+from geosam.segment.lowres import Cells, cell_bounds, stability_upper_bound_x4, upsampled_x4_stats
 from geosam.segment.sam_utils import (
     MaskData,
     batched_mask_to_box,
@@ -160,18 +160,30 @@ def _process_batch(
     Returns the survivors on the CPU: with bool masks (crop frame), or with
     their low-res logits when ``frame.lazy`` (upsampled after NMS).
     """
+    cells: Cells | None = None  # the survivors' low-res cell bounds, shared by the bound and the exact statistics
     with timer("filter"):
         keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
         if frame.x4 and params.stability_score_thresh > 0.0 and bool(keep.any()):
             idx = keep.nonzero()[:, 0]
-            bound = stability_upper_bound_x4(logits[idx], params.mask_threshold, params.stability_score_offset)
-            keep[idx] = bound >= params.stability_score_thresh - BOUND_SLACK  # proven: the rest cannot pass
-        logits, iou = logits[keep], iou[keep]
+            low = logits[idx]
+            cells = cell_bounds(low)
+            bound = stability_upper_bound_x4(low, params.mask_threshold, params.stability_score_offset, cells)
+            passing = bound >= params.stability_score_thresh - BOUND_SLACK  # proven: the rest cannot pass
+            keep[idx] = passing
+            if not bool(passing.all()):
+                low = low[passing]
+                cells = (cells[0][passing], cells[1][passing], cells[2][passing])
+            logits = low  # = logits[keep], without copying the survivors again
+        else:
+            logits = logits[keep]
+        iou = iou[keep]
     chunks = []
     stage = "filter" if frame.x4 else "upsample"
     for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
+        part = slice(c, c + UPSAMPLE_CHUNK)
         with timer(stage):
-            chunks.append(_score_chunk(bundle, params, frame, logits[c : c + UPSAMPLE_CHUNK], iou[c : c + UPSAMPLE_CHUNK]))
+            chunks.append(_score_chunk(bundle, params, frame, logits[part], iou[part],
+                                       None if cells is None else (cells[0][part], cells[1][part], cells[2][part])))
     if not chunks:
         empty = MaskData(torch.zeros(0), torch.zeros(0), torch.zeros((0, 4), dtype=torch.int64))
         if frame.lazy:
@@ -180,19 +192,25 @@ def _process_batch(
     return MaskData.cat(chunks)
 
 
-def _score_chunk(bundle: SamBundle, params: FilterParams, frame: CropFrame, low: torch.Tensor, iou: torch.Tensor) -> MaskData:
-    """Stability scores and boxes of a few masks at crop resolution; keep stability ``>=`` threshold and non-empty."""
+def _score_chunk(
+    bundle: SamBundle, params: FilterParams, frame: CropFrame, low: torch.Tensor, iou: torch.Tensor,
+    cells: Cells | None = None,
+) -> MaskData:
+    """Stability scores and boxes of a few masks at crop resolution; keep stability ``>=`` threshold and non-empty.
+
+    ``cells``: the `geosam.segment.lowres.cell_bounds` of ``low`` where already computed.
+    """
     t, off = params.mask_threshold, params.stability_score_offset
     masks = None
     if frame.lazy:  # chip-resolution counts and boxes without upsampling
-        counts, boxes = upsampled_x4_stats(low, (t + off, t - off, t), t)
+        counts, boxes = upsampled_x4_stats(low, (t + off, t - off, t), t, cells)
         high, loose, inside = counts.unbind(1)
         stab = stability_from_counts(high, loose)
         nonempty = inside > 0
     else:
         if frame.x4:  # the score is SAM's on the whole upsampled logits: exact from the low-res ones, so only
             # masks that pass are upsampled (for the cut to valid pixels and their boxes)
-            counts, _ = upsampled_x4_stats(low, (t + off, t - off), t)
+            counts, _ = upsampled_x4_stats(low, (t + off, t - off), t, cells)
             stab = stability_from_counts(counts[:, 0], counts[:, 1])
             if params.stability_score_thresh > 0.0:
                 passing = stab >= params.stability_score_thresh
