@@ -194,13 +194,23 @@ def _stac_dates(scenes: Any) -> list[DateScene]:
     return [DateScene(d.date, d.scene, None, None, d.scene.label, "STAC") for d in dated]
 
 
+def _already_dated(scenes: Any, dates: Sequence[Any] | None, stack: Mapping[Any, Any] | None) -> bool:
+    """Whether ``scenes`` are `DateScene` values this module made (then ``dates`` and ``stack`` must be unset)."""
+    if not (isinstance(scenes, (list, tuple)) and scenes and all(isinstance(s, DateScene) for s in scenes)):
+        return False
+    if stack is not None or dates is not None:
+        raise ConfigError("date scenes bring their dates: leave dates and stack unset")
+    return True
+
+
 def date_scenes(scenes: Any, dates: Sequence[Any] | None = None, stack: Mapping[Any, Any] | None = None
                 ) -> list[DateScene]:
     """The run's dates, sorted by date.
 
     Args:
         scenes: paths / globs / ``@list`` files, one path, a DataArray with a ``time`` dimension, or STAC
-            dated scenes / scenes / item and ItemCollection files (see the module docstring).
+            dated scenes / scenes / item and ItemCollection files (see the module docstring); or `DateScene`
+            values already made by this function (returned as they are).
         dates: one date per file, in the order the files are listed (overrides tags and names).
         stack: for one multi-date file: {date: that date's band roles}, e.g. ``{'2021-06-01': 'red=1,nir=4'}``.
 
@@ -212,6 +222,8 @@ def date_scenes(scenes: Any, dates: Sequence[Any] | None = None, stack: Mapping[
     """
     from geosam.read.dataarray import is_dataarray
 
+    if _already_dated(scenes, dates, stack):
+        return list(scenes)  # already checked and sorted: no file opened again
     if is_dataarray(scenes):
         if stack is not None or dates is not None:
             raise ConfigError("a DataArray brings its dates in its 'time' coordinate: leave dates and stack unset")

@@ -223,7 +223,7 @@ def monitor_objects(
     if segment is not None or objects is None:  # objects made here (checks first, then the model)
         if segment is None:
             raise ConfigError("give objects (a vector file or GeoDataFrame) or segment= (a date, 'composite', 'every')")
-        objects = segmented_objects(scenes, objects, segment, dates=dates, stack=stack, config=cfg,
+        objects = segmented_objects(scene_list, objects, segment, dates=None, stack=None, config=cfg,
                                     output=output, long_output=long_output, journal=journal, scheduler=scheduler,
                                     n_workers=n_workers)
     tracked = isinstance(objects, (list, tuple))
