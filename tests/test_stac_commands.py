@@ -9,6 +9,7 @@ import os
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 from click.testing import CliRunner
@@ -25,6 +26,16 @@ def run(*args: str):
 
 def wkbs(path) -> list[bytes]:
     return sorted(g.normalize().wkb for g in gpd.read_file(path).geometry)
+
+
+def same_objects(path, reference) -> bool:
+    """``path`` holds ``reference``'s rows: the same CRS, columns and values, and the same shapes (a GeoPackage
+    layer holds MultiPolygons where GeoJSON keeps a one-part Polygon as it is)."""
+    a, b = gpd.read_file(path), gpd.read_file(reference)
+    assert a.crs == b.crs and list(a.columns) == list(b.columns) and len(a) == len(b)
+    # the same values; GeoJSON reads small integers back as int32
+    pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"), check_dtype=False)
+    return bool(a.geometry.geom_equals(b.geometry).all())
 
 
 def test_info_of_an_item_prints_grid_bands_and_asset_sizes(stac_catalog, stac_served) -> None:
@@ -86,11 +97,18 @@ def test_prompt_on_a_search_equals_prompt_on_the_local_stacks(stac_catalog, stac
     assert "2 of 2 scenes done" in res.output
     assert sorted(p.name for p in (tmp_path / "each").iterdir()) == ["S2A_33UVP_20240503.gpkg",
                                                                      "S2A_33UVP_20240712.gpkg"]
+    # --format: the same objects, as GeoJSON
+    res = run("prompt", "--stac-search", stac_served.url, *SEARCH, "--assets", "red,green,blue", "--output-dir",
+              str(tmp_path / "json"), "--format", "geojson", *common)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "json").iterdir()) == ["S2A_33UVP_20240503.geojson",
+                                                                     "S2A_33UVP_20240712.geojson"]
     for k, (stack, item) in enumerate(zip(stac_catalog.stacks, stac_catalog.items)):
         res = run("prompt", str(stack), "--bands", "1,2,3", "-o", str(tmp_path / f"local_{k}.gpkg"), *common)
         assert res.exit_code == 0, res.output
         local = wkbs(tmp_path / f"local_{k}.gpkg")
         assert len(local) == 2 and wkbs(tmp_path / "each" / f"{item.stem}.gpkg") == local
+        assert same_objects(tmp_path / "json" / f"{item.stem}.geojson", tmp_path / "each" / f"{item.stem}.gpkg")
 
 
 def test_prompt_and_text_refuse_several_scenes_and_bad_bands_before_any_model(stac_catalog, stac_served,
@@ -112,6 +130,12 @@ def test_prompt_and_text_refuse_several_scenes_and_bad_bands_before_any_model(st
         (["text", "--stac-items", str(stac_catalog.collection), "--text", "field", "--output-dir",
           str(tmp_path / "d"), "-o", out], "not both"),
         (["prompt", item_url(stac_served, stac_catalog), "--points", "1,2"], "give -o/--output FILE"),
+        (["prompt", "--stac-items", str(stac_catalog.collection), "--points", "1,2", "--output-dir",
+          str(tmp_path / "d"), "--format", "xyz"], "--format .xyz: unknown vector format; use one of"),
+        (["text", "--stac-items", str(stac_catalog.collection), "--text", "field", "--output-dir",
+          str(tmp_path / "d"), "--format", ".kml"], "--format .kml: unknown vector format; use one of"),
+        (["text", item_url(stac_served, stac_catalog), "--text", "field", "-o", out, "--format", "geojson"],
+         "--format .geojson names the type of --output-dir files"),
     ]
     for args, message in cases:
         res = run(*args, "--model", "/nonexistent/model")  # a model would fail to load: the check comes first
@@ -133,6 +157,12 @@ def test_text_on_an_item_equals_text_on_the_local_stack(stac_catalog, stac_serve
     assert res.exit_code == 0, res.output
     local = wkbs(tmp_path / "local.gpkg")
     assert len(local) > 0 and wkbs(tmp_path / "stac.gpkg") == local
+    # --output-dir with --format: the same objects, as GeoJSON named by item id
+    res = run("text", "--stac-search", stac_served.url, *SEARCH, "--datetime", "2024-05-03", "--assets",
+              "red,green,blue", "--output-dir", str(tmp_path / "each"), "--format", ".geojson", *common)
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "each").iterdir()] == ["S2A_33UVP_20240503.geojson"]
+    assert same_objects(tmp_path / "each" / "S2A_33UVP_20240503.geojson", tmp_path / "stac.gpkg")
     with rasterio.open(tmp_path / "stac.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
         assert a.transform == b.transform
         np.testing.assert_array_equal(a.read(), b.read())

@@ -125,6 +125,34 @@ output_options = _apply([
                  help="Replace existing output files (atomically: the old file stays until the new one is complete)."),
 ])
 
+#: ``--format`` of ``segment``, ``prompt`` and ``text``: the file type of the outputs written per scene (checked by
+#: `check_output_choice`)
+format_option = click.option("--format", "fmt", default=".gpkg", show_default=True,
+                             help="File suffix of --output-dir outputs: .gpkg, .geojson, .shp or .parquet.")
+
+
+def check_output_choice(output: str | None, output_dir: str | None, fmt: str) -> str:
+    """The ``--format`` suffix (``gpkg`` -> ``.gpkg``), checked; a UsageError for ``-o`` with ``--output-dir``
+    (which one?), an unknown format, or an explicit ``--format`` that contradicts ``-o``'s extension. Reads nothing,
+    so a command calls it before any scene or model."""
+    from pathlib import Path
+
+    from geosam.write.vector import VECTOR_FORMATS
+
+    ctx = click.get_current_context()
+    if output is not None and output_dir is not None:
+        one = "one file, or --merge" if "merge" in ctx.params else "one scene"
+        raise click.UsageError(f"give -o/--output FILE ({one}) or --output-dir DIR (one file per scene), not both")
+    fmt = fmt if fmt.startswith(".") else f".{fmt}"
+    if fmt.lower() not in VECTOR_FORMATS:
+        raise click.UsageError(f"--format {fmt}: unknown vector format; use one of {', '.join(sorted(VECTOR_FORMATS))}")
+    explicit = ctx.get_parameter_source("fmt") not in (None, click.core.ParameterSource.DEFAULT)
+    if explicit and output is not None and Path(output).suffix.lower() != fmt.lower():
+        raise click.UsageError(f"--format {fmt} names the type of --output-dir files; -o {output} is written as "
+                               f"its extension says ({Path(output).suffix or 'none'}): drop --format or change -o")
+    return fmt
+
+
 #: Dask: --scheduler, --workers (as ``segment``)
 dask_options = _apply([
     click.option("--scheduler", help="Run the chips on Dask: 'local' (a local cluster of --workers processes) or a "
@@ -140,5 +168,5 @@ resume_options = _apply([
 ])
 
 
-__all__ = ["CoordinateList", "KeyValue", "NumberList", "amg_options", "bands_option", "dask_options", "model_options",
-           "output_options", "read_options", "resume_options"]
+__all__ = ["CoordinateList", "KeyValue", "NumberList", "amg_options", "bands_option", "check_output_choice",
+           "dask_options", "format_option", "model_options", "output_options", "read_options", "resume_options"]

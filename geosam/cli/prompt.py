@@ -8,7 +8,14 @@ import click
 
 from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.help import GroupedCommand
-from geosam.cli.options import CoordinateList, model_options, output_options, read_options
+from geosam.cli.options import (
+    CoordinateList,
+    check_output_choice,
+    format_option,
+    model_options,
+    output_options,
+    read_options,
+)
 from geosam.cli.outline_options import outline_options
 from geosam.cli.stac_options import each_scene, output_dir_option, pop_stac_options, scene_outputs, stac_options
 from geosam.config import PromptConfig, check_crs
@@ -21,6 +28,7 @@ _D = PromptConfig()
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
 @output_dir_option
+@format_option
 @click.option("--points", type=CoordinateList(2), default=(), help='Point prompts "x,y;x,y" (one object each), in --prompt-crs.')
 @click.option("--boxes", type=CoordinateList(4), default=(), help='Box prompts "minx,miny,maxx,maxy;..." (one object each), in --prompt-crs.')
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
@@ -49,11 +57,11 @@ _D = PromptConfig()
 @outline_options
 @stac_options
 @handle_errors
-def prompt(scene: str | None, output: str | None, output_dir: str | None, points: tuple[tuple[float, ...], ...], boxes: tuple[tuple[float, ...], ...],
-           prompts_file: str | None, prompt_crs: str | None, layer: str | None, id_column: str,
-           label_column: str | None, point_label_column: str | None, object_column: str | None,
-           scheduler: str | None, n_workers: int | None, overlay: str | None, overwrite: bool,
-           **settings: Any) -> None:
+def prompt(scene: str | None, output: str | None, output_dir: str | None, fmt: str,
+           points: tuple[tuple[float, ...], ...], boxes: tuple[tuple[float, ...], ...], prompts_file: str | None,
+           prompt_crs: str | None, layer: str | None, id_column: str, label_column: str | None,
+           point_label_column: str | None, object_column: str | None, scheduler: str | None, n_workers: int | None,
+           overlay: str | None, overwrite: bool, **settings: Any) -> None:
     """Segment the object at each point / box prompt in SCENE and write one polygon per prompt to OUTPUT.
 
     SCENE: a raster (path or GDAL URL) or a STAC item (JSON file or URL); or --stac-items / --stac-search giving
@@ -69,10 +77,11 @@ def prompt(scene: str | None, output: str | None, output_dir: str | None, points
 
     stac_opts = pop_stac_options(settings)
     cfg = PromptConfig.from_settings(**settings)  # every setting checked before any pixel or model
+    fmt = check_output_choice(output, output_dir, fmt)
     if prompt_crs is not None:
         check_crs(prompt_crs, "--prompt-crs")
     check_scheduler(scheduler, n_workers)
-    runs = scene_outputs(scene, stac_opts, output, output_dir, ["--overlay"] if overlay else [])
+    runs = scene_outputs(scene, stac_opts, output, output_dir, ["--overlay"] if overlay else [], fmt)
     lock_outputs(*(out for _, out in runs), overlay)  # a second run on one of them is refused
     for _, out in runs:
         check_output_path(out)  # before the run, so a typo loses nothing

@@ -8,7 +8,15 @@ import click
 
 from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.help import GroupedCommand
-from geosam.cli.options import KeyValue, amg_options, model_options, output_options, read_options
+from geosam.cli.options import (
+    KeyValue,
+    amg_options,
+    check_output_choice,
+    format_option,
+    model_options,
+    output_options,
+    read_options,
+)
 from geosam.cli.outline_options import outline_options
 from geosam.cli.stac_options import pop_stac_options, segment_stac, stac_options, stac_sources
 from geosam.config import DEFAULT_MODEL, SegmentConfig
@@ -26,7 +34,7 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
 @click.option("--output-dir", type=click.Path(file_okay=False),
               help="Many scenes: one output per scene in this folder (<scene stem><--format>).")
 @click.option("--merge", is_flag=True, help="Many scenes: one output (-o) with a 'scene' column.")
-@click.option("--format", "fmt", default=".gpkg", show_default=True, help="File suffix of --output-dir outputs.")
+@format_option
 @click.option("--scheduler", help="Run the chips on Dask: 'local' (a local cluster of --workers processes) or a "
               "scheduler address such as tcp://host:8786 (needs geosam-scenes[dask]).")
 @click.option("--workers", "n_workers", type=int, help="Worker processes of --scheduler local (default 2).")
@@ -132,25 +140,4 @@ def segment(scenes: tuple[str, ...], output: str | None, output_dir: str | None,
     report(summary, profile)
     if journal is not None and not keep_journal:
         remove_journal(journal)
-
-
-def check_output_choice(output: str | None, output_dir: str | None, fmt: str) -> str:
-    """The ``--format`` suffix (``gpkg`` -> ``.gpkg``), checked; a UsageError for ``-o`` with ``--output-dir``
-    (which one?) or an explicit ``--format`` that contradicts ``-o``'s extension."""
-    from pathlib import Path
-
-    from geosam.write.vector import VECTOR_FORMATS
-
-    ctx = click.get_current_context()
-    if output is not None and output_dir is not None:
-        raise click.UsageError("give -o/--output FILE (one file, or --merge) or --output-dir DIR (one file per "
-                               "scene), not both")
-    fmt = fmt if fmt.startswith(".") else f".{fmt}"
-    if fmt.lower() not in VECTOR_FORMATS:
-        raise click.UsageError(f"--format {fmt}: unknown vector format; use one of {', '.join(sorted(VECTOR_FORMATS))}")
-    explicit = ctx.get_parameter_source("fmt") not in (None, click.core.ParameterSource.DEFAULT)
-    if explicit and output is not None and Path(output).suffix.lower() != fmt.lower():
-        raise click.UsageError(f"--format {fmt} names the type of --output-dir files; -o {output} is written as "
-                               f"its extension says ({Path(output).suffix or 'none'}): drop --format or change -o")
-    return fmt
 

@@ -5,8 +5,9 @@ A SCENE that is an item's JSON (file or URL), ``--stac-search URL`` (with ``--co
 STAC, with the bands of ``--assets`` on the grid of ``--resolution``. ``geosam segment``: one scene per
 item (``--group item``) or one mosaic per day (``--group day``), each written to ``--output-dir`` as
 ``<item id or collection_date_orbit><--format>``, or ``--merge``d; one scene may use ``-o`` and the
-``--label-raster`` / ``--index-raster`` / ``--overlay`` extras. ``prompt``, ``text`` and ``info``
-take one scene (`one_scene`); ``monitor`` takes the dated, cloud-masked day mosaics (`stac_dated`).
+``--label-raster`` / ``--index-raster`` / ``--overlay`` extras. ``prompt`` and ``text`` take one scene (``-o``)
+or write one output per scene to ``--output-dir`` with the same ``--format`` (`scene_outputs`); ``info`` takes
+one scene (`one_scene`); ``monitor`` takes the dated, cloud-masked day mosaics (`stac_dated`).
 Every scene's grid and bands are checked, and every output path, before the first pixel is read.
 """
 
@@ -179,20 +180,22 @@ def _several(scenes: Sequence[Any], what: str) -> str:
 
 #: ``--output-dir`` of ``prompt`` and ``text``: one output per STAC scene
 output_dir_option = option("--output-dir", type=click.Path(file_okay=False), group="output",
-                           help="STAC options giving several scenes: one GeoPackage per scene in this folder, named "
-                           "by item id (or day with --group day).")
+                           help="STAC options giving several scenes: one file per scene in this folder, named by "
+                           "item id (or day with --group day): <label><--format>.")
 
 
 def scene_outputs(scene: str | None, opts: dict[str, Any], output: str | None, output_dir: str | None,
-                  extras: Sequence[str] = ()) -> list[tuple[Any, str]]:
+                  extras: Sequence[str] = (), fmt: str = ".gpkg") -> list[tuple[Any, str]]:
     """(scene, output path) of each run of a command that writes one output per scene (``prompt``, ``text``).
 
     Args:
         scene: SCENE: a raster, an item JSON, or None (the STAC options name the scenes).
         opts: the STAC options (`pop_stac_options`).
         output: ``-o``: the output of one scene.
-        output_dir: ``--output-dir``: one ``<label>.gpkg`` per STAC scene.
+        output_dir: ``--output-dir``: one ``<label><fmt>`` per STAC scene.
         extras: the one-scene options given (``--overlay``, ``--label-raster``), for the message.
+        fmt: ``--format``: the suffix of the ``--output-dir`` outputs, as `geosam.cli.options.check_output_choice`
+            returns it.
 
     Returns:
         One pair per scene: SCENE (a raster path) or a STAC scene, with its output.
@@ -216,7 +219,7 @@ def scene_outputs(scene: str | None, opts: dict[str, Any], output: str | None, o
         raise click.UsageError("--output-dir is for STAC options giving several scenes; give -o/--output FILE")
     if extras:
         raise click.UsageError(f"{', '.join(extras)} take one scene; give -o/--output FILE")
-    return [(sc, str(Path(output_dir) / f"{sc.label}.gpkg")) for sc in scenes]
+    return [(sc, str(Path(output_dir) / f"{sc.label}{fmt}")) for sc in scenes]
 
 
 def each_scene(runs: Sequence[tuple[Any, str]], run: Callable[[Any, str], None]) -> None:

@@ -9,7 +9,7 @@ import click
 
 from geosam.cli.common import handle_errors, lock_outputs
 from geosam.cli.help import GroupedCommand
-from geosam.cli.options import KeyValue, model_options, output_options, read_options
+from geosam.cli.options import KeyValue, check_output_choice, format_option, model_options, output_options, read_options
 from geosam.cli.outline_options import outline_options
 from geosam.cli.stac_options import each_scene, output_dir_option, pop_stac_options, scene_outputs, stac_options
 from geosam.config import SegmentConfig
@@ -24,6 +24,7 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Vector file: .gpkg, .geojson, .shp or .parquet (format by extension).")
 @output_dir_option
+@format_option
 @click.option("--text", "phrases", multiple=True,
               help="A noun phrase, e.g. building (repeatable; each phrase is the label of its objects).")
 @click.option("--exemplars", type=click.Path(dir_okay=False),
@@ -54,9 +55,9 @@ _T, _E, _O = _D.tiling, _D.engine, _D.output
 @click.option("--profile", is_flag=True, help="Print seconds per stage (backbone, text_encoder, detector, stitch, ...).")
 @stac_options
 @handle_errors
-def text(scene: str | None, output: str | None, output_dir: str | None, phrases: tuple[str, ...], exemplars: str | None, score_threshold: float | None,
-         mask_threshold: float | None, overlay: str | None, label_raster: str | None, profile: bool, overwrite: bool,
-         **settings: Any) -> None:
+def text(scene: str | None, output: str | None, output_dir: str | None, fmt: str, phrases: tuple[str, ...],
+         exemplars: str | None, score_threshold: float | None, mask_threshold: float | None, overlay: str | None,
+         label_raster: str | None, profile: bool, overwrite: bool, **settings: Any) -> None:
     """Write one polygon per object in SCENE matching a --text phrase, or like the --exemplars boxes, to OUTPUT.
 
     SCENE: a raster (path or GDAL URL) or a STAC item (JSON file or URL); or --stac-items / --stac-search giving
@@ -72,8 +73,9 @@ def text(scene: str | None, output: str | None, output_dir: str | None, phrases:
     if not phrases and not exemplars:
         raise click.UsageError("give at least one --text phrase or --exemplars FILE")
     cfg = SegmentConfig.from_settings(**settings)
+    fmt = check_output_choice(output, output_dir, fmt)
     extras = [k for k, v in (("--overlay", overlay), ("--label-raster", label_raster)) if v]
-    runs = scene_outputs(scene, stac_opts, output, output_dir, extras)
+    runs = scene_outputs(scene, stac_opts, output, output_dir, extras, fmt)
     lock_outputs(*(out for _, out in runs), overlay, label_raster)  # a second run on one of them is refused
     for _, out in runs:
         check_output_path(out)
