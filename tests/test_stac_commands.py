@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from geosam.cli.main import cli
 from tests._stac_fixtures import item_url
+from tests.data.make_stac import make_other_zone
 
 SEARCH = ["--collection", "sentinel-2-l2a", "--bbox", "13,48,14,49"]
 
@@ -142,6 +143,42 @@ def test_prompt_and_text_refuse_several_scenes_and_bad_bands_before_any_model(st
         assert res.exit_code != 0, (args, res.output)
         assert message in res.output, (args, res.output)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:'crs' was not provided:UserWarning", "ignore:.*has no CRS; assuming:UserWarning")
+def test_prompts_without_a_crs_are_refused_on_scenes_in_several_crss(stac_catalog, tmp_path) -> None:
+    """Two items in two UTM zones: prompts without a CRS (a file without one, --boxes without --prompt-crs,
+    exemplars without one) can be right in one zone only; refused before any model, naming what has no CRS and
+    each CRS with its items. With a CRS, the same prompts pass (each scene's run gets as far as its model)."""
+    from shapely.geometry import box
+
+    collection = make_other_zone(stac_catalog, tmp_path / "zones")
+    boxes = _boxes(stac_catalog.stacks[0])
+    no_crs = tmp_path / "boxes.gpkg"
+    gpd.GeoDataFrame(geometry=[box(*map(float, b.split(","))) for b in boxes.split(";")]).to_file(no_crs)
+    assert gpd.read_file(no_crs).crs is None
+    with_crs = tmp_path / "boxes_32633.gpkg"
+    gpd.read_file(no_crs).set_crs("EPSG:32633").to_file(with_crs)
+    out = tmp_path / "out"
+    common = ["--stac-items", str(collection), "--assets", "red,green,blue", "--output-dir", str(out), "--model",
+              "/nonexistent/model", "--no-progress"]
+    zones = "the scenes are in 2 CRSs (EPSG:32633: S2A_33UVP_20240503; EPSG:32634: S2A_34UCV_20240712)"
+    cases = [
+        (["prompt", "--prompts", str(no_crs)], f"the prompts file {no_crs}: no CRS, and {zones}"),
+        (["prompt", "--boxes", boxes], f"the points / boxes: no CRS, and {zones}"),
+        (["prompt", "--prompts", str(with_crs), "--points", "360500,5351000"], f"the points / boxes: no CRS, and {zones}"),
+        (["text", "--exemplars", str(no_crs)], f"the exemplars file {no_crs}: no CRS, and {zones}"),
+    ]
+    for args, message in cases:
+        res = run(*args, *common)
+        assert res.exit_code == 1, (args, res.output)
+        assert message in " ".join(res.output.split()), (args, res.output)
+    assert not out.exists()
+    for args in (["prompt", "--boxes", boxes, "--prompt-crs", "EPSG:32633"], ["prompt", "--prompts", str(with_crs)],
+                 ["text", "--exemplars", str(with_crs)]):
+        res = run(*args, *common)
+        assert res.exit_code == 1 and "no CRS" not in res.output, (args, res.output)
+        assert "S2A_34UCV_20240712: failed:" in res.output and "0 of 2 scenes done, 2 failed" in res.output
 
 
 @pytest.mark.slow  # a tiny SAM 3 on 4 chips, twice

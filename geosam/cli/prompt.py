@@ -68,7 +68,7 @@ def prompt(scene: str | None, output: str | None, output_dir: str | None, fmt: s
     one scene (-o) or several (--output-dir: the same prompts on each, one output per item or day)."""
     from geosam.modes.prompted import segment_prompts
     from geosam.plot.overlay import render_overlay
-    from geosam.prompts.gather import gather_prompts
+    from geosam.prompts.gather import check_scenes_crs, gather_prompts
     from geosam.prompts.parse import PromptColumns
     from geosam.run.cluster import check_scheduler
     from geosam.write.checks import check_output_path
@@ -92,9 +92,11 @@ def prompt(scene: str | None, output: str | None, output_dir: str | None, fmt: s
                   overwrite=overwrite)
     if not (points or boxes or prompts_file):
         raise click.UsageError("give prompts with --points, --boxes or --prompts")
-    # prompts without a CRS are in the (first) scene's; each scene's run reprojects them to its own
+    # prompts without a CRS are in the (first) scene's: refused for scenes in several CRSs; each scene's run
+    # reprojects them to its own
     prompts = gather_prompts(runs[0][0], prompts_file=prompts_file, layer=layer, points=points, boxes=boxes,
                              prompt_crs=prompt_crs)
+    check_scenes_crs(prompts.attrs["geosam_crs_from_scene"], [sc for sc, _ in runs])
     columns = PromptColumns(id=id_column, label=label_column, point_label=point_label_column, object=object_column)
 
     def run(source: Any, output: str) -> None:

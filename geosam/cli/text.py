@@ -64,6 +64,8 @@ def text(scene: str | None, output: str | None, output_dir: str | None, fmt: str
     one scene (-o) or several (--output-dir: one output per item or day)."""
     from geosam.cli.report import report, write_extras
     from geosam.modes.text import segment_text_to_file
+    from geosam.prompts.exemplars import exemplars_have_crs
+    from geosam.prompts.gather import check_scenes_crs
     from geosam.write.checks import check_output_path
     from geosam.write.paths import check_outputs
 
@@ -86,6 +88,8 @@ def text(scene: str | None, output: str | None, output_dir: str | None, fmt: str
     inputs = {"SCENE": runs[0][0], **({"--exemplars": exemplars} if exemplars else {})}
     names = {"--output": runs[0][1]} if len(runs) == 1 else {f"output of {sc.label}": out for sc, out in runs}
     check_outputs({**names, "--overlay": overlay, "--label-raster": label_raster}, inputs, overwrite=overwrite)
+    if exemplars and len(runs) > 1 and not exemplars_have_crs(exemplars):  # each scene would take it in its own CRS
+        check_scenes_crs([f"the exemplars file {exemplars}"], [sc for sc, _ in runs], remedy="a file with one")
 
     def run(source: Any, output: str) -> None:
         summary = segment_text_to_file(source, output, list(phrases), exemplars=exemplars, model=cfg.model.model,

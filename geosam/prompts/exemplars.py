@@ -59,6 +59,16 @@ def _frame(exemplars: Any) -> tuple[Any, str]:
     raise PromptError(f"exemplars must be a GeoDataFrame or a vector file path, got {type(exemplars).__name__}")
 
 
+def exemplars_have_crs(exemplars: Any) -> bool:
+    """Whether the exemplars (a GeoDataFrame or a vector file path) have a CRS of their own; without one,
+    `read_exemplars` takes each scene's (see `geosam.prompts.gather.check_scenes_crs`).
+
+    Raises:
+        PromptError: An unreadable file.
+    """
+    return _frame(exemplars)[0].crs is not None
+
+
 def read_exemplars(exemplars: Any, scene_crs: Any, transform: Any, width: int, height: int) -> list[Exemplar]:
     """Exemplar boxes in scene pixels (see the module docstring).
 
@@ -170,4 +180,4 @@ def window_boxes(exemplars: list[Exemplar], members: list[int], win: PixelWindow
     return boxes, labels
 
 
-__all__ = ["Exemplar", "exemplar_windows", "read_exemplars", "window_boxes"]
+__all__ = ["Exemplar", "exemplar_windows", "exemplars_have_crs", "read_exemplars", "window_boxes"]

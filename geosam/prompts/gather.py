@@ -39,7 +39,9 @@ def gather_prompts(
         prompt_crs: The CRS of ``points`` / ``boxes`` and of a file without one.
 
     Returns:
-        The prompts; ``attrs["geosam_source"]`` names the file (in messages about its rows).
+        The prompts; ``attrs["geosam_source"]`` names the file (in messages about its rows), and
+        ``attrs["geosam_crs_from_scene"]`` lists what took the scene's CRS for want of its own (the file, the
+        points / boxes; see `check_scenes_crs`).
 
     Raises:
         PromptError: The file cannot be read, its coordinates cannot be longitude / latitude (pass
@@ -55,6 +57,7 @@ def gather_prompts(
         scene_crs = sc.info.crs_wkt
 
     frames = []
+    assumed: list[str] = []  # what has no CRS of its own and takes the scene's
     if prompts_file:
         try:
             f = gpd.read_file(prompts_file, layer=layer)
@@ -67,12 +70,15 @@ def gather_prompts(
         elif f.crs is None:
             if prompt_crs is None:
                 warn_prompt(f"{prompts_file} has no CRS; assuming the scene's")
+                assumed.append(f"the prompts file {prompts_file}")
             f = f.set_crs(prompt_crs if prompt_crs is not None else scene_crs)
         check_coordinates(f, prompts_file)
         frames.append(f)
     items = [tuple(p) for p in points] + [tuple(b) for b in boxes]
     if items:
         frames.append(prompts_to_frame(items, prompt_crs if prompt_crs is not None else scene_crs))
+        if prompt_crs is None:
+            assumed.append("the points / boxes")
     if not frames:
         raise PromptError("no prompts given: use a prompts file, points or boxes")
     if len(frames) == 1:
@@ -82,7 +88,54 @@ def gather_prompts(
         out = gpd.GeoDataFrame(pd.concat([f.to_crs(target) for f in frames], ignore_index=True), crs=target)
     if prompts_file:
         out.attrs["geosam_source"] = str(prompts_file)  # named in messages about its rows
+    out.attrs["geosam_crs_from_scene"] = assumed
     return out
+
+
+def check_scenes_crs(without_crs: Sequence[str], scenes: Sequence[Any],
+                     remedy: str = "--prompt-crs / prompt_crs=, or a file with one") -> None:
+    """Refuse prompts without a CRS of their own for scenes in several CRSs.
+
+    Prompts without a CRS take a scene's (`gather_prompts`: the first scene's, then reprojected to each
+    other's; exemplars: each scene's own). On scenes in several CRSs (the items of one search in two UTM zones)
+    their numbers can be right in one CRS only, and would silently mean another place in the others. Prompts
+    with a CRS are reprojected to each scene's, and need no check.
+
+    Args:
+        without_crs: What has no CRS (``attrs["geosam_crs_from_scene"]`` of `gather_prompts`, or an exemplars
+            file), named in the message; nothing to check when empty.
+        scenes: The scenes the prompts are used on (raster paths, DataArrays, STAC scenes); no pixel is read.
+        remedy: How to give the prompts a CRS, in the message.
+
+    Raises:
+        PromptError: ``without_crs`` is not empty and the scenes are in more than one CRS; the message names
+            each CRS with its scenes and says to give the prompts' CRS.
+    """
+    from rasterio.crs import CRS
+
+    from geosam.geo import same_crs
+    from geosam.read.scene import Scene
+
+    if not without_crs or len(scenes) < 2:
+        return
+    groups: list[tuple[str, list[str]]] = []  # (CRS WKT, scene names), in the scenes' order
+    for scene in scenes:
+        with Scene(scene, stretch=None) as sc:
+            wkt = sc.info.crs_wkt
+        name = str(getattr(scene, "label", scene))
+        for crs, names in groups:
+            if same_crs(crs, wkt):
+                names.append(name)
+                break
+        else:
+            groups.append((wkt, [name]))
+    if len(groups) < 2:
+        return
+    listed = "; ".join(f"{CRS.from_wkt(crs).to_string()}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                       for crs, names in groups)
+    raise PromptError(f"{' and '.join(without_crs)}: no CRS, and the scenes are in {len(groups)} CRSs ({listed}): "
+                      f"coordinates without a CRS can be right in one of them only. Give their CRS ({remedy}), "
+                      "or run the scenes of each CRS apart")
 
 
 def _geojson_without_crs(path: str) -> bool:
@@ -99,4 +152,4 @@ def _geojson_without_crs(path: str) -> bool:
     return isinstance(doc, dict) and "crs" not in doc
 
 
-__all__ = ["gather_prompts"]
+__all__ = ["check_scenes_crs", "gather_prompts"]

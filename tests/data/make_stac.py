@@ -192,6 +192,44 @@ def make_catalog(root: Path, tiles: int = 1) -> StacFiles:
     return StacFiles(root=root, items=tuple(items), halves=tuple(halves), stacks=tuple(stacks), collection=collection)
 
 
+def make_other_zone(files: StacFiles, root: Path) -> Path:
+    """An ItemCollection of two items in different UTM zones, in its own folder ``root`` (created; the catalog's
+    STAC API does not see it): a copy of the first date's item (EPSG:32633) and the second date's pixels as an
+    item of the next zone, ``S2A_34UCV_20240712`` (EPSG:32634, the same eastings and northings: a place 6 degrees
+    east). Returns the collection's path (``root/collection.json``, hrefs relative to ``root``)."""
+    import shutil
+
+    import rasterio
+    from rasterio.crs import CRS
+
+    root.mkdir(parents=True, exist_ok=True)
+    first = root / files.items[0].parent.name
+    shutil.copytree(files.items[0].parent, first)
+    bands, scl, transform = {}, None, None
+    for key in (*BANDS, "scl"):
+        with rasterio.open(files.items[1].parent / f"{key}.tif") as ds:
+            data = ds.read(1)
+            if key == "red":
+                transform = ds.transform
+        if key == "scl":
+            scl = data
+        else:
+            bands[key] = data
+    assert transform is not None and scl is not None
+    h, w = bands["red"].shape
+    other = _write_item(root, "S2A_34UCV_20240712", DATES[1][0], bands, scl, transform, CRS.from_epsg(32634),
+                        (0, 0, w, h))
+    features = []
+    for item in (first / files.items[0].name, other):
+        feature = json.loads(item.read_text())
+        for a in feature["assets"].values():
+            a["href"] = f"{item.parent.name}/{a['href'][2:]}"
+        features.append(feature)
+    collection = root / "collection.json"
+    collection.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=1))
+    return collection
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
