@@ -252,6 +252,43 @@ def test_cli_bad_input_before_any_model(dates, tmp_path, model_loads) -> None:
     assert model_loads == [] and not Path(o).exists()
 
 
+@pytest.mark.filterwarnings("ignore:'crs' was not provided:UserWarning")
+def test_every_date_refuses_prompts_without_a_crs_on_dates_in_several_crss(dates, tmp_path, model_loads) -> None:
+    """--segment every segments each date with the prompts: without a CRS they would be taken in each date's
+    own CRS, so on dates in two UTM zones they are refused before any model; one date is fine (its CRS)."""
+    import rasterio
+
+    from geosam.errors import PromptError
+    from geosam.monitor.segment import SegmentObjects
+    from geosam.monitor.series import monitor_objects
+
+    scenes, _ = dates
+    zone34 = tmp_path / "zone34_2024-06-01.tif"
+    from affine import Affine
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs(CRS, "EPSG:32634", always_xy=True).transform(X0, Y0)  # the same place, zone 34
+    with rasterio.open(scenes[1]) as src:
+        prof, data = {**src.profile, "crs": "EPSG:32634", "transform": Affine(10, 0, x, 0, -10, y)}, src.read()
+    with rasterio.open(zone34, "w", **prof) as dst:
+        dst.write(data)
+        dst.descriptions = ("red", "green", "blue", "nir")
+    no_crs = tmp_path / "boxes.gpkg"
+    _boxes(0).set_crs(None, allow_override=True).to_file(no_crs)
+    o = str(tmp_path / "o.gpkg")
+    msg = _cli(["monitor", scenes[0], str(zone34), "--segment", "every", "--prompts", str(no_crs), "-o", o],
+               ok=False).output
+    assert f"the prompts file {no_crs}: no CRS, and the scenes are in 2 CRSs (EPSG:32633: {scenes[0]}; " \
+           f"EPSG:32634: {zone34})" in " ".join(msg.split())
+    with pytest.raises(PromptError, match="the prompts: no CRS, and the scenes are in 2 CRSs"):
+        monitor_objects([scenes[0], zone34], segment=SegmentObjects("every", prompts=[(X0, Y0 - 300, X0 + 300, Y0)]))
+    assert model_loads == [] and not Path(o).exists()
+    with pytest.raises(AssertionError, match="loaded"):  # one date segmented, or prompts with a CRS: on to the model
+        monitor_objects([scenes[0], zone34], segment=SegmentObjects("2024-04-01", prompts=str(no_crs)))
+    with pytest.raises(AssertionError, match="loaded"):
+        monitor_objects([scenes[0], zone34], segment=SegmentObjects("every", prompts=_boxes(0)))
+
+
 def test_cli_segment_by_box_prompts(dates, tiny_sam_dir, tmp_path) -> None:
     """--prompts: one row per box prompt at the segmented date (prompt mode, tiny SAM), the prompts' columns kept."""
     from geosam.write.vector import read_vector

@@ -55,8 +55,10 @@ class SegmentObjects:
         mask_generator: a `geosam.segment.base.MaskGenerator` used instead of SAM (e.g. an oracle); for
             ``'every'`` one per date, as a mapping ``{'2024-04-01': generator, ...}``. Not with ``prompts``.
         prompts: point / box prompts (anything `geosam.modes.prompted.segment_prompts` takes: a GeoDataFrame,
-            a list of points or boxes in the first date's CRS, or a vector file): one object per prompt, at
-            the segmented date(s) or on the composite, instead of segment everything.
+            a list of points or boxes, or a vector file): one object per prompt, at the segmented date(s) or on
+            the composite, instead of segment everything. Prompts without a CRS (a list, a frame or file without
+            one) are in the segmented date's CRS (the composite's: the first date's); with ``'every'`` on dates
+            in several CRSs they are refused (`geosam.prompts.gather.check_scenes_crs`).
         composite: the composite's per-pixel statistic over the valid dates, ``'median'`` or ``'mean'``.
         composite_chip_px: the composite is built in blocks of this many pixels a side.
     """
@@ -152,6 +154,7 @@ def check_segment(spec: SegmentObjects, scenes: Sequence[DateScene], mcfg: Monit
     Raises:
         ConfigError: a date not in the run (naming the run's dates), a bad output path or ranking column.
         BandError: a date without the model bands or the index bands (naming the date's scene).
+        PromptError: prompts without a CRS for ``'every'`` on dates in several CRSs.
     """
     from geosam.index.calculator import check_index_bands
     from geosam.monitor.table import check_long_path
@@ -160,6 +163,12 @@ def check_segment(spec: SegmentObjects, scenes: Sequence[DateScene], mcfg: Monit
     targets = _targets(spec, scenes)
     if isinstance(spec.prompts, (str, os.PathLike)) and not Path(spec.prompts).is_file():
         raise ConfigError(f"{spec.prompts}: prompts file does not exist")
+    if spec.prompts is not None and spec.date == EVERY:  # prompts without a CRS take each date's
+        from geosam.prompts.gather import check_scenes_crs
+
+        if getattr(_prompts(spec.prompts), "crs", None) is None:
+            what = f"the prompts file {spec.prompts}" if isinstance(spec.prompts, (str, os.PathLike)) else "the prompts"
+            check_scenes_crs([what], [s.source for s in targets], remedy="a GeoDataFrame or file with one")
     if output is not None:
         vector_format(Path(output))
     if long_output is not None:
