@@ -166,7 +166,8 @@ def test_prompts_without_a_crs_are_refused_on_scenes_in_several_crss(stac_catalo
     cases = [
         (["prompt", "--prompts", str(no_crs)], f"the prompts file {no_crs}: no CRS, and {zones}"),
         (["prompt", "--boxes", boxes], f"the points / boxes: no CRS, and {zones}"),
-        (["prompt", "--prompts", str(with_crs), "--points", "360500,5351000"], f"the points / boxes: no CRS, and {zones}"),
+        (["prompt", "--prompts", str(with_crs), "--points", "360500,5351000"],
+         f"the points / boxes: no CRS, and {zones}"),
         (["text", "--exemplars", str(no_crs)], f"the exemplars file {no_crs}: no CRS, and {zones}"),
     ]
     for args, message in cases:
