@@ -27,9 +27,9 @@ multiplications touch the h*w positions:
   the pixel shuffle is done once on the K output masks (on the CPU band by
   band, straight into the output);
 * on the CPU in float32 every product with the (h*w, C) image side (scores,
-  attention-weighted sums, the image -> token residual) goes through oneDNN
-  (`geosam.models.cpu_gemm.bmm`: torch's float32 ``bmm`` calls MKL, at half
-  the speed on AMD CPUs), and the per-position steps (residual + layer norm +
+  attention-weighted sums, the image -> token residual) goes through
+  `geosam.models.cpu_gemm.bmm` (oneDNN where torch's float32 ``bmm``, MKL,
+  runs at half speed: AMD CPUs with AVX-512), and the per-position steps (residual + layer norm +
   positional encoding after each image -> token attention; the upscaling) run
   `CPU_TILE_POSITIONS` image positions at a time, so that their intermediates
   stay in cache;
@@ -50,7 +50,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_gemm import bmm, linear, onednn_linear_available
+from geosam.models.cpu_gemm import bmm, linear
 
 __all__ = ["fast_decode", "fast_decoder_supported", "image_positional_embeddings"]
 
@@ -186,7 +186,7 @@ def _image_side(
     n, _, p = probs.shape
     c = vo.shape[-1]
     own = inplace and x.shape[0] == n
-    if not (onednn_linear_available() and x.device.type == "cpu" and x.dtype == vo.dtype == torch.float32):
+    if not (x.device.type == "cpu" and x.dtype == vo.dtype == torch.float32):
         keys = _layer_norm(bmm(probs.transpose(1, 2), vo, add=x, out=x if own else None), ln)
         return keys, keys + pos
     keys = x if own else torch.empty((n, p, c), dtype=x.dtype, device=x.device)

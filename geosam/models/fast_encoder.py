@@ -124,16 +124,44 @@ def _rel_terms(attn: Any, q: torch.Tensor, hh: int, ww: int) -> tuple[torch.Tens
 
 
 def _attention_f32(attn: Any, x: torch.Tensor) -> torch.Tensor:
-    """``attn(x)`` (a ``SamVisionAttention``) in float32 with explicit scores; x (B, H, W, C) -> (B, H, W, C).
+    """``attn(x)`` (a ``SamVisionAttention``) in float32 with explicit scores; x (B, H, W, C) -> (B, H, W, C)."""
+    qkv = linear(x, attn.qkv.weight, attn.qkv.bias)
+    return linear(_attend_f32(attn, qkv), attn.proj.weight, attn.proj.bias)
 
-    ``softmax(q k^T * scale + rel_h + rel_w) v`` as the stock module, the
-    relative positions added in place to each score block.
+
+def _windowed_attention_f32(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """A windowed layer's attention (partition, ``attn``, unpartition) on x (B, H, W, C) -> (B, H, W, C).
+
+    The stock layer pads the image to whole windows with zeros and projects
+    every padded token too (4900 tokens for 4096 at 64 x 64 with windows of 14).
+    A zero token's q, k, v are the qkv bias, and the output projection of a
+    padded token is cut off again, so here the qkv projection runs on the H*W
+    real tokens (the padding filled with the bias) and the output projection
+    after the unpartition: the same function with ~16 % fewer projected rows.
     """
+    attn, ws = layer.attn, int(layer.window_size)
     b, hh, ww, _ = x.shape
+    qkv = linear(x, attn.qkv.weight, attn.qkv.bias)
+    ph, pw = hh + (-hh) % ws, ww + (-ww) % ws
+    if (ph, pw) != (hh, ww):
+        padded = attn.qkv.bias.to(qkv.dtype).expand(b, ph, pw, qkv.shape[-1]).clone()
+        padded[:, :hh, :ww] = qkv
+        qkv = padded
+    windows, padding = layer.window_partition(qkv, ws)
+    out = layer.window_unpartition(_attend_f32(attn, windows), ws, padding, (hh, ww))
+    return linear(out, attn.proj.weight, attn.proj.bias)
+
+
+def _attend_f32(attn: Any, qkv: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T * scale + rel_h + rel_w) v`` of ``attn`` from its qkv projection (B, H, W, 3C): (B, H, W, C).
+
+    As the stock module (before its output projection), the relative
+    positions added in place to each score block.
+    """
+    b, hh, ww, _ = qkv.shape
     nh = int(attn.num_attention_heads)
     n_tok, bn = hh * ww, b * nh
-    qkv = linear(x, attn.qkv.weight, attn.qkv.bias).reshape(b, n_tok, 3, nh, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # (B, nh, HW, d)
+    q, k, v = qkv.reshape(b, n_tok, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, HW, d)
     d = q.shape[-1]
     qs = (q * attn.scale).reshape(bn, n_tok, d)
     keys = k.reshape(bn, n_tok, d).contiguous()
@@ -145,7 +173,7 @@ def _attention_f32(attn: Any, x: torch.Tensor) -> torch.Tensor:
         out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(bn, n_tok, d)).view(b, nh, n_tok, d).transpose(1, 2)
     else:  # global: one head and QUERY_CHUNK queries at a time, the scores in cache
         values_t = v.reshape(bn, n_tok, d).transpose(1, 2).contiguous()  # (B*nh, d, HW): a linear's weight
-        out = torch.empty((b, n_tok, nh, d), dtype=x.dtype, device=x.device)
+        out = torch.empty((b, n_tok, nh, d), dtype=qkv.dtype, device=qkv.device)
         for i in range(bn):
             bi, hi = divmod(i, nh)
             for s0 in range(0, n_tok, QUERY_CHUNK):
@@ -154,7 +182,7 @@ def _attention_f32(attn: Any, x: torch.Tensor) -> torch.Tensor:
                 if rel is not None:
                     scores.view(s1 - s0, hh, ww).add_(rel[0][i, s0:s1]).add_(rel[1][i, s0:s1])
                 out[bi, s0:s1, hi] = linear(torch.softmax(scores, dim=-1), values_t[i])
-    return linear(out.reshape(b, hh, ww, nh * d), attn.proj.weight, attn.proj.bias)
+    return out.reshape(b, hh, ww, nh * d)
 
 
 def _exact_gelu(act: Any) -> bool:
@@ -178,13 +206,7 @@ def _mlp_f32(mlp: Any, x: torch.Tensor) -> torch.Tensor:
 def _layer_f32(layer: Any, x: torch.Tensor) -> torch.Tensor:
     """``SamVisionLayer.forward`` in float32 with `_attention_f32` and `_mlp_f32`; x updated in place."""
     h = layer.layer_norm1(x)
-    if layer.window_size > 0:
-        height, width = h.shape[1], h.shape[2]
-        h, padding = layer.window_partition(h, layer.window_size)
-        h = _attention_f32(layer.attn, h)
-        h = layer.window_unpartition(h, layer.window_size, padding, (height, width))
-    else:
-        h = _attention_f32(layer.attn, h)
+    h = _windowed_attention_f32(layer, h) if layer.window_size > 0 else _attention_f32(layer.attn, h)
     x.add_(h)
     return x.add_(_mlp_f32(layer.mlp, layer.layer_norm2(x)))
 
