@@ -17,6 +17,8 @@ multiplications touch the h*w positions:
   the token values per head (``out_proj(concat_h A_h V_h) = sum_h A_h (V_h W_o,h^T)
   + b_o``), and the residual is added by the same matmul; the softmax over the
   few tokens runs along a non-last axis (much faster on the CPU);
+* the final token -> image attention runs only for the tokens read after it
+  (the IoU token and the returned mask tokens);
 * in the first layer the image side (embedding + dense prompt, positional
   encoding) is the same for every prompt when the dense embedding is shared
   (no mask input): it is used once, without ``repeat``, in single large matmuls;
@@ -271,13 +273,16 @@ def fast_decode(
         probs, vo = _image_to_token_parts(layer.cross_attn_image_to_token, keys_pos, queries + pe_tok, queries)
         keys, keys_pos = _image_side(keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0)
 
-    queries = queries + _token_to_image(tr.final_attn_token_to_image, queries + pe_tok, keys, keys_pos)
+    # the final attention only for the tokens read after it (each query row attends on its own): the IoU token and
+    # the returned mask tokens, not the unused mask token nor the prompt tokens (4 of 7 rows for one point, multimask)
+    sel = range(1, dec.num_mask_tokens) if multimask else range(1)
+    used = [0, *(1 + j for j in sel)]
+    queries, pe_used = queries[:, used], pe_tok[:, used]
+    queries = queries + _token_to_image(tr.final_attn_token_to_image, queries + pe_used, keys, keys_pos)
     queries = tr.layer_norm_final_attn(queries)
 
     iou_token_out = queries[:, 0, :]
-    mask_tokens_out = queries[:, 1 : 1 + dec.num_mask_tokens, :]
-    sel = range(1, dec.num_mask_tokens) if multimask else range(1)
-    hyper = torch.stack([dec.output_hypernetworks_mlps[j](mask_tokens_out[:, j, :]) for j in sel], dim=1)  # (N, K, C8)
+    hyper = torch.stack([dec.output_hypernetworks_mlps[j](queries[:, 1 + i, :]) for i, j in enumerate(sel)], dim=1)
 
     if keys.shape[0] != n:  # no transformer layer ran: still one embedding per prompt
         keys = keys.expand(n, -1, -1)
