@@ -1,4 +1,4 @@
-"""geosam.models.cpu_gemm.linear: F.linear's result (to rounding) through oneDNN, and F.linear where it cannot."""
+"""geosam.models.cpu_gemm: F.linear's / bmm's results (to rounding) through oneDNN, torch's own products elsewhere."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from geosam.models.cpu_gemm import bmm, linear, onednn_linear_available
 
 
 @pytest.mark.parametrize("gelu", [False, True])
-def test_linear_equals_torch(gelu: bool) -> None:
+def test_linear_equals_torch(monkeypatch, gelu: bool) -> None:
+    monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "1")  # oneDNN on any CPU (by default only where MKL is slow)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((2, 5, 7, 48), generator=gen)
     w, b = torch.randn((40, 48), generator=gen), torch.randn(40, generator=gen)
@@ -36,8 +37,7 @@ def test_other_dtypes_and_switch_off(monkeypatch) -> None:
 @pytest.mark.parametrize("onednn", [True, False])
 def test_bmm_equals_torch(monkeypatch, onednn: bool) -> None:
     """add + a @ b, per batch entry or with one shared b, into a new tensor or accumulated in place."""
-    if not onednn:
-        monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "0")
+    monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "1" if onednn else "0")
     gen = torch.Generator().manual_seed(1)
     a = torch.randn((3, 6, 20), generator=gen)
     b = torch.randn((3, 20, 9), generator=gen)
@@ -60,3 +60,37 @@ def test_bmm_equals_torch(monkeypatch, onednn: bool) -> None:
     assert close(bmm(a, b, add=base), torch.bmm(a, b) + base)
     with pytest.raises(ValueError, match="bmm"):
         bmm(a, torch.randn((2, 20, 9)))
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "onednn"),
+    [
+        ("vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n", True),  # Zen 4 / 5: MKL at half speed
+        ("vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2\n", False),  # Zen 2 / 3: MKL's AVX2 kernels are faster
+        ("vendor_id\t: GenuineIntel\nflags\t\t: fpu sse avx2 avx512f amx_bf16\n", False),  # MKL's own CPUs
+        ("", False),
+    ],
+)
+def test_backend_rule_by_cpu(monkeypatch, cpuinfo: str, onednn: bool) -> None:
+    """oneDNN by default only where MKL's float32 GEMM is known slow (AMD with AVX-512); the switch overrides both ways."""
+    import io
+
+    from geosam.models import device
+
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return io.StringIO(cpuinfo) if path == "/proc/cpuinfo" else real_open(path, *args, **kwargs)
+
+    device._cpuinfo_field.cache_clear()
+    monkeypatch.setattr("builtins.open", fake_open)
+    monkeypatch.delenv("GEOSAM_ONEDNN_LINEAR", raising=False)
+    try:
+        assert onednn_linear_available() is onednn
+        monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "1")
+        assert onednn_linear_available()
+        monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "0")
+        assert not onednn_linear_available()
+    finally:
+        monkeypatch.undo()
+        device._cpuinfo_field.cache_clear()

@@ -89,15 +89,15 @@ def test_auto_dtype_choice(monkeypatch) -> None:
     assert gm.resolve_dtype("auto", "cuda") == torch.float16
     assert gm.resolve_dtype("auto", "mps") == torch.float32
     monkeypatch.delenv("GEOSAM_CPU_AMX")
-    gm._cpuinfo_flags.cache_clear()
+    gm._cpuinfo_field.cache_clear()
     try:
         monkeypatch.setattr("builtins.open", _fake_open("flags\t\t: fpu sse avx512f amx_bf16 amx_tile\n"))
         assert gm.cpu_has_amx() and gm.resolve_dtype("auto", "cpu") == torch.bfloat16
-        gm._cpuinfo_flags.cache_clear()
+        gm._cpuinfo_field.cache_clear()
         monkeypatch.setattr("builtins.open", _fake_open("flags\t\t: fpu sse avx2\n"))
         assert not gm.cpu_has_amx()
     finally:
-        gm._cpuinfo_flags.cache_clear()
+        gm._cpuinfo_field.cache_clear()
 
 
 def _fake_open(text: str):

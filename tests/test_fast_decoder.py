@@ -156,8 +156,7 @@ def test_tiles_and_torch_products_match_stock(sam_size, monkeypatch, tile: int, 
 
     bundle, emb = sam_size
     monkeypatch.setattr(fdm, "CPU_TILE_POSITIONS", tile)
-    if not onednn:
-        monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "0")
+    monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "1" if onednn else "0")
     pts = torch.rand((5, 2), generator=torch.Generator().manual_seed(11)) * bundle.input_size
     fast = gm.decode_points(dataclasses.replace(bundle, fast_decoder=True), emb, pts)
     _close(fast, gm.decode_points(dataclasses.replace(bundle, fast_decoder=False), emb, pts))

@@ -33,6 +33,8 @@ def _vit(use_rel_pos: bool = True, seed: int = 5):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # rel-pos tables start at zero: give them weight so the test sees them
         for layer in model.vision_encoder.layers:
+            # a padded window token's q, k, v are the qkv bias: give it weight (it starts at zero)
+            layer.attn.qkv.bias.copy_(torch.randn(layer.attn.qkv.bias.shape, generator=gen))
             if layer.attn.use_rel_pos:
                 layer.attn.rel_pos_h.copy_(torch.randn(layer.attn.rel_pos_h.shape, generator=gen))
                 layer.attn.rel_pos_w.copy_(torch.randn(layer.attn.rel_pos_w.shape, generator=gen))
@@ -77,9 +79,11 @@ def test_float32_one_head_at_a_time_equals_stock(vit_and_pixels, monkeypatch) ->
     assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5
 
 
-def test_float32_without_onednn_equals_stock(vit_and_pixels, monkeypatch) -> None:
+@pytest.mark.parametrize("onednn", ["1", "0"])
+def test_float32_through_either_backend_equals_stock(vit_and_pixels, monkeypatch, onednn: str) -> None:
+    """oneDNN's products (the default on AMD CPUs with AVX-512) and torch's (MKL: the default elsewhere)."""
     model, pixels = vit_and_pixels
-    monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "0")
+    monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", onednn)
     with torch.no_grad():
         stock = model.get_image_embeddings(pixels)
     assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5

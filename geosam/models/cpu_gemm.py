@@ -1,18 +1,23 @@
-"""Float32 matrix products through oneDNN on the CPU.
+"""Float32 matrix products on the CPU through whichever of MKL and oneDNN is faster on this CPU.
 
 torch's float32 ``linear`` / ``addmm`` / ``bmm`` call the BLAS it was built
 with (MKL in the PyPI wheels). MKL takes its AVX-512 kernels on Intel CPUs
-only: on an AMD EPYC (Zen 5, AVX-512) its float32 GEMM runs at about half of
-what the same CPU does through oneDNN (measured on the encoder's MLP shape,
-one thread: 89 vs 175 GFLOP/s; ``benchmarks/results/latest.json`` has this
-machine's figures). oneDNN, which torch also ships and uses for bf16,
-vectorises for whatever the CPU has. `linear` sends a float32 CPU
-``x @ weight.T + bias`` (optionally with an exact GELU fused in) there, and
-falls back to ``torch.nn.functional.linear`` elsewhere (other devices and
-dtypes, torch builds without oneDNN). Results equal ``F.linear``'s to float
-rounding (~1e-6 relative): the summation order differs.
+only: on an AMD CPU with AVX-512 (Zen 4, Zen 5) its float32 GEMM runs at about
+half of what the same CPU does through oneDNN (AMD EPYC Zen 5, the encoder's
+MLP shape, one thread: 89 vs 175 GFLOP/s), while on AMD CPUs without AVX-512
+MKL's AVX2 kernels are the faster ones (AMD EPYC Zen 3: 93 vs 84 GFLOP/s, the
+encoder 1.1x faster through MKL; ``benchmarks/results/`` has the figures).
+oneDNN, which torch also ships and uses for bf16, vectorises for whatever the
+CPU has. `linear` and `bmm` send float32 CPU products there where
+`onednn_linear_available` (by default: AMD CPUs with AVX-512; a fixed rule
+rather than a timing, so that every process on a machine computes the same
+numbers), optionally with an exact GELU fused in, and use torch's own
+products elsewhere (other CPUs, devices and dtypes, torch builds without
+oneDNN). Results equal ``F.linear``'s to float rounding (~1e-6 relative): the
+summation order differs.
 
-Set ``GEOSAM_ONEDNN_LINEAR=0`` to keep torch's own path.
+``GEOSAM_ONEDNN_LINEAR=1`` sends float32 CPU products through oneDNN on any
+CPU, ``GEOSAM_ONEDNN_LINEAR=0`` never.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bmm", "linear", "onednn_linear_available"]
+from geosam.models.device import cpu_flags, cpu_vendor
+
+__all__ = ["bmm", "linear", "mkl_float32_slow", "onednn_linear_available"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,11 +46,27 @@ def _op_works() -> bool:
         return False
 
 
+def mkl_float32_slow() -> bool:
+    """Whether MKL's float32 GEMM is known to run below oneDNN's on this CPU: an AMD CPU with AVX-512.
+
+    MKL dispatches its AVX-512 kernels on Intel CPUs only; on AMD CPUs with
+    AVX-512 it runs AVX2 code at about half the CPU's float32 peak.
+    """
+    return cpu_vendor() == "AuthenticAMD" and "avx512f" in cpu_flags()
+
+
 def onednn_linear_available() -> bool:
-    """Whether `linear` runs float32 CPU products through oneDNN here (``GEOSAM_ONEDNN_LINEAR=0``: never)."""
-    if os.environ.get("GEOSAM_ONEDNN_LINEAR", "").strip().lower() in ("0", "false", "no"):
+    """Whether `linear` / `bmm` run float32 CPU products through oneDNN here.
+
+    ``GEOSAM_ONEDNN_LINEAR=0``: never; ``=1``: wherever torch's oneDNN op
+    works; unset: where it works and `mkl_float32_slow`.
+    """
+    env = os.environ.get("GEOSAM_ONEDNN_LINEAR", "").strip().lower()
+    if env in ("0", "false", "no"):
         return False
-    return _op_works()
+    if not _op_works():
+        return False
+    return env in ("1", "true", "yes") or mkl_float32_slow()
 
 
 def _onednn(*tensors: torch.Tensor) -> bool:
@@ -69,7 +92,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         out = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
         return out.view(*lead, weight.shape[0])
     out = F.linear(x, weight, bias)
-    return F.gelu(out) if gelu else out
+    return torch.ops.aten.gelu_(out) if gelu else out
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

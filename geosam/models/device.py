@@ -153,10 +153,20 @@ def cpu_bf16_kind() -> str | None:
     amx = os.environ.get("GEOSAM_CPU_AMX", "").strip().lower()
     if amx in ("0", "1", "false", "true", "no", "yes"):
         return "amx" if amx in ("1", "true", "yes") else None
-    flags = _cpuinfo_flags()
+    flags = cpu_flags()
     if "amx_bf16" in flags:
         return "amx"
     return "avx512_bf16" if "avx512_bf16" in flags else None
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (the ``flags`` line of /proc/cpuinfo; empty where there is none)."""
+    return _cpuinfo_field("flags")
+
+
+def cpu_vendor() -> str:
+    """This CPU's vendor (``vendor_id`` in /proc/cpuinfo: ``GenuineIntel``, ``AuthenticAMD``; "" where unknown)."""
+    return next(iter(sorted(_cpuinfo_field("vendor_id"))), "")
 
 
 def cpu_has_amx() -> bool:
@@ -164,17 +174,19 @@ def cpu_has_amx() -> bool:
     return cpu_bf16_kind() == "amx"
 
 
-@functools.lru_cache(maxsize=1)
-def _cpuinfo_flags() -> frozenset[str]:
+@functools.lru_cache(maxsize=4)
+def _cpuinfo_field(name: str) -> frozenset[str]:
+    """The words after ``name :`` on the first such line of /proc/cpuinfo (empty where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split())
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return frozenset(value.split())
     except OSError:
         pass
     return frozenset()
 
 
-__all__ = ["BF16_MEASURED", "MIN_BF16_MASK_AGREEMENT", "cpu_bf16_kind", "cpu_has_amx", "cpu_prefers_bf16",
+__all__ = ["BF16_MEASURED", "MIN_BF16_MASK_AGREEMENT", "cpu_bf16_kind", "cpu_flags", "cpu_has_amx", "cpu_prefers_bf16", "cpu_vendor",
            "resolve_device", "resolve_dtype"]

@@ -17,6 +17,8 @@ multiplications touch the h*w positions:
   the token values per head (``out_proj(concat_h A_h V_h) = sum_h A_h (V_h W_o,h^T)
   + b_o``), and the residual is added by the same matmul; the softmax over the
   few tokens runs along a non-last axis (much faster on the CPU);
+* the final token -> image attention runs only for the tokens read after it
+  (the IoU token and the returned mask tokens);
 * in the first layer the image side (embedding + dense prompt, positional
   encoding) is the same for every prompt when the dense embedding is shared
   (no mask input): it is used once, without ``repeat``, in single large matmuls;
@@ -27,9 +29,9 @@ multiplications touch the h*w positions:
   the pixel shuffle is done once on the K output masks (on the CPU band by
   band, straight into the output);
 * on the CPU in float32 every product with the (h*w, C) image side (scores,
-  attention-weighted sums, the image -> token residual) goes through oneDNN
-  (`geosam.models.cpu_gemm.bmm`: torch's float32 ``bmm`` calls MKL, at half
-  the speed on AMD CPUs), and the per-position steps (residual + layer norm +
+  attention-weighted sums, the image -> token residual) goes through
+  `geosam.models.cpu_gemm.bmm` (oneDNN where torch's float32 ``bmm``, MKL,
+  runs at half speed: AMD CPUs with AVX-512), and the per-position steps (residual + layer norm +
   positional encoding after each image -> token attention; the upscaling) run
   `CPU_TILE_POSITIONS` image positions at a time, so that their intermediates
   stay in cache;
@@ -50,7 +52,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_gemm import bmm, linear, onednn_linear_available
+from geosam.models.cpu_gemm import bmm, linear
 
 __all__ = ["fast_decode", "fast_decoder_supported", "image_positional_embeddings"]
 
@@ -186,7 +188,7 @@ def _image_side(
     n, _, p = probs.shape
     c = vo.shape[-1]
     own = inplace and x.shape[0] == n
-    if not (onednn_linear_available() and x.device.type == "cpu" and x.dtype == vo.dtype == torch.float32):
+    if not (x.device.type == "cpu" and x.dtype == vo.dtype == torch.float32):
         keys = _layer_norm(bmm(probs.transpose(1, 2), vo, add=x, out=x if own else None), ln)
         return keys, keys + pos
     keys = x if own else torch.empty((n, p, c), dtype=x.dtype, device=x.device)
@@ -271,13 +273,16 @@ def fast_decode(
         probs, vo = _image_to_token_parts(layer.cross_attn_image_to_token, keys_pos, queries + pe_tok, queries)
         keys, keys_pos = _image_side(keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0)
 
-    queries = queries + _token_to_image(tr.final_attn_token_to_image, queries + pe_tok, keys, keys_pos)
+    # the final attention only for the tokens read after it (each query row attends on its own): the IoU token and
+    # the returned mask tokens, not the unused mask token nor the prompt tokens (4 of 7 rows for one point, multimask)
+    sel = range(1, dec.num_mask_tokens) if multimask else range(1)
+    used = [0, *(1 + j for j in sel)]
+    queries, pe_used = queries[:, used], pe_tok[:, used]
+    queries = queries + _token_to_image(tr.final_attn_token_to_image, queries + pe_used, keys, keys_pos)
     queries = tr.layer_norm_final_attn(queries)
 
     iou_token_out = queries[:, 0, :]
-    mask_tokens_out = queries[:, 1 : 1 + dec.num_mask_tokens, :]
-    sel = range(1, dec.num_mask_tokens) if multimask else range(1)
-    hyper = torch.stack([dec.output_hypernetworks_mlps[j](mask_tokens_out[:, j, :]) for j in sel], dim=1)  # (N, K, C8)
+    hyper = torch.stack([dec.output_hypernetworks_mlps[j](queries[:, 1 + i, :]) for i, j in enumerate(sel)], dim=1)
 
     if keys.shape[0] != n:  # no transformer layer ran: still one embedding per prompt
         keys = keys.expand(n, -1, -1)

@@ -124,16 +124,21 @@ def _rel_terms(attn: Any, q: torch.Tensor, hh: int, ww: int) -> tuple[torch.Tens
 
 
 def _attention_f32(attn: Any, x: torch.Tensor) -> torch.Tensor:
-    """``attn(x)`` (a ``SamVisionAttention``) in float32 with explicit scores; x (B, H, W, C) -> (B, H, W, C).
+    """``attn(x)`` (a ``SamVisionAttention``) in float32 with explicit scores; x (B, H, W, C) -> (B, H, W, C)."""
+    qkv = linear(x, attn.qkv.weight, attn.qkv.bias)
+    return linear(_attend_f32(attn, qkv), attn.proj.weight, attn.proj.bias)
 
-    ``softmax(q k^T * scale + rel_h + rel_w) v`` as the stock module, the
-    relative positions added in place to each score block.
+
+def _attend_f32(attn: Any, qkv: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T * scale + rel_h + rel_w) v`` of ``attn`` from its qkv projection (B, H, W, 3C): (B, H, W, C).
+
+    As the stock module (before its output projection), the relative
+    positions added in place to each score block.
     """
-    b, hh, ww, _ = x.shape
+    b, hh, ww, _ = qkv.shape
     nh = int(attn.num_attention_heads)
     n_tok, bn = hh * ww, b * nh
-    qkv = linear(x, attn.qkv.weight, attn.qkv.bias).reshape(b, n_tok, 3, nh, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # (B, nh, HW, d)
+    q, k, v = qkv.reshape(b, n_tok, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, HW, d)
     d = q.shape[-1]
     qs = (q * attn.scale).reshape(bn, n_tok, d)
     keys = k.reshape(bn, n_tok, d).contiguous()
@@ -145,7 +150,7 @@ def _attention_f32(attn: Any, x: torch.Tensor) -> torch.Tensor:
         out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(bn, n_tok, d)).view(b, nh, n_tok, d).transpose(1, 2)
     else:  # global: one head and QUERY_CHUNK queries at a time, the scores in cache
         values_t = v.reshape(bn, n_tok, d).transpose(1, 2).contiguous()  # (B*nh, d, HW): a linear's weight
-        out = torch.empty((b, n_tok, nh, d), dtype=x.dtype, device=x.device)
+        out = torch.empty((b, n_tok, nh, d), dtype=qkv.dtype, device=qkv.device)
         for i in range(bn):
             bi, hi = divmod(i, nh)
             for s0 in range(0, n_tok, QUERY_CHUNK):
@@ -154,7 +159,7 @@ def _attention_f32(attn: Any, x: torch.Tensor) -> torch.Tensor:
                 if rel is not None:
                     scores.view(s1 - s0, hh, ww).add_(rel[0][i, s0:s1]).add_(rel[1][i, s0:s1])
                 out[bi, s0:s1, hi] = linear(torch.softmax(scores, dim=-1), values_t[i])
-    return linear(out.reshape(b, hh, ww, nh * d), attn.proj.weight, attn.proj.bias)
+    return out.reshape(b, hh, ww, nh * d)
 
 
 def _exact_gelu(act: Any) -> bool:
