@@ -26,8 +26,8 @@ MIN_BF16_MASK_AGREEMENT = 0.98
 #: against float32 (random ViT-B, 1024 px chips, 2 threads): the mask agreement with the references (pooled,
 #: lowest over the grids) and the end-to-end speedup (lowest over the grids).
 #: amx: Intel Xeon, 2 chips, 16 x 16, before the float32 fast paths of issue 24 (git history of
-#: ``benchmarks/results/latest.json``, 2026-12-02): to be re-measured there.
-#: avx512_bf16: AMD EPYC (Zen 5), 1 chip, 1 thread, 16 x 16 and 32 x 32 (``benchmarks/results/latest.json``, after
+#: ``benchmarks/results/amd_zen5/latest.json``, 2026-12-02): to be re-measured there.
+#: avx512_bf16: AMD EPYC (Zen 5), 1 chip, 1 thread, 16 x 16 and 32 x 32 (``benchmarks/results/amd_zen5/latest.json``, after
 #: the second round of issue 24): bf16 0.82x / 1.06x the float32 path, agreement 0.976 at 16 x 16, so ``auto``
 #: stays float32 there.
 BF16_MEASURED: dict[str, dict[str, float]] = {
