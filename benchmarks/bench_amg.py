@@ -289,6 +289,44 @@ def agreement_parts(geo_default, ref_default, geo_all, ref_all, single: bool = F
     return parts
 
 
+#: the speedup over the pipeline that issue 24 asks for, for `add_peak_bounds`
+TARGET_SPEEDUP = 5.0
+
+
+def add_peak_bounds(result: dict, target: float = TARGET_SPEEDUP) -> None:
+    """Add, per dtype and grid, what geosam's counted FLOPs allow at the measured matmul peak (in place).
+
+    ``model_s_at_peak`` = encoder FLOPs / that dtype's peak + decoder FLOPs / the float32 peak (the fast decoder
+    runs float32); ``other_s`` = geosam's seconds outside the encode and decode stages (filters, NMS, upsampling,
+    overhead), kept as measured. ``speedup_at_peak`` = pipeline seconds / (``model_s_at_peak`` + ``other_s``):
+    the most these FLOPs can give on this CPU; ``model_fraction_of_peak`` = ``model_s_at_peak`` / (encode +
+    decode seconds): where geosam stands; ``model_fraction_of_peak_for_<target>x``: what encoder and decoder
+    together would need to reach for ``target`` times the pipeline (None: not even at the peak).
+    """
+    peak = result.get("matmul_peak_gflop_per_s", {})
+    enc = result.get("encoder_gflop_per_chip", {})
+    chips = result.get("settings", {}).get("chips", 1)
+    for d in result.get("settings", {}).get("dtypes", []):
+        bounds = {}
+        for name, g in result.get("grids", {}).items():
+            if d not in g or "pipeline" not in g.get("seconds", {}) or d not in peak or "float32" not in peak:
+                continue
+            st = g[d]["stage_s"]
+            model_s = st.get("encode", 0.0) + st.get("decode", 0.0)
+            at_peak = enc[d] * chips / peak[d] + g[d]["decoder_gflop"] / peak["float32"]
+            other = g[d]["geosam_s"] - model_s
+            budget = g["seconds"]["pipeline"] / target - other
+            bounds[name] = {
+                "model_s_at_peak": round(at_peak, 2),
+                "other_s": round(other, 2),
+                "speedup_at_peak": round(g["seconds"]["pipeline"] / (at_peak + other), 2),
+                "model_fraction_of_peak": round(at_peak / model_s, 3),
+                f"model_fraction_of_peak_for_{target:g}x": round(at_peak / budget, 3) if budget > at_peak else None,
+            }
+        if bounds:
+            result.setdefault("peak_bounds", {})[d] = bounds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chips", type=int, default=1, help="number of 1024 px chips (max 4)")
@@ -509,6 +547,7 @@ def main() -> None:
     if "bfloat16" in dtypes:
         result["dtype_auto"]["bf16_speedup_vs_float32"] = {
             n: round(g["float32"]["geosam_s"] / g["bfloat16"]["geosam_s"], 3) for n, g in grids.items()}
+    add_peak_bounds(result)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
 
     out = Path(args.out)
@@ -518,7 +557,7 @@ def main() -> None:
     for key in ("matmul_peak_gflop_per_s", "encoder_s", "encoder_fraction_of_peak", "encoder_fraction_of_peak_model_flops",
                 "decoder_fraction_of_peak", "overhead_ratio", "speedup_vs_pipeline_float32", "speedup_vs_sam_amg_float32",
                 "speedup_vs_pipeline_bfloat16", "speedup_vs_sam_amg_bfloat16", "mask_agreement_float32",
-                "mask_agreement_bfloat16", "sam_amg_agreement_vs_pipeline", "dtype_auto"):
+                "mask_agreement_bfloat16", "sam_amg_agreement_vs_pipeline", "dtype_auto", "peak_bounds"):
         if key in result:
             print(f"{key}: {result[key]}")
     print(f"wrote {out}")

@@ -3,7 +3,7 @@
 Every per-grid figure (the ``grids`` entries and the top-level dictionaries keyed by grid name, at any depth) of
 ``--add`` is added to ``--into``; the figures that are not per grid (encoders, matmul peaks) stay those of ``--into``,
 and ``--add``'s are kept whole under ``merged_runs``. ``dtype_auto.bf16_mask_agreement_min`` becomes the minimum
-of both.
+of both; ``peak_bounds`` are computed again from the merged figures (``bench_amg.add_peak_bounds``).
 
     .venv/bin/python benchmarks/merge_amg_results.py --into benchmarks/results/latest.json --add other.json
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from bench_amg import add_peak_bounds
 
 
 def merge_grids(into: dict, add: dict, grids: set[str]) -> None:
@@ -37,6 +39,8 @@ def main() -> None:
         auto_into["bf16_mask_agreement_min"] = min(auto_into["bf16_mask_agreement_min"], auto_add["bf16_mask_agreement_min"])
     into["settings"]["grids"] = sorted(set(into["settings"]["grids"]) | set(add["settings"]["grids"]))
     into.setdefault("merged_runs", []).append({"source": args.add, **{k: v for k, v in add.items() if k != "grids"}})
+    into.pop("peak_bounds", None)
+    add_peak_bounds(into)
     Path(args.into).write_text(json.dumps(into, indent=2) + "\n")
     print(f"merged grids {sorted(grids)} of {args.add} into {args.into}")
 

@@ -1,0 +1,63 @@
+"""benchmarks/bench_amg.py's peak bounds: what the counted FLOPs allow at the measured matmul peak."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+bench_amg = pytest.importorskip("bench_amg")
+
+
+def _result(grid: str, pipeline_s: float, geosam_s: float, encode: float, decode: float, dec_gflop: float) -> dict:
+    return {
+        "settings": {"chips": 2, "dtypes": ["float32"], "grids": [int(grid.split("x")[0])]},
+        "matmul_peak_gflop_per_s": {"float32": 100.0},
+        "encoder_gflop_per_chip": {"float32": 500.0},
+        "grids": {grid: {
+            "seconds": {"pipeline": pipeline_s, "geosam_float32": geosam_s},
+            "float32": {"geosam_s": geosam_s, "stage_s": {"encode": encode, "decode": decode, "filter": 1.0},
+                        "decoder_gflop": dec_gflop},
+        }},
+    }
+
+
+def test_peak_bounds_from_the_counted_flops():
+    r = _result("16x16", pipeline_s=100.0, geosam_s=25.0, encode=14.0, decode=9.0, dec_gflop=400.0)
+    bench_amg.add_peak_bounds(r)
+    b = r["peak_bounds"]["float32"]["16x16"]
+    # 2 chips x 500 GFLOP + 400 GFLOP at 100 GFLOP/s = 14 s; 2 s outside the model stages
+    assert b["model_s_at_peak"] == 14.0 and b["other_s"] == 2.0
+    assert b["speedup_at_peak"] == round(100.0 / 16.0, 2)
+    assert b["model_fraction_of_peak"] == round(14.0 / 23.0, 3)
+    # 5x = 20 s, 18 s of it for the model: 14 / 18 of the peak needed
+    assert b["model_fraction_of_peak_for_5x"] == round(14.0 / 18.0, 3)
+
+
+def test_peak_bounds_say_when_the_target_is_out_of_reach():
+    r = _result("16x16", pipeline_s=60.0, geosam_s=25.0, encode=14.0, decode=9.0, dec_gflop=400.0)
+    bench_amg.add_peak_bounds(r)  # 5x = 12 s < 2 s + 14 s even at the peak
+    assert r["peak_bounds"]["float32"]["16x16"]["model_fraction_of_peak_for_5x"] is None
+    assert r["peak_bounds"]["float32"]["16x16"]["speedup_at_peak"] == round(60.0 / 16.0, 2)
+
+
+def test_merged_results_get_bounds_from_the_merged_figures(tmp_path):
+    a = _result("32x32", pipeline_s=300.0, geosam_s=60.0, encode=14.0, decode=40.0, dec_gflop=2000.0)
+    b = _result("16x16", pipeline_s=100.0, geosam_s=25.0, encode=14.0, decode=9.0, dec_gflop=400.0)
+    b["matmul_peak_gflop_per_s"] = {"float32": 50.0}  # the added run's own peak is not the merged file's
+    bench_amg.add_peak_bounds(a)
+    bench_amg.add_peak_bounds(b)
+    into, add = tmp_path / "into.json", tmp_path / "add.json"
+    into.write_text(json.dumps(a))
+    add.write_text(json.dumps(b))
+    subprocess.run([sys.executable, str(BENCH / "merge_amg_results.py"), "--into", str(into), "--add", str(add)],
+                   check=True, capture_output=True)
+    merged = json.loads(into.read_text())["peak_bounds"]["float32"]
+    assert set(merged) == {"16x16", "32x32"}
+    assert merged["16x16"]["model_s_at_peak"] == 14.0  # at the merged file's 100 GFLOP/s, not 50
+    assert merged["32x32"]["model_s_at_peak"] == 30.0
