@@ -360,7 +360,6 @@ def _upscale_and_predict(
     for s in range(0, len(todo), cs):
         idx = todo[s : s + cs]
         m = len(idx)
-        sel = slice(idx[0], idx[0] + 1) if m == 1 else torch.tensor(idx, device=x.device)
         if m == 1:
             emb = x[idx[0]]
             hyper_k = hyper[idx[0]].to(dtype).contiguous()  # (K, C8)
@@ -373,5 +372,6 @@ def _upscale_and_predict(
                 for j in range(k):
                     torch.index_select(mb[j], 0, order, out=out[idx[0], j, 4 * r0 : 4 * r1].view(-1))
         else:
+            sel = torch.tensor(idx, device=x.device)
             out[sel] = shuffle(bmm(features(x[sel].reshape(m * p, c)).view(m, -1, c8), hyper_t[sel]), hh)
     return out
