@@ -160,3 +160,21 @@ def test_tiles_and_torch_products_match_stock(sam_size, monkeypatch, tile: int, 
     pts = torch.rand((5, 2), generator=torch.Generator().manual_seed(11)) * bundle.input_size
     fast = gm.decode_points(dataclasses.replace(bundle, fast_decoder=True), emb, pts)
     _close(fast, gm.decode_points(dataclasses.replace(bundle, fast_decoder=False), emb, pts))
+
+
+def test_upscaling_several_prompts_at_a_time_equals_one_at_a_time(sam_size):
+    """The upscaling's two paths (one prompt at a time with the gather, the CPU's; all prompts at once with the
+    7-d shuffle, other devices') give the same masks, also when only some prompts are computed."""
+    from geosam.models.fast_decoder import _upscale_and_predict
+
+    bundle, _ = sam_size
+    dec = bundle.model.mask_decoder
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn((5, 64, 64, 256), generator=gen)
+    hyper = torch.randn((5, 3, 32), generator=gen)
+    with torch.inference_mode():
+        one = _upscale_and_predict(dec, x, hyper, chunk=1, rows=[0, 2, 3])
+        several = _upscale_and_predict(dec, x, hyper, chunk=5, rows=[0, 2, 3])
+    assert one.shape == several.shape == (5, 3, 256, 256)
+    assert torch.isinf(one[[1, 4]]).all() and torch.isinf(several[[1, 4]]).all()
+    torch.testing.assert_close(one[[0, 2, 3]], several[[0, 2, 3]], rtol=1e-4, atol=1e-4)
