@@ -34,6 +34,29 @@ def test_other_dtypes_and_switch_off(monkeypatch) -> None:
     assert torch.equal(linear(x, w), F.linear(x, w))
 
 
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_linear_into_a_buffer(monkeypatch, onednn: str) -> None:
+    """``out=``: torch's product writes into the buffer, F.linear's numbers exactly; oneDNN returns its own tensor."""
+    monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", onednn)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn((3, 4, 16), generator=gen)
+    w, b = torch.randn((24, 16), generator=gen), torch.randn(24, generator=gen)
+    for bias, gelu in ((b, False), (None, False), (b, True)):
+        ref = F.linear(x, w, bias)
+        ref = F.gelu(ref) if gelu else ref
+        buf = torch.full((3, 4, 24), float("nan"))
+        out = linear(x, w, bias, gelu=gelu, out=buf)
+        if onednn == "0" or not onednn_linear_available():
+            assert out.data_ptr() == buf.data_ptr()
+            assert torch.equal(out, ref)
+        else:
+            assert float((out - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+    # a buffer of the wrong shape is not used
+    wrong = torch.empty((2, 24))
+    out = linear(x, w, b, out=wrong)
+    assert out.shape == (3, 4, 24) and out.data_ptr() != wrong.data_ptr()
+
+
 @pytest.mark.parametrize("onednn", [True, False])
 def test_bmm_equals_torch(monkeypatch, onednn: bool) -> None:
     """add + a @ b, per batch entry or with one shared b, into a new tensor or accumulated in place."""

@@ -13,7 +13,7 @@ from geosam.models.fast_encoder import fast_encoder_supported, fast_image_embedd
 from tests._tiny_sam import seeded_sam_model
 
 
-def _vit(use_rel_pos: bool = True, seed: int = 5):
+def _vit(use_rel_pos: bool = True, seed: int = 5, window_size: int = 6):
     """A small SAM ViT: 256 px input (16 x 16 tokens), windows of 6 (padded to 18), one global layer."""
     from transformers import SamConfig, SamVisionConfig
 
@@ -24,7 +24,7 @@ def _vit(use_rel_pos: bool = True, seed: int = 5):
         mlp_dim=128,
         output_channels=32,
         image_size=256,
-        window_size=6,
+        window_size=window_size,
         global_attn_indexes=[1],
         use_rel_pos=use_rel_pos,
         initializer_range=0.05,
@@ -84,6 +84,17 @@ def test_float32_through_either_backend_equals_stock(vit_and_pixels, monkeypatch
     """oneDNN's products (the default on AMD CPUs with AVX-512) and torch's (MKL: the default elsewhere)."""
     model, pixels = vit_and_pixels
     monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", onednn)
+    with torch.no_grad():
+        stock = model.get_image_embeddings(pixels)
+    assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5
+
+
+@pytest.mark.parametrize("window_size", [4, 5, 16, 20])
+def test_window_sizes_equal_stock(window_size: int) -> None:
+    """Windows that tile the 16 x 16 map exactly (4, 16), leave a padded strip (5: 15 + 1) or cover more than the
+    map (20): the padded tokens' q, k, v are the qkv bias in every window."""
+    model = _vit(seed=11, window_size=window_size)
+    pixels = torch.randn((2, 3, 256, 256), generator=torch.Generator().manual_seed(12))
     with torch.no_grad():
         stock = model.get_image_embeddings(pixels)
     assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5

@@ -78,11 +78,22 @@ def _onednn(*tensors: torch.Tensor) -> bool:
     )
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    gelu: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``x @ weight.T + bias`` (then exact GELU if ``gelu``), x (..., K), weight (N, K): (..., N).
 
     Float32 CPU tensors go through oneDNN (`onednn_linear_available`); the
-    rest through ``F.linear`` (and ``F.gelu``).
+    rest through ``F.linear`` (and ``F.gelu``). ``out`` (optional, contiguous,
+    (..., N)): a buffer that torch's product writes into (the same numbers as
+    ``F.linear``, ``addmm``), so that a caller reusing it spares the
+    allocation, which for blocks of 32 MiB and more is fresh pages from the
+    kernel each time (`geosam.models.cpu_memory`); the oneDNN op allocates its
+    own output. Use the returned tensor either way.
     """
     if _onednn(x, weight):
         lead = x.shape[:-1]
@@ -91,8 +102,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             x2 = x2.contiguous()
         out = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
         return out.view(*lead, weight.shape[0])
-    out = F.linear(x, weight, bias)
-    return torch.ops.aten.gelu_(out) if gelu else out
+    if out is not None and out.is_contiguous() and out.shape == (*x.shape[:-1], weight.shape[0]):
+        x2, o2 = x.reshape(-1, x.shape[-1]), out.view(-1, weight.shape[0])
+        if bias is None:
+            torch.mm(x2, weight.t(), out=o2)
+        else:
+            torch.addmm(bias, x2, weight.t(), out=o2)
+        res = out
+    else:
+        res = F.linear(x, weight, bias)
+    return torch.ops.aten.gelu_(res) if gelu else res
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
