@@ -114,6 +114,42 @@ def test_fast_decode_direct_and_per_prompt_dense(sam_size) -> None:
         _close(out, (ref.pred_masks[0], ref.iou_scores[0]))
 
 
+def test_upscaling_from_the_shared_image_side(sam_size, monkeypatch) -> None:
+    """The first upscaling product unrolled to the shared image side (CPU float32, one dense embedding) gives the
+    explicit product's masks; the shared part is reused across calls with the same cache and not for another image."""
+    from geosam.models import fast_decoder as fd
+
+    bundle, emb = sam_size
+    model = bundle.model
+    gen = torch.Generator().manual_seed(7)
+    pts = torch.rand((1, 6, 1, 2), generator=gen) * 1024
+    lab = torch.ones((1, 6, 1), dtype=torch.long)
+    built = []
+    orig = fd._Conv1FromSharedImage.__init__
+
+    def spy(self, *args):
+        orig(self, *args)
+        built.append(self.shared)
+
+    monkeypatch.setattr(fd._Conv1FromSharedImage, "__init__", spy)
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(input_points=pts, input_labels=lab, input_boxes=None, input_masks=None)
+        explicit = fast_decode(model, emb, sparse[0], dense.expand(6, -1, -1, -1), True)  # per-prompt dense: explicit
+        assert not built
+        cache: dict = {}
+        parts = [fast_decode(model, emb, sparse[0][s : s + 2], dense, True, cache=cache) for s in (0, 2, 4)]
+        assert len(built) == 3 and built[0] is built[1] is built[2]  # one shared product for the three calls
+        unrolled = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        # another image with the same cache: its own shared product
+        emb2 = torch.randn(emb.shape, generator=gen)
+        other = fast_decode(model, emb2, sparse[0][:2], dense, True, cache=cache)
+        assert built[-1] is not built[0]
+        fresh = fast_decode(model, emb2, sparse[0][:2], dense, True)
+    assert torch.isfinite(unrolled[0]).all()
+    _close(unrolled, explicit)
+    assert torch.equal(other[0], fresh[0]) and torch.equal(other[1], fresh[1])
+
+
 def test_default_choice(sam_size) -> None:
     bundle, _ = sam_size
     assert bundle.fast_decoder is None

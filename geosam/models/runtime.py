@@ -169,9 +169,10 @@ def _run_decoder(
             emb = image_embeddings.to(device=bundle.device, dtype=torch.float32)
             pe = image_positional_embeddings(model)
             step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
+            shared: dict = {}  # what the chunks share (the same image and dense embeddings)
             parts = [
                 fast_decode(model, emb, sparse[0][s : s + step], dense if dense.shape[0] == 1 else dense[s : s + step],
-                            multimask, pe, iou_floor=iou_floor)
+                            multimask, pe, iou_floor=iou_floor, cache=shared if dense.shape[0] == 1 else None)
                 for s in range(0, n, step)
             ]
             masks = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
