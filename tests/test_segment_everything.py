@@ -321,6 +321,35 @@ def test_filtering_happens_before_upsampling(bundle: SamBundle, fake_decoder, mo
     assert max(upsampled) <= crop.UPSAMPLE_CHUNK
 
 
+def test_x4_filter_in_chunks_equals_one_chunk(bundle: SamBundle, fake_decoder, monkeypatch) -> None:
+    """On a 1024 px chip the IoU filter, the stability bound and the exact counts run `UPSAMPLE_CHUNK` masks at a
+    time: the survivors, their scores and order equal one chunk for the whole batch."""
+    scored: list[int] = []
+    real = crop._score_chunk
+
+    def spy(bundle, params, frame, low, iou, cells=None):
+        scored.append(int(low.shape[0]))
+        return real(bundle, params, frame, low, iou, cells)
+
+    monkeypatch.setattr(crop, "_score_chunk", spy)
+    chip = make_chip(1024, 1024)
+    runs = []
+    for chunk in (1000, 3):
+        monkeypatch.setattr(crop, "UPSAMPLE_CHUNK", chunk)
+        scored.clear()
+        # the IoU filter keeps 2 of each point's 3 masks (r=10, r=11: stability 0.67, 0.69), NMS the r=11 discs
+        g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.88, stability_score_thresh=0.6)
+        runs.append((g.generate(chip), dict(g.last_stats), list(scored)))
+    (one, stats1, scored1), (many, stats3, scored3) = runs
+    assert len(one) == 16 and np.allclose(one.predicted_iou, 0.95)
+    assert stats1["masks_after_filter"] == 32
+    assert stats1 == stats3 and stats1["masks_decoded"] == 48
+    assert np.array_equal(one.masks, many.masks)
+    assert np.array_equal(one.stability_score, many.stability_score)
+    assert np.array_equal(one.predicted_iou, many.predicted_iou)
+    assert sum(scored1) == sum(scored3) and max(scored3) <= 3 and len(scored3) > len(scored1)
+
+
 def test_min_mask_region_area_drops_small_masks(bundle: SamBundle, fake_decoder) -> None:
     g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=500)
     out = g.generate(make_chip(256, 256))

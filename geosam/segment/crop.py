@@ -160,36 +160,53 @@ def _process_batch(
     Returns the survivors on the CPU: with bool masks (crop frame), or with
     their low-res logits when ``frame.lazy`` (upsampled after NMS).
     """
-    cells: Cells | None = None  # the survivors' low-res cell bounds, shared by the bound and the exact statistics
-    with timer("filter"):
-        keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-        if frame.x4 and params.stability_score_thresh > 0.0 and bool(keep.any()):
-            idx = keep.nonzero()[:, 0]
-            low = logits[idx]
-            cells = cell_bounds(low)
-            bound = stability_upper_bound_x4(low, params.mask_threshold, params.stability_score_offset, cells)
-            passing = bound >= params.stability_score_thresh - BOUND_SLACK  # proven: the rest cannot pass
-            keep[idx] = passing
-            if not bool(passing.all()):
-                low = low[passing]
-                cells = (cells[0][passing], cells[1][passing], cells[2][passing])
-            logits = low  # = logits[keep], without copying the survivors again
-        else:
-            logits = logits[keep]
-        iou = iou[keep]
-    chunks = []
-    stage = "filter" if frame.x4 else "upsample"
-    for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
-        part = slice(c, c + UPSAMPLE_CHUNK)
-        with timer(stage):
-            chunks.append(_score_chunk(bundle, params, frame, logits[part], iou[part],
-                                       None if cells is None else (cells[0][part], cells[1][part], cells[2][part])))
+    if frame.x4 and params.stability_score_thresh > 0.0:
+        chunks = _filter_x4_chunks(bundle, params, frame, logits, iou, timer)
+    else:
+        with timer("filter"):
+            keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+            logits, iou = logits[keep], iou[keep]
+        chunks = []
+        stage = "filter" if frame.x4 else "upsample"
+        for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
+            part = slice(c, c + UPSAMPLE_CHUNK)
+            with timer(stage):
+                chunks.append(_score_chunk(bundle, params, frame, logits[part], iou[part]))
     if not chunks:
         empty = MaskData(torch.zeros(0), torch.zeros(0), torch.zeros((0, 4), dtype=torch.int64))
         if frame.lazy:
             return empty.with_(low_res_logits=torch.zeros((0, *logits.shape[1:])))
         return empty.with_(masks=torch.zeros((0, *frame.hw), dtype=torch.bool))
     return MaskData.cat(chunks)
+
+
+def _filter_x4_chunks(
+    bundle: SamBundle, params: FilterParams, frame: CropFrame, logits: torch.Tensor, iou: torch.Tensor, timer: Timer
+) -> list[MaskData]:
+    """The IoU filter, the stability bound and `_score_chunk` on a 4x frame, `UPSAMPLE_CHUNK` masks at a time.
+
+    Each chunk's logits, cell bounds and flags stay in cache from the bound to
+    the exact statistics (all steps are per mask, so the survivors are those of
+    the whole batch at once); masks whose bound proves they cannot pass are
+    not counted exactly.
+    """
+    chunks: list[MaskData] = []
+    with timer("filter"):
+        keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+        idx = keep.nonzero()[:, 0]
+        for c in range(0, idx.numel(), UPSAMPLE_CHUNK):
+            sub = idx[c : c + UPSAMPLE_CHUNK]
+            low = logits[sub]
+            cells = cell_bounds(low)
+            bound = stability_upper_bound_x4(low, params.mask_threshold, params.stability_score_offset, cells)
+            passing = bound >= params.stability_score_thresh - BOUND_SLACK  # proven: the rest cannot pass
+            if not bool(passing.any()):
+                continue
+            if not bool(passing.all()):
+                low, sub = low[passing], sub[passing]
+                cells = (cells[0][passing], cells[1][passing], cells[2][passing])
+            chunks.append(_score_chunk(bundle, params, frame, low, iou[sub], cells))
+    return chunks
 
 
 def _score_chunk(
