@@ -2,7 +2,7 @@
 
 `_upscale_and_predict` runs the two 2x2 stride-2 transposed convolutions as
 channels-last matmuls (one prompt at a time on the CPU, a band of embedding
-rows at a time so the features stay in cache, the second GELU fused) and
+rows at a time so the features stay in cache, the second GELU in place or fused by oneDNN) and
 multiplies out only the requested mask tokens; `_Conv1FromSharedImage` gives
 the first product from the image side all prompts share, without
 multiplying each prompt's own image side out. See the fast decoder's module
