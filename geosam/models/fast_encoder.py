@@ -115,11 +115,20 @@ PER_HEAD_MIN_TOKENS = 1024
 QUERY_CHUNK = 512
 
 
-def _rel_terms(attn: Any, q: torch.Tensor, hh: int, ww: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's decomposed relative positions for queries q (B, nh, H*W, d): (B*nh, HW, H, 1) and (B*nh, HW, 1, W)."""
+def _rel_tables(attn: Any, hh: int, ww: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attn``'s relative-position tables for an H x W map: (H, H, d) [query row, key row] and (W, W, d)."""
+    return attn.get_rel_pos(hh, hh, attn.rel_pos_h), attn.get_rel_pos(ww, ww, attn.rel_pos_w)
+
+
+def _rel_terms(
+    attn: Any, q: torch.Tensor, hh: int, ww: int, tables: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's decomposed relative positions for queries q (B, nh, H*W, d): (B*nh, HW, H, 1) and (B*nh, HW, 1, W).
+
+    ``tables``: `_rel_tables` of ``attn`` for this map, if already built (~0.1 ms each time otherwise).
+    """
     b, nh, _, d = q.shape
-    rh = attn.get_rel_pos(hh, hh, attn.rel_pos_h)  # (H, H, d): [query row, key row]
-    rw = attn.get_rel_pos(ww, ww, attn.rel_pos_w)  # (W, W, d)
+    rh, rw = tables if tables is not None else _rel_tables(attn, hh, ww)
     qr = q.reshape(b, nh, hh, ww, d)
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", qr, rh.to(qr.dtype)).reshape(b * nh, hh * ww, hh, 1)
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", qr, rw.to(qr.dtype)).reshape(b * nh, hh * ww, 1, ww)
@@ -132,11 +141,13 @@ def _attention_f32(attn: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] 
     return linear(_attend_f32(attn, qkv), attn.proj.weight, attn.proj.bias)
 
 
-def _attend_f32(attn: Any, qkv: torch.Tensor) -> torch.Tensor:
+def _attend_f32(
+    attn: Any, qkv: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``softmax(q k^T * scale + rel_h + rel_w) v`` of ``attn`` from its qkv projection (B, H, W, 3C): (B, H, W, C).
 
     As the stock module (before its output projection), the relative
-    positions added in place to each score block.
+    positions added in place to each score block. ``tables``: see `_rel_terms`.
     """
     b, hh, ww, _ = qkv.shape
     nh = int(attn.num_attention_heads)
@@ -145,8 +156,8 @@ def _attend_f32(attn: Any, qkv: torch.Tensor) -> torch.Tensor:
     d = q.shape[-1]
     qs = (q * attn.scale).reshape(bn, n_tok, d)
     keys = k.reshape(bn, n_tok, d).contiguous()
-    rel = _rel_terms(attn, q, hh, ww) if attn.use_rel_pos else None
-    if n_tok <= PER_HEAD_MIN_TOKENS:  # windows: every window and head in two batched products
+    rel = _rel_terms(attn, q, hh, ww, tables) if attn.use_rel_pos else None
+    if n_tok <= PER_HEAD_MIN_TOKENS:  # a window (or a small map): every head in two batched products
         scores = torch.bmm(qs, keys.transpose(1, 2))
         if rel is not None:
             scores.view(bn, n_tok, hh, ww).add_(rel[0]).add_(rel[1])
@@ -186,10 +197,11 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
 
     The same function with less work: the qkv projection runs on the real
     tokens only (a padded token, zero after ``layer_norm1``, has the qkv bias
-    as its q, k and v, which the window buffers hold where the scene ends), the
-    attention runs one window at a time with all heads batched (a window's
-    scores, 12 x 196 x 196 for SAM's ViT, stay in cache from the product
-    through the softmax to the values), each window's output goes straight to
+    as its q, k and v, which the window buffer holds where the scene ends), the
+    attention runs one window at a time (`_attend_f32` on the window, all heads
+    batched, the relative-position tables built once: a window's scores, 12 x
+    196 x 196 for SAM's ViT, stay in cache from the product through the
+    softmax to the values), each window's output goes straight to
     its place in the (B, H, W, C) map, and the output projection runs on the
     real tokens only. AMD EPYC Zen 3, one thread, ViT-B at 1024 px: a windowed
     layer's attention alone (scores to values) 0.15 s -> 0.08 s, the whole
@@ -197,14 +209,10 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
     """
     attn, ws = layer.attn, int(layer.window_size)
     b, hh, ww, c = h.shape
-    nh = int(attn.num_attention_heads)
-    d, n = c // nh, ws * ws
     qkv = linear(h, attn.qkv.weight, attn.qkv.bias, out=_buffer(buffers, "qkv", (b, hh, ww, 3 * c), h))  # real tokens
-    if attn.use_rel_pos:
-        rh = attn.get_rel_pos(ws, ws, attn.rel_pos_h).to(qkv.dtype)  # (ws, ws, d): [query row, key row]
-        rw = attn.get_rel_pos(ws, ws, attn.rel_pos_w).to(qkv.dtype)
+    tables = _rel_tables(attn, ws, ws) if attn.use_rel_pos else None  # once for all windows
     out = torch.empty((b, hh, ww, c), dtype=qkv.dtype, device=qkv.device)
-    win = torch.empty((ws, ws, 3 * c), dtype=qkv.dtype, device=qkv.device)
+    win = torch.empty((1, ws, ws, 3 * c), dtype=qkv.dtype, device=qkv.device)
     bias = attn.qkv.bias.to(win.dtype).expand_as(win)
     for bi in range(b):
         for y0 in range(0, hh, ws):
@@ -212,17 +220,8 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
                 ry, rx = min(ws, hh - y0), min(ws, ww - x0)
                 if ry < ws or rx < ws:  # the tokens past the map: the bias (what zeros project to)
                     win.copy_(bias)
-                win[:ry, :rx].copy_(qkv[bi, y0 : y0 + ry, x0 : x0 + rx])
-                t = win.view(n, 3, nh, d)
-                q = t[:, 0].transpose(0, 1).contiguous()  # (nh, n, d)
-                scores = torch.bmm(q * attn.scale, t[:, 1].transpose(0, 1).transpose(1, 2))  # (nh, n, n)
-                if attn.use_rel_pos:
-                    qr = q.view(nh, ws, ws, d)
-                    rel_h = torch.einsum("nhwc,hkc->nhwk", qr, rh)
-                    rel_w = torch.einsum("nhwc,wkc->nhwk", qr, rw)
-                    scores.view(nh, ws, ws, ws, ws).add_(rel_h[..., None]).add_(rel_w[:, :, :, None, :])
-                o = torch.bmm(torch.softmax(scores, dim=-1), t[:, 2].transpose(0, 1))  # (nh, n, d)
-                out[bi, y0 : y0 + ry, x0 : x0 + rx] = o.transpose(0, 1).reshape(ws, ws, c)[:ry, :rx]
+                win[0, :ry, :rx].copy_(qkv[bi, y0 : y0 + ry, x0 : x0 + rx])
+                out[bi, y0 : y0 + ry, x0 : x0 + rx] = _attend_f32(attn, win, tables)[0, :ry, :rx]
     return linear(out, attn.proj.weight, attn.proj.bias)
 
 
