@@ -20,14 +20,12 @@ import torch.nn.functional as F
 from geosam.models.cpu_gemm import bmm, linear
 
 
-def _conv1_weights(dec: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``upscale_conv1`` (ConvTranspose2d k=2 s=2) as linear weights (4 C4, C) and bias, output rows (a, b, o).
+def _as_linear(conv: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ConvTranspose2d (k=2, s=2) as linear weights (4 out, in) and bias, output rows (a, b, o).
 
     ``out[o, 2i+a, 2j+b] = sum_c x[c, i, j] W[c, o, a, b] + bias[o]``.
     """
-    conv1 = dec.upscale_conv1
-    c4 = conv1.out_channels
-    return conv1.weight.permute(2, 3, 1, 0).reshape(4 * c4, -1).contiguous(), conv1.bias.repeat(4)
+    return conv.weight.permute(2, 3, 1, 0).reshape(4 * conv.out_channels, -1).contiguous(), conv.bias.repeat(4)
 
 
 class _Conv1FromSharedImage:
@@ -49,7 +47,7 @@ class _Conv1FromSharedImage:
     """
 
     def __init__(self, dec: Any, x0: torch.Tensor, lns: list[Any], cache: dict[Any, Any] | None, key: Any) -> None:
-        w1, b1 = _conv1_weights(dec)
+        w1, b1 = _as_linear(dec.upscale_conv1)
         g = [ln.weight for ln in lns]
         beta = [ln.bias for ln in lns]
         m = [w1 * g[-1]]  # M_L = W1 G_L, then M_l = M_{l+1} G_l
@@ -143,9 +141,8 @@ def _upscale_and_predict(
     c8 = conv2.out_channels
     k = hyper.shape[1]
     # the transposed convolutions as linear weights (out features, in features): rows (a, b, o) resp. (a2, b2, o2)
-    w1, b1 = _conv1_weights(dec)
-    w2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c8, c4).contiguous()
-    b2 = conv2.bias.repeat(4)
+    w1, b1 = _as_linear(dec.upscale_conv1)
+    w2, b2 = _as_linear(conv2)
     ln = dec.upscale_layer_norm
     dtype = torch.promote_types(x.dtype, w1.dtype)
     exact_gelu = isinstance(dec.activation, torch.nn.GELU) and dec.activation.approximate == "none"

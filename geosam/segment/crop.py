@@ -164,7 +164,7 @@ def _process_batch(
         chunks = _filter_x4_chunks(bundle, params, frame, logits, iou, timer)
     else:
         with timer("filter"):
-            keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+            keep = _iou_keep(params, iou)
             logits, iou = logits[keep], iou[keep]
         chunks = []
         stage = "filter" if frame.x4 else "upsample"
@@ -180,6 +180,11 @@ def _process_batch(
     return MaskData.cat(chunks)
 
 
+def _iou_keep(params: FilterParams, iou: torch.Tensor) -> torch.Tensor:
+    """SAM's IoU filter: the masks whose predicted IoU is above ``pred_iou_thresh`` (all if it is 0)."""
+    return iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+
+
 def _filter_x4_chunks(
     bundle: SamBundle, params: FilterParams, frame: CropFrame, logits: torch.Tensor, iou: torch.Tensor, timer: Timer
 ) -> list[MaskData]:
@@ -192,8 +197,7 @@ def _filter_x4_chunks(
     """
     chunks: list[MaskData] = []
     with timer("filter"):
-        keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-        idx = keep.nonzero()[:, 0]
+        idx = _iou_keep(params, iou).nonzero()[:, 0]
         for c in range(0, idx.numel(), UPSAMPLE_CHUNK):
             sub = idx[c : c + UPSAMPLE_CHUNK]
             low = logits[sub]
