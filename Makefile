@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 # A torch already in .venv that satisfies TORCH is kept (see the README); no torchvision needed.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.geosam-installed
+# pytest-xdist workers for make test / test-fast (each gets its share of the cores: tests/conftest.py); 0: one
+# process. Not for test-docs: its few long model runs are faster on all cores one after the other.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: demo test test-docs test-fast bench venv clean notebooks docs
 
@@ -25,7 +29,7 @@ demo: $(STAMP)
 
 # every test but those that execute the notebooks and the README's / docs' snippets (marked docs): a few minutes
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not docs"
+	$(PYTEST) -m "not docs"
 
 # the documents as tests: every notebook runs top to bottom, every README / docs snippet runs as written
 test-docs: $(STAMP)
@@ -33,7 +37,7 @@ test-docs: $(STAMP)
 
 # `make test` without the tests marked slow (long equality runs, Dask clusters)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not docs"
+	$(PYTEST) -m "not slow and not docs"
 
 # re-render the notebooks in place, storing their outputs (pictures, tables)
 notebooks: $(STAMP)

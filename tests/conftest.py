@@ -9,6 +9,12 @@ from typing import Any
 
 import pytest
 
+# under pytest-xdist (make test: -n 2), the cores are shared by the workers: torch in each worker and in the
+# processes it starts (CLI runs, Dask workers) gets its share, not every core (oversubscribed OpenMP threads spin)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 # dtype="auto" would pick bf16 autocast on CPUs with AMX: keep tests exact and machine-independent
 # (tests of the choice itself set GEOSAM_CPU_AMX with monkeypatch)
 os.environ.setdefault("GEOSAM_CPU_AMX", "0")
@@ -18,9 +24,19 @@ from tests._stac_fixtures import stac_catalog, stac_served  # noqa: F401 - the S
 from tests._tiny_sam import build_tiny_sam
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist: the mypy test first (the same order on every worker), so that a worker runs it while the
+    others run the rest, instead of it running last on its own."""
+    if _WORKERS > 1:
+        items.sort(key=lambda item: item.nodeid != _background.MYPY_TEST)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start mypy in the background when its test is selected; it runs while the other tests do."""
-    if any(item.nodeid == _background.MYPY_TEST for item in session.items):
+    """Start mypy in the background when its test is selected; it runs while the other tests do.
+
+    Not under pytest-xdist: every worker collects every test, and the worker that runs the test runs mypy then.
+    """
+    if _WORKERS <= 1 and any(item.nodeid == _background.MYPY_TEST for item in session.items):
         _background.start("mypy", _background.MYPY)
 
 

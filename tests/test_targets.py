@@ -11,15 +11,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def recipe(target: str) -> str:
-    m = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    """The target's commands, with the Makefile's own variables ($(PYTEST), $(TEST_WORKERS)) expanded."""
+    text = (ROOT / "Makefile").read_text()
+    m = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", text, re.MULTILINE)
     assert m, target
-    return m.group(1)
+    variables = dict(re.findall(r"^([A-Z_]+) *[:?]?= *(.*)$", text, re.MULTILINE))
+    out = m.group(1)
+    for _ in range(3):
+        out = re.sub(r"\$\(([A-Z_]+)\)", lambda v: variables.get(v.group(1), v.group(0)), out)
+    return out
 
 
 def test_the_targets_split_on_the_docs_marker() -> None:
-    assert '-m pytest -q -m "not docs"' in recipe("test")
-    assert "-m pytest -q -m docs" in recipe("test-docs")
+    assert re.search(r'-m pytest -q .*-m "not docs"', recipe("test"))
+    assert re.search(r'-m pytest -q .*-m "not slow and not docs"', recipe("test-fast"))
+    assert re.search(r"-m pytest -q .*-m docs", recipe("test-docs"))
     assert "docs:" in (ROOT / "pyproject.toml").read_text()  # the marker is registered
+
+
+def test_make_test_runs_in_worker_processes() -> None:
+    """make test / test-fast in pytest-xdist workers (2 by default; conftest gives each its share of the cores)."""
+    import xdist  # noqa: F401 - installed with the test extra
+
+    assert "-n 2 --dist worksteal" in recipe("test") and "-n 2" in recipe("test-fast")
+    assert "-n " not in recipe("test-docs")
 
 
 def test_ci_runs_both_targets() -> None:
