@@ -41,7 +41,7 @@ import torch
 
 from geosam.errors import ModelLoadError
 from geosam.models.bundle import ModelCapabilities, SamBundle
-from geosam.models.tinyvit import INPUT_SIZE, TinyViTEncoder
+from geosam.models.tinyvit import INPUT_SIZE, TinyViTEncoder, fold_batch_norms
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,10 @@ def build_model(path: str | os.PathLike[str] | None = None) -> Any:
             f"cannot load SAM model 'litemedsam': {ckpt} does not fit the architecture "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    return sam.eval()
+    sam.eval()
+    fold_batch_norms(encoder)  # inference only: the BatchNorms' running statistics go into the convolutions
+    encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the conv weights as its maps
+    return sam
 
 
 def load_litemedsam(device: torch.device, dtype: torch.dtype, name: str = NAME) -> SamBundle:
