@@ -150,6 +150,41 @@ def test_upscaling_from_the_shared_image_side(sam_size, monkeypatch) -> None:
     assert torch.equal(other[0], fresh[0]) and torch.equal(other[1], fresh[1])
 
 
+@pytest.mark.parametrize("tile", [1024, 1000])
+def test_last_image_side_fused_with_the_final_attention(sam_size, monkeypatch, tile: int) -> None:
+    """CPU float32 with one shared image side: the last layer's image side is attended to tile by tile (a running
+    softmax) and never written; the same IoUs and masks as the two-step path, with tiles that divide the 4096
+    positions or leave a remainder (1000: 4 x 1000 + 96)."""
+    from geosam.models import fast_decoder as fd
+    from geosam.models import fast_twoway
+
+    bundle, emb = sam_size
+    model = bundle.model
+    monkeypatch.setattr(fast_twoway, "CPU_TILE_POSITIONS", tile)
+    gen = torch.Generator().manual_seed(11)
+    pts = torch.rand((1, 5, 1, 2), generator=gen) * 1024
+    lab = torch.ones((1, 5, 1), dtype=torch.long)
+    calls = {"image_side": 0, "fused": 0}
+    image_side, fused = fd._image_side, fd._final_image_side_attention
+
+    def count(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(fd, "_image_side", count("image_side", image_side))
+    monkeypatch.setattr(fd, "_final_image_side_attention", count("fused", fused))
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(input_points=pts, input_labels=lab, input_boxes=None, input_masks=None)
+        two_step = fast_decode(model, emb, sparse[0], dense.expand(5, -1, -1, -1), True)  # per-prompt dense
+        assert calls == {"image_side": 2, "fused": 0}
+        got = fast_decode(model, emb, sparse[0], dense, True)
+    assert calls == {"image_side": 3, "fused": 1}  # layer 0's image side, then layer 1's fused with the attention
+    assert torch.isfinite(got[0]).all()
+    _close(got, two_step)
+
+
 def test_default_choice(sam_size) -> None:
     bundle, _ = sam_size
     assert bundle.fast_decoder is None
@@ -188,10 +223,11 @@ def test_iou_floor_skips_prompts_without_a_mask_above_it(sam_size, fast_path: bo
 @pytest.mark.parametrize(("tile", "onednn"), [(100, True), (4096, True), (100, False)])
 def test_tiles_and_torch_products_match_stock(sam_size, monkeypatch, tile: int, onednn: bool) -> None:
     """The per-position steps tile by tile (an uneven last tile) or whole, through oneDNN or torch: stock results."""
-    import geosam.models.fast_decoder as fdm
+    from geosam.models import fast_decoder, fast_twoway
 
     bundle, emb = sam_size
-    monkeypatch.setattr(fdm, "CPU_TILE_POSITIONS", tile)
+    for module in (fast_twoway, fast_decoder):  # the image side's tiles, the upscaling's bands
+        monkeypatch.setattr(module, "CPU_TILE_POSITIONS", tile)
     monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", "1" if onednn else "0")
     pts = torch.rand((5, 2), generator=torch.Generator().manual_seed(11)) * bundle.input_size
     fast = gm.decode_points(dataclasses.replace(bundle, fast_decoder=True), emb, pts)

@@ -27,6 +27,10 @@ multiplications touch the h*w positions:
   shared image side (`geosam.models.fast_upscale`): one product for all prompts
   plus, per prompt, a product of inner size 116 instead of 256 (0.25 instead
   of 0.54 GFLOP; AMD EPYC Zen 3, one thread: 256 prompts 9.0 vs 9.65 s);
+* then nothing reads the last layer's image side but the final token -> image
+  attention: it is attended to tile by tile as it is computed, with a running
+  softmax (`_final_image_side_attention`), and never written (AMD EPYC Zen 3,
+  one thread, 256 prompts: 11.18 vs 11.63 s CPU time, medians of 8 alternating);
 * the output upscaling (two 2x2 stride-2 transposed convolutions) runs as
   channels-last matmuls (float32 on the CPU through
   `geosam.models.cpu_gemm.linear`, the second GELU fused), one prompt at
@@ -39,7 +43,7 @@ multiplications touch the h*w positions:
   `geosam.models.cpu_gemm.bmm` (oneDNN where torch's float32 ``bmm``, MKL,
   runs at half speed: AMD CPUs with AVX-512), and the per-position steps (residual + layer norm +
   positional encoding after each image -> token attention; the upscaling) run
-  `CPU_TILE_POSITIONS` image positions at a time, so that their intermediates
+  `geosam.models.fast_twoway.CPU_TILE_POSITIONS` image positions at a time, so that their intermediates
   stay in cache;
 * with ``iou_floor`` (segment-everything's ``pred_iou_thresh``), prompts none
   of whose masks has a predicted IoU above it are not upscaled at all (the
@@ -56,9 +60,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from geosam.models.cpu_gemm import bmm, linear
+from geosam.models.fast_twoway import (
+    CPU_TILE_POSITIONS,
+    _final_image_side_attention,
+    _image_side,
+    _image_to_token_parts,
+    _token_to_image,
+)
 from geosam.models.fast_upscale import _Conv1FromSharedImage, _upscale_and_predict
 
 __all__ = ["fast_decode", "fast_decoder_supported", "image_positional_embeddings"]
@@ -106,124 +115,6 @@ def fast_decoder_supported(model: Any) -> bool:
 def image_positional_embeddings(model: Any) -> torch.Tensor:
     """The dense positional encoding (1, C, h, w) that SamModel feeds the decoder."""
     return model.get_image_wide_positional_embeddings()
-
-
-def _heads(attn: Any) -> tuple[int, int]:
-    h = int(attn.num_attention_heads)
-    return h, int(attn.internal_dim) // h
-
-
-def _scores(rows: torch.Tensor, x_pos: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """rows (N, R, C) against image keys x_pos (B, P, C), B = N or 1 (shared: one GEMM for all prompts):
-    (N, R, P) (+ bias (N, R, 1))."""
-    return bmm(rows, x_pos.transpose(1, 2), add=bias)
-
-
-def _token_to_image(attn: Any, q_tokens: torch.Tensor, x: torch.Tensor, x_pos: torch.Tensor) -> torch.Tensor:
-    """``attn(query=q_tokens, key=x_pos, value=x)`` without projecting the image positions.
-
-    q_tokens: (N, T, C) token queries (with their positional part); x: (B, P, C)
-    image values, x_pos: (B, P, C) image keys (x + pos), B = N or 1 (shared).
-    Returns the attention output after out_proj, (N, T, C).
-
-    ``q . k_p = (q W_k) . x_p + q . b_k``: the last term is the same for every
-    image position p, so it cancels in the softmax over p and is left out.
-    ``sum_p a_p (W_v x_p + b_v) = W_v (sum_p a_p x_p) + b_v`` as the a_p sum to 1.
-    """
-    n, t, c = q_tokens.shape
-    nh, d = _heads(attn)
-    q = attn.q_proj(q_tokens).view(n, t, nh, d)
-    wk = attn.k_proj.weight.view(nh, d, c)  # rows h*d..(h+1)*d belong to head h
-    qk = torch.einsum("nthd,hdc->nhtc", q, wk * float(attn.scaling)).reshape(n, nh * t, c)
-    probs = torch.softmax(_scores(qk, x_pos), dim=-1, dtype=torch.float32).to(qk.dtype)  # (N, h*T, P)
-    ax = bmm(probs, x).view(n, nh, t, c)  # (N, h, T, C)
-    wv = attn.v_proj.weight.view(nh, d, c)
-    out = torch.einsum("nhtc,hdc->nthd", ax, wv).reshape(n, t, nh * d) + attn.v_proj.bias
-    return attn.out_proj(out)
-
-
-#: Image positions per tile of the per-position steps on the CPU (residual, layer norm and positional add after
-#: the image -> token attention; the output upscaling): a tile's intermediates stay in the core's cache, so each
-#: prompt's (h*w, C) image side is read and written once per step instead of once per operation.
-CPU_TILE_POSITIONS = 1024
-
-
-def _image_to_token_parts(
-    attn: Any, x_pos: torch.Tensor, k_tokens: torch.Tensor, v_tokens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``attn(query=x_pos, key=k_tokens, value=v_tokens)`` as ``probs^T @ vo``, without projecting the image positions.
-
-    x_pos: (B, P, C) image keys (x + pos), B = N or 1 (shared); k_tokens,
-    v_tokens: (N, T, C). Returns ``(probs (N, h*T, P), vo (N, h*T, C))``: the
-    attention output at position p is ``sum_j probs[:, j, p] vo[:, j]``.
-
-    ``(W_q x_p + b_q) . k = x_p . (W_q^T k) + b_q . k`` moves the query
-    projection to the tokens, and ``out_proj(concat_h A_h V_h) = sum_h A_h
-    (V_h W_o,h^T) + b_o`` moves the output projection to the tokens too
-    (b_o is spread over the heads' values: each head's weights sum to 1).
-    """
-    n, t, c = k_tokens.shape
-    nh, d = _heads(attn)
-    scale = float(attn.scaling)
-    k = attn.k_proj(k_tokens).view(n, t, nh, d)
-    wq = attn.q_proj.weight.view(nh, d, c)
-    kq = torch.einsum("nthd,hdc->nhtc", k, wq * scale).reshape(n, nh * t, c)
-    kb = torch.einsum("nthd,hd->nht", k, attn.q_proj.bias.view(nh, d) * scale).reshape(n, nh * t, 1)
-    s = _scores(kq, x_pos, kb).view(n, nh, t, -1)  # (N, h, T, P)
-    probs = torch.softmax(s, dim=2, dtype=torch.float32).to(kq.dtype).view(n, nh * t, -1)
-    v = attn.v_proj(v_tokens).view(n, t, nh, d)
-    wo = attn.out_proj.weight.view(c, nh, d)  # columns h*d..(h+1)*d belong to head h
-    vo = torch.einsum("nthd,chd->nhtc", v, wo) + (attn.out_proj.bias / nh)
-    return probs, vo.reshape(n, nh * t, c)
-
-
-def _layer_norm(x: torch.Tensor, ln: Any) -> torch.Tensor:
-    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-
-
-def _image_side(
-    x: torch.Tensor,
-    probs: torch.Tensor,
-    vo: torch.Tensor,
-    ln: Any,
-    pos: torch.Tensor,
-    inplace: bool = False,
-    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The image side after an image -> token attention: ``keys = ln(x + probs^T @ vo)`` and ``keys + pos``.
-
-    x: (B, P, C), B = N or 1 (shared); probs (N, R, P), vo (N, R, C) from
-    `_image_to_token_parts`; pos (1, P, C). Returns ``(keys, keys_pos)``, both
-    (N, P, C). ``inplace``: ``x`` is not needed afterwards and receives ``keys``.
-    On the CPU in float32 each prompt runs `CPU_TILE_POSITIONS` positions at a
-    time through all three steps (the same values: every step is per position).
-    ``stats`` (CPU float32 only): tensors that receive ``probs`` transposed
-    (N, P, R) and the layer norm's mean and reciprocal standard deviation per
-    position (N, P).
-    """
-    n, _, p = probs.shape
-    c = vo.shape[-1]
-    own = inplace and x.shape[0] == n
-    if not (x.device.type == "cpu" and x.dtype == vo.dtype == torch.float32):
-        keys = _layer_norm(bmm(probs.transpose(1, 2), vo, add=x, out=x if own else None), ln)
-        return keys, keys + pos
-    keys = x if own else torch.empty((n, p, c), dtype=x.dtype, device=x.device)
-    keys_pos = torch.empty_like(keys)
-    for i in range(n):
-        xi = x[i] if x.shape[0] == n else x[0]
-        # (P, R): tiles of positions are contiguous rows
-        pt = probs[i].t().contiguous() if stats is None else stats[0][i].copy_(probs[i].t())
-        for s in range(0, p, CPU_TILE_POSITIONS):
-            e = min(p, s + CPU_TILE_POSITIONS)
-            y = linear(pt[s:e], vo[i].t()).add_(xi[s:e])
-            if stats is None:
-                y = _layer_norm(y, ln)
-            else:
-                y, mean, rstd = torch.native_layer_norm(y, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-                stats[1][i, s:e], stats[2][i, s:e] = mean[:, 0], rstd[:, 0]
-            keys[i, s:e] = y
-            torch.add(y, pos[0, s:e], out=keys_pos[i, s:e])
-    return keys, keys_pos
 
 
 def fast_decode(
@@ -290,6 +181,7 @@ def fast_decode(
     )
     x0 = keys[0]
     records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, Any] | None = None
     for i_layer, layer in enumerate(tr.layers):
         # self attention of the tokens (cheap: run the module itself)
         if layer.skip_first_layer_pe:
@@ -311,6 +203,9 @@ def fast_decode(
             p_img = probs.shape[-1]
             stats = (probs.new_empty((n, p_img, probs.shape[1])), probs.new_empty((n, p_img)), probs.new_empty((n, p_img)))
             records.append((stats[0], vo, stats[1], stats[2]))
+            if i_layer == len(tr.layers) - 1:  # the last image side only for the final attention: fused with it
+                last = (keys, probs, vo, layer.layer_norm4, stats)
+                break
         keys, keys_pos = _image_side(keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0, stats=stats)
 
     # the final attention only for the tokens read after it (each query row attends on its own): the IoU token and
@@ -318,8 +213,12 @@ def fast_decode(
     sel = range(1, dec.num_mask_tokens) if multimask else range(1)
     used = [0, *(1 + j for j in sel)]
     queries, pe_used = queries[:, used], pe_tok[:, used]
-    queries = queries + _token_to_image(tr.final_attn_token_to_image, queries + pe_used, keys, keys_pos)
-    queries = tr.layer_norm_final_attn(queries)
+    if last is not None:  # the final image side is never written; the upscaling reads the records instead
+        keys, probs, vo, ln4, stats = last
+        att = _final_image_side_attention(tr.final_attn_token_to_image, queries + pe_used, keys, probs, vo, ln4, pos, stats)
+    else:
+        att = _token_to_image(tr.final_attn_token_to_image, queries + pe_used, keys, keys_pos)
+    queries = tr.layer_norm_final_attn(queries + att)
 
     iou_token_out = queries[:, 0, :]
     hyper = torch.stack([dec.output_hypernetworks_mlps[j](queries[:, 1 + i, :]) for i, j in enumerate(sel)], dim=1)

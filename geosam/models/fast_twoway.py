@@ -1,0 +1,206 @@
+"""The two-way transformer's attention steps of `geosam.models.fast_decoder`, rearranged for many prompts.
+
+Token -> image attention without projecting the image positions (`_token_to_image`, split into its query rows
+`_token_rows` and its output `_token_output`), image -> token attention as ``probs^T @ vo`` (`_image_to_token_parts`),
+the image side after it (`_image_side`, on the CPU in tiles of `CPU_TILE_POSITIONS` positions: `_image_side_tiles`),
+and the last layer's image side fused with the final attention (`_final_image_side_attention`). The module docstring
+of `geosam.models.fast_decoder` gives the algebra and the measured effect of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from geosam.models.cpu_gemm import bmm, linear
+
+
+def _heads(attn: Any) -> tuple[int, int]:
+    h = int(attn.num_attention_heads)
+    return h, int(attn.internal_dim) // h
+
+
+def _scores(rows: torch.Tensor, x_pos: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """rows (N, R, C) against image keys x_pos (B, P, C), B = N or 1 (shared: one GEMM for all prompts):
+    (N, R, P) (+ bias (N, R, 1))."""
+    return bmm(rows, x_pos.transpose(1, 2), add=bias)
+
+
+def _token_to_image(attn: Any, q_tokens: torch.Tensor, x: torch.Tensor, x_pos: torch.Tensor) -> torch.Tensor:
+    """``attn(query=q_tokens, key=x_pos, value=x)`` without projecting the image positions.
+
+    q_tokens: (N, T, C) token queries (with their positional part); x: (B, P, C)
+    image values, x_pos: (B, P, C) image keys (x + pos), B = N or 1 (shared).
+    Returns the attention output after out_proj, (N, T, C).
+
+    ``q . k_p = (q W_k) . x_p + q . b_k``: the last term is the same for every
+    image position p, so it cancels in the softmax over p and is left out.
+    ``sum_p a_p (W_v x_p + b_v) = W_v (sum_p a_p x_p) + b_v`` as the a_p sum to 1.
+    """
+    qk = _token_rows(attn, q_tokens)
+    probs = torch.softmax(_scores(qk, x_pos), dim=-1, dtype=torch.float32).to(qk.dtype)  # (N, h*T, P)
+    return _token_output(attn, bmm(probs, x), q_tokens.shape[1])
+
+
+def _token_rows(attn: Any, q_tokens: torch.Tensor) -> torch.Tensor:
+    """The token -> image attention's query rows against the raw image side: ``q W_k`` per head, (N, h*T, C)."""
+    n, t, c = q_tokens.shape
+    nh, d = _heads(attn)
+    q = attn.q_proj(q_tokens).view(n, t, nh, d)
+    wk = attn.k_proj.weight.view(nh, d, c)  # rows h*d..(h+1)*d belong to head h
+    return torch.einsum("nthd,hdc->nhtc", q, wk * float(attn.scaling)).reshape(n, nh * t, c)
+
+
+def _token_output(attn: Any, ax: torch.Tensor, t: int) -> torch.Tensor:
+    """The attention output (N, T, C) from ``ax`` (N, h*T, C), the attention-weighted image side of each row."""
+    n, _, c = ax.shape
+    nh, d = _heads(attn)
+    wv = attn.v_proj.weight.view(nh, d, c)
+    out = torch.einsum("nhtc,hdc->nthd", ax.view(n, nh, t, c), wv).reshape(n, t, nh * d) + attn.v_proj.bias
+    return attn.out_proj(out)
+
+
+#: Image positions per tile of the per-position steps on the CPU (residual, layer norm and positional add after
+#: the image -> token attention; the output upscaling): a tile's intermediates stay in the core's cache, so each
+#: prompt's (h*w, C) image side is read and written once per step instead of once per operation.
+CPU_TILE_POSITIONS = 1024
+
+
+def _image_to_token_parts(
+    attn: Any, x_pos: torch.Tensor, k_tokens: torch.Tensor, v_tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attn(query=x_pos, key=k_tokens, value=v_tokens)`` as ``probs^T @ vo``, without projecting the image positions.
+
+    x_pos: (B, P, C) image keys (x + pos), B = N or 1 (shared); k_tokens,
+    v_tokens: (N, T, C). Returns ``(probs (N, h*T, P), vo (N, h*T, C))``: the
+    attention output at position p is ``sum_j probs[:, j, p] vo[:, j]``.
+
+    ``(W_q x_p + b_q) . k = x_p . (W_q^T k) + b_q . k`` moves the query
+    projection to the tokens, and ``out_proj(concat_h A_h V_h) = sum_h A_h
+    (V_h W_o,h^T) + b_o`` moves the output projection to the tokens too
+    (b_o is spread over the heads' values: each head's weights sum to 1).
+    """
+    n, t, c = k_tokens.shape
+    nh, d = _heads(attn)
+    scale = float(attn.scaling)
+    k = attn.k_proj(k_tokens).view(n, t, nh, d)
+    wq = attn.q_proj.weight.view(nh, d, c)
+    kq = torch.einsum("nthd,hdc->nhtc", k, wq * scale).reshape(n, nh * t, c)
+    kb = torch.einsum("nthd,hd->nht", k, attn.q_proj.bias.view(nh, d) * scale).reshape(n, nh * t, 1)
+    s = _scores(kq, x_pos, kb).view(n, nh, t, -1)  # (N, h, T, P)
+    probs = torch.softmax(s, dim=2, dtype=torch.float32).to(kq.dtype).view(n, nh * t, -1)
+    v = attn.v_proj(v_tokens).view(n, t, nh, d)
+    wo = attn.out_proj.weight.view(c, nh, d)  # columns h*d..(h+1)*d belong to head h
+    vo = torch.einsum("nthd,chd->nhtc", v, wo) + (attn.out_proj.bias / nh)
+    return probs, vo.reshape(n, nh * t, c)
+
+
+def _layer_norm(x: torch.Tensor, ln: Any) -> torch.Tensor:
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def _image_side(
+    x: torch.Tensor,
+    probs: torch.Tensor,
+    vo: torch.Tensor,
+    ln: Any,
+    pos: torch.Tensor,
+    inplace: bool = False,
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image side after an image -> token attention: ``keys = ln(x + probs^T @ vo)`` and ``keys + pos``.
+
+    x: (B, P, C), B = N or 1 (shared); probs (N, R, P), vo (N, R, C) from
+    `_image_to_token_parts`; pos (1, P, C). Returns ``(keys, keys_pos)``, both
+    (N, P, C). ``inplace``: ``x`` is not needed afterwards and receives ``keys``.
+    On the CPU in float32 each prompt runs `CPU_TILE_POSITIONS` positions at a
+    time through all three steps (the same values: every step is per position).
+    ``stats`` (CPU float32 only): tensors that receive ``probs`` transposed
+    (N, P, R) and the layer norm's mean and reciprocal standard deviation per
+    position (N, P).
+    """
+    n, _, p = probs.shape
+    c = vo.shape[-1]
+    own = inplace and x.shape[0] == n
+    if not (x.device.type == "cpu" and x.dtype == vo.dtype == torch.float32):
+        keys = _layer_norm(bmm(probs.transpose(1, 2), vo, add=x, out=x if own else None), ln)
+        return keys, keys + pos
+    keys = x if own else torch.empty((n, p, c), dtype=x.dtype, device=x.device)
+    keys_pos = torch.empty_like(keys)
+    for i, s, e, y in _image_side_tiles(x, probs, vo, ln, stats):
+        keys[i, s:e] = y
+        torch.add(y, pos[0, s:e], out=keys_pos[i, s:e])
+    return keys, keys_pos
+
+
+def _image_side_tiles(
+    x: torch.Tensor,
+    probs: torch.Tensor,
+    vo: torch.Tensor,
+    ln: Any,
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+    """`_image_side`'s keys on the CPU in float32, `CPU_TILE_POSITIONS` positions of one prompt at a time:
+    ``(prompt, start, end, keys[prompt, start:end])``, the tile valid until the next one is asked for."""
+    n, _, p = probs.shape
+    for i in range(n):
+        xi = x[i] if x.shape[0] == n else x[0]
+        # (P, R): tiles of positions are contiguous rows
+        pt = probs[i].t().contiguous() if stats is None else stats[0][i].copy_(probs[i].t())
+        for s in range(0, p, CPU_TILE_POSITIONS):
+            e = min(p, s + CPU_TILE_POSITIONS)
+            y = linear(pt[s:e], vo[i].t()).add_(xi[s:e])
+            if stats is None:
+                y = _layer_norm(y, ln)
+            else:
+                y, mean, rstd = torch.native_layer_norm(y, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+                stats[1][i, s:e], stats[2][i, s:e] = mean[:, 0], rstd[:, 0]
+            yield i, s, e, y
+
+
+def _final_image_side_attention(
+    attn: Any,
+    q_tokens: torch.Tensor,
+    x: torch.Tensor,
+    probs: torch.Tensor,
+    vo: torch.Tensor,
+    ln: Any,
+    pos: torch.Tensor,
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """The last layer's image side and the final token -> image attention in one pass (CPU, float32).
+
+    The same as ``keys, keys_pos = _image_side(x, probs, vo, ln, pos)`` then
+    ``_token_to_image(attn, q_tokens, keys, keys_pos)``, for when nothing else
+    reads the final image side (the upscaling's first product comes from the
+    shared image side, `_Conv1FromSharedImage`): each tile of positions is
+    attended to while it is in cache, with a running maximum and sum
+    (the softmax over all positions, as in flash attention), and the (N, P, C)
+    ``keys`` and ``keys_pos`` are never written. Returns the attention output
+    (N, T, C). Equal to the two steps up to float rounding.
+    """
+    qk = _token_rows(attn, q_tokens)  # (N, R2, C)
+    ax = torch.empty_like(qk)
+    kp = torch.empty((CPU_TILE_POSITIONS, x.shape[-1]), dtype=x.dtype, device=x.device)
+    run_max = run_sum = acc = None
+    for i, s, e, y in _image_side_tiles(x, probs, vo, ln, stats):
+        if s == 0:
+            run_max = run_sum = acc = None
+        scores = linear(qk[i], torch.add(y, pos[0, s:e], out=kp[: e - s]))  # (R2, tile)
+        tile_max = scores.amax(dim=1, keepdim=True)
+        new_max = tile_max if run_max is None else torch.maximum(run_max, tile_max)
+        weights = scores.sub_(new_max).exp_()
+        if acc is None or run_max is None or run_sum is None:
+            run_sum, acc = weights.sum(dim=1, keepdim=True), weights @ y
+        else:
+            alpha = (run_max - new_max).exp_()
+            run_sum = run_sum.mul_(alpha).add_(weights.sum(dim=1, keepdim=True))
+            acc = acc.mul_(alpha).addmm_(weights, y)
+        run_max = new_max
+        if e == probs.shape[-1]:
+            assert acc is not None and run_sum is not None
+            torch.div(acc, run_sum, out=ax[i])
+    return _token_output(attn, ax, q_tokens.shape[1])
