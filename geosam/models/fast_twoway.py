@@ -185,22 +185,20 @@ def _final_image_side_attention(
     qk = _token_rows(attn, q_tokens)  # (N, R2, C)
     ax = torch.empty_like(qk)
     kp = torch.empty((CPU_TILE_POSITIONS, x.shape[-1]), dtype=x.dtype, device=x.device)
-    run_max = run_sum = acc = None
+    # a prompt's running maximum, sum of weights and weighted image side, started by its first tile (s == 0)
+    run_max = run_sum = acc = qk.new_empty(0)
     for i, s, e, y in _image_side_tiles(x, probs, vo, ln, stats):
-        if s == 0:
-            run_max = run_sum = acc = None
         scores = linear(qk[i], torch.add(y, pos[0, s:e], out=kp[: e - s]))  # (R2, tile)
         tile_max = scores.amax(dim=1, keepdim=True)
-        new_max = tile_max if run_max is None else torch.maximum(run_max, tile_max)
-        weights = scores.sub_(new_max).exp_()
-        if acc is None or run_max is None or run_sum is None:
-            run_sum, acc = weights.sum(dim=1, keepdim=True), weights @ y
+        if s == 0:
+            weights = scores.sub_(tile_max).exp_()
+            run_max, run_sum, acc = tile_max, weights.sum(dim=1, keepdim=True), weights @ y
         else:
+            new_max = torch.maximum(run_max, tile_max)
             alpha = (run_max - new_max).exp_()
-            run_sum = run_sum.mul_(alpha).add_(weights.sum(dim=1, keepdim=True))
+            weights = scores.sub_(new_max).exp_()
+            run_max, run_sum = new_max, run_sum.mul_(alpha).add_(weights.sum(dim=1, keepdim=True))
             acc = acc.mul_(alpha).addmm_(weights, y)
-        run_max = new_max
         if e == probs.shape[-1]:
-            assert acc is not None and run_sum is not None
             torch.div(acc, run_sum, out=ax[i])
     return _token_output(attn, ax, q_tokens.shape[1])
