@@ -144,7 +144,7 @@ def test_upscaling_from_the_shared_image_side(sam_size, monkeypatch) -> None:
         emb2 = torch.randn(emb.shape, generator=gen)
         other = fast_decode(model, emb2, sparse[0][:2], dense, True, cache=cache)
         assert built[-1] is not built[0]
-        fresh = fast_decode(model, emb2, sparse[0][:2], dense, True)
+        fresh = fast_decode(model, emb2, sparse[0][:2], dense, True, cache={})
     assert torch.isfinite(unrolled[0]).all()
     _close(unrolled, explicit)
     assert torch.equal(other[0], fresh[0]) and torch.equal(other[1], fresh[1])
@@ -183,6 +183,61 @@ def test_last_image_side_fused_with_the_final_attention(sam_size, monkeypatch, t
     assert calls == {"image_side": 3, "fused": 1}  # layer 0's image side, then layer 1's fused with the attention
     assert torch.isfinite(got[0]).all()
     _close(got, two_step)
+
+
+def test_first_layer_attends_to_an_image_side_projected_once(sam_size, monkeypatch) -> None:
+    """One image side for all prompts: the first layer's keys, values and queries are projected once (kept in the
+    cache across calls on one image, not reused for another) and give the stock decoder's IoUs and masks, in
+    float32 on the CPU (tiles, unrolled upscaling) and in float64 (the plain path); a call of fewer than
+    SHARED_PROJECTION_MIN_PROMPTS prompts without a cache keeps the projections on the tokens."""
+    from geosam.models import fast_decoder as fd
+    from geosam.models.fast_twoway import SHARED_PROJECTION_MIN_PROMPTS
+
+    bundle, emb = sam_size
+    model = bundle.model
+    made = []
+    orig = fd.shared_projections
+
+    def spy(*a):
+        made.append(orig(*a))
+        return made[-1]
+
+    monkeypatch.setattr(fd, "shared_projections", spy)
+    gen = torch.Generator().manual_seed(13)
+    pts = torch.rand((1, 6, 1, 2), generator=gen) * 1024
+    lab = torch.tensor([[[1], [0], [1], [1], [1], [0]]])
+    with torch.inference_mode():
+        ref = model(image_embeddings=emb, input_points=pts, input_labels=lab, multimask_output=True)
+        stock = (ref.pred_masks[0], ref.iou_scores[0])
+        sparse, dense = model.prompt_encoder(input_points=pts, input_labels=lab, input_boxes=None, input_masks=None)
+        few = SHARED_PROJECTION_MIN_PROMPTS - 1
+        small = fast_decode(model, emb, sparse[0][:few], dense, True)
+        assert not made
+        whole = fast_decode(model, emb, sparse[0], dense, True)
+        assert len(made) == 1
+        cache: dict = {}
+        parts = [fast_decode(model, emb, sparse[0][s : s + 2], dense, True, cache=cache) for s in (0, 2, 4)]
+        assert len(made) == 2  # once for the three calls sharing the cache
+        emb2 = torch.randn(emb.shape, generator=gen)
+        fast_decode(model, emb2, sparse[0][:2], dense, True, cache=cache)
+        assert len(made) == 3  # another image: its own projections
+
+        model64 = _sam_size_model().double()
+        ref64 = model64(
+            image_embeddings=emb.double(), input_points=pts.double(), input_labels=lab, multimask_output=True
+        )
+        sp64, de64 = model64.prompt_encoder(
+            input_points=pts.double(), input_labels=lab, input_boxes=None, input_masks=None
+        )
+        got64 = fast_decode(model64, emb.double(), sp64[0], de64, True)
+    assert len(made) == 4
+    assert made[0][0].shape == (8, 16, 4096) and made[0][1].shape == (8, 4096, 16)  # heads x 16 dims x positions
+    _close((small[0], small[1]), (stock[0][:few], stock[1][:few]))
+    for got in (whole, (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))):
+        assert torch.isfinite(got[0]).all()
+        _close(got, stock)
+    # float64: the untiled image side (the softmaxes still run in float32, as in every dtype)
+    _close((got64[0].float(), got64[1].float()), (ref64.pred_masks[0].float(), ref64.iou_scores[0].float()))
 
 
 def test_default_choice(sam_size) -> None:

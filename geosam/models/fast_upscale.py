@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.cpu_gemm import bmm, linear
+from geosam.models.fast_twoway import cached
 
 
 def _as_linear(conv: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,13 +58,7 @@ class _Conv1FromSharedImage:
         self.ones = [ml.sum(dim=1) for ml in m]  # M_l 1
         self.beta = [None] + [m[i] @ beta[i - 1] for i in range(1, len(m))]  # M_l beta_{l-1}
         self.const = b1 + w1 @ beta[-1]
-        shared = None if cache is None else cache.get(key)
-        if shared is None:
-            shared = linear(x0, m[0])  # (P, 4 C4): x0 M_1^T
-            if cache is not None:
-                cache.clear()
-                cache[key] = shared
-        self.shared = shared
+        self.shared = cached(cache, key, "conv1", lambda: linear(x0, m[0]))  # (P, 4 C4): x0 M_1^T
         self._a: torch.Tensor | None = None  # prompt()'s A, reused
 
     def prompt(
