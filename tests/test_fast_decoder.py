@@ -187,8 +187,9 @@ def test_last_image_side_fused_with_the_final_attention(sam_size, monkeypatch, t
 
 def test_first_layer_attends_to_an_image_side_projected_once(sam_size, monkeypatch) -> None:
     """One image side for all prompts: the first layer's keys, values and queries are projected once (kept in the
-    cache across calls on one image, not reused for another) and give the stock decoder's IoUs and masks, in
-    float32 on the CPU (tiles, unrolled upscaling) and in float64 (the plain path); a call of fewer than
+    cache across calls on one image, not reused for another) and, on the CPU in float32, the second layer runs
+    factored against the first's image side (`geosam.models.fast_factored`); both give the stock decoder's IoUs
+    and masks, in float32 on the CPU and in float64 (the plain path, not factored); a call of fewer than
     SHARED_PROJECTION_MIN_PROMPTS prompts without a cache keeps the projections on the tokens."""
     from geosam.models import fast_decoder as fd
     from geosam.models.fast_twoway import SHARED_PROJECTION_MIN_PROMPTS
@@ -203,6 +204,14 @@ def test_first_layer_attends_to_an_image_side_projected_once(sam_size, monkeypat
         return made[-1]
 
     monkeypatch.setattr(fd, "shared_projections", spy)
+    factored = []
+    orig_factored = fd.factored_token_to_image
+
+    def spy_factored(*a):
+        factored.append(a[1].shape[0])
+        return orig_factored(*a)
+
+    monkeypatch.setattr(fd, "factored_token_to_image", spy_factored)
     gen = torch.Generator().manual_seed(13)
     pts = torch.rand((1, 6, 1, 2), generator=gen) * 1024
     lab = torch.tensor([[[1], [0], [1], [1], [1], [0]]])
@@ -231,6 +240,8 @@ def test_first_layer_attends_to_an_image_side_projected_once(sam_size, monkeypat
         )
         got64 = fast_decode(model64, emb.double(), sp64[0], de64, True)
     assert len(made) == 4
+    # the second layer factored against the first's image side wherever that is shared (CPU float32), not in float64
+    assert factored == [6, 2, 2, 2, 2]
     assert made[0][0].shape == (8, 16, 4096) and made[0][1].shape == (8, 4096, 16)  # heads x 16 dims x positions
     _close((small[0], small[1]), (stock[0][:few], stock[1][:few]))
     for got in (whole, (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))):

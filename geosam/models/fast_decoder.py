@@ -63,10 +63,12 @@ supported: use the stock path for those.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
+from geosam.models.fast_factored import factored_image_to_token, factored_token_to_image, layer1_projections
 from geosam.models.fast_twoway import (
     CPU_TILE_POSITIONS,
     SHARED_PROJECTION_MIN_PROMPTS,
@@ -126,6 +128,80 @@ def image_positional_embeddings(model: Any) -> torch.Tensor:
     return model.get_image_wide_positional_embeddings()
 
 
+@dataclasses.dataclass
+class _SharedSide:
+    """One image side for all prompts: the first layer's projections of it (`shared_projections`) and, on the CPU
+    in float32, the second layer's (`layer1_projections`), the first layer's records and its layer norm's weight."""
+
+    layer0: tuple[torch.Tensor, ...]
+    layer1: dict[str, torch.Tensor] | None = None
+    records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    g: torch.Tensor | None = None
+    probs0: torch.Tensor | None = None  # the first layer's image -> token weights, (N, R, P)
+
+    def factors(self, i_layer: int) -> bool:
+        """Whether layer ``i_layer`` runs factored (`geosam.models.fast_factored`): needs no ``keys + pos``."""
+        return i_layer == 1 and self.layer1 is not None
+
+
+def _shared_side(
+    tr: Any,
+    keys: torch.Tensor,
+    pos: torch.Tensor,
+    n: int,
+    cache: dict[Any, Any] | None,
+    key: Any,
+    records: list,
+    factor: bool,
+) -> _SharedSide | None:
+    """The projections of an image side (1, P, C) all n prompts share (kept in ``cache`` for the image ``key``),
+    None where it is not shared or a call of few prompts has no cache; with ``factor`` (CPU float32, the records
+    kept), the second layer's too, factored against ``records``."""
+    layers = list(tr.layers)
+    if not layers or keys.shape[0] != 1 or (cache is None and n < SHARED_PROJECTION_MIN_PROMPTS):
+        return None
+    x0, ln = keys[0], layers[0].layer_norm4
+    shared = _SharedSide(cached(cache, key, "layer0", lambda: shared_projections(layers[0], x0, x0 + pos)))
+    if factor and len(layers) > 1:
+        shared.layer1 = cached(cache, key, "layer1", lambda: layer1_projections(layers[1], ln, x0, pos))
+        shared.records, shared.g = records, ln.weight
+    return shared
+
+
+def _cross_attentions(
+    layer: Any,
+    i_layer: int,
+    queries: torch.Tensor,
+    pe_tok: torch.Tensor,
+    keys: torch.Tensor,
+    keys_pos: torch.Tensor | None,
+    shared: _SharedSide | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A two-way layer's token -> image attention, MLP and image -> token attention: ``(queries, probs, vo)``."""
+    proj = shared.layer0 if shared is not None and i_layer == 0 else None
+    factored = shared is not None and shared.factors(i_layer)
+    if factored:
+        assert shared is not None and shared.layer1 is not None and shared.records and shared.g is not None
+        record = (*shared.records[0], shared.probs0)
+        att = factored_token_to_image(layer.cross_attn_token_to_image, queries + pe_tok, record, shared.layer1, shared.g)
+    else:
+        assert keys_pos is not None
+        att = _token_to_image(layer.cross_attn_token_to_image, queries + pe_tok, keys, keys_pos, proj)
+    queries = layer.layer_norm2(queries + att)
+    queries = layer.layer_norm3(queries + layer.mlp(queries))
+    if factored:
+        assert shared is not None and shared.layer1 is not None and shared.g is not None
+        probs, vo = factored_image_to_token(
+            layer.cross_attn_image_to_token, queries + pe_tok, queries, record, shared.layer1, shared.g
+        )
+    else:
+        assert keys_pos is not None
+        probs, vo = _image_to_token_parts(layer.cross_attn_image_to_token, keys_pos, queries + pe_tok, queries, proj)
+        if shared is not None and proj is not None:
+            shared.probs0 = probs.reshape(probs.shape[0], -1, probs.shape[-1])
+    return queries, probs, vo
+
+
 def fast_decode(
     model: Any,
     image_embeddings: torch.Tensor,
@@ -178,7 +254,7 @@ def fast_decode(
     pos = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, P, C)
 
     queries = tokens
-    keys_pos = keys + pos
+    keys_pos: torch.Tensor | None = keys + pos
     # CPU float32, one image side shared by all prompts: the upscaling's first product from it (`_Conv1FromSharedImage`)
     lns = [layer.layer_norm4 for layer in tr.layers]
     unrolled = (
@@ -191,11 +267,8 @@ def fast_decode(
     x0 = keys[0]
     image_key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), tuple(keys.shape[1:]))
     # one image side for all prompts (no mask input): the first layer's attentions against it projected once
-    project = len(tr.layers) > 0 and keys.shape[0] == 1 and (cache is not None or n >= SHARED_PROJECTION_MIN_PROMPTS)
-    proj0 = None
-    if project:
-        proj0 = cached(cache, image_key, "layer0", lambda: shared_projections(tr.layers[0], x0, keys_pos[0]))
     records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    shared = _shared_side(tr, keys, pos[0], n, cache, image_key, records, unrolled)
     last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, Any] | None = None
     for i_layer, layer in enumerate(tr.layers):
         # self attention of the tokens (cheap: run the module itself)
@@ -206,14 +279,7 @@ def fast_decode(
             queries = queries + layer.self_attn(query=q, key=q, value=queries[None])[0][0]
         queries = layer.layer_norm1(queries)
 
-        proj = proj0 if i_layer == 0 else None
-        att = _token_to_image(layer.cross_attn_token_to_image, queries + pe_tok, keys, keys_pos, proj)
-        queries = layer.layer_norm2(queries + att)
-
-        queries = layer.layer_norm3(queries + layer.mlp(queries))
-
-        # after the first layer, keys is our own layer-norm output, dead once the residual is added
-        probs, vo = _image_to_token_parts(layer.cross_attn_image_to_token, keys_pos, queries + pe_tok, queries, proj)
+        queries, probs, vo = _cross_attentions(layer, i_layer, queries, pe_tok, keys, keys_pos, shared)
         stats = None
         if unrolled:
             p_img = probs.shape[-1]
@@ -223,7 +289,11 @@ def fast_decode(
             if i_layer == len(tr.layers) - 1:  # the last image side only for the final attention: fused with it
                 last = (keys, probs, vo, layer.layer_norm4, stats)
                 break
-        keys, keys_pos = _image_side(keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0, stats=stats)
+        # keys + pos for the next layer's products, unless it is factored
+        with_pos = shared is None or not shared.factors(i_layer + 1)
+        keys, keys_pos = _image_side(
+            keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0, stats=stats, with_pos=with_pos
+        )
 
     # the final attention only for the tokens read after it (each query row attends on its own): the IoU token and
     # the returned mask tokens, not the unused mask token nor the prompt tokens (4 of 7 rows for one point, multimask)
@@ -234,6 +304,7 @@ def fast_decode(
         keys, probs, vo, ln4, stats = last
         att = _final_image_side_attention(tr.final_attn_token_to_image, queries + pe_used, keys, probs, vo, ln4, pos, stats)
     else:
+        assert keys_pos is not None  # None only before a factored layer: then the last image side is fused (CPU)
         att = _token_to_image(tr.final_attn_token_to_image, queries + pe_used, keys, keys_pos)
     queries = tr.layer_norm_final_attn(queries + att)
 

@@ -175,14 +175,14 @@ def _image_to_token_projected(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`_image_to_token_parts` against image queries projected once (`shared_projections`).
 
-    Returns ``(probs, vo)`` as `_image_to_token_parts` does, with ``probs`` a
-    (N, h, T, P) view (heads outermost in memory) rather than (N, h*T, P).
+    Returns ``(probs, vo)`` as `_image_to_token_parts` does, with ``probs``
+    (N, h, T, P) rather than (N, h*T, P).
     """
     n, t, c = k_tokens.shape
     nh, d = _heads(attn)
-    k = attn.k_proj(k_tokens).view(n * t, nh, d).transpose(0, 1)  # (h, N*T, d)
-    s = torch.bmm(k, qh).view(nh, n, t, -1)
-    probs = torch.softmax(s, dim=2, dtype=torch.float32).to(k.dtype).transpose(0, 1)  # (N, h, T, P)
+    k = attn.k_proj(k_tokens).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
+    s = torch.stack([torch.bmm(k[i], qh) for i in range(n)])  # (N, h, T, P): a prompt's rows together
+    probs = torch.softmax(s, dim=2, dtype=torch.float32).to(k.dtype)
     v = attn.v_proj(v_tokens).view(n, t, nh, d)
     wo = attn.out_proj.weight.view(c, nh, d)
     vo = torch.einsum("nthd,chd->nhtc", v, wo) + (attn.out_proj.bias / nh)
@@ -207,8 +207,10 @@ def _image_side(
     pos: torch.Tensor,
     inplace: bool = False,
     stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The image side after an image -> token attention: ``keys = ln(x + probs^T @ vo)`` and ``keys + pos``.
+    with_pos: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The image side after an image -> token attention: ``keys = ln(x + probs^T @ vo)`` and ``keys + pos``
+    (None without ``with_pos``).
 
     x: (B, P, C), B = N or 1 (shared); probs (N, R, P) or (N, h, T, P), vo (N, R, C) from
     `_image_to_token_parts` or `_image_to_token_projected`; pos (1, P, C). Returns ``(keys, keys_pos)``, both
@@ -224,12 +226,13 @@ def _image_side(
     own = inplace and x.shape[0] == n
     if not (x.device.type == "cpu" and x.dtype == vo.dtype == torch.float32):
         keys = _layer_norm(bmm(probs.reshape(n, -1, p).transpose(1, 2), vo, add=x, out=x if own else None), ln)
-        return keys, keys + pos
+        return keys, keys + pos if with_pos else None
     keys = x if own else torch.empty((n, p, c), dtype=x.dtype, device=x.device)
-    keys_pos = torch.empty_like(keys)
+    keys_pos = torch.empty_like(keys) if with_pos else None
     for i, s, e, y in _image_side_tiles(x, probs, vo, ln, stats):
         keys[i, s:e] = y
-        torch.add(y, pos[0, s:e], out=keys_pos[i, s:e])
+        if keys_pos is not None:
+            torch.add(y, pos[0, s:e], out=keys_pos[i, s:e])
     return keys, keys_pos
 
 
