@@ -168,6 +168,16 @@ def _shared_side(
     return shared
 
 
+def _image_sides(
+    image_embeddings: torch.Tensor, dense_embeddings: torch.Tensor, image_pe: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The image side (B, P, C) (embedding + dense prompt, B = 1 or N), the positional encoding (1, P, C) and
+    their sum, channels last: the same for every call on one image (kept in ``fast_decode``'s cache)."""
+    keys = (image_embeddings + dense_embeddings).flatten(2).transpose(1, 2).contiguous()
+    pos = image_pe.flatten(2).transpose(1, 2).contiguous()
+    return keys, pos, keys + pos
+
+
 def _cross_attentions(
     layer: Any,
     i_layer: int,
@@ -249,12 +259,14 @@ def fast_decode(
 
     if dense_embeddings.shape[0] not in (1, n):
         raise ValueError(f"dense_embeddings batch {dense_embeddings.shape[0]} fits neither 1 nor {n} prompts")
-    src = image_embeddings + dense_embeddings  # (1 or N, C, h, w)
-    keys = src.flatten(2).transpose(1, 2).contiguous()  # (B, P, C)
-    pos = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, P, C)
-
+    image_key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), (hh * ww, c))
+    keys, pos, keys_pos = cached(
+        cache if dense_embeddings.shape[0] == 1 else None,
+        image_key,
+        "sides",
+        lambda: _image_sides(image_embeddings, dense_embeddings, image_pe),
+    )
     queries = tokens
-    keys_pos: torch.Tensor | None = keys + pos
     # CPU float32, one image side shared by all prompts: the upscaling's first product from it (`_Conv1FromSharedImage`)
     lns = [layer.layer_norm4 for layer in tr.layers]
     unrolled = (
@@ -265,7 +277,6 @@ def fast_decode(
         and all(ln.weight is not None and ln.bias is not None for ln in lns)
     )
     x0 = keys[0]
-    image_key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), tuple(keys.shape[1:]))
     # one image side for all prompts (no mask input): the first layer's attentions against it projected once
     records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     shared = _shared_side(tr, keys, pos[0], n, cache, image_key, records, unrolled)

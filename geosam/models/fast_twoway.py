@@ -181,7 +181,9 @@ def _image_to_token_projected(
     n, t, c = k_tokens.shape
     nh, d = _heads(attn)
     k = attn.k_proj(k_tokens).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
-    s = torch.stack([torch.bmm(k[i], qh) for i in range(n)])  # (N, h, T, P): a prompt's rows together
+    s = k.new_empty((n, nh, t, qh.shape[-1]))  # (N, h, T, P): a prompt's rows together
+    for i in range(n):
+        torch.bmm(k[i], qh, out=s[i])
     probs = torch.softmax(s, dim=2, dtype=torch.float32).to(k.dtype)
     v = attn.v_proj(v_tokens).view(n, t, nh, d)
     wo = attn.out_proj.weight.view(c, nh, d)
