@@ -28,6 +28,12 @@ multiplications touch the h*w positions:
   multiplies its tokens by 16-wide heads against the positions: 7 instead of
   117 MFLOP per product and prompt (AMD EPYC Zen 3, one thread, 256 prompts:
   decoding 9.35 vs 9.96 s CPU time, medians of 5 alternating);
+* on the CPU in float32 the second layer then runs against the first layer's
+  image side in factored form (`geosam.models.fast_factored`: ``keys1 = r g (x0
+  + probs0^T vo0 - mu) + b``), per-head products against x0 projected once plus
+  products of inner size 56 with the first layer's attention weights, and
+  ``keys1 + pos`` is never written (256 prompts, transformer only: 5.38 vs
+  6.15 s, medians of 7);
 * on the CPU in float32 with one image side for all prompts (no mask input),
   the upscaling's first product is unrolled through the layers' norms to that
   shared image side (`geosam.models.fast_upscale`): one product for all prompts
