@@ -47,14 +47,9 @@ def _input(bundle) -> torch.Tensor:
 
 def _unfolded_encoder() -> torch.nn.Module:
     """The checkpoint's encoder weights in a TinyViTEncoder, BatchNorms kept, NCHW (the layout before the change)."""
-    from geosam.models.litemedsam import checkpoint_path
-    from geosam.models.tinyvit import TinyViTEncoder
+    from geosam.models.litemedsam import build_model
 
-    state = torch.load(checkpoint_path(), map_location="cpu", weights_only=True)
-    state = state.get("model", state)
-    enc = TinyViTEncoder()
-    enc.load_state_dict({k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")})
-    return enc.eval()
+    return build_model(inference_layout=False).vision_encoder
 
 
 def main() -> int:

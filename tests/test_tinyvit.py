@@ -53,3 +53,20 @@ def test_folded_channels_last_encoder_equals_the_unfolded_one() -> None:
     y = merge(block(xs.requires_grad_()))
     y.sum().backward()
     assert xs.grad is not None and torch.isfinite(xs.grad).all() and float(xs.grad.abs().sum()) > 0
+
+
+def test_build_model_keeps_the_checkpoint_layout_on_request() -> None:
+    """LiteMedSAM as loaded has its encoder's BatchNorms folded and channels-last weights; ``inference_layout=False``
+    keeps the checkpoint's (what bench_tinyvit compares against), with the same weights otherwise."""
+    from geosam.models.litemedsam import build_model
+
+    folded = build_model().vision_encoder
+    kept = build_model(inference_layout=False).vision_encoder
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in kept.modules()) == fold_batch_norms(copy.deepcopy(kept)) > 0
+    convs = [(a, b) for a, b in zip(folded.modules(), kept.modules()) if isinstance(a, nn.Conv2d)]
+    assert convs and all(b.weight.is_contiguous() for _, b in convs)
+    assert any(a.weight.is_contiguous(memory_format=torch.channels_last) and not a.weight.is_contiguous()
+               for a, _ in convs)
+    neck = [n for n, _ in kept.named_parameters() if n.startswith("neck.")]
+    assert neck and all(torch.equal(folded.get_parameter(n), kept.get_parameter(n)) for n in neck)

@@ -166,8 +166,11 @@ def _sam_config() -> Any:
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
 
-def build_model(path: str | os.PathLike[str] | None = None) -> Any:
-    """A ``transformers.SamModel`` with LiteMedSAM's weights and a TinyViT vision encoder (eval, CPU, float32)."""
+def build_model(path: str | os.PathLike[str] | None = None, inference_layout: bool = True) -> Any:
+    """A ``transformers.SamModel`` with LiteMedSAM's weights and a TinyViT vision encoder (eval, CPU, float32).
+
+    ``inference_layout``: the encoder's BatchNorms folded into its convolutions and its weights channels-last
+    (`geosam.models.tinyvit.fold_batch_norms`); False keeps the checkpoint's layout (for comparisons)."""
     from transformers import SamModel
 
     ckpt = Path(path) if path is not None else checkpoint_path()
@@ -196,8 +199,9 @@ def build_model(path: str | os.PathLike[str] | None = None) -> Any:
             f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     sam.eval()
-    fold_batch_norms(encoder)  # inference only: the BatchNorms' running statistics go into the convolutions
-    encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the conv weights as its maps
+    if inference_layout:
+        fold_batch_norms(encoder)  # inference only: the BatchNorms' running statistics go into the convolutions
+        encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the conv weights as its maps
     return sam
 
 
