@@ -153,6 +153,7 @@ class _SharedSide:
 def _shared_side(
     tr: Any,
     keys: torch.Tensor,
+    keys_pos: torch.Tensor,
     pos: torch.Tensor,
     n: int,
     cache: dict[Any, Any] | None,
@@ -160,14 +161,15 @@ def _shared_side(
     records: list,
     factor: bool,
 ) -> _SharedSide | None:
-    """The projections of an image side (1, P, C) all n prompts share (kept in ``cache`` for the image ``key``),
+    """The projections of an image side ``keys`` (1, P, C) all n prompts share (with ``keys_pos``, keys + pos
+    (1, P, C), and pos (P, C); kept in ``cache`` for the image ``key``),
     None where it is not shared or a call of few prompts has no cache; with ``factor`` (CPU float32, the records
     kept), the second layer's too, factored against ``records``."""
     layers = list(tr.layers)
     if not layers or keys.shape[0] != 1 or (cache is None and n < SHARED_PROJECTION_MIN_PROMPTS):
         return None
     x0, ln = keys[0], layers[0].layer_norm4
-    shared = _SharedSide(cached(cache, key, "layer0", lambda: shared_projections(layers[0], x0, x0 + pos)))
+    shared = _SharedSide(cached(cache, key, "layer0", lambda: shared_projections(layers[0], x0, keys_pos[0])))
     if factor and len(layers) > 1:
         shared.layer1 = cached(cache, key, "layer1", lambda: layer1_projections(layers[1], ln, x0, pos))
         shared.records, shared.g = records, ln.weight
@@ -285,7 +287,7 @@ def fast_decode(
     x0 = keys[0]
     # one image side for all prompts (no mask input): the first layer's attentions against it projected once
     records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    shared = _shared_side(tr, keys, pos[0], n, cache, image_key, records, unrolled)
+    shared = _shared_side(tr, keys, keys_pos, pos[0], n, cache, image_key, records, unrolled)
     last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, Any] | None = None
     for i_layer, layer in enumerate(tr.layers):
         # self attention of the tokens (cheap: run the module itself)

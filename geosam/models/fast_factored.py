@@ -22,15 +22,9 @@ from typing import Any
 import torch
 
 from geosam.models.cpu_gemm import linear
+from geosam.models.fast_twoway import _by_head, _heads, _token_values
 
 __all__ = ["factored_image_to_token", "factored_token_to_image", "layer1_projections"]
-
-
-def _by_head(y: torch.Tensor, nh: int, keys: bool) -> torch.Tensor:
-    """(P, h*d) projections per head: (h, d, P) for scores (``keys``), else (h, P, d) for values."""
-    p = y.shape[0]
-    y = y.view(p, nh, -1)
-    return (y.permute(1, 2, 0) if keys else y.transpose(0, 1)).contiguous()
 
 
 def layer1_projections(layer: Any, ln: Any, x0: torch.Tensor, pos: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -41,7 +35,7 @@ def layer1_projections(layer: Any, ln: Any, x0: torch.Tensor, pos: torch.Tensor)
     """
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
     g, bp = ln.weight, pos + ln.bias
-    nh, nq = int(t2i.num_attention_heads), int(i2t.num_attention_heads)
+    nh, nq = _heads(t2i)[0], _heads(i2t)[0]
     wk, wv = t2i.k_proj.weight, t2i.v_proj.weight
     scale = float(i2t.scaling)
     wq, bq = i2t.q_proj.weight * scale, i2t.q_proj.bias * scale
@@ -82,8 +76,7 @@ def factored_token_to_image(
     """The second layer's token -> image attention (after out_proj), (N, T, C), from the first layer's ``record``
     ``(probs0^T (N, P, R), vo0 (N, R, C), mean (N, P), rstd (N, P), probs0 (N, R, P))`` and `layer1_projections`."""
     n, t, _ = q_tokens.shape
-    nh = int(attn.num_attention_heads)
-    d = int(attn.internal_dim) // nh
+    nh, d = _heads(attn)
     q = (attn.q_proj(q_tokens) * float(attn.scaling)).view(n, t, nh, d)
     s = _scores(q, attn.k_proj.weight, proj["k_x"], proj["k_b"], record, g)
     wts = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)  # (N, h, T, P)
@@ -109,12 +102,9 @@ def factored_image_to_token(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The second layer's image -> token attention as `geosam.models.fast_twoway._image_to_token_parts` returns it,
     ``(probs (N, h, T, P), vo (N, h*T, C))``, from the first layer's ``record`` and `layer1_projections`."""
-    n, t, c = k_tokens.shape
-    nh = int(attn.num_attention_heads)
-    d = int(attn.internal_dim) // nh
+    n, t, _ = k_tokens.shape
+    nh, d = _heads(attn)
     k = attn.k_proj(k_tokens).view(n, t, nh, d)
     s = _scores(k, attn.q_proj.weight * float(attn.scaling), proj["q_x"], proj["q_b"], record, g)
     probs = torch.softmax(s, dim=2, dtype=torch.float32).to(k.dtype)  # over the tokens
-    v = attn.v_proj(v_tokens).view(n, t, nh, d)
-    vo = torch.einsum("nthd,chd->nhtc", v, attn.out_proj.weight.view(c, nh, d)) + (attn.out_proj.bias / nh)
-    return probs, vo.reshape(n, nh * t, c)
+    return probs, _token_values(attn, v_tokens)

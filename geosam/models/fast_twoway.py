@@ -25,6 +25,24 @@ def _heads(attn: Any) -> tuple[int, int]:
     return h, int(attn.internal_dim) // h
 
 
+def _by_head(y: torch.Tensor, nh: int, keys: bool) -> torch.Tensor:
+    """(P, h*d) projections of the image positions per head: (h, d, P) for scores (``keys``), else (h, P, d)."""
+    y = y.view(y.shape[0], nh, -1)
+    return (y.permute(1, 2, 0) if keys else y.transpose(0, 1)).contiguous()
+
+
+def _token_values(attn: Any, v_tokens: torch.Tensor) -> torch.Tensor:
+    """An image -> token attention's values with the output projection moved onto them, (N, h*T, C):
+    ``out_proj(concat_h A_h V_h) = sum_h A_h (V_h W_o,h^T) + b_o``, b_o spread over the heads (each head's
+    weights sum to 1)."""
+    n, t, c = v_tokens.shape
+    nh, d = _heads(attn)
+    v = attn.v_proj(v_tokens).view(n, t, nh, d)
+    wo = attn.out_proj.weight.view(c, nh, d)  # columns h*d..(h+1)*d belong to head h
+    vo = torch.einsum("nthd,chd->nhtc", v, wo) + (attn.out_proj.bias / nh)
+    return vo.reshape(n, nh * t, c)
+
+
 def _scores(rows: torch.Tensor, x_pos: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """rows (N, R, C) against image keys x_pos (B, P, C), B = N or 1 (shared: one GEMM for all prompts):
     (N, R, P) (+ bias (N, R, 1))."""
@@ -112,10 +130,7 @@ def _image_to_token_parts(
     kb = torch.einsum("nthd,hd->nht", k, attn.q_proj.bias.view(nh, d) * scale).reshape(n, nh * t, 1)
     s = _scores(kq, x_pos, kb).view(n, nh, t, -1)  # (N, h, T, P)
     probs = torch.softmax(s, dim=2, dtype=torch.float32).to(kq.dtype).view(n, nh * t, -1)
-    v = attn.v_proj(v_tokens).view(n, t, nh, d)
-    wo = attn.out_proj.weight.view(c, nh, d)  # columns h*d..(h+1)*d belong to head h
-    vo = torch.einsum("nthd,chd->nhtc", v, wo) + (attn.out_proj.bias / nh)
-    return probs, vo.reshape(n, nh * t, c)
+    return probs, _token_values(attn, v_tokens)
 
 
 def cached(cache: dict[Any, Any] | None, key: Any, tag: str, make: Callable[[], Any]) -> Any:
@@ -150,13 +165,11 @@ def shared_projections(layer: Any, x: torch.Tensor, x_pos: torch.Tensor) -> tupl
     product and prompt for SAM.
     """
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-    p = x.shape[0]
-    nh, d = _heads(t2i)
-    kh = linear(x_pos, t2i.k_proj.weight).view(p, nh, d).permute(1, 2, 0).contiguous()
-    vh = linear(x, t2i.v_proj.weight).view(p, nh, d).transpose(0, 1).contiguous()
-    nq, dq = _heads(i2t)
+    nh, nq = _heads(t2i)[0], _heads(i2t)[0]
     scale = float(i2t.scaling)
-    qh = linear(x_pos, i2t.q_proj.weight * scale, i2t.q_proj.bias * scale).view(p, nq, dq).permute(1, 2, 0).contiguous()
+    kh = _by_head(linear(x_pos, t2i.k_proj.weight), nh, True)
+    vh = _by_head(linear(x, t2i.v_proj.weight), nh, False)
+    qh = _by_head(linear(x_pos, i2t.q_proj.weight * scale, i2t.q_proj.bias * scale), nq, True)
     return kh, vh, qh
 
 
@@ -178,17 +191,14 @@ def _image_to_token_projected(
     Returns ``(probs, vo)`` as `_image_to_token_parts` does, with ``probs``
     (N, h, T, P) rather than (N, h*T, P).
     """
-    n, t, c = k_tokens.shape
+    n, t, _ = k_tokens.shape
     nh, d = _heads(attn)
     k = attn.k_proj(k_tokens).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
     s = k.new_empty((n, nh, t, qh.shape[-1]))  # (N, h, T, P): a prompt's rows together
     for i in range(n):
         torch.bmm(k[i], qh, out=s[i])
     probs = torch.softmax(s, dim=2, dtype=torch.float32).to(k.dtype)
-    v = attn.v_proj(v_tokens).view(n, t, nh, d)
-    wo = attn.out_proj.weight.view(c, nh, d)
-    vo = torch.einsum("nthd,chd->nhtc", v, wo) + (attn.out_proj.bias / nh)
-    return probs, vo.reshape(n, nh * t, c)
+    return probs, _token_values(attn, v_tokens)
 
 
 def _transposed(probs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
