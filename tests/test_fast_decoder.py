@@ -153,8 +153,10 @@ def test_upscaling_from_the_shared_image_side(sam_size, monkeypatch) -> None:
 @pytest.mark.parametrize("tile", [1024, 1000])
 def test_last_image_side_fused_with_the_final_attention(sam_size, monkeypatch, tile: int) -> None:
     """CPU float32 with one shared image side: the last layer's image side is attended to tile by tile (a running
-    softmax) and never written; the same IoUs and masks as the two-step path, with tiles that divide the 4096
-    positions or leave a remainder (1000: 4 x 1000 + 96)."""
+    softmax) and never written (a call of fewer prompts than SHARED_PROJECTION_MIN_PROMPTS, no cache); with more
+    prompts neither image side is written (`geosam.models.fast_final`: the norms' statistics and the final attention
+    from the attention weights, x0's projections made once per image). The same IoUs and masks as the two-step
+    path, with tiles that divide the 4096 positions or leave a remainder (1000: 4 x 1000 + 96)."""
     from geosam.models import fast_decoder as fd
     from geosam.models import fast_twoway
 
@@ -164,8 +166,19 @@ def test_last_image_side_fused_with_the_final_attention(sam_size, monkeypatch, t
     gen = torch.Generator().manual_seed(11)
     pts = torch.rand((1, 5, 1, 2), generator=gen) * 1024
     lab = torch.ones((1, 5, 1), dtype=torch.long)
-    calls = {"image_side": 0, "fused": 0}
-    image_side, fused = fd._image_side, fd._final_image_side_attention
+    calls = {"image_side": 0, "fused": 0, "final_projections": 0, "unwritten": 0}
+    originals = {
+        "image_side": fd._image_side,
+        "fused": fd._final_image_side_attention,
+        "final_projections": fd.final_projections,
+        "unwritten": fd.factored_final_attention,
+    }
+    names = {
+        "image_side": "_image_side",
+        "fused": "_final_image_side_attention",
+        "final_projections": "final_projections",
+        "unwritten": "factored_final_attention",
+    }
 
     def count(name, fn):
         def wrapped(*a, **k):
@@ -173,16 +186,27 @@ def test_last_image_side_fused_with_the_final_attention(sam_size, monkeypatch, t
             return fn(*a, **k)
         return wrapped
 
-    monkeypatch.setattr(fd, "_image_side", count("image_side", image_side))
-    monkeypatch.setattr(fd, "_final_image_side_attention", count("fused", fused))
+    for name, fn in originals.items():
+        monkeypatch.setattr(fd, names[name], count(name, fn))
     with torch.inference_mode():
+        ref = model(image_embeddings=emb, input_points=pts, input_labels=lab, multimask_output=True)
         sparse, dense = model.prompt_encoder(input_points=pts, input_labels=lab, input_boxes=None, input_masks=None)
         two_step = fast_decode(model, emb, sparse[0], dense.expand(5, -1, -1, -1), True)  # per-prompt dense
-        assert calls == {"image_side": 2, "fused": 0}
+        assert calls == {"image_side": 2, "fused": 0, "final_projections": 0, "unwritten": 0}
+        fused = fast_decode(model, emb, sparse[0][:2], dense, True)
+        # layer 0's image side, then layer 1's fused with the attention
+        assert calls == {"image_side": 3, "fused": 1, "final_projections": 0, "unwritten": 0}
         got = fast_decode(model, emb, sparse[0], dense, True)
-    assert calls == {"image_side": 3, "fused": 1}  # layer 0's image side, then layer 1's fused with the attention
-    assert torch.isfinite(got[0]).all()
+        assert calls == {"image_side": 3, "fused": 1, "final_projections": 1, "unwritten": 1}
+        cache: dict = {}
+        parts = [fast_decode(model, emb, sparse[0][s : s + 2], dense, True, cache=cache) for s in (0, 2, 4)]
+    assert calls["image_side"] == 3 and calls["unwritten"] == 4
+    assert calls["final_projections"] == 2  # once for the three calls sharing the cache
+    assert torch.isfinite(got[0]).all() and torch.isfinite(fused[0]).all()
+    _close(fused, (two_step[0][:2], two_step[1][:2]))
     _close(got, two_step)
+    _close((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])), two_step)
+    _close(got, (ref.pred_masks[0], ref.iou_scores[0]))
 
 
 def test_first_layer_attends_to_an_image_side_projected_once(sam_size, monkeypatch) -> None:

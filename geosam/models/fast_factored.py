@@ -12,7 +12,9 @@ The first and last products run per head (d wide: 16 for SAM) against projection
 once per image (`layer1_projections`), the middle one has inner size R (56), so the second layer's token -> image
 scores and image -> token scores take 40 instead of 117 MFLOP per prompt, and its token -> image values
 (``sum_p a_p keys1_p``, the same algebra with ``a_p r_p`` as weights) 33 instead of 117; and ``keys1 + pos`` is
-never written. ``keys1`` itself still is: the last image side (`_final_image_side_attention`) adds to it.
+never written. With two layers ``keys1`` itself is not either (`geosam.models.fast_final`: the norms' statistics
+and the final attention from the attention weights); elsewhere the last image side
+(`_final_image_side_attention`) adds to it.
 """
 
 from __future__ import annotations
