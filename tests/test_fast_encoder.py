@@ -66,26 +66,6 @@ def test_float32_equals_stock(vit_and_pixels) -> None:
         assert _rel(no_rel.get_image_embeddings(pixels), stock) > 1e-2
 
 
-def test_float32_patch_embedding_as_one_product_equals_the_convolution(vit_and_pixels, monkeypatch) -> None:
-    """In float32 the patch embedding is one product of the patches with the kernel: the module's output to
-    rounding, the convolution itself not called; a wrong input size still gets the module's own error."""
-    from geosam.models import fast_encoder
-
-    model, pixels = vit_and_pixels
-    pe = model.vision_encoder.patch_embed
-    with torch.no_grad():
-        stock = pe(pixels)
-    calls = []
-    monkeypatch.setattr(pe.projection, "forward", lambda x: calls.append(x.shape) or torch.zeros(0))
-    with torch.no_grad():
-        got = fast_encoder._patch_embed_f32(pe, pixels)
-    assert calls == [] and got.shape == stock.shape == (2, 16, 16, 64)
-    assert _rel(got, stock) < 1e-6
-    monkeypatch.undo()
-    with pytest.raises(ValueError, match="doesn't match model"):
-        fast_encoder._patch_embed_f32(pe, pixels[:, :, :128])
-
-
 def test_float32_one_head_at_a_time_equals_stock(vit_and_pixels, monkeypatch) -> None:
     """The global layers' path (one head, a block of queries at a time), forced on every layer of the small ViT,
     with blocks that do not divide the token count."""

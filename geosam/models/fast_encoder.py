@@ -272,32 +272,6 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.add_(layer.mlp(layer.layer_norm2(x)))
 
 
-def _patch_embed_f32(pe: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``pe(pixel_values)`` (a ``SamPatchEmbeddings``: a k x k stride-k convolution, channels last) in float32 as one
-    product of the (B h w, 3 k k) patches with the (C, 3 k k) kernel (`geosam.models.cpu_gemm.linear`): AMD EPYC
-    Zen 3, one thread, ViT-B at 1024 px: ~70 vs ~170 ms (oneDNN's direct convolution); the same sums in another
-    order. Other layouts (padding, dilation, overlapping kernels) and wrong input sizes go to ``pe`` itself."""
-    conv = getattr(pe, "projection", None)
-    b, c, hh, ww = pixel_values.shape
-    image_size = tuple(getattr(pe, "image_size", ()))
-    if not (
-        isinstance(conv, torch.nn.Conv2d)
-        and conv.kernel_size == conv.stride
-        and conv.padding == (0, 0)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and c == conv.in_channels == getattr(pe, "num_channels", c)
-        and (hh, ww) == image_size
-        and hh % conv.stride[0] == 0
-        and ww % conv.stride[1] == 0
-    ):
-        return pe(pixel_values)
-    kh, kw = conv.kernel_size
-    patches = pixel_values.reshape(b, c, hh // kh, kh, ww // kw, kw).permute(0, 2, 4, 1, 3, 5).reshape(-1, c * kh * kw)
-    out = linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
-    return out.view(b, hh // kh, ww // kw, conv.out_channels)
-
-
 def fast_image_embeddings(model: Any, pixel_values: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``model.get_image_embeddings(pixel_values)`` (B, C, h, w) with mask-free relative-position attention.
 
@@ -312,10 +286,7 @@ def fast_image_embeddings(model: Any, pixel_values: torch.Tensor, dtype: torch.d
     enc = _unwrap(model.vision_encoder)
     ctx = contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device_type=device_type, dtype=dtype)
     with torch.inference_mode(), ctx:
-        if dtype == torch.float32 and pixel_values.dtype == torch.float32:
-            x = _patch_embed_f32(enc.patch_embed, pixel_values)
-        else:
-            x = enc.patch_embed(pixel_values).to(torch.float32)
+        x = enc.patch_embed(pixel_values).to(torch.float32)
         if enc.pos_embed is not None:
             x = x + enc.pos_embed
         # the residual stream, updated in place: contiguous (the patch embedding is a permuted view of the convolution's
