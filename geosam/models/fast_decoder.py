@@ -83,12 +83,7 @@ from typing import Any
 import torch
 
 from geosam.models.fast_factored import factored_image_to_token, factored_token_to_image, layer1_projections
-from geosam.models.fast_final import (
-    factored_final_attention,
-    final_projections,
-    first_side_stats,
-    second_side_stats,
-)
+from geosam.models.fast_final import factored_final_attention, final_projections, record_side
 from geosam.models.fast_twoway import (
     CPU_TILE_POSITIONS,
     SHARED_PROJECTION_MIN_PROMPTS,
@@ -96,7 +91,6 @@ from geosam.models.fast_twoway import (
     _image_side,
     _image_to_token_parts,
     _token_to_image,
-    _transposed,
     cached,
     shared_projections,
 )
@@ -235,30 +229,6 @@ def _cross_attentions(
     return queries, probs, vo
 
 
-def _record_unwritten(
-    tr: Any,
-    sides: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
-    sh: dict[str, torch.Tensor],
-) -> None:
-    """Fill ``stats`` (the record of the layer whose image side ``sides[-1]`` = (value tokens, probs, vo) gives)
-    without writing that image side: the weights transposed and the norm's mean and reciprocal deviation
-    (`geosam.models.fast_final`; the second layer's from the first's record, ``records[0]``)."""
-    _, probs, vo = sides[-1]
-    for i in range(probs.shape[0]):
-        _transposed(probs[i], stats[0][i])
-    attns = tuple(layer.cross_attn_image_to_token for layer in tr.layers)
-    lns = tuple(layer.layer_norm4 for layer in tr.layers)
-    if len(sides) == 1:
-        mean, rstd = first_side_stats(attns[0], sides[0][0], probs, vo, lns[0], sh)
-    else:
-        (t0, p0, v0), (t1, p1, v1) = sides
-        mean, rstd = second_side_stats(attns, (t0, t1), (p0, p1), (v0, v1), records[0][3], lns, sh)
-    stats[1].copy_(mean)
-    stats[2].copy_(rstd)
-
-
 def _final_attention(
     tr: Any,
     q_tokens: torch.Tensor,
@@ -376,7 +346,7 @@ def fast_decode(
             records.append((stats[0], vo, stats[1], stats[2]))
             if unwritten:
                 sides.append((queries, probs, vo))
-                _record_unwritten(tr, sides, stats, records, sh)
+                record_side(tr, sides, stats, records, sh)
                 continue
             if i_layer == len(tr.layers) - 1:  # the last image side only for the final attention: fused with it
                 last = (keys, probs, vo, layer.layer_norm4, stats)

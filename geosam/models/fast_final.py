@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from geosam.models.cpu_gemm import linear
-from geosam.models.fast_twoway import _by_head, _heads, _token_rows
+from geosam.models.fast_twoway import _by_head, _heads, _token_rows, _transposed
 
-__all__ = ["factored_final_attention", "final_projections", "first_side_stats", "second_side_stats"]
+__all__ = ["factored_final_attention", "final_projections", "first_side_stats", "record_side", "second_side_stats"]
 
 
 def _centred(x: torch.Tensor) -> torch.Tensor:
@@ -198,3 +198,28 @@ def factored_final_attention(
         out[i].baddbmm_(w21[i], sh["v_ax"])
     out = out.transpose(1, 2).reshape(n, t, nh * d) + (attn.v_proj.weight @ lns[1].bias + attn.v_proj.bias)
     return attn.out_proj(out)
+
+
+def record_side(
+    tr: Any,
+    sides: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    sh: dict[str, torch.Tensor],
+) -> None:
+    """Fill ``stats`` (the record of the layer whose image side ``sides[-1]`` = (value tokens, probs, vo) gives)
+    without writing that image side: the weights transposed and the norm's mean and reciprocal deviation
+    (`first_side_stats`, `second_side_stats`; the second layer's from the first's record, ``records[0]``).
+    tr: the two-way transformer; sides, stats, records: as `geosam.models.fast_decoder.fast_decode` keeps them."""
+    _, probs, vo = sides[-1]
+    for i in range(probs.shape[0]):
+        _transposed(probs[i], stats[0][i])
+    attns = tuple(layer.cross_attn_image_to_token for layer in tr.layers)
+    lns = tuple(layer.layer_norm4 for layer in tr.layers)
+    if len(sides) == 1:
+        mean, rstd = first_side_stats(attns[0], sides[0][0], probs, vo, lns[0], sh)
+    else:
+        (t0, p0, v0), (t1, p1, v1) = sides
+        mean, rstd = second_side_stats(attns, (t0, t1), (p0, p1), (v0, v1), records[0][3], lns, sh)
+    stats[1].copy_(mean)
+    stats[2].copy_(rstd)
