@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import shapely
 from affine import Affine
-from shapely.geometry import MultiPolygon, Polygon, shape
+from shapely.geometry import MultiPolygon, Polygon
 from shapely.ops import unary_union
 
 from geosam.assemble.ownership import claims, disputed_pixels, drop_slivers, own_pixels
@@ -74,10 +75,22 @@ def mask_to_pixel_geometry(mask: np.ndarray, col_off: int, row_off: int) -> Poly
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     sub = np.ascontiguousarray(mask[r0:r1, c0:c1]).astype(np.uint8)
     tr = Affine.translation(col_off + c0, row_off + r0)
-    polys = [shape(g) for g, v in shapes(sub, mask=sub.astype(bool), transform=tr, connectivity=4) if v == 1]
-    if not polys:
+    parts = [g["coordinates"] for g, v in shapes(sub, mask=sub.astype(bool), transform=tr, connectivity=4) if v == 1]
+    if not parts:
         return None
-    return polys[0] if len(polys) == 1 else MultiPolygon(polys)
+    polys = _polygons(parts)
+    return polys[0] if len(polys) == 1 else MultiPolygon(list(polys))
+
+
+def _polygons(parts: Sequence[Sequence[Sequence[tuple[float, float]]]]) -> np.ndarray:
+    """``shapely.geometry.shape`` of each GeoJSON polygon's rings, built in one call from one coordinate array
+    (not point by point in Python: a speckled mask has thousands of parts); the same coordinates and ring order."""
+    rings = [r for p in parts for r in p]
+    coords = np.array([xy for r in rings for xy in r], dtype=np.float64)
+    ring_ends = np.cumsum([len(r) for r in rings])
+    part_ends = np.cumsum([len(p) for p in parts])
+    offsets = (np.concatenate([[0], ring_ends]), np.concatenate([[0], part_ends]))
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, offsets)
 
 
 #: largest merged object (pixels of its bounding box) assembled on a raster canvas;

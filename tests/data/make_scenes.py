@@ -232,19 +232,21 @@ class _Canvas:
                 return None
             if int(m.sum()) < MIN_OBJECT_PX:
                 return None
-            if ndimage.label(m, structure=_FOUR)[1] != 1:
+            # the cheap tests first (the outcome does not depend on their order): an object under the shape
+            if (m & (self.labels[r0 : r0 + m.shape[0], c0 : c0 + m.shape[1]] != 0)).any():
                 return None
             a0, b0 = max(r0 - gap, 0), max(c0 - gap, 0)
             a1 = min(r0 + m.shape[0] + gap, self.height)
             b1 = min(c0 + m.shape[1] + gap, self.width)
             region = self.labels[a0:a1, b0:b1] != 0
-            if region.any():
+            if gap > 0 and region.any():
                 grown = np.zeros(region.shape, dtype=bool)
                 grown[r0 - a0 : r0 - a0 + m.shape[0], c0 - b0 : c0 - b0 + m.shape[1]] = m
-                if gap > 0:
-                    grown = ndimage.binary_dilation(grown, structure=np.ones((3, 3), bool), iterations=gap)
+                grown = ndimage.binary_dilation(grown, structure=np.ones((3, 3), bool), iterations=gap)
                 if (grown & region).any():
                     return None
+            if ndimage.label(m, structure=_FOUR)[1] != 1:
+                return None
             clipped.append(c)
         # shapes of one group must not overlap each other either
         for i in range(len(clipped)):
@@ -272,13 +274,28 @@ class _Canvas:
         whole: bool = False,
     ) -> list[int]:
         """Place the group ``make(cy, cx)`` at a random position; [] if it never fits."""
-        for _ in range(tries):
+        for k in range(tries):
             cy = rng.uniform(0, self.height)
             cx = rng.uniform(0, self.width)
-            clipped = self.fits(make(cy, cx), gap, whole)
+            shapes = make(cy, cx)
+            clipped = self.fits(shapes, gap, whole)
             if clipped is not None:
                 return self.place(clipped)
+            if whole and any(self._never_whole(s) for s in shapes):
+                # no position fits it: draw what the remaining tries would (the ``whole`` makers draw nothing
+                # themselves), so that the scene is the one the full loop gives, without building the shapes
+                for _ in range(tries - k - 1):
+                    rng.uniform(0, self.height)
+                    rng.uniform(0, self.width)
+                return []
         return []
+
+    def _never_whole(self, shape: Shape) -> bool:
+        """The shape's pixels span more rows or columns than the scene by a margin (a shift by a fraction of a
+        pixel changes the span by at most one or two): no position keeps it whole."""
+        m = shape[0]
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        return rows.size > 0 and (rows[-1] - rows[0] > self.height + 3 or cols[-1] - cols[0] > self.width + 3)
 
 
 def _overlap(a: tuple[np.ndarray, int, int], b: tuple[np.ndarray, int, int]) -> bool:
