@@ -10,7 +10,10 @@ STAMP := $(VENV)/.geosam-installed
 # pytest-xdist workers for make test / test-fast (each gets its share of the cores: tests/conftest.py); 0: one
 # process. Not for test-docs: its few long model runs are faster on all cores one after the other.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+# bytecode caches written even where the environment says not to (PYTHONDONTWRITEBYTECODE, set on some machines):
+# without them every process a test starts (xdist workers, CLI runs, Dask workers) compiles geosam and the tests'
+# rewritten asserts again, ~4 s each (__pycache__ is ignored by git)
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: demo test test-docs test-fast bench venv clean notebooks docs
 
@@ -33,7 +36,7 @@ test: $(STAMP)
 
 # the documents as tests: every notebook runs top to bottom, every README / docs snippet runs as written
 test-docs: $(STAMP)
-	$(PY) -m pytest -q -m docs
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -m docs
 
 # `make test` without the tests marked slow (long equality runs, Dask clusters)
 test-fast: $(STAMP)

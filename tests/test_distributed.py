@@ -16,7 +16,7 @@ from tests.test_journal import assert_same
 distributed = pytest.importorskip("distributed")
 
 KW = {"chip_size_px": 192, "overlap_px": 32, "progress": False}
-TINY = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "device": "cpu"}
+TINY = {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")

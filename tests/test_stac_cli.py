@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from geosam.cli.main import cli
 from tests._stac_fixtures import item_url
 
-TINY = ["--chip-size", "512", "--overlap", "64", "--points-per-side", "4", "--pred-iou-thresh", "0",
+TINY = ["--chip-size", "512", "--overlap", "64", "--points-per-side", "2", "--pred-iou-thresh", "0",
         "--stability-score-thresh", "0", "--no-progress"]
 
 
