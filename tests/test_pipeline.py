@@ -19,7 +19,7 @@ from tests.data.make_scenes import make_oracle_scene
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 # tiny random model: permissive thresholds so that some masks survive, few points to stay fast
-TINY = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "progress": False}
+TINY = {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "progress": False}
 
 
 def crop_copy(src: Path, window: tuple[int, int, int, int], dst: Path) -> Path:
