@@ -239,15 +239,18 @@ def _final_attention(
     sides: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
     sh: dict[str, torch.Tensor],
+    centred: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The final token -> image attention of ``q_tokens``: against image sides never written (``sides``,
-    `geosam.models.fast_final`), fused with the last image side (``last``), or against ``keys`` / ``keys_pos``."""
+    `geosam.models.fast_final`, ``centred`` the values `record_side` centred), fused with the last image side
+    (``last``), or against ``keys`` / ``keys_pos``."""
     attn = tr.final_attn_token_to_image
     if sides:
-        (_, p0, v0), (_, p1, v1) = sides
+        assert centred is not None
+        (_, p0, _), (_, p1, _) = sides
         lns = (tr.layers[0].layer_norm4, tr.layers[1].layer_norm4)
         pts, rstd = (records[0][0], records[1][0]), (records[0][3], records[1][3])
-        return factored_final_attention(attn, q_tokens, (p0, p1), pts, (v0, v1), rstd, lns, sh)
+        return factored_final_attention(attn, q_tokens, (p0, p1), pts, centred, rstd, lns, sh)
     if last is not None:  # the final image side is never written; the upscaling reads the records instead
         x, probs, vo, ln4, stats = last
         return _final_image_side_attention(attn, q_tokens, x, probs, vo, ln4, pos, stats)
@@ -328,6 +331,7 @@ def fast_decode(
     unwritten = shared is not None and shared.factors(1) and len(lns) == 2
     sh = cached(cache, image_key, "final", lambda: final_projections(tr, x0, pos[0])) if unwritten else {}
     sides: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # per layer: value tokens, probs, vo
+    centred = None  # the second layer's values centred (`record_side`), for the final attention
     for i_layer, layer in enumerate(tr.layers):
         # self attention of the tokens (cheap: run the module itself)
         if layer.skip_first_layer_pe:
@@ -346,7 +350,7 @@ def fast_decode(
             records.append((stats[0], vo, stats[1], stats[2]))
             if unwritten:
                 sides.append((queries, probs, vo))
-                record_side(tr, sides, stats, records, sh)
+                centred = record_side(tr, sides, stats, records, sh)
                 continue
             if i_layer == len(tr.layers) - 1:  # the last image side only for the final attention: fused with it
                 last = (keys, probs, vo, layer.layer_norm4, stats)
@@ -364,7 +368,7 @@ def fast_decode(
     queries, pe_used = queries[:, used], pe_tok[:, used]
     if last is not None:
         keys = last[0]
-    att = _final_attention(tr, queries + pe_used, keys, keys_pos, pos, last, sides, records, sh)
+    att = _final_attention(tr, queries + pe_used, keys, keys_pos, pos, last, sides, records, sh, centred)
     queries = tr.layer_norm_final_attn(queries + att)
 
     iou_token_out = queries[:, 0, :]

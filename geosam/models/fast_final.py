@@ -35,7 +35,14 @@ import torch
 from geosam.models.cpu_gemm import linear
 from geosam.models.fast_twoway import _by_head, _heads, _token_rows, _transposed
 
-__all__ = ["factored_final_attention", "final_projections", "first_side_stats", "record_side", "second_side_stats"]
+__all__ = [
+    "centred_values",
+    "factored_final_attention",
+    "final_projections",
+    "first_side_stats",
+    "record_side",
+    "second_side_stats",
+]
 
 
 def _centred(x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +80,15 @@ def final_projections(tr: Any, x0: torch.Tensor, pos: torch.Tensor) -> dict[str,
         "v_ax": _by_head(linear(ax, fin.v_proj.weight * g2), nf, False),  # (h, P, d)
         "b1c": b1c,
     }
+
+
+def centred_values(
+    vo: tuple[torch.Tensor, torch.Tensor], g1: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(vo0c, Q0 = (g1 vo0c)c, vo1c)``: the two layers' image -> token values (N, R, C) centred over the channels,
+    as `second_side_stats` and `factored_final_attention` both take them (made once per call of the decoder)."""
+    vo0c, vo1c = _centred(vo[0]), _centred(vo[1])
+    return vo0c, _centred(vo0c * g1), vo1c
 
 
 def _out_proj_dots(attn: Any, v_tokens: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -119,11 +135,13 @@ def second_side_stats(
     rstd1: torch.Tensor,
     lns: tuple[Any, Any],
     sh: dict[str, torch.Tensor],
+    centred: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The second image side's layer-norm mean and reciprocal deviation (N, P), ``z2 = keys1 + probs1^T vo1``.
 
     Per layer (first, second): the image -> token attentions, their value tokens, weights (N, h, T, P) and values
-    (N, R, C); rstd1 from `first_side_stats`; lns the two layer norms; sh: `final_projections`.
+    (N, R, C); rstd1 from `first_side_stats`; lns the two layer norms; sh: `final_projections`; centred:
+    `centred_values` of ``vo``.
     """
     n = probs[0].shape[0]
     p0, p1 = (x.reshape(n, -1, x.shape[-1]) for x in probs)
@@ -131,8 +149,7 @@ def second_side_stats(
     ln1 = lns[0]
     g1, b1c = ln1.weight, sh["b1c"]
     c = vo0.shape[-1]
-    vo0c, vo1c = _centred(vo0), _centred(vo1)
-    q0 = _centred(vo0c * g1)  # (g1 vo0c)c, (N, R, C)
+    vo0c, q0, vo1c = centred  # q0 = (g1 vo0c)c, (N, R, C)
     # mean: keys1's (s1 mean(g1 z1c) + mean(b1)) plus probs1 . mean(vo1)
     mean_a = torch.bmm((vo0c @ g1)[:, None, :], p0)[:, 0].add_(sh["x0c_g1"]).div_(c)
     mean = torch.bmm(vo1.mean(dim=-1)[:, None, :], p1)[:, 0].addcmul_(rstd1, mean_a).add_(ln1.bias.mean())
@@ -157,21 +174,21 @@ def factored_final_attention(
     q_tokens: torch.Tensor,
     probs: tuple[torch.Tensor, torch.Tensor],
     pts: tuple[torch.Tensor, torch.Tensor],
-    vo: tuple[torch.Tensor, torch.Tensor],
+    centred: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     rstd: tuple[torch.Tensor, torch.Tensor],
     lns: tuple[Any, Any],
     sh: dict[str, torch.Tensor],
 ) -> torch.Tensor:
     """The final token -> image attention (after out_proj), (N, T, C), against the second image side in factored
     form: ``q_tokens`` (N, T, C) its queries; per layer (first, second) the image -> token weights (N, h, T, P),
-    the same transposed (N, P, R), the values (N, R, C) and the norm's reciprocal deviation (N, P)."""
+    the same transposed (N, P, R) and the norm's reciprocal deviation (N, P); the values as `centred_values`
+    gives them."""
     n, t, _ = q_tokens.shape
     nh, d = _heads(attn)
     p0, p1 = (x.reshape(n, -1, x.shape[-1]) for x in probs)
-    g1, g2, b1c = lns[0].weight, lns[1].weight, sh["b1c"]
+    g2, b1c = lns[1].weight, sh["b1c"]
     s1, s2 = rstd
-    q0 = _centred(_centred(vo[0]) * g1)  # (N, R, C)
-    vo1c = _centred(vo[1])
+    _, q0, vo1c = centred  # (N, R, C)
     qk = _token_rows(attn, q_tokens)  # (N, h*T, C): q Wk per row, scaled
     q = (attn.q_proj(q_tokens) * float(attn.scaling)).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
     qg = qk * g2
@@ -206,20 +223,24 @@ def record_side(
     stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
     sh: dict[str, torch.Tensor],
-) -> None:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Fill ``stats`` (the record of the layer whose image side ``sides[-1]`` = (value tokens, probs, vo) gives)
     without writing that image side: the weights transposed and the norm's mean and reciprocal deviation
     (`first_side_stats`, `second_side_stats`; the second layer's from the first's record, ``records[0]``).
-    tr: the two-way transformer; sides, stats, records: as `geosam.models.fast_decoder.fast_decode` keeps them."""
+    tr: the two-way transformer; sides, stats, records: as `geosam.models.fast_decoder.fast_decode` keeps them.
+    Returns the second layer's `centred_values` (for `factored_final_attention`), None after the first."""
     _, probs, vo = sides[-1]
     for i in range(probs.shape[0]):
         _transposed(probs[i], stats[0][i])
     attns = tuple(layer.cross_attn_image_to_token for layer in tr.layers)
     lns = tuple(layer.layer_norm4 for layer in tr.layers)
+    centred = None
     if len(sides) == 1:
         mean, rstd = first_side_stats(attns[0], sides[0][0], probs, vo, lns[0], sh)
     else:
         (t0, p0, v0), (t1, p1, v1) = sides
-        mean, rstd = second_side_stats(attns, (t0, t1), (p0, p1), (v0, v1), records[0][3], lns, sh)
+        centred = centred_values((v0, v1), lns[0].weight)
+        mean, rstd = second_side_stats(attns, (t0, t1), (p0, p1), (v0, v1), records[0][3], lns, sh, centred)
     stats[1].copy_(mean)
     stats[2].copy_(rstd)
+    return centred
