@@ -80,7 +80,9 @@ def dask_client() -> Iterator[Any]:
     """A ``distributed.Client`` of a LocalCluster with two worker processes, one thread each.
 
     Started once per session (each start spawns two processes that import geosam: seconds), shared by the
-    Dask tests (tests/test_distributed.py, tests/test_stac_dask.py); skipped without ``dask[distributed]``.
+    Dask tests (tests/test_distributed.py, tests/test_distributed_stac.py, one in tests/test_monitor_segment.py);
+    skipped without ``dask[distributed]``. Under pytest-xdist each worker that runs one starts its own: the Dask
+    test files sort together and early, so that they start on one worker (its first share of the tests).
     """
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
