@@ -13,7 +13,8 @@ TEST_WORKERS ?= 2
 # bytecode caches written even where the environment says not to (PYTHONDONTWRITEBYTECODE, set on some machines):
 # without them every process a test starts (xdist workers, CLI runs, Dask workers) compiles geosam and the tests'
 # rewritten asserts again, ~4 s each (__pycache__ is ignored by git)
-PYTEST := env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+TEST_PY := env -u PYTHONDONTWRITEBYTECODE $(PY)
+PYTEST := $(TEST_PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: demo test test-docs test-fast bench venv clean notebooks docs
 
@@ -36,7 +37,7 @@ test: $(STAMP)
 
 # the documents as tests: every notebook runs top to bottom, every README / docs snippet runs as written
 test-docs: $(STAMP)
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -m docs
+	$(TEST_PY) -m pytest -q -m docs
 
 # `make test` without the tests marked slow (long equality runs, Dask clusters)
 test-fast: $(STAMP)

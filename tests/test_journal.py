@@ -83,11 +83,16 @@ def test_a_file_that_is_not_a_journal_is_refused(scene, tmp_path) -> None:
         segment_scene(scene.image_path, OracleMaskGenerator(scene.label_path), journal=bad, **KW)
 
 
+def _segment_args(scene, out: Path, *extra: str) -> list[str]:
+    """The ``geosam segment`` arguments of the CLI runs below (in a child process or in this one)."""
+    return ["segment", str(scene.image_path), "-o", str(out), "--chip-size", "192", "--overlap", "32",
+            "--prefetch-chips", "0", *extra]
+
+
 def _cli(scene, out: Path, log: str, delay_s: float, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "GEOSAM_TEST_LABELS": str(scene.label_path), "GEOSAM_TEST_LOG": log,
            "GEOSAM_TEST_DELAY_S": str(delay_s), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "tests._scale_helpers", "segment", str(scene.image_path), "-o", str(out),
-           "--chip-size", "192", "--overlap", "32", "--prefetch-chips", "0", *extra]
+    cmd = [sys.executable, "-m", "tests._scale_helpers", *_segment_args(scene, out, *extra)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -100,8 +105,7 @@ def _cli_here(scene, out: Path, log: str, monkeypatch, *extra: str) -> str:
 
     gen = CountingOracle(str(scene.label_path), log)
     monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", lambda cfg: gen)
-    res = CliRunner().invoke(cli, ["segment", str(scene.image_path), "-o", str(out), "--chip-size", "192",
-                                   "--overlap", "32", "--prefetch-chips", "0", *extra])
+    res = CliRunner().invoke(cli, _segment_args(scene, out, *extra))
     assert res.exit_code == 0, res.output
     return res.output
 

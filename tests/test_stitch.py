@@ -96,11 +96,9 @@ def test_mask_to_pixel_geometry_exact_with_hole():
     assert mask_to_pixel_geometry(np.zeros((4, 4), bool), 0, 0) is None
 
 
-
 def test_mask_to_pixel_geometry_of_speckle_equals_shapes_part_by_part():
     """Many parts with and without holes (built from one coordinate array): exactly the polygons ``shape()`` makes of
     rasterio's features one by one, in the same order."""
-    from affine import Affine
     from shapely.geometry import MultiPolygon
 
     rng = np.random.default_rng(3)
@@ -110,12 +108,13 @@ def test_mask_to_pixel_geometry_of_speckle_equals_shapes_part_by_part():
     g = mask_to_pixel_geometry(m, 7, 11)
     rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
     sub = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8)
-    tr = Affine.translation(7 + cols[0], 11 + rows[0])
+    tr = rasterio.Affine.translation(7 + cols[0], 11 + rows[0])
     want = [shape(f) for f, v in shapes(sub, mask=sub.astype(bool), transform=tr, connectivity=4) if v == 1]
     assert isinstance(g, MultiPolygon) and len(g.geoms) == len(want) > 100
     assert any(len(p.interiors) > 0 for p in g.geoms)
     assert [p.wkb for p in g.geoms] == [p.wkb for p in want]
     assert g.area == m.sum()
+
 
 def _specs(w, h, chip, ov):
     return list(iter_chip_specs("x.tif", w, h, rasterio.Affine.identity(), "", chip, ov))
