@@ -1,0 +1,137 @@
+"""geosam.models.cpu_softmax: torch's softmax bit for bit, compiled where torch runs its AVX2 kernels, torch's ops elsewhere."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from geosam.models import cpu_softmax, fast_encoder
+from geosam.models.device import cpu_flags
+
+
+def _avx2_cpu() -> bool:
+    return {"avx2", "fma"} <= set(cpu_flags()) and sys.platform.startswith("linux")
+
+
+def _reference_rel(scores: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+    rows, hh, ww = scores.shape[0], rel_h.shape[-1], rel_w.shape[-1]
+    return torch.softmax(scores.clone().view(rows, hh, ww).add_(rel_h[:, :, None]).add_(rel_w[:, None, :]).view(rows, -1), -1)
+
+
+SHAPES = [(3, 64, 64), (40, 14, 14), (9, 7, 8), (5, 1, 9), (6, 3, 5), (4, 2, 17)]  # full vectors, tails, a 15-wide row
+
+
+def _check_here() -> None:
+    """The kernel against torch in this process: every shape, special values, both entry points, 1 and 2 threads."""
+    gen = torch.Generator().manual_seed(3)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            _check_shapes(gen)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_shapes(gen: torch.Generator) -> None:
+    for rows, hh, ww in SHAPES:
+        x = torch.randn((rows, hh * ww), generator=gen) * 12
+        x[0, 0] = -1e4  # underflows to 0
+        x[-1, :] = -1e30  # a row far below 0: the maximum subtracted first
+        assert torch.equal(cpu_softmax.softmax(x), torch.softmax(x, -1))
+        rel_h, rel_w = torch.randn((rows, hh), generator=gen), torch.randn((rows, ww), generator=gen)
+        want = _reference_rel(x, rel_h, rel_w)
+        got = cpu_softmax.rel_softmax(x.clone(), rel_h, rel_w)
+        assert torch.equal(got, want), (rows, hh, ww)
+        # rel terms as views with a row stride (a block of a larger table)
+        big_h = torch.randn((rows, hh + 3), generator=gen)
+        assert torch.equal(cpu_softmax.rel_softmax(x.clone(), big_h[:, :hh], rel_w), _reference_rel(x, big_h[:, :hh], rel_w))
+
+
+@pytest.mark.skipif(not _avx2_cpu(), reason="the kernel is AVX2 code: this CPU cannot run it")
+def test_kernel_is_in_use_where_torch_runs_avx2() -> None:
+    """With a C compiler on an AVX2 CPU the kernel must build and pass its check against torch (else it is lost
+    silently: the functions fall back to torch's ops)."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX2":
+        pytest.skip("torch runs its AVX-512 kernels here: see the subprocess test below")  # covered there
+    assert shutil.which("cc") or shutil.which("gcc"), "no C compiler on an AVX2 machine that runs the tests"
+    assert cpu_softmax.available()
+    _check_here()
+
+
+@pytest.mark.skipif(not _avx2_cpu(), reason="the kernel is AVX2 code: this CPU cannot run it")
+def test_kernel_equals_torch_with_torch_on_avx2(tmp_path) -> None:
+    """On any AVX2 CPU (AVX-512 ones too: ATEN_CPU_CAPABILITY=avx2 makes torch take its AVX2 kernels), in a fresh
+    process with an empty kernel cache: built, loaded, bit for bit torch's results."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from geosam.models import cpu_softmax
+        from tests.test_cpu_softmax import _check_here
+        assert torch.backends.cpu.get_cpu_capability() == "AVX2"
+        assert cpu_softmax.available()
+        _check_here()
+        print("ok")
+        """
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "GEOSAM_KERNEL_CACHE": str(tmp_path / "cache")}
+    env.pop("GEOSAM_CPU_SOFTMAX", None)
+    done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    assert len(list((tmp_path / "cache").glob("cpu_softmax-*.so"))) == 1  # renamed into place, no temporary left
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_switched_off_the_functions_are_torch(monkeypatch) -> None:
+    monkeypatch.setenv("GEOSAM_CPU_SOFTMAX", "0")
+    cpu_softmax._library.cache_clear()
+    try:
+        assert not cpu_softmax.available()
+        _check_here()
+    finally:
+        cpu_softmax._library.cache_clear()
+
+
+def test_other_inputs_take_torch_ops() -> None:
+    """float64, non-contiguous, rows shorter than a vector, gradients: torch's own ops, the same results."""
+    gen = torch.Generator().manual_seed(4)
+    x64 = torch.randn((4, 64), generator=gen, dtype=torch.float64)
+    assert torch.equal(cpu_softmax.softmax(x64), torch.softmax(x64, -1))
+    xt = torch.randn((64, 4), generator=gen).t()
+    assert torch.equal(cpu_softmax.softmax(xt), torch.softmax(xt, -1))
+    short = torch.randn((4, 6), generator=gen)
+    rh, rw = torch.randn((4, 2), generator=gen), torch.randn((4, 3), generator=gen)
+    assert torch.equal(cpu_softmax.rel_softmax(short.clone(), rh, rw), _reference_rel(short, rh, rw))
+    g = torch.randn((3, 64), generator=gen, requires_grad=True)
+    out = cpu_softmax.softmax(g)
+    out[:, 0].sum().backward()
+    assert g.grad is not None and torch.equal(out.detach(), torch.softmax(g.detach(), -1))
+
+
+def test_encoder_attention_is_bit_identical_with_and_without_the_kernel(monkeypatch) -> None:
+    """A global layer (one head, query blocks, relative positions) and a windowed one: the same bits either way."""
+    from tests.test_fast_encoder import _vit
+
+    model = _vit(seed=9)
+    gen = torch.Generator().manual_seed(10)
+    h = torch.randn((1, 16, 16, 64), generator=gen)
+    monkeypatch.setattr(fast_encoder, "PER_HEAD_MIN_TOKENS", 100)
+    monkeypatch.setattr(fast_encoder, "QUERY_CHUNK", 48)
+
+    def attend() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            layers = model.vision_encoder.layers
+            glob = fast_encoder._attention_f32(layers[1].attn, h)
+            win = fast_encoder._windowed_attention_f32(layers[0], h)
+        return glob, win
+
+    on = attend()
+    monkeypatch.setattr(cpu_softmax, "_library", lambda: None)
+    off = attend()
+    assert torch.equal(on[0], off[0]) and torch.equal(on[1], off[1])
