@@ -1,4 +1,4 @@
-"""geosam.models.cpu_softmax: torch's softmax bit for bit, compiled where torch runs its AVX2 kernels, torch's ops elsewhere."""
+"""geosam.models.cpu_kernels: torch's softmax bit for bit, compiled where torch runs its AVX2 kernels, torch's ops elsewhere."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from geosam.models import cpu_softmax, fast_encoder
+from geosam.models import cpu_kernels, fast_encoder
+from geosam.models.cpu_gemm import linear
 from geosam.models.device import cpu_flags
 
 
@@ -44,14 +45,14 @@ def _check_shapes(gen: torch.Generator) -> None:
         x = torch.randn((rows, hh * ww), generator=gen) * 12
         x[0, 0] = -1e4  # underflows to 0
         x[-1, :] = -1e30  # a row far below 0: the maximum subtracted first
-        assert torch.equal(cpu_softmax.softmax(x), torch.softmax(x, -1))
+        assert torch.equal(cpu_kernels.softmax(x), torch.softmax(x, -1))
         rel_h, rel_w = torch.randn((rows, hh), generator=gen), torch.randn((rows, ww), generator=gen)
         want = _reference_rel(x, rel_h, rel_w)
-        got = cpu_softmax.rel_softmax(x.clone(), rel_h, rel_w)
+        got = cpu_kernels.rel_softmax(x.clone(), rel_h, rel_w)
         assert torch.equal(got, want), (rows, hh, ww)
         # rel terms as views with a row stride (a block of a larger table)
         big_h = torch.randn((rows, hh + 3), generator=gen)
-        assert torch.equal(cpu_softmax.rel_softmax(x.clone(), big_h[:, :hh], rel_w), _reference_rel(x, big_h[:, :hh], rel_w))
+        assert torch.equal(cpu_kernels.rel_softmax(x.clone(), big_h[:, :hh], rel_w), _reference_rel(x, big_h[:, :hh], rel_w))
 
 
 @pytest.mark.skipif(not _avx2_cpu(), reason="the kernel is AVX2 code: this CPU cannot run it")
@@ -61,8 +62,51 @@ def test_kernel_is_in_use_where_torch_runs_avx2() -> None:
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
         pytest.skip("torch runs its AVX-512 kernels here: see the subprocess test below")  # covered there
     assert shutil.which("cc") or shutil.which("gcc"), "no C compiler on an AVX2 machine that runs the tests"
-    assert cpu_softmax.available()
+    assert cpu_kernels.available()
     _check_here()
+
+
+def _torch_head(q, k, v, rel_h, rel_w, chunk: int) -> torch.Tensor:
+    """One head as fast_encoder's explicit path computes it without the kernels."""
+    n, hh, ww = q.shape[0], rel_h.shape[1], rel_w.shape[1]
+    out = torch.empty_like(q)
+    keys, values_t = k.contiguous(), v.t().contiguous()
+    for s0 in range(0, n, chunk):
+        s = linear(q[s0 : s0 + chunk], keys)
+        s.view(-1, hh, ww).add_(rel_h[s0 : s0 + chunk, :, None]).add_(rel_w[s0 : s0 + chunk, None, :])
+        out[s0 : s0 + chunk] = linear(torch.softmax(s, -1), values_t)
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_global_attention_is_torchs_at_the_vit_b_shape(threads: int) -> None:
+    """SAM ViT-B's global layer at 1024 px (4096 keys, heads of 64, 512 queries per block): where the kernel is
+    in use, the fused head is ready (MKL's summation order found) and gives the explicit path's bits, with q, k and
+    v as strided rows of one qkv tensor and the output a strided head of a (tokens, heads, d) tensor."""
+    if not cpu_kernels.available():
+        pytest.skip("the kernel is not in use on this machine (see test_kernel_is_in_use_where_torch_runs_avx2)")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert cpu_kernels.attention_ready(4096, 64, 512)
+        gen = torch.Generator().manual_seed(threads)
+        qkv = torch.randn((4096, 3, 2, 64), generator=gen)
+        q, k, v = qkv[:, 0, 1] * 0.125, qkv[:, 1, 1], qkv[:, 2, 1]
+        rel_h, rel_w = torch.randn((4096, 64), generator=gen), torch.randn((4096, 64), generator=gen)
+        out = torch.zeros((4096, 2, 64))
+        cpu_kernels.global_attention(q, k, v, rel_h, rel_w, out[:, 1], 512)
+        assert torch.equal(out[:, 1], _torch_head(q, k, v, rel_h, rel_w, 512))
+        assert not out[:, 0].any()  # nothing written outside the head
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_global_attention_refuses_what_it_cannot_reproduce() -> None:
+    assert not cpu_kernels.attention_ready(4100, 64, 512)  # keys not in panels of 16
+    assert not cpu_kernels.attention_ready(4096, 72, 512)  # a head size not in tiles of 16
+    with pytest.raises(RuntimeError, match="attention_ready"):
+        x = torch.zeros((100, 64))
+        cpu_kernels.global_attention(x, x, x, torch.zeros((100, 10)), torch.zeros((100, 10)), x.clone(), 512)
 
 
 @pytest.mark.skipif(not _avx2_cpu(), reason="the kernel is AVX2 code: this CPU cannot run it")
@@ -72,50 +116,51 @@ def test_kernel_equals_torch_with_torch_on_avx2(tmp_path) -> None:
     code = textwrap.dedent(
         """
         import torch
-        from geosam.models import cpu_softmax
-        from tests.test_cpu_softmax import _check_here
+        from geosam.models import cpu_kernels
+        from tests.test_cpu_kernels import _check_here
         assert torch.backends.cpu.get_cpu_capability() == "AVX2"
-        assert cpu_softmax.available()
+        assert cpu_kernels.available()
         _check_here()
         print("ok")
         """
     )
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "GEOSAM_KERNEL_CACHE": str(tmp_path / "cache")}
-    env.pop("GEOSAM_CPU_SOFTMAX", None)
+    env.pop("GEOSAM_CPU_KERNELS", None)
     done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
-    assert len(list((tmp_path / "cache").glob("cpu_softmax-*.so"))) == 1  # renamed into place, no temporary left
+    assert len(list((tmp_path / "cache").glob("cpu_kernels-*.so"))) == 1  # renamed into place, no temporary left
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
 
 def test_switched_off_the_functions_are_torch(monkeypatch) -> None:
-    monkeypatch.setenv("GEOSAM_CPU_SOFTMAX", "0")
-    cpu_softmax._library.cache_clear()
+    monkeypatch.setenv("GEOSAM_CPU_KERNELS", "0")
+    cpu_kernels._library.cache_clear()
     try:
-        assert not cpu_softmax.available()
+        assert not cpu_kernels.available()
         _check_here()
     finally:
-        cpu_softmax._library.cache_clear()
+        cpu_kernels._library.cache_clear()
 
 
 def test_other_inputs_take_torch_ops() -> None:
     """float64, non-contiguous, rows shorter than a vector, gradients: torch's own ops, the same results."""
     gen = torch.Generator().manual_seed(4)
     x64 = torch.randn((4, 64), generator=gen, dtype=torch.float64)
-    assert torch.equal(cpu_softmax.softmax(x64), torch.softmax(x64, -1))
+    assert torch.equal(cpu_kernels.softmax(x64), torch.softmax(x64, -1))
     xt = torch.randn((64, 4), generator=gen).t()
-    assert torch.equal(cpu_softmax.softmax(xt), torch.softmax(xt, -1))
+    assert torch.equal(cpu_kernels.softmax(xt), torch.softmax(xt, -1))
     short = torch.randn((4, 6), generator=gen)
     rh, rw = torch.randn((4, 2), generator=gen), torch.randn((4, 3), generator=gen)
-    assert torch.equal(cpu_softmax.rel_softmax(short.clone(), rh, rw), _reference_rel(short, rh, rw))
+    assert torch.equal(cpu_kernels.rel_softmax(short.clone(), rh, rw), _reference_rel(short, rh, rw))
     g = torch.randn((3, 64), generator=gen, requires_grad=True)
-    out = cpu_softmax.softmax(g)
+    out = cpu_kernels.softmax(g)
     out[:, 0].sum().backward()
     assert g.grad is not None and torch.equal(out.detach(), torch.softmax(g.detach(), -1))
 
 
 def test_encoder_attention_is_bit_identical_with_and_without_the_kernel(monkeypatch) -> None:
-    """A global layer (one head, query blocks, relative positions) and a windowed one: the same bits either way."""
+    """A global layer (the fused head; without the kernel one head and a block of queries at a time) and a windowed
+    one: the same bits either way."""
     from tests.test_fast_encoder import _vit
 
     model = _vit(seed=9)
@@ -131,7 +176,8 @@ def test_encoder_attention_is_bit_identical_with_and_without_the_kernel(monkeypa
             win = fast_encoder._windowed_attention_f32(layers[0], h)
         return glob, win
 
+    assert cpu_kernels.attention_ready(256, 16, 48) or not cpu_kernels.available()  # the fused head is what runs
     on = attend()
-    monkeypatch.setattr(cpu_softmax, "_library", lambda: None)
+    monkeypatch.setattr(cpu_kernels, "_library", lambda: None)
     off = attend()
     assert torch.equal(on[0], off[0]) and torch.equal(on[1], off[1])

@@ -1,0 +1,291 @@
+/* Float32 kernels for SAM's image encoder on AVX2 CPUs, bit for bit what torch computes there.
+ *
+ * 1. Softmax over the last axis, with SAM's relative positions added first or
+ * without: ATen's `_vec_softmax_lastdim` (torch.softmax over the last dim of a
+ * contiguous float32 tensor, AVX2 dispatch) computes per row the maximum (vector
+ * reduction, then ATen's horizontal reduction order), exp(x - max) with Sleef's
+ * expf8_u10, the sum of those in the same order, then each times 1 / sum. The
+ * same operations in the same order give the same bits; what is gained is that
+ * each row is read from memory once and finished while it is in cache (ATen makes
+ * a separate pass over the whole block for every step), and that the relative
+ * position terms are added in the same pass as the maximum.
+ * 2. One head of a global attention layer with both products fused around 1
+ * (below).
+ *
+ * Built with -ffp-contract=off so that the compiler fuses no multiply-add torch
+ * does not. geosam/models/cpu_kernels.py compiles, loads and checks it against
+ * torch.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* Sleef_expf8_u10 (AVX2 + FMA), as ATen's Vectorized<float>::exp() */
+static inline __m256 exp_u10(__m256 d) {
+  const __m256 r_ln2 = _mm256_set1_ps(1.442695040888963407359924681001892137426645954152985934135449406931f);
+  __m256i q = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(d, r_ln2), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  __m256 qf = _mm256_cvtepi32_ps(q);
+  __m256 s = _mm256_fmadd_ps(qf, _mm256_set1_ps(-0.693145751953125f), d);
+  s = _mm256_fmadd_ps(qf, _mm256_set1_ps(-1.428606765330187045e-06f), s);
+  __m256 u = _mm256_set1_ps(0.000198527617612853646278381f);
+  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.00139304355252534151077271f));
+  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.00833336077630519866943359f));
+  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.0416664853692054748535156f));
+  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.166666671633720397949219f));
+  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.5f));
+  u = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_mul_ps(s, s), u, s));
+  __m256i q1 = _mm256_srai_epi32(q, 1); /* ldexp in two steps: u * 2^(q>>1) * 2^(q - (q>>1)) */
+  __m256i q2 = _mm256_sub_epi32(q, q1);
+  __m256 p1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(q1, _mm256_set1_epi32(127)), 23));
+  __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(q2, _mm256_set1_epi32(127)), 23));
+  u = _mm256_mul_ps(_mm256_mul_ps(u, p1), p2);
+  u = _mm256_andnot_ps(_mm256_cmp_ps(d, _mm256_set1_ps(-104.f), _CMP_LT_OQ), u);
+  return _mm256_blendv_ps(u, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(_mm256_set1_ps(100.f), d, _CMP_LT_OQ));
+}
+
+/* ATen's vec_reduce_all for 8 floats: halves, then pairs, then neighbours */
+static inline float reduce_max(__m256 v) {
+  v = _mm256_max_ps(v, _mm256_permute2f128_ps(v, v, 1));
+  v = _mm256_max_ps(v, _mm256_shuffle_ps(v, v, 0x4E));
+  return _mm256_cvtss_f32(_mm256_max_ps(v, _mm256_shuffle_ps(v, v, 0xB1)));
+}
+static inline float reduce_add(__m256 v) {
+  v = _mm256_add_ps(v, _mm256_permute2f128_ps(v, v, 1));
+  v = _mm256_add_ps(v, _mm256_shuffle_ps(v, v, 0x4E));
+  return _mm256_cvtss_f32(_mm256_add_ps(v, _mm256_shuffle_ps(v, v, 0xB1)));
+}
+
+/* ATen's vec::maximum: the larger, NaN if either is NaN */
+static inline __m256 vmax(__m256 a, __m256 b) {
+  return _mm256_or_ps(_mm256_max_ps(a, b), _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+}
+
+static inline __m256i tail_mask(int64_t n) { /* the first n (0..7) lanes */
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* max of a row (n >= 8) as ATen's reduce_all: the first vector, then the full ones, then the tail's lanes */
+static inline float row_max(const float* x, int64_t n) {
+  int64_t d, full = n - n % 8;
+  __m256 acc = _mm256_loadu_ps(x);
+  for (d = 8; d < full; d += 8) acc = vmax(acc, _mm256_loadu_ps(x + d));
+  if (d < n) {
+    __m256i m = tail_mask(n - d);
+    acc = _mm256_blendv_ps(acc, vmax(acc, _mm256_maskload_ps(x + d, m)), _mm256_castsi256_ps(m));
+  }
+  return reduce_max(acc);
+}
+
+/* y = softmax of a row x (n >= 8) whose maximum is mx; y may be x */
+static inline void row_softmax(const float* x, float* y, int64_t n, float mx) {
+  int64_t d, full = n - n % 8;
+  __m256 vm = _mm256_set1_ps(mx);
+  __m256 acc = exp_u10(_mm256_sub_ps(_mm256_loadu_ps(x), vm));
+  _mm256_storeu_ps(y, acc);
+  for (d = 8; d < full; d += 8) {
+    __m256 e = exp_u10(_mm256_sub_ps(_mm256_loadu_ps(x + d), vm));
+    _mm256_storeu_ps(y + d, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  __m256i m = tail_mask(n - full);
+  if (d < n) { /* ATen: exp of the zero-filled tail, stored in part, then summed as loaded back */
+    __m256 e = exp_u10(_mm256_sub_ps(_mm256_maskload_ps(x + d, m), vm));
+    _mm256_maskstore_ps(y + d, m, e);
+    __m256 back = _mm256_maskload_ps(y + d, m);
+    acc = _mm256_blendv_ps(acc, _mm256_add_ps(acc, back), _mm256_castsi256_ps(m));
+  }
+  __m256 inv = _mm256_set1_ps(1.0f / reduce_add(acc));
+  for (d = 0; d < full; d += 8) _mm256_storeu_ps(y + d, _mm256_mul_ps(_mm256_loadu_ps(y + d), inv));
+  if (d < n) _mm256_maskstore_ps(y + d, m, _mm256_mul_ps(_mm256_maskload_ps(y + d, m), inv));
+}
+
+/* y = the softmax of each of `rows` rows of n floats (row stride n) of x; y may be x; n >= 8 */
+void geosam_softmax(const float* x, float* y, int64_t rows, int64_t n, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t i = 0; i < rows; i++) row_softmax(x + i * n, y + i * n, n, row_max(x + i * n, n));
+}
+
+/* SAM's relative positions then softmax, in place: row i of x (hh x ww scores, key row-major) gets
+ * (x + rel_h[i, key row]) + rel_w[i, key column], as torch's two broadcast add_ calls, then its softmax.
+ * rel_h rows are hh floats, `sh` apart; rel_w rows ww floats, `sw` apart; hh * ww >= 8. */
+/* r[a * ww + b] = (r[a * ww + b] + h[a]) + w[b]: torch's two broadcast add_ calls on one row of scores */
+static inline void add_rel_row(float* r, const float* h, const float* w, int64_t hh, int64_t ww) {
+  const int64_t full = ww - ww % 8;
+  const __m256i m = tail_mask(ww - full);
+  for (int64_t a = 0; a < hh; a++) {
+    __m256 vh = _mm256_set1_ps(h[a]);
+    float* ra = r + a * ww;
+    int64_t b;
+    for (b = 0; b < full; b += 8)
+      _mm256_storeu_ps(ra + b, _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(ra + b), vh), _mm256_loadu_ps(w + b)));
+    if (b < ww)
+      _mm256_maskstore_ps(ra + b, m,
+                          _mm256_add_ps(_mm256_add_ps(_mm256_maskload_ps(ra + b, m), vh), _mm256_maskload_ps(w + b, m)));
+  }
+}
+
+void geosam_rel_softmax_(float* x, const float* rel_h, const float* rel_w, int64_t rows, int64_t hh, int64_t ww,
+                         int64_t sh, int64_t sw, int threads) {
+  const int64_t n = hh * ww;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t i = 0; i < rows; i++) {
+    float* r = x + i * n;
+    add_rel_row(r, rel_h + i * sh, rel_w + i * sw, hh, ww);
+    row_softmax(r, r, n, row_max(r, n));
+  }
+}
+
+/* 2. One head of a global attention layer, fused: scores, relative positions, softmax, values.
+ *
+ * torch's path (geosam/models/fast_encoder.py) for a block of queries: `linear(qs, keys)` (MKL), the relative
+ * positions and softmax (above), `linear(probs, values_t)` (MKL). MKL's float32 AVX2 GEMM sums the inner dimension
+ * in order with one FMA chain per output from zero, in blocks of `kc` whose partial sums are added in order (kc =
+ * 192 for these shapes on an AMD EPYC Zen 3; cpu_kernels.py finds it on the machine at hand by comparing with
+ * torch and does not use this code where none matches). The same chains here give the same bits, with the block
+ * of scores kept in L2 from the product to the values instead of written to and read back from memory three times.
+ */
+#define QK_ROWS 6
+
+/* s[r, 0:16] = sum_k q[r, k] * panel[k, 0:16] for `rows` (<= 6) rows; FMA chains over k from zero */
+static inline __attribute__((always_inline)) void qk_tile(const float* q, int64_t sq, const float* panel, int64_t d,
+                                                          float* s, int64_t ss, const int rows) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t k = 0; k < d; k++) {
+    __m256 b0 = _mm256_loadu_ps(panel + k * 16), b1 = _mm256_loadu_ps(panel + k * 16 + 8), a;
+    if (rows > 0) { a = _mm256_broadcast_ss(q + k); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01); }
+    if (rows > 1) { a = _mm256_broadcast_ss(q + sq + k); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11); }
+    if (rows > 2) { a = _mm256_broadcast_ss(q + 2 * sq + k); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21); }
+    if (rows > 3) { a = _mm256_broadcast_ss(q + 3 * sq + k); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31); }
+    if (rows > 4) { a = _mm256_broadcast_ss(q + 4 * sq + k); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41); }
+    if (rows > 5) { a = _mm256_broadcast_ss(q + 5 * sq + k); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51); }
+  }
+  if (rows > 0) { _mm256_storeu_ps(s, c00); _mm256_storeu_ps(s + 8, c01); }
+  if (rows > 1) { _mm256_storeu_ps(s + ss, c10); _mm256_storeu_ps(s + ss + 8, c11); }
+  if (rows > 2) { _mm256_storeu_ps(s + 2 * ss, c20); _mm256_storeu_ps(s + 2 * ss + 8, c21); }
+  if (rows > 3) { _mm256_storeu_ps(s + 3 * ss, c30); _mm256_storeu_ps(s + 3 * ss + 8, c31); }
+  if (rows > 4) { _mm256_storeu_ps(s + 4 * ss, c40); _mm256_storeu_ps(s + 4 * ss + 8, c41); }
+  if (rows > 5) { _mm256_storeu_ps(s + 5 * ss, c50); _mm256_storeu_ps(s + 5 * ss + 8, c51); }
+}
+
+/* o[r, 0:16] (+)= sum_{j < kn} p[r, j] * v[j, 0:16] for `rows` (<= 6) rows: one FMA chain from zero, then
+ * stored (first block) or added to o */
+static inline __attribute__((always_inline)) void av_tile(const float* p, int64_t sp, const float* v, int64_t sv,
+                                                          int64_t kn, float* o, int64_t so, int first, const int rows) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t j = 0; j < kn; j++) {
+    __m256 b0 = _mm256_loadu_ps(v + j * sv), b1 = _mm256_loadu_ps(v + j * sv + 8), a;
+    if (rows > 0) { a = _mm256_broadcast_ss(p + j); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01); }
+    if (rows > 1) { a = _mm256_broadcast_ss(p + sp + j); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11); }
+    if (rows > 2) { a = _mm256_broadcast_ss(p + 2 * sp + j); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21); }
+    if (rows > 3) { a = _mm256_broadcast_ss(p + 3 * sp + j); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31); }
+    if (rows > 4) { a = _mm256_broadcast_ss(p + 4 * sp + j); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41); }
+    if (rows > 5) { a = _mm256_broadcast_ss(p + 5 * sp + j); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51); }
+  }
+#define AV_OUT(r, c0, c1)                                                                    \
+  if (rows > r) {                                                                            \
+    float* orow = o + r * so;                                                                \
+    if (first) { _mm256_storeu_ps(orow, c0); _mm256_storeu_ps(orow + 8, c1); }              \
+    else {                                                                                   \
+      _mm256_storeu_ps(orow, _mm256_add_ps(_mm256_loadu_ps(orow), c0));                      \
+      _mm256_storeu_ps(orow + 8, _mm256_add_ps(_mm256_loadu_ps(orow + 8), c1));              \
+    }                                                                                        \
+  }
+  AV_OUT(0, c00, c01) AV_OUT(1, c10, c11) AV_OUT(2, c20, c21) AV_OUT(3, c30, c31) AV_OUT(4, c40, c41)
+  AV_OUT(5, c50, c51)
+#undef AV_OUT
+}
+
+static void qk_rows(const float* q, int64_t sq, const float* panel, int64_t d, float* s, int64_t ss, int rows) {
+  switch (rows) {
+    case 6: qk_tile(q, sq, panel, d, s, ss, 6); break;
+    case 5: qk_tile(q, sq, panel, d, s, ss, 5); break;
+    case 4: qk_tile(q, sq, panel, d, s, ss, 4); break;
+    case 3: qk_tile(q, sq, panel, d, s, ss, 3); break;
+    case 2: qk_tile(q, sq, panel, d, s, ss, 2); break;
+    default: qk_tile(q, sq, panel, d, s, ss, 1); break;
+  }
+}
+
+static void av_rows(const float* p, int64_t sp, const float* v, int64_t sv, int64_t kn, float* o, int64_t so,
+                    int first, int rows) {
+  switch (rows) {
+    case 6: av_tile(p, sp, v, sv, kn, o, so, first, 6); break;
+    case 5: av_tile(p, sp, v, sv, kn, o, so, first, 5); break;
+    case 4: av_tile(p, sp, v, sv, kn, o, so, first, 4); break;
+    case 3: av_tile(p, sp, v, sv, kn, o, so, first, 3); break;
+    case 2: av_tile(p, sp, v, sv, kn, o, so, first, 2); break;
+    default: av_tile(p, sp, v, sv, kn, o, so, first, 1); break;
+  }
+}
+
+/* products only, for the check against torch: s = q k^T (n_q x n, in panels as below), o = p v with blocks of kc */
+void geosam_qk(const float* q, int64_t sq, const float* k, int64_t sk, int64_t nq, int64_t n, int64_t d, float* s) {
+  if (n % 16) return;
+  float* panel = (float*)malloc(sizeof(float) * 16 * d);
+  if (!panel) return;
+  for (int64_t t = 0; t < n; t += 16) {
+    for (int64_t kk = 0; kk < d; kk++)
+      for (int64_t jj = 0; jj < 16; jj++) panel[kk * 16 + jj] = k[(t + jj) * sk + kk];
+    for (int64_t r = 0; r < nq; r += QK_ROWS)
+      qk_rows(q + r * sq, sq, panel, d, s + r * n + t, n, (int)(nq - r < QK_ROWS ? nq - r : QK_ROWS));
+  }
+  free(panel);
+}
+
+void geosam_av(const float* p, int64_t sp, const float* v, int64_t sv, int64_t nq, int64_t n, int64_t d, int64_t kc,
+               float* o, int64_t so) {
+  for (int64_t j0 = 0; j0 < n; j0 += kc)
+    for (int64_t r = 0; r < nq; r += QK_ROWS)
+      for (int64_t c = 0; c < d; c += 16)
+        av_rows(p + r * sp + j0, sp, v + j0 * sv + c, sv, (n - j0 < kc ? n - j0 : kc), o + r * so + c, so, j0 == 0,
+                (int)(nq - r < QK_ROWS ? nq - r : QK_ROWS));
+}
+
+/* out[i] = softmax(q[i] . k[j] + rel_h[i, j / ww] + rel_w[i, j % ww] over j) @ v for the nq queries of one head,
+ * the keys on an hh x ww grid (n = hh * ww, a multiple of 16), d a multiple of 16. q, k, v, rel_h, rel_w, out:
+ * rows with the given strides (elements), unit stride within a row. `block` queries at a time per thread (their
+ * scores, block x n floats, stay in L2). */
+int geosam_global_attention(const float* q, int64_t sq, const float* k, int64_t sk, const float* v, int64_t sv,
+                            const float* rel_h, int64_t sh, const float* rel_w, int64_t sw, float* out, int64_t so,
+                            int64_t nq, int64_t hh, int64_t ww, int64_t d, int64_t kc, int64_t block, int threads) {
+  const int64_t n = hh * ww;
+  if (n % 16 || d % 16 || kc <= 0 || block <= 0) return -1;
+  float* kp = (float*)malloc(sizeof(float) * n * d); /* keys in panels of 16: kp[t][kk][jj] */
+  float* vc = (float*)malloc(sizeof(float) * n * d); /* values, contiguous rows */
+  if (!kp || !vc) { free(kp); free(vc); return -2; }
+  for (int64_t t = 0; t < n; t += 16)
+    for (int64_t kk = 0; kk < d; kk++)
+      for (int64_t jj = 0; jj < 16; jj++) kp[t * d + kk * 16 + jj] = k[(t + jj) * sk + kk];
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t c = 0; c < d; c++) vc[j * d + c] = v[j * sv + c];
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    float* s = (float*)malloc(sizeof(float) * block * n);
+    if (!s) failed = 1;
+#pragma omp for schedule(static)
+    for (int64_t b0 = 0; b0 < nq; b0 += block) {
+      if (!s) continue;
+      const int64_t nb = nq - b0 < block ? nq - b0 : block;
+      for (int64_t t = 0; t < n; t += 16)
+        for (int64_t r = 0; r < nb; r += QK_ROWS)
+          qk_rows(q + (b0 + r) * sq, sq, kp + t * d, d, s + r * n + t, n, (int)(nb - r < QK_ROWS ? nb - r : QK_ROWS));
+      for (int64_t r = 0; r < nb; r++) {
+        float* row = s + r * n;
+        add_rel_row(row, rel_h + (b0 + r) * sh, rel_w + (b0 + r) * sw, hh, ww);
+        row_softmax(row, row, n, row_max(row, n));
+      }
+      for (int64_t j0 = 0; j0 < n; j0 += kc)
+        for (int64_t r = 0; r < nb; r += QK_ROWS)
+          for (int64_t c = 0; c < d; c += 16)
+            av_rows(s + r * n + j0, n, vc + j0 * d + c, d, (n - j0 < kc ? n - j0 : kc), out + (b0 + r) * so + c, so,
+                    j0 == 0, (int)(nb - r < QK_ROWS ? nb - r : QK_ROWS));
+    }
+    free(s);
+  }
+  free(kp);
+  free(vc);
+  return failed ? -2 : 0;
+}

@@ -1,0 +1,299 @@
+"""Float32 attention kernels on AVX2 CPUs: torch's own numbers, with the scores kept in cache.
+
+SAM's encoder spends much of its float32 time on a CPU outside its big
+products: the four global layers of a ViT at 1024 px compute 12 x 4096 x 4096
+scores each, and torch makes one pass over a whole block of them for each step
+(the product writes the block, each of the two relative-position adds, the
+maximum, the exponentials, the sum and the scaling pass over it again, the
+values product reads it), so a 512 x 4096 block (8 MiB) comes from memory
+eight times. `cpu_kernels.c` does the same arithmetic in the same order:
+
+* `softmax` / `rel_softmax`: ATen's AVX2 softmax (Sleef's ``expf8_u10``, ATen's
+  reduction order, ``* (1 / sum)``), one row at a time, the relative positions
+  added in the pass that finds the maximum.
+* `global_attention`: one head of a global layer, 24 queries at a time per
+  thread: their scores (384 KiB) stay in L2 from the product through the
+  softmax to the values. The products are FMA chains in the order torch's
+  float32 GEMM (MKL) sums on this machine: each output's chain from zero over
+  the inner dimension, in blocks whose partial sums are added in order (192
+  keys for the values product on an AMD EPYC Zen 3); the block size is found
+  by comparing with torch's own products of the same shapes in this process
+  (`attention_ready`), and without a match the kernel is not used.
+
+So the results are the bits torch gives. AMD EPYC Zen 3, one thread: a 512 x
+4096 block's relative positions and softmax 0.66 of torch's time; one head of a
+global layer 0.45 of it (0.075 vs 0.17-0.19 s).
+
+The kernel is plain C with AVX2 intrinsics, compiled on first use with the
+machine's C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``; ~1 s) into
+``$GEOSAM_KERNEL_CACHE`` (default ``~/.cache/geosam/kernels``, written to a
+temporary file and renamed) and loaded with ctypes. It is used only where
+torch itself runs its AVX2 kernels (``torch.backends.cpu.get_cpu_capability()
+== "AVX2"``: on AVX-512 CPUs torch's vectors and so its rounding differ) and
+only after it has reproduced torch's results bit for bit on test data in this
+process. Anywhere else, without a compiler, or with ``GEOSAM_CPU_KERNELS=0``,
+the functions here run torch's ops: the outputs are the same either way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from geosam.models.cpu_gemm import linear
+
+__all__ = ["attention_ready", "available", "global_attention", "rel_softmax", "softmax"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("cpu_kernels.c")
+_FLAGS = ("-O2", "-mavx2", "-mfma", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("GEOSAM_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "geosam" / "kernels"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC", "").split(" ")[0], "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(cc: str) -> Path | None:
+    """The compiled kernel (built now unless cached); None if it does not build. With OpenMP where it links."""
+    source = _SOURCE.read_bytes()
+    for extra in (("-fopenmp",), ()):
+        key = hashlib.sha256(source + " ".join((cc, *_FLAGS, *extra)).encode()).hexdigest()[:16]
+        for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"geosam-kernels-{os.getuid()}"):
+            target = folder / f"cpu_kernels-{key}.so"
+            if target.exists():
+                return target
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+                os.close(fd)
+            except OSError:  # a cache folder we may not write: the next one
+                continue
+            cmd = [cc, *_FLAGS, *extra, str(_SOURCE), "-o", tmp]
+            try:
+                done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                Path(tmp).unlink(missing_ok=True)
+                log.debug("cpu_kernels: %s failed: %s", " ".join(cmd), exc)
+                return None
+            if done.returncode != 0:
+                Path(tmp).unlink(missing_ok=True)
+                log.debug("cpu_kernels: %s failed:\n%s", " ".join(cmd), done.stderr[-2000:])
+                break  # not this flag set: try without OpenMP
+            os.replace(tmp, target)  # complete, then visible (another process may race to the same name)
+            return target
+    return None
+
+
+def _reproduces_torch(lib: ctypes.CDLL) -> bool:
+    """Whether the loaded kernel gives torch's softmax bit for bit here (rows of several lengths, both entry points)."""
+    gen = torch.Generator().manual_seed(0)
+    for rows, hh, ww in ((5, 64, 64), (7, 14, 14), (3, 7, 8), (2, 1, 9)):
+        x = torch.randn((rows, hh * ww), generator=gen) * 8
+        x[0, 1] = -300.0  # an exponential that underflows
+        rel_h, rel_w = torch.randn((rows, hh), generator=gen), torch.randn((rows, ww), generator=gen)
+        want = torch.softmax(x, dim=-1)
+        got = torch.empty_like(x)
+        lib.geosam_softmax(_P(x.data_ptr()), _P(got.data_ptr()), _I64(rows), _I64(hh * ww), _INT(1))
+        if not torch.equal(got, want):
+            return False
+        want = torch.softmax(x.clone().view(rows, hh, ww).add_(rel_h[:, :, None]).add_(rel_w[:, None, :]).view(rows, -1), -1)
+        got = x.clone()
+        lib.geosam_rel_softmax_(
+            _P(got.data_ptr()), _P(rel_h.data_ptr()), _P(rel_w.data_ptr()),
+            _I64(rows), _I64(hh), _I64(ww), _I64(hh), _I64(ww), _INT(2),
+        )  # fmt: skip
+        if not torch.equal(got, want):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("GEOSAM_CPU_KERNELS", "").strip().lower() in ("0", "false", "no"):
+        return None
+    if not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")):
+        return None
+    if torch.backends.cpu.get_cpu_capability() != "AVX2":  # torch's other kernels round differently
+        return None
+    cc = _compiler()
+    path = _build(cc) if cc else None
+    if path is None:
+        log.info("cpu_kernels: no C compiler built the kernel; torch's softmax is used (same results, slower)")
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        log.info("cpu_kernels: %s does not load (%s); torch's softmax is used", path, exc)
+        return None
+    for fn in (lib.geosam_softmax, lib.geosam_rel_softmax_, lib.geosam_qk, lib.geosam_av):
+        fn.restype = None
+    lib.geosam_global_attention.restype = ctypes.c_int
+    if not _reproduces_torch(lib):
+        log.warning("cpu_kernels: %s does not reproduce torch's softmax here; torch's is used", path)
+        return None
+    log.debug("cpu_kernels: %s", path)
+    return lib
+
+
+def available() -> bool:
+    """Whether the compiled kernel is in use in this process (see the module docstring)."""
+    return _library() is not None
+
+
+def _fits(x: torch.Tensor, n: int) -> bool:
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and n >= 8
+        and not (x.requires_grad and torch.is_grad_enabled())
+    )  # fmt: skip
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    """``torch.softmax(x, dim=-1)``, the same bits; a new tensor."""
+    n = x.shape[-1]
+    lib = _library() if _fits(x, n) else None
+    if lib is None:
+        return torch.softmax(x, dim=-1)
+    out = torch.empty_like(x)
+    lib.geosam_softmax(_P(x.data_ptr()), _P(out.data_ptr()), _I64(x.numel() // n), _I64(n), _INT(torch.get_num_threads()))
+    return out
+
+
+def rel_softmax(scores: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+    """SAM's relative positions added to ``scores`` and the softmax taken over the keys; may overwrite ``scores``.
+
+    scores: (R, H * W) over an H x W key grid (row-major); rel_h (R, H) and
+    rel_w (R, W), or any shapes that reshape so. Returns the bits of
+    ``torch.softmax(scores.view(R, H, W).add_(rel_h[..., None]).add_(rel_w[:, None]), -1)``:
+    ``scores`` itself when the kernel ran (in place), else a new tensor.
+    """
+    rows = scores.shape[0]
+    rh, rw = rel_h.reshape(rows, -1), rel_w.reshape(rows, -1)
+    hh, ww = rh.shape[1], rw.shape[1]
+    fits = _fits(scores, hh * ww) and scores.shape == (rows, hh * ww) and rh.dtype == rw.dtype == torch.float32
+    lib = _library() if fits else None
+    if lib is None:
+        scores.view(rows, hh, ww).add_(rh[:, :, None]).add_(rw[:, None, :])
+        return torch.softmax(scores, dim=-1)
+    rh = rh if rh.stride(1) == 1 else rh.contiguous()
+    rw = rw if rw.stride(1) == 1 else rw.contiguous()
+    lib.geosam_rel_softmax_(
+        _P(scores.data_ptr()), _P(rh.data_ptr()), _P(rw.data_ptr()), _I64(rows), _I64(hh), _I64(ww),
+        _I64(rh.stride(0)), _I64(rw.stride(0)), _INT(torch.get_num_threads()),
+    )  # fmt: skip
+    return scores
+
+
+#: Queries per thread at a time in `global_attention`: their scores (block x tokens floats; 384 KiB for 4096 keys)
+#: stay in the L2 cache from the product through the softmax to the values.
+ATTENTION_BLOCK = 24
+#: Inner-dimension blocks tried for torch's values product (MKL's on this machine is found by comparison).
+_KC_CANDIDATES = (192, 256, 128, 384, 512, 320, 448, 96, 64, 1024)
+
+
+@functools.lru_cache(maxsize=16)
+def _attention_kc(n: int, d: int, rows: tuple[int, ...], threads: int) -> int | None:
+    """The block of the values product in which the kernel gives torch's bits for these shapes, or None.
+
+    torch's products as `geosam.models.fast_encoder` calls them: ``linear(queries
+    (m, d), keys (n, d))`` and ``linear(probs (m, n), values_t (d, n))`` for
+    every m in ``rows`` (a query chunk and the last, shorter one), at the
+    current thread count; the kernel's products on the same data.
+    """
+    lib = _library()
+    if lib is None:
+        return None
+    gen = torch.Generator().manual_seed(n * 131 + d)
+    keys = torch.randn((n, d), generator=gen)
+    values = torch.randn((n, d), generator=gen)
+    values_t = values.t().contiguous()
+    kcs = list(_KC_CANDIDATES)
+    for m in rows:
+        q = torch.randn((m, d), generator=gen) * d**-0.5
+        want = linear(q, keys)
+        got = torch.empty((m, n))
+        lib.geosam_qk(
+            _P(q.data_ptr()), _I64(d), _P(keys.data_ptr()), _I64(d), _I64(m), _I64(n), _I64(d), _P(got.data_ptr())
+        )
+        if not torch.equal(got, want):
+            return None
+        probs = torch.softmax(want, dim=-1)
+        want = linear(probs, values_t)
+        for kc in kcs:  # the first that matches (then the only one tried for the next m)
+            got = torch.empty((m, d))
+            lib.geosam_av(
+                _P(probs.data_ptr()), _I64(n), _P(values.data_ptr()), _I64(d), _I64(m), _I64(n), _I64(d), _I64(kc),
+                _P(got.data_ptr()), _I64(d),
+            )  # fmt: skip
+            if torch.equal(got, want):
+                kcs = [kc]
+                break
+        else:
+            return None
+    log.debug("cpu_kernels: fused global attention for %d keys x %d: values product in blocks of %d", n, d, kcs[0])
+    return kcs[0]
+
+
+def attention_ready(n_keys: int, head_dim: int, query_chunk: int) -> bool:
+    """Whether `global_attention` gives here the bits of torch's explicit attention over ``query_chunk`` queries
+    at a time (`geosam.models.fast_encoder`), for this many keys and this head size, at the current thread count."""
+    if n_keys % 16 or head_dim % 16 or _library() is None:
+        return False
+    return _attention_kc(n_keys, head_dim, *_rows_key(n_keys, query_chunk)) is not None
+
+
+def global_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, out: torch.Tensor,
+    query_chunk: int,
+) -> None:
+    """``out = softmax(q k^T + rel_h[:, row(key)] + rel_w[:, col(key)]) v`` for one head, written into ``out``.
+
+    q: (N, d) queries, already scaled; k, v: (N, d); rel_h: (N, H) and rel_w:
+    (N, W) with N = H * W keys on an H x W grid (any shapes that reshape so);
+    out: (N, d). Every one may have a row stride; rows must be contiguous. Call
+    only where `attention_ready` (same N, d, ``query_chunk``) is true.
+    """
+    n, d = q.shape
+    rh, rw = rel_h.reshape(n, -1), rel_w.reshape(n, -1)
+    hh, ww = rh.shape[1], rw.shape[1]
+    tensors = (q, k, v, rh, rw, out)
+    fits = hh * ww == n and all(t.dtype == torch.float32 and t.stride(-1) == 1 for t in tensors)
+    lib, kc = _library(), _attention_kc(n, d, *_rows_key(n, query_chunk)) if attention_ready(n, d, query_chunk) else None
+    if lib is None or kc is None or not fits:
+        raise RuntimeError("global_attention: the kernel cannot give torch's results here (see attention_ready)")
+    err = lib.geosam_global_attention(
+        _P(q.data_ptr()), _I64(q.stride(0)), _P(k.data_ptr()), _I64(k.stride(0)), _P(v.data_ptr()), _I64(v.stride(0)),
+        _P(rh.data_ptr()), _I64(rh.stride(0)), _P(rw.data_ptr()), _I64(rw.stride(0)), _P(out.data_ptr()),
+        _I64(out.stride(0)), _I64(n), _I64(hh), _I64(ww), _I64(d), _I64(kc), _I64(ATTENTION_BLOCK),
+        _INT(torch.get_num_threads()),
+    )  # fmt: skip
+    if err != 0:
+        raise MemoryError(f"global_attention: no memory for the kernel's buffers (error {err})")
+
+
+def _rows_key(n: int, query_chunk: int) -> tuple[tuple[int, ...], int]:
+    rows = (query_chunk, n % query_chunk) if n % query_chunk else (query_chunk,)
+    return tuple(r for r in rows if r <= n), torch.get_num_threads()
