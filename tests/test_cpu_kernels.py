@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from geosam.models import cpu_kernels, fast_encoder
-from geosam.models.cpu_gemm import linear
 from geosam.models.device import cpu_flags
 
 
@@ -66,47 +65,49 @@ def test_kernel_is_in_use_where_torch_runs_avx2() -> None:
     _check_here()
 
 
-def _torch_head(q, k, v, rel_h, rel_w, chunk: int) -> torch.Tensor:
-    """One head as fast_encoder's explicit path computes it without the kernels."""
-    n, hh, ww = q.shape[0], rel_h.shape[1], rel_w.shape[1]
-    out = torch.empty_like(q)
-    keys, values_t = k.contiguous(), v.t().contiguous()
-    for s0 in range(0, n, chunk):
-        s = linear(q[s0 : s0 + chunk], keys)
-        s.view(-1, hh, ww).add_(rel_h[s0 : s0 + chunk, :, None]).add_(rel_w[s0 : s0 + chunk, None, :])
-        out[s0 : s0 + chunk] = linear(torch.softmax(s, -1), values_t)
-    return out
+def _global_attention_layer(threads: int):
+    """A SAM ViT global attention at 1024 px (64 x 64 tokens, heads of 64: ViT-B's shape, 2 heads instead of 12)
+    with random relative-position tables, and a qkv projection output for it."""
+    from transformers import SamVisionConfig
+    from transformers.models.sam.modeling_sam import SamVisionAttention
+
+    gen = torch.Generator().manual_seed(20 + threads)
+    attn = SamVisionAttention(SamVisionConfig(hidden_size=128, num_attention_heads=2, use_rel_pos=True), window_size=0)
+    with torch.no_grad():
+        attn.rel_pos_h.copy_(torch.randn(attn.rel_pos_h.shape, generator=gen) * 0.5)
+        attn.rel_pos_w.copy_(torch.randn(attn.rel_pos_w.shape, generator=gen) * 0.5)
+    return attn, torch.randn((1, 64, 64, 3 * 128), generator=gen) * 2
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_global_attention_is_torchs_at_the_vit_b_shape(threads: int) -> None:
-    """SAM ViT-B's global layer at 1024 px (4096 keys, heads of 64, 512 queries per block): where the kernel is
-    in use, the fused head is ready (MKL's summation order found) and gives the explicit path's bits, with q, k and
-    v as strided rows of one qkv tensor and the output a strided head of a (tokens, heads, d) tensor."""
+def test_global_attention_is_the_explicit_paths_at_the_vit_b_shape(threads: int, monkeypatch) -> None:
+    """Where the kernels are in use, SAM ViT-B's global layer shape (4096 keys, heads of 64, 512 queries per block
+    in the explicit path) is ready (MKL's summation order found here) and the fused heads give the explicit path's
+    bits, relative terms included: q, k and v strided rows of the qkv tensor, each head written into its columns."""
     if not cpu_kernels.available():
         pytest.skip("the kernel is not in use on this machine (see test_kernel_is_in_use_where_torch_runs_avx2)")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        assert cpu_kernels.attention_ready(4096, 64, 512)
-        gen = torch.Generator().manual_seed(threads)
-        qkv = torch.randn((4096, 3, 2, 64), generator=gen)
-        q, k, v = qkv[:, 0, 1] * 0.125, qkv[:, 1, 1], qkv[:, 2, 1]
-        rel_h, rel_w = torch.randn((4096, 64), generator=gen), torch.randn((4096, 64), generator=gen)
-        out = torch.zeros((4096, 2, 64))
-        cpu_kernels.global_attention(q, k, v, rel_h, rel_w, out[:, 1], 512)
-        assert torch.equal(out[:, 1], _torch_head(q, k, v, rel_h, rel_w, 512))
-        assert not out[:, 0].any()  # nothing written outside the head
+        assert fast_encoder.QUERY_CHUNK == 512 and cpu_kernels.attention_ready(64, 64, 64, 512)
+        attn, qkv = _global_attention_layer(threads)
+        with torch.inference_mode():
+            fused = fast_encoder._attend_f32(attn, qkv)
+            monkeypatch.setattr(cpu_kernels, "_library", lambda: None)
+            assert not cpu_kernels.attention_ready(64, 64, 64, 512)
+            explicit = fast_encoder._attend_f32(attn, qkv)
+        assert torch.equal(fused, explicit)
     finally:
         torch.set_num_threads(before)
 
 
 def test_global_attention_refuses_what_it_cannot_reproduce() -> None:
-    assert not cpu_kernels.attention_ready(4100, 64, 512)  # keys not in panels of 16
-    assert not cpu_kernels.attention_ready(4096, 72, 512)  # a head size not in tiles of 16
+    assert not cpu_kernels.attention_ready(63, 65, 64, 512)  # keys not in panels of 16
+    assert not cpu_kernels.attention_ready(64, 64, 72, 512)  # a head size not in tiles of 16
+    x = torch.zeros((100, 64))
+    tables = cpu_kernels.transposed_tables(torch.zeros((10, 10, 64)), torch.zeros((10, 10, 64)))
     with pytest.raises(RuntimeError, match="attention_ready"):
-        x = torch.zeros((100, 64))
-        cpu_kernels.global_attention(x, x, x, torch.zeros((100, 10)), torch.zeros((100, 10)), x.clone(), 512)
+        cpu_kernels.global_attention(x, 0.125, x, x, tables, x.clone(), 512)
 
 
 @pytest.mark.skipif(not _avx2_cpu(), reason="the kernel is AVX2 code: this CPU cannot run it")
@@ -176,7 +177,7 @@ def test_encoder_attention_is_bit_identical_with_and_without_the_kernel(monkeypa
             win = fast_encoder._windowed_attention_f32(layers[0], h)
         return glob, win
 
-    assert cpu_kernels.attention_ready(256, 16, 48) or not cpu_kernels.available()  # the fused head is what runs
+    assert cpu_kernels.attention_ready(16, 16, 16, 48) or not cpu_kernels.available()  # the fused head is what runs
     on = attend()
     monkeypatch.setattr(cpu_kernels, "_library", lambda: None)
     off = attend()

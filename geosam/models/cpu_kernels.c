@@ -243,13 +243,43 @@ void geosam_av(const float* p, int64_t sp, const float* v, int64_t sv, int64_t n
                 (int)(nq - r < QK_ROWS ? nq - r : QK_ROWS));
 }
 
-/* out[i] = softmax(q[i] . k[j] + rel_h[i, j / ww] + rel_w[i, j % ww] over j) @ v for the nq queries of one head,
- * the keys on an hh x ww grid (n = hh * ww, a multiple of 16), d a multiple of 16. q, k, v, rel_h, rel_w, out:
- * rows with the given strides (elements), unit stride within a row. `block` queries at a time per thread (their
- * scores, block x n floats, stay in L2). */
-int geosam_global_attention(const float* q, int64_t sq, const float* k, int64_t sk, const float* v, int64_t sv,
-                            const float* rel_h, int64_t sh, const float* rel_w, int64_t sw, float* out, int64_t so,
-                            int64_t nq, int64_t hh, int64_t ww, int64_t d, int64_t kc, int64_t block, int threads) {
+/* SAM's decomposed relative positions of query i (on an hh x ww grid, row qh = i / ww, column qw = i % ww):
+ * rel_h[kh] = sum_c q[c] * tab_h[qh, c, kh], rel_w[kw] = sum_c q[c] * tab_w[qw, c, kw] (the tables transposed from
+ * get_rel_pos's (query, key, c) to (query, c, key)), each an FMA chain over c from zero, as torch's einsum -> bmm
+ * sums them; q unscaled. */
+static inline void rel_terms_row(const float* q, int64_t i, const float* tab_h, const float* tab_w, int64_t hh,
+                                 int64_t ww, int64_t d, float* rel_h, float* rel_w) {
+  for (int pass = 0; pass < 2; pass++) {
+    const int64_t nk = pass ? ww : hh;
+    const float* t = pass ? tab_w + (i % ww) * d * ww : tab_h + (i / ww) * d * hh;
+    float* o = pass ? rel_w : rel_h;
+    int64_t kk = 0;
+    for (; kk + 8 <= nk; kk += 8) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t c = 0; c < d; c++) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(q + c), _mm256_loadu_ps(t + c * nk + kk), acc);
+      _mm256_storeu_ps(o + kk, acc);
+    }
+    for (; kk < nk; kk++) {
+      float acc = 0.f;
+      for (int64_t c = 0; c < d; c++) acc = __builtin_fmaf(q[c], t[c * nk + kk], acc);
+      o[kk] = acc;
+    }
+  }
+}
+
+/* for the check against torch: the relative terms of nq queries (rows of q, stride sq) */
+void geosam_rel_terms(const float* q, int64_t sq, int64_t nq, const float* tab_h, const float* tab_w, int64_t hh,
+                      int64_t ww, int64_t d, float* rel_h, float* rel_w) {
+  for (int64_t i = 0; i < nq; i++) rel_terms_row(q + i * sq, i, tab_h, tab_w, hh, ww, d, rel_h + i * hh, rel_w + i * ww);
+}
+
+/* out[i] = softmax((q[i] * scale) . k[j] + rel_h[i, j / ww] + rel_w[i, j % ww] over j) @ v for the nq = n queries of
+ * one head, the keys on an hh x ww grid (n = hh * ww, a multiple of 16), d a multiple of 16; rel_h / rel_w from the
+ * transposed tables (rel_terms_row). q, k, v, out: rows with the given strides (elements), unit stride within a
+ * row. `block` queries at a time per thread (their scores, block x n floats, stay in L2). 0, or < 0 on failure. */
+int geosam_global_attention(const float* q, int64_t sq, float scale, const float* k, int64_t sk, const float* v,
+                            int64_t sv, const float* tab_h, const float* tab_w, float* out, int64_t so, int64_t hh,
+                            int64_t ww, int64_t d, int64_t kc, int64_t block, int threads) {
   const int64_t n = hh * ww;
   if (n % 16 || d % 16 || kc <= 0 || block <= 0) return -1;
   float* kp = (float*)malloc(sizeof(float) * n * d); /* keys in panels of 16: kp[t][kk][jj] */
@@ -263,18 +293,27 @@ int geosam_global_attention(const float* q, int64_t sq, const float* k, int64_t 
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    float* s = (float*)malloc(sizeof(float) * block * n);
+    /* per thread: the block's scores, scaled queries and relative terms */
+    float* s = (float*)malloc(sizeof(float) * block * (n + d + hh + ww));
     if (!s) failed = 1;
 #pragma omp for schedule(static)
-    for (int64_t b0 = 0; b0 < nq; b0 += block) {
+    for (int64_t b0 = 0; b0 < n; b0 += block) {
       if (!s) continue;
-      const int64_t nb = nq - b0 < block ? nq - b0 : block;
+      const int64_t nb = n - b0 < block ? n - b0 : block;
+      float* qs = s + block * n;
+      float* rh = qs + block * d;
+      float* rw = rh + block * hh;
+      for (int64_t r = 0; r < nb; r++) {
+        const float* qr = q + (b0 + r) * sq;
+        for (int64_t c = 0; c < d; c++) qs[r * d + c] = qr[c] * scale;
+        rel_terms_row(qr, b0 + r, tab_h, tab_w, hh, ww, d, rh + r * hh, rw + r * ww);
+      }
       for (int64_t t = 0; t < n; t += 16)
         for (int64_t r = 0; r < nb; r += QK_ROWS)
-          qk_rows(q + (b0 + r) * sq, sq, kp + t * d, d, s + r * n + t, n, (int)(nb - r < QK_ROWS ? nb - r : QK_ROWS));
+          qk_rows(qs + r * d, d, kp + t * d, d, s + r * n + t, n, (int)(nb - r < QK_ROWS ? nb - r : QK_ROWS));
       for (int64_t r = 0; r < nb; r++) {
         float* row = s + r * n;
-        add_rel_row(row, rel_h + (b0 + r) * sh, rel_w + (b0 + r) * sw, hh, ww);
+        add_rel_row(row, rh + r * hh, rw + r * ww, hh, ww);
         row_softmax(row, row, n, row_max(row, n));
       }
       for (int64_t j0 = 0; j0 < n; j0 += kc)

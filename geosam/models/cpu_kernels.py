@@ -53,7 +53,9 @@ import torch
 
 from geosam.models.cpu_gemm import linear
 
-__all__ = ["attention_ready", "available", "global_attention", "rel_softmax", "softmax"]
+__all__ = [
+    "attention_ready", "available", "global_attention", "rel_softmax", "rel_terms", "softmax", "transposed_tables",
+]
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ def _library() -> ctypes.CDLL | None:
     except OSError as exc:
         log.info("cpu_kernels: %s does not load (%s); torch's softmax is used", path, exc)
         return None
-    for fn in (lib.geosam_softmax, lib.geosam_rel_softmax_, lib.geosam_qk, lib.geosam_av):
+    for fn in (lib.geosam_softmax, lib.geosam_rel_softmax_, lib.geosam_qk, lib.geosam_av, lib.geosam_rel_terms):
         fn.restype = None
     lib.geosam_global_attention.restype = ctypes.c_int
     if not _reproduces_torch(lib):
@@ -214,19 +216,49 @@ ATTENTION_BLOCK = 24
 _KC_CANDIDATES = (192, 256, 128, 384, 512, 320, 448, 96, 64, 1024)
 
 
+def rel_terms(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's decomposed relative positions of queries q (B, nh, H, W, d) with the tables of ``get_rel_pos``
+    (H, H, d) and (W, W, d): (B, nh, H, W, H) and (B, nh, H, W, W), as the stock attention computes them."""
+    return torch.einsum("bnhwc,hkc->bnhwk", q, rel_h.to(q.dtype)), torch.einsum("bnhwc,wkc->bnhwk", q, rel_w.to(q.dtype))
+
+
+def transposed_tables(rel_h: torch.Tensor, rel_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``get_rel_pos``'s tables (query, key, d) as `global_attention` takes them: (query, d, key), contiguous."""
+    return rel_h.transpose(1, 2).contiguous(), rel_w.transpose(1, 2).contiguous()
+
+
+def _check_rel_terms(lib: ctypes.CDLL, hh: int, ww: int, d: int, gen: torch.Generator) -> bool:
+    """The kernel's relative terms against `rel_terms` for queries laid out as the encoder's (a view of qkv)."""
+    qkv = torch.randn((1, hh * ww, 3, 2, d), generator=gen)
+    q = qkv.permute(2, 0, 3, 1, 4)[0]  # (1, 2, HW, d), rows strided as in fast_encoder
+    tab_h, tab_w = torch.randn((hh, hh, d), generator=gen) * 0.3, torch.randn((ww, ww, d), generator=gen) * 0.3
+    want_h, want_w = rel_terms(q.reshape(1, 2, hh, ww, d), tab_h, tab_w)
+    th, tw = transposed_tables(tab_h, tab_w)
+    qh = q[0, 1]
+    got_h, got_w = torch.empty((hh * ww, hh)), torch.empty((hh * ww, ww))
+    lib.geosam_rel_terms(
+        _P(qh.data_ptr()), _I64(qh.stride(0)), _I64(hh * ww), _P(th.data_ptr()), _P(tw.data_ptr()), _I64(hh),
+        _I64(ww), _I64(d), _P(got_h.data_ptr()), _P(got_w.data_ptr()),
+    )  # fmt: skip
+    return torch.equal(got_h, want_h[0, 1].reshape(-1, hh)) and torch.equal(got_w, want_w[0, 1].reshape(-1, ww))
+
+
 @functools.lru_cache(maxsize=16)
-def _attention_kc(n: int, d: int, rows: tuple[int, ...], threads: int) -> int | None:
+def _attention_kc(hh: int, ww: int, d: int, rows: tuple[int, ...], threads: int) -> int | None:
     """The block of the values product in which the kernel gives torch's bits for these shapes, or None.
 
-    torch's products as `geosam.models.fast_encoder` calls them: ``linear(queries
-    (m, d), keys (n, d))`` and ``linear(probs (m, n), values_t (d, n))`` for
-    every m in ``rows`` (a query chunk and the last, shorter one), at the
-    current thread count; the kernel's products on the same data.
+    torch's operations as `geosam.models.fast_encoder` runs them: `rel_terms`,
+    ``linear(queries (m, d), keys (n, d))`` and ``linear(probs (m, n),
+    values_t (d, n))`` for every m in ``rows`` (a query chunk and the last,
+    shorter one), at the current thread count; the kernel's on the same data.
     """
     lib = _library()
+    n = hh * ww
     if lib is None:
         return None
     gen = torch.Generator().manual_seed(n * 131 + d)
+    if not _check_rel_terms(lib, hh, ww, d, gen):
+        return None
     keys = torch.randn((n, d), generator=gen)
     values = torch.randn((n, d), generator=gen)
     values_t = values.t().contiguous()
@@ -253,47 +285,55 @@ def _attention_kc(n: int, d: int, rows: tuple[int, ...], threads: int) -> int | 
                 break
         else:
             return None
-    log.debug("cpu_kernels: fused global attention for %d keys x %d: values product in blocks of %d", n, d, kcs[0])
+    log.debug("cpu_kernels: fused global attention for %d x %d keys, heads of %d: values in blocks of %d", hh, ww, d, kcs[0])
     return kcs[0]
 
 
-def attention_ready(n_keys: int, head_dim: int, query_chunk: int) -> bool:
+def _check_key(hh: int, ww: int, query_chunk: int) -> tuple[tuple[int, ...], int]:
+    n = hh * ww
+    rows = (query_chunk, n % query_chunk) if n % query_chunk else (query_chunk,)
+    return tuple(r for r in rows if r <= n), torch.get_num_threads()
+
+
+def attention_ready(hh: int, ww: int, head_dim: int, query_chunk: int) -> bool:
     """Whether `global_attention` gives here the bits of torch's explicit attention over ``query_chunk`` queries
-    at a time (`geosam.models.fast_encoder`), for this many keys and this head size, at the current thread count."""
-    if n_keys % 16 or head_dim % 16 or _library() is None:
+    at a time (`geosam.models.fast_encoder`) for keys on an hh x ww grid and this head size, at the current
+    thread count."""
+    if (hh * ww) % 16 or head_dim % 16 or _library() is None:
         return False
-    return _attention_kc(n_keys, head_dim, *_rows_key(n_keys, query_chunk)) is not None
+    return _attention_kc(hh, ww, head_dim, *_check_key(hh, ww, query_chunk)) is not None
 
 
 def global_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, out: torch.Tensor,
-    query_chunk: int,
+    q: torch.Tensor, scale: float, k: torch.Tensor, v: torch.Tensor, tables_t: tuple[torch.Tensor, torch.Tensor],
+    out: torch.Tensor, query_chunk: int,
 ) -> None:
-    """``out = softmax(q k^T + rel_h[:, row(key)] + rel_w[:, col(key)]) v`` for one head, written into ``out``.
+    """``out = softmax((q * scale) k^T + rel_h[:, row(key)] + rel_w[:, col(key)]) v`` for one head, into ``out``.
 
-    q: (N, d) queries, already scaled; k, v: (N, d); rel_h: (N, H) and rel_w:
-    (N, W) with N = H * W keys on an H x W grid (any shapes that reshape so);
-    out: (N, d). Every one may have a row stride; rows must be contiguous. Call
-    only where `attention_ready` (same N, d, ``query_chunk``) is true.
+    q: (N, d) queries, unscaled (the relative terms are taken from them, the
+    products from ``q * scale``); k, v: (N, d); ``tables_t``: the head's
+    relative-position tables as `transposed_tables` returns them, (H, d, H) and
+    (W, d, W), N = H * W keys (and queries) on an H x W grid; out: (N, d). q,
+    k, v and out may have a row stride; rows must be contiguous. Call only where
+    `attention_ready` (same H, W, d, ``query_chunk``) is true.
     """
     n, d = q.shape
-    rh, rw = rel_h.reshape(n, -1), rel_w.reshape(n, -1)
-    hh, ww = rh.shape[1], rw.shape[1]
-    tensors = (q, k, v, rh, rw, out)
-    fits = hh * ww == n and all(t.dtype == torch.float32 and t.stride(-1) == 1 for t in tensors)
-    lib, kc = _library(), _attention_kc(n, d, *_rows_key(n, query_chunk)) if attention_ready(n, d, query_chunk) else None
+    tab_h, tab_w = tables_t
+    hh, ww = tab_h.shape[0], tab_w.shape[0]
+    tensors = (q, k, v, out)
+    fits = (
+        hh * ww == n and tab_h.shape == (hh, d, hh) and tab_w.shape == (ww, d, ww)
+        and all(t.dtype == torch.float32 and t.is_contiguous() for t in tables_t)
+        and all(t.dtype == torch.float32 and t.shape == (n, d) and t.stride(-1) == 1 for t in tensors)
+    )  # fmt: skip
+    lib = _library()
+    kc = _attention_kc(hh, ww, d, *_check_key(hh, ww, query_chunk)) if attention_ready(hh, ww, d, query_chunk) else None
     if lib is None or kc is None or not fits:
         raise RuntimeError("global_attention: the kernel cannot give torch's results here (see attention_ready)")
     err = lib.geosam_global_attention(
-        _P(q.data_ptr()), _I64(q.stride(0)), _P(k.data_ptr()), _I64(k.stride(0)), _P(v.data_ptr()), _I64(v.stride(0)),
-        _P(rh.data_ptr()), _I64(rh.stride(0)), _P(rw.data_ptr()), _I64(rw.stride(0)), _P(out.data_ptr()),
-        _I64(out.stride(0)), _I64(n), _I64(hh), _I64(ww), _I64(d), _I64(kc), _I64(ATTENTION_BLOCK),
-        _INT(torch.get_num_threads()),
+        _P(q.data_ptr()), _I64(q.stride(0)), ctypes.c_float(scale), _P(k.data_ptr()), _I64(k.stride(0)),
+        _P(v.data_ptr()), _I64(v.stride(0)), _P(tab_h.data_ptr()), _P(tab_w.data_ptr()), _P(out.data_ptr()),
+        _I64(out.stride(0)), _I64(hh), _I64(ww), _I64(d), _I64(kc), _I64(ATTENTION_BLOCK), _INT(torch.get_num_threads()),
     )  # fmt: skip
     if err != 0:
         raise MemoryError(f"global_attention: no memory for the kernel's buffers (error {err})")
-
-
-def _rows_key(n: int, query_chunk: int) -> tuple[tuple[int, ...], int]:
-    rows = (query_chunk, n % query_chunk) if n % query_chunk else (query_chunk,)
-    return tuple(r for r in rows if r <= n), torch.get_num_threads()

@@ -48,7 +48,14 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.cpu_gemm import linear
-from geosam.models.cpu_kernels import attention_ready, global_attention, rel_softmax, softmax
+from geosam.models.cpu_kernels import (
+    attention_ready,
+    global_attention,
+    rel_softmax,
+    rel_terms,
+    softmax,
+    transposed_tables,
+)
 
 __all__ = ["fast_encoder_supported", "fast_image_embeddings"]
 
@@ -133,11 +140,8 @@ def _rel_terms(
     ``tables``: `_rel_tables` of ``attn`` for this map, if already built (~0.1 ms each time otherwise).
     """
     b, nh, _, d = q.shape
-    rh, rw = tables if tables is not None else _rel_tables(attn, hh, ww)
-    qr = q.reshape(b, nh, hh, ww, d)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", qr, rh.to(qr.dtype)).reshape(b * nh, hh * ww, hh, 1)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", qr, rw.to(qr.dtype)).reshape(b * nh, hh * ww, 1, ww)
-    return rel_h, rel_w
+    rel_h, rel_w = rel_terms(q.reshape(b, nh, hh, ww, d), *(tables if tables is not None else _rel_tables(attn, hh, ww)))
+    return rel_h.reshape(b * nh, hh * ww, hh, 1), rel_w.reshape(b * nh, hh * ww, 1, ww)
 
 
 def _attention_f32(attn: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -159,6 +163,15 @@ def _attend_f32(
     n_tok, bn = hh * ww, b * nh
     q, k, v = qkv.reshape(b, n_tok, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, HW, d)
     d = q.shape[-1]
+    fused = n_tok > PER_HEAD_MIN_TOKENS and attn.use_rel_pos and qkv.device.type == "cpu"
+    if fused and attention_ready(hh, ww, d, QUERY_CHUNK):  # `geosam.models.cpu_kernels`: the bits of the loop below
+        out = torch.empty((b, n_tok, nh, d), dtype=qkv.dtype, device=qkv.device)
+        tables_t = transposed_tables(*(tables if tables is not None else _rel_tables(attn, hh, ww)))
+        q3, k3, v3 = (t.reshape(bn, n_tok, d) for t in (q, k, v))
+        for i in range(bn):
+            bi, hi = divmod(i, nh)
+            global_attention(q3[i], float(attn.scale), k3[i], v3[i], tables_t, out[bi, :, hi], QUERY_CHUNK)
+        return out.reshape(b, hh, ww, nh * d)
     qs = (q * attn.scale).reshape(bn, n_tok, d)
     rel = _rel_terms(attn, q, hh, ww, tables) if attn.use_rel_pos else None
     if n_tok <= PER_HEAD_MIN_TOKENS:  # a window (or a small map): every head in two batched products
@@ -168,13 +181,6 @@ def _attend_f32(
         else:
             probs = softmax(scores)
         out = torch.bmm(probs, v.reshape(bn, n_tok, d)).view(b, nh, n_tok, d).transpose(1, 2)
-    elif rel is not None and qkv.device.type == "cpu" and attention_ready(n_tok, d, QUERY_CHUNK):
-        # global, fused (`geosam.models.cpu_kernels`): the same bits as below, the scores kept in L2
-        out = torch.empty((b, n_tok, nh, d), dtype=qkv.dtype, device=qkv.device)
-        k3, v3 = k.reshape(bn, n_tok, d), v.reshape(bn, n_tok, d)
-        for i in range(bn):
-            bi, hi = divmod(i, nh)
-            global_attention(qs[i], k3[i], v3[i], rel[0][i], rel[1][i], out[bi, :, hi], QUERY_CHUNK)
     else:  # global: one head and QUERY_CHUNK queries at a time, the scores in cache
         keys = k.reshape(bn, n_tok, d).contiguous()
         values_t = v.reshape(bn, n_tok, d).transpose(1, 2).contiguous()  # (B*nh, d, HW): a linear's weight
