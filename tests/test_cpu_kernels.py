@@ -101,6 +101,38 @@ def test_global_attention_is_the_explicit_paths_at_the_vit_b_shape(threads: int,
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_window_attention_is_the_explicit_paths_at_the_vit_b_shape(threads: int, monkeypatch) -> None:
+    """Windows of 14 x 14 tokens with heads of 64 (ViT-B's; 2 heads), on a 20 x 24 map: full windows and windows
+    that reach past the map (their padded tokens attended to as the qkv bias, their outputs not written). Where the
+    kernels are in use the window kernel runs (its block found here: MKL splits 196 keys as 98 + 98 on a Zen 3) and
+    gives the explicit path's bits."""
+    from transformers import SamVisionConfig
+    from transformers.models.sam.modeling_sam import SamVisionLayer
+
+    if not cpu_kernels.available():
+        pytest.skip("the kernel is not in use on this machine (see test_kernel_is_in_use_where_torch_runs_avx2)")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(30 + threads)
+        config = SamVisionConfig(hidden_size=128, num_attention_heads=2, use_rel_pos=True, window_size=14)
+        config._attn_implementation = "eager"
+        layer = SamVisionLayer(config, window_size=14)
+        with torch.no_grad():
+            for p in (layer.attn.rel_pos_h, layer.attn.rel_pos_w, layer.attn.qkv.bias):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        h = torch.randn((1, 20, 24, 128), generator=gen)
+        with torch.inference_mode():
+            assert fast_encoder._window_kc(layer.attn, 14, fast_encoder._rel_tables(layer.attn, 14, 14)) is not None
+            fused = fast_encoder._windowed_attention_f32(layer, h)
+            monkeypatch.setattr(cpu_kernels, "_library", lambda: None)
+            explicit = fast_encoder._windowed_attention_f32(layer, h)
+        assert torch.equal(fused, explicit)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_global_attention_refuses_what_it_cannot_reproduce() -> None:
     assert not cpu_kernels.attention_ready(63, 65, 64, 512)  # keys not in panels of 16
     assert not cpu_kernels.attention_ready(64, 64, 72, 512)  # a head size not in tiles of 16

@@ -259,10 +259,12 @@ static inline void rel_terms_row(const float* q, int64_t i, const float* tab_h, 
       for (int64_t c = 0; c < d; c++) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(q + c), _mm256_loadu_ps(t + c * nk + kk), acc);
       _mm256_storeu_ps(o + kk, acc);
     }
-    for (; kk < nk; kk++) {
-      float acc = 0.f;
-      for (int64_t c = 0; c < d; c++) acc = __builtin_fmaf(q[c], t[c * nk + kk], acc);
-      o[kk] = acc;
+    if (kk < nk) { /* the last keys: the same chains in part of a vector */
+      const __m256i m = tail_mask(nk - kk);
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t c = 0; c < d; c++)
+        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(q + c), _mm256_maskload_ps(t + c * nk + kk, m), acc);
+      _mm256_maskstore_ps(o + kk, m, acc);
     }
   }
 }
@@ -326,5 +328,60 @@ int geosam_global_attention(const float* q, int64_t sq, float scale, const float
   }
   free(kp);
   free(vc);
+  return failed ? -2 : 0;
+}
+
+/* 3. One window of a windowed attention layer, all heads: softmax((q * scale) k^T + relative terms) v per head.
+ *
+ * win: the window's qkv projection, n = ws * ws tokens of 3 * nh * d floats (q, k, v, heads within each), as
+ * fast_encoder's window buffer holds it (padded tokens carry the qkv bias). out: the output map at the window's
+ * top-left token, `orow` floats between map rows, nh * d floats per token; only the ry x rx tokens inside the map
+ * are written. tables: (ws, d, ws) transposed relative tables (rel_terms_row). torch's path here is two batched
+ * products (bmm) around the softmax: the scores one FMA chain over d from zero, the values chains over the keys in
+ * blocks of kc whose partial sums are added in order. The heads are shared among the threads. */
+int geosam_window_attention(const float* win, float* out, int64_t orow, int64_t ry, int64_t rx, int64_t ws, int64_t nh,
+                            int64_t d, float scale, const float* tab_h, const float* tab_w, int64_t kc, int threads) {
+  const int64_t n = ws * ws, np = (n + 15) / 16 * 16, c3 = 3 * nh * d;
+  if (d % 16 || kc <= 0) return -1;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    /* per thread: scores (n x np), keys in panels (np x d), values (n x d), scaled queries, relative terms, output */
+    float* buf = (float*)malloc(sizeof(float) * (n * np + np * d + 3 * n * d + 2 * n * ws));
+    if (!buf) failed = 1;
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < nh; h++) {
+      if (!buf) continue;
+      float *s = buf, *kp = s + n * np, *vc = kp + np * d, *qs = vc + n * d, *o = qs + n * d, *rh = o + n * d,
+            *rw = rh + n * ws;
+      const float *q = win + h * d, *k = win + nh * d + h * d, *v = win + 2 * nh * d + h * d;
+      for (int64_t t = 0; t < np; t += 16)
+        for (int64_t kk = 0; kk < d; kk++)
+          for (int64_t jj = 0; jj < 16; jj++) kp[t * d + kk * 16 + jj] = t + jj < n ? k[(t + jj) * c3 + kk] : 0.f;
+      for (int64_t j = 0; j < n; j++)
+        for (int64_t c = 0; c < d; c++) {
+          vc[j * d + c] = v[j * c3 + c];
+          qs[j * d + c] = q[j * c3 + c] * scale;
+        }
+      for (int64_t i = 0; i < n; i++) rel_terms_row(q + i * c3, i, tab_h, tab_w, ws, ws, d, rh + i * ws, rw + i * ws);
+      for (int64_t t = 0; t < np; t += 16)
+        for (int64_t r = 0; r < n; r += QK_ROWS)
+          qk_rows(qs + r * d, d, kp + t * d, d, s + r * np + t, np, (int)(n - r < QK_ROWS ? n - r : QK_ROWS));
+      for (int64_t r = 0; r < n; r++) {
+        float* row = s + r * np;
+        add_rel_row(row, rh + r * ws, rw + r * ws, ws, ws);
+        row_softmax(row, row, n, row_max(row, n));
+      }
+      for (int64_t j0 = 0; j0 < n; j0 += kc)
+        for (int64_t r = 0; r < n; r += QK_ROWS)
+          for (int64_t c = 0; c < d; c += 16)
+            av_rows(s + r * np + j0, np, vc + j0 * d + c, d, (n - j0 < kc ? n - j0 : kc), o + r * d + c, d, j0 == 0,
+                    (int)(n - r < QK_ROWS ? n - r : QK_ROWS));
+      for (int64_t y = 0; y < ry; y++)
+        for (int64_t x = 0; x < rx; x++)
+          for (int64_t c = 0; c < d; c++) out[y * orow + x * nh * d + h * d + c] = o[(y * ws + x) * d + c];
+    }
+    free(buf);
+  }
   return failed ? -2 : 0;
 }

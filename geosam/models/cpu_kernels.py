@@ -54,7 +54,8 @@ import torch
 from geosam.models.cpu_gemm import linear
 
 __all__ = [
-    "attention_ready", "available", "global_attention", "rel_softmax", "rel_terms", "softmax", "transposed_tables",
+    "KC_CANDIDATES", "attention_ready", "available", "global_attention", "rel_softmax", "rel_terms", "softmax",
+    "transposed_tables", "window_attention",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def _library() -> ctypes.CDLL | None:
     for fn in (lib.geosam_softmax, lib.geosam_rel_softmax_, lib.geosam_qk, lib.geosam_av, lib.geosam_rel_terms):
         fn.restype = None
     lib.geosam_global_attention.restype = ctypes.c_int
+    lib.geosam_window_attention.restype = ctypes.c_int
     if not _reproduces_torch(lib):
         log.warning("cpu_kernels: %s does not reproduce torch's softmax here; torch's is used", path)
         return None
@@ -213,7 +215,7 @@ def rel_softmax(scores: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) 
 #: stay in the L2 cache from the product through the softmax to the values.
 ATTENTION_BLOCK = 24
 #: Inner-dimension blocks tried for torch's values product (MKL's on this machine is found by comparison).
-_KC_CANDIDATES = (192, 256, 128, 384, 512, 320, 448, 96, 64, 1024)
+KC_CANDIDATES = (192, 256, 128, 384, 512, 320, 448, 96, 64, 1024)
 
 
 def rel_terms(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,7 +264,7 @@ def _attention_kc(hh: int, ww: int, d: int, rows: tuple[int, ...], threads: int)
     keys = torch.randn((n, d), generator=gen)
     values = torch.randn((n, d), generator=gen)
     values_t = values.t().contiguous()
-    kcs = list(_KC_CANDIDATES)
+    kcs = list(KC_CANDIDATES)
     for m in rows:
         q = torch.randn((m, d), generator=gen) * d**-0.5
         want = linear(q, keys)
@@ -337,3 +339,38 @@ def global_attention(
     )  # fmt: skip
     if err != 0:
         raise MemoryError(f"global_attention: no memory for the kernel's buffers (error {err})")
+
+
+def window_attention(
+    win: torch.Tensor, out: torch.Tensor, ry: int, rx: int, scale: float, tables_t: tuple[torch.Tensor, torch.Tensor],
+    num_heads: int, kc: int,
+) -> bool:
+    """One window of a windowed SAM attention layer, all heads, written into ``out``; False if the kernel is not in use.
+
+    win: (ws, ws, 3 C) the window's qkv projection (contiguous; tokens past the
+    map carry the qkv bias); out: (>= ry, >= rx, C) the output map from the
+    window's top-left token (unit stride within a token, tokens adjacent), of
+    which the ry x rx tokens inside the map are written; ``tables_t``: the
+    layer's relative tables for the window (`transposed_tables`); ``kc``: the
+    values product's inner block, which the caller has checked against torch's
+    path on this machine (``geosam.models.fast_encoder``), from `KC_CANDIDATES`.
+    """
+    lib = _library()
+    ws, c3 = win.shape[0], win.shape[-1]
+    d = c3 // (3 * num_heads)
+    tab_h, tab_w = tables_t
+    fits = (
+        lib is not None and win.dtype == out.dtype == torch.float32 and win.is_contiguous() and win.shape[:2] == (ws, ws)
+        and out.stride(-1) == 1 and out.stride(-2) == num_heads * d == out.shape[-1] and d % 16 == 0
+        and tab_h.shape == tab_w.shape == (ws, d, ws) and tab_h.is_contiguous() and tab_w.is_contiguous()
+    )  # fmt: skip
+    if lib is None or not fits:
+        return False
+    err = lib.geosam_window_attention(
+        _P(win.data_ptr()), _P(out.data_ptr()), _I64(out.stride(0)), _I64(ry), _I64(rx), _I64(ws), _I64(num_heads),
+        _I64(d), ctypes.c_float(scale), _P(tab_h.data_ptr()), _P(tab_w.data_ptr()), _I64(kc),
+        _INT(torch.get_num_threads()),
+    )  # fmt: skip
+    if err != 0:
+        raise MemoryError(f"window_attention: no memory for the kernel's buffers (error {err})")
+    return True

@@ -49,12 +49,15 @@ import torch.nn.functional as F
 
 from geosam.models.cpu_gemm import linear
 from geosam.models.cpu_kernels import (
+    KC_CANDIDATES,
     attention_ready,
+    available,
     global_attention,
     rel_softmax,
     rel_terms,
     softmax,
     transposed_tables,
+    window_attention,
 )
 
 __all__ = ["fast_encoder_supported", "fast_image_embeddings"]
@@ -233,6 +236,9 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
     out = torch.empty((b, hh, ww, c), dtype=qkv.dtype, device=qkv.device)
     win = torch.empty((1, ws, ws, 3 * c), dtype=qkv.dtype, device=qkv.device)
     bias = attn.qkv.bias.to(win.dtype).expand_as(win)
+    kc = _window_kc(attn, ws, tables) if tables is not None and qkv.device.type == "cpu" else None
+    tables_t = transposed_tables(*tables) if kc is not None and tables is not None else None
+    kc = kc or 0
     for bi in range(b):
         for y0 in range(0, hh, ws):
             for x0 in range(0, ww, ws):
@@ -240,8 +246,38 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
                 if ry < ws or rx < ws:  # the tokens past the map: the bias (what zeros project to)
                     win.copy_(bias)
                 win[0, :ry, :rx].copy_(qkv[bi, y0 : y0 + ry, x0 : x0 + rx])
-                out[bi, y0 : y0 + ry, x0 : x0 + rx] = _attend_f32(attn, win, tables)[0, :ry, :rx]
+                if tables_t is None or not window_attention(
+                    win[0], out[bi, y0:, x0:], ry, rx, float(attn.scale), tables_t, int(attn.num_attention_heads), kc
+                ):
+                    out[bi, y0 : y0 + ry, x0 : x0 + rx] = _attend_f32(attn, win, tables)[0, :ry, :rx]
     return linear(out, attn.proj.weight, attn.proj.bias)
+
+
+_WINDOW_KC: dict[tuple[int, ...], int | None] = {}
+
+
+def _window_kc(attn: Any, ws: int, tables: tuple[torch.Tensor, torch.Tensor]) -> int | None:
+    """The values block in which `geosam.models.cpu_kernels.window_attention` gives `_attend_f32`'s bits on a
+    window of ``attn``'s shape here (random qkv, at the current thread count), or None: then the explicit path runs.
+
+    Checked once per shape and thread count in a process; the summation order is the GEMM's, not the weights'.
+    """
+    nh, c = int(attn.num_attention_heads), int(attn.qkv.weight.shape[1])
+    key = (nh, c, ws, torch.get_num_threads())
+    if key not in _WINDOW_KC:
+        _WINDOW_KC[key] = None
+        if available() and (c // nh) % 16 == 0:
+            win = torch.randn((1, ws, ws, 3 * c), generator=torch.Generator().manual_seed(ws)) * 2
+            want = _attend_f32(attn, win, tables)[0]
+            tables_t = transposed_tables(*tables)
+            n = ws * ws  # MKL also splits an inner dimension a little above its block in equal parts (196: 2 x 98)
+            for kc in (*KC_CANDIDATES, *(-(-n // parts) for parts in (2, 3, 4))):
+                got = torch.empty_like(want)
+                window_attention(win[0], got, ws, ws, float(attn.scale), tables_t, nh, kc)
+                if torch.equal(got, want):
+                    _WINDOW_KC[key] = kc
+                    break
+    return _WINDOW_KC[key]
 
 
 def _exact_gelu(act: Any) -> bool:
