@@ -53,9 +53,20 @@ def flop_counter() -> Any:
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call."""
-    with torch.inference_mode(), flop_counter() as counter:
-        fn()
+    """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call.
+
+    geosam's C attention kernels (`geosam.models.cpu_kernels`, which the counter cannot see) are switched off for
+    the count: the explicit path they reproduce bit for bit runs the same products through torch's ops.
+    """
+    from geosam.models import cpu_kernels
+
+    library = cpu_kernels._library
+    cpu_kernels._library = lambda: None  # type: ignore[assignment]
+    try:
+        with torch.inference_mode(), flop_counter() as counter:
+            fn()
+    finally:
+        cpu_kernels._library = library
     return int(counter.get_total_flops())
 
 
