@@ -52,16 +52,18 @@ def flop_counter() -> Any:
     return FlopCounterMode(display=False, custom_mapping=custom)
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
+def count_flops(fn: Callable[[], Any], kernels: bool = False) -> int:
     """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call.
 
     geosam's C attention kernels (`geosam.models.cpu_kernels`, which the counter cannot see) are switched off for
     the count: the explicit path they reproduce bit for bit runs the same products through torch's ops.
+    ``kernels=True`` leaves them on: the FLOPs a counter sees around a run that uses them (to subtract them).
     """
     from geosam.models import cpu_kernels
 
     library = cpu_kernels._library
-    cpu_kernels._library = lambda: None  # type: ignore[assignment]
+    if not kernels:
+        cpu_kernels._library = lambda: None  # type: ignore[assignment]
     try:
         with torch.inference_mode(), flop_counter() as counter:
             fn()
