@@ -1,4 +1,4 @@
-"""geosam.models.cpu_kernels: torch's softmax bit for bit, compiled where torch runs its AVX2 kernels, torch's ops elsewhere."""
+"""geosam.models.cpu_kernels: torch's softmax and attention bit for bit where torch runs its AVX2 kernels."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -163,6 +164,27 @@ def test_kernel_equals_torch_with_torch_on_avx2(tmp_path) -> None:
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
     assert len(list((tmp_path / "cache").glob("cpu_kernels-*.so"))) == 1  # renamed into place, no temporary left
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+@pytest.mark.skipif(not _avx2_cpu(), reason="the kernel is AVX2 code: this CPU cannot run it")
+def test_a_cache_folder_others_may_write_is_not_used(tmp_path, monkeypatch) -> None:
+    """A library loaded from the cache runs as the user: a folder (or file) someone else may write is passed over
+    for a private one under the temporary directory, created 0700."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("GEOSAM_KERNEL_CACHE", str(shared))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    cc = cpu_kernels._compiler()
+    assert cc is not None
+    built = cpu_kernels._build(cc)
+    private = tmp_path / "tmp" / f"geosam-kernels-{os.getuid()}"
+    assert built is not None and built.parent == private and not list(shared.iterdir())
+    assert private.stat().st_mode & 0o777 == 0o700
+    assert cpu_kernels._build(cc) == built  # found again, not rebuilt
+    built.chmod(0o666)  # a library others may change: never returned (another build, without OpenMP, is)
+    assert cpu_kernels._build(cc) != built
 
 
 def test_switched_off_the_functions_are_torch(monkeypatch) -> None:

@@ -80,6 +80,15 @@ def _compiler() -> str | None:
     return None
 
 
+def _ours(path: Path) -> bool:
+    """Whether ``path`` belongs to this user and neither its group nor others may write it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _build(cc: str) -> Path | None:
     """The compiled kernel (built now unless cached); None if it does not build. With OpenMP where it links."""
     source = _SOURCE.read_bytes()
@@ -87,13 +96,18 @@ def _build(cc: str) -> Path | None:
         key = hashlib.sha256(source + " ".join((cc, *_FLAGS, *extra)).encode()).hexdigest()[:16]
         for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"geosam-kernels-{os.getuid()}"):
             target = folder / f"cpu_kernels-{key}.so"
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError:  # a cache folder we may not write: the next one
+                continue
+            if not _ours(folder) or (target.exists() and not _ours(target)):
+                continue  # a library loaded from there would run as us: only from a folder no one else writes
             if target.exists():
                 return target
             try:
-                folder.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
                 os.close(fd)
-            except OSError:  # a cache folder we may not write: the next one
+            except OSError:
                 continue
             cmd = [cc, *_FLAGS, *extra, str(_SOURCE), "-o", tmp]
             try:
