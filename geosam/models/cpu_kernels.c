@@ -220,27 +220,45 @@ static void av_rows(const float* p, int64_t sp, const float* v, int64_t sv, int6
   }
 }
 
-/* products only, for the check against torch: s = q k^T (n_q x n, in panels as below), o = p v with blocks of kc */
-void geosam_qk(const float* q, int64_t sq, const float* k, int64_t sk, int64_t nq, int64_t n, int64_t d, float* s) {
-  if (n % 16) return;
-  float* panel = (float*)malloc(sizeof(float) * 16 * d);
-  if (!panel) return;
-  for (int64_t t = 0; t < n; t += 16) {
-    for (int64_t kk = 0; kk < d; kk++)
-      for (int64_t jj = 0; jj < 16; jj++) panel[kk * 16 + jj] = k[(t + jj) * sk + kk];
-    for (int64_t r = 0; r < nq; r += QK_ROWS)
-      qk_rows(q + r * sq, sq, panel, d, s + r * n + t, n, (int)(nq - r < QK_ROWS ? nq - r : QK_ROWS));
-  }
-  free(panel);
+/* kp = the first n of keys k (rows `sk` apart) in panels of 16 for qk_rows: kp[t][c][j] = k[t + j][c], zero past n
+ * up to np (a multiple of 16) */
+static void pack_keys(const float* k, int64_t sk, int64_t n, int64_t np, int64_t d, float* kp) {
+  for (int64_t t = 0; t < np; t += 16)
+    for (int64_t c = 0; c < d; c++)
+      for (int64_t j = 0; j < 16; j++) kp[t * d + c * 16 + j] = t + j < n ? k[(t + j) * sk + c] : 0.f;
 }
 
-void geosam_av(const float* p, int64_t sp, const float* v, int64_t sv, int64_t nq, int64_t n, int64_t d, int64_t kc,
-               float* o, int64_t so) {
+/* s = q k^T for nq rows of q (`sq` apart) against np packed keys; rows of s `ss` apart */
+static void scores_rows(const float* q, int64_t sq, int64_t nq, const float* kp, int64_t np, int64_t d, float* s,
+                        int64_t ss) {
+  for (int64_t t = 0; t < np; t += 16)
+    for (int64_t r = 0; r < nq; r += QK_ROWS)
+      qk_rows(q + r * sq, sq, kp + t * d, d, s + r * ss + t, ss, (int)(nq - r < QK_ROWS ? nq - r : QK_ROWS));
+}
+
+/* o = p v for nq rows of p (`sp` apart) over n values (rows `sv` apart), in blocks of kc keys added in order */
+static void values_rows(const float* p, int64_t sp, int64_t nq, const float* v, int64_t sv, int64_t n, int64_t d,
+                        int64_t kc, float* o, int64_t so) {
   for (int64_t j0 = 0; j0 < n; j0 += kc)
     for (int64_t r = 0; r < nq; r += QK_ROWS)
       for (int64_t c = 0; c < d; c += 16)
         av_rows(p + r * sp + j0, sp, v + j0 * sv + c, sv, (n - j0 < kc ? n - j0 : kc), o + r * so + c, so, j0 == 0,
                 (int)(nq - r < QK_ROWS ? nq - r : QK_ROWS));
+}
+
+/* products only, for the check against torch: s = q k^T (n_q x n), o = p v with blocks of kc */
+void geosam_qk(const float* q, int64_t sq, const float* k, int64_t sk, int64_t nq, int64_t n, int64_t d, float* s) {
+  if (n % 16) return;
+  float* kp = (float*)malloc(sizeof(float) * n * d);
+  if (!kp) return;
+  pack_keys(k, sk, n, n, d, kp);
+  scores_rows(q, sq, nq, kp, n, d, s, n);
+  free(kp);
+}
+
+void geosam_av(const float* p, int64_t sp, const float* v, int64_t sv, int64_t nq, int64_t n, int64_t d, int64_t kc,
+               float* o, int64_t so) {
+  values_rows(p, sp, nq, v, sv, n, d, kc, o, so);
 }
 
 /* SAM's decomposed relative positions of query i (on an hh x ww grid, row qh = i / ww, column qw = i % ww):
@@ -275,6 +293,21 @@ void geosam_rel_terms(const float* q, int64_t sq, int64_t nq, const float* tab_h
   for (int64_t i = 0; i < nq; i++) rel_terms_row(q + i * sq, i, tab_h, tab_w, hh, ww, d, rel_h + i * hh, rel_w + i * ww);
 }
 
+/* out = softmax(qs k^T + relative terms) v for nq rows: qs (nq x d, contiguous) the scaled queries, rh / rw
+ * (nq x hh, nq x ww) their relative terms, kp the keys packed (np >= n), vc the n values (contiguous rows); s: nq
+ * rows of np floats of scratch; out rows `so` apart. */
+static void attend_rows(const float* qs, const float* rh, const float* rw, int64_t nq, const float* kp,
+                        const float* vc, int64_t n, int64_t np, int64_t hh, int64_t ww, int64_t d, int64_t kc, float* s,
+                        float* out, int64_t so) {
+  scores_rows(qs, d, nq, kp, np, d, s, np);
+  for (int64_t r = 0; r < nq; r++) {
+    float* row = s + r * np;
+    add_rel_row(row, rh + r * hh, rw + r * ww, hh, ww);
+    row_softmax(row, row, n, row_max(row, n));
+  }
+  values_rows(s, np, nq, vc, d, n, d, kc, out, so);
+}
+
 /* out[i] = softmax((q[i] * scale) . k[j] + rel_h[i, j / ww] + rel_w[i, j % ww] over j) @ v for the nq = n queries of
  * one head, the keys on an hh x ww grid (n = hh * ww, a multiple of 16), d a multiple of 16; rel_h / rel_w from the
  * transposed tables (rel_terms_row). q, k, v, out: rows with the given strides (elements), unit stride within a
@@ -284,12 +317,10 @@ int geosam_global_attention(const float* q, int64_t sq, float scale, const float
                             int64_t ww, int64_t d, int64_t kc, int64_t block, int threads) {
   const int64_t n = hh * ww;
   if (n % 16 || d % 16 || kc <= 0 || block <= 0) return -1;
-  float* kp = (float*)malloc(sizeof(float) * n * d); /* keys in panels of 16: kp[t][kk][jj] */
+  float* kp = (float*)malloc(sizeof(float) * n * d); /* keys in panels of 16 */
   float* vc = (float*)malloc(sizeof(float) * n * d); /* values, contiguous rows */
   if (!kp || !vc) { free(kp); free(vc); return -2; }
-  for (int64_t t = 0; t < n; t += 16)
-    for (int64_t kk = 0; kk < d; kk++)
-      for (int64_t jj = 0; jj < 16; jj++) kp[t * d + kk * 16 + jj] = k[(t + jj) * sk + kk];
+  pack_keys(k, sk, n, n, d, kp);
   for (int64_t j = 0; j < n; j++)
     for (int64_t c = 0; c < d; c++) vc[j * d + c] = v[j * sv + c];
   int failed = 0;
@@ -310,19 +341,7 @@ int geosam_global_attention(const float* q, int64_t sq, float scale, const float
         for (int64_t c = 0; c < d; c++) qs[r * d + c] = qr[c] * scale;
         rel_terms_row(qr, b0 + r, tab_h, tab_w, hh, ww, d, rh + r * hh, rw + r * ww);
       }
-      for (int64_t t = 0; t < n; t += 16)
-        for (int64_t r = 0; r < nb; r += QK_ROWS)
-          qk_rows(qs + r * d, d, kp + t * d, d, s + r * n + t, n, (int)(nb - r < QK_ROWS ? nb - r : QK_ROWS));
-      for (int64_t r = 0; r < nb; r++) {
-        float* row = s + r * n;
-        add_rel_row(row, rh + r * hh, rw + r * ww, hh, ww);
-        row_softmax(row, row, n, row_max(row, n));
-      }
-      for (int64_t j0 = 0; j0 < n; j0 += kc)
-        for (int64_t r = 0; r < nb; r += QK_ROWS)
-          for (int64_t c = 0; c < d; c += 16)
-            av_rows(s + r * n + j0, n, vc + j0 * d + c, d, (n - j0 < kc ? n - j0 : kc), out + (b0 + r) * so + c, so,
-                    j0 == 0, (int)(nb - r < QK_ROWS ? nb - r : QK_ROWS));
+      attend_rows(qs, rh, rw, nb, kp, vc, n, n, hh, ww, d, kc, s, out + b0 * so, so);
     }
     free(s);
   }
@@ -355,28 +374,14 @@ int geosam_window_attention(const float* win, float* out, int64_t orow, int64_t 
       float *s = buf, *kp = s + n * np, *vc = kp + np * d, *qs = vc + n * d, *o = qs + n * d, *rh = o + n * d,
             *rw = rh + n * ws;
       const float *q = win + h * d, *k = win + nh * d + h * d, *v = win + 2 * nh * d + h * d;
-      for (int64_t t = 0; t < np; t += 16)
-        for (int64_t kk = 0; kk < d; kk++)
-          for (int64_t jj = 0; jj < 16; jj++) kp[t * d + kk * 16 + jj] = t + jj < n ? k[(t + jj) * c3 + kk] : 0.f;
+      pack_keys(k, c3, n, np, d, kp);
       for (int64_t j = 0; j < n; j++)
         for (int64_t c = 0; c < d; c++) {
           vc[j * d + c] = v[j * c3 + c];
           qs[j * d + c] = q[j * c3 + c] * scale;
         }
       for (int64_t i = 0; i < n; i++) rel_terms_row(q + i * c3, i, tab_h, tab_w, ws, ws, d, rh + i * ws, rw + i * ws);
-      for (int64_t t = 0; t < np; t += 16)
-        for (int64_t r = 0; r < n; r += QK_ROWS)
-          qk_rows(qs + r * d, d, kp + t * d, d, s + r * np + t, np, (int)(n - r < QK_ROWS ? n - r : QK_ROWS));
-      for (int64_t r = 0; r < n; r++) {
-        float* row = s + r * np;
-        add_rel_row(row, rh + r * ws, rw + r * ws, ws, ws);
-        row_softmax(row, row, n, row_max(row, n));
-      }
-      for (int64_t j0 = 0; j0 < n; j0 += kc)
-        for (int64_t r = 0; r < n; r += QK_ROWS)
-          for (int64_t c = 0; c < d; c += 16)
-            av_rows(s + r * np + j0, np, vc + j0 * d + c, d, (n - j0 < kc ? n - j0 : kc), o + r * d + c, d, j0 == 0,
-                    (int)(n - r < QK_ROWS ? n - r : QK_ROWS));
+      attend_rows(qs, rh, rw, n, kp, vc, n, np, ws, ws, d, kc, s, o, d);
       for (int64_t y = 0; y < ry; y++)
         for (int64_t x = 0; x < rx; x++)
           for (int64_t c = 0; c < d; c++) out[y * orow + x * nh * d + h * d + c] = o[(y * ws + x) * d + c];

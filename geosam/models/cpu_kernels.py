@@ -311,13 +311,18 @@ def _check_key(hh: int, ww: int, query_chunk: int) -> tuple[tuple[int, ...], int
     return tuple(r for r in rows if r <= n), torch.get_num_threads()
 
 
+def _global_kc(hh: int, ww: int, head_dim: int, query_chunk: int) -> int | None:
+    """`_attention_kc` for these shapes at the current thread count; None where the kernel cannot run them."""
+    if (hh * ww) % 16 or head_dim % 16 or _library() is None:
+        return None
+    return _attention_kc(hh, ww, head_dim, *_check_key(hh, ww, query_chunk))
+
+
 def attention_ready(hh: int, ww: int, head_dim: int, query_chunk: int) -> bool:
     """Whether `global_attention` gives here the bits of torch's explicit attention over ``query_chunk`` queries
     at a time (`geosam.models.fast_encoder`) for keys on an hh x ww grid and this head size, at the current
     thread count."""
-    if (hh * ww) % 16 or head_dim % 16 or _library() is None:
-        return False
-    return _attention_kc(hh, ww, head_dim, *_check_key(hh, ww, query_chunk)) is not None
+    return _global_kc(hh, ww, head_dim, query_chunk) is not None
 
 
 def global_attention(
@@ -342,8 +347,7 @@ def global_attention(
         and all(t.dtype == torch.float32 and t.is_contiguous() for t in tables_t)
         and all(t.dtype == torch.float32 and t.shape == (n, d) and t.stride(-1) == 1 for t in tensors)
     )  # fmt: skip
-    lib = _library()
-    kc = _attention_kc(hh, ww, d, *_check_key(hh, ww, query_chunk)) if attention_ready(hh, ww, d, query_chunk) else None
+    lib, kc = _library(), _global_kc(hh, ww, d, query_chunk)
     if lib is None or kc is None or not fits:
         raise RuntimeError("global_attention: the kernel cannot give torch's results here (see attention_ready)")
     err = lib.geosam_global_attention(
