@@ -180,3 +180,38 @@ def test_stores_left_by_killed_runs_are_removed_live_ones_kept(tmp_path) -> None
         assert remove_stale_stores(tmp_path) == [] and mine.exists()  # a live store in this process is kept
         live.add([])
     assert not list(tmp_path.glob(STORE_PREFIX + "*"))
+
+
+def test_a_closing_store_is_removed_under_its_lock_and_no_sweep_recreates_its_lock(tmp_path, monkeypatch) -> None:
+    """A store's folder goes while its lock is held, and `remove_stale_stores` never creates a lock file: a sweep
+    that saw the lock just before its owner deleted it used to recreate it ("Directory not empty" in the owner's
+    close, seen with two test workers)."""
+    import fcntl
+    from pathlib import Path
+
+    from geosam.assemble.store import STORE_PREFIX, remove_stale_stores
+
+    store = ObjectStore("EPSG:32633", folder=tmp_path)
+    (folder,) = tmp_path.glob(STORE_PREFIX + "*")
+    cleanup = store._dir.cleanup
+    held = []
+
+    def check_then_clean() -> None:
+        with open(folder / "lock", "r+") as f:  # another process's attempt
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except OSError:
+                held.append(True)
+        cleanup()
+
+    monkeypatch.setattr(store._dir, "cleanup", check_then_clean)
+    store.close()
+    assert held == [True] and not folder.exists()
+
+    gone = tmp_path / (STORE_PREFIX + "closing")
+    gone.mkdir()
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda p: True if p == gone / "lock" else real_exists(p))
+    assert remove_stale_stores(tmp_path) == []  # the lock vanished between the look and the open: skipped
+    assert list(gone.iterdir()) == []  # and not recreated

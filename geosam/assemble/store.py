@@ -101,7 +101,9 @@ def remove_stale_stores(folder: str | os.PathLike[str] | None) -> list[Path]:
         lock = d / "lock"
         try:
             if lock.exists():
-                with open(lock, "a") as f:
+                # "r+", never "a": a store closing right now deletes its lock file, and recreating it would leave
+                # a file in the folder its owner is removing ("Directory not empty")
+                with open(lock, "r+") as f:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its run is alive
             elif time.time() - d.stat().st_mtime < 60:
                 continue  # being created right now
@@ -290,10 +292,10 @@ class ObjectStore:
         if self.db is not None:
             self.db.close()
             self.db = None  # type: ignore[assignment]
+        self._dir.cleanup()  # with the lock still held: no other run's `remove_stale_stores` works on it meanwhile
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-        self._dir.cleanup()
 
     def __enter__(self) -> ObjectStore:  # noqa: PYI034 - a final class in practice
         return self
