@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from geosam.models import cpu_kernels, fast_encoder
+from geosam.models import cpu_build, cpu_kernels, fast_encoder
 from geosam.models.device import cpu_flags
 
 
@@ -176,15 +176,15 @@ def test_a_cache_folder_others_may_write_is_not_used(tmp_path, monkeypatch) -> N
     monkeypatch.setenv("GEOSAM_KERNEL_CACHE", str(shared))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    cc = cpu_kernels._compiler()
+    cc = cpu_build.compiler()
     assert cc is not None
-    built = cpu_kernels._build(cc)
+    built = cpu_build.build(cpu_kernels._SOURCE, cc)
     private = tmp_path / "tmp" / f"geosam-kernels-{os.getuid()}"
     assert built is not None and built.parent == private and not list(shared.iterdir())
     assert private.stat().st_mode & 0o777 == 0o700
-    assert cpu_kernels._build(cc) == built  # found again, not rebuilt
+    assert cpu_build.build(cpu_kernels._SOURCE, cc) == built  # found again, not rebuilt
     built.chmod(0o666)  # a library others may change: never returned (another build, without OpenMP, is)
-    assert cpu_kernels._build(cc) != built
+    assert cpu_build.build(cpu_kernels._SOURCE, cc) != built
 
 
 def test_switched_off_the_functions_are_torch(monkeypatch) -> None:

@@ -67,13 +67,18 @@ def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> 
     chip = make_chip(1024, 1024, seed=4)
     gen = SamMaskGenerator(bundle, points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.5)
     upsampled: list[int] = []
-    real_up = crop.upsample_logits
+    real_up, real_masks = crop.upsample_logits, crop.upsample_masks
 
     def spy_up(logits, *args, **kwargs):
         upsampled.append(int(logits.shape[0]))
         return real_up(logits, *args, **kwargs)
 
+    def spy_masks(logits, *args, **kwargs):
+        upsampled.append(int(logits.shape[0]))
+        return real_masks(logits, *args, **kwargs)
+
     monkeypatch.setattr(crop, "upsample_logits", spy_up)
+    monkeypatch.setattr(crop, "upsample_masks", spy_masks)
     lazy = gen.generate(chip)
     stats = dict(gen.last_stats)
     assert stats["masks_after_filter"] > stats["masks_after_nms"] > 0
@@ -107,13 +112,18 @@ def test_invalid_pixels_score_from_low_res_like_the_full_path(bundle: SamBundle,
     chip = make_chip(1024, 1024, valid=valid, seed=5)
     gen = SamMaskGenerator(bundle, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.9)
     upsampled: list[int] = []
-    real_up = crop.upsample_logits
+    real_up, real_masks = crop.upsample_logits, crop.upsample_masks
 
     def spy_up(logits, *args, **kwargs):
         upsampled.append(int(logits.shape[0]))
         return real_up(logits, *args, **kwargs)
 
+    def spy_masks(logits, *args, **kwargs):
+        upsampled.append(int(logits.shape[0]))
+        return real_masks(logits, *args, **kwargs)
+
     monkeypatch.setattr(crop, "upsample_logits", spy_up)
+    monkeypatch.setattr(crop, "upsample_masks", spy_masks)
     fast = gen.generate(chip)
     assert sum(upsampled) < gen.last_stats["masks_decoded"]  # only masks whose score passes are upsampled
     monkeypatch.setattr(crop, "LAZY_UPSAMPLE", False)

@@ -28,6 +28,7 @@ from geosam.models.runtime import (
     resized_size,
     to_model_frame,
     upsample_logits,
+    upsample_masks,
 )
 
 __all__ = [
@@ -53,4 +54,5 @@ __all__ = [
     "resolve_dtype",
     "to_model_frame",
     "upsample_logits",
+    "upsample_masks",
 ]

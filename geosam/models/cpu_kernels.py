@@ -25,9 +25,7 @@ So the results are the bits torch gives. AMD EPYC Zen 3, one thread: a 512 x
 global layer 0.45 of it (0.075 vs 0.17-0.19 s).
 
 The kernel is plain C with AVX2 intrinsics, compiled on first use with the
-machine's C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``; ~1 s) into
-``$GEOSAM_KERNEL_CACHE`` (default ``~/.cache/geosam/kernels``, written to a
-temporary file and renamed) and loaded with ctypes. It is used only where
+machine's C compiler and cached (`geosam.models.cpu_build`). It is used only where
 torch itself runs its AVX2 kernels (``torch.backends.cpu.get_cpu_capability()
 == "AVX2"``: on AVX-512 CPUs torch's vectors and so its rounding differ) and
 only after it has reproduced torch's results bit for bit on test data in this
@@ -39,18 +37,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
+from geosam.models.cpu_build import load
 from geosam.models.cpu_gemm import linear
 
 __all__ = [
@@ -61,68 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("cpu_kernels.c")
-_FLAGS = ("-O2", "-mavx2", "-mfma", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("GEOSAM_KERNEL_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "geosam" / "kernels"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC", "").split(" ")[0], "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _ours(path: Path) -> bool:
-    """Whether ``path`` belongs to this user and neither its group nor others may write it."""
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return st.st_uid == os.getuid() and not st.st_mode & 0o022
-
-
-def _build(cc: str) -> Path | None:
-    """The compiled kernel (built now unless cached); None if it does not build. With OpenMP where it links."""
-    source = _SOURCE.read_bytes()
-    for extra in (("-fopenmp",), ()):
-        key = hashlib.sha256(source + " ".join((cc, *_FLAGS, *extra)).encode()).hexdigest()[:16]
-        for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"geosam-kernels-{os.getuid()}"):
-            target = folder / f"cpu_kernels-{key}.so"
-            try:
-                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError:  # a cache folder we may not write: the next one
-                continue
-            if not _ours(folder) or (target.exists() and not _ours(target)):
-                continue  # a library loaded from there would run as us: only from a folder no one else writes
-            if target.exists():
-                return target
-            try:
-                fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-                os.close(fd)
-            except OSError:
-                continue
-            cmd = [cc, *_FLAGS, *extra, str(_SOURCE), "-o", tmp]
-            try:
-                done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                Path(tmp).unlink(missing_ok=True)
-                log.debug("cpu_kernels: %s failed: %s", " ".join(cmd), exc)
-                return None
-            if done.returncode != 0:
-                Path(tmp).unlink(missing_ok=True)
-                log.debug("cpu_kernels: %s failed:\n%s", " ".join(cmd), done.stderr[-2000:])
-                break  # not this flag set: try without OpenMP
-            os.replace(tmp, target)  # complete, then visible (another process may race to the same name)
-            return target
-    return None
 
 
 def _reproduces_torch(lib: ctypes.CDLL) -> bool:
@@ -148,33 +79,17 @@ def _reproduces_torch(lib: ctypes.CDLL) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
-    if os.environ.get("GEOSAM_CPU_KERNELS", "").strip().lower() in ("0", "false", "no"):
-        return None
-    if not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")):
-        return None
-    if torch.backends.cpu.get_cpu_capability() != "AVX2":  # torch's other kernels round differently
-        return None
-    cc = _compiler()
-    path = _build(cc) if cc else None
-    if path is None:
-        log.info("cpu_kernels: no C compiler built the kernel; torch's softmax is used (same results, slower)")
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as exc:
-        log.info("cpu_kernels: %s does not load (%s); torch's softmax is used", path, exc)
-        return None
+def _loaded(lib: ctypes.CDLL) -> bool:
     for fn in (lib.geosam_softmax, lib.geosam_rel_softmax_, lib.geosam_qk, lib.geosam_av, lib.geosam_rel_terms):
         fn.restype = None
     lib.geosam_global_attention.restype = ctypes.c_int
     lib.geosam_window_attention.restype = ctypes.c_int
-    if not _reproduces_torch(lib):
-        log.warning("cpu_kernels: %s does not reproduce torch's softmax here; torch's is used", path)
-        return None
-    log.debug("cpu_kernels: %s", path)
-    return lib
+    return _reproduces_torch(lib)
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    return load(_SOURCE, _loaded, "softmax")
 
 
 def available() -> bool:

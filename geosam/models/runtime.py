@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geosam.models import cpu_masks
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import FAST_DECODER_CPU_CHUNK, use_fast_decoder, use_fast_encoder
 from geosam.models.cpu_memory import keep_freed_memory
@@ -287,14 +288,29 @@ def upsample_logits(
     """Low-res logits (N, h, w) -> chip-frame logits (N, H, W), float32.
 
     As SAM: bilinear to the padded ``input_size`` square, crop the padding away
-    (``resized_hw``), bilinear to ``original_hw``.
+    (``resized_hw``), bilinear to ``original_hw``. Where no second resize is
+    needed, on the CPU through `geosam.models.cpu_masks` (the same bits).
     """
-    x = logits.to(torch.float32)[:, None]
-    x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    x = logits.to(torch.float32)
+    if tuple(resized_hw) == tuple(original_hw):
+        return cpu_masks.upsampled(x, (input_size, input_size), (resized_hw[0], resized_hw[1]))
+    x = F.interpolate(x[:, None], size=(input_size, input_size), mode="bilinear", align_corners=False)
     x = x[..., : resized_hw[0], : resized_hw[1]]
-    if tuple(resized_hw) != tuple(original_hw):
-        x = F.interpolate(x, size=tuple(original_hw), mode="bilinear", align_corners=False)
-    return x[:, 0]
+    return F.interpolate(x, size=tuple(original_hw), mode="bilinear", align_corners=False)[:, 0]
+
+
+def upsample_masks(
+    logits: torch.Tensor,
+    input_size: int,
+    resized_hw: tuple[int, int],
+    original_hw: tuple[int, int],
+    threshold: float,
+) -> torch.Tensor:
+    """``upsample_logits(...) > threshold`` (N, H, W) bool; on the CPU without the float logits where it can."""
+    if tuple(resized_hw) == tuple(original_hw):
+        hw = (resized_hw[0], resized_hw[1])
+        return cpu_masks.upsample_gt(logits.to(torch.float32), (input_size, input_size), hw, threshold)
+    return upsample_logits(logits, input_size, resized_hw, original_hw) > threshold
 
 
 __all__ = [
@@ -306,4 +322,5 @@ __all__ = [
     "resized_size",
     "to_model_frame",
     "upsample_logits",
+    "upsample_masks",
 ]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from geosam.models import SamBundle, decode_points, to_model_frame, upsample_logits
+from geosam.models import SamBundle, decode_points, to_model_frame, upsample_logits, upsample_masks
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.segment.lowres import Cells, cell_bounds, stability_upper_bound_x4, upsampled_x4_stats
 from geosam.segment.sam_utils import (
@@ -236,11 +236,11 @@ def _score_chunk(
             if params.stability_score_thresh > 0.0:
                 passing = stab >= params.stability_score_thresh
                 low, iou, stab = low[passing], iou[passing], stab[passing]
-            up = upsample_logits(low, bundle.input_size, frame.resized, frame.hw)
+            masks = upsample_masks(low, bundle.input_size, frame.resized, frame.hw, t)
         else:
             up = upsample_logits(low, bundle.input_size, frame.resized, frame.hw)
             stab = calculate_stability_score(up, t, off)
-        masks = up > t
+            masks = up > t
         if not frame.all_valid:
             masks &= frame.valid
         nonempty = count_true(masks) > 0
@@ -257,7 +257,7 @@ def _score_chunk(
 def _upsample(bundle: SamBundle, frame: CropFrame, params: FilterParams, low: torch.Tensor) -> torch.Tensor:
     """Bool crop-frame masks (N, h, w) on the CPU from low-res logits, `UPSAMPLE_CHUNK` at a time."""
     out = [
-        (upsample_logits(low[c : c + UPSAMPLE_CHUNK], bundle.input_size, frame.resized, frame.hw) > params.mask_threshold).cpu()
+        upsample_masks(low[c : c + UPSAMPLE_CHUNK], bundle.input_size, frame.resized, frame.hw, params.mask_threshold).cpu()
         for c in range(0, low.shape[0], UPSAMPLE_CHUNK)
     ]
     return torch.cat(out) if out else torch.zeros((0, *frame.hw), dtype=torch.bool)

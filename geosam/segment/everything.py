@@ -338,8 +338,12 @@ class SamMaskGenerator(BaseMaskGenerator):
             if self.min_mask_region_area > 0:
                 data = self._postprocess_small_regions(data)
             assert data.masks is not None
-            masks = data.masks.numpy() & st.valid[None]
-            ok = masks.sum(axis=(1, 2)) >= max(1, self.min_mask_region_area)
+            masks = data.masks.numpy()
+            if not st.valid.all():  # else the cut copies every mask for nothing
+                masks = masks & st.valid[None]
+            ok = np.count_nonzero(masks.reshape(len(masks), -1), axis=1) >= max(1, self.min_mask_region_area)
+            if ok.all():
+                return ChipMasks(masks, data.iou_preds.numpy(), data.stability_score.numpy())
             return ChipMasks(masks[ok], data.iou_preds.numpy()[ok], data.stability_score.numpy()[ok])
 
     def _postprocess_small_regions(self, data: MaskData) -> MaskData:

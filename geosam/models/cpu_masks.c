@@ -1,0 +1,123 @@
+/* SAM's masks at chip resolution on AVX2 CPUs: low-res logits upsampled bilinearly and thresholded in one
+ * pass, bit for bit what torch computes there.
+ *
+ * torch's CPU `upsample_bilinear2d` (align_corners=False, one channel, outputs over 128 px: ATen's generic
+ * N-d kernel) interpolates each output along the width first, t = x[j0] * w0 + x[j1] * w1, then along the
+ * height, t0 * h0 + t1 * h1, and its AVX2 build contracts each of those into one fused multiply-add,
+ * fma(a, wa, b * wb) (the second product rounded, the first fused). The indices and weights are ATen's:
+ * src = max(scale * (o + 0.5) - 0.5, 0), i0 = (int) src, i1 = i0 + (i0 < n - 1), w1 = src - i0,
+ * w0 = 1 - w1, with scale = n_in / n_out (exact for SAM's 4x). Then `> threshold`.
+ *
+ * Here each input row is interpolated along the width once (torch does it for every output row that reads it),
+ * two such rows are kept, and the output rows are combined, compared and written as bytes (0/1, torch's bool)
+ * eight at a time; the float logits at chip resolution (4 MiB a mask) are never written. Built with
+ * -ffp-contract=off: the only fused multiply-adds are the explicit ones. geosam/models/cpu_masks.py compiles,
+ * loads and checks it against torch at load. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* ATen's source indices and weights along one axis of n_in -> n_out samples (only the first `used`). */
+static void axis_table(int64_t n_in, int64_t n_out, int64_t used, int32_t* i0, int32_t* i1, float* w0, float* w1) {
+    const float scale = (float)n_in / (float)n_out;
+    for (int64_t o = 0; o < used; o++) {
+        float src = scale * ((float)o + 0.5f) - 0.5f;
+        if (src < 0.f) src = 0.f;
+        int64_t a = (int64_t)src;
+        float l1 = src - (float)a;
+        if (l1 < 0.f) l1 = 0.f;
+        if (l1 > 1.f) l1 = 1.f;
+        i0[o] = (int32_t)a;
+        i1[o] = (int32_t)(a + (a < n_in - 1 ? 1 : 0));
+        w1[o] = l1;
+        w0[o] = 1.f - l1;
+    }
+}
+
+/* One input row interpolated along the width: t[o] = fma(x[i0], w0, x[i1] * w1). */
+static void width_pass(const float* x, int64_t ow, const int32_t* i0, const int32_t* i1, const float* w0,
+                       const float* w1, float* t) {
+    int64_t o = 0;
+    for (; o + 8 <= ow; o += 8) {
+        __m256i a = _mm256_loadu_si256((const __m256i*)(i0 + o)), b = _mm256_loadu_si256((const __m256i*)(i1 + o));
+        __m256 xa = _mm256_i32gather_ps(x, a, 4), xb = _mm256_i32gather_ps(x, b, 4);
+        __m256 prod = _mm256_mul_ps(xb, _mm256_loadu_ps(w1 + o));
+        _mm256_storeu_ps(t + o, _mm256_fmadd_ps(xa, _mm256_loadu_ps(w0 + o), prod));
+    }
+    for (; o < ow; o++) t[o] = fmaf(x[i0[o]], w0[o], x[i1[o]] * w1[o]);
+}
+
+/* out[o] = fma(t0[o], h0, t1[o] * h1) > thr, as bytes 0 / 1; or the values themselves into vals. */
+static void height_pass(const float* t0, const float* t1, float h0, float h1, float thr, int64_t ow, uint8_t* out,
+                        float* vals) {
+    if (vals != NULL) {
+        for (int64_t o = 0; o < ow; o++) vals[o] = fmaf(t0[o], h0, t1[o] * h1);
+        return;
+    }
+    const __m256 vh0 = _mm256_set1_ps(h0), vh1 = _mm256_set1_ps(h1), vt = _mm256_set1_ps(thr);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), one = _mm256_set1_epi8(1);
+    int64_t o = 0;
+    for (; o + 32 <= ow; o += 32) {
+        __m256i m[4];
+        for (int k = 0; k < 4; k++) {
+            __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(t0 + o + 8 * k), vh0,
+                                       _mm256_mul_ps(_mm256_loadu_ps(t1 + o + 8 * k), vh1));
+            m[k] = _mm256_castps_si256(_mm256_cmp_ps(v, vt, _CMP_GT_OQ));
+        }
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(m[0], m[1]), _mm256_packs_epi32(m[2], m[3]));
+        p = _mm256_permutevar8x32_epi32(p, order);
+        _mm256_storeu_si256((__m256i*)(out + o), _mm256_and_si256(p, one));
+    }
+    for (; o < ow; o++) out[o] = fmaf(t0[o], h0, t1[o] * h1) > thr;
+}
+
+/* low: n x h x w float32 (contiguous); out: n x oh x ow bytes, the top-left oh x ow of the full_h x full_w
+ * upsampled grid > thr (or, with vals, that grid's values: for the checks). Returns 0, or -1 if out of memory. */
+int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_t full_h, int64_t full_w,
+                       int64_t oh, int64_t ow, float thr, uint8_t* out, float* vals, int threads) {
+    int32_t* idx = malloc(sizeof(int32_t) * 2 * (size_t)(oh + ow));
+    float* wts = malloc(sizeof(float) * 2 * (size_t)(oh + ow));
+    int failed = idx == NULL || wts == NULL;
+    if (!failed) {
+        axis_table(h, full_h, oh, idx, idx + oh, wts, wts + oh);
+        axis_table(w, full_w, ow, idx + 2 * oh, idx + 2 * oh + ow, wts + 2 * oh, wts + 2 * oh + ow);
+    }
+    const int32_t *r0 = idx, *r1 = idx + oh, *c0 = idx + 2 * oh, *c1 = idx + 2 * oh + ow;
+    const float *hw0 = wts, *hw1 = wts + oh, *cw0 = wts + 2 * oh, *cw1 = wts + 2 * oh + ow;
+#pragma omp parallel num_threads(threads) if (threads > 1 && !failed)
+    {
+        float* rows = failed ? NULL : malloc(sizeof(float) * 2 * (size_t)ow);
+        if (rows == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < n; m++) {
+            if (rows == NULL) continue;
+            const float* x = low + m * h * w;
+            int64_t have[2] = {-1, -1}; /* the input rows in the two buffers */
+            for (int64_t o = 0; o < oh; o++) {
+                int s0 = have[0] == r0[o] ? 0 : have[1] == r0[o] ? 1 : -1;
+                if (s0 < 0) { /* a new row: into the buffer the other wanted row does not hold */
+                    s0 = have[0] == r1[o] ? 1 : 0;
+                    width_pass(x + (int64_t)r0[o] * w, ow, c0, c1, cw0, cw1, rows + s0 * ow);
+                    have[s0] = r0[o];
+                }
+                int s1 = have[0] == r1[o] ? 0 : have[1] == r1[o] ? 1 : -1;
+                if (s1 < 0) {
+                    s1 = 1 - s0;
+                    width_pass(x + (int64_t)r1[o] * w, ow, c0, c1, cw0, cw1, rows + s1 * ow);
+                    have[s1] = r1[o];
+                }
+                const float* t[2] = {rows + s0 * ow, rows + s1 * ow};
+                const int64_t at = (m * oh + o) * ow;
+                height_pass(t[0], t[1], hw0[o], hw1[o], thr, ow, out + at, vals == NULL ? NULL : vals + at);
+            }
+        }
+        free(rows);
+    }
+    free(idx);
+    free(wts);
+    return failed ? -1 : 0;
+}

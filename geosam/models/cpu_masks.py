@@ -1,0 +1,106 @@
+"""SAM's chip-resolution masks on AVX2 CPUs in one pass: torch's bilinear upsampling and threshold, the same bits.
+
+Segment-everything upsamples each kept mask's 256 x 256 low-res logits 4x to
+the 1024 px chip (``F.interpolate(..., mode="bilinear", align_corners=False)``)
+and thresholds them: torch writes 4 MiB of float32 per mask, then reads it
+again for ``> threshold``. `upsample_gt` computes the same values in the same
+order of operations (`cpu_masks.c`: the width pass once per input row, fused
+multiply-adds where torch's AVX2 build fuses them) and writes only the bool
+mask. The library is built and cached by `geosam.models.cpu_build` and used
+only after it has reproduced torch's upsampled values bit for bit in this
+process; elsewhere (other CPUs, other dtypes or devices, scale factors other
+than powers of two, outputs of H + W <= 128 px, ``GEOSAM_CPU_KERNELS=0``) torch's ops run: the same masks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["available", "upsample_gt", "upsampled"]
+
+_SOURCE = Path(__file__).with_name("cpu_masks.c")
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+def _torch_upsample(low: torch.Tensor, full_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    up = F.interpolate(low[:, None], size=full_hw, mode="bilinear", align_corners=False)[:, 0]
+    return up[:, : out_hw[0], : out_hw[1]]
+
+
+def _call(lib: ctypes.CDLL, low: torch.Tensor, full_hw: tuple[int, int], out_hw: tuple[int, int], threshold: float,
+          values: bool) -> torch.Tensor:
+    n, h, w = low.shape
+    out = torch.empty((n, *out_hw), dtype=torch.float32 if values else torch.bool)
+    rc = lib.geosam_upsample_gt(
+        _P(low.data_ptr()), _I64(n), _I64(h), _I64(w), _I64(full_hw[0]), _I64(full_hw[1]), _I64(out_hw[0]),
+        _I64(out_hw[1]), ctypes.c_float(threshold), _P(None if values else out.data_ptr()),
+        _P(out.data_ptr() if values else None), _INT(torch.get_num_threads()),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("cpu_masks: out of memory for the upsampling rows")
+    return out
+
+
+def _reproduces_torch(lib: ctypes.CDLL) -> bool:
+    """Whether the kernel gives torch's upsampled values and masks here (edges, crops, 2x / 4x, wide ranges)."""
+    lib.geosam_upsample_gt.restype = ctypes.c_int
+    gen = torch.Generator().manual_seed(0)
+    for (n, h, w), scale, crop in (((3, 32, 40), 4, (128, 160)), ((2, 16, 40), 4, (61, 37)), ((2, 40, 30), 2, (79, 60))):
+        low = torch.randn((n, h, w), generator=gen) * torch.logspace(-3, 2, n)[:, None, None]
+        full = (h * scale, w * scale)
+        want = _torch_upsample(low, full, crop)
+        if not torch.equal(_call(lib, low, full, crop, 0.0, values=True), want):
+            return False
+        for t in (0.0, float(want.flatten()[7])):
+            if not torch.equal(_call(lib, low, full, crop, t, values=False), want > t):
+                return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    from geosam.models.cpu_build import load
+
+    return load(_SOURCE, _reproduces_torch, "upsampling")
+
+
+def available() -> bool:
+    """Whether the compiled kernel is in use in this process."""
+    return _library() is not None
+
+
+def _power_of_two_up(n_in: int, n_out: int) -> bool:
+    k, r = divmod(n_out, n_in)
+    return r == 0 and k >= 2 and k & (k - 1) == 0
+
+
+def _usable(low: torch.Tensor, full_hw: tuple[int, int], out_hw: tuple[int, int]) -> ctypes.CDLL | None:
+    if not (low.device.type == "cpu" and low.dtype == torch.float32 and low.dim() == 3 and low.shape[0] > 0):
+        return None
+    h, w = low.shape[1:]
+    if not (_power_of_two_up(h, full_hw[0]) and _power_of_two_up(w, full_hw[1])):
+        return None  # ATen's source positions are exact only for these: elsewhere its rounding is not modelled
+    if not (0 < out_hw[0] <= full_hw[0] and 0 < out_hw[1] <= full_hw[1]) or sum(full_hw) <= 128:
+        return None  # ATen upsamples outputs of H + W <= 128 with another kernel (another order)
+    return _library()
+
+
+def upsampled(low: torch.Tensor, full_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(low[:, None], full_hw, "bilinear")[:, 0, :out_h, :out_w]`` (float32, the same bits)."""
+    lib = _usable(low, full_hw, out_hw)
+    if lib is None:
+        return _torch_upsample(low, full_hw, out_hw)
+    return _call(lib, low.contiguous(), full_hw, out_hw, 0.0, values=True)
+
+
+def upsample_gt(low: torch.Tensor, full_hw: tuple[int, int], out_hw: tuple[int, int], threshold: float) -> torch.Tensor:
+    """``upsampled(low, full_hw, out_hw) > threshold`` (N, out_h, out_w) bool, without the float values."""
+    lib = _usable(low, full_hw, out_hw)
+    if lib is None:
+        return _torch_upsample(low, full_hw, out_hw) > threshold
+    return _call(lib, low.contiguous(), full_hw, out_hw, float(threshold), values=False)

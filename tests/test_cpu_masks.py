@@ -1,0 +1,108 @@
+"""geosam.models.cpu_masks: SAM's upsampled masks in one pass, torch's values bit for bit where torch runs AVX2."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from geosam.models import cpu_masks, upsample_logits, upsample_masks
+from geosam.models.device import cpu_flags
+
+
+def _avx2_torch() -> bool:
+    return (
+        {"avx2", "fma"} <= set(cpu_flags()) and sys.platform.startswith("linux")
+        and torch.backends.cpu.get_cpu_capability() == "AVX2"
+    )  # fmt: skip
+
+
+def _torch(low: torch.Tensor, full: tuple[int, int], crop: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(low[:, None], size=full, mode="bilinear", align_corners=False)[:, 0, : crop[0], : crop[1]]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (the NaNs an -inf next to a zero weight gives included)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == torch.float32:
+        return torch.equal(a.view(torch.int32), b.view(torch.int32))
+    if a.dtype == torch.float64:
+        return torch.equal(a.view(torch.int64), b.view(torch.int64))
+    return torch.equal(a, b)
+
+
+def _logits(gen: torch.Generator, n: int, h: int, w: int) -> torch.Tensor:
+    """Random logits at several scales, with SAM's special values: -inf (a prompt not upscaled), +inf, zeros."""
+    low = torch.randn((n, h, w), generator=gen) * torch.logspace(-4, 2, n)[:, None, None]
+    low[0, 0, :3] = float("-inf")
+    low[-1, -1, -1] = float("inf")
+    low[n // 2, h // 2] = 0.0
+    return low
+
+
+def _check(threads: int) -> None:
+    gen = torch.Generator().manual_seed(7 + threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        # SAM's 256 -> 1024 (whole, and cropped to a resized frame), a 2x and a 8x factor, non-square
+        for (n, h, w), full, crop in (
+            ((5, 256, 256), (1024, 1024), (1024, 1024)),
+            ((3, 256, 256), (1024, 1024), (1024, 683)),
+            ((4, 40, 24), (80, 48), (79, 45)),
+            ((2, 20, 33), (160, 264), (157, 264)),
+        ):
+            low = _logits(gen, n, h, w)
+            want = _torch(low, full, crop)
+            assert _same(cpu_masks.upsampled(low, full, crop), want), (n, h, w, full, crop)
+            for t in (0.0, 1.0, float(want[1].flatten()[1234 % want[1].numel()])):  # a threshold some pixel equals
+                assert _same(cpu_masks.upsample_gt(low, full, crop, t), want > t), (n, h, w, t)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not _avx2_torch(), reason="the kernel reproduces torch's AVX2 kernels: not what torch runs here")
+def test_kernel_is_in_use_and_equals_torch() -> None:
+    assert shutil.which("cc") or shutil.which("gcc"), "no C compiler on an AVX2 machine that runs the tests"
+    assert cpu_masks.available()
+    _check(1)
+    _check(2)
+
+
+def test_switched_off_or_elsewhere_the_results_are_torch(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_masks, "_library", lambda: None)
+    _check(1)
+
+
+def test_shapes_torch_computes_otherwise_take_torch() -> None:
+    """ATen upsamples outputs of H + W <= 128 with its channels-last kernel (another order), non-power-of-two
+    factors' positions round, float64 and empty batches: all run torch's op, so the results are still torch's."""
+    gen = torch.Generator().manual_seed(3)
+    low = _logits(gen, 3, 16, 16)
+    assert _same(cpu_masks.upsampled(low, (64, 64), (64, 64)), _torch(low, (64, 64), (64, 64)))
+    low = _logits(gen, 2, 30, 40)
+    assert _same(cpu_masks.upsample_gt(low, (90, 120), (90, 120), 0.0), _torch(low, (90, 120), (90, 120)) > 0)
+    low64 = low.double()
+    assert _same(cpu_masks.upsampled(low64, (120, 160), (120, 160)), _torch(low64, (120, 160), (120, 160)))
+    empty = torch.zeros((0, 16, 16))
+    assert cpu_masks.upsample_gt(empty, (256, 256), (256, 256), 0.0).shape == (0, 256, 256)
+
+
+def test_runtime_upsampling_is_sams() -> None:
+    """`upsample_logits` / `upsample_masks`: SAM's two resizes where the chip is not the resized frame, one where
+    it is; masks are the logits above the threshold."""
+    gen = torch.Generator().manual_seed(11)
+    low = _logits(gen, 3, 64, 64)
+    x = F.interpolate(low[:, None], size=(256, 256), mode="bilinear", align_corners=False)[..., :256, :171]
+    want = F.interpolate(x, size=(300, 200), mode="bilinear", align_corners=False)[:, 0]
+    assert _same(upsample_logits(low, 256, (256, 171), (300, 200)), want)
+    assert _same(upsample_masks(low, 256, (256, 171), (300, 200), 0.5), want > 0.5)
+    same = upsample_logits(low, 256, (256, 171), (256, 171))
+    assert _same(same, _torch(low, (256, 256), (256, 171)))
+    got = upsample_masks(low, 256, (256, 171), (256, 171), 0.0)
+    assert got.dtype == torch.bool and np.array_equal(got.numpy(), (same > 0).numpy())
