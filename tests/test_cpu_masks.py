@@ -106,3 +106,50 @@ def test_runtime_upsampling_is_sams() -> None:
     assert _same(same, _torch(low, (256, 256), (256, 171)))
     got = upsample_masks(low, 256, (256, 171), (256, 171), 0.0)
     assert got.dtype == torch.bool and np.array_equal(got.numpy(), (same > 0).numpy())
+
+
+def _stats_logits(gen: torch.Generator) -> torch.Tensor:
+    """SAM-like masks: blobs on a strongly negative background (whole rows skipped), a mask near the thresholds
+    everywhere, one all above, one empty, one with a single pixel on the last column, specials."""
+    low = torch.full((7, 64, 72), -12.0)
+    low[0, 20:30, 10:40] = 6.0
+    low[1] = torch.randn((64, 72), generator=gen) * 0.8
+    low[2] = 5.0
+    low[4, 40, -1] = 3.0
+    low[5] = torch.randn((64, 72), generator=gen) * 30
+    low[5, 3, :4] = float("-inf")
+    low[6, :, :] = 0.0  # exactly at the threshold 0
+    return low
+
+
+@pytest.mark.skipif(not _avx2_torch(), reason="the kernel reproduces torch's AVX2 kernels: not what torch runs here")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stats_equal_torchs_upsampled_masks(threads: int) -> None:
+    """Counts for several thresholds and the box of one, from every upsampled pixel: those of torch's values."""
+    assert cpu_masks.available()
+    gen = torch.Generator().manual_seed(5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for low, full in ((_stats_logits(gen), (256, 288)), (_logits(gen, 3, 256, 256), (1024, 1024))):
+            for thresholds, tb in (((1.0, -1.0, 0.0), 0.0), ((1.0,), 1.0), ((-30.0, 2.0), 0.5)):
+                got = cpu_masks.upsampled_stats(low, full, thresholds, tb)
+                assert got is not None
+                want = cpu_masks._torch_stats(_torch(low, full, full), thresholds, tb)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (full, thresholds, tb)
+    finally:
+        torch.set_num_threads(before)
+    low = _stats_logits(gen)
+    counts, boxes = cpu_masks.upsampled_stats(low, (256, 288), (0.0,), 0.0)  # type: ignore[misc]
+    assert counts[2, 0] == 256 * 288 and counts[3, 0] == 0 and boxes[3].tolist() == [0, 0, 0, 0]
+    assert boxes[4, 2] == 287  # the last column is reached
+    assert counts[6, 0] == 0  # at the threshold is not above it
+
+
+def test_stats_elsewhere_are_left_to_the_caller(monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(6)
+    assert cpu_masks.upsampled_stats(_logits(gen, 2, 16, 16), (64, 64), (0.0,), 0.0) is None  # H + W <= 128
+    assert cpu_masks.upsampled_stats(_logits(gen, 2, 64, 64), (256, 256), tuple(range(9)), 0.0) is None
+    monkeypatch.setattr(cpu_masks, "_library", lambda: None)
+    assert cpu_masks.upsampled_stats(_logits(gen, 2, 64, 64), (256, 256), (0.0,), 0.0) is None
+    assert not cpu_masks.stats_apply(_logits(gen, 2, 64, 64), (256, 256))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from geosam.models import cpu_masks
 from geosam.segment.lowres import cell_bounds, stability_upper_bound_x4, upsampled_x4_stats
 from geosam.segment.sam_utils import batched_mask_to_box, calculate_stability_score
 
@@ -19,8 +20,12 @@ def _brute_stats(low: torch.Tensor, thresholds, box_threshold: float) -> tuple[t
     return counts, batched_mask_to_box(up > box_threshold)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["c-kernel-where-it-applies", "torch-ops"])
 @pytest.mark.parametrize("shape", [(40, 36), (7, 9), (2, 2), (3, 50)])
-def test_upsampled_x4_stats_equal_full_resolution(shape) -> None:
+def test_upsampled_x4_stats_equal_full_resolution(shape, kernel, monkeypatch) -> None:
+    """Exact on both paths: geosam.models.cpu_masks (AVX2, outputs over 128 px) and the cell bounds in torch."""
+    if not kernel:
+        monkeypatch.setattr(cpu_masks, "_library", lambda: None)
     h, w = shape
     gen = torch.Generator().manual_seed(h * 100 + w)
     smooth = torch.nn.functional.avg_pool2d(torch.randn((3, 1, h, w), generator=gen), 3, 1, 1)[:, 0] * 40

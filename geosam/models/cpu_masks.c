@@ -17,6 +17,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* ATen's source indices and weights along one axis of n_in -> n_out samples (only the first `used`). */
 static void axis_table(int64_t n_in, int64_t n_out, int64_t used, int32_t* i0, int32_t* i1, float* w0, float* w1) {
@@ -46,6 +47,29 @@ static void width_pass(const float* x, int64_t ow, const int32_t* i0, const int3
         _mm256_storeu_ps(t + o, _mm256_fmadd_ps(xa, _mm256_loadu_ps(w0 + o), prod));
     }
     for (; o < ow; o++) t[o] = fmaf(x[i0[o]], w0[o], x[i1[o]] * w1[o]);
+}
+
+/* The maximum of each of the h input rows of one mask (NaN-free rows; a NaN row gets NaN). */
+static void row_max(const float* x, int64_t h, int64_t w, float* out) {
+    for (int64_t r = 0; r < h; r++) {
+        const float* p = x + r * w;
+        float m = p[0];
+        int nan = 0;
+        for (int64_t c = 0; c < w; c++) {
+            nan |= p[c] != p[c];
+            m = p[c] > m ? p[c] : m;
+        }
+        out[r] = nan ? NAN : m;
+    }
+}
+
+/* Whether no output row interpolated from input rows a and b can exceed thr: every value there is a convex
+ * combination of those rows' values (weights in [0, 1] summing to 1), exact up to a few ulps of their size. */
+static int rows_below(const float* rmax, int32_t a, int32_t b, float thr) {
+    float m = rmax[a] > rmax[b] ? rmax[a] : rmax[b];
+    if (m != m) return 0;
+    float margin = 1e-6f * (fabsf(m) > fabsf(thr) ? fabsf(m) : fabsf(thr)) + 1e-30f;
+    return m < thr - margin;
 }
 
 /* out[o] = fma(t0[o], h0, t1[o] * h1) > thr, as bytes 0 / 1; or the values themselves into vals. */
@@ -87,7 +111,7 @@ int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_
     const float *hw0 = wts, *hw1 = wts + oh, *cw0 = wts + 2 * oh, *cw1 = wts + 2 * oh + ow;
 #pragma omp parallel num_threads(threads) if (threads > 1 && !failed)
     {
-        float* rows = failed ? NULL : malloc(sizeof(float) * 2 * (size_t)ow);
+        float* rows = failed ? NULL : malloc(sizeof(float) * (2 * (size_t)ow + (size_t)h));
         if (rows == NULL) {
 #pragma omp atomic write
             failed = 1;
@@ -96,8 +120,14 @@ int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_
         for (int64_t m = 0; m < n; m++) {
             if (rows == NULL) continue;
             const float* x = low + m * h * w;
+            float* rmax = rows + 2 * ow;
+            row_max(x, h, w, rmax);
             int64_t have[2] = {-1, -1}; /* the input rows in the two buffers */
             for (int64_t o = 0; o < oh; o++) {
+                if (vals == NULL && rows_below(rmax, r0[o], r1[o], thr)) {
+                    memset(out + (m * oh + o) * ow, 0, (size_t)ow);
+                    continue;
+                }
                 int s0 = have[0] == r0[o] ? 0 : have[1] == r0[o] ? 1 : -1;
                 if (s0 < 0) { /* a new row: into the buffer the other wanted row does not hold */
                     s0 = have[0] == r1[o] ? 1 : 0;
@@ -113,6 +143,105 @@ int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_
                 const float* t[2] = {rows + s0 * ow, rows + s1 * ow};
                 const int64_t at = (m * oh + o) * ow;
                 height_pass(t[0], t[1], hw0[o], hw1[o], thr, ow, out + at, vals == NULL ? NULL : vals + at);
+            }
+        }
+        free(rows);
+    }
+    free(idx);
+    free(wts);
+    return failed ? -1 : 0;
+}
+
+/* Per mask, over the full_h x full_w upsampled grid (the values as above, never stored): counts[m, k] =
+ * #(up > thr[k]) for nt thresholds, and boxes[m] = the inclusive XYXY box of up > tb ((0, 0, 0, 0) if empty).
+ * Returns 0, or -1 if out of memory. */
+int geosam_upsample_stats(const float* low, int64_t n, int64_t h, int64_t w, int64_t full_h, int64_t full_w,
+                          const float* thr, int nt, float tb, int64_t* counts, int64_t* boxes, int threads) {
+    const int64_t oh = full_h, ow = full_w;
+    int32_t* idx = malloc(sizeof(int32_t) * 2 * (size_t)(oh + ow));
+    float* wts = malloc(sizeof(float) * 2 * (size_t)(oh + ow));
+    int failed = idx == NULL || wts == NULL || nt < 1 || nt > 8;
+    if (!failed) {
+        axis_table(h, full_h, oh, idx, idx + oh, wts, wts + oh);
+        axis_table(w, full_w, ow, idx + 2 * oh, idx + 2 * oh + ow, wts + 2 * oh, wts + 2 * oh + ow);
+    }
+    const int32_t *r0 = idx, *r1 = idx + oh, *c0 = idx + 2 * oh, *c1 = idx + 2 * oh + ow;
+    const float *hw0 = wts, *hw1 = wts + oh, *cw0 = wts + 2 * oh, *cw1 = wts + 2 * oh + ow;
+#pragma omp parallel num_threads(threads) if (threads > 1 && !failed)
+    {
+        float* rows = failed ? NULL : malloc(sizeof(float) * (2 * (size_t)ow + (size_t)h) + (size_t)ow + 8);
+        if (rows == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        uint8_t* colhit = rows == NULL ? NULL : (uint8_t*)(rows + 2 * ow + h);
+        float lowest = tb;
+        for (int k = 0; k < nt; k++) lowest = thr[k] < lowest ? thr[k] : lowest;
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < n; m++) {
+            if (rows == NULL) continue;
+            const float* x = low + m * h * w;
+            int64_t have[2] = {-1, -1}, cnt[8] = {0}, y0 = -1, y1 = -1;
+            memset(colhit, 0, (size_t)ow + 8);
+            __m256 vt[8];
+            for (int k = 0; k < nt; k++) vt[k] = _mm256_set1_ps(thr[k]);
+            const __m256 vb = _mm256_set1_ps(tb);
+            float* rmax = rows + 2 * ow;
+            row_max(x, h, w, rmax);
+            for (int64_t o = 0; o < oh; o++) {
+                if (rows_below(rmax, r0[o], r1[o], lowest)) continue; /* no pixel of this row above any threshold */
+                int s0 = have[0] == r0[o] ? 0 : have[1] == r0[o] ? 1 : -1;
+                if (s0 < 0) {
+                    s0 = have[0] == r1[o] ? 1 : 0;
+                    width_pass(x + (int64_t)r0[o] * w, ow, c0, c1, cw0, cw1, rows + s0 * ow);
+                    have[s0] = r0[o];
+                }
+                int s1 = have[0] == r1[o] ? 0 : have[1] == r1[o] ? 1 : -1;
+                if (s1 < 0) {
+                    s1 = 1 - s0;
+                    width_pass(x + (int64_t)r1[o] * w, ow, c0, c1, cw0, cw1, rows + s1 * ow);
+                    have[s1] = r1[o];
+                }
+                const float *t0 = rows + s0 * ow, *t1 = rows + s1 * ow;
+                const float h0 = hw0[o], h1 = hw1[o];
+                const __m256 vh0 = _mm256_set1_ps(h0), vh1 = _mm256_set1_ps(h1);
+                int row_hit = 0;
+                int64_t c = 0;
+                for (; c + 8 <= ow; c += 8) {
+                    __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(t0 + c), vh0, _mm256_mul_ps(_mm256_loadu_ps(t1 + c), vh1));
+                    for (int k = 0; k < nt; k++)
+                        cnt[k] += __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, vt[k], _CMP_GT_OQ)));
+                    int hit = _mm256_movemask_ps(_mm256_cmp_ps(v, vb, _CMP_GT_OQ));
+                    colhit[c >> 3] |= (uint8_t)hit;
+                    row_hit |= hit;
+                }
+                for (; c < ow; c++) {
+                    float v = fmaf(t0[c], h0, t1[c] * h1);
+                    for (int k = 0; k < nt; k++) cnt[k] += v > thr[k];
+                    if (v > tb) {
+                        colhit[(ow >> 3) + (c & 7)] = 1; /* the tail's columns, one byte each, after the bitmasks */
+                        row_hit = 1;
+                    }
+                }
+                if (row_hit) {
+                    if (y0 < 0) y0 = o;
+                    y1 = o;
+                }
+            }
+            for (int k = 0; k < nt; k++) counts[m * nt + k] = cnt[k];
+            int64_t x0 = -1, x1 = -1;
+            for (int64_t c = 0; c < ow; c++) {
+                int on = c < (ow & ~(int64_t)7) ? (colhit[c >> 3] >> (c & 7)) & 1 : colhit[(ow >> 3) + (c & 7)];
+                if (on) {
+                    if (x0 < 0) x0 = c;
+                    x1 = c;
+                }
+            }
+            int64_t* b = boxes + m * 4;
+            if (y1 < 0) {
+                b[0] = b[1] = b[2] = b[3] = 0;
+            } else {
+                b[0] = x0, b[1] = y0, b[2] = x1, b[3] = y1;
             }
         }
         free(rows);

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "upsample_gt", "upsampled"]
+__all__ = ["available", "stats_apply", "upsample_gt", "upsampled", "upsampled_stats"]
 
 _SOURCE = Path(__file__).with_name("cpu_masks.c")
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -46,9 +46,40 @@ def _call(lib: ctypes.CDLL, low: torch.Tensor, full_hw: tuple[int, int], out_hw:
     return out
 
 
+def _stats(lib: ctypes.CDLL, low: torch.Tensor, full_hw: tuple[int, int], thresholds: tuple[float, ...],
+           box_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    n, h, w = low.shape
+    counts = torch.empty((n, len(thresholds)), dtype=torch.int64)
+    boxes = torch.empty((n, 4), dtype=torch.int64)
+    thr = torch.tensor(thresholds, dtype=torch.float32)
+    rc = lib.geosam_upsample_stats(
+        _P(low.data_ptr()), _I64(n), _I64(h), _I64(w), _I64(full_hw[0]), _I64(full_hw[1]), _P(thr.data_ptr()),
+        _INT(len(thresholds)), ctypes.c_float(box_threshold), _P(counts.data_ptr()), _P(boxes.data_ptr()),
+        _INT(torch.get_num_threads()),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("cpu_masks: out of memory for the upsampling rows")
+    return counts, boxes
+
+
+def _torch_stats(up: torch.Tensor, thresholds: tuple[float, ...], box_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts (N, T) of ``up > t`` and XYXY boxes (N, 4) of ``up > box_threshold`` from the upsampled values."""
+    counts = torch.stack([(up > t).flatten(1).sum(1) for t in thresholds], dim=1)
+    hit = up > box_threshold
+    rows, cols = hit.any(2), hit.any(1)
+    ar_r, ar_c = torch.arange(rows.shape[1]), torch.arange(cols.shape[1])
+    y0 = torch.where(rows, ar_r, rows.shape[1]).amin(1)
+    y1 = torch.where(rows, ar_r, -1).amax(1)
+    x0 = torch.where(cols, ar_c, cols.shape[1]).amin(1)
+    x1 = torch.where(cols, ar_c, -1).amax(1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+    return counts, torch.where((y1 < 0)[:, None], torch.zeros_like(boxes), boxes)
+
+
 def _reproduces_torch(lib: ctypes.CDLL) -> bool:
     """Whether the kernel gives torch's upsampled values and masks here (edges, crops, 2x / 4x, wide ranges)."""
     lib.geosam_upsample_gt.restype = ctypes.c_int
+    lib.geosam_upsample_stats.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(0)
     for (n, h, w), scale, crop in (((3, 32, 40), 4, (128, 160)), ((2, 16, 40), 4, (61, 37)), ((2, 40, 30), 2, (79, 60))):
         low = torch.randn((n, h, w), generator=gen) * torch.logspace(-3, 2, n)[:, None, None]
@@ -59,6 +90,11 @@ def _reproduces_torch(lib: ctypes.CDLL) -> bool:
         for t in (0.0, float(want.flatten()[7])):
             if not torch.equal(_call(lib, low, full, crop, t, values=False), want > t):
                 return False
+        thresholds = (0.0, 0.5, float(want.flatten()[11]))
+        got = _stats(lib, low, full, thresholds, 0.5)
+        ref = _torch_stats(_torch_upsample(low, full, full), thresholds, 0.5)
+        if not (torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])):
+            return False
     return True
 
 
@@ -90,6 +126,11 @@ def _usable(low: torch.Tensor, full_hw: tuple[int, int], out_hw: tuple[int, int]
     return _library()
 
 
+def stats_apply(low: torch.Tensor, full_hw: tuple[int, int]) -> bool:
+    """Whether `upsampled_stats` computes ``low``'s statistics here (else it returns None)."""
+    return _usable(low, full_hw, full_hw) is not None
+
+
 def upsampled(low: torch.Tensor, full_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
     """``F.interpolate(low[:, None], full_hw, "bilinear")[:, 0, :out_h, :out_w]`` (float32, the same bits)."""
     lib = _usable(low, full_hw, out_hw)
@@ -104,3 +145,16 @@ def upsample_gt(low: torch.Tensor, full_hw: tuple[int, int], out_hw: tuple[int, 
     if lib is None:
         return _torch_upsample(low, full_hw, out_hw) > threshold
     return _call(lib, low.contiguous(), full_hw, out_hw, float(threshold), values=False)
+
+
+def upsampled_stats(
+    low: torch.Tensor, full_hw: tuple[int, int], thresholds: tuple[float, ...], box_threshold: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Of ``up = upsampled(low, full_hw, full_hw)``: ``counts`` (N, T) int64, ``(up > t).sum()`` per mask for each
+    of ``thresholds`` (at most 8), and ``boxes`` (N, 4) int64, the inclusive XYXY box of ``up > box_threshold``
+    ((0, 0, 0, 0) if empty), in one pass without storing ``up``. None where the kernel does not apply (then
+    compute them from torch's ``up``)."""
+    lib = _usable(low, full_hw, full_hw) if 1 <= len(thresholds) <= 8 else None
+    if lib is None:
+        return None
+    return _stats(lib, low.contiguous(), full_hw, tuple(float(t) for t in thresholds), float(box_threshold))

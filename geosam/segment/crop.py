@@ -24,7 +24,13 @@ import torch
 
 from geosam.models import SamBundle, decode_points, to_model_frame, upsample_logits, upsample_masks
 from geosam.models.embeddings import MultiEmbeddings
-from geosam.segment.lowres import Cells, cell_bounds, stability_upper_bound_x4, upsampled_x4_stats
+from geosam.segment.lowres import (
+    Cells,
+    cell_bounds,
+    exact_stats_apply,
+    stability_upper_bound_x4,
+    upsampled_x4_stats,
+)
 from geosam.segment.sam_utils import (
     MaskData,
     batched_mask_to_box,
@@ -201,6 +207,9 @@ def _filter_x4_chunks(
         for c in range(0, idx.numel(), UPSAMPLE_CHUNK):
             sub = idx[c : c + UPSAMPLE_CHUNK]
             low = logits[sub]
+            if exact_stats_apply(low):  # the exact statistics cost less than the bound: no bound
+                chunks.append(_score_chunk(bundle, params, frame, low, iou[sub]))
+                continue
             cells = cell_bounds(low)
             bound = stability_upper_bound_x4(low, params.mask_threshold, params.stability_score_offset, cells)
             passing = bound >= params.stability_score_thresh - BOUND_SLACK  # proven: the rest cannot pass

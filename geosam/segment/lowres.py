@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from geosam.models import cpu_masks
+
 
 def _first_last(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the first and last True along the last axis (..., L); L and -1 where there is none."""
@@ -72,6 +74,11 @@ def _cells(lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 #: Corner minimum and maximum of every 2 x 2 cell (N, h-1, w-1) and a per-mask rounding margin (N, 1, 1).
 Cells = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def exact_stats_apply(low: torch.Tensor) -> bool:
+    """Whether `upsampled_x4_stats` of ``low`` runs `geosam.models.cpu_masks` (exact and cheaper than any bound)."""
+    return low.ndim == 3 and cpu_masks.stats_apply(low, (4 * low.shape[1], 4 * low.shape[2]))
 
 
 def cell_bounds(low: torch.Tensor) -> Cells:
@@ -163,9 +170,14 @@ def upsampled_x4_stats(
     ~1 ulp, so a pixel within an ulp of a threshold may count differently; the
     tests find them equal). The 2 px border strips are the 1-D interpolation
     of the border rows / columns. ``cells``: `cell_bounds` of ``low`` if
-    already computed.
+    already computed. Where `geosam.models.cpu_masks.upsampled_stats` applies
+    (float32 on AVX2 CPUs), every pixel is interpolated there instead, torch's
+    values bit for bit, without the cells.
     """
     lo = _check_low(low)
+    exact = cpu_masks.upsampled_stats(lo, (4 * lo.shape[1], 4 * lo.shape[2]), tuple(thresholds), box_threshold)
+    if exact is not None:  # every pixel interpolated as torch does, in one pass (AVX2 CPUs)
+        return exact
     n = lo.shape[0]
     t_all = [float(t) for t in thresholds] + [float(box_threshold)]
     cmin, cmax, margin = cells if cells is not None else _cells(lo)
@@ -244,4 +256,4 @@ def _x4_boxes(
     return torch.where((y1 < 0)[:, None], torch.zeros_like(boxes), boxes)
 
 
-__all__ = ["Cells", "cell_bounds", "stability_upper_bound_x4", "upsampled_x4_stats"]
+__all__ = ["Cells", "cell_bounds", "exact_stats_apply", "stability_upper_bound_x4", "upsampled_x4_stats"]
