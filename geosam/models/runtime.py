@@ -33,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geosam.models import cpu_masks
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import FAST_DECODER_CPU_CHUNK, use_fast_decoder, use_fast_encoder
+from geosam.models.cpu_masks import upsample_gt, upsampled
 from geosam.models.cpu_memory import keep_freed_memory
 from geosam.models.embeddings import MULTI_EMBEDDING_FAMILIES, MultiEmbeddings, decoder_kwargs, encode_family
 
@@ -293,7 +293,7 @@ def upsample_logits(
     """
     x = logits.to(torch.float32)
     if tuple(resized_hw) == tuple(original_hw):
-        return cpu_masks.upsampled(x, (input_size, input_size), (resized_hw[0], resized_hw[1]))
+        return upsampled(x, (input_size, input_size), (resized_hw[0], resized_hw[1]))
     x = F.interpolate(x[:, None], size=(input_size, input_size), mode="bilinear", align_corners=False)
     x = x[..., : resized_hw[0], : resized_hw[1]]
     return F.interpolate(x, size=tuple(original_hw), mode="bilinear", align_corners=False)[:, 0]
@@ -309,7 +309,7 @@ def upsample_masks(
     """``upsample_logits(...) > threshold`` (N, H, W) bool; on the CPU without the float logits where it can."""
     if tuple(resized_hw) == tuple(original_hw):
         hw = (resized_hw[0], resized_hw[1])
-        return cpu_masks.upsample_gt(logits.to(torch.float32), (input_size, input_size), hw, threshold)
+        return upsample_gt(logits.to(torch.float32), (input_size, input_size), hw, threshold)
     return upsample_logits(logits, input_size, resized_hw, original_hw) > threshold
 
 
