@@ -341,7 +341,7 @@ class SamMaskGenerator(BaseMaskGenerator):
             masks = data.masks.numpy()
             if not st.valid.all():  # else the cut copies every mask for nothing
                 masks = masks & st.valid[None]
-            ok = np.count_nonzero(masks.reshape(len(masks), -1), axis=1) >= max(1, self.min_mask_region_area)
+            ok = np.count_nonzero(masks.reshape(len(masks), st.height * st.width), axis=1) >= max(1, self.min_mask_region_area)
             if ok.all():
                 return ChipMasks(masks, data.iou_preds.numpy(), data.stability_score.numpy())
             return ChipMasks(masks[ok], data.iou_preds.numpy()[ok], data.stability_score.numpy()[ok])
