@@ -96,19 +96,62 @@ static void height_pass(const float* t0, const float* t1, float h0, float h1, fl
     for (; o < ow; o++) out[o] = fmaf(t0[o], h0, t1[o] * h1) > thr;
 }
 
+/* The source rows / columns and weights of an upsampled grid's first oh rows and ow columns. */
+typedef struct {
+    int32_t *r0, *r1, *c0, *c1;
+    float *hw0, *hw1, *cw0, *cw1;
+} Grid;
+
+static int grid_make(Grid* g, int64_t h, int64_t w, int64_t full_h, int64_t full_w, int64_t oh, int64_t ow) {
+    int32_t* idx = malloc(sizeof(int32_t) * 2 * (size_t)(oh + ow));
+    float* wts = malloc(sizeof(float) * 2 * (size_t)(oh + ow));
+    if (idx == NULL || wts == NULL) {
+        free(idx);
+        free(wts);
+        return -1;
+    }
+    g->r0 = idx, g->r1 = idx + oh, g->c0 = idx + 2 * oh, g->c1 = idx + 2 * oh + ow;
+    g->hw0 = wts, g->hw1 = wts + oh, g->cw0 = wts + 2 * oh, g->cw1 = wts + 2 * oh + ow;
+    axis_table(h, full_h, oh, g->r0, g->r1, g->hw0, g->hw1);
+    axis_table(w, full_w, ow, g->c0, g->c1, g->cw0, g->cw1);
+    return 0;
+}
+
+static void grid_free(Grid* g) {
+    free(g->r0);
+    free(g->hw0);
+}
+
+/* Output row o's two width-interpolated input rows, from the two buffers in rows (have: the input rows they
+ * hold), computing a row that is not there into the buffer the other wanted row does not hold. */
+static void wanted_rows(const Grid* g, const float* x, int64_t w, int64_t ow, int64_t o, int64_t have[2],
+                        float* rows, const float** t0, const float** t1) {
+    const int32_t a = g->r0[o], b = g->r1[o];
+    int s0 = have[0] == a ? 0 : have[1] == a ? 1 : -1;
+    if (s0 < 0) {
+        s0 = have[0] == b ? 1 : 0;
+        width_pass(x + (int64_t)a * w, ow, g->c0, g->c1, g->cw0, g->cw1, rows + s0 * ow);
+        have[s0] = a;
+    }
+    int s1 = have[0] == b ? 0 : have[1] == b ? 1 : -1;
+    if (s1 < 0) {
+        s1 = 1 - s0;
+        width_pass(x + (int64_t)b * w, ow, g->c0, g->c1, g->cw0, g->cw1, rows + s1 * ow);
+        have[s1] = b;
+    }
+    *t0 = rows + s0 * ow;
+    *t1 = rows + s1 * ow;
+}
+
 /* low: n x h x w float32 (contiguous); out: n x oh x ow bytes, the top-left oh x ow of the full_h x full_w
  * upsampled grid > thr (or, with vals, that grid's values: for the checks). Returns 0, or -1 if out of memory. */
 int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_t full_h, int64_t full_w,
                        int64_t oh, int64_t ow, float thr, uint8_t* out, float* vals, int threads) {
-    int32_t* idx = malloc(sizeof(int32_t) * 2 * (size_t)(oh + ow));
-    float* wts = malloc(sizeof(float) * 2 * (size_t)(oh + ow));
-    int failed = idx == NULL || wts == NULL;
-    if (!failed) {
-        axis_table(h, full_h, oh, idx, idx + oh, wts, wts + oh);
-        axis_table(w, full_w, ow, idx + 2 * oh, idx + 2 * oh + ow, wts + 2 * oh, wts + 2 * oh + ow);
-    }
-    const int32_t *r0 = idx, *r1 = idx + oh, *c0 = idx + 2 * oh, *c1 = idx + 2 * oh + ow;
-    const float *hw0 = wts, *hw1 = wts + oh, *cw0 = wts + 2 * oh, *cw1 = wts + 2 * oh + ow;
+    Grid g;
+    const int made = grid_make(&g, h, w, full_h, full_w, oh, ow) == 0;
+    int failed = !made;
+    const int32_t *r0 = failed ? NULL : g.r0, *r1 = failed ? NULL : g.r1;
+    const float *hw0 = failed ? NULL : g.hw0, *hw1 = failed ? NULL : g.hw1;
 #pragma omp parallel num_threads(threads) if (threads > 1 && !failed)
     {
         float* rows = failed ? NULL : malloc(sizeof(float) * (2 * (size_t)ow + (size_t)h));
@@ -128,27 +171,15 @@ int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_
                     memset(out + (m * oh + o) * ow, 0, (size_t)ow);
                     continue;
                 }
-                int s0 = have[0] == r0[o] ? 0 : have[1] == r0[o] ? 1 : -1;
-                if (s0 < 0) { /* a new row: into the buffer the other wanted row does not hold */
-                    s0 = have[0] == r1[o] ? 1 : 0;
-                    width_pass(x + (int64_t)r0[o] * w, ow, c0, c1, cw0, cw1, rows + s0 * ow);
-                    have[s0] = r0[o];
-                }
-                int s1 = have[0] == r1[o] ? 0 : have[1] == r1[o] ? 1 : -1;
-                if (s1 < 0) {
-                    s1 = 1 - s0;
-                    width_pass(x + (int64_t)r1[o] * w, ow, c0, c1, cw0, cw1, rows + s1 * ow);
-                    have[s1] = r1[o];
-                }
-                const float* t[2] = {rows + s0 * ow, rows + s1 * ow};
+                const float *t0, *t1;
+                wanted_rows(&g, x, w, ow, o, have, rows, &t0, &t1);
                 const int64_t at = (m * oh + o) * ow;
-                height_pass(t[0], t[1], hw0[o], hw1[o], thr, ow, out + at, vals == NULL ? NULL : vals + at);
+                height_pass(t0, t1, hw0[o], hw1[o], thr, ow, out + at, vals == NULL ? NULL : vals + at);
             }
         }
         free(rows);
     }
-    free(idx);
-    free(wts);
+    if (made) grid_free(&g);
     return failed ? -1 : 0;
 }
 
@@ -158,15 +189,11 @@ int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_
 int geosam_upsample_stats(const float* low, int64_t n, int64_t h, int64_t w, int64_t full_h, int64_t full_w,
                           const float* thr, int nt, float tb, int64_t* counts, int64_t* boxes, int threads) {
     const int64_t oh = full_h, ow = full_w;
-    int32_t* idx = malloc(sizeof(int32_t) * 2 * (size_t)(oh + ow));
-    float* wts = malloc(sizeof(float) * 2 * (size_t)(oh + ow));
-    int failed = idx == NULL || wts == NULL || nt < 1 || nt > 8;
-    if (!failed) {
-        axis_table(h, full_h, oh, idx, idx + oh, wts, wts + oh);
-        axis_table(w, full_w, ow, idx + 2 * oh, idx + 2 * oh + ow, wts + 2 * oh, wts + 2 * oh + ow);
-    }
-    const int32_t *r0 = idx, *r1 = idx + oh, *c0 = idx + 2 * oh, *c1 = idx + 2 * oh + ow;
-    const float *hw0 = wts, *hw1 = wts + oh, *cw0 = wts + 2 * oh, *cw1 = wts + 2 * oh + ow;
+    Grid g;
+    const int made = nt >= 1 && nt <= 8 && grid_make(&g, h, w, full_h, full_w, oh, ow) == 0;
+    int failed = !made;
+    const int32_t *r0 = failed ? NULL : g.r0, *r1 = failed ? NULL : g.r1;
+    const float *hw0 = failed ? NULL : g.hw0, *hw1 = failed ? NULL : g.hw1;
 #pragma omp parallel num_threads(threads) if (threads > 1 && !failed)
     {
         float* rows = failed ? NULL : malloc(sizeof(float) * (2 * (size_t)ow + (size_t)h) + (size_t)ow + 8);
@@ -190,19 +217,8 @@ int geosam_upsample_stats(const float* low, int64_t n, int64_t h, int64_t w, int
             row_max(x, h, w, rmax);
             for (int64_t o = 0; o < oh; o++) {
                 if (rows_below(rmax, r0[o], r1[o], lowest)) continue; /* no pixel of this row above any threshold */
-                int s0 = have[0] == r0[o] ? 0 : have[1] == r0[o] ? 1 : -1;
-                if (s0 < 0) {
-                    s0 = have[0] == r1[o] ? 1 : 0;
-                    width_pass(x + (int64_t)r0[o] * w, ow, c0, c1, cw0, cw1, rows + s0 * ow);
-                    have[s0] = r0[o];
-                }
-                int s1 = have[0] == r1[o] ? 0 : have[1] == r1[o] ? 1 : -1;
-                if (s1 < 0) {
-                    s1 = 1 - s0;
-                    width_pass(x + (int64_t)r1[o] * w, ow, c0, c1, cw0, cw1, rows + s1 * ow);
-                    have[s1] = r1[o];
-                }
-                const float *t0 = rows + s0 * ow, *t1 = rows + s1 * ow;
+                const float *t0, *t1;
+                wanted_rows(&g, x, w, ow, o, have, rows, &t0, &t1);
                 const float h0 = hw0[o], h1 = hw1[o];
                 const __m256 vh0 = _mm256_set1_ps(h0), vh1 = _mm256_set1_ps(h1);
                 int row_hit = 0;
@@ -246,7 +262,6 @@ int geosam_upsample_stats(const float* low, int64_t n, int64_t h, int64_t w, int
         }
         free(rows);
     }
-    free(idx);
-    free(wts);
+    if (made) grid_free(&g);
     return failed ? -1 : 0;
 }
