@@ -1,6 +1,7 @@
 """Build and load geosam's small C kernels (AVX2, float32) with the machine's C compiler.
 
-Each kernel is one C file next to its Python module. It is compiled on first
+Each kernel is one C file next to its Python module (with the shared helpers of
+``cpu_vec.h``). It is compiled on first
 use with ``$CC``, ``cc``, ``gcc`` or ``clang`` (``-O2 -mavx2 -mfma
 -ffp-contract=off``, with OpenMP where it links; ~1 s) into
 ``$GEOSAM_KERNEL_CACHE`` (default ``~/.cache/geosam/kernels``; written to a
@@ -66,7 +67,7 @@ def ours(path: Path) -> bool:
 
 def build(source: Path, cc: str) -> Path | None:
     """``source`` compiled (now unless cached) to a shared library; None if it does not build."""
-    text = source.read_bytes()
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # its headers
     for extra in (("-fopenmp",), ()):
         key = hashlib.sha256(text + " ".join((cc, *FLAGS, *extra)).encode()).hexdigest()[:16]
         for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"geosam-kernels-{os.getuid()}"):

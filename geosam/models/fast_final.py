@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from geosam.models.cpu_decoder import quad, quad_reference
 from geosam.models.cpu_gemm import linear
 from geosam.models.fast_twoway import _by_head, _heads, _token_rows, _transposed
 
@@ -104,9 +105,11 @@ def _out_proj_dots(attn: Any, v_tokens: torch.Tensor, xw: torch.Tensor, probs: t
     return e.mul_(probs).sum(dim=(1, 2))
 
 
-def _quad(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """``left[:, :, p]^T gram right[:, :, p]`` for every p: gram (N, R, R'), left (N, R, P), right (N, R', P)."""
-    return torch.bmm(gram, right).mul_(left).sum(dim=1)
+def _quad(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+    """``left[:, :, p]^T gram right[:, :, p]`` for every p: gram (N, R, R'), left (N, R, P), right (N, R', P); with
+    ``symmetric`` (a Gram matrix, right = left) the C kernel visits half of it (`geosam.models.cpu_decoder.quad`)."""
+    got = quad(gram, left, right, symmetric)
+    return quad_reference(gram, left, right) if got is None else got
 
 
 def first_side_stats(
@@ -123,7 +126,7 @@ def first_side_stats(
     mean = torch.bmm(vo.mean(dim=-1)[:, None, :], p)[:, 0].add_(sh["x0_mean"])
     voc = _centred(vo)
     cross = _out_proj_dots(attn, v_tokens, sh["x0c_wo0"], probs).add_(sh["x0c_bo0"])
-    var = _quad(torch.bmm(voc, voc.transpose(1, 2)), p, p).add_(cross, alpha=2.0).add_(sh["x0c_sq"]).div_(c)
+    var = _quad(torch.bmm(voc, voc.transpose(1, 2)), p, p, True).add_(cross, alpha=2.0).add_(sh["x0c_sq"]).div_(c)
     return mean, var.add_(ln.eps).rsqrt_()
 
 
@@ -156,12 +159,12 @@ def second_side_stats(
     # |Ac|^2 = |ax|^2 + 2 ax . Q0^T p0 + p0^T Q0 Q0^T p0, with ax . Q0[r] = (g1 ax) . vo0[r] - mean(vo0[r]) sum(g1 ax)
     ax_q0 = _out_proj_dots(attns[0], v_tokens[0], sh["gax_wo0"], probs[0]).add_(sh["gax_bo0"])
     ax_q0.addcmul_(torch.bmm(vo0.mean(dim=-1)[:, None, :], p0)[:, 0], sh["gax_sum"], value=-1.0)
-    ac_sq = _quad(torch.bmm(q0, q0.transpose(1, 2)), p0, p0).add_(ax_q0, alpha=2.0).add_(sh["ax_sq"])
+    ac_sq = _quad(torch.bmm(q0, q0.transpose(1, 2)), p0, p0, True).add_(ax_q0, alpha=2.0).add_(sh["ax_sq"])
     ac_b = torch.bmm((q0 @ b1c)[:, None, :], p0)[:, 0].add_(sh["ax_b1c"])
     # Ac . U1c = ax . U1 + p0^T (Q0 vo1c^T) p1 (ax is centred)
     ac_u = _out_proj_dots(attns[1], v_tokens[1], sh["ax_wo1"], probs[1]).add_(sh["ax_bo1"])
     ac_u.add_(_quad(torch.bmm(q0, vo1c.transpose(1, 2)), p0, p1))
-    u_sq = _quad(torch.bmm(vo1c, vo1c.transpose(1, 2)), p1, p1)
+    u_sq = _quad(torch.bmm(vo1c, vo1c.transpose(1, 2)), p1, p1, True)
     b_u = torch.bmm((vo1 @ b1c)[:, None, :], p1)[:, 0]
     # |s1 Ac + b1c + U1c|^2
     var = ac_sq.mul_(rstd1).add_(ac_b, alpha=2.0).add_(ac_u, alpha=2.0).mul_(rstd1)

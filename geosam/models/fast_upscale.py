@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from geosam.models.cpu_decoder import upscale_prompt
 from geosam.models.cpu_gemm import bmm, linear
 from geosam.models.fast_twoway import cached
 
@@ -161,6 +162,10 @@ def _upscale_and_predict(
         """(m, rows * ww * 16, K) rows (i, j, a, b, a2, b2) -> masks (m, K, 4 rows, 4 ww) at (4i + 2a + a2, 4j + 2b + b2)."""
         return mb.view(-1, rows, ww, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(-1, k, 4 * rows, 4 * ww)
 
+    # one prompt at a time from conv1's factored form, float32, exact GELU: in one C pass (`geosam.models.cpu_decoder`)
+    fused = None
+    if conv1 is not None and cs == 1 and exact_gelu and tuple(ln.normalized_shape) == (c4,):
+        fused = ((ln.weight, ln.bias, ln.eps), w2.t().contiguous(), b2)
     p = hh * ww
     # CPU: a band of whole embedding rows at a time, so that the features stay in cache up to the output masks
     band = max(1, tile // ww) if x.device.type == "cpu" else hh
@@ -171,6 +176,10 @@ def _upscale_and_predict(
             emb = x[idx[0]]
             hyper_k = hyper[idx[0]].to(dtype).contiguous()  # (K, C8)
             parts = None if conv1 is None else conv1(idx[0])
+            if fused is not None and parts is not None:
+                a, b, cc, sh = parts
+                if upscale_prompt(a, b, cc, sh, fused[0], fused[1], fused[2], hyper_k, (hh, ww), out[idx[0]]):
+                    continue
             for r0 in range(0, hh, band):
                 r1 = min(hh, r0 + band)
                 y = None

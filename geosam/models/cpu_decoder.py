@@ -1,0 +1,179 @@
+"""SAM's mask decoder on AVX2 CPUs (float32): the upscaling of a prompt in one C pass, and the quadratic forms.
+
+`geosam.models.fast_upscale` runs the decoder's output side (upscale_conv1 ->
+LayerNorm -> GELU -> upscale_conv2 -> GELU -> hypernetwork dot products) as
+torch products over bands of positions, each step a pass over memory: per
+prompt of SAM's ViT decoders ~0.5 GFLOP in products and 3 M exact GELUs, with
+the (16 h w, C8) features written and read back between the steps.
+`upscale_prompt` does the same for a block of 12 positions at a time in
+`cpu_decoder.c` (6 x 16 register tiles, a rational erf for the GELU) and
+writes each mask pixel once. `quad` computes the layer norms' quadratic forms
+of `geosam.models.fast_final` (``w^T G w`` at every image position, G 56 x 56
+per prompt) block by block without writing ``G w``, half of G for the
+symmetric ones. AMD EPYC Zen 3, one thread: a prompt's upscaling 9.5 vs ~16
+ms, four prompts' symmetric forms 1.4 vs 4.1 ms (general 2.6); 256 prompts'
+decoding 8.6 vs 10.4 s (medians of 5 alternating, noisy host).
+
+Same functions up to float rounding: the sums run in another order than
+torch's and the GELU is not oneDNN's (error at most 5e-7 for |x| < 3, torch's
+3.7e-7; 1.2e-6 absolute where 1 + erf cancels, x < -2), so the logits differ
+in the last bits (~1e-6 relative). The library is used only after it agrees
+with torch's ops in this process (`_agrees_with_torch`), built and cached by
+`geosam.models.cpu_build` (not with ``GEOSAM_CPU_KERNELS=0``, not where torch
+runs other than its AVX2 kernels). Elsewhere, and for shapes it does not take
+(channels not multiples of 8, other dtypes, approximate GELU), torch's ops run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["available", "quad", "upscale_prompt"]
+
+_SOURCE = Path(__file__).with_name("cpu_decoder.c")
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+
+
+def _call(lib: ctypes.CDLL, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
+          ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
+          hw: tuple[int, int], out: torch.Tensor) -> None:
+    nk, c8 = hyper.shape
+    rc = lib.geosam_upscale_prompt(
+        _P(a.data_ptr()), _I64(a.stride(0)), _I64(a.shape[1]), _P(b.data_ptr()), _P(c.data_ptr()),
+        _P(s.data_ptr()), _I64(s.stride(0)), _P(ln[0].data_ptr()), _P(ln[1].data_ptr()), ctypes.c_float(ln[2]),
+        _P(w2t.data_ptr()), _P(b2.data_ptr()), _P(hyper.data_ptr()), _I64(nk), _I64(w2t.shape[0]), _I64(c8),
+        _I64(hw[0]), _I64(hw[1]), _P(out.data_ptr()), _I64(out[0].numel()), ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("cpu_decoder: out of memory for the upscaling buffers")
+
+
+def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
+              ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
+              hw: tuple[int, int]) -> torch.Tensor:
+    """torch's ops for what `upscale_prompt` computes: (K, 4h, 4w) masks."""
+    hh, ww = hw
+    c4, c8 = w2t.shape[0], hyper.shape[1]
+    y = (a @ b + s * c[:, None]).view(-1, c4)
+    yn = F.gelu(F.layer_norm(y, (c4,), ln[0], ln[1], ln[2]))
+    z = F.gelu(yn @ w2t + b2).view(hh, ww, 2, 2, 2, 2, c8)  # (i, j, a, b, a2, b2, o2)
+    m = z @ hyper.t()  # (..., K)
+    return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * hh, 4 * ww)
+
+
+def _call_quad(lib: ctypes.CDLL, gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, upper: bool) -> torch.Tensor:
+    n, ri, p = left.shape
+    out = torch.empty((n, p), dtype=torch.float32)
+    rc = lib.geosam_quad(
+        _P(gram.data_ptr()), _P(left.data_ptr()), _P(right.data_ptr()), _I64(n), _I64(ri), _I64(right.shape[1]),
+        _I64(p), ctypes.c_int(int(upper)), _P(out.data_ptr()), ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("cpu_decoder: out of memory for the quadratic forms")
+    return out
+
+
+def quad_reference(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """torch's ops for `quad`: ``left[:, :, p]^T gram right[:, :, p]`` for every p, (N, P)."""
+    return torch.bmm(gram, right).mul_(left).sum(dim=1)
+
+
+def _upper(gram: torch.Tensor) -> torch.Tensor:
+    """A symmetric form's upper triangle, the off-diagonal entries doubled: ``w^T gram w = w^T upper w``."""
+    up = gram.triu().mul_(2.0)
+    up.diagonal(dim1=1, dim2=2).mul_(0.5)
+    return up
+
+
+def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
+    """Whether the kernel's masks are torch's to float rounding here (tails of the position blocks and of the
+    register tiles, odd inner sizes, 1 to 4 masks, large and small values), and its quadratic forms."""
+    lib.geosam_upscale_prompt.restype = ctypes.c_int
+    lib.geosam_quad.restype = ctypes.c_int
+    gen = torch.Generator().manual_seed(0)
+    for n, ri, rj, p in ((2, 7, 9, 50), (1, 13, 13, 24), (3, 5, 5, 7)):
+        left, right = torch.rand((n, ri, p), generator=gen), torch.rand((n, rj, p), generator=gen)
+        vi = torch.randn((n, ri, 6), generator=gen)
+        gram = vi @ torch.randn((n, rj, 6), generator=gen).transpose(1, 2)
+        if not torch.allclose(_call_quad(lib, gram, left, right, False), quad_reference(gram, left, right), rtol=1e-4, atol=1e-4):
+            return False
+        if ri == rj:
+            sym = vi @ vi.transpose(1, 2)
+            want = quad_reference(sym, left, left)
+            if not torch.allclose(_call_quad(lib, _upper(sym), left, left, True), want, rtol=1e-4, atol=1e-4):
+                return False
+    for (hh, ww), k1, c4, c8, nk in (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6, 8, 16, 4)):
+        p = hh * ww
+        a = torch.randn((p, k1), generator=gen)
+        b = torch.randn((k1, 4 * c4), generator=gen) / k1**0.5
+        c = torch.rand(p, generator=gen) + 0.5
+        s = torch.randn((p, 4 * c4), generator=gen) * 3
+        ln = (torch.rand(c4, generator=gen) + 0.5, torch.randn(c4, generator=gen), 1e-6)
+        w2t = torch.randn((c4, 4 * c8), generator=gen) / c4**0.5 * 2
+        b2 = torch.randn(4 * c8, generator=gen)
+        hyper = torch.randn((nk, c8), generator=gen)
+        want = reference(a, b, c, s, ln, w2t, b2, hyper, (hh, ww))
+        got = torch.full_like(want, float("nan"))
+        _call(lib, a, b, c, s, ln, w2t, b2, hyper, (hh, ww), got)
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    from geosam.models.cpu_build import load
+
+    return load(_SOURCE, _agrees_with_torch, "mask upscaling")
+
+
+def available() -> bool:
+    """Whether the compiled kernel is in use in this process."""
+    return _library() is not None
+
+
+def quad(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, symmetric: bool = False) -> torch.Tensor | None:
+    """``left[:, :, p]^T gram right[:, :, p]`` for every position p, (N, P), or None where the kernel does not run
+    (then use `quad_reference`). gram (N, R, R'), left (N, R, P), right (N, R', P); ``symmetric``: gram is
+    symmetric and right is left (half the products)."""
+    tensors = (gram, left, right)
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 3 for t in tensors):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    left, right = left.contiguous(), right.contiguous()
+    if symmetric:
+        return _call_quad(lib, _upper(gram).contiguous(), left, left, True)
+    return _call_quad(lib, gram.contiguous(), left, right, False)
+
+
+def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
+                   ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor,
+                   hyper: torch.Tensor, hw: tuple[int, int], out: torch.Tensor) -> bool:
+    """One prompt's masks into ``out`` (K, 4h, 4w) if the kernel takes them (True), else nothing done (False).
+
+    a (P, K1), b (K1, 4 C4), c (P,), s (P, 4 C4): upscale_conv1's output ``a @ b + c s`` at the P = h w image
+    positions (row-major), columns (a, b, o) for output pixel (2i + a, 2j + b); ln: upscale_layer_norm's weight,
+    bias and eps; w2t (C4, 4 C8) and b2 (4 C8): upscale_conv2 as a product, columns (a2, b2, o2); hyper (K, C8).
+    """
+    tensors = (a, b, c, s, ln[0], ln[1], w2t, b2, hyper, out)
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    c4, c8 = w2t.shape[0], hyper.shape[1]
+    if c4 % 8 or c8 % 8 or not out.is_contiguous() or out.shape != (hyper.shape[0], 4 * hw[0], 4 * hw[1]):
+        return False
+    lib = _library()
+    if lib is None:
+        return False
+    a = a if a.stride(1) == 1 else a.contiguous()
+    s = s if s.stride(1) == 1 else s.contiguous()
+    b, c, w2t, b2, hyper = (t.contiguous() for t in (b, c.reshape(-1), w2t, b2, hyper))
+    ln = (ln[0].contiguous(), ln[1].contiguous(), float(ln[2]))
+    _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out)
+    return True

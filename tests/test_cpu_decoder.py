@@ -1,0 +1,168 @@
+"""geosam.models.cpu_decoder: one prompt's mask upscaling in one C pass, torch's masks to float rounding."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from geosam import models as gm
+from geosam.models import cpu_decoder
+from geosam.models.device import cpu_flags
+
+
+def _in_use() -> bool:
+    avx2 = {"avx2", "fma"} <= set(cpu_flags()) and sys.platform.startswith("linux")
+    return avx2 and torch.backends.cpu.get_cpu_capability() == "AVX2" and cpu_decoder.available()
+
+
+needs_kernel = pytest.mark.skipif(not _in_use(), reason="the kernel is used only where torch runs its AVX2 kernels")
+
+
+def _inputs(gen: torch.Generator, hw: tuple[int, int], k1: int, c4: int, c8: int, nk: int):
+    p = hw[0] * hw[1]
+    a = torch.randn((p, k1), generator=gen)
+    b = torch.randn((k1, 4 * c4), generator=gen) / k1**0.5
+    c = torch.rand(p, generator=gen) + 0.5
+    s = torch.randn((p, 4 * c4), generator=gen) * 2
+    ln = (torch.rand(c4, generator=gen) + 0.5, torch.randn(c4, generator=gen), 1e-6)
+    w2t = torch.randn((c4, 4 * c8), generator=gen) / c4**0.5 * 2
+    b2 = torch.randn(4 * c8, generator=gen)
+    hyper = torch.randn((nk, c8), generator=gen)
+    return a, b, c, s, ln, w2t, b2, hyper
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("hw", "k1", "c4", "c8", "nk"),
+    [((64, 64), 116, 64, 32, 3), ((7, 5), 13, 16, 8, 1), ((3, 11), 40, 8, 16, 4), ((1, 1), 1, 8, 8, 2)],
+)
+def test_masks_match_torch(hw, k1: int, c4: int, c8: int, nk: int) -> None:
+    """SAM's shapes and odd ones (position blocks and register tiles with tails, one position, 1 to 4 masks): torch's
+    masks to rounding, every pixel written, and the same bits with 1 and 2 threads."""
+    args = _inputs(torch.Generator().manual_seed(k1), hw, k1, c4, c8, nk)
+    want = cpu_decoder.reference(*args, hw)
+    got = torch.full_like(want, float("nan"))
+    assert cpu_decoder.upscale_prompt(*args, hw, got)
+    assert not bool(got.isnan().any())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5 * float(want.abs().max()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = torch.full_like(want, float("nan"))
+        assert cpu_decoder.upscale_prompt(*args, hw, two)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(two, got)
+
+
+@needs_kernel
+def test_strided_first_product_inputs() -> None:
+    """``a`` and ``s`` as row slices of wider buffers (the plan's reused buffer): read with their strides."""
+    hw, k1, c4, c8 = (4, 6), 10, 8, 8
+    a, b, c, s, ln, w2t, b2, hyper = _inputs(torch.Generator().manual_seed(5), hw, k1, c4, c8, 3)
+    wide_a = torch.cat([a, torch.full((a.shape[0], 3), float("nan"))], dim=1)[:, :k1]
+    wide_s = torch.cat([s, torch.full((s.shape[0], 8), float("nan"))], dim=1)[:, : 4 * c4]
+    got = torch.empty((3, 16, 24))
+    assert cpu_decoder.upscale_prompt(wide_a, b, c, wide_s, ln, w2t, b2, hyper, hw, got)
+    want = cpu_decoder.reference(a, b, c, s, ln, w2t, b2, hyper, hw)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5 * float(want.abs().max()))
+
+
+@needs_kernel
+def test_gelu_accuracy() -> None:
+    """The kernel's GELU against float64, in float32 units of max(1, |GELU|): within 2x of torch's own error for
+    x >= -2; below, where 1 + erf cancels, at most 10 units (1.2e-6 absolute; torch's: 2.2)."""
+    lib = cpu_decoder._library()
+    x = torch.cat([torch.linspace(-12, 12, 2**20), torch.randn(2**18, generator=torch.Generator().manual_seed(1)) * 3])
+    y = torch.empty_like(x)
+    lib.geosam_gelu(ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(y.data_ptr()), ctypes.c_int64(x.numel()))
+    exact = F.gelu(x.double())
+    unit = torch.finfo(torch.float32).eps * exact.abs().clamp_min(1.0)
+    ours, theirs = (y.double() - exact).abs() / unit, (F.gelu(x).double() - exact).abs() / unit
+    right = x >= -2
+    assert float(ours[right].max()) <= 2 * max(1.0, float(theirs[right].max()))
+    assert float(ours.max()) <= 10
+
+
+def test_shapes_and_dtypes_it_does_not_take_are_left_to_torch() -> None:
+    hw = (2, 3)
+    args = _inputs(torch.Generator().manual_seed(2), hw, 5, 8, 4, 2)  # C8 = 4: not a multiple of 8
+    out = torch.empty((2, 8, 12))
+    assert not cpu_decoder.upscale_prompt(*args, hw, out)
+    args = _inputs(torch.Generator().manual_seed(2), hw, 5, 8, 8, 2)
+    as64 = [t.double() if isinstance(t, torch.Tensor) else t for t in args]
+    as64[4] = tuple(t.double() if isinstance(t, torch.Tensor) else t for t in args[4])
+    assert not cpu_decoder.upscale_prompt(*as64, hw, out.double())
+    assert not cpu_decoder.upscale_prompt(*args, hw, torch.empty((2, 12, 8)))  # wrong output shape
+
+
+@needs_kernel
+def test_decoder_masks_with_and_without_the_kernel(monkeypatch) -> None:
+    """SAM's decoder sizes, prompts decoded on one image: the kernel runs once per upscaled prompt, and its masks
+    and IoUs are the torch path's to rounding (the sign of every logit away from zero the same)."""
+    from tests.test_fast_decoder import _sam_size_model
+
+    bundle = gm.SamBundle(
+        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
+    )
+    bundle = dataclasses.replace(bundle, fast_decoder=True)
+    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(2))
+    pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(3)) * bundle.input_size
+    from geosam.models import fast_upscale
+
+    calls = []
+    real = cpu_decoder.upscale_prompt
+
+    def spy(*a, **k):
+        done = real(*a, **k)
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(fast_upscale, "upscale_prompt", spy)
+    with_kernel = gm.decode_points(bundle, emb, pts)
+    assert calls == [True] * 9
+    monkeypatch.setattr(fast_upscale, "upscale_prompt", lambda *a, **k: False)
+    without = gm.decode_points(bundle, emb, pts)
+    (ml, il), (tl, ti) = with_kernel, without
+    scale = float(tl.abs().max())
+    torch.testing.assert_close(ml, tl, rtol=1e-5, atol=1e-5 * scale)
+    assert torch.equal(il, ti)  # the IoUs come from the transformer alone
+    clear = tl.abs() > 1e-4 * scale
+    assert torch.equal((ml > 0)[clear], (tl > 0)[clear])
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "ri", "rj", "p"), [(4, 56, 56, 4096), (2, 7, 9, 50), (1, 5, 5, 24), (3, 1, 3, 1)])
+def test_quadratic_forms_match_torch(n: int, ri: int, rj: int, p: int) -> None:
+    """The layer norms' quadratic forms: general (R x R') and symmetric (half visited), SAM's sizes and odd ones
+    (the last position block partial or alone), 1 and 2 threads the same."""
+    gen = torch.Generator().manual_seed(ri * p)
+    left, right = torch.rand((n, ri, p), generator=gen), torch.rand((n, rj, p), generator=gen)
+    v = torch.randn((n, ri, 16), generator=gen)
+    gram = v @ torch.randn((n, rj, 16), generator=gen).transpose(1, 2)
+    got = cpu_decoder.quad(gram, left, right)
+    assert got is not None and got.shape == (n, p)
+    want = cpu_decoder.quad_reference(gram, left, right)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))  # sums that cancel
+    if ri == rj:
+        sym = v @ v.transpose(1, 2)
+        got = cpu_decoder.quad(sym, left, left, symmetric=True)
+        assert got is not None
+        want = cpu_decoder.quad_reference(sym, left, left)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)
+            assert torch.equal(cpu_decoder.quad(sym, left, left, symmetric=True), got)
+        finally:
+            torch.set_num_threads(before)
+
+
+def test_quadratic_forms_left_to_torch_off_the_cpu_float32_path() -> None:
+    x = torch.rand((1, 3, 10), dtype=torch.float64)
+    assert cpu_decoder.quad(torch.eye(3, dtype=torch.float64)[None], x, x) is None
