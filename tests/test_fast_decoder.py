@@ -340,3 +340,26 @@ def test_upscaling_several_prompts_at_a_time_equals_one_at_a_time(sam_size):
     assert one.shape == several.shape == (5, 3, 256, 256)
     assert torch.isinf(one[[1, 4]]).all() and torch.isinf(several[[1, 4]]).all()
     torch.testing.assert_close(one[[0, 2, 3]], several[[0, 2, 3]], rtol=1e-4, atol=1e-4)
+
+
+def test_chunks_write_into_one_batch_tensor(sam_size) -> None:
+    """A batch over several CPU chunks (the last one partial) gives the stock masks; `fast_decode` writes into the
+    ``out`` it is given (a chunk's slice of the batch's masks) and returns it."""
+    from geosam.models.compile import FAST_DECODER_CPU_CHUNK
+
+    bundle, emb = sam_size
+    n = 2 * FAST_DECODER_CPU_CHUNK + 3
+    pts = torch.rand((n, 2), generator=torch.Generator().manual_seed(12)) * bundle.input_size
+    fast = gm.decode_points(dataclasses.replace(bundle, fast_decoder=True), emb, pts, multimask=True)
+    _close(fast, gm.decode_points(dataclasses.replace(bundle, fast_decoder=False), emb, pts, multimask=True))
+    model = bundle.model
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(
+            input_points=torch.tensor([[[[100.0, 200.0]], [[900.0, 10.0]]]]),
+            input_labels=torch.ones((1, 2, 1), dtype=torch.long), input_boxes=None, input_masks=None,
+        )  # fmt: skip
+        buf = torch.full((5, 3, 256, 256), float("nan"))
+        got, _ = fast_decode(model, emb, sparse[0], dense, True, out=buf[1:3])
+        ref, _ = fast_decode(model, emb, sparse[0], dense, True)
+    assert got.data_ptr() == buf[1:3].data_ptr()
+    assert torch.equal(buf[1:3], ref) and bool(buf[[0, 3, 4]].isnan().all())

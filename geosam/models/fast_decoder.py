@@ -267,6 +267,7 @@ def fast_decode(
     image_pe: torch.Tensor | None = None,
     iou_floor: float | None = None,
     cache: dict[Any, Any] | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's mask decoder for N prompts on one image, same results as ``model.mask_decoder``.
 
@@ -280,7 +281,8 @@ def fast_decode(
     ``iou_floor``, the masks of prompts whose every returned IoU is at or below
     it are ``-inf`` (not computed). ``cache``: a dict the caller passes to every
     call on the same ``image_embeddings`` and ``dense_embeddings`` (e.g. the
-    chunks of one batch of prompts), for what all of them share.
+    chunks of one batch of prompts), for what all of them share. ``out``: a contiguous (N, K, 4h, 4w) tensor
+    to write the masks into (returned), e.g. a chunk's slice of the batch's masks.
     """
     dec = _unwrap(model.mask_decoder)
     tr = dec.transformer
@@ -387,5 +389,7 @@ def fast_decode(
             a, b, c1 = plan.prompt(i, records)
             return a, b, c1, plan.shared
 
-    masks = _upscale_and_predict(dec, keys.reshape(n, hh, ww, c), hyper, rows=rows, conv1=conv1, tile=CPU_TILE_POSITIONS)
+    masks = _upscale_and_predict(
+        dec, keys.reshape(n, hh, ww, c), hyper, rows=rows, conv1=conv1, tile=CPU_TILE_POSITIONS, out=out
+    )
     return masks, iou

@@ -119,6 +119,7 @@ def _upscale_and_predict(
     rows: list[int] | None = None,
     conv1: Any = None,
     tile: int = 1024,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """upscale_conv1 -> LN -> GELU -> upscale_conv2 -> GELU, then hyper @ features, channels-last.
 
@@ -129,7 +130,8 @@ def _upscale_and_predict(
     masks are ``-inf`` (default: all). ``conv1`` (one prompt at a time only):
     prompt i -> ``(A, B, c, S)`` whose ``A @ B + c * S`` (rows: positions) is
     the first product (`_Conv1FromSharedImage`), in place of ``x[i] W1^T + b1``.
-    ``tile``: image positions per band on the CPU (whole embedding rows).
+    ``tile``: image positions per band on the CPU (whole embedding rows). ``out``: where to write the masks (a
+    contiguous (N, K, 4h, 4w) tensor of their dtype, e.g. a slice of a larger batch's), else a new tensor.
     """
     n, hh, ww, c = x.shape
     conv2 = dec.upscale_conv2
@@ -143,7 +145,9 @@ def _upscale_and_predict(
     dtype = torch.promote_types(x.dtype, w1.dtype)
     exact_gelu = isinstance(dec.activation, torch.nn.GELU) and dec.activation.approximate == "none"
     todo = list(range(n)) if rows is None else list(rows)
-    out = torch.empty(n, k, 4 * hh, 4 * ww, dtype=dtype, device=x.device)
+    shape = (n, k, 4 * hh, 4 * ww)
+    if out is None or out.shape != shape or out.dtype != dtype or out.device != x.device or not out.is_contiguous():
+        out = torch.empty(shape, dtype=dtype, device=x.device)
     if len(todo) < n:
         out.fill_(float("-inf"))
     hyper_t = hyper.transpose(1, 2).to(dtype)  # (N, C8, K)

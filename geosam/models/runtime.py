@@ -157,7 +157,7 @@ def _run_decoder(
     if bundle.device.type == "cpu":
         keep_freed_memory()
     if n > 0 and not isinstance(image_embeddings, MultiEmbeddings) and use_fast_decoder(bundle):
-        from geosam.models.fast_decoder import fast_decode, image_positional_embeddings
+        from geosam.models.fast_decoder import _unwrap, fast_decode, image_positional_embeddings
 
         model = bundle.model
         with torch.inference_mode():
@@ -171,13 +171,20 @@ def _run_decoder(
             pe = image_positional_embeddings(model)
             step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
             shared: dict = {}  # what the chunks share (the same image and dense embeddings)
-            parts = [
-                fast_decode(model, emb, sparse[0][s : s + step], dense if dense.shape[0] == 1 else dense[s : s + step],
-                            multimask, pe, iou_floor=iou_floor, cache=shared if dense.shape[0] == 1 else None)
-                for s in range(0, n, step)
-            ]
-            masks = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
-            iou = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+            k = _unwrap(model.mask_decoder).num_mask_tokens - 1 if multimask else 1
+            # the chunks write into one tensor: no concatenation of the batch's masks afterwards
+            masks = torch.empty((n, k, 4 * emb.shape[2], 4 * emb.shape[3]), dtype=torch.float32, device=emb.device)
+            ious = []
+            for s in range(0, n, step):
+                dst = masks[s : s + step]
+                low, iou_s = fast_decode(
+                    model, emb, sparse[0][s : s + step], dense if dense.shape[0] == 1 else dense[s : s + step],
+                    multimask, pe, iou_floor=iou_floor, cache=shared if dense.shape[0] == 1 else None, out=dst,
+                )  # fmt: skip
+                if low.data_ptr() != dst.data_ptr():  # computed in another dtype
+                    dst.copy_(low)
+                ious.append(iou_s)
+            iou = ious[0] if len(ious) == 1 else torch.cat(ious)
         return masks.float(), iou.float()
     with torch.inference_mode(), _autocast(bundle):
         out = bundle.model(**decoder_kwargs(image_embeddings, bundle.device), multimask_output=multimask, **prompts)
