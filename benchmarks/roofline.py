@@ -55,20 +55,22 @@ def flop_counter() -> Any:
 def count_flops(fn: Callable[[], Any], kernels: bool = False) -> int:
     """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call.
 
-    geosam's C attention kernels (`geosam.models.cpu_kernels`, which the counter cannot see) are switched off for
-    the count: the explicit path they reproduce bit for bit runs the same products through torch's ops.
-    ``kernels=True`` leaves them on: the FLOPs a counter sees around a run that uses them (to subtract them).
+    geosam's C kernels with products (`geosam.models.cpu_kernels`: the encoder's attention; `geosam.models.cpu_decoder`:
+    the decoder's upscaling and quadratic forms), which the counter cannot see, are switched off for the count: the
+    paths they stand in for run the same products through torch's ops. ``kernels=True`` leaves them on: the FLOPs
+    a counter sees around a run that uses them (to subtract them).
     """
-    from geosam.models import cpu_kernels
+    from geosam.models import cpu_decoder, cpu_kernels
 
-    library = cpu_kernels._library
+    libraries = cpu_kernels._library, cpu_decoder._library
     if not kernels:
         cpu_kernels._library = lambda: None  # type: ignore[assignment]
+        cpu_decoder._library = lambda: None  # type: ignore[assignment]
     try:
         with torch.inference_mode(), flop_counter() as counter:
             fn()
     finally:
-        cpu_kernels._library = library
+        cpu_kernels._library, cpu_decoder._library = libraries
     return int(counter.get_total_flops())
 
 
