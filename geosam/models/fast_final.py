@@ -22,8 +22,9 @@ with ``ax = (g1 x0c)c`` (once per image) and ``Q0 = (g1 vo0c)c`` (R x C per prom
 Per prompt that is ~0.2 GFLOP of products of inner size 16 (heads) or R (56) and no (P, C) tensor, against
 ~0.37 GFLOP and two layer norms, copies and adds over (P, C) (`geosam.models.fast_twoway._image_side`,
 `_final_image_side_attention`). The statistics are returned as ``records`` for the upscaling's first product
-(`geosam.models.fast_upscale._Conv1FromSharedImage`). Same function up to float rounding (sums associated
-differently). SAM's two-layer decoder only, CPU float32 (where the factored second layer runs).
+(`geosam.models.fast_upscale._Conv1FromSharedImage`). The quadratic forms run in C on AVX2 CPUs
+(`geosam.models.cpu_decoder.quad`: blocks of positions, half of each symmetric Gram matrix). Same function up to
+float rounding (sums associated differently). SAM's two-layer decoder only, CPU float32 (where the factored second layer runs).
 """
 
 from __future__ import annotations
