@@ -24,16 +24,7 @@ needs_kernel = pytest.mark.skipif(not _in_use(), reason="the kernel is used only
 
 
 def _inputs(gen: torch.Generator, hw: tuple[int, int], k1: int, c4: int, c8: int, nk: int):
-    p = hw[0] * hw[1]
-    a = torch.randn((p, k1), generator=gen)
-    b = torch.randn((k1, 4 * c4), generator=gen) / k1**0.5
-    c = torch.rand(p, generator=gen) + 0.5
-    s = torch.randn((p, 4 * c4), generator=gen) * 2
-    ln = (torch.rand(c4, generator=gen) + 0.5, torch.randn(c4, generator=gen), 1e-6)
-    w2t = torch.randn((c4, 4 * c8), generator=gen) / c4**0.5 * 2
-    b2 = torch.randn(4 * c8, generator=gen)
-    hyper = torch.randn((nk, c8), generator=gen)
-    return a, b, c, s, ln, w2t, b2, hyper
+    return cpu_decoder.upscale_inputs(gen, hw, k1, c4, c8, nk)
 
 
 @needs_kernel

@@ -90,6 +90,20 @@ def _upper(gram: torch.Tensor) -> torch.Tensor:
     return up
 
 
+def upscale_inputs(gen: torch.Generator, hw: tuple[int, int], k1: int, c4: int, c8: int, nk: int) -> tuple:
+    """Random inputs of `upscale_prompt` (all but ``hw`` and ``out``) at SAM-like scales, for checks and tests."""
+    p = hw[0] * hw[1]
+    a = torch.randn((p, k1), generator=gen)
+    b = torch.randn((k1, 4 * c4), generator=gen) / k1**0.5
+    c = torch.rand(p, generator=gen) + 0.5
+    s = torch.randn((p, 4 * c4), generator=gen) * 3
+    ln = (torch.rand(c4, generator=gen) + 0.5, torch.randn(c4, generator=gen), 1e-6)
+    w2t = torch.randn((c4, 4 * c8), generator=gen) / c4**0.5 * 2
+    b2 = torch.randn(4 * c8, generator=gen)
+    hyper = torch.randn((nk, c8), generator=gen)
+    return a, b, c, s, ln, w2t, b2, hyper
+
+
 def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
     """Whether the kernel's masks are torch's to float rounding here (tails of the position blocks and of the
     register tiles, odd inner sizes, 1 to 4 masks, large and small values), and its quadratic forms."""
@@ -107,19 +121,11 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
             want = quad_reference(sym, left, left)
             if not torch.allclose(_call_quad(lib, _upper(sym), left, left, True), want, rtol=1e-4, atol=1e-4):
                 return False
-    for (hh, ww), k1, c4, c8, nk in (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6, 8, 16, 4)):
-        p = hh * ww
-        a = torch.randn((p, k1), generator=gen)
-        b = torch.randn((k1, 4 * c4), generator=gen) / k1**0.5
-        c = torch.rand(p, generator=gen) + 0.5
-        s = torch.randn((p, 4 * c4), generator=gen) * 3
-        ln = (torch.rand(c4, generator=gen) + 0.5, torch.randn(c4, generator=gen), 1e-6)
-        w2t = torch.randn((c4, 4 * c8), generator=gen) / c4**0.5 * 2
-        b2 = torch.randn(4 * c8, generator=gen)
-        hyper = torch.randn((nk, c8), generator=gen)
-        want = reference(a, b, c, s, ln, w2t, b2, hyper, (hh, ww))
+    for hw, k1, c4, c8, nk in (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6, 8, 16, 4)):
+        a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
+        want = reference(a, b, c, s, ln, w2t, b2, hyper, hw)
         got = torch.full_like(want, float("nan"))
-        _call(lib, a, b, c, s, ln, w2t, b2, hyper, (hh, ww), got)
+        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got)
         if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
             return False
     return True
