@@ -156,9 +156,7 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
  * the (P,) result written. With `upper` (left = right, a symmetric form given as its upper triangle with the
  * off-diagonal entries doubled, zeros below) only j >= i is visited: half the products. */
 #define QB 24
-#ifndef PF
 #define PF 2 /* blocks ahead to prefetch */
-#endif
 
 static inline __attribute__((always_inline)) void quad_rows(const float* g, int64_t rj, int64_t j0,
                                                             const float* rp, const float* lp, __m256* o,

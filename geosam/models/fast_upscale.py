@@ -185,7 +185,7 @@ def _upscale_and_predict(
             parts = None if conv1 is None else conv1(idx[0])
             if fused is not None and parts is not None:
                 a, b, cc, sh = parts
-                if upscale_prompt(a, b, cc, sh, fused[0], fused[1], fused[2], hyper_k, (hh, ww), out[idx[0]]):
+                if upscale_prompt(a, b, cc, sh, *fused, hyper_k, (hh, ww), out[idx[0]]):
                     continue
             for r0 in range(0, hh, band):
                 r1 = min(hh, r0 + band)
