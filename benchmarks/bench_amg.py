@@ -56,8 +56,11 @@ Metrics (``benchmarks/results/latest.json``), per grid under ``grids``, and coll
 ``mask_agreement`` = min of (fraction of reference masks matched by a geosam mask at IoU >= 0.9) and the
 reverse, pooled over the default and the NMS-free runs; ``overhead_ratio`` = geosam_s / (geosam's encode +
 decode stage time); ``dtype_auto``: what ``dtype="auto"`` resolves to here and the measured figures it rests on.
+With ``--rounds R`` (odd) every grid's timed pass runs R times, interleaved as above: the seconds are each
+variant's median round, the stage times those of geosam's median round, and each round's own times and ratios are
+kept (``seconds_per_round``, ``speedup_vs_<ref>_per_round``): on a noisy host one round's ratio moves by 20 %.
 
-    .venv/bin/python benchmarks/bench_amg.py [--chips 1] [--grids 16 32]
+    .venv/bin/python benchmarks/bench_amg.py [--chips 1] [--grids 16 32] [--rounds 1]
 
 On a GPU machine: ``--device cuda`` (fp16 autocast by ``--dtype auto``).
 
@@ -195,19 +198,29 @@ def pipeline_runner(pipe, args, grid: int, box_nms_thresh: float):
     return run
 
 
-def interleaved(runners: dict, chips) -> tuple[dict[str, float], dict[str, list]]:
-    """Run every runner on chip 1, then every runner on chip 2, ...: seconds and results per runner.
+def interleaved(runners: dict, chips, rounds: int = 1, on_round=None) -> tuple[dict[str, list[float]], dict[str, list]]:
+    """Run every runner on chip 1, then every runner on chip 2, ..., ``rounds`` times over: per runner the seconds of
+    each round (all chips) and the first round's results.
 
     Interleaving puts all variants under the same machine conditions (a shared CPU's speed drifts
-    by tens of percent over minutes), so their ratios hold even when absolute times move.
+    by tens of percent over minutes), so their ratios hold even when absolute times move; more rounds show how
+    far a single round's ratio moves with the machine. ``on_round(i)``: called before round i (e.g. to reset the
+    generators' stage timers).
     """
-    seconds = {name: 0.0 for name in runners}
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
     results: dict[str, list] = {name: [] for name in runners}
-    for chip in chips:
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            results[name].append(run(chip))
-            seconds[name] += time.perf_counter() - t0
+    for r in range(rounds):
+        if on_round is not None:
+            on_round(r)
+        for name in runners:
+            seconds[name].append(0.0)
+        for chip in chips:
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                res = run(chip)
+                seconds[name][-1] += time.perf_counter() - t0
+                if r == 0:
+                    results[name].append(res)
     return seconds, results
 
 
@@ -351,6 +364,9 @@ def main() -> None:
     ap.add_argument("--nms-free-refs", nargs="*", default=["pipeline", "sam_amg"],
                     help="references also run in the NMS-free agreement pass (default both; segment-anything at "
                     "32 x 32 is the longest run of all)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="timed rounds per grid, each every variant on every chip, interleaved; the speedups are the "
+                    "ratios of the median rounds, the rounds' own ratios are kept beside them")
     ap.add_argument("--note", default="shared machine: 2 cores, other jobs running; absolute times inflated and noisy, "
                     "ratios of the interleaved variants hold", help="what the results file says about the machine's load")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
@@ -441,9 +457,19 @@ def main() -> None:
         if refs:
             runners["pipeline"] = pipeline_runner(pipe, args, grid, nms_timed)
             runners["sam_amg"] = sam_amg_runner(sam, args, grid, nms_timed)
-        seconds, masks = interleaved(runners, chips)
-        print(f"grid {grid}:", {k: round(v, 1) for k, v in seconds.items()},
-              {d: {k: round(v, 2) for k, v in gens[d].timings_s.items()} for d in dtypes}, flush=True)
+        stage_rounds: dict[str, list[dict[str, float]]] = {d: [] for d in dtypes}
+
+        def next_round(r: int, stage_rounds=stage_rounds, gens=gens) -> None:
+            for d in dtypes:  # each round's stage times on their own
+                if r > 0:
+                    stage_rounds[d].append(dict(gens[d].timings_s))
+                gens[d].timings_s.clear()
+
+        rounds_s, masks = interleaved(runners, chips, max(1, args.rounds), next_round)
+        next_round(max(1, args.rounds))
+        seconds = {k: float(np.median(v)) for k, v in rounds_s.items()}
+        print(f"grid {grid}:", {k: [round(x, 1) for x in v] for k, v in rounds_s.items()},
+              {d: [{k: round(v, 2) for k, v in st.items()} for st in stage_rounds[d]] for d in dtypes}, flush=True)
         flops: dict[str, list[int]] = {d: [] for d in dtypes}
         all_runners = {f"geosam_{d}": counted(geosam_runner(bundles[d], args, grid, 1.0)[0], flops[d]) for d in dtypes}
         if refs and not single:
@@ -459,9 +485,13 @@ def main() -> None:
                               for c in chips) for d in dtypes}
 
         g: dict = {"seconds": {k: round(v, 3) for k, v in seconds.items()},
-                   "timed_box_nms_thresh": nms_timed}
+                   "timed_box_nms_thresh": nms_timed, "rounds": max(1, args.rounds)}
+        if args.rounds > 1:
+            g["seconds_per_round"] = {k: [round(x, 3) for x in v] for k, v in rounds_s.items()}
         for d in dtypes:
-            st = gens[d].timings_s
+            # the stage times of the round whose geosam time is the median (the one `seconds` reports)
+            times = rounds_s[f"geosam_{d}"]
+            st = stage_rounds[d][int(np.argsort(times)[(len(times) - 1) // 2])]
             dec_flops = model_flops[d] - enc_flops[d] * len(chips)
             dec_flops_seen = sum(flops[d]) - enc_flops_seen[d] * len(chips)
             g[d] = {
@@ -477,6 +507,10 @@ def main() -> None:
             if refs:
                 g[d]["speedup_vs_pipeline"] = round(seconds["pipeline"] / seconds[f"geosam_{d}"], 3)
                 g[d]["speedup_vs_sam_amg"] = round(seconds["sam_amg"] / seconds[f"geosam_{d}"], 3)
+                if args.rounds > 1:  # each round's own ratios: how far one round moves with the machine
+                    for ref in ("pipeline", "sam_amg"):
+                        g[d][f"speedup_vs_{ref}_per_round"] = [
+                            round(a / b, 3) for a, b in zip(rounds_s[ref], rounds_s[f"geosam_{d}"])]
                 for ref in ("pipeline", "sam_amg"):
                     g[d][f"agreement_vs_{ref}"] = agreement_parts(
                         masks[f"geosam_{d}"], masks[ref], masks_all[f"geosam_{d}"], masks_all.get(ref), single

@@ -61,3 +61,24 @@ def test_merged_results_get_bounds_from_the_merged_figures(tmp_path):
     assert set(merged) == {"16x16", "32x32"}
     assert merged["16x16"]["model_s_at_peak"] == 14.0  # at the merged file's 100 GFLOP/s, not 50
     assert merged["32x32"]["model_s_at_peak"] == 30.0
+
+
+def test_interleaved_rounds_time_every_variant_per_round_in_turn():
+    calls: list[tuple[int, str, int]] = []
+    rounds_seen: list[int] = []
+    state = {"round": -1}
+
+    def on_round(r: int) -> None:
+        state["round"] = r
+        rounds_seen.append(r)
+
+    def runner(name: str):
+        return lambda chip: calls.append((state["round"], name, chip)) or f"{name}-{chip}-{state['round']}"
+
+    seconds, results = bench_amg.interleaved({"a": runner("a"), "b": runner("b")}, [0, 1], rounds=3, on_round=on_round)
+    assert rounds_seen == [0, 1, 2]
+    # every round: chip 0 for every variant, then chip 1
+    assert calls == [(r, n, c) for r in range(3) for c in (0, 1) for n in ("a", "b")]
+    assert {k: len(v) for k, v in seconds.items()} == {"a": 3, "b": 3}
+    assert all(x >= 0.0 for v in seconds.values() for x in v)
+    assert results == {"a": ["a-0-0", "a-1-0"], "b": ["b-0-0", "b-1-0"]}  # the first round's results
