@@ -96,7 +96,7 @@ from geosam.models.fast_twoway import (
 )
 from geosam.models.fast_upscale import _Conv1FromSharedImage, _upscale_and_predict
 
-__all__ = ["fast_decode", "fast_decoder_supported", "image_positional_embeddings"]
+__all__ = ["fast_decode", "fast_decoder_supported", "image_positional_embeddings", "returned_mask_tokens"]
 
 
 def _unwrap(module: Any) -> Any:
@@ -258,6 +258,11 @@ def _final_attention(
     return _token_to_image(attn, q_tokens, keys, keys_pos)
 
 
+def returned_mask_tokens(dec: Any, multimask: bool) -> range:
+    """The mask tokens whose masks ``dec`` (a ``SamMaskDecoder``) returns: all but the first with ``multimask``."""
+    return range(1, dec.num_mask_tokens) if multimask else range(1)
+
+
 def fast_decode(
     model: Any,
     image_embeddings: torch.Tensor,
@@ -365,7 +370,7 @@ def fast_decode(
 
     # the final attention only for the tokens read after it (each query row attends on its own): the IoU token and
     # the returned mask tokens, not the unused mask token nor the prompt tokens (4 of 7 rows for one point, multimask)
-    sel = range(1, dec.num_mask_tokens) if multimask else range(1)
+    sel = returned_mask_tokens(dec, multimask)
     used = [0, *(1 + j for j in sel)]
     queries, pe_used = queries[:, used], pe_tok[:, used]
     if last is not None:

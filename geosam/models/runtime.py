@@ -157,7 +157,7 @@ def _run_decoder(
     if bundle.device.type == "cpu":
         keep_freed_memory()
     if n > 0 and not isinstance(image_embeddings, MultiEmbeddings) and use_fast_decoder(bundle):
-        from geosam.models.fast_decoder import _unwrap, fast_decode, image_positional_embeddings
+        from geosam.models.fast_decoder import _unwrap, fast_decode, image_positional_embeddings, returned_mask_tokens
 
         model = bundle.model
         with torch.inference_mode():
@@ -171,7 +171,7 @@ def _run_decoder(
             pe = image_positional_embeddings(model)
             step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
             shared: dict = {}  # what the chunks share (the same image and dense embeddings)
-            k = _unwrap(model.mask_decoder).num_mask_tokens - 1 if multimask else 1
+            k = len(returned_mask_tokens(_unwrap(model.mask_decoder), multimask))
             # the chunks write into one tensor: no concatenation of the batch's masks afterwards
             masks = torch.empty((n, k, 4 * emb.shape[2], 4 * emb.shape[3]), dtype=torch.float32, device=emb.device)
             ious = []
