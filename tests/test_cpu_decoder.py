@@ -157,3 +157,54 @@ def test_quadratic_forms_match_torch(n: int, ri: int, rj: int, p: int) -> None:
 def test_quadratic_forms_left_to_torch_off_the_cpu_float32_path() -> None:
     x = torch.rand((1, 3, 10), dtype=torch.float64)
     assert cpu_decoder.quad(torch.eye(3, dtype=torch.float64)[None], x, x) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "nh", "nt", "p"), [(8, 8, 7, 4096), (2, 3, 1, 72), (1, 2, 8, 8), (3, 5, 4, 136)])
+def test_token_softmax_is_torchs_and_transposes(n: int, nh: int, nt: int, p: int) -> None:
+    """The softmax over the tokens gives torch.softmax(dim=2)'s bits (wide ranges, ties, -inf-free), and the
+    transposed record (N, P, h*T) is exactly those weights; positions past a block of 64 included."""
+    s = torch.randn((n, nh, nt, p), generator=torch.Generator().manual_seed(nt)) * torch.logspace(-2, 2, p)
+    s[..., :4] = 3.0  # ties
+    want = torch.softmax(s, dim=2)
+    pt = torch.full((n, p, nh * nt), float("nan"))
+    got = cpu_decoder.token_softmax(s.clone(), pt)
+    assert got is not None and torch.equal(got, want)
+    assert torch.equal(pt, want.flatten(1, 2).transpose(1, 2))
+    assert torch.equal(cpu_decoder.token_softmax(s.clone()), want)  # without the transposed record
+
+
+def test_token_softmax_left_to_torch_where_it_does_not_fit() -> None:
+    assert cpu_decoder.token_softmax(torch.rand((1, 2, 9, 8))) is None  # more than 8 tokens
+    assert cpu_decoder.token_softmax(torch.rand((1, 2, 3, 12))) is None  # positions not a multiple of 8
+    assert cpu_decoder.token_softmax(torch.rand((1, 2, 3, 8), dtype=torch.float64)) is None
+    assert cpu_decoder.token_softmax(torch.rand((1, 8, 2, 3)).transpose(1, 3)) is None  # not contiguous
+    assert cpu_decoder.token_softmax(torch.rand((1, 2, 3, 8)), torch.empty((1, 8, 5))) is None  # wrong record
+
+
+def test_decoder_weights_are_the_same_with_and_without_the_token_softmax(monkeypatch) -> None:
+    """The decoder's image -> token softmax through the kernel or torch (with torch's transposes): the same masks
+    and IoUs, bit for bit where the kernel runs (it reproduces torch's softmax), else the torch path both times."""
+    from geosam.models import fast_twoway
+    from tests.test_fast_decoder import _sam_size_model
+
+    bundle = gm.SamBundle(
+        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
+    )
+    bundle = dataclasses.replace(bundle, fast_decoder=True)
+    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(4))
+    pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(5)) * bundle.input_size
+    calls = []
+    real = cpu_decoder.token_softmax
+
+    def spy(*a, **k):
+        got = real(*a, **k)
+        calls.append(got is not None)
+        return got
+
+    monkeypatch.setattr(fast_twoway, "token_softmax", spy)
+    with_kernel = gm.decode_points(bundle, emb, pts)
+    assert len(calls) == 4 and all(c == _in_use() for c in calls)  # 2 decoder calls (8 + 1 prompts) x 2 layers
+    monkeypatch.setattr(fast_twoway, "token_softmax", lambda *a, **k: None)
+    without = gm.decode_points(bundle, emb, pts)
+    assert torch.equal(with_kernel[0], without[0]) and torch.equal(with_kernel[1], without[1])

@@ -11,7 +11,8 @@
  * dimension. GELU: 0.5 x (1 + erf(x / sqrt 2)) with Eigen's rational erf (no exp: 3 M per prompt of SAM, 0.6 vs
  * 1.3 ns each for torch's oneDNN GELU on an AMD EPYC Zen 3; error at most 5e-7 for |x| < 3, torch's 3.7e-7).
  * The same function as torch's path up to float rounding (torch's products block their sums differently, its GELU
- * is oneDNN's); geosam/models/cpu_decoder.py checks it against torch before using it.
+ * is oneDNN's); geosam/models/cpu_decoder.py checks it against torch before using it. Below it: 2. the layer norms'
+ * quadratic forms, 3. the image -> token softmax over the tokens (torch's bits).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -246,4 +247,95 @@ int geosam_quad(const float* gram, const float* left, const float* right, int64_
     free(buf);
   }
   return failed ? -1 : 0;
+}
+
+/* 3. The image -> token attentions' softmax over the tokens (geosam/models/fast_twoway.py, fast_factored.py), the bits
+ * of torch.softmax(s, dim=2) on an AVX2 CPU for s (N, H, T, P) float32: ATen's `_vec_softmax` takes 8 positions at
+ * a time, the maximum over the T tokens (vector maximum, NaN-propagating), exp(x - max) with Sleef's expf8_u10, their
+ * sum from zero in token order, then each divided by the sum. Here the same per 8 positions, for all heads of a
+ * prompt at once, optionally also written transposed (`pt`: (N, P, H T), what the upscaling's first product and the
+ * norm statistics read), so that the weights are not read again for the transpose. T <= 8, P a multiple of 8. */
+static inline __m256 vmax_nan(__m256 a, __m256 b) { /* ATen's vec::maximum */
+  return _mm256_or_ps(_mm256_max_ps(a, b), _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+}
+
+/* rows r[0..nt) (8 floats each) -> columns: out[j * so + t] = r[t][j] for t < nt (<= 8), j < 8; writes 8 floats
+ * per output row (zeros past nt) */
+static inline void store_transposed(const __m256* r, int nt, float* out, int64_t so) {
+  const __m256 z = _mm256_setzero_ps();
+  __m256 a0 = r[0], a1 = nt > 1 ? r[1] : z, a2 = nt > 2 ? r[2] : z, a3 = nt > 3 ? r[3] : z, a4 = nt > 4 ? r[4] : z,
+         a5 = nt > 5 ? r[5] : z, a6 = nt > 6 ? r[6] : z, a7 = nt > 7 ? r[7] : z;
+  __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1), t2 = _mm256_unpacklo_ps(a2, a3),
+         t3 = _mm256_unpackhi_ps(a2, a3), t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5),
+         t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE), u2 = _mm256_shuffle_ps(t1, t3, 0x44),
+         u3 = _mm256_shuffle_ps(t1, t3, 0xEE), u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  __m256 c[8] = {_mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+                 _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+                 _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+                 _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+  for (int j = 0; j < 8; j++) _mm256_storeu_ps(out + j * so, c[j]); /* 8 - nt floats past the row's columns */
+}
+
+static inline __attribute__((always_inline)) void token_softmax_block(const float* s, float* y, int64_t p, int64_t p0,
+                                                                       float* pt, int64_t r, const int nt) {
+  __m256 e[8];
+  __m256 mx = _mm256_loadu_ps(s + p0);
+  for (int t = 1; t < nt; t++) mx = vmax_nan(mx, _mm256_loadu_ps(s + t * p + p0));
+  __m256 sum = _mm256_setzero_ps();
+  for (int t = 0; t < nt; t++) {
+    e[t] = exp_u10(_mm256_sub_ps(_mm256_loadu_ps(s + t * p + p0), mx));
+    sum = _mm256_add_ps(sum, e[t]);
+  }
+  for (int t = 0; t < nt; t++) {
+    e[t] = _mm256_div_ps(e[t], sum);
+    _mm256_storeu_ps(y + t * p + p0, e[t]);
+  }
+  if (pt) store_transposed(e, nt, pt + p0 * r, r); /* pt: the block's rows, `r` floats apart */
+}
+
+int geosam_token_softmax(const float* s, float* y, float* pt, int64_t n, int64_t nh, int64_t nt, int64_t p,
+                         int threads) {
+  if (nt < 1 || nt > 8 || p % 8) return -1;
+  const int64_t r = nh * nt;   /* a position's row of pt */
+  const int64_t pb = 64;       /* positions per block */
+  const int64_t rs = r + 8;    /* the block's transposed rows, with room for the 8-wide stores of the last head */
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    float* tmp = pt ? (float*)malloc(sizeof(float) * pb * rs) : NULL;
+    if (pt && !tmp) failed = 1;
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t b0 = 0; b0 < p; b0 += pb) {
+        if (pt && !tmp) continue;
+        const int64_t b1 = b0 + pb < p ? b0 + pb : p;
+        for (int64_t h = 0; h < nh; h++) { /* heads in order: a head's spill is overwritten by the next one */
+          const float* si = s + (i * nh + h) * nt * p;
+          float* yi = y + (i * nh + h) * nt * p;
+          float* ti = tmp ? tmp - b0 * rs + h * nt : NULL; /* row p of the block at ti + p * rs */
+          for (int64_t p0 = b0; p0 < b1; p0 += 8) switch (nt) {
+              case 8: token_softmax_block(si, yi, p, p0, ti, rs, 8); break;
+              case 7: token_softmax_block(si, yi, p, p0, ti, rs, 7); break;
+              case 6: token_softmax_block(si, yi, p, p0, ti, rs, 6); break;
+              case 5: token_softmax_block(si, yi, p, p0, ti, rs, 5); break;
+              case 4: token_softmax_block(si, yi, p, p0, ti, rs, 4); break;
+              case 3: token_softmax_block(si, yi, p, p0, ti, rs, 3); break;
+              case 2: token_softmax_block(si, yi, p, p0, ti, rs, 2); break;
+              default: token_softmax_block(si, yi, p, p0, ti, rs, 1); break;
+            }
+        }
+        if (tmp) /* the block's rows of pt, contiguous */
+          for (int64_t q = b0; q < b1; q++) {
+            const float* src = tmp + (q - b0) * rs;
+            float* dst = pt + (i * p + q) * r;
+            int64_t c = 0;
+            for (; c + 8 <= r; c += 8) _mm256_storeu_ps(dst + c, _mm256_loadu_ps(src + c));
+            for (; c < r; c++) dst[c] = src[c];
+          }
+      }
+    free(tmp);
+  }
+  return failed ? -2 : 0;
 }

@@ -10,11 +10,15 @@ the (16 h w, C8) features written and read back between the steps.
 writes each mask pixel once. `quad` computes the layer norms' quadratic forms
 of `geosam.models.fast_final` (``w^T G w`` at every image position, G 56 x 56
 per prompt) block by block without writing ``G w``, half of G for the
-symmetric ones. AMD EPYC Zen 3, one thread: a prompt's upscaling 9.5 vs ~16
-ms, four prompts' symmetric forms 1.4 vs 4.1 ms (general 2.6); 256 prompts'
-decoding 8.6 vs 10.4 s (medians of 5 alternating, noisy host).
+symmetric ones. `token_softmax` is the image -> token attentions' softmax over
+the tokens with torch's bits, writing the weights transposed in the same pass
+for the records that read them so. AMD EPYC Zen 3, one thread: a prompt's
+upscaling 9.5 vs ~16 ms, four prompts' symmetric forms 1.4 vs 4.1 ms (general
+2.6), eight prompts' token softmax with its transposes 2.9 vs 5.6 ms; 256
+prompts' decoding 8.6 vs 10.4 s (upscaling and forms; medians of 5
+alternating, noisy host).
 
-Same functions up to float rounding: the sums run in another order than
+The upscaling and the forms are the same functions up to float rounding: the sums run in another order than
 torch's and the GELU is not oneDNN's (error at most 5e-7 for |x| < 3, torch's
 3.7e-7; 1.2e-6 absolute where 1 + erf cancels, x < -2), so the logits differ
 in the last bits (~1e-6 relative). The library is used only after it agrees
@@ -33,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "quad", "upscale_prompt"]
+__all__ = ["available", "quad", "token_softmax", "upscale_prompt"]
 
 _SOURCE = Path(__file__).with_name("cpu_decoder.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -76,6 +80,18 @@ def _call_quad(lib: ctypes.CDLL, gram: torch.Tensor, left: torch.Tensor, right: 
     if rc != 0:
         raise MemoryError("cpu_decoder: out of memory for the quadratic forms")
     return out
+
+
+def _call_token_softmax(lib: ctypes.CDLL, s: torch.Tensor, out: torch.Tensor, pt: torch.Tensor | None) -> None:
+    n, nh, nt, p = s.shape
+    rc = lib.geosam_token_softmax(
+        _P(s.data_ptr()), _P(out.data_ptr()), _P(None if pt is None else pt.data_ptr()), _I64(n), _I64(nh), _I64(nt),
+        _I64(p), ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    if rc == -2:
+        raise MemoryError("cpu_decoder: out of memory for the token softmax's buffer")
+    if rc != 0:
+        raise ValueError("cpu_decoder: token_softmax called with a shape it does not take")
 
 
 def quad_reference(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -121,6 +137,14 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
             want = quad_reference(sym, left, left)
             if not torch.allclose(_call_quad(lib, _upper(sym), left, left, True), want, rtol=1e-4, atol=1e-4):
                 return False
+    lib.geosam_token_softmax.restype = ctypes.c_int
+    for shape in ((2, 3, 7, 40), (1, 2, 8, 8), (3, 1, 1, 16), (1, 4, 5, 72)):
+        x = torch.randn(shape, generator=gen) * 20
+        got, pt = torch.empty_like(x), torch.empty((shape[0], shape[3], shape[1] * shape[2]))
+        _call_token_softmax(lib, x, got, pt)
+        want = torch.softmax(x, dim=2)
+        if not (torch.allclose(got, want, rtol=1e-6, atol=1e-7) and torch.equal(pt, got.flatten(1, 2).transpose(1, 2))):
+            return False
     for hw, k1, c4, c8, nk in (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6, 8, 16, 4)):
         a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
         want = reference(a, b, c, s, ln, w2t, b2, hyper, hw)
@@ -157,6 +181,24 @@ def quad(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, symmetric:
     if symmetric:
         return _call_quad(lib, _upper(gram).contiguous(), left, left, True)
     return _call_quad(lib, gram.contiguous(), left, right, False)
+
+
+def token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``torch.softmax(s, dim=2)`` for attention scores s (N, H, T, P) over their T tokens, written over ``s`` (the
+    same bits where torch runs its AVX2 kernels), and the weights also transposed into ``pt`` (N, P, H T) if given;
+    None where the kernel does not run (then nothing is written). Up to 8 tokens, P a multiple of 8."""
+    if not (s.device.type == "cpu" and s.dtype == torch.float32 and s.dim() == 4 and s.is_contiguous()):
+        return None
+    n, nh, nt, p = s.shape
+    if nt > 8 or p % 8:
+        return None
+    if pt is not None and not (pt.dtype == torch.float32 and pt.is_contiguous() and pt.shape == (n, p, nh * nt)):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    _call_token_softmax(lib, s, s, pt)
+    return s
 
 
 def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,

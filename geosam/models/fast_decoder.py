@@ -28,17 +28,14 @@ multiplications touch the h*w positions:
   multiplies its tokens by 16-wide heads against the positions: 7 instead of
   117 MFLOP per product and prompt (AMD EPYC Zen 3, one thread, 256 prompts:
   decoding 9.35 vs 9.96 s CPU time, medians of 5 alternating);
-* on the CPU in float32 the second layer then runs against the first layer's
-  image side in factored form (`geosam.models.fast_factored`: ``keys1 = r g (x0
-  + probs0^T vo0 - mu) + b``), per-head products against x0 projected once plus
-  products of inner size 56 with the first layer's attention weights, and
-  ``keys1 + pos`` is never written (256 prompts, transformer only: 5.38 vs
-  6.15 s, medians of 7);
-* on the CPU in float32 with one image side for all prompts (no mask input),
-  the upscaling's first product is unrolled through the layers' norms to that
-  shared image side (`geosam.models.fast_upscale`): one product for all prompts
-  plus, per prompt, a product of inner size 116 instead of 256 (0.25 instead
-  of 0.54 GFLOP; AMD EPYC Zen 3, one thread: 256 prompts 9.0 vs 9.65 s);
+* on the CPU in float32 the second layer then runs against the first layer's image side in factored form
+  (`geosam.models.fast_factored`: ``keys1 = r g (x0 + probs0^T vo0 - mu) + b``), per-head products against x0
+  projected once plus products of inner size 56 with the first layer's attention weights, and ``keys1 + pos`` is
+  never written (256 prompts, transformer only: 5.38 vs 6.15 s, medians of 7);
+* on the CPU in float32 with one image side for all prompts (no mask input), the upscaling's first product is
+  unrolled through the layers' norms to that shared image side (`geosam.models.fast_upscale`): one product for all
+  prompts plus, per prompt, a product of inner size 116 instead of 256 (0.25 instead of 0.54 GFLOP; AMD EPYC Zen 3,
+  one thread: 256 prompts 9.0 vs 9.65 s); the image -> token weights' softmax writes their transposed record too;
 * with SAM's two layers no image side is written at all (`geosam.models.fast_final`):
   both layer norms' means and deviations are dot products and quadratic forms
   in the attention weights (R x R Gram matrices), and the final attention runs
@@ -46,11 +43,9 @@ multiplications touch the h*w positions:
   per prompt and no (h*w, C) tensor (AMD EPYC Zen 3, one thread, 256 prompts,
   transformer only: 0.89 of the time, 40 alternating pairs); IoUs within 6e-8
   of the previous path, no logit sign change against the stock decoder;
-* otherwise (fewer than 3 prompts without a cache) nothing reads the last
-  layer's image side but the final token -> image
-  attention: it is attended to tile by tile as it is computed, with a running
-  softmax (`_final_image_side_attention`), and never written (AMD EPYC Zen 3,
-  one thread, 256 prompts: 11.18 vs 11.63 s CPU time, medians of 8 alternating);
+* otherwise (fewer than 3 prompts without a cache) nothing reads the last layer's image side but the final token ->
+  image attention: it is attended to tile by tile as it is computed, with a running softmax
+  (`_final_image_side_attention`), never written (Zen 3, 256 prompts: 11.18 vs 11.63 s, medians of 8 alternating);
 * the output upscaling (two 2x2 stride-2 transposed convolutions) runs as
   channels-last matmuls (float32 on the CPU through
   `geosam.models.cpu_gemm.linear`, the second GELU fused), one prompt at
@@ -65,9 +60,8 @@ multiplications touch the h*w positions:
   positional encoding after each image -> token attention; the upscaling) run
   `geosam.models.fast_twoway.CPU_TILE_POSITIONS` image positions at a time, so that their intermediates
   stay in cache;
-* with ``iou_floor`` (segment-everything's ``pred_iou_thresh``), prompts none
-  of whose masks has a predicted IoU above it are not upscaled at all (the
-  predicted IoU needs only the transformer): their logits are ``-inf``. They
+* with ``iou_floor`` (segment-everything's ``pred_iou_thresh``), prompts none of whose masks has a predicted IoU
+  above it are not upscaled at all (the predicted IoU needs only the transformer): their logits are ``-inf``. They
   would be dropped by the IoU filter anyway, so the kept masks are the same.
 
 Same math as the stock decoder; float32 results agree to rounding (~1e-5
@@ -203,8 +197,10 @@ def _cross_attentions(
     keys: torch.Tensor,
     keys_pos: torch.Tensor | None,
     shared: _SharedSide | None,
+    pt: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A two-way layer's token -> image attention, MLP and image -> token attention: ``(queries, probs, vo)``."""
+    """A two-way layer's token -> image attention, MLP and image -> token attention: ``(queries, probs, vo)``;
+    ``pt`` (N, P, h*T) receives the image -> token weights transposed."""
     proj = shared.layer0 if shared is not None and i_layer == 0 else None
     factored = shared is not None and shared.factors(i_layer)
     if factored:
@@ -219,11 +215,11 @@ def _cross_attentions(
     if factored:
         assert shared is not None and shared.layer1 is not None and shared.g is not None
         probs, vo = factored_image_to_token(
-            layer.cross_attn_image_to_token, queries + pe_tok, queries, record, shared.layer1, shared.g
+            layer.cross_attn_image_to_token, queries + pe_tok, queries, record, shared.layer1, shared.g, pt
         )
     else:
         assert keys_pos is not None
-        probs, vo = _image_to_token_parts(layer.cross_attn_image_to_token, keys_pos, queries + pe_tok, queries, proj)
+        probs, vo = _image_to_token_parts(layer.cross_attn_image_to_token, keys_pos, queries + pe_tok, queries, proj, pt)
         if shared is not None and proj is not None:
             shared.probs0 = probs.reshape(probs.shape[0], -1, probs.shape[-1])
     return queries, probs, vo
@@ -348,16 +344,19 @@ def fast_decode(
             queries = queries + layer.self_attn(query=q, key=q, value=queries[None])[0][0]
         queries = layer.layer_norm1(queries)
 
-        queries, probs, vo = _cross_attentions(layer, i_layer, queries, pe_tok, keys, keys_pos, shared)
+        # with no image side written, the weights' transposed record is filled by their softmax
+        r_i2t = int(layer.cross_attn_image_to_token.num_attention_heads) * queries.shape[1]
+        pt = queries.new_empty((n, x0.shape[0], r_i2t)) if unwritten else None
+        queries, probs, vo = _cross_attentions(layer, i_layer, queries, pe_tok, keys, keys_pos, shared, pt)
         stats = None
         if unrolled:
             p_img = probs.shape[-1]
             r = vo.shape[1]
-            stats = (probs.new_empty((n, p_img, r)), probs.new_empty((n, p_img)), probs.new_empty((n, p_img)))
+            stats = (probs.new_empty((n, p_img, r)) if pt is None else pt, *probs.new_empty((2, n, p_img)))
             records.append((stats[0], vo, stats[1], stats[2]))
             if unwritten:
                 sides.append((queries, probs, vo))
-                centred = record_side(tr, sides, stats, records, sh)
+                centred = record_side(tr, sides, stats, records, sh, transposed=True)
                 continue
             if i_layer == len(tr.layers) - 1:  # the last image side only for the final attention: fused with it
                 last = (keys, probs, vo, layer.layer_norm4, stats)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from geosam.models.cpu_gemm import linear
-from geosam.models.fast_twoway import _by_head, _heads, _token_values
+from geosam.models.fast_twoway import _by_head, _heads, _token_softmax, _token_values
 
 __all__ = ["factored_image_to_token", "factored_token_to_image", "layer1_projections"]
 
@@ -101,12 +101,13 @@ def factored_image_to_token(
     record: tuple,
     proj: dict[str, torch.Tensor],
     g: torch.Tensor,
+    pt: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The second layer's image -> token attention as `geosam.models.fast_twoway._image_to_token_parts` returns it,
-    ``(probs (N, h, T, P), vo (N, h*T, C))``, from the first layer's ``record`` and `layer1_projections`."""
+    ``(probs (N, h, T, P), vo (N, h*T, C))``, from the first layer's ``record`` and `layer1_projections`; ``pt``
+    (N, P, h*T) receives the weights transposed (`geosam.models.fast_twoway._token_softmax`)."""
     n, t, _ = k_tokens.shape
     nh, d = _heads(attn)
     k = attn.k_proj(k_tokens).view(n, t, nh, d)
     s = _scores(k, attn.q_proj.weight * float(attn.scaling), proj["q_x"], proj["q_b"], record, g)
-    probs = torch.softmax(s, dim=2, dtype=torch.float32).to(k.dtype)  # over the tokens
-    return probs, _token_values(attn, v_tokens)
+    return _token_softmax(s, pt), _token_values(attn, v_tokens)  # over the tokens

@@ -227,15 +227,18 @@ def record_side(
     stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
     sh: dict[str, torch.Tensor],
+    transposed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Fill ``stats`` (the record of the layer whose image side ``sides[-1]`` = (value tokens, probs, vo) gives)
-    without writing that image side: the weights transposed and the norm's mean and reciprocal deviation
-    (`first_side_stats`, `second_side_stats`; the second layer's from the first's record, ``records[0]``).
-    tr: the two-way transformer; sides, stats, records: as `geosam.models.fast_decoder.fast_decode` keeps them.
-    Returns the second layer's `centred_values` (for `factored_final_attention`), None after the first."""
+    without writing that image side: the weights transposed (unless ``transposed``: there already) and the norm's
+    mean and reciprocal deviation (`first_side_stats`, `second_side_stats`; the second layer's from the first's
+    record, ``records[0]``). tr: the two-way transformer; sides, stats, records: as
+    `geosam.models.fast_decoder.fast_decode` keeps them. Returns the second layer's `centred_values` (for
+    `factored_final_attention`), None after the first."""
     _, probs, vo = sides[-1]
-    for i in range(probs.shape[0]):
-        _transposed(probs[i], stats[0][i])
+    if not transposed:
+        for i in range(probs.shape[0]):
+            _transposed(probs[i], stats[0][i])
     attns = tuple(layer.cross_attn_image_to_token for layer in tr.layers)
     lns = tuple(layer.layer_norm4 for layer in tr.layers)
     centred = None
