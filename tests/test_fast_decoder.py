@@ -282,6 +282,11 @@ def test_default_choice(sam_size) -> None:
     assert use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16))  # CPU: exact beats bf16 stock
     assert not use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=False))
     assert use_fast_decoder(dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=True))
+    # CUDA: float32 decoding (the masks of float32) in every dtype; other devices keep the stock decoder
+    cuda = dataclasses.replace(bundle, device=torch.device("cuda"), dtype=torch.float16)
+    assert use_fast_decoder(cuda) and use_fast_decoder(dataclasses.replace(cuda, dtype=torch.float32))
+    assert not use_fast_decoder(dataclasses.replace(cuda, fast_decoder=False))
+    assert not use_fast_decoder(dataclasses.replace(bundle, device=torch.device("mps")))
     assert not fast_decoder_supported(object())
     assert not use_fast_decoder(dataclasses.replace(bundle, model=torch.nn.Linear(2, 2), fast_decoder=True))
 

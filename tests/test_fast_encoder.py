@@ -125,6 +125,13 @@ def test_encode_dispatch(vit_and_pixels) -> None:
     assert bundle.fast_encoder is None
     assert use_fast_encoder(bundle)  # on the CPU in float32 too (explicit attention, oneDNN products)
     assert not use_fast_encoder(dataclasses.replace(bundle, device=torch.device("meta")))  # off elsewhere by default
+    # on CUDA in float16 / bfloat16 only: in float32 the stock encoder's fused attention is faster there
+    cuda = dataclasses.replace(bundle, device=torch.device("cuda"))
+    assert not use_fast_encoder(cuda)
+    assert use_fast_encoder(dataclasses.replace(cuda, dtype=torch.float16))
+    assert use_fast_encoder(dataclasses.replace(cuda, dtype=torch.bfloat16))
+    assert use_fast_encoder(dataclasses.replace(cuda, fast_encoder=True))
+    assert not use_fast_encoder(dataclasses.replace(cuda, dtype=torch.float16, fast_encoder=False))
     bf16 = dataclasses.replace(bundle, dtype=torch.bfloat16)
     assert use_fast_encoder(bf16)
     assert not use_fast_encoder(dataclasses.replace(bf16, fast_encoder=False))

@@ -360,6 +360,16 @@ def test_x4_filter_in_chunks_equals_one_chunk(bundle: SamBundle, fake_decoder, m
     assert sum(scored1) == sum(scored3) and max(scored3) <= 3 and len(scored3) > len(scored1)
 
 
+def test_filter_chunk_is_cache_sized_on_the_cpu_and_large_on_a_gpu(monkeypatch) -> None:
+    """The CPU filters `UPSAMPLE_CHUNK` masks at a time (cache), a GPU `DEVICE_CHUNK` (launches and syncs per step);
+    the chunk never changes the result (`test_x4_filter_in_chunks_equals_one_chunk`)."""
+    assert crop.filter_chunk(torch.device("cpu")) == crop.UPSAMPLE_CHUNK
+    assert crop.filter_chunk(torch.device("cuda")) == crop.DEVICE_CHUNK >= 16 * crop.UPSAMPLE_CHUNK
+    monkeypatch.setattr(crop, "DEVICE_CHUNK", 5)
+    assert crop.filter_chunk(torch.device("cuda", 1)) == 5
+    assert crop.filter_chunk(torch.device("cpu")) == crop.UPSAMPLE_CHUNK
+
+
 def test_min_mask_region_area_drops_small_masks(bundle: SamBundle, fake_decoder) -> None:
     g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=500)
     out = g.generate(make_chip(256, 256))

@@ -88,15 +88,17 @@ class SamBundle:
     capabilities: what the model can be asked (declared by its loader; SAM's by default).
     fast_decoder: decode prompts with `geosam.models.fast_decoder.fast_decode` (same
         math as the stock mask decoder, faster on a CPU for many prompts per image).
-        None (default): on the CPU, whatever the encoder's dtype (exact float32
-        decoding there is faster than bf16 autocast of the stock decoder); True:
+        None (default): on the CPU and on CUDA, whatever the encoder's dtype (exact
+        float32 decoding is faster than bf16 autocast of the stock decoder on a CPU,
+        as fast as its float16 autocast on an H200, and keeps float32's masks); True:
         whenever the model has transformers' SAM decoder layout, on any device and
         dtype - the decoder then runs in float32 (no autocast), giving the float32
         stock results; False: always the stock ``SamModel.forward``.
     fast_encoder: encode images with `geosam.models.fast_encoder.fast_image_embeddings`
         (relative-position attention without the dense bias matrix, float32 products
         through oneDNN; same math, faster on the CPU in float32 and bf16). None
-        (default): on the CPU, any dtype; True: whenever the encoder has
+        (default): on the CPU, any dtype; on CUDA in float16 / bfloat16 (in float32
+        the stock encoder's fused attention is faster there); True: whenever the encoder has
         transformers' SAM ViT layout (any device); False: always the stock
         ``get_image_embeddings``.
     """

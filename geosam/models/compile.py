@@ -34,23 +34,30 @@ def _fast_path(choice: bool | None, default_on: bool, supported: Callable[[], bo
 def use_fast_encoder(bundle: SamBundle) -> bool:
     """Whether ``encode`` takes `geosam.models.fast_encoder.fast_image_embeddings` (``SamBundle.fast_encoder``).
 
-    Default (None): on the CPU, in every dtype (float32 through its explicit attention and oneDNN products).
+    Default (None): on the CPU, in every dtype (float32 through its explicit attention and oneDNN products); on
+    CUDA in float16 / bfloat16 only (an H200: 13.2 vs 15.3 ms per 1024 px image in float16, but 100 vs 41 ms in
+    float32, where the stock encoder's fused attention wins; ``benchmarks/results/cuda_h200/``).
     """
     from geosam.models.fast_encoder import fast_encoder_supported
 
-    default_on = bundle.device.type == "cpu"
+    kind = bundle.device.type
+    default_on = kind == "cpu" or (kind == "cuda" and bundle.dtype != torch.float32)
     return _fast_path(getattr(bundle, "fast_encoder", None), default_on, lambda: fast_encoder_supported(bundle.model))
 
 
 def use_fast_decoder(bundle: SamBundle) -> bool:
     """Whether ``decode`` takes `geosam.models.fast_decoder.fast_decode` (``SamBundle.fast_decoder``).
 
-    Default (None): on the CPU, whatever the encoder's dtype - there the exact
-    float32 fast decoder beats even bf16 autocast of the stock decoder.
+    Default (None): on the CPU and on CUDA, whatever the encoder's dtype. On the CPU the exact float32 fast
+    decoder beats even bf16 autocast of the stock decoder. On CUDA it decodes in float32 as fast as the stock
+    decoder under float16 autocast (an H200, 32 x 32 points on two chips: 0.40 s either way, 0.67 s for the stock
+    decoder in float32), and its masks are float32's: agreement with the float32 pipeline 0.993-0.997 with a
+    float16 encoder, where the stock decoder under float16 autocast gave 0.56-0.60 on the benchmark's model
+    (``benchmarks/results/cuda_h200/``).
     """
     from geosam.models.fast_decoder import fast_decoder_supported
 
-    default_on = bundle.device.type == "cpu"
+    default_on = bundle.device.type in ("cpu", "cuda")
     return _fast_path(getattr(bundle, "fast_decoder", None), default_on, lambda: fast_decoder_supported(bundle.model))
 
 

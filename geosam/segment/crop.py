@@ -44,8 +44,19 @@ from geosam.segment.sam_utils import (
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-#: Masks upsampled to the chip at once (bounds memory: chunk x crop pixels float32).
+#: Masks filtered and upsampled to the chip at once on the CPU (bounds memory: chunk x crop pixels float32; each
+#: chunk's logits and counts stay in cache from the stability bound to the exact statistics).
 UPSAMPLE_CHUNK = 16
+
+#: The same on a GPU, where each step of a chunk is a few kernel launches and host synchronisations whatever its
+#: size: 16 masks at a time took 1.6 of 2.0 s of a 32 x 32 grid on two chips (H200, float16; see
+#: docs/performance.md, "CUDA").
+DEVICE_CHUNK = 256
+
+
+def filter_chunk(device: torch.device) -> int:
+    """Masks per filter / upsampling step on ``device`` (`UPSAMPLE_CHUNK` on the CPU, `DEVICE_CHUNK` elsewhere)."""
+    return UPSAMPLE_CHUNK if device.type == "cpu" else DEVICE_CHUNK
 
 #: Score and box masks from their low-res logits and upsample only NMS survivors where the crop is
 #: the model's input size and wholly valid; False: upsample every candidate (same results, slower).
@@ -174,8 +185,9 @@ def _process_batch(
             logits, iou = logits[keep], iou[keep]
         chunks = []
         stage = "filter" if frame.x4 else "upsample"
-        for c in range(0, logits.shape[0], UPSAMPLE_CHUNK):
-            part = slice(c, c + UPSAMPLE_CHUNK)
+        step = filter_chunk(bundle.device)
+        for c in range(0, logits.shape[0], step):
+            part = slice(c, c + step)
             with timer(stage):
                 chunks.append(_score_chunk(bundle, params, frame, logits[part], iou[part]))
     if not chunks:
@@ -194,7 +206,7 @@ def _iou_keep(params: FilterParams, iou: torch.Tensor) -> torch.Tensor:
 def _filter_x4_chunks(
     bundle: SamBundle, params: FilterParams, frame: CropFrame, logits: torch.Tensor, iou: torch.Tensor, timer: Timer
 ) -> list[MaskData]:
-    """The IoU filter, the stability bound and `_score_chunk` on a 4x frame, `UPSAMPLE_CHUNK` masks at a time.
+    """The IoU filter, the stability bound and `_score_chunk` on a 4x frame, `filter_chunk` masks at a time.
 
     Each chunk's logits, cell bounds and flags stay in cache from the bound to
     the exact statistics (all steps are per mask, so the survivors are those of
@@ -204,8 +216,9 @@ def _filter_x4_chunks(
     chunks: list[MaskData] = []
     with timer("filter"):
         idx = _iou_keep(params, iou).nonzero()[:, 0]
-        for c in range(0, idx.numel(), UPSAMPLE_CHUNK):
-            sub = idx[c : c + UPSAMPLE_CHUNK]
+        step = filter_chunk(bundle.device)
+        for c in range(0, idx.numel(), step):
+            sub = idx[c : c + step]
             low = logits[sub]
             if exact_stats_apply(low):  # the exact statistics cost less than the bound: no bound
                 chunks.append(_score_chunk(bundle, params, frame, low, iou[sub]))
@@ -264,12 +277,13 @@ def _score_chunk(
 
 
 def _upsample(bundle: SamBundle, frame: CropFrame, params: FilterParams, low: torch.Tensor) -> torch.Tensor:
-    """Bool crop-frame masks (N, h, w) on the CPU from low-res logits, `UPSAMPLE_CHUNK` at a time."""
+    """Bool crop-frame masks (N, h, w) on the CPU from low-res logits, `filter_chunk` at a time."""
+    step = filter_chunk(bundle.device)
     out = [
-        upsample_masks(low[c : c + UPSAMPLE_CHUNK], bundle.input_size, frame.resized, frame.hw, params.mask_threshold).cpu()
-        for c in range(0, low.shape[0], UPSAMPLE_CHUNK)
+        upsample_masks(low[c : c + step], bundle.input_size, frame.resized, frame.hw, params.mask_threshold).cpu()
+        for c in range(0, low.shape[0], step)
     ]
     return torch.cat(out) if out else torch.zeros((0, *frame.hw), dtype=torch.bool)
 
 
-__all__ = ["LAZY_UPSAMPLE", "UPSAMPLE_CHUNK", "CropFrame", "FilterParams", "StageTimer", "process_crop"]
+__all__ = ["DEVICE_CHUNK", "LAZY_UPSAMPLE", "UPSAMPLE_CHUNK", "CropFrame", "FilterParams", "StageTimer", "filter_chunk", "process_crop"]
