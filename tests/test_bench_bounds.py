@@ -82,3 +82,24 @@ def test_interleaved_rounds_time_every_variant_per_round_in_turn():
     assert {k: len(v) for k, v in seconds.items()} == {"a": 3, "b": 3}
     assert all(x >= 0.0 for v in seconds.values() for x in v)
     assert results == {"a": ["a-0-0", "a-1-0"], "b": ["b-0-0", "b-1-0"]}  # the first round's results
+
+
+@pytest.mark.slow
+def test_bench_cuda_runs_its_sections_on_the_cpu(tmp_path):
+    """`benchmarks/bench_cuda.py` end to end on the CPU (tiny encoder, 2 x 2 points): every geosam variant timed
+    with its stages, and the filter-chunk A/B with the same masks at every chunk."""
+    out = tmp_path / "cuda.json"
+    cmd = [sys.executable, str(BENCH / "bench_cuda.py"), "--device", "cpu", "--dtypes", "float32", "--encoder-layers",
+           "1", "--grids", "2", "--rounds", "1", "--chips", "1", "--chip-size", "256", "--sections", "grid",
+           "--filter-chunks", "16", "256", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    r = json.loads(out.read_text())
+    assert r["errors"] == {}
+    g = r["grids"]["2x2"]
+    names = {"geosam_float32_fast_off", "geosam_float32_fast_on"}
+    assert set(g["seconds"]) == names and all(s > 0 for s in g["seconds"].values())
+    assert set(g["stage_s"]) == names and all("encode" in st and "decode" in st for st in g["stage_s"].values())
+    assert set(g["masks_without_nms"]) == names
+    fc = r["filter_chunk"]
+    assert set(fc["seconds"]) == {"geosam_float32_fast_off_chunk_16", "geosam_float32_fast_off_chunk_256"}
+    assert all(fc["masks_equal_to_first_chunk"].values())
