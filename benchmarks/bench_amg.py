@@ -62,7 +62,8 @@ kept (``seconds_per_round``, ``speedup_vs_<ref>_per_round``): on a noisy host on
 
     .venv/bin/python benchmarks/bench_amg.py [--chips 1] [--grids 16 32] [--rounds 1]
 
-On a GPU machine: ``--device cuda`` (fp16 autocast by ``--dtype auto``).
+On a GPU machine use ``benchmarks/bench_cuda.py``: it synchronises the device around every timed call and
+measures the GPU's own matmul peaks (this script's encoder timings and peaks are the CPU's).
 
 With 1 chip and both grids this takes ~10 minutes on a quiet 2-core CPU (the references dominate).
 """
