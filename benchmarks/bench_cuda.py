@@ -255,8 +255,8 @@ def main() -> None:
 
     section("encoder", section_encoder)
 
-    def runner(b, grid: int, nms: float, **kw):
-        gen = SamMaskGenerator(b, points_per_side=grid, points_per_batch=kw.get("ppb", args.points_per_batch),
+    def runner(b, grid: int, nms: float):
+        gen = SamMaskGenerator(b, points_per_side=grid, points_per_batch=args.points_per_batch,
                                pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
                                box_nms_thresh=nms)
         return (lambda chip: gen.generate(chip).masks), gen
