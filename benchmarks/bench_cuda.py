@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--chip-size", type=int, default=1024)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
+    ap.add_argument("--fast-paths", nargs="+", choices=["off", "on"], default=["off", "on"],
+                    help="geosam's own encoder and decoder: off (the stock modules), on, or both side by side")
     ap.add_argument("--grids", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10, help="encoder timings per setting")
@@ -209,7 +211,7 @@ def main() -> None:
         SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(tmp)
         base = load_model(tmp, device=str(device), dtype="float32")
     bundles = {(d, fast): dataclasses.replace(base, dtype=getattr(torch, d), fast_encoder=fast, fast_decoder=fast)
-               for d in args.dtypes for fast in (False, True)}
+               for d in args.dtypes for fast in (f == "on" for f in args.fast_paths)}
 
     def name(d: str, fast: bool) -> str:
         return f"geosam_{d}_fast_{'on' if fast else 'off'}"
@@ -371,9 +373,8 @@ def main() -> None:
 
         grid = args.grids[-1]
         runners, gens = {}, {}
-        for d, fast in (("float16", True), ("float32", False)):
-            if (d, fast) not in bundles:
-                continue
+        wanted = [v for v in (("float16", True), ("float32", False)) if v in bundles] or [next(iter(bundles))]
+        for d, fast in wanted:
             for c in args.filter_chunks:
                 run, gen = runner(bundles[(d, fast)], grid, args.box_nms_thresh)
                 key = f"{name(d, fast)}_chunk_{c}"

@@ -86,20 +86,21 @@ def test_interleaved_rounds_time_every_variant_per_round_in_turn():
 
 @pytest.mark.slow
 def test_bench_cuda_runs_its_sections_on_the_cpu(tmp_path):
-    """`benchmarks/bench_cuda.py` end to end on the CPU (tiny encoder, 2 x 2 points): every geosam variant timed
-    with its stages, and the filter-chunk A/B with the same masks at every chunk."""
+    """`benchmarks/bench_cuda.py` end to end on the CPU (tiny encoder, 2 x 2 points, geosam's modules): the geosam
+    variant timed with its stages, and the filter-chunk A/B with the same masks at every chunk."""
     out = tmp_path / "cuda.json"
     cmd = [sys.executable, str(BENCH / "bench_cuda.py"), "--device", "cpu", "--dtypes", "float32", "--encoder-layers",
-           "1", "--grids", "2", "--rounds", "1", "--chips", "1", "--chip-size", "256", "--sections", "grid",
+           "1", "--fast-paths", "on", "--grids", "2", "--rounds", "1", "--chips", "1", "--chip-size", "256",
+           "--sections", "grid",
            "--filter-chunks", "16", "256", "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     r = json.loads(out.read_text())
     assert r["errors"] == {}
     g = r["grids"]["2x2"]
-    names = {"geosam_float32_fast_off", "geosam_float32_fast_on"}
+    names = {"geosam_float32_fast_on"}
     assert set(g["seconds"]) == names and all(s > 0 for s in g["seconds"].values())
     assert set(g["stage_s"]) == names and all("encode" in st and "decode" in st for st in g["stage_s"].values())
     assert set(g["masks_without_nms"]) == names
     fc = r["filter_chunk"]
-    assert set(fc["seconds"]) == {"geosam_float32_fast_off_chunk_16", "geosam_float32_fast_off_chunk_256"}
+    assert set(fc["seconds"]) == {"geosam_float32_fast_on_chunk_16", "geosam_float32_fast_on_chunk_256"}
     assert all(fc["masks_equal_to_first_chunk"].values())
