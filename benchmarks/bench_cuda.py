@@ -283,6 +283,29 @@ def main() -> None:
 
         return sam_amg_runner(refs["sam"], args, grid, nms)
 
+    def timed_rounds(runners: dict, gens: dict) -> tuple[dict, dict, dict]:
+        """``runners`` interleaved for ``--rounds`` rounds, each call timed with the device synchronised: the
+        results' seconds (median round), per round, and the stage times of each generator in ``gens`` in its
+        median round; the first round's masks; each runner's seconds per round, unrounded."""
+        stages: dict = {n: [] for n in gens}
+
+        def on_round(r: int) -> None:
+            for n, g in gens.items():
+                if r > 0:
+                    stages[n].append(dict(g.timings_s))
+                g.timings_s.clear()
+
+        timed = {n: (lambda chip, run=run: clock(lambda: run(chip))[1]) for n, run in runners.items()}
+        rounds_s, masks = interleaved(timed, chips, args.rounds, on_round)
+        on_round(args.rounds)
+        out: dict = {"seconds": {n: round(float(np.median(v)), 4) for n, v in rounds_s.items()},
+                     "seconds_per_round": {n: [round(x, 4) for x in v] for n, v in rounds_s.items()}, "stage_s": {}}
+        for n in gens:
+            if n in rounds_s and stages[n]:
+                st = stages[n][int(np.argsort(rounds_s[n])[(len(rounds_s[n]) - 1) // 2])]
+                out["stage_s"][n] = {k: round(v, 4) for k, v in st.items()}
+        return out, masks, rounds_s
+
     result["grids"] = {}
     for grid in args.grids:
         def section_grid(grid: int = grid) -> None:
@@ -299,24 +322,8 @@ def main() -> None:
                 except Exception as exc:  # noqa: BLE001
                     result["errors"][f"{grid}x{grid}:{n}"] = f"{type(exc).__name__}: {exc}"
                     del runners[n]
-            stages: dict = {n: [] for n in gens}
-
-            def on_round(r: int) -> None:
-                for n, g in gens.items():
-                    if r > 0:
-                        stages[n].append(dict(g.timings_s))
-                    g.timings_s.clear()
-
-            timed = {n: (lambda chip, run=run: clock(lambda: run(chip))[1]) for n, run in runners.items()}
-            rounds_s, masks = interleaved(timed, chips, args.rounds, on_round)
-            on_round(args.rounds)
+            g, masks, rounds_s = timed_rounds(runners, gens)
             seconds = {n: float(np.median(v)) for n, v in rounds_s.items()}
-            g: dict = {"seconds": {n: round(v, 4) for n, v in seconds.items()},
-                       "seconds_per_round": {n: [round(x, 4) for x in v] for n, v in rounds_s.items()}, "stage_s": {}}
-            for n in gens:
-                if n in rounds_s and stages[n]:
-                    st = stages[n][int(np.argsort(rounds_s[n])[(len(rounds_s[n]) - 1) // 2])]
-                    g["stage_s"][n] = {k: round(v, 4) for k, v in st.items()}
             for ref in ("pipeline", "sam_amg"):
                 if ref in seconds:
                     g[f"speedup_vs_{ref}"] = {n: round(seconds[ref] / seconds[n], 2) for n in seconds if n.startswith("geosam")}
@@ -378,26 +385,13 @@ def main() -> None:
             for c in args.filter_chunks:
                 run, gen = runner(bundles[(d, fast)], grid, args.box_nms_thresh)
                 key = f"{name(d, fast)}_chunk_{c}"
-                runners[key] = lambda chip, run=run, c=c: (setattr(crop, "DEVICE_CHUNK", c), clock(lambda: run(chip))[1])[1]
+                runners[key] = lambda chip, run=run, c=c: (setattr(crop, "DEVICE_CHUNK", c), run(chip))[1]
                 gens[key] = gen
         for run in runners.values():
             run(chips[0])
-        stages: dict = {n: [] for n in gens}
-
-        def on_round(r: int) -> None:
-            for n, g in gens.items():
-                if r > 0:
-                    stages[n].append(dict(g.timings_s))
-                g.timings_s.clear()
-
-        rounds_s, masks = interleaved(runners, chips, args.rounds, on_round)
-        on_round(args.rounds)
-        out: dict = {"grid": grid, "seconds": {n: round(float(np.median(v)), 4) for n, v in rounds_s.items()},
-                     "seconds_per_round": {n: [round(x, 4) for x in v] for n, v in rounds_s.items()}, "stage_s": {},
-                     "masks_equal_to_first_chunk": {}}
+        timed, masks, _ = timed_rounds(runners, gens)
+        out: dict = {"grid": grid, **timed, "masks_equal_to_first_chunk": {}}
         for n in gens:
-            st = stages[n][int(np.argsort(rounds_s[n])[(len(rounds_s[n]) - 1) // 2])]
-            out["stage_s"][n] = {k: round(v, 4) for k, v in st.items()}
             first = n.rsplit("_chunk_", 1)[0] + f"_chunk_{args.filter_chunks[0]}"
             out["masks_equal_to_first_chunk"][n] = all(
                 np.array_equal(a, b) for a, b in zip(masks[n], masks[first])) and len(masks[n]) == len(masks[first])
