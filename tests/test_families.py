@@ -54,6 +54,59 @@ def test_runtime_matches_the_model_forward(tiny_family_dirs: dict[str, str], fam
     torch.testing.assert_close(iou, ref.iou_scores[0], rtol=1e-4, atol=1e-4)
 
 
+def test_sam_hq_runs_geosam_encoder_with_the_global_layers_outputs(tiny_family_dirs: dict[str, str]) -> None:
+    """SAM-HQ's ViT is SAM's: on the CPU geosam's fast encoder runs it by default, and gives the stock encoder's
+    embedding and its global-attention layers' outputs (the HQ decoder's ``intermediate_embeddings``)."""
+    import dataclasses
+
+    from geosam.models.compile import use_fast_encoder
+
+    b = load_model(tiny_family_dirs["sam_hq"], device="cpu", dtype="float32")
+    stock = dataclasses.replace(b, fast_encoder=False)
+    assert use_fast_encoder(b) and not use_fast_encoder(stock)
+    rng = np.random.default_rng(2)
+    pv, _, _ = preprocess(b, [rng.integers(0, 255, (300, 400, 3), dtype=np.uint8) for _ in range(2)])
+    fast, ref = encode(b, pv), encode(stock, pv)
+    n_global = sum(int(layer.window_size) == 0 for layer in b.model.vision_encoder.layers)
+    assert len(fast.extras) == len(ref.extras) == n_global >= 1
+    torch.testing.assert_close(fast.main, ref.main, rtol=1e-4, atol=1e-5)
+    for got, want in zip(fast.extras, ref.extras, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    pts = torch.tensor([[100.0, 200.0], [600.0, 300.0]])
+    for got, want in zip(decode_points(b, fast[1:2], pts), decode_points(stock, ref[1:2], pts), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["sam_hq", "sam2"])
+def test_stock_decoder_runs_in_cpu_chunks_with_the_masks_of_one_call(tiny_family_dirs: dict[str, str],
+                                                                     family: str) -> None:
+    """On the CPU the model's own decoder sees `STOCK_DECODER_CPU_CHUNK` prompts per call (last chunk partial), and
+    the batch's logits and IoUs are those of one forward of the model on all prompts."""
+    from geosam.models import STOCK_DECODER_CPU_CHUNK
+
+    b = load_model(tiny_family_dirs[family], device="cpu", dtype="float32")
+    img = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    pv, _, _ = preprocess(b, [img])
+    emb = encode(b, pv)
+    n = 2 * STOCK_DECODER_CPU_CHUNK + 1
+    pts = torch.rand((n, 2), generator=torch.Generator().manual_seed(3)) * 1000
+    calls: list[int] = []
+    hook = b.model.mask_decoder.register_forward_hook(lambda m, a, k, o: calls.append(1), with_kwargs=True)
+    try:
+        logits, iou = decode_points(b, emb, pts, iou_floor=0.0)
+    finally:
+        hook.remove()
+    assert len(calls) == 3
+    with torch.inference_mode():
+        ref = b.model(pixel_values=pv, input_points=pts[None, :, None, :],
+                      input_labels=torch.ones(1, n, 1, dtype=torch.long), multimask_output=True)
+    assert logits.shape == ref.pred_masks[0].shape and iou.shape == ref.iou_scores[0].shape
+    torch.testing.assert_close(iou, ref.iou_scores[0], rtol=1e-4, atol=1e-4)
+    kept = (ref.iou_scores[0] > 0.0).any(dim=1)  # iou_floor: prompts with no IoU above it are -inf
+    torch.testing.assert_close(logits[kept], ref.pred_masks[0][kept], rtol=1e-4, atol=1e-4)
+    assert bool(torch.isneginf(logits[~kept]).all())
+
+
 @pytest.mark.parametrize("family", ["sam_hq", "sam2"])
 def test_segment_scene_and_prompts(tiny_family_dirs: dict[str, str], two_chip_scene: str, family: str) -> None:
     gdf = geosam.segment_scene(two_chip_scene, model=tiny_family_dirs[family], chip_size_px=400, overlap_px=32,

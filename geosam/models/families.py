@@ -105,13 +105,17 @@ def load_pretrained(name: str, class_name: str, device: torch.device) -> tuple[A
 
 
 def load_sam_hq(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
-    """A transformers SAM-HQ checkpoint (``model_type == "sam_hq"``): SAM's preprocessing, HQ decoder."""
+    """A transformers SAM-HQ checkpoint (``model_type == "sam_hq"``): SAM's preprocessing, HQ decoder.
+
+    Its encoder is SAM's ViT: geosam's fast encoder runs it where it runs SAM's (``fast_encoder`` left to the
+    device's default), and returns the global layers' outputs the HQ decoder reads besides.
+    """
     model, pp, _, _ = load_pretrained(name, "SamHQModel", device)
     size = int(model.config.vision_config.image_size)
     longest = int((pp.get("size") or {}).get("longest_edge", size))
     return SamBundle(model=model, processor=None, device=device, dtype=dtype, name=name,
                      **preprocessing(pp, SAM_IMAGE_MEAN, SAM_IMAGE_STD), longest_edge=min(longest, size),
-                     input_size=size, capabilities=SAM_HQ_CAPABILITIES, fast_decoder=False, fast_encoder=False)
+                     input_size=size, capabilities=SAM_HQ_CAPABILITIES, fast_decoder=False)  # fmt: skip
 
 
 def load_sam2(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:

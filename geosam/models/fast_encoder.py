@@ -327,13 +327,21 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.add_(layer.mlp(layer.layer_norm2(x)))
 
 
-def fast_image_embeddings(model: Any, pixel_values: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def fast_image_embeddings(
+    model: Any,
+    pixel_values: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    intermediates: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``model.get_image_embeddings(pixel_values)`` (B, C, h, w) with mask-free relative-position attention.
 
     dtype: compute dtype; other than float32 the forward runs under autocast
     (as `geosam.models.encode` does) and attention in that dtype. Default:
     the autocast dtype if autocast is on, else float32. Float32 runs the
     explicit attention of `_attention_f32` (see the module docstring).
+
+    intermediates: a list to which the output (B, H, W, C) of every global-attention layer (``window_size`` 0) is
+    appended, as SAM-HQ's vision encoder returns them (its ``intermediate_embeddings``).
     """
     device_type = pixel_values.device.type
     if dtype is None:
@@ -351,4 +359,6 @@ def fast_image_embeddings(model: Any, pixel_values: torch.Tensor, dtype: torch.d
         buffers: dict[str, torch.Tensor] = {}
         for layer in enc.layers:
             x = _layer_f32(layer, x, buffers) if dtype == torch.float32 else _layer(layer, x, dtype)
+            if intermediates is not None and layer.window_size == 0:
+                intermediates.append(x.clone())  # x is the residual stream, updated in place by the next layers
         return enc.neck(x)

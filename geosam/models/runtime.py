@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
-from geosam.models.compile import FAST_DECODER_CPU_CHUNK, use_fast_decoder, use_fast_encoder
+from geosam.models.compile import FAST_DECODER_CPU_CHUNK, STOCK_DECODER_CPU_CHUNK, use_fast_decoder, use_fast_encoder
 from geosam.models.cpu_masks import upsample_gt, upsampled
 from geosam.models.cpu_memory import keep_freed_memory
 from geosam.models.embeddings import MULTI_EMBEDDING_FAMILIES, MultiEmbeddings, decoder_kwargs, encode_family
@@ -129,6 +129,12 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | Mult
     if bundle.device.type == "cpu":
         keep_freed_memory()
     family = bundle.capabilities.family
+    if family == "sam_hq" and use_fast_encoder(bundle):  # SAM's ViT, and its global layers' outputs besides
+        from geosam.models.fast_encoder import fast_image_embeddings
+
+        inter: list[torch.Tensor] = []
+        main = fast_image_embeddings(bundle.model, pv, bundle.dtype, intermediates=inter)
+        return MultiEmbeddings(main, tuple(inter), family)
     if family in MULTI_EMBEDDING_FAMILIES:
         with torch.inference_mode(), _autocast(bundle):
             return encode_family(bundle.model, family, pv)
@@ -186,12 +192,41 @@ def _run_decoder(
                 ious.append(iou_s)
             iou = ious[0] if len(ious) == 1 else torch.cat(ious)
         return masks.float(), iou.float()
-    with torch.inference_mode(), _autocast(bundle):
-        out = bundle.model(**decoder_kwargs(image_embeddings, bundle.device), multimask_output=multimask, **prompts)
-    masks, iou = out.pred_masks[0].float(), out.iou_scores[0].float()
+    masks, iou = _stock_decoder(bundle, image_embeddings, multimask, n, prompts)
     if iou_floor is not None:  # as the fast decoder: prompts with no mask above the floor are -inf
         masks = torch.where((iou > iou_floor).any(dim=1)[:, None, None, None], masks, float("-inf"))
     return masks, iou
+
+
+def _stock_decoder(
+    bundle: SamBundle,
+    image_embeddings: torch.Tensor | MultiEmbeddings,
+    multimask: bool,
+    n: int,
+    prompts: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own forward on the decoder's side: ``(masks (N, K, h, w), iou (N, K))`` float32.
+
+    On the CPU `STOCK_DECODER_CPU_CHUNK` prompts per call (the prompts are independent: the same masks), written
+    into one tensor; elsewhere all at once.
+    """
+    step = STOCK_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else max(n, 1)
+    image_side = decoder_kwargs(image_embeddings, bundle.device)
+    masks: torch.Tensor | None = None
+    ious = []
+    with torch.inference_mode(), _autocast(bundle):
+        for s in range(0, max(n, 1), step):
+            part = {k: v[:, s : s + step] for k, v in prompts.items()}  # (1, N, ...): prompts on axis 1
+            out = bundle.model(**image_side, multimask_output=multimask, **part)
+            low = out.pred_masks[0]
+            if n <= step:
+                return low.float(), out.iou_scores[0].float()
+            if masks is None:
+                masks = torch.empty((n, *low.shape[1:]), dtype=torch.float32, device=low.device)
+            masks[s : s + low.shape[0]] = low
+            ious.append(out.iou_scores[0].float())
+    assert masks is not None
+    return masks, torch.cat(ious)
 
 
 def decode(
