@@ -166,7 +166,7 @@ def main() -> None:
             same, differing, logit_diff, sign_flips, iou_diff = True, 0, 0.0, 0, 0.0
             for r in range(args.rounds):
                 order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
-                masks = {}
+                saved = {}
                 for v in order:
                     mpath = os.path.join(tmp, f"{family}_{v}.npz")
                     cmd = [
@@ -184,15 +184,15 @@ def main() -> None:
                     ]
                     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                     runs[v].append(json.loads(out.strip().splitlines()[-1]))
-                    masks[v] = dict(np.load(mpath))
+                    saved[v] = dict(np.load(mpath))
                     print(family, r, v, runs[v][-1], flush=True)
-                a, b = masks["chunked"]["masks"], masks["one_call"]["masks"]
+                a, b = saved["chunked"]["masks"], saved["one_call"]["masks"]
                 same = same and bool(np.array_equal(a, b))
                 differing = max(differing, int(np.unpackbits(a ^ b).sum()) if a.shape == b.shape else -1)
-                la, lb = masks["chunked"]["logits"], masks["one_call"]["logits"]
+                la, lb = saved["chunked"]["logits"], saved["one_call"]["logits"]
                 logit_diff = max(logit_diff, float(np.abs(la - lb).max()))
                 sign_flips = max(sign_flips, int(((la > 0) != (lb > 0)).sum()))
-                iou_diff = max(iou_diff, float(np.abs(masks["chunked"]["iou"] - masks["one_call"]["iou"]).max()))
+                iou_diff = max(iou_diff, float(np.abs(saved["chunked"]["iou"] - saved["one_call"]["iou"]).max()))
             med = {v: statistics.median(x["wall_s"] for x in runs[v]) for v in VARIANTS}
             result["families"][family] = {
                 "wall_s_median": med,

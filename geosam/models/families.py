@@ -115,7 +115,7 @@ def load_sam_hq(name: str, device: torch.device, dtype: torch.dtype) -> SamBundl
     longest = int((pp.get("size") or {}).get("longest_edge", size))
     return SamBundle(model=model, processor=None, device=device, dtype=dtype, name=name,
                      **preprocessing(pp, SAM_IMAGE_MEAN, SAM_IMAGE_STD), longest_edge=min(longest, size),
-                     input_size=size, capabilities=SAM_HQ_CAPABILITIES, fast_decoder=False)  # fmt: skip
+                     input_size=size, capabilities=SAM_HQ_CAPABILITIES, fast_decoder=False)
 
 
 def load_sam2(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
