@@ -11,6 +11,9 @@ with the same points per side, thresholds and NMS:
 * ``geosam_float32_chunk_<n>`` (``--chunks``): float32 with the model's own decoder on ``n`` prompts per call
   (`geosam.models.runtime.STOCK_DECODER_CPU_CHUNK`, which the runtime applies on the CPU only; here it is forced
   on any device, to check that choice);
+* ``geosam_float32_hf_decoder`` (``--hf-hq-decoder``, SAM-HQ): float32 with transformers' SAM-HQ decoder forward
+  instead of geosam's (`geosam.models.hq_decoder`), as before geosam decoded SAM-HQ itself: a speed reference (that
+  forward's masks are not SAM-HQ's, and it returns three per prompt where SAM-HQ's decoder returns one);
 * ``pipeline``: ``transformers.pipeline("mask-generation")`` in float32 (its NMS patched to geosam's, as in
   `bench_amg`, since torchvision is optional).
 
@@ -70,6 +73,12 @@ def main() -> None:
         default=[],
         help="float32 variants with the stock decoder forced to this many prompts per call",
     )
+    ap.add_argument(
+        "--hf-hq-decoder",
+        action="store_true",
+        help="SAM-HQ also through transformers' decoder forward "
+        "(geosam_float32_hf_decoder: the path before geosam's own HQ decoder)",
+    )
     ap.add_argument("--grids", type=int, nargs="+", default=[16])
     ap.add_argument("--chips", type=int, default=2)
     ap.add_argument("--chips-npz", help="chips saved by bench_cuda.py --save-chips (else read with geosam.read.scene)")
@@ -91,6 +100,7 @@ def main() -> None:
     from bench_cuda import Clock, load_array_chips
     from transformers import pipeline
 
+    import geosam.models.hq_decoder as hqd
     import geosam.models.runtime as rt
     from geosam.models import load_model
     from geosam.segment import SamMaskGenerator
@@ -130,7 +140,8 @@ def main() -> None:
     print(result["env"], flush=True)
     chips = load_array_chips(args.chips_npz, args.chips, 1024)
 
-    def geosam_run(bundle, grid: int, nms: float, chunk: int | None):
+    def geosam_run(bundle, grid: int, nms: float, patch: dict | None = None):
+        """A runner of geosam's generator; ``patch``: ``{(module, attribute): value}`` replaced during its calls."""
         gen = SamMaskGenerator(
             bundle,
             points_per_side=grid,
@@ -139,16 +150,16 @@ def main() -> None:
             stability_score_thresh=args.stability_score_thresh,
             box_nms_thresh=nms,
         )
-        real_step = rt._stock_decoder
 
         def run(chip):
-            if chunk is None:
-                return gen.generate(chip).masks
-            rt._stock_decoder = _forced_step(real_step, chunk)  # the runtime chunks on the CPU only
+            saved = {k: getattr(*k) for k in patch or {}}
+            for (mod, name), v in (patch or {}).items():
+                setattr(mod, name, v)
             try:
                 return gen.generate(chip).masks
             finally:
-                rt._stock_decoder = real_step
+                for (mod, name), v in saved.items():
+                    setattr(mod, name, v)
 
         return run, gen
 
@@ -181,7 +192,12 @@ def main() -> None:
                     for c in args.chunks:
                         if "float32" in bundles:
                             n = f"geosam_float32_chunk_{c}"
-                            runners[n], gens[n] = geosam_run(bundles["float32"], grid, args.box_nms_thresh, c)
+                            forced = {(rt, "_stock_decoder"): _forced_step(rt._stock_decoder, c)}
+                            runners[n], gens[n] = geosam_run(bundles["float32"], grid, args.box_nms_thresh, forced)
+                    if args.hf_hq_decoder and family == "sam_hq" and "float32" in bundles:
+                        n = "geosam_float32_hf_decoder"
+                        old_path = {(hqd, "decode_prompts"): _transformers_hq(rt)}
+                        runners[n], gens[n] = geosam_run(bundles["float32"], grid, args.box_nms_thresh, old_path)
                     runners["pipeline"] = pipeline_runner(pipe, args, grid, args.box_nms_thresh)
                     timed = {n: (lambda chip, run=run: clock(lambda: run(chip))[1]) for n, run in runners.items()}
                     for n, run in list(timed.items()):  # warm-up; a variant this device cannot run is dropped
@@ -241,6 +257,20 @@ def _processor(path: str):
     from transformers import AutoImageProcessor
 
     return AutoImageProcessor.from_pretrained(path)
+
+
+def _transformers_hq(rt):
+    """`hq_decoder.decode_prompts` as SAM-HQ decoded before geosam decoded SAM-HQ itself: transformers' forward (in
+    `STOCK_DECODER_CPU_CHUNK` prompts per call on the CPU), K = 3 with multimask; a speed reference only (that
+    forward upscales a transposed, never updated image side: see `geosam.models.hq_decoder`)."""
+
+    def old(bundle, embeddings, multimask, iou_floor, n, prompts):
+        masks, iou = rt._stock_decoder(bundle, embeddings, multimask, n, prompts)
+        if iou_floor is not None:
+            masks = torch.where((iou > iou_floor).any(dim=1)[:, None, None, None], masks, float("-inf"))
+        return masks, iou
+
+    return old
 
 
 def _forced_step(real, chunk: int):

@@ -14,6 +14,7 @@ from geosam.cli.main import cli
 from geosam.errors import ModelLoadError
 from geosam.models import decode_points, encode, load_model, preprocess
 from geosam.models.embeddings import MultiEmbeddings
+from tests._sam_hq_reference import reference_hq_decode
 from tests.data.make_scenes import make_oracle_scene
 
 FEW = {"points_per_side": 2, "points_per_batch": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
@@ -48,10 +49,16 @@ def test_runtime_matches_the_model_forward(tiny_family_dirs: dict[str, str], fam
     pts = torch.tensor([[100.0, 200.0], [600.0, 300.0]])
     logits, iou = decode_points(b, emb[1:2], pts)
     with torch.inference_mode():
-        ref = b.model(pixel_values=pv[1:2], input_points=pts[None, :, None, :],
-                      input_labels=torch.ones(1, 2, 1, dtype=torch.long), multimask_output=True)
-    torch.testing.assert_close(logits, ref.pred_masks[0], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(iou, ref.iou_scores[0], rtol=1e-4, atol=1e-4)
+        if family == "sam_hq":  # the authors' decoder (transformers' forward upscales the wrong image side)
+            main, inter = b.model.get_image_embeddings(pv[1:2])
+            ref_masks, ref_iou = reference_hq_decode(b.model, main, inter[0], pts[None, :, None, :],
+                                                     torch.ones(1, 2, 1, dtype=torch.long), None, multimask=True)
+        else:
+            ref = b.model(pixel_values=pv[1:2], input_points=pts[None, :, None, :],
+                          input_labels=torch.ones(1, 2, 1, dtype=torch.long), multimask_output=True)
+            ref_masks, ref_iou = ref.pred_masks[0], ref.iou_scores[0]
+    torch.testing.assert_close(logits, ref_masks, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(iou, ref_iou, rtol=1e-4, atol=1e-4)
 
 
 def test_sam_hq_runs_geosam_encoder_with_the_global_layers_outputs(tiny_family_dirs: dict[str, str]) -> None:
@@ -77,7 +84,7 @@ def test_sam_hq_runs_geosam_encoder_with_the_global_layers_outputs(tiny_family_d
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["sam_hq", "sam2"])
+@pytest.mark.parametrize("family", ["sam2"])
 def test_stock_decoder_runs_in_cpu_chunks_with_the_masks_of_one_call(tiny_family_dirs: dict[str, str],
                                                                      family: str) -> None:
     """On the CPU the model's own decoder sees `STOCK_DECODER_CPU_CHUNK` prompts per call (last chunk partial), and
@@ -105,6 +112,71 @@ def test_stock_decoder_runs_in_cpu_chunks_with_the_masks_of_one_call(tiny_family
     kept = (ref.iou_scores[0] > 0.0).any(dim=1)  # iou_floor: prompts with no IoU above it are -inf
     torch.testing.assert_close(logits[kept], ref.pred_masks[0][kept], rtol=1e-4, atol=1e-4)
     assert bool(torch.isneginf(logits[~kept]).all())
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_sam_hq_decodes_as_its_authors_decoder(tiny_family_dirs: dict[str, str], multimask: bool) -> None:
+    """SAM-HQ decodes through geosam's decoder: in CPU chunks (last one partial), points and boxes, the masks and
+    IoUs of SAM-HQ's own decoder (SysCV's, transcribed in tests/_sam_hq_reference.py), one mask per prompt; with
+    ``iou_floor`` the prompts at or below it are -inf; transformers' forward is never called."""
+    from geosam.models import FAST_DECODER_CPU_CHUNK, decode
+
+    b = load_model(tiny_family_dirs["sam_hq"], device="cpu", dtype="float32")
+    img = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    pv, _, _ = preprocess(b, [img])
+    emb = encode(b, pv)
+    n = 2 * FAST_DECODER_CPU_CHUNK + 1
+    gen = torch.Generator().manual_seed(3)
+    pts = torch.rand((n, 2), generator=gen) * 1000
+    boxes = torch.sort(torch.rand((n, 2, 2), generator=gen) * 1000, dim=1).values.reshape(n, 4)
+    calls: list[int] = []
+    hook = b.model.mask_decoder.register_forward_hook(lambda m, a, k, o: calls.append(1), with_kwargs=True)
+    try:
+        logits, iou = decode_points(b, emb, pts, multimask=multimask)
+        floor = float(iou.median())
+        cut, cut_iou = decode_points(b, emb, pts, multimask=multimask, iou_floor=floor)
+        box_logits, box_iou = decode(b, emb, points=pts[:, None, :], boxes=boxes, multimask=multimask)
+    finally:
+        hook.remove()
+    assert not calls
+    lab = torch.ones(1, n, 1, dtype=torch.long)
+    with torch.inference_mode():
+        ref = reference_hq_decode(b.model, emb.main, emb.extras[0], pts[None, :, None, :], lab, None, multimask)
+        ref_box = reference_hq_decode(b.model, emb.main, emb.extras[0], pts[None, :, None, :], lab, boxes[None],
+                                      multimask)
+    assert logits.shape == (n, 1, 256, 256) and iou.shape == (n, 1)
+    for got, want in ((logits, ref[0]), (iou, ref[1]), (cut_iou, ref[1]), (box_logits, ref_box[0]),
+                      (box_iou, ref_box[1])):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    kept = iou[:, 0] > floor
+    assert 0 < int(kept.sum()) < n
+    torch.testing.assert_close(cut[kept], ref[0][kept], rtol=1e-4, atol=1e-5)
+    assert bool(torch.isneginf(cut[~kept]).all())
+
+
+def test_sam_hq_token_only_and_shared_cache(tiny_family_dirs: dict[str, str]) -> None:
+    """`hq_decode` with ``hq_token_only`` gives the HQ mask alone, and calls sharing a cache on one image give the
+    masks of one call on all prompts (the cache holds the HQ features and the first layer's projections)."""
+    from geosam.models.hq_decoder import hq_decode
+
+    b = load_model(tiny_family_dirs["sam_hq"], device="cpu", dtype="float32")
+    img = np.random.default_rng(4).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    emb = encode(b, preprocess(b, [img])[0])
+    n = 5
+    pts = torch.rand((1, n, 1, 2), generator=torch.Generator().manual_seed(5)) * 1000
+    lab = torch.ones(1, n, 1, dtype=torch.long)
+    with torch.inference_mode():
+        sparse, dense = b.model.prompt_encoder(input_points=pts, input_labels=lab, input_boxes=None, input_masks=None)
+        ref = reference_hq_decode(b.model, emb.main, emb.extras[0], pts, lab, None, True, hq_token_only=True)
+        got = hq_decode(b.model, emb.main, emb.extras[0], sparse[0], dense, True, hq_token_only=True)
+        cache: dict = {}
+        one = hq_decode(b.model, emb.main, emb.extras[0], sparse[0], dense, False)
+        parts = [hq_decode(b.model, emb.main, emb.extras[0], sparse[0][s : s + 2], dense, False, cache=cache)
+                 for s in range(0, n, 2)]
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-5)
+    assert "hq_features" in cache
+    torch.testing.assert_close(torch.cat([p[0] for p in parts]), one[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["sam_hq", "sam2"])

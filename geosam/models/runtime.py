@@ -192,6 +192,10 @@ def _run_decoder(
                 ious.append(iou_s)
             iou = ious[0] if len(ious) == 1 else torch.cat(ious)
         return masks.float(), iou.float()
+    if n > 0 and isinstance(image_embeddings, MultiEmbeddings) and image_embeddings.family == "sam_hq":
+        from geosam.models.hq_decoder import decode_prompts
+
+        return decode_prompts(bundle, image_embeddings, multimask, iou_floor, n, prompts)
     masks, iou = _stock_decoder(bundle, image_embeddings, multimask, n, prompts)
     if iou_floor is not None:  # as the fast decoder: prompts with no mask above the floor are -inf
         masks = torch.where((iou > iou_floor).any(dim=1)[:, None, None, None], masks, float("-inf"))
@@ -250,7 +254,8 @@ def decode(
     that drop such masks anyway, as segment-everything's ``pred_iou_thresh``).
 
     Returns ``(low_res_logits (N, K, 256, 256), iou_scores (N, K))`` float32 on
-    ``bundle.device``, K = 3 with ``multimask`` else 1. Logits cover the padded
+    ``bundle.device``, K = 3 with ``multimask`` else 1 (SAM-HQ: K = 1, with ``multimask`` the best of SAM's three
+    masks plus the HQ mask, as its authors' decoder returns). Logits cover the padded
     model input (low-res frame).
     """
     prompts: dict[str, torch.Tensor] = {}

@@ -1,0 +1,214 @@
+"""SAM-HQ's mask decoder as its authors run it, for many prompts on one image.
+
+transformers' ``SamHQMaskDecoder`` (checked on 5.17 and 5.25) upscales the wrong image side: it discards the image
+embedding that its two-way transformer returns and upscales the decoder's *input* embedding (plus the dense prompt),
+reshaped after ``transpose(2, 3)`` as if it were the transformer's (N, h*w, C) output, so the upscaling reads the
+embedding with height and width swapped. SAM-HQ's own decoder (SysCV ``MaskDecoderHQ.predict_masks``) upscales the
+transformer's output, as SAM does; with a real checkpoint the stock forward's masks are those of a transposed, never
+updated image side. `hq_decode` computes SysCV's function with the loaded model's weights (the module names are
+transformers'), and what it returns follows SysCV's ``MaskDecoderHQ.forward``:
+
+* ``multimask``: the SAM mask token (of the three) with the highest predicted IoU, plus the HQ mask, one mask per
+  prompt with that IoU (transformers returns all three, each plus the HQ mask); else the single-mask token's mask plus
+  the HQ mask; ``hq_token_only``: the HQ mask alone;
+* the HQ features (``embedding_encoder(image) + compress_vit_feat(vit)``) depend on the image only: computed once
+  per image (kept in ``cache``), where the stock forward recomputes them on every call (0.13 of 1.06 s per call of 4
+  prompts, full-size SAM-HQ, one CPU thread);
+* the two-way transformer runs through `geosam.models.fast_twoway` (the image positions never projected, the first
+  layer's projections shared by all prompts), with the image side written, since the upscaling reads it;
+* only the returned mask tokens are upscaled and multiplied out, and with ``iou_floor`` only the prompts whose IoU is
+  above it (the others' logits are ``-inf``: segment-everything drops them anyway); on the CPU one prompt at a time
+  (the HQ branch's two 3 x 3 convolutions at 4h x 4w are ~4.8 GFLOP and 16 MiB of activations per prompt).
+
+Always float32 (geosam's decoders decode in float32 under every dtype: half-precision products lose the masks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from geosam.models.bundle import SamBundle
+from geosam.models.compile import FAST_DECODER_CPU_CHUNK
+from geosam.models.embeddings import MultiEmbeddings
+from geosam.models.fast_decoder import _cross_attentions, _image_sides, _shared_side, _unwrap
+from geosam.models.fast_twoway import _image_side, _token_to_image, cached
+
+__all__ = ["HQ_UPSCALE_CPU_CHUNK", "decode_prompts", "hq_decode", "hq_features"]
+
+#: Prompts upscaled together on the CPU: one keeps each step's activations (8-16 MiB) under glibc's mmap threshold
+#: (`geosam.models.cpu_memory`), so they are reused rather than faulted in again.
+HQ_UPSCALE_CPU_CHUNK = 1
+
+#: Prompts upscaled together elsewhere (a GPU): 48 MiB of float32 activations per prompt at SAM's 256 x 256.
+HQ_UPSCALE_DEVICE_CHUNK = 64
+
+
+def hq_features(dec: Any, image_embeddings: torch.Tensor, vit_features: torch.Tensor | None) -> torch.Tensor:
+    """SAM-HQ's image-only features (1, C/8, 4h, 4w): the embedding encoder's upscaling of ``image_embeddings``
+    (1, C, h, w) plus the compressed early ViT features ``vit_features`` (1, h, w, C_vit), when given."""
+    act = dec.activation
+    out = dec.encoder_conv2(act(dec.encoder_norm(dec.encoder_conv1(image_embeddings))))
+    if vit_features is not None:
+        vit = vit_features.permute(0, 3, 1, 2)
+        out = out + dec.compress_vit_conv2(act(dec.compress_vit_norm(dec.compress_vit_conv1(vit))))
+    return out
+
+
+def _two_way(
+    tr: Any,
+    tokens: torch.Tensor,
+    image: torch.Tensor,
+    dense: torch.Tensor,
+    pe: torch.Tensor,
+    cache: dict[Any, Any] | None,
+    key: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-way transformer on ``tokens`` (N, T, C) against image (1, C, h, w) + dense (1 or N, C, h, w) with
+    positional encoding pe (1, C, h, w): ``(tokens (N, T, C), image side (N, h*w, C))``."""
+    n = tokens.shape[0]
+    keys, pos, keys_pos = cached(cache if dense.shape[0] == 1 else None, key, "sides",
+                                 lambda: _image_sides(image, dense, pe))  # fmt: skip
+    shared = _shared_side(tr, keys, keys_pos, pos[0], n, cache, key, [], False)
+    queries, pe_tok = tokens, tokens
+    for i_layer, layer in enumerate(tr.layers):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])[0][0]
+        else:
+            q = (queries + pe_tok)[None]
+            queries = queries + layer.self_attn(query=q, key=q, value=queries[None])[0][0]
+        queries = layer.layer_norm1(queries)
+        queries, probs, vo = _cross_attentions(layer, i_layer, queries, pe_tok, keys, keys_pos, shared)
+        keys, keys_pos = _image_side(keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0)
+    assert keys_pos is not None
+    att = _token_to_image(tr.final_attn_token_to_image, queries + pe_tok, keys, keys_pos)
+    queries = tr.layer_norm_final_attn(queries + att)
+    if keys.shape[0] != n:  # no layer ran
+        keys = keys.expand(n, -1, -1)
+    return queries, keys
+
+
+def _mask_rows(dec: Any, side: torch.Tensor, hw: tuple[int, int], hyper: torch.Tensor | None, hq: torch.Tensor | None,
+               feats: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Low-res logits (n, 1, 4h, 4w) of n prompts: their image sides (n, h*w, C) upscaled, times ``hyper`` (n, C/8)
+    (the SAM token's, or None with only the HQ mask), plus the HQ token's ``hq`` (n, C/8) times the HQ branch."""
+    n, _, c = side.shape
+    act = dec.activation
+    src = side.transpose(1, 2).reshape(n, c, *hw)
+    up = act(dec.upscale_conv2(act(dec.upscale_layer_norm(dec.upscale_conv1(src)))))
+    flat = up.flatten(2)  # (n, C/8, 4h * 4w)
+    out = None if hyper is None else torch.bmm(hyper[:, None, :], flat)
+    if hq is not None:
+        branch = dec.mask_conv2(act(dec.mask_norm(dec.mask_conv1(up)))) + feats
+        hq_part = torch.bmm(hq[:, None, :], branch.flatten(2))
+        out = hq_part if out is None else out + hq_part
+    assert out is not None
+    return out.reshape(n, 1, up.shape[2], up.shape[3])
+
+
+def hq_decode(
+    model: Any,
+    image_embeddings: torch.Tensor,
+    vit_features: torch.Tensor | None,
+    sparse_embeddings: torch.Tensor | None,
+    dense_embeddings: torch.Tensor,
+    multimask: bool,
+    image_pe: torch.Tensor | None = None,
+    iou_floor: float | None = None,
+    hq_token_only: bool = False,
+    cache: dict[Any, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM-HQ's decoder (SysCV's) for N prompts on one image: ``(low_res_masks (N, 1, 4h, 4w), iou (N, 1))``.
+
+    image_embeddings: (1, C, h, w); vit_features: (1, h, w, C_vit), the first global-attention layer's output (the
+    stock forward's ``intermediate_embeddings[0]``; None: the HQ features from the embedding alone);
+    sparse_embeddings: (N, T, C) from ``model.prompt_encoder`` (None: no sparse prompt, N = 1); dense_embeddings:
+    (1 or N, C, h, w); image_pe: (1, C, h, w) (from the model when None). With ``iou_floor``, the masks of prompts
+    whose returned IoU is at or below it are ``-inf`` (not computed). ``cache``: a dict passed to every call on the
+    same image (the HQ features, the image side's projections).
+    """
+    dec = _unwrap(model.mask_decoder)
+    if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
+        raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image_embeddings.shape)}")
+    _, c, hh, ww = image_embeddings.shape
+    if image_pe is None:
+        image_pe = model.get_image_wide_positional_embeddings()
+    wdtype = dec.iou_token.weight.dtype
+    output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight, dec.hq_token.weight], dim=0)
+    if sparse_embeddings is not None:
+        n = sparse_embeddings.shape[0]
+        tokens = torch.cat((output_tokens[None].expand(n, -1, -1).to(sparse_embeddings.dtype), sparse_embeddings), 1)
+    else:
+        n = max(1, dense_embeddings.shape[0])
+        tokens = output_tokens[None].expand(n, -1, -1)
+    if dense_embeddings.shape[0] not in (1, n):
+        raise ValueError(f"dense_embeddings batch {dense_embeddings.shape[0]} fits neither 1 nor {n} prompts")
+    key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), (hh * ww, c))
+    feats = cached(cache, key, "hq_features", lambda: hq_features(dec, image_embeddings, vit_features))
+    queries, side = _two_way(dec.transformer, tokens.to(wdtype), image_embeddings, dense_embeddings, image_pe,
+                             cache, key)  # fmt: skip
+
+    n_sam = int(dec.num_mask_tokens) - 1  # transformers counts the HQ token among the mask tokens
+    iou_all = dec.iou_prediction_head(queries[:, 0, :])  # (N, n_sam)
+    if multimask:
+        iou, best = iou_all[:, 1:n_sam].max(dim=1)
+        sam_token = best + 1
+    else:
+        iou = iou_all[:, 0]
+        sam_token = torch.zeros(n, dtype=torch.long, device=queries.device)
+    rows = torch.arange(n, device=queries.device)
+    mlps = dec.output_hypernetworks_mlps
+    hq_mlp = dec.hq_mask_mlp if hasattr(dec, "hq_mask_mlp") else dec.hf_mlp  # (named hf_mlp in SysCV's code)
+    hq = hq_mlp(queries[:, 1 + n_sam, :])  # (N, C/8)
+    hyper = None
+    if not hq_token_only:  # each prompt's chosen SAM token through its own hypernetwork MLP
+        every = torch.stack([mlps[j](queries[:, 1 + j, :]) for j in range(n_sam)], dim=1)  # (N, n_sam, C/8)
+        hyper = every[rows, sam_token]
+
+    h4, w4 = 4 * hh, 4 * ww
+    masks = torch.full((n, 1, h4, w4), float("-inf"), dtype=torch.float32, device=queries.device)
+    todo = rows if iou_floor is None else (iou > iou_floor).nonzero()[:, 0]
+    step = HQ_UPSCALE_CPU_CHUNK if queries.device.type == "cpu" else HQ_UPSCALE_DEVICE_CHUNK
+    for s in range(0, todo.numel(), step):
+        idx = todo[s : s + step]
+        part_hyper = None if hyper is None else hyper[idx]
+        masks[idx] = _mask_rows(dec, side[idx], (hh, ww), part_hyper, hq[idx], feats).float()
+    return masks, iou[:, None].float()
+
+
+def decode_prompts(
+    bundle: SamBundle,
+    embeddings: MultiEmbeddings,
+    multimask: bool,
+    iou_floor: float | None,
+    n: int,
+    prompts: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`hq_decode` on prompts shaped for ``SamHQModel.forward`` (``input_points`` / ``input_labels`` /
+    ``input_boxes``, batch of one image; what `geosam.models.runtime.decode` runs for SAM-HQ, never transformers'
+    decoder forward): ``(masks (N, 1, h, w), iou (N, 1))``, one mask per prompt (with
+    ``multimask`` the best of SAM's three plus the HQ mask), in float32; on the CPU `FAST_DECODER_CPU_CHUNK` prompts
+    per transformer call, the chunks sharing the image's HQ features and projections."""
+    model = bundle.model
+    emb = embeddings.to(bundle.device)
+    image = emb.main.to(torch.float32)
+    vit = emb.extras[0].to(torch.float32) if emb.extras else None
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(
+            input_points=prompts.get("input_points"),
+            input_labels=prompts.get("input_labels"),
+            input_boxes=prompts.get("input_boxes"),
+            input_masks=None,
+        )
+        pe = model.get_image_wide_positional_embeddings()
+        step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
+        shared: dict = {}
+        parts = [
+            hq_decode(model, image, vit, sparse[0][s : s + step], dense, multimask, pe, iou_floor=iou_floor,
+                      cache=shared)
+            for s in range(0, n, step)
+        ]  # fmt: skip
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
