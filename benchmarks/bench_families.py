@@ -11,9 +11,10 @@ with the same points per side, thresholds and NMS:
 * ``geosam_float32_chunk_<n>`` (``--chunks``): float32 with the model's own decoder on ``n`` prompts per call
   (`geosam.models.runtime.STOCK_DECODER_CPU_CHUNK`, which the runtime applies on the CPU only; here it is forced
   on any device, to check that choice);
-* ``geosam_float32_hf_decoder`` (``--hf-hq-decoder``, SAM-HQ): float32 with transformers' SAM-HQ decoder forward
-  instead of geosam's (`geosam.models.hq_decoder`), as before geosam decoded SAM-HQ itself: a speed reference (that
-  forward's masks are not SAM-HQ's, and it returns three per prompt where SAM-HQ's decoder returns one);
+* ``geosam_float32_stock_decoder`` (``--stock-decoders``): float32 with the model's own decoder forward instead of
+  geosam's (`geosam.models.sam2_decoder`, `geosam.models.hq_decoder`), as before geosam decoded these families
+  itself (SAM 2: ``fast_decoder=False``; SAM-HQ: transformers' forward patched back in, a speed reference only, since
+  that forward's masks are not SAM-HQ's and it returns three per prompt where SAM-HQ's decoder returns one);
 * ``pipeline``: ``transformers.pipeline("mask-generation")`` in float32 (its NMS patched to geosam's, as in
   `bench_amg`, since torchvision is optional).
 
@@ -32,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -74,10 +76,10 @@ def main() -> None:
         help="float32 variants with the stock decoder forced to this many prompts per call",
     )
     ap.add_argument(
-        "--hf-hq-decoder",
+        "--stock-decoders",
         action="store_true",
-        help="SAM-HQ also through transformers' decoder forward "
-        "(geosam_float32_hf_decoder: the path before geosam's own HQ decoder)",
+        help="also geosam_float32_stock_decoder: geosam with the model's own decoder forward "
+        "(the path before geosam's SAM 2 and SAM-HQ decoders)",
     )
     ap.add_argument("--grids", type=int, nargs="+", default=[16])
     ap.add_argument("--chips", type=int, default=2)
@@ -169,16 +171,14 @@ def main() -> None:
                 path = str(Path(tmp, family))
                 build(family, path, args.tiny)
                 bundles = {d: load_model(path, device=str(device), dtype=d) for d in dtypes}
-                pipe = pipeline(
-                    "mask-generation",
-                    model=bundles["float32"].model
-                    if "float32" in bundles
-                    else load_model(path, device=str(device), dtype="float32").model,
-                    image_processor=_processor(path),
-                    device=device,
-                )
+                ref_model = load_model(path, device=str(device), dtype="float32").model
+                try:  # SAM 2's processor needs torchvision: without it, geosam's variants only
+                    pipe = pipeline("mask-generation", model=ref_model, image_processor=_processor(path), device=device)
+                except ImportError as exc:
+                    result["errors"][f"{family}:pipeline"] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+                    pipe = None
                 fam: dict = {
-                    "model_parameters_m": round(sum(p.numel() for p in pipe.model.parameters()) / 1e6, 1),
+                    "model_parameters_m": round(sum(p.numel() for p in ref_model.parameters()) / 1e6, 1),
                     "grids": {},
                 }
                 result["families"][family] = fam
@@ -194,11 +194,16 @@ def main() -> None:
                             n = f"geosam_float32_chunk_{c}"
                             forced = {(rt, "_stock_decoder"): _forced_step(rt._stock_decoder, c)}
                             runners[n], gens[n] = geosam_run(bundles["float32"], grid, args.box_nms_thresh, forced)
-                    if args.hf_hq_decoder and family == "sam_hq" and "float32" in bundles:
-                        n = "geosam_float32_hf_decoder"
-                        old_path = {(hqd, "decode_prompts"): _transformers_hq(rt)}
-                        runners[n], gens[n] = geosam_run(bundles["float32"], grid, args.box_nms_thresh, old_path)
-                    runners["pipeline"] = pipeline_runner(pipe, args, grid, args.box_nms_thresh)
+                    if args.stock_decoders and "float32" in bundles:  # the model's own decoder forward
+                        n = "geosam_float32_stock_decoder"
+                        if family == "sam_hq":
+                            old_path = {(hqd, "decode_prompts"): _transformers_hq(rt)}
+                            runners[n], gens[n] = geosam_run(bundles["float32"], grid, args.box_nms_thresh, old_path)
+                        else:
+                            stock = dataclasses.replace(bundles["float32"], fast_decoder=False)
+                            runners[n], gens[n] = geosam_run(stock, grid, args.box_nms_thresh)
+                    if pipe is not None:
+                        runners["pipeline"] = pipeline_runner(pipe, args, grid, args.box_nms_thresh)
                     timed = {n: (lambda chip, run=run: clock(lambda: run(chip))[1]) for n, run in runners.items()}
                     for n, run in list(timed.items()):  # warm-up; a variant this device cannot run is dropped
                         try:
@@ -224,6 +229,11 @@ def main() -> None:
                             n: round(med["pipeline"] / v, 2)
                             for n, v in med.items()
                             if n != "pipeline" and "pipeline" in med
+                        },
+                        "speedup_vs_stock_decoder": {
+                            n: round(med["geosam_float32_stock_decoder"] / v, 2)
+                            for n, v in med.items()
+                            if n.startswith("geosam") and "geosam_float32_stock_decoder" in med
                         },
                         "stage_s": {
                             n: s[int(np.argsort(secs[n])[(len(secs[n]) - 1) // 2])]

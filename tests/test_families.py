@@ -89,9 +89,11 @@ def test_stock_decoder_runs_in_cpu_chunks_with_the_masks_of_one_call(tiny_family
                                                                      family: str) -> None:
     """On the CPU the model's own decoder sees `STOCK_DECODER_CPU_CHUNK` prompts per call (last chunk partial), and
     the batch's logits and IoUs are those of one forward of the model on all prompts."""
+    import dataclasses
+
     from geosam.models import STOCK_DECODER_CPU_CHUNK
 
-    b = load_model(tiny_family_dirs[family], device="cpu", dtype="float32")
+    b = dataclasses.replace(load_model(tiny_family_dirs[family], device="cpu", dtype="float32"), fast_decoder=False)
     img = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     pv, _, _ = preprocess(b, [img])
     emb = encode(b, pv)
@@ -112,6 +114,66 @@ def test_stock_decoder_runs_in_cpu_chunks_with_the_masks_of_one_call(tiny_family
     kept = (ref.iou_scores[0] > 0.0).any(dim=1)  # iou_floor: prompts with no IoU above it are -inf
     torch.testing.assert_close(logits[kept], ref.pred_masks[0][kept], rtol=1e-4, atol=1e-4)
     assert bool(torch.isneginf(logits[~kept]).all())
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_sam2_decoder_gives_the_model_decoders_masks(tiny_family_dirs: dict[str, str], multimask: bool) -> None:
+    """SAM 2 decodes through geosam's decoder by default: in CPU chunks (last one partial), points and boxes, the
+    model's own decoder's masks and IoUs (without ``multimask``: the single mask, or the best multimask one where the
+    single mask is unstable, both cases present); ``iou_floor`` makes the prompts at or below it -inf."""
+    import copy
+    import dataclasses
+
+    from geosam.models import FAST_DECODER_CPU_CHUNK, decode
+
+    cached = load_model(tiny_family_dirs["sam2"], device="cpu", dtype="float32")
+    b = dataclasses.replace(cached, model=copy.deepcopy(cached.model))  # the cached bundle's weights stay as they are
+    dec = b.model.mask_decoder
+    with torch.no_grad():  # logits of about +-1 (the tiny model's are ~1e-4): stability scores spread out
+        for mlp in dec.output_hypernetworks_mlps:
+            mlp.proj_out.weight *= 1e4
+            mlp.proj_out.bias *= 1e4
+    stock = dataclasses.replace(b, fast_decoder=False)
+    img = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    emb = encode(b, preprocess(b, [img])[0])
+    n = 2 * FAST_DECODER_CPU_CHUNK + 1
+    gen = torch.Generator().manual_seed(3)
+    pts = torch.rand((n, 2), generator=gen) * 1000
+    boxes = torch.sort(torch.rand((n, 2, 2), generator=gen) * 1000, dim=1).values.reshape(n, 4)
+    thresh = dec.dynamic_multimask_stability_thresh
+    try:
+        if not multimask:  # a threshold between the single masks' stability scores: some stable, some not
+            dec.dynamic_multimask_via_stability = False
+            single, _ = decode_points(stock, emb, pts, multimask=False)
+            dec.dynamic_multimask_via_stability = True
+            dec.dynamic_multimask_stability_thresh = float(dec._get_stability_scores(single[:, 0]).median())
+        calls: list[int] = []
+        hook = dec.register_forward_hook(lambda m, a, k, o: calls.append(1), with_kwargs=True)
+        try:
+            logits, iou = decode_points(b, emb, pts, multimask=multimask)
+            floor = float(iou.max(dim=1).values.median())
+            cut, _ = decode_points(b, emb, pts, multimask=multimask, iou_floor=floor)
+            box_logits, box_iou = decode(b, emb, points=pts[:, None, :], boxes=boxes, multimask=multimask)
+        finally:
+            hook.remove()
+        assert not calls
+        ref, ref_iou = decode_points(stock, emb, pts, multimask=multimask)
+        ref_box, ref_box_iou = decode(stock, emb, points=pts[:, None, :], boxes=boxes, multimask=multimask)
+        if not multimask:
+            dec.dynamic_multimask_via_stability = False
+            plain, _ = decode_points(stock, emb, pts, multimask=False)
+            fell_back = (ref - plain).abs().flatten(1).amax(dim=1) > 0
+            assert 0 < int(fell_back.sum()) < n
+    finally:
+        dec.dynamic_multimask_via_stability = True
+        dec.dynamic_multimask_stability_thresh = thresh
+    assert logits.shape == ref.shape == (n, 3 if multimask else 1, 256, 256)
+    for got, want in ((logits, ref), (iou, ref_iou), (box_logits, ref_box), (box_iou, ref_box_iou)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    kept = (iou > floor).any(dim=1)
+    assert 0 < int(kept.sum()) < n
+    torch.testing.assert_close(cut[kept], ref[kept], rtol=1e-4, atol=1e-4)
+    assert bool(torch.isneginf(cut[~kept]).all())
 
 
 @pytest.mark.parametrize("multimask", [True, False])

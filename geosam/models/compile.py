@@ -72,6 +72,12 @@ def use_fast_decoder(bundle: SamBundle) -> bool:
     return _fast_path(getattr(bundle, "fast_decoder", None), default_on, lambda: fast_decoder_supported(bundle.model))
 
 
+def use_sam2_decoder(bundle: SamBundle) -> bool:
+    """Whether ``decode`` runs SAM 2 through `geosam.models.sam2_decoder` (``SamBundle.fast_decoder``, as
+    `use_fast_decoder`: by default on the CPU and on CUDA; False: the model's own decoder forward)."""
+    return _fast_path(getattr(bundle, "fast_decoder", None), bundle.device.type in ("cpu", "cuda"), lambda: True)
+
+
 def compile_bundle(bundle: SamBundle) -> SamBundle:
     """``torch.compile`` the bundle's encoder and decoder paths, once (in place on its model).
 

@@ -119,12 +119,15 @@ def load_sam_hq(name: str, device: torch.device, dtype: torch.dtype) -> SamBundl
 
 
 def load_sam2(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
-    """A transformers SAM 2 / 2.1 checkpoint (``model_type == "sam2"``): square resize, multi-level decoder."""
+    """A transformers SAM 2 / 2.1 checkpoint (``model_type == "sam2"``): square resize, multi-level decoder.
+
+    Its decoder runs through `geosam.models.sam2_decoder` where ``fast_decoder`` allows (by default on the CPU and
+    CUDA); its encoder (Hiera) is the model's own."""
     model, pp, _, _ = load_pretrained(name, "Sam2Model", device)
     size = int(model.config.prompt_encoder_config.image_size)
     return SamBundle(model=model, processor=None, device=device, dtype=dtype, name=name,
                      **preprocessing(pp, SAM_IMAGE_MEAN, SAM_IMAGE_STD), longest_edge=size, input_size=size,
-                     resize="square", capabilities=SAM2_CAPABILITIES, fast_decoder=False, fast_encoder=False)
+                     resize="square", capabilities=SAM2_CAPABILITIES, fast_encoder=False)
 
 
 __all__ = [

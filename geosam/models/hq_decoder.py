@@ -14,7 +14,7 @@ transformers'), and what it returns follows SysCV's ``MaskDecoderHQ.forward``:
 * the HQ features (``embedding_encoder(image) + compress_vit_feat(vit)``) depend on the image only: computed once
   per image (kept in ``cache``), where the stock forward recomputes them on every call (0.13 of 1.06 s per call of 4
   prompts, full-size SAM-HQ, one CPU thread);
-* the two-way transformer runs through `geosam.models.fast_twoway` (the image positions never projected, the first
+* the two-way transformer runs through `geosam.models.decoder_side` (the image positions never projected, the first
   layer's projections shared by all prompts), with the image side written, since the upscaling reads it;
 * only the returned mask tokens are upscaled and multiplied out, and with ``iou_floor`` only the prompts whose IoU is
   above it (the others' logits are ``-inf``: segment-everything drops them anyway); on the CPU one prompt at a time
@@ -31,9 +31,10 @@ import torch
 
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import FAST_DECODER_CPU_CHUNK
+from geosam.models.decoder_side import two_way
 from geosam.models.embeddings import MultiEmbeddings
-from geosam.models.fast_decoder import _cross_attentions, _image_sides, _shared_side, _unwrap
-from geosam.models.fast_twoway import _image_side, _token_to_image, cached
+from geosam.models.fast_decoder import _unwrap
+from geosam.models.fast_twoway import cached
 
 __all__ = ["HQ_UPSCALE_CPU_CHUNK", "decode_prompts", "hq_decode", "hq_features"]
 
@@ -54,39 +55,6 @@ def hq_features(dec: Any, image_embeddings: torch.Tensor, vit_features: torch.Te
         vit = vit_features.permute(0, 3, 1, 2)
         out = out + dec.compress_vit_conv2(act(dec.compress_vit_norm(dec.compress_vit_conv1(vit))))
     return out
-
-
-def _two_way(
-    tr: Any,
-    tokens: torch.Tensor,
-    image: torch.Tensor,
-    dense: torch.Tensor,
-    pe: torch.Tensor,
-    cache: dict[Any, Any] | None,
-    key: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two-way transformer on ``tokens`` (N, T, C) against image (1, C, h, w) + dense (1 or N, C, h, w) with
-    positional encoding pe (1, C, h, w): ``(tokens (N, T, C), image side (N, h*w, C))``."""
-    n = tokens.shape[0]
-    keys, pos, keys_pos = cached(cache if dense.shape[0] == 1 else None, key, "sides",
-                                 lambda: _image_sides(image, dense, pe))  # fmt: skip
-    shared = _shared_side(tr, keys, keys_pos, pos[0], n, cache, key, [], False)
-    queries, pe_tok = tokens, tokens
-    for i_layer, layer in enumerate(tr.layers):
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])[0][0]
-        else:
-            q = (queries + pe_tok)[None]
-            queries = queries + layer.self_attn(query=q, key=q, value=queries[None])[0][0]
-        queries = layer.layer_norm1(queries)
-        queries, probs, vo = _cross_attentions(layer, i_layer, queries, pe_tok, keys, keys_pos, shared)
-        keys, keys_pos = _image_side(keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0)
-    assert keys_pos is not None
-    att = _token_to_image(tr.final_attn_token_to_image, queries + pe_tok, keys, keys_pos)
-    queries = tr.layer_norm_final_attn(queries + att)
-    if keys.shape[0] != n:  # no layer ran
-        keys = keys.expand(n, -1, -1)
-    return queries, keys
 
 
 def _mask_rows(dec: Any, side: torch.Tensor, hw: tuple[int, int], hyper: torch.Tensor | None, hq: torch.Tensor | None,
@@ -146,7 +114,7 @@ def hq_decode(
         raise ValueError(f"dense_embeddings batch {dense_embeddings.shape[0]} fits neither 1 nor {n} prompts")
     key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), (hh * ww, c))
     feats = cached(cache, key, "hq_features", lambda: hq_features(dec, image_embeddings, vit_features))
-    queries, side = _two_way(dec.transformer, tokens.to(wdtype), image_embeddings, dense_embeddings, image_pe,
+    queries, side = two_way(dec.transformer, tokens.to(wdtype), image_embeddings, dense_embeddings, image_pe,
                              cache, key)  # fmt: skip
 
     n_sam = int(dec.num_mask_tokens) - 1  # transformers counts the HQ token among the mask tokens

@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
-from geosam.models.compile import FAST_DECODER_CPU_CHUNK, STOCK_DECODER_CPU_CHUNK, use_fast_decoder, use_fast_encoder
+from geosam.models.compile import (
+    FAST_DECODER_CPU_CHUNK,
+    STOCK_DECODER_CPU_CHUNK,
+    use_fast_decoder,
+    use_fast_encoder,
+    use_sam2_decoder,
+)
 from geosam.models.cpu_masks import upsample_gt, upsampled
 from geosam.models.cpu_memory import keep_freed_memory
 from geosam.models.embeddings import MULTI_EMBEDDING_FAMILIES, MultiEmbeddings, decoder_kwargs, encode_family
@@ -196,6 +202,11 @@ def _run_decoder(
         from geosam.models.hq_decoder import decode_prompts
 
         return decode_prompts(bundle, image_embeddings, multimask, iou_floor, n, prompts)
+    if n > 0 and isinstance(image_embeddings, MultiEmbeddings) and image_embeddings.family == "sam2" \
+            and use_sam2_decoder(bundle):
+        from geosam.models.sam2_decoder import decode_prompts as decode_sam2
+
+        return decode_sam2(bundle, image_embeddings, multimask, iou_floor, n, prompts)
     masks, iou = _stock_decoder(bundle, image_embeddings, multimask, n, prompts)
     if iou_floor is not None:  # as the fast decoder: prompts with no mask above the floor are -inf
         masks = torch.where((iou > iou_floor).any(dim=1)[:, None, None, None], masks, float("-inf"))

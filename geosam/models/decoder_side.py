@@ -1,0 +1,80 @@
+"""The two-way transformer of a SAM-layout mask decoder with its last image side written, for decoders that upscale
+that image side per prompt (SAM-HQ's, SAM 2's): the exact math of `geosam.models.fast_decoder` (the image positions
+never projected, the first layer's projections shared by all prompts), without its CPU paths that never write the
+image side (SAM's upscaling is unrolled through it; these decoders add features to it before the upscaling's norm,
+or run convolutions on the upscaled side).
+
+`sam_layout` shows SAM 2's attentions (``o_proj``) under SAM's names (``out_proj``), so the same functions run them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from geosam.models.fast_decoder import _cross_attentions, _image_sides, _shared_side
+from geosam.models.fast_twoway import _image_side, _token_to_image, cached
+
+__all__ = ["sam_layout", "two_way"]
+
+
+class _Renamed:
+    """``module`` seen with SAM's attribute names: ``out_proj`` for ``o_proj``, sub-attentions likewise."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "out_proj" and not hasattr(self._module, "out_proj"):
+            return self._module.o_proj
+        value = getattr(self._module, name)
+        if name in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token", "final_attn_token_to_image"):
+            return _Renamed(value)
+        if name == "layers":
+            return [_Renamed(layer) for layer in value]
+        return value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._module(*args, **kwargs)
+
+
+def sam_layout(transformer: Any) -> Any:
+    """``transformer`` (a two-way transformer) as `two_way` reads it: itself for SAM's and SAM-HQ's layout, a view
+    with SAM's attribute names for SAM 2's (attentions with ``o_proj``)."""
+    if hasattr(transformer.final_attn_token_to_image, "out_proj"):
+        return transformer
+    return _Renamed(transformer)
+
+
+def two_way(
+    tr: Any,
+    tokens: torch.Tensor,
+    image: torch.Tensor,
+    dense: torch.Tensor,
+    pe: torch.Tensor,
+    cache: dict[Any, Any] | None,
+    key: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-way transformer on ``tokens`` (N, T, C) against image (1, C, h, w) + dense (1 or N, C, h, w) with
+    positional encoding pe (1, C, h, w): ``(tokens (N, T, C), image side (N, h*w, C))``."""
+    n = tokens.shape[0]
+    keys, pos, keys_pos = cached(cache if dense.shape[0] == 1 else None, key, "sides",
+                                 lambda: _image_sides(image, dense, pe))  # fmt: skip
+    shared = _shared_side(tr, keys, keys_pos, pos[0], n, cache, key, [], False)
+    queries, pe_tok = tokens, tokens
+    for i_layer, layer in enumerate(tr.layers):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])[0][0]
+        else:
+            q = (queries + pe_tok)[None]
+            queries = queries + layer.self_attn(query=q, key=q, value=queries[None])[0][0]
+        queries = layer.layer_norm1(queries)
+        queries, probs, vo = _cross_attentions(layer, i_layer, queries, pe_tok, keys, keys_pos, shared)
+        keys, keys_pos = _image_side(keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0)
+    assert keys_pos is not None
+    att = _token_to_image(tr.final_attn_token_to_image, queries + pe_tok, keys, keys_pos)
+    queries = tr.layer_norm_final_attn(queries + att)
+    if keys.shape[0] != n:  # no layer ran
+        keys = keys.expand(n, -1, -1)
+    return queries, keys

@@ -1,0 +1,162 @@
+"""SAM 2's mask decoder for many prompts on one image: the function of transformers' ``Sam2MaskDecoder``, faster.
+
+The stock forward repeats the image embedding, the positional encoding and both high-resolution feature maps once
+per prompt, projects every image position in every attention, and upscales all four mask tokens of every prompt
+before it keeps three (or one). `sam2_decode` computes the same masks and IoUs with the model's weights:
+
+* the two-way transformer through `geosam.models.decoder_side` (the image positions never projected, the first
+  layer's projections shared by all prompts and, through ``cache``, by all calls on one image);
+* the high-resolution features (``feat_s1`` added after the first transposed convolution, ``feat_s0`` after the
+  second) broadcast, not repeated;
+* only the returned mask tokens are upscaled and multiplied out (three with ``multimask``; without it the single-mask
+  token and, where the model falls back to the best multimask token when the single mask is unstable
+  (``dynamic_multimask_via_stability``), that one too), and with ``iou_floor`` only the prompts with an IoU above
+  it (the others' logits are ``-inf``: segment-everything drops them anyway); on the CPU a few prompts at a time.
+
+Always float32, as geosam's other decoders. The object-score head is not evaluated: the stock forward returns its
+logits beside the masks without applying them, and geosam reads only the masks and IoUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from geosam.models.bundle import SamBundle
+from geosam.models.compile import FAST_DECODER_CPU_CHUNK
+from geosam.models.decoder_side import sam_layout, two_way
+from geosam.models.embeddings import MultiEmbeddings
+from geosam.models.fast_decoder import _unwrap
+
+__all__ = ["SAM2_UPSCALE_CPU_CHUNK", "decode_prompts", "sam2_decode"]
+
+#: Prompts upscaled together on the CPU (each: 4 MiB of activations per returned mask token at 256 x 256).
+SAM2_UPSCALE_CPU_CHUNK = 2
+
+#: Prompts upscaled together elsewhere (a GPU).
+SAM2_UPSCALE_DEVICE_CHUNK = 64
+
+
+def _upscaled(dec: Any, side: torch.Tensor, hw: tuple[int, int], feat_s0: torch.Tensor,
+              feat_s1: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """The upscaled image side (n, C/8, 4h * 4w) of n prompts' image sides (n, h*w, C)."""
+    n, _, c = side.shape
+    act = dec.activation
+    src = side.transpose(1, 2).reshape(n, c, *hw)
+    up = act(dec.upscale_layer_norm(dec.upscale_conv1(src) + feat_s1))
+    return act(dec.upscale_conv2(up) + feat_s0).flatten(2)
+
+
+def sam2_decode(
+    model: Any,
+    image_embeddings: torch.Tensor,
+    high_resolution: tuple[torch.Tensor, torch.Tensor],
+    sparse_embeddings: torch.Tensor | None,
+    dense_embeddings: torch.Tensor,
+    multimask: bool,
+    image_pe: torch.Tensor | None = None,
+    iou_floor: float | None = None,
+    cache: dict[Any, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 2's decoder for N prompts on one image: ``(low_res_masks (N, K, 4h, 4w), iou (N, K))``, K = 3 with
+    ``multimask`` else 1, as ``Sam2MaskDecoder`` returns them.
+
+    image_embeddings: (1, C, h, w); high_resolution: ``(feat_s0 (1, C/8, 4h, 4w), feat_s1 (1, C/4, 2h, 2w))`` (the
+    stock forward's ``high_resolution_features``); sparse_embeddings: (N, T, C) from ``model.prompt_encoder`` (None:
+    no sparse prompt, N = 1); dense_embeddings: (1 or N, C, h, w); image_pe: (1, C, h, w) (from the model when None).
+    With ``iou_floor``, the masks of prompts none of whose IoUs is above it are ``-inf`` (not computed). ``cache``:
+    a dict passed to every call on the same image.
+    """
+    dec = _unwrap(model.mask_decoder)
+    if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
+        raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image_embeddings.shape)}")
+    _, c, hh, ww = image_embeddings.shape
+    if image_pe is None:
+        image_pe = model.get_image_wide_positional_embeddings()
+    wdtype = dec.iou_token.weight.dtype
+    output_tokens = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    if sparse_embeddings is not None:
+        n = sparse_embeddings.shape[0]
+        tokens = torch.cat((output_tokens[None].expand(n, -1, -1).to(sparse_embeddings.dtype), sparse_embeddings), 1)
+    else:
+        n = max(1, dense_embeddings.shape[0])
+        tokens = output_tokens[None].expand(n, -1, -1)
+    if dense_embeddings.shape[0] not in (1, n):
+        raise ValueError(f"dense_embeddings batch {dense_embeddings.shape[0]} fits neither 1 nor {n} prompts")
+    key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), (hh * ww, c))
+    queries, side = two_way(sam_layout(dec.transformer), tokens.to(wdtype), image_embeddings, dense_embeddings,
+                            image_pe, cache, key)  # fmt: skip
+
+    m = int(dec.num_mask_tokens)
+    iou_all = dec.iou_prediction_head(queries[:, 1, :])  # (N, M)
+    mlps = dec.output_hypernetworks_mlps
+    rows = torch.arange(n, device=queries.device)
+    dynamic = not multimask and bool(dec.dynamic_multimask_via_stability)
+    if multimask:
+        sel = torch.arange(1, m, device=queries.device).expand(n, -1)  # (N, 3)
+        iou = iou_all[:, 1:]
+    elif dynamic:  # the single-mask token, and the best multimask token where the single mask proves unstable
+        best = iou_all[:, 1:].argmax(dim=1) + 1
+        sel = torch.stack([torch.zeros_like(best), best], dim=1)  # (N, 2)
+        iou = iou_all[:, :1].clone()  # updated where the fallback is taken
+    else:
+        sel = torch.zeros((n, 1), dtype=torch.long, device=queries.device)
+        iou = iou_all[:, :1]
+    every = torch.stack([mlps[j](queries[:, 2 + j, :]) for j in range(m)], dim=1)  # (N, M, C/8)
+    hyper = every[rows[:, None], sel]  # (N, K', C/8)
+
+    feat_s0, feat_s1 = high_resolution
+    k = iou.shape[1]
+    h4, w4 = 4 * hh, 4 * ww
+    masks = torch.full((n, k, h4, w4), float("-inf"), dtype=torch.float32, device=queries.device)
+    todo = rows if iou_floor is None or dynamic else (iou > iou_floor).any(dim=1).nonzero()[:, 0]
+    step = SAM2_UPSCALE_CPU_CHUNK if queries.device.type == "cpu" else SAM2_UPSCALE_DEVICE_CHUNK
+    for s in range(0, todo.numel(), step):
+        idx = todo[s : s + step]
+        logits = torch.bmm(hyper[idx], _upscaled(dec, side[idx], (hh, ww), feat_s0, feat_s1)).reshape(-1, sel.shape[1],
+                                                                                                       h4, w4)
+        if dynamic:
+            single, multi = logits[:, :1], logits[:, 1:]
+            stable = dec._get_stability_scores(single) >= dec.dynamic_multimask_stability_thresh  # (n, 1)
+            logits = torch.where(stable[..., None, None], single, multi)
+            iou[idx] = torch.where(stable, iou_all[idx, :1], iou_all[idx, sel[idx, 1]][:, None])
+        masks[idx] = logits.float()
+    if dynamic and iou_floor is not None:
+        masks[~(iou > iou_floor).any(dim=1)] = float("-inf")
+    return masks, iou.float()
+
+
+def decode_prompts(
+    bundle: SamBundle,
+    embeddings: MultiEmbeddings,
+    multimask: bool,
+    iou_floor: float | None,
+    n: int,
+    prompts: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sam2_decode` on prompts shaped for ``Sam2Model.forward`` (``input_points`` / ``input_labels`` /
+    ``input_boxes``, batch of one image): ``(masks (N, K, h, w), iou (N, K))`` float32; on the CPU
+    `FAST_DECODER_CPU_CHUNK` prompts per transformer call, the chunks sharing the image's projections."""
+    model = bundle.model
+    emb = embeddings.to(bundle.device)
+    image = emb.main.to(torch.float32)
+    feat_s0, feat_s1 = (e.to(torch.float32) for e in emb.extras)
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(
+            input_points=prompts.get("input_points"),
+            input_labels=prompts.get("input_labels"),
+            input_boxes=prompts.get("input_boxes"),
+            input_masks=None,
+        )
+        pe = model.get_image_wide_positional_embeddings()
+        step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
+        shared: dict = {}
+        parts = [
+            sam2_decode(model, image, (feat_s0, feat_s1), sparse[0][s : s + step], dense, multimask, pe,
+                        iou_floor=iou_floor, cache=shared)
+            for s in range(0, n, step)
+        ]  # fmt: skip
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
