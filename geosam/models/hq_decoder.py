@@ -57,22 +57,51 @@ def hq_features(dec: Any, image_embeddings: torch.Tensor, vit_features: torch.Te
     return out
 
 
+def _conv3x3_contracted(z: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 3 x 3, stride 1, padding 1 convolution with one output channel per prompt: z (n, H, W, D) channels last,
+    kernel (n, D, 3, 3), bias (n,) -> (n, H, W). As one product (n, H*W, D) @ (n, D, 9) and the sum of its nine
+    shifted maps, which keeps the channels-last layout (a grouped convolution over the prompts was slower on the CPU)."""
+    n, hh, ww, d = z.shape
+    taps = torch.bmm(z.reshape(n, hh * ww, d), kernel.reshape(n, d, 9)).reshape(n, hh, ww, 3, 3)
+    out = bias[:, None, None].expand(n, hh, ww).clone()
+    for i in range(3):
+        for j in range(3):  # out[y, x] += taps[y + i - 1, x + j - 1, i, j] where inside the map
+            y0, y1, x0, x1 = max(0, 1 - i), hh - max(0, i - 1), max(0, 1 - j), ww - max(0, j - 1)
+            out[:, y0:y1, x0:x1] += taps[:, y0 + i - 1 : y1 + i - 1, x0 + j - 1 : x1 + j - 1, i, j]
+    return out
+
+
 def _mask_rows(dec: Any, side: torch.Tensor, hw: tuple[int, int], hyper: torch.Tensor | None, hq: torch.Tensor | None,
                feats: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Low-res logits (n, 1, 4h, 4w) of n prompts: their image sides (n, h*w, C) upscaled, times ``hyper`` (n, C/8)
-    (the SAM token's, or None with only the HQ mask), plus the HQ token's ``hq`` (n, C/8) times the HQ branch."""
+    (the SAM token's, or None with only the HQ mask), plus the HQ token's ``hq`` (n, C/8) times the HQ branch.
+
+    Channels last throughout (the image side is (n, h*w, C) already; the convolutions and the channels-first layer
+    norms then need no layout copies), and the HQ branch's last convolution (64 -> C/8 channels, 3 x 3) is contracted
+    with each prompt's HQ vector first: ``hq . conv2(z) = conv2_hq(z)``, one output channel instead of C/8."""
     n, _, c = side.shape
     act = dec.activation
-    src = side.transpose(1, 2).reshape(n, c, *hw)
+    src = side.reshape(n, *hw, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory: no copy
     up = act(dec.upscale_conv2(act(dec.upscale_layer_norm(dec.upscale_conv1(src)))))
-    flat = up.flatten(2)  # (n, C/8, 4h * 4w)
-    out = None if hyper is None else torch.bmm(hyper[:, None, :], flat)
+    h4, w4 = up.shape[2], up.shape[3]
+    up_last = up.permute(0, 2, 3, 1).reshape(n, h4 * w4, -1)  # (n, H*W, C/8)
+    out = None if hyper is None else torch.bmm(up_last, hyper[:, :, None])  # (n, H*W, 1)
     if hq is not None:
-        branch = dec.mask_conv2(act(dec.mask_norm(dec.mask_conv1(up)))) + feats
-        hq_part = torch.bmm(hq[:, None, :], branch.flatten(2))
+        z = act(dec.mask_norm(dec.mask_conv1(up)))  # (n, 64, H, W)
+        conv2 = dec.mask_conv2
+        simple = (tuple(conv2.kernel_size) == (3, 3) and tuple(conv2.stride) == (1, 1)
+                  and tuple(conv2.padding) == (1, 1) and tuple(conv2.dilation) == (1, 1) and conv2.groups == 1)  # fmt: skip
+        if simple:
+            kernel = torch.einsum("nc,cdij->ndij", hq, conv2.weight)  # (n, 64, 3, 3)
+            bias = hq @ conv2.bias if conv2.bias is not None else hq.new_zeros(n)
+            hq_part = _conv3x3_contracted(z.permute(0, 2, 3, 1), kernel, bias).reshape(n, h4 * w4, 1)
+        else:
+            hq_part = torch.bmm(conv2(z).permute(0, 2, 3, 1).reshape(n, h4 * w4, -1), hq[:, :, None])
+        feats_last = feats[0].permute(1, 2, 0).reshape(h4 * w4, -1)  # (H*W, C/8)
+        hq_part = hq_part + (feats_last @ hq.T).T[:, :, None]
         out = hq_part if out is None else out + hq_part
     assert out is not None
-    return out.reshape(n, 1, up.shape[2], up.shape[3])
+    return out.reshape(n, 1, h4, w4)
 
 
 def hq_decode(

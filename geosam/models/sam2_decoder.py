@@ -40,12 +40,14 @@ SAM2_UPSCALE_DEVICE_CHUNK = 64
 
 def _upscaled(dec: Any, side: torch.Tensor, hw: tuple[int, int], feat_s0: torch.Tensor,
               feat_s1: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """The upscaled image side (n, C/8, 4h * 4w) of n prompts' image sides (n, h*w, C)."""
+    """The upscaled image side (n, 4h * 4w, C/8), channels last, of n prompts' image sides (n, h*w, C): the image
+    side is channels last already, so the convolutions and the channels-first layer norm need no layout copies."""
     n, _, c = side.shape
     act = dec.activation
-    src = side.transpose(1, 2).reshape(n, c, *hw)
+    src = side.reshape(n, *hw, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory: no copy
     up = act(dec.upscale_layer_norm(dec.upscale_conv1(src) + feat_s1))
-    return act(dec.upscale_conv2(up) + feat_s0).flatten(2)
+    up = act(dec.upscale_conv2(up) + feat_s0)
+    return up.permute(0, 2, 3, 1).reshape(n, -1, up.shape[1])
 
 
 def sam2_decode(
@@ -114,8 +116,8 @@ def sam2_decode(
     step = SAM2_UPSCALE_CPU_CHUNK if queries.device.type == "cpu" else SAM2_UPSCALE_DEVICE_CHUNK
     for s in range(0, todo.numel(), step):
         idx = todo[s : s + step]
-        logits = torch.bmm(hyper[idx], _upscaled(dec, side[idx], (hh, ww), feat_s0, feat_s1)).reshape(-1, sel.shape[1],
-                                                                                                       h4, w4)
+        up = _upscaled(dec, side[idx], (hh, ww), feat_s0, feat_s1)  # (n, H*W, C/8)
+        logits = torch.bmm(up, hyper[idx].transpose(1, 2)).transpose(1, 2).reshape(-1, sel.shape[1], h4, w4)
         if dynamic:
             single, multi = logits[:, :1], logits[:, 1:]
             stable = dec._get_stability_scores(single) >= dec.dynamic_multimask_stability_thresh  # (n, 1)
