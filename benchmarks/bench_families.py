@@ -81,6 +81,7 @@ def main() -> None:
         help="also geosam_float32_stock_decoder: geosam with the model's own decoder forward "
         "(the path before geosam's SAM 2 and SAM-HQ decoders)",
     )
+    ap.add_argument("--no-pipeline", action="store_true", help="geosam's variants only")
     ap.add_argument("--grids", type=int, nargs="+", default=[16])
     ap.add_argument("--chips", type=int, default=2)
     ap.add_argument("--chips-npz", help="chips saved by bench_cuda.py --save-chips (else read with geosam.read.scene)")
@@ -172,11 +173,14 @@ def main() -> None:
                 build(family, path, args.tiny)
                 bundles = {d: load_model(path, device=str(device), dtype=d) for d in dtypes}
                 ref_model = load_model(path, device=str(device), dtype="float32").model
+                pipe = None
                 try:  # SAM 2's processor needs torchvision: without it, geosam's variants only
-                    pipe = pipeline("mask-generation", model=ref_model, image_processor=_processor(path), device=device)
+                    if not args.no_pipeline:
+                        pipe = pipeline(
+                            "mask-generation", model=ref_model, image_processor=_processor(path), device=device
+                        )
                 except ImportError as exc:
                     result["errors"][f"{family}:pipeline"] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
-                    pipe = None
                 fam: dict = {
                     "model_parameters_m": round(sum(p.numel() for p in ref_model.parameters()) / 1e6, 1),
                     "grids": {},
