@@ -21,8 +21,8 @@ from geosam.models.bundle import SamBundle
 #: ``points_per_batch`` still sets how many prompts are decoded and filtered together.
 FAST_DECODER_CPU_CHUNK = 8
 
-#: Prompts per call of a model's own (stock) mask decoder on the CPU (SAM 2, SAM-HQ, or SAM with the fast decoder
-#: off). It repeats the image side once per prompt (SAM 2: 4 MiB per prompt and step, 8 MiB upscaled), so a call on
+#: Prompts per call of a model's own (stock) mask decoder on the CPU (SAM or SAM 2 with the fast decoder off; SAM-HQ
+#: until session 20, now always `geosam.models.hq_decoder`). It repeats the image side once per prompt (SAM 2: 4 MiB per prompt and step, 8 MiB upscaled), so a call on
 #: 64 prompts allocates blocks of hundreds of MiB: glibc serves each from fresh ``mmap`` pages and unmaps it on free,
 #: and the kernel faults in and zeroes every page again, step after step. With 4 prompts per call the blocks stay
 #: below glibc's mmap threshold and are reused (`geosam.models.cpu_memory`). Full-size random-weight models,
@@ -83,8 +83,8 @@ def compile_bundle(bundle: SamBundle) -> SamBundle:
 
     What is compiled is what ``encode`` and ``decode`` run: the fast encoder
     (`geosam.models.fast_encoder.fast_image_embeddings`) where the bundle uses
-    it, else the stock vision encoder; the stock mask decoder only where the fast
-    decoder is not used (compiling `geosam.models.fast_decoder.fast_decode`
+    it, else the stock vision encoder; the stock mask decoder only where neither the fast
+    decoder nor geosam's SAM 2 / SAM-HQ decoder is used (compiling `geosam.models.fast_decoder.fast_decode`
     was measured no faster on a CPU). The first calls are slow (tracing); for
     measured times see ``benchmarks/results/``. Returns the bundle.
     """
@@ -100,10 +100,19 @@ def compile_bundle(bundle: SamBundle) -> SamBundle:
         model._geosam_fast_encoder = torch.compile(run)
     else:
         model.vision_encoder = torch.compile(model.vision_encoder)
-    if not use_fast_decoder(bundle):
+    family = bundle.capabilities.family
+    own_decoder = family == "sam_hq" or (family == "sam2" and use_sam2_decoder(bundle))  # geosam's, not compiled
+    if not use_fast_decoder(bundle) and not own_decoder:
         model.mask_decoder = torch.compile(model.mask_decoder)
     model._geosam_compiled = True
     return bundle
 
 
-__all__ = ["FAST_DECODER_CPU_CHUNK", "STOCK_DECODER_CPU_CHUNK", "compile_bundle", "use_fast_decoder", "use_fast_encoder"]
+__all__ = [
+    "FAST_DECODER_CPU_CHUNK",
+    "STOCK_DECODER_CPU_CHUNK",
+    "compile_bundle",
+    "use_fast_decoder",
+    "use_fast_encoder",
+    "use_sam2_decoder",
+]
