@@ -176,6 +176,25 @@ def test_sam2_decoder_gives_the_model_decoders_masks(tiny_family_dirs: dict[str,
     assert bool(torch.isneginf(cut[~kept]).all())
 
 
+def test_sam2_decoder_upscaling_paths_agree(tiny_family_dirs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU's upscaling (transposed convolutions as per-pixel products, pixels in sub-pixel order) and the
+    convolution path other devices take give the same masks."""
+    import geosam.models.sam2_decoder as s2
+
+    b = load_model(tiny_family_dirs["sam2"], device="cpu", dtype="float32")
+    emb = encode(b, preprocess(b, [np.random.default_rng(6).integers(0, 255, (256, 256, 3), dtype=np.uint8)])[0])
+    pts = torch.rand((5, 2), generator=torch.Generator().manual_seed(7)) * 1000
+    plans: list[object] = []
+    real_plan = s2._linear_plan
+    monkeypatch.setattr(s2, "_linear_plan", lambda *a: plans.append(1) or real_plan(*a))
+    products = decode_points(b, emb, pts, multimask=True)
+    monkeypatch.setattr(s2, "_linear_plan", lambda *a: None)
+    convolutions = decode_points(b, emb, pts, multimask=True)
+    assert plans
+    torch.testing.assert_close(products[0], convolutions[0], rtol=1e-4, atol=1e-9)  # logits of ~1e-4 here
+    torch.testing.assert_close(products[1], convolutions[1])
+
+
 @pytest.mark.parametrize("multimask", [True, False])
 def test_sam_hq_decodes_as_its_authors_decoder(tiny_family_dirs: dict[str, str], multimask: bool) -> None:
     """SAM-HQ decodes through geosam's decoder: in CPU chunks (last one partial), points and boxes, the masks and
