@@ -9,6 +9,7 @@ or run convolutions on the upscaled side).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ import torch
 from geosam.models.fast_decoder import _cross_attentions, _image_sides, _shared_side
 from geosam.models.fast_twoway import _image_side, _token_to_image, cached
 
-__all__ = ["sam_layout", "two_way"]
+__all__ = ["decode_in_chunks", "encode_prompts", "prompt_tokens", "sam_layout", "two_way"]
 
 
 class _Renamed:
@@ -78,3 +79,46 @@ def two_way(
     if keys.shape[0] != n:  # no layer ran
         keys = keys.expand(n, -1, -1)
     return queries, keys
+
+
+def encode_prompts(model: Any, prompts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.prompt_encoder`` on prompts shaped for the model's forward (``input_points`` / ``input_labels`` /
+    ``input_boxes``, batch of one image, no mask input): ``(sparse (1, N, T, C), dense (1, C, h, w))``."""
+    return model.prompt_encoder(
+        input_points=prompts.get("input_points"),
+        input_labels=prompts.get("input_labels"),
+        input_boxes=prompts.get("input_boxes"),
+        input_masks=None,
+    )
+
+
+def prompt_tokens(
+    output_tokens: torch.Tensor, sparse: torch.Tensor | None, dense: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """The decoder's tokens (N, T, C): its output tokens (M, C) before each prompt's sparse embeddings (N, T', C)
+    (None: no sparse prompt, N from ``dense``), and N; ``dense`` (1 or N, C, h, w) is checked against N."""
+    if sparse is not None:
+        n = sparse.shape[0]
+        tokens = torch.cat((output_tokens[None].expand(n, -1, -1).to(sparse.dtype), sparse), dim=1)
+    else:
+        n = max(1, dense.shape[0])
+        tokens = output_tokens[None].expand(n, -1, -1)
+    if dense.shape[0] not in (1, n):
+        raise ValueError(f"dense_embeddings batch {dense.shape[0]} fits neither 1 nor {n} prompts")
+    return tokens, n
+
+
+def decode_in_chunks(
+    decode: Callable[[torch.Tensor, torch.Tensor, dict[Any, Any]], tuple[torch.Tensor, torch.Tensor]],
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+    n: int,
+    step: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode(sparse_chunk, dense, cache)`` on ``step`` prompts at a time of ``sparse`` (1, N, T, C), the chunks
+    sharing one cache (the image's projections and features), their masks and IoUs concatenated."""
+    shared: dict[Any, Any] = {}
+    parts = [decode(sparse[0][s : s + step], dense, shared) for s in range(0, n, step)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

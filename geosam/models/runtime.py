@@ -172,13 +172,10 @@ def _run_decoder(
         from geosam.models.fast_decoder import _unwrap, fast_decode, image_positional_embeddings, returned_mask_tokens
 
         model = bundle.model
+        from geosam.models.decoder_side import encode_prompts
+
         with torch.inference_mode():
-            sparse, dense = model.prompt_encoder(
-                input_points=prompts.get("input_points"),
-                input_labels=prompts.get("input_labels"),
-                input_boxes=prompts.get("input_boxes"),
-                input_masks=None,
-            )
+            sparse, dense = encode_prompts(model, prompts)
             emb = image_embeddings.to(device=bundle.device, dtype=torch.float32)
             pe = image_positional_embeddings(model)
             step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n

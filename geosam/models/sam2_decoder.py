@@ -29,7 +29,7 @@ import torch
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import FAST_DECODER_CPU_CHUNK
 from geosam.models.cpu_gemm import linear
-from geosam.models.decoder_side import sam_layout, two_way
+from geosam.models.decoder_side import decode_in_chunks, encode_prompts, prompt_tokens, sam_layout, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_decoder import _unwrap
 from geosam.models.fast_twoway import cached
@@ -143,14 +143,7 @@ def sam2_decode(
         image_pe = model.get_image_wide_positional_embeddings()
     wdtype = dec.iou_token.weight.dtype
     output_tokens = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-    if sparse_embeddings is not None:
-        n = sparse_embeddings.shape[0]
-        tokens = torch.cat((output_tokens[None].expand(n, -1, -1).to(sparse_embeddings.dtype), sparse_embeddings), 1)
-    else:
-        n = max(1, dense_embeddings.shape[0])
-        tokens = output_tokens[None].expand(n, -1, -1)
-    if dense_embeddings.shape[0] not in (1, n):
-        raise ValueError(f"dense_embeddings batch {dense_embeddings.shape[0]} fits neither 1 nor {n} prompts")
+    tokens, n = prompt_tokens(output_tokens, sparse_embeddings, dense_embeddings)
     key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), (hh * ww, c))
     queries, side = two_way(sam_layout(dec.transformer), tokens.to(wdtype), image_embeddings, dense_embeddings,
                             image_pe, cache, key)  # fmt: skip
@@ -217,20 +210,11 @@ def decode_prompts(
     image = emb.main.to(torch.float32)
     feat_s0, feat_s1 = (e.to(torch.float32) for e in emb.extras)
     with torch.inference_mode():
-        sparse, dense = model.prompt_encoder(
-            input_points=prompts.get("input_points"),
-            input_labels=prompts.get("input_labels"),
-            input_boxes=prompts.get("input_boxes"),
-            input_masks=None,
-        )
+        sparse, dense = encode_prompts(model, prompts)
         pe = model.get_image_wide_positional_embeddings()
         step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
-        shared: dict = {}
-        parts = [
-            sam2_decode(model, image, (feat_s0, feat_s1), sparse[0][s : s + step], dense, multimask, pe,
-                        iou_floor=iou_floor, cache=shared)
-            for s in range(0, n, step)
-        ]  # fmt: skip
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return decode_in_chunks(
+            lambda part, d, cache: sam2_decode(model, image, (feat_s0, feat_s1), part, d, multimask, pe,
+                                               iou_floor=iou_floor, cache=cache),
+            sparse, dense, n, step,
+        )  # fmt: skip
