@@ -8,9 +8,9 @@ with the same points per side, thresholds and NMS:
 
 * ``geosam_<dtype>``: `geosam.segment.SamMaskGenerator` at ``dtype`` (float32; float16 / bfloat16 autocast of the
   encoder and the stock decoder where the device has them);
-* ``geosam_float32_chunk_<n>`` (``--chunks``): float32 with the model's own decoder on ``n`` prompts per call
-  (`geosam.models.runtime.STOCK_DECODER_CPU_CHUNK`, which the runtime applies on the CPU only; here it is forced
-  on any device, to check that choice);
+* ``geosam_float32_chunk_<n>`` (``--chunks``): ``geosam_float32_stock_decoder`` (below) with the model's own
+  decoder on ``n`` prompts per call (`geosam.models.runtime.STOCK_DECODER_CPU_CHUNK`, which the runtime applies on
+  the CPU only; here it is forced on any device, to check that choice);
 * ``geosam_float32_stock_decoder`` (``--stock-decoders``): float32 with the model's own decoder forward instead of
   geosam's (`geosam.models.sam2_decoder`, `geosam.models.hq_decoder`), as before geosam decoded these families
   itself (SAM 2: ``fast_decoder=False``; SAM-HQ: transformers' forward patched back in, a speed reference only, since
@@ -99,14 +99,13 @@ def main() -> None:
 
     import transformers
     from _machine import cpu_name
-    from bench_amg import _nms_patch, agreement_parts, interleaved, pipeline_runner
+    from bench_amg import _nms_patch, agreement_parts, geosam_runner, interleaved, pipeline_runner
     from bench_cuda import Clock, load_array_chips
     from transformers import pipeline
 
     import geosam.models.hq_decoder as hqd
     import geosam.models.runtime as rt
     from geosam.models import load_model
-    from geosam.segment import SamMaskGenerator
 
     torch.set_grad_enabled(False)
     if args.threads:
@@ -144,22 +143,16 @@ def main() -> None:
     chips = load_array_chips(args.chips_npz, args.chips, 1024)
 
     def geosam_run(bundle, grid: int, nms: float, patch: dict | None = None):
-        """A runner of geosam's generator; ``patch``: ``{(module, attribute): value}`` replaced during its calls."""
-        gen = SamMaskGenerator(
-            bundle,
-            points_per_side=grid,
-            points_per_batch=args.points_per_batch,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_score_thresh,
-            box_nms_thresh=nms,
-        )
+        """`bench_amg.geosam_runner`'s (runner, generator); ``patch``: ``{(module, attribute): value}`` replaced
+        during the runner's calls."""
+        generate, gen = geosam_runner(bundle, args, grid, nms)
 
         def run(chip):
             saved = {k: getattr(*k) for k in patch or {}}
             for (mod, name), v in (patch or {}).items():
                 setattr(mod, name, v)
             try:
-                return gen.generate(chip).masks
+                return generate(chip)
             finally:
                 for (mod, name), v in saved.items():
                     setattr(mod, name, v)
@@ -193,19 +186,16 @@ def main() -> None:
                     runners, gens = {}, {}
                     for d, b in bundles.items():
                         runners[f"geosam_{d}"], gens[f"geosam_{d}"] = geosam_run(b, grid, args.box_nms_thresh, None)
-                    for c in args.chunks:
-                        if "float32" in bundles:
-                            n = f"geosam_float32_chunk_{c}"
-                            forced = {(rt, "_stock_decoder"): _forced_step(rt._stock_decoder, c)}
-                            runners[n], gens[n] = geosam_run(bundles["float32"], grid, args.box_nms_thresh, forced)
-                    if args.stock_decoders and "float32" in bundles:  # the model's own decoder forward
-                        n = "geosam_float32_stock_decoder"
-                        if family == "sam_hq":
-                            old_path = {(hqd, "decode_prompts"): _transformers_hq(rt)}
-                            runners[n], gens[n] = geosam_run(bundles["float32"], grid, args.box_nms_thresh, old_path)
-                        else:
-                            stock = dataclasses.replace(bundles["float32"], fast_decoder=False)
-                            runners[n], gens[n] = geosam_run(stock, grid, args.box_nms_thresh)
+                    if "float32" in bundles:  # the model's own decoder forward: SAM 2 with fast_decoder=False,
+                        # SAM-HQ with transformers' forward patched back in
+                        stock = dataclasses.replace(bundles["float32"], fast_decoder=False)
+                        own = {(hqd, "decode_prompts"): _transformers_hq(rt)} if family == "sam_hq" else {}
+                        variants = [(f"geosam_float32_chunk_{c}", c) for c in args.chunks]
+                        if args.stock_decoders:
+                            variants.append(("geosam_float32_stock_decoder", None))
+                        for n, c in variants:
+                            forced = {} if c is None else {(rt, "_stock_decoder"): _forced_step(rt._stock_decoder, c)}
+                            runners[n], gens[n] = geosam_run(stock, grid, args.box_nms_thresh, own | forced)
                     if pipe is not None:
                         runners["pipeline"] = pipeline_runner(pipe, args, grid, args.box_nms_thresh)
                     timed = {n: (lambda chip, run=run: clock(lambda: run(chip))[1]) for n, run in runners.items()}

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from geosam.models.bundle import SamBundle
+from geosam.models.compile import FAST_DECODER_CPU_CHUNK
 from geosam.models.fast_decoder import _cross_attentions, _image_sides, _shared_side
 from geosam.models.fast_twoway import _image_side, _token_to_image, cached
 
@@ -109,16 +111,21 @@ def prompt_tokens(
 
 
 def decode_in_chunks(
-    decode: Callable[[torch.Tensor, torch.Tensor, dict[Any, Any]], tuple[torch.Tensor, torch.Tensor]],
-    sparse: torch.Tensor,
-    dense: torch.Tensor,
+    bundle: SamBundle,
+    prompts: dict[str, torch.Tensor],
     n: int,
-    step: int,
+    decode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[Any, Any]], tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``decode(sparse_chunk, dense, cache)`` on ``step`` prompts at a time of ``sparse`` (1, N, T, C), the chunks
-    sharing one cache (the image's projections and features), their masks and IoUs concatenated."""
-    shared: dict[Any, Any] = {}
-    parts = [decode(sparse[0][s : s + step], dense, shared) for s in range(0, n, step)]
+    """``decode(sparse_chunk (N', T, C), dense, image_pe, cache)`` on the n ``prompts`` (shaped for the model's
+    forward, `encode_prompts`), `FAST_DECODER_CPU_CHUNK` at a time on the CPU and all at once elsewhere, the chunks
+    sharing one cache (the image's projections and features); their masks and IoUs concatenated."""
+    model = bundle.model
+    with torch.inference_mode():
+        sparse, dense = encode_prompts(model, prompts)
+        pe = model.get_image_wide_positional_embeddings()
+        step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
+        shared: dict[Any, Any] = {}
+        parts = [decode(sparse[0][s : s + step], dense, pe, shared) for s in range(0, n, step)]
     if len(parts) == 1:
         return parts[0]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -33,8 +33,7 @@ from typing import Any
 import torch
 
 from geosam.models.bundle import SamBundle
-from geosam.models.compile import FAST_DECODER_CPU_CHUNK
-from geosam.models.decoder_side import decode_in_chunks, encode_prompts, prompt_tokens, two_way
+from geosam.models.decoder_side import decode_in_chunks, prompt_tokens, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_decoder import _unwrap
 from geosam.models.fast_twoway import cached
@@ -183,16 +182,11 @@ def decode_prompts(
     decoder forward): ``(masks (N, 1, h, w), iou (N, 1))``, one mask per prompt (with
     ``multimask`` the best of SAM's three plus the HQ mask), in float32; on the CPU `FAST_DECODER_CPU_CHUNK` prompts
     per transformer call, the chunks sharing the image's HQ features and projections."""
-    model = bundle.model
     emb = embeddings.to(bundle.device)
     image = emb.main.to(torch.float32)
     vit = emb.extras[0].to(torch.float32) if emb.extras else None
-    with torch.inference_mode():
-        sparse, dense = encode_prompts(model, prompts)
-        pe = model.get_image_wide_positional_embeddings()
-        step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
-        return decode_in_chunks(
-            lambda part, d, cache: hq_decode(model, image, vit, part, d, multimask, pe, iou_floor=iou_floor,
-                                             cache=cache),
-            sparse, dense, n, step,
-        )  # fmt: skip
+    return decode_in_chunks(
+        bundle, prompts, n,
+        lambda part, dense, pe, cache: hq_decode(bundle.model, image, vit, part, dense, multimask, pe,
+                                                 iou_floor=iou_floor, cache=cache),
+    )  # fmt: skip

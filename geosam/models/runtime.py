@@ -169,11 +169,10 @@ def _run_decoder(
     if bundle.device.type == "cpu":
         keep_freed_memory()
     if n > 0 and not isinstance(image_embeddings, MultiEmbeddings) and use_fast_decoder(bundle):
+        from geosam.models.decoder_side import encode_prompts
         from geosam.models.fast_decoder import _unwrap, fast_decode, image_positional_embeddings, returned_mask_tokens
 
         model = bundle.model
-        from geosam.models.decoder_side import encode_prompts
-
         with torch.inference_mode():
             sparse, dense = encode_prompts(model, prompts)
             emb = image_embeddings.to(device=bundle.device, dtype=torch.float32)
@@ -195,15 +194,15 @@ def _run_decoder(
                 ious.append(iou_s)
             iou = ious[0] if len(ious) == 1 else torch.cat(ious)
         return masks.float(), iou.float()
-    if n > 0 and isinstance(image_embeddings, MultiEmbeddings) and image_embeddings.family == "sam_hq":
-        from geosam.models.hq_decoder import decode_prompts
+    if n > 0 and isinstance(image_embeddings, MultiEmbeddings):
+        if image_embeddings.family == "sam_hq":  # always geosam's: transformers' upscales the wrong image side
+            from geosam.models.hq_decoder import decode_prompts
 
-        return decode_prompts(bundle, image_embeddings, multimask, iou_floor, n, prompts)
-    if n > 0 and isinstance(image_embeddings, MultiEmbeddings) and image_embeddings.family == "sam2" \
-            and use_sam2_decoder(bundle):
-        from geosam.models.sam2_decoder import decode_prompts as decode_sam2
+            return decode_prompts(bundle, image_embeddings, multimask, iou_floor, n, prompts)
+        if image_embeddings.family == "sam2" and use_sam2_decoder(bundle):
+            from geosam.models.sam2_decoder import decode_prompts as decode_sam2
 
-        return decode_sam2(bundle, image_embeddings, multimask, iou_floor, n, prompts)
+            return decode_sam2(bundle, image_embeddings, multimask, iou_floor, n, prompts)
     masks, iou = _stock_decoder(bundle, image_embeddings, multimask, n, prompts)
     if iou_floor is not None:  # as the fast decoder: prompts with no mask above the floor are -inf
         masks = torch.where((iou > iou_floor).any(dim=1)[:, None, None, None], masks, float("-inf"))

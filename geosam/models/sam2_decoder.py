@@ -27,9 +27,8 @@ from typing import Any
 import torch
 
 from geosam.models.bundle import SamBundle
-from geosam.models.compile import FAST_DECODER_CPU_CHUNK
 from geosam.models.cpu_gemm import linear
-from geosam.models.decoder_side import decode_in_chunks, encode_prompts, prompt_tokens, sam_layout, two_way
+from geosam.models.decoder_side import decode_in_chunks, prompt_tokens, sam_layout, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_decoder import _unwrap
 from geosam.models.fast_twoway import cached
@@ -99,12 +98,7 @@ def _linear_plan(dec: Any, feat_s0: torch.Tensor, feat_s1: torch.Tensor) -> dict
     if one is None or two is None or getattr(ln, "data_format", "") != "channels_first":
         return None
     return {"w1": one[0], "b1": one[1], "w2": two[0], "b2": two[1], "f1": _subpixel(feat_s1, 1),
-            "f0": _f0(feat_s0)}
-
-
-def _f0(feat_s0: torch.Tensor) -> torch.Tensor:
-    """feat_s0 (1, C, 4h, 4w) as (h, w, i1, j1, i2, j2, C): pixel (4y + 2 i1 + i2, 4x + 2 j1 + j2)."""
-    return _subpixel(feat_s0, 2)
+            "f0": _subpixel(feat_s0, 2)}
 
 
 def _pixels(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -205,16 +199,11 @@ def decode_prompts(
     """`sam2_decode` on prompts shaped for ``Sam2Model.forward`` (``input_points`` / ``input_labels`` /
     ``input_boxes``, batch of one image): ``(masks (N, K, h, w), iou (N, K))`` float32; on the CPU
     `FAST_DECODER_CPU_CHUNK` prompts per transformer call, the chunks sharing the image's projections."""
-    model = bundle.model
     emb = embeddings.to(bundle.device)
     image = emb.main.to(torch.float32)
     feat_s0, feat_s1 = (e.to(torch.float32) for e in emb.extras)
-    with torch.inference_mode():
-        sparse, dense = encode_prompts(model, prompts)
-        pe = model.get_image_wide_positional_embeddings()
-        step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
-        return decode_in_chunks(
-            lambda part, d, cache: sam2_decode(model, image, (feat_s0, feat_s1), part, d, multimask, pe,
-                                               iou_floor=iou_floor, cache=cache),
-            sparse, dense, n, step,
-        )  # fmt: skip
+    return decode_in_chunks(
+        bundle, prompts, n,
+        lambda part, dense, pe, cache: sam2_decode(bundle.model, image, (feat_s0, feat_s1), part, dense, multimask,
+                                                   pe, iou_floor=iou_floor, cache=cache),
+    )  # fmt: skip
