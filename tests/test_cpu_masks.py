@@ -14,10 +14,11 @@ from geosam.models import cpu_masks, upsample_logits, upsample_masks
 from geosam.models.device import cpu_flags
 
 
-def _avx2_torch() -> bool:
+def _kernel_host() -> bool:
+    """An AVX2 CPU on Linux with torch on its AVX2 or AVX-512 kernels: there the kernel must load and give torch's bits."""
     return (
         {"avx2", "fma"} <= set(cpu_flags()) and sys.platform.startswith("linux")
-        and torch.backends.cpu.get_cpu_capability() == "AVX2"
+        and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     )  # fmt: skip
 
 
@@ -66,7 +67,7 @@ def _check(threads: int) -> None:
         torch.set_num_threads(before)
 
 
-@pytest.mark.skipif(not _avx2_torch(), reason="the kernel reproduces torch's AVX2 kernels: not what torch runs here")
+@pytest.mark.skipif(not _kernel_host(), reason="the kernel is AVX2 code, used where torch runs AVX2 or AVX-512 kernels")
 def test_kernel_is_in_use_and_equals_torch() -> None:
     assert shutil.which("cc") or shutil.which("gcc"), "no C compiler on an AVX2 machine that runs the tests"
     assert cpu_masks.available()
@@ -122,7 +123,7 @@ def _stats_logits(gen: torch.Generator) -> torch.Tensor:
     return low
 
 
-@pytest.mark.skipif(not _avx2_torch(), reason="the kernel reproduces torch's AVX2 kernels: not what torch runs here")
+@pytest.mark.skipif(not _kernel_host(), reason="the kernel is AVX2 code, used where torch runs AVX2 or AVX-512 kernels")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_stats_equal_torchs_upsampled_masks(threads: int) -> None:
     """Counts for several thresholds and the box of one, from every upsampled pixel: those of torch's values."""

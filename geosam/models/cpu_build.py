@@ -10,11 +10,14 @@ flags, and loaded with ctypes. A library loaded from there runs as the user, so
 only folders and files the user owns and neither group nor others may write are
 used (else a private ``$TMPDIR/geosam-kernels-<uid>``, created 0700).
 
-`load` gives the library only where torch itself runs its AVX2 kernels
-(``torch.backends.cpu.get_cpu_capability() == "AVX2"`` on x86-64 Linux: the
-kernels reproduce those kernels' rounding, and torch's AVX-512 kernels round
-differently), only after the caller's check against torch passes, and never
-with ``GEOSAM_CPU_KERNELS=0``. Otherwise it returns None and the callers run
+`load` gives the library only on x86-64 Linux where torch runs the vector
+kernels the caller names (``torch.backends.cpu.get_cpu_capability()``: by
+default "AVX2" only, for kernels that reproduce the rounding of torch's AVX2
+kernels, which torch's AVX-512 kernels do not share; kernels whose results
+are torch's to float rounding, or whose arithmetic is the same elementwise at
+any vector width, name "AVX512" too: the AVX2 code runs on those CPUs), only
+after the caller's check against torch passes, and never with
+``GEOSAM_CPU_KERNELS=0``. Otherwise it returns None and the callers run
 torch's ops: the same results, slower.
 """
 
@@ -34,9 +37,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["build", "cache_dir", "compiler", "load", "ours", "switched_on"]
+__all__ = ["AVX2_AND_WIDER", "build", "cache_dir", "compiler", "load", "ours", "switched_on"]
 
 log = logging.getLogger(__name__)
+
+#: torch CPU capabilities under which a kernel that does not depend on torch's vector width may run.
+AVX2_AND_WIDER = ("AVX2", "AVX512")
 
 FLAGS = ("-O2", "-mavx2", "-mfma", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
 
@@ -101,18 +107,22 @@ def build(source: Path, cc: str) -> Path | None:
     return None
 
 
-def switched_on() -> bool:
-    """Whether this process may use the C kernels at all (not switched off, x86-64 Linux, torch on AVX2)."""
+def switched_on(capabilities: tuple[str, ...] = ("AVX2",)) -> bool:
+    """Whether this process may use a C kernel at all: not switched off, x86-64 Linux, torch running the vector
+    kernels of one of ``capabilities``."""
     if os.environ.get("GEOSAM_CPU_KERNELS", "").strip().lower() in ("0", "false", "no"):
         return False
     if not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")):
         return False
-    return torch.backends.cpu.get_cpu_capability() == "AVX2"  # torch's other kernels round differently
+    return torch.backends.cpu.get_cpu_capability() in capabilities
 
 
-def load(source: Path, check: Callable[[ctypes.CDLL], bool], what: str) -> ctypes.CDLL | None:
-    """``source``'s library, built if needed, once ``check`` (set the restypes, compare with torch) passes."""
-    if not switched_on():
+def load(
+    source: Path, check: Callable[[ctypes.CDLL], bool], what: str, capabilities: tuple[str, ...] = ("AVX2",)
+) -> ctypes.CDLL | None:
+    """``source``'s library, built if needed, once ``check`` (set the restypes, compare with torch) passes; only where
+    torch runs the vector kernels of one of ``capabilities`` (see the module docstring)."""
+    if not switched_on(capabilities):
         return None
     cc = compiler()
     path = build(source, cc) if cc else None

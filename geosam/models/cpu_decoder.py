@@ -23,8 +23,9 @@ torch's and the GELU is not oneDNN's (error at most 5e-7 for |x| < 3, torch's
 3.7e-7; 1.2e-6 absolute where 1 + erf cancels, x < -2), so the logits differ
 in the last bits (~1e-6 relative). The library is used only after it agrees
 with torch's ops in this process (`_agrees_with_torch`), built and cached by
-`geosam.models.cpu_build` (not with ``GEOSAM_CPU_KERNELS=0``, not where torch
-runs other than its AVX2 kernels). Elsewhere, and for shapes it does not take
+`geosam.models.cpu_build` (not with ``GEOSAM_CPU_KERNELS=0``; where torch runs
+its AVX2 or AVX-512 kernels: the check is to rounding, so torch's vector width
+does not matter). Elsewhere, and for shapes it does not take
 (channels not multiples of 8, other dtypes, approximate GELU), torch's ops run.
 """
 
@@ -157,9 +158,9 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    from geosam.models.cpu_build import load
+    from geosam.models.cpu_build import AVX2_AND_WIDER, load
 
-    return load(_SOURCE, _agrees_with_torch, "mask upscaling")
+    return load(_SOURCE, _agrees_with_torch, "mask upscaling", AVX2_AND_WIDER)  # torch's to rounding at any width
 
 
 def available() -> bool:
@@ -185,8 +186,9 @@ def quad(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, symmetric:
 
 def token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tensor | None:
     """``torch.softmax(s, dim=2)`` for attention scores s (N, H, T, P) over their T tokens, written over ``s`` (the
-    same bits where torch runs its AVX2 kernels), and the weights also transposed into ``pt`` (N, P, H T) if given;
-    None where the kernel does not run (then nothing is written). Up to 8 tokens, P a multiple of 8."""
+    same bits where torch runs its AVX2 kernels, to rounding where it runs its AVX-512 ones), and the weights also
+    transposed into ``pt`` (N, P, H T) if given; None where the kernel does not run (then nothing is written). Up to
+    8 tokens, P a multiple of 8."""
     if not (s.device.type == "cpu" and s.dtype == torch.float32 and s.dim() == 4 and s.is_contiguous()):
         return None
     n, nh, nt, p = s.shape

@@ -1,12 +1,16 @@
-"""SAM's chip-resolution masks on AVX2 CPUs in one pass: torch's bilinear upsampling and threshold, the same bits.
+"""SAM's chip-resolution masks on x86-64 CPUs in one pass: torch's bilinear upsampling and threshold, the same bits.
 
 Segment-everything upsamples each kept mask's 256 x 256 low-res logits 4x to
 the 1024 px chip (``F.interpolate(..., mode="bilinear", align_corners=False)``)
 and thresholds them: torch writes 4 MiB of float32 per mask, then reads it
 again for ``> threshold``. `upsample_gt` computes the same values in the same
 order of operations (`cpu_masks.c`: the width pass once per input row, fused
-multiply-adds where torch's AVX2 build fuses them) and writes only the bool
-mask. The library is built and cached by `geosam.models.cpu_build` and used
+multiply-adds where torch's build fuses them) and writes only the bool
+mask. ATen's kernel here is scalar code per output, which its AVX2 and
+AVX-512 builds compile alike (both contract the same products into fused
+multiply-adds), so the AVX2 kernel reproduces torch's bits under either (an
+AMD EPYC Zen 4, where torch runs its AVX-512 kernels: the checks and tests
+pass bit for bit). The library is built and cached by `geosam.models.cpu_build` and used
 only after it has reproduced torch's upsampled values bit for bit in this
 process; elsewhere (other CPUs, other dtypes or devices, scale factors other
 than powers of two, outputs of H + W <= 128 px, ``GEOSAM_CPU_KERNELS=0``) torch's ops run: the same masks.
@@ -100,9 +104,9 @@ def _reproduces_torch(lib: ctypes.CDLL) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    from geosam.models.cpu_build import load
+    from geosam.models.cpu_build import AVX2_AND_WIDER, load
 
-    return load(_SOURCE, _reproduces_torch, "upsampling")
+    return load(_SOURCE, _reproduces_torch, "upsampling", AVX2_AND_WIDER)  # elementwise: the same at any width
 
 
 def available() -> bool:
