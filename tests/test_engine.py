@@ -12,6 +12,7 @@ from geosam.cli.main import cli
 from geosam.models import SamBundle, load_model
 from geosam.modes.everything import segment_scene
 from geosam.segment import SamMaskGenerator, crop
+from geosam.segment.crop import decode_points as crop_decode
 from geosam.segment.sam_utils import generate_crop_boxes, is_box_near_crop_edge
 from geosam.testing import OracleMaskGenerator
 from tests.data.make_scenes import make_oracle_scene
@@ -56,6 +57,31 @@ def test_crop_layers_find_smaller_objects(bundle: SamBundle, monkeypatch) -> Non
     assert crops.masks.sum(axis=(1, 2)).min() < plain.masks.sum(axis=(1, 2)).min()
     assert g.last_stats["points_total"] == 4 + 4 * 4
     assert {"encode", "decode", "filter", "upsample", "nms", "postprocess"} <= set(g.timings_s)  # every stage timed
+
+
+def test_batches_of_one_crop_share_the_decoders_image_side(bundle: SamBundle, monkeypatch) -> None:
+    """The prompt batches of one crop decode with one cache: the image side is made once per crop (twice with
+    two chips), and the masks are those of a generator whose batches each make their own."""
+    from geosam.models import fast_decoder as fd
+
+    made = []
+    orig = fd._image_sides
+
+    def spy(*a):
+        made.append(1)
+        return orig(*a)
+
+    monkeypatch.setattr(fd, "_image_sides", spy)
+    chips = [make_chip(256, 256, seed=3), make_chip(256, 256, seed=4)]
+    kw = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "points_per_batch": 4}
+    got = [SamMaskGenerator(bundle, **kw).generate(c) for c in chips]
+    assert len(made) == 2  # 4 batches of 4 points per chip, one image side each
+    monkeypatch.setattr(crop, "decode_points", lambda *a, cache=None, **k: crop_decode(*a, **k))
+    want = [SamMaskGenerator(bundle, **kw).generate(c) for c in chips]
+    assert len(made) == 2 + 8
+    for g, w in zip(got, want):
+        assert len(g) > 0 and np.array_equal(g.masks, w.masks)
+        assert np.array_equal(g.predicted_iou, w.predicted_iou)
 
 
 # -- batched encoding --------------------------------------------------------------

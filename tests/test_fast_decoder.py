@@ -368,3 +368,36 @@ def test_chunks_write_into_one_batch_tensor(sam_size) -> None:
         ref, _ = fast_decode(model, emb, sparse[0], dense, True)
     assert got.data_ptr() == buf[1:3].data_ptr()
     assert torch.equal(buf[1:3], ref) and bool(buf[[0, 3, 4]].isnan().all())
+
+
+def test_a_cache_kept_across_calls_computes_the_image_side_once(sam_size, monkeypatch) -> None:
+    """`decode`'s ``cache`` kept by the caller across batches on one image (as segment-everything's crops keep it):
+    the image side's shared projections are made once, not once per call, the masks and IoUs are those of calls
+    without it, the cache holds the image's tensors while they are its key (so that no later tensor can take their
+    address and be mistaken for them), and another image in the same cache gets its own results."""
+    from geosam.models import fast_decoder as fd
+
+    bundle, emb = sam_size
+    made = []
+    orig = fd.final_projections
+
+    def spy(*a):
+        made.append(1)
+        return orig(*a)
+
+    monkeypatch.setattr(fd, "final_projections", spy)
+    pts = torch.rand((21, 2), generator=torch.Generator().manual_seed(14)) * bundle.input_size
+    batches = [pts[:9], pts[9:]]
+    fresh = [gm.decode_points(bundle, emb, b, multimask=True) for b in batches]
+    assert len(made) == 2  # once per call without a cache (its chunks share one)
+    cache: dict = {}
+    kept = [gm.decode_points(bundle, emb, b, multimask=True, cache=cache) for b in batches]
+    assert len(made) == 3  # once for both calls
+    for a, b in zip(fresh, kept):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert any(t is emb for t in cache["tensors"])
+    other = emb * 1.5
+    got = gm.decode_points(bundle, other, batches[0], multimask=True, cache=cache)
+    want = gm.decode_points(bundle, other, batches[0], multimask=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert any(t is other for t in cache["tensors"]) and not any(t is emb for t in cache["tensors"])

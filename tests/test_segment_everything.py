@@ -106,7 +106,7 @@ def test_invalid_pixels_score_from_low_res_like_the_full_path(bundle: SamBundle,
     A scripted decoder gives sharp small squares, soft ramps and exact-threshold masks."""
     from tests.test_segment_sam_diff_generator import scripted_decode
 
-    monkeypatch.setattr(crop, "decode_points", lambda b, emb, points, labels=None, multimask=True, iou_floor=None: scripted_decode(points))
+    monkeypatch.setattr(crop, "decode_points", lambda b, emb, points, labels=None, multimask=True, iou_floor=None, cache=None: scripted_decode(points))
     valid = np.ones((1024, 1024), dtype=bool)
     valid[:, :300] = False
     chip = make_chip(1024, 1024, valid=valid, seed=5)
@@ -224,7 +224,7 @@ RADII = (10.0, 11.0, 40.0)
 IOUS = (0.90, 0.95, 0.85)
 
 
-def fake_decode_points(bundle, image_embeddings, points, labels=None, multimask=True, iou_floor=None):
+def fake_decode_points(bundle, image_embeddings, points, labels=None, multimask=True, iou_floor=None, cache=None):
     """Logits = radius - distance to the prompt, in low-res pixels; a disc per radius."""
     lr, s = bundle.low_res_size, bundle.input_size
     pts = torch.as_tensor(points, dtype=torch.float32) * (lr / s)

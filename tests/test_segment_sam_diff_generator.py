@@ -85,7 +85,7 @@ def bundle(tiny_sam_dir: str) -> SamBundle:
 
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(crop, "decode_points", lambda bundle, emb, points, labels=None, multimask=True, iou_floor=None: scripted_decode(points))
+    monkeypatch.setattr(crop, "decode_points", lambda bundle, emb, points, labels=None, multimask=True, iou_floor=None, cache=None: scripted_decode(points))
     monkeypatch.setattr(everything, "encode", lambda bundle, pixel_values: torch.zeros((pixel_values.shape[0], 1)))
 
 

@@ -115,16 +115,18 @@ def decode_in_chunks(
     prompts: dict[str, torch.Tensor],
     n: int,
     decode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[Any, Any]], tuple[torch.Tensor, torch.Tensor]],
+    cache: dict[Any, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``decode(sparse_chunk (N', T, C), dense, image_pe, cache)`` on the n ``prompts`` (shaped for the model's
     forward, `encode_prompts`), `FAST_DECODER_CPU_CHUNK` at a time on the CPU and all at once elsewhere, the chunks
-    sharing one cache (the image's projections and features); their masks and IoUs concatenated."""
+    sharing one cache (the image's projections and features: ``cache`` if given, kept by the caller across calls on
+    the same image, else a new one); their masks and IoUs concatenated."""
     model = bundle.model
     with torch.inference_mode():
         sparse, dense = encode_prompts(model, prompts)
         pe = model.get_image_wide_positional_embeddings()
         step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
-        shared: dict[Any, Any] = {}
+        shared: dict[Any, Any] = {} if cache is None else cache
         parts = [decode(sparse[0][s : s + step], dense, pe, shared) for s in range(0, n, step)]
     if len(parts) == 1:
         return parts[0]

@@ -85,6 +85,7 @@ from geosam.models.fast_twoway import (
     _image_side,
     _image_to_token_parts,
     _token_to_image,
+    cache_key,
     cached,
     shared_projections,
 )
@@ -282,7 +283,8 @@ def fast_decode(
     ``iou_floor``, the masks of prompts whose every returned IoU is at or below
     it are ``-inf`` (not computed). ``cache``: a dict the caller passes to every
     call on the same ``image_embeddings`` and ``dense_embeddings`` (e.g. the
-    chunks of one batch of prompts), for what all of them share. ``out``: a contiguous (N, K, 4h, 4w) tensor
+    chunks and batches of prompts of one image), for what all of them share
+    (it holds those tensors while they are its key: `cache_key`). ``out``: a contiguous (N, K, 4h, 4w) tensor
     to write the masks into (returned), e.g. a chunk's slice of the batch's masks.
     """
     dec = _unwrap(model.mask_decoder)
@@ -308,7 +310,7 @@ def fast_decode(
 
     if dense_embeddings.shape[0] not in (1, n):
         raise ValueError(f"dense_embeddings batch {dense_embeddings.shape[0]} fits neither 1 nor {n} prompts")
-    image_key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), (hh * ww, c))
+    image_key = cache_key(cache, (hh * ww, c), image_embeddings, dense_embeddings)
     keys, pos, keys_pos = cached(
         cache if dense_embeddings.shape[0] == 1 else None,
         image_key,

@@ -136,6 +136,21 @@ def _image_to_token_parts(
     return probs, _token_values(attn, v_tokens)
 
 
+def cache_key(cache: dict[Any, Any] | None, shape: tuple[int, ...], *tensors: torch.Tensor) -> tuple[Any, ...]:
+    """The key under which `cached` keeps what the decoder's calls on one image share: the addresses of the
+    ``tensors`` it is computed from (the image embeddings, the dense prompt embeddings, ...) and ``shape``.
+
+    A ``cache`` that starts on a new key holds the tensors themselves while the key is current: a cache kept across
+    calls (`geosam.models.runtime.decode`'s ``cache``, e.g. by the batches of one crop) would otherwise let a later
+    tensor take a freed one's address and be taken for it.
+    """
+    key = (tuple(t.data_ptr() for t in tensors), shape)
+    if cache is not None and cache.get("image") != key:
+        cache.clear()
+        cache["image"], cache["tensors"] = key, tensors
+    return key
+
+
 def cached(cache: dict[Any, Any] | None, key: Any, tag: str, make: Callable[[], Any]) -> Any:
     """``make()``, kept in ``cache`` under ``tag`` for the image ``key`` (`geosam.models.fast_decoder.fast_decode`'s
     ``cache``: what the calls on one image share). A cache that held another image's values is emptied first."""

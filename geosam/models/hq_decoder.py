@@ -36,7 +36,7 @@ from geosam.models.bundle import SamBundle
 from geosam.models.decoder_side import decode_in_chunks, prompt_tokens, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_decoder import _unwrap
-from geosam.models.fast_twoway import cached
+from geosam.models.fast_twoway import cache_key, cached
 
 __all__ = ["HQ_UPSCALE_CPU_CHUNK", "decode_prompts", "hq_decode", "hq_features"]
 
@@ -136,7 +136,8 @@ def hq_decode(
     wdtype = dec.iou_token.weight.dtype
     output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight, dec.hq_token.weight], dim=0)
     tokens, n = prompt_tokens(output_tokens, sparse_embeddings, dense_embeddings)
-    key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), (hh * ww, c))
+    vit = () if vit_features is None else (vit_features,)
+    key = cache_key(cache, (hh * ww, c), image_embeddings, dense_embeddings, *vit)
     feats = cached(cache, key, "hq_features", lambda: hq_features(dec, image_embeddings, vit_features))
     queries, side = two_way(dec.transformer, tokens.to(wdtype), image_embeddings, dense_embeddings, image_pe,
                              cache, key)  # fmt: skip
@@ -176,17 +177,20 @@ def decode_prompts(
     iou_floor: float | None,
     n: int,
     prompts: dict[str, torch.Tensor],
+    cache: dict[Any, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`hq_decode` on prompts shaped for ``SamHQModel.forward`` (``input_points`` / ``input_labels`` /
     ``input_boxes``, batch of one image; what `geosam.models.runtime.decode` runs for SAM-HQ, never transformers'
     decoder forward): ``(masks (N, 1, h, w), iou (N, 1))``, one mask per prompt (with
     ``multimask`` the best of SAM's three plus the HQ mask), in float32; on the CPU `FAST_DECODER_CPU_CHUNK` prompts
-    per transformer call, the chunks sharing the image's HQ features and projections."""
+    per transformer call, the chunks sharing the image's HQ features and projections (with ``cache``, a dict
+    kept by the caller, the calls on the same image too)."""
     emb = embeddings.to(bundle.device)
     image = emb.main.to(torch.float32)
     vit = emb.extras[0].to(torch.float32) if emb.extras else None
     return decode_in_chunks(
         bundle, prompts, n,
-        lambda part, dense, pe, cache: hq_decode(bundle.model, image, vit, part, dense, multimask, pe,
-                                                 iou_floor=iou_floor, cache=cache),
+        lambda part, dense, pe, shared: hq_decode(bundle.model, image, vit, part, dense, multimask, pe,
+                                                 iou_floor=iou_floor, cache=shared),
+        cache,
     )  # fmt: skip

@@ -160,9 +160,11 @@ def _run_decoder(
     image_embeddings: torch.Tensor | MultiEmbeddings,
     multimask: bool,
     iou_floor: float | None = None,
+    cache: dict[Any, Any] | None = None,
     **prompts: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mask decoder on model-frame prompts already shaped for ``SamModel.forward`` (batch of one image)."""
+    """The mask decoder on model-frame prompts already shaped for ``SamModel.forward`` (batch of one image);
+    ``cache``: as `decode`'s."""
     if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
         raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image_embeddings.shape)}")
     n = next(iter(prompts.values())).shape[1] if prompts else 0
@@ -178,7 +180,7 @@ def _run_decoder(
             emb = image_embeddings.to(device=bundle.device, dtype=torch.float32)
             pe = image_positional_embeddings(model)
             step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
-            shared: dict = {}  # what the chunks share (the same image and dense embeddings)
+            shared: dict = {} if cache is None else cache  # what the chunks share (the same image and dense embeddings)
             k = len(returned_mask_tokens(_unwrap(model.mask_decoder), multimask))
             # the chunks write into one tensor: no concatenation of the batch's masks afterwards
             masks = torch.empty((n, k, 4 * emb.shape[2], 4 * emb.shape[3]), dtype=torch.float32, device=emb.device)
@@ -198,11 +200,11 @@ def _run_decoder(
         if image_embeddings.family == "sam_hq":  # always geosam's: transformers' upscales the wrong image side
             from geosam.models.hq_decoder import decode_prompts
 
-            return decode_prompts(bundle, image_embeddings, multimask, iou_floor, n, prompts)
+            return decode_prompts(bundle, image_embeddings, multimask, iou_floor, n, prompts, cache)
         if image_embeddings.family == "sam2" and use_sam2_decoder(bundle):
             from geosam.models.sam2_decoder import decode_prompts as decode_sam2
 
-            return decode_sam2(bundle, image_embeddings, multimask, iou_floor, n, prompts)
+            return decode_sam2(bundle, image_embeddings, multimask, iou_floor, n, prompts, cache)
     masks, iou = _stock_decoder(bundle, image_embeddings, multimask, n, prompts)
     if iou_floor is not None:  # as the fast decoder: prompts with no mask above the floor are -inf
         masks = torch.where((iou > iou_floor).any(dim=1)[:, None, None, None], masks, float("-inf"))
@@ -248,6 +250,7 @@ def decode(
     boxes: np.ndarray | torch.Tensor | None = None,
     multimask: bool = False,
     iou_floor: float | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One mask prediction per object prompted by several points and/or a box.
 
@@ -259,6 +262,13 @@ def decode(
     iou_floor: objects none of whose K masks has a predicted IoU above this get
     ``-inf`` logits, and the fast decoder skips their upscaling (for callers
     that drop such masks anyway, as segment-everything's ``pred_iou_thresh``).
+
+    cache: a dict that the caller passes to every call on the same
+    ``image_embeddings`` (e.g. the batches of prompts of one crop; a new dict per
+    image): what geosam's decoders compute from the image alone (the image
+    side's projections, SAM-HQ's HQ features, ...) is then computed once, not
+    once per call. It holds references to the image's tensors while it is used
+    for them. Without it, the chunks of one call share such a dict.
 
     Returns ``(low_res_logits (N, K, 256, 256), iou_scores (N, K))`` float32 on
     ``bundle.device``, K = 3 with ``multimask`` else 1 (SAM-HQ: K = 1, with ``multimask`` the best of SAM's three
@@ -287,7 +297,7 @@ def decode(
         prompts["input_boxes"] = bx[None]
     if not prompts:
         raise ValueError("decode needs points, boxes or both")
-    return _run_decoder(bundle, image_embeddings, multimask, iou_floor, **prompts)
+    return _run_decoder(bundle, image_embeddings, multimask, iou_floor, cache, **prompts)
 
 
 
@@ -298,11 +308,12 @@ def decode_points(
     labels: np.ndarray | torch.Tensor | None = None,
     multimask: bool = True,
     iou_floor: float | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One mask prediction per point prompt: `decode` with one point per object.
 
     points: (N, 2) x, y in the model frame; labels: (N,) 1 = foreground
-    (default), 0 = background; iou_floor: as `decode`. Returns as
+    (default), 0 = background; iou_floor, cache: as `decode`. Returns as
     `decode` (multimask by default).
     """
     pts = torch.as_tensor(points, dtype=torch.float32).to(bundle.device)
@@ -314,7 +325,8 @@ def decode_points(
         if lab.shape[0] != pts.shape[0]:
             raise ValueError(f"{lab.shape[0]} labels for {pts.shape[0]} points")
         lab = lab[:, None]
-    return decode(bundle, image_embeddings, points=pts[:, None, :], labels=lab, multimask=multimask, iou_floor=iou_floor)
+    return decode(bundle, image_embeddings, points=pts[:, None, :], labels=lab, multimask=multimask, iou_floor=iou_floor,
+                  cache=cache)
 
 
 def decode_boxes(

@@ -31,7 +31,7 @@ from geosam.models.cpu_gemm import linear
 from geosam.models.decoder_side import decode_in_chunks, prompt_tokens, sam_layout, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_decoder import _unwrap
-from geosam.models.fast_twoway import cached
+from geosam.models.fast_twoway import cache_key, cached
 
 __all__ = ["SAM2_UPSCALE_CPU_CHUNK", "decode_prompts", "sam2_decode"]
 
@@ -127,7 +127,7 @@ def sam2_decode(
     stock forward's ``high_resolution_features``); sparse_embeddings: (N, T, C) from ``model.prompt_encoder`` (None:
     no sparse prompt, N = 1); dense_embeddings: (1 or N, C, h, w); image_pe: (1, C, h, w) (from the model when None).
     With ``iou_floor``, the masks of prompts none of whose IoUs is above it are ``-inf`` (not computed). ``cache``:
-    a dict passed to every call on the same image.
+    a dict passed to every call on the same image (it holds the image's tensors while they are its key).
     """
     dec = _unwrap(model.mask_decoder)
     if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
@@ -138,7 +138,7 @@ def sam2_decode(
     wdtype = dec.iou_token.weight.dtype
     output_tokens = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
     tokens, n = prompt_tokens(output_tokens, sparse_embeddings, dense_embeddings)
-    key = (image_embeddings.data_ptr(), dense_embeddings.data_ptr(), (hh * ww, c))
+    key = cache_key(cache, (hh * ww, c), image_embeddings, dense_embeddings, *high_resolution)
     queries, side = two_way(sam_layout(dec.transformer), tokens.to(wdtype), image_embeddings, dense_embeddings,
                             image_pe, cache, key)  # fmt: skip
 
@@ -195,15 +195,18 @@ def decode_prompts(
     iou_floor: float | None,
     n: int,
     prompts: dict[str, torch.Tensor],
+    cache: dict[Any, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`sam2_decode` on prompts shaped for ``Sam2Model.forward`` (``input_points`` / ``input_labels`` /
     ``input_boxes``, batch of one image): ``(masks (N, K, h, w), iou (N, K))`` float32; on the CPU
-    `FAST_DECODER_CPU_CHUNK` prompts per transformer call, the chunks sharing the image's projections."""
+    `FAST_DECODER_CPU_CHUNK` prompts per transformer call, the chunks sharing the image's projections (with
+    ``cache``, a dict kept by the caller, the calls on the same image too)."""
     emb = embeddings.to(bundle.device)
     image = emb.main.to(torch.float32)
     feat_s0, feat_s1 = (e.to(torch.float32) for e in emb.extras)
     return decode_in_chunks(
         bundle, prompts, n,
-        lambda part, dense, pe, cache: sam2_decode(bundle.model, image, (feat_s0, feat_s1), part, dense, multimask,
-                                                   pe, iou_floor=iou_floor, cache=cache),
+        lambda part, dense, pe, shared: sam2_decode(bundle.model, image, (feat_s0, feat_s1), part, dense, multimask,
+                                                   pe, iou_floor=iou_floor, cache=shared),
+        cache,
     )  # fmt: skip

@@ -149,10 +149,11 @@ def process_crop(
     # masks at or below pred_iou_thresh are dropped first: prompts with none above it need no logits
     iou_floor = params.pred_iou_thresh if params.pred_iou_thresh > 0.0 else None
     parts, n_decoded = [], 0
+    shared: dict = {}  # what the batches share: the image side's projections, computed once per crop
     for start in range(0, model_points.shape[0], params.points_per_batch):
         with timer("decode"):
             logits, iou = decode_points(bundle, embedding, model_points[start : start + params.points_per_batch],
-                                        multimask=True, iou_floor=iou_floor)
+                                        multimask=True, iou_floor=iou_floor, cache=shared)
         n_decoded += int(logits.shape[0] * logits.shape[1])
         parts.append(_process_batch(bundle, params, frame, logits.flatten(0, 1), iou.flatten(), timer))
     data = MaskData.cat(parts)

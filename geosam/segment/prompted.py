@@ -92,6 +92,7 @@ class PromptMaskGenerator(BaseMaskGenerator):
         masks: list[np.ndarray] = []
         ious: list[float] = []
         index: list[int] = []
+        shared: dict = {}  # what the groups' decoder calls share: the image side's projections, computed once
         for (n_pts, has_box), ks in groups.items():
             multimask = self.cfg.multimask if self.cfg.multimask is not None else (n_pts == 1 and not has_box)
             pts = labs = bxs = None
@@ -102,7 +103,8 @@ class PromptMaskGenerator(BaseMaskGenerator):
             if has_box:
                 xyxy = np.array([np.subtract(prompts[k].box, np.tile(shift, 2)) for k in ks], dtype=np.float32)
                 bxs = to_model_frame(xyxy, orig[0], resized[0])
-            logits, iou = decode(self.bundle, emb, points=pts, labels=labs, boxes=bxs, multimask=multimask)
+            logits, iou = decode(self.bundle, emb, points=pts, labels=labs, boxes=bxs, multimask=multimask,
+                                cache=shared)
             best = torch.argmax(iou, dim=1)
             rows = torch.arange(len(ks))
             sel = upsample_logits(logits[rows, best], self.bundle.input_size, resized[0], orig[0])
