@@ -16,10 +16,10 @@ import torch
 
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import FAST_DECODER_CPU_CHUNK
-from geosam.models.fast_decoder import _cross_attentions, _image_sides, _shared_side
-from geosam.models.fast_twoway import _image_side, _token_to_image, cached
+from geosam.models.fast_decoder import _cross_attentions, _image_sides, _shared_side, _unwrap
+from geosam.models.fast_twoway import _image_side, _token_to_image, cache_key, cached
 
-__all__ = ["decode_in_chunks", "encode_prompts", "prompt_tokens", "sam_layout", "two_way"]
+__all__ = ["decode_in_chunks", "encode_prompts", "prompt_tokens", "sam_layout", "start_decode", "two_way"]
 
 
 class _Renamed:
@@ -108,6 +108,34 @@ def prompt_tokens(
     if dense.shape[0] not in (1, n):
         raise ValueError(f"dense_embeddings batch {dense.shape[0]} fits neither 1 nor {n} prompts")
     return tokens, n
+
+
+def start_decode(
+    model: Any,
+    image: torch.Tensor,
+    sparse: torch.Tensor | None,
+    dense: torch.Tensor,
+    image_pe: torch.Tensor | None,
+    cache: dict[Any, Any] | None,
+    token_names: tuple[str, ...],
+    pinned: tuple[torch.Tensor, ...] = (),
+) -> tuple[Any, torch.Tensor, int, torch.Tensor, Any]:
+    """What a decoder here begins with: ``(decoder, tokens (N, T, C) in its weights' dtype, N, image_pe, key)``.
+
+    image (1, C, h, w) is checked; ``image_pe`` is the model's when None; the output tokens are the decoder's
+    embeddings named ``token_names``, in that order, before each prompt's sparse embeddings (`prompt_tokens`);
+    ``key`` is the image's `cache_key` in ``cache``, from image, dense and the ``pinned`` tensors the decoder
+    also reads (SAM-HQ's ViT features, SAM 2's high-resolution features)."""
+    dec = _unwrap(model.mask_decoder)
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image.shape)}")
+    _, c, hh, ww = image.shape
+    if image_pe is None:
+        image_pe = model.get_image_wide_positional_embeddings()
+    output_tokens = torch.cat([getattr(dec, name).weight for name in token_names], dim=0)
+    tokens, n = prompt_tokens(output_tokens, sparse, dense)
+    key = cache_key(cache, (hh * ww, c), image, dense, *pinned)
+    return dec, tokens.to(dec.iou_token.weight.dtype), n, image_pe, key
 
 
 def decode_in_chunks(

@@ -33,10 +33,9 @@ from typing import Any
 import torch
 
 from geosam.models.bundle import SamBundle
-from geosam.models.decoder_side import decode_in_chunks, prompt_tokens, two_way
+from geosam.models.decoder_side import decode_in_chunks, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
-from geosam.models.fast_decoder import _unwrap
-from geosam.models.fast_twoway import cache_key, cached
+from geosam.models.fast_twoway import cached
 
 __all__ = ["HQ_UPSCALE_CPU_CHUNK", "decode_prompts", "hq_decode", "hq_features"]
 
@@ -127,20 +126,13 @@ def hq_decode(
     whose returned IoU is at or below it are ``-inf`` (not computed). ``cache``: a dict passed to every call on the
     same image (the HQ features, the image side's projections).
     """
-    dec = _unwrap(model.mask_decoder)
-    if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
-        raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image_embeddings.shape)}")
-    _, c, hh, ww = image_embeddings.shape
-    if image_pe is None:
-        image_pe = model.get_image_wide_positional_embeddings()
-    wdtype = dec.iou_token.weight.dtype
-    output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight, dec.hq_token.weight], dim=0)
-    tokens, n = prompt_tokens(output_tokens, sparse_embeddings, dense_embeddings)
-    vit = () if vit_features is None else (vit_features,)
-    key = cache_key(cache, (hh * ww, c), image_embeddings, dense_embeddings, *vit)
+    dec, tokens, n, image_pe, key = start_decode(
+        model, image_embeddings, sparse_embeddings, dense_embeddings, image_pe, cache,
+        ("iou_token", "mask_tokens", "hq_token"), () if vit_features is None else (vit_features,),
+    )  # fmt: skip
+    hh, ww = image_embeddings.shape[2:]
     feats = cached(cache, key, "hq_features", lambda: hq_features(dec, image_embeddings, vit_features))
-    queries, side = two_way(dec.transformer, tokens.to(wdtype), image_embeddings, dense_embeddings, image_pe,
-                             cache, key)  # fmt: skip
+    queries, side = two_way(dec.transformer, tokens, image_embeddings, dense_embeddings, image_pe, cache, key)
 
     n_sam = int(dec.num_mask_tokens) - 1  # transformers counts the HQ token among the mask tokens
     iou_all = dec.iou_prediction_head(queries[:, 0, :])  # (N, n_sam)

@@ -28,10 +28,9 @@ import torch
 
 from geosam.models.bundle import SamBundle
 from geosam.models.cpu_gemm import linear
-from geosam.models.decoder_side import decode_in_chunks, prompt_tokens, sam_layout, two_way
+from geosam.models.decoder_side import decode_in_chunks, sam_layout, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
-from geosam.models.fast_decoder import _unwrap
-from geosam.models.fast_twoway import cache_key, cached
+from geosam.models.fast_twoway import cached
 
 __all__ = ["SAM2_UPSCALE_CPU_CHUNK", "decode_prompts", "sam2_decode"]
 
@@ -129,18 +128,13 @@ def sam2_decode(
     With ``iou_floor``, the masks of prompts none of whose IoUs is above it are ``-inf`` (not computed). ``cache``:
     a dict passed to every call on the same image (it holds the image's tensors while they are its key).
     """
-    dec = _unwrap(model.mask_decoder)
-    if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
-        raise ValueError(f"image_embeddings must be (1, C, h, w), got {tuple(image_embeddings.shape)}")
-    _, c, hh, ww = image_embeddings.shape
-    if image_pe is None:
-        image_pe = model.get_image_wide_positional_embeddings()
-    wdtype = dec.iou_token.weight.dtype
-    output_tokens = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-    tokens, n = prompt_tokens(output_tokens, sparse_embeddings, dense_embeddings)
-    key = cache_key(cache, (hh * ww, c), image_embeddings, dense_embeddings, *high_resolution)
-    queries, side = two_way(sam_layout(dec.transformer), tokens.to(wdtype), image_embeddings, dense_embeddings,
-                            image_pe, cache, key)  # fmt: skip
+    dec, tokens, n, image_pe, key = start_decode(
+        model, image_embeddings, sparse_embeddings, dense_embeddings, image_pe, cache,
+        ("obj_score_token", "iou_token", "mask_tokens"), high_resolution,
+    )  # fmt: skip
+    hh, ww = image_embeddings.shape[2:]
+    queries, side = two_way(sam_layout(dec.transformer), tokens, image_embeddings, dense_embeddings, image_pe, cache,
+                            key)  # fmt: skip
 
     m = int(dec.num_mask_tokens)
     iou_all = dec.iou_prediction_head(queries[:, 1, :])  # (N, M)
