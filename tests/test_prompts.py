@@ -316,3 +316,33 @@ def test_prompt_run_resumes_from_its_journal(scene, oracle, tmp_path):
     assert again.attrs["geosam"]["status_counts"] == fresh.attrs["geosam"]["status_counts"]
     with pytest.raises(ConfigError, match="tasks"):  # other prompts: another run
         segment_prompts(scene, _prompt_frame().iloc[:2], journal=journal, **kw)
+
+
+def test_prompt_groups_of_one_chip_share_the_decoders_image_side(scene, tiny_sam_dir, monkeypatch):
+    """Prompts of different shapes on one chip decode in one call per shape; the calls share one decoder cache, so
+    the image side is made once per chip, and the objects are those of calls that each make their own."""
+    import geosam.models as gm
+    from geosam.models import fast_decoder as fd
+
+    made = []
+    orig = fd._image_sides
+
+    def spy(*a):
+        made.append(1)
+        return orig(*a)
+
+    monkeypatch.setattr(fd, "_image_sides", spy)
+    prompts = [
+        {"points": [to_map(470, 80)]},  # one point
+        {"points": [to_map(240, 60), to_map(10, 10)], "labels": [1, 0]},  # two points
+        {"box": map_box(*OBJECTS["small"]).bounds},  # a box
+    ]
+    kw = {"model": tiny_sam_dir, "device": "cpu", "chip_size_px": 1024}
+    shared = segment_prompts(scene, prompts, **kw)
+    assert len(made) == 1  # one chip, three decoder calls
+    real = gm.decode  # the generator imports it from geosam.models when it runs
+    monkeypatch.setattr(gm, "decode", lambda *a, cache=None, **k: real(*a, **k))
+    own = segment_prompts(scene, prompts, **kw)
+    assert len(made) == 1 + 3
+    assert len(shared) == len(own) == 3
+    assert all(a.equals(b) for a, b in zip(shared.geometry, own.geometry))
