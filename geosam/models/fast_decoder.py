@@ -279,13 +279,11 @@ def fast_decode(
     encoding (computed from the model when None).
 
     Returns ``(low_res_masks (N, K, 4h, 4w), iou (N, K))``, K = 3 with
-    ``multimask`` else 1 (``num_multimask_outputs`` in general). With
-    ``iou_floor``, the masks of prompts whose every returned IoU is at or below
-    it are ``-inf`` (not computed). ``cache``: a dict the caller passes to every
-    call on the same ``image_embeddings`` and ``dense_embeddings`` (e.g. the
-    chunks and batches of prompts of one image), for what all of them share
-    (it holds those tensors while they are its key: `cache_key`). ``out``: a contiguous (N, K, 4h, 4w) tensor
-    to write the masks into (returned), e.g. a chunk's slice of the batch's masks.
+    ``multimask`` else 1 (``num_multimask_outputs`` in general). With ``iou_floor``, the masks of prompts whose
+    every returned IoU is at or below it are ``-inf`` (not computed). ``cache``: a dict the caller passes to every
+    call on the same ``image_embeddings`` and ``dense_embeddings`` (the chunks and batches of prompts of one image),
+    for what all of them share (it holds those tensors while they are its key: `cache_key`). ``out``: a contiguous
+    (N, K, 4h, 4w) tensor to write the masks into (returned), e.g. a chunk's slice of the batch's masks.
     """
     dec = _unwrap(model.mask_decoder)
     tr = dec.transformer
