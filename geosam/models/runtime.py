@@ -264,11 +264,12 @@ def decode(
     that drop such masks anyway, as segment-everything's ``pred_iou_thresh``).
 
     cache: a dict that the caller passes to every call on the same
-    ``image_embeddings`` (e.g. the batches of prompts of one crop; a new dict per
-    image): what geosam's decoders compute from the image alone (the image
-    side's projections, SAM-HQ's HQ features, ...) is then computed once, not
-    once per call. It holds references to the image's tensors while it is used
-    for them. Without it, the chunks of one call share such a dict.
+    ``image_embeddings`` (e.g. the batches of prompts of one crop; a new dict
+    per image and model, whose weights must not change while it is used): what
+    geosam's decoders compute from the image alone (the image side's
+    projections, SAM-HQ's HQ features, ...) is then computed once, not once
+    per call. It holds references to the image's tensors while it is used for
+    them. Without it, the chunks of one call share such a dict.
 
     Returns ``(low_res_logits (N, K, 256, 256), iou_scores (N, K))`` float32 on
     ``bundle.device``, K = 3 with ``multimask`` else 1 (SAM-HQ: K = 1, with ``multimask`` the best of SAM's three
