@@ -120,3 +120,21 @@ def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         monkeypatch.setattr(mod, "load_model", spy)
     monkeypatch.setattr(geosam.modes.everything, "make_mask_generator", spy)
     return calls
+
+
+@pytest.fixture
+def count_calls(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``count_calls(module, name)``: ``module.name`` still runs, and each call appends to the list returned."""
+
+    def attach(module: Any, name: str) -> list[int]:
+        calls: list[int] = []
+        orig = getattr(module, name)
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            return orig(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+        return calls
+
+    return attach

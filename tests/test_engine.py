@@ -59,19 +59,12 @@ def test_crop_layers_find_smaller_objects(bundle: SamBundle, monkeypatch) -> Non
     assert {"encode", "decode", "filter", "upsample", "nms", "postprocess"} <= set(g.timings_s)  # every stage timed
 
 
-def test_batches_of_one_crop_share_the_decoders_image_side(bundle: SamBundle, monkeypatch) -> None:
+def test_batches_of_one_crop_share_the_decoders_image_side(bundle: SamBundle, monkeypatch, count_calls) -> None:
     """The prompt batches of one crop decode with one cache: the image side is made once per crop (twice with
     two chips), and the masks are those of a generator whose batches each make their own."""
     from geosam.models import fast_decoder as fd
 
-    made = []
-    orig = fd._image_sides
-
-    def spy(*a):
-        made.append(1)
-        return orig(*a)
-
-    monkeypatch.setattr(fd, "_image_sides", spy)
+    made = count_calls(fd, "_image_sides")
     chips = [make_chip(256, 256, seed=3), make_chip(256, 256, seed=4)]
     kw = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "points_per_batch": 4}
     got = [SamMaskGenerator(bundle, **kw).generate(c) for c in chips]

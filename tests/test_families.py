@@ -262,7 +262,7 @@ def test_sam_hq_token_only_and_shared_cache(tiny_family_dirs: dict[str, str]) ->
 
 @pytest.mark.parametrize("family", ["sam_hq", "sam2"])
 def test_family_decoders_keep_a_callers_cache_across_calls(tiny_family_dirs: dict[str, str], family: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                         count_calls) -> None:
     """`decode_points` with a ``cache`` kept across calls on one image: SAM-HQ's HQ features (SAM 2's upscaling
     plan) are made once for all calls, and the masks and IoUs are those of calls without it."""
     import geosam.models.hq_decoder as hq
@@ -271,15 +271,7 @@ def test_family_decoders_keep_a_callers_cache_across_calls(tiny_family_dirs: dic
     b = load_model(tiny_family_dirs[family], device="cpu", dtype="float32")
     img = np.random.default_rng(6).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     emb = encode(b, preprocess(b, [img])[0])
-    mod, name = (hq, "hq_features") if family == "sam_hq" else (s2, "_linear_plan")
-    made = []
-    orig = getattr(mod, name)
-
-    def spy(*a):
-        made.append(1)
-        return orig(*a)
-
-    monkeypatch.setattr(mod, name, spy)
+    made = count_calls(*((hq, "hq_features") if family == "sam_hq" else (s2, "_linear_plan")))
     pts = torch.rand((12, 2), generator=torch.Generator().manual_seed(7)) * 1000
     batches = [pts[:5], pts[5:]]
     fresh = [decode_points(b, emb, p, multimask=True) for p in batches]

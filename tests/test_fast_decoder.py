@@ -370,7 +370,7 @@ def test_chunks_write_into_one_batch_tensor(sam_size) -> None:
     assert torch.equal(buf[1:3], ref) and bool(buf[[0, 3, 4]].isnan().all())
 
 
-def test_a_cache_kept_across_calls_computes_the_image_side_once(sam_size, monkeypatch) -> None:
+def test_a_cache_kept_across_calls_computes_the_image_side_once(sam_size, count_calls) -> None:
     """`decode`'s ``cache`` kept by the caller across batches on one image (as segment-everything's crops keep it):
     the image side's shared projections are made once, not once per call, the masks and IoUs are those of calls
     without it, the cache holds the image's tensors while they are its key (so that no later tensor can take their
@@ -378,14 +378,7 @@ def test_a_cache_kept_across_calls_computes_the_image_side_once(sam_size, monkey
     from geosam.models import fast_decoder as fd
 
     bundle, emb = sam_size
-    made = []
-    orig = fd.final_projections
-
-    def spy(*a):
-        made.append(1)
-        return orig(*a)
-
-    monkeypatch.setattr(fd, "final_projections", spy)
+    made = count_calls(fd, "final_projections")
     pts = torch.rand((21, 2), generator=torch.Generator().manual_seed(14)) * bundle.input_size
     batches = [pts[:9], pts[9:]]
     fresh = [gm.decode_points(bundle, emb, b, multimask=True) for b in batches]

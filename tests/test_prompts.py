@@ -318,20 +318,13 @@ def test_prompt_run_resumes_from_its_journal(scene, oracle, tmp_path):
         segment_prompts(scene, _prompt_frame().iloc[:2], journal=journal, **kw)
 
 
-def test_prompt_groups_of_one_chip_share_the_decoders_image_side(scene, tiny_sam_dir, monkeypatch):
+def test_prompt_groups_of_one_chip_share_the_decoders_image_side(scene, tiny_sam_dir, monkeypatch, count_calls):
     """Prompts of different shapes on one chip decode in one call per shape; the calls share one decoder cache, so
     the image side is made once per chip, and the objects are those of calls that each make their own."""
     import geosam.models as gm
     from geosam.models import fast_decoder as fd
 
-    made = []
-    orig = fd._image_sides
-
-    def spy(*a):
-        made.append(1)
-        return orig(*a)
-
-    monkeypatch.setattr(fd, "_image_sides", spy)
+    made = count_calls(fd, "_image_sides")
     prompts = [
         {"points": [to_map(470, 80)]},  # one point
         {"points": [to_map(240, 60), to_map(10, 10)], "labels": [1, 0]},  # two points

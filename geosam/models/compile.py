@@ -23,9 +23,10 @@ FAST_DECODER_CPU_CHUNK = 8
 
 #: Prompts per call of a model's own (stock) mask decoder on the CPU (SAM or SAM 2 with the fast decoder off; SAM-HQ
 #: until session 20, now always `geosam.models.hq_decoder`). It repeats the image side once per prompt (SAM 2: 4 MiB
-#: per prompt and step, 8 MiB upscaled), so a call on 64 prompts allocates blocks of hundreds of MiB: glibc serves each from fresh ``mmap`` pages and unmaps it on free,
-#: and the kernel faults in and zeroes every page again, step after step. With 4 prompts per call the blocks stay
-#: below glibc's mmap threshold and are reused (`geosam.models.cpu_memory`). Full-size random-weight models,
+#: per prompt and step, 8 MiB upscaled), so a call on 64 prompts allocates blocks of hundreds of MiB: glibc serves
+#: each from fresh ``mmap`` pages and unmaps it on free, and the kernel faults in and zeroes every page again, step
+#: after step. With 4 prompts per call the blocks stay below glibc's mmap threshold and are reused
+#: (`geosam.models.cpu_memory`). Full-size random-weight models,
 #: segment-everything 16 x 16 on a 1024 px chip, AMD EPYC Zen 3 VM, 1 thread (``benchmarks/bench_stock_decoder.py``,
 #: medians of 3): SAM 2 40.7 vs 63.6 s with 64 per call (0.9 vs 26.7 s in the kernel), peak RSS 1273 vs 3578 MiB;
 #: SAM-HQ 89.2 vs 118.6 s, 2885 vs 5222 MiB; the same logits. ``points_per_batch`` still sets how many prompts are

@@ -1,7 +1,7 @@
 """SAM-HQ's mask decoder as its authors run it, for many prompts on one image.
 
-transformers' ``SamHQMaskDecoder`` (the same code in 4.54.0, 5.17.0 and 5.25.0) upscales the wrong image side: it discards the image
-embedding that its two-way transformer returns and upscales the decoder's *input* embedding (plus the dense prompt),
+transformers' ``SamHQMaskDecoder`` (the same code in 4.54.0, 5.17.0 and 5.25.0) upscales the wrong image side: it
+discards the image embedding that its two-way transformer returns and upscales the decoder's *input* embedding (plus the dense prompt),
 reshaped after ``transpose(2, 3)`` as if it were the transformer's (N, h*w, C) output, so the upscaling reads the
 embedding with height and width swapped. SAM-HQ's own decoder (SysCV ``MaskDecoderHQ.predict_masks``) upscales the
 transformer's output, as SAM does; with a real checkpoint the stock forward's masks are those of a transposed, never
