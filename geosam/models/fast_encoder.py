@@ -47,6 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from geosam.models import cpu_attention
 from geosam.models.cpu_gemm import linear
 from geosam.models.cpu_kernels import (
     KC_CANDIDATES,
@@ -175,6 +176,13 @@ def _attend_f32(
             bi, hi = divmod(i, nh)
             global_attention(q3[i], float(attn.scale), k3[i], v3[i], tables_t, out[bi, :, hi], QUERY_CHUNK)
         return out.reshape(b, hh, ww, nh * d)
+    if qkv.device.type == "cpu" and cpu_attention.available():  # AVX-512 CPUs: fused, to float rounding
+        out = torch.empty((b, hh, ww, nh * d), dtype=qkv.dtype, device=qkv.device)
+        tabs = None
+        if attn.use_rel_pos:
+            tabs = transposed_tables(*(tables if tables is not None else _rel_tables(attn, hh, ww)))
+        if all(cpu_attention.attention(qkv[i], nh, float(attn.scale), tabs, out[i]) for i in range(b)):
+            return out
     qs = (q * attn.scale).reshape(bn, n_tok, d)
     rel = _rel_terms(attn, q, hh, ww, tables) if attn.use_rel_pos else None
     if n_tok <= PER_HEAD_MIN_TOKENS:  # a window (or a small map): every head in two batched products
@@ -237,6 +245,12 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
     win = torch.empty((1, ws, ws, 3 * c), dtype=qkv.dtype, device=qkv.device)
     bias = attn.qkv.bias.to(win.dtype).expand_as(win)
     kc = _window_kc(attn, ws, tables) if tables is not None and qkv.device.type == "cpu" else None
+    nh = int(attn.num_attention_heads)
+    if kc is None and cpu_attention.available():  # AVX-512: every window in one call, to float rounding
+        tables_t = transposed_tables(*tables) if tables is not None else None
+        qkv_bias = attn.qkv.bias.to(qkv.dtype).contiguous()
+        if all(cpu_attention.attention(qkv[i], nh, float(attn.scale), tables_t, out[i], ws, qkv_bias) for i in range(b)):
+            return linear(out, attn.proj.weight, attn.proj.bias)
     tables_t = transposed_tables(*tables) if kc is not None and tables is not None else None
     kc = kc or 0
     for bi in range(b):
@@ -247,7 +261,7 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
                     win.copy_(bias)
                 win[0, :ry, :rx].copy_(qkv[bi, y0 : y0 + ry, x0 : x0 + rx])
                 if tables_t is None or not window_attention(
-                    win[0], out[bi, y0:, x0:], ry, rx, float(attn.scale), tables_t, int(attn.num_attention_heads), kc
+                    win[0], out[bi, y0:, x0:], ry, rx, float(attn.scale), tables_t, nh, kc
                 ):
                     out[bi, y0 : y0 + ry, x0 : x0 + rx] = _attend_f32(attn, win, tables)[0, :ry, :rx]
     return linear(out, attn.proj.weight, attn.proj.bias)
