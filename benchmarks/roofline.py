@@ -55,22 +55,25 @@ def flop_counter() -> Any:
 def count_flops(fn: Callable[[], Any], kernels: bool = False) -> int:
     """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call.
 
-    geosam's C kernels with products (`geosam.models.cpu_kernels`: the encoder's attention; `geosam.models.cpu_decoder`:
+    geosam's C kernels with products (`geosam.models.cpu_kernels` and `geosam.models.cpu_attention`: the encoder's
+    attention on AVX2 and AVX-512 CPUs; `geosam.models.cpu_decoder`:
     the decoder's upscaling and quadratic forms), which the counter cannot see, are switched off for the count: the
     paths they stand in for run the same products through torch's ops. ``kernels=True`` leaves them on: the FLOPs
     a counter sees around a run that uses them (to subtract them).
     """
-    from geosam.models import cpu_decoder, cpu_kernels
+    from geosam.models import cpu_attention, cpu_decoder, cpu_kernels
 
-    libraries = cpu_kernels._library, cpu_decoder._library
+    modules = (cpu_kernels, cpu_attention, cpu_decoder)
+    libraries = [m._library for m in modules]
     if not kernels:
-        cpu_kernels._library = lambda: None  # type: ignore[assignment]
-        cpu_decoder._library = lambda: None  # type: ignore[assignment]
+        for m in modules:
+            m._library = lambda: None  # type: ignore[method-assign]
     try:
         with torch.inference_mode(), flop_counter() as counter:
             fn()
     finally:
-        cpu_kernels._library, cpu_decoder._library = libraries
+        for m, lib in zip(modules, libraries, strict=True):
+            m._library = lib  # type: ignore[method-assign]
     return int(counter.get_total_flops())
 
 

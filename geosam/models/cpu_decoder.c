@@ -64,22 +64,64 @@ static void product(const float* x, int64_t sx, int64_t rows, const float* kp, i
       qk_rows(x + r * sx, sx, kp + t * kn, kn, out + r * n + t, n, (int)(rows - r < QK_ROWS ? rows - r : QK_ROWS));
 }
 
-/* x (n, a multiple of 8) -> GELU(LayerNorm(x) w + b) in place: torch's biased variance, 1 / sqrt(var + eps) */
-static inline void norm_gelu(float* x, int64_t n, const float* w, const float* b, float eps) {
+/* x (n, a multiple of 8): its mean and 1 / sqrt(var + eps), torch's biased variance */
+static inline void norm_stats(const float* x, int64_t n, float eps, float* mean, float* rstd) {
   __m256 acc = _mm256_setzero_ps();
   for (int64_t d = 0; d < n; d += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + d));
-  const __m256 mean = _mm256_set1_ps(reduce_add(acc) / (float)n);
+  const float m = reduce_add(acc) / (float)n;
+  const __m256 mv = _mm256_set1_ps(m);
   acc = _mm256_setzero_ps();
   for (int64_t d = 0; d < n; d += 8) {
-    __m256 c = _mm256_sub_ps(_mm256_loadu_ps(x + d), mean);
+    __m256 c = _mm256_sub_ps(_mm256_loadu_ps(x + d), mv);
     acc = _mm256_fmadd_ps(c, c, acc);
   }
   const float var = reduce_add(acc) / (float)n + eps;
-  const __m256 rstd = _mm256_set1_ps(1.0f / _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(var))));
-  for (int64_t d = 0; d < n; d += 8) {
-    __m256 c = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + d), mean), rstd);
+  *mean = m;
+  *rstd = 1.0f / _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(var)));
+}
+
+/* x (n) -> GELU((x - mean) rstd w + b) in place, two vectors a step (their GELUs' long chains overlap) */
+static inline void norm_gelu(float* x, int64_t n, const float* w, const float* b, float mean, float rstd) {
+  const __m256 mv = _mm256_set1_ps(mean), rv = _mm256_set1_ps(rstd);
+  int64_t d = 0;
+  for (; d + 16 <= n; d += 16) {
+    __m256 c0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + d), mv), rv);
+    __m256 c1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + d + 8), mv), rv);
+    c0 = gelu(_mm256_fmadd_ps(c0, _mm256_loadu_ps(w + d), _mm256_loadu_ps(b + d)));
+    c1 = gelu(_mm256_fmadd_ps(c1, _mm256_loadu_ps(w + d + 8), _mm256_loadu_ps(b + d + 8)));
+    _mm256_storeu_ps(x + d, c0);
+    _mm256_storeu_ps(x + d + 8, c1);
+  }
+  for (; d < n; d += 8) {
+    __m256 c = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + d), mv), rv);
     _mm256_storeu_ps(x + d, gelu(_mm256_fmadd_ps(c, _mm256_loadu_ps(w + d), _mm256_loadu_ps(b + d))));
   }
+}
+
+/* the sums of a0 .. a7's lanes: (s0, s1, s2, s3 | s4, s5, s6, s7) */
+static inline __m256 reduce8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* hk (c8) . zr[q] (c8 each) for the 4 sub-pixels q of rows zr (r) and zs (r + 1), into the layout of reduce8:
+ * (r q0, r q1, r+1 q0, r+1 q1 | r q2, r q3, r+1 q2, r+1 q3): the low half is 4 adjacent mask pixels of the
+ * output row with a2 = 0, the high half those of the row below */
+static inline __m256 hyper_pair(const float* hk, const float* zr, const float* zs, int64_t c8) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  for (int64_t d = 0; d < c8; d += 8) {
+    const __m256 h = _mm256_loadu_ps(hk + d);
+    a0 = _mm256_fmadd_ps(h, _mm256_loadu_ps(zr + d), a0);
+    a1 = _mm256_fmadd_ps(h, _mm256_loadu_ps(zr + c8 + d), a1);
+    a2 = _mm256_fmadd_ps(h, _mm256_loadu_ps(zs + d), a2);
+    a3 = _mm256_fmadd_ps(h, _mm256_loadu_ps(zs + c8 + d), a3);
+    a4 = _mm256_fmadd_ps(h, _mm256_loadu_ps(zr + 2 * c8 + d), a4);
+    a5 = _mm256_fmadd_ps(h, _mm256_loadu_ps(zr + 3 * c8 + d), a5);
+    a6 = _mm256_fmadd_ps(h, _mm256_loadu_ps(zs + 2 * c8 + d), a6);
+    a7 = _mm256_fmadd_ps(h, _mm256_loadu_ps(zs + 3 * c8 + d), a7);
+  }
+  return reduce8(a0, a1, a2, a3, a4, a5, a6, a7);
 }
 
 /* The masks of one prompt. Image positions P = hh * ww, row-major.
@@ -104,13 +146,14 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     /* y (RB, n1) -> normed in place, read as (4 RB, c4) rows; z (4 RB, n2) */
-    float* buf = malloc(sizeof(float) * (size_t)(RB * n1 + 4 * RB * n2));
+    float* buf = malloc(sizeof(float) * (size_t)(RB * n1 + 4 * RB * n2 + 8 * RB));
     if (buf == NULL) {
 #pragma omp atomic write
       failed = 1;
     }
     float* y = buf;
     float* z = buf == NULL ? NULL : buf + RB * n1;
+    float* stats = buf == NULL ? NULL : z + 4 * RB * n2; /* (mean, rstd) of each of the block's 4 RB norms */
 #pragma omp for schedule(static)
     for (int64_t p0 = 0; p0 < npos; p0 += RB) {
       if (buf == NULL) continue;
@@ -122,24 +165,26 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
         const float* sr = s + (p0 + r) * ss;
         for (int64_t d = 0; d < n1; d += 8)
           _mm256_storeu_ps(yr + d, _mm256_add_ps(_mm256_loadu_ps(yr + d), _mm256_mul_ps(_mm256_loadu_ps(sr + d), cr)));
-        for (int g = 0; g < 4; g++) norm_gelu(yr + g * c4, c4, lnw, lnb, eps);
+        for (int g = 0; g < 4; g++) norm_stats(yr + g * c4, c4, eps, stats + 2 * (4 * r + g), stats + 2 * (4 * r + g) + 1);
       }
+      /* the statistics of the whole block first, then its norms and GELUs: one long stream of independent work */
+      for (int64_t r = 0; r < 4 * nb; r++) norm_gelu(y + r * c4, c4, lnw, lnb, stats[2 * r], stats[2 * r + 1]);
       product(y, c4, 4 * nb, w2p, c4, n2, z);
       for (int64_t r = 0; r < 4 * nb; r++) {
         float* zr = z + r * n2;
         for (int64_t d = 0; d < n2; d += 8)
           _mm256_storeu_ps(zr + d, gelu(_mm256_add_ps(_mm256_loadu_ps(zr + d), _mm256_loadu_ps(b2 + d))));
+      }
+      /* rows r, r + 1 (r even: sub-pixel columns b = 0, 1 of one position and row a) give 4 adjacent pixels in
+       * each of the output rows 4i + 2a and 4i + 2a + 1 */
+      for (int64_t r = 0; r < 4 * nb; r += 2) {
         const int64_t p = p0 + r / 4, i = p / ww, j = p % ww;
-        const int64_t row = 4 * i + 2 * ((r % 4) / 2), col = 4 * j + 2 * (r % 2);
-        for (int q = 0; q < 4; q++) {
-          const float* zq = zr + q * c8;
-          float* o = out + (row + q / 2) * ow + col + q % 2;
-          for (int64_t k = 0; k < nk; k++) {
-            const float* hk = hyper + k * c8;
-            __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(hk), _mm256_loadu_ps(zq));
-            for (int64_t d = 8; d < c8; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(hk + d), _mm256_loadu_ps(zq + d), acc);
-            o[k * so] = reduce_add(acc);
-          }
+        const int64_t row = 4 * i + 2 * ((r % 4) / 2), col = 4 * j;
+        float* o = out + row * ow + col;
+        for (int64_t k = 0; k < nk; k++) {
+          const __m256 v = hyper_pair(hyper + k * c8, z + r * n2, z + (r + 1) * n2, c8);
+          _mm_storeu_ps(o + k * so, _mm256_castps256_ps128(v));
+          _mm_storeu_ps(o + k * so + ow, _mm256_extractf128_ps(v, 1));
         }
       }
     }
@@ -338,4 +383,182 @@ int geosam_token_softmax(const float* s, float* y, float* pt, int64_t n, int64_t
     free(tmp);
   }
   return failed ? -2 : 0;
+}
+
+/* 4. Per-head products of many prompts' token rows against one image side projected per head, the decoder's
+ * most frequent product: out[n, h, t, p] (+)= sum_k a[n, h, t, k] x[h, k, p] for every prompt n, head h, token
+ * t (inner size dk: SAM's head size, 16) at every image position p. torch runs it as one product per prompt
+ * ((h, T, dk) x (h, dk, P)), reading the (h, dk, P) side once per prompt; here for each block of 16 positions and
+ * head the side's dk x 16 block is read once for all prompts' rows, 4 rows x 16 positions in registers.
+ * a: rows (n, h, t) at n * sn + h * sh + t * st, dk contiguous floats; x (nh, dk, p) contiguous; out rows
+ * (n, h, t) at n * on + h * oh + t * ot, p contiguous; p a multiple of 8; accumulate: add to out. */
+static inline __attribute__((always_inline)) void headdot_tile(const float* const* ar, float* const* orow,
+                                                               const float* xb, int64_t p, int64_t dk,
+                                                               int64_t cols, int accumulate, const int rows) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  const int two = cols > 8;
+  for (int64_t k = 0; k < dk; k++) {
+    const __m256 x0 = _mm256_loadu_ps(xb + k * p), x1 = two ? _mm256_loadu_ps(xb + k * p + 8) : x0;
+    __m256 b;
+    if (rows > 0) { b = _mm256_broadcast_ss(ar[0] + k); c00 = _mm256_fmadd_ps(b, x0, c00); c01 = _mm256_fmadd_ps(b, x1, c01); }
+    if (rows > 1) { b = _mm256_broadcast_ss(ar[1] + k); c10 = _mm256_fmadd_ps(b, x0, c10); c11 = _mm256_fmadd_ps(b, x1, c11); }
+    if (rows > 2) { b = _mm256_broadcast_ss(ar[2] + k); c20 = _mm256_fmadd_ps(b, x0, c20); c21 = _mm256_fmadd_ps(b, x1, c21); }
+    if (rows > 3) { b = _mm256_broadcast_ss(ar[3] + k); c30 = _mm256_fmadd_ps(b, x0, c30); c31 = _mm256_fmadd_ps(b, x1, c31); }
+  }
+#define HD_OUT(r, v0, v1)                                                                                   \
+  if (rows > r) {                                                                                          \
+    float* o = orow[r];                                                                                    \
+    _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), v0) : v0);                         \
+    if (two) _mm256_storeu_ps(o + 8, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o + 8), v1) : v1);         \
+  }
+  HD_OUT(0, c00, c01) HD_OUT(1, c10, c11) HD_OUT(2, c20, c21) HD_OUT(3, c30, c31)
+#undef HD_OUT
+}
+
+#define HD_BLOCK 256
+
+int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const float* x, float* out, int64_t on,
+                   int64_t oh, int64_t ot, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p, int accumulate,
+                   int threads) {
+  if (p % 8 != 0) return 1;
+  const int64_t rows = n * nt, nblk = (p + HD_BLOCK - 1) / HD_BLOCK;
+  int64_t* off = malloc(sizeof(int64_t) * (size_t)(2 * rows)); /* each row's offsets in a and out, head 0 */
+  if (off == NULL) return 2;
+  for (int64_t r = 0; r < rows; r++) {
+    off[2 * r] = (r / nt) * sn + (r % nt) * st;
+    off[2 * r + 1] = (r / nt) * on + (r % nt) * ot;
+  }
+  /* a block of HD_BLOCK positions of x (dk x 256 floats: 16 KiB for SAM) stays in L1 while every row runs along
+   * it in 16-position tiles: each output row is written in runs of HD_BLOCK floats */
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) collapse(2)
+  for (int64_t h = 0; h < nh; h++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      const int64_t b0 = blk * HD_BLOCK, b1 = p - b0 < HD_BLOCK ? p : b0 + HD_BLOCK;
+      const float* ah = a + h * sh;
+      float* oh0 = out + h * oh;
+      for (int64_t r = 0; r < rows; r += 4) {
+        const float* ar[4];
+        float* orow[4];
+        const int m = rows - r < 4 ? (int)(rows - r) : 4;
+        for (int i = 0; i < 4; i++) {
+          const int64_t ri = r + (i < m ? i : 0);
+          ar[i] = ah + off[2 * ri];
+          orow[i] = oh0 + off[2 * ri + 1];
+        }
+        for (int64_t p0 = b0; p0 < b1; p0 += 16) {
+          const int64_t cols = b1 - p0 < 16 ? b1 - p0 : 16;
+          const float* xb = x + h * dk * p + p0;
+          float* o[4] = {orow[0] + p0, orow[1] + p0, orow[2] + p0, orow[3] + p0};
+          switch (m) {
+            case 4: headdot_tile(ar, o, xb, p, dk, cols, accumulate, 4); break;
+            case 3: headdot_tile(ar, o, xb, p, dk, cols, accumulate, 3); break;
+            case 2: headdot_tile(ar, o, xb, p, dk, cols, accumulate, 2); break;
+            default: headdot_tile(ar, o, xb, p, dk, cols, accumulate, 1); break;
+          }
+        }
+      }
+    }
+  }
+  free(off);
+  return 0;
+}
+
+/* 5. The factored second layer's scores (geosam/models/fast_factored.py, _scores), one pass per block of positions:
+ *   s[n, h, t, p] = ((f[n, h T + t] . probs0[n, :, p] + rows[n, h, t] . xp[h, :, p]) - fsum[n, h, t] mean0[n, p])
+ *                   rstd0[n, p] + rows[n, h, t] . bp[h, :, p]
+ * f (n, nh nt, r) and probs0 (n, r, p) contiguous, p a multiple of 16; rows: (n, h, t) at n sn + h sh + t st, dk contiguous floats;
+ * xp, bp (nh, dk, p) contiguous; fsum (n, nh, nt), mean0, rstd0 (n, p) contiguous; s (n, nh, nt, p) contiguous.
+ * torch writes the (n, nh nt, p) product, then reads and writes it again for each of the four other terms. */
+static inline __attribute__((always_inline)) void scores_tile(const float* f, int64_t r, const float* pr,
+                                                              const float* const* ar, const float* xb,
+                                                              const float* bb, int64_t p, int64_t dk,
+                                                              const float* fs, __m256 m0, __m256 m1, __m256 s0,
+                                                              __m256 s1, float* const* orow, const int rows) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  __m256 b;
+#define SC_ROW(i, a, c0, c1, x0, x1) \
+  if (rows > i) { b = _mm256_broadcast_ss(a); c0 = _mm256_fmadd_ps(b, x0, c0); c1 = _mm256_fmadd_ps(b, x1, c1); }
+  for (int64_t j = 0; j < r; j++) {
+    const __m256 x0 = _mm256_loadu_ps(pr + j * 16), x1 = _mm256_loadu_ps(pr + j * 16 + 8);
+    SC_ROW(0, f + j, c00, c01, x0, x1) SC_ROW(1, f + r + j, c10, c11, x0, x1)
+    SC_ROW(2, f + 2 * r + j, c20, c21, x0, x1) SC_ROW(3, f + 3 * r + j, c30, c31, x0, x1)
+  }
+  for (int64_t k = 0; k < dk; k++) {
+    const __m256 x0 = _mm256_loadu_ps(xb + k * p), x1 = _mm256_loadu_ps(xb + k * p + 8);
+    SC_ROW(0, ar[0] + k, c00, c01, x0, x1) SC_ROW(1, ar[1] + k, c10, c11, x0, x1)
+    SC_ROW(2, ar[2] + k, c20, c21, x0, x1) SC_ROW(3, ar[3] + k, c30, c31, x0, x1)
+  }
+#define SC_NORM(i, c0, c1)                                                      \
+  if (rows > i) {                                                               \
+    const __m256 fv = _mm256_set1_ps(fs[i]);                                    \
+    c0 = _mm256_mul_ps(_mm256_fnmadd_ps(fv, m0, c0), s0);                       \
+    c1 = _mm256_mul_ps(_mm256_fnmadd_ps(fv, m1, c1), s1);                       \
+  }
+  SC_NORM(0, c00, c01) SC_NORM(1, c10, c11) SC_NORM(2, c20, c21) SC_NORM(3, c30, c31)
+  for (int64_t k = 0; k < dk; k++) {
+    const __m256 x0 = _mm256_loadu_ps(bb + k * p), x1 = _mm256_loadu_ps(bb + k * p + 8);
+    SC_ROW(0, ar[0] + k, c00, c01, x0, x1) SC_ROW(1, ar[1] + k, c10, c11, x0, x1)
+    SC_ROW(2, ar[2] + k, c20, c21, x0, x1) SC_ROW(3, ar[3] + k, c30, c31, x0, x1)
+  }
+#define SC_OUT(i, c0, c1) if (rows > i) { _mm256_storeu_ps(orow[i], c0); _mm256_storeu_ps(orow[i] + 8, c1); }
+  SC_OUT(0, c00, c01) SC_OUT(1, c10, c11) SC_OUT(2, c20, c21) SC_OUT(3, c30, c31)
+#undef SC_ROW
+#undef SC_NORM
+#undef SC_OUT
+}
+
+int geosam_factored_scores(const float* f, const float* probs0, int64_t r, const float* rows, int64_t sn, int64_t sh,
+                           int64_t st, const float* xp, const float* bp, const float* fsum, const float* mean0,
+                           const float* rstd0, float* s, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p,
+                           int threads) {
+  if (p % 16 != 0) return 1;
+  const int64_t nblk = p / 16;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+  /* the block of probs0 (r x 16), packed: its rows lie 4 p bytes apart in probs0, the same L1 sets for p = 4096 */
+  float* pr = malloc(sizeof(float) * (size_t)(r * 16));
+  if (pr == NULL) {
+#pragma omp atomic write
+    failed = 1;
+  }
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      if (pr == NULL) continue;
+      const int64_t p0 = blk * 16;
+      for (int64_t j = 0; j < r; j++) {
+        const float* src = probs0 + (i * r + j) * p + p0;
+        _mm256_storeu_ps(pr + j * 16, _mm256_loadu_ps(src));
+        _mm256_storeu_ps(pr + j * 16 + 8, _mm256_loadu_ps(src + 8));
+      }
+      const __m256 m0 = _mm256_loadu_ps(mean0 + i * p + p0), m1 = _mm256_loadu_ps(mean0 + i * p + p0 + 8);
+      const __m256 s0 = _mm256_loadu_ps(rstd0 + i * p + p0), s1 = _mm256_loadu_ps(rstd0 + i * p + p0 + 8);
+      for (int64_t h = 0; h < nh; h++) {
+        const float* xb = xp + h * dk * p + p0;
+        const float* bb = bp + h * dk * p + p0;
+        for (int64_t t = 0; t < nt; t += 4) {
+          const int m = nt - t < 4 ? (int)(nt - t) : 4;
+          const float* ar[4];
+          float* orow[4];
+          for (int j = 0; j < 4; j++) {
+            const int64_t tj = t + (j < m ? j : 0);
+            ar[j] = rows + i * sn + h * sh + tj * st;
+            orow[j] = s + ((i * nh + h) * nt + tj) * p + p0;
+          }
+          const float* fr = f + (i * nh * nt + h * nt + t) * r;
+          const float* fs = fsum + (i * nh + h) * nt + t;
+          switch (m) {
+            case 4: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 4); break;
+            case 3: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 3); break;
+            case 2: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 2); break;
+            default: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 1); break;
+          }
+        }
+      }
+    }
+  }
+  free(pr);
+  }
+  return failed ? 2 : 0;
 }

@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 
-from geosam.models.cpu_decoder import quad, quad_reference
+from geosam.models.cpu_decoder import headdot, quad, quad_reference
 from geosam.models.cpu_gemm import linear
+from geosam.models.fast_factored import _add_head_products
 from geosam.models.fast_twoway import _by_head, _heads, _token_rows, _transposed
 
 __all__ = [
@@ -101,8 +102,9 @@ def _out_proj_dots(attn: Any, v_tokens: torch.Tensor, xw: torch.Tensor, probs: t
     nh, d = _heads(attn)
     v = attn.v_proj(v_tokens).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
     e = v.new_empty((n, nh, t, xw.shape[-1]))  # (N, h, T, P)
-    for i in range(n):
-        torch.bmm(v[i], xw, out=e[i])
+    if not headdot(v, xw, e):
+        for i in range(n):
+            torch.bmm(v[i], xw, out=e[i])
     return e.mul_(probs).sum(dim=(1, 2))
 
 
@@ -197,14 +199,12 @@ def factored_final_attention(
     q = (attn.q_proj(q_tokens) * float(attn.scaling)).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
     qg = qk * g2
     s = torch.bmm(torch.bmm(qg, q0.transpose(1, 2)), p0).view(n, nh, t, -1)  # (q Wk G2 Q0^T) p0
-    for i in range(n):
-        s[i].baddbmm_(q[i], sh["k_ax"])
+    _add_head_products(s, q, sh["k_ax"])
     s.mul_(s1[:, None, None, :])
     s.add_((qk @ (g2 * b1c)).view(n, nh, t, 1))
     s.view(n, nh * t, -1).baddbmm_(torch.bmm(qg, vo1c.transpose(1, 2)), p1)  # (q Wk G2 vo1c^T) p1
     s.mul_(s2[:, None, None, :])
-    for i in range(n):
-        s[i].baddbmm_(q[i], sh["k_pos"])
+    _add_head_products(s, q, sh["k_pos"])
     w = torch.softmax(s, dim=-1)  # (N, h, T, P)
     w2 = w.mul_(s2[:, None, None, :])  # weights x s2
     w2f = w2.view(n, nh * t, -1)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_decoder import token_softmax
+from geosam.models.cpu_decoder import headdot, token_softmax
 from geosam.models.cpu_gemm import bmm, linear
 
 
@@ -227,8 +227,9 @@ def _image_to_token_projected(
     nh, d = _heads(attn)
     k = attn.k_proj(k_tokens).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
     s = k.new_empty((n, nh, t, qh.shape[-1]))  # (N, h, T, P): a prompt's rows together
-    for i in range(n):
-        torch.bmm(k[i], qh, out=s[i])
+    if not headdot(k, qh, s):  # C: qh read once for all prompts
+        for i in range(n):
+            torch.bmm(k[i], qh, out=s[i])
     return _token_softmax(s, pt), _token_values(attn, v_tokens)
 
 
