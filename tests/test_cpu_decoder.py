@@ -272,3 +272,22 @@ def test_factored_scores_left_to_torch_where_they_do_not_fit() -> None:
     rows, parts = torch.randn((1, 2, 2, 16)), (torch.randn((2, 16, 24)), torch.randn((2, 16, 24)))
     stats = torch.randn((1, 2, 2)), torch.randn((1, 24)), torch.rand((1, 24))
     assert cpu_decoder.factored_scores(f, probs0, rows, parts, *stats) is None  # 24 positions: not in 16-wide blocks
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "nh", "nt", "dk", "r", "p"), [(8, 8, 4, 16, 56, 4096), (2, 2, 5, 16, 14, 48), (1, 3, 3, 5, 9, 16)])
+def test_final_scores_match_torch(n: int, nh: int, nt: int, dk: int, r: int, p: int) -> None:
+    """The final attention's scores in one pass against torch's ops (SAM's sizes first: 4 used tokens)."""
+    gen = torch.Generator().manual_seed(r * p + 1)
+    f = torch.randn((n, nh * nt, r), generator=gen), torch.randn((n, nh * nt, r), generator=gen)
+    probs = tuple(torch.softmax(torch.randn((n, r, p), generator=gen), dim=1) for _ in range(2))
+    q = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+    keys = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
+    c = torch.randn((n, nh * nt), generator=gen)
+    scales = torch.rand((n, p), generator=gen) + 0.5, torch.rand((n, p), generator=gen) + 0.5
+    want = cpu_decoder.final_scores_reference(f, probs, q, keys, c, scales)  # type: ignore[arg-type]
+    got = cpu_decoder.final_scores(f, probs, q, keys, c, scales)  # type: ignore[arg-type]
+    assert got is not None and got.shape == (n, nh, nt, p)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    no_c = cpu_decoder.final_scores_reference(f, probs, q, keys, torch.zeros_like(c), scales)  # type: ignore[arg-type]
+    assert float((no_c - want).abs().max()) > 1e-2  # the constant term matters

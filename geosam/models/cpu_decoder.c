@@ -562,3 +562,112 @@ int geosam_factored_scores(const float* f, const float* probs0, int64_t r, const
   }
   return failed ? 2 : 0;
 }
+
+/* 6. The final attention's scores against the never-written second image side (geosam/models/fast_final.py,
+ * factored_final_attention), one pass per block of positions:
+ *   s[n, h, t, p] = (((f0[n, h T + t] . p0[n, :, p] + q[n, h, t] . kx[h, :, p]) s1[n, p] + c[n, h T + t])
+ *                    + f1[n, h T + t] . p1[n, :, p]) s2[n, p] + q[n, h, t] . kp[h, :, p]
+ * f0, f1 (n, nh nt, r), p0, p1 (n, r, p), c (n, nh nt), s1, s2 (n, p) contiguous; q rows (n, h, t) at n sn + h sh
+ * + t st, dk contiguous floats; kx, kp (nh, dk, p) contiguous; s (n, nh, nt, p) contiguous; p a multiple of 16. */
+#define FS_ROW(i, a, c0, c1, x0, x1) \
+  if (rows > i) { b = _mm256_broadcast_ss(a); c0 = _mm256_fmadd_ps(b, x0, c0); c1 = _mm256_fmadd_ps(b, x1, c1); }
+#define FS_PRODUCT(f, pr, kn)                                                                          \
+  for (int64_t j = 0; j < kn; j++) {                                                                   \
+    const __m256 x0 = _mm256_loadu_ps(pr + j * 16), x1 = _mm256_loadu_ps(pr + j * 16 + 8);             \
+    FS_ROW(0, f + j, c00, c01, x0, x1) FS_ROW(1, f + r + j, c10, c11, x0, x1)                           \
+    FS_ROW(2, f + 2 * r + j, c20, c21, x0, x1) FS_ROW(3, f + 3 * r + j, c30, c31, x0, x1)               \
+  }
+#define FS_HEADS(xb)                                                                                   \
+  for (int64_t k = 0; k < dk; k++) {                                                                   \
+    const __m256 x0 = _mm256_loadu_ps(xb + k * p), x1 = _mm256_loadu_ps(xb + k * p + 8);               \
+    FS_ROW(0, ar[0] + k, c00, c01, x0, x1) FS_ROW(1, ar[1] + k, c10, c11, x0, x1)                       \
+    FS_ROW(2, ar[2] + k, c20, c21, x0, x1) FS_ROW(3, ar[3] + k, c30, c31, x0, x1)                       \
+  }
+static inline __attribute__((always_inline)) void final_tile(const float* f0, const float* f1, int64_t r,
+                                                             const float* pr0, const float* pr1,
+                                                             const float* const* ar, const float* kx,
+                                                             const float* kp, int64_t p, int64_t dk,
+                                                             const float* cv, const __m256* sc,
+                                                             float* const* orow, const int rows) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  __m256 b;
+  FS_PRODUCT(f0, pr0, r)
+  FS_HEADS(kx)
+#define FS_MID(i, c0, c1)                                                                           \
+  if (rows > i) {                                                                                   \
+    const __m256 cc = _mm256_set1_ps(cv[i]);                                                         \
+    c0 = _mm256_fmadd_ps(c0, sc[0], cc);                                                            \
+    c1 = _mm256_fmadd_ps(c1, sc[1], cc);                                                            \
+  }
+  FS_MID(0, c00, c01) FS_MID(1, c10, c11) FS_MID(2, c20, c21) FS_MID(3, c30, c31)
+  FS_PRODUCT(f1, pr1, r)
+#define FS_SCALE(i, c0, c1) if (rows > i) { c0 = _mm256_mul_ps(c0, sc[2]); c1 = _mm256_mul_ps(c1, sc[3]); }
+  FS_SCALE(0, c00, c01) FS_SCALE(1, c10, c11) FS_SCALE(2, c20, c21) FS_SCALE(3, c30, c31)
+  FS_HEADS(kp)
+#define FS_OUT(i, c0, c1) if (rows > i) { _mm256_storeu_ps(orow[i], c0); _mm256_storeu_ps(orow[i] + 8, c1); }
+  FS_OUT(0, c00, c01) FS_OUT(1, c10, c11) FS_OUT(2, c20, c21) FS_OUT(3, c30, c31)
+#undef FS_MID
+#undef FS_SCALE
+#undef FS_OUT
+}
+#undef FS_ROW
+#undef FS_PRODUCT
+#undef FS_HEADS
+
+int geosam_final_scores(const float* f0, const float* f1, const float* p0s, const float* p1s, int64_t r,
+                        const float* q, int64_t sn, int64_t sh, int64_t st, const float* kx, const float* kp,
+                        const float* c, const float* s1, const float* s2, float* s, int64_t n, int64_t nh, int64_t nt,
+                        int64_t dk, int64_t p, int threads) {
+  if (p % 16 != 0) return 1;
+  const int64_t nblk = p / 16;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+  float* pr = malloc(sizeof(float) * (size_t)(2 * r * 16)); /* the blocks of p0 and p1, packed */
+  if (pr == NULL) {
+#pragma omp atomic write
+    failed = 1;
+  }
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      if (pr == NULL) continue;
+      const int64_t b0 = blk * 16;
+      for (int64_t j = 0; j < r; j++) {
+        const float* a0 = p0s + (i * r + j) * p + b0;
+        const float* a1 = p1s + (i * r + j) * p + b0;
+        _mm256_storeu_ps(pr + j * 16, _mm256_loadu_ps(a0));
+        _mm256_storeu_ps(pr + j * 16 + 8, _mm256_loadu_ps(a0 + 8));
+        _mm256_storeu_ps(pr + (r + j) * 16, _mm256_loadu_ps(a1));
+        _mm256_storeu_ps(pr + (r + j) * 16 + 8, _mm256_loadu_ps(a1 + 8));
+      }
+      const __m256 sc[4] = {_mm256_loadu_ps(s1 + i * p + b0), _mm256_loadu_ps(s1 + i * p + b0 + 8),
+                            _mm256_loadu_ps(s2 + i * p + b0), _mm256_loadu_ps(s2 + i * p + b0 + 8)};
+      for (int64_t h = 0; h < nh; h++) {
+        const float* kxb = kx + h * dk * p + b0;
+        const float* kpb = kp + h * dk * p + b0;
+        for (int64_t t = 0; t < nt; t += 4) {
+          const int m = nt - t < 4 ? (int)(nt - t) : 4;
+          const float* ar[4];
+          float* orow[4];
+          for (int j = 0; j < 4; j++) {
+            const int64_t tj = t + (j < m ? j : 0);
+            ar[j] = q + i * sn + h * sh + tj * st;
+            orow[j] = s + ((i * nh + h) * nt + tj) * p + b0;
+          }
+          const int64_t row = (i * nh + h) * nt + t;
+          const float *g0 = f0 + row * r, *g1 = f1 + row * r, *cv = c + row;
+          switch (m) {
+            case 4: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 4); break;
+            case 3: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 3); break;
+            case 2: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 2); break;
+            default: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 1); break;
+          }
+        }
+      }
+    }
+  }
+  free(pr);
+  }
+  return failed ? 2 : 0;
+}

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "factored_scores", "headdot", "quad", "token_softmax", "upscale_prompt"]
+__all__ = ["available", "factored_scores", "final_scores", "headdot", "quad", "token_softmax", "upscale_prompt"]
 
 _SOURCE = Path(__file__).with_name("cpu_decoder.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -130,6 +130,33 @@ def factored_scores_reference(f: torch.Tensor, probs0: torch.Tensor, rows: torch
     return s + torch.einsum("nhtk,hkp->nhtp", rows, parts[1])
 
 
+def _call_final_scores(lib: ctypes.CDLL, f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor],
+                       q: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
+                       scales: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor) -> bool:
+    n, nh, nt, dk = q.shape
+    rc = lib.geosam_final_scores(
+        _P(f[0].data_ptr()), _P(f[1].data_ptr()), _P(probs[0].data_ptr()), _P(probs[1].data_ptr()),
+        _I64(probs[0].shape[1]), _P(q.data_ptr()), _I64(q.stride(0)), _I64(q.stride(1)), _I64(q.stride(2)),
+        _P(keys[0].data_ptr()), _P(keys[1].data_ptr()), _P(c.data_ptr()), _P(scales[0].data_ptr()),
+        _P(scales[1].data_ptr()), _P(s.data_ptr()), _I64(n), _I64(nh), _I64(nt), _I64(dk), _I64(s.shape[-1]),
+        ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    if rc == 2:
+        raise MemoryError("cpu_decoder: out of memory for the scores' buffers")
+    return rc == 0
+
+
+def final_scores_reference(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor],
+                           q: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
+                           scales: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """torch's ops for what `final_scores` computes: (N, h, T, P)."""
+    n, nh, nt, _ = q.shape
+    s = torch.bmm(f[0], probs[0]).view(n, nh, nt, -1) + torch.einsum("nhtk,hkp->nhtp", q, keys[0])
+    s = s * scales[0][:, None, None, :] + c.view(n, nh, nt, 1)
+    s = (s + torch.bmm(f[1], probs[1]).view(n, nh, nt, -1)) * scales[1][:, None, None, :]
+    return s + torch.einsum("nhtk,hkp->nhtp", q, keys[1])
+
+
 def quad_reference(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """torch's ops for `quad`: ``left[:, :, p]^T gram right[:, :, p]`` for every p, (N, P)."""
     return torch.bmm(gram, right).mul_(left).sum(dim=1)
@@ -191,6 +218,25 @@ def _scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
     return True
 
 
+def _final_scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
+    """`final_scores` against `final_scores_reference`: partial row tiles, odd inner sizes."""
+    lib.geosam_final_scores.restype = ctypes.c_int
+    for n, nh, nt, dk, r, p in ((2, 2, 4, 16, 14, 48), (1, 3, 3, 5, 9, 16), (3, 1, 6, 8, 1, 32)):
+        f = torch.randn((n, nh * nt, r), generator=gen), torch.randn((n, nh * nt, r), generator=gen)
+        probs = torch.rand((n, r, p), generator=gen), torch.rand((n, r, p), generator=gen)
+        q = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+        keys = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
+        c = torch.randn((n, nh * nt), generator=gen)
+        scales = torch.rand((n, p), generator=gen) + 0.5, torch.rand((n, p), generator=gen) + 0.5
+        want = final_scores_reference(f, probs, q, keys, c, scales)
+        got = torch.full_like(want, float("nan"))
+        if not _call_final_scores(lib, f, probs, q, keys, c, scales, got):
+            return False
+        if not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
+            return False
+    return True
+
+
 def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
     """Whether the kernel's masks are torch's to float rounding here (tails of the position blocks and of the
     register tiles, odd inner sizes, 1 to 4 masks, large and small values), and its quadratic forms."""
@@ -216,7 +262,7 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
         want = torch.softmax(x, dim=2)
         if not (torch.allclose(got, want, rtol=1e-6, atol=1e-7) and torch.equal(pt, got.flatten(1, 2).transpose(1, 2))):
             return False
-    if not (_headdot_agrees(lib, gen) and _scores_agree(lib, gen)):
+    if not (_headdot_agrees(lib, gen) and _scores_agree(lib, gen) and _final_scores_agree(lib, gen)):
         return False
     for hw, k1, c4, c8, nk in (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6, 8, 16, 4)):
         a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
@@ -305,6 +351,40 @@ def factored_scores(f: torch.Tensor, probs0: torch.Tensor, rows: torch.Tensor,
     parts = (parts[0].contiguous(), parts[1].contiguous())
     s = torch.empty((n, nh, nt, p), dtype=torch.float32)
     return s if _call_factored_scores(lib, f, probs0, rows, parts, fsum, mean0, rstd0, s) else None
+
+
+def final_scores(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor,
+                 keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
+                 scales: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+    """The final attention's scores against the never-written second image side (`geosam.models.fast_final`) in one
+    pass per block of positions, (N, h, T, P), or None where the kernel does not run (then
+    `final_scores_reference`'s ops apply)::
+
+        (((f[0][n, h T + t] . probs[0][n, :, p] + q[n, h, t] . keys[0][h, :, p]) scales[0][n, p] + c[n, h T + t])
+            + f[1][n, h T + t] . probs[1][n, :, p]) scales[1][n, p] + q[n, h, t] . keys[1][h, :, p]
+
+    f (N, h T, R) each, probs (N, R, P) each, q (N, h, T, K) with unit stride in K, keys (h, K, P) each, c (N, h T),
+    scales (N, P) each; P a multiple of 16."""
+    tensors = (*f, *probs, q, *keys, c, *scales)
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) or q.dim() != 4:
+        return None
+    n, nh, nt, dk = q.shape
+    r, p = probs[0].shape[-2:]
+    shapes = (all(x.shape == (n, nh * nt, r) for x in f) and all(x.shape == (n, r, p) for x in probs)
+              and all(x.shape == (nh, dk, p) for x in keys) and c.shape == (n, nh * nt)
+              and all(x.shape == (n, p) for x in scales))  # fmt: skip
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if not shapes or p % 16 or q.stride(3) != 1 or grad:
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    f = (f[0].contiguous(), f[1].contiguous())
+    probs = (probs[0].contiguous(), probs[1].contiguous())
+    keys = (keys[0].contiguous(), keys[1].contiguous())
+    scales = (scales[0].contiguous(), scales[1].contiguous())
+    s = torch.empty((n, nh, nt, p), dtype=torch.float32)
+    return s if _call_final_scores(lib, f, probs, q, keys, c.contiguous(), scales, s) else None
 
 
 def token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tensor | None:

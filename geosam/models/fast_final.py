@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from geosam.models.cpu_decoder import headdot, quad, quad_reference
+from geosam.models.cpu_decoder import final_scores, headdot, quad, quad_reference
 from geosam.models.cpu_gemm import linear
 from geosam.models.fast_factored import _add_head_products
 from geosam.models.fast_twoway import _by_head, _heads, _token_rows, _transposed
@@ -198,13 +198,17 @@ def factored_final_attention(
     qk = _token_rows(attn, q_tokens)  # (N, h*T, C): q Wk per row, scaled
     q = (attn.q_proj(q_tokens) * float(attn.scaling)).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
     qg = qk * g2
-    s = torch.bmm(torch.bmm(qg, q0.transpose(1, 2)), p0).view(n, nh, t, -1)  # (q Wk G2 Q0^T) p0
-    _add_head_products(s, q, sh["k_ax"])
-    s.mul_(s1[:, None, None, :])
-    s.add_((qk @ (g2 * b1c)).view(n, nh, t, 1))
-    s.view(n, nh * t, -1).baddbmm_(torch.bmm(qg, vo1c.transpose(1, 2)), p1)  # (q Wk G2 vo1c^T) p1
-    s.mul_(s2[:, None, None, :])
-    _add_head_products(s, q, sh["k_pos"])
+    f = torch.bmm(qg, q0.transpose(1, 2)), torch.bmm(qg, vo1c.transpose(1, 2))  # q Wk G2 Q0^T, q Wk G2 vo1c^T
+    c = qk @ (g2 * b1c)  # (N, h*T)
+    s = final_scores(f, (p0, p1), q, (sh["k_ax"], sh["k_pos"]), c, (s1, s2))  # C: one pass per block of positions
+    if s is None:
+        s = torch.bmm(f[0], p0).view(n, nh, t, -1)  # (q Wk G2 Q0^T) p0
+        _add_head_products(s, q, sh["k_ax"])
+        s.mul_(s1[:, None, None, :])
+        s.add_(c.view(n, nh, t, 1))
+        s.view(n, nh * t, -1).baddbmm_(f[1], p1)  # (q Wk G2 vo1c^T) p1
+        s.mul_(s2[:, None, None, :])
+        _add_head_products(s, q, sh["k_pos"])
     w = torch.softmax(s, dim=-1)  # (N, h, T, P)
     w2 = w.mul_(s2[:, None, None, :])  # weights x s2
     w2f = w2.view(n, nh * t, -1)
