@@ -291,3 +291,18 @@ def test_final_scores_match_torch(n: int, nh: int, nt: int, dk: int, r: int, p: 
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
     no_c = cpu_decoder.final_scores_reference(f, probs, q, keys, torch.zeros_like(c), scales)  # type: ignore[arg-type]
     assert float((no_c - want).abs().max()) > 1e-2  # the constant term matters
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "nh", "nt", "dk", "p"), [(8, 8, 7, 16, 4096), (2, 3, 1, 5, 32)])
+def test_projected_dots_match_torch(n: int, nh: int, nt: int, dk: int, p: int) -> None:
+    """The norms' cross terms without the (N, h, T, P) products written, against torch's three ops."""
+    gen = torch.Generator().manual_seed(n + p)
+    v = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+    xw = torch.randn((nh, dk, p), generator=gen)
+    probs = torch.softmax(torch.randn((n, nh, nt, p), generator=gen), dim=2)
+    got = cpu_decoder.proj_dots(v, xw, probs)
+    want = cpu_decoder.proj_dots_reference(v, xw, probs)
+    assert got is not None
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    assert cpu_decoder.proj_dots(v, xw[..., :24], probs[..., :24]) is None  # 24 positions: not in 16-wide blocks

@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include "cpu_vec.h"
 
 #define RB 12 /* image positions per block */
@@ -430,12 +431,24 @@ int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const flo
   }
   /* a block of HD_BLOCK positions of x (dk x 256 floats: 16 KiB for SAM) stays in L1 while every row runs along
    * it in 16-position tiles: each output row is written in runs of HD_BLOCK floats */
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) collapse(2)
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+  float* xpk = malloc(sizeof(float) * (size_t)(dk * HD_BLOCK));
+  if (xpk == NULL) {
+#pragma omp atomic write
+    failed = 1;
+  }
+#pragma omp for schedule(static) collapse(2)
   for (int64_t h = 0; h < nh; h++) {
     for (int64_t blk = 0; blk < nblk; blk++) {
+      if (xpk == NULL) continue;
       const int64_t b0 = blk * HD_BLOCK, b1 = p - b0 < HD_BLOCK ? p : b0 + HD_BLOCK;
       const float* ah = a + h * sh;
       float* oh0 = out + h * oh;
+      const int64_t w = b1 - b0;
+      /* the block of x, packed (dk rows of w): its rows lie 4 p bytes apart in x, the same L1 sets for p = 4096 */
+      for (int64_t k = 0; k < dk; k++) memcpy(xpk + k * w, x + (h * dk + k) * p + b0, sizeof(float) * (size_t)w);
       for (int64_t r = 0; r < rows; r += 4) {
         const float* ar[4];
         float* orow[4];
@@ -447,20 +460,22 @@ int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const flo
         }
         for (int64_t p0 = b0; p0 < b1; p0 += 16) {
           const int64_t cols = b1 - p0 < 16 ? b1 - p0 : 16;
-          const float* xb = x + h * dk * p + p0;
+          const float* xb = xpk + (p0 - b0);
           float* o[4] = {orow[0] + p0, orow[1] + p0, orow[2] + p0, orow[3] + p0};
           switch (m) {
-            case 4: headdot_tile(ar, o, xb, p, dk, cols, accumulate, 4); break;
-            case 3: headdot_tile(ar, o, xb, p, dk, cols, accumulate, 3); break;
-            case 2: headdot_tile(ar, o, xb, p, dk, cols, accumulate, 2); break;
-            default: headdot_tile(ar, o, xb, p, dk, cols, accumulate, 1); break;
+            case 4: headdot_tile(ar, o, xb, w, dk, cols, accumulate, 4); break;
+            case 3: headdot_tile(ar, o, xb, w, dk, cols, accumulate, 3); break;
+            case 2: headdot_tile(ar, o, xb, w, dk, cols, accumulate, 2); break;
+            default: headdot_tile(ar, o, xb, w, dk, cols, accumulate, 1); break;
           }
         }
       }
     }
   }
+  free(xpk);
+  }
   free(off);
-  return 0;
+  return failed ? 2 : 0;
 }
 
 /* 5. The factored second layer's scores (geosam/models/fast_factored.py, _scores), one pass per block of positions:
@@ -670,4 +685,54 @@ int geosam_final_scores(const float* f0, const float* f1, const float* p0s, cons
   free(pr);
   }
   return failed ? 2 : 0;
+}
+
+/* 7. The layer norms' cross terms of geosam/models/fast_final.py (_out_proj_dots): out[n, p] = sum_{h, t}
+ * probs[n, h, t, p] (v[n, h, t] . xw[h, :, p]), without writing the (n, h, t, p) products torch multiplies out.
+ * v rows (n, h, t) at n sn + h sh + t st, dk contiguous floats; xw (nh, dk, p), probs (n, nh, nt, p), out (n, p)
+ * contiguous; p a multiple of 16, dk at most 64. */
+#define PD_MAXK 64
+
+int geosam_proj_dots(const float* v, int64_t sn, int64_t sh, int64_t st, const float* xw, const float* probs,
+                     float* out, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p, int threads) {
+  if (p % 16 != 0 || dk > PD_MAXK) return 1;
+  const int64_t nblk = p / 16;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) collapse(2)
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      const int64_t b0 = blk * 16;
+      __m256 o0 = _mm256_setzero_ps(), o1 = o0;
+      for (int64_t h = 0; h < nh; h++) {
+        /* the head's dk x 16 block, packed: its rows lie 4 p bytes apart in xw, the same L1 sets for p = 4096 */
+        float xb[16 * PD_MAXK];
+        for (int64_t k = 0; k < dk; k++) {
+          _mm256_storeu_ps(xb + k * 16, _mm256_loadu_ps(xw + (h * dk + k) * p + b0));
+          _mm256_storeu_ps(xb + k * 16 + 8, _mm256_loadu_ps(xw + (h * dk + k) * p + b0 + 8));
+        }
+        for (int64_t t = 0; t < nt; t++) {
+          const float* a = v + i * sn + h * sh + t * st;
+          __m256 d0 = _mm256_setzero_ps(), d1 = d0, e0 = d0, e1 = d0;
+          int64_t k = 0;
+          for (; k + 2 <= dk; k += 2) { /* two chains: the FMA latency hidden */
+            const __m256 b = _mm256_broadcast_ss(a + k), c = _mm256_broadcast_ss(a + k + 1);
+            d0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(xb + k * 16), d0);
+            d1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(xb + k * 16 + 8), d1);
+            e0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(xb + (k + 1) * 16), e0);
+            e1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(xb + (k + 1) * 16 + 8), e1);
+          }
+          if (k < dk) {
+            const __m256 b = _mm256_broadcast_ss(a + k);
+            d0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(xb + k * 16), d0);
+            d1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(xb + k * 16 + 8), d1);
+          }
+          const float* pr = probs + ((i * nh + h) * nt + t) * p + b0;
+          o0 = _mm256_fmadd_ps(_mm256_loadu_ps(pr), _mm256_add_ps(d0, e0), o0);
+          o1 = _mm256_fmadd_ps(_mm256_loadu_ps(pr + 8), _mm256_add_ps(d1, e1), o1);
+        }
+      }
+      _mm256_storeu_ps(out + i * p + b0, o0);
+      _mm256_storeu_ps(out + i * p + b0 + 8, o1);
+    }
+  }
+  return 0;
 }

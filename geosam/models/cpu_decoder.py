@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "factored_scores", "final_scores", "headdot", "quad", "token_softmax", "upscale_prompt"]
+__all__ = ["available", "factored_scores", "final_scores", "headdot", "proj_dots", "quad", "token_softmax", "upscale_prompt"]
 
 _SOURCE = Path(__file__).with_name("cpu_decoder.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -157,6 +157,21 @@ def final_scores_reference(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[to
     return s + torch.einsum("nhtk,hkp->nhtp", q, keys[1])
 
 
+def _call_proj_dots(lib: ctypes.CDLL, v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor, out: torch.Tensor) -> bool:
+    n, nh, nt, dk = v.shape
+    rc = lib.geosam_proj_dots(
+        _P(v.data_ptr()), _I64(v.stride(0)), _I64(v.stride(1)), _I64(v.stride(2)), _P(xw.data_ptr()),
+        _P(probs.data_ptr()), _P(out.data_ptr()), _I64(n), _I64(nh), _I64(nt), _I64(dk), _I64(xw.shape[-1]),
+        ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    return rc == 0
+
+
+def proj_dots_reference(v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """torch's ops for what `proj_dots` computes: (N, P)."""
+    return (torch.einsum("nhtk,hkp->nhtp", v, xw) * probs).sum(dim=(1, 2))
+
+
 def quad_reference(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """torch's ops for `quad`: ``left[:, :, p]^T gram right[:, :, p]`` for every p, (N, P)."""
     return torch.bmm(gram, right).mul_(left).sum(dim=1)
@@ -237,6 +252,21 @@ def _final_scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
     return True
 
 
+def _proj_dots_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
+    """`proj_dots` against `proj_dots_reference`: odd inner sizes, one token, strided rows."""
+    lib.geosam_proj_dots.restype = ctypes.c_int
+    for n, nh, nt, dk, p in ((2, 2, 7, 16, 48), (1, 3, 1, 5, 16), (3, 1, 4, 8, 32)):
+        v = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+        xw = torch.randn((nh, dk, p), generator=gen)
+        probs = torch.rand((n, nh, nt, p), generator=gen)
+        got = torch.full((n, p), float("nan"))
+        if not _call_proj_dots(lib, v, xw, probs, got):
+            return False
+        if not torch.allclose(got, proj_dots_reference(v, xw, probs), rtol=1e-5, atol=1e-5):
+            return False
+    return True
+
+
 def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
     """Whether the kernel's masks are torch's to float rounding here (tails of the position blocks and of the
     register tiles, odd inner sizes, 1 to 4 masks, large and small values), and its quadratic forms."""
@@ -262,7 +292,8 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
         want = torch.softmax(x, dim=2)
         if not (torch.allclose(got, want, rtol=1e-6, atol=1e-7) and torch.equal(pt, got.flatten(1, 2).transpose(1, 2))):
             return False
-    if not (_headdot_agrees(lib, gen) and _scores_agree(lib, gen) and _final_scores_agree(lib, gen)):
+    if not (_headdot_agrees(lib, gen) and _scores_agree(lib, gen) and _final_scores_agree(lib, gen)
+            and _proj_dots_agree(lib, gen)):
         return False
     for hw, k1, c4, c8, nk in (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6, 8, 16, 4)):
         a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
@@ -385,6 +416,27 @@ def final_scores(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor
     scales = (scales[0].contiguous(), scales[1].contiguous())
     s = torch.empty((n, nh, nt, p), dtype=torch.float32)
     return s if _call_final_scores(lib, f, probs, q, keys, c.contiguous(), scales, s) else None
+
+
+def proj_dots(v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor) -> torch.Tensor | None:
+    """``sum_{h, t} probs[n, h, t, p] (v[n, h, t] . xw[h, :, p])`` (N, P) without the (N, h, T, P) products written
+    (`geosam.models.fast_final`'s norm statistics), or None where the kernel does not run (then
+    `proj_dots_reference`'s ops apply). v (N, h, T, K) with unit stride in K, xw (h, K, P), probs (N, h, T, P);
+    P a multiple of 16."""
+    tensors = (v, xw, probs)
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) or v.dim() != 4:
+        return None
+    n, nh, nt, dk = v.shape
+    p = xw.shape[-1]
+    if xw.shape != (nh, dk, p) or probs.shape != (n, nh, nt, p) or p % 16 or v.stride(3) != 1:
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    out = torch.empty((n, p), dtype=torch.float32)
+    return out if _call_proj_dots(lib, v, xw.contiguous(), probs.contiguous(), out) else None
 
 
 def token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tensor | None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from geosam.models.cpu_decoder import final_scores, headdot, quad, quad_reference
+from geosam.models.cpu_decoder import final_scores, headdot, proj_dots, quad, quad_reference
 from geosam.models.cpu_gemm import linear
 from geosam.models.fast_factored import _add_head_products
 from geosam.models.fast_twoway import _by_head, _heads, _token_rows, _transposed
@@ -101,6 +101,9 @@ def _out_proj_dots(attn: Any, v_tokens: torch.Tensor, xw: torch.Tensor, probs: t
     n, t, _ = v_tokens.shape
     nh, d = _heads(attn)
     v = attn.v_proj(v_tokens).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
+    fused = proj_dots(v, xw, probs)  # C: the (N, h, T, P) products never written
+    if fused is not None:
+        return fused
     e = v.new_empty((n, nh, t, xw.shape[-1]))  # (N, h, T, P)
     if not headdot(v, xw, e):
         for i in range(n):
