@@ -56,14 +56,14 @@ def count_flops(fn: Callable[[], Any], kernels: bool = False) -> int:
     """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call.
 
     geosam's C kernels with products (`geosam.models.cpu_kernels` and `geosam.models.cpu_attention`: the encoder's
-    attention on AVX2 and AVX-512 CPUs; `geosam.models.cpu_decoder`:
+    attention on AVX2 and AVX-512 CPUs; `geosam.models.cpu_decoder` and `geosam.models.cpu_heads`:
     the decoder's upscaling and quadratic forms), which the counter cannot see, are switched off for the count: the
     paths they stand in for run the same products through torch's ops. ``kernels=True`` leaves them on: the FLOPs
     a counter sees around a run that uses them (to subtract them).
     """
-    from geosam.models import cpu_attention, cpu_decoder, cpu_kernels
+    from geosam.models import cpu_attention, cpu_decoder, cpu_heads, cpu_kernels
 
-    modules = (cpu_kernels, cpu_attention, cpu_decoder)
+    modules = (cpu_kernels, cpu_attention, cpu_decoder, cpu_heads)
     libraries = [m._library for m in modules]
     if not kernels:
         for m in modules:

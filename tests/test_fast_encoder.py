@@ -68,10 +68,11 @@ def test_float32_equals_stock(vit_and_pixels) -> None:
 
 def test_float32_one_head_at_a_time_equals_stock(vit_and_pixels, monkeypatch) -> None:
     """The global layers' path (one head, a block of queries at a time), forced on every layer of the small ViT,
-    with blocks that do not divide the token count."""
-    from geosam.models import fast_encoder
+    with blocks that do not divide the token count (torch's ops: the AVX-512 kernel switched off)."""
+    from geosam.models import cpu_attention, fast_encoder
 
     model, pixels = vit_and_pixels
+    monkeypatch.setattr(cpu_attention, "_library", lambda: None)
     monkeypatch.setattr(fast_encoder, "PER_HEAD_MIN_TOKENS", 0)
     monkeypatch.setattr(fast_encoder, "QUERY_CHUNK", 100)
     with torch.no_grad():

@@ -15,7 +15,8 @@ kernels the caller names (``torch.backends.cpu.get_cpu_capability()``: by
 default "AVX2" only, for kernels that reproduce the rounding of torch's AVX2
 kernels, which torch's AVX-512 kernels do not share; kernels whose results
 are torch's to float rounding, or whose arithmetic is the same elementwise at
-any vector width, name "AVX512" too: the AVX2 code runs on those CPUs), only
+any vector width, name "AVX512" too: the AVX2 code runs on those CPUs; a kernel written for AVX-512 itself,
+``cpu_attention512.c``, names "AVX512" only and carries its target in function attributes), only
 after the caller's check against torch passes, and never with
 ``GEOSAM_CPU_KERNELS=0``. Otherwise it returns None and the callers run
 torch's ops: the same results, slower.

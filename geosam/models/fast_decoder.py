@@ -60,6 +60,7 @@ multiplications touch the h*w positions:
   positional encoding after each image -> token attention; the upscaling) run
   `geosam.models.fast_twoway.CPU_TILE_POSITIONS` image positions at a time, so that their intermediates
   stay in cache;
+* per-head products of all prompts against one projected image side, and their scores, in C (`geosam.models.cpu_heads`);
 * with ``iou_floor`` (segment-everything's ``pred_iou_thresh``), prompts none of whose masks has a predicted IoU
   above it are not upscaled at all (the predicted IoU needs only the transformer): their logits are ``-inf``. They
   would be dropped by the IoU filter anyway, so the kept masks are the same.

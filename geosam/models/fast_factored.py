@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from geosam.models.cpu_decoder import factored_scores, headdot
 from geosam.models.cpu_gemm import linear
+from geosam.models.cpu_heads import factored_scores, headdot
 from geosam.models.fast_twoway import _by_head, _heads, _token_softmax, _token_values
 
 __all__ = ["factored_image_to_token", "factored_token_to_image", "layer1_projections"]

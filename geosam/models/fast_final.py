@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 
-from geosam.models.cpu_decoder import final_scores, headdot, proj_dots, quad, quad_reference
+from geosam.models.cpu_decoder import quad, quad_reference
 from geosam.models.cpu_gemm import linear
+from geosam.models.cpu_heads import final_scores, headdot, proj_dots
 from geosam.models.fast_factored import _add_head_products
 from geosam.models.fast_twoway import _by_head, _heads, _token_rows, _transposed
 

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_decoder import headdot, token_softmax
+from geosam.models.cpu_decoder import token_softmax
 from geosam.models.cpu_gemm import bmm, linear
+from geosam.models.cpu_heads import headdot
 
 
 def _heads(attn: Any) -> tuple[int, int]:

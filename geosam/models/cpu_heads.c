@@ -1,0 +1,367 @@
+/* SAM's mask decoder on AVX2 CPUs (float32): the products of every prompt's token rows against an image side
+ * projected per head, and the scores and norm cross terms built from them, one pass per block of image positions.
+ *
+ * geosam/models/fast_twoway.py, fast_factored.py and fast_final.py multiply each prompt's few token rows (per head,
+ * inner size 16) by an image side projected per head (h, 16, P), and add further terms (products of inner size R
+ * with the first layer's attention weights, per-position scalings) to the (N, h, T, P) result. torch runs one
+ * product per prompt, reading the (h, 16, P) side each time, and one pass over the result per term. Here a block of
+ * positions of the side is read (packed: its rows lie 4 P bytes apart, the same L1 sets for P = 4096) once for
+ * all prompts' rows, 4 rows x 16 positions in registers, and every term is added while the block is in
+ * registers. The same functions as torch's ops up to float rounding (sums associated differently);
+ * geosam/models/cpu_heads.py checks them against torch's ops before using them.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* 1. Per-head products of many prompts' token rows against one image side projected per head, the decoder's
+ * most frequent product: out[n, h, t, p] (+)= sum_k a[n, h, t, k] x[h, k, p] for every prompt n, head h, token
+ * t (inner size dk: SAM's head size, 16) at every image position p. torch runs it as one product per prompt
+ * ((h, T, dk) x (h, dk, P)), reading the (h, dk, P) side once per prompt; here for each block of 16 positions and
+ * head the side's dk x 16 block is read once for all prompts' rows, 4 rows x 16 positions in registers.
+ * a: rows (n, h, t) at n * sn + h * sh + t * st, dk contiguous floats; x (nh, dk, p) contiguous; out rows
+ * (n, h, t) at n * on + h * oh + t * ot, p contiguous; p a multiple of 8; accumulate: add to out. */
+static inline __attribute__((always_inline)) void headdot_tile(const float* const* ar, float* const* orow,
+                                                               const float* xb, int64_t p, int64_t dk,
+                                                               int64_t cols, int accumulate, const int rows) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  const int two = cols > 8;
+  for (int64_t k = 0; k < dk; k++) {
+    const __m256 x0 = _mm256_loadu_ps(xb + k * p), x1 = two ? _mm256_loadu_ps(xb + k * p + 8) : x0;
+    __m256 b;
+    if (rows > 0) { b = _mm256_broadcast_ss(ar[0] + k); c00 = _mm256_fmadd_ps(b, x0, c00); c01 = _mm256_fmadd_ps(b, x1, c01); }
+    if (rows > 1) { b = _mm256_broadcast_ss(ar[1] + k); c10 = _mm256_fmadd_ps(b, x0, c10); c11 = _mm256_fmadd_ps(b, x1, c11); }
+    if (rows > 2) { b = _mm256_broadcast_ss(ar[2] + k); c20 = _mm256_fmadd_ps(b, x0, c20); c21 = _mm256_fmadd_ps(b, x1, c21); }
+    if (rows > 3) { b = _mm256_broadcast_ss(ar[3] + k); c30 = _mm256_fmadd_ps(b, x0, c30); c31 = _mm256_fmadd_ps(b, x1, c31); }
+  }
+#define HD_OUT(r, v0, v1)                                                                                   \
+  if (rows > r) {                                                                                          \
+    float* o = orow[r];                                                                                    \
+    _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), v0) : v0);                         \
+    if (two) _mm256_storeu_ps(o + 8, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o + 8), v1) : v1);         \
+  }
+  HD_OUT(0, c00, c01) HD_OUT(1, c10, c11) HD_OUT(2, c20, c21) HD_OUT(3, c30, c31)
+#undef HD_OUT
+}
+
+#define HD_BLOCK 256
+
+int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const float* x, float* out, int64_t on,
+                   int64_t oh, int64_t ot, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p, int accumulate,
+                   int threads) {
+  if (p % 8 != 0) return 1;
+  const int64_t rows = n * nt, nblk = (p + HD_BLOCK - 1) / HD_BLOCK;
+  int64_t* off = malloc(sizeof(int64_t) * (size_t)(2 * rows)); /* each row's offsets in a and out, head 0 */
+  if (off == NULL) return 2;
+  for (int64_t r = 0; r < rows; r++) {
+    off[2 * r] = (r / nt) * sn + (r % nt) * st;
+    off[2 * r + 1] = (r / nt) * on + (r % nt) * ot;
+  }
+  /* a block of HD_BLOCK positions of x (dk x 256 floats: 16 KiB for SAM) stays in L1 while every row runs along
+   * it in 16-position tiles: each output row is written in runs of HD_BLOCK floats */
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+  float* xpk = malloc(sizeof(float) * (size_t)(dk * HD_BLOCK));
+  if (xpk == NULL) {
+#pragma omp atomic write
+    failed = 1;
+  }
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t h = 0; h < nh; h++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      if (xpk == NULL) continue;
+      const int64_t b0 = blk * HD_BLOCK, b1 = p - b0 < HD_BLOCK ? p : b0 + HD_BLOCK;
+      const float* ah = a + h * sh;
+      float* oh0 = out + h * oh;
+      const int64_t w = b1 - b0;
+      /* the block of x, packed (dk rows of w): its rows lie 4 p bytes apart in x, the same L1 sets for p = 4096 */
+      for (int64_t k = 0; k < dk; k++) memcpy(xpk + k * w, x + (h * dk + k) * p + b0, sizeof(float) * (size_t)w);
+      for (int64_t r = 0; r < rows; r += 4) {
+        const float* ar[4];
+        float* orow[4];
+        const int m = rows - r < 4 ? (int)(rows - r) : 4;
+        for (int i = 0; i < 4; i++) {
+          const int64_t ri = r + (i < m ? i : 0);
+          ar[i] = ah + off[2 * ri];
+          orow[i] = oh0 + off[2 * ri + 1];
+        }
+        for (int64_t p0 = b0; p0 < b1; p0 += 16) {
+          const int64_t cols = b1 - p0 < 16 ? b1 - p0 : 16;
+          const float* xb = xpk + (p0 - b0);
+          float* o[4] = {orow[0] + p0, orow[1] + p0, orow[2] + p0, orow[3] + p0};
+          switch (m) {
+            case 4: headdot_tile(ar, o, xb, w, dk, cols, accumulate, 4); break;
+            case 3: headdot_tile(ar, o, xb, w, dk, cols, accumulate, 3); break;
+            case 2: headdot_tile(ar, o, xb, w, dk, cols, accumulate, 2); break;
+            default: headdot_tile(ar, o, xb, w, dk, cols, accumulate, 1); break;
+          }
+        }
+      }
+    }
+  }
+  free(xpk);
+  }
+  free(off);
+  return failed ? 2 : 0;
+}
+
+/* 2. The factored second layer's scores (geosam/models/fast_factored.py, _scores), one pass per block of positions:
+ *   s[n, h, t, p] = ((f[n, h T + t] . probs0[n, :, p] + rows[n, h, t] . xp[h, :, p]) - fsum[n, h, t] mean0[n, p])
+ *                   rstd0[n, p] + rows[n, h, t] . bp[h, :, p]
+ * f (n, nh nt, r) and probs0 (n, r, p) contiguous, p a multiple of 16; rows: (n, h, t) at n sn + h sh + t st, dk contiguous floats;
+ * xp, bp (nh, dk, p) contiguous; fsum (n, nh, nt), mean0, rstd0 (n, p) contiguous; s (n, nh, nt, p) contiguous.
+ * torch writes the (n, nh nt, p) product, then reads and writes it again for each of the four other terms. */
+static inline __attribute__((always_inline)) void scores_tile(const float* f, int64_t r, const float* pr,
+                                                              const float* const* ar, const float* xb,
+                                                              const float* bb, int64_t p, int64_t dk,
+                                                              const float* fs, __m256 m0, __m256 m1, __m256 s0,
+                                                              __m256 s1, float* const* orow, const int rows) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  __m256 b;
+#define SC_ROW(i, a, c0, c1, x0, x1) \
+  if (rows > i) { b = _mm256_broadcast_ss(a); c0 = _mm256_fmadd_ps(b, x0, c0); c1 = _mm256_fmadd_ps(b, x1, c1); }
+  for (int64_t j = 0; j < r; j++) {
+    const __m256 x0 = _mm256_loadu_ps(pr + j * 16), x1 = _mm256_loadu_ps(pr + j * 16 + 8);
+    SC_ROW(0, f + j, c00, c01, x0, x1) SC_ROW(1, f + r + j, c10, c11, x0, x1)
+    SC_ROW(2, f + 2 * r + j, c20, c21, x0, x1) SC_ROW(3, f + 3 * r + j, c30, c31, x0, x1)
+  }
+  for (int64_t k = 0; k < dk; k++) {
+    const __m256 x0 = _mm256_loadu_ps(xb + k * p), x1 = _mm256_loadu_ps(xb + k * p + 8);
+    SC_ROW(0, ar[0] + k, c00, c01, x0, x1) SC_ROW(1, ar[1] + k, c10, c11, x0, x1)
+    SC_ROW(2, ar[2] + k, c20, c21, x0, x1) SC_ROW(3, ar[3] + k, c30, c31, x0, x1)
+  }
+#define SC_NORM(i, c0, c1)                                                      \
+  if (rows > i) {                                                               \
+    const __m256 fv = _mm256_set1_ps(fs[i]);                                    \
+    c0 = _mm256_mul_ps(_mm256_fnmadd_ps(fv, m0, c0), s0);                       \
+    c1 = _mm256_mul_ps(_mm256_fnmadd_ps(fv, m1, c1), s1);                       \
+  }
+  SC_NORM(0, c00, c01) SC_NORM(1, c10, c11) SC_NORM(2, c20, c21) SC_NORM(3, c30, c31)
+  for (int64_t k = 0; k < dk; k++) {
+    const __m256 x0 = _mm256_loadu_ps(bb + k * p), x1 = _mm256_loadu_ps(bb + k * p + 8);
+    SC_ROW(0, ar[0] + k, c00, c01, x0, x1) SC_ROW(1, ar[1] + k, c10, c11, x0, x1)
+    SC_ROW(2, ar[2] + k, c20, c21, x0, x1) SC_ROW(3, ar[3] + k, c30, c31, x0, x1)
+  }
+#define SC_OUT(i, c0, c1) if (rows > i) { _mm256_storeu_ps(orow[i], c0); _mm256_storeu_ps(orow[i] + 8, c1); }
+  SC_OUT(0, c00, c01) SC_OUT(1, c10, c11) SC_OUT(2, c20, c21) SC_OUT(3, c30, c31)
+#undef SC_ROW
+#undef SC_NORM
+#undef SC_OUT
+}
+
+int geosam_factored_scores(const float* f, const float* probs0, int64_t r, const float* rows, int64_t sn, int64_t sh,
+                           int64_t st, const float* xp, const float* bp, const float* fsum, const float* mean0,
+                           const float* rstd0, float* s, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p,
+                           int threads) {
+  if (p % 16 != 0) return 1;
+  const int64_t nblk = p / 16;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+  /* the block of probs0 (r x 16), packed: its rows lie 4 p bytes apart in probs0, the same L1 sets for p = 4096 */
+  float* pr = malloc(sizeof(float) * (size_t)(r * 16));
+  if (pr == NULL) {
+#pragma omp atomic write
+    failed = 1;
+  }
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      if (pr == NULL) continue;
+      const int64_t p0 = blk * 16;
+      for (int64_t j = 0; j < r; j++) {
+        const float* src = probs0 + (i * r + j) * p + p0;
+        _mm256_storeu_ps(pr + j * 16, _mm256_loadu_ps(src));
+        _mm256_storeu_ps(pr + j * 16 + 8, _mm256_loadu_ps(src + 8));
+      }
+      const __m256 m0 = _mm256_loadu_ps(mean0 + i * p + p0), m1 = _mm256_loadu_ps(mean0 + i * p + p0 + 8);
+      const __m256 s0 = _mm256_loadu_ps(rstd0 + i * p + p0), s1 = _mm256_loadu_ps(rstd0 + i * p + p0 + 8);
+      for (int64_t h = 0; h < nh; h++) {
+        const float* xb = xp + h * dk * p + p0;
+        const float* bb = bp + h * dk * p + p0;
+        for (int64_t t = 0; t < nt; t += 4) {
+          const int m = nt - t < 4 ? (int)(nt - t) : 4;
+          const float* ar[4];
+          float* orow[4];
+          for (int j = 0; j < 4; j++) {
+            const int64_t tj = t + (j < m ? j : 0);
+            ar[j] = rows + i * sn + h * sh + tj * st;
+            orow[j] = s + ((i * nh + h) * nt + tj) * p + p0;
+          }
+          const float* fr = f + (i * nh * nt + h * nt + t) * r;
+          const float* fs = fsum + (i * nh + h) * nt + t;
+          switch (m) {
+            case 4: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 4); break;
+            case 3: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 3); break;
+            case 2: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 2); break;
+            default: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 1); break;
+          }
+        }
+      }
+    }
+  }
+  free(pr);
+  }
+  return failed ? 2 : 0;
+}
+
+/* 3. The final attention's scores against the never-written second image side (geosam/models/fast_final.py,
+ * factored_final_attention), one pass per block of positions:
+ *   s[n, h, t, p] = (((f0[n, h T + t] . p0[n, :, p] + q[n, h, t] . kx[h, :, p]) s1[n, p] + c[n, h T + t])
+ *                    + f1[n, h T + t] . p1[n, :, p]) s2[n, p] + q[n, h, t] . kp[h, :, p]
+ * f0, f1 (n, nh nt, r), p0, p1 (n, r, p), c (n, nh nt), s1, s2 (n, p) contiguous; q rows (n, h, t) at n sn + h sh
+ * + t st, dk contiguous floats; kx, kp (nh, dk, p) contiguous; s (n, nh, nt, p) contiguous; p a multiple of 16. */
+#define FS_ROW(i, a, c0, c1, x0, x1) \
+  if (rows > i) { b = _mm256_broadcast_ss(a); c0 = _mm256_fmadd_ps(b, x0, c0); c1 = _mm256_fmadd_ps(b, x1, c1); }
+#define FS_PRODUCT(f, pr, kn)                                                                          \
+  for (int64_t j = 0; j < kn; j++) {                                                                   \
+    const __m256 x0 = _mm256_loadu_ps(pr + j * 16), x1 = _mm256_loadu_ps(pr + j * 16 + 8);             \
+    FS_ROW(0, f + j, c00, c01, x0, x1) FS_ROW(1, f + r + j, c10, c11, x0, x1)                           \
+    FS_ROW(2, f + 2 * r + j, c20, c21, x0, x1) FS_ROW(3, f + 3 * r + j, c30, c31, x0, x1)               \
+  }
+#define FS_HEADS(xb)                                                                                   \
+  for (int64_t k = 0; k < dk; k++) {                                                                   \
+    const __m256 x0 = _mm256_loadu_ps(xb + k * p), x1 = _mm256_loadu_ps(xb + k * p + 8);               \
+    FS_ROW(0, ar[0] + k, c00, c01, x0, x1) FS_ROW(1, ar[1] + k, c10, c11, x0, x1)                       \
+    FS_ROW(2, ar[2] + k, c20, c21, x0, x1) FS_ROW(3, ar[3] + k, c30, c31, x0, x1)                       \
+  }
+static inline __attribute__((always_inline)) void final_tile(const float* f0, const float* f1, int64_t r,
+                                                             const float* pr0, const float* pr1,
+                                                             const float* const* ar, const float* kx,
+                                                             const float* kp, int64_t p, int64_t dk,
+                                                             const float* cv, const __m256* sc,
+                                                             float* const* orow, const int rows) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  __m256 b;
+  FS_PRODUCT(f0, pr0, r)
+  FS_HEADS(kx)
+#define FS_MID(i, c0, c1)                                                                           \
+  if (rows > i) {                                                                                   \
+    const __m256 cc = _mm256_set1_ps(cv[i]);                                                         \
+    c0 = _mm256_fmadd_ps(c0, sc[0], cc);                                                            \
+    c1 = _mm256_fmadd_ps(c1, sc[1], cc);                                                            \
+  }
+  FS_MID(0, c00, c01) FS_MID(1, c10, c11) FS_MID(2, c20, c21) FS_MID(3, c30, c31)
+  FS_PRODUCT(f1, pr1, r)
+#define FS_SCALE(i, c0, c1) if (rows > i) { c0 = _mm256_mul_ps(c0, sc[2]); c1 = _mm256_mul_ps(c1, sc[3]); }
+  FS_SCALE(0, c00, c01) FS_SCALE(1, c10, c11) FS_SCALE(2, c20, c21) FS_SCALE(3, c30, c31)
+  FS_HEADS(kp)
+#define FS_OUT(i, c0, c1) if (rows > i) { _mm256_storeu_ps(orow[i], c0); _mm256_storeu_ps(orow[i] + 8, c1); }
+  FS_OUT(0, c00, c01) FS_OUT(1, c10, c11) FS_OUT(2, c20, c21) FS_OUT(3, c30, c31)
+#undef FS_MID
+#undef FS_SCALE
+#undef FS_OUT
+}
+#undef FS_ROW
+#undef FS_PRODUCT
+#undef FS_HEADS
+
+int geosam_final_scores(const float* f0, const float* f1, const float* p0s, const float* p1s, int64_t r,
+                        const float* q, int64_t sn, int64_t sh, int64_t st, const float* kx, const float* kp,
+                        const float* c, const float* s1, const float* s2, float* s, int64_t n, int64_t nh, int64_t nt,
+                        int64_t dk, int64_t p, int threads) {
+  if (p % 16 != 0) return 1;
+  const int64_t nblk = p / 16;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+  float* pr = malloc(sizeof(float) * (size_t)(2 * r * 16)); /* the blocks of p0 and p1, packed */
+  if (pr == NULL) {
+#pragma omp atomic write
+    failed = 1;
+  }
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      if (pr == NULL) continue;
+      const int64_t b0 = blk * 16;
+      for (int64_t j = 0; j < r; j++) {
+        const float* a0 = p0s + (i * r + j) * p + b0;
+        const float* a1 = p1s + (i * r + j) * p + b0;
+        _mm256_storeu_ps(pr + j * 16, _mm256_loadu_ps(a0));
+        _mm256_storeu_ps(pr + j * 16 + 8, _mm256_loadu_ps(a0 + 8));
+        _mm256_storeu_ps(pr + (r + j) * 16, _mm256_loadu_ps(a1));
+        _mm256_storeu_ps(pr + (r + j) * 16 + 8, _mm256_loadu_ps(a1 + 8));
+      }
+      const __m256 sc[4] = {_mm256_loadu_ps(s1 + i * p + b0), _mm256_loadu_ps(s1 + i * p + b0 + 8),
+                            _mm256_loadu_ps(s2 + i * p + b0), _mm256_loadu_ps(s2 + i * p + b0 + 8)};
+      for (int64_t h = 0; h < nh; h++) {
+        const float* kxb = kx + h * dk * p + b0;
+        const float* kpb = kp + h * dk * p + b0;
+        for (int64_t t = 0; t < nt; t += 4) {
+          const int m = nt - t < 4 ? (int)(nt - t) : 4;
+          const float* ar[4];
+          float* orow[4];
+          for (int j = 0; j < 4; j++) {
+            const int64_t tj = t + (j < m ? j : 0);
+            ar[j] = q + i * sn + h * sh + tj * st;
+            orow[j] = s + ((i * nh + h) * nt + tj) * p + b0;
+          }
+          const int64_t row = (i * nh + h) * nt + t;
+          const float *g0 = f0 + row * r, *g1 = f1 + row * r, *cv = c + row;
+          switch (m) {
+            case 4: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 4); break;
+            case 3: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 3); break;
+            case 2: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 2); break;
+            default: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 1); break;
+          }
+        }
+      }
+    }
+  }
+  free(pr);
+  }
+  return failed ? 2 : 0;
+}
+
+/* 4. The layer norms' cross terms of geosam/models/fast_final.py (_out_proj_dots): out[n, p] = sum_{h, t}
+ * probs[n, h, t, p] (v[n, h, t] . xw[h, :, p]), without writing the (n, h, t, p) products torch multiplies out.
+ * v rows (n, h, t) at n sn + h sh + t st, dk contiguous floats; xw (nh, dk, p), probs (n, nh, nt, p), out (n, p)
+ * contiguous; p a multiple of 16, dk at most 64. */
+#define PD_MAXK 64
+
+int geosam_proj_dots(const float* v, int64_t sn, int64_t sh, int64_t st, const float* xw, const float* probs,
+                     float* out, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p, int threads) {
+  if (p % 16 != 0 || dk > PD_MAXK) return 1;
+  const int64_t nblk = p / 16;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) collapse(2)
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      const int64_t b0 = blk * 16;
+      __m256 o0 = _mm256_setzero_ps(), o1 = o0;
+      for (int64_t h = 0; h < nh; h++) {
+        /* the head's dk x 16 block, packed: its rows lie 4 p bytes apart in xw, the same L1 sets for p = 4096 */
+        float xb[16 * PD_MAXK];
+        for (int64_t k = 0; k < dk; k++) {
+          _mm256_storeu_ps(xb + k * 16, _mm256_loadu_ps(xw + (h * dk + k) * p + b0));
+          _mm256_storeu_ps(xb + k * 16 + 8, _mm256_loadu_ps(xw + (h * dk + k) * p + b0 + 8));
+        }
+        for (int64_t t = 0; t < nt; t++) {
+          const float* a = v + i * sn + h * sh + t * st;
+          __m256 d0 = _mm256_setzero_ps(), d1 = d0, e0 = d0, e1 = d0;
+          int64_t k = 0;
+          for (; k + 2 <= dk; k += 2) { /* two chains: the FMA latency hidden */
+            const __m256 b = _mm256_broadcast_ss(a + k), c = _mm256_broadcast_ss(a + k + 1);
+            d0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(xb + k * 16), d0);
+            d1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(xb + k * 16 + 8), d1);
+            e0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(xb + (k + 1) * 16), e0);
+            e1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(xb + (k + 1) * 16 + 8), e1);
+          }
+          if (k < dk) {
+            const __m256 b = _mm256_broadcast_ss(a + k);
+            d0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(xb + k * 16), d0);
+            d1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(xb + k * 16 + 8), d1);
+          }
+          const float* pr = probs + ((i * nh + h) * nt + t) * p + b0;
+          o0 = _mm256_fmadd_ps(_mm256_loadu_ps(pr), _mm256_add_ps(d0, e0), o0);
+          o1 = _mm256_fmadd_ps(_mm256_loadu_ps(pr + 8), _mm256_add_ps(d1, e1), o1);
+        }
+      }
+      _mm256_storeu_ps(out + i * p + b0, o0);
+      _mm256_storeu_ps(out + i * p + b0 + 8, o1);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,109 @@
+"""geosam.models.cpu_heads: the decoder's per-head products and scores in C, torch's ops to float rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geosam.models import cpu_heads
+from tests.test_cpu_decoder import needs_kernel
+
+
+def test_kernels_in_use_where_the_decoder_kernels_are() -> None:
+    """The same CPUs and builds as `geosam.models.cpu_decoder`'s kernels (else the decoder silently loses them)."""
+    from geosam.models import cpu_decoder
+
+    assert cpu_heads.available() == cpu_decoder.available()
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "nh", "nt", "dk", "p"), [(8, 8, 7, 16, 4096), (3, 2, 4, 16, 40), (1, 3, 5, 9, 24)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_head_products_match_torch(n: int, nh: int, nt: int, dk: int, p: int, threads: int) -> None:
+    """Every prompt's token rows against one image side per head: written, or added to what is there; rows strided
+    as the decoder has them, positions ending mid-tile (40, 24)."""
+    gen = torch.Generator().manual_seed(n * p + nt)
+    a = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+    x = torch.randn((nh, dk, p), generator=gen)
+    base = torch.randn((n, nh, nt, p), generator=gen)
+    want = torch.stack([torch.bmm(a[i], x) for i in range(n)])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = torch.full_like(base, float("nan"))
+        assert cpu_heads.headdot(a, x, got)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        acc = base.clone()
+        assert cpu_heads.headdot(a, x, acc, accumulate=True)
+        torch.testing.assert_close(acc, base + want, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_head_products_left_to_torch_where_they_do_not_fit() -> None:
+    a, x = torch.randn((2, 3, 4, 16)), torch.randn((3, 16, 20))
+    out = torch.zeros((2, 3, 4, 20))
+    assert not cpu_heads.headdot(a, x, out)  # 20 positions: not in 8-wide vectors
+    assert not cpu_heads.headdot(a.double(), x.double(), out.double())
+    assert not cpu_heads.headdot(a, x[:, :8], out)  # inner sizes differ
+    assert bool((out == 0).all())
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "nh", "nt", "dk", "r", "p"), [(8, 8, 7, 16, 56, 4096), (2, 2, 5, 16, 14, 48), (1, 3, 3, 5, 9, 16)])
+def test_factored_scores_match_torch(n: int, nh: int, nt: int, dk: int, r: int, p: int) -> None:
+    """The factored second layer's scores in one pass against torch's five ops (SAM's sizes first)."""
+    gen = torch.Generator().manual_seed(r * p)
+    f = torch.randn((n, nh * nt, r), generator=gen)
+    probs0 = torch.softmax(torch.randn((n, r, p), generator=gen), dim=1)
+    rows = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+    parts = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
+    fsum, mean0, rstd0 = torch.randn((n, nh, nt), generator=gen), torch.randn((n, p), generator=gen), torch.rand((n, p), generator=gen) + 0.5
+    want = cpu_heads.factored_scores_reference(f, probs0, rows, parts, fsum, mean0, rstd0)
+    got = cpu_heads.factored_scores(f, probs0, rows, parts, fsum, mean0, rstd0)
+    assert got is not None and got.shape == (n, nh, nt, p)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    # every term matters: without the second head product the result is far off
+    parts0 = (parts[0], torch.zeros_like(parts[1]))
+    assert float((cpu_heads.factored_scores_reference(f, probs0, rows, parts0, fsum, mean0, rstd0) - want).abs().max()) > 1e-2
+
+
+def test_factored_scores_left_to_torch_where_they_do_not_fit() -> None:
+    f, probs0 = torch.randn((1, 4, 3)), torch.rand((1, 3, 24))
+    rows, parts = torch.randn((1, 2, 2, 16)), (torch.randn((2, 16, 24)), torch.randn((2, 16, 24)))
+    stats = torch.randn((1, 2, 2)), torch.randn((1, 24)), torch.rand((1, 24))
+    assert cpu_heads.factored_scores(f, probs0, rows, parts, *stats) is None  # 24 positions: not in 16-wide blocks
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "nh", "nt", "dk", "r", "p"), [(8, 8, 4, 16, 56, 4096), (2, 2, 5, 16, 14, 48), (1, 3, 3, 5, 9, 16)])
+def test_final_scores_match_torch(n: int, nh: int, nt: int, dk: int, r: int, p: int) -> None:
+    """The final attention's scores in one pass against torch's ops (SAM's sizes first: 4 used tokens)."""
+    gen = torch.Generator().manual_seed(r * p + 1)
+    f = torch.randn((n, nh * nt, r), generator=gen), torch.randn((n, nh * nt, r), generator=gen)
+    probs = tuple(torch.softmax(torch.randn((n, r, p), generator=gen), dim=1) for _ in range(2))
+    q = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+    keys = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
+    c = torch.randn((n, nh * nt), generator=gen)
+    scales = torch.rand((n, p), generator=gen) + 0.5, torch.rand((n, p), generator=gen) + 0.5
+    want = cpu_heads.final_scores_reference(f, probs, q, keys, c, scales)  # type: ignore[arg-type]
+    got = cpu_heads.final_scores(f, probs, q, keys, c, scales)  # type: ignore[arg-type]
+    assert got is not None and got.shape == (n, nh, nt, p)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    no_c = cpu_heads.final_scores_reference(f, probs, q, keys, torch.zeros_like(c), scales)  # type: ignore[arg-type]
+    assert float((no_c - want).abs().max()) > 1e-2  # the constant term matters
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "nh", "nt", "dk", "p"), [(8, 8, 7, 16, 4096), (2, 3, 1, 5, 32)])
+def test_projected_dots_match_torch(n: int, nh: int, nt: int, dk: int, p: int) -> None:
+    """The norms' cross terms without the (N, h, T, P) products written, against torch's three ops."""
+    gen = torch.Generator().manual_seed(n + p)
+    v = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+    xw = torch.randn((nh, dk, p), generator=gen)
+    probs = torch.softmax(torch.randn((n, nh, nt, p), generator=gen), dim=2)
+    got = cpu_heads.proj_dots(v, xw, probs)
+    want = cpu_heads.proj_dots_reference(v, xw, probs)
+    assert got is not None
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    assert cpu_heads.proj_dots(v, xw[..., :24], probs[..., :24]) is None  # 24 positions: not in 16-wide blocks
