@@ -107,6 +107,28 @@ int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const flo
   return failed ? 2 : 0;
 }
 
+/* rows 0 .. r of a (r, p) matrix at columns b0 .. b0 + 16, packed into dst (r x 16): the rows lie 4 p bytes apart,
+ * the same L1 sets for p = 4096 */
+static inline void pack_block16(const float* src, int64_t r, int64_t p, int64_t b0, float* dst) {
+  for (int64_t j = 0; j < r; j++) {
+    _mm256_storeu_ps(dst + j * 16, _mm256_loadu_ps(src + j * p + b0));
+    _mm256_storeu_ps(dst + j * 16 + 8, _mm256_loadu_ps(src + j * p + b0 + 8));
+  }
+}
+
+/* tokens t .. t + 4 of prompt i, head h (fewer at the end: those past nt repeat the first): their rows in q (at
+ * i sn + h sh + t st) and their output rows in s (n, nh, nt, p) from position b0; returns how many are real */
+static inline int row_tile(const float* q, int64_t sn, int64_t sh, int64_t st, float* s, int64_t nh, int64_t nt,
+                           int64_t p, int64_t i, int64_t h, int64_t t, int64_t b0, const float** ar, float** orow) {
+  const int m = nt - t < 4 ? (int)(nt - t) : 4;
+  for (int j = 0; j < 4; j++) {
+    const int64_t tj = t + (j < m ? j : 0);
+    ar[j] = q + i * sn + h * sh + tj * st;
+    orow[j] = s + ((i * nh + h) * nt + tj) * p + b0;
+  }
+  return m;
+}
+
 /* 2. The factored second layer's scores (geosam/models/fast_factored.py, _scores), one pass per block of positions:
  *   s[n, h, t, p] = ((f[n, h T + t] . probs0[n, :, p] + rows[n, h, t] . xp[h, :, p]) - fsum[n, h, t] mean0[n, p])
  *                   rstd0[n, p] + rows[n, h, t] . bp[h, :, p]
@@ -160,8 +182,7 @@ int geosam_factored_scores(const float* f, const float* probs0, int64_t r, const
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-  /* the block of probs0 (r x 16), packed: its rows lie 4 p bytes apart in probs0, the same L1 sets for p = 4096 */
-  float* pr = malloc(sizeof(float) * (size_t)(r * 16));
+  float* pr = malloc(sizeof(float) * (size_t)(r * 16)); /* the block of probs0, packed (pack_block16) */
   if (pr == NULL) {
 #pragma omp atomic write
     failed = 1;
@@ -171,25 +192,16 @@ int geosam_factored_scores(const float* f, const float* probs0, int64_t r, const
     for (int64_t blk = 0; blk < nblk; blk++) {
       if (pr == NULL) continue;
       const int64_t p0 = blk * 16;
-      for (int64_t j = 0; j < r; j++) {
-        const float* src = probs0 + (i * r + j) * p + p0;
-        _mm256_storeu_ps(pr + j * 16, _mm256_loadu_ps(src));
-        _mm256_storeu_ps(pr + j * 16 + 8, _mm256_loadu_ps(src + 8));
-      }
+      pack_block16(probs0 + i * r * p, r, p, p0, pr);
       const __m256 m0 = _mm256_loadu_ps(mean0 + i * p + p0), m1 = _mm256_loadu_ps(mean0 + i * p + p0 + 8);
       const __m256 s0 = _mm256_loadu_ps(rstd0 + i * p + p0), s1 = _mm256_loadu_ps(rstd0 + i * p + p0 + 8);
       for (int64_t h = 0; h < nh; h++) {
         const float* xb = xp + h * dk * p + p0;
         const float* bb = bp + h * dk * p + p0;
         for (int64_t t = 0; t < nt; t += 4) {
-          const int m = nt - t < 4 ? (int)(nt - t) : 4;
           const float* ar[4];
           float* orow[4];
-          for (int j = 0; j < 4; j++) {
-            const int64_t tj = t + (j < m ? j : 0);
-            ar[j] = rows + i * sn + h * sh + tj * st;
-            orow[j] = s + ((i * nh + h) * nt + tj) * p + p0;
-          }
+          const int m = row_tile(rows, sn, sh, st, s, nh, nt, p, i, h, t, p0, ar, orow);
           const float* fr = f + (i * nh * nt + h * nt + t) * r;
           const float* fs = fsum + (i * nh + h) * nt + t;
           switch (m) {
@@ -277,28 +289,17 @@ int geosam_final_scores(const float* f0, const float* f1, const float* p0s, cons
     for (int64_t blk = 0; blk < nblk; blk++) {
       if (pr == NULL) continue;
       const int64_t b0 = blk * 16;
-      for (int64_t j = 0; j < r; j++) {
-        const float* a0 = p0s + (i * r + j) * p + b0;
-        const float* a1 = p1s + (i * r + j) * p + b0;
-        _mm256_storeu_ps(pr + j * 16, _mm256_loadu_ps(a0));
-        _mm256_storeu_ps(pr + j * 16 + 8, _mm256_loadu_ps(a0 + 8));
-        _mm256_storeu_ps(pr + (r + j) * 16, _mm256_loadu_ps(a1));
-        _mm256_storeu_ps(pr + (r + j) * 16 + 8, _mm256_loadu_ps(a1 + 8));
-      }
+      pack_block16(p0s + i * r * p, r, p, b0, pr);
+      pack_block16(p1s + i * r * p, r, p, b0, pr + r * 16);
       const __m256 sc[4] = {_mm256_loadu_ps(s1 + i * p + b0), _mm256_loadu_ps(s1 + i * p + b0 + 8),
                             _mm256_loadu_ps(s2 + i * p + b0), _mm256_loadu_ps(s2 + i * p + b0 + 8)};
       for (int64_t h = 0; h < nh; h++) {
         const float* kxb = kx + h * dk * p + b0;
         const float* kpb = kp + h * dk * p + b0;
         for (int64_t t = 0; t < nt; t += 4) {
-          const int m = nt - t < 4 ? (int)(nt - t) : 4;
           const float* ar[4];
           float* orow[4];
-          for (int j = 0; j < 4; j++) {
-            const int64_t tj = t + (j < m ? j : 0);
-            ar[j] = q + i * sn + h * sh + tj * st;
-            orow[j] = s + ((i * nh + h) * nt + tj) * p + b0;
-          }
+          const int m = row_tile(q, sn, sh, st, s, nh, nt, p, i, h, t, b0, ar, orow);
           const int64_t row = (i * nh + h) * nt + t;
           const float *g0 = f0 + row * r, *g1 = f1 + row * r, *cv = c + row;
           switch (m) {
