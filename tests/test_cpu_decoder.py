@@ -213,4 +213,3 @@ def test_decoder_weights_are_the_same_with_and_without_the_token_softmax(monkeyp
     monkeypatch.setattr(fast_twoway, "token_softmax", lambda *a, **k: None)
     without = gm.decode_points(bundle, emb, pts)
     assert torch.equal(with_kernel[0], without[0]) and torch.equal(with_kernel[1], without[1])
-

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from geosam.models.cpu_build import load
+from geosam.models.cpu_kernels import transposed_tables
 
 __all__ = ["TOLERANCE", "attention", "available", "reference"]
 
@@ -116,8 +117,8 @@ def _matches_reference(lib: ctypes.CDLL) -> bool:
             tables64 = (tables[0].double(), tables[1].double()) if rel else None
             want = reference(qkv.double(), nh, d**-0.5, tables64, window, bias.double())
             out = torch.full((hh, ww, nh * d), float("nan"))
-            tables_t = tuple(t.transpose(1, 2).contiguous() for t in tables) if rel else None
-            if _call(lib, qkv, nh, d**-0.5, tables_t, out, window, bias) != 0:  # type: ignore[arg-type]
+            tables_t = transposed_tables(*tables) if rel else None
+            if _call(lib, qkv, nh, d**-0.5, tables_t, out, window, bias) != 0:
                 return False
             if not bool((out.double() - want).abs().max() <= TOLERANCE * want.abs().max()):
                 return False

@@ -385,4 +385,3 @@ int geosam_token_softmax(const float* s, float* y, float* pt, int64_t n, int64_t
   }
   return failed ? -2 : 0;
 }
-

@@ -12,9 +12,9 @@ of `geosam.models.fast_final` (``w^T G w`` at every image position, G 56 x 56
 per prompt) block by block without writing ``G w``, half of G for the
 symmetric ones. `token_softmax` is the image -> token attentions' softmax over
 the tokens with torch's bits, writing the weights transposed in the same pass
-for the records that read them so (the heads' products: `geosam.models.cpu_heads`). AMD EPYC Zen 3, one thread: a prompt's
-upscaling 9.5 vs ~16 ms, four prompts' symmetric forms 1.4 vs 4.1 ms (general
-2.6), eight prompts' token softmax with its transposes 2.9 vs 5.6 ms; 256
+for the records that read them so (the heads' products: `geosam.models.cpu_heads`).
+AMD EPYC Zen 3, one thread: a prompt's upscaling 9.5 vs ~16 ms, four prompts'
+symmetric forms 1.4 vs 4.1 ms (general 2.6), eight prompts' token softmax with its transposes 2.9 vs 5.6 ms; 256
 prompts' decoding 8.6 vs 10.4 s (upscaling and forms; medians of 5
 alternating, noisy host).
 

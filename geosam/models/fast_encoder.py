@@ -248,8 +248,6 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
     qkv = linear(h, attn.qkv.weight, attn.qkv.bias, out=_buffer(buffers, "qkv", (b, hh, ww, 3 * c), h))  # real tokens
     tables = _rel_tables(attn, ws, ws) if attn.use_rel_pos else None  # once for all windows
     out = torch.empty((b, hh, ww, c), dtype=qkv.dtype, device=qkv.device)
-    win = torch.empty((1, ws, ws, 3 * c), dtype=qkv.dtype, device=qkv.device)
-    bias = attn.qkv.bias.to(win.dtype).expand_as(win)
     kc = _window_kc(attn, ws, tables) if tables is not None and qkv.device.type == "cpu" else None
     nh = int(attn.num_attention_heads)
     if kc is None and fused_available():  # AVX-512: every window in one call, to float rounding
@@ -257,6 +255,8 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
         qkv_bias = attn.qkv.bias.to(qkv.dtype).contiguous()
         if all(fused_attention(qkv[i], nh, float(attn.scale), tables_t, out[i], ws, qkv_bias) for i in range(b)):
             return linear(out, attn.proj.weight, attn.proj.bias)
+    win = torch.empty((1, ws, ws, 3 * c), dtype=qkv.dtype, device=qkv.device)
+    bias = attn.qkv.bias.to(win.dtype).expand_as(win)
     tables_t = transposed_tables(*tables) if kc is not None and tables is not None else None
     kc = kc or 0
     for bi in range(b):

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from geosam.models.cpu_gemm import linear
-from geosam.models.cpu_heads import factored_scores, headdot
-from geosam.models.fast_twoway import _by_head, _heads, _token_softmax, _token_values
+from geosam.models.cpu_heads import factored_scores
+from geosam.models.fast_twoway import _by_head, _head_products, _heads, _token_softmax, _token_values
 
 __all__ = ["factored_image_to_token", "factored_token_to_image", "layer1_projections"]
 
@@ -63,22 +63,16 @@ def _scores(
     full = torch.einsum("nthd,hdc->nhtc", rows, w.view(nh, d, -1)).mul_(g)  # (q W_h) g
     f = torch.bmm(full.reshape(n, nh * t, -1), vo0.transpose(1, 2))  # vo0 (W g)^T q, (N, h*T, R)
     rows_h = rows.transpose(1, 2)  # (N, h, T, d)
-    fused = factored_scores(f, probs0, rows_h, (x_part, b_part), full.sum(dim=-1), mean0, rstd0)
+    fsum = full.sum(dim=-1)  # (N, h, T)
+    fused = factored_scores(f, probs0, rows_h, (x_part, b_part), fsum, mean0, rstd0)
     if fused is not None:  # C: one pass per block of positions
         return fused
     s = torch.bmm(f, probs0).view(n, nh, t, -1)  # one product of all rows
-    _add_head_products(s, rows_h, x_part)
-    s.addcmul_(full.sum(dim=-1)[..., None], mean0[:, None, None, :], value=-1.0)
+    _head_products(s, rows_h, x_part, accumulate=True)
+    s.addcmul_(fsum[..., None], mean0[:, None, None, :], value=-1.0)
     s.mul_(rstd0[:, None, None, :])
-    _add_head_products(s, rows_h, b_part)
+    _head_products(s, rows_h, b_part, accumulate=True)
     return s
-
-
-def _add_head_products(s: torch.Tensor, rows_h: torch.Tensor, part: torch.Tensor) -> None:
-    """``s[i] += rows_h[i] @ part`` for every prompt i: in C, ``part`` read once for all (`headdot`)."""
-    if not headdot(rows_h, part, s, accumulate=True):
-        for i in range(s.shape[0]):
-            s[i].baddbmm_(rows_h[i], part)
 
 
 def factored_token_to_image(

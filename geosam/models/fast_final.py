@@ -35,9 +35,8 @@ import torch
 
 from geosam.models.cpu_decoder import quad, quad_reference
 from geosam.models.cpu_gemm import linear
-from geosam.models.cpu_heads import final_scores, headdot, proj_dots
-from geosam.models.fast_factored import _add_head_products
-from geosam.models.fast_twoway import _by_head, _heads, _token_rows, _transposed
+from geosam.models.cpu_heads import final_scores, proj_dots
+from geosam.models.fast_twoway import _by_head, _head_products, _heads, _token_rows, _transposed
 
 __all__ = [
     "centred_values",
@@ -106,9 +105,7 @@ def _out_proj_dots(attn: Any, v_tokens: torch.Tensor, xw: torch.Tensor, probs: t
     if fused is not None:
         return fused
     e = v.new_empty((n, nh, t, xw.shape[-1]))  # (N, h, T, P)
-    if not headdot(v, xw, e):
-        for i in range(n):
-            torch.bmm(v[i], xw, out=e[i])
+    _head_products(e, v, xw)
     return e.mul_(probs).sum(dim=(1, 2))
 
 
@@ -207,12 +204,12 @@ def factored_final_attention(
     s = final_scores(f, (p0, p1), q, (sh["k_ax"], sh["k_pos"]), c, (s1, s2))  # C: one pass per block of positions
     if s is None:
         s = torch.bmm(f[0], p0).view(n, nh, t, -1)  # (q Wk G2 Q0^T) p0
-        _add_head_products(s, q, sh["k_ax"])
+        _head_products(s, q, sh["k_ax"], accumulate=True)
         s.mul_(s1[:, None, None, :])
         s.add_(c.view(n, nh, t, 1))
         s.view(n, nh * t, -1).baddbmm_(f[1], p1)  # (q Wk G2 vo1c^T) p1
         s.mul_(s2[:, None, None, :])
-        _add_head_products(s, q, sh["k_pos"])
+        _head_products(s, q, sh["k_pos"], accumulate=True)
     w = torch.softmax(s, dim=-1)  # (N, h, T, P)
     w2 = w.mul_(s2[:, None, None, :])  # weights x s2
     w2f = w2.view(n, nh * t, -1)

@@ -228,10 +228,21 @@ def _image_to_token_projected(
     nh, d = _heads(attn)
     k = attn.k_proj(k_tokens).view(n, t, nh, d).transpose(1, 2)  # (N, h, T, d)
     s = k.new_empty((n, nh, t, qh.shape[-1]))  # (N, h, T, P): a prompt's rows together
-    if not headdot(k, qh, s):  # C: qh read once for all prompts
-        for i in range(n):
-            torch.bmm(k[i], qh, out=s[i])
+    _head_products(s, k, qh)
     return _token_softmax(s, pt), _token_values(attn, v_tokens)
+
+
+def _head_products(s: torch.Tensor, rows: torch.Tensor, side: torch.Tensor, accumulate: bool = False) -> None:
+    """``s[i] (+)= rows[i] @ side`` for every prompt i: rows (N, h, T, d), side (h, d, P) an image side projected
+    per head, s (N, h, T, P). In C where it runs (`geosam.models.cpu_heads.headdot`: ``side`` read once for all
+    prompts), else one torch product per prompt."""
+    if headdot(rows, side, s, accumulate=accumulate):
+        return
+    for i in range(s.shape[0]):
+        if accumulate:
+            s[i].baddbmm_(rows[i], side)
+        else:
+            torch.bmm(rows[i], side, out=s[i])
 
 
 def _transposed(probs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
