@@ -36,7 +36,7 @@ import torch
 from geosam.models.cpu_decoder import quad, quad_reference
 from geosam.models.cpu_gemm import linear
 from geosam.models.cpu_heads import final_scores, proj_dots
-from geosam.models.fast_twoway import _by_head, _head_products, _heads, _token_rows, _transposed
+from geosam.models.fast_twoway import _by_head, _head_products, _heads, _token_rows, _transposed, head_values
 
 __all__ = [
     "centred_values",
@@ -157,19 +157,22 @@ def second_side_stats(
     g1, b1c = ln1.weight, sh["b1c"]
     c = vo0.shape[-1]
     vo0c, q0, vo1c = centred  # q0 = (g1 vo0c)c, (N, R, C)
+    # the R-vectors' dot products with each position's weights, one pass over each layer's weights (N, k, P)
+    d0 = torch.bmm(torch.stack([vo0c @ g1, vo0.mean(dim=-1), q0 @ b1c], dim=1), p0)
+    d1 = torch.bmm(torch.stack([vo1.mean(dim=-1), vo1 @ b1c], dim=1), p1)
     # mean: keys1's (s1 mean(g1 z1c) + mean(b1)) plus probs1 . mean(vo1)
-    mean_a = torch.bmm((vo0c @ g1)[:, None, :], p0)[:, 0].add_(sh["x0c_g1"]).div_(c)
-    mean = torch.bmm(vo1.mean(dim=-1)[:, None, :], p1)[:, 0].addcmul_(rstd1, mean_a).add_(ln1.bias.mean())
+    mean_a = d0[:, 0].add_(sh["x0c_g1"]).div_(c)
+    mean = d1[:, 0].addcmul_(rstd1, mean_a).add_(ln1.bias.mean())
     # |Ac|^2 = |ax|^2 + 2 ax . Q0^T p0 + p0^T Q0 Q0^T p0, with ax . Q0[r] = (g1 ax) . vo0[r] - mean(vo0[r]) sum(g1 ax)
     ax_q0 = _out_proj_dots(attns[0], v_tokens[0], sh["gax_wo0"], probs[0]).add_(sh["gax_bo0"])
-    ax_q0.addcmul_(torch.bmm(vo0.mean(dim=-1)[:, None, :], p0)[:, 0], sh["gax_sum"], value=-1.0)
+    ax_q0.addcmul_(d0[:, 1], sh["gax_sum"], value=-1.0)
     ac_sq = _quad(torch.bmm(q0, q0.transpose(1, 2)), p0, p0, True).add_(ax_q0, alpha=2.0).add_(sh["ax_sq"])
-    ac_b = torch.bmm((q0 @ b1c)[:, None, :], p0)[:, 0].add_(sh["ax_b1c"])
+    ac_b = d0[:, 2].add_(sh["ax_b1c"])
     # Ac . U1c = ax . U1 + p0^T (Q0 vo1c^T) p1 (ax is centred)
     ac_u = _out_proj_dots(attns[1], v_tokens[1], sh["ax_wo1"], probs[1]).add_(sh["ax_bo1"])
     ac_u.add_(_quad(torch.bmm(q0, vo1c.transpose(1, 2)), p0, p1))
     u_sq = _quad(torch.bmm(vo1c, vo1c.transpose(1, 2)), p1, p1, True)
-    b_u = torch.bmm((vo1 @ b1c)[:, None, :], p1)[:, 0]
+    b_u = d1[:, 1]
     # |s1 Ac + b1c + U1c|^2
     var = ac_sq.mul_(rstd1).add_(ac_b, alpha=2.0).add_(ac_u, alpha=2.0).mul_(rstd1)
     var.add_(u_sq).add_(b_u, alpha=2.0).add_(float(b1c @ b1c)).div_(c)
@@ -220,8 +223,7 @@ def factored_final_attention(
     m.baddbmm_(torch.bmm(w21f, pts[0]), q0)
     wv = attn.v_proj.weight.view(nh, d, -1)
     out = torch.einsum("nhtc,hdc->nhtd", (m * g2).view(n, nh, t, -1), wv)
-    for i in range(n):
-        out[i].baddbmm_(w21[i], sh["v_ax"])
+    head_values(w21, sh["v_ax"], out)
     out = out.transpose(1, 2).reshape(n, t, nh * d) + (attn.v_proj.weight @ lns[1].bias + attn.v_proj.bias)
     return attn.out_proj(out)
 

@@ -245,6 +245,15 @@ def _head_products(s: torch.Tensor, rows: torch.Tensor, side: torch.Tensor, accu
             torch.bmm(rows[i], side, out=s[i])
 
 
+def head_values(w: torch.Tensor, side: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``w[i] @ side`` for every prompt i: w (N, h, T, P) attention weights, side (h, P, d) values projected per head;
+    (N, h, T, d), added to ``out`` if given. The prompts' rows of each head stacked into one product, ``side`` read
+    once (1.05 vs 1.4 ms for SAM's 8 prompts x 7 tokens, one product per prompt; Zen 4, one thread)."""
+    n, nh, t, p = w.shape
+    y = torch.bmm(w.transpose(0, 1).reshape(nh, n * t, p), side).view(nh, n, t, -1).transpose(0, 1)
+    return y if out is None else out.add_(y)
+
+
 def _transposed(probs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """One prompt's attention weights (R, P) or (h, T, P), any strides, as a contiguous (P, R) (into ``out``)."""
     rows = probs.reshape(-1, probs.shape[-1])  # a copy for a (h, T, P) view: then the transpose is 3x faster

@@ -64,6 +64,19 @@ class _Conv1FromSharedImage:
         self.const = b1 + w1 @ beta[-1]
         self.shared = cached(cache, key, "conv1", lambda: linear(x0, m[0]))  # (P, 4 C4): x0 M_1^T
         self._a: torch.Tensor | None = None  # prompt()'s A, reused
+        self._b: torch.Tensor | None = None  # every prompt's B (N, K, 4 C4), made on the first call
+
+    def _products(self, records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Every prompt's ``B`` at once, rows as `prompt`'s ``A`` has its columns: one product per layer for all
+        prompts (``vo_l M_l^T``, (N, R, 4 C4)) rather than one per prompt and layer."""
+        n = records[0][1].shape[0]
+        rows: list[torch.Tensor] = []
+        for li in range(len(records) - 1, -1, -1):
+            rows += [torch.matmul(records[li][1], self.m[li].t()), self.ones[li].expand(n, 1, -1)]
+            if li > 0:
+                rows.append(self.beta[li].expand(n, 1, -1))
+        rows.append(self.const.expand(n, 1, -1))
+        return torch.cat(rows, dim=1)
 
     def prompt(
         self, i: int, records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -71,32 +84,30 @@ class _Conv1FromSharedImage:
         """Prompt i's ``(A (P, K), B (K, 4 C4), c_1 (P, 1))``: conv1 of its positions is ``A @ B + c_1 * shared``.
 
         records: per layer ``(probs^T (N, P, R), vo (N, R, C), mean (N, P), rstd (N, P))``, the
-        attention weights transposed as `_image_side` multiplies them. ``A`` is a buffer reused by the next call.
+        attention weights transposed as `_image_side` multiplies them; the same on every call of one plan (the
+        prompts' B are made from them on the first). ``A`` is a buffer reused by the next call.
         """
         p, r = records[0][0].shape[1:]
         k = len(records) * (r + 2)
         if self._a is None or self._a.shape != (p, k):
             self._a = torch.empty((p, k), dtype=self.shared.dtype, device=self.shared.device)
+        if self._b is None:
+            self._b = self._products(records)
         a = self._a
-        vals: list[torch.Tensor] = []
         c = None
         col = 0
         for li in range(len(records) - 1, -1, -1):
-            pt, vo, mean, rstd = records[li]
+            pt, _, mean, rstd = records[li]
             c = rstd[i] if c is None else c * rstd[i]
             torch.mul(pt[i], c[:, None], out=a[:, col : col + r])
-            vals.append(vo[i] @ self.m[li].t())
             torch.mul(c, mean[i], out=a[:, col + r]).neg_()
-            vals.append(self.ones[li][None])
             # M_l beta_{l-1} for l > 1, the constant b1 + W1 beta_L in the last column
             if li > 0:
                 a[:, col + r + 1] = c
-                vals.append(self.beta[li][None])
             col += r + 2 if li > 0 else r + 1
         assert c is not None
         a[:, col].fill_(1.0)
-        vals.append(self.const[None])
-        return a, torch.cat(vals, dim=0), c[:, None]
+        return a, self._b[i], c[:, None]
 
 
 @functools.lru_cache(maxsize=8)
