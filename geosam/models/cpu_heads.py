@@ -168,9 +168,10 @@ def _final_scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
 
 
 def _proj_dots_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
-    """`proj_dots` against `proj_dots_reference`: odd inner sizes, one token, strided rows."""
+    """`proj_dots` against `proj_dots_reference`: odd inner sizes, one token, strided rows, runs of positions
+    with a 16-position tail."""
     lib.geosam_proj_dots.restype = ctypes.c_int
-    for n, nh, nt, dk, p in ((2, 2, 7, 16, 48), (1, 3, 1, 5, 16), (3, 1, 4, 8, 32)):
+    for n, nh, nt, dk, p in ((2, 2, 7, 16, 48), (1, 3, 1, 5, 16), (3, 1, 4, 8, 32), (2, 2, 3, 16, 528)):
         v = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
         xw = torch.randn((nh, dk, p), generator=gen)
         probs = torch.rand((n, nh, nt, p), generator=gen)
