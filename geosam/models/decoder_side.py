@@ -142,20 +142,36 @@ def decode_in_chunks(
     bundle: SamBundle,
     prompts: dict[str, torch.Tensor],
     n: int,
-    decode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[Any, Any]], tuple[torch.Tensor, torch.Tensor]],
+    decode: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     cache: dict[Any, Any] | None = None,
+    out_shape: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``decode(sparse_chunk (N', T, C), dense, image_pe, cache)`` on the n ``prompts`` (shaped for the model's
     forward, `encode_prompts`), `FAST_DECODER_CPU_CHUNK` at a time on the CPU and all at once elsewhere, the chunks
     sharing one cache (the image's projections and features: ``cache`` if given, kept by the caller across calls on
-    the same image, else a new one); their masks and IoUs concatenated."""
+    the same image, else a new one); their masks and IoUs concatenated (float32).
+
+    ``out_shape`` (K, H, W): the masks per prompt and their size; the chunks then write into one (n, K, H, W)
+    tensor, ``decode`` taking its chunk's rows as a fifth argument (``out``: a decoder that returns another tensor,
+    e.g. in another dtype, has its masks copied there), so the batch's masks are not concatenated afterwards.
+    """
     model = bundle.model
     with torch.inference_mode():
         sparse, dense = encode_prompts(model, prompts)
         pe = model.get_image_wide_positional_embeddings()
         step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
         shared: dict[Any, Any] = {} if cache is None else cache
-        parts = [decode(sparse[0][s : s + step], dense, pe, shared) for s in range(0, n, step)]
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        if out_shape is None:
+            parts = [decode(sparse[0][s : s + step], dense, pe, shared) for s in range(0, n, step)]
+            if len(parts) == 1:
+                return parts[0][0].float(), parts[0][1].float()
+            return torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float()
+        masks = torch.empty((n, *out_shape), dtype=torch.float32, device=bundle.device)
+        ious = []
+        for s in range(0, n, step):
+            dst = masks[s : s + step]
+            low, iou = decode(sparse[0][s : s + step], dense, pe, shared, dst)
+            if low.data_ptr() != dst.data_ptr():
+                dst.copy_(low)
+            ious.append(iou)
+        return masks, (ious[0] if len(ious) == 1 else torch.cat(ious)).float()

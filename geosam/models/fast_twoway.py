@@ -154,12 +154,10 @@ def cache_key(cache: dict[Any, Any] | None, shape: tuple[int, ...], *tensors: to
 
 def cached(cache: dict[Any, Any] | None, key: Any, tag: str, make: Callable[[], Any]) -> Any:
     """``make()``, kept in ``cache`` under ``tag`` for the image ``key`` (`geosam.models.fast_decoder.fast_decode`'s
-    ``cache``: what the calls on one image share). A cache that held another image's values is emptied first."""
-    if cache is None:
+    ``cache``: what the calls on one image share). ``key``: `cache_key`'s for this cache, which empties a cache that
+    held another image's values; a key that is not the cache's current one is not kept (made again each call)."""
+    if cache is None or cache.get("image") != key:
         return make()
-    if cache.get("image") != key:
-        cache.clear()
-        cache["image"] = key
     if tag not in cache:
         cache[tag] = make()
     return cache[tag]

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import (
-    FAST_DECODER_CPU_CHUNK,
     STOCK_DECODER_CPU_CHUNK,
     use_fast_decoder,
     use_fast_encoder,
@@ -171,31 +170,18 @@ def _run_decoder(
     if bundle.device.type == "cpu":
         keep_freed_memory()
     if n > 0 and not isinstance(image_embeddings, MultiEmbeddings) and use_fast_decoder(bundle):
-        from geosam.models.decoder_side import encode_prompts
-        from geosam.models.fast_decoder import _unwrap, fast_decode, image_positional_embeddings, returned_mask_tokens
+        from geosam.models.decoder_side import decode_in_chunks
+        from geosam.models.fast_decoder import _unwrap, fast_decode, returned_mask_tokens
 
         model = bundle.model
-        with torch.inference_mode():
-            sparse, dense = encode_prompts(model, prompts)
-            emb = image_embeddings.to(device=bundle.device, dtype=torch.float32)
-            pe = image_positional_embeddings(model)
-            step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
-            shared: dict = {} if cache is None else cache  # what the chunks share (the same image and dense embeddings)
-            k = len(returned_mask_tokens(_unwrap(model.mask_decoder), multimask))
-            # the chunks write into one tensor: no concatenation of the batch's masks afterwards
-            masks = torch.empty((n, k, 4 * emb.shape[2], 4 * emb.shape[3]), dtype=torch.float32, device=emb.device)
-            ious = []
-            for s in range(0, n, step):
-                dst = masks[s : s + step]
-                low, iou_s = fast_decode(
-                    model, emb, sparse[0][s : s + step], dense if dense.shape[0] == 1 else dense[s : s + step],
-                    multimask, pe, iou_floor=iou_floor, cache=shared if dense.shape[0] == 1 else None, out=dst,
-                )  # fmt: skip
-                if low.data_ptr() != dst.data_ptr():  # computed in another dtype
-                    dst.copy_(low)
-                ious.append(iou_s)
-            iou = ious[0] if len(ious) == 1 else torch.cat(ious)
-        return masks.float(), iou.float()
+        emb = image_embeddings.to(device=bundle.device, dtype=torch.float32)
+        k = len(returned_mask_tokens(_unwrap(model.mask_decoder), multimask))
+        return decode_in_chunks(
+            bundle, prompts, n,
+            lambda part, dense, pe, shared, out: fast_decode(model, emb, part, dense, multimask, pe,
+                                                             iou_floor=iou_floor, cache=shared, out=out),
+            cache, (k, 4 * emb.shape[2], 4 * emb.shape[3]),
+        )  # fmt: skip
     if n > 0 and isinstance(image_embeddings, MultiEmbeddings):
         if image_embeddings.family == "sam_hq":  # always geosam's: transformers' upscales the wrong image side
             from geosam.models.hq_decoder import decode_prompts
