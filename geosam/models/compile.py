@@ -16,10 +16,13 @@ from geosam.models.bundle import SamBundle
 
 #: Prompts per `geosam.models.fast_decoder.fast_decode` call on the CPU: each call's (N, 56, h*w) attention
 #: weights then stay in cache across the decoder's steps (measured faster for 4 than for 64 prompts per call
-#: while the image sides were written; since none is, 8 is faster than 4: 256 prompts of SAM's decoder on an
-#: AMD EPYC Zen 3, 7.25 vs 7.77 s with 1 thread, 4.55 vs 4.77 s with 2, medians of 4-5 alternating).
+#: while the image sides were written; since none is, 8 was faster than 4: 256 prompts of SAM's decoder on an
+#: AMD EPYC Zen 3, 7.25 vs 7.77 s with 1 thread, 4.55 vs 4.77 s with 2). With the decoder's C kernels 16 is faster
+#: than 8 (the token side's products twice as tall): AMD EPYC Zen 4, 256 prompts, 3.66-3.74 vs 3.89-3.91 s with
+#: 1 thread, 1.95-2.02 vs 2.29-2.33 s with 2; 32 as 16, 64 slower (2.63 s with 2); session 23, decode only,
+#: alternating runs.
 #: ``points_per_batch`` still sets how many prompts are decoded and filtered together.
-FAST_DECODER_CPU_CHUNK = 8
+FAST_DECODER_CPU_CHUNK = 16
 
 #: Prompts per call of a model's own (stock) mask decoder on the CPU (SAM or SAM 2 with the fast decoder off; SAM-HQ
 #: until session 20, now always `geosam.models.hq_decoder`). It repeats the image side once per prompt (SAM 2: 4 MiB
