@@ -214,3 +214,23 @@ def test_decoder_weights_are_the_same_with_and_without_the_token_softmax(monkeyp
     monkeypatch.setattr(fast_twoway, "token_softmax", lambda *a, **k: None)
     without = gm.decode_points(bundle, emb, pts)
     assert torch.equal(with_kernel[0], without[0]) and torch.equal(with_kernel[1], without[1])
+
+
+@needs_kernel
+def test_factor_rows_are_torchs_bits() -> None:
+    """The upscaling's factored rows A of one prompt (SAM: two layers, 8 heads x 7 tokens) in one C pass: the bits of
+    the torch ops they replace, for every prompt of a chunk; float64 records take the torch ops."""
+    gen = torch.Generator().manual_seed(11)
+    n, p, r = 3, 4096, 56
+    records = [(torch.rand((n, p, r), generator=gen), torch.empty(0), torch.randn((n, p), generator=gen),
+                torch.rand((n, p), generator=gen) + 0.5) for _ in range(2)]
+    for i in range(n):
+        got, want = torch.full((p, 2 * (r + 2)), float("nan")), torch.zeros((p, 2 * (r + 2)))
+        c = cpu_decoder.factor_rows(records, i, got)
+        assert torch.equal(c, cpu_decoder.factor_rows_reference(records, i, want))
+        assert torch.equal(got, want)
+        assert torch.equal(c, records[1][3][i] * records[0][3][i])
+        assert torch.equal(got[:, -1], torch.ones(p))
+    as64 = [tuple(t.double() for t in rec) for rec in records]
+    a64 = torch.zeros((p, 2 * (r + 2)), dtype=torch.float64)
+    assert torch.equal(cpu_decoder.factor_rows(as64, 0, a64), as64[1][3][0] * as64[0][3][0])

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "quad", "token_softmax", "upscale_prompt"]
+__all__ = ["available", "factor_rows", "factor_rows_reference", "quad", "token_softmax", "upscale_prompt"]
 
 _SOURCE = Path(__file__).with_name("cpu_decoder.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -121,6 +121,52 @@ def upscale_inputs(gen: torch.Generator, hw: tuple[int, int], k1: int, c4: int, 
     return a, b, c, s, ln, w2t, b2, hyper
 
 
+Records = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def factor_rows_reference(records: Records, i: int, a: torch.Tensor) -> torch.Tensor:
+    """torch's ops for `factor_rows`: prompt i's rows A into ``a`` (P, L (R + 2)); returns c (P,)."""
+    r = records[0][0].shape[-1]
+    c = None
+    col = 0
+    for li in range(len(records) - 1, -1, -1):
+        pt, _, mean, rstd = records[li]
+        c = rstd[i] if c is None else c * rstd[i]
+        torch.mul(pt[i], c[:, None], out=a[:, col : col + r])
+        torch.mul(c, mean[i], out=a[:, col + r]).neg_()
+        if li > 0:  # the column of M_l beta_{l-1}
+            a[:, col + r + 1] = c
+        col += r + 2 if li > 0 else r + 1
+    assert c is not None
+    a[:, col].fill_(1.0)
+    return c
+
+
+def _call_factor_rows(lib: ctypes.CDLL, records: Records, i: int, a: torch.Tensor) -> torch.Tensor:
+    nl, (p, r) = len(records), records[0][0].shape[1:]
+    pts = [rec[0][i] for rec in records]
+    means, rstds = [rec[2][i].contiguous() for rec in records], [rec[3][i].contiguous() for rec in records]
+    c = torch.empty(p, dtype=torch.float32)
+    lib.geosam_factor_rows(
+        _I64(nl), (_P * nl)(*(t.data_ptr() for t in pts)), (_I64 * nl)(*(t.stride(0) for t in pts)),
+        (_P * nl)(*(t.data_ptr() for t in means)), (_P * nl)(*(t.data_ptr() for t in rstds)), _I64(r), _I64(p),
+        _P(a.data_ptr()), _I64(a.stride(0)), _P(c.data_ptr()), ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    return c
+
+
+def factor_rows(records: Records, i: int, a: torch.Tensor) -> torch.Tensor:
+    """Prompt i's rows ``A`` (P, L (R + 2)) of the upscaling's first product in factored form
+    (`geosam.models.fast_upscale._Conv1FromSharedImage.prompt`), written into ``a``; returns ``c`` (P,), the product
+    of the layers' reciprocal deviations. records: per layer ``(probs^T (N, P, R), vo, mean (N, P), rstd (N, P))``.
+    In one C pass where the kernel runs (torch's bits), else `factor_rows_reference`."""
+    ok = all(t.dtype == torch.float32 and t.device.type == "cpu" for rec in records for t in (rec[0], rec[2], rec[3]))
+    lib = _library() if ok and a.dtype == torch.float32 and a.stride(1) == 1 else None
+    if lib is None or any(rec[0].stride(2) != 1 for rec in records):
+        return factor_rows_reference(records, i, a)
+    return _call_factor_rows(lib, records, i, a)
+
+
 def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
     """Whether the kernel's masks are torch's to float rounding here (tails of the position blocks and of the
     register tiles, odd inner sizes, 1 to 4 masks, large and small values), and its quadratic forms."""
@@ -139,12 +185,20 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
             if not torch.allclose(_call_quad(lib, _upper(sym), left, left, True), want, rtol=1e-4, atol=1e-4):
                 return False
     lib.geosam_token_softmax.restype = ctypes.c_int
+    lib.geosam_factor_rows.restype = None
     for shape in ((2, 3, 7, 40), (1, 2, 8, 8), (3, 1, 1, 16), (1, 4, 5, 72)):
         x = torch.randn(shape, generator=gen) * 20
         got, pt = torch.empty_like(x), torch.empty((shape[0], shape[3], shape[1] * shape[2]))
         _call_token_softmax(lib, x, got, pt)
         want = torch.softmax(x, dim=2)
         if not (torch.allclose(got, want, rtol=1e-6, atol=1e-7) and torch.equal(pt, got.flatten(1, 2).transpose(1, 2))):
+            return False
+    for nl, p, r in ((2, 40, 13), (1, 9, 8), (3, 17, 5)):
+        records = [(torch.randn((2, p, r), generator=gen), torch.empty(0), torch.randn((2, p), generator=gen),
+                    torch.rand((2, p), generator=gen) + 0.5) for _ in range(nl)]
+        want, got = torch.zeros((p, nl * (r + 2))), torch.full((p, nl * (r + 2)), float("nan"))
+        if not (torch.equal(_call_factor_rows(lib, records, 1, got), factor_rows_reference(records, 1, want))
+                and torch.equal(got, want)):
             return False
     for hw, k1, c4, c8, nk in (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6, 8, 16, 4)):
         a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)

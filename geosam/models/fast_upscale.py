@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_decoder import upscale_prompt
+from geosam.models.cpu_decoder import factor_rows, upscale_prompt
 from geosam.models.cpu_gemm import bmm, linear
 from geosam.models.fast_twoway import cached
 
@@ -93,21 +93,8 @@ class _Conv1FromSharedImage:
             self._a = torch.empty((p, k), dtype=self.shared.dtype, device=self.shared.device)
         if self._b is None:
             self._b = self._products(records)
-        a = self._a
-        c = None
-        col = 0
-        for li in range(len(records) - 1, -1, -1):
-            pt, _, mean, rstd = records[li]
-            c = rstd[i] if c is None else c * rstd[i]
-            torch.mul(pt[i], c[:, None], out=a[:, col : col + r])
-            torch.mul(c, mean[i], out=a[:, col + r]).neg_()
-            # M_l beta_{l-1} for l > 1, the constant b1 + W1 beta_L in the last column
-            if li > 0:
-                a[:, col + r + 1] = c
-            col += r + 2 if li > 0 else r + 1
-        assert c is not None
-        a[:, col].fill_(1.0)
-        return a, self._b[i], c[:, None]
+        c = factor_rows(records, i, self._a)
+        return self._a, self._b[i], c[:, None]
 
 
 @functools.lru_cache(maxsize=8)
