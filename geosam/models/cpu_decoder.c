@@ -147,11 +147,7 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     /* y (RB, n1) -> normed in place, read as (4 RB, c4) rows; z (4 RB, n2) */
-    float* buf = malloc(sizeof(float) * (size_t)(RB * n1 + 4 * RB * n2 + 8 * RB));
-    if (buf == NULL) {
-#pragma omp atomic write
-      failed = 1;
-    }
+    float* buf = thread_buffer((size_t)(RB * n1 + 4 * RB * n2 + 8 * RB), &failed);
     float* y = buf;
     float* z = buf == NULL ? NULL : buf + RB * n1;
     float* stats = buf == NULL ? NULL : z + 4 * RB * n2; /* (mean, rstd) of each of the block's 4 RB norms */
@@ -290,11 +286,7 @@ int geosam_quad(const float* gram, const float* left, const float* right, int64_
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    float* buf = malloc(sizeof(float) * (size_t)((ri + rj) * QB));
-    if (buf == NULL) {
-#pragma omp atomic write
-      failed = 1;
-    }
+    float* buf = thread_buffer((size_t)((ri + rj) * QB), &failed);
 #pragma omp for schedule(static) collapse(2)
     for (int64_t m = 0; m < n; m++) {
       for (int64_t bk = 0; bk < blocks; bk++) {

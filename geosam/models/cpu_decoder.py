@@ -160,11 +160,10 @@ def factor_rows(records: Records, i: int, a: torch.Tensor) -> torch.Tensor:
     (`geosam.models.fast_upscale._Conv1FromSharedImage.prompt`), written into ``a``; returns ``c`` (P,), the product
     of the layers' reciprocal deviations. records: per layer ``(probs^T (N, P, R), vo, mean (N, P), rstd (N, P))``.
     In one C pass where the kernel runs (torch's bits), else `factor_rows_reference`."""
-    ok = all(t.dtype == torch.float32 and t.device.type == "cpu" for rec in records for t in (rec[0], rec[2], rec[3]))
-    lib = _library() if ok and a.dtype == torch.float32 and a.stride(1) == 1 else None
-    if lib is None or any(rec[0].stride(2) != 1 for rec in records):
-        return factor_rows_reference(records, i, a)
-    return _call_factor_rows(lib, records, i, a)
+    inputs = [t for rec in records for t in (rec[0], rec[2], rec[3])] + [a]
+    fits = all(t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1 for t in inputs)
+    lib = _library() if fits else None
+    return factor_rows_reference(records, i, a) if lib is None else _call_factor_rows(lib, records, i, a)
 
 
 def _agrees_with_torch(lib: ctypes.CDLL) -> bool:

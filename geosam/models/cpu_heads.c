@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cpu_vec.h"
 
 /* 1. Per-head products of many prompts' token rows against one image side projected per head, the decoder's
  * most frequent product: out[n, h, t, p] (+)= sum_k a[n, h, t, k] x[h, k, p] for every prompt n, head h, token
@@ -63,11 +64,7 @@ int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const flo
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-  float* xpk = malloc(sizeof(float) * (size_t)(dk * HD_BLOCK));
-  if (xpk == NULL) {
-#pragma omp atomic write
-    failed = 1;
-  }
+  float* xpk = thread_buffer((size_t)(dk * HD_BLOCK), &failed);
 #pragma omp for schedule(static) collapse(2)
   for (int64_t h = 0; h < nh; h++) {
     for (int64_t blk = 0; blk < nblk; blk++) {
@@ -182,11 +179,7 @@ int geosam_factored_scores(const float* f, const float* probs0, int64_t r, const
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-  float* pr = malloc(sizeof(float) * (size_t)(r * 16)); /* the block of probs0, packed (pack_block16) */
-  if (pr == NULL) {
-#pragma omp atomic write
-    failed = 1;
-  }
+  float* pr = thread_buffer((size_t)(r * 16), &failed); /* the block of probs0, packed (pack_block16) */
 #pragma omp for schedule(static) collapse(2)
   for (int64_t i = 0; i < n; i++) {
     for (int64_t blk = 0; blk < nblk; blk++) {
@@ -279,11 +272,7 @@ int geosam_final_scores(const float* f0, const float* f1, const float* p0s, cons
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-  float* pr = malloc(sizeof(float) * (size_t)(2 * r * 16)); /* the blocks of p0 and p1, packed */
-  if (pr == NULL) {
-#pragma omp atomic write
-    failed = 1;
-  }
+  float* pr = thread_buffer((size_t)(2 * r * 16), &failed); /* the blocks of p0 and p1, packed */
 #pragma omp for schedule(static) collapse(2)
   for (int64_t i = 0; i < n; i++) {
     for (int64_t blk = 0; blk < nblk; blk++) {

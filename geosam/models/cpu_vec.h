@@ -1,10 +1,22 @@
-/* AVX2 helpers shared by geosam's C kernels (cpu_kernels.c, cpu_decoder.c): Sleef's expf, ATen's horizontal
- * reductions, and a 6 x 16 float32 product tile. Included, not compiled on its own; geosam/models/cpu_build.py
+/* AVX2 helpers shared by geosam's C kernels (cpu_kernels.c, cpu_decoder.c, cpu_heads.c): Sleef's expf, ATen's
+ * horizontal reductions, a 6 x 16 float32 product tile, and the per-thread scratch buffer of a parallel region. Included, not compiled on its own; geosam/models/cpu_build.py
  * hashes it with every kernel source, so a change here rebuilds them. */
 #ifndef GEOSAM_CPU_VEC_H
 #define GEOSAM_CPU_VEC_H
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+/* A thread's scratch buffer of n floats, allocated inside an OpenMP parallel region: NULL, with *failed set, when
+ * out of memory (the region's loop then skips its work and the kernel reports the failure). */
+static inline float* thread_buffer(size_t n, int* failed) {
+  float* buf = malloc(sizeof(float) * n);
+  if (buf == NULL) {
+#pragma omp atomic write
+    *failed = 1;
+  }
+  return buf;
+}
 
 /* Sleef_expf8_u10 (AVX2 + FMA), as ATen's Vectorized<float>::exp() */
 static inline __m256 exp_u10(__m256 d) {
