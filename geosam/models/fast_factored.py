@@ -25,6 +25,7 @@ import torch
 
 from geosam.models.cpu_gemm import linear
 from geosam.models.cpu_heads import factored_scores
+from geosam.models.cpu_weights import softmax_products
 from geosam.models.fast_twoway import _by_head, _head_products, _heads, _token_softmax, _token_values, head_values
 
 __all__ = ["factored_image_to_token", "factored_token_to_image", "layer1_projections"]
@@ -84,13 +85,20 @@ def factored_token_to_image(
     nh, d = _heads(attn)
     q = (attn.q_proj(q_tokens) * float(attn.scaling)).view(n, t, nh, d)
     s = _scores(q, attn.k_proj.weight, proj["k_x"], proj["k_b"], record, g)
-    wts = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)  # (N, h, T, P)
     pt0, vo0, mean0, rstd0, _ = record
-    wts.mul_(rstd0[:, None, None, :])  # a_p r_p
-    out = head_values(wts, proj["v_x"])  # sum_p a_p r_p (W_v g) x0_p, (N, h, T, d)
-    wts = wts.view(n, nh * t, -1)
-    m = torch.bmm(wts, pt0)  # (N, h*T, R)
-    smu = torch.bmm(mean0[:, None, :], wts.transpose(1, 2)).view(n, nh, t)  # sum_p a_p r_p mu_p (a row: 17x faster)
+    # the weights a_p (softmax over the positions) times r_p: their products with the first layer's weights, the
+    # means and the values x0 projected per head; in C where it runs, the weights never written
+    fused = softmax_products(s, scale1=rstd0, y=mean0, x1=pt0, v=proj["v_x"])
+    if fused is not None:
+        assert fused.v is not None and fused.x1 is not None and fused.y is not None
+        out, m, smu = fused.v, fused.x1, fused.y.view(n, nh, t)
+    else:
+        wts = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)  # (N, h, T, P)
+        wts.mul_(rstd0[:, None, None, :])  # a_p r_p
+        out = head_values(wts, proj["v_x"])  # sum_p a_p r_p (W_v g) x0_p, (N, h, T, d)
+        wts = wts.view(n, nh * t, -1)
+        m = torch.bmm(wts, pt0)  # (N, h*T, R)
+        smu = torch.bmm(mean0[:, None, :], wts.transpose(1, 2)).view(n, nh, t)  # sum_p a_p r_p mu_p (a row)
     wvg = (attn.v_proj.weight * g).view(nh, d, -1)
     mv = torch.bmm(m, vo0).view(n, nh, t, -1)
     out = out + torch.einsum("nhtc,hdc->nhtd", mv, wvg) - smu[..., None] * wvg.sum(dim=-1)[:, None, :]

@@ -36,6 +36,7 @@ import torch
 from geosam.models.cpu_decoder import quad, quad_reference
 from geosam.models.cpu_gemm import linear
 from geosam.models.cpu_heads import final_scores, proj_dots
+from geosam.models.cpu_weights import softmax_products
 from geosam.models.fast_twoway import _by_head, _head_products, _heads, _token_rows, _transposed, head_values
 
 __all__ = [
@@ -213,17 +214,22 @@ def factored_final_attention(
         s.view(n, nh * t, -1).baddbmm_(f[1], p1)  # (q Wk G2 vo1c^T) p1
         s.mul_(s2[:, None, None, :])
         _head_products(s, q, sh["k_pos"], accumulate=True)
-    w = torch.softmax(s, dim=-1)  # (N, h, T, P)
-    w2 = w.mul_(s2[:, None, None, :])  # weights x s2
-    w2f = w2.view(n, nh * t, -1)
-    m = torch.bmm(torch.bmm(w2f, pts[1]), vo1c)  # (N, h*T, C): sum_p w s2 U1c
-    m.add_(w2f.sum(dim=-1, keepdim=True) * b1c)
-    w21 = w2.mul_(s1[:, None, None, :])  # weights x s2 x s1
-    w21f = w21.view(n, nh * t, -1)
-    m.baddbmm_(torch.bmm(w21f, pts[0]), q0)
+    # the weights w (softmax over the positions) times s2, then s1: their products with the two layers' weights
+    # and the first image side's projected values; in C where it runs, the weights never written
+    fused = softmax_products(s, scale1=s2, want_sum=True, x1=pts[1], scale2=s1, x2=pts[0], v=sh["v_ax"])
+    if fused is not None:
+        assert fused.sum is not None and fused.x1 is not None and fused.x2 is not None and fused.v is not None
+        w2_sum, w2_pt1, w21_pt0, w21_v = fused.sum[..., None], fused.x1, fused.x2, fused.v
+    else:
+        w2 = torch.softmax(s, dim=-1).mul_(s2[:, None, None, :])  # (N, h, T, P): weights x s2
+        w2f = w2.view(n, nh * t, -1)
+        w2_sum, w2_pt1 = w2f.sum(dim=-1, keepdim=True), torch.bmm(w2f, pts[1])
+        w21 = w2.mul_(s1[:, None, None, :])  # weights x s2 x s1
+        w21_pt0, w21_v = torch.bmm(w21.view(n, nh * t, -1), pts[0]), head_values(w21, sh["v_ax"])
+    m = torch.bmm(w2_pt1, vo1c).add_(w2_sum * b1c)  # (N, h*T, C): sum_p w s2 (U1c + b1c)
+    m.baddbmm_(w21_pt0, q0)
     wv = attn.v_proj.weight.view(nh, d, -1)
-    out = torch.einsum("nhtc,hdc->nhtd", (m * g2).view(n, nh, t, -1), wv)
-    head_values(w21, sh["v_ax"], out)
+    out = torch.einsum("nhtc,hdc->nhtd", (m * g2).view(n, nh, t, -1), wv).add_(w21_v)
     out = out.transpose(1, 2).reshape(n, t, nh * d) + (attn.v_proj.weight @ lns[1].bias + attn.v_proj.bias)
     return attn.out_proj(out)
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from geosam.models.cpu_decoder import token_softmax
 from geosam.models.cpu_gemm import bmm, linear
 from geosam.models.cpu_heads import headdot
+from geosam.models.cpu_weights import softmax_products
 
 
 def _heads(attn: Any) -> tuple[int, int]:
@@ -194,8 +195,15 @@ def _token_to_image_projected(attn: Any, q_tokens: torch.Tensor, kh: torch.Tenso
     """`_token_to_image` against an image side projected once (`shared_projections`' keys and values), (N, T, C)."""
     n, t, _ = q_tokens.shape
     nh, d = _heads(attn)
-    q = (attn.q_proj(q_tokens) * float(attn.scaling)).view(n * t, nh, d).transpose(0, 1)  # (h, N*T, d)
-    probs = torch.softmax(torch.bmm(q, kh), dim=-1, dtype=torch.float32).to(q.dtype)  # (h, N*T, P)
+    q = attn.q_proj(q_tokens) * float(attn.scaling)
+    if kh.dtype == torch.float32 and q.dtype == torch.float32:  # in C where it runs: the weights never written
+        s = q.new_empty((n, nh, t, kh.shape[-1]))
+        if headdot(q.view(n, t, nh, d).transpose(1, 2), kh, s):
+            fused = softmax_products(s, v=vh)
+            if fused is not None and fused.v is not None:
+                return attn.out_proj(fused.v.transpose(1, 2).reshape(n, t, nh * d) + attn.v_proj.bias)
+    qh = q.view(n * t, nh, d).transpose(0, 1)  # (h, N*T, d)
+    probs = torch.softmax(torch.bmm(qh, kh), dim=-1, dtype=torch.float32).to(q.dtype)  # (h, N*T, P)
     out = torch.bmm(probs, vh).transpose(0, 1).reshape(n, t, nh * d) + attn.v_proj.bias
     return attn.out_proj(out)
 

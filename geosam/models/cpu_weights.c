@@ -1,0 +1,215 @@
+/* SAM's mask decoder on AVX2 CPUs (float32): attention weights over the image positions and their products, in
+ * one call, the weights never normalised in memory.
+ *
+ * Three of the decoder's token -> image attentions end the same way (geosam/models/fast_twoway.py's first layer
+ * against the shared projections, fast_factored.py's second layer, fast_final.py's final attention): scores s
+ * (N, h, T, P) -> softmax over the P positions -> per-position scalings -> products of the weights with matrices
+ * of P rows: each prompt's own (its first layer's weights transposed, (P, R)) and each head's, shared by all
+ * prompts (an image side projected per head, (h, P, d)), and row sums / dot products with one vector. torch runs
+ * a softmax, a multiply per scaling, a copy to stack the prompts' rows of a head, and one product per matrix
+ * (the products of inner size P at 46-67 GFLOP/s on an AMD EPYC Zen 4). Here each row's exponentials are
+ * written once, in place of its scores, with its sums; then the products run over blocks of KB positions with
+ * 6 x 16 register tiles (6 rows of weights broadcast, a 16-wide row of the matrix loaded), rows taken across heads
+ * for a prompt's matrix and across prompts for a head's; the softmax's normalisation 1 / sum_p exp is applied to the
+ * results (all of them linear in the weights). The exponential is ATen's (cpu_vec.h's exp_u10); the sums are
+ * associated differently from torch's: the same function up to float rounding, which
+ * geosam/models/cpu_weights.py checks against torch's ops before using it.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include "cpu_vec.h"
+
+#define KB 256 /* positions per block of the products: the matrix's block of 16 columns, packed, stays in L1 */
+
+/* out[r][0:8 or 16] (+)= sum_{k < kn} e[r][k] b[k sb + 0:8 or 16] for rows r < rows (<= 6) */
+static inline __attribute__((always_inline)) void wtile(const float* const* e, const float* b, int64_t sb, int64_t kn,
+                                                        float* const* out, int add, const int rows, const int wide) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t k = 0; k < kn; k++) {
+    const __m256 b0 = _mm256_loadu_ps(b + k * sb), b1 = wide ? _mm256_loadu_ps(b + k * sb + 8) : b0;
+    __m256 a;
+#define WT_ROW(r, x0, x1)                                   \
+  if (rows > r) {                                           \
+    a = _mm256_broadcast_ss(e[r] + k);                      \
+    x0 = _mm256_fmadd_ps(a, b0, x0);                        \
+    if (wide) x1 = _mm256_fmadd_ps(a, b1, x1);              \
+  }
+    WT_ROW(0, c00, c01) WT_ROW(1, c10, c11) WT_ROW(2, c20, c21) WT_ROW(3, c30, c31) WT_ROW(4, c40, c41)
+    WT_ROW(5, c50, c51)
+#undef WT_ROW
+  }
+#define WT_OUT(r, x0, x1)                                                                       \
+  if (rows > r) {                                                                              \
+    float* o = out[r];                                                                         \
+    _mm256_storeu_ps(o, add ? _mm256_add_ps(_mm256_loadu_ps(o), x0) : x0);                    \
+    if (wide) _mm256_storeu_ps(o + 8, add ? _mm256_add_ps(_mm256_loadu_ps(o + 8), x1) : x1);  \
+  }
+  WT_OUT(0, c00, c01) WT_OUT(1, c10, c11) WT_OUT(2, c20, c21) WT_OUT(3, c30, c31) WT_OUT(4, c40, c41)
+  WT_OUT(5, c50, c51)
+#undef WT_OUT
+}
+
+static void wrows(const float* const* e, const float* b, int64_t sb, int64_t kn, float* const* out, int add, int rows,
+                  int wide) {
+#define WR_CASE(r)                                                  \
+  case r:                                                           \
+    if (wide) wtile(e, b, sb, kn, out, add, r, 1);                  \
+    else wtile(e, b, sb, kn, out, add, r, 0);                       \
+    break;
+  switch (rows) { WR_CASE(6) WR_CASE(5) WR_CASE(4) WR_CASE(3) WR_CASE(2) default: WR_CASE(1) }
+#undef WR_CASE
+}
+
+/* Rows of weights (or of the output) numbered r < m, at base + (r / inner) so + (r % inner) si */
+typedef struct {
+  int64_t inner, so, si;
+} rowmap;
+
+static inline int64_t row_at(rowmap map, int64_t r) { return (r / map.inner) * map.so + (r % map.inner) * map.si; }
+
+/* one block of kb positions, from k0, of out rows (m of them, ncols each, a multiple of 8) (+)= weights rows x b
+ * (rows sb apart); rows of e and out by their maps; `pack` holds the block's columns in panels of 16 when sb is not
+ * 16; with `next`, the following block's rows of b are prefetched meanwhile */
+static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int64_t kb, const float* b, int64_t sb,
+                          int64_t ncols, float* out, rowmap om, float* pack, int next) {
+  const int packed = sb != 16;
+  if (packed) /* the block's rows (sb apart: one sequential stream) into panels of 16 columns, [panel][k][16] */
+    for (int64_t k = 0; k < kb; k++) {
+      const float* src = b + (k0 + k) * sb;
+      if (next)
+        for (int64_t c = 0; c < ncols; c += 16) _mm_prefetch((const char*)(src + KB * sb + c), _MM_HINT_T0);
+      for (int64_t c = 0; c < ncols; c += 8)
+        _mm256_storeu_ps(pack + (c / 16) * KB * 16 + k * 16 + c % 16, _mm256_loadu_ps(src + c));
+    }
+  for (int64_t c = 0; c < ncols; c += 16) {
+    const int wide = ncols - c >= 16;
+    const float* panel = packed ? pack + (c / 16) * KB * 16 : b + k0 * sb + c;
+    for (int64_t r = 0; r < m; r += 6) {
+      const int rows = m - r < 6 ? (int)(m - r) : 6;
+      const float* er[6];
+      float* orow[6];
+      for (int i = 0; i < rows; i++) {
+        er[i] = e + row_at(em, r + i) + k0;
+        orow[i] = out + row_at(om, r + i) + c;
+      }
+      wrows(er, panel, 16, kb, orow, k0 > 0, rows, wide);
+    }
+  }
+}
+
+/* out rows (m, ncols each) times invz at each row's place in the weights (zm) */
+static void scale_rows(float* out, rowmap om, int64_t m, int64_t ncols, const float* invz, rowmap zm) {
+  for (int64_t r = 0; r < m; r++) {
+    const __m256 z = _mm256_set1_ps(invz[row_at(zm, r)]);
+    float* o = out + row_at(om, r);
+    for (int64_t c = 0; c < ncols; c += 8) _mm256_storeu_ps(o + c, _mm256_mul_ps(_mm256_loadu_ps(o + c), z));
+  }
+}
+
+/* One prompt's rt rows of scores (p each, from s): per block of KB positions their exponentials (running sums in
+ * acc: 3 vectors a row), then that block's products with x1 and (after scale2) x2 while it is in L1 / L2, x1's and
+ * x2's next blocks prefetched meanwhile. See geosam_softmax_products. */
+static void prompt_rows(float* s, int64_t rt, int64_t p, const float* sc, const float* yv, const float* x1, int64_t r1,
+                        float* out1, const float* sc2, const float* x2, int64_t r2, float* out2, float* invz,
+                        float* out_sum, float* out_y, float* acc, float* mx, float* pack) {
+  for (int64_t i = 0; i < rt; i++) {
+    const float* row = s + i * p;
+    __m256 m = _mm256_set1_ps(-__builtin_inff());
+    for (int64_t k = 0; k < p; k += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(row + k));
+    mx[i] = reduce_max(m);
+    for (int j = 0; j < 24; j++) acc[24 * i + j] = 0.0f;
+  }
+  const rowmap em = {1, p, 0};
+  for (int64_t k0 = 0; k0 < p; k0 += KB) {
+    const int64_t kb = p - k0 < KB ? p - k0 : KB;
+    const int next = k0 + KB < p;
+    for (int64_t i = 0; i < rt; i++) {
+      float* row = s + i * p;
+      const __m256 m = _mm256_set1_ps(mx[i]);
+      __m256 z = _mm256_loadu_ps(acc + 24 * i), sum1 = _mm256_loadu_ps(acc + 24 * i + 8);
+      __m256 ya = _mm256_loadu_ps(acc + 24 * i + 16);
+      for (int64_t k = k0; k < k0 + kb; k += 8) {
+        __m256 e = exp_u10(_mm256_sub_ps(_mm256_loadu_ps(row + k), m));
+        z = _mm256_add_ps(z, e);
+        if (sc) e = _mm256_mul_ps(e, _mm256_loadu_ps(sc + k));
+        sum1 = _mm256_add_ps(sum1, e);
+        if (yv) ya = _mm256_fmadd_ps(e, _mm256_loadu_ps(yv + k), ya);
+        _mm256_storeu_ps(row + k, e);
+      }
+      _mm256_storeu_ps(acc + 24 * i, z);
+      _mm256_storeu_ps(acc + 24 * i + 8, sum1);
+      _mm256_storeu_ps(acc + 24 * i + 16, ya);
+    }
+    if (x1) product_block(s, em, rt, k0, kb, x1, r1, r1, out1, (rowmap){1, r1, 0}, pack, next);
+    if (sc2)
+      for (int64_t i = 0; i < rt; i++) {
+        float* row = s + i * p;
+        for (int64_t k = k0; k < k0 + kb; k += 8)
+          _mm256_storeu_ps(row + k, _mm256_mul_ps(_mm256_loadu_ps(row + k), _mm256_loadu_ps(sc2 + k)));
+      }
+    if (x2) product_block(s, em, rt, k0, kb, x2, r2, r2, out2, (rowmap){1, r2, 0}, pack, next);
+  }
+  for (int64_t i = 0; i < rt; i++) {
+    const float inv = 1.0f / reduce_add(_mm256_loadu_ps(acc + 24 * i));
+    invz[i] = inv;
+    if (out_sum) out_sum[i] = reduce_add(_mm256_loadu_ps(acc + 24 * i + 8)) * inv;
+    if (out_y) out_y[i] = reduce_add(_mm256_loadu_ps(acc + 24 * i + 16)) * inv;
+  }
+  const rowmap flat = {1, 1, 0};
+  if (x1) scale_rows(out1, (rowmap){1, r1, 0}, rt, r1, invz, flat);
+  if (x2) scale_rows(out2, (rowmap){1, r2, 0}, rt, r2, invz, flat);
+}
+
+/* scores s (n, nh, nt, p) contiguous, p a multiple of 8, overwritten by exp(s - row max) scale1 (scale2). With the
+ * softmax's weights w = exp / sum_p exp:
+ *   out_sum (n, nh nt):  sum_p w scale1                     (if given)
+ *   out_y (n, nh nt):    sum_p w scale1 y[n, p]             (if y given)
+ *   out1 (n, nh nt, r1): w scale1 x1[n] (x1 (n, p, r1))     (if x1 given)
+ *   out2 (n, nh nt, r2): w scale1 scale2 x2[n]              (if x2 given)
+ *   outv (n, nh, nt, dv): w scale1 scale2 v[h] (v (nh, p, dv), each head's for every prompt)  (if v given)
+ * scale1, scale2, y: (n, p) or NULL; r1, r2, dv multiples of 8. Returns 0, -1 for bad sizes, -2 out of memory. */
+int geosam_softmax_products(float* s, int64_t n, int64_t nh, int64_t nt, int64_t p, const float* scale1,
+                            const float* y, float* out_sum, float* out_y, const float* x1, int64_t r1, float* out1,
+                            const float* scale2, const float* x2, int64_t r2, float* out2, const float* v, int64_t dv,
+                            float* outv, int threads) {
+  if (p % 8 || (x1 && r1 % 8) || (x2 && r2 % 8) || (v && dv % 8) || n < 1 || nh < 1 || nt < 1) return -1;
+  if (!x1) r1 = 0;
+  if (!x2) r2 = 0;
+  if (!v) dv = 0;
+  const int64_t rows = n * nh * nt, rt = nh * nt;
+  float* invz = malloc(sizeof(float) * (size_t)rows);
+  if (invz == NULL) return -2;
+  int failed = 0;
+  const int64_t wmax = (r1 > r2 ? (r1 > dv ? r1 : dv) : (r2 > dv ? r2 : dv)) + 15; /* packed panels' columns */
+  const int64_t npack = KB * 16 * (wmax / 16);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    float* buf = thread_buffer((size_t)(npack + 25 * rt), &failed); /* packed panels, 3 running sums and a max a row */
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < n; j++) {
+      if (buf == NULL) continue;
+      prompt_rows(s + j * rt * p, rt, p, scale1 ? scale1 + j * p : NULL, y ? y + j * p : NULL,
+                  x1 ? x1 + j * p * r1 : NULL, r1, out1 ? out1 + j * rt * r1 : NULL, scale2 ? scale2 + j * p : NULL,
+                  x2 ? x2 + j * p * r2 : NULL, r2, out2 ? out2 + j * rt * r2 : NULL, invz + j * rt,
+                  out_sum ? out_sum + j * rt : NULL, out_y ? out_y + j * rt : NULL, buf + npack, buf + npack + 24 * rt,
+                  buf);
+    }
+    if (v) {
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < nh; h++) {
+        if (buf == NULL) continue;
+        /* head h's rows of every prompt: (j, t) at ((j nh + h) nt + t) */
+        const rowmap em = {nt, rt * p, p}, om = {nt, rt * dv, dv}, zm = {nt, rt, 1};
+        for (int64_t k0 = 0; k0 < p; k0 += KB)
+          product_block(s + h * nt * p, em, n * nt, k0, p - k0 < KB ? p - k0 : KB, v + h * p * dv, dv, dv,
+                        outv + h * nt * dv, om, buf, k0 + KB < p);
+        scale_rows(outv + h * nt * dv, om, n * nt, dv, invz + h * nt, zm);
+      }
+    }
+    free(buf);
+  }
+  free(invz);
+  return failed ? -2 : 0;
+}

@@ -1,0 +1,116 @@
+"""geosam.models.cpu_weights: the token -> image attentions' softmax over the positions and its products in C,
+torch's ops to float rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geosam.models import cpu_weights
+from tests.test_cpu_decoder import needs_kernel
+
+
+def test_kernel_in_use_where_the_decoder_kernels_are() -> None:
+    """The same CPUs and builds as `geosam.models.cpu_decoder`'s kernels (else the decoder silently loses it)."""
+    from geosam.models import cpu_decoder
+
+    assert cpu_weights.available() == cpu_decoder.available()
+
+
+def _inputs(n: int, nh: int, nt: int, r: int, d: int, p: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "s": torch.randn((n, nh, nt, p), generator=gen) * 6.0,  # peaked rows, as attention scores are
+        "scale1": torch.rand((n, p), generator=gen) + 0.5,
+        "scale2": torch.rand((n, p), generator=gen) + 0.5,
+        "y": torch.randn((n, p), generator=gen),
+        "x1": torch.rand((n, p, r), generator=gen),
+        "x2": torch.randn((n, p, r), generator=gen),
+        "v": torch.randn((nh, p, d), generator=gen),
+    }
+
+
+# what the decoder asks for: its second layer (scale, dot products, one prompt's matrix, the heads' values), its
+# final attention (two scales, sums, two matrices, the heads' values), its first layer (the heads' values only)
+_USES = {
+    "second layer": ("scale1", "y", "x1", "v"),
+    "final attention": ("scale1", "sum", "x1", "scale2", "x2", "v"),
+    "first layer": ("v",),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("use", sorted(_USES))
+@pytest.mark.parametrize(
+    ("n", "nh", "nt", "r", "d", "p"),
+    [(16, 8, 7, 56, 16, 4096), (16, 8, 4, 56, 16, 4096), (3, 2, 5, 24, 8, 528), (1, 3, 1, 8, 24, 16)],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_softmax_products_match_torch(use: str, n: int, nh: int, nt: int, r: int, d: int, p: int, threads: int) -> None:
+    """SAM's sizes (16 prompts, 8 heads, 7 or 4 tokens, 4096 positions) and odd ones: register tiles cut in rows and
+    columns, blocks of positions ending mid-block (528), a single token, values wider than one tile (24)."""
+    t = _inputs(n, nh, nt, r, d, p, seed=n * p + nt)
+    kw = {k: t[k] for k in _USES[use] if k != "sum"}
+    want_sum = "sum" in _USES[use]
+    want = cpu_weights.softmax_products_reference(t["s"], want_sum=want_sum, **kw)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = cpu_weights.softmax_products(t["s"].clone(), want_sum=want_sum, **kw)
+    finally:
+        torch.set_num_threads(before)
+    assert got is not None
+    for name, a, b in zip(cpu_weights.WeightProducts._fields, got, want, strict=True):
+        assert (a is None) == (b is None), name
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()), msg=name)
+
+
+def test_softmax_products_left_to_torch_where_they_do_not_fit() -> None:
+    """Sizes outside 8-wide vectors, another dtype, shapes that do not belong together: None, and the scores (used as
+    scratch by the kernel) untouched."""
+    t = _inputs(2, 2, 3, 16, 16, 48, seed=1)
+    s = t["s"]
+    keep = s.clone()
+    assert cpu_weights.softmax_products(s[..., :44].contiguous(), v=t["v"][:, :44]) is None  # 44 positions
+    assert cpu_weights.softmax_products(s, x1=t["x1"][..., :12].contiguous()) is None  # 12 columns
+    assert cpu_weights.softmax_products(s.double(), v=t["v"].double()) is None
+    assert cpu_weights.softmax_products(s, v=t["v"][:1]) is None  # one head's values for two heads
+    assert cpu_weights.softmax_products(s, scale1=t["scale1"][:1]) is None  # one prompt's scale for two
+    assert cpu_weights.softmax_products(s.transpose(2, 3), v=t["v"]) is None  # not contiguous
+    assert torch.equal(s, keep)
+
+
+def test_decoder_is_the_same_with_and_without_the_kernel(monkeypatch) -> None:
+    """SAM's decoder sizes, prompts decoded on one image (all three attentions that use the kernel run): the masks
+    and IoUs with it equal the torch path's (what every CPU without it runs) to rounding, the sign of every clear
+    logit the same."""
+    import dataclasses
+
+    from geosam import models as gm
+    from tests.test_fast_decoder import _sam_size_model
+
+    bundle = gm.SamBundle(
+        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
+    )
+    bundle = dataclasses.replace(bundle, fast_decoder=True)
+    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(7))
+    pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(8)) * bundle.input_size
+    calls = []
+    real = cpu_weights.softmax_products
+    monkeypatch.setattr(cpu_weights, "softmax_products", lambda *a, **k: calls.append(1) or real(*a, **k))
+    from geosam.models import fast_factored, fast_final, fast_twoway
+
+    for module in (fast_factored, fast_final, fast_twoway):
+        monkeypatch.setattr(module, "softmax_products", cpu_weights.softmax_products)
+    with_kernel = gm.decode_points(bundle, emb, pts)
+    if cpu_weights.available():
+        assert calls and len(calls) % 3 == 0  # each chunk of prompts: the three attentions
+    monkeypatch.setattr(cpu_weights, "_library", lambda: None)
+    without = gm.decode_points(bundle, emb, pts)
+    (ml, il), (tl, ti) = with_kernel, without
+    scale = float(tl.abs().max())
+    torch.testing.assert_close(ml, tl, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(il, ti, rtol=1e-5, atol=1e-5)
+    clear = tl.abs() > 1e-3 * scale
+    assert torch.equal((ml > 0)[clear], (tl > 0)[clear])
