@@ -52,28 +52,38 @@ def flop_counter() -> Any:
     return FlopCounterMode(display=False, custom_mapping=custom)
 
 
+def kernel_modules() -> list[Any]:
+    """geosam's modules of C kernels (``geosam.models.cpu_*`` with a ``_library``), every one of them: a kernel module
+    left out of `count_flops`' switch would hide its products from the count."""
+    import importlib
+    import pkgutil
+
+    import geosam.models
+
+    names = sorted(m.name for m in pkgutil.iter_modules(geosam.models.__path__) if m.name.startswith("cpu_"))
+    modules = [importlib.import_module(f"geosam.models.{name}") for name in names]
+    return [m for m in modules if callable(getattr(m, "_library", None))]
+
+
 def count_flops(fn: Callable[[], Any], kernels: bool = False) -> int:
     """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call.
 
-    geosam's C kernels with products (`geosam.models.cpu_kernels` and `geosam.models.cpu_attention`: the encoder's
-    attention on AVX2 and AVX-512 CPUs; `geosam.models.cpu_decoder` and `geosam.models.cpu_heads`:
-    the decoder's upscaling and quadratic forms), which the counter cannot see, are switched off for the count: the
-    paths they stand in for run the same products through torch's ops. ``kernels=True`` leaves them on: the FLOPs
-    a counter sees around a run that uses them (to subtract them).
+    geosam's C kernels with products (`kernel_modules`: the encoder's attention on AVX2 and AVX-512 CPUs, the
+    decoder's upscaling, quadratic forms, per-head products, softmaxes and their products), which the counter cannot
+    see, are switched off for the count: the paths they stand in for run the same products through torch's ops.
+    ``kernels=True`` leaves them on: the FLOPs a counter sees around a run that uses them (to subtract them).
     """
-    from geosam.models import cpu_attention, cpu_decoder, cpu_heads, cpu_kernels
-
-    modules = (cpu_kernels, cpu_attention, cpu_decoder, cpu_heads)
+    modules = kernel_modules()
     libraries = [m._library for m in modules]
     if not kernels:
         for m in modules:
-            m._library = lambda: None  # type: ignore[method-assign]
+            m._library = lambda: None
     try:
         with torch.inference_mode(), flop_counter() as counter:
             fn()
     finally:
         for m, lib in zip(modules, libraries, strict=True):
-            m._library = lib  # type: ignore[method-assign]
+            m._library = lib
     return int(counter.get_total_flops())
 
 

@@ -1,5 +1,6 @@
-/* AVX2 helpers shared by geosam's C kernels (cpu_kernels.c, cpu_decoder.c, cpu_heads.c): Sleef's expf, ATen's
- * horizontal reductions, a 6 x 16 float32 product tile, and the per-thread scratch buffer of a parallel region. Included, not compiled on its own; geosam/models/cpu_build.py
+/* AVX2 helpers shared by geosam's C kernels (cpu_kernels.c, cpu_decoder.c, cpu_heads.c, cpu_weights.c): Sleef's
+ * expf, ATen's horizontal reductions, a 6 x 16 float32 product tile (rows by pointer, written or added to), and the
+ * per-thread scratch buffer of a parallel region. Included, not compiled on its own; geosam/models/cpu_build.py
  * hashes it with every kernel source, so a change here rebuilds them. */
 #ifndef GEOSAM_CPU_VEC_H
 #define GEOSAM_CPU_VEC_H
@@ -55,37 +56,58 @@ static inline float reduce_add(__m256 v) {
 
 #define QK_ROWS 6
 
-/* s[r, 0:16] = sum_k q[r, k] * panel[k, 0:16] for `rows` (<= 6) rows; FMA chains over k from zero */
-static inline __attribute__((always_inline)) void qk_tile(const float* q, int64_t sq, const float* panel, int64_t d,
-                                                          float* s, int64_t ss, const int rows) {
+/* out[r][0:16] (or 0:8 without `wide`) (+= with `add`) sum_{k < kn} a[r][k] panel[k sp + 0:16] for `rows` (<= 6)
+ * rows: one FMA chain per output over k from zero, 6 x 16 outputs in 12 registers */
+static inline __attribute__((always_inline)) void tile_6x16(const float* const* a, const float* panel, int64_t sp,
+                                                            int64_t kn, float* const* out, int add, const int rows,
+                                                            const int wide) {
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
          c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  for (int64_t k = 0; k < d; k++) {
-    __m256 b0 = _mm256_loadu_ps(panel + k * 16), b1 = _mm256_loadu_ps(panel + k * 16 + 8), a;
-    if (rows > 0) { a = _mm256_broadcast_ss(q + k); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01); }
-    if (rows > 1) { a = _mm256_broadcast_ss(q + sq + k); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11); }
-    if (rows > 2) { a = _mm256_broadcast_ss(q + 2 * sq + k); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21); }
-    if (rows > 3) { a = _mm256_broadcast_ss(q + 3 * sq + k); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31); }
-    if (rows > 4) { a = _mm256_broadcast_ss(q + 4 * sq + k); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41); }
-    if (rows > 5) { a = _mm256_broadcast_ss(q + 5 * sq + k); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51); }
+  for (int64_t k = 0; k < kn; k++) {
+    const __m256 b0 = _mm256_loadu_ps(panel + k * sp), b1 = wide ? _mm256_loadu_ps(panel + k * sp + 8) : b0;
+    __m256 x;
+#define T6_ROW(r, y0, y1)                        \
+  if (rows > r) {                                \
+    x = _mm256_broadcast_ss(a[r] + k);           \
+    y0 = _mm256_fmadd_ps(x, b0, y0);             \
+    if (wide) y1 = _mm256_fmadd_ps(x, b1, y1);   \
   }
-  if (rows > 0) { _mm256_storeu_ps(s, c00); _mm256_storeu_ps(s + 8, c01); }
-  if (rows > 1) { _mm256_storeu_ps(s + ss, c10); _mm256_storeu_ps(s + ss + 8, c11); }
-  if (rows > 2) { _mm256_storeu_ps(s + 2 * ss, c20); _mm256_storeu_ps(s + 2 * ss + 8, c21); }
-  if (rows > 3) { _mm256_storeu_ps(s + 3 * ss, c30); _mm256_storeu_ps(s + 3 * ss + 8, c31); }
-  if (rows > 4) { _mm256_storeu_ps(s + 4 * ss, c40); _mm256_storeu_ps(s + 4 * ss + 8, c41); }
-  if (rows > 5) { _mm256_storeu_ps(s + 5 * ss, c50); _mm256_storeu_ps(s + 5 * ss + 8, c51); }
+    T6_ROW(0, c00, c01) T6_ROW(1, c10, c11) T6_ROW(2, c20, c21) T6_ROW(3, c30, c31) T6_ROW(4, c40, c41)
+    T6_ROW(5, c50, c51)
+#undef T6_ROW
+  }
+#define T6_OUT(r, y0, y1)                                                                      \
+  if (rows > r) {                                                                             \
+    float* o = out[r];                                                                        \
+    _mm256_storeu_ps(o, add ? _mm256_add_ps(_mm256_loadu_ps(o), y0) : y0);                   \
+    if (wide) _mm256_storeu_ps(o + 8, add ? _mm256_add_ps(_mm256_loadu_ps(o + 8), y1) : y1); \
+  }
+  T6_OUT(0, c00, c01) T6_OUT(1, c10, c11) T6_OUT(2, c20, c21) T6_OUT(3, c30, c31) T6_OUT(4, c40, c41)
+  T6_OUT(5, c50, c51)
+#undef T6_OUT
 }
 
+/* tile_6x16 with the row count and width known at compile time for each case */
+static inline void tile_rows(const float* const* a, const float* panel, int64_t sp, int64_t kn, float* const* out,
+                             int add, int rows, int wide) {
+#define TR_CASE(r)                                                 \
+  case r:                                                          \
+    if (wide) tile_6x16(a, panel, sp, kn, out, add, r, 1);         \
+    else tile_6x16(a, panel, sp, kn, out, add, r, 0);              \
+    break;
+  switch (rows) { TR_CASE(6) TR_CASE(5) TR_CASE(4) TR_CASE(3) TR_CASE(2) default: TR_CASE(1) }
+#undef TR_CASE
+}
+
+/* s[r, 0:16] = sum_k q[r, k] * panel[k, 0:16] for `rows` (<= 6) rows `sq` apart, outputs `ss` apart */
 static inline void qk_rows(const float* q, int64_t sq, const float* panel, int64_t d, float* s, int64_t ss, int rows) {
-  switch (rows) {
-    case 6: qk_tile(q, sq, panel, d, s, ss, 6); break;
-    case 5: qk_tile(q, sq, panel, d, s, ss, 5); break;
-    case 4: qk_tile(q, sq, panel, d, s, ss, 4); break;
-    case 3: qk_tile(q, sq, panel, d, s, ss, 3); break;
-    case 2: qk_tile(q, sq, panel, d, s, ss, 2); break;
-    default: qk_tile(q, sq, panel, d, s, ss, 1); break;
+  const float* a[QK_ROWS];
+  float* out[QK_ROWS];
+  for (int r = 0; r < QK_ROWS; r++) {
+    a[r] = q + (r < rows ? r : 0) * sq;
+    out[r] = s + (r < rows ? r : 0) * ss;
   }
+  tile_rows(a, panel, 16, d, out, 0, rows, 1);
 }
 
 #endif

@@ -9,7 +9,7 @@
  * a softmax, a multiply per scaling, a copy to stack the prompts' rows of a head, and one product per matrix
  * (the products of inner size P at 46-67 GFLOP/s on an AMD EPYC Zen 4). Here each row's exponentials are
  * written once, in place of its scores, with its sums; then the products run over blocks of KB positions with
- * 6 x 16 register tiles (6 rows of weights broadcast, a 16-wide row of the matrix loaded), rows taken across heads
+ * cpu_vec.h's 6 x 16 register tiles (6 rows of weights broadcast, a 16-wide row of the matrix loaded), rows taken across heads
  * for a prompt's matrix and across prompts for a head's; the softmax's normalisation 1 / sum_p exp is applied to the
  * results (all of them linear in the weights). The exponential is ATen's (cpu_vec.h's exp_u10); the sums are
  * associated differently from torch's: the same function up to float rounding, which
@@ -21,46 +21,6 @@
 #include "cpu_vec.h"
 
 #define KB 256 /* positions per block of the products: the matrix's block of 16 columns, packed, stays in L1 */
-
-/* out[r][0:8 or 16] (+)= sum_{k < kn} e[r][k] b[k sb + 0:8 or 16] for rows r < rows (<= 6) */
-static inline __attribute__((always_inline)) void wtile(const float* const* e, const float* b, int64_t sb, int64_t kn,
-                                                        float* const* out, int add, const int rows, const int wide) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
-         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  for (int64_t k = 0; k < kn; k++) {
-    const __m256 b0 = _mm256_loadu_ps(b + k * sb), b1 = wide ? _mm256_loadu_ps(b + k * sb + 8) : b0;
-    __m256 a;
-#define WT_ROW(r, x0, x1)                                   \
-  if (rows > r) {                                           \
-    a = _mm256_broadcast_ss(e[r] + k);                      \
-    x0 = _mm256_fmadd_ps(a, b0, x0);                        \
-    if (wide) x1 = _mm256_fmadd_ps(a, b1, x1);              \
-  }
-    WT_ROW(0, c00, c01) WT_ROW(1, c10, c11) WT_ROW(2, c20, c21) WT_ROW(3, c30, c31) WT_ROW(4, c40, c41)
-    WT_ROW(5, c50, c51)
-#undef WT_ROW
-  }
-#define WT_OUT(r, x0, x1)                                                                       \
-  if (rows > r) {                                                                              \
-    float* o = out[r];                                                                         \
-    _mm256_storeu_ps(o, add ? _mm256_add_ps(_mm256_loadu_ps(o), x0) : x0);                    \
-    if (wide) _mm256_storeu_ps(o + 8, add ? _mm256_add_ps(_mm256_loadu_ps(o + 8), x1) : x1);  \
-  }
-  WT_OUT(0, c00, c01) WT_OUT(1, c10, c11) WT_OUT(2, c20, c21) WT_OUT(3, c30, c31) WT_OUT(4, c40, c41)
-  WT_OUT(5, c50, c51)
-#undef WT_OUT
-}
-
-static void wrows(const float* const* e, const float* b, int64_t sb, int64_t kn, float* const* out, int add, int rows,
-                  int wide) {
-#define WR_CASE(r)                                                  \
-  case r:                                                           \
-    if (wide) wtile(e, b, sb, kn, out, add, r, 1);                  \
-    else wtile(e, b, sb, kn, out, add, r, 0);                       \
-    break;
-  switch (rows) { WR_CASE(6) WR_CASE(5) WR_CASE(4) WR_CASE(3) WR_CASE(2) default: WR_CASE(1) }
-#undef WR_CASE
-}
 
 /* Rows of weights (or of the output) numbered r < m, at base + (r / inner) so + (r % inner) si */
 typedef struct {
@@ -94,7 +54,7 @@ static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int6
         er[i] = e + row_at(em, r + i) + k0;
         orow[i] = out + row_at(om, r + i) + c;
       }
-      wrows(er, panel, 16, kb, orow, k0 > 0, rows, wide);
+      tile_rows(er, panel, 16, kb, orow, k0 > 0, rows, wide);
     }
   }
 }

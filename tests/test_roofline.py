@@ -1,0 +1,55 @@
+"""benchmarks/roofline.py's FLOP count: the products of geosam's C kernels are counted as the torch paths they stand
+in for compute them, whichever kernels are in use."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+roofline = pytest.importorskip("roofline")
+
+
+def _decode():
+    from geosam import models as gm
+    from tests.test_fast_decoder import _sam_size_model
+
+    bundle = gm.SamBundle(
+        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
+    )
+    bundle = dataclasses.replace(bundle, fast_decoder=True)
+    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(3))
+    pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(4)) * bundle.input_size
+    return lambda: gm.decode_points(bundle, emb, pts)
+
+
+def test_decoder_flops_are_the_same_with_and_without_the_kernels(monkeypatch) -> None:
+    """SAM's decoder (every one of its C kernels runs here where they are in use): the count with the kernels
+    available in the process equals the count in a process without any; a kernel module the count did not switch
+    off would hide its products and make the first smaller."""
+    from geosam.models import cpu_decoder
+
+    decode = _decode()
+    decode()  # the first call computes a few numbers once (48 FLOPs of SAM's decoder): not counted below
+    with_kernels = roofline.count_flops(decode)
+    seen = roofline.count_flops(decode, kernels=True)
+    for module in roofline.kernel_modules():
+        monkeypatch.setattr(module, "_library", lambda: None)
+    without = roofline.count_flops(decode)
+    assert with_kernels == without > 0
+    if cpu_decoder.available():  # the kernels' products are invisible to the counter
+        assert seen < without
+
+
+def test_kernel_modules_are_every_c_kernel() -> None:
+    """Every C source next to geosam's models has its module among them (the count switches them off by module)."""
+    from geosam import models
+
+    sources = sorted(p.stem for p in Path(models.__file__).parent.glob("cpu_*.c"))
+    names = {m.__name__.rsplit(".", 1)[-1] for m in roofline.kernel_modules()}
+    assert sources and all(s.removesuffix("512") in names for s in sources)
