@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import sys
 
 import pytest
@@ -96,14 +95,9 @@ def test_shapes_and_dtypes_it_does_not_take_are_left_to_torch() -> None:
 def test_decoder_masks_with_and_without_the_kernel(monkeypatch) -> None:
     """SAM's decoder sizes, prompts decoded on one image: the kernel runs once per upscaled prompt, and its masks
     and IoUs are the torch path's to rounding (the sign of every logit away from zero the same)."""
-    from tests.test_fast_decoder import _sam_size_model
+    from tests.test_fast_decoder import sam_size_decoding
 
-    bundle = gm.SamBundle(
-        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
-    )
-    bundle = dataclasses.replace(bundle, fast_decoder=True)
-    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(2))
-    pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(3)) * bundle.input_size
+    bundle, emb, pts = sam_size_decoding(seed=2)
     from geosam.models import fast_upscale
 
     calls = []
@@ -191,15 +185,9 @@ def test_decoder_weights_are_the_same_with_and_without_the_token_softmax(monkeyp
     """The decoder's image -> token softmax through the kernel or torch (with torch's transposes): the same masks
     and IoUs, bit for bit where the kernel runs (it reproduces torch's softmax), else the torch path both times."""
     from geosam.models import fast_twoway
-    from tests.test_fast_decoder import _sam_size_model
+    from tests.test_fast_decoder import sam_size_decoding
 
-    bundle = gm.SamBundle(
-        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
-    )
-    bundle = dataclasses.replace(bundle, fast_decoder=True)
-    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(4))
-    # one more prompt than a decoder call takes: two calls
-    pts = torch.rand((gm.FAST_DECODER_CPU_CHUNK + 1, 2), generator=torch.Generator().manual_seed(5)) * bundle.input_size
+    bundle, emb, pts = sam_size_decoding(seed=4, prompts=gm.FAST_DECODER_CPU_CHUNK + 1)  # one more than a call takes
     calls = []
     real = cpu_decoder.token_softmax
 

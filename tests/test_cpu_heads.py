@@ -113,23 +113,11 @@ def test_projected_dots_match_torch(n: int, nh: int, nt: int, dk: int, p: int) -
 def test_decoder_is_the_same_with_and_without_the_kernels(monkeypatch) -> None:
     """SAM's decoder sizes, prompts decoded on one image: the masks and IoUs with the heads' kernels equal the torch
     path's (the fallback every CPU without them runs) to rounding, the sign of every clear logit the same."""
-    import dataclasses
-
     from geosam import models as gm
-    from tests.test_fast_decoder import _sam_size_model
+    from tests.test_fast_decoder import assert_same_decoding, sam_size_decoding
 
-    bundle = gm.SamBundle(
-        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
-    )
-    bundle = dataclasses.replace(bundle, fast_decoder=True)
-    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(4))
-    pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(5)) * bundle.input_size
+    bundle, emb, pts = sam_size_decoding(seed=4)
     with_kernels = gm.decode_points(bundle, emb, pts)
     monkeypatch.setattr(cpu_heads, "_library", lambda: None)
     without = gm.decode_points(bundle, emb, pts)
-    (ml, il), (tl, ti) = with_kernels, without
-    scale = float(tl.abs().max())
-    torch.testing.assert_close(ml, tl, rtol=1e-4, atol=1e-4 * scale)
-    torch.testing.assert_close(il, ti, rtol=1e-5, atol=1e-5)
-    clear = tl.abs() > 1e-3 * scale
-    assert torch.equal((ml > 0)[clear], (tl > 0)[clear])
+    assert_same_decoding(with_kernels, without)

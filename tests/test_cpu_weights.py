@@ -85,17 +85,10 @@ def test_decoder_is_the_same_with_and_without_the_kernel(monkeypatch) -> None:
     """SAM's decoder sizes, prompts decoded on one image (all three attentions that use the kernel run): the masks
     and IoUs with it equal the torch path's (what every CPU without it runs) to rounding, the sign of every clear
     logit the same."""
-    import dataclasses
-
     from geosam import models as gm
-    from tests.test_fast_decoder import _sam_size_model
+    from tests.test_fast_decoder import assert_same_decoding, sam_size_decoding
 
-    bundle = gm.SamBundle(
-        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
-    )
-    bundle = dataclasses.replace(bundle, fast_decoder=True)
-    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(7))
-    pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(8)) * bundle.input_size
+    bundle, emb, pts = sam_size_decoding(seed=7)
     calls = []
     real = cpu_weights.softmax_products
     monkeypatch.setattr(cpu_weights, "softmax_products", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -108,9 +101,4 @@ def test_decoder_is_the_same_with_and_without_the_kernel(monkeypatch) -> None:
         assert calls and len(calls) % 3 == 0  # each chunk of prompts: the three attentions
     monkeypatch.setattr(cpu_weights, "_library", lambda: None)
     without = gm.decode_points(bundle, emb, pts)
-    (ml, il), (tl, ti) = with_kernel, without
-    scale = float(tl.abs().max())
-    torch.testing.assert_close(ml, tl, rtol=1e-4, atol=1e-4 * scale)
-    torch.testing.assert_close(il, ti, rtol=1e-5, atol=1e-5)
-    clear = tl.abs() > 1e-3 * scale
-    assert torch.equal((ml > 0)[clear], (tl > 0)[clear])
+    assert_same_decoding(with_kernel, without)

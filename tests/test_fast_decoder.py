@@ -42,6 +42,30 @@ def _sam_size_model():
     return model
 
 
+def sam_size_decoding(seed: int, prompts: int = 9) -> tuple[gm.SamBundle, torch.Tensor, torch.Tensor]:
+    """SAM's decoder sizes with the fast decoder on: the bundle, a random (1, 256, 64, 64) embedding (``seed``) and
+    ``prompts`` random points (``seed + 1``), for the tests that decode with and without a C kernel."""
+    bundle = gm.SamBundle(
+        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
+    )
+    bundle = dataclasses.replace(bundle, fast_decoder=True)
+    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(seed))
+    pts = torch.rand((prompts, 2), generator=torch.Generator().manual_seed(seed + 1)) * bundle.input_size
+    return bundle, emb, pts
+
+
+def assert_same_decoding(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor],
+                         rtol: float = 1e-4, clear: float = 1e-3) -> None:
+    """Masks (logits) within ``rtol`` of the largest, IoUs within 1e-5, and the sign of every logit larger than
+    ``clear`` of the largest the same."""
+    (ml, il), (tl, ti) = got, want
+    scale = float(tl.abs().max())
+    torch.testing.assert_close(ml, tl, rtol=rtol, atol=rtol * scale)
+    torch.testing.assert_close(il, ti, rtol=1e-5, atol=1e-5)
+    keep = tl.abs() > clear * scale
+    assert torch.equal((ml > 0)[keep], (tl > 0)[keep])
+
+
 @pytest.fixture(scope="module")
 def sam_size() -> tuple[gm.SamBundle, torch.Tensor]:
     bundle = gm.SamBundle(

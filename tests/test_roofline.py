@@ -3,12 +3,10 @@ in for compute them, whichever kernels are in use."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -17,14 +15,9 @@ roofline = pytest.importorskip("roofline")
 
 def _decode():
     from geosam import models as gm
-    from tests.test_fast_decoder import _sam_size_model
+    from tests.test_fast_decoder import sam_size_decoding
 
-    bundle = gm.SamBundle(
-        model=_sam_size_model(), processor=None, device=torch.device("cpu"), dtype=torch.float32, name="random"
-    )
-    bundle = dataclasses.replace(bundle, fast_decoder=True)
-    emb = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(3))
-    pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(4)) * bundle.input_size
+    bundle, emb, pts = sam_size_decoding(seed=3)
     return lambda: gm.decode_points(bundle, emb, pts)
 
 
