@@ -36,13 +36,24 @@ static void axis_table(int64_t n_in, int64_t n_out, int64_t used, int32_t* i0, i
     }
 }
 
-/* One input row interpolated along the width: t[o] = fma(x[i0], w0, x[i1] * w1). */
-static void width_pass(const float* x, int64_t ow, const int32_t* i0, const int32_t* i1, const float* w0,
-                       const float* w1, float* t) {
+/* One input row (iw values) interpolated along the width: t[o] = fma(x[i0], w0, x[i1] * w1). */
+static void width_pass(const float* x, int64_t iw, int64_t ow, const int32_t* i0, const int32_t* i1,
+                       const float* w0, const float* w1, float* t) {
     int64_t o = 0;
     for (; o + 8 <= ow; o += 8) {
         __m256i a = _mm256_loadu_si256((const __m256i*)(i0 + o)), b = _mm256_loadu_si256((const __m256i*)(i1 + o));
-        __m256 xa = _mm256_i32gather_ps(x, a, 4), xb = _mm256_i32gather_ps(x, b, 4);
+        __m256 xa, xb;
+        const int32_t base = i0[o];
+        if (i1[o + 7] - base < 8 && base + 8 <= iw) { /* the 8 outputs read 8 neighbouring inputs (upsampling): one
+                                                     * load and two permutes, not two gathers (slow on AMD CPUs) */
+            const __m256 v = _mm256_loadu_ps(x + base);
+            const __m256i sb = _mm256_set1_epi32(base);
+            xa = _mm256_permutevar8x32_ps(v, _mm256_sub_epi32(a, sb));
+            xb = _mm256_permutevar8x32_ps(v, _mm256_sub_epi32(b, sb));
+        } else {
+            xa = _mm256_i32gather_ps(x, a, 4);
+            xb = _mm256_i32gather_ps(x, b, 4);
+        }
         __m256 prod = _mm256_mul_ps(xb, _mm256_loadu_ps(w1 + o));
         _mm256_storeu_ps(t + o, _mm256_fmadd_ps(xa, _mm256_loadu_ps(w0 + o), prod));
     }
@@ -130,13 +141,13 @@ static void wanted_rows(const Grid* g, const float* x, int64_t w, int64_t ow, in
     int s0 = have[0] == a ? 0 : have[1] == a ? 1 : -1;
     if (s0 < 0) {
         s0 = have[0] == b ? 1 : 0;
-        width_pass(x + (int64_t)a * w, ow, g->c0, g->c1, g->cw0, g->cw1, rows + s0 * ow);
+        width_pass(x + (int64_t)a * w, w, ow, g->c0, g->c1, g->cw0, g->cw1, rows + s0 * ow);
         have[s0] = a;
     }
     int s1 = have[0] == b ? 0 : have[1] == b ? 1 : -1;
     if (s1 < 0) {
         s1 = 1 - s0;
-        width_pass(x + (int64_t)b * w, ow, g->c0, g->c1, g->cw0, g->cw1, rows + s1 * ow);
+        width_pass(x + (int64_t)b * w, w, ow, g->c0, g->c1, g->cw0, g->cw1, rows + s1 * ow);
         have[s1] = b;
     }
     *t0 = rows + s0 * ow;
