@@ -9,10 +9,10 @@
  * a softmax, a multiply per scaling, a copy to stack the prompts' rows of a head, and one product per matrix
  * (the products of inner size P at 46-67 GFLOP/s on an AMD EPYC Zen 4). Here each row's exponentials are
  * written once, in place of its scores, with its sums; then the products run over blocks of KB positions with
- * cpu_vec.h's 6 x 16 register tiles (6 rows of weights broadcast, a 16-wide row of the matrix loaded), rows taken across heads
- * for a prompt's matrix and across prompts for a head's; the softmax's normalisation 1 / sum_p exp is applied to the
- * results (all of them linear in the weights). The exponential is ATen's (cpu_vec.h's exp_u10); the sums are
- * associated differently from torch's: the same function up to float rounding, which
+ * cpu_vec.h's 6 x 16 register tiles (6 rows of weights broadcast, a 16-wide row of the matrix loaded), rows taken
+ * across heads for a prompt's matrix and across prompts for a head's; the softmax's normalisation 1 / sum_p exp is
+ * applied to the results (all of them linear in the weights). The exponential is ATen's (cpu_vec.h's exp_u10); the
+ * sums are associated differently from torch's: the same function up to float rounding, which
  * geosam/models/cpu_weights.py checks against torch's ops before using it.
  */
 #include <immintrin.h>

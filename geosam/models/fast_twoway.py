@@ -196,16 +196,17 @@ def _token_to_image_projected(attn: Any, q_tokens: torch.Tensor, kh: torch.Tenso
     n, t, _ = q_tokens.shape
     nh, d = _heads(attn)
     q = attn.q_proj(q_tokens) * float(attn.scaling)
-    if kh.dtype == torch.float32 and q.dtype == torch.float32:  # in C where it runs: the weights never written
-        s = q.new_empty((n, nh, t, kh.shape[-1]))
-        if headdot(q.view(n, t, nh, d).transpose(1, 2), kh, s):
-            fused = softmax_products(s, v=vh)
-            if fused is not None and fused.v is not None:
-                return attn.out_proj(fused.v.transpose(1, 2).reshape(n, t, nh * d) + attn.v_proj.bias)
-    qh = q.view(n * t, nh, d).transpose(0, 1)  # (h, N*T, d)
-    probs = torch.softmax(torch.bmm(qh, kh), dim=-1, dtype=torch.float32).to(q.dtype)  # (h, N*T, P)
-    out = torch.bmm(probs, vh).transpose(0, 1).reshape(n, t, nh * d) + attn.v_proj.bias
-    return attn.out_proj(out)
+    s = q.new_empty((n, nh, t, kh.shape[-1])) if q.device.type == "cpu" and q.dtype == torch.float32 else None
+    if s is not None and headdot(q.view(n, t, nh, d).transpose(1, 2), kh, s):  # the scores (N, h, T, P) in C
+        fused = softmax_products(s, v=vh)  # in C where it runs: the weights never written
+        heads = fused.v if fused is not None else head_values(torch.softmax(s, dim=-1), vh)  # (N, h, T, d)
+        assert heads is not None
+        out = heads.transpose(1, 2).reshape(n, t, nh * d)
+    else:
+        qh = q.view(n * t, nh, d).transpose(0, 1)  # (h, N*T, d)
+        probs = torch.softmax(torch.bmm(qh, kh), dim=-1, dtype=torch.float32).to(q.dtype)  # (h, N*T, P)
+        out = torch.bmm(probs, vh).transpose(0, 1).reshape(n, t, nh * d)
+    return attn.out_proj(out + attn.v_proj.bias)
 
 
 def _token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tensor:
