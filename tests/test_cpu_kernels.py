@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from geosam.models import cpu_build, cpu_kernels, fast_encoder
+from geosam.models import cpu_build, cpu_kernels, encoder_attention, fast_encoder
 from geosam.models.device import cpu_flags
 
 
@@ -90,13 +90,13 @@ def test_global_attention_is_the_explicit_paths_at_the_vit_b_shape(threads: int,
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        assert fast_encoder.QUERY_CHUNK == 512 and cpu_kernels.attention_ready(64, 64, 64, 512)
+        assert encoder_attention.QUERY_CHUNK == 512 and cpu_kernels.attention_ready(64, 64, 64, 512)
         attn, qkv = _global_attention_layer(threads)
         with torch.inference_mode():
-            fused = fast_encoder._attend_f32(attn, qkv)
+            fused = encoder_attention.attend(attn, qkv)
             monkeypatch.setattr(cpu_kernels, "_library", lambda: None)
             assert not cpu_kernels.attention_ready(64, 64, 64, 512)
-            explicit = fast_encoder._attend_f32(attn, qkv)
+            explicit = encoder_attention.attend(attn, qkv)
         assert torch.equal(fused, explicit)
     finally:
         torch.set_num_threads(before)
@@ -125,7 +125,7 @@ def test_window_attention_is_the_explicit_paths_at_the_vit_b_shape(threads: int,
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
         h = torch.randn((1, 20, 24, 128), generator=gen)
         with torch.inference_mode():
-            assert fast_encoder._window_kc(layer.attn, 14, fast_encoder._rel_tables(layer.attn, 14, 14)) is not None
+            assert encoder_attention.window_kc(layer.attn, 14, encoder_attention.rel_tables(layer.attn, 14, 14)) is not None
             fused = fast_encoder._windowed_attention_f32(layer, h)
             monkeypatch.setattr(cpu_kernels, "_library", lambda: None)
             explicit = fast_encoder._windowed_attention_f32(layer, h)
@@ -221,8 +221,8 @@ def test_encoder_attention_is_bit_identical_with_and_without_the_kernel(monkeypa
     model = _vit(seed=9)
     gen = torch.Generator().manual_seed(10)
     h = torch.randn((1, 16, 16, 64), generator=gen)
-    monkeypatch.setattr(fast_encoder, "PER_HEAD_MIN_TOKENS", 100)
-    monkeypatch.setattr(fast_encoder, "QUERY_CHUNK", 48)
+    monkeypatch.setattr(encoder_attention, "PER_HEAD_MIN_TOKENS", 100)
+    monkeypatch.setattr(encoder_attention, "QUERY_CHUNK", 48)
 
     def attend() -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():

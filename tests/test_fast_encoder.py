@@ -69,12 +69,12 @@ def test_float32_equals_stock(vit_and_pixels) -> None:
 def test_float32_one_head_at_a_time_equals_stock(vit_and_pixels, monkeypatch) -> None:
     """The global layers' path (one head, a block of queries at a time), forced on every layer of the small ViT,
     with blocks that do not divide the token count (torch's ops: the AVX-512 kernel switched off)."""
-    from geosam.models import cpu_attention, fast_encoder
+    from geosam.models import cpu_attention, encoder_attention
 
     model, pixels = vit_and_pixels
     monkeypatch.setattr(cpu_attention, "_library", lambda: None)
-    monkeypatch.setattr(fast_encoder, "PER_HEAD_MIN_TOKENS", 0)
-    monkeypatch.setattr(fast_encoder, "QUERY_CHUNK", 100)
+    monkeypatch.setattr(encoder_attention, "PER_HEAD_MIN_TOKENS", 0)
+    monkeypatch.setattr(encoder_attention, "QUERY_CHUNK", 100)
     with torch.no_grad():
         stock = model.get_image_embeddings(pixels)
     assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5
@@ -109,15 +109,59 @@ def test_without_relative_positions_equals_stock() -> None:
     assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5
 
 
-def test_bf16_is_as_close_to_float32_as_stock_bf16(vit_and_pixels) -> None:
+@pytest.mark.parametrize("bf16_kind", ["avx512_bf16", "none", "amx"])
+def test_bf16_is_as_close_to_float32_as_stock_bf16(vit_and_pixels, monkeypatch, bf16_kind: str) -> None:
+    """On CPUs without AMX the attention runs in float32 (bf16 products around it), on AMX CPUs in bf16 through
+    torch's fused attention; either is as close to float32 as the stock bf16 forward (windows padded: 16 tokens in
+    windows of 6)."""
     model, pixels = vit_and_pixels
     with torch.no_grad():
         ref = model.get_image_embeddings(pixels)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             stock_bf16 = model.get_image_embeddings(pixels)
+    monkeypatch.setenv("GEOSAM_CPU_BF16", bf16_kind)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
     fast_bf16 = fast_image_embeddings(model, pixels, torch.bfloat16)
     assert _rel(fast_bf16, ref) < max(2 * _rel(stock_bf16, ref), 1e-2)
     assert _rel(fast_bf16, stock_bf16) < 3e-2
+    assert len(calls) == (0 if bf16_kind != "amx" else 3)  # one call per layer (the windows batched)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bf16_attention_without_amx_is_float32_attention_of_the_bf16_products(vit_and_pixels, monkeypatch, fused) -> None:
+    """Without AMX, a bf16 layer is: the qkv projection under autocast, the float32 attention of those q, k, v (the
+    padded tokens' q, k, v the bias as the bf16 projection rounds it), the output projection under autocast; with
+    the AVX-512 attention kernel and with torch's products (kept out of autocast)."""
+    from geosam.models import cpu_attention
+    from geosam.models import encoder_attention as fe
+    from geosam.models.fast_encoder import _layer_mixed
+
+    model, pixels = vit_and_pixels
+    monkeypatch.setenv("GEOSAM_CPU_BF16", "avx512_bf16")
+    if not fused:
+        monkeypatch.setattr(cpu_attention, "_library", lambda: None)
+    enc = model.vision_encoder
+    with torch.no_grad():
+        x = enc.patch_embed(pixels) + enc.pos_embed
+        layer = enc.layers[0]  # windowed: 16 x 16 tokens in windows of 6, padded to 18
+        want = x.clone()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = layer.layer_norm1(want)
+            padded, pad = layer.window_partition(h, layer.window_size)
+            qkv = layer.attn.qkv(padded).float()  # (windows, 6, 6, 3C)
+        q, k, v = qkv.reshape(qkv.shape[0], 36, 3, 4, 16).permute(2, 0, 3, 1, 4).unbind(0)  # float32 from here
+        rel_h, rel_w = fe.rel_position_terms(layer.attn, q, 6, 6)
+        scores = (q * layer.attn.scale) @ k.transpose(-1, -2)
+        scores = (scores.reshape(-1, 36, 6, 6) + rel_h + rel_w).reshape(q.shape[0], 4, 36, 36)
+        att = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, 6, 6, 64)
+        att = layer.window_unpartition(att, layer.window_size, pad, (16, 16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want.add_(layer.attn.proj(att))
+            want.add_(layer.mlp(layer.layer_norm2(want)))
+            got = _layer_mixed(layer, x.clone().contiguous())
+    assert _rel(got, want) < 1e-5
 
 
 def test_encode_dispatch(vit_and_pixels) -> None:

@@ -15,33 +15,25 @@ so one ``scaled_dot_product_attention`` call with queries and keys widened by
 CPU kernels need) gives the attention exactly, in flash-attention memory.
 
 Everything else (patch embedding, windows, MLPs, neck) runs the model's own
-modules. With low precision (bf16 autocast, the default on CPUs with AMX) this is
-~1.3x faster per chip than the stock forward.
+modules. With low precision on CPUs with AMX (bf16 autocast, ``dtype="auto"``
+there) this is ~1.3x faster per chip than the stock forward. On CPUs without
+AMX torch's bf16 flash attention runs far below the peak (AMD EPYC Zen 4, one
+thread: 7.3 of the stock bf16 encoder's 11.6 s), so there `_layer_mixed` keeps
+the products in bf16 and runs the attention in float32 (`geosam.models.encoder_attention`):
+the ViT-B encoder 6.8 s vs 11.7 s (stock path) and 9.8 s (float32), as close to
+float32 as the stock bf16 forward.
 
 In float32 on the CPU the wider products cost more than the mask saves, and
-the fused attention kernel and torch's float32 GEMM (MKL, which takes its
-AVX-512 kernels on Intel CPUs only) run far below the CPU's peak. There
-`fast_image_embeddings` runs the attention explicitly instead: for the
-global layers (4096 tokens) one head and `QUERY_CHUNK` queries at a time,
-so the scores stay in cache, with both products, the qkv / output projections
-and the MLP (GELU fused) through `geosam.models.cpu_gemm.linear`; the
-windowed layers one window at a time with all heads batched, the projections
-on the real tokens only (`_windowed_attention_f32`: no padded token is
-projected, no partition / unpartition copy of the map); the largest
-intermediates in buffers kept for the whole forward (`_buffer`). Measured on
-one core of an AMD EPYC (Zen 5): a global layer's attention 2.0 s -> 0.7 s;
-on Zen 3 a windowed layer's attention 0.15 s -> 0.08 s (bit-identical). On
-AVX2 CPUs `geosam.models.cpu_kernels` gives the same bits faster: a global
-layer's heads fused (scores, relative positions, softmax and values for 24
-queries at a time in L2: the global layer 0.72 of the time on Zen 3), the
-windows' relative positions and softmax one row at a time. Where torch runs its
-AVX-512 kernels (those bits do not apply there) `geosam.models.cpu_attention`
-runs a whole layer fused instead, every window of a windowed layer in one call
-(to float rounding, checked against a float64 reference): AMD EPYC Zen 4, one
-thread, a global layer's attention 0.56 vs 0.78-0.80 s, the ViT-B encoder 9.9
-vs 10.7-11.0 s.
+torch's fused attention and float32 GEMM run far below the CPU's peak: there
+the attention runs explicitly (`geosam.models.encoder_attention`), the qkv /
+output projections and the MLP (GELU fused) through
+`geosam.models.cpu_gemm.linear`, the windowed layers' projections on the real
+tokens only (`_windowed_attention_f32`: no padded token is projected), the
+largest intermediates in buffers kept for the whole forward (`_buffer`). AMD
+EPYC Zen 4, one thread: the ViT-B encoder 9.9 vs 10.7-11.0 s before the fused
+CPU attention kernels (see docs/performance.md).
 
-Results equal the stock forward to rounding (~1e-6 relative).
+Float32 results equal the stock forward to rounding (~1e-6 relative).
 """
 
 from __future__ import annotations
@@ -52,20 +44,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_attention import attention as fused_attention
-from geosam.models.cpu_attention import available as fused_available
 from geosam.models.cpu_gemm import linear
-from geosam.models.cpu_kernels import (
-    KC_CANDIDATES,
-    attention_ready,
-    available,
-    global_attention,
-    rel_softmax,
-    rel_terms,
-    softmax,
-    transposed_tables,
-    window_attention,
-)
+from geosam.models.device import cpu_bf16_kind
+from geosam.models.encoder_attention import attend, attend_windows
 
 __all__ = ["fast_encoder_supported", "fast_image_embeddings"]
 
@@ -131,85 +112,10 @@ def _rel_attention(attn: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return attn.proj(out)
 
 
-#: Float32 attention over more tokens than this runs one head at a time (global layers), else batched (windows).
-PER_HEAD_MIN_TOKENS = 1024
-#: Queries per score block in the one-head-at-a-time float32 attention (512 x 4096 float32 scores: 8 MiB).
-QUERY_CHUNK = 512
-
-
-def _rel_tables(attn: Any, hh: int, ww: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``attn``'s relative-position tables for an H x W map: (H, H, d) [query row, key row] and (W, W, d)."""
-    return attn.get_rel_pos(hh, hh, attn.rel_pos_h), attn.get_rel_pos(ww, ww, attn.rel_pos_w)
-
-
-def _rel_terms(
-    attn: Any, q: torch.Tensor, hh: int, ww: int, tables: tuple[torch.Tensor, torch.Tensor] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's decomposed relative positions for queries q (B, nh, H*W, d): (B*nh, HW, H, 1) and (B*nh, HW, 1, W).
-
-    ``tables``: `_rel_tables` of ``attn`` for this map, if already built (~0.1 ms each time otherwise).
-    """
-    b, nh, _, d = q.shape
-    rel_h, rel_w = rel_terms(q.reshape(b, nh, hh, ww, d), *(tables if tables is not None else _rel_tables(attn, hh, ww)))
-    return rel_h.reshape(b * nh, hh * ww, hh, 1), rel_w.reshape(b * nh, hh * ww, 1, ww)
-
-
 def _attention_f32(attn: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``attn(x)`` (a ``SamVisionAttention``) in float32 with explicit scores; x (B, H, W, C) -> (B, H, W, C)."""
     qkv = linear(x, attn.qkv.weight, attn.qkv.bias, out=_buffer(buffers, "qkv", (*x.shape[:-1], 3 * x.shape[-1]), x))
-    return linear(_attend_f32(attn, qkv), attn.proj.weight, attn.proj.bias)
-
-
-def _attend_f32(
-    attn: Any, qkv: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None
-) -> torch.Tensor:
-    """``softmax(q k^T * scale + rel_h + rel_w) v`` of ``attn`` from its qkv projection (B, H, W, 3C): (B, H, W, C).
-
-    As the stock module (before its output projection), the relative
-    positions added in place to each score block. ``tables``: see `_rel_terms`.
-    """
-    b, hh, ww, _ = qkv.shape
-    nh = int(attn.num_attention_heads)
-    n_tok, bn = hh * ww, b * nh
-    q, k, v = qkv.reshape(b, n_tok, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, HW, d)
-    d = q.shape[-1]
-    fused = n_tok > PER_HEAD_MIN_TOKENS and attn.use_rel_pos and qkv.device.type == "cpu"
-    if fused and attention_ready(hh, ww, d, QUERY_CHUNK):  # `geosam.models.cpu_kernels`: the bits of the loop below
-        out = torch.empty((b, n_tok, nh, d), dtype=qkv.dtype, device=qkv.device)
-        tables_t = transposed_tables(*(tables if tables is not None else _rel_tables(attn, hh, ww)))
-        q3, k3, v3 = (t.reshape(bn, n_tok, d) for t in (q, k, v))
-        for i in range(bn):
-            bi, hi = divmod(i, nh)
-            global_attention(q3[i], float(attn.scale), k3[i], v3[i], tables_t, out[bi, :, hi], QUERY_CHUNK)
-        return out.reshape(b, hh, ww, nh * d)
-    if qkv.device.type == "cpu" and fused_available():  # AVX-512 CPUs: fused, to float rounding
-        out = torch.empty((b, hh, ww, nh * d), dtype=qkv.dtype, device=qkv.device)
-        tabs = None
-        if attn.use_rel_pos:
-            tabs = transposed_tables(*(tables if tables is not None else _rel_tables(attn, hh, ww)))
-        if all(fused_attention(qkv[i], nh, float(attn.scale), tabs, out[i]) for i in range(b)):
-            return out
-    qs = (q * attn.scale).reshape(bn, n_tok, d)
-    rel = _rel_terms(attn, q, hh, ww, tables) if attn.use_rel_pos else None
-    if n_tok <= PER_HEAD_MIN_TOKENS:  # a window (or a small map): every head in two batched products
-        scores = torch.bmm(qs, k.reshape(bn, n_tok, d).contiguous().transpose(1, 2))
-        if rel is not None:
-            probs = rel_softmax(scores.view(bn * n_tok, n_tok), rel[0], rel[1]).view(bn, n_tok, n_tok)
-        else:
-            probs = softmax(scores)
-        out = torch.bmm(probs, v.reshape(bn, n_tok, d)).view(b, nh, n_tok, d).transpose(1, 2)
-    else:  # global: one head and QUERY_CHUNK queries at a time, the scores in cache
-        keys = k.reshape(bn, n_tok, d).contiguous()
-        values_t = v.reshape(bn, n_tok, d).transpose(1, 2).contiguous()  # (B*nh, d, HW): a linear's weight
-        out = torch.empty((b, n_tok, nh, d), dtype=qkv.dtype, device=qkv.device)
-        for i in range(bn):
-            bi, hi = divmod(i, nh)
-            for s0 in range(0, n_tok, QUERY_CHUNK):
-                s1 = min(n_tok, s0 + QUERY_CHUNK)
-                scores = linear(qs[i, s0:s1], keys[i])
-                probs = softmax(scores) if rel is None else rel_softmax(scores, rel[0][i, s0:s1], rel[1][i, s0:s1])
-                out[bi, s0:s1, hi] = linear(probs, values_t[i])
-    return out.reshape(b, hh, ww, nh * d)
+    return linear(attend(attn, qkv), attn.proj.weight, attn.proj.bias)
 
 
 def _buffer(buffers: dict[str, torch.Tensor] | None, key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
@@ -234,7 +140,7 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
     The same function with less work: the qkv projection runs on the real
     tokens only (a padded token, zero after ``layer_norm1``, has the qkv bias
     as its q, k and v, which the window buffer holds where the scene ends), the
-    attention runs one window at a time (`_attend_f32` on the window, all heads
+    attention runs one window at a time (`attend` on the window, all heads
     batched, the relative-position tables built once: a window's scores, 12 x
     196 x 196 for SAM's ViT, stay in cache from the product through the
     softmax to the values), each window's output goes straight to
@@ -243,61 +149,10 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
     layer's attention alone (scores to values) 0.15 s -> 0.08 s, the whole
     float32 encoder bit-identical to the batched windows.
     """
-    attn, ws = layer.attn, int(layer.window_size)
+    attn = layer.attn
     b, hh, ww, c = h.shape
     qkv = linear(h, attn.qkv.weight, attn.qkv.bias, out=_buffer(buffers, "qkv", (b, hh, ww, 3 * c), h))  # real tokens
-    tables = _rel_tables(attn, ws, ws) if attn.use_rel_pos else None  # once for all windows
-    out = torch.empty((b, hh, ww, c), dtype=qkv.dtype, device=qkv.device)
-    kc = _window_kc(attn, ws, tables) if tables is not None and qkv.device.type == "cpu" else None
-    nh = int(attn.num_attention_heads)
-    if kc is None and fused_available():  # AVX-512: every window in one call, to float rounding
-        tables_t = transposed_tables(*tables) if tables is not None else None
-        qkv_bias = attn.qkv.bias.to(qkv.dtype).contiguous()
-        if all(fused_attention(qkv[i], nh, float(attn.scale), tables_t, out[i], ws, qkv_bias) for i in range(b)):
-            return linear(out, attn.proj.weight, attn.proj.bias)
-    win = torch.empty((1, ws, ws, 3 * c), dtype=qkv.dtype, device=qkv.device)
-    bias = attn.qkv.bias.to(win.dtype).expand_as(win)
-    tables_t = transposed_tables(*tables) if kc is not None and tables is not None else None
-    kc = kc or 0
-    for bi in range(b):
-        for y0 in range(0, hh, ws):
-            for x0 in range(0, ww, ws):
-                ry, rx = min(ws, hh - y0), min(ws, ww - x0)
-                if ry < ws or rx < ws:  # the tokens past the map: the bias (what zeros project to)
-                    win.copy_(bias)
-                win[0, :ry, :rx].copy_(qkv[bi, y0 : y0 + ry, x0 : x0 + rx])
-                if tables_t is None or not window_attention(
-                    win[0], out[bi, y0:, x0:], ry, rx, float(attn.scale), tables_t, nh, kc
-                ):
-                    out[bi, y0 : y0 + ry, x0 : x0 + rx] = _attend_f32(attn, win, tables)[0, :ry, :rx]
-    return linear(out, attn.proj.weight, attn.proj.bias)
-
-
-_WINDOW_KC: dict[tuple[int, ...], int | None] = {}
-
-
-def _window_kc(attn: Any, ws: int, tables: tuple[torch.Tensor, torch.Tensor]) -> int | None:
-    """The values block in which `geosam.models.cpu_kernels.window_attention` gives `_attend_f32`'s bits on a
-    window of ``attn``'s shape here (random qkv, at the current thread count), or None: then the explicit path runs.
-
-    Checked once per shape and thread count in a process; the summation order is the GEMM's, not the weights'.
-    """
-    nh, c = int(attn.num_attention_heads), int(attn.qkv.weight.shape[1])
-    key = (nh, c, ws, torch.get_num_threads())
-    if key not in _WINDOW_KC:
-        _WINDOW_KC[key] = None
-        if available() and (c // nh) % 16 == 0:
-            win = torch.randn((1, ws, ws, 3 * c), generator=torch.Generator().manual_seed(ws)) * 2
-            want = _attend_f32(attn, win, tables)[0]
-            tables_t = transposed_tables(*tables)
-            n = ws * ws  # MKL also splits an inner dimension a little above its block in equal parts (196: 2 x 98)
-            for kc in (*KC_CANDIDATES, *(-(-n // parts) for parts in (2, 3, 4))):
-                got = torch.empty_like(want)
-                window_attention(win[0], got, ws, ws, float(attn.scale), tables_t, nh, kc)
-                if torch.equal(got, want):
-                    _WINDOW_KC[key] = kc
-                    break
-    return _WINDOW_KC[key]
+    return linear(attend_windows(layer, qkv, attn.qkv.bias), attn.proj.weight, attn.proj.bias)
 
 
 def _exact_gelu(act: Any) -> bool:
@@ -347,6 +202,29 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.add_(layer.mlp(layer.layer_norm2(x)))
 
 
+def _layer_mixed(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """``SamVisionLayer.forward`` under CPU autocast with the attention itself in float32; ``x`` updated in place.
+
+    The projections and the MLP run in the autocast dtype (oneDNN's bf16 products, ~2x float32's on AVX-512 BF16),
+    the scores, softmax and values through `attend` / `attend_windows` on the bf16 qkv widened to float32:
+    torch's CPU flash attention in bf16 runs far below the peak without AMX (AMD EPYC Zen 4, one thread, ViT-B at
+    1024 px: 7.3 of the stock bf16 encoder's 11.6 s), the float32 kernels in 2.7 s.
+    """
+    attn = layer.attn
+    h = layer.layer_norm1(x)
+    qkv = attn.qkv(h).float()
+    pad_qkv = attn.qkv(h.new_zeros((1, h.shape[-1]))).float()[0]  # a padded token's: zeros through the same projection
+    with torch.autocast(device_type=x.device.type, enabled=False):  # torch's products in the fallbacks stay float32
+        out = attend_windows(layer, qkv, pad_qkv) if layer.window_size > 0 else attend(attn, qkv)
+    x.add_(attn.proj(out))
+    return x.add_(layer.mlp(layer.layer_norm2(x)))
+
+
+def _mixed_attention(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `_layer_mixed` runs: a low precision on a CPU without AMX (whose bf16 flash attention is fast)."""
+    return dtype != torch.float32 and device.type == "cpu" and cpu_bf16_kind() != "amx"
+
+
 def fast_image_embeddings(
     model: Any,
     pixel_values: torch.Tensor,
@@ -356,9 +234,10 @@ def fast_image_embeddings(
     """``model.get_image_embeddings(pixel_values)`` (B, C, h, w) with mask-free relative-position attention.
 
     dtype: compute dtype; other than float32 the forward runs under autocast
-    (as `geosam.models.encode` does) and attention in that dtype. Default:
-    the autocast dtype if autocast is on, else float32. Float32 runs the
-    explicit attention of `_attention_f32` (see the module docstring).
+    (as `geosam.models.encode` does), the attention in that dtype on CUDA and
+    on CPUs with AMX, in float32 on other CPUs (`_layer_mixed`). Default: the
+    autocast dtype if autocast is on, else float32. Float32 runs the explicit
+    attention of `geosam.models.encoder_attention` (see the module docstring).
 
     intermediates: a list to which the output (B, H, W, C) of every global-attention layer (``window_size`` 0) is
     appended, as SAM-HQ's vision encoder returns them (its ``intermediate_embeddings``).
@@ -377,8 +256,12 @@ def fast_image_embeddings(
         # walks it by strides (AMD EPYC Zen 3, 1 thread: 0.5-0.7 s of a ViT-B encoder at 1024 px)
         x = x.contiguous()
         buffers: dict[str, torch.Tensor] = {}
+        mixed = _mixed_attention(pixel_values.device, dtype)
         for layer in enc.layers:
-            x = _layer_f32(layer, x, buffers) if dtype == torch.float32 else _layer(layer, x, dtype)
+            if dtype == torch.float32:
+                x = _layer_f32(layer, x, buffers)
+            else:
+                x = _layer_mixed(layer, x) if mixed else _layer(layer, x, dtype)
             if intermediates is not None and layer.window_size == 0:
                 intermediates.append(x.clone())  # x is the residual stream, updated in place by the next layers
         return enc.neck(x)
