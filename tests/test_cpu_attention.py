@@ -79,6 +79,71 @@ def test_matches_float64_reference(hh: int, ww: int, nh: int, d: int, window: in
         )
 
 
+needs_bf16 = pytest.mark.skipif(
+    not (_avx512_torch() and "avx512_bf16" in cpu_flags()), reason="no AVX-512 BF16 here (or torch not on AVX-512)"
+)
+
+
+@needs_bf16
+def test_bf16_products_are_in_use_where_the_cpu_has_avx512_bf16() -> None:
+    assert cpu_attention.bf16_available()
+
+
+def _rounded_probabilities_reference(qkv, nh, scale, tables, window, bias):
+    """`cpu_attention.reference` in float64 with the probabilities rounded to bf16 (what the bf16 products do)."""
+    real_softmax = torch.softmax
+
+    def softmax(x, dim):
+        p = (x - x.amax(dim, keepdim=True)).exp().float().bfloat16().double()
+        return p / p.sum(dim, keepdim=True)
+
+    torch.softmax = softmax
+    try:
+        return cpu_attention.reference(qkv, nh, scale, tables, window, bias)
+    finally:
+        torch.softmax = real_softmax
+
+
+@needs_bf16
+@pytest.mark.parametrize(
+    ("hh", "ww", "nh", "d", "window", "rel"),
+    [(32, 32, 3, 64, 0, True), (13, 11, 2, 48, 0, True), (30, 30, 2, 32, 14, True), (9, 9, 2, 80, 4, False)],
+)
+def test_bf16_products_round_only_the_probabilities(hh: int, ww: int, nh: int, d: int, window: int, rel: bool) -> None:
+    """On q, k, v that are bf16 numbers (a bf16 projection's), the bf16 products lose only the probabilities'
+    rounding: far closer to the reference with rounded probabilities than to the exact one, within the load check's
+    bound, and not the float32 kernel's result."""
+    qkv, bias, tables = _case(hh, ww, nh, d, window, seed=hh * ww + d)
+    qkv, bias = qkv.bfloat16().float(), bias.bfloat16().float()
+    scale = d**-0.5
+    tabs64 = tuple(t.double() for t in tables) if rel else None
+    want = cpu_attention.reference(qkv.double(), nh, scale, tabs64, window, bias.double())
+    rounded = _rounded_probabilities_reference(qkv.double(), nh, scale, tabs64, window, bias.double())
+    tabs_t = transposed_tables(*tables) if rel else None
+    out, out32 = torch.full((hh, ww, nh * d), float("nan")), torch.full((hh, ww, nh * d), float("nan"))
+    assert cpu_attention.attention(qkv, nh, scale, tabs_t, out, window, bias, bf16=True)
+    assert cpu_attention.attention(qkv, nh, scale, tabs_t, out32, window, bias)
+
+    def err(a, b):
+        return float((a.double() - b).abs().max() / want.abs().max())
+
+    def rms(a, b):  # a few probabilities sit on a rounding boundary (float32 vs float64 scores): the max can't tell
+        return float((a.double() - b).norm() / b.norm())
+
+    assert 1e-4 < err(out, want) < cpu_attention.BF16_TOLERANCE
+    assert rms(out, rounded) < rms(out, want) / 5, (rms(out, rounded), rms(out, want))
+    assert err(out32, want) < cpu_attention.TOLERANCE
+
+
+def test_bf16_asked_where_it_is_not_available_is_float32(monkeypatch) -> None:
+    qkv, bias, tables = _case(12, 12, 2, 32, 5, seed=11)
+    out, out32 = torch.empty((12, 12, 64)), torch.empty((12, 12, 64))
+    monkeypatch.setattr(cpu_attention, "bf16_available", lambda: False)
+    done = cpu_attention.attention(qkv, 2, 0.2, transposed_tables(*tables), out, 5, bias, bf16=True)
+    assert done == cpu_attention.attention(qkv, 2, 0.2, transposed_tables(*tables), out32, 5, bias)
+    assert not done or torch.equal(out, out32)
+
+
 @needs_kernel
 def test_strided_map_and_output() -> None:
     """The qkv map and the output as views of larger tensors (token and row strides of their own)."""
@@ -94,18 +159,23 @@ def test_strided_map_and_output() -> None:
 
 
 @needs_kernel
-def test_same_bits_at_any_thread_count() -> None:
+@pytest.mark.parametrize("bf16", [False, True])
+def test_same_bits_at_any_thread_count(bf16: bool) -> None:
     """Each head's block of queries is computed the same way whichever thread takes it: the embeddings of a run do
-    not depend on its thread count (Dask workers with other counts give the same objects)."""
-    qkv, _, tables = _case(40, 40, 4, 64, 0, seed=9)
+    not depend on its thread count (Dask workers with other counts give the same objects); windows too, each
+    (window, head) one task."""
+    qkv, bias, tables = _case(40, 40, 4, 64, 0, seed=9)
+    wtables = _case(40, 40, 4, 64, 14, seed=9)[2]
     outs = []
     before = torch.get_num_threads()
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             out = torch.empty((40, 40, 256))
-            assert cpu_attention.attention(qkv, 4, 0.125, transposed_tables(*tables), out)
-            outs.append(out)
+            assert cpu_attention.attention(qkv, 4, 0.125, transposed_tables(*tables), out, bf16=bf16)
+            windowed = torch.empty((40, 40, 256))
+            assert cpu_attention.attention(qkv, 4, 0.125, transposed_tables(*wtables), windowed, 14, bias, bf16=bf16)
+            outs.append(torch.cat([out, windowed]))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])

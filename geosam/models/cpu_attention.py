@@ -29,14 +29,18 @@ import torch
 
 from geosam.models.cpu_build import load
 from geosam.models.cpu_kernels import transposed_tables
+from geosam.models.device import cpu_flags
 
-__all__ = ["TOLERANCE", "attention", "available", "reference"]
+__all__ = ["BF16_TOLERANCE", "TOLERANCE", "attention", "available", "bf16_available", "reference"]
 
 _SOURCE = Path(__file__).with_name("cpu_attention512.c")
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 #: Largest difference from a float64 reference the load-time check accepts, relative to the outputs' scale.
 TOLERANCE = 1e-5
+#: The same for the bf16 products on q, k, v that are bf16 numbers: the probabilities' rounding to bf16 (8 bits) is
+#: what is left (~1e-3 measured).
+BF16_TOLERANCE = 4e-3
 
 
 def reference(
@@ -83,6 +87,7 @@ def _call(
     out: torch.Tensor,
     window: int,
     bias: torch.Tensor | None,
+    bf16: bool = False,
 ) -> int:
     hh, ww, c3 = qkv.shape
     th, tw = (None, None) if tables_t is None else (_P(tables_t[0].data_ptr()), _P(tables_t[1].data_ptr()))
@@ -90,15 +95,16 @@ def _call(
         _P(qkv.data_ptr()), _I64(qkv.stride(0)), _I64(qkv.stride(1)), _I64(hh), _I64(ww), _I64(window),
         None if bias is None else _P(bias.data_ptr()), _I64(num_heads), _I64(c3 // (3 * num_heads)),
         ctypes.c_float(scale), th, tw, _P(out.data_ptr()), _I64(out.stride(0)), _I64(out.stride(1)),
-        _INT(torch.get_num_threads()),
+        _INT(torch.get_num_threads()), _INT(int(bf16)),
     )  # fmt: skip
     return int(lib.geosam_attention512(*args))
 
 
-def _matches_reference(lib: ctypes.CDLL) -> bool:
+def _matches_reference(lib: ctypes.CDLL, bf16: bool = False) -> bool:
     """Whether the kernel gives `reference` (in float64) within `TOLERANCE` on random maps here: a whole map whose
     keys end mid-panel, windows that tile the map or leave padded strips, head sizes from 16 to 80, with and
-    without tables, one and two threads."""
+    without tables, one and two threads. ``bf16``: the kernel's bf16 products on q, k, v that are bf16 numbers (as
+    a bf16 projection gives them), within `BF16_TOLERANCE` (the probabilities' rounding)."""
     lib.geosam_attention512.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(512)
     threads = torch.get_num_threads()
@@ -110,6 +116,8 @@ def _matches_reference(lib: ctypes.CDLL) -> bool:
             side = (window or hh, window or ww)
             qkv = torch.randn((hh, ww, 3 * nh * d), generator=gen)
             bias = torch.randn(3 * nh * d, generator=gen)
+            if bf16:
+                qkv, bias = qkv.bfloat16().float(), bias.bfloat16().float()
             tables = (
                 torch.randn((side[0], side[0], d), generator=gen),
                 torch.randn((side[1], side[1], d), generator=gen),
@@ -118,9 +126,10 @@ def _matches_reference(lib: ctypes.CDLL) -> bool:
             want = reference(qkv.double(), nh, d**-0.5, tables64, window, bias.double())
             out = torch.full((hh, ww, nh * d), float("nan"))
             tables_t = transposed_tables(*tables) if rel else None
-            if _call(lib, qkv, nh, d**-0.5, tables_t, out, window, bias) != 0:
+            if _call(lib, qkv, nh, d**-0.5, tables_t, out, window, bias, bf16) != 0:
                 return False
-            if not bool((out.double() - want).abs().max() <= TOLERANCE * want.abs().max()):
+            tolerance = BF16_TOLERANCE if bf16 else TOLERANCE
+            if not bool((out.double() - want).abs().max() <= tolerance * want.abs().max()):
                 return False
     finally:
         torch.set_num_threads(threads)
@@ -137,6 +146,14 @@ def available() -> bool:
     return _library() is not None
 
 
+@functools.lru_cache(maxsize=1)
+def bf16_available() -> bool:
+    """Whether the kernel's bf16 products are in use here: the float32 kernel is, the CPU has AVX-512 BF16
+    (``avx512_bf16`` in /proc/cpuinfo), and they match the reference on load (`_matches_reference`)."""
+    lib = _library()
+    return lib is not None and "avx512_bf16" in cpu_flags() and _matches_reference(lib, bf16=True)
+
+
 def attention(
     qkv: torch.Tensor,
     num_heads: int,
@@ -145,10 +162,12 @@ def attention(
     out: torch.Tensor,
     window: int = 0,
     bias: torch.Tensor | None = None,
+    bf16: bool = False,
 ) -> bool:
     """SAM's attention of one map's qkv projection into ``out`` (before the output projection), over the whole
     map or, with ``window`` > 0, in windows of that size; False (nothing written) where the kernel is not in use or
-    the shapes do not fit it.
+    the shapes do not fit it. ``bf16``: with q, k, v and the probabilities rounded to bf16 for the two products
+    (sums in float32), where `bf16_available`, else as without it.
 
     qkv: (H, W, 3C) with unit stride within a token; ``tables_t``: the layer's relative tables for the attended
     grid as `geosam.models.cpu_kernels.transposed_tables` gives them ((h, d, h) and (w, d, w)), or None without
@@ -176,7 +195,7 @@ def attention(
         fits = fits and th.is_contiguous() and tw.is_contiguous()
     if not fits:
         return False
-    err = _call(lib, qkv, num_heads, scale, tables_t, out, window, bias)
+    err = _call(lib, qkv, num_heads, scale, tables_t, out, window, bias, bf16 and bf16_available())
     if err == 2:
         raise MemoryError("cpu_attention: no memory for the kernel's buffers")
     return err == 0

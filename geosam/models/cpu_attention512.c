@@ -21,31 +21,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define T512 __attribute__((target("avx512f,avx512dq,fma")))
-#define INLINE static inline __attribute__((always_inline))
-
-#define BQ 24       /* queries per block: 3 score groups of 8; 4, 6 or 8 value groups of 6, 4 or 3 */
-#define KBLOCK 512  /* keys per block of the values product (d = 64: 128 KiB of values, in L2) */
-
-/* e^x for x <= 0 (a score minus its row's maximum): Cephes' expf polynomial, 2^n by scalef; 0 below -104 */
-INLINE T512 __m512 exp512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-
-INLINE T512 __mmask16 tail(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+#include "cpu_attention512.h"
 
 /* s[r, 0:32] = qs[r] . keys of panels p0, p1 for 8 rows of qs (stride d) */
 INLINE T512 void qk_8x32(const float* qs, int64_t d, const float* p0, const float* p1, float* s, int64_t ss) {
@@ -113,9 +89,6 @@ AV_TILE(6, 3)
 AV_TILE(7, 3)
 AV_TILE(8, 3)
 
-/* rows of the values tile for a head size of 16 nv */
-static inline int av_rows(int64_t nv) { return nv <= 4 ? 6 : nv == 5 ? 4 : 3; }
-
 /* the block's values product, rows g .. g + av_rows(nv) */
 INLINE T512 void av_tile(int64_t nv, const float* p, int64_t sp, const float* v, int64_t kn, float* o, int64_t so) {
   switch (nv) {
@@ -127,21 +100,6 @@ INLINE T512 void av_tile(int64_t nv, const float* p, int64_t sp, const float* v,
     case 6: av_tile_6(p, sp, v, kn, o, so); break;
     case 7: av_tile_7(p, sp, v, kn, o, so); break;
     default: av_tile_8(p, sp, v, kn, o, so); break;
-  }
-}
-
-/* rel[0:m] = q . tab[0:m] with tab (d, m) (one query row of a transposed table); d a multiple of 4 */
-INLINE T512 void rel_row(const float* q, const float* tab, int64_t d, int64_t m, float* rel) {
-  for (int64_t c0 = 0; c0 < m; c0 += 16) {
-    __mmask16 mk = tail(m - c0);
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;  /* four chains: the FMA latency hidden */
-    for (int64_t c = 0; c < d; c += 4) {
-      a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[c]), _mm512_maskz_loadu_ps(mk, tab + c * m + c0), a0);
-      a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[c + 1]), _mm512_maskz_loadu_ps(mk, tab + (c + 1) * m + c0), a1);
-      a2 = _mm512_fmadd_ps(_mm512_set1_ps(q[c + 2]), _mm512_maskz_loadu_ps(mk, tab + (c + 2) * m + c0), a2);
-      a3 = _mm512_fmadd_ps(_mm512_set1_ps(q[c + 3]), _mm512_maskz_loadu_ps(mk, tab + (c + 3) * m + c0), a3);
-    }
-    _mm512_mask_storeu_ps(rel + c0, mk, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
   }
 }
 
@@ -237,33 +195,207 @@ static T512 void pack_head(const float* const* tokp, int64_t n, int64_t np, int6
   }
 }
 
-/* The tokens of window (wy, wx) of size hh x ww on an mh x mw map (token (y, x) at qkv + y * srow + x * scol;
- * those past the map: `bias`, the qkv projection of a zero token): tokp[0:hh ww]; returns how many of its rows
- * (*ry) and columns (*rx) lie on the map */
-static void window_tokens(const float* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t hh,
-                          int64_t ww, int64_t wy, int64_t wx, const float* bias, const float** tokp, int64_t* ry,
-                          int64_t* rx) {
-  int64_t y0 = wy * hh, x0 = wx * ww;
-  *ry = mh - y0 < hh ? mh - y0 : hh;
-  *rx = mw - x0 < ww ? mw - x0 : ww;
-  for (int64_t r = 0; r < hh; r++)
-    for (int64_t c = 0; c < ww; c++)
-      tokp[r * ww + c] = (r < *ry && c < *rx) ? qkv + (y0 + r) * srow + (x0 + c) * scol : bias;
+/* --- bf16 products (AVX-512 BF16): queries, keys, probabilities and values rounded to bf16, pairs of them
+ * multiplied and summed in float32 by vdpbf16ps (two float32 FMAs' work per instruction); the relative positions,
+ * scores, softmax and sums in float32. */
+#define TBF __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma")))
+
+static inline uint16_t to_bf16(float f) {  /* round to nearest even, as vcvtneps2bf16 (finite values) */
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* Queries b0 .. b0 + BQ of a window (its ry x rx tokens on the map, in order; a partial block repeats the first):
- * their rows (head offset qoff), grid tokens and output rows (out + y * orow + x * ocol + head offset) */
-static void block_rows(const float* const* tokp, int64_t ww, int64_t ry, int64_t rx, int64_t b0, int64_t qoff,
-                       float* out, int64_t orow, int64_t ocol, int64_t y0, int64_t x0, const float** q, int64_t* tok,
-                       float** o, int64_t* nq) {
-  int64_t m = ry * rx - b0 < BQ ? ry * rx - b0 : BQ;
-  for (int64_t r = 0; r < BQ; r++) {
-    int64_t i = b0 + (r < m ? r : 0), y = i / rx, x = i % rx;
-    tok[r] = y * ww + x;
-    q[r] = tokp[tok[r]] + qoff;
-    o[r] = out + (y0 + y) * orow + (x0 + x) * ocol;
+INLINE TBF __m512i pair_at(const uint16_t* p) {  /* p[0], p[1] in every 32-bit lane */
+  int32_t w;
+  memcpy(&w, p, sizeof w);
+  return _mm512_set1_epi32(w);
+}
+
+INLINE TBF __m512 dot2(__m512 acc, __m512i x, __m512i y) { return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)y); }
+
+/* s[r, 0:16 NK] = qb[r] . the keys of NK panels (panel t at kp + t d 16: pair (c, c + 1) of its key l at c 16 + 2 l)
+ * for 8 rows of qb (d bf16 each) */
+#define QK_BF16(NK)                                                                                                  \
+  INLINE TBF void qk_bf16_##NK(const uint16_t* qb, int64_t d, const uint16_t* kp, float* s, int64_t ss) {          \
+    __m512 acc[8][NK];                                                                                               \
+    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                                                              \
+      _Pragma("GCC unroll 2") for (int t = 0; t < NK; t++) acc[r][t] = _mm512_setzero_ps();                          \
+    for (int64_t c = 0; c < d; c += 2) {                                                                             \
+      __m512i k[NK];                                                                                                 \
+      _Pragma("GCC unroll 2") for (int t = 0; t < NK; t++) k[t] = _mm512_loadu_si512(kp + t * d * 16 + c * 16);      \
+      _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) {                                                          \
+        __m512i x = pair_at(qb + r * d + c);                                                                         \
+        _Pragma("GCC unroll 2") for (int t = 0; t < NK; t++) acc[r][t] = dot2(acc[r][t], x, k[t]);                   \
+      }                                                                                                              \
+    }                                                                                                                \
+    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                                                              \
+      _Pragma("GCC unroll 2") for (int t = 0; t < NK; t++) _mm512_storeu_ps(s + r * ss + 16 * t, acc[r][t]);         \
   }
-  *nq = m;
+QK_BF16(1)
+QK_BF16(2)
+
+/* o[r, 0:16 NV] += sum_j p[r, j] v[j, 0:16 NV] for ROWS rows, p in bf16 (row stride sp), v in pairs of rows
+ * (rows j, j + 1 at v + j 16 NV: column c's pair at 2 c), kn even */
+#define AVB_TILE(NV, ROWS)                                                                                           \
+  INLINE TBF void avb_tile_##NV(const uint16_t* p, int64_t sp, const uint16_t* v, int64_t kn, float* o, int64_t so) { \
+    __m512 acc[ROWS][NV];                                                                                            \
+    _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; r++)                                                           \
+      _Pragma("GCC unroll 8") for (int c = 0; c < NV; c++) acc[r][c] = _mm512_loadu_ps(o + r * so + 16 * c);         \
+    for (int64_t j = 0; j < kn; j += 2) {                                                                            \
+      __m512i vv[NV];                                                                                                \
+      _Pragma("GCC unroll 8") for (int c = 0; c < NV; c++) vv[c] = _mm512_loadu_si512(v + j * 16 * NV + 32 * c);     \
+      _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; r++) {                                                       \
+        __m512i x = pair_at(p + r * sp + j);                                                                         \
+        _Pragma("GCC unroll 8") for (int c = 0; c < NV; c++) acc[r][c] = dot2(acc[r][c], x, vv[c]);                  \
+      }                                                                                                              \
+    }                                                                                                                \
+    _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; r++)                                                           \
+      _Pragma("GCC unroll 8") for (int c = 0; c < NV; c++) _mm512_storeu_ps(o + r * so + 16 * c, acc[r][c]);         \
+  }
+AVB_TILE(1, 6)
+AVB_TILE(2, 6)
+AVB_TILE(3, 6)
+AVB_TILE(4, 6)
+AVB_TILE(5, 4)
+AVB_TILE(6, 3)
+AVB_TILE(7, 3)
+AVB_TILE(8, 3)
+
+INLINE TBF void avb_tile(int64_t nv, const uint16_t* p, int64_t sp, const uint16_t* v, int64_t kn, float* o, int64_t so) {
+  switch (nv) {
+    case 1: avb_tile_1(p, sp, v, kn, o, so); break;
+    case 2: avb_tile_2(p, sp, v, kn, o, so); break;
+    case 3: avb_tile_3(p, sp, v, kn, o, so); break;
+    case 4: avb_tile_4(p, sp, v, kn, o, so); break;
+    case 5: avb_tile_5(p, sp, v, kn, o, so); break;
+    case 6: avb_tile_6(p, sp, v, kn, o, so); break;
+    case 7: avb_tile_7(p, sp, v, kn, o, so); break;
+    default: avb_tile_8(p, sp, v, kn, o, so); break;
+  }
+}
+
+/* softmax_row's work on a row of unscaled scores (times `scale` first), the numerators rounded to bf16 and written
+ * in place over the row's start (bf16 j over float j / 2, already read); returns the sum of the rounded numerators */
+INLINE TBF float softmax_row_bf16(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np,
+                                  float scale) {
+  __m512 mx = _mm512_set1_ps(-__builtin_inff()), f = _mm512_set1_ps(scale);
+  for (int64_t r = 0; r < hh; r++) {
+    float* row = s + r * ww;
+    __m512 h = _mm512_set1_ps(rh[r]);
+    int64_t c0 = 0;
+    for (; c0 + 16 <= ww; c0 += 16) {  /* whole vectors: masked stores are slow on some CPUs (AMD Zen 4) */
+      __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(row + c0), f, h), _mm512_loadu_ps(rw + c0));
+      _mm512_storeu_ps(row + c0, x);
+      mx = _mm512_max_ps(mx, x);
+    }
+    if (c0 < ww) {
+      __mmask16 mk = tail(ww - c0);
+      __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, row + c0), f, h), _mm512_maskz_loadu_ps(mk, rw + c0));
+      _mm512_mask_storeu_ps(row + c0, mk, x);
+      mx = _mm512_mask_max_ps(mx, mk, mx, x);
+    }
+  }
+  __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  int64_t n = hh * ww;
+  __m512 sum = _mm512_setzero_ps();
+  uint16_t* pb = (uint16_t*)s;
+  for (int64_t j = 0; j < np; j += 16) {
+    __mmask16 mk = j < n ? tail(n - j) : 0;
+    __m256i e = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), m))));
+    _mm256_storeu_si256((__m256i*)(pb + j), e);
+    sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(e), 16)));
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+/* attend_head with bf16 products: the same arguments, kp / vp packed by pack_head_bf16 */
+static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int64_t nq, float scale,
+                                 const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
+                                 int64_t hh, int64_t ww, int64_t d, float* const* out, float* s, float* qs, float* rh,
+                                 float* rw, float* o, float* inv) {
+  int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
+  uint16_t* qb = (uint16_t*)qs;
+  for (int64_t r = 0; r < BQ; r++) {
+    const float* qi = q[r];
+    for (int64_t c = 0; c < d; c++) qb[r * d + c] = to_bf16(qi[c]);
+    if (tab_h != NULL) {
+      rel_row(qi, tab_h + (tok[r] / ww) * d * hh, d, hh, rh + r * hh);
+      rel_row(qi, tab_w + (tok[r] % ww) * d * ww, d, ww, rw + r * ww);
+    }
+  }
+  for (int64_t t = 0; t < nt; t += 2)
+    for (int64_t g = 0; g < BQ; g += 8) {
+      if (t + 1 < nt)
+        qk_bf16_2(qb + g * d, d, kp + t * d * 16, s + g * ss + t * 16, ss);
+      else
+        qk_bf16_1(qb + g * d, d, kp + t * d * 16, s + g * ss + t * 16, ss);
+    }
+  for (int64_t r = 0; r < BQ; r++)
+    inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
+  memset(o, 0, sizeof(float) * BQ * d);
+  const uint16_t* pb = (const uint16_t*)s;
+  for (int64_t j0 = 0; j0 < np; j0 += KBLOCK) {
+    int64_t kn = np - j0 < KBLOCK ? np - j0 : KBLOCK;
+    for (int64_t g = 0; g < BQ; g += av_rows(d / 16))
+      avb_tile(d / 16, pb + g * 2 * ss + j0, 2 * ss, vp + j0 * d, kn, o + g * d, d);
+  }
+  for (int64_t r = 0; r < nq; r++)
+    for (int64_t c = 0; c < d; c += 16)
+      _mm512_storeu_ps(out[r] + c, _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), _mm512_set1_ps(inv[r])));
+}
+
+/* 16 floats (zeros for NULL) rounded to bf16, each in the low half of a 32-bit lane */
+INLINE TBF __m512i bf16_lanes(const float* x) {
+  return x ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x))) : _mm512_setzero_si512();
+}
+
+/* pack_head in bf16: keys in panels of 16 with pairs of columns (c, c + 1) side by side (one 32-bit word: the even
+ * bf16 numbers of a key's row gathered by one permute), values in pairs of rows (row j in the low half of each word,
+ * j + 1 in the high half); d a multiple of 16 */
+static TBF void pack_head_bf16(const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
+                               uint16_t* kp, uint16_t* vp) {
+  uint32_t words[64];  /* a key's d <= 128 columns as d / 2 pairs */
+  for (int64_t j = 0; j < np; j++) {
+    uint32_t* panel = (uint32_t*)kp + (j / 16) * (d / 2) * 16 + j % 16;
+    for (int64_t c = 0; c < d; c += 32) {
+      const float* row = j < n ? tokp[j] + koff + c : NULL;
+      __m512i lo = bf16_lanes(row), hi = bf16_lanes(row && c + 16 < d ? row + 16 : NULL);
+      __m512i pairs = _mm512_permutex2var_epi16(lo, _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36,
+                                                                       34, 32, 30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10,
+                                                                       8, 6, 4, 2, 0), hi);
+      _mm512_storeu_si512(words + c / 2, pairs);
+    }
+    for (int64_t w = 0; w < d / 2; w++) panel[w * 16] = words[w];
+  }
+  for (int64_t j = 0; j < np; j += 2) {
+    const float* r0 = j < n ? tokp[j] + voff : NULL;
+    const float* r1 = j + 1 < n ? tokp[j + 1] + voff : NULL;
+    uint32_t* dst = (uint32_t*)vp + (j / 2) * d;
+    for (int64_t c = 0; c < d; c += 16)
+      _mm512_storeu_si512(dst + c, _mm512_or_si512(bf16_lanes(r0 ? r0 + c : NULL),
+                                                   _mm512_slli_epi32(bf16_lanes(r1 ? r1 + c : NULL), 16)));
+  }
+}
+
+/* one head's keys and values packed, and a block of its queries attended: in float32 or with bf16 products (the
+ * bf16 arrays in the float buffers' first halves) */
+static void pack(int bf16, const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
+                 float* kp, float* vp) {
+  if (bf16)
+    pack_head_bf16(tokp, n, np, koff, voff, d, (uint16_t*)kp, (uint16_t*)vp);
+  else
+    pack_head(tokp, n, np, koff, voff, d, kp, vp);
+}
+
+static void attend(int bf16, const float* const* q, const int64_t* tok, int64_t nq, float scale, const float* kp,
+                   const float* vp, const float* tab_h, const float* tab_w, int64_t hh, int64_t ww, int64_t d,
+                   float* const* out, float* s, float* qs, float* rh, float* rw, float* o, float* inv) {
+  if (bf16)
+    attend_head_bf16(q, tok, nq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, hh, ww, d, out, s,
+                     qs, rh, rw, o, inv);
+  else
+    attend_head(q, tok, nq, scale, kp, vp, tab_h, tab_w, hh, ww, d, out, s, qs, rh, rw, o, inv);
 }
 
 /* A SAM attention layer, every head, from its qkv projection: an mh x mw map, token (y, x) at qkv + y * srow +
@@ -274,7 +406,7 @@ static void block_rows(const float* const* tokp, int64_t ww, int64_t ry, int64_t
  * supported) or 2 (no memory). */
 int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t ws,
                         const float* bias, int64_t nh, int64_t d, float scale, const float* tab_h, const float* tab_w,
-                        float* out, int64_t orow, int64_t ocol, int threads) {
+                        float* out, int64_t orow, int64_t ocol, int threads, int bf16) {
   if (d % 16 != 0 || d < 16 || d > 128 || mh < 1 || mw < 1 || ws < 0 || (ws > 0 && bias == NULL)) return 1;
   int64_t hh = ws > 0 ? ws : mh, ww = ws > 0 ? ws : mw, n = hh * ww, np = (n + 31) / 32 * 32, cc = nh * d;
   int64_t nwy = (mh + hh - 1) / hh, nwx = (mw + ww - 1) / ww, nwin = nwy * nwx;
@@ -307,8 +439,8 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
     }
     if (whole) {
 #pragma omp for schedule(static)
-      for (int64_t h = 0; h < nh; h++) pack_head(tok0, n, np, cc + h * d, 2 * cc + h * d, d, shared + h * np * d,
-                                                 shared + kv + h * np * d);
+      for (int64_t h = 0; h < nh; h++) pack(bf16, tok0, n, np, cc + h * d, 2 * cc + h * d, d, shared + h * np * d,
+                                            shared + kv + h * np * d);
     }
 #pragma omp barrier
     int ok = s != NULL && tokp != NULL && err == 0;
@@ -325,17 +457,17 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
         int64_t h = w / nb;
         block_rows(tok0, ww, mh, mw, (w % nb) * BQ, h * d, out + h * d, orow, ocol, 0, 0, q, tok, orows, &nq);
         if (nq > 0)
-          attend_head(q, tok, nq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, hh, ww, d,
-                      orows, s, qs, rh, rw, o, inv);
+          attend(bf16, q, tok, nq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, hh, ww, d,
+                 orows, s, qs, rh, rw, o, inv);
         continue;
       }
       int64_t win = w / nh, h = w % nh, wy = win / nwx, wx = win % nwx;
       float *kp = s + work, *vp = kp + kv;
       window_tokens(qkv, srow, scol, mh, mw, hh, ww, wy, wx, bias, tokp, &ry, &rx);
-      pack_head(tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
+      pack(bf16, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
       for (int64_t b0 = 0; b0 < ry * rx; b0 += BQ) {
         block_rows(tokp, ww, ry, rx, b0, h * d, out + h * d, orow, ocol, wy * hh, wx * ww, q, tok, orows, &nq);
-        attend_head(q, tok, nq, scale, kp, vp, tab_h, tab_w, hh, ww, d, orows, s, qs, rh, rw, o, inv);
+        attend(bf16, q, tok, nq, scale, kp, vp, tab_h, tab_w, hh, ww, d, orows, s, qs, rh, rw, o, inv);
       }
     }
     free(s);

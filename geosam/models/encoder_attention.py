@@ -72,12 +72,14 @@ def rel_position_terms(
     return rel_h.reshape(b * nh, hh * ww, hh, 1), rel_w.reshape(b * nh, hh * ww, 1, ww)
 
 def attend(
-    attn: Any, qkv: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None
+    attn: Any, qkv: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None, bf16: bool = False
 ) -> torch.Tensor:
     """``softmax(q k^T * scale + rel_h + rel_w) v`` of ``attn`` from its qkv projection (B, H, W, 3C): (B, H, W, C).
 
     As the stock module (before its output projection), the relative
     positions added in place to each score block. ``tables``: see `rel_position_terms`.
+    ``bf16``: the AVX-512 kernel's two products in bf16 where it has them (`geosam.models.cpu_attention`), for
+    q, k, v that are bf16 numbers already (a bf16 projection's); the other paths ignore it.
     """
     b, hh, ww, _ = qkv.shape
     nh = int(attn.num_attention_heads)
@@ -98,7 +100,7 @@ def attend(
         tabs = None
         if attn.use_rel_pos:
             tabs = transposed_tables(*(tables if tables is not None else rel_tables(attn, hh, ww)))
-        if all(fused_attention(qkv[i], nh, float(attn.scale), tabs, out[i]) for i in range(b)):
+        if all(fused_attention(qkv[i], nh, float(attn.scale), tabs, out[i], bf16=bf16) for i in range(b)):
             return out
     qs = (q * attn.scale).reshape(bn, n_tok, d)
     rel = rel_position_terms(attn, q, hh, ww, tables) if attn.use_rel_pos else None
@@ -122,10 +124,10 @@ def attend(
                 out[bi, s0:s1, hi] = linear(probs, values_t[i])
     return out.reshape(b, hh, ww, nh * d)
 
-def attend_windows(layer: Any, qkv: torch.Tensor, pad_qkv: torch.Tensor) -> torch.Tensor:
+def attend_windows(layer: Any, qkv: torch.Tensor, pad_qkv: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """The window attention of ``layer`` (before its output projection) from the qkv projection of the real tokens
     (B, H, W, 3C): (B, H, W, C). ``pad_qkv`` (3C,): the q, k, v of a padded token (what zeros project to: the qkv
-    bias, rounded as the projection rounds it)."""
+    bias, rounded as the projection rounds it). ``bf16``: as in `attend`."""
     attn, ws = layer.attn, int(layer.window_size)
     b, hh, ww, c3 = qkv.shape
     c = c3 // 3
@@ -136,7 +138,7 @@ def attend_windows(layer: Any, qkv: torch.Tensor, pad_qkv: torch.Tensor) -> torc
     if kc is None and fused_available():  # AVX-512: every window in one call, to float rounding
         tables_t = transposed_tables(*tables) if tables is not None else None
         qkv_bias = pad_qkv.to(qkv.dtype).contiguous()
-        if all(fused_attention(qkv[i], nh, float(attn.scale), tables_t, out[i], ws, qkv_bias) for i in range(b)):
+        if all(fused_attention(qkv[i], nh, float(attn.scale), tables_t, out[i], ws, qkv_bias, bf16) for i in range(b)):
             return out
     win = torch.empty((1, ws, ws, 3 * c), dtype=qkv.dtype, device=qkv.device)
     bias = pad_qkv.to(win.dtype).expand_as(win)

@@ -1,0 +1,82 @@
+/* Pieces shared by the AVX-512 attention kernels of SAM's image encoder (cpu_attention512.c in float32,
+ * cpu_attention_bf16.c with bf16 products): block sizes, e^x, the relative-position rows, the window's tokens and a
+ * block's query rows. Included, not compiled on its own; geosam/models/cpu_build.py hashes it with every kernel
+ * source, so a change here rebuilds them. */
+#ifndef GEOSAM_CPU_ATTENTION512_H
+#define GEOSAM_CPU_ATTENTION512_H
+#include <immintrin.h>
+#include <stdint.h>
+
+#define T512 __attribute__((target("avx512f,avx512dq,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+#define BQ 24       /* queries per block: 3 score groups of 8; 4, 6 or 8 value groups of 6, 4 or 3 */
+#define KBLOCK 512  /* keys per block of the values product (d = 64: 128 KiB of values, in L2) */
+
+/* e^x for x <= 0 (a score minus its row's maximum): Cephes' expf polynomial, 2^n by scalef; 0 below -104 */
+INLINE T512 __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+INLINE T512 __mmask16 tail(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+
+/* rows of the values tile for a head size of 16 nv */
+static inline int av_rows(int64_t nv) { return nv <= 4 ? 6 : nv == 5 ? 4 : 3; }
+
+/* rel[0:m] = q . tab[0:m] with tab (d, m) (one query row of a transposed table); d a multiple of 4 */
+INLINE T512 void rel_row(const float* q, const float* tab, int64_t d, int64_t m, float* rel) {
+  for (int64_t c0 = 0; c0 < m; c0 += 16) {
+    __mmask16 mk = tail(m - c0);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;  /* four chains: the FMA latency hidden */
+    for (int64_t c = 0; c < d; c += 4) {
+      a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[c]), _mm512_maskz_loadu_ps(mk, tab + c * m + c0), a0);
+      a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[c + 1]), _mm512_maskz_loadu_ps(mk, tab + (c + 1) * m + c0), a1);
+      a2 = _mm512_fmadd_ps(_mm512_set1_ps(q[c + 2]), _mm512_maskz_loadu_ps(mk, tab + (c + 2) * m + c0), a2);
+      a3 = _mm512_fmadd_ps(_mm512_set1_ps(q[c + 3]), _mm512_maskz_loadu_ps(mk, tab + (c + 3) * m + c0), a3);
+    }
+    _mm512_mask_storeu_ps(rel + c0, mk, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  }
+}
+
+/* The tokens of window (wy, wx) of size hh x ww on an mh x mw map (token (y, x) at qkv + y * srow + x * scol;
+ * those past the map: `bias`, the qkv projection of a zero token): tokp[0:hh ww]; returns how many of its rows
+ * (*ry) and columns (*rx) lie on the map */
+static void window_tokens(const float* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t hh,
+                          int64_t ww, int64_t wy, int64_t wx, const float* bias, const float** tokp, int64_t* ry,
+                          int64_t* rx) {
+  int64_t y0 = wy * hh, x0 = wx * ww;
+  *ry = mh - y0 < hh ? mh - y0 : hh;
+  *rx = mw - x0 < ww ? mw - x0 : ww;
+  for (int64_t r = 0; r < hh; r++)
+    for (int64_t c = 0; c < ww; c++)
+      tokp[r * ww + c] = (r < *ry && c < *rx) ? qkv + (y0 + r) * srow + (x0 + c) * scol : bias;
+}
+
+/* Queries b0 .. b0 + BQ of a window (its ry x rx tokens on the map, in order; a partial block repeats the first):
+ * their rows (head offset qoff), grid tokens and output rows (out + y * orow + x * ocol + head offset) */
+static void block_rows(const float* const* tokp, int64_t ww, int64_t ry, int64_t rx, int64_t b0, int64_t qoff,
+                       float* out, int64_t orow, int64_t ocol, int64_t y0, int64_t x0, const float** q, int64_t* tok,
+                       float** o, int64_t* nq) {
+  int64_t m = ry * rx - b0 < BQ ? ry * rx - b0 : BQ;
+  for (int64_t r = 0; r < BQ; r++) {
+    int64_t i = b0 + (r < m ? r : 0), y = i / rx, x = i % rx;
+    tok[r] = y * ww + x;
+    q[r] = tokp[tok[r]] + qoff;
+    o[r] = out + (y0 + y) * orow + (x0 + x) * ocol;
+  }
+  *nq = m;
+}
+
+#endif
