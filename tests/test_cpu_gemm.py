@@ -117,3 +117,28 @@ def test_backend_rule_by_cpu(monkeypatch, cpuinfo: str, onednn: bool) -> None:
     finally:
         monkeypatch.undo()
         device._cpuinfo_field.cache_clear()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_linear_gelu_low_rounds_once_after_the_gelu(monkeypatch, fused: bool) -> None:
+    """The bf16 first MLP product with its GELU: on bf16 inputs, the GELU of the float32 sums rounded to bf16 once
+    (oneDNN's op with the GELU fused), or autocast's product then GELU where the op does not take bf16."""
+    from geosam.models import cpu_gemm
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((3, 37, 64), generator=gen)
+    w, b = torch.randn((96, 64), generator=gen) * 0.2, torch.randn(96, generator=gen)
+    if not fused:
+        monkeypatch.setattr(cpu_gemm, "_op_works_in", lambda dtype: False)
+    got = cpu_gemm.linear_gelu_low(x, w, b, torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and got.shape == (3, 37, 96)
+    exact = F.gelu(F.linear(x.bfloat16().double(), w.bfloat16().double(), b.double()))
+    if fused and cpu_gemm._op_works_in(torch.bfloat16):
+        # one rounding: within half a bf16 ulp (2^-9 relative) of the exact value, up to the float32 sums' order
+        assert bool(((got.double() - exact).abs() <= exact.abs() * 2.0**-8 + 1e-6).all())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stock = F.gelu(F.linear(x, w, b))
+    if not fused:
+        assert torch.equal(got, stock)
+    else:  # as close to the exact values as the stock path, or closer
+        assert float((got.double() - exact).norm()) <= float((stock.double() - exact).norm()) * 1.01

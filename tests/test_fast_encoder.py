@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from geosam import models as gm
 from geosam.models.compile import use_fast_decoder, use_fast_encoder
@@ -134,7 +135,8 @@ def test_bf16_attention_without_amx_is_float32_attention_of_the_bf16_products(vi
     """Without AMX, a bf16 layer is: the qkv projection under autocast, the float32 attention of those q, k, v (the
     padded tokens' q, k, v the bias as the bf16 projection rounds it), the output projection under autocast; with
     the AVX-512 attention kernel, with torch's products (kept out of autocast), and with the kernel's bf16 products
-    (AVX-512 BF16), which lose only the probabilities' rounding."""
+    (AVX-512 BF16), which lose only the probabilities' rounding; the MLP's GELU on the first product's float32 sums,
+    then rounded (fused into oneDNN's bf16 product)."""
     from geosam.models import cpu_attention
     from geosam.models import encoder_attention as fe
     from geosam.models.fast_encoder import _layer_mixed
@@ -163,7 +165,12 @@ def test_bf16_attention_without_amx_is_float32_attention_of_the_bf16_products(vi
         att = layer.window_unpartition(att, layer.window_size, pad, (16, 16))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             want.add_(layer.attn.proj(att))
-            want.add_(layer.mlp(layer.layer_norm2(want)))
+            h2 = layer.layer_norm2(want)
+        # the MLP's first product of bf16 numbers summed in float32, its GELU before the rounding to bf16
+        mlp = layer.mlp
+        hidden = F.gelu(F.linear(h2.bfloat16().float(), mlp.lin1.weight.bfloat16().float(), mlp.lin1.bias)).bfloat16()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want.add_(mlp.lin2(hidden))
             got = _layer_mixed(layer, x.clone().contiguous())
     assert 1e-6 < _rel(got, want) < 1e-3 if rounded else _rel(got, want) < 1e-5
 

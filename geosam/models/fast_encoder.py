@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_gemm import linear
+from geosam.models.cpu_gemm import linear, linear_gelu_low
 from geosam.models.device import cpu_bf16_kind
 from geosam.models.encoder_attention import attend, attend_windows
 
@@ -219,7 +219,11 @@ def _layer_mixed(layer: Any, x: torch.Tensor) -> torch.Tensor:
     with torch.autocast(device_type=x.device.type, enabled=False):  # torch's products in the fallbacks stay float32
         out = attend_windows(layer, qkv, pad_qkv, bf16) if layer.window_size > 0 else attend(attn, qkv, bf16=bf16)
     x.add_(attn.proj(out))
-    return x.add_(layer.mlp(layer.layer_norm2(x)))
+    mlp = layer.mlp
+    if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and _exact_gelu(mlp.act)):
+        return x.add_(mlp(layer.layer_norm2(x)))
+    hidden = linear_gelu_low(layer.layer_norm2(x), mlp.lin1.weight, mlp.lin1.bias, qkv_low.dtype)  # GELU fused
+    return x.add_(mlp.lin2(hidden))
 
 
 def _mixed_attention(device: torch.device, dtype: torch.dtype) -> bool:
