@@ -13,6 +13,11 @@ AMD EPYC Zen 4, one thread, one global layer of a ViT-B at 1024 px (12 heads, 40
 the qkv projection to the heads' outputs 0.56 s vs 0.78-0.80 s (scores 0.23 s and values 0.22 s at ~111 GFLOP/s,
 the relative positions and softmax 0.06 s); two threads 0.29 vs 0.44-0.47 s.
 
+With ``bf16=True`` on CPUs with AVX-512 BF16 (`bf16_available`) both products take bf16 numbers two at a time
+(``vdpbf16ps``, sums in float32): for the bf16 encoder, whose q, k, v are bf16 numbers already, only the
+probabilities' rounding to bf16 is lost (~1e-3 of the outputs' scale at most). Zen 4, one thread: a global layer
+0.345 vs 0.56 s in float32, a windowed one 0.044 vs 0.053 s.
+
 The sums run in another order than torch's and ``expf`` is Cephes' polynomial, so the outputs equal torch's to
 float rounding (~1e-7 of the outputs' scale), not bit for bit: the library is used only after it has matched a
 float64 reference within `TOLERANCE` on test data in this process, only where torch itself runs AVX-512 kernels

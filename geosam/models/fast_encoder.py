@@ -18,10 +18,12 @@ Everything else (patch embedding, windows, MLPs, neck) runs the model's own
 modules. With low precision on CPUs with AMX (bf16 autocast, ``dtype="auto"``
 there) this is ~1.3x faster per chip than the stock forward. On CPUs without
 AMX torch's bf16 flash attention runs far below the peak (AMD EPYC Zen 4, one
-thread: 7.3 of the stock bf16 encoder's 11.6 s), so there `_layer_mixed` keeps
-the products in bf16 and runs the attention in float32 (`geosam.models.encoder_attention`):
-the ViT-B encoder 6.8 s vs 11.7 s (stock path) and 9.8 s (float32), as close to
-float32 as the stock bf16 forward.
+thread: 7.3 of the stock bf16 encoder's 11.6 s), so there `_layer_mixed` runs
+the projections and the MLP in bf16 (the GELU fused into the first product) and
+the attention through `geosam.models.encoder_attention`'s kernels on the bf16
+q, k, v (with bf16 products on AVX-512 BF16 CPUs, the probabilities rounded):
+the ViT-B encoder 5.5-5.7 s vs 11.8-12.5 s (stock path) and 9.9-10.1 s
+(float32), as close to float32 as the stock bf16 forward.
 
 In float32 on the CPU the wider products cost more than the mask saves, and
 torch's fused attention and float32 GEMM run far below the CPU's peak: there
@@ -203,12 +205,15 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _layer_mixed(layer: Any, x: torch.Tensor) -> torch.Tensor:
-    """``SamVisionLayer.forward`` under CPU autocast with the attention itself in float32; ``x`` updated in place.
+    """``SamVisionLayer.forward`` under CPU autocast with the attention outside torch's; ``x`` updated in place.
 
-    The projections and the MLP run in the autocast dtype (oneDNN's bf16 products, ~2x float32's on AVX-512 BF16),
-    the scores, softmax and values through `attend` / `attend_windows` on the bf16 qkv widened to float32:
-    torch's CPU flash attention in bf16 runs far below the peak without AMX (AMD EPYC Zen 4, one thread, ViT-B at
-    1024 px: 7.3 of the stock bf16 encoder's 11.6 s), the float32 kernels in 2.7 s.
+    The projections and the MLP run in the autocast dtype (oneDNN's bf16 products, ~2x float32's on AVX-512 BF16;
+    the MLP's exact GELU fused into its first product, `geosam.models.cpu_gemm.linear_gelu_low`), the scores,
+    softmax and values through `attend` / `attend_windows` on the low-precision qkv widened to float32 (in bf16:
+    the AVX-512 kernel's bf16 products where the CPU has them, which lose only the probabilities' rounding since
+    q, k, v are bf16 numbers already). torch's CPU flash attention in bf16 runs far below the peak without AMX
+    (AMD EPYC Zen 4, one thread, ViT-B at 1024 px: 7.3 of the stock bf16 encoder's 11.6 s); the float32 kernels
+    take 2.7 s, with bf16 products ~1.75 s.
     """
     attn = layer.attn
     h = layer.layer_norm1(x)
