@@ -255,3 +255,43 @@ def test_segment_config_compile_reaches_the_generator(monkeypatch, tiny_sam_dir:
     gen = make_mask_generator(SegmentConfig.from_settings(model=tiny_sam_dir, device="cpu", compile=True))
     assert gen.compile and len(calls) == 1
     assert not make_mask_generator(SegmentConfig.from_settings(model=tiny_sam_dir, device="cpu")).compile
+
+
+def test_float32_neck_is_the_stock_neck_at_any_thread_count() -> None:
+    """The neck's convolutions as thread-invariant products (oneDNN's float32 convolutions sum in a thread-dependent
+    order): a ViT-B-sized neck gives the same bits at 1, 2 and 3 threads, within float rounding of the stock neck;
+    a neck with its own forward runs as it is."""
+    from transformers import SamVisionConfig
+    from transformers.models.sam.modeling_sam import SamVisionNeck
+
+    from geosam.models.fast_encoder import _neck_f32
+
+    torch.manual_seed(0)
+    neck = SamVisionNeck(SamVisionConfig(hidden_size=768, output_channels=256)).eval()
+    with torch.no_grad():
+        for norm in (neck.layer_norm1, neck.layer_norm2):  # not the identity they start as
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn((1, 40, 48, 768), generator=torch.Generator().manual_seed(1))
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                outs.append(_neck_f32(neck, x))
+            with torch.no_grad():
+                stock = neck(x)
+    finally:
+        torch.set_num_threads(before)
+    assert outs[0].shape == stock.shape == (1, 256, 40, 48)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert _rel(outs[0], stock) < 1e-5
+
+    class OwnNeck(SamVisionNeck):
+        def forward(self, hidden_states):
+            return super().forward(hidden_states) * 2
+
+    own = OwnNeck(SamVisionConfig(hidden_size=768, output_channels=256)).eval()
+    with torch.no_grad():
+        assert torch.equal(_neck_f32(own, x), own(x))  # not reproduced: its own forward

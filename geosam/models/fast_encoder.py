@@ -52,6 +52,13 @@ from geosam.models.encoder_attention import attend, attend_windows
 
 __all__ = ["fast_encoder_supported", "fast_image_embeddings"]
 
+try:  # the neck whose forward `_neck_f32` reproduces (transformers' SAM / SAM-HQ ViT)
+    from transformers.models.sam.modeling_sam import SamVisionNeck
+
+    _STOCK_NECK_FORWARD: Any = SamVisionNeck.forward
+except ImportError:  # pragma: no cover - transformers without SAM
+    _STOCK_NECK_FORWARD = None
+
 
 def _unwrap(module: Any) -> Any:
     return getattr(module, "_orig_mod", module)
@@ -231,6 +238,37 @@ def _layer_mixed(layer: Any, x: torch.Tensor) -> torch.Tensor:
     return x.add_(mlp.lin2(hidden))
 
 
+def _neck_f32(neck: Any, x: torch.Tensor) -> torch.Tensor:
+    """``SamVisionNeck(x)`` in float32 on the CPU with its convolutions as `geosam.models.cpu_gemm.linear` products;
+    x (B, H, W, C) -> (B, C', H, W).
+
+    oneDNN's float32 convolutions sum in an order that depends on the thread count (AMD EPYC Zen 4: the ViT-B's
+    embeddings 1 vs 2 threads up to 3.8e-6 apart, every layer before the neck equal), so Dask workers with other
+    thread counts would not give the same objects; the 1 x 1 convolution is a product over the channels, the 3 x 3
+    one a product over the 9 shifted copies of the map (im2col, 9 C columns), both thread-invariant. The layer
+    norms are SamLayerNorm's own computation (channels last). Other necks run as they are.
+    """
+    parts: list[Any] = [getattr(neck, a, None) for a in ("conv1", "conv2", "layer_norm1", "layer_norm2")]
+    c1, c2, n1, n2 = parts
+    convs_fit = (
+        isinstance(c1, torch.nn.Conv2d) and isinstance(c2, torch.nn.Conv2d) and c1.kernel_size == (1, 1)
+        and c2.kernel_size == (3, 3) and c2.padding == (1, 1) and all(
+            c.stride == (1, 1) and c.dilation == (1, 1) and c.groups == 1 and c.padding_mode == "zeros" for c in (c1, c2)
+        )
+    )  # fmt: skip
+    norms_fit = all(isinstance(n, torch.nn.LayerNorm) and getattr(n, "data_format", "") == "channels_first" for n in (n1, n2))
+    if not (convs_fit and norms_fit and x.device.type == "cpu" and type(neck).forward is _STOCK_NECK_FORWARD):
+        return neck(x)
+    hh, ww = x.shape[1], x.shape[2]
+    h = F.layer_norm(linear(x, c1.weight.flatten(1), c1.bias), n1.normalized_shape, n1.weight, n1.bias, n1.eps)
+    c = h.shape[-1]
+    padded = F.pad(h, (0, 0, 1, 1, 1, 1))  # (B, H + 2, W + 2, C)
+    cols = torch.cat([padded[:, ky : ky + hh, kx : kx + ww] for ky in range(3) for kx in range(3)], dim=-1)
+    h = linear(cols, c2.weight.permute(0, 2, 3, 1).reshape(c2.out_channels, 9 * c), c2.bias)
+    h = F.layer_norm(h, n2.normalized_shape, n2.weight, n2.bias, n2.eps)
+    return h.permute(0, 3, 1, 2)
+
+
 def _mixed_attention(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether `_layer_mixed` runs: a low precision on a CPU without AMX (whose bf16 flash attention is fast)."""
     return dtype != torch.float32 and device.type == "cpu" and cpu_bf16_kind() != "amx"
@@ -275,4 +313,4 @@ def fast_image_embeddings(
                 x = _layer_mixed(layer, x) if mixed else _layer(layer, x, dtype)
             if intermediates is not None and layer.window_size == 0:
                 intermediates.append(x.clone())  # x is the residual stream, updated in place by the next layers
-        return enc.neck(x)
+        return _neck_f32(enc.neck, x) if dtype == torch.float32 else enc.neck(x)
