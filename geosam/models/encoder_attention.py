@@ -55,6 +55,7 @@ PER_HEAD_MIN_TOKENS = 1024
 #: Queries per score block in the one-head-at-a-time float32 attention (512 x 4096 float32 scores: 8 MiB).
 QUERY_CHUNK = 512
 
+
 def rel_tables(attn: Any, hh: int, ww: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``attn``'s relative-position tables for an H x W map: (H, H, d) [query row, key row] and (W, W, d)."""
     return attn.get_rel_pos(hh, hh, attn.rel_pos_h), attn.get_rel_pos(ww, ww, attn.rel_pos_w)
@@ -70,6 +71,7 @@ def rel_position_terms(
     b, nh, _, d = q.shape
     rel_h, rel_w = rel_terms(q.reshape(b, nh, hh, ww, d), *(tables if tables is not None else rel_tables(attn, hh, ww)))
     return rel_h.reshape(b * nh, hh * ww, hh, 1), rel_w.reshape(b * nh, hh * ww, 1, ww)
+
 
 def attend(
     attn: Any, qkv: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None, bf16: bool = False
@@ -123,6 +125,7 @@ def attend(
                 probs = softmax(scores) if rel is None else rel_softmax(scores, rel[0][i, s0:s1], rel[1][i, s0:s1])
                 out[bi, s0:s1, hi] = linear(probs, values_t[i])
     return out.reshape(b, hh, ww, nh * d)
+
 
 def attend_windows(layer: Any, qkv: torch.Tensor, pad_qkv: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """The window attention of ``layer`` (before its output projection) from the qkv projection of the real tokens
