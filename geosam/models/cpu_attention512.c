@@ -103,27 +103,52 @@ INLINE T512 void av_tile(int64_t nv, const float* p, int64_t sp, const float* v,
   }
 }
 
-/* row s (n = hh * ww scores, np padded) += rel_h[row] + rel_w[col]; softmax numerators in place (0 past n);
- * returns their sum */
-INLINE T512 float softmax_row(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np) {
-  __m512 mx = _mm512_set1_ps(-__builtin_inff());
+/* row s (n = hh * ww scores) = s * scale + rel_h[row] + rel_w[col] in place; returns its maximum. With scale 1 (the
+ * float32 kernel's queries come scaled) the fused multiply-add rounds as the plain add */
+INLINE T512 float scores_rel_max(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, float scale) {
+  __m512 mx = _mm512_set1_ps(-__builtin_inff()), f = _mm512_set1_ps(scale);
   for (int64_t r = 0; r < hh; r++) {
     float* row = s + r * ww;
     __m512 h = _mm512_set1_ps(rh[r]);
     int64_t c0 = 0;
     for (; c0 + 16 <= ww; c0 += 16) {  /* whole vectors: masked stores are slow on some CPUs (AMD Zen 4) */
-      __m512 x = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(row + c0), h), _mm512_loadu_ps(rw + c0));
+      __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(row + c0), f, h), _mm512_loadu_ps(rw + c0));
       _mm512_storeu_ps(row + c0, x);
       mx = _mm512_max_ps(mx, x);
     }
     if (c0 < ww) {
       __mmask16 mk = tail(ww - c0);
-      __m512 x = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(mk, row + c0), h), _mm512_maskz_loadu_ps(mk, rw + c0));
+      __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, row + c0), f, h), _mm512_maskz_loadu_ps(mk, rw + c0));
       _mm512_mask_storeu_ps(row + c0, mk, x);
       mx = _mm512_mask_max_ps(mx, mk, mx, x);
     }
   }
-  __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  return _mm512_reduce_max_ps(mx);
+}
+
+/* the relative terms of a block's queries (nothing without tables: rh, rw then hold zeros): rh[r] = q[r] .
+ * tab_h[row of tok[r]], rw[r] = q[r] . tab_w[column of tok[r]] */
+INLINE T512 void block_rel(const float* const* q, const int64_t* tok, const float* tab_h, const float* tab_w, int64_t hh,
+                           int64_t ww, int64_t d, float* rh, float* rw) {
+  if (tab_h == NULL) return;
+  for (int64_t r = 0; r < BQ; r++) {
+    rel_row(q[r], tab_h + (tok[r] / ww) * d * hh, d, hh, rh + r * hh);
+    rel_row(q[r], tab_w + (tok[r] % ww) * d * ww, d, ww, rw + r * ww);
+  }
+}
+
+/* out[r][0:d] = o[r] * inv[r] for the block's first nq queries */
+INLINE T512 void block_out(const float* o, const float* inv, int64_t nq, int64_t d, float* const* out) {
+  for (int64_t r = 0; r < nq; r++) {
+    __m512 f = _mm512_set1_ps(inv[r]);
+    for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(out[r] + c, _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), f));
+  }
+}
+
+/* row s (n = hh * ww scores, np padded) += rel_h[row] + rel_w[col]; softmax numerators in place (0 past n);
+ * returns their sum */
+INLINE T512 float softmax_row(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np) {
+  __m512 m = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, 1.0f));
   int64_t n = hh * ww;
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < np; j += 16) {
@@ -144,14 +169,9 @@ static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t 
                              int64_t d, float* const* out, float* s, float* qs, float* rh, float* rw, float* o,
                              float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;  /* rows not 4 KiB apart */
-  for (int64_t r = 0; r < BQ; r++) {
-    const float* qi = q[r];
-    for (int64_t c = 0; c < d; c++) qs[r * d + c] = qi[c] * scale;
-    if (tab_h != NULL) {
-      rel_row(qi, tab_h + (tok[r] / ww) * d * hh, d, hh, rh + r * hh);
-      rel_row(qi, tab_w + (tok[r] % ww) * d * ww, d, ww, rw + r * ww);
-    }
-  }
+  for (int64_t r = 0; r < BQ; r++)
+    for (int64_t c = 0; c < d; c++) qs[r * d + c] = q[r][c] * scale;
+  block_rel(q, tok, tab_h, tab_w, hh, ww, d, rh, rw);
   /* scores: key panels outer (a 32-key pair stays in L1 for the 3 groups of 8 queries) */
   for (int64_t t = 0; t < nt; t += 2) {
     for (int64_t g = 0; g < BQ; g += 8) {
@@ -168,11 +188,7 @@ static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t 
     int64_t kn = np - j0 < KBLOCK ? np - j0 : KBLOCK;
     for (int64_t g = 0; g < BQ; g += av_rows(d / 16)) av_tile(d / 16, s + g * ss + j0, ss, vp + j0 * d, kn, o + g * d, d);
   }
-  for (int64_t r = 0; r < nq; r++) {
-    float* dst = out[r];
-    __m512 f = _mm512_set1_ps(inv[r]);
-    for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(dst + c, _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), f));
-  }
+  block_out(o, inv, nq, d, out);
 }
 
 /* The keys and values of one head on an hh x ww grid of tokens, token j at tokp[j] (k at + koff, v at + voff):
@@ -279,24 +295,7 @@ INLINE TBF void avb_tile(int64_t nv, const uint16_t* p, int64_t sp, const uint16
  * in place over the row's start (bf16 j over float j / 2, already read); returns the sum of the rounded numerators */
 INLINE TBF float softmax_row_bf16(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np,
                                   float scale) {
-  __m512 mx = _mm512_set1_ps(-__builtin_inff()), f = _mm512_set1_ps(scale);
-  for (int64_t r = 0; r < hh; r++) {
-    float* row = s + r * ww;
-    __m512 h = _mm512_set1_ps(rh[r]);
-    int64_t c0 = 0;
-    for (; c0 + 16 <= ww; c0 += 16) {  /* whole vectors: masked stores are slow on some CPUs (AMD Zen 4) */
-      __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(row + c0), f, h), _mm512_loadu_ps(rw + c0));
-      _mm512_storeu_ps(row + c0, x);
-      mx = _mm512_max_ps(mx, x);
-    }
-    if (c0 < ww) {
-      __mmask16 mk = tail(ww - c0);
-      __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, row + c0), f, h), _mm512_maskz_loadu_ps(mk, rw + c0));
-      _mm512_mask_storeu_ps(row + c0, mk, x);
-      mx = _mm512_mask_max_ps(mx, mk, mx, x);
-    }
-  }
-  __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  __m512 m = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, scale));
   int64_t n = hh * ww;
   __m512 sum = _mm512_setzero_ps();
   uint16_t* pb = (uint16_t*)s;
@@ -316,14 +315,9 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
                                  float* rw, float* o, float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
   uint16_t* qb = (uint16_t*)qs;
-  for (int64_t r = 0; r < BQ; r++) {
-    const float* qi = q[r];
-    for (int64_t c = 0; c < d; c++) qb[r * d + c] = to_bf16(qi[c]);
-    if (tab_h != NULL) {
-      rel_row(qi, tab_h + (tok[r] / ww) * d * hh, d, hh, rh + r * hh);
-      rel_row(qi, tab_w + (tok[r] % ww) * d * ww, d, ww, rw + r * ww);
-    }
-  }
+  for (int64_t r = 0; r < BQ; r++)
+    for (int64_t c = 0; c < d; c++) qb[r * d + c] = to_bf16(q[r][c]);
+  block_rel(q, tok, tab_h, tab_w, hh, ww, d, rh, rw);
   for (int64_t t = 0; t < nt; t += 2)
     for (int64_t g = 0; g < BQ; g += 8) {
       if (t + 1 < nt)
@@ -340,9 +334,7 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
     for (int64_t g = 0; g < BQ; g += av_rows(d / 16))
       avb_tile(d / 16, pb + g * 2 * ss + j0, 2 * ss, vp + j0 * d, kn, o + g * d, d);
   }
-  for (int64_t r = 0; r < nq; r++)
-    for (int64_t c = 0; c < d; c += 16)
-      _mm512_storeu_ps(out[r] + c, _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), _mm512_set1_ps(inv[r])));
+  block_out(o, inv, nq, d, out);
 }
 
 /* 16 floats (zeros for NULL) rounded to bf16, each in the low half of a 32-bit lane */

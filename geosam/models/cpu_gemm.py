@@ -96,12 +96,7 @@ def linear(
     own output. Use the returned tensor either way.
     """
     if _onednn(x, weight):
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
-        out = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
-        return out.view(*lead, weight.shape[0])
+        return _pointwise_linear(x, weight, bias, gelu)
     if out is not None and out.is_contiguous() and out.shape == (*x.shape[:-1], weight.shape[0]):
         x2, o2 = x.reshape(-1, x.shape[-1]), out.view(-1, weight.shape[0])
         if bias is None:
@@ -112,6 +107,16 @@ def linear(
     else:
         res = F.linear(x, weight, bias)
     return torch.ops.aten.gelu_(res) if gelu else res
+
+
+def _pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
+    """oneDNN's ``x @ weight.T + bias`` (exact GELU fused if ``gelu``) on x (..., K): (..., N), in x's dtype."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    out = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    return out.view(*lead, weight.shape[0])
 
 
 @functools.lru_cache(maxsize=4)
@@ -133,10 +138,7 @@ def linear_gelu_low(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     second pass computes the GELU: AMD EPYC Zen 4, one thread, the ViT-B MLP's first product 110-115 vs 129-150 ms);
     under autocast's ``linear`` then ``gelu`` where the op does not take ``dtype``. Returns ``dtype``."""
     if x.device.type == "cpu" and _op_works_in(dtype):
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
-        out = torch.ops.mkldnn._linear_pointwise(x2, weight.to(dtype), bias, "gelu", [], "none")
-        return out.view(*lead, weight.shape[0])
+        return _pointwise_linear(x.to(dtype), weight.to(dtype), bias, gelu=True)
     with torch.autocast(device_type=x.device.type, dtype=dtype):
         return F.gelu(F.linear(x, weight, bias)).to(dtype)
 

@@ -226,10 +226,11 @@ def _layer_mixed(layer: Any, x: torch.Tensor) -> torch.Tensor:
     h = layer.layer_norm1(x)
     qkv_low = attn.qkv(h)
     qkv = qkv_low.float()
-    pad_qkv = attn.qkv(h.new_zeros((1, h.shape[-1]))).float()[0]  # a padded token's: zeros through the same projection
     bf16 = qkv_low.dtype == torch.bfloat16  # q, k, v bf16 numbers: the AVX-512 BF16 kernel's products lose nothing
+    # windows: a padded token's q, k, v are zeros through the same (low-precision) projection
+    pad_qkv = attn.qkv(h.new_zeros((1, h.shape[-1]))).float()[0] if layer.window_size > 0 else None
     with torch.autocast(device_type=x.device.type, enabled=False):  # torch's products in the fallbacks stay float32
-        out = attend_windows(layer, qkv, pad_qkv, bf16) if layer.window_size > 0 else attend(attn, qkv, bf16=bf16)
+        out = attend(attn, qkv, bf16=bf16) if pad_qkv is None else attend_windows(layer, qkv, pad_qkv, bf16)
     x.add_(attn.proj(out))
     mlp = layer.mlp
     if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and _exact_gelu(mlp.act)):
