@@ -121,6 +121,67 @@ def test_decoder_masks_with_and_without_the_kernel(monkeypatch) -> None:
     assert torch.equal((ml > 0)[clear], (tl > 0)[clear])
 
 
+needs_bf16 = pytest.mark.skipif(
+    not (_in_use() and cpu_decoder.bf16_available()), reason="bf16 products only on CPUs with AVX-512 BF16"
+)
+
+
+@needs_bf16
+@pytest.mark.parametrize(
+    ("hw", "k1", "c4", "c8", "nk"),
+    [((64, 64), 116, 64, 32, 3), ((7, 5), 13, 16, 8, 1), ((3, 11), 40, 8, 16, 4), ((1, 1), 1, 8, 8, 2)],
+)
+def test_bf16_products_are_torchs_on_bf16_inputs(hw, k1: int, c4: int, c8: int, nk: int) -> None:
+    """With ``bf16``: torch's masks with the two products' inputs rounded to bf16 (within `BF16_TOLERANCE` of their
+    scale), not float32's (the products ran in bf16), every pixel written, the same bits with 1 and 2 threads."""
+    args = _inputs(torch.Generator().manual_seed(k1), hw, k1, c4, c8, nk)
+    want, f32 = cpu_decoder.reference(*args, hw, bf16=True), cpu_decoder.reference(*args, hw)
+    got = torch.full_like(want, float("nan"))
+    assert cpu_decoder.upscale_prompt(*args, hw, got, bf16=True)
+    assert not bool(got.isnan().any())
+    scale = float(want.abs().max())
+    assert float((got - want).abs().max()) <= cpu_decoder.BF16_TOLERANCE * scale
+    assert float((got - f32).abs().max()) > 1e-4 * scale
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = torch.full_like(want, float("nan"))
+        assert cpu_decoder.upscale_prompt(*args, hw, two, bf16=True)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(two, got)
+
+
+@needs_bf16
+def test_bf16_dtype_decodes_with_bf16_upscaling(monkeypatch) -> None:
+    """A bf16 bundle's decoder asks for the bf16 products (a float32 one does not); its IoUs are float32's (the
+    transformer runs in float32) and its logits float32's to the products' rounding, the same sign where clear."""
+    import dataclasses
+
+    from geosam.models import fast_upscale
+    from tests.test_fast_decoder import sam_size_decoding
+
+    bundle, emb, pts = sam_size_decoding(seed=2)
+    asked = []
+    real = cpu_decoder.upscale_prompt
+
+    def spy(*a, bf16=False, **k):
+        asked.append(bf16)
+        return real(*a, bf16=bf16, **k)
+
+    monkeypatch.setattr(fast_upscale, "upscale_prompt", spy)
+    ml, il = gm.decode_points(dataclasses.replace(bundle, dtype=torch.bfloat16), emb, pts)
+    assert asked == [True] * 9
+    asked.clear()
+    tl, ti = gm.decode_points(bundle, emb, pts)
+    assert asked == [False] * 9
+    assert torch.equal(il, ti)
+    scale = float(tl.abs().max())
+    assert 1e-5 * scale < float((ml - tl).abs().max()) <= 2e-2 * scale
+    clear = tl.abs() > 2e-2 * scale
+    assert torch.equal((ml > 0)[clear], (tl > 0)[clear])
+
+
 @needs_kernel
 @pytest.mark.parametrize(("n", "ri", "rj", "p"), [(4, 56, 56, 4096), (2, 7, 9, 50), (1, 5, 5, 24), (3, 1, 3, 1)])
 def test_quadratic_forms_match_torch(n: int, ri: int, rj: int, p: int) -> None:

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cpu_attention512.h"
+#include "cpu_bf16.h"
 
 /* s[r, 0:32] = qs[r] . keys of panels p0, p1 for 8 rows of qs (stride d) */
 INLINE T512 void qk_8x32(const float* qs, int64_t d, const float* p0, const float* p1, float* s, int64_t ss) {
@@ -214,21 +215,7 @@ static T512 void pack_head(const float* const* tokp, int64_t n, int64_t np, int6
 /* --- bf16 products (AVX-512 BF16): queries, keys, probabilities and values rounded to bf16, pairs of them
  * multiplied and summed in float32 by vdpbf16ps (two float32 FMAs' work per instruction); the relative positions,
  * scores, softmax and sums in float32. */
-#define TBF __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma")))
-
-static inline uint16_t to_bf16(float f) {  /* round to nearest even, as vcvtneps2bf16 (finite values) */
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
-INLINE TBF __m512i pair_at(const uint16_t* p) {  /* p[0], p[1] in every 32-bit lane */
-  int32_t w;
-  memcpy(&w, p, sizeof w);
-  return _mm512_set1_epi32(w);
-}
-
-INLINE TBF __m512 dot2(__m512 acc, __m512i x, __m512i y) { return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)y); }
+/* TBF, to_bf16, pair_at, dot2: cpu_bf16.h */
 
 /* s[r, 0:16 NK] = qb[r] . the keys of NK panels (panel t at kp + t d 16: pair (c, c + 1) of its key l at c 16 + 2 l)
  * for 8 rows of qb (d bf16 each) */

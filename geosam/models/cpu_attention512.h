@@ -1,5 +1,5 @@
-/* Pieces shared by the AVX-512 attention kernels of SAM's image encoder (cpu_attention512.c in float32,
- * cpu_attention_bf16.c with bf16 products): block sizes, e^x, the relative-position rows, the window's tokens and a
+/* Pieces shared by the AVX-512 attention kernels of SAM's image encoder (cpu_attention512.c's float32 and bf16
+ * products): block sizes, e^x, the relative-position rows, the window's tokens and a
  * block's query rows. Included, not compiled on its own; geosam/models/cpu_build.py hashes it with every kernel
  * source, so a change here rebuilds them. */
 #ifndef GEOSAM_CPU_ATTENTION512_H

@@ -11,7 +11,9 @@
  * dimension. GELU: 0.5 x (1 + erf(x / sqrt 2)) with Eigen's rational erf (no exp: 3 M per prompt of SAM, 0.6 vs
  * 1.3 ns each for torch's oneDNN GELU on an AMD EPYC Zen 3; error at most 5e-7 for |x| < 3, torch's 3.7e-7).
  * The same function as torch's path up to float rounding (torch's products block their sums differently, its GELU
- * is oneDNN's); geosam/models/cpu_decoder.py checks it against torch before using it. Below it: 2. the layer norms'
+ * is oneDNN's); geosam/models/cpu_decoder.py checks it against torch before using it. For the bf16 dtype on CPUs with
+ * AVX-512 BF16 the two products take their inputs rounded to bf16 (vdpbf16ps, sums in float32: half the product
+ * time); the norm, GELUs and hypernetwork dot products stay float32. Below it: 2. the layer norms'
  * quadratic forms, 3. the image -> token softmax over the tokens (torch's bits).
  */
 #include <immintrin.h>
@@ -19,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cpu_vec.h"
+#include "cpu_bf16.h"
 
 #define RB 12 /* image positions per block */
 
@@ -63,6 +66,62 @@ static void product(const float* x, int64_t sx, int64_t rows, const float* kp, i
   for (int64_t t = 0; t < n; t += 16)
     for (int64_t r = 0; r < rows; r += QK_ROWS)
       qk_rows(x + r * sx, sx, kp + t * kn, kn, out + r * n + t, n, (int)(rows - r < QK_ROWS ? rows - r : QK_ROWS));
+}
+
+/* The products in bf16 (AVX-512 BF16 CPUs, for the bf16 dtype): kp[t][k2][j][e] = bf16(b[2 k2 + e][16 t + j]) (zero
+ * past kn) for a (kn, n) row-major b: panels of 16 columns, pairs of rows interleaved as vdpbf16ps takes them */
+static void pack_pairs(const float* b, int64_t kn, int64_t n, uint16_t* kp) {
+  const int64_t k2n = (kn + 1) / 2;
+  for (int64_t t = 0; t < n; t += 16)
+    for (int64_t k2 = 0; k2 < k2n; k2++)
+      for (int j = 0; j < 16; j++)
+        for (int e = 0; e < 2; e++) {
+          const int64_t k = 2 * k2 + e;
+          kp[(t * k2n + k2 * 16 + j) * 2 + e] = k < kn ? to_bf16(b[k * n + t + j]) : 0;
+        }
+}
+
+/* out[r][0:16 NP] = xb[r] . NP panels of 16 columns (panel t at p + t 32 k2n) for 6 rows of xb (k2n pairs each, sx
+ * apart): one vdpbf16ps chain per 16 outputs over the pairs, 6 NP accumulators */
+#define TILE_BF16(NP)                                                                                               \
+  INLINE_BF void tile_bf16_##NP(const uint16_t* xb, int64_t sx, const uint16_t* p, int64_t k2n, float* out,         \
+                                int64_t so) {                                                                       \
+    __m512 acc[6][NP];                                                                                              \
+    _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)                                                             \
+      _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) acc[r][t] = _mm512_setzero_ps();                         \
+    for (int64_t k2 = 0; k2 < k2n; k2++) {                                                                          \
+      __m512i v[NP];                                                                                                \
+      _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) v[t] = _mm512_loadu_si512(p + 32 * (t * k2n + k2));     \
+      _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++) {                                                         \
+        const __m512i x = pair_at(xb + r * sx + 2 * k2);                                                            \
+        _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) acc[r][t] = dot2(acc[r][t], x, v[t]);                  \
+      }                                                                                                             \
+    }                                                                                                               \
+    _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)                                                             \
+      _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) _mm512_storeu_ps(out + r * so + 16 * t, acc[r][t]);      \
+  }
+TILE_BF16(4)
+TILE_BF16(2)
+
+/* `product` with x's rows and the matrix rounded to bf16 (kp: pack_pairs), sums in float32; n a multiple of 32.
+ * x's rows go to xb as bf16 first (6 ceil(rows / 6) rows of kn + 1, plus 16 spare), out has room for as many rows
+ * (those past `rows` are zeros) */
+static TBF void product_bf16(const float* x, int64_t sx, int64_t rows, const uint16_t* kp, int64_t kn, int64_t n,
+                             float* out, uint16_t* xb) {
+  const int64_t k2n = (kn + 1) / 2, sxb = 2 * k2n, rows6 = (rows + 5) / 6 * 6;
+  for (int64_t r = 0; r < rows6; r++)
+    for (int64_t d = 0; d < sxb; d += 16) {
+      const int64_t left = r < rows ? kn - d : 0;
+      const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u);
+      _mm256_storeu_si256((__m256i*)(xb + r * sxb + d), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + r * sx + d)));
+    }
+  for (int64_t t = 0; t < n; t += 64)
+    for (int64_t r = 0; r < rows6; r += 6) {
+      if (n - t >= 64)
+        tile_bf16_4(xb + r * sxb, sxb, kp + t * sxb, k2n, out + r * n + t, n);
+      else
+        tile_bf16_2(xb + r * sxb, sxb, kp + t * sxb, k2n, out + r * n + t, n);
+    }
 }
 
 /* x (n, a multiple of 8): its mean and 1 / sqrt(var + eps), torch's biased variance */
@@ -131,31 +190,44 @@ static inline __m256 hyper_pair(const float* hk, const float* zr, const float* z
  *   lnw, lnb (c4), eps: upscale_layer_norm;
  *   w2 (c4, 4 c8): upscale_conv2 as a product, columns (a2, b2, o2), bias b2 (4 c8);
  *   hyper (nk, c8): the hypernetwork vectors;
- *   out: nk masks of (4 hh) x (4 ww), `so` floats apart.
+ *   out: nk masks of (4 hh) x (4 ww), `so` floats apart;
+ *   bf16: both products on their inputs rounded to bf16 (product_bf16; only where the CPU has AVX-512 BF16).
  * c4 and c8 multiples of 8. Returns 0, or -1 if out of memory (the masks then incomplete). */
 int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b, const float* c, const float* s,
                           int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2, const float* b2,
                           const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww, float* out,
-                          int64_t so, int threads) {
+                          int64_t so, int bf16, int threads) {
   const int64_t n1 = 4 * c4, n2 = 4 * c8, npos = hh * ww, ow = 4 * ww;
-  float* bp = malloc(sizeof(float) * (size_t)(k1 * n1 + c4 * n2));
+  const int64_t xbn = 4 * RB * (k1 + 1 > c4 + 1 ? k1 + 1 : c4 + 1) + 16; /* product_bf16's rows, in bf16 */
+  float* bp = malloc(sizeof(float) * (size_t)((k1 + 1) * n1 + (c4 + 1) * n2));
   if (bp == NULL) return -1;
-  float* w2p = bp + k1 * n1;
-  pack_panels(b, k1, n1, bp);
-  pack_panels(w2, c4, n2, w2p);
+  float* w2p = bp + (k1 + 1) * n1;
+  uint16_t* bpb = (uint16_t*)bp; /* bf16: the pairs of both matrices, (k1 + 1) n1 + (c4 + 1) n2 at most */
+  uint16_t* w2pb = bpb + (k1 + 1) / 2 * 2 * n1;
+  if (bf16) {
+    pack_pairs(b, k1, n1, bpb);
+    pack_pairs(w2, c4, n2, w2pb);
+  } else {
+    pack_panels(b, k1, n1, bp);
+    pack_panels(w2, c4, n2, w2p);
+  }
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     /* y (RB, n1) -> normed in place, read as (4 RB, c4) rows; z (4 RB, n2) */
-    float* buf = thread_buffer((size_t)(RB * n1 + 4 * RB * n2 + 8 * RB), &failed);
+    float* buf = thread_buffer((size_t)(RB * n1 + 4 * RB * n2 + 8 * RB + xbn / 2), &failed);
     float* y = buf;
     float* z = buf == NULL ? NULL : buf + RB * n1;
     float* stats = buf == NULL ? NULL : z + 4 * RB * n2; /* (mean, rstd) of each of the block's 4 RB norms */
+    uint16_t* xb = buf == NULL ? NULL : (uint16_t*)(stats + 8 * RB);
 #pragma omp for schedule(static)
     for (int64_t p0 = 0; p0 < npos; p0 += RB) {
       if (buf == NULL) continue;
       const int64_t nb = npos - p0 < RB ? npos - p0 : RB;
-      product(a + p0 * sa, sa, nb, bp, k1, n1, y);
+      if (bf16)
+        product_bf16(a + p0 * sa, sa, nb, bpb, k1, n1, y, xb);
+      else
+        product(a + p0 * sa, sa, nb, bp, k1, n1, y);
       for (int64_t r = 0; r < nb; r++) {
         const __m256 cr = _mm256_set1_ps(c[p0 + r]);
         float* yr = y + r * n1;
@@ -166,7 +238,10 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
       }
       /* the statistics of the whole block first, then its norms and GELUs: one long stream of independent work */
       for (int64_t r = 0; r < 4 * nb; r++) norm_gelu(y + r * c4, c4, lnw, lnb, stats[2 * r], stats[2 * r + 1]);
-      product(y, c4, 4 * nb, w2p, c4, n2, z);
+      if (bf16)
+        product_bf16(y, c4, 4 * nb, w2pb, c4, n2, z, xb);
+      else
+        product(y, c4, 4 * nb, w2p, c4, n2, z);
       for (int64_t r = 0; r < 4 * nb; r++) {
         float* zr = z + r * n2;
         for (int64_t d = 0; d < n2; d += 8)

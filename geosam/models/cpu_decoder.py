@@ -33,12 +33,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "factor_rows", "factor_rows_reference", "quad", "token_softmax", "upscale_prompt"]
+from geosam.models.device import cpu_flags
+
+__all__ = ["BF16_TOLERANCE", "available", "bf16_available", "factor_rows", "factor_rows_reference", "quad", "token_softmax", "upscale_prompt"]
+
+log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("cpu_decoder.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -46,13 +51,14 @@ _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 def _call(lib: ctypes.CDLL, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
           ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
-          hw: tuple[int, int], out: torch.Tensor) -> None:
+          hw: tuple[int, int], out: torch.Tensor, bf16: bool = False) -> None:
     nk, c8 = hyper.shape
     rc = lib.geosam_upscale_prompt(
         _P(a.data_ptr()), _I64(a.stride(0)), _I64(a.shape[1]), _P(b.data_ptr()), _P(c.data_ptr()),
         _P(s.data_ptr()), _I64(s.stride(0)), _P(ln[0].data_ptr()), _P(ln[1].data_ptr()), ctypes.c_float(ln[2]),
         _P(w2t.data_ptr()), _P(b2.data_ptr()), _P(hyper.data_ptr()), _I64(nk), _I64(w2t.shape[0]), _I64(c8),
-        _I64(hw[0]), _I64(hw[1]), _P(out.data_ptr()), _I64(out[0].numel()), ctypes.c_int(torch.get_num_threads()),
+        _I64(hw[0]), _I64(hw[1]), _P(out.data_ptr()), _I64(out[0].numel()), ctypes.c_int(int(bf16)),
+        ctypes.c_int(torch.get_num_threads()),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("cpu_decoder: out of memory for the upscaling buffers")
@@ -60,13 +66,15 @@ def _call(lib: ctypes.CDLL, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s
 
 def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
               ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
-              hw: tuple[int, int]) -> torch.Tensor:
-    """torch's ops for what `upscale_prompt` computes: (K, 4h, 4w) masks."""
+              hw: tuple[int, int], bf16: bool = False) -> torch.Tensor:
+    """torch's ops for what `upscale_prompt` computes: (K, 4h, 4w) masks; ``bf16``: the two products' inputs rounded
+    to bf16 first, as the kernel's bf16 products take them."""
     hh, ww = hw
     c4, c8 = w2t.shape[0], hyper.shape[1]
-    y = (a @ b + s * c[:, None]).view(-1, c4)
+    rnd = (lambda t: t.to(torch.bfloat16).float()) if bf16 else (lambda t: t)
+    y = (rnd(a) @ rnd(b) + s * c[:, None]).view(-1, c4)
     yn = F.gelu(F.layer_norm(y, (c4,), ln[0], ln[1], ln[2]))
-    z = F.gelu(yn @ w2t + b2).view(hh, ww, 2, 2, 2, 2, c8)  # (i, j, a, b, a2, b2, o2)
+    z = F.gelu(rnd(yn) @ rnd(w2t) + b2).view(hh, ww, 2, 2, 2, 2, c8)  # (i, j, a, b, a2, b2, o2)
     m = z @ hyper.t()  # (..., K)
     return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * hh, 4 * ww)
 
@@ -199,12 +207,26 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
         if not (torch.equal(_call_factor_rows(lib, records, 1, got), factor_rows_reference(records, 1, want))
                 and torch.equal(got, want)):
             return False
-    for hw, k1, c4, c8, nk in (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6, 8, 16, 4)):
+    return _upscale_agrees(lib, gen, False, 1e-4)
+
+
+#: (h, w), K1, C4, C8, K of the load-time checks: tails of the position blocks and of the register tiles, odd inner
+#: sizes, 1 to 4 masks, SAM's sizes.
+_CHECKED_SHAPES = (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6, 8, 16, 4))
+
+#: Largest difference of the bf16 products' masks from `reference`'s with ``bf16=True`` the load-time check accepts,
+#: relative to the masks' scale: the sums' order, and a feature rounded to the other side of a bf16 step where the
+#: kernel's norm and GELU differ from torch's in the last bit.
+BF16_TOLERANCE = 1e-3
+
+
+def _upscale_agrees(lib: ctypes.CDLL, gen: torch.Generator, bf16: bool, tol: float) -> bool:
+    for hw, k1, c4, c8, nk in _CHECKED_SHAPES:
         a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
-        want = reference(a, b, c, s, ln, w2t, b2, hyper, hw)
+        want = reference(a, b, c, s, ln, w2t, b2, hyper, hw, bf16=bf16)
         got = torch.full_like(want, float("nan"))
-        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got)
-        if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
+        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got, bf16=bf16)
+        if not torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())):
             return False
     return True
 
@@ -219,6 +241,19 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the compiled kernel is in use in this process."""
     return _library() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_available() -> bool:
+    """Whether `upscale_prompt` runs its products in bf16 when asked to: the kernel in use, a CPU with AVX-512 BF16,
+    and the kernel's bf16 masks `reference`'s with ``bf16=True`` here (within `BF16_TOLERANCE`)."""
+    lib = _library()
+    if lib is None or "avx512_bf16" not in cpu_flags():
+        return False
+    if _upscale_agrees(lib, torch.Generator().manual_seed(1), True, BF16_TOLERANCE):
+        return True
+    log.warning("cpu_decoder.c: the bf16 upscaling products do not match torch's on bf16 inputs here; float32 is used")
+    return False
 
 
 def quad(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, symmetric: bool = False) -> torch.Tensor | None:
@@ -258,12 +293,14 @@ def token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tens
 
 def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
                    ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor,
-                   hyper: torch.Tensor, hw: tuple[int, int], out: torch.Tensor) -> bool:
+                   hyper: torch.Tensor, hw: tuple[int, int], out: torch.Tensor, bf16: bool = False) -> bool:
     """One prompt's masks into ``out`` (K, 4h, 4w) if the kernel takes them (True), else nothing done (False).
 
     a (P, K1), b (K1, 4 C4), c (P,), s (P, 4 C4): upscale_conv1's output ``a @ b + c s`` at the P = h w image
     positions (row-major), columns (a, b, o) for output pixel (2i + a, 2j + b); ln: upscale_layer_norm's weight,
     bias and eps; w2t (C4, 4 C8) and b2 (4 C8): upscale_conv2 as a product, columns (a2, b2, o2); hyper (K, C8).
+    ``bf16``: the two products on their inputs rounded to bf16 where `bf16_available` (half their time; float32
+    elsewhere), for the bf16 dtype.
     """
     tensors = (a, b, c, s, ln[0], ln[1], w2t, b2, hyper, out)
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
@@ -278,5 +315,5 @@ def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.T
     s = s if s.stride(1) == 1 else s.contiguous()
     b, c, w2t, b2, hyper = (t.contiguous() for t in (b, c.reshape(-1), w2t, b2, hyper))
     ln = (ln[0].contiguous(), ln[1].contiguous(), float(ln[2]))
-    _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out)
+    _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out, bf16=bf16 and bf16_available())
     return True

@@ -46,13 +46,10 @@ multiplications touch the h*w positions:
 * otherwise (fewer than 3 prompts without a cache) nothing reads the last layer's image side but the final token ->
   image attention: it is attended to tile by tile as it is computed, with a running softmax
   (`_final_image_side_attention`), never written (Zen 3, 256 prompts: 11.18 vs 11.63 s, medians of 8 alternating);
-* the output upscaling (two 2x2 stride-2 transposed convolutions) runs as
-  channels-last matmuls (float32 on the CPU through
-  `geosam.models.cpu_gemm.linear`, the second GELU fused), one prompt at
-  a time on the CPU, and only the requested mask tokens are multiplied out
-  (on the CPU as K output rows, ``(K, C8) @ features^T``, not a K-wide
-  product); the pixel shuffle is done once on the K output masks (on the
-  CPU band by band, a gather straight into the output);
+* the output upscaling (two 2x2 stride-2 transposed convolutions) runs as channels-last matmuls (float32 on the CPU
+  through `geosam.models.cpu_gemm.linear`, the second GELU fused), one prompt at a time on the CPU, and only the
+  requested mask tokens are multiplied out (on the CPU as K output rows, ``(K, C8) @ features^T``, not a K-wide
+  product); the pixel shuffle is done once on the K output masks (on the CPU band by band, a gather into the output);
 * on the CPU in float32 every product with the (h*w, C) image side (scores,
   attention-weighted sums, the image -> token residual) goes through
   `geosam.models.cpu_gemm.bmm` (oneDNN where torch's float32 ``bmm``, MKL,
@@ -65,9 +62,9 @@ multiplications touch the h*w positions:
   above it are not upscaled at all (the predicted IoU needs only the transformer): their logits are ``-inf``. They
   would be dropped by the IoU filter anyway, so the kept masks are the same.
 
-Same math as the stock decoder; float32 results agree to rounding (~1e-5
-relative). ``attention_similarity`` / ``target_embedding`` (PerSAM) are not
-supported: use the stock path for those.
+Same math as the stock decoder; float32 results agree to rounding (~1e-5 relative); with ``bf16`` (the bf16 dtype, CPUs
+with AVX-512 BF16) the upscaling's two products take bf16 inputs. ``attention_similarity`` / ``target_embedding``
+(PerSAM) are not supported: use the stock path for those.
 """
 
 from __future__ import annotations
@@ -271,6 +268,7 @@ def fast_decode(
     iou_floor: float | None = None,
     cache: dict[Any, Any] | None = None,
     out: torch.Tensor | None = None,
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's mask decoder for N prompts on one image, same results as ``model.mask_decoder``.
 
@@ -284,7 +282,8 @@ def fast_decode(
     every returned IoU is at or below it are ``-inf`` (not computed). ``cache``: a dict the caller passes to every
     call on the same ``image_embeddings`` and ``dense_embeddings`` (the chunks and batches of prompts of one image),
     for what all of them share (it holds those tensors while they are its key: `cache_key`). ``out``: a contiguous
-    (N, K, 4h, 4w) tensor to write the masks into (returned), e.g. a chunk's slice of the batch's masks.
+    (N, K, 4h, 4w) tensor to write the masks into (returned), e.g. a chunk's slice of the batch's masks. ``bf16``:
+    the upscaling's products in bf16 where the CPU has AVX-512 BF16 (`geosam.models.cpu_decoder.upscale_prompt`).
     """
     dec = _unwrap(model.mask_decoder)
     tr = dec.transformer
@@ -395,6 +394,6 @@ def fast_decode(
             return a, b, c1, plan.shared
 
     masks = _upscale_and_predict(
-        dec, keys.reshape(n, hh, ww, c), hyper, rows=rows, conv1=conv1, tile=CPU_TILE_POSITIONS, out=out
+        dec, keys.reshape(n, hh, ww, c), hyper, rows=rows, conv1=conv1, tile=CPU_TILE_POSITIONS, out=out, bf16=bf16
     )
     return masks, iou

@@ -121,6 +121,7 @@ def _upscale_and_predict(
     conv1: Any = None,
     tile: int = 1024,
     out: torch.Tensor | None = None,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """upscale_conv1 -> LN -> GELU -> upscale_conv2 -> GELU, then hyper @ features, channels-last.
 
@@ -132,7 +133,8 @@ def _upscale_and_predict(
     prompt i -> ``(A, B, c, S)`` whose ``A @ B + c * S`` (rows: positions) is
     the first product (`_Conv1FromSharedImage`), in place of ``x[i] W1^T + b1``.
     ``tile``: image positions per band on the CPU (whole embedding rows). ``out``: where to write the masks (a
-    contiguous (N, K, 4h, 4w) tensor of their dtype, e.g. a slice of a larger batch's), else a new tensor.
+    contiguous (N, K, 4h, 4w) tensor of their dtype, e.g. a slice of a larger batch's), else a new tensor. ``bf16``:
+    the C pass's products in bf16 where the CPU has AVX-512 BF16 (`upscale_prompt`; the other paths are float32).
     """
     n, hh, ww, c = x.shape
     conv2 = dec.upscale_conv2
@@ -183,7 +185,7 @@ def _upscale_and_predict(
             parts = None if conv1 is None else conv1(idx[0])
             if fused is not None and parts is not None:
                 a, b, cc, sh = parts
-                if upscale_prompt(a, b, cc, sh, *fused, hyper_k, (hh, ww), out[idx[0]]):
+                if upscale_prompt(a, b, cc, sh, *fused, hyper_k, (hh, ww), out[idx[0]], bf16=bf16):
                     continue
             for r0 in range(0, hh, band):
                 r1 = min(hh, r0 + band)

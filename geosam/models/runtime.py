@@ -175,11 +175,12 @@ def _run_decoder(
 
         model = bundle.model
         emb = image_embeddings.to(device=bundle.device, dtype=torch.float32)
+        bf16 = bundle.dtype == torch.bfloat16  # the upscaling's products in bf16 where the CPU has AVX-512 BF16
         k = len(returned_mask_tokens(_unwrap(model.mask_decoder), multimask))
         return decode_in_chunks(
             bundle, prompts, n,
             lambda part, dense, pe, shared, out: fast_decode(model, emb, part, dense, multimask, pe,
-                                                             iou_floor=iou_floor, cache=shared, out=out),
+                                                             iou_floor=iou_floor, cache=shared, out=out, bf16=bf16),
             cache, (k, 4 * emb.shape[2], 4 * emb.shape[3]),
         )  # fmt: skip
     if n > 0 and isinstance(image_embeddings, MultiEmbeddings):
