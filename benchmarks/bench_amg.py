@@ -89,6 +89,8 @@ from _machine import cpu_name
 from roofline import count_flops, cpu_has_native_bf16, flop_counter, matmul_flops_per_s
 from sam_anchor import build_segment_anything, import_segment_anything
 
+from geosam.models.cpu_decoder import bf16_available as cpu_decoder_bf16
+
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
@@ -492,13 +494,15 @@ def main() -> None:
         for d in dtypes:
             # the stage times of the round whose geosam time is the median (the one `seconds` reports)
             times = rounds_s[f"geosam_{d}"]
-            st = stage_rounds[d][int(np.argsort(times)[(len(times) - 1) // 2])]
+            mid = int(np.argsort(times)[(len(times) - 1) // 2])  # with an even count, the faster of the middle two
+            st = stage_rounds[d][mid]
             dec_flops = model_flops[d] - enc_flops[d] * len(chips)
             dec_flops_seen = sum(flops[d]) - enc_flops_seen[d] * len(chips)
             g[d] = {
                 "geosam_s": round(seconds[f"geosam_{d}"], 3),
                 "stage_s": {k: round(v, 3) for k, v in st.items()},
-                "overhead_ratio": round(seconds[f"geosam_{d}"] / max(1e-9, st.get("encode", 0.0) + st.get("decode", 0.0)), 3),
+                # that round's own time (`seconds` is the mean of the middle two rounds with an even count)
+                "overhead_ratio": round(times[mid] / max(1e-9, st.get("encode", 0.0) + st.get("decode", 0.0)), 3),
                 "decoder_gflop": round(dec_flops / 1e9, 2),
                 "decoder_gflop_counted_with_c_kernels": round(dec_flops_seen / 1e9, 2),
                 "decoder_fraction_of_peak": round(dec_flops / max(1e-9, st.get("decode", 0.0)) / peak["float32"], 3),
@@ -549,6 +553,9 @@ def main() -> None:
             "box_nms_thresh": args.box_nms_thresh, "agreement_run_box_nms_thresh": 1.0, "dtypes": dtypes,
             "single_pass_grids_timed_without_nms": args.single_pass, "fast_paths": args.fast_paths,
             "nms_free_pass_references": args.nms_free_refs,
+            "decoder_peak_basis": "the float32 matmul peak in every dtype: the fast decoder runs in float32, but for "
+                                  "its upscaling's two products in bf16 where decoder_bf16_upscaling (bf16 dtype)",
+            "decoder_bf16_upscaling": device.type == "cpu" and cpu_decoder_bf16(),
             "model": f"random ViT-B SamConfig (encoder layers {args.encoder_layers}), sanity settings in bench_amg.py",
         },
         "dtype_auto": {"resolves_to": str(resolve_dtype("auto", device)).replace("torch.", ""),
