@@ -1,7 +1,8 @@
 /* bf16 pieces shared by geosam's AVX-512 BF16 kernels (cpu_attention512.c, cpu_decoder.c): the functions' target,
  * float32 -> bf16 rounding, a pair of bf16 in every lane, and vdpbf16ps (two float32 FMAs' work per instruction,
  * sums in float32). Called only where the CPU has AVX-512 BF16 (the Python side checks its flags). Included, not
- * compiled on its own; geosam/models/cpu_build.py hashes it with every kernel source, so a change here rebuilds them. */
+ * compiled on its own; geosam/models/cpu_build.py hashes it with every kernel source, so a change here rebuilds
+ * them. */
 #ifndef GEOSAM_CPU_BF16_H
 #define GEOSAM_CPU_BF16_H
 #include <immintrin.h>

@@ -113,7 +113,8 @@ static TBF void product_bf16(const float* x, int64_t sx, int64_t rows, const uin
     for (int64_t d = 0; d < sxb; d += 16) {
       const int64_t left = r < rows ? kn - d : 0;
       const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u);
-      _mm256_storeu_si256((__m256i*)(xb + r * sxb + d), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + r * sx + d)));
+      const __m256i v = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + r * sx + d));
+      _mm256_storeu_si256((__m256i*)(xb + r * sxb + d), v);
     }
   for (int64_t t = 0; t < n; t += 64)
     for (int64_t r = 0; r < rows6; r += 6) {
