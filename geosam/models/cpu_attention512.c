@@ -217,26 +217,10 @@ static T512 void pack_head(const float* const* tokp, int64_t n, int64_t np, int6
  * scores, softmax and sums in float32. */
 /* TBF, to_bf16, pair_at, dot2: cpu_bf16.h */
 
-/* s[r, 0:16 NK] = qb[r] . the keys of NK panels (panel t at kp + t d 16: pair (c, c + 1) of its key l at c 16 + 2 l)
- * for 8 rows of qb (d bf16 each) */
-#define QK_BF16(NK)                                                                                                  \
-  INLINE TBF void qk_bf16_##NK(const uint16_t* qb, int64_t d, const uint16_t* kp, float* s, int64_t ss) {          \
-    __m512 acc[8][NK];                                                                                               \
-    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                                                              \
-      _Pragma("GCC unroll 2") for (int t = 0; t < NK; t++) acc[r][t] = _mm512_setzero_ps();                          \
-    for (int64_t c = 0; c < d; c += 2) {                                                                             \
-      __m512i k[NK];                                                                                                 \
-      _Pragma("GCC unroll 2") for (int t = 0; t < NK; t++) k[t] = _mm512_loadu_si512(kp + t * d * 16 + c * 16);      \
-      _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) {                                                          \
-        __m512i x = pair_at(qb + r * d + c);                                                                         \
-        _Pragma("GCC unroll 2") for (int t = 0; t < NK; t++) acc[r][t] = dot2(acc[r][t], x, k[t]);                   \
-      }                                                                                                              \
-    }                                                                                                                \
-    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                                                              \
-      _Pragma("GCC unroll 2") for (int t = 0; t < NK; t++) _mm512_storeu_ps(s + r * ss + 16 * t, acc[r][t]);         \
-  }
-QK_BF16(1)
-QK_BF16(2)
+/* the scores' tiles: 8 rows of queries (d bf16 each) against 1 or 2 panels of 16 keys (panel t at kp + t d 16, the
+ * pair (c, c + 1) of its key l at c 16 + 2 l) */
+BF16_TILE(8, 1)
+BF16_TILE(8, 2)
 
 /* o[r, 0:16 NV] += sum_j p[r, j] v[j, 0:16 NV] for ROWS rows, p in bf16 (row stride sp), v in pairs of rows
  * (rows j, j + 1 at v + j 16 NV: column c's pair at 2 c), kn even */
@@ -308,9 +292,9 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
   for (int64_t t = 0; t < nt; t += 2)
     for (int64_t g = 0; g < BQ; g += 8) {
       if (t + 1 < nt)
-        qk_bf16_2(qb + g * d, d, kp + t * d * 16, s + g * ss + t * 16, ss);
+        bf16_tile_8x2(qb + g * d, d, kp + t * d * 16, d / 2, s + g * ss + t * 16, ss);
       else
-        qk_bf16_1(qb + g * d, d, kp + t * d * 16, s + g * ss + t * 16, ss);
+        bf16_tile_8x1(qb + g * d, d, kp + t * d * 16, d / 2, s + g * ss + t * 16, ss);
     }
   for (int64_t r = 0; r < BQ; r++)
     inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);

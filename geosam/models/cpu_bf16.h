@@ -26,4 +26,26 @@ INLINE_BF __m512i pair_at(const uint16_t* p) { /* p[0], p[1] in every 32-bit lan
 
 INLINE_BF __m512 dot2(__m512 acc, __m512i x, __m512i y) { return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)y); }
 
+/* BF16_TILE(ROWS, NP) defines bf16_tile_ROWSxNP: out[r][0:16 NP] = x[r] . NP panels of 16 columns for ROWS rows of x
+ * (k2n pairs of bf16 each, rows sx bf16 apart), panel t at p + t 32 k2n with column l's pair k2 at 32 k2 + 2 l (the
+ * vdpbf16ps layout): one chain per 16 outputs over the pairs, ROWS NP accumulators. Defined where used (the encoder's
+ * attention scores, the decoder's upscaling products), so no kernel carries tiles it does not call. */
+#define BF16_TILE(ROWS, NP)                                                                                          \
+  INLINE_BF void bf16_tile_##ROWS##x##NP(const uint16_t* x, int64_t sx, const uint16_t* p, int64_t k2n, float* out,  \
+                                         int64_t so) {                                                               \
+    __m512 acc[ROWS][NP];                                                                                            \
+    _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; r++)                                                           \
+      _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) acc[r][t] = _mm512_setzero_ps();                          \
+    for (int64_t k2 = 0; k2 < k2n; k2++) {                                                                           \
+      __m512i v[NP];                                                                                                 \
+      _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) v[t] = _mm512_loadu_si512(p + 32 * (t * k2n + k2));      \
+      _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; r++) {                                                       \
+        const __m512i xr = pair_at(x + r * sx + 2 * k2);                                                             \
+        _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) acc[r][t] = dot2(acc[r][t], xr, v[t]);                  \
+      }                                                                                                              \
+    }                                                                                                                \
+    _Pragma("GCC unroll 8") for (int r = 0; r < ROWS; r++)                                                           \
+      _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) _mm512_storeu_ps(out + r * so + 16 * t, acc[r][t]);       \
+  }
+
 #endif

@@ -81,27 +81,9 @@ static void pack_pairs(const float* b, int64_t kn, int64_t n, uint16_t* kp) {
         }
 }
 
-/* out[r][0:16 NP] = xb[r] . NP panels of 16 columns (panel t at p + t 32 k2n) for 6 rows of xb (k2n pairs each, sx
- * apart): one vdpbf16ps chain per 16 outputs over the pairs, 6 NP accumulators */
-#define TILE_BF16(NP)                                                                                               \
-  INLINE_BF void tile_bf16_##NP(const uint16_t* xb, int64_t sx, const uint16_t* p, int64_t k2n, float* out,         \
-                                int64_t so) {                                                                       \
-    __m512 acc[6][NP];                                                                                              \
-    _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)                                                             \
-      _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) acc[r][t] = _mm512_setzero_ps();                         \
-    for (int64_t k2 = 0; k2 < k2n; k2++) {                                                                          \
-      __m512i v[NP];                                                                                                \
-      _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) v[t] = _mm512_loadu_si512(p + 32 * (t * k2n + k2));     \
-      _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++) {                                                         \
-        const __m512i x = pair_at(xb + r * sx + 2 * k2);                                                            \
-        _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) acc[r][t] = dot2(acc[r][t], x, v[t]);                  \
-      }                                                                                                             \
-    }                                                                                                               \
-    _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)                                                             \
-      _Pragma("GCC unroll 4") for (int t = 0; t < NP; t++) _mm512_storeu_ps(out + r * so + 16 * t, acc[r][t]);      \
-  }
-TILE_BF16(4)
-TILE_BF16(2)
+/* 6 rows of a product's inputs against 4 or 2 panels of pack_pairs (64 or 32 columns) */
+BF16_TILE(6, 4)
+BF16_TILE(6, 2)
 
 /* `product` with x's rows and the matrix rounded to bf16 (kp: pack_pairs), sums in float32; n a multiple of 32.
  * x's rows go to xb as bf16 first (6 ceil(rows / 6) rows of kn + 1, plus 16 spare), out has room for as many rows
@@ -119,9 +101,9 @@ static TBF void product_bf16(const float* x, int64_t sx, int64_t rows, const uin
   for (int64_t t = 0; t < n; t += 64)
     for (int64_t r = 0; r < rows6; r += 6) {
       if (n - t >= 64)
-        tile_bf16_4(xb + r * sxb, sxb, kp + t * sxb, k2n, out + r * n + t, n);
+        bf16_tile_6x4(xb + r * sxb, sxb, kp + t * sxb, k2n, out + r * n + t, n);
       else
-        tile_bf16_2(xb + r * sxb, sxb, kp + t * sxb, k2n, out + r * n + t, n);
+        bf16_tile_6x2(xb + r * sxb, sxb, kp + t * sxb, k2n, out + r * n + t, n);
     }
 }
 
