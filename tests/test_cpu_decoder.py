@@ -50,6 +50,41 @@ def test_masks_match_torch(hw, k1: int, c4: int, c8: int, nk: int) -> None:
     assert torch.equal(two, got)
 
 
+needs_wide = pytest.mark.skipif(
+    not (_in_use() and "avx512f" in cpu_flags()), reason="the AVX-512 upscaling only on CPUs with AVX-512"
+)
+
+
+@needs_wide
+@pytest.mark.parametrize(
+    ("hw", "k1", "c4", "c8", "nk"),
+    [((64, 64), 116, 64, 32, 3), ((7, 5), 13, 16, 8, 1), ((3, 11), 40, 8, 16, 4), ((1, 1), 1, 8, 8, 2),
+     ((2, 9), 7, 24, 8, 3)],
+)
+def test_avx512_upscaling_is_the_avx2_bits(hw, k1: int, c4: int, c8: int, nk: int, monkeypatch) -> None:
+    """On AVX-512 CPUs the upscaling's float32 products (6 x 64 and 6 x 32 tiles, row tails) and GELUs (a norm row of
+    24 channels: a 16-lane step and an 8-lane tail) run in 16-lane registers, bit for bit the AVX2 path (each output
+    the same FMA chain), in float32 and, where the CPU has AVX-512 BF16, with the bf16 products; upscale_prompt uses
+    it."""
+    assert cpu_decoder.wide_available()
+    lib = cpu_decoder._library()
+    args = _inputs(torch.Generator().manual_seed(k1 + 1), hw, k1, c4, c8, nk)
+    real, calls = cpu_decoder._call, []
+    monkeypatch.setattr(cpu_decoder, "_call", lambda *a: calls.append(a[-1]) or real(*a))
+    for bf16 in (False, True) if cpu_decoder.bf16_available() else (False,):
+        flags = cpu_decoder.BF16 if bf16 else 0
+        narrow, wide = (torch.full((nk, 4 * hw[0], 4 * hw[1]), float("nan")) for _ in range(2))
+        real(lib, *args, hw, narrow, flags)
+        real(lib, *args, hw, wide, flags | cpu_decoder.WIDE)
+        assert not bool(wide.isnan().any())
+        assert torch.equal(wide, narrow)
+        calls.clear()
+        used = torch.full_like(wide, float("nan"))
+        assert cpu_decoder.upscale_prompt(*args, hw, used, bf16=bf16)
+        assert calls == [flags | cpu_decoder.WIDE]
+        assert torch.equal(used, wide)
+
+
 @needs_kernel
 def test_strided_first_product_inputs() -> None:
     """``a`` and ``s`` as row slices of wider buffers (the plan's reused buffer): read with their strides."""

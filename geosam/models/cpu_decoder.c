@@ -13,7 +13,8 @@
  * The same function as torch's path up to float rounding (torch's products block their sums differently, its GELU
  * is oneDNN's); geosam/models/cpu_decoder.py checks it against torch before using it. For the bf16 dtype on CPUs with
  * AVX-512 BF16 the two products take their inputs rounded to bf16 (vdpbf16ps, sums in float32: half the product
- * time); the norm, GELUs and hypernetwork dot products stay float32. Below it: 2. the layer norms'
+ * time); the norm, GELUs and hypernetwork dot products stay float32. On CPUs with AVX-512 the float32 products and
+ * the GELUs run in 16-lane registers (product512, gelu512: the same bits). Below it: 2. the layer norms'
  * quadratic forms, 3. the image -> token softmax over the tokens (torch's bits).
  */
 #include <immintrin.h>
@@ -107,6 +108,74 @@ static TBF void product_bf16(const float* x, int64_t sx, int64_t rows, const uin
     }
 }
 
+/* The float32 products and GELUs in 16-lane registers (CPUs with AVX-512: twice the AVX2 tiles' FLOPs per cycle
+ * where the FMA units are 512 bits wide, as on Intel's server CPUs and AMD's Zen 5). Each output is the same FMA
+ * chain over k from zero as in `product`, each GELU the same operations lane by lane: the same bits as the AVX2
+ * path, which geosam/models/cpu_decoder.py checks before using them. */
+#define T512 __attribute__((target("avx512f,fma")))
+
+/* out[r][0:16 np] = sum_k x[r][k] panel_t[k][0:16] for `rows` (<= 6) rows of x (sx apart) and np panels of
+ * pack_panels (kn 16 floats apart), outputs so apart: rows np accumulators */
+static inline __attribute__((always_inline)) T512 void tile512(const float* x, int64_t sx, const float* kp,
+                                                               int64_t kn, float* out, int64_t so, const int rows,
+                                                               const int np) {
+  __m512 acc[6][4];
+  _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)
+    _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kn; k++) {
+    __m512 v[4];
+    _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++) if (t < np) v[t] = _mm512_loadu_ps(kp + (t * kn + k) * 16);
+    _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++) if (r < rows) {
+      const __m512 xr = _mm512_set1_ps(x[r * sx + k]);
+      _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++) if (t < np) acc[r][t] = _mm512_fmadd_ps(xr, v[t], acc[r][t]);
+    }
+  }
+  _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++) if (r < rows)
+    _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++) if (t < np) _mm512_storeu_ps(out + r * so + 16 * t, acc[r][t]);
+}
+
+/* tile512 with its row count and panel count (4 or 2) known at compile time */
+static T512 void tile512_rows(const float* x, int64_t sx, const float* kp, int64_t kn, float* out, int64_t so,
+                              int rows, int np) {
+#define T5_CASE(r)                                                 \
+  case r:                                                          \
+    if (np == 4) tile512(x, sx, kp, kn, out, so, r, 4);            \
+    else tile512(x, sx, kp, kn, out, so, r, 2);                    \
+    break;
+  switch (rows) { T5_CASE(6) T5_CASE(5) T5_CASE(4) T5_CASE(3) T5_CASE(2) default: T5_CASE(1) }
+#undef T5_CASE
+}
+
+/* `product` in 6 x 64 (or 6 x 32) tiles of 16-lane registers; n a multiple of 32 */
+static T512 void product512(const float* x, int64_t sx, int64_t rows, const float* kp, int64_t kn, int64_t n,
+                            float* out) {
+  for (int64_t t = 0; t < n; t += 64)
+    for (int64_t r = 0; r < rows; r += 6)
+      tile512_rows(x + r * sx, sx, kp + t * kn, kn, out + r * n + t, n, (int)(rows - r < 6 ? rows - r : 6),
+                   n - t >= 64 ? 4 : 2);
+}
+
+static inline __attribute__((always_inline)) T512 __m512 erf_rational512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.f)), _mm512_set1_ps(-4.f));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(-2.72614225801306e-10f), _mm512_set1_ps(2.77068142495902e-08f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.10102402082508e-06f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-5.69250639462346e-05f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-7.34990630326855e-04f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.95459980854025e-03f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-1.60960333262415e-02f));
+  __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(-1.45660718464996e-05f), _mm512_set1_ps(-2.13374055278905e-04f));
+  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.68282697438203e-03f));
+  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-7.37332916720468e-03f));
+  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.42647390514189e-02f));
+  return _mm512_div_ps(_mm512_mul_ps(x, p), q);
+}
+
+static inline __attribute__((always_inline)) T512 __m512 gelu512(__m512 x) {
+  const __m512 u = erf_rational512(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752440f)));
+  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), _mm512_add_ps(_mm512_set1_ps(1.0f), u));
+}
+
 /* x (n, a multiple of 8): its mean and 1 / sqrt(var + eps), torch's biased variance */
 static inline void norm_stats(const float* x, int64_t n, float eps, float* mean, float* rstd) {
   __m256 acc = _mm256_setzero_ps();
@@ -138,6 +207,34 @@ static inline void norm_gelu(float* x, int64_t n, const float* w, const float* b
   for (; d < n; d += 8) {
     __m256 c = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + d), mv), rv);
     _mm256_storeu_ps(x + d, gelu(_mm256_fmadd_ps(c, _mm256_loadu_ps(w + d), _mm256_loadu_ps(b + d))));
+  }
+}
+
+/* norm_gelu for m rows of y (n each) with their (mean, rstd) in stats, 16 lanes a step (two at a time) */
+static T512 void norm_gelu_rows512(float* y, int64_t m, int64_t n, const float* w, const float* b,
+                                   const float* stats) {
+  for (int64_t r = 0; r < m; r++) {
+    float* x = y + r * n;
+    const __m512 mv = _mm512_set1_ps(stats[2 * r]), rv = _mm512_set1_ps(stats[2 * r + 1]);
+    int64_t d = 0;
+    for (; d + 32 <= n; d += 32) {
+      __m512 c0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + d), mv), rv);
+      __m512 c1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + d + 16), mv), rv);
+      c0 = gelu512(_mm512_fmadd_ps(c0, _mm512_loadu_ps(w + d), _mm512_loadu_ps(b + d)));
+      c1 = gelu512(_mm512_fmadd_ps(c1, _mm512_loadu_ps(w + d + 16), _mm512_loadu_ps(b + d + 16)));
+      _mm512_storeu_ps(x + d, c0);
+      _mm512_storeu_ps(x + d + 16, c1);
+    }
+    if (d < n) norm_gelu(x + d, n - d, w + d, b + d, stats[2 * r], stats[2 * r + 1]);
+  }
+}
+
+/* m rows of z (n each, a multiple of 16) -> GELU(z + bias), 16 lanes a step */
+static T512 void bias_gelu_rows512(float* z, int64_t m, int64_t n, const float* bias) {
+  for (int64_t r = 0; r < m; r++) {
+    float* zr = z + r * n;
+    for (int64_t d = 0; d < n; d += 16)
+      _mm512_storeu_ps(zr + d, gelu512(_mm512_add_ps(_mm512_loadu_ps(zr + d), _mm512_loadu_ps(bias + d))));
   }
 }
 
@@ -174,12 +271,14 @@ static inline __m256 hyper_pair(const float* hk, const float* zr, const float* z
  *   w2 (c4, 4 c8): upscale_conv2 as a product, columns (a2, b2, o2), bias b2 (4 c8);
  *   hyper (nk, c8): the hypernetwork vectors;
  *   out: nk masks of (4 hh) x (4 ww), `so` floats apart;
- *   bf16: both products on their inputs rounded to bf16 (product_bf16; only where the CPU has AVX-512 BF16).
+ *   flags: 1, both products on their inputs rounded to bf16 (product_bf16; only where the CPU has AVX-512 BF16);
+ *     2, the float32 products and the GELUs in AVX-512 registers (same bits; only where the CPU has AVX-512).
  * c4 and c8 multiples of 8. Returns 0, or -1 if out of memory (the masks then incomplete). */
 int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b, const float* c, const float* s,
                           int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2, const float* b2,
                           const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww, float* out,
-                          int64_t so, int bf16, int threads) {
+                          int64_t so, int flags, int threads) {
+  const int bf16 = flags & 1, wide = (flags & 2) != 0; /* wide: float32 in AVX-512 registers */
   const int64_t n1 = 4 * c4, n2 = 4 * c8, npos = hh * ww, ow = 4 * ww;
   const int64_t xbn = 4 * RB * (k1 + 1 > c4 + 1 ? k1 + 1 : c4 + 1) + 16; /* product_bf16's rows, in bf16 */
   float* bp = malloc(sizeof(float) * (size_t)((k1 + 1) * n1 + (c4 + 1) * n2));
@@ -209,6 +308,8 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
       const int64_t nb = npos - p0 < RB ? npos - p0 : RB;
       if (bf16)
         product_bf16(a + p0 * sa, sa, nb, bpb, k1, n1, y, xb);
+      else if (wide)
+        product512(a + p0 * sa, sa, nb, bp, k1, n1, y);
       else
         product(a + p0 * sa, sa, nb, bp, k1, n1, y);
       for (int64_t r = 0; r < nb; r++) {
@@ -220,16 +321,24 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
         for (int g = 0; g < 4; g++) norm_stats(yr + g * c4, c4, eps, stats + 2 * (4 * r + g), stats + 2 * (4 * r + g) + 1);
       }
       /* the statistics of the whole block first, then its norms and GELUs: one long stream of independent work */
-      for (int64_t r = 0; r < 4 * nb; r++) norm_gelu(y + r * c4, c4, lnw, lnb, stats[2 * r], stats[2 * r + 1]);
+      if (wide)
+        norm_gelu_rows512(y, 4 * nb, c4, lnw, lnb, stats);
+      else
+        for (int64_t r = 0; r < 4 * nb; r++) norm_gelu(y + r * c4, c4, lnw, lnb, stats[2 * r], stats[2 * r + 1]);
       if (bf16)
         product_bf16(y, c4, 4 * nb, w2pb, c4, n2, z, xb);
+      else if (wide)
+        product512(y, c4, 4 * nb, w2p, c4, n2, z);
       else
         product(y, c4, 4 * nb, w2p, c4, n2, z);
-      for (int64_t r = 0; r < 4 * nb; r++) {
-        float* zr = z + r * n2;
-        for (int64_t d = 0; d < n2; d += 8)
-          _mm256_storeu_ps(zr + d, gelu(_mm256_add_ps(_mm256_loadu_ps(zr + d), _mm256_loadu_ps(b2 + d))));
-      }
+      if (wide)
+        bias_gelu_rows512(z, 4 * nb, n2, b2);
+      else
+        for (int64_t r = 0; r < 4 * nb; r++) {
+          float* zr = z + r * n2;
+          for (int64_t d = 0; d < n2; d += 8)
+            _mm256_storeu_ps(zr + d, gelu(_mm256_add_ps(_mm256_loadu_ps(zr + d), _mm256_loadu_ps(b2 + d))));
+        }
       /* rows r, r + 1 (r even: sub-pixel columns b = 0, 1 of one position and row a) give 4 adjacent pixels in
        * each of the output rows 4i + 2a and 4i + 2a + 1 */
       for (int64_t r = 0; r < 4 * nb; r += 2) {
