@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from geosam.models import cpu_gemm
 from geosam.models.cpu_gemm import bmm, linear, onednn_linear_available
 
 
@@ -36,7 +37,8 @@ def test_other_dtypes_and_switch_off(monkeypatch) -> None:
 
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_linear_into_a_buffer(monkeypatch, onednn: str) -> None:
-    """``out=``: torch's product writes into the buffer, F.linear's numbers exactly; oneDNN returns its own tensor."""
+    """``out=``: torch's product writes into the buffer, F.linear's numbers exactly; oneDNN's fills it too (its op
+    makes its own outputs: by blocks of rows, copied), F.linear's numbers to rounding and the whole product's."""
     monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", onednn)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn((3, 4, 16), generator=gen)
@@ -46,11 +48,23 @@ def test_linear_into_a_buffer(monkeypatch, onednn: str) -> None:
         ref = F.gelu(ref) if gelu else ref
         buf = torch.full((3, 4, 24), float("nan"))
         out = linear(x, w, bias, gelu=gelu, out=buf)
+        assert out.data_ptr() == buf.data_ptr()
         if onednn == "0" or not onednn_linear_available():
-            assert out.data_ptr() == buf.data_ptr()
             assert torch.equal(out, ref)
         else:
             assert float((out - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+            whole = linear(x, w, bias, gelu=gelu)
+            torch.testing.assert_close(out, whole, rtol=1e-6, atol=1e-6 * float(whole.abs().max()))
+    if onednn == "1" and onednn_linear_available():  # blocks of 5 rows (24 floats a row): 12 rows in 3, one short
+        whole = linear(x, w, b, gelu=True)
+        monkeypatch.setattr(cpu_gemm, "ROW_BLOCK_BYTES", 5 * 24 * 4)
+        made: list[int] = []
+        real = cpu_gemm._pointwise_linear
+        monkeypatch.setattr(cpu_gemm, "_pointwise_linear", lambda *a: made.append(a[0].shape[0]) or real(*a))
+        blocks = linear(x, w, b, gelu=True, out=torch.full((3, 4, 24), float("nan")))
+        assert made == [5, 5, 2]
+        torch.testing.assert_close(blocks, whole, rtol=1e-6, atol=1e-6 * float(whole.abs().max()))
+        monkeypatch.setattr(cpu_gemm, "_pointwise_linear", real)
     # a buffer of the wrong shape is not used
     wrong = torch.empty((2, 24))
     out = linear(x, w, b, out=wrong)

@@ -91,6 +91,35 @@ def test_float32_through_either_backend_equals_stock(vit_and_pixels, monkeypatch
     assert _rel(fast_image_embeddings(model, pixels, torch.float32), stock) < 1e-5
 
 
+@pytest.mark.parametrize("onednn", ["1", "0"])
+def test_float32_large_intermediates_by_blocks_of_rows(vit_and_pixels, monkeypatch, onednn: str) -> None:
+    """The qkv projection into the forward's buffer and the MLP by blocks of rows whose outputs stay below
+    `cpu_gemm.ROW_BLOCK_BYTES` (a ViT-B's 38 and 50 MB would be fresh pages every layer): forced on the small ViT
+    (rows of 192 and 128 floats, blocks of 1 KiB), the embeddings equal the whole products' to rounding and the
+    stock forward's."""
+    from geosam.models import cpu_gemm
+
+    model, pixels = vit_and_pixels
+    monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", onednn)
+    whole = fast_image_embeddings(model, pixels, torch.float32)
+    widths: dict[int, list[int]] = {}
+    real_linear = cpu_gemm._pointwise_linear if onednn == "1" and cpu_gemm.onednn_linear_available() else None
+    if real_linear is not None:  # oneDNN's op: the outputs it makes
+        def spy(x, w, b, gelu):
+            widths.setdefault(w.shape[0], []).append(x.shape[0])
+            return real_linear(x, w, b, gelu)
+
+        monkeypatch.setattr(cpu_gemm, "_pointwise_linear", spy)
+    monkeypatch.setattr(cpu_gemm, "ROW_BLOCK_BYTES", 1024)
+    blocks = fast_image_embeddings(model, pixels, torch.float32)
+    torch.testing.assert_close(blocks, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))
+    with torch.no_grad():
+        assert _rel(blocks, model.get_image_embeddings(pixels)) < 1e-5
+    if real_linear is not None:
+        assert max(widths[192]) == 1 and max(widths[128]) == 2  # qkv (3 x 64) and MLP hidden (128): rows a block
+        assert sum(widths[192]) == 3 * 2 * 16 * 16  # every token's qkv of the 3 layers, 2 images
+
+
 @pytest.mark.parametrize("window_size", [4, 5, 16, 20])
 def test_window_sizes_equal_stock(window_size: int) -> None:
     """Windows that tile the 16 x 16 map exactly (4, 16), leave a padded strip (5: 15 + 1) or cover more than the

@@ -31,7 +31,8 @@ the attention runs explicitly (`geosam.models.encoder_attention`), the qkv /
 output projections and the MLP (GELU fused) through
 `geosam.models.cpu_gemm.linear`, the windowed layers' projections on the real
 tokens only (`_windowed_attention_f32`: no padded token is projected), the
-largest intermediates in buffers kept for the whole forward (`_buffer`). AMD
+qkv projection in a buffer kept for the whole forward (`_buffer`) and the MLP by
+blocks of rows (`_add_mlp_f32`), so that no layer takes fresh pages for them. AMD
 EPYC Zen 4, one thread: the ViT-B encoder 9.9 vs 10.7-11.0 s before the fused
 CPU attention kernels (see docs/performance.md).
 
@@ -46,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_gemm import linear, linear_gelu_low
+from geosam.models.cpu_gemm import block_rows, linear, linear_gelu_low
 from geosam.models.device import cpu_bf16_kind
 from geosam.models.encoder_attention import attend, attend_windows
 
@@ -171,27 +172,31 @@ def _exact_gelu(act: Any) -> bool:
     return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is F.gelu
 
 
-def _mlp_f32(mlp: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """``mlp(x)`` (a ``SamMLPBlock``: lin1, act, lin2) with oneDNN products, GELU fused where it is exact."""
+def _add_mlp_f32(mlp: Any, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x += mlp(h)`` (a ``SamMLPBlock``: lin1, act, lin2) with oneDNN products, GELU fused where it is exact, by
+    blocks of rows whose hidden activations stay below `geosam.models.cpu_gemm.ROW_BLOCK_BYTES` (heap memory used
+    again rather than a fresh 50 MB block every layer for a ViT-B at 1024 px); x contiguous, updated in place."""
     if not all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")):
-        return mlp(x)
-    hidden = _buffer(buffers, "mlp", (*x.shape[:-1], mlp.lin1.weight.shape[0]), x)
-    if _exact_gelu(mlp.act):
-        h = linear(x, mlp.lin1.weight, mlp.lin1.bias, gelu=True, out=hidden)
-    else:
-        h = mlp.act(linear(x, mlp.lin1.weight, mlp.lin1.bias, out=hidden))
-    return linear(h, mlp.lin2.weight, mlp.lin2.bias)
+        return x.add_(mlp(h))
+    w1, b1, w2, b2 = mlp.lin1.weight, mlp.lin1.bias, mlp.lin2.weight, mlp.lin2.bias
+    hr, xr = h.reshape(-1, h.shape[-1]), x.view(-1, x.shape[-1])
+    step = block_rows(w1.shape[0], h.element_size())
+    for r0 in range(0, hr.shape[0], step):
+        rows = hr[r0 : r0 + step]
+        hidden = linear(rows, w1, b1, gelu=True) if _exact_gelu(mlp.act) else mlp.act(linear(rows, w1, b1))
+        xr[r0 : r0 + step].add_(linear(hidden, w2, b2))
+    return x
 
 
 def _layer_f32(layer: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """``SamVisionLayer.forward`` in float32 with `_attention_f32` and `_mlp_f32`; x updated in place.
+    """``SamVisionLayer.forward`` in float32 with `_attention_f32` and `_add_mlp_f32`; x updated in place.
 
     ``buffers``: the large intermediates' buffers, shared by the layers of one forward (`_buffer`).
     """
     h = layer.layer_norm1(x)
     h = _windowed_attention_f32(layer, h, buffers) if layer.window_size > 0 else _attention_f32(layer.attn, h, buffers)
     x.add_(h)
-    return x.add_(_mlp_f32(layer.mlp, layer.layer_norm2(x), buffers))
+    return _add_mlp_f32(layer.mlp, layer.layer_norm2(x), x)
 
 
 def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -211,7 +216,7 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.add_(layer.mlp(layer.layer_norm2(x)))
 
 
-def _layer_mixed(layer: Any, x: torch.Tensor) -> torch.Tensor:
+def _layer_mixed(layer: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``SamVisionLayer.forward`` under CPU autocast with the attention outside torch's; ``x`` updated in place.
 
     The projections and the MLP run in the autocast dtype (oneDNN's bf16 products, ~2x float32's on AVX-512 BF16;
@@ -225,7 +230,8 @@ def _layer_mixed(layer: Any, x: torch.Tensor) -> torch.Tensor:
     attn = layer.attn
     h = layer.layer_norm1(x)
     qkv_low = attn.qkv(h)
-    qkv = qkv_low.float()
+    qkv = _buffer(buffers, "qkv", qkv_low.shape, x)  # widened into the forward's buffer (`_buffer`: 38 MB for a ViT-B)
+    qkv = qkv_low.float() if qkv is None else qkv.copy_(qkv_low)
     bf16 = qkv_low.dtype == torch.bfloat16  # q, k, v bf16 numbers: the AVX-512 BF16 kernel's products lose nothing
     # windows: a padded token's q, k, v are zeros through the same (low-precision) projection
     pad_qkv = attn.qkv(h.new_zeros((1, h.shape[-1]))).float()[0] if layer.window_size > 0 else None
@@ -311,7 +317,7 @@ def fast_image_embeddings(
             if dtype == torch.float32:
                 x = _layer_f32(layer, x, buffers)
             else:
-                x = _layer_mixed(layer, x) if mixed else _layer(layer, x, dtype)
+                x = _layer_mixed(layer, x, buffers) if mixed else _layer(layer, x, dtype)
             if intermediates is not None and layer.window_size == 0:
                 intermediates.append(x.clone())  # x is the residual stream, updated in place by the next layers
         return _neck_f32(enc.neck, x) if dtype == torch.float32 else enc.neck(x)
