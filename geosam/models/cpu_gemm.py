@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from geosam.models.device import cpu_flags, cpu_vendor
 
-__all__ = ["ROW_BLOCK_BYTES", "block_rows", "bmm", "linear", "linear_gelu_low", "mkl_float32_slow", "onednn_linear_available"]
+__all__ = ["ROW_BLOCK_BYTES", "bmm", "linear", "linear_gelu_low", "mkl_float32_slow", "onednn_linear_available", "row_blocks"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,7 +93,7 @@ def linear(
     ``F.linear``, ``addmm``), so that a caller reusing it spares the
     allocation, which for blocks of 32 MiB and more is fresh pages from the
     kernel each time (`geosam.models.cpu_memory`); the oneDNN op allocates its
-    own output, so there ``out`` is filled by blocks of rows (`block_rows`; the
+    own output, so there ``out`` is filled by blocks of rows (`row_blocks`; the
     same numbers: a row's sums do not depend on the others). Use the returned tensor either way.
     """
     if _onednn(x, weight):
@@ -101,9 +101,8 @@ def linear(
             return _pointwise_linear(x, weight, bias, gelu)
         # oneDNN's op makes its own output: blocks of rows whose outputs come from the heap, copied into ``out``
         x2, o2 = x.reshape(-1, x.shape[-1]), out.view(-1, weight.shape[0])
-        step = block_rows(weight.shape[0], out.element_size())
-        for r0 in range(0, x2.shape[0], step):
-            o2[r0 : r0 + step].copy_(_pointwise_linear(x2[r0 : r0 + step], weight, bias, gelu))
+        for r0, r1 in row_blocks(x2.shape[0], weight.shape[0], out.element_size()):
+            o2[r0:r1].copy_(_pointwise_linear(x2[r0:r1], weight, bias, gelu))
         return out
     if out is not None and out.is_contiguous() and out.shape == (*x.shape[:-1], weight.shape[0]):
         x2, o2 = x.reshape(-1, x.shape[-1]), out.view(-1, weight.shape[0])
@@ -117,20 +116,24 @@ def linear(
     return torch.ops.aten.gelu_(res) if gelu else res
 
 
-#: Largest output block (bytes) of a product run by blocks of rows (`block_rows`): below glibc's 32 MiB mmap
+#: Largest output block (bytes) of a product run by blocks of rows (`row_blocks`): below glibc's 32 MiB mmap
 #: threshold as `geosam.models.cpu_memory` sets it, so that the blocks are heap memory used again, not fresh pages.
 ROW_BLOCK_BYTES = 16 * 1024 * 1024
 
 
-def block_rows(width: int, itemsize: int) -> int:
-    """Rows per block for outputs of ``width`` elements of ``itemsize`` bytes a row: at most `ROW_BLOCK_BYTES` a block.
+def row_blocks(rows: int, width: int, itemsize: int) -> list[tuple[int, int]]:
+    """``rows`` rows of outputs of ``width`` elements of ``itemsize`` bytes as (start, stop) blocks of at most
+    `ROW_BLOCK_BYTES`, as equal as they go (no block of a few rows: oneDNN sums a one-row product in another order).
 
     A ViT-B's encoder at 1024 px has two float32 intermediates above glibc's mmap threshold, the qkv projection
     (4096 x 2304, 38 MB) and the MLP's hidden activations (4096 x 3072, 50 MB): made whole, each is fresh pages
     from the kernel every layer, ~9 and ~12 thousand page faults (AMD EPYC Zen 4, one thread: 17 ms for a fresh
     38 MB tensor written vs 2.5 ms for one reused), unless glibc happens to find room in its heap.
     """
-    return max(1, ROW_BLOCK_BYTES // max(1, width * itemsize))
+    per = max(1, ROW_BLOCK_BYTES // max(1, width * itemsize))
+    n = max(1, -(-rows // per))
+    bounds = [rows * i // n for i in range(n + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(n) if bounds[i + 1] > bounds[i]]
 
 
 def _pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:

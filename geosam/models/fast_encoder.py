@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_gemm import block_rows, linear, linear_gelu_low
+from geosam.models.cpu_gemm import linear, linear_gelu_low, row_blocks
 from geosam.models.device import cpu_bf16_kind
 from geosam.models.encoder_attention import attend, attend_windows
 
@@ -180,11 +180,9 @@ def _add_mlp_f32(mlp: Any, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x.add_(mlp(h))
     w1, b1, w2, b2 = mlp.lin1.weight, mlp.lin1.bias, mlp.lin2.weight, mlp.lin2.bias
     hr, xr = h.reshape(-1, h.shape[-1]), x.view(-1, x.shape[-1])
-    step = block_rows(w1.shape[0], h.element_size())
-    for r0 in range(0, hr.shape[0], step):
-        rows = hr[r0 : r0 + step]
-        hidden = linear(rows, w1, b1, gelu=True) if _exact_gelu(mlp.act) else mlp.act(linear(rows, w1, b1))
-        xr[r0 : r0 + step].add_(linear(hidden, w2, b2))
+    for r0, r1 in row_blocks(hr.shape[0], w1.shape[0], h.element_size()):
+        hidden = linear(hr[r0:r1], w1, b1, gelu=True) if _exact_gelu(mlp.act) else mlp.act(linear(hr[r0:r1], w1, b1))
+        xr[r0:r1].add_(linear(hidden, w2, b2))
     return x
 
 
