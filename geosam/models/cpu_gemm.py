@@ -94,7 +94,8 @@ def linear(
     allocation, which for blocks of 32 MiB and more is fresh pages from the
     kernel each time (`geosam.models.cpu_memory`); the oneDNN op allocates its
     own output, so there ``out`` is filled by blocks of rows (`row_blocks`; the
-    same numbers: a row's sums do not depend on the others). Use the returned tensor either way.
+    same numbers on an AMD EPYC Zen 4: a row's sums do not depend on the other
+    rows while a block is not a single row). Use the returned tensor either way.
     """
     if _onednn(x, weight):
         if out is None or not (out.is_contiguous() and out.shape == (*x.shape[:-1], weight.shape[0])):
