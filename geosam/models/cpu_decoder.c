@@ -306,10 +306,6 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
     for (int64_t p0 = 0; p0 < npos; p0 += RB) {
       if (buf == NULL) continue;
       const int64_t nb = npos - p0 < RB ? npos - p0 : RB;
-      /* the next block's rows of s (the image side shared by all prompts, 1 KiB a position for SAM: read from L3 or
-       * memory) on their way while this block's products run */
-      for (int64_t r = p0 + RB; r < p0 + 2 * RB && r < npos; r++)
-        for (int64_t d = 0; d < n1; d += 16) _mm_prefetch((const char*)(s + r * ss + d), _MM_HINT_T0);
       if (bf16)
         product_bf16(a + p0 * sa, sa, nb, bpb, k1, n1, y, xb);
       else if (wide)
