@@ -27,28 +27,33 @@
 #define RB 12 /* image positions per block */
 
 /* erf(x) as Eigen's generic_fast_erf_float: x clamped to [-4, 4] (erf is +-1 in float beyond), an odd degree-13
- * polynomial over an even degree-8 one; no exp, one division (Eigen's error bound: a few ulp) */
-static inline __m256 erf_rational(__m256 x) {
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(4.f)), _mm256_set1_ps(-4.f));
-  const __m256 x2 = _mm256_mul_ps(x, x);
-  __m256 p = _mm256_fmadd_ps(x2, _mm256_set1_ps(-2.72614225801306e-10f), _mm256_set1_ps(2.77068142495902e-08f));
-  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.10102402082508e-06f));
-  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-5.69250639462346e-05f));
-  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-7.34990630326855e-04f));
-  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-2.95459980854025e-03f));
-  p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(-1.60960333262415e-02f));
-  __m256 q = _mm256_fmadd_ps(x2, _mm256_set1_ps(-1.45660718464996e-05f), _mm256_set1_ps(-2.13374055278905e-04f));
-  q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.68282697438203e-03f));
-  q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-7.37332916720468e-03f));
-  q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(-1.42647390514189e-02f));
-  return _mm256_div_ps(_mm256_mul_ps(x, p), q);
-}
+ * polynomial over an even degree-8 one; no exp, one division (Eigen's error bound: a few ulp). GELU (approximate=
+ * "none"): x * 0.5 * (1 + erf(x / sqrt 2)). One body for both widths: V the vector type, P the intrinsics' prefix
+ * (_mm256 for erf_rational / gelu, _mm512 for erf_rational512 / gelu512 below: the same operations lane by lane,
+ * so the same bits), ATTR their target. */
+#define ERF_GELU(ERF, GELU, V, P, ATTR)                                                                             \
+  static inline __attribute__((always_inline)) ATTR V ERF(V x) {                                                    \
+    x = P##_max_ps(P##_min_ps(x, P##_set1_ps(4.f)), P##_set1_ps(-4.f));                                              \
+    const V x2 = P##_mul_ps(x, x);                                                                                  \
+    V p = P##_fmadd_ps(x2, P##_set1_ps(-2.72614225801306e-10f), P##_set1_ps(2.77068142495902e-08f));                 \
+    p = P##_fmadd_ps(x2, p, P##_set1_ps(-2.10102402082508e-06f));                                                   \
+    p = P##_fmadd_ps(x2, p, P##_set1_ps(-5.69250639462346e-05f));                                                   \
+    p = P##_fmadd_ps(x2, p, P##_set1_ps(-7.34990630326855e-04f));                                                   \
+    p = P##_fmadd_ps(x2, p, P##_set1_ps(-2.95459980854025e-03f));                                                   \
+    p = P##_fmadd_ps(x2, p, P##_set1_ps(-1.60960333262415e-02f));                                                   \
+    V q = P##_fmadd_ps(x2, P##_set1_ps(-1.45660718464996e-05f), P##_set1_ps(-2.13374055278905e-04f));                \
+    q = P##_fmadd_ps(x2, q, P##_set1_ps(-1.68282697438203e-03f));                                                   \
+    q = P##_fmadd_ps(x2, q, P##_set1_ps(-7.37332916720468e-03f));                                                   \
+    q = P##_fmadd_ps(x2, q, P##_set1_ps(-1.42647390514189e-02f));                                                   \
+    return P##_div_ps(P##_mul_ps(x, p), q);                                                                          \
+  }                                                                                                                 \
+  static inline __attribute__((always_inline)) ATTR V GELU(V x) {                                                   \
+    const V u = ERF(P##_mul_ps(x, P##_set1_ps(0.70710678118654752440f)));                                           \
+    return P##_mul_ps(P##_mul_ps(x, P##_set1_ps(0.5f)), P##_add_ps(P##_set1_ps(1.0f), u));                           \
+  }
 
-/* GELU (approximate="none"): x * 0.5 * (1 + erf(x / sqrt 2)) */
-static inline __m256 gelu(__m256 x) {
-  const __m256 u = erf_rational(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752440f)));
-  return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(_mm256_set1_ps(1.0f), u));
-}
+#define NO_TARGET
+ERF_GELU(erf_rational, gelu, __m256, _mm256, NO_TARGET)
 
 /* for the check of the GELU alone: y = gelu(x), n a multiple of 8 */
 void geosam_gelu(const float* x, float* y, int64_t n) {
@@ -155,26 +160,7 @@ static T512 void product512(const float* x, int64_t sx, int64_t rows, const floa
                    n - t >= 64 ? 4 : 2);
 }
 
-static inline __attribute__((always_inline)) T512 __m512 erf_rational512(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.f)), _mm512_set1_ps(-4.f));
-  const __m512 x2 = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(-2.72614225801306e-10f), _mm512_set1_ps(2.77068142495902e-08f));
-  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.10102402082508e-06f));
-  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-5.69250639462346e-05f));
-  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-7.34990630326855e-04f));
-  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-2.95459980854025e-03f));
-  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-1.60960333262415e-02f));
-  __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(-1.45660718464996e-05f), _mm512_set1_ps(-2.13374055278905e-04f));
-  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.68282697438203e-03f));
-  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-7.37332916720468e-03f));
-  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(-1.42647390514189e-02f));
-  return _mm512_div_ps(_mm512_mul_ps(x, p), q);
-}
-
-static inline __attribute__((always_inline)) T512 __m512 gelu512(__m512 x) {
-  const __m512 u = erf_rational512(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752440f)));
-  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), _mm512_add_ps(_mm512_set1_ps(1.0f), u));
-}
+ERF_GELU(erf_rational512, gelu512, __m512, _mm512, T512)
 
 /* x (n, a multiple of 8): its mean and 1 / sqrt(var + eps), torch's biased variance */
 static inline void norm_stats(const float* x, int64_t n, float eps, float* mean, float* rstd) {
