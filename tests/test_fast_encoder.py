@@ -288,7 +288,8 @@ def test_segment_config_compile_reaches_the_generator(monkeypatch, tiny_sam_dir:
 
 def test_float32_neck_is_the_stock_neck_at_any_thread_count() -> None:
     """The neck's convolutions as thread-invariant products (oneDNN's float32 convolutions sum in a thread-dependent
-    order): a ViT-B-sized neck gives the same bits at 1, 2 and 3 threads, within float rounding of the stock neck;
+    order, and so does MKL's AVX-512 GEMM, Intel's float32 path, for the 3 x 3 convolution's 2304-long sums into
+    256 channels: 2 threads differ from 1 and 3): a ViT-B-sized neck gives the same bits at 1, 2 and 3 threads, within float rounding of the stock neck;
     a neck with its own forward runs as it is."""
     from transformers import SamVisionConfig
     from transformers.models.sam.modeling_sam import SamVisionNeck

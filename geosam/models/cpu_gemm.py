@@ -69,13 +69,14 @@ def onednn_linear_available() -> bool:
     return env in ("1", "true", "yes") or mkl_float32_slow()
 
 
+def _float32_cpu(*tensors: torch.Tensor) -> bool:
+    """Whether all of these are float32 CPU tensors and no autocast is on (a product of them runs in float32)."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and not torch.is_autocast_enabled("cpu")
+
+
 def _onednn(*tensors: torch.Tensor) -> bool:
     """Whether a product of these tensors goes through oneDNN: all float32 on the CPU, no autocast, op available."""
-    return (
-        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and not torch.is_autocast_enabled("cpu")
-        and onednn_linear_available()
-    )
+    return _float32_cpu(*tensors) and onednn_linear_available()
 
 
 def linear(
@@ -84,6 +85,7 @@ def linear(
     bias: torch.Tensor | None = None,
     gelu: bool = False,
     out: torch.Tensor | None = None,
+    invariant: bool = False,
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` (then exact GELU if ``gelu``), x (..., K), weight (N, K): (..., N).
 
@@ -96,8 +98,14 @@ def linear(
     own output, so there ``out`` is filled by blocks of rows (`row_blocks`; the
     same numbers on an AMD EPYC Zen 4: a row's sums do not depend on the other
     rows while a block is not a single row). Use the returned tensor either way.
+
+    invariant: the same bits at any thread count: float32 CPU products go
+    through oneDNN wherever its op works. MKL's AVX-512 float32 GEMM (Intel's
+    path) splits a long inner dimension between threads when the output is
+    narrow (Intel Xeon with AMX, 1920 x 2304 by 2304 x 256: 1 and 3 threads
+    agree, 2, 4, 6 and 8 threads differ); oneDNN's linear keeps one order.
     """
-    if _onednn(x, weight):
+    if _onednn(x, weight) or (invariant and _op_works() and _float32_cpu(x, weight)):
         if out is None or not (out.is_contiguous() and out.shape == (*x.shape[:-1], weight.shape[0])):
             return _pointwise_linear(x, weight, bias, gelu)
         # oneDNN's op makes its own output: blocks of rows whose outputs come from the heap, copied into ``out``

@@ -250,7 +250,9 @@ def _neck_f32(neck: Any, x: torch.Tensor) -> torch.Tensor:
     oneDNN's float32 convolutions sum in an order that depends on the thread count (AMD EPYC Zen 4: the ViT-B's
     embeddings 1 vs 2 threads up to 3.8e-6 apart, every layer before the neck equal), so Dask workers with other
     thread counts would not give the same objects; the 1 x 1 convolution is a product over the channels, the 3 x 3
-    one a product over the 9 shifted copies of the map (im2col, 9 C columns), both thread-invariant. The layer
+    one a product over the 9 shifted copies of the map (im2col, 9 C columns), both through oneDNN where it works
+    (``invariant``: MKL's AVX-512 GEMM, Intel's float32 path, splits the 9 C = 2304 sums between 2 threads but not
+    between 1 or 3), thread-invariant. The layer
     norms are SamLayerNorm's own computation (channels last). Other necks run as they are.
     """
     parts: list[Any] = [getattr(neck, a, None) for a in ("conv1", "conv2", "layer_norm1", "layer_norm2")]
@@ -265,11 +267,11 @@ def _neck_f32(neck: Any, x: torch.Tensor) -> torch.Tensor:
     if not (convs_fit and norms_fit and x.device.type == "cpu" and type(neck).forward is _STOCK_NECK_FORWARD):
         return neck(x)
     hh, ww = x.shape[1], x.shape[2]
-    h = F.layer_norm(linear(x, c1.weight.flatten(1), c1.bias), n1.normalized_shape, n1.weight, n1.bias, n1.eps)
+    h = F.layer_norm(linear(x, c1.weight.flatten(1), c1.bias, invariant=True), n1.normalized_shape, n1.weight, n1.bias, n1.eps)
     c = h.shape[-1]
     padded = F.pad(h, (0, 0, 1, 1, 1, 1))  # (B, H + 2, W + 2, C)
     cols = torch.cat([padded[:, ky : ky + hh, kx : kx + ww] for ky in range(3) for kx in range(3)], dim=-1)
-    h = linear(cols, c2.weight.permute(0, 2, 3, 1).reshape(c2.out_channels, 9 * c), c2.bias)
+    h = linear(cols, c2.weight.permute(0, 2, 3, 1).reshape(c2.out_channels, 9 * c), c2.bias, invariant=True)
     h = F.layer_norm(h, n2.normalized_shape, n2.weight, n2.bias, n2.eps)
     return h.permute(0, 3, 1, 2)
 
