@@ -18,12 +18,14 @@ symmetric forms 1.4 vs 4.1 ms (general 2.6), eight prompts' token softmax with i
 prompts' decoding 8.6 vs 10.4 s (upscaling and forms; medians of 5
 alternating, noisy host).
 
-For the bf16 dtype on CPUs with AVX-512 BF16 (`bf16_available`) `upscale_prompt` runs the upscaling's two products
+For the bf16 dtype on CPUs with AVX-512 BF16 but no AMX (`bf16_faster`) `upscale_prompt` runs the upscaling's two products
 on their inputs rounded to bf16 (``vdpbf16ps``, sums in float32; the norm, GELUs and dot products stay float32):
 AMD EPYC Zen 4, one thread, SAM's sizes: a prompt's upscaling 4.4 vs 6.65 ms. On CPUs with AVX-512
 (`wide_available`) the float32 products (6 x 64 tiles) and the GELUs run in 16-lane registers, bit for bit the AVX2
 path's: twice the FLOPs per cycle where the FMA units are 512 bits wide (Intel's server CPUs, AMD Zen 5); on a Zen 4
-(256-bit units) a prompt's upscaling 6.76 vs 7.35 ms in float32, 4.6 vs 4.95 ms in bf16 (fewer instructions).
+(256-bit units) a prompt's upscaling 6.76 vs 7.35 ms in float32, 4.6 vs 4.95 ms in bf16 (fewer instructions); on an
+Intel Xeon with AMX 4.9 vs 7.5 ms in float32, faster than the bf16 products (7.2 ms), so there the bf16 dtype's
+upscaling runs the float32 products.
 
 The upscaling and the forms are the same functions up to float rounding: the sums run in another order than
 torch's and the GELU is not oneDNN's (error at most 5e-7 for |x| < 3, torch's
@@ -46,9 +48,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from geosam.models.device import cpu_flags
+from geosam.models.device import cpu_bf16_kind, cpu_flags
 
-__all__ = ["BF16_TOLERANCE", "available", "bf16_available", "factor_rows", "factor_rows_reference", "quad", "token_softmax", "upscale_prompt", "wide_available"]
+__all__ = ["BF16_TOLERANCE", "available", "bf16_available", "bf16_faster", "factor_rows", "factor_rows_reference", "quad", "token_softmax", "upscale_prompt", "wide_available"]
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +271,15 @@ def bf16_available() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
+def bf16_faster() -> bool:
+    """Whether `upscale_prompt` takes ``bf16=True`` (the bf16 dtype) as bf16 products: `bf16_available` and a CPU
+    without AMX. On CPUs with AMX (Intel Xeon) AVX-512's bf16 dot products run no faster than its float32 FMAs and
+    the float32 products in AVX-512 registers are the faster ones (one thread, SAM's shapes, alternating: 4.9 ms a
+    prompt vs 7.2 ms with bf16 products); on AMD EPYC Zen 4 (256-bit units) bf16 halves the products' time."""
+    return bf16_available() and cpu_bf16_kind() != "amx"
+
+
+@functools.lru_cache(maxsize=1)
 def wide_available() -> bool:
     """Whether `upscale_prompt` runs its float32 products and its GELUs in AVX-512 registers: the kernel in use, a CPU
     with AVX-512, and the wide path's masks bit for bit the AVX2 path's here (each output the same chain of FMAs)."""
@@ -331,8 +342,8 @@ def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.T
     a (P, K1), b (K1, 4 C4), c (P,), s (P, 4 C4): upscale_conv1's output ``a @ b + c s`` at the P = h w image
     positions (row-major), columns (a, b, o) for output pixel (2i + a, 2j + b); ln: upscale_layer_norm's weight,
     bias and eps; w2t (C4, 4 C8) and b2 (4 C8): upscale_conv2 as a product, columns (a2, b2, o2); hyper (K, C8).
-    ``bf16``: the two products on their inputs rounded to bf16 where `bf16_available` (half their time; float32
-    elsewhere), for the bf16 dtype. In AVX-512 registers where `wide_available` (the same bits).
+    ``bf16``: the two products on their inputs rounded to bf16 where `bf16_faster` (half their time on AMD EPYC
+    Zen 4; float32 elsewhere), for the bf16 dtype. In AVX-512 registers where `wide_available` (the same bits).
     """
     tensors = (a, b, c, s, ln[0], ln[1], w2t, b2, hyper, out)
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
@@ -347,6 +358,6 @@ def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.T
     s = s if s.stride(1) == 1 else s.contiguous()
     b, c, w2t, b2, hyper = (t.contiguous() for t in (b, c.reshape(-1), w2t, b2, hyper))
     ln = (ln[0].contiguous(), ln[1].contiguous(), float(ln[2]))
-    flags = (BF16 if bf16 and bf16_available() else 0) | (WIDE if wide_available() else 0)
+    flags = (BF16 if bf16 and bf16_faster() else 0) | (WIDE if wide_available() else 0)
     _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out, flags)
     return True
