@@ -81,6 +81,9 @@ def test_avx512_upscaling_is_the_avx2_bits(hw, k1: int, c4: int, c8: int, nk: in
         calls.clear()
         used = torch.full_like(wide, float("nan"))
         assert cpu_decoder.upscale_prompt(*args, hw, used, bf16=bf16)
+        if bf16 and cpu_decoder.amx_available():  # the bf16 products on AMX tiles instead (test_amx_products_...)
+            assert calls == [flags | cpu_decoder.WIDE | cpu_decoder.AMX]
+            continue
         assert calls == [flags | cpu_decoder.WIDE]
         assert torch.equal(used, wide)
 
@@ -185,6 +188,50 @@ def test_bf16_products_are_torchs_on_bf16_inputs(hw, k1: int, c4: int, c8: int, 
     finally:
         torch.set_num_threads(before)
     assert torch.equal(two, got)
+
+
+needs_amx = pytest.mark.skipif(
+    not (_in_use() and cpu_decoder.amx_available()), reason="AMX tiles only on CPUs with AMX (Intel Xeon)"
+)
+
+
+@needs_amx
+@pytest.mark.parametrize(
+    ("hw", "k1", "c4", "c8", "nk"),
+    [((64, 64), 116, 64, 32, 3), ((7, 5), 13, 16, 8, 1), ((3, 11), 40, 8, 24, 4), ((1, 1), 1, 8, 8, 2),
+     ((5, 9), 70, 40, 16, 2)],
+)
+def test_amx_products_are_torchs_on_bf16_inputs(hw, k1: int, c4: int, c8: int, nk: int, monkeypatch) -> None:
+    """On CPUs with AMX the bf16 dtype's upscaling products run on AMX tiles (blocks of 16 positions and their
+    tails, inner sizes padded to 32, 64- and 32-column tiles): torch's masks on bf16 inputs within `BF16_TOLERANCE`,
+    not float32's, every pixel written, the same bits with 1 and 2 threads; upscale_prompt asks for them with
+    ``bf16`` only."""
+    lib = cpu_decoder._library()
+    args = _inputs(torch.Generator().manual_seed(k1 + 2), hw, k1, c4, c8, nk)
+    want, f32 = cpu_decoder.reference(*args, hw, bf16=True), cpu_decoder.reference(*args, hw)
+    flags = cpu_decoder.BF16 | cpu_decoder.WIDE | cpu_decoder.AMX
+    got = torch.full_like(want, float("nan"))
+    cpu_decoder._call(lib, *args, hw, got, flags)
+    assert not bool(got.isnan().any())
+    scale = float(want.abs().max())
+    assert float((got - want).abs().max()) <= cpu_decoder.BF16_TOLERANCE * scale
+    assert float((got - f32).abs().max()) > 1e-4 * scale
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = torch.full_like(want, float("nan"))
+        cpu_decoder._call(lib, *args, hw, two, flags)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(two, got)
+    real, calls = cpu_decoder._call, []
+    monkeypatch.setattr(cpu_decoder, "_call", lambda *a: calls.append(a[-1]) or real(*a))
+    for bf16 in (True, False):
+        used = torch.full_like(want, float("nan"))
+        assert cpu_decoder.upscale_prompt(*args, hw, used, bf16=bf16)
+        if bf16:
+            assert torch.equal(used, got)
+    assert calls == [flags, cpu_decoder.WIDE]
 
 
 @needs_bf16

@@ -317,7 +317,7 @@ def test_default_choice(sam_size) -> None:
 
 def test_fast_decoder_forced_under_bf16_gives_float32_results(sam_size) -> None:
     """Under the bf16 dtype the fast decoder runs in float32: the stock float32 decoder's results, but for the
-    upscaling's products, in bf16 where the CPU has AVX-512 BF16 and no AMX (`cpu_decoder.bf16_faster`): there the masks are
+    upscaling's products, in bf16 where the CPU has AMX or AVX-512 BF16 (`cpu_decoder.bf16_products`): there the masks are
     float32's to that rounding (within 2e-2 of their scale, the same sign where clear), the IoUs float32's."""
     from geosam.models import cpu_decoder
 
@@ -326,7 +326,7 @@ def test_fast_decoder_forced_under_bf16_gives_float32_results(sam_size) -> None:
     forced = dataclasses.replace(bundle, dtype=torch.bfloat16, fast_decoder=True)
     stock32 = dataclasses.replace(bundle, fast_decoder=False)
     fast, stock = gm.decode_points(forced, emb.bfloat16(), pts), gm.decode_points(stock32, emb.bfloat16().float(), pts)
-    if not cpu_decoder.bf16_faster():
+    if not cpu_decoder.bf16_products():
         _close(fast, stock)
         return
     (fl, fi), (sl, si) = fast, stock

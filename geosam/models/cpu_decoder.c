@@ -14,7 +14,8 @@
  * is oneDNN's); geosam/models/cpu_decoder.py checks it against torch before using it. For the bf16 dtype on CPUs with
  * AVX-512 BF16 the two products take their inputs rounded to bf16 (vdpbf16ps, sums in float32: half the product
  * time); the norm, GELUs and hypernetwork dot products stay float32. On CPUs with AVX-512 the float32 products and
- * the GELUs run in 16-lane registers (product512, gelu512: the same bits). Below it: 2. the layer norms'
+ * the GELUs run in 16-lane registers (product512, gelu512: the same bits); on CPUs with AMX the bf16 dtype's two
+ * products run on AMX tiles instead (cpu_amx.h: blocks of 16 positions, the same bf16 inputs). Below it: 2. the layer norms'
  * quadratic forms, 3. the image -> token softmax over the tokens (torch's bits).
  */
 #include <immintrin.h>
@@ -23,6 +24,7 @@
 #include <string.h>
 #include "cpu_vec.h"
 #include "cpu_bf16.h"
+#include "cpu_amx.h"
 
 #define RB 12 /* image positions per block */
 
@@ -264,14 +266,22 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
                           int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2, const float* b2,
                           const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww, float* out,
                           int64_t so, int flags, int threads) {
-  const int bf16 = flags & 1, wide = (flags & 2) != 0; /* wide: float32 in AVX-512 registers */
-  const int64_t n1 = 4 * c4, n2 = 4 * c8, npos = hh * ww, ow = 4 * ww;
-  const int64_t xbn = 4 * RB * (k1 + 1 > c4 + 1 ? k1 + 1 : c4 + 1) + 16; /* product_bf16's rows, in bf16 */
-  float* bp = malloc(sizeof(float) * (size_t)((k1 + 1) * n1 + (c4 + 1) * n2));
+  /* wide: float32 in AVX-512 registers; amx: the products in bf16 on AMX tiles (with bf16 and wide set) */
+  const int bf16 = flags & 1, wide = (flags & 2) != 0, amx = GEOSAM_AMX && (flags & 4) != 0;
+  const int64_t n1 = 4 * c4, n2 = 4 * c8, npos = hh * ww, ow = 4 * ww, rb = amx ? 16 : RB;
+  const int64_t ka = amx_k(k1 > c4 ? k1 : c4), xbn = amx ? 4 * rb * ka : 4 * RB * (k1 + 1 > c4 + 1 ? k1 + 1 : c4 + 1) + 16;
+  const int64_t nbp = amx ? (amx_k(k1) * n1 + amx_k(c4) * n2 + 1) / 2 : (k1 + 1) * n1 + (c4 + 1) * n2;
+  float* bp = malloc(sizeof(float) * (size_t)nbp);
   if (bp == NULL) return -1;
   float* w2p = bp + (k1 + 1) * n1;
   uint16_t* bpb = (uint16_t*)bp; /* bf16: the pairs of both matrices, (k1 + 1) n1 + (c4 + 1) n2 at most */
-  uint16_t* w2pb = bpb + (k1 + 1) / 2 * 2 * n1;
+  uint16_t* w2pb = bpb + (amx ? amx_k(k1) * n1 : (k1 + 1) / 2 * 2 * n1);
+#if GEOSAM_AMX
+  if (amx) {
+    amx_pack(b, k1, n1, bpb);
+    amx_pack(w2, c4, n2, w2pb);
+  } else
+#endif
   if (bf16) {
     pack_pairs(b, k1, n1, bpb);
     pack_pairs(w2, c4, n2, w2pb);
@@ -283,15 +293,23 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     /* y (RB, n1) -> normed in place, read as (4 RB, c4) rows; z (4 RB, n2) */
-    float* buf = thread_buffer((size_t)(RB * n1 + 4 * RB * n2 + 8 * RB + xbn / 2), &failed);
+    float* buf = thread_buffer((size_t)(rb * n1 + 4 * rb * n2 + 8 * rb + xbn / 2), &failed);
     float* y = buf;
-    float* z = buf == NULL ? NULL : buf + RB * n1;
-    float* stats = buf == NULL ? NULL : z + 4 * RB * n2; /* (mean, rstd) of each of the block's 4 RB norms */
-    uint16_t* xb = buf == NULL ? NULL : (uint16_t*)(stats + 8 * RB);
+    float* z = buf == NULL ? NULL : buf + rb * n1;
+    float* stats = buf == NULL ? NULL : z + 4 * rb * n2; /* (mean, rstd) of each of the block's 4 rb norms */
+    uint16_t* xb = buf == NULL ? NULL : (uint16_t*)(stats + 8 * rb);
+#if GEOSAM_AMX
+    if (amx) amx_configure();
+#endif
 #pragma omp for schedule(static)
-    for (int64_t p0 = 0; p0 < npos; p0 += RB) {
+    for (int64_t p0 = 0; p0 < npos; p0 += rb) {
       if (buf == NULL) continue;
-      const int64_t nb = npos - p0 < RB ? npos - p0 : RB;
+      const int64_t nb = npos - p0 < rb ? npos - p0 : rb;
+#if GEOSAM_AMX
+      if (amx)
+        amx_product(a + p0 * sa, sa, nb, bpb, k1, n1, y, n1, xb);
+      else
+#endif
       if (bf16)
         product_bf16(a + p0 * sa, sa, nb, bpb, k1, n1, y, xb);
       else if (wide)
@@ -311,6 +329,11 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
         norm_gelu_rows512(y, 4 * nb, c4, lnw, lnb, stats);
       else
         for (int64_t r = 0; r < 4 * nb; r++) norm_gelu(y + r * c4, c4, lnw, lnb, stats[2 * r], stats[2 * r + 1]);
+#if GEOSAM_AMX
+      if (amx)
+        amx_product(y, c4, 4 * nb, w2pb, c4, n2, z, n2, xb);
+      else
+#endif
       if (bf16)
         product_bf16(y, c4, 4 * nb, w2pb, c4, n2, z, xb);
       else if (wide)
@@ -338,6 +361,9 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
         }
       }
     }
+#if GEOSAM_AMX
+    if (amx) amx_release();
+#endif
     free(buf);
   }
   free(bp);

@@ -24,8 +24,9 @@ AMD EPYC Zen 4, one thread, SAM's sizes: a prompt's upscaling 4.4 vs 6.65 ms. On
 (`wide_available`) the float32 products (6 x 64 tiles) and the GELUs run in 16-lane registers, bit for bit the AVX2
 path's: twice the FLOPs per cycle where the FMA units are 512 bits wide (Intel's server CPUs, AMD Zen 5); on a Zen 4
 (256-bit units) a prompt's upscaling 6.76 vs 7.35 ms in float32, 4.6 vs 4.95 ms in bf16 (fewer instructions); on an
-Intel Xeon with AMX 4.9 vs 7.5 ms in float32, faster than the bf16 products (7.2 ms), so there the bf16 dtype's
-upscaling runs the float32 products.
+Intel Xeon with AMX 4.9 vs 7.5 ms in float32, faster than AVX-512's bf16 products (7.2 ms); there the bf16 dtype's
+products run on AMX tiles (`amx_available`, ``cpu_amx.h``: the same bf16 inputs, sums in float32): 2.4-2.7 ms a
+prompt, the decode of bench_amg's 16 x 16 chip 3.55 vs 4.03 s with the float32 products (alternating, one thread).
 
 The upscaling and the forms are the same functions up to float rounding: the sums run in another order than
 torch's and the GELU is not oneDNN's (error at most 5e-7 for |x| < 3, torch's
@@ -48,9 +49,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from geosam.models.device import cpu_bf16_kind, cpu_flags
+from geosam.models.device import cpu_flags
 
-__all__ = ["BF16_TOLERANCE", "available", "bf16_available", "bf16_faster", "factor_rows", "factor_rows_reference", "quad", "token_softmax", "upscale_prompt", "wide_available"]
+__all__ = ["BF16_TOLERANCE", "amx_available", "available", "bf16_available", "bf16_faster", "bf16_products", "factor_rows", "factor_rows_reference", "quad", "token_softmax", "upscale_prompt", "wide_available"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ _SOURCE = Path(__file__).with_name("cpu_decoder.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 #: `_call`'s flags: the upscaling's products on inputs rounded to bf16; the float32 products and GELUs in AVX-512
-#: registers.
-BF16, WIDE = 1, 2
+#: registers; with both, the bf16 products on AMX tiles.
+BF16, WIDE, AMX = 1, 2, 4
 
 
 def _call(lib: ctypes.CDLL, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
@@ -192,6 +193,7 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
     """Whether the kernel's masks are torch's to float rounding here (tails of the position blocks and of the
     register tiles, odd inner sizes, 1 to 4 masks, large and small values), and its quadratic forms."""
     lib.geosam_upscale_prompt.restype = ctypes.c_int
+    lib.geosam_amx_init.restype = ctypes.c_int
     lib.geosam_quad.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(0)
     for n, ri, rj, p in ((2, 7, 9, 50), (1, 13, 13, 24), (3, 5, 5, 7)):
@@ -234,12 +236,12 @@ _CHECKED_SHAPES = (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6
 BF16_TOLERANCE = 1e-3
 
 
-def _upscale_agrees(lib: ctypes.CDLL, gen: torch.Generator, bf16: bool, tol: float) -> bool:
+def _upscale_agrees(lib: ctypes.CDLL, gen: torch.Generator, bf16: bool, tol: float, flags: int | None = None) -> bool:
     for hw, k1, c4, c8, nk in _CHECKED_SHAPES:
         a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
         want = reference(a, b, c, s, ln, w2t, b2, hyper, hw, bf16=bf16)
         got = torch.full_like(want, float("nan"))
-        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got, BF16 if bf16 else 0)
+        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got, (BF16 if bf16 else 0) if flags is None else flags)
         if not torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())):
             return False
     return True
@@ -276,7 +278,31 @@ def bf16_faster() -> bool:
     without AMX. On CPUs with AMX (Intel Xeon) AVX-512's bf16 dot products run no faster than its float32 FMAs and
     the float32 products in AVX-512 registers are the faster ones (one thread, SAM's shapes, alternating: 4.9 ms a
     prompt vs 7.2 ms with bf16 products); on AMD EPYC Zen 4 (256-bit units) bf16 halves the products' time."""
-    return bf16_available() and cpu_bf16_kind() != "amx"
+    return bf16_available() and "amx_bf16" not in cpu_flags()
+
+
+def bf16_products() -> bool:
+    """Whether `upscale_prompt` runs ``bf16=True`` as bf16 products at all: on AMX tiles (`amx_available`) or with
+    AVX-512 BF16 (`bf16_faster`); elsewhere the bf16 dtype's upscaling is float32's."""
+    return (wide_available() and amx_available()) or bf16_faster()
+
+
+@functools.lru_cache(maxsize=1)
+def amx_available() -> bool:
+    """Whether `upscale_prompt` takes ``bf16=True`` as bf16 products on AMX tiles (`cpu_amx.h`): the kernel in use,
+    a CPU with AMX bf16 and AVX-512 BF16, the tiles granted to this process, and the masks `reference`'s with
+    ``bf16=True`` here (within `BF16_TOLERANCE`: the same bf16 inputs, sums in float32 in the tiles' order)."""
+    lib = _library()
+    flags = set(cpu_flags())
+    if lib is None or not {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f"} <= flags:
+        return False
+    if lib.geosam_amx_init() != 0:
+        log.info("cpu_decoder.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
+        return False
+    if _upscale_agrees(lib, torch.Generator().manual_seed(3), True, BF16_TOLERANCE, BF16 | WIDE | AMX):
+        return True
+    log.warning("cpu_decoder.c: the AMX upscaling products do not match torch's on bf16 inputs here; not used")
+    return False
 
 
 @functools.lru_cache(maxsize=1)
@@ -358,6 +384,9 @@ def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.T
     s = s if s.stride(1) == 1 else s.contiguous()
     b, c, w2t, b2, hyper = (t.contiguous() for t in (b, c.reshape(-1), w2t, b2, hyper))
     ln = (ln[0].contiguous(), ln[1].contiguous(), float(ln[2]))
-    flags = (BF16 if bf16 and bf16_faster() else 0) | (WIDE if wide_available() else 0)
+    if bf16 and wide_available() and amx_available():
+        flags = BF16 | WIDE | AMX
+    else:
+        flags = (BF16 if bf16 and bf16_faster() else 0) | (WIDE if wide_available() else 0)
     _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out, flags)
     return True
