@@ -89,7 +89,8 @@ from _machine import cpu_name
 from roofline import count_flops, cpu_has_native_bf16, flop_counter, matmul_flops_per_s
 from sam_anchor import build_segment_anything, import_segment_anything
 
-from geosam.models.cpu_decoder import bf16_available as cpu_decoder_bf16
+from geosam.models.cpu_decoder import amx_available as cpu_decoder_amx
+from geosam.models.cpu_decoder import bf16_products as cpu_decoder_bf16
 
 
 def peak_rss_mib() -> float:
@@ -556,6 +557,7 @@ def main() -> None:
             "decoder_peak_basis": "the float32 matmul peak in every dtype: the fast decoder runs in float32, but for "
                                   "its upscaling's two products in bf16 where decoder_bf16_upscaling (bf16 dtype)",
             "decoder_bf16_upscaling": device.type == "cpu" and cpu_decoder_bf16(),
+            "decoder_bf16_upscaling_on_amx_tiles": device.type == "cpu" and cpu_decoder_bf16() and cpu_decoder_amx(),
             "model": f"random ViT-B SamConfig (encoder layers {args.encoder_layers}), sanity settings in bench_amg.py",
         },
         "dtype_auto": {"resolves_to": str(resolve_dtype("auto", device)).replace("torch.", ""),
