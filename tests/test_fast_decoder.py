@@ -433,3 +433,36 @@ def test_a_cache_kept_across_calls_computes_the_image_side_once(sam_size, count_
     want = gm.decode_points(bundle, other, batches[0], multimask=True)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert any(t is other for t in cache["tensors"]) and not any(t is emb for t in cache["tensors"])
+
+
+def test_token_mlp_is_the_same_at_any_thread_count() -> None:
+    """The two-way layers' MLP (256 -> 2048 -> 256) with thread-invariant products: MKL's AVX-512 GEMM (Intel's
+    float32 path) splits its second product's 2048-long sums between 2 threads for 16 rows and more. The same bits
+    at 1, 2 and 3 threads, the module's result to rounding; a module with its own forward runs as it is."""
+    from transformers import SamMaskDecoderConfig
+    from transformers.models.sam.modeling_sam import SamMLPBlock
+
+    from geosam.models.fast_twoway import token_mlp
+
+    torch.manual_seed(0)
+    mlp = SamMLPBlock(SamMaskDecoderConfig()).eval()
+    x = torch.randn((64, 7, 256), generator=torch.Generator().manual_seed(3))
+    before, outs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                outs.append(token_mlp(mlp, x))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    with torch.no_grad():
+        torch.testing.assert_close(outs[0], mlp(x), rtol=1e-5, atol=1e-5)
+
+        class Doubled(SamMLPBlock):
+            def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+                return 2 * super().forward(hidden_states)
+
+        doubled = Doubled(SamMaskDecoderConfig()).eval()
+        doubled.load_state_dict(mlp.state_dict())
+        torch.testing.assert_close(token_mlp(doubled, x), 2 * mlp(x))

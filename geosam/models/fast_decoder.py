@@ -86,6 +86,7 @@ from geosam.models.fast_twoway import (
     cache_key,
     cached,
     shared_projections,
+    token_mlp,
 )
 from geosam.models.fast_upscale import _Conv1FromSharedImage, _upscale_and_predict
 
@@ -210,7 +211,7 @@ def _cross_attentions(
         assert keys_pos is not None
         att = _token_to_image(layer.cross_attn_token_to_image, queries + pe_tok, keys, keys_pos, proj)
     queries = layer.layer_norm2(queries + att)
-    queries = layer.layer_norm3(queries + layer.mlp(queries))
+    queries = layer.layer_norm3(queries + token_mlp(layer.mlp, queries))
     if factored:
         assert shared is not None and shared.layer1 is not None and shared.g is not None
         probs, vo = factored_image_to_token(

@@ -22,6 +22,13 @@ from geosam.models.cpu_gemm import bmm, linear
 from geosam.models.cpu_heads import headdot
 from geosam.models.cpu_weights import softmax_products
 
+try:  # the MLP whose forward `token_mlp` reproduces
+    from transformers.models.sam.modeling_sam import SamMLPBlock
+
+    _STOCK_MLP_FORWARD: Any = SamMLPBlock.forward
+except ImportError:  # pragma: no cover - transformers without SAM
+    _STOCK_MLP_FORWARD = None
+
 
 def _heads(attn: Any) -> tuple[int, int]:
     h = int(attn.num_attention_heads)
@@ -374,3 +381,17 @@ def _final_image_side_attention(
         if e == probs.shape[-1]:
             torch.div(acc, run_sum, out=ax[i])
     return _token_output(attn, ax, q_tokens.shape[1])
+
+
+def token_mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for a two-way layer's ``SamMLPBlock`` (lin1, ReLU, lin2) with thread-count invariant float32 CPU
+    products (`geosam.models.cpu_gemm.linear` ``invariant``): MKL's AVX-512 GEMM, Intel's float32 path, splits
+    lin2's 2048-long sums into 256 outputs between 2 threads for 16 or more rows (Intel Xeon with AMX: the prompts'
+    tokens and so every mask's logits differ in the last bits between 1 and 2 threads). Other MLPs as they are."""
+    lin1, lin2, act = (getattr(mlp, a, None) for a in ("lin1", "lin2", "act"))
+    if not (isinstance(lin1, torch.nn.Linear) and isinstance(lin2, torch.nn.Linear) and isinstance(act, torch.nn.ReLU)):
+        return mlp(x)
+    if not (x.device.type == "cpu" and type(mlp).forward is _STOCK_MLP_FORWARD):
+        return mlp(x)
+    h = torch.relu_(linear(x, lin1.weight, lin1.bias, invariant=True))
+    return linear(h, lin2.weight, lin2.bias, invariant=True)
