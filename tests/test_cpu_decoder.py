@@ -26,6 +26,26 @@ def _inputs(gen: torch.Generator, hw: tuple[int, int], k1: int, c4: int, c8: int
     return cpu_decoder.upscale_inputs(gen, hw, k1, c4, c8, nk)
 
 
+def _with_two_threads(run):
+    """``run()`` with torch set to 2 threads."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        return run()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _assert_bf16_products(got: torch.Tensor, args: tuple, hw: tuple[int, int]) -> None:
+    """``got``: every pixel written, torch's masks on inputs rounded to bf16 within `BF16_TOLERANCE` of their scale,
+    and not float32's (the products ran in bf16)."""
+    want, f32 = cpu_decoder.reference(*args, hw, bf16=True), cpu_decoder.reference(*args, hw)
+    assert not bool(got.isnan().any())
+    scale = float(want.abs().max())
+    assert float((got - want).abs().max()) <= cpu_decoder.BF16_TOLERANCE * scale
+    assert float((got - f32).abs().max()) > 1e-4 * scale
+
+
 @needs_kernel
 @pytest.mark.parametrize(
     ("hw", "k1", "c4", "c8", "nk"),
@@ -40,13 +60,8 @@ def test_masks_match_torch(hw, k1: int, c4: int, c8: int, nk: int) -> None:
     assert cpu_decoder.upscale_prompt(*args, hw, got)
     assert not bool(got.isnan().any())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5 * float(want.abs().max()))
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        two = torch.full_like(want, float("nan"))
-        assert cpu_decoder.upscale_prompt(*args, hw, two)
-    finally:
-        torch.set_num_threads(before)
+    two = torch.full_like(want, float("nan"))
+    assert _with_two_threads(lambda: cpu_decoder.upscale_prompt(*args, hw, two))
     assert torch.equal(two, got)
 
 
@@ -173,20 +188,10 @@ def test_bf16_products_are_torchs_on_bf16_inputs(hw, k1: int, c4: int, c8: int, 
     """With ``bf16``: torch's masks with the two products' inputs rounded to bf16 (within `BF16_TOLERANCE` of their
     scale), not float32's (the products ran in bf16), every pixel written, the same bits with 1 and 2 threads."""
     args = _inputs(torch.Generator().manual_seed(k1), hw, k1, c4, c8, nk)
-    want, f32 = cpu_decoder.reference(*args, hw, bf16=True), cpu_decoder.reference(*args, hw)
-    got = torch.full_like(want, float("nan"))
+    got, two = (torch.full((nk, 4 * hw[0], 4 * hw[1]), float("nan")) for _ in range(2))
     assert cpu_decoder.upscale_prompt(*args, hw, got, bf16=True)
-    assert not bool(got.isnan().any())
-    scale = float(want.abs().max())
-    assert float((got - want).abs().max()) <= cpu_decoder.BF16_TOLERANCE * scale
-    assert float((got - f32).abs().max()) > 1e-4 * scale
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        two = torch.full_like(want, float("nan"))
-        assert cpu_decoder.upscale_prompt(*args, hw, two, bf16=True)
-    finally:
-        torch.set_num_threads(before)
+    _assert_bf16_products(got, args, hw)
+    assert _with_two_threads(lambda: cpu_decoder.upscale_prompt(*args, hw, two, bf16=True))
     assert torch.equal(two, got)
 
 
@@ -208,26 +213,16 @@ def test_amx_products_are_torchs_on_bf16_inputs(hw, k1: int, c4: int, c8: int, n
     ``bf16`` only."""
     lib = cpu_decoder._library()
     args = _inputs(torch.Generator().manual_seed(k1 + 2), hw, k1, c4, c8, nk)
-    want, f32 = cpu_decoder.reference(*args, hw, bf16=True), cpu_decoder.reference(*args, hw)
     flags = cpu_decoder.BF16 | cpu_decoder.WIDE | cpu_decoder.AMX
-    got = torch.full_like(want, float("nan"))
+    got, two = (torch.full((nk, 4 * hw[0], 4 * hw[1]), float("nan")) for _ in range(2))
     cpu_decoder._call(lib, *args, hw, got, flags)
-    assert not bool(got.isnan().any())
-    scale = float(want.abs().max())
-    assert float((got - want).abs().max()) <= cpu_decoder.BF16_TOLERANCE * scale
-    assert float((got - f32).abs().max()) > 1e-4 * scale
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        two = torch.full_like(want, float("nan"))
-        cpu_decoder._call(lib, *args, hw, two, flags)
-    finally:
-        torch.set_num_threads(before)
+    _assert_bf16_products(got, args, hw)
+    _with_two_threads(lambda: cpu_decoder._call(lib, *args, hw, two, flags))
     assert torch.equal(two, got)
     real, calls = cpu_decoder._call, []
     monkeypatch.setattr(cpu_decoder, "_call", lambda *a: calls.append(a[-1]) or real(*a))
     for bf16 in (True, False):
-        used = torch.full_like(want, float("nan"))
+        used = torch.full_like(got, float("nan"))
         assert cpu_decoder.upscale_prompt(*args, hw, used, bf16=bf16)
         if bf16:
             assert torch.equal(used, got)
@@ -283,12 +278,7 @@ def test_quadratic_forms_match_torch(n: int, ri: int, rj: int, p: int) -> None:
         assert got is not None
         want = cpu_decoder.quad_reference(sym, left, left)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
-        before = torch.get_num_threads()
-        try:
-            torch.set_num_threads(2)
-            assert torch.equal(cpu_decoder.quad(sym, left, left, symmetric=True), got)
-        finally:
-            torch.set_num_threads(before)
+        assert torch.equal(_with_two_threads(lambda: cpu_decoder.quad(sym, left, left, symmetric=True)), got)
 
 
 def test_quadratic_forms_left_to_torch_off_the_cpu_float32_path() -> None:

@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
+#include "cpu_bf16.h" /* pack_pairs (the right operand's tiles), rows_to_bf16 (the left one's rows) */
 
 #if defined(__x86_64__) && defined(__linux__) && \
     ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
@@ -23,7 +24,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define TAMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+#define TAMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma")))
 
 /* 0 if this process may use the AMX tiles (asks the kernel; a second ask is harmless), else -1 */
 int geosam_amx_init(void) { return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0 ? 0 : -1; }
@@ -46,78 +47,45 @@ static TAMX void amx_release(void) { _tile_release(); }
 /* K rounded up to whole tiles: 32 bf16 (16 pairs) */
 static inline int64_t amx_k(int64_t kn) { return (kn + 31) / 32 * 32; }
 
-/* kp[t][k2][j][e] = bf16(b[2 k2 + e][16 t + j]) for a (kn, n) row-major b, k2 < amx_k(kn) / 2, zeros past kn: panels
- * of 16 columns whose 16-pair chunks are the right operand's tiles (row k2: 16 columns x 2 bf16, 64 bytes) */
-static void amx_pack(const float* b, int64_t kn, int64_t n, uint16_t* kp) {
-  const int64_t k2p = amx_k(kn) / 2;
-  for (int64_t t = 0; t < n; t += 16)
-    for (int64_t k2 = 0; k2 < k2p; k2++)
-      for (int j = 0; j < 16; j++)
-        for (int e = 0; e < 2; e++) {
-          const int64_t k = 2 * k2 + e;
-          uint16_t v = 0;
-          if (k < kn) {
-            const float f = b[k * n + t + j];
-            uint32_t u;
-            memcpy(&u, &f, sizeof u);
-            v = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); /* round to nearest even */
-          }
-          kp[(t * k2p + k2 * 16 + j) * 2 + e] = v;
-        }
-}
-
 /* out (rows16 x n, rows `so` floats apart; rows16 = rows rounded up to 16, those past `rows` zeros) = x (rows x kn,
- * rows sx apart, float32, rounded to bf16 into xb: rows16 rows of amx_k(kn)) times amx_pack's panels; n a multiple of
- * 32. The calling thread has run amx_configure. */
+ * rows sx apart, float32, rounded to bf16 into xb: rows16 rows of amx_k(kn)) times the panels of pack_pairs with
+ * amx_k(kn) / 2 pairs of rows (its 16-pair chunks are the right operand's tiles, 64-byte rows); n a multiple of 32. The calling thread has run amx_configure. */
 static TAMX void amx_product(const float* x, int64_t sx, int64_t rows, const uint16_t* kp, int64_t kn, int64_t n,
                              float* out, int64_t so, uint16_t* xb) {
   const int64_t kp2 = amx_k(kn), rows16 = (rows + 15) / 16 * 16, nq = kp2 / 32;
-  for (int64_t r = 0; r < rows16; r++)
-    for (int64_t d = 0; d < kp2; d += 16) {
-      const int64_t left = r < rows ? kn - d : 0;
-      const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u);
-      _mm256_storeu_si256((__m256i*)(xb + r * kp2 + d), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + r * sx + d)));
-    }
+  rows_to_bf16(x, sx, rows, rows16, kn, kp2, xb);
   const int64_t sa = 2 * kp2, sc = 4 * so, pb = 16 * kp2; /* bytes between rows of x and of out; a panel (bf16) */
   for (int64_t r = 0; r < rows16; r += 16) {
     const uint16_t* a = xb + r * kp2;
     float* o = out + r * so;
-    int64_t t = 0;
-    for (; t + 64 <= n; t += 64) {
+    for (int64_t t = 0; t < n; t += 64) { /* four output tiles (64 columns), or two for the last 32 */
+      const int four = n - t >= 64;
       const uint16_t* p = kp + t / 16 * pb;
       _tile_zero(0);
       _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
+      if (four) {
+        _tile_zero(2);
+        _tile_zero(3);
+      }
       for (int64_t q = 0; q < nq; q++) {
         _tile_loadd(4, a + 32 * q, sa);
         _tile_loadd(5, p + 512 * q, 64);
         _tile_dpbf16ps(0, 4, 5);
         _tile_loadd(6, p + pb + 512 * q, 64);
         _tile_dpbf16ps(1, 4, 6);
-        _tile_loadd(7, p + 2 * pb + 512 * q, 64);
-        _tile_dpbf16ps(2, 4, 7);
-        _tile_loadd(5, p + 3 * pb + 512 * q, 64);
-        _tile_dpbf16ps(3, 4, 5);
+        if (four) {
+          _tile_loadd(7, p + 2 * pb + 512 * q, 64);
+          _tile_dpbf16ps(2, 4, 7);
+          _tile_loadd(5, p + 3 * pb + 512 * q, 64);
+          _tile_dpbf16ps(3, 4, 5);
+        }
       }
       _tile_stored(0, o + t, sc);
       _tile_stored(1, o + t + 16, sc);
-      _tile_stored(2, o + t + 32, sc);
-      _tile_stored(3, o + t + 48, sc);
-    }
-    if (t < n) { /* 32 columns left */
-      const uint16_t* p = kp + t / 16 * pb;
-      _tile_zero(0);
-      _tile_zero(1);
-      for (int64_t q = 0; q < nq; q++) {
-        _tile_loadd(4, a + 32 * q, sa);
-        _tile_loadd(5, p + 512 * q, 64);
-        _tile_dpbf16ps(0, 4, 5);
-        _tile_loadd(6, p + pb + 512 * q, 64);
-        _tile_dpbf16ps(1, 4, 6);
+      if (four) {
+        _tile_stored(2, o + t + 32, sc);
+        _tile_stored(3, o + t + 48, sc);
       }
-      _tile_stored(0, o + t, sc);
-      _tile_stored(1, o + t + 16, sc);
     }
   }
 }

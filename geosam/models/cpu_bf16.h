@@ -26,6 +26,31 @@ INLINE_BF __m512i pair_at(const uint16_t* p) { /* p[0], p[1] in every 32-bit lan
 
 INLINE_BF __m512 dot2(__m512 acc, __m512i x, __m512i y) { return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)y); }
 
+/* kp[t][k2][j][e] = bf16(b[2 k2 + e][16 t + j]) (zero past kn) for a (kn, n) row-major b, k2 < k2n (at least
+ * (kn + 1) / 2; more pads with zeros): panels of 16 columns, pairs of rows interleaved as vdpbf16ps and AMX's
+ * tdpbf16ps take them */
+static inline void pack_pairs(const float* b, int64_t kn, int64_t n, int64_t k2n, uint16_t* kp) {
+  for (int64_t t = 0; t < n; t += 16)
+    for (int64_t k2 = 0; k2 < k2n; k2++)
+      for (int j = 0; j < 16; j++)
+        for (int e = 0; e < 2; e++) {
+          const int64_t k = 2 * k2 + e;
+          kp[(t * k2n + k2 * 16 + j) * 2 + e] = k < kn ? to_bf16(b[k * n + t + j]) : 0;
+        }
+}
+
+/* xb (rows_to rows of `width` bf16, width a multiple of 16) = x's first kn columns rounded to bf16 (rows x kn, rows
+ * sx apart), zeros past kn and in the rows past `rows` */
+INLINE_BF void rows_to_bf16(const float* x, int64_t sx, int64_t rows, int64_t rows_to, int64_t kn, int64_t width,
+                            uint16_t* xb) {
+  for (int64_t r = 0; r < rows_to; r++)
+    for (int64_t d = 0; d < width; d += 16) {
+      const int64_t left = r < rows ? kn - d : 0;
+      const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u);
+      _mm256_storeu_si256((__m256i*)(xb + r * width + d), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + r * sx + d)));
+    }
+}
+
 /* BF16_TILE(ROWS, NP) defines bf16_tile_ROWSxNP: out[r][0:16 NP] = x[r] . NP panels of 16 columns for ROWS rows of x
  * (k2n pairs of bf16 each, rows sx bf16 apart), panel t at p + t 32 k2n with column l's pair k2 at 32 k2 + 2 l (the
  * vdpbf16ps layout): one chain per 16 outputs over the pairs, ROWS NP accumulators. Defined where used (the encoder's

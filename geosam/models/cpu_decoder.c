@@ -76,20 +76,8 @@ static void product(const float* x, int64_t sx, int64_t rows, const float* kp, i
       qk_rows(x + r * sx, sx, kp + t * kn, kn, out + r * n + t, n, (int)(rows - r < QK_ROWS ? rows - r : QK_ROWS));
 }
 
-/* The products in bf16 (AVX-512 BF16 CPUs, for the bf16 dtype): kp[t][k2][j][e] = bf16(b[2 k2 + e][16 t + j]) (zero
- * past kn) for a (kn, n) row-major b: panels of 16 columns, pairs of rows interleaved as vdpbf16ps takes them */
-static void pack_pairs(const float* b, int64_t kn, int64_t n, uint16_t* kp) {
-  const int64_t k2n = (kn + 1) / 2;
-  for (int64_t t = 0; t < n; t += 16)
-    for (int64_t k2 = 0; k2 < k2n; k2++)
-      for (int j = 0; j < 16; j++)
-        for (int e = 0; e < 2; e++) {
-          const int64_t k = 2 * k2 + e;
-          kp[(t * k2n + k2 * 16 + j) * 2 + e] = k < kn ? to_bf16(b[k * n + t + j]) : 0;
-        }
-}
-
-/* 6 rows of a product's inputs against 4 or 2 panels of pack_pairs (64 or 32 columns) */
+/* The products in bf16 (AVX-512 BF16 CPUs, for the bf16 dtype), the matrix packed by cpu_bf16.h's pack_pairs with
+ * (kn + 1) / 2 pairs of rows: 6 rows of a product's inputs against 4 or 2 of its panels (64 or 32 columns) */
 BF16_TILE(6, 4)
 BF16_TILE(6, 2)
 
@@ -99,13 +87,7 @@ BF16_TILE(6, 2)
 static TBF void product_bf16(const float* x, int64_t sx, int64_t rows, const uint16_t* kp, int64_t kn, int64_t n,
                              float* out, uint16_t* xb) {
   const int64_t k2n = (kn + 1) / 2, sxb = 2 * k2n, rows6 = (rows + 5) / 6 * 6;
-  for (int64_t r = 0; r < rows6; r++)
-    for (int64_t d = 0; d < sxb; d += 16) {
-      const int64_t left = r < rows ? kn - d : 0;
-      const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u);
-      const __m256i v = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + r * sx + d));
-      _mm256_storeu_si256((__m256i*)(xb + r * sxb + d), v);
-    }
+  rows_to_bf16(x, sx, rows, rows6, kn, sxb, xb);
   for (int64_t t = 0; t < n; t += 64)
     for (int64_t r = 0; r < rows6; r += 6) {
       if (n - t >= 64)
@@ -266,8 +248,8 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
                           int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2, const float* b2,
                           const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww, float* out,
                           int64_t so, int flags, int threads) {
-  /* wide: float32 in AVX-512 registers; amx: the products in bf16 on AMX tiles (with bf16 and wide set) */
-  const int bf16 = flags & 1, wide = (flags & 2) != 0, amx = GEOSAM_AMX && (flags & 4) != 0;
+  /* wide: float32 in AVX-512 registers; amx: the products in bf16 on AMX tiles (bf16 implied) */
+  const int amx = GEOSAM_AMX && (flags & 4) != 0, bf16 = (flags & 1) || amx, wide = (flags & 2) != 0;
   const int64_t n1 = 4 * c4, n2 = 4 * c8, npos = hh * ww, ow = 4 * ww, rb = amx ? 16 : RB;
   const int64_t ka = amx_k(k1 > c4 ? k1 : c4), xbn = amx ? 4 * rb * ka : 4 * RB * (k1 + 1 > c4 + 1 ? k1 + 1 : c4 + 1) + 16;
   const int64_t nbp = amx ? (amx_k(k1) * n1 + amx_k(c4) * n2 + 1) / 2 : (k1 + 1) * n1 + (c4 + 1) * n2;
@@ -275,16 +257,12 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
   if (bp == NULL) return -1;
   float* w2p = bp + (k1 + 1) * n1;
   uint16_t* bpb = (uint16_t*)bp; /* bf16: the pairs of both matrices, (k1 + 1) n1 + (c4 + 1) n2 at most */
-  uint16_t* w2pb = bpb + (amx ? amx_k(k1) * n1 : (k1 + 1) / 2 * 2 * n1);
-#if GEOSAM_AMX
-  if (amx) {
-    amx_pack(b, k1, n1, bpb);
-    amx_pack(w2, c4, n2, w2pb);
-  } else
-#endif
+  /* pairs of rows: AMX's inner sizes padded to whole tiles (32) */
+  const int64_t k2b = amx ? amx_k(k1) / 2 : (k1 + 1) / 2, k2w = amx ? amx_k(c4) / 2 : (c4 + 1) / 2;
+  uint16_t* w2pb = bpb + 2 * k2b * n1;
   if (bf16) {
-    pack_pairs(b, k1, n1, bpb);
-    pack_pairs(w2, c4, n2, w2pb);
+    pack_pairs(b, k1, n1, k2b, bpb);
+    pack_pairs(w2, c4, n2, k2w, w2pb);
   } else {
     pack_panels(b, k1, n1, bp);
     pack_panels(w2, c4, n2, w2p);

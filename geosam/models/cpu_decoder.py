@@ -223,7 +223,7 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
         if not (torch.equal(_call_factor_rows(lib, records, 1, got), factor_rows_reference(records, 1, want))
                 and torch.equal(got, want)):
             return False
-    return _upscale_agrees(lib, gen, False, 1e-4)
+    return _upscale_agrees(lib, gen, 0, 1e-4)
 
 
 #: (h, w), K1, C4, C8, K of the load-time checks: tails of the position blocks and of the register tiles, odd inner
@@ -236,12 +236,12 @@ _CHECKED_SHAPES = (((5, 7), 13, 16, 8, 3), ((4, 16), 116, 64, 32, 1), ((3, 3), 6
 BF16_TOLERANCE = 1e-3
 
 
-def _upscale_agrees(lib: ctypes.CDLL, gen: torch.Generator, bf16: bool, tol: float, flags: int | None = None) -> bool:
+def _upscale_agrees(lib: ctypes.CDLL, gen: torch.Generator, flags: int, tol: float) -> bool:
     for hw, k1, c4, c8, nk in _CHECKED_SHAPES:
         a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
-        want = reference(a, b, c, s, ln, w2t, b2, hyper, hw, bf16=bf16)
+        want = reference(a, b, c, s, ln, w2t, b2, hyper, hw, bf16=bool(flags & BF16))
         got = torch.full_like(want, float("nan"))
-        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got, (BF16 if bf16 else 0) if flags is None else flags)
+        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got, flags)
         if not torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())):
             return False
     return True
@@ -266,7 +266,7 @@ def bf16_available() -> bool:
     lib = _library()
     if lib is None or "avx512_bf16" not in cpu_flags():
         return False
-    if _upscale_agrees(lib, torch.Generator().manual_seed(1), True, BF16_TOLERANCE):
+    if _upscale_agrees(lib, torch.Generator().manual_seed(1), BF16, BF16_TOLERANCE):
         return True
     log.warning("cpu_decoder.c: the bf16 upscaling products do not match torch's on bf16 inputs here; float32 is used")
     return False
@@ -284,22 +284,22 @@ def bf16_faster() -> bool:
 def bf16_products() -> bool:
     """Whether `upscale_prompt` runs ``bf16=True`` as bf16 products at all: on AMX tiles (`amx_available`) or with
     AVX-512 BF16 (`bf16_faster`); elsewhere the bf16 dtype's upscaling is float32's."""
-    return (wide_available() and amx_available()) or bf16_faster()
+    return amx_available() or bf16_faster()
 
 
 @functools.lru_cache(maxsize=1)
 def amx_available() -> bool:
     """Whether `upscale_prompt` takes ``bf16=True`` as bf16 products on AMX tiles (`cpu_amx.h`): the kernel in use,
-    a CPU with AMX bf16 and AVX-512 BF16, the tiles granted to this process, and the masks `reference`'s with
-    ``bf16=True`` here (within `BF16_TOLERANCE`: the same bf16 inputs, sums in float32 in the tiles' order)."""
+    a CPU with AMX bf16 and AVX-512 BF16, the AVX-512 path in use (`wide_available`: the rest of the pass), the tiles
+    granted to this process, and the masks `reference`'s with ``bf16=True`` here (within `BF16_TOLERANCE`: the same
+    bf16 inputs, sums in float32 in the tiles' order)."""
     lib = _library()
-    flags = set(cpu_flags())
-    if lib is None or not {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f"} <= flags:
+    if lib is None or not {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(cpu_flags()) or not wide_available():
         return False
     if lib.geosam_amx_init() != 0:
         log.info("cpu_decoder.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
         return False
-    if _upscale_agrees(lib, torch.Generator().manual_seed(3), True, BF16_TOLERANCE, BF16 | WIDE | AMX):
+    if _upscale_agrees(lib, torch.Generator().manual_seed(3), BF16 | WIDE | AMX, BF16_TOLERANCE):
         return True
     log.warning("cpu_decoder.c: the AMX upscaling products do not match torch's on bf16 inputs here; not used")
     return False
@@ -384,7 +384,7 @@ def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.T
     s = s if s.stride(1) == 1 else s.contiguous()
     b, c, w2t, b2, hyper = (t.contiguous() for t in (b, c.reshape(-1), w2t, b2, hyper))
     ln = (ln[0].contiguous(), ln[1].contiguous(), float(ln[2]))
-    if bf16 and wide_available() and amx_available():
+    if bf16 and amx_available():
         flags = BF16 | WIDE | AMX
     else:
         flags = (BF16 if bf16 and bf16_faster() else 0) | (WIDE if wide_available() else 0)
