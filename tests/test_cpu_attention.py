@@ -135,6 +135,46 @@ def test_bf16_products_round_only_the_probabilities(hh: int, ww: int, nh: int, d
     assert err(out32, want) < cpu_attention.TOLERANCE
 
 
+needs_amx = pytest.mark.skipif(
+    not (_avx512_torch() and {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(cpu_flags())),
+    reason="no AMX here (or torch not on AVX-512)",
+)
+
+
+@needs_amx
+def test_bf16_products_run_on_amx_tiles_where_the_cpu_has_them() -> None:
+    assert cpu_attention.amx_available()
+
+
+@needs_amx
+@pytest.mark.parametrize(
+    ("hh", "ww", "nh", "d", "window", "rel"),
+    [(13, 11, 2, 64, 0, True), (30, 30, 2, 64, 14, True), (20, 9, 3, 32, 0, True), (17, 17, 2, 64, 7, False)],
+)
+def test_amx_products_are_the_avx512_bf16_products_to_rounding(
+    hh: int, ww: int, nh: int, d: int, window: int, rel: bool
+) -> None:
+    """The AMX tiles take the same bf16 numbers as AVX-512 BF16's vdpbf16ps (q, k, the rounded probabilities, v) and
+    sum them in float32 in another order: the two outputs agree to float rounding (a probability on a bf16 rounding
+    boundary at most), far closer than either is to the exact attention; whole maps whose last block of 32 queries
+    is partial, windows with padded strips, with and without tables."""
+    qkv, bias, tables = _case(hh, ww, nh, d, window, seed=7 * hh + d)
+    qkv, bias = qkv.bfloat16().float(), bias.bfloat16().float()
+    scale = d**-0.5
+    tabs64 = tuple(t.double() for t in tables) if rel else None
+    want = cpu_attention.reference(qkv.double(), nh, scale, tabs64, window, bias.double())
+    tabs_t = transposed_tables(*tables) if rel else None
+    lib = cpu_attention._library()
+    outs = {}
+    for mode in (cpu_attention.BF16, cpu_attention.AMX):
+        outs[mode] = torch.full((hh, ww, nh * d), float("nan"))
+        assert cpu_attention._call(lib, qkv, nh, scale, tabs_t, outs[mode], window, bias, mode) == 0
+    amx, avx = outs[cpu_attention.AMX].double(), outs[cpu_attention.BF16].double()
+    assert not amx.isnan().any()
+    assert float((amx - avx).norm() / avx.norm()) < float((avx - want).norm() / want.norm()) / 20
+    assert float((amx - want).abs().max() / want.abs().max()) < cpu_attention.BF16_TOLERANCE
+
+
 def test_bf16_asked_where_it_is_not_available_is_float32(monkeypatch) -> None:
     qkv, bias, tables = _case(12, 12, 2, 32, 5, seed=11)
     out, out32 = torch.empty((12, 12, 64)), torch.empty((12, 12, 64))

@@ -14,14 +14,15 @@ from geosam.models.fast_encoder import fast_encoder_supported, fast_image_embedd
 from tests._tiny_sam import seeded_sam_model
 
 
-def _vit(use_rel_pos: bool = True, seed: int = 5, window_size: int = 6):
-    """A small SAM ViT: 256 px input (16 x 16 tokens), windows of 6 (padded to 18), one global layer."""
+def _vit(use_rel_pos: bool = True, seed: int = 5, window_size: int = 6, heads: int = 4):
+    """A small SAM ViT: 256 px input (16 x 16 tokens), windows of 6 (padded to 18), one global layer; heads of
+    64 / ``heads`` numbers."""
     from transformers import SamConfig, SamVisionConfig
 
     vision = SamVisionConfig(
         hidden_size=64,
         num_hidden_layers=3,
-        num_attention_heads=4,
+        num_attention_heads=heads,
         mlp_dim=128,
         output_channels=32,
         image_size=256,
@@ -157,6 +158,28 @@ def test_bf16_is_as_close_to_float32_as_stock_bf16(vit_and_pixels, monkeypatch, 
     assert _rel(fast_bf16, ref) < max(2 * _rel(stock_bf16, ref), 1e-2)
     assert _rel(fast_bf16, stock_bf16) < 3e-2
     assert len(calls) == (0 if bf16_kind != "amx" else 3)  # one call per layer (the windows batched)
+
+
+def test_bf16_on_amx_runs_the_attention_kernel_on_its_tiles_where_they_are(monkeypatch) -> None:
+    """On a CPU with AMX a bf16 encoder whose heads are a multiple of 32 numbers runs its attention in the AVX-512
+    kernel with the products on AMX tiles (`cpu_attention.amx_available`; no torch attention call), elsewhere in
+    torch's flash attention: as close to float32 as the stock bf16 forward either way."""
+    from geosam.models import cpu_attention
+
+    model = _vit(seed=13, heads=2)
+    pixels = torch.randn((1, 3, 256, 256), generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        ref = model.get_image_embeddings(pixels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock_bf16 = model.get_image_embeddings(pixels)
+    monkeypatch.setenv("GEOSAM_CPU_BF16", "amx")
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    fast_bf16 = fast_image_embeddings(model, pixels, torch.bfloat16)
+    assert len(calls) == (0 if cpu_attention.amx_available() else 3)
+    assert _rel(fast_bf16, ref) < max(2 * _rel(stock_bf16, ref), 1e-2)
+    assert _rel(fast_bf16, stock_bf16) < 3e-2
 
 
 @pytest.mark.parametrize("kernel", ["bf16", "float32", "torch"])

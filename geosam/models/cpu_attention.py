@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 from pathlib import Path
 
 import torch
@@ -36,10 +37,15 @@ from geosam.models.cpu_build import load
 from geosam.models.cpu_kernels import transposed_tables
 from geosam.models.device import cpu_flags
 
-__all__ = ["BF16_TOLERANCE", "TOLERANCE", "attention", "available", "bf16_available", "reference"]
+__all__ = ["BF16_TOLERANCE", "TOLERANCE", "amx_available", "attention", "available", "bf16_available", "reference"]
+
+log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("cpu_attention512.c")
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+#: ``geosam_attention512``'s modes: float32 products (0), bf16 products with AVX-512 BF16, bf16 products on AMX tiles.
+BF16, AMX = 1, 2
 
 #: Largest difference from a float64 reference the load-time check accepts, relative to the outputs' scale.
 TOLERANCE = 1e-5
@@ -92,7 +98,7 @@ def _call(
     out: torch.Tensor,
     window: int,
     bias: torch.Tensor | None,
-    bf16: bool = False,
+    mode: int = 0,
 ) -> int:
     hh, ww, c3 = qkv.shape
     th, tw = (None, None) if tables_t is None else (_P(tables_t[0].data_ptr()), _P(tables_t[1].data_ptr()))
@@ -100,28 +106,32 @@ def _call(
         _P(qkv.data_ptr()), _I64(qkv.stride(0)), _I64(qkv.stride(1)), _I64(hh), _I64(ww), _I64(window),
         None if bias is None else _P(bias.data_ptr()), _I64(num_heads), _I64(c3 // (3 * num_heads)),
         ctypes.c_float(scale), th, tw, _P(out.data_ptr()), _I64(out.stride(0)), _I64(out.stride(1)),
-        _INT(torch.get_num_threads()), _INT(int(bf16)),
+        _INT(torch.get_num_threads()), _INT(mode),
     )  # fmt: skip
     return int(lib.geosam_attention512(*args))
 
 
-def _matches_reference(lib: ctypes.CDLL, bf16: bool = False) -> bool:
+def _matches_reference(lib: ctypes.CDLL, mode: int = 0) -> bool:
     """Whether the kernel gives `reference` (in float64) within `TOLERANCE` on random maps here: a whole map whose
     keys end mid-panel, windows that tile the map or leave padded strips, head sizes from 16 to 80, with and
-    without tables, one and two threads. ``bf16``: the kernel's bf16 products on q, k, v that are bf16 numbers (as
-    a bf16 projection gives them), within `BF16_TOLERANCE` (the probabilities' rounding)."""
+    without tables, one and two threads. ``mode`` `BF16` or `AMX`: the kernel's bf16 products (with AVX-512 BF16 or
+    on AMX tiles) on q, k, v that are bf16 numbers (as a bf16 projection gives them), within `BF16_TOLERANCE` (the
+    probabilities' rounding)."""
     lib.geosam_attention512.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(512)
     threads = torch.get_num_threads()
     try:
         for i, (hh, ww, nh, d, rel, window) in enumerate(
-            ((5, 7, 3, 32, True, 0), (14, 14, 2, 64, True, 0), (9, 11, 1, 80, False, 4), (10, 11, 2, 16, True, 4))
+            (
+                (5, 7, 3, 32, True, 0), (14, 14, 2, 64, True, 0), (9, 11, 1, 80, False, 4), (10, 11, 2, 16, True, 4),
+                (9, 11, 2, 64, True, 7),
+            )
         ):
             torch.set_num_threads(1 + i % 2)
             side = (window or hh, window or ww)
             qkv = torch.randn((hh, ww, 3 * nh * d), generator=gen)
             bias = torch.randn(3 * nh * d, generator=gen)
-            if bf16:
+            if mode:
                 qkv, bias = qkv.bfloat16().float(), bias.bfloat16().float()
             tables = (
                 torch.randn((side[0], side[0], d), generator=gen),
@@ -131,9 +141,9 @@ def _matches_reference(lib: ctypes.CDLL, bf16: bool = False) -> bool:
             want = reference(qkv.double(), nh, d**-0.5, tables64, window, bias.double())
             out = torch.full((hh, ww, nh * d), float("nan"))
             tables_t = transposed_tables(*tables) if rel else None
-            if _call(lib, qkv, nh, d**-0.5, tables_t, out, window, bias, bf16) != 0:
+            if _call(lib, qkv, nh, d**-0.5, tables_t, out, window, bias, mode) != 0:
                 return False
-            tolerance = BF16_TOLERANCE if bf16 else TOLERANCE
+            tolerance = BF16_TOLERANCE if mode else TOLERANCE
             if not bool((out.double() - want).abs().max() <= tolerance * want.abs().max()):
                 return False
     finally:
@@ -156,7 +166,25 @@ def bf16_available() -> bool:
     """Whether the kernel's bf16 products are in use here: the float32 kernel is, the CPU has AVX-512 BF16
     (``avx512_bf16`` in /proc/cpuinfo), and they match the reference on load (`_matches_reference`)."""
     lib = _library()
-    return lib is not None and "avx512_bf16" in cpu_flags() and _matches_reference(lib, bf16=True)
+    return lib is not None and "avx512_bf16" in cpu_flags() and _matches_reference(lib, BF16)
+
+
+@functools.lru_cache(maxsize=1)
+def amx_available() -> bool:
+    """Whether the kernel's bf16 products run on AMX tiles here (Intel Xeon): `bf16_available`, the CPU has AMX
+    bf16, the tiles are granted to this process (``geosam_amx_init``) and the products match the reference on load
+    (`_matches_reference`, within `BF16_TOLERANCE`). Head sizes that are not a multiple of 32 take the AVX-512 BF16
+    products."""
+    lib = _library()
+    if lib is None or not {"amx_bf16", "amx_tile"} <= set(cpu_flags()) or not bf16_available():
+        return False
+    if lib.geosam_amx_init() != 0:
+        log.info("cpu_attention512.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
+        return False
+    if _matches_reference(lib, AMX):
+        return True
+    log.warning("cpu_attention512.c: the AMX attention does not match the reference here; not used")
+    return False
 
 
 def attention(
@@ -200,7 +228,8 @@ def attention(
         fits = fits and th.is_contiguous() and tw.is_contiguous()
     if not fits:
         return False
-    err = _call(lib, qkv, num_heads, scale, tables_t, out, window, bias, bf16 and bf16_available())
+    mode = 0 if not (bf16 and bf16_available()) else AMX if amx_available() else BF16
+    err = _call(lib, qkv, num_heads, scale, tables_t, out, window, bias, mode)
     if err == 2:
         raise MemoryError("cpu_attention: no memory for the kernel's buffers")
     return err == 0

@@ -23,6 +23,7 @@
 #include <string.h>
 #include "cpu_attention512.h"
 #include "cpu_bf16.h"
+#include "cpu_amx.h"
 
 /* s[r, 0:32] = qs[r] . keys of panels p0, p1 for 8 rows of qs (stride d) */
 INLINE T512 void qk_8x32(const float* qs, int64_t d, const float* p0, const float* p1, float* s, int64_t ss) {
@@ -127,13 +128,13 @@ INLINE T512 float scores_rel_max(float* s, const float* rh, const float* rw, int
   return _mm512_reduce_max_ps(mx);
 }
 
-/* the relative terms of a block's queries (nothing without tables: rh, rw then hold zeros): rh[r] = q[r] .
+/* the relative terms of a block's bq queries (nothing without tables: rh, rw then hold zeros): rh[r] = q[r] .
  * tab_h[row of tok[r]], rw[r] = q[r] . tab_w[column of tok[r]]; copied from `rel` (rel_rows' terms of every token,
  * rows of hh + ww) where given */
-INLINE T512 void block_rel(const float* const* q, const int64_t* tok, const float* tab_h, const float* tab_w, int64_t hh,
-                           int64_t ww, int64_t d, const float* rel, float* rh, float* rw) {
+INLINE T512 void block_rel(const float* const* q, const int64_t* tok, int64_t bq, const float* tab_h, const float* tab_w,
+                           int64_t hh, int64_t ww, int64_t d, const float* rel, float* rh, float* rw) {
   if (tab_h == NULL) return;
-  for (int64_t r = 0; r < BQ; r++) {
+  for (int64_t r = 0; r < bq; r++) {
     if (rel != NULL) {
       memcpy(rh + r * hh, rel + tok[r] * (hh + ww), sizeof(float) * (size_t)hh);
       memcpy(rw + r * ww, rel + tok[r] * (hh + ww) + hh, sizeof(float) * (size_t)ww);
@@ -192,7 +193,7 @@ static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t 
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;  /* rows not 4 KiB apart */
   for (int64_t r = 0; r < BQ; r++)
     for (int64_t c = 0; c < d; c++) qs[r * d + c] = q[r][c] * scale;
-  block_rel(q, tok, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  block_rel(q, tok, BQ, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   /* scores: key panels outer (a 32-key pair stays in L1 for the 3 groups of 8 queries) */
   for (int64_t t = 0; t < nt; t += 2) {
     for (int64_t g = 0; g < BQ; g += 8) {
@@ -308,7 +309,7 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
   uint16_t* qb = (uint16_t*)qs;
   for (int64_t r = 0; r < BQ; r++)
     for (int64_t c = 0; c < d; c++) qb[r * d + c] = to_bf16(q[r][c]);
-  block_rel(q, tok, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  block_rel(q, tok, BQ, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   for (int64_t t = 0; t < nt; t += 2)
     for (int64_t g = 0; g < BQ; g += 8) {
       if (t + 1 < nt)
@@ -327,6 +328,71 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
   }
   block_out(o, inv, nq, d, out);
 }
+
+/* --- bf16 products on AMX tiles (Intel Xeon): the same numbers as attend_head_bf16's (q, k, probabilities and v
+ * rounded to bf16, sums in float32, in the tiles' order) for BQ_AMX queries, two tiles of 16 rows: the scores 32
+ * queries x 32 keys at a time (four float32 tiles, the keys' panels of pack_head_bf16 are AMX's right operand as
+ * they are), the values product 32 queries x 32 columns over all keys (the probabilities' bf16 rows, written over
+ * the scores' by softmax_row_bf16, are the left operand; pack_head_bf16's pairs of value rows the right one).
+ * d a multiple of 32; the calling thread has run amx_configure. */
+#if GEOSAM_AMX
+static TAMX void attend_head_amx(const float* const* q, const int64_t* tok, int64_t nq, float scale,
+                                 const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
+                                 const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
+                                 float* qs, float* rh, float* rw, float* o, float* inv) {
+  const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
+  uint16_t* qb = (uint16_t*)qs;
+  for (int64_t r = 0; r < BQ_AMX; r++)
+    for (int64_t c = 0; c < d; c += 16)
+      _mm256_storeu_si256((__m256i*)(qb + r * d + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q[r] + c)));
+  block_rel(q, tok, BQ_AMX, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  const int64_t pb = 16 * d, sc = 4 * ss; /* a key panel (bf16); bytes between score rows */
+  for (int64_t t = 0; t < nt; t += 2) { /* np a multiple of 32: panels in pairs */
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t c = 0; c < d; c += 32) {
+      _tile_loadd(4, qb + c, 2 * d);
+      _tile_loadd(5, qb + 16 * d + c, 2 * d);
+      _tile_loadd(6, kp + t * pb + 16 * c, 64);
+      _tile_loadd(7, kp + (t + 1) * pb + 16 * c, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, s + t * 16, sc);
+    _tile_stored(1, s + t * 16 + 16, sc);
+    _tile_stored(2, s + 16 * ss + t * 16, sc);
+    _tile_stored(3, s + 16 * ss + t * 16 + 16, sc);
+  }
+  for (int64_t r = 0; r < BQ_AMX; r++)
+    inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
+  const uint16_t* pr = (const uint16_t*)s; /* probability row r at pr + 2 r ss */
+  for (int64_t c = 0; c < d; c += 32) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t j = 0; j < np; j += 32) {
+      _tile_loadd(4, pr + j, sc);
+      _tile_loadd(5, pr + 32 * ss + j, sc);
+      _tile_loadd(6, vp + j * d + 2 * c, 4 * d);
+      _tile_loadd(7, vp + j * d + 2 * c + 32, 4 * d);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, o + c, 4 * d);
+    _tile_stored(1, o + c + 16, 4 * d);
+    _tile_stored(2, o + 16 * d + c, 4 * d);
+    _tile_stored(3, o + 16 * d + c + 16, 4 * d);
+  }
+  block_out(o, inv, nq, d, out);
+}
+#endif
 
 /* 16 floats (zeros for NULL) rounded to bf16, each in the low half of a 32-bit lane */
 INLINE TBF __m512i bf16_lanes(const float* x) {
@@ -361,20 +427,27 @@ static TBF void pack_head_bf16(const float* const* tokp, int64_t n, int64_t np, 
   }
 }
 
-/* one head's keys and values packed, and a block of its queries attended: in float32 or with bf16 products (the
- * bf16 arrays in the float buffers' first halves) */
-static void pack(int bf16, const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
+/* one head's keys and values packed, and a block of its queries attended: in float32 (mode 0), with bf16 products
+ * (1) or with bf16 products on AMX tiles (2: BQ_AMX queries; the bf16 arrays in the float buffers' first halves) */
+static void pack(int mode, const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
                  float* kp, float* vp) {
-  if (bf16)
+  if (mode)
     pack_head_bf16(tokp, n, np, koff, voff, d, (uint16_t*)kp, (uint16_t*)vp);
   else
     pack_head(tokp, n, np, koff, voff, d, kp, vp);
 }
 
-static void attend(int bf16, const float* const* q, const int64_t* tok, int64_t nq, float scale, const float* kp,
+static void attend(int mode, const float* const* q, const int64_t* tok, int64_t nq, float scale, const float* kp,
                    const float* vp, const float* tab_h, const float* tab_w, const float* rel, int64_t hh, int64_t ww,
                    int64_t d, float* const* out, float* s, float* qs, float* rh, float* rw, float* o, float* inv) {
-  if (bf16)
+#if GEOSAM_AMX
+  if (mode == 2) {
+    attend_head_amx(q, tok, nq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, rel, hh, ww, d, out,
+                    s, qs, rh, rw, o, inv);
+    return;
+  }
+#endif
+  if (mode)
     attend_head_bf16(q, tok, nq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, rel, hh, ww, d, out,
                      s, qs, rh, rw, o, inv);
   else
@@ -386,19 +459,22 @@ static void attend(int bf16, const float* const* q, const int64_t* tok, int64_t 
  * (tokens past the map: `bias`, 3C numbers), else over the whole map. tab_h (hh, d, hh) and tab_w (ww, d, ww): the
  * layer's relative tables transposed (hh = ww = ws in windows, else the map's size), or NULL for none. out: token
  * (y, x) at out + y * orow + x * ocol, head h at + h d. d: a multiple of 16 up to 128. Returns 0, 1 (shape not
- * supported) or 2 (no memory). */
+ * supported) or 2 (no memory). mode: 0 float32, 1 bf16 products (AVX-512 BF16), 2 bf16 products on AMX tiles (the
+ * process has been granted them: geosam_amx_init; 1 where d is not a multiple of 32 or the compiler has no AMX). */
 int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t ws,
                         const float* bias, int64_t nh, int64_t d, float scale, const float* tab_h, const float* tab_w,
-                        float* out, int64_t orow, int64_t ocol, int threads, int bf16) {
+                        float* out, int64_t orow, int64_t ocol, int threads, int mode) {
   if (d % 16 != 0 || d < 16 || d > 128 || mh < 1 || mw < 1 || ws < 0 || (ws > 0 && bias == NULL)) return 1;
+  if (mode == 2 && (!GEOSAM_AMX || d % 32 != 0)) mode = 1;
+  const int64_t bq = mode == 2 ? BQ_AMX : BQ;
   int64_t hh = ws > 0 ? ws : mh, ww = ws > 0 ? ws : mw, n = hh * ww, np = (n + 31) / 32 * 32, cc = nh * d;
   int64_t nwy = (mh + hh - 1) / hh, nwx = (mw + ww - 1) / ww, nwin = nwy * nwx;
   /* windows: each (window, head) a task, packing its own keys and values; one map: every head packed first,
    * then the (head, block of queries) tasks */
   int whole = nwin == 1;
-  int64_t nb = (hh * ww + BQ - 1) / BQ;
+  int64_t nb = (hh * ww + bq - 1) / bq;
   size_t kv = (size_t)(np * d) * (whole ? (size_t)nh : 1);
-  size_t work = (size_t)(BQ * (np + 16 + 2 * d + hh + ww) + 32);
+  size_t work = (size_t)(bq * (np + 16 + 2 * d + hh + ww) + 32);
   float* shared = NULL;
   float* rel = NULL; /* a whole map's relative terms of one head's tokens (rel_rows), n rows of hh + ww */
   const float** tok0 = NULL;
@@ -424,16 +500,19 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
     }
     if (whole) {
 #pragma omp for schedule(static)
-      for (int64_t h = 0; h < nh; h++) pack(bf16, tok0, n, np, cc + h * d, 2 * cc + h * d, d, shared + h * np * d,
+      for (int64_t h = 0; h < nh; h++) pack(mode, tok0, n, np, cc + h * d, 2 * cc + h * d, d, shared + h * np * d,
                                             shared + kv + h * np * d);
     }
 #pragma omp barrier
     int ok = s != NULL && tokp != NULL && err == 0;
-    float *qs = s + BQ * (np + 16), *o = qs + BQ * d, *rh = o + BQ * d, *rw = rh + BQ * hh, *inv = rw + BQ * ww;
-    if (ok && tab_h == NULL) memset(rh, 0, sizeof(float) * (size_t)(BQ * (hh + ww)));
-    const float* q[BQ];
-    int64_t tok[BQ], nq, ry = mh, rx = mw;
-    float* orows[BQ];
+    float *qs = s + bq * (np + 16), *o = qs + bq * d, *rh = o + bq * d, *rw = rh + bq * hh, *inv = rw + bq * ww;
+    if (ok && tab_h == NULL) memset(rh, 0, sizeof(float) * (size_t)(bq * (hh + ww)));
+    const float* q[BQ_AMX];
+    int64_t tok[BQ_AMX], nq, ry = mh, rx = mw;
+    float* orows[BQ_AMX];
+#if GEOSAM_AMX
+    if (mode == 2) amx_configure();
+#endif
     if (whole) /* head by head: its relative terms by rows and columns of the map, then its blocks of queries */
       for (int64_t h = 0; h < nh; h++) {
         if (rel != NULL) {
@@ -444,9 +523,9 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < nb; b++) {
           if (!ok) continue;
-          block_rows(tok0, ww, mh, mw, b * BQ, h * d, out + h * d, orow, ocol, 0, 0, q, tok, orows, &nq);
+          block_rows(tok0, ww, mh, mw, b * bq, bq, h * d, out + h * d, orow, ocol, 0, 0, q, tok, orows, &nq);
           if (nq > 0)
-            attend(bf16, q, tok, nq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh, ww,
+            attend(mode, q, tok, nq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh, ww,
                    d, orows, s, qs, rh, rw, o, inv);
         }
       }
@@ -457,13 +536,16 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
         int64_t win = w / nh, h = w % nh, wy = win / nwx, wx = win % nwx;
         float *kp = s + work, *vp = kp + kv;
         window_tokens(qkv, srow, scol, mh, mw, hh, ww, wy, wx, bias, tokp, &ry, &rx);
-        pack(bf16, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
-        for (int64_t b0 = 0; b0 < ry * rx; b0 += BQ) {
-          block_rows(tokp, ww, ry, rx, b0, h * d, out + h * d, orow, ocol, wy * hh, wx * ww, q, tok, orows, &nq);
-          attend(bf16, q, tok, nq, scale, kp, vp, tab_h, tab_w, NULL, hh, ww, d, orows, s, qs, rh, rw, o, inv);
+        pack(mode, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
+        for (int64_t b0 = 0; b0 < ry * rx; b0 += bq) {
+          block_rows(tokp, ww, ry, rx, b0, bq, h * d, out + h * d, orow, ocol, wy * hh, wx * ww, q, tok, orows, &nq);
+          attend(mode, q, tok, nq, scale, kp, vp, tab_h, tab_w, NULL, hh, ww, d, orows, s, qs, rh, rw, o, inv);
         }
       }
     }
+#if GEOSAM_AMX
+    if (mode == 2) amx_release();
+#endif
     free(s);
     if (!whole) free(tokp);
   }

@@ -11,6 +11,7 @@
 #define INLINE static inline __attribute__((always_inline))
 
 #define BQ 24       /* queries per block: 3 score groups of 8; 4, 6 or 8 value groups of 6, 4 or 3 */
+#define BQ_AMX 32   /* queries per block on AMX tiles: two tiles of 16 rows */
 #define KBLOCK 512  /* keys per block of the values product (d = 64: 128 KiB of values, in L2) */
 
 /* e^x for x <= 0 (a score minus its row's maximum): Cephes' expf polynomial, 2^n by scalef; 0 below -104 */
@@ -64,13 +65,13 @@ static void window_tokens(const float* qkv, int64_t srow, int64_t scol, int64_t 
       tokp[r * ww + c] = (r < *ry && c < *rx) ? qkv + (y0 + r) * srow + (x0 + c) * scol : bias;
 }
 
-/* Queries b0 .. b0 + BQ of a window (its ry x rx tokens on the map, in order; a partial block repeats the first):
+/* Queries b0 .. b0 + bq of a window (its ry x rx tokens on the map, in order; a partial block repeats the first):
  * their rows (head offset qoff), grid tokens and output rows (out + y * orow + x * ocol + head offset) */
-static void block_rows(const float* const* tokp, int64_t ww, int64_t ry, int64_t rx, int64_t b0, int64_t qoff,
-                       float* out, int64_t orow, int64_t ocol, int64_t y0, int64_t x0, const float** q, int64_t* tok,
-                       float** o, int64_t* nq) {
-  int64_t m = ry * rx - b0 < BQ ? ry * rx - b0 : BQ;
-  for (int64_t r = 0; r < BQ; r++) {
+static void block_rows(const float* const* tokp, int64_t ww, int64_t ry, int64_t rx, int64_t b0, int64_t bq,
+                       int64_t qoff, float* out, int64_t orow, int64_t ocol, int64_t y0, int64_t x0, const float** q,
+                       int64_t* tok, float** o, int64_t* nq) {
+  int64_t m = ry * rx - b0 < bq ? ry * rx - b0 : bq;
+  for (int64_t r = 0; r < bq; r++) {
     int64_t i = b0 + (r < m ? r : 0), y = i / rx, x = i % rx;
     tok[r] = y * ww + x;
     q[r] = tokp[tok[r]] + qoff;
