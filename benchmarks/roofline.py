@@ -72,6 +72,9 @@ def count_flops(fn: Callable[[], Any], kernels: bool = False) -> int:
     decoder's upscaling, quadratic forms, per-head products, softmaxes and their products), which the counter cannot
     see, are switched off for the count: the paths they stand in for run the same products through torch's ops.
     ``kernels=True`` leaves them on: the FLOPs a counter sees around a run that uses them (to subtract them).
+    The modules' cached answers that depend on their library (``bf16_available``, ``amx_available``, ...) are
+    cleared after a count without them: one first asked during the count would otherwise stay False for the rest of
+    the process (the bf16 encoder's AMX attention was left out of the timed runs that way).
     """
     modules = kernel_modules()
     libraries = [m._library for m in modules]
@@ -84,7 +87,16 @@ def count_flops(fn: Callable[[], Any], kernels: bool = False) -> int:
     finally:
         for m, lib in zip(modules, libraries, strict=True):
             m._library = lib
+            if not kernels:
+                _clear_cached_answers(m)
     return int(counter.get_total_flops())
+
+
+def _clear_cached_answers(module: Any) -> None:
+    """``cache_clear()`` on the module's own cached functions but ``_library`` (the compiled library itself)."""
+    for name, value in vars(module).items():
+        if name != "_library" and callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", None) == module.__name__:
+            value.cache_clear()
 
 
 def matmul_flops_per_s(dtype: torch.dtype, min_seconds: float = 0.4, path: str = "torch") -> dict[str, Any]:
