@@ -155,8 +155,8 @@ def test_amx_products_are_the_avx512_bf16_products_to_rounding(
     hh: int, ww: int, nh: int, d: int, window: int, rel: bool
 ) -> None:
     """The AMX tiles take the same bf16 numbers as AVX-512 BF16's vdpbf16ps (q, k, the rounded probabilities, v) and
-    sum them in float32 in another order: the two outputs agree to float rounding (a probability on a bf16 rounding
-    boundary at most), far closer than either is to the exact attention; whole maps whose last block of 32 queries
+    sum them in float32 in another order (the relative terms too, `rel_rows8`): the two outputs agree to float
+    rounding (a probability on a bf16 rounding boundary at most), far closer than either is to the exact attention; whole maps whose last block of 32 queries
     is partial, windows with padded strips, with and without tables."""
     qkv, bias, tables = _case(hh, ww, nh, d, window, seed=7 * hh + d)
     qkv, bias = qkv.bfloat16().float(), bias.bfloat16().float()
@@ -171,7 +171,7 @@ def test_amx_products_are_the_avx512_bf16_products_to_rounding(
         assert cpu_attention._call(lib, qkv, nh, scale, tabs_t, outs[mode], window, bias, mode) == 0
     amx, avx = outs[cpu_attention.AMX].double(), outs[cpu_attention.BF16].double()
     assert not amx.isnan().any()
-    assert float((amx - avx).norm() / avx.norm()) < float((avx - want).norm() / want.norm()) / 20
+    assert float((amx - avx).norm() / avx.norm()) < float((avx - want).norm() / want.norm()) / 10
     assert float((amx - want).abs().max() / want.abs().max()) < cpu_attention.BF16_TOLERANCE
 
 
