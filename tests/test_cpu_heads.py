@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from geosam.models import cpu_heads
+from geosam.models.device import cpu_flags
 from tests.test_cpu_decoder import needs_kernel
 
 
@@ -121,3 +122,34 @@ def test_decoder_is_the_same_with_and_without_the_kernels(monkeypatch) -> None:
     monkeypatch.setattr(cpu_heads, "_library", lambda: None)
     without = gm.decode_points(bundle, emb, pts)
     assert_same_decoding(with_kernels, without)
+
+
+needs_avx512 = pytest.mark.skipif(
+    not (cpu_heads.available() and "avx512f" in cpu_flags()), reason="no AVX-512 here (or the kernels not in use)"
+)
+
+
+@needs_avx512
+def test_wide_scores_are_in_use_where_the_cpu_has_avx512() -> None:
+    assert cpu_heads.wide_available()
+
+
+@needs_avx512
+@pytest.mark.parametrize(("n", "nh", "nt", "dk", "r", "p"), [(9, 8, 7, 16, 7, 4096), (3, 2, 5, 16, 14, 96), (2, 3, 3, 5, 9, 48)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_scores_are_the_avx2_scores_bit_for_bit(n: int, nh: int, nt: int, dk: int, r: int, p: int, threads: int) -> None:
+    """Both scores kernels in AVX-512 registers (4 rows x 32 positions a tile) give the AVX2 tiles' bits, at either
+    thread count (SAM's sizes first; 48 positions: not whole 32-position blocks, the AVX2 tiles run)."""
+    lib = cpu_heads._library()
+    gen = torch.Generator().manual_seed(n * p)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for inputs, call in ((cpu_heads._scores_inputs, cpu_heads._call_factored_scores),
+                             (cpu_heads._final_inputs, cpu_heads._call_final_scores)):  # fmt: skip
+            args = inputs(gen, n, nh, nt, dk, r, p)
+            narrow, wide = (torch.full((n, nh, nt, p), float("nan")) for _ in range(2))
+            assert call(lib, *args, narrow) and call(lib, *args, wide, True)
+            assert not narrow.isnan().any() and torch.equal(narrow, wide)
+    finally:
+        torch.set_num_threads(before)

@@ -161,8 +161,8 @@ static T512 void rel_rows(const float* const* tokp, int64_t qoff, const float* t
 
 /* rel_rows' terms for the AMX mode, as products of 8 queries x 32 table columns in registers (each term one chain
  * of FMAs over d, not rel_row's four: other roundings, so not for the float32 and AVX-512 BF16 modes, whose bits
- * stay): a ViT-B global layer's relative terms 23 -> ~8 ms (Intel Xeon with AMX, one thread), each query row read
- * once per 32 columns instead of once per 16 */
+ * stay): a ViT-B global layer's relative terms 23 -> 16 ms (Intel Xeon with AMX, one thread; perf samples), each
+ * query row read once per 32 columns instead of once per 16 */
 static T512 void rel_rows8(const float* const* tokp, int64_t qoff, const float* tab_h, const float* tab_w, int64_t hh,
                            int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
   const int64_t nq = by_col ? hh : ww, m = by_col ? ww : hh, off = by_col ? hh : 0;

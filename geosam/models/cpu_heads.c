@@ -104,15 +104,6 @@ int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const flo
   return failed ? 2 : 0;
 }
 
-/* rows 0 .. r of a (r, p) matrix at columns b0 .. b0 + 16, packed into dst (r x 16): the rows lie 4 p bytes apart,
- * the same L1 sets for p = 4096 */
-static inline void pack_block16(const float* src, int64_t r, int64_t p, int64_t b0, float* dst) {
-  for (int64_t j = 0; j < r; j++) {
-    _mm256_storeu_ps(dst + j * 16, _mm256_loadu_ps(src + j * p + b0));
-    _mm256_storeu_ps(dst + j * 16 + 8, _mm256_loadu_ps(src + j * p + b0 + 8));
-  }
-}
-
 /* tokens t .. t + 4 of prompt i, head h (fewer at the end: those past nt repeat the first): their rows in q (at
  * i sn + h sh + t st) and their output rows in s (n, nh, nt, p) from position b0; returns how many are real */
 static inline int row_tile(const float* q, int64_t sn, int64_t sh, int64_t st, float* s, int64_t nh, int64_t nt,
@@ -132,178 +123,60 @@ static inline int row_tile(const float* q, int64_t sn, int64_t sh, int64_t st, f
  * f (n, nh nt, r) and probs0 (n, r, p) contiguous, p a multiple of 16; rows: (n, h, t) at n sn + h sh + t st, dk contiguous floats;
  * xp, bp (nh, dk, p) contiguous; fsum (n, nh, nt), mean0, rstd0 (n, p) contiguous; s (n, nh, nt, p) contiguous.
  * torch writes the (n, nh nt, p) product, then reads and writes it again for each of the four other terms. */
-static inline __attribute__((always_inline)) void scores_tile(const float* f, int64_t r, const float* pr,
-                                                              const float* const* ar, const float* xb,
-                                                              const float* bb, int64_t p, int64_t dk,
-                                                              const float* fs, __m256 m0, __m256 m1, __m256 s0,
-                                                              __m256 s1, float* const* orow, const int rows) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  __m256 b;
-#define SC_ROW(i, a, c0, c1, x0, x1) \
-  if (rows > i) { b = _mm256_broadcast_ss(a); c0 = _mm256_fmadd_ps(b, x0, c0); c1 = _mm256_fmadd_ps(b, x1, c1); }
-  for (int64_t j = 0; j < r; j++) {
-    const __m256 x0 = _mm256_loadu_ps(pr + j * 16), x1 = _mm256_loadu_ps(pr + j * 16 + 8);
-    SC_ROW(0, f + j, c00, c01, x0, x1) SC_ROW(1, f + r + j, c10, c11, x0, x1)
-    SC_ROW(2, f + 2 * r + j, c20, c21, x0, x1) SC_ROW(3, f + 3 * r + j, c30, c31, x0, x1)
-  }
-  for (int64_t k = 0; k < dk; k++) {
-    const __m256 x0 = _mm256_loadu_ps(xb + k * p), x1 = _mm256_loadu_ps(xb + k * p + 8);
-    SC_ROW(0, ar[0] + k, c00, c01, x0, x1) SC_ROW(1, ar[1] + k, c10, c11, x0, x1)
-    SC_ROW(2, ar[2] + k, c20, c21, x0, x1) SC_ROW(3, ar[3] + k, c30, c31, x0, x1)
-  }
-#define SC_NORM(i, c0, c1)                                                      \
-  if (rows > i) {                                                               \
-    const __m256 fv = _mm256_set1_ps(fs[i]);                                    \
-    c0 = _mm256_mul_ps(_mm256_fnmadd_ps(fv, m0, c0), s0);                       \
-    c1 = _mm256_mul_ps(_mm256_fnmadd_ps(fv, m1, c1), s1);                       \
-  }
-  SC_NORM(0, c00, c01) SC_NORM(1, c10, c11) SC_NORM(2, c20, c21) SC_NORM(3, c30, c31)
-  for (int64_t k = 0; k < dk; k++) {
-    const __m256 x0 = _mm256_loadu_ps(bb + k * p), x1 = _mm256_loadu_ps(bb + k * p + 8);
-    SC_ROW(0, ar[0] + k, c00, c01, x0, x1) SC_ROW(1, ar[1] + k, c10, c11, x0, x1)
-    SC_ROW(2, ar[2] + k, c20, c21, x0, x1) SC_ROW(3, ar[3] + k, c30, c31, x0, x1)
-  }
-#define SC_OUT(i, c0, c1) if (rows > i) { _mm256_storeu_ps(orow[i], c0); _mm256_storeu_ps(orow[i] + 8, c1); }
-  SC_OUT(0, c00, c01) SC_OUT(1, c10, c11) SC_OUT(2, c20, c21) SC_OUT(3, c30, c31)
-#undef SC_ROW
-#undef SC_NORM
-#undef SC_OUT
-}
-
-int geosam_factored_scores(const float* f, const float* probs0, int64_t r, const float* rows, int64_t sn, int64_t sh,
-                           int64_t st, const float* xp, const float* bp, const float* fsum, const float* mean0,
-                           const float* rstd0, float* s, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p,
-                           int threads) {
-  if (p % 16 != 0) return 1;
-  const int64_t nblk = p / 16;
-  int failed = 0;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-  float* pr = thread_buffer((size_t)(r * 16), &failed); /* the block of probs0, packed (pack_block16) */
-#pragma omp for schedule(static) collapse(2)
-  for (int64_t i = 0; i < n; i++) {
-    for (int64_t blk = 0; blk < nblk; blk++) {
-      if (pr == NULL) continue;
-      const int64_t p0 = blk * 16;
-      pack_block16(probs0 + i * r * p, r, p, p0, pr);
-      const __m256 m0 = _mm256_loadu_ps(mean0 + i * p + p0), m1 = _mm256_loadu_ps(mean0 + i * p + p0 + 8);
-      const __m256 s0 = _mm256_loadu_ps(rstd0 + i * p + p0), s1 = _mm256_loadu_ps(rstd0 + i * p + p0 + 8);
-      for (int64_t h = 0; h < nh; h++) {
-        const float* xb = xp + h * dk * p + p0;
-        const float* bb = bp + h * dk * p + p0;
-        for (int64_t t = 0; t < nt; t += 4) {
-          const float* ar[4];
-          float* orow[4];
-          const int m = row_tile(rows, sn, sh, st, s, nh, nt, p, i, h, t, p0, ar, orow);
-          const float* fr = f + (i * nh * nt + h * nt + t) * r;
-          const float* fs = fsum + (i * nh + h) * nt + t;
-          switch (m) {
-            case 4: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 4); break;
-            case 3: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 3); break;
-            case 2: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 2); break;
-            default: scores_tile(fr, r, pr, ar, xb, bb, p, dk, fs, m0, m1, s0, s1, orow, 1); break;
-          }
-        }
-      }
-    }
-  }
-  free(pr);
-  }
-  return failed ? 2 : 0;
-}
-
 /* 3. The final attention's scores against the never-written second image side (geosam/models/fast_final.py,
  * factored_final_attention), one pass per block of positions:
  *   s[n, h, t, p] = (((f0[n, h T + t] . p0[n, :, p] + q[n, h, t] . kx[h, :, p]) s1[n, p] + c[n, h T + t])
  *                    + f1[n, h T + t] . p1[n, :, p]) s2[n, p] + q[n, h, t] . kp[h, :, p]
  * f0, f1 (n, nh nt, r), p0, p1 (n, r, p), c (n, nh nt), s1, s2 (n, p) contiguous; q rows (n, h, t) at n sn + h sh
  * + t st, dk contiguous floats; kx, kp (nh, dk, p) contiguous; s (n, nh, nt, p) contiguous; p a multiple of 16. */
-#define FS_ROW(i, a, c0, c1, x0, x1) \
-  if (rows > i) { b = _mm256_broadcast_ss(a); c0 = _mm256_fmadd_ps(b, x0, c0); c1 = _mm256_fmadd_ps(b, x1, c1); }
-#define FS_PRODUCT(f, pr, kn)                                                                          \
-  for (int64_t j = 0; j < kn; j++) {                                                                   \
-    const __m256 x0 = _mm256_loadu_ps(pr + j * 16), x1 = _mm256_loadu_ps(pr + j * 16 + 8);             \
-    FS_ROW(0, f + j, c00, c01, x0, x1) FS_ROW(1, f + r + j, c10, c11, x0, x1)                           \
-    FS_ROW(2, f + 2 * r + j, c20, c21, x0, x1) FS_ROW(3, f + 3 * r + j, c30, c31, x0, x1)               \
-  }
-#define FS_HEADS(xb)                                                                                   \
-  for (int64_t k = 0; k < dk; k++) {                                                                   \
-    const __m256 x0 = _mm256_loadu_ps(xb + k * p), x1 = _mm256_loadu_ps(xb + k * p + 8);               \
-    FS_ROW(0, ar[0] + k, c00, c01, x0, x1) FS_ROW(1, ar[1] + k, c10, c11, x0, x1)                       \
-    FS_ROW(2, ar[2] + k, c20, c21, x0, x1) FS_ROW(3, ar[3] + k, c30, c31, x0, x1)                       \
-  }
-static inline __attribute__((always_inline)) void final_tile(const float* f0, const float* f1, int64_t r,
-                                                             const float* pr0, const float* pr1,
-                                                             const float* const* ar, const float* kx,
-                                                             const float* kp, int64_t p, int64_t dk,
-                                                             const float* cv, const __m256* sc,
-                                                             float* const* orow, const int rows) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  __m256 b;
-  FS_PRODUCT(f0, pr0, r)
-  FS_HEADS(kx)
-#define FS_MID(i, c0, c1)                                                                           \
-  if (rows > i) {                                                                                   \
-    const __m256 cc = _mm256_set1_ps(cv[i]);                                                         \
-    c0 = _mm256_fmadd_ps(c0, sc[0], cc);                                                            \
-    c1 = _mm256_fmadd_ps(c1, sc[1], cc);                                                            \
-  }
-  FS_MID(0, c00, c01) FS_MID(1, c10, c11) FS_MID(2, c20, c21) FS_MID(3, c30, c31)
-  FS_PRODUCT(f1, pr1, r)
-#define FS_SCALE(i, c0, c1) if (rows > i) { c0 = _mm256_mul_ps(c0, sc[2]); c1 = _mm256_mul_ps(c1, sc[3]); }
-  FS_SCALE(0, c00, c01) FS_SCALE(1, c10, c11) FS_SCALE(2, c20, c21) FS_SCALE(3, c30, c31)
-  FS_HEADS(kp)
-#define FS_OUT(i, c0, c1) if (rows > i) { _mm256_storeu_ps(orow[i], c0); _mm256_storeu_ps(orow[i] + 8, c1); }
-  FS_OUT(0, c00, c01) FS_OUT(1, c10, c11) FS_OUT(2, c20, c21) FS_OUT(3, c30, c31)
-#undef FS_MID
-#undef FS_SCALE
-#undef FS_OUT
+/* Both in the tiles of cpu_heads_scores.h, written once for two widths: 8-lane (AVX2) registers, 4 rows x 16
+ * positions, and 16-lane (AVX-512) ones, 4 rows x 32 positions (`wide`: where p is a multiple of 32), whose
+ * 512-bit FMAs do twice the work per instruction on CPUs whose FMA units are 512 bits wide (Intel's server CPUs,
+ * AMD's Zen 5). Each output is the same chain of operations in either (the same bits: geosam/models/cpu_heads.py
+ * checks that before using the wide ones). */
+#define HS_W 8
+#define HS_V __m256
+#define HS_ATTR
+#define HS_NAME(x) x##_8
+#define HS_ZERO _mm256_setzero_ps
+#define HS_LOAD _mm256_loadu_ps
+#define HS_SET1 _mm256_set1_ps
+#define HS_FMA _mm256_fmadd_ps
+#define HS_FNMA _mm256_fnmadd_ps
+#define HS_MUL _mm256_mul_ps
+#define HS_STORE _mm256_storeu_ps
+#include "cpu_heads_scores.h"
+#define HS_W 16
+#define HS_V __m512
+#define HS_ATTR __attribute__((target("avx512f,fma")))
+#define HS_NAME(x) x##_16
+#define HS_ZERO _mm512_setzero_ps
+#define HS_LOAD _mm512_loadu_ps
+#define HS_SET1 _mm512_set1_ps
+#define HS_FMA _mm512_fmadd_ps
+#define HS_FNMA _mm512_fnmadd_ps
+#define HS_MUL _mm512_mul_ps
+#define HS_STORE _mm512_storeu_ps
+#include "cpu_heads_scores.h"
+
+int geosam_factored_scores(const float* f, const float* probs0, int64_t r, const float* rows, int64_t sn, int64_t sh,
+                           int64_t st, const float* xp, const float* bp, const float* fsum, const float* mean0,
+                           const float* rstd0, float* s, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p,
+                           int threads, int wide) {
+  if (p % 16 != 0) return 1;
+  if (wide && p % 32 == 0)
+    return factored_scores_16(f, probs0, r, rows, sn, sh, st, xp, bp, fsum, mean0, rstd0, s, n, nh, nt, dk, p, threads);
+  return factored_scores_8(f, probs0, r, rows, sn, sh, st, xp, bp, fsum, mean0, rstd0, s, n, nh, nt, dk, p, threads);
 }
-#undef FS_ROW
-#undef FS_PRODUCT
-#undef FS_HEADS
 
 int geosam_final_scores(const float* f0, const float* f1, const float* p0s, const float* p1s, int64_t r,
                         const float* q, int64_t sn, int64_t sh, int64_t st, const float* kx, const float* kp,
                         const float* c, const float* s1, const float* s2, float* s, int64_t n, int64_t nh, int64_t nt,
-                        int64_t dk, int64_t p, int threads) {
+                        int64_t dk, int64_t p, int threads, int wide) {
   if (p % 16 != 0) return 1;
-  const int64_t nblk = p / 16;
-  int failed = 0;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-  float* pr = thread_buffer((size_t)(2 * r * 16), &failed); /* the blocks of p0 and p1, packed */
-#pragma omp for schedule(static) collapse(2)
-  for (int64_t i = 0; i < n; i++) {
-    for (int64_t blk = 0; blk < nblk; blk++) {
-      if (pr == NULL) continue;
-      const int64_t b0 = blk * 16;
-      pack_block16(p0s + i * r * p, r, p, b0, pr);
-      pack_block16(p1s + i * r * p, r, p, b0, pr + r * 16);
-      const __m256 sc[4] = {_mm256_loadu_ps(s1 + i * p + b0), _mm256_loadu_ps(s1 + i * p + b0 + 8),
-                            _mm256_loadu_ps(s2 + i * p + b0), _mm256_loadu_ps(s2 + i * p + b0 + 8)};
-      for (int64_t h = 0; h < nh; h++) {
-        const float* kxb = kx + h * dk * p + b0;
-        const float* kpb = kp + h * dk * p + b0;
-        for (int64_t t = 0; t < nt; t += 4) {
-          const float* ar[4];
-          float* orow[4];
-          const int m = row_tile(q, sn, sh, st, s, nh, nt, p, i, h, t, b0, ar, orow);
-          const int64_t row = (i * nh + h) * nt + t;
-          const float *g0 = f0 + row * r, *g1 = f1 + row * r, *cv = c + row;
-          switch (m) {
-            case 4: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 4); break;
-            case 3: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 3); break;
-            case 2: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 2); break;
-            default: final_tile(g0, g1, r, pr, pr + r * 16, ar, kxb, kpb, p, dk, cv, sc, orow, 1); break;
-          }
-        }
-      }
-    }
-  }
-  free(pr);
-  }
-  return failed ? 2 : 0;
+  if (wide && p % 32 == 0)
+    return final_scores_16(f0, f1, p0s, p1s, r, q, sn, sh, st, kx, kp, c, s1, s2, s, n, nh, nt, dk, p, threads);
+  return final_scores_8(f0, f1, p0s, p1s, r, q, sn, sh, st, kx, kp, c, s1, s2, s, n, nh, nt, dk, p, threads);
 }
 
 /* 4. The layer norms' cross terms of geosam/models/fast_final.py (_out_proj_dots): out[n, p] = sum_{h, t}

@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 from pathlib import Path
 
 import torch
 
+from geosam.models.device import cpu_flags
+
 __all__ = [
     "available", "factored_scores", "factored_scores_reference", "final_scores", "final_scores_reference", "headdot",
-    "proj_dots", "proj_dots_reference",
+    "proj_dots", "proj_dots_reference", "wide_available",
 ]  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("cpu_heads.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -48,13 +53,13 @@ def _call_headdot(lib: ctypes.CDLL, a: torch.Tensor, x: torch.Tensor, out: torch
 
 def _call_factored_scores(lib: ctypes.CDLL, f: torch.Tensor, probs0: torch.Tensor, rows: torch.Tensor,
                           parts: tuple[torch.Tensor, torch.Tensor], fsum: torch.Tensor, mean0: torch.Tensor,
-                          rstd0: torch.Tensor, s: torch.Tensor) -> bool:
+                          rstd0: torch.Tensor, s: torch.Tensor, wide: bool = False) -> bool:
     n, nh, nt, dk = rows.shape
     rc = lib.geosam_factored_scores(
         _P(f.data_ptr()), _P(probs0.data_ptr()), _I64(probs0.shape[1]), _P(rows.data_ptr()), _I64(rows.stride(0)),
         _I64(rows.stride(1)), _I64(rows.stride(2)), _P(parts[0].data_ptr()), _P(parts[1].data_ptr()),
         _P(fsum.data_ptr()), _P(mean0.data_ptr()), _P(rstd0.data_ptr()), _P(s.data_ptr()), _I64(n), _I64(nh),
-        _I64(nt), _I64(dk), _I64(s.shape[-1]), ctypes.c_int(torch.get_num_threads()),
+        _I64(nt), _I64(dk), _I64(s.shape[-1]), ctypes.c_int(torch.get_num_threads()), ctypes.c_int(int(wide)),
     )  # fmt: skip
     if rc == 2:
         raise MemoryError("cpu_decoder: out of memory for the scores' buffers")
@@ -73,14 +78,14 @@ def factored_scores_reference(f: torch.Tensor, probs0: torch.Tensor, rows: torch
 
 def _call_final_scores(lib: ctypes.CDLL, f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor],
                        q: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
-                       scales: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor) -> bool:
+                       scales: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor, wide: bool = False) -> bool:
     n, nh, nt, dk = q.shape
     rc = lib.geosam_final_scores(
         _P(f[0].data_ptr()), _P(f[1].data_ptr()), _P(probs[0].data_ptr()), _P(probs[1].data_ptr()),
         _I64(probs[0].shape[1]), _P(q.data_ptr()), _I64(q.stride(0)), _I64(q.stride(1)), _I64(q.stride(2)),
         _P(keys[0].data_ptr()), _P(keys[1].data_ptr()), _P(c.data_ptr()), _P(scales[0].data_ptr()),
         _P(scales[1].data_ptr()), _P(s.data_ptr()), _I64(n), _I64(nh), _I64(nt), _I64(dk), _I64(s.shape[-1]),
-        ctypes.c_int(torch.get_num_threads()),
+        ctypes.c_int(torch.get_num_threads()), ctypes.c_int(int(wide)),
     )  # fmt: skip
     if rc == 2:
         raise MemoryError("cpu_decoder: out of memory for the scores' buffers")
@@ -130,18 +135,40 @@ def _headdot_agrees(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
     return True
 
 
+#: the load checks' shapes of the two scores kernels: (n, nh, nt, dk, r, p), partial row tiles, odd inner sizes,
+#: positions in whole 32-position blocks and not (SAM: 8 heads x 7 tokens, dk 16, r 7, p 4096)
+_SCORES_SHAPES = ((2, 2, 7, 16, 14, 48), (1, 3, 3, 5, 9, 16), (3, 1, 4, 8, 1, 32), (2, 8, 7, 16, 7, 96))
+
+
+def _scores_inputs(gen: torch.Generator, n: int, nh: int, nt: int, dk: int, r: int, p: int) -> tuple:
+    """random inputs of `factored_scores` (f, probs0, rows, parts, fsum, mean0, rstd0)"""
+    f = torch.randn((n, nh * nt, r), generator=gen)
+    probs0 = torch.rand((n, r, p), generator=gen)
+    rows = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+    parts = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
+    fsum, mean0, rstd0 = torch.randn((n, nh, nt), generator=gen), torch.randn((n, p), generator=gen), torch.rand((n, p), generator=gen)
+    return f, probs0, rows, parts, fsum, mean0, rstd0
+
+
+def _final_inputs(gen: torch.Generator, n: int, nh: int, nt: int, dk: int, r: int, p: int) -> tuple:
+    """random inputs of `final_scores` (f, probs, q, keys, c, scales)"""
+    f = torch.randn((n, nh * nt, r), generator=gen), torch.randn((n, nh * nt, r), generator=gen)
+    probs = torch.rand((n, r, p), generator=gen), torch.rand((n, r, p), generator=gen)
+    q = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+    keys = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
+    c = torch.randn((n, nh * nt), generator=gen)
+    scales = torch.rand((n, p), generator=gen) + 0.5, torch.rand((n, p), generator=gen) + 0.5
+    return f, probs, q, keys, c, scales
+
+
 def _scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
-    """`factored_scores` against `factored_scores_reference`: partial row tiles, odd inner sizes."""
+    """`factored_scores` against `factored_scores_reference` (`_SCORES_SHAPES`)."""
     lib.geosam_factored_scores.restype = ctypes.c_int
-    for n, nh, nt, dk, r, p in ((2, 2, 7, 16, 14, 48), (1, 3, 3, 5, 9, 16), (3, 1, 4, 8, 1, 32)):
-        f = torch.randn((n, nh * nt, r), generator=gen)
-        probs0 = torch.rand((n, r, p), generator=gen)
-        rows = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
-        parts = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
-        fsum, mean0, rstd0 = torch.randn((n, nh, nt), generator=gen), torch.randn((n, p), generator=gen), torch.rand((n, p), generator=gen)
-        want = factored_scores_reference(f, probs0, rows, parts, fsum, mean0, rstd0)
+    for shape in _SCORES_SHAPES:
+        args = _scores_inputs(gen, *shape)
+        want = factored_scores_reference(*args)
         got = torch.full_like(want, float("nan"))
-        if not _call_factored_scores(lib, f, probs0, rows, parts, fsum, mean0, rstd0, got):
+        if not _call_factored_scores(lib, *args, got):
             return False
         if not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
             return False
@@ -149,18 +176,13 @@ def _scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
 
 
 def _final_scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
-    """`final_scores` against `final_scores_reference`: partial row tiles, odd inner sizes."""
+    """`final_scores` against `final_scores_reference` (`_SCORES_SHAPES`)."""
     lib.geosam_final_scores.restype = ctypes.c_int
-    for n, nh, nt, dk, r, p in ((2, 2, 4, 16, 14, 48), (1, 3, 3, 5, 9, 16), (3, 1, 6, 8, 1, 32)):
-        f = torch.randn((n, nh * nt, r), generator=gen), torch.randn((n, nh * nt, r), generator=gen)
-        probs = torch.rand((n, r, p), generator=gen), torch.rand((n, r, p), generator=gen)
-        q = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
-        keys = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
-        c = torch.randn((n, nh * nt), generator=gen)
-        scales = torch.rand((n, p), generator=gen) + 0.5, torch.rand((n, p), generator=gen) + 0.5
-        want = final_scores_reference(f, probs, q, keys, c, scales)
+    for shape in _SCORES_SHAPES:
+        args = _final_inputs(gen, *shape)
+        want = final_scores_reference(*args)
         got = torch.full_like(want, float("nan"))
-        if not _call_final_scores(lib, f, probs, q, keys, c, scales, got):
+        if not _call_final_scores(lib, *args, got):
             return False
         if not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
             return False
@@ -199,6 +221,26 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the compiled kernels are in use in this process."""
     return _library() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def wide_available() -> bool:
+    """Whether `factored_scores` and `final_scores` run in AVX-512 registers (4 rows x 32 positions a tile, where P
+    is a multiple of 32): the kernels in use, a CPU with AVX-512, and the wide tiles' outputs bit for bit the AVX2
+    tiles' here (each output the same chain of operations) on `_SCORES_SHAPES`. Intel Xeon with AMX, one thread,
+    SAM's 64 prompts x 8 heads x 7 tokens at 4096 positions: see docs/performance.md (twenty-third round)."""
+    lib = _library()
+    if lib is None or "avx512f" not in cpu_flags():
+        return False
+    gen = torch.Generator().manual_seed(16)
+    for shape in _SCORES_SHAPES:
+        for inputs, call in ((_scores_inputs, _call_factored_scores), (_final_inputs, _call_final_scores)):
+            args = inputs(gen, *shape)
+            narrow, wide = (torch.full((shape[0], shape[1], shape[2], shape[5]), float("nan")) for _ in range(2))
+            if not (call(lib, *args, narrow) and call(lib, *args, wide, True) and torch.equal(narrow, wide)):
+                log.warning("cpu_heads.c: the AVX-512 scores differ from the AVX2 ones here; AVX2 is used")
+                return False
+    return True
 
 
 def headdot(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> bool:
@@ -249,7 +291,7 @@ def factored_scores(f: torch.Tensor, probs0: torch.Tensor, rows: torch.Tensor,
     f, probs0, fsum, mean0, rstd0 = (t.contiguous() for t in (f, probs0, fsum, mean0, rstd0))
     parts = (parts[0].contiguous(), parts[1].contiguous())
     s = torch.empty((n, nh, nt, p), dtype=torch.float32)
-    return s if _call_factored_scores(lib, f, probs0, rows, parts, fsum, mean0, rstd0, s) else None
+    return s if _call_factored_scores(lib, f, probs0, rows, parts, fsum, mean0, rstd0, s, wide_available()) else None
 
 
 def final_scores(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor,
@@ -283,7 +325,7 @@ def final_scores(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor
     keys = (keys[0].contiguous(), keys[1].contiguous())
     scales = (scales[0].contiguous(), scales[1].contiguous())
     s = torch.empty((n, nh, nt, p), dtype=torch.float32)
-    return s if _call_final_scores(lib, f, probs, q, keys, c.contiguous(), scales, s) else None
+    return s if _call_final_scores(lib, f, probs, q, keys, c.contiguous(), scales, s, wide_available()) else None
 
 
 def proj_dots(v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor) -> torch.Tensor | None:

@@ -1,0 +1,185 @@
+/* The factored second layer's scores and the final attention's scores of cpu_heads.c (see its sections 2 and 3),
+ * written once for two register widths: included by cpu_heads.c twice, after defining
+ *   HS_W      lanes per register (8: AVX2, 16: AVX-512); a tile is 4 token rows x 2 HS_W positions
+ *   HS_V      the register type; HS_ATTR the functions' target attribute; HS_NAME(x) x with the width's suffix
+ *   HS_ZERO, HS_LOAD, HS_SET1, HS_FMA, HS_FNMA, HS_MUL, HS_STORE  the width's intrinsics
+ * Each output is the same chain of operations at either width (so the same bits). The macros are undefined at the
+ * end. geosam/models/cpu_build.py hashes every header with the kernel sources. */
+
+#define HS_B (2 * HS_W) /* positions per block */
+
+/* rows 0 .. r of a (r, p) matrix at columns b0 .. b0 + HS_B, packed into dst (r x HS_B): the rows lie 4 p bytes apart,
+ * the same L1 sets for p = 4096 */
+static inline HS_ATTR void HS_NAME(pack_block)(const float* src, int64_t r, int64_t p, int64_t b0, float* dst) {
+  for (int64_t j = 0; j < r; j++) {
+    HS_STORE(dst + j * HS_B, HS_LOAD(src + j * p + b0));
+    HS_STORE(dst + j * HS_B + HS_W, HS_LOAD(src + j * p + b0 + HS_W));
+  }
+}
+
+/* c0, c1 (+)= a (broadcast) times x0, x1 for tile row i (when the tile has it) */
+#define HS_ROW(i, a, c0, c1, x0, x1) \
+  if (rows > i) { b = HS_SET1(*(a)); c0 = HS_FMA(b, x0, c0); c1 = HS_FMA(b, x1, c1); }
+/* the four rows' accumulators += sum_j f[row][j] pr[j] over kn packed rows of pr */
+#define HS_PRODUCT(f, pr, kn)                                                                          \
+  for (int64_t j = 0; j < kn; j++) {                                                                   \
+    const HS_V x0 = HS_LOAD(pr + j * HS_B), x1 = HS_LOAD(pr + j * HS_B + HS_W);                        \
+    HS_ROW(0, f + j, c00, c01, x0, x1) HS_ROW(1, f + r + j, c10, c11, x0, x1)                           \
+    HS_ROW(2, f + 2 * r + j, c20, c21, x0, x1) HS_ROW(3, f + 3 * r + j, c30, c31, x0, x1)               \
+  }
+/* the four rows' accumulators += sum_k ar[row][k] xb[k] over the dk rows of an image side (p apart) */
+#define HS_HEADS(xb)                                                                                   \
+  for (int64_t k = 0; k < dk; k++) {                                                                   \
+    const HS_V x0 = HS_LOAD(xb + k * p), x1 = HS_LOAD(xb + k * p + HS_W);                              \
+    HS_ROW(0, ar[0] + k, c00, c01, x0, x1) HS_ROW(1, ar[1] + k, c10, c11, x0, x1)                       \
+    HS_ROW(2, ar[2] + k, c20, c21, x0, x1) HS_ROW(3, ar[3] + k, c30, c31, x0, x1)                       \
+  }
+#define HS_OUT(i, c0, c1) if (rows > i) { HS_STORE(orow[i], c0); HS_STORE(orow[i] + HS_W, c1); }
+
+/* section 2's scores for one tile: f (rows r apart), pr the block of probs0 packed, xb / bb the two image sides'
+ * blocks, fs the rows' fsum, m / sd the block's mean0 / rstd0 (two registers each) */
+static inline __attribute__((always_inline)) HS_ATTR void HS_NAME(scores_tile)(
+    const float* f, int64_t r, const float* pr, const float* const* ar, const float* xb, const float* bb, int64_t p,
+    int64_t dk, const float* fs, const HS_V* m, const HS_V* sd, float* const* orow, const int rows) {
+  HS_V c00 = HS_ZERO(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  HS_V b;
+  HS_PRODUCT(f, pr, r)
+  HS_HEADS(xb)
+#define HS_NORM(i, c0, c1)                                                      \
+  if (rows > i) {                                                               \
+    const HS_V fv = HS_SET1(fs[i]);                                             \
+    c0 = HS_MUL(HS_FNMA(fv, m[0], c0), sd[0]);                                  \
+    c1 = HS_MUL(HS_FNMA(fv, m[1], c1), sd[1]);                                  \
+  }
+  HS_NORM(0, c00, c01) HS_NORM(1, c10, c11) HS_NORM(2, c20, c21) HS_NORM(3, c30, c31)
+#undef HS_NORM
+  HS_HEADS(bb)
+  HS_OUT(0, c00, c01) HS_OUT(1, c10, c11) HS_OUT(2, c20, c21) HS_OUT(3, c30, c31)
+}
+
+static HS_ATTR int HS_NAME(factored_scores)(const float* f, const float* probs0, int64_t r, const float* rows,
+                                            int64_t sn, int64_t sh, int64_t st, const float* xp, const float* bp,
+                                            const float* fsum, const float* mean0, const float* rstd0, float* s,
+                                            int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p, int threads) {
+  const int64_t nblk = p / HS_B;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+  float* pr = thread_buffer((size_t)(r * HS_B), &failed); /* the block of probs0, packed */
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      if (pr == NULL) continue;
+      const int64_t p0 = blk * HS_B;
+      HS_NAME(pack_block)(probs0 + i * r * p, r, p, p0, pr);
+      const HS_V m[2] = {HS_LOAD(mean0 + i * p + p0), HS_LOAD(mean0 + i * p + p0 + HS_W)};
+      const HS_V sd[2] = {HS_LOAD(rstd0 + i * p + p0), HS_LOAD(rstd0 + i * p + p0 + HS_W)};
+      for (int64_t h = 0; h < nh; h++) {
+        const float* xb = xp + h * dk * p + p0;
+        const float* bb = bp + h * dk * p + p0;
+        for (int64_t t = 0; t < nt; t += 4) {
+          const float* ar[4];
+          float* orow[4];
+          const int mt = row_tile(rows, sn, sh, st, s, nh, nt, p, i, h, t, p0, ar, orow);
+          const float* fr = f + (i * nh * nt + h * nt + t) * r;
+          const float* fs = fsum + (i * nh + h) * nt + t;
+          switch (mt) {
+            case 4: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, p, dk, fs, m, sd, orow, 4); break;
+            case 3: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, p, dk, fs, m, sd, orow, 3); break;
+            case 2: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, p, dk, fs, m, sd, orow, 2); break;
+            default: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, p, dk, fs, m, sd, orow, 1); break;
+          }
+        }
+      }
+    }
+  }
+  free(pr);
+  }
+  return failed ? 2 : 0;
+}
+
+/* section 3's scores for one tile: f0 / f1 (rows r apart), pr0 / pr1 the blocks of p0 / p1 packed, kx / kp the key
+ * sides' blocks, cv the rows' c, sc the block's s1 and s2 (two registers each) */
+static inline __attribute__((always_inline)) HS_ATTR void HS_NAME(final_tile)(
+    const float* f0, const float* f1, int64_t r, const float* pr0, const float* pr1, const float* const* ar,
+    const float* kx, const float* kp, int64_t p, int64_t dk, const float* cv, const HS_V* sc, float* const* orow,
+    const int rows) {
+  HS_V c00 = HS_ZERO(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  HS_V b;
+  HS_PRODUCT(f0, pr0, r)
+  HS_HEADS(kx)
+#define HS_MID(i, c0, c1)                                                                           \
+  if (rows > i) {                                                                                   \
+    const HS_V cc = HS_SET1(cv[i]);                                                                 \
+    c0 = HS_FMA(c0, sc[0], cc);                                                                     \
+    c1 = HS_FMA(c1, sc[1], cc);                                                                     \
+  }
+  HS_MID(0, c00, c01) HS_MID(1, c10, c11) HS_MID(2, c20, c21) HS_MID(3, c30, c31)
+#undef HS_MID
+  HS_PRODUCT(f1, pr1, r)
+#define HS_SCALE(i, c0, c1) if (rows > i) { c0 = HS_MUL(c0, sc[2]); c1 = HS_MUL(c1, sc[3]); }
+  HS_SCALE(0, c00, c01) HS_SCALE(1, c10, c11) HS_SCALE(2, c20, c21) HS_SCALE(3, c30, c31)
+#undef HS_SCALE
+  HS_HEADS(kp)
+  HS_OUT(0, c00, c01) HS_OUT(1, c10, c11) HS_OUT(2, c20, c21) HS_OUT(3, c30, c31)
+}
+
+static HS_ATTR int HS_NAME(final_scores)(const float* f0, const float* f1, const float* p0s, const float* p1s,
+                                         int64_t r, const float* q, int64_t sn, int64_t sh, int64_t st,
+                                         const float* kx, const float* kp, const float* c, const float* s1,
+                                         const float* s2, float* s, int64_t n, int64_t nh, int64_t nt, int64_t dk,
+                                         int64_t p, int threads) {
+  const int64_t nblk = p / HS_B;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+  float* pr = thread_buffer((size_t)(2 * r * HS_B), &failed); /* the blocks of p0 and p1, packed */
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t blk = 0; blk < nblk; blk++) {
+      if (pr == NULL) continue;
+      const int64_t b0 = blk * HS_B;
+      HS_NAME(pack_block)(p0s + i * r * p, r, p, b0, pr);
+      HS_NAME(pack_block)(p1s + i * r * p, r, p, b0, pr + r * HS_B);
+      const HS_V sc[4] = {HS_LOAD(s1 + i * p + b0), HS_LOAD(s1 + i * p + b0 + HS_W), HS_LOAD(s2 + i * p + b0),
+                          HS_LOAD(s2 + i * p + b0 + HS_W)};
+      for (int64_t h = 0; h < nh; h++) {
+        const float* kxb = kx + h * dk * p + b0;
+        const float* kpb = kp + h * dk * p + b0;
+        for (int64_t t = 0; t < nt; t += 4) {
+          const float* ar[4];
+          float* orow[4];
+          const int m = row_tile(q, sn, sh, st, s, nh, nt, p, i, h, t, b0, ar, orow);
+          const int64_t row = (i * nh + h) * nt + t;
+          const float *g0 = f0 + row * r, *g1 = f1 + row * r, *cv = c + row, *p1b = pr + r * HS_B;
+          switch (m) {
+            case 4: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, p, dk, cv, sc, orow, 4); break;
+            case 3: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, p, dk, cv, sc, orow, 3); break;
+            case 2: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, p, dk, cv, sc, orow, 2); break;
+            default: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, p, dk, cv, sc, orow, 1); break;
+          }
+        }
+      }
+    }
+  }
+  free(pr);
+  }
+  return failed ? 2 : 0;
+}
+
+#undef HS_ROW
+#undef HS_PRODUCT
+#undef HS_HEADS
+#undef HS_OUT
+#undef HS_B
+#undef HS_W
+#undef HS_V
+#undef HS_ATTR
+#undef HS_NAME
+#undef HS_ZERO
+#undef HS_LOAD
+#undef HS_SET1
+#undef HS_FMA
+#undef HS_FNMA
+#undef HS_MUL
+#undef HS_STORE
