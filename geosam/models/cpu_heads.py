@@ -140,7 +140,11 @@ def _headdot_agrees(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
 _SCORES_SHAPES = ((2, 2, 7, 16, 14, 48), (1, 3, 3, 5, 9, 16), (3, 1, 4, 8, 1, 32), (2, 8, 7, 16, 7, 96))
 
 
-def _scores_inputs(gen: torch.Generator, n: int, nh: int, nt: int, dk: int, r: int, p: int) -> tuple:
+_T = torch.Tensor
+_Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def _scores_inputs(gen: torch.Generator, n: int, nh: int, nt: int, dk: int, r: int, p: int) -> tuple[_T, _T, _T, _Pair, _T, _T, _T]:
     """random inputs of `factored_scores` (f, probs0, rows, parts, fsum, mean0, rstd0)"""
     f = torch.randn((n, nh * nt, r), generator=gen)
     probs0 = torch.rand((n, r, p), generator=gen)
@@ -150,7 +154,7 @@ def _scores_inputs(gen: torch.Generator, n: int, nh: int, nt: int, dk: int, r: i
     return f, probs0, rows, parts, fsum, mean0, rstd0
 
 
-def _final_inputs(gen: torch.Generator, n: int, nh: int, nt: int, dk: int, r: int, p: int) -> tuple:
+def _final_inputs(gen: torch.Generator, n: int, nh: int, nt: int, dk: int, r: int, p: int) -> tuple[_Pair, _Pair, _T, _Pair, _T, _Pair]:
     """random inputs of `final_scores` (f, probs, q, keys, c, scales)"""
     f = torch.randn((n, nh * nt, r), generator=gen), torch.randn((n, nh * nt, r), generator=gen)
     probs = torch.rand((n, r, p), generator=gen), torch.rand((n, r, p), generator=gen)
@@ -234,12 +238,13 @@ def wide_available() -> bool:
         return False
     gen = torch.Generator().manual_seed(16)
     for shape in _SCORES_SHAPES:
-        for inputs, call in ((_scores_inputs, _call_factored_scores), (_final_inputs, _call_final_scores)):
-            args = inputs(gen, *shape)
-            narrow, wide = (torch.full((shape[0], shape[1], shape[2], shape[5]), float("nan")) for _ in range(2))
-            if not (call(lib, *args, narrow) and call(lib, *args, wide, True) and torch.equal(narrow, wide)):
-                log.warning("cpu_heads.c: the AVX-512 scores differ from the AVX2 ones here; AVX2 is used")
-                return False
+        sa, fa = _scores_inputs(gen, *shape), _final_inputs(gen, *shape)
+        outs = [torch.full((shape[0], shape[1], shape[2], shape[5]), float("nan")) for _ in range(4)]
+        done = (_call_factored_scores(lib, *sa, outs[0]) and _call_factored_scores(lib, *sa, outs[1], True)
+                and _call_final_scores(lib, *fa, outs[2]) and _call_final_scores(lib, *fa, outs[3], True))  # fmt: skip
+        if not (done and torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3])):
+            log.warning("cpu_heads.c: the AVX-512 scores differ from the AVX2 ones here; AVX2 is used")
+            return False
     return True
 
 
