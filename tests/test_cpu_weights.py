@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from geosam.models import cpu_weights
+from geosam.models.device import cpu_flags
 from tests.test_cpu_decoder import needs_kernel
 
 
@@ -102,3 +103,36 @@ def test_decoder_is_the_same_with_and_without_the_kernel(monkeypatch) -> None:
     monkeypatch.setattr(cpu_weights, "_library", lambda: None)
     without = gm.decode_points(bundle, emb, pts)
     assert_same_decoding(with_kernel, without)
+
+
+needs_avx512 = pytest.mark.skipif(
+    not (cpu_weights.available() and "avx512f" in cpu_flags()), reason="no AVX-512 here (or the kernel not in use)"
+)
+
+
+@needs_avx512
+def test_wide_products_are_in_use_where_the_cpu_has_avx512() -> None:
+    assert cpu_weights.wide_available()
+
+
+@needs_avx512
+@pytest.mark.parametrize("use", sorted(_USES))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_products_are_the_avx2_products_bit_for_bit(use: str, threads: int) -> None:
+    """The products' 16-column panels in AVX-512 registers (12 rows a tile) give the AVX2 tiles' bits (SAM's sizes:
+    56 columns, three panels of 16 and one of 8; 16-wide values), at either thread count."""
+    t = _inputs(20, 8, 7, 56, 16, 528, seed=threads)
+    kw = {k: t[k] for k in _USES[use] if k != "sum"}
+    args = (kw.get("scale1"), kw.get("y"), "sum" in _USES[use], kw.get("x1"), kw.get("scale2"), kw.get("x2"), kw.get("v"))
+    lib = cpu_weights._library()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        narrow = cpu_weights._call(lib, t["s"].clone(), *args)
+        wide = cpu_weights._call(lib, t["s"].clone(), *args, wide=True)
+    finally:
+        torch.set_num_threads(before)
+    assert narrow is not None and wide is not None
+    for name, a, b in zip(cpu_weights.WeightProducts._fields, narrow, wide, strict=True):
+        assert (a is None) == (b is None), name
+        assert a is None or torch.equal(a, b), name

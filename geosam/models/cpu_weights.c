@@ -29,11 +29,45 @@ typedef struct {
 
 static inline int64_t row_at(rowmap map, int64_t r) { return (r / map.inner) * map.so + (r % map.inner) * map.si; }
 
+/* With `wide` (CPUs with AVX-512) the 16-column panels run in 16-lane registers, 12 rows of weights a tile (one
+ * register a row): each output the same FMA chain over the block's positions as tile_rows', then added to the
+ * output as there, so the same bits (geosam/models/cpu_weights.py checks that before using them); twice the work
+ * per FMA where the FMA units are 512 bits wide (Intel's server CPUs, AMD's Zen 5). */
+#define T512 __attribute__((target("avx512f,fma")))
+#define WROWS 12
+
+static inline __attribute__((always_inline)) T512 void tile512(const float* const* a, const float* panel, int64_t kn,
+                                                               float* const* out, int add, const int rows) {
+  __m512 acc[WROWS];
+#pragma GCC unroll 12
+  for (int r = 0; r < WROWS; r++) acc[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kn; k++) {
+    const __m512 b = _mm512_loadu_ps(panel + k * 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < WROWS; r++)
+      if (r < rows) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r][k]), b, acc[r]);
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < WROWS; r++)
+    if (r < rows) _mm512_storeu_ps(out[r], add ? _mm512_add_ps(_mm512_loadu_ps(out[r]), acc[r]) : acc[r]);
+}
+
+/* tile512 with its row count known at compile time */
+static T512 void tile512_rows(const float* const* a, const float* panel, int64_t kn, float* const* out, int add,
+                              int rows) {
+  switch (rows) {
+#define W_CASE(r) case r: tile512(a, panel, kn, out, add, r); break;
+    W_CASE(12) W_CASE(11) W_CASE(10) W_CASE(9) W_CASE(8) W_CASE(7) W_CASE(6) W_CASE(5) W_CASE(4) W_CASE(3) W_CASE(2)
+    default: W_CASE(1)
+#undef W_CASE
+  }
+}
+
 /* one block of kb positions, from k0, of out rows (m of them, ncols each, a multiple of 8) (+)= weights rows x b
  * (rows sb apart); rows of e and out by their maps; `pack` holds the block's columns in panels of 16 when sb is not
- * 16; with `next`, the following block's rows of b are prefetched meanwhile */
+ * 16; with `next`, the following block's rows of b are prefetched meanwhile; `wide`: 16-column panels by tile512 */
 static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int64_t kb, const float* b, int64_t sb,
-                          int64_t ncols, float* out, rowmap om, float* pack, int next) {
+                          int64_t ncols, float* out, rowmap om, float* pack, int next, int wide16) {
   const int packed = sb != 16;
   if (packed) /* the block's rows (sb apart: one sequential stream) into panels of 16 columns, [panel][k][16] */
     for (int64_t k = 0; k < kb; k++) {
@@ -46,6 +80,19 @@ static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int6
   for (int64_t c = 0; c < ncols; c += 16) {
     const int wide = ncols - c >= 16;
     const float* panel = packed ? pack + (c / 16) * KB * 16 : b + k0 * sb + c;
+    if (wide16 && wide) {
+      for (int64_t r = 0; r < m; r += WROWS) {
+        const int rows = m - r < WROWS ? (int)(m - r) : WROWS;
+        const float* er[WROWS];
+        float* orow[WROWS];
+        for (int i = 0; i < rows; i++) {
+          er[i] = e + row_at(em, r + i) + k0;
+          orow[i] = out + row_at(om, r + i) + c;
+        }
+        tile512_rows(er, panel, kb, orow, k0 > 0, rows);
+      }
+      continue;
+    }
     for (int64_t r = 0; r < m; r += 6) {
       const int rows = m - r < 6 ? (int)(m - r) : 6;
       const float* er[6];
@@ -73,7 +120,7 @@ static void scale_rows(float* out, rowmap om, int64_t m, int64_t ncols, const fl
  * x2's next blocks prefetched meanwhile. See geosam_softmax_products. */
 static void prompt_rows(float* s, int64_t rt, int64_t p, const float* sc, const float* yv, const float* x1, int64_t r1,
                         float* out1, const float* sc2, const float* x2, int64_t r2, float* out2, float* invz,
-                        float* out_sum, float* out_y, float* acc, float* mx, float* pack) {
+                        float* out_sum, float* out_y, float* acc, float* mx, float* pack, int wide) {
   for (int64_t i = 0; i < rt; i++) {
     const float* row = s + i * p;
     __m256 m = _mm256_set1_ps(-__builtin_inff());
@@ -102,14 +149,14 @@ static void prompt_rows(float* s, int64_t rt, int64_t p, const float* sc, const 
       _mm256_storeu_ps(acc + 24 * i + 8, sum1);
       _mm256_storeu_ps(acc + 24 * i + 16, ya);
     }
-    if (x1) product_block(s, em, rt, k0, kb, x1, r1, r1, out1, (rowmap){1, r1, 0}, pack, next);
+    if (x1) product_block(s, em, rt, k0, kb, x1, r1, r1, out1, (rowmap){1, r1, 0}, pack, next, wide);
     if (sc2)
       for (int64_t i = 0; i < rt; i++) {
         float* row = s + i * p;
         for (int64_t k = k0; k < k0 + kb; k += 8)
           _mm256_storeu_ps(row + k, _mm256_mul_ps(_mm256_loadu_ps(row + k), _mm256_loadu_ps(sc2 + k)));
       }
-    if (x2) product_block(s, em, rt, k0, kb, x2, r2, r2, out2, (rowmap){1, r2, 0}, pack, next);
+    if (x2) product_block(s, em, rt, k0, kb, x2, r2, r2, out2, (rowmap){1, r2, 0}, pack, next, wide);
   }
   for (int64_t i = 0; i < rt; i++) {
     const float inv = 1.0f / reduce_add(_mm256_loadu_ps(acc + 24 * i));
@@ -129,11 +176,12 @@ static void prompt_rows(float* s, int64_t rt, int64_t p, const float* sc, const 
  *   out1 (n, nh nt, r1): w scale1 x1[n] (x1 (n, p, r1))     (if x1 given)
  *   out2 (n, nh nt, r2): w scale1 scale2 x2[n]              (if x2 given)
  *   outv (n, nh, nt, dv): w scale1 scale2 v[h] (v (nh, p, dv), each head's for every prompt)  (if v given)
- * scale1, scale2, y: (n, p) or NULL; r1, r2, dv multiples of 8. Returns 0, -1 for bad sizes, -2 out of memory. */
+ * scale1, scale2, y: (n, p) or NULL; r1, r2, dv multiples of 8; wide: the products' 16-column panels in AVX-512
+ * registers (tile512). Returns 0, -1 for bad sizes, -2 out of memory. */
 int geosam_softmax_products(float* s, int64_t n, int64_t nh, int64_t nt, int64_t p, const float* scale1,
                             const float* y, float* out_sum, float* out_y, const float* x1, int64_t r1, float* out1,
                             const float* scale2, const float* x2, int64_t r2, float* out2, const float* v, int64_t dv,
-                            float* outv, int threads) {
+                            float* outv, int threads, int wide) {
   if (p % 8 || (x1 && r1 % 8) || (x2 && r2 % 8) || (v && dv % 8) || n < 1 || nh < 1 || nt < 1) return -1;
   if (!x1) r1 = 0;
   if (!x2) r2 = 0;
@@ -154,7 +202,7 @@ int geosam_softmax_products(float* s, int64_t n, int64_t nh, int64_t nt, int64_t
                   x1 ? x1 + j * p * r1 : NULL, r1, out1 ? out1 + j * rt * r1 : NULL, scale2 ? scale2 + j * p : NULL,
                   x2 ? x2 + j * p * r2 : NULL, r2, out2 ? out2 + j * rt * r2 : NULL, invz + j * rt,
                   out_sum ? out_sum + j * rt : NULL, out_y ? out_y + j * rt : NULL, buf + npack, buf + npack + 24 * rt,
-                  buf);
+                  buf, wide);
     }
     if (v) {
 #pragma omp for schedule(static)
@@ -164,7 +212,7 @@ int geosam_softmax_products(float* s, int64_t n, int64_t nh, int64_t nt, int64_t
         const rowmap em = {nt, rt * p, p}, om = {nt, rt * dv, dv}, zm = {nt, rt, 1};
         for (int64_t k0 = 0; k0 < p; k0 += KB)
           product_block(s + h * nt * p, em, n * nt, k0, p - k0 < KB ? p - k0 : KB, v + h * p * dv, dv, dv,
-                        outv + h * nt * dv, om, buf, k0 + KB < p);
+                        outv + h * nt * dv, om, buf, k0 + KB < p, wide);
         scale_rows(outv + h * nt * dv, om, n * nt, dv, invz + h * nt, zm);
       }
     }

@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["WeightProducts", "available", "softmax_products", "softmax_products_reference"]
+from geosam.models.device import cpu_flags
+
+__all__ = ["WeightProducts", "available", "softmax_products", "softmax_products_reference", "wide_available"]
+
+log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("cpu_weights.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -70,7 +76,7 @@ def softmax_products_reference(
 
 def _call(lib: ctypes.CDLL, s: torch.Tensor, scale1: torch.Tensor | None, y: torch.Tensor | None, want_sum: bool,
           x1: torch.Tensor | None, scale2: torch.Tensor | None, x2: torch.Tensor | None,
-          v: torch.Tensor | None) -> WeightProducts | None:
+          v: torch.Tensor | None, wide: bool = False) -> WeightProducts | None:
     n, nh, nt, p = s.shape
     total = s.new_empty((n, nh * nt)) if want_sum else None
     ydot = s.new_empty((n, nh * nt)) if y is not None else None
@@ -87,35 +93,45 @@ def _call(lib: ctypes.CDLL, s: torch.Tensor, scale1: torch.Tensor | None, y: tor
     rc = lib.geosam_softmax_products(
         ptr(s), _I64(n), _I64(nh), _I64(nt), _I64(p), ptr(scale1), ptr(y), ptr(total), ptr(ydot), ptr(x1), width(x1),
         ptr(p1), ptr(scale2), ptr(x2), width(x2), ptr(p2), ptr(v), width(v), ptr(pv),
-        ctypes.c_int(torch.get_num_threads()),
+        ctypes.c_int(torch.get_num_threads()), ctypes.c_int(int(wide)),
     )  # fmt: skip
     if rc == -2:
         raise MemoryError("cpu_weights: out of memory for the products' buffers")
     return WeightProducts(total, ydot, p1, p2, pv) if rc == 0 else None
 
 
-def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
-    """`softmax_products` against `softmax_products_reference` here: every combination of outputs the decoder
-    asks for, partial register tiles (rows and 8-wide columns), several blocks of positions, large scores."""
-    lib.geosam_softmax_products.restype = ctypes.c_int
-    gen = torch.Generator().manual_seed(0)
-    for n, nh, nt, r, d, p in ((2, 2, 7, 56, 16, 528), (3, 1, 4, 8, 8, 16), (1, 3, 5, 24, 16, 264)):
+#: the load checks' cases (n, nh, nt, r, d, p): partial register tiles (rows and 8-wide columns), several blocks of
+#: positions (SAM: 8 heads x 7 tokens, r 56, d 16, p 4096)
+_CASES = ((2, 2, 7, 56, 16, 528), (3, 1, 4, 8, 8, 16), (1, 3, 5, 24, 16, 264))
+
+
+def _cases(gen: torch.Generator) -> Iterator[tuple[torch.Tensor, tuple[Any, Any, bool, Any, Any, Any, Any]]]:
+    """scores (large) and every combination of the other inputs the decoder asks for, for each of `_CASES`"""
+    for n, nh, nt, r, d, p in _CASES:
         s = torch.randn((n, nh, nt, p), generator=gen) * 8.0
         sc1, sc2 = torch.rand((n, p), generator=gen) + 0.5, torch.rand((n, p), generator=gen) + 0.5
         y = torch.randn((n, p), generator=gen)
         x1, x2 = torch.randn((n, p, r), generator=gen), torch.randn((n, p, r), generator=gen)
         v = torch.randn((nh, p, d), generator=gen)
-        for args in ((sc1, y, False, x1, None, None, v), (sc2, None, True, x1, sc1, x2, v), (None,) * 6 + (v,)):
-            want = softmax_products_reference(s, *args)
-            got = _call(lib, s.clone(), *args)
-            if got is None:
-                return False
-            for a, b in zip(got, want, strict=True):
-                if a is None or b is None:
-                    if (a is None) != (b is None):
-                        return False
-                elif not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+        yield s, (sc1, y, False, x1, None, None, v)
+        yield s, (sc2, None, True, x1, sc1, x2, v)
+        yield s, (None, None, False, None, None, None, v)
+
+
+def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
+    """`softmax_products` against `softmax_products_reference` here on `_cases`."""
+    lib.geosam_softmax_products.restype = ctypes.c_int
+    for s, args in _cases(torch.Generator().manual_seed(0)):
+        want = softmax_products_reference(s, *args)
+        got = _call(lib, s.clone(), *args)
+        if got is None:
+            return False
+        for a, b in zip(got, want, strict=True):
+            if a is None or b is None:
+                if (a is None) != (b is None):
                     return False
+            elif not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+                return False
     return True
 
 
@@ -129,6 +145,24 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the compiled kernel is in use in this process."""
     return _library() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def wide_available() -> bool:
+    """Whether the products run their 16-column panels in AVX-512 registers (12 rows a tile): the kernel in use, a
+    CPU with AVX-512, and every output bit for bit the AVX2 tiles' here (each the same FMA chain) on `_cases`."""
+    lib = _library()
+    if lib is None or "avx512f" not in cpu_flags():
+        return False
+    for s, args in _cases(torch.Generator().manual_seed(1)):
+        narrow, wide = _call(lib, s.clone(), *args), _call(lib, s.clone(), *args, wide=True)
+        if narrow is None or wide is None or not all(
+            (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+            for a, b in zip(narrow, wide, strict=True)
+        ):
+            log.warning("cpu_weights.c: the AVX-512 products differ from the AVX2 ones here; AVX2 is used")
+            return False
+    return True
 
 
 def softmax_products(
@@ -159,4 +193,4 @@ def softmax_products(
     if lib is None:
         return None
     scale1, y, x1, scale2, x2, v = (None if t is None else t.contiguous() for t in (scale1, y, x1, scale2, x2, v))
-    return _call(lib, s, scale1, y, want_sum, x1, scale2, x2, v)
+    return _call(lib, s, scale1, y, want_sum, x1, scale2, x2, v, wide_available())
