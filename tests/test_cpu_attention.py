@@ -175,6 +175,34 @@ def test_amx_products_are_the_avx512_bf16_products_to_rounding(
     assert float((amx - want).abs().max() / want.abs().max()) < cpu_attention.BF16_TOLERANCE
 
 
+@needs_amx
+@pytest.mark.parametrize(("hh", "ww", "nh", "d", "window"), [(13, 11, 2, 64, 0), (30, 30, 2, 64, 14), (9, 11, 3, 32, 4)])
+def test_amx_mode_reads_bf16_tokens_as_their_float32_values(hh: int, ww: int, nh: int, d: int, window: int) -> None:
+    """The AMX mode takes the bf16 projection as it is (qkv and the padded tokens' bias bf16): the same bits as on
+    the same numbers widened to float32, whole maps and windows."""
+    qkv, bias, tables = _case(hh, ww, nh, d, window, seed=hh + d)
+    qkv, bias = qkv.bfloat16(), bias.bfloat16()
+    tabs_t = transposed_tables(*tables)
+    out16, out32 = torch.full((hh, ww, nh * d), float("nan")), torch.full((hh, ww, nh * d), float("nan"))
+    assert cpu_attention.attention(qkv, nh, d**-0.5, tabs_t, out16, window, bias, bf16=True)
+    assert cpu_attention.attention(qkv.float(), nh, d**-0.5, tabs_t, out32, window, bias.float(), bf16=True)
+    assert not out16.isnan().any() and torch.equal(out16, out32)
+
+
+def test_bf16_tokens_are_refused_without_the_amx_products(monkeypatch) -> None:
+    """bf16 tokens only in the AMX mode: without it (or without bf16 products, or for heads of 48 numbers) False,
+    nothing written."""
+    qkv, bias, tables = _case(12, 12, 2, 48, 5, seed=4)
+    out = torch.full((12, 12, 96), float("nan"))
+    assert not cpu_attention.attention(qkv.bfloat16(), 2, 0.2, transposed_tables(*tables), out, 5, bias.bfloat16(), bf16=True)
+    qkv, bias, tables = _case(12, 12, 2, 32, 5, seed=5)
+    out = torch.full((12, 12, 64), float("nan"))
+    assert not cpu_attention.attention(qkv.bfloat16(), 2, 0.2, transposed_tables(*tables), out, 5, bias.bfloat16())
+    monkeypatch.setattr(cpu_attention, "amx_available", lambda: False)
+    assert not cpu_attention.attention(qkv.bfloat16(), 2, 0.2, transposed_tables(*tables), out, 5, bias.bfloat16(), bf16=True)
+    assert out.isnan().all()
+
+
 def test_bf16_asked_where_it_is_not_available_is_float32(monkeypatch) -> None:
     qkv, bias, tables = _case(12, 12, 2, 32, 5, seed=11)
     out, out32 = torch.empty((12, 12, 64)), torch.empty((12, 12, 64))

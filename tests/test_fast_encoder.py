@@ -162,9 +162,11 @@ def test_bf16_is_as_close_to_float32_as_stock_bf16(vit_and_pixels, monkeypatch, 
 
 def test_bf16_on_amx_runs_the_attention_kernel_on_its_tiles_where_they_are(monkeypatch) -> None:
     """On a CPU with AMX a bf16 encoder whose heads are a multiple of 32 numbers runs its attention in the AVX-512
-    kernel with the products on AMX tiles (`cpu_attention.amx_available`; no torch attention call), elsewhere in
-    torch's flash attention: as close to float32 as the stock bf16 forward either way."""
+    kernel with the products on AMX tiles (`cpu_attention.amx_available`; no torch attention call; the bf16
+    projection read as it is), elsewhere in torch's flash attention: as close to float32 as the stock bf16 forward
+    either way."""
     from geosam.models import cpu_attention
+    from geosam.models import fast_encoder as fe
 
     model = _vit(seed=13, heads=2)
     pixels = torch.randn((1, 3, 256, 256), generator=torch.Generator().manual_seed(14))
@@ -180,6 +182,9 @@ def test_bf16_on_amx_runs_the_attention_kernel_on_its_tiles_where_they_are(monke
     assert len(calls) == (0 if cpu_attention.amx_available() else 3)
     assert _rel(fast_bf16, ref) < max(2 * _rel(stock_bf16, ref), 1e-2)
     assert _rel(fast_bf16, stock_bf16) < 3e-2
+    # the kernel reads the bf16 projection in place of a float32 copy of it: the same embeddings bit for bit
+    monkeypatch.setattr(fe, "attend_bf16_tokens", lambda *a: None)
+    assert torch.equal(fast_image_embeddings(model, pixels, torch.bfloat16), fast_bf16)
 
 
 @pytest.mark.parametrize("kernel", ["bf16", "float32", "torch"])

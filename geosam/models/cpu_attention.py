@@ -18,6 +18,11 @@ With ``bf16=True`` on CPUs with AVX-512 BF16 (`bf16_available`) both products ta
 probabilities' rounding to bf16 is lost (~1e-3 of the outputs' scale at most). Zen 4, one thread: a global layer
 0.345 vs 0.56 s in float32, a windowed one 0.044 vs 0.053 s.
 
+On CPUs with AMX (`amx_available`) the bf16 products run on AMX tiles instead (``tdpbf16ps``: the same bf16 numbers,
+sums in float32 in the tiles' order; 32 queries a block; heads of a multiple of 32 numbers, others take the AVX-512
+BF16 products): Intel Xeon with AMX, one thread, a ViT-B global layer 0.14 s (float32 0.44 s, AVX-512 BF16 products
+0.58 s: ``vdpbf16ps`` runs no faster than float32 FMAs on that CPU), a windowed one 0.032 s (0.045 / 0.056 s).
+
 The sums run in another order than torch's and ``expf`` is Cephes' polynomial, so the outputs equal torch's to
 float rounding (~1e-7 of the outputs' scale), not bit for bit: the library is used only after it has matched a
 float64 reference within `TOLERANCE` on test data in this process, only where torch itself runs AVX-512 kernels
@@ -106,17 +111,17 @@ def _call(
         _P(qkv.data_ptr()), _I64(qkv.stride(0)), _I64(qkv.stride(1)), _I64(hh), _I64(ww), _I64(window),
         None if bias is None else _P(bias.data_ptr()), _I64(num_heads), _I64(c3 // (3 * num_heads)),
         ctypes.c_float(scale), th, tw, _P(out.data_ptr()), _I64(out.stride(0)), _I64(out.stride(1)),
-        _INT(torch.get_num_threads()), _INT(mode),
+        _INT(torch.get_num_threads()), _INT(mode), _INT(int(qkv.dtype == torch.bfloat16)),
     )  # fmt: skip
     return int(lib.geosam_attention512(*args))
 
 
-def _matches_reference(lib: ctypes.CDLL, mode: int = 0) -> bool:
+def _matches_reference(lib: ctypes.CDLL, mode: int = 0, tokens_bf16: bool = False) -> bool:
     """Whether the kernel gives `reference` (in float64) within `TOLERANCE` on random maps here: a whole map whose
     keys end mid-panel, windows that tile the map or leave padded strips, head sizes from 16 to 80, with and
     without tables, one and two threads. ``mode`` `BF16` or `AMX`: the kernel's bf16 products (with AVX-512 BF16 or
     on AMX tiles) on q, k, v that are bf16 numbers (as a bf16 projection gives them), within `BF16_TOLERANCE` (the
-    probabilities' rounding)."""
+    probabilities' rounding). ``tokens_bf16``: qkv (and the padded tokens' bias) given as bf16 tensors (`AMX` only)."""
     lib.geosam_attention512.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(512)
     threads = torch.get_num_threads()
@@ -141,6 +146,8 @@ def _matches_reference(lib: ctypes.CDLL, mode: int = 0) -> bool:
             want = reference(qkv.double(), nh, d**-0.5, tables64, window, bias.double())
             out = torch.full((hh, ww, nh * d), float("nan"))
             tables_t = transposed_tables(*tables) if rel else None
+            if tokens_bf16 and d % 32 == 0:
+                qkv, bias = qkv.bfloat16(), bias.bfloat16()
             if _call(lib, qkv, nh, d**-0.5, tables_t, out, window, bias, mode) != 0:
                 return False
             tolerance = BF16_TOLERANCE if mode else TOLERANCE
@@ -181,7 +188,7 @@ def amx_available() -> bool:
     if lib.geosam_amx_init() != 0:
         log.info("cpu_attention512.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
         return False
-    if _matches_reference(lib, AMX):
+    if _matches_reference(lib, AMX) and _matches_reference(lib, AMX, tokens_bf16=True):
         return True
     log.warning("cpu_attention512.c: the AMX attention does not match the reference here; not used")
     return False
@@ -202,7 +209,8 @@ def attention(
     the shapes do not fit it. ``bf16``: with q, k, v and the probabilities rounded to bf16 for the two products
     (sums in float32), where `bf16_available`, else as without it.
 
-    qkv: (H, W, 3C) with unit stride within a token; ``tables_t``: the layer's relative tables for the attended
+    qkv: (H, W, 3C) with unit stride within a token, float32 or (with ``bf16`` where the products run on AMX tiles,
+    `amx_available`, heads of a multiple of 32 numbers; ``bias`` bf16 too) bf16; ``tables_t``: the layer's relative tables for the attended
     grid as `geosam.models.cpu_kernels.transposed_tables` gives them ((h, d, h) and (w, d, w)), or None without
     relative positions; ``bias``: (3C,) the qkv projection of a zero token, which the tokens past the map carry in
     a window (``window_partition`` pads with zeros); out: (H, W, C), unit stride within a token.
@@ -215,8 +223,9 @@ def attention(
     d = c // num_heads if num_heads > 0 else 0
     side = (window, window) if window > 0 else (hh, ww)
     tensors = [qkv, out] + ([] if bias is None else [bias]) + ([] if tables_t is None else list(tables_t))
+    tokens_bf16 = qkv.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
     fits = (
-        all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+        all(t.device.type == "cpu" and (t.dtype == torch.float32 or (tokens_bf16 and (t is qkv or t is bias))) for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and c3 == 3 * num_heads * d and d % 16 == 0 and 16 <= d <= 128 and qkv.stride(2) == 1
         and out.shape == (hh, ww, c) and out.stride(2) == 1
@@ -229,6 +238,8 @@ def attention(
     if not fits:
         return False
     mode = 0 if not (bf16 and bf16_available()) else AMX if amx_available() else BF16
+    if tokens_bf16 and not (mode == AMX and d % 32 == 0):
+        return False
     err = _call(lib, qkv, num_heads, scale, tables_t, out, window, bias, mode)
     if err == 2:
         raise MemoryError("cpu_attention: no memory for the kernel's buffers")

@@ -163,8 +163,17 @@ static T512 void rel_rows(const float* const* tokp, int64_t qoff, const float* t
  * of FMAs over d, not rel_row's four: other roundings, so not for the float32 and AVX-512 BF16 modes, whose bits
  * stay): a ViT-B global layer's relative terms 23 -> 16 ms (Intel Xeon with AMX, one thread; perf samples), each
  * query row read once per 32 columns instead of once per 16 */
-static T512 void rel_rows8(const float* const* tokp, int64_t qoff, const float* tab_h, const float* tab_w, int64_t hh,
-                           int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
+/* a token's number c: float32, or bf16 (tok16) widened */
+INLINE T512 float tok_value(const float* p, int64_t c, int tok16) {
+  if (!tok16) return p[c];
+  const uint32_t u = (uint32_t)((const uint16_t*)p)[c] << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, const float* tab_h, const float* tab_w,
+                           int64_t hh, int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
   const int64_t nq = by_col ? hh : ww, m = by_col ? ww : hh, off = by_col ? hh : 0;
   const float* tab = by_col ? tab_w + i * d * ww : tab_h + i * d * hh;
   for (int64_t g = 0; g < nq; g += 8) {
@@ -173,7 +182,7 @@ static T512 void rel_rows8(const float* const* tokp, int64_t qoff, const float* 
     const int rows = nq - g < 8 ? (int)(nq - g) : 8;
     for (int r = 0; r < 8; r++) {
       const int64_t j = g + (r < rows ? r : 0), t = by_col ? j * ww + i : i * ww + j;
-      q[r] = tokp[t] + qoff;
+      q[r] = (const float*)((const char*)tokp[t] + qoff * (tok16 ? 2 : 4));
       o[r] = rel + t * (hh + ww) + off;
     }
     for (int64_t c0 = 0; c0 < m; c0 += 32) {
@@ -185,7 +194,7 @@ static T512 void rel_rows8(const float* const* tokp, int64_t qoff, const float* 
         const __m512 t0 = _mm512_maskz_loadu_ps(k0, tab + c * m + c0), t1 = _mm512_maskz_loadu_ps(k1, tab + c * m + c0 + 16);
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++) {
-          const __m512 x = _mm512_set1_ps(q[r][c]);
+          const __m512 x = _mm512_set1_ps(tok_value(q[r], c, tok16));
           a[r][0] = _mm512_fmadd_ps(x, t0, a[r][0]);
           a[r][1] = _mm512_fmadd_ps(x, t1, a[r][1]);
         }
@@ -375,16 +384,28 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
  * the scores' by softmax_row_bf16, are the left operand; pack_head_bf16's pairs of value rows the right one).
  * d a multiple of 32; the calling thread has run amx_configure. */
 #if GEOSAM_AMX
-static TAMX void attend_head_amx(const float* const* q, const int64_t* tok, int64_t nq, float scale,
+static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t* tok, int64_t nq, float scale,
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
                                  const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
-                                 float* qs, float* rh, float* rw, float* o, float* inv) {
+                                 float* qs, float* rh, float* rw, float* o, float* inv, float* qf) {
   const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
   uint16_t* qb = (uint16_t*)qs;
-  for (int64_t r = 0; r < BQ_AMX; r++)
-    for (int64_t c = 0; c < d; c += 16)
-      _mm256_storeu_si256((__m256i*)(qb + r * d + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q[r] + c)));
-  block_rel(q, tok, BQ_AMX, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  const float* qw[BQ_AMX]; /* the queries in float32 for the relative terms (bf16 tokens: widened into qf) */
+  for (int64_t r = 0; r < BQ_AMX; r++) {
+    qw[r] = q[r];
+    if (tok16) {
+      memcpy(qb + r * d, q[r], sizeof(uint16_t) * (size_t)d);
+      if (tab_h != NULL && rel == NULL) {
+        for (int64_t c = 0; c < d; c += 16)
+          _mm512_storeu_ps(qf + r * d + c, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                               _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)q[r] + c))), 16)));
+        qw[r] = qf + r * d;
+      }
+    } else
+      for (int64_t c = 0; c < d; c += 16)
+        _mm256_storeu_si256((__m256i*)(qb + r * d + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q[r] + c)));
+  }
+  block_rel(qw, tok, BQ_AMX, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   const int64_t pb = 16 * d, sc = 4 * ss; /* a key panel (bf16); bytes between score rows */
   for (int64_t t = 0; t < nt; t += 2) { /* np a multiple of 32: panels in pairs */
     _tile_zero(0);
@@ -466,23 +487,51 @@ static TBF void pack_head_bf16(const float* const* tokp, int64_t n, int64_t np, 
   }
 }
 
+/* pack_head_bf16's layouts from bf16 tokens (tokp: their addresses; koff, voff in bf16 numbers): a key's pairs of
+ * columns are its row's 32-bit words as they are, a pair of value rows is interleaved by halves of each word */
+static T512 void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
+                                 uint16_t* kp, uint16_t* vp) {
+  for (int64_t j = 0; j < np; j++) {
+    uint32_t* panel = (uint32_t*)kp + (j / 16) * (d / 2) * 16 + j % 16;
+    const uint16_t* row = j < n ? (const uint16_t*)tokp[j] + koff : NULL;
+    for (int64_t w = 0; w < d / 2; w++) {
+      uint32_t word = 0;
+      if (row) memcpy(&word, row + 2 * w, sizeof word);
+      panel[w * 16] = word;
+    }
+  }
+  for (int64_t j = 0; j < np; j += 2) {
+    const uint16_t* r0 = j < n ? (const uint16_t*)tokp[j] + voff : NULL;
+    const uint16_t* r1 = j + 1 < n ? (const uint16_t*)tokp[j + 1] + voff : NULL;
+    uint32_t* dst = (uint32_t*)vp + (j / 2) * d;
+    for (int64_t c = 0; c < d; c += 16) {
+      const __m512i lo = r0 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(r0 + c))) : _mm512_setzero_si512();
+      const __m512i hi = r1 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(r1 + c))) : _mm512_setzero_si512();
+      _mm512_storeu_si512(dst + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+  }
+}
+
 /* one head's keys and values packed, and a block of its queries attended: in float32 (mode 0), with bf16 products
  * (1) or with bf16 products on AMX tiles (2: BQ_AMX queries; the bf16 arrays in the float buffers' first halves) */
-static void pack(int mode, const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
-                 float* kp, float* vp) {
-  if (mode)
+static void pack(int mode, int tok16, const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff,
+                 int64_t d, float* kp, float* vp) {
+  if (tok16)
+    pack_head_tok16(tokp, n, np, koff, voff, d, (uint16_t*)kp, (uint16_t*)vp);
+  else if (mode)
     pack_head_bf16(tokp, n, np, koff, voff, d, (uint16_t*)kp, (uint16_t*)vp);
   else
     pack_head(tokp, n, np, koff, voff, d, kp, vp);
 }
 
-static void attend(int mode, const float* const* q, const int64_t* tok, int64_t nq, float scale, const float* kp,
-                   const float* vp, const float* tab_h, const float* tab_w, const float* rel, int64_t hh, int64_t ww,
-                   int64_t d, float* const* out, float* s, float* qs, float* rh, float* rw, float* o, float* inv) {
+static void attend(int mode, int tok16, const float* const* q, const int64_t* tok, int64_t nq, float scale,
+                   const float* kp, const float* vp, const float* tab_h, const float* tab_w, const float* rel,
+                   int64_t hh, int64_t ww, int64_t d, float* const* out, float* s, float* qs, float* rh, float* rw,
+                   float* o, float* inv) {
 #if GEOSAM_AMX
   if (mode == 2) {
-    attend_head_amx(q, tok, nq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, rel, hh, ww, d, out,
-                    s, qs, rh, rw, o, inv);
+    attend_head_amx(q, tok16, tok, nq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, rel, hh, ww, d,
+                    out, s, qs, rh, rw, o, inv, inv + BQ_AMX);
     return;
   }
 #endif
@@ -499,13 +548,17 @@ static void attend(int mode, const float* const* q, const int64_t* tok, int64_t 
  * layer's relative tables transposed (hh = ww = ws in windows, else the map's size), or NULL for none. out: token
  * (y, x) at out + y * orow + x * ocol, head h at + h d. d: a multiple of 16 up to 128. Returns 0, 1 (shape not
  * supported) or 2 (no memory). mode: 0 float32, 1 bf16 products (AVX-512 BF16), 2 bf16 products on AMX tiles (the
- * process has been granted them: geosam_amx_init; 1 where d is not a multiple of 32 or the compiler has no AMX). */
-int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t ws,
-                        const float* bias, int64_t nh, int64_t d, float scale, const float* tab_h, const float* tab_w,
-                        float* out, int64_t orow, int64_t ocol, int threads, int mode) {
+ * process has been granted them: geosam_amx_init; 1 where d is not a multiple of 32 or the compiler has no AMX).
+ * tok16: qkv and bias are bf16 numbers (strides in numbers as for float32), mode 2 only (1 returned otherwise): the
+ * AMX mode reads the bf16 projection as it is, without a float32 copy of it. */
+int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t ws,
+                        const void* bias, int64_t nh, int64_t d, float scale, const float* tab_h, const float* tab_w,
+                        float* out, int64_t orow, int64_t ocol, int threads, int mode, int tok16) {
   if (d % 16 != 0 || d < 16 || d > 128 || mh < 1 || mw < 1 || ws < 0 || (ws > 0 && bias == NULL)) return 1;
   if (mode == 2 && (!GEOSAM_AMX || d % 32 != 0)) mode = 1;
+  if (tok16 && mode != 2) return 1;
   const int64_t bq = mode == 2 ? BQ_AMX : BQ;
+  const int esz = tok16 ? 2 : 4;
   int64_t hh = ws > 0 ? ws : mh, ww = ws > 0 ? ws : mw, n = hh * ww, np = (n + 31) / 32 * 32, cc = nh * d;
   int64_t nwy = (mh + hh - 1) / hh, nwx = (mw + ww - 1) / ww, nwin = nwy * nwx;
   /* windows: each (window, head) a task, packing its own keys and values; one map: every head packed first,
@@ -513,7 +566,7 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
   int whole = nwin == 1;
   int64_t nb = (hh * ww + bq - 1) / bq;
   size_t kv = (size_t)(np * d) * (whole ? (size_t)nh : 1);
-  size_t work = (size_t)(bq * (np + 16 + 2 * d + hh + ww) + 32);
+  size_t work = (size_t)(bq * (np + 16 + 2 * d + hh + ww) + 32 + (tok16 ? bq * d : 0)); /* + the widened queries */
   float* shared = NULL;
   float* rel = NULL; /* a whole map's relative terms of one head's tokens (rel_rows), n rows of hh + ww */
   const float** tok0 = NULL;
@@ -527,7 +580,7 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
       return 2;
     }
     int64_t ry, rx;
-    window_tokens(qkv, srow, scol, mh, mw, hh, ww, 0, 0, bias, tok0, &ry, &rx);
+    window_tokens(qkv, srow, scol, esz, mh, mw, hh, ww, 0, 0, bias, tok0, &ry, &rx);
   }
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
@@ -539,7 +592,7 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
     }
     if (whole) {
 #pragma omp for schedule(static)
-      for (int64_t h = 0; h < nh; h++) pack(mode, tok0, n, np, cc + h * d, 2 * cc + h * d, d, shared + h * np * d,
+      for (int64_t h = 0; h < nh; h++) pack(mode, tok16, tok0, n, np, cc + h * d, 2 * cc + h * d, d, shared + h * np * d,
                                             shared + kv + h * np * d);
     }
 #pragma omp barrier
@@ -557,14 +610,17 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
         if (rel != NULL) {
 #pragma omp for schedule(static)
           for (int64_t i = 0; i < hh + ww; i++)
-            (mode == 2 ? rel_rows8 : rel_rows)(tok0, h * d, tab_h, tab_w, hh, ww, d, i < hh ? i : i - hh, i >= hh, rel);
+            if (mode == 2)
+              rel_rows8(tok0, h * d, tok16, tab_h, tab_w, hh, ww, d, i < hh ? i : i - hh, i >= hh, rel);
+            else
+              rel_rows(tok0, h * d, tab_h, tab_w, hh, ww, d, i < hh ? i : i - hh, i >= hh, rel);
         }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < nb; b++) {
           if (!ok) continue;
-          block_rows(tok0, ww, mh, mw, b * bq, bq, h * d, out + h * d, orow, ocol, 0, 0, q, tok, orows, &nq);
+          block_rows(tok0, ww, mh, mw, b * bq, bq, h * d, esz, out + h * d, orow, ocol, 0, 0, q, tok, orows, &nq);
           if (nq > 0)
-            attend(mode, q, tok, nq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh, ww,
+            attend(mode, tok16, q, tok, nq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh, ww,
                    d, orows, s, qs, rh, rw, o, inv);
         }
       }
@@ -574,11 +630,11 @@ int geosam_attention512(const float* qkv, int64_t srow, int64_t scol, int64_t mh
         if (!ok) continue;
         int64_t win = w / nh, h = w % nh, wy = win / nwx, wx = win % nwx;
         float *kp = s + work, *vp = kp + kv;
-        window_tokens(qkv, srow, scol, mh, mw, hh, ww, wy, wx, bias, tokp, &ry, &rx);
-        pack(mode, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
+        window_tokens(qkv, srow, scol, esz, mh, mw, hh, ww, wy, wx, bias, tokp, &ry, &rx);
+        pack(mode, tok16, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
         for (int64_t b0 = 0; b0 < ry * rx; b0 += bq) {
-          block_rows(tokp, ww, ry, rx, b0, bq, h * d, out + h * d, orow, ocol, wy * hh, wx * ww, q, tok, orows, &nq);
-          attend(mode, q, tok, nq, scale, kp, vp, tab_h, tab_w, NULL, hh, ww, d, orows, s, qs, rh, rw, o, inv);
+          block_rows(tokp, ww, ry, rx, b0, bq, h * d, esz, out + h * d, orow, ocol, wy * hh, wx * ww, q, tok, orows, &nq);
+          attend(mode, tok16, q, tok, nq, scale, kp, vp, tab_h, tab_w, NULL, hh, ww, d, orows, s, qs, rh, rw, o, inv);
         }
       }
     }

@@ -51,30 +51,33 @@ INLINE T512 void rel_row(const float* q, const float* tab, int64_t d, int64_t m,
   }
 }
 
-/* The tokens of window (wy, wx) of size hh x ww on an mh x mw map (token (y, x) at qkv + y * srow + x * scol;
- * those past the map: `bias`, the qkv projection of a zero token): tokp[0:hh ww]; returns how many of its rows
- * (*ry) and columns (*rx) lie on the map */
-static void window_tokens(const float* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t hh,
-                          int64_t ww, int64_t wy, int64_t wx, const float* bias, const float** tokp, int64_t* ry,
+/* The tokens of window (wy, wx) of size hh x ww on an mh x mw map (token (y, x) at qkv + y * srow + x * scol
+ * numbers of esz bytes: 4 float32, 2 bf16; those past the map: `bias`, the qkv projection of a zero token):
+ * tokp[0:hh ww] (bf16 tokens' addresses carried as float pointers); returns how many of its rows (*ry) and columns
+ * (*rx) lie on the map */
+static void window_tokens(const void* qkv, int64_t srow, int64_t scol, int esz, int64_t mh, int64_t mw, int64_t hh,
+                          int64_t ww, int64_t wy, int64_t wx, const void* bias, const float** tokp, int64_t* ry,
                           int64_t* rx) {
   int64_t y0 = wy * hh, x0 = wx * ww;
   *ry = mh - y0 < hh ? mh - y0 : hh;
   *rx = mw - x0 < ww ? mw - x0 : ww;
   for (int64_t r = 0; r < hh; r++)
     for (int64_t c = 0; c < ww; c++)
-      tokp[r * ww + c] = (r < *ry && c < *rx) ? qkv + (y0 + r) * srow + (x0 + c) * scol : bias;
+      tokp[r * ww + c] = (const float*)((r < *ry && c < *rx) ? (const char*)qkv + ((y0 + r) * srow + (x0 + c) * scol) * esz
+                                                              : (const char*)bias);
 }
 
 /* Queries b0 .. b0 + bq of a window (its ry x rx tokens on the map, in order; a partial block repeats the first):
- * their rows (head offset qoff), grid tokens and output rows (out + y * orow + x * ocol + head offset) */
+ * their rows (head offset qoff numbers of esz bytes), grid tokens and output rows (out + y * orow + x * ocol + head
+ * offset) */
 static void block_rows(const float* const* tokp, int64_t ww, int64_t ry, int64_t rx, int64_t b0, int64_t bq,
-                       int64_t qoff, float* out, int64_t orow, int64_t ocol, int64_t y0, int64_t x0, const float** q,
-                       int64_t* tok, float** o, int64_t* nq) {
+                       int64_t qoff, int esz, float* out, int64_t orow, int64_t ocol, int64_t y0, int64_t x0,
+                       const float** q, int64_t* tok, float** o, int64_t* nq) {
   int64_t m = ry * rx - b0 < bq ? ry * rx - b0 : bq;
   for (int64_t r = 0; r < bq; r++) {
     int64_t i = b0 + (r < m ? r : 0), y = i / rx, x = i % rx;
     tok[r] = y * ww + x;
-    q[r] = tokp[tok[r]] + qoff;
+    q[r] = (const float*)((const char*)tokp[tok[r]] + qoff * esz);
     o[r] = out + (y0 + y) * orow + (x0 + x) * ocol;
   }
   *nq = m;

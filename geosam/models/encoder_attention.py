@@ -46,7 +46,7 @@ from geosam.models.cpu_kernels import (
     window_attention,
 )
 
-__all__ = ["PER_HEAD_MIN_TOKENS", "QUERY_CHUNK", "attend", "attend_windows", "rel_position_terms", "rel_tables",
+__all__ = ["PER_HEAD_MIN_TOKENS", "QUERY_CHUNK", "attend", "attend_bf16_tokens", "attend_windows", "rel_position_terms", "rel_tables",
            "window_kc"]
 
 
@@ -159,6 +159,27 @@ def attend_windows(layer: Any, qkv: torch.Tensor, pad_qkv: torch.Tensor, bf16: b
                 ):
                     out[bi, y0 : y0 + ry, x0 : x0 + rx] = attend(attn, win, tables)[0, :ry, :rx]
     return out
+
+
+def attend_bf16_tokens(layer: Any, qkv: torch.Tensor, pad_qkv: torch.Tensor | None) -> torch.Tensor | None:
+    """The attention of ``layer`` (before its output projection) from its bf16 qkv projection (B, H, W, 3C) as it is:
+    float32 (B, H, W, C), in windows where the layer has them (``pad_qkv`` (3C,) bf16: a padded token's q, k, v), or
+    None where the AVX-512 kernel does not take bf16 tokens here (its products on AMX tiles only:
+    `geosam.models.cpu_attention.amx_available`, heads of a multiple of 32 numbers). The same numbers as `attend` /
+    `attend_windows` with ``bf16=True`` on the projection widened to float32 (the kernel reads it in place of a
+    float32 copy: Intel Xeon with AMX, one thread, ViT-B, ~5 ms a layer)."""
+    attn, ws = layer.attn, int(layer.window_size)
+    b, hh, ww, c3 = qkv.shape
+    if qkv.dtype != torch.bfloat16 or qkv.device.type != "cpu" or (ws > 0 and pad_qkv is None):
+        return None
+    side = (ws, ws) if ws > 0 else (hh, ww)
+    tables_t = transposed_tables(*rel_tables(attn, *side)) if attn.use_rel_pos else None
+    out = torch.empty((b, hh, ww, c3 // 3), dtype=torch.float32)
+    nh, scale = int(attn.num_attention_heads), float(attn.scale)
+    bias = pad_qkv.to(torch.bfloat16).contiguous() if pad_qkv is not None else None
+    if all(fused_attention(qkv[i], nh, scale, tables_t, out[i], ws, bias, bf16=True) for i in range(b)):
+        return out
+    return None
 
 
 _WINDOW_KC: dict[tuple[int, ...], int | None] = {}

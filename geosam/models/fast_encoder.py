@@ -16,14 +16,19 @@ CPU kernels need) gives the attention exactly, in flash-attention memory.
 
 Everything else (patch embedding, windows, MLPs, neck) runs the model's own
 modules. With low precision on CPUs with AMX (bf16 autocast, ``dtype="auto"``
-there) this is ~1.3x faster per chip than the stock forward. On CPUs without
-AMX torch's bf16 flash attention runs far below the peak (AMD EPYC Zen 4, one
-thread: 7.3 of the stock bf16 encoder's 11.6 s), so there `_layer_mixed` runs
-the projections and the MLP in bf16 (the GELU fused into the first product) and
-the attention through `geosam.models.encoder_attention`'s kernels on the bf16
-q, k, v (with bf16 products on AVX-512 BF16 CPUs, the probabilities rounded):
-the ViT-B encoder 5.5-5.7 s vs 11.8-12.5 s (stock path) and 9.9-10.1 s
-(float32), as close to float32 as the stock bf16 forward.
+there) this is ~1.3x faster per chip than the stock forward (`_layer`). The
+widened q and k triple the attention's products, though: where the attention
+kernel runs its products on AMX tiles (bf16, heads of a multiple of 32
+numbers: `geosam.models.cpu_attention.amx_available`) `_layer_mixed` runs
+instead (Intel Xeon with AMX, one thread, ViT-B: 1.90-1.97 vs 2.20-2.37 s). On
+CPUs without AMX torch's bf16 flash attention runs far below the peak (AMD EPYC
+Zen 4, one thread: 7.3 of the stock bf16 encoder's 11.6 s), so there
+`_layer_mixed` runs the projections and the MLP in bf16 (the GELU fused into
+the first product) and the attention through
+`geosam.models.encoder_attention`'s kernels on the bf16 q, k, v (with bf16
+products on AVX-512 BF16 CPUs, the probabilities rounded): the ViT-B encoder
+5.5-5.7 s vs 11.8-12.5 s (stock path) and 9.9-10.1 s (float32), as close to
+float32 as the stock bf16 forward.
 
 In float32 on the CPU the wider products cost more than the mask saves, and
 torch's fused attention and float32 GEMM run far below the CPU's peak: there
@@ -47,10 +52,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models import cpu_attention
+from geosam.models.cpu_attention import amx_available as attention_on_amx
 from geosam.models.cpu_gemm import linear, linear_gelu_low, row_blocks
 from geosam.models.device import cpu_bf16_kind
-from geosam.models.encoder_attention import attend, attend_windows
+from geosam.models.encoder_attention import attend, attend_bf16_tokens, attend_windows
 
 __all__ = ["fast_encoder_supported", "fast_image_embeddings"]
 
@@ -229,13 +234,16 @@ def _layer_mixed(layer: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] |
     attn = layer.attn
     h = layer.layer_norm1(x)
     qkv_low = attn.qkv(h)
-    qkv = _buffer(buffers, "qkv", qkv_low.shape, x)  # widened into the forward's buffer (`_buffer`: 38 MB for a ViT-B)
-    qkv = qkv_low.float() if qkv is None else qkv.copy_(qkv_low)
     bf16 = qkv_low.dtype == torch.bfloat16  # q, k, v bf16 numbers: the AVX-512 BF16 kernel's products lose nothing
     # windows: a padded token's q, k, v are zeros through the same (low-precision) projection
-    pad_qkv = attn.qkv(h.new_zeros((1, h.shape[-1]))).float()[0] if layer.window_size > 0 else None
-    with torch.autocast(device_type=x.device.type, enabled=False):  # torch's products in the fallbacks stay float32
-        out = attend(attn, qkv, bf16=bf16) if pad_qkv is None else attend_windows(layer, qkv, pad_qkv, bf16)
+    pad_low = attn.qkv(h.new_zeros((1, h.shape[-1])))[0] if layer.window_size > 0 else None
+    out = attend_bf16_tokens(layer, qkv_low, pad_low) if bf16 and attention_on_amx() else None  # AMX: bf16 read as is
+    if out is None:
+        qkv = _buffer(buffers, "qkv", qkv_low.shape, x)  # widened into the forward's buffer (38 MB for a ViT-B)
+        qkv = qkv_low.float() if qkv is None else qkv.copy_(qkv_low)
+        pad_qkv = pad_low.float() if pad_low is not None else None
+        with torch.autocast(device_type=x.device.type, enabled=False):  # torch's products in the fallbacks: float32
+            out = attend(attn, qkv, bf16=bf16) if pad_qkv is None else attend_windows(layer, qkv, pad_qkv, bf16)
     x.add_(attn.proj(out))
     return _add_mlp_low(layer, x, qkv_low.dtype)
 
@@ -295,7 +303,7 @@ def _mixed_attention(device: torch.device, dtype: torch.dtype, head_dim: int) ->
         return False
     if cpu_bf16_kind() != "amx":
         return True
-    return dtype == torch.bfloat16 and head_dim % 32 == 0 and cpu_attention.amx_available()
+    return dtype == torch.bfloat16 and head_dim % 32 == 0 and attention_on_amx()
 
 
 def fast_image_embeddings(
@@ -308,7 +316,8 @@ def fast_image_embeddings(
 
     dtype: compute dtype; other than float32 the forward runs under autocast
     (as `geosam.models.encode` does), the attention in that dtype on CUDA and
-    on CPUs with AMX, in float32 on other CPUs (`_layer_mixed`). Default: the
+    on CPUs with AMX (in the AMX attention kernel where it runs), in float32
+    (or with AVX-512 BF16 products) on other CPUs (`_layer_mixed`). Default: the
     autocast dtype if autocast is on, else float32. Float32 runs the explicit
     attention of `geosam.models.encoder_attention` (see the module docstring).
 
