@@ -105,9 +105,40 @@ INLINE T512 void av_tile(int64_t nv, const float* p, int64_t sp, const float* v,
   }
 }
 
+/* scores_rel_max for a grid of at most 16 x 16 keys (a window): the row in whole 16-wide vectors of the flattened
+ * grid (lanes past n written too: the row has room to np, and the softmax zeroes them), each score's two relative
+ * terms picked by permutes from rh and rw held in one register each; the same operations on each score. A window's
+ * rows of ww < 16 scores, each a masked store read back by the next row's load, stalled on store forwarding (Intel
+ * Xeon: 20 % of a windowed layer's samples in the AMX mode). The grid's row and column of every lane are kept per
+ * thread for the last window size. */
+INLINE T512 float scores_rel_max_small(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, float scale) {
+  static __thread int64_t grid = -1;
+  static __thread int32_t at_h[256], at_w[256];
+  const int64_t n = hh * ww;
+  if (grid != hh * 64 + ww) {
+    for (int64_t j = 0; j < (n + 15) / 16 * 16; j++) {
+      at_h[j] = (int32_t)(j < n ? j / ww : 0);
+      at_w[j] = (int32_t)(j < n ? j % ww : 0);
+    }
+    grid = hh * 64 + ww;
+  }
+  const __m512 h = _mm512_maskz_loadu_ps(tail(hh), rh), w = _mm512_maskz_loadu_ps(tail(ww), rw);
+  const __m512 f = _mm512_set1_ps(scale);
+  __m512 mx = _mm512_set1_ps(-__builtin_inff());
+  for (int64_t j = 0; j < n; j += 16) {
+    const __m512 rel_h = _mm512_permutexvar_ps(_mm512_loadu_si512(at_h + j), h);
+    const __m512 rel_w = _mm512_permutexvar_ps(_mm512_loadu_si512(at_w + j), w);
+    const __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(s + j), f, rel_h), rel_w);
+    _mm512_storeu_ps(s + j, x);
+    mx = _mm512_mask_max_ps(mx, tail(n - j), mx, x);
+  }
+  return _mm512_reduce_max_ps(mx);
+}
+
 /* row s (n = hh * ww scores) = s * scale + rel_h[row] + rel_w[col] in place; returns its maximum. With scale 1 (the
  * float32 kernel's queries come scaled) the fused multiply-add rounds as the plain add */
 INLINE T512 float scores_rel_max(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, float scale) {
+  if (hh <= 16 && ww < 16) return scores_rel_max_small(s, rh, rw, hh, ww, scale);
   __m512 mx = _mm512_set1_ps(-__builtin_inff()), f = _mm512_set1_ps(scale);
   for (int64_t r = 0; r < hh; r++) {
     float* row = s + r * ww;
