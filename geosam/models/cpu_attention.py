@@ -210,8 +210,8 @@ def attention(
     (sums in float32), where `bf16_available`, else as without it.
 
     qkv: (H, W, 3C) with unit stride within a token, float32 or (with ``bf16`` where the products run on AMX tiles,
-    `amx_available`, heads of a multiple of 32 numbers; ``bias`` bf16 too) bf16; ``tables_t``: the layer's relative tables for the attended
-    grid as `geosam.models.cpu_kernels.transposed_tables` gives them ((h, d, h) and (w, d, w)), or None without
+    `amx_available`, heads of a multiple of 32 numbers; ``bias`` bf16 too) bf16; ``tables_t``: the layer's relative
+    tables for the attended grid as `geosam.models.cpu_kernels.transposed_tables` gives them ((h, d, h) and (w, d, w)), or None without
     relative positions; ``bias``: (3C,) the qkv projection of a zero token, which the tokens past the map carry in
     a window (``window_partition`` pads with zeros); out: (H, W, C), unit stride within a token.
     """
@@ -225,7 +225,8 @@ def attention(
     tensors = [qkv, out] + ([] if bias is None else [bias]) + ([] if tables_t is None else list(tables_t))
     tokens_bf16 = qkv.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
     fits = (
-        all(t.device.type == "cpu" and (t.dtype == torch.float32 or (tokens_bf16 and (t is qkv or t is bias))) for t in tensors)
+        all(t.device.type == "cpu" and (t.dtype == torch.float32 or (tokens_bf16 and (t is qkv or t is bias)))
+            for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and c3 == 3 * num_heads * d and d % 16 == 0 and 16 <= d <= 128 and qkv.stride(2) == 1
         and out.shape == (hh, ww, c) and out.stride(2) == 1
