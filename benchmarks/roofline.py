@@ -95,7 +95,8 @@ def count_flops(fn: Callable[[], Any], kernels: bool = False) -> int:
 def _clear_cached_answers(module: Any) -> None:
     """``cache_clear()`` on the module's own cached functions but ``_library`` (the compiled library itself)."""
     for name, value in vars(module).items():
-        if name != "_library" and callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", None) == module.__name__:
+        own = getattr(value, "__module__", None) == module.__name__
+        if name != "_library" and own and callable(getattr(value, "cache_clear", None)):
             value.cache_clear()
 
 

@@ -190,10 +190,6 @@ static T512 void rel_rows(const float* const* tokp, int64_t qoff, const float* t
       rel_row(tokp[y * ww + i] + qoff, tab_w + i * d * ww, d, ww, rel + (y * ww + i) * (hh + ww) + hh);
 }
 
-/* rel_rows' terms for the AMX mode, as products of 8 queries x 32 table columns in registers (each term one chain
- * of FMAs over d, not rel_row's four: other roundings, so not for the float32 and AVX-512 BF16 modes, whose bits
- * stay): a ViT-B global layer's relative terms 23 -> 16 ms (Intel Xeon with AMX, one thread; perf samples), each
- * query row read once per 32 columns instead of once per 16 */
 /* a token's number c: float32, or bf16 (tok16) widened */
 INLINE T512 float tok_value(const float* p, int64_t c, int tok16) {
   if (!tok16) return p[c];
@@ -203,6 +199,10 @@ INLINE T512 float tok_value(const float* p, int64_t c, int tok16) {
   return f;
 }
 
+/* rel_rows' terms for the AMX mode, as products of 8 queries x 32 table columns in registers (each term one chain
+ * of FMAs over d, not rel_row's four: other roundings, so not for the float32 and AVX-512 BF16 modes, whose bits
+ * stay): a ViT-B global layer's relative terms 23 -> 16 ms (Intel Xeon with AMX, one thread; perf samples), each
+ * query row read once per 32 columns instead of once per 16 */
 static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, const float* tab_h, const float* tab_w,
                            int64_t hh, int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
   const int64_t nq = by_col ? hh : ww, m = by_col ? ww : hh, off = by_col ? hh : 0;
@@ -374,7 +374,7 @@ INLINE TBF float softmax_row_bf16(float* s, const float* rh, const float* rw, in
     __mmask16 mk = j < n ? tail(n - j) : 0;
     __m256i e = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), m))));
     _mm256_storeu_si256((__m256i*)(pb + j), e);
-    sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(e), 16)));
+    sum = _mm512_add_ps(sum, bf16_to_f32(e));
   }
   return _mm512_reduce_add_ps(sum);
 }
@@ -428,8 +428,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
       memcpy(qb + r * d, q[r], sizeof(uint16_t) * (size_t)d);
       if (tab_h != NULL && rel == NULL) {
         for (int64_t c = 0; c < d; c += 16)
-          _mm512_storeu_ps(qf + r * d + c, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                               _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)q[r] + c))), 16)));
+          _mm512_storeu_ps(qf + r * d + c, bf16_to_f32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)q[r] + c))));
         qw[r] = qf + r * d;
       }
     } else

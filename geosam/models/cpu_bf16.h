@@ -26,6 +26,10 @@ INLINE_BF __m512i pair_at(const uint16_t* p) { /* p[0], p[1] in every 32-bit lan
 
 INLINE_BF __m512 dot2(__m512 acc, __m512i x, __m512i y) { return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)y); }
 
+INLINE_BF __m512 bf16_to_f32(__m256i x) { /* 16 bf16 numbers widened to float32 (exactly: the high halves) */
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
+}
+
 /* kp[t][k2][j][e] = bf16(b[2 k2 + e][16 t + j]) (zero past kn) for a (kn, n) row-major b, k2 < k2n (at least
  * (kn + 1) / 2; more pads with zeros): panels of 16 columns, pairs of rows interleaved as vdpbf16ps and AMX's
  * tdpbf16ps take them */

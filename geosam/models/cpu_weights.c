@@ -65,9 +65,10 @@ static T512 void tile512_rows(const float* const* a, const float* panel, int64_t
 
 /* one block of kb positions, from k0, of out rows (m of them, ncols each, a multiple of 8) (+)= weights rows x b
  * (rows sb apart); rows of e and out by their maps; `pack` holds the block's columns in panels of 16 when sb is not
- * 16; with `next`, the following block's rows of b are prefetched meanwhile; `wide`: 16-column panels by tile512 */
+ * 16; with `next`, the following block's rows of b are prefetched meanwhile; `wide`: full 16-column panels by
+ * tile512 */
 static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int64_t kb, const float* b, int64_t sb,
-                          int64_t ncols, float* out, rowmap om, float* pack, int next, int wide16) {
+                          int64_t ncols, float* out, rowmap om, float* pack, int next, int wide) {
   const int packed = sb != 16;
   if (packed) /* the block's rows (sb apart: one sequential stream) into panels of 16 columns, [panel][k][16] */
     for (int64_t k = 0; k < kb; k++) {
@@ -78,9 +79,9 @@ static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int6
         _mm256_storeu_ps(pack + (c / 16) * KB * 16 + k * 16 + c % 16, _mm256_loadu_ps(src + c));
     }
   for (int64_t c = 0; c < ncols; c += 16) {
-    const int wide = ncols - c >= 16;
+    const int full = ncols - c >= 16; /* else an 8-column panel */
     const float* panel = packed ? pack + (c / 16) * KB * 16 : b + k0 * sb + c;
-    if (wide16 && wide) {
+    if (wide && full) {
       for (int64_t r = 0; r < m; r += WROWS) {
         const int rows = m - r < WROWS ? (int)(m - r) : WROWS;
         const float* er[WROWS];
@@ -101,7 +102,7 @@ static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int6
         er[i] = e + row_at(em, r + i) + k0;
         orow[i] = out + row_at(om, r + i) + c;
       }
-      tile_rows(er, panel, 16, kb, orow, k0 > 0, rows, wide);
+      tile_rows(er, panel, 16, kb, orow, k0 > 0, rows, full);
     }
   }
 }

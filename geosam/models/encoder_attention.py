@@ -46,8 +46,8 @@ from geosam.models.cpu_kernels import (
     window_attention,
 )
 
-__all__ = ["PER_HEAD_MIN_TOKENS", "QUERY_CHUNK", "attend", "attend_bf16_tokens", "attend_windows", "rel_position_terms", "rel_tables",
-           "window_kc"]
+__all__ = ["PER_HEAD_MIN_TOKENS", "QUERY_CHUNK", "attend", "attend_bf16_tokens", "attend_windows", "rel_position_terms",
+           "rel_tables", "window_kc"]
 
 
 #: Float32 attention over more tokens than this runs one head at a time (global layers), else batched (windows).
