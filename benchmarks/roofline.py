@@ -65,29 +65,60 @@ def kernel_modules() -> list[Any]:
     return [m for m in modules if callable(getattr(m, "_library", None))]
 
 
+#: geosam's functions that choose between a path with C kernels and one without (module, name): during a count with
+#: the kernels switched off they answer as with the kernels on, so that the count follows the timed run's path.
+#: ``fast_encoder._mixed_attention``: on a CPU with AMX the bf16 encoder runs `_layer_mixed` (its attention in the AMX
+#: kernel, the same products as `attend`'s torch fallback) only where the kernel is loaded, else torch's flash
+#: attention on q and k widened by the relative positions (three times the attention's products): counted that way,
+#: the AMX run was credited with ~1.5x the FLOPs it computes (Intel Xeon with AMX, ViT-B: 1396 vs 942 GFLOP).
+PATH_CHOICES = (("geosam.models.fast_encoder", "_mixed_attention"),)
+
+
 def count_flops(fn: Callable[[], Any], kernels: bool = False) -> int:
     """Matmul, convolution and attention FLOPs (2 per multiply-add) of one ``fn()`` call.
 
     geosam's C kernels with products (`kernel_modules`: the encoder's attention on AVX2 and AVX-512 CPUs, the
     decoder's upscaling, quadratic forms, per-head products, softmaxes and their products), which the counter cannot
     see, are switched off for the count: the paths they stand in for run the same products through torch's ops.
+    The functions of `PATH_CHOICES` still choose the path as with the kernels on.
     ``kernels=True`` leaves them on: the FLOPs a counter sees around a run that uses them (to subtract them).
     The modules' cached answers that depend on their library (``bf16_available``, ``amx_available``, ...) are
     cleared after a count without them: one first asked during the count would otherwise stay False for the rest of
     the process (the bf16 encoder's AMX attention was left out of the timed runs that way).
     """
+    import importlib
+
     modules = kernel_modules()
     libraries = [m._library for m in modules]
+    choices = [(importlib.import_module(mod), name) for mod, name in PATH_CHOICES]
+    originals = [getattr(mod, name) for mod, name in choices]
+
+    def switch(on: bool) -> None:
+        for m, lib in zip(modules, libraries, strict=True):
+            m._library = lib if on else (lambda: None)
+
+    def with_kernels(choose: Callable[..., Any]) -> Callable[..., Any]:
+        def chosen(*args: Any, **kwargs: Any) -> Any:
+            switch(True)
+            try:
+                return choose(*args, **kwargs)
+            finally:
+                switch(False)
+        return chosen
+
     if not kernels:
-        for m in modules:
-            m._library = lambda: None
+        switch(False)
+        for (mod, name), choose in zip(choices, originals, strict=True):
+            setattr(mod, name, with_kernels(choose))
     try:
         with torch.inference_mode(), flop_counter() as counter:
             fn()
     finally:
-        for m, lib in zip(modules, libraries, strict=True):
-            m._library = lib
-            if not kernels:
+        switch(True)
+        for (mod, name), choose in zip(choices, originals, strict=True):
+            setattr(mod, name, choose)
+        if not kernels:
+            for m in modules:
                 _clear_cached_answers(m)
     return int(counter.get_total_flops())
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -60,3 +61,26 @@ def test_a_count_leaves_no_cached_answer_of_its_own() -> None:
         f.cache_clear()
     roofline.count_flops(lambda: [f() for f in cached])
     assert [f() for f in cached] == want
+
+
+def test_a_count_follows_the_path_the_kernels_choose(monkeypatch) -> None:
+    """The functions that choose a path by the kernels there are (`roofline.PATH_CHOICES`: the bf16 encoder's
+    `_layer_mixed` on AMX only where the AMX attention kernel is loaded) answer during a count as with the kernels
+    on: the count is of the path the timed run takes, not of the one a process without the kernels would take
+    (torch's flash attention on widened q and k: 1.5x a ViT-B's FLOPs, credited to the AMX kernel's run)."""
+    from geosam.models import cpu_attention, fast_encoder
+
+    assert ("geosam.models.fast_encoder", "_mixed_attention") in roofline.PATH_CHOICES
+    real = fast_encoder._mixed_attention
+    seen: list[bool] = []
+
+    def choose(*args):
+        seen.append(cpu_attention._library() is not None)
+        return real(*args)
+
+    monkeypatch.setattr(fast_encoder, "_mixed_attention", choose)
+    libraries = [m._library for m in roofline.kernel_modules()]
+    roofline.count_flops(lambda: fast_encoder._mixed_attention(torch.device("cpu"), torch.bfloat16, 64))
+    assert seen == [cpu_attention._library() is not None]
+    assert fast_encoder._mixed_attention is choose  # put back after the count
+    assert [m._library for m in roofline.kernel_modules()] == libraries
