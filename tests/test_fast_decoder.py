@@ -435,6 +435,32 @@ def test_a_cache_kept_across_calls_computes_the_image_side_once(sam_size, count_
     assert any(t is other for t in cache["tensors"]) and not any(t is emb for t in cache["tensors"])
 
 
+def test_a_cache_kept_across_calls_computes_the_image_side_once_from_bf16_embeddings(sam_size, count_calls) -> None:
+    """bf16 embeddings (the bf16 dtype's encoder gives them): the decoder runs on their float32 conversion, made once
+    per image in the caller's cache, so the batches on one image share the image side's projections as for float32
+    embeddings (converted anew each call, every batch projected it again); the masks and IoUs are those of calls
+    without a cache, and another image in the same cache gets its own."""
+    from geosam.models import fast_decoder as fd
+
+    bundle, emb = sam_size
+    low = emb.to(torch.bfloat16)
+    made = count_calls(fd, "final_projections")
+    pts = torch.rand((21, 2), generator=torch.Generator().manual_seed(15)) * bundle.input_size
+    batches = [pts[:9], pts[9:]]
+    fresh = [gm.decode_points(bundle, low, b, multimask=True) for b in batches]
+    assert len(made) == 2
+    cache: dict = {}
+    kept = [gm.decode_points(bundle, low, b, multimask=True, cache=cache) for b in batches]
+    assert len(made) == 3  # once for both calls
+    for a, b in zip(fresh, kept):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    other = (emb * 1.5).to(torch.bfloat16)
+    got = gm.decode_points(bundle, other, batches[0], multimask=True, cache=cache)
+    want = gm.decode_points(bundle, other, batches[0], multimask=True)
+    assert len(made) == 5
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_token_mlp_is_the_same_at_any_thread_count() -> None:
     """The two-way layers' MLP (256 -> 2048 -> 256) with thread-invariant products: MKL's AVX-512 GEMM (Intel's
     float32 path) splits its second product's 2048-long sums between 2 threads for 16 rows and more. The same bits
