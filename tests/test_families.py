@@ -261,16 +261,22 @@ def test_sam_hq_token_only_and_shared_cache(tiny_family_dirs: dict[str, str]) ->
 
 
 @pytest.mark.parametrize("family", ["sam_hq", "sam2"])
-def test_family_decoders_keep_a_callers_cache_across_calls(tiny_family_dirs: dict[str, str], family: str,
+@pytest.mark.parametrize("low", [False, True], ids=["float32", "bf16_embeddings"])
+def test_family_decoders_keep_a_callers_cache_across_calls(tiny_family_dirs: dict[str, str], family: str, low: bool,
                                                          count_calls) -> None:
     """`decode_points` with a ``cache`` kept across calls on one image: SAM-HQ's HQ features (SAM 2's upscaling
-    plan) are made once for all calls, and the masks and IoUs are those of calls without it."""
+    plan) are made once for all calls, and the masks and IoUs are those of calls without it; also from bf16
+    embeddings (the bf16 dtype's), whose float32 conversion is made once per image in the cache (made anew each
+    call, it was a new image to the decoder's cache)."""
     import geosam.models.hq_decoder as hq
     import geosam.models.sam2_decoder as s2
+    from geosam.models.embeddings import MultiEmbeddings
 
     b = load_model(tiny_family_dirs[family], device="cpu", dtype="float32")
     img = np.random.default_rng(6).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     emb = encode(b, preprocess(b, [img])[0])
+    if low:
+        emb = MultiEmbeddings(emb.main.bfloat16(), tuple(e.bfloat16() for e in emb.extras), emb.family)
     made = count_calls(*((hq, "hq_features") if family == "sam_hq" else (s2, "_linear_plan")))
     pts = torch.rand((12, 2), generator=torch.Generator().manual_seed(7)) * 1000
     batches = [pts[:5], pts[5:]]

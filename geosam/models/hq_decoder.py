@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from geosam.models.bundle import SamBundle
-from geosam.models.decoder_side import decode_in_chunks, start_decode, two_way
+from geosam.models.decoder_side import decode_in_chunks, float32_inputs, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_twoway import cached
 
@@ -177,12 +177,11 @@ def decode_prompts(
     ``multimask`` the best of SAM's three plus the HQ mask), in float32; on the CPU `FAST_DECODER_CPU_CHUNK` prompts
     per transformer call, the chunks sharing the image's HQ features and projections (with ``cache``, a dict
     kept by the caller, the calls on the same image too)."""
-    emb = embeddings.to(bundle.device)
-    image = emb.main.to(torch.float32)
-    vit = emb.extras[0].to(torch.float32) if emb.extras else None
+    inputs, image_cache = float32_inputs((embeddings.main, *embeddings.extras[:1]), bundle.device, cache)
+    image, vit = inputs[0], (inputs[1] if len(inputs) > 1 else None)
     return decode_in_chunks(
         bundle, prompts, n,
         lambda part, dense, pe, shared: hq_decode(bundle.model, image, vit, part, dense, multimask, pe,
                                                  iou_floor=iou_floor, cache=shared),
-        cache,
+        image_cache,
     )  # fmt: skip

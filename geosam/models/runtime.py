@@ -170,11 +170,11 @@ def _run_decoder(
     if bundle.device.type == "cpu":
         keep_freed_memory()
     if n > 0 and not isinstance(image_embeddings, MultiEmbeddings) and use_fast_decoder(bundle):
-        from geosam.models.decoder_side import decode_in_chunks
+        from geosam.models.decoder_side import decode_in_chunks, float32_inputs
         from geosam.models.fast_decoder import _unwrap, fast_decode, returned_mask_tokens
 
         model = bundle.model
-        emb, image_cache = _float32_embeddings(image_embeddings, bundle.device, cache)
+        (emb,), image_cache = float32_inputs((image_embeddings,), bundle.device, cache)
         bf16 = bundle.dtype == torch.bfloat16  # the upscaling's products in bf16 where the CPU has AVX-512 BF16
         k = len(returned_mask_tokens(_unwrap(model.mask_decoder), multimask))
         return decode_in_chunks(
@@ -196,26 +196,6 @@ def _run_decoder(
     if iou_floor is not None:  # as the fast decoder: prompts with no mask above the floor are -inf
         masks = torch.where((iou > iou_floor).any(dim=1)[:, None, None, None], masks, float("-inf"))
     return masks, iou
-
-
-def _float32_embeddings(
-    emb: torch.Tensor, device: torch.device, cache: dict[Any, Any] | None
-) -> tuple[torch.Tensor, dict[Any, Any] | None]:
-    """The fast decoder's float32 image embeddings on ``device``, and the cache for its calls on them: a conversion
-    (of the bf16 dtype's bf16 embeddings) made anew each call was a new image to the decoder's cache, which projected
-    the image side again for every batch of prompts (Intel Xeon with AMX, one thread, 32 x 32 points: 15.4-15.6 vs
-    14.7 s). With a caller's ``cache`` the conversion is kept there beside the tensor it was made from (held, so
-    that no other tensor takes its place), the decoder's own cache nested inside."""
-    if emb.device == device and emb.dtype == torch.float32:
-        return emb, cache
-    if cache is None:
-        return emb.to(device=device, dtype=torch.float32), None
-    held = cache.get("float32_embeddings")
-    if held is None or held[0] is not emb:
-        cache.clear()
-        cache["float32_embeddings"] = (emb, emb.to(device=device, dtype=torch.float32))
-        cache["decoder"] = {}
-    return cache["float32_embeddings"][1], cache["decoder"]
 
 
 def _stock_decoder(

@@ -28,7 +28,7 @@ import torch
 
 from geosam.models.bundle import SamBundle
 from geosam.models.cpu_gemm import linear
-from geosam.models.decoder_side import decode_in_chunks, sam_layout, start_decode, two_way
+from geosam.models.decoder_side import decode_in_chunks, float32_inputs, sam_layout, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_twoway import cached
 
@@ -195,12 +195,10 @@ def decode_prompts(
     ``input_boxes``, batch of one image): ``(masks (N, K, h, w), iou (N, K))`` float32; on the CPU
     `FAST_DECODER_CPU_CHUNK` prompts per transformer call, the chunks sharing the image's projections (with
     ``cache``, a dict kept by the caller, the calls on the same image too)."""
-    emb = embeddings.to(bundle.device)
-    image = emb.main.to(torch.float32)
-    feat_s0, feat_s1 = (e.to(torch.float32) for e in emb.extras)
+    (image, feat_s0, feat_s1), image_cache = float32_inputs((embeddings.main, *embeddings.extras), bundle.device, cache)
     return decode_in_chunks(
         bundle, prompts, n,
         lambda part, dense, pe, shared: sam2_decode(bundle.model, image, (feat_s0, feat_s1), part, dense, multimask,
                                                    pe, iou_floor=iou_floor, cache=shared),
-        cache,
+        image_cache,
     )  # fmt: skip
