@@ -281,6 +281,27 @@ def test_quadratic_forms_match_torch(n: int, ri: int, rj: int, p: int) -> None:
         assert torch.equal(_with_two_threads(lambda: cpu_decoder.quad(sym, left, left, symmetric=True)), got)
 
 
+@needs_wide
+@pytest.mark.parametrize(("n", "r", "p"), [(16, 56, 4096), (2, 7, 50), (3, 13, 47), (1, 5, 97), (2, 1, 16)])
+def test_avx512_quadratic_forms_are_the_avx2_bits(n: int, r: int, p: int, monkeypatch) -> None:
+    """On AVX-512 CPUs the quadratic forms run 48 positions a block in 16-lane registers (the last block partial,
+    masked), each position the same FMAs in the same order as in 8 lanes: the same bits, general and symmetric;
+    `quad` uses them."""
+    assert cpu_decoder.wide_available()
+    lib = cpu_decoder._library()
+    gen = torch.Generator().manual_seed(r * p)
+    left, right = torch.rand((n, r, p), generator=gen), torch.rand((n, r, p), generator=gen)
+    gram = torch.randn((n, r, r), generator=gen)
+    upper = cpu_decoder._upper(gram @ gram.transpose(1, 2)).contiguous()
+    for args in ((lib, gram, left, right, False), (lib, upper, left, left, True)):
+        narrow, wide = cpu_decoder._call_quad(*args), cpu_decoder._call_quad(*args, wide=True)
+        assert not bool(wide.isnan().any()) and torch.equal(wide, narrow)
+    real, flags = cpu_decoder._call_quad, []
+    monkeypatch.setattr(cpu_decoder, "_call_quad", lambda *a: flags.append(a[-1]) or real(*a))
+    assert torch.equal(cpu_decoder.quad(gram, left, right), cpu_decoder._call_quad(lib, gram, left, right, False))
+    assert flags[0] is True
+
+
 def test_quadratic_forms_left_to_torch_off_the_cpu_float32_path() -> None:
     x = torch.rand((1, 3, 10), dtype=torch.float64)
     assert cpu_decoder.quad(torch.eye(3, dtype=torch.float64)[None], x, x) is None

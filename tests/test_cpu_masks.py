@@ -147,6 +147,28 @@ def test_stats_equal_torchs_upsampled_masks(threads: int) -> None:
     assert counts[6, 0] == 0  # at the threshold is not above it
 
 
+@pytest.mark.skipif(not (_kernel_host() and "avx512f" in cpu_flags()), reason="the 16-lane rows only with AVX-512")
+@pytest.mark.parametrize("width", [18, 20, 33, 256])
+def test_avx512_stats_are_the_avx2_counts_and_boxes(width: int, monkeypatch) -> None:
+    """On AVX-512 CPUs the statistics' rows run 16 columns at a time, then the 8-lane and scalar tails (widths 72,
+    80, 132 and 1024 after 4x): the same counts and boxes as 8 at a time (-inf, values at the thresholds, empty
+    masks), and `upsampled_stats` uses them."""
+    assert cpu_masks.wide_available()
+    lib = cpu_masks._library()
+    low = _logits(torch.Generator().manual_seed(width), 4, 24, width)
+    low[1] = float("-inf")
+    low[2, 5:9, 3:7] = 0.0
+    full = (96, 4 * width)
+    for thresholds, tb in (((1.0, -1.0, 0.0), 0.0), ((0.0,), 2.0)):
+        narrow = cpu_masks._stats(lib, low, full, thresholds, tb)
+        wide = cpu_masks._stats(lib, low, full, thresholds, tb, wide=True)
+        assert torch.equal(narrow[0], wide[0]) and torch.equal(narrow[1], wide[1])
+    real, flags = cpu_masks._stats, []
+    monkeypatch.setattr(cpu_masks, "_stats", lambda *a: flags.append(a[-1]) or real(*a))
+    cpu_masks.upsampled_stats(low, full, (0.0,), 0.0)
+    assert flags == [True]
+
+
 def test_stats_elsewhere_are_left_to_the_caller(monkeypatch) -> None:
     gen = torch.Generator().manual_seed(6)
     assert cpu_masks.upsampled_stats(_logits(gen, 2, 16, 16), (64, 64), (0.0,), 0.0) is None  # H + W <= 128

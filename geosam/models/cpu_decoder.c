@@ -435,21 +435,96 @@ static void pack_block(const float* x, int64_t rows, int64_t p, int64_t p0, floa
     for (int64_t q = 0; q < QB; q++) xp[r * QB + q] = q < np ? x[r * p + p0 + q] : 0.f;
 }
 
+/* quad_rows and pack_block in 16-lane registers (CPUs with AVX-512): QW positions a block, 4 rows of gram x 3
+ * vectors; each position the same FMAs in the same order as in 8 lanes, so the same bits (cpu_decoder.py checks it) */
+#define QW 48
+
+static inline __attribute__((always_inline)) T512 void quad_rows512(const float* g, int64_t rj, int64_t j0,
+                                                                     const float* rp, const float* lp, __m512* o,
+                                                                     const int rows) {
+  __m512 a[4][3];
+  _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = a[r][2] = _mm512_setzero_ps();
+  for (int64_t j = j0; j < rj; j++) {
+    const float* rr = rp + j * QW;
+    const __m512 x0 = _mm512_loadu_ps(rr), x1 = _mm512_loadu_ps(rr + 16), x2 = _mm512_loadu_ps(rr + 32);
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) if (r < rows) {
+      const __m512 b = _mm512_set1_ps(g[r * rj + j]);
+      a[r][0] = _mm512_fmadd_ps(b, x0, a[r][0]);
+      a[r][1] = _mm512_fmadd_ps(b, x1, a[r][1]);
+      a[r][2] = _mm512_fmadd_ps(b, x2, a[r][2]);
+    }
+  }
+  _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) if (r < rows) {
+    const float* lr = lp + r * QW;
+    o[0] = _mm512_fmadd_ps(_mm512_loadu_ps(lr), a[r][0], o[0]);
+    o[1] = _mm512_fmadd_ps(_mm512_loadu_ps(lr + 16), a[r][1], o[1]);
+    o[2] = _mm512_fmadd_ps(_mm512_loadu_ps(lr + 32), a[r][2], o[2]);
+  }
+}
+
+static T512 void pack_block512(const float* x, int64_t rows, int64_t p, int64_t p0, float* xp) {
+  const int64_t np = p - p0 < QW ? p - p0 : QW;
+  const __mmask16 k0 = np >= 16 ? 0xFFFF : (__mmask16)((1u << np) - 1u);
+  const __mmask16 k1 = np >= 32 ? 0xFFFF : np > 16 ? (__mmask16)((1u << (np - 16)) - 1u) : 0;
+  const __mmask16 k2 = np >= 48 ? 0xFFFF : np > 32 ? (__mmask16)((1u << (np - 32)) - 1u) : 0;
+  for (int64_t r = 0; r < rows; r++) {
+    const float* src = x + r * p + p0;
+    if (np == QW) {
+      _mm_prefetch((const char*)(src + PF * QW), _MM_HINT_T0);
+      _mm_prefetch((const char*)(src + PF * QW + 16), _MM_HINT_T0);
+      _mm_prefetch((const char*)(src + PF * QW + 32), _MM_HINT_T0);
+      _mm_prefetch((const char*)(src + PF * QW + QW - 1), _MM_HINT_T0);
+    }
+    _mm512_storeu_ps(xp + r * QW, _mm512_maskz_loadu_ps(k0, src));
+    _mm512_storeu_ps(xp + r * QW + 16, _mm512_maskz_loadu_ps(k1, src + 16));
+    _mm512_storeu_ps(xp + r * QW + 32, _mm512_maskz_loadu_ps(k2, src + 32));
+  }
+}
+
+/* one prompt's block of QW positions from p0 in 16-lane registers: out[p0 ..] */
+static T512 void quad_block512(const float* g, const float* left, const float* right, int64_t ri, int64_t rj,
+                               int64_t p, int64_t p0, int upper, float* buf, float* out) {
+  float *lp = buf, *rp = upper ? buf : buf + ri * QW;
+  pack_block512(left, ri, p, p0, lp);
+  if (!upper) pack_block512(right, rj, p, p0, rp);
+  __m512 o[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int64_t i = 0; i < ri; i += 4) {
+    const int64_t j0 = upper ? i : 0;
+    const float* gi = g + i * rj;
+    switch (ri - i < 4 ? ri - i : 4) {
+      case 4: quad_rows512(gi, rj, j0, rp, lp + i * QW, o, 4); break;
+      case 3: quad_rows512(gi, rj, j0, rp, lp + i * QW, o, 3); break;
+      case 2: quad_rows512(gi, rj, j0, rp, lp + i * QW, o, 2); break;
+      default: quad_rows512(gi, rj, j0, rp, lp + i * QW, o, 1); break;
+    }
+  }
+  const int64_t np = p - p0 < QW ? p - p0 : QW;
+  for (int c = 0; c < 3; c++) {
+    const int64_t left_n = np - 16 * c;
+    if (left_n <= 0) break;
+    _mm512_mask_storeu_ps(out + p0 + 16 * c, left_n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left_n) - 1u), o[c]);
+  }
+}
+
 /* gram (n, ri, rj), left (n, ri, p), right (n, rj, p), out (n, p); contiguous float32; upper: see above (ri = rj,
- * right = left). Returns 0, or -1 if out of memory (out then incomplete). */
+ * right = left). wide: in 16-lane registers (quad_block512). Returns 0, or -1 if out of memory (out then incomplete). */
 int geosam_quad(const float* gram, const float* left, const float* right, int64_t n, int64_t ri, int64_t rj,
-                int64_t p, int upper, float* out, int threads) {
-  const int64_t blocks = (p + QB - 1) / QB;
+                int64_t p, int upper, float* out, int wide, int threads) {
+  const int64_t qb = wide ? QW : QB, blocks = (p + qb - 1) / qb;
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    float* buf = thread_buffer((size_t)((ri + rj) * QB), &failed);
+    float* buf = thread_buffer((size_t)((ri + rj) * qb), &failed);
 #pragma omp for schedule(static) collapse(2)
     for (int64_t m = 0; m < n; m++) {
       for (int64_t bk = 0; bk < blocks; bk++) {
         if (buf == NULL) continue;
-        const int64_t p0 = bk * QB;
+        const int64_t p0 = bk * qb;
         const float* g = gram + m * ri * rj;
+        if (wide) {
+          quad_block512(g, left + m * ri * p, right + m * rj * p, ri, rj, p, p0, upper, buf, out + m * p);
+          continue;
+        }
         float *lp = buf, *rp = upper ? buf : buf + ri * QB;
         pack_block(left + m * ri * p, ri, p, p0, lp);
         if (!upper) pack_block(right + m * rj * p, rj, p, p0, rp);

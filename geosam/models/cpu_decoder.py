@@ -1,22 +1,18 @@
 """SAM's mask decoder on AVX2 CPUs (float32): the upscaling of a prompt in one C pass, and the quadratic forms.
 
-`geosam.models.fast_upscale` runs the decoder's output side (upscale_conv1 ->
-LayerNorm -> GELU -> upscale_conv2 -> GELU -> hypernetwork dot products) as
-torch products over bands of positions, each step a pass over memory: per
-prompt of SAM's ViT decoders ~0.5 GFLOP in products and 3 M exact GELUs, with
-the (16 h w, C8) features written and read back between the steps.
-`upscale_prompt` does the same for a block of 12 positions at a time in
-`cpu_decoder.c` (6 x 16 register tiles, a rational erf for the GELU) and
-writes each mask pixel once. `quad` computes the layer norms' quadratic forms
-of `geosam.models.fast_final` (``w^T G w`` at every image position, G 56 x 56
-per prompt) block by block without writing ``G w``, half of G for the
-symmetric ones. `token_softmax` is the image -> token attentions' softmax over
-the tokens with torch's bits, writing the weights transposed in the same pass
-for the records that read them so (the heads' products: `geosam.models.cpu_heads`).
-AMD EPYC Zen 3, one thread: a prompt's upscaling 9.5 vs ~16 ms, four prompts'
-symmetric forms 1.4 vs 4.1 ms (general 2.6), eight prompts' token softmax with its transposes 2.9 vs 5.6 ms; 256
-prompts' decoding 8.6 vs 10.4 s (upscaling and forms; medians of 5
-alternating, noisy host).
+`geosam.models.fast_upscale` runs the decoder's output side (upscale_conv1 -> LayerNorm -> GELU -> upscale_conv2 ->
+GELU -> hypernetwork dot products) as torch products over bands of positions, each step a pass over memory: per prompt
+of SAM's ViT decoders ~0.5 GFLOP in products and 3 M exact GELUs, with the (16 h w, C8) features written and read back
+between the steps. `upscale_prompt` does the same for a block of 12 positions at a time in `cpu_decoder.c` (6 x 16
+register tiles, a rational erf for the GELU) and writes each mask pixel once. `quad` computes the layer norms'
+quadratic forms of `geosam.models.fast_final` (``w^T G w`` at every image position, G 56 x 56 per prompt) block by
+block without writing ``G w``, half of G for the symmetric ones. `token_softmax` is the image -> token attentions'
+softmax over the tokens with torch's bits, writing the weights transposed in the same pass for the records that read
+them so (the heads' products: `geosam.models.cpu_heads`). AMD EPYC Zen 3, one thread: a prompt's upscaling 9.5 vs ~16
+ms, four prompts' symmetric forms 1.4 vs 4.1 ms (general 2.6), eight prompts' token softmax with its transposes 2.9 vs
+5.6 ms; 256 prompts' decoding 8.6 vs 10.4 s (upscaling and forms; medians of 5 alternating, noisy host). On AVX-512
+CPUs (`wide_available`) the forms run 48 positions a block in 16-lane registers, the same bits: Intel Xeon with AMX,
+16 prompts, 2.6-2.7 -> 2.1-2.3 ms symmetric, 6.8-7.3 -> 5.3-5.9 ms general (the token softmax in 16 lanes: no faster).
 
 For the bf16 dtype on CPUs with AVX-512 BF16 but no AMX (`bf16_faster`) `upscale_prompt` runs the upscaling's two products
 on their inputs rounded to bf16 (``vdpbf16ps``, sums in float32; the norm, GELUs and dot products stay float32):
@@ -94,12 +90,14 @@ def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor
     return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * hh, 4 * ww)
 
 
-def _call_quad(lib: ctypes.CDLL, gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, upper: bool) -> torch.Tensor:
+def _call_quad(lib: ctypes.CDLL, gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, upper: bool,
+               wide: bool = False) -> torch.Tensor:
     n, ri, p = left.shape
     out = torch.empty((n, p), dtype=torch.float32)
     rc = lib.geosam_quad(
         _P(gram.data_ptr()), _P(left.data_ptr()), _P(right.data_ptr()), _I64(n), _I64(ri), _I64(right.shape[1]),
-        _I64(p), ctypes.c_int(int(upper)), _P(out.data_ptr()), ctypes.c_int(torch.get_num_threads()),
+        _I64(p), ctypes.c_int(int(upper)), _P(out.data_ptr()), ctypes.c_int(int(wide)),
+        ctypes.c_int(torch.get_num_threads()),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("cpu_decoder: out of memory for the quadratic forms")
@@ -307,12 +305,18 @@ def amx_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def wide_available() -> bool:
-    """Whether `upscale_prompt` runs its float32 products and its GELUs in AVX-512 registers: the kernel in use, a CPU
-    with AVX-512, and the wide path's masks bit for bit the AVX2 path's here (each output the same chain of FMAs)."""
+    """Whether `upscale_prompt` (float32 products, GELUs) and `quad` run in AVX-512 registers: the kernel in use, a CPU
+    with AVX-512, and the wide paths' outputs bit for bit the AVX2 paths' here (each the same chain of FMAs)."""
     lib = _library()
     if lib is None or "avx512f" not in cpu_flags():
         return False
     gen = torch.Generator().manual_seed(2)
+    for n, r, p, upper in ((2, 7, 50, False), (3, 13, 100, True), (1, 5, 7, True), (2, 9, 96, False)):
+        gram, left, right = torch.randn((n, r, r), generator=gen), *(torch.rand((n, r, p), generator=gen) for _ in "lr")
+        args = (lib, torch.triu(gram).contiguous() if upper else gram, left, left if upper else right, upper)
+        if not torch.equal(_call_quad(*args), _call_quad(*args, wide=True)):
+            log.warning("cpu_decoder.c: the AVX-512 quadratic forms differ from the AVX2 ones here; AVX2 is used")
+            return False
     for flags in (0, BF16) if bf16_available() else (0,):
         for hw, k1, c4, c8, nk in _CHECKED_SHAPES:
             a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
@@ -337,8 +341,8 @@ def quad(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, symmetric:
         return None
     left, right = left.contiguous(), right.contiguous()
     if symmetric:
-        return _call_quad(lib, _upper(gram).contiguous(), left, left, True)
-    return _call_quad(lib, gram.contiguous(), left, right, False)
+        return _call_quad(lib, _upper(gram).contiguous(), left, left, True, wide_available())
+    return _call_quad(lib, gram.contiguous(), left, right, False, wide_available())
 
 
 def token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tensor | None:

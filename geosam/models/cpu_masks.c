@@ -194,11 +194,32 @@ int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_
     return failed ? -1 : 0;
 }
 
+/* A row's columns 0 .. n16 (a multiple of 16) of the statistics below in 16-lane registers (CPUs with AVX-512):
+ * each value the same fused multiply-add, the counts and column bits the same as 8 at a time (cpu_masks.py checks
+ * it on load). Adds to cnt, ors into colhit (8 columns a byte) and returns whether a value passed tb. */
+#define T512 __attribute__((target("avx512f,fma")))
+static T512 int stats_span512(const float* t0, const float* t1, float h0, float h1, int64_t n16, const float* thr,
+                              int nt, float tb, int64_t* cnt, uint8_t* colhit) {
+    const __m512 vh0 = _mm512_set1_ps(h0), vh1 = _mm512_set1_ps(h1), vb = _mm512_set1_ps(tb);
+    __m512 vt[8];
+    for (int k = 0; k < nt; k++) vt[k] = _mm512_set1_ps(thr[k]);
+    int row_hit = 0;
+    for (int64_t c = 0; c < n16; c += 16) {
+        const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(t0 + c), vh0, _mm512_mul_ps(_mm512_loadu_ps(t1 + c), vh1));
+        for (int k = 0; k < nt; k++) cnt[k] += __builtin_popcount((unsigned)_mm512_cmp_ps_mask(v, vt[k], _CMP_GT_OQ));
+        const unsigned hit = (unsigned)_mm512_cmp_ps_mask(v, vb, _CMP_GT_OQ);
+        colhit[c >> 3] |= (uint8_t)(hit & 0xFFu);
+        colhit[(c >> 3) + 1] |= (uint8_t)(hit >> 8);
+        row_hit |= hit != 0;
+    }
+    return row_hit;
+}
+
 /* Per mask, over the full_h x full_w upsampled grid (the values as above, never stored): counts[m, k] =
  * #(up > thr[k]) for nt thresholds, and boxes[m] = the inclusive XYXY box of up > tb ((0, 0, 0, 0) if empty).
- * Returns 0, or -1 if out of memory. */
+ * wide: the row's first columns in 16-lane registers (stats_span512). Returns 0, or -1 if out of memory. */
 int geosam_upsample_stats(const float* low, int64_t n, int64_t h, int64_t w, int64_t full_h, int64_t full_w,
-                          const float* thr, int nt, float tb, int64_t* counts, int64_t* boxes, int threads) {
+                          const float* thr, int nt, float tb, int64_t* counts, int64_t* boxes, int wide, int threads) {
     const int64_t oh = full_h, ow = full_w;
     Grid g;
     const int made = nt >= 1 && nt <= 8 && grid_make(&g, h, w, full_h, full_w, oh, ow) == 0;
@@ -233,7 +254,8 @@ int geosam_upsample_stats(const float* low, int64_t n, int64_t h, int64_t w, int
                 const float h0 = hw0[o], h1 = hw1[o];
                 const __m256 vh0 = _mm256_set1_ps(h0), vh1 = _mm256_set1_ps(h1);
                 int row_hit = 0;
-                int64_t c = 0;
+                int64_t c = wide ? ow & ~(int64_t)15 : 0;
+                if (c > 0) row_hit = stats_span512(t0, t1, h0, h1, c, thr, nt, tb, cnt, colhit);
                 for (; c + 8 <= ow; c += 8) {
                     __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(t0 + c), vh0, _mm256_mul_ps(_mm256_loadu_ps(t1 + c), vh1));
                     for (int k = 0; k < nt; k++)

@@ -14,6 +14,8 @@ pass bit for bit). The library is built and cached by `geosam.models.cpu_build` 
 only after it has reproduced torch's upsampled values bit for bit in this
 process; elsewhere (other CPUs, other dtypes or devices, scale factors other
 than powers of two, outputs of H + W <= 128 px, ``GEOSAM_CPU_KERNELS=0``) torch's ops run: the same masks.
+`upsampled_stats` (the stability scores' counts and the boxes) runs its rows 16 columns at a time on AVX-512 CPUs
+(`wide_available`, the same counts): Intel Xeon with AMX, one thread, 32 masks to 1024 x 1024, 13.7-15.1 -> 10.2-11.3 ms.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "stats_apply", "upsample_gt", "upsampled", "upsampled_stats"]
+from geosam.models.device import cpu_flags
+
+__all__ = ["available", "stats_apply", "upsample_gt", "upsampled", "upsampled_stats", "wide_available"]
 
 _SOURCE = Path(__file__).with_name("cpu_masks.c")
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -51,7 +55,7 @@ def _call(lib: ctypes.CDLL, low: torch.Tensor, full_hw: tuple[int, int], out_hw:
 
 
 def _stats(lib: ctypes.CDLL, low: torch.Tensor, full_hw: tuple[int, int], thresholds: tuple[float, ...],
-           box_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+           box_threshold: float, wide: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     n, h, w = low.shape
     counts = torch.empty((n, len(thresholds)), dtype=torch.int64)
     boxes = torch.empty((n, 4), dtype=torch.int64)
@@ -59,7 +63,7 @@ def _stats(lib: ctypes.CDLL, low: torch.Tensor, full_hw: tuple[int, int], thresh
     rc = lib.geosam_upsample_stats(
         _P(low.data_ptr()), _I64(n), _I64(h), _I64(w), _I64(full_hw[0]), _I64(full_hw[1]), _P(thr.data_ptr()),
         _INT(len(thresholds)), ctypes.c_float(box_threshold), _P(counts.data_ptr()), _P(boxes.data_ptr()),
-        _INT(torch.get_num_threads()),
+        _INT(int(wide)), _INT(torch.get_num_threads()),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("cpu_masks: out of memory for the upsampling rows")
@@ -114,6 +118,22 @@ def available() -> bool:
     return _library() is not None
 
 
+@functools.lru_cache(maxsize=1)
+def wide_available() -> bool:
+    """Whether `upsampled_stats` runs its rows in 16-lane registers: the kernel in use, a CPU with AVX-512, and the
+    counts and boxes those of the 8-lane path here (rows of 16 columns and more, with 8-lane and scalar tails)."""
+    lib = _library()
+    if lib is None or "avx512f" not in cpu_flags():
+        return False
+    gen = torch.Generator().manual_seed(1)
+    for (n, h, w), scale in (((3, 32, 40), 4), ((2, 20, 33), 4), ((2, 64, 64), 2)):
+        low = torch.randn((n, h, w), generator=gen) * torch.logspace(-2, 1, n)[:, None, None]
+        args = (lib, low, (h * scale, w * scale), (0.0, 0.3, -0.2), 0.1)
+        if not all(torch.equal(a, b) for a, b in zip(_stats(*args), _stats(*args, wide=True), strict=True)):
+            return False
+    return True
+
+
 def _power_of_two_up(n_in: int, n_out: int) -> bool:
     k, r = divmod(n_out, n_in)
     return r == 0 and k >= 2 and k & (k - 1) == 0
@@ -161,4 +181,5 @@ def upsampled_stats(
     lib = _usable(low, full_hw, full_hw) if 1 <= len(thresholds) <= 8 else None
     if lib is None:
         return None
-    return _stats(lib, low.contiguous(), full_hw, tuple(float(t) for t in thresholds), float(box_threshold))
+    return _stats(lib, low.contiguous(), full_hw, tuple(float(t) for t in thresholds), float(box_threshold),
+                  wide_available())
