@@ -481,30 +481,45 @@ static T512 void pack_block512(const float* x, int64_t rows, int64_t p, int64_t 
   }
 }
 
-/* one prompt's block of QW positions from p0 in 16-lane registers: out[p0 ..] */
-static T512 void quad_block512(const float* g, const float* left, const float* right, int64_t ri, int64_t rj,
-                               int64_t p, int64_t p0, int upper, float* buf, float* out) {
-  float *lp = buf, *rp = upper ? buf : buf + ri * QW;
-  pack_block512(left, ri, p, p0, lp);
-  if (!upper) pack_block512(right, rj, p, p0, rp);
-  __m512 o[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  for (int64_t i = 0; i < ri; i += 4) {
-    const int64_t j0 = upper ? i : 0;
-    const float* gi = g + i * rj;
-    switch (ri - i < 4 ? ri - i : 4) {
-      case 4: quad_rows512(gi, rj, j0, rp, lp + i * QW, o, 4); break;
-      case 3: quad_rows512(gi, rj, j0, rp, lp + i * QW, o, 3); break;
-      case 2: quad_rows512(gi, rj, j0, rp, lp + i * QW, o, 2); break;
-      default: quad_rows512(gi, rj, j0, rp, lp + i * QW, o, 1); break;
-    }
-  }
-  const int64_t np = p - p0 < QW ? p - p0 : QW;
-  for (int c = 0; c < 3; c++) {
-    const int64_t left_n = np - 16 * c;
-    if (left_n <= 0) break;
-    _mm512_mask_storeu_ps(out + p0 + 16 * c, left_n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left_n) - 1u), o[c]);
-  }
+/* a block's outputs: QB positions from 8-lane registers (through a buffer: the last block may be partial), QW
+ * from 16-lane ones (masked) */
+static inline void quad_store(const __m256* o, int64_t np, float* out) {
+  float res[QB];
+  _mm256_storeu_ps(res, o[0]);
+  _mm256_storeu_ps(res + 8, o[1]);
+  _mm256_storeu_ps(res + 16, o[2]);
+  for (int64_t q = 0; q < np; q++) out[q] = res[q];
 }
+
+static inline __attribute__((always_inline)) T512 void quad_store512(const __m512* o, int64_t np, float* out) {
+  for (int c = 0; c < 3 && np > 16 * c; c++)
+    _mm512_mask_storeu_ps(out + 16 * c, np - 16 * c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (np - 16 * c)) - 1u),
+                          o[c]);
+}
+
+/* one prompt's block of NB positions from p0 (gram g, its left / right rows): out[p0 ..]; the 8- and 16-lane bodies */
+#define QUAD_BLOCK(NAME, V, ZERO, PACK, ROWS, STORE, NB, ATTR)                                                     \
+  static ATTR void NAME(const float* g, const float* left, const float* right, int64_t ri, int64_t rj, int64_t p,   \
+                        int64_t p0, int upper, float* buf, float* out) {                                            \
+    float *lp = buf, *rp = upper ? buf : buf + ri * NB;                                                             \
+    PACK(left, ri, p, p0, lp);                                                                                       \
+    if (!upper) PACK(right, rj, p, p0, rp);                                                                          \
+    V o[3] = {ZERO, ZERO, ZERO};                                                                                     \
+    for (int64_t i = 0; i < ri; i += 4) {                                                                            \
+      const int64_t j0 = upper ? i : 0;                                                                              \
+      const float* gi = g + i * rj;                                                                                  \
+      switch (ri - i < 4 ? ri - i : 4) {                                                                             \
+        case 4: ROWS(gi, rj, j0, rp, lp + i * NB, o, 4); break;                                                      \
+        case 3: ROWS(gi, rj, j0, rp, lp + i * NB, o, 3); break;                                                      \
+        case 2: ROWS(gi, rj, j0, rp, lp + i * NB, o, 2); break;                                                      \
+        default: ROWS(gi, rj, j0, rp, lp + i * NB, o, 1); break;                                                     \
+      }                                                                                                              \
+    }                                                                                                                \
+    STORE(o, p - p0 < NB ? p - p0 : NB, out + p0);                                                                   \
+  }
+QUAD_BLOCK(quad_block, __m256, _mm256_setzero_ps(), pack_block, quad_rows, quad_store, QB, NO_TARGET)
+QUAD_BLOCK(quad_block512, __m512, _mm512_setzero_ps(), pack_block512, quad_rows512, quad_store512, QW, T512)
+#undef QUAD_BLOCK
 
 /* gram (n, ri, rj), left (n, ri, p), right (n, rj, p), out (n, p); contiguous float32; upper: see above (ri = rj,
  * right = left). wide: in 16-lane registers (quad_block512). Returns 0, or -1 if out of memory (out then incomplete). */
@@ -521,30 +536,8 @@ int geosam_quad(const float* gram, const float* left, const float* right, int64_
         if (buf == NULL) continue;
         const int64_t p0 = bk * qb;
         const float* g = gram + m * ri * rj;
-        if (wide) {
-          quad_block512(g, left + m * ri * p, right + m * rj * p, ri, rj, p, p0, upper, buf, out + m * p);
-          continue;
-        }
-        float *lp = buf, *rp = upper ? buf : buf + ri * QB;
-        pack_block(left + m * ri * p, ri, p, p0, lp);
-        if (!upper) pack_block(right + m * rj * p, rj, p, p0, rp);
-        __m256 o[3] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (int64_t i = 0; i < ri; i += 4) {
-          const int64_t j0 = upper ? i : 0;
-          const float* gi = g + i * rj;
-          switch (ri - i < 4 ? ri - i : 4) {
-            case 4: quad_rows(gi, rj, j0, rp, lp + i * QB, o, 4); break;
-            case 3: quad_rows(gi, rj, j0, rp, lp + i * QB, o, 3); break;
-            case 2: quad_rows(gi, rj, j0, rp, lp + i * QB, o, 2); break;
-            default: quad_rows(gi, rj, j0, rp, lp + i * QB, o, 1); break;
-          }
-        }
-        float res[QB];
-        _mm256_storeu_ps(res, o[0]);
-        _mm256_storeu_ps(res + 8, o[1]);
-        _mm256_storeu_ps(res + 16, o[2]);
-        const int64_t np = p - p0 < QB ? p - p0 : QB;
-        for (int64_t q = 0; q < np; q++) out[m * p + p0 + q] = res[q];
+        (wide ? quad_block512 : quad_block)(g, left + m * ri * p, right + m * rj * p, ri, rj, p, p0, upper, buf,
+                                            out + m * p);
       }
     }
     free(buf);
