@@ -462,11 +462,12 @@ static inline __attribute__((always_inline)) T512 void quad_rows512(const float*
   }
 }
 
+/* the first n (clamped to 0 .. 16) lanes of a 16-lane register */
+static inline __mmask16 lanes16(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1u); }
+
 static T512 void pack_block512(const float* x, int64_t rows, int64_t p, int64_t p0, float* xp) {
   const int64_t np = p - p0 < QW ? p - p0 : QW;
-  const __mmask16 k0 = np >= 16 ? 0xFFFF : (__mmask16)((1u << np) - 1u);
-  const __mmask16 k1 = np >= 32 ? 0xFFFF : np > 16 ? (__mmask16)((1u << (np - 16)) - 1u) : 0;
-  const __mmask16 k2 = np >= 48 ? 0xFFFF : np > 32 ? (__mmask16)((1u << (np - 32)) - 1u) : 0;
+  const __mmask16 k0 = lanes16(np), k1 = lanes16(np - 16), k2 = lanes16(np - 32);
   for (int64_t r = 0; r < rows; r++) {
     const float* src = x + r * p + p0;
     if (np == QW) {
@@ -492,9 +493,7 @@ static inline void quad_store(const __m256* o, int64_t np, float* out) {
 }
 
 static inline __attribute__((always_inline)) T512 void quad_store512(const __m512* o, int64_t np, float* out) {
-  for (int c = 0; c < 3 && np > 16 * c; c++)
-    _mm512_mask_storeu_ps(out + 16 * c, np - 16 * c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (np - 16 * c)) - 1u),
-                          o[c]);
+  for (int c = 0; c < 3 && np > 16 * c; c++) _mm512_mask_storeu_ps(out + 16 * c, lanes16(np - 16 * c), o[c]);
 }
 
 /* one prompt's block of NB positions from p0 (gram g, its left / right rows): out[p0 ..]; the 8- and 16-lane bodies */
