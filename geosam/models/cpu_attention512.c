@@ -5,7 +5,7 @@
  *     out[i, h] = softmax_j((q_i * scale) . k_j + rel_h[i, row(j)] + rel_w[i, col(j)]) v_j
  *     rel_h[i, r] = q_i . tab_h[row(i), r],  rel_w[i, c] = q_i . tab_w[col(i), c]
  *
- * for a block of BQ queries of one head at a time: their scores (BQ x N) are written once by a register-tiled
+ * for a block of queries of one head at a time (BQ_MAP, BQ in windows): their scores (bq x N) are written once by a register-tiled
  * product (8 queries x 32 keys, the keys packed in 16-wide panels), the relative positions added and the
  * maximum taken in one pass, the exponentials and their sum in another (all while the rows are in cache),
  * and the values product (6 queries x d, keys in blocks that stay in L2) scaled by 1 / sum at the end.
@@ -181,13 +181,57 @@ INLINE T512 void block_rel(const float* const* q, const int64_t* tok, int64_t bq
  * same rel_row calls, ordered so that each table (16 KiB for a ViT's 64 x 64 map) is read once for the 64 queries
  * that use it. In block order a block's 24 queries lie in 24 columns: every block read 24 tables of the column terms
  * (1 MiB for a head, from L3: 3 GB per encode), 7 % of the float32 encoder's time on an Intel Xeon. */
+/* rel_row for three queries q[0..2] (outputs rel[0..2]) of one table: each output the same four chains (by c mod 4)
+ * summed as rel_row sums them, so the same bits; 32 columns a step, every table vector loaded once for the three
+ * (rel_row alone loads two numbers per FMA: a ViT-B global layer's terms ~28 ms of its ~430, Intel Xeon, one thread) */
+INLINE T512 void rel_row3(const float* const* q, const float* tab, int64_t d, int64_t m, float* const* rel) {
+  for (int64_t c0 = 0; c0 < m; c0 += 32) {
+    const __mmask16 k0 = tail(m - c0), k1 = m - c0 > 16 ? tail(m - c0 - 16) : 0;
+    __m512 a[3][2][4];
+#pragma GCC unroll 3
+    for (int r = 0; r < 3; r++)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; j++) a[r][0][j] = a[r][1][j] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < d; c += 4) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; j++) {
+        const __m512 t0 = _mm512_maskz_loadu_ps(k0, tab + (c + j) * m + c0);
+        const __m512 t1 = _mm512_maskz_loadu_ps(k1, tab + (c + j) * m + c0 + 16);
+#pragma GCC unroll 3
+        for (int r = 0; r < 3; r++) {
+          const __m512 x = _mm512_set1_ps(q[r][c + j]);
+          a[r][0][j] = _mm512_fmadd_ps(x, t0, a[r][0][j]);
+          a[r][1][j] = _mm512_fmadd_ps(x, t1, a[r][1][j]);
+        }
+      }
+    }
+#pragma GCC unroll 3
+    for (int r = 0; r < 3; r++) {
+      _mm512_mask_storeu_ps(rel[r] + c0, k0, _mm512_add_ps(_mm512_add_ps(a[r][0][0], a[r][0][1]), _mm512_add_ps(a[r][0][2], a[r][0][3])));
+      if (k1) _mm512_mask_storeu_ps(rel[r] + c0 + 16, k1, _mm512_add_ps(_mm512_add_ps(a[r][1][0], a[r][1][1]), _mm512_add_ps(a[r][1][2], a[r][1][3])));
+    }
+  }
+}
+
 static T512 void rel_rows(const float* const* tokp, int64_t qoff, const float* tab_h, const float* tab_w, int64_t hh,
                           int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
-  if (!by_col)
-    for (int64_t x = 0; x < ww; x++) rel_row(tokp[i * ww + x] + qoff, tab_h + i * d * hh, d, hh, rel + (i * ww + x) * (hh + ww));
-  else
-    for (int64_t y = 0; y < hh; y++)
-      rel_row(tokp[y * ww + i] + qoff, tab_w + i * d * ww, d, ww, rel + (y * ww + i) * (hh + ww) + hh);
+  const int64_t nq = by_col ? hh : ww, m = by_col ? ww : hh, off = by_col ? hh : 0;
+  const float* tab = by_col ? tab_w + i * d * ww : tab_h + i * d * hh;
+  int64_t j = 0;
+  for (; j + 3 <= nq; j += 3) { /* the queries of map row i (column i) by threes: one table for all */
+    const float* q[3];
+    float* o[3];
+    for (int r = 0; r < 3; r++) {
+      const int64_t t = by_col ? (j + r) * ww + i : i * ww + j + r;
+      q[r] = tokp[t] + qoff;
+      o[r] = rel + t * (hh + ww) + off;
+    }
+    rel_row3(q, tab, d, m, o);
+  }
+  for (; j < nq; j++) {
+    const int64_t t = by_col ? j * ww + i : i * ww + j;
+    rel_row(tokp[t] + qoff, tab, d, m, rel + t * (hh + ww) + off);
+  }
 }
 
 /* a token's number c: float32, or bf16 (tok16) widened */
@@ -261,33 +305,34 @@ INLINE T512 float softmax_row(float* s, const float* rh, const float* rw, int64_
   return _mm512_reduce_add_ps(sum);
 }
 
-/* One head's attention for BQ queries (rows q[r], scaled by `scale` for the scores; tok[r] their token on the
+/* One head's attention for bq queries (rows q[r], scaled by `scale` for the scores; tok[r] their token on the
  * hh x ww grid of keys, for the relative terms) against the keys packed (kp) and values vp (np rows of d, zero past
- * n): out[r][0:d] = the result, for the first nq. Scratch: s (BQ x (np + 16)), qs, o (BQ x d), rh (BQ x hh),
- * rw (BQ x ww, zeros without tables), inv (BQ). */
-static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t nq, float scale, const float* kp,
-                             const float* vp, const float* tab_h, const float* tab_w, const float* rel, int64_t hh,
-                             int64_t ww, int64_t d, float* const* out, float* s, float* qs, float* rh, float* rw,
-                             float* o, float* inv) {
+ * n): out[r][0:d] = the result, for the first nq; bq a multiple of 24. Scratch: s (bq x (np + 16)), qs, o (bq x d),
+ * rh (bq x hh), rw (bq x ww, zeros without tables), inv (bq). */
+static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t nq, int64_t bq, float scale,
+                             const float* kp, const float* vp, const float* tab_h, const float* tab_w, const float* rel,
+                             int64_t hh, int64_t ww, int64_t d, float* const* out, float* s, float* qs, float* rh,
+                             float* rw, float* o, float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;  /* rows not 4 KiB apart */
-  for (int64_t r = 0; r < BQ; r++)
-    for (int64_t c = 0; c < d; c++) qs[r * d + c] = q[r][c] * scale;
-  block_rel(q, tok, BQ, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  const __m512 f = _mm512_set1_ps(scale);
+  for (int64_t r = 0; r < bq; r++) /* whole vectors (d a multiple of 16): a scalar loop stalled on the rows' misses */
+    for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(qs + r * d + c, _mm512_mul_ps(_mm512_loadu_ps(q[r] + c), f));
+  block_rel(q, tok, bq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   /* scores: key panels outer (a 32-key pair stays in L1 for the 3 groups of 8 queries) */
   for (int64_t t = 0; t < nt; t += 2) {
-    for (int64_t g = 0; g < BQ; g += 8) {
+    for (int64_t g = 0; g < bq; g += 8) {
       if (t + 1 < nt)
         qk_8x32(qs + g * d, d, kp + t * d * 16, kp + (t + 1) * d * 16, s + g * ss + t * 16, ss);
       else
         qk_8x16(qs + g * d, d, kp + t * d * 16, s + g * ss + t * 16, ss);
     }
   }
-  for (int64_t r = 0; r < BQ; r++)  /* without tables rh and rw hold zeros */
+  for (int64_t r = 0; r < bq; r++)  /* without tables rh and rw hold zeros */
     inv[r] = 1.0f / softmax_row(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np);
-  memset(o, 0, sizeof(float) * BQ * d);
+  memset(o, 0, sizeof(float) * bq * d);
   for (int64_t j0 = 0; j0 < np; j0 += KBLOCK) {
     int64_t kn = np - j0 < KBLOCK ? np - j0 : KBLOCK;
-    for (int64_t g = 0; g < BQ; g += av_rows(d / 16)) av_tile(d / 16, s + g * ss + j0, ss, vp + j0 * d, kn, o + g * d, d);
+    for (int64_t g = 0; g < bq; g += av_rows(d / 16)) av_tile(d / 16, s + g * ss + j0, ss, vp + j0 * d, kn, o + g * d, d);
   }
   block_out(o, inv, nq, d, out);
 }
@@ -380,29 +425,30 @@ INLINE TBF float softmax_row_bf16(float* s, const float* rh, const float* rw, in
 }
 
 /* attend_head with bf16 products: the same arguments, kp / vp packed by pack_head_bf16 */
-static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int64_t nq, float scale,
+static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int64_t nq, int64_t bq, float scale,
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
                                  const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
                                  float* qs, float* rh, float* rw, float* o, float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
   uint16_t* qb = (uint16_t*)qs;
-  for (int64_t r = 0; r < BQ; r++)
-    for (int64_t c = 0; c < d; c++) qb[r * d + c] = to_bf16(q[r][c]);
-  block_rel(q, tok, BQ, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  for (int64_t r = 0; r < bq; r++) /* as to_bf16, in whole vectors */
+    for (int64_t c = 0; c < d; c += 16)
+      _mm256_storeu_si256((__m256i*)(qb + r * d + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q[r] + c)));
+  block_rel(q, tok, bq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   for (int64_t t = 0; t < nt; t += 2)
-    for (int64_t g = 0; g < BQ; g += 8) {
+    for (int64_t g = 0; g < bq; g += 8) {
       if (t + 1 < nt)
         bf16_tile_8x2(qb + g * d, d, kp + t * d * 16, d / 2, s + g * ss + t * 16, ss);
       else
         bf16_tile_8x1(qb + g * d, d, kp + t * d * 16, d / 2, s + g * ss + t * 16, ss);
     }
-  for (int64_t r = 0; r < BQ; r++)
+  for (int64_t r = 0; r < bq; r++)
     inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
-  memset(o, 0, sizeof(float) * BQ * d);
+  memset(o, 0, sizeof(float) * bq * d);
   const uint16_t* pb = (const uint16_t*)s;
   for (int64_t j0 = 0; j0 < np; j0 += KBLOCK) {
     int64_t kn = np - j0 < KBLOCK ? np - j0 : KBLOCK;
-    for (int64_t g = 0; g < BQ; g += av_rows(d / 16))
+    for (int64_t g = 0; g < bq; g += av_rows(d / 16))
       avb_tile(d / 16, pb + g * 2 * ss + j0, 2 * ss, vp + j0 * d, kn, o + g * d, d);
   }
   block_out(o, inv, nq, d, out);
@@ -554,7 +600,7 @@ static void pack(int mode, int tok16, const float* const* tokp, int64_t n, int64
     pack_head(tokp, n, np, koff, voff, d, kp, vp);
 }
 
-static void attend(int mode, int tok16, const float* const* q, const int64_t* tok, int64_t nq, float scale,
+static void attend(int mode, int tok16, const float* const* q, const int64_t* tok, int64_t nq, int64_t bq, float scale,
                    const float* kp, const float* vp, const float* tab_h, const float* tab_w, const float* rel,
                    int64_t hh, int64_t ww, int64_t d, float* const* out, float* s, float* qs, float* rh, float* rw,
                    float* o, float* inv) {
@@ -566,10 +612,10 @@ static void attend(int mode, int tok16, const float* const* q, const int64_t* to
   }
 #endif
   if (mode)
-    attend_head_bf16(q, tok, nq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, rel, hh, ww, d, out,
+    attend_head_bf16(q, tok, nq, bq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, rel, hh, ww, d, out,
                      s, qs, rh, rw, o, inv);
   else
-    attend_head(q, tok, nq, scale, kp, vp, tab_h, tab_w, rel, hh, ww, d, out, s, qs, rh, rw, o, inv);
+    attend_head(q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, rel, hh, ww, d, out, s, qs, rh, rw, o, inv);
 }
 
 /* A SAM attention layer, every head, from its qkv projection: an mh x mw map, token (y, x) at qkv + y * srow +
@@ -587,16 +633,16 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
   if (d % 16 != 0 || d < 16 || d > 128 || mh < 1 || mw < 1 || ws < 0 || (ws > 0 && bias == NULL)) return 1;
   if (mode == 2 && (!GEOSAM_AMX || d % 32 != 0)) mode = 1;
   if (tok16 && mode != 2) return 1;
-  const int64_t bq = mode == 2 ? BQ_AMX : BQ;
   const int esz = tok16 ? 2 : 4;
   int64_t hh = ws > 0 ? ws : mh, ww = ws > 0 ? ws : mw, n = hh * ww, np = (n + 31) / 32 * 32, cc = nh * d;
   int64_t nwy = (mh + hh - 1) / hh, nwx = (mw + ww - 1) / ww, nwin = nwy * nwx;
   /* windows: each (window, head) a task, packing its own keys and values; one map: every head packed first,
    * then the (head, block of queries) tasks */
   int whole = nwin == 1;
+  const int64_t bq = mode == 2 ? BQ_AMX : whole ? BQ_MAP : BQ;
   int64_t nb = (hh * ww + bq - 1) / bq;
   size_t kv = (size_t)(np * d) * (whole ? (size_t)nh : 1);
-  size_t work = (size_t)(bq * (np + 16 + 2 * d + hh + ww) + 32 + (tok16 ? bq * d : 0)); /* + the widened queries */
+  size_t work = (size_t)(bq * (np + 16 + 2 * d + hh + ww) + bq + 32 + (tok16 ? bq * d : 0)); /* + the widened queries */
   float* shared = NULL;
   float* rel = NULL; /* a whole map's relative terms of one head's tokens (rel_rows), n rows of hh + ww */
   const float** tok0 = NULL;
@@ -629,9 +675,9 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
     int ok = s != NULL && tokp != NULL && err == 0;
     float *qs = s + bq * (np + 16), *o = qs + bq * d, *rh = o + bq * d, *rw = rh + bq * hh, *inv = rw + bq * ww;
     if (ok && tab_h == NULL) memset(rh, 0, sizeof(float) * (size_t)(bq * (hh + ww)));
-    const float* q[BQ_AMX];
-    int64_t tok[BQ_AMX], nq, ry = mh, rx = mw;
-    float* orows[BQ_AMX];
+    const float* q[BQ_MAX];
+    int64_t tok[BQ_MAX], nq, ry = mh, rx = mw;
+    float* orows[BQ_MAX];
 #if GEOSAM_AMX
     if (mode == 2) amx_configure();
 #endif
@@ -650,7 +696,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
           if (!ok) continue;
           block_rows(tok0, ww, mh, mw, b * bq, bq, h * d, esz, out + h * d, orow, ocol, 0, 0, q, tok, orows, &nq);
           if (nq > 0)
-            attend(mode, tok16, q, tok, nq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh, ww,
+            attend(mode, tok16, q, tok, nq, bq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh, ww,
                    d, orows, s, qs, rh, rw, o, inv);
         }
       }
@@ -664,7 +710,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
         pack(mode, tok16, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
         for (int64_t b0 = 0; b0 < ry * rx; b0 += bq) {
           block_rows(tokp, ww, ry, rx, b0, bq, h * d, esz, out + h * d, orow, ocol, wy * hh, wx * ww, q, tok, orows, &nq);
-          attend(mode, tok16, q, tok, nq, scale, kp, vp, tab_h, tab_w, NULL, hh, ww, d, orows, s, qs, rh, rw, o, inv);
+          attend(mode, tok16, q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, NULL, hh, ww, d, orows, s, qs, rh, rw, o, inv);
         }
       }
     }
