@@ -65,18 +65,30 @@ static HS_ATTR int HS_NAME(factored_scores)(const float* f, const float* probs0,
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-  float* pr = thread_buffer((size_t)(r * HS_B), &failed); /* the block of probs0, packed */
+  /* the block of probs0, then every head's block of xp and bp, packed */
+  float* pr = thread_buffer((size_t)(r * HS_B + 2 * nh * dk * HS_B), &failed);
+  float* const xs = pr == NULL ? NULL : pr + r * HS_B;
+  float* const bs = xs == NULL ? NULL : xs + nh * dk * HS_B;
+  int64_t packed = -1; /* the block whose image sides xs and bs hold */
 #pragma omp for schedule(static) collapse(2)
-  for (int64_t i = 0; i < n; i++) {
-    for (int64_t blk = 0; blk < nblk; blk++) {
+  for (int64_t blk = 0; blk < nblk; blk++) {
+    for (int64_t i = 0; i < n; i++) {
       if (pr == NULL) continue;
       const int64_t p0 = blk * HS_B;
+      if (packed != blk) { /* once per block for all prompts: read where they lie, 4 p bytes apart, the dk rows of a
+                            * head share their L1 sets (stalls on a third of the kernel's loads, Intel Xeon) */
+        for (int64_t h = 0; h < nh; h++) {
+          HS_NAME(pack_block)(xp + h * dk * p, dk, p, p0, xs + h * dk * HS_B);
+          HS_NAME(pack_block)(bp + h * dk * p, dk, p, p0, bs + h * dk * HS_B);
+        }
+        packed = blk;
+      }
       HS_NAME(pack_block)(probs0 + i * r * p, r, p, p0, pr);
       const HS_V m[2] = {HS_LOAD(mean0 + i * p + p0), HS_LOAD(mean0 + i * p + p0 + HS_W)};
       const HS_V sd[2] = {HS_LOAD(rstd0 + i * p + p0), HS_LOAD(rstd0 + i * p + p0 + HS_W)};
       for (int64_t h = 0; h < nh; h++) {
-        const float* xb = xp + h * dk * p + p0;
-        const float* bb = bp + h * dk * p + p0;
+        const float* xb = xs + h * dk * HS_B;
+        const float* bb = bs + h * dk * HS_B;
         for (int64_t t = 0; t < nt; t += 4) {
           const float* ar[4];
           float* orow[4];
@@ -84,10 +96,10 @@ static HS_ATTR int HS_NAME(factored_scores)(const float* f, const float* probs0,
           const float* fr = f + (i * nh * nt + h * nt + t) * r;
           const float* fs = fsum + (i * nh + h) * nt + t;
           switch (mt) {
-            case 4: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, p, dk, fs, m, sd, orow, 4); break;
-            case 3: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, p, dk, fs, m, sd, orow, 3); break;
-            case 2: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, p, dk, fs, m, sd, orow, 2); break;
-            default: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, p, dk, fs, m, sd, orow, 1); break;
+            case 4: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, HS_B, dk, fs, m, sd, orow, 4); break;
+            case 3: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, HS_B, dk, fs, m, sd, orow, 3); break;
+            case 2: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, HS_B, dk, fs, m, sd, orow, 2); break;
+            default: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, HS_B, dk, fs, m, sd, orow, 1); break;
           }
         }
       }
@@ -133,19 +145,30 @@ static HS_ATTR int HS_NAME(final_scores)(const float* f0, const float* f1, const
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-  float* pr = thread_buffer((size_t)(2 * r * HS_B), &failed); /* the blocks of p0 and p1, packed */
+  /* the blocks of p0 and p1, then every head's block of kx and kp, packed (as in factored_scores) */
+  float* pr = thread_buffer((size_t)(2 * r * HS_B + 2 * nh * dk * HS_B), &failed);
+  float* const kxs = pr == NULL ? NULL : pr + 2 * r * HS_B;
+  float* const kps = kxs == NULL ? NULL : kxs + nh * dk * HS_B;
+  int64_t packed = -1;
 #pragma omp for schedule(static) collapse(2)
-  for (int64_t i = 0; i < n; i++) {
-    for (int64_t blk = 0; blk < nblk; blk++) {
+  for (int64_t blk = 0; blk < nblk; blk++) {
+    for (int64_t i = 0; i < n; i++) {
       if (pr == NULL) continue;
       const int64_t b0 = blk * HS_B;
+      if (packed != blk) {
+        for (int64_t h = 0; h < nh; h++) {
+          HS_NAME(pack_block)(kx + h * dk * p, dk, p, b0, kxs + h * dk * HS_B);
+          HS_NAME(pack_block)(kp + h * dk * p, dk, p, b0, kps + h * dk * HS_B);
+        }
+        packed = blk;
+      }
       HS_NAME(pack_block)(p0s + i * r * p, r, p, b0, pr);
       HS_NAME(pack_block)(p1s + i * r * p, r, p, b0, pr + r * HS_B);
       const HS_V sc[4] = {HS_LOAD(s1 + i * p + b0), HS_LOAD(s1 + i * p + b0 + HS_W), HS_LOAD(s2 + i * p + b0),
                           HS_LOAD(s2 + i * p + b0 + HS_W)};
       for (int64_t h = 0; h < nh; h++) {
-        const float* kxb = kx + h * dk * p + b0;
-        const float* kpb = kp + h * dk * p + b0;
+        const float* kxb = kxs + h * dk * HS_B;
+        const float* kpb = kps + h * dk * HS_B;
         for (int64_t t = 0; t < nt; t += 4) {
           const float* ar[4];
           float* orow[4];
@@ -153,10 +176,10 @@ static HS_ATTR int HS_NAME(final_scores)(const float* f0, const float* f1, const
           const int64_t row = (i * nh + h) * nt + t;
           const float *g0 = f0 + row * r, *g1 = f1 + row * r, *cv = c + row, *p1b = pr + r * HS_B;
           switch (m) {
-            case 4: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, p, dk, cv, sc, orow, 4); break;
-            case 3: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, p, dk, cv, sc, orow, 3); break;
-            case 2: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, p, dk, cv, sc, orow, 2); break;
-            default: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, p, dk, cv, sc, orow, 1); break;
+            case 4: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, HS_B, dk, cv, sc, orow, 4); break;
+            case 3: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, HS_B, dk, cv, sc, orow, 3); break;
+            case 2: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, HS_B, dk, cv, sc, orow, 2); break;
+            default: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, HS_B, dk, cv, sc, orow, 1); break;
           }
         }
       }
