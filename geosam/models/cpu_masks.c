@@ -60,13 +60,23 @@ static void width_pass(const float* x, int64_t iw, int64_t ow, const int32_t* i0
     for (; o < ow; o++) t[o] = fmaf(x[i0[o]], w0[o], x[i1[o]] * w1[o]);
 }
 
-/* The maximum of each of the h input rows of one mask (NaN-free rows; a NaN row gets NaN). */
+/* The maximum of each of the h input rows of one mask (NaN-free rows; a NaN row gets NaN), 8 columns at a time. */
 static void row_max(const float* x, int64_t h, int64_t w, float* out) {
     for (int64_t r = 0; r < h; r++) {
         const float* p = x + r * w;
-        float m = p[0];
-        int nan = 0;
-        for (int64_t c = 0; c < w; c++) {
+        __m256 m8 = _mm256_set1_ps(p[0]), nan8 = _mm256_setzero_ps();
+        int64_t c = 0;
+        for (; c + 8 <= w; c += 8) {
+            const __m256 v = _mm256_loadu_ps(p + c);
+            nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            m8 = _mm256_max_ps(m8, v);
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, m8);
+        float m = lanes[0];
+        for (int k = 1; k < 8; k++) m = lanes[k] > m ? lanes[k] : m;
+        int nan = _mm256_movemask_ps(nan8) != 0;
+        for (; c < w; c++) {
             nan |= p[c] != p[c];
             m = p[c] > m ? p[c] : m;
         }
