@@ -9,12 +9,24 @@
 #define HS_B (2 * HS_W) /* positions per block */
 
 /* rows 0 .. r of a (r, p) matrix at columns b0 .. b0 + HS_B, packed into dst (r x HS_B): the rows lie 4 p bytes apart,
- * the same L1 sets for p = 4096 */
-static inline HS_ATTR void HS_NAME(pack_block)(const float* src, int64_t r, int64_t p, int64_t b0, float* dst) {
+ * the same L1 sets for p = 4096. `next` (or NULL): the same rows of the block packed next, fetched into L2 meanwhile
+ * (r streams, more than the hardware's prefetchers follow) */
+static inline HS_ATTR void HS_NAME(pack_block)(const float* src, int64_t r, int64_t p, int64_t b0, float* dst,
+                                               const float* next) {
   for (int64_t j = 0; j < r; j++) {
     HS_STORE(dst + j * HS_B, HS_LOAD(src + j * p + b0));
     HS_STORE(dst + j * HS_B + HS_W, HS_LOAD(src + j * p + b0 + HS_W));
+    if (next != NULL)
+      for (int64_t c = 0; c < HS_B; c += 16) _mm_prefetch((const char*)(next + j * p + c), _MM_HINT_T1);
   }
+}
+
+/* where the (blk, i) loop's next iteration reads a (n, r, p) matrix's block: prompt i + 1's, else block blk + 1's
+ * of prompt 0 */
+static inline const float* HS_NAME(next_block)(const float* m, int64_t i, int64_t n, int64_t blk, int64_t nblk,
+                                               int64_t r, int64_t p) {
+  if (i + 1 < n) return m + (i + 1) * r * p + blk * HS_B;
+  return blk + 1 < nblk ? m + (blk + 1) * HS_B : NULL;
 }
 
 /* c0, c1 (+)= a (broadcast) times x0, x1 for tile row i (when the tile has it) */
@@ -78,12 +90,12 @@ static HS_ATTR int HS_NAME(factored_scores)(const float* f, const float* probs0,
       if (packed != blk) { /* once per block for all prompts: read where they lie, 4 p bytes apart, the dk rows of a
                             * head share their L1 sets (stalls on a third of the kernel's loads, Intel Xeon) */
         for (int64_t h = 0; h < nh; h++) {
-          HS_NAME(pack_block)(xp + h * dk * p, dk, p, p0, xs + h * dk * HS_B);
-          HS_NAME(pack_block)(bp + h * dk * p, dk, p, p0, bs + h * dk * HS_B);
+          HS_NAME(pack_block)(xp + h * dk * p, dk, p, p0, xs + h * dk * HS_B, NULL);
+          HS_NAME(pack_block)(bp + h * dk * p, dk, p, p0, bs + h * dk * HS_B, NULL);
         }
         packed = blk;
       }
-      HS_NAME(pack_block)(probs0 + i * r * p, r, p, p0, pr);
+      HS_NAME(pack_block)(probs0 + i * r * p, r, p, p0, pr, HS_NAME(next_block)(probs0, i, n, blk, nblk, r, p));
       const HS_V m[2] = {HS_LOAD(mean0 + i * p + p0), HS_LOAD(mean0 + i * p + p0 + HS_W)};
       const HS_V sd[2] = {HS_LOAD(rstd0 + i * p + p0), HS_LOAD(rstd0 + i * p + p0 + HS_W)};
       for (int64_t h = 0; h < nh; h++) {
@@ -157,13 +169,13 @@ static HS_ATTR int HS_NAME(final_scores)(const float* f0, const float* f1, const
       const int64_t b0 = blk * HS_B;
       if (packed != blk) {
         for (int64_t h = 0; h < nh; h++) {
-          HS_NAME(pack_block)(kx + h * dk * p, dk, p, b0, kxs + h * dk * HS_B);
-          HS_NAME(pack_block)(kp + h * dk * p, dk, p, b0, kps + h * dk * HS_B);
+          HS_NAME(pack_block)(kx + h * dk * p, dk, p, b0, kxs + h * dk * HS_B, NULL);
+          HS_NAME(pack_block)(kp + h * dk * p, dk, p, b0, kps + h * dk * HS_B, NULL);
         }
         packed = blk;
       }
-      HS_NAME(pack_block)(p0s + i * r * p, r, p, b0, pr);
-      HS_NAME(pack_block)(p1s + i * r * p, r, p, b0, pr + r * HS_B);
+      HS_NAME(pack_block)(p0s + i * r * p, r, p, b0, pr, HS_NAME(next_block)(p0s, i, n, blk, nblk, r, p));
+      HS_NAME(pack_block)(p1s + i * r * p, r, p, b0, pr + r * HS_B, HS_NAME(next_block)(p1s, i, n, blk, nblk, r, p));
       const HS_V sc[4] = {HS_LOAD(s1 + i * p + b0), HS_LOAD(s1 + i * p + b0 + HS_W), HS_LOAD(s2 + i * p + b0),
                           HS_LOAD(s2 + i * p + b0 + HS_W)};
       for (int64_t h = 0; h < nh; h++) {
