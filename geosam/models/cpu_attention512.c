@@ -314,25 +314,28 @@ static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t 
                              int64_t hh, int64_t ww, int64_t d, float* const* out, float* s, float* qs, float* rh,
                              float* rw, float* o, float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;  /* rows not 4 KiB apart */
+  /* a block's rows past its nq queries (a window's last block: 4 of 24) are not computed: the groups of 8 (scores)
+   * and of av_rows (values) that hold a query, the softmax of the queries' rows; their outputs are not written */
+  const int64_t nq8 = (nq + 7) / 8 * 8;
   const __m512 f = _mm512_set1_ps(scale);
-  for (int64_t r = 0; r < bq; r++) /* whole vectors (d a multiple of 16): a scalar loop stalled on the rows' misses */
+  for (int64_t r = 0; r < nq8; r++) /* whole vectors (d a multiple of 16): a scalar loop stalled on the rows' misses */
     for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(qs + r * d + c, _mm512_mul_ps(_mm512_loadu_ps(q[r] + c), f));
-  block_rel(q, tok, bq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  block_rel(q, tok, nq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   /* scores: key panels outer (a 32-key pair stays in L1 for the 3 groups of 8 queries) */
   for (int64_t t = 0; t < nt; t += 2) {
-    for (int64_t g = 0; g < bq; g += 8) {
+    for (int64_t g = 0; g < nq8; g += 8) {
       if (t + 1 < nt)
         qk_8x32(qs + g * d, d, kp + t * d * 16, kp + (t + 1) * d * 16, s + g * ss + t * 16, ss);
       else
         qk_8x16(qs + g * d, d, kp + t * d * 16, s + g * ss + t * 16, ss);
     }
   }
-  for (int64_t r = 0; r < bq; r++)  /* without tables rh and rw hold zeros */
+  for (int64_t r = 0; r < nq; r++)  /* without tables rh and rw hold zeros */
     inv[r] = 1.0f / softmax_row(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np);
   memset(o, 0, sizeof(float) * bq * d);
   for (int64_t j0 = 0; j0 < np; j0 += KBLOCK) {
     int64_t kn = np - j0 < KBLOCK ? np - j0 : KBLOCK;
-    for (int64_t g = 0; g < bq; g += av_rows(d / 16)) av_tile(d / 16, s + g * ss + j0, ss, vp + j0 * d, kn, o + g * d, d);
+    for (int64_t g = 0; g < nq; g += av_rows(d / 16)) av_tile(d / 16, s + g * ss + j0, ss, vp + j0 * d, kn, o + g * d, d);
   }
   block_out(o, inv, nq, d, out);
 }
@@ -438,24 +441,25 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
                                  float* qs, float* rh, float* rw, float* o, float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
   uint16_t* qb = (uint16_t*)qs;
-  for (int64_t r = 0; r < bq; r++) /* as to_bf16, in whole vectors */
+  const int64_t nq8 = (nq + 7) / 8 * 8; /* as attend_head: the rows past the block's queries not computed */
+  for (int64_t r = 0; r < nq8; r++) /* as to_bf16, in whole vectors */
     for (int64_t c = 0; c < d; c += 16)
       _mm256_storeu_si256((__m256i*)(qb + r * d + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q[r] + c)));
-  block_rel(q, tok, bq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  block_rel(q, tok, nq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   for (int64_t t = 0; t < nt; t += 2)
-    for (int64_t g = 0; g < bq; g += 8) {
+    for (int64_t g = 0; g < nq8; g += 8) {
       if (t + 1 < nt)
         bf16_tile_8x2(qb + g * d, d, kp + t * d * 16, d / 2, s + g * ss + t * 16, ss);
       else
         bf16_tile_8x1(qb + g * d, d, kp + t * d * 16, d / 2, s + g * ss + t * 16, ss);
     }
-  for (int64_t r = 0; r < bq; r++)
+  for (int64_t r = 0; r < nq; r++)
     inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
   memset(o, 0, sizeof(float) * bq * d);
   const uint16_t* pb = (const uint16_t*)s;
   for (int64_t j0 = 0; j0 < np; j0 += KBLOCK) {
     int64_t kn = np - j0 < KBLOCK ? np - j0 : KBLOCK;
-    for (int64_t g = 0; g < bq; g += av_rows(d / 16))
+    for (int64_t g = 0; g < nq; g += av_rows(d / 16))
       avb_tile(d / 16, pb + g * 2 * ss + j0, 2 * ss, vp + j0 * d, kn, o + g * d, d);
   }
   block_out(o, inv, nq, d, out);
