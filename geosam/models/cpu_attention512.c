@@ -479,7 +479,10 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
   const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
   uint16_t* qb = (uint16_t*)qs;
   const float* qw[BQ_AMX]; /* the queries in float32 for the relative terms (bf16 tokens: widened into qf) */
-  for (int64_t r = 0; r < BQ_AMX; r++) {
+  /* a block of at most 16 queries (a window's last: 4 of 32) runs the first tile of rows only; the softmax for the
+   * queries' rows */
+  const int half = nq <= 16;
+  for (int64_t r = 0; r < (half ? 16 : BQ_AMX); r++) {
     qw[r] = q[r];
     if (tok16) {
       memcpy(qb + r * d, q[r], sizeof(uint16_t) * (size_t)d);
@@ -492,7 +495,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
       for (int64_t c = 0; c < d; c += 16)
         _mm256_storeu_si256((__m256i*)(qb + r * d + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q[r] + c)));
   }
-  block_rel(qw, tok, BQ_AMX, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  block_rel(qw, tok, nq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   const int64_t pb = 16 * d, sc = 4 * ss; /* a key panel (bf16); bytes between score rows */
   for (int64_t t = 0; t < nt; t += 2) { /* np a multiple of 32: panels in pairs */
     _tile_zero(0);
@@ -501,20 +504,24 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     _tile_zero(3);
     for (int64_t c = 0; c < d; c += 32) {
       _tile_loadd(4, qb + c, 2 * d);
-      _tile_loadd(5, qb + 16 * d + c, 2 * d);
       _tile_loadd(6, kp + t * pb + 16 * c, 64);
       _tile_loadd(7, kp + (t + 1) * pb + 16 * c, 64);
       _tile_dpbf16ps(0, 4, 6);
       _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
+      if (!half) {
+        _tile_loadd(5, qb + 16 * d + c, 2 * d);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
     }
     _tile_stored(0, s + t * 16, sc);
     _tile_stored(1, s + t * 16 + 16, sc);
-    _tile_stored(2, s + 16 * ss + t * 16, sc);
-    _tile_stored(3, s + 16 * ss + t * 16 + 16, sc);
+    if (!half) {
+      _tile_stored(2, s + 16 * ss + t * 16, sc);
+      _tile_stored(3, s + 16 * ss + t * 16 + 16, sc);
+    }
   }
-  for (int64_t r = 0; r < BQ_AMX; r++)
+  for (int64_t r = 0; r < nq; r++)
     inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
   const uint16_t* pr = (const uint16_t*)s; /* probability row r at pr + 2 r ss */
   for (int64_t c = 0; c < d; c += 32) {
@@ -524,18 +531,22 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     _tile_zero(3);
     for (int64_t j = 0; j < np; j += 32) {
       _tile_loadd(4, pr + j, sc);
-      _tile_loadd(5, pr + 32 * ss + j, sc);
       _tile_loadd(6, vp + j * d + 2 * c, 4 * d);
       _tile_loadd(7, vp + j * d + 2 * c + 32, 4 * d);
       _tile_dpbf16ps(0, 4, 6);
       _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
+      if (!half) {
+        _tile_loadd(5, pr + 32 * ss + j, sc);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
     }
     _tile_stored(0, o + c, 4 * d);
     _tile_stored(1, o + c + 16, 4 * d);
-    _tile_stored(2, o + 16 * d + c, 4 * d);
-    _tile_stored(3, o + 16 * d + c + 16, 4 * d);
+    if (!half) {
+      _tile_stored(2, o + 16 * d + c, 4 * d);
+      _tile_stored(3, o + 16 * d + c + 16, 4 * d);
+    }
   }
   block_out(o, inv, nq, d, out);
 }
