@@ -176,11 +176,6 @@ INLINE T512 void block_rel(const float* const* q, const int64_t* tok, int64_t bq
   }
 }
 
-/* block_rel's terms of one row (by_col 0: rel_h of the tokens of map row i) or one column (by_col 1: rel_w of the
- * tokens of map column i) of a whole map for the head whose q is at tokp[j] + qoff, into rel (rows of hh + ww): the
- * same rel_row calls, ordered so that each table (16 KiB for a ViT's 64 x 64 map) is read once for the 64 queries
- * that use it. In block order a block's 24 queries lie in 24 columns: every block read 24 tables of the column terms
- * (1 MiB for a head, from L3: 3 GB per encode), 7 % of the float32 encoder's time on an Intel Xeon. */
 /* rel_row for three queries q[0..2] (outputs rel[0..2]) of one table: each output the same four chains (by c mod 4)
  * summed as rel_row sums them, so the same bits; 32 columns a step, every table vector loaded once for the three
  * (rel_row alone loads two numbers per FMA: a ViT-B global layer's terms ~28 ms of its ~430, Intel Xeon, one thread) */
@@ -213,6 +208,11 @@ INLINE T512 void rel_row3(const float* const* q, const float* tab, int64_t d, in
   }
 }
 
+/* block_rel's terms of one row (by_col 0: rel_h of the tokens of map row i) or one column (by_col 1: rel_w of the
+ * tokens of map column i) of a whole map for the head whose q is at tokp[j] + qoff, into rel (rows of hh + ww): the
+ * same rel_row calls, ordered so that each table (16 KiB for a ViT's 64 x 64 map) is read once for the 64 queries
+ * that use it. In block order a block's 24 queries lie in 24 columns: every block read 24 tables of the column terms
+ * (1 MiB for a head, from L3: 3 GB per encode), 7 % of the float32 encoder's time on an Intel Xeon. */
 static T512 void rel_rows(const float* const* tokp, int64_t qoff, const float* tab_h, const float* tab_w, int64_t hh,
                           int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
   const int64_t nq = by_col ? hh : ww, m = by_col ? ww : hh, off = by_col ? hh : 0;
@@ -348,8 +348,7 @@ static T512 void pack_head(const float* const* tokp, int64_t n, int64_t np, int6
    * element-by-element transposition waited on one after another: 6 of a ViT-B windowed layer's 37 ms, Intel Xeon),
    * then each column of the panel gathered from that copy in L1 */
   float rows[16 * 128];
-  const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                        _mm512_set1_epi32((int)d));
+  const __m512i at = lane_offsets(d);
   for (int64_t t = 0; t < np / 16; t++) {
     float* panel = kp + t * d * 16;
     for (int64_t l = 0; l < 16; l++) {
@@ -590,8 +589,7 @@ static TBF void pack_head_bf16(const float* const* tokp, int64_t n, int64_t np, 
 static T512 void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
                                  uint16_t* kp, uint16_t* vp) {
   uint32_t rows[16 * 64]; /* as pack_head: 16 keys' rows (d / 2 words each, d a multiple of 32) copied whole first */
-  const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                        _mm512_set1_epi32((int)(d / 2)));
+  const __m512i at = lane_offsets(d / 2);
   for (int64_t t = 0; t < np / 16; t++) {
     uint32_t* panel = (uint32_t*)kp + t * (d / 2) * 16;
     for (int64_t l = 0; l < 16; l++) {

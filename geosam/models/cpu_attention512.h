@@ -36,6 +36,12 @@ INLINE T512 __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+/* lane l holds l * stride: the offsets of a 16-lane gather down a column of rows `stride` elements apart */
+INLINE T512 __m512i lane_offsets(int64_t stride) {
+  return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                            _mm512_set1_epi32((int)stride));
+}
+
 INLINE T512 __mmask16 tail(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 
 /* rows of the values tile for a head size of 16 nv */

@@ -610,10 +610,9 @@ int geosam_token_softmax(const float* s, float* y, float* pt, int64_t n, int64_t
           const float* si = s + (i * nh + h) * nt * p;
           float* yi = y + (i * nh + h) * nt * p;
           float* ti = tmp ? tmp - b0 * rs + h * nt : NULL; /* row p of the block at ti + p * rs */
-          if (b1 < p) /* the head's rows of the next block into L2 (nh nt rows 4 p bytes apart: more streams than the
-                       * hardware's prefetchers follow; a quarter of the kernel's samples waited on these loads) */
-            for (int64_t t = 0; t < nt; t++)
-              for (int64_t c = b1; c < b1 + pb && c < p; c += 16) _mm_prefetch((const char*)(si + t * p + c), _MM_HINT_T1);
+          if (b1 < p) /* the head's rows of the next block (prefetch_l2: a quarter of the kernel's samples waited on
+                       * these loads) */
+            for (int64_t t = 0; t < nt; t++) prefetch_l2(si + t * p + b1, (b1 + pb < p ? b1 + pb : p) - b1);
           for (int64_t p0 = b0; p0 < b1; p0 += 8) switch (nt) {
               case 8: token_softmax_block(si, yi, p, p0, ti, rs, 8); break;
               case 7: token_softmax_block(si, yi, p, p0, ti, rs, 7); break;

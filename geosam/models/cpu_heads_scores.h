@@ -10,14 +10,24 @@
 
 /* rows 0 .. r of a (r, p) matrix at columns b0 .. b0 + HS_B, packed into dst (r x HS_B): the rows lie 4 p bytes apart,
  * the same L1 sets for p = 4096. `next` (or NULL): the same rows of the block packed next, fetched into L2 meanwhile
- * (r streams, more than the hardware's prefetchers follow) */
+ * (prefetch_l2) */
 static inline HS_ATTR void HS_NAME(pack_block)(const float* src, int64_t r, int64_t p, int64_t b0, float* dst,
                                                const float* next) {
   for (int64_t j = 0; j < r; j++) {
     HS_STORE(dst + j * HS_B, HS_LOAD(src + j * p + b0));
     HS_STORE(dst + j * HS_B + HS_W, HS_LOAD(src + j * p + b0 + HS_W));
-    if (next != NULL)
-      for (int64_t c = 0; c < HS_B; c += 16) _mm_prefetch((const char*)(next + j * p + c), _MM_HINT_T1);
+    if (next != NULL) prefetch_l2(next + j * p, HS_B);
+  }
+}
+
+/* every head's block (columns b0 .. b0 + HS_B of its dk rows) of two (nh, dk, p) image sides packed into xs and ys
+ * (nh dk x HS_B each): once per block for all prompts, not read where they lie (4 p bytes apart, a head's dk rows
+ * share their L1 sets: stalls on a third of the factored kernel's loads, Intel Xeon) */
+static inline HS_ATTR void HS_NAME(pack_heads)(const float* x, const float* y, int64_t nh, int64_t dk, int64_t p,
+                                               int64_t b0, float* xs, float* ys) {
+  for (int64_t h = 0; h < nh; h++) {
+    HS_NAME(pack_block)(x + h * dk * p, dk, p, b0, xs + h * dk * HS_B, NULL);
+    HS_NAME(pack_block)(y + h * dk * p, dk, p, b0, ys + h * dk * HS_B, NULL);
   }
 }
 
@@ -39,19 +49,19 @@ static inline const float* HS_NAME(next_block)(const float* m, int64_t i, int64_
     HS_ROW(0, f + j, c00, c01, x0, x1) HS_ROW(1, f + r + j, c10, c11, x0, x1)                           \
     HS_ROW(2, f + 2 * r + j, c20, c21, x0, x1) HS_ROW(3, f + 3 * r + j, c30, c31, x0, x1)               \
   }
-/* the four rows' accumulators += sum_k ar[row][k] xb[k] over the dk rows of an image side (p apart) */
+/* the four rows' accumulators += sum_k ar[row][k] xb[k] over the dk rows of an image side's block (pack_heads) */
 #define HS_HEADS(xb)                                                                                   \
   for (int64_t k = 0; k < dk; k++) {                                                                   \
-    const HS_V x0 = HS_LOAD(xb + k * p), x1 = HS_LOAD(xb + k * p + HS_W);                              \
+    const HS_V x0 = HS_LOAD(xb + k * HS_B), x1 = HS_LOAD(xb + k * HS_B + HS_W);                        \
     HS_ROW(0, ar[0] + k, c00, c01, x0, x1) HS_ROW(1, ar[1] + k, c10, c11, x0, x1)                       \
     HS_ROW(2, ar[2] + k, c20, c21, x0, x1) HS_ROW(3, ar[3] + k, c30, c31, x0, x1)                       \
   }
 #define HS_OUT(i, c0, c1) if (rows > i) { HS_STORE(orow[i], c0); HS_STORE(orow[i] + HS_W, c1); }
 
 /* section 2's scores for one tile: f (rows r apart), pr the block of probs0 packed, xb / bb the two image sides'
- * blocks, fs the rows' fsum, m / sd the block's mean0 / rstd0 (two registers each) */
+ * packed blocks, fs the rows' fsum, m / sd the block's mean0 / rstd0 (two registers each) */
 static inline __attribute__((always_inline)) HS_ATTR void HS_NAME(scores_tile)(
-    const float* f, int64_t r, const float* pr, const float* const* ar, const float* xb, const float* bb, int64_t p,
+    const float* f, int64_t r, const float* pr, const float* const* ar, const float* xb, const float* bb,
     int64_t dk, const float* fs, const HS_V* m, const HS_V* sd, float* const* orow, const int rows) {
   HS_V c00 = HS_ZERO(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
   HS_V b;
@@ -87,12 +97,8 @@ static HS_ATTR int HS_NAME(factored_scores)(const float* f, const float* probs0,
     for (int64_t i = 0; i < n; i++) {
       if (pr == NULL) continue;
       const int64_t p0 = blk * HS_B;
-      if (packed != blk) { /* once per block for all prompts: read where they lie, 4 p bytes apart, the dk rows of a
-                            * head share their L1 sets (stalls on a third of the kernel's loads, Intel Xeon) */
-        for (int64_t h = 0; h < nh; h++) {
-          HS_NAME(pack_block)(xp + h * dk * p, dk, p, p0, xs + h * dk * HS_B, NULL);
-          HS_NAME(pack_block)(bp + h * dk * p, dk, p, p0, bs + h * dk * HS_B, NULL);
-        }
+      if (packed != blk) {
+        HS_NAME(pack_heads)(xp, bp, nh, dk, p, p0, xs, bs);
         packed = blk;
       }
       HS_NAME(pack_block)(probs0 + i * r * p, r, p, p0, pr, HS_NAME(next_block)(probs0, i, n, blk, nblk, r, p));
@@ -108,10 +114,10 @@ static HS_ATTR int HS_NAME(factored_scores)(const float* f, const float* probs0,
           const float* fr = f + (i * nh * nt + h * nt + t) * r;
           const float* fs = fsum + (i * nh + h) * nt + t;
           switch (mt) {
-            case 4: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, HS_B, dk, fs, m, sd, orow, 4); break;
-            case 3: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, HS_B, dk, fs, m, sd, orow, 3); break;
-            case 2: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, HS_B, dk, fs, m, sd, orow, 2); break;
-            default: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, HS_B, dk, fs, m, sd, orow, 1); break;
+            case 4: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, dk, fs, m, sd, orow, 4); break;
+            case 3: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, dk, fs, m, sd, orow, 3); break;
+            case 2: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, dk, fs, m, sd, orow, 2); break;
+            default: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, dk, fs, m, sd, orow, 1); break;
           }
         }
       }
@@ -123,10 +129,10 @@ static HS_ATTR int HS_NAME(factored_scores)(const float* f, const float* probs0,
 }
 
 /* section 3's scores for one tile: f0 / f1 (rows r apart), pr0 / pr1 the blocks of p0 / p1 packed, kx / kp the key
- * sides' blocks, cv the rows' c, sc the block's s1 and s2 (two registers each) */
+ * sides' packed blocks, cv the rows' c, sc the block's s1 and s2 (two registers each) */
 static inline __attribute__((always_inline)) HS_ATTR void HS_NAME(final_tile)(
     const float* f0, const float* f1, int64_t r, const float* pr0, const float* pr1, const float* const* ar,
-    const float* kx, const float* kp, int64_t p, int64_t dk, const float* cv, const HS_V* sc, float* const* orow,
+    const float* kx, const float* kp, int64_t dk, const float* cv, const HS_V* sc, float* const* orow,
     const int rows) {
   HS_V c00 = HS_ZERO(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
   HS_V b;
@@ -168,10 +174,7 @@ static HS_ATTR int HS_NAME(final_scores)(const float* f0, const float* f1, const
       if (pr == NULL) continue;
       const int64_t b0 = blk * HS_B;
       if (packed != blk) {
-        for (int64_t h = 0; h < nh; h++) {
-          HS_NAME(pack_block)(kx + h * dk * p, dk, p, b0, kxs + h * dk * HS_B, NULL);
-          HS_NAME(pack_block)(kp + h * dk * p, dk, p, b0, kps + h * dk * HS_B, NULL);
-        }
+        HS_NAME(pack_heads)(kx, kp, nh, dk, p, b0, kxs, kps);
         packed = blk;
       }
       HS_NAME(pack_block)(p0s + i * r * p, r, p, b0, pr, HS_NAME(next_block)(p0s, i, n, blk, nblk, r, p));
@@ -188,10 +191,10 @@ static HS_ATTR int HS_NAME(final_scores)(const float* f0, const float* f1, const
           const int64_t row = (i * nh + h) * nt + t;
           const float *g0 = f0 + row * r, *g1 = f1 + row * r, *cv = c + row, *p1b = pr + r * HS_B;
           switch (m) {
-            case 4: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, HS_B, dk, cv, sc, orow, 4); break;
-            case 3: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, HS_B, dk, cv, sc, orow, 3); break;
-            case 2: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, HS_B, dk, cv, sc, orow, 2); break;
-            default: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, HS_B, dk, cv, sc, orow, 1); break;
+            case 4: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, dk, cv, sc, orow, 4); break;
+            case 3: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, dk, cv, sc, orow, 3); break;
+            case 2: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, dk, cv, sc, orow, 2); break;
+            default: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, dk, cv, sc, orow, 1); break;
           }
         }
       }

@@ -1,6 +1,6 @@
 /* AVX2 helpers shared by geosam's C kernels (cpu_kernels.c, cpu_decoder.c, cpu_heads.c, cpu_weights.c): Sleef's
- * expf, ATen's horizontal reductions, a 6 x 16 float32 product tile (rows by pointer, written or added to), and the
- * per-thread scratch buffer of a parallel region. Included, not compiled on its own; geosam/models/cpu_build.py
+ * expf, ATen's horizontal reductions, a 6 x 16 float32 product tile (rows by pointer, written or added to), the
+ * per-thread scratch buffer of a parallel region, and a run of floats fetched into L2. Included, not compiled on its own; geosam/models/cpu_build.py
  * hashes it with every kernel source, so a change here rebuilds them. */
 #ifndef GEOSAM_CPU_VEC_H
 #define GEOSAM_CPU_VEC_H
@@ -17,6 +17,13 @@ static inline float* thread_buffer(size_t n, int* failed) {
     *failed = 1;
   }
   return buf;
+}
+
+/* The n floats from x fetched into L2, a cache line (16 floats) at a time: for the kernels that read many rows 4 p
+ * bytes apart (one prompt's 56 rows of scores or weights at p = 4096), more streams than the hardware's prefetchers
+ * follow, the next block of each row is fetched while the current one is worked on. */
+static inline void prefetch_l2(const float* x, int64_t n) {
+  for (int64_t c = 0; c < n; c += 16) _mm_prefetch((const char*)(x + c), _MM_HINT_T1);
 }
 
 /* Sleef_expf8_u10 (AVX2 + FMA), as ATen's Vectorized<float>::exp() */

@@ -135,8 +135,7 @@ static void prompt_rows(float* s, int64_t rt, int64_t p, const float* sc, const 
     const int next = k0 + KB < p;
     for (int64_t i = 0; i < rt; i++) {
       float* row = s + i * p;
-      if (next) /* the row's next block into L2 (rt rows 4 p bytes apart: more streams than the hardware follows) */
-        for (int64_t k = k0 + KB; k < k0 + 2 * KB && k < p; k += 16) _mm_prefetch((const char*)(row + k), _MM_HINT_T1);
+      if (next) prefetch_l2(row + k0 + KB, (k0 + 2 * KB < p ? k0 + 2 * KB : p) - k0 - KB); /* the row's next block */
       const __m256 m = _mm256_set1_ps(mx[i]);
       __m256 z = _mm256_loadu_ps(acc + 24 * i), sum1 = _mm256_loadu_ps(acc + 24 * i + 8);
       __m256 ya = _mm256_loadu_ps(acc + 24 * i + 16);
