@@ -1,7 +1,8 @@
 /* AVX2 helpers shared by geosam's C kernels (cpu_kernels.c, cpu_decoder.c, cpu_heads.c, cpu_weights.c): Sleef's
- * expf, ATen's horizontal reductions, a 6 x 16 float32 product tile (rows by pointer, written or added to), the
- * per-thread scratch buffer of a parallel region, and a run of floats fetched into L2. Included, not compiled on its own; geosam/models/cpu_build.py
- * hashes it with every kernel source, so a change here rebuilds them. */
+ * expf (also in 16 lanes), ATen's horizontal reductions, a 6 x 16 float32 product tile (rows by pointer, written or
+ * added to), the per-thread scratch buffer of a parallel region, and a run of floats fetched into L2. Included, not
+ * compiled on its own; geosam/models/cpu_build.py hashes it with every kernel source, so a change here rebuilds
+ * them. */
 #ifndef GEOSAM_CPU_VEC_H
 #define GEOSAM_CPU_VEC_H
 #include <immintrin.h>
@@ -48,6 +49,36 @@ static inline __m256 exp_u10(__m256 d) {
   u = _mm256_andnot_ps(_mm256_cmp_ps(d, _mm256_set1_ps(-104.f), _CMP_LT_OQ), u);
   return _mm256_blendv_ps(u, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(_mm256_set1_ps(100.f), d, _CMP_LT_OQ));
 }
+
+/* exp_u10 in 16 lanes (CPUs with AVX-512): the same operations lane by lane, so the same bits as two exp_u10 */
+#define VEC512 __attribute__((target("avx512f,fma"), always_inline))
+static inline VEC512 __m512 exp_u10_512(__m512 d) {
+  const __m512 r_ln2 = _mm512_set1_ps(1.442695040888963407359924681001892137426645954152985934135449406931f);
+  __m512i q = _mm512_cvtps_epi32(
+      _mm512_roundscale_ps(_mm512_mul_ps(d, r_ln2), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  __m512 qf = _mm512_cvtepi32_ps(q);
+  __m512 s = _mm512_fmadd_ps(qf, _mm512_set1_ps(-0.693145751953125f), d);
+  s = _mm512_fmadd_ps(qf, _mm512_set1_ps(-1.428606765330187045e-06f), s);
+  __m512 u = _mm512_set1_ps(0.000198527617612853646278381f);
+  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.00139304355252534151077271f));
+  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.00833336077630519866943359f));
+  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.0416664853692054748535156f));
+  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.166666671633720397949219f));
+  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.5f));
+  u = _mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(_mm512_mul_ps(s, s), u, s));
+  __m512i q1 = _mm512_srai_epi32(q, 1);
+  __m512i q2 = _mm512_sub_epi32(q, q1);
+  __m512 p1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(q1, _mm512_set1_epi32(127)), 23));
+  __m512 p2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(q2, _mm512_set1_epi32(127)), 23));
+  u = _mm512_mul_ps(_mm512_mul_ps(u, p1), p2);
+  u = _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(d, _mm512_set1_ps(-104.f), _CMP_LT_OQ), u); /* andnot: +0 */
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_set1_ps(100.f), d, _CMP_LT_OQ), u,
+                              _mm512_set1_ps(__builtin_inff()));
+}
+
+/* the low and high 8 lanes of a 16-lane vector */
+static inline VEC512 __m256 low8(__m512 x) { return _mm512_castps512_ps256(x); }
+static inline VEC512 __m256 high8(__m512 x) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)); }
 
 /* ATen's vec_reduce_all for 8 floats: halves, then pairs, then neighbours */
 static inline float reduce_max(__m256 v) {

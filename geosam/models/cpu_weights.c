@@ -116,9 +116,27 @@ static void scale_rows(float* out, rowmap om, int64_t m, int64_t ncols, const fl
   }
 }
 
+/* prompt_rows' exponentials of one row from k0 to k1, 16 positions a step (`wide`): each 8-lane half added to the
+ * running sums in turn, so the same bits as 8 positions a step; returns where the 8-lane loop goes on (a tail of 8) */
+static T512 int64_t exp_row512(float* row, int64_t k0, int64_t k1, float mx, const float* sc, const float* yv,
+                               __m256* z, __m256* sum1, __m256* ya) {
+  const __m512 m = _mm512_set1_ps(mx);
+  int64_t k = k0;
+  for (; k + 16 <= k1; k += 16) {
+    __m512 e = exp_u10_512(_mm512_sub_ps(_mm512_loadu_ps(row + k), m));
+    *z = _mm256_add_ps(_mm256_add_ps(*z, low8(e)), high8(e));
+    if (sc) e = _mm512_mul_ps(e, _mm512_loadu_ps(sc + k));
+    const __m256 lo = low8(e), hi = high8(e);
+    *sum1 = _mm256_add_ps(_mm256_add_ps(*sum1, lo), hi);
+    if (yv) *ya = _mm256_fmadd_ps(hi, _mm256_loadu_ps(yv + k + 8), _mm256_fmadd_ps(lo, _mm256_loadu_ps(yv + k), *ya));
+    _mm512_storeu_ps(row + k, e);
+  }
+  return k;
+}
+
 /* One prompt's rt rows of scores (p each, from s): per block of KB positions their exponentials (running sums in
- * acc: 3 vectors a row), then that block's products with x1 and (after scale2) x2 while it is in L1 / L2, x1's and
- * x2's next blocks prefetched meanwhile. See geosam_softmax_products. */
+ * acc: 3 vectors a row; exp_row512 with `wide`), then that block's products with x1 and (after scale2) x2 while it
+ * is in L1 / L2, x1's and x2's next blocks prefetched meanwhile. See geosam_softmax_products. */
 static void prompt_rows(float* s, int64_t rt, int64_t p, const float* sc, const float* yv, const float* x1, int64_t r1,
                         float* out1, const float* sc2, const float* x2, int64_t r2, float* out2, float* invz,
                         float* out_sum, float* out_y, float* acc, float* mx, float* pack, int wide) {
@@ -139,7 +157,7 @@ static void prompt_rows(float* s, int64_t rt, int64_t p, const float* sc, const 
       const __m256 m = _mm256_set1_ps(mx[i]);
       __m256 z = _mm256_loadu_ps(acc + 24 * i), sum1 = _mm256_loadu_ps(acc + 24 * i + 8);
       __m256 ya = _mm256_loadu_ps(acc + 24 * i + 16);
-      for (int64_t k = k0; k < k0 + kb; k += 8) {
+      for (int64_t k = wide ? exp_row512(row, k0, k0 + kb, mx[i], sc, yv, &z, &sum1, &ya) : k0; k < k0 + kb; k += 8) {
         __m256 e = exp_u10(_mm256_sub_ps(_mm256_loadu_ps(row + k), m));
         z = _mm256_add_ps(z, e);
         if (sc) e = _mm256_mul_ps(e, _mm256_loadu_ps(sc + k));
