@@ -228,7 +228,7 @@ def test_bf16_attention_without_amx_is_float32_attention_of_the_bf16_products(vi
         hidden = F.gelu(F.linear(h2.bfloat16().float(), mlp.lin1.weight.bfloat16().float(), mlp.lin1.bias)).bfloat16()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             want.add_(mlp.lin2(hidden))
-            got = _layer_mixed(layer, x.clone().contiguous())
+            got = _layer_mixed(layer, x.clone().contiguous(), torch.bfloat16)
     assert 1e-6 < _rel(got, want) < 1e-3 if rounded else _rel(got, want) < 1e-5
 
 

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.cpu_attention import amx_available as attention_on_amx
+from geosam.models.cpu_convert import add_bf16_, to_bf16
 from geosam.models.cpu_gemm import linear, linear_gelu_low, row_blocks
 from geosam.models.device import cpu_bf16_kind
 from geosam.models.encoder_attention import attend, attend_bf16_tokens, attend_windows
@@ -216,11 +217,22 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         h = layer.window_unpartition(h, layer.window_size, padding, (height, width))
     else:
         h = _rel_attention(layer.attn, h, dtype)
-    x.add_(h)
+    add_bf16_(x, h)
     return _add_mlp_low(layer, x, dtype)
 
 
-def _layer_mixed(layer: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+def _zeros_projected(linear_module: Any, dtype: torch.dtype) -> torch.Tensor:
+    """``linear_module(zeros)[0]`` under autocast to ``dtype``: its bias rounded to ``dtype`` (+ 0: a signed zero's
+    sum is +0), without casting its weight for a product of one row of zeros."""
+    bias = linear_module.bias
+    if bias is None:
+        return torch.zeros(linear_module.out_features, dtype=dtype, device=linear_module.weight.device)
+    return bias.to(dtype) + 0
+
+
+def _layer_mixed(
+    layer: Any, x: torch.Tensor, dtype: torch.dtype, buffers: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``SamVisionLayer.forward`` under CPU autocast with the attention outside torch's; ``x`` updated in place.
 
     The projections and the MLP run in the autocast dtype (oneDNN's bf16 products, ~2x float32's on AVX-512 BF16;
@@ -229,14 +241,16 @@ def _layer_mixed(layer: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] |
     the AVX-512 kernel's bf16 products where the CPU has them, which lose only the probabilities' rounding since
     q, k, v are bf16 numbers already). torch's CPU flash attention in bf16 runs far below the peak without AMX
     (AMD EPYC Zen 4, one thread, ViT-B at 1024 px: 7.3 of the stock bf16 encoder's 11.6 s); the float32 kernels
-    take 2.7 s, with bf16 products ~1.75 s.
+    take 2.7 s, with bf16 products ~1.75 s. In bf16 the products' inputs are rounded and their outputs added into
+    the float32 stream in one pass each (`geosam.models.cpu_convert`, torch's bits: Intel Xeon with AMX, one
+    thread, ViT-B at 1024 px, 1.71-1.75 vs 1.77-1.88 s), and a padded token's q, k, v are the rounded bias.
     """
     attn = layer.attn
     h = layer.layer_norm1(x)
-    qkv_low = attn.qkv(h)
+    qkv_low = attn.qkv(to_bf16(h) if dtype == torch.bfloat16 else h)
     bf16 = qkv_low.dtype == torch.bfloat16  # q, k, v bf16 numbers: the AVX-512 BF16 kernel's products lose nothing
-    # windows: a padded token's q, k, v are zeros through the same (low-precision) projection
-    pad_low = attn.qkv(h.new_zeros((1, h.shape[-1])))[0] if layer.window_size > 0 else None
+    # windows: a padded token's q, k, v are zeros through the same (low-precision) projection: its bias rounded
+    pad_low = _zeros_projected(attn.qkv, qkv_low.dtype) if layer.window_size > 0 else None
     out = attend_bf16_tokens(layer, qkv_low, pad_low) if bf16 and attention_on_amx() else None  # AMX: bf16 read as is
     if out is None:
         qkv = _buffer(buffers, "qkv", qkv_low.shape, x)  # widened into the forward's buffer (38 MB for a ViT-B)
@@ -244,7 +258,7 @@ def _layer_mixed(layer: Any, x: torch.Tensor, buffers: dict[str, torch.Tensor] |
         pad_qkv = pad_low.float() if pad_low is not None else None
         with torch.autocast(device_type=x.device.type, enabled=False):  # torch's products in the fallbacks: float32
             out = attend(attn, qkv, bf16=bf16) if pad_qkv is None else attend_windows(layer, qkv, pad_qkv, bf16)
-    x.add_(attn.proj(out))
+    add_bf16_(x, attn.proj(to_bf16(out) if bf16 else out))
     return _add_mlp_low(layer, x, qkv_low.dtype)
 
 
@@ -256,8 +270,9 @@ def _add_mlp_low(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     mlp = layer.mlp
     if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and _exact_gelu(mlp.act)) or x.device.type != "cpu":
         return x.add_(mlp(layer.layer_norm2(x)))
-    hidden = linear_gelu_low(layer.layer_norm2(x), mlp.lin1.weight, mlp.lin1.bias, dtype)
-    return x.add_(mlp.lin2(hidden))
+    h = layer.layer_norm2(x)
+    hidden = linear_gelu_low(to_bf16(h) if dtype == torch.bfloat16 else h, mlp.lin1.weight, mlp.lin1.bias, dtype)
+    return add_bf16_(x, mlp.lin2(hidden))
 
 
 def _neck_f32(neck: Any, x: torch.Tensor) -> torch.Tensor:
@@ -345,7 +360,7 @@ def fast_image_embeddings(
             if dtype == torch.float32:
                 x = _layer_f32(layer, x, buffers)
             else:
-                x = _layer_mixed(layer, x, buffers) if mixed else _layer(layer, x, dtype)
+                x = _layer_mixed(layer, x, dtype, buffers) if mixed else _layer(layer, x, dtype)
             if intermediates is not None and layer.window_size == 0:
                 intermediates.append(x.clone())  # x is the residual stream, updated in place by the next layers
         return _neck_f32(enc.neck, x) if dtype == torch.float32 else enc.neck(x)

@@ -1,0 +1,79 @@
+"""geosam.models.cpu_convert: the bf16 encoder's roundings to bf16 and widening adds in one pass, torch's bits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geosam.models import cpu_convert
+from geosam.models.device import cpu_flags
+
+needs_kernel = pytest.mark.skipif(not cpu_convert.available(), reason="the passes run on AVX-512 CPUs only")
+
+
+def test_in_use_on_avx512_cpus_where_the_other_kernels_are() -> None:
+    """Wherever the decoder's kernels run and the CPU has AVX-512, so are these (else bf16 silently loses them)."""
+    from geosam.models import cpu_decoder
+
+    assert cpu_convert.available() == (cpu_decoder.available() and "avx512f" in cpu_flags())
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+def test_to_bf16_is_torchs_rounding(threads: int) -> None:
+    """Ties to even both ways, overflow to infinity, NaN, subnormals, signed zeros, and 1.5 M random values (past the
+    size where the pass splits across threads)."""
+    gen = torch.Generator().manual_seed(3)
+    special = cpu_convert._check_values()
+    x = torch.cat([special, torch.randn(3 * 2**19, generator=gen) * 100]).reshape(-1, 16)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = cpu_convert.to_bf16(x)
+    finally:
+        torch.set_num_threads(before)
+    assert got.dtype == torch.bfloat16 and got.shape == x.shape
+    assert torch.equal(got.view(torch.int16), x.to(torch.bfloat16).view(torch.int16))
+
+
+@needs_kernel
+def test_add_bf16_is_torchs_mixed_add_in_place() -> None:
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn((64, 64, 768), generator=gen)
+    h = (torch.randn((64, 64, 768), generator=gen) * 3).to(torch.bfloat16)
+    want = x.clone().add_(h)
+    out = cpu_convert.add_bf16_(x, h)
+    assert out is x
+    assert torch.equal(x.view(torch.int32), want.view(torch.int32))
+
+
+def test_other_inputs_go_to_torch() -> None:
+    """Non-contiguous, sizes not a multiple of 16, other dtypes: torch's own ops, the same results."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn((40, 30), generator=gen)
+    assert torch.equal(cpu_convert.to_bf16(x.t()), x.t().to(torch.bfloat16))
+    odd = torch.randn(17, generator=gen)
+    assert torch.equal(cpu_convert.to_bf16(odd), odd.to(torch.bfloat16))
+    half = torch.randn((4, 16), generator=gen).half()
+    acc = torch.randn((4, 16), generator=gen)
+    want = acc.clone().add_(half)
+    assert torch.equal(cpu_convert.add_bf16_(acc, half), want)
+    xs = torch.randn((16, 32), generator=gen)
+    hs = torch.randn((32, 16), generator=gen).to(torch.bfloat16).t()  # non-contiguous
+    assert torch.equal(cpu_convert.add_bf16_(xs.clone(), hs), xs.clone().add_(hs))
+
+
+def test_bf16_encoder_has_the_same_bits_with_and_without_the_passes(monkeypatch) -> None:
+    """The low-precision layers with these passes (and the padded tokens' q, k, v from the rounded bias, no product of
+    a row of zeros) give the embeddings of torch's casts and adds bit for bit."""
+    from geosam.models import fast_encoder as fe
+    from tests.test_fast_encoder import _vit
+
+    model = _vit(seed=21, heads=2)
+    pixels = torch.randn((1, 3, 256, 256), generator=torch.Generator().manual_seed(22))
+    monkeypatch.setenv("GEOSAM_CPU_BF16", "amx" if "amx_bf16" in cpu_flags() else "avx512_bf16")
+    fast = fe.fast_image_embeddings(model, pixels, torch.bfloat16)
+    monkeypatch.setattr(fe, "to_bf16", lambda t: t)  # autocast rounds the products' inputs
+    monkeypatch.setattr(fe, "add_bf16_", lambda a, b: a.add_(b))
+    monkeypatch.setattr(fe, "_zeros_projected", lambda lin, dt: lin(torch.zeros((1, lin.in_features)))[0])
+    assert torch.equal(fe.fast_image_embeddings(model, pixels, torch.bfloat16), fast)
