@@ -64,8 +64,10 @@ def test_other_inputs_go_to_torch() -> None:
 
 
 def test_bf16_encoder_has_the_same_bits_with_and_without_the_passes(monkeypatch) -> None:
-    """The low-precision layers with these passes (and the padded tokens' q, k, v from the rounded bias, no product of
-    a row of zeros) give the embeddings of torch's casts and adds bit for bit."""
+    """The low-precision layers with these passes, the projections outside autocast (`cpu_gemm.linear_low`) and the
+    padded tokens' q, k, v from the rounded bias (no product of a row of zeros) give the embeddings of autocast's
+    linear, torch's casts and adds bit for bit."""
+    from geosam.models import cpu_gemm
     from geosam.models import fast_encoder as fe
     from tests.test_fast_encoder import _vit
 
@@ -73,7 +75,8 @@ def test_bf16_encoder_has_the_same_bits_with_and_without_the_passes(monkeypatch)
     pixels = torch.randn((1, 3, 256, 256), generator=torch.Generator().manual_seed(22))
     monkeypatch.setenv("GEOSAM_CPU_BF16", "amx" if "amx_bf16" in cpu_flags() else "avx512_bf16")
     fast = fe.fast_image_embeddings(model, pixels, torch.bfloat16)
-    monkeypatch.setattr(fe, "to_bf16", lambda t: t)  # autocast rounds the products' inputs
+    monkeypatch.setattr(fe, "_low", lambda module, x, dtype: module(x))  # under autocast
     monkeypatch.setattr(fe, "add_bf16_", lambda a, b: a.add_(b))
     monkeypatch.setattr(fe, "_zeros_projected", lambda lin, dt: lin(torch.zeros((1, lin.in_features)))[0])
+    monkeypatch.setattr(cpu_gemm, "_rounded", lambda t, dtype: t.to(dtype))
     assert torch.equal(fe.fast_image_embeddings(model, pixels, torch.bfloat16), fast)

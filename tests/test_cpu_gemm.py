@@ -173,3 +173,27 @@ def test_linear_gelu_low_rounds_once_after_the_gelu(monkeypatch, fused: bool) ->
         assert torch.equal(got, stock)
     else:  # as close to the exact values as the stock path, or closer
         assert float((got.double() - exact).norm()) <= float((stock.double() - exact).norm()) * 1.01
+
+
+@pytest.mark.parametrize("shape", [(4096, 768, 2304), (70, 3072, 40), (1, 5, 9, 64, 96)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_low_is_autocasts_linear_bit_for_bit(shape: tuple[int, ...], with_bias: bool) -> None:
+    """The bf16 projections outside autocast's ``addmm`` (the bias added as the product is written, the operands
+    rounded in one pass each): autocast's bits, on float32 or bf16 inputs, at SAM's qkv size and odd ones."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    *lead, k, n = shape
+    x = torch.randn((*lead, k), generator=gen) * 3
+    w, b = torch.randn((n, k), generator=gen) * 0.05, torch.randn(n, generator=gen) if with_bias else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.linear(x, w, b)
+    for inp in (x, x.bfloat16()):
+        got = cpu_gemm.linear_low(inp, w, b, torch.bfloat16)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    # float16: autocast's own op
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert torch.equal(cpu_gemm.linear_low(x, w, b, torch.float16), F.linear(x, w, b))
+
+
+def test_linear_low_is_checked_where_the_op_runs() -> None:
+    """Wherever oneDNN's op takes bf16 in this torch build, its bits were checked against autocast's and matched."""
+    assert cpu_gemm._low_linear_agrees() == cpu_gemm._op_works_in(torch.bfloat16)

@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.cpu_attention import amx_available as attention_on_amx
-from geosam.models.cpu_convert import add_bf16_, to_bf16
-from geosam.models.cpu_gemm import linear, linear_gelu_low, row_blocks
+from geosam.models.cpu_convert import add_bf16_
+from geosam.models.cpu_gemm import linear, linear_gelu_low, linear_low, row_blocks
 from geosam.models.device import cpu_bf16_kind
 from geosam.models.encoder_attention import attend, attend_bf16_tokens, attend_windows
 
@@ -221,6 +221,11 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _add_mlp_low(layer, x, dtype)
 
 
+def _low(module: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``module(x)`` under autocast to ``dtype``: `geosam.models.cpu_gemm.linear_low` for a plain ``nn.Linear``."""
+    return linear_low(x, module.weight, module.bias, dtype) if type(module) is torch.nn.Linear else module(x)
+
+
 def _zeros_projected(linear_module: Any, dtype: torch.dtype) -> torch.Tensor:
     """``linear_module(zeros)[0]`` under autocast to ``dtype``: its bias rounded to ``dtype`` (+ 0: a signed zero's
     sum is +0), without casting its weight for a product of one row of zeros."""
@@ -247,7 +252,7 @@ def _layer_mixed(
     """
     attn = layer.attn
     h = layer.layer_norm1(x)
-    qkv_low = attn.qkv(to_bf16(h) if dtype == torch.bfloat16 else h)
+    qkv_low = _low(attn.qkv, h, dtype)
     bf16 = qkv_low.dtype == torch.bfloat16  # q, k, v bf16 numbers: the AVX-512 BF16 kernel's products lose nothing
     # windows: a padded token's q, k, v are zeros through the same (low-precision) projection: its bias rounded
     pad_low = _zeros_projected(attn.qkv, qkv_low.dtype) if layer.window_size > 0 else None
@@ -258,7 +263,7 @@ def _layer_mixed(
         pad_qkv = pad_low.float() if pad_low is not None else None
         with torch.autocast(device_type=x.device.type, enabled=False):  # torch's products in the fallbacks: float32
             out = attend(attn, qkv, bf16=bf16) if pad_qkv is None else attend_windows(layer, qkv, pad_qkv, bf16)
-    add_bf16_(x, attn.proj(to_bf16(out) if bf16 else out))
+    add_bf16_(x, _low(attn.proj, out, dtype))
     return _add_mlp_low(layer, x, qkv_low.dtype)
 
 
@@ -270,9 +275,8 @@ def _add_mlp_low(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     mlp = layer.mlp
     if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and _exact_gelu(mlp.act)) or x.device.type != "cpu":
         return x.add_(mlp(layer.layer_norm2(x)))
-    h = layer.layer_norm2(x)
-    hidden = linear_gelu_low(to_bf16(h) if dtype == torch.bfloat16 else h, mlp.lin1.weight, mlp.lin1.bias, dtype)
-    return add_bf16_(x, mlp.lin2(hidden))
+    hidden = linear_gelu_low(layer.layer_norm2(x), mlp.lin1.weight, mlp.lin1.bias, dtype)
+    return add_bf16_(x, _low(mlp.lin2, hidden, dtype))
 
 
 def _neck_f32(neck: Any, x: torch.Tensor) -> torch.Tensor:
