@@ -80,3 +80,23 @@ def test_bf16_encoder_has_the_same_bits_with_and_without_the_passes(monkeypatch)
     monkeypatch.setattr(fe, "_zeros_projected", lambda lin, dt: lin(torch.zeros((1, lin.in_features)))[0])
     monkeypatch.setattr(cpu_gemm, "_rounded", lambda t, dtype: t.to(dtype))
     assert torch.equal(fe.fast_image_embeddings(model, pixels, torch.bfloat16), fast)
+
+
+def test_a_padded_tokens_projection_is_the_rounded_bias() -> None:
+    """A window's padded token (zeros) through the bf16 qkv projection: its bias rounded, as autocast's product of a
+    row of zeros gives it (a -0.0 bias included: +0 either way); a module that is not a plain ``nn.Linear`` runs."""
+    from geosam.models.fast_encoder import _zeros_projected
+
+    class Shifted(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + 1
+
+    torch.manual_seed(6)
+    plain, shifted, no_bias = torch.nn.Linear(8, 24), Shifted(8, 24), torch.nn.Linear(8, 24, bias=False)
+    with torch.no_grad():
+        plain.bias[:2] = torch.tensor([-0.0, 1.0 + 2.0**-12])  # a signed zero, a tie to even in bf16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for module in (plain, shifted, no_bias):
+            want = module(torch.zeros((1, 8)))[0]
+            got = _zeros_projected(module, torch.bfloat16)
+            assert got.dtype == want.dtype and torch.equal(got.view(torch.int16), want.view(torch.int16))

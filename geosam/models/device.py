@@ -25,10 +25,11 @@ MIN_BF16_MASK_AGREEMENT = 0.98
 #: Per kind of native CPU bf16 (`cpu_bf16_kind`), what ``benchmarks/bench_amg.py`` measured for bf16
 #: against float32 (random ViT-B, 1024 px chips, 2 threads): the mask agreement with the references (pooled,
 #: lowest over the grids) and the end-to-end speedup (lowest over the grids).
-#: amx: Intel Xeon with AMX, 1 chip, 1 thread, 16 x 16 (3 rounds) and 32 x 32 (2 rounds), session 31
-#: (``benchmarks/results/intel_amx_session31/latest.json``): bf16 (the encoder's attention products on AMX tiles in
-#: geosam's kernel, the decoder's upscaling products on AMX tiles, its image side once per image) 2.00x / 1.47x the
-#: float32 path, agreement 0.981 / 0.988 with the pipeline (segment-anything: 0.981 / 0.989). Session 30: 1.96x /
+#: amx: Intel Xeon with AMX, 1 chip, 1 thread, 16 x 16 (3 rounds) and 32 x 32 (2 rounds), session 32
+#: (``benchmarks/results/intel_amx_session32/latest.json``): bf16 (the encoder's attention products on AMX tiles in
+#: geosam's kernel, its projections outside autocast's addmm, the decoder's upscaling products on AMX tiles, its
+#: image side once per image) 2.11x / 1.47x the float32 path, agreement 0.981 / 0.988 with the pipeline
+#: (segment-anything: 0.981 / 0.989). Session 31: 2.00x / 1.47x, the same agreement; session 30: 1.96x /
 #: 1.41x, the same agreement; session 29: 1.94x /
 #: 1.32x, the same agreement; session 28 (torch's flash attention): 1.73x / 1.31x, 0.981 / 0.990; before the float32
 #: fast paths of issue 24, 2 chips at 16 x 16: 0.984, 1.69x.

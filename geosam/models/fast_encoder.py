@@ -230,6 +230,8 @@ def _zeros_projected(linear_module: Any, dtype: torch.dtype) -> torch.Tensor:
     """``linear_module(zeros)[0]`` under autocast to ``dtype``: its bias rounded to ``dtype`` (+ 0: a signed zero's
     sum is +0), without casting its weight for a product of one row of zeros."""
     bias = linear_module.bias
+    if type(linear_module) is not torch.nn.Linear:
+        return linear_module(torch.zeros((1, linear_module.in_features), device=linear_module.weight.device))[0]
     if bias is None:
         return torch.zeros(linear_module.out_features, dtype=dtype, device=linear_module.weight.device)
     return bias.to(dtype) + 0
@@ -246,9 +248,10 @@ def _layer_mixed(
     the AVX-512 kernel's bf16 products where the CPU has them, which lose only the probabilities' rounding since
     q, k, v are bf16 numbers already). torch's CPU flash attention in bf16 runs far below the peak without AMX
     (AMD EPYC Zen 4, one thread, ViT-B at 1024 px: 7.3 of the stock bf16 encoder's 11.6 s); the float32 kernels
-    take 2.7 s, with bf16 products ~1.75 s. In bf16 the products' inputs are rounded and their outputs added into
-    the float32 stream in one pass each (`geosam.models.cpu_convert`, torch's bits: Intel Xeon with AMX, one
-    thread, ViT-B at 1024 px, 1.71-1.75 vs 1.77-1.88 s), and a padded token's q, k, v are the rounded bias.
+    take 2.7 s, with bf16 products ~1.75 s. In bf16 the projections run outside autocast's ``addmm``
+    (`geosam.models.cpu_gemm.linear_low`), their inputs rounded and their outputs added into the float32 stream in
+    one pass each (`geosam.models.cpu_convert`), a padded token's q, k, v are the rounded bias: autocast's bits, and
+    on an Intel Xeon with AMX (one thread, ViT-B at 1024 px) 1.53-1.70 vs 1.72-1.94 s an encode.
     """
     attn = layer.attn
     h = layer.layer_norm1(x)
