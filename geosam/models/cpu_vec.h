@@ -27,54 +27,44 @@ static inline void prefetch_l2(const float* x, int64_t n) {
   for (int64_t c = 0; c < n; c += 16) _mm_prefetch((const char*)(x + c), _MM_HINT_T1);
 }
 
-/* Sleef_expf8_u10 (AVX2 + FMA), as ATen's Vectorized<float>::exp() */
-static inline __m256 exp_u10(__m256 d) {
-  const __m256 r_ln2 = _mm256_set1_ps(1.442695040888963407359924681001892137426645954152985934135449406931f);
-  __m256i q = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(d, r_ln2), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  __m256 qf = _mm256_cvtepi32_ps(q);
-  __m256 s = _mm256_fmadd_ps(qf, _mm256_set1_ps(-0.693145751953125f), d);
-  s = _mm256_fmadd_ps(qf, _mm256_set1_ps(-1.428606765330187045e-06f), s);
-  __m256 u = _mm256_set1_ps(0.000198527617612853646278381f);
-  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.00139304355252534151077271f));
-  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.00833336077630519866943359f));
-  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.0416664853692054748535156f));
-  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.166666671633720397949219f));
-  u = _mm256_fmadd_ps(u, s, _mm256_set1_ps(0.5f));
-  u = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_mul_ps(s, s), u, s));
-  __m256i q1 = _mm256_srai_epi32(q, 1); /* ldexp in two steps: u * 2^(q>>1) * 2^(q - (q>>1)) */
-  __m256i q2 = _mm256_sub_epi32(q, q1);
-  __m256 p1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(q1, _mm256_set1_epi32(127)), 23));
-  __m256 p2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(q2, _mm256_set1_epi32(127)), 23));
-  u = _mm256_mul_ps(_mm256_mul_ps(u, p1), p2);
-  u = _mm256_andnot_ps(_mm256_cmp_ps(d, _mm256_set1_ps(-104.f), _CMP_LT_OQ), u);
-  return _mm256_blendv_ps(u, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(_mm256_set1_ps(100.f), d, _CMP_LT_OQ));
-}
+/* Sleef_expf8_u10 (AVX2 + FMA), as ATen's Vectorized<float>::exp(): exp_u10; and in 16 lanes (CPUs with AVX-512)
+ * exp_u10_512, the same operations lane by lane, so the same bits as two exp_u10. V / VI the float and integer
+ * vectors, P the intrinsics' prefix, W their width in bits; ROUND rounds to the nearest integer; ENDS(d, u) is 0 where
+ * d < -104 (an andnot: +0) and infinity where d > 100 */
+#define EXP_U10(NAME, V, VI, P, W, ATTR, ROUND, ENDS)                                                               \
+  static inline ATTR V NAME(V d) {                                                                                  \
+    const V r_ln2 = P##_set1_ps(1.442695040888963407359924681001892137426645954152985934135449406931f);           \
+    VI q = P##_cvtps_epi32(ROUND(P##_mul_ps(d, r_ln2)));                                                            \
+    V qf = P##_cvtepi32_ps(q);                                                                                      \
+    V s = P##_fmadd_ps(qf, P##_set1_ps(-0.693145751953125f), d);                                                    \
+    s = P##_fmadd_ps(qf, P##_set1_ps(-1.428606765330187045e-06f), s);                                               \
+    V u = P##_set1_ps(0.000198527617612853646278381f);                                                              \
+    u = P##_fmadd_ps(u, s, P##_set1_ps(0.00139304355252534151077271f));                                             \
+    u = P##_fmadd_ps(u, s, P##_set1_ps(0.00833336077630519866943359f));                                             \
+    u = P##_fmadd_ps(u, s, P##_set1_ps(0.0416664853692054748535156f));                                              \
+    u = P##_fmadd_ps(u, s, P##_set1_ps(0.166666671633720397949219f));                                               \
+    u = P##_fmadd_ps(u, s, P##_set1_ps(0.5f));                                                                      \
+    u = P##_add_ps(P##_set1_ps(1.0f), P##_fmadd_ps(P##_mul_ps(s, s), u, s));                                        \
+    VI q1 = P##_srai_epi32(q, 1); /* ldexp in two steps: u * 2^(q>>1) * 2^(q - (q>>1)) */                         \
+    VI q2 = P##_sub_epi32(q, q1);                                                                                   \
+    V p1 = P##_castsi##W##_ps(P##_slli_epi32(P##_add_epi32(q1, P##_set1_epi32(127)), 23));                          \
+    V p2 = P##_castsi##W##_ps(P##_slli_epi32(P##_add_epi32(q2, P##_set1_epi32(127)), 23));                          \
+    return ENDS(d, P##_mul_ps(P##_mul_ps(u, p1), p2));                                                              \
+  }
 
-/* exp_u10 in 16 lanes (CPUs with AVX-512): the same operations lane by lane, so the same bits as two exp_u10 */
+#define ROUND256(x) _mm256_round_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define ENDS256(d, u)                                                                                               \
+  _mm256_blendv_ps(_mm256_andnot_ps(_mm256_cmp_ps((d), _mm256_set1_ps(-104.f), _CMP_LT_OQ), (u)),                  \
+                   _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(_mm256_set1_ps(100.f), (d), _CMP_LT_OQ))
+EXP_U10(exp_u10, __m256, __m256i, _mm256, 256, , ROUND256, ENDS256)
+
 #define VEC512 __attribute__((target("avx512f,fma"), always_inline))
-static inline VEC512 __m512 exp_u10_512(__m512 d) {
-  const __m512 r_ln2 = _mm512_set1_ps(1.442695040888963407359924681001892137426645954152985934135449406931f);
-  __m512i q = _mm512_cvtps_epi32(
-      _mm512_roundscale_ps(_mm512_mul_ps(d, r_ln2), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  __m512 qf = _mm512_cvtepi32_ps(q);
-  __m512 s = _mm512_fmadd_ps(qf, _mm512_set1_ps(-0.693145751953125f), d);
-  s = _mm512_fmadd_ps(qf, _mm512_set1_ps(-1.428606765330187045e-06f), s);
-  __m512 u = _mm512_set1_ps(0.000198527617612853646278381f);
-  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.00139304355252534151077271f));
-  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.00833336077630519866943359f));
-  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.0416664853692054748535156f));
-  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.166666671633720397949219f));
-  u = _mm512_fmadd_ps(u, s, _mm512_set1_ps(0.5f));
-  u = _mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(_mm512_mul_ps(s, s), u, s));
-  __m512i q1 = _mm512_srai_epi32(q, 1);
-  __m512i q2 = _mm512_sub_epi32(q, q1);
-  __m512 p1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(q1, _mm512_set1_epi32(127)), 23));
-  __m512 p2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(q2, _mm512_set1_epi32(127)), 23));
-  u = _mm512_mul_ps(_mm512_mul_ps(u, p1), p2);
-  u = _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(d, _mm512_set1_ps(-104.f), _CMP_LT_OQ), u); /* andnot: +0 */
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_set1_ps(100.f), d, _CMP_LT_OQ), u,
-                              _mm512_set1_ps(__builtin_inff()));
-}
+#define ROUND512(x) _mm512_roundscale_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define ENDS512(d, u)                                                                                               \
+  _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_set1_ps(100.f), (d), _CMP_LT_OQ),                                 \
+                       _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask((d), _mm512_set1_ps(-104.f), _CMP_LT_OQ), (u)),      \
+                       _mm512_set1_ps(__builtin_inff()))
+EXP_U10(exp_u10_512, __m512, __m512i, _mm512, 512, VEC512, ROUND512, ENDS512)
 
 /* the low and high 8 lanes of a 16-lane vector */
 static inline VEC512 __m256 low8(__m512 x) { return _mm512_castps512_ps256(x); }
