@@ -11,11 +11,21 @@ from geosam.models.device import cpu_flags
 needs_kernel = pytest.mark.skipif(not cpu_convert.available(), reason="the passes run on AVX-512 CPUs only")
 
 
+def _software_rounding(x: torch.Tensor) -> torch.Tensor:
+    """ATen's vectorised float32 -> bf16 rule in integer arithmetic: + 0x7fff + the kept part's lowest bit, NaN 0xffff."""
+    u = x.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+    return torch.where(torch.isnan(x), 0xFFFF, r).to(torch.int32).to(torch.int16)
+
+
 def test_in_use_on_avx512_cpus_where_the_other_kernels_are() -> None:
-    """Wherever the decoder's kernels run and the CPU has AVX-512, so are these (else bf16 silently loses them)."""
+    """Wherever the decoder's kernels run, the CPU has AVX-512 and torch rounds to bf16 by ATen's integer rule (what
+    the kernel reproduces), these passes run too (else bf16 silently loses them); nowhere else."""
     from geosam.models import cpu_decoder
 
-    assert cpu_convert.available() == (cpu_decoder.available() and "avx512f" in cpu_flags())
+    x = cpu_convert._check_values()
+    torch_rule = torch.equal(x.to(torch.bfloat16).view(torch.int16), _software_rounding(x))
+    assert cpu_convert.available() == (cpu_decoder.available() and "avx512f" in cpu_flags() and torch_rule)
 
 
 @needs_kernel
