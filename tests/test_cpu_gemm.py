@@ -194,6 +194,18 @@ def test_linear_low_is_autocasts_linear_bit_for_bit(shape: tuple[int, ...], with
         assert torch.equal(cpu_gemm.linear_low(x, w, b, torch.float16), F.linear(x, w, b))
 
 
-def test_linear_low_is_checked_where_the_op_runs() -> None:
-    """Wherever oneDNN's op takes bf16 in this torch build, its bits were checked against autocast's and matched."""
-    assert cpu_gemm._low_linear_agrees() == cpu_gemm._op_works_in(torch.bfloat16)
+def test_linear_low_check_agrees_with_sams_products() -> None:
+    """`_low_linear_agrees`'s verdict (small shapes) is what oneDNN's pointwise op does at the ViT-B's own sizes here:
+    where it says yes, the four projections of a layer give autocast's bits (and the fast path is taken)."""
+    if not cpu_gemm._op_works_in(torch.bfloat16):
+        assert not cpu_gemm._low_linear_agrees()
+        return
+    gen = torch.Generator().manual_seed(9)
+    same = True
+    for k, n in ((768, 2304), (768, 768), (3072, 768)):
+        x, w, b = torch.randn((512, k), generator=gen), torch.randn((n, k), generator=gen) * 0.05, torch.randn(n, generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = F.linear(x, w, b)
+        xb, wb, bb = (t.to(torch.bfloat16) for t in (x, w, b))
+        same &= torch.equal(cpu_gemm._pointwise_linear(xb, wb, bb, False), want)
+    assert cpu_gemm._low_linear_agrees() == same
