@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cpu_vec.h"
 
 /* ATen's source indices and weights along one axis of n_in -> n_out samples (only the first `used`). */
 static void axis_table(int64_t n_in, int64_t n_out, int64_t used, int32_t* i0, int32_t* i1, float* w0, float* w1) {
@@ -71,10 +72,7 @@ static void row_max(const float* x, int64_t h, int64_t w, float* out) {
             nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
             m8 = _mm256_max_ps(m8, v);
         }
-        float lanes[8];
-        _mm256_storeu_ps(lanes, m8);
-        float m = lanes[0];
-        for (int k = 1; k < 8; k++) m = lanes[k] > m ? lanes[k] : m;
+        float m = reduce_max(m8);
         int nan = _mm256_movemask_ps(nan8) != 0;
         for (; c < w; c++) {
             nan |= p[c] != p[c];

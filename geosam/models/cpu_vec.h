@@ -1,8 +1,8 @@
-/* AVX2 helpers shared by geosam's C kernels (cpu_kernels.c, cpu_decoder.c, cpu_heads.c, cpu_weights.c): Sleef's
- * expf (also in 16 lanes), ATen's horizontal reductions, a 6 x 16 float32 product tile (rows by pointer, written or
- * added to), the per-thread scratch buffer of a parallel region, and a run of floats fetched into L2. Included, not
- * compiled on its own; geosam/models/cpu_build.py hashes it with every kernel source, so a change here rebuilds
- * them. */
+/* AVX2 helpers shared by geosam's C kernels (cpu_kernels.c, cpu_decoder.c, cpu_heads.c, cpu_masks.c,
+ * cpu_weights.c): Sleef's expf (also in 16 lanes), ATen's horizontal reductions, a 6 x 16 float32 product tile (rows
+ * by pointer, written or added to), the per-thread scratch buffer of a parallel region, and a run of floats fetched
+ * into L2. Included, not compiled on its own; geosam/models/cpu_build.py hashes it with every kernel source, so a
+ * change here rebuilds them. */
 #ifndef GEOSAM_CPU_VEC_H
 #define GEOSAM_CPU_VEC_H
 #include <immintrin.h>
