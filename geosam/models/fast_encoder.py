@@ -227,14 +227,15 @@ def _low(module: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _zeros_projected(linear_module: Any, dtype: torch.dtype) -> torch.Tensor:
-    """``linear_module(zeros)[0]`` under autocast to ``dtype``: its bias rounded to ``dtype`` (+ 0: a signed zero's
-    sum is +0), without casting its weight for a product of one row of zeros."""
-    bias = linear_module.bias
+    """``linear_module(zeros)[0]`` under autocast to ``dtype``: for a plain ``nn.Linear`` its bias rounded to
+    ``dtype`` (+ 0: a signed zero's sum is +0), without casting its weight for a product of one row of zeros; any
+    other module runs on that row."""
+    device = linear_module.weight.device
     if type(linear_module) is not torch.nn.Linear:
-        return linear_module(torch.zeros((1, linear_module.in_features), device=linear_module.weight.device))[0]
-    if bias is None:
-        return torch.zeros(linear_module.out_features, dtype=dtype, device=linear_module.weight.device)
-    return bias.to(dtype) + 0
+        return linear_module(torch.zeros((1, linear_module.in_features), device=device))[0]
+    if linear_module.bias is None:
+        return torch.zeros(linear_module.out_features, dtype=dtype, device=device)
+    return linear_module.bias.to(dtype) + 0
 
 
 def _layer_mixed(
