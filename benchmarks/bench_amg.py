@@ -56,6 +56,9 @@ Metrics (``benchmarks/results/latest.json``), per grid under ``grids``, and coll
 ``mask_agreement`` = min of (fraction of reference masks matched by a geosam mask at IoU >= 0.9) and the
 reverse, pooled over the default and the NMS-free runs; ``overhead_ratio`` = geosam_s / (geosam's encode +
 decode stage time); ``dtype_auto``: what ``dtype="auto"`` resolves to here and the measured figures it rests on.
+``mask_agreement_bfloat16_vs_float32_over_chips``: bf16 against float32 geosam (equal to the pipeline's masks, as
+the same run shows) on ``--agreement-chips`` chips (default: all 4 of the scene; the timed ones and the rest,
+untimed), per chip and pooled: one chip's ~200 masks at 16 x 16 put the figure within +-0.01 only.
 With ``--rounds R`` (odd) every grid's timed pass runs R times, interleaved as above: the seconds are each
 variant's median round, the stage times those of geosam's median round, and each round's own times and ratios are
 kept (``seconds_per_round``, ``speedup_vs_<ref>_per_round``): on a noisy host one round's ratio moves by 20 %.
@@ -306,6 +309,32 @@ def agreement_parts(geo_default, ref_default, geo_all, ref_all, single: bool = F
     return parts
 
 
+def agreement_over_chips(runs: dict, more_chips, masks: dict, masks_all: dict, single: bool) -> dict:
+    """bf16 vs float32 geosam masks chip by chip over the timed chips (their masks from the timed and NMS-free
+    passes, ``masks`` / ``masks_all``) and ``more_chips`` (run here: ``runs`` maps each dtype to its (timed,
+    NMS-free) generate functions), each chip's agreement and all of them pooled as `agreement_parts` pools.
+
+    geosam's float32 masks stand in for the pipeline's (the same run measures them equal: ``agreement_vs_pipeline``
+    1.0 in float32), so the bf16 figure rests on every chip of the scene without running the references on them:
+    one chip's figure moves by +-0.01 with rounding-level changes (16 x 16, chip to chip 0.968-0.983)."""
+    keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
+    total = dict.fromkeys(keys, 0)
+    per_chip = []
+    n_timed = len(masks_all["geosam_float32"])
+    for i in range(n_timed + len(more_chips)):
+        if i < n_timed:
+            got = {d: (masks[f"geosam_{d}"][i], masks_all[f"geosam_{d}"][i]) for d in runs}
+        else:
+            chip = more_chips[i - n_timed]
+            got = {d: (None if single else timed(chip), free(chip)) for d, (timed, free) in runs.items()}
+        (b_def, b_all), (f_def, f_all) = got["bfloat16"], got["float32"]
+        parts = agreement_parts([b_def], [f_def], [b_all], [f_all], single)["pooled"]
+        per_chip.append(parts["mask_agreement"])
+        for k in keys:
+            total[k] += parts[k]
+    return {"chips": len(per_chip), "per_chip": per_chip, "pooled": summarise(*(total[k] for k in keys))}
+
+
 #: the speedup over the pipeline that issue 24 asks for, for `add_peak_bounds`
 TARGET_SPEEDUP = 5.0
 
@@ -368,6 +397,9 @@ def main() -> None:
     ap.add_argument("--nms-free-refs", nargs="*", default=["pipeline", "sam_amg"],
                     help="references also run in the NMS-free agreement pass (default both; segment-anything at "
                     "32 x 32 is the longest run of all)")
+    ap.add_argument("--agreement-chips", type=int, default=4,
+                    help="chips (max 4) over which bf16 is compared with float32 geosam (which equals the pipeline): "
+                         "the timed chips and more, untimed")
     ap.add_argument("--rounds", type=int, default=1,
                     help="timed rounds per grid, each every variant on every chip, interleaved; the speedups are the "
                     "ratios of the median rounds, the rounds' own ratios are kept beside them")
@@ -528,6 +560,11 @@ def main() -> None:
             g["reference_masks"] = {r: [len(m) for m in masks[r]] for r in ("pipeline", "sam_amg")}
             g["reference_masks_without_nms"] = {r: [len(m) for m in masks_all[r]] for r in ("pipeline", "sam_amg")
                                                 if r in masks_all}
+        if "bfloat16" in dtypes:  # bf16 vs float32 over more chips than the timed ones (untimed, geosam only)
+            more = load_chips(args.agreement_chips, args.chip_size)[len(chips):]
+            runs = {d: (geosam_runner(bundles[d], args, grid, nms_timed)[0], geosam_runner(bundles[d], args, grid, 1.0)[0])
+                    for d in dtypes}
+            g["bfloat16"]["agreement_vs_float32_over_chips"] = agreement_over_chips(runs, more, masks, masks_all, single)
         grids[f"{grid}x{grid}"] = g
         partial = Path(args.out).with_suffix(".partial.json")  # what is known so far, should a later step fail
         partial.write_text(json.dumps({"encoder_s": enc_s, "peaks": peaks, "enc_flops": enc_flops, "grids": grids},
@@ -598,6 +635,10 @@ def main() -> None:
             result["dtype_auto"]["bf16_mask_agreement_min"] = min(
                 min(agree("bfloat16", "pipeline").values()), min(agree("bfloat16", "sam_amg").values()))
     if "bfloat16" in dtypes:
+        result["mask_agreement_bfloat16_vs_float32_over_chips"] = {
+            n: g["bfloat16"]["agreement_vs_float32_over_chips"]["pooled"]["mask_agreement"] for n, g in grids.items()}
+        result["dtype_auto"]["bf16_mask_agreement_over_chips_min"] = min(
+            result["mask_agreement_bfloat16_vs_float32_over_chips"].values())
         result["dtype_auto"]["bf16_speedup_vs_float32"] = {
             n: round(g["float32"]["geosam_s"] / g["bfloat16"]["geosam_s"], 3) for n, g in grids.items()}
     add_peak_bounds(result)
@@ -610,7 +651,8 @@ def main() -> None:
     for key in ("matmul_peak_gflop_per_s", "encoder_s", "encoder_fraction_of_peak", "encoder_fraction_of_peak_model_flops",
                 "decoder_fraction_of_peak", "overhead_ratio", "speedup_vs_pipeline_float32", "speedup_vs_sam_amg_float32",
                 "speedup_vs_pipeline_bfloat16", "speedup_vs_sam_amg_bfloat16", "mask_agreement_float32",
-                "mask_agreement_bfloat16", "sam_amg_agreement_vs_pipeline", "dtype_auto", "peak_bounds"):
+                "mask_agreement_bfloat16", "mask_agreement_bfloat16_vs_float32_over_chips", "sam_amg_agreement_vs_pipeline",
+                "dtype_auto", "peak_bounds"):
         if key in result:
             print(f"{key}: {result[key]}")
     print(f"wrote {out}")

@@ -2,7 +2,7 @@
 
 Every per-grid figure (the ``grids`` entries and the top-level dictionaries keyed by grid name, at any depth) of
 ``--add`` is added to ``--into``; the figures that are not per grid (encoders, matmul peaks) stay those of ``--into``,
-and ``--add``'s are kept whole under ``merged_runs``. ``dtype_auto.bf16_mask_agreement_min`` becomes the minimum
+and ``--add``'s are kept whole under ``merged_runs``. ``dtype_auto.bf16_mask_agreement_min`` (and ``..._over_chips_min``) becomes the minimum
 of both; ``peak_bounds`` are computed again from the merged figures (``bench_amg.add_peak_bounds``).
 
     .venv/bin/python benchmarks/merge_amg_results.py --into benchmarks/results/latest.json --add other.json
@@ -35,8 +35,9 @@ def main() -> None:
     grids = set(add["grids"])
     merge_grids(into, add, grids)
     auto_into, auto_add = into.get("dtype_auto", {}), add.get("dtype_auto", {})
-    if "bf16_mask_agreement_min" in auto_into and "bf16_mask_agreement_min" in auto_add:
-        auto_into["bf16_mask_agreement_min"] = min(auto_into["bf16_mask_agreement_min"], auto_add["bf16_mask_agreement_min"])
+    for key in ("bf16_mask_agreement_min", "bf16_mask_agreement_over_chips_min"):  # the minimum over both runs' grids
+        if key in auto_into and key in auto_add:
+            auto_into[key] = min(auto_into[key], auto_add[key])
     into["settings"]["grids"] = sorted(set(into["settings"]["grids"]) | set(add["settings"]["grids"]))
     into.setdefault("merged_runs", []).append({"source": args.add, **{k: v for k, v in add.items() if k != "grids"}})
     into.pop("peak_bounds", None)

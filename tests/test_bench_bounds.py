@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -104,3 +105,33 @@ def test_bench_cuda_runs_its_sections_on_the_cpu(tmp_path):
     fc = r["filter_chunk"]
     assert set(fc["seconds"]) == {"geosam_float32_fast_on_chunk_16", "geosam_float32_fast_on_chunk_256"}
     assert all(fc["masks_equal_to_first_chunk"].values())
+
+
+def _masks(*boxes: tuple[int, int, int, int]) -> np.ndarray:
+    out = np.zeros((len(boxes), 8, 8), dtype=bool)
+    for i, (y0, y1, x0, x1) in enumerate(boxes):
+        out[i, y0:y1, x0:x1] = True
+    return out
+
+
+def test_bf16_agreement_over_chips_pools_the_timed_chips_and_the_others():
+    """The timed chip's masks are reused, the other chips run through both dtypes' generators; each chip's figure and
+    their counts pooled (default thresholds and NMS-free passes both, as `agreement_parts` pools them)."""
+    a, b, c = (0, 4, 0, 4), (4, 8, 4, 8), (0, 8, 0, 2)
+    masks = {"geosam_float32": [_masks(a)], "geosam_bfloat16": [_masks(a)]}
+    masks_all = {"geosam_float32": [_masks(a, b)], "geosam_bfloat16": [_masks(a, b)]}
+    calls: list[str] = []
+
+    def gen(d: str, what):
+        return lambda chip: calls.append(f"{d} {chip}") or what
+
+    runs = {"float32": (gen("float32", _masks(a)), gen("float32", _masks(a, b))),
+            "bfloat16": (gen("bfloat16", _masks(a)), gen("bfloat16", _masks(a, c)))}  # on the other chip: c, not b
+    got = bench_amg.agreement_over_chips(runs, ["chip1"], masks, masks_all, single=False)
+    assert got["chips"] == 2 and sorted(calls) == ["bfloat16 chip1"] * 2 + ["float32 chip1"] * 2
+    assert got["per_chip"] == [1.0, round(2 / 3, 4)]  # chip 1: a matched in both passes, c against b not
+    pooled = got["pooled"]
+    assert (pooled["geosam_masks"], pooled["geosam_matched"], pooled["pipeline_masks"]) == (6, 5, 6)
+    assert pooled["mask_agreement"] == round(5 / 6, 4)
+    single = bench_amg.agreement_over_chips(runs, ["chip1"], masks_all, masks_all, single=True)  # NMS-free pass only
+    assert single["per_chip"] == [1.0, 0.5] and single["pooled"]["mask_agreement"] == 0.75
