@@ -29,8 +29,8 @@ MIN_BF16_MASK_AGREEMENT = 0.98
 #: (``benchmarks/results/intel_amx_session32/latest.json``): bf16 (the encoder's attention products on AMX tiles in
 #: geosam's kernel, its projections outside autocast's addmm, the decoder's upscaling products on AMX tiles, its
 #: image side once per image) 2.11x / 1.47x the float32 path, agreement 0.981 / 0.988 with the pipeline
-#: (segment-anything: 0.981 / 0.989). Session 31: 2.00x / 1.47x, the same agreement; session 30: 1.96x /
-#: 1.41x, the same agreement; session 29: 1.94x /
+#: (segment-anything: 0.981 / 0.989). Session 33 (``intel_amx_session33``): 2.10x / 1.52x, the same agreement.
+#: Session 31: 2.00x / 1.47x, the same agreement; session 30: 1.96x / 1.41x, the same agreement; session 29: 1.94x /
 #: 1.32x, the same agreement; session 28 (torch's flash attention): 1.73x / 1.31x, 0.981 / 0.990; before the float32
 #: fast paths of issue 24, 2 chips at 16 x 16: 0.984, 1.69x.
 #: Over all 4 chips of the scene (session 33: bf16 against float32 geosam, whose masks equal the pipeline's;
