@@ -189,6 +189,48 @@ def test_amx_mode_reads_bf16_tokens_as_their_float32_values(hh: int, ww: int, nh
     assert not out16.isnan().any() and torch.equal(out16, out32)
 
 
+@needs_amx
+@pytest.mark.parametrize(
+    ("hh", "ww", "nh", "d", "window", "rel", "special"),
+    [(32, 64, 2, 64, 0, True, "nan"), (40, 32, 2, 32, 0, False, "large"), (5, 32, 3, 64, 0, True, "inf"),
+     (13, 11, 2, 64, 0, True, "large"), (30, 30, 2, 64, 14, True, "nan"), (17, 17, 2, 64, 7, False, "none")],
+)
+def test_amx_vector_work_beside_the_tiles_keeps_the_bits(
+    hh: int, ww: int, nh: int, d: int, window: int, rel: bool, special: str
+) -> None:
+    """The AMX mode's relative terms and row maxima taken as each 32 x 32 block of scores leaves the tiles (maps of 32k
+    columns) and its numerators computed inside the first values pass (their sums by vdpbf16ps) give the bits of the
+    same passes run between the tiles' products (`geosam_attention512_overlap(0)`): whole maps with full and partial
+    blocks of queries, windows, no tables, NaN / inf / large scores, bf16 and float32 tokens, one and two threads."""
+    qkv, bias, tables = _case(hh, ww, nh, d, window, seed=3 * hh + ww)
+    if special == "nan":
+        qkv[1, 2, 5] = float("nan")
+    elif special == "inf":
+        qkv[0, 3, nh * d + 7] = float("inf")
+    elif special == "large":
+        qkv *= 40
+    tabs_t = transposed_tables(*tables) if rel else None
+    lib = cpu_attention._library()
+    threads = torch.get_num_threads()
+    try:
+        for tokens in (torch.bfloat16, torch.float32):
+            q, b = qkv.bfloat16().to(tokens), bias.bfloat16().to(tokens)
+            for n_threads in (1, 2):
+                torch.set_num_threads(n_threads)
+                outs = []
+                for overlap in (0, 1):
+                    lib.geosam_attention512_overlap(overlap)
+                    outs.append(torch.full((hh, ww, nh * d), 7.0))
+                    assert cpu_attention._call(lib, q, nh, d**-0.5, tabs_t, outs[-1], window, b if window else None,
+                                               cpu_attention.AMX) == 0
+                assert torch.equal(outs[0].isnan(), outs[1].isnan())
+                assert torch.equal(outs[0].nan_to_num(0.0), outs[1].nan_to_num(0.0)), (tokens, n_threads)
+                assert not outs[1].isnan().all()
+    finally:
+        lib.geosam_attention512_overlap(1)
+        torch.set_num_threads(threads)
+
+
 def test_bf16_tokens_are_refused_without_the_amx_products(monkeypatch) -> None:
     """bf16 tokens only in the AMX mode: without it (or without bf16 products, or for heads of 48 numbers) False,
     nothing written."""

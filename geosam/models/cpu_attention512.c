@@ -442,6 +442,23 @@ INLINE TBF float softmax_row_bf16(float* s, const float* rh, const float* rw, in
   return _mm512_reduce_add_ps(sum);
 }
 
+/* softmax_row_bf16 as it ran before numerators32_bf16: 16 numbers a step, each rounded, stored and widened again
+ * into the sums; the order numerators32_bf16 keeps, run with geosam_attention512_overlap(0) for the tests to compare */
+INLINE TBF float softmax_row_bf16_lanes(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np,
+                                        float scale) {
+  const __m512 m = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, scale));
+  const int64_t n = hh * ww;
+  __m512 sum = _mm512_setzero_ps();
+  uint16_t* pb = (uint16_t*)s;
+  for (int64_t j = 0; j < np; j += 16) {
+    const __mmask16 mk = j < n ? tail(n - j) : 0;
+    const __m256i e = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), m))));
+    _mm256_storeu_si256((__m256i*)(pb + j), e);
+    sum = _mm512_add_ps(sum, bf16_to_f32(e));
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
 /* attend_head with bf16 products: the same arguments, kp / vp packed by pack_head_bf16 */
 static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int64_t nq, int64_t bq, float scale,
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
@@ -484,6 +501,11 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
  * as softmax_row_bf16 (the same bits): Intel Xeon with AMX, one thread, a ViT-B global layer 135 -> 127 ms, a
  * windowed one 20.2 -> 19.1 ms (alternating).
  * d a multiple of 32; the calling thread has run amx_configure. */
+/* 0: attend_head_amx runs its vector passes between the tiles' products with the 16-lane softmax, as the kernel
+ * did before (the tests compare the two: the same bits) */
+static int overlap_tiles = 1;
+void geosam_attention512_overlap(int on) { overlap_tiles = on; }
+
 #if GEOSAM_AMX
 static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t* tok, int64_t nq, float scale,
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
@@ -513,7 +535,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
   /* rows of whole 32-wide vectors (a map of 32 k columns): each 32 x 32 block of scores gets its relative terms and
    * goes into the rows' maxima as it leaves the tiles (scores_rel_max's operations in its order), while the next
    * block's products run */
-  const int fused = ww % 32 == 0;
+  const int overlap = overlap_tiles, fused = overlap && ww % 32 == 0;
   const __m512 fs = _mm512_set1_ps(scale);
   __m512 mxv[BQ_AMX], sumv[BQ_AMX];
   for (int64_t r = 0; r < nq; r++) mxv[r] = _mm512_set1_ps(-__builtin_inff());
@@ -554,7 +576,9 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
       }
     }
   }
-  for (int64_t r = 0; r < nq; r++) {
+  for (int64_t r = 0; r < nq && !overlap; r++)
+    inv[r] = 1.0f / softmax_row_bf16_lanes(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
+  for (int64_t r = 0; r < nq && overlap; r++) {
     const float m = fused ? _mm512_reduce_max_ps(mxv[r])
                           : scores_rel_max(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, scale);
     mxv[r] = _mm512_set1_ps(m);
@@ -567,7 +591,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     _tile_zero(2);
     _tile_zero(3);
     for (int64_t j = 0; j < np; j += 32) {
-      if (c == 0) /* the rows' numerators of these 32 keys, computed while the previous keys' products run */
+      if (c == 0 && overlap) /* the rows' numerators of these 32 keys, computed while the previous keys' products run */
         for (int64_t r = 0; r < nq; r++) sumv[r] = numerators32_bf16(s + r * ss, j, n, mxv[r], sumv[r]);
       _tile_loadd(4, pr + j, sc);
       _tile_loadd(6, vp + j * d + 2 * c, 4 * d);
@@ -580,7 +604,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
         _tile_dpbf16ps(3, 5, 7);
       }
     }
-    if (c == 0)
+    if (c == 0 && overlap)
       for (int64_t r = 0; r < nq; r++) inv[r] = 1.0f / _mm512_reduce_add_ps(sumv[r]);
     _tile_stored(0, o + c, 4 * d);
     _tile_stored(1, o + c + 16, 4 * d);
