@@ -189,19 +189,24 @@ def test_amx_mode_reads_bf16_tokens_as_their_float32_values(hh: int, ww: int, nh
     assert not out16.isnan().any() and torch.equal(out16, out32)
 
 
-@needs_amx
+@needs_bf16
+@pytest.mark.parametrize("mode", ["avx512_bf16", "amx"])
 @pytest.mark.parametrize(
     ("hh", "ww", "nh", "d", "window", "rel", "special"),
     [(32, 64, 2, 64, 0, True, "nan"), (40, 32, 2, 32, 0, False, "large"), (5, 32, 3, 64, 0, True, "inf"),
      (13, 11, 2, 64, 0, True, "large"), (30, 30, 2, 64, 14, True, "nan"), (17, 17, 2, 64, 7, False, "none")],
 )
-def test_amx_vector_work_beside_the_tiles_keeps_the_bits(
-    hh: int, ww: int, nh: int, d: int, window: int, rel: bool, special: str
+def test_bf16_softmax_and_amx_overlap_keep_the_bits(
+    hh: int, ww: int, nh: int, d: int, window: int, rel: bool, special: str, mode: str
 ) -> None:
-    """The AMX mode's relative terms and row maxima taken as each 32 x 32 block of scores leaves the tiles (maps of 32k
-    columns) and its numerators computed inside the first values pass (their sums by vdpbf16ps) give the bits of the
-    same passes run between the tiles' products (`geosam_attention512_overlap(0)`): whole maps with full and partial
-    blocks of queries, windows, no tables, NaN / inf / large scores, bf16 and float32 tokens, one and two threads."""
+    """The bf16 modes' numerators rounded 32 at a time and summed by vdpbf16ps, and in the AMX mode the relative terms
+    and row maxima taken as each 32 x 32 block of scores leaves the tiles (maps of 32k columns) and the numerators
+    computed inside the first values pass, give the bits of the kernel as it ran before
+    (`geosam_attention512_overlap(0)`: 16 numbers a step, the passes between the tiles' products): whole maps with
+    full and partial blocks of queries, windows, no tables, NaN / inf / large scores, bf16 and float32 tokens (AMX),
+    one and two threads."""
+    if mode == "amx" and not cpu_attention.amx_available():
+        pytest.skip("no AMX tiles here")
     qkv, bias, tables = _case(hh, ww, nh, d, window, seed=3 * hh + ww)
     if special == "nan":
         qkv[1, 2, 5] = float("nan")
@@ -213,7 +218,7 @@ def test_amx_vector_work_beside_the_tiles_keeps_the_bits(
     lib = cpu_attention._library()
     threads = torch.get_num_threads()
     try:
-        for tokens in (torch.bfloat16, torch.float32):
+        for tokens in (torch.bfloat16, torch.float32) if mode == "amx" else (torch.float32,):
             q, b = qkv.bfloat16().to(tokens), bias.bfloat16().to(tokens)
             for n_threads in (1, 2):
                 torch.set_num_threads(n_threads)
@@ -221,8 +226,9 @@ def test_amx_vector_work_beside_the_tiles_keeps_the_bits(
                 for overlap in (0, 1):
                     lib.geosam_attention512_overlap(overlap)
                     outs.append(torch.full((hh, ww, nh * d), 7.0))
+                    code = cpu_attention.AMX if mode == "amx" else cpu_attention.BF16
                     assert cpu_attention._call(lib, q, nh, d**-0.5, tabs_t, outs[-1], window, b if window else None,
-                                               cpu_attention.AMX) == 0
+                                               code) == 0
                 assert torch.equal(outs[0].isnan(), outs[1].isnan())
                 assert torch.equal(outs[0].nan_to_num(0.0), outs[1].nan_to_num(0.0)), (tokens, n_threads)
                 assert not outs[1].isnan().all()

@@ -442,6 +442,11 @@ INLINE TBF float softmax_row_bf16(float* s, const float* rh, const float* rw, in
   return _mm512_reduce_add_ps(sum);
 }
 
+/* 0: the bf16 modes run as the kernel did before numerators32_bf16 and the overlap: attend_head_amx's vector passes
+ * between the tiles' products, both modes' softmax 16 numbers a step (the tests compare the two: the same bits) */
+static int overlap_tiles = 1;
+void geosam_attention512_overlap(int on) { overlap_tiles = on; }
+
 /* softmax_row_bf16 as it ran before numerators32_bf16: 16 numbers a step, each rounded, stored and widened again
  * into the sums; the order numerators32_bf16 keeps, run with geosam_attention512_overlap(0) for the tests to compare */
 INLINE TBF float softmax_row_bf16_lanes(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np,
@@ -479,7 +484,11 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
         bf16_tile_8x1(qb + g * d, d, kp + t * d * 16, d / 2, s + g * ss + t * 16, ss);
     }
   for (int64_t r = 0; r < nq; r++)
-    inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
+    if (overlap_tiles)
+      inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
+    else
+      inv[r] = 1.0f / softmax_row_bf16_lanes(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np,
+                                             scale);
   memset(o, 0, sizeof(float) * bq * d);
   const uint16_t* pb = (const uint16_t*)s;
   for (int64_t j0 = 0; j0 < np; j0 += KBLOCK) {
@@ -501,11 +510,6 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
  * as softmax_row_bf16 (the same bits): Intel Xeon with AMX, one thread, a ViT-B global layer 135 -> 127 ms, a
  * windowed one 20.2 -> 19.1 ms (alternating).
  * d a multiple of 32; the calling thread has run amx_configure. */
-/* 0: attend_head_amx runs its vector passes between the tiles' products with the 16-lane softmax, as the kernel
- * did before (the tests compare the two: the same bits) */
-static int overlap_tiles = 1;
-void geosam_attention512_overlap(int on) { overlap_tiles = on; }
-
 #if GEOSAM_AMX
 static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t* tok, int64_t nq, float scale,
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
