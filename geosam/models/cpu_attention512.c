@@ -135,6 +135,13 @@ INLINE T512 float scores_rel_max_small(float* s, const float* rh, const float* r
   return _mm512_reduce_max_ps(mx);
 }
 
+/* 16 scores of one key row in place: s * f + h + rw[0:16] (that row's term, 16 of its columns' terms); returns them */
+INLINE T512 __m512 scores_rel16(float* s, __m512 f, __m512 h, const float* rw) {
+  const __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(s), f, h), _mm512_loadu_ps(rw));
+  _mm512_storeu_ps(s, x);
+  return x;
+}
+
 /* row s (n = hh * ww scores) = s * scale + rel_h[row] + rel_w[col] in place; returns its maximum. With scale 1 (the
  * float32 kernel's queries come scaled) the fused multiply-add rounds as the plain add */
 INLINE T512 float scores_rel_max(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, float scale) {
@@ -144,11 +151,8 @@ INLINE T512 float scores_rel_max(float* s, const float* rh, const float* rw, int
     float* row = s + r * ww;
     __m512 h = _mm512_set1_ps(rh[r]);
     int64_t c0 = 0;
-    for (; c0 + 16 <= ww; c0 += 16) {  /* whole vectors: masked stores are slow on some CPUs (AMD Zen 4) */
-      __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(row + c0), f, h), _mm512_loadu_ps(rw + c0));
-      _mm512_storeu_ps(row + c0, x);
-      mx = _mm512_max_ps(mx, x);
-    }
+    for (; c0 + 16 <= ww; c0 += 16)  /* whole vectors: masked stores are slow on some CPUs (AMD Zen 4) */
+      mx = _mm512_max_ps(mx, scores_rel16(row + c0, f, h, rw + c0));
     if (c0 < ww) {
       __mmask16 mk = tail(ww - c0);
       __m512 x = _mm512_add_ps(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, row + c0), f, h), _mm512_maskz_loadu_ps(mk, rw + c0));
@@ -572,10 +576,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
         float* row = s + r * ss + j;
         const float* rwr = (tab_h ? rw + r * ww : rw) + kc;
         const __m512 h = _mm512_set1_ps((tab_h ? rh + r * hh : rh)[kr]);
-        const __m512 x0 = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(row), fs, h), _mm512_loadu_ps(rwr));
-        const __m512 x1 = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(row + 16), fs, h), _mm512_loadu_ps(rwr + 16));
-        _mm512_storeu_ps(row, x0);
-        _mm512_storeu_ps(row + 16, x1);
+        const __m512 x0 = scores_rel16(row, fs, h, rwr), x1 = scores_rel16(row + 16, fs, h, rwr + 16);
         mxv[r] = _mm512_max_ps(_mm512_max_ps(mxv[r], x0), x1);
       }
     }
