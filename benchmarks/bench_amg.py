@@ -482,6 +482,8 @@ def main() -> None:
     print("encoders:", {k: round(v, 2) for k, v in enc_s.items()}, "matmul GFLOP/s:", {d: round(v / 1e9) for d, v in peak.items()})
 
     # (a)-(c) per grid: timed with the given thresholds, then without NMS (agreement, FLOPs)
+    # the chips past the timed ones for bf16's agreement over the scene (read once for every grid)
+    more_chips = load_chips(args.agreement_chips, args.chip_size)[len(chips):] if "bfloat16" in dtypes else []
     grids: dict[str, dict] = {}
     for grid in args.grids:
         single = grid in args.single_pass  # one pass, timed without NMS (see --single-pass)
@@ -561,10 +563,10 @@ def main() -> None:
             g["reference_masks_without_nms"] = {r: [len(m) for m in masks_all[r]] for r in ("pipeline", "sam_amg")
                                                 if r in masks_all}
         if "bfloat16" in dtypes:  # bf16 vs float32 over more chips than the timed ones (untimed, geosam only)
-            more = load_chips(args.agreement_chips, args.chip_size)[len(chips):]
             runs = {d: (geosam_runner(bundles[d], args, grid, nms_timed)[0], geosam_runner(bundles[d], args, grid, 1.0)[0])
                     for d in dtypes}
-            g["bfloat16"]["agreement_vs_float32_over_chips"] = agreement_over_chips(runs, more, masks, masks_all, single)
+            g["bfloat16"]["agreement_vs_float32_over_chips"] = agreement_over_chips(
+                runs, more_chips, masks, masks_all, single)
         grids[f"{grid}x{grid}"] = g
         partial = Path(args.out).with_suffix(".partial.json")  # what is known so far, should a later step fail
         partial.write_text(json.dumps({"encoder_s": enc_s, "peaks": peaks, "enc_flops": enc_flops, "grids": grids},
