@@ -49,7 +49,8 @@ def _case(hh: int, ww: int, nh: int, d: int, window: int, seed: int):
 @pytest.mark.parametrize(
     ("hh", "ww", "nh", "d", "window", "rel"),
     [
-        (32, 32, 3, 64, 0, True),  # a global layer: 1024 keys, whole panels, 43 blocks of 24 queries
+        (32, 32, 3, 64, 0, True),  # a global layer: 1024 keys, whole panels, 4 chunks of 256 keys (the running softmax)
+        (12, 64, 2, 32, 0, True),  # a ViT-B's map width: chunks of 4 map rows, a last block of 0 < 96 queries
         (13, 11, 2, 48, 0, True),  # keys end mid-panel, a last block of 23 queries
         (30, 30, 2, 32, 14, True),  # windows of 14 with padded strips (30 = 2 x 14 + 2), as SAM's 64 = 4 x 14 + 8
         (16, 16, 1, 128, 16, True),  # one window covering the map exactly
@@ -282,6 +283,7 @@ def test_same_bits_at_any_thread_count(bf16: bool) -> None:
     (window, head) one task."""
     qkv, bias, tables = _case(40, 40, 4, 64, 0, seed=9)
     wtables = _case(40, 40, 4, 64, 14, seed=9)[2]
+    wide, _, wide_tables = _case(10, 64, 4, 64, 0, seed=10)  # float32: the running softmax's chunks of keys
     outs = []
     before = torch.get_num_threads()
     try:
@@ -291,10 +293,46 @@ def test_same_bits_at_any_thread_count(bf16: bool) -> None:
             assert cpu_attention.attention(qkv, 4, 0.125, transposed_tables(*tables), out, bf16=bf16)
             windowed = torch.empty((40, 40, 256))
             assert cpu_attention.attention(qkv, 4, 0.125, transposed_tables(*wtables), windowed, 14, bias, bf16=bf16)
-            outs.append(torch.cat([out, windowed]))
+            chunked = torch.empty((10, 64, 256))
+            assert cpu_attention.attention(wide, 4, 0.125, transposed_tables(*wide_tables), chunked, bf16=bf16)
+            outs.append(torch.cat([out.flatten(), windowed.flatten(), chunked.flatten()]))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@needs_kernel
+@pytest.mark.parametrize("order", ["rising", "falling", "random"])
+def test_running_softmax_is_the_whole_rows_softmax_to_rounding(order: str) -> None:
+    """Float32 maps whose width is a multiple of 32 run with a running softmax over chunks of keys (the partial sums
+    rescaled where a row's maximum grows); the other whole maps keep every key's score first
+    (`geosam_attention512_flash(0)` runs them so). Keys whose scores rise along the map make every chunk raise the
+    maxima; falling ones never do. Both paths agree to rounding and with the float64 reference, and the rescaling
+    matters here (without it the outputs would be off by e^(a chunk's rise))."""
+    hh, ww, nh, d = 16, 32, 2, 32  # 512 keys: 2 chunks of 8 map rows
+    qkv, _, tables = _case(hh, ww, nh, d, 0, seed=21)
+    if order != "random":
+        ramp = torch.linspace(-3.0, 3.0, hh * ww).reshape(hh, ww, 1)
+        ramp = ramp if order == "rising" else -ramp
+        q = qkv[..., : nh * d]
+        qkv[..., nh * d : 2 * nh * d] = q.mean(dim=(0, 1), keepdim=True) * ramp * 4  # keys along the mean query
+    scale = d**-0.5
+    want = cpu_attention.reference(qkv.double(), nh, scale, tuple(t.double() for t in tables), 0, None)
+    lib = cpu_attention._library()
+    outs = []
+    try:
+        for flash in (1, 0):
+            lib.geosam_attention512_flash(flash)
+            out = torch.full((hh, ww, nh * d), float("nan"))
+            assert cpu_attention.attention(qkv, nh, scale, transposed_tables(*tables), out)
+            outs.append(out)
+    finally:
+        lib.geosam_attention512_flash(1)
+    scale_ = float(want.abs().max())
+    for out in outs:
+        assert float((out.double() - want).abs().max()) < cpu_attention.TOLERANCE * scale_
+    assert float((outs[0] - outs[1]).abs().max()) < 1e-5 * scale_
+    assert not torch.equal(outs[0], outs[1]) or order == "falling"  # rounded differently where the maxima grew
 
 
 def test_shapes_it_cannot_take_are_left_to_torch() -> None:

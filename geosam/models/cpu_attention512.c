@@ -5,7 +5,8 @@
  *     out[i, h] = softmax_j((q_i * scale) . k_j + rel_h[i, row(j)] + rel_w[i, col(j)]) v_j
  *     rel_h[i, r] = q_i . tab_h[row(i), r],  rel_w[i, c] = q_i . tab_w[col(i), c]
  *
- * for a block of queries of one head at a time (BQ_MAP, BQ in windows): their scores (bq x N) are written once by a register-tiled
+ * for a block of queries of one head at a time (BQ_MAP, BQ in windows; float32 maps of whole panel pairs a row in
+ * chunks of keys with a running softmax: attend_head_flash): their scores (bq x N) are written once by a register-tiled
  * product (8 queries x 32 keys, the keys packed in 16-wide panels), the relative positions added and the
  * maximum taken in one pass, the exponentials and their sum in another (all while the rows are in cache),
  * and the values product (6 queries x d, keys in blocks that stay in L2) scaled by 1 / sum at the end.
@@ -343,6 +344,66 @@ static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t 
   }
   block_out(o, inv, nq, d, out);
 }
+
+/* attend_head for a whole map of float32 tokens in chunks of keys, with a running softmax: each chunk's scores
+ * (bq x kc, in L1 / L2) get their relative terms, the rows' running maxima and sums are updated (the partial values
+ * products and sums rescaled by e^(old max - new max) where a maximum grows), their numerators computed in place,
+ * and the chunk's values product added. The whole-map path above keeps a block's scores for all keys (48 x 4096:
+ * 768 KiB) beside a head's keys and values (1 + 1 MiB for a ViT-B), more than a 2 MiB L2: both streamed in from L3
+ * for every block of 48 queries. Here a chunk's scores stay small, so a block can hold BQ_FLASH queries, and the keys
+ * and values stream in once per BQ_FLASH queries. The same function to float rounding (the sums of a row are
+ * associated by chunks, and a numerator may be rescaled once per chunk). The keys in chunks of whole map rows:
+ * ww a multiple of 32 (panel pairs), kc = the rows that fit in KC_FLASH keys. Scratch: s (bq x (kc + 16)), qs, o
+ * (bq x d), rh (bq x hh), rw (bq x ww), mx and sum (bq). */
+static T512 void attend_head_flash(const float* const* q, const int64_t* tok, int64_t nq, int64_t bq, float scale,
+                                   const float* kp, const float* vp, const float* tab_h, const float* tab_w,
+                                   const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
+                                   float* qs, float* rh, float* rw, float* o, float* mx, float* sum) {
+  const int64_t n = hh * ww, krows = ww >= KC_FLASH ? 1 : KC_FLASH / ww, kc = krows * ww, ss = kc + 16;
+  const int64_t nq8 = (nq + 7) / 8 * 8;
+  const __m512 f = _mm512_set1_ps(scale);
+  for (int64_t r = 0; r < nq8; r++)
+    for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(qs + r * d + c, _mm512_mul_ps(_mm512_loadu_ps(q[r] + c), f));
+  block_rel(q, tok, nq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
+  memset(o, 0, sizeof(float) * bq * d);
+  for (int64_t r = 0; r < nq; r++) {
+    mx[r] = -__builtin_inff();
+    sum[r] = 0.0f;
+  }
+  for (int64_t j0 = 0; j0 < n; j0 += kc) {
+    const int64_t kn = n - j0 < kc ? n - j0 : kc, t0 = j0 / 16; /* kn: whole map rows, a multiple of 32 */
+    for (int64_t t = 0; t < kn / 16; t += 2)
+      for (int64_t g = 0; g < nq8; g += 8)
+        qk_8x32(qs + g * d, d, kp + (t0 + t) * d * 16, kp + (t0 + t + 1) * d * 16, s + g * ss + t * 16, ss);
+    for (int64_t r = 0; r < nq; r++) {
+      float* row = s + r * ss;
+      const float mc = scores_rel_max(row, tab_h ? rh + r * hh + j0 / ww : rh, tab_h ? rw + r * ww : rw, kn / ww, ww, 1.0f);
+      const float m0 = mx[r], m1 = mc > m0 ? mc : m0;
+      if (m1 > m0 && m0 > -__builtin_inff()) { /* rescale what the row holds: e^(m0 - m1) */
+        const __m512 k = exp512(_mm512_set1_ps(m0 - m1));
+        for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(o + r * d + c, _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), k));
+        sum[r] *= _mm512_cvtss_f32(k);
+      }
+      mx[r] = m1;
+      const __m512 m = _mm512_set1_ps(m1);
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t j = 0; j < kn; j += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row + j), m));
+        _mm512_storeu_ps(row + j, e);
+        acc = _mm512_add_ps(acc, e);
+      }
+      sum[r] += _mm512_reduce_add_ps(acc);
+    }
+    for (int64_t g = 0; g < nq; g += av_rows(d / 16)) av_tile(d / 16, s + g * ss, ss, vp + j0 * d, kn, o + g * d, d);
+  }
+  for (int64_t r = 0; r < nq; r++) sum[r] = 1.0f / sum[r];
+  block_out(o, sum, nq, d, out);
+}
+
+/* 0: whole float32 maps run attend_head (the scores of all keys kept) instead of attend_head_flash: the tests'
+ * reference and the benchmarks' A / B */
+static int flash_map = 1;
+void geosam_attention512_flash(int on) { flash_map = on; }
 
 /* The keys and values of one head on an hh x ww grid of tokens, token j at tokp[j] (k at + koff, v at + voff):
  * keys in 16-wide panels (kp), values in rows of d (vp), np rows, zero past n */
@@ -734,10 +795,13 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
   /* windows: each (window, head) a task, packing its own keys and values; one map: every head packed first,
    * then the (head, block of queries) tasks */
   int whole = nwin == 1;
-  const int64_t bq = mode == 2 ? BQ_AMX : whole ? BQ_MAP : BQ;
+  /* float32 maps whose rows are whole pairs of key panels: the running softmax in chunks of keys */
+  const int flash = mode == 0 && whole && flash_map && ww % 32 == 0;
+  const int64_t bq = flash ? BQ_FLASH : mode == 2 ? BQ_AMX : whole ? BQ_MAP : BQ;
+  const int64_t sw = flash ? (ww >= KC_FLASH ? ww : KC_FLASH / ww * ww) + 16 : np + 16; /* a row of scores */
   int64_t nb = (hh * ww + bq - 1) / bq;
   size_t kv = (size_t)(np * d) * (whole ? (size_t)nh : 1);
-  size_t work = (size_t)(bq * (np + 16 + 2 * d + hh + ww) + bq + 32 + (tok16 ? bq * d : 0)); /* + the widened queries */
+  size_t work = (size_t)(bq * (sw + 2 * d + hh + ww) + 2 * bq + 32 + (tok16 ? bq * d : 0)); /* + the widened queries */
   float* shared = NULL;
   float* rel = NULL; /* a whole map's relative terms of one head's tokens (rel_rows), n rows of hh + ww */
   const float** tok0 = NULL;
@@ -768,7 +832,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
     }
 #pragma omp barrier
     int ok = s != NULL && tokp != NULL && err == 0;
-    float *qs = s + bq * (np + 16), *o = qs + bq * d, *rh = o + bq * d, *rw = rh + bq * hh, *inv = rw + bq * ww;
+    float *qs = s + bq * sw, *o = qs + bq * d, *rh = o + bq * d, *rw = rh + bq * hh, *inv = rw + bq * ww;
     if (ok && tab_h == NULL) memset(rh, 0, sizeof(float) * (size_t)(bq * (hh + ww)));
     const float* q[BQ_MAX];
     int64_t tok[BQ_MAX], nq, ry = mh, rx = mw;
@@ -790,7 +854,10 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
         for (int64_t b = 0; b < nb; b++) {
           if (!ok) continue;
           block_rows(tok0, ww, mh, mw, b * bq, bq, h * d, esz, out + h * d, orow, ocol, 0, 0, q, tok, orows, &nq);
-          if (nq > 0)
+          if (nq > 0 && flash)
+            attend_head_flash(q, tok, nq, bq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh,
+                              ww, d, orows, s, qs, rh, rw, o, inv, inv + bq);
+          else if (nq > 0)
             attend(mode, tok16, q, tok, nq, bq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh, ww,
                    d, orows, s, qs, rh, rw, o, inv);
         }

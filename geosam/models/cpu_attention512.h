@@ -11,11 +11,13 @@
 #define INLINE static inline __attribute__((always_inline))
 
 #define BQ 24       /* queries per block in windows: 3 score groups of 8; 4, 6 or 8 value groups of 6, 4 or 3 */
-#define BQ_MAP 48   /* queries per block of a whole map (float32 and AVX-512 BF16 products): a head's keys and values
+#define BQ_MAP 48   /* queries per block of a whole map (AVX-512 BF16 products, float32 maps not in chunks): a head's keys and values
                      * (1 + 1 MiB for a ViT-B's 64 x 64 map in float32) do not stay in a 2 MiB L2 beside a block's
                      * scores, so they stream in for every block: twice the block, half the streams (a global layer
                      * 447-465 -> 420-439 ms, Intel Xeon, one thread; in a window 24 wastes less on padding) */
-#define BQ_MAX 48   /* the largest of BQ, BQ_MAP and BQ_AMX */
+#define BQ_FLASH 96 /* queries per block of a whole float32 map in chunks of keys (attend_head_flash) */
+#define KC_FLASH 256 /* keys per chunk there, whole map rows (4 of a ViT-B's 64 x 64 map) */
+#define BQ_MAX 96   /* the largest of BQ, BQ_MAP, BQ_FLASH and BQ_AMX */
 #define BQ_AMX 32   /* queries per block on AMX tiles: two tiles of 16 rows */
 #define KBLOCK 512  /* keys per block of the values product (d = 64: 128 KiB of values, in L2) */
 
