@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 import pytest
@@ -172,6 +173,83 @@ def test_decoder_masks_with_and_without_the_kernel(monkeypatch) -> None:
     assert torch.equal(il, ti)  # the IoUs come from the transformer alone
     clear = tl.abs() > 1e-4 * scale
     assert torch.equal((ml > 0)[clear], (tl > 0)[clear])
+
+
+@needs_kernel
+@pytest.mark.parametrize("bf16", [False, True])
+def test_rows_made_in_the_pass_are_the_rows_made_whole(bf16: bool, monkeypatch) -> None:
+    """The decoder hands the upscaling its first product's rows as the records they are made from
+    (`cpu_decoder.Factors`: made block by block in the C pass): the masks the pass writes from the rows made whole
+    (`factor_rows`), bit for bit, in either dtype; where the pass refuses the records, the rows are made whole for
+    torch's products (the masks to rounding)."""
+    import dataclasses
+
+    from geosam.models import fast_upscale
+    from tests.test_fast_decoder import sam_size_decoding
+
+    bundle, emb, pts = sam_size_decoding(seed=3)
+    if bf16:
+        bundle = dataclasses.replace(bundle, dtype=torch.bfloat16)
+    kinds = []
+    real = cpu_decoder.upscale_prompt
+
+    def spy(a, *args, **kw):
+        kinds.append(type(a).__name__)
+        return real(a, *args, **kw)
+
+    monkeypatch.setattr(fast_upscale, "upscale_prompt", spy)
+    made = gm.decode_points(bundle, emb, pts)
+    assert kinds == ["Factors"] * 9
+    kinds.clear()
+
+    def rows_first(a, b, c, *args, **kw):  # the rows made whole, then the same pass
+        rows = torch.empty((a.records[0][0].shape[1], len(a.records) * (a.records[0][0].shape[2] + 2)))
+        return real(rows, b, cpu_decoder.factor_rows(a.records, a.i, rows), *args, **kw)
+
+    monkeypatch.setattr(fast_upscale, "upscale_prompt", rows_first)
+    whole = gm.decode_points(bundle, emb, pts)
+    assert torch.equal(made[0], whole[0]) and torch.equal(made[1], whole[1])
+
+    def refuse(a, *args, **kw):
+        kinds.append(type(a).__name__)
+        return False
+
+    monkeypatch.setattr(fast_upscale, "upscale_prompt", refuse)
+    torch_path = gm.decode_points(bundle, emb, pts)
+    assert kinds == ["Factors"] * 9
+    scale = float(torch_path[0].abs().max())
+    torch.testing.assert_close(made[0], torch_path[0], rtol=2e-2 if bf16 else 1e-5, atol=(2e-2 if bf16 else 1e-5) * scale)
+    assert torch.equal(made[1], torch_path[1])
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+def test_upscaling_from_records_is_the_upscaling_of_the_rows(threads: int) -> None:
+    """`upscale_prompt` given `Factors` (a prompt's records) writes the masks it writes given the rows `factor_rows`
+    makes from them, bit for bit: every path this CPU has (AVX2, AVX-512, bf16 products, AMX), blocks' tails, one
+    and several layers."""
+    gen = torch.Generator().manual_seed(17)
+    paths = [False] + ([True] if cpu_decoder.bf16_products() else [])
+    for hw, nl, r, nk in (((64, 64), 2, 56, 3), ((5, 7), 1, 11, 2), ((3, 3), 3, 2, 4)):
+        p, k1 = hw[0] * hw[1], nl * (r + 2)
+        _, b, _, s, ln, w2t, b2, hyper = _inputs(gen, hw, k1, 64, 32, nk)
+        records = [(torch.rand((3, p, r), generator=gen), torch.empty(0), torch.randn((3, p), generator=gen),
+                    torch.rand((3, p), generator=gen) + 0.5) for _ in range(nl)]  # fmt: skip
+        a = torch.full((p, k1), float("nan"))
+        c = cpu_decoder.factor_rows(records, 2, a)
+        for bf16 in paths:
+            whole, made = (torch.full((nk, 4 * hw[0], 4 * hw[1]), float("nan")) for _ in range(2))
+            rest = (s, ln, w2t, b2, hyper, hw)
+            run = functools.partial(_whole_and_made, (a, b, c), (cpu_decoder.Factors(records, 2), b, None), rest,
+                                    (whole, made), bf16)  # fmt: skip
+            assert (run() if threads == 1 else _with_two_threads(run)) == (True, True)
+            assert not torch.isnan(made).any() and torch.equal(made, whole)
+
+
+def _whole_and_made(rows: tuple, factors: tuple, rest: tuple, outs: tuple, bf16: bool) -> tuple[bool, bool]:
+    """`upscale_prompt` on the rows made whole and on their records, into ``outs``."""
+    done = [cpu_decoder.upscale_prompt(*first, *rest, out, bf16=bf16) for first, out in zip((rows, factors), outs, strict=True)]
+    return done[0], done[1]
 
 
 needs_bf16 = pytest.mark.skipif(

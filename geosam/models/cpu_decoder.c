@@ -5,8 +5,10 @@
  * upscale_conv1 (2x2, stride 2) -> LayerNorm over its C4 channels -> GELU -> upscale_conv2 (2x2, stride 2) -> GELU ->
  * the K hypernetwork vectors' dot products over C8 channels. geosam/models/fast_upscale.py runs that as torch
  * products over bands of positions; here, for a block of RB positions, the first product (given in the factored
- * form of fast_upscale._Conv1FromSharedImage: y = A B + c S), the norm, both GELUs, the second product and the dot
- * products run while the block's features are in L1 / L2, and each mask pixel is written once to its place
+ * form of fast_upscale._Conv1FromSharedImage: y = A B + c S; A's rows and c read from memory, or made for the block
+ * from the records geosam_factor_rows makes them from: geosam_upscale_prompt_factored), the norm, both GELUs, the
+ * second product and the dot products run while the block's features are in L1 / L2, and each mask pixel is written
+ * once to its place
  * (4i + 2a + a2, 4j + 2b + b2). Products: 6 x 16 register tiles (cpu_vec.h), one FMA chain per output over the inner
  * dimension. GELU: 0.5 x (1 + erf(x / sqrt 2)) with Eigen's rational erf (no exp: 3 M per prompt of SAM, 0.6 vs
  * 1.3 ns each for torch's oneDNN GELU on an AMD EPYC Zen 3; error at most 5e-7 for |x| < 3, torch's 3.7e-7).
@@ -244,10 +246,68 @@ static inline __m256 hyper_pair(const float* hk, const float* zr, const float* z
  *   flags: 1, both products on their inputs rounded to bf16 (product_bf16; only where the CPU has AVX-512 BF16);
  *     2, the float32 products and the GELUs in AVX-512 registers (same bits; only where the CPU has AVX-512).
  * c4 and c8 multiples of 8. Returns 0, or -1 if out of memory (the masks then incomplete). */
+/* The records the first product's rows A are made from (geosam_factor_rows' inputs), for an upscaling that builds
+ * each block's rows itself instead of reading them from a (P, K1) matrix written before it */
+typedef struct {
+  int64_t nl, r;
+  const float* const* pts;
+  const int64_t* spt;
+  const float* const* means;
+  const float* const* rstds;
+} factors;
+
+/* geosam_factor_rows' row q: A's row into row (K1 = nl (r + 2) numbers), returns c */
+static inline float factor_row(const factors* f, int64_t q, float* row) {
+  float c = 1.f;
+  int64_t col = 0;
+  for (int64_t l = f->nl - 1; l >= 0; l--) {
+    c = l == f->nl - 1 ? f->rstds[l][q] : c * f->rstds[l][q];
+    const float* src = f->pts[l] + q * f->spt[l];
+    const __m256 cv = _mm256_set1_ps(c);
+    int64_t j = 0;
+    for (; j + 8 <= f->r; j += 8) _mm256_storeu_ps(row + col + j, _mm256_mul_ps(_mm256_loadu_ps(src + j), cv));
+    for (; j < f->r; j++) row[col + j] = src[j] * c;
+    row[col + f->r] = -(c * f->means[l][q]);
+    if (l > 0) {
+      row[col + f->r + 1] = c;
+      col += f->r + 2;
+    } else {
+      col += f->r + 1;
+    }
+  }
+  row[col] = 1.f;
+  return c;
+}
+
+static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, const float* b, const float* c,
+                   const float* s, int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2,
+                   const float* b2, const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww,
+                   float* out, int64_t so, int flags, int threads);
+
 int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b, const float* c, const float* s,
                           int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2, const float* b2,
                           const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww, float* out,
                           int64_t so, int flags, int threads) {
+  return upscale(a, sa, NULL, k1, b, c, s, ss, lnw, lnb, eps, w2, b2, hyper, nk, c4, c8, hh, ww, out, so, flags, threads);
+}
+
+/* geosam_upscale_prompt with the first product's rows A and their c made block by block from the records
+ * (geosam_factor_rows' inputs: nl layers' pts (P, r) rows spt apart, means, rstds (P)), in L1, never written whole:
+ * the same numbers as geosam_factor_rows then geosam_upscale_prompt (K1 = nl (r + 2)) */
+int geosam_upscale_prompt_factored(int64_t nl, const float* const* pts, const int64_t* spt, const float* const* means,
+                                   const float* const* rstds, int64_t r, const float* b, const float* s, int64_t ss,
+                                   const float* lnw, const float* lnb, float eps, const float* w2, const float* b2,
+                                   const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww,
+                                   float* out, int64_t so, int flags, int threads) {
+  const factors fac = {nl, r, pts, spt, means, rstds};
+  return upscale(NULL, 0, &fac, nl * (r + 2), b, NULL, s, ss, lnw, lnb, eps, w2, b2, hyper, nk, c4, c8, hh, ww, out, so,
+                 flags, threads);
+}
+
+static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, const float* b, const float* c,
+                   const float* s, int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2,
+                   const float* b2, const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww,
+                   float* out, int64_t so, int flags, int threads) {
   /* wide: float32 in AVX-512 registers; amx: the products in bf16 on AMX tiles (bf16 implied) */
   const int amx = GEOSAM_AMX && (flags & 4) != 0, bf16 = (flags & 1) || amx, wide = (flags & 2) != 0;
   const int64_t n1 = 4 * c4, n2 = 4 * c8, npos = hh * ww, ow = 4 * ww, rb = amx ? 16 : RB;
@@ -271,11 +331,12 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     /* y (RB, n1) -> normed in place, read as (4 RB, c4) rows; z (4 RB, n2) */
-    float* buf = thread_buffer((size_t)(rb * n1 + 4 * rb * n2 + 8 * rb + xbn / 2), &failed);
+    float* buf = thread_buffer((size_t)(rb * n1 + 4 * rb * n2 + 8 * rb + xbn / 2 + (fac ? rb * (k1 + 1) : 0)), &failed);
     float* y = buf;
     float* z = buf == NULL ? NULL : buf + rb * n1;
     float* stats = buf == NULL ? NULL : z + 4 * rb * n2; /* (mean, rstd) of each of the block's 4 rb norms */
     uint16_t* xb = buf == NULL ? NULL : (uint16_t*)(stats + 8 * rb);
+    float* ab = buf == NULL || !fac ? NULL : stats + 8 * rb + xbn / 2; /* the block's A rows (fac), then its c */
 #if GEOSAM_AMX
     if (amx) amx_configure();
 #endif
@@ -283,19 +344,27 @@ int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b
     for (int64_t p0 = 0; p0 < npos; p0 += rb) {
       if (buf == NULL) continue;
       const int64_t nb = npos - p0 < rb ? npos - p0 : rb;
+      const float* ap = a + p0 * sa; /* the block's rows of A, rows sap apart, and their c */
+      const float* cp = c + p0;
+      int64_t sap = sa;
+      if (fac) {
+        float* cb = ab + rb * k1;
+        for (int64_t r = 0; r < nb; r++) cb[r] = factor_row(fac, p0 + r, ab + r * k1);
+        ap = ab, cp = cb, sap = k1;
+      }
 #if GEOSAM_AMX
       if (amx)
-        amx_product(a + p0 * sa, sa, nb, bpb, k1, n1, y, n1, xb);
+        amx_product(ap, sap, nb, bpb, k1, n1, y, n1, xb);
       else
 #endif
       if (bf16)
-        product_bf16(a + p0 * sa, sa, nb, bpb, k1, n1, y, xb);
+        product_bf16(ap, sap, nb, bpb, k1, n1, y, xb);
       else if (wide)
-        product512(a + p0 * sa, sa, nb, bp, k1, n1, y);
+        product512(ap, sap, nb, bp, k1, n1, y);
       else
-        product(a + p0 * sa, sa, nb, bp, k1, n1, y);
+        product(ap, sap, nb, bp, k1, n1, y);
       for (int64_t r = 0; r < nb; r++) {
-        const __m256 cr = _mm256_set1_ps(c[p0 + r]);
+        const __m256 cr = _mm256_set1_ps(cp[r]);
         float* yr = y + r * n1;
         const float* sr = s + (p0 + r) * ss;
         for (int64_t d = 0; d < n1; d += 8)

@@ -24,6 +24,11 @@ Intel Xeon with AMX 4.9 vs 7.5 ms in float32, faster than AVX-512's bf16 product
 products run on AMX tiles (`amx_available`, ``cpu_amx.h``: the same bf16 inputs, sums in float32): 2.4-2.7 ms a
 prompt, the decode of bench_amg's 16 x 16 chip 3.55 vs 4.03 s with the float32 products (alternating, one thread).
 
+The first product's rows A (P x L (R + 2): 1.9 MB a prompt of SAM's decoder) are scalings of the layers' records
+(`factor_rows`); given as `Factors` the pass makes each block's rows in cache instead of reading them from a matrix
+written whole before it (the same numbers): Intel Xeon with AMX, one thread, decode only, alternating, the bf16
+dtype 2.67 -> 2.61 s at 16 x 16 and 10.54 -> 10.34 s at 32 x 32, float32 within noise (3.04 s).
+
 The upscaling and the forms are the same functions up to float rounding: the sums run in another order than
 torch's and the GELU is not oneDNN's (error at most 5e-7 for |x| < 3, torch's
 3.7e-7; 1.2e-6 absolute where 1 + erf cancels, x < -2), so the logits differ
@@ -41,13 +46,20 @@ import ctypes
 import functools
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
+from geosam.models.cpu_decoder_reference import (
+    Records,
+    factor_rows_reference,
+    quad_reference,
+    reference,
+    upscale_inputs,
+)
 from geosam.models.device import cpu_flags
 
-__all__ = ["BF16_TOLERANCE", "amx_available", "available", "bf16_available", "bf16_faster", "bf16_products", "factor_rows", "factor_rows_reference", "quad", "token_softmax", "upscale_prompt", "wide_available"]
+__all__ = ["BF16_TOLERANCE", "Factors", "amx_available", "available", "bf16_available", "bf16_faster", "bf16_products", "factor_rows", "factor_rows_reference", "quad", "token_softmax", "upscale_prompt", "wide_available"]
 
 log = logging.getLogger(__name__)
 
@@ -59,35 +71,28 @@ _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 BF16, WIDE, AMX = 1, 2, 4
 
 
-def _call(lib: ctypes.CDLL, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
+def _call(lib: ctypes.CDLL, a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor | None, s: torch.Tensor,
           ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
           hw: tuple[int, int], out: torch.Tensor, flags: int = 0) -> None:
-    """The kernel on one prompt; flags: `BF16` (the products' inputs rounded to bf16) | `WIDE` (AVX-512 registers)."""
+    """The kernel on one prompt; flags: `BF16` (the products' inputs rounded to bf16) | `WIDE` (AVX-512 registers).
+    ``a`` a `Factors`: A's rows made block by block in the kernel (``c`` None)."""
     nk, c8 = hyper.shape
-    rc = lib.geosam_upscale_prompt(
-        _P(a.data_ptr()), _I64(a.stride(0)), _I64(a.shape[1]), _P(b.data_ptr()), _P(c.data_ptr()),
+    rest = (
         _P(s.data_ptr()), _I64(s.stride(0)), _P(ln[0].data_ptr()), _P(ln[1].data_ptr()), ctypes.c_float(ln[2]),
         _P(w2t.data_ptr()), _P(b2.data_ptr()), _P(hyper.data_ptr()), _I64(nk), _I64(w2t.shape[0]), _I64(c8),
         _I64(hw[0]), _I64(hw[1]), _P(out.data_ptr()), _I64(out[0].numel()), ctypes.c_int(flags),
         ctypes.c_int(torch.get_num_threads()),
     )  # fmt: skip
+    if isinstance(a, Factors):
+        held, args = _factor_args(a)
+        rc = lib.geosam_upscale_prompt_factored(*args, _P(b.data_ptr()), *rest)
+        del held
+    else:
+        assert c is not None
+        rc = lib.geosam_upscale_prompt(_P(a.data_ptr()), _I64(a.stride(0)), _I64(a.shape[1]), _P(b.data_ptr()),
+                                       _P(c.data_ptr()), *rest)  # fmt: skip
     if rc != 0:
         raise MemoryError("cpu_decoder: out of memory for the upscaling buffers")
-
-
-def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
-              ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
-              hw: tuple[int, int], bf16: bool = False) -> torch.Tensor:
-    """torch's ops for what `upscale_prompt` computes: (K, 4h, 4w) masks; ``bf16``: the two products' inputs rounded
-    to bf16 first, as the kernel's bf16 products take them."""
-    hh, ww = hw
-    c4, c8 = w2t.shape[0], hyper.shape[1]
-    rnd = (lambda t: t.to(torch.bfloat16).float()) if bf16 else (lambda t: t)
-    y = (rnd(a) @ rnd(b) + s * c[:, None]).view(-1, c4)
-    yn = F.gelu(F.layer_norm(y, (c4,), ln[0], ln[1], ln[2]))
-    z = F.gelu(rnd(yn) @ rnd(w2t) + b2).view(hh, ww, 2, 2, 2, 2, c8)  # (i, j, a, b, a2, b2, o2)
-    m = z @ hyper.t()  # (..., K)
-    return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * hh, 4 * ww)
 
 
 def _call_quad(lib: ctypes.CDLL, gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor, upper: bool,
@@ -116,11 +121,6 @@ def _call_token_softmax(lib: ctypes.CDLL, s: torch.Tensor, out: torch.Tensor, pt
         raise ValueError("cpu_decoder: token_softmax called with a shape it does not take")
 
 
-def quad_reference(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """torch's ops for `quad`: ``left[:, :, p]^T gram right[:, :, p]`` for every p, (N, P)."""
-    return torch.bmm(gram, right).mul_(left).sum(dim=1)
-
-
 def _upper(gram: torch.Tensor) -> torch.Tensor:
     """A symmetric form's upper triangle, the off-diagonal entries doubled: ``w^T gram w = w^T upper w``."""
     up = gram.triu().mul_(2.0)
@@ -128,51 +128,32 @@ def _upper(gram: torch.Tensor) -> torch.Tensor:
     return up
 
 
-def upscale_inputs(gen: torch.Generator, hw: tuple[int, int], k1: int, c4: int, c8: int, nk: int) -> tuple:
-    """Random inputs of `upscale_prompt` (all but ``hw`` and ``out``) at SAM-like scales, for checks and tests."""
-    p = hw[0] * hw[1]
-    a = torch.randn((p, k1), generator=gen)
-    b = torch.randn((k1, 4 * c4), generator=gen) / k1**0.5
-    c = torch.rand(p, generator=gen) + 0.5
-    s = torch.randn((p, 4 * c4), generator=gen) * 3
-    ln = (torch.rand(c4, generator=gen) + 0.5, torch.randn(c4, generator=gen), 1e-6)
-    w2t = torch.randn((c4, 4 * c8), generator=gen) / c4**0.5 * 2
-    b2 = torch.randn(4 * c8, generator=gen)
-    hyper = torch.randn((nk, c8), generator=gen)
-    return a, b, c, s, ln, w2t, b2, hyper
+class Factors(NamedTuple):
+    """Prompt ``i``'s rows A of the upscaling's first product as `factor_rows` makes them from ``records``, for
+    `upscale_prompt` to make block by block while it runs (the same numbers; A (P, L (R + 2)) never written whole)."""
+
+    records: Records
+    i: int
 
 
-Records = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def factor_rows_reference(records: Records, i: int, a: torch.Tensor) -> torch.Tensor:
-    """torch's ops for `factor_rows`: prompt i's rows A into ``a`` (P, L (R + 2)); returns c (P,)."""
-    r = records[0][0].shape[-1]
-    c = None
-    col = 0
-    for li in range(len(records) - 1, -1, -1):
-        pt, _, mean, rstd = records[li]
-        c = rstd[i] if c is None else c * rstd[i]
-        torch.mul(pt[i], c[:, None], out=a[:, col : col + r])
-        torch.mul(c, mean[i], out=a[:, col + r]).neg_()
-        if li > 0:  # the column of M_l beta_{l-1}
-            a[:, col + r + 1] = c
-        col += r + 2 if li > 0 else r + 1
-    assert c is not None
-    a[:, col].fill_(1.0)
-    return c
+def _factor_args(f: Factors) -> tuple[list[torch.Tensor], tuple]:
+    """geosam_factor_rows' first arguments (nl, pts, spt, means, rstds, r) for prompt f.i, and the tensors they point
+    into (to be held until the call returns)."""
+    nl, r = len(f.records), f.records[0][0].shape[-1]
+    pts = [rec[0][f.i] for rec in f.records]
+    means, rstds = [rec[2][f.i].contiguous() for rec in f.records], [rec[3][f.i].contiguous() for rec in f.records]
+    args = (_I64(nl), (_P * nl)(*(t.data_ptr() for t in pts)), (_I64 * nl)(*(t.stride(0) for t in pts)),
+            (_P * nl)(*(t.data_ptr() for t in means)), (_P * nl)(*(t.data_ptr() for t in rstds)), _I64(r))  # fmt: skip
+    return pts + means + rstds, args
 
 
 def _call_factor_rows(lib: ctypes.CDLL, records: Records, i: int, a: torch.Tensor) -> torch.Tensor:
-    nl, (p, r) = len(records), records[0][0].shape[1:]
-    pts = [rec[0][i] for rec in records]
-    means, rstds = [rec[2][i].contiguous() for rec in records], [rec[3][i].contiguous() for rec in records]
+    p = records[0][0].shape[1]
+    held, args = _factor_args(Factors(records, i))
     c = torch.empty(p, dtype=torch.float32)
-    lib.geosam_factor_rows(
-        _I64(nl), (_P * nl)(*(t.data_ptr() for t in pts)), (_I64 * nl)(*(t.stride(0) for t in pts)),
-        (_P * nl)(*(t.data_ptr() for t in means)), (_P * nl)(*(t.data_ptr() for t in rstds)), _I64(r), _I64(p),
-        _P(a.data_ptr()), _I64(a.stride(0)), _P(c.data_ptr()), ctypes.c_int(torch.get_num_threads()),
-    )  # fmt: skip
+    lib.geosam_factor_rows(*args, _I64(p), _P(a.data_ptr()), _I64(a.stride(0)), _P(c.data_ptr()),
+                           ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+    del held
     return c
 
 
@@ -235,12 +216,21 @@ BF16_TOLERANCE = 1e-3
 
 
 def _upscale_agrees(lib: ctypes.CDLL, gen: torch.Generator, flags: int, tol: float) -> bool:
+    """The masks `reference`'s within ``tol`` on `_CHECKED_SHAPES`, and with A made in the kernel from records
+    (`Factors`) the same bits as with A made by `factor_rows` first."""
     for hw, k1, c4, c8, nk in _CHECKED_SHAPES:
-        a, b, c, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
+        _, b, _, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
+        nl = 2 if k1 % 2 == 0 else 1  # K1 = L (R + 2)
+        p, r = hw[0] * hw[1], k1 // nl - 2
+        records = [(torch.rand((2, p, r), generator=gen), torch.empty(0), torch.randn((2, p), generator=gen),
+                    torch.rand((2, p), generator=gen) + 0.5) for _ in range(nl)]  # fmt: skip
+        a = torch.empty((p, k1))
+        c = factor_rows_reference(records, 1, a)
         want = reference(a, b, c, s, ln, w2t, b2, hyper, hw, bf16=bool(flags & BF16))
-        got = torch.full_like(want, float("nan"))
+        got, made = torch.full_like(want, float("nan")), torch.full_like(want, float("nan"))
         _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got, flags)
-        if not torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())):
+        _call(lib, Factors(records, 1), b, None, s, ln, w2t, b2, hyper, hw, made, flags)
+        if not (torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())) and torch.equal(made, got)):
             return False
     return True
 
@@ -364,19 +354,23 @@ def token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tens
     return s
 
 
-def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
+def upscale_prompt(a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor | None, s: torch.Tensor,
                    ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor,
                    hyper: torch.Tensor, hw: tuple[int, int], out: torch.Tensor, bf16: bool = False) -> bool:
     """One prompt's masks into ``out`` (K, 4h, 4w) if the kernel takes them (True), else nothing done (False).
 
     a (P, K1), b (K1, 4 C4), c (P,), s (P, 4 C4): upscale_conv1's output ``a @ b + c s`` at the P = h w image
-    positions (row-major), columns (a, b, o) for output pixel (2i + a, 2j + b); ln: upscale_layer_norm's weight,
+    positions (row-major), columns (a, b, o) for output pixel (2i + a, 2j + b); ``a`` a `Factors` (``c`` None): a and
+    c as `factor_rows` makes them, made block by block in the kernel instead; ln: upscale_layer_norm's weight,
     bias and eps; w2t (C4, 4 C8) and b2 (4 C8): upscale_conv2 as a product, columns (a2, b2, o2); hyper (K, C8).
     ``bf16``: the two products on their inputs rounded to bf16 where `bf16_faster` (half their time on AMD EPYC
     Zen 4; float32 elsewhere), for the bf16 dtype. In AVX-512 registers where `wide_available` (the same bits).
     """
-    tensors = (a, b, c, s, ln[0], ln[1], w2t, b2, hyper, out)
-    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+    rows = [t for rec in a.records for t in (rec[0], rec[2], rec[3])] if isinstance(a, Factors) else [a, c]
+    tensors = (*rows, b, s, ln[0], ln[1], w2t, b2, hyper, out)
+    if not all(t is not None and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    if isinstance(a, Factors) and not all(t is not None and t.stride(-1) == 1 for t in rows):
         return False
     c4, c8 = w2t.shape[0], hyper.shape[1]
     if c4 % 8 or c8 % 8 or not out.is_contiguous() or out.shape != (hyper.shape[0], 4 * hw[0], 4 * hw[1]):
@@ -384,9 +378,11 @@ def upscale_prompt(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.T
     lib = _library()
     if lib is None:
         return False
-    a = a if a.stride(1) == 1 else a.contiguous()
+    if not isinstance(a, Factors):
+        assert c is not None
+        a, c = a if a.stride(1) == 1 else a.contiguous(), c.reshape(-1).contiguous()
     s = s if s.stride(1) == 1 else s.contiguous()
-    b, c, w2t, b2, hyper = (t.contiguous() for t in (b, c.reshape(-1), w2t, b2, hyper))
+    b, w2t, b2, hyper = (t.contiguous() for t in (b, w2t, b2, hyper))
     ln = (ln[0].contiguous(), ln[1].contiguous(), float(ln[2]))
     if bf16 and amx_available():
         flags = BF16 | WIDE | AMX

@@ -390,8 +390,8 @@ def fast_decode(
     if unrolled and (rows is None or rows):
         plan = _Conv1FromSharedImage(dec, x0, lns, cache, image_key)
 
-        def conv1(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-            a, b, c1 = plan.prompt(i, records)
+        def conv1(i: int, factored: bool) -> tuple[Any, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+            a, b, c1 = (*plan.factors(i, records), None) if factored else plan.prompt(i, records)  # A: `Factors`
             return a, b, c1, plan.shared
 
     masks = _upscale_and_predict(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geosam.models.cpu_decoder import factor_rows, upscale_prompt
+from geosam.models.cpu_decoder import Factors, factor_rows, upscale_prompt
 from geosam.models.cpu_gemm import bmm, linear
 from geosam.models.fast_twoway import cached
 
@@ -96,6 +96,15 @@ class _Conv1FromSharedImage:
         c = factor_rows(records, i, self._a)
         return self._a, self._b[i], c[:, None]
 
+    def factors(
+        self, i: int, records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> tuple[Factors, torch.Tensor]:
+        """Prompt i's ``A`` as the records it is made from (`geosam.models.cpu_decoder.Factors`: the upscaling's C
+        pass makes its rows block by block, in cache, instead of reading `prompt`'s (P, K) matrix), and its ``B``."""
+        if self._b is None:
+            self._b = self._products(records)
+        return Factors(records, i), self._b[i]
+
 
 @functools.lru_cache(maxsize=8)
 def _band_order(rows: int, ww: int, device: torch.device) -> torch.Tensor:
@@ -110,6 +119,19 @@ def _activation_(act: Any, x: torch.Tensor) -> torch.Tensor:
     if isinstance(act, torch.nn.GELU):
         return torch.ops.aten.gelu_(x, approximate=act.approximate)
     return act(x)
+
+
+def _c_pass(conv1: Any, i: int, fused: tuple[tuple[torch.Tensor, torch.Tensor, float], torch.Tensor, torch.Tensor] | None,
+            hyper_k: torch.Tensor, hw: tuple[int, int], out: torch.Tensor, bf16: bool) -> tuple:
+    """Prompt i's masks into ``out`` by `geosam.models.cpu_decoder.upscale_prompt` where ``fused`` (its LN and second
+    product) is given and the kernel takes them: ``()``; else ``conv1``'s parts for torch's products (A made whole)."""
+    parts = conv1(i, fused is not None)
+    if fused is None:
+        return parts
+    a, b, cc, sh = parts
+    if upscale_prompt(a, b, cc, sh, fused[0], fused[1], fused[2], hyper_k, hw, out, bf16=bf16):
+        return ()
+    return conv1(i, False) if isinstance(a, Factors) else parts
 
 
 def _upscale_and_predict(
@@ -130,8 +152,9 @@ def _upscale_and_predict(
     the (16 h w, C8) features of a prompt stay in cache between the matmuls and
     the activations. ``rows``: only these prompts are computed, the others'
     masks are ``-inf`` (default: all). ``conv1`` (one prompt at a time only):
-    prompt i -> ``(A, B, c, S)`` whose ``A @ B + c * S`` (rows: positions) is
-    the first product (`_Conv1FromSharedImage`), in place of ``x[i] W1^T + b1``.
+    (prompt i, factored) -> ``(A, B, c, S)`` whose ``A @ B + c * S`` (rows: positions) is
+    the first product (`_Conv1FromSharedImage`), in place of ``x[i] W1^T + b1``; factored (for the C pass): A
+    may come as `geosam.models.cpu_decoder.Factors` and c as None.
     ``tile``: image positions per band on the CPU (whole embedding rows). ``out``: where to write the masks (a
     contiguous (N, K, 4h, 4w) tensor of their dtype, e.g. a slice of a larger batch's), else a new tensor. ``bf16``:
     the C pass's products in bf16 where the CPU has AVX-512 BF16 (`upscale_prompt`; the other paths are float32).
@@ -182,11 +205,9 @@ def _upscale_and_predict(
         if m == 1:
             emb = x[idx[0]]
             hyper_k = hyper[idx[0]].to(dtype).contiguous()  # (K, C8)
-            parts = None if conv1 is None else conv1(idx[0])
-            if fused is not None and parts is not None:
-                a, b, cc, sh = parts
-                if upscale_prompt(a, b, cc, sh, *fused, hyper_k, (hh, ww), out[idx[0]], bf16=bf16):
-                    continue
+            parts = None if conv1 is None else _c_pass(conv1, idx[0], fused, hyper_k, (hh, ww), out[idx[0]], bf16)
+            if parts == ():
+                continue
             for r0 in range(0, hh, band):
                 r1 = min(hh, r0 + band)
                 y = None

@@ -1,0 +1,64 @@
+"""torch's ops for what `geosam.models.cpu_decoder`'s kernels compute, and random inputs at SAM-like scales: the
+references its load-time checks and the tests compare the kernels with."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Records", "factor_rows_reference", "quad_reference", "reference", "upscale_inputs"]
+
+#: per layer ``(probs^T (N, P, R), vo (N, R, C), mean (N, P), rstd (N, P))`` (`geosam.models.fast_upscale`)
+Records = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
+              ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
+              hw: tuple[int, int], bf16: bool = False) -> torch.Tensor:
+    """torch's ops for what `upscale_prompt` computes: (K, 4h, 4w) masks; ``bf16``: the two products' inputs rounded
+    to bf16 first, as the kernel's bf16 products take them."""
+    hh, ww = hw
+    c4, c8 = w2t.shape[0], hyper.shape[1]
+    rnd = (lambda t: t.to(torch.bfloat16).float()) if bf16 else (lambda t: t)
+    y = (rnd(a) @ rnd(b) + s * c[:, None]).view(-1, c4)
+    yn = F.gelu(F.layer_norm(y, (c4,), ln[0], ln[1], ln[2]))
+    z = F.gelu(rnd(yn) @ rnd(w2t) + b2).view(hh, ww, 2, 2, 2, 2, c8)  # (i, j, a, b, a2, b2, o2)
+    m = z @ hyper.t()  # (..., K)
+    return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * hh, 4 * ww)
+
+
+def quad_reference(gram: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """torch's ops for `quad`: ``left[:, :, p]^T gram right[:, :, p]`` for every p, (N, P)."""
+    return torch.bmm(gram, right).mul_(left).sum(dim=1)
+
+
+def upscale_inputs(gen: torch.Generator, hw: tuple[int, int], k1: int, c4: int, c8: int, nk: int) -> tuple:
+    """Random inputs of `upscale_prompt` (all but ``hw`` and ``out``) at SAM-like scales, for checks and tests."""
+    p = hw[0] * hw[1]
+    a = torch.randn((p, k1), generator=gen)
+    b = torch.randn((k1, 4 * c4), generator=gen) / k1**0.5
+    c = torch.rand(p, generator=gen) + 0.5
+    s = torch.randn((p, 4 * c4), generator=gen) * 3
+    ln = (torch.rand(c4, generator=gen) + 0.5, torch.randn(c4, generator=gen), 1e-6)
+    w2t = torch.randn((c4, 4 * c8), generator=gen) / c4**0.5 * 2
+    b2 = torch.randn(4 * c8, generator=gen)
+    hyper = torch.randn((nk, c8), generator=gen)
+    return a, b, c, s, ln, w2t, b2, hyper
+
+
+def factor_rows_reference(records: Records, i: int, a: torch.Tensor) -> torch.Tensor:
+    """torch's ops for `factor_rows`: prompt i's rows A into ``a`` (P, L (R + 2)); returns c (P,)."""
+    r = records[0][0].shape[-1]
+    c = None
+    col = 0
+    for li in range(len(records) - 1, -1, -1):
+        pt, _, mean, rstd = records[li]
+        c = rstd[i] if c is None else c * rstd[i]
+        torch.mul(pt[i], c[:, None], out=a[:, col : col + r])
+        torch.mul(c, mean[i], out=a[:, col + r]).neg_()
+        if li > 0:  # the column of M_l beta_{l-1}
+            a[:, col + r + 1] = c
+        col += r + 2 if li > 0 else r + 1
+    assert c is not None
+    a[:, col].fill_(1.0)
+    return c
