@@ -236,16 +236,6 @@ static inline __m256 hyper_pair(const float* hk, const float* zr, const float* z
   return reduce8(a0, a1, a2, a3, a4, a5, a6, a7);
 }
 
-/* The masks of one prompt. Image positions P = hh * ww, row-major.
- *   a (P, k1) rows `sa` apart, b (k1, 4 c4), c (P), s (P, 4 c4) rows `ss` apart: upscale_conv1's output
- *     y = a b + c s, columns (a, b, o) for output pixel (2i + a, 2j + b), channel o < c4;
- *   lnw, lnb (c4), eps: upscale_layer_norm;
- *   w2 (c4, 4 c8): upscale_conv2 as a product, columns (a2, b2, o2), bias b2 (4 c8);
- *   hyper (nk, c8): the hypernetwork vectors;
- *   out: nk masks of (4 hh) x (4 ww), `so` floats apart;
- *   flags: 1, both products on their inputs rounded to bf16 (product_bf16; only where the CPU has AVX-512 BF16);
- *     2, the float32 products and the GELUs in AVX-512 registers (same bits; only where the CPU has AVX-512).
- * c4 and c8 multiples of 8. Returns 0, or -1 if out of memory (the masks then incomplete). */
 /* The records the first product's rows A are made from (geosam_factor_rows' inputs), for an upscaling that builds
  * each block's rows itself instead of reading them from a (P, K1) matrix written before it */
 typedef struct {
@@ -256,7 +246,7 @@ typedef struct {
   const float* const* rstds;
 } factors;
 
-/* geosam_factor_rows' row q: A's row into row (K1 = nl (r + 2) numbers), returns c */
+/* row q of A (section 1b, geosam_factor_rows) into row (K1 = nl (r + 2) numbers); returns its c */
 static inline float factor_row(const factors* f, int64_t q, float* row) {
   float c = 1.f;
   int64_t col = 0;
@@ -284,6 +274,16 @@ static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, c
                    const float* b2, const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww,
                    float* out, int64_t so, int flags, int threads);
 
+/* The masks of one prompt. Image positions P = hh * ww, row-major.
+ *   a (P, k1) rows `sa` apart, b (k1, 4 c4), c (P), s (P, 4 c4) rows `ss` apart: upscale_conv1's output
+ *     y = a b + c s, columns (a, b, o) for output pixel (2i + a, 2j + b), channel o < c4;
+ *   lnw, lnb (c4), eps: upscale_layer_norm;
+ *   w2 (c4, 4 c8): upscale_conv2 as a product, columns (a2, b2, o2), bias b2 (4 c8);
+ *   hyper (nk, c8): the hypernetwork vectors;
+ *   out: nk masks of (4 hh) x (4 ww), `so` floats apart;
+ *   flags: 1, both products on their inputs rounded to bf16 (product_bf16; only where the CPU has AVX-512 BF16);
+ *     2, the float32 products and the GELUs in AVX-512 registers (same bits; only where the CPU has AVX-512).
+ * c4 and c8 multiples of 8. Returns 0, or -1 if out of memory (the masks then incomplete). */
 int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b, const float* c, const float* s,
                           int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2, const float* b2,
                           const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww, float* out,
@@ -344,13 +344,14 @@ static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, c
     for (int64_t p0 = 0; p0 < npos; p0 += rb) {
       if (buf == NULL) continue;
       const int64_t nb = npos - p0 < rb ? npos - p0 : rb;
-      const float* ap = a + p0 * sa; /* the block's rows of A, rows sap apart, and their c */
-      const float* cp = c + p0;
-      int64_t sap = sa;
+      const float *ap, *cp; /* the block's rows of A, rows sap apart, and their c */
+      int64_t sap = k1;
       if (fac) {
         float* cb = ab + rb * k1;
         for (int64_t r = 0; r < nb; r++) cb[r] = factor_row(fac, p0 + r, ab + r * k1);
-        ap = ab, cp = cb, sap = k1;
+        ap = ab, cp = cb;
+      } else {
+        ap = a + p0 * sa, cp = c + p0, sap = sa;
       }
 #if GEOSAM_AMX
       if (amx)
@@ -425,29 +426,9 @@ static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, c
 void geosam_factor_rows(int64_t nl, const float* const* pts, const int64_t* spt, const float* const* means,
                         const float* const* rstds, int64_t r, int64_t p, float* a, int64_t sa, float* cout,
                         int threads) {
+  const factors f = {nl, r, pts, spt, means, rstds};
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t q = 0; q < p; q++) {
-    float* row = a + q * sa;
-    float c = 1.f;
-    int64_t col = 0;
-    for (int64_t l = nl - 1; l >= 0; l--) {
-      c = l == nl - 1 ? rstds[l][q] : c * rstds[l][q];
-      const float* src = pts[l] + q * spt[l];
-      const __m256 cv = _mm256_set1_ps(c);
-      int64_t j = 0;
-      for (; j + 8 <= r; j += 8) _mm256_storeu_ps(row + col + j, _mm256_mul_ps(_mm256_loadu_ps(src + j), cv));
-      for (; j < r; j++) row[col + j] = src[j] * c;
-      row[col + r] = -(c * means[l][q]);
-      if (l > 0) {
-        row[col + r + 1] = c;
-        col += r + 2;
-      } else {
-        col += r + 1;
-      }
-    }
-    row[col] = 1.f;
-    cout[q] = c;
-  }
+  for (int64_t q = 0; q < p; q++) cout[q] = factor_row(&f, q, a + q * sa);
 }
 
 /* 2. The layer norms' quadratic forms of geosam/models/fast_final.py: out[m, p] = sum_i left[m, i, p] sum_j
