@@ -50,7 +50,8 @@ def _case(hh: int, ww: int, nh: int, d: int, window: int, seed: int):
     ("hh", "ww", "nh", "d", "window", "rel"),
     [
         (32, 32, 3, 64, 0, True),  # a global layer: 1024 keys, whole panels, 4 chunks of 256 keys (the running softmax)
-        (12, 64, 2, 32, 0, True),  # a ViT-B's map width: chunks of 4 map rows, a last block of 0 < 96 queries
+        (12, 64, 2, 32, 0, True),  # a ViT-B's map width: chunks of 4 map rows, 8 whole blocks of 96 queries
+        (9, 32, 1, 16, 0, False),  # chunks of keys without relative positions (a last chunk of one map row)
         (13, 11, 2, 48, 0, True),  # keys end mid-panel, a last block of 23 queries
         (30, 30, 2, 32, 14, True),  # windows of 14 with padded strips (30 = 2 x 14 + 2), as SAM's 64 = 4 x 14 + 8
         (16, 16, 1, 128, 16, True),  # one window covering the map exactly
