@@ -345,6 +345,9 @@ static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t 
   block_out(o, inv, nq, d, out);
 }
 
+/* attend_head_flash's keys per chunk on a map ww keys wide: the whole map rows that fit in KC_FLASH (one at least) */
+static inline int64_t flash_chunk(int64_t ww) { return ww >= KC_FLASH ? ww : KC_FLASH / ww * ww; }
+
 /* attend_head for a whole map of float32 tokens in chunks of keys, with a running softmax: each chunk's scores
  * (bq x kc, in L1 / L2) get their relative terms, the rows' running maxima and sums are updated (the partial values
  * products and sums rescaled by e^(old max - new max) where a maximum grows), their numerators computed in place,
@@ -359,7 +362,7 @@ static T512 void attend_head_flash(const float* const* q, const int64_t* tok, in
                                    const float* kp, const float* vp, const float* tab_h, const float* tab_w,
                                    const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
                                    float* qs, float* rh, float* rw, float* o, float* mx, float* sum) {
-  const int64_t n = hh * ww, krows = ww >= KC_FLASH ? 1 : KC_FLASH / ww, kc = krows * ww, ss = kc + 16;
+  const int64_t n = hh * ww, kc = flash_chunk(ww), ss = kc + 16;
   const int64_t nq8 = (nq + 7) / 8 * 8;
   const __m512 f = _mm512_set1_ps(scale);
   for (int64_t r = 0; r < nq8; r++)
@@ -798,7 +801,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
   /* float32 maps whose rows are whole pairs of key panels: the running softmax in chunks of keys */
   const int flash = mode == 0 && whole && flash_map && ww % 32 == 0;
   const int64_t bq = flash ? BQ_FLASH : mode == 2 ? BQ_AMX : whole ? BQ_MAP : BQ;
-  const int64_t sw = flash ? (ww >= KC_FLASH ? ww : KC_FLASH / ww * ww) + 16 : np + 16; /* a row of scores */
+  const int64_t sw = (flash ? flash_chunk(ww) : np) + 16; /* a row of scores */
   int64_t nb = (hh * ww + bq - 1) / bq;
   size_t kv = (size_t)(np * d) * (whole ? (size_t)nh : 1);
   size_t work = (size_t)(bq * (sw + 2 * d + hh + ww) + 2 * bq + 32 + (tok16 ? bq * d : 0)); /* + the widened queries */

@@ -91,10 +91,9 @@ class _Conv1FromSharedImage:
         k = len(records) * (r + 2)
         if self._a is None or self._a.shape != (p, k):
             self._a = torch.empty((p, k), dtype=self.shared.dtype, device=self.shared.device)
-        if self._b is None:
-            self._b = self._products(records)
+        _, b = self.factors(i, records)
         c = factor_rows(records, i, self._a)
-        return self._a, self._b[i], c[:, None]
+        return self._a, b, c[:, None]
 
     def factors(
         self, i: int, records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
