@@ -135,11 +135,14 @@ def test_wide_scores_are_in_use_where_the_cpu_has_avx512() -> None:
 
 
 @needs_avx512
-@pytest.mark.parametrize(("n", "nh", "nt", "dk", "r", "p"), [(9, 8, 7, 16, 7, 4096), (3, 2, 5, 16, 14, 96), (2, 3, 3, 5, 9, 48)])
+@pytest.mark.parametrize(
+    ("n", "nh", "nt", "dk", "r", "p"), [(9, 8, 7, 16, 7, 4096), (3, 2, 5, 16, 14, 96), (2, 3, 3, 5, 9, 48), (2, 2, 10, 16, 56, 64)]
+)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_wide_scores_are_the_avx2_scores_bit_for_bit(n: int, nh: int, nt: int, dk: int, r: int, p: int, threads: int) -> None:
-    """Both scores kernels in AVX-512 registers (4 rows x 32 positions a tile) give the AVX2 tiles' bits, at either
-    thread count (SAM's sizes first; 48 positions: not whole 32-position blocks, the AVX2 tiles run)."""
+    """Both scores kernels in AVX-512 registers (8 token rows x 32 positions a tile) give the AVX2 tiles' bits (4 rows
+    x 16), at either thread count (SAM's sizes first; 48 positions: not whole 32-position blocks, the AVX2 tiles run;
+    10 tokens: a whole tile of 8 rows and one of 2)."""
     lib = cpu_heads._library()
     gen = torch.Generator().manual_seed(n * p)
     before = torch.get_num_threads()
@@ -151,5 +154,35 @@ def test_wide_scores_are_the_avx2_scores_bit_for_bit(n: int, nh: int, nt: int, d
             narrow, wide = (torch.full((n, nh, nt, p), float("nan")) for _ in range(2))
             assert call(lib, *args, narrow) and call(lib, *args, wide, True)
             assert not narrow.isnan().any() and torch.equal(narrow, wide)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_avx512
+@pytest.mark.parametrize(("n", "nh", "nt", "dk", "p"), [(16, 8, 7, 16, 4096), (3, 2, 10, 5, 280), (1, 3, 1, 9, 264)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_head_products_are_the_avx2_ones_bit_for_bit(n: int, nh: int, nt: int, dk: int, p: int, threads: int) -> None:
+    """`headdot` in AVX-512 registers (8 rows x 32 positions, masked where a block ends 8 / 16 / 24 positions into a
+    tile: 280, 264), written and accumulated, and `proj_dots` (32 and 16 positions) give the AVX2 paths' bits."""
+    lib = cpu_heads._library()
+    gen = torch.Generator().manual_seed(n * p + nt)
+    a = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+    x = torch.randn((nh, dk, p), generator=gen)
+    probs = torch.rand((n, nh, nt, p), generator=gen)
+    base = torch.randn((n, nh, nt, p), generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for accumulate in (False, True):
+            narrow, wide = base.clone(), base.clone()
+            assert cpu_heads._call_headdot(lib, a, x, narrow, accumulate)
+            assert cpu_heads._call_headdot(lib, a, x, wide, accumulate, True)
+            assert torch.equal(narrow, wide) and not torch.equal(narrow, base)
+        q = p - p % 16  # proj_dots takes whole 16-position vectors: 272 of 280 (a 16-position tail), 256 of 264
+        xq, pq = x[..., :q].contiguous(), probs[..., :q].contiguous()
+        dots = [torch.full((n, q), float("nan")) for _ in range(2)]
+        assert cpu_heads._call_proj_dots(lib, a, xq, pq, dots[0]) and cpu_heads._call_proj_dots(lib, a, xq, pq, dots[1], True)
+        assert not dots[0].isnan().any() and torch.equal(dots[0], dots[1])
+        assert torch.allclose(dots[1], cpu_heads.proj_dots_reference(a, xq, pq), rtol=1e-5, atol=1e-4)
     finally:
         torch.set_num_threads(before)

@@ -20,7 +20,8 @@
  * most frequent product: out[n, h, t, p] (+)= sum_k a[n, h, t, k] x[h, k, p] for every prompt n, head h, token
  * t (inner size dk: SAM's head size, 16) at every image position p. torch runs it as one product per prompt
  * ((h, T, dk) x (h, dk, P)), reading the (h, dk, P) side once per prompt; here for each block of 16 positions and
- * head the side's dk x 16 block is read once for all prompts' rows, 4 rows x 16 positions in registers.
+ * head the side's dk x 16 block is read once for all prompts' rows, 4 rows x 16 positions in registers (with
+ * `wide`: headdot_tile512, 8 rows x 32 positions in 16-lane registers, the same bits).
  * a: rows (n, h, t) at n * sn + h * sh + t * st, dk contiguous floats; x (nh, dk, p) contiguous; out rows
  * (n, h, t) at n * on + h * oh + t * ot, p contiguous; p a multiple of 8; accumulate: add to out. */
 static inline __attribute__((always_inline)) void headdot_tile(const float* const* ar, float* const* orow,
@@ -46,11 +47,68 @@ static inline __attribute__((always_inline)) void headdot_tile(const float* cons
 #undef HD_OUT
 }
 
+/* headdot_tile in 16-lane registers (CPUs with AVX-512): 8 rows x 32 positions, `cols` (8 .. 32) of them real;
+ * each output the same FMA chain over k as there (the same bits) */
+#define HD512 __attribute__((target("avx512f,fma")))
+static inline __attribute__((always_inline)) HD512 void headdot_tile512(const float* const* ar, float* const* orow,
+                                                                        const float* xb, int64_t p, int64_t dk,
+                                                                        int64_t cols, int accumulate, const int rows) {
+  const __mmask16 m0 = cols >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1u);
+  const __mmask16 m1 = cols >= 32 ? (__mmask16)0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1u);
+  __m512 c0[8], c1[8];
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < dk; k++) {
+    const __m512 x0 = _mm512_maskz_loadu_ps(m0, xb + k * p), x1 = _mm512_maskz_loadu_ps(m1, xb + k * p + 16);
+    _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) if (rows > i) {
+      const __m512 b = _mm512_set1_ps(ar[i][k]);
+      c0[i] = _mm512_fmadd_ps(b, x0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(b, x1, c1[i]);
+    }
+  }
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) if (rows > i) {
+    float* o = orow[i];
+    if (accumulate) {
+      c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), c0[i]);
+      c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o + 16), c1[i]);
+    }
+    _mm512_mask_storeu_ps(o, m0, c0[i]);
+    _mm512_mask_storeu_ps(o + 16, m1, c1[i]);
+  }
+}
+
+/* headdot_tile512 over one head's block b0 .. b1 of positions (packed at xpk) for every row */
+static HD512 void headdot_block512(const float* ah, float* oh0, const int64_t* off, int64_t rows, const float* xpk,
+                                   int64_t b0, int64_t b1, int64_t dk, int accumulate) {
+  const int64_t w = b1 - b0;
+  for (int64_t r = 0; r < rows; r += 8) {
+    const float* ar[8];
+    float* orow[8];
+    const int m = rows - r < 8 ? (int)(rows - r) : 8;
+    for (int i = 0; i < 8; i++) {
+      const int64_t ri = r + (i < m ? i : 0);
+      ar[i] = ah + off[2 * ri];
+      orow[i] = oh0 + off[2 * ri + 1];
+    }
+    for (int64_t p0 = b0; p0 < b1; p0 += 32) {
+      const int64_t cols = b1 - p0 < 32 ? b1 - p0 : 32;
+      const float* xb = xpk + (p0 - b0);
+      float* o[8];
+      for (int i = 0; i < 8; i++) o[i] = orow[i] + p0;
+      switch (m) {
+#define HD_CASE(k) case k: headdot_tile512(ar, o, xb, w, dk, cols, accumulate, k); break;
+        HD_CASE(8) HD_CASE(7) HD_CASE(6) HD_CASE(5) HD_CASE(4) HD_CASE(3) HD_CASE(2)
+#undef HD_CASE
+        default: headdot_tile512(ar, o, xb, w, dk, cols, accumulate, 1); break;
+      }
+    }
+  }
+}
+
 #define HD_BLOCK 256
 
 int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const float* x, float* out, int64_t on,
                    int64_t oh, int64_t ot, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p, int accumulate,
-                   int threads) {
+                   int threads, int wide) {
   if (p % 8 != 0) return 1;
   const int64_t rows = n * nt, nblk = (p + HD_BLOCK - 1) / HD_BLOCK;
   int64_t* off = malloc(sizeof(int64_t) * (size_t)(2 * rows)); /* each row's offsets in a and out, head 0 */
@@ -75,6 +133,10 @@ int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const flo
       const int64_t w = b1 - b0;
       /* the block of x, packed (dk rows of w): its rows lie 4 p bytes apart in x, the same L1 sets for p = 4096 */
       for (int64_t k = 0; k < dk; k++) memcpy(xpk + k * w, x + (h * dk + k) * p + b0, sizeof(float) * (size_t)w);
+      if (wide) {
+        headdot_block512(ah, oh0, off, rows, xpk, b0, b1, dk, accumulate);
+        continue;
+      }
       for (int64_t r = 0; r < rows; r += 4) {
         const float* ar[4];
         float* orow[4];
@@ -104,19 +166,6 @@ int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const flo
   return failed ? 2 : 0;
 }
 
-/* tokens t .. t + 4 of prompt i, head h (fewer at the end: those past nt repeat the first): their rows in q (at
- * i sn + h sh + t st) and their output rows in s (n, nh, nt, p) from position b0; returns how many are real */
-static inline int row_tile(const float* q, int64_t sn, int64_t sh, int64_t st, float* s, int64_t nh, int64_t nt,
-                           int64_t p, int64_t i, int64_t h, int64_t t, int64_t b0, const float** ar, float** orow) {
-  const int m = nt - t < 4 ? (int)(nt - t) : 4;
-  for (int j = 0; j < 4; j++) {
-    const int64_t tj = t + (j < m ? j : 0);
-    ar[j] = q + i * sn + h * sh + tj * st;
-    orow[j] = s + ((i * nh + h) * nt + tj) * p + b0;
-  }
-  return m;
-}
-
 /* 2. The factored second layer's scores (geosam/models/fast_factored.py, _scores), one pass per block of positions:
  *   s[n, h, t, p] = ((f[n, h T + t] . probs0[n, :, p] + rows[n, h, t] . xp[h, :, p]) - fsum[n, h, t] mean0[n, p])
  *                   rstd0[n, p] + rows[n, h, t] . bp[h, :, p]
@@ -130,11 +179,12 @@ static inline int row_tile(const float* q, int64_t sn, int64_t sh, int64_t st, f
  * f0, f1 (n, nh nt, r), p0, p1 (n, r, p), c (n, nh nt), s1, s2 (n, p) contiguous; q rows (n, h, t) at n sn + h sh
  * + t st, dk contiguous floats; kx, kp (nh, dk, p) contiguous; s (n, nh, nt, p) contiguous; p a multiple of 16. */
 /* Both in the tiles of cpu_heads_scores.h, written once for two widths: 8-lane (AVX2) registers, 4 rows x 16
- * positions, and 16-lane (AVX-512) ones, 4 rows x 32 positions (`wide`: where p is a multiple of 32), whose
+ * positions, and 16-lane (AVX-512) ones, 8 rows x 32 positions (`wide`: where p is a multiple of 32), whose
  * 512-bit FMAs do twice the work per instruction on CPUs whose FMA units are 512 bits wide (Intel's server CPUs,
  * AMD's Zen 5). Each output is the same chain of operations in either (the same bits: geosam/models/cpu_heads.py
  * checks that before using the wide ones). */
 #define HS_W 8
+#define HS_ROWS 4
 #define HS_V __m256
 #define HS_ATTR
 #define HS_NAME(x) x##_8
@@ -147,6 +197,7 @@ static inline int row_tile(const float* q, int64_t sn, int64_t sh, int64_t st, f
 #define HS_STORE _mm256_storeu_ps
 #include "cpu_heads_scores.h"
 #define HS_W 16
+#define HS_ROWS 8
 #define HS_V __m512
 #define HS_ATTR __attribute__((target("avx512f,fma")))
 #define HS_NAME(x) x##_16
@@ -245,8 +296,51 @@ static inline __attribute__((always_inline)) void proj_dots_block(const float* v
   }
 }
 
+/* proj_dots_block in 16-lane registers (CPUs with AVX-512), nv = 2 or 1 of them (32 or 16 positions): each
+ * output the same chains (even and odd k apart, added, then into o) as there, the same bits */
+static inline __attribute__((always_inline)) HD512 void proj_dots_block512(const float* v, int64_t st,
+                                                                           const float* xb, const float* pr, float* o,
+                                                                           int64_t nt, int64_t dk, int64_t p,
+                                                                           const int nv) {
+  __m512 o0 = _mm512_loadu_ps(o), o1 = nv > 1 ? _mm512_loadu_ps(o + 16) : o0;
+  for (int64_t t = 0; t < nt; t++) {
+    const float* a = v + t * st;
+    __m512 d0 = _mm512_setzero_ps(), d1 = d0, e0 = d0, e1 = d0;
+    int64_t k = 0;
+    for (; k + 2 <= dk; k += 2) {
+      const __m512 b = _mm512_set1_ps(a[k]), c = _mm512_set1_ps(a[k + 1]);
+      const float* x = xb + k * 32;
+      d0 = _mm512_fmadd_ps(b, _mm512_loadu_ps(x), d0);
+      e0 = _mm512_fmadd_ps(c, _mm512_loadu_ps(x + 32), e0);
+      if (nv > 1) {
+        d1 = _mm512_fmadd_ps(b, _mm512_loadu_ps(x + 16), d1);
+        e1 = _mm512_fmadd_ps(c, _mm512_loadu_ps(x + 48), e1);
+      }
+    }
+    if (k < dk) {
+      const __m512 b = _mm512_set1_ps(a[k]);
+      const float* x = xb + k * 32;
+      d0 = _mm512_fmadd_ps(b, _mm512_loadu_ps(x), d0);
+      if (nv > 1) d1 = _mm512_fmadd_ps(b, _mm512_loadu_ps(x + 16), d1);
+    }
+    const float* pt = pr + t * p;
+    o0 = _mm512_fmadd_ps(_mm512_loadu_ps(pt), _mm512_add_ps(d0, e0), o0);
+    if (nv > 1) o1 = _mm512_fmadd_ps(_mm512_loadu_ps(pt + 16), _mm512_add_ps(d1, e1), o1);
+  }
+  _mm512_storeu_ps(o, o0);
+  if (nv > 1) _mm512_storeu_ps(o + 16, o1);
+}
+
+/* a prompt's run of positions of one head: proj_dots_block512's 32 positions at a time, then 16 */
+static HD512 void proj_dots_run512(const float* vh, int64_t st, const float* xb, const float* pr, float* o, int64_t m,
+                                   int64_t nt, int64_t dk, int64_t p) {
+  int64_t b = 0;
+  for (; b + 32 <= m; b += 32) proj_dots_block512(vh, st, xb + b * dk, pr + b, o + b, nt, dk, p, 2);
+  if (b < m) proj_dots_block512(vh, st, xb + b * dk, pr + b, o + b, nt, dk, p, 1); /* 16 left */
+}
+
 int geosam_proj_dots(const float* v, int64_t sn, int64_t sh, int64_t st, const float* xw, const float* probs,
-                     float* out, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p, int threads) {
+                     float* out, int64_t n, int64_t nh, int64_t nt, int64_t dk, int64_t p, int threads, int wide) {
   if (p % 16 != 0 || dk > PD_MAXK) return 1;
   const int64_t nchunk = (p + PD_CHUNK - 1) / PD_CHUNK;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
@@ -267,6 +361,10 @@ int geosam_proj_dots(const float* v, int64_t sn, int64_t sh, int64_t st, const f
         const float* pr = probs + (i * nh + h) * nt * p + c0;
         const float* vh = v + i * sn + h * sh;
         float* o = out + i * p + c0;
+        if (wide) {
+          proj_dots_run512(vh, st, xb, pr, o, m, nt, dk, p);
+          continue;
+        }
         int64_t b = 0;
         for (; b + 32 <= m; b += 32) proj_dots_block(vh, st, xb + b * dk, pr + b, o + b, nt, dk, p, 4);
         if (b < m) proj_dots_block(vh, st, xb + b * dk, pr + b, o + b, nt, dk, p, 2); /* 16 left */

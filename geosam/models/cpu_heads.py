@@ -13,9 +13,10 @@ side once for all prompts and adds every term while the block's results are in r
 * `final_scores`: the final attention's scores against the unwritten second image side, seven ops in one pass;
 * `proj_dots`: the norms' cross terms without the (N, h, T, P) products written.
 
-One chip, 16 x 16 points, one thread, Zen 4: decode 4.18-4.24 vs 4.52-4.56 s. On AVX-512 CPUs the two scores kernels
-run in 16-lane registers (`wide_available`, the same bits): Intel Xeon with AMX, one thread, float32 decode 3.24-3.34
-vs 3.44-3.57 s. The same functions as torch's ops up to float rounding (the sums associated differently): the
+One chip, 16 x 16 points, one thread, Zen 4: decode 4.18-4.24 vs 4.52-4.56 s. On AVX-512 CPUs the kernels run in
+16-lane registers (`wide_available`, the same bits): Intel Xeon with AMX, one thread, float32 decode 3.24-3.34 vs
+3.44-3.57 s with the two scores kernels so; with all four and a head's 7 tokens in one tile of 8 rows, the four
+kernels 2.45 -> 2.26 s of a 32 x 32 decode (docs/performance.md, twenty-ninth round). The same functions as torch's ops up to float rounding (the sums associated differently): the
 library is used only after it agrees with them in this process (`_agrees_with_torch`), built and cached by
 `geosam.models.cpu_build` (where torch runs AVX2 or AVX-512 kernels; not with ``GEOSAM_CPU_KERNELS=0``); elsewhere
 the callers run torch's ops.
@@ -43,12 +44,14 @@ _SOURCE = Path(__file__).with_name("cpu_heads.c")
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 
-def _call_headdot(lib: ctypes.CDLL, a: torch.Tensor, x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> bool:
+def _call_headdot(lib: ctypes.CDLL, a: torch.Tensor, x: torch.Tensor, out: torch.Tensor, accumulate: bool,
+                  wide: bool = False) -> bool:
     n, nh, nt, dk = a.shape
     rc = lib.geosam_headdot(
         _P(a.data_ptr()), _I64(a.stride(0)), _I64(a.stride(1)), _I64(a.stride(2)), _P(x.data_ptr()),
         _P(out.data_ptr()), _I64(out.stride(0)), _I64(out.stride(1)), _I64(out.stride(2)), _I64(n), _I64(nh),
         _I64(nt), _I64(dk), _I64(x.shape[-1]), ctypes.c_int(int(accumulate)), ctypes.c_int(torch.get_num_threads()),
+        ctypes.c_int(int(wide)),
     )  # fmt: skip
     return rc == 0
 
@@ -105,12 +108,13 @@ def final_scores_reference(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[to
     return s + torch.einsum("nhtk,hkp->nhtp", q, keys[1])
 
 
-def _call_proj_dots(lib: ctypes.CDLL, v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor, out: torch.Tensor) -> bool:
+def _call_proj_dots(lib: ctypes.CDLL, v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor, out: torch.Tensor,
+                    wide: bool = False) -> bool:
     n, nh, nt, dk = v.shape
     rc = lib.geosam_proj_dots(
         _P(v.data_ptr()), _I64(v.stride(0)), _I64(v.stride(1)), _I64(v.stride(2)), _P(xw.data_ptr()),
         _P(probs.data_ptr()), _P(out.data_ptr()), _I64(n), _I64(nh), _I64(nt), _I64(dk), _I64(xw.shape[-1]),
-        ctypes.c_int(torch.get_num_threads()),
+        ctypes.c_int(torch.get_num_threads()), ctypes.c_int(int(wide)),
     )  # fmt: skip
     return rc == 0
 
@@ -120,10 +124,14 @@ def proj_dots_reference(v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor) 
     return (torch.einsum("nhtk,hkp->nhtp", v, xw) * probs).sum(dim=(1, 2))
 
 
+#: the load checks' shapes of `headdot` (n, nh, nt, dk, p): partial row tiles, odd inner sizes, position tails
+_HEADDOT_SHAPES = ((3, 2, 7, 16, 40), (1, 3, 5, 9, 24), (2, 1, 4, 16, 64))
+
+
 def _headdot_agrees(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
     """`headdot` against torch's product, writing and accumulating, rows strided, tails of the position tiles."""
     lib.geosam_headdot.restype = ctypes.c_int
-    for n, nh, nt, dk, p in ((3, 2, 7, 16, 40), (1, 3, 5, 9, 24), (2, 1, 4, 16, 64)):
+    for n, nh, nt, dk, p in _HEADDOT_SHAPES:
         a = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)  # rows strided as the decoder's
         x = torch.randn((nh, dk, p), generator=gen)
         base = torch.randn((n, nh, nt, p), generator=gen)
@@ -195,11 +203,15 @@ def _final_scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
     return True
 
 
+#: the load checks' shapes of `proj_dots` (n, nh, nt, dk, p)
+_PROJ_DOTS_SHAPES = ((2, 2, 7, 16, 48), (1, 3, 1, 5, 16), (3, 1, 4, 8, 32), (2, 2, 3, 16, 528))
+
+
 def _proj_dots_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
     """`proj_dots` against `proj_dots_reference`: odd inner sizes, one token, strided rows, runs of positions
     with a 16-position tail."""
     lib.geosam_proj_dots.restype = ctypes.c_int
-    for n, nh, nt, dk, p in ((2, 2, 7, 16, 48), (1, 3, 1, 5, 16), (3, 1, 4, 8, 32), (2, 2, 3, 16, 528)):
+    for n, nh, nt, dk, p in _PROJ_DOTS_SHAPES:
         v = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
         xw = torch.randn((nh, dk, p), generator=gen)
         probs = torch.rand((n, nh, nt, p), generator=gen)
@@ -231,10 +243,11 @@ def available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def wide_available() -> bool:
-    """Whether `factored_scores` and `final_scores` run in AVX-512 registers (4 rows x 32 positions a tile, where P
-    is a multiple of 32): the kernels in use, a CPU with AVX-512, and the wide tiles' outputs bit for bit the AVX2
-    tiles' here (each output the same chain of operations) on `_SCORES_SHAPES`. Intel Xeon with AMX, one thread,
-    SAM's 64 prompts x 8 heads x 7 tokens at 4096 positions: see docs/performance.md (twenty-third round)."""
+    """Whether the kernels run in AVX-512 registers (`factored_scores` and `final_scores` 8 token rows x 32 positions a
+    tile where P is a multiple of 32, `headdot` 8 rows x 32, `proj_dots` 32 positions): the kernels in use, a CPU
+    with AVX-512, and the wide outputs bit for bit the AVX2 ones here (each output the same chain of operations) on
+    `_SCORES_SHAPES` and the load checks' shapes. Intel Xeon with AMX, one thread, SAM's 16 prompts x 8 heads x 7
+    tokens at 4096 positions: see docs/performance.md (twenty-third and twenty-ninth rounds)."""
     lib = _library()
     if lib is None or "avx512f" not in cpu_flags():
         return False
@@ -246,6 +259,30 @@ def wide_available() -> bool:
                 and _call_final_scores(lib, *fa, outs[2]) and _call_final_scores(lib, *fa, outs[3], True))  # fmt: skip
         if not (done and torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3])):
             log.warning("cpu_heads.c: the AVX-512 scores differ from the AVX2 ones here; AVX2 is used")
+            return False
+    if not _products_wide_same(lib, gen):
+        log.warning("cpu_heads.c: the AVX-512 head products differ from the AVX2 ones here; AVX2 is used")
+        return False
+    return True
+
+
+def _products_wide_same(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
+    """`headdot`'s AVX-512 tiles (written and accumulated; blocks ending 8, 16, 24 positions into a tile) and
+    `proj_dots` in AVX-512 registers (odd inner sizes, 16-position tails) against their AVX2 paths, bit for bit."""
+    for n, nh, nt, dk, p in _HEADDOT_SHAPES + ((3, 2, 7, 16, 4096), (2, 1, 3, 5, 280), (1, 2, 9, 16, 264)):
+        a = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+        x, base = torch.randn((nh, dk, p), generator=gen), torch.randn((n, nh, nt, p), generator=gen)
+        for accumulate in (True, False):
+            got = [base.clone(), base.clone()]
+            if not (_call_headdot(lib, a, x, got[0], accumulate) and _call_headdot(lib, a, x, got[1], accumulate, True)
+                    and torch.equal(got[0], got[1])):  # fmt: skip
+                return False
+    for n, nh, nt, dk, p in _PROJ_DOTS_SHAPES + ((3, 8, 7, 16, 4096),):
+        v = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
+        xw, probs = torch.randn((nh, dk, p), generator=gen), torch.rand((n, nh, nt, p), generator=gen)
+        got = [torch.full((n, p), float("nan")), torch.full((n, p), float("nan"))]
+        if not (_call_proj_dots(lib, v, xw, probs, got[0]) and _call_proj_dots(lib, v, xw, probs, got[1], True)
+                and torch.equal(got[0], got[1])):  # fmt: skip
             return False
     return True
 
@@ -269,7 +306,7 @@ def headdot(a: torch.Tensor, x: torch.Tensor, out: torch.Tensor, accumulate: boo
     if not x.is_contiguous() or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         return False
     lib = _library()
-    return lib is not None and _call_headdot(lib, a, x, out, accumulate)
+    return lib is not None and _call_headdot(lib, a, x, out, accumulate, wide_available())
 
 
 def factored_scores(f: torch.Tensor, probs0: torch.Tensor, rows: torch.Tensor,
@@ -353,4 +390,4 @@ def proj_dots(v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor) -> torch.T
     if lib is None:
         return None
     out = torch.empty((n, p), dtype=torch.float32)
-    return out if _call_proj_dots(lib, v, xw.contiguous(), probs.contiguous(), out) else None
+    return out if _call_proj_dots(lib, v, xw.contiguous(), probs.contiguous(), out, wide_available()) else None

@@ -1,6 +1,8 @@
 /* The factored second layer's scores and the final attention's scores of cpu_heads.c (see its sections 2 and 3),
  * written once for two register widths: included by cpu_heads.c twice, after defining
- *   HS_W      lanes per register (8: AVX2, 16: AVX-512); a tile is 4 token rows x 2 HS_W positions
+ *   HS_W      lanes per register (8: AVX2, 16: AVX-512)
+ *   HS_ROWS   token rows per tile (4: AVX2's 16 registers; 8: AVX-512's 32, a head's 7 tokens in one tile); a tile is
+ *             HS_ROWS rows x 2 HS_W positions
  *   HS_V      the register type; HS_ATTR the functions' target attribute; HS_NAME(x) x with the width's suffix
  *   HS_ZERO, HS_LOAD, HS_SET1, HS_FMA, HS_FNMA, HS_MUL, HS_STORE  the width's intrinsics
  * Each output is the same chain of operations at either width (so the same bits). The macros are undefined at the
@@ -39,44 +41,71 @@ static inline const float* HS_NAME(next_block)(const float* m, int64_t i, int64_
   return blk + 1 < nblk ? m + (blk + 1) * HS_B : NULL;
 }
 
-/* c0, c1 (+)= a (broadcast) times x0, x1 for tile row i (when the tile has it) */
-#define HS_ROW(i, a, c0, c1, x0, x1) \
-  if (rows > i) { b = HS_SET1(*(a)); c0 = HS_FMA(b, x0, c0); c1 = HS_FMA(b, x1, c1); }
-/* the four rows' accumulators += sum_j f[row][j] pr[j] over kn packed rows of pr */
+/* a tile's accumulators: two registers per row */
+#define HS_ACC HS_V c0[HS_ROWS], c1[HS_ROWS];                                                          \
+  _Pragma("GCC unroll 8") for (int i = 0; i < HS_ROWS; i++) c0[i] = c1[i] = HS_ZERO();
+/* the tile's rows' accumulators += sum_j f[row][j] pr[j] over kn packed rows of pr (rows of f r apart) */
 #define HS_PRODUCT(f, pr, kn)                                                                          \
   for (int64_t j = 0; j < kn; j++) {                                                                   \
     const HS_V x0 = HS_LOAD(pr + j * HS_B), x1 = HS_LOAD(pr + j * HS_B + HS_W);                        \
-    HS_ROW(0, f + j, c00, c01, x0, x1) HS_ROW(1, f + r + j, c10, c11, x0, x1)                           \
-    HS_ROW(2, f + 2 * r + j, c20, c21, x0, x1) HS_ROW(3, f + 3 * r + j, c30, c31, x0, x1)               \
+    _Pragma("GCC unroll 8") for (int i = 0; i < HS_ROWS; i++) if (rows > i) {                          \
+      const HS_V b = HS_SET1((f)[i * r + j]);                                                          \
+      c0[i] = HS_FMA(b, x0, c0[i]);                                                                    \
+      c1[i] = HS_FMA(b, x1, c1[i]);                                                                    \
+    }                                                                                                  \
   }
-/* the four rows' accumulators += sum_k ar[row][k] xb[k] over the dk rows of an image side's block (pack_heads) */
+/* the tile's rows' accumulators += sum_k ar[row][k] xb[k] over the dk rows of an image side's block (pack_heads) */
 #define HS_HEADS(xb)                                                                                   \
   for (int64_t k = 0; k < dk; k++) {                                                                   \
     const HS_V x0 = HS_LOAD(xb + k * HS_B), x1 = HS_LOAD(xb + k * HS_B + HS_W);                        \
-    HS_ROW(0, ar[0] + k, c00, c01, x0, x1) HS_ROW(1, ar[1] + k, c10, c11, x0, x1)                       \
-    HS_ROW(2, ar[2] + k, c20, c21, x0, x1) HS_ROW(3, ar[3] + k, c30, c31, x0, x1)                       \
+    _Pragma("GCC unroll 8") for (int i = 0; i < HS_ROWS; i++) if (rows > i) {                          \
+      const HS_V b = HS_SET1(ar[i][k]);                                                                \
+      c0[i] = HS_FMA(b, x0, c0[i]);                                                                    \
+      c1[i] = HS_FMA(b, x1, c1[i]);                                                                    \
+    }                                                                                                  \
   }
-#define HS_OUT(i, c0, c1) if (rows > i) { HS_STORE(orow[i], c0); HS_STORE(orow[i] + HS_W, c1); }
+/* each of the tile's rows: its two registers through `op` (a statement on c0[i], c1[i]), then stored */
+#define HS_EACH(op) _Pragma("GCC unroll 8") for (int i = 0; i < HS_ROWS; i++) if (rows > i) { op; }
+#define HS_OUT() HS_EACH(HS_STORE(orow[i], c0[i]); HS_STORE(orow[i] + HS_W, c1[i]))
+
+/* tokens t .. t + HS_ROWS of prompt i, head h (fewer at the end: those past nt repeat the first): their rows in q
+ * (at i sn + h sh + t st) and their output rows in s (n, nh, nt, p) from position b0; returns how many are real */
+static inline int HS_NAME(row_tile)(const float* q, int64_t sn, int64_t sh, int64_t st, float* s, int64_t nh,
+                                    int64_t nt, int64_t p, int64_t i, int64_t h, int64_t t, int64_t b0,
+                                    const float** ar, float** orow) {
+  const int m = nt - t < HS_ROWS ? (int)(nt - t) : HS_ROWS;
+  for (int j = 0; j < HS_ROWS; j++) {
+    const int64_t tj = t + (j < m ? j : 0);
+    ar[j] = q + i * sn + h * sh + tj * st;
+    orow[j] = s + ((i * nh + h) * nt + tj) * p + b0;
+  }
+  return m;
+}
+
+/* a switch over a tile's real rows m (1 .. HS_ROWS) calling `call` with the count known at compile time */
+#if HS_ROWS == 8
+#define HS_SWITCH(m, call)                                                                             \
+  switch (m) {                                                                                         \
+    case 8: call(8); break; case 7: call(7); break; case 6: call(6); break; case 5: call(5); break;     \
+    case 4: call(4); break; case 3: call(3); break; case 2: call(2); break; default: call(1); break;    \
+  }
+#else
+#define HS_SWITCH(m, call)                                                                             \
+  switch (m) { case 4: call(4); break; case 3: call(3); break; case 2: call(2); break; default: call(1); break; }
+#endif
 
 /* section 2's scores for one tile: f (rows r apart), pr the block of probs0 packed, xb / bb the two image sides'
  * packed blocks, fs the rows' fsum, m / sd the block's mean0 / rstd0 (two registers each) */
 static inline __attribute__((always_inline)) HS_ATTR void HS_NAME(scores_tile)(
     const float* f, int64_t r, const float* pr, const float* const* ar, const float* xb, const float* bb,
     int64_t dk, const float* fs, const HS_V* m, const HS_V* sd, float* const* orow, const int rows) {
-  HS_V c00 = HS_ZERO(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  HS_V b;
+  HS_ACC
   HS_PRODUCT(f, pr, r)
   HS_HEADS(xb)
-#define HS_NORM(i, c0, c1)                                                      \
-  if (rows > i) {                                                               \
-    const HS_V fv = HS_SET1(fs[i]);                                             \
-    c0 = HS_MUL(HS_FNMA(fv, m[0], c0), sd[0]);                                  \
-    c1 = HS_MUL(HS_FNMA(fv, m[1], c1), sd[1]);                                  \
-  }
-  HS_NORM(0, c00, c01) HS_NORM(1, c10, c11) HS_NORM(2, c20, c21) HS_NORM(3, c30, c31)
-#undef HS_NORM
+  HS_EACH(const HS_V fv = HS_SET1(fs[i]); c0[i] = HS_MUL(HS_FNMA(fv, m[0], c0[i]), sd[0]);
+          c1[i] = HS_MUL(HS_FNMA(fv, m[1], c1[i]), sd[1]))
   HS_HEADS(bb)
-  HS_OUT(0, c00, c01) HS_OUT(1, c10, c11) HS_OUT(2, c20, c21) HS_OUT(3, c30, c31)
+  HS_OUT()
 }
 
 static HS_ATTR int HS_NAME(factored_scores)(const float* f, const float* probs0, int64_t r, const float* rows,
@@ -107,18 +136,15 @@ static HS_ATTR int HS_NAME(factored_scores)(const float* f, const float* probs0,
       for (int64_t h = 0; h < nh; h++) {
         const float* xb = xs + h * dk * HS_B;
         const float* bb = bs + h * dk * HS_B;
-        for (int64_t t = 0; t < nt; t += 4) {
-          const float* ar[4];
-          float* orow[4];
-          const int mt = row_tile(rows, sn, sh, st, s, nh, nt, p, i, h, t, p0, ar, orow);
+        for (int64_t t = 0; t < nt; t += HS_ROWS) {
+          const float* ar[HS_ROWS];
+          float* orow[HS_ROWS];
+          const int mt = HS_NAME(row_tile)(rows, sn, sh, st, s, nh, nt, p, i, h, t, p0, ar, orow);
           const float* fr = f + (i * nh * nt + h * nt + t) * r;
           const float* fs = fsum + (i * nh + h) * nt + t;
-          switch (mt) {
-            case 4: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, dk, fs, m, sd, orow, 4); break;
-            case 3: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, dk, fs, m, sd, orow, 3); break;
-            case 2: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, dk, fs, m, sd, orow, 2); break;
-            default: HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, dk, fs, m, sd, orow, 1); break;
-          }
+#define HS_CALL(k) HS_NAME(scores_tile)(fr, r, pr, ar, xb, bb, dk, fs, m, sd, orow, k)
+          HS_SWITCH(mt, HS_CALL)
+#undef HS_CALL
         }
       }
     }
@@ -134,24 +160,14 @@ static inline __attribute__((always_inline)) HS_ATTR void HS_NAME(final_tile)(
     const float* f0, const float* f1, int64_t r, const float* pr0, const float* pr1, const float* const* ar,
     const float* kx, const float* kp, int64_t dk, const float* cv, const HS_V* sc, float* const* orow,
     const int rows) {
-  HS_V c00 = HS_ZERO(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  HS_V b;
+  HS_ACC
   HS_PRODUCT(f0, pr0, r)
   HS_HEADS(kx)
-#define HS_MID(i, c0, c1)                                                                           \
-  if (rows > i) {                                                                                   \
-    const HS_V cc = HS_SET1(cv[i]);                                                                 \
-    c0 = HS_FMA(c0, sc[0], cc);                                                                     \
-    c1 = HS_FMA(c1, sc[1], cc);                                                                     \
-  }
-  HS_MID(0, c00, c01) HS_MID(1, c10, c11) HS_MID(2, c20, c21) HS_MID(3, c30, c31)
-#undef HS_MID
+  HS_EACH(const HS_V cc = HS_SET1(cv[i]); c0[i] = HS_FMA(c0[i], sc[0], cc); c1[i] = HS_FMA(c1[i], sc[1], cc))
   HS_PRODUCT(f1, pr1, r)
-#define HS_SCALE(i, c0, c1) if (rows > i) { c0 = HS_MUL(c0, sc[2]); c1 = HS_MUL(c1, sc[3]); }
-  HS_SCALE(0, c00, c01) HS_SCALE(1, c10, c11) HS_SCALE(2, c20, c21) HS_SCALE(3, c30, c31)
-#undef HS_SCALE
+  HS_EACH(c0[i] = HS_MUL(c0[i], sc[2]); c1[i] = HS_MUL(c1[i], sc[3]))
   HS_HEADS(kp)
-  HS_OUT(0, c00, c01) HS_OUT(1, c10, c11) HS_OUT(2, c20, c21) HS_OUT(3, c30, c31)
+  HS_OUT()
 }
 
 static HS_ATTR int HS_NAME(final_scores)(const float* f0, const float* f1, const float* p0s, const float* p1s,
@@ -184,18 +200,15 @@ static HS_ATTR int HS_NAME(final_scores)(const float* f0, const float* f1, const
       for (int64_t h = 0; h < nh; h++) {
         const float* kxb = kxs + h * dk * HS_B;
         const float* kpb = kps + h * dk * HS_B;
-        for (int64_t t = 0; t < nt; t += 4) {
-          const float* ar[4];
-          float* orow[4];
-          const int m = row_tile(q, sn, sh, st, s, nh, nt, p, i, h, t, b0, ar, orow);
+        for (int64_t t = 0; t < nt; t += HS_ROWS) {
+          const float* ar[HS_ROWS];
+          float* orow[HS_ROWS];
+          const int m = HS_NAME(row_tile)(q, sn, sh, st, s, nh, nt, p, i, h, t, b0, ar, orow);
           const int64_t row = (i * nh + h) * nt + t;
           const float *g0 = f0 + row * r, *g1 = f1 + row * r, *cv = c + row, *p1b = pr + r * HS_B;
-          switch (m) {
-            case 4: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, dk, cv, sc, orow, 4); break;
-            case 3: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, dk, cv, sc, orow, 3); break;
-            case 2: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, dk, cv, sc, orow, 2); break;
-            default: HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, dk, cv, sc, orow, 1); break;
-          }
+#define HS_CALL(k) HS_NAME(final_tile)(g0, g1, r, pr, p1b, ar, kxb, kpb, dk, cv, sc, orow, k)
+          HS_SWITCH(m, HS_CALL)
+#undef HS_CALL
         }
       }
     }
@@ -205,7 +218,10 @@ static HS_ATTR int HS_NAME(final_scores)(const float* f0, const float* f1, const
   return failed ? 2 : 0;
 }
 
-#undef HS_ROW
+#undef HS_ACC
+#undef HS_EACH
+#undef HS_SWITCH
+#undef HS_ROWS
 #undef HS_PRODUCT
 #undef HS_HEADS
 #undef HS_OUT
