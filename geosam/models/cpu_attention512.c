@@ -239,23 +239,17 @@ static T512 void rel_rows(const float* const* tokp, int64_t qoff, const float* t
   }
 }
 
-/* a token's number c: float32, or bf16 (tok16) widened */
-INLINE T512 float tok_value(const float* p, int64_t c, int tok16) {
-  if (!tok16) return p[c];
-  const uint32_t u = (uint32_t)((const uint16_t*)p)[c] << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
 /* rel_rows' terms for the AMX mode, as products of 8 queries x 32 table columns in registers (each term one chain
  * of FMAs over d, not rel_row's four: other roundings, so not for the float32 and AVX-512 BF16 modes, whose bits
  * stay): a ViT-B global layer's relative terms 23 -> 16 ms (Intel Xeon with AMX, one thread; perf samples), each
- * query row read once per 32 columns instead of once per 16 */
+ * query row read once per 32 columns instead of once per 16. The 8 queries are widened to float32 first (bf16
+ * tokens) into qf (8 x d), so that the products' loop broadcasts from memory: widened inside it, the loop ran out of
+ * registers and kept its accumulators on the stack (the same numbers, the same chains: the same bits). d <= 128 */
 static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, const float* tab_h, const float* tab_w,
                            int64_t hh, int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
   const int64_t nq = by_col ? hh : ww, m = by_col ? ww : hh, off = by_col ? hh : 0;
   const float* tab = by_col ? tab_w + i * d * ww : tab_h + i * d * hh;
+  float qf[8 * 128];
   for (int64_t g = 0; g < nq; g += 8) {
     const float* q[8];
     float* o[8];
@@ -264,6 +258,12 @@ static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, co
       const int64_t j = g + (r < rows ? r : 0), t = by_col ? j * ww + i : i * ww + j;
       q[r] = (const float*)((const char*)tokp[t] + qoff * (tok16 ? 2 : 4));
       o[r] = rel + t * (hh + ww) + off;
+      if (tok16) {
+        for (int64_t c = 0; c < d; c += 16)
+          _mm512_storeu_ps(qf + r * d + c, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)q[r] + c))), 16)));
+        q[r] = qf + r * d;
+      }
     }
     for (int64_t c0 = 0; c0 < m; c0 += 32) {
       const __mmask16 k0 = tail(m - c0), k1 = m - c0 > 16 ? tail(m - c0 - 16) : 0;
@@ -274,15 +274,17 @@ static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, co
         const __m512 t0 = _mm512_maskz_loadu_ps(k0, tab + c * m + c0), t1 = _mm512_maskz_loadu_ps(k1, tab + c * m + c0 + 16);
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++) {
-          const __m512 x = _mm512_set1_ps(tok_value(q[r], c, tok16));
+          const __m512 x = _mm512_set1_ps(q[r][c]);
           a[r][0] = _mm512_fmadd_ps(x, t0, a[r][0]);
           a[r][1] = _mm512_fmadd_ps(x, t1, a[r][1]);
         }
       }
-      for (int r = 0; r < rows; r++) {
-        _mm512_mask_storeu_ps(o[r] + c0, k0, a[r][0]);
-        if (k1) _mm512_mask_storeu_ps(o[r] + c0 + 16, k1, a[r][1]);
-      }
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; r++) /* constant indices: the accumulators stay in registers */
+        if (r < rows) {
+          _mm512_mask_storeu_ps(o[r] + c0, k0, a[r][0]);
+          if (k1) _mm512_mask_storeu_ps(o[r] + c0 + 16, k1, a[r][1]);
+        }
     }
   }
 }
