@@ -385,6 +385,7 @@ def _vit(seed: int = 4):
 def test_encoder_runs_every_layer_through_the_kernel_and_equals_stock(count_calls) -> None:
     model = _vit()
     pixels = torch.randn((2, 3, 256, 256), generator=torch.Generator().manual_seed(5))
+    assert cpu_attention.available()  # loaded (and checked) before counting: its load check calls the kernel too
     calls = count_calls(cpu_attention, "_call")
     with torch.no_grad():
         stock = model.get_image_embeddings(pixels)
