@@ -30,9 +30,10 @@ typedef struct {
 static inline int64_t row_at(rowmap map, int64_t r) { return (r / map.inner) * map.so + (r % map.inner) * map.si; }
 
 /* With `wide` (CPUs with AVX-512) the 16-column panels run in 16-lane registers, 12 rows of weights a tile (one
- * register a row): each output the same FMA chain over the block's positions as tile_rows', then added to the
- * output as there, so the same bits (geosam/models/cpu_weights.py checks that before using them); twice the work
- * per FMA where the FMA units are 512 bits wide (Intel's server CPUs, AMD's Zen 5). */
+ * register a row; two panels a tile where there are more than 16 columns: tile512x2): each output the same FMA
+ * chain over the block's positions as tile_rows', then added to the output as there, so the same bits
+ * (geosam/models/cpu_weights.py checks that before using them); twice the work per FMA where the FMA units are 512
+ * bits wide (Intel's server CPUs, AMD's Zen 5). */
 #define T512 __attribute__((target("avx512f,fma")))
 #define WROWS 12
 
@@ -63,6 +64,43 @@ static T512 void tile512_rows(const float* const* a, const float* panel, int64_t
   }
 }
 
+/* tile512 over two panels at once (32 columns: 14 loads per 24 FMAs, not 13 per 12), the second's lanes outside
+ * `m1` (8 columns of a last half panel) masked: each output the same chain as tile512's, the same bits */
+static inline __attribute__((always_inline)) T512 void tile512x2(const float* const* a, const float* p0,
+                                                                 const float* p1, __mmask16 m1, int64_t kn,
+                                                                 float* const* out, int add, const int rows) {
+  __m512 acc0[WROWS], acc1[WROWS];
+#pragma GCC unroll 12
+  for (int r = 0; r < WROWS; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kn; k++) {
+    const __m512 b0 = _mm512_loadu_ps(p0 + k * 16), b1 = _mm512_maskz_loadu_ps(m1, p1 + k * 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < WROWS; r++)
+      if (r < rows) {
+        const __m512 x = _mm512_set1_ps(a[r][k]);
+        acc0[r] = _mm512_fmadd_ps(x, b0, acc0[r]);
+        acc1[r] = _mm512_fmadd_ps(x, b1, acc1[r]);
+      }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < WROWS; r++)
+    if (r < rows) {
+      _mm512_storeu_ps(out[r], add ? _mm512_add_ps(_mm512_loadu_ps(out[r]), acc0[r]) : acc0[r]);
+      _mm512_mask_storeu_ps(out[r] + 16, m1, add ? _mm512_add_ps(_mm512_maskz_loadu_ps(m1, out[r] + 16), acc1[r]) : acc1[r]);
+    }
+}
+
+/* tile512x2 with its row count known at compile time */
+static T512 void tile512x2_rows(const float* const* a, const float* p0, const float* p1, __mmask16 m1, int64_t kn,
+                                float* const* out, int add, int rows) {
+  switch (rows) {
+#define W_CASE(r) case r: tile512x2(a, p0, p1, m1, kn, out, add, r); break;
+    W_CASE(12) W_CASE(11) W_CASE(10) W_CASE(9) W_CASE(8) W_CASE(7) W_CASE(6) W_CASE(5) W_CASE(4) W_CASE(3) W_CASE(2)
+    default: W_CASE(1)
+#undef W_CASE
+  }
+}
+
 /* one block of kb positions, from k0, of out rows (m of them, ncols each, a multiple of 8) (+)= weights rows x b
  * (rows sb apart); rows of e and out by their maps; `pack` holds the block's columns in panels of 16 when sb is not
  * 16; with `next`, the following block's rows of b are prefetched meanwhile; `wide`: full 16-column panels by
@@ -81,6 +119,21 @@ static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int6
   for (int64_t c = 0; c < ncols; c += 16) {
     const int full = ncols - c >= 16; /* else an 8-column panel */
     const float* panel = packed ? pack + (c / 16) * KB * 16 : b + k0 * sb + c;
+    if (wide && packed && ncols - c > 16) { /* two panels a tile, the second whole or half */
+      const __mmask16 m1 = ncols - c >= 32 ? (__mmask16)0xFFFF : (__mmask16)0xFF;
+      for (int64_t r = 0; r < m; r += WROWS) {
+        const int rows = m - r < WROWS ? (int)(m - r) : WROWS;
+        const float* er[WROWS];
+        float* orow[WROWS];
+        for (int i = 0; i < rows; i++) {
+          er[i] = e + row_at(em, r + i) + k0;
+          orow[i] = out + row_at(om, r + i) + c;
+        }
+        tile512x2_rows(er, panel, panel + KB * 16, m1, kb, orow, k0 > 0, rows);
+      }
+      c += 16;
+      continue;
+    }
     if (wide && full) {
       for (int64_t r = 0; r < m; r += WROWS) {
         const int rows = m - r < WROWS ? (int)(m - r) : WROWS;
