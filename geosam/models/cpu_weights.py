@@ -149,9 +149,9 @@ def available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def wide_available() -> bool:
-    """Whether the products run their 16-column panels in AVX-512 registers (12 rows a tile, two panels at a time) and the exponentials 16
-    positions a step: the kernel in use, a CPU with AVX-512, and every output bit for bit the AVX2 path's here (each
-    the same chain of operations) on `_cases`."""
+    """Whether the products run their 16-column panels in AVX-512 registers (12 rows a tile, two panels at a time)
+    and the exponentials 16 positions a step: the kernel in use, a CPU with AVX-512, and every output bit for bit the
+    AVX2 path's here (each the same chain of operations) on `_cases`."""
     lib = _library()
     if lib is None or "avx512f" not in cpu_flags():
         return False
