@@ -47,6 +47,19 @@ static inline __attribute__((always_inline)) void headdot_tile(const float* cons
 #undef HD_OUT
 }
 
+/* rows r .. r + t of headdot's (prompt, token) rows (fewer at the end: those past `rows` repeat the first) for head
+ * base ah / oh0: their rows of a and of out; returns how many are real */
+static inline int headdot_rows(const float* ah, float* oh0, const int64_t* off, int64_t rows, int64_t r, int t,
+                               const float** ar, float** orow) {
+  const int m = rows - r < t ? (int)(rows - r) : t;
+  for (int i = 0; i < t; i++) {
+    const int64_t ri = r + (i < m ? i : 0);
+    ar[i] = ah + off[2 * ri];
+    orow[i] = oh0 + off[2 * ri + 1];
+  }
+  return m;
+}
+
 /* headdot_tile in 16-lane registers (CPUs with AVX-512): 8 rows x 32 positions, `cols` (8 .. 32) of them real;
  * each output the same FMA chain over k as there (the same bits) */
 #define HD512 __attribute__((target("avx512f,fma")))
@@ -83,12 +96,7 @@ static HD512 void headdot_block512(const float* ah, float* oh0, const int64_t* o
   for (int64_t r = 0; r < rows; r += 8) {
     const float* ar[8];
     float* orow[8];
-    const int m = rows - r < 8 ? (int)(rows - r) : 8;
-    for (int i = 0; i < 8; i++) {
-      const int64_t ri = r + (i < m ? i : 0);
-      ar[i] = ah + off[2 * ri];
-      orow[i] = oh0 + off[2 * ri + 1];
-    }
+    const int m = headdot_rows(ah, oh0, off, rows, r, 8, ar, orow);
     for (int64_t p0 = b0; p0 < b1; p0 += 32) {
       const int64_t cols = b1 - p0 < 32 ? b1 - p0 : 32;
       const float* xb = xpk + (p0 - b0);
@@ -140,12 +148,7 @@ int geosam_headdot(const float* a, int64_t sn, int64_t sh, int64_t st, const flo
       for (int64_t r = 0; r < rows; r += 4) {
         const float* ar[4];
         float* orow[4];
-        const int m = rows - r < 4 ? (int)(rows - r) : 4;
-        for (int i = 0; i < 4; i++) {
-          const int64_t ri = r + (i < m ? i : 0);
-          ar[i] = ah + off[2 * ri];
-          orow[i] = oh0 + off[2 * ri + 1];
-        }
+        const int m = headdot_rows(ah, oh0, off, rows, r, 4, ar, orow);
         for (int64_t p0 = b0; p0 < b1; p0 += 16) {
           const int64_t cols = b1 - p0 < 16 ? b1 - p0 : 16;
           const float* xb = xpk + (p0 - b0);

@@ -119,7 +119,8 @@ static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int6
   for (int64_t c = 0; c < ncols; c += 16) {
     const int full = ncols - c >= 16; /* else an 8-column panel */
     const float* panel = packed ? pack + (c / 16) * KB * 16 : b + k0 * sb + c;
-    if (wide && packed && ncols - c > 16) { /* two panels a tile, the second whole or half */
+    const int two = wide && packed && ncols - c > 16; /* two panels a tile (tile512x2), the second whole or half */
+    if (wide && (full || two)) {
       const __mmask16 m1 = ncols - c >= 32 ? (__mmask16)0xFFFF : (__mmask16)0xFF;
       for (int64_t r = 0; r < m; r += WROWS) {
         const int rows = m - r < WROWS ? (int)(m - r) : WROWS;
@@ -129,22 +130,12 @@ static void product_block(const float* e, rowmap em, int64_t m, int64_t k0, int6
           er[i] = e + row_at(em, r + i) + k0;
           orow[i] = out + row_at(om, r + i) + c;
         }
-        tile512x2_rows(er, panel, panel + KB * 16, m1, kb, orow, k0 > 0, rows);
+        if (two)
+          tile512x2_rows(er, panel, panel + KB * 16, m1, kb, orow, k0 > 0, rows);
+        else
+          tile512_rows(er, panel, kb, orow, k0 > 0, rows);
       }
-      c += 16;
-      continue;
-    }
-    if (wide && full) {
-      for (int64_t r = 0; r < m; r += WROWS) {
-        const int rows = m - r < WROWS ? (int)(m - r) : WROWS;
-        const float* er[WROWS];
-        float* orow[WROWS];
-        for (int i = 0; i < rows; i++) {
-          er[i] = e + row_at(em, r + i) + k0;
-          orow[i] = out + row_at(om, r + i) + c;
-        }
-        tile512_rows(er, panel, kb, orow, k0 > 0, rows);
-      }
+      c += two ? 16 : 0;
       continue;
     }
     for (int64_t r = 0; r < m; r += 6) {
