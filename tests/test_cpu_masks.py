@@ -152,14 +152,15 @@ def test_stats_equal_torchs_upsampled_masks(threads: int) -> None:
 def test_avx512_stats_are_the_avx2_counts_and_boxes(width: int, monkeypatch) -> None:
     """On AVX-512 CPUs the statistics' rows run 16 columns at a time, then the 8-lane and scalar tails (widths 72,
     80, 132 and 1024 after 4x): the same counts and boxes as 8 at a time (-inf, values at the thresholds, empty
-    masks), and `upsampled_stats` uses them."""
+    masks; 1, 2, 3 and 8 thresholds, each count in its own integer lanes), and `upsampled_stats` uses them."""
     assert cpu_masks.wide_available()
     lib = cpu_masks._library()
     low = _logits(torch.Generator().manual_seed(width), 4, 24, width)
     low[1] = float("-inf")
     low[2, 5:9, 3:7] = 0.0
     full = (96, 4 * width)
-    for thresholds, tb in (((1.0, -1.0, 0.0), 0.0), ((0.0,), 2.0)):
+    eight = tuple(float(x) for x in torch.linspace(-3.0, 3.0, 8))  # the most thresholds the kernel takes
+    for thresholds, tb in (((1.0, -1.0, 0.0), 0.0), ((0.0,), 2.0), ((1.0, -1.0), 0.0), (eight, -0.5)):
         narrow = cpu_masks._stats(lib, low, full, thresholds, tb)
         wide = cpu_masks._stats(lib, low, full, thresholds, tb, wide=True)
         assert torch.equal(narrow[0], wide[0]) and torch.equal(narrow[1], wide[1])

@@ -204,23 +204,51 @@ int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_
 
 /* A row's columns 0 .. n16 (a multiple of 16) of the statistics below in 16-lane registers (CPUs with AVX-512):
  * each value the same fused multiply-add, the counts and column bits the same as 8 at a time (cpu_masks.py checks
- * it on load). Adds to cnt, ors into colhit (8 columns a byte) and returns whether a value passed tb. */
+ * it on load). Adds to cnt, ors into colhit (8 columns a byte) and returns whether a value passed tb. The counts
+ * run in 16 integer lanes per threshold (a masked add: one instruction, not a mask move, popcount and add), summed
+ * at the row's end; the column bits are or-ed 16 at a time. NT: the thresholds (1 .. 8), known at compile time. */
 #define T512 __attribute__((target("avx512f,fma")))
-static T512 int stats_span512(const float* t0, const float* t1, float h0, float h1, int64_t n16, const float* thr,
-                              int nt, float tb, int64_t* cnt, uint8_t* colhit) {
+static inline __attribute__((always_inline)) T512 int stats_span512_nt(const float* t0, const float* t1, float h0,
+                                                                      float h1, int64_t n16, const float* thr,
+                                                                      float tb, int64_t* cnt, uint8_t* colhit,
+                                                                      const int nt) {
     const __m512 vh0 = _mm512_set1_ps(h0), vh1 = _mm512_set1_ps(h1), vb = _mm512_set1_ps(tb);
+    const __m512i one = _mm512_set1_epi32(1);
     __m512 vt[8];
-    for (int k = 0; k < nt; k++) vt[k] = _mm512_set1_ps(thr[k]);
-    int row_hit = 0;
+    __m512i cv[8];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++)
+        if (k < nt) {
+            vt[k] = _mm512_set1_ps(thr[k]);
+            cv[k] = _mm512_setzero_si512();
+        }
+    unsigned row_hit = 0;
     for (int64_t c = 0; c < n16; c += 16) {
         const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(t0 + c), vh0, _mm512_mul_ps(_mm512_loadu_ps(t1 + c), vh1));
-        for (int k = 0; k < nt; k++) cnt[k] += __builtin_popcount((unsigned)_mm512_cmp_ps_mask(v, vt[k], _CMP_GT_OQ));
-        const unsigned hit = (unsigned)_mm512_cmp_ps_mask(v, vb, _CMP_GT_OQ);
-        colhit[c >> 3] |= (uint8_t)(hit & 0xFFu);
-        colhit[(c >> 3) + 1] |= (uint8_t)(hit >> 8);
-        row_hit |= hit != 0;
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++)
+            if (k < nt) cv[k] = _mm512_mask_add_epi32(cv[k], _mm512_cmp_ps_mask(v, vt[k], _CMP_GT_OQ), cv[k], one);
+        const uint16_t hit = (uint16_t)_mm512_cmp_ps_mask(v, vb, _CMP_GT_OQ);
+        uint16_t bits; /* columns c .. c + 15: bytes c / 8 and c / 8 + 1, the low one first */
+        memcpy(&bits, colhit + (c >> 3), sizeof bits);
+        bits = (uint16_t)(bits | hit);
+        memcpy(colhit + (c >> 3), &bits, sizeof bits);
+        row_hit |= hit;
     }
-    return row_hit;
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++)
+        if (k < nt) cnt[k] += _mm512_reduce_add_epi32(cv[k]); /* at most n16 / 16 a lane */
+    return row_hit != 0;
+}
+
+static T512 int stats_span512(const float* t0, const float* t1, float h0, float h1, int64_t n16, const float* thr,
+                              int nt, float tb, int64_t* cnt, uint8_t* colhit) {
+    switch (nt) {
+#define S_CASE(k) case k: return stats_span512_nt(t0, t1, h0, h1, n16, thr, tb, cnt, colhit, k);
+        S_CASE(1) S_CASE(2) S_CASE(3) S_CASE(4) S_CASE(5) S_CASE(6) S_CASE(7)
+#undef S_CASE
+        default: return stats_span512_nt(t0, t1, h0, h1, n16, thr, tb, cnt, colhit, 8);
+    }
 }
 
 /* Per mask, over the full_h x full_w upsampled grid (the values as above, never stored): counts[m, k] =
