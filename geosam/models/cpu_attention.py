@@ -132,7 +132,8 @@ def _matches_reference(lib: ctypes.CDLL, mode: int = 0, tokens_bf16: bool = Fals
     keys end mid-panel, one in two chunks of keys (the float32 running softmax), windows that tile the map or leave
     padded strips, head sizes from 16 to 80, with and without tables, one and two threads. ``mode`` `BF16` or `AMX`:
     the kernel's bf16 products (with AVX-512 BF16 or on AMX tiles) on q, k, v that are bf16 numbers (as a bf16
-    projection gives them), within `BF16_TOLERANCE` (the probabilities' rounding). ``tokens_bf16``: qkv (and the padded tokens' bias) given as bf16 tensors (`AMX` only)."""
+    projection gives them), within `BF16_TOLERANCE` (the probabilities' rounding). ``tokens_bf16``: qkv (and the
+    padded tokens' bias) given as bf16 tensors (`AMX` only)."""
     lib.geosam_attention512.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(512)
     threads = torch.get_num_threads()

@@ -259,9 +259,7 @@ static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, co
       q[r] = (const float*)((const char*)tokp[t] + qoff * (tok16 ? 2 : 4));
       o[r] = rel + t * (hh + ww) + off;
       if (tok16) {
-        for (int64_t c = 0; c < d; c += 16)
-          _mm512_storeu_ps(qf + r * d + c, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)q[r] + c))), 16)));
+        bf16_row_to_f32((const uint16_t*)q[r], d, qf + r * d);
         q[r] = qf + r * d;
       }
     }
@@ -596,8 +594,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     if (tok16) {
       memcpy(qb + r * d, q[r], sizeof(uint16_t) * (size_t)d);
       if (tab_h != NULL && rel == NULL) {
-        for (int64_t c = 0; c < d; c += 16)
-          _mm512_storeu_ps(qf + r * d + c, bf16_to_f32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)q[r] + c))));
+        bf16_row_to_f32((const uint16_t*)q[r], d, qf + r * d);
         qw[r] = qf + r * d;
       }
     } else

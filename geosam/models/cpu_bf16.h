@@ -26,8 +26,15 @@ INLINE_BF __m512i pair_at(const uint16_t* p) { /* p[0], p[1] in every 32-bit lan
 
 INLINE_BF __m512 dot2(__m512 acc, __m512i x, __m512i y) { return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)y); }
 
-INLINE_BF __m512 bf16_to_f32(__m256i x) { /* 16 bf16 numbers widened to float32 (exactly: the high halves) */
+/* the widening needs AVX-512F only: callable from the float32 AVX-512 kernels too */
+#define INLINE_F512 static inline __attribute__((always_inline, target("avx512f")))
+
+INLINE_F512 __m512 bf16_to_f32(__m256i x) { /* 16 bf16 numbers widened to float32 (exactly: the high halves) */
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
+}
+
+INLINE_F512 void bf16_row_to_f32(const uint16_t* x, int64_t d, float* y) { /* d (a multiple of 16) numbers */
+  for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(y + c, bf16_to_f32(_mm256_loadu_si256((const __m256i*)(x + c))));
 }
 
 /* kp[t][k2][j][e] = bf16(b[2 k2 + e][16 t + j]) (zero past kn) for a (kn, n) row-major b, k2 < k2n (at least

@@ -16,10 +16,10 @@ side once for all prompts and adds every term while the block's results are in r
 One chip, 16 x 16 points, one thread, Zen 4: decode 4.18-4.24 vs 4.52-4.56 s. On AVX-512 CPUs the kernels run in
 16-lane registers (`wide_available`, the same bits): Intel Xeon with AMX, one thread, float32 decode 3.24-3.34 vs
 3.44-3.57 s with the two scores kernels so; with all four and a head's 7 tokens in one tile of 8 rows, the four
-kernels 2.45 -> 2.26 s of a 32 x 32 decode (docs/performance.md, twenty-ninth round). The same functions as torch's ops up to float rounding (the sums associated differently): the
-library is used only after it agrees with them in this process (`_agrees_with_torch`), built and cached by
-`geosam.models.cpu_build` (where torch runs AVX2 or AVX-512 kernels; not with ``GEOSAM_CPU_KERNELS=0``); elsewhere
-the callers run torch's ops.
+kernels 2.45 -> 2.26 s of a 32 x 32 decode (docs/performance.md, twenty-ninth round). The same functions as torch's
+ops up to float rounding (the sums associated differently): the library is used only after it agrees with them in
+this process (`_agrees_with_torch`), built and cached by `geosam.models.cpu_build` (where torch runs AVX2 or AVX-512
+kernels; not with ``GEOSAM_CPU_KERNELS=0``); elsewhere the callers run torch's ops.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ only after it has reproduced torch's upsampled values bit for bit in this
 process; elsewhere (other CPUs, other dtypes or devices, scale factors other
 than powers of two, outputs of H + W <= 128 px, ``GEOSAM_CPU_KERNELS=0``) torch's ops run: the same masks.
 `upsampled_stats` (the stability scores' counts and the boxes) runs its rows 16 columns at a time on AVX-512 CPUs
-(`wide_available`, the same counts): Intel Xeon with AMX, one thread, 32 masks to 1024 x 1024, 13.7-15.1 -> 10.2-11.3 ms;
-with each threshold's counts in 16 integer lanes (a masked add, not a popcount), 48 masks 12.6 -> 8.9 ms.
+(`wide_available`, the same counts): Intel Xeon with AMX, one thread, 32 masks to 1024 x 1024, 13.7-15.1 -> 10.2-11.3
+ms; with each threshold's counts in 16 integer lanes (a masked add, not a popcount), 48 masks 12.6 -> 8.9 ms.
 """
 
 from __future__ import annotations
