@@ -277,6 +277,29 @@ def test_strided_map_and_output() -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("products", ["float32", "avx512_bf16"])
+@pytest.mark.parametrize(("side", "d"), [(14, 64), (12, 32), (16, 48)])
+def test_windows_are_their_maps_attention_bit_for_bit(products: str, side: int, d: int, monkeypatch) -> None:
+    """A window's relative terms come from its rows' and columns' tables six queries at a time, a whole map's three
+    at a time: the same chains, so each of two windows that tile a map gives the bits of its own map's (unwindowed)
+    attention (float32 and AVX-512 BF16 products; the AMX mode's whole maps sum their terms in one chain)."""
+    bf16 = products == "avx512_bf16"
+    if bf16 and not cpu_attention.bf16_available():
+        pytest.skip("no AVX-512 BF16 products on this CPU")
+    monkeypatch.setattr(cpu_attention, "amx_available", lambda: False)
+    qkv, bias, tables = _case(2 * side, side, 2, d, side, seed=side + d)
+    if bf16:
+        qkv = qkv.bfloat16().float()
+    tables_t = transposed_tables(*tables)
+    windowed = torch.empty((2 * side, side, 2 * d))
+    assert cpu_attention.attention(qkv, 2, d**-0.5, tables_t, windowed, side, bias, bf16=bf16)
+    for half in (slice(0, side), slice(side, 2 * side)):
+        whole = torch.empty((side, side, 2 * d))
+        assert cpu_attention.attention(qkv[half].contiguous(), 2, d**-0.5, tables_t, whole, bf16=bf16)
+        assert torch.equal(whole, windowed[half])
+
+
+@needs_kernel
 @pytest.mark.parametrize("bf16", [False, True])
 def test_same_bits_at_any_thread_count(bf16: bool) -> None:
     """Each head's block of queries is computed the same way whichever thread takes it: the embeddings of a run do

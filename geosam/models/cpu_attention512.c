@@ -172,8 +172,8 @@ INLINE T512 void block_rel(const float* const* q, const int64_t* tok, int64_t bq
   if (tab_h == NULL) return;
   for (int64_t r = 0; r < bq; r++) {
     if (rel != NULL) {
-      memcpy(rh + r * hh, rel + tok[r] * (hh + ww), sizeof(float) * (size_t)hh);
-      memcpy(rw + r * ww, rel + tok[r] * (hh + ww) + hh, sizeof(float) * (size_t)ww);
+      copy_words(rh + r * hh, rel + tok[r] * (hh + ww), hh);
+      copy_words(rw + r * ww, rel + tok[r] * (hh + ww) + hh, ww);
       continue;
     }
     rel_row(q[r], tab_h + (tok[r] / ww) * d * hh, d, hh, rh + r * hh);
@@ -283,6 +283,64 @@ static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, co
           _mm512_mask_storeu_ps(o[r] + c0, k0, a[r][0]);
           if (k1) _mm512_mask_storeu_ps(o[r] + c0 + 16, k1, a[r][1]);
         }
+    }
+  }
+}
+
+/* rel_row for up to six queries q[0 .. cnt) of one table of m <= 16 columns (a window's): each output rel_row's four
+ * chains (by c mod 4) summed as rel_row sums them, so the same bits; the table's vector for each c loaded once for
+ * the six (rel_row alone: four short chains a query, latency-bound). Queries past cnt repeat the first, unstored. */
+INLINE T512 void rel_row6(const float* const* q, int cnt, const float* tab, int64_t d, int64_t m, float* const* rel) {
+  const __mmask16 k = tail(m);
+  __m512 a[6][4];
+#pragma GCC unroll 6
+  for (int r = 0; r < 6; r++)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) a[r][j] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < d; c += 4) {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+      const __m512 t = _mm512_maskz_loadu_ps(k, tab + (c + j) * m);
+#pragma GCC unroll 6
+      for (int r = 0; r < 6; r++) a[r][j] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][c + j]), t, a[r][j]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < 6; r++) /* constant indices: the accumulators stay in registers */
+    if (r < cnt)
+      _mm512_mask_storeu_ps(rel[r], k, _mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3])));
+}
+
+/* block_rel's terms of the ry x rx real tokens (the queries) of one window (hh x ww <= 16 x 16) for the head whose q
+ * is at tokp[t] + qoff, into rel (rows of hh + ww, by token) for block_rel to copy: the queries of each window row
+ * share its row table, those of each column its column table, six to a table read (rel_row6: rel_row's chains, the
+ * same bits). One query at a time through rel_row, the chains' latency made a fifth of a windowed layer's time in the
+ * AMX mode (Intel Xeon, one thread). bf16 tokens (tok16) are widened into qf (hh ww x d) first. */
+static T512 void window_rel(const float* const* tokp, int64_t qoff, int tok16, const float* tab_h, const float* tab_w,
+                            int64_t hh, int64_t ww, int64_t ry, int64_t rx, int64_t d, float* qf, float* rel) {
+  for (int64_t y = 0; y < ry; y++)
+    for (int64_t x = 0; x < rx; x++) {
+      const int64_t t = y * ww + x;
+      if (tok16)
+        bf16_row_to_f32((const uint16_t*)tokp[t] + qoff, d, qf + t * d);
+      else
+        copy_words(qf + t * d, tokp[t] + qoff, d);
+    }
+  for (int by_col = 0; by_col < 2; by_col++) {
+    const int64_t lines = by_col ? rx : ry, len = by_col ? ry : rx, m = by_col ? ww : hh, off = by_col ? hh : 0;
+    for (int64_t i = 0; i < lines; i++) {
+      const float* tab = by_col ? tab_w + i * d * ww : tab_h + i * d * hh;
+      for (int64_t j0 = 0; j0 < len; j0 += 6) {
+        const float* q[6];
+        float* o[6];
+        const int cnt = len - j0 < 6 ? (int)(len - j0) : 6;
+        for (int r = 0; r < 6; r++) {
+          const int64_t j = j0 + (r < cnt ? r : 0), t = by_col ? j * ww + i : i * ww + j;
+          q[r] = qf + t * d;
+          o[r] = rel + t * (hh + ww) + off;
+        }
+        rel_row6(q, cnt, tab, d, m, o);
+      }
     }
   }
 }
@@ -592,7 +650,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
   for (int64_t r = 0; r < (half ? 16 : BQ_AMX); r++) {
     qw[r] = q[r];
     if (tok16) {
-      memcpy(qb + r * d, q[r], sizeof(uint16_t) * (size_t)d);
+      copy_words((float*)(qb + r * d), q[r], d / 2); /* d / 2 words of two bf16 numbers */
       if (tab_h != NULL && rel == NULL) {
         bf16_row_to_f32((const uint16_t*)q[r], d, qf + r * d);
         qw[r] = qf + r * d;
@@ -821,7 +879,8 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
   }
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    float* s = (float*)aligned_alloc(64, sizeof(float) * (work + (whole ? 0 : 2 * kv)));
+    /* windows: their keys and values packed, then their tokens' relative terms and (tables given) q in float32 */
+    float* s = (float*)aligned_alloc(64, sizeof(float) * (work + (whole ? 0 : 2 * kv + (size_t)(n * (hh + ww + d)))));
     const float** tokp = whole ? tok0 : (const float**)malloc(sizeof(float*) * (size_t)n);
     if (s == NULL || tokp == NULL) {
 #pragma omp atomic write
@@ -855,7 +914,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < nb; b++) {
           if (!ok) continue;
-          block_rows(tok0, ww, mh, mw, b * bq, bq, h * d, esz, out + h * d, orow, ocol, 0, 0, q, tok, orows, &nq);
+          block_rows(tok0, ww, mh, mw, b * bq, bq, h * d, esz, out + h * d, orow, ocol, 0, 0, d, q, tok, orows, &nq);
           if (nq > 0 && flash)
             attend_head_flash(q, tok, nq, bq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh,
                               ww, d, orows, s, qs, rh, rw, o, inv, inv + bq);
@@ -869,12 +928,16 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
       for (int64_t w = 0; w < nwin * nh; w++) {
         if (!ok) continue;
         int64_t win = w / nh, h = w % nh, wy = win / nwx, wx = win % nwx;
-        float *kp = s + work, *vp = kp + kv;
+        float *kp = s + work, *vp = kp + kv, *wrel = vp + kv, *qf = wrel + n * (hh + ww);
         window_tokens(qkv, srow, scol, esz, mh, mw, hh, ww, wy, wx, bias, tokp, &ry, &rx);
         pack(mode, tok16, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
+        const int small = tab_h != NULL && hh <= 16 && ww <= 16; /* the window's terms first, for every block */
+        if (small) window_rel(tokp, h * d, tok16, tab_h, tab_w, hh, ww, ry, rx, d, qf, wrel);
         for (int64_t b0 = 0; b0 < ry * rx; b0 += bq) {
-          block_rows(tokp, ww, ry, rx, b0, bq, h * d, esz, out + h * d, orow, ocol, wy * hh, wx * ww, q, tok, orows, &nq);
-          attend(mode, tok16, q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, NULL, hh, ww, d, orows, s, qs, rh, rw, o, inv);
+          block_rows(tokp, ww, ry, rx, b0, bq, h * d, esz, out + h * d, orow, ocol, wy * hh, wx * ww, d, q, tok, orows,
+                     &nq);
+          attend(mode, tok16, q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, small ? wrel : NULL, hh, ww, d, orows, s, qs,
+                 rh, rw, o, inv);
         }
       }
     }

@@ -46,6 +46,15 @@ INLINE T512 __m512i lane_offsets(int64_t stride) {
 
 INLINE T512 __mmask16 tail(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 
+/* dst[0:n] = src[0:n] (32-bit words: floats, or pairs of bf16 numbers) in 16-word vectors, inline: the calls to
+ * memcpy for a row of a few hundred bytes, twice per query of a global layer, cost more than the copy */
+INLINE T512 void copy_words(float* dst, const float* src, int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = tail(n - j);
+    _mm512_mask_storeu_ps(dst + j, k, _mm512_maskz_loadu_ps(k, src + j));
+  }
+}
+
 /* rows of the values tile for a head size of 16 nv */
 static inline int av_rows(int64_t nv) { return nv <= 4 ? 6 : nv == 5 ? 4 : 3; }
 
@@ -82,16 +91,23 @@ static void window_tokens(const void* qkv, int64_t srow, int64_t scol, int esz, 
 
 /* Queries b0 .. b0 + bq of a window (its ry x rx tokens on the map, in order; a partial block repeats the first):
  * their rows (head offset qoff numbers of esz bytes), grid tokens and output rows (out + y * orow + x * ocol + head
- * offset) */
-static void block_rows(const float* const* tokp, int64_t ww, int64_t ry, int64_t rx, int64_t b0, int64_t bq,
-                       int64_t qoff, int esz, float* out, int64_t orow, int64_t ocol, int64_t y0, int64_t x0,
-                       const float** q, int64_t* tok, float** o, int64_t* nq) {
+ * offset; d floats each, fetched for writing here) */
+__attribute__((target("prfchw"))) static void block_rows(const float* const* tokp, int64_t ww, int64_t ry, int64_t rx,
+                                                         int64_t b0, int64_t bq, int64_t qoff, int esz, float* out,
+                                                         int64_t orow, int64_t ocol, int64_t y0, int64_t x0, int64_t d,
+                                                         const float** q, int64_t* tok, float** o, int64_t* nq) {
   int64_t m = ry * rx - b0 < bq ? ry * rx - b0 : bq;
+  const int64_t yb = b0 / rx, xb = b0 % rx; /* the first query's place; the others' by steps (no division a row) */
+  int64_t y = yb, x = xb;
   for (int64_t r = 0; r < bq; r++) {
-    int64_t i = b0 + (r < m ? r : 0), y = i / rx, x = i % rx;
+    if (r == m) y = yb, x = xb; /* a partial block's rows past m: the first query again */
     tok[r] = y * ww + x;
     q[r] = (const float*)((const char*)tokp[tok[r]] + qoff * esz);
     o[r] = out + (y0 + y) * orow + (x0 + x) * ocol;
+    if (r < m) /* the output row's lines owned ahead of the block's stores (each a miss to L3 otherwise: the store
+                * buffer filled, then the next block's first stores stalled; ~15 % of a windowed layer, AMX mode) */
+      for (int64_t b = 0; b < d * (int64_t)sizeof(float); b += 64) __builtin_prefetch((const char*)o[r] + b, 1, 3);
+    if (r < m && ++x == rx) x = 0, y++;
   }
   *nq = m;
 }
