@@ -106,23 +106,34 @@ INLINE T512 void av_tile(int64_t nv, const float* p, int64_t sp, const float* v,
   }
 }
 
+/* The grid row and column of every key of a grid of at most 16 x 16 keys (a window), for scores_rel_max_small's
+ * permutes: at_h = lanes[0:256], at_w = lanes[256:512], kept per thread for the last grid size; NULL for a larger
+ * grid. Fetched once per block of queries (a thread-local's address is a call in a loaded library: once per row of
+ * scores, ~3 % of a windowed layer in the AMX mode) */
+static int32_t* grid_lanes(int64_t hh, int64_t ww) {
+  static __thread int64_t grid = -1;
+  static __thread int32_t lanes[512];
+  if (!(hh <= 16 && ww < 16)) return NULL;
+  if (grid != hh * 64 + ww) {
+    const int64_t n = hh * ww;
+    for (int64_t j = 0; j < (n + 15) / 16 * 16; j++) {
+      lanes[j] = (int32_t)(j < n ? j / ww : 0);
+      lanes[256 + j] = (int32_t)(j < n ? j % ww : 0);
+    }
+    grid = hh * 64 + ww;
+  }
+  return lanes;
+}
+
 /* scores_rel_max for a grid of at most 16 x 16 keys (a window): the row in whole 16-wide vectors of the flattened
  * grid (lanes past n written too: the row has room to np, and the softmax zeroes them), each score's two relative
  * terms picked by permutes from rh and rw held in one register each; the same operations on each score. A window's
  * rows of ww < 16 scores, each a masked store read back by the next row's load, stalled on store forwarding (Intel
- * Xeon: 20 % of a windowed layer's samples in the AMX mode). The grid's row and column of every lane are kept per
- * thread for the last window size. */
-INLINE T512 float scores_rel_max_small(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, float scale) {
-  static __thread int64_t grid = -1;
-  static __thread int32_t at_h[256], at_w[256];
+ * Xeon: 20 % of a windowed layer's samples in the AMX mode). lanes: grid_lanes(hh, ww). */
+INLINE T512 float scores_rel_max_small(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, float scale,
+                                       const int32_t* lanes) {
+  const int32_t *at_h = lanes, *at_w = lanes + 256;
   const int64_t n = hh * ww;
-  if (grid != hh * 64 + ww) {
-    for (int64_t j = 0; j < (n + 15) / 16 * 16; j++) {
-      at_h[j] = (int32_t)(j < n ? j / ww : 0);
-      at_w[j] = (int32_t)(j < n ? j % ww : 0);
-    }
-    grid = hh * 64 + ww;
-  }
   const __m512 h = _mm512_maskz_loadu_ps(tail(hh), rh), w = _mm512_maskz_loadu_ps(tail(ww), rw);
   const __m512 f = _mm512_set1_ps(scale);
   __m512 mx = _mm512_set1_ps(-__builtin_inff());
@@ -145,8 +156,9 @@ INLINE T512 __m512 scores_rel16(float* s, __m512 f, __m512 h, const float* rw) {
 
 /* row s (n = hh * ww scores) = s * scale + rel_h[row] + rel_w[col] in place; returns its maximum. With scale 1 (the
  * float32 kernel's queries come scaled) the fused multiply-add rounds as the plain add */
-INLINE T512 float scores_rel_max(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, float scale) {
-  if (hh <= 16 && ww < 16) return scores_rel_max_small(s, rh, rw, hh, ww, scale);
+INLINE T512 float scores_rel_max(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, float scale,
+                                 const int32_t* lanes) {
+  if (hh <= 16 && ww < 16) return scores_rel_max_small(s, rh, rw, hh, ww, scale, lanes);
   __m512 mx = _mm512_set1_ps(-__builtin_inff()), f = _mm512_set1_ps(scale);
   for (int64_t r = 0; r < hh; r++) {
     float* row = s + r * ww;
@@ -355,8 +367,9 @@ INLINE T512 void block_out(const float* o, const float* inv, int64_t nq, int64_t
 
 /* row s (n = hh * ww scores, np padded) += rel_h[row] + rel_w[col]; softmax numerators in place (0 past n);
  * returns their sum */
-INLINE T512 float softmax_row(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np) {
-  __m512 m = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, 1.0f));
+INLINE T512 float softmax_row(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np,
+                              const int32_t* lanes) {
+  __m512 m = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, 1.0f, lanes));
   int64_t n = hh * ww;
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < np; j += 16) {
@@ -377,6 +390,7 @@ static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t 
                              int64_t hh, int64_t ww, int64_t d, float* const* out, float* s, float* qs, float* rh,
                              float* rw, float* o, float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;  /* rows not 4 KiB apart */
+  const int32_t* lanes = grid_lanes(hh, ww); /* a window's: once for the block's rows */
   /* a block's rows past its nq queries (a window's last block: 4 of 24) are not computed: the groups of 8 (scores)
    * and of av_rows (values) that hold a query, the softmax of the queries' rows; their outputs are not written */
   const int64_t nq8 = (nq + 7) / 8 * 8;
@@ -394,7 +408,7 @@ static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t 
     }
   }
   for (int64_t r = 0; r < nq; r++)  /* without tables rh and rw hold zeros */
-    inv[r] = 1.0f / softmax_row(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np);
+    inv[r] = 1.0f / softmax_row(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, lanes);
   memset(o, 0, sizeof(float) * bq * d);
   for (int64_t j0 = 0; j0 < np; j0 += KBLOCK) {
     int64_t kn = np - j0 < KBLOCK ? np - j0 : KBLOCK;
@@ -438,7 +452,8 @@ static T512 void attend_head_flash(const float* const* q, const int64_t* tok, in
         qk_8x32(qs + g * d, d, kp + (t0 + t) * d * 16, kp + (t0 + t + 1) * d * 16, s + g * ss + t * 16, ss);
     for (int64_t r = 0; r < nq; r++) {
       float* row = s + r * ss;
-      const float mc = scores_rel_max(row, tab_h ? rh + r * hh + j0 / ww : rh, tab_h ? rw + r * ww : rw, kn / ww, ww, 1.0f);
+      const float mc =
+          scores_rel_max(row, tab_h ? rh + r * hh + j0 / ww : rh, tab_h ? rw + r * ww : rw, kn / ww, ww, 1.0f, NULL);
       const float m0 = mx[r], m1 = mc > m0 ? mc : m0;
       if (m1 > m0 && m0 > -__builtin_inff()) { /* rescale what the row holds: e^(m0 - m1) */
         const __m512 k = exp512(_mm512_set1_ps(m0 - m1));
@@ -561,8 +576,8 @@ INLINE TBF __m512 numerators32_bf16(float* row, int64_t j, int64_t n, __m512 mv,
 /* softmax_row's work on a row of unscaled scores (times `scale` first), the numerators rounded to bf16 and written
  * in place over the row's start; returns the sum of the rounded numerators. np a multiple of 32 */
 INLINE TBF float softmax_row_bf16(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np,
-                                  float scale) {
-  const __m512 mv = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, scale));
+                                  float scale, const int32_t* lanes) {
+  const __m512 mv = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, scale, lanes));
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < np; j += 32) sum = numerators32_bf16(s, j, hh * ww, mv, sum);
   return _mm512_reduce_add_ps(sum);
@@ -576,8 +591,8 @@ void geosam_attention512_overlap(int on) { overlap_tiles = on; }
 /* softmax_row_bf16 as it ran before numerators32_bf16: 16 numbers a step, each rounded, stored and widened again
  * into the sums; the order numerators32_bf16 keeps, run with geosam_attention512_overlap(0) for the tests to compare */
 INLINE TBF float softmax_row_bf16_lanes(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np,
-                                        float scale) {
-  const __m512 m = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, scale));
+                                        float scale, const int32_t* lanes) {
+  const __m512 m = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, scale, lanes));
   const int64_t n = hh * ww;
   __m512 sum = _mm512_setzero_ps();
   uint16_t* pb = (uint16_t*)s;
@@ -596,6 +611,7 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
                                  const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
                                  float* qs, float* rh, float* rw, float* o, float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
+  const int32_t* lanes = grid_lanes(hh, ww); /* a window's: once for the block's rows */
   uint16_t* qb = (uint16_t*)qs;
   const int64_t nq8 = (nq + 7) / 8 * 8; /* as attend_head: the rows past the block's queries not computed */
   for (int64_t r = 0; r < nq8; r++) /* as to_bf16, in whole vectors */
@@ -611,10 +627,11 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
     }
   for (int64_t r = 0; r < nq; r++)
     if (overlap_tiles)
-      inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
+      inv[r] = 1.0f / softmax_row_bf16(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale,
+                                       lanes);
     else
       inv[r] = 1.0f / softmax_row_bf16_lanes(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np,
-                                             scale);
+                                             scale, lanes);
   memset(o, 0, sizeof(float) * bq * d);
   const uint16_t* pb = (const uint16_t*)s;
   for (int64_t j0 = 0; j0 < np; j0 += KBLOCK) {
@@ -642,6 +659,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
                                  const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
                                  float* qs, float* rh, float* rw, float* o, float* inv, float* qf) {
   const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
+  const int32_t* lanes = grid_lanes(hh, ww); /* a window's: once for the block's rows */
   uint16_t* qb = (uint16_t*)qs;
   const float* qw[BQ_AMX]; /* the queries in float32 for the relative terms (bf16 tokens: widened into qf) */
   /* a block of at most 16 queries (a window's last: 4 of 32) runs the first tile of rows only; the softmax for the
@@ -703,10 +721,12 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     }
   }
   for (int64_t r = 0; r < nq && !overlap; r++)
-    inv[r] = 1.0f / softmax_row_bf16_lanes(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np, scale);
+    inv[r] = 1.0f / softmax_row_bf16_lanes(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, np,
+                                           scale, lanes);
   for (int64_t r = 0; r < nq && overlap; r++) {
     const float m = fused ? _mm512_reduce_max_ps(mxv[r])
-                          : scores_rel_max(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, scale);
+                          : scores_rel_max(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, scale,
+                                           lanes);
     mxv[r] = _mm512_set1_ps(m);
     sumv[r] = _mm512_setzero_ps();
   }
@@ -784,6 +804,15 @@ static T512 void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np
   const __m512i at = lane_offsets(d / 2);
   for (int64_t t = 0; t < np / 16; t++) {
     uint32_t* panel = (uint32_t*)kp + t * (d / 2) * 16;
+    for (int64_t l = 0; l < 16; l++) { /* the next panel's key rows and this one's value rows on their way to L1 */
+      const int64_t j = t * 16 + l;
+      const char* kn = j + 16 < n ? (const char*)((const uint16_t*)tokp[j + 16] + koff) : NULL;
+      const char* vn = j < n ? (const char*)((const uint16_t*)tokp[j] + voff) : NULL;
+      for (int64_t b = 0; b < 2 * d; b += 64) {
+        if (kn) _mm_prefetch(kn + b, _MM_HINT_T0);
+        if (vn) _mm_prefetch(vn + b, _MM_HINT_T0);
+      }
+    }
     for (int64_t l = 0; l < 16; l++) {
       const int64_t j = t * 16 + l;
       const uint16_t* row = j < n ? (const uint16_t*)tokp[j] + koff : NULL;
