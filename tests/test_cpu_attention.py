@@ -280,7 +280,7 @@ def test_strided_map_and_output() -> None:
 @pytest.mark.parametrize("products", ["float32", "avx512_bf16"])
 @pytest.mark.parametrize(("side", "d"), [(14, 64), (12, 32), (16, 48)])
 def test_windows_are_their_maps_attention_bit_for_bit(products: str, side: int, d: int, monkeypatch) -> None:
-    """A window's relative terms come from its rows' and columns' tables six queries at a time, a whole map's three
+    """A window's relative terms come from its rows' and columns' tables seven queries at a time, a whole map's three
     at a time: the same chains, so each of two windows that tile a map gives the bits of its own map's (unwindowed)
     attention (float32 and AVX-512 BF16 products; the AMX mode's whole maps sum their terms in one chain)."""
     bf16 = products == "avx512_bf16"

@@ -299,35 +299,36 @@ static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, co
   }
 }
 
-/* rel_row for up to six queries q[0 .. cnt) of one table of m <= 16 columns (a window's): each output rel_row's four
- * chains (by c mod 4) summed as rel_row sums them, so the same bits; the table's vector for each c loaded once for
- * the six (rel_row alone: four short chains a query, latency-bound). Queries past cnt repeat the first, unstored. */
-INLINE T512 void rel_row6(const float* const* q, int cnt, const float* tab, int64_t d, int64_t m, float* const* rel) {
+/* rel_row for up to seven queries q[0 .. cnt) of one table of m <= 16 columns (a window's): each output rel_row's
+ * four chains (by c mod 4) summed as rel_row sums them, so the same bits; the table's vector for each c loaded once
+ * for the seven (rel_row alone: four short chains a query, latency-bound); 28 accumulators, a window row of 14 in two
+ * calls. Queries past cnt repeat the first, unstored. */
+INLINE T512 void rel_row7(const float* const* q, int cnt, const float* tab, int64_t d, int64_t m, float* const* rel) {
   const __mmask16 k = tail(m);
-  __m512 a[6][4];
-#pragma GCC unroll 6
-  for (int r = 0; r < 6; r++)
+  __m512 a[7][4];
+#pragma GCC unroll 7
+  for (int r = 0; r < 7; r++)
 #pragma GCC unroll 4
     for (int j = 0; j < 4; j++) a[r][j] = _mm512_setzero_ps();
   for (int64_t c = 0; c < d; c += 4) {
 #pragma GCC unroll 4
     for (int j = 0; j < 4; j++) {
       const __m512 t = _mm512_maskz_loadu_ps(k, tab + (c + j) * m);
-#pragma GCC unroll 6
-      for (int r = 0; r < 6; r++) a[r][j] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][c + j]), t, a[r][j]);
+#pragma GCC unroll 7
+      for (int r = 0; r < 7; r++) a[r][j] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][c + j]), t, a[r][j]);
     }
   }
-#pragma GCC unroll 6
-  for (int r = 0; r < 6; r++) /* constant indices: the accumulators stay in registers */
+#pragma GCC unroll 7
+  for (int r = 0; r < 7; r++) /* constant indices: the accumulators stay in registers */
     if (r < cnt)
       _mm512_mask_storeu_ps(rel[r], k, _mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3])));
 }
 
 /* block_rel's terms of the ry x rx real tokens (the queries) of one window (hh x ww <= 16 x 16) for the head whose q
  * is at tokp[t] + qoff, into rel (rows of hh + ww, by token) for block_rel to copy: the queries of each window row
- * share its row table, those of each column its column table, six to a table read (rel_row6: rel_row's chains, the
- * same bits). One query at a time through rel_row, the chains' latency made a fifth of a windowed layer's time in the
- * AMX mode (Intel Xeon, one thread). bf16 tokens (tok16) are widened into qf (hh ww x d) first. */
+ * share its row table, those of each column its column table, seven to a table read (rel_row7: rel_row's chains,
+ * the same bits). One query at a time through rel_row, the chains' latency made a quarter of a windowed layer's time
+ * in the AMX mode (Intel Xeon, one thread). bf16 tokens (tok16) are widened into qf (hh ww x d) first. */
 static T512 void window_rel(const float* const* tokp, int64_t qoff, int tok16, const float* tab_h, const float* tab_w,
                             int64_t hh, int64_t ww, int64_t ry, int64_t rx, int64_t d, float* qf, float* rel) {
   for (int64_t y = 0; y < ry; y++)
@@ -342,16 +343,16 @@ static T512 void window_rel(const float* const* tokp, int64_t qoff, int tok16, c
     const int64_t lines = by_col ? rx : ry, len = by_col ? ry : rx, m = by_col ? ww : hh, off = by_col ? hh : 0;
     for (int64_t i = 0; i < lines; i++) {
       const float* tab = by_col ? tab_w + i * d * ww : tab_h + i * d * hh;
-      for (int64_t j0 = 0; j0 < len; j0 += 6) {
-        const float* q[6];
-        float* o[6];
-        const int cnt = len - j0 < 6 ? (int)(len - j0) : 6;
-        for (int r = 0; r < 6; r++) {
+      for (int64_t j0 = 0; j0 < len; j0 += 7) {
+        const float* q[7];
+        float* o[7];
+        const int cnt = len - j0 < 7 ? (int)(len - j0) : 7;
+        for (int r = 0; r < 7; r++) {
           const int64_t j = j0 + (r < cnt ? r : 0), t = by_col ? j * ww + i : i * ww + j;
           q[r] = qf + t * d;
           o[r] = rel + t * (hh + ww) + off;
         }
-        rel_row6(q, cnt, tab, d, m, o);
+        rel_row7(q, cnt, tab, d, m, o);
       }
     }
   }
