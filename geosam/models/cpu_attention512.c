@@ -257,7 +257,7 @@ static T512 void rel_rows(const float* const* tokp, int64_t qoff, const float* t
  * query row read once per 32 columns instead of once per 16. The 8 queries are widened to float32 first (bf16
  * tokens) into qf (8 x d), so that the products' loop broadcasts from memory: widened inside it, the loop ran out of
  * registers and kept its accumulators on the stack (the same numbers, the same chains: the same bits). d <= 128 */
-static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, const float* tab_h, const float* tab_w,
+__attribute__((target("prfchw"))) static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, const float* tab_h, const float* tab_w,
                            int64_t hh, int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
   const int64_t nq = by_col ? hh : ww, m = by_col ? ww : hh, off = by_col ? hh : 0;
   const float* tab = by_col ? tab_w + i * d * ww : tab_h + i * d * hh;
@@ -270,6 +270,14 @@ static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, co
       const int64_t j = g + (r < rows ? r : 0), t = by_col ? j * ww + i : i * ww + j;
       q[r] = (const float*)((const char*)tokp[t] + qoff * (tok16 ? 2 : 4));
       o[r] = rel + t * (hh + ww) + off;
+      /* the terms' rows owned for writing, the next group's query rows fetched (a head's 2 MiB of terms and its
+       * queries down a column of the map miss to L3): a ViT-B global layer 120.9 -> 117.5 ms (AMX mode) */
+      for (int64_t b = 0; b < m * (int64_t)sizeof(float); b += 64) __builtin_prefetch((const char*)o[r] + b, 1, 3);
+      if (g + 8 + r < nq) {
+        const int64_t t8 = by_col ? (g + 8 + r) * ww + i : i * ww + g + 8 + r;
+        for (int64_t b = 0; b < d * (tok16 ? 2 : 4); b += 64)
+          _mm_prefetch((const char*)tokp[t8] + qoff * (tok16 ? 2 : 4) + b, _MM_HINT_T0);
+      }
       if (tok16) {
         bf16_row_to_f32((const uint16_t*)q[r], d, qf + r * d);
         q[r] = qf + r * d;
