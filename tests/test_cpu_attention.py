@@ -301,6 +301,24 @@ def test_windows_are_their_maps_attention_bit_for_bit(products: str, side: int, 
 
 @needs_kernel
 @pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize(("side", "window"), [(20, 0), (30, 14)])
+def test_bf16_output_is_the_float32_output_rounded_as_torch_rounds(bf16: bool, side: int, window: int) -> None:
+    """A bf16 ``out`` (the bf16 encoder's next product takes it as it is) holds the float32 results rounded as
+    ``Tensor.to(torch.bfloat16)`` rounds them, bit for bit, NaN included; a strided view too."""
+    qkv, bias, tables = _case(side, side, 2, 64, window, seed=side)
+    qkv[3, 4, 5] = float("nan")  # NaN through the scores: a head's outputs NaN
+    tables_t = transposed_tables(*tables)
+    want = torch.empty((side, side, 128))
+    assert cpu_attention.attention(qkv, 2, 0.125, tables_t, want, window, bias, bf16=bf16)
+    big = torch.full((side, side, 140), 7.0, dtype=torch.bfloat16)
+    got = big[..., 6:134]
+    assert cpu_attention.attention(qkv, 2, 0.125, tables_t, got, window, bias, bf16=bf16)
+    assert torch.equal(got.contiguous().view(torch.int16), want.to(torch.bfloat16).view(torch.int16))
+    assert want.isnan().any() and (big[..., :6] == 7).all() and (big[..., 134:] == 7).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("bf16", [False, True])
 def test_same_bits_at_any_thread_count(bf16: bool) -> None:
     """Each head's block of queries is computed the same way whichever thread takes it: the embeddings of a run do
     not depend on its thread count (Dask workers with other counts give the same objects); windows too, each

@@ -123,6 +123,7 @@ def _call(
         None if bias is None else _P(bias.data_ptr()), _I64(num_heads), _I64(c3 // (3 * num_heads)),
         ctypes.c_float(scale), th, tw, _P(out.data_ptr()), _I64(out.stride(0)), _I64(out.stride(1)),
         _INT(torch.get_num_threads()), _INT(mode), _INT(int(qkv.dtype == torch.bfloat16)),
+        _INT(int(out.dtype == torch.bfloat16)),
     )  # fmt: skip
     return int(lib.geosam_attention512(*args))
 
@@ -164,6 +165,12 @@ def _matches_reference(lib: ctypes.CDLL, mode: int = 0, tokens_bf16: bool = Fals
                 return False
             tolerance = BF16_TOLERANCE if mode else TOLERANCE
             if not bool((out.double() - want).abs().max() <= tolerance * want.abs().max()):
+                return False
+            # bf16 outputs: the float32 results rounded as torch rounds them, bit for bit
+            out16 = torch.empty(out.shape, dtype=torch.bfloat16)
+            if _call(lib, qkv, nh, d**-0.5, tables_t, out16, window, bias, mode) != 0:
+                return False
+            if not torch.equal(out16.view(torch.int16), out.to(torch.bfloat16).view(torch.int16)):
                 return False
     finally:
         torch.set_num_threads(threads)
@@ -225,7 +232,8 @@ def attention(
     `amx_available`, heads of a multiple of 32 numbers; ``bias`` bf16 too) bf16; ``tables_t``: the layer's relative
     tables for the attended grid as `geosam.models.cpu_kernels.transposed_tables` gives them ((h, d, h) and (w, d, w)), or None without
     relative positions; ``bias``: (3C,) the qkv projection of a zero token, which the tokens past the map carry in
-    a window (``window_partition`` pads with zeros); out: (H, W, C), unit stride within a token.
+    a window (``window_partition`` pads with zeros); out: (H, W, C), unit stride within a token, float32 or bf16 (the
+    results rounded as ``Tensor.to(torch.bfloat16)`` rounds them: the next bf16 product takes them as they are).
     """
     lib = _library()
     if lib is None:
@@ -237,7 +245,8 @@ def attention(
     tensors = [qkv, out] + ([] if bias is None else [bias]) + ([] if tables_t is None else list(tables_t))
     tokens_bf16 = qkv.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
     fits = (
-        all(t.device.type == "cpu" and (t.dtype == torch.float32 or (tokens_bf16 and (t is qkv or t is bias)))
+        all(t.device.type == "cpu" and (t.dtype == torch.float32 or (tokens_bf16 and (t is qkv or t is bias))
+                                        or (t is out and t.dtype == torch.bfloat16))
             for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and c3 == 3 * num_heads * d and d % 16 == 0 and 16 <= d <= 128 and qkv.stride(2) == 1

@@ -366,11 +366,29 @@ static T512 void window_rel(const float* const* tokp, int64_t qoff, int tok16, c
   }
 }
 
-/* out[r][0:d] = o[r] * inv[r] for the block's first nq queries */
-INLINE T512 void block_out(const float* o, const float* inv, int64_t nq, int64_t d, float* const* out) {
+/* 16 floats rounded to bf16 as ATen's vectorised conversion rounds them (cpu_convert.c's round16: + 0x7fff + the
+ * kept part's lowest bit, then the high half; NaN -> 0xffff) */
+INLINE T512 __m256i round16(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  __m512i t = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  t = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(t, _mm512_set1_epi32(0x7fff)), u), 16);
+  t = _mm512_mask_mov_epi32(_mm512_set1_epi32(0xffff), _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), t);
+  return _mm512_cvtepi32_epi16(t);
+}
+
+/* out[r][0:d] = o[r] * inv[r] for the block's first nq queries, in float32 or (out16) rounded to bf16 as torch's
+ * conversion rounds (out[r] then the address of d bf16 numbers): the bf16 encoder's next product takes them as
+ * they are, without a pass over the layer's whole float32 output (12 MiB for a ViT-B) to round them */
+static T512 void block_out(const float* o, const float* inv, int64_t nq, int64_t d, float* const* out, int out16) {
   for (int64_t r = 0; r < nq; r++) {
     __m512 f = _mm512_set1_ps(inv[r]);
-    for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(out[r] + c, _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), f));
+    for (int64_t c = 0; c < d; c += 16) {
+      const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), f);
+      if (out16)
+        _mm256_storeu_si256((__m256i*)((uint16_t*)out[r] + c), round16(x));
+      else
+        _mm512_storeu_ps(out[r] + c, x);
+    }
   }
 }
 
@@ -392,11 +410,11 @@ INLINE T512 float softmax_row(float* s, const float* rh, const float* rw, int64_
 
 /* One head's attention for bq queries (rows q[r], scaled by `scale` for the scores; tok[r] their token on the
  * hh x ww grid of keys, for the relative terms) against the keys packed (kp) and values vp (np rows of d, zero past
- * n): out[r][0:d] = the result, for the first nq; bq a multiple of 24. Scratch: s (bq x (np + 16)), qs, o (bq x d),
- * rh (bq x hh), rw (bq x ww, zeros without tables), inv (bq). */
+ * n): o[r][0:d] * inv[r] = the result, for the first nq (block_out writes it); bq a multiple of 24. Scratch: s
+ * (bq x (np + 16)), qs, rh (bq x hh), rw (bq x ww, zeros without tables). */
 static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t nq, int64_t bq, float scale,
                              const float* kp, const float* vp, const float* tab_h, const float* tab_w, const float* rel,
-                             int64_t hh, int64_t ww, int64_t d, float* const* out, float* s, float* qs, float* rh,
+                             int64_t hh, int64_t ww, int64_t d, float* s, float* qs, float* rh,
                              float* rw, float* o, float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;  /* rows not 4 KiB apart */
   const int32_t* lanes = grid_lanes(hh, ww); /* a window's: once for the block's rows */
@@ -423,7 +441,6 @@ static T512 void attend_head(const float* const* q, const int64_t* tok, int64_t 
     int64_t kn = np - j0 < KBLOCK ? np - j0 : KBLOCK;
     for (int64_t g = 0; g < nq; g += av_rows(d / 16)) av_tile(d / 16, s + g * ss + j0, ss, vp + j0 * d, kn, o + g * d, d);
   }
-  block_out(o, inv, nq, d, out);
 }
 
 /* attend_head_flash's keys per chunk on a map ww keys wide: the whole map rows that fit in KC_FLASH (one at least) */
@@ -441,7 +458,7 @@ static inline int64_t flash_chunk(int64_t ww) { return ww >= KC_FLASH ? ww : KC_
  * (bq x d), rh (bq x hh), rw (bq x ww), mx and sum (bq). */
 static T512 void attend_head_flash(const float* const* q, const int64_t* tok, int64_t nq, int64_t bq, float scale,
                                    const float* kp, const float* vp, const float* tab_h, const float* tab_w,
-                                   const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
+                                   const float* rel, int64_t hh, int64_t ww, int64_t d, float* s,
                                    float* qs, float* rh, float* rw, float* o, float* mx, float* sum) {
   const int64_t n = hh * ww, kc = flash_chunk(ww), ss = kc + 16;
   const int64_t nq8 = (nq + 7) / 8 * 8;
@@ -482,7 +499,6 @@ static T512 void attend_head_flash(const float* const* q, const int64_t* tok, in
     for (int64_t g = 0; g < nq; g += av_rows(d / 16)) av_tile(d / 16, s + g * ss, ss, vp + j0 * d, kn, o + g * d, d);
   }
   for (int64_t r = 0; r < nq; r++) sum[r] = 1.0f / sum[r];
-  block_out(o, sum, nq, d, out);
 }
 
 /* 0: whole float32 maps run attend_head (the scores of all keys kept) instead of attend_head_flash: the tests'
@@ -617,7 +633,7 @@ INLINE TBF float softmax_row_bf16_lanes(float* s, const float* rh, const float* 
 /* attend_head with bf16 products: the same arguments, kp / vp packed by pack_head_bf16 */
 static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int64_t nq, int64_t bq, float scale,
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
-                                 const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
+                                 const float* rel, int64_t hh, int64_t ww, int64_t d, float* s,
                                  float* qs, float* rh, float* rw, float* o, float* inv) {
   int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
   const int32_t* lanes = grid_lanes(hh, ww); /* a window's: once for the block's rows */
@@ -648,7 +664,6 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
     for (int64_t g = 0; g < nq; g += av_rows(d / 16))
       avb_tile(d / 16, pb + g * 2 * ss + j0, 2 * ss, vp + j0 * d, kn, o + g * d, d);
   }
-  block_out(o, inv, nq, d, out);
 }
 
 /* --- bf16 products on AMX tiles (Intel Xeon): the same numbers as attend_head_bf16's (q, k, probabilities and v
@@ -665,7 +680,7 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
 #if GEOSAM_AMX
 static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t* tok, int64_t nq, float scale,
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
-                                 const float* rel, int64_t hh, int64_t ww, int64_t d, float* const* out, float* s,
+                                 const float* rel, int64_t hh, int64_t ww, int64_t d, float* s,
                                  float* qs, float* rh, float* rw, float* o, float* inv, float* qf) {
   const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
   const int32_t* lanes = grid_lanes(hh, ww); /* a window's: once for the block's rows */
@@ -768,7 +783,6 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
       _tile_stored(3, o + 16 * d + c + 16, 4 * d);
     }
   }
-  block_out(o, inv, nq, d, out);
 }
 #endif
 
@@ -856,20 +870,20 @@ static void pack(int mode, int tok16, const float* const* tokp, int64_t n, int64
 
 static void attend(int mode, int tok16, const float* const* q, const int64_t* tok, int64_t nq, int64_t bq, float scale,
                    const float* kp, const float* vp, const float* tab_h, const float* tab_w, const float* rel,
-                   int64_t hh, int64_t ww, int64_t d, float* const* out, float* s, float* qs, float* rh, float* rw,
+                   int64_t hh, int64_t ww, int64_t d, float* s, float* qs, float* rh, float* rw,
                    float* o, float* inv) {
 #if GEOSAM_AMX
   if (mode == 2) {
     attend_head_amx(q, tok16, tok, nq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, rel, hh, ww, d,
-                    out, s, qs, rh, rw, o, inv, inv + BQ_AMX);
+                    s, qs, rh, rw, o, inv, inv + BQ_AMX);
     return;
   }
 #endif
   if (mode)
-    attend_head_bf16(q, tok, nq, bq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, rel, hh, ww, d, out,
-                     s, qs, rh, rw, o, inv);
+    attend_head_bf16(q, tok, nq, bq, scale, (const uint16_t*)kp, (const uint16_t*)vp, tab_h, tab_w, rel, hh, ww, d, s,
+                     qs, rh, rw, o, inv);
   else
-    attend_head(q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, rel, hh, ww, d, out, s, qs, rh, rw, o, inv);
+    attend_head(q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, rel, hh, ww, d, s, qs, rh, rw, o, inv);
 }
 
 /* A SAM attention layer, every head, from its qkv projection: an mh x mw map, token (y, x) at qkv + y * srow +
@@ -880,14 +894,15 @@ static void attend(int mode, int tok16, const float* const* q, const int64_t* to
  * supported) or 2 (no memory). mode: 0 float32, 1 bf16 products (AVX-512 BF16), 2 bf16 products on AMX tiles (the
  * process has been granted them: geosam_amx_init; 1 where d is not a multiple of 32 or the compiler has no AMX).
  * tok16: qkv and bias are bf16 numbers (strides in numbers as for float32), mode 2 only (1 returned otherwise): the
- * AMX mode reads the bf16 projection as it is, without a float32 copy of it. */
+ * AMX mode reads the bf16 projection as it is, without a float32 copy of it. out16: out holds bf16 numbers (strides
+ * in numbers), the results rounded as torch rounds float32 to bf16 (any mode). */
 int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t ws,
                         const void* bias, int64_t nh, int64_t d, float scale, const float* tab_h, const float* tab_w,
-                        float* out, int64_t orow, int64_t ocol, int threads, int mode, int tok16) {
+                        void* out, int64_t orow, int64_t ocol, int threads, int mode, int tok16, int out16) {
   if (d % 16 != 0 || d < 16 || d > 128 || mh < 1 || mw < 1 || ws < 0 || (ws > 0 && bias == NULL)) return 1;
   if (mode == 2 && (!GEOSAM_AMX || d % 32 != 0)) mode = 1;
   if (tok16 && mode != 2) return 1;
-  const int esz = tok16 ? 2 : 4;
+  const int esz = tok16 ? 2 : 4, oesz = out16 ? 2 : 4;
   int64_t hh = ws > 0 ? ws : mh, ww = ws > 0 ? ws : mw, n = hh * ww, np = (n + 31) / 32 * 32, cc = nh * d;
   int64_t nwy = (mh + hh - 1) / hh, nwx = (mw + ww - 1) / ww, nwin = nwy * nwx;
   /* windows: each (window, head) a task, packing its own keys and values; one map: every head packed first,
@@ -952,13 +967,15 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < nb; b++) {
           if (!ok) continue;
-          block_rows(tok0, ww, mh, mw, b * bq, bq, h * d, esz, out + h * d, orow, ocol, 0, 0, d, q, tok, orows, &nq);
+          block_rows(tok0, ww, mh, mw, b * bq, bq, h * d, esz, (char*)out + h * d * oesz, orow, ocol, oesz, 0, 0, d, q,
+                     tok, orows, &nq);
           if (nq > 0 && flash)
             attend_head_flash(q, tok, nq, bq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh,
-                              ww, d, orows, s, qs, rh, rw, o, inv, inv + bq);
+                              ww, d, s, qs, rh, rw, o, inv, inv + bq);
           else if (nq > 0)
             attend(mode, tok16, q, tok, nq, bq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh, ww,
-                   d, orows, s, qs, rh, rw, o, inv);
+                   d, s, qs, rh, rw, o, inv);
+          block_out(o, flash ? inv + bq : inv, nq, d, orows, out16); /* the reciprocal sums: the flash's after mx */
         }
       }
     else {
@@ -972,10 +989,11 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
         const int small = tab_h != NULL && hh <= 16 && ww <= 16; /* the window's terms first, for every block */
         if (small) window_rel(tokp, h * d, tok16, tab_h, tab_w, hh, ww, ry, rx, d, qf, wrel);
         for (int64_t b0 = 0; b0 < ry * rx; b0 += bq) {
-          block_rows(tokp, ww, ry, rx, b0, bq, h * d, esz, out + h * d, orow, ocol, wy * hh, wx * ww, d, q, tok, orows,
-                     &nq);
-          attend(mode, tok16, q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, small ? wrel : NULL, hh, ww, d, orows, s, qs,
-                 rh, rw, o, inv);
+          char* oh = (char*)out + h * d * oesz; /* the head's outputs */
+          block_rows(tokp, ww, ry, rx, b0, bq, h * d, esz, oh, orow, ocol, oesz, wy * hh, wx * ww, d, q, tok, orows, &nq);
+          attend(mode, tok16, q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, small ? wrel : NULL, hh, ww, d, s, qs, rh,
+                 rw, o, inv);
+          block_out(o, inv, nq, d, orows, out16);
         }
       }
     }

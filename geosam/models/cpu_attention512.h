@@ -91,11 +91,12 @@ static void window_tokens(const void* qkv, int64_t srow, int64_t scol, int esz, 
 
 /* Queries b0 .. b0 + bq of a window (its ry x rx tokens on the map, in order; a partial block repeats the first):
  * their rows (head offset qoff numbers of esz bytes), grid tokens and output rows (out + y * orow + x * ocol + head
- * offset; d floats each, fetched for writing here) */
+ * offset; numbers of oesz bytes: float32 or bf16 outputs; d numbers each, fetched for writing here) */
 __attribute__((target("prfchw"))) static void block_rows(const float* const* tokp, int64_t ww, int64_t ry, int64_t rx,
-                                                         int64_t b0, int64_t bq, int64_t qoff, int esz, float* out,
-                                                         int64_t orow, int64_t ocol, int64_t y0, int64_t x0, int64_t d,
-                                                         const float** q, int64_t* tok, float** o, int64_t* nq) {
+                                                         int64_t b0, int64_t bq, int64_t qoff, int esz, char* out,
+                                                         int64_t orow, int64_t ocol, int oesz, int64_t y0, int64_t x0,
+                                                         int64_t d, const float** q, int64_t* tok, float** o,
+                                                         int64_t* nq) {
   int64_t m = ry * rx - b0 < bq ? ry * rx - b0 : bq;
   const int64_t yb = b0 / rx, xb = b0 % rx; /* the first query's place; the others' by steps (no division a row) */
   int64_t y = yb, x = xb;
@@ -103,10 +104,10 @@ __attribute__((target("prfchw"))) static void block_rows(const float* const* tok
     if (r == m) y = yb, x = xb; /* a partial block's rows past m: the first query again */
     tok[r] = y * ww + x;
     q[r] = (const float*)((const char*)tokp[tok[r]] + qoff * esz);
-    o[r] = out + (y0 + y) * orow + (x0 + x) * ocol;
+    o[r] = (float*)(out + ((y0 + y) * orow + (x0 + x) * ocol) * oesz);
     if (r < m) /* the output row's lines owned ahead of the block's stores (each a miss to L3 otherwise: the store
                 * buffer filled, then the next block's first stores stalled; ~15 % of a windowed layer, AMX mode) */
-      for (int64_t b = 0; b < d * (int64_t)sizeof(float); b += 64) __builtin_prefetch((const char*)o[r] + b, 1, 3);
+      for (int64_t b = 0; b < d * oesz; b += 64) __builtin_prefetch((const char*)o[r] + b, 1, 3);
     if (r < m && ++x == rx) x = 0, y++;
   }
   *nq = m;

@@ -163,19 +163,21 @@ def attend_windows(layer: Any, qkv: torch.Tensor, pad_qkv: torch.Tensor, bf16: b
 
 def attend_bf16_tokens(layer: Any, qkv: torch.Tensor, pad_qkv: torch.Tensor | None) -> torch.Tensor | None:
     """The attention of ``layer`` (before its output projection) from its bf16 qkv projection (B, H, W, 3C) as it is:
-    float32 (B, H, W, C), in windows where the layer has them (``pad_qkv`` (3C,) bf16: a padded token's q, k, v), or
-    None where the AVX-512 kernel does not take bf16 tokens here (its products on AMX tiles only:
+    (B, H, W, C), in windows where the layer has them (``pad_qkv`` (3C,) bf16: a padded token's q, k, v), or None
+    where the AVX-512 kernel does not take bf16 tokens here (its products on AMX tiles only:
     `geosam.models.cpu_attention.amx_available`, heads of a multiple of 32 numbers). The same numbers as `attend` /
     `attend_windows` with ``bf16=True`` on the projection widened to float32, without that 38 MB float32 copy (a
     ViT-B at 1024 px) and with half the bytes read: Intel Xeon with AMX, one thread, the bf16 encoder 1.87-1.90 vs
-    2.01-2.04 s (alternating, the same embeddings bit for bit)."""
+    2.01-2.04 s (alternating, the same embeddings bit for bit); rounded to bf16 by the kernel as
+    ``.to(torch.bfloat16)`` rounds them, so that the output projection takes them as they are (no pass over a 12 MiB
+    float32 output to round it)."""
     attn, ws = layer.attn, int(layer.window_size)
     b, hh, ww, c3 = qkv.shape
     if qkv.dtype != torch.bfloat16 or qkv.device.type != "cpu" or (ws > 0 and pad_qkv is None):
         return None
     side = (ws, ws) if ws > 0 else (hh, ww)
     tables_t = transposed_tables(*rel_tables(attn, *side)) if attn.use_rel_pos else None
-    out = torch.empty((b, hh, ww, c3 // 3), dtype=torch.float32)
+    out = torch.empty((b, hh, ww, c3 // 3), dtype=torch.bfloat16)
     nh, scale = int(attn.num_attention_heads), float(attn.scale)
     bias = pad_qkv.to(torch.bfloat16).contiguous() if pad_qkv is not None else None
     if all(fused_attention(qkv[i], nh, scale, tables_t, out[i], ws, bias, bf16=True) for i in range(b)):
