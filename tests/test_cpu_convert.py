@@ -110,3 +110,48 @@ def test_a_padded_tokens_projection_is_the_rounded_bias() -> None:
             want = module(torch.zeros((1, 8)))[0]
             got = _zeros_projected(module, torch.bfloat16)
             assert got.dtype == want.dtype and torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+@needs_kernel
+def test_layer_norm_kernel_is_in_use_where_the_passes_are() -> None:
+    """The fused norm gives torch's bits on this machine (else the bf16 encoder silently loses it): torch normalises
+    with the same AVX2 kernel wherever these passes run."""
+    assert cpu_convert._layer_norm_agrees()
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("shape", "eps"), [((1, 64, 64, 768), 1e-6), ((3, 5, 1280), 1e-5), ((7, 2048), 1e-6), ((4, 48), 1e-3)]
+)
+def test_layer_norm_bf16_is_torchs_norm_then_rounding(threads: int, shape: tuple[int, ...], eps: float) -> None:
+    """``layer_norm_bf16(x, norm)`` holds ``norm(x).to(torch.bfloat16)`` bit for bit (a ViT-B encoder's map, a ViT-H's
+    width, a cascade of 16 of torch's chunks, a row shorter than one), rows on large offsets, one and two threads."""
+    gen = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=gen) * 3 + torch.randn((*shape[:-1], 1), generator=gen) * 50
+    norm = torch.nn.LayerNorm(shape[-1], eps=eps)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[-1], generator=gen) * 0.5 + 1)
+        norm.bias.copy_(torch.randn(shape[-1], generator=gen))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            got = cpu_convert.layer_norm_bf16(x, norm)
+            want = norm(x).to(torch.bfloat16)
+    finally:
+        torch.set_num_threads(before)
+    assert got is not None and got.dtype == torch.bfloat16 and got.shape == x.shape
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+def test_layer_norm_bf16_leaves_what_it_does_not_take_to_the_caller() -> None:
+    """None (the caller runs the module) for widths that are not a multiple of 16, norms without an affine part,
+    other modules, non-contiguous or float64 inputs, and inputs that need gradients."""
+    x = torch.randn(4, 32)
+    assert cpu_convert.layer_norm_bf16(torch.randn(4, 40), torch.nn.LayerNorm(40)) is None
+    assert cpu_convert.layer_norm_bf16(x, torch.nn.LayerNorm(32, elementwise_affine=False)) is None
+    assert cpu_convert.layer_norm_bf16(x, torch.nn.RMSNorm(32)) is None
+    assert cpu_convert.layer_norm_bf16(torch.randn(32, 4).t(), torch.nn.LayerNorm(32)) is None
+    assert cpu_convert.layer_norm_bf16(x.double(), torch.nn.LayerNorm(32).double()) is None
+    assert cpu_convert.layer_norm_bf16(x.requires_grad_(), torch.nn.LayerNorm(32)) is None

@@ -8,9 +8,11 @@
  * ViT-B at 1024 px. Here `geosam_to_bf16` rounds as ATen's vectorised conversion does (round to nearest even by
  * integer arithmetic, NaN to 0xffff) and `geosam_add_bf16` widens and adds in one pass (a bf16 number widens to
  * float32 exactly, and x + h is what torch's add computes): the same bits, which geosam/models/cpu_convert.py
- * checks before using them.
+ * checks before using them. `geosam_layer_norm_bf16` is torch's float32 layer norm with its output rounded to bf16
+ * in the same pass (section 2).
  */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 
 #define T512 __attribute__((target("avx512f")))
@@ -40,6 +42,108 @@ T512 int geosam_add_bf16(float* x, const uint16_t* h, int64_t n, int threads) {
   for (int64_t i = 0; i < n; i += 16) {
     const __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(h + i))), 16);
     _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_castsi512_ps(w)));
+  }
+  return 0;
+}
+
+/* 2. A layer norm over rows of n floats, its output rounded to bf16: what torch's F.layer_norm then .to(bfloat16)
+ * give, bit for bit, in one pass (the bf16 encoder's two norms a layer: the float32 output written, then read again
+ * and rounded, 12 + 12 + 6 MiB a norm for a ViT-B at 1024 px). torch (2.x, this build) normalises with its AVX2
+ * kernel even on AVX-512 CPUs: ATen's RowwiseMoments (Welford over 8-lane vectors in chunks of 16 vectors, the chunks'
+ * moments combined in a cascade, then the lanes' in order; the scalar steps as GCC contracts them, fused multiply-adds
+ * where ATen's expression allows one), rstd = 1 / sqrt(var + eps), then y = (x - mean) * rstd * w + b, the last two
+ * fused. Ported operation for operation (-ffp-contract=off here: each fusion written out); geosam/models/cpu_convert.py
+ * compares it with torch on every load and uses it only where they agree. n a multiple of 16. */
+#define TLN __attribute__((target("avx2,fma,avx512f,avx512dq")))
+
+static inline TLN void add_moments8(int64_t m0_add, __m256 m1_add, __m256 m2_add, int64_t* m0, __m256* m1, __m256* m2) {
+  const int64_t n = *m0 + m0_add;
+  const __m256 c = _mm256_set1_ps(n == 0 ? 0.f : (float)m0_add / (float)n);
+  const __m256 delta = _mm256_sub_ps(m1_add, *m1);
+  const __m256 m2_tmp = _mm256_add_ps(*m2, m2_add);
+  const __m256 c_delta = _mm256_mul_ps(c, delta);
+  const __m256 m0_delta = _mm256_mul_ps(delta, _mm256_set1_ps((float)*m0));
+  *m1 = _mm256_add_ps(*m1, c_delta);
+  *m2 = _mm256_fmadd_ps(m0_delta, c_delta, m2_tmp);
+  *m0 = n;
+}
+
+static inline void add_moments1(int64_t m0_add, float m1_add, float m2_add, int64_t* m0, float* m1, float* m2) {
+  const int64_t n = *m0 + m0_add;
+  const float c = n == 0 ? 0.f : (float)m0_add / (float)n;
+  const float delta = m1_add - *m1;
+  *m1 = fmaf(c, delta, *m1);
+  *m2 = *m2 + fmaf(delta * delta * c, (float)*m0, m2_add);
+  *m0 = n;
+}
+
+/* ATen's RowwiseMomentsImpl<float> on 8-lane vectors: the row's mean and biased variance; n a multiple of 8 */
+static TLN void row_moments(const float* x, int64_t n, float* mean, float* var) {
+  const int64_t nv = n / 8, m = (nv + 15) / 16;
+  int depth = 0;
+  if (m <= 2) depth = (int)(m - 1);
+  else for (int64_t v = m - 1; v; v >>= 1) depth++;
+  int64_t m0s[64] = {0};
+  __m256 m1s[64], m2s[64];
+  for (int i = 0; i < 64; i++) m1s[i] = m2s[i] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < m; i++) {
+    const float* xp = x + i * 128;
+    const int64_t m0 = nv - i * 16 < 16 ? nv - i * 16 : 16;
+    __m256 m1v = _mm256_setzero_ps(), m2v = _mm256_setzero_ps();
+    for (int64_t j = 0; j < m0; j++) {
+      const __m256 xv = _mm256_loadu_ps(xp + j * 8);
+      const __m256 d = _mm256_sub_ps(xv, m1v);
+      m1v = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / (float)(j + 1)), d, m1v);
+      m2v = _mm256_fmadd_ps(d, _mm256_sub_ps(xv, m1v), m2v);
+    }
+    add_moments8(m0, m1v, m2v, &m0s[0], &m1s[0], &m2s[0]);
+    int64_t mask = i + 1;
+    for (int j = 1; j < depth && (mask & 1) == 0; ++j) {
+      add_moments8(m0s[j - 1], m1s[j - 1], m2s[j - 1], &m0s[j], &m1s[j], &m2s[j]);
+      m0s[j - 1] = 0;
+      m1s[j - 1] = m2s[j - 1] = _mm256_setzero_ps();
+      mask >>= 1;
+    }
+  }
+  for (int i = 1; i < depth; i++) add_moments8(m0s[i], m1s[i], m2s[i], &m0s[0], &m1s[0], &m2s[0]);
+  float m1a[8], m2a[8];
+  _mm256_storeu_ps(m1a, m1s[0]);
+  _mm256_storeu_ps(m2a, m2s[0]);
+  int64_t m0 = 0;
+  float m1 = 0.f, m2 = 0.f;
+  for (int i = 0; i < 8; i++) add_moments1(nv, m1a[i], m2a[i], &m0, &m1, &m2);
+  *mean = m1;
+  *var = m2 / (float)n;
+}
+
+/* y[r] (bf16) = layer_norm(x[r]) * w + b rounded, for `rows` rows of n floats (n a multiple of 16) */
+TLN int geosam_layer_norm_bf16(const float* x, const float* w, const float* b, float eps, int64_t rows, int64_t n,
+                               uint16_t* y, int threads) {
+  if (n % 16 || n <= 0) return -1;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && rows * n >= (1 << 16))
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * n;
+    float mean, var;
+    row_moments(xr, n, &mean, &var);
+    const __m256 rs = _mm256_set1_ps(1.0f / sqrtf(var + eps)), nm = _mm256_set1_ps(-mean);
+    for (int64_t j = 0; j < n; j += 16) {
+      const __m256 lo = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_loadu_ps(xr + j), nm), rs),
+                                        _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j));
+      const __m256 hi = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_loadu_ps(xr + j + 8), nm), rs),
+                                        _mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(b + j + 8));
+      _mm256_storeu_si256((__m256i*)(y + r * n + j), round16(_mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1)));
+    }
+  }
+  return 0;
+}
+
+/* for the check against torch: each row's mean and 1 / sqrt(var + eps) (native_layer_norm's 2nd and 3rd outputs) */
+TLN int geosam_layer_norm_moments(const float* x, float eps, int64_t rows, int64_t n, float* mean, float* rstd) {
+  if (n % 16 || n <= 0) return -1;
+  for (int64_t r = 0; r < rows; r++) {
+    float var;
+    row_moments(x + r * n, n, mean + r, &var);
+    rstd[r] = 1.0f / sqrtf(var + eps);
   }
   return 0;
 }

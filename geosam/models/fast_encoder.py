@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.cpu_attention import amx_available as attention_on_amx
-from geosam.models.cpu_convert import add_bf16_
+from geosam.models.cpu_convert import add_bf16_, layer_norm_bf16
 from geosam.models.cpu_gemm import linear, linear_gelu_low, linear_low, row_blocks
 from geosam.models.device import cpu_bf16_kind
 from geosam.models.encoder_attention import attend, attend_bf16_tokens, attend_windows
@@ -221,6 +221,15 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _add_mlp_low(layer, x, dtype)
 
 
+def _norm_low(norm: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``norm(x)`` for a product in ``dtype`` next: in bf16, torch's layer norm with its output rounded in the same pass
+    where `geosam.models.cpu_convert.layer_norm_bf16` gives torch's bits (the bits the product's rounding of the
+    float32 norm gives: Intel Xeon with AMX, one thread, a ViT-B norm at 1024 px 1.0 vs 3.2 + 0.8 ms), else ``norm(x)``
+    (which the product rounds)."""
+    out = layer_norm_bf16(x, norm) if dtype == torch.bfloat16 and x.device.type == "cpu" else None
+    return norm(x) if out is None else out
+
+
 def _low(module: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``module(x)`` under autocast to ``dtype``: `geosam.models.cpu_gemm.linear_low` for a plain ``nn.Linear``."""
     return linear_low(x, module.weight, module.bias, dtype) if type(module) is torch.nn.Linear else module(x)
@@ -255,8 +264,7 @@ def _layer_mixed(
     on an Intel Xeon with AMX (one thread, ViT-B at 1024 px) 1.53-1.70 vs 1.72-1.94 s an encode.
     """
     attn = layer.attn
-    h = layer.layer_norm1(x)
-    qkv_low = _low(attn.qkv, h, dtype)
+    qkv_low = _low(attn.qkv, _norm_low(layer.layer_norm1, x, dtype), dtype)
     bf16 = qkv_low.dtype == torch.bfloat16  # q, k, v bf16 numbers: the AVX-512 BF16 kernel's products lose nothing
     # windows: a padded token's q, k, v are zeros through the same (low-precision) projection: its bias rounded
     pad_low = _zeros_projected(attn.qkv, qkv_low.dtype) if layer.window_size > 0 else None
@@ -279,7 +287,7 @@ def _add_mlp_low(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     mlp = layer.mlp
     if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and _exact_gelu(mlp.act)) or x.device.type != "cpu":
         return x.add_(mlp(layer.layer_norm2(x)))
-    hidden = linear_gelu_low(layer.layer_norm2(x), mlp.lin1.weight, mlp.lin1.bias, dtype)
+    hidden = linear_gelu_low(_norm_low(layer.layer_norm2, x, dtype), mlp.lin1.weight, mlp.lin1.bias, dtype)
     return add_bf16_(x, _low(mlp.lin2, hidden, dtype))
 
 
