@@ -230,8 +230,9 @@ INLINE T512 void rel_row3(const float* const* q, const float* tab, int64_t d, in
  * same rel_row calls, ordered so that each table (16 KiB for a ViT's 64 x 64 map) is read once for the 64 queries
  * that use it. In block order a block's 24 queries lie in 24 columns: every block read 24 tables of the column terms
  * (1 MiB for a head, from L3: 3 GB per encode), 7 % of the float32 encoder's time on an Intel Xeon. */
-static T512 void rel_rows(const float* const* tokp, int64_t qoff, const float* tab_h, const float* tab_w, int64_t hh,
-                          int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
+__attribute__((target("prfchw"))) static T512 void rel_rows(const float* const* tokp, int64_t qoff,
+                                                          const float* tab_h, const float* tab_w, int64_t hh,
+                                                          int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
   const int64_t nq = by_col ? hh : ww, m = by_col ? ww : hh, off = by_col ? hh : 0;
   const float* tab = by_col ? tab_w + i * d * ww : tab_h + i * d * hh;
   int64_t j = 0;
@@ -242,6 +243,13 @@ static T512 void rel_rows(const float* const* tokp, int64_t qoff, const float* t
       const int64_t t = by_col ? (j + r) * ww + i : i * ww + j + r;
       q[r] = tokp[t] + qoff;
       o[r] = rel + t * (hh + ww) + off;
+      /* as in rel_rows8: the terms' rows owned for writing, the next three's query rows fetched */
+      for (int64_t b = 0; b < m * (int64_t)sizeof(float); b += 64) __builtin_prefetch((const char*)o[r] + b, 1, 3);
+      if (j + 3 + r < nq) {
+        const int64_t t3 = by_col ? (j + 3 + r) * ww + i : i * ww + j + 3 + r;
+        for (int64_t b = 0; b < d * (int64_t)sizeof(float); b += 64)
+          _mm_prefetch((const char*)(tokp[t3] + qoff) + b, _MM_HINT_T0);
+      }
     }
     rel_row3(q, tab, d, m, o);
   }
