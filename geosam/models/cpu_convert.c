@@ -77,62 +77,106 @@ static inline void add_moments1(int64_t m0_add, float m1_add, float m2_add, int6
   *m0 = n;
 }
 
-/* ATen's RowwiseMomentsImpl<float> on 8-lane vectors: the row's mean and biased variance; n a multiple of 8 */
-static TLN void row_moments(const float* x, int64_t n, float* mean, float* var) {
-  const int64_t nv = n / 8, m = (nv + 15) / 16;
-  int depth = 0;
-  if (m <= 2) depth = (int)(m - 1);
-  else for (int64_t v = m - 1; v; v >>= 1) depth++;
-  int64_t m0s[64] = {0};
-  __m256 m1s[64], m2s[64];
-  for (int i = 0; i < 64; i++) m1s[i] = m2s[i] = _mm256_setzero_ps();
-  for (int64_t i = 0; i < m; i++) {
-    const float* xp = x + i * 128;
-    const int64_t m0 = nv - i * 16 < 16 ? nv - i * 16 : 16;
-    __m256 m1v = _mm256_setzero_ps(), m2v = _mm256_setzero_ps();
-    for (int64_t j = 0; j < m0; j++) {
-      const __m256 xv = _mm256_loadu_ps(xp + j * 8);
-      const __m256 d = _mm256_sub_ps(xv, m1v);
-      m1v = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / (float)(j + 1)), d, m1v);
-      m2v = _mm256_fmadd_ps(d, _mm256_sub_ps(xv, m1v), m2v);
-    }
-    add_moments8(m0, m1v, m2v, &m0s[0], &m1s[0], &m2s[0]);
-    int64_t mask = i + 1;
-    for (int j = 1; j < depth && (mask & 1) == 0; ++j) {
-      add_moments8(m0s[j - 1], m1s[j - 1], m2s[j - 1], &m0s[j], &m1s[j], &m2s[j]);
-      m0s[j - 1] = 0;
-      m1s[j - 1] = m2s[j - 1] = _mm256_setzero_ps();
-      mask >>= 1;
+/* ATen's RowwiseMomentsImpl<float> on 8-lane vectors for R rows of n floats each (rows sx apart; n a multiple of 8):
+ * each row's mean and biased variance. Each row's operations are ATen's, in its order; the R rows' chains run side by
+ * side (one row alone waits on its Welford chain: each step a subtraction then a fused multiply-add on the last) */
+#define ROW_MOMENTS(NAME, R)                                                                                          \
+  static TLN void NAME(const float* x, int64_t sx, int64_t n, float* mean, float* var) {                            \
+    const int64_t nv = n / 8, m = (nv + 15) / 16;                                                                   \
+    int depth = 0;                                                                                                  \
+    if (m <= 2) depth = (int)(m - 1);                                                                               \
+    else for (int64_t v = m - 1; v; v >>= 1) depth++;                                                               \
+    int64_t m0s[64] = {0};                                                                                          \
+    __m256 m1s[64][R], m2s[64][R];                                                                                  \
+    for (int i = 0; i < depth + 1 && i < 64; i++)                                                                   \
+      for (int k = 0; k < R; k++) m1s[i][k] = m2s[i][k] = _mm256_setzero_ps();                                      \
+    for (int64_t i = 0; i < m; i++) {                                                                               \
+      const int64_t m0 = nv - i * 16 < 16 ? nv - i * 16 : 16;                                                       \
+      __m256 m1v[R], m2v[R];                                                                                        \
+      _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) m1v[k] = m2v[k] = _mm256_setzero_ps();                    \
+      for (int64_t j = 0; j < m0; j++) {                                                                            \
+        const __m256 c = _mm256_set1_ps(1.0f / (float)(j + 1));                                                     \
+        _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) {                                                       \
+          const __m256 xv = _mm256_loadu_ps(x + k * sx + i * 128 + j * 8);                                          \
+          const __m256 d = _mm256_sub_ps(xv, m1v[k]);                                                               \
+          m1v[k] = _mm256_fmadd_ps(c, d, m1v[k]);                                                                   \
+          m2v[k] = _mm256_fmadd_ps(d, _mm256_sub_ps(xv, m1v[k]), m2v[k]);                                           \
+        }                                                                                                           \
+      }                                                                                                             \
+      const int64_t s0 = m0s[0];                                                                                    \
+      _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) {                                                         \
+        int64_t t = s0;                                                                                             \
+        add_moments8(m0, m1v[k], m2v[k], &t, &m1s[0][k], &m2s[0][k]);                                               \
+      }                                                                                                             \
+      m0s[0] = s0 + m0;                                                                                             \
+      int64_t mask = i + 1;                                                                                         \
+      for (int j = 1; j < depth && (mask & 1) == 0; ++j) {                                                          \
+        const int64_t a0 = m0s[j - 1], b0 = m0s[j];                                                                 \
+        _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) {                                                       \
+          int64_t t = b0;                                                                                           \
+          add_moments8(a0, m1s[j - 1][k], m2s[j - 1][k], &t, &m1s[j][k], &m2s[j][k]);                               \
+          m1s[j - 1][k] = m2s[j - 1][k] = _mm256_setzero_ps();                                                      \
+        }                                                                                                           \
+        m0s[j] = a0 + b0;                                                                                           \
+        m0s[j - 1] = 0;                                                                                             \
+        mask >>= 1;                                                                                                 \
+      }                                                                                                             \
+    }                                                                                                               \
+    for (int i = 1; i < depth; i++) {                                                                               \
+      const int64_t a0 = m0s[i], b0 = m0s[0];                                                                       \
+      _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) {                                                         \
+        int64_t t = b0;                                                                                             \
+        add_moments8(a0, m1s[i][k], m2s[i][k], &t, &m1s[0][k], &m2s[0][k]);                                         \
+      }                                                                                                             \
+      m0s[0] = a0 + b0;                                                                                             \
+    }                                                                                                               \
+    for (int k = 0; k < R; k++) {                                                                                   \
+      float m1a[8], m2a[8];                                                                                         \
+      _mm256_storeu_ps(m1a, m1s[0][k]);                                                                             \
+      _mm256_storeu_ps(m2a, m2s[0][k]);                                                                             \
+      int64_t c0 = 0;                                                                                               \
+      float m1 = 0.f, m2 = 0.f;                                                                                     \
+      for (int l = 0; l < 8; l++) add_moments1(nv, m1a[l], m2a[l], &c0, &m1, &m2);                                  \
+      mean[k] = m1;                                                                                                 \
+      var[k] = m2 / (float)n;                                                                                       \
+    }                                                                                                               \
+  }
+ROW_MOMENTS(row_moments, 1)
+ROW_MOMENTS(row_moments4, 4)
+#undef ROW_MOMENTS
+
+/* rows r .. r + R of x normalised, scaled, shifted and rounded into y (see geosam_layer_norm_bf16) */
+static inline TLN void norm_rows(const float* x, const float* w, const float* b, float eps, int64_t r, int R,
+                                 int64_t n, const float* mean, const float* var, uint16_t* y) {
+  for (int k = 0; k < R; k++) {
+    const float* xr = x + (r + k) * n;
+    const __m256 rs = _mm256_set1_ps(1.0f / sqrtf(var[k] + eps)), nm = _mm256_set1_ps(-mean[k]);
+    for (int64_t j = 0; j < n; j += 16) {
+      const __m256 lo = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_loadu_ps(xr + j), nm), rs),
+                                        _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j));
+      const __m256 hi = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_loadu_ps(xr + j + 8), nm), rs),
+                                        _mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(b + j + 8));
+      const __m512 both = _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+      _mm256_storeu_si256((__m256i*)(y + (r + k) * n + j), round16(both));
     }
   }
-  for (int i = 1; i < depth; i++) add_moments8(m0s[i], m1s[i], m2s[i], &m0s[0], &m1s[0], &m2s[0]);
-  float m1a[8], m2a[8];
-  _mm256_storeu_ps(m1a, m1s[0]);
-  _mm256_storeu_ps(m2a, m2s[0]);
-  int64_t m0 = 0;
-  float m1 = 0.f, m2 = 0.f;
-  for (int i = 0; i < 8; i++) add_moments1(nv, m1a[i], m2a[i], &m0, &m1, &m2);
-  *mean = m1;
-  *var = m2 / (float)n;
 }
 
 /* y[r] (bf16) = layer_norm(x[r]) * w + b rounded, for `rows` rows of n floats (n a multiple of 16) */
 TLN int geosam_layer_norm_bf16(const float* x, const float* w, const float* b, float eps, int64_t rows, int64_t n,
                                uint16_t* y, int threads) {
   if (n % 16 || n <= 0) return -1;
+  const int64_t groups = (rows + 3) / 4;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && rows * n >= (1 << 16))
-  for (int64_t r = 0; r < rows; r++) {
-    const float* xr = x + r * n;
-    float mean, var;
-    row_moments(xr, n, &mean, &var);
-    const __m256 rs = _mm256_set1_ps(1.0f / sqrtf(var + eps)), nm = _mm256_set1_ps(-mean);
-    for (int64_t j = 0; j < n; j += 16) {
-      const __m256 lo = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_loadu_ps(xr + j), nm), rs),
-                                        _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j));
-      const __m256 hi = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_loadu_ps(xr + j + 8), nm), rs),
-                                        _mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(b + j + 8));
-      _mm256_storeu_si256((__m256i*)(y + r * n + j), round16(_mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1)));
-    }
+  for (int64_t g = 0; g < groups; g++) { /* four rows' statistics side by side, then their outputs */
+    const int64_t r = 4 * g;
+    const int R = rows - r < 4 ? (int)(rows - r) : 4;
+    float mean[4], var[4];
+    if (R == 4)
+      row_moments4(x + r * n, n, n, mean, var);
+    else
+      for (int k = 0; k < R; k++) row_moments(x + (r + k) * n, n, n, mean + k, var + k);
+    norm_rows(x, w, b, eps, r, R, n, mean, var, y);
   }
   return 0;
 }
@@ -142,7 +186,7 @@ TLN int geosam_layer_norm_moments(const float* x, float eps, int64_t rows, int64
   if (n % 16 || n <= 0) return -1;
   for (int64_t r = 0; r < rows; r++) {
     float var;
-    row_moments(x + r * n, n, mean + r, &var);
+    row_moments(x + r * n, n, n, mean + r, &var);
     rstd[r] = 1.0f / sqrtf(var + eps);
   }
   return 0;
