@@ -54,7 +54,7 @@ T512 int geosam_add_bf16(float* x, const uint16_t* h, int64_t n, int threads) {
  * where ATen's expression allows one), rstd = 1 / sqrt(var + eps), then y = (x - mean) * rstd * w + b, the last two
  * fused. Ported operation for operation (-ffp-contract=off here: each fusion written out); geosam/models/cpu_convert.py
  * compares it with torch on every load and uses it only where they agree. n a multiple of 16. */
-#define TLN __attribute__((target("avx2,fma,avx512f,avx512dq")))
+#define TLN __attribute__((target("avx2,fma,avx512f"))) /* AVX-512F only, as the library is loaded */
 
 static inline TLN void add_moments8(int64_t m0_add, __m256 m1_add, __m256 m2_add, int64_t* m0, __m256* m1, __m256* m2) {
   const int64_t n = *m0 + m0_add;
@@ -156,7 +156,8 @@ static inline TLN void norm_rows(const float* x, const float* w, const float* b,
                                         _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j));
       const __m256 hi = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_loadu_ps(xr + j + 8), nm), rs),
                                         _mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(b + j + 8));
-      const __m512 both = _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+      const __m512 both =
+          _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
       _mm256_storeu_si256((__m256i*)(y + (r + k) * n + j), round16(both));
     }
   }
