@@ -243,13 +243,9 @@ __attribute__((target("prfchw"))) static T512 void rel_rows(const float* const* 
       const int64_t t = by_col ? (j + r) * ww + i : i * ww + j + r;
       q[r] = tokp[t] + qoff;
       o[r] = rel + t * (hh + ww) + off;
-      /* as in rel_rows8: the terms' rows owned for writing, the next three's query rows fetched */
-      for (int64_t b = 0; b < m * (int64_t)sizeof(float); b += 64) __builtin_prefetch((const char*)o[r] + b, 1, 3);
-      if (j + 3 + r < nq) {
-        const int64_t t3 = by_col ? (j + 3 + r) * ww + i : i * ww + j + 3 + r;
-        for (int64_t b = 0; b < d * (int64_t)sizeof(float); b += 64)
-          _mm_prefetch((const char*)(tokp[t3] + qoff) + b, _MM_HINT_T0);
-      }
+      fetch_for_writing(o[r], m * (int64_t)sizeof(float)); /* as in rel_rows8, the next three's queries fetched */
+      if (j + 3 + r < nq)
+        fetch_lines(tokp[by_col ? (j + 3 + r) * ww + i : i * ww + j + 3 + r] + qoff, d * (int64_t)sizeof(float));
     }
     rel_row3(q, tab, d, m, o);
   }
@@ -265,8 +261,9 @@ __attribute__((target("prfchw"))) static T512 void rel_rows(const float* const* 
  * query row read once per 32 columns instead of once per 16. The 8 queries are widened to float32 first (bf16
  * tokens) into qf (8 x d), so that the products' loop broadcasts from memory: widened inside it, the loop ran out of
  * registers and kept its accumulators on the stack (the same numbers, the same chains: the same bits). d <= 128 */
-__attribute__((target("prfchw"))) static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16, const float* tab_h, const float* tab_w,
-                           int64_t hh, int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
+__attribute__((target("prfchw"))) static T512 void rel_rows8(const float* const* tokp, int64_t qoff, int tok16,
+                                                           const float* tab_h, const float* tab_w, int64_t hh,
+                                                           int64_t ww, int64_t d, int64_t i, int by_col, float* rel) {
   const int64_t nq = by_col ? hh : ww, m = by_col ? ww : hh, off = by_col ? hh : 0;
   const float* tab = by_col ? tab_w + i * d * ww : tab_h + i * d * hh;
   float qf[8 * 128];
@@ -280,12 +277,10 @@ __attribute__((target("prfchw"))) static T512 void rel_rows8(const float* const*
       o[r] = rel + t * (hh + ww) + off;
       /* the terms' rows owned for writing, the next group's query rows fetched (a head's 2 MiB of terms and its
        * queries down a column of the map miss to L3): a ViT-B global layer 120.9 -> 117.5 ms (AMX mode) */
-      for (int64_t b = 0; b < m * (int64_t)sizeof(float); b += 64) __builtin_prefetch((const char*)o[r] + b, 1, 3);
-      if (g + 8 + r < nq) {
-        const int64_t t8 = by_col ? (g + 8 + r) * ww + i : i * ww + g + 8 + r;
-        for (int64_t b = 0; b < d * (tok16 ? 2 : 4); b += 64)
-          _mm_prefetch((const char*)tokp[t8] + qoff * (tok16 ? 2 : 4) + b, _MM_HINT_T0);
-      }
+      fetch_for_writing(o[r], m * (int64_t)sizeof(float));
+      if (g + 8 + r < nq)
+        fetch_lines((const char*)tokp[by_col ? (g + 8 + r) * ww + i : i * ww + g + 8 + r] + qoff * (tok16 ? 2 : 4),
+                    d * (tok16 ? 2 : 4));
       if (tok16) {
         bf16_row_to_f32((const uint16_t*)q[r], d, qf + r * d);
         q[r] = qf + r * d;
@@ -374,16 +369,6 @@ static T512 void window_rel(const float* const* tokp, int64_t qoff, int tok16, c
   }
 }
 
-/* 16 floats rounded to bf16 as ATen's vectorised conversion rounds them (cpu_convert.c's round16: + 0x7fff + the
- * kept part's lowest bit, then the high half; NaN -> 0xffff) */
-INLINE T512 __m256i round16(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x);
-  __m512i t = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  t = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(t, _mm512_set1_epi32(0x7fff)), u), 16);
-  t = _mm512_mask_mov_epi32(_mm512_set1_epi32(0xffff), _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), t);
-  return _mm512_cvtepi32_epi16(t);
-}
-
 /* out[r][0:d] = o[r] * inv[r] for the block's first nq queries, in float32 or (out16) rounded to bf16 as torch's
  * conversion rounds (out[r] then the address of d bf16 numbers): the bf16 encoder's next product takes them as
  * they are, without a pass over the layer's whole float32 output (12 MiB for a ViT-B) to round them */
@@ -393,7 +378,7 @@ static T512 void block_out(const float* o, const float* inv, int64_t nq, int64_t
     for (int64_t c = 0; c < d; c += 16) {
       const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), f);
       if (out16)
-        _mm256_storeu_si256((__m256i*)((uint16_t*)out[r] + c), round16(x));
+        _mm256_storeu_si256((__m256i*)((uint16_t*)out[r] + c), round16_aten(x));
       else
         _mm512_storeu_ps(out[r] + c, x);
     }
@@ -837,12 +822,8 @@ static T512 void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np
     uint32_t* panel = (uint32_t*)kp + t * (d / 2) * 16;
     for (int64_t l = 0; l < 16; l++) { /* the next panel's key rows and this one's value rows on their way to L1 */
       const int64_t j = t * 16 + l;
-      const char* kn = j + 16 < n ? (const char*)((const uint16_t*)tokp[j + 16] + koff) : NULL;
-      const char* vn = j < n ? (const char*)((const uint16_t*)tokp[j] + voff) : NULL;
-      for (int64_t b = 0; b < 2 * d; b += 64) {
-        if (kn) _mm_prefetch(kn + b, _MM_HINT_T0);
-        if (vn) _mm_prefetch(vn + b, _MM_HINT_T0);
-      }
+      if (j + 16 < n) fetch_lines((const uint16_t*)tokp[j + 16] + koff, 2 * d);
+      if (j < n) fetch_lines((const uint16_t*)tokp[j] + voff, 2 * d);
     }
     for (int64_t l = 0; l < 16; l++) {
       const int64_t j = t * 16 + l;

@@ -46,6 +46,17 @@ INLINE T512 __m512i lane_offsets(int64_t stride) {
 
 INLINE T512 __mmask16 tail(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 
+/* the lines of p[0:bytes] fetched into L1 ahead of their loads (rows of the map, which are read from L3) */
+INLINE void fetch_lines(const void* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)p + b, _MM_HINT_T0);
+}
+
+/* the lines of p[0:bytes] fetched for writing (prefetchw), so that the stores that follow find them owned: rows of
+ * outputs and terms in large arrays, whose stores otherwise miss to L3 one by one and fill the store buffer */
+INLINE __attribute__((target("prfchw"))) void fetch_for_writing(void* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((char*)p + b, 1, 3);
+}
+
 /* dst[0:n] = src[0:n] (32-bit words: floats, or pairs of bf16 numbers) in 16-word vectors, inline: the calls to
  * memcpy for a row of a few hundred bytes, twice per query of a global layer, cost more than the copy */
 INLINE T512 void copy_words(float* dst, const float* src, int64_t n) {
@@ -105,9 +116,9 @@ __attribute__((target("prfchw"))) static void block_rows(const float* const* tok
     tok[r] = y * ww + x;
     q[r] = (const float*)((const char*)tokp[tok[r]] + qoff * esz);
     o[r] = (float*)(out + ((y0 + y) * orow + (x0 + x) * ocol) * oesz);
-    if (r < m) /* the output row's lines owned ahead of the block's stores (each a miss to L3 otherwise: the store
-                * buffer filled, then the next block's first stores stalled; ~15 % of a windowed layer, AMX mode) */
-      for (int64_t b = 0; b < d * oesz; b += 64) __builtin_prefetch((const char*)o[r] + b, 1, 3);
+    if (r < m) /* the output row owned ahead of the block's stores (the store buffer filled with misses to L3, then
+                * the next block's first stores stalled: ~15 % of a windowed layer, AMX mode) */
+      fetch_for_writing(o[r], d * oesz);
     if (r < m && ++x == rx) x = 0, y++;
   }
   *nq = m;

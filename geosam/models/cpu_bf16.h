@@ -1,8 +1,8 @@
-/* bf16 pieces shared by geosam's AVX-512 BF16 kernels (cpu_attention512.c, cpu_decoder.c): the functions' target,
- * float32 -> bf16 rounding, a pair of bf16 in every lane, and vdpbf16ps (two float32 FMAs' work per instruction,
- * sums in float32). Called only where the CPU has AVX-512 BF16 (the Python side checks its flags). Included, not
- * compiled on its own; geosam/models/cpu_build.py hashes it with every kernel source, so a change here rebuilds
- * them. */
+/* bf16 pieces shared by geosam's AVX-512 kernels (cpu_attention512.c, cpu_decoder.c, cpu_convert.c): the
+ * functions' target, float32 -> bf16 rounding, a pair of bf16 in every lane, and vdpbf16ps (two float32 FMAs' work
+ * per instruction, sums in float32), called only where the CPU has AVX-512 BF16 (the Python side checks its flags);
+ * the widening and ATen's rounding (INLINE_F512) need AVX-512F only. Included, not compiled on its own;
+ * geosam/models/cpu_build.py hashes it with every kernel source, so a change here rebuilds them. */
 #ifndef GEOSAM_CPU_BF16_H
 #define GEOSAM_CPU_BF16_H
 #include <immintrin.h>
@@ -35,6 +35,17 @@ INLINE_F512 __m512 bf16_to_f32(__m256i x) { /* 16 bf16 numbers widened to float3
 
 INLINE_F512 void bf16_row_to_f32(const uint16_t* x, int64_t d, float* y) { /* d (a multiple of 16) numbers */
   for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(y + c, bf16_to_f32(_mm256_loadu_si256((const __m256i*)(x + c))));
+}
+
+/* 16 floats rounded to bf16 as ATen's vectorised conversion (Tensor.to) rounds them: + 0x7fff + the kept part's
+ * lowest bit, then the high half; NaN -> 0xffff (vcvtneps2bf16 keeps a NaN's sign and payload instead). AVX-512F
+ * only: cpu_convert.c's passes and the attention's bf16 outputs */
+INLINE_F512 __m256i round16_aten(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  __m512i t = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  t = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(t, _mm512_set1_epi32(0x7fff)), u), 16);
+  t = _mm512_mask_mov_epi32(_mm512_set1_epi32(0xffff), _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), t);
+  return _mm512_cvtepi32_epi16(t);
 }
 
 /* kp[t][k2][j][e] = bf16(b[2 k2 + e][16 t + j]) (zero past kn) for a (kn, n) row-major b, k2 < k2n (at least

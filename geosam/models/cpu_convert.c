@@ -14,24 +14,15 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include "cpu_bf16.h" /* round16_aten */
 
 #define T512 __attribute__((target("avx512f")))
-
-/* 16 floats rounded to bf16 as ATen's cvtfp32_bf16: + 0x7fff + the kept part's lowest bit, then the high half;
- * NaN -> 0xffff */
-static inline T512 __m256i round16(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x);
-  __m512i t = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  t = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(t, _mm512_set1_epi32(0x7fff)), u), 16);
-  t = _mm512_mask_mov_epi32(_mm512_set1_epi32(0xffff), _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), t);
-  return _mm512_cvtepi32_epi16(t);
-}
 
 /* y[i] = bf16(x[i]) for i < n, n a multiple of 16 */
 T512 int geosam_to_bf16(const float* x, uint16_t* y, int64_t n, int threads) {
   if (n % 16) return -1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && n >= (1 << 16))
-  for (int64_t i = 0; i < n; i += 16) _mm256_storeu_si256((__m256i*)(y + i), round16(_mm512_loadu_ps(x + i)));
+  for (int64_t i = 0; i < n; i += 16) _mm256_storeu_si256((__m256i*)(y + i), round16_aten(_mm512_loadu_ps(x + i)));
   return 0;
 }
 
@@ -77,73 +68,83 @@ static inline void add_moments1(int64_t m0_add, float m1_add, float m2_add, int6
   *m0 = n;
 }
 
-/* ATen's RowwiseMomentsImpl<float> on 8-lane vectors for R rows of n floats each (rows sx apart; n a multiple of 8):
- * each row's mean and biased variance. Each row's operations are ATen's, in its order; the R rows' chains run side by
- * side (one row alone waits on its Welford chain: each step a subtraction then a fused multiply-add on the last) */
-#define ROW_MOMENTS(NAME, R)                                                                                          \
-  static TLN void NAME(const float* x, int64_t sx, int64_t n, float* mean, float* var) {                            \
-    const int64_t nv = n / 8, m = (nv + 15) / 16;                                                                   \
-    int depth = 0;                                                                                                  \
-    if (m <= 2) depth = (int)(m - 1);                                                                               \
-    else for (int64_t v = m - 1; v; v >>= 1) depth++;                                                               \
-    int64_t m0s[64] = {0};                                                                                          \
-    __m256 m1s[64][R], m2s[64][R];                                                                                  \
-    for (int i = 0; i < depth + 1 && i < 64; i++)                                                                   \
-      for (int k = 0; k < R; k++) m1s[i][k] = m2s[i][k] = _mm256_setzero_ps();                                      \
-    for (int64_t i = 0; i < m; i++) {                                                                               \
-      const int64_t m0 = nv - i * 16 < 16 ? nv - i * 16 : 16;                                                       \
-      __m256 m1v[R], m2v[R];                                                                                        \
-      _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) m1v[k] = m2v[k] = _mm256_setzero_ps();                    \
-      for (int64_t j = 0; j < m0; j++) {                                                                            \
-        const __m256 c = _mm256_set1_ps(1.0f / (float)(j + 1));                                                     \
-        _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) {                                                       \
-          const __m256 xv = _mm256_loadu_ps(x + k * sx + i * 128 + j * 8);                                          \
-          const __m256 d = _mm256_sub_ps(xv, m1v[k]);                                                               \
-          m1v[k] = _mm256_fmadd_ps(c, d, m1v[k]);                                                                   \
-          m2v[k] = _mm256_fmadd_ps(d, _mm256_sub_ps(xv, m1v[k]), m2v[k]);                                           \
-        }                                                                                                           \
-      }                                                                                                             \
-      const int64_t s0 = m0s[0];                                                                                    \
-      _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) {                                                         \
-        int64_t t = s0;                                                                                             \
-        add_moments8(m0, m1v[k], m2v[k], &t, &m1s[0][k], &m2s[0][k]);                                               \
-      }                                                                                                             \
-      m0s[0] = s0 + m0;                                                                                             \
-      int64_t mask = i + 1;                                                                                         \
-      for (int j = 1; j < depth && (mask & 1) == 0; ++j) {                                                          \
-        const int64_t a0 = m0s[j - 1], b0 = m0s[j];                                                                 \
-        _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) {                                                       \
-          int64_t t = b0;                                                                                           \
-          add_moments8(a0, m1s[j - 1][k], m2s[j - 1][k], &t, &m1s[j][k], &m2s[j][k]);                               \
-          m1s[j - 1][k] = m2s[j - 1][k] = _mm256_setzero_ps();                                                      \
-        }                                                                                                           \
-        m0s[j] = a0 + b0;                                                                                           \
-        m0s[j - 1] = 0;                                                                                             \
-        mask >>= 1;                                                                                                 \
-      }                                                                                                             \
-    }                                                                                                               \
-    for (int i = 1; i < depth; i++) {                                                                               \
-      const int64_t a0 = m0s[i], b0 = m0s[0];                                                                       \
-      _Pragma("GCC unroll 4") for (int k = 0; k < R; k++) {                                                         \
-        int64_t t = b0;                                                                                             \
-        add_moments8(a0, m1s[i][k], m2s[i][k], &t, &m1s[0][k], &m2s[0][k]);                                         \
-      }                                                                                                             \
-      m0s[0] = a0 + b0;                                                                                             \
-    }                                                                                                               \
-    for (int k = 0; k < R; k++) {                                                                                   \
-      float m1a[8], m2a[8];                                                                                         \
-      _mm256_storeu_ps(m1a, m1s[0][k]);                                                                             \
-      _mm256_storeu_ps(m2a, m2s[0][k]);                                                                             \
-      int64_t c0 = 0;                                                                                               \
-      float m1 = 0.f, m2 = 0.f;                                                                                     \
-      for (int l = 0; l < 8; l++) add_moments1(nv, m1a[l], m2a[l], &c0, &m1, &m2);                                  \
-      mean[k] = m1;                                                                                                 \
-      var[k] = m2 / (float)n;                                                                                       \
-    }                                                                                                               \
+/* ATen's RowwiseMomentsImpl<float> on 8-lane vectors for R <= 4 rows of n floats each (rows sx apart; n a multiple
+ * of 8): each row's mean and biased variance. Each row's operations are ATen's, in its order; the R rows' chains
+ * run side by side (one row alone waits on its Welford chain: a subtraction, then a fused multiply-add on it) */
+static inline __attribute__((always_inline)) TLN void row_moments_r(const float* x, int64_t sx, int64_t n, float* mean,
+                                                                     float* var, const int R) {
+  const int64_t nv = n / 8, m = (nv + 15) / 16;
+  int depth = 0;
+  if (m <= 2) depth = (int)(m - 1);
+  else for (int64_t v = m - 1; v; v >>= 1) depth++;
+  int64_t m0s[64] = {0}; /* the cascade's counts, the same for every row */
+  __m256 m1s[64][4], m2s[64][4];
+  for (int i = 0; i < depth + 1 && i < 64; i++)
+    for (int k = 0; k < R; k++) m1s[i][k] = m2s[i][k] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < m; i++) {
+    const int64_t m0 = nv - i * 16 < 16 ? nv - i * 16 : 16;
+    __m256 m1v[4], m2v[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) m1v[k] = m2v[k] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < m0; j++) {
+      const __m256 c = _mm256_set1_ps(1.0f / (float)(j + 1));
+#pragma GCC unroll 4
+      for (int k = 0; k < R; k++) {
+        const __m256 xv = _mm256_loadu_ps(x + k * sx + i * 128 + j * 8);
+        const __m256 d = _mm256_sub_ps(xv, m1v[k]);
+        m1v[k] = _mm256_fmadd_ps(c, d, m1v[k]);
+        m2v[k] = _mm256_fmadd_ps(d, _mm256_sub_ps(xv, m1v[k]), m2v[k]);
+      }
+    }
+    const int64_t s0 = m0s[0];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+      int64_t t = s0;
+      add_moments8(m0, m1v[k], m2v[k], &t, &m1s[0][k], &m2s[0][k]);
+    }
+    m0s[0] = s0 + m0;
+    int64_t mask = i + 1;
+    for (int j = 1; j < depth && (mask & 1) == 0; ++j) {
+      const int64_t a0 = m0s[j - 1], b0 = m0s[j];
+#pragma GCC unroll 4
+      for (int k = 0; k < R; k++) {
+        int64_t t = b0;
+        add_moments8(a0, m1s[j - 1][k], m2s[j - 1][k], &t, &m1s[j][k], &m2s[j][k]);
+        m1s[j - 1][k] = m2s[j - 1][k] = _mm256_setzero_ps();
+      }
+      m0s[j] = a0 + b0;
+      m0s[j - 1] = 0;
+      mask >>= 1;
+    }
   }
-ROW_MOMENTS(row_moments, 1)
-ROW_MOMENTS(row_moments4, 4)
-#undef ROW_MOMENTS
+  for (int i = 1; i < depth; i++) {
+    const int64_t a0 = m0s[i], b0 = m0s[0];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+      int64_t t = b0;
+      add_moments8(a0, m1s[i][k], m2s[i][k], &t, &m1s[0][k], &m2s[0][k]);
+    }
+    m0s[0] = a0 + b0;
+  }
+  for (int k = 0; k < R; k++) {
+    float m1a[8], m2a[8];
+    _mm256_storeu_ps(m1a, m1s[0][k]);
+    _mm256_storeu_ps(m2a, m2s[0][k]);
+    int64_t c0 = 0;
+    float m1 = 0.f, m2 = 0.f;
+    for (int l = 0; l < 8; l++) add_moments1(nv, m1a[l], m2a[l], &c0, &m1, &m2);
+    mean[k] = m1;
+    var[k] = m2 / (float)n;
+  }
+}
+
+/* row_moments_r with the row count known at compile time: one row, or four side by side */
+static TLN void row_moments(const float* x, int64_t n, float* mean, float* var) {
+  row_moments_r(x, n, n, mean, var, 1);
+}
+static TLN void row_moments4(const float* x, int64_t n, float* mean, float* var) {
+  row_moments_r(x, n, n, mean, var, 4);
+}
 
 /* rows r .. r + R of x normalised, scaled, shifted and rounded into y (see geosam_layer_norm_bf16) */
 static inline TLN void norm_rows(const float* x, const float* w, const float* b, float eps, int64_t r, int R,
@@ -158,7 +159,7 @@ static inline TLN void norm_rows(const float* x, const float* w, const float* b,
                                         _mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(b + j + 8));
       const __m512 both =
           _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
-      _mm256_storeu_si256((__m256i*)(y + (r + k) * n + j), round16(both));
+      _mm256_storeu_si256((__m256i*)(y + (r + k) * n + j), round16_aten(both));
     }
   }
 }
@@ -174,9 +175,9 @@ TLN int geosam_layer_norm_bf16(const float* x, const float* w, const float* b, f
     const int R = rows - r < 4 ? (int)(rows - r) : 4;
     float mean[4], var[4];
     if (R == 4)
-      row_moments4(x + r * n, n, n, mean, var);
+      row_moments4(x + r * n, n, mean, var);
     else
-      for (int k = 0; k < R; k++) row_moments(x + (r + k) * n, n, n, mean + k, var + k);
+      for (int k = 0; k < R; k++) row_moments(x + (r + k) * n, n, mean + k, var + k);
     norm_rows(x, w, b, eps, r, R, n, mean, var, y);
   }
   return 0;
@@ -187,7 +188,7 @@ TLN int geosam_layer_norm_moments(const float* x, float eps, int64_t rows, int64
   if (n % 16 || n <= 0) return -1;
   for (int64_t r = 0; r < rows; r++) {
     float var;
-    row_moments(x + r * n, n, n, mean + r, &var);
+    row_moments(x + r * n, n, mean + r, &var);
     rstd[r] = 1.0f / sqrtf(var + eps);
   }
   return 0;
