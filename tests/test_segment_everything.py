@@ -100,6 +100,42 @@ def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> 
     assert not cut.masks[:, :, :100].any()
 
 
+@pytest.mark.parametrize("stability", [0.0, 0.9])
+def test_invalid_pixels_keep_the_lazy_path_and_the_full_paths_results(bundle: SamBundle, monkeypatch, stability: float) -> None:
+    """A 1024 px chip with invalid pixels (a wedge, as nodata at a scene's edge) counts and boxes masks from the
+    low-res logits too: only the masks whose box holds an invalid pixel are upsampled for their cut boxes, then the
+    NMS survivors; masks (so their boxes), scores and counts equal upsampling and cutting every filtered mask. A scripted
+    decoder gives sharp small squares, soft ramps and exact-threshold masks around each point."""
+    from tests.test_segment_sam_diff_generator import scripted_decode
+
+    monkeypatch.setattr(crop, "decode_points", lambda b, emb, points, labels=None, multimask=True, iou_floor=None,
+                        cache=None: scripted_decode(points))
+    yy, xx = np.mgrid[:1024, :1024]
+    valid = xx + yy > 500
+    chip = make_chip(1024, 1024, valid=valid, seed=4)
+    gen = SamMaskGenerator(bundle, points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=stability,
+                           box_nms_thresh=0.5)
+    upsampled: list[int] = []
+    real_masks = crop.upsample_masks
+
+    def spy_masks(logits, *args, **kwargs):
+        upsampled.append(int(logits.shape[0]))
+        return real_masks(logits, *args, **kwargs)
+
+    monkeypatch.setattr(crop, "upsample_masks", spy_masks)
+    lazy = gen.generate(chip)
+    stats = dict(gen.last_stats)
+    assert stats["masks_after_filter"] > stats["masks_after_nms"] > 0
+    assert stats["masks_after_nms"] < sum(upsampled) < stats["masks_after_filter"]  # some boxes touch the wedge
+    monkeypatch.setattr(crop, "LAZY_UPSAMPLE", False)
+    full = gen.generate(chip)
+    assert gen.last_stats == stats
+    assert len(lazy) == len(full) > 0
+    assert np.array_equal(lazy.masks, full.masks) and not lazy.masks[:, ~valid].any()
+    for field in ("stability_score", "predicted_iou"):
+        assert np.array_equal(getattr(lazy, field), getattr(full, field)), field
+
+
 def test_invalid_pixels_score_from_low_res_like_the_full_path(bundle: SamBundle, monkeypatch) -> None:
     """A 1024 px chip with invalid pixels scores stability from the low-res logits (exact: SAM scores the
     whole upsampled logits) and upsamples only the masks that pass; the kept masks equal the full path's.

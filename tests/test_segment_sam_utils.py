@@ -14,6 +14,7 @@ from geosam.segment.sam_utils import (
     batched_mask_to_box,
     batched_nms,
     box_iou,
+    boxes_and_nonempty,
     build_point_grid,
     calculate_stability_score,
     nms,
@@ -60,6 +61,13 @@ def test_batched_mask_to_box() -> None:
     assert boxes[0, 2].tolist() == [0, 0, 0, 0]  # empty
     assert boxes[1, 0].tolist() == [0, 0, 2, 6]
     assert batched_mask_to_box(torch.zeros((0, 5, 5), dtype=torch.bool)).shape == (0, 4)
+    masks[1, 2, 0, 0] = True  # a one-pixel mask at the origin has the empty mask's box, but is not empty
+    both, nonempty = boxes_and_nonempty(masks)
+    assert torch.equal(both, batched_mask_to_box(masks)) and both[1, 2].tolist() == [0, 0, 0, 0]
+    assert nonempty.tolist() == [[True, True, False], [True, False, True]]
+    assert torch.equal(nonempty, masks.flatten(-2).any(-1))
+    empty_boxes, empty_flags = boxes_and_nonempty(torch.zeros((0, 5, 5), dtype=torch.bool))
+    assert empty_boxes.shape == (0, 4) and empty_flags.shape == (0,) and empty_flags.dtype == torch.bool
 
 
 def test_box_iou() -> None:

@@ -173,8 +173,9 @@ def _upscale_and_predict(
     shape = (n, k, 4 * hh, 4 * ww)
     if out is None or out.shape != shape or out.dtype != dtype or out.device != x.device or not out.is_contiguous():
         out = torch.empty(shape, dtype=dtype, device=x.device)
-    if len(todo) < n:
-        out.fill_(float("-inf"))
+    if len(todo) < n:  # only the skipped prompts' masks: the others are written whole below
+        skipped = sorted(set(range(n)) - set(todo))
+        out[torch.tensor(skipped, device=x.device)] = float("-inf")
     hyper_t = hyper.transpose(1, 2).to(dtype)  # (N, C8, K)
     cs = max(1, min(n, chunk if chunk is not None else (1 if x.device.type == "cpu" else n)))
 

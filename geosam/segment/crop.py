@@ -33,9 +33,8 @@ from geosam.segment.lowres import (
 )
 from geosam.segment.sam_utils import (
     MaskData,
-    batched_mask_to_box,
+    boxes_and_nonempty,
     calculate_stability_score,
-    count_true,
     is_box_near_crop_edge,
     nms,
     stability_from_counts,
@@ -110,7 +109,10 @@ class CropFrame:
     """A crop's sizes (``hw`` in chip pixels, ``resized`` in the model frame), its valid pixels, and whether
     its chip-resolution logits are the low-res logits upsampled 4x (``x4``: the crop is the model's input size,
     4x the low-res logits), so stability scores come from the low-res logits, and whether the whole low-res fast
-    path applies (``lazy``: ``x4`` and wholly valid, so boxes too, and only NMS survivors are upsampled)."""
+    path applies (``lazy``: ``x4``; counts and boxes from the low-res logits, only NMS survivors upsampled). With
+    invalid pixels, ``invalid_sums`` is the summed-area table of the invalid ones ((h + 1, w + 1), zeros first): a
+    mask whose box holds none is its own cut to the valid pixels, the others are upsampled and cut for their boxes
+    (`_cut_boxes`)."""
 
     hw: tuple[int, int]
     resized: tuple[int, int]
@@ -118,6 +120,7 @@ class CropFrame:
     all_valid: bool
     lazy: bool
     x4: bool = False
+    invalid_sums: torch.Tensor | None = None
 
     @classmethod
     def make(cls, bundle: SamBundle, valid: np.ndarray, resized: tuple[int, int]) -> CropFrame:
@@ -126,7 +129,21 @@ class CropFrame:
         lr, size = bundle.low_res_size, bundle.input_size
         all_valid = bool(valid.all())
         x4 = LAZY_UPSAMPLE and (rh, rw) == (h, w) == (size, size) and size == 4 * lr
-        return cls((h, w), (rh, rw), torch.from_numpy(valid).to(bundle.device), all_valid, x4 and all_valid, x4)
+        valid_t = torch.from_numpy(valid).to(bundle.device)
+        sums = None
+        if x4 and not all_valid:
+            sums = torch.zeros((h + 1, w + 1), dtype=torch.int32, device=valid_t.device)
+            sums[1:, 1:] = (~valid_t).to(torch.int32).cumsum(0).cumsum(1)
+        return cls((h, w), (rh, rw), valid_t, all_valid, x4, x4, sums)
+
+    def invalid_in_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Invalid pixels inside each XYXY inclusive box (N, 4) (`invalid_sums`; zeros when all are valid)."""
+        if self.invalid_sums is None:
+            return torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+        s = self.invalid_sums
+        b = boxes.to(s.device)
+        x0, y0, x1, y1 = b[:, 0], b[:, 1], b[:, 2] + 1, b[:, 3] + 1
+        return (s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0]).to(torch.int64).to(boxes.device)
 
 
 def process_crop(
@@ -251,23 +268,16 @@ def _score_chunk(
         high, loose, inside = counts.unbind(1)
         stab = stability_from_counts(high, loose)
         nonempty = inside > 0
+        if not frame.all_valid:
+            keep = nonempty & (stab >= params.stability_score_thresh) if params.stability_score_thresh > 0.0 else nonempty
+            nonempty, boxes = _cut_boxes(bundle, params, frame, low, keep, nonempty, boxes)
     else:
-        if frame.x4:  # the score is SAM's on the whole upsampled logits: exact from the low-res ones, so only
-            # masks that pass are upsampled (for the cut to valid pixels and their boxes)
-            counts, _ = upsampled_x4_stats(low, (t + off, t - off), t, cells)
-            stab = stability_from_counts(counts[:, 0], counts[:, 1])
-            if params.stability_score_thresh > 0.0:
-                passing = stab >= params.stability_score_thresh
-                low, iou, stab = low[passing], iou[passing], stab[passing]
-            masks = upsample_masks(low, bundle.input_size, frame.resized, frame.hw, t)
-        else:
-            up = upsample_logits(low, bundle.input_size, frame.resized, frame.hw)
-            stab = calculate_stability_score(up, t, off)
-            masks = up > t
+        up = upsample_logits(low, bundle.input_size, frame.resized, frame.hw)
+        stab = calculate_stability_score(up, t, off)
+        masks = up > t
         if not frame.all_valid:
             masks &= frame.valid
-        nonempty = count_true(masks) > 0
-        boxes = batched_mask_to_box(masks)
+        boxes, nonempty = boxes_and_nonempty(masks)
     ok = nonempty
     if params.stability_score_thresh > 0.0:
         ok = ok & (stab >= params.stability_score_thresh)
@@ -280,11 +290,35 @@ def _score_chunk(
 def _upsample(bundle: SamBundle, frame: CropFrame, params: FilterParams, low: torch.Tensor) -> torch.Tensor:
     """Bool crop-frame masks (N, h, w) on the CPU from low-res logits, `filter_chunk` at a time."""
     step = filter_chunk(bundle.device)
-    out = [
-        upsample_masks(low[c : c + step], bundle.input_size, frame.resized, frame.hw, params.mask_threshold).cpu()
-        for c in range(0, low.shape[0], step)
-    ]
+    out = []
+    for c in range(0, low.shape[0], step):
+        masks = upsample_masks(low[c : c + step], bundle.input_size, frame.resized, frame.hw, params.mask_threshold)
+        if not frame.all_valid:
+            masks &= frame.valid
+        out.append(masks.cpu())
     return torch.cat(out) if out else torch.zeros((0, *frame.hw), dtype=torch.bool)
+
+
+def _cut_boxes(
+    bundle: SamBundle, params: FilterParams, frame: CropFrame, low: torch.Tensor, keep: torch.Tensor,
+    nonempty: torch.Tensor, boxes: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nonempty`` and ``boxes`` of the masks cut to the frame's valid pixels, for the ``keep`` ones (the rest are
+    dropped anyway): a mask whose box holds no invalid pixel is its own cut (the box bounds every pixel of it), the
+    others are upsampled and cut here, as the full path does for every mask. Returns new tensors."""
+    touch = keep & (frame.invalid_in_boxes(boxes) > 0)
+    if not bool(touch.any()):
+        return nonempty, boxes
+    idx = touch.nonzero()[:, 0]
+    nonempty, boxes = nonempty.clone(), boxes.clone()
+    step = filter_chunk(bundle.device)
+    for c in range(0, idx.numel(), step):
+        sub = idx[c : c + step]
+        masks = upsample_masks(low[sub], bundle.input_size, frame.resized, frame.hw, params.mask_threshold)
+        masks &= frame.valid
+        cut, nonempty[sub] = boxes_and_nonempty(masks)
+        boxes[sub] = cut.to(boxes.dtype)
+    return nonempty, boxes
 
 
 __all__ = ["DEVICE_CHUNK", "LAZY_UPSAMPLE", "UPSAMPLE_CHUNK", "CropFrame", "FilterParams", "StageTimer", "filter_chunk", "process_crop"]

@@ -44,7 +44,8 @@ def _first_last4(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _any(flags: torch.Tensor, dim: int) -> torch.Tensor:
-    """``flags.any(dim)`` as the byte maximum (bool ``any`` over an inner axis is up to 4x slower)."""
+    """``flags.any(dim)`` as the byte maximum (bool ``any`` is up to 4x slower over an inner axis, ~70x over the
+    last: 16 masks of 1024 x 1024 px, 44 vs 0.6 ms, Intel Xeon, one thread)."""
     return flags.view(torch.uint8).amax(dim=dim) > 0
 
 

@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 
 from geosam.errors import ConfigError
-from geosam.segment.lowres import _first_last
+from geosam.segment.lowres import _any, _first_last
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -191,14 +191,23 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
 
     An empty mask gets the box (0, 0, 0, 0).
     """
+    return boxes_and_nonempty(masks)[0]
+
+
+def boxes_and_nonempty(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batched_mask_to_box`'s boxes of boolean masks (..., H, W) and whether each mask has a pixel (...), from one
+    pass over the masks (no count of their pixels)."""
     if masks.numel() == 0:
-        return torch.zeros((*masks.shape[:-2], 4), dtype=torch.int64, device=masks.device)
+        lead = masks.shape[:-2]
+        return (torch.zeros((*lead, 4), dtype=torch.int64, device=masks.device),
+                torch.zeros(lead, dtype=torch.bool, device=masks.device))
     masks = masks.to(torch.bool)
-    top, bottom = _first_last(masks.any(dim=-1))  # rows (..., H)
-    left, right = _first_last(masks.any(dim=-2))  # columns (..., W)
+    # the byte maxima: torch's bool ``any`` over a 1024 px chip's rows took 44 ms for 16 masks, the maxima 0.6 ms
+    top, bottom = _first_last(_any(masks, -1))  # rows (..., H)
+    left, right = _first_last(_any(masks, -2))  # columns (..., W)
     boxes = torch.stack([left, top, right, bottom], dim=-1)
-    empty = bottom < 0
-    return torch.where(empty[..., None], torch.zeros_like(boxes), boxes)
+    nonempty = bottom >= 0
+    return torch.where(nonempty[..., None], boxes, torch.zeros_like(boxes)), nonempty
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -311,6 +320,7 @@ __all__ = [
     "batched_mask_to_box",
     "batched_nms",
     "box_iou",
+    "boxes_and_nonempty",
     "build_point_grid",
     "calculate_stability_score",
     "count_true",
