@@ -1,13 +1,14 @@
 """Before / after a refactor: the same segment-everything run on two versions of geosam, interleaved.
 
-Both versions run ``geosam.segment_scene`` on ``data/banepa_predict.tif`` (2048 x 2048, 4 chips of 1024 px)
-with the same saved random-weight ViT-B (``bench_amg.build_sane_random_sam``), 16 x 16 points, float32 and
-``dtype="auto"``. Each run is a fresh subprocess whose ``PYTHONPATH`` points at one version's source tree;
+Both versions run ``geosam.segment_scene`` on ``data/banepa_predict.tif`` (2048 x 2048, 9 chips of 1024 px with
+128 px of overlap: the outer five reach past the scene, their padding invalid) with the same saved random-weight
+ViT-B (``bench_amg.build_sane_random_sam``), 16 x 16 points (``--grid``), float32 and ``dtype="auto"``;
+``--fill-value 255`` marks the scene's white wedge invalid too, as the README's demo does. Each run is a fresh subprocess whose ``PYTHONPATH`` points at one version's source tree;
 runs alternate old, new, old, new, ... so that the drifting speed of a shared CPU hits both alike. The model
 load is timed apart; ``segment_s`` is the wall time of ``segment_scene`` (reading, encoder, decoder, filters,
 stitching, table). The output also records whether both versions give the same polygons.
 
-    .venv/bin/python benchmarks/bench_core_change.py --old REV [--rounds 3]
+    .venv/bin/python benchmarks/bench_core_change.py --old REV [--rounds 3] [--fill-value 255] [--threads 1]
 
 ``REV`` is checked out into a temporary git worktree. Results: ``benchmarks/results/core_change.json``.
 """
@@ -35,19 +36,23 @@ from geosam.models import load_model as load_sam
 """ + r"""
 bundle = load_sam(sys.argv[1], device="cpu", dtype=sys.argv[3])
 t1 = time.perf_counter()
-gdf = geosam.segment_scene(sys.argv[2], model=sys.argv[1], chip_size_px=1024, overlap_px=128, points_per_side=16,
-                           device="cpu", dtype=sys.argv[3], progress=False, prefetch_chips=1)
+extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+gdf = geosam.segment_scene(sys.argv[2], model=sys.argv[1], chip_size_px=1024, overlap_px=128, device="cpu",
+                           dtype=sys.argv[3], progress=False, prefetch_chips=1, **{"points_per_side": 16, **extra})
 t2 = time.perf_counter()
 print(json.dumps({"load_s": t1 - t0, "segment_s": t2 - t1, "objects": len(gdf),
                   "wkb": sorted(g.wkb_hex for g in gdf.geometry), "file": geosam.__file__}))
 """
 
 
-def run_version(src: Path, model_dir: str, dtype: str, old_api: bool) -> dict:
+def run_version(src: Path, model_dir: str, dtype: str, extra: dict, threads: int) -> dict:
+    old_api = not (src / "geosam" / "models").is_dir()  # before the stage packages: geosam.model.load_sam
     code = RUN.replace("from geosam.models import load_model as load_sam", "from geosam.model import load_sam") if old_api else RUN
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code, model_dir, str(ROOT / "data" / "banepa_predict.tif"), dtype],
-                         capture_output=True, text=True, env=env, cwd=str(src), check=True)
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = str(threads)
+    out = subprocess.run([sys.executable, "-c", code, model_dir, str(ROOT / "data" / "banepa_predict.tif"), dtype,
+                          json.dumps(extra)], capture_output=True, text=True, env=env, cwd=str(src), check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["file"].startswith(str(src)), f"imported {res['file']}, expected the tree at {src}"
     return res
@@ -58,8 +63,14 @@ def main() -> None:
     ap.add_argument("--old", required=True, help="git revision of the 'before' code")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dtypes", default="float32,auto")
+    ap.add_argument("--grid", type=int, default=16, help="points per side")
+    ap.add_argument("--fill-value", type=float, default=None, help="pixel value marking invalid pixels (255: the wedge)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (OMP_NUM_THREADS); 0: torch's default")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "core_change.json"))
     args = ap.parse_args()
+    extra: dict = {"points_per_side": args.grid}
+    if args.fill_value is not None:
+        extra["fill_value"] = args.fill_value
 
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
@@ -78,8 +89,8 @@ def main() -> None:
             for dtype in args.dtypes.split(","):
                 runs: dict[str, list[dict]] = {"old": [], "new": []}
                 for _ in range(args.rounds):
-                    runs["old"].append(run_version(old_src, model_dir, dtype, old_api=True))
-                    runs["new"].append(run_version(ROOT, model_dir, dtype, old_api=False))
+                    runs["old"].append(run_version(old_src, model_dir, dtype, extra, args.threads))
+                    runs["new"].append(run_version(ROOT, model_dir, dtype, extra, args.threads))
                 med = {k: statistics.median(r["segment_s"] for r in v) for k, v in runs.items()}
                 results[dtype] = {
                     "segment_s_old": [round(r["segment_s"], 2) for r in runs["old"]],
@@ -106,8 +117,9 @@ def _write(args: argparse.Namespace, results: dict) -> None:
         cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    out = {"old": args.old, "rounds": args.rounds, "cpu": cpu, "threads": os.cpu_count(),
-           "scene": "data/banepa_predict.tif (4 chips of 1024 px, 16 x 16 points)", "results": results}
+    out = {"old": args.old, "rounds": args.rounds, "cpu": cpu, "cpus": os.cpu_count(), "torch_threads": args.threads or
+           "default", "scene": f"data/banepa_predict.tif (9 chips of 1024 px, overlap 128, {args.grid} x {args.grid} "
+           f"points, fill_value {args.fill_value})", "results": results}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
 
