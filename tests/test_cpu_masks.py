@@ -147,6 +147,39 @@ def test_stats_equal_torchs_upsampled_masks(threads: int) -> None:
     assert counts[6, 0] == 0  # at the threshold is not above it
 
 
+@pytest.mark.skipif(not _kernel_host(), reason="the kernel is AVX2 code, used where torch runs AVX2 or AVX-512 kernels")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stats_boxes_of_the_valid_pixels(threads: int) -> None:
+    """With the grid's valid pixels (`valid_bits`) the boxes are those of the valid pixels above the box threshold
+    ((-1, -1, -1, -1) where there is none), the counts still those of every pixel: torch's upsampled values cut, at
+    both register widths, widths with 8-lane and scalar tails."""
+    assert cpu_masks.available()
+    gen = torch.Generator().manual_seed(7)
+    lib = cpu_masks._library()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for low, full in ((_stats_logits(gen), (256, 288)), (_logits(gen, 3, 256, 256), (1024, 1024)),
+                          (_logits(gen, 2, 24, 33), (96, 132))):
+            up = _torch(low, full, full)
+            yy, xx = torch.meshgrid(torch.arange(full[0]), torch.arange(full[1]), indexing="ij")
+            for valid in (xx + yy > full[1] // 2, torch.rand(full, generator=gen) > 0.5, xx % 9 == 4,
+                          torch.zeros(full, dtype=torch.bool), torch.ones(full, dtype=torch.bool)):
+                bits = cpu_masks.valid_bits(valid)
+                for thresholds, tb in (((1.0, -1.0, 0.0), 0.0), ((-30.0,), 0.5)):
+                    got = cpu_masks.upsampled_stats(low, full, thresholds, tb, valid=bits)
+                    assert got is not None
+                    want = cpu_masks._torch_stats(up, thresholds, tb, valid)
+                    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (full, thresholds, tb)
+                    assert torch.equal(got[0], cpu_masks._torch_stats(up, thresholds, tb)[0])  # counts: every pixel
+                    narrow = cpu_masks._stats(lib, low.contiguous(), full, thresholds, tb, bits)
+                    assert torch.equal(narrow[0], got[0]) and torch.equal(narrow[1], got[1])
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="valid bits"):
+        cpu_masks.upsampled_stats(_logits(gen, 1, 24, 33), (96, 132), (0.0,), 0.0, valid=np.zeros((96, 4), np.uint8))
+
+
 @pytest.mark.skipif(not (_kernel_host() and "avx512f" in cpu_flags()), reason="the 16-lane rows only with AVX-512")
 @pytest.mark.parametrize("width", [18, 20, 33, 256])
 def test_avx512_stats_are_the_avx2_counts_and_boxes(width: int, monkeypatch) -> None:

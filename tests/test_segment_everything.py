@@ -101,20 +101,32 @@ def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> 
 
 
 @pytest.mark.parametrize("stability", [0.0, 0.9])
-def test_invalid_pixels_keep_the_lazy_path_and_the_full_paths_results(bundle: SamBundle, monkeypatch, stability: float) -> None:
+@pytest.mark.parametrize("cut_in_kernel", [True, False])
+def test_invalid_pixels_keep_the_lazy_path_and_the_full_paths_results(
+    bundle: SamBundle, monkeypatch, stability: float, cut_in_kernel: bool
+) -> None:
     """A 1024 px chip with invalid pixels (a wedge, as nodata at a scene's edge) counts and boxes masks from the
-    low-res logits too: only the masks whose box holds an invalid pixel are upsampled for their cut boxes, then the
-    NMS survivors; masks (so their boxes), scores and counts equal upsampling and cutting every filtered mask. A scripted
-    decoder gives sharp small squares, soft ramps and exact-threshold masks around each point."""
+    low-res logits too: the boxes of the masks cut to the valid pixels come from the upsampled-statistics kernel
+    (only NMS survivors upsampled), or without it only the masks whose box holds an invalid pixel are upsampled for
+    their cut boxes; masks (so their boxes), scores and counts equal upsampling and cutting every filtered mask. A
+    scripted decoder gives sharp small squares, soft ramps and exact-threshold masks around each point."""
+    from geosam.models import cpu_masks
     from tests.test_segment_sam_diff_generator import scripted_decode
 
-    monkeypatch.setattr(crop, "decode_points", lambda b, emb, points, labels=None, multimask=True, iou_floor=None,
-                        cache=None: scripted_decode(points))
+    monkeypatch.setattr(
+        crop,
+        "decode_points",
+        lambda b, emb, points, labels=None, multimask=True, iou_floor=None, cache=None: scripted_decode(points),
+    )
+    kernel = cut_in_kernel and cpu_masks.available()
+    if not cut_in_kernel:
+        monkeypatch.setattr(crop, "upsampled_x4_cut_stats", lambda *a, **k: None)
     yy, xx = np.mgrid[:1024, :1024]
     valid = xx + yy > 500
     chip = make_chip(1024, 1024, valid=valid, seed=4)
-    gen = SamMaskGenerator(bundle, points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=stability,
-                           box_nms_thresh=0.5)
+    gen = SamMaskGenerator(
+        bundle, points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=stability, box_nms_thresh=0.5
+    )
     upsampled: list[int] = []
     real_masks = crop.upsample_masks
 
@@ -126,7 +138,10 @@ def test_invalid_pixels_keep_the_lazy_path_and_the_full_paths_results(bundle: Sa
     lazy = gen.generate(chip)
     stats = dict(gen.last_stats)
     assert stats["masks_after_filter"] > stats["masks_after_nms"] > 0
-    assert stats["masks_after_nms"] < sum(upsampled) < stats["masks_after_filter"]  # some boxes touch the wedge
+    if kernel:
+        assert sum(upsampled) == stats["masks_after_nms"]  # only NMS survivors reach chip resolution
+    else:
+        assert stats["masks_after_nms"] < sum(upsampled) < stats["masks_after_filter"]  # some boxes touch the wedge
     monkeypatch.setattr(crop, "LAZY_UPSAMPLE", False)
     full = gen.generate(chip)
     assert gen.last_stats == stats

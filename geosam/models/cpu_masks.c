@@ -211,7 +211,7 @@ int geosam_upsample_gt(const float* low, int64_t n, int64_t h, int64_t w, int64_
 static inline __attribute__((always_inline)) T512 int stats_span512_nt(const float* t0, const float* t1, float h0,
                                                                       float h1, int64_t n16, const float* thr,
                                                                       float tb, int64_t* cnt, uint8_t* colhit,
-                                                                      const int nt) {
+                                                                      const uint8_t* vrow, const int nt) {
     const __m512 vh0 = _mm512_set1_ps(h0), vh1 = _mm512_set1_ps(h1), vb = _mm512_set1_ps(tb);
     const __m512i one = _mm512_set1_epi32(1);
     __m512 vt[8];
@@ -228,7 +228,12 @@ static inline __attribute__((always_inline)) T512 int stats_span512_nt(const flo
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++)
             if (k < nt) cv[k] = _mm512_mask_add_epi32(cv[k], _mm512_cmp_ps_mask(v, vt[k], _CMP_GT_OQ), cv[k], one);
-        const uint16_t hit = (uint16_t)_mm512_cmp_ps_mask(v, vb, _CMP_GT_OQ);
+        uint16_t hit = (uint16_t)_mm512_cmp_ps_mask(v, vb, _CMP_GT_OQ);
+        if (vrow != NULL) { /* only valid pixels count for the box */
+            uint16_t ok;
+            memcpy(&ok, vrow + (c >> 3), sizeof ok);
+            hit &= ok;
+        }
         uint16_t bits; /* columns c .. c + 15: bytes c / 8 and c / 8 + 1, the low one first */
         memcpy(&bits, colhit + (c >> 3), sizeof bits);
         bits = (uint16_t)(bits | hit);
@@ -242,20 +247,24 @@ static inline __attribute__((always_inline)) T512 int stats_span512_nt(const flo
 }
 
 static T512 int stats_span512(const float* t0, const float* t1, float h0, float h1, int64_t n16, const float* thr,
-                              int nt, float tb, int64_t* cnt, uint8_t* colhit) {
+                              int nt, float tb, int64_t* cnt, uint8_t* colhit, const uint8_t* vrow) {
     switch (nt) {
-#define S_CASE(k) case k: return stats_span512_nt(t0, t1, h0, h1, n16, thr, tb, cnt, colhit, k);
+#define S_CASE(k) case k: return stats_span512_nt(t0, t1, h0, h1, n16, thr, tb, cnt, colhit, vrow, k);
         S_CASE(1) S_CASE(2) S_CASE(3) S_CASE(4) S_CASE(5) S_CASE(6) S_CASE(7)
 #undef S_CASE
-        default: return stats_span512_nt(t0, t1, h0, h1, n16, thr, tb, cnt, colhit, 8);
+        default: return stats_span512_nt(t0, t1, h0, h1, n16, thr, tb, cnt, colhit, vrow, 8);
     }
 }
 
 /* Per mask, over the full_h x full_w upsampled grid (the values as above, never stored): counts[m, k] =
  * #(up > thr[k]) for nt thresholds, and boxes[m] = the inclusive XYXY box of up > tb ((0, 0, 0, 0) if empty).
- * wide: the row's first columns in 16-lane registers (stats_span512). Returns 0, or -1 if out of memory. */
+ * valid (or NULL): the grid's valid pixels as bits, row o's at valid + o * ((full_w + 7) / 8), column c bit c % 8
+ * of byte c / 8; then the box is that of the valid pixels of up > tb, (-1, -1, -1, -1) where there is none (the
+ * counts stay over every pixel). wide: the row's first columns in 16-lane registers (stats_span512). Returns 0, or
+ * -1 if out of memory. */
 int geosam_upsample_stats(const float* low, int64_t n, int64_t h, int64_t w, int64_t full_h, int64_t full_w,
-                          const float* thr, int nt, float tb, int64_t* counts, int64_t* boxes, int wide, int threads) {
+                          const float* thr, int nt, float tb, int64_t* counts, int64_t* boxes, const uint8_t* valid,
+                          int wide, int threads) {
     const int64_t oh = full_h, ow = full_w;
     Grid g;
     const int made = nt >= 1 && nt <= 8 && grid_make(&g, h, w, full_h, full_w, oh, ow) == 0;
@@ -289,21 +298,23 @@ int geosam_upsample_stats(const float* low, int64_t n, int64_t h, int64_t w, int
                 wanted_rows(&g, x, w, ow, o, have, rows, &t0, &t1);
                 const float h0 = hw0[o], h1 = hw1[o];
                 const __m256 vh0 = _mm256_set1_ps(h0), vh1 = _mm256_set1_ps(h1);
+                const uint8_t* vrow = valid == NULL ? NULL : valid + o * ((ow + 7) / 8);
                 int row_hit = 0;
                 int64_t c = wide ? ow & ~(int64_t)15 : 0;
-                if (c > 0) row_hit = stats_span512(t0, t1, h0, h1, c, thr, nt, tb, cnt, colhit);
+                if (c > 0) row_hit = stats_span512(t0, t1, h0, h1, c, thr, nt, tb, cnt, colhit, vrow);
                 for (; c + 8 <= ow; c += 8) {
                     __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(t0 + c), vh0, _mm256_mul_ps(_mm256_loadu_ps(t1 + c), vh1));
                     for (int k = 0; k < nt; k++)
                         cnt[k] += __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, vt[k], _CMP_GT_OQ)));
                     int hit = _mm256_movemask_ps(_mm256_cmp_ps(v, vb, _CMP_GT_OQ));
+                    if (vrow != NULL) hit &= vrow[c >> 3];
                     colhit[c >> 3] |= (uint8_t)hit;
                     row_hit |= hit;
                 }
                 for (; c < ow; c++) {
                     float v = fmaf(t0[c], h0, t1[c] * h1);
                     for (int k = 0; k < nt; k++) cnt[k] += v > thr[k];
-                    if (v > tb) {
+                    if (v > tb && (vrow == NULL || (vrow[c >> 3] >> (c & 7)) & 1)) {
                         colhit[(ow >> 3) + (c & 7)] = 1; /* the tail's columns, one byte each, after the bitmasks */
                         row_hit = 1;
                     }
@@ -324,7 +335,7 @@ int geosam_upsample_stats(const float* low, int64_t n, int64_t h, int64_t w, int
             }
             int64_t* b = boxes + m * 4;
             if (y1 < 0) {
-                b[0] = b[1] = b[2] = b[3] = 0;
+                b[0] = b[1] = b[2] = b[3] = valid == NULL ? 0 : -1;
             } else {
                 b[0] = x0, b[1] = y0, b[2] = x1, b[3] = y1;
             }

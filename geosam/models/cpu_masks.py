@@ -25,12 +25,14 @@ import ctypes
 import functools
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from geosam.models.device import cpu_flags
 
-__all__ = ["available", "stats_apply", "upsample_gt", "upsampled", "upsampled_stats", "wide_available"]
+__all__ = [
+    "available", "stats_apply", "upsample_gt", "upsampled", "upsampled_stats", "valid_bits", "wide_available"]
 
 _SOURCE = Path(__file__).with_name("cpu_masks.c")
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -55,26 +57,36 @@ def _call(lib: ctypes.CDLL, low: torch.Tensor, full_hw: tuple[int, int], out_hw:
     return out
 
 
+def valid_bits(valid: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A (H, W) validity mask as the kernel's bits: each row's columns packed 8 a byte, column c bit c % 8."""
+    v = valid.cpu().numpy() if isinstance(valid, torch.Tensor) else np.asarray(valid)
+    return np.ascontiguousarray(np.packbits(v.astype(bool), axis=1, bitorder="little"))
+
+
 def _stats(lib: ctypes.CDLL, low: torch.Tensor, full_hw: tuple[int, int], thresholds: tuple[float, ...],
-           box_threshold: float, wide: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+           box_threshold: float, bits: np.ndarray | None = None, wide: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     n, h, w = low.shape
     counts = torch.empty((n, len(thresholds)), dtype=torch.int64)
     boxes = torch.empty((n, 4), dtype=torch.int64)
     thr = torch.tensor(thresholds, dtype=torch.float32)
+    if bits is not None and bits.shape != (full_hw[0], (full_hw[1] + 7) // 8):
+        raise ValueError(f"cpu_masks: valid bits of shape {bits.shape} for a {full_hw} grid")
     rc = lib.geosam_upsample_stats(
         _P(low.data_ptr()), _I64(n), _I64(h), _I64(w), _I64(full_hw[0]), _I64(full_hw[1]), _P(thr.data_ptr()),
         _INT(len(thresholds)), ctypes.c_float(box_threshold), _P(counts.data_ptr()), _P(boxes.data_ptr()),
-        _INT(int(wide)), _INT(torch.get_num_threads()),
+        _P(None if bits is None else bits.ctypes.data), _INT(int(wide)), _INT(torch.get_num_threads()),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("cpu_masks: out of memory for the upsampling rows")
     return counts, boxes
 
 
-def _torch_stats(up: torch.Tensor, thresholds: tuple[float, ...], box_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Counts (N, T) of ``up > t`` and XYXY boxes (N, 4) of ``up > box_threshold`` from the upsampled values."""
+def _torch_stats(up: torch.Tensor, thresholds: tuple[float, ...], box_threshold: float,
+                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts (N, T) of ``up > t`` and XYXY boxes (N, 4) of ``up > box_threshold`` from the upsampled values (of its
+    ``valid`` pixels if given: then (-1, -1, -1, -1) where there is none)."""
     counts = torch.stack([(up > t).flatten(1).sum(1) for t in thresholds], dim=1)
-    hit = up > box_threshold
+    hit = up > box_threshold if valid is None else (up > box_threshold) & valid
     rows, cols = hit.any(2), hit.any(1)
     ar_r, ar_c = torch.arange(rows.shape[1]), torch.arange(cols.shape[1])
     y0 = torch.where(rows, ar_r, rows.shape[1]).amin(1)
@@ -82,7 +94,7 @@ def _torch_stats(up: torch.Tensor, thresholds: tuple[float, ...], box_threshold:
     x0 = torch.where(cols, ar_c, cols.shape[1]).amin(1)
     x1 = torch.where(cols, ar_c, -1).amax(1)
     boxes = torch.stack([x0, y0, x1, y1], dim=1)
-    return counts, torch.where((y1 < 0)[:, None], torch.zeros_like(boxes), boxes)
+    return counts, torch.where((y1 < 0)[:, None], torch.full_like(boxes, 0 if valid is None else -1), boxes)
 
 
 def _reproduces_torch(lib: ctypes.CDLL) -> bool:
@@ -104,6 +116,13 @@ def _reproduces_torch(lib: ctypes.CDLL) -> bool:
         ref = _torch_stats(_torch_upsample(low, full, full), thresholds, 0.5)
         if not (torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])):
             return False
+        # boxes of the valid pixels only: a random scatter, a band, nothing valid
+        for valid in (torch.rand(full, generator=gen) > 0.3, torch.arange(full[1]).expand(full) > full[1] // 3,
+                      torch.zeros(full, dtype=torch.bool)):
+            got = _stats(lib, low, full, thresholds, 0.5, bits=valid_bits(valid))
+            ref = _torch_stats(_torch_upsample(low, full, full), thresholds, 0.5, valid)
+            if not (torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])):
+                return False
     return True
 
 
@@ -130,8 +149,10 @@ def wide_available() -> bool:
     for (n, h, w), scale in (((3, 32, 40), 4), ((2, 20, 33), 4), ((2, 64, 64), 2)):
         low = torch.randn((n, h, w), generator=gen) * torch.logspace(-2, 1, n)[:, None, None]
         args = (lib, low, (h * scale, w * scale), (0.0, 0.3, -0.2), 0.1)
-        if not all(torch.equal(a, b) for a, b in zip(_stats(*args), _stats(*args, wide=True), strict=True)):
-            return False
+        bits = valid_bits(torch.rand((h * scale, w * scale), generator=gen) > 0.5)
+        for b in (None, bits):
+            if not all(torch.equal(x, y) for x, y in zip(_stats(*args, bits=b), _stats(*args, wide=True, bits=b), strict=True)):
+                return False
     return True
 
 
@@ -173,14 +194,16 @@ def upsample_gt(low: torch.Tensor, full_hw: tuple[int, int], out_hw: tuple[int, 
 
 
 def upsampled_stats(
-    low: torch.Tensor, full_hw: tuple[int, int], thresholds: tuple[float, ...], box_threshold: float
+    low: torch.Tensor, full_hw: tuple[int, int], thresholds: tuple[float, ...], box_threshold: float,
+    valid: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Of ``up = upsampled(low, full_hw, full_hw)``: ``counts`` (N, T) int64, ``(up > t).sum()`` per mask for each
     of ``thresholds`` (at most 8), and ``boxes`` (N, 4) int64, the inclusive XYXY box of ``up > box_threshold``
-    ((0, 0, 0, 0) if empty), in one pass without storing ``up``. None where the kernel does not apply (then
-    compute them from torch's ``up``)."""
+    ((0, 0, 0, 0) if empty), in one pass without storing ``up``. ``valid``: the grid's valid pixels as `valid_bits`;
+    then the boxes are those of ``(up > box_threshold) & valid``, (-1, -1, -1, -1) where that is empty (the counts
+    stay over every pixel). None where the kernel does not apply (then compute them from torch's ``up``)."""
     lib = _usable(low, full_hw, full_hw) if 1 <= len(thresholds) <= 8 else None
     if lib is None:
         return None
-    return _stats(lib, low.contiguous(), full_hw, tuple(float(t) for t in thresholds), float(box_threshold),
+    return _stats(lib, low.contiguous(), full_hw, tuple(float(t) for t in thresholds), float(box_threshold), valid,
                   wide_available())

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from geosam.models import SamBundle, decode_points, to_model_frame, upsample_logits, upsample_masks
+from geosam.models import SamBundle, cpu_masks, decode_points, to_model_frame, upsample_logits, upsample_masks
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.segment.lowres import (
     Cells,
     cell_bounds,
     exact_stats_apply,
     stability_upper_bound_x4,
+    upsampled_x4_cut_stats,
     upsampled_x4_stats,
 )
 from geosam.segment.sam_utils import (
@@ -110,8 +111,10 @@ class CropFrame:
     its chip-resolution logits are the low-res logits upsampled 4x (``x4``: the crop is the model's input size,
     4x the low-res logits), so stability scores come from the low-res logits, and whether the whole low-res fast
     path applies (``lazy``: ``x4``; counts and boxes from the low-res logits, only NMS survivors upsampled). With
-    invalid pixels, ``invalid_sums`` is the summed-area table of the invalid ones ((h + 1, w + 1), zeros first): a
-    mask whose box holds none is its own cut to the valid pixels, the others are upsampled and cut for their boxes
+    invalid pixels, ``valid_bits`` (`geosam.models.cpu_masks.valid_bits`, on the CPU) gives the boxes of the masks
+    cut to the valid pixels from the low-res logits too (`geosam.segment.lowres.upsampled_x4_cut_stats`); where
+    that kernel does not run, ``invalid_sums``, the summed-area table of the invalid pixels ((h + 1, w + 1), zeros
+    first), tells the masks whose box holds none (each its own cut) from those upsampled and cut for their boxes
     (`_cut_boxes`)."""
 
     hw: tuple[int, int]
@@ -121,6 +124,7 @@ class CropFrame:
     lazy: bool
     x4: bool = False
     invalid_sums: torch.Tensor | None = None
+    valid_bits: np.ndarray | None = None
 
     @classmethod
     def make(cls, bundle: SamBundle, valid: np.ndarray, resized: tuple[int, int]) -> CropFrame:
@@ -130,11 +134,12 @@ class CropFrame:
         all_valid = bool(valid.all())
         x4 = LAZY_UPSAMPLE and (rh, rw) == (h, w) == (size, size) and size == 4 * lr
         valid_t = torch.from_numpy(valid).to(bundle.device)
-        sums = None
+        sums, bits = None, None
         if x4 and not all_valid:
             sums = torch.zeros((h + 1, w + 1), dtype=torch.int32, device=valid_t.device)
             sums[1:, 1:] = (~valid_t).to(torch.int32).cumsum(0).cumsum(1)
-        return cls((h, w), (rh, rw), valid_t, all_valid, x4, x4, sums)
+            bits = cpu_masks.valid_bits(valid) if valid_t.device.type == "cpu" else None
+        return cls((h, w), (rh, rw), valid_t, all_valid, x4, x4, sums, bits)
 
     def invalid_in_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """Invalid pixels inside each XYXY inclusive box (N, 4) (`invalid_sums`; zeros when all are valid)."""
@@ -263,7 +268,13 @@ def _score_chunk(
     """
     t, off = params.mask_threshold, params.stability_score_offset
     masks = None
-    if frame.lazy:  # chip-resolution counts and boxes without upsampling
+    cut = None
+    if frame.lazy and frame.valid_bits is not None:  # the boxes of the masks cut to the valid pixels, in the same pass
+        cut = upsampled_x4_cut_stats(low, (t + off, t - off), t, frame.valid_bits)
+    if cut is not None:
+        counts, boxes, nonempty = cut
+        stab = stability_from_counts(counts[:, 0], counts[:, 1])
+    elif frame.lazy:  # chip-resolution counts and boxes without upsampling
         counts, boxes = upsampled_x4_stats(low, (t + off, t - off, t), t, cells)
         high, loose, inside = counts.unbind(1)
         stab = stability_from_counts(high, loose)

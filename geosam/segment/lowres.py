@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -151,6 +152,24 @@ def _outline_values(lo: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor
     return vals, ni, ri, ci
 
 
+def upsampled_x4_cut_stats(
+    low: torch.Tensor, thresholds: Sequence[float], box_threshold: float, valid_bits: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`upsampled_x4_stats` with the boxes of the masks cut to the valid pixels (``valid_bits``:
+    `geosam.models.cpu_masks.valid_bits` of the chip-resolution grid): ``(counts, boxes, nonempty)``, the counts
+    over every pixel (SAM scores stability before the cut), each box that of the valid pixels of ``up >
+    box_threshold`` ((0, 0, 0, 0) where there is none) and whether there is one. None where
+    `geosam.models.cpu_masks.upsampled_stats` does not run (then cut upsampled masks)."""
+    lo = _check_low(low)
+    got = cpu_masks.upsampled_stats(lo, (4 * lo.shape[1], 4 * lo.shape[2]), tuple(thresholds), box_threshold,
+                                    valid_bits)
+    if got is None:
+        return None
+    counts, boxes = got
+    nonempty = boxes[:, 3] >= 0
+    return counts, torch.where(nonempty[:, None], boxes, torch.zeros_like(boxes)), nonempty
+
+
 def upsampled_x4_stats(
     low: torch.Tensor, thresholds: Sequence[float], box_threshold: float, cells: Cells | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,4 +276,6 @@ def _x4_boxes(
     return torch.where((y1 < 0)[:, None], torch.zeros_like(boxes), boxes)
 
 
-__all__ = ["Cells", "cell_bounds", "exact_stats_apply", "stability_upper_bound_x4", "upsampled_x4_stats"]
+__all__ = [
+    "Cells", "cell_bounds", "exact_stats_apply", "stability_upper_bound_x4", "upsampled_x4_cut_stats",
+    "upsampled_x4_stats"]
