@@ -110,6 +110,10 @@ def main() -> None:
     _write(args, results)
 
 
+def _git(*argv: str) -> str:
+    return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+
 def _write(args: argparse.Namespace, results: dict) -> None:
     cpu = platform.processor() or ""
     try:
@@ -117,7 +121,9 @@ def _write(args: argparse.Namespace, results: dict) -> None:
         cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    out = {"old": args.old, "rounds": args.rounds, "cpu": cpu, "cpus": os.cpu_count(), "torch_threads": args.threads or
+    head = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--", "geosam")
+    out = {"old": args.old, "new": head + (" + uncommitted changes" if dirty else ""), "rounds": args.rounds, "cpu": cpu, "cpus": os.cpu_count(), "torch_threads": args.threads or
            "default", "scene": f"data/banepa_predict.tif (9 chips of 1024 px, overlap 128, {args.grid} x {args.grid} "
            f"points, fill_value {args.fill_value})", "results": results}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
