@@ -13,6 +13,7 @@ XYXY exclusive in the chip frame.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -111,10 +112,9 @@ class CropFrame:
     its chip-resolution logits are the low-res logits upsampled 4x (``x4``: the crop is the model's input size,
     4x the low-res logits), so stability scores come from the low-res logits, and whether the whole low-res fast
     path applies (``lazy``: ``x4``; counts and boxes from the low-res logits, only NMS survivors upsampled). With
-    invalid pixels, ``valid_bits`` (`geosam.models.cpu_masks.valid_bits`, on the CPU) gives the boxes of the masks
-    cut to the valid pixels from the low-res logits too (`geosam.segment.lowres.upsampled_x4_cut_stats`); where
-    that kernel does not run, ``invalid_sums``, the summed-area table of the invalid pixels ((h + 1, w + 1), zeros
-    first), tells the masks whose box holds none (each its own cut) from those upsampled and cut for their boxes
+    invalid pixels, `valid_bits` gives the boxes of the masks cut to the valid pixels from the low-res logits too
+    (`geosam.segment.lowres.upsampled_x4_cut_stats`); where that kernel does not run, `invalid_in_boxes` tells the
+    masks whose box holds no invalid pixel (each its own cut) from those upsampled and cut for their boxes
     (`_cut_boxes`)."""
 
     hw: tuple[int, int]
@@ -123,8 +123,6 @@ class CropFrame:
     all_valid: bool
     lazy: bool
     x4: bool = False
-    invalid_sums: torch.Tensor | None = None
-    valid_bits: np.ndarray | None = None
 
     @classmethod
     def make(cls, bundle: SamBundle, valid: np.ndarray, resized: tuple[int, int]) -> CropFrame:
@@ -133,19 +131,26 @@ class CropFrame:
         lr, size = bundle.low_res_size, bundle.input_size
         all_valid = bool(valid.all())
         x4 = LAZY_UPSAMPLE and (rh, rw) == (h, w) == (size, size) and size == 4 * lr
-        valid_t = torch.from_numpy(valid).to(bundle.device)
-        sums, bits = None, None
-        if x4 and not all_valid:
-            sums = torch.zeros((h + 1, w + 1), dtype=torch.int32, device=valid_t.device)
-            sums[1:, 1:] = (~valid_t).to(torch.int32).cumsum(0).cumsum(1)
-            bits = cpu_masks.valid_bits(valid) if valid_t.device.type == "cpu" else None
-        return cls((h, w), (rh, rw), valid_t, all_valid, x4, x4, sums, bits)
+        return cls((h, w), (rh, rw), torch.from_numpy(valid).to(bundle.device), all_valid, x4, x4)
+
+    @functools.cached_property
+    def valid_bits(self) -> np.ndarray | None:
+        """The valid pixels as `geosam.models.cpu_masks.valid_bits` (None where all are valid or off the CPU)."""
+        return None if self.all_valid or self.valid.device.type != "cpu" else cpu_masks.valid_bits(self.valid)
+
+    @functools.cached_property
+    def _invalid_sums(self) -> torch.Tensor:
+        """The summed-area table of the invalid pixels, (h + 1, w + 1) int32, zeros first."""
+        h, w = self.hw
+        sums = torch.zeros((h + 1, w + 1), dtype=torch.int32, device=self.valid.device)
+        sums[1:, 1:] = (~self.valid).to(torch.int32).cumsum(0).cumsum(1)
+        return sums
 
     def invalid_in_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        """Invalid pixels inside each XYXY inclusive box (N, 4) (`invalid_sums`; zeros when all are valid)."""
-        if self.invalid_sums is None:
+        """Invalid pixels inside each XYXY inclusive box (N, 4) (zeros when all are valid)."""
+        if self.all_valid:
             return torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
-        s = self.invalid_sums
+        s = self._invalid_sums
         b = boxes.to(s.device)
         x0, y0, x1, y1 = b[:, 0], b[:, 1], b[:, 2] + 1, b[:, 3] + 1
         return (s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0]).to(torch.int64).to(boxes.device)
