@@ -24,6 +24,31 @@ from geosam.segment.sam_utils import batched_mask_to_box, box_iou, build_point_g
 from geosam.tile.grid import ChipSpec
 from geosam.windows import PixelWindow
 
+
+def count_upsampled(monkeypatch: pytest.MonkeyPatch, *names: str) -> list[int]:
+    """Spies on `crop`'s upsampling functions ``names``: the list receives the number of masks of every call."""
+    calls: list[int] = []
+    for name in names:
+        real = getattr(crop, name)
+
+        def spy(logits, *args, _real=real, **kwargs):
+            calls.append(int(logits.shape[0]))
+            return _real(logits, *args, **kwargs)
+
+        monkeypatch.setattr(crop, name, spy)
+    return calls
+
+
+def scripted_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crop`'s decoder replaced by the scripted one (sharp small squares, soft ramps, exact-threshold masks)."""
+    from tests.test_segment_sam_diff_generator import scripted_decode
+
+    monkeypatch.setattr(
+        crop,
+        "decode_points",
+        lambda b, emb, points, labels=None, multimask=True, iou_floor=None, cache=None: scripted_decode(points),
+    )
+
 CRS_WKT = None  # filled lazily: rasterio is only needed for the CRS text
 
 
@@ -66,19 +91,7 @@ def test_generate_lazy_path_equals_full_path(bundle: SamBundle, monkeypatch) -> 
     the results equal upsampling every filtered mask."""
     chip = make_chip(1024, 1024, seed=4)
     gen = SamMaskGenerator(bundle, points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.5)
-    upsampled: list[int] = []
-    real_up, real_masks = crop.upsample_logits, crop.upsample_masks
-
-    def spy_up(logits, *args, **kwargs):
-        upsampled.append(int(logits.shape[0]))
-        return real_up(logits, *args, **kwargs)
-
-    def spy_masks(logits, *args, **kwargs):
-        upsampled.append(int(logits.shape[0]))
-        return real_masks(logits, *args, **kwargs)
-
-    monkeypatch.setattr(crop, "upsample_logits", spy_up)
-    monkeypatch.setattr(crop, "upsample_masks", spy_masks)
+    upsampled = count_upsampled(monkeypatch, "upsample_logits", "upsample_masks")
     lazy = gen.generate(chip)
     stats = dict(gen.last_stats)
     assert stats["masks_after_filter"] > stats["masks_after_nms"] > 0
@@ -111,13 +124,8 @@ def test_invalid_pixels_keep_the_lazy_path_and_the_full_paths_results(
     their cut boxes; masks (so their boxes), scores and counts equal upsampling and cutting every filtered mask. A
     scripted decoder gives sharp small squares, soft ramps and exact-threshold masks around each point."""
     from geosam.models import cpu_masks
-    from tests.test_segment_sam_diff_generator import scripted_decode
 
-    monkeypatch.setattr(
-        crop,
-        "decode_points",
-        lambda b, emb, points, labels=None, multimask=True, iou_floor=None, cache=None: scripted_decode(points),
-    )
+    scripted_decoder(monkeypatch)
     kernel = cut_in_kernel and cpu_masks.available()
     if not cut_in_kernel:
         monkeypatch.setattr(crop, "upsampled_x4_cut_stats", lambda *a, **k: None)
@@ -127,14 +135,7 @@ def test_invalid_pixels_keep_the_lazy_path_and_the_full_paths_results(
     gen = SamMaskGenerator(
         bundle, points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=stability, box_nms_thresh=0.5
     )
-    upsampled: list[int] = []
-    real_masks = crop.upsample_masks
-
-    def spy_masks(logits, *args, **kwargs):
-        upsampled.append(int(logits.shape[0]))
-        return real_masks(logits, *args, **kwargs)
-
-    monkeypatch.setattr(crop, "upsample_masks", spy_masks)
+    upsampled = count_upsampled(monkeypatch, "upsample_masks")
     lazy = gen.generate(chip)
     stats = dict(gen.last_stats)
     assert stats["masks_after_filter"] > stats["masks_after_nms"] > 0
@@ -155,26 +156,12 @@ def test_invalid_pixels_score_from_low_res_like_the_full_path(bundle: SamBundle,
     """A 1024 px chip with invalid pixels scores stability from the low-res logits (exact: SAM scores the
     whole upsampled logits) and upsamples only the masks that pass; the kept masks equal the full path's.
     A scripted decoder gives sharp small squares, soft ramps and exact-threshold masks."""
-    from tests.test_segment_sam_diff_generator import scripted_decode
-
-    monkeypatch.setattr(crop, "decode_points", lambda b, emb, points, labels=None, multimask=True, iou_floor=None, cache=None: scripted_decode(points))
+    scripted_decoder(monkeypatch)
     valid = np.ones((1024, 1024), dtype=bool)
     valid[:, :300] = False
     chip = make_chip(1024, 1024, valid=valid, seed=5)
     gen = SamMaskGenerator(bundle, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.9)
-    upsampled: list[int] = []
-    real_up, real_masks = crop.upsample_logits, crop.upsample_masks
-
-    def spy_up(logits, *args, **kwargs):
-        upsampled.append(int(logits.shape[0]))
-        return real_up(logits, *args, **kwargs)
-
-    def spy_masks(logits, *args, **kwargs):
-        upsampled.append(int(logits.shape[0]))
-        return real_masks(logits, *args, **kwargs)
-
-    monkeypatch.setattr(crop, "upsample_logits", spy_up)
-    monkeypatch.setattr(crop, "upsample_masks", spy_masks)
+    upsampled = count_upsampled(monkeypatch, "upsample_logits", "upsample_masks")
     fast = gen.generate(chip)
     assert sum(upsampled) < gen.last_stats["masks_decoded"]  # only masks whose score passes are upsampled
     monkeypatch.setattr(crop, "LAZY_UPSAMPLE", False)
@@ -363,14 +350,7 @@ def test_fake_decoder_invalid_pixels(bundle: SamBundle, fake_decoder) -> None:
 
 
 def test_filtering_happens_before_upsampling(bundle: SamBundle, fake_decoder, monkeypatch) -> None:
-    upsampled: list[int] = []
-    real = crop.upsample_logits
-
-    def spy(logits, *args, **kwargs):
-        upsampled.append(int(logits.shape[0]))
-        return real(logits, *args, **kwargs)
-
-    monkeypatch.setattr(crop, "upsample_logits", spy)
+    upsampled = count_upsampled(monkeypatch, "upsample_logits")
     g = SamMaskGenerator(bundle, points_per_side=4, pred_iou_thresh=0.99, stability_score_thresh=0.0)
     out = g.generate(make_chip(256, 256))
     assert len(out) == 0 and upsampled == []
