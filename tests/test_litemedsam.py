@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 
 FIXTURE = Path(__file__).parent / "fixtures" / "litemedsam" / "reference.npz"
@@ -72,14 +73,33 @@ def test_bundle_settings(bundle):
     assert (caps.family, caps.box_prompts, caps.point_prompts, caps.segment_everything) == ("litemedsam", True, False, False)
     assert bundle.low_res_size == 256
     assert all(not k.startswith("image_encoder") for k in bundle.model.state_dict())
-    # the TinyViT encoder is not SAM's ViT: encode() keeps the model's own forward under bf16 too
+    # the TinyViT encoder is not SAM's ViT: not SAM's fast encoder, but its own fused path on the CPU
     import dataclasses
 
     import torch
 
-    from geosam.models.compile import use_fast_encoder
+    from geosam.models.compile import use_fast_encoder, use_fast_tinyvit
 
     assert not use_fast_encoder(dataclasses.replace(bundle, dtype=torch.bfloat16))
+    assert use_fast_tinyvit(bundle) and use_fast_tinyvit(dataclasses.replace(bundle, dtype=torch.bfloat16))
+    assert not use_fast_tinyvit(dataclasses.replace(bundle, fast_encoder=False))
+
+
+def test_fused_encoder_is_the_module(bundle, ref):
+    """encode() takes the fused TinyViT (geosam.models.fast_tinyvit) on the CPU: the module's embedding to float
+    rounding on a real crop with the real weights; ``fast_encoder=False`` runs the module itself."""
+    import dataclasses
+
+    from geosam.models import encode, preprocess
+    from geosam.models.fast_tinyvit import fast_tinyvit_embeddings
+
+    pv = preprocess(bundle, [ref["image_0"]])[0]
+    fused = encode(bundle, pv)
+    module = encode(dataclasses.replace(bundle, fast_encoder=False), pv)
+    assert torch.equal(fused, fast_tinyvit_embeddings(bundle.model, pv, torch.float32))
+    with torch.inference_mode():
+        assert torch.equal(module, bundle.model.get_image_embeddings(pv))
+    assert float((fused - module).abs().max() / module.abs().max()) < 1e-4
 
 
 def test_matches_reference(bundle, ref):

@@ -70,3 +70,72 @@ def test_build_model_keeps_the_checkpoint_layout_on_request() -> None:
                for a, _ in convs)
     neck = [n for n, _ in kept.named_parameters() if n.startswith("neck.")]
     assert neck and all(torch.equal(folded.get_parameter(n), kept.get_parameter(n)) for n in neck)
+
+
+# --- the fused CPU path (geosam.models.fast_tinyvit) ---------------------------------------------------------------
+
+
+def _folded(seed: int = 0) -> nn.Module:
+    """A SamModel-like holder of a random folded, channels-last TinyViT (what LiteMedSAM's loader makes)."""
+    enc = _encoder_with_trained_norms(seed)
+    fold_batch_norms(enc)
+    enc.to(memory_format=torch.channels_last)
+    holder = nn.Module()
+    holder.vision_encoder = enc
+    return holder
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want).abs().max() / want.abs().max())
+
+
+def test_fast_tinyvit_is_the_module_in_float32_and_close_in_bf16() -> None:
+    from geosam.models.fast_tinyvit import fast_tinyvit_embeddings, fast_tinyvit_supported
+
+    model = _folded()
+    enc = model.vision_encoder
+    x = torch.rand((2, 3, 256, 256), generator=torch.Generator().manual_seed(3))
+    x[1] = x[1] ** 2  # two different images in one batch
+    with torch.no_grad():
+        want = enc(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = enc(x)[0].float()
+    assert fast_tinyvit_supported(model, torch.float32) and fast_tinyvit_supported(model, torch.bfloat16)
+    got = fast_tinyvit_embeddings(model, x, torch.float32)
+    assert got.shape == want.shape == (2, 256, 64, 64) and got.dtype == torch.float32 and got.is_contiguous()
+    assert _rel(got, want) < 1e-4  # oneDNN's GELU and the fused attention sum in other orders
+    assert torch.equal(fast_tinyvit_embeddings(model, x[1:], torch.float32), got[1:])  # each image on its own
+    low = fast_tinyvit_embeddings(model, x, torch.bfloat16)
+    assert low.dtype == torch.float32
+    # bf16 end to end is as close to float32 as the module under bf16 autocast (which rounds more often)
+    err, err_autocast = _rel(low, want), _rel(autocast, want)
+    print("bf16 max rel error: fast", err, "autocast", err_autocast)
+    assert err < 1.5 * err_autocast and err < 0.1
+    mean_err = float((low - want).abs().mean() / want.abs().mean())
+    assert mean_err < 1.2 * float((autocast - want).abs().mean() / want.abs().mean())
+
+
+def test_fast_tinyvit_bands_are_the_whole_maps(monkeypatch) -> None:
+    """The first stage's maps computed by bands of rows (stride 1 and the stride-2 merge) give the same bits as
+    one band, with bands of one row and with a last band shorter than the others."""
+    import geosam.models.fast_tinyvit as ft
+
+    model = _folded(1)
+    x = torch.rand((1, 3, 256, 256), generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(ft, "BAND_BYTES", 1 << 40)
+    whole = ft.fast_tinyvit_embeddings(model, x, torch.float32)
+    for band_bytes in (1, 256 * 256 * 4 * 27):  # one row per band; 27 rows (256 = 9 * 27 + 13)
+        monkeypatch.setattr(ft, "BAND_BYTES", band_bytes)
+        assert torch.equal(ft.fast_tinyvit_embeddings(model, x, torch.float32), whole), band_bytes
+
+
+def test_fast_tinyvit_needs_the_folded_tinyvit() -> None:
+    from geosam.models.fast_tinyvit import fast_tinyvit_supported
+
+    kept = nn.Module()
+    kept.vision_encoder = _encoder_with_trained_norms()  # BatchNorms not folded: the module's forward
+    assert not fast_tinyvit_supported(kept, torch.float32)
+    assert not fast_tinyvit_supported(_folded(), torch.float16)
+    other = nn.Module()
+    other.vision_encoder = nn.Linear(2, 2)
+    assert not fast_tinyvit_supported(other, torch.float32)

@@ -60,6 +60,17 @@ def use_fast_encoder(bundle: SamBundle) -> bool:
     return _fast_path(getattr(bundle, "fast_encoder", None), default_on, lambda: fast_encoder_supported(bundle.model))
 
 
+def use_fast_tinyvit(bundle: SamBundle) -> bool:
+    """Whether ``encode`` takes `geosam.models.fast_tinyvit.fast_tinyvit_embeddings` (LiteMedSAM's TinyViT through
+    oneDNN's fused operators; the same ``SamBundle.fast_encoder`` switch). Default (None): on the CPU, float32 and
+    bf16 (Intel Xeon with AMX, one thread, one 256 px encode: float32 0.97 -> 0.76 s, bf16 0.46 -> 0.28 s)."""
+    from geosam.models.fast_tinyvit import fast_tinyvit_supported
+
+    default_on = bundle.device.type == "cpu"
+    return _fast_path(getattr(bundle, "fast_encoder", None), default_on,
+                      lambda: bundle.device.type == "cpu" and fast_tinyvit_supported(bundle.model, bundle.dtype))
+
+
 def use_fast_decoder(bundle: SamBundle) -> bool:
     """Whether ``decode`` takes `geosam.models.fast_decoder.fast_decode` (``SamBundle.fast_decoder``).
 

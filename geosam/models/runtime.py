@@ -38,6 +38,7 @@ from geosam.models.compile import (
     STOCK_DECODER_CPU_CHUNK,
     use_fast_decoder,
     use_fast_encoder,
+    use_fast_tinyvit,
     use_sam2_decoder,
 )
 from geosam.models.cpu_masks import upsample_gt, upsampled
@@ -143,6 +144,10 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | Mult
     if family in MULTI_EMBEDDING_FAMILIES:
         with torch.inference_mode(), _autocast(bundle):
             return encode_family(bundle.model, family, pv)
+    if use_fast_tinyvit(bundle):  # LiteMedSAM's encoder
+        from geosam.models.fast_tinyvit import fast_tinyvit_embeddings
+
+        return fast_tinyvit_embeddings(bundle.model, pv, bundle.dtype)
     if use_fast_encoder(bundle):
         compiled = getattr(bundle.model, "_geosam_fast_encoder", None)  # set by compile_bundle
         if compiled is not None:
