@@ -91,6 +91,35 @@ def test_postprocess_matches_transformers(tiny_sam3_dir: str) -> None:
         assert torch.equal(m1, m2)
 
 
+def test_sam3_runs_in_the_bundles_dtype(tiny_sam3_dir: str) -> None:
+    """SAM 3's backbone and detector run in the bundle's dtype (bf16 autocast, as every family's encoder), not
+    float32 whatever was asked; the backbone's features come back float32 for the detector and the exemplars."""
+    import dataclasses
+
+    from geosam.models import load_model, preprocess
+    from geosam.models.sam3 import detect, encode_text, instances, vision_features
+    from geosam.models.sam3_exemplars import geometry_tokens, with_exemplars
+
+    b32 = load_model(tiny_sam3_dir, device="cpu", dtype="float32")
+    b16 = dataclasses.replace(b32, dtype=torch.bfloat16)
+    img = np.random.default_rng(4).integers(0, 255, (200, 260, 3), dtype=np.uint8)
+    pv = preprocess(b32, [img])[0]
+    v32, v16 = vision_features(b32, pv), vision_features(b16, pv)
+    f32, f16 = v32.fpn_hidden_states[-1], v16.fpn_hidden_states[-1]
+    assert f16.dtype == f32.dtype == torch.float32
+    rel = float((f16 - f32).abs().max() / f32.abs().max())
+    assert 1e-4 < rel < 0.1  # bf16's rounding, not float32's numbers
+    # bf16's numbers: each feature a bf16 value widened (the backbone's last op ran under autocast)
+    assert torch.equal(f16, f16.bfloat16().float())
+    text = encode_text(b16, ["building", "tree"])
+    ex = geometry_tokens(b16.model, [(v16, torch.tensor([[0.3, 0.4, 0.2, 0.1]]), torch.tensor([1]))])
+    for t in (text, with_exemplars(text, ex)):
+        out = detect(b16, v16, t)
+        assert out.pred_masks.dtype == torch.bfloat16  # the detector's mask head under autocast
+        per_phrase = instances(out, (200, 260), threshold=0.0)
+        assert len(per_phrase) == 2 and all(m.shape[1:] == (200, 260) for _, m in per_phrase)
+
+
 def test_tiny_sam3_through_the_cli(tiny_sam3_dir: str, scene: object, tmp_path: Path) -> None:
     out = tmp_path / "text.gpkg"
     res = CliRunner().invoke(cli, ["text", str(scene.image_path), "-o", str(out), "--text", "building",  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ a bundle without import cycles.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,8 @@ class SamBundle:
         (default): on the CPU, any dtype; on CUDA in float16 / bfloat16 (in float32
         the stock encoder's fused attention is faster there); True: whenever the encoder has
         transformers' SAM ViT layout (any device); False: always the stock
-        ``get_image_embeddings``.
+        ``get_image_embeddings``. The same switch takes LiteMedSAM's TinyViT through
+        `geosam.models.fast_tinyvit` (oneDNN's fused operators) on the CPU.
     """
 
     model: Any = field(repr=False)
@@ -118,6 +120,14 @@ class SamBundle:
     capabilities: ModelCapabilities = SAM_CAPABILITIES
     fast_decoder: bool | None = None
     fast_encoder: bool | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The compute dtype as torch's autocast on the bundle's device (nothing for float32)."""
+        import torch  # at run time only: this module is imported without torch
+
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     @property
     def pad_size(self) -> tuple[int, int]:

@@ -120,9 +120,7 @@ def preprocess(bundle: SamBundle, images: Sequence[np.ndarray]) -> tuple[torch.T
 
 
 def _autocast(bundle: SamBundle) -> contextlib.AbstractContextManager[Any]:
-    if bundle.dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=bundle.device.type, dtype=bundle.dtype)
+    return bundle.autocast()
 
 
 def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | MultiEmbeddings:

@@ -109,23 +109,31 @@ def encode_text(bundle: SamBundle, phrases: list[str] | tuple[str, ...]) -> Text
 
 
 def vision_features(bundle: SamBundle, pixel_values: torch.Tensor) -> Any:
-    """The vision backbone's output for ``pixel_values`` (1, 3, S, S) (model frame)."""
-    with torch.inference_mode():
-        return bundle.model.get_vision_features(pixel_values=pixel_values.to(bundle.device))
+    """The vision backbone's output for ``pixel_values`` (1, 3, S, S) (model frame), computed in the bundle's dtype
+    (autocast, as every family's encoder) and returned in float32 (the detector and the exemplars' geometry
+    encoder take float32 features)."""
+    with torch.inference_mode(), bundle.autocast():
+        vision = bundle.model.get_vision_features(pixel_values=pixel_values.to(bundle.device))
+    return vision if bundle.dtype == torch.float32 else _mapped(vision, lambda t: t.float())
+
+
+def _mapped(vision: Any, fn: Any) -> Any:
+    """Backbone features with ``fn`` applied to each tensor (in tuples too)."""
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    def each(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return fn(v)
+        if isinstance(v, (tuple, list)):
+            return tuple(each(x) for x in v)
+        return v
+
+    return Sam3VisionEncoderOutput(**{k: each(v) for k, v in vision.items()})
 
 
 def _repeat(vision: Any, n: int) -> Any:
     """Backbone features of one image, viewed as a batch of ``n`` (one per phrase; no copy)."""
-    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
-
-    def rep(v: Any) -> Any:
-        if isinstance(v, torch.Tensor):
-            return v.expand(n, *v.shape[1:])
-        if isinstance(v, (tuple, list)):
-            return tuple(rep(x) for x in v)
-        return v
-
-    return Sam3VisionEncoderOutput(**{k: rep(v) for k, v in vision.items()})
+    return _mapped(vision, lambda v: v.expand(n, *v.shape[1:]))
 
 
 def detect(bundle: SamBundle, vision: Any, text: TextFeatures, input_boxes: torch.Tensor | None = None,
@@ -137,7 +145,7 @@ def detect(bundle: SamBundle, vision: Any, text: TextFeatures, input_boxes: torc
     ``pred_logits`` (P, Q), ``presence_logits`` (P, 1), ``pred_masks`` (P, Q, m, m), ``pred_boxes``.
     """
     n = len(text.phrases)
-    with torch.inference_mode():
+    with torch.inference_mode(), bundle.autocast():  # the bundle's dtype, as the backbone
         return bundle.model(vision_embeds=_repeat(vision, n), text_embeds=text.embeds,
                             attention_mask=text.attention_mask, input_boxes=input_boxes,
                             input_boxes_labels=input_boxes_labels)

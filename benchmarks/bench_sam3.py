@@ -1,0 +1,151 @@
+"""SAM 3 text mode on the CPU: a full-size random-weight SAM 3 per chip in float32 and in bf16 (autocast).
+
+Until session 38 geosam ran SAM 3's backbone and detector in float32 whatever ``dtype`` said (the other families ran
+their encoder under autocast). This script times what a text-mode chip costs in each dtype and how far bf16 moves
+the outputs, on transformers' default ``Sam3Config()`` (seed 0: 840 M parameters, a 32-layer ViT at 1008 px) saved
+with a small CLIP tokenizer, on 1008 px chips of the shipped Banepa scene, two phrases:
+
+* ``backbone_s``: `geosam.models.sam3.vision_features` (the ViT and its FPN);
+* ``detector_s``: `geosam.models.sam3.detect` (DETR encoder and decoder, mask decoder) for the two phrases.
+
+Variants alternate chip by chip for ``--rounds`` rounds. Random weights: the detector's scores mean nothing, so the
+agreement is numerical: the bf16 backbone's features and the detector's logits against float32's (max relative
+difference), and each query's mask (``pred_masks`` > 0, the model's 288 px masks) against float32's (IoU; agreement:
+the share at IoU >= 0.9, `bench_amg`'s count). No real SAM 3 weights are reachable here, so how bf16 changes real
+detections is not measured. Writes ``benchmarks/results/sam3.json``.
+
+Usage: ``python benchmarks/bench_sam3.py [--threads N] [--rounds R] [--chips C] [--out PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_name
+
+OUT = ROOT / "benchmarks" / "results" / "sam3.json"
+PHRASES = ["building", "tree"]
+
+
+def _save_model(out: str) -> None:
+    from transformers import Sam3Config, Sam3Model
+
+    from geosam.models.sam3 import write_clip_tokenizer
+
+    torch.manual_seed(0)
+    Sam3Model(Sam3Config()).eval().save_pretrained(out)
+    write_clip_tokenizer(out, merges=["b u", "i l", "d i", "n g", "t r", "e e"])
+    size = 1008
+    (Path(out) / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Sam3ImageProcessorFast", "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "rescale_factor": 1 / 255, "size": {"height": size, "width": size}}))
+
+
+def _mask_agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Per query mask IoU of ``a > 0`` and ``b > 0`` (P, Q, h, w): (mean IoU, share at IoU >= 0.9)."""
+    x, y = (a > 0).flatten(2), (b > 0).flatten(2)
+    inter, union = (x & y).sum(-1).float(), (x | y).sum(-1).float()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return float(iou.mean()), float((iou >= 0.9).float().mean())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chips", type=int, default=1)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from bench_amg import load_chips
+
+    from geosam.models import load_model, preprocess
+    from geosam.models.sam3 import detect, encode_text, vision_features
+
+    chips = load_chips(args.chips, 1024)
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_model(tmp)
+        b32 = load_model(tmp, device="cpu", dtype="float32")
+    bundles = {"float32": b32, "bfloat16": dataclasses.replace(b32, dtype=torch.bfloat16)}
+    text = encode_text(b32, PHRASES)
+    pvs = [preprocess(b32, [c.image])[0] for c in chips]
+    times: dict[str, dict[str, list[float]]] = {k: {"backbone_s": [], "detector_s": []} for k in bundles}
+    outs: dict[str, list] = {k: [] for k in bundles}
+    for name, b in bundles.items():  # warm-up
+        detect(b, vision_features(b, pvs[0]), text)
+    for r in range(args.rounds):
+        for i, pv in enumerate(pvs):
+            for name, b in bundles.items():
+                t0 = time.perf_counter()
+                vision = vision_features(b, pv)
+                t1 = time.perf_counter()
+                out = detect(b, vision, text)
+                t2 = time.perf_counter()
+                times[name]["backbone_s"].append(round(t1 - t0, 3))
+                times[name]["detector_s"].append(round(t2 - t1, 3))
+                if r == 0:
+                    outs[name].append((vision.fpn_hidden_states[-1].float(), out.pred_logits.float(),
+                                       out.pred_masks.float()))
+    med = {k: {part: statistics.median(v) for part, v in t.items()} for k, t in times.items()}
+    agree = []
+    for (f32, l32, m32), (f16, l16, m16) in zip(outs["float32"], outs["bfloat16"]):
+        mean_iou, share = _mask_agreement(m16, m32)
+        agree.append({
+            "backbone_features_max_rel": float((f16 - f32).abs().max() / f32.abs().max()),
+            "pred_logits_max_rel": float((l16 - l32).abs().max() / l32.abs().max()),
+            "pred_masks_max_rel": float((m16 - m32).abs().max() / m32.abs().max()),
+            "query_mask_mean_iou": round(mean_iou, 4),
+            "query_mask_agreement_iou_ge_0_9": round(share, 4),
+        })
+    total = {k: v["backbone_s"] + v["detector_s"] for k, v in med.items()}
+    result = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "torch_version": torch.__version__,
+        "platform": platform.platform(),
+        "note": args.note,
+        "model": "transformers Sam3Config() defaults, random weights (seed 0), "
+                 f"{sum(p.numel() for p in b32.model.parameters()) / 1e6:.0f} M parameters",
+        "chips": f"{len(chips)} chip(s) of 1024 px from data/banepa_predict.tif, resized to 1008 px; "
+                 f"phrases {PHRASES}",
+        "seconds": times,
+        "median_s": med,
+        "chip_s": {k: round(v, 3) for k, v in total.items()},
+        "speedup_bf16_vs_float32": {
+            "backbone": round(med["float32"]["backbone_s"] / med["bfloat16"]["backbone_s"], 3),
+            "detector": round(med["float32"]["detector_s"] / med["bfloat16"]["detector_s"], 3),
+            "chip": round(total["float32"] / total["bfloat16"], 3),
+        },
+        "bf16_vs_float32": agree,
+        "peak_rss_mib": round(_peak_rss_mib(), 0),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("cpu", "threads", "median_s", "speedup_bf16_vs_float32",
+                                             "bf16_vs_float32")}))
+    return 0
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
