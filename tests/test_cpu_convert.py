@@ -155,3 +155,43 @@ def test_layer_norm_bf16_leaves_what_it_does_not_take_to_the_caller() -> None:
     assert cpu_convert.layer_norm_bf16(torch.randn(32, 4).t(), torch.nn.LayerNorm(32)) is None
     assert cpu_convert.layer_norm_bf16(x.double(), torch.nn.LayerNorm(32).double()) is None
     assert cpu_convert.layer_norm_bf16(x.requires_grad_(), torch.nn.LayerNorm(32)) is None
+
+
+# --- the rotary position embedding of SAM 3's ViT --------------------------------------------------------------------
+
+
+def _rope_inputs(seed: int, nb: int, nh: int, n: int, d: int, dtype: torch.dtype):
+    gen = torch.Generator().manual_seed(seed)
+    ang = torch.rand((n, d // 2), generator=gen) * 30
+    cos, sin = ang.cos().repeat_interleave(2, -1)[None], ang.sin().repeat_interleave(2, -1)[None]  # (1, n, d)
+    proj = torch.randn((nb, n, nh * d), generator=gen) * 3
+    return proj.to(dtype).view(nb, n, nh, d).transpose(1, 2), cos, sin  # (nb, nh, n, d), strided as in the ViT
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_is_transformers_formula(threads: int, dtype: torch.dtype) -> None:
+    """The kernel's rotary embedding equals the module's formula bit for bit (strided rows, heads of 64 and 16, a
+    window batch, and a map past the size where the pass splits across threads)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in ((9, 16, 576, 64), (2, 3, 7, 16), (1, 4, 300, 32)):
+            x, cos, sin = _rope_inputs(sum(shape), *shape, dtype)
+            got = cpu_convert.rope(x, cos, sin)
+            assert got is not None and got.dtype == dtype and got.is_contiguous() and got.shape == x.shape
+            want = cpu_convert.rope_reference(x, cos, sin)
+            assert torch.equal(got, want), shape
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_rope_leaves_what_it_does_not_take_to_the_caller() -> None:
+    x, cos, sin = _rope_inputs(0, 1, 2, 5, 24, torch.float32)  # 24: not whole vectors
+    assert cpu_convert.rope(x, cos, sin) is None
+    x, cos, sin = _rope_inputs(0, 1, 2, 5, 16, torch.float16)
+    assert cpu_convert.rope(x, cos, sin) is None
+    x, cos, sin = _rope_inputs(0, 1, 2, 5, 16, torch.float32)
+    assert cpu_convert.rope(x, cos[:, :4], sin[:, :4]) is None  # tables of other tokens
+    assert cpu_convert.rope(x[0], cos, sin) is None  # not (B, H, N, d)

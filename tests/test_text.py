@@ -343,3 +343,34 @@ def test_text_run_resumes_from_its_journal(scene: object, tmp_path: Path) -> Non
     assert list(back.columns) == list(fresh.columns) and sorted(back["score"]) == sorted(fresh["score"])
     with pytest.raises(ConfigError, match="phrases"):  # the phrases are part of what the journal was written for
         geosam.segment_text(path, ["building"], mask_generator=PhraseOracle(labels), journal=journal, **kw)
+
+
+def test_sam3_rotary_embedding_is_the_models_own(tiny_sam3_dir: str) -> None:
+    """Loading SAM 3 gives transformers' SAM 3 module geosam's one-pass rotary embedding, which returns the module's
+    own function's bits (float32 and bf16, strided as the ViT hands them over), so the backbone's output is the same
+    with and without it."""
+    import importlib
+
+    from geosam.models import load_model, preprocess
+    from geosam.models.sam3 import vision_features
+
+    ms = importlib.import_module("transformers.models.sam3.modeling_sam3")
+    b = load_model(tiny_sam3_dir, device="cpu", dtype="float32")
+    fast = ms.apply_rotary_pos_emb_2d
+    assert getattr(fast, "geosam_rope", False)
+    original = fast.original
+    gen = torch.Generator().manual_seed(5)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k = (torch.randn((4, 24, 2, 16), generator=gen).to(dtype).transpose(1, 2) for _ in "qk")
+        ang = torch.rand((1, 24, 8), generator=gen) * 20
+        cos, sin = ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)
+        for got, want in zip(fast(q, k, cos=cos, sin=sin), original(q, k, cos=cos, sin=sin)):
+            assert got.dtype == want.dtype == dtype and torch.equal(got, want)
+    img = np.random.default_rng(6).integers(0, 255, (200, 260, 3), dtype=np.uint8)
+    pv = preprocess(b, [img])[0]
+    with_kernel = vision_features(b, pv).last_hidden_state
+    ms.apply_rotary_pos_emb_2d = original
+    try:
+        assert torch.equal(vision_features(b, pv).last_hidden_state, with_kernel)
+    finally:
+        ms.apply_rotary_pos_emb_2d = fast
