@@ -180,3 +180,36 @@ def test_models_package_has_no_import_cycle_and_stays_below_the_engine() -> None
 
     for mod in graph:
         visit(mod, ())
+
+
+def test_auto_dtype_for_sam3_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch) -> None:
+    """dtype="auto" resolves to float16 on CUDA; for SAM 3 it is bf16 where the GPU has bf16 (its reference code runs
+    bf16; float16 is not validated), float16 where it has not; explicit dtypes, other families and the CPU as asked."""
+    import torch
+
+    from geosam.models.registry import auto_dtype_for_family
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert auto_dtype_for_family("sam3", "auto", cuda, torch.float16) == torch.bfloat16
+    assert auto_dtype_for_family("sam3", " AUTO ", cuda, torch.float16) == torch.bfloat16
+    assert auto_dtype_for_family("sam3", "float16", cuda, torch.float16) == torch.float16
+    assert auto_dtype_for_family("sam3", torch.float16, cuda, torch.float16) == torch.float16
+    assert auto_dtype_for_family("sam2", "auto", cuda, torch.float16) == torch.float16
+    assert auto_dtype_for_family("sam3", "auto", cpu, torch.bfloat16) == torch.bfloat16
+    assert auto_dtype_for_family("sam3", "auto", cpu, torch.float32) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert auto_dtype_for_family("sam3", "auto", cuda, torch.float16) == torch.float16
+
+
+def test_auto_and_explicit_dtypes_are_cached_apart(tiny_sam3_dir: str) -> None:
+    """The cache tells dtype="auto" from the dtype it resolves to (auto may resolve per family)."""
+    import torch
+
+    from geosam.models import load_model
+
+    auto = load_model(tiny_sam3_dir, device="cpu", dtype="auto")
+    explicit = load_model(tiny_sam3_dir, device="cpu", dtype=auto.dtype)
+    assert auto is load_model(tiny_sam3_dir, device="cpu", dtype="auto")
+    assert explicit is not auto and explicit.dtype == auto.dtype
+    assert load_model(tiny_sam3_dir, device="cpu", dtype="float32").dtype == torch.float32

@@ -17,6 +17,7 @@ and its ``model_type``. Bundles are cached by (model, device, dtype).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -42,6 +43,8 @@ Matcher = Callable[[str, "dict[str, Any] | None"], bool]
 #: ``loader(name, device, dtype)`` -> the loaded bundle (device and dtype already resolved).
 Loader = Callable[[str, torch.device, torch.dtype], SamBundle]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -53,7 +56,7 @@ class ModelFamily:
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
-_CACHE: dict[tuple[str, str, str], SamBundle] = {}
+_CACHE: dict[tuple[str, str, str, bool], SamBundle] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -115,8 +118,8 @@ def load_model(
     Args:
         model: `litemedsam`, a hub id (`Zigeng/SlimSAM-uniform-50`) or a checkpoint folder.
         device: `auto`, `cpu`, `cuda`, `mps` or a `torch.device`.
-        dtype: `auto` (bf16 on CPUs with AMX, fp16 on CUDA, else float32), `float32`,
-            `bfloat16`, `float16` or a `torch.dtype`.
+        dtype: `auto` (bf16 on CPUs with AMX, fp16 on CUDA - bf16 for SAM 3 where the GPU has it -, else
+            float32), `float32`, `bfloat16`, `float16` or a `torch.dtype`.
 
     Returns:
         The model bundle: model, preprocessing and its declared `ModelCapabilities`.
@@ -130,13 +133,29 @@ def load_model(
     dt = resolve_dtype(dtype, dev)
     name = os.fspath(model)
     key_name = os.path.abspath(os.path.expanduser(name)) if is_local_path(name) else name
-    key = (key_name, str(dev), str(dt))
+    auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
+    key = (key_name, str(dev), str(dt), auto)  # "auto" may resolve per family (`auto_dtype_for_family`)
     with _CACHE_LOCK:
         bundle = _CACHE.get(key)
         if bundle is None:
-            bundle = _family_for(name).loader(name, dev, dt)
+            family = _family_for(name)
+            bundle = family.loader(name, dev, auto_dtype_for_family(family.name, dtype, dev, dt))
             _CACHE[key] = bundle
     return bundle
+
+
+def auto_dtype_for_family(family: str, asked: str | torch.dtype, device: torch.device, resolved: torch.dtype,
+                          ) -> torch.dtype:
+    """``dtype="auto"`` for SAM 3 on CUDA: bfloat16 where the GPU has it, not float16 (SAM 3's reference code runs
+    bf16 autocast on GPUs, and its float16 outputs are not validated: an overflow there would give empty results,
+    not an error). Any other family, device or explicit dtype: ``resolved`` as it is. The choice is logged."""
+    if not (family == "sam3" and isinstance(asked, str) and asked.strip().lower() == "auto"
+            and device.type == "cuda" and resolved == torch.float16):
+        return resolved
+    if not torch.cuda.is_bf16_supported():
+        return resolved
+    log.info('dtype="auto" for SAM 3 on CUDA: bfloat16 (its reference code runs bf16; float16 is not validated)')
+    return torch.bfloat16
 
 
 def _family_for(name: str) -> ModelFamily:
