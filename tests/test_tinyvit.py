@@ -139,3 +139,18 @@ def test_fast_tinyvit_needs_the_folded_tinyvit() -> None:
     other = nn.Module()
     other.vision_encoder = nn.Linear(2, 2)
     assert not fast_tinyvit_supported(other, torch.float32)
+
+
+def test_fast_tinyvit_follows_weights_changed_in_place() -> None:
+    """The fused path keeps the weights converted per dtype; weights loaded into the module in place afterwards
+    (``load_state_dict``) are converted again, in both dtypes."""
+    from geosam.models.fast_tinyvit import fast_tinyvit_embeddings
+
+    model, other = _folded(0), _folded(7)
+    x = torch.rand((1, 3, 256, 256), generator=torch.Generator().manual_seed(8))
+    for dtype in (torch.float32, torch.bfloat16):
+        fast_tinyvit_embeddings(model, x, dtype)  # converts and keeps model's weights
+    with torch.no_grad():
+        model.vision_encoder.load_state_dict(other.vision_encoder.state_dict())
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(fast_tinyvit_embeddings(model, x, dtype), fast_tinyvit_embeddings(other, x, dtype))

@@ -71,13 +71,13 @@ class _Weights:
 
     def __init__(self, enc: TinyViTEncoder, dtype: torch.dtype) -> None:
         self.dtype = dtype
-        self._t: dict[int, torch.Tensor | None] = {}
+        self._t: dict[tuple[int, int], torch.Tensor | None] = {}
         self._enc = enc
 
     def get(self, p: torch.Tensor | None, kind: str = "") -> torch.Tensor | None:
         if p is None:
             return None
-        key = id(p)
+        key = (id(p), p._version)  # a parameter changed in place (load_state_dict) is converted again
         if key not in self._t:
             t = p.detach().to(self.dtype)
             if kind == "1x1":  # (out, in, 1, 1) -> (out, in): the product's weight
@@ -198,12 +198,13 @@ def _mbconv(t: torch.Tensor, h: int, w: int, blk: Any, wt: _Weights) -> torch.Te
 
 def _bias_mask(blk: TinyViTBlock, wt: _Weights) -> torch.Tensor:
     """The block's learned attention biases as an additive mask (heads, N, N) in the compute dtype (kept)."""
-    cache: dict[torch.dtype, torch.Tensor] = blk.__dict__.setdefault("_geosam_bias_mask", {})
-    if wt.dtype not in cache:
-        attn = blk.attn
+    cache: dict[tuple[torch.dtype, int], torch.Tensor] = blk.__dict__.setdefault("_geosam_bias_mask", {})
+    attn = blk.attn
+    key = (wt.dtype, attn.attention_biases._version)
+    if key not in cache:
         idx: torch.Tensor = attn.attention_bias_idxs  # type: ignore[assignment]  # a registered buffer
-        cache[wt.dtype] = attn.attention_biases.detach()[:, idx].to(wt.dtype).unsqueeze(0).contiguous()
-    return cache[wt.dtype]
+        cache[key] = attn.attention_biases.detach()[:, idx].to(wt.dtype).unsqueeze(0).contiguous()
+    return cache[key]
 
 
 def _block(t: torch.Tensor, h: int, w: int, blk: TinyViTBlock, wt: _Weights) -> torch.Tensor:
