@@ -154,3 +154,20 @@ def test_fast_tinyvit_follows_weights_changed_in_place() -> None:
         model.vision_encoder.load_state_dict(other.vision_encoder.state_dict())
     for dtype in (torch.float32, torch.bfloat16):
         assert torch.equal(fast_tinyvit_embeddings(model, x, dtype), fast_tinyvit_embeddings(other, x, dtype))
+
+
+def test_fast_tinyvit_keeps_nothing_in_the_model() -> None:
+    """The converted weights live beside the model, not in it: a model pickled after a fused encode (a bundle shipped
+    to a worker) carries none, and gives the same embedding where it is unpickled."""
+    import pickle
+
+    import geosam.models.fast_tinyvit as ft
+
+    model = _folded(2)
+    x = torch.rand((1, 3, 256, 256), generator=torch.Generator().manual_seed(9))
+    want = ft.fast_tinyvit_embeddings(model, x, torch.bfloat16)
+    assert model.vision_encoder in ft._WEIGHTS
+    copy_ = pickle.loads(pickle.dumps(model))
+    assert copy_.vision_encoder not in ft._WEIGHTS
+    assert not any(k.startswith("_geosam") for m in copy_.modules() for k in vars(m))
+    assert torch.equal(ft.fast_tinyvit_embeddings(copy_, x, torch.bfloat16), want)

@@ -24,6 +24,7 @@ where oneDNN's operators run; the module's forward everywhere else.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,10 +70,9 @@ def fast_tinyvit_supported(model: Any, dtype: torch.dtype) -> bool:
 class _Weights:
     """The encoder's parameters in one dtype, shaped for the fused operators (made once per dtype, kept)."""
 
-    def __init__(self, enc: TinyViTEncoder, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
         self._t: dict[tuple[int, int], torch.Tensor | None] = {}
-        self._enc = enc
 
     def get(self, p: torch.Tensor | None, kind: str = "") -> torch.Tensor | None:
         if p is None:
@@ -95,10 +95,16 @@ class _Weights:
         return t
 
 
+#: Converted weights per encoder and dtype, and bias masks per block: beside the modules, not in them, so that a
+#: pickled model (a bundle shipped to a worker) carries none (their keys are the parameters' ids in this process).
+_WEIGHTS: weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, _Weights]] = weakref.WeakKeyDictionary()
+_MASKS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[torch.dtype, int], torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
 def _weights(enc: TinyViTEncoder, dtype: torch.dtype) -> _Weights:
-    cache: dict[torch.dtype, _Weights] = enc.__dict__.setdefault("_geosam_fast_weights", {})
+    cache = _WEIGHTS.setdefault(enc, {})
     if dtype not in cache:
-        cache[dtype] = _Weights(enc, dtype)
+        cache[dtype] = _Weights(dtype)
     return cache[dtype]
 
 
@@ -198,7 +204,7 @@ def _mbconv(t: torch.Tensor, h: int, w: int, blk: Any, wt: _Weights) -> torch.Te
 
 def _bias_mask(blk: TinyViTBlock, wt: _Weights) -> torch.Tensor:
     """The block's learned attention biases as an additive mask (heads, N, N) in the compute dtype (kept)."""
-    cache: dict[tuple[torch.dtype, int], torch.Tensor] = blk.__dict__.setdefault("_geosam_bias_mask", {})
+    cache = _MASKS.setdefault(blk, {})
     attn = blk.attn
     key = (wt.dtype, attn.attention_biases._version)
     if key not in cache:
