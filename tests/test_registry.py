@@ -201,15 +201,3 @@ def test_auto_dtype_for_sam3_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch) -
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert auto_dtype_for_family("sam3", "auto", cuda, torch.float16) == torch.float16
 
-
-def test_auto_and_explicit_dtypes_are_cached_apart(tiny_sam3_dir: str) -> None:
-    """The cache tells dtype="auto" from the dtype it resolves to (auto may resolve per family)."""
-    import torch
-
-    from geosam.models import load_model
-
-    auto = load_model(tiny_sam3_dir, device="cpu", dtype="auto")
-    explicit = load_model(tiny_sam3_dir, device="cpu", dtype=auto.dtype)
-    assert auto is load_model(tiny_sam3_dir, device="cpu", dtype="auto")
-    assert explicit is not auto and explicit.dtype == auto.dtype
-    assert load_model(tiny_sam3_dir, device="cpu", dtype="float32").dtype == torch.float32

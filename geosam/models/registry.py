@@ -56,7 +56,7 @@ class ModelFamily:
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
-_CACHE: dict[tuple[str, str, str, bool], SamBundle] = {}
+_CACHE: dict[tuple[str, str, str], SamBundle] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -133,13 +133,13 @@ def load_model(
     dt = resolve_dtype(dtype, dev)
     name = os.fspath(model)
     key_name = os.path.abspath(os.path.expanduser(name)) if is_local_path(name) else name
-    auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
-    key = (key_name, str(dev), str(dt), auto)  # "auto" may resolve per family (`auto_dtype_for_family`)
+    if dev.type == "cuda" and dt == torch.float16 and isinstance(dtype, str) and dtype.strip().lower() == "auto":
+        dt = auto_dtype_for_family(_family_for(name).name, dtype, dev, dt)  # SAM 3: bf16 where the GPU has it
+    key = (key_name, str(dev), str(dt))
     with _CACHE_LOCK:
         bundle = _CACHE.get(key)
         if bundle is None:
-            family = _family_for(name)
-            bundle = family.loader(name, dev, auto_dtype_for_family(family.name, dtype, dev, dt))
+            bundle = _family_for(name).loader(name, dev, dt)
             _CACHE[key] = bundle
     return bundle
 
