@@ -15,3 +15,11 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def machine(threads: int, note: str = "") -> dict[str, object]:
+    """The fields a results file opens with: CPU, threads, torch's version, platform and the run's note."""
+    import torch
+
+    return {"cpu": cpu_name(), "threads": threads, "torch_version": torch.__version__, "platform": platform.platform(),
+            "note": note}

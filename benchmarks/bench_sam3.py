@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_name
+from _machine import machine
 
 OUT = ROOT / "benchmarks" / "results" / "sam3.json"
 PHRASES = ["building", "tree"]
@@ -114,11 +113,7 @@ def main() -> int:
         })
     total = {k: v["backbone_s"] + v["detector_s"] for k, v in med.items()}
     result = {
-        "cpu": cpu_name(),
-        "threads": args.threads,
-        "torch_version": torch.__version__,
-        "platform": platform.platform(),
-        "note": args.note,
+        **machine(args.threads, args.note),
         "model": "transformers Sam3Config() defaults, random weights (seed 0), "
                  f"{sum(p.numel() for p in b32.model.parameters()) / 1e6:.0f} M parameters",
         "chips": f"{len(chips)} chip(s) of 1024 px from data/banepa_predict.tif, resized to 1008 px; "

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_name
+from _machine import machine
 
 SCENE = ROOT / "data" / "solaris_pan_uint16.tif"
 OUT = ROOT / "benchmarks" / "results" / "tinyvit.json"
@@ -112,11 +111,7 @@ def main() -> int:
                    "mean_rel": float((o - ref).abs().mean() / ref.abs().mean())} for name, o in out.items()}
     dtype_of = {name: "torch.bfloat16" if name.endswith("bf16") else "torch.float32" for name in variants}
     result = {
-        "cpu": cpu_name(),
-        "threads": args.threads,
-        "torch_version": torch.__version__,
-        "platform": platform.platform(),
-        "note": args.note,
+        **machine(args.threads, args.note),
         "input": f"{SCENE.name} rows/cols 200-456, 2-98 % stretch, as LiteMedSAM's 256 x 256 input",
         "gflop_per_encode": round(flops / 1e9, 2),
         "matmul_peak_gflop_per_s": {k: round(v / 1e9, 1) for k, v in peak.items()},
