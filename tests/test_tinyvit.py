@@ -171,3 +171,29 @@ def test_fast_tinyvit_keeps_nothing_in_the_model() -> None:
     assert copy_.vision_encoder not in ft._WEIGHTS
     assert not any(k.startswith("_geosam") for m in copy_.modules() for k in vars(m))
     assert torch.equal(ft.fast_tinyvit_embeddings(copy_, x, torch.bfloat16), want)
+
+
+def test_fast_tinyvit_bf16_with_and_without_the_amx_attention(monkeypatch) -> None:
+    """bf16 windows' attention on AMX tiles (where it runs) or torch's: the same embedding to bf16 rounding."""
+    import geosam.models.cpu_bias_attention as cba
+    from geosam.models.fast_tinyvit import fast_tinyvit_embeddings
+
+    model = _folded(3)
+    x = torch.rand((1, 3, 256, 256), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        want = model.vision_encoder(x)[0]
+    calls: list[int] = []
+    real = cba.attention
+
+    def counted(*a, **k):
+        out = real(*a, **k)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(cba, "attention", counted)
+    kernel = fast_tinyvit_embeddings(model, x, torch.bfloat16)
+    assert len(calls) == 10 and all(calls) == cba.available()  # every ViT block's windows
+    monkeypatch.setattr(cba, "attention", lambda *a, **k: None)
+    torch_path = fast_tinyvit_embeddings(model, x, torch.bfloat16)
+    assert _rel(kernel, want) < 0.1 and _rel(kernel, want) < 1.5 * _rel(torch_path, want)
+    assert _rel(kernel, torch_path) < 0.05
