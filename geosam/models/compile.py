@@ -63,7 +63,7 @@ def use_fast_encoder(bundle: SamBundle) -> bool:
 def use_fast_tinyvit(bundle: SamBundle) -> bool:
     """Whether ``encode`` takes `geosam.models.fast_tinyvit.fast_tinyvit_embeddings` (LiteMedSAM's TinyViT through
     oneDNN's fused operators; the same ``SamBundle.fast_encoder`` switch). Default (None): on the CPU, float32 and
-    bf16 (Intel Xeon with AMX, one thread, one 256 px encode: float32 1.01 -> 0.70 s, bf16 0.46 -> 0.27 s)."""
+    bf16 (Intel Xeon with AMX, one thread, one 256 px encode: float32 0.98 -> 0.67 s, bf16 0.47 -> 0.24 s)."""
     from geosam.models.fast_tinyvit import fast_tinyvit_supported
 
     default_on = bundle.device.type == "cpu"

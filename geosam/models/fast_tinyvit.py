@@ -4,20 +4,23 @@
 reads and writes it again (LiteMedSAM's first stage keeps 256 x 256 maps of 256 channels, 64 MiB in float32),
 the window attention's scores (25 windows x 5 heads x 196 x 196 in the third stage) are written, biased,
 soft-maxed and read back, and under bf16 autocast each product's operands are converted again on every call.
-Here the encoder's weights are converted once to the compute dtype (kept on the module), every map stays
-channels-last as a (pixels, channels) matrix, and:
+Here the encoder's weights are converted once to the compute dtype (kept beside the module, weak-keyed, per
+parameter version), every map stays channels-last as a (pixels, channels) matrix, and:
 
 * 1 x 1 convolutions are oneDNN products with the exact GELU fused into their output (``_linear_pointwise``),
   the residual added as they write (its binary post-op), depthwise 3 x 3 ones oneDNN convolutions with the GELU
   fused (``_convolution_pointwise``);
 * the window attention is torch's fused attention (``scaled_dot_product_attention``) with the learned per-head
-  biases as its additive mask: no score tensor in memory;
+  biases as its additive mask (no score tensor in memory), or in bf16 on CPUs with AMX geosam's kernel
+  (`geosam.models.cpu_bias_attention`: AMX tiles, about half torch's time for these windows);
+* the first stage's 256 x 256 maps run by bands of rows below glibc's mmap threshold (`BAND_BYTES`);
 * bf16 runs bf16 end to end (oneDNN sums in float32 and rounds once, where autocast rounds each product and then
   computes the GELU or the residual from the rounded value); layer norms are torch's (float32 statistics).
 
 The same function as the module to float rounding: float32 within ~1e-5 of the module's embedding (oneDNN's
 GELU and the fused attention sum in other orders), bf16 as close to float32 as autocast's bf16 is
-(``tests/test_fast_tinyvit.py``). Used by `geosam.models.encode` for LiteMedSAM on the CPU (`use_fast_tinyvit`)
+(``tests/test_tinyvit.py``). Intel Xeon with AMX, one 256 px encode, 1 / 2 threads: float32 0.98 -> 0.67 s / 0.47 ->
+0.36 s, bf16 0.47 -> 0.24 s / 0.23 -> 0.13 s (``benchmarks/bench_tinyvit.py``). Used by `geosam.models.encode` for LiteMedSAM on the CPU (`use_fast_tinyvit`)
 where oneDNN's operators run; the module's forward everywhere else.
 """
 
