@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -80,39 +81,94 @@ def _folded(seed: int = 0) -> nn.Module:
     enc = _encoder_with_trained_norms(seed)
     fold_batch_norms(enc)
     enc.to(memory_format=torch.channels_last)
-    holder = nn.Module()
-    holder.vision_encoder = enc
-    return holder
+    return _Holder(enc)
+
+
+class _Holder(nn.Module):
+    """What LiteMedSAM's SamModel offers the encoder path: ``vision_encoder`` and ``get_image_embeddings``."""
+
+    def __init__(self, enc: nn.Module) -> None:
+        super().__init__()
+        self.vision_encoder = enc
+
+    def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_encoder(pixel_values)[0]
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want).abs().max() / want.abs().max())
 
 
-def test_fast_tinyvit_is_the_module_in_float32_and_close_in_bf16() -> None:
+def _bf16_ops() -> bool:
+    from geosam.models.fast_tinyvit import _ops_work
+
+    return _ops_work(torch.bfloat16)
+
+
+#: oneDNN has bf16 kernels on AVX-512 CPUs only: on AVX2-only CPUs encode() runs the module there (tested below)
+needs_bf16_ops = pytest.mark.skipif(not _bf16_ops(), reason="oneDNN has no bf16 kernels on this CPU")
+
+
+def _two_images() -> torch.Tensor:
+    x = torch.rand((2, 3, 256, 256), generator=torch.Generator().manual_seed(3))
+    x[1] = x[1] ** 2  # two different images in one batch
+    return x
+
+
+def test_fast_tinyvit_is_the_module_in_float32() -> None:
     from geosam.models.fast_tinyvit import fast_tinyvit_embeddings, fast_tinyvit_supported
 
     model = _folded()
-    enc = model.vision_encoder
-    x = torch.rand((2, 3, 256, 256), generator=torch.Generator().manual_seed(3))
-    x[1] = x[1] ** 2  # two different images in one batch
+    x = _two_images()
     with torch.no_grad():
-        want = enc(x)[0]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            autocast = enc(x)[0].float()
-    assert fast_tinyvit_supported(model, torch.float32) and fast_tinyvit_supported(model, torch.bfloat16)
+        want = model.vision_encoder(x)[0]
+    assert fast_tinyvit_supported(model, torch.float32)
+    assert fast_tinyvit_supported(model, torch.bfloat16) == _bf16_ops()
     got = fast_tinyvit_embeddings(model, x, torch.float32)
     assert got.shape == want.shape == (2, 256, 64, 64) and got.dtype == torch.float32 and got.is_contiguous()
     assert _rel(got, want) < 1e-4  # oneDNN's GELU and the fused attention sum in other orders
     assert torch.equal(fast_tinyvit_embeddings(model, x[1:], torch.float32), got[1:])  # each image on its own
+
+
+@needs_bf16_ops
+def test_fast_tinyvit_bf16_is_as_close_to_float32_as_autocast() -> None:
+    from geosam.models.fast_tinyvit import fast_tinyvit_embeddings
+
+    model = _folded()
+    enc = model.vision_encoder
+    x = _two_images()
+    with torch.no_grad():
+        want = enc(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = enc(x)[0].float()
     low = fast_tinyvit_embeddings(model, x, torch.bfloat16)
     assert low.dtype == torch.float32
     # bf16 end to end is as close to float32 as the module under bf16 autocast (which rounds more often)
     err, err_autocast = _rel(low, want), _rel(autocast, want)
-    print("bf16 max rel error: fast", err, "autocast", err_autocast)
     assert err < 1.5 * err_autocast and err < 0.1
     mean_err = float((low - want).abs().mean() / want.abs().mean())
     assert mean_err < 1.2 * float((autocast - want).abs().mean() / want.abs().mean())
+
+
+def test_encode_runs_the_module_where_onednn_has_no_bf16(monkeypatch) -> None:
+    """Where oneDNN's bf16 kernels do not run (AVX2-only CPUs), a bf16 LiteMedSAM bundle encodes through the module
+    under autocast, float32 through the fused path."""
+    import dataclasses
+
+    import geosam.models.fast_tinyvit as ft
+    from geosam.models import encode
+    from geosam.models.bundle import SamBundle
+    from geosam.models.compile import use_fast_tinyvit
+
+    monkeypatch.setattr(ft, "_ops_work", lambda dtype: dtype == torch.float32)
+    model = _folded(4)
+    b32 = SamBundle(model=model, processor=None, device=torch.device("cpu"), dtype=torch.float32, name="t")
+    b16 = dataclasses.replace(b32, dtype=torch.bfloat16)
+    assert use_fast_tinyvit(b32) and not use_fast_tinyvit(b16)
+    x = torch.rand((1, 3, 256, 256), generator=torch.Generator().manual_seed(11))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model.vision_encoder(x)[0]
+    assert torch.equal(encode(b16, x), want)
 
 
 def test_fast_tinyvit_bands_are_the_whole_maps(monkeypatch) -> None:
@@ -141,6 +197,7 @@ def test_fast_tinyvit_needs_the_folded_tinyvit() -> None:
     assert not fast_tinyvit_supported(other, torch.float32)
 
 
+@needs_bf16_ops
 def test_fast_tinyvit_follows_weights_changed_in_place() -> None:
     """The fused path keeps the weights converted per dtype; weights loaded into the module in place afterwards
     (``load_state_dict``) are converted again, in both dtypes."""
@@ -156,6 +213,7 @@ def test_fast_tinyvit_follows_weights_changed_in_place() -> None:
         assert torch.equal(fast_tinyvit_embeddings(model, x, dtype), fast_tinyvit_embeddings(other, x, dtype))
 
 
+@needs_bf16_ops
 def test_fast_tinyvit_keeps_nothing_in_the_model() -> None:
     """The converted weights live beside the model, not in it: a model pickled after a fused encode (a bundle shipped
     to a worker) carries none, and gives the same embedding where it is unpickled."""
@@ -173,6 +231,7 @@ def test_fast_tinyvit_keeps_nothing_in_the_model() -> None:
     assert torch.equal(ft.fast_tinyvit_embeddings(copy_, x, torch.bfloat16), want)
 
 
+@needs_bf16_ops
 def test_fast_tinyvit_bf16_with_and_without_the_amx_attention(monkeypatch) -> None:
     """bf16 windows' attention on AMX tiles (where it runs) or torch's: the same embedding to bf16 rounding."""
     import geosam.models.cpu_bias_attention as cba
