@@ -98,8 +98,9 @@ def model_options(default_model: str) -> Callable[[F], F]:
                      type=click.Choice(["auto", "cpu", "cuda", "mps"])),
         click.option("--dtype", default=_M.dtype, show_default=True,
                      type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                     help="auto: fp16 on CUDA; on a CPU bf16 only where native bf16 was measured faster with the same masks "
-                     "(agreement >= 0.98), else float32; decided once per run. float32: the reference's masks."),
+                     help="auto: fp16 on CUDA (SAM 3: bf16 where the GPU has it); on a CPU bf16 only where native bf16 was "
+                     "measured faster with the same masks (agreement >= 0.98), else float32; decided once per run. "
+                     "float32: the reference's masks."),
     ])
 
 
