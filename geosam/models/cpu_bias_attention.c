@@ -34,6 +34,20 @@ static size_t scratch_bytes(int64_t n, int64_t d) {
   return (size_t)(2 * (n16 * d + n16 * d + n32 * d + n16 * n32) + 4 * (n16 * n16 + 256)) + 64;
 }
 
+/* out (16 x 16 float32, rows so bytes apart) = the sum over `count` steps of a 16-row left tile (rows sa bytes apart,
+ * a_step numbers further each step) times a packed right tile (512 numbers, b_step numbers further each step) */
+static inline __attribute__((always_inline)) TAMX void tile_sum(const uint16_t* a, int64_t a_step, int64_t sa,
+                                                                 const uint16_t* b, int64_t b_step, int64_t count,
+                                                                 float* out, int64_t so) {
+  _tile_zero(0);
+  for (int64_t c = 0; c < count; c++) {
+    _tile_loadd(4, a + c * a_step, sa);
+    _tile_loadd(6, b + c * b_step, 64);
+    _tile_dpbf16ps(0, 4, 6);
+  }
+  _tile_stored(0, out, so);
+}
+
 static TAMX void attend_window(const uint16_t* qkv, int64_t w, int64_t h, int64_t n, int64_t nh, int64_t d,
                                float scale, const float* bias, uint16_t* out, char* buf) {
   const int64_t n16 = (n + 15) / 16 * 16, n32 = (n + 31) / 32 * 32, tok = nh * 3 * d, base = w * n * tok + h * 3 * d;
@@ -79,15 +93,8 @@ static TAMX void attend_window(const uint16_t* qkv, int64_t w, int64_t h, int64_
   }
   /* scores: 16 queries x 16 keys a tile, over d / 32 chunks of channels */
   for (int64_t qi = 0; qi < n16; qi += 16)
-    for (int64_t kt = 0; kt < n16 / 16; kt++) {
-      _tile_zero(0);
-      for (int64_t c = 0; c < d / 32; c++) {
-        _tile_loadd(4, qb + qi * d + 32 * c, 2 * d);
-        _tile_loadd(6, kp + (kt * (d / 32) + c) * 512, 64);
-        _tile_dpbf16ps(0, 4, 6);
-      }
-      _tile_stored(0, s + qi * n16 + 16 * kt, 4 * n16);
-    }
+    for (int64_t kt = 0; kt < n16 / 16; kt++)
+      tile_sum(qb + qi * d, 32, 2 * d, kp + kt * dc * 512, 512, dc, s + qi * n16 + 16 * kt, 4 * n16);
   /* each row: scaled, + its bias, maximum, e^(x - max) (0 past n), sum; probabilities rounded to bf16 */
   const int64_t nv = n16 / 16;
   const __mmask16 last = tail(n - (nv - 1) * 16);
@@ -118,14 +125,8 @@ static TAMX void attend_window(const uint16_t* qkv, int64_t w, int64_t h, int64_
   }
   /* values: 16 queries x 16 channels a tile, over n32 / 32 chunks of keys; divided by the sums, rounded to bf16 */
   for (int64_t qi = 0; qi < n16; qi += 16)
-    for (int64_t ct = 0; ct < d / 16; ct++) {
-      _tile_zero(0);
-      for (int64_t kc = 0; kc < n32 / 32; kc++) {
-        _tile_loadd(4, pb + qi * n32 + 32 * kc, 2 * n32);
-        _tile_loadd(6, vp + (kc * (d / 16) + ct) * 512, 64);
-        _tile_dpbf16ps(0, 4, 6);
-      }
-      _tile_stored(0, o, 64);
+    for (int64_t ct = 0; ct < dt; ct++) {
+      tile_sum(pb + qi * n32, 32, 2 * n32, vp + ct * 512, dt * 512, n32 / 32, o, 64);
       for (int64_t r = 0; r < 16 && qi + r < n; r++) {
         const int64_t i = qi + r;
         const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(o + 16 * r), _mm512_set1_ps(1.0f / sums[i]));
