@@ -59,12 +59,12 @@ def test_linear_into_a_buffer(monkeypatch, onednn: str) -> None:
         whole = linear(x, w, b, gelu=True)
         monkeypatch.setattr(cpu_gemm, "ROW_BLOCK_BYTES", 5 * 24 * 4)
         made: list[int] = []
-        real = cpu_gemm._pointwise_linear
-        monkeypatch.setattr(cpu_gemm, "_pointwise_linear", lambda *a: made.append(a[0].shape[0]) or real(*a))
+        real = cpu_gemm.pointwise_linear
+        monkeypatch.setattr(cpu_gemm, "pointwise_linear", lambda *a: made.append(a[0].shape[0]) or real(*a))
         blocks = linear(x, w, b, gelu=True, out=torch.full((3, 4, 24), float("nan")))
         assert made == [4, 4, 4]
         torch.testing.assert_close(blocks, whole, rtol=1e-6, atol=1e-6 * float(whole.abs().max()))
-        monkeypatch.setattr(cpu_gemm, "_pointwise_linear", real)
+        monkeypatch.setattr(cpu_gemm, "pointwise_linear", real)
     # a buffer of the wrong shape is not used
     wrong = torch.empty((2, 24))
     out = linear(x, w, b, out=wrong)
@@ -160,11 +160,11 @@ def test_linear_gelu_low_rounds_once_after_the_gelu(monkeypatch, fused: bool) ->
     x = torch.randn((3, 37, 64), generator=gen)
     w, b = torch.randn((96, 64), generator=gen) * 0.2, torch.randn(96, generator=gen)
     if not fused:
-        monkeypatch.setattr(cpu_gemm, "_op_works_in", lambda dtype: False)
+        monkeypatch.setattr(cpu_gemm, "op_works_in", lambda dtype: False)
     got = cpu_gemm.linear_gelu_low(x, w, b, torch.bfloat16)
     assert got.dtype == torch.bfloat16 and got.shape == (3, 37, 96)
     exact = F.gelu(F.linear(x.bfloat16().double(), w.bfloat16().double(), b.double()))
-    if fused and cpu_gemm._op_works_in(torch.bfloat16):
+    if fused and cpu_gemm.op_works_in(torch.bfloat16):
         # one rounding: within half a bf16 ulp (2^-9 relative) of the exact value, up to the float32 sums' order
         assert bool(((got.double() - exact).abs() <= exact.abs() * 2.0**-8 + 1e-6).all())
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -197,7 +197,7 @@ def test_linear_low_is_autocasts_linear_bit_for_bit(shape: tuple[int, ...], with
 def test_linear_low_check_agrees_with_sams_products() -> None:
     """`_low_linear_agrees`'s verdict (small shapes) is what oneDNN's pointwise op does at the ViT-B's own sizes here:
     where it says yes, the four projections of a layer give autocast's bits (and the fast path is taken)."""
-    if not cpu_gemm._op_works_in(torch.bfloat16):
+    if not cpu_gemm.op_works_in(torch.bfloat16):
         assert not cpu_gemm._low_linear_agrees()
         return
     gen = torch.Generator().manual_seed(9)
@@ -207,5 +207,5 @@ def test_linear_low_check_agrees_with_sams_products() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             want = F.linear(x, w, b)
         xb, wb, bb = (t.to(torch.bfloat16) for t in (x, w, b))
-        same &= torch.equal(cpu_gemm._pointwise_linear(xb, wb, bb, False), want)
+        same &= torch.equal(cpu_gemm.pointwise_linear(xb, wb, bb, False), want)
     assert cpu_gemm._low_linear_agrees() == same

@@ -104,13 +104,13 @@ def test_float32_large_intermediates_by_blocks_of_rows(vit_and_pixels, monkeypat
     monkeypatch.setenv("GEOSAM_ONEDNN_LINEAR", onednn)
     whole = fast_image_embeddings(model, pixels, torch.float32)
     widths: dict[int, list[int]] = {}
-    real_linear = cpu_gemm._pointwise_linear if onednn == "1" and cpu_gemm.onednn_linear_available() else None
+    real_linear = cpu_gemm.pointwise_linear if onednn == "1" and cpu_gemm.onednn_linear_available() else None
     if real_linear is not None:  # oneDNN's op: the outputs it makes
         def spy(x, w, b, gelu):
             widths.setdefault(w.shape[0], []).append(x.shape[0])
             return real_linear(x, w, b, gelu)
 
-        monkeypatch.setattr(cpu_gemm, "_pointwise_linear", spy)
+        monkeypatch.setattr(cpu_gemm, "pointwise_linear", spy)
     monkeypatch.setattr(cpu_gemm, "ROW_BLOCK_BYTES", 1024)
     blocks = fast_image_embeddings(model, pixels, torch.float32)
     torch.testing.assert_close(blocks, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))

@@ -33,7 +33,7 @@ from geosam.models.device import cpu_flags, cpu_vendor
 
 __all__ = [
     "ROW_BLOCK_BYTES", "bmm", "linear", "linear_gelu_low", "linear_low", "mkl_float32_slow", "onednn_linear_available",
-    "row_blocks",
+    "op_works_in", "pointwise_linear", "row_blocks",
 ]
 
 
@@ -111,11 +111,11 @@ def linear(
     """
     if _onednn(x, weight) or (invariant and _op_works() and _float32_cpu(x, weight)):
         if out is None or not (out.is_contiguous() and out.shape == (*x.shape[:-1], weight.shape[0])):
-            return _pointwise_linear(x, weight, bias, gelu)
+            return pointwise_linear(x, weight, bias, gelu)
         # oneDNN's op makes its own output: blocks of rows whose outputs come from the heap, copied into ``out``
         x2, o2 = x.reshape(-1, x.shape[-1]), out.view(-1, weight.shape[0])
         for r0, r1 in row_blocks(x2.shape[0], weight.shape[0], out.element_size()):
-            o2[r0:r1].copy_(_pointwise_linear(x2[r0:r1], weight, bias, gelu))
+            o2[r0:r1].copy_(pointwise_linear(x2[r0:r1], weight, bias, gelu))
         return out
     if out is not None and out.is_contiguous() and out.shape == (*x.shape[:-1], weight.shape[0]):
         x2, o2 = x.reshape(-1, x.shape[-1]), out.view(-1, weight.shape[0])
@@ -149,7 +149,7 @@ def row_blocks(rows: int, width: int, itemsize: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(n) if bounds[i + 1] > bounds[i]]
 
 
-def _pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
+def pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
     """oneDNN's ``x @ weight.T + bias`` (exact GELU fused if ``gelu``) on x (..., K): (..., N), in x's dtype."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
@@ -160,7 +160,7 @@ def _pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 @functools.lru_cache(maxsize=4)
-def _op_works_in(dtype: torch.dtype) -> bool:
+def op_works_in(dtype: torch.dtype) -> bool:
     """Whether oneDNN's pointwise linear takes ``dtype`` (with an exact GELU fused) in this torch build."""
     if not _op_works():
         return False
@@ -177,8 +177,8 @@ def linear_gelu_low(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     GELU fused, applied to the float32 sums before they are rounded (torch's autocast rounds the product, then a
     second pass computes the GELU: AMD EPYC Zen 4, one thread, the ViT-B MLP's first product 110-115 vs 129-150 ms);
     under autocast's ``linear`` then ``gelu`` where the op does not take ``dtype``. Returns ``dtype``."""
-    if x.device.type == "cpu" and _op_works_in(dtype):
-        return _pointwise_linear(_rounded(x, dtype), _rounded(weight, dtype), bias, gelu=True)
+    if x.device.type == "cpu" and op_works_in(dtype):
+        return pointwise_linear(_rounded(x, dtype), _rounded(weight, dtype), bias, gelu=True)
     with torch.autocast(device_type=x.device.type, dtype=dtype):
         return F.gelu(F.linear(x, weight, bias)).to(dtype)
 
@@ -196,7 +196,7 @@ def linear_low(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     Autocast's own op where the bits were not the same here (`_low_linear_agrees`) and for other dtypes."""
     if dtype == torch.bfloat16 and x.device.type == "cpu" and _low_linear_agrees():
         b = None if bias is None else _rounded(bias, dtype)
-        return _pointwise_linear(_rounded(x, dtype), _rounded(weight, dtype), b, gelu=False)
+        return pointwise_linear(_rounded(x, dtype), _rounded(weight, dtype), b, gelu=False)
     with torch.autocast(device_type=x.device.type, dtype=dtype):
         return F.linear(x, weight, bias)
 
@@ -205,7 +205,7 @@ def linear_low(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 def _low_linear_agrees() -> bool:
     """Whether `linear_low`'s product gives autocast's bf16 ``linear`` bit for bit here: inner sizes of one and of
     several of oneDNN's blocks, rows and columns past whole tiles, large and small values."""
-    if not _op_works_in(torch.bfloat16):
+    if not op_works_in(torch.bfloat16):
         return False
     gen = torch.Generator().manual_seed(0)
     for m, k, n in ((70, 96, 40), (33, 3072, 48), (129, 768, 80)):
@@ -214,7 +214,7 @@ def _low_linear_agrees() -> bool:
         with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
             want = F.linear(x, w, b)
         xb, wb, bb = (_rounded(t, torch.bfloat16) for t in (x, w, b))
-        got = _pointwise_linear(xb, wb, bb, False)
+        got = pointwise_linear(xb, wb, bb, False)
         if not torch.equal(got, want):
             return False
     return True

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geosam.models.cpu_gemm import op_works_in, pointwise_linear
 from geosam.models.tinyvit import ConvBN, PatchMerging, TinyViTBlock, TinyViTEncoder
 
 __all__ = ["fast_tinyvit_embeddings", "fast_tinyvit_supported"]
@@ -44,18 +45,16 @@ _mk = torch.ops.mkldnn
 
 @functools.lru_cache(maxsize=4)
 def _ops_work(dtype: torch.dtype) -> bool:
-    """Whether oneDNN's fused linear and convolution take ``dtype`` with an exact GELU in this torch build."""
-    if not torch.backends.mkldnn.is_available():
+    """Whether oneDNN's fused linear (`geosam.models.cpu_gemm`'s check) and convolution take ``dtype`` with an exact
+    GELU in this torch build (AVX2-only CPUs have no bf16 kernels: "could not create a primitive")."""
+    if not op_works_in(dtype):
         return False
     try:
-        x = torch.ones((2, 3), dtype=dtype)
-        lin = _mk._linear_pointwise(x, torch.ones((4, 3), dtype=dtype), None, "gelu", [], "none")
         m = torch.ones((1, 4, 3, 3), dtype=dtype).contiguous(memory_format=torch.channels_last)
         w = torch.ones((4, 1, 3, 3), dtype=dtype).contiguous(memory_format=torch.channels_last)
         conv = _mk._convolution_pointwise(m, w, None, [1, 1], [1, 1], [1, 1], 4, "gelu", [], "none")
-        return (lin.dtype == dtype and abs(float(lin[0, 0]) - 3.0) < 0.05 and conv.shape == (1, 4, 3, 3)
-                and abs(float(conv[0, 0, 1, 1]) - 9.0) < 0.05)
-    except (RuntimeError, TypeError, AttributeError):  # a build without these oneDNN kernels
+        return conv.shape == (1, 4, 3, 3) and abs(float(conv[0, 0, 1, 1]) - 9.0) < 0.05
+    except (RuntimeError, TypeError, AttributeError):  # a build without this oneDNN kernel
         return False
 
 
@@ -127,32 +126,40 @@ def _tokens(m: torch.Tensor) -> torch.Tensor:
     return m.permute(0, 2, 3, 1).reshape(-1, m.shape[1])
 
 
+def _product(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False,
+             add: torch.Tensor | None = None) -> torch.Tensor:
+    """oneDNN's ``t @ w.T + b`` on tokens (n, K): GELU fused (`geosam.models.cpu_gemm`'s product), or ``add`` (n, N)
+    added as the sums are written (its binary post-op)."""
+    if add is not None:
+        return _mk._linear_pointwise.binary(t, add, w, b, "add")
+    return pointwise_linear(t, w, b, gelu)
+
+
 def _pointwise(t: torch.Tensor, cb: ConvBN, wt: _Weights, gelu: bool, add: torch.Tensor | None = None) -> torch.Tensor:
     """A 1 x 1 conv-BN (folded) on tokens (n, Cin) -> (n, Cout): GELU fused, or ``add`` (n, Cout) added."""
     conv = _conv(cb)
-    w, b = wt(conv.weight, "1x1"), wt.get(conv.bias)
-    if add is not None:
-        return _mk._linear_pointwise.binary(t, add, w, b, "add")
-    return _mk._linear_pointwise(t, w, b, "gelu" if gelu else "none", [], "none" if gelu else "")
-
-
-def _depthwise(m: torch.Tensor, cb: ConvBN, wt: _Weights, gelu: bool) -> torch.Tensor:
-    """A 3 x 3 depthwise conv-BN (folded) on a channels-last map, GELU fused if ``gelu``."""
-    conv = _conv(cb)
-    pad, stride = conv.padding, conv.stride
-    assert isinstance(pad, tuple)
-    return _mk._convolution_pointwise(
-        m, wt(conv.weight, "conv"), wt.get(conv.bias), list(pad), list(stride), list(conv.dilation), conv.groups,
-        "gelu" if gelu else "none", [], "none" if gelu else "",
-    )
+    return _product(t, wt(conv.weight, "1x1"), wt.get(conv.bias), gelu, add)
 
 
 def _linear(t: torch.Tensor, lin: nn.Linear, wt: _Weights, gelu: bool = False,
             add: torch.Tensor | None = None) -> torch.Tensor:
-    w, b = wt(lin.weight), wt.get(lin.bias)
-    if add is not None:
-        return _mk._linear_pointwise.binary(t, add, w, b, "add")
-    return _mk._linear_pointwise(t, w, b, "gelu" if gelu else "none", [], "none" if gelu else "")
+    return _product(t, wt(lin.weight), wt.get(lin.bias), gelu, add)
+
+
+def _conv2d(m: torch.Tensor, conv: nn.Conv2d, wt: _Weights, gelu: bool) -> torch.Tensor:
+    """oneDNN's convolution of a channels-last map (the module's padding, stride, dilation, groups), GELU fused if
+    ``gelu``."""
+    pad = conv.padding
+    assert isinstance(pad, tuple)
+    return _mk._convolution_pointwise(
+        m, wt(conv.weight, "conv"), wt.get(conv.bias), list(pad), list(conv.stride), list(conv.dilation), conv.groups,
+        "gelu" if gelu else "none", [], "none" if gelu else "",
+    )
+
+
+def _depthwise(m: torch.Tensor, cb: ConvBN, wt: _Weights, gelu: bool) -> torch.Tensor:
+    """A 3 x 3 depthwise conv-BN (folded) on a channels-last map, GELU fused if ``gelu``."""
+    return _conv2d(m, _conv(cb), wt, gelu)
 
 
 def _layer_norm(t: torch.Tensor, ln: nn.LayerNorm, wt: _Weights) -> torch.Tensor:
@@ -261,11 +268,9 @@ def _neck(t: torch.Tensor, h: int, w: int, neck: Any, wt: _Weights) -> torch.Ten
     """1 x 1 conv, LayerNorm2d (over the channels: a layer norm of each token), 3 x 3 conv, LayerNorm2d."""
     c1, n1, c2, n2 = neck
     assert isinstance(c1, nn.Conv2d) and isinstance(c2, nn.Conv2d)
-    y = _mk._linear_pointwise(t, wt(c1.weight, "1x1"), wt.get(c1.bias), "none", [], "")
+    y = _product(t, wt(c1.weight, "1x1"), wt.get(c1.bias))
     y = F.layer_norm(y, (y.shape[-1],), wt.get(n1.weight), wt.get(n1.bias), n1.eps)
-    m = _mk._convolution_pointwise(_map(y, h, w), wt(c2.weight, "conv"), wt.get(c2.bias), list(c2.padding),
-                                   list(c2.stride), list(c2.dilation), c2.groups, "none", [], "")
-    y = _tokens(m)
+    y = _tokens(_conv2d(_map(y, h, w), c2, wt, gelu=False))
     return F.layer_norm(y, (y.shape[-1],), wt.get(n2.weight), wt.get(n2.bias), n2.eps)
 
 
