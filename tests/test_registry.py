@@ -190,14 +190,18 @@ def test_auto_dtype_for_sam3_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch) -
     from geosam.models.registry import auto_dtype_for_family
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def never() -> str:
+        raise AssertionError("the family is read only for auto resolved to float16 on CUDA")
+
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert auto_dtype_for_family("sam3", "auto", cuda, torch.float16) == torch.bfloat16
-    assert auto_dtype_for_family("sam3", " AUTO ", cuda, torch.float16) == torch.bfloat16
-    assert auto_dtype_for_family("sam3", "float16", cuda, torch.float16) == torch.float16
-    assert auto_dtype_for_family("sam3", torch.float16, cuda, torch.float16) == torch.float16
-    assert auto_dtype_for_family("sam2", "auto", cuda, torch.float16) == torch.float16
-    assert auto_dtype_for_family("sam3", "auto", cpu, torch.bfloat16) == torch.bfloat16
-    assert auto_dtype_for_family("sam3", "auto", cpu, torch.float32) == torch.float32
+    assert auto_dtype_for_family(lambda: "sam3", "auto", cuda, torch.float16) == torch.bfloat16
+    assert auto_dtype_for_family(lambda: "sam3", " AUTO ", cuda, torch.float16) == torch.bfloat16
+    assert auto_dtype_for_family(never, "float16", cuda, torch.float16) == torch.float16
+    assert auto_dtype_for_family(lambda: "sam3", torch.float16, cuda, torch.float16) == torch.float16
+    assert auto_dtype_for_family(lambda: "sam2", "auto", cuda, torch.float16) == torch.float16
+    assert auto_dtype_for_family(never, "auto", cpu, torch.bfloat16) == torch.bfloat16
+    assert auto_dtype_for_family(lambda: "sam3", "auto", cpu, torch.float32) == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert auto_dtype_for_family("sam3", "auto", cuda, torch.float16) == torch.float16
+    assert auto_dtype_for_family(lambda: "sam3", "auto", cuda, torch.float16) == torch.float16
 

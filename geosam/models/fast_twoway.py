@@ -40,7 +40,7 @@ def _by_head(y: torch.Tensor, nh: int, keys: bool) -> torch.Tensor:
     transpose and per-head copies: 3D permutes' copies ran 3-8x slower (Intel Xeon with AMX, P = 4096: 1.42 -> 0.42
     ms), ~20 ms of a 43 ms decode with one prompt per image (LiteMedSAM's box windows)."""
     if keys:
-        return (y if y.is_contiguous() else y.contiguous()).t().contiguous().view(nh, -1, y.shape[0])
+        return y.t().contiguous().view(nh, -1, y.shape[0])
     return torch.stack(y.view(y.shape[0], nh, -1).unbind(1))
 
 

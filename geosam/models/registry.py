@@ -133,8 +133,7 @@ def load_model(
     dt = resolve_dtype(dtype, dev)
     name = os.fspath(model)
     key_name = os.path.abspath(os.path.expanduser(name)) if is_local_path(name) else name
-    if dev.type == "cuda" and dt == torch.float16 and isinstance(dtype, str) and dtype.strip().lower() == "auto":
-        dt = auto_dtype_for_family(_family_for(name).name, dtype, dev, dt)  # SAM 3: bf16 where the GPU has it
+    dt = auto_dtype_for_family(lambda: _family_for(name).name, dtype, dev, dt)  # SAM 3 on CUDA: bf16 where it can
     key = (key_name, str(dev), str(dt))
     with _CACHE_LOCK:
         bundle = _CACHE.get(key)
@@ -144,15 +143,17 @@ def load_model(
     return bundle
 
 
-def auto_dtype_for_family(family: str, asked: str | torch.dtype, device: torch.device, resolved: torch.dtype,
-                          ) -> torch.dtype:
+def auto_dtype_for_family(family: Callable[[], str], asked: str | torch.dtype, device: torch.device,
+                          resolved: torch.dtype) -> torch.dtype:
     """``dtype="auto"`` for SAM 3 on CUDA: bfloat16 where the GPU has it, not float16 (SAM 3's reference code runs
     bf16 autocast on GPUs, and its float16 outputs are not validated: an overflow there would give empty results,
-    not an error). Any other family, device or explicit dtype: ``resolved`` as it is. The choice is logged."""
-    if not (family == "sam3" and isinstance(asked, str) and asked.strip().lower() == "auto"
-            and device.type == "cuda" and resolved == torch.float16):
+    not an error). Any other family, device or explicit dtype: ``resolved`` as it is. The choice is logged.
+    ``family()`` gives the model's family name; it is asked only for ``auto`` resolved to float16 on CUDA (it may read
+    the checkpoint's config)."""
+    if not (isinstance(asked, str) and asked.strip().lower() == "auto" and device.type == "cuda"
+            and resolved == torch.float16):
         return resolved
-    if not torch.cuda.is_bf16_supported():
+    if family() != "sam3" or not torch.cuda.is_bf16_supported():
         return resolved
     log.info('dtype="auto" for SAM 3 on CUDA: bfloat16 (its reference code runs bf16; float16 is not validated)')
     return torch.bfloat16

@@ -25,7 +25,6 @@ Nothing here needs torchvision: images are resized in torch.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,10 +118,6 @@ def preprocess(bundle: SamBundle, images: Sequence[np.ndarray]) -> tuple[torch.T
     return out, originals, resized
 
 
-def _autocast(bundle: SamBundle) -> contextlib.AbstractContextManager[Any]:
-    return bundle.autocast()
-
-
 def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | MultiEmbeddings:
     """Image embeddings (B, C, h, w) of ``pixel_values`` (B, 3, S, S) from `preprocess`.
 
@@ -140,7 +135,7 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | Mult
         main = fast_image_embeddings(bundle.model, pv, bundle.dtype, intermediates=inter)
         return MultiEmbeddings(main, tuple(inter), family)
     if family in MULTI_EMBEDDING_FAMILIES:
-        with torch.inference_mode(), _autocast(bundle):
+        with torch.inference_mode(), bundle.autocast():
             return encode_family(bundle.model, family, pv)
     if use_fast_tinyvit(bundle):  # LiteMedSAM's encoder
         from geosam.models.fast_tinyvit import fast_tinyvit_embeddings
@@ -153,7 +148,7 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | Mult
         from geosam.models.fast_encoder import fast_image_embeddings
 
         return fast_image_embeddings(bundle.model, pv, bundle.dtype)
-    with torch.inference_mode(), _autocast(bundle):
+    with torch.inference_mode(), bundle.autocast():
         return bundle.model.get_image_embeddings(pv)
 
 
@@ -217,7 +212,7 @@ def _stock_decoder(
     image_side = decoder_kwargs(image_embeddings, bundle.device)
     masks: torch.Tensor | None = None
     ious = []
-    with torch.inference_mode(), _autocast(bundle):
+    with torch.inference_mode(), bundle.autocast():
         for s in range(0, max(n, 1), step):
             part = {k: v[:, s : s + step] for k, v in prompts.items()}  # (1, N, ...): prompts on axis 1
             out = bundle.model(**image_side, multimask_output=multimask, **part)
