@@ -62,7 +62,7 @@ def test_crop_layers_find_smaller_objects(bundle: SamBundle, monkeypatch) -> Non
 def test_batches_of_one_crop_share_the_decoders_image_side(bundle: SamBundle, monkeypatch, count_calls) -> None:
     """The prompt batches of one crop decode with one cache: the image side is made once per crop (twice with
     two chips), and the masks are those of a generator whose batches each make their own."""
-    from geosam.models import fast_decoder as fd
+    from geosam.models import fast_transformer as fd
 
     made = count_calls(fd, "_image_sides")
     chips = [make_chip(256, 256, seed=3), make_chip(256, 256, seed=4)]

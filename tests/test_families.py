@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -117,7 +118,9 @@ def test_stock_decoder_runs_in_cpu_chunks_with_the_masks_of_one_call(tiny_family
 
 
 @pytest.mark.parametrize("multimask", [True, False])
-def test_sam2_decoder_gives_the_model_decoders_masks(tiny_family_dirs: dict[str, str], multimask: bool) -> None:
+def test_sam2_decoder_gives_the_model_decoders_masks(
+    tiny_family_dirs: dict[str, str], multimask: bool, count_calls: Any
+) -> None:
     """SAM 2 decodes through geosam's decoder by default: in CPU chunks (last one partial), points and boxes, the
     model's own decoder's masks and IoUs (without ``multimask``: the single mask, or the best multimask one where the
     single mask is unstable, both cases present); ``iou_floor`` makes the prompts at or below it -inf."""
@@ -149,8 +152,13 @@ def test_sam2_decoder_gives_the_model_decoders_masks(tiny_family_dirs: dict[str,
             dec.dynamic_multimask_stability_thresh = float(dec._get_stability_scores(single[:, 0]).median())
         calls: list[int] = []
         hook = dec.register_forward_hook(lambda m, a, k, o: calls.append(1), with_kwargs=True)
+        import geosam.models.fast_transformer as ft
+
+        plans, sides = count_calls(ft, "_Conv1FromSharedImage"), count_calls(ft, "_image_side")
         try:
             logits, iou = decode_points(b, emb, pts, multimask=multimask)
+            # CPU float32: every chunk's first upscaling product from the shared image side, no image side written
+            assert len(plans) == 3 and not sides
             floor = float(iou.max(dim=1).values.median())
             cut, _ = decode_points(b, emb, pts, multimask=multimask, iou_floor=floor)
             box_logits, box_iou = decode(b, emb, points=pts[:, None, :], boxes=boxes, multimask=multimask)

@@ -141,7 +141,7 @@ def test_fast_decode_direct_and_per_prompt_dense(sam_size) -> None:
 def test_upscaling_from_the_shared_image_side(sam_size, monkeypatch) -> None:
     """The first upscaling product unrolled to the shared image side (CPU float32, one dense embedding) gives the
     explicit product's masks; the shared part is reused across calls with the same cache and not for another image."""
-    from geosam.models import fast_decoder as fd
+    from geosam.models import fast_transformer as fd
 
     bundle, emb = sam_size
     model = bundle.model
@@ -181,7 +181,7 @@ def test_last_image_side_fused_with_the_final_attention(sam_size, monkeypatch, t
     prompts neither image side is written (`geosam.models.fast_final`: the norms' statistics and the final attention
     from the attention weights, x0's projections made once per image). The same IoUs and masks as the two-step
     path, with tiles that divide the 4096 positions or leave a remainder (1000: 4 x 1000 + 96)."""
-    from geosam.models import fast_decoder as fd
+    from geosam.models import fast_transformer as fd
     from geosam.models import fast_twoway
 
     bundle, emb = sam_size
@@ -239,7 +239,7 @@ def test_first_layer_attends_to_an_image_side_projected_once(sam_size, monkeypat
     factored against the first's image side (`geosam.models.fast_factored`); both give the stock decoder's IoUs
     and masks, in float32 on the CPU and in float64 (the plain path, not factored); a call of fewer than
     SHARED_PROJECTION_MIN_PROMPTS prompts without a cache keeps the projections on the tokens."""
-    from geosam.models import fast_decoder as fd
+    from geosam.models import fast_transformer as fd
     from geosam.models.fast_twoway import SHARED_PROJECTION_MIN_PROMPTS
 
     bundle, emb = sam_size
@@ -414,7 +414,7 @@ def test_a_cache_kept_across_calls_computes_the_image_side_once(sam_size, count_
     the image side's shared projections are made once, not once per call, the masks and IoUs are those of calls
     without it, the cache holds the image's tensors while they are its key (so that no later tensor can take their
     address and be mistaken for them), and another image in the same cache gets its own results."""
-    from geosam.models import fast_decoder as fd
+    from geosam.models import fast_transformer as fd
 
     bundle, emb = sam_size
     made = count_calls(fd, "final_projections")
@@ -440,7 +440,7 @@ def test_a_cache_kept_across_calls_computes_the_image_side_once_from_bf16_embedd
     per image in the caller's cache, so the batches on one image share the image side's projections as for float32
     embeddings (converted anew each call, every batch projected it again); the masks and IoUs are those of calls
     without a cache, and another image in the same cache gets its own."""
-    from geosam.models import fast_decoder as fd
+    from geosam.models import fast_transformer as fd
 
     bundle, emb = sam_size
     low = emb.to(torch.bfloat16)

@@ -322,7 +322,7 @@ def test_prompt_groups_of_one_chip_share_the_decoders_image_side(scene, tiny_sam
     """Prompts of different shapes on one chip decode in one call per shape; the calls share one decoder cache, so
     the image side is made once per chip, and the objects are those of calls that each make their own."""
     import geosam.models as gm
-    from geosam.models import fast_decoder as fd
+    from geosam.models import fast_transformer as fd
 
     made = count_calls(fd, "_image_sides")
     prompts = [

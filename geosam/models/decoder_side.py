@@ -1,8 +1,6 @@
-"""The two-way transformer of a SAM-layout mask decoder with its last image side written, for decoders that upscale
-that image side per prompt (SAM-HQ's, SAM 2's): the exact math of `geosam.models.fast_decoder` (the image positions
-never projected, the first layer's projections shared by all prompts), without its CPU paths that never write the
-image side (SAM's upscaling is unrolled through it; these decoders add features to it before the upscaling's norm,
-or run convolutions on the upscaled side).
+"""What the decoders beside SAM's (SAM-HQ's, SAM 2's) share with it: their prompts encoded (`encode_prompts`), their
+tokens (`prompt_tokens`, `start_decode`), their two-way transformer (`two_way`: `geosam.models.fast_transformer`'s,
+the same as SAM's fast decoder runs) and their prompts in chunks (`decode_in_chunks`).
 
 `sam_layout` shows SAM 2's attentions (``o_proj``) under SAM's names (``out_proj``), so the same functions run them.
 """
@@ -16,11 +14,19 @@ import torch
 
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import FAST_DECODER_CPU_CHUNK
-from geosam.models.fast_decoder import _cross_attentions, _image_sides, _shared_side, _unwrap
-from geosam.models.fast_twoway import _image_side, _token_to_image, cache_key, cached
+from geosam.models.fast_decoder import _unwrap
+from geosam.models.fast_transformer import TwoWay, run_two_way
+from geosam.models.fast_twoway import cache_key
 
-__all__ = ["decode_in_chunks", "encode_prompts", "float32_inputs", "prompt_tokens", "sam_layout", "start_decode",
-           "two_way"]
+__all__ = [
+    "decode_in_chunks",
+    "encode_prompts",
+    "float32_inputs",
+    "prompt_tokens",
+    "sam_layout",
+    "start_decode",
+    "two_way",
+]
 
 
 class _Renamed:
@@ -52,36 +58,20 @@ def sam_layout(transformer: Any) -> Any:
 
 
 def two_way(
-    tr: Any,
+    dec: Any,
     tokens: torch.Tensor,
     image: torch.Tensor,
     dense: torch.Tensor,
     pe: torch.Tensor,
     cache: dict[Any, Any] | None,
     key: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two-way transformer on ``tokens`` (N, T, C) against image (1, C, h, w) + dense (1 or N, C, h, w) with
-    positional encoding pe (1, C, h, w): ``(tokens (N, T, C), image side (N, h*w, C))``."""
-    n = tokens.shape[0]
-    keys, pos, keys_pos = cached(cache if dense.shape[0] == 1 else None, key, "sides",
-                                 lambda: _image_sides(image, dense, pe))  # fmt: skip
-    shared = _shared_side(tr, keys, keys_pos, pos[0], n, cache, key, [], False)
-    queries, pe_tok = tokens, tokens
-    for i_layer, layer in enumerate(tr.layers):
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])[0][0]
-        else:
-            q = (queries + pe_tok)[None]
-            queries = queries + layer.self_attn(query=q, key=q, value=queries[None])[0][0]
-        queries = layer.layer_norm1(queries)
-        queries, probs, vo = _cross_attentions(layer, i_layer, queries, pe_tok, keys, keys_pos, shared)
-        keys, keys_pos = _image_side(keys, probs, vo, layer.layer_norm4, pos, inplace=i_layer > 0)
-    assert keys_pos is not None
-    att = _token_to_image(tr.final_attn_token_to_image, queries + pe_tok, keys, keys_pos)
-    queries = tr.layer_norm_final_attn(queries + att)
-    if keys.shape[0] != n:  # no layer ran
-        keys = keys.expand(n, -1, -1)
-    return queries, keys
+    used: list[int],
+    unroll: bool = True,
+) -> TwoWay:
+    """``dec``'s two-way transformer (seen through `sam_layout`) on ``tokens`` (N, T, C) against image (1, C, h, w)
+    + dense (1 or N, C, h, w) with positional encoding pe (1, C, h, w), the final attention for the token rows
+    ``used``: `geosam.models.fast_transformer.run_two_way`; ``key``: `start_decode`'s."""
+    return run_two_way(dec, sam_layout(dec.transformer), tokens, image, dense, pe, cache, used, unroll, key)
 
 
 def encode_prompts(model: Any, prompts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

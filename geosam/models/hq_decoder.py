@@ -132,7 +132,9 @@ def hq_decode(
     )  # fmt: skip
     hh, ww = image_embeddings.shape[2:]
     feats = cached(cache, key, "hq_features", lambda: hq_features(dec, image_embeddings, vit_features))
-    queries, side = two_way(dec.transformer, tokens, image_embeddings, dense_embeddings, image_pe, cache, key)
+    used = list(range(1 + int(dec.num_mask_tokens)))  # the IoU token, SAM's mask tokens, the HQ token
+    tw = two_way(dec, tokens, image_embeddings, dense_embeddings, image_pe, cache, key, used, unroll=False)
+    queries, side = tw.queries, tw.keys
 
     n_sam = int(dec.num_mask_tokens) - 1  # transformers counts the HQ token among the mask tokens
     iou_all = dec.iou_prediction_head(queries[:, 0, :])  # (N, n_sam)
