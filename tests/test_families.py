@@ -204,10 +204,14 @@ def test_sam2_decoder_upscaling_paths_agree(tiny_family_dirs: dict[str, str], mo
 
 
 @pytest.mark.parametrize("multimask", [True, False])
-def test_sam_hq_decodes_as_its_authors_decoder(tiny_family_dirs: dict[str, str], multimask: bool) -> None:
+def test_sam_hq_decodes_as_its_authors_decoder(
+    tiny_family_dirs: dict[str, str], multimask: bool, count_calls: Any
+) -> None:
     """SAM-HQ decodes through geosam's decoder: in CPU chunks (last one partial), points and boxes, the masks and
     IoUs of SAM-HQ's own decoder (SysCV's, transcribed in tests/_sam_hq_reference.py), one mask per prompt; with
-    ``iou_floor`` the prompts at or below it are -inf; transformers' forward is never called."""
+    ``iou_floor`` the prompts at or below it are -inf; transformers' forward is never called; on the CPU in float32
+    no image side is written (the upscaling from the shared image side)."""
+    import geosam.models.fast_transformer as ft
     from geosam.models import FAST_DECODER_CPU_CHUNK, decode
 
     b = load_model(tiny_family_dirs["sam_hq"], device="cpu", dtype="float32")
@@ -220,8 +224,10 @@ def test_sam_hq_decodes_as_its_authors_decoder(tiny_family_dirs: dict[str, str],
     boxes = torch.sort(torch.rand((n, 2, 2), generator=gen) * 1000, dim=1).values.reshape(n, 4)
     calls: list[int] = []
     hook = b.model.mask_decoder.register_forward_hook(lambda m, a, k, o: calls.append(1), with_kwargs=True)
+    plans, sides = count_calls(ft, "_Conv1FromSharedImage"), count_calls(ft, "_image_side")
     try:
         logits, iou = decode_points(b, emb, pts, multimask=multimask)
+        assert len(plans) == 3 and not sides  # a plan per chunk
         floor = float(iou.median())
         cut, cut_iou = decode_points(b, emb, pts, multimask=multimask, iou_floor=floor)
         box_logits, box_iou = decode(b, emb, points=pts[:, None, :], boxes=boxes, multimask=multimask)

@@ -75,7 +75,7 @@ import torch
 
 from geosam.models.fast_transformer import run_two_way
 from geosam.models.fast_twoway import CPU_TILE_POSITIONS
-from geosam.models.fast_upscale import _upscale_and_predict
+from geosam.models.fast_upscale import _upscale_and_predict, per_pixel
 
 __all__ = ["fast_decode", "fast_decoder_supported", "image_positional_embeddings", "returned_mask_tokens"]
 
@@ -102,16 +102,7 @@ def fast_decoder_supported(model: Any) -> bool:
             and callable(getattr(model, "get_image_wide_positional_embeddings", None))
             and all(int(a.internal_dim) % int(a.num_attention_heads) == 0 for a in attns)
             and all(p.bias is not None for a in attns for p in (a.q_proj, a.k_proj, a.v_proj, a.out_proj))
-            and all(
-                tuple(conv.kernel_size) == (2, 2)
-                and tuple(conv.stride) == (2, 2)
-                and tuple(conv.padding) == (0, 0)
-                and tuple(conv.output_padding) == (0, 0)
-                and tuple(conv.dilation) == (1, 1)
-                and conv.groups == 1
-                and conv.bias is not None
-                for conv in (dec.upscale_conv1, dec.upscale_conv2)
-            )
+            and all(per_pixel(conv) for conv in (dec.upscale_conv1, dec.upscale_conv2))
             and getattr(dec.upscale_layer_norm, "data_format", "") == "channels_first"
             and all(isinstance(layer.layer_norm4, torch.nn.LayerNorm) for layer in layers)
         )

@@ -25,6 +25,14 @@ from geosam.models.cpu_gemm import bmm, linear
 from geosam.models.fast_twoway import cached
 
 
+def per_pixel(conv: Any) -> bool:
+    """Whether ``conv`` (a transposed convolution) is 2 x 2 at stride 2, unpadded, ungrouped, with a bias: a
+    per-pixel product (`_as_linear`), as the upscalings here and `geosam.models.fast_transformer.TwoWay.conv1` run it."""
+    return (tuple(conv.kernel_size) == (2, 2) and tuple(conv.stride) == (2, 2) and tuple(conv.padding) == (0, 0)
+            and tuple(conv.output_padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and conv.bias is not None)  # fmt: skip
+
+
 def _as_linear(conv: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """A ConvTranspose2d (k=2, s=2) as linear weights (4 out, in) and bias, output rows (a, b, o).
 

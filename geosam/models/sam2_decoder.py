@@ -36,6 +36,7 @@ from geosam.models.cpu_gemm import linear
 from geosam.models.decoder_side import decode_in_chunks, float32_inputs, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_twoway import cached
+from geosam.models.fast_upscale import _as_linear, per_pixel
 
 __all__ = ["SAM2_UPSCALE_CPU_CHUNK", "decode_prompts", "sam2_decode"]
 
@@ -56,18 +57,6 @@ def _upscaled(dec: Any, side: torch.Tensor, hw: tuple[int, int], feat_s0: torch.
     up = act(dec.upscale_layer_norm(dec.upscale_conv1(src) + feat_s1))
     up = act(dec.upscale_conv2(up) + feat_s0)
     return up.permute(0, 2, 3, 1).reshape(n, -1, up.shape[1])
-
-
-def _as_linear(conv: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A 2 x 2, stride 2 transposed convolution as a per-pixel product: weight (2 * 2 * C_out, C_in) with rows in
-    (i, j, out) order (output pixel (2y + i, 2x + j)) and the bias tiled alike; None for any other convolution."""
-    if (tuple(conv.kernel_size) != (2, 2) or tuple(conv.stride) != (2, 2) or tuple(conv.padding) != (0, 0)
-            or tuple(conv.output_padding) != (0, 0) or tuple(conv.dilation) != (1, 1) or conv.groups != 1):  # fmt: skip
-        return None
-    w = conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.weight.shape[0])  # (4 * C_out, C_in), as F.linear takes
-    out = conv.weight.shape[1]
-    b = conv.bias.repeat(4) if conv.bias is not None else w.new_zeros(4 * out)
-    return w.contiguous(), b
 
 
 def _subpixel(feat: torch.Tensor, levels: int) -> torch.Tensor:
@@ -102,10 +91,11 @@ def _upscaled_linear(dec: Any, side: torch.Tensor, hw: tuple[int, int], plan: di
 
 def _linear_plan(dec: Any, feat_s0: torch.Tensor, feat_s1: torch.Tensor) -> dict[str, torch.Tensor] | None:
     """What `_upscaled_linear` needs for this decoder and image, or None where its convolutions are not 2 x 2 / 2."""
-    one, two = _as_linear(dec.upscale_conv1), _as_linear(dec.upscale_conv2)
     ln = dec.upscale_layer_norm
-    if one is None or two is None or getattr(ln, "data_format", "") != "channels_first":
+    convs = (dec.upscale_conv1, dec.upscale_conv2)
+    if not all(per_pixel(conv) for conv in convs) or getattr(ln, "data_format", "") != "channels_first":
         return None
+    one, two = (_as_linear(conv) for conv in convs)  # (4 C_out, C_in) rows (i, j, out), as F.linear takes
     return {"w1": one[0], "b1": one[1], "w2": two[0], "b2": two[1], "f1": _subpixel(feat_s1, 1),
             "f0": _subpixel(feat_s0, 2)}
 
@@ -155,7 +145,7 @@ def sam2_decode(
         plan = cached(cache, key, "sam2_upscale", lambda: _linear_plan(dec, feat_s0, feat_s1))
     # with the per-pixel products the first may come from the shared image side (`TwoWay.conv1`), no side written
     tw = two_way(dec, tokens, image_embeddings, dense_embeddings, image_pe, cache, key, [1, *(2 + j for j in returned)],
-                 unroll=plan is not None)  # fmt: skip
+                 unroll=plan is not None and per_pixel(dec.upscale_conv1))  # fmt: skip
     queries, side = tw.queries, tw.keys  # queries: IoU token, then the returned mask tokens
 
     iou_all = dec.iou_prediction_head(queries[:, 0, :])  # (N, M)
