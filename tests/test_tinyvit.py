@@ -219,14 +219,15 @@ def test_fast_tinyvit_keeps_nothing_in_the_model() -> None:
     to a worker) carries none, and gives the same embedding where it is unpickled."""
     import pickle
 
+    import geosam.models.cpu_fused as cf
     import geosam.models.fast_tinyvit as ft
 
     model = _folded(2)
     x = torch.rand((1, 3, 256, 256), generator=torch.Generator().manual_seed(9))
     want = ft.fast_tinyvit_embeddings(model, x, torch.bfloat16)
-    assert model.vision_encoder in ft._WEIGHTS
+    assert model.vision_encoder in cf._WEIGHTS
     copy_ = pickle.loads(pickle.dumps(model))
-    assert copy_.vision_encoder not in ft._WEIGHTS
+    assert copy_.vision_encoder not in cf._WEIGHTS
     assert not any(k.startswith("_geosam") for m in copy_.modules() for k in vars(m))
     assert torch.equal(ft.fast_tinyvit_embeddings(copy_, x, torch.bfloat16), want)
 

@@ -26,7 +26,6 @@ where oneDNN's operators run; the module's forward everywhere else.
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -35,27 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geosam.models.cpu_gemm import op_works_in, pointwise_linear
+from geosam.models.cpu_fused import Weights as _Weights
+from geosam.models.cpu_fused import conv2d as _conv2d
+from geosam.models.cpu_fused import layer_norm as _layer_norm
+from geosam.models.cpu_fused import linear as _linear
+from geosam.models.cpu_fused import ops_work as _ops_work
+from geosam.models.cpu_fused import product as _product
+from geosam.models.cpu_fused import weights_of as _weights
 from geosam.models.tinyvit import ConvBN, PatchMerging, TinyViTBlock, TinyViTEncoder
 
 __all__ = ["fast_tinyvit_embeddings", "fast_tinyvit_supported"]
-
-_mk = torch.ops.mkldnn
-
-
-@functools.lru_cache(maxsize=4)
-def _ops_work(dtype: torch.dtype) -> bool:
-    """Whether oneDNN's fused linear (`geosam.models.cpu_gemm`'s check) and convolution take ``dtype`` with an exact
-    GELU in this torch build (AVX2-only CPUs have no bf16 kernels: "could not create a primitive")."""
-    if not op_works_in(dtype):
-        return False
-    try:
-        m = torch.ones((1, 4, 3, 3), dtype=dtype).contiguous(memory_format=torch.channels_last)
-        w = torch.ones((4, 1, 3, 3), dtype=dtype).contiguous(memory_format=torch.channels_last)
-        conv = _mk._convolution_pointwise(m, w, None, [1, 1], [1, 1], [1, 1], 4, "gelu", [], "none")
-        return conv.shape == (1, 4, 3, 3) and abs(float(conv[0, 0, 1, 1]) - 9.0) < 0.05
-    except (RuntimeError, TypeError, AttributeError):  # a build without this oneDNN kernel
-        return False
 
 
 def fast_tinyvit_supported(model: Any, dtype: torch.dtype) -> bool:
@@ -69,45 +57,8 @@ def fast_tinyvit_supported(model: Any, dtype: torch.dtype) -> bool:
     return _ops_work(dtype)
 
 
-class _Weights:
-    """The encoder's parameters in one dtype, shaped for the fused operators (made once per dtype, kept)."""
-
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-        self._t: dict[tuple[int, int], torch.Tensor | None] = {}
-
-    def get(self, p: torch.Tensor | None, kind: str = "") -> torch.Tensor | None:
-        if p is None:
-            return None
-        key = (id(p), p._version)  # a parameter changed in place (load_state_dict) is converted again
-        if key not in self._t:
-            t = p.detach().to(self.dtype)
-            if kind == "1x1":  # (out, in, 1, 1) -> (out, in): the product's weight
-                t = t.reshape(t.shape[0], t.shape[1]).contiguous()
-            elif kind == "conv":
-                t = t.contiguous(memory_format=torch.channels_last)
-            else:
-                t = t.contiguous()
-            self._t[key] = t
-        return self._t[key]
-
-    def __call__(self, p: torch.Tensor | None, kind: str = "") -> torch.Tensor:
-        t = self.get(p, kind)
-        assert t is not None
-        return t
-
-
-#: Converted weights per encoder and dtype, and bias masks per block: beside the modules, not in them, so that a
-#: pickled model (a bundle shipped to a worker) carries none (their keys are the parameters' ids in this process).
-_WEIGHTS: weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, _Weights]] = weakref.WeakKeyDictionary()
+#: Bias masks per block and dtype: beside the modules, not in them (`geosam.models.cpu_fused`'s weights likewise).
 _MASKS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[torch.dtype, int], torch.Tensor]] = weakref.WeakKeyDictionary()
-
-
-def _weights(enc: TinyViTEncoder, dtype: torch.dtype) -> _Weights:
-    cache = _WEIGHTS.setdefault(enc, {})
-    if dtype not in cache:
-        cache[dtype] = _Weights(dtype)
-    return cache[dtype]
 
 
 def _conv(cb: ConvBN) -> nn.Conv2d:
@@ -126,44 +77,15 @@ def _tokens(m: torch.Tensor) -> torch.Tensor:
     return m.permute(0, 2, 3, 1).reshape(-1, m.shape[1])
 
 
-def _product(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False,
-             add: torch.Tensor | None = None) -> torch.Tensor:
-    """oneDNN's ``t @ w.T + b`` on tokens (n, K): GELU fused (`geosam.models.cpu_gemm`'s product), or ``add`` (n, N)
-    added as the sums are written (its binary post-op)."""
-    if add is not None:
-        return _mk._linear_pointwise.binary(t, add, w, b, "add")
-    return pointwise_linear(t, w, b, gelu)
-
-
 def _pointwise(t: torch.Tensor, cb: ConvBN, wt: _Weights, gelu: bool, add: torch.Tensor | None = None) -> torch.Tensor:
     """A 1 x 1 conv-BN (folded) on tokens (n, Cin) -> (n, Cout): GELU fused, or ``add`` (n, Cout) added."""
     conv = _conv(cb)
     return _product(t, wt(conv.weight, "1x1"), wt.get(conv.bias), gelu, add)
 
 
-def _linear(t: torch.Tensor, lin: nn.Linear, wt: _Weights, gelu: bool = False,
-            add: torch.Tensor | None = None) -> torch.Tensor:
-    return _product(t, wt(lin.weight), wt.get(lin.bias), gelu, add)
-
-
-def _conv2d(m: torch.Tensor, conv: nn.Conv2d, wt: _Weights, gelu: bool) -> torch.Tensor:
-    """oneDNN's convolution of a channels-last map (the module's padding, stride, dilation, groups), GELU fused if
-    ``gelu``."""
-    pad = conv.padding
-    assert isinstance(pad, tuple)
-    return _mk._convolution_pointwise(
-        m, wt(conv.weight, "conv"), wt.get(conv.bias), list(pad), list(conv.stride), list(conv.dilation), conv.groups,
-        "gelu" if gelu else "none", [], "none" if gelu else "",
-    )
-
-
 def _depthwise(m: torch.Tensor, cb: ConvBN, wt: _Weights, gelu: bool) -> torch.Tensor:
     """A 3 x 3 depthwise conv-BN (folded) on a channels-last map, GELU fused if ``gelu``."""
     return _conv2d(m, _conv(cb), wt, gelu)
-
-
-def _layer_norm(t: torch.Tensor, ln: nn.LayerNorm, wt: _Weights) -> torch.Tensor:
-    return F.layer_norm(t, ln.normalized_shape, wt.get(ln.weight), wt.get(ln.bias), ln.eps)
 
 
 #: Bytes of a band's widest map in the first stage (`_bands`): far below glibc's 32 MiB mmap threshold, so that the

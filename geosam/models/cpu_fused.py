@@ -1,0 +1,117 @@
+"""What geosam's CPU encoders built on oneDNN's fused operators share (`geosam.models.fast_tinyvit`,
+`geosam.models.fast_hiera`): a module's weights converted once to the compute dtype and kept beside it, and the
+products, convolutions and layer norms on channels-last (pixels, channels) matrices those encoders are made of.
+
+* `Weights`: parameters in one dtype, shaped for the operators (1 x 1 convolutions as product weights, kernels
+  channels-last), converted on first use and again only when a parameter changes in place (its ``_version``);
+  `weights_of` keeps one per module and dtype in a weak-keyed table, so a pickled model carries none;
+* `product`: oneDNN's ``t @ w.T + b`` with the exact GELU fused into its output, or a residual added as it writes
+  (the binary post-op of ``_linear_pointwise``);
+* `conv2d`: oneDNN's convolution of a channels-last map, GELU fused where asked;
+* `ops_work`: whether this torch build's oneDNN runs those operators in a dtype (AVX2-only CPUs have no bf16 kernels).
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geosam.models.cpu_gemm import op_works_in, pointwise_linear
+
+__all__ = ["Weights", "conv2d", "layer_norm", "linear", "ops_work", "product", "weights_of"]
+
+_mk = torch.ops.mkldnn
+
+
+@functools.lru_cache(maxsize=4)
+def ops_work(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's fused linear (`geosam.models.cpu_gemm`'s check) and convolution take ``dtype`` with an exact
+    GELU in this torch build (AVX2-only CPUs have no bf16 kernels: "could not create a primitive")."""
+    if not op_works_in(dtype):
+        return False
+    try:
+        m = torch.ones((1, 4, 3, 3), dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.ones((4, 1, 3, 3), dtype=dtype).contiguous(memory_format=torch.channels_last)
+        conv = _mk._convolution_pointwise(m, w, None, [1, 1], [1, 1], [1, 1], 4, "gelu", [], "none")
+        return conv.shape == (1, 4, 3, 3) and abs(float(conv[0, 0, 1, 1]) - 9.0) < 0.05
+    except (RuntimeError, TypeError, AttributeError):  # a build without this oneDNN kernel
+        return False
+
+
+class Weights:
+    """A module's parameters in one dtype, shaped for the fused operators (made once per dtype, kept)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self._t: dict[tuple[int, int, str], torch.Tensor | None] = {}
+
+    def get(self, p: torch.Tensor | None, kind: str = "") -> torch.Tensor | None:
+        """``p`` in the dtype: ``kind`` "1x1" (a (out, in, 1, 1) kernel as the product's (out, in) weight), "conv"
+        (a kernel channels-last), else contiguous; None stays None."""
+        if p is None:
+            return None
+        key = (id(p), p._version, kind)  # a parameter changed in place (load_state_dict) is converted again
+        if key not in self._t:
+            t = p.detach().to(self.dtype)
+            if kind == "1x1":
+                t = t.reshape(t.shape[0], t.shape[1]).contiguous()
+            elif kind == "conv":
+                t = t.contiguous(memory_format=torch.channels_last)
+            else:
+                t = t.contiguous()
+            self._t[key] = t
+        return self._t[key]
+
+    def __call__(self, p: torch.Tensor | None, kind: str = "") -> torch.Tensor:
+        t = self.get(p, kind)
+        assert t is not None
+        return t
+
+
+#: Converted weights per module and dtype: beside the modules, not in them, so that a pickled model (a bundle
+#: shipped to a worker) carries none (their keys are the parameters' ids in this process).
+_WEIGHTS: weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, Weights]] = weakref.WeakKeyDictionary()
+
+
+def weights_of(module: nn.Module, dtype: torch.dtype) -> Weights:
+    """The `Weights` kept for ``module`` in ``dtype``."""
+    cache = _WEIGHTS.setdefault(module, {})
+    if dtype not in cache:
+        cache[dtype] = Weights(dtype)
+    return cache[dtype]
+
+
+def product(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False,
+            add: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """oneDNN's ``t @ w.T + b`` on tokens (n, K): GELU fused (`geosam.models.cpu_gemm`'s product), or ``add`` (n, N)
+    added as the sums are written (its binary post-op)."""
+    if add is not None:
+        return _mk._linear_pointwise.binary(t, add, w, b, "add")
+    return pointwise_linear(t, w, b, gelu)
+
+
+def linear(t: torch.Tensor, lin: nn.Linear, wt: Weights, gelu: bool = False,
+           add: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """``lin`` on tokens (n, in) in ``wt``'s dtype (`product`)."""
+    return product(t, wt(lin.weight), wt.get(lin.bias), gelu, add)
+
+
+def conv2d(m: torch.Tensor, conv: nn.Conv2d, wt: Weights, gelu: bool = False) -> torch.Tensor:
+    """oneDNN's convolution of a channels-last map (the module's padding, stride, dilation, groups), GELU fused if
+    ``gelu``."""
+    pad = conv.padding
+    assert isinstance(pad, tuple)
+    return _mk._convolution_pointwise(
+        m, wt(conv.weight, "conv"), wt.get(conv.bias), list(pad), list(conv.stride), list(conv.dilation), conv.groups,
+        "gelu" if gelu else "none", [], "none" if gelu else "",
+    )  # fmt: skip
+
+
+def layer_norm(t: torch.Tensor, ln: Any, wt: Weights) -> torch.Tensor:
+    """``ln`` (a layer norm over the last axis) on tokens, its weights in ``wt``'s dtype."""
+    return F.layer_norm(t, ln.normalized_shape, wt.get(ln.weight), wt.get(ln.bias), ln.eps)
