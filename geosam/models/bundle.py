@@ -102,7 +102,8 @@ class SamBundle:
         the stock encoder's fused attention is faster there); True: whenever the encoder has
         transformers' SAM ViT layout (any device); False: always the stock
         ``get_image_embeddings``. The same switch takes LiteMedSAM's TinyViT through
-        `geosam.models.fast_tinyvit` (oneDNN's fused operators) on the CPU.
+        `geosam.models.fast_tinyvit` (oneDNN's fused operators) and SAM 2's Hiera through
+        `geosam.models.fast_hiera` on the CPU.
     """
 
     model: Any = field(repr=False)

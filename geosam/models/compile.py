@@ -71,6 +71,18 @@ def use_fast_tinyvit(bundle: SamBundle) -> bool:
                       lambda: bundle.device.type == "cpu" and fast_tinyvit_supported(bundle.model, bundle.dtype))
 
 
+def use_fast_hiera(bundle: SamBundle) -> bool:
+    """Whether ``encode`` takes `geosam.models.fast_hiera.fast_sam2_embeddings` (SAM 2's Hiera and feature pyramid
+    through oneDNN's fused operators; the same ``SamBundle.fast_encoder`` switch). Default (None): on the CPU, float32
+    and bf16 (full-size random SAM 2 of transformers' default config, one 1024 px image, 2 threads, Intel Xeon with
+    AMX: float32 1.45 -> 1.13 s, bf16 0.71 -> 0.40 s)."""
+    from geosam.models.fast_hiera import fast_hiera_supported
+
+    default_on = bundle.device.type == "cpu"
+    return _fast_path(getattr(bundle, "fast_encoder", None), default_on,
+                      lambda: bundle.device.type == "cpu" and fast_hiera_supported(bundle.model, bundle.dtype))
+
+
 def use_fast_decoder(bundle: SamBundle) -> bool:
     """Whether ``decode`` takes `geosam.models.fast_decoder.fast_decode` (``SamBundle.fast_decoder``).
 

@@ -122,12 +122,12 @@ def load_sam2(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
     """A transformers SAM 2 / 2.1 checkpoint (``model_type == "sam2"``): square resize, multi-level decoder.
 
     Its decoder runs through `geosam.models.sam2_decoder` where ``fast_decoder`` allows (by default on the CPU and
-    CUDA); its encoder (Hiera) is the model's own."""
+    CUDA); its encoder (Hiera) through `geosam.models.fast_hiera` on the CPU where ``fast_encoder`` allows."""
     model, pp, _, _ = load_pretrained(name, "Sam2Model", device)
     size = int(model.config.prompt_encoder_config.image_size)
     return SamBundle(model=model, processor=None, device=device, dtype=dtype, name=name,
                      **preprocessing(pp, SAM_IMAGE_MEAN, SAM_IMAGE_STD), longest_edge=size, input_size=size,
-                     resize="square", capabilities=SAM2_CAPABILITIES, fast_encoder=False)
+                     resize="square", capabilities=SAM2_CAPABILITIES)
 
 
 __all__ = [

@@ -37,6 +37,7 @@ from geosam.models.compile import (
     STOCK_DECODER_CPU_CHUNK,
     use_fast_decoder,
     use_fast_encoder,
+    use_fast_hiera,
     use_fast_tinyvit,
     use_sam2_decoder,
 )
@@ -134,6 +135,11 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | Mult
         inter: list[torch.Tensor] = []
         main = fast_image_embeddings(bundle.model, pv, bundle.dtype, intermediates=inter)
         return MultiEmbeddings(main, tuple(inter), family)
+    if family == "sam2" and use_fast_hiera(bundle):  # SAM 2's Hiera, fused, on the CPU
+        from geosam.models.fast_hiera import fast_sam2_embeddings
+
+        levels = fast_sam2_embeddings(bundle.model, pv, bundle.dtype)  # finest first, the decoder's input last
+        return MultiEmbeddings(levels[-1], tuple(levels[:-1]), family)
     if family in MULTI_EMBEDDING_FAMILIES:
         with torch.inference_mode(), bundle.autocast():
             return encode_family(bundle.model, family, pv)
