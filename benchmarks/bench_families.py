@@ -15,6 +15,9 @@ with the same points per side, thresholds and NMS:
   geosam's (`geosam.models.sam2_decoder`, `geosam.models.hq_decoder`), as before geosam decoded these families
   itself (SAM 2: ``fast_decoder=False``; SAM-HQ: transformers' forward patched back in, a speed reference only, since
   that forward's masks are not SAM-HQ's and it returns three per prompt where SAM-HQ's decoder returns one);
+* ``geosam_<dtype>_previous`` (``--previous-paths``): ``geosam_<dtype>`` as it ran before session 39, for the
+  ratio of its changes in one run: the two-way transformer writing every prompt's image side (SAM 2, SAM-HQ) and
+  SAM 2's encoder the module under autocast (``fast_encoder=False``);
 * ``pipeline``: ``transformers.pipeline("mask-generation")`` in float32 (its NMS patched to geosam's, as in
   `bench_amg`, since torchvision is optional).
 
@@ -81,6 +84,12 @@ def main() -> None:
         help="also geosam_float32_stock_decoder: geosam with the model's own decoder forward "
         "(the path before geosam's SAM 2 and SAM-HQ decoders)",
     )
+    ap.add_argument(
+        "--previous-paths",
+        action="store_true",
+        help="also geosam_<dtype>_previous: each dtype as geosam ran before session 39 (every prompt's image side "
+        "written by the two-way transformer, SAM 2's encoder the module under autocast)",
+    )
     ap.add_argument("--no-pipeline", action="store_true", help="geosam's variants only")
     ap.add_argument("--grids", type=int, nargs="+", default=[16])
     ap.add_argument("--chips", type=int, default=2)
@@ -103,6 +112,7 @@ def main() -> None:
     from bench_cuda import Clock, load_array_chips
     from transformers import pipeline
 
+    import geosam.models.decoder_side as side
     import geosam.models.hq_decoder as hqd
     import geosam.models.runtime as rt
     from geosam.models import load_model
@@ -186,6 +196,13 @@ def main() -> None:
                     runners, gens = {}, {}
                     for d, b in bundles.items():
                         runners[f"geosam_{d}"], gens[f"geosam_{d}"] = geosam_run(b, grid, args.box_nms_thresh, None)
+                    if args.previous_paths:
+                        written = {(side, "run_two_way"): _written_sides(side.run_two_way)}
+                        for d, b in bundles.items():
+                            prev = dataclasses.replace(b, fast_encoder=False) if family == "sam2" else b
+                            runners[f"geosam_{d}_previous"], gens[f"geosam_{d}_previous"] = geosam_run(
+                                prev, grid, args.box_nms_thresh, written
+                            )
                     if "float32" in bundles:  # the model's own decoder forward: SAM 2 with fast_decoder=False,
                         # SAM-HQ with transformers' forward patched back in
                         stock = dataclasses.replace(bundles["float32"], fast_decoder=False)
@@ -263,12 +280,25 @@ def _processor(path: str):
     return AutoImageProcessor.from_pretrained(path)
 
 
+def _written_sides(run_two_way):
+    """``run_two_way`` with every prompt's image side written (``unroll=False``), as before session 39."""
+
+    def run(*args, **kwargs):
+        if len(args) > 8:
+            args = (*args[:8], False, *args[9:])
+        else:
+            kwargs["unroll"] = False
+        return run_two_way(*args, **kwargs)
+
+    return run
+
+
 def _transformers_hq(rt):
     """`hq_decoder.decode_prompts` as SAM-HQ decoded before geosam decoded SAM-HQ itself: transformers' forward (in
     `STOCK_DECODER_CPU_CHUNK` prompts per call on the CPU), K = 3 with multimask; a speed reference only (that
     forward upscales a transposed, never updated image side: see `geosam.models.hq_decoder`)."""
 
-    def old(bundle, embeddings, multimask, iou_floor, n, prompts):
+    def old(bundle, embeddings, multimask, iou_floor, n, prompts, cache=None):
         masks, iou = rt._stock_decoder(bundle, embeddings, multimask, n, prompts)
         if iou_floor is not None:
             masks = torch.where((iou > iou_floor).any(dim=1)[:, None, None, None], masks, float("-inf"))

@@ -338,3 +338,61 @@ def test_offline_missing_checkpoint_names_it(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelLoadError, match=r"facebook/sam3.*hf download facebook/sam3"):
         load_model("facebook/sam3", device="cpu")
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_sam2_decoder_upscales_in_one_c_pass(tmp_path: Path, multimask: bool) -> None:
+    """With channels the C kernel takes (C/4, C/8 multiples of 8), SAM 2's upscaling runs in
+    `geosam.models.cpu_decoder.upscale_prompt`, both high-resolution features added there: the model's own decoder's
+    masks and IoUs (without ``multimask`` the dynamic fallback to the best multimask token still applies)."""
+    import dataclasses
+
+    from transformers import Sam2Config, Sam2Model
+    from transformers.models.sam2.configuration_sam2 import (
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    import geosam.models.cpu_decoder as cd
+    import geosam.models.sam2_decoder as s2
+
+    if not cd.available():
+        pytest.skip("the C decoder kernels do not build here")
+    h = 64
+    backbone = Sam2HieraDetConfig(hidden_size=8, blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+                                  num_attention_heads_per_stage=[1, 1, 1, 1], global_attention_blocks=[3])  # fmt: skip
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8], fpn_hidden_size=h)
+    config = Sam2Config(vision_config=vision, prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=h),
+                        mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=h, mlp_dim=128, num_attention_heads=2,
+                                                                  iou_head_hidden_dim=h))  # fmt: skip
+    torch.manual_seed(5)
+    model = Sam2Model(config).eval()
+    dec = model.mask_decoder
+    with torch.no_grad():  # logits of about +-1: stability scores spread out, both dynamic cases present
+        for mlp in dec.output_hypernetworks_mlps:
+            mlp.proj_out.weight *= 3e3
+            mlp.proj_out.bias *= 3e3
+    model.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(
+        '{"image_processor_type": "Sam2ImageProcessorFast", "size": {"height": 1024, "width": 1024}}'
+    )
+    b = load_model(str(tmp_path), device="cpu", dtype="float32")
+    b.model.mask_decoder.dynamic_multimask_stability_thresh = 0.9
+    stock = dataclasses.replace(b, fast_decoder=False)
+    emb = encode(b, preprocess(b, [np.random.default_rng(2).integers(0, 255, (256, 256, 3), dtype=np.uint8)])[0])
+    pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(4)) * 1000
+    passes: list[bool] = []
+    real = s2.upscale_prompt
+    s2.upscale_prompt = lambda *a, **k: passes.append(real(*a, **k)) or passes[-1]  # type: ignore[assignment]
+    try:
+        logits, iou = decode_points(b, emb, pts, multimask=multimask)
+    finally:
+        s2.upscale_prompt = real
+    assert passes and all(passes) and len(passes) == 9
+    ref, ref_iou = decode_points(stock, emb, pts, multimask=multimask)
+    scale = float(ref.abs().max())
+    assert scale > 0.5
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(iou, ref_iou, rtol=1e-4, atol=1e-5)

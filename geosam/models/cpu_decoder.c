@@ -272,7 +272,7 @@ static inline float factor_row(const factors* f, int64_t q, float* row) {
 static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, const float* b, const float* c,
                    const float* s, int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2,
                    const float* b2, const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww,
-                   float* out, int64_t so, int flags, int threads);
+                   float* out, int64_t so, int flags, int threads, const float* f1, const float* f0);
 
 /* The masks of one prompt. Image positions P = hh * ww, row-major.
  *   a (P, k1) rows `sa` apart, b (k1, 4 c4), c (P), s (P, 4 c4) rows `ss` apart: upscale_conv1's output
@@ -283,12 +283,15 @@ static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, c
  *   out: nk masks of (4 hh) x (4 ww), `so` floats apart;
  *   flags: 1, both products on their inputs rounded to bf16 (product_bf16; only where the CPU has AVX-512 BF16);
  *     2, the float32 products and the GELUs in AVX-512 registers (same bits; only where the CPU has AVX-512).
+ *   f1 (P, 4 c4), f0 (4 P, 4 c8), or NULL: SAM 2's high-resolution features in those layouts (sub-pixel order),
+ *     f1 added to the first product before the norm, f0 to the second before its GELU.
  * c4 and c8 multiples of 8. Returns 0, or -1 if out of memory (the masks then incomplete). */
 int geosam_upscale_prompt(const float* a, int64_t sa, int64_t k1, const float* b, const float* c, const float* s,
                           int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2, const float* b2,
                           const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww, float* out,
-                          int64_t so, int flags, int threads) {
-  return upscale(a, sa, NULL, k1, b, c, s, ss, lnw, lnb, eps, w2, b2, hyper, nk, c4, c8, hh, ww, out, so, flags, threads);
+                          int64_t so, int flags, int threads, const float* f1, const float* f0) {
+  return upscale(a, sa, NULL, k1, b, c, s, ss, lnw, lnb, eps, w2, b2, hyper, nk, c4, c8, hh, ww, out, so, flags, threads,
+                 f1, f0);
 }
 
 /* geosam_upscale_prompt with the first product's rows A and their c made block by block from the records
@@ -298,16 +301,16 @@ int geosam_upscale_prompt_factored(int64_t nl, const float* const* pts, const in
                                    const float* const* rstds, int64_t r, const float* b, const float* s, int64_t ss,
                                    const float* lnw, const float* lnb, float eps, const float* w2, const float* b2,
                                    const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww,
-                                   float* out, int64_t so, int flags, int threads) {
+                                   float* out, int64_t so, int flags, int threads, const float* f1, const float* f0) {
   const factors fac = {nl, r, pts, spt, means, rstds};
   return upscale(NULL, 0, &fac, nl * (r + 2), b, NULL, s, ss, lnw, lnb, eps, w2, b2, hyper, nk, c4, c8, hh, ww, out, so,
-                 flags, threads);
+                 flags, threads, f1, f0);
 }
 
 static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, const float* b, const float* c,
                    const float* s, int64_t ss, const float* lnw, const float* lnb, float eps, const float* w2,
                    const float* b2, const float* hyper, int64_t nk, int64_t c4, int64_t c8, int64_t hh, int64_t ww,
-                   float* out, int64_t so, int flags, int threads) {
+                   float* out, int64_t so, int flags, int threads, const float* f1, const float* f0) {
   /* wide: float32 in AVX-512 registers; amx: the products in bf16 on AMX tiles (bf16 implied) */
   const int amx = GEOSAM_AMX && (flags & 4) != 0, bf16 = (flags & 1) || amx, wide = (flags & 2) != 0;
   const int64_t n1 = 4 * c4, n2 = 4 * c8, npos = hh * ww, ow = 4 * ww, rb = amx ? 16 : RB;
@@ -370,6 +373,11 @@ static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, c
         const float* sr = s + (p0 + r) * ss;
         for (int64_t d = 0; d < n1; d += 8)
           _mm256_storeu_ps(yr + d, _mm256_add_ps(_mm256_loadu_ps(yr + d), _mm256_mul_ps(_mm256_loadu_ps(sr + d), cr)));
+        if (f1 != NULL) {
+          const float* fr = f1 + (p0 + r) * n1;
+          for (int64_t d = 0; d < n1; d += 8)
+            _mm256_storeu_ps(yr + d, _mm256_add_ps(_mm256_loadu_ps(yr + d), _mm256_loadu_ps(fr + d)));
+        }
         for (int g = 0; g < 4; g++) norm_stats(yr + g * c4, c4, eps, stats + 2 * (4 * r + g), stats + 2 * (4 * r + g) + 1);
       }
       /* the statistics of the whole block first, then its norms and GELUs: one long stream of independent work */
@@ -388,6 +396,11 @@ static int upscale(const float* a, int64_t sa, const factors* fac, int64_t k1, c
         product512(y, c4, 4 * nb, w2p, c4, n2, z);
       else
         product(y, c4, 4 * nb, w2p, c4, n2, z);
+      if (f0 != NULL) {
+        const float* fb = f0 + 4 * p0 * n2;
+        for (int64_t d = 0; d < 4 * nb * n2; d += 8)
+          _mm256_storeu_ps(z + d, _mm256_add_ps(_mm256_loadu_ps(z + d), _mm256_loadu_ps(fb + d)));
+      }
       if (wide)
         bias_gelu_rows512(z, 4 * nb, n2, b2);
       else

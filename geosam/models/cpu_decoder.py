@@ -71,17 +71,22 @@ _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 BF16, WIDE, AMX = 1, 2, 4
 
 
-def _call(lib: ctypes.CDLL, a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor | None, s: torch.Tensor,
-          ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
-          hw: tuple[int, int], out: torch.Tensor, flags: int = 0) -> None:
+def _call(  # noqa: PLR0913 - the kernel's inputs, as upscale_prompt takes them
+    lib: ctypes.CDLL, a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor | None, s: torch.Tensor,
+    ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
+    hw: tuple[int, int], out: torch.Tensor, flags: int = 0,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> None:
     """The kernel on one prompt; flags: `BF16` (the products' inputs rounded to bf16) | `WIDE` (AVX-512 registers).
-    ``a`` a `Factors`: A's rows made block by block in the kernel (``c`` None)."""
+    ``a`` a `Factors`: A's rows made block by block in the kernel (``c`` None); features: (f1, f0), contiguous."""
+    f1, f0 = features if features is not None else (None, None)
     nk, c8 = hyper.shape
     rest = (
         _P(s.data_ptr()), _I64(s.stride(0)), _P(ln[0].data_ptr()), _P(ln[1].data_ptr()), ctypes.c_float(ln[2]),
         _P(w2t.data_ptr()), _P(b2.data_ptr()), _P(hyper.data_ptr()), _I64(nk), _I64(w2t.shape[0]), _I64(c8),
         _I64(hw[0]), _I64(hw[1]), _P(out.data_ptr()), _I64(out[0].numel()), ctypes.c_int(flags),
-        ctypes.c_int(torch.get_num_threads()),
+        ctypes.c_int(torch.get_num_threads()), _P(None if f1 is None else f1.data_ptr()),
+        _P(None if f0 is None else f0.data_ptr()),
     )  # fmt: skip
     if isinstance(a, Factors):
         held, args = _factor_args(a)
@@ -218,18 +223,21 @@ BF16_TOLERANCE = 1e-3
 def _upscale_agrees(lib: ctypes.CDLL, gen: torch.Generator, flags: int, tol: float) -> bool:
     """The masks `reference`'s within ``tol`` on `_CHECKED_SHAPES`, and with A made in the kernel from records
     (`Factors`) the same bits as with A made by `factor_rows` first."""
-    for hw, k1, c4, c8, nk in _CHECKED_SHAPES:
+    for i, (hw, k1, c4, c8, nk) in enumerate(_CHECKED_SHAPES):
         _, b, _, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
+        p = hw[0] * hw[1]
+        f1, f0 = (torch.randn((p, 4 * c4), generator=gen), torch.randn((4 * p, 4 * c8), generator=gen)) if i == 1 else (None, None)
         nl = 2 if k1 % 2 == 0 else 1  # K1 = L (R + 2)
         p, r = hw[0] * hw[1], k1 // nl - 2
         records = [(torch.rand((2, p, r), generator=gen), torch.empty(0), torch.randn((2, p), generator=gen),
                     torch.rand((2, p), generator=gen) + 0.5) for _ in range(nl)]  # fmt: skip
         a = torch.empty((p, k1))
         c = factor_rows_reference(records, 1, a)
-        want = reference(a, b, c, s, ln, w2t, b2, hyper, hw, bf16=bool(flags & BF16))
+        want = reference(a, b, c, s, ln, w2t, b2, hyper, hw, bf16=bool(flags & BF16), f1=f1, f0=f0)
         got, made = torch.full_like(want, float("nan")), torch.full_like(want, float("nan"))
-        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got, flags)
-        _call(lib, Factors(records, 1), b, None, s, ln, w2t, b2, hyper, hw, made, flags)
+        feats = None if f1 is None or f0 is None else (f1, f0)
+        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got, flags, feats)
+        _call(lib, Factors(records, 1), b, None, s, ln, w2t, b2, hyper, hw, made, flags, feats)
         if not (torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())) and torch.equal(made, got)):
             return False
     return True
@@ -356,7 +364,8 @@ def token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tens
 
 def upscale_prompt(a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor | None, s: torch.Tensor,
                    ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor,
-                   hyper: torch.Tensor, hw: tuple[int, int], out: torch.Tensor, bf16: bool = False) -> bool:
+                   hyper: torch.Tensor, hw: tuple[int, int], out: torch.Tensor, bf16: bool = False,
+                   features: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:  # fmt: skip
     """One prompt's masks into ``out`` (K, 4h, 4w) if the kernel takes them (True), else nothing done (False).
 
     a (P, K1), b (K1, 4 C4), c (P,), s (P, 4 C4): upscale_conv1's output ``a @ b + c s`` at the P = h w image
@@ -365,9 +374,12 @@ def upscale_prompt(a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor |
     bias and eps; w2t (C4, 4 C8) and b2 (4 C8): upscale_conv2 as a product, columns (a2, b2, o2); hyper (K, C8).
     ``bf16``: the two products on their inputs rounded to bf16 where `bf16_faster` (half their time on AMD EPYC
     Zen 4; float32 elsewhere), for the bf16 dtype. In AVX-512 registers where `wide_available` (the same bits).
+    ``features``: ``(f1 (P, 4 C4), f0 (4 P, 4 C8))``, rows in `a`'s and the second product's order (SAM 2's
+    high-resolution features in sub-pixel order): added to the first product before the norm and to the second before
+    its GELU.
     """
     rows = [t for rec in a.records for t in (rec[0], rec[2], rec[3])] if isinstance(a, Factors) else [a, c]
-    tensors = (*rows, b, s, ln[0], ln[1], w2t, b2, hyper, out)
+    tensors = (*rows, b, s, ln[0], ln[1], w2t, b2, hyper, out, *(features or ()))
     if not all(t is not None and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
         return False
     if isinstance(a, Factors) and not all(t is not None and t.stride(-1) == 1 for t in rows):
@@ -383,10 +395,18 @@ def upscale_prompt(a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor |
         a, c = a if a.stride(1) == 1 else a.contiguous(), c.reshape(-1).contiguous()
     s = s if s.stride(1) == 1 else s.contiguous()
     b, w2t, b2, hyper = (t.contiguous() for t in (b, w2t, b2, hyper))
+    if features is not None:
+        p = hw[0] * hw[1]
+        if features[0].shape != (p, 4 * c4) or features[1].shape != (4 * p, 4 * c8):
+            return False
+        features = (features[0].contiguous(), features[1].contiguous())
     ln = (ln[0].contiguous(), ln[1].contiguous(), float(ln[2]))
     if bf16 and amx_available():
         flags = BF16 | WIDE | AMX
     else:
         flags = (BF16 if bf16 and bf16_faster() else 0) | (WIDE if wide_available() else 0)
-    _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out, flags)
+    if features is None:
+        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out, flags)
+    else:
+        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out, flags, features=features)
     return True

@@ -14,15 +14,19 @@ Records = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
               ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
-              hw: tuple[int, int], bf16: bool = False) -> torch.Tensor:
+              hw: tuple[int, int], bf16: bool = False, f1: torch.Tensor | None = None,
+              f0: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """torch's ops for what `upscale_prompt` computes: (K, 4h, 4w) masks; ``bf16``: the two products' inputs rounded
-    to bf16 first, as the kernel's bf16 products take them."""
+    to bf16 first, as the kernel's bf16 products take them; ``f1`` (P, 4 C4), ``f0`` (4 P, 4 C8): added to the first
+    product before its norm and to the second before its GELU (SAM 2's high-resolution features)."""
     hh, ww = hw
     c4, c8 = w2t.shape[0], hyper.shape[1]
     rnd = (lambda t: t.to(torch.bfloat16).float()) if bf16 else (lambda t: t)
-    y = (rnd(a) @ rnd(b) + s * c[:, None]).view(-1, c4)
+    y = rnd(a) @ rnd(b) + s * c[:, None]
+    y = (y if f1 is None else y + f1).view(-1, c4)
     yn = F.gelu(F.layer_norm(y, (c4,), ln[0], ln[1], ln[2]))
-    z = F.gelu(rnd(yn) @ rnd(w2t) + b2).view(hh, ww, 2, 2, 2, 2, c8)  # (i, j, a, b, a2, b2, o2)
+    z = rnd(yn) @ rnd(w2t) + b2
+    z = F.gelu(z if f0 is None else z + f0).view(hh, ww, 2, 2, 2, 2, c8)  # (i, j, a, b, a2, b2, o2)
     m = z @ hyper.t()  # (..., K)
     return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * hh, 4 * ww)
 

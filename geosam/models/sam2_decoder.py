@@ -32,9 +32,11 @@ from typing import Any
 import torch
 
 from geosam.models.bundle import SamBundle
+from geosam.models.cpu_decoder import upscale_prompt
 from geosam.models.cpu_gemm import linear
 from geosam.models.decoder_side import decode_in_chunks, float32_inputs, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
+from geosam.models.fast_transformer import Conv1
 from geosam.models.fast_twoway import cached
 from geosam.models.fast_upscale import _as_linear, per_pixel
 
@@ -98,6 +100,25 @@ def _linear_plan(dec: Any, feat_s0: torch.Tensor, feat_s1: torch.Tensor) -> dict
     one, two = (_as_linear(conv) for conv in convs)  # (4 C_out, C_in) rows (i, j, out), as F.linear takes
     return {"w1": one[0], "b1": one[1], "w2": two[0], "b2": two[1], "f1": _subpixel(feat_s1, 1),
             "f0": _subpixel(feat_s0, 2)}
+
+
+def _c_pass(dec: Any, conv1: Conv1, i: int, plan: dict[str, torch.Tensor], hyper: torch.Tensor, hw: tuple[int, int],
+            out: torch.Tensor) -> bool:  # fmt: skip
+    """Prompt i's masks (K, 4h, 4w) into ``out`` by `geosam.models.cpu_decoder.upscale_prompt` (its first product
+    made block by block from the prompt's records, both high-resolution features added, the norm, the GELUs and the
+    hypernetwork product in one pass) where the kernel runs and the decoder's activation is the exact GELU; False
+    otherwise (nothing written)."""
+    act, ln = dec.activation, dec.upscale_layer_norm
+    c4 = plan["w1"].shape[0] // 4
+    if not (isinstance(act, torch.nn.GELU) and act.approximate == "none" and tuple(ln.normalized_shape) == (c4,)):
+        return False
+    a, b, _, shared = conv1(i, True)
+    p = hw[0] * hw[1]
+    if "w2t" not in plan:
+        plan["w2t"] = plan["w2"].t().contiguous()
+    features = (plan["f1"].view(p, -1), plan["f0"].view(4 * p, -1))
+    return upscale_prompt(a, b, None, shared, (ln.weight, ln.bias, ln.eps), plan["w2t"], plan["b2"],
+                          hyper.contiguous(), hw, out, features=features)  # fmt: skip
 
 
 def _pixels(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -172,12 +193,16 @@ def sam2_decode(
     step = 1 if conv1 is not None else SAM2_UPSCALE_CPU_CHUNK if queries.device.type == "cpu" else SAM2_UPSCALE_DEVICE_CHUNK
     for s in range(0, todo.numel(), step):
         idx = todo[s : s + step]
-        if plan is not None:
-            first = None
-            if conv1 is not None:
-                a, b, c, shared = conv1(int(idx[0]), False)
+        if conv1 is not None and plan is not None:
+            i = int(idx[0])
+            logits = torch.empty((1, hyper.shape[1], h4, w4), dtype=torch.float32)
+            if not _c_pass(dec, conv1, i, plan, hyper[i], (hh, ww), logits[0]):
+                a, b, c, shared = conv1(i, False)
                 first = torch.mm(a, b).addcmul_(shared, c)[None]  # (1, h*w, 4 C/4): upscale_conv1 of its side
-            up = _upscaled_linear(dec, side[idx], (hh, ww), plan, first)  # (n, H*W, C/8), sub-pixel order
+                up = _upscaled_linear(dec, side[idx], (hh, ww), plan, first)  # (1, H*W, C/8), sub-pixel order
+                logits = _pixels(torch.bmm(up, hyper[idx].transpose(1, 2)), (hh, ww))
+        elif plan is not None:
+            up = _upscaled_linear(dec, side[idx], (hh, ww), plan)  # (n, H*W, C/8), sub-pixel order
             logits = _pixels(torch.bmm(up, hyper[idx].transpose(1, 2)), (hh, ww))
         else:
             up = _upscaled(dec, side[idx], (hh, ww), feat_s0, feat_s1)  # (n, H*W, C/8)
