@@ -384,15 +384,26 @@ def test_sam2_decoder_upscales_in_one_c_pass(tmp_path: Path, multimask: bool) ->
     emb = encode(b, preprocess(b, [np.random.default_rng(2).integers(0, 255, (256, 256, 3), dtype=np.uint8)])[0])
     pts = torch.rand((9, 2), generator=torch.Generator().manual_seed(4)) * 1000
     passes: list[bool] = []
+    asked: list[bool] = []
     real = s2.upscale_prompt
-    s2.upscale_prompt = lambda *a, **k: passes.append(real(*a, **k)) or passes[-1]  # type: ignore[assignment]
+
+    def spy(*a: Any, **k: Any) -> bool:
+        asked.append(k["bf16"])
+        passes.append(real(*a, **k))
+        return passes[-1]
+
+    s2.upscale_prompt = spy  # type: ignore[assignment]
     try:
         logits, iou = decode_points(b, emb, pts, multimask=multimask)
+        low, low_iou = decode_points(dataclasses.replace(b, dtype=torch.bfloat16), emb, pts, multimask=multimask)
     finally:
         s2.upscale_prompt = real
-    assert passes and all(passes) and len(passes) == 9
+    assert passes and all(passes) and asked == [False] * 9 + [True] * 9
     ref, ref_iou = decode_points(stock, emb, pts, multimask=multimask)
     scale = float(ref.abs().max())
     assert scale > 0.5
     torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4 * scale)
     torch.testing.assert_close(iou, ref_iou, rtol=1e-4, atol=1e-5)
+    # the bf16 dtype: the C pass's two products in bf16 where the CPU has them (float32's masks otherwise)
+    torch.testing.assert_close(low_iou, ref_iou, rtol=1e-4, atol=1e-5)
+    assert float((low - ref).abs().max()) < 2e-2 * scale

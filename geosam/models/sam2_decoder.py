@@ -19,9 +19,13 @@ before it keeps three (or one). `sam2_decode` computes the same masks and IoUs w
 * only the returned mask tokens are upscaled and multiplied out (three with ``multimask``; without it the single-mask
   token and, where the model falls back to the best multimask token when the single mask is unstable
   (``dynamic_multimask_via_stability``), that one too), and with ``iou_floor`` only the prompts with an IoU above
-  it (the others' logits are ``-inf``: segment-everything drops them anyway); on the CPU a few prompts at a time.
+  it (the others' logits are ``-inf``: segment-everything drops them anyway); on the CPU a few prompts at a time, or
+  with no image side written one prompt at a time in `geosam.models.cpu_decoder.upscale_prompt`'s single pass (its
+  first product made from the prompt's records, both high-resolution features added, the norm, the GELUs and the
+  hypernetwork product; every prompt upscaled, bf16 dtype, same host: chip 3.2-3.6 -> 2.2-2.4 s).
 
-Always float32, as geosam's other decoders. The object-score head is not evaluated: the stock forward returns its
+Float32, as geosam's other decoders, but for the upscaling's two products in the C pass, which take bf16 inputs under
+the bf16 dtype where the CPU has bf16 products (as SAM's fast decoder's do). The object-score head is not evaluated: the stock forward returns its
 logits beside the masks without applying them, and geosam reads only the masks and IoUs.
 """
 
@@ -103,11 +107,12 @@ def _linear_plan(dec: Any, feat_s0: torch.Tensor, feat_s1: torch.Tensor) -> dict
 
 
 def _c_pass(dec: Any, conv1: Conv1, i: int, plan: dict[str, torch.Tensor], hyper: torch.Tensor, hw: tuple[int, int],
-            out: torch.Tensor) -> bool:  # fmt: skip
+            out: torch.Tensor, bf16: bool) -> bool:  # fmt: skip
     """Prompt i's masks (K, 4h, 4w) into ``out`` by `geosam.models.cpu_decoder.upscale_prompt` (its first product
     made block by block from the prompt's records, both high-resolution features added, the norm, the GELUs and the
     hypernetwork product in one pass) where the kernel runs and the decoder's activation is the exact GELU; False
-    otherwise (nothing written)."""
+    otherwise (nothing written). ``bf16``: the two products in bf16 where the kernel has them (the bf16 dtype, as
+    SAM's fast decoder runs them)."""
     act, ln = dec.activation, dec.upscale_layer_norm
     c4 = plan["w1"].shape[0] // 4
     if not (isinstance(act, torch.nn.GELU) and act.approximate == "none" and tuple(ln.normalized_shape) == (c4,)):
@@ -118,7 +123,7 @@ def _c_pass(dec: Any, conv1: Conv1, i: int, plan: dict[str, torch.Tensor], hyper
         plan["w2t"] = plan["w2"].t().contiguous()
     features = (plan["f1"].view(p, -1), plan["f0"].view(4 * p, -1))
     return upscale_prompt(a, b, None, shared, (ln.weight, ln.bias, ln.eps), plan["w2t"], plan["b2"],
-                          hyper.contiguous(), hw, out, features=features)  # fmt: skip
+                          hyper.contiguous(), hw, out, bf16=bf16, features=features)  # fmt: skip
 
 
 def _pixels(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -139,6 +144,7 @@ def sam2_decode(
     image_pe: torch.Tensor | None = None,
     iou_floor: float | None = None,
     cache: dict[Any, Any] | None = None,
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM 2's decoder for N prompts on one image: ``(low_res_masks (N, K, 4h, 4w), iou (N, K))``, K = 3 with
     ``multimask`` else 1, as ``Sam2MaskDecoder`` returns them.
@@ -147,7 +153,8 @@ def sam2_decode(
     stock forward's ``high_resolution_features``); sparse_embeddings: (N, T, C) from ``model.prompt_encoder`` (None:
     no sparse prompt, N = 1); dense_embeddings: (1 or N, C, h, w); image_pe: (1, C, h, w) (from the model when None).
     With ``iou_floor``, the masks of prompts none of whose IoUs is above it are ``-inf`` (not computed). ``cache``:
-    a dict passed to every call on the same image (it holds the image's tensors while they are its key).
+    a dict passed to every call on the same image (it holds the image's tensors while they are its key). ``bf16``: the
+    upscaling's two products in bf16 where the CPU's kernel has them (`geosam.models.cpu_decoder.upscale_prompt`).
     """
     dec, tokens, n, image_pe, key = start_decode(
         model, image_embeddings, sparse_embeddings, dense_embeddings, image_pe, cache,
@@ -196,7 +203,7 @@ def sam2_decode(
         if conv1 is not None and plan is not None:
             i = int(idx[0])
             logits = torch.empty((1, hyper.shape[1], h4, w4), dtype=torch.float32)
-            if not _c_pass(dec, conv1, i, plan, hyper[i], (hh, ww), logits[0]):
+            if not _c_pass(dec, conv1, i, plan, hyper[i], (hh, ww), logits[0], bf16):
                 a, b, c, shared = conv1(i, False)
                 first = torch.mm(a, b).addcmul_(shared, c)[None]  # (1, h*w, 4 C/4): upscale_conv1 of its side
                 up = _upscaled_linear(dec, side[idx], (hh, ww), plan, first)  # (1, H*W, C/8), sub-pixel order
@@ -231,10 +238,11 @@ def decode_prompts(
     ``input_boxes``, batch of one image): ``(masks (N, K, h, w), iou (N, K))`` float32; on the CPU
     `FAST_DECODER_CPU_CHUNK` prompts per transformer call, the chunks sharing the image's projections (with
     ``cache``, a dict kept by the caller, the calls on the same image too)."""
+    bf16 = bundle.dtype == torch.bfloat16  # the upscaling's products in bf16 where the CPU has them, as SAM's
     (image, feat_s0, feat_s1), image_cache = float32_inputs((embeddings.main, *embeddings.extras), bundle.device, cache)
     return decode_in_chunks(
         bundle, prompts, n,
         lambda part, dense, pe, shared: sam2_decode(bundle.model, image, (feat_s0, feat_s1), part, dense, multimask,
-                                                   pe, iou_floor=iou_floor, cache=shared),
+                                                   pe, iou_floor=iou_floor, cache=shared, bf16=bf16),
         image_cache,
     )  # fmt: skip
