@@ -407,3 +407,23 @@ def test_sam2_decoder_upscales_in_one_c_pass(tmp_path: Path, multimask: bool) ->
     # the bf16 dtype: the C pass's two products in bf16 where the CPU has them (float32's masks otherwise)
     torch.testing.assert_close(low_iou, ref_iou, rtol=1e-4, atol=1e-5)
     assert float((low - ref).abs().max()) < 2e-2 * scale
+
+
+def test_sam_hq_bf16_runs_its_hq_convolution_in_bf16(tiny_family_dirs: dict[str, str], count_calls: Any) -> None:
+    """Under the bf16 dtype on the CPU the HQ branch's 3 x 3 convolution runs through oneDNN in bf16 (where it has
+    bf16 kernels): the float32 decoder's IoUs, its masks to bf16 rounding."""
+    import dataclasses
+
+    import geosam.models.hq_decoder as hqd
+    from geosam.models.cpu_fused import ops_work
+
+    b = load_model(tiny_family_dirs["sam_hq"], device="cpu", dtype="float32")
+    emb = encode(b, preprocess(b, [np.random.default_rng(7).integers(0, 255, (256, 256, 3), dtype=np.uint8)])[0])
+    pts = torch.rand((6, 2), generator=torch.Generator().manual_seed(8)) * 1000
+    want, want_iou = decode_points(b, emb, pts, multimask=True)
+    convs = count_calls(hqd, "conv2d")
+    got, iou = decode_points(dataclasses.replace(b, dtype=torch.bfloat16), emb, pts, multimask=True)
+    assert len(convs) == (6 if ops_work(torch.bfloat16) else 0)
+    torch.testing.assert_close(iou, want_iou)
+    scale = float(want.abs().max())
+    assert 0 < float((got - want).abs().max()) < 2e-2 * scale or not convs

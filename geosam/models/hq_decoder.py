@@ -26,7 +26,9 @@ transformers'), and what it returns follows SysCV's ``MaskDecoderHQ.forward``:
   contracted with the prompt's HQ vector before it runs (``hq . conv2(z)`` as one output channel: 32 times fewer
   FLOPs than the 64 -> 32 convolution the stock forward runs before its product).
 
-Always float32 (geosam's decoders decode in float32 under every dtype: half-precision products lose the masks).
+Float32 (geosam's decoders decode in float32 under every dtype: half-precision products lose the masks), but for the
+HQ branch's 3 x 3 convolution under the bf16 dtype on the CPU, which runs in bf16 through oneDNN (its inputs rounded
+once, sums in float32: as SAM's and SAM 2's upscaling products do under that dtype).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 import torch
 
 from geosam.models.bundle import SamBundle
+from geosam.models.cpu_fused import conv2d, ops_work, weights_of
 from geosam.models.decoder_side import decode_in_chunks, float32_inputs, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_twoway import cached
@@ -49,6 +52,15 @@ HQ_UPSCALE_CPU_CHUNK = 1
 
 #: Prompts upscaled together elsewhere (a GPU): 48 MiB of float32 activations per prompt at SAM's 256 x 256.
 HQ_UPSCALE_DEVICE_CHUNK = 64
+
+
+def _hq_conv1(dec: Any, up: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """``dec.mask_conv1(up)``, on the CPU with ``bf16`` through oneDNN in bf16 (its inputs rounded once, float32 sums;
+    Intel Xeon with AMX, 2 threads, one prompt at 256 x 256: 6.3 -> 1.0 ms), float32 out."""
+    if not (bf16 and up.device.type == "cpu" and up.dtype == torch.float32 and ops_work(torch.bfloat16)):
+        return dec.mask_conv1(up)
+    x = up.to(torch.bfloat16, memory_format=torch.channels_last)
+    return conv2d(x, dec.mask_conv1, weights_of(dec.mask_conv1, torch.bfloat16)).float()
 
 
 def hq_features(dec: Any, image_embeddings: torch.Tensor, vit_features: torch.Tensor | None) -> torch.Tensor:
@@ -77,7 +89,7 @@ def _conv3x3_contracted(z: torch.Tensor, kernel: torch.Tensor, bias: torch.Tenso
 
 
 def _mask_rows(dec: Any, side: torch.Tensor, hw: tuple[int, int], hyper: torch.Tensor | None, hq: torch.Tensor | None,
-               feats: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+               feats: torch.Tensor, first: torch.Tensor | None = None, bf16: bool = False) -> torch.Tensor:  # fmt: skip
     """Low-res logits (n, 1, 4h, 4w) of n prompts: their image sides (n, h*w, C) upscaled, times ``hyper`` (n, C/8)
     (the SAM token's, or None with only the HQ mask), plus the HQ token's ``hq`` (n, C/8) times the HQ branch.
 
@@ -85,7 +97,9 @@ def _mask_rows(dec: Any, side: torch.Tensor, hw: tuple[int, int], hyper: torch.T
     norms then need no layout copies), and the HQ branch's last convolution (64 -> C/8 channels, 3 x 3) is contracted
     with each prompt's HQ vector first: ``hq . conv2(z) = conv2_hq(z)``, one output channel instead of C/8.
     ``first``: ``upscale_conv1`` of the sides made already, (n, h*w, 4 C/4) with columns (i, j, channel) for output
-    pixel (2y + i, 2x + j) (`geosam.models.fast_transformer.TwoWay.conv1`; then ``side`` is not read)."""
+    pixel (2y + i, 2x + j) (`geosam.models.fast_transformer.TwoWay.conv1`; then ``side`` is not read). ``bf16``: the HQ
+    branch's 3 x 3 convolution to C/4 channels (most of the branch's FLOPs: 2.4 GFLOP a prompt at SAM's size) in bf16
+    through oneDNN on the CPU where it has bf16 kernels (`_hq_conv1`)."""
     n, _, c = side.shape
     act = dec.activation
     if first is None:
@@ -99,7 +113,7 @@ def _mask_rows(dec: Any, side: torch.Tensor, hw: tuple[int, int], hyper: torch.T
     up_last = up.permute(0, 2, 3, 1).reshape(n, h4 * w4, -1)  # (n, H*W, C/8)
     out = None if hyper is None else torch.bmm(up_last, hyper[:, :, None])  # (n, H*W, 1)
     if hq is not None:
-        z = act(dec.mask_norm(dec.mask_conv1(up)))  # (n, 64, H, W)
+        z = act(dec.mask_norm(_hq_conv1(dec, up, bf16)))  # (n, 64, H, W)
         conv2 = dec.mask_conv2
         simple = (tuple(conv2.kernel_size) == (3, 3) and tuple(conv2.stride) == (1, 1)
                   and tuple(conv2.padding) == (1, 1) and tuple(conv2.dilation) == (1, 1) and conv2.groups == 1)  # fmt: skip
@@ -127,6 +141,7 @@ def hq_decode(
     iou_floor: float | None = None,
     hq_token_only: bool = False,
     cache: dict[Any, Any] | None = None,
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM-HQ's decoder (SysCV's) for N prompts on one image: ``(low_res_masks (N, 1, 4h, 4w), iou (N, 1))``.
 
@@ -135,7 +150,8 @@ def hq_decode(
     sparse_embeddings: (N, T, C) from ``model.prompt_encoder`` (None: no sparse prompt, N = 1); dense_embeddings:
     (1 or N, C, h, w); image_pe: (1, C, h, w) (from the model when None). With ``iou_floor``, the masks of prompts
     whose returned IoU is at or below it are ``-inf`` (not computed). ``cache``: a dict passed to every call on the
-    same image (the HQ features, the image side's projections).
+    same image (the HQ features, the image side's projections). ``bf16``: the HQ branch's 3 x 3 convolution in bf16 on
+    the CPU (`_hq_conv1`; the bf16 dtype).
     """
     dec, tokens, n, image_pe, key = start_decode(
         model, image_embeddings, sparse_embeddings, dense_embeddings, image_pe, cache,
@@ -178,7 +194,7 @@ def hq_decode(
         if conv1 is not None:
             a, b, c, shared = conv1(int(idx[0]), False)
             first = torch.mm(a, b).addcmul_(shared, c)[None]  # (1, h*w, 4 C/4)
-        masks[idx] = _mask_rows(dec, side[idx], (hh, ww), part_hyper, hq[idx], feats, first).float()
+        masks[idx] = _mask_rows(dec, side[idx], (hh, ww), part_hyper, hq[idx], feats, first, bf16).float()
     return masks, iou[:, None].float()
 
 
@@ -197,11 +213,12 @@ def decode_prompts(
     ``multimask`` the best of SAM's three plus the HQ mask), in float32; on the CPU `FAST_DECODER_CPU_CHUNK` prompts
     per transformer call, the chunks sharing the image's HQ features and projections (with ``cache``, a dict
     kept by the caller, the calls on the same image too)."""
+    bf16 = bundle.dtype == torch.bfloat16  # the HQ branch's convolution in bf16 where the CPU has it
     inputs, image_cache = float32_inputs((embeddings.main, *embeddings.extras[:1]), bundle.device, cache)
     image, vit = inputs[0], (inputs[1] if len(inputs) > 1 else None)
     return decode_in_chunks(
         bundle, prompts, n,
         lambda part, dense, pe, shared: hq_decode(bundle.model, image, vit, part, dense, multimask, pe,
-                                                 iou_floor=iou_floor, cache=shared),
+                                                 iou_floor=iou_floor, cache=shared, bf16=bf16),
         image_cache,
     )  # fmt: skip
