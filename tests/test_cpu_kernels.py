@@ -236,3 +236,35 @@ def test_encoder_attention_is_bit_identical_with_and_without_the_kernel(monkeypa
     monkeypatch.setattr(cpu_kernels, "_library", lambda: None)
     off = attend()
     assert torch.equal(on[0], off[0]) and torch.equal(on[1], off[1])
+
+
+def test_load_checks_alternate_thread_counts_and_restore_the_callers() -> None:
+    """`alternating_threads`: cases alternate between one and two threads; the caller's count comes back however the
+    check ends (done, returned early, raised)."""
+    import torch
+
+    from geosam.models.cpu_build import alternating_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        seen = []
+
+        def check(stop_at: int | None, fail: bool = False) -> bool:
+            with alternating_threads() as use:
+                for i in range(4):
+                    use(i)
+                    seen.append(torch.get_num_threads())
+                    if fail and i == 1:
+                        raise RuntimeError("a kernel failed")
+                    if stop_at == i:
+                        return False
+            return True
+
+        assert check(None) and seen == [1, 2, 1, 2] and torch.get_num_threads() == 3
+        assert not check(2) and torch.get_num_threads() == 3
+        with pytest.raises(RuntimeError):
+            check(None, fail=True)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

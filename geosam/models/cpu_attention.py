@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from geosam.models.cpu_build import load
+from geosam.models.cpu_build import alternating_threads, load
 from geosam.models.cpu_kernels import transposed_tables
 from geosam.models.device import cpu_flags
 
@@ -137,15 +137,14 @@ def _matches_reference(lib: ctypes.CDLL, mode: int = 0, tokens_bf16: bool = Fals
     padded tokens' bias) given as bf16 tensors (`AMX` only)."""
     lib.geosam_attention512.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(512)
-    threads = torch.get_num_threads()
-    try:
+    with alternating_threads() as use:
         for i, (hh, ww, nh, d, rel, window) in enumerate(
             (
                 (5, 7, 3, 32, True, 0), (14, 14, 2, 64, True, 0), (9, 11, 1, 80, False, 4), (10, 11, 2, 16, True, 4),
                 (9, 11, 2, 64, True, 7), (12, 32, 2, 32, True, 0),
             )
         ):
-            torch.set_num_threads(1 + i % 2)
+            use(i)
             side = (window or hh, window or ww)
             qkv = torch.randn((hh, ww, 3 * nh * d), generator=gen)
             bias = torch.randn(3 * nh * d, generator=gen)
@@ -172,8 +171,6 @@ def _matches_reference(lib: ctypes.CDLL, mode: int = 0, tokens_bf16: bool = Fals
                 return False
             if not torch.equal(out16.view(torch.int16), out.to(torch.bfloat16).view(torch.int16)):
                 return False
-    finally:
-        torch.set_num_threads(threads)
     return True
 
 

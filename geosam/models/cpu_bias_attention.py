@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from geosam.models.cpu_build import load
+from geosam.models.cpu_build import alternating_threads, load
 from geosam.models.device import cpu_flags
 
 __all__ = ["TOLERANCE", "attention", "available", "reference"]
@@ -60,11 +60,10 @@ def _matches_reference(lib: ctypes.CDLL) -> bool:
     if not {"amx_bf16", "amx_tile"} <= set(cpu_flags()) or lib.geosam_amx_init() != 0:
         return False
     gen = torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
-    try:
+    with alternating_threads() as use:
         for i, (nw, n, nh, d) in enumerate(((3, 49, 4, 32), (2, 196, 5, 32), (2, 13, 2, 64), (1, 37, 3, 32),
                                             (2, 250, 1, 64))):
-            torch.set_num_threads(1 + i % 2)
+            use(i)
             qkv = torch.randn((nw, n, nh, 3, d), generator=gen).to(torch.bfloat16)
             bias = torch.randn((nh, n, n), generator=gen) * 4
             want = reference(qkv, bias, d**-0.5)
@@ -74,8 +73,6 @@ def _matches_reference(lib: ctypes.CDLL) -> bool:
             if float((out.double() - want).abs().max() / want.abs().max()) > TOLERANCE:
                 log.warning("cpu_bias_attention.c: the AMX window attention does not match the reference; not used")
                 return False
-    finally:
-        torch.set_num_threads(threads)
     return True
 
 

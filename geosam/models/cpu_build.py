@@ -33,12 +33,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-__all__ = ["AVX2_AND_WIDER", "build", "cache_dir", "compiler", "load", "ours", "switched_on"]
+__all__ = ["AVX2_AND_WIDER", "alternating_threads", "build", "cache_dir", "compiler", "load", "ours", "switched_on"]
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +141,14 @@ def load(
         return None
     log.debug("%s: %s", source.name, path)
     return lib
+
+
+@contextmanager
+def alternating_threads() -> Iterator[Callable[[int], None]]:
+    """For the kernels' load-time checks: ``use(i)`` sets torch's thread count to 1 for even cases i and 2 for odd
+    ones (the kernels split their work by it), and the caller's count is restored on leaving, however the check ends."""
+    threads = torch.get_num_threads()
+    try:
+        yield lambda i: torch.set_num_threads(1 + i % 2)
+    finally:
+        torch.set_num_threads(threads)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from geosam.models.cpu_build import alternating_threads
 from geosam.models.device import cpu_flags
 
 __all__ = ["add_bf16_", "available", "layer_norm_bf16", "rope", "rope_reference", "to_bf16"]
@@ -108,10 +109,9 @@ def _layer_norm_agrees() -> bool:
         return False
     lib.geosam_layer_norm_bf16.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(2)
-    threads = torch.get_num_threads()
-    try:
+    with alternating_threads() as use:
         for i, n in enumerate((768, 1024, 1280, 16, 272, 2048, 4096)):
-            torch.set_num_threads(1 + i % 2)
+            use(i)
             rows = 37
             scales = torch.exp2(torch.randint(-8, 8, (rows, 1), generator=gen).float())
             x = torch.randn((rows, n), generator=gen) * scales
@@ -132,8 +132,6 @@ def _layer_norm_agrees() -> bool:
             for g, t in ((got_mean, mean), (got_rstd, rstd)):
                 if not torch.equal(g.view(torch.int32), t.reshape(rows).contiguous().view(torch.int32)):
                     return False
-    finally:
-        torch.set_num_threads(threads)
     return True
 
 
@@ -192,10 +190,9 @@ def _rope_agrees() -> bool:
         return False
     lib.geosam_rope.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(3)
-    threads = torch.get_num_threads()
-    try:
+    with alternating_threads() as use:
         for i, (nb, nh, n, d) in enumerate(((2, 3, 37, 64), (1, 2, 50, 16), (3, 1, 9, 128), (1, 4, 600, 48))):
-            torch.set_num_threads(1 + i % 2)
+            use(i)
             ang = torch.rand((n, d // 2), generator=gen) * 40
             cos, sin = ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)
             proj = torch.randn((nb, n, nh * d), generator=gen) * torch.exp2(torch.randint(-6, 6, (1, n, 1), generator=gen))
@@ -208,8 +205,6 @@ def _rope_agrees() -> bool:
                 if not torch.equal(got.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
                                    want.contiguous().view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32)):
                     return False
-    finally:
-        torch.set_num_threads(threads)
     return True
 
 

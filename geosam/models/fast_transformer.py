@@ -171,6 +171,12 @@ class TwoWay:
     keys: torch.Tensor
     conv1: Conv1 | None
 
+    def first_product(self, i: int) -> torch.Tensor:
+        """Prompt i's upscaling's first product (1, h*w, 4 C/4) from `conv1` (given): ``A @ B + c * S``."""
+        assert self.conv1 is not None
+        a, b, c, shared = self.conv1(i, False)
+        return torch.mm(a, b).addcmul_(shared, c)[None]
+
 
 def _conv1_from_records(
     dec: Any,

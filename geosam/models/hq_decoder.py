@@ -190,10 +190,7 @@ def hq_decode(
     for s in range(0, todo.numel(), step):
         idx = todo[s : s + step]
         part_hyper = None if hyper is None else hyper[idx]
-        first = None
-        if conv1 is not None:
-            a, b, c, shared = conv1(int(idx[0]), False)
-            first = torch.mm(a, b).addcmul_(shared, c)[None]  # (1, h*w, 4 C/4)
+        first = None if conv1 is None else tw.first_product(int(idx[0]))  # (1, h*w, 4 C/4)
         masks[idx] = _mask_rows(dec, side[idx], (hh, ww), part_hyper, hq[idx], feats, first, bf16).float()
     return masks, iou[:, None].float()
 

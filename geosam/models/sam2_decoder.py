@@ -204,8 +204,7 @@ def sam2_decode(
             i = int(idx[0])
             logits = torch.empty((1, hyper.shape[1], h4, w4), dtype=torch.float32)
             if not _c_pass(dec, conv1, i, plan, hyper[i], (hh, ww), logits[0], bf16):
-                a, b, c, shared = conv1(i, False)
-                first = torch.mm(a, b).addcmul_(shared, c)[None]  # (1, h*w, 4 C/4): upscale_conv1 of its side
+                first = tw.first_product(i)  # (1, h*w, 4 C/4): upscale_conv1 of its side
                 up = _upscaled_linear(dec, side[idx], (hh, ww), plan, first)  # (1, H*W, C/8), sub-pixel order
                 logits = _pixels(torch.bmm(up, hyper[idx].transpose(1, 2)), (hh, ww))
         elif plan is not None:
