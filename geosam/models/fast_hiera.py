@@ -9,8 +9,9 @@ pyramid levels, which ``get_image_embeddings`` never returns. Here (`fast_sam2_e
 * weights converted once to the compute dtype and kept beside the model (`geosam.models.cpu_fused`), every map a
   channels-last (pixels, channels) matrix;
 * the MLP's GELU fused into its first product, and in float32 the residuals added by the products that end each
-  part (their binary post-op); the attention is torch's fused attention on the windows, the query pooling and the
-  skip connection's pooling a max over 2 x 2 views (no layout copy);
+  part (their binary post-op); the attention is torch's fused attention on the windows, or in bf16 where no queries
+  are pooled geosam's AVX-512 / AMX kernel (`geosam.models.cpu_attention`) on the whole map's projections, which
+  windows them itself; the query pooling and the skip connection's pooling a max over 2 x 2 views (no layout copy);
 * the position embedding (bicubic background plus the tiled window embedding) made once per size and kept;
 * no sine position encodings, no discarded scores.
 
@@ -110,6 +111,28 @@ def _unwindows(o: torch.Tensor, nh: int, nw: int, ws: int, h: int, w: int) -> to
     return y.reshape(h * w, c)
 
 
+def _kernel_attention(x: torch.Tensor, blk: Any, wt: Weights, h: int, w: int) -> torch.Tensor | None:
+    """In bf16, ``blk``'s attention (no query pooling) and output projection through `geosam.models.cpu_attention`
+    (AVX-512, bf16 products on AMX tiles where the CPU has them), which takes the whole map's qkv projection and
+    windows it itself (the padded tokens carry the projection's bias, as zero tokens do): tokens (h*w, dim), or None
+    where the kernel does not run here or does not take these shapes, and in float32 (torch's fused attention was as
+    fast: 1.31 vs 1.35 s an encode; bf16 0.44 -> 0.41 s, Intel Xeon with AMX, 2 threads, default config)."""
+    from geosam.models.cpu_attention import attention
+
+    if wt.dtype != torch.bfloat16:
+        return None
+
+    attn = blk.attn
+    ws = blk.window_size
+    qkv = linear(x, attn.qkv, wt).view(h, w, -1)
+    c = qkv.shape[-1] // 3
+    out = torch.empty((h, w, c), dtype=wt.dtype)
+    bias = wt.get(attn.qkv.bias) if ws > 0 else None
+    if not attention(qkv, attn.num_attention_heads, attn.scale, None, out, ws, bias, bf16=wt.dtype == torch.bfloat16):
+        return None
+    return linear(out.view(h * w, c), attn.proj, wt)
+
+
 def _attention(x: torch.Tensor, blk: Any, wt: Weights, h: int, w: int) -> tuple[torch.Tensor, int, int]:
     """``blk``'s (pooled) multi-scale attention of normed tokens x (h*w, dim) in windows (global where the block's
     window size is 0), its output projection included: ``(tokens (h'*w', dim_out), h', w')``."""
@@ -117,6 +140,10 @@ def _attention(x: torch.Tensor, blk: Any, wt: Weights, h: int, w: int) -> tuple[
     heads = attn.num_attention_heads
     stride = blk.query_stride
     ws = blk.window_size
+    if not stride:  # geosam's attention kernel on the whole map's projections (it windows them itself)
+        o = _kernel_attention(x, blk, wt, h, w)
+        if o is not None:
+            return o, h, w
     if ws > 0:
         win, nh, nw = _windows(x, h, w, ws)
     else:
