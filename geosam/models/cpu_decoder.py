@@ -24,20 +24,17 @@ Intel Xeon with AMX 4.9 vs 7.5 ms in float32, faster than AVX-512's bf16 product
 products run on AMX tiles (`amx_available`, ``cpu_amx.h``: the same bf16 inputs, sums in float32): 2.4-2.7 ms a
 prompt, the decode of bench_amg's 16 x 16 chip 3.55 vs 4.03 s with the float32 products (alternating, one thread).
 
-The first product's rows A (P x L (R + 2): 1.9 MB a prompt of SAM's decoder) are scalings of the layers' records
-(`factor_rows`); given as `Factors` the pass makes each block's rows in cache instead of reading them from a matrix
-written whole before it (the same numbers): Intel Xeon with AMX, one thread, decode only, alternating, the bf16
-dtype 2.67 -> 2.61 s at 16 x 16 and 10.54 -> 10.34 s at 32 x 32, float32 within noise (3.04 s).
+The first product's rows A (P x L (R + 2): 1.9 MB a prompt) are scalings of the layers' records (`factor_rows`); as
+`Factors` the pass makes each block's rows in cache (the same numbers): Intel Xeon with AMX, one thread, decode only,
+bf16 2.67 -> 2.61 s at 16 x 16 and 10.54 -> 10.34 s at 32 x 32, float32 within noise (3.04 s).
 
-The upscaling and the forms are the same functions up to float rounding: the sums run in another order than
-torch's and the GELU is not oneDNN's (error at most 5e-7 for |x| < 3, torch's
-3.7e-7; 1.2e-6 absolute where 1 + erf cancels, x < -2), so the logits differ
-in the last bits (~1e-6 relative). The library is used only after it agrees
-with torch's ops in this process (`_agrees_with_torch`), built and cached by
-`geosam.models.cpu_build` (not with ``GEOSAM_CPU_KERNELS=0``; where torch runs
-its AVX2 or AVX-512 kernels: the check is to rounding, so torch's vector width
-does not matter). Elsewhere, and for shapes it does not take
-(channels not multiples of 8, other dtypes, approximate GELU), torch's ops run.
+SAM 2's decoder runs the same pass with its high-resolution features added (``features``: before the norm and before
+the second GELU). The upscaling and the forms are the same functions up to float rounding (other summation orders; the
+GELU not oneDNN's: error at most 5e-7 for |x| < 3, torch's 3.7e-7; 1.2e-6 absolute where 1 + erf cancels, x < -2):
+the logits differ in the last bits (~1e-6 relative). The library is used only after it agrees with torch's ops in
+this process (`_agrees_with_torch`; built and cached by `geosam.models.cpu_build`, not with ``GEOSAM_CPU_KERNELS=0``),
+where torch runs its AVX2 or AVX-512 kernels; elsewhere, and for shapes it does not take (channels not multiples of
+8, other dtypes, approximate GELU), torch's ops run.
 """
 
 from __future__ import annotations
@@ -71,15 +68,13 @@ _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 BF16, WIDE, AMX = 1, 2, 4
 
 
-def _call(  # noqa: PLR0913 - the kernel's inputs, as upscale_prompt takes them
-    lib: ctypes.CDLL, a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor | None, s: torch.Tensor,
-    ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
-    hw: tuple[int, int], out: torch.Tensor, flags: int = 0,
-    features: tuple[torch.Tensor, torch.Tensor] | None = None
-) -> None:
+def _call(lib: ctypes.CDLL, a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor | None, s: torch.Tensor,  # noqa: PLR0913
+          ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
+          hw: tuple[int, int], out: torch.Tensor, flags: int = 0,
+          features: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:  # fmt: skip
     """The kernel on one prompt; flags: `BF16` (the products' inputs rounded to bf16) | `WIDE` (AVX-512 registers).
     ``a`` a `Factors`: A's rows made block by block in the kernel (``c`` None); features: (f1, f0), contiguous."""
-    f1, f0 = features if features is not None else (None, None)
+    f1, f0 = (features[0].contiguous(), features[1].contiguous()) if features is not None else (None, None)
     nk, c8 = hyper.shape
     rest = (
         _P(s.data_ptr()), _I64(s.stride(0)), _P(ln[0].data_ptr()), _P(ln[1].data_ptr()), ctypes.c_float(ln[2]),
@@ -226,16 +221,15 @@ def _upscale_agrees(lib: ctypes.CDLL, gen: torch.Generator, flags: int, tol: flo
     for i, (hw, k1, c4, c8, nk) in enumerate(_CHECKED_SHAPES):
         _, b, _, s, ln, w2t, b2, hyper = upscale_inputs(gen, hw, k1, c4, c8, nk)
         p = hw[0] * hw[1]
-        f1, f0 = (torch.randn((p, 4 * c4), generator=gen), torch.randn((4 * p, 4 * c8), generator=gen)) if i == 1 else (None, None)
+        feats = (torch.randn((p, 4 * c4), generator=gen), torch.randn((4 * p, 4 * c8), generator=gen)) if i == 1 else None
         nl = 2 if k1 % 2 == 0 else 1  # K1 = L (R + 2)
         p, r = hw[0] * hw[1], k1 // nl - 2
         records = [(torch.rand((2, p, r), generator=gen), torch.empty(0), torch.randn((2, p), generator=gen),
                     torch.rand((2, p), generator=gen) + 0.5) for _ in range(nl)]  # fmt: skip
         a = torch.empty((p, k1))
         c = factor_rows_reference(records, 1, a)
-        want = reference(a, b, c, s, ln, w2t, b2, hyper, hw, bf16=bool(flags & BF16), f1=f1, f0=f0)
+        want = reference(a, b, c, s, ln, w2t, b2, hyper, hw, bf16=bool(flags & BF16), features=feats)
         got, made = torch.full_like(want, float("nan")), torch.full_like(want, float("nan"))
-        feats = None if f1 is None or f0 is None else (f1, f0)
         _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, got, flags, feats)
         _call(lib, Factors(records, 1), b, None, s, ln, w2t, b2, hyper, hw, made, flags, feats)
         if not (torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())) and torch.equal(made, got)):
@@ -374,9 +368,8 @@ def upscale_prompt(a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor |
     bias and eps; w2t (C4, 4 C8) and b2 (4 C8): upscale_conv2 as a product, columns (a2, b2, o2); hyper (K, C8).
     ``bf16``: the two products on their inputs rounded to bf16 where `bf16_faster` (half their time on AMD EPYC
     Zen 4; float32 elsewhere), for the bf16 dtype. In AVX-512 registers where `wide_available` (the same bits).
-    ``features``: ``(f1 (P, 4 C4), f0 (4 P, 4 C8))``, rows in `a`'s and the second product's order (SAM 2's
-    high-resolution features in sub-pixel order): added to the first product before the norm and to the second before
-    its GELU.
+    ``features``: SAM 2's ``(f1 (P, 4 C4), f0 (4 P, 4 C8))`` in sub-pixel order (rows as `a`'s and the second
+    product's), added to the first product before the norm and to the second before its GELU.
     """
     rows = [t for rec in a.records for t in (rec[0], rec[2], rec[3])] if isinstance(a, Factors) else [a, c]
     tensors = (*rows, b, s, ln[0], ln[1], w2t, b2, hyper, out, *(features or ()))
@@ -395,18 +388,13 @@ def upscale_prompt(a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor |
         a, c = a if a.stride(1) == 1 else a.contiguous(), c.reshape(-1).contiguous()
     s = s if s.stride(1) == 1 else s.contiguous()
     b, w2t, b2, hyper = (t.contiguous() for t in (b, w2t, b2, hyper))
-    if features is not None:
-        p = hw[0] * hw[1]
-        if features[0].shape != (p, 4 * c4) or features[1].shape != (4 * p, 4 * c8):
-            return False
-        features = (features[0].contiguous(), features[1].contiguous())
+    p = hw[0] * hw[1]
+    if features is not None and (features[0].shape != (p, 4 * c4) or features[1].shape != (4 * p, 4 * c8)):
+        return False
     ln = (ln[0].contiguous(), ln[1].contiguous(), float(ln[2]))
     if bf16 and amx_available():
         flags = BF16 | WIDE | AMX
     else:
         flags = (BF16 if bf16 and bf16_faster() else 0) | (WIDE if wide_available() else 0)
-    if features is None:
-        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out, flags)
-    else:
-        _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out, flags, features=features)
+    _call(lib, a, b, c, s, ln, w2t, b2, hyper, hw, out, flags, **({} if features is None else {"features": features}))
     return True

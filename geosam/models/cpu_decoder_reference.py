@@ -14,13 +14,14 @@ Records = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
               ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
-              hw: tuple[int, int], bf16: bool = False, f1: torch.Tensor | None = None,
-              f0: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+              hw: tuple[int, int], bf16: bool = False,
+              features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
     """torch's ops for what `upscale_prompt` computes: (K, 4h, 4w) masks; ``bf16``: the two products' inputs rounded
-    to bf16 first, as the kernel's bf16 products take them; ``f1`` (P, 4 C4), ``f0`` (4 P, 4 C8): added to the first
+    to bf16 first, as the kernel's bf16 products take them; ``features`` (f1 (P, 4 C4), f0 (4 P, 4 C8)): added to the first
     product before its norm and to the second before its GELU (SAM 2's high-resolution features)."""
     hh, ww = hw
     c4, c8 = w2t.shape[0], hyper.shape[1]
+    f1, f0 = features if features is not None else (None, None)
     rnd = (lambda t: t.to(torch.bfloat16).float()) if bf16 else (lambda t: t)
     y = rnd(a) @ rnd(b) + s * c[:, None]
     y = (y if f1 is None else y + f1).view(-1, c4)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.bundle import ModelCapabilities, SamBundle
+from geosam.models.compile import use_fast_sam3_vit
 from geosam.models.families import load_pretrained, preprocessing
 from geosam.models.hf_sam import load_error
 
@@ -66,7 +67,7 @@ def load_sam3(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
     size = int(model.config.vision_config.image_size)
     return SamBundle(model=model, processor=tokenizer, device=device, dtype=dtype, name=name,
                      **preprocessing(pp, SAM3_MEAN_STD, SAM3_MEAN_STD), longest_edge=size, input_size=size,
-                     resize="square", capabilities=SAM3_CAPABILITIES, fast_decoder=False, fast_encoder=False)
+                     resize="square", capabilities=SAM3_CAPABILITIES, fast_decoder=False)
 
 
 def use_fast_rope() -> bool:
@@ -154,8 +155,13 @@ def vision_features(bundle: SamBundle, pixel_values: torch.Tensor) -> Any:
     """The vision backbone's output for ``pixel_values`` (1, 3, S, S) (model frame), computed in the bundle's dtype
     (autocast, as every family's encoder) and returned in float32 (the detector and the exemplars' geometry
     encoder take float32 features)."""
-    with torch.inference_mode(), bundle.autocast():
-        vision = bundle.model.get_vision_features(pixel_values=pixel_values.to(bundle.device))
+    if use_fast_sam3_vit(bundle):  # the ViT through oneDNN's fused operators, on the CPU
+        from geosam.models.fast_sam3_vit import fast_vision_features
+
+        vision = fast_vision_features(bundle.model, pixel_values.to(bundle.device), bundle.dtype)
+    else:
+        with torch.inference_mode(), bundle.autocast():
+            vision = bundle.model.get_vision_features(pixel_values=pixel_values.to(bundle.device))
     return vision if bundle.dtype == torch.float32 else _mapped(vision, lambda t: t.float())
 
 

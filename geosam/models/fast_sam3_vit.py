@@ -1,0 +1,153 @@
+"""SAM 3's ViT backbone on the CPU through oneDNN's fused operators: `fast_vision_features`.
+
+transformers' ``Sam3ViTModel`` under bf16 autocast converts all of its ~450 M weights again on every call, projects
+queries, keys and values as three products, runs each MLP's GELU as its own pass over (5184, 4736) activations, and
+recomputes every layer's rotary cosines and sines. Here the weights are converted once to the compute dtype and kept
+beside the model (`geosam.models.cpu_fused`; queries, keys and values as one product), the GELU is fused into the
+MLP's first product, in float32 the residuals are added by the products that end each part, the rotary embedding is
+geosam's one-pass kernel (`geosam.models.cpu_convert.rope`, transformers' bits) with each layer's cosines and sines
+kept, and the attention is torch's fused attention in the module's windows. The residual stream stays float32 in
+every dtype, as under autocast; the feature pyramid (``vision_encoder.neck``) is the module's, under the dtype's
+autocast. Float32 matches the module to float rounding, bf16 is as close to float32 as autocast's bf16
+(``tests/test_sam3_vit.py``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geosam.models.cpu_fused import Weights, conv2d, ops_work, product, weights_of
+
+__all__ = ["fast_sam3_vit_supported", "fast_vision_features"]
+
+#: Per backbone: fused q/k/v weights, rotary tables and tiled position embeddings (beside the module, not in it).
+_KEPT: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def fast_sam3_vit_supported(model: Any, dtype: torch.dtype) -> bool:
+    """Whether ``model`` is a ``Sam3Model`` whose vision backbone is transformers' ``Sam3ViTModel`` as this module
+    reads it, and oneDNN's fused operators run ``dtype`` here."""
+    try:
+        from transformers.models.sam3.modeling_sam3 import Sam3ViTModel
+    except ImportError:  # pragma: no cover - transformers without SAM 3
+        return False
+    vit: Any = getattr(getattr(model, "vision_encoder", None), "backbone", None)
+    if not isinstance(vit, Sam3ViTModel) or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    cfg = vit.config
+    if cfg.hidden_act != "gelu" or vit.embeddings.patch_embeddings.projection.bias is not None:
+        return False
+    return ops_work(dtype)
+
+
+def _kept(vit: nn.Module, key: tuple[Any, ...], make: Any) -> Any:
+    cache = _KEPT.setdefault(vit, {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _qkv(vit: nn.Module, layer: Any, wt: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's query, key and value projections as one product's weight (3C, C) and bias (3C), in ``wt``'s
+    dtype (made again when a projection changes in place)."""
+    a = layer.attention
+    projs = (a.q_proj, a.k_proj, a.v_proj)
+    key = ("qkv", id(layer), wt.dtype, *(p.weight._version for p in projs), *(p.bias._version for p in projs))
+    return _kept(vit, key, lambda: (torch.cat([wt(p.weight) for p in projs]).contiguous(),
+                                    torch.cat([wt(p.bias) for p in projs]).contiguous()))  # fmt: skip
+
+
+def _rotary(vit: nn.Module, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's rotary cosines and sines (N, d), float32, as its module makes them on every call (kept)."""
+    key = ("rope", id(layer), layer.position_ids._version)
+
+    def make() -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = layer.rotary_emb(layer.position_ids, layer.position_ids)
+        return cos.reshape(cos.shape[-2], cos.shape[-1]).contiguous(), sin.reshape(sin.shape[-2], sin.shape[-1]).contiguous()
+
+    return _kept(vit, key, make)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' ``apply_rotary_pos_emb_2d`` for one of x (B, heads, N, d): geosam's kernel, else its formula."""
+    from geosam.models.cpu_convert import rope, rope_reference
+
+    out = rope(x, cos[None], sin[None])
+    return out if out is not None else rope_reference(x, cos[None], sin[None]).to(x.dtype)
+
+
+def _layer(t: torch.Tensor, h: int, w: int, vit: nn.Module, layer: Any, wt: Weights) -> torch.Tensor:
+    """``Sam3ViTLayer`` on the float32 stream t (h*w, C)."""
+    low = wt.dtype
+    c = t.shape[-1]
+    ln = layer.layer_norm1
+    x = F.layer_norm(t, ln.normalized_shape, ln.weight, ln.bias, ln.eps).to(low).view(h, w, c)
+    ws = layer.window_size
+    if ws > 0:
+        ph, pw = (-h) % ws, (-w) % ws
+        if ph or pw:
+            x = F.pad(x, (0, 0, 0, pw, 0, ph))
+        nh, nw = (h + ph) // ws, (w + pw) // ws
+        win = x.view(nh, ws, nw, ws, c).transpose(1, 2).reshape(nh * nw, ws * ws, c)
+    else:
+        win = x.view(1, h * w, c)
+    nwin, n = win.shape[:2]
+    attn = layer.attention
+    heads = attn.num_attention_heads
+    wq, bq = _qkv(vit, layer, wt)
+    qkv = product(win.reshape(nwin * n, c), wq, bq).view(nwin, n, 3, heads, -1)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (windows, heads, n, d)
+    cos, sin = _rotary(vit, layer)
+    o = F.scaled_dot_product_attention(_rope(q, cos, sin), _rope(k, cos, sin), v, scale=attn.scaling)
+    o = product(o.transpose(1, 2).reshape(nwin * n, c), wt(attn.o_proj.weight), wt.get(attn.o_proj.bias))
+    if ws > 0:
+        o = o.view(nh, nw, ws, ws, c).transpose(1, 2).reshape(nh * ws, nw * ws, c)[:h, :w].reshape(h * w, c)
+    t = t + o  # float32
+    ln = layer.layer_norm2
+    y = F.layer_norm(t, ln.normalized_shape, ln.weight, ln.bias, ln.eps).to(low)
+    mlp = layer.mlp
+    hid = product(y, wt(mlp.fc1.weight), wt.get(mlp.fc1.bias), gelu=True)
+    if low == torch.float32:
+        return product(hid, wt(mlp.fc2.weight), wt.get(mlp.fc2.bias), add=t)
+    return t + product(hid, wt(mlp.fc2.weight), wt.get(mlp.fc2.bias))
+
+
+def _backbone(vit: Any, x: torch.Tensor, wt: Weights) -> torch.Tensor:
+    """One image (3, S, S) float32 -> the backbone's last hidden state (h*w, C) float32."""
+    emb = vit.embeddings
+    m = x[None].to(wt.dtype).contiguous(memory_format=torch.channels_last)
+    patches = conv2d(m, emb.patch_embeddings.projection, wt)  # (1, C, h, w) channels-last
+    h, w = patches.shape[2:]
+    pos_p = emb.position_embeddings
+    pos = _kept(vit, ("pos", h, w, pos_p._version),
+                lambda: emb._tile_position_embeddings(pos_p.detach(), h, w)[0].float().contiguous())  # fmt: skip
+    t = patches.permute(0, 2, 3, 1).reshape(h * w, -1).float() + pos
+    ln = vit.layer_norm
+    t = F.layer_norm(t, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    for layer in vit.layers:
+        t = _layer(t, h, w, vit, layer, wt)
+    return t
+
+
+def fast_vision_features(model: Any, pixel_values: torch.Tensor, dtype: torch.dtype) -> Any:
+    """``model.get_vision_features(pixel_values)`` of a ``Sam3Model`` (`fast_sam3_vit_supported`) with its ViT
+    computed in ``dtype`` (float32 or bfloat16) through oneDNN's fused operators, its feature pyramid under the
+    dtype's autocast: a ``Sam3VisionEncoderOutput`` (no per-layer hidden states or attentions)."""
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    enc = model.vision_encoder
+    vit = enc.backbone
+    wt = weights_of(vit, dtype)
+    patch = vit.config.patch_size
+    with torch.inference_mode():
+        hidden = torch.stack([_backbone(vit, x, wt) for x in pixel_values.float()])  # (B, h*w, C)
+        b, (hh, ww) = hidden.shape[0], (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        spatial = hidden.view(b, hh, ww, -1).permute(0, 3, 1, 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            fpn, fpn_pos = enc.neck(spatial)
+    return Sam3VisionEncoderOutput(last_hidden_state=hidden, fpn_hidden_states=fpn, fpn_position_encoding=fpn_pos)

@@ -1,0 +1,111 @@
+"""SAM 3's ViT through oneDNN's fused operators (geosam/models/fast_sam3_vit.py): the module's vision features in
+float32, as close to float32 as autocast in bf16, taken by ``vision_features`` on the CPU, kept tables and weights
+beside the model and made again when a parameter changes."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from typing import Any
+
+import pytest
+import torch
+
+from geosam.models.cpu_fused import ops_work
+
+needs_bf16_ops = pytest.mark.skipif(not ops_work(torch.bfloat16), reason="oneDNN has no bf16 kernels on this CPU")
+
+
+def _model(seed: int = 0) -> Any:
+    """A tiny random SAM 3 whose windows need padding (10 on a 24 x 24 grid) and whose position embeddings are tiled
+    (pretrained on 12 x 12 patches)."""
+    from transformers import Sam3Model
+
+    from tests._tiny_families import tiny_sam3_config
+
+    config: Any = tiny_sam3_config(336)
+    vit = config.vision_config.backbone_config
+    vit.window_size, vit.pretrain_image_size, vit.num_hidden_layers, vit.global_attn_indexes = 10, 168, 3, [1]
+    torch.manual_seed(seed)
+    return Sam3Model(config).eval()
+
+
+def _image(seed: int = 1) -> torch.Tensor:
+    return torch.randn((1, 3, 336, 336), generator=torch.Generator().manual_seed(seed))
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def _outputs(vision: Any) -> list[torch.Tensor]:
+    return [vision.last_hidden_state, *vision.fpn_hidden_states, *vision.fpn_position_encoding]
+
+
+def test_fast_sam3_vit_gives_the_modules_features() -> None:
+    from geosam.models.fast_sam3_vit import fast_sam3_vit_supported, fast_vision_features
+
+    model = _model()
+    assert fast_sam3_vit_supported(model, torch.float32)
+    x = _image()
+    with torch.inference_mode():
+        want = model.get_vision_features(pixel_values=x)
+    got = fast_vision_features(model, x, torch.float32)
+    for g, w in zip(_outputs(got), _outputs(want), strict=True):
+        assert g.shape == w.shape and g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@needs_bf16_ops
+def test_fast_sam3_vit_bf16_is_as_close_to_float32_as_autocast() -> None:
+    from geosam.models.fast_sam3_vit import fast_vision_features
+
+    model = _model(1)
+    x = _image(2)
+    with torch.inference_mode():
+        want = model.get_vision_features(pixel_values=x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model.get_vision_features(pixel_values=x)
+    got = fast_vision_features(model, x, torch.bfloat16)
+    for g, a, w in zip(_outputs(got)[:4], _outputs(auto)[:4], _outputs(want)[:4], strict=True):
+        assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
+
+
+def test_vision_features_take_the_fused_vit_on_the_cpu(tiny_sam3_dir: str, count_calls: Any) -> None:
+    """``vision_features`` (text and exemplar modes) runs it for SAM 3 on the CPU, ``fast_encoder=False`` the
+    module: the same features."""
+    import geosam.models.fast_sam3_vit as fs
+    from geosam.models import load_model
+    from geosam.models.sam3 import vision_features
+
+    b = load_model(tiny_sam3_dir, device="cpu", dtype="float32")
+    calls = count_calls(fs, "fast_vision_features")
+    x = _image(3)
+    fused = vision_features(b, x)
+    assert len(calls) == 1
+    stock = vision_features(dataclasses.replace(b, fast_encoder=False), x)
+    assert len(calls) == 1
+    for g, w in zip(_outputs(fused), _outputs(stock), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_sam3_vit_keeps_nothing_in_the_model_and_follows_changed_weights() -> None:
+    import geosam.models.cpu_fused as cf
+    import geosam.models.fast_sam3_vit as fs
+
+    model = _model(2)
+    x = _image(4)
+    first = fs.fast_vision_features(model, x, torch.float32)
+    vit = model.vision_encoder.backbone
+    assert vit in cf._WEIGHTS and vit in fs._KEPT
+    copy_ = pickle.loads(pickle.dumps(model))
+    assert copy_.vision_encoder.backbone not in cf._WEIGHTS and copy_.vision_encoder.backbone not in fs._KEPT
+    with torch.no_grad():
+        vit.layers[0].attention.k_proj.weight.mul_(1.5)
+        vit.embeddings.position_embeddings.mul_(2.0)
+    again = fs.fast_vision_features(model, x, torch.float32)
+    with torch.inference_mode():
+        want = model.get_vision_features(pixel_values=x)
+    assert not torch.allclose(again.last_hidden_state, first.last_hidden_state)
+    for g, w in zip(_outputs(again), _outputs(want), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
