@@ -6,7 +6,9 @@ the outputs, on transformers' default ``Sam3Config()`` (seed 0: 840 M parameters
 with a small CLIP tokenizer, on 1008 px chips of the shipped Banepa scene, two phrases:
 
 * ``backbone_s``: `geosam.models.sam3.vision_features` (the ViT and its FPN);
-* ``detector_s``: `geosam.models.sam3.detect` (DETR encoder and decoder, mask decoder) for the two phrases.
+* ``detector_s``: `geosam.models.sam3.detect` (DETR encoder and decoder, mask decoder) for the two phrases;
+* with ``--module-vit`` also ``<dtype>_module_vit``: the ViT as transformers' module (``fast_encoder=False``), as
+  geosam ran it before session 39 (`geosam.models.fast_sam3_vit` since).
 
 Variants alternate chip by chip for ``--rounds`` rounds. Random weights: the detector's scores mean nothing, so the
 agreement is numerical: the bf16 backbone's features and the detector's logits against float32's (max relative
@@ -67,6 +69,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--chips", type=int, default=1)
     ap.add_argument("--note", default="")
+    ap.add_argument("--module-vit", action="store_true",
+                    help="also each dtype with the ViT as transformers' module (fast_encoder=False)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,6 +85,9 @@ def main() -> int:
         _save_model(tmp)
         b32 = load_model(tmp, device="cpu", dtype="float32")
     bundles = {"float32": b32, "bfloat16": dataclasses.replace(b32, dtype=torch.bfloat16)}
+    if args.module_vit:  # the ViT as transformers' module runs it (before session 39), in the same rounds
+        bundles["float32_module_vit"] = dataclasses.replace(b32, fast_encoder=False)
+        bundles["bfloat16_module_vit"] = dataclasses.replace(b32, dtype=torch.bfloat16, fast_encoder=False)
     text = encode_text(b32, PHRASES)
     pvs = [preprocess(b32, [c.image])[0] for c in chips]
     times: dict[str, dict[str, list[float]]] = {k: {"backbone_s": [], "detector_s": []} for k in bundles}
