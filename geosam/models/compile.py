@@ -75,7 +75,7 @@ def use_fast_hiera(bundle: SamBundle) -> bool:
     """Whether ``encode`` takes `geosam.models.fast_hiera.fast_sam2_embeddings` (SAM 2's Hiera and feature pyramid
     through oneDNN's fused operators; the same ``SamBundle.fast_encoder`` switch). Default (None): on the CPU, float32
     and bf16 (full-size random SAM 2 of transformers' default config, one 1024 px image, 2 threads, Intel Xeon with
-    AMX: float32 1.91 -> 1.35 s, bf16 0.75 -> 0.40 s; `benchmarks/bench_sam2_encoder.py`)."""
+    AMX: float32 1.64 -> 1.26 s, bf16 0.77 -> 0.43 s; `benchmarks/bench_sam2_encoder.py`)."""
     from geosam.models.fast_hiera import fast_hiera_supported
 
     default_on = bundle.device.type == "cpu"
