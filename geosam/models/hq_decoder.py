@@ -36,13 +36,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
 from geosam.models.cpu_fused import conv2d, ops_work, weights_of
+from geosam.models.cpu_gemm import pointwise_linear
 from geosam.models.decoder_side import decode_in_chunks, float32_inputs, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_twoway import cached
-from geosam.models.fast_upscale import per_pixel
+from geosam.models.fast_upscale import _as_linear, per_pixel
 
 __all__ = ["HQ_UPSCALE_CPU_CHUNK", "decode_prompts", "hq_decode", "hq_features"]
 
@@ -88,6 +90,27 @@ def _conv3x3_contracted(z: torch.Tensor, kernel: torch.Tensor, bias: torch.Tenso
     return out
 
 
+def _upscaled_from_first(dec: Any, first: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """The upscaled features (n, C/8, 4h, 4w) (channels-last memory) from ``upscale_conv1``'s output ``first``
+    (n, h*w, 4 C/4), columns (i, j, channel) for pixel (2y + i, 2x + j): the norm on its rows as they are (a norm per
+    pixel does not care for their order), then where the activation is the exact GELU ``upscale_conv2`` as a per-pixel
+    product with the GELU fused (oneDNN, `geosam.models.cpu_gemm.pointwise_linear`; torch's transposed convolution
+    and its GELU were two more passes, 1.2 ms a prompt), and one shuffle of the pixels into place."""
+    n, (hh, ww) = first.shape[0], hw
+    c4 = first.shape[-1] // 4
+    ln, act, conv2 = dec.upscale_layer_norm, dec.activation, dec.upscale_conv2
+    y = act(F.layer_norm(first.reshape(-1, c4), (c4,), ln.weight, ln.bias, ln.eps))  # rows (p, i, j)
+    exact = isinstance(act, torch.nn.GELU) and act.approximate == "none"
+    if first.device.type == "cpu" and per_pixel(conv2) and exact and first.dtype == torch.float32:
+        w2, b2 = _as_linear(conv2)  # rows (i2, j2, out)
+        z = pointwise_linear(y, w2, b2, True)  # (n h w 4, 4 C/8): rows (p, i, j), columns (i2, j2, out)
+        c8 = conv2.out_channels
+        pixels = z.view(n, hh, ww, 2, 2, 2, 2, c8).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(n, 4 * hh, 4 * ww, c8)
+        return pixels.permute(0, 3, 1, 2)
+    up1 = y.view(n, hh, ww, 2, 2, c4).transpose(2, 3).reshape(n, 2 * hh, 2 * ww, c4).permute(0, 3, 1, 2)
+    return act(conv2(up1))
+
+
 def _mask_rows(dec: Any, side: torch.Tensor, hw: tuple[int, int], hyper: torch.Tensor | None, hq: torch.Tensor | None,
                feats: torch.Tensor, first: torch.Tensor | None = None, bf16: bool = False) -> torch.Tensor:  # fmt: skip
     """Low-res logits (n, 1, 4h, 4w) of n prompts: their image sides (n, h*w, C) upscaled, times ``hyper`` (n, C/8)
@@ -104,11 +127,9 @@ def _mask_rows(dec: Any, side: torch.Tensor, hw: tuple[int, int], hyper: torch.T
     act = dec.activation
     if first is None:
         src = side.reshape(n, *hw, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory: no copy
-        up1 = dec.upscale_conv1(src)
+        up = act(dec.upscale_conv2(act(dec.upscale_layer_norm(dec.upscale_conv1(src)))))
     else:
-        (hh, ww), c4 = hw, first.shape[-1] // 4
-        up1 = first.view(n, hh, ww, 2, 2, c4).transpose(2, 3).reshape(n, 2 * hh, 2 * ww, c4).permute(0, 3, 1, 2)
-    up = act(dec.upscale_conv2(act(dec.upscale_layer_norm(up1))))
+        up = _upscaled_from_first(dec, first, hw)
     h4, w4 = up.shape[2], up.shape[3]
     up_last = up.permute(0, 2, 3, 1).reshape(n, h4 * w4, -1)  # (n, H*W, C/8)
     out = None if hyper is None else torch.bmm(up_last, hyper[:, :, None])  # (n, H*W, 1)
