@@ -9,6 +9,7 @@ and whether the model has the layout those kernels need;
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -60,15 +61,20 @@ def use_fast_encoder(bundle: SamBundle) -> bool:
     return _fast_path(getattr(bundle, "fast_encoder", None), default_on, lambda: fast_encoder_supported(bundle.model))
 
 
+def _fused_cpu_encoder(bundle: SamBundle, supported: Callable[[Any, torch.dtype], bool]) -> bool:
+    """The ``SamBundle.fast_encoder`` switch for an encoder geosam runs through oneDNN's fused operators: on the CPU
+    only, by default there, and where ``supported(model, dtype)`` says the model and dtype fit."""
+    cpu = bundle.device.type == "cpu"
+    return _fast_path(getattr(bundle, "fast_encoder", None), cpu, lambda: cpu and supported(bundle.model, bundle.dtype))
+
+
 def use_fast_tinyvit(bundle: SamBundle) -> bool:
     """Whether ``encode`` takes `geosam.models.fast_tinyvit.fast_tinyvit_embeddings` (LiteMedSAM's TinyViT through
     oneDNN's fused operators; the same ``SamBundle.fast_encoder`` switch). Default (None): on the CPU, float32 and
     bf16 (Intel Xeon with AMX, one thread, one 256 px encode: float32 0.98 -> 0.67 s, bf16 0.47 -> 0.24 s)."""
     from geosam.models.fast_tinyvit import fast_tinyvit_supported
 
-    default_on = bundle.device.type == "cpu"
-    return _fast_path(getattr(bundle, "fast_encoder", None), default_on,
-                      lambda: bundle.device.type == "cpu" and fast_tinyvit_supported(bundle.model, bundle.dtype))
+    return _fused_cpu_encoder(bundle, fast_tinyvit_supported)
 
 
 def use_fast_hiera(bundle: SamBundle) -> bool:
@@ -78,9 +84,7 @@ def use_fast_hiera(bundle: SamBundle) -> bool:
     AMX: float32 1.64 -> 1.26 s, bf16 0.77 -> 0.43 s; `benchmarks/bench_sam2_encoder.py`)."""
     from geosam.models.fast_hiera import fast_hiera_supported
 
-    default_on = bundle.device.type == "cpu"
-    return _fast_path(getattr(bundle, "fast_encoder", None), default_on,
-                      lambda: bundle.device.type == "cpu" and fast_hiera_supported(bundle.model, bundle.dtype))
+    return _fused_cpu_encoder(bundle, fast_hiera_supported)
 
 
 def use_fast_sam3_vit(bundle: SamBundle) -> bool:
@@ -90,9 +94,7 @@ def use_fast_sam3_vit(bundle: SamBundle) -> bool:
     20.8 s)."""
     from geosam.models.fast_sam3_vit import fast_sam3_vit_supported
 
-    default_on = bundle.device.type == "cpu"
-    return _fast_path(getattr(bundle, "fast_encoder", None), default_on,
-                      lambda: bundle.device.type == "cpu" and fast_sam3_vit_supported(bundle.model, bundle.dtype))
+    return _fused_cpu_encoder(bundle, fast_sam3_vit_supported)
 
 
 def use_fast_decoder(bundle: SamBundle) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from geosam.models.cpu_convert import to_bf16
 from geosam.models.device import cpu_flags, cpu_vendor
 
 __all__ = [
-    "ROW_BLOCK_BYTES", "bmm", "linear", "linear_gelu_low", "linear_low", "mkl_float32_slow", "onednn_linear_available",
+    "ROW_BLOCK_BYTES", "bmm", "exact_gelu", "linear", "linear_gelu_low", "linear_low", "mkl_float32_slow", "onednn_linear_available",
     "op_works_in", "pointwise_linear", "row_blocks",
 ]
 
@@ -147,6 +148,14 @@ def row_blocks(rows: int, width: int, itemsize: int) -> list[tuple[int, int]]:
     n = max(1, -(-rows // per))
     bounds = [rows * i // n for i in range(n + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(n) if bounds[i + 1] > bounds[i]]
+
+
+def exact_gelu(act: Any) -> bool:
+    """Whether ``act`` is the exact (erf) GELU that the fused products compute: ``torch.nn.GELU()`` or
+    transformers' ``GELUActivation``."""
+    if isinstance(act, torch.nn.GELU):
+        return act.approximate == "none"
+    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is F.gelu
 
 
 def pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from geosam.models.cpu_attention import amx_available as attention_on_amx
 from geosam.models.cpu_convert import add_bf16_, layer_norm_bf16
-from geosam.models.cpu_gemm import linear, linear_gelu_low, linear_low, row_blocks
+from geosam.models.cpu_gemm import exact_gelu, linear, linear_gelu_low, linear_low, row_blocks
 from geosam.models.device import cpu_bf16_kind
 from geosam.models.encoder_attention import attend, attend_bf16_tokens, attend_windows
 
@@ -172,13 +172,6 @@ def _windowed_attention_f32(layer: Any, h: torch.Tensor, buffers: dict[str, torc
     return linear(attend_windows(layer, qkv, attn.qkv.bias), attn.proj.weight, attn.proj.bias)
 
 
-def _exact_gelu(act: Any) -> bool:
-    """Whether ``act`` is the exact (erf) GELU: ``torch.nn.GELU()`` or transformers' ``GELUActivation``."""
-    if isinstance(act, torch.nn.GELU):
-        return act.approximate == "none"
-    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is F.gelu
-
-
 def _add_mlp_f32(mlp: Any, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x += mlp(h)`` (a ``SamMLPBlock``: lin1, act, lin2) with oneDNN products, GELU fused where it is exact, by
     blocks of rows whose hidden activations stay below `geosam.models.cpu_gemm.ROW_BLOCK_BYTES` (heap memory used
@@ -188,7 +181,7 @@ def _add_mlp_f32(mlp: Any, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     w1, b1, w2, b2 = mlp.lin1.weight, mlp.lin1.bias, mlp.lin2.weight, mlp.lin2.bias
     hr, xr = h.reshape(-1, h.shape[-1]), x.view(-1, x.shape[-1])
     for r0, r1 in row_blocks(hr.shape[0], w1.shape[0], h.element_size()):
-        hidden = linear(hr[r0:r1], w1, b1, gelu=True) if _exact_gelu(mlp.act) else mlp.act(linear(hr[r0:r1], w1, b1))
+        hidden = linear(hr[r0:r1], w1, b1, gelu=True) if exact_gelu(mlp.act) else mlp.act(linear(hr[r0:r1], w1, b1))
         xr[r0:r1].add_(linear(hidden, w2, b2))
     return x
 
@@ -285,7 +278,7 @@ def _add_mlp_low(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     hidden activations: Intel Xeon with AMX, one thread, ViT-B at 1024 px, torch's bf16 GELU 145 of the encoder's
     2500 ms)."""
     mlp = layer.mlp
-    if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and _exact_gelu(mlp.act)) or x.device.type != "cpu":
+    if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and exact_gelu(mlp.act)) or x.device.type != "cpu":
         return x.add_(mlp(layer.layer_norm2(x)))
     hidden = linear_gelu_low(_norm_low(layer.layer_norm2, x, dtype), mlp.lin1.weight, mlp.lin1.bias, dtype)
     return add_bf16_(x, _low(mlp.lin2, hidden, dtype))

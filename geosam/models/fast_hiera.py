@@ -34,7 +34,7 @@ from geosam.models.cpu_fused import Weights, conv2d, linear, ops_work, product, 
 
 __all__ = ["fast_hiera_supported", "fast_sam2_embeddings"]
 
-#: Position embeddings per backbone, dtype and size (made from the parameters, kept beside the module).
+#: Position embeddings per backbone and size (made from the parameters, kept beside the module).
 _POS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
@@ -68,10 +68,11 @@ def fast_hiera_supported(model: Any, dtype: torch.dtype) -> bool:
     return ops_work(dtype)
 
 
-def _pos_embed(backbone: Any, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
-    """The backbone's position embedding at (h, w) as tokens (h*w, C) float32 (kept per parameter versions)."""
+def _pos_embed(backbone: Any, h: int, w: int) -> torch.Tensor:
+    """The backbone's position embedding at (h, w) as tokens (h*w, C) float32, whatever the compute dtype (kept per
+    size and parameter versions)."""
     pe, pw = backbone.pos_embed, backbone.pos_embed_window
-    key = (h, w, dtype, pe._version, pw._version)
+    key = (h, w, pe._version, pw._version)
     cache = _POS.setdefault(backbone, {})
     if key not in cache:
         cache.clear()
@@ -198,7 +199,7 @@ def _one_image(model: Any, x: torch.Tensor, wt: Weights) -> list[torch.Tensor]:
     m = x[None].to(wt.dtype).contiguous(memory_format=torch.channels_last)
     emb = conv2d(m, backbone.patch_embed.projection, wt)  # (1, C, h, w) channels-last
     h, w = emb.shape[2:]
-    t = emb.permute(0, 2, 3, 1).reshape(h * w, -1).float() + _pos_embed(backbone, h, w, wt.dtype)
+    t = emb.permute(0, 2, 3, 1).reshape(h * w, -1).float() + _pos_embed(backbone, h, w)
     stages: list[tuple[torch.Tensor, int, int]] = []
     for i, blk in enumerate(backbone.blocks):
         t, h, w = _block(t, h, w, blk, wt)

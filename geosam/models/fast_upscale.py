@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.cpu_decoder import Factors, factor_rows, upscale_prompt
-from geosam.models.cpu_gemm import bmm, linear
+from geosam.models.cpu_gemm import bmm, exact_gelu, linear
 from geosam.models.fast_twoway import cached
 
 
@@ -176,7 +176,7 @@ def _upscale_and_predict(
     w2, b2 = _as_linear(conv2)
     ln = dec.upscale_layer_norm
     dtype = torch.promote_types(x.dtype, w1.dtype)
-    exact_gelu = isinstance(dec.activation, torch.nn.GELU) and dec.activation.approximate == "none"
+    exact = exact_gelu(dec.activation)
     todo = list(range(n)) if rows is None else list(rows)
     shape = (n, k, 4 * hh, 4 * ww)
     if out is None or out.shape != shape or out.dtype != dtype or out.device != x.device or not out.is_contiguous():
@@ -193,7 +193,7 @@ def _upscale_and_predict(
             y = linear(emb_rows.to(dtype), w1, b1)
         yn = _activation_(dec.activation, F.layer_norm(y.view(-1, c4), ln.normalized_shape, ln.weight, ln.bias, ln.eps))
         # rows (position, a, b), columns (a2, b2, o2)
-        zz = linear(yn, w2, b2, gelu=True) if exact_gelu else _activation_(dec.activation, linear(yn, w2, b2))
+        zz = linear(yn, w2, b2, gelu=True) if exact else _activation_(dec.activation, linear(yn, w2, b2))
         return zz.view(-1, c8)
 
     def shuffle(mb: torch.Tensor, rows: int) -> torch.Tensor:
@@ -202,7 +202,7 @@ def _upscale_and_predict(
 
     # one prompt at a time from conv1's factored form, float32, exact GELU: in one C pass (`geosam.models.cpu_decoder`)
     fused = None
-    if conv1 is not None and cs == 1 and exact_gelu and tuple(ln.normalized_shape) == (c4,):
+    if conv1 is not None and cs == 1 and exact and tuple(ln.normalized_shape) == (c4,):
         fused = ((ln.weight, ln.bias, ln.eps), w2.t().contiguous(), b2)
     p = hh * ww
     # CPU: a band of whole embedding rows at a time, so that the features stay in cache up to the output masks

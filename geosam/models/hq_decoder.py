@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
 from geosam.models.cpu_fused import conv2d, ops_work, weights_of
-from geosam.models.cpu_gemm import pointwise_linear
+from geosam.models.cpu_gemm import exact_gelu, pointwise_linear
 from geosam.models.decoder_side import decode_in_chunks, float32_inputs, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_twoway import cached
@@ -100,8 +100,7 @@ def _upscaled_from_first(dec: Any, first: torch.Tensor, hw: tuple[int, int]) -> 
     c4 = first.shape[-1] // 4
     ln, act, conv2 = dec.upscale_layer_norm, dec.activation, dec.upscale_conv2
     y = act(F.layer_norm(first.reshape(-1, c4), (c4,), ln.weight, ln.bias, ln.eps))  # rows (p, i, j)
-    exact = isinstance(act, torch.nn.GELU) and act.approximate == "none"
-    if first.device.type == "cpu" and per_pixel(conv2) and exact and first.dtype == torch.float32:
+    if first.device.type == "cpu" and per_pixel(conv2) and exact_gelu(act) and first.dtype == torch.float32:
         w2, b2 = _as_linear(conv2)  # rows (i2, j2, out)
         z = pointwise_linear(y, w2, b2, True)  # (n h w 4, 4 C/8): rows (p, i, j), columns (i2, j2, out)
         c8 = conv2.out_channels

@@ -37,7 +37,7 @@ import torch
 
 from geosam.models.bundle import SamBundle
 from geosam.models.cpu_decoder import upscale_prompt
-from geosam.models.cpu_gemm import linear
+from geosam.models.cpu_gemm import exact_gelu, linear
 from geosam.models.decoder_side import decode_in_chunks, float32_inputs, start_decode, two_way
 from geosam.models.embeddings import MultiEmbeddings
 from geosam.models.fast_transformer import Conv1
@@ -115,7 +115,7 @@ def _c_pass(dec: Any, conv1: Conv1, i: int, plan: dict[str, torch.Tensor], hyper
     SAM's fast decoder runs them)."""
     act, ln = dec.activation, dec.upscale_layer_norm
     c4 = plan["w1"].shape[0] // 4
-    if not (isinstance(act, torch.nn.GELU) and act.approximate == "none" and tuple(ln.normalized_shape) == (c4,)):
+    if not (exact_gelu(act) and tuple(ln.normalized_shape) == (c4,)):
         return False
     a, b, _, shared = conv1(i, True)
     p = hw[0] * hw[1]
@@ -171,9 +171,10 @@ def sam2_decode(
     plan = None
     if image_embeddings.device.type == "cpu":  # the convolutions as per-pixel products (oneDNN's deconvolution is slower)
         plan = cached(cache, key, "sam2_upscale", lambda: _linear_plan(dec, feat_s0, feat_s1))
-    # with the per-pixel products the first may come from the shared image side (`TwoWay.conv1`), no side written
+    # with the per-pixel products (a plan: both convolutions `per_pixel`) the first may come from the shared image side
+    # (`TwoWay.conv1`), no side written
     tw = two_way(dec, tokens, image_embeddings, dense_embeddings, image_pe, cache, key, [1, *(2 + j for j in returned)],
-                 unroll=plan is not None and per_pixel(dec.upscale_conv1))  # fmt: skip
+                 unroll=plan is not None)  # fmt: skip
     queries, side = tw.queries, tw.keys  # queries: IoU token, then the returned mask tokens
 
     iou_all = dec.iou_prediction_head(queries[:, 0, :])  # (N, M)
