@@ -138,3 +138,23 @@ def count_calls(monkeypatch: pytest.MonkeyPatch) -> Any:
         return calls
 
     return attach
+
+
+@pytest.fixture
+def call_results(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``call_results(module, name)``: ``module.name`` still runs, and what each call returns is appended to the list
+    returned (e.g. a kernel's wrapper that returns None, or False, where the kernel did not run)."""
+
+    def attach(module: Any, name: str) -> list[Any]:
+        results: list[Any] = []
+        orig = getattr(module, name)
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            out = orig(*args, **kwargs)
+            results.append(out)
+            return out
+
+        monkeypatch.setattr(module, name, spy)
+        return results
+
+    return attach

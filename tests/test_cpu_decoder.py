@@ -418,23 +418,16 @@ def test_token_softmax_left_to_torch_where_it_does_not_fit() -> None:
     assert cpu_decoder.token_softmax(torch.rand((1, 2, 3, 8)), torch.empty((1, 8, 5))) is None  # wrong record
 
 
-def test_decoder_weights_are_the_same_with_and_without_the_token_softmax(monkeypatch) -> None:
+def test_decoder_weights_are_the_same_with_and_without_the_token_softmax(monkeypatch, call_results) -> None:
     """The decoder's image -> token softmax through the kernel or torch (with torch's transposes): the same masks
     and IoUs, bit for bit where the kernel runs (it reproduces torch's softmax), else the torch path both times."""
     from geosam.models import fast_twoway
     from tests.test_fast_decoder import sam_size_decoding
 
     bundle, emb, pts = sam_size_decoding(seed=4, prompts=gm.FAST_DECODER_CPU_CHUNK + 1)  # one more than a call takes
-    calls = []
-    real = cpu_decoder.token_softmax
-
-    def spy(*a, **k):
-        got = real(*a, **k)
-        calls.append(got is not None)
-        return got
-
-    monkeypatch.setattr(fast_twoway, "token_softmax", spy)
+    results = call_results(fast_twoway, "token_softmax")
     with_kernel = gm.decode_points(bundle, emb, pts)
+    calls = [got is not None for got in results]
     assert len(calls) == 4 and all(c == _in_use() for c in calls)  # 2 decoder calls x 2 layers
     monkeypatch.setattr(fast_twoway, "token_softmax", lambda *a, **k: None)
     without = gm.decode_points(bundle, emb, pts)

@@ -73,8 +73,8 @@ def test_fast_hiera_gives_the_modules_embeddings(heads: tuple[int, ...], windows
 
 @needs_bf16_ops
 @pytest.mark.parametrize("kernel", [True, False], ids=["attention_kernel", "torch_attention"])
-def test_fast_hiera_bf16_is_as_close_to_float32_as_autocast(kernel: bool,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_fast_hiera_bf16_is_as_close_to_float32_as_autocast(kernel: bool, monkeypatch: pytest.MonkeyPatch,
+                                                            call_results: Any) -> None:  # fmt: skip
     """bf16: every level as close to the float32 module as autocast's bf16 is (1.5x margin), with the attention of
     blocks that pool no queries in geosam's kernel where it runs here (heads of 32 numbers: its bf16 tokens), or in
     torch's fused attention."""
@@ -83,9 +83,7 @@ def test_fast_hiera_bf16_is_as_close_to_float32_as_autocast(kernel: bool,
 
     if not kernel:
         monkeypatch.setattr(fh, "_kernel_attention", lambda *a: None)
-    ran: list[bool] = []
-    real = ca.attention
-    monkeypatch.setattr(ca, "attention", lambda *a, **k: ran.append(real(*a, **k)) or ran[-1])
+    ran = call_results(ca, "attention")
     model = _model((1, 1, 1, 2), windows=(8, 4, 14, 7))  # heads of 8, 16, 32, 32 numbers
     x = _image(2)
     with torch.inference_mode():

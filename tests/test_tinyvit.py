@@ -233,7 +233,7 @@ def test_fast_tinyvit_keeps_nothing_in_the_model() -> None:
 
 
 @needs_bf16_ops
-def test_fast_tinyvit_bf16_with_and_without_the_amx_attention(monkeypatch) -> None:
+def test_fast_tinyvit_bf16_with_and_without_the_amx_attention(monkeypatch, call_results) -> None:
     """bf16 windows' attention on AMX tiles (where it runs) or torch's: the same embedding to bf16 rounding."""
     import geosam.models.cpu_bias_attention as cba
     from geosam.models.fast_tinyvit import fast_tinyvit_embeddings
@@ -242,16 +242,9 @@ def test_fast_tinyvit_bf16_with_and_without_the_amx_attention(monkeypatch) -> No
     x = torch.rand((1, 3, 256, 256), generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
         want = model.vision_encoder(x)[0]
-    calls: list[int] = []
-    real = cba.attention
-
-    def counted(*a, **k):
-        out = real(*a, **k)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(cba, "attention", counted)
+    results = call_results(cba, "attention")
     kernel = fast_tinyvit_embeddings(model, x, torch.bfloat16)
+    calls = [out is not None for out in results]
     assert len(calls) == 10 and all(calls) == cba.available()  # every ViT block's windows
     monkeypatch.setattr(cba, "attention", lambda *a, **k: None)
     torch_path = fast_tinyvit_embeddings(model, x, torch.bfloat16)
