@@ -1,6 +1,6 @@
 """SAM 3's ViT through oneDNN's fused operators (geosam/models/fast_sam3_vit.py): the module's vision features in
 float32, as close to float32 as autocast in bf16, taken by ``vision_features`` on the CPU, kept tables and weights
-beside the model and made again when a parameter changes."""
+beside the model and made again when a parameter changes (in place, through ``.data`` or replaced)."""
 
 from __future__ import annotations
 
@@ -108,4 +108,15 @@ def test_fast_sam3_vit_keeps_nothing_in_the_model_and_follows_changed_weights() 
         want = model.get_vision_features(pixel_values=x)
     assert not torch.allclose(again.last_hidden_state, first.last_hidden_state)
     for g, w in zip(_outputs(again), _outputs(want), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    # through .data (the same parameter object and version) and by new parameters (load_state_dict(assign=True))
+    q = vit.layers[0].attention.q_proj
+    q.weight.data = q.weight.detach() * 0.5
+    fc1 = vit.layers[1].mlp.fc1
+    fc1.load_state_dict({"weight": fc1.weight.detach() * 1.5, "bias": fc1.bias.detach()}, assign=True)
+    third = fs.fast_vision_features(model, x, torch.float32)
+    with torch.inference_mode():
+        want = model.get_vision_features(pixel_values=x)
+    assert not torch.allclose(third.last_hidden_state, again.last_hidden_state)
+    for g, w in zip(_outputs(third), _outputs(want), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

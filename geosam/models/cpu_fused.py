@@ -2,9 +2,12 @@
 `geosam.models.fast_hiera`): a module's weights converted once to the compute dtype and kept beside it, and the
 products, convolutions and layer norms on channels-last (pixels, channels) matrices those encoders are made of.
 
+* `Kept`: values made from a module's tensors (converted weights, tables), one per key, made again when one of
+  those tensors changes - in place (its ``_version``: ``load_state_dict``), through ``.data``, or replaced by another
+  tensor (``load_state_dict(assign=True)``) - the stale value dropped, not kept beside the new one;
 * `Weights`: parameters in one dtype, shaped for the operators (1 x 1 convolutions as product weights, kernels
-  channels-last), converted on first use and again only when a parameter changes in place (its ``_version``);
-  `weights_of` keeps one per module and dtype in a weak-keyed table, so a pickled model carries none;
+  channels-last), converted on first use and kept (`Kept`); `weights_of` keeps one per module and dtype in a
+  weak-keyed table, so a pickled model carries none;
 * `product`: oneDNN's ``t @ w.T + b`` with the exact GELU fused into its output, or a residual added as it writes
   (the binary post-op of ``_linear_pointwise``);
 * `conv2d`: oneDNN's convolution of a channels-last map, GELU fused where asked;
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +27,7 @@ from torch import nn
 
 from geosam.models.cpu_gemm import op_works_in, pointwise_linear
 
-__all__ = ["Weights", "conv2d", "layer_norm", "linear", "ops_work", "product", "weights_of"]
+__all__ = ["Kept", "Weights", "conv2d", "layer_norm", "linear", "ops_work", "product", "weights_of"]
 
 _mk = torch.ops.mkldnn
 
@@ -43,29 +47,75 @@ def ops_work(dtype: torch.dtype) -> bool:
         return False
 
 
+class _Entry:
+    __slots__ = ("__weakref__", "refs", "stamp", "value")
+
+    def __init__(self, refs: tuple[weakref.ref[torch.Tensor], ...], stamp: tuple[tuple[int, int], ...], value: Any):
+        self.refs, self.stamp, self.value = refs, stamp, value
+
+
+def _stamp(tensors: Sequence[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    return tuple((t._version, t.data_ptr()) for t in tensors)
+
+
+class Kept:
+    """Values made from tensors, one per key, each kept while the tensors it was made from stay as they were.
+
+    ``kept(key, tensors, make)`` gives the value kept under ``key`` if it was made from these same tensor objects with
+    the same versions and storage, else ``make()`` (kept in its place: the stale value is dropped first, so a model
+    whose weights are loaded again and again does not grow its cache). A tensor freed while its value is kept
+    takes the value with it (a parameter replaced by ``load_state_dict(assign=True)``), and a new tensor that Python
+    gives the freed one's ``id`` is not mistaken for it."""
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __call__(self, key: Hashable, tensors: Sequence[torch.Tensor], make: Callable[[], Any]) -> Any:
+        entry = self._values.get(key)
+        if (entry is not None and entry.stamp == _stamp(tensors)
+                and all(r() is t for r, t in zip(entry.refs, tensors, strict=True))):  # fmt: skip
+            return entry.value
+        entry = None
+        self._values.pop(key, None)  # the stale value freed before the new one is made
+        value = make()
+        owner = weakref.ref(self)  # the callbacks hold neither this table nor the entry
+
+        def drop(_: Any, key: Hashable = key) -> None:
+            kept, live = owner(), made_ref()
+            if kept is not None and live is not None and kept._values.get(key) is live:
+                del kept._values[key]
+
+        made = _Entry(tuple(weakref.ref(t, drop) for t in tensors), _stamp(tensors), value)
+        made_ref = weakref.ref(made)
+        self._values[key] = made
+        return value
+
+
 class Weights:
-    """A module's parameters in one dtype, shaped for the fused operators (made once per dtype, kept)."""
+    """A module's parameters in one dtype, shaped for the operators (made once per dtype, kept)."""
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
-        self._t: dict[tuple[int, int, str], torch.Tensor | None] = {}
+        self.kept = Kept()
 
     def get(self, p: torch.Tensor | None, kind: str = "") -> torch.Tensor | None:
         """``p`` in the dtype: ``kind`` "1x1" (a (out, in, 1, 1) kernel as the product's (out, in) weight), "conv"
         (a kernel channels-last), else contiguous; None stays None."""
         if p is None:
             return None
-        key = (id(p), p._version, kind)  # a parameter changed in place (load_state_dict) is converted again
-        if key not in self._t:
+
+        def make() -> torch.Tensor:
             t = p.detach().to(self.dtype)
             if kind == "1x1":
-                t = t.reshape(t.shape[0], t.shape[1]).contiguous()
-            elif kind == "conv":
-                t = t.contiguous(memory_format=torch.channels_last)
-            else:
-                t = t.contiguous()
-            self._t[key] = t
-        return self._t[key]
+                return t.reshape(t.shape[0], t.shape[1]).contiguous()
+            if kind == "conv":
+                return t.contiguous(memory_format=torch.channels_last)
+            return t.contiguous()
+
+        return self.kept((id(p), kind), (p,), make)
 
     def __call__(self, p: torch.Tensor | None, kind: str = "") -> torch.Tensor:
         t = self.get(p, kind)

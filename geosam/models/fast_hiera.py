@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geosam.models.cpu_fused import Weights, conv2d, linear, ops_work, product, weights_of
+from geosam.models.cpu_fused import Kept, Weights, conv2d, linear, ops_work, product, weights_of
 
 __all__ = ["fast_hiera_supported", "fast_sam2_embeddings"]
 
 #: Position embeddings per backbone and size (made from the parameters, kept beside the module).
-_POS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], torch.Tensor]] = weakref.WeakKeyDictionary()
+_POS: weakref.WeakKeyDictionary[nn.Module, Kept] = weakref.WeakKeyDictionary()
 
 
 def fast_hiera_supported(model: Any, dtype: torch.dtype) -> bool:
@@ -70,15 +70,14 @@ def fast_hiera_supported(model: Any, dtype: torch.dtype) -> bool:
 
 def _pos_embed(backbone: Any, h: int, w: int) -> torch.Tensor:
     """The backbone's position embedding at (h, w) as tokens (h*w, C) float32, whatever the compute dtype (kept per
-    size and parameter versions)."""
+    size while the parameters stay as they were)."""
     pe, pw = backbone.pos_embed, backbone.pos_embed_window
-    key = (h, w, pe._version, pw._version)
-    cache = _POS.setdefault(backbone, {})
-    if key not in cache:
-        cache.clear()
+
+    def make() -> torch.Tensor:
         with torch.inference_mode():
-            cache[key] = backbone._get_pos_embed((h, w)).float().reshape(h * w, -1).contiguous()
-    return cache[key]
+            return backbone._get_pos_embed((h, w)).float().reshape(h * w, -1).contiguous()
+
+    return _POS.setdefault(backbone, Kept())((h, w), (pe, pw), make)
 
 
 def _pool(t: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, int, int]:

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geosam.models.cpu_fused import Weights, conv2d, ops_work, product, weights_of
+from geosam.models.cpu_fused import Kept, Weights, conv2d, ops_work, product, weights_of
 
 __all__ = ["fast_sam3_vit_supported", "fast_vision_features"]
 
 #: Per backbone: fused q/k/v weights, rotary tables and tiled position embeddings (beside the module, not in it).
-_KEPT: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+_KEPT: weakref.WeakKeyDictionary[nn.Module, Kept] = weakref.WeakKeyDictionary()
 
 
 def fast_sam3_vit_supported(model: Any, dtype: torch.dtype) -> bool:
@@ -45,32 +45,32 @@ def fast_sam3_vit_supported(model: Any, dtype: torch.dtype) -> bool:
     return ops_work(dtype)
 
 
-def _kept(vit: nn.Module, key: tuple[Any, ...], make: Any) -> Any:
-    cache = _KEPT.setdefault(vit, {})
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
+def _kept(vit: nn.Module, key: tuple[Any, ...], tensors: tuple[torch.Tensor, ...], make: Any) -> Any:
+    return _KEPT.setdefault(vit, Kept())(key, tensors, make)
 
 
 def _qkv(vit: nn.Module, layer: Any, wt: Weights) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's query, key and value projections as one product's weight (3C, C) and bias (3C), in ``wt``'s
-    dtype (made again when a projection changes in place)."""
+    dtype (made again when a projection changes; the three are not also kept apart)."""
     a = layer.attention
     projs = (a.q_proj, a.k_proj, a.v_proj)
-    key = ("qkv", id(layer), wt.dtype, *(p.weight._version for p in projs), *(p.bias._version for p in projs))
-    return _kept(vit, key, lambda: (torch.cat([wt(p.weight) for p in projs]).contiguous(),
-                                    torch.cat([wt(p.bias) for p in projs]).contiguous()))  # fmt: skip
+
+    def make() -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.cat([p.weight.detach() for p in projs]).to(wt.dtype).contiguous(),
+                torch.cat([p.bias.detach() for p in projs]).to(wt.dtype).contiguous())  # fmt: skip
+
+    tensors = tuple(p.weight for p in projs) + tuple(p.bias for p in projs)
+    return _kept(vit, ("qkv", id(layer), wt.dtype), tensors, make)
 
 
 def _rotary(vit: nn.Module, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's rotary cosines and sines (N, d), float32, as its module makes them on every call (kept)."""
-    key = ("rope", id(layer), layer.position_ids._version)
 
     def make() -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = layer.rotary_emb(layer.position_ids, layer.position_ids)
         return cos.reshape(cos.shape[-2], cos.shape[-1]).contiguous(), sin.reshape(sin.shape[-2], sin.shape[-1]).contiguous()
 
-    return _kept(vit, key, make)
+    return _kept(vit, ("rope", id(layer)), (layer.position_ids,), make)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ def _backbone(vit: Any, x: torch.Tensor, wt: Weights) -> torch.Tensor:
     patches = conv2d(m, emb.patch_embeddings.projection, wt)  # (1, C, h, w) channels-last
     h, w = patches.shape[2:]
     pos_p = emb.position_embeddings
-    pos = _kept(vit, ("pos", h, w, pos_p._version),
+    pos = _kept(vit, ("pos", h, w), (pos_p,),
                 lambda: emb._tile_position_embeddings(pos_p.detach(), h, w)[0].float().contiguous())  # fmt: skip
     t = patches.permute(0, 2, 3, 1).reshape(h * w, -1).float() + pos
     ln = vit.layer_norm

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geosam.models.cpu_fused import Kept as _Kept
 from geosam.models.cpu_fused import Weights as _Weights
 from geosam.models.cpu_fused import conv2d as _conv2d
 from geosam.models.cpu_fused import layer_norm as _layer_norm
@@ -58,7 +59,7 @@ def fast_tinyvit_supported(model: Any, dtype: torch.dtype) -> bool:
 
 
 #: Bias masks per block and dtype: beside the modules, not in them (`geosam.models.cpu_fused`'s weights likewise).
-_MASKS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[torch.dtype, int], torch.Tensor]] = weakref.WeakKeyDictionary()
+_MASKS: weakref.WeakKeyDictionary[nn.Module, _Kept] = weakref.WeakKeyDictionary()
 
 
 def _conv(cb: ConvBN) -> nn.Conv2d:
@@ -136,13 +137,13 @@ def _mbconv(t: torch.Tensor, h: int, w: int, blk: Any, wt: _Weights) -> torch.Te
 
 def _bias_mask(blk: TinyViTBlock, dtype: torch.dtype) -> torch.Tensor:
     """The block's learned attention biases as an additive mask (1, heads, N, N) in ``dtype`` (kept)."""
-    cache = _MASKS.setdefault(blk, {})
     attn = blk.attn
-    key = (dtype, attn.attention_biases._version)
-    if key not in cache:
-        idx: torch.Tensor = attn.attention_bias_idxs  # type: ignore[assignment]  # a registered buffer
-        cache[key] = attn.attention_biases.detach()[:, idx].to(dtype).unsqueeze(0).contiguous()
-    return cache[key]
+    idx: torch.Tensor = attn.attention_bias_idxs  # type: ignore[assignment]  # a registered buffer
+
+    def make() -> torch.Tensor:
+        return attn.attention_biases.detach()[:, idx].to(dtype).unsqueeze(0).contiguous()
+
+    return _MASKS.setdefault(blk, _Kept())(dtype, (attn.attention_biases, idx), make)
 
 
 def _window_attention(qkv: torch.Tensor, blk: TinyViTBlock, wt: _Weights) -> torch.Tensor:
