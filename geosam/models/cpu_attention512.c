@@ -582,8 +582,8 @@ INLINE TBF void avb_tile(int64_t nv, const uint16_t* p, int64_t sp, const uint16
  * sum rounded as an add (bf16 numbers are never subnormal): one instruction and a permute for four. 0 past n. */
 INLINE TBF __m512 numerators32_bf16(float* row, int64_t j, int64_t n, __m512 mv, __m512 sum) {
   const __mmask16 m0 = j < n ? tail(n - j) : 0, m1 = j + 16 < n ? tail(n - j - 16) : 0;
-  const __m512 e0 = _mm512_maskz_mov_ps(m0, exp512(_mm512_sub_ps(_mm512_loadu_ps(row + j), mv)));
-  const __m512 e1 = _mm512_maskz_mov_ps(m1, exp512(_mm512_sub_ps(_mm512_loadu_ps(row + j + 16), mv)));
+  const __m512 e0 = _mm512_maskz_mov_ps(m0, exp512_bf16(_mm512_sub_ps(_mm512_loadu_ps(row + j), mv)));
+  const __m512 e1 = _mm512_maskz_mov_ps(m1, exp512_bf16(_mm512_sub_ps(_mm512_loadu_ps(row + j + 16), mv)));
   const __m512i e = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's numbers first */
   _mm512_storeu_si512((uint16_t*)row + j, e);
   const __m512i pairs = _mm512_set_epi16(15, 31, 14, 30, 13, 29, 12, 28, 11, 27, 10, 26, 9, 25, 8, 24, 7, 23, 6, 22, 5,
@@ -616,7 +616,7 @@ INLINE TBF float softmax_row_bf16_lanes(float* s, const float* rh, const float* 
   uint16_t* pb = (uint16_t*)s;
   for (int64_t j = 0; j < np; j += 16) {
     const __mmask16 mk = j < n ? tail(n - j) : 0;
-    const __m256i e = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), m))));
+    const __m256i e = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(mk, exp512_bf16(_mm512_sub_ps(_mm512_loadu_ps(s + j), m))));
     _mm256_storeu_si256((__m256i*)(pb + j), e);
     sum = _mm512_add_ps(sum, bf16_to_f32(e));
   }
