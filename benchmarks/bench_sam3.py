@@ -8,7 +8,10 @@ with a small CLIP tokenizer, on 1008 px chips of the shipped Banepa scene, two p
 * ``backbone_s``: `geosam.models.sam3.vision_features` (the ViT and its FPN);
 * ``detector_s``: `geosam.models.sam3.detect` (DETR encoder and decoder, mask decoder) for the two phrases;
 * with ``--module-vit`` also ``<dtype>_module_vit``: the ViT as transformers' module (``fast_encoder=False``), as
-  geosam ran it before session 39 (`geosam.models.fast_sam3_vit` since).
+  geosam ran it before session 39 (`geosam.models.fast_sam3_vit` since);
+* with ``--torch-attention`` also ``bfloat16_torch_attention``: the ViT's and the DETR encoder's self-attention as
+  torch's fused attention (before session 40; geosam's attention kernel since, bf16 on CPUs with AMX:
+  `geosam.models.fast_sam3_vit`, `geosam.models.sam3_attention`), with its own agreement to float32.
 
 Variants alternate chip by chip for ``--rounds`` rounds. Random weights: the detector's scores mean nothing, so the
 agreement is numerical: the bf16 backbone's features and the detector's logits against float32's (max relative
@@ -71,12 +74,16 @@ def main() -> int:
     ap.add_argument("--note", default="")
     ap.add_argument("--module-vit", action="store_true",
                     help="also each dtype with the ViT as transformers' module (fast_encoder=False)")
+    ap.add_argument("--torch-attention", action="store_true",
+                    help="also bf16 with the ViT's and the DETR encoder's attention as torch's (before session 40)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from bench_amg import load_chips
 
+    import geosam.models.fast_sam3_vit as fs
+    import geosam.models.sam3_attention as sa
     from geosam.models import load_model, preprocess
     from geosam.models.sam3 import detect, encode_text, vision_features
 
@@ -88,15 +95,27 @@ def main() -> int:
     if args.module_vit:  # the ViT as transformers' module runs it (before session 39), in the same rounds
         bundles["float32_module_vit"] = dataclasses.replace(b32, fast_encoder=False)
         bundles["bfloat16_module_vit"] = dataclasses.replace(b32, dtype=torch.bfloat16, fast_encoder=False)
+    if args.torch_attention:  # a copy of the bundle that geosam's attention kernel turns down (the same model)
+        bundles["bfloat16_torch_attention"] = dataclasses.replace(b32, dtype=torch.bfloat16)
+    kernel_detr, kernel_vit = sa.use_fast_detr_attention, fs._kernel_attention
+    torch_attention = bundles.get("bfloat16_torch_attention")
+
+    def kernels_for(b: object) -> None:
+        on = b is not torch_attention
+        sa.use_fast_detr_attention = kernel_detr if on else (lambda _: False)
+        fs._kernel_attention = kernel_vit if on else (lambda *_: None)
+
     text = encode_text(b32, PHRASES)
     pvs = [preprocess(b32, [c.image])[0] for c in chips]
     times: dict[str, dict[str, list[float]]] = {k: {"backbone_s": [], "detector_s": []} for k in bundles}
     outs: dict[str, list] = {k: [] for k in bundles}
     for name, b in bundles.items():  # warm-up
+        kernels_for(b)
         detect(b, vision_features(b, pvs[0]), text)
     for r in range(args.rounds):
         for i, pv in enumerate(pvs):
             for name, b in bundles.items():
+                kernels_for(b)
                 t0 = time.perf_counter()
                 vision = vision_features(b, pv)
                 t1 = time.perf_counter()
@@ -108,16 +127,20 @@ def main() -> int:
                     outs[name].append((vision.fpn_hidden_states[-1].float(), out.pred_logits.float(),
                                        out.pred_masks.float()))
     med = {k: {part: statistics.median(v) for part, v in t.items()} for k, t in times.items()}
-    agree = []
-    for (f32, l32, m32), (f16, l16, m16) in zip(outs["float32"], outs["bfloat16"]):
-        mean_iou, share = _mask_agreement(m16, m32)
-        agree.append({
-            "backbone_features_max_rel": float((f16 - f32).abs().max() / f32.abs().max()),
-            "pred_logits_max_rel": float((l16 - l32).abs().max() / l32.abs().max()),
-            "pred_masks_max_rel": float((m16 - m32).abs().max() / m32.abs().max()),
-            "query_mask_mean_iou": round(mean_iou, 4),
-            "query_mask_agreement_iou_ge_0_9": round(share, 4),
-        })
+    def agreement(low: str) -> list[dict[str, float]]:
+        rows = []
+        for (f32, l32, m32), (f16, l16, m16) in zip(outs["float32"], outs[low]):
+            mean_iou, share = _mask_agreement(m16, m32)
+            rows.append({
+                "backbone_features_max_rel": float((f16 - f32).abs().max() / f32.abs().max()),
+                "pred_logits_max_rel": float((l16 - l32).abs().max() / l32.abs().max()),
+                "pred_masks_max_rel": float((m16 - m32).abs().max() / m32.abs().max()),
+                "query_mask_mean_iou": round(mean_iou, 4),
+                "query_mask_agreement_iou_ge_0_9": round(share, 4),
+            })
+        return rows
+
+    agree = agreement("bfloat16")
     total = {k: v["backbone_s"] + v["detector_s"] for k, v in med.items()}
     result = {
         **machine(args.threads, args.note),
@@ -134,6 +157,11 @@ def main() -> int:
             "chip": round(total["float32"] / total["bfloat16"], 3),
         },
         "bf16_vs_float32": agree,
+        **({"bf16_torch_attention_vs_float32": agreement("bfloat16_torch_attention"),
+            "bf16_speedup_vs_torch_attention": {
+                part: round(med["bfloat16_torch_attention"][part] / med["bfloat16"][part], 3)
+                for part in ("backbone_s", "detector_s")}}
+           if args.torch_attention else {}),
         "peak_rss_mib": round(_peak_rss_mib(), 0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -57,8 +57,7 @@ def test_kept_makes_the_value_again_when_a_tensor_changes_in_place_through_data_
 def test_kept_drops_the_stale_value_before_making_the_new_one() -> None:
     kept = Kept()
     a = torch.ones(3)
-    old = torch.zeros(1000)
-    kept("k", (a,), lambda: old)
+    old = kept("k", (a,), lambda: torch.zeros(1000))
     gone = weakref.ref(old)
     del old
     a.add_(1)
@@ -72,8 +71,7 @@ def test_kept_frees_a_value_with_its_tensor() -> None:
     tensor given the freed one's id is not mistaken for it."""
     kept = Kept()
     a = torch.ones(3)
-    value = torch.zeros(1000)
-    kept(("k", id(a)), (a,), lambda: value)
+    value = kept(("k", id(a)), (a,), lambda: torch.zeros(1000))
     freed = weakref.ref(value)
     del value, a
     gc.collect()

@@ -10,15 +10,16 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from geosam.models.cpu_fused import ops_work
 
 needs_bf16_ops = pytest.mark.skipif(not ops_work(torch.bfloat16), reason="oneDNN has no bf16 kernels on this CPU")
 
 
-def _model(seed: int = 0) -> Any:
+def _model(seed: int = 0, head_dim: int = 16) -> Any:
     """A tiny random SAM 3 whose windows need padding (10 on a 24 x 24 grid) and whose position embeddings are tiled
-    (pretrained on 12 x 12 patches)."""
+    (pretrained on 12 x 12 patches); two heads of ``head_dim`` numbers (32: the attention kernel's smallest)."""
     from transformers import Sam3Model
 
     from tests._tiny_families import tiny_sam3_config
@@ -26,6 +27,7 @@ def _model(seed: int = 0) -> Any:
     config: Any = tiny_sam3_config(336)
     vit = config.vision_config.backbone_config
     vit.window_size, vit.pretrain_image_size, vit.num_hidden_layers, vit.global_attn_indexes = 10, 168, 3, [1]
+    vit.hidden_size, vit.intermediate_size = 2 * head_dim, 4 * head_dim
     torch.manual_seed(seed)
     return Sam3Model(config).eval()
 
@@ -69,6 +71,53 @@ def test_fast_sam3_vit_bf16_is_as_close_to_float32_as_autocast() -> None:
     got = fast_vision_features(model, x, torch.bfloat16)
     for g, a, w in zip(_outputs(got)[:4], _outputs(auto)[:4], _outputs(want)[:4], strict=True):
         assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
+
+
+@needs_bf16_ops
+def test_bf16_attention_through_the_kernel_is_as_close_to_float32_as_autocast(call_results: Any) -> None:
+    """Heads of 32 numbers in bf16: the windows' and the global layer's attention through geosam's kernel on AMX
+    tiles where it runs (queries and keys rotated in place), as close to float32 as autocast either way."""
+    import geosam.models.fast_sam3_vit as fs
+    from geosam.models.cpu_attention import amx_available
+
+    model = _model(3, head_dim=32)
+    x = _image(6)
+    with torch.inference_mode():
+        want = model.get_vision_features(pixel_values=x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model.get_vision_features(pixel_values=x)
+    results = call_results(fs, "_kernel_attention")
+    got = fs.fast_vision_features(model, x, torch.bfloat16)
+    assert len(results) == 3 and all((r is not None) == amx_available() for r in results)
+    for g, a, w in zip(_outputs(got)[:4], _outputs(auto)[:4], _outputs(want)[:4], strict=True):
+        assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
+    fs.fast_vision_features(model, x, torch.float32)
+    assert len(results) == 6 and all(r is None for r in results[3:])  # float32: torch's attention
+
+
+@needs_bf16_ops
+def test_kernel_attention_rotates_and_attends_window_by_window() -> None:
+    """`_kernel_attention` on a projection whose scores are far from uniform: torch's attention of the rotated
+    queries and keys in each window to bf16 rounding (the rotation matters here), qkv's values left as they were."""
+    from geosam.models.cpu_attention import amx_available
+    from geosam.models.fast_sam3_vit import _kernel_attention, _rope
+
+    if not amx_available():
+        pytest.skip("the attention kernel runs bf16 on AMX tiles only")
+    g = torch.Generator().manual_seed(4)
+    nwin, n, heads, d = 3, 100, 2, 32
+    qkv = (torch.randn((nwin * n, 3 * heads * d), generator=g) * 3).to(torch.bfloat16)
+    ang = torch.rand((n, d // 2), generator=g) * 20
+    cos, sin = ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)
+    q, k, v = (qkv.clone().view(nwin, n, 3, heads, d)[:, :, i].transpose(1, 2).float() for i in range(3))
+    want = F.scaled_dot_product_attention(_rope(q, cos, sin), _rope(k, cos, sin), v, scale=0.3)
+    want = want.transpose(1, 2).reshape(nwin * n, heads * d)
+    unrotated = F.scaled_dot_product_attention(q, k, v, scale=0.3).transpose(1, 2).reshape(nwin * n, heads * d)
+    values = qkv[:, 2 * heads * d:].clone()
+    got = _kernel_attention(qkv, nwin, n, heads, 0.3, cos, sin)
+    assert got is not None and got.dtype == torch.bfloat16
+    assert _relative(got, want) < 1e-2 < _relative(unrotated, want)
+    assert torch.equal(qkv[:, 2 * heads * d:], values)
 
 
 def test_vision_features_take_the_fused_vit_on_the_cpu(tiny_sam3_dir: str, count_calls: Any) -> None:

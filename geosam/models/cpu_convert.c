@@ -202,7 +202,8 @@ TLN int geosam_layer_norm_moments(const float* x, float eps, int64_t rows, int64
  * x + b sb + h sh + t sn numbers; cs, sn: the (n, d) tables, rows by t; out: the rows contiguous in that order.
  * One pass where torch's makes seven (the widening, the pair swap's stack, two products, the sum, the rounding). */
 T512 int geosam_rope(const void* x, int64_t sb, int64_t sh, int64_t st, int64_t nb, int64_t nh, int64_t n, int64_t d,
-                     const float* cs, const float* sn, void* out, int x16, int out16, int threads) {
+                     const float* cs, const float* sn, void* out, int64_t ob, int64_t oh, int64_t ot, int x16, int out16,
+                     int threads) {
   if (d % 16) return -1;
   const int64_t rows = nb * nh * n;
   const __m512i sign = _mm512_set_epi32(0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0,
@@ -213,7 +214,8 @@ T512 int geosam_rope(const void* x, int64_t sb, int64_t sh, int64_t st, int64_t 
     /* rows taken token by token, its heads innermost: a token's heads are side by side in a projection, so the
      * reads stream (head by head they jump a token's whole width: 11.0 vs 6.5 ms for SAM 3's q, one thread) */
     const int64_t b = r / (nh * n), t = (r / nh) % n, h = r % nh, off = b * sb + h * sh + t * st;
-    const int64_t o = ((b * nh + h) * n + t) * d; /* the output row (b, h, t) */
+    const int64_t o = b * ob + h * oh + t * ot; /* the output row (b, h, t); x's own row in place (each 16 numbers
+                                                  * are read before they are written, and depend on no others) */
     const float* c = cs + t * d;
     const float* s = sn + t * d;
     for (int64_t j = 0; j < d; j += 16) {

@@ -176,7 +176,8 @@ def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tor
 def _call_rope(lib: ctypes.CDLL, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> int:
     nb, nh, n, d = x.shape
     args = (_P(x.data_ptr()), _I64(x.stride(0)), _I64(x.stride(1)), _I64(x.stride(2)), _I64(nb), _I64(nh), _I64(n),
-            _I64(d), _P(cos.data_ptr()), _P(sin.data_ptr()), _P(out.data_ptr()), _INT(int(x.dtype == torch.bfloat16)),
+            _I64(d), _P(cos.data_ptr()), _P(sin.data_ptr()), _P(out.data_ptr()), _I64(out.stride(0)),
+            _I64(out.stride(1)), _I64(out.stride(2)), _INT(int(x.dtype == torch.bfloat16)),
             _INT(int(out.dtype == torch.bfloat16)), _INT(torch.get_num_threads()))  # fmt: skip
     return int(lib.geosam_rope(*args))
 
@@ -197,22 +198,27 @@ def _rope_agrees() -> bool:
             cos, sin = ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)
             proj = torch.randn((nb, n, nh * d), generator=gen) * torch.exp2(torch.randint(-6, 6, (1, n, 1), generator=gen))
             for dtype in (torch.float32, torch.bfloat16):
-                x = proj.to(dtype).view(nb, n, nh, d).transpose(1, 2)  # (nb, nh, n, d), not contiguous
+                x = proj.to(dtype, copy=True).view(nb, n, nh, d).transpose(1, 2)  # (nb, nh, n, d), not contiguous
                 got = torch.empty(x.shape, dtype=dtype)
                 if _call_rope(lib, x, cos, sin, got) != 0:
                     return False
                 want = rope_reference(x, cos[None], sin[None])
-                if not torch.equal(got.view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
-                                   want.contiguous().view(-1).view(torch.int16 if dtype == torch.bfloat16 else torch.int32)):
+                bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+                if not torch.equal(got.view(-1).view(bits), want.contiguous().view(-1).view(bits)):
+                    return False
+                if _call_rope(lib, x, cos, sin, x) != 0:  # in place, over the strided view
+                    return False
+                if not torch.equal(x.contiguous().view(-1).view(bits), want.contiguous().view(-1).view(bits)):
                     return False
     return True
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, in_place: bool = False) -> torch.Tensor | None:
     """`rope_reference` of ``x`` (B, H, N, d), float32 or bf16 on the CPU with a unit stride along d (d a multiple of
     16), for float32 tables ``cos`` / ``sin`` of N x d (any leading axes of size one), in one pass where the kernel
-    gives the reference's bits here: a new contiguous tensor in x's dtype. None elsewhere (the caller runs the
-    reference)."""
+    gives the reference's bits here: a new contiguous tensor in x's dtype, or with ``in_place`` x itself, written
+    over (a view into a projection's output: the rotated queries stay where the attention reads them). None
+    elsewhere, x untouched (the caller runs the reference)."""
     if x.ndim != 4 or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.stride(-1) != 1:
         return None
     nb, nh, n, d = x.shape
@@ -226,5 +232,5 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor 
     lib = _library()
     if lib is None or not _rope_agrees():
         return None
-    out = torch.empty((nb, nh, n, d), dtype=x.dtype)
+    out = x if in_place else torch.empty((nb, nh, n, d), dtype=x.dtype)
     return out if _call_rope(lib, x, tables[0], tables[1], out) == 0 else None
