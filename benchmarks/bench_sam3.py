@@ -9,9 +9,11 @@ with a small CLIP tokenizer, on 1008 px chips of the shipped Banepa scene, two p
 * ``detector_s``: `geosam.models.sam3.detect` (DETR encoder and decoder, mask decoder) for the two phrases;
 * with ``--module-vit`` also ``<dtype>_module_vit``: the ViT as transformers' module (``fast_encoder=False``), as
   geosam ran it before session 39 (`geosam.models.fast_sam3_vit` since);
-* with ``--torch-attention`` also ``bfloat16_torch_attention``: the ViT's and the DETR encoder's self-attention as
-  torch's fused attention (before session 40; geosam's attention kernel since, bf16 on CPUs with AMX:
-  `geosam.models.fast_sam3_vit`, `geosam.models.sam3_attention`), with its own agreement to float32.
+* with ``--torch-attention`` also ``<dtype>_torch_attention``: the ViT's and the DETR encoder's self-attention as
+  torch's fused attention (before session 40; geosam's attention kernel since: the ViT's in float32 on AVX-512 CPUs
+  and in bf16 on AMX ones, `geosam.models.fast_sam3_vit`; the DETR encoder's in bf16 on AMX,
+  `geosam.models.sam3_attention`), bf16's with its own agreement to float32; ``vit_attention_s``: the backbone's
+  seconds in the ViT's attention (the kernel with its in-place rotations, or the rotations and torch's attention).
 
 Variants alternate chip by chip for ``--rounds`` rounds. Random weights: the detector's scores mean nothing, so the
 agreement is numerical: the bf16 backbone's features and the detector's logits against float32's (max relative
@@ -31,7 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,18 +100,35 @@ def main() -> int:
         bundles["float32_module_vit"] = dataclasses.replace(b32, fast_encoder=False)
         bundles["bfloat16_module_vit"] = dataclasses.replace(b32, dtype=torch.bfloat16, fast_encoder=False)
     if args.torch_attention:  # a copy of the bundle that geosam's attention kernel turns down (the same model)
+        bundles["float32_torch_attention"] = dataclasses.replace(b32)
         bundles["bfloat16_torch_attention"] = dataclasses.replace(b32, dtype=torch.bfloat16)
     kernel_detr, kernel_vit = sa.use_fast_detr_attention, fs._kernel_attention
-    torch_attention = bundles.get("bfloat16_torch_attention")
+    torch_attention = [bundles[k] for k in bundles if k.endswith("_torch_attention")]
+
+    vit_attention = [0.0]  # seconds in the ViT's attention (the kernel with its rotations, or rotations + torch's)
+
+    def timed(fn: Any) -> Any:
+        def run(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            vit_attention[0] += time.perf_counter() - t
+            return out
+        return run
+
+    timed_kernel = timed(kernel_vit)
+    fs._rope = timed(fs._rope)
+    fs.F = types.SimpleNamespace(**{**vars(fs.F), "scaled_dot_product_attention": timed(
+        torch.nn.functional.scaled_dot_product_attention)})  # the ViT's module only
 
     def kernels_for(b: object) -> None:
-        on = b is not torch_attention
+        on = not any(b is t for t in torch_attention)
         sa.use_fast_detr_attention = kernel_detr if on else (lambda _: False)
-        fs._kernel_attention = kernel_vit if on else (lambda *_: None)
+        fs._kernel_attention = timed_kernel if on else (lambda *_: None)
 
     text = encode_text(b32, PHRASES)
     pvs = [preprocess(b32, [c.image])[0] for c in chips]
-    times: dict[str, dict[str, list[float]]] = {k: {"backbone_s": [], "detector_s": []} for k in bundles}
+    parts = ("backbone_s", "detector_s", "vit_attention_s")
+    times: dict[str, dict[str, list[float]]] = {k: {part: [] for part in parts} for k in bundles}
     outs: dict[str, list] = {k: [] for k in bundles}
     for name, b in bundles.items():  # warm-up
         kernels_for(b)
@@ -116,6 +137,7 @@ def main() -> int:
         for i, pv in enumerate(pvs):
             for name, b in bundles.items():
                 kernels_for(b)
+                vit_attention[0] = 0.0
                 t0 = time.perf_counter()
                 vision = vision_features(b, pv)
                 t1 = time.perf_counter()
@@ -123,6 +145,7 @@ def main() -> int:
                 t2 = time.perf_counter()
                 times[name]["backbone_s"].append(round(t1 - t0, 3))
                 times[name]["detector_s"].append(round(t2 - t1, 3))
+                times[name]["vit_attention_s"].append(round(vit_attention[0], 3))
                 if r == 0:
                     outs[name].append((vision.fpn_hidden_states[-1].float(), out.pred_logits.float(),
                                        out.pred_masks.float()))
@@ -158,9 +181,9 @@ def main() -> int:
         },
         "bf16_vs_float32": agree,
         **({"bf16_torch_attention_vs_float32": agreement("bfloat16_torch_attention"),
-            "bf16_speedup_vs_torch_attention": {
-                part: round(med["bfloat16_torch_attention"][part] / med["bfloat16"][part], 3)
-                for part in ("backbone_s", "detector_s")}}
+            "speedup_vs_torch_attention": {dt: {
+                part: round(med[f"{dt}_torch_attention"][part] / med[dt][part], 3)
+                for part in parts} for dt in ("float32", "bfloat16")}}
            if args.torch_attention else {}),
         "peak_rss_mib": round(_peak_rss_mib(), 0),
     }

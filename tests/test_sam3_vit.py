@@ -75,8 +75,9 @@ def test_fast_sam3_vit_bf16_is_as_close_to_float32_as_autocast() -> None:
 
 @needs_bf16_ops
 def test_bf16_attention_through_the_kernel_is_as_close_to_float32_as_autocast(call_results: Any) -> None:
-    """Heads of 32 numbers in bf16: the windows' and the global layer's attention through geosam's kernel on AMX
-    tiles where it runs (queries and keys rotated in place), as close to float32 as autocast either way."""
+    """Heads of 32 numbers: in bf16 the windows' and the global layer's attention through geosam's kernel on AMX
+    tiles where it runs (queries and keys rotated in place), as close to float32 as autocast either way; in float32
+    through its AVX-512 products."""
     import geosam.models.fast_sam3_vit as fs
     from geosam.models.cpu_attention import amx_available
 
@@ -91,22 +92,25 @@ def test_bf16_attention_through_the_kernel_is_as_close_to_float32_as_autocast(ca
     assert len(results) == 3 and all((r is not None) == amx_available() for r in results)
     for g, a, w in zip(_outputs(got)[:4], _outputs(auto)[:4], _outputs(want)[:4], strict=True):
         assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
-    fs.fast_vision_features(model, x, torch.float32)
-    assert len(results) == 6 and all(r is None for r in results[3:])  # float32: torch's attention
+    from geosam.models.cpu_attention import available
+
+    fs.fast_vision_features(model, x, torch.float32)  # float32: the kernel on AVX-512 CPUs (the module's features:
+    assert len(results) == 6 and all((r is not None) == available() for r in results[3:])  # the first test's check)
 
 
-@needs_bf16_ops
-def test_kernel_attention_rotates_and_attends_window_by_window() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_attention_rotates_and_attends_window_by_window(dtype: torch.dtype) -> None:
     """`_kernel_attention` on a projection whose scores are far from uniform: torch's attention of the rotated
-    queries and keys in each window to bf16 rounding (the rotation matters here), qkv's values left as they were."""
-    from geosam.models.cpu_attention import amx_available
+    queries and keys in each window (the rotation matters here) to float rounding in float32, to bf16 rounding in
+    bf16; qkv's values left as they were."""
+    from geosam.models.cpu_attention import amx_available, available
     from geosam.models.fast_sam3_vit import _kernel_attention, _rope
 
-    if not amx_available():
-        pytest.skip("the attention kernel runs bf16 on AMX tiles only")
+    if not (amx_available() if dtype == torch.bfloat16 else available()):
+        pytest.skip("the attention kernel runs float32 on AVX-512, bf16 on AMX tiles")
     g = torch.Generator().manual_seed(4)
     nwin, n, heads, d = 3, 100, 2, 32
-    qkv = (torch.randn((nwin * n, 3 * heads * d), generator=g) * 3).to(torch.bfloat16)
+    qkv = (torch.randn((nwin * n, 3 * heads * d), generator=g) * 3).to(dtype)
     ang = torch.rand((n, d // 2), generator=g) * 20
     cos, sin = ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)
     q, k, v = (qkv.clone().view(nwin, n, 3, heads, d)[:, :, i].transpose(1, 2).float() for i in range(3))
@@ -115,8 +119,8 @@ def test_kernel_attention_rotates_and_attends_window_by_window() -> None:
     unrotated = F.scaled_dot_product_attention(q, k, v, scale=0.3).transpose(1, 2).reshape(nwin * n, heads * d)
     values = qkv[:, 2 * heads * d:].clone()
     got = _kernel_attention(qkv, nwin, n, heads, 0.3, cos, sin)
-    assert got is not None and got.dtype == torch.bfloat16
-    assert _relative(got, want) < 1e-2 < _relative(unrotated, want)
+    assert got is not None and got.dtype == dtype
+    assert _relative(got, want) < (1e-2 if dtype == torch.bfloat16 else 1e-5) < _relative(unrotated, want)
     assert torch.equal(qkv[:, 2 * heads * d:], values)
 
 

@@ -83,25 +83,28 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 def _kernel_attention(qkv: torch.Tensor, nwin: int, n: int, heads: int, scale: float, cos: torch.Tensor,
                       sin: torch.Tensor) -> torch.Tensor | None:  # fmt: skip
-    """In bf16, the windows' attention of ``qkv`` (nwin * n, 3C) through `geosam.models.cpu_attention`'s kernel on
-    AMX tiles, window by window, the queries and keys rotated in place first (`geosam.models.cpu_convert.rope`,
-    transformers' bits): (nwin * n, C) bf16, or None where the rotation does not run here (qkv as the product left
-    it); torch's fused attention on the rotated views where the kernel turns a window down. Intel Xeon with AMX, 2 threads, SAM 3's default ViT at 1008 px: a global layer 176
-    -> 146 ms, a layer of nine 24 x 24 windows 26.9 -> 18.9 ms (torch's fused attention -> the kernel)."""
-    from geosam.models.cpu_attention import amx_available, attention
+    """The windows' attention of ``qkv`` (nwin * n, 3C) through `geosam.models.cpu_attention`'s kernel, window by
+    window, the queries and keys rotated in place first (`geosam.models.cpu_convert.rope`, transformers' bits):
+    (nwin * n, C) in qkv's dtype, or None where the kernel or the rotation does not run here (qkv as the product
+    left it); torch's fused attention on the rotated views where the kernel turns a window down. bf16 on AMX tiles
+    (heads of 32 to 128 numbers), float32 on AVX-512. Intel Xeon with AMX, 2 threads, SAM 3's default ViT at 1008
+    px, torch's fused attention -> the kernel: bf16 a global layer 176 -> 146 ms, a layer of nine 24 x 24 windows
+    26.9 -> 18.9 ms; float32 557 -> 513 ms and 88.9 -> 59.3 ms."""
+    from geosam.models.cpu_attention import amx_available, attention, available
     from geosam.models.cpu_convert import rope
 
     c = qkv.shape[1] // 3
     d = c // heads
-    if qkv.dtype != torch.bfloat16 or d % 32 or not 32 <= d <= 128 or not amx_available():
+    bf16 = qkv.dtype == torch.bfloat16
+    if not (16 <= d <= 128 and d % (32 if bf16 else 16) == 0 and (amx_available() if bf16 else available())):
         return None
     q, k, v = (qkv.view(nwin, n, 3, heads, d)[:, :, i].transpose(1, 2) for i in range(3))
     if rope(q, cos[None], sin[None], in_place=True) is None:
         return None  # qkv untouched
     if rope(k, cos[None], sin[None], in_place=True) is not None:
-        out = torch.empty((nwin * n, c), dtype=torch.bfloat16)
+        out = torch.empty((nwin * n, c), dtype=qkv.dtype)
         if all(attention(qkv[w * n:(w + 1) * n].view(1, n, 3 * c), heads, scale, None,
-                         out[w * n:(w + 1) * n].view(1, n, c), 0, None, bf16=True) for w in range(nwin)):  # fmt: skip
+                         out[w * n:(w + 1) * n].view(1, n, c), 0, None, bf16=bf16) for w in range(nwin)):  # fmt: skip
             return out
     else:  # pragma: no cover - the kernel rotated the queries
         k = _rope(k, cos, sin)
