@@ -142,6 +142,19 @@ def test_vision_features_take_the_fused_vit_on_the_cpu(tiny_sam3_dir: str, count
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
+def _follows_the_module(model: Any, x: torch.Tensor, before: Any) -> Any:
+    """The fused features after a weight change: the module's, and not those from ``before`` the change."""
+    import geosam.models.fast_sam3_vit as fs
+
+    got = fs.fast_vision_features(model, x, torch.float32)
+    with torch.inference_mode():
+        want = model.get_vision_features(pixel_values=x)
+    assert not torch.allclose(got.last_hidden_state, before.last_hidden_state)
+    for g, w in zip(_outputs(got), _outputs(want), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    return got
+
+
 def test_fast_sam3_vit_keeps_nothing_in_the_model_and_follows_changed_weights() -> None:
     import geosam.models.cpu_fused as cf
     import geosam.models.fast_sam3_vit as fs
@@ -156,20 +169,10 @@ def test_fast_sam3_vit_keeps_nothing_in_the_model_and_follows_changed_weights() 
     with torch.no_grad():
         vit.layers[0].attention.k_proj.weight.mul_(1.5)
         vit.embeddings.position_embeddings.mul_(2.0)
-    again = fs.fast_vision_features(model, x, torch.float32)
-    with torch.inference_mode():
-        want = model.get_vision_features(pixel_values=x)
-    assert not torch.allclose(again.last_hidden_state, first.last_hidden_state)
-    for g, w in zip(_outputs(again), _outputs(want), strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    again = _follows_the_module(model, x, first)
     # through .data (the same parameter object and version) and by new parameters (load_state_dict(assign=True))
     q = vit.layers[0].attention.q_proj
     q.weight.data = q.weight.detach() * 0.5
     fc1 = vit.layers[1].mlp.fc1
     fc1.load_state_dict({"weight": fc1.weight.detach() * 1.5, "bias": fc1.bias.detach()}, assign=True)
-    third = fs.fast_vision_features(model, x, torch.float32)
-    with torch.inference_mode():
-        want = model.get_vision_features(pixel_values=x)
-    assert not torch.allclose(third.last_hidden_state, again.last_hidden_state)
-    for g, w in zip(_outputs(third), _outputs(want), strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    _follows_the_module(model, x, again)
