@@ -32,7 +32,8 @@ def _preprocessor(dirpath: str, **fields: object) -> None:
         json.dump(fields, f)
 
 
-def build_tiny_sam_hq(dirpath: str | os.PathLike[str]) -> str:
+def build_tiny_sam_hq(dirpath: str | os.PathLike[str], h: int = 32) -> str:
+    """A tiny SAM-HQ (``h`` channels in its decoder: its HQ branch's norm over h / 4)."""
     from transformers import SamHQConfig, SamHQModel
     from transformers.models.sam_hq.configuration_sam_hq import (
         SamHQMaskDecoderConfig,
@@ -40,7 +41,6 @@ def build_tiny_sam_hq(dirpath: str | os.PathLike[str]) -> str:
         SamHQVisionConfig,
     )
 
-    h = 32
     vision = SamHQVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
                                output_channels=h, global_attn_indexes=[1], num_pos_feats=h // 2, window_size=14,
                                initializer_range=0.02)

@@ -58,11 +58,27 @@ HQ_UPSCALE_DEVICE_CHUNK = 64
 
 def _hq_conv1(dec: Any, up: torch.Tensor, bf16: bool) -> torch.Tensor:
     """``dec.mask_conv1(up)``, on the CPU with ``bf16`` through oneDNN in bf16 (its inputs rounded once, float32 sums;
-    Intel Xeon with AMX, 2 threads, one prompt at 256 x 256: 6.3 -> 1.0 ms), float32 out."""
+    Intel Xeon with AMX, 2 threads, one prompt at 256 x 256: 6.3 -> 1.0 ms): bf16 out then, else float32."""
     if not (bf16 and up.device.type == "cpu" and up.dtype == torch.float32 and ops_work(torch.bfloat16)):
         return dec.mask_conv1(up)
     x = up.to(torch.bfloat16, memory_format=torch.channels_last)
-    return conv2d(x, dec.mask_conv1, weights_of(dec.mask_conv1, torch.bfloat16)).float()
+    return conv2d(x, dec.mask_conv1, weights_of(dec.mask_conv1, torch.bfloat16))
+
+
+def _hq_hidden(dec: Any, up: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The HQ branch's ``act(mask_norm(mask_conv1(up)))`` as channels-last rows (n, H, W, C/4) float32: the norm and
+    the exact GELU in one C pass over the convolution's output where `geosam.models.cpu_hq.norm_gelu` runs (AVX-512
+    CPUs; the widening to float32, the norm and the GELU were three torch passes, ~7.5 -> 2.2-2.6 ms a prompt at 256 x
+    256, Intel Xeon with AMX, 2 threads), else torch's ops."""
+    from geosam.models.cpu_hq import norm_gelu
+
+    conv = _hq_conv1(dec, up, bf16)  # (n, C/4, H, W)
+    norm = dec.mask_norm
+    if exact_gelu(dec.activation) and getattr(norm, "data_format", "") == "channels_first":
+        z = norm_gelu(conv.permute(0, 2, 3, 1), norm)  # channels-last memory: contiguous rows
+        if z is not None:
+            return z
+    return dec.activation(norm(conv.float())).permute(0, 2, 3, 1)
 
 
 def hq_features(dec: Any, image_embeddings: torch.Tensor, vit_features: torch.Tensor | None) -> torch.Tensor:
@@ -133,16 +149,16 @@ def _mask_rows(dec: Any, side: torch.Tensor, hw: tuple[int, int], hyper: torch.T
     up_last = up.permute(0, 2, 3, 1).reshape(n, h4 * w4, -1)  # (n, H*W, C/8)
     out = None if hyper is None else torch.bmm(up_last, hyper[:, :, None])  # (n, H*W, 1)
     if hq is not None:
-        z = act(dec.mask_norm(_hq_conv1(dec, up, bf16)))  # (n, 64, H, W)
+        z = _hq_hidden(dec, up, bf16)  # (n, H, W, 64) rows
         conv2 = dec.mask_conv2
         simple = (tuple(conv2.kernel_size) == (3, 3) and tuple(conv2.stride) == (1, 1)
                   and tuple(conv2.padding) == (1, 1) and tuple(conv2.dilation) == (1, 1) and conv2.groups == 1)  # fmt: skip
         if simple:
             kernel = torch.einsum("nc,cdij->ndij", hq, conv2.weight)  # (n, 64, 3, 3)
             bias = hq @ conv2.bias if conv2.bias is not None else hq.new_zeros(n)
-            hq_part = _conv3x3_contracted(z.permute(0, 2, 3, 1), kernel, bias).reshape(n, h4 * w4, 1)
+            hq_part = _conv3x3_contracted(z, kernel, bias).reshape(n, h4 * w4, 1)
         else:
-            hq_part = torch.bmm(conv2(z).permute(0, 2, 3, 1).reshape(n, h4 * w4, -1), hq[:, :, None])
+            hq_part = torch.bmm(conv2(z.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(n, h4 * w4, -1), hq[:, :, None])
         feats_last = feats[0].permute(1, 2, 0).reshape(h4 * w4, -1)  # (H*W, C/8)
         hq_part = hq_part + (feats_last @ hq.T).T[:, :, None]
         out = hq_part if out is None else out + hq_part
