@@ -90,6 +90,12 @@ def main() -> None:
         help="also geosam_<dtype>_previous: each dtype as geosam ran before session 39 (every prompt's image side "
         "written by the two-way transformer, SAM 2's encoder the module under autocast)",
     )
+    ap.add_argument(
+        "--torch-hq-norm",
+        action="store_true",
+        help="also geosam_<dtype>_torch_hq_norm for SAM-HQ: its HQ branch's norm and GELU as torch's passes "
+        "(before session 40; geosam.models.cpu_hq's one C pass since, on AVX-512 CPUs)",
+    )
     ap.add_argument("--no-pipeline", action="store_true", help="geosam's variants only")
     ap.add_argument("--grids", type=int, nargs="+", default=[16])
     ap.add_argument("--chips", type=int, default=2)
@@ -115,7 +121,7 @@ def main() -> None:
     import geosam.models.decoder_side as side
     import geosam.models.hq_decoder as hqd
     import geosam.models.runtime as rt
-    from geosam.models import load_model
+    from geosam.models import cpu_hq, load_model
 
     torch.set_grad_enabled(False)
     if args.threads:
@@ -202,6 +208,12 @@ def main() -> None:
                             prev = dataclasses.replace(b, fast_encoder=False) if family == "sam2" else b
                             runners[f"geosam_{d}_previous"], gens[f"geosam_{d}_previous"] = geosam_run(
                                 prev, grid, args.box_nms_thresh, written
+                            )
+                    if args.torch_hq_norm and family == "sam_hq":
+                        torch_norm = {(cpu_hq, "norm_gelu"): lambda x, norm: None}
+                        for d, b in bundles.items():
+                            runners[f"geosam_{d}_torch_hq_norm"], gens[f"geosam_{d}_torch_hq_norm"] = geosam_run(
+                                b, grid, args.box_nms_thresh, torch_norm
                             )
                     if "float32" in bundles:  # the model's own decoder forward: SAM 2 with fast_decoder=False,
                         # SAM-HQ with transformers' forward patched back in
