@@ -390,6 +390,19 @@ def test_shapes_it_cannot_take_are_left_to_torch() -> None:
     assert out.isnan().all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_takes_says_what_attention_runs(dtype: torch.dtype) -> None:
+    """`takes` (what the callers ask before making what only the kernel reads) agrees with `attention` itself on
+    head sizes in and out of its range."""
+    g = torch.Generator().manual_seed(3)
+    for d in (8, 16, 24, 32, 48, 64, 96, 128, 144):
+        qkv = torch.randn((4, 8, 3 * 2 * d), generator=g).to(dtype)
+        out = torch.empty((4, 8, 2 * d), dtype=dtype)
+        runs = cpu_attention.attention(qkv, 2, 0.2, None, out, bf16=dtype == torch.bfloat16)
+        assert cpu_attention.takes(dtype, d) == runs, d
+    assert not cpu_attention.takes(torch.float16, 64)
+
+
 def test_a_kernel_that_is_off_is_not_used() -> None:
     """The load-time check: a library whose results are wrong (here: none written) is refused."""
 

@@ -53,7 +53,8 @@ from geosam.models.cpu_build import alternating_threads, load
 from geosam.models.cpu_kernels import transposed_tables
 from geosam.models.device import cpu_flags
 
-__all__ = ["BF16_TOLERANCE", "TOLERANCE", "amx_available", "attention", "available", "bf16_available", "reference"]
+__all__ = ["BF16_TOLERANCE", "TOLERANCE", "amx_available", "attention", "available", "bf16_available", "reference",
+           "takes"]
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,15 @@ def amx_available() -> bool:
         return True
     log.warning("cpu_attention512.c: the AMX attention does not match the reference here; not used")
     return False
+
+
+def takes(dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether `attention` runs maps of ``dtype`` tokens with heads of ``head_dim`` numbers here: float32 on AVX-512
+    (heads of 16 to 128 numbers, a multiple of 16), bf16 on AMX tiles (32 to 128, a multiple of 32); the callers ask
+    before they make what only the kernel reads."""
+    if dtype == torch.bfloat16:
+        return 32 <= head_dim <= 128 and head_dim % 32 == 0 and amx_available()
+    return dtype == torch.float32 and 16 <= head_dim <= 128 and head_dim % 16 == 0 and available()
 
 
 def attention(

@@ -117,11 +117,11 @@ def _kernel_attention(x: torch.Tensor, blk: Any, wt: Weights, h: int, w: int) ->
     windows it itself (the padded tokens carry the projection's bias, as zero tokens do): tokens (h*w, dim), or None
     where the kernel does not run here or does not take these shapes, and in float32 (torch's fused attention was as
     fast: 1.31 vs 1.35 s an encode; bf16 0.44 -> 0.41 s, Intel Xeon with AMX, 2 threads, default config)."""
-    from geosam.models.cpu_attention import amx_available, attention
+    from geosam.models.cpu_attention import attention, takes
 
     attn = blk.attn
     d = attn.dim_out // attn.num_attention_heads
-    if wt.dtype != torch.bfloat16 or d % 32 or not 32 <= d <= 128 or not amx_available():
+    if wt.dtype != torch.bfloat16 or not takes(wt.dtype, d):
         return None  # checked before the projection: bf16 tokens on AMX tiles, heads of 32 / 64 / 96 / 128 numbers
     ws = blk.window_size
     qkv = linear(x, attn.qkv, wt).view(h, w, -1)

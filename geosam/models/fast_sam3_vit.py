@@ -93,13 +93,13 @@ def _kernel_attention(qkv: torch.Tensor, nwin: int, n: int, heads: int, scale: f
     (heads of 32 to 128 numbers), float32 on AVX-512. Intel Xeon with AMX, 2 threads, SAM 3's default ViT at 1008
     px, torch's fused attention -> the kernel: bf16 a global layer 176 -> 146 ms, a layer of nine 24 x 24 windows
     26.9 -> 18.9 ms; float32 557 -> 513 ms and 88.9 -> 59.3 ms."""
-    from geosam.models.cpu_attention import amx_available, attention, available
+    from geosam.models.cpu_attention import attention, takes
     from geosam.models.cpu_convert import rope
 
     c = qkv.shape[1] // 3
     d = c // heads
     bf16 = qkv.dtype == torch.bfloat16
-    if not (16 <= d <= 128 and d % (32 if bf16 else 16) == 0 and (amx_available() if bf16 else available())):
+    if not takes(qkv.dtype, d):
         return None
     q, k, v = (qkv.view(nwin, n, 3, heads, d)[:, :, i].transpose(1, 2) for i in range(3))
     if rope(q, cos[None], sin[None], in_place=True) is None:

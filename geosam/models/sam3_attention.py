@@ -44,14 +44,14 @@ def _kernel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
                       scaling: float | None) -> torch.Tensor | None:  # fmt: skip
     """Unmasked self-attention of q, k, v (B, heads, N, d) bf16 through the kernel: (B, N, heads, d) bf16, or None
     where it does not take them."""
-    from geosam.models.cpu_attention import amx_available, attention
+    from geosam.models.cpu_attention import attention, takes
 
     if mask is not None or query.device.type != "cpu" or query.dtype != torch.bfloat16:
         return None
     if not (query.shape == key.shape == value.shape) or key.dtype != query.dtype or value.dtype != query.dtype:
         return None
     b, heads, n, d = query.shape
-    if n < MIN_TOKENS or d % 32 or not 32 <= d <= 128 or not amx_available():
+    if n < MIN_TOKENS or not takes(torch.bfloat16, d):
         return None
     c = heads * d
     scale = float(scaling) if scaling is not None else d**-0.5
