@@ -187,6 +187,32 @@ def test_bf16_on_amx_runs_the_attention_kernel_on_its_tiles_where_they_are(monke
     assert torch.equal(fast_image_embeddings(model, pixels, torch.bfloat16), fast_bf16)
 
 
+def test_bf16_rounds_the_weights_once_and_again_when_they_change(monkeypatch) -> None:
+    """The bf16 projections' weights are rounded once and kept (no rounding of a parameter in a second encode), and
+    rounded again when a parameter changes, in place (its version) or by ``p.data = ...`` (its storage): the
+    embeddings then equal a fresh copy's of the changed model, bit for bit."""
+    import copy
+
+    from geosam.models import cpu_gemm
+
+    model = _vit(seed=21)
+    pixels = torch.randn((1, 3, 256, 256), generator=torch.Generator().manual_seed(22))
+    with torch.no_grad():
+        first = fast_image_embeddings(model, pixels, torch.bfloat16)
+        params = {id(p) for p in model.parameters()}
+        rounded = []
+        to_bf16 = cpu_gemm.to_bf16
+        monkeypatch.setattr(cpu_gemm, "to_bf16", lambda t: rounded.append(id(t)) or to_bf16(t))
+        assert torch.equal(fast_image_embeddings(model, pixels, torch.bfloat16), first)
+        assert not params & set(rounded)
+        layer = model.vision_encoder.layers[1]
+        layer.mlp.lin2.weight.mul_(1.5)  # in place: a new version
+        layer.attn.qkv.weight.data = layer.attn.qkv.weight.data * 0.5  # the same parameter on new storage
+        changed = fast_image_embeddings(model, pixels, torch.bfloat16)
+        assert not torch.equal(changed, first)
+        assert torch.equal(changed, fast_image_embeddings(copy.deepcopy(model), pixels, torch.bfloat16))
+
+
 @pytest.mark.parametrize("kernel", ["bf16", "float32", "torch"])
 def test_bf16_attention_without_amx_is_float32_attention_of_the_bf16_products(vit_and_pixels, monkeypatch, kernel) -> None:
     """Without AMX, a bf16 layer is: the qkv projection under autocast, the float32 attention of those q, k, v (the
