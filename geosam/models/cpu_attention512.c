@@ -575,15 +575,18 @@ INLINE TBF void avb_tile(int64_t nv, const uint16_t* p, int64_t sp, const uint16
   }
 }
 
-/* The numerators of keys j .. j + 31 of a row whose scores (relative terms added) are in place and whose maximum is
- * in mv: rounded to bf16, written over the row's start (bf16 j over float j / 2: floats already read) and added to the
- * row's 16 sums as 16-lane adds of the widened numbers in key order would add them (lane i: e[j + i], then
- * e[j + 16 + i]) -- by vdpbf16ps against ones, which adds word 2 i + 1, then word 2 i, each product exact and each
- * sum rounded as an add (bf16 numbers are never subnormal): one instruction and a permute for four. 0 past n. */
-INLINE TBF __m512 numerators32_bf16(float* row, int64_t j, int64_t n, __m512 mv, __m512 sum) {
-  const __mmask16 m0 = j < n ? tail(n - j) : 0, m1 = j + 16 < n ? tail(n - j - 16) : 0;
-  const __m512 e0 = _mm512_maskz_mov_ps(m0, exp512_bf16(_mm512_sub_ps(_mm512_loadu_ps(row + j), mv)));
-  const __m512 e1 = _mm512_maskz_mov_ps(m1, exp512_bf16(_mm512_sub_ps(_mm512_loadu_ps(row + j + 16), mv)));
+/* The numerators of keys j .. j + 31 of a row whose scores (relative terms added) are in place, nm from its maximum
+ * (minus_max_log2): rounded to bf16, written over the row's start (bf16 j over float j / 2: floats already read) and
+ * added to the row's 16 sums as 16-lane adds of the widened numbers in key order would add them (lane i: e[j + i],
+ * then e[j + 16 + i]) -- by vdpbf16ps against ones, which adds word 2 i + 1, then word 2 i, each product exact and
+ * each sum rounded as an add (bf16 numbers are never subnormal): one instruction and a permute for four. 0 past n
+ * (masked in the row's last block only). */
+INLINE TBF __m512 numerators32_bf16(float* row, int64_t j, int64_t n, __m512 nm, __m512 sum) {
+  __m512 e0 = exp512_bf16(_mm512_loadu_ps(row + j), nm), e1 = exp512_bf16(_mm512_loadu_ps(row + j + 16), nm);
+  if (j + 32 > n) {
+    e0 = _mm512_maskz_mov_ps(j < n ? tail(n - j) : 0, e0);
+    e1 = _mm512_maskz_mov_ps(j + 16 < n ? tail(n - j - 16) : 0, e1);
+  }
   const __m512i e = (__m512i)_mm512_cvtne2ps_pbh(e1, e0); /* e0's numbers first */
   _mm512_storeu_si512((uint16_t*)row + j, e);
   const __m512i pairs = _mm512_set_epi16(15, 31, 14, 30, 13, 29, 12, 28, 11, 27, 10, 26, 9, 25, 8, 24, 7, 23, 6, 22, 5,
@@ -595,9 +598,9 @@ INLINE TBF __m512 numerators32_bf16(float* row, int64_t j, int64_t n, __m512 mv,
  * in place over the row's start; returns the sum of the rounded numerators. np a multiple of 32 */
 INLINE TBF float softmax_row_bf16(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np,
                                   float scale, const int32_t* lanes) {
-  const __m512 mv = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, scale, lanes));
+  const __m512 nm = minus_max_log2(scores_rel_max(s, rh, rw, hh, ww, scale, lanes));
   __m512 sum = _mm512_setzero_ps();
-  for (int64_t j = 0; j < np; j += 32) sum = numerators32_bf16(s, j, hh * ww, mv, sum);
+  for (int64_t j = 0; j < np; j += 32) sum = numerators32_bf16(s, j, hh * ww, nm, sum);
   return _mm512_reduce_add_ps(sum);
 }
 
@@ -610,13 +613,13 @@ void geosam_attention512_overlap(int on) { overlap_tiles = on; }
  * into the sums; the order numerators32_bf16 keeps, run with geosam_attention512_overlap(0) for the tests to compare */
 INLINE TBF float softmax_row_bf16_lanes(float* s, const float* rh, const float* rw, int64_t hh, int64_t ww, int64_t np,
                                         float scale, const int32_t* lanes) {
-  const __m512 m = _mm512_set1_ps(scores_rel_max(s, rh, rw, hh, ww, scale, lanes));
+  const __m512 nm = minus_max_log2(scores_rel_max(s, rh, rw, hh, ww, scale, lanes));
   const int64_t n = hh * ww;
   __m512 sum = _mm512_setzero_ps();
   uint16_t* pb = (uint16_t*)s;
   for (int64_t j = 0; j < np; j += 16) {
     const __mmask16 mk = j < n ? tail(n - j) : 0;
-    const __m256i e = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(mk, exp512_bf16(_mm512_sub_ps(_mm512_loadu_ps(s + j), m))));
+    const __m256i e = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(mk, exp512_bf16(_mm512_loadu_ps(s + j), nm)));
     _mm256_storeu_si256((__m256i*)(pb + j), e);
     sum = _mm512_add_ps(sum, bf16_to_f32(e));
   }
@@ -744,7 +747,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     const float m = fused ? _mm512_reduce_max_ps(mxv[r])
                           : scores_rel_max(s + r * ss, tab_h ? rh + r * hh : rh, tab_h ? rw + r * ww : rw, hh, ww, scale,
                                            lanes);
-    mxv[r] = _mm512_set1_ps(m);
+    mxv[r] = minus_max_log2(m); /* from here the rows' nm */
     sumv[r] = _mm512_setzero_ps();
   }
   const uint16_t* pr = (const uint16_t*)s; /* probability row r at pr + 2 r ss */

@@ -111,11 +111,11 @@ static TAMX void attend_window(const uint16_t* qkv, int64_t w, int64_t h, int64_
       _mm512_storeu_ps(row + 16 * v, x);
       mx = _mm512_mask_max_ps(mx, k, mx, x);
     }
-    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    const __m512 nm = minus_max_log2(_mm512_reduce_max_ps(mx));
     __m512 sum = _mm512_setzero_ps();
     for (int64_t v = 0; v < nv; v++) {
       const __mmask16 k = v == nv - 1 ? last : (__mmask16)0xFFFF;
-      const __m512 e = _mm512_maskz_mov_ps(k, exp512_bf16(_mm512_sub_ps(_mm512_loadu_ps(row + 16 * v), m)));
+      const __m512 e = _mm512_maskz_mov_ps(k, exp512_bf16(_mm512_loadu_ps(row + 16 * v), nm));
       const __m256i eb = (__m256i)_mm512_cvtneps_pbh(e); /* the probabilities the product takes, summed as such */
       _mm256_storeu_si256((__m256i*)(pb + i * n32 + 16 * v), eb);
       sum = _mm512_add_ps(sum, bf16_to_f32(eb));
