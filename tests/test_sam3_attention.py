@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import geosam.models.sam3_attention as sa
+from geosam.models import patching
 from geosam.models.cpu_attention import amx_available
 
 needs_amx = pytest.mark.skipif(not amx_available(), reason="the attention kernel runs bf16 on AMX tiles only")
@@ -124,7 +125,7 @@ def test_config_set_back_when_the_last_caller_leaves(tiny_sam3_dir: str, monkeyp
     assert config._attn_implementation == "sdpa"
     with pytest.raises(RuntimeError, match="boom"), sa.detr_encoder_attention(b):
         raise RuntimeError("boom")
-    assert config._attn_implementation == "sdpa" and not sa._USERS
+    assert config._attn_implementation == "sdpa" and not patching._USERS
     inside, leave = threading.Barrier(4), threading.Event()
 
     def user() -> None:
@@ -140,4 +141,4 @@ def test_config_set_back_when_the_last_caller_leaves(tiny_sam3_dir: str, monkeyp
     leave.set()
     for t in threads:
         t.join()
-    assert config._attn_implementation == "sdpa" and not sa._USERS
+    assert config._attn_implementation == "sdpa" and not patching._USERS

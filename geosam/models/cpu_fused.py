@@ -27,7 +27,7 @@ from torch import nn
 
 from geosam.models.cpu_gemm import op_works_in, pointwise_linear
 
-__all__ = ["Kept", "Weights", "conv2d", "layer_norm", "linear", "ops_work", "product", "weights_of"]
+__all__ = ["Kept", "Weights", "conv2d", "layer_norm", "linear", "linear_params", "ops_work", "product", "weights_of"]
 
 _mk = torch.ops.mkldnn
 
@@ -134,6 +134,18 @@ def weights_of(module: nn.Module, dtype: torch.dtype) -> Weights:
     if dtype not in cache:
         cache[dtype] = Weights(dtype)
     return cache[dtype]
+
+
+def linear_params(lin: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``lin``'s weight and bias rounded to ``dtype`` as autocast rounds them (the same bits), kept beside the module
+    (`weights_of`: made again when a parameter changes) instead of rounded on every call: Intel Xeon with AMX, one
+    thread, ViT-B at 1024 px, 48 weights rounded each encode were 0.11 of its 1.78 s. The kept copies cost half the
+    float32 weights' memory (ViT-B ~0.18 GB, ViT-H ~1.3 GB). The parameters as they are where autograd records (the
+    copies are detached)."""
+    if torch.is_grad_enabled() and lin.weight.requires_grad:
+        return lin.weight, lin.bias
+    wt = weights_of(lin, dtype)
+    return wt(lin.weight), wt.get(lin.bias)
 
 
 def product(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False,

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from geosam.models.cpu_attention import amx_available as attention_on_amx
 from geosam.models.cpu_convert import add_bf16_, layer_norm_bf16
-from geosam.models.cpu_fused import weights_of
+from geosam.models.cpu_fused import linear_params
 from geosam.models.cpu_gemm import exact_gelu, linear, linear_gelu_low, linear_low, row_blocks
 from geosam.models.device import cpu_bf16_kind
 from geosam.models.encoder_attention import attend, attend_bf16_tokens, attend_windows
@@ -226,23 +226,11 @@ def _norm_low(norm: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _low(module: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``module(x)`` under autocast to ``dtype``: `geosam.models.cpu_gemm.linear_low` for a plain ``nn.Linear``, on its
-    weight and bias rounded to ``dtype`` once and kept (`_rounded_params`)."""
+    weight and bias rounded to ``dtype`` once and kept (`geosam.models.cpu_fused.linear_params`)."""
     if type(module) is not torch.nn.Linear:
         return module(x)
-    weight, bias = _rounded_params(module, dtype)
+    weight, bias = linear_params(module, dtype)
     return linear_low(x, weight, bias, dtype)
-
-
-def _rounded_params(lin: torch.nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``lin``'s weight and bias rounded to ``dtype`` as autocast rounds them (the same bits), kept beside the module
-    (`geosam.models.cpu_fused.weights_of`: made again when a parameter changes) instead of rounded on every call:
-    Intel Xeon with AMX, one thread, ViT-B at 1024 px, 48 weights rounded each encode were 0.11 of its 1.78 s. The
-    kept copies cost half the float32 weights' memory (ViT-B ~0.18 GB, ViT-H ~1.3 GB). The parameters as they are
-    where autograd records (the copies are detached)."""
-    if torch.is_grad_enabled() and lin.weight.requires_grad:
-        return lin.weight, lin.bias
-    wt = weights_of(lin, dtype)
-    return wt(lin.weight), wt.get(lin.bias)
 
 
 def _zeros_projected(linear_module: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -297,7 +285,7 @@ def _add_mlp_low(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     mlp = layer.mlp
     if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and exact_gelu(mlp.act)) or x.device.type != "cpu":
         return x.add_(mlp(layer.layer_norm2(x)))
-    hidden = linear_gelu_low(_norm_low(layer.layer_norm2, x, dtype), _rounded_params(mlp.lin1, dtype)[0], mlp.lin1.bias,
+    hidden = linear_gelu_low(_norm_low(layer.layer_norm2, x, dtype), linear_params(mlp.lin1, dtype)[0], mlp.lin1.bias,
                              dtype)
     return add_bf16_(x, _low(mlp.lin2, hidden, dtype))
 

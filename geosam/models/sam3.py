@@ -192,10 +192,10 @@ def detect(bundle: SamBundle, vision: Any, text: TextFeatures, input_boxes: torc
     input_boxes_labels (P, K): 1 positive, 0 negative. Returns the model output with
     ``pred_logits`` (P, Q), ``presence_logits`` (P, 1), ``pred_masks`` (P, Q, m, m), ``pred_boxes``.
     """
-    from geosam.models.sam3_attention import detr_encoder_attention
+    from geosam.models.sam3_detector import faster_detector
 
     n = len(text.phrases)
-    with torch.inference_mode(), bundle.autocast(), detr_encoder_attention(bundle):  # the bundle's dtype, as the backbone
+    with torch.inference_mode(), bundle.autocast(), faster_detector(bundle):  # the bundle's dtype, as the backbone
         return bundle.model(vision_embeds=_repeat(vision, n), text_embeds=text.embeds,
                             attention_mask=text.attention_mask, input_boxes=input_boxes,
                             input_boxes_labels=input_boxes_labels)

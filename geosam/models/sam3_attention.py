@@ -21,13 +21,13 @@ largest difference from float32's 0.0098 of their scale against torch's 0.0065).
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from geosam.models.bundle import SamBundle
+from geosam.models.patching import set_while
 
 __all__ = ["ATTENTION_NAME", "detr_encoder_attention", "geosam_attention", "use_fast_detr_attention"]
 
@@ -35,9 +35,6 @@ __all__ = ["ATTENTION_NAME", "detr_encoder_attention", "geosam_attention", "use_
 ATTENTION_NAME = "geosam_cpu_attention"
 #: The fewest tokens a map must have for the kernel (smaller maps stay with torch: not measured there).
 MIN_TOKENS = 1024
-
-_LOCK = threading.Lock()
-_USERS: dict[int, list[Any]] = {}  # id(config) -> [config, callers inside, the name to set back]
 
 
 def _kernel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
@@ -105,16 +102,5 @@ def detr_encoder_attention(bundle: SamBundle) -> Iterator[None]:
         yield
         return
     _register()
-    config = bundle.model.detr_encoder.config
-    with _LOCK:
-        entry = _USERS.setdefault(id(config), [config, 0, config._attn_implementation])
-        entry[1] += 1
-        config._attn_implementation = ATTENTION_NAME
-    try:
+    with set_while(bundle.model.detr_encoder.config, "_attn_implementation", ATTENTION_NAME):
         yield
-    finally:
-        with _LOCK:
-            entry[1] -= 1
-            if entry[1] == 0:
-                config._attn_implementation = entry[2]
-                del _USERS[id(config)]
