@@ -13,7 +13,10 @@ with a small CLIP tokenizer, on 1008 px chips of the shipped Banepa scene, two p
   torch's fused attention (before session 40; geosam's attention kernel since: the ViT's in float32 on AVX-512 CPUs
   and in bf16 on AMX ones, `geosam.models.fast_sam3_vit`; the DETR encoder's in bf16 on AMX,
   `geosam.models.sam3_attention`), bf16's with its own agreement to float32; ``vit_attention_s``: the backbone's
-  seconds in the ViT's attention (the kernel with its in-place rotations, or the rotations and torch's attention).
+  seconds in the ViT's attention (the kernel with its in-place rotations, or the rotations and torch's attention);
+* with ``--stock-detector`` also ``<dtype>_stock_detector``: the detector's modules with transformers' own forwards
+  (before session 41; `geosam.models.sam3_detector` since: the box bias, fused MLPs, encoder layers), its outputs
+  compared bit for bit with the replacements' (``stock_detector_equal``).
 
 Variants alternate chip by chip for ``--rounds`` rounds. Random weights: the detector's scores mean nothing, so the
 agreement is numerical: the bf16 backbone's features and the detector's logits against float32's (max relative
@@ -80,6 +83,8 @@ def main() -> int:
                     help="also each dtype with the ViT as transformers' module (fast_encoder=False)")
     ap.add_argument("--torch-attention", action="store_true",
                     help="also bf16 with the ViT's and the DETR encoder's attention as torch's (before session 40)")
+    ap.add_argument("--stock-detector", action="store_true",
+                    help="also each dtype with the detector's modules as transformers runs them (before session 41)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,6 +93,7 @@ def main() -> int:
 
     import geosam.models.fast_sam3_vit as fs
     import geosam.models.sam3_attention as sa
+    import geosam.models.sam3_detector as sd
     from geosam.models import load_model, preprocess
     from geosam.models.sam3 import detect, encode_text, vision_features
 
@@ -102,8 +108,12 @@ def main() -> int:
     if args.torch_attention:  # a copy of the bundle that geosam's attention kernel turns down (the same model)
         bundles["float32_torch_attention"] = dataclasses.replace(b32)
         bundles["bfloat16_torch_attention"] = dataclasses.replace(b32, dtype=torch.bfloat16)
-    kernel_detr, kernel_vit = sa.use_fast_detr_attention, fs._kernel_attention
+    if args.stock_detector:  # the same model, detected with transformers' forwards (the attention kernel as above)
+        bundles["float32_stock_detector"] = dataclasses.replace(b32)
+        bundles["bfloat16_stock_detector"] = dataclasses.replace(b32, dtype=torch.bfloat16)
+    kernel_detr, kernel_vit, faster = sa.use_fast_detr_attention, fs._kernel_attention, sd.faster_detector
     torch_attention = [bundles[k] for k in bundles if k.endswith("_torch_attention")]
+    stock_detector = [bundles[k] for k in bundles if k.endswith("_stock_detector")]
 
     vit_attention = [0.0]  # seconds in the ViT's attention (the kernel with its rotations, or rotations + torch's)
 
@@ -124,6 +134,7 @@ def main() -> int:
         on = not any(b is t for t in torch_attention)
         sa.use_fast_detr_attention = kernel_detr if on else (lambda _: False)
         fs._kernel_attention = timed_kernel if on else (lambda *_: None)
+        sd.faster_detector = sa.detr_encoder_attention if any(b is t for t in stock_detector) else faster
 
     text = encode_text(b32, PHRASES)
     pvs = [preprocess(b32, [c.image])[0] for c in chips]
@@ -185,6 +196,11 @@ def main() -> int:
                 part: round(med[f"{dt}_torch_attention"][part] / med[dt][part], 3)
                 for part in parts} for dt in ("float32", "bfloat16")}}
            if args.torch_attention else {}),
+        **({"speedup_vs_stock_detector": {dt: round(med[f"{dt}_stock_detector"]["detector_s"] / med[dt]["detector_s"], 3)
+                                          for dt in ("float32", "bfloat16")},
+            "stock_detector_equal": {dt: all(torch.equal(a[i], c[i]) for a, c in zip(outs[dt], outs[f"{dt}_stock_detector"])
+                                             for i in (1, 2)) for dt in ("float32", "bfloat16")}}
+           if args.stock_detector else {}),
         "peak_rss_mib": round(_peak_rss_mib(), 0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
