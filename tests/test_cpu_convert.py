@@ -87,6 +87,8 @@ def test_bf16_encoder_has_the_same_bits_with_and_without_the_passes(monkeypatch)
     fast = fe.fast_image_embeddings(model, pixels, torch.bfloat16)
     monkeypatch.setattr(fe, "_low", lambda module, x, dtype: module(x))  # under autocast
     monkeypatch.setattr(fe, "add_bf16_", lambda a, b: a.add_(b))
+    monkeypatch.setattr(fe, "norm_low", lambda norm, x, dtype: norm(x))
+    monkeypatch.setattr(fe, "add_norm_low", lambda x, h, norm, dtype: norm(x.add_(h)))
     monkeypatch.setattr(fe, "_zeros_projected", lambda lin, dt: lin(torch.zeros((1, lin.in_features)))[0])
     monkeypatch.setattr(cpu_gemm, "_rounded", lambda t, dtype: t.to(dtype))
     assert torch.equal(fe.fast_image_embeddings(model, pixels, torch.bfloat16), fast)
@@ -155,6 +157,52 @@ def test_layer_norm_bf16_leaves_what_it_does_not_take_to_the_caller() -> None:
     assert cpu_convert.layer_norm_bf16(torch.randn(32, 4).t(), torch.nn.LayerNorm(32)) is None
     assert cpu_convert.layer_norm_bf16(x.double(), torch.nn.LayerNorm(32).double()) is None
     assert cpu_convert.layer_norm_bf16(x.requires_grad_(), torch.nn.LayerNorm(32)) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 64, 64, 768), (3, 5, 1280), (6, 48)])
+def test_add_layer_norm_bf16_is_torchs_add_then_norm_then_rounding(threads: int, shape: tuple[int, ...]) -> None:
+    """``add_layer_norm_bf16_(x, h, norm)`` leaves ``x.add_(h)`` in ``x`` and returns ``norm(x).to(torch.bfloat16)``,
+    bit for bit, in one pass (rows in whole and partial groups of four, one and two threads); the kernel is in use."""
+    assert cpu_convert._add_layer_norm_agrees()
+    gen = torch.Generator().manual_seed(len(shape) + 10)
+    x = torch.randn(shape, generator=gen) * 3 + torch.randn((*shape[:-1], 1), generator=gen) * 50
+    h = (torch.randn(shape, generator=gen) * 4).to(torch.bfloat16)
+    norm = torch.nn.LayerNorm(shape[-1], eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[-1], generator=gen) * 0.5 + 1)
+        norm.bias.copy_(torch.randn(shape[-1], generator=gen))
+    want_x = x.clone().add_(h)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            got = cpu_convert.add_layer_norm_bf16_(x, h, norm)
+            want = norm(want_x).to(torch.bfloat16)
+    finally:
+        torch.set_num_threads(before)
+    assert got is not None and got.dtype == torch.bfloat16 and got.shape == x.shape
+    assert torch.equal(x.view(torch.int32), want_x.view(torch.int32))
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+def test_add_layer_norm_bf16_leaves_what_it_does_not_take_to_the_caller() -> None:
+    """None and ``x`` untouched (the caller adds and normalises) for an addend of another dtype or shape, or a norm
+    `layer_norm_bf16` does not take; `add_norm_low` then gives the same results through the separate passes."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn((4, 32), generator=gen)
+    h = torch.randn((4, 32), generator=gen).to(torch.bfloat16)
+    before = x.clone()
+    for hh, norm in ((h.float(), torch.nn.LayerNorm(32)), (h[:2], torch.nn.LayerNorm(32)), (h, torch.nn.RMSNorm(32))):
+        assert cpu_convert.add_layer_norm_bf16_(x, hh, norm) is None
+        assert torch.equal(x, before)
+    norm = torch.nn.LayerNorm(32)
+    with torch.no_grad():
+        got = cpu_convert.add_norm_low(x, h, norm, torch.bfloat16)
+        assert torch.equal(x, before.add(h))
+        assert torch.equal(got, norm(x).to(torch.bfloat16))
+        assert torch.equal(cpu_convert.add_norm_low(x, h.float(), norm, torch.float32), norm(x))
 
 
 # --- the rotary position embedding of SAM 3's ViT --------------------------------------------------------------------

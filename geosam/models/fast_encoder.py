@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.cpu_attention import amx_available as attention_on_amx
-from geosam.models.cpu_convert import add_bf16_, layer_norm_bf16
+from geosam.models.cpu_convert import add_bf16_, add_norm_low, norm_low
 from geosam.models.cpu_fused import linear_params
 from geosam.models.cpu_gemm import exact_gelu, linear, linear_gelu_low, linear_low, row_blocks
 from geosam.models.device import cpu_bf16_kind
@@ -215,15 +215,6 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _add_mlp_low(layer, x, dtype)
 
 
-def _norm_low(norm: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``norm(x)`` for a product in ``dtype`` next: in bf16, torch's layer norm with its output rounded in the same pass
-    where `geosam.models.cpu_convert.layer_norm_bf16` gives torch's bits (the bits the product's rounding of the
-    float32 norm gives: Intel Xeon with AMX, one thread, a ViT-B norm at 1024 px 1.0 vs 3.2 + 0.8 ms), else ``norm(x)``
-    (which the product rounds)."""
-    out = layer_norm_bf16(x, norm) if dtype == torch.bfloat16 else None  # None off the CPU too
-    return norm(x) if out is None else out
-
-
 def _low(module: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``module(x)`` under autocast to ``dtype``: `geosam.models.cpu_gemm.linear_low` for a plain ``nn.Linear``, on its
     weight and bias rounded to ``dtype`` once and kept (`geosam.models.cpu_fused.linear_params`)."""
@@ -246,7 +237,8 @@ def _zeros_projected(linear_module: Any, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _layer_mixed(
-    layer: Any, x: torch.Tensor, dtype: torch.dtype, buffers: dict[str, torch.Tensor] | None = None
+    layer: Any, x: torch.Tensor, dtype: torch.dtype, buffers: dict[str, torch.Tensor] | None = None,
+    next_norm: Any = None,
 ) -> torch.Tensor:
     """``SamVisionLayer.forward`` under CPU autocast with the attention outside torch's; ``x`` updated in place.
 
@@ -259,10 +251,13 @@ def _layer_mixed(
     take 2.7 s, with bf16 products ~1.75 s. In bf16 the projections run outside autocast's ``addmm``
     (`geosam.models.cpu_gemm.linear_low`), their inputs rounded and their outputs added into the float32 stream in
     one pass each (`geosam.models.cpu_convert`), a padded token's q, k, v are the rounded bias: autocast's bits, and
-    on an Intel Xeon with AMX (one thread, ViT-B at 1024 px) 1.53-1.70 vs 1.72-1.94 s an encode.
+    on an Intel Xeon with AMX (one thread, ViT-B at 1024 px) 1.53-1.70 vs 1.72-1.94 s an encode. Each residual add
+    and the norm after it in one pass over the stream (`_add_mlp_low`; ``next_norm``: the next layer's first norm,
+    its output left in ``buffers`` for that layer).
     """
     attn = layer.attn
-    qkv_low = _low(attn.qkv, _norm_low(layer.layer_norm1, x, dtype), dtype)
+    normed = buffers.pop("normed", None) if buffers is not None else None  # the previous layer's fused add and norm
+    qkv_low = _low(attn.qkv, normed if normed is not None else norm_low(layer.layer_norm1, x, dtype), dtype)
     bf16 = qkv_low.dtype == torch.bfloat16  # q, k, v bf16 numbers: the AVX-512 BF16 kernel's products lose nothing
     # windows: a padded token's q, k, v are zeros through the same (low-precision) projection: its bias rounded
     pad_low = _zeros_projected(attn.qkv, qkv_low.dtype) if layer.window_size > 0 else None
@@ -273,21 +268,27 @@ def _layer_mixed(
         pad_qkv = pad_low.float() if pad_low is not None else None
         with torch.autocast(device_type=x.device.type, enabled=False):  # torch's products in the fallbacks: float32
             out = attend(attn, qkv, bf16=bf16) if pad_qkv is None else attend_windows(layer, qkv, pad_qkv, bf16)
-    add_bf16_(x, _low(attn.proj, out, dtype))
-    return _add_mlp_low(layer, x, qkv_low.dtype)
+    return _add_mlp_low(layer, x, qkv_low.dtype, _low(attn.proj, out, dtype), buffers, next_norm)
 
 
-def _add_mlp_low(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x += layer.mlp(layer.layer_norm2(x))`` under autocast to ``dtype``, the exact GELU fused into the first
-    product (`geosam.models.cpu_gemm.linear_gelu_low`: on the float32 sums, and no second pass over the 4096 x 3072
-    hidden activations: Intel Xeon with AMX, one thread, ViT-B at 1024 px, torch's bf16 GELU 145 of the encoder's
-    2500 ms)."""
+def _add_mlp_low(layer: Any, x: torch.Tensor, dtype: torch.dtype, pending: torch.Tensor | None = None,
+                 buffers: dict[str, torch.Tensor] | None = None, next_norm: Any = None) -> torch.Tensor:  # fmt: skip
+    """``x += pending`` (the attention's output, if given), then ``x += layer.mlp(layer.layer_norm2(x))`` under
+    autocast to ``dtype``, the exact GELU fused into the first product (`geosam.models.cpu_gemm.linear_gelu_low`: on
+    the float32 sums, and no second pass over the 4096 x 3072 hidden activations: Intel Xeon with AMX, one thread,
+    ViT-B at 1024 px, torch's bf16 GELU 145 of the encoder's 2500 ms). Each add and the norm after it in one pass
+    (`geosam.models.cpu_convert.add_norm_low`); with ``next_norm`` and ``buffers``, ``buffers["normed"]`` is ``next_norm(x)`` so made."""
     mlp = layer.mlp
     if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and exact_gelu(mlp.act)) or x.device.type != "cpu":
+        if pending is not None:
+            add_bf16_(x, pending)
         return x.add_(mlp(layer.layer_norm2(x)))
-    hidden = linear_gelu_low(_norm_low(layer.layer_norm2, x, dtype), linear_params(mlp.lin1, dtype)[0], mlp.lin1.bias,
-                             dtype)
-    return add_bf16_(x, _low(mlp.lin2, hidden, dtype))
+    normed = norm_low(layer.layer_norm2, x, dtype) if pending is None else add_norm_low(x, pending, layer.layer_norm2, dtype)
+    out = _low(mlp.lin2, linear_gelu_low(normed, linear_params(mlp.lin1, dtype)[0], mlp.lin1.bias, dtype), dtype)
+    if next_norm is not None and buffers is not None and dtype == torch.bfloat16:
+        buffers["normed"] = add_norm_low(x, out, next_norm, dtype)
+        return x
+    return add_bf16_(x, out)
 
 
 def _neck_f32(neck: Any, x: torch.Tensor) -> torch.Tensor:
@@ -379,11 +380,14 @@ def fast_image_embeddings(
         attn = enc.layers[0].attn if len(enc.layers) else None
         head_dim = int(attn.qkv.in_features // attn.num_attention_heads) if attn is not None else 0
         mixed = _mixed_attention(pixel_values.device, dtype, head_dim)
-        for layer in enc.layers:
+        layers = list(enc.layers)
+        for i, layer in enumerate(layers):
+            keep = intermediates is not None and layer.window_size == 0  # x itself after this layer
+            nxt = layers[i + 1].layer_norm1 if i + 1 < len(layers) and not keep else None
             if dtype == torch.float32:
                 x = _layer_f32(layer, x, buffers)
             else:
-                x = _layer_mixed(layer, x, dtype, buffers) if mixed else _layer(layer, x, dtype)
+                x = _layer_mixed(layer, x, dtype, buffers, nxt) if mixed else _layer(layer, x, dtype)
             if intermediates is not None and layer.window_size == 0:
                 intermediates.append(x.clone())  # x is the residual stream, updated in place by the next layers
         return _neck_f32(enc.neck, x) if dtype == torch.float32 else enc.neck(x)
