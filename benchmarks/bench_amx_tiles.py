@@ -1,0 +1,104 @@
+"""What the CPU's AMX tiles do with bf16 products, beside oneDNN's bf16 GEMM in the same run (Intel CPUs with AMX).
+
+The roofline (`benchmarks/roofline.py`, `bench_roofline.py`) takes oneDNN's best bf16 GEMM on the ViT-B's shapes as
+the machine's peak. This measures the tiles themselves (`benchmarks/c/amx_tiles.c`, built here with ``cc``):
+TDPBF16PS with its operands kept in tiles (the tiles' peak), with both right-hand tiles loaded every step from areas
+of growing size (a head's keys or values: where they stop fitting in L2), and with the tile stores and loads that
+`geosam/models/cpu_attention512.c`'s AMX attention makes around its products (a 32 x 32 block of scores stored every
+second step, into a small or a large area; the probabilities read back from a 512 KiB one). Each case the median of
+``--repeats`` runs of 20 M products; oneDNN's GEMM (`roofline.matmul_flops_per_s`) before and after.
+
+    .venv/bin/python benchmarks/bench_amx_tiles.py [--repeats 3] [--out PATH]
+
+Writes ``benchmarks/results/amx_tiles.json`` (nothing on CPUs without AMX or without a C compiler: it says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch
+from _machine import machine
+from roofline import matmul_flops_per_s
+
+from geosam.models.device import cpu_flags
+
+SOURCE = Path(__file__).with_name("c") / "amx_tiles.c"
+OUT = ROOT / "benchmarks" / "results" / "amx_tiles.json"
+KIB = 1024
+
+#: name -> (mode, bytes of the right-hand area, bytes of the store area); see amx_tiles.c
+CASES = {
+    "operands_in_tiles": (0, 4 * KIB, 4 * KIB),
+    "b_loaded_from_16_kib": (1, 16 * KIB, 4 * KIB),
+    "b_loaded_from_512_kib": (1, 512 * KIB, 4 * KIB),
+    "b_loaded_from_1_mib": (1, 1024 * KIB, 4 * KIB),
+    "b_loaded_from_1_5_mib": (1, 1536 * KIB, 4 * KIB),
+    "b_loaded_from_2_mib": (1, 2048 * KIB, 4 * KIB),
+    "b_loaded_from_8_mib": (1, 8192 * KIB, 4 * KIB),
+    "scores_stored_into_4_kib": (2, 512 * KIB, 4 * KIB),
+    "scores_stored_into_64_kib": (2, 512 * KIB, 64 * KIB),
+    "scores_stored_into_512_kib": (2, 512 * KIB, 512 * KIB),
+    "scores_stored_and_a_read_from_512_kib": (3, 512 * KIB, 512 * KIB),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if "amx_bf16" not in cpu_flags():
+        print("no AMX on this CPU: nothing measured")
+        return 0
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        print("no C compiler: nothing measured")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "amx_tiles"
+        subprocess.run([cc, "-O2", str(SOURCE), "-o", str(exe)], check=True)
+        gemm_before = matmul_flops_per_s(torch.bfloat16)
+        runs: dict[str, list[float]] = {name: [] for name in CASES}
+        ns: dict[str, list[float]] = {name: [] for name in CASES}
+        for _ in range(args.repeats):  # the cases in turn, repeated: each sees the machine's moments alike
+            for name, (mode, size, stores) in CASES.items():
+                out = subprocess.run([str(exe), str(mode), str(size), str(stores)], check=True, capture_output=True,
+                                     text=True).stdout.split()  # fmt: skip
+                runs[name].append(float(out[0]))
+                ns[name].append(float(out[1]))
+        gemm_after = matmul_flops_per_s(torch.bfloat16)
+    gflops = {name: round(statistics.median(v), 1) for name, v in runs.items()}
+    peak = gflops["operands_in_tiles"]
+    gemm = round(statistics.median([g["flops_per_s"] / 1e9 for g in (gemm_before, gemm_after)]), 1)
+    result = {
+        **machine(1, args.note),
+        "products": "TDPBF16PS, 16 x 16 x 32 bf16 -> float32; 20 M a run; median of the runs",
+        "gflop_per_s": gflops,
+        "ns_per_product": {name: round(statistics.median(v), 3) for name, v in ns.items()},
+        "runs_gflop_per_s": runs,
+        "fraction_of_tile_peak": {name: round(v / peak, 3) for name, v in gflops.items()},
+        "onednn_bf16_gemm_gflop_per_s": gemm,
+        "onednn_bf16_gemm_per_shape_gflop_per_s": {k: round(v / 1e9, 1) for k, v in gemm_after["per_shape"].items()},
+        "onednn_gemm_fraction_of_tile_peak": round(gemm / peak, 3),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("cpu", "gflop_per_s", "onednn_bf16_gemm_gflop_per_s")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
