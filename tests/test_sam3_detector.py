@@ -35,15 +35,15 @@ def test_rpb_matrix_is_the_stock_matrix_bit_for_bit(tiny_sam3_dir: str, dtype: t
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str, dtype: torch.dtype,
                                                              monkeypatch: pytest.MonkeyPatch, count_calls: Any) -> None:  # fmt: skip
-    """``detect`` runs the replacements (bf16: the box bias, the fused MLPs, the encoder layers; float32: the box bias
-    only) and gives the outputs of the model's own forwards, bit for bit; the modules are as loaded afterwards (no
-    replacement left on them: they pickle as transformers' own)."""
+    """``detect`` runs the replacements (the box bias and the pixel embedding; in bf16 also the fused MLPs and the
+    encoder layers) and gives the outputs of the model's own forwards, bit for bit; the modules are as
+    loaded afterwards (no replacement left on them: they pickle as transformers' own)."""
     from geosam.models.sam3 import detect, encode_text, vision_features
 
     b = _bundle(tiny_sam3_dir, dtype)
     text = encode_text(b, ["building", "tree"])
     vision = vision_features(b, torch.randn((1, 3, 336, 336), generator=torch.Generator().manual_seed(5)))
-    calls = {name: count_calls(sd, name) for name in ("rpb_matrix", "mlp_forward", "encoder_layer_forward")}
+    calls = {name: count_calls(sd, name) for name in ("rpb_matrix", "mlp_forward", "encoder_layer_forward", "embed_pixels")}
     got = detect(b, vision, text)
     model = b.model
     assert len(calls["rpb_matrix"]) == len(model.detr_decoder.layers)
@@ -52,8 +52,9 @@ def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str,
     assert len(mlps) == len(model.detr_encoder.layers) + len(model.detr_decoder.layers)
     assert len(calls["mlp_forward"]) == (len(mlps) if low else 0)
     assert len(calls["encoder_layer_forward"]) == (len(model.detr_encoder.layers) if low else 0)
-    for m in [model.detr_decoder, *mlps, *model.detr_encoder.layers]:
-        assert not {"forward", "_get_rpb_matrix"} & set(vars(m))
+    assert len(calls["embed_pixels"]) == 1
+    for m in [model.detr_decoder, *mlps, *model.detr_encoder.layers, model.mask_decoder]:
+        assert not {"forward", "_get_rpb_matrix", "_embed_pixels"} & set(vars(m))
     assert not patching._USERS
     monkeypatch.setattr(sd, "faster_detector", sa.detr_encoder_attention)
     want = detect(b, vision, text)
