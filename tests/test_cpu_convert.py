@@ -205,6 +205,44 @@ def test_add_layer_norm_bf16_leaves_what_it_does_not_take_to_the_caller() -> Non
         assert torch.equal(cpu_convert.add_norm_low(x, h.float(), norm, torch.float32), norm(x))
 
 
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("dtype", "shared"), [(torch.bfloat16, True), (torch.float32, True), (torch.bfloat16, False)])
+def test_upsample2_add_bf16_is_torchs_upsample_add_and_rounding(threads: int, dtype: torch.dtype, shared: bool) -> None:
+    """``upsample2_add_bf16(prev, feat)`` holds ``(F.interpolate(prev, size=feat.shape[-2:], mode="nearest") +
+    feat).to(torch.bfloat16)`` bit for bit, channels-last as torch's result (SAM 3's pixel decoder levels: a feature
+    shared by the phrases' batch, or one each), one and two threads; the kernel is in use."""
+    assert cpu_convert._upsample_add_agrees()
+    gen = torch.Generator().manual_seed(12)
+    last = torch.channels_last
+    prev = (torch.randn((2, 64, 18, 18), generator=gen) * 30).to(dtype).contiguous(memory_format=last)
+    feat = (torch.randn((1 if shared else 2, 64, 36, 36), generator=gen) * 3).contiguous(memory_format=last)
+    feat = feat.expand(2, -1, -1, -1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = cpu_convert.upsample2_add_bf16(prev, feat)
+    finally:
+        torch.set_num_threads(before)
+    want = (torch.nn.functional.interpolate(prev, size=(36, 36), mode="nearest") + feat).to(torch.bfloat16)
+    assert got is not None and got.is_contiguous(memory_format=last) and want.is_contiguous(memory_format=last)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+def test_upsample2_add_bf16_leaves_what_it_does_not_take_to_the_caller() -> None:
+    """None for row-major (not channels-last) tensors, a float64 or bf16 feature, sizes that are not twice the level's
+    and channels that are not a multiple of 16."""
+    last = torch.channels_last
+    prev = torch.randn((1, 16, 4, 4)).contiguous(memory_format=last)
+    feat = torch.randn((1, 16, 8, 8)).contiguous(memory_format=last)
+    assert cpu_convert.upsample2_add_bf16(prev.contiguous(), feat.contiguous()) is None
+    assert cpu_convert.upsample2_add_bf16(prev, feat.double()) is None
+    assert cpu_convert.upsample2_add_bf16(prev, feat.bfloat16()) is None
+    assert cpu_convert.upsample2_add_bf16(prev, torch.randn((1, 16, 9, 8)).contiguous(memory_format=last)) is None
+    assert cpu_convert.upsample2_add_bf16(torch.randn((1, 8, 4, 4)).contiguous(memory_format=last),
+                                          torch.randn((1, 8, 8, 8)).contiguous(memory_format=last)) is None
+
+
 # --- the rotary position embedding of SAM 3's ViT --------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from geosam.models import patching
+from geosam.models import cpu_convert, patching
 from geosam.models import sam3_attention as sa
 from geosam.models import sam3_detector as sd
 
@@ -34,7 +34,8 @@ def test_rpb_matrix_is_the_stock_matrix_bit_for_bit(tiny_sam3_dir: str, dtype: t
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str, dtype: torch.dtype,
-                                                             monkeypatch: pytest.MonkeyPatch, count_calls: Any) -> None:  # fmt: skip
+                                                             monkeypatch: pytest.MonkeyPatch, count_calls: Any,
+                                                             call_results: Any) -> None:  # fmt: skip
     """``detect`` runs the replacements (the box bias and the pixel embedding; in bf16 also the fused MLPs and the
     encoder layers) and gives the outputs of the model's own forwards, bit for bit; the modules are as
     loaded afterwards (no replacement left on them: they pickle as transformers' own)."""
@@ -44,6 +45,7 @@ def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str,
     text = encode_text(b, ["building", "tree"])
     vision = vision_features(b, torch.randn((1, 3, 336, 336), generator=torch.Generator().manual_seed(5)))
     calls = {name: count_calls(sd, name) for name in ("rpb_matrix", "mlp_forward", "encoder_layer_forward", "embed_pixels")}
+    fused_levels = call_results(sd, "upsample2_add_bf16")
     got = detect(b, vision, text)
     model = b.model
     assert len(calls["rpb_matrix"]) == len(model.detr_decoder.layers)
@@ -53,6 +55,10 @@ def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str,
     assert len(calls["mlp_forward"]) == (len(mlps) if low else 0)
     assert len(calls["encoder_layer_forward"]) == (len(model.detr_encoder.layers) if low else 0)
     assert len(calls["embed_pixels"]) == 1
+    if low:  # every FPN level's upsampling, skip sum and rounding in one pass where the kernel runs
+        assert fused_levels and all((r is not None) == cpu_convert.available() for r in fused_levels)
+    else:
+        assert not fused_levels
     for m in [model.detr_decoder, *mlps, *model.detr_encoder.layers, model.mask_decoder]:
         assert not {"forward", "_get_rpb_matrix", "_embed_pixels"} & set(vars(m))
     assert not patching._USERS

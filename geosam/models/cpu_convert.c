@@ -37,6 +37,32 @@ T512 int geosam_add_bf16(float* x, const uint16_t* h, int64_t n, int threads) {
   return 0;
 }
 
+/* out[b, y, x, c] = bf16(float(prev[b, y / 2, x / 2, c]) + feat[b, y, x, c]) in channels-last layouts: an FPN level's
+ * nearest 2x upsampling, skip sum and the rounding for the convolution after it in one pass (SAM 3's pixel decoder
+ * under bf16 autocast: torch upsamples, adds the float32 feature in its mixed-dtype loop and rounds the float32 sum in
+ * a third pass). The sum is torch's (prev widened exactly, one float32 add), rounded as ATen rounds. prev: bf16
+ * (prev16) or float32, (B, H / 2, W / 2, C) contiguous; feat: float32, (H, W, C) contiguous for each batch entry, fb
+ * numbers apart (0: one feature for every entry); out: (B, H, W, C) contiguous. C a multiple of 16, H and W even. */
+T512 int geosam_upsample2_add_bf16(const void* prev, int prev16, const float* feat, int64_t fb, int64_t B, int64_t H,
+                                   int64_t W, int64_t C, uint16_t* out, int threads) {
+  if (C % 16 || H % 2 || W % 2 || C <= 0 || H <= 0 || W <= 0) return -1;
+  const int64_t h2 = H / 2, w2 = W / 2, pixels = B * H * W;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && pixels * C >= (1 << 16))
+  for (int64_t q = 0; q < pixels; q++) {
+    const int64_t b = q / (H * W), y = (q / W) % H, x = q % W;
+    const int64_t src = ((b * h2 + y / 2) * w2 + x / 2) * C;
+    const float* f = feat + b * fb + (y * W + x) * C;
+    uint16_t* o = out + q * C;
+    for (int64_t c = 0; c < C; c += 16) {
+      const __m512 p = prev16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)prev + src + c))), 16))
+                              : _mm512_loadu_ps((const float*)prev + src + c);
+      _mm256_storeu_si256((__m256i*)(o + c), round16_aten(_mm512_add_ps(p, _mm512_loadu_ps(f + c))));
+    }
+  }
+  return 0;
+}
+
 /* 2. A layer norm over rows of n floats, its output rounded to bf16: what torch's F.layer_norm then .to(bfloat16)
  * give, bit for bit, in one pass (the bf16 encoder's two norms a layer: the float32 output written, then read again
  * and rounded, 12 + 12 + 6 MiB a norm for a ViT-B at 1024 px). torch (2.x, this build) normalises with its AVX2

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from geosam.models.cpu_build import alternating_threads
 from geosam.models.device import cpu_flags
 
 __all__ = [
     "add_bf16_", "add_layer_norm_bf16_", "add_norm_low", "available", "layer_norm_bf16", "layer_norm_bf16_takes",
-    "norm_low", "rope", "rope_reference", "to_bf16",
+    "norm_low", "rope", "rope_reference", "to_bf16", "upsample2_add_bf16",
 ]
 
 _SOURCE = Path(__file__).with_name("cpu_convert.c")
@@ -221,6 +222,59 @@ def add_layer_norm_bf16_(x: torch.Tensor, h: torch.Tensor, norm: torch.nn.Module
         return None
     out = torch.empty(x.shape, dtype=torch.bfloat16)
     return out if _call_add_layer_norm(lib, x, h, ln.weight, ln.bias, float(ln.eps), out) == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def _upsample_add_agrees() -> bool:
+    """Whether `geosam_upsample2_add_bf16` gives torch's nearest upsampling, add and rounding to bf16 bit for bit here
+    (bf16 and float32 levels, a feature shared by the batch and one per entry, large and small values, one and two
+    threads)."""
+    lib = _library()
+    if lib is None:
+        return False
+    lib.geosam_upsample2_add_bf16.restype = ctypes.c_int
+    gen = torch.Generator().manual_seed(4)
+    last = torch.channels_last
+    with alternating_threads() as use:
+        for i, (dtype, shared) in enumerate(((torch.bfloat16, True), (torch.float32, False), (torch.bfloat16, False))):
+            use(i)
+            prev = (torch.randn((2, 32, 5, 6), generator=gen) * 100).to(dtype).contiguous(memory_format=last)
+            feat = torch.randn((1 if shared else 2, 32, 10, 12), generator=gen) * 0.01
+            feat[0, 1, 2, 3] = float("nan")
+            feat = feat.contiguous(memory_format=last).expand(2, -1, -1, -1)
+            want = (F.interpolate(prev, size=(10, 12), mode="nearest") + feat).to(torch.bfloat16)
+            got = upsample2_add_bf16(prev, feat, _checked=True)
+            if got is None or not torch.equal(got.view(torch.int16), want.view(torch.int16)):
+                return False
+    return True
+
+
+def upsample2_add_bf16(prev: torch.Tensor, feat: torch.Tensor, _checked: bool = False) -> torch.Tensor | None:
+    """``(F.interpolate(prev, size=feat.shape[-2:], mode="nearest") + feat).to(torch.bfloat16)`` in one pass for
+    channels-last tensors (SAM 3's pixel decoder): a bf16 or float32 ``prev`` (B, C, H, W) and a float32 ``feat`` (B,
+    C, 2 H, 2 W) (each entry channels-last contiguous; entries apart or one shared, as an expanded view), C a multiple of
+    16, where the kernel gives torch's bits here; the result channels-last, as torch's; None elsewhere (the caller runs
+    torch's ops)."""
+    if prev.ndim != 4 or feat.ndim != 4 or prev.device.type != "cpu" or feat.device.type != "cpu":
+        return None
+    b, c, h, w = prev.shape
+    last = torch.channels_last
+    fb = feat.stride(0) if feat.shape[0] > 1 else 0
+    if not (
+        prev.dtype in (torch.bfloat16, torch.float32) and prev.is_contiguous(memory_format=last) and c % 16 == 0
+        and feat.dtype == torch.float32 and tuple(feat.shape) == (b, c, 2 * h, 2 * w)
+        and feat[:1].is_contiguous(memory_format=last) and fb in (0, c * 4 * h * w)
+        and not (torch.is_grad_enabled() and (prev.requires_grad or feat.requires_grad))
+    ):  # fmt: skip
+        return None
+    lib = _library()
+    if lib is None or not (_checked or _upsample_add_agrees()):
+        return None
+    out = torch.empty((b, c, 2 * h, 2 * w), dtype=torch.bfloat16, memory_format=last)
+    err = lib.geosam_upsample2_add_bf16(_P(prev.data_ptr()), _INT(prev.dtype == torch.bfloat16), _P(feat.data_ptr()),
+                                        _I64(fb), _I64(b), _I64(2 * h), _I64(2 * w), _I64(c), _P(out.data_ptr()),
+                                        _INT(torch.get_num_threads()))  # fmt: skip
+    return out if err == 0 else None
 
 
 def norm_low(norm: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

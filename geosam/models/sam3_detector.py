@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
+from geosam.models.cpu_convert import upsample2_add_bf16
 from geosam.models.cpu_fused import linear_params
 from geosam.models.cpu_gemm import linear_low, linear_relu_low
 from geosam.models.patching import set_while
@@ -137,7 +138,9 @@ def _encoder_layers(model: Any) -> list[Any]:
 def embed_pixels(mask_decoder: Any, backbone_features: list[torch.Tensor], encoder_hidden_states: torch.Tensor) -> torch.Tensor:
     """``Sam3MaskDecoder._embed_pixels`` in inference on the CPU, the same bits: the backbone features not copied first
     (the stock method clones every level, 2 x 256 x 288 x 288 floats at the finest for two phrases, though nothing
-    writes into them) and each level's ReLU in place; the stock method elsewhere."""
+    writes into them), each level's ReLU in place and, under bf16 autocast, its upsampling, skip sum and the
+    convolution's rounding of it in one pass (`geosam.models.cpu_convert.upsample2_add_bf16`); the stock method
+    elsewhere."""
     if encoder_hidden_states.device.type != "cpu" or torch.is_grad_enabled():
         return _stock()["embed_pixels"](mask_decoder, backbone_features, encoder_hidden_states)
     height, width = backbone_features[-1].shape[-2:]
@@ -145,10 +148,13 @@ def embed_pixels(mask_decoder: Any, backbone_features: list[torch.Tensor], encod
     batch_size, _, hidden_size = visual.shape
     feats = [*backbone_features[:-1], visual.transpose(1, 2).reshape(batch_size, hidden_size, height, width)]
     decoder = mask_decoder.pixel_decoder
+    low = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     prev = feats[-1]
     for i, feat in enumerate(reversed(feats[:-1])):
-        prev = F.interpolate(prev, size=feat.shape[-2:], mode="nearest") + feat
-        prev = F.relu(decoder.norms[i](decoder.conv_layers[i](prev)), inplace=True)
+        summed = upsample2_add_bf16(prev, feat) if low else None  # what the convolution rounds its input to
+        if summed is None:
+            summed = F.interpolate(prev, size=feat.shape[-2:], mode="nearest") + feat
+        prev = F.relu(decoder.norms[i](decoder.conv_layers[i](summed)), inplace=True)
     return prev
 
 
