@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-import threading
 from typing import Any
 
 import pytest
@@ -112,7 +111,8 @@ def test_detect_runs_the_detr_self_attention_through_the_kernel(tiny_sam3_dir: s
 
 
 def test_config_set_back_when_the_last_caller_leaves(tiny_sam3_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nested and concurrent callers share the switch; the name is set back once, by the last, errors included."""
+    """Nested callers share the switch (`geosam.models.patching.set_while`, whose own tests cover concurrent ones); the
+    name is set back once, by the last, errors included."""
     from geosam.models import load_model
 
     b = dataclasses.replace(load_model(tiny_sam3_dir, device="cpu", dtype="float32"), dtype=torch.bfloat16)
@@ -125,20 +125,4 @@ def test_config_set_back_when_the_last_caller_leaves(tiny_sam3_dir: str, monkeyp
     assert config._attn_implementation == "sdpa"
     with pytest.raises(RuntimeError, match="boom"), sa.detr_encoder_attention(b):
         raise RuntimeError("boom")
-    assert config._attn_implementation == "sdpa" and not patching._USERS
-    inside, leave = threading.Barrier(4), threading.Event()
-
-    def user() -> None:
-        with sa.detr_encoder_attention(b):
-            inside.wait()
-            leave.wait()
-
-    threads = [threading.Thread(target=user) for _ in range(3)]
-    for t in threads:
-        t.start()
-    inside.wait()
-    assert config._attn_implementation == sa.ATTENTION_NAME
-    leave.set()
-    for t in threads:
-        t.join()
-    assert config._attn_implementation == "sdpa" and not patching._USERS
+    assert config._attn_implementation == "sdpa" and not patching._USERS  # concurrent callers: tests/test_patching.py

@@ -190,37 +190,19 @@ static inline TLN void norm_rows(const float* x, const float* w, const float* b,
   }
 }
 
-/* y[r] (bf16) = layer_norm(x[r]) * w + b rounded, for `rows` rows of n floats (n a multiple of 16) */
-TLN int geosam_layer_norm_bf16(const float* x, const float* w, const float* b, float eps, int64_t rows, int64_t n,
-                               uint16_t* y, int threads) {
+/* y[r] (bf16) = layer_norm(x[r]) * w + b rounded, for `rows` rows of n floats (n a multiple of 16); with h,
+ * x[r] += float(h[r]) first (geosam_add_bf16's adds), in the same pass: each group of four rows added, its statistics
+ * taken and its outputs written while its 4 n floats are in cache (the bf16 encoder's residual add and the next layer
+ * norm: the stream read once where it was read twice) */
+static TLN int layer_norm_rows(float* x, const uint16_t* h, const float* w, const float* b, float eps, int64_t rows,
+                               int64_t n, uint16_t* y, int threads) {
   if (n % 16 || n <= 0) return -1;
   const int64_t groups = (rows + 3) / 4;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && rows * n >= (1 << 16))
   for (int64_t g = 0; g < groups; g++) { /* four rows' statistics side by side, then their outputs */
     const int64_t r = 4 * g;
     const int R = rows - r < 4 ? (int)(rows - r) : 4;
-    float mean[4], var[4];
-    if (R == 4)
-      row_moments4(x + r * n, n, mean, var);
-    else
-      for (int k = 0; k < R; k++) row_moments(x + (r + k) * n, n, mean + k, var + k);
-    norm_rows(x, w, b, eps, r, R, n, mean, var, y);
-  }
-  return 0;
-}
-
-/* x[r] += float(h[r]) (geosam_add_bf16's adds), then y[r] = geosam_layer_norm_bf16's output for the updated rows,
- * in one pass: each group of four rows added, its statistics taken and its outputs written while its 4 n floats are in
- * cache (the bf16 encoder's residual add and the next layer norm: the stream read once where it was read twice) */
-TLN int geosam_add_layer_norm_bf16(float* x, const uint16_t* h, const float* w, const float* b, float eps, int64_t rows,
-                                   int64_t n, uint16_t* y, int threads) {
-  if (n % 16 || n <= 0) return -1;
-  const int64_t groups = (rows + 3) / 4;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && rows * n >= (1 << 16))
-  for (int64_t g = 0; g < groups; g++) {
-    const int64_t r = 4 * g;
-    const int R = rows - r < 4 ? (int)(rows - r) : 4;
-    for (int64_t i = r * n; i < (r + R) * n; i += 16) {
+    for (int64_t i = r * n; h != NULL && i < (r + R) * n; i += 16) {
       const __m512i wd = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(h + i))), 16);
       _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_castsi512_ps(wd)));
     }
@@ -232,6 +214,16 @@ TLN int geosam_add_layer_norm_bf16(float* x, const uint16_t* h, const float* w, 
     norm_rows(x, w, b, eps, r, R, n, mean, var, y);
   }
   return 0;
+}
+
+TLN int geosam_layer_norm_bf16(const float* x, const float* w, const float* b, float eps, int64_t rows, int64_t n,
+                               uint16_t* y, int threads) {
+  return layer_norm_rows((float*)x, NULL, w, b, eps, rows, n, y, threads); /* x only read without h */
+}
+
+TLN int geosam_add_layer_norm_bf16(float* x, const uint16_t* h, const float* w, const float* b, float eps, int64_t rows,
+                                   int64_t n, uint16_t* y, int threads) {
+  return layer_norm_rows(x, h, w, b, eps, rows, n, y, threads);
 }
 
 /* for the check against torch: each row's mean and 1 / sqrt(var + eps) (native_layer_norm's 2nd and 3rd outputs) */
