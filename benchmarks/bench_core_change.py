@@ -9,6 +9,10 @@ load is timed apart; ``segment_s`` is the wall time of ``segment_scene`` (readin
 stitching, table). The output also records whether both versions give the same polygons.
 
     .venv/bin/python benchmarks/bench_core_change.py --old REV [--rounds 3] [--fill-value 255] [--threads 1]
+        [--encode-only N]
+
+``--encode-only N``: each run encodes one chip of the scene N times after a warm-up instead (the encoder alone, where
+the scene's other work would hide a change in its noise); its medians and whether the embeddings are the same bits.
 
 ``REV`` is checked out into a temporary git worktree. Results: ``benchmarks/results/core_change.json``.
 """
@@ -45,9 +49,34 @@ print(json.dumps({"load_s": t1 - t0, "segment_s": t2 - t1, "objects": len(gdf),
 """
 
 
+#: ``--encode-only``: one chip of the scene encoded ``extra["encodes"]`` times after a first (warm-up) encode; the
+#: seconds of each, and the embedding's bytes hashed (stage-package versions only)
+RUN_ENCODE = r"""
+import hashlib, json, sys, time
+sys.path.insert(0, "benchmarks")
+import geosam
+from bench_amg import load_chips
+from geosam.models import load_model, preprocess
+from geosam.models.runtime import encode
+bundle = load_model(sys.argv[1], device="cpu", dtype=sys.argv[3])
+extra = json.loads(sys.argv[4])
+pv = preprocess(bundle, [load_chips(1, 1024)[0].image])[0]
+emb = encode(bundle, pv)
+times = []
+for _ in range(extra.get("encodes", 3)):
+    t = time.perf_counter()
+    encode(bundle, pv)
+    times.append(time.perf_counter() - t)
+print(json.dumps({"encode_s": times, "hash": hashlib.sha256(emb.float().numpy().tobytes()).hexdigest(),
+                  "file": geosam.__file__}))
+"""
+
+
 def run_version(src: Path, model_dir: str, dtype: str, extra: dict, threads: int) -> dict:
     old_api = not (src / "geosam" / "models").is_dir()  # before the stage packages: geosam.model.load_sam
     code = RUN.replace("from geosam.models import load_model as load_sam", "from geosam.model import load_sam") if old_api else RUN
+    if extra.get("encode_only"):
+        code = RUN_ENCODE
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     if threads > 0:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -66,11 +95,15 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=16, help="points per side")
     ap.add_argument("--fill-value", type=float, default=None, help="pixel value marking invalid pixels (255: the wedge)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (OMP_NUM_THREADS); 0: torch's default")
+    ap.add_argument("--encode-only", type=int, default=0, metavar="N",
+                    help="time N encodes of one chip per run (after a warm-up) instead of the scene")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "core_change.json"))
     args = ap.parse_args()
     extra: dict = {"points_per_side": args.grid}
     if args.fill_value is not None:
         extra["fill_value"] = args.fill_value
+    if args.encode_only:
+        extra = {"encode_only": True, "encodes": args.encode_only}
 
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
@@ -91,6 +124,19 @@ def main() -> None:
                 for _ in range(args.rounds):
                     runs["old"].append(run_version(old_src, model_dir, dtype, extra, args.threads))
                     runs["new"].append(run_version(ROOT, model_dir, dtype, extra, args.threads))
+                if args.encode_only:  # each run's median encode, then the median of the runs
+                    per_run = {k: [statistics.median(r["encode_s"]) for r in v] for k, v in runs.items()}
+                    m = {k: statistics.median(v) for k, v in per_run.items()}
+                    results[dtype] = {
+                        "encode_s_old": [[round(t, 3) for t in r["encode_s"]] for r in runs["old"]],
+                        "encode_s_new": [[round(t, 3) for t in r["encode_s"]] for r in runs["new"]],
+                        "median_old_s": round(m["old"], 3), "median_new_s": round(m["new"], 3),
+                        "new_over_old": round(m["new"] / m["old"], 3),
+                        "same_embeddings": runs["old"][0]["hash"] == runs["new"][0]["hash"],
+                    }
+                    print(dtype, {k: v for k, v in results[dtype].items() if not k.startswith("encode_s_")})
+                    _write(args, results)
+                    continue
                 med = {k: statistics.median(r["segment_s"] for r in v) for k, v in runs.items()}
                 results[dtype] = {
                     "segment_s_old": [round(r["segment_s"], 2) for r in runs["old"]],
@@ -126,6 +172,8 @@ def _write(args: argparse.Namespace, results: dict) -> None:
     out = {"old": args.old, "new": head + (" + uncommitted changes" if dirty else ""), "rounds": args.rounds, "cpu": cpu, "cpus": os.cpu_count(), "torch_threads": args.threads or
            "default", "scene": f"data/banepa_predict.tif (9 chips of 1024 px, overlap 128, {args.grid} x {args.grid} "
            f"points, fill_value {args.fill_value})", "results": results}
+    if args.encode_only:
+        out["scene"] = f"one 1024 px chip of data/banepa_predict.tif encoded {args.encode_only} times a run after a warm-up"
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
 
