@@ -151,7 +151,7 @@ def _call_layer_norm(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, b: torc
 def layer_norm_bf16_takes(x: torch.Tensor, norm: torch.nn.Module) -> torch.nn.LayerNorm | None:
     """``norm`` where `layer_norm_bf16`'s kernel takes it on ``x`` (a ``torch.nn.LayerNorm`` with weight and bias over
     the last axis of a contiguous float32 ``x``, its width a multiple of 16, no autograd), else None."""
-    if not isinstance(norm, torch.nn.LayerNorm) or type(norm) is not torch.nn.LayerNorm or norm.weight is None or norm.bias is None:
+    if type(norm) is not torch.nn.LayerNorm or norm.weight is None or norm.bias is None:
         return None
     n = x.shape[-1] if x.ndim else 0
     w, b = norm.weight, norm.bias

@@ -33,7 +33,7 @@ from geosam.models.cpu_convert import to_bf16
 from geosam.models.device import cpu_flags, cpu_vendor
 
 __all__ = [
-    "ROW_BLOCK_BYTES", "bmm", "exact_gelu", "linear", "linear_gelu_low", "linear_low", "linear_relu_low", "mkl_float32_slow", "onednn_linear_available",
+    "ROW_BLOCK_BYTES", "bmm", "exact_gelu", "linear", "linear_gelu_low", "linear_low", "mkl_float32_slow", "onednn_linear_available",
     "op_works_in", "pointwise_linear", "row_blocks",
 ]
 
@@ -200,36 +200,28 @@ def _rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return to_bf16(t) if dtype == torch.bfloat16 else t.to(dtype)
 
 
-def linear_low(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` under autocast to bf16 on the CPU, the same bits: oneDNN's product adding the
-    bf16 bias to its float32 sums as it writes them (autocast's ``addmm`` copies the bias into its output first, then
-    adds the product to it) on operands rounded in one pass each (`_rounded`). Intel Xeon with AMX, one thread, the
-    ViT-B's qkv projection at 1024 px 13.2-13.5 vs 17.0-17.5 ms, the MLP's second product 18.4-18.6 vs 20.3-21.0 ms.
-    Autocast's own op where the bits were not the same here (`_low_linear_agrees`) and for other dtypes."""
-    if dtype == torch.bfloat16 and x.device.type == "cpu" and _low_linear_agrees():
+def linear_low(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+               relu: bool = False) -> torch.Tensor:  # fmt: skip
+    """``F.linear(x, weight, bias)`` (then ``relu`` with ``relu``) under autocast to bf16 on the CPU, the same bits:
+    oneDNN's product adding the bf16 bias to its float32 sums as it writes them (autocast's ``addmm`` copies the bias
+    into its output first, then adds the product to it) on operands rounded in one pass each (`_rounded`). Intel Xeon
+    with AMX, one thread, the ViT-B's qkv projection at 1024 px 13.2-13.5 vs 17.0-17.5 ms, the MLP's second product
+    18.4-18.6 vs 20.3-21.0 ms. The ReLU fused into the product, on the float32 sums before their rounding, which gives
+    the rounding's bits after it (a negative sum rounds to a number <= 0, a positive one as before), without a pass
+    over the product's output (SAM 3's DETR encoder: a (2 x 5184, 2048) bf16 ReLU 35 ms a layer, same host).
+    Autocast's own ops where the bits were not the same here (`_low_linear_agrees`) and for other dtypes."""
+    if dtype == torch.bfloat16 and x.device.type == "cpu" and _low_linear_agrees(relu):
         b = None if bias is None else _rounded(bias, dtype)
-        return pointwise_linear(_rounded(x, dtype), _rounded(weight, dtype), b, gelu=False)
+        return pointwise_linear(_rounded(x, dtype), _rounded(weight, dtype), b, gelu=False, relu=relu)
     with torch.autocast(device_type=x.device.type, dtype=dtype):
-        return F.linear(x, weight, bias)
-
-
-def linear_relu_low(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """``relu(F.linear(x, weight, bias))`` under autocast to bf16 on the CPU, the same bits, the ReLU fused into
-    `linear_low`'s product: on the float32 sums before their rounding, which gives the rounding's bits after it (a
-    negative sum rounds to a number <= 0, a positive one as before), without a pass over the product's output (SAM 3's
-    DETR encoder: a (2 x 5184, 2048) bf16 ReLU 35 ms a layer, Intel Xeon with AMX, one thread). Autocast's ops where
-    `linear_low`'s product is not autocast's here and for other dtypes."""
-    if dtype == torch.bfloat16 and x.device.type == "cpu" and _low_linear_agrees(relu=True):
-        b = None if bias is None else _rounded(bias, dtype)
-        return pointwise_linear(_rounded(x, dtype), _rounded(weight, dtype), b, gelu=False, relu=True)
-    with torch.autocast(device_type=x.device.type, dtype=dtype):
-        return F.relu(F.linear(x, weight, bias))
+        out = F.linear(x, weight, bias)
+        return F.relu(out) if relu else out
 
 
 @functools.lru_cache(maxsize=2)
 def _low_linear_agrees(relu: bool = False) -> bool:
-    """Whether `linear_low`'s product (`linear_relu_low`'s with ``relu``) gives autocast's bf16 ``linear`` (then
-    ``relu``) bit for bit here: inner sizes of one and of several of oneDNN's blocks, rows and columns past whole
+    """Whether `linear_low`'s product (with ``relu``: and its ReLU) gives autocast's bf16 ``linear`` (then ``relu``)
+    bit for bit here: inner sizes of one and of several of oneDNN's blocks, rows and columns past whole
     tiles, large and small values."""
     if not op_works_in(torch.bfloat16):
         return False

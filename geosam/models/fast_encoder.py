@@ -277,7 +277,8 @@ def _add_mlp_low(layer: Any, x: torch.Tensor, dtype: torch.dtype, pending: torch
     autocast to ``dtype``, the exact GELU fused into the first product (`geosam.models.cpu_gemm.linear_gelu_low`: on
     the float32 sums, and no second pass over the 4096 x 3072 hidden activations: Intel Xeon with AMX, one thread,
     ViT-B at 1024 px, torch's bf16 GELU 145 of the encoder's 2500 ms). Each add and the norm after it in one pass
-    (`geosam.models.cpu_convert.add_norm_low`); with ``next_norm`` and ``buffers``, ``buffers["normed"]`` is ``next_norm(x)`` so made."""
+    (`geosam.models.cpu_convert.add_norm_low`); with ``next_norm`` and ``buffers``, ``buffers["normed"]`` is
+    ``next_norm(x)`` so made."""
     mlp = layer.mlp
     if not (all(hasattr(mlp, a) for a in ("lin1", "lin2", "act")) and exact_gelu(mlp.act)) or x.device.type != "cpu":
         if pending is not None:

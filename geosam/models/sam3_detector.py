@@ -10,7 +10,8 @@ products (full-size random SAM 3, a 1008 px chip, two phrases, Intel Xeon with A
   innermost (~55 ms in six layers);
 * the DETR encoder's MLP (``Sam3MLP``: fc1, ReLU, fc2): autocast's bf16 product, then a ReLU pass over its
   (B x 5184, 2048) output (208 ms in six layers). `mlp_forward` fuses the ReLU into oneDNN's product
-  (`geosam.models.cpu_gemm.linear_relu_low`: a ReLU before the rounding to bf16 gives the rounding's bits after it)
+  (`geosam.models.cpu_gemm.linear_low` with ``relu``: a ReLU before the rounding to bf16 gives the rounding's bits
+  after it)
   on weights rounded once (`geosam.models.cpu_fused.linear_params`);
 * the DETR encoder layers' residual adds of a bf16 output to the float32 stream (torch's mixed-dtype loop: 6.3 vs
   2.1 ms for a (2, 5184, 256) add) and their position-encoded tokens rounded twice, for q and for k:
@@ -40,15 +41,16 @@ import torch.nn.functional as F
 from geosam.models.bundle import SamBundle
 from geosam.models.cpu_convert import upsample2_add_bf16
 from geosam.models.cpu_fused import linear_params
-from geosam.models.cpu_gemm import linear_low, linear_relu_low
+from geosam.models.cpu_gemm import linear_low
 from geosam.models.patching import set_while
 from geosam.models.sam3_attention import detr_encoder_attention
 
 __all__ = ["embed_pixels", "encoder_layer_forward", "faster_detector", "mlp_forward", "rpb_matrix"]
 
 
+@functools.lru_cache(maxsize=1)
 def _stock() -> dict[str, Any]:
-    """transformers' functions that `rpb_matrix` and `mlp_forward` reproduce (empty without SAM 3)."""
+    """transformers' classes and functions that this module's replacements reproduce (empty without SAM 3)."""
     try:
         from transformers.models.sam3 import modeling_sam3 as m
     except ImportError:  # pragma: no cover - transformers without SAM 3
@@ -59,6 +61,11 @@ def _stock() -> dict[str, Any]:
             "mask_decoder": m.Sam3MaskDecoder, "mask_decoder_forward": m.Sam3MaskDecoder.forward,
             "embed_pixels": m.Sam3MaskDecoder._embed_pixels, "pixel_decoder": m.Sam3PixelDecoder,
             "pixel_decoder_forward": m.Sam3PixelDecoder.forward}
+
+
+def _low_autocast() -> bool:
+    """Whether CPU autocast to bf16 is on (the replacements that give its bits only then)."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def rpb_matrix(decoder: Any, reference_boxes: torch.Tensor, spatial_shape: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -88,10 +95,10 @@ def rpb_matrix(decoder: Any, reference_boxes: torch.Tensor, spatial_shape: tuple
 def mlp_forward(mlp: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     """``Sam3MLP.forward`` (fc1, dropout, ReLU, fc2; in inference) under CPU bf16 autocast: the ReLU fused into the
     first product, the same bits; the stock forward elsewhere."""
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    if dtype != torch.bfloat16 or hidden_states.device.type != "cpu" or mlp.training or torch.is_grad_enabled():
+    if not _low_autocast() or hidden_states.device.type != "cpu" or mlp.training or torch.is_grad_enabled():
         return _stock()["mlp_forward"](mlp, hidden_states)
-    hidden = linear_relu_low(hidden_states, *linear_params(mlp.fc1, dtype), dtype)
+    dtype = torch.bfloat16
+    hidden = linear_low(hidden_states, *linear_params(mlp.fc1, dtype), dtype, relu=True)
     return linear_low(hidden, *linear_params(mlp.fc2, dtype), dtype)
 
 
@@ -109,13 +116,12 @@ def encoder_layer_forward(layer: Any, vision_feats: torch.Tensor, prompt_feats: 
     """``Sam3DetrEncoderLayer.forward`` in inference under CPU bf16 autocast, the same bits: its residual adds of a
     bf16 attention or MLP output to the float32 stream through `_add`, and the position-encoded tokens rounded to bf16
     once for both the query and the key projections (autocast rounds them for each)."""
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    if dtype != torch.bfloat16 or vision_feats.device.type != "cpu" or layer.training or torch.is_grad_enabled():
+    if not _low_autocast() or vision_feats.device.type != "cpu" or layer.training or torch.is_grad_enabled():
         return _stock()["encoder_layer_forward"](layer, vision_feats, prompt_feats, vision_pos_encoding,
                                                  prompt_cross_attn_mask, **kwargs)  # fmt: skip
     hidden_states = layer.layer_norm1(vision_feats)
     with_pos = _add(hidden_states, vision_pos_encoding)
-    with_pos = with_pos.to(dtype) if with_pos.dtype == torch.float32 else with_pos
+    with_pos = with_pos.to(torch.bfloat16) if with_pos.dtype == torch.float32 else with_pos
     hidden_states, _ = layer.self_attn(query=with_pos, key=with_pos, value=hidden_states, **kwargs)
     hidden_states = _add(layer.dropout(hidden_states), vision_feats)
     residual = hidden_states
@@ -148,7 +154,7 @@ def embed_pixels(mask_decoder: Any, backbone_features: list[torch.Tensor], encod
     batch_size, _, hidden_size = visual.shape
     feats = [*backbone_features[:-1], visual.transpose(1, 2).reshape(batch_size, hidden_size, height, width)]
     decoder = mask_decoder.pixel_decoder
-    low = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    low = _low_autocast()
     prev = feats[-1]
     for i, feat in enumerate(reversed(feats[:-1])):
         summed = upsample2_add_bf16(prev, feat) if low else None  # what the convolution rounds its input to
@@ -199,12 +205,12 @@ def faster_detector(bundle: SamBundle) -> Iterator[None]:
         if bundle.device.type == "cpu" and stock:
             kind: Any = type(decoder)
             if kind is stock["decoder"] and kind._get_rpb_matrix is stock["rpb"] and kind._get_coords is stock["coords"]:
-                stack.enter_context(set_while(decoder, "_get_rpb_matrix", lambda boxes, shape, d=decoder: rpb_matrix(d, boxes, shape)))
+                stack.enter_context(set_while(decoder, "_get_rpb_matrix", functools.partial(rpb_matrix, decoder)))
             for m in _pixel_embedders(bundle.model):
                 stack.enter_context(set_while(m, "_embed_pixels", functools.partial(embed_pixels, m)))
             if bundle.dtype == torch.bfloat16:
                 for mlp in _relu_mlps(bundle.model):
-                    stack.enter_context(set_while(mlp, "forward", lambda x, m=mlp: mlp_forward(m, x)))
+                    stack.enter_context(set_while(mlp, "forward", functools.partial(mlp_forward, mlp)))
                 for layer in _encoder_layers(bundle.model):
                     stack.enter_context(set_while(layer, "forward", functools.partial(encoder_layer_forward, layer)))
         yield
