@@ -14,10 +14,24 @@ from geosam.models import sam3_attention as sa
 from geosam.models import sam3_detector as sd
 
 
-def _bundle(tiny_sam3_dir: str, dtype: torch.dtype) -> Any:
+def _bundle(tiny_sam3_dir: str, dtype: torch.dtype, layers: int = 1) -> Any:
+    """The tiny SAM 3 in ``dtype``; ``layers`` > 1: its DETR encoder and decoder remade with that many layers (random
+    weights), so that what the detector makes once for every layer is used by several."""
     from geosam.models import load_model
 
-    return dataclasses.replace(load_model(tiny_sam3_dir, device="cpu", dtype="float32"), dtype=dtype)
+    b = load_model(tiny_sam3_dir, device="cpu", dtype="float32")
+    if layers > 1:
+        from transformers import Sam3Model
+
+        config = b.model.config
+        config.detr_encoder_config.num_layers = config.detr_decoder_config.num_layers = layers
+        torch.manual_seed(11)
+        b = dataclasses.replace(b, model=Sam3Model(config).eval())
+    with torch.no_grad():  # scores that move the vision cross-attention's outputs (random weights barely do)
+        for layer in b.model.detr_decoder.layers:
+            layer.vision_cross_attn.q_proj.weight.mul_(8)
+            layer.vision_cross_attn.k_proj.weight.mul_(8)
+    return dataclasses.replace(b, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -30,36 +44,51 @@ def test_rpb_matrix_is_the_stock_matrix_bit_for_bit(tiny_sam3_dir: str, dtype: t
         got = sd.rpb_matrix(decoder, boxes, shape)
     assert got.shape == want.shape == (2, decoder.config.num_attention_heads, 12, 24 * 20)
     assert got.dtype == want.dtype and torch.equal(got, want)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float32):
+        padded = sd.rpb_matrix(decoder, boxes, shape, zero_rows=1)  # as the decoder pads it for its presence token
+    assert padded.is_contiguous() and torch.equal(padded, torch.nn.functional.pad(want, (0, 0, 1, 0)))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str, dtype: torch.dtype,
+@pytest.mark.parametrize(("dtype", "layers"), [(torch.bfloat16, 1), (torch.float32, 1), (torch.bfloat16, 2),
+                                                (torch.float32, 2)])  # fmt: skip
+def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str, dtype: torch.dtype, layers: int,
                                                              monkeypatch: pytest.MonkeyPatch, count_calls: Any,
                                                              call_results: Any) -> None:  # fmt: skip
-    """``detect`` runs the replacements (the box bias and the pixel embedding; in bf16 also the fused MLPs and the
-    encoder layers) and gives the outputs of the model's own forwards, bit for bit; the modules are as
-    loaded afterwards (no replacement left on them: they pickle as transformers' own)."""
+    """``detect`` runs the replacements (the decoder with the box bias padded in place and its image keys made once,
+    the pixel embedding; in bf16 also the fused MLPs, the encoder layers with their adds and norms in one pass, the
+    attentions' projections on kept weights) and gives the outputs of the model's own forwards, bit for bit, with one
+    and with two layers in the DETR encoder and decoder; the modules are as loaded afterwards (no replacement left
+    on them: they pickle as transformers' own)."""
     from geosam.models.sam3 import detect, encode_text, vision_features
 
-    b = _bundle(tiny_sam3_dir, dtype)
+    b = _bundle(tiny_sam3_dir, dtype, layers)
     text = encode_text(b, ["building", "tree"])
     vision = vision_features(b, torch.randn((1, 3, 336, 336), generator=torch.Generator().manual_seed(5)))
-    calls = {name: count_calls(sd, name) for name in ("rpb_matrix", "mlp_forward", "encoder_layer_forward", "embed_pixels")}
+    names = ("rpb_matrix", "mlp_forward", "encoder_layer_forward", "embed_pixels", "decoder_forward", "attention_forward")
+    calls = {name: count_calls(sd, name) for name in names}
     fused_levels = call_results(sd, "upsample2_add_bf16")
+    fused_norms = call_results(sd, "add_layer_norm_bf16_")
     got = detect(b, vision, text)
     model = b.model
-    assert len(calls["rpb_matrix"]) == len(model.detr_decoder.layers)
+    assert len(model.detr_decoder.layers) == len(model.detr_encoder.layers) == layers
+    assert len(calls["rpb_matrix"]) == layers and len(calls["decoder_forward"]) == 1
     low = dtype == torch.bfloat16
     mlps = sd._relu_mlps(model)
-    assert len(mlps) == len(model.detr_encoder.layers) + len(model.detr_decoder.layers)
+    assert len(mlps) == 2 * layers
+    attentions = sd._attentions(model)
+    assert len(attentions) == 5 * layers + 1  # the encoder layers' two, the decoder layers' three, the mask decoder's
     assert len(calls["mlp_forward"]) == (len(mlps) if low else 0)
-    assert len(calls["encoder_layer_forward"]) == (len(model.detr_encoder.layers) if low else 0)
+    assert len(calls["attention_forward"]) == (len(attentions) if low else 0)
+    assert len(calls["encoder_layer_forward"]) == (layers if low else 0)
     assert len(calls["embed_pixels"]) == 1
-    if low:  # every FPN level's upsampling, skip sum and rounding in one pass where the kernel runs
+    if low:  # every FPN level's upsampling, skip sum and rounding in one pass, each encoder layer's two norms with
+        # the adds before them, where the kernels run
         assert fused_levels and all((r is not None) == cpu_convert.available() for r in fused_levels)
+        assert len(fused_norms) == (2 * layers if cpu_convert.available() else layers)
+        assert all((r is not None) == cpu_convert.available() for r in fused_norms)
     else:
-        assert not fused_levels
-    for m in [model.detr_decoder, *mlps, *model.detr_encoder.layers, model.mask_decoder]:
+        assert not fused_levels and not fused_norms
+    for m in [model.detr_decoder, *mlps, *attentions, *model.detr_encoder.layers, model.mask_decoder]:
         assert not {"forward", "_get_rpb_matrix", "_embed_pixels"} & set(vars(m))
     assert not patching._USERS
     monkeypatch.setattr(sd, "faster_detector", sa.detr_encoder_attention)

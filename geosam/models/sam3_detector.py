@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
-from geosam.models.cpu_convert import upsample2_add_bf16
+from geosam.models.cpu_convert import add_bf16_, add_layer_norm_bf16_, upsample2_add_bf16
 from geosam.models.cpu_fused import linear_params
 from geosam.models.cpu_gemm import linear_low
 from geosam.models.patching import set_while
 from geosam.models.sam3_attention import detr_encoder_attention
 
-__all__ = ["embed_pixels", "encoder_layer_forward", "faster_detector", "mlp_forward", "rpb_matrix"]
+__all__ = ["attention_forward", "decoder_forward", "embed_pixels", "encoder_layer_forward", "faster_detector", "mlp_forward", "rpb_matrix"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,7 +60,13 @@ def _stock() -> dict[str, Any]:
             "encoder_layer": m.Sam3DetrEncoderLayer, "encoder_layer_forward": m.Sam3DetrEncoderLayer.forward,
             "mask_decoder": m.Sam3MaskDecoder, "mask_decoder_forward": m.Sam3MaskDecoder.forward,
             "embed_pixels": m.Sam3MaskDecoder._embed_pixels, "pixel_decoder": m.Sam3PixelDecoder,
-            "pixel_decoder_forward": m.Sam3PixelDecoder.forward}
+            "pixel_decoder_forward": m.Sam3PixelDecoder.forward, "decoder_forward": m.Sam3DetrDecoder.forward,
+            "decoder_layer": m.Sam3DetrDecoderLayer, "decoder_layer_forward": m.Sam3DetrDecoderLayer.forward,
+            "decoder_mlp": m.Sam3DecoderMLP, "decoder_mlp_forward": m.Sam3DecoderMLP.forward,
+            "bidirectional_mask": m.create_bidirectional_mask, "inverse_sigmoid": m.inverse_sigmoid,
+            "decoder_output": m.Sam3DETRDecoderOutput, "attention": m.Sam3Attention,
+            "attention_forward": m.Sam3Attention.forward, "attention_functions": m.ALL_ATTENTION_FUNCTIONS,
+            "eager_attention": m.eager_attention_forward, "flash_requested": m.is_flash_attention_requested}
 
 
 def _low_autocast() -> bool:
@@ -68,9 +74,11 @@ def _low_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def rpb_matrix(decoder: Any, reference_boxes: torch.Tensor, spatial_shape: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def rpb_matrix(decoder: Any, reference_boxes: torch.Tensor, spatial_shape: tuple[torch.Tensor, torch.Tensor],
+               zero_rows: int = 0) -> torch.Tensor:  # fmt: skip
     """``decoder._get_rpb_matrix(reference_boxes, spatial_shape)``: (B, heads, queries, H W), the same bits, the row and
-    column terms added into that layout directly."""
+    column terms added into that layout directly. ``zero_rows``: that many rows of zeros before the queries' (B,
+    heads, zero_rows + queries, H W), as the decoder pads the matrix for its presence token, without the pad's copy."""
     height, width = spatial_shape
     boxes_xyxy = _stock()["xyxy"](reference_boxes)
     batch_size, num_queries, _ = boxes_xyxy.shape
@@ -83,13 +91,30 @@ def rpb_matrix(decoder: Any, reference_boxes: torch.Tensor, spatial_shape: tuple
         logs.append(torch.sign(d) * torch.log2(torch.abs(d) + 1.0) / math.log2(8))
     # (B, heads, queries, W) and (B, heads, queries, H), contiguous: the broadcast add then runs along whole rows
     # (Intel Xeon with AMX, one thread, two phrases: 9 ms a layer, 20-30 ms on the permuted views)
-    rx = decoder.box_rpb_embed_x(logs[0]).permute(0, 3, 1, 2).contiguous()
-    ry = decoder.box_rpb_embed_y(logs[1]).permute(0, 3, 1, 2).contiguous()
+    rx = _decoder_mlp(decoder.box_rpb_embed_x, logs[0]).permute(0, 3, 1, 2).contiguous()
+    ry = _decoder_mlp(decoder.box_rpb_embed_y, logs[1]).permute(0, 3, 1, 2).contiguous()
     b, heads, q, w = rx.shape
     h = ry.shape[-1]
-    out = torch.empty((b, heads, q, h, w), dtype=torch.result_type(ry, rx), device=rx.device)
-    torch.add(ry.unsqueeze(-1), rx.unsqueeze(-2), out=out)
-    return out.view(b, heads, q, h * w)
+    out = torch.empty((b, heads, zero_rows + q, h, w), dtype=torch.result_type(ry, rx), device=rx.device)
+    out[:, :, :zero_rows].zero_()
+    torch.add(ry.unsqueeze(-1), rx.unsqueeze(-2), out=out[:, :, zero_rows:])
+    return out.view(b, heads, zero_rows + q, h * w)
+
+
+def _decoder_mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for a ``Sam3DecoderMLP`` (linear, ReLU, linear[, ReLU, linear]); under CPU bf16 autocast with each ReLU
+    fused into the product before it (`linear_low`, the same bits; the box bias's first layer writes (B, queries, 72,
+    256) a layer: its ReLU pass and autocast's bias copy ~11 ms of the one-thread detector each)."""
+    stock = _stock()
+    if (not _low_autocast() or x.device.type != "cpu" or torch.is_grad_enabled() or type(mlp) is not stock["decoder_mlp"]
+            or type(mlp).forward is not stock["decoder_mlp_forward"]
+            or not all(type(lin) is torch.nn.Linear for lin in (mlp.layer1, mlp.layer2, mlp.layer3) if lin is not None)):  # fmt: skip
+        return mlp(x)
+    dtype = torch.bfloat16
+    x = linear_low(x, *linear_params(mlp.layer1, dtype), dtype, relu=True)
+    if mlp.layer3 is not None:
+        x = linear_low(x, *linear_params(mlp.layer2, dtype), dtype, relu=True)
+    return linear_low(x, *linear_params(mlp.layer3 if mlp.layer3 is not None else mlp.layer2, dtype), dtype)
 
 
 def mlp_forward(mlp: Any, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -100,6 +125,46 @@ def mlp_forward(mlp: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     dtype = torch.bfloat16
     hidden = linear_low(hidden_states, *linear_params(mlp.fc1, dtype), dtype, relu=True)
     return linear_low(hidden, *linear_params(mlp.fc2, dtype), dtype)
+
+
+def attention_forward(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
+    """``Sam3Attention.forward`` in inference under CPU bf16 autocast, the same bits: its four projections on weights
+    rounded once (`linear_params`) and without autocast's copy of the bias into the output (`linear_low`); autocast
+    rounded the four 256 x 256 weights of each of the detector's 31 attentions on every call (161 copies, ~70 ms of the
+    one-thread detector). The stock forward elsewhere."""
+    stock = _stock()
+    if not _low_autocast() or query.device.type != "cpu" or attn.training or torch.is_grad_enabled():
+        return stock["attention_forward"](attn, query, key, value, attention_mask, **kwargs)
+    dtype = torch.bfloat16
+    batch_size, query_len, key_len = query.shape[0], query.shape[1], key.shape[1]
+
+    def project(lin: torch.nn.Linear, x: torch.Tensor, length: int) -> torch.Tensor:
+        out = linear_low(x, *linear_params(lin, dtype), dtype)
+        return out.view(batch_size, length, attn.num_attention_heads, attn.head_dim).transpose(1, 2)
+
+    q, k, v = project(attn.q_proj, query, query_len), project(attn.k_proj, key, key_len), project(attn.v_proj, value, key_len)
+    functions = stock["attention_functions"]
+    interface = functions.get_interface(attn.config._attn_implementation, stock["eager_attention"])
+    if stock["flash_requested"](attn.config) and attention_mask is not None and attention_mask.dtype != torch.bool:
+        interface = functions["sdpa"]  # as the stock forward: flash attention takes no additive bias
+    out, weights = interface(attn, q, k, v, attention_mask=attention_mask, dropout=0.0, scaling=attn.scaling,
+                             is_causal=attn.is_causal, **kwargs)  # fmt: skip
+    out = out.reshape(batch_size, query_len, attn.num_attention_heads * attn.head_dim).contiguous()
+    return linear_low(out, *linear_params(attn.o_proj, dtype), dtype), weights
+
+
+def _attentions(model: Any) -> list[Any]:
+    """The detector's attentions (DETR encoder and decoder, mask decoder) that `attention_forward` reproduces:
+    transformers' ``Sam3Attention`` with its forward and plain linear projections."""
+    stock = _stock()
+    out = []
+    for part in (getattr(model, "detr_encoder", None), getattr(model, "detr_decoder", None), getattr(model, "mask_decoder", None)):
+        for m in part.modules() if part is not None else ():
+            if (type(m) is stock["attention"] and type(m).forward is stock["attention_forward"]
+                    and all(type(getattr(m, p, None)) is torch.nn.Linear for p in ("q_proj", "k_proj", "v_proj", "o_proj"))):  # fmt: skip
+                out.append(m)
+    return out
 
 
 def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -122,8 +187,22 @@ def encoder_layer_forward(layer: Any, vision_feats: torch.Tensor, prompt_feats: 
     hidden_states = layer.layer_norm1(vision_feats)
     with_pos = _add(hidden_states, vision_pos_encoding)
     with_pos = with_pos.to(torch.bfloat16) if with_pos.dtype == torch.float32 else with_pos
-    hidden_states, _ = layer.self_attn(query=with_pos, key=with_pos, value=hidden_states, **kwargs)
-    hidden_states = _add(layer.dropout(hidden_states), vision_feats)
+    attn_out, _ = layer.self_attn(query=with_pos, key=with_pos, value=hidden_states, **kwargs)
+    if vision_feats.dtype == torch.float32 and attn_out.dtype == torch.bfloat16:
+        # the stream is this layer's own from here: each bf16 output added in place, with the next norm, rounded as
+        # the product after it rounds it, in the same pass (cpu_convert: the same bits, checked on load)
+        stream = vision_feats.clone()
+        normed = add_layer_norm_bf16_(stream, attn_out, layer.layer_norm2)
+        if normed is not None:
+            cross_out, _ = layer.cross_attn(query=normed, key=prompt_feats, value=prompt_feats,
+                                            attention_mask=prompt_cross_attn_mask, **kwargs)  # fmt: skip
+            normed = add_layer_norm_bf16_(stream, cross_out, layer.layer_norm3) if cross_out.dtype == torch.bfloat16 else None
+            if normed is not None:
+                mlp_out = layer.mlp(normed)
+                return add_bf16_(stream, mlp_out) if mlp_out.dtype == torch.bfloat16 else stream + mlp_out
+            hidden_states = _add(cross_out, stream)
+            return _add(layer.mlp(layer.layer_norm3(hidden_states)), hidden_states)
+    hidden_states = _add(layer.dropout(attn_out), vision_feats)
     residual = hidden_states
     hidden_states, _ = layer.cross_attn(query=layer.layer_norm2(hidden_states), key=prompt_feats, value=prompt_feats,
                                         attention_mask=prompt_cross_attn_mask, **kwargs)  # fmt: skip
@@ -131,6 +210,90 @@ def encoder_layer_forward(layer: Any, vision_feats: torch.Tensor, prompt_feats: 
     residual = hidden_states
     hidden_states = layer.mlp(layer.layer_norm3(hidden_states))
     return _add(layer.dropout(hidden_states), residual)
+
+
+def decoder_forward(decoder: Any, vision_features: torch.Tensor, text_features: torch.Tensor,
+                    vision_pos_encoding: torch.Tensor, text_mask: torch.Tensor | None = None,
+                    spatial_shapes: torch.Tensor | None = None, **kwargs: Any) -> Any:  # fmt: skip
+    """``Sam3DetrDecoder.forward`` in inference on the CPU, the same outputs bit for bit, without what it does again
+    and again with the same numbers: the box bias is written into the padded matrix the vision cross-attention takes
+    (`rpb_matrix` with a zero row for the presence token: the stock forward pads it, a fill and a copy of (B, heads,
+    201, 5184) a layer, ~29 ms of the one-thread detector), and the image tokens' keys with their position encoding
+    (``vision_features + vision_pos_encoding``, a (B, 5184, 256) add a layer) are summed once, and under bf16 autocast
+    rounded once with the values, for all six layers (`_decoder_layer`)."""
+    stock = _stock()
+    if vision_features.device.type != "cpu" or decoder.training or torch.is_grad_enabled():
+        return stock["decoder_forward"](decoder, vision_features, text_features, vision_pos_encoding, text_mask,
+                                        spatial_shapes, **kwargs)  # fmt: skip
+    batch_size = vision_features.shape[0]
+    query_embeds = decoder.query_embed.weight.unsqueeze(0).expand(batch_size, -1, -1)
+    reference_boxes = decoder.reference_points.weight.unsqueeze(0).expand(batch_size, -1, -1).sigmoid()
+    presence_token = decoder.presence_token.weight.unsqueeze(0).expand(batch_size, -1, -1)
+    hidden_states = torch.cat([presence_token, query_embeds], dim=1)
+    text_cross_attn_mask = None
+    if text_mask is not None:
+        text_cross_attn_mask = stock["bidirectional_mask"](config=decoder.config, inputs_embeds=hidden_states,
+                                                           attention_mask=text_mask, encoder_hidden_states=text_features)  # fmt: skip
+    keys = vision_features + vision_pos_encoding
+    values = vision_features
+    if _low_autocast():  # what autocast rounds the k and v projections' inputs to, in every layer
+        keys, values = (t.to(torch.bfloat16) if t.dtype == torch.float32 else t for t in (keys, values))
+    outputs, boxes, presence = [], [reference_boxes], []
+    for layer in decoder.layers:
+        query_pos = decoder.ref_point_head(decoder.position_encoding.encode_boxes(reference_boxes))
+        cross_mask = None
+        if spatial_shapes is not None and spatial_shapes.shape[0] == 1:
+            shape = (spatial_shapes[0, 0], spatial_shapes[0, 1])
+            method = decoder._get_rpb_matrix
+            if _is_rpb(method) or getattr(method, "__func__", None) is stock["rpb"]:
+                cross_mask = rpb_matrix(decoder, reference_boxes, shape, zero_rows=1)
+            else:
+                cross_mask = F.pad(decoder._get_rpb_matrix(reference_boxes, shape), (0, 0, 1, 0), mode="constant", value=0)
+        if type(layer) is stock["decoder_layer"] and type(layer).forward is stock["decoder_layer_forward"]:
+            hidden_states = _decoder_layer(layer, hidden_states, query_pos, text_features, keys, values,
+                                           text_cross_attn_mask, cross_mask, **kwargs)  # fmt: skip
+        else:
+            hidden_states = layer(hidden_states, query_pos=query_pos, text_features=text_features,
+                                  vision_features=vision_features, vision_pos_encoding=vision_pos_encoding,
+                                  text_cross_attn_mask=text_cross_attn_mask, vision_cross_attn_mask=cross_mask, **kwargs)  # fmt: skip
+        query_hidden_states = hidden_states[:, 1:]
+        delta_boxes = decoder.box_head(decoder.output_layer_norm(query_hidden_states))
+        new_reference_boxes = (delta_boxes + stock["inverse_sigmoid"](reference_boxes)).sigmoid()
+        reference_boxes = new_reference_boxes.detach()
+        outputs.append(decoder.output_layer_norm(query_hidden_states))
+        boxes.append(new_reference_boxes)
+        logits = decoder.presence_head(decoder.presence_layer_norm(hidden_states[:, :1])).squeeze(-1)
+        presence.append(logits.clamp(min=-decoder.clamp_presence_logit_max_val, max=decoder.clamp_presence_logit_max_val))
+    return stock["decoder_output"](intermediate_hidden_states=torch.stack(outputs), reference_boxes=torch.stack(boxes[:-1]),
+                                   presence_logits=torch.stack(presence))  # fmt: skip
+
+
+def _is_rpb(method: Any) -> bool:
+    """Whether ``method`` is `rpb_matrix` bound to a decoder (as `faster_detector` sets it)."""
+    return isinstance(method, functools.partial) and method.func is rpb_matrix
+
+
+def _decoder_layer(layer: Any, hidden_states: torch.Tensor, query_pos: torch.Tensor, text_features: torch.Tensor,
+                   keys: torch.Tensor, values: torch.Tensor, text_cross_attn_mask: torch.Tensor | None,
+                   vision_cross_attn_mask: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:  # fmt: skip
+    """``Sam3DetrDecoderLayer.forward`` with the vision cross-attention's keys (image tokens plus their position
+    encoding) and values made by the caller, once for every layer: the same bits."""
+    query_pos = F.pad(query_pos, (0, 0, 1, 0), mode="constant", value=0)
+    residual = hidden_states
+    query_with_pos = hidden_states + query_pos
+    attn_output, _ = layer.self_attn(query=query_with_pos, key=query_with_pos, value=hidden_states, attention_mask=None, **kwargs)
+    hidden_states = layer.self_attn_layer_norm(residual + layer.self_attn_dropout(attn_output))
+    residual = hidden_states
+    attn_output, _ = layer.text_cross_attn(query=hidden_states + query_pos, key=text_features, value=text_features,
+                                           attention_mask=text_cross_attn_mask, **kwargs)  # fmt: skip
+    hidden_states = layer.text_cross_attn_layer_norm(residual + layer.text_cross_attn_dropout(attn_output))
+    residual = hidden_states
+    attn_output, _ = layer.vision_cross_attn(query=hidden_states + query_pos, key=keys, value=values,
+                                             attention_mask=vision_cross_attn_mask, **kwargs)  # fmt: skip
+    hidden_states = layer.vision_cross_attn_layer_norm(residual + layer.vision_cross_attn_dropout(attn_output))
+    residual = hidden_states
+    hidden_states = layer.mlp(hidden_states)
+    return layer.mlp_layer_norm(residual + layer.mlp_dropout(hidden_states))
 
 
 def _encoder_layers(model: Any) -> list[Any]:
@@ -206,6 +369,8 @@ def faster_detector(bundle: SamBundle) -> Iterator[None]:
             kind: Any = type(decoder)
             if kind is stock["decoder"] and kind._get_rpb_matrix is stock["rpb"] and kind._get_coords is stock["coords"]:
                 stack.enter_context(set_while(decoder, "_get_rpb_matrix", functools.partial(rpb_matrix, decoder)))
+                if kind.forward is stock["decoder_forward"]:
+                    stack.enter_context(set_while(decoder, "forward", functools.partial(decoder_forward, decoder)))
             for m in _pixel_embedders(bundle.model):
                 stack.enter_context(set_while(m, "_embed_pixels", functools.partial(embed_pixels, m)))
             if bundle.dtype == torch.bfloat16:
@@ -213,5 +378,7 @@ def faster_detector(bundle: SamBundle) -> Iterator[None]:
                     stack.enter_context(set_while(mlp, "forward", functools.partial(mlp_forward, mlp)))
                 for layer in _encoder_layers(bundle.model):
                     stack.enter_context(set_while(layer, "forward", functools.partial(encoder_layer_forward, layer)))
+                for attn in _attentions(bundle.model):
+                    stack.enter_context(set_while(attn, "forward", functools.partial(attention_forward, attn)))
         yield
 
