@@ -19,7 +19,8 @@ needs_bf16_ops = pytest.mark.skipif(not ops_work(torch.bfloat16), reason="oneDNN
 
 def _model(seed: int = 0, head_dim: int = 16) -> Any:
     """A tiny random SAM 3 whose windows need padding (10 on a 24 x 24 grid) and whose position embeddings are tiled
-    (pretrained on 12 x 12 patches); two heads of ``head_dim`` numbers (32: the attention kernel's smallest)."""
+    (pretrained on 12 x 12 patches); two heads of ``head_dim`` numbers (32: the attention kernel's smallest); its
+    ViT's layer norms random (a norm taken for another changes the features)."""
     from transformers import Sam3Model
 
     from tests._tiny_families import tiny_sam3_config
@@ -29,7 +30,13 @@ def _model(seed: int = 0, head_dim: int = 16) -> Any:
     vit.window_size, vit.pretrain_image_size, vit.num_hidden_layers, vit.global_attn_indexes = 10, 168, 3, [1]
     vit.hidden_size, vit.intermediate_size = 2 * head_dim, 4 * head_dim
     torch.manual_seed(seed)
-    return Sam3Model(config).eval()
+    model = Sam3Model(config).eval()
+    with torch.no_grad():  # layer norms that differ from each other (as initialised: all ones and zeros)
+        for m in model.vision_encoder.backbone.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1.0, 0.3)
+                m.bias.normal_(0.0, 0.3)
+    return model
 
 
 def _image(seed: int = 1) -> torch.Tensor:
@@ -71,6 +78,30 @@ def test_fast_sam3_vit_bf16_is_as_close_to_float32_as_autocast() -> None:
     got = fast_vision_features(model, x, torch.bfloat16)
     for g, a, w in zip(_outputs(got)[:4], _outputs(auto)[:4], _outputs(want)[:4], strict=True):
         assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
+
+
+@needs_bf16_ops
+def test_bf16_residual_adds_and_norms_in_one_pass_give_the_separate_passes_bits(monkeypatch: pytest.MonkeyPatch,
+                                                                              call_results: Any) -> None:  # fmt: skip
+    """In bf16 each layer's residual adds run with the layer norm after them as one pass over the float32 stream
+    (the MLP's with the next layer's first norm): the same features, bit for bit, as torch's add, norm and rounding
+    one after the other (the fused passes switched off); two fused passes a layer but the last's one where the
+    kernel runs."""
+    from geosam.models import cpu_convert
+    from geosam.models import fast_sam3_vit as fv
+
+    model = _model(3, head_dim=32)
+    x = _image(4)
+    fused = call_results(cpu_convert, "add_layer_norm_bf16_")
+    got = fv.fast_vision_features(model, x, torch.bfloat16)
+    layers = len(model.vision_encoder.backbone.layers)
+    assert len(fused) == 2 * layers - 1
+    assert all((r is not None) == cpu_convert.available() for r in fused)
+    for name in ("_add_layer_norm_agrees", "_layer_norm_agrees"):  # torch's norm, then the rounding
+        monkeypatch.setattr(cpu_convert, name, lambda: False)
+    want = fv.fast_vision_features(model, x, torch.bfloat16)
+    for g, w in zip(_outputs(got), _outputs(want), strict=True):
+        assert torch.equal(g, w)
 
 
 @needs_bf16_ops

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geosam.models.cpu_convert import add_bf16_, add_norm_low, norm_low
 from geosam.models.cpu_fused import Kept, Weights, conv2d, ops_work, product, weights_of
 
 __all__ = ["fast_sam3_vit_supported", "fast_vision_features"]
@@ -115,12 +116,16 @@ def _kernel_attention(qkv: torch.Tensor, nwin: int, n: int, heads: int, scale: f
     return o.transpose(1, 2).reshape(nwin * n, c)
 
 
-def _layer(t: torch.Tensor, h: int, w: int, vit: nn.Module, layer: Any, wt: Weights) -> torch.Tensor:
-    """``Sam3ViTLayer`` on the float32 stream t (h*w, C)."""
+def _layer(t: torch.Tensor, h: int, w: int, vit: nn.Module, layer: Any, wt: Weights, normed: torch.Tensor | None = None,
+           next_norm: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """``Sam3ViTLayer`` on the float32 stream t (h*w, C), which it may update in place: (the stream after the layer,
+    ``next_norm`` of it rounded to bf16 or None). In bf16 each residual add of a bf16 output and the layer norm after
+    it run as one pass over the stream (`geosam.models.cpu_convert.add_norm_low`: torch's bits; the stock order was
+    a mixed-dtype add making a new stream, the norm, the rounding), the MLP's add with ``next_norm`` (the next
+    layer's first norm) when given; ``normed``: this layer's first norm so made by the previous layer."""
     low = wt.dtype
     c = t.shape[-1]
-    ln = layer.layer_norm1
-    x = F.layer_norm(t, ln.normalized_shape, ln.weight, ln.bias, ln.eps).to(low).view(h, w, c)
+    x = (normed if normed is not None else norm_low(layer.layer_norm1, t, low)).to(low).view(h, w, c)
     ws = layer.window_size
     if ws > 0:
         ph, pw = (-h) % ws, (-w) % ws
@@ -144,14 +149,16 @@ def _layer(t: torch.Tensor, h: int, w: int, vit: nn.Module, layer: Any, wt: Weig
     o = product(o, wt(attn.o_proj.weight), wt.get(attn.o_proj.bias))
     if ws > 0:
         o = o.view(nh, nw, ws, ws, c).transpose(1, 2).reshape(nh * ws, nw * ws, c)[:h, :w].reshape(h * w, c)
-    t = t + o  # float32
-    ln = layer.layer_norm2
-    y = F.layer_norm(t, ln.normalized_shape, ln.weight, ln.bias, ln.eps).to(low)
     mlp = layer.mlp
-    hid = product(y, wt(mlp.fc1.weight), wt.get(mlp.fc1.bias), gelu=True)
     if low == torch.float32:
-        return product(hid, wt(mlp.fc2.weight), wt.get(mlp.fc2.bias), add=t)
-    return t + product(hid, wt(mlp.fc2.weight), wt.get(mlp.fc2.bias))
+        t = t + o
+        hid = product(layer.layer_norm2(t), wt(mlp.fc1.weight), wt.get(mlp.fc1.bias), gelu=True)
+        return product(hid, wt(mlp.fc2.weight), wt.get(mlp.fc2.bias), add=t), None
+    y = add_norm_low(t, o, layer.layer_norm2, low).to(low)  # the stream is float32 in every dtype, as under autocast
+    out = product(product(y, wt(mlp.fc1.weight), wt.get(mlp.fc1.bias), gelu=True), wt(mlp.fc2.weight), wt.get(mlp.fc2.bias))
+    if next_norm is not None:
+        return t, add_norm_low(t, out, next_norm, low)
+    return add_bf16_(t, out), None
 
 
 def _backbone(vit: Any, x: torch.Tensor, wt: Weights) -> torch.Tensor:
@@ -166,8 +173,11 @@ def _backbone(vit: Any, x: torch.Tensor, wt: Weights) -> torch.Tensor:
     t = patches.permute(0, 2, 3, 1).reshape(h * w, -1).float() + pos
     ln = vit.layer_norm
     t = F.layer_norm(t, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    for layer in vit.layers:
-        t = _layer(t, h, w, vit, layer, wt)
+    layers = list(vit.layers)
+    normed = None
+    for i, layer in enumerate(layers):
+        nxt = layers[i + 1].layer_norm1 if i + 1 < len(layers) else None
+        t, normed = _layer(t, h, w, vit, layer, wt, normed, nxt)
     return t
 
 
