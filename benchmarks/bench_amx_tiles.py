@@ -3,10 +3,13 @@
 The roofline (`benchmarks/roofline.py`, `bench_roofline.py`) takes oneDNN's best bf16 GEMM on the ViT-B's shapes as
 the machine's peak. This measures the tiles themselves (`benchmarks/c/amx_tiles.c`, built here with ``cc``):
 TDPBF16PS with its operands kept in tiles (the tiles' peak), with both right-hand tiles loaded every step from areas
-of growing size (a head's keys or values: where they stop fitting in L2), and with the tile stores and loads that
+of growing size (a head's keys or values: where they stop fitting in L2), with the tile stores and loads that
 `geosam/models/cpu_attention512.c`'s AMX attention makes around its products (a 32 x 32 block of scores stored every
-second step, into a small or a large area; the probabilities read back from a 512 KiB one). Each case the median of
-``--repeats`` runs of 20 M products; oneDNN's GEMM (`roofline.matmul_flops_per_s`) before and after.
+second step, into a small or a large area; the probabilities read back from a 512 KiB one), and a K-blocked GEMM's
+inner loop (A from a 16 KiB block, B streaming, partial sums loaded and stored every 8 steps). Every case on random
+bf16 operands and on zeros (session 41 measured zeros only: they run faster, up to 1.3-1.8x with B from L2). Each
+case the median of ``--repeats`` runs of 20 M products; oneDNN's GEMM (`roofline.matmul_flops_per_s`) before and
+after.
 
     .venv/bin/python benchmarks/bench_amx_tiles.py [--repeats 3] [--out PATH]
 
@@ -50,6 +53,9 @@ CASES = {
     "scores_stored_into_64_kib": (2, 512 * KIB, 64 * KIB),
     "scores_stored_into_512_kib": (2, 512 * KIB, 512 * KIB),
     "scores_stored_and_a_read_from_512_kib": (3, 512 * KIB, 512 * KIB),
+    "gemm_loop_b_from_128_kib": (4, 128 * KIB, 32 * KIB),
+    "gemm_loop_b_from_512_kib": (4, 512 * KIB, 128 * KIB),
+    "gemm_loop_b_from_1_mib": (4, 1024 * KIB, 128 * KIB),
 }
 
 
@@ -72,15 +78,19 @@ def main() -> int:
         subprocess.run([cc, "-O2", str(SOURCE), "-o", str(exe)], check=True)
         gemm_before = matmul_flops_per_s(torch.bfloat16)
         runs: dict[str, list[float]] = {name: [] for name in CASES}
+        zeros: dict[str, list[float]] = {name: [] for name in CASES}
         ns: dict[str, list[float]] = {name: [] for name in CASES}
         for _ in range(args.repeats):  # the cases in turn, repeated: each sees the machine's moments alike
             for name, (mode, size, stores) in CASES.items():
-                out = subprocess.run([str(exe), str(mode), str(size), str(stores)], check=True, capture_output=True,
-                                     text=True).stdout.split()  # fmt: skip
-                runs[name].append(float(out[0]))
-                ns[name].append(float(out[1]))
+                for data, into in ((1, runs), (0, zeros)):
+                    out = subprocess.run([str(exe), str(mode), str(size), str(stores), str(data)], check=True,
+                                         capture_output=True, text=True).stdout.split()  # fmt: skip
+                    into[name].append(float(out[0]))
+                    if data:
+                        ns[name].append(float(out[1]))
         gemm_after = matmul_flops_per_s(torch.bfloat16)
     gflops = {name: round(statistics.median(v), 1) for name, v in runs.items()}
+    gflops_zeros = {name: round(statistics.median(v), 1) for name, v in zeros.items()}
     peak = gflops["operands_in_tiles"]
     gemm = round(statistics.median([g["flops_per_s"] / 1e9 for g in (gemm_before, gemm_after)]), 1)
     result = {
@@ -90,6 +100,13 @@ def main() -> int:
         "ns_per_product": {name: round(statistics.median(v), 3) for name, v in ns.items()},
         "runs_gflop_per_s": runs,
         "fraction_of_tile_peak": {name: round(v / peak, 3) for name, v in gflops.items()},
+        "operands": "random bf16 numbers (amx_tiles.c DATA 1); the same cases on operands of zeros below, as session 41 "
+        "measured them (faster: not what a model's numbers get)",
+        "gflop_per_s_zero_operands": gflops_zeros,
+        "runs_gflop_per_s_zero_operands": zeros,
+        "fraction_of_tile_peak_zero_operands": {
+            name: round(v / gflops_zeros["operands_in_tiles"], 3) for name, v in gflops_zeros.items()
+        },
         "onednn_bf16_gemm_gflop_per_s": gemm,
         "onednn_bf16_gemm_per_shape_gflop_per_s": {k: round(v / 1e9, 1) for k, v in gemm_after["per_shape"].items()},
         "onednn_gemm_fraction_of_tile_peak": round(gemm / peak, 3),

@@ -1,15 +1,19 @@
 /* What this CPU's AMX tiles do with bf16 products (benchmarks/bench_amx_tiles.py builds and runs it): the
  * throughput of TDPBF16PS (16 x 16 x 32, float32 sums) alone and with the tile loads and stores the attention kernel
- * (geosam/models/cpu_attention512.c, attend_head_amx) makes around it.
+ * (geosam/models/cpu_attention512.c, attend_head_amx) and a GEMM make around it.
  *
- *   amx_tiles MODE BYTES [STORE_BYTES]
+ *   amx_tiles MODE BYTES [STORE_BYTES [DATA]]
  *
  * Four accumulator tiles (C0..C3 = A0 B0, A0 B1, A1 B0, A1 B1: a 32 x 32 block of float32 sums) per step of 4
  * products. MODE 0: the operands stay in tiles (the peak); 1: both B tiles loaded every step from a BYTES-sized area
  * read in turn (a head's keys or values), A from one place (a block's queries: L1); 2: as 1, and every second step
  * the four C tiles stored (a 32 x 32 block of scores with heads of 64 numbers: two steps of 32) into a STORE_BYTES
  * area in turn and zeroed; 3: as 2 with A also read in turn from a 512 KiB area (probabilities read back from the
- * scores). Prints GFLOP/s and ns a product. Linux: asks for the AMX state with arch_prctl first. */
+ * scores); 4: a K-blocked GEMM's inner loop: A read in turn from a 16 KiB block (32 rows x 256 of K), B from the
+ * BYTES area in turn, the four C tiles loaded from a STORE_BYTES area of partial sums before and stored after every 8
+ * steps. DATA 0: operands of zeros; 1 (default): random bf16 numbers (zeros run faster: the tiles' power and the
+ * caches both depend on the data). Prints GFLOP/s and ns a product. Linux: asks for the AMX state with arch_prctl
+ * first. */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -35,6 +39,7 @@ __attribute__((target("amx-tile,amx-bf16"))) int main(int argc, char** argv) {
   if (argc < 3) return 2;
   const int mode = atoi(argv[1]);
   const long bytes = atol(argv[2]), store_bytes = argc > 3 ? atol(argv[3]) : 262144;
+  const int random_data = argc > 4 ? atoi(argv[4]) : 1;
   if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */)) {
     printf("no AMX permission\n");
     return 1;
@@ -49,6 +54,11 @@ __attribute__((target("amx-tile,amx-bf16"))) int main(int argc, char** argv) {
   uint16_t* b = aligned_alloc(64, nb * 1024);
   float* c = aligned_alloc(64, ns * 4096);
   memset(a, 0, a_bytes), memset(b, 0, nb * 1024), memset(c, 0, ns * 4096);
+  if (random_data) { /* numbers of either sign in [1, 4) and [2^-7, 2^-5): no zeros, no overflow over 20 M products */
+    srand(1);
+    for (long i = 0; i < a_bytes / 2; i++) a[i] = (uint16_t)(0x3f80 + (rand() & 0xff) + ((rand() & 1) << 15));
+    for (long i = 0; i < nb * 512; i++) b[i] = (uint16_t)(0x3c00 + (rand() & 0xff) + ((rand() & 1) << 15));
+  }
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -60,6 +70,31 @@ __attribute__((target("amx-tile,amx-bf16"))) int main(int argc, char** argv) {
   const long steps = 5000000;
   const double t0 = now();
   for (long s = 0; s < steps; s++) {
+    if (mode == 4) {
+      const long blk = s >> 3; /* a block of 8 steps: one 32 x 32 block of sums over 256 of K */
+      float* cp = c + (blk % ns) * 1024;
+      if ((s & 7) == 0) {
+        _tile_loadd(0, cp, 64);
+        _tile_loadd(1, cp + 256, 64);
+        _tile_loadd(2, cp + 512, 64);
+        _tile_loadd(3, cp + 768, 64);
+      }
+      _tile_loadd(4, a + (s & 7) * 1024, 64);
+      _tile_loadd(5, a + (s & 7) * 1024 + 512, 64);
+      _tile_loadd(6, b + ((2 * s) % nb) * 512, 64);
+      _tile_loadd(7, b + ((2 * s + 1) % nb) * 512, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+      if ((s & 7) == 7) {
+        _tile_stored(0, cp, 64);
+        _tile_stored(1, cp + 256, 64);
+        _tile_stored(2, cp + 512, 64);
+        _tile_stored(3, cp + 768, 64);
+      }
+      continue;
+    }
     if (mode >= 1) {
       const uint16_t* ap = mode == 3 ? a + (s % (a_bytes / 2048)) * 1024 : a;
       _tile_loadd(4, ap, 64);
