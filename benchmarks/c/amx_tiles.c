@@ -70,33 +70,15 @@ __attribute__((target("amx-tile,amx-bf16"))) int main(int argc, char** argv) {
   const long steps = 5000000;
   const double t0 = now();
   for (long s = 0; s < steps; s++) {
-    if (mode == 4) {
-      const long blk = s >> 3; /* a block of 8 steps: one 32 x 32 block of sums over 256 of K */
-      float* cp = c + (blk % ns) * 1024;
-      if ((s & 7) == 0) {
-        _tile_loadd(0, cp, 64);
-        _tile_loadd(1, cp + 256, 64);
-        _tile_loadd(2, cp + 512, 64);
-        _tile_loadd(3, cp + 768, 64);
-      }
-      _tile_loadd(4, a + (s & 7) * 1024, 64);
-      _tile_loadd(5, a + (s & 7) * 1024 + 512, 64);
-      _tile_loadd(6, b + ((2 * s) % nb) * 512, 64);
-      _tile_loadd(7, b + ((2 * s + 1) % nb) * 512, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-      if ((s & 7) == 7) {
-        _tile_stored(0, cp, 64);
-        _tile_stored(1, cp + 256, 64);
-        _tile_stored(2, cp + 512, 64);
-        _tile_stored(3, cp + 768, 64);
-      }
-      continue;
+    float* part = c + ((s >> 3) % ns) * 1024; /* mode 4: a block of 8 steps, one 32 x 32 block of sums over 256 of K */
+    if (mode == 4 && (s & 7) == 0) {
+      _tile_loadd(0, part, 64);
+      _tile_loadd(1, part + 256, 64);
+      _tile_loadd(2, part + 512, 64);
+      _tile_loadd(3, part + 768, 64);
     }
     if (mode >= 1) {
-      const uint16_t* ap = mode == 3 ? a + (s % (a_bytes / 2048)) * 1024 : a;
+      const uint16_t* ap = mode == 4 ? a + (s & 7) * 1024 : mode == 3 ? a + (s % (a_bytes / 2048)) * 1024 : a;
       _tile_loadd(4, ap, 64);
       _tile_loadd(5, ap + 512, 64);
       _tile_loadd(6, b + ((2 * s) % nb) * 512, 64);
@@ -106,16 +88,19 @@ __attribute__((target("amx-tile,amx-bf16"))) int main(int argc, char** argv) {
     _tile_dpbf16ps(1, 4, 7);
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
-    if (mode >= 2 && (s & 1)) {
-      float* cp = c + ((s >> 1) % ns) * 1024;
+    const int store = mode == 4 ? (s & 7) == 7 : mode >= 2 && (s & 1);
+    if (store) {
+      float* cp = mode == 4 ? part : c + ((s >> 1) % ns) * 1024;
       _tile_stored(0, cp, 64);
       _tile_stored(1, cp + 256, 64);
       _tile_stored(2, cp + 512, 64);
       _tile_stored(3, cp + 768, 64);
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
+      if (mode != 4) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      }
     }
   }
   _tile_stored(0, c, 64);
