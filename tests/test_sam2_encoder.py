@@ -42,6 +42,10 @@ def _model(heads: tuple[int, ...] = (1, 1, 1, 1), windows: tuple[int, ...] = (8,
         for p in (model.vision_encoder.backbone.pos_embed, model.vision_encoder.backbone.pos_embed_window,
                   model.no_memory_embedding):  # fmt: skip
             p.normal_(0, 0.5)
+        for m in model.vision_encoder.backbone.modules():  # layer norms that differ (as initialised: ones and zeros)
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1.0, 0.3)
+                m.bias.normal_(0.0, 0.3)
     return model
 
 
@@ -97,6 +101,29 @@ def test_fast_hiera_bf16_is_as_close_to_float32_as_autocast(kernel: bool, monkey
     for g, a, w in zip(got, auto, want, strict=True):
         assert g.dtype == torch.float32
         assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
+
+
+@needs_bf16_ops
+def test_bf16_residual_adds_and_norms_in_one_pass_give_the_separate_passes_bits(monkeypatch: pytest.MonkeyPatch,
+                                                                              call_results: Any) -> None:  # fmt: skip
+    """In bf16 each block's residual adds run with the layer norm after them as one pass over the float32 stream (the
+    MLP's with the next block's first norm): every level bit for bit as torch's add, norm and rounding one after the
+    other (the fused passes switched off); two a block but the last's one, run where the widths suit the kernel."""
+    from geosam.models import cpu_convert
+    from geosam.models.fast_hiera import fast_sam2_embeddings
+
+    model = _model((1, 2, 2, 4), (16, 8, 6, 5), seed=5)
+    x = _image(6)
+    fused = call_results(cpu_convert, "add_layer_norm_bf16_")
+    got = fast_sam2_embeddings(model, x, torch.bfloat16)
+    blocks = len(model.vision_encoder.backbone.blocks)
+    assert len(fused) == 2 * blocks - 1
+    assert any(r is not None for r in fused) == cpu_convert.available()
+    for name in ("_add_layer_norm_agrees", "_layer_norm_agrees"):  # torch's norm, then the rounding
+        monkeypatch.setattr(cpu_convert, name, lambda: False)
+    want = fast_sam2_embeddings(model, x, torch.bfloat16)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
 
 
 def test_encode_takes_the_fused_sam2_encoder_on_the_cpu(

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geosam.models.cpu_convert import add_bf16_, add_norm_low, norm_low
 from geosam.models.cpu_fused import Kept, Weights, conv2d, linear, ops_work, product, weights_of
 
 __all__ = ["fast_hiera_supported", "fast_sam2_embeddings"]
@@ -163,11 +164,15 @@ def _attention(x: torch.Tensor, blk: Any, wt: Weights, h: int, w: int) -> tuple[
     return _unwindows(o.view(nwin, -1, o.shape[-1]), nh, nw, ws // 2, ho, wo), ho, wo
 
 
-def _block(t: torch.Tensor, h: int, w: int, blk: Any, wt: Weights) -> tuple[torch.Tensor, int, int]:
-    """``Sam2MultiScaleBlock`` on the float32 residual stream t (h*w, dim): ``(tokens (h'*w', dim_out), h', w')``."""
+def _block(t: torch.Tensor, h: int, w: int, blk: Any, wt: Weights, normed: torch.Tensor | None = None,
+           next_norm: Any = None) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:  # fmt: skip
+    """``Sam2MultiScaleBlock`` on the float32 residual stream t (h*w, dim), which it may update in place: ``(tokens
+    (h'*w', dim_out), h', w', next_norm of them rounded to bf16 or None)``. In bf16 each residual add of a bf16 output
+    and the layer norm after it run as one pass over the stream (`geosam.models.cpu_convert.add_norm_low`: torch's
+    bits, where torch made a new stream in its mixed-dtype add, then normed and rounded it), the MLP's add with
+    ``next_norm`` (the next block's first norm) when given; ``normed``: this block's first norm so made."""
     low = wt.dtype
-    x = F.layer_norm(t, blk.layer_norm1.normalized_shape, blk.layer_norm1.weight, blk.layer_norm1.bias,
-                     blk.layer_norm1.eps).to(low)  # fmt: skip
+    x = (normed if normed is not None else norm_low(blk.layer_norm1, t, low)).to(low)
     if blk.dim != blk.dim_out:  # the skip connection: projected, pooled where the queries are
         residual = linear(x, blk.proj, wt)
         if blk.query_stride:
@@ -176,14 +181,16 @@ def _block(t: torch.Tensor, h: int, w: int, blk: Any, wt: Weights) -> tuple[torc
     else:
         residual = t
     o, h, w = _attention(x, blk, wt, h, w)
-    t = residual + o  # float32
-    ln = blk.layer_norm2
-    y = F.layer_norm(t, ln.normalized_shape, ln.weight, ln.bias, ln.eps).to(low)
     mlp = blk.mlp
-    hid = linear(y, mlp.proj_in, wt, gelu=True)
     if low == torch.float32:
-        return linear(hid, mlp.proj_out, wt, add=t), h, w
-    return t + linear(hid, mlp.proj_out, wt), h, w
+        t = residual + o
+        hid = linear(blk.layer_norm2(t), mlp.proj_in, wt, gelu=True)
+        return linear(hid, mlp.proj_out, wt, add=t), h, w, None
+    y = add_norm_low(residual, o, blk.layer_norm2, low).to(low)  # the stream stays float32, as under autocast
+    out = linear(linear(y, mlp.proj_in, wt, gelu=True), mlp.proj_out, wt)
+    if next_norm is not None:
+        return residual, h, w, add_norm_low(residual, out, next_norm, low)
+    return add_bf16_(residual, out), h, w, None
 
 
 def _lateral(t: torch.Tensor, conv: nn.Conv2d, wt: Weights, add: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,10 +207,16 @@ def _one_image(model: Any, x: torch.Tensor, wt: Weights) -> list[torch.Tensor]:
     h, w = emb.shape[2:]
     t = emb.permute(0, 2, 3, 1).reshape(h * w, -1).float() + _pos_embed(backbone, h, w)
     stages: list[tuple[torch.Tensor, int, int]] = []
-    for i, blk in enumerate(backbone.blocks):
-        t, h, w = _block(t, h, w, blk, wt)
+    blocks = list(backbone.blocks)
+    normed = None
+    for i, blk in enumerate(blocks):
+        nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+        t, h, w, normed = _block(t, h, w, blk, wt, normed, None if nxt is None else nxt.layer_norm1)
         if i in backbone.stage_ends:
-            stages.append((t, h, w))
+            # kept for the pyramid: a copy where the next block would add into this stream in place (its skip not
+            # projected; Hiera's stages begin with a projected one, so not in transformers' configurations)
+            keep = nxt is not None and nxt.dim == nxt.dim_out and wt.dtype != torch.float32
+            stages.append((t.clone() if keep else t, h, w))
     # the pyramid, top-down: the coarsest level only feeds the next (nearest 2x, added); the three finer returned
     n = len(stages) - 1
     levels: list[torch.Tensor] = []
