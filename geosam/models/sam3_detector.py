@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
-from geosam.models.cpu_convert import add_bf16_, add_layer_norm_bf16_, upsample2_add_bf16
+from geosam.models.cpu_convert import add_bf16_, add_norm_low, upsample2_add_bf16
 from geosam.models.cpu_fused import linear_params
 from geosam.models.cpu_gemm import linear_low
 from geosam.models.patching import set_while
@@ -184,9 +184,11 @@ def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def encoder_layer_forward(layer: Any, vision_feats: torch.Tensor, prompt_feats: torch.Tensor,
                           vision_pos_encoding: torch.Tensor, prompt_cross_attn_mask: torch.Tensor | None = None,
                           **kwargs: Any) -> torch.Tensor:  # fmt: skip
-    """``Sam3DetrEncoderLayer.forward`` in inference under CPU bf16 autocast, the same bits: its residual adds of a
-    bf16 attention or MLP output to the float32 stream through `_add`, and the position-encoded tokens rounded to bf16
-    once for both the query and the key projections (autocast rounds them for each)."""
+    """``Sam3DetrEncoderLayer.forward`` in inference under CPU bf16 autocast, the same bits: the position-encoded
+    tokens rounded to bf16 once for both the query and the key projections (autocast rounds them for each), and on a
+    float32 stream each residual add with the layer norm after it in one pass over the layer's own copy of the stream
+    (`geosam.models.cpu_convert.add_norm_low`), the MLP's add in place; other streams through `_add` (torch's
+    mixed-dtype add without its slow loop)."""
     if not _low_autocast() or vision_feats.device.type != "cpu" or layer.training or torch.is_grad_enabled():
         return _stock()["encoder_layer_forward"](layer, vision_feats, prompt_feats, vision_pos_encoding,
                                                  prompt_cross_attn_mask, **kwargs)  # fmt: skip
@@ -194,20 +196,14 @@ def encoder_layer_forward(layer: Any, vision_feats: torch.Tensor, prompt_feats: 
     with_pos = _add(hidden_states, vision_pos_encoding)
     with_pos = with_pos.to(torch.bfloat16) if with_pos.dtype == torch.float32 else with_pos
     attn_out, _ = layer.self_attn(query=with_pos, key=with_pos, value=hidden_states, **kwargs)
-    if vision_feats.dtype == torch.float32 and attn_out.dtype == torch.bfloat16:
-        # the stream is this layer's own from here: each bf16 output added in place, with the next norm, rounded as
-        # the product after it rounds it, in the same pass (cpu_convert: the same bits, checked on load)
+    if vision_feats.dtype == torch.float32:
+        # the stream is this layer's own from here: each output added in place, with the next norm, rounded as the
+        # product after it rounds it, in the same pass where cpu_convert's kernel runs (the same bits, checked on load)
         stream = vision_feats.clone()
-        normed = add_layer_norm_bf16_(stream, attn_out, layer.layer_norm2)
-        if normed is not None:
-            cross_out, _ = layer.cross_attn(query=normed, key=prompt_feats, value=prompt_feats,
-                                            attention_mask=prompt_cross_attn_mask, **kwargs)  # fmt: skip
-            normed = add_layer_norm_bf16_(stream, cross_out, layer.layer_norm3) if cross_out.dtype == torch.bfloat16 else None
-            if normed is not None:
-                mlp_out = layer.mlp(normed)
-                return add_bf16_(stream, mlp_out) if mlp_out.dtype == torch.bfloat16 else stream + mlp_out
-            hidden_states = _add(cross_out, stream)
-            return _add(layer.mlp(layer.layer_norm3(hidden_states)), hidden_states)
+        normed = add_norm_low(stream, attn_out, layer.layer_norm2, torch.bfloat16)
+        cross_out, _ = layer.cross_attn(query=normed, key=prompt_feats, value=prompt_feats,
+                                        attention_mask=prompt_cross_attn_mask, **kwargs)  # fmt: skip
+        return add_bf16_(stream, layer.mlp(add_norm_low(stream, cross_out, layer.layer_norm3, torch.bfloat16)))
     hidden_states = _add(layer.dropout(attn_out), vision_feats)
     residual = hidden_states
     hidden_states, _ = layer.cross_attn(query=layer.layer_norm2(hidden_states), key=prompt_feats, value=prompt_feats,
@@ -226,7 +222,8 @@ def decoder_forward(decoder: Any, vision_features: torch.Tensor, text_features: 
     (`rpb_matrix` with a zero row for the presence token: the stock forward pads it, a fill and a copy of (B, heads,
     201, 5184) a layer, ~29 ms of the one-thread detector), and the image tokens' keys with their position encoding
     (``vision_features + vision_pos_encoding``, a (B, 5184, 256) add a layer) are summed once, and under bf16 autocast
-    rounded once with the values, for all six layers (`_decoder_layer`)."""
+    rounded once with the values, for all six layers (`_decoder_layer`). For transformers' own decoder, whose
+    ``_get_rpb_matrix`` `rpb_matrix` reproduces (`faster_detector` sets it there only)."""
     stock = _stock()
     if vision_features.device.type != "cpu" or decoder.training or torch.is_grad_enabled():
         return stock["decoder_forward"](decoder, vision_features, text_features, vision_pos_encoding, text_mask,
@@ -250,11 +247,7 @@ def decoder_forward(decoder: Any, vision_features: torch.Tensor, text_features: 
         cross_mask = None
         if spatial_shapes is not None and spatial_shapes.shape[0] == 1:
             shape = (spatial_shapes[0, 0], spatial_shapes[0, 1])
-            method = decoder._get_rpb_matrix
-            if _is_rpb(method) or getattr(method, "__func__", None) is stock["rpb"]:
-                cross_mask = rpb_matrix(decoder, reference_boxes, shape, zero_rows=1)
-            else:
-                cross_mask = F.pad(decoder._get_rpb_matrix(reference_boxes, shape), (0, 0, 1, 0), mode="constant", value=0)
+            cross_mask = rpb_matrix(decoder, reference_boxes, shape, zero_rows=1)  # the stock bias, padded
         if type(layer) is stock["decoder_layer"] and type(layer).forward is stock["decoder_layer_forward"]:
             hidden_states = _decoder_layer(layer, hidden_states, query_pos, text_features, keys, values,
                                            text_cross_attn_mask, cross_mask, **kwargs)  # fmt: skip
@@ -272,11 +265,6 @@ def decoder_forward(decoder: Any, vision_features: torch.Tensor, text_features: 
         presence.append(logits.clamp(min=-decoder.clamp_presence_logit_max_val, max=decoder.clamp_presence_logit_max_val))
     return stock["decoder_output"](intermediate_hidden_states=torch.stack(outputs), reference_boxes=torch.stack(boxes[:-1]),
                                    presence_logits=torch.stack(presence))  # fmt: skip
-
-
-def _is_rpb(method: Any) -> bool:
-    """Whether ``method`` is `rpb_matrix` bound to a decoder (as `faster_detector` sets it)."""
-    return isinstance(method, functools.partial) and method.func is rpb_matrix
 
 
 def _decoder_layer(layer: Any, hidden_states: torch.Tensor, query_pos: torch.Tensor, text_features: torch.Tensor,
