@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geosam.models.cpu_gemm import op_works_in, pointwise_linear
+from geosam.models.cpu_gemm import linear_low, op_works_in, pointwise_linear
 
-__all__ = ["Kept", "Weights", "conv2d", "layer_norm", "linear", "linear_params", "ops_work", "product", "weights_of"]
+__all__ = ["Kept", "Weights", "conv2d", "kept_linear_low", "layer_norm", "linear", "linear_params", "ops_work", "product",
+           "weights_of"]
 
 _mk = torch.ops.mkldnn
 
@@ -146,6 +147,12 @@ def linear_params(lin: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Ten
         return lin.weight, lin.bias
     wt = weights_of(lin, dtype)
     return wt(lin.weight), wt.get(lin.bias)
+
+
+def kept_linear_low(lin: Any, x: torch.Tensor, dtype: torch.dtype, relu: bool = False) -> torch.Tensor:
+    """``lin(x)`` (then its ReLU with ``relu``) for a plain ``nn.Linear`` under autocast to ``dtype``, autocast's
+    bits: `geosam.models.cpu_gemm.linear_low` on the weight and bias rounded once and kept (`linear_params`)."""
+    return linear_low(x, *linear_params(lin, dtype), dtype, relu=relu)
 
 
 def product(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False,

@@ -54,8 +54,8 @@ import torch.nn.functional as F
 
 from geosam.models.cpu_attention import amx_available as attention_on_amx
 from geosam.models.cpu_convert import add_bf16_, add_norm_low, norm_low
-from geosam.models.cpu_fused import linear_params
-from geosam.models.cpu_gemm import exact_gelu, linear, linear_gelu_low, linear_low, row_blocks
+from geosam.models.cpu_fused import kept_linear_low, linear_params
+from geosam.models.cpu_gemm import exact_gelu, linear, linear_gelu_low, row_blocks
 from geosam.models.device import cpu_bf16_kind
 from geosam.models.encoder_attention import attend, attend_bf16_tokens, attend_windows
 
@@ -218,10 +218,7 @@ def _layer(layer: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _low(module: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``module(x)`` under autocast to ``dtype``: `geosam.models.cpu_gemm.linear_low` for a plain ``nn.Linear``, on its
     weight and bias rounded to ``dtype`` once and kept (`geosam.models.cpu_fused.linear_params`)."""
-    if type(module) is not torch.nn.Linear:
-        return module(x)
-    weight, bias = linear_params(module, dtype)
-    return linear_low(x, weight, bias, dtype)
+    return kept_linear_low(module, x, dtype) if type(module) is torch.nn.Linear else module(x)
 
 
 def _zeros_projected(linear_module: Any, dtype: torch.dtype) -> torch.Tensor:

@@ -46,8 +46,7 @@ import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
 from geosam.models.cpu_convert import add_bf16_, add_norm_low, upsample2_add_bf16
-from geosam.models.cpu_fused import linear_params
-from geosam.models.cpu_gemm import linear_low
+from geosam.models.cpu_fused import kept_linear_low
 from geosam.models.patching import set_while
 from geosam.models.sam3_attention import detr_encoder_attention
 
@@ -117,10 +116,10 @@ def _decoder_mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
             or not all(type(lin) is torch.nn.Linear for lin in (mlp.layer1, mlp.layer2, mlp.layer3) if lin is not None)):  # fmt: skip
         return mlp(x)
     dtype = torch.bfloat16
-    x = linear_low(x, *linear_params(mlp.layer1, dtype), dtype, relu=True)
+    x = kept_linear_low(mlp.layer1, x, dtype, relu=True)
     if mlp.layer3 is not None:
-        x = linear_low(x, *linear_params(mlp.layer2, dtype), dtype, relu=True)
-    return linear_low(x, *linear_params(mlp.layer3 if mlp.layer3 is not None else mlp.layer2, dtype), dtype)
+        x = kept_linear_low(mlp.layer2, x, dtype, relu=True)
+    return kept_linear_low(mlp.layer3 if mlp.layer3 is not None else mlp.layer2, x, dtype)
 
 
 def mlp_forward(mlp: Any, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -129,8 +128,8 @@ def mlp_forward(mlp: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     if not _low_autocast() or hidden_states.device.type != "cpu" or mlp.training or torch.is_grad_enabled():
         return _stock()["mlp_forward"](mlp, hidden_states)
     dtype = torch.bfloat16
-    hidden = linear_low(hidden_states, *linear_params(mlp.fc1, dtype), dtype, relu=True)
-    return linear_low(hidden, *linear_params(mlp.fc2, dtype), dtype)
+    hidden = kept_linear_low(mlp.fc1, hidden_states, dtype, relu=True)
+    return kept_linear_low(mlp.fc2, hidden, dtype)
 
 
 def attention_forward(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -146,7 +145,7 @@ def attention_forward(attn: Any, query: torch.Tensor, key: torch.Tensor, value: 
     batch_size, query_len, key_len = query.shape[0], query.shape[1], key.shape[1]
 
     def project(lin: torch.nn.Linear, x: torch.Tensor, length: int) -> torch.Tensor:
-        out = linear_low(x, *linear_params(lin, dtype), dtype)
+        out = kept_linear_low(lin, x, dtype)
         return out.view(batch_size, length, attn.num_attention_heads, attn.head_dim).transpose(1, 2)
 
     q, k, v = project(attn.q_proj, query, query_len), project(attn.k_proj, key, key_len), project(attn.v_proj, value, key_len)
@@ -157,7 +156,7 @@ def attention_forward(attn: Any, query: torch.Tensor, key: torch.Tensor, value: 
     out, weights = interface(attn, q, k, v, attention_mask=attention_mask, dropout=0.0, scaling=attn.scaling,
                              is_causal=attn.is_causal, **kwargs)  # fmt: skip
     out = out.reshape(batch_size, query_len, attn.num_attention_heads * attn.head_dim).contiguous()
-    return linear_low(out, *linear_params(attn.o_proj, dtype), dtype), weights
+    return kept_linear_low(attn.o_proj, out, dtype), weights
 
 
 def _attentions(model: Any) -> list[Any]:
