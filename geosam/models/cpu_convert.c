@@ -14,7 +14,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
-#include "cpu_bf16.h" /* round16_aten */
+#include "cpu_bf16.h" /* round16_aten, bf16_to_f32 */
 
 #define T512 __attribute__((target("avx512f")))
 
@@ -26,14 +26,16 @@ T512 int geosam_to_bf16(const float* x, uint16_t* y, int64_t n, int threads) {
   return 0;
 }
 
+/* x[0:16] += float(h[0:16]) (h bf16: widened exactly, one float32 add, as torch's mixed add) */
+INLINE_F512 void add16_bf16(float* x, const uint16_t* h) {
+  _mm512_storeu_ps(x, _mm512_add_ps(_mm512_loadu_ps(x), bf16_to_f32(_mm256_loadu_si256((const __m256i*)h))));
+}
+
 /* x[i] += float(h[i]) for i < n (h bf16), n a multiple of 16 */
 T512 int geosam_add_bf16(float* x, const uint16_t* h, int64_t n, int threads) {
   if (n % 16) return -1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && n >= (1 << 16))
-  for (int64_t i = 0; i < n; i += 16) {
-    const __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(h + i))), 16);
-    _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_castsi512_ps(w)));
-  }
+  for (int64_t i = 0; i < n; i += 16) add16_bf16(x + i, h + i);
   return 0;
 }
 
@@ -54,8 +56,7 @@ T512 int geosam_upsample2_add_bf16(const void* prev, int prev16, const float* fe
     const float* f = feat + b * fb + (y * W + x) * C;
     uint16_t* o = out + q * C;
     for (int64_t c = 0; c < C; c += 16) {
-      const __m512 p = prev16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)prev + src + c))), 16))
+      const __m512 p = prev16 ? bf16_to_f32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)prev + src + c)))
                               : _mm512_loadu_ps((const float*)prev + src + c);
       _mm256_storeu_si256((__m256i*)(o + c), round16_aten(_mm512_add_ps(p, _mm512_loadu_ps(f + c))));
     }
@@ -202,10 +203,7 @@ static TLN int layer_norm_rows(float* x, const uint16_t* h, const float* w, cons
   for (int64_t g = 0; g < groups; g++) { /* four rows' statistics side by side, then their outputs */
     const int64_t r = 4 * g;
     const int R = rows - r < 4 ? (int)(rows - r) : 4;
-    for (int64_t i = r * n; h != NULL && i < (r + R) * n; i += 16) {
-      const __m512i wd = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(h + i))), 16);
-      _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_castsi512_ps(wd)));
-    }
+    for (int64_t i = r * n; h != NULL && i < (r + R) * n; i += 16) add16_bf16(x + i, h + i);
     float mean[4], var[4];
     if (R == 4)
       row_moments4(x + r * n, n, mean, var);
