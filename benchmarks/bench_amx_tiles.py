@@ -11,6 +11,12 @@ bf16 operands and on zeros (session 41 measured zeros only: they run faster, up 
 case the median of ``--repeats`` runs of 20 M products; oneDNN's GEMM (`roofline.matmul_flops_per_s`) before and
 after.
 
+Then whether the tiles' work and AVX-512 vector work run side by side (`benchmarks/c/amx_overlap.c`): the attention's
+QK pass of a block of 32 queries over 4096 keys (its tile instructions, with and without their loads and stores, and
+in a transposed form) and its vector work on the scores (relative terms, the rows' maxima), each alone, one after the
+other a step and spread between each other; ``hidden`` is the share of the smaller of the two that the combined run
+did not add (1: fully side by side, 0: one after the other).
+
     .venv/bin/python benchmarks/bench_amx_tiles.py [--repeats 3] [--out PATH]
 
 Writes ``benchmarks/results/amx_tiles.json`` (nothing on CPUs without AMX or without a C compiler: it says so).
@@ -37,6 +43,7 @@ from roofline import matmul_flops_per_s
 from geosam.models.device import cpu_flags
 
 SOURCE = Path(__file__).with_name("c") / "amx_tiles.c"
+OVERLAP_SOURCE = SOURCE.with_name("amx_overlap.c")
 OUT = ROOT / "benchmarks" / "results" / "amx_tiles.json"
 KIB = 1024
 
@@ -57,6 +64,41 @@ CASES = {
     "gemm_loop_b_from_512_kib": (4, 512 * KIB, 128 * KIB),
     "gemm_loop_b_from_1_mib": (4, 1024 * KIB, 128 * KIB),
 }
+
+#: name -> amx_overlap.c's TCASE
+OVERLAP_CASES = {
+    "products_only": 0,
+    "products_and_tile_loads": 1,
+    "products_and_tile_stores_to_l1": 2,
+    "loads_products_stores_to_l1": 3,
+    "the_kernels_qk_pass": 4,
+    "transposed_qk_pass": 5,
+}
+
+
+def overlap(cc: str, tmp: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """amx_overlap.c's four timings (microseconds a block) per case, medians of ``repeats`` runs in turn."""
+    exes = {}
+    for name, case in OVERLAP_CASES.items():
+        exes[name] = tmp / f"amx_overlap_{case}"
+        subprocess.run([cc, "-O2", f"-DTCASE={case}", str(OVERLAP_SOURCE), "-o", str(exes[name])], check=True)
+    runs: dict[str, list[list[float]]] = {name: [] for name in OVERLAP_CASES}
+    for _ in range(repeats):
+        for name, exe in exes.items():
+            out = subprocess.run([str(exe), "5"], check=True, capture_output=True, text=True).stdout.split()
+            runs[name].append([float(x) for x in out[:4]])
+    result = {}
+    for name, rs in runs.items():
+        tiles, vector, both, spread = (statistics.median(r[i] for r in rs) for i in range(4))
+        result[name] = {
+            "tiles_us": round(tiles, 2),
+            "vector_us": round(vector, 2),
+            "both_us": round(both, 2),
+            "both_spread_us": round(spread, 2),
+            "hidden": round((tiles + vector - both) / min(tiles, vector), 3),
+            "hidden_spread": round((tiles + vector - spread) / min(tiles, vector), 3),
+        }
+    return result
 
 
 def main() -> int:
@@ -89,6 +131,7 @@ def main() -> int:
                     if data:
                         ns[name].append(float(out[1]))
         gemm_after = matmul_flops_per_s(torch.bfloat16)
+        side_by_side = overlap(cc, Path(tmp), args.repeats)
     gflops = {name: round(statistics.median(v), 1) for name, v in runs.items()}
     gflops_zeros = {name: round(statistics.median(v), 1) for name, v in zeros.items()}
     peak = gflops["operands_in_tiles"]
@@ -110,10 +153,13 @@ def main() -> int:
         "onednn_bf16_gemm_gflop_per_s": gemm,
         "onednn_bf16_gemm_per_shape_gflop_per_s": {k: round(v / 1e9, 1) for k, v in gemm_after["per_shape"].items()},
         "onednn_gemm_fraction_of_tile_peak": round(gemm / peak, 3),
+        "overlap": "amx_overlap.c: microseconds a block of 32 queries x 4096 keys (heads of 64), medians; hidden: "
+        "(tiles + vector - both) / min(tiles, vector)",
+        "overlap_us": side_by_side,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("cpu", "gflop_per_s", "onednn_bf16_gemm_gflop_per_s")}))
+    print(json.dumps({k: result[k] for k in ("cpu", "gflop_per_s", "onednn_bf16_gemm_gflop_per_s", "overlap_us")}))
     return 0
 
 
