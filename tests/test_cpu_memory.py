@@ -1,4 +1,5 @@
-"""geosam.models.cpu_memory: glibc's thresholds raised once per CPU process, from encode and decode, and switchable off."""
+"""geosam.models.cpu_memory: glibc's thresholds raised once per CPU process, from encode and decode (and SAM 3's vision
+features and detector), and switchable off."""
 
 from __future__ import annotations
 
@@ -40,4 +41,19 @@ def test_encode_and_decode_on_the_cpu_ask_for_it(tiny_sam_dir: str, monkeypatch:
     emb = gm.encode(bundle, pixels)
     assert calls == ["called"]
     gm.decode_points(bundle, emb, np.array([[10.0, 20.0]]))
+    assert calls == ["called", "called"]
+
+
+def test_sam3_vision_features_and_detect_on_the_cpu_ask_for_it(tiny_sam3_dir: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """SAM 3's path (`segment_text`, exemplars) does not go through ``encode``: its backbone and detector ask too."""
+    from geosam.models import sam3
+
+    calls: list[str] = []
+    monkeypatch.setattr(sam3, "keep_freed_memory", lambda: calls.append("called") or True)
+    bundle = gm.load_model(tiny_sam3_dir, device="cpu", dtype="float32")
+    pixels, _, _ = gm.preprocess(bundle, [np.zeros((64, 64, 3), np.uint8)])
+    vision = sam3.vision_features(bundle, pixels)
+    assert calls == ["called"]
+    sam3.detect(bundle, vision, sam3.encode_text(bundle, ["tree"]))
     assert calls == ["called", "called"]
