@@ -1,7 +1,6 @@
 """What geosam's fused CPU encoders keep beside a model (geosam/models/cpu_fused.py's `Kept` and `Weights`): a value
 per key made again when a tensor it came from changes - in place, through ``.data`` or by a new tensor in its place -
-the stale value dropped rather than kept beside the new one, and a freed tensor's value freed with it; and its MLP
-(`gelu_mlp`) by blocks of rows where the hidden activations would come from fresh pages, with the same bits."""
+the stale value dropped rather than kept beside the new one, and a freed tensor's value freed with it."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import gc
 import weakref
 from typing import Any
 
-import pytest
 import torch
 from torch import nn
 
@@ -93,39 +91,3 @@ def test_weights_do_not_grow_when_a_module_is_loaded_again_and_again() -> None:
         assert torch.equal(wt(lin.bias), state["bias"].to(torch.bfloat16))
         gc.collect()
         assert len(wt.kept) == 2
-
-
-def _mlp_case(dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randn(600, 64, generator=g).to(dtype)
-    w1, b1 = (torch.randn(256, 64, generator=g) * 0.2).to(dtype), torch.randn(256, generator=g).to(dtype)
-    w2, b2 = (torch.randn(64, 256, generator=g) * 0.1).to(dtype), torch.randn(64, generator=g).to(dtype)
-    add = torch.randn(600, 64, generator=g).to(dtype)
-    return t, w1, b1, w2, b2, add
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gelu_mlp_by_blocks_of_rows_gives_the_whole_products_bits(monkeypatch: pytest.MonkeyPatch, call_results: Any,
-                                                                 dtype: torch.dtype) -> None:  # fmt: skip
-    """Hidden activations at glibc's mmap threshold or above: the MLP by blocks of rows (here 4 of 150, the
-    threshold and the block size made small), the same numbers bit for bit as the whole products, with and without
-    the residual added by the second; below the threshold one product each."""
-    from geosam.models import cpu_fused, cpu_gemm
-
-    if not cpu_fused.ops_work(dtype):
-        pytest.skip(f"oneDNN has no {dtype} kernels on this CPU")
-    t, w1, b1, w2, b2, add = _mlp_case(dtype)
-    calls = call_results(cpu_fused, "product")
-    whole = cpu_fused.gelu_mlp(t, w1, b1, w2, b2)
-    whole_add = cpu_fused.gelu_mlp(t, w1, b1, w2, b2, add=add)
-    assert len(calls) == 4
-    torch.testing.assert_close(whole, cpu_fused.product(cpu_fused.product(t, w1, b1, gelu=True), w2, b2))
-    size = 256 * t.element_size()
-    monkeypatch.setattr(cpu_gemm, "MMAP_THRESHOLD_BYTES", 600 * size)  # the hidden (600 x 256) is at it
-    monkeypatch.setattr(cpu_gemm, "ROW_BLOCK_BYTES", 150 * size)
-    calls.clear()
-    blocked = cpu_fused.gelu_mlp(t, w1, b1, w2, b2)
-    assert len(calls) == 8  # two products for each of 4 blocks
-    assert blocked.shape == whole.shape and blocked.dtype == dtype
-    assert torch.equal(blocked, whole)
-    assert torch.equal(cpu_fused.gelu_mlp(t, w1, b1, w2, b2, add=add), whole_add)

@@ -126,29 +126,6 @@ def test_bf16_residual_adds_and_norms_in_one_pass_give_the_separate_passes_bits(
         assert torch.equal(g, w)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mlps_by_blocks_of_rows_give_the_same_embeddings(monkeypatch: pytest.MonkeyPatch, call_results: Any,
-                                                        dtype: torch.dtype) -> None:  # fmt: skip
-    """Every block's MLP by blocks of rows (`geosam.models.cpu_fused.gelu_mlp`: what SAM 2's first stage at 1024 px
-    gets, its hidden activations above glibc's mmap threshold; here the threshold and the block size made small):
-    every level bit for bit as with the whole products."""
-    from geosam.models import cpu_fused, cpu_gemm
-    from geosam.models.fast_hiera import fast_sam2_embeddings
-
-    if not ops_work(dtype):
-        pytest.skip(f"oneDNN has no {dtype} kernels on this CPU")
-    model = _model((1, 2, 2, 4), (16, 8, 6, 5), seed=7)
-    x = _image(8)
-    want = fast_sam2_embeddings(model, x, dtype)
-    monkeypatch.setattr(cpu_gemm, "MMAP_THRESHOLD_BYTES", 1)
-    monkeypatch.setattr(cpu_gemm, "ROW_BLOCK_BYTES", 1 << 20)  # the first stage's 65536 x 32 hidden in 8 or 4 blocks
-    products = call_results(cpu_fused, "product")
-    got = fast_sam2_embeddings(model, x, dtype)
-    assert len(products) > 2 * len(model.vision_encoder.backbone.blocks)  # more products than two a block
-    for g, w in zip(got, want, strict=True):
-        assert torch.equal(g, w)
-
-
 def test_encode_takes_the_fused_sam2_encoder_on_the_cpu(
     tiny_family_dirs: dict[str, str], count_calls: Any
 ) -> None:

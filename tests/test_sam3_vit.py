@@ -104,30 +104,6 @@ def test_bf16_residual_adds_and_norms_in_one_pass_give_the_separate_passes_bits(
         assert torch.equal(g, w)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mlps_by_blocks_of_rows_give_the_same_features(monkeypatch: pytest.MonkeyPatch, call_results: Any,
-                                                      dtype: torch.dtype) -> None:  # fmt: skip
-    """Every layer's MLP by blocks of rows (`geosam.models.cpu_fused.gelu_mlp`: what the ViT gets at 1008 px, its
-    5184 x 4736 hidden activations above glibc's mmap threshold; here the threshold and the block size made small):
-    the same features bit for bit as with the whole products."""
-    from geosam.models import cpu_fused, cpu_gemm
-    from geosam.models.fast_sam3_vit import fast_vision_features
-
-    if not ops_work(dtype):
-        pytest.skip(f"oneDNN has no {dtype} kernels on this CPU")
-    model = _model(5, head_dim=32)
-    x = _image(7)
-    want = fast_vision_features(model, x, dtype)
-    monkeypatch.setattr(cpu_gemm, "MMAP_THRESHOLD_BYTES", 1)
-    size = torch.empty((), dtype=dtype).element_size()
-    monkeypatch.setattr(cpu_gemm, "ROW_BLOCK_BYTES", 200 * 128 * size)  # 576 tokens' 128-wide hidden: 3 blocks
-    products = call_results(cpu_fused, "product")
-    got = fast_vision_features(model, x, dtype)
-    assert len(products) == 2 * 3 * len(model.vision_encoder.backbone.layers)  # the MLPs' products, by blocks
-    for g, w in zip(_outputs(got), _outputs(want), strict=True):
-        assert torch.equal(g, w)
-
-
 @needs_bf16_ops
 def test_bf16_attention_through_the_kernel_is_as_close_to_float32_as_autocast(call_results: Any) -> None:
     """Heads of 32 numbers: in bf16 the windows' and the global layer's attention through geosam's kernel on AMX

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geosam.models.cpu_gemm import fresh_page_blocks, linear_low, op_works_in, pointwise_linear
+from geosam.models.cpu_gemm import linear_low, op_works_in, pointwise_linear
 
-__all__ = ["Kept", "Weights", "conv2d", "gelu_mlp", "kept_linear_low", "layer_norm", "linear", "linear_params", "ops_work",
-           "product", "weights_of"]
+__all__ = ["Kept", "Weights", "conv2d", "kept_linear_low", "layer_norm", "linear", "linear_params", "ops_work", "product",
+           "weights_of"]
 
 _mk = torch.ops.mkldnn
 
@@ -162,20 +162,6 @@ def product(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool
     if add is not None:
         return _mk._linear_pointwise.binary(t, add, w, b, "add")
     return pointwise_linear(t, w, b, gelu)
-
-
-def gelu_mlp(t: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None,
-             add: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """``product(product(t, w1, b1, gelu=True), w2, b2, add=add)``: a transformer's MLP with the exact GELU on tokens
-    t (n, K), contiguous; where its hidden activations (n x w1's rows in t's dtype) would be fresh pages from the
-    kernel, by blocks of rows whose heap memory the next block and layer use again
-    (`geosam.models.cpu_gemm.fresh_page_blocks`; no block of a few rows): the same bits wherever oneDNN sums each row
-    alike in a block and in the whole product (SAM 3's ViT and SAM 2's Hiera at one and two threads, checked)."""
-    blocks = fresh_page_blocks(t.shape[0], w1.shape[0], t.element_size())
-    if len(blocks) == 1:
-        return product(product(t, w1, b1, gelu=True), w2, b2, add=add)
-    return torch.cat([product(product(t[r0:r1], w1, b1, gelu=True), w2, b2, add=None if add is None else add[r0:r1])
-                      for r0, r1 in blocks])  # fmt: skip
 
 
 def linear(t: torch.Tensor, lin: nn.Linear, wt: Weights, gelu: bool = False,

@@ -30,12 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.cpu_convert import to_bf16
-from geosam.models.cpu_memory import MMAP_THRESHOLD_BYTES
 from geosam.models.device import cpu_flags, cpu_vendor
 
 __all__ = [
-    "ROW_BLOCK_BYTES", "bmm", "exact_gelu", "fresh_page_blocks", "linear", "linear_gelu_low", "linear_low", "mkl_float32_slow",
-    "onednn_linear_available", "op_works_in", "pointwise_linear", "row_blocks",
+    "ROW_BLOCK_BYTES", "bmm", "exact_gelu", "linear", "linear_gelu_low", "linear_low", "mkl_float32_slow", "onednn_linear_available",
+    "op_works_in", "pointwise_linear", "row_blocks",
 ]
 
 
@@ -149,23 +148,6 @@ def row_blocks(rows: int, width: int, itemsize: int) -> list[tuple[int, int]]:
     n = max(1, -(-rows // per))
     bounds = [rows * i // n for i in range(n + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(n) if bounds[i + 1] > bounds[i]]
-
-
-def fresh_page_blocks(rows: int, width: int, itemsize: int) -> list[tuple[int, int]]:
-    """`row_blocks` for an intermediate of ``rows`` x ``width`` elements of ``itemsize`` bytes that would reach
-    glibc's mmap threshold (`geosam.models.cpu_memory.MMAP_THRESHOLD_BYTES`, the most `keep_freed_memory` can set:
-    made whole it is fresh pages from the kernel every time), else one block of all rows.
-
-    The MLPs' hidden activations of SAM 3's ViT at 1008 px (5184 x 4736: 49 MB in bf16) and of SAM 2's Hiera's first
-    stage at 1024 px (65536 tokens) are above it (`geosam.models.cpu_fused.gelu_mlp`); a ViT-B's in bf16 (4096 x 3072,
-    25 MB) is not. Intel Xeon with AMX, two threads: SAM 3's bf16 backbone 4.62 -> 4.36 s, float32 21.9 -> 21.2 s;
-    SAM 2's bf16 Hiera 0.375 -> 0.346 s, float32 1.42 -> 1.36 s; one thread: no change beyond the noise. Those
-    features came out the same bit for bit, but that is oneDNN's choice: for some shapes and thread counts it splits
-    a product's sums between threads by the number of rows (a ViT-H's MLP in bf16 at two threads by 3 blocks: not the
-    same bits, and no faster: not blocked), as it may differ between thread counts anyway."""
-    if rows * width * itemsize < MMAP_THRESHOLD_BYTES:
-        return [(0, rows)]
-    return row_blocks(rows, width, itemsize)
 
 
 def exact_gelu(act: Any) -> bool:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosam.models.cpu_convert import add_bf16_, add_norm_low, norm_low
-from geosam.models.cpu_fused import Kept, Weights, conv2d, gelu_mlp, linear, ops_work, product, weights_of
+from geosam.models.cpu_fused import Kept, Weights, conv2d, linear, ops_work, product, weights_of
 
 __all__ = ["fast_hiera_supported", "fast_sam2_embeddings"]
 
@@ -182,12 +182,12 @@ def _block(t: torch.Tensor, h: int, w: int, blk: Any, wt: Weights, normed: torch
         residual = t
     o, h, w = _attention(x, blk, wt, h, w)
     mlp = blk.mlp
-    fc = wt(mlp.proj_in.weight), wt.get(mlp.proj_in.bias), wt(mlp.proj_out.weight), wt.get(mlp.proj_out.bias)
     if low == torch.float32:
         t = residual + o
-        return gelu_mlp(blk.layer_norm2(t), *fc, add=t), h, w, None
+        hid = linear(blk.layer_norm2(t), mlp.proj_in, wt, gelu=True)
+        return linear(hid, mlp.proj_out, wt, add=t), h, w, None
     y = add_norm_low(residual, o, blk.layer_norm2, low).to(low)  # the stream stays float32, as under autocast
-    out = gelu_mlp(y, *fc)
+    out = linear(linear(y, mlp.proj_in, wt, gelu=True), mlp.proj_out, wt)
     if next_norm is not None:
         return residual, h, w, add_norm_low(residual, out, next_norm, low)
     return add_bf16_(residual, out), h, w, None

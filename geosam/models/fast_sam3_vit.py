@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosam.models.cpu_convert import add_bf16_, add_norm_low, norm_low
-from geosam.models.cpu_fused import Kept, Weights, conv2d, gelu_mlp, ops_work, product, weights_of
+from geosam.models.cpu_fused import Kept, Weights, conv2d, ops_work, product, weights_of
 
 __all__ = ["fast_sam3_vit_supported", "fast_vision_features"]
 
@@ -150,12 +150,12 @@ def _layer(t: torch.Tensor, h: int, w: int, vit: nn.Module, layer: Any, wt: Weig
     if ws > 0:
         o = o.view(nh, nw, ws, ws, c).transpose(1, 2).reshape(nh * ws, nw * ws, c)[:h, :w].reshape(h * w, c)
     mlp = layer.mlp
-    fc = wt(mlp.fc1.weight), wt.get(mlp.fc1.bias), wt(mlp.fc2.weight), wt.get(mlp.fc2.bias)
     if low == torch.float32:
         t = t + o
-        return gelu_mlp(layer.layer_norm2(t), *fc, add=t), None
+        hid = product(layer.layer_norm2(t), wt(mlp.fc1.weight), wt.get(mlp.fc1.bias), gelu=True)
+        return product(hid, wt(mlp.fc2.weight), wt.get(mlp.fc2.bias), add=t), None
     y = add_norm_low(t, o, layer.layer_norm2, low).to(low)  # the stream is float32 in every dtype, as under autocast
-    out = gelu_mlp(y, *fc)
+    out = product(product(y, wt(mlp.fc1.weight), wt.get(mlp.fc1.bias), gelu=True), wt(mlp.fc2.weight), wt.get(mlp.fc2.bias))
     if next_norm is not None:
         return t, add_norm_low(t, out, next_norm, low)
     return add_bf16_(t, out), None
