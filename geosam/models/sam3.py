@@ -156,10 +156,10 @@ def vision_features(bundle: SamBundle, pixel_values: torch.Tensor) -> Any:
     """The vision backbone's output for ``pixel_values`` (1, 3, S, S) (model frame), computed in the bundle's dtype
     (autocast, as every family's encoder) and returned in float32 (the detector and the exemplars' geometry
     encoder take float32 features). On the CPU glibc keeps freed memory for reuse first (`keep_freed_memory`, as
-    `geosam.models.encode` does; SAM 3's path never went through it: a 1008 px chip with two phrases took 640-700
-    thousand fresh pages from the kernel, 150-170 thousand with it and its MLPs by blocks of rows; Intel Xeon with
-    AMX, two threads, full-size random weights, bf16, fresh processes alternating: the backbone 5.05-5.22 -> 4.98-5.00
-    s, the detector 1.43-1.51 -> 1.36-1.38 s)."""
+    `geosam.models.encode` does; SAM 3's path never went through it: `benchmarks/bench_sam3_change.py`, Intel Xeon
+    with AMX, two threads, full-size random weights, bf16, a 1008 px chip and two phrases: 680 -> 544 thousand fresh
+    pages from the kernel a chip, system CPU time 1.48 -> 1.18 s, the backbone 5.39 -> 5.23 s, the detector 1.52 ->
+    1.48 s, the same outputs)."""
     if bundle.device.type == "cpu":
         keep_freed_memory()
     if use_fast_sam3_vit(bundle):  # the ViT through oneDNN's fused operators, on the CPU
