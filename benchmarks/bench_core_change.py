@@ -20,6 +20,7 @@ the scene's other work would hide a change in its noise); its medians and whethe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,19 +74,37 @@ print(json.dumps({"encode_s": times, "hash": hashlib.sha256(emb.float().numpy().
 """
 
 
+def run_in_tree(src: Path, code: str, args: list[str], threads: int) -> dict:
+    """``code`` run by this Python in a fresh process that imports geosam from the source tree ``src``, with ``args``
+    after it; its last line of output read as JSON, which names the geosam it imported (``file``): checked to be
+    ``src``'s."""
+    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = str(threads)
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=str(src),
+                         check=True)  # fmt: skip
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["file"].startswith(str(src)), f"imported {res['file']}, expected the tree at {src}"
+    return res
+
+
+@contextlib.contextmanager
+def worktree(rev: str, path: Path) -> Iterator[Path]:
+    """git revision ``rev`` checked out at ``path`` (a new detached worktree) while inside, removed afterwards."""
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=ROOT, check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False, capture_output=True)
+
+
 def run_version(src: Path, model_dir: str, dtype: str, extra: dict, threads: int) -> dict:
     old_api = not (src / "geosam" / "models").is_dir()  # before the stage packages: geosam.model.load_sam
     code = RUN.replace("from geosam.models import load_model as load_sam", "from geosam.model import load_sam") if old_api else RUN
     if extra.get("encode_only"):
         code = RUN_ENCODE
-    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
-    if threads > 0:
-        env["OMP_NUM_THREADS"] = str(threads)
-    out = subprocess.run([sys.executable, "-c", code, model_dir, str(ROOT / "data" / "banepa_predict.tif"), dtype,
-                          json.dumps(extra)], capture_output=True, text=True, env=env, cwd=str(src), check=True)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["file"].startswith(str(src)), f"imported {res['file']}, expected the tree at {src}"
-    return res
+    return run_in_tree(src, code, [model_dir, str(ROOT / "data" / "banepa_predict.tif"), dtype, json.dumps(extra)],
+                       threads)  # fmt: skip
 
 
 def main() -> None:
@@ -114,10 +134,7 @@ def main() -> None:
         model_dir = str(Path(tmp) / "model")
         build_sane_random_sam().save_pretrained(model_dir)
         SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(model_dir)
-        old_src = Path(tmp) / "old"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old_src), args.old], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
+        with worktree(args.old, Path(tmp) / "old") as old_src:
             results: dict = {}
             for dtype in args.dtypes.split(","):
                 runs: dict[str, list[dict]] = {"old": [], "new": []}
@@ -150,9 +167,6 @@ def main() -> None:
                 }
                 print(dtype, {k: v for k, v in results[dtype].items() if not k.startswith("segment_s_")})
                 _write(args, results)  # after every dtype, so a run cut short keeps what it measured
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old_src)], cwd=ROOT, check=False,
-                           capture_output=True)
     _write(args, results)
 
 

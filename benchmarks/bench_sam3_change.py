@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,12 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
+from bench_core_change import _git, run_in_tree, worktree
 
 OUT = ROOT / "benchmarks" / "results" / "sam3_change.json"
 
 RUN = r"""
 import hashlib, json, resource, sys, time
 import torch
+import geosam
 model_dir, scene, dtype, chips, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
 import numpy as np, rasterio
@@ -64,15 +65,14 @@ digest = hashlib.sha256()
 for name in ("pred_logits", "pred_boxes", "pred_masks", "presence_logits"):
     digest.update(getattr(out, name).float().contiguous().numpy().tobytes())
 print(json.dumps({"backbone_s": backbone, "detect_s": detector, "minor_faults_per_chip": faults,
-                  "cpu_user_s_per_chip": cpu_user, "cpu_system_s_per_chip": cpu_system, "outputs_sha256": digest.hexdigest()}))
+                  "cpu_user_s_per_chip": cpu_user, "cpu_system_s_per_chip": cpu_system, "outputs_sha256": digest.hexdigest(),
+                  "file": geosam.__file__}))
 """
 
 
 def run_version(src: Path, model_dir: str, dtype: str, chips: int, threads: int) -> dict:
-    env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(threads), "HOME": str(Path.home())}
-    out = subprocess.run([sys.executable, "-c", RUN, model_dir, str(ROOT / "data" / "banepa_predict.tif"), dtype,
-                          str(chips), str(threads)], cwd=src, env=env, capture_output=True, text=True, check=True)  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_in_tree(src, RUN, [model_dir, str(ROOT / "data" / "banepa_predict.tif"), dtype, str(chips),
+                                  str(threads)], threads)  # fmt: skip
 
 
 def main() -> None:
@@ -89,11 +89,9 @@ def main() -> None:
 
     runs: dict[str, list[dict]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, old_src = str(Path(tmp) / "sam3"), Path(tmp) / "old"
+        model_dir = str(Path(tmp) / "sam3")
         _save_model(model_dir)
-        subprocess.run(["git", "worktree", "add", "--detach", str(old_src), args.old], cwd=ROOT, check=True,
-                       capture_output=True)  # fmt: skip
-        try:
+        with worktree(args.old, Path(tmp) / "old") as old_src:
             for r in range(args.rounds):
                 for name, src in (("old", old_src), ("new", ROOT)):
                     runs[name].append(run_version(src, model_dir, args.dtype, args.chips, args.threads))
@@ -102,9 +100,6 @@ def main() -> None:
                           f"{statistics.median(last['detect_s']):.3f} s, {last['minor_faults_per_chip']:.0f} faults/chip, "
                           f"CPU {last['cpu_user_s_per_chip']:.2f} s user + {last['cpu_system_s_per_chip']:.2f} s system",
                           flush=True)  # fmt: skip
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old_src)], cwd=ROOT, check=False,
-                           capture_output=True)  # fmt: skip
 
     def summary(rs: list[dict]) -> dict:
         return {
@@ -115,14 +110,11 @@ def main() -> None:
             "cpu_system_s_per_chip_median": round(statistics.median(r["cpu_system_s_per_chip"] for r in rs), 3),
         }
 
-    old_rev = subprocess.run(["git", "rev-parse", "--short", args.old], cwd=ROOT, capture_output=True, text=True,
-                             check=False).stdout.strip()  # fmt: skip
-    new_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=False).stdout.strip()  # fmt: skip
+    dirty = _git("status", "--porcelain", "--", "geosam")
     result = {
         **machine(args.threads, args.note),
-        "old": old_rev,
-        "new": f"{new_rev} (working tree)",
+        "old": _git("rev-parse", "--short", args.old),
+        "new": _git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else ""),
         "dtype": args.dtype,
         "chips_per_run": args.chips,
         "model": "full-size random SAM 3 (transformers' Sam3Config), 1008 px, phrases 'building' and 'tree'",
