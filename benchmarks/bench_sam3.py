@@ -12,11 +12,14 @@ with a small CLIP tokenizer, on 1008 px chips of the shipped Banepa scene, two p
 * with ``--torch-attention`` also ``<dtype>_torch_attention``: the ViT's and the DETR encoder's self-attention as
   torch's fused attention (before session 40; geosam's attention kernel since: the ViT's in float32 on AVX-512 CPUs
   and in bf16 on AMX ones, `geosam.models.fast_sam3_vit`; the DETR encoder's in bf16 on AMX,
-  `geosam.models.sam3_attention`), bf16's with its own agreement to float32; ``vit_attention_s``: the backbone's
+  `geosam.models.sam3_attention`) and the DETR decoder's vision cross-attention as torch's on the box bias's matrix
+  (before session 44; in bf16 on AMX `geosam.models.cpu_bias_attention.rowcol_attention` on its terms since),
+  bf16's with its own agreement to float32; ``vit_attention_s``: the backbone's
   seconds in the ViT's attention (the kernel with its in-place rotations, or the rotations and torch's attention);
 * with ``--stock-detector`` also ``<dtype>_stock_detector``: the detector's modules with transformers' own forwards
   (before session 41; `geosam.models.sam3_detector` since: the box bias, fused MLPs, encoder layers), its outputs
-  compared bit for bit with the replacements' (``stock_detector_equal``).
+  compared bit for bit with the replacements' (``stock_detector_equal``: the replacements' outputs from one more,
+  untimed run with the decoder's vision cross-attention as torch's, the one replacement that is not the same bits).
 
 Variants alternate chip by chip for ``--rounds`` rounds. Random weights: the detector's scores mean nothing, so the
 agreement is numerical: the bf16 backbone's features and the detector's logits against float32's (max relative
@@ -112,6 +115,7 @@ def main() -> int:
         bundles["float32_stock_detector"] = dataclasses.replace(b32)
         bundles["bfloat16_stock_detector"] = dataclasses.replace(b32, dtype=torch.bfloat16)
     kernel_detr, kernel_vit, faster = sa.use_fast_detr_attention, fs._kernel_attention, sd.faster_detector
+    rowcol = sd.use_rowcol_attention
     torch_attention = [bundles[k] for k in bundles if k.endswith("_torch_attention")]
     stock_detector = [bundles[k] for k in bundles if k.endswith("_stock_detector")]
 
@@ -134,6 +138,7 @@ def main() -> int:
         on = not any(b is t for t in torch_attention)
         sa.use_fast_detr_attention = kernel_detr if on else (lambda _: False)
         fs._kernel_attention = timed_kernel if on else (lambda *_: None)
+        sd.use_rowcol_attention = rowcol if on else (lambda _: False)
         sd.faster_detector = sa.detr_encoder_attention if any(b is t for t in stock_detector) else faster
 
     text = encode_text(b32, PHRASES)
@@ -141,6 +146,7 @@ def main() -> int:
     parts = ("backbone_s", "detector_s", "vit_attention_s")
     times: dict[str, dict[str, list[float]]] = {k: {part: [] for part in parts} for k in bundles}
     outs: dict[str, list] = {k: [] for k in bundles}
+    same_bits: dict[str, list] = {k: [] for k in bundles}  # the replacements without the cross-attention's kernel
     for name, b in bundles.items():  # warm-up
         kernels_for(b)
         detect(b, vision_features(b, pvs[0]), text)
@@ -160,6 +166,10 @@ def main() -> int:
                 if r == 0:
                     outs[name].append((vision.fpn_hidden_states[-1].float(), out.pred_logits.float(),
                                        out.pred_masks.float()))
+                if r == 0 and any(b is t for t in stock_detector):
+                    sd.faster_detector, sd.use_rowcol_attention = faster, (lambda _: False)
+                    exact = detect(b, vision, text)
+                    same_bits[name].append((None, exact.pred_logits.float(), exact.pred_masks.float()))
     med = {k: {part: statistics.median(v) for part, v in t.items()} for k, t in times.items()}
     def agreement(low: str) -> list[dict[str, float]]:
         rows = []
@@ -198,7 +208,8 @@ def main() -> int:
            if args.torch_attention else {}),
         **({"speedup_vs_stock_detector": {dt: round(med[f"{dt}_stock_detector"]["detector_s"] / med[dt]["detector_s"], 3)
                                           for dt in ("float32", "bfloat16")},
-            "stock_detector_equal": {dt: all(torch.equal(a[i], c[i]) for a, c in zip(outs[dt], outs[f"{dt}_stock_detector"])
+            "stock_detector_equal": {dt: all(torch.equal(a[i], c[i]) for a, c in zip(same_bits[f"{dt}_stock_detector"],
+                                                                                      outs[f"{dt}_stock_detector"])
                                              for i in (1, 2)) for dt in ("float32", "bfloat16")}}
            if args.stock_detector else {}),
         "peak_rss_mib": round(_peak_rss_mib(), 0),

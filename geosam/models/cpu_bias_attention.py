@@ -23,7 +23,7 @@ import torch
 from geosam.models.cpu_build import alternating_threads, load
 from geosam.models.device import cpu_flags
 
-__all__ = ["TOLERANCE", "attention", "available", "reference"]
+__all__ = ["TOLERANCE", "attention", "available", "reference", "rowcol_attention", "rowcol_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,55 @@ def _call(lib: ctypes.CDLL, qkv: torch.Tensor, bias: torch.Tensor, scale: float,
     ))  # fmt: skip
 
 
+def rowcol_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor,
+                     zero_rows: int, scale: float, round_bias: bool = True) -> torch.Tensor:  # fmt: skip
+    """`rowcol_attention` in float64 from its operands: q (B, Q, H, d), k and v (B, hh ww, H, d), rh (B, H, Q -
+    zero_rows, hh), rw (B, H, Q - zero_rows, ww); returns (B, Q, H, d) float64. The bias is the matrix the stock
+    decoder builds: the terms' sum (rounded to bf16 with ``round_bias``), zero rows first."""
+    b, _, nh, _ = q.shape
+    bias = rh.float()[..., :, None] + rw.float()[..., None, :]
+    if round_bias:
+        bias = bias.to(torch.bfloat16)
+    bias = torch.cat([bias.new_zeros((b, nh, zero_rows) + bias.shape[-2:]), bias], dim=2).flatten(-2).double()
+    qd, kd, vd = (t.double().transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
+    p = torch.softmax(qd @ kd.transpose(-1, -2) * scale + bias, dim=-1)
+    return (p @ vd).transpose(1, 2)
+
+
+def _call_rowcol(lib: ctypes.CDLL, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rh: torch.Tensor,
+                 rw: torch.Tensor, zero_rows: int, scale: float, round_bias: bool, out: torch.Tensor) -> int:  # fmt: skip
+    nb, nq, nh, d = q.shape
+    return int(lib.geosam_rowcol_attention(
+        _P(q.data_ptr()), _P(k.data_ptr()), _P(v.data_ptr()), _I64(nb), _I64(nq), _I64(nh), _I64(d),
+        _I64(rh.shape[-1]), _I64(rw.shape[-1]), _I64(zero_rows), ctypes.c_float(scale), _P(rh.data_ptr()),
+        _P(rw.data_ptr()), _INT(int(round_bias)), _P(out.data_ptr()), _INT(torch.get_num_threads()),
+    ))  # fmt: skip
+
+
+def _rowcol_matches_reference(lib: ctypes.CDLL) -> bool:
+    """Maps whose rows are not whole vectors (72 x 72 as SAM 3's, 5 x 23, 3 x 16), query blocks past whole tiles,
+    zero rows or none, heads of 32 and 64, large terms, one and two threads."""
+    lib.geosam_rowcol_attention.restype = ctypes.c_int
+    gen = torch.Generator().manual_seed(1)
+    with alternating_threads() as use:
+        for i, (nb, nq, nh, d, hh, ww, zero_rows, round_bias) in enumerate((
+                (2, 201, 3, 32, 72, 72, 1, True), (1, 17, 2, 64, 5, 23, 0, True), (3, 5, 1, 32, 3, 16, 2, False),
+                (1, 33, 4, 32, 9, 40, 0, False))):  # fmt: skip
+            use(i)
+            q, k, v = (torch.randn((nb, n, nh, d), generator=gen).to(torch.bfloat16) for n in (nq, hh * ww, hh * ww))
+            rh = (torch.randn((nb, nh, nq - zero_rows, hh), generator=gen) * 3).to(torch.bfloat16).float()
+            rw = (torch.randn((nb, nh, nq - zero_rows, ww), generator=gen) * 3).to(torch.bfloat16).float()
+            want = rowcol_reference(q, k, v, rh, rw, zero_rows, d**-0.5, round_bias)
+            out = torch.empty((nb, nq, nh, d), dtype=torch.bfloat16)
+            if _call_rowcol(lib, q, k, v, rh, rw, zero_rows, d**-0.5, round_bias, out) != 0:
+                return False
+            if float((out.double() - want).abs().max() / want.abs().max()) > TOLERANCE:
+                log.warning("cpu_bias_attention.c: the AMX row and column attention does not match the reference; "
+                            "not used")
+                return False
+    return True
+
+
 def _matches_reference(lib: ctypes.CDLL) -> bool:
     """Windows of 49 and 196 tokens and odd sizes (past whole tiles, one key chunk and several), heads of 32 and 64,
     large biases, one and two threads. False where the tiles are not granted."""
@@ -73,7 +122,7 @@ def _matches_reference(lib: ctypes.CDLL) -> bool:
             if float((out.double() - want).abs().max() / want.abs().max()) > TOLERANCE:
                 log.warning("cpu_bias_attention.c: the AMX window attention does not match the reference; not used")
                 return False
-    return True
+    return _rowcol_matches_reference(lib)
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,6 +150,34 @@ def attention(qkv: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tens
         return None
     out = torch.empty((nw, n, nh * d), dtype=torch.bfloat16)
     err = _call(lib, qkv, bias, scale, out)
+    if err == 2:
+        raise MemoryError("cpu_bias_attention: no memory for the kernel's buffers")
+    return out if err == 0 else None
+
+
+def rowcol_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor,
+                     zero_rows: int, scale: float, round_bias: bool = True) -> torch.Tensor | None:  # fmt: skip
+    """``softmax(scale q k^T + bias) v`` of every batch and head where the bias of query i and key ``r ww + c`` is
+    ``rh[i, r] + rw[i, c]`` (rounded to bf16 with ``round_bias``, as a bf16 add of the terms gives the matrix), 0 for
+    the first ``zero_rows`` queries, without writing that matrix: SAM 3's DETR decoder's vision cross-attention with its
+    box relative-position bias. q (B, Q, H, d), k and v (B, hh ww, H, d): contiguous bf16 on the CPU, d a multiple of
+    32 up to 128; rh (B, H, Q - zero_rows, hh) and rw (B, H, Q - zero_rows, ww) float32. Returns (B, Q, H * d) bf16,
+    or None where the kernel is not in use or the operands do not fit it (the caller runs torch's attention)."""
+    if q.ndim != 4 or k.ndim != 4 or rh.ndim != 4 or rw.ndim != 4:
+        return None
+    nb, nq, nh, d = q.shape
+    hh, ww = rh.shape[-1], rw.shape[-1]
+    tensors = (q, k, v, rh, rw)
+    fits = (all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+            and all(t.dtype == torch.bfloat16 for t in (q, k, v)) and rh.dtype == rw.dtype == torch.float32
+            and k.shape == v.shape == (nb, hh * ww, nh, d) and 0 <= zero_rows <= nq
+            and rh.shape[:3] == rw.shape[:3] == (nb, nh, nq - zero_rows) and d % 32 == 0 and 32 <= d <= 128
+            and 1 <= hh * ww <= 1 << 20 and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))  # fmt: skip
+    lib = _library() if fits else None
+    if lib is None:
+        return None
+    out = torch.empty((nb, nq, nh * d), dtype=torch.bfloat16)
+    err = _call_rowcol(lib, q, k, v, rh, rw, zero_rows, scale, round_bias, out)
     if err == 2:
         raise MemoryError("cpu_bias_attention: no memory for the kernel's buffers")
     return out if err == 0 else None
