@@ -60,11 +60,11 @@ def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str,
                                                              monkeypatch: pytest.MonkeyPatch, count_calls: Any,
                                                              call_results: Any) -> None:  # fmt: skip
     """``detect`` runs the replacements (the decoder with the box bias padded in place and its image keys made once,
-    the pixel embedding; in bf16 also the fused MLPs, the encoder layers with their adds and norms in one pass, the
-    attentions' projections on kept weights) and gives the outputs of the model's own forwards, bit for bit, with one
-    and with two layers in the DETR encoder and decoder; the modules are as loaded afterwards (no replacement left
-    on them: they pickle as transformers' own). The vision cross-attention on the bias's terms (AMX), which is not the
-    same bits, is off here: see the next test."""
+    the pixel embedding; in bf16 also the fused MLPs, the encoder layers with their adds and norms in one pass and
+    the first one's self-attention once for every phrase, the attentions' projections on kept weights) and gives the
+    outputs of the model's own forwards, bit for bit, with one and with two layers in the DETR encoder and decoder;
+    the modules are as loaded afterwards (no replacement left on them: they pickle as transformers' own). The vision
+    cross-attention on the bias's terms (AMX), which is not the same bits, is off here: see the next test."""
     from geosam.models.sam3 import detect, encode_text, vision_features
 
     monkeypatch.setattr(sd, "use_rowcol_attention", lambda bundle: False)
@@ -74,6 +74,8 @@ def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str,
     names = ("mlp_forward", "encoder_layer_forward", "embed_pixels", "decoder_forward", "attention_forward")
     calls = {name: count_calls(sd, name) for name in names}
     calls["rpb_matrix"] = count_calls(sdec, "rpb_matrix")
+    calls["prepare_features"] = count_calls(sd, "prepare_features")
+    attended = call_results(sd, "attention_forward")
     fused_levels = call_results(sd, "upsample2_add_bf16")
     fused_norms = call_results(cpu_convert, "add_layer_norm_bf16_")
     got = detect(b, vision, text)
@@ -88,6 +90,9 @@ def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str,
     assert len(calls["mlp_forward"]) == (len(mlps) if low else 0)
     assert len(calls["attention_forward"]) == (len(attentions) if low else 0)
     assert len(calls["encoder_layer_forward"]) == (layers if low else 0)
+    assert len(calls["prepare_features"]) == (1 if low else 0)
+    if low:  # the first encoder layer's self-attention made once for both phrases (one image's tokens), then per phrase
+        assert [out.shape[0] for out, _ in attended[:2]] == [1, 2]
     assert len(calls["embed_pixels"]) == 1
     if low:  # every FPN level's upsampling, skip sum and rounding in one pass, each encoder layer's two norms with
         # the adds before them, where the kernels run
@@ -96,8 +101,8 @@ def test_detect_gives_the_stock_forwards_outputs_bit_for_bit(tiny_sam3_dir: str,
         assert all((r is not None) == cpu_convert.available() for r in fused_norms)
     else:
         assert not fused_levels and not fused_norms
-    for m in [model.detr_decoder, *mlps, *attentions, *model.detr_encoder.layers, model.mask_decoder]:
-        assert not {"forward", "_get_rpb_matrix", "_embed_pixels"} & set(vars(m))
+    for m in [model.detr_decoder, *mlps, *attentions, *model.detr_encoder.layers, model.mask_decoder, model.detr_encoder]:
+        assert not {"forward", "_get_rpb_matrix", "_embed_pixels", "_prepare_multilevel_features"} & set(vars(m))
     assert not patching._USERS
     monkeypatch.setattr(sd, "faster_detector", sa.detr_encoder_attention)
     want = detect(b, vision, text)
