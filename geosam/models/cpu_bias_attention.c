@@ -48,6 +48,42 @@ static inline __attribute__((always_inline)) TAMX void tile_sum(const uint16_t* 
   _tile_stored(0, out, so);
 }
 
+/* keys (n rows `stride` numbers apart, 32 dc channels each) as AMX's right operand, kp[key tile][chunk of 32
+ * channels][16 pair rows][16 keys x 2]: a tile's 32-bit words (a pair of channels) are the keys' words transposed,
+ * key j's 16 words of a chunk down column j % 16 of its tile (one scatter, rows 64 bytes apart) */
+static inline __attribute__((always_inline)) TAMX void pack_keys(const uint16_t* k, int64_t stride, int64_t n,
+                                                                  int64_t dc, uint16_t* kp) {
+  const __m512i down = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(16));
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t c = 0; c < dc; c++)
+      _mm512_i32scatter_epi32((int*)(kp + ((j / 16) * dc + c) * 512) + j % 16, down,
+                              _mm512_loadu_si512((const void*)(k + j * stride + 32 * c)), 4);
+}
+
+/* values (n rows `stride` numbers apart, 32 dc channels each) as AMX's right operand, vp[chunk of 32 keys][tile of
+ * 16 channels][16 pair rows][16 x 2]: row pairs (2r, 2r + 1) of a chunk interleaved number by number (zeros for a
+ * last odd row) */
+static inline __attribute__((always_inline)) TAMX void pack_values(const uint16_t* v, int64_t stride, int64_t n,
+                                                                    int64_t dc, uint16_t* vp) {
+  const int64_t dt = 2 * dc;
+  const __m512i lo = _mm512_setr_epi32(0x00200000, 0x00210001, 0x00220002, 0x00230003, 0x00240004, 0x00250005,
+                                       0x00260006, 0x00270007, 0x00280008, 0x00290009, 0x002a000a, 0x002b000b,
+                                       0x002c000c, 0x002d000d, 0x002e000e, 0x002f000f); /* a0 b0 a1 b1 ... a15 b15 */
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));                      /* a16 b16 ... a31 b31 */
+  for (int64_t j = 0; j < n; j += 2) {
+    const uint16_t* a = v + j * stride;
+    const uint16_t* b = j + 1 < n ? a + stride : NULL;
+    uint16_t* dst = vp + (j / 32) * dt * 512 + ((j % 32) / 2) * 32;
+    for (int64_t c = 0; c < dc; c++) {
+      const __m512i x = _mm512_loadu_si512((const void*)(a + 32 * c));
+      const __m512i y = b ? _mm512_loadu_si512((const void*)(b + 32 * c)) : _mm512_setzero_si512();
+      _mm512_storeu_si512((void*)(dst + (2 * c) * 512), _mm512_permutex2var_epi16(x, lo, y));
+      _mm512_storeu_si512((void*)(dst + (2 * c + 1) * 512), _mm512_permutex2var_epi16(x, hi, y));
+    }
+  }
+}
+
 static TAMX void attend_window(const uint16_t* qkv, int64_t w, int64_t h, int64_t n, int64_t nh, int64_t d,
                                float scale, const float* bias, uint16_t* out, char* buf) {
   const int64_t n16 = (n + 15) / 16 * 16, n32 = (n + 31) / 32 * 32, tok = nh * 3 * d, base = w * n * tok + h * 3 * d;
@@ -64,33 +100,9 @@ static TAMX void attend_window(const uint16_t* qkv, int64_t w, int64_t h, int64_
   memset(vp + (n32 / 32 - 1) * (d / 16) * 512, 0, (size_t)(2 * (d / 16) * 512));
   memset(pb + n * n32, 0, (size_t)(2 * (n16 - n) * n32));
   const int64_t dc = d / 32, dt = d / 16;
-  /* keys: a tile's 32-bit words (a pair of channels) are the keys' words transposed: key j's 16 words of a chunk
-   * go down column j % 16 of its tile (one scatter, rows 64 bytes apart) */
-  const __m512i down = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(16));
-  for (int64_t j = 0; j < n; j++) {
-    const uint16_t* t = qkv + base + j * tok;
-    memcpy(qb + j * d, t, (size_t)(2 * d));
-    for (int64_t c = 0; c < dc; c++)
-      _mm512_i32scatter_epi32((int*)(kp + ((j / 16) * dc + c) * 512) + j % 16, down,
-                              _mm512_loadu_si512((const void*)(t + d + 32 * c)), 4);
-  }
-  /* values: row pairs (2r, 2r + 1) of a chunk of 32 keys interleaved number by number, 16 channels a tile */
-  const __m512i lo = _mm512_setr_epi32(0x00200000, 0x00210001, 0x00220002, 0x00230003, 0x00240004, 0x00250005,
-                                       0x00260006, 0x00270007, 0x00280008, 0x00290009, 0x002a000a, 0x002b000b,
-                                       0x002c000c, 0x002d000d, 0x002e000e, 0x002f000f); /* a0 b0 a1 b1 ... a15 b15 */
-  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));                      /* a16 b16 ... a31 b31 */
-  for (int64_t j = 0; j < n; j += 2) {
-    const uint16_t* a = qkv + base + j * tok + 2 * d;
-    const uint16_t* b = j + 1 < n ? a + tok : NULL;
-    uint16_t* dst = vp + (j / 32) * dt * 512 + ((j % 32) / 2) * 32;
-    for (int64_t c = 0; c < dc; c++) {
-      const __m512i x = _mm512_loadu_si512((const void*)(a + 32 * c));
-      const __m512i y = b ? _mm512_loadu_si512((const void*)(b + 32 * c)) : _mm512_setzero_si512();
-      _mm512_storeu_si512((void*)(dst + (2 * c) * 512), _mm512_permutex2var_epi16(x, lo, y));
-      _mm512_storeu_si512((void*)(dst + (2 * c + 1) * 512), _mm512_permutex2var_epi16(x, hi, y));
-    }
-  }
+  for (int64_t j = 0; j < n; j++) memcpy(qb + j * d, qkv + base + j * tok, (size_t)(2 * d));
+  pack_keys(qkv + base + d, tok, n, dc, kp);
+  pack_values(qkv + base + 2 * d, tok, n, dc, vp);
   /* scores: 16 queries x 16 keys a tile, over d / 32 chunks of channels */
   for (int64_t qi = 0; qi < n16; qi += 16)
     for (int64_t kt = 0; kt < n16 / 16; kt++)
@@ -198,27 +210,8 @@ static TAMX void attend_rowcol(const uint16_t* q, const uint16_t* k, const uint1
   memset(kp + (n16 / 16 - 1) * dc * 512, 0, (size_t)(2 * dc * 512));
   memset(vp + (n32 / 32 - 1) * dt * 512, 0, (size_t)(2 * dt * 512));
   memset(pb, 0, (size_t)(2 * 16 * n32));
-  const __m512i down = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(16));
-  for (int64_t j = 0; j < nk; j++)
-    for (int64_t c = 0; c < dc; c++)
-      _mm512_i32scatter_epi32((int*)(kp + ((j / 16) * dc + c) * 512) + j % 16, down,
-                              _mm512_loadu_si512((const void*)(kb + j * tok + 32 * c)), 4);
-  const __m512i lo = _mm512_setr_epi32(0x00200000, 0x00210001, 0x00220002, 0x00230003, 0x00240004, 0x00250005,
-                                       0x00260006, 0x00270007, 0x00280008, 0x00290009, 0x002a000a, 0x002b000b,
-                                       0x002c000c, 0x002d000d, 0x002e000e, 0x002f000f);
-  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
-  for (int64_t j = 0; j < nk; j += 2) {
-    const uint16_t* a = vb + j * tok;
-    const uint16_t* bn = j + 1 < nk ? a + tok : NULL;
-    uint16_t* dst = vp + (j / 32) * dt * 512 + ((j % 32) / 2) * 32;
-    for (int64_t c = 0; c < dc; c++) {
-      const __m512i x = _mm512_loadu_si512((const void*)(a + 32 * c));
-      const __m512i y = bn ? _mm512_loadu_si512((const void*)(bn + 32 * c)) : _mm512_setzero_si512();
-      _mm512_storeu_si512((void*)(dst + (2 * c) * 512), _mm512_permutex2var_epi16(x, lo, y));
-      _mm512_storeu_si512((void*)(dst + (2 * c + 1) * 512), _mm512_permutex2var_epi16(x, hi, y));
-    }
-  }
+  pack_keys(kb, tok, nk, dc, kp);
+  pack_values(vb, tok, nk, dc, vp);
   const __m512 fs = _mm512_set1_ps(scale);
   const int64_t nv = n16 / 16;
   const __mmask16 last = tail(nk - (nv - 1) * 16);
