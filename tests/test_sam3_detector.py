@@ -143,3 +143,20 @@ def test_bf16_vision_cross_attention_runs_on_the_bias_terms(tiny_sam3_dir: str, 
         ref = getattr(exact, name).double()
         err, err_stock = (float((getattr(o, name).double() - ref).abs().max() / ref.abs().max()) for o in (got, stock))
         assert err <= 2 * err_stock + 1e-4, name
+
+
+@pytest.mark.skipif(not cba.available(), reason="the row and column kernel runs on CPUs with AMX only")
+def test_bf16_heads_the_kernel_cannot_take_keep_the_stock_matrix(tiny_sam3_dir: str, count_calls: Any,
+                                                                   call_results: Any) -> None:  # fmt: skip
+    """Heads of 16 numbers (the tiny decoder's): the layer takes the stock matrix without calling the kernel (whose
+    operands would be projected for nothing)."""
+    from geosam.models.sam3 import detect, encode_text, vision_features
+
+    b = _bundle(tiny_sam3_dir, torch.bfloat16)
+    assert b.model.detr_decoder.layers[0].vision_cross_attn.head_dim == 16 and sd.use_rowcol_attention(b)
+    text = encode_text(b, ["tree"])
+    vision = vision_features(b, torch.randn((1, 3, 336, 336), generator=torch.Generator().manual_seed(5)))
+    matrices = count_calls(sdec, "rpb_matrix")
+    kernel = call_results(cba, "rowcol_attention")
+    detect(b, vision, text)
+    assert len(matrices) == 1 and not kernel

@@ -184,7 +184,7 @@ int geosam_bias_attention(const uint16_t* qkv, int64_t nw, int64_t n, int64_t nh
  * numerators (exp512_bf16) rounded to bf16 and summed as such, the values' product 16 queries x 16 numbers a tile,
  * divided by the sums and rounded to bf16 as torch rounds.
  * q: nb x nq x nh x d bf16; k, v: nb x nk x nh x d bf16 (nk = hh ww keys in map order); rh: nb x nh x (nq - zero_rows)
- * x hh float32; rw: nb x nh x (nq - zero_rows) x ww float32; out: nb x nq x nh x d bf16. d 32, 64 or 96, 128. */
+ * x hh float32; rw: nb x nh x (nq - zero_rows) x ww float32; out: nb x nq x nh x d bf16. d 32, 64, 96 or 128. */
 #define NK_MAX (1 << 20)
 
 #if GEOSAM_AMX

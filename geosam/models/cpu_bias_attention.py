@@ -23,7 +23,7 @@ import torch
 from geosam.models.cpu_build import alternating_threads, load
 from geosam.models.device import cpu_flags
 
-__all__ = ["TOLERANCE", "attention", "available", "reference", "rowcol_attention", "rowcol_reference"]
+__all__ = ["TOLERANCE", "attention", "available", "reference", "rowcol_attention", "rowcol_reference", "rowcol_takes"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,12 @@ def attention(qkv: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tens
     return out if err == 0 else None
 
 
+def rowcol_takes(head_dim: int) -> bool:
+    """Whether `rowcol_attention` takes heads of ``head_dim`` numbers (a multiple of 32 up to 128) and is in use here:
+    callers check it before making the operands."""
+    return head_dim % 32 == 0 and 32 <= head_dim <= 128 and available()
+
+
 def rowcol_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor,
                      zero_rows: int, scale: float, round_bias: bool = True) -> torch.Tensor | None:  # fmt: skip
     """``softmax(scale q k^T + bias) v`` of every batch and head where the bias of query i and key ``r ww + c`` is
@@ -171,7 +177,7 @@ def rowcol_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rh: torc
     fits = (all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
             and all(t.dtype == torch.bfloat16 for t in (q, k, v)) and rh.dtype == rw.dtype == torch.float32
             and k.shape == v.shape == (nb, hh * ww, nh, d) and 0 <= zero_rows <= nq
-            and rh.shape[:3] == rw.shape[:3] == (nb, nh, nq - zero_rows) and d % 32 == 0 and 32 <= d <= 128
+            and rh.shape[:3] == rw.shape[:3] == (nb, nh, nq - zero_rows) and rowcol_takes(d)
             and 1 <= hh * ww <= 1 << 20 and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))  # fmt: skip
     lib = _library() if fits else None
     if lib is None:

@@ -193,10 +193,13 @@ def use_rowcol_attention(bundle: SamBundle) -> bool:
 
 def _rowcol_takes(attn: Any) -> bool:
     """Whether `_rowcol_cross_attention` reproduces ``attn``: transformers' ``Sam3Attention`` with its forward and
-    plain linear projections, in inference under CPU bf16 autocast."""
+    plain linear projections, in inference under CPU bf16 autocast, heads the kernel takes (else the projections would
+    be made for nothing and made again by the stock attention)."""
+    from geosam.models.cpu_bias_attention import rowcol_takes
+
     stock = stock_parts()
     return (low_autocast() and type(attn) is stock["attention"] and type(attn).forward is stock["attention_forward"]
-            and not attn.training and not torch.is_grad_enabled() and not attn.is_causal
+            and not attn.training and not torch.is_grad_enabled() and not attn.is_causal and rowcol_takes(attn.head_dim)
             and all(type(getattr(attn, p, None)) is torch.nn.Linear for p in ("q_proj", "k_proj", "v_proj", "o_proj")))  # fmt: skip
 
 

@@ -223,9 +223,10 @@ def _relu_mlps(model: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def faster_detector(bundle: SamBundle) -> Iterator[None]:
-    """Inside: the bundle's SAM 3 detector with `rpb_matrix` and `embed_pixels`, and in bf16 `mlp_forward` and
-    `encoder_layer_forward`, where they apply (on the CPU, the modules transformers' own), and the DETR encoder's
-    attention through geosam's kernel where that applies."""
+    """Inside: the bundle's SAM 3 detector with `rpb_matrix`, `decoder_forward` (its vision cross-attention on the
+    bias's terms where `use_rowcol_attention`) and `embed_pixels`, and in bf16 `mlp_forward`, `encoder_layer_forward`,
+    `prepare_features` and `attention_forward`, where they apply (on the CPU, the modules transformers' own), and the
+    DETR encoder's attention through geosam's kernel where that applies."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(detr_encoder_attention(bundle))
         stock = stock_parts()
