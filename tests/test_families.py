@@ -127,7 +127,7 @@ def test_sam2_decoder_gives_the_model_decoders_masks(
     import copy
     import dataclasses
 
-    from geosam.models import FAST_DECODER_CPU_CHUNK, decode
+    from geosam.models import FAMILY_DECODER_CPU_CHUNK, decode
 
     cached = load_model(tiny_family_dirs["sam2"], device="cpu", dtype="float32")
     b = dataclasses.replace(cached, model=copy.deepcopy(cached.model))  # the cached bundle's weights stay as they are
@@ -139,7 +139,7 @@ def test_sam2_decoder_gives_the_model_decoders_masks(
     stock = dataclasses.replace(b, fast_decoder=False)
     img = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     emb = encode(b, preprocess(b, [img])[0])
-    n = 2 * FAST_DECODER_CPU_CHUNK + 1
+    n = 2 * FAMILY_DECODER_CPU_CHUNK + 1
     gen = torch.Generator().manual_seed(3)
     pts = torch.rand((n, 2), generator=gen) * 1000
     boxes = torch.sort(torch.rand((n, 2, 2), generator=gen) * 1000, dim=1).values.reshape(n, 4)
@@ -212,13 +212,13 @@ def test_sam_hq_decodes_as_its_authors_decoder(
     ``iou_floor`` the prompts at or below it are -inf; transformers' forward is never called; on the CPU in float32
     no image side is written (the upscaling from the shared image side)."""
     import geosam.models.fast_transformer as ft
-    from geosam.models import FAST_DECODER_CPU_CHUNK, decode
+    from geosam.models import FAMILY_DECODER_CPU_CHUNK, decode
 
     b = load_model(tiny_family_dirs["sam_hq"], device="cpu", dtype="float32")
     img = np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     pv, _, _ = preprocess(b, [img])
     emb = encode(b, pv)
-    n = 2 * FAST_DECODER_CPU_CHUNK + 1
+    n = 2 * FAMILY_DECODER_CPU_CHUNK + 1
     gen = torch.Generator().manual_seed(3)
     pts = torch.rand((n, 2), generator=gen) * 1000
     boxes = torch.sort(torch.rand((n, 2, 2), generator=gen) * 1000, dim=1).values.reshape(n, 4)

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from geosam.config import DEFAULT_MODEL
 from geosam.models.bundle import ModelCapabilities, SamBundle, require
-from geosam.models.compile import FAST_DECODER_CPU_CHUNK, STOCK_DECODER_CPU_CHUNK, compile_bundle
+from geosam.models.compile import (
+    FAMILY_DECODER_CPU_CHUNK,
+    FAST_DECODER_CPU_CHUNK,
+    STOCK_DECODER_CPU_CHUNK,
+    compile_bundle,
+)
 from geosam.models.device import cpu_has_amx, resolve_device, resolve_dtype
 from geosam.models.hf_sam import BUILTIN_OFFLINE_MODEL_HINT, MODEL_LOAD_HELP
 from geosam.models.registry import clear_model_cache, load_model, register_family
@@ -34,6 +39,7 @@ from geosam.models.runtime import (
 __all__ = [
     "BUILTIN_OFFLINE_MODEL_HINT",
     "DEFAULT_MODEL",
+    "FAMILY_DECODER_CPU_CHUNK",
     "FAST_DECODER_CPU_CHUNK",
     "MODEL_LOAD_HELP",
     "STOCK_DECODER_CPU_CHUNK",

@@ -21,9 +21,17 @@ from geosam.models.bundle import SamBundle
 #: AMD EPYC Zen 3, 7.25 vs 7.77 s with 1 thread, 4.55 vs 4.77 s with 2). With the decoder's C kernels 16 is faster
 #: than 8 (the token side's products twice as tall): AMD EPYC Zen 4, 256 prompts, 3.66-3.74 vs 3.89-3.91 s with
 #: 1 thread, 1.95-2.02 vs 2.29-2.33 s with 2; 32 as 16, 64 slower (2.63 s with 2); session 23, decode only,
-#: alternating runs.
+#: alternating runs. With two threads 32 is faster than 16 (Intel Xeon with AMX, session 45, decode only, medians of
+#: alternating runs in one process: 1024 prompts 5.62 -> 5.30 s in bf16, 6.45 -> 6.20 s in float32; 256 prompts
+#: 1.49 -> 1.42 s in bf16; with one thread ~1 % faster; peak RSS +24 MiB); 64 slower again (1.61 s).
 #: ``points_per_batch`` still sets how many prompts are decoded and filtered together.
-FAST_DECODER_CPU_CHUNK = 16
+FAST_DECODER_CPU_CHUNK = 32
+
+#: Prompts per transformer call of geosam's SAM 2 and SAM-HQ decoders on the CPU (`geosam.models.sam2_decoder`,
+#: `geosam.models.hq_decoder`): 16, as SAM's was until session 45; 32 is slower there (full-size random weights,
+#: 256 prompts, float32, two threads, Intel Xeon with AMX, medians of 3 alternating: SAM 2 1.17 vs 1.44 s, SAM-HQ
+#: 1.18 vs 1.20 s).
+FAMILY_DECODER_CPU_CHUNK = 16
 
 #: Prompts per call of a model's own (stock) mask decoder on the CPU (SAM or SAM 2 with the fast decoder off; SAM-HQ
 #: until session 20, now always `geosam.models.hq_decoder`). It repeats the image side once per prompt (SAM 2: 4 MiB
@@ -150,6 +158,7 @@ def compile_bundle(bundle: SamBundle) -> SamBundle:
 
 
 __all__ = [
+    "FAMILY_DECODER_CPU_CHUNK",
     "FAST_DECODER_CPU_CHUNK",
     "STOCK_DECODER_CPU_CHUNK",
     "compile_bundle",

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from geosam.models.bundle import SamBundle
-from geosam.models.compile import FAST_DECODER_CPU_CHUNK
 from geosam.models.fast_decoder import _unwrap
 from geosam.models.fast_transformer import TwoWay, run_two_way
 from geosam.models.fast_twoway import cache_key
@@ -136,9 +135,12 @@ def decode_in_chunks(
     decode: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     cache: dict[Any, Any] | None = None,
     out_shape: tuple[int, int, int] | None = None,
+    *,
+    cpu_chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``decode(sparse_chunk (N', T, C), dense, image_pe, cache)`` on the n ``prompts`` (shaped for the model's
-    forward, `encode_prompts`), `FAST_DECODER_CPU_CHUNK` at a time on the CPU and all at once elsewhere, the chunks
+    forward, `encode_prompts`), ``cpu_chunk`` at a time on the CPU (`geosam.models.compile.FAST_DECODER_CPU_CHUNK`
+    for SAM's decoder, ``FAMILY_DECODER_CPU_CHUNK`` for SAM 2's and SAM-HQ's) and all at once elsewhere, the chunks
     sharing one cache (the image's projections and features: ``cache`` if given, kept by the caller across calls on
     the same image, else a new one); their masks and IoUs concatenated (float32).
 
@@ -150,7 +152,7 @@ def decode_in_chunks(
     with torch.inference_mode():
         sparse, dense = encode_prompts(model, prompts)
         pe = model.get_image_wide_positional_embeddings()
-        step = FAST_DECODER_CPU_CHUNK if bundle.device.type == "cpu" else n
+        step = cpu_chunk if bundle.device.type == "cpu" else n
         shared: dict[Any, Any] = {} if cache is None else cache
         if out_shape is None:
             parts = [decode(sparse[0][s : s + step], dense, pe, shared) for s in range(0, n, step)]

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
+from geosam.models.compile import FAMILY_DECODER_CPU_CHUNK
 from geosam.models.cpu_fused import conv2d, ops_work, weights_of
 from geosam.models.cpu_gemm import exact_gelu, pointwise_linear
 from geosam.models.decoder_side import decode_in_chunks, float32_inputs, start_decode, two_way
@@ -243,7 +244,7 @@ def decode_prompts(
     """`hq_decode` on prompts shaped for ``SamHQModel.forward`` (``input_points`` / ``input_labels`` /
     ``input_boxes``, batch of one image; what `geosam.models.runtime.decode` runs for SAM-HQ, never transformers'
     decoder forward): ``(masks (N, 1, h, w), iou (N, 1))``, one mask per prompt (with
-    ``multimask`` the best of SAM's three plus the HQ mask), in float32; on the CPU `FAST_DECODER_CPU_CHUNK` prompts
+    ``multimask`` the best of SAM's three plus the HQ mask), in float32; on the CPU `geosam.models.compile.FAMILY_DECODER_CPU_CHUNK` prompts
     per transformer call, the chunks sharing the image's HQ features and projections (with ``cache``, a dict
     kept by the caller, the calls on the same image too)."""
     bf16 = bundle.dtype == torch.bfloat16  # the HQ branch's convolution in bf16 where the CPU has it
@@ -253,5 +254,5 @@ def decode_prompts(
         bundle, prompts, n,
         lambda part, dense, pe, shared: hq_decode(bundle.model, image, vit, part, dense, multimask, pe,
                                                  iou_floor=iou_floor, cache=shared, bf16=bf16),
-        image_cache,
+        image_cache, cpu_chunk=FAMILY_DECODER_CPU_CHUNK,
     )  # fmt: skip

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from geosam.models.bundle import SamBundle
 from geosam.models.compile import (
+    FAST_DECODER_CPU_CHUNK,
     STOCK_DECODER_CPU_CHUNK,
     use_fast_decoder,
     use_fast_encoder,
@@ -185,7 +186,7 @@ def _run_decoder(
             bundle, prompts, n,
             lambda part, dense, pe, shared, out: fast_decode(model, emb, part, dense, multimask, pe,
                                                              iou_floor=iou_floor, cache=shared, out=out, bf16=bf16),
-            image_cache, (k, 4 * emb.shape[2], 4 * emb.shape[3]),
+            image_cache, (k, 4 * emb.shape[2], 4 * emb.shape[3]), cpu_chunk=FAST_DECODER_CPU_CHUNK,
         )  # fmt: skip
     if n > 0 and isinstance(image_embeddings, MultiEmbeddings):
         if image_embeddings.family == "sam_hq":  # always geosam's: transformers' upscales the wrong image side

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from geosam.models.bundle import SamBundle
+from geosam.models.compile import FAMILY_DECODER_CPU_CHUNK
 from geosam.models.cpu_decoder import upscale_prompt
 from geosam.models.cpu_gemm import exact_gelu, linear
 from geosam.models.decoder_side import decode_in_chunks, float32_inputs, start_decode, two_way
@@ -236,7 +237,7 @@ def decode_prompts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`sam2_decode` on prompts shaped for ``Sam2Model.forward`` (``input_points`` / ``input_labels`` /
     ``input_boxes``, batch of one image): ``(masks (N, K, h, w), iou (N, K))`` float32; on the CPU
-    `FAST_DECODER_CPU_CHUNK` prompts per transformer call, the chunks sharing the image's projections (with
+    `geosam.models.compile.FAMILY_DECODER_CPU_CHUNK` prompts per transformer call, the chunks sharing the image's projections (with
     ``cache``, a dict kept by the caller, the calls on the same image too)."""
     bf16 = bundle.dtype == torch.bfloat16  # the upscaling's products in bf16 where the CPU has them, as SAM's
     (image, feat_s0, feat_s1), image_cache = float32_inputs((embeddings.main, *embeddings.extras), bundle.device, cache)
@@ -244,5 +245,5 @@ def decode_prompts(
         bundle, prompts, n,
         lambda part, dense, pe, shared: sam2_decode(bundle.model, image, (feat_s0, feat_s1), part, dense, multimask,
                                                    pe, iou_floor=iou_floor, cache=shared, bf16=bf16),
-        image_cache,
+        image_cache, cpu_chunk=FAMILY_DECODER_CPU_CHUNK,
     )  # fmt: skip
