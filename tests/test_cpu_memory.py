@@ -57,3 +57,94 @@ def test_sam3_vision_features_and_detect_on_the_cpu_ask_for_it(tiny_sam3_dir: st
     assert calls == ["called"]
     sam3.detect(bundle, vision, sam3.encode_text(bundle, ["tree"]))
     assert calls == ["called", "called"]
+
+
+def _faults_to_fill(nbytes: int) -> int:
+    """Minor page faults taken by allocating, writing and freeing a tensor of ``nbytes``."""
+    import resource
+
+    import torch
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.empty(nbytes // 4, dtype=torch.float32)
+    t.fill_(1.0)
+    del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc's allocator only")
+def test_inside_heap_blocks_a_large_block_freed_is_used_again_without_fresh_pages(monkeypatch) -> None:
+    """64 MiB (above glibc's 32 MiB mmap ceiling, as SAM 3's MLP activations), made and freed again and again inside:
+    after the first few (torch's 64-byte aligned blocks shift in the heap until one fits its freed place), each takes
+    its pages from the heap, not ~16 thousand fresh ones from the kernel (as each did before, outside)."""
+    monkeypatch.delenv("GEOSAM_MALLOC_TUNE", raising=False)
+    cpu_memory.keep_freed_memory.cache_clear()
+    try:
+        with cpu_memory.heap_blocks() as on:
+            assert on
+            faults = [_faults_to_fill(64 << 20) for _ in range(6)]
+        assert max(faults[-3:]) < 1000, faults
+        assert cpu_memory._heap_depth == 0
+    finally:
+        cpu_memory.keep_freed_memory.cache_clear()
+
+
+def test_heap_blocks_nest_and_switch_off(monkeypatch) -> None:
+    calls: list[tuple[int, int]] = []
+
+    class FakeLibc:
+        @staticmethod
+        def mallopt(param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(cpu_memory.ctypes, "CDLL", lambda _name: FakeLibc())
+    monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: True)
+    with cpu_memory.heap_blocks() as outer:
+        with cpu_memory.heap_blocks() as inner:
+            assert outer and inner and cpu_memory._heap_depth == 2
+        assert cpu_memory._heap_depth == 1
+    assert cpu_memory._heap_depth == 0
+    assert calls == [(cpu_memory._M_MMAP_MAX, 0), (cpu_memory._M_MMAP_MAX, cpu_memory._DEFAULT_MMAP_MAX)]
+    with pytest.raises(RuntimeError), cpu_memory.heap_blocks():  # left by an error: the default is set again
+        raise RuntimeError("boom")
+    assert cpu_memory._heap_depth == 0 and calls[-1] == (cpu_memory._M_MMAP_MAX, cpu_memory._DEFAULT_MMAP_MAX)
+    calls.clear()
+    monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: False)  # GEOSAM_MALLOC_TUNE=0, or not glibc
+    with cpu_memory.heap_blocks() as on:
+        assert not on
+    assert calls == []
+
+
+def test_the_encoders_run_inside_heap_blocks(tiny_sam_dir: str, tiny_sam3_dir: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """``encode`` (SAM, SAM-HQ, SAM 2, LiteMedSAM) and SAM 3's vision features run their encoder inside
+    `heap_blocks` on the CPU; the decoders do not (their blocks are below the ceiling, and their masks are freed)."""
+    import contextlib
+
+    from geosam.models import sam3
+
+    depth: list[int] = []
+
+    @contextlib.contextmanager
+    def recording():
+        depth.append(1)
+        try:
+            yield True
+        finally:
+            depth.append(-1)
+
+    seen: list[int] = []
+    monkeypatch.setattr(runtime, "heap_blocks", recording)
+    monkeypatch.setattr(sam3, "heap_blocks", recording)
+    real_encode, real_vision = runtime._encode, sam3._vision
+    monkeypatch.setattr(runtime, "_encode", lambda *a: seen.append(sum(depth)) or real_encode(*a))
+    monkeypatch.setattr(sam3, "_vision", lambda *a: seen.append(sum(depth)) or real_vision(*a))
+    bundle = gm.load_model(tiny_sam_dir, device="cpu", dtype="float32")
+    pixels, _, _ = gm.preprocess(bundle, [np.zeros((64, 64, 3), np.uint8)])
+    emb = gm.encode(bundle, pixels)
+    gm.decode_points(bundle, emb, np.array([[10.0, 20.0]]))
+    b3 = gm.load_model(tiny_sam3_dir, device="cpu", dtype="float32")
+    p3, _, _ = gm.preprocess(b3, [np.zeros((64, 64, 3), np.uint8)])
+    sam3.vision_features(b3, p3)
+    assert seen == [1, 1] and sum(depth) == 0 and len(depth) == 4

@@ -14,24 +14,47 @@ come from the heap and up to `TRIM_THRESHOLD_BYTES` of freed heap stays with
 the process. Peak memory is what the work needs; memory is not given back
 between chips. Blocks of `MMAP_THRESHOLD_BYTES` and more are unaffected.
 
+Blocks of 32 MiB and more (glibc's ceiling for that threshold) still come
+fresh from ``mmap`` and go back on ``free``: SAM 3's ViT makes its MLPs' 49 MB
+hidden activations whole in each of its 32 layers, so each layer faults in and
+zeroes ~12 thousand pages again (where transparent huge pages are not on for
+every mapping, as with ``madvise``, the default of Debian and Ubuntu; SAM's
+ViT encoders make theirs by blocks of rows below the ceiling,
+`geosam.models.cpu_gemm.row_blocks`). Inside `heap_blocks` (the encoders'
+calls on the CPU) glibc takes no block from ``mmap`` (``M_MMAP_MAX`` 0): those
+come from the heap and are used again by the next layer. Full-size random SAM
+3, bf16, one 1008 px chip, two threads, Intel Xeon with AMX (THP ``madvise``),
+old and new code in fresh processes alternating
+(``benchmarks/bench_sam3_change.py``): the backbone 4.40 -> 3.89 s, 519 -> 146
+thousand fresh pages and 0.98 -> 0.29 s of system CPU time a chip, the same
+outputs; a ViT-H's bf16 encode unchanged (5.79 / 5.93 vs 5.78 / 5.83 s, its
+blocks below the ceiling already), peak RSS unchanged.
+
 Set ``GEOSAM_MALLOC_TUNE=0`` to leave the allocator as it is. Elsewhere (not
 glibc) this does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
 import os
 import sys
+import threading
+from collections.abc import Iterator
 
-__all__ = ["MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "keep_freed_memory"]
+__all__ = ["MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "heap_blocks", "keep_freed_memory"]
 
 log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+
+#: glibc's default ``M_MMAP_MAX`` (``DEFAULT_MMAP_MAX``), set again when the last `heap_blocks` ends.
+_DEFAULT_MMAP_MAX = 65536
 
 #: Blocks smaller than this come from the heap (glibc's upper limit for this setting on 64-bit systems).
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
@@ -55,3 +78,34 @@ def keep_freed_memory() -> bool:
     done = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     log.debug("glibc malloc thresholds raised for CPU inference: %s", done)
     return done
+
+
+_heap_lock = threading.Lock()
+_heap_depth = 0
+
+
+@contextlib.contextmanager
+def heap_blocks() -> Iterator[bool]:
+    """Inside, glibc serves every block from its heap, none from fresh ``mmap`` pages (``mallopt(M_MMAP_MAX, 0)``),
+    so that blocks of 32 MiB and more freed inside are used again rather than faulted in anew (see the module
+    docstring); yields whether that is so. Only where `keep_freed_memory` holds (the freed heap is kept rather than
+    trimmed). Nested and concurrent uses share one setting: the first to enter sets it, the last to leave gives
+    ``M_MMAP_MAX`` glibc's default again. A request the heap cannot grow for still gets ``mmap`` (glibc's fallback),
+    so nothing fails that would not have."""
+    global _heap_depth
+    if not keep_freed_memory():
+        yield False
+        return
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    with _heap_lock:
+        _heap_depth += 1
+        if _heap_depth == 1:
+            mallopt(_M_MMAP_MAX, 0)
+    try:
+        yield True
+    finally:
+        with _heap_lock:
+            _heap_depth -= 1
+            if _heap_depth == 0:
+                mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)

@@ -43,7 +43,7 @@ from geosam.models.compile import (
     use_sam2_decoder,
 )
 from geosam.models.cpu_masks import upsample_gt, upsampled
-from geosam.models.cpu_memory import keep_freed_memory
+from geosam.models.cpu_memory import heap_blocks, keep_freed_memory
 from geosam.models.embeddings import MULTI_EMBEDDING_FAMILIES, MultiEmbeddings, decoder_kwargs, encode_family
 
 # ---------------------------------------------------------------------------
@@ -127,8 +127,15 @@ def encode(bundle: SamBundle, pixel_values: torch.Tensor) -> torch.Tensor | Mult
     `MultiEmbeddings`, sliced like a tensor.
     """
     pv = pixel_values.to(device=bundle.device, dtype=torch.float32)
-    if bundle.device.type == "cpu":
-        keep_freed_memory()
+    if bundle.device.type != "cpu":
+        return _encode(bundle, pv)
+    keep_freed_memory()
+    with heap_blocks():  # any block of 32 MiB and more used again layer after layer, not fresh pages each time
+        return _encode(bundle, pv)
+
+
+def _encode(bundle: SamBundle, pv: torch.Tensor) -> torch.Tensor | MultiEmbeddings:
+    """`encode` on float32 pixels on the bundle's device."""
     family = bundle.capabilities.family
     if family == "sam_hq" and use_fast_encoder(bundle):  # SAM's ViT, and its global layers' outputs besides
         from geosam.models.fast_encoder import fast_image_embeddings
