@@ -410,6 +410,26 @@ def test_token_softmax_is_torchs_and_transposes(n: int, nh: int, nt: int, p: int
     assert torch.equal(cpu_decoder.token_softmax(s.clone()), got)  # without the transposed record
 
 
+@needs_kernel
+@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="no AVX-512 here")
+@pytest.mark.parametrize(("n", "nh", "nt", "p"), [(4, 8, 7, 4096), (2, 3, 8, 72), (1, 2, 1, 24), (3, 5, 4, 136)])
+def test_token_softmax_in_16_lanes_is_the_8_lane_one_bit_for_bit(n: int, nh: int, nt: int, p: int) -> None:
+    """16 positions a step where the CPU has AVX-512 (and 8-wide ends: 72, 24, 136 positions), the weights and the
+    transposed record the 8-lane path's bits, NaN and infinite scores included (bits compared, NaN's too)."""
+    assert cpu_decoder.wide_available()
+    s = torch.randn((n, nh, nt, p), generator=torch.Generator().manual_seed(p)) * torch.logspace(-2, 2, p)
+    s[0, 0, :, 5] = float("nan")
+    s[-1, -1, 0, 9] = float("inf")
+    s[0, -1, -1, 17] = float("-inf")
+    lib = cpu_decoder._library()
+    got = []
+    for wide in (False, True):
+        out, pt = torch.full_like(s, 7.0), torch.full((n, p, nh * nt), 7.0)
+        cpu_decoder._call_token_softmax(lib, s, out, pt, wide)
+        got.append((out.view(torch.int32), pt.view(torch.int32)))
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+
+
 def test_token_softmax_left_to_torch_where_it_does_not_fit() -> None:
     assert cpu_decoder.token_softmax(torch.rand((1, 2, 9, 8))) is None  # more than 8 tokens
     assert cpu_decoder.token_softmax(torch.rand((1, 2, 3, 12))) is None  # positions not a multiple of 8

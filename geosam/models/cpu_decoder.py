@@ -12,7 +12,8 @@ them so (the heads' products: `geosam.models.cpu_heads`). AMD EPYC Zen 3, one th
 ms, four prompts' symmetric forms 1.4 vs 4.1 ms (general 2.6), eight prompts' token softmax with its transposes 2.9 vs
 5.6 ms; 256 prompts' decoding 8.6 vs 10.4 s (upscaling and forms; medians of 5 alternating, noisy host). On AVX-512
 CPUs (`wide_available`) the forms run 48 positions a block in 16-lane registers, the same bits: Intel Xeon with AMX,
-16 prompts, 2.6-2.7 -> 2.1-2.3 ms symmetric, 6.8-7.3 -> 5.3-5.9 ms general (the token softmax in 16 lanes: no faster).
+16 prompts, 2.6-2.7 -> 2.1-2.3 ms symmetric, 6.8-7.3 -> 5.3-5.9 ms general; the token softmax 16 positions a step
+with 8-lane divisions (the divider takes a 16-lane one twice as long), the same bits: 32 prompts 14 -> 10 ms.
 
 For the bf16 dtype on CPUs with AVX-512 BF16 but no AMX (`bf16_faster`) `upscale_prompt` runs the upscaling's two products
 on their inputs rounded to bf16 (``vdpbf16ps``, sums in float32; the norm, GELUs and dot products stay float32):
@@ -43,12 +44,13 @@ import ctypes
 import functools
 import logging
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
 from geosam.models.cpu_decoder_reference import (
+    Factors,
     Records,
+    _upper,
     factor_rows_reference,
     quad_reference,
     reference,
@@ -109,31 +111,17 @@ def _call_quad(lib: ctypes.CDLL, gram: torch.Tensor, left: torch.Tensor, right: 
     return out
 
 
-def _call_token_softmax(lib: ctypes.CDLL, s: torch.Tensor, out: torch.Tensor, pt: torch.Tensor | None) -> None:
+def _call_token_softmax(lib: ctypes.CDLL, s: torch.Tensor, out: torch.Tensor, pt: torch.Tensor | None,
+                        wide: bool = False) -> None:  # fmt: skip
     n, nh, nt, p = s.shape
     rc = lib.geosam_token_softmax(
         _P(s.data_ptr()), _P(out.data_ptr()), _P(None if pt is None else pt.data_ptr()), _I64(n), _I64(nh), _I64(nt),
-        _I64(p), ctypes.c_int(torch.get_num_threads()),
+        _I64(p), ctypes.c_int(torch.get_num_threads()), ctypes.c_int(int(wide)),
     )  # fmt: skip
     if rc == -2:
         raise MemoryError("cpu_decoder: out of memory for the token softmax's buffer")
     if rc != 0:
         raise ValueError("cpu_decoder: token_softmax called with a shape it does not take")
-
-
-def _upper(gram: torch.Tensor) -> torch.Tensor:
-    """A symmetric form's upper triangle, the off-diagonal entries doubled: ``w^T gram w = w^T upper w``."""
-    up = gram.triu().mul_(2.0)
-    up.diagonal(dim1=1, dim2=2).mul_(0.5)
-    return up
-
-
-class Factors(NamedTuple):
-    """Prompt ``i``'s rows A of the upscaling's first product as `factor_rows` makes them from ``records``, for
-    `upscale_prompt` to make block by block while it runs (the same numbers; A (P, L (R + 2)) never written whole)."""
-
-    records: Records
-    i: int
 
 
 def _factor_args(f: Factors) -> tuple[list[torch.Tensor], tuple]:
@@ -297,8 +285,9 @@ def amx_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def wide_available() -> bool:
-    """Whether `upscale_prompt` (float32 products, GELUs) and `quad` run in AVX-512 registers: the kernel in use, a CPU
-    with AVX-512, and the wide paths' outputs bit for bit the AVX2 paths' here (each the same chain of FMAs)."""
+    """Whether `upscale_prompt` (float32 products, GELUs), `quad` and `token_softmax` run in AVX-512 registers: the
+    kernel in use, a CPU with AVX-512, and the wide paths' outputs bit for bit the AVX2 paths' here (each the same chain
+    of operations; the token softmax's NaN and infinite scores included)."""
     lib = _library()
     if lib is None or "avx512f" not in cpu_flags():
         return False
@@ -308,6 +297,17 @@ def wide_available() -> bool:
         args = (lib, torch.triu(gram).contiguous() if upper else gram, left, left if upper else right, upper)
         if not torch.equal(_call_quad(*args), _call_quad(*args, wide=True)):
             log.warning("cpu_decoder.c: the AVX-512 quadratic forms differ from the AVX2 ones here; AVX2 is used")
+            return False
+    for shape in ((2, 3, 7, 72), (1, 2, 8, 40), (3, 1, 1, 16), (1, 4, 5, 8)):  # 16-wide steps and 8-wide ends
+        x = torch.randn(shape, generator=gen) * 20
+        x[0, 0, 0, :3] = torch.tensor([float("nan"), float("-inf"), float("inf")])
+        (n, nh, nt, p), outs = shape, []
+        for sixteen in (False, True):
+            out, pt = torch.empty_like(x), torch.full((n, p, nh * nt), float("nan"))
+            _call_token_softmax(lib, x, out, pt, sixteen)
+            outs.append((out, pt))
+        if not all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(*outs, strict=True)):
+            log.warning("cpu_decoder.c: the AVX-512 token softmax differs from the AVX2 one here; AVX2 is used")
             return False
     for flags in (0, BF16) if bf16_available() else (0,):
         for hw, k1, c4, c8, nk in _CHECKED_SHAPES:
@@ -352,7 +352,7 @@ def token_softmax(s: torch.Tensor, pt: torch.Tensor | None = None) -> torch.Tens
     lib = _library()
     if lib is None:
         return None
-    _call_token_softmax(lib, s, s, pt)
+    _call_token_softmax(lib, s, s, pt, wide_available())
     return s
 
 

@@ -1,15 +1,34 @@
 """torch's ops for what `geosam.models.cpu_decoder`'s kernels compute, and random inputs at SAM-like scales: the
-references its load-time checks and the tests compare the kernels with."""
+references its load-time checks and the tests compare the kernels with; the records' types they share."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Records", "factor_rows_reference", "quad_reference", "reference", "upscale_inputs"]
+__all__ = ["Factors", "Records", "factor_rows_reference", "quad_reference", "reference", "upscale_inputs"]
 
 #: per layer ``(probs^T (N, P, R), vo (N, R, C), mean (N, P), rstd (N, P))`` (`geosam.models.fast_upscale`)
 Records = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class Factors(NamedTuple):
+    """Prompt ``i``'s rows A of the upscaling's first product as `geosam.models.cpu_decoder.factor_rows` makes them
+    from ``records``, for `geosam.models.cpu_decoder.upscale_prompt` to make block by block while it runs (the same
+    numbers; A (P, L (R + 2)) never written whole)."""
+
+    records: Records
+    i: int
+
+
+def _upper(gram: torch.Tensor) -> torch.Tensor:
+    """A symmetric form's upper triangle, the off-diagonal entries doubled: ``w^T gram w = w^T upper w`` (what
+    `geosam.models.cpu_decoder.quad` gives its kernel for a symmetric form)."""
+    up = gram.triu().mul_(2.0)
+    up.diagonal(dim1=1, dim2=2).mul_(0.5)
+    return up
 
 
 def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
