@@ -665,28 +665,23 @@ static inline __attribute__((always_inline)) T512 void token_softmax_block512(co
 /* one head's positions b0 .. b1 (a multiple of 8 apart) of the token softmax: 16 at a time with `wide`, 8 else */
 static T512 void token_softmax_positions(const float* si, float* yi, int64_t p, int64_t b0, int64_t b1, float* ti,
                                          int64_t rs, int64_t nt, int wide) {
+/* BLOCK(si, yi, p, p0, ti, rs, nt) with the token count known at compile time */
+#define TS_SWITCH(BLOCK)                                                                                          \
+  switch (nt) {                                                                                                   \
+    case 8: BLOCK(si, yi, p, p0, ti, rs, 8); break;                                                               \
+    case 7: BLOCK(si, yi, p, p0, ti, rs, 7); break;                                                               \
+    case 6: BLOCK(si, yi, p, p0, ti, rs, 6); break;                                                               \
+    case 5: BLOCK(si, yi, p, p0, ti, rs, 5); break;                                                               \
+    case 4: BLOCK(si, yi, p, p0, ti, rs, 4); break;                                                               \
+    case 3: BLOCK(si, yi, p, p0, ti, rs, 3); break;                                                               \
+    case 2: BLOCK(si, yi, p, p0, ti, rs, 2); break;                                                               \
+    default: BLOCK(si, yi, p, p0, ti, rs, 1); break;                                                              \
+  }
   int64_t p0 = b0;
   if (wide)
-    for (; p0 + 16 <= b1; p0 += 16) switch (nt) {
-        case 8: token_softmax_block512(si, yi, p, p0, ti, rs, 8); break;
-        case 7: token_softmax_block512(si, yi, p, p0, ti, rs, 7); break;
-        case 6: token_softmax_block512(si, yi, p, p0, ti, rs, 6); break;
-        case 5: token_softmax_block512(si, yi, p, p0, ti, rs, 5); break;
-        case 4: token_softmax_block512(si, yi, p, p0, ti, rs, 4); break;
-        case 3: token_softmax_block512(si, yi, p, p0, ti, rs, 3); break;
-        case 2: token_softmax_block512(si, yi, p, p0, ti, rs, 2); break;
-        default: token_softmax_block512(si, yi, p, p0, ti, rs, 1); break;
-      }
-  for (; p0 < b1; p0 += 8) switch (nt) {
-      case 8: token_softmax_block(si, yi, p, p0, ti, rs, 8); break;
-      case 7: token_softmax_block(si, yi, p, p0, ti, rs, 7); break;
-      case 6: token_softmax_block(si, yi, p, p0, ti, rs, 6); break;
-      case 5: token_softmax_block(si, yi, p, p0, ti, rs, 5); break;
-      case 4: token_softmax_block(si, yi, p, p0, ti, rs, 4); break;
-      case 3: token_softmax_block(si, yi, p, p0, ti, rs, 3); break;
-      case 2: token_softmax_block(si, yi, p, p0, ti, rs, 2); break;
-      default: token_softmax_block(si, yi, p, p0, ti, rs, 1); break;
-    }
+    for (; p0 + 16 <= b1; p0 += 16) TS_SWITCH(token_softmax_block512)
+  for (; p0 < b1; p0 += 8) TS_SWITCH(token_softmax_block)
+#undef TS_SWITCH
 }
 
 /* wide: 16 positions a step in AVX-512 registers where the CPU has them (the same bits) */
