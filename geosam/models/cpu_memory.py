@@ -12,7 +12,7 @@ once per process (``mallopt``), as ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold`
 / ``trim_threshold`` would from outside: blocks below `MMAP_THRESHOLD_BYTES`
 come from the heap and up to `TRIM_THRESHOLD_BYTES` of freed heap stays with
 the process. Peak memory is what the work needs; memory is not given back
-between chips. Blocks of `MMAP_THRESHOLD_BYTES` and more are unaffected.
+between chips. Blocks of `MMAP_THRESHOLD_BYTES` and more are unaffected (but see `heap_blocks`).
 
 Blocks of 32 MiB and more (glibc's ceiling for that threshold) still come
 fresh from ``mmap`` and go back on ``free``: SAM 3's ViT makes its MLPs' 49 MB
