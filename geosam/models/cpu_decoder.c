@@ -662,9 +662,6 @@ static inline __attribute__((always_inline)) T512 void token_softmax_block512(co
   }
 }
 
-/* one head's positions b0 .. b1 (a multiple of 8 apart) of the token softmax: 16 at a time with `wide`, 8 else */
-static T512 void token_softmax_positions(const float* si, float* yi, int64_t p, int64_t b0, int64_t b1, float* ti,
-                                         int64_t rs, int64_t nt, int wide) {
 /* BLOCK(si, yi, p, p0, ti, rs, nt) with the token count known at compile time */
 #define TS_SWITCH(BLOCK)                                                                                          \
   switch (nt) {                                                                                                   \
@@ -677,11 +674,14 @@ static T512 void token_softmax_positions(const float* si, float* yi, int64_t p, 
     case 2: BLOCK(si, yi, p, p0, ti, rs, 2); break;                                                               \
     default: BLOCK(si, yi, p, p0, ti, rs, 1); break;                                                              \
   }
+
+/* one head's positions from b0, 16 at a time, while 16 remain before b1; returns where it stopped (the 8-lane path
+ * goes on from there: it stays outside this AVX-512 function, so that CPUs without AVX-512 never run its code) */
+static T512 int64_t token_softmax_wide(const float* si, float* yi, int64_t p, int64_t b0, int64_t b1, float* ti,
+                                       int64_t rs, int64_t nt) {
   int64_t p0 = b0;
-  if (wide)
-    for (; p0 + 16 <= b1; p0 += 16) TS_SWITCH(token_softmax_block512)
-  for (; p0 < b1; p0 += 8) TS_SWITCH(token_softmax_block)
-#undef TS_SWITCH
+  for (; p0 + 16 <= b1; p0 += 16) TS_SWITCH(token_softmax_block512)
+  return p0;
 }
 
 /* wide: 16 positions a step in AVX-512 registers where the CPU has them (the same bits) */
@@ -708,7 +708,8 @@ int geosam_token_softmax(const float* s, float* y, float* pt, int64_t n, int64_t
           if (b1 < p) /* the head's rows of the next block (prefetch_l2: a quarter of the kernel's samples waited on
                        * these loads) */
             for (int64_t t = 0; t < nt; t++) prefetch_l2(si + t * p + b1, (b1 + pb < p ? b1 + pb : p) - b1);
-          token_softmax_positions(si, yi, p, b0, b1, ti, rs, nt, wide);
+          int64_t p0 = wide ? token_softmax_wide(si, yi, p, b0, b1, ti, rs, nt) : b0;
+          for (; p0 < b1; p0 += 8) TS_SWITCH(token_softmax_block)
         }
         if (tmp) /* the block's rows of pt, contiguous */
           for (int64_t q = b0; q < b1; q++) {
@@ -723,3 +724,4 @@ int geosam_token_softmax(const float* s, float* y, float* pt, int64_t n, int64_t
   }
   return failed ? -2 : 0;
 }
+#undef TS_SWITCH
