@@ -26,6 +26,23 @@
 #define NMAX 256 /* tokens per window */
 
 #if GEOSAM_AMX
+/* In each thread of an entry point's parallel region: its scratch of `bytes` (64-byte aligned, whole cache lines) with
+ * the tiles configured, or NULL and *err 2 (no memory: the thread's tasks are skipped); thread_end after its tasks */
+static TAMX char* thread_begin(size_t bytes, int* err) {
+  char* buf = (char*)aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (buf == NULL) {
+#pragma omp atomic write
+    *err = 2;
+  } else
+    amx_configure();
+  return buf;
+}
+
+static TAMX void thread_end(char* buf) {
+  if (buf != NULL) amx_release();
+  free(buf);
+}
+
 /* Scratch of one task, n16 = n rounded up to 16, n32 to 32: q (n16 x d bf16), keys packed (n16 / 16 tiles of d / 32
  * chunks of 512 bf16), values packed (n32 / 32 chunks of d / 16 tiles of 512 bf16), scores (n16 x n16 float32),
  * probabilities (n16 x n32 bf16), a tile's outputs (16 x 16 float32) */
@@ -152,21 +169,15 @@ int geosam_bias_attention(const uint16_t* qkv, int64_t nw, int64_t n, int64_t nh
                           const float* bias, uint16_t* out, int threads) {
 #if GEOSAM_AMX
   if (d % 32 || d < 32 || d > 64 || n < 1 || n > NMAX || nw < 1 || nh < 1) return 1;
-  const size_t bytes = (scratch_bytes(n, d) + 63) / 64 * 64;
+  const size_t bytes = scratch_bytes(n, d);
   int err = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1 && nw * nh > 1)
   {
-    char* buf = (char*)aligned_alloc(64, bytes);
-    if (buf == NULL) {
-#pragma omp atomic write
-      err = 2;
-    } else
-      amx_configure();
+    char* buf = thread_begin(bytes, &err);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < nw * nh; t++)
       if (buf != NULL) attend_window(qkv, t / nh, t % nh, n, nh, d, scale, bias, out, buf);
-    if (buf != NULL) amx_release();
-    free(buf);
+    thread_end(buf);
   }
   return err;
 #else
@@ -284,22 +295,16 @@ int geosam_rowcol_attention(const uint16_t* q, const uint16_t* k, const uint16_t
   if (d % 32 || d < 32 || d > 128 || nq < 1 || nk < 1 || nk > NK_MAX || nb < 1 || nh < 1 || zero_rows < 0 ||
       zero_rows > nq)
     return 1;
-  const size_t bytes = (rowcol_bytes(nk, d) + 63) / 64 * 64;
+  const size_t bytes = rowcol_bytes(nk, d);
   int err = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1 && nb * nh > 1)
   {
-    char* buf = (char*)aligned_alloc(64, bytes);
-    if (buf == NULL) {
-#pragma omp atomic write
-      err = 2;
-    } else
-      amx_configure();
+    char* buf = thread_begin(bytes, &err);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < nb * nh; t++)
       if (buf != NULL)
         attend_rowcol(q, k, v, t / nh, t % nh, nq, nk, nh, d, hh, ww, zero_rows, scale, rh, rw, round_bias, out, buf);
-    if (buf != NULL) amx_release();
-    free(buf);
+    thread_end(buf);
   }
   return err;
 #else
