@@ -611,16 +611,22 @@ static inline void store_transposed(const __m256* r, int nt, float* out, int64_t
   for (int j = 0; j < 8; j++) _mm256_storeu_ps(out + j * so, c[j]); /* 8 - nt floats past the row's columns */
 }
 
+/* A block's numerators e[t] = exp(s_t - max over the tokens) at positions p0.. and their sum from zero in token order:
+ * one body for both widths (V the vector type, P the intrinsics' prefix, MAX ATen's NaN-propagating maximum, EXP
+ * exp_u10 or exp_u10_512: each lane the same operations, so the same bits) */
+#define TS_NUMERATORS(V, P, MAX, EXP)                                                                              \
+  V e[8];                                                                                                         \
+  V mx = P##_loadu_ps(s + p0);                                                                                    \
+  for (int t = 1; t < nt; t++) mx = MAX(mx, P##_loadu_ps(s + t * p + p0));                                        \
+  V sum = P##_setzero_ps();                                                                                       \
+  for (int t = 0; t < nt; t++) {                                                                                  \
+    e[t] = EXP(P##_sub_ps(P##_loadu_ps(s + t * p + p0), mx));                                                     \
+    sum = P##_add_ps(sum, e[t]);                                                                                  \
+  }
+
 static inline __attribute__((always_inline)) void token_softmax_block(const float* s, float* y, int64_t p, int64_t p0,
                                                                        float* pt, int64_t r, const int nt) {
-  __m256 e[8];
-  __m256 mx = _mm256_loadu_ps(s + p0);
-  for (int t = 1; t < nt; t++) mx = vmax_nan(mx, _mm256_loadu_ps(s + t * p + p0));
-  __m256 sum = _mm256_setzero_ps();
-  for (int t = 0; t < nt; t++) {
-    e[t] = exp_u10(_mm256_sub_ps(_mm256_loadu_ps(s + t * p + p0), mx));
-    sum = _mm256_add_ps(sum, e[t]);
-  }
+  TS_NUMERATORS(__m256, _mm256, vmax_nan, exp_u10)
   for (int t = 0; t < nt; t++) {
     e[t] = _mm256_div_ps(e[t], sum);
     _mm256_storeu_ps(y + t * p + p0, e[t]);
@@ -640,14 +646,7 @@ static inline __attribute__((always_inline)) T512 __m512 vmax_nan512(__m512 a, _
 static inline __attribute__((always_inline)) T512 void token_softmax_block512(const float* s, float* y, int64_t p,
                                                                             int64_t p0, float* pt, int64_t r,
                                                                             const int nt) {
-  __m512 e[8];
-  __m512 mx = _mm512_loadu_ps(s + p0);
-  for (int t = 1; t < nt; t++) mx = vmax_nan512(mx, _mm512_loadu_ps(s + t * p + p0));
-  __m512 sum = _mm512_setzero_ps();
-  for (int t = 0; t < nt; t++) {
-    e[t] = exp_u10_512(_mm512_sub_ps(_mm512_loadu_ps(s + t * p + p0), mx));
-    sum = _mm512_add_ps(sum, e[t]);
-  }
+  TS_NUMERATORS(__m512, _mm512, vmax_nan512, exp_u10_512)
   __m256 lo[8], hi[8];
   const __m256 slo = low8(sum), shi = high8(sum);
   for (int t = 0; t < nt; t++) { /* the divisions 8 lanes at a time: a 16-lane one takes the divider twice as long */
@@ -725,3 +724,4 @@ int geosam_token_softmax(const float* s, float* y, float* pt, int64_t n, int64_t
   return failed ? -2 : 0;
 }
 #undef TS_SWITCH
+#undef TS_NUMERATORS
