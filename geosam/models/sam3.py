@@ -161,7 +161,8 @@ def vision_features(bundle: SamBundle, pixel_values: torch.Tensor) -> Any:
     with AMX, two threads, full-size random weights, bf16, a 1008 px chip and two phrases: 680 -> 544 thousand fresh
     pages from the kernel a chip, system CPU time 1.48 -> 1.18 s, the backbone 5.39 -> 5.23 s, the detector 1.52 ->
     1.48 s, the same outputs); and inside `geosam.models.cpu_memory.heap_blocks`, so that the ViT's 49 MB MLP
-    activations come from the heap, used again by each layer (the backbone 4.40 -> 3.89 s, 519 -> 146 thousand fresh pages a chip, same machine and benchmark)."""
+    activations come from the heap, used again by each layer (the backbone 4.40 -> 3.89 s, 519 -> 146 thousand fresh
+    pages a chip, same machine and benchmark)."""
     if bundle.device.type == "cpu":
         keep_freed_memory()
     with heap_blocks() if bundle.device.type == "cpu" else contextlib.nullcontext():
