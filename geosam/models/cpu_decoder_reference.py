@@ -8,7 +8,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Factors", "Records", "factor_rows_reference", "quad_reference", "reference", "upscale_inputs"]
+__all__ = ["FAST_GELU_CLAMP", "FAST_GELU_POLY", "Factors", "Records", "factor_rows_reference", "fast_gelu_reference",
+           "quad_reference", "reference", "upscale_inputs"]
+
+#: cpu_gelu.h's FAST_GELU (the bf16 dtype's upscaling): ``erf(x / sqrt 2) = x P(x^2)`` on x clamped to
+#: +-`FAST_GELU_CLAMP`, P's coefficients from the constant term up; 0 below the clamp
+FAST_GELU_POLY = (7.978063226e-01, -1.326941401e-01, 1.963649131e-02, -2.218899783e-03, 1.872014836e-04,
+                  -1.129474640e-05, 4.538088376e-07, -1.074882583e-08, 1.126061674e-10)
+FAST_GELU_CLAMP = 4.2426405
 
 #: per layer ``(probs^T (N, P, R), vo (N, R, C), mean (N, P), rstd (N, P))`` (`geosam.models.fast_upscale`)
 Records = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -31,12 +38,23 @@ def _upper(gram: torch.Tensor) -> torch.Tensor:
     return up
 
 
+def fast_gelu_reference(x: torch.Tensor) -> torch.Tensor:
+    """torch's ops for cpu_gelu.h's FAST_GELU (float32, to rounding: the kernel fuses its multiply-adds)."""
+    xc = x.clamp(-FAST_GELU_CLAMP, FAST_GELU_CLAMP)
+    t = xc * xc
+    p = torch.full_like(x, FAST_GELU_POLY[-1])
+    for k in FAST_GELU_POLY[-2::-1]:
+        p = p * t + k
+    h = x * 0.5
+    return (h + h * (xc * p)).masked_fill_(x < -FAST_GELU_CLAMP, 0.0)
+
+
 def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
               ln: tuple[torch.Tensor, torch.Tensor, float], w2t: torch.Tensor, b2: torch.Tensor, hyper: torch.Tensor,
               hw: tuple[int, int], bf16: bool = False,
               features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
     """torch's ops for what `upscale_prompt` computes: (K, 4h, 4w) masks; ``bf16``: the two products' inputs rounded
-    to bf16 first, as the kernel's bf16 products take them; ``features`` (f1 (P, 4 C4), f0 (4 P, 4 C8)): added to the first
+    to bf16 first, as the kernel's bf16 products take them, and the GELUs `fast_gelu_reference`'s; ``features`` (f1 (P, 4 C4), f0 (4 P, 4 C8)): added to the first
     product before its norm and to the second before its GELU (SAM 2's high-resolution features)."""
     hh, ww = hw
     c4, c8 = w2t.shape[0], hyper.shape[1]
@@ -44,9 +62,10 @@ def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor
     rnd = (lambda t: t.to(torch.bfloat16).float()) if bf16 else (lambda t: t)
     y = rnd(a) @ rnd(b) + s * c[:, None]
     y = (y if f1 is None else y + f1).view(-1, c4)
-    yn = F.gelu(F.layer_norm(y, (c4,), ln[0], ln[1], ln[2]))
+    gelu = fast_gelu_reference if bf16 else F.gelu
+    yn = gelu(F.layer_norm(y, (c4,), ln[0], ln[1], ln[2]))
     z = rnd(yn) @ rnd(w2t) + b2
-    z = F.gelu(z if f0 is None else z + f0).view(hh, ww, 2, 2, 2, 2, c8)  # (i, j, a, b, a2, b2, o2)
+    z = gelu(z if f0 is None else z + f0).view(hh, ww, 2, 2, 2, 2, c8)  # (i, j, a, b, a2, b2, o2)
     m = z @ hyper.t()  # (..., K)
     return m.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * hh, 4 * ww)
 
