@@ -148,3 +148,70 @@ def test_the_encoders_run_inside_heap_blocks(tiny_sam_dir: str, tiny_sam3_dir: s
     p3, _, _ = gm.preprocess(b3, [np.zeros((64, 64, 3), np.uint8)])
     sam3.vision_features(b3, p3)
     assert seen == [1, 1] and sum(depth) == 0 and len(depth) == 4
+
+
+def _thp_mode(monkeypatch: pytest.MonkeyPatch, tmp_path, mode: str | None) -> None:
+    """cpu_memory reads the THP mode from a file of ``mode`` (None: no such file, a kernel without THP)."""
+    path = tmp_path / "enabled"
+    if mode is not None:
+        path.write_text(mode + "\n")
+    monkeypatch.setattr(cpu_memory, "THP_MODE_FILE", str(path))
+    monkeypatch.delenv(cpu_memory.TORCH_THP_VARIABLE, raising=False)
+    monkeypatch.delenv("GEOSAM_MALLOC_TUNE", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("mode", "asked"),
+    [("always [madvise] never", True), ("[always] madvise never", False), ("always madvise [never]", False),
+     (None, False)],
+)
+def test_huge_pages_are_asked_for_only_where_memory_must_ask(monkeypatch, tmp_path, mode, asked: bool) -> None:
+    """torch's allocator is asked for huge pages (its variable set to 1) only under THP ``madvise``: with ``always``
+    its blocks get them anyway, with ``never`` or without THP they cannot."""
+    _thp_mode(monkeypatch, tmp_path, mode)
+    assert cpu_memory.huge_pages_for_tensors() is (asked and sys.platform.startswith("linux"))
+    assert cpu_memory.os.environ.get(cpu_memory.TORCH_THP_VARIABLE) == ("1" if asked else None)
+
+
+def test_huge_pages_leave_the_users_choice_and_switch_off(monkeypatch, tmp_path) -> None:
+    _thp_mode(monkeypatch, tmp_path, "always [madvise] never")
+    monkeypatch.setenv("GEOSAM_MALLOC_TUNE", "0")
+    assert cpu_memory.huge_pages_for_tensors() is False
+    assert cpu_memory.TORCH_THP_VARIABLE not in cpu_memory.os.environ
+    monkeypatch.delenv("GEOSAM_MALLOC_TUNE")
+    monkeypatch.setenv(cpu_memory.TORCH_THP_VARIABLE, "0")  # the user's own setting stays
+    assert cpu_memory.huge_pages_for_tensors() is False
+    assert cpu_memory.os.environ[cpu_memory.TORCH_THP_VARIABLE] == "0"
+
+
+def test_load_model_asks_before_the_weights_are_made(tiny_sam_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geosam.models import registry
+
+    calls: list[str] = []
+    monkeypatch.setattr(registry, "huge_pages_for_tensors", lambda: calls.append("called") or True)
+    gm.clear_model_cache()
+    gm.load_model(tiny_sam_dir, device="cpu", dtype="float32")
+    assert calls == ["called"]
+
+
+def test_a_fresh_process_gets_huge_pages_for_tensors_after_load_model(tiny_sam_dir: str) -> None:
+    """In a new process, after `load_model`, a large tensor torch makes lies (largely) in transparent huge pages where
+    the THP mode is ``madvise`` (the process's AnonHugePages grow by most of its 64 MiB); elsewhere nothing is asked."""
+    import subprocess
+
+    code = (
+        "import torch, geosam.models as gm\n"
+        f"gm.load_model({tiny_sam_dir!r}, device='cpu', dtype='float32')\n"
+        "from geosam.models import cpu_memory\n"
+        "def huge():\n"
+        "    text = open('/proc/self/smaps_rollup').read()\n"
+        "    return int(text.split('AnonHugePages:')[1].split()[0])\n"
+        "before = huge()\n"
+        "x = torch.ones(16 << 20)\n"
+        "print(cpu_memory.huge_pages_for_tensors(), huge() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    asked, grown_kib = out.stdout.split()[-2:]
+    assert asked == str(cpu_memory.huge_pages_for_tensors() or cpu_memory.TORCH_THP_VARIABLE in cpu_memory.os.environ)
+    if asked == "True":
+        assert int(grown_kib) >= 32 * 1024

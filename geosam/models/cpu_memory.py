@@ -30,6 +30,17 @@ thousand fresh pages and 0.98 -> 0.29 s of system CPU time a chip, the same
 outputs; a ViT-H's bf16 encode unchanged (5.79 / 5.93 vs 5.78 / 5.83 s, its
 blocks below the ceiling already), peak RSS unchanged.
 
+Transparent huge pages for torch's large blocks (`huge_pages_for_tensors`):
+where the kernel gives huge pages only to memory that asks for them (THP
+``madvise``, Debian's and Ubuntu's default), every tensor lies in 4 KiB pages,
+and the decoder's kernels, which read a chunk of prompts' (N, R, 4096) records
+and scores row by row (rows 16 KiB apart, ~30 MB a tensor), miss the TLB on
+nearly every row. torch's CPU allocator aligns its blocks of 2 MiB and more to
+2 MiB and advises huge pages for them when ``THP_MEM_ALLOC_ENABLE`` is set at
+its first such block (c10's ``alloc_cpu``, read once a process);
+`huge_pages_for_tensors` sets it, from `geosam.models.load_model`, before the
+model's weights are made.
+
 Set ``GEOSAM_MALLOC_TUNE=0`` to leave the allocator as it is. Elsewhere (not
 glibc) this does nothing.
 """
@@ -45,7 +56,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "heap_blocks", "keep_freed_memory"]
+__all__ = ["MMAP_THRESHOLD_BYTES", "THP_MODE_FILE", "TORCH_THP_VARIABLE", "TRIM_THRESHOLD_BYTES", "heap_blocks",
+           "huge_pages_for_tensors", "keep_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +74,44 @@ MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 #: Freed heap memory kept by the process before glibc trims it.
 TRIM_THRESHOLD_BYTES = 512 * 1024 * 1024
 
+#: The environment variable with which torch's CPU allocator advises huge pages for its blocks of 2 MiB and more.
+TORCH_THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"
+
+#: Where Linux says when it gives transparent huge pages: "always [madvise] never", the mode in brackets.
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _tuning_off() -> bool:
+    return os.environ.get("GEOSAM_MALLOC_TUNE", "").strip().lower() in ("0", "false", "no")
+
+
+def huge_pages_for_tensors() -> bool:
+    """Ask torch's CPU allocator for transparent huge pages for its blocks of 2 MiB and more (``THP_MEM_ALLOC_ENABLE``,
+    see the module docstring) where Linux gives them only on request (THP mode ``madvise``); whether the variable is
+    set now. A value the user set is left as it is (and reported); nothing is done with ``GEOSAM_MALLOC_TUNE=0``, with
+    THP ``always`` (every block gets them already) or ``never``, or off Linux. torch reads the variable at its first
+    block of 2 MiB or more in the process: one made earlier (a large tensor before the first model is loaded) leaves
+    the allocator as it was, harmlessly."""
+    if TORCH_THP_VARIABLE in os.environ:
+        return os.environ[TORCH_THP_VARIABLE].strip() not in ("", "0")
+    if _tuning_off() or not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open(THP_MODE_FILE) as f:
+            mode = f.read()
+    except OSError:  # no transparent huge pages in this kernel
+        return False
+    if "[madvise]" not in mode:
+        return False
+    os.environ[TORCH_THP_VARIABLE] = "1"
+    log.debug("torch's CPU allocator asked for transparent huge pages (%s=1)", TORCH_THP_VARIABLE)
+    return True
+
 
 @functools.lru_cache(maxsize=1)
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; whether it was done (see the module docstring)."""
-    if os.environ.get("GEOSAM_MALLOC_TUNE", "").strip().lower() in ("0", "false", "no"):
-        return False
-    if not sys.platform.startswith("linux"):
+    if _tuning_off() or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

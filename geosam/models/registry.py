@@ -28,6 +28,7 @@ import torch
 
 from geosam.config import DEFAULT_MODEL
 from geosam.models.bundle import SamBundle
+from geosam.models.cpu_memory import huge_pages_for_tensors
 from geosam.models.device import resolve_device, resolve_dtype
 from geosam.models.families import load_sam2, load_sam_hq
 from geosam.models.hf_sam import is_local_path, load_error, load_hf_sam, read_config
@@ -129,6 +130,7 @@ def load_model(
             it (the message names it and what to do).
         ConfigError: A bad device or dtype.
     """
+    huge_pages_for_tensors()  # before the first model's weights: torch's allocator reads it at its first large block
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     name = os.fspath(model)
