@@ -184,14 +184,23 @@ def test_huge_pages_leave_the_users_choice_and_switch_off(monkeypatch, tmp_path)
     assert cpu_memory.os.environ[cpu_memory.TORCH_THP_VARIABLE] == "0"
 
 
-def test_load_model_asks_before_the_weights_are_made(tiny_sam_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_model_asks_before_the_weights_are_made(tiny_sam_dir: str, tiny_sam3_dir: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """SAM's family asks before its loader runs; SAM 3's (slower with huge pages) does not."""
     from geosam.models import registry
 
     calls: list[str] = []
-    monkeypatch.setattr(registry, "huge_pages_for_tensors", lambda: calls.append("called") or True)
+    monkeypatch.setattr(registry, "huge_pages_for_tensors", lambda: calls.append("asked") or True)
+    sam = registry._FAMILIES["sam"]
+    loader = sam.loader
+    monkeypatch.setitem(registry._FAMILIES, "sam", registry.ModelFamily(
+        name="sam", matches=sam.matches, loader=lambda *a: calls.append("loaded") or loader(*a)))
     gm.clear_model_cache()
     gm.load_model(tiny_sam_dir, device="cpu", dtype="float32")
-    assert calls == ["called"]
+    assert calls == ["asked", "loaded"]
+    gm.load_model(tiny_sam3_dir, device="cpu", dtype="float32")
+    assert calls == ["asked", "loaded"]
+    gm.clear_model_cache()
 
 
 def test_a_fresh_process_gets_huge_pages_for_tensors_after_load_model(tiny_sam_dir: str) -> None:
