@@ -39,7 +39,7 @@ nearly every row. torch's CPU allocator aligns its blocks of 2 MiB and more to
 2 MiB and advises huge pages for them when ``THP_MEM_ALLOC_ENABLE`` is set at
 its first such block (c10's ``alloc_cpu``, read once a process);
 `huge_pages_for_tensors` sets it, from `geosam.models.load_model` before the
-weights of a model whose decoder gains are made (SAM's, LiteMedSAM's:
+weights of a model whose decoder gains are made (SAM's, SAM 2's, LiteMedSAM's:
 `geosam.models.registry.HUGE_PAGE_FAMILIES`; SAM 3's backbone ran slower).
 
 Set ``GEOSAM_MALLOC_TUNE=0`` to leave the allocator as it is. Elsewhere (not

@@ -182,11 +182,13 @@ def _family_for(name: str) -> ModelFamily:
 
 
 #: The families whose loading asks torch's CPU allocator for transparent huge pages
-#: (`cpu_memory.huge_pages_for_tensors`): SAM's decoder, whose kernels read a chunk of prompts' records row by row, decodes 2-6 % faster with them (Intel Xeon
-#: with AMX, THP ``madvise``); SAM 3's backbone and detector ran 7-11 % slower (its 49 MB blocks from the heap, system
-#: time 0.24 -> 0.9 s a chip), SAM 2 and SAM-HQ are not measured. torch decides once a process, at its first block of 2
-#: MiB or more: the first model loaded decides for the process.
-HUGE_PAGE_FAMILIES = ("sam", LITEMEDSAM)
+#: (`cpu_memory.huge_pages_for_tensors`), measured on an Intel Xeon with AMX (THP ``madvise``, bf16, one thread, two
+#: processes at once): SAM's decoder, whose kernels read a chunk of prompts' records row by row, 2-6 % faster, its
+#: encoder unchanged; SAM 2's decoder 1-10 % faster (4 pairs), its encoder unchanged. Not SAM 3 (backbone and detector
+#: 7-16 % slower: its 49 MB blocks faulted in as huge pages each chip, system time 0.24 -> 0.88 s a chip) nor SAM-HQ
+#: (decode -3 %, encode +3 %: no clear gain). torch decides once a process, at its first block of 2 MiB or more: the
+#: first model loaded decides for the process.
+HUGE_PAGE_FAMILIES = ("sam", "sam2", LITEMEDSAM)
 
 
 def _load_litemedsam(name: str, device: torch.device, dtype: torch.dtype) -> SamBundle:
