@@ -412,11 +412,16 @@ def main() -> None:
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
     from geosam.models import encode, load_model, preprocess, resolve_dtype
+    from geosam.models.cpu_memory import huge_pages_for_tensors
 
     torch.set_grad_enabled(False)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    # what load_model asks for SAM's models (torch's large blocks in huge pages), before the random model's weights are
+    # made here: torch decides at its first large block; the references in this process get it too, as they get
+    # keep_freed_memory's setting (their speedups are the more conservative for it)
+    huge_pages_for_tensors()
     chips = load_chips(args.chips, args.chip_size)
     model = build_sane_random_sam(args.encoder_layers)
     with tempfile.TemporaryDirectory() as tmp:

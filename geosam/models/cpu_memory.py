@@ -35,9 +35,10 @@ where the kernel gives huge pages only to memory that asks for them (THP
 ``madvise``, Debian's and Ubuntu's default), every tensor lies in 4 KiB pages,
 and the decoder's kernels, which read a chunk of prompts' (N, R, 4096) records
 and scores row by row (rows 16 KiB apart, ~30 MB a tensor), miss the TLB on
-nearly every row. torch's CPU allocator aligns its blocks of 2 MiB and more to
-2 MiB and advises huge pages for them when ``THP_MEM_ALLOC_ENABLE`` is set at
-its first such block (c10's ``alloc_cpu``, read once a process);
+nearly every row. torch's CPU allocator advises huge pages for its blocks of
+2 MiB and more (``madvise(MADV_HUGEPAGE)``) when ``THP_MEM_ALLOC_ENABLE`` is set
+at its first such block (c10's ``alloc_cpu``, read once a process; child
+processes inherit the variable);
 `huge_pages_for_tensors` sets it, from `geosam.models.load_model` before the
 weights of a model whose decoder gains are made (SAM's, SAM 2's, LiteMedSAM's:
 `geosam.models.registry.HUGE_PAGE_FAMILIES`; SAM 3's backbone ran slower).
