@@ -168,17 +168,18 @@ static inline void norm_stats(const float* x, int64_t n, float eps, float* mean,
 NORM_GELU(norm_gelu, gelu)
 NORM_GELU(norm_gelu_fast, gelu_fast)
 
-/* m rows of z (n each, a multiple of 8) -> GELU(z + bias), 8 lanes a step */
-#define BIAS_GELU(NAME, G)                                                                                          \
-  static inline void NAME(float* z, int64_t m, int64_t n, const float* bias) {                                     \
+/* m rows of z (n each, a multiple of W) -> GELU(z + bias), W lanes a step: NAME with the GELU G of that width (P the
+ * intrinsics' prefix, ATTR the target), one body for both widths */
+#define BIAS_GELU(NAME, G, ATTR, W, P)                                                                              \
+  static ATTR void NAME(float* z, int64_t m, int64_t n, const float* bias) {                                        \
     for (int64_t r = 0; r < m; r++) {                                                                               \
       float* zr = z + r * n;                                                                                        \
-      for (int64_t d = 0; d < n; d += 8)                                                                            \
-        _mm256_storeu_ps(zr + d, G(_mm256_add_ps(_mm256_loadu_ps(zr + d), _mm256_loadu_ps(bias + d))));            \
+      for (int64_t d = 0; d < n; d += W)                                                                            \
+        P##_storeu_ps(zr + d, G(P##_add_ps(P##_loadu_ps(zr + d), P##_loadu_ps(bias + d))));                        \
     }                                                                                                               \
   }
-BIAS_GELU(bias_gelu_rows, gelu)
-BIAS_GELU(bias_gelu_rows_fast, gelu_fast)
+BIAS_GELU(bias_gelu_rows, gelu, NO_TARGET, 8, _mm256)
+BIAS_GELU(bias_gelu_rows_fast, gelu_fast, NO_TARGET, 8, _mm256)
 
 /* norm_gelu for m rows of y (n each) with their (mean, rstd) in stats, 16 lanes a step (two at a time); NAME with the
  * 16-lane GELU G and the 8-lane row tail TAIL (the same GELU) */
@@ -202,17 +203,8 @@ BIAS_GELU(bias_gelu_rows_fast, gelu_fast)
 NORM_GELU_ROWS512(norm_gelu_rows512, gelu512, norm_gelu)
 NORM_GELU_ROWS512(norm_gelu_rows512_fast, gelu512_fast, norm_gelu_fast)
 
-/* m rows of z (n each, a multiple of 16) -> GELU(z + bias), 16 lanes a step */
-#define BIAS_GELU_ROWS512(NAME, G)                                                                                  \
-  static T512 void NAME(float* z, int64_t m, int64_t n, const float* bias) {                                        \
-    for (int64_t r = 0; r < m; r++) {                                                                               \
-      float* zr = z + r * n;                                                                                        \
-      for (int64_t d = 0; d < n; d += 16)                                                                           \
-        _mm512_storeu_ps(zr + d, G(_mm512_add_ps(_mm512_loadu_ps(zr + d), _mm512_loadu_ps(bias + d))));            \
-    }                                                                                                               \
-  }
-BIAS_GELU_ROWS512(bias_gelu_rows512, gelu512)
-BIAS_GELU_ROWS512(bias_gelu_rows512_fast, gelu512_fast)
+BIAS_GELU(bias_gelu_rows512, gelu512, T512, 16, _mm512)
+BIAS_GELU(bias_gelu_rows512_fast, gelu512_fast, T512, 16, _mm512)
 
 /* the sums of a0 .. a7's lanes: (s0, s1, s2, s3 | s4, s5, s6, s7) */
 static inline __m256 reduce8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
