@@ -366,9 +366,8 @@ def upscale_prompt(a: torch.Tensor | Factors, b: torch.Tensor, c: torch.Tensor |
     positions (row-major), columns (a, b, o) for output pixel (2i + a, 2j + b); ``a`` a `Factors` (``c`` None): a and
     c as `factor_rows` makes them, made block by block in the kernel instead; ln: upscale_layer_norm's weight,
     bias and eps; w2t (C4, 4 C8) and b2 (4 C8): upscale_conv2 as a product, columns (a2, b2, o2); hyper (K, C8).
-    ``bf16``: the two products on their inputs rounded to bf16 where `bf16_faster` (half their time on AMD EPYC
-    Zen 4; float32 elsewhere), for the bf16 dtype, and then the GELUs a polynomial within 6e-5 of the exact one
-    (`cpu_decoder_reference.fast_gelu_reference`). In AVX-512 registers where `wide_available` (the same bits).
+    ``bf16``: the products on bf16 inputs where `bf16_faster` (Zen 4: half their time; float32 elsewhere), then the
+    GELUs a polynomial within 6e-5 (`fast_gelu_reference`). In AVX-512 registers where `wide_available` (same bits).
     ``features``: SAM 2's ``(f1 (P, 4 C4), f0 (4 P, 4 C8))`` in sub-pixel order (rows as `a`'s and the second
     product's), added to the first product before the norm and to the second before its GELU.
     """
