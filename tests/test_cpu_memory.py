@@ -4,6 +4,7 @@ features and detector), and switchable off."""
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 import numpy as np
@@ -222,5 +223,31 @@ def test_a_fresh_process_gets_huge_pages_for_tensors_after_load_model(tiny_sam_d
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     asked, grown_kib = out.stdout.split()[-2:]
     assert asked == str(cpu_memory.huge_pages_for_tensors() or cpu_memory.TORCH_THP_VARIABLE in cpu_memory.os.environ)
+    if asked == "True":
+        assert int(grown_kib) >= 32 * 1024
+
+
+def test_importing_geosams_modules_makes_no_tensor() -> None:
+    """torch's allocator reads its huge-page variable at its first tensor of any size, so no geosam module may make
+    one at import: after importing the run paths (segment-everything, prompts, text, the CLI) a variable set then still
+    counts (a block of 2 MiB or more is advised: it lies in huge pages where the THP mode is madvise)."""
+    import subprocess
+
+    code = (
+        "import os, torch\n"
+        "import geosam.segment.everything, geosam.modes.everything, geosam.modes.prompted, geosam.modes.text\n"
+        "import geosam.cli.main\n"
+        "from geosam.models import cpu_memory\n"
+        "def huge():\n"
+        "    return int(open('/proc/self/smaps_rollup').read().split('AnonHugePages:')[1].split()[0])\n"
+        "asked = cpu_memory.huge_pages_for_tensors()\n"
+        "before = huge()\n"
+        "x = torch.ones(16 << 20)\n"
+        "print(asked, huge() - before)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != cpu_memory.TORCH_THP_VARIABLE}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
+                         env=env)
+    asked, grown_kib = out.stdout.split()[-2:]
     if asked == "True":
         assert int(grown_kib) >= 32 * 1024

@@ -17,6 +17,7 @@ Frames: ``low`` is (N, h, w) in low-res pixels; counts and boxes are in the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,15 +34,20 @@ def _first_last(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(flags, ar, n).amin(dim=-1), torch.where(flags, ar, -1).amax(dim=-1)
 
 
-_BITS4 = torch.tensor([1, 2, 4, 8], dtype=torch.int64)
-_FIRST4 = torch.tensor([4] + [(c & -c).bit_length() - 1 for c in range(1, 16)], dtype=torch.int64)
-_LAST4 = torch.tensor([-1] + [c.bit_length() - 1 for c in range(1, 16)], dtype=torch.int64)
+@functools.cache
+def _tables4() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_first_last4`'s bit weights and first / last tables, made at first use: no tensor at import (torch's allocator
+    reads its huge-page setting at its first block, `geosam.models.cpu_memory.huge_pages_for_tensors`)."""
+    return (torch.tensor([1, 2, 4, 8], dtype=torch.int64),
+            torch.tensor([4] + [(c & -c).bit_length() - 1 for c in range(1, 16)], dtype=torch.int64),
+            torch.tensor([-1] + [c.bit_length() - 1 for c in range(1, 16)], dtype=torch.int64))
 
 
 def _first_last4(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`_first_last` for rows of exactly 4 flags (M, 4), by table lookup (reductions over 4 are slow)."""
-    code = (flags.to(torch.int64) * _BITS4.to(flags.device)).sum(dim=1)
-    return _FIRST4.to(flags.device)[code], _LAST4.to(flags.device)[code]
+    bits, first, last = _tables4()
+    code = (flags.to(torch.int64) * bits.to(flags.device)).sum(dim=1)
+    return first.to(flags.device)[code], last.to(flags.device)[code]
 
 
 def _any(flags: torch.Tensor, dim: int) -> torch.Tensor:
