@@ -419,7 +419,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     # what load_model asks for SAM's models (torch's large blocks in huge pages), before the random model's weights are
-    # made here: torch decides at its first large block; the references in this process get it too, as they get
+    # made here: torch decides at its first tensor; the references in this process get it too, as they get
     # keep_freed_memory's setting (their speedups are the more conservative for it)
     huge_pages_for_tensors()
     chips = load_chips(args.chips, args.chip_size)

@@ -37,8 +37,8 @@ and the decoder's kernels, which read a chunk of prompts' (N, R, 4096) records
 and scores row by row (rows 16 KiB apart, ~30 MB a tensor), miss the TLB on
 nearly every row. torch's CPU allocator advises huge pages for its blocks of
 2 MiB and more (``madvise(MADV_HUGEPAGE)``) when ``THP_MEM_ALLOC_ENABLE`` is set
-at its first such block (c10's ``alloc_cpu``, read once a process; child
-processes inherit the variable);
+at its first tensor of any size (c10's ``alloc_cpu``, read once a process, so no
+geosam module makes a tensor at import; child processes inherit the variable);
 `huge_pages_for_tensors` sets it, from `geosam.models.load_model` before the
 weights of a model whose decoder gains are made (SAM's, SAM 2's, LiteMedSAM's:
 `geosam.models.registry.HUGE_PAGE_FAMILIES`; SAM 3's backbone ran slower).
@@ -92,8 +92,8 @@ def huge_pages_for_tensors() -> bool:
     see the module docstring) where Linux gives them only on request (THP mode ``madvise``); whether the variable is
     set now. A value the user set is left as it is (and reported); nothing is done with ``GEOSAM_MALLOC_TUNE=0``, with
     THP ``always`` (every block gets them already) or ``never``, or off Linux. torch reads the variable at its first
-    block of 2 MiB or more in the process: one made earlier (a large tensor before the first model is loaded) leaves
-    the allocator as it was, harmlessly."""
+    tensor of any size in the process: one made earlier (a tensor before the first model is loaded) leaves the
+    allocator as it was, harmlessly."""
     if TORCH_THP_VARIABLE in os.environ:
         return os.environ[TORCH_THP_VARIABLE].strip() not in ("", "0")
     if _tuning_off() or not sys.platform.startswith("linux"):

@@ -140,7 +140,7 @@ def load_model(
         bundle = _CACHE.get(key)
         if bundle is None:
             family = _family_for(name)
-            if family.name in HUGE_PAGE_FAMILIES:  # before its weights: torch reads it at its first large block
+            if family.name in HUGE_PAGE_FAMILIES:  # before its weights: torch reads it at its first tensor
                 huge_pages_for_tensors()
             bundle = family.loader(name, dev, dt)
             _CACHE[key] = bundle
@@ -186,7 +186,7 @@ def _family_for(name: str) -> ModelFamily:
 #: processes at once): SAM's decoder, whose kernels read a chunk of prompts' records row by row, 2-6 % faster, its
 #: encoder unchanged; SAM 2's decoder 1-10 % faster (4 pairs), its encoder unchanged. Not SAM 3 (backbone and detector
 #: 7-16 % slower: its 49 MB blocks faulted in as huge pages each chip, system time 0.24 -> 0.88 s a chip) nor SAM-HQ
-#: (decode -3 %, encode +3 %: no clear gain). torch decides once a process, at its first block of 2 MiB or more: the
+#: (decode -3 %, encode +3 %: no clear gain). torch decides once a process, at its first tensor of any size: the
 #: first model loaded decides for the process.
 HUGE_PAGE_FAMILIES = ("sam", "sam2", LITEMEDSAM)
 

@@ -37,7 +37,7 @@ def _first_last(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.cache
 def _tables4() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_first_last4`'s bit weights and first / last tables, made at first use: no tensor at import (torch's allocator
-    reads its huge-page setting at its first block, `geosam.models.cpu_memory.huge_pages_for_tensors`)."""
+    reads its huge-page setting at its first tensor, `geosam.models.cpu_memory.huge_pages_for_tensors`)."""
     return (torch.tensor([1, 2, 4, 8], dtype=torch.int64),
             torch.tensor([4] + [(c & -c).bit_length() - 1 for c in range(1, 16)], dtype=torch.int64),
             torch.tensor([-1] + [c.bit_length() - 1 for c in range(1, 16)], dtype=torch.int64))
