@@ -146,20 +146,26 @@ static inline void norm_stats(const float* x, int64_t n, float eps, float* mean,
   *rstd = 1.0f / _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(var)));
 }
 
-/* x (n) -> GELU((x - mean) rstd w + b) in place, two vectors a step (their GELUs' long chains overlap); NAME with
- * the GELU G (gelu, or gelu_fast for the bf16 dtype) */
+/* x[d ..] -> GELU((x - mean) rstd w + b) in place, two W-lane vectors a step (their GELUs' long chains overlap) while
+ * 2 W remain before n; d is left where it stopped. mv / rv: mean and rstd broadcast; V, P: the width's vector type and
+ * intrinsics' prefix; G its GELU. One body for both widths (the same operations lane by lane, so the same bits) */
+#define NORM_GELU_PAIRS(V, P, W, G, x, n, w, b, mv, rv, d)                                                            \
+  for (; d + 2 * W <= n; d += 2 * W) {                                                                              \
+    V c0 = P##_mul_ps(P##_sub_ps(P##_loadu_ps(x + d), mv), rv);                                                     \
+    V c1 = P##_mul_ps(P##_sub_ps(P##_loadu_ps(x + d + W), mv), rv);                                                 \
+    c0 = G(P##_fmadd_ps(c0, P##_loadu_ps(w + d), P##_loadu_ps(b + d)));                                             \
+    c1 = G(P##_fmadd_ps(c1, P##_loadu_ps(w + d + W), P##_loadu_ps(b + d + W)));                                     \
+    P##_storeu_ps(x + d, c0);                                                                                       \
+    P##_storeu_ps(x + d + W, c1);                                                                                   \
+  }
+
+/* x (n, a multiple of 8) -> GELU((x - mean) rstd w + b) in place; NAME with the GELU G (gelu, or gelu_fast for the
+ * bf16 dtype) */
 #define NORM_GELU(NAME, G)                                                                                          \
   static inline void NAME(float* x, int64_t n, const float* w, const float* b, float mean, float rstd) {           \
     const __m256 mv = _mm256_set1_ps(mean), rv = _mm256_set1_ps(rstd);                                             \
     int64_t d = 0;                                                                                                  \
-    for (; d + 16 <= n; d += 16) {                                                                                  \
-      __m256 c0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + d), mv), rv);                                    \
-      __m256 c1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + d + 8), mv), rv);                                \
-      c0 = G(_mm256_fmadd_ps(c0, _mm256_loadu_ps(w + d), _mm256_loadu_ps(b + d)));                                 \
-      c1 = G(_mm256_fmadd_ps(c1, _mm256_loadu_ps(w + d + 8), _mm256_loadu_ps(b + d + 8)));                         \
-      _mm256_storeu_ps(x + d, c0);                                                                                  \
-      _mm256_storeu_ps(x + d + 8, c1);                                                                              \
-    }                                                                                                               \
+    NORM_GELU_PAIRS(__m256, _mm256, 8, G, x, n, w, b, mv, rv, d)                                                    \
     for (; d < n; d += 8) {                                                                                         \
       __m256 c = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + d), mv), rv);                                     \
       _mm256_storeu_ps(x + d, G(_mm256_fmadd_ps(c, _mm256_loadu_ps(w + d), _mm256_loadu_ps(b + d))));              \
@@ -189,14 +195,7 @@ BIAS_GELU(bias_gelu_rows_fast, gelu_fast, NO_TARGET, 8, _mm256)
       float* x = y + r * n;                                                                                         \
       const __m512 mv = _mm512_set1_ps(stats[2 * r]), rv = _mm512_set1_ps(stats[2 * r + 1]);                       \
       int64_t d = 0;                                                                                                \
-      for (; d + 32 <= n; d += 32) {                                                                                \
-        __m512 c0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + d), mv), rv);                                  \
-        __m512 c1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + d + 16), mv), rv);                             \
-        c0 = G(_mm512_fmadd_ps(c0, _mm512_loadu_ps(w + d), _mm512_loadu_ps(b + d)));                               \
-        c1 = G(_mm512_fmadd_ps(c1, _mm512_loadu_ps(w + d + 16), _mm512_loadu_ps(b + d + 16)));                     \
-        _mm512_storeu_ps(x + d, c0);                                                                                \
-        _mm512_storeu_ps(x + d + 16, c1);                                                                           \
-      }                                                                                                             \
+      NORM_GELU_PAIRS(__m512, _mm512, 16, G, x, n, w, b, mv, rv, d)                                                 \
       if (d < n) TAIL(x + d, n - d, w + d, b + d, stats[2 * r], stats[2 * r + 1]);                                  \
     }                                                                                                               \
   }
