@@ -204,39 +204,14 @@ def test_load_model_asks_before_the_weights_are_made(tiny_sam_dir: str, tiny_sam
     gm.clear_model_cache()
 
 
-def test_a_fresh_process_gets_huge_pages_for_tensors_after_load_model(tiny_sam_dir: str) -> None:
-    """In a new process, after `load_model`, a large tensor torch makes lies (largely) in transparent huge pages where
-    the THP mode is ``madvise`` (the process's AnonHugePages grow by most of its 64 MiB); elsewhere nothing is asked."""
+def _huge_pages_after(setup: str) -> tuple[str, int]:
+    """In a new process without torch's huge-page variable: ``setup`` (Python lines), then whether geosam asks for huge
+    pages (`huge_pages_for_tensors`) and by how many KiB the process's AnonHugePages grow with a 64 MiB tensor."""
     import subprocess
 
     code = (
-        "import torch, geosam.models as gm\n"
-        f"gm.load_model({tiny_sam_dir!r}, device='cpu', dtype='float32')\n"
-        "from geosam.models import cpu_memory\n"
-        "def huge():\n"
-        "    text = open('/proc/self/smaps_rollup').read()\n"
-        "    return int(text.split('AnonHugePages:')[1].split()[0])\n"
-        "before = huge()\n"
-        "x = torch.ones(16 << 20)\n"
-        "print(cpu_memory.huge_pages_for_tensors(), huge() - before)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
-    asked, grown_kib = out.stdout.split()[-2:]
-    assert asked == str(cpu_memory.huge_pages_for_tensors() or cpu_memory.TORCH_THP_VARIABLE in cpu_memory.os.environ)
-    if asked == "True":
-        assert int(grown_kib) >= 32 * 1024
-
-
-def test_importing_geosams_modules_makes_no_tensor() -> None:
-    """torch's allocator reads its huge-page variable at its first tensor of any size, so no geosam module may make
-    one at import: after importing the run paths (segment-everything, prompts, text, the CLI) a variable set then still
-    counts (a block of 2 MiB or more is advised: it lies in huge pages where the THP mode is madvise)."""
-    import subprocess
-
-    code = (
-        "import os, torch\n"
-        "import geosam.segment.everything, geosam.modes.everything, geosam.modes.prompted, geosam.modes.text\n"
-        "import geosam.cli.main\n"
+        "import torch\n"
+        f"{setup}"
         "from geosam.models import cpu_memory\n"
         "def huge():\n"
         "    return int(open('/proc/self/smaps_rollup').read().split('AnonHugePages:')[1].split()[0])\n"
@@ -249,5 +224,25 @@ def test_importing_geosams_modules_makes_no_tensor() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
                          env=env)
     asked, grown_kib = out.stdout.split()[-2:]
+    return asked, int(grown_kib)
+
+
+def test_a_fresh_process_gets_huge_pages_for_tensors_after_load_model(tiny_sam_dir: str) -> None:
+    """In a new process, after `load_model`, a large tensor torch makes lies (largely) in transparent huge pages where
+    the THP mode is ``madvise`` (the process's AnonHugePages grow by most of its 64 MiB); elsewhere nothing is asked."""
+    asked, grown_kib = _huge_pages_after(
+        f"import geosam.models as gm\ngm.load_model({tiny_sam_dir!r}, device='cpu', dtype='float32')\n")
+    assert asked == str(cpu_memory.huge_pages_for_tensors() or cpu_memory.TORCH_THP_VARIABLE in cpu_memory.os.environ)
     if asked == "True":
-        assert int(grown_kib) >= 32 * 1024
+        assert grown_kib >= 32 * 1024
+
+
+def test_importing_geosams_modules_makes_no_tensor() -> None:
+    """torch's allocator reads its huge-page variable at its first tensor of any size, so no geosam module may make
+    one at import: after importing the run paths (segment-everything, prompts, text, the CLI) a variable set then still
+    counts (a block of 2 MiB or more is advised: it lies in huge pages where the THP mode is madvise)."""
+    asked, grown_kib = _huge_pages_after(
+        "import geosam.segment.everything, geosam.modes.everything, geosam.modes.prompted, geosam.modes.text\n"
+        "import geosam.cli.main\n")
+    if asked == "True":
+        assert grown_kib >= 32 * 1024
