@@ -54,8 +54,9 @@ def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor
               hw: tuple[int, int], bf16: bool = False,
               features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
     """torch's ops for what `upscale_prompt` computes: (K, 4h, 4w) masks; ``bf16``: the two products' inputs rounded
-    to bf16 first, as the kernel's bf16 products take them, and the GELUs `fast_gelu_reference`'s; ``features`` (f1 (P, 4 C4), f0 (4 P, 4 C8)): added to the first
-    product before its norm and to the second before its GELU (SAM 2's high-resolution features)."""
+    to bf16 first, as the kernel's bf16 products take them, and the GELUs `fast_gelu_reference`'s; ``features`` (f1
+    (P, 4 C4), f0 (4 P, 4 C8)): added to the first product before its norm and to the second before its GELU (SAM 2's
+    high-resolution features)."""
     hh, ww = hw
     c4, c8 = w2t.shape[0], hyper.shape[1]
     f1, f0 = features if features is not None else (None, None)
