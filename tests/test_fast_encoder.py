@@ -14,13 +14,13 @@ from geosam.models.fast_encoder import fast_encoder_supported, fast_image_embedd
 from tests._tiny_sam import seeded_sam_model
 
 
-def _vit(use_rel_pos: bool = True, seed: int = 5, window_size: int = 6, heads: int = 4):
+def _vit(use_rel_pos: bool = True, seed: int = 5, window_size: int = 6, heads: int = 4, hidden: int = 64):
     """A small SAM ViT: 256 px input (16 x 16 tokens), windows of 6 (padded to 18), one global layer; heads of
-    64 / ``heads`` numbers."""
+    ``hidden`` / ``heads`` numbers."""
     from transformers import SamConfig, SamVisionConfig
 
     vision = SamVisionConfig(
-        hidden_size=64,
+        hidden_size=hidden,
         num_hidden_layers=3,
         num_attention_heads=heads,
         mlp_dim=128,
@@ -142,9 +142,11 @@ def test_without_relative_positions_equals_stock() -> None:
 
 @pytest.mark.parametrize("bf16_kind", ["avx512_bf16", "none", "amx"])
 def test_bf16_is_as_close_to_float32_as_stock_bf16(vit_and_pixels, monkeypatch, bf16_kind: str) -> None:
-    """On CPUs without AMX the attention runs in float32 (bf16 products around it), on AMX CPUs in bf16 through
-    torch's fused attention; either is as close to float32 as the stock bf16 forward (windows padded: 16 tokens in
-    windows of 6)."""
+    """On CPUs without AMX the attention runs in float32 (bf16 products around it), on AMX CPUs in bf16 on the
+    tiles (heads of 16 numbers padded to their 32) or, where the process has none, through torch's fused attention;
+    either is as close to float32 as the stock bf16 forward (windows padded: 16 tokens in windows of 6)."""
+    from geosam.models import cpu_attention
+
     model, pixels = vit_and_pixels
     with torch.no_grad():
         ref = model.get_image_embeddings(pixels)
@@ -157,18 +159,20 @@ def test_bf16_is_as_close_to_float32_as_stock_bf16(vit_and_pixels, monkeypatch, 
     fast_bf16 = fast_image_embeddings(model, pixels, torch.bfloat16)
     assert _rel(fast_bf16, ref) < max(2 * _rel(stock_bf16, ref), 1e-2)
     assert _rel(fast_bf16, stock_bf16) < 3e-2
-    assert len(calls) == (0 if bf16_kind != "amx" else 3)  # one call per layer (the windows batched)
+    # torch's attention: one call per layer (the windows batched)
+    assert len(calls) == (0 if bf16_kind != "amx" or cpu_attention.amx_available() else 3)
 
 
-def test_bf16_on_amx_runs_the_attention_kernel_on_its_tiles_where_they_are(monkeypatch) -> None:
-    """On a CPU with AMX a bf16 encoder whose heads are a multiple of 32 numbers runs its attention in the AVX-512
-    kernel with the products on AMX tiles (`cpu_attention.amx_available`; no torch attention call; the bf16
-    projection read as it is), elsewhere in torch's flash attention: as close to float32 as the stock bf16 forward
-    either way."""
+@pytest.mark.parametrize(("hidden", "heads"), [(64, 2), (160, 2)])
+def test_bf16_on_amx_runs_the_attention_kernel_on_its_tiles_where_they_are(monkeypatch, hidden: int, heads: int) -> None:
+    """On a CPU with AMX a bf16 encoder runs its attention in the AVX-512 kernel with the products on AMX tiles
+    (`cpu_attention.amx_available`; no torch attention call; the bf16 projection read as it is), heads of 32 numbers
+    and of 80 (ViT-H's: padded to the tiles' 96), elsewhere in torch's flash attention: as close to float32 as the
+    stock bf16 forward either way."""
     from geosam.models import cpu_attention
     from geosam.models import fast_encoder as fe
 
-    model = _vit(seed=13, heads=2)
+    model = _vit(seed=13, heads=heads, hidden=hidden)
     pixels = torch.randn((1, 3, 256, 256), generator=torch.Generator().manual_seed(14))
     with torch.no_grad():
         ref = model.get_image_embeddings(pixels)

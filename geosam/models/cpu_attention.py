@@ -30,9 +30,10 @@ embeddings ~1e-6 of their scale from the previous path's. ``geosam_attention512_
 path (the tests' reference).
 
 On CPUs with AMX (`amx_available`) the bf16 products run on AMX tiles instead (``tdpbf16ps``: the same bf16 numbers,
-sums in float32 in the tiles' order; 32 queries a block; heads of a multiple of 32 numbers, others take the AVX-512
-BF16 products): Intel Xeon with AMX, one thread, a ViT-B global layer 0.14 s (float32 0.44 s, AVX-512 BF16 products
-0.58 s: ``vdpbf16ps`` runs no faster than float32 FMAs on that CPU), a windowed one 0.032 s (0.045 / 0.056 s).
+sums in float32 in the tiles' order; 32 queries a block; heads of a multiple of 16 numbers, the queries' and keys'
+rows padded with zeros to the tiles' 32 where they are not a multiple of 32: ViT-H's 80): Intel Xeon with AMX, one
+thread, a ViT-B global layer 0.14 s (float32 0.44 s, AVX-512 BF16 products 0.58 s: ``vdpbf16ps`` runs no faster than
+float32 FMAs on that CPU), a windowed one 0.032 s (0.045 / 0.056 s).
 
 The sums run in another order than torch's and ``expf`` is Cephes' polynomial, so the outputs equal torch's to
 float rounding (~1e-7 of the outputs' scale), not bit for bit: the library is used only after it has matched a
@@ -159,7 +160,7 @@ def _matches_reference(lib: ctypes.CDLL, mode: int = 0, tokens_bf16: bool = Fals
             want = reference(qkv.double(), nh, d**-0.5, tables64, window, bias.double())
             out = torch.full((hh, ww, nh * d), float("nan"))
             tables_t = transposed_tables(*tables) if rel else None
-            if tokens_bf16 and d % 32 == 0:
+            if tokens_bf16:
                 qkv, bias = qkv.bfloat16(), bias.bfloat16()
             if _call(lib, qkv, nh, d**-0.5, tables_t, out, window, bias, mode) != 0:
                 return False
@@ -197,8 +198,7 @@ def bf16_available() -> bool:
 def amx_available() -> bool:
     """Whether the kernel's bf16 products run on AMX tiles here (Intel Xeon): `bf16_available`, the CPU has AMX
     bf16, the tiles are granted to this process (``geosam_amx_init``) and the products match the reference on load
-    (`_matches_reference`, within `BF16_TOLERANCE`). Head sizes that are not a multiple of 32 take the AVX-512 BF16
-    products."""
+    (`_matches_reference`, within `BF16_TOLERANCE`)."""
     lib = _library()
     if lib is None or not {"amx_bf16", "amx_tile"} <= set(cpu_flags()) or not bf16_available():
         return False
@@ -213,10 +213,10 @@ def amx_available() -> bool:
 
 def takes(dtype: torch.dtype, head_dim: int) -> bool:
     """Whether `attention` runs maps of ``dtype`` tokens with heads of ``head_dim`` numbers here: float32 on AVX-512
-    (heads of 16 to 128 numbers, a multiple of 16), bf16 on AMX tiles (32 to 128, a multiple of 32); the callers ask
+    (heads of 16 to 128 numbers, a multiple of 16), bf16 on AMX tiles (the same heads); the callers ask
     before they make what only the kernel reads."""
     if dtype == torch.bfloat16:
-        return 32 <= head_dim <= 128 and head_dim % 32 == 0 and amx_available()
+        return 16 <= head_dim <= 128 and head_dim % 16 == 0 and amx_available()
     return dtype == torch.float32 and 16 <= head_dim <= 128 and head_dim % 16 == 0 and available()
 
 
@@ -236,7 +236,7 @@ def attention(
     (sums in float32), where `bf16_available`, else as without it.
 
     qkv: (H, W, 3C) with unit stride within a token, float32 or (with ``bf16`` where the products run on AMX tiles,
-    `amx_available`, heads of a multiple of 32 numbers; ``bias`` bf16 too) bf16; ``tables_t``: the layer's relative
+    `amx_available`; ``bias`` bf16 too) bf16; ``tables_t``: the layer's relative
     tables for the attended grid as `geosam.models.cpu_kernels.transposed_tables` gives them ((h, d, h) and (w, d, w)), or None without
     relative positions; ``bias``: (3C,) the qkv projection of a zero token, which the tokens past the map carry in
     a window (``window_partition`` pads with zeros); out: (H, W, C), unit stride within a token, float32 or bf16 (the
@@ -267,7 +267,7 @@ def attention(
     if not fits:
         return False
     mode = 0 if not (bf16 and bf16_available()) else AMX if amx_available() else BF16
-    if tokens_bf16 and not (mode == AMX and d % 32 == 0):
+    if tokens_bf16 and mode != AMX:
         return False
     err = _call(lib, qkv, num_heads, scale, tables_t, out, window, bias, mode)
     if err == 2:

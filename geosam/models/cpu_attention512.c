@@ -672,13 +672,15 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
  * keys are computed in the first values pass just before the tiles read them. The same operations on every number
  * as softmax_row_bf16 (the same bits): Intel Xeon with AMX, one thread, a ViT-B global layer 135 -> 127 ms, a
  * windowed one 20.2 -> 19.1 ms (alternating).
- * d a multiple of 32; the calling thread has run amx_configure. */
+ * d a multiple of 16: the queries' bf16 rows and the keys' panels are dk = d rounded up to 32 wide, zeros past d (a
+ * tile's 32 numbers of K; ViT-H's heads of 80), the values' products skip the right tile of a last 16 columns. The
+ * calling thread has run amx_configure. */
 #if GEOSAM_AMX
 static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t* tok, int64_t nq, float scale,
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
                                  const float* rel, int64_t hh, int64_t ww, int64_t d, float* s,
                                  float* qs, float* rh, float* rw, float* o, float* inv, float* qf) {
-  const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16;
+  const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16, dk = (d + 31) / 32 * 32;
   const int32_t* lanes = grid_lanes(hh, ww); /* a window's: once for the block's rows */
   uint16_t* qb = (uint16_t*)qs;
   const float* qw[BQ_AMX]; /* the queries in float32 for the relative terms (bf16 tokens: widened into qf) */
@@ -688,17 +690,18 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
   for (int64_t r = 0; r < (half ? 16 : BQ_AMX); r++) {
     qw[r] = q[r];
     if (tok16) {
-      copy_words((float*)(qb + r * d), q[r], d / 2); /* d / 2 words of two bf16 numbers */
+      copy_words((float*)(qb + r * dk), q[r], d / 2); /* d / 2 words of two bf16 numbers */
       if (tab_h != NULL && rel == NULL) {
         bf16_row_to_f32((const uint16_t*)q[r], d, qf + r * d);
         qw[r] = qf + r * d;
       }
     } else
       for (int64_t c = 0; c < d; c += 16)
-        _mm256_storeu_si256((__m256i*)(qb + r * d + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q[r] + c)));
+        _mm256_storeu_si256((__m256i*)(qb + r * dk + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q[r] + c)));
+    if (dk > d) _mm256_storeu_si256((__m256i*)(qb + r * dk + d), _mm256_setzero_si256()); /* 16 zeros */
   }
   block_rel(qw, tok, nq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
-  const int64_t pb = 16 * d, sc = 4 * ss; /* a key panel (bf16); bytes between score rows */
+  const int64_t pb = 16 * dk, sc = 4 * ss; /* a key panel (bf16); bytes between score rows */
   /* rows of whole 32-wide vectors (a map of 32 k columns): each 32 x 32 block of scores gets its relative terms and
    * goes into the rows' maxima as it leaves the tiles (scores_rel_max's operations in its order), while the next
    * block's products run */
@@ -711,14 +714,14 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    for (int64_t c = 0; c < d; c += 32) {
-      _tile_loadd(4, qb + c, 2 * d);
+    for (int64_t c = 0; c < dk; c += 32) {
+      _tile_loadd(4, qb + c, 2 * dk);
       _tile_loadd(6, kp + t * pb + 16 * c, 64);
       _tile_loadd(7, kp + (t + 1) * pb + 16 * c, 64);
       _tile_dpbf16ps(0, 4, 6);
       _tile_dpbf16ps(1, 4, 7);
       if (!half) {
-        _tile_loadd(5, qb + 16 * d + c, 2 * d);
+        _tile_loadd(5, qb + 16 * dk + c, 2 * dk);
         _tile_dpbf16ps(2, 5, 6);
         _tile_dpbf16ps(3, 5, 7);
       }
@@ -752,6 +755,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
   }
   const uint16_t* pr = (const uint16_t*)s; /* probability row r at pr + 2 r ss */
   for (int64_t c = 0; c < d; c += 32) {
+    const int two = c + 16 < d; /* a right tile of columns c + 16 .. c + 32 (not past a last 16) */
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -761,22 +765,24 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
         for (int64_t r = 0; r < nq; r++) sumv[r] = numerators32_bf16(s + r * ss, j, n, mxv[r], sumv[r]);
       _tile_loadd(4, pr + j, sc);
       _tile_loadd(6, vp + j * d + 2 * c, 4 * d);
-      _tile_loadd(7, vp + j * d + 2 * c + 32, 4 * d);
       _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
+      if (two) {
+        _tile_loadd(7, vp + j * d + 2 * c + 32, 4 * d);
+        _tile_dpbf16ps(1, 4, 7);
+      }
       if (!half) {
         _tile_loadd(5, pr + 32 * ss + j, sc);
         _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+        if (two) _tile_dpbf16ps(3, 5, 7);
       }
     }
     if (c == 0 && overlap)
       for (int64_t r = 0; r < nq; r++) inv[r] = 1.0f / _mm512_reduce_add_ps(sumv[r]);
     _tile_stored(0, o + c, 4 * d);
-    _tile_stored(1, o + c + 16, 4 * d);
+    if (two) _tile_stored(1, o + c + 16, 4 * d);
     if (!half) {
       _tile_stored(2, o + 16 * d + c, 4 * d);
-      _tile_stored(3, o + 16 * d + c + 16, 4 * d);
+      if (two) _tile_stored(3, o + 16 * d + c + 16, 4 * d);
     }
   }
 }
@@ -788,13 +794,14 @@ INLINE TBF __m512i bf16_lanes(const float* x) {
 }
 
 /* pack_head in bf16: keys in panels of 16 with pairs of columns (c, c + 1) side by side (one 32-bit word: the even
- * bf16 numbers of a key's row gathered by one permute), values in pairs of rows (row j in the low half of each word,
- * j + 1 in the high half); d a multiple of 16 */
+ * bf16 numbers of a key's row gathered by one permute), dk columns wide (d, or for the AMX mode d rounded up to 32:
+ * zeros past d), values in pairs of rows (row j in the low half of each word, j + 1 in the high half); d a multiple
+ * of 16 */
 static TBF void pack_head_bf16(const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
-                               uint16_t* kp, uint16_t* vp) {
-  uint32_t words[64];  /* a key's d <= 128 columns as d / 2 pairs */
+                               int64_t dk, uint16_t* kp, uint16_t* vp) {
+  uint32_t words[64];  /* a key's d <= 128 columns as d / 2 pairs, zeros to the next 32 columns */
   for (int64_t j = 0; j < np; j++) {
-    uint32_t* panel = (uint32_t*)kp + (j / 16) * (d / 2) * 16 + j % 16;
+    uint32_t* panel = (uint32_t*)kp + (j / 16) * (dk / 2) * 16 + j % 16;
     for (int64_t c = 0; c < d; c += 32) {
       const float* row = j < n ? tokp[j] + koff + c : NULL;
       __m512i lo = bf16_lanes(row), hi = bf16_lanes(row && c + 16 < d ? row + 16 : NULL);
@@ -803,7 +810,7 @@ static TBF void pack_head_bf16(const float* const* tokp, int64_t n, int64_t np, 
                                                                        8, 6, 4, 2, 0), hi);
       _mm512_storeu_si512(words + c / 2, pairs);
     }
-    for (int64_t w = 0; w < d / 2; w++) panel[w * 16] = words[w];
+    for (int64_t w = 0; w < dk / 2; w++) panel[w * 16] = words[w];
   }
   for (int64_t j = 0; j < np; j += 2) {
     const float* r0 = j < n ? tokp[j] + voff : NULL;
@@ -815,14 +822,16 @@ static TBF void pack_head_bf16(const float* const* tokp, int64_t n, int64_t np, 
   }
 }
 
-/* pack_head_bf16's layouts from bf16 tokens (tokp: their addresses; koff, voff in bf16 numbers): a key's pairs of
- * columns are its row's 32-bit words as they are, a pair of value rows is interleaved by halves of each word */
-static T512 void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
-                                 uint16_t* kp, uint16_t* vp) {
-  uint32_t rows[16 * 64]; /* as pack_head: 16 keys' rows (d / 2 words each, d a multiple of 32) copied whole first */
-  const __m512i at = lane_offsets(d / 2);
+/* pack_head_bf16's layouts (the AMX mode's: keys dk = d rounded up to 32 wide) from bf16 tokens (tokp: their
+ * addresses; koff, voff in bf16 numbers): a key's pairs of columns are its row's 32-bit words as they are, a pair of
+ * value rows is interleaved by halves of each word */
+static TBF void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
+                                uint16_t* kp, uint16_t* vp) {
+  const int64_t dk = (d + 31) / 32 * 32;
+  uint32_t rows[16 * 64]; /* as pack_head: 16 keys' rows (dk / 2 words each, zeros past d) copied whole first */
+  const __m512i at = lane_offsets(dk / 2);
   for (int64_t t = 0; t < np / 16; t++) {
-    uint32_t* panel = (uint32_t*)kp + t * (d / 2) * 16;
+    uint32_t* panel = (uint32_t*)kp + t * (dk / 2) * 16;
     for (int64_t l = 0; l < 16; l++) { /* the next panel's key rows and this one's value rows on their way to L1 */
       const int64_t j = t * 16 + l;
       if (j + 16 < n) fetch_lines((const uint16_t*)tokp[j + 16] + koff, 2 * d);
@@ -831,10 +840,12 @@ static T512 void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np
     for (int64_t l = 0; l < 16; l++) {
       const int64_t j = t * 16 + l;
       const uint16_t* row = j < n ? (const uint16_t*)tokp[j] + koff : NULL;
-      for (int64_t c = 0; c < d; c += 32)
-        _mm512_storeu_si512(rows + l * (d / 2) + c / 2, row ? _mm512_loadu_si512(row + c) : _mm512_setzero_si512());
+      for (int64_t c = 0; c < d; c += 32) /* a last 16 columns: the next 16 numbers of the token not read */
+        _mm512_storeu_si512(rows + l * (dk / 2) + c / 2,
+                            row ? _mm512_maskz_loadu_epi16(d - c >= 32 ? ~(__mmask32)0 : (__mmask32)0xFFFF, row + c)
+                                : _mm512_setzero_si512());
     }
-    for (int64_t w = 0; w < d / 2; w++) _mm512_storeu_si512(panel + w * 16, _mm512_i32gather_epi32(at, rows + w, 4));
+    for (int64_t w = 0; w < dk / 2; w++) _mm512_storeu_si512(panel + w * 16, _mm512_i32gather_epi32(at, rows + w, 4));
   }
   for (int64_t j = 0; j < np; j += 2) {
     const uint16_t* r0 = j < n ? (const uint16_t*)tokp[j] + voff : NULL;
@@ -855,7 +866,7 @@ static void pack(int mode, int tok16, const float* const* tokp, int64_t n, int64
   if (tok16)
     pack_head_tok16(tokp, n, np, koff, voff, d, (uint16_t*)kp, (uint16_t*)vp);
   else if (mode)
-    pack_head_bf16(tokp, n, np, koff, voff, d, (uint16_t*)kp, (uint16_t*)vp);
+    pack_head_bf16(tokp, n, np, koff, voff, d, mode == 2 ? (d + 31) / 32 * 32 : d, (uint16_t*)kp, (uint16_t*)vp);
   else
     pack_head(tokp, n, np, koff, voff, d, kp, vp);
 }
@@ -884,7 +895,7 @@ static void attend(int mode, int tok16, const float* const* q, const int64_t* to
  * layer's relative tables transposed (hh = ww = ws in windows, else the map's size), or NULL for none. out: token
  * (y, x) at out + y * orow + x * ocol, head h at + h d. d: a multiple of 16 up to 128. Returns 0, 1 (shape not
  * supported) or 2 (no memory). mode: 0 float32, 1 bf16 products (AVX-512 BF16), 2 bf16 products on AMX tiles (the
- * process has been granted them: geosam_amx_init; 1 where d is not a multiple of 32 or the compiler has no AMX).
+ * process has been granted them: geosam_amx_init; 1 where the compiler has no AMX).
  * tok16: qkv and bias are bf16 numbers (strides in numbers as for float32), mode 2 only (1 returned otherwise): the
  * AMX mode reads the bf16 projection as it is, without a float32 copy of it. out16: out holds bf16 numbers (strides
  * in numbers), the results rounded as torch rounds float32 to bf16 (any mode). */
@@ -892,7 +903,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
                         const void* bias, int64_t nh, int64_t d, float scale, const float* tab_h, const float* tab_w,
                         void* out, int64_t orow, int64_t ocol, int threads, int mode, int tok16, int out16) {
   if (d % 16 != 0 || d < 16 || d > 128 || mh < 1 || mw < 1 || ws < 0 || (ws > 0 && bias == NULL)) return 1;
-  if (mode == 2 && (!GEOSAM_AMX || d % 32 != 0)) mode = 1;
+  if (mode == 2 && !GEOSAM_AMX) mode = 1;
   if (tok16 && mode != 2) return 1;
   const int esz = tok16 ? 2 : 4, oesz = out16 ? 2 : 4;
   int64_t hh = ws > 0 ? ws : mh, ww = ws > 0 ? ws : mw, n = hh * ww, np = (n + 31) / 32 * 32, cc = nh * d;

@@ -165,7 +165,7 @@ def attend_bf16_tokens(layer: Any, qkv: torch.Tensor, pad_qkv: torch.Tensor | No
     """The attention of ``layer`` (before its output projection) from its bf16 qkv projection (B, H, W, 3C) as it is:
     (B, H, W, C), in windows where the layer has them (``pad_qkv`` (3C,) bf16: a padded token's q, k, v), or None
     where the AVX-512 kernel does not take bf16 tokens here (its products on AMX tiles only:
-    `geosam.models.cpu_attention.amx_available`, heads of a multiple of 32 numbers). The same numbers as `attend` /
+    `geosam.models.cpu_attention.amx_available`, heads of a multiple of 16 numbers). The same numbers as `attend` /
     `attend_windows` with ``bf16=True`` on the projection widened to float32, without that 38 MB float32 copy (a
     ViT-B at 1024 px) and with half the bytes read: Intel Xeon with AMX, one thread, the bf16 encoder 1.87-1.90 vs
     2.01-2.04 s (alternating, the same embeddings bit for bit); rounded to bf16 by the kernel as

@@ -18,9 +18,10 @@ Everything else (patch embedding, windows, MLPs, neck) runs the model's own
 modules. With low precision on CPUs with AMX (bf16 autocast, ``dtype="auto"``
 there) this is ~1.3x faster per chip than the stock forward (`_layer`). The
 widened q and k triple the attention's products, though: where the attention
-kernel runs its products on AMX tiles (bf16, heads of a multiple of 32
+kernel runs its products on AMX tiles (bf16, heads of a multiple of 16
 numbers: `geosam.models.cpu_attention.amx_available`) `_layer_mixed` runs
-instead (Intel Xeon with AMX, one thread, ViT-B: 1.90-1.97 vs 2.20-2.37 s). On
+instead (Intel Xeon with AMX, one thread, ViT-B: 1.90-1.97 vs 2.20-2.37 s;
+ViT-H, heads of 80: 5.9-6.4 vs 9.3-10.0 s). On
 CPUs without AMX torch's bf16 flash attention runs far below the peak (AMD EPYC
 Zen 4, one thread: 7.3 of the stock bf16 encoder's 11.6 s), so there
 `_layer_mixed` runs the projections and the MLP in bf16 (the GELU fused into
@@ -325,14 +326,16 @@ def _neck_f32(neck: Any, x: torch.Tensor) -> torch.Tensor:
 def _mixed_attention(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     """Whether `_layer_mixed` runs: a low precision on a CPU without AMX, or bf16 on a CPU with AMX where the
     attention kernel's products run on AMX tiles (`geosam.models.cpu_attention.amx_available`, head sizes that are
-    a multiple of 32): Intel Xeon with AMX, one thread, ViT-B at 1024 px, a global layer's attention 0.145 s vs
+    a multiple of 16): Intel Xeon with AMX, one thread, ViT-B at 1024 px, a global layer's attention 0.145 s vs
     ~0.21 s in torch's bf16 flash attention on the widened q, k, v (which triple its products' size), the bf16
-    encoder 1.90-1.97 s vs 2.20-2.37 s (alternating). Elsewhere torch's flash attention (`_layer`)."""
+    encoder 1.90-1.97 s vs 2.20-2.37 s (alternating); ViT-H (heads of 80, padded to the tiles' 32) 5.9-6.4 vs
+    9.3-10.0 s, as far from the float32 embeddings as before (8.1e-3 relative). Elsewhere torch's flash attention
+    (`_layer`)."""
     if dtype == torch.float32 or device.type != "cpu":
         return False
     if cpu_bf16_kind() != "amx":
         return True
-    return dtype == torch.bfloat16 and head_dim % 32 == 0 and attention_on_amx()
+    return dtype == torch.bfloat16 and head_dim % 16 == 0 and attention_on_amx()
 
 
 def fast_image_embeddings(
