@@ -26,19 +26,27 @@ def _norm(d: int, seed: int = 0) -> torch.nn.LayerNorm:
 
 
 @needs_kernel
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d", [16, 64, 256])
-def test_norm_gelu_is_as_close_to_float64_as_torch(dtype: torch.dtype, d: int) -> None:
+def test_norm_gelu_is_as_close_to_float64_as_torch(dtype: torch.dtype, d: int, fast: bool) -> None:
+    """The exact GELU, or (``fast``) cpu_gelu.h's polynomial one against the same polynomial in float64 and within
+    its 6e-5 (of |GELU| above 1) of the exact GELU."""
     g = torch.Generator().manual_seed(d)
     x = (torch.randn((2, 33, 31, d), generator=g) * 3 + torch.randn((2, 33, 31, 1), generator=g)).to(dtype)
     ln = _norm(d)
     with torch.no_grad():
-        got = ch.norm_gelu(x, ln)
-        torch_ = F.gelu(ln(x.float()))
-        exact = F.gelu(F.layer_norm(x.double(), (d,), ln.weight.double(), ln.bias.double(), 1e-6))
+        got = ch.norm_gelu(x, ln, fast=fast)
+        torch_ = F.gelu(ln(x.float())) if not fast else ch.norm_gelu_reference(x, ln.weight, ln.bias, 1e-6, fast=True)
+        exact = ch.norm_gelu_reference(x.double(), ln.weight, ln.bias, 1e-6, fast=fast)
+        exact_gelu = ch.norm_gelu_reference(x.double(), ln.weight, ln.bias, 1e-6)
     assert got is not None and got.dtype == torch.float32 and got.shape == x.shape
     err, torch_err = float((got - exact).abs().max()), float((torch_ - exact).abs().max())
     assert err <= 2 * torch_err + 2e-6 * float(exact.abs().max()), (err, torch_err)
+    bound = 6e-5 * exact_gelu.abs().clamp(min=1.0) + 1e-6
+    assert bool(((got - exact_gelu).abs() <= bound).all())
+    if fast:  # not the exact GELU's numbers: the polynomial is in use
+        assert float((got - exact_gelu).abs().max()) > 1e-6
 
 
 def test_norm_gelu_leaves_other_inputs_to_torch() -> None:
@@ -66,16 +74,22 @@ def _decode(b: Any, n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
 def test_sam_hq_decodes_through_the_kernel(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, call_results: Any,
                                            dtype: torch.dtype) -> None:  # fmt: skip
     """A SAM-HQ whose HQ branch has 16 channels: each prompt's norm and GELU through the kernel, the masks and IoUs
-    of torch's ops to float rounding, in float32 and under the bf16 dtype."""
+    of torch's ops to float rounding, in float32 (the exact GELU) and under the bf16 dtype (the fast GELU on the
+    bf16 convolution's outputs, against torch's ops for the same polynomial)."""
     from geosam.models import load_model
     from tests._tiny_families import build_tiny_sam_hq
 
     b = load_model(build_tiny_sam_hq(tmp_path, h=64), device="cpu", dtype="float32")
     b = dataclasses.replace(b, dtype=dtype)
     results = call_results(ch, "norm_gelu")
+    fast_asked: list[bool] = []
+    real = ch.norm_gelu
+    monkeypatch.setattr(ch, "norm_gelu", lambda x, norm, fast=False: fast_asked.append(fast) or real(x, norm, fast))
     got, got_iou = _decode(b)
     assert results and all(r is not None for r in results)
-    monkeypatch.setattr(ch, "norm_gelu", lambda x, norm: None)
+    assert fast_asked and all(f == (dtype == torch.bfloat16) for f in fast_asked)
+    monkeypatch.setattr(ch, "norm_gelu", lambda x, norm, fast=False: ch.norm_gelu_reference(x, norm.weight, norm.bias,
+                                                                                            norm.eps, fast))  # fmt: skip
     want, want_iou = _decode(b)
     torch.testing.assert_close(got_iou, want_iou)
     scale = float(want.abs().max())

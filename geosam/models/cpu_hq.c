@@ -9,7 +9,8 @@
  * variance from the centred values (two passes in registers), (x - mean) / sqrt(var + eps) * w + b, the exact GELU
  * (cpu_gelu.h: Eigen's rational erf), written as float32. The same function as torch's ops to float rounding (torch
  * takes the variance by Welford's steps and its GELU's erf is another polynomial); geosam/models/cpu_hq.py checks it
- * against them before using it.
+ * against them before using it. With `fast`, cpu_gelu.h's FAST_GELU instead (within 6e-5 of the exact GELU, no
+ * division): for inputs that come from a bf16 convolution, rounded to 8 significant bits already.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -19,13 +20,15 @@
 #define T512 __attribute__((target("avx512f,fma")))
 
 ERF_GELU(erf_rational512, gelu512, __m512, _mm512, T512)
+ZERO_BELOW512
+FAST_GELU(fast_gelu512, __m512, _mm512, T512, zero_below512)
 
 #define MAX_D 256
 
-/* rows of d numbers at x (bf16 if x16, else float32), rows `sx` numbers apart; out rows d apart. 0, or -1 for a d it
- * does not take */
+/* rows of d numbers at x (bf16 if x16, else float32), rows `sx` numbers apart; out rows d apart; fast: FAST_GELU for
+ * the exact GELU. 0, or -1 for a d it does not take */
 T512 int geosam_norm_gelu(const void* x, int x16, int64_t sx, int64_t rows, int64_t d, const float* w,
-                          const float* b, float eps, float* out, int threads) {
+                          const float* b, float eps, float* out, int threads, int fast) {
   if (d % 16 || d <= 0 || d > MAX_D) return -1;
   const int64_t nv = d / 16;
   const float inv_d = 1.0f / (float)d;
@@ -48,7 +51,7 @@ T512 int geosam_norm_gelu(const void* x, int x16, int64_t sx, int64_t rows, int6
     float* o = out + r * d;
     for (int64_t k = 0; k < nv; k++) {
       const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(v[k], rstd), _mm512_loadu_ps(w + 16 * k), _mm512_loadu_ps(b + 16 * k));
-      _mm512_storeu_ps(o + 16 * k, gelu512(y));
+      _mm512_storeu_ps(o + 16 * k, fast ? fast_gelu512(y) : gelu512(y));
     }
   }
   return 0;
