@@ -210,7 +210,7 @@ def main() -> None:
                                 prev, grid, args.box_nms_thresh, written
                             )
                     if args.torch_hq_norm and family == "sam_hq":
-                        torch_norm = {(cpu_hq, "norm_gelu"): lambda x, norm: None}
+                        torch_norm = {(cpu_hq, "norm_gelu"): lambda x, norm, fast=False: None}
                         for d, b in bundles.items():
                             runners[f"geosam_{d}_torch_hq_norm"], gens[f"geosam_{d}_torch_hq_norm"] = geosam_run(
                                 b, grid, args.box_nms_thresh, torch_norm

@@ -46,8 +46,8 @@ def test_kernel_leaves_other_calls_to_torch(monkeypatch: pytest.MonkeyPatch) -> 
     assert sa._kernel_attention(q.float(), k.float(), v.float(), None, None) is None  # float32
     assert sa._kernel_attention(q[:, :, :500], k[:, :, :500], v[:, :, :500], None, None) is None  # a small map
     assert sa._kernel_attention(q[:, :, :50], k, v, None, None) is None  # queries other than the keys
-    qs, ks, vs = _qkv(1, 2, 1100, 16)
-    assert sa._kernel_attention(qs, ks, vs, None, None) is None  # heads of 16 numbers
+    qs, ks, vs = _qkv(1, 2, 1100, 24)
+    assert sa._kernel_attention(qs, ks, vs, None, None) is None  # heads of 24 numbers (not a multiple of 16)
     monkeypatch.setattr(sa, "_kernel_attention", lambda *a: None)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
