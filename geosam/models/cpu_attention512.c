@@ -662,6 +662,10 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
   }
 }
 
+/* the AMX mode's width of the queries' bf16 rows and the keys' panels: d rounded up to a tile's 32 numbers of K (zeros
+ * past d); pack_head_bf16 / pack_head_tok16 write the panels and attend_head_amx reads them with it */
+INLINE int64_t amx_key_width(int64_t d) { return (d + 31) / 32 * 32; }
+
 /* --- bf16 products on AMX tiles (Intel Xeon): the same numbers as attend_head_bf16's (q, k, probabilities and v
  * rounded to bf16, sums in float32, in the tiles' order) for BQ_AMX queries, two tiles of 16 rows: the scores 32
  * queries x 32 keys at a time (four float32 tiles, the keys' panels of pack_head_bf16 are AMX's right operand as
@@ -680,7 +684,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
                                  const float* rel, int64_t hh, int64_t ww, int64_t d, float* s,
                                  float* qs, float* rh, float* rw, float* o, float* inv, float* qf) {
-  const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16, dk = (d + 31) / 32 * 32;
+  const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16, dk = amx_key_width(d);
   const int32_t* lanes = grid_lanes(hh, ww); /* a window's: once for the block's rows */
   uint16_t* qb = (uint16_t*)qs;
   const float* qw[BQ_AMX]; /* the queries in float32 for the relative terms (bf16 tokens: widened into qf) */
@@ -827,7 +831,7 @@ static TBF void pack_head_bf16(const float* const* tokp, int64_t n, int64_t np, 
  * value rows is interleaved by halves of each word */
 static TBF void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
                                 uint16_t* kp, uint16_t* vp) {
-  const int64_t dk = (d + 31) / 32 * 32;
+  const int64_t dk = amx_key_width(d);
   uint32_t rows[16 * 64]; /* as pack_head: 16 keys' rows (dk / 2 words each, zeros past d) copied whole first */
   const __m512i at = lane_offsets(dk / 2);
   for (int64_t t = 0; t < np / 16; t++) {
@@ -866,7 +870,7 @@ static void pack(int mode, int tok16, const float* const* tokp, int64_t n, int64
   if (tok16)
     pack_head_tok16(tokp, n, np, koff, voff, d, (uint16_t*)kp, (uint16_t*)vp);
   else if (mode)
-    pack_head_bf16(tokp, n, np, koff, voff, d, mode == 2 ? (d + 31) / 32 * 32 : d, (uint16_t*)kp, (uint16_t*)vp);
+    pack_head_bf16(tokp, n, np, koff, voff, d, mode == 2 ? amx_key_width(d) : d, (uint16_t*)kp, (uint16_t*)vp);
   else
     pack_head(tokp, n, np, koff, voff, d, kp, vp);
 }
