@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
+    from _alternate import alternate_patched
     from _machine import machine
     from bench_amg import load_chips
     from bench_stock_decoder import build
@@ -58,26 +59,14 @@ def main() -> None:
     kernel = ch.norm_gelu
     sides = {"exact": lambda x, norm, fast=False: kernel(x, norm, False), "fast": kernel}
 
-    def decode() -> tuple[float, torch.Tensor]:
+    def decode() -> torch.Tensor:
         cache: dict = {}
         out = []
-        t = time.perf_counter()
         for s in range(0, len(points), 64):
             out.append(decode_points(bundle, emb, points[s : s + 64], multimask=True, iou_floor=None, cache=cache)[0])
-        return time.perf_counter() - t, torch.cat(out)
+        return torch.cat(out)
 
-    seconds: dict[str, list[float]] = {name: [] for name in sides}
-    masks = {}
-    try:
-        for r in range(args.rounds + 1):  # round 0: warm-up
-            for name, fn in sides.items():
-                ch.norm_gelu = fn
-                t, m = decode()
-                if r:
-                    seconds[name].append(round(t, 3))
-                masks[name] = m
-    finally:
-        ch.norm_gelu = kernel
+    seconds, masks = alternate_patched(ch, "norm_gelu", sides, decode, args.rounds)
     x = (torch.randn((1, 256, 256, 64), generator=torch.Generator().manual_seed(0)) * 2 + 0.3).bfloat16()
     norm = bundle.model.mask_decoder.mask_norm
     alone: dict[str, list[float]] = {"exact": [], "fast": []}

@@ -20,7 +20,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -53,6 +52,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main() -> None:
+    from _alternate import alternate_patched
     from _machine import machine
     from bench_amg import load_chips
 
@@ -87,19 +87,9 @@ def main() -> None:
         pixels = preprocess(bundle, [image])[0]
         attn = bundle.model.vision_encoder.layers[0].attn
         head_dim = attn.qkv.in_features // attn.num_attention_heads
-        seconds: dict[str, list[float]] = {name: [] for name in paths}
-        distance = {}
-        try:
-            for r in range(args.rounds + 1):  # round 0: warm-up
-                for name, choose in paths.items():
-                    fe._mixed_attention = choose
-                    t = time.perf_counter()
-                    emb = encode(bundle, pixels)
-                    if r:
-                        seconds[name].append(round(time.perf_counter() - t, 3))
-                    distance[name] = _relative(emb, reference)
-        finally:
-            fe._mixed_attention = kernel_path
+        seconds, embeddings = alternate_patched(fe, "_mixed_attention", paths,
+                                                lambda bundle=bundle, pixels=pixels: encode(bundle, pixels), args.rounds)
+        distance = {name: _relative(emb, reference) for name, emb in embeddings.items()}
         med = {name: statistics.median(v) for name, v in seconds.items()}
         results[size] = {
             "head_dim": head_dim,
