@@ -28,6 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SIZES = {
     "default_config": {},
+    "hiera_base_plus": {  # SAM 2.1's base-plus: heads of 56 numbers
+        "backbone": {"hidden_size": 112, "blocks_per_stage": [2, 3, 16, 3], "embed_dim_per_stage": [112, 224, 448, 896],
+                     "num_attention_heads_per_stage": [2, 4, 8, 16], "global_attention_blocks": [12, 16, 20],
+                     "window_size_per_stage": [8, 4, 14, 7], "window_positional_embedding_background_size": [14, 14]},
+        "backbone_channel_list": [896, 448, 224, 112],
+    },
     "hiera_large": {
         "backbone": {"hidden_size": 144, "blocks_per_stage": [2, 6, 36, 4], "embed_dim_per_stage": [144, 288, 576, 1152],
                      "num_attention_heads_per_stage": [2, 4, 8, 16], "global_attention_blocks": [23, 33, 43],
@@ -60,7 +66,7 @@ def main() -> None:
     from geosam.models.fast_hiera import fast_hiera_supported, fast_sam2_embeddings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--sizes", nargs="+", default=["default_config", "hiera_large"], choices=list(SIZES))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--note", default="")

@@ -205,6 +205,51 @@ def test_amx_mode_reads_bf16_tokens_as_their_float32_values(hh: int, ww: int, nh
     assert not out16.isnan().any() and torch.equal(out16, out32)
 
 
+@needs_amx
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("hh", "ww", "nh", "d", "window"),
+    [(13, 11, 2, 72, 0), (64, 64, 2, 72, 0), (30, 30, 2, 56, 14), (17, 9, 3, 24, 4), (9, 9, 1, 120, 0)],
+)
+def test_heads_of_a_multiple_of_8_are_their_heads_padded_with_zeros(
+    hh: int, ww: int, nh: int, d: int, window: int, out_dtype: torch.dtype
+) -> None:
+    """Heads of 8 more than a multiple of 16 (SAM 2's Hiera-L 72, Hiera-B+ 56) on bf16 tokens without tables: the
+    bits of the same heads padded with zero columns to the next 16 (the kernel's padding of keys and values done
+    outside it, each head's first d outputs kept), float32 and bf16 outputs; a head's last 8 columns read and written
+    without touching the next head's, and within `BF16_TOLERANCE` of float64."""
+    dp = (d + 15) // 16 * 16
+    g = torch.Generator().manual_seed(d + hh)
+    qkv = torch.randn((hh, ww, 3 * nh * d), generator=g).bfloat16()
+    bias = torch.randn(3 * nh * d, generator=g).bfloat16()
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        lead = t.shape[:-1]
+        return torch.nn.functional.pad(t.view(*lead, 3, nh, d), (0, dp - d)).reshape(*lead, 3 * nh * dp).contiguous()
+
+    out = torch.full((hh, ww, nh * d), float("nan"), dtype=out_dtype)
+    out_p = torch.full((hh, ww, nh * dp), float("nan"), dtype=out_dtype)
+    assert cpu_attention.takes(torch.bfloat16, d)
+    assert cpu_attention.attention(qkv, nh, d**-0.5, None, out, window, bias, bf16=True)
+    assert cpu_attention.attention(padded(qkv), nh, d**-0.5, None, out_p, window, padded(bias), bf16=True)
+    assert torch.equal(out, out_p.view(hh, ww, nh, dp)[..., :d].reshape(hh, ww, nh * d))
+    want = cpu_attention.reference(qkv.double(), nh, d**-0.5, None, window, bias.double())
+    assert float((out.double() - want).abs().max()) < cpu_attention.BF16_TOLERANCE * float(want.abs().max())
+
+
+def test_heads_of_a_multiple_of_8_need_bf16_tokens_and_no_tables() -> None:
+    """A head of 72 numbers: refused (False, nothing written) in float32, with bf16 products on float32 tokens, and
+    with relative tables; `takes` says so for relative positions."""
+    qkv, _, tables = _case(8, 8, 2, 72, 0, seed=4)
+    out = torch.full((8, 8, 144), float("nan"))
+    assert not cpu_attention.attention(qkv, 2, 0.2, None, out)
+    assert not cpu_attention.attention(qkv, 2, 0.2, None, out, bf16=True)
+    assert not cpu_attention.attention(qkv.bfloat16(), 2, 0.2, transposed_tables(*tables), out, bf16=True)
+    assert out.isnan().all()
+    assert not cpu_attention.takes(torch.bfloat16, 72, relative=True)
+    assert not cpu_attention.takes(torch.float32, 72)
+
+
 @needs_bf16
 @pytest.mark.parametrize("mode", ["avx512_bf16", "amx"])
 @pytest.mark.parametrize(
@@ -405,7 +450,7 @@ def test_takes_says_what_attention_runs(dtype: torch.dtype) -> None:
     """`takes` (what the callers ask before making what only the kernel reads) agrees with `attention` itself on
     head sizes in and out of its range."""
     g = torch.Generator().manual_seed(3)
-    for d in (8, 16, 24, 32, 48, 64, 96, 128, 144):
+    for d in (8, 16, 24, 32, 48, 56, 64, 72, 96, 128, 136, 144):
         qkv = torch.randn((4, 8, 3 * 2 * d), generator=g).to(dtype)
         out = torch.empty((4, 8, 2 * d), dtype=dtype)
         runs = cpu_attention.attention(qkv, 2, 0.2, None, out, bf16=dtype == torch.bfloat16)

@@ -18,9 +18,11 @@ from geosam.models.cpu_fused import ops_work
 needs_bf16_ops = pytest.mark.skipif(not ops_work(torch.bfloat16), reason="oneDNN has no bf16 kernels on this CPU")
 
 
-def _model(heads: tuple[int, ...] = (1, 1, 1, 1), windows: tuple[int, ...] = (8, 4, 14, 7), seed: int = 0) -> Any:
-    """A tiny random SAM 2 (1024 px input, 8 to 64 channels; block 3 global, the first block of each later stage pools
-    its queries in its windows): transformers' windows need padding (14 and 7 on 64 and 32 px maps)."""
+def _model(heads: tuple[int, ...] = (1, 1, 1, 1), windows: tuple[int, ...] = (8, 4, 14, 7), seed: int = 0,
+           dims: tuple[int, ...] = (8, 16, 32, 64)) -> Any:  # fmt: skip
+    """A tiny random SAM 2 (1024 px input, ``dims`` channels by stage: 8 to 64; block 3 global, the first block of each
+    later stage pools its queries in its windows): transformers' windows need padding (14 and 7 on 64 and 32 px
+    maps)."""
     from transformers import Sam2Config, Sam2Model
     from transformers.models.sam2.configuration_sam2 import (
         Sam2HieraDetConfig,
@@ -29,10 +31,10 @@ def _model(heads: tuple[int, ...] = (1, 1, 1, 1), windows: tuple[int, ...] = (8,
         Sam2VisionConfig,
     )
 
-    backbone = Sam2HieraDetConfig(hidden_size=8, blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+    backbone = Sam2HieraDetConfig(hidden_size=dims[0], blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=list(dims),
                                   num_attention_heads_per_stage=list(heads), global_attention_blocks=[3],
                                   window_size_per_stage=list(windows))  # fmt: skip
-    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8], fpn_hidden_size=32)
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=list(dims[::-1]), fpn_hidden_size=32)
     config = Sam2Config(vision_config=vision, prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32),
                         mask_decoder_config=Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2,
                                                                   iou_head_hidden_dim=32))  # fmt: skip
@@ -100,6 +102,26 @@ def test_fast_hiera_bf16_is_as_close_to_float32_as_autocast(kernel: bool, monkey
     assert ran == ([True] if kernel and ca.amx_available() else [])
     for g, a, w in zip(got, auto, want, strict=True):
         assert g.dtype == torch.float32
+        assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
+
+
+@needs_bf16_ops
+def test_fast_hiera_bf16_runs_heads_of_a_multiple_of_8_through_the_kernel(call_results: Any) -> None:
+    """Heads of 24 numbers (8 more than 16, as Hiera-B+'s 56 and Hiera-L's 72): every block that pools no queries
+    runs geosam's kernel on AMX tiles (bf16 tokens, no tables), each level as close to float32 as autocast is."""
+    import geosam.models.cpu_attention as ca
+    import geosam.models.fast_hiera as fh
+
+    ran = call_results(ca, "attention")
+    model = _model((1, 2, 4, 8), windows=(8, 4, 14, 7), dims=(24, 48, 96, 192), seed=3)
+    x = _image(3)
+    with torch.inference_mode():
+        want = model.get_image_embeddings(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model.get_image_embeddings(x)
+    got = fh.fast_sam2_embeddings(model, x, torch.bfloat16)
+    assert ran == ([True, True] if ca.amx_available() else [])  # blocks 0 (windows of 8) and 3 (global)
+    for g, a, w in zip(got, auto, want, strict=True):
         assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
 
 

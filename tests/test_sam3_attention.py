@@ -29,10 +29,12 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @needs_amx
-def test_kernel_is_torchs_attention_to_bf16_rounding() -> None:
-    q, k, v = _qkv(2, 4, 1100, 32)
+@pytest.mark.parametrize("d", [32, 24])
+def test_kernel_is_torchs_attention_to_bf16_rounding(d: int) -> None:
+    """Heads of 32 numbers and of 24 (a multiple of 8: values padded inside the kernel)."""
+    q, k, v = _qkv(2, 4, 1100, d)
     got = sa._kernel_attention(q, k, v, None, 0.2)
-    assert got is not None and got.shape == (2, 1100, 4, 32) and got.dtype == torch.bfloat16
+    assert got is not None and got.shape == (2, 1100, 4, d) and got.dtype == torch.bfloat16
     want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=0.2).transpose(1, 2)
     torch_bf16 = F.scaled_dot_product_attention(q, k, v, scale=0.2).transpose(1, 2)
     assert _relative(got, want) < 1.5 * _relative(torch_bf16, want) + 1e-3, (_relative(got, want),
@@ -46,8 +48,8 @@ def test_kernel_leaves_other_calls_to_torch(monkeypatch: pytest.MonkeyPatch) -> 
     assert sa._kernel_attention(q.float(), k.float(), v.float(), None, None) is None  # float32
     assert sa._kernel_attention(q[:, :, :500], k[:, :, :500], v[:, :, :500], None, None) is None  # a small map
     assert sa._kernel_attention(q[:, :, :50], k, v, None, None) is None  # queries other than the keys
-    qs, ks, vs = _qkv(1, 2, 1100, 24)
-    assert sa._kernel_attention(qs, ks, vs, None, None) is None  # heads of 24 numbers (not a multiple of 16)
+    qs, ks, vs = _qkv(1, 2, 1100, 20)
+    assert sa._kernel_attention(qs, ks, vs, None, None) is None  # heads of 20 numbers (not a multiple of 8)
     monkeypatch.setattr(sa, "_kernel_attention", lambda *a: None)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

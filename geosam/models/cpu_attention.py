@@ -33,7 +33,10 @@ On CPUs with AMX (`amx_available`) the bf16 products run on AMX tiles instead (`
 sums in float32 in the tiles' order; 32 queries a block; heads of a multiple of 16 numbers, the queries' and keys'
 rows padded with zeros to the tiles' 32 where they are not a multiple of 32: ViT-H's 80): Intel Xeon with AMX, one
 thread, a ViT-B global layer 0.14 s (float32 0.44 s, AVX-512 BF16 products 0.58 s: ``vdpbf16ps`` runs no faster than
-float32 FMAs on that CPU), a windowed one 0.032 s (0.045 / 0.056 s).
+float32 FMAs on that CPU), a windowed one 0.032 s (0.045 / 0.056 s). bf16 tokens without relative tables may have
+heads of a multiple of 8 (SAM 2's Hiera-B+ 56, Hiera-L 72): their values and outputs padded with zeros to the tiles'
+16 columns inside the kernel, the tokens' next numbers never read (a bf16 Hiera-B+ encode 1.875 -> 1.656 s, Hiera-L
+3.301 -> 3.118 s, the same machine, 2 threads: `benchmarks/bench_hiera_heads.py`).
 
 The sums run in another order than torch's and ``expf`` is Cephes' polynomial, so the outputs equal torch's to
 float rounding (~1e-7 of the outputs' scale), not bit for bit: the library is used only after it has matched a
@@ -133,19 +136,21 @@ def _call(
 def _matches_reference(lib: ctypes.CDLL, mode: int = 0, tokens_bf16: bool = False) -> bool:
     """Whether the kernel gives `reference` (in float64) within `TOLERANCE` on random maps here: a whole map whose
     keys end mid-panel, one in two chunks of keys (the float32 running softmax), windows that tile the map or leave
-    padded strips, head sizes from 16 to 80, with and without tables, one and two threads. ``mode`` `BF16` or `AMX`:
+    padded strips, head sizes from 16 to 80 (with bf16 tokens 56 and 72 too, without tables), with and without tables,
+    one and two threads. ``mode`` `BF16` or `AMX`:
     the kernel's bf16 products (with AVX-512 BF16 or on AMX tiles) on q, k, v that are bf16 numbers (as a bf16
     projection gives them), within `BF16_TOLERANCE` (the probabilities' rounding). ``tokens_bf16``: qkv (and the
     padded tokens' bias) given as bf16 tensors (`AMX` only)."""
     lib.geosam_attention512.restype = ctypes.c_int
     gen = torch.Generator().manual_seed(512)
+    cases = [
+        (5, 7, 3, 32, True, 0), (14, 14, 2, 64, True, 0), (9, 11, 1, 80, False, 4), (10, 11, 2, 16, True, 4),
+        (9, 11, 2, 64, True, 7), (12, 32, 2, 32, True, 0),
+    ]  # fmt: skip
+    if tokens_bf16:  # heads of a multiple of 8 (Hiera's), whole and windowed
+        cases += [(9, 13, 2, 72, False, 0), (10, 11, 2, 56, False, 4)]
     with alternating_threads() as use:
-        for i, (hh, ww, nh, d, rel, window) in enumerate(
-            (
-                (5, 7, 3, 32, True, 0), (14, 14, 2, 64, True, 0), (9, 11, 1, 80, False, 4), (10, 11, 2, 16, True, 4),
-                (9, 11, 2, 64, True, 7), (12, 32, 2, 32, True, 0),
-            )
-        ):
+        for i, (hh, ww, nh, d, rel, window) in enumerate(cases):
             use(i)
             side = (window or hh, window or ww)
             qkv = torch.randn((hh, ww, 3 * nh * d), generator=gen)
@@ -211,12 +216,14 @@ def amx_available() -> bool:
     return False
 
 
-def takes(dtype: torch.dtype, head_dim: int) -> bool:
+def takes(dtype: torch.dtype, head_dim: int, relative: bool = False) -> bool:
     """Whether `attention` runs maps of ``dtype`` tokens with heads of ``head_dim`` numbers here: float32 on AVX-512
-    (heads of 16 to 128 numbers, a multiple of 16), bf16 on AMX tiles (the same heads); the callers ask
-    before they make what only the kernel reads."""
+    (heads of 16 to 128 numbers, a multiple of 16), bf16 on AMX tiles (the same heads, or without relative tables,
+    ``relative`` False, a multiple of 8: SAM 2's Hiera-B+ 56, Hiera-L 72); the callers ask before they make what only
+    the kernel reads."""
     if dtype == torch.bfloat16:
-        return 16 <= head_dim <= 128 and head_dim % 16 == 0 and amx_available()
+        step = 16 if relative else 8
+        return 16 <= head_dim <= 128 and head_dim % step == 0 and amx_available()
     return dtype == torch.float32 and 16 <= head_dim <= 128 and head_dim % 16 == 0 and available()
 
 
@@ -236,7 +243,8 @@ def attention(
     (sums in float32), where `bf16_available`, else as without it.
 
     qkv: (H, W, 3C) with unit stride within a token, float32 or (with ``bf16`` where the products run on AMX tiles,
-    `amx_available`; ``bias`` bf16 too) bf16; ``tables_t``: the layer's relative
+    `amx_available`; ``bias`` bf16 too) bf16; heads of 16 to 128 numbers, a multiple of 16 or, with bf16 tokens and no
+    ``tables_t``, of 8 (their keys padded to the tiles' 32, values to 16, with zeros); ``tables_t``: the layer's relative
     tables for the attended grid as `geosam.models.cpu_kernels.transposed_tables` gives them ((h, d, h) and (w, d, w)), or None without
     relative positions; ``bias``: (3C,) the qkv projection of a zero token, which the tokens past the map carry in
     a window (``window_partition`` pads with zeros); out: (H, W, C), unit stride within a token, float32 or bf16 (the
@@ -256,7 +264,8 @@ def attention(
                                         or (t is out and t.dtype == torch.bfloat16))
             for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and c3 == 3 * num_heads * d and d % 16 == 0 and 16 <= d <= 128 and qkv.stride(2) == 1
+        and c3 == 3 * num_heads * d and 16 <= d <= 128 and qkv.stride(2) == 1
+        and (d % 16 == 0 or (d % 8 == 0 and tokens_bf16 and tables_t is None))
         and out.shape == (hh, ww, c) and out.stride(2) == 1
         and (window == 0 or (bias is not None and bias.shape == (c3,) and bias.is_contiguous()))
     )  # fmt: skip

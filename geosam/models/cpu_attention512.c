@@ -369,18 +369,22 @@ static T512 void window_rel(const float* const* tokp, int64_t qoff, int tok16, c
   }
 }
 
-/* out[r][0:d] = o[r] * inv[r] for the block's first nq queries, in float32 or (out16) rounded to bf16 as torch's
- * conversion rounds (out[r] then the address of d bf16 numbers): the bf16 encoder's next product takes them as
- * they are, without a pass over the layer's whole float32 output (12 MiB for a ViT-B) to round them */
-static T512 void block_out(const float* o, const float* inv, int64_t nq, int64_t d, float* const* out, int out16) {
+/* out[r][0:d] = o[r] * inv[r] for the block's first nq queries (o's rows so >= d apart, a multiple of 16), in float32
+ * or (out16) rounded to bf16 as torch's conversion rounds (out[r] then the address of d bf16 numbers): the bf16
+ * encoder's next product takes them as they are, without a pass over the layer's whole float32 output (12 MiB for a
+ * ViT-B) to round them. d a multiple of 8: a last 8 columns written alone (the next head's outputs not touched) */
+static T512 void block_out(const float* o, const float* inv, int64_t nq, int64_t d, int64_t so, float* const* out,
+                           int out16) {
   for (int64_t r = 0; r < nq; r++) {
     __m512 f = _mm512_set1_ps(inv[r]);
     for (int64_t c = 0; c < d; c += 16) {
-      const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c), f);
-      if (out16)
+      const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(o + r * so + c), f);
+      if (out16 && d - c >= 16)
         _mm256_storeu_si256((__m256i*)((uint16_t*)out[r] + c), round16_aten(x));
+      else if (out16)
+        _mm_storeu_si128((__m128i*)((uint16_t*)out[r] + c), _mm256_castsi256_si128(round16_aten(x)));
       else
-        _mm512_storeu_ps(out[r] + c, x);
+        _mm512_mask_storeu_ps(out[r] + c, tail(d - c), x);
     }
   }
 }
@@ -666,6 +670,11 @@ static TBF void attend_head_bf16(const float* const* q, const int64_t* tok, int6
  * past d); pack_head_bf16 / pack_head_tok16 write the panels and attend_head_amx reads them with it */
 INLINE int64_t amx_key_width(int64_t d) { return (d + 31) / 32 * 32; }
 
+/* the AMX mode's width of the values' pairs of rows and the blocks' outputs: d rounded up to a tile's 16 columns (zeros
+ * past d: heads of a multiple of 8, SAM 2's Hiera-B+ 56, Hiera-L 72); pack_head_tok16 writes the values with it,
+ * attend_head_amx reads them and writes its outputs with it, block_out reads those */
+INLINE int64_t amx_value_width(int64_t d) { return (d + 15) / 16 * 16; }
+
 /* --- bf16 products on AMX tiles (Intel Xeon): the same numbers as attend_head_bf16's (q, k, probabilities and v
  * rounded to bf16, sums in float32, in the tiles' order) for BQ_AMX queries, two tiles of 16 rows: the scores 32
  * queries x 32 keys at a time (four float32 tiles, the keys' panels of pack_head_bf16 are AMX's right operand as
@@ -677,14 +686,17 @@ INLINE int64_t amx_key_width(int64_t d) { return (d + 31) / 32 * 32; }
  * as softmax_row_bf16 (the same bits): Intel Xeon with AMX, one thread, a ViT-B global layer 135 -> 127 ms, a
  * windowed one 20.2 -> 19.1 ms (alternating).
  * d a multiple of 16: the queries' bf16 rows and the keys' panels are dk = d rounded up to 32 wide, zeros past d (a
- * tile's 32 numbers of K; ViT-H's heads of 80), the values' products skip the right tile of a last 16 columns. The
- * calling thread has run amx_configure. */
+ * tile's 32 numbers of K; ViT-H's heads of 80), the values' products skip the right tile of a last 16 columns. With
+ * bf16 tokens and no tables d may be a multiple of 8 (Hiera's 56, 72): the values and the outputs o are then dv = d
+ * rounded up to 16 wide (amx_value_width; zero columns past d, which block_out does not write). The calling thread has
+ * run amx_configure. */
 #if GEOSAM_AMX
 static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t* tok, int64_t nq, float scale,
                                  const uint16_t* kp, const uint16_t* vp, const float* tab_h, const float* tab_w,
                                  const float* rel, int64_t hh, int64_t ww, int64_t d, float* s,
                                  float* qs, float* rh, float* rw, float* o, float* inv, float* qf) {
   const int64_t n = hh * ww, np = (n + 31) / 32 * 32, nt = np / 16, ss = np + 16, dk = amx_key_width(d);
+  const int64_t dv = amx_value_width(d);
   const int32_t* lanes = grid_lanes(hh, ww); /* a window's: once for the block's rows */
   uint16_t* qb = (uint16_t*)qs;
   const float* qw[BQ_AMX]; /* the queries in float32 for the relative terms (bf16 tokens: widened into qf) */
@@ -702,7 +714,7 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     } else
       for (int64_t c = 0; c < d; c += 16)
         _mm256_storeu_si256((__m256i*)(qb + r * dk + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q[r] + c)));
-    if (dk > d) _mm256_storeu_si256((__m256i*)(qb + r * dk + d), _mm256_setzero_si256()); /* 16 zeros */
+    for (int64_t c = d; c < dk; c += 8) _mm_storeu_si128((__m128i*)(qb + r * dk + c), _mm_setzero_si128()); /* zeros */
   }
   block_rel(qw, tok, nq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   const int64_t pb = 16 * dk, sc = 4 * ss; /* a key panel (bf16); bytes between score rows */
@@ -758,8 +770,8 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     sumv[r] = _mm512_setzero_ps();
   }
   const uint16_t* pr = (const uint16_t*)s; /* probability row r at pr + 2 r ss */
-  for (int64_t c = 0; c < d; c += 32) {
-    const int two = c + 16 < d; /* a right tile of columns c + 16 .. c + 32 (not past a last 16) */
+  for (int64_t c = 0; c < dv; c += 32) {
+    const int two = c + 16 < dv; /* a right tile of columns c + 16 .. c + 32 (not past a last 16) */
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -768,10 +780,10 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
       if (c == 0 && overlap) /* the rows' numerators of these 32 keys, computed while the previous keys' products run */
         for (int64_t r = 0; r < nq; r++) sumv[r] = numerators32_bf16(s + r * ss, j, n, mxv[r], sumv[r]);
       _tile_loadd(4, pr + j, sc);
-      _tile_loadd(6, vp + j * d + 2 * c, 4 * d);
+      _tile_loadd(6, vp + j * dv + 2 * c, 4 * dv);
       _tile_dpbf16ps(0, 4, 6);
       if (two) {
-        _tile_loadd(7, vp + j * d + 2 * c + 32, 4 * d);
+        _tile_loadd(7, vp + j * dv + 2 * c + 32, 4 * dv);
         _tile_dpbf16ps(1, 4, 7);
       }
       if (!half) {
@@ -782,11 +794,11 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     }
     if (c == 0 && overlap)
       for (int64_t r = 0; r < nq; r++) inv[r] = 1.0f / _mm512_reduce_add_ps(sumv[r]);
-    _tile_stored(0, o + c, 4 * d);
-    if (two) _tile_stored(1, o + c + 16, 4 * d);
+    _tile_stored(0, o + c, 4 * dv);
+    if (two) _tile_stored(1, o + c + 16, 4 * dv);
     if (!half) {
-      _tile_stored(2, o + 16 * d + c, 4 * d);
-      if (two) _tile_stored(3, o + 16 * d + c + 16, 4 * d);
+      _tile_stored(2, o + 16 * dv + c, 4 * dv);
+      if (two) _tile_stored(3, o + 16 * dv + c + 16, 4 * dv);
     }
   }
 }
@@ -826,12 +838,13 @@ static TBF void pack_head_bf16(const float* const* tokp, int64_t n, int64_t np, 
   }
 }
 
-/* pack_head_bf16's layouts (the AMX mode's: keys dk = d rounded up to 32 wide) from bf16 tokens (tokp: their
- * addresses; koff, voff in bf16 numbers): a key's pairs of columns are its row's 32-bit words as they are, a pair of
- * value rows is interleaved by halves of each word */
+/* pack_head_bf16's layouts (the AMX mode's: keys dk = d rounded up to 32 wide, values dv = d rounded up to 16) from
+ * bf16 tokens (tokp: their addresses; koff, voff in bf16 numbers): a key's pairs of columns are its row's 32-bit words
+ * as they are, a pair of value rows is interleaved by halves of each word; d a multiple of 8, a token's numbers past
+ * its head's d never read (zeros in their place) */
 static TBF void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff, int64_t d,
                                 uint16_t* kp, uint16_t* vp) {
-  const int64_t dk = amx_key_width(d);
+  const int64_t dk = amx_key_width(d), dv = amx_value_width(d);
   uint32_t rows[16 * 64]; /* as pack_head: 16 keys' rows (dk / 2 words each, zeros past d) copied whole first */
   const __m512i at = lane_offsets(dk / 2);
   for (int64_t t = 0; t < np / 16; t++) {
@@ -844,9 +857,10 @@ static TBF void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np,
     for (int64_t l = 0; l < 16; l++) {
       const int64_t j = t * 16 + l;
       const uint16_t* row = j < n ? (const uint16_t*)tokp[j] + koff : NULL;
-      for (int64_t c = 0; c < d; c += 32) /* a last 16 columns: the next 16 numbers of the token not read */
+      for (int64_t c = 0; c < d; c += 32) /* a last 8, 16 or 24 columns: the token's next numbers not read */
         _mm512_storeu_si512(rows + l * (dk / 2) + c / 2,
-                            row ? _mm512_maskz_loadu_epi16(d - c >= 32 ? ~(__mmask32)0 : (__mmask32)0xFFFF, row + c)
+                            row ? _mm512_maskz_loadu_epi16(d - c >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (d - c)) - 1u),
+                                                           row + c)
                                 : _mm512_setzero_si512());
     }
     for (int64_t w = 0; w < dk / 2; w++) _mm512_storeu_si512(panel + w * 16, _mm512_i32gather_epi32(at, rows + w, 4));
@@ -854,10 +868,11 @@ static TBF void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np,
   for (int64_t j = 0; j < np; j += 2) {
     const uint16_t* r0 = j < n ? (const uint16_t*)tokp[j] + voff : NULL;
     const uint16_t* r1 = j + 1 < n ? (const uint16_t*)tokp[j + 1] + voff : NULL;
-    uint32_t* dst = (uint32_t*)vp + (j / 2) * d;
-    for (int64_t c = 0; c < d; c += 16) {
-      const __m512i lo = r0 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(r0 + c))) : _mm512_setzero_si512();
-      const __m512i hi = r1 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(r1 + c))) : _mm512_setzero_si512();
+    uint32_t* dst = (uint32_t*)vp + (j / 2) * dv;
+    for (int64_t c = 0; c < dv; c += 16) {
+      const __mmask16 k = tail(d - c); /* a last 8 columns of a head of a multiple of 8 */
+      const __m512i lo = r0 ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, r0 + c)) : _mm512_setzero_si512();
+      const __m512i hi = r1 ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, r1 + c)) : _mm512_setzero_si512();
       _mm512_storeu_si512(dst + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
     }
   }
@@ -897,7 +912,8 @@ static void attend(int mode, int tok16, const float* const* q, const int64_t* to
  * x * scol with the q, k, v of head h at h d, C + h d, 2C + h d (C = nh d); with ws > 0 in windows of ws x ws
  * (tokens past the map: `bias`, 3C numbers), else over the whole map. tab_h (hh, d, hh) and tab_w (ww, d, ww): the
  * layer's relative tables transposed (hh = ww = ws in windows, else the map's size), or NULL for none. out: token
- * (y, x) at out + y * orow + x * ocol, head h at + h d. d: a multiple of 16 up to 128. Returns 0, 1 (shape not
+ * (y, x) at out + y * orow + x * ocol, head h at + h d. d: a multiple of 16 up to 128 (of 8 with tok16 and no
+ * tables). Returns 0, 1 (shape not
  * supported) or 2 (no memory). mode: 0 float32, 1 bf16 products (AVX-512 BF16), 2 bf16 products on AMX tiles (the
  * process has been granted them: geosam_amx_init; 1 where the compiler has no AMX).
  * tok16: qkv and bias are bf16 numbers (strides in numbers as for float32), mode 2 only (1 returned otherwise): the
@@ -906,10 +922,12 @@ static void attend(int mode, int tok16, const float* const* q, const int64_t* to
 int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t ws,
                         const void* bias, int64_t nh, int64_t d, float scale, const float* tab_h, const float* tab_w,
                         void* out, int64_t orow, int64_t ocol, int threads, int mode, int tok16, int out16) {
-  if (d % 16 != 0 || d < 16 || d > 128 || mh < 1 || mw < 1 || ws < 0 || (ws > 0 && bias == NULL)) return 1;
+  if (d % 8 != 0 || d < 16 || d > 128 || mh < 1 || mw < 1 || ws < 0 || (ws > 0 && bias == NULL)) return 1;
   if (mode == 2 && !GEOSAM_AMX) mode = 1;
   if (tok16 && mode != 2) return 1;
+  if (d % 16 != 0 && !(tok16 && tab_h == NULL)) return 1; /* heads of 8 more than 16s: bf16 tokens, AMX, no tables */
   const int esz = tok16 ? 2 : 4, oesz = out16 ? 2 : 4;
+  const int64_t dv = mode == 2 ? amx_value_width(d) : d; /* the blocks' outputs' row: attend_head_amx's o */
   int64_t hh = ws > 0 ? ws : mh, ww = ws > 0 ? ws : mw, n = hh * ww, np = (n + 31) / 32 * 32, cc = nh * d;
   int64_t nwy = (mh + hh - 1) / hh, nwx = (mw + ww - 1) / ww, nwin = nwy * nwx;
   /* windows: each (window, head) a task, packing its own keys and values; one map: every head packed first,
@@ -921,7 +939,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
   const int64_t sw = (flash ? flash_chunk(ww) : np) + 16; /* a row of scores */
   int64_t nb = (hh * ww + bq - 1) / bq;
   size_t kv = (size_t)(np * d) * (whole ? (size_t)nh : 1);
-  size_t work = (size_t)(bq * (sw + 2 * d + hh + ww) + 2 * bq + 32 + (tok16 ? bq * d : 0)); /* + the widened queries */
+  size_t work = (size_t)(bq * (sw + d + dv + hh + ww) + 2 * bq + 32 + (tok16 ? bq * d : 0)); /* + the widened queries */
   float* shared = NULL;
   float* rel = NULL; /* a whole map's relative terms of one head's tokens (rel_rows), n rows of hh + ww */
   const float** tok0 = NULL;
@@ -953,7 +971,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
     }
 #pragma omp barrier
     int ok = s != NULL && tokp != NULL && err == 0;
-    float *qs = s + bq * sw, *o = qs + bq * d, *rh = o + bq * d, *rw = rh + bq * hh, *inv = rw + bq * ww;
+    float *qs = s + bq * sw, *o = qs + bq * d, *rh = o + bq * dv, *rw = rh + bq * hh, *inv = rw + bq * ww;
     if (ok && tab_h == NULL) memset(rh, 0, sizeof(float) * (size_t)(bq * (hh + ww)));
     const float* q[BQ_MAX];
     int64_t tok[BQ_MAX], nq, ry = mh, rx = mw;
@@ -982,7 +1000,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
           else if (nq > 0)
             attend(mode, tok16, q, tok, nq, bq, scale, shared + h * np * d, shared + kv + h * np * d, tab_h, tab_w, rel, hh, ww,
                    d, s, qs, rh, rw, o, inv);
-          block_out(o, flash ? inv + bq : inv, nq, d, orows, out16); /* the reciprocal sums: the flash's after mx */
+          block_out(o, flash ? inv + bq : inv, nq, d, dv, orows, out16); /* the reciprocal sums: the flash's after mx */
         }
       }
     else {
@@ -1000,7 +1018,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
           block_rows(tokp, ww, ry, rx, b0, bq, h * d, esz, oh, orow, ocol, oesz, wy * hh, wx * ww, d, q, tok, orows, &nq);
           attend(mode, tok16, q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, small ? wrel : NULL, hh, ww, d, s, qs, rh,
                  rw, o, inv);
-          block_out(o, inv, nq, d, orows, out16);
+          block_out(o, inv, nq, d, dv, orows, out16);
         }
       }
     }

@@ -123,7 +123,7 @@ def _kernel_attention(x: torch.Tensor, blk: Any, wt: Weights, h: int, w: int) ->
     attn = blk.attn
     d = attn.dim_out // attn.num_attention_heads
     if wt.dtype != torch.bfloat16 or not takes(wt.dtype, d):
-        return None  # checked before the projection: bf16 tokens on AMX tiles, heads of a multiple of 16 up to 128
+        return None  # checked before the projection: bf16 tokens on AMX tiles, heads of a multiple of 8 up to 128
     ws = blk.window_size
     qkv = linear(x, attn.qkv, wt).view(h, w, -1)
     c = qkv.shape[-1] // 3

@@ -1,0 +1,85 @@
+"""SAM 2's bf16 Hiera encoder on CPUs with AMX, its blocks' attention through geosam's kernel or torch's fused
+attention: the kernel took heads of a multiple of 16 numbers only (Hiera-tiny / small: 96), so Hiera-B+ (56) and
+Hiera-L (72), SAM 2.1's two larger checkpoints, ran every block's attention in torch.
+
+Full-size random-weight ``Sam2Model`` encoders (`bench_sam2_encoder.SIZES`, seed 0), one 1024 px input; per size the
+two paths (``fast_hiera._kernel_attention`` as it is, or returning None: torch's attention on the windows)
+alternate ``--rounds`` times in one process after a warm-up (medians kept), and each path's levels are compared with
+the float32 module's. Writes ``--out``.
+
+Usage::
+
+    python benchmarks/bench_hiera_heads.py --sizes hiera_base_plus hiera_large --threads 2 --rounds 3 \\
+        --out benchmarks/results/hiera_heads.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return round(float((a.float() - b.float()).norm() / b.float().norm()), 7)
+
+
+def main() -> None:
+    from _alternate import alternate_patched
+    from _machine import machine
+    from bench_sam2_encoder import SIZES, build
+
+    import geosam.models.fast_hiera as fh
+    from geosam.models.cpu_attention import amx_available, takes
+    from geosam.models.cpu_memory import huge_pages_for_tensors
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="+", default=["hiera_base_plus", "hiera_large"], choices=list(SIZES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/hiera_heads.json"))
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    huge_pages_for_tensors()  # as load_model asks for SAM's models, before this process's first tensor
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    x = torch.randn((1, 3, 1024, 1024), generator=torch.Generator().manual_seed(0))
+    paths = {"kernel": fh._kernel_attention, "torch": lambda *a: None}
+    results: dict[str, object] = {}
+    for size in args.sizes:
+        model = build(size)
+        with torch.inference_mode():
+            want = model.get_image_embeddings(x)
+        heads = sorted({b.attn.dim_out // b.attn.num_attention_heads for b in model.vision_encoder.backbone.blocks})
+        seconds, outs = alternate_patched(fh, "_kernel_attention", paths,
+                                          lambda model=model: fh.fast_sam2_embeddings(model, x, torch.bfloat16),
+                                          args.rounds)  # fmt: skip
+        med = {name: statistics.median(v) for name, v in seconds.items()}
+        results[size] = {
+            "head_dims": heads,
+            "kernel_takes_them": [takes(torch.bfloat16, d) for d in heads],
+            "seconds": seconds,
+            "median_s": med,
+            "kernel_over_torch": round(med["kernel"] / med["torch"], 3),
+            "relative_distance_to_float32_by_level": {
+                name: [_relative(o, w) for o, w in zip(out, want, strict=True)] for name, out in outs.items()
+            },
+        }
+        print(size, json.dumps(results[size]), flush=True)
+        del model
+    out = {**machine(args.threads, args.note), "dtype": "bfloat16", "amx": amx_available(),
+           "input": "random 1 x 3 x 1024 x 1024, seed 0", "rounds": args.rounds, "sizes": results}  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
