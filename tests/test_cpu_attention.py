@@ -298,6 +298,38 @@ def test_bf16_softmax_and_amx_overlap_keep_the_bits(
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize(
+    ("mode", "hh", "ww", "nh", "d", "window"),
+    [("float32", 30, 30, 2, 64, 14), ("float32", 20, 20, 1, 32, 8), ("amx", 30, 30, 2, 64, 14), ("amx", 17, 9, 3, 72, 4),
+     ("amx", 20, 20, 1, 32, 8)],
+)
+def test_windows_fetching_the_next_tasks_rows_keep_the_bits(mode: str, hh: int, ww: int, nh: int, d: int,
+                                                            window: int) -> None:  # fmt: skip
+    """Each window's task fetches the next task's q, k and v rows into L2 (``geosam_attention512_prefetch``): the
+    same bits as without (windows that tile the map and padded ones, the last task fetching nothing), one and two
+    threads."""
+    if mode == "amx" and not cpu_attention.amx_available():
+        pytest.skip("no AMX tiles here")
+    qkv, bias, tables = _case(hh, ww, nh, d, window, seed=hh + ww + d)
+    tabs_t = transposed_tables(*tables) if d % 16 == 0 else None
+    if mode == "amx":
+        qkv, bias = qkv.bfloat16(), bias.bfloat16()
+    lib = cpu_attention._library()
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            outs = []
+            for on in (0, 1):
+                lib.geosam_attention512_prefetch(on)
+                outs.append(torch.full((hh, ww, nh * d), float("nan")))
+                assert cpu_attention.attention(qkv, nh, d**-0.5, tabs_t, outs[-1], window, bias, bf16=mode == "amx")
+            assert not outs[1].isnan().any() and torch.equal(outs[0], outs[1])
+    finally:
+        lib.geosam_attention512_prefetch(1)
+        torch.set_num_threads(threads)
+
+
 def test_bf16_tokens_are_refused_without_the_amx_products(monkeypatch) -> None:
     """bf16 tokens only in the AMX mode: without it (or without bf16 products) False, nothing written."""
     qkv, bias, tables = _case(12, 12, 2, 32, 5, seed=5)

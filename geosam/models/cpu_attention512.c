@@ -611,6 +611,12 @@ INLINE TBF float softmax_row_bf16(float* s, const float* rh, const float* rw, in
 /* 0: the bf16 modes run as the kernel did before numerators32_bf16 and the overlap: attend_head_amx's vector passes
  * between the tiles' products, both modes' softmax 16 numbers a step (the tests compare the two: the same bits) */
 static int overlap_tiles = 1;
+
+/* 1: a window's task fetches the next task's q, k and v rows into L2 while its own products and softmax run (the
+ * rows of a window, hh x ww tokens srow apart, defeat the hardware's prefetchers: the keys' packing and the queries'
+ * copies waited on L3 or memory). Bits unchanged; 0 for the benchmarks' comparison. */
+static int prefetch_next = 1;
+void geosam_attention512_prefetch(int on) { prefetch_next = on; }
 void geosam_attention512_overlap(int on) { overlap_tiles = on; }
 
 /* softmax_row_bf16 as it ran before numerators32_bf16: 16 numbers a step, each rounded, stored and widened again
@@ -1010,6 +1016,14 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
         int64_t win = w / nh, h = w % nh, wy = win / nwx, wx = win % nwx;
         float *kp = s + work, *vp = kp + kv, *wrel = vp + kv, *qf = wrel + n * (hh + ww);
         window_tokens(qkv, srow, scol, esz, mh, mw, hh, ww, wy, wx, bias, tokp, &ry, &rx);
+        if (prefetch_next && w + 1 < nwin * nh) { /* the next task's q, k and v rows on their way to L2 */
+          const int64_t w1 = (w + 1) / nh, h1 = (w + 1) % nh, y0 = (w1 / nwx) * hh, x0 = (w1 % nwx) * ww;
+          for (int64_t y = y0; y < y0 + hh && y < mh; y++)
+            for (int64_t x = x0; x < x0 + ww && x < mw; x++) {
+              const char* t = (const char*)qkv + (y * srow + x * scol) * esz;
+              for (int part = 0; part < 3; part++) fetch_l2(t + (part * cc + h1 * d) * esz, d * esz);
+            }
+        }
         pack(mode, tok16, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
         const int small = tab_h != NULL && hh <= 16 && ww <= 16; /* the window's terms first, for every block */
         if (small) window_rel(tokp, h * d, tok16, tab_h, tab_w, hh, ww, ry, rx, d, qf, wrel);

@@ -71,6 +71,11 @@ INLINE void fetch_lines(const void* p, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)p + b, _MM_HINT_T0);
 }
 
+/* the lines of p[0:bytes] fetched into L2 (a later task's rows, while this one's work runs) */
+INLINE void fetch_l2(const void* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)p + b, _MM_HINT_T1);
+}
+
 /* the lines of p[0:bytes] fetched for writing (prefetchw), so that the stores that follow find them owned: rows of
  * outputs and terms in large arrays, whose stores otherwise miss to L3 one by one and fill the store buffer */
 INLINE __attribute__((target("prfchw"))) void fetch_for_writing(void* p, int64_t bytes) {

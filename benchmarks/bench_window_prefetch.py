@@ -1,0 +1,148 @@
+"""Windowed attention with and without the next task's rows fetched into L2 (``geosam_attention512_prefetch``):
+whole encodes of SAM's ViT-B / ViT-H and SAM 2's Hiera-B+ / Hiera-L, which attend mostly in windows.
+
+The attention kernel (`geosam.models.cpu_attention`) runs a windowed layer as (window, head) tasks, each packing its
+window's keys and values and copying its queries from the layer's qkv projection; a window's rows lie a map row
+apart, which the hardware's prefetchers do not follow, so each task waited on L3 or memory for them. With the
+prefetch each task asks for the next task's q, k and v rows while its own products and softmax run. The outputs are
+the same bits (checked here on every encode).
+
+Full-size random-weight models (``bench_sam_vit_sizes.save_random_sam``, loaded through `geosam.models.load_model`;
+``bench_sam2_encoder.build``), one 1024 px input; per model the two settings alternate ``--rounds`` times in one
+process after a warm-up (medians kept). ``--layers``: the windowed layers alone instead (random bf16 or float32
+projections of those models' shapes at 1024 px, `LAYERS`), many more rounds in the same time. Writes ``--out``.
+
+Usage::
+
+    python benchmarks/bench_window_prefetch.py --models vit_b,vit_h,hiera_base_plus,hiera_large --dtype bfloat16 \\
+        --threads 2 --rounds 3 --out benchmarks/results/window_prefetch.json
+    python benchmarks/bench_window_prefetch.py --layers --threads 1 --rounds 15 --out window_prefetch_layers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+#: windowed layers at 1024 px: (map side, heads, head size, window, relative tables)
+LAYERS = {
+    "vit_b": (64, 12, 64, 14, True),
+    "vit_h": (64, 16, 80, 14, True),
+    "hiera_large_stage1": (256, 2, 72, 8, False),
+    "hiera_large_stage2": (128, 4, 72, 4, False),
+    "hiera_large_stage3": (64, 8, 72, 16, False),
+    "hiera_large_stage4": (32, 16, 72, 8, False),
+    "hiera_base_plus_stage3": (64, 8, 56, 14, False),
+}
+
+
+def _layer(name: str, dtype: torch.dtype) -> Callable[[], object]:
+    """One windowed layer's attention of `LAYERS`' ``name`` on a random projection, as a callable."""
+    from geosam.models import cpu_attention
+    from geosam.models.cpu_kernels import transposed_tables
+
+    side, heads, d, window, rel = LAYERS[name]
+    g = torch.Generator().manual_seed(side + d)
+    qkv = torch.randn((side, side, 3 * heads * d), generator=g).to(dtype)
+    bias = torch.randn(3 * heads * d, generator=g).to(dtype)
+    tables = [torch.randn((window, window, d), generator=g) * 0.1 for _ in range(2)]
+    tables_t = transposed_tables(*tables) if rel else None
+    bf16 = dtype == torch.bfloat16
+
+    def run() -> torch.Tensor:
+        out = torch.empty((side, side, heads * d), dtype=dtype)
+        if not cpu_attention.attention(qkv, heads, d**-0.5, tables_t, out, window, bias, bf16=bf16):
+            raise SystemExit(f"the kernel does not take {name} in {dtype} here")
+        return out
+
+    return run
+
+
+def _encoder(name: str, dtype: torch.dtype) -> Callable[[], object]:
+    """One 1024 px encode of the named model in ``dtype``, as a callable."""
+    from bench_amg import load_chips
+    from bench_sam2_encoder import build
+    from bench_sam_vit_sizes import save_random_sam
+
+    from geosam.models import encode, load_model, preprocess
+
+    if name.startswith("hiera"):
+        import geosam.models.fast_hiera as fh
+
+        model = build(name)
+        x = torch.randn((1, 3, 1024, 1024), generator=torch.Generator().manual_seed(0))
+        return lambda: fh.fast_sam2_embeddings(model, x, dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_random_sam(name, tmp)
+        bundle = load_model(tmp, device="cpu", dtype=str(dtype).removeprefix("torch."))
+    pixels = preprocess(bundle, [load_chips(1, 1024)[0].image])[0]
+    return lambda: encode(bundle, pixels)
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[call-overload]
+
+
+def main() -> None:
+    from _alternate import alternate
+    from _machine import machine
+
+    from geosam.models import cpu_attention
+    from geosam.models.cpu_memory import huge_pages_for_tensors
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="vit_b,vit_h,hiera_base_plus,hiera_large")
+    ap.add_argument("--layers", action="store_true", help="the windowed layers alone (LAYERS), not whole encodes")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/window_prefetch.json"))
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    huge_pages_for_tensors()  # as load_model asks for SAM's models, before this process's first tensor
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    dtype = getattr(torch, args.dtype)
+    lib = cpu_attention._library()
+    if lib is None:
+        raise SystemExit("the attention kernel is not in use here: nothing to compare")
+    setups = {
+        "without": lambda: lib.geosam_attention512_prefetch(0),
+        "with": lambda: lib.geosam_attention512_prefetch(1),
+    }
+    results: dict[str, object] = {}
+    for name in LAYERS if args.layers else args.models.split(","):
+        if args.layers and dtype == torch.float32 and LAYERS[name][2] % 16:
+            continue  # float32 heads are a multiple of 16
+        run = _layer(name, dtype) if args.layers else _encoder(name, dtype)
+        try:
+            seconds, outs = alternate(setups, run, args.rounds)
+        finally:
+            lib.geosam_attention512_prefetch(1)
+        med = {v: round(statistics.median(s), 4) for v, s in seconds.items()}
+        results[name] = {"seconds": seconds, "median_s": med, "with_over_without": round(med["with"] / med["without"], 3),
+                         "same_bits": _same(outs["with"], outs["without"])}  # fmt: skip
+        print(name, json.dumps(results[name]), flush=True)
+        del run
+    out = {**machine(args.threads, args.note), "dtype": args.dtype, "amx": cpu_attention.amx_available(),
+           "rounds": args.rounds, "layers" if args.layers else "models": results}  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
