@@ -255,7 +255,8 @@ def test_heads_of_a_multiple_of_8_need_bf16_tokens_and_no_tables() -> None:
 @pytest.mark.parametrize(
     ("hh", "ww", "nh", "d", "window", "rel", "special"),
     [(32, 64, 2, 64, 0, True, "nan"), (40, 32, 2, 32, 0, False, "large"), (5, 32, 3, 64, 0, True, "inf"),
-     (13, 11, 2, 64, 0, True, "large"), (30, 30, 2, 64, 14, True, "nan"), (17, 17, 2, 64, 7, False, "none")],
+     (13, 11, 2, 64, 0, True, "large"), (30, 30, 2, 64, 14, True, "nan"), (17, 17, 2, 64, 7, False, "none"),
+     (17, 17, 2, 64, 7, False, "negative"), (12, 12, 1, 32, 5, False, "negative")],
 )
 def test_bf16_softmax_and_amx_overlap_keep_the_bits(
     hh: int, ww: int, nh: int, d: int, window: int, rel: bool, special: str, mode: str
@@ -264,8 +265,9 @@ def test_bf16_softmax_and_amx_overlap_keep_the_bits(
     and row maxima taken as each 32 x 32 block of scores leaves the tiles (maps of 32k columns) and the numerators
     computed inside the first values pass, give the bits of the kernel as it ran before
     (`geosam_attention512_overlap(0)`: 16 numbers a step, the passes between the tiles' products): whole maps with
-    full and partial blocks of queries, windows, no tables, NaN / inf / large scores, bf16 and float32 tokens (AMX),
-    one and two threads."""
+    full and partial blocks of queries, windows (without tables: every window's maxima taken as the blocks leave the
+    tiles), no tables, NaN / inf / large / all far-negative scores, bf16 and float32 tokens (AMX), one and two
+    threads."""
     if mode == "amx" and not cpu_attention.amx_available():
         pytest.skip("no AMX tiles here")
     qkv, bias, tables = _case(hh, ww, nh, d, window, seed=3 * hh + ww)
@@ -275,6 +277,11 @@ def test_bf16_softmax_and_amx_overlap_keep_the_bits(
         qkv[0, 3, nh * d + 7] = float("inf")
     elif special == "large":
         qkv *= 40
+    elif special == "negative":  # every score far below zero: the keys padded past a window's tokens (zeros) must
+        c = nh * d  # not count in the rows' maxima (windows without tables run the AMX mode's fused pass)
+        qkv[..., :c] = qkv[..., :c].abs() * 8
+        qkv[..., c:2 * c] = -qkv[..., c:2 * c].abs() * 8
+        bias[:c], bias[c:2 * c] = bias[:c].abs() * 8, -bias[c:2 * c].abs() * 8
     tabs_t = transposed_tables(*tables) if rel else None
     lib = cpu_attention._library()
     threads = torch.get_num_threads()

@@ -155,6 +155,27 @@ def test_kernel_attention_rotates_and_attends_window_by_window(dtype: torch.dtyp
     assert torch.equal(qkv[:, 2 * heads * d:], values)
 
 
+@pytest.mark.parametrize("n", [100, 98])
+def test_bf16_windows_in_one_call_are_the_window_by_window_bits(n: int) -> None:
+    """In bf16 the windows run as one map of the windows stacked (the kernel's windowed tasks): the bits of each
+    window attended alone (a whole map of n tokens); windows of n tokens that are not a square grid (98) run window by
+    window."""
+    from geosam.models.cpu_attention import amx_available
+    from geosam.models.fast_sam3_vit import _kernel_attention
+
+    if not amx_available():
+        pytest.skip("the attention kernel runs bf16 on AMX tiles only")
+    g = torch.Generator().manual_seed(5)
+    nwin, heads, d = 4, 2, 32
+    qkv = (torch.randn((nwin * n, 3 * heads * d), generator=g) * 3).bfloat16()
+    ang = torch.rand((n, d // 2), generator=g) * 20
+    cos, sin = ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)
+    alone = [_kernel_attention(qkv[w * n:(w + 1) * n].clone(), 1, n, heads, 0.3, cos, sin) for w in range(nwin)]
+    got = _kernel_attention(qkv.clone(), nwin, n, heads, 0.3, cos, sin)
+    assert got is not None and all(a is not None for a in alone)
+    assert torch.equal(got, torch.cat(alone))  # type: ignore[arg-type]
+
+
 def test_vision_features_take_the_fused_vit_on_the_cpu(tiny_sam3_dir: str, count_calls: Any) -> None:
     """``vision_features`` (text and exemplar modes) runs it for SAM 3 on the CPU, ``fast_encoder=False`` the
     module: the same features."""

@@ -616,6 +616,11 @@ static int overlap_tiles = 1;
  * rows of a window, hh x ww tokens srow apart, defeat the hardware's prefetchers: the keys' packing and the queries'
  * copies waited on L3 or memory). Bits unchanged; 0 for the benchmarks' comparison. */
 static int prefetch_next = 1;
+
+/* 1: windows without tables (SAM 2's, SAM 3's) take attend_head_amx's fused pass (each block's maxima as it leaves the
+ * tiles) whatever their width; 0: only maps of 32k columns, as before (the benchmarks' comparison). Bits unchanged. */
+static int fused_windows = 1;
+void geosam_attention512_fused_windows(int on) { fused_windows = on; }
 void geosam_attention512_prefetch(int on) { prefetch_next = on; }
 void geosam_attention512_overlap(int on) { overlap_tiles = on; }
 
@@ -724,10 +729,10 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
   }
   block_rel(qw, tok, nq, tab_h, tab_w, hh, ww, d, rel, rh, rw);
   const int64_t pb = 16 * dk, sc = 4 * ss; /* a key panel (bf16); bytes between score rows */
-  /* rows of whole 32-wide vectors (a map of 32 k columns): each 32 x 32 block of scores gets its relative terms and
-   * goes into the rows' maxima as it leaves the tiles (scores_rel_max's operations in its order), while the next
-   * block's products run */
-  const int overlap = overlap_tiles, fused = overlap && ww % 32 == 0;
+  /* rows of whole 32-wide vectors (a map of 32 k columns), or no tables (the terms zeros: any window, as SAM 2's and
+   * SAM 3's): each 32 x 32 block of scores gets its relative terms and goes into the rows' maxima as it leaves the
+   * tiles (scores_rel_max's operations in its order), while the next block's products run */
+  const int overlap = overlap_tiles, fused = overlap && (ww % 32 == 0 || (tab_h == NULL && fused_windows));
   const __m512 fs = _mm512_set1_ps(scale);
   __m512 mxv[BQ_AMX], sumv[BQ_AMX];
   for (int64_t r = 0; r < nq; r++) mxv[r] = _mm512_set1_ps(-__builtin_inff());
@@ -756,12 +761,15 @@ static TAMX void attend_head_amx(const float* const* q, int tok16, const int64_t
     }
     if (fused) {
       const int64_t j = t * 16, kr = j / ww, kc = j % ww;
+      /* the padded keys' scores (a last block past n: windows without tables) kept out of the maxima */
+      const __mmask16 k0 = j < n ? tail(n - j) : 0, k1 = j + 16 < n ? tail(n - j - 16) : 0;
       for (int64_t r = 0; r < nq; r++) {
         float* row = s + r * ss + j;
-        const float* rwr = (tab_h ? rw + r * ww : rw) + kc;
+        const float* rwr = (tab_h ? rw + r * ww : rw) + kc; /* no tables: zeros (rh, rw hold bq (hh + ww) of them) */
         const __m512 h = _mm512_set1_ps((tab_h ? rh + r * hh : rh)[kr]);
         const __m512 x0 = scores_rel16(row, fs, h, rwr), x1 = scores_rel16(row + 16, fs, h, rwr + 16);
-        mxv[r] = _mm512_max_ps(_mm512_max_ps(mxv[r], x0), x1);
+        const __m512 m0 = _mm512_mask_max_ps(mxv[r], k0, mxv[r], x0);
+        mxv[r] = _mm512_mask_max_ps(m0, k1, m0, x1);
       }
     }
   }

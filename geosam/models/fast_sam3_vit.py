@@ -17,6 +17,7 @@ autocast. Float32 matches the module to float rounding, bf16 is as close to floa
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -87,13 +88,16 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 def _kernel_attention(qkv: torch.Tensor, nwin: int, n: int, heads: int, scale: float, cos: torch.Tensor,
                       sin: torch.Tensor) -> torch.Tensor | None:  # fmt: skip
-    """The windows' attention of ``qkv`` (nwin * n, 3C) through `geosam.models.cpu_attention`'s kernel, window by
-    window, the queries and keys rotated in place first (`geosam.models.cpu_convert.rope`, transformers' bits):
-    (nwin * n, C) in qkv's dtype, or None where the kernel or the rotation does not run here (qkv as the product
-    left it); torch's fused attention on the rotated views where the kernel turns a window down. bf16 on AMX tiles
-    (heads of a multiple of 16 up to 128), float32 on AVX-512. Intel Xeon with AMX, 2 threads, SAM 3's default ViT at 1008
-    px, torch's fused attention -> the kernel: bf16 a global layer 176 -> 146 ms, a layer of nine 24 x 24 windows
-    26.9 -> 18.9 ms; float32 557 -> 513 ms and 88.9 -> 59.3 ms."""
+    """The windows' attention of ``qkv`` (nwin * n, 3C) through `geosam.models.cpu_attention`'s kernel, the queries
+    and keys rotated in place first (`geosam.models.cpu_convert.rope`, transformers' bits): (nwin * n, C) in qkv's
+    dtype, or None where the kernel or the rotation does not run here (qkv as the product left it); torch's fused
+    attention on the rotated views where the kernel turns the windows down. bf16 on AMX tiles (heads of a multiple of 8
+    up to 128), float32 on AVX-512. Intel Xeon with AMX, 2 threads, SAM 3's default ViT at 1008 px, torch's fused
+    attention -> the kernel: bf16 a global layer 176 -> 146 ms, a layer of nine 24 x 24 windows 26.9 -> 18.9 ms;
+    float32 557 -> 513 ms and 88.9 -> 59.3 ms. bf16 windows run as one map of the windows stacked (the kernel's
+    windowed tasks, which fetch the next window's rows ahead), the same bits as window by window: 42.7 -> 39.3 ms a
+    layer (1 thread 67.6 -> 60.0 ms, the same process, a slower phase of the host); float32 stays window by window
+    (whole maps of 32k columns run the kernel's chunked softmax: 95 vs 100 ms)."""
     from geosam.models.cpu_attention import attention, takes
     from geosam.models.cpu_convert import rope
 
@@ -107,8 +111,13 @@ def _kernel_attention(qkv: torch.Tensor, nwin: int, n: int, heads: int, scale: f
         return None  # qkv untouched
     if rope(k, cos[None], sin[None], in_place=True) is not None:
         out = torch.empty((nwin * n, c), dtype=qkv.dtype)
-        if all(attention(qkv[w * n:(w + 1) * n].view(1, n, 3 * c), heads, scale, None,
-                         out[w * n:(w + 1) * n].view(1, n, c), 0, None, bf16=bf16) for w in range(nwin)):  # fmt: skip
+        side = math.isqrt(n)
+        if bf16 and nwin > 1 and side * side == n:  # the windows stacked as one map of nwin * side rows, which they tile
+            if attention(qkv.view(nwin * side, side, 3 * c), heads, scale, None, out.view(nwin * side, side, c), side,
+                         qkv.new_zeros(3 * c), bf16=True):  # fmt: skip
+                return out
+        elif all(attention(qkv[w * n:(w + 1) * n].view(1, n, 3 * c), heads, scale, None,
+                           out[w * n:(w + 1) * n].view(1, n, c), 0, None, bf16=bf16) for w in range(nwin)):  # fmt: skip
             return out
     else:  # pragma: no cover - the kernel rotated the queries
         k = _rope(k, cos, sin)

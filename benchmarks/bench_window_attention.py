@@ -1,22 +1,28 @@
-"""Windowed attention with and without the next task's rows fetched into L2 (``geosam_attention512_prefetch``):
-whole encodes of SAM's ViT-B / ViT-H and SAM 2's Hiera-B+ / Hiera-L, which attend mostly in windows.
+"""Two settings of the attention kernel's windowed layers, each on and off, alternating in one process: whole encodes
+of SAM's ViT-B / ViT-H and SAM 2's Hiera-B+ / Hiera-L, or (``--layers``) windowed layers alone (those models' and
+SAM 3's ViT's shapes at 1024 / 1008 px, `LAYERS`). The outputs are the same bits either way (checked every run).
 
-The attention kernel (`geosam.models.cpu_attention`) runs a windowed layer as (window, head) tasks, each packing its
-window's keys and values and copying its queries from the layer's qkv projection; a window's rows lie a map row
-apart, which the hardware's prefetchers do not follow, so each task waited on L3 or memory for them. With the
-prefetch each task asks for the next task's q, k and v rows while its own products and softmax run. The outputs are
-the same bits (checked here on every encode).
+``--setting prefetch`` (``geosam_attention512_prefetch``): the kernel runs a windowed layer as (window, head) tasks,
+each packing its window's keys and values and copying its queries from the layer's qkv projection; a window's rows
+lie a map row apart, which the hardware's prefetchers do not follow, so each task waited on L3 or memory for them.
+With the prefetch each task asks for the next task's q, k and v rows while its own products and softmax run.
+
+``--setting fused_windows`` (``geosam_attention512_fused_windows``): in the AMX mode, windows without relative
+tables (SAM 2's, SAM 3's) take the fused pass (each 32 x 32 block's scores into the rows' maxima as they leave the
+tiles) at any width, not only maps of 32k columns; off, a window's rows of 24 (SAM 3) or 8 (Hiera) scores ran the
+separate pass, with a masked store per row.
 
 Full-size random-weight models (``bench_sam_vit_sizes.save_random_sam``, loaded through `geosam.models.load_model`;
 ``bench_sam2_encoder.build``), one 1024 px input; per model the two settings alternate ``--rounds`` times in one
-process after a warm-up (medians kept). ``--layers``: the windowed layers alone instead (random bf16 or float32
-projections of those models' shapes at 1024 px, `LAYERS`), many more rounds in the same time. Writes ``--out``.
+process after a warm-up (medians kept); ``--layers``: random bf16 or float32 projections, many more rounds in the
+same time. Writes ``--out``.
 
 Usage::
 
-    python benchmarks/bench_window_prefetch.py --models vit_b,vit_h,hiera_base_plus,hiera_large --dtype bfloat16 \\
-        --threads 2 --rounds 3 --out benchmarks/results/window_prefetch.json
-    python benchmarks/bench_window_prefetch.py --layers --threads 1 --rounds 15 --out window_prefetch_layers.json
+    python benchmarks/bench_window_attention.py --setting prefetch --models vit_b,vit_h,hiera_base_plus,hiera_large \\
+        --dtype bfloat16 --threads 2 --rounds 3 --out benchmarks/results/window_prefetch.json
+    python benchmarks/bench_window_attention.py --setting fused_windows --layers --threads 1 --rounds 15 \\
+        --out window_fused_layers.json
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ LAYERS = {
     "hiera_large_stage3": (64, 8, 72, 16, False),
     "hiera_large_stage4": (32, 16, 72, 8, False),
     "hiera_base_plus_stage3": (64, 8, 56, 14, False),
+    "sam3_vit": (72, 16, 64, 24, False),
 }
 
 
@@ -105,12 +112,13 @@ def main() -> None:
     from geosam.models.cpu_memory import huge_pages_for_tensors
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--setting", choices=["prefetch", "fused_windows"], default="prefetch")
     ap.add_argument("--models", default="vit_b,vit_h,hiera_base_plus,hiera_large")
     ap.add_argument("--layers", action="store_true", help="the windowed layers alone (LAYERS), not whole encodes")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/window_prefetch.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/window_attention.json"))
     ap.add_argument("--note", default="")
     args = ap.parse_args()
     huge_pages_for_tensors()  # as load_model asks for SAM's models, before this process's first tensor
@@ -120,10 +128,8 @@ def main() -> None:
     lib = cpu_attention._library()
     if lib is None:
         raise SystemExit("the attention kernel is not in use here: nothing to compare")
-    setups = {
-        "without": lambda: lib.geosam_attention512_prefetch(0),
-        "with": lambda: lib.geosam_attention512_prefetch(1),
-    }
+    switch = getattr(lib, f"geosam_attention512_{args.setting}")
+    setups = {"without": lambda: switch(0), "with": lambda: switch(1)}
     results: dict[str, object] = {}
     for name in LAYERS if args.layers else args.models.split(","):
         if args.layers and dtype == torch.float32 and LAYERS[name][2] % 16:
@@ -132,13 +138,14 @@ def main() -> None:
         try:
             seconds, outs = alternate(setups, run, args.rounds)
         finally:
-            lib.geosam_attention512_prefetch(1)
+            switch(1)
         med = {v: round(statistics.median(s), 4) for v, s in seconds.items()}
         results[name] = {"seconds": seconds, "median_s": med, "with_over_without": round(med["with"] / med["without"], 3),
                          "same_bits": _same(outs["with"], outs["without"])}  # fmt: skip
         print(name, json.dumps(results[name]), flush=True)
         del run
-    out = {**machine(args.threads, args.note), "dtype": args.dtype, "amx": cpu_attention.amx_available(),
+    out = {**machine(args.threads, args.note), "setting": args.setting, "dtype": args.dtype,
+           "amx": cpu_attention.amx_available(),
            "rounds": args.rounds, "layers" if args.layers else "models": results}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
