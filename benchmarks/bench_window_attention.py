@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-#: windowed layers at 1024 px: (map side, heads, head size, window, relative tables)
+#: windowed layers at 1024 px (SAM 3: 1008): (map side, heads, head size, window, relative tables)
 LAYERS = {
     "vit_b": (64, 12, 64, 14, True),
     "vit_h": (64, 16, 80, 14, True),
@@ -52,6 +52,7 @@ LAYERS = {
     "hiera_large_stage4": (32, 16, 72, 8, False),
     "hiera_base_plus_stage3": (64, 8, 56, 14, False),
     "sam3_vit": (72, 16, 64, 24, False),
+    "sam3_vit_global": (72, 16, 64, 0, False),  # a whole map (window 0): 72 columns, not a multiple of 32
 }
 
 
@@ -64,7 +65,7 @@ def _layer(name: str, dtype: torch.dtype) -> Callable[[], object]:
     g = torch.Generator().manual_seed(side + d)
     qkv = torch.randn((side, side, 3 * heads * d), generator=g).to(dtype)
     bias = torch.randn(3 * heads * d, generator=g).to(dtype)
-    tables = [torch.randn((window, window, d), generator=g) * 0.1 for _ in range(2)]
+    tables = [torch.randn((window or side, window or side, d), generator=g) * 0.1 for _ in range(2)]
     tables_t = transposed_tables(*tables) if rel else None
     bf16 = dtype == torch.bfloat16
 
