@@ -12,6 +12,10 @@ tables (SAM 2's, SAM 3's) take the fused pass (each 32 x 32 block's scores into 
 tiles) at any width, not only maps of 32k columns; off, a window's rows of 24 (SAM 3) or 8 (Hiera) scores ran the
 separate pass, with a masked store per row.
 
+``--setting sam3_one_call`` (``--layers`` only: SAM 3's windowed layer): the nine windows of a SAM 3 ViT layer as
+one map of the windows stacked (one call: the windowed tasks, as `geosam.models.fast_sam3_vit` runs bf16 now) or one
+call per window (a whole map of 576 tokens each, as before and as float32 still runs).
+
 Full-size random-weight models (``bench_sam_vit_sizes.save_random_sam``, loaded through `geosam.models.load_model`;
 ``bench_sam2_encoder.build``), one 1024 px input; per model the two settings alternate ``--rounds`` times in one
 process after a warm-up (medians kept); ``--layers``: random bf16 or float32 projections, many more rounds in the
@@ -69,13 +73,35 @@ def _layer(name: str, dtype: torch.dtype) -> Callable[[], object]:
     tables_t = transposed_tables(*tables) if rel else None
     bf16 = dtype == torch.bfloat16
 
+    # SAM 3's windows stacked, as fast_sam3_vit has them (SAM 2's and SAM's windows stay on the map, as their encoders
+    # give the kernel the whole map's projection)
+    stacked = name.startswith("sam3") and window > 0 and side % window == 0
+    if stacked:
+        nwin, n, c3 = (side // window) ** 2, window * window, 3 * heads * d
+        qkv = (
+            qkv.view(side // window, window, side // window, window, c3)
+            .transpose(1, 2)
+            .reshape(nwin * window, window, c3)
+        )
+
     def run() -> torch.Tensor:
-        out = torch.empty((side, side, heads * d), dtype=dtype)
-        if not cpu_attention.attention(qkv, heads, d**-0.5, tables_t, out, window, bias, bf16=bf16):
+        out = torch.empty((*qkv.shape[:2], heads * d), dtype=dtype)
+        if stacked and not ONE_CALL[0]:  # window by window, each a whole map of n tokens
+            ok = all(cpu_attention.attention(qkv[w * window:(w + 1) * window].view(1, n, c3), heads, d**-0.5, None,
+                                             out[w * window:(w + 1) * window].view(1, n, -1), 0, None, bf16=bf16)
+                     for w in range(nwin))  # fmt: skip
+        else:
+            ok = cpu_attention.attention(qkv, heads, d**-0.5, tables_t, out, window, bias, bf16=bf16)
+        if not ok:
             raise SystemExit(f"the kernel does not take {name} in {dtype} here")
         return out
 
     return run
+
+
+#: ``--setting sam3_one_call``: whether `_layer` runs windows without tables as one call (the windowed tasks) or one
+#: call per window
+ONE_CALL = [True]
 
 
 def _encoder(name: str, dtype: torch.dtype) -> Callable[[], object]:
@@ -113,7 +139,7 @@ def main() -> None:
     from geosam.models.cpu_memory import huge_pages_for_tensors
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--setting", choices=["prefetch", "fused_windows"], default="prefetch")
+    ap.add_argument("--setting", choices=["prefetch", "fused_windows", "sam3_one_call"], default="prefetch")
     ap.add_argument("--models", default="vit_b,vit_h,hiera_base_plus,hiera_large")
     ap.add_argument("--layers", action="store_true", help="the windowed layers alone (LAYERS), not whole encodes")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -129,10 +155,19 @@ def main() -> None:
     lib = cpu_attention._library()
     if lib is None:
         raise SystemExit("the attention kernel is not in use here: nothing to compare")
-    switch = getattr(lib, f"geosam_attention512_{args.setting}")
+    if args.setting == "sam3_one_call":
+        if not args.layers:
+            raise SystemExit("--setting sam3_one_call compares layers (--layers)")
+        args.models = "sam3_vit"
+
+        def switch(on: int) -> None:
+            ONE_CALL[0] = bool(on)
+    else:
+        switch = getattr(lib, f"geosam_attention512_{args.setting}")
     setups = {"without": lambda: switch(0), "with": lambda: switch(1)}
     results: dict[str, object] = {}
-    for name in LAYERS if args.layers else args.models.split(","):
+    names = args.models.split(",") if not args.layers or args.setting == "sam3_one_call" else list(LAYERS)
+    for name in names:
         if args.layers and dtype == torch.float32 and LAYERS[name][2] % 16:
             continue  # float32 heads are a multiple of 16
         run = _layer(name, dtype) if args.layers else _encoder(name, dtype)
