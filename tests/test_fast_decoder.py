@@ -386,15 +386,21 @@ def test_upscaling_several_prompts_at_a_time_equals_one_at_a_time(sam_size):
     torch.testing.assert_close(one[[0, 2, 3]], several[[0, 2, 3]], rtol=1e-4, atol=1e-4)
 
 
-def test_chunks_write_into_one_batch_tensor(sam_size) -> None:
-    """A batch over several CPU chunks (the last one partial) gives the stock masks; `fast_decode` writes into the
-    ``out`` it is given (a chunk's slice of the batch's masks) and returns it."""
-    from geosam.models.compile import FAST_DECODER_CPU_CHUNK
+def test_chunks_write_into_one_batch_tensor(sam_size, monkeypatch: pytest.MonkeyPatch, count_calls) -> None:
+    """A batch over several CPU chunks (the last one partial; chunks of 4 prompts here instead of
+    `FAST_DECODER_CPU_CHUNK`'s 32, so that the stock decoder's reference stays quick) gives the stock masks;
+    `fast_decode` writes into the ``out`` it is given (a chunk's slice of the batch's masks) and returns it."""
+    import geosam.models.runtime as runtime
 
+    import geosam.models.fast_decoder as fdec
+
+    monkeypatch.setattr(runtime, "FAST_DECODER_CPU_CHUNK", 4)
     bundle, emb = sam_size
-    n = 2 * FAST_DECODER_CPU_CHUNK + 3
+    n = 2 * 4 + 3
     pts = torch.rand((n, 2), generator=torch.Generator().manual_seed(12)) * bundle.input_size
+    calls = count_calls(fdec, "fast_decode")
     fast = gm.decode_points(dataclasses.replace(bundle, fast_decoder=True), emb, pts, multimask=True)
+    assert len(calls) == 3  # 4 + 4 + 3 prompts
     _close(fast, gm.decode_points(dataclasses.replace(bundle, fast_decoder=False), emb, pts, multimask=True))
     model = bundle.model
     with torch.inference_mode():
