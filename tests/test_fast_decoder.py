@@ -390,9 +390,8 @@ def test_chunks_write_into_one_batch_tensor(sam_size, monkeypatch: pytest.Monkey
     """A batch over several CPU chunks (the last one partial; chunks of 4 prompts here instead of
     `FAST_DECODER_CPU_CHUNK`'s 32, so that the stock decoder's reference stays quick) gives the stock masks;
     `fast_decode` writes into the ``out`` it is given (a chunk's slice of the batch's masks) and returns it."""
-    import geosam.models.runtime as runtime
-
     import geosam.models.fast_decoder as fdec
+    from geosam.models import runtime
 
     monkeypatch.setattr(runtime, "FAST_DECODER_CPU_CHUNK", 4)
     bundle, emb = sam_size
