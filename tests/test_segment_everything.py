@@ -133,7 +133,7 @@ def test_invalid_pixels_keep_the_lazy_path_and_the_full_paths_results(
     valid = xx + yy > 500
     chip = make_chip(1024, 1024, valid=valid, seed=4)
     gen = SamMaskGenerator(
-        bundle, points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=stability, box_nms_thresh=0.5
+        bundle, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=stability, box_nms_thresh=0.5
     )
     upsampled = count_upsampled(monkeypatch, "upsample_masks")
     lazy = gen.generate(chip)
