@@ -59,6 +59,20 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def _assert_bf16_as_close_as_autocast(model: Any, x: torch.Tensor) -> None:
+    """geosam's bf16 levels each as close to the float32 module as autocast's bf16 is (1.5x margin)."""
+    import geosam.models.fast_hiera as fh
+
+    with torch.inference_mode():
+        want = model.get_image_embeddings(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model.get_image_embeddings(x)
+    got = fh.fast_sam2_embeddings(model, x, torch.bfloat16)
+    for g, a, w in zip(got, auto, want, strict=True):
+        assert g.dtype == torch.float32
+        assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
+
+
 @pytest.mark.parametrize(("heads", "windows"), [((1, 1, 1, 1), (8, 4, 14, 7)), ((1, 2, 2, 4), (16, 8, 6, 5))])
 def test_fast_hiera_gives_the_modules_embeddings(heads: tuple[int, ...], windows: tuple[int, ...]) -> None:
     """Float32: every level ``get_image_embeddings`` returns, to float rounding (several heads; windows padded on
@@ -90,19 +104,10 @@ def test_fast_hiera_bf16_is_as_close_to_float32_as_autocast(kernel: bool, monkey
     if not kernel:
         monkeypatch.setattr(fh, "_kernel_attention", lambda *a: None)
     ran = call_results(ca, "attention")
-    model = _model((1, 1, 1, 2), windows=(8, 4, 14, 7))  # heads of 8, 16, 32, 32 numbers
-    x = _image(2)
-    with torch.inference_mode():
-        want = model.get_image_embeddings(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            auto = model.get_image_embeddings(x)
-    got = fh.fast_sam2_embeddings(model, x, torch.bfloat16)
+    _assert_bf16_as_close_as_autocast(_model((1, 1, 1, 2), windows=(8, 4, 14, 7)), _image(2))  # heads of 8, 16, 32, 32
     # blocks 0 and 3 pool no queries (1, 2 and 4 do); block 0's heads of 8 numbers are not the kernel's (not tried:
     # no projection made twice), block 3's of 32 are where it runs bf16 tokens (AMX)
     assert ran == ([True] if kernel and ca.amx_available() else [])
-    for g, a, w in zip(got, auto, want, strict=True):
-        assert g.dtype == torch.float32
-        assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
 
 
 @needs_bf16_ops
@@ -110,19 +115,11 @@ def test_fast_hiera_bf16_runs_heads_of_a_multiple_of_8_through_the_kernel(call_r
     """Heads of 24 numbers (8 more than 16, as Hiera-B+'s 56 and Hiera-L's 72): every block that pools no queries
     runs geosam's kernel on AMX tiles (bf16 tokens, no tables), each level as close to float32 as autocast is."""
     import geosam.models.cpu_attention as ca
-    import geosam.models.fast_hiera as fh
 
     ran = call_results(ca, "attention")
-    model = _model((1, 2, 4, 8), windows=(8, 4, 14, 7), dims=(24, 48, 96, 192), seed=3)
-    x = _image(3)
-    with torch.inference_mode():
-        want = model.get_image_embeddings(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            auto = model.get_image_embeddings(x)
-    got = fh.fast_sam2_embeddings(model, x, torch.bfloat16)
+    _assert_bf16_as_close_as_autocast(_model((1, 2, 4, 8), windows=(8, 4, 14, 7), dims=(24, 48, 96, 192), seed=3),
+                                      _image(3))  # fmt: skip
     assert ran == ([True, True] if ca.amx_available() else [])  # blocks 0 (windows of 8) and 3 (global)
-    for g, a, w in zip(got, auto, want, strict=True):
-        assert _relative(g, w) < 1.5 * _relative(a, w) + 1e-3, (_relative(g, w), _relative(a, w))
 
 
 @needs_bf16_ops
