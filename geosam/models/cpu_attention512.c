@@ -922,6 +922,17 @@ static void attend(int mode, int tok16, const float* const* q, const int64_t* to
     attend_head(q, tok, nq, bq, scale, kp, vp, tab_h, tab_w, rel, hh, ww, d, s, qs, rh, rw, o, inv);
 }
 
+/* the q, k and v rows of head offset hoff (d numbers each; C = cc) of the map's tokens y0 .. y1 x x0 .. x1 fetched
+ * into L2 */
+static void fetch_window_rows(const void* qkv, int64_t srow, int64_t scol, int esz, int64_t y0, int64_t y1, int64_t x0,
+                              int64_t x1, int64_t cc, int64_t hoff, int64_t d) {
+  for (int64_t y = y0; y < y1; y++)
+    for (int64_t x = x0; x < x1; x++) {
+      const char* t = (const char*)qkv + (y * srow + x * scol) * esz;
+      for (int part = 0; part < 3; part++) fetch_l2(t + (part * cc + hoff) * esz, d * esz);
+    }
+}
+
 /* A SAM attention layer, every head, from its qkv projection: an mh x mw map, token (y, x) at qkv + y * srow +
  * x * scol with the q, k, v of head h at h d, C + h d, 2C + h d (C = nh d); with ws > 0 in windows of ws x ws
  * (tokens past the map: `bias`, 3C numbers), else over the whole map. tab_h (hh, d, hh) and tab_w (ww, d, ww): the
@@ -1025,12 +1036,9 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
         float *kp = s + work, *vp = kp + kv, *wrel = vp + kv, *qf = wrel + n * (hh + ww);
         window_tokens(qkv, srow, scol, esz, mh, mw, hh, ww, wy, wx, bias, tokp, &ry, &rx);
         if (prefetch_next && w + 1 < nwin * nh) { /* the next task's q, k and v rows on their way to L2 */
-          const int64_t w1 = (w + 1) / nh, h1 = (w + 1) % nh, y0 = (w1 / nwx) * hh, x0 = (w1 % nwx) * ww;
-          for (int64_t y = y0; y < y0 + hh && y < mh; y++)
-            for (int64_t x = x0; x < x0 + ww && x < mw; x++) {
-              const char* t = (const char*)qkv + (y * srow + x * scol) * esz;
-              for (int part = 0; part < 3; part++) fetch_l2(t + (part * cc + h1 * d) * esz, d * esz);
-            }
+          const int64_t w1 = (w + 1) / nh, y0 = (w1 / nwx) * hh, x0 = (w1 % nwx) * ww;
+          fetch_window_rows(qkv, srow, scol, esz, y0, y0 + hh < mh ? y0 + hh : mh, x0, x0 + ww < mw ? x0 + ww : mw, cc,
+                            ((w + 1) % nh) * d, d);
         }
         pack(mode, tok16, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
         const int small = tab_h != NULL && hh <= 16 && ww <= 16; /* the window's terms first, for every block */
