@@ -17,7 +17,8 @@ one map of the windows stacked (one call: the windowed tasks, as `geosam.models.
 call per window (a whole map of 576 tokens each, as before and as float32 still runs).
 
 Full-size random-weight models (``bench_sam_vit_sizes.save_random_sam``, loaded through `geosam.models.load_model`;
-``bench_sam2_encoder.build``), one 1024 px input; per model the two settings alternate ``--rounds`` times in one
+``bench_sam2_encoder.build``; ``sam3``: SAM 3's backbone, `geosam.models.sam3.vision_features`, of
+``bench_sam3._save_model``'s model on a 1008 px chip), one 1024 px input; per model the two settings alternate ``--rounds`` times in one
 process after a warm-up (medians kept); ``--layers``: random bf16 or float32 projections, many more rounds in the
 same time. Writes ``--out``.
 
@@ -112,6 +113,16 @@ def _encoder(name: str, dtype: torch.dtype) -> Callable[[], object]:
 
     from geosam.models import encode, load_model, preprocess
 
+    if name == "sam3":  # the backbone (ViT and FPN) of a full-size random SAM 3 on a 1008 px chip
+        from bench_sam3 import _save_model
+
+        from geosam.models.sam3 import vision_features
+
+        with tempfile.TemporaryDirectory() as tmp:
+            _save_model(tmp)
+            sam3 = load_model(tmp, device="cpu", dtype=str(dtype).removeprefix("torch."))
+        pv = preprocess(sam3, [load_chips(1, 1024)[0].image])[0]
+        return lambda: vision_features(sam3, pv)
     if name.startswith("hiera"):
         import geosam.models.fast_hiera as fh
 
@@ -128,7 +139,9 @@ def _encoder(name: str, dtype: torch.dtype) -> Callable[[], object]:
 def _same(a: object, b: object) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[call-overload]
+    if hasattr(a, "to_tuple"):  # transformers' ModelOutput
+        return _same(a.to_tuple(), b.to_tuple())  # type: ignore[attr-defined]
+    return all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[call-overload]
 
 
 def main() -> None:
