@@ -383,6 +383,8 @@ static T512 void block_out(const float* o, const float* inv, int64_t nq, int64_t
         _mm256_storeu_si256((__m256i*)((uint16_t*)out[r] + c), round16_aten(x));
       else if (out16)
         _mm_storeu_si128((__m128i*)((uint16_t*)out[r] + c), _mm256_castsi256_si128(round16_aten(x)));
+      else if (d - c >= 16) /* whole vectors unmasked: masked stores are slow on some CPUs (AMD Zen 4) */
+        _mm512_storeu_ps(out[r] + c, x);
       else
         _mm512_mask_storeu_ps(out[r] + c, tail(d - c), x);
     }
