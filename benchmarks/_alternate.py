@@ -1,13 +1,38 @@
 """Variants timed side by side in one process: any setting (`alternate`) or one module attribute
-(`alternate_patched`); imported by the scripts beside it (``from _alternate import alternate``)."""
+(`alternate_patched`), and the command line and process set-up those scripts share (`parse_and_set_up`); imported by
+the scripts beside it (``from _alternate import alternate``)."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_and_set_up(ap: argparse.ArgumentParser, out: str) -> argparse.Namespace:
+    """``ap``'s arguments with the ones every alternating benchmark takes (``--threads`` 2, ``--rounds`` 3, ``--out``
+    ``benchmarks/results/<out>``, ``--note``), parsed; then the process set up as a real run has it: huge pages for
+    torch's large blocks (as `geosam.models.load_model` asks for SAM's models, before this process's first tensor),
+    that many threads, no autograd."""
+    import torch
+
+    from geosam.models.cpu_memory import huge_pages_for_tensors
+
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(RESULTS / out))
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    huge_pages_for_tensors()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    return args
 
 
 def alternate(setups: dict[str, Callable[[], None]], run: Callable[[], T],

@@ -33,24 +33,16 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main() -> None:
-    from _alternate import alternate_patched
+    from _alternate import alternate_patched, parse_and_set_up
     from _machine import machine
     from bench_sam2_encoder import SIZES, build
 
     import geosam.models.fast_hiera as fh
     from geosam.models.cpu_attention import amx_available, takes
-    from geosam.models.cpu_memory import huge_pages_for_tensors
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["hiera_base_plus", "hiera_large"], choices=list(SIZES))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/hiera_heads.json"))
-    ap.add_argument("--note", default="")
-    args = ap.parse_args()
-    huge_pages_for_tensors()  # as load_model asks for SAM's models, before this process's first tensor
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
+    args = parse_and_set_up(ap, "hiera_heads.json")
     x = torch.randn((1, 3, 1024, 1024), generator=torch.Generator().manual_seed(0))
     paths = {"kernel": fh._kernel_attention, "torch": lambda *a: None}
     results: dict[str, object] = {}

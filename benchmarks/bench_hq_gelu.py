@@ -31,25 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    from _alternate import alternate_patched
+    from _alternate import alternate_patched, parse_and_set_up
     from _machine import machine
     from bench_amg import load_chips
     from bench_stock_decoder import build
 
     import geosam.models.cpu_hq as ch
     from geosam.models import decode_points, encode, load_model, preprocess
-    from geosam.models.cpu_memory import huge_pages_for_tensors
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--grid", type=int, default=16)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/hq_gelu.json"))
-    ap.add_argument("--note", default="")
-    args = ap.parse_args()
-    huge_pages_for_tensors()
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
+    args = parse_and_set_up(ap, "hq_gelu.json")
     with tempfile.TemporaryDirectory() as tmp:
         build("sam_hq", tmp)
         bundle = load_model(tmp, device="cpu", dtype="bfloat16")

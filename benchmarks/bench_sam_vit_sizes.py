@@ -52,24 +52,16 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main() -> None:
-    from _alternate import alternate_patched
+    from _alternate import alternate_patched, parse_and_set_up
     from _machine import machine
     from bench_amg import load_chips
 
     import geosam.models.fast_encoder as fe
     from geosam.models import encode, load_model, preprocess
-    from geosam.models.cpu_memory import huge_pages_for_tensors
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="vit_b,vit_h")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/sam_vit_sizes.json"))
-    ap.add_argument("--note", default="")
-    args = ap.parse_args()
-    huge_pages_for_tensors()  # as load_model asks for SAM's models, before this process's first tensor
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
+    args = parse_and_set_up(ap, "sam_vit_sizes.json")
     image = load_chips(1, 1024)[0].image
     kernel_path = fe._mixed_attention
     paths = {

@@ -145,25 +145,17 @@ def _same(a: object, b: object) -> bool:
 
 
 def main() -> None:
-    from _alternate import alternate
+    from _alternate import alternate, parse_and_set_up
     from _machine import machine
 
     from geosam.models import cpu_attention
-    from geosam.models.cpu_memory import huge_pages_for_tensors
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--setting", choices=["prefetch", "fused_windows", "sam3_one_call"], default="prefetch")
     ap.add_argument("--models", default="vit_b,vit_h,hiera_base_plus,hiera_large")
     ap.add_argument("--layers", action="store_true", help="the windowed layers alone (LAYERS), not whole encodes")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/window_attention.json"))
-    ap.add_argument("--note", default="")
-    args = ap.parse_args()
-    huge_pages_for_tensors()  # as load_model asks for SAM's models, before this process's first tensor
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
+    args = parse_and_set_up(ap, "window_attention.json")
     dtype = getattr(torch, args.dtype)
     lib = cpu_attention._library()
     if lib is None:
