@@ -216,15 +216,21 @@ def amx_available() -> bool:
     return False
 
 
+def _head_fits(head_dim: int, bf16_tokens: bool, relative: bool) -> bool:
+    """The kernel's head sizes: 16 to 128 numbers, a multiple of 16, or of 8 for bf16 tokens without relative tables
+    (the AMX mode pads their values to 16 itself; ``geosam_attention512`` checks the same)."""
+    step = 8 if bf16_tokens and not relative else 16
+    return 16 <= head_dim <= 128 and head_dim % step == 0
+
+
 def takes(dtype: torch.dtype, head_dim: int, relative: bool = False) -> bool:
     """Whether `attention` runs maps of ``dtype`` tokens with heads of ``head_dim`` numbers here: float32 on AVX-512
     (heads of 16 to 128 numbers, a multiple of 16), bf16 on AMX tiles (the same heads, or without relative tables,
     ``relative`` False, a multiple of 8: SAM 2's Hiera-B+ 56, Hiera-L 72); the callers ask before they make what only
     the kernel reads."""
     if dtype == torch.bfloat16:
-        step = 16 if relative else 8
-        return 16 <= head_dim <= 128 and head_dim % step == 0 and amx_available()
-    return dtype == torch.float32 and 16 <= head_dim <= 128 and head_dim % 16 == 0 and available()
+        return _head_fits(head_dim, True, relative) and amx_available()
+    return dtype == torch.float32 and _head_fits(head_dim, False, relative) and available()
 
 
 def attention(
@@ -264,8 +270,7 @@ def attention(
                                         or (t is out and t.dtype == torch.bfloat16))
             for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and c3 == 3 * num_heads * d and 16 <= d <= 128 and qkv.stride(2) == 1
-        and (d % 16 == 0 or (d % 8 == 0 and tokens_bf16 and tables_t is None))
+        and c3 == 3 * num_heads * d and _head_fits(d, tokens_bf16, tables_t is not None) and qkv.stride(2) == 1
         and out.shape == (hh, ww, c) and out.stride(2) == 1
         and (window == 0 or (bias is not None and bias.shape == (c3,) and bias.is_contiguous()))
     )  # fmt: skip
