@@ -11,12 +11,16 @@ numerators exp(s - max) rounded to bf16, their sum and the normalisation in floa
 it (`bench_amg.agreement` and `summarise`: masks matched at IoU >= 0.9 each way, pooled over the chips, the
 smaller of the two fractions). Writes ``--out``.
 
+``--bf16-encoder``: also the same two decoders behind geosam's bf16 encoder (its embeddings, the decoder still
+float32 or with bf16 attentions as above), each against the all-float32 masks: the agreement a bf16 chip would have.
+
     python benchmarks/check_decoder_bf16.py --threads 2 --out benchmarks/results/decoder_bf16_attention.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -52,40 +56,59 @@ def main() -> None:
     from bench_amg import agreement, build_sane_random_sam, load_chips, summarise
 
     from geosam.models import load_model
+    from geosam.models.bundle import SamBundle
     from geosam.segment import SamMaskGenerator
+
+    class Bf16EncoderOnly(SamBundle):
+        """A bundle whose encoder runs in its dtype (geosam's fast encoder takes it as an argument) and transformers'
+        decoder in float32: no autocast around it."""
+
+        def autocast(self) -> contextlib.AbstractContextManager:
+            return contextlib.nullcontext()
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", type=int, default=16)
     ap.add_argument("--chips", type=int, default=4, help="chips of the scene (max 4)")
+    ap.add_argument("--bf16-encoder", action="store_true", help="also behind geosam's bf16 encoder")
     args = parse_and_set_up(ap, "decoder_bf16_attention.json")
     with tempfile.TemporaryDirectory() as tmp:
         build_sane_random_sam().save_pretrained(tmp)
         bundle = dataclasses.replace(load_model(tmp, device="cpu", dtype="float32"), fast_decoder=False)
-    gen = SamMaskGenerator(bundle, points_per_side=args.grid, points_per_batch=64, pred_iou_thresh=0.88,
-                           stability_score_thresh=0.95, box_nms_thresh=1.0)  # fmt: skip
+
+    def generator(b: SamBundle) -> SamMaskGenerator:
+        return SamMaskGenerator(b, points_per_side=args.grid, points_per_batch=64, pred_iou_thresh=0.88,
+                                stability_score_thresh=0.95, box_nms_thresh=1.0)  # fmt: skip
+
+    gen32 = generator(bundle)
+    variants = {"decoder_bf16_attention": (gen32, True)}  # name: (generator, the decoder's attentions in bf16)
+    if args.bf16_encoder:
+        fields = {f.name: getattr(bundle, f.name) for f in dataclasses.fields(bundle)}
+        gen16 = generator(Bf16EncoderOnly(**{**fields, "dtype": torch.bfloat16}))
+        variants |= {"encoder_bf16": (gen16, False), "encoder_bf16_decoder_bf16_attention": (gen16, True)}
     interface = ms.ALL_ATTENTION_FUNCTIONS
     real = interface.get_interface
-    per_chip = []
+    per_chip: dict[str, list[dict]] = {v: [] for v in variants}
     try:
         for i, chip in enumerate(load_chips(args.chips, 1024)):
-            t = time.perf_counter()
             interface.get_interface = real
-            a = gen.generate(chip).masks
-            interface.get_interface = lambda impl, default: bf16_attention
-            b = gen.generate(chip).masks
-            matched_a, matched_b = agreement(a, b)
-            per_chip.append({"float32_masks": len(a), "bf16_masks": len(b), "float32_matched": matched_a,
-                             "bf16_matched": matched_b, "seconds": round(time.perf_counter() - t, 1)})  # fmt: skip
-            print(f"chip {i}: {json.dumps(per_chip[-1])}", flush=True)
+            ref = gen32.generate(chip).masks
+            for name, (gen, bf16) in variants.items():
+                t = time.perf_counter()
+                interface.get_interface = (lambda impl, default: bf16_attention) if bf16 else real
+                got = gen.generate(chip).masks
+                matched_ref, matched_got = agreement(ref, got)
+                per_chip[name].append({"float32_masks": len(ref), "variant_masks": len(got),
+                                       "float32_matched": matched_ref, "variant_matched": matched_got,
+                                       "seconds": round(time.perf_counter() - t, 1)})  # fmt: skip
+                print(f"chip {i} {name}: {json.dumps(per_chip[name][-1])}", flush=True)
     finally:
         interface.get_interface = real
-    # bench_amg's measure, the bf16 variant in the place of geosam's masks and float32 in the pipeline's
-    pooled = summarise(
-        *(sum(c[k] for c in per_chip) for k in ("bf16_matched", "float32_matched", "bf16_masks", "float32_masks"))
-    )
+    # bench_amg's measure, the variant in the place of geosam's masks and all-float32 in the pipeline's
+    keys = ("variant_matched", "float32_matched", "variant_masks", "float32_masks")
+    pooled = {v: summarise(*(sum(c[k] for c in chips) for k in keys)) for v, chips in per_chip.items()}
     out = {**machine(args.threads, args.note), "grid": args.grid, "chips": per_chip, "pooled": pooled,
-           "mask_agreement": pooled["mask_agreement"]}  # fmt: skip
-    print(json.dumps(pooled))
+           "mask_agreement": {v: p["mask_agreement"] for v, p in pooled.items()}}  # fmt: skip
+    print(json.dumps(out["mask_agreement"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
