@@ -8,8 +8,8 @@ NMS off (box_nms_thresh 1.0, as bench_amg's agreement pass), on ``--chips`` chip
 variant replaces every `SamAttention`'s attention (the two-way transformer's and the final one) by the same attention
 on bf16 inputs with float32 sums, as bf16 products on AMX tiles run it: q, k and v rounded to bf16, the softmax's
 numerators exp(s - max) rounded to bf16, their sum and the normalisation in float32. Agreement as bench_amg measures
-it (`bench_amg.agreement` and `summarise`: masks matched at IoU >= 0.9 each way, pooled over the chips, the
-smaller of the two fractions). Writes ``--out``.
+it (`bench_amg.compare` chip by chip, pooled as `summarise` pools: masks matched at IoU >= 0.9 each way, the
+smaller of the two fractions; ``geosam_*`` the variant's masks, ``pipeline_*`` the all-float32 ones). Writes ``--out``.
 
 ``--bf16-encoder``: also the same two decoders behind geosam's bf16 encoder (its embeddings, the decoder still
 float32 or with bf16 attentions as above), each against the all-float32 masks: the agreement a bf16 chip would have.
@@ -53,7 +53,7 @@ def main() -> None:
     import transformers.models.sam.modeling_sam as ms
     from _alternate import parse_and_set_up
     from _machine import machine
-    from bench_amg import agreement, build_sane_random_sam, load_chips, summarise
+    from bench_amg import build_sane_random_sam, compare, load_chips, summarise
 
     from geosam.models import load_model
     from geosam.models.bundle import SamBundle
@@ -96,15 +96,12 @@ def main() -> None:
                 t = time.perf_counter()
                 interface.get_interface = (lambda impl, default: bf16_attention) if bf16 else real
                 got = gen.generate(chip).masks
-                matched_ref, matched_got = agreement(ref, got)
-                per_chip[name].append({"float32_masks": len(ref), "variant_masks": len(got),
-                                       "float32_matched": matched_ref, "variant_matched": matched_got,
-                                       "seconds": round(time.perf_counter() - t, 1)})  # fmt: skip
+                # bench_amg's measure, the variant in the place of geosam's masks and all-float32 in the pipeline's
+                per_chip[name].append({**compare([got], [ref]), "seconds": round(time.perf_counter() - t, 1)})
                 print(f"chip {i} {name}: {json.dumps(per_chip[name][-1])}", flush=True)
     finally:
         interface.get_interface = real
-    # bench_amg's measure, the variant in the place of geosam's masks and all-float32 in the pipeline's
-    keys = ("variant_matched", "float32_matched", "variant_masks", "float32_masks")
+    keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")  # pooled as bench_amg pools them
     pooled = {v: summarise(*(sum(c[k] for c in chips) for k in keys)) for v, chips in per_chip.items()}
     out = {**machine(args.threads, args.note), "grid": args.grid, "chips": per_chip, "pooled": pooled,
            "mask_agreement": {v: p["mask_agreement"] for v, p in pooled.items()}}  # fmt: skip
