@@ -100,13 +100,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def build_sane_random_sam(encoder_layers: int = 12, seed: int = 0):
-    """A random-weight SAM (ViT-B by default) with the mask-sanity changes listed in the module docstring."""
+def build_sane_random_sam(encoder_layers: int = 12, seed: int = 0, encoder_width: int = 768):
+    """A random-weight SAM (ViT-B by default) with the mask-sanity changes listed in the module docstring.
+
+    ``encoder_layers`` / ``encoder_width`` (hidden size, 12 heads, MLP 4x) other than ViT-B's make a cheaper encoder
+    for runs that only exercise a script (its figures then mean nothing)."""
     from transformers import SamConfig, SamModel, SamVisionConfig
 
     kw = {"initializer_range": 0.02}
     if encoder_layers != 12:
         kw.update(num_hidden_layers=encoder_layers, global_attn_indexes=[encoder_layers - 1])
+    if encoder_width != 768:
+        kw.update(hidden_size=encoder_width, mlp_dim=4 * encoder_width)
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

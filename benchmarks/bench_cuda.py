@@ -24,8 +24,8 @@ written to ``--out`` as soon as it is done, so a run cut short by its time limit
     # there
     python3 benchmarks/bench_cuda.py --chips-npz benchmarks/results/cuda_chips.npz --out cuda.json
 
-A CPU run (``--device cpu --dtypes float32 --encoder-layers 2 --grids 4``) exercises every section quickly; the
-figures only mean something on a GPU.
+A CPU run (``--device cpu --dtypes float32 --encoder-layers 2 --encoder-width 96 --grids 4``) exercises every
+section quickly; the figures only mean something on a GPU.
 """
 
 from __future__ import annotations
@@ -145,6 +145,8 @@ def main() -> None:
     ap.add_argument("--stability-score-thresh", type=float, default=0.95)
     ap.add_argument("--box-nms-thresh", type=float, default=0.7)
     ap.add_argument("--encoder-layers", type=int, default=12)
+    ap.add_argument("--encoder-width", type=int, default=768,
+                    help="the encoder's hidden size (ViT-B: 768); smaller only to exercise the script quickly")
     ap.add_argument("--matmul-n", type=int, default=8192)
     ap.add_argument("--budget-s", type=float, default=400.0, help="sections not started after this many seconds")
     ap.add_argument("--sections", nargs="+", default=["peaks", "encoder", "references", "grid", "batching"],
@@ -205,7 +207,7 @@ def main() -> None:
     print(result["env"], flush=True)
     all_chips = load_array_chips(args.chips_npz, max(args.chips, args.batch_chips), args.chip_size)
     chips = all_chips[: args.chips]
-    model = build_sane_random_sam(args.encoder_layers)
+    model = build_sane_random_sam(args.encoder_layers, encoder_width=args.encoder_width)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(tmp)

@@ -123,3 +123,18 @@ def test_mask_data_filter_and_cat() -> None:
     assert len(c.filter(c.stability_score > 0.3)) == 2
     with pytest.raises(ValueError, match="None in some parts"):
         ours.MaskData.cat([a.with_(masks=torch.zeros((2, 1, 1), dtype=torch.bool)), b])
+
+
+def test_bilinear_resize_to_the_same_size_is_a_copy() -> None:
+    """tests/_sam_reference.py skips SAM's second resize where the chip is the model's size: torch's bilinear resize
+    to the input's own size must give the same bits (upscaled logits with plateaus, steps and extremes)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn((2, 3, 256, 256), generator=g) * 20
+    low[0, 0, :40, :40] = -20.0
+    low[1, 2, 100:140, 60:90] = 0.0
+    low[1, 1, 5, 5] = 3.4e38
+    up = F.interpolate(low, (1024, 1024), mode="bilinear", align_corners=False)
+    for x in (low, up, up[..., :768, :1024]):
+        assert torch.equal(F.interpolate(x, tuple(x.shape[-2:]), mode="bilinear", align_corners=False), x)

@@ -115,13 +115,18 @@ def _two_images() -> torch.Tensor:
     return x
 
 
-def test_fast_tinyvit_is_the_module_in_float32() -> None:
+@pytest.fixture(scope="module")
+def two_images_through_the_module() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``_folded()``, ``_two_images()`` and the module's float32 embeddings of them (seconds: computed once)."""
+    model, x = _folded(), _two_images()
+    with torch.no_grad():
+        return model, x, model.vision_encoder(x)[0]
+
+
+def test_fast_tinyvit_is_the_module_in_float32(two_images_through_the_module) -> None:
     from geosam.models.fast_tinyvit import fast_tinyvit_embeddings, fast_tinyvit_supported
 
-    model = _folded()
-    x = _two_images()
-    with torch.no_grad():
-        want = model.vision_encoder(x)[0]
+    model, x, want = two_images_through_the_module
     assert fast_tinyvit_supported(model, torch.float32)
     assert fast_tinyvit_supported(model, torch.bfloat16) == _bf16_ops()
     got = fast_tinyvit_embeddings(model, x, torch.float32)
@@ -131,16 +136,13 @@ def test_fast_tinyvit_is_the_module_in_float32() -> None:
 
 
 @needs_bf16_ops
-def test_fast_tinyvit_bf16_is_as_close_to_float32_as_autocast() -> None:
+def test_fast_tinyvit_bf16_is_as_close_to_float32_as_autocast(two_images_through_the_module) -> None:
     from geosam.models.fast_tinyvit import fast_tinyvit_embeddings
 
-    model = _folded()
+    model, x, want = two_images_through_the_module
     enc = model.vision_encoder
-    x = _two_images()
-    with torch.no_grad():
-        want = enc(x)[0]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            autocast = enc(x)[0].float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = enc(x)[0].float()
     low = fast_tinyvit_embeddings(model, x, torch.bfloat16)
     assert low.dtype == torch.float32
     # bf16 end to end is as close to float32 as the module under bf16 autocast (which rounds more often)
