@@ -17,7 +17,9 @@ CPU hits all of them alike and their ratios hold:
     where native) timed beside it, and the
     FLOPs counted (``benchmarks/roofline.py``): ``encoder_fraction_of_peak`` per dtype = counted FLOPs of geosam's
     path / seconds / the measured matmul FLOP/s in that dtype (``..._model_flops``: the stock forward's FLOPs,
-    the model's own work, instead of the FLOPs geosam's path executes).
+    the model's own work, instead of the FLOPs geosam's path executes); ``encoder_fraction_of_sustained_peak``
+    against the same loops' products over their whole time (``matmul_sustained_gflop_per_s``: where the CPU runs a
+    burst's first products faster than it keeps up, as AMX here, the rate a seconds-long encode can reach).
     ``decoder_fraction_of_peak`` likewise for the decode stage (geosam's fast decoder runs in float32 in both
     dtypes, so its peak is the float32 one): the FLOPs of the whole generator counted in the agreement run
     minus the encoder's, over the timed run's decode seconds.
@@ -284,11 +286,13 @@ def sam_amg_runner(sam, args, grid: int, box_nms_thresh: float):
     return run
 
 
-def gemm_peak(dtype: str) -> float:
-    """The measured GEMM FLOP/s in ``dtype``: for float32 the better of torch.mm (MKL) and oneDNN (geosam's path)."""
+def gemm_peak(dtype: str) -> tuple[float, float]:
+    """The measured GEMM FLOP/s in ``dtype``, the fastest single product and the sustained rate
+    (`roofline.matmul_flops_per_s`): for float32 the better of torch.mm (MKL) and oneDNN (geosam's path)."""
     dt = getattr(torch, dtype)
     paths = ("torch", "onednn") if dt == torch.float32 else ("torch",)
-    return max(matmul_flops_per_s(dt, path=p)["flops_per_s"] for p in paths)
+    got = [matmul_flops_per_s(dt, path=p) for p in paths]
+    return max(g["flops_per_s"] for g in got), max(g["sustained_flops_per_s"] for g in got)
 
 
 def counted(run, sink: list):
@@ -478,17 +482,24 @@ def main() -> None:
 
     # (d) encoders, each chip after a matmul-throughput measurement in every dtype
     peaks: dict[str, list[float]] = {d: [] for d in dtypes}
+    sustained: dict[str, list[float]] = {d: [] for d in dtypes}
     enc_s = {name: 0.0 for name in enc_runners}
-    for chip in chips:
+
+    def measure_peaks() -> None:
         for d in dtypes:
-            peaks[d].append(gemm_peak(d))
+            best, kept_up = gemm_peak(d)
+            peaks[d].append(best)
+            sustained[d].append(kept_up)
+
+    for chip in chips:
+        measure_peaks()
         for name, run in enc_runners.items():
             t0 = time.perf_counter()
             run(chip)
             enc_s[name] += time.perf_counter() - t0
-    for d in dtypes:  # and once more after them
-        peaks[d].append(gemm_peak(d))
+    measure_peaks()  # and once more after them
     peak = {d: float(np.median(v)) for d, v in peaks.items()}
+    peak_sustained = {d: float(np.median(v)) for d, v in sustained.items()}
     print("encoders:", {k: round(v, 2) for k, v in enc_s.items()}, "matmul GFLOP/s:", {d: round(v / 1e9) for d, v in peak.items()})
 
     # (a)-(c) per grid: timed with the given thresholds, then without NMS (agreement, FLOPs)
@@ -579,8 +590,8 @@ def main() -> None:
                 runs, more_chips, masks, masks_all, single)
         grids[f"{grid}x{grid}"] = g
         partial = Path(args.out).with_suffix(".partial.json")  # what is known so far, should a later step fail
-        partial.write_text(json.dumps({"encoder_s": enc_s, "peaks": peaks, "enc_flops": enc_flops, "grids": grids},
-                                      indent=1, default=str) + "\n")
+        partial.write_text(json.dumps({"encoder_s": enc_s, "peaks": peaks, "sustained": sustained, "enc_flops": enc_flops,
+                                       "grids": grids}, indent=1, default=str) + "\n")
 
     def per(key: str, d: str) -> dict:
         return {name: g[d][key] for name, g in grids.items() if key in g[d]}
@@ -613,6 +624,9 @@ def main() -> None:
                        "cpu_native_bf16": cpu_has_native_bf16()},
         "matmul_peak_gflop_per_s": {d: round(v / 1e9, 1) for d, v in peak.items()},
         "matmul_measurements_gflop_per_s": {d: [round(x / 1e9, 1) for x in v] for d, v in peaks.items()},
+        # the same loops' products over their whole time: what a seconds-long encode can keep up at best
+        "matmul_sustained_gflop_per_s": {d: round(v / 1e9, 1) for d, v in peak_sustained.items()},
+        "matmul_sustained_measurements_gflop_per_s": {d: [round(x / 1e9, 1) for x in v] for d, v in sustained.items()},
         "encoder_gflop_per_chip": {**{d: round(v / 1e9, 1) for d, v in enc_flops.items()},
                                    "stock_model": round(enc_flops_model / 1e9, 1)},
         # the part of an encode a FLOP counter sees with geosam's C attention kernels on (the rest runs in C)
@@ -620,6 +634,8 @@ def main() -> None:
         "encoder_s": {k: round(v, 3) for k, v in enc_s.items()},
         "encoder_fraction_of_peak": {
             d: round(enc_flops[d] * len(chips) / enc_s[f"encoder_{d}"] / peak[d], 3) for d in dtypes},
+        "encoder_fraction_of_sustained_peak": {
+            d: round(enc_flops[d] * len(chips) / enc_s[f"encoder_{d}"] / peak_sustained[d], 3) for d in dtypes},
         "encoder_fraction_of_peak_model_flops": {
             d: round(enc_flops_model * len(chips) / enc_s[f"encoder_{d}"] / peak[d], 3) for d in dtypes},
         "encoder_stock_float32_fraction_of_peak": round(
@@ -660,7 +676,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
-    for key in ("matmul_peak_gflop_per_s", "encoder_s", "encoder_fraction_of_peak", "encoder_fraction_of_peak_model_flops",
+    for key in ("matmul_peak_gflop_per_s", "matmul_sustained_gflop_per_s", "encoder_s", "encoder_fraction_of_peak",
+                "encoder_fraction_of_sustained_peak", "encoder_fraction_of_peak_model_flops",
                 "decoder_fraction_of_peak", "overhead_ratio", "speedup_vs_pipeline_float32", "speedup_vs_sam_amg_float32",
                 "speedup_vs_pipeline_bfloat16", "speedup_vs_sam_amg_bfloat16", "mask_agreement_float32",
                 "mask_agreement_bfloat16", "mask_agreement_bfloat16_vs_float32_over_chips", "sam_amg_agreement_vs_pipeline",

@@ -11,10 +11,16 @@ numerators exp(s - max) rounded to bf16, their sum and the normalisation in floa
 it (`bench_amg.compare` chip by chip, pooled as `summarise` pools: masks matched at IoU >= 0.9 each way, the
 smaller of the two fractions; ``geosam_*`` the variant's masks, ``pipeline_*`` the all-float32 ones). Writes ``--out``.
 
-``--bf16-encoder``: also the same two decoders behind geosam's bf16 encoder (its embeddings, the decoder still
-float32 or with bf16 attentions as above), each against the all-float32 masks: the agreement a bf16 chip would have.
+``--scopes``: which attentions go bf16: ``all`` (the variant above), ``two_way`` (the two-way transformer's layers:
+their self-, token -> image and image -> token attentions, the bulk of a decode's score and softmax work) or ``final``
+(only the final token -> image attention); one variant per scope (``decoder_bf16_attention``,
+``decoder_bf16_two_way_attention``, ``decoder_bf16_final_attention``).
+
+``--bf16-encoder``: also the same decoders behind geosam's bf16 encoder (its embeddings, the decoder still float32 or
+with bf16 attentions as above), each against the all-float32 masks: the agreement a bf16 chip would have.
 
     python benchmarks/check_decoder_bf16.py --threads 2 --out benchmarks/results/decoder_bf16_attention.json
+    python benchmarks/check_decoder_bf16.py --scopes two_way final --bf16-encoder --out .../decoder_bf16_split.json
 """
 
 from __future__ import annotations
@@ -49,6 +55,19 @@ def bf16_attention(module, query, key, value, attention_mask, scaling, dropout=0
     return torch.matmul(weights, _bf16(value)).transpose(1, 2).contiguous(), weights
 
 
+SCOPES = {"all": "decoder_bf16_attention", "two_way": "decoder_bf16_two_way_attention",
+          "final": "decoder_bf16_final_attention"}
+
+
+def in_scope(model, scope: str) -> set[int]:
+    """ids of the `SamAttention` modules of ``model``'s mask decoder that ``scope`` puts in bf16."""
+    t = model.mask_decoder.transformer
+    final = {id(t.final_attn_token_to_image)}
+    two_way = {id(m) for layer in t.layers for m in layer.modules() if type(m).__name__ == "SamAttention"}
+    assert len(two_way) == 3 * len(t.layers)  # self, token -> image, image -> token per layer
+    return {"all": two_way | final, "two_way": two_way, "final": final}[scope]
+
+
 def main() -> None:
     import transformers.models.sam.modeling_sam as ms
     from _alternate import parse_and_set_up
@@ -70,6 +89,8 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=16)
     ap.add_argument("--chips", type=int, default=4, help="chips of the scene (max 4)")
     ap.add_argument("--bf16-encoder", action="store_true", help="also behind geosam's bf16 encoder")
+    ap.add_argument("--scopes", nargs="+", choices=list(SCOPES), default=["all"],
+                    help="which decoder attentions go bf16, one variant each")
     args = parse_and_set_up(ap, "decoder_bf16_attention.json")
     with tempfile.TemporaryDirectory() as tmp:
         build_sane_random_sam().save_pretrained(tmp)
@@ -80,13 +101,24 @@ def main() -> None:
                                 stability_score_thresh=0.95, box_nms_thresh=1.0)  # fmt: skip
 
     gen32 = generator(bundle)
-    variants = {"decoder_bf16_attention": (gen32, True)}  # name: (generator, the decoder's attentions in bf16)
+    # name: (generator, ids of the decoder attentions in bf16)
+    variants = {SCOPES[s]: (gen32, in_scope(bundle.model, s)) for s in args.scopes}
     if args.bf16_encoder:
         fields = {f.name: getattr(bundle, f.name) for f in dataclasses.fields(bundle)}
         gen16 = generator(Bf16EncoderOnly(**{**fields, "dtype": torch.bfloat16}))
-        variants |= {"encoder_bf16": (gen16, False), "encoder_bf16_decoder_bf16_attention": (gen16, True)}
+        variants |= {"encoder_bf16": (gen16, set())}
+        variants |= {f"encoder_bf16_{SCOPES[s]}": (gen16, in_scope(bundle.model, s)) for s in args.scopes}
     interface = ms.ALL_ATTENTION_FUNCTIONS
     real = interface.get_interface
+
+    def chosen(bf16: set[int]):
+        """An attention interface that runs the modules in ``bf16`` as `bf16_attention`, the others as transformers'
+        own attention."""
+        def get_interface(impl, default):
+            stock = real(impl, default)
+            return lambda module, *a, **kw: (bf16_attention if id(module) in bf16 else stock)(module, *a, **kw)
+
+        return get_interface
     per_chip: dict[str, list[dict]] = {v: [] for v in variants}
     try:
         for i, chip in enumerate(load_chips(args.chips, 1024)):
@@ -94,7 +126,7 @@ def main() -> None:
             ref = gen32.generate(chip).masks
             for name, (gen, bf16) in variants.items():
                 t = time.perf_counter()
-                interface.get_interface = (lambda impl, default: bf16_attention) if bf16 else real
+                interface.get_interface = chosen(bf16) if bf16 else real
                 got = gen.generate(chip).masks
                 # bench_amg's measure, the variant in the place of geosam's masks and all-float32 in the pipeline's
                 per_chip[name].append({**compare([got], [ref]), "seconds": round(time.perf_counter() - t, 1)})

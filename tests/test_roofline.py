@@ -84,3 +84,22 @@ def test_a_count_follows_the_path_the_kernels_choose(monkeypatch) -> None:
     assert seen == [cpu_attention._library() is not None]
     assert fast_encoder._mixed_attention is choose  # put back after the count
     assert [m._library for m in roofline.kernel_modules()] == libraries
+
+
+def test_matmul_rates_best_and_sustained(monkeypatch) -> None:
+    """The peak is the fastest single product, the sustained rate the whole loop's products over its time (a clock
+    that only moves in the products: the warm-up 0 s, then 1, 3 and 2 s: best 1 s, sustained 3 products in 6 s)."""
+    steps = iter([0.0, 1.0, 3.0, 2.0])
+    clock = {"t": 0.0}
+
+    def mm(a, b, out=None):
+        clock["t"] += next(steps)
+        return out
+
+    monkeypatch.setattr(roofline, "GEMM_SHAPES", ((8, 4, 2),))
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(roofline.time, "perf_counter", lambda: clock["t"])
+    got = roofline.matmul_flops_per_s(torch.float32, min_seconds=0.0)
+    flops = 2.0 * 8 * 4 * 2
+    assert got["flops_per_s"] == got["per_shape"]["8x4x2"] == flops / 1.0
+    assert got["sustained_flops_per_s"] == got["per_shape_sustained"]["8x4x2"] == 3 * flops / 6.0
