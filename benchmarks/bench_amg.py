@@ -590,8 +590,8 @@ def main() -> None:
                 runs, more_chips, masks, masks_all, single)
         grids[f"{grid}x{grid}"] = g
         partial = Path(args.out).with_suffix(".partial.json")  # what is known so far, should a later step fail
-        partial.write_text(json.dumps({"encoder_s": enc_s, "peaks": peaks, "sustained": sustained, "enc_flops": enc_flops,
-                                       "grids": grids}, indent=1, default=str) + "\n")
+        partial.write_text(json.dumps({"encoder_s": enc_s, "peaks": peaks, "sustained": sustained,
+                                       "enc_flops": enc_flops, "grids": grids}, indent=1, default=str) + "\n")
 
     def per(key: str, d: str) -> dict:
         return {name: g[d][key] for name, g in grids.items() if key in g[d]}

@@ -10,10 +10,10 @@ native bf16. Writes, per workload, every round's seconds, the median per thread 
 
 With both workloads, the encoder's rate (its counted FLOPs, `roofline.count_flops`, over its median seconds) is also
 put against two matmul rates at the same thread count: the product's ``sustained`` rate above (back to back into one
-output, ``--repeats`` per run, as an encoder keeps the units busy for seconds) and ``best_of`` (`roofline.matmul_flops_per_s`:
-the fastest single product of bench_amg's shapes, the peak bench_amg's ``encoder_fraction_of_peak`` divides by),
-measured once per round in the same alternation. Where a CPU runs its first products of a burst faster than it can
-keep up (AMX on a shared host), the two differ and so do the fractions.
+output, ``--repeats`` per run, as an encoder keeps the units busy for seconds) and ``best_of``
+(`roofline.matmul_flops_per_s`: the fastest single product of bench_amg's shapes, the peak bench_amg's
+``encoder_fraction_of_peak`` divides by), measured once per round in the same alternation. Where a CPU runs its
+first products of a burst faster than it can keep up (AMX on a shared host), the two differ and so do the fractions.
 
     .venv/bin/python benchmarks/bench_threads.py --threads 2 --rounds 5 --out benchmarks/results/threads.json
 """
@@ -53,18 +53,19 @@ def main() -> None:
     dtypes = ["float32"] + (["bfloat16"] if cpu_has_native_bf16() else [])
     g = torch.Generator().manual_seed(0)
     m, k, n = QKV
+    both = "matmul" in args.workloads and "encoder" in args.workloads  # then the encoder's fractions too
     runs = {}
     best_of: dict[str, dict[str, list[float]]] = {d: {} for d in dtypes}  # dtype: threads: GFLOP/s per round
     for d in dtypes:
-        if "matmul" in args.workloads and "encoder" in args.workloads:
+        if both:
             def peak(d: str = d) -> None:
                 v = matmul_flops_per_s(getattr(torch, d))["flops_per_s"] / 1e9
                 best_of[d].setdefault(str(torch.get_num_threads()), []).append(round(v, 1))
 
             runs[f"best_of_{d}"] = peak
-        a = torch.randn((m, k), generator=g).to(getattr(torch, d))
-        b = torch.randn((k, n), generator=g).to(getattr(torch, d))
         if "matmul" in args.workloads:
+            a = torch.randn((m, k), generator=g).to(getattr(torch, d))
+            b = torch.randn((k, n), generator=g).to(getattr(torch, d))
             out_ = torch.empty((m, n), dtype=a.dtype)  # one output written again (no fresh pages per product)
             runs[f"matmul_{d}"] = lambda a=a, b=b, o=out_: [torch.mm(a, b, out=o) for _ in range(args.repeats)][-1]
     if "encoder" in args.workloads:
@@ -99,16 +100,17 @@ def main() -> None:
     finally:
         torch.set_num_threads(many)
     w = out["workloads"]
-    if "matmul" in args.workloads and "encoder" in args.workloads:
+    if both:
         out["encoder_fraction"] = {}
         for d in dtypes:
             enc = {t: enc_gflop[d] / s for t, s in w[f"encoder_{d}"]["median_s"].items()}
             w[f"encoder_{d}"]["gflop"] = round(enc_gflop[d], 1)
             w[f"encoder_{d}"]["gflop_per_s"] = {t: round(v, 1) for t, v in enc.items()}
-            out["encoder_fraction"][d] = {
-                "of_sustained_matmul": {t: round(v / w[f"matmul_{d}"]["gflop_per_s"][t], 3) for t, v in enc.items()},
-                "of_best_of_matmul": {t: round(v / w[f"best_of_{d}"]["median_gflop_per_s"][t], 3) for t, v in enc.items()},
-            }  # fmt: skip
+            def of(rates: dict[str, float], enc: dict[str, float] = enc) -> dict[str, float]:
+                return {t: round(v / rates[t], 3) for t, v in enc.items()}
+
+            out["encoder_fraction"][d] = {"of_sustained_matmul": of(w[f"matmul_{d}"]["gflop_per_s"]),
+                                          "of_best_of_matmul": of(w[f"best_of_{d}"]["median_gflop_per_s"])}
         print("encoder_fraction", json.dumps(out["encoder_fraction"]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -119,6 +119,7 @@ def main() -> None:
             return lambda module, *a, **kw: (bf16_attention if id(module) in bf16 else stock)(module, *a, **kw)
 
         return get_interface
+
     per_chip: dict[str, list[dict]] = {v: [] for v in variants}
     try:
         for i, chip in enumerate(load_chips(args.chips, 1024)):

@@ -91,8 +91,8 @@ def test_bench_cuda_runs_its_sections_on_the_cpu(tmp_path):
     variant timed with its stages, and the filter-chunk A/B with the same masks at every chunk."""
     out = tmp_path / "cuda.json"
     cmd = [sys.executable, str(BENCH / "bench_cuda.py"), "--device", "cpu", "--dtypes", "float32", "--encoder-layers",
-           "1", "--encoder-width", "96", "--fast-paths", "on", "--grids", "2", "--rounds", "1", "--chips", "1", "--chip-size", "256",
-           "--sections", "grid",
+           "1", "--encoder-width", "96", "--fast-paths", "on", "--grids", "2", "--rounds", "1", "--chips", "1",
+           "--chip-size", "256", "--sections", "grid",
            "--filter-chunks", "16", "256", "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     r = json.loads(out.read_text())
