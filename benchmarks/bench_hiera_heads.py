@@ -7,10 +7,16 @@ two paths (``fast_hiera._kernel_attention`` as it is, or returning None: torch's
 alternate ``--rounds`` times in one process after a warm-up (medians kept), and each path's levels are compared with
 the float32 module's. Writes ``--out``.
 
+``--pooled``: the second path instead runs the kernel where no queries are pooled and torch for the blocks that pool
+them (a stage's first: windows copied out, q pooled by torch, torch's fused attention), as before the kernel pooled
+queries itself (session 51): what that change is worth.
+
 Usage::
 
     python benchmarks/bench_hiera_heads.py --sizes hiera_base_plus hiera_large --threads 2 --rounds 3 \\
         --out benchmarks/results/hiera_heads.json
+    python benchmarks/bench_hiera_heads.py --pooled --sizes default_config hiera_base_plus --threads 1 \\
+        --out benchmarks/results/hiera_pooling.json
 """
 
 from __future__ import annotations
@@ -42,9 +48,13 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["hiera_base_plus", "hiera_large"], choices=list(SIZES))
+    ap.add_argument("--pooled", action="store_true", help="torch only for the blocks that pool their queries")
     args = parse_and_set_up(ap, "hiera_heads.json")
     x = torch.randn((1, 3, 1024, 1024), generator=torch.Generator().manual_seed(0))
-    paths = {"kernel": fh._kernel_attention, "torch": lambda *a: None}
+    kernel = fh._kernel_attention
+    paths = {"kernel": kernel, "torch": lambda *a: None}
+    if args.pooled:
+        paths = {"kernel": kernel, "torch": lambda x, blk, *a: None if blk.query_stride else kernel(x, blk, *a)}
     results: dict[str, object] = {}
     for size in args.sizes:
         model = build(size)
@@ -68,6 +78,7 @@ def main() -> None:
         print(size, json.dumps(results[size]), flush=True)
         del model
     out = {**machine(args.threads, args.note), "dtype": "bfloat16", "amx": amx_available(),
+           "torch_path": "the blocks that pool their queries" if args.pooled else "every block",
            "input": "random 1 x 3 x 1024 x 1024, seed 0", "rounds": args.rounds, "sizes": results}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -370,6 +370,63 @@ def test_strided_map_and_output() -> None:
     assert out_big[:, 20].isnan().all() and out_big[..., :3].isnan().all() and out_big[..., 67:].isnan().all()
 
 
+@needs_amx
+@pytest.mark.parametrize(
+    ("hh", "ww", "nh", "d", "window"),
+    [(16, 16, 2, 32, 8), (32, 32, 2, 96, 8), (16, 16, 4, 96, 4), (64, 64, 2, 96, 14), (13, 11, 2, 56, 4),
+     (15, 9, 1, 72, 6), (4, 6, 2, 16, 2)],
+)
+def test_pooled_queries_are_sam2s_query_pooling(hh: int, ww: int, nh: int, d: int, window: int) -> None:
+    """SAM 2's stage-opening blocks (a query stride of 2): each window's queries the 2 x 2 maxima of its tokens' q,
+    against all its keys (padded windows: tokens past the map carry the zero token's projection). The kernel's
+    pooled queries equal `reference_pooled` in float64 to the bf16 products' rounding, and the path it replaced
+    (windows copied out, q pooled by torch, torch's fused attention) to the same rounding; Hiera-tiny's shapes
+    (heads of 96 in windows of 8, 4 and 14), odd maps, heads of 56 and 72, windows of 2 (one query each)."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(hh * ww + d)
+    qkv = torch.randn((hh, ww, 3 * nh * d), generator=gen).bfloat16()
+    bias = torch.randn(3 * nh * d, generator=gen).bfloat16()
+    want = cpu_attention.reference_pooled(qkv.double(), nh, d**-0.5, window, bias.double())
+    out = torch.full((hh // 2, ww // 2, nh * d), float("nan"), dtype=torch.bfloat16)
+    assert cpu_attention.attention(qkv, nh, d**-0.5, None, out, window, bias, bf16=True, pool_queries=True)
+    assert not out.isnan().any()
+    scale = float(want.abs().max())
+    assert float((out.double() - want).abs().max()) <= cpu_attention.BF16_TOLERANCE * scale
+    # torch's path on the same bf16 numbers (fast_hiera's before the kernel took these blocks)
+    py, px = -hh % window, -ww % window
+    padded = torch.cat([qkv, bias.expand(hh, px, -1)], dim=1)
+    padded = torch.cat([padded, bias.expand(py, ww + px, -1)], dim=0)
+    ny, nx, s, c = (hh + py) // window, (ww + px) // window, window // 2, nh * d
+    wins = padded.view(ny, window, nx, window, 3 * c).permute(0, 2, 1, 3, 4).reshape(ny * nx, window, window, 3 * c)
+    q = wins[..., :c].reshape(ny * nx, s, 2, s, 2, c).amax(dim=(2, 4)).reshape(ny * nx, s * s, nh, d).transpose(1, 2)
+    k, v = (wins[..., i * c: (i + 1) * c].reshape(ny * nx, window * window, nh, d).transpose(1, 2) for i in (1, 2))
+    sdpa = F.scaled_dot_product_attention(q, k, v, scale=d**-0.5).transpose(1, 2).reshape(ny, nx, s, s, c)
+    sdpa = sdpa.permute(0, 2, 1, 3, 4).reshape(ny * s, nx * s, c)[: hh // 2, : ww // 2]
+    assert sdpa.shape == out.shape
+    assert float((out.double() - sdpa.double()).abs().max()) <= 2 * cpu_attention.BF16_TOLERANCE * scale
+
+
+@needs_amx
+def test_pooled_queries_need_even_windows_bf16_tokens_and_no_tables() -> None:
+    """What the pooled queries do not take is refused, nothing written: odd or no windows, relative tables, float32
+    tokens, an output of the unpooled map's size."""
+    qkv, bias, tables = _case(16, 16, 2, 32, 8, seed=5)
+    q16, b16 = qkv.bfloat16(), bias.bfloat16()
+    out = torch.full((8, 8, 64), float("nan"), dtype=torch.bfloat16)
+    tabs = transposed_tables(*tables)
+    refused = [
+        cpu_attention.attention(q16, 2, 0.2, None, out, 7, b16, bf16=True, pool_queries=True),
+        cpu_attention.attention(q16, 2, 0.2, None, out, 0, None, bf16=True, pool_queries=True),
+        cpu_attention.attention(q16, 2, 0.2, tabs, out, 8, b16, bf16=True, pool_queries=True),
+        cpu_attention.attention(qkv, 2, 0.2, None, out.float(), 8, bias, bf16=True, pool_queries=True),
+        cpu_attention.attention(q16, 2, 0.2, None, torch.empty((16, 16, 64), dtype=torch.bfloat16), 8, b16, bf16=True,
+                                pool_queries=True),
+    ]
+    assert refused == [False] * 5 and out.isnan().all()
+    assert cpu_attention.attention(q16, 2, 0.2, None, out, 8, b16, bf16=True, pool_queries=True)
+
+
 @needs_kernel
 @pytest.mark.parametrize("products", ["float32", "avx512_bf16"])
 @pytest.mark.parametrize(("side", "d"), [(14, 64), (12, 32), (16, 48)])

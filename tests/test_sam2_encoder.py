@@ -95,9 +95,9 @@ def test_fast_hiera_gives_the_modules_embeddings(heads: tuple[int, ...], windows
 @pytest.mark.parametrize("kernel", [True, False], ids=["attention_kernel", "torch_attention"])
 def test_fast_hiera_bf16_is_as_close_to_float32_as_autocast(kernel: bool, monkeypatch: pytest.MonkeyPatch,
                                                             call_results: Any) -> None:  # fmt: skip
-    """bf16: every level as close to the float32 module as autocast's bf16 is (1.5x margin), with the attention of
-    blocks that pool no queries in geosam's kernel where it runs here (heads of 32 numbers: its bf16 tokens), or in
-    torch's fused attention."""
+    """bf16: every level as close to the float32 module as autocast's bf16 is (1.5x margin), with the attention in
+    geosam's kernel where it runs here (heads of 16 and 32 numbers: its bf16 tokens; the blocks that pool their
+    queries too), or in torch's fused attention."""
     import geosam.models.cpu_attention as ca
     import geosam.models.fast_hiera as fh
 
@@ -105,21 +105,22 @@ def test_fast_hiera_bf16_is_as_close_to_float32_as_autocast(kernel: bool, monkey
         monkeypatch.setattr(fh, "_kernel_attention", lambda *a: None)
     ran = call_results(ca, "attention")
     _assert_bf16_as_close_as_autocast(_model((1, 1, 1, 2), windows=(8, 4, 14, 7)), _image(2))  # heads of 8, 16, 32, 32
-    # blocks 0 and 3 pool no queries (1, 2 and 4 do); block 0's heads of 8 numbers are not the kernel's (not tried:
-    # no projection made twice), block 3's of 32 are where it runs bf16 tokens (AMX)
-    assert ran == ([True] if kernel and ca.amx_available() else [])
+    # blocks 0 and 3 pool no queries (1, 2 and 4 do, in windows of 4, 14 and 7: padded maps); block 0's heads of 8
+    # numbers are not the kernel's (not tried: no projection made twice), the others' of 16 and 32 are (AMX)
+    assert ran == ([True] * 4 if kernel and ca.amx_available() else [])
 
 
 @needs_bf16_ops
 def test_fast_hiera_bf16_runs_heads_of_a_multiple_of_8_through_the_kernel(call_results: Any) -> None:
-    """Heads of 24 numbers (8 more than 16, as Hiera-B+'s 56 and Hiera-L's 72): every block that pools no queries
-    runs geosam's kernel on AMX tiles (bf16 tokens, no tables), each level as close to float32 as autocast is."""
+    """Heads of 24 numbers (8 more than 16, as Hiera-B+'s 56 and Hiera-L's 72): every block runs geosam's kernel on
+    AMX tiles (bf16 tokens, no tables; those that pool their queries too), each level as close to float32 as
+    autocast is."""
     import geosam.models.cpu_attention as ca
 
     ran = call_results(ca, "attention")
     _assert_bf16_as_close_as_autocast(_model((1, 2, 4, 8), windows=(8, 4, 14, 7), dims=(24, 48, 96, 192), seed=3),
                                       _image(3))  # fmt: skip
-    assert ran == ([True, True] if ca.amx_available() else [])  # blocks 0 (windows of 8) and 3 (global)
+    assert ran == ([True] * 5 if ca.amx_available() else [])  # blocks 0 (windows of 8), 1, 2, 4 (pooled) and 3 (global)
 
 
 @needs_bf16_ops

@@ -58,7 +58,7 @@ from geosam.models.cpu_kernels import transposed_tables
 from geosam.models.device import cpu_flags
 
 __all__ = ["BF16_TOLERANCE", "TOLERANCE", "amx_available", "attention", "available", "bf16_available", "reference",
-           "takes"]
+           "reference_pooled", "takes"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,26 @@ def reference(
     return out.permute(1, 0, 2).reshape(hh, ww, num_heads * d)
 
 
+def reference_pooled(qkv: torch.Tensor, num_heads: int, scale: float, window: int, bias: torch.Tensor) -> torch.Tensor:
+    """SAM 2's attention with pooled queries (``Sam2MultiScaleAttention`` with a query stride of 2), in qkv's dtype:
+    the map's tokens in windows of ``window`` (even; those past the map ``bias``, the qkv projection of a zero token),
+    each window's queries the 2 x 2 maxima of its tokens' q, attending to all its keys; (H // 2, W // 2, C)."""
+    hh, ww, c3 = qkv.shape
+    c, s = c3 // 3, window // 2
+    d = c // num_heads
+    py, px = -hh % window, -ww % window
+    padded = torch.cat([qkv, bias.to(qkv.dtype).expand(hh, px, c3)], dim=1)
+    padded = torch.cat([padded, bias.to(qkv.dtype).expand(py, ww + px, c3)], dim=0)
+    ny, nx = (hh + py) // window, (ww + px) // window
+    wins = padded.view(ny, window, nx, window, c3).permute(0, 2, 1, 3, 4)  # (ny, nx, window, window, 3C)
+    q = wins[..., :c].reshape(ny, nx, s, 2, s, 2, c).amax(dim=(3, 5)).reshape(ny, nx, s * s, num_heads, d)
+    k = wins[..., c: 2 * c].reshape(ny, nx, window * window, num_heads, d)
+    v = wins[..., 2 * c:].reshape(ny, nx, window * window, num_heads, d)
+    p = torch.softmax(torch.einsum("yxqhd,yxkhd->yxhqk", q * scale, k), dim=-1)
+    out = torch.einsum("yxhqk,yxkhd->yxqhd", p, v).reshape(ny, nx, s, s, c).permute(0, 2, 1, 3, 4)
+    return out.reshape(ny * s, nx * s, c)[: hh // 2, : ww // 2]
+
+
 def _call(
     lib: ctypes.CDLL,
     qkv: torch.Tensor,
@@ -120,6 +140,7 @@ def _call(
     window: int,
     bias: torch.Tensor | None,
     mode: int = 0,
+    pool_queries: bool = False,
 ) -> int:
     hh, ww, c3 = qkv.shape
     th, tw = (None, None) if tables_t is None else (_P(tables_t[0].data_ptr()), _P(tables_t[1].data_ptr()))
@@ -128,7 +149,7 @@ def _call(
         None if bias is None else _P(bias.data_ptr()), _I64(num_heads), _I64(c3 // (3 * num_heads)),
         ctypes.c_float(scale), th, tw, _P(out.data_ptr()), _I64(out.stride(0)), _I64(out.stride(1)),
         _INT(torch.get_num_threads()), _INT(mode), _INT(int(qkv.dtype == torch.bfloat16)),
-        _INT(int(out.dtype == torch.bfloat16)),
+        _INT(int(out.dtype == torch.bfloat16)), _INT(int(pool_queries)),
     )  # fmt: skip
     return int(lib.geosam_attention512(*args))
 
@@ -178,6 +199,24 @@ def _matches_reference(lib: ctypes.CDLL, mode: int = 0, tokens_bf16: bool = Fals
                 return False
             if not torch.equal(out16.view(torch.int16), out.to(torch.bfloat16).view(torch.int16)):
                 return False
+        if tokens_bf16 and not _pooled_matches_reference(lib, gen):
+            return False
+    return True
+
+
+def _pooled_matches_reference(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
+    """The AMX mode's pooled queries (`attention`'s ``pool_queries``) against `reference_pooled` in float64 within
+    `BF16_TOLERANCE`: windows that tile the map, padded strips on odd and even map sizes, windows of 2 (one pooled
+    query), heads of 16 and 56 numbers."""
+    for hh, ww, nh, d, window in ((16, 16, 2, 32, 8), (13, 11, 2, 56, 4), (30, 20, 1, 16, 14), (6, 9, 3, 16, 2)):
+        qkv = torch.randn((hh, ww, 3 * nh * d), generator=gen).bfloat16()
+        bias = torch.randn(3 * nh * d, generator=gen).bfloat16()
+        want = reference_pooled(qkv.double(), nh, d**-0.5, window, bias.double())
+        out = torch.full((hh // 2, ww // 2, nh * d), float("nan"))
+        if _call(lib, qkv, nh, d**-0.5, None, out, window, bias, AMX, pool_queries=True) != 0:
+            return False
+        if not bool((out.double() - want).abs().max() <= BF16_TOLERANCE * want.abs().max()):
+            return False
     return True
 
 
@@ -242,6 +281,7 @@ def attention(
     window: int = 0,
     bias: torch.Tensor | None = None,
     bf16: bool = False,
+    pool_queries: bool = False,
 ) -> bool:
     """SAM's attention of one map's qkv projection into ``out`` (before the output projection), over the whole
     map or, with ``window`` > 0, in windows of that size; False (nothing written) where the kernel is not in use or
@@ -255,6 +295,8 @@ def attention(
     relative positions; ``bias``: (3C,) the qkv projection of a zero token, which the tokens past the map carry in
     a window (``window_partition`` pads with zeros); out: (H, W, C), unit stride within a token, float32 or bf16 (the
     results rounded as ``Tensor.to(torch.bfloat16)`` rounds them: the next bf16 product takes them as they are).
+    ``pool_queries``: SAM 2's query pooling (`reference_pooled`): in windows (``window`` even), each window's queries
+    the 2 x 2 maxima of its tokens' q, out (H // 2, W // 2, C); bf16 tokens on AMX tiles only, no tables.
     """
     lib = _library()
     if lib is None:
@@ -271,19 +313,21 @@ def attention(
             for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and c3 == 3 * num_heads * d and _head_fits(d, tokens_bf16, tables_t is not None) and qkv.stride(2) == 1
-        and out.shape == (hh, ww, c) and out.stride(2) == 1
+        and out.shape == ((hh // 2, ww // 2, c) if pool_queries else (hh, ww, c)) and out.stride(2) == 1
         and (window == 0 or (bias is not None and bias.shape == (c3,) and bias.is_contiguous()))
     )  # fmt: skip
     if tables_t is not None:
         th, tw = tables_t
         fits = fits and th.shape == (side[0], d, side[0]) and tw.shape == (side[1], d, side[1])
         fits = fits and th.is_contiguous() and tw.is_contiguous()
+    if pool_queries:
+        fits = fits and window >= 2 and window % 2 == 0 and tables_t is None and tokens_bf16 and min(hh, ww) >= 2
     if not fits:
         return False
     mode = 0 if not (bf16 and bf16_available()) else AMX if amx_available() else BF16
     if tokens_bf16 and mode != AMX:
         return False
-    err = _call(lib, qkv, num_heads, scale, tables_t, out, window, bias, mode)
+    err = _call(lib, qkv, num_heads, scale, tables_t, out, window, bias, mode, pool_queries)
     if err == 2:
         raise MemoryError("cpu_attention: no memory for the kernel's buffers")
     return err == 0

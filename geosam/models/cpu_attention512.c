@@ -894,6 +894,41 @@ static TBF void pack_head_tok16(const float* const* tokp, int64_t n, int64_t np,
   }
 }
 
+/* out[0:d] = the largest of the four bf16 rows a, b, c, e, number by number (each a bf16 number as it is: the widened
+ * numbers' maximum, narrowed exactly) */
+INLINE TBF void max4_bf16(const uint16_t* a, const uint16_t* b, const uint16_t* c, const uint16_t* e, int64_t d,
+                          uint16_t* out) {
+  for (int64_t j = 0; j < d; j += 16) {
+    const __mmask16 k = tail(d - j);
+    const __m512 ab = _mm512_max_ps(bf16_to_f32(_mm256_maskz_loadu_epi16(k, a + j)),
+                                    bf16_to_f32(_mm256_maskz_loadu_epi16(k, b + j)));
+    const __m512 ce = _mm512_max_ps(bf16_to_f32(_mm256_maskz_loadu_epi16(k, c + j)),
+                                    bf16_to_f32(_mm256_maskz_loadu_epi16(k, e + j)));
+    const __m512i m = _mm512_srli_epi32(_mm512_castps_si512(_mm512_max_ps(ab, ce)), 16);
+    _mm256_mask_storeu_epi16(out + j, k, _mm512_cvtepi32_epi16(m));
+  }
+}
+
+/* SAM 2's query pooling (qpool): window (wy, wx)'s queries are the 2 x 2 maxima of its tokens' q (head offset qoff,
+ * bf16 tokens), those on the pooled output map (mh / 2 x mw / 2: each from four tokens on the map), written into qp
+ * (rows of d bf16 numbers, row-major over the window's pooled grid cut to the map); returns how many, their grid's
+ * width in *pw */
+static TBF int64_t pooled_queries(const float* const* tokp, int64_t qoff, int64_t d, int64_t mh, int64_t mw,
+                                  int64_t hh, int64_t ww, int64_t wy, int64_t wx, uint16_t* qp, int64_t* pw) {
+  const int64_t ph = hh / 2, pwid = ww / 2;
+  const int64_t ny = mh / 2 - wy * ph < ph ? mh / 2 - wy * ph : ph, nx = mw / 2 - wx * pwid < pwid ? mw / 2 - wx * pwid : pwid;
+  *pw = nx;
+  if (ny <= 0 || nx <= 0) return 0;
+  for (int64_t y = 0; y < ny; y++)
+    for (int64_t x = 0; x < nx; x++) {
+      const int64_t t = 2 * y * ww + 2 * x;
+#define QROW(T) ((const uint16_t*)tokp[T] + qoff)
+      max4_bf16(QROW(t), QROW(t + ww), QROW(t + 1), QROW(t + ww + 1), d, qp + (y * nx + x) * d);
+#undef QROW
+    }
+  return ny * nx;
+}
+
 /* one head's keys and values packed, and a block of its queries attended: in float32 (mode 0), with bf16 products
  * (1) or with bf16 products on AMX tiles (2: BQ_AMX queries; the bf16 arrays in the float buffers' first halves) */
 static void pack(int mode, int tok16, const float* const* tokp, int64_t n, int64_t np, int64_t koff, int64_t voff,
@@ -945,11 +980,18 @@ static void fetch_window_rows(const void* qkv, int64_t srow, int64_t scol, int e
  * process has been granted them: geosam_amx_init; 1 where the compiler has no AMX).
  * tok16: qkv and bias are bf16 numbers (strides in numbers as for float32), mode 2 only (1 returned otherwise): the
  * AMX mode reads the bf16 projection as it is, without a float32 copy of it. out16: out holds bf16 numbers (strides
- * in numbers), the results rounded as torch rounds float32 to bf16 (any mode). */
+ * in numbers), the results rounded as torch rounds float32 to bf16 (any mode). qpool: SAM 2's query pooling (a
+ * stride of 2 in windows: ws even, no tables, tok16, mode 2; 1 returned otherwise): each window's queries are the
+ * 2 x 2 maxima of its tokens' q (pooled_queries), attending to all its keys; out is the pooled map (mh / 2 x mw / 2,
+ * odd edges dropped), each output from four tokens on the map. On an Intel Xeon with AMX, one thread, Hiera-tiny's
+ * three pooling blocks' attention with their projections 97 / 40 / 30 ms against 124 / 57 / 50 ms with the windows
+ * copied out, q pooled by torch and torch's fused attention on windows of 4 to 49 queries. */
 int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh, int64_t mw, int64_t ws,
                         const void* bias, int64_t nh, int64_t d, float scale, const float* tab_h, const float* tab_w,
-                        void* out, int64_t orow, int64_t ocol, int threads, int mode, int tok16, int out16) {
+                        void* out, int64_t orow, int64_t ocol, int threads, int mode, int tok16, int out16,
+                        int qpool) {
   if (d % 8 != 0 || d < 16 || d > 128 || mh < 1 || mw < 1 || ws < 0 || (ws > 0 && bias == NULL)) return 1;
+  if (qpool && (ws < 2 || ws % 2 != 0 || tab_h != NULL || !tok16 || mode != 2 || mh < 2 || mw < 2)) return 1;
   if (mode == 2 && !GEOSAM_AMX) mode = 1;
   if (tok16 && mode != 2) return 1;
   if (d % 16 != 0 && !(tok16 && tab_h == NULL)) return 1; /* heads of 8 more than 16s: bf16 tokens, AMX, no tables */
@@ -959,7 +1001,7 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
   int64_t nwy = (mh + hh - 1) / hh, nwx = (mw + ww - 1) / ww, nwin = nwy * nwx;
   /* windows: each (window, head) a task, packing its own keys and values; one map: every head packed first,
    * then the (head, block of queries) tasks */
-  int whole = nwin == 1;
+  int whole = nwin == 1 && !qpool; /* pooled queries: always by windows */
   /* float32 maps whose rows are whole pairs of key panels: the running softmax in chunks of keys */
   const int flash = mode == 0 && whole && flash_map && ww % 32 == 0;
   const int64_t bq = flash ? BQ_FLASH : mode == 2 ? BQ_AMX : whole ? BQ_MAP : BQ;
@@ -1043,6 +1085,23 @@ int geosam_attention512(const void* qkv, int64_t srow, int64_t scol, int64_t mh,
                             ((w + 1) % nh) * d, d);
         }
         pack(mode, tok16, tokp, n, np, cc + h * d, 2 * cc + h * d, d, kp, vp);
+        if (qpool) { /* the window's pooled queries (in qf's place: no tables) against all its keys */
+          int64_t pw;
+          const int64_t npool = pooled_queries(tokp, h * d, d, mh, mw, hh, ww, wy, wx, (uint16_t*)qf, &pw);
+          char* oh = (char*)out + h * d * oesz;
+          for (int64_t b0 = 0; b0 < npool; b0 += bq) {
+            nq = npool - b0 < bq ? npool - b0 : bq;
+            for (int64_t r = 0; r < bq; r++) {
+              const int64_t j = b0 + (r < nq ? r : 0), y = wy * (hh / 2) + j / pw, x = wx * (ww / 2) + j % pw;
+              q[r] = (const float*)((const uint16_t*)qf + j * d);
+              tok[r] = 0;
+              orows[r] = (float*)(oh + (y * orow + x * ocol) * oesz);
+            }
+            attend(mode, tok16, q, tok, nq, bq, scale, kp, vp, NULL, NULL, NULL, hh, ww, d, s, qs, rh, rw, o, inv);
+            block_out(o, inv, nq, d, dv, orows, out16);
+          }
+          continue;
+        }
         const int small = tab_h != NULL && hh <= 16 && ww <= 16; /* the window's terms first, for every block */
         if (small) window_rel(tokp, h * d, tok16, tab_h, tab_w, hh, ww, ry, rx, d, qf, wrel);
         for (int64_t b0 = 0; b0 < ry * rx; b0 += bq) {

@@ -9,9 +9,10 @@ pyramid levels, which ``get_image_embeddings`` never returns. Here (`fast_sam2_e
 * weights converted once to the compute dtype and kept beside the model (`geosam.models.cpu_fused`), every map a
   channels-last (pixels, channels) matrix;
 * the MLP's GELU fused into its first product, and in float32 the residuals added by the products that end each
-  part (their binary post-op); the attention is torch's fused attention on the windows, or in bf16 where no queries
-  are pooled geosam's AVX-512 / AMX kernel (`geosam.models.cpu_attention`) on the whole map's projections, which
-  windows them itself; the query pooling and the skip connection's pooling a max over 2 x 2 views (no layout copy);
+  part (their binary post-op); the attention is torch's fused attention on the windows, or in bf16 geosam's AVX-512 /
+  AMX kernel (`geosam.models.cpu_attention`) on the whole map's projections, which windows them itself and pools a
+  stage's first block's queries in each window; torch's query pooling (where the kernel does not run) and the skip
+  connection's pooling a max over 2 x 2 views (no layout copy);
 * the position embedding (bicubic background plus the tiled window embedding) made once per size and kept;
 * no sine position encodings, no discarded scores.
 
@@ -113,25 +114,30 @@ def _unwindows(o: torch.Tensor, nh: int, nw: int, ws: int, h: int, w: int) -> to
 
 
 def _kernel_attention(x: torch.Tensor, blk: Any, wt: Weights, h: int, w: int) -> torch.Tensor | None:
-    """In bf16, ``blk``'s attention (no query pooling) and output projection through `geosam.models.cpu_attention`
+    """In bf16, ``blk``'s attention and output projection through `geosam.models.cpu_attention`
     (AVX-512, bf16 products on AMX tiles where the CPU has them), which takes the whole map's qkv projection and
     windows it itself (the padded tokens carry the projection's bias, as zero tokens do): tokens (h*w, dim), or None
     where the kernel does not run here or does not take these shapes, and in float32 (torch's fused attention was as
-    fast: 1.31 vs 1.35 s an encode; bf16 0.44 -> 0.41 s, Intel Xeon with AMX, 2 threads, default config)."""
+    fast: 1.31 vs 1.35 s an encode; bf16 0.44 -> 0.41 s, Intel Xeon with AMX, 2 threads, default config). A block
+    that pools its queries (a stage's first) has the kernel pool them in each window (2 x 2 maxima of its tokens' q,
+    `geosam.models.cpu_attention.reference_pooled`): tokens (h/2 * w/2, dim_out) then; before, the windows were copied
+    out, their q pooled by torch and attended by its fused attention on windows of 4 to 49 queries."""
     from geosam.models.cpu_attention import attention, takes
 
     attn = blk.attn
     d = attn.dim_out // attn.num_attention_heads
-    if wt.dtype != torch.bfloat16 or not takes(wt.dtype, d):
+    ws, pool = blk.window_size, bool(blk.query_stride)
+    if wt.dtype != torch.bfloat16 or not takes(wt.dtype, d) or (pool and (ws < 2 or ws % 2 or min(h, w) < 2)):
         return None  # checked before the projection: bf16 tokens on AMX tiles, heads of a multiple of 8 up to 128
-    ws = blk.window_size
     qkv = linear(x, attn.qkv, wt).view(h, w, -1)
     c = qkv.shape[-1] // 3
-    out = torch.empty((h, w, c), dtype=wt.dtype)
+    ho, wo = (h // 2, w // 2) if pool else (h, w)
+    out = torch.empty((ho, wo, c), dtype=wt.dtype)
     bias = wt.get(attn.qkv.bias) if ws > 0 else None
-    if not attention(qkv, attn.num_attention_heads, attn.scale, None, out, ws, bias, bf16=wt.dtype == torch.bfloat16):
+    if not attention(qkv, attn.num_attention_heads, attn.scale, None, out, ws, bias, bf16=wt.dtype == torch.bfloat16,
+                     pool_queries=pool):
         return None
-    return linear(out.view(h * w, c), attn.proj, wt)
+    return linear(out.view(ho * wo, c), attn.proj, wt)
 
 
 def _attention(x: torch.Tensor, blk: Any, wt: Weights, h: int, w: int) -> tuple[torch.Tensor, int, int]:
@@ -141,10 +147,10 @@ def _attention(x: torch.Tensor, blk: Any, wt: Weights, h: int, w: int) -> tuple[
     heads = attn.num_attention_heads
     stride = blk.query_stride
     ws = blk.window_size
-    if not stride:  # geosam's attention kernel on the whole map's projections (it windows them itself)
-        o = _kernel_attention(x, blk, wt, h, w)
-        if o is not None:
-            return o, h, w
+    # geosam's attention kernel on the whole map's projections (it windows them itself, and pools the queries)
+    o = _kernel_attention(x, blk, wt, h, w)
+    if o is not None:
+        return (o, h // 2, w // 2) if stride else (o, h, w)
     if ws > 0:
         win, nh, nw = _windows(x, h, w, ws)
     else:
