@@ -9,7 +9,8 @@ the float32 module's. Writes ``--out``.
 
 ``--pooled``: the second path instead runs the kernel where no queries are pooled and torch for the blocks that pool
 them (a stage's first: windows copied out, q pooled by torch, torch's fused attention), as before the kernel pooled
-queries itself (session 51): what that change is worth.
+queries itself (session 51): what that change is worth, whole encodes and each pooling block alone
+(``pooling_blocks``: short runs alternating, steadier on a noisy host).
 
 Usage::
 
@@ -36,6 +37,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return round(float((a.float() - b.float()).norm() / b.float().norm()), 7)
+
+
+def _pooling_blocks(fh, model, x: torch.Tensor, paths: dict, rounds: int) -> list[dict]:
+    """Each query-pooling block's attention with its projections (``fast_hiera._attention`` on the block's own input,
+    captured from one encode) under each path, alternating ``5 rounds + 2`` times, medians in ms: short runs, so the
+    host's slow swings (a whole encode moved 1.6-3.1 s between rounds here) fall on both paths alike."""
+    import time
+
+    caps, attention = [], fh._attention
+
+    def capture(t, blk, wt, h, w):
+        if blk.query_stride:
+            caps.append((t.clone(), blk, wt, h, w))
+        return attention(t, blk, wt, h, w)
+
+    fh._attention = capture
+    try:
+        fh.fast_sam2_embeddings(model, x, torch.bfloat16)
+    finally:
+        fh._attention = attention
+    kernel, out = fh._kernel_attention, []
+    try:
+        for t, blk, wt, h, w in caps:
+            times: dict[str, list[float]] = {name: [] for name in paths}
+            for r in range(5 * rounds + 3):
+                for name, path in paths.items():
+                    fh._kernel_attention = path
+                    start = time.perf_counter()
+                    fh._attention(t, blk, wt, h, w)
+                    if r:  # round 0: warm-up
+                        times[name].append(time.perf_counter() - start)
+            out.append({"map": [h, w], "window": blk.window_size, "heads": blk.attn.num_attention_heads,
+                        "dim": [blk.dim, blk.dim_out],
+                        **{f"{name}_ms": round(1e3 * statistics.median(v), 2) for name, v in times.items()}})  # fmt: skip
+    finally:
+        fh._kernel_attention = kernel
+    return out
 
 
 def main() -> None:
@@ -75,6 +113,8 @@ def main() -> None:
                 name: [_relative(o, w) for o, w in zip(out, want, strict=True)] for name, out in outs.items()
             },
         }
+        if args.pooled:
+            results[size]["pooling_blocks"] = _pooling_blocks(fh, model, x, paths, args.rounds)
         print(size, json.dumps(results[size]), flush=True)
         del model
     out = {**machine(args.threads, args.note), "dtype": "bfloat16", "amx": amx_available(),
