@@ -427,6 +427,25 @@ def test_pooled_queries_need_even_windows_bf16_tokens_and_no_tables() -> None:
     assert cpu_attention.attention(q16, 2, 0.2, None, out, 8, b16, bf16=True, pool_queries=True)
 
 
+@needs_amx
+def test_pooled_queries_give_the_same_bits_at_any_thread_count() -> None:
+    """Each (window, head) of the pooled queries is one task, computed alike whichever thread takes it."""
+    gen = torch.Generator().manual_seed(12)
+    qkv = torch.randn((30, 26, 3 * 4 * 48), generator=gen).bfloat16()
+    bias = torch.randn(3 * 4 * 48, generator=gen).bfloat16()
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out = torch.empty((15, 13, 4 * 48), dtype=torch.bfloat16)
+            assert cpu_attention.attention(qkv, 4, 48**-0.5, None, out, 8, bias, bf16=True, pool_queries=True)
+            outs.append(out)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
 @needs_kernel
 @pytest.mark.parametrize("products", ["float32", "avx512_bf16"])
 @pytest.mark.parametrize(("side", "d"), [(14, 64), (12, 32), (16, 48)])

@@ -207,16 +207,19 @@ def _matches_reference(lib: ctypes.CDLL, mode: int = 0, tokens_bf16: bool = Fals
 def _pooled_matches_reference(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
     """The AMX mode's pooled queries (`attention`'s ``pool_queries``) against `reference_pooled` in float64 within
     `BF16_TOLERANCE`: windows that tile the map, padded strips on odd and even map sizes, windows of 2 (one pooled
-    query), heads of 16 and 56 numbers."""
-    for hh, ww, nh, d, window in ((16, 16, 2, 32, 8), (13, 11, 2, 56, 4), (30, 20, 1, 16, 14), (6, 9, 3, 16, 2)):
-        qkv = torch.randn((hh, ww, 3 * nh * d), generator=gen).bfloat16()
-        bias = torch.randn(3 * nh * d, generator=gen).bfloat16()
-        want = reference_pooled(qkv.double(), nh, d**-0.5, window, bias.double())
-        out = torch.full((hh // 2, ww // 2, nh * d), float("nan"))
-        if _call(lib, qkv, nh, d**-0.5, None, out, window, bias, AMX, pool_queries=True) != 0:
-            return False
-        if not bool((out.double() - want).abs().max() <= BF16_TOLERANCE * want.abs().max()):
-            return False
+    query), heads of 16 and 56 numbers, one and two threads."""
+    cases = ((16, 16, 2, 32, 8), (13, 11, 2, 56, 4), (30, 20, 1, 16, 14), (6, 9, 3, 16, 2))
+    with alternating_threads() as use:
+        for i, (hh, ww, nh, d, window) in enumerate(cases):
+            use(i)
+            qkv = torch.randn((hh, ww, 3 * nh * d), generator=gen).bfloat16()
+            bias = torch.randn(3 * nh * d, generator=gen).bfloat16()
+            want = reference_pooled(qkv.double(), nh, d**-0.5, window, bias.double())
+            out = torch.full((hh // 2, ww // 2, nh * d), float("nan"))
+            if _call(lib, qkv, nh, d**-0.5, None, out, window, bias, AMX, pool_queries=True) != 0:
+                return False
+            if not bool((out.double() - want).abs().max() <= BF16_TOLERANCE * want.abs().max()):
+                return False
     return True
 
 
