@@ -916,7 +916,8 @@ INLINE TBF void max4_bf16(const uint16_t* a, const uint16_t* b, const uint16_t* 
 static TBF int64_t pooled_queries(const float* const* tokp, int64_t qoff, int64_t d, int64_t mh, int64_t mw,
                                   int64_t hh, int64_t ww, int64_t wy, int64_t wx, uint16_t* qp, int64_t* pw) {
   const int64_t ph = hh / 2, pwid = ww / 2;
-  const int64_t ny = mh / 2 - wy * ph < ph ? mh / 2 - wy * ph : ph, nx = mw / 2 - wx * pwid < pwid ? mw / 2 - wx * pwid : pwid;
+  const int64_t ly = mh / 2 - wy * ph, lx = mw / 2 - wx * pwid; /* pooled rows and columns left on the map */
+  const int64_t ny = ly < ph ? ly : ph, nx = lx < pwid ? lx : pwid;
   *pw = nx;
   if (ny <= 0 || nx <= 0) return 0;
   for (int64_t y = 0; y < ny; y++)
