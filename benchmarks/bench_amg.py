@@ -261,6 +261,16 @@ def summarise(g_in_p: int, p_in_g: int, n_g: int, n_p: int) -> dict:
     }
 
 
+#: the counts `summarise` takes, which agreements pool by adding
+COUNTS = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
+
+
+def pooled(parts) -> dict:
+    """Agreements (`compare` / `summarise` results) pooled into one: their counts added, the fractions of the sums."""
+    parts = list(parts)
+    return summarise(*(sum(p[k] for p in parts) for k in COUNTS))
+
+
 def encoder_runner(bundle):
     from geosam.models import encode, preprocess
 
@@ -313,8 +323,7 @@ def agreement_parts(geo_default, ref_default, geo_all, ref_all, single: bool = F
     parts = {} if ref_all is None else {"without_nms": compare(geo_all, ref_all)}
     if not single:
         parts["default_thresholds"] = compare(geo_default, ref_default)
-    keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
-    parts["pooled"] = summarise(*(sum(p[k] for p in parts.values()) for k in keys))
+    parts["pooled"] = pooled(parts.values())
     return parts
 
 
@@ -326,9 +335,7 @@ def agreement_over_chips(runs: dict, more_chips, masks: dict, masks_all: dict, s
     geosam's float32 masks stand in for the pipeline's (the same run measures them equal: ``agreement_vs_pipeline``
     1.0 in float32), so the bf16 figure rests on every chip of the scene without running the references on them:
     one chip's figure moves by +-0.01 with rounding-level changes (16 x 16, chip to chip 0.968-0.983)."""
-    keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")
-    total = dict.fromkeys(keys, 0)
-    per_chip = []
+    chips, per_chip = [], []
     n_timed = len(masks_all["geosam_float32"])
     for i in range(n_timed + len(more_chips)):
         if i < n_timed:
@@ -337,11 +344,9 @@ def agreement_over_chips(runs: dict, more_chips, masks: dict, masks_all: dict, s
             chip = more_chips[i - n_timed]
             got = {d: (None if single else timed(chip), free(chip)) for d, (timed, free) in runs.items()}
         (b_def, b_all), (f_def, f_all) = got["bfloat16"], got["float32"]
-        parts = agreement_parts([b_def], [f_def], [b_all], [f_all], single)["pooled"]
-        per_chip.append(parts["mask_agreement"])
-        for k in keys:
-            total[k] += parts[k]
-    return {"chips": len(per_chip), "per_chip": per_chip, "pooled": summarise(*(total[k] for k in keys))}
+        chips.append(agreement_parts([b_def], [f_def], [b_all], [f_all], single)["pooled"])
+        per_chip.append(chips[-1]["mask_agreement"])
+    return {"chips": len(per_chip), "per_chip": per_chip, "pooled": pooled(chips)}
 
 
 #: the speedup over the pipeline that issue 24 asks for, for `add_peak_bounds`

@@ -26,6 +26,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -43,8 +44,6 @@ def _pooling_blocks(fh, model, x: torch.Tensor, paths: dict, rounds: int) -> lis
     """Each query-pooling block's attention with its projections (``fast_hiera._attention`` on the block's own input,
     captured from one encode) under each path, alternating ``5 rounds + 2`` times, medians in ms: short runs, so the
     host's slow swings (a whole encode moved 1.6-3.1 s between rounds here) fall on both paths alike."""
-    import time
-
     caps, attention = [], fh._attention
 
     def capture(t, blk, wt, h, w):

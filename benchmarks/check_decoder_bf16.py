@@ -8,7 +8,7 @@ NMS off (box_nms_thresh 1.0, as bench_amg's agreement pass), on ``--chips`` chip
 variant replaces every `SamAttention`'s attention (the two-way transformer's and the final one) by the same attention
 on bf16 inputs with float32 sums, as bf16 products on AMX tiles run it: q, k and v rounded to bf16, the softmax's
 numerators exp(s - max) rounded to bf16, their sum and the normalisation in float32. Agreement as bench_amg measures
-it (`bench_amg.compare` chip by chip, pooled as `summarise` pools: masks matched at IoU >= 0.9 each way, the
+it (`bench_amg.compare` chip by chip, pooled by `bench_amg.pooled`: masks matched at IoU >= 0.9 each way, the
 smaller of the two fractions; ``geosam_*`` the variant's masks, ``pipeline_*`` the all-float32 ones). Writes ``--out``.
 
 ``--scopes``: which attentions go bf16: ``all`` (the variant above), ``two_way`` (the two-way transformer's layers:
@@ -72,7 +72,8 @@ def main() -> None:
     import transformers.models.sam.modeling_sam as ms
     from _alternate import parse_and_set_up
     from _machine import machine
-    from bench_amg import build_sane_random_sam, compare, load_chips, summarise
+    from bench_amg import build_sane_random_sam, compare, load_chips
+    from bench_amg import pooled as pool
 
     from geosam.models import load_model
     from geosam.models.bundle import SamBundle
@@ -134,8 +135,7 @@ def main() -> None:
                 print(f"chip {i} {name}: {json.dumps(per_chip[name][-1])}", flush=True)
     finally:
         interface.get_interface = real
-    keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")  # pooled as bench_amg pools them
-    pooled = {v: summarise(*(sum(c[k] for c in chips) for k in keys)) for v, chips in per_chip.items()}
+    pooled = {v: pool(chips) for v, chips in per_chip.items()}  # as bench_amg pools them
     out = {**machine(args.threads, args.note), "grid": args.grid, "chips": per_chip, "pooled": pooled,
            "mask_agreement": {v: p["mask_agreement"] for v, p in pooled.items()}}  # fmt: skip
     print(json.dumps(out["mask_agreement"]))

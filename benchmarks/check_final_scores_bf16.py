@@ -11,7 +11,7 @@ the sums, scales and everything else in float32, as AMX's products would; both b
 bf16 one (``dtype="bfloat16"``). A full-size random ViT-B with smooth, prompt-dependent masks
 (`bench_amg.build_sane_random_sam`), ``--grid`` x ``--grid`` points, SAM's thresholds, NMS off (box_nms_thresh 1.0,
 as bench_amg's agreement pass), on ``--chips`` chips of ``data/banepa_predict.tif``; agreement as bench_amg measures
-it (`bench_amg.compare`, pooled as `summarise` pools) against the all-float32 masks, and the bf16 variant against
+it (`bench_amg.compare`, pooled by `bench_amg.pooled`) against the all-float32 masks, and the bf16 variant against
 plain bf16. Writes ``--out``.
 
     python benchmarks/check_final_scores_bf16.py --threads 2 --out benchmarks/results/final_scores_bf16.json
@@ -39,7 +39,8 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     from _alternate import parse_and_set_up
     from _machine import machine
-    from bench_amg import build_sane_random_sam, compare, load_chips, summarise
+    from bench_amg import build_sane_random_sam, compare, load_chips
+    from bench_amg import pooled as pool
 
     import geosam.models.fast_final as ff
     from geosam.models import load_model
@@ -80,8 +81,7 @@ def main() -> None:
     finally:
         ff.final_scores = real
     assert calls[0] > 0, "the fast decoder's final scores were never called: nothing was checked"
-    keys = ("geosam_matched", "pipeline_matched", "geosam_masks", "pipeline_masks")  # pooled as bench_amg pools them
-    pooled = {v: summarise(*(sum(c[k] for c in chips) for k in keys)) for v, chips in per_chip.items()}
+    pooled = {v: pool(chips) for v, chips in per_chip.items()}  # as bench_amg pools them
     out = {**machine(args.threads, args.note), "grid": args.grid, "final_scores_calls": calls[0], "chips": per_chip,
            "pooled": pooled, "mask_agreement": {v: p["mask_agreement"] for v, p in pooled.items()}}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -394,11 +394,9 @@ def test_pooled_queries_are_sam2s_query_pooling(hh: int, ww: int, nh: int, d: in
     scale = float(want.abs().max())
     assert float((out.double() - want).abs().max()) <= cpu_attention.BF16_TOLERANCE * scale
     # torch's path on the same bf16 numbers (fast_hiera's before the kernel took these blocks)
-    py, px = -hh % window, -ww % window
-    padded = torch.cat([qkv, bias.expand(hh, px, -1)], dim=1)
-    padded = torch.cat([padded, bias.expand(py, ww + px, -1)], dim=0)
-    ny, nx, s, c = (hh + py) // window, (ww + px) // window, window // 2, nh * d
-    wins = padded.view(ny, window, nx, window, 3 * c).permute(0, 2, 1, 3, 4).reshape(ny * nx, window, window, 3 * c)
+    wins = cpu_attention.padded_windows(qkv, window, bias)
+    ny, nx, s, c = wins.shape[0], wins.shape[1], window // 2, nh * d
+    wins = wins.reshape(ny * nx, window, window, 3 * c)
     q = wins[..., :c].reshape(ny * nx, s, 2, s, 2, c).amax(dim=(2, 4)).reshape(ny * nx, s * s, nh, d).transpose(1, 2)
     k, v = (wins[..., i * c: (i + 1) * c].reshape(ny * nx, window * window, nh, d).transpose(1, 2) for i in (1, 2))
     sdpa = F.scaled_dot_product_attention(q, k, v, scale=d**-0.5).transpose(1, 2).reshape(ny, nx, s, s, c)

@@ -57,8 +57,8 @@ from geosam.models.cpu_build import alternating_threads, load
 from geosam.models.cpu_kernels import transposed_tables
 from geosam.models.device import cpu_flags
 
-__all__ = ["BF16_TOLERANCE", "TOLERANCE", "amx_available", "attention", "available", "bf16_available", "reference",
-           "reference_pooled", "takes"]
+__all__ = ["BF16_TOLERANCE", "TOLERANCE", "amx_available", "attention", "available", "bf16_available",
+           "padded_windows", "reference", "reference_pooled", "takes"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,16 @@ TOLERANCE = 1e-5
 #: The same for the bf16 products on q, k, v that are bf16 numbers: the probabilities' rounding to bf16 (8 bits) is
 #: what is left (~1e-3 measured).
 BF16_TOLERANCE = 4e-3
+
+
+def padded_windows(qkv: torch.Tensor, window: int, bias: torch.Tensor) -> torch.Tensor:
+    """A map's qkv projection (H, W, 3C) in windows of ``window`` as ``window_partition`` makes them, the tokens past
+    the map ``bias`` (the projection of a zero token): (H / window, W / window, window, window, 3C), rounded up."""
+    hh, ww, c3 = qkv.shape
+    py, px = -hh % window, -ww % window
+    padded = torch.cat([qkv, bias.to(qkv.dtype).expand(hh, px, c3)], dim=1)
+    padded = torch.cat([padded, bias.to(qkv.dtype).expand(py, ww + px, c3)], dim=0)
+    return padded.view((hh + py) // window, window, (ww + px) // window, window, c3).permute(0, 2, 1, 3, 4)
 
 
 def reference(
@@ -90,13 +100,10 @@ def reference(
     hh, ww, c3 = qkv.shape
     if window > 0:
         assert bias is not None
-        py, px = -hh % window, -ww % window
-        padded = torch.cat([qkv, bias.to(qkv.dtype).expand(hh, px, c3)], dim=1)
-        padded = torch.cat([padded, bias.to(qkv.dtype).expand(py, ww + px, c3)], dim=0)
-        ny, nx = (hh + py) // window, (ww + px) // window
-        wins = padded.view(ny, window, nx, window, c3).permute(0, 2, 1, 3, 4).reshape(-1, window, window, c3)
-        outs = torch.stack([reference(w, num_heads, scale, tables) for w in wins])
-        outs = outs.view(ny, nx, window, window, -1).permute(0, 2, 1, 3, 4).reshape(hh + py, ww + px, -1)
+        wins = padded_windows(qkv, window, bias)
+        ny, nx = wins.shape[:2]
+        outs = torch.stack([reference(w, num_heads, scale, tables) for w in wins.reshape(-1, window, window, c3)])
+        outs = outs.view(ny, nx, window, window, -1).permute(0, 2, 1, 3, 4).reshape(ny * window, nx * window, -1)
         return outs[:hh, :ww]
     d = c3 // (3 * num_heads)
     q, k, v = qkv.reshape(hh * ww, 3, num_heads, d).permute(1, 2, 0, 3).unbind(0)  # (nh, N, d)
@@ -117,11 +124,8 @@ def reference_pooled(qkv: torch.Tensor, num_heads: int, scale: float, window: in
     hh, ww, c3 = qkv.shape
     c, s = c3 // 3, window // 2
     d = c // num_heads
-    py, px = -hh % window, -ww % window
-    padded = torch.cat([qkv, bias.to(qkv.dtype).expand(hh, px, c3)], dim=1)
-    padded = torch.cat([padded, bias.to(qkv.dtype).expand(py, ww + px, c3)], dim=0)
-    ny, nx = (hh + py) // window, (ww + px) // window
-    wins = padded.view(ny, window, nx, window, c3).permute(0, 2, 1, 3, 4)  # (ny, nx, window, window, 3C)
+    wins = padded_windows(qkv, window, bias)  # (ny, nx, window, window, 3C)
+    ny, nx = wins.shape[:2]
     q = wins[..., :c].reshape(ny, nx, s, 2, s, 2, c).amax(dim=(3, 5)).reshape(ny, nx, s * s, num_heads, d)
     k = wins[..., c: 2 * c].reshape(ny, nx, window * window, num_heads, d)
     v = wins[..., 2 * c:].reshape(ny, nx, window * window, num_heads, d)
