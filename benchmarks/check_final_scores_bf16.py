@@ -1,18 +1,28 @@
-"""How far geosam's fast decoder moves segment-everything's masks when its final attention's factored scores take
-bf16 inputs (one check, not a speed race): what computing them as bf16 products on AMX tiles would cost in mask
-agreement, before anyone writes that kernel.
+"""How far geosam's fast decoder moves segment-everything's masks when its final attention takes bf16 products: the
+factored scores on AMX tiles (`geosam.models.cpu_heads.final_scores` with ``bf16``, what ``dtype="bfloat16"`` runs
+where the CPU has AMX), their emulation, and the next candidate, the attention's softmax products (one check, not a
+speed race).
 
 `check_decoder_bf16.py` asked the same of transformers' own decoder (its final attention in bf16: no mask moved).
 geosam's decoder does not form that attention's keys: `geosam.models.fast_final.factored_final_attention` computes its
-scores from factors (`geosam.models.cpu_heads.final_scores`: the prompts' rows f0, f1 against the image -> token
-weights p0, p1, and the queries q against two image sides kx, kp, with per-position scales), so bf16 products would
-round other numbers. The variant rounds every factor of those products (f0, f1, p0, p1, q, kx, kp) to bf16 and keeps
-the sums, scales and everything else in float32, as AMX's products would; both behind geosam's float32 encoder and its
-bf16 one (``dtype="bfloat16"``). A full-size random ViT-B with smooth, prompt-dependent masks
-(`bench_amg.build_sane_random_sam`), ``--grid`` x ``--grid`` points, SAM's thresholds, NMS off (box_nms_thresh 1.0,
-as bench_amg's agreement pass), on ``--chips`` chips of ``data/banepa_predict.tif``; agreement as bench_amg measures
-it (`bench_amg.compare`, pooled by `bench_amg.pooled`) against the all-float32 masks, and the bf16 variant against
-plain bf16. Writes ``--out``.
+scores from factors (the prompts' rows f0, f1 against the image -> token weights p0, p1, and the queries q against two
+image sides kx, kp, with per-position scales), so bf16 products round other numbers. Variants, each behind geosam's
+float32 encoder or its bf16 one (``dtype="bfloat16"``):
+
+* ``*_emulated_scores``: every factor of the scores (f0, f1, p0, p1, q, kx, kp) rounded to bf16, the sums, scales and
+  everything else float32 (the float32 kernel on rounded inputs: what the AMX kernel computes, summed in another order);
+* ``bfloat16``: the bf16 dtype as it runs (the scores on AMX tiles where the CPU has them); ``bfloat16_float32_scores``:
+  the same with the float32 scores kernel (before the AMX kernel);
+* ``*_final_products_bf16``: also the final attention's softmax products (`geosam.models.cpu_weights.softmax_products`
+  in that attention) on bf16 numbers, emulated: the weights times their scales rounded to bf16, the matrices they
+  multiply (the two layers' weights transposed and the first image side's values) rounded, the sums and the softmax's
+  normalisation float32.
+
+A full-size random ViT-B with smooth, prompt-dependent masks (`bench_amg.build_sane_random_sam`), ``--grid`` x
+``--grid`` points, SAM's thresholds, NMS off (box_nms_thresh 1.0, as bench_amg's agreement pass), on ``--chips`` chips
+of ``data/banepa_predict.tif``; agreement as bench_amg measures it (`bench_amg.compare`, pooled by `bench_amg.pooled`)
+against the all-float32 masks, and ``bfloat16`` against ``bfloat16_float32_scores`` and against
+``bfloat16_emulated_scores``. Writes ``--out``.
 
     python benchmarks/check_final_scores_bf16.py --threads 2 --out benchmarks/results/final_scores_bf16.json
 """
@@ -24,6 +34,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,6 +47,22 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).to(t.dtype)
 
 
+def products_bf16(s: torch.Tensor, scale1: torch.Tensor, want_sum: bool, x1: torch.Tensor, scale2: torch.Tensor,
+                  x2: torch.Tensor, v: torch.Tensor) -> Any:  # fmt: skip
+    """The final attention's `softmax_products` on bf16 numbers (module docstring), torch's ops."""
+    from geosam.models.cpu_weights import WeightProducts
+
+    n, nh, nt, p = s.shape
+    e = torch.exp(s - s.amax(dim=-1, keepdim=True))
+    total = e.sum(dim=-1).view(n, nh * nt, 1)
+    w1 = e * scale1[:, None, None, :]
+    w2 = _bf16(w1 * scale2[:, None, None, :])
+    x1p = torch.bmm(_bf16(w1).view(n, nh * nt, p), _bf16(x1)) / total
+    x2p = torch.bmm(w2.view(n, nh * nt, p), _bf16(x2)) / total
+    vp = torch.einsum("nhtp,hpd->nhtd", w2, _bf16(v)) / total.view(n, nh, nt, 1)
+    return WeightProducts(w1.view(n, nh * nt, p).sum(dim=-1) / total[..., 0] if want_sum else None, None, x1p, x2p, vp)
+
+
 def main() -> None:
     from _alternate import parse_and_set_up
     from _machine import machine
@@ -44,20 +71,28 @@ def main() -> None:
 
     import geosam.models.fast_final as ff
     from geosam.models import load_model
+    from geosam.models.cpu_heads import amx_available
     from geosam.segment import SamMaskGenerator
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", type=int, default=16)
     ap.add_argument("--chips", type=int, default=4, help="chips of the scene (max 4)")
     args = parse_and_set_up(ap, "final_scores_bf16.json")
-    real = ff.final_scores
-    calls = [0]
+    real, real_products = ff.final_scores, ff.softmax_products
+    calls = {"emulated": 0, "products": 0}
 
-    def rounded(f, probs, q, keys, c, scales):
-        """`final_scores` on its factors rounded to bf16 (sums, scales and c float32)."""
-        calls[0] += 1
+    def emulated(f, probs, q, keys, c, scales, bf16=False):
+        """`final_scores` on its factors rounded to bf16 (sums, scales and c float32), the float32 kernel."""
+        calls["emulated"] += 1
         return real(tuple(_bf16(x) for x in f), tuple(_bf16(x) for x in probs), _bf16(q).contiguous(),
                     tuple(_bf16(x) for x in keys), c, scales)  # fmt: skip
+
+    def float32_scores(*a, bf16=False):
+        return real(*a[:6])
+
+    def products(s, scale1=None, y=None, want_sum=False, x1=None, scale2=None, x2=None, v=None):
+        calls["products"] += 1
+        return products_bf16(s, scale1, want_sum, x1, scale2, x2, v)
 
     with tempfile.TemporaryDirectory() as tmp:
         build_sane_random_sam().save_pretrained(tmp)
@@ -65,25 +100,36 @@ def main() -> None:
     gens = {dtype: SamMaskGenerator(b, points_per_side=args.grid, points_per_batch=64, pred_iou_thresh=0.88,
                                     stability_score_thresh=0.95, box_nms_thresh=1.0)
             for dtype, b in bundles.items()}  # fmt: skip
-    names = ("float32_final_scores_bf16", "bfloat16", "bfloat16_final_scores_bf16")
-    per_chip: dict[str, list[dict]] = {n: [] for n in (*names, "bfloat16_final_scores_bf16_vs_bfloat16")}
+    # variant: (dtype, final_scores, the final attention's softmax_products)
+    variants = {
+        "float32_emulated_scores": ("float32", emulated, real_products),
+        "bfloat16": ("bfloat16", real, real_products),
+        "bfloat16_float32_scores": ("bfloat16", float32_scores, real_products),
+        "bfloat16_emulated_scores": ("bfloat16", emulated, real_products),
+        "float32_final_products_bf16": ("float32", emulated, products),
+        "bfloat16_final_products_bf16": ("bfloat16", real, products),
+    }
+    pairs = (("bfloat16", "bfloat16_float32_scores"), ("bfloat16", "bfloat16_emulated_scores"))
+    per_chip: dict[str, list[dict]] = {n: [] for n in (*variants, *(f"{a}_vs_{b}" for a, b in pairs))}
     try:
         for i, chip in enumerate(load_chips(args.chips, 1024)):
-            ff.final_scores = real
-            ref, plain16 = gens["float32"].generate(chip).masks, gens["bfloat16"].generate(chip).masks
-            ff.final_scores = rounded
-            got32, got16 = gens["float32"].generate(chip).masks, gens["bfloat16"].generate(chip).masks
-            ff.final_scores = real
-            for name, masks in zip(names, (got32, plain16, got16), strict=True):
-                per_chip[name].append(compare([masks], [ref]))
-            per_chip["bfloat16_final_scores_bf16_vs_bfloat16"].append(compare([got16], [plain16]))
+            ref = gens["float32"].generate(chip).masks
+            got = {}
+            for name, (dtype, scores, prods) in variants.items():
+                ff.final_scores, ff.softmax_products = scores, prods
+                got[name] = gens[dtype].generate(chip).masks
+                ff.final_scores, ff.softmax_products = real, real_products
+                per_chip[name].append(compare([got[name]], [ref]))
+            for a, b in pairs:
+                per_chip[f"{a}_vs_{b}"].append(compare([got[a]], [got[b]]))
             print(f"chip {i}: " + json.dumps({n: v[-1]["mask_agreement"] for n, v in per_chip.items()}), flush=True)
     finally:
-        ff.final_scores = real
-    assert calls[0] > 0, "the fast decoder's final scores were never called: nothing was checked"
+        ff.final_scores, ff.softmax_products = real, real_products
+    assert calls["emulated"] > 0 and calls["products"] > 0, "the final attention was never called: nothing checked"
     pooled = {v: pool(chips) for v, chips in per_chip.items()}  # as bench_amg pools them
-    out = {**machine(args.threads, args.note), "grid": args.grid, "final_scores_calls": calls[0], "chips": per_chip,
-           "pooled": pooled, "mask_agreement": {v: p["mask_agreement"] for v, p in pooled.items()}}  # fmt: skip
+    out = {**machine(args.threads, args.note), "grid": args.grid, "amx_final_scores": amx_available(),
+           "calls": calls, "chips": per_chip, "pooled": pooled,
+           "mask_agreement": {v: p["mask_agreement"] for v, p in pooled.items()}}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out["mask_agreement"]))

@@ -186,3 +186,81 @@ def test_wide_head_products_are_the_avx2_ones_bit_for_bit(n: int, nh: int, nt: i
         assert torch.allclose(dots[1], cpu_heads.proj_dots_reference(a, xq, pq), rtol=1e-5, atol=1e-4)
     finally:
         torch.set_num_threads(before)
+
+
+needs_amx = pytest.mark.skipif(not cpu_heads.amx_available(), reason="AMX tiles only on CPUs with AMX (Intel Xeon)")
+
+
+@needs_amx
+@pytest.mark.parametrize(
+    ("n", "nh", "nt", "dk", "r", "p"), [(16, 8, 4, 16, 56, 4096), (3, 8, 7, 16, 56, 96), (2, 6, 4, 16, 40, 288)]
+)
+def test_amx_final_scores_are_the_reference_on_bf16_factors(n: int, nh: int, nt: int, dk: int, r: int, p: int) -> None:
+    """The final scores with ``bf16`` on AMX tiles: the reference on the factors rounded to bf16 (sums float32), the
+    same bits at 1, 2 and 3 threads; the rounding is really there (float32's scores differ by far more). SAM's sizes
+    first (4 used tokens: 4 heads a tile), 7 tokens (2 heads a tile), 6 heads (3 a tile), a chunk of one block."""
+    args = cpu_heads._final_inputs(torch.Generator().manual_seed(n * p + nt), n, nh, nt, dk, r, p)
+    want = cpu_heads.final_scores_reference(*args, bf16=True)
+    before = torch.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            got.append(cpu_heads.final_scores(*args, bf16=True))
+    finally:
+        torch.set_num_threads(before)
+    assert got[0] is not None and got[0].shape == (n, nh, nt, p)
+    torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-4)
+    assert all(g is not None and torch.equal(g, got[0]) for g in got[1:])
+    float32 = cpu_heads.final_scores(*args)
+    assert float32 is not None and float((float32 - want).abs().max()) > 1e-2
+
+
+@needs_amx
+def test_final_scores_the_amx_kernel_does_not_take_run_in_float32(monkeypatch) -> None:
+    """``bf16`` where the AMX kernel does not run gives the float32 kernel's bits: positions not in whole blocks of 32
+    (48), more than 16 tokens a head (17), no AMX."""
+    gen = torch.Generator().manual_seed(7)
+    for shape in ((2, 8, 4, 16, 56, 48), (1, 2, 17, 16, 9, 64)):
+        args = cpu_heads._final_inputs(gen, *shape)
+        got, float32 = cpu_heads.final_scores(*args, bf16=True), cpu_heads.final_scores(*args)
+        assert got is not None and float32 is not None and torch.equal(got, float32)
+    args = cpu_heads._final_inputs(gen, 2, 8, 4, 16, 56, 64)
+    assert not torch.equal(cpu_heads.final_scores(*args, bf16=True), cpu_heads.final_scores(*args))
+    monkeypatch.setattr(cpu_heads, "amx_available", lambda: False)
+    assert torch.equal(cpu_heads.final_scores(*args, bf16=True), cpu_heads.final_scores(*args))
+
+
+@needs_amx
+def test_the_bf16_decode_takes_its_final_scores_on_amx(monkeypatch) -> None:
+    """Under the bf16 dtype the fast decoder asks for its final scores in bf16 (the float32 dtype never does), and
+    its masks and IoUs stay float32's to that rounding."""
+    import dataclasses
+
+    from geosam import models as gm
+    from geosam.models import fast_final
+    from tests.test_fast_decoder import sam_size_decoding
+
+    bundle, emb, pts = sam_size_decoding(seed=5, prompts=4)
+    real, asked = fast_final.final_scores, []
+
+    def spy(*args, **kwargs):
+        asked.append(args[6] if len(args) > 6 else kwargs.get("bf16", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast_final, "final_scores", spy)
+    ml, il = gm.decode_points(bundle, emb, pts)
+    assert asked and not any(asked)
+    asked.clear()
+    monkeypatch.setattr(cpu_heads, "amx_available", lambda: False)  # float32 scores, the upscaling still bf16
+    plain = gm.decode_points(dataclasses.replace(bundle, dtype=torch.bfloat16), emb, pts)
+    monkeypatch.undo()
+    monkeypatch.setattr(fast_final, "final_scores", spy)
+    bl, bi = gm.decode_points(dataclasses.replace(bundle, dtype=torch.bfloat16), emb, pts)
+    assert asked and all(asked)
+    assert not torch.equal(bi, plain[1])  # the AMX scores moved the IoU token: they ran
+    torch.testing.assert_close(bi, il, rtol=0, atol=1e-2 * float(il.abs().max()))
+    scale = float(ml.abs().max())
+    assert float((bl - ml).abs().max()) <= 2e-2 * scale
+    clear = ml.abs() > 2e-2 * scale
+    assert torch.equal((bl > 0)[clear], (ml > 0)[clear])

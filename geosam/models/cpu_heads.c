@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cpu_vec.h"
+#include "cpu_amx.h" /* section 5: the final scores on AMX tiles (bf16) */
 
 /* 1. Per-head products of many prompts' token rows against one image side projected per head, the decoder's
  * most frequent product: out[n, h, t, p] (+)= sum_k a[n, h, t, k] x[h, k, p] for every prompt n, head h, token
@@ -376,3 +377,157 @@ int geosam_proj_dots(const float* v, int64_t sn, int64_t sh, int64_t st, const f
   }
   return 0;
 }
+
+/* 5. Section 3's scores for the bf16 dtype on AMX tiles (Intel Xeon with AMX): the same function of the factors
+ * rounded to bf16 (f0, f1, p0, p1, q, kx, kp; c, s1, s2 float32), the sums float32. Rows are tiled by groups of g
+ * heads (g nt <= 16 rows, g the most heads that fit and divide nh: SAM's 4 used tokens, 4 heads a tile): the left
+ * operands are the group's rows of f0 and f1 (inner size r) and a block-diagonal tile of its queries (head h's rows
+ * in its dk columns, inner size g dk), so that the group's heads' key rows, contiguous in kx and kp, make one right
+ * operand. For each chunk of FA_CHUNK positions (the keys' chunk packed once for all prompts) and prompt (its p0 and
+ * p1 chunk packed, each row read as one run), per block of 32 positions and group six accumulators (X = f0 p0 +
+ * q kx, Y = f1 p1, Z = q kp over two 16-position tiles) are combined as section 3 does: ((X s1 + c) + Y) s2 + Z.
+ * The left operands are made once per call. p a multiple of 32. Returns 0, 1 where the shapes do not fit (nt > 16),
+ * 2 if out of memory. */
+#define FA_CHUNK 256
+#if GEOSAM_AMX
+/* rows 0 .. r of a (r, p) matrix at columns c0 .. c0 + 32 nb rounded to bf16 as nb blocks (`stride` bf16 apart) of two
+ * right-operand panels of kr / 2 pairs (16 columns each): block b's dst[ct][k2][j][e] = m[2 k2 + e][c0 + 32 b + 16 ct
+ * + j], zeros past r; each row read as one run. `next` (or NULL): the rows' chunk packed next, into L2 meanwhile */
+static TAMX void fa_pack(const float* m, int64_t r, int64_t p, int64_t c0, int64_t nb, int64_t kr, int64_t stride,
+                         uint16_t* dst, const float* next) {
+  const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0); /* word 2 j: lo[j], 2 j + 1: hi[j] */
+  for (int64_t k2 = 0; k2 < kr / 2; k2++) {
+    const float* lo = m + 2 * k2 * p + c0;
+    for (int64_t e = 0; next != NULL && e < 2 && 2 * k2 + e < r; e++) prefetch_l2(next + (2 * k2 + e) * p, 32 * nb);
+    for (int64_t b = 0; b < 2 * nb; b++) { /* 16 columns at a time */
+      const __m512 x = 2 * k2 < r ? _mm512_loadu_ps(lo + 16 * b) : _mm512_setzero_ps();
+      const __m512 y = 2 * k2 + 1 < r ? _mm512_loadu_ps(lo + p + 16 * b) : _mm512_setzero_ps();
+      const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(y, x); /* x's numbers first */
+      _mm512_storeu_si512(dst + (b / 2) * stride + ((b % 2) * (kr / 2) + k2) * 32, _mm512_permutexvar_epi16(pairs, w));
+    }
+  }
+}
+
+/* acc0 / acc1 += a (16 rows of kn bf16, 2 kn bytes apart) times the two panels of b (fa_pack's, kn / 2 pairs), tiles
+ * 6 (left) and 7 (right) */
+#define FA_PRODUCT(acc0, acc1, a, b, kn)                                   \
+  for (int64_t q = 0; q < (kn) / 32; q++) {                                \
+    _tile_loadd(6, (a) + 32 * q, 2 * (kn));                                \
+    _tile_loadd(7, (b) + 512 * q, 64);                                     \
+    _tile_dpbf16ps(acc0, 6, 7);                                            \
+    _tile_loadd(7, (b) + ((kn) / 2 + 16 * q) * 32, 64);                    \
+    _tile_dpbf16ps(acc1, 6, 7);                                            \
+  }
+
+TAMX int geosam_final_scores_amx(const float* f0, const float* f1, const float* p0s, const float* p1s, int64_t r,
+                                 const float* q, int64_t sn, int64_t sh, int64_t st, const float* kx, const float* kp,
+                                 const float* c, const float* s1, const float* s2, float* s, int64_t n, int64_t nh,
+                                 int64_t nt, int64_t dk, int64_t p, int threads) {
+  if (p % 32 != 0 || nt < 1 || nt > 16) return 1;
+  int64_t g = 16 / nt < nh ? 16 / nt : nh;
+  while (nh % g) g--;
+  const int64_t ng = nh / g, gr = g * nt, kr = amx_k(r), kq = amx_k(g * dk), ka = 2 * kr + kq;
+  const int64_t nch = (p + FA_CHUNK - 1) / FA_CHUNK;
+  /* every prompt's and group's left operands: its 16 rows of f0 and f1 (kr), then its block-diagonal queries (kq) */
+  uint16_t* left = calloc((size_t)(n * ng * 16 * ka), sizeof(uint16_t));
+  if (left == NULL) return 2;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t grp = 0; grp < ng; grp++) {
+      uint16_t* a = left + (i * ng + grp) * 16 * ka;
+      const int64_t row0 = i * nh * nt + grp * gr;
+      for (int64_t m = 0; m < gr; m++) {
+        for (int64_t j = 0; j < r; j++) {
+          a[m * kr + j] = to_bf16(f0[(row0 + m) * r + j]);
+          a[16 * kr + m * kr + j] = to_bf16(f1[(row0 + m) * r + j]);
+        }
+        const int64_t hh = m / nt, t = m % nt;
+        const float* qr = q + i * sn + (grp * g + hh) * sh + t * st;
+        for (int64_t k = 0; k < dk; k++) a[32 * kr + m * kq + hh * dk + k] = to_bf16(qr[k]);
+      }
+    }
+  /* bf16 numbers in a block of 32 positions' packed panels: a group's keys (each side), a prompt's p0 (or p1) */
+  const int64_t kpanels = kq * 32, ppanels = kr * 32, nbc = FA_CHUNK / 32;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    /* the chunk's keys (both sides, every group, block by block), then p0's and p1's, packed; the accumulators */
+    const size_t nbuf = (size_t)(nbc * (2 * ng * kpanels + 2 * ppanels) / 2 + 6 * 256);
+    uint16_t* buf = (uint16_t*)thread_buffer(nbuf, &failed);
+    uint16_t* const kxb = buf;
+    uint16_t* const kpb = buf == NULL ? NULL : kxb + nbc * ng * kpanels;
+    uint16_t* const pb0 = buf == NULL ? NULL : kpb + nbc * ng * kpanels;
+    uint16_t* const pb1 = buf == NULL ? NULL : pb0 + nbc * ppanels;
+    float* const acc = buf == NULL ? NULL : (float*)(pb1 + nbc * ppanels);
+    int64_t packed = -1;
+    if (buf != NULL) amx_configure();
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t ch = 0; ch < nch; ch++) {
+      for (int64_t i = 0; i < n; i++) {
+        if (buf == NULL) continue;
+        const int64_t c0 = ch * FA_CHUNK, nb = (p - c0 < FA_CHUNK ? p - c0 : FA_CHUNK) / 32;
+        if (packed != ch) {
+          for (int64_t grp = 0; grp < ng; grp++) {
+            fa_pack(kx + grp * g * dk * p, g * dk, p, c0, nb, kq, ng * kpanels, kxb + grp * kpanels, NULL);
+            fa_pack(kp + grp * g * dk * p, g * dk, p, c0, nb, kq, ng * kpanels, kpb + grp * kpanels, NULL);
+          }
+          packed = ch;
+        }
+        /* the next step's chunk: prompt i + 1's, else prompt 0's of the next chunk */
+        const int64_t nx = i + 1 < n ? (i + 1) * r * p + c0 : ch + 1 < nch ? c0 + FA_CHUNK : -1;
+        fa_pack(p0s + i * r * p, r, p, c0, nb, kr, ppanels, pb0, nx < 0 ? NULL : p0s + nx);
+        fa_pack(p1s + i * r * p, r, p, c0, nb, kr, ppanels, pb1, nx < 0 ? NULL : p1s + nx);
+        for (int64_t blk = 0; blk < nb; blk++) {
+          const int64_t b0 = c0 + 32 * blk;
+          const __m512 sc[4] = {_mm512_loadu_ps(s1 + i * p + b0), _mm512_loadu_ps(s1 + i * p + b0 + 16),
+                                _mm512_loadu_ps(s2 + i * p + b0), _mm512_loadu_ps(s2 + i * p + b0 + 16)};
+          for (int64_t grp = 0; grp < ng; grp++) {
+            const uint16_t* a = left + (i * ng + grp) * 16 * ka;
+            const uint16_t *kxg = kxb + (blk * ng + grp) * kpanels, *kpg = kpb + (blk * ng + grp) * kpanels;
+            const uint16_t *p0g = pb0 + blk * ppanels, *p1g = pb1 + blk * ppanels;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            _tile_zero(4);
+            _tile_zero(5);
+            FA_PRODUCT(0, 1, a, p0g, kr)           /* X: f0 p0 */
+            FA_PRODUCT(0, 1, a + 32 * kr, kxg, kq) /*  + q kx */
+            FA_PRODUCT(2, 3, a + 16 * kr, p1g, kr) /* Y: f1 p1 */
+            FA_PRODUCT(4, 5, a + 32 * kr, kpg, kq) /* Z: q kp */
+            _tile_stored(0, acc, 64);
+            _tile_stored(1, acc + 256, 64);
+            _tile_stored(2, acc + 512, 64);
+            _tile_stored(3, acc + 768, 64);
+            _tile_stored(4, acc + 1024, 64);
+            _tile_stored(5, acc + 1280, 64);
+            const int64_t row0 = i * nh * nt + grp * gr;
+            for (int64_t m = 0; m < gr; m++) {
+              const __m512 cc = _mm512_set1_ps(c[row0 + m]);
+              float* o = s + (row0 + m) * p + b0;
+              for (int ct = 0; ct < 2; ct++) {
+                const float* x = acc + ct * 256 + m * 16;
+                __m512 v = _mm512_add_ps(_mm512_fmadd_ps(_mm512_loadu_ps(x), sc[ct], cc), _mm512_loadu_ps(x + 512));
+                v = _mm512_add_ps(_mm512_mul_ps(v, sc[2 + ct]), _mm512_loadu_ps(x + 1024));
+                _mm512_storeu_ps(o + 16 * ct, v);
+              }
+            }
+          }
+        }
+      }
+    }
+    if (buf != NULL) amx_release();
+    free(buf);
+  }
+  free(left);
+  return failed ? 2 : 0;
+}
+#undef FA_PRODUCT
+#else
+int geosam_final_scores_amx(const float* f0, const float* f1, const float* p0s, const float* p1s, int64_t r,
+                            const float* q, int64_t sn, int64_t sh, int64_t st, const float* kx, const float* kp,
+                            const float* c, const float* s1, const float* s2, float* s, int64_t n, int64_t nh,
+                            int64_t nt, int64_t dk, int64_t p, int threads) {
+  return 1;
+}
+#endif

@@ -34,8 +34,8 @@ import torch
 from geosam.models.device import cpu_flags
 
 __all__ = [
-    "available", "factored_scores", "factored_scores_reference", "final_scores", "final_scores_reference", "headdot",
-    "proj_dots", "proj_dots_reference", "wide_available",
+    "amx_available", "available", "factored_scores", "factored_scores_reference", "final_scores",
+    "final_scores_reference", "headdot", "proj_dots", "proj_dots_reference", "wide_available",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,36 @@ def _call_final_scores(lib: ctypes.CDLL, f: tuple[torch.Tensor, torch.Tensor], p
     return rc == 0
 
 
+def _call_final_scores_amx(lib: ctypes.CDLL, f: tuple[torch.Tensor, torch.Tensor],
+                           probs: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor,
+                           keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
+                           scales: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor) -> bool:
+    n, nh, nt, dk = q.shape
+    rc = lib.geosam_final_scores_amx(
+        _P(f[0].data_ptr()), _P(f[1].data_ptr()), _P(probs[0].data_ptr()), _P(probs[1].data_ptr()),
+        _I64(probs[0].shape[1]), _P(q.data_ptr()), _I64(q.stride(0)), _I64(q.stride(1)), _I64(q.stride(2)),
+        _P(keys[0].data_ptr()), _P(keys[1].data_ptr()), _P(c.data_ptr()), _P(scales[0].data_ptr()),
+        _P(scales[1].data_ptr()), _P(s.data_ptr()), _I64(n), _I64(nh), _I64(nt), _I64(dk), _I64(s.shape[-1]),
+        ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    if rc == 2:
+        raise MemoryError("cpu_decoder: out of memory for the scores' buffers")
+    return rc == 0
+
+
 def final_scores_reference(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor],
                            q: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
-                           scales: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """torch's ops for what `final_scores` computes: (N, h, T, P)."""
+                           scales: tuple[torch.Tensor, torch.Tensor], bf16: bool = False) -> torch.Tensor:
+    """torch's ops for what `final_scores` computes: (N, h, T, P); ``bf16``: what it computes with ``bf16=True`` on
+    AMX tiles, f, probs, q and keys rounded to bf16 (c and the scales not), in float64, returned as float32."""
+    if bf16:
+        def r64(t: torch.Tensor) -> torch.Tensor:
+            return t.to(torch.bfloat16).double()
+
+        want = final_scores_reference((r64(f[0]), r64(f[1])), (r64(probs[0]), r64(probs[1])), r64(q),
+                                      (r64(keys[0]), r64(keys[1])), c.double(),
+                                      (scales[0].double(), scales[1].double()))  # fmt: skip
+        return want.float()
     n, nh, nt, _ = q.shape
     s = torch.bmm(f[0], probs[0]).view(n, nh, nt, -1) + torch.einsum("nhtk,hkp->nhtp", q, keys[0])
     s = s * scales[0][:, None, None, :] + c.view(n, nh, nt, 1)
@@ -203,6 +229,27 @@ def _final_scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
     return True
 
 
+#: the AMX scores' load checks' shapes (n, nh, nt, dk, r, p): SAM's final attention (4 used tokens: 4 heads a tile;
+#: 7: 2), heads that do not divide by the most that fit (6 heads of 4 tokens: 3), queries over several inner tiles
+#: (8 heads of 1 token: 128), one head a tile (16 tokens), small inner sizes, a second chunk of positions (256) with
+#: one block
+_AMX_SHAPES = ((2, 8, 4, 16, 56, 96), (2, 8, 7, 16, 56, 64), (2, 6, 4, 16, 40, 32), (3, 8, 1, 16, 14, 64),
+               (1, 2, 16, 16, 3, 32), (1, 3, 5, 8, 9, 32), (2, 8, 4, 16, 56, 288))
+
+
+def _amx_scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
+    """`final_scores` on AMX tiles against `final_scores_reference` with ``bf16`` (`_AMX_SHAPES`; the queries
+    strided as the decoder's): the factors rounded to bf16 and nothing else, the sums float32 (within 1e-4)."""
+    lib.geosam_final_scores_amx.restype = ctypes.c_int
+    for shape in _AMX_SHAPES:
+        args = _final_inputs(gen, *shape)
+        want = final_scores_reference(*args, bf16=True)
+        got = torch.full_like(want, float("nan"))
+        if not _call_final_scores_amx(lib, *args, got) or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+            return False
+    return True
+
+
 #: the load checks' shapes of `proj_dots` (n, nh, nt, dk, p)
 _PROJ_DOTS_SHAPES = ((2, 2, 7, 16, 48), (1, 3, 1, 5, 16), (3, 1, 4, 8, 32), (2, 2, 3, 16, 528))
 
@@ -264,6 +311,24 @@ def wide_available() -> bool:
         log.warning("cpu_heads.c: the AVX-512 head products differ from the AVX2 ones here; AVX2 is used")
         return False
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def amx_available() -> bool:
+    """Whether `final_scores` with ``bf16=True`` runs on AMX tiles here (Intel Xeon): the kernels in use, a CPU with
+    AMX bf16 and AVX-512 BF16, the tiles granted to this process, and the scores `final_scores_reference`'s with
+    ``bf16`` on `_AMX_SHAPES` (`_amx_scores_agree`)."""
+    lib = _library()
+    if lib is None or not {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(cpu_flags()):
+        return False
+    lib.geosam_amx_init.restype = ctypes.c_int
+    if lib.geosam_amx_init() != 0:
+        log.info("cpu_heads.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
+        return False
+    if _amx_scores_agree(lib, torch.Generator().manual_seed(24)):
+        return True
+    log.warning("cpu_heads.c: the AMX final scores do not match the reference here; not used")
+    return False
 
 
 def _products_wide_same(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
@@ -340,7 +405,7 @@ def factored_scores(f: torch.Tensor, probs0: torch.Tensor, rows: torch.Tensor,
 
 def final_scores(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor,
                  keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
-                 scales: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+                 scales: tuple[torch.Tensor, torch.Tensor], bf16: bool = False) -> torch.Tensor | None:
     """The final attention's scores against the never-written second image side (`geosam.models.fast_final`) in one
     pass per block of positions, (N, h, T, P), or None where the kernel does not run (then
     `final_scores_reference`'s ops apply)::
@@ -349,7 +414,9 @@ def final_scores(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor
             + f[1][n, h T + t] . probs[1][n, :, p]) scales[1][n, p] + q[n, h, t] . keys[1][h, :, p]
 
     f (N, h T, R) each, probs (N, R, P) each, q (N, h, T, K) with unit stride in K, keys (h, K, P) each, c (N, h T),
-    scales (N, P) each; P a multiple of 16."""
+    scales (N, P) each; P a multiple of 16. ``bf16`` (the bf16 dtype): on AMX tiles where `amx_available` and P is a
+    multiple of 32, the products on the factors rounded to bf16 (`final_scores_reference` with ``bf16``; free in
+    masks: benchmarks/check_final_scores_bf16.py), else as without."""
     tensors = (*f, *probs, q, *keys, c, *scales)
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) or q.dim() != 4:
         return None
@@ -369,7 +436,10 @@ def final_scores(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor
     keys = (keys[0].contiguous(), keys[1].contiguous())
     scales = (scales[0].contiguous(), scales[1].contiguous())
     s = torch.empty((n, nh, nt, p), dtype=torch.float32)
-    return s if _call_final_scores(lib, f, probs, q, keys, c.contiguous(), scales, s, wide_available()) else None
+    c = c.contiguous()
+    if bf16 and p % 32 == 0 and amx_available() and _call_final_scores_amx(lib, f, probs, q, keys, c, scales, s):
+        return s
+    return s if _call_final_scores(lib, f, probs, q, keys, c, scales, s, wide_available()) else None
 
 
 def proj_dots(v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor) -> torch.Tensor | None:

@@ -145,7 +145,8 @@ def fast_decode(
     call on the same ``image_embeddings`` and ``dense_embeddings`` (the chunks and batches of prompts of one image),
     for what all of them share (it holds those tensors while they are its key: `cache_key`). ``out``: a contiguous
     (N, K, 4h, 4w) tensor to write the masks into (returned), e.g. a chunk's slice of the batch's masks. ``bf16``:
-    the upscaling's products in bf16 where the CPU has AVX-512 BF16 (`geosam.models.cpu_decoder.upscale_prompt`).
+    the upscaling's products in bf16 where the CPU has AVX-512 BF16 (`geosam.models.cpu_decoder.upscale_prompt`), the
+    final attention's scores' products where it has AMX (`geosam.models.cpu_heads.final_scores`).
     """
     dec = _unwrap(model.mask_decoder)
     if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
@@ -169,7 +170,7 @@ def fast_decode(
     # the returned mask tokens, not the unused mask token nor the prompt tokens (4 of 7 rows for one point, multimask)
     sel = returned_mask_tokens(dec, multimask)
     tw = run_two_way(dec, dec.transformer, tokens, image_embeddings, dense_embeddings, image_pe, cache,
-                     [0, *(1 + j for j in sel)])  # fmt: skip
+                     [0, *(1 + j for j in sel)], bf16=bf16)  # fmt: skip
     queries, keys = tw.queries, tw.keys
     iou_token_out = queries[:, 0, :]
     hyper = torch.stack([dec.output_hypernetworks_mlps[j](queries[:, 1 + i, :]) for i, j in enumerate(sel)], dim=1)

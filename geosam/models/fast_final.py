@@ -189,11 +189,13 @@ def factored_final_attention(
     rstd: tuple[torch.Tensor, torch.Tensor],
     lns: tuple[Any, Any],
     sh: dict[str, torch.Tensor],
+    bf16: bool = False,
 ) -> torch.Tensor:
     """The final token -> image attention (after out_proj), (N, T, C), against the second image side in factored
     form: ``q_tokens`` (N, T, C) its queries; per layer (first, second) the image -> token weights (N, h, T, P),
     the same transposed (N, P, R) and the norm's reciprocal deviation (N, P); the values as `centred_values`
-    gives them."""
+    gives them. ``bf16`` (the bf16 dtype): the scores' products on AMX tiles where the CPU has them
+    (`geosam.models.cpu_heads.final_scores`)."""
     n, t, _ = q_tokens.shape
     nh, d = _heads(attn)
     p0, p1 = (x.reshape(n, -1, x.shape[-1]) for x in probs)
@@ -205,7 +207,7 @@ def factored_final_attention(
     qg = qk * g2
     f = torch.bmm(qg, q0.transpose(1, 2)), torch.bmm(qg, vo1c.transpose(1, 2))  # q Wk G2 Q0^T, q Wk G2 vo1c^T
     c = qk @ (g2 * b1c)  # (N, h*T)
-    s = final_scores(f, (p0, p1), q, (sh["k_ax"], sh["k_pos"]), c, (s1, s2))  # C: one pass per block of positions
+    s = final_scores(f, (p0, p1), q, (sh["k_ax"], sh["k_pos"]), c, (s1, s2), bf16)  # C: one pass per block of positions
     if s is None:
         s = torch.bmm(f[0], p0).view(n, nh, t, -1)  # (q Wk G2 Q0^T) p0
         _head_products(s, q, sh["k_ax"], accumulate=True)

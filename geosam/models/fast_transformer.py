@@ -142,17 +142,18 @@ def _final_attention(
     records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
     sh: dict[str, torch.Tensor],
     centred: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """The final token -> image attention of ``q_tokens``: against image sides never written (``sides``,
-    `geosam.models.fast_final`, ``centred`` the values `record_side` centred), fused with the last image side
-    (``last``), or against ``keys`` / ``keys_pos``."""
+    `geosam.models.fast_final`, ``centred`` the values `record_side` centred; ``bf16``: its scores' products in bf16
+    where the CPU has AMX), fused with the last image side (``last``), or against ``keys`` / ``keys_pos``."""
     attn = tr.final_attn_token_to_image
     if sides:
         assert centred is not None
         (_, p0, _), (_, p1, _) = sides
         lns = (tr.layers[0].layer_norm4, tr.layers[1].layer_norm4)
         pts, rstd = (records[0][0], records[1][0]), (records[0][3], records[1][3])
-        return factored_final_attention(attn, q_tokens, (p0, p1), pts, centred, rstd, lns, sh)
+        return factored_final_attention(attn, q_tokens, (p0, p1), pts, centred, rstd, lns, sh, bf16)
     if last is not None:  # the final image side is never written; the upscaling reads the records instead
         x, probs, vo, ln4, stats = last
         return _final_image_side_attention(attn, q_tokens, x, probs, vo, ln4, pos, stats)
@@ -210,6 +211,7 @@ def run_two_way(
     used: list[int],
     unroll: bool = True,
     key: Any = None,
+    bf16: bool = False,
 ) -> TwoWay:
     """The two-way transformer ``tr`` (SAM's layout: `geosam.models.decoder_side.sam_layout`) of decoder ``dec`` on
     ``tokens`` (N, T, C, also their positional encoding) against image_embeddings (1, C, h, w) + dense_embeddings
@@ -217,7 +219,9 @@ def run_two_way(
     on its own). ``cache``: a dict passed to every call on the same image and dense embedding (`cache_key`).
     ``unroll``: allow the CPU float32 paths that write no last image side (`TwoWay.conv1`; the caller's upscaling
     must start from its first product). ``key``: the image's `cache_key` in ``cache`` where the caller made it (from
-    these tensors and others its decoder reads), else made here."""
+    these tensors and others its decoder reads), else made here. ``bf16`` (the bf16 dtype): the final attention's
+    scores' products in bf16 where it runs factored and the CPU has AMX (`geosam.models.cpu_heads.final_scores`; free
+    in SAM's masks: benchmarks/check_final_scores_bf16.py)."""
     n = tokens.shape[0]
     _, c, hh, ww = image_embeddings.shape
     wdtype = dec.iou_token.weight.dtype
@@ -286,7 +290,7 @@ def run_two_way(
     queries, pe_used = queries[:, used], pe_tok[:, used]
     if last is not None:
         keys = last[0]
-    att = _final_attention(tr, queries + pe_used, keys, keys_pos, pos, last, sides, records, sh, centred)
+    att = _final_attention(tr, queries + pe_used, keys, keys_pos, pos, last, sides, records, sh, centred, bf16)
     queries = tr.layer_norm_final_attn(queries + att)
     if keys.shape[0] != n:  # no transformer layer ran (or none was written): still one embedding per prompt
         keys = keys.expand(n, -1, -1)
