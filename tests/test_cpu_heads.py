@@ -232,33 +232,40 @@ def test_final_scores_the_amx_kernel_does_not_take_run_in_float32(monkeypatch) -
 
 
 @needs_amx
-def test_the_bf16_decode_takes_its_final_scores_on_amx(monkeypatch) -> None:
-    """Under the bf16 dtype the fast decoder asks for its final scores in bf16 (the float32 dtype never does), and
-    its masks and IoUs stay float32's to that rounding."""
+def test_the_bf16_decode_takes_its_final_attention_on_amx(monkeypatch) -> None:
+    """Under the bf16 dtype the fast decoder asks for its final attention's scores and weights' products in bf16
+    (the float32 dtype never does), and its masks and IoUs stay float32's to that rounding."""
     import dataclasses
 
     from geosam import models as gm
-    from geosam.models import fast_final
+    from geosam.models import cpu_weights, fast_final
     from tests.test_fast_decoder import sam_size_decoding
 
     bundle, emb, pts = sam_size_decoding(seed=5, prompts=4)
-    real, asked = fast_final.final_scores, []
+    bf16 = dataclasses.replace(bundle, dtype=torch.bfloat16)
+    asked: dict[str, list[bool]] = {"final_scores": [], "softmax_products": []}
 
-    def spy(*args, **kwargs):
-        asked.append(args[6] if len(args) > 6 else kwargs.get("bf16", False))
-        return real(*args, **kwargs)
+    def spying() -> None:
+        for name, real in (("final_scores", fast_final.final_scores), ("softmax_products", fast_final.softmax_products)):
+            def spy(*args, _real=real, _name=name, **kwargs):
+                asked[_name].append(bool(kwargs.get("bf16", args[6] if len(args) > 6 else False)))
+                return _real(*args, **kwargs)
 
-    monkeypatch.setattr(fast_final, "final_scores", spy)
+            monkeypatch.setattr(fast_final, name, spy)
+
+    spying()
     ml, il = gm.decode_points(bundle, emb, pts)
-    assert asked and not any(asked)
-    asked.clear()
-    monkeypatch.setattr(cpu_heads, "amx_available", lambda: False)  # float32 scores, the upscaling still bf16
-    plain = gm.decode_points(dataclasses.replace(bundle, dtype=torch.bfloat16), emb, pts)
+    assert all(calls and not any(calls) for calls in asked.values())
     monkeypatch.undo()
-    monkeypatch.setattr(fast_final, "final_scores", spy)
-    bl, bi = gm.decode_points(dataclasses.replace(bundle, dtype=torch.bfloat16), emb, pts)
-    assert asked and all(asked)
-    assert not torch.equal(bi, plain[1])  # the AMX scores moved the IoU token: they ran
+    monkeypatch.setattr(cpu_heads, "amx_available", lambda: False)  # float32 final attention, the upscaling still bf16
+    monkeypatch.setattr(cpu_weights, "amx_available", lambda: False)
+    plain = gm.decode_points(bf16, emb, pts)
+    monkeypatch.undo()
+    asked = {name: [] for name in asked}
+    spying()
+    bl, bi = gm.decode_points(bf16, emb, pts)
+    assert all(calls and all(calls) for calls in asked.values())
+    assert not torch.equal(bi, plain[1])  # the AMX products moved the IoU token: they ran
     torch.testing.assert_close(bi, il, rtol=0, atol=1e-2 * float(il.abs().max()))
     scale = float(ml.abs().max())
     assert float((bl - ml).abs().max()) <= 2e-2 * scale

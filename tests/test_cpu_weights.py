@@ -138,3 +138,63 @@ def test_wide_products_are_the_avx2_products_bit_for_bit(use: str, threads: int,
     for name, a, b in zip(cpu_weights.WeightProducts._fields, narrow, wide, strict=True):
         assert (a is None) == (b is None), name
         assert a is None or torch.equal(a, b), name
+
+
+needs_amx = pytest.mark.skipif(not cpu_weights.amx_available(), reason="AMX tiles only on CPUs with AMX (Intel Xeon)")
+
+
+def _final_inputs(n: int, nh: int, nt: int, r: int, d: int, p: int) -> tuple:
+    """scores and the final attention's other inputs (scales, both layers' weights transposed, every head's values)"""
+    gen = torch.Generator().manual_seed(n * p + nt + r)
+    s = torch.randn((n, nh, nt, p), generator=gen) * 8.0
+    sc1, sc2 = torch.rand((n, p), generator=gen) + 0.5, torch.rand((n, p), generator=gen) + 0.5
+    x1, x2 = torch.randn((n, p, r), generator=gen), torch.randn((n, p, r), generator=gen)
+    return s, sc1, x1, sc2, x2, torch.randn((nh, p, d), generator=gen)
+
+
+@needs_amx
+@pytest.mark.parametrize(
+    ("n", "nh", "nt", "r", "d", "p"), [(16, 8, 4, 56, 16, 4096), (3, 8, 7, 56, 16, 288), (2, 6, 4, 72, 32, 96)]
+)
+def test_amx_products_are_the_reference_on_bf16_numbers(n: int, nh: int, nt: int, r: int, d: int, p: int) -> None:
+    """With ``bf16`` on AMX tiles: the reference with the weights and matrices rounded to bf16 (sums float32), the
+    same bits at 1, 2 and 3 threads, the scores left as they were; the rounding is really there (float32's products
+    differ by far more). SAM's final attention first (4 tokens: 4 heads a tile, 56 columns), 7 tokens, 6 heads of 32."""
+    s, sc1, x1, sc2, x2, v = _final_inputs(n, nh, nt, r, d, p)
+    want = cpu_weights.softmax_products_reference(s, sc1, None, True, x1, sc2, x2, v, bf16=True)
+    before, kept = torch.get_num_threads(), s.clone()
+    got = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            got.append(cpu_weights.softmax_products(s, sc1, None, True, x1, sc2, x2, v, bf16=True))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(s, kept)
+    float32 = cpu_weights.softmax_products_reference(s, sc1, None, True, x1, sc2, x2, v)
+    for name in ("sum", "x1", "x2", "v"):
+        first, ref = getattr(got[0], name), getattr(want, name)
+        scale = float(ref.abs().max())
+        torch.testing.assert_close(first, ref, rtol=0, atol=1e-4 * scale)
+        assert all(torch.equal(getattr(g, name), first) for g in got[1:])
+        if name != "sum":  # the sum of the weights is float32's: nothing rounded
+            assert float((getattr(float32, name) - ref).abs().max()) > 1e-3 * scale
+
+
+@needs_amx
+def test_products_the_amx_kernel_does_not_take_run_in_float32(monkeypatch) -> None:
+    """``bf16`` where the AMX kernel does not run gives the float32 kernel's bits: a y (the two-way layers' form),
+    positions not in whole blocks of 32 (48), more than 16 tokens, heads of 8 numbers, no AMX."""
+    def both(args: tuple, y: torch.Tensor | None = None) -> None:
+        s, sc1, x1, sc2, x2, v = args
+        a = cpu_weights.softmax_products(s.clone(), sc1, y, True, x1, sc2, x2, v, bf16=True)
+        b = cpu_weights.softmax_products(s.clone(), sc1, y, True, x1, sc2, x2, v)
+        assert a is not None and b is not None
+        assert all((u is None and w is None) or torch.equal(u, w) for u, w in zip(a, b, strict=True))
+
+    args = _final_inputs(2, 8, 4, 56, 16, 64)
+    both(args, y=torch.randn((2, 64)))
+    for shape in ((2, 8, 4, 56, 16, 48), (1, 2, 17, 16, 16, 64), (2, 8, 4, 56, 8, 64)):
+        both(_final_inputs(*shape))
+    monkeypatch.setattr(cpu_weights, "amx_available", lambda: False)
+    both(args)

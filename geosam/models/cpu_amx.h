@@ -40,9 +40,9 @@ typedef struct {
  * garbage there makes ldtilecfg fault) */
 static const amx_config AMX_CONFIG = {1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 
-static TAMX void amx_configure(void) { _tile_loadconfig(&AMX_CONFIG); }
+static __attribute__((unused)) TAMX void amx_configure(void) { _tile_loadconfig(&AMX_CONFIG); }
 
-static TAMX void amx_release(void) { _tile_release(); }
+static __attribute__((unused)) TAMX void amx_release(void) { _tile_release(); }
 
 /* K rounded up to whole tiles: 32 bf16 (16 pairs) */
 static inline int64_t amx_k(int64_t kn) { return (kn + 31) / 32 * 32; }
@@ -50,7 +50,7 @@ static inline int64_t amx_k(int64_t kn) { return (kn + 31) / 32 * 32; }
 /* out (rows16 x n, rows `so` floats apart; rows16 = rows rounded up to 16, those past `rows` zeros) = x (rows x kn,
  * rows sx apart, float32, rounded to bf16 into xb: rows16 rows of amx_k(kn)) times the panels of pack_pairs with
  * amx_k(kn) / 2 pairs of rows (its 16-pair chunks are the right operand's tiles, 64-byte rows); n a multiple of 32. The calling thread has run amx_configure. */
-static TAMX void amx_product(const float* x, int64_t sx, int64_t rows, const uint16_t* kp, int64_t kn, int64_t n,
+static __attribute__((unused)) TAMX void amx_product(const float* x, int64_t sx, int64_t rows, const uint16_t* kp, int64_t kn, int64_t n,
                              float* out, int64_t so, uint16_t* xb) {
   const int64_t kp2 = amx_k(kn), rows16 = (rows + 15) / 16 * 16, nq = kp2 / 32;
   rows_to_bf16(x, sx, rows, rows16, kn, kp2, xb);
@@ -86,6 +86,30 @@ static TAMX void amx_product(const float* x, int64_t sx, int64_t rows, const uin
         _tile_stored(2, o + t + 32, sc);
         _tile_stored(3, o + t + 48, sc);
       }
+    }
+  }
+}
+
+/* The right operand of AMX products from a float32 matrix whose rows are the inner index: rows 0 .. kn (rows `sm`
+ * floats apart, kn <= kpad, kpad a multiple of 32) and columns 0 .. nc, rounded to bf16 into nt panels of 16 columns
+ * of kpad / 2 pairs of rows (panel t at dst + 16 t kpad; in it, pair k2's two numbers of column j at 32 k2 + 2 j, the
+ * layout TDPBF16PS reads); zeros past kn and nc. Each row is read as one run. `next` (or NULL): the same rows of the
+ * matrix packed next, fetched into L2 meanwhile. */
+static __attribute__((unused)) TAMX void amx_pack_right(const float* m, int64_t kn, int64_t sm, int64_t nc, int64_t kpad, int64_t nt,
+                                uint16_t* dst, const float* next) {
+  const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0); /* word 2 j: a[j], 2 j + 1: b[j] */
+  for (int64_t k2 = 0; k2 < kpad / 2; k2++) {
+    const float* a = m + 2 * k2 * sm;
+    for (int64_t e = 0; next != NULL && e < 2 && 2 * k2 + e < kn; e++)
+      for (int64_t c = 0; c < nc; c += 16) _mm_prefetch((const char*)(next + (2 * k2 + e) * sm + c), _MM_HINT_T1);
+    for (int64_t t = 0; t < nt; t++) {
+      const int64_t left = nc - 16 * t;
+      const __mmask16 cols = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u);
+      const __m512 x = 2 * k2 < kn ? _mm512_maskz_loadu_ps(cols, a + 16 * t) : _mm512_setzero_ps();
+      const __m512 y = 2 * k2 + 1 < kn ? _mm512_maskz_loadu_ps(cols, a + sm + 16 * t) : _mm512_setzero_ps();
+      const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(y, x); /* x's numbers first */
+      _mm512_storeu_si512(dst + (t * (kpad / 2) + k2) * 32, _mm512_permutexvar_epi16(pairs, w));
     }
   }
 }

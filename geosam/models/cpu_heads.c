@@ -390,27 +390,8 @@ int geosam_proj_dots(const float* v, int64_t sn, int64_t sh, int64_t st, const f
  * 2 if out of memory. */
 #define FA_CHUNK 256
 #if GEOSAM_AMX
-/* rows 0 .. r of a (r, p) matrix at columns c0 .. c0 + 32 nb rounded to bf16 as nb blocks (`stride` bf16 apart) of two
- * right-operand panels of kr / 2 pairs (16 columns each): block b's dst[ct][k2][j][e] = m[2 k2 + e][c0 + 32 b + 16 ct
- * + j], zeros past r; each row read as one run. `next` (or NULL): the rows' chunk packed next, into L2 meanwhile */
-static TAMX void fa_pack(const float* m, int64_t r, int64_t p, int64_t c0, int64_t nb, int64_t kr, int64_t stride,
-                         uint16_t* dst, const float* next) {
-  const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
-                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0); /* word 2 j: lo[j], 2 j + 1: hi[j] */
-  for (int64_t k2 = 0; k2 < kr / 2; k2++) {
-    const float* lo = m + 2 * k2 * p + c0;
-    for (int64_t e = 0; next != NULL && e < 2 && 2 * k2 + e < r; e++) prefetch_l2(next + (2 * k2 + e) * p, 32 * nb);
-    for (int64_t b = 0; b < 2 * nb; b++) { /* 16 columns at a time */
-      const __m512 x = 2 * k2 < r ? _mm512_loadu_ps(lo + 16 * b) : _mm512_setzero_ps();
-      const __m512 y = 2 * k2 + 1 < r ? _mm512_loadu_ps(lo + p + 16 * b) : _mm512_setzero_ps();
-      const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(y, x); /* x's numbers first */
-      _mm512_storeu_si512(dst + (b / 2) * stride + ((b % 2) * (kr / 2) + k2) * 32, _mm512_permutexvar_epi16(pairs, w));
-    }
-  }
-}
-
-/* acc0 / acc1 += a (16 rows of kn bf16, 2 kn bytes apart) times the two panels of b (fa_pack's, kn / 2 pairs), tiles
- * 6 (left) and 7 (right) */
+/* acc0 / acc1 += a (16 rows of kn bf16, 2 kn bytes apart) times two panels of 16 columns from b (cpu_amx.h's
+ * amx_pack_right, kn / 2 pairs each), tiles 6 (left) and 7 (right) */
 #define FA_PRODUCT(acc0, acc1, a, b, kn)                                   \
   for (int64_t q = 0; q < (kn) / 32; q++) {                                \
     _tile_loadd(6, (a) + 32 * q, 2 * (kn));                                \
@@ -451,7 +432,7 @@ TAMX int geosam_final_scores_amx(const float* f0, const float* f1, const float* 
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    /* the chunk's keys (both sides, every group, block by block), then p0's and p1's, packed; the accumulators */
+    /* the chunk's keys (both sides, group by group), then p0's and p1's, packed; the accumulators */
     const size_t nbuf = (size_t)(nbc * (2 * ng * kpanels + 2 * ppanels) / 2 + 6 * 256);
     uint16_t* buf = (uint16_t*)thread_buffer(nbuf, &failed);
     uint16_t* const kxb = buf;
@@ -467,23 +448,23 @@ TAMX int geosam_final_scores_amx(const float* f0, const float* f1, const float* 
         if (buf == NULL) continue;
         const int64_t c0 = ch * FA_CHUNK, nb = (p - c0 < FA_CHUNK ? p - c0 : FA_CHUNK) / 32;
         if (packed != ch) {
-          for (int64_t grp = 0; grp < ng; grp++) {
-            fa_pack(kx + grp * g * dk * p, g * dk, p, c0, nb, kq, ng * kpanels, kxb + grp * kpanels, NULL);
-            fa_pack(kp + grp * g * dk * p, g * dk, p, c0, nb, kq, ng * kpanels, kpb + grp * kpanels, NULL);
+          for (int64_t grp = 0; grp < ng; grp++) { /* the group's heads' key rows: its inner index */
+            amx_pack_right(kx + grp * g * dk * p + c0, g * dk, p, 32 * nb, kq, 2 * nb, kxb + grp * nbc * kpanels, NULL);
+            amx_pack_right(kp + grp * g * dk * p + c0, g * dk, p, 32 * nb, kq, 2 * nb, kpb + grp * nbc * kpanels, NULL);
           }
           packed = ch;
         }
         /* the next step's chunk: prompt i + 1's, else prompt 0's of the next chunk */
         const int64_t nx = i + 1 < n ? (i + 1) * r * p + c0 : ch + 1 < nch ? c0 + FA_CHUNK : -1;
-        fa_pack(p0s + i * r * p, r, p, c0, nb, kr, ppanels, pb0, nx < 0 ? NULL : p0s + nx);
-        fa_pack(p1s + i * r * p, r, p, c0, nb, kr, ppanels, pb1, nx < 0 ? NULL : p1s + nx);
+        amx_pack_right(p0s + i * r * p + c0, r, p, 32 * nb, kr, 2 * nb, pb0, nx < 0 ? NULL : p0s + nx);
+        amx_pack_right(p1s + i * r * p + c0, r, p, 32 * nb, kr, 2 * nb, pb1, nx < 0 ? NULL : p1s + nx);
         for (int64_t blk = 0; blk < nb; blk++) {
           const int64_t b0 = c0 + 32 * blk;
           const __m512 sc[4] = {_mm512_loadu_ps(s1 + i * p + b0), _mm512_loadu_ps(s1 + i * p + b0 + 16),
                                 _mm512_loadu_ps(s2 + i * p + b0), _mm512_loadu_ps(s2 + i * p + b0 + 16)};
           for (int64_t grp = 0; grp < ng; grp++) {
             const uint16_t* a = left + (i * ng + grp) * 16 * ka;
-            const uint16_t *kxg = kxb + (blk * ng + grp) * kpanels, *kpg = kpb + (blk * ng + grp) * kpanels;
+            const uint16_t *kxg = kxb + (grp * nbc + blk) * kpanels, *kpg = kpb + (grp * nbc + blk) * kpanels;
             const uint16_t *p0g = pb0 + blk * ppanels, *p1g = pb1 + blk * ppanels;
             _tile_zero(0);
             _tile_zero(1);

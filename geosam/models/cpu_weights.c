@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include "cpu_vec.h"
+#include "cpu_amx.h" /* geosam_softmax_products_amx */
 
 #define KB 256 /* positions per block of the products: the matrix's block of 16 columns, packed, stays in L1 */
 
@@ -285,3 +286,175 @@ int geosam_softmax_products(float* s, int64_t n, int64_t nh, int64_t nt, int64_t
   free(invz);
   return failed ? -2 : 0;
 }
+
+/* The same softmax and products for the bf16 dtype on AMX tiles (Intel Xeon with AMX; SAM's final attention, whose
+ * masks bf16 products leave as they are: benchmarks/check_final_scores_bf16.py): per prompt, each row's maximum,
+ * then per chunk of WA_CHUNK positions the rows' exponentials (exp_u10_512) and their sums in float32, the weights
+ * w1 = e scale1 and w2 = w1 scale2 rounded to bf16 as the left operands, the chunk's rows of x1 and x2 (rounded) as
+ * right ones (amx_pack_right), and every head's v (rounded, packed once per call); the products accumulate in
+ * float32 tiles (w1 x1, w2 x2, w2 v: each row tile g heads x nt tokens, as cpu_heads.c's final scores, so that the
+ * group's heads' values make one right operand, of which each head's rows keep their own columns), normalised by
+ * the exponentials' sums at the end. Outputs as geosam_softmax_products' (no y); s is only read. p a multiple of
+ * 32, nt <= 16, dv a multiple of 16. Returns 0, 1 where the shapes do not fit, 2 if out of memory. */
+#define WA_CHUNK 256
+#if GEOSAM_AMX
+/* acc (16 rows `sa` floats apart, nt tiles of 16 columns) += a (16 rows of kn bf16, `la` apart) times panels[t]
+ * (kn / 2 pairs each), four output tiles at a time: tiles 0-3 the accumulators, 4 the left operand, 5 the right */
+static TAMX void wa_product(const uint16_t* a, int64_t la, int64_t kn, const uint16_t* const* panels, int64_t nt,
+                            float* acc, int64_t sa) {
+  const int64_t sb = 4 * sa;
+  for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+    const int64_t m = nt - t0 < 4 ? nt - t0 : 4;
+    float* o = acc + 16 * t0;
+    const uint16_t* const* pt = panels + t0;
+    _tile_loadd(0, o, sb);
+    if (m > 1) _tile_loadd(1, o + 16, sb);
+    if (m > 2) _tile_loadd(2, o + 32, sb);
+    if (m > 3) _tile_loadd(3, o + 48, sb);
+    for (int64_t q = 0; q < kn / 32; q++) {
+      _tile_loadd(4, a + 32 * q, 2 * la);
+      _tile_loadd(5, pt[0] + 512 * q, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      if (m > 1) {
+        _tile_loadd(5, pt[1] + 512 * q, 64);
+        _tile_dpbf16ps(1, 4, 5);
+      }
+      if (m > 2) {
+        _tile_loadd(5, pt[2] + 512 * q, 64);
+        _tile_dpbf16ps(2, 4, 5);
+      }
+      if (m > 3) {
+        _tile_loadd(5, pt[3] + 512 * q, 64);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+    }
+    _tile_stored(0, o, sb);
+    if (m > 1) _tile_stored(1, o + 16, sb);
+    if (m > 2) _tile_stored(2, o + 32, sb);
+    if (m > 3) _tile_stored(3, o + 48, sb);
+  }
+}
+
+TAMX int geosam_softmax_products_amx(const float* s, int64_t n, int64_t nh, int64_t nt, int64_t p, const float* scale1,
+                                     float* out_sum, const float* x1, int64_t r1, float* out1, const float* scale2,
+                                     const float* x2, int64_t r2, float* out2, const float* v, int64_t dv, float* outv,
+                                     int threads) {
+  if (p % 32 || nt < 1 || nt > 16 || n < 1 || nh < 1 || (v && (dv < 16 || dv % 16)) || (x1 && r1 < 1) || (x2 && r2 < 1))
+    return 1;
+  int64_t g = 16 / nt < nh ? 16 / nt : nh; /* heads per row tile: cpu_heads.c's final scores' choice */
+  while (nh % g) g--;
+  const int64_t ng = nh / g, gr = g * nt, rt = nh * nt;
+  const int64_t t1 = x1 ? (r1 + 15) / 16 : 0, t2 = x2 ? (r2 + 15) / 16 : 0, tv = v ? g * dv / 16 : 0;
+  const int64_t ld = 16 * (t1 + t2 + tv), kc = WA_CHUNK; /* accumulator row length; positions a chunk */
+  /* every head's values, rounded and packed once: head h's panel d at vb + (h dv / 16 + d) 16 p */
+  uint16_t* vb = NULL;
+  if (v) {
+    vb = malloc(sizeof(uint16_t) * (size_t)(nh * dv * p));
+    if (vb == NULL) return 2;
+    for (int64_t h = 0; h < nh; h++) amx_pack_right(v + h * p * dv, p, dv, dv, p, dv / 16, vb + h * dv * p, NULL);
+  }
+  int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    /* w1 and w2 (ng row tiles of 16 x kc bf16 each), x1's and x2's chunk packed, the accumulators, each row's 16-lane
+     * sums (exponentials, w1) and maximum */
+    const size_t na = (size_t)(ng * 16 * kc), nb1 = (size_t)(t1 * 16 * kc), nb2 = (size_t)(t2 * 16 * kc);
+    const size_t nbf = (2 * na + nb1 + nb2 + 1) / 2; /* floats the bf16 numbers take */
+    float* buf = thread_buffer(nbf + (size_t)(ng * 16 * ld + 33 * rt), &failed);
+    uint16_t* const w1b = (uint16_t*)buf;
+    uint16_t* const w2b = buf == NULL ? NULL : w1b + na;
+    uint16_t* const b1 = buf == NULL ? NULL : w2b + na;
+    uint16_t* const b2 = buf == NULL ? NULL : b1 + nb1;
+    float* const acc = buf == NULL ? NULL : buf + nbf;
+    float* const sums = buf == NULL ? NULL : acc + ng * 16 * ld;
+    float* const mx = buf == NULL ? NULL : sums + 32 * rt;
+    if (buf != NULL) {
+      memset(w1b, 0, sizeof(uint16_t) * 2 * na); /* the rows past gr of each tile stay zero */
+      amx_configure();
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+      if (buf == NULL) continue;
+      const float* si = s + i * rt * p;
+      const float* sc1 = scale1 ? scale1 + i * p : NULL;
+      const float* sc2 = scale2 ? scale2 + i * p : NULL;
+      for (int64_t r = 0; r < rt; r++) {
+        __m512 m = _mm512_set1_ps(-__builtin_inff());
+        for (int64_t k = 0; k < p; k += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(si + r * p + k));
+        mx[r] = _mm512_reduce_max_ps(m);
+      }
+      memset(sums, 0, sizeof(float) * (size_t)(32 * rt));
+      memset(acc, 0, sizeof(float) * (size_t)(ng * 16 * ld));
+      for (int64_t c0 = 0; c0 < p; c0 += kc) {
+        const int64_t kn = p - c0 < kc ? p - c0 : kc;
+        for (int64_t grp = 0; grp < ng; grp++)
+          for (int64_t mrow = 0; mrow < gr; mrow++) {
+            const int64_t r = grp * gr + mrow;
+            const float* row = si + r * p;
+            const __m512 m = _mm512_set1_ps(mx[r]);
+            __m512 z = _mm512_loadu_ps(sums + 32 * r), z1 = _mm512_loadu_ps(sums + 32 * r + 16);
+            uint16_t *o1 = w1b + (grp * 16 + mrow) * kc, *o2 = w2b + (grp * 16 + mrow) * kc;
+            for (int64_t k = 0; k < kn; k += 16) {
+              const __m512 e = exp_u10_512(_mm512_sub_ps(_mm512_loadu_ps(row + c0 + k), m));
+              z = _mm512_add_ps(z, e);
+              const __m512 w1 = sc1 ? _mm512_mul_ps(e, _mm512_loadu_ps(sc1 + c0 + k)) : e;
+              z1 = _mm512_add_ps(z1, w1);
+              const __m512 w2 = sc2 ? _mm512_mul_ps(w1, _mm512_loadu_ps(sc2 + c0 + k)) : w1;
+              _mm256_storeu_si256((__m256i*)(o1 + k), (__m256i)_mm512_cvtneps_pbh(w1));
+              _mm256_storeu_si256((__m256i*)(o2 + k), (__m256i)_mm512_cvtneps_pbh(w2));
+            }
+            _mm512_storeu_ps(sums + 32 * r, z);
+            _mm512_storeu_ps(sums + 32 * r + 16, z1);
+          }
+        if (x1) amx_pack_right(x1 + (i * p + c0) * r1, kn, r1, r1, kn, t1, b1, NULL);
+        if (x2) amx_pack_right(x2 + (i * p + c0) * r2, kn, r2, r2, kn, t2, b2, NULL);
+        for (int64_t grp = 0; grp < ng; grp++) {
+          const uint16_t* pan[64];
+          float* ag = acc + grp * 16 * ld;
+          for (int64_t t0 = 0; t0 < t1; t0 += 64) {
+            const int64_t m = t1 - t0 < 64 ? t1 - t0 : 64;
+            for (int64_t t = 0; t < m; t++) pan[t] = b1 + (t0 + t) * (kn / 2) * 32;
+            wa_product(w1b + grp * 16 * kc, kc, kn, pan, m, ag + 16 * t0, ld);
+          }
+          for (int64_t t0 = 0; t0 < t2; t0 += 64) {
+            const int64_t m = t2 - t0 < 64 ? t2 - t0 : 64;
+            for (int64_t t = 0; t < m; t++) pan[t] = b2 + (t0 + t) * (kn / 2) * 32;
+            wa_product(w2b + grp * 16 * kc, kc, kn, pan, m, ag + 16 * (t1 + t0), ld);
+          }
+          for (int64_t t0 = 0; t0 < tv; t0 += 64) { /* the group's heads' panels, from this chunk's pairs */
+            const int64_t m = tv - t0 < 64 ? tv - t0 : 64;
+            for (int64_t t = 0; t < m; t++) {
+              const int64_t j = t0 + t, h = grp * g + j / (dv / 16), d = j % (dv / 16);
+              pan[t] = vb + (h * dv / 16 + d) * 16 * p + (c0 / 2) * 32;
+            }
+            wa_product(w2b + grp * 16 * kc, kc, kn, pan, m, ag + 16 * (t1 + t2 + t0), ld);
+          }
+        }
+      }
+      for (int64_t grp = 0; grp < ng; grp++)
+        for (int64_t mrow = 0; mrow < gr; mrow++) {
+          const int64_t r = grp * gr + mrow, orow = i * rt + r;
+          const float inv = 1.0f / _mm512_reduce_add_ps(_mm512_loadu_ps(sums + 32 * r));
+          const float* ar = acc + (grp * 16 + mrow) * ld;
+          if (out_sum) out_sum[orow] = _mm512_reduce_add_ps(_mm512_loadu_ps(sums + 32 * r + 16)) * inv;
+          for (int64_t c = 0; out1 && c < r1; c++) out1[orow * r1 + c] = ar[c] * inv;
+          for (int64_t c = 0; out2 && c < r2; c++) out2[orow * r2 + c] = ar[16 * t1 + c] * inv;
+          const int64_t hh = mrow / nt, t = mrow % nt, h = grp * g + hh;
+          for (int64_t d = 0; outv && d < dv; d++)
+            outv[((i * nh + h) * nt + t) * dv + d] = ar[16 * (t1 + t2) + hh * dv + d] * inv;
+        }
+    }
+    if (buf != NULL) amx_release();
+    free(buf);
+  }
+  free(vb);
+  return failed ? 2 : 0;
+}
+#else
+int geosam_softmax_products_amx(const float* s, int64_t n, int64_t nh, int64_t nt, int64_t p, const float* scale1,
+                                float* out_sum, const float* x1, int64_t r1, float* out1, const float* scale2,
+                                const float* x2, int64_t r2, float* out2, const float* v, int64_t dv, float* outv,
+                                int threads) {
+  return 1;
+}
+#endif

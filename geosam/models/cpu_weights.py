@@ -29,7 +29,7 @@ import torch
 
 from geosam.models.device import cpu_flags
 
-__all__ = ["WeightProducts", "available", "softmax_products", "softmax_products_reference", "wide_available"]
+__all__ = ["WeightProducts", "amx_available", "available", "softmax_products", "softmax_products_reference", "wide_available"]
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,13 @@ def softmax_products_reference(
     scale2: torch.Tensor | None = None,
     x2: torch.Tensor | None = None,
     v: torch.Tensor | None = None,
+    bf16: bool = False,
 ) -> WeightProducts:
-    """torch's ops for what `softmax_products` computes."""
+    """torch's ops for what `softmax_products` computes; ``bf16``: what it computes with ``bf16=True`` on AMX tiles
+    (no ``y``): the exponentials e = exp(s - max) and w1 = e scale1, w2 = w1 scale2 in float32, w1, w2, x1, x2 and v
+    rounded to bf16, the products and sums in float64, normalised by sum_p e; returned as float32."""
+    if bf16:
+        return _bf16_reference(s, scale1, want_sum, x1, scale2, x2, v)
     n, nh, nt, p = s.shape
     w = torch.softmax(s, dim=-1)
     if scale1 is not None:
@@ -72,6 +77,27 @@ def softmax_products_reference(
     p2 = torch.bmm(w.reshape(n, nh * nt, p), x2) if x2 is not None else None
     pv = torch.einsum("nhtp,hpd->nhtd", w, v) if v is not None else None
     return WeightProducts(total, ydot, p1, p2, pv)
+
+
+def _bf16_reference(s: torch.Tensor, scale1: torch.Tensor | None, want_sum: bool, x1: torch.Tensor | None,
+                    scale2: torch.Tensor | None, x2: torch.Tensor | None, v: torch.Tensor | None) -> WeightProducts:
+    """`softmax_products_reference` with ``bf16``."""
+    n, nh, nt, p = s.shape
+
+    def r64(t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.bfloat16).double()
+
+    e = torch.exp(s - s.amax(dim=-1, keepdim=True))
+    w1 = e if scale1 is None else e * scale1[:, None, None, :]
+    w2 = w1 if scale2 is None else w1 * scale2[:, None, None, :]
+    z = e.double().sum(dim=-1).view(n, nh * nt)
+    total = (w1.double().sum(dim=-1).view(n, nh * nt) / z).float() if want_sum else None
+    p1 = (torch.bmm(r64(w1).view(n, nh * nt, p), r64(x1)) / z[..., None]).float() if x1 is not None else None
+    p2 = (torch.bmm(r64(w2).view(n, nh * nt, p), r64(x2)) / z[..., None]).float() if x2 is not None else None
+    pv = None
+    if v is not None:
+        pv = (torch.einsum("nhtp,hpd->nhtd", r64(w2), r64(v)) / z.view(n, nh, nt, 1)).float()
+    return WeightProducts(total, None, p1, p2, pv)
 
 
 def _call(lib: ctypes.CDLL, s: torch.Tensor, scale1: torch.Tensor | None, y: torch.Tensor | None, want_sum: bool,
@@ -98,6 +124,59 @@ def _call(lib: ctypes.CDLL, s: torch.Tensor, scale1: torch.Tensor | None, y: tor
     if rc == -2:
         raise MemoryError("cpu_weights: out of memory for the products' buffers")
     return WeightProducts(total, ydot, p1, p2, pv) if rc == 0 else None
+
+
+def _call_amx(lib: ctypes.CDLL, s: torch.Tensor, scale1: torch.Tensor | None, want_sum: bool,
+              x1: torch.Tensor | None, scale2: torch.Tensor | None, x2: torch.Tensor | None,
+              v: torch.Tensor | None) -> WeightProducts | None:
+    n, nh, nt, p = s.shape
+    total = s.new_empty((n, nh * nt)) if want_sum else None
+    p1 = s.new_empty((n, nh * nt, x1.shape[-1])) if x1 is not None else None
+    p2 = s.new_empty((n, nh * nt, x2.shape[-1])) if x2 is not None else None
+    pv = s.new_empty((n, nh, nt, v.shape[-1])) if v is not None else None
+
+    def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+        return _P(None if t is None else t.data_ptr())
+
+    def width(t: torch.Tensor | None) -> ctypes.c_int64:
+        return _I64(0 if t is None else t.shape[-1])
+
+    rc = lib.geosam_softmax_products_amx(
+        ptr(s), _I64(n), _I64(nh), _I64(nt), _I64(p), ptr(scale1), ptr(total), ptr(x1), width(x1), ptr(p1),
+        ptr(scale2), ptr(x2), width(x2), ptr(p2), ptr(v), width(v), ptr(pv), ctypes.c_int(torch.get_num_threads()),
+    )  # fmt: skip
+    if rc == 2:
+        raise MemoryError("cpu_weights: out of memory for the products' buffers")
+    return WeightProducts(total, None, p1, p2, pv) if rc == 0 else None
+
+
+#: the AMX products' load checks' cases (n, nh, nt, r, d, p): SAM's final attention's shapes (4 used tokens: 4 heads
+#: a row tile; x1 and x2 of 56 columns, 3.5 tiles), 7 tokens (2 heads), heads of 32 numbers, 6 heads (3 a tile), a
+#: chunk of positions and a part of one (288), columns past a group of four tiles (r 72)
+_AMX_CASES = ((2, 8, 4, 56, 16, 4096), (2, 8, 7, 56, 16, 64), (1, 2, 4, 24, 32, 96), (3, 6, 4, 72, 16, 288))
+
+
+def _amx_agrees(lib: ctypes.CDLL) -> bool:
+    """The AMX kernel against `softmax_products_reference` with ``bf16`` (within 1e-4 of each output's largest), with
+    every input the final attention gives it and with none but v."""
+    lib.geosam_softmax_products_amx.restype = ctypes.c_int
+    gen = torch.Generator().manual_seed(2)
+    for n, nh, nt, r, d, p in _AMX_CASES:
+        s = torch.randn((n, nh, nt, p), generator=gen) * 8.0
+        sc1, sc2 = torch.rand((n, p), generator=gen) + 0.5, torch.rand((n, p), generator=gen) + 0.5
+        x1, x2 = torch.randn((n, p, r), generator=gen), torch.randn((n, p, r), generator=gen)
+        v = torch.randn((nh, p, d), generator=gen)
+        for sc1_, total, x1_, sc2_, x2_ in ((sc1, True, x1, sc2, x2), (None, False, None, None, None)):
+            want = softmax_products_reference(s, sc1_, None, total, x1_, sc2_, x2_, v, bf16=True)
+            got = _call_amx(lib, s, sc1_, total, x1_, sc2_, x2_, v)
+            if got is None:
+                return False
+            for a, b in zip(got, want, strict=True):
+                if (a is None) != (b is None):
+                    return False
+                if a is not None and b is not None and not torch.allclose(a, b, rtol=0, atol=1e-4 * float(b.abs().max())):
+                    return False
+    return True
 
 
 #: the load checks' cases (n, nh, nt, r, d, p): partial register tiles (rows and 8-wide columns), several blocks of
@@ -166,6 +245,24 @@ def wide_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def amx_available() -> bool:
+    """Whether `softmax_products` with ``bf16=True`` runs on AMX tiles here (Intel Xeon): the kernel in use, a CPU
+    with AMX bf16 and AVX-512 BF16, the tiles granted to this process, and the products
+    `softmax_products_reference`'s with ``bf16`` on `_AMX_CASES` (`_amx_agrees`)."""
+    lib = _library()
+    if lib is None or not {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(cpu_flags()):
+        return False
+    lib.geosam_amx_init.restype = ctypes.c_int
+    if lib.geosam_amx_init() != 0:
+        log.info("cpu_weights.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
+        return False
+    if _amx_agrees(lib):
+        return True
+    log.warning("cpu_weights.c: the AMX products do not match the reference here; not used")
+    return False
+
+
 def softmax_products(
     s: torch.Tensor,
     scale1: torch.Tensor | None = None,
@@ -175,11 +272,15 @@ def softmax_products(
     scale2: torch.Tensor | None = None,
     x2: torch.Tensor | None = None,
     v: torch.Tensor | None = None,
+    bf16: bool = False,
 ) -> WeightProducts | None:
     """The softmax of the scores ``s`` (N, h, T, P) over the positions and its products (`WeightProducts`) in one
     call, ``s`` used as scratch (overwritten); or None where the kernel does not run (then
     `softmax_products_reference`'s ops apply, ``s`` untouched). scale1, scale2, y: (N, P); x1, x2 (N, P, R); v
-    (h, P, d); P, R and d multiples of 8; ``s`` contiguous."""
+    (h, P, d); P, R and d multiples of 8; ``s`` contiguous. ``bf16`` (the bf16 dtype; SAM's final attention): on AMX
+    tiles where `amx_available`, no ``y``, P a multiple of 32, at most 16 tokens and d a multiple of 16, the weights
+    and the matrices rounded to bf16 (`softmax_products_reference` with ``bf16``; free in masks:
+    benchmarks/check_final_scores_bf16.py), ``s`` left as it is; else as without."""
     given = [t for t in (scale1, y, x1, scale2, x2, v) if t is not None]
     if s.dim() != 4 or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (s, *given)):
         return None
@@ -194,4 +295,8 @@ def softmax_products(
     if lib is None:
         return None
     scale1, y, x1, scale2, x2, v = (None if t is None else t.contiguous() for t in (scale1, y, x1, scale2, x2, v))
+    if bf16 and y is None and p % 32 == 0 and s.shape[2] <= 16 and (v is None or v.shape[2] % 16 == 0):
+        got = _call_amx(lib, s, scale1, want_sum, x1, scale2, x2, v) if amx_available() else None
+        if got is not None:
+            return got
     return _call(lib, s, scale1, y, want_sum, x1, scale2, x2, v, wide_available())

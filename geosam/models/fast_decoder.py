@@ -63,8 +63,8 @@ multiplications touch the h*w positions:
   would be dropped by the IoU filter anyway, so the kept masks are the same.
 
 Same math as the stock decoder; float32 results agree to rounding (~1e-5 relative); with ``bf16`` (the bf16 dtype, CPUs
-with AVX-512 BF16) the upscaling's two products take bf16 inputs. ``attention_similarity`` / ``target_embedding``
-(PerSAM) are not supported: use the stock path for those.
+with AVX-512 BF16) the upscaling's two products take bf16 inputs, and on CPUs with AMX the final attention's too.
+``attention_similarity`` / ``target_embedding`` (PerSAM) are not supported: use the stock path for those.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def fast_decode(
     for what all of them share (it holds those tensors while they are its key: `cache_key`). ``out``: a contiguous
     (N, K, 4h, 4w) tensor to write the masks into (returned), e.g. a chunk's slice of the batch's masks. ``bf16``:
     the upscaling's products in bf16 where the CPU has AVX-512 BF16 (`geosam.models.cpu_decoder.upscale_prompt`), the
-    final attention's scores' products where it has AMX (`geosam.models.cpu_heads.final_scores`).
+    final attention's products where it has AMX (`geosam.models.fast_final.factored_final_attention`).
     """
     dec = _unwrap(model.mask_decoder)
     if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:

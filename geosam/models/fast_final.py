@@ -194,8 +194,8 @@ def factored_final_attention(
     """The final token -> image attention (after out_proj), (N, T, C), against the second image side in factored
     form: ``q_tokens`` (N, T, C) its queries; per layer (first, second) the image -> token weights (N, h, T, P),
     the same transposed (N, P, R) and the norm's reciprocal deviation (N, P); the values as `centred_values`
-    gives them. ``bf16`` (the bf16 dtype): the scores' products on AMX tiles where the CPU has them
-    (`geosam.models.cpu_heads.final_scores`)."""
+    gives them. ``bf16`` (the bf16 dtype): the scores' products and the weights' on AMX tiles where the CPU has them
+    (`geosam.models.cpu_heads.final_scores`, `geosam.models.cpu_weights.softmax_products`)."""
     n, t, _ = q_tokens.shape
     nh, d = _heads(attn)
     p0, p1 = (x.reshape(n, -1, x.shape[-1]) for x in probs)
@@ -218,7 +218,7 @@ def factored_final_attention(
         _head_products(s, q, sh["k_pos"], accumulate=True)
     # the weights w (softmax over the positions) times s2, then s1: their products with the two layers' weights
     # and the first image side's projected values; in C where it runs, the weights never written
-    fused = softmax_products(s, scale1=s2, want_sum=True, x1=pts[1], scale2=s1, x2=pts[0], v=sh["v_ax"])
+    fused = softmax_products(s, scale1=s2, want_sum=True, x1=pts[1], scale2=s1, x2=pts[0], v=sh["v_ax"], bf16=bf16)
     if fused is not None:
         assert fused.sum is not None and fused.x1 is not None and fused.x2 is not None and fused.v is not None
         w2_sum, w2_pt1, w21_pt0, w21_v = fused.sum[..., None], fused.x1, fused.x2, fused.v

@@ -145,8 +145,8 @@ def _final_attention(
     bf16: bool = False,
 ) -> torch.Tensor:
     """The final token -> image attention of ``q_tokens``: against image sides never written (``sides``,
-    `geosam.models.fast_final`, ``centred`` the values `record_side` centred; ``bf16``: its scores' products in bf16
-    where the CPU has AMX), fused with the last image side (``last``), or against ``keys`` / ``keys_pos``."""
+    `geosam.models.fast_final`, ``centred`` the values `record_side` centred; ``bf16``: its products in bf16 where
+    the CPU has AMX), fused with the last image side (``last``), or against ``keys`` / ``keys_pos``."""
     attn = tr.final_attn_token_to_image
     if sides:
         assert centred is not None
@@ -220,8 +220,8 @@ def run_two_way(
     ``unroll``: allow the CPU float32 paths that write no last image side (`TwoWay.conv1`; the caller's upscaling
     must start from its first product). ``key``: the image's `cache_key` in ``cache`` where the caller made it (from
     these tensors and others its decoder reads), else made here. ``bf16`` (the bf16 dtype): the final attention's
-    scores' products in bf16 where it runs factored and the CPU has AMX (`geosam.models.cpu_heads.final_scores`; free
-    in SAM's masks: benchmarks/check_final_scores_bf16.py)."""
+    products (scores and weights) in bf16 where it runs factored and the CPU has AMX
+    (`geosam.models.fast_final.factored_final_attention`; free in SAM's masks: benchmarks/check_final_scores_bf16.py)."""
     n = tokens.shape[0]
     _, c, hh, ww = image_embeddings.shape
     wdtype = dec.iou_token.weight.dtype
