@@ -246,7 +246,8 @@ def test_the_bf16_decode_takes_its_final_attention_on_amx(monkeypatch) -> None:
     asked: dict[str, list[bool]] = {"final_scores": [], "softmax_products": []}
 
     def spying() -> None:
-        for name, real in (("final_scores", fast_final.final_scores), ("softmax_products", fast_final.softmax_products)):
+        pieces = (("final_scores", fast_final.final_scores), ("softmax_products", fast_final.softmax_products))
+        for name, real in pieces:
             def spy(*args, _real=real, _name=name, **kwargs):
                 asked[_name].append(bool(kwargs.get("bf16", args[6] if len(args) > 6 else False)))
                 return _real(*args, **kwargs)

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #define TAMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma")))
+#define AMX_UNUSED __attribute__((unused)) /* not every kernel including this header calls every function */
 
 /* 0 if this process may use the AMX tiles (asks the kernel; a second ask is harmless), else -1 */
 int geosam_amx_init(void) { return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0 ? 0 : -1; }
@@ -40,9 +41,9 @@ typedef struct {
  * garbage there makes ldtilecfg fault) */
 static const amx_config AMX_CONFIG = {1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 
-static __attribute__((unused)) TAMX void amx_configure(void) { _tile_loadconfig(&AMX_CONFIG); }
+static AMX_UNUSED TAMX void amx_configure(void) { _tile_loadconfig(&AMX_CONFIG); }
 
-static __attribute__((unused)) TAMX void amx_release(void) { _tile_release(); }
+static AMX_UNUSED TAMX void amx_release(void) { _tile_release(); }
 
 /* K rounded up to whole tiles: 32 bf16 (16 pairs) */
 static inline int64_t amx_k(int64_t kn) { return (kn + 31) / 32 * 32; }
@@ -50,8 +51,8 @@ static inline int64_t amx_k(int64_t kn) { return (kn + 31) / 32 * 32; }
 /* out (rows16 x n, rows `so` floats apart; rows16 = rows rounded up to 16, those past `rows` zeros) = x (rows x kn,
  * rows sx apart, float32, rounded to bf16 into xb: rows16 rows of amx_k(kn)) times the panels of pack_pairs with
  * amx_k(kn) / 2 pairs of rows (its 16-pair chunks are the right operand's tiles, 64-byte rows); n a multiple of 32. The calling thread has run amx_configure. */
-static __attribute__((unused)) TAMX void amx_product(const float* x, int64_t sx, int64_t rows, const uint16_t* kp, int64_t kn, int64_t n,
-                             float* out, int64_t so, uint16_t* xb) {
+static AMX_UNUSED TAMX void amx_product(const float* x, int64_t sx, int64_t rows, const uint16_t* kp, int64_t kn,
+                                        int64_t n, float* out, int64_t so, uint16_t* xb) {
   const int64_t kp2 = amx_k(kn), rows16 = (rows + 15) / 16 * 16, nq = kp2 / 32;
   rows_to_bf16(x, sx, rows, rows16, kn, kp2, xb);
   const int64_t sa = 2 * kp2, sc = 4 * so, pb = 16 * kp2; /* bytes between rows of x and of out; a panel (bf16) */
@@ -95,8 +96,8 @@ static __attribute__((unused)) TAMX void amx_product(const float* x, int64_t sx,
  * of kpad / 2 pairs of rows (panel t at dst + 16 t kpad; in it, pair k2's two numbers of column j at 32 k2 + 2 j, the
  * layout TDPBF16PS reads); zeros past kn and nc. Each row is read as one run. `next` (or NULL): the same rows of the
  * matrix packed next, fetched into L2 meanwhile. */
-static __attribute__((unused)) TAMX void amx_pack_right(const float* m, int64_t kn, int64_t sm, int64_t nc, int64_t kpad, int64_t nt,
-                                uint16_t* dst, const float* next) {
+static AMX_UNUSED TAMX void amx_pack_right(const float* m, int64_t kn, int64_t sm, int64_t nc, int64_t kpad,
+                                           int64_t nt, uint16_t* dst, const float* next) {
   const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                          21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0); /* word 2 j: a[j], 2 j + 1: b[j] */
   for (int64_t k2 = 0; k2 < kpad / 2; k2++) {

@@ -143,6 +143,23 @@ def load(
     return lib
 
 
+def amx_checked(lib: ctypes.CDLL | None, source: str, what: str, check: Callable[[ctypes.CDLL], bool]) -> bool:
+    """Whether ``lib``'s AMX kernel (``what``) runs here: the library in use, a CPU with AMX bf16 and AVX-512 BF16, the
+    tiles granted to this process (its ``geosam_amx_init``: cpu_amx.h), and ``check`` passing (else a warning)."""
+    from geosam.models.device import cpu_flags
+
+    if lib is None or not {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(cpu_flags()):
+        return False
+    lib.geosam_amx_init.restype = ctypes.c_int
+    if lib.geosam_amx_init() != 0:
+        log.info("%s: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used", source)
+        return False
+    if check(lib):
+        return True
+    log.warning("%s: the AMX %s do not match the reference here; not used", source, what)
+    return False
+
+
 @contextmanager
 def alternating_threads() -> Iterator[Callable[[int], None]]:
     """For the kernels' load-time checks: ``use(i)`` sets torch's thread count to 1 for even cases i and 2 for odd

@@ -31,6 +31,9 @@ from pathlib import Path
 
 import torch
 
+from geosam.models.cpu_heads_reference import factored_scores_reference, final_scores_reference, proj_dots_reference
+from geosam.models.cpu_heads_reference import final_inputs as _final_inputs
+from geosam.models.cpu_heads_reference import scores_inputs as _scores_inputs
 from geosam.models.device import cpu_flags
 
 __all__ = [
@@ -71,16 +74,6 @@ def _call_factored_scores(lib: ctypes.CDLL, f: torch.Tensor, probs0: torch.Tenso
     return rc == 0
 
 
-def factored_scores_reference(f: torch.Tensor, probs0: torch.Tensor, rows: torch.Tensor,
-                              parts: tuple[torch.Tensor, torch.Tensor], fsum: torch.Tensor, mean0: torch.Tensor,
-                              rstd0: torch.Tensor) -> torch.Tensor:
-    """torch's ops for what `factored_scores` computes: (N, h, T, P)."""
-    n, nh, nt, _ = rows.shape
-    s = torch.bmm(f, probs0).view(n, nh, nt, -1) + torch.einsum("nhtk,hkp->nhtp", rows, parts[0])
-    s = (s - fsum[..., None] * mean0[:, None, None, :]) * rstd0[:, None, None, :]
-    return s + torch.einsum("nhtk,hkp->nhtp", rows, parts[1])
-
-
 def _call_final_scores(lib: ctypes.CDLL, f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor],
                        q: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
                        scales: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor, wide: bool = False) -> bool:
@@ -114,26 +107,6 @@ def _call_final_scores_amx(lib: ctypes.CDLL, f: tuple[torch.Tensor, torch.Tensor
     return rc == 0
 
 
-def final_scores_reference(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor],
-                           q: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
-                           scales: tuple[torch.Tensor, torch.Tensor], bf16: bool = False) -> torch.Tensor:
-    """torch's ops for what `final_scores` computes: (N, h, T, P); ``bf16``: what it computes with ``bf16=True`` on
-    AMX tiles, f, probs, q and keys rounded to bf16 (c and the scales not), in float64, returned as float32."""
-    if bf16:
-        def r64(t: torch.Tensor) -> torch.Tensor:
-            return t.to(torch.bfloat16).double()
-
-        want = final_scores_reference((r64(f[0]), r64(f[1])), (r64(probs[0]), r64(probs[1])), r64(q),
-                                      (r64(keys[0]), r64(keys[1])), c.double(),
-                                      (scales[0].double(), scales[1].double()))  # fmt: skip
-        return want.float()
-    n, nh, nt, _ = q.shape
-    s = torch.bmm(f[0], probs[0]).view(n, nh, nt, -1) + torch.einsum("nhtk,hkp->nhtp", q, keys[0])
-    s = s * scales[0][:, None, None, :] + c.view(n, nh, nt, 1)
-    s = (s + torch.bmm(f[1], probs[1]).view(n, nh, nt, -1)) * scales[1][:, None, None, :]
-    return s + torch.einsum("nhtk,hkp->nhtp", q, keys[1])
-
-
 def _call_proj_dots(lib: ctypes.CDLL, v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor, out: torch.Tensor,
                     wide: bool = False) -> bool:
     n, nh, nt, dk = v.shape
@@ -143,11 +116,6 @@ def _call_proj_dots(lib: ctypes.CDLL, v: torch.Tensor, xw: torch.Tensor, probs: 
         ctypes.c_int(torch.get_num_threads()), ctypes.c_int(int(wide)),
     )  # fmt: skip
     return rc == 0
-
-
-def proj_dots_reference(v: torch.Tensor, xw: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """torch's ops for what `proj_dots` computes: (N, P)."""
-    return (torch.einsum("nhtk,hkp->nhtp", v, xw) * probs).sum(dim=(1, 2))
 
 
 #: the load checks' shapes of `headdot` (n, nh, nt, dk, p): partial row tiles, odd inner sizes, position tails
@@ -174,31 +142,6 @@ def _headdot_agrees(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
 #: the load checks' shapes of the two scores kernels: (n, nh, nt, dk, r, p), partial row tiles, odd inner sizes,
 #: positions in whole 32-position blocks and not (SAM: 8 heads x 7 tokens, dk 16, r 7, p 4096)
 _SCORES_SHAPES = ((2, 2, 7, 16, 14, 48), (1, 3, 3, 5, 9, 16), (3, 1, 4, 8, 1, 32), (2, 8, 7, 16, 7, 96))
-
-
-_T = torch.Tensor
-_Pair = tuple[torch.Tensor, torch.Tensor]
-
-
-def _scores_inputs(gen: torch.Generator, n: int, nh: int, nt: int, dk: int, r: int, p: int) -> tuple[_T, _T, _T, _Pair, _T, _T, _T]:
-    """random inputs of `factored_scores` (f, probs0, rows, parts, fsum, mean0, rstd0)"""
-    f = torch.randn((n, nh * nt, r), generator=gen)
-    probs0 = torch.rand((n, r, p), generator=gen)
-    rows = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
-    parts = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
-    fsum, mean0, rstd0 = torch.randn((n, nh, nt), generator=gen), torch.randn((n, p), generator=gen), torch.rand((n, p), generator=gen)
-    return f, probs0, rows, parts, fsum, mean0, rstd0
-
-
-def _final_inputs(gen: torch.Generator, n: int, nh: int, nt: int, dk: int, r: int, p: int) -> tuple[_Pair, _Pair, _T, _Pair, _T, _Pair]:
-    """random inputs of `final_scores` (f, probs, q, keys, c, scales)"""
-    f = torch.randn((n, nh * nt, r), generator=gen), torch.randn((n, nh * nt, r), generator=gen)
-    probs = torch.rand((n, r, p), generator=gen), torch.rand((n, r, p), generator=gen)
-    q = torch.randn((n, nt, nh, dk), generator=gen).transpose(1, 2)
-    keys = torch.randn((nh, dk, p), generator=gen), torch.randn((nh, dk, p), generator=gen)
-    c = torch.randn((n, nh * nt), generator=gen)
-    scales = torch.rand((n, p), generator=gen) + 0.5, torch.rand((n, p), generator=gen) + 0.5
-    return f, probs, q, keys, c, scales
 
 
 def _scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
@@ -318,17 +261,10 @@ def amx_available() -> bool:
     """Whether `final_scores` with ``bf16=True`` runs on AMX tiles here (Intel Xeon): the kernels in use, a CPU with
     AMX bf16 and AVX-512 BF16, the tiles granted to this process, and the scores `final_scores_reference`'s with
     ``bf16`` on `_AMX_SHAPES` (`_amx_scores_agree`)."""
-    lib = _library()
-    if lib is None or not {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(cpu_flags()):
-        return False
-    lib.geosam_amx_init.restype = ctypes.c_int
-    if lib.geosam_amx_init() != 0:
-        log.info("cpu_heads.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
-        return False
-    if _amx_scores_agree(lib, torch.Generator().manual_seed(24)):
-        return True
-    log.warning("cpu_heads.c: the AMX final scores do not match the reference here; not used")
-    return False
+    from geosam.models.cpu_build import amx_checked
+
+    return amx_checked(_library(), "cpu_heads.c", "final scores",
+                       lambda lib: _amx_scores_agree(lib, torch.Generator().manual_seed(24)))
 
 
 def _products_wide_same(lib: ctypes.CDLL, gen: torch.Generator) -> bool:

@@ -29,7 +29,8 @@ import torch
 
 from geosam.models.device import cpu_flags
 
-__all__ = ["WeightProducts", "amx_available", "available", "softmax_products", "softmax_products_reference", "wide_available"]
+__all__ = ["WeightProducts", "amx_available", "available", "softmax_products", "softmax_products_reference",
+           "wide_available"]
 
 log = logging.getLogger(__name__)
 
@@ -100,54 +101,42 @@ def _bf16_reference(s: torch.Tensor, scale1: torch.Tensor | None, want_sum: bool
     return WeightProducts(total, None, p1, p2, pv)
 
 
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return _P(None if t is None else t.data_ptr())
+
+
+def _width(t: torch.Tensor | None) -> ctypes.c_int64:
+    return _I64(0 if t is None else t.shape[-1])
+
+
 def _call(lib: ctypes.CDLL, s: torch.Tensor, scale1: torch.Tensor | None, y: torch.Tensor | None, want_sum: bool,
           x1: torch.Tensor | None, scale2: torch.Tensor | None, x2: torch.Tensor | None,
-          v: torch.Tensor | None, wide: bool = False) -> WeightProducts | None:
+          v: torch.Tensor | None, wide: bool = False, amx: bool = False) -> WeightProducts | None:
+    """The kernel's outputs, or None where it did not run; ``amx``: geosam_softmax_products_amx (no ``y``; ``s`` only
+    read), else geosam_softmax_products (``s`` overwritten)."""
     n, nh, nt, p = s.shape
     total = s.new_empty((n, nh * nt)) if want_sum else None
     ydot = s.new_empty((n, nh * nt)) if y is not None else None
     p1 = s.new_empty((n, nh * nt, x1.shape[-1])) if x1 is not None else None
     p2 = s.new_empty((n, nh * nt, x2.shape[-1])) if x2 is not None else None
     pv = s.new_empty((n, nh, nt, v.shape[-1])) if v is not None else None
-
-    def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
-        return _P(None if t is None else t.data_ptr())
-
-    def width(t: torch.Tensor | None) -> ctypes.c_int64:
-        return _I64(0 if t is None else t.shape[-1])
-
-    rc = lib.geosam_softmax_products(
-        ptr(s), _I64(n), _I64(nh), _I64(nt), _I64(p), ptr(scale1), ptr(y), ptr(total), ptr(ydot), ptr(x1), width(x1),
-        ptr(p1), ptr(scale2), ptr(x2), width(x2), ptr(p2), ptr(v), width(v), ptr(pv),
-        ctypes.c_int(torch.get_num_threads()), ctypes.c_int(int(wide)),
-    )  # fmt: skip
+    threads = ctypes.c_int(torch.get_num_threads())
+    if amx:
+        assert y is None
+        rc = lib.geosam_softmax_products_amx(
+            _ptr(s), _I64(n), _I64(nh), _I64(nt), _I64(p), _ptr(scale1), _ptr(total), _ptr(x1), _width(x1), _ptr(p1),
+            _ptr(scale2), _ptr(x2), _width(x2), _ptr(p2), _ptr(v), _width(v), _ptr(pv), threads,
+        )  # fmt: skip
+        rc = {0: 0, 2: -2}.get(rc, -1)
+    else:
+        rc = lib.geosam_softmax_products(
+            _ptr(s), _I64(n), _I64(nh), _I64(nt), _I64(p), _ptr(scale1), _ptr(y), _ptr(total), _ptr(ydot), _ptr(x1),
+            _width(x1), _ptr(p1), _ptr(scale2), _ptr(x2), _width(x2), _ptr(p2), _ptr(v), _width(v), _ptr(pv), threads,
+            ctypes.c_int(int(wide)),
+        )  # fmt: skip
     if rc == -2:
         raise MemoryError("cpu_weights: out of memory for the products' buffers")
     return WeightProducts(total, ydot, p1, p2, pv) if rc == 0 else None
-
-
-def _call_amx(lib: ctypes.CDLL, s: torch.Tensor, scale1: torch.Tensor | None, want_sum: bool,
-              x1: torch.Tensor | None, scale2: torch.Tensor | None, x2: torch.Tensor | None,
-              v: torch.Tensor | None) -> WeightProducts | None:
-    n, nh, nt, p = s.shape
-    total = s.new_empty((n, nh * nt)) if want_sum else None
-    p1 = s.new_empty((n, nh * nt, x1.shape[-1])) if x1 is not None else None
-    p2 = s.new_empty((n, nh * nt, x2.shape[-1])) if x2 is not None else None
-    pv = s.new_empty((n, nh, nt, v.shape[-1])) if v is not None else None
-
-    def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
-        return _P(None if t is None else t.data_ptr())
-
-    def width(t: torch.Tensor | None) -> ctypes.c_int64:
-        return _I64(0 if t is None else t.shape[-1])
-
-    rc = lib.geosam_softmax_products_amx(
-        ptr(s), _I64(n), _I64(nh), _I64(nt), _I64(p), ptr(scale1), ptr(total), ptr(x1), width(x1), ptr(p1),
-        ptr(scale2), ptr(x2), width(x2), ptr(p2), ptr(v), width(v), ptr(pv), ctypes.c_int(torch.get_num_threads()),
-    )  # fmt: skip
-    if rc == 2:
-        raise MemoryError("cpu_weights: out of memory for the products' buffers")
-    return WeightProducts(total, None, p1, p2, pv) if rc == 0 else None
 
 
 #: the AMX products' load checks' cases (n, nh, nt, r, d, p): SAM's final attention's shapes (4 used tokens: 4 heads
@@ -168,13 +157,14 @@ def _amx_agrees(lib: ctypes.CDLL) -> bool:
         v = torch.randn((nh, p, d), generator=gen)
         for sc1_, total, x1_, sc2_, x2_ in ((sc1, True, x1, sc2, x2), (None, False, None, None, None)):
             want = softmax_products_reference(s, sc1_, None, total, x1_, sc2_, x2_, v, bf16=True)
-            got = _call_amx(lib, s, sc1_, total, x1_, sc2_, x2_, v)
+            got = _call(lib, s, sc1_, None, total, x1_, sc2_, x2_, v, amx=True)
             if got is None:
                 return False
             for a, b in zip(got, want, strict=True):
                 if (a is None) != (b is None):
                     return False
-                if a is not None and b is not None and not torch.allclose(a, b, rtol=0, atol=1e-4 * float(b.abs().max())):
+                if a is not None and b is not None and not torch.allclose(a, b, rtol=0,
+                                                                          atol=1e-4 * float(b.abs().max())):
                     return False
     return True
 
@@ -250,17 +240,9 @@ def amx_available() -> bool:
     """Whether `softmax_products` with ``bf16=True`` runs on AMX tiles here (Intel Xeon): the kernel in use, a CPU
     with AMX bf16 and AVX-512 BF16, the tiles granted to this process, and the products
     `softmax_products_reference`'s with ``bf16`` on `_AMX_CASES` (`_amx_agrees`)."""
-    lib = _library()
-    if lib is None or not {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(cpu_flags()):
-        return False
-    lib.geosam_amx_init.restype = ctypes.c_int
-    if lib.geosam_amx_init() != 0:
-        log.info("cpu_weights.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
-        return False
-    if _amx_agrees(lib):
-        return True
-    log.warning("cpu_weights.c: the AMX products do not match the reference here; not used")
-    return False
+    from geosam.models.cpu_build import amx_checked
+
+    return amx_checked(_library(), "cpu_weights.c", "products", _amx_agrees)
 
 
 def softmax_products(
@@ -296,7 +278,7 @@ def softmax_products(
         return None
     scale1, y, x1, scale2, x2, v = (None if t is None else t.contiguous() for t in (scale1, y, x1, scale2, x2, v))
     if bf16 and y is None and p % 32 == 0 and s.shape[2] <= 16 and (v is None or v.shape[2] % 16 == 0):
-        got = _call_amx(lib, s, scale1, want_sum, x1, scale2, x2, v) if amx_available() else None
+        got = _call(lib, s, scale1, None, want_sum, x1, scale2, x2, v, amx=True) if amx_available() else None
         if got is not None:
             return got
     return _call(lib, s, scale1, y, want_sum, x1, scale2, x2, v, wide_available())

@@ -221,7 +221,8 @@ def run_two_way(
     must start from its first product). ``key``: the image's `cache_key` in ``cache`` where the caller made it (from
     these tensors and others its decoder reads), else made here. ``bf16`` (the bf16 dtype): the final attention's
     products (scores and weights) in bf16 where it runs factored and the CPU has AMX
-    (`geosam.models.fast_final.factored_final_attention`; free in SAM's masks: benchmarks/check_final_scores_bf16.py)."""
+    (`geosam.models.fast_final.factored_final_attention`; free in SAM's masks:
+    benchmarks/check_final_scores_bf16.py)."""
     n = tokens.shape[0]
     _, c, hh, ww = image_embeddings.shape
     wdtype = dec.iou_token.weight.dtype
