@@ -40,8 +40,13 @@ def test_overlap_prints_four_timings_a_block(tmp_path) -> None:
     """Tiles alone, vector work alone, both one after the other and both spread: four positive microsecond figures
     (the script's `overlap` parses exactly these), the combined runs not faster than the slower part alone."""
     exe = _build(BENCH / "c" / "amx_overlap.c", tmp_path / "amx_overlap", "-DTCASE=3")
-    out = subprocess.run([str(exe), "1"], capture_output=True, text=True, check=True).stdout.split()
-    assert len(out) == 4
-    tiles, vector, both, spread = (float(x) for x in out)
-    assert min(tiles, vector, both, spread) > 0
-    assert both > 0.8 * max(tiles, vector) and spread > 0.8 * max(tiles, vector)
+    runs = []
+    for _ in range(3):  # another process's load inflates one part's figure alone: up to 3 runs for the lower bound
+        out = subprocess.run([str(exe), "1"], capture_output=True, text=True, check=True).stdout.split()
+        assert len(out) == 4
+        tiles, vector, both, spread = (float(x) for x in out)
+        assert min(tiles, vector, both, spread) > 0
+        runs.append((tiles, vector, both, spread))
+        if both > 0.8 * max(tiles, vector) and spread > 0.8 * max(tiles, vector):
+            return
+    raise AssertionError(f"a combined run faster than its slower part alone in every run: {runs}")
