@@ -48,6 +48,14 @@ static AMX_UNUSED TAMX void amx_release(void) { _tile_release(); }
 /* K rounded up to whole tiles: 32 bf16 (16 pairs) */
 static inline int64_t amx_k(int64_t kn) { return (kn + 31) / 32 * 32; }
 
+/* heads per row tile of attention rows grouped by head (nt tokens each): the most whose nt tokens fit 16 rows and
+ * that divide nh (at least 1; nt <= 16) */
+static inline int64_t amx_row_group(int64_t nt, int64_t nh) {
+  int64_t g = 16 / nt < nh ? 16 / nt : nh;
+  while (nh % g) g--;
+  return g;
+}
+
 /* out (rows16 x n, rows `so` floats apart; rows16 = rows rounded up to 16, those past `rows` zeros) = x (rows x kn,
  * rows sx apart, float32, rounded to bf16 into xb: rows16 rows of amx_k(kn)) times the panels of pack_pairs with
  * amx_k(kn) / 2 pairs of rows (its 16-pair chunks are the right operand's tiles, 64-byte rows); n a multiple of 32. The calling thread has run amx_configure. */

@@ -406,8 +406,7 @@ TAMX int geosam_final_scores_amx(const float* f0, const float* f1, const float* 
                                  const float* c, const float* s1, const float* s2, float* s, int64_t n, int64_t nh,
                                  int64_t nt, int64_t dk, int64_t p, int threads) {
   if (p % 32 != 0 || nt < 1 || nt > 16 || n < 1 || nh < 1 || r < 1) return 1;
-  int64_t g = 16 / nt < nh ? 16 / nt : nh;
-  while (nh % g) g--;
+  const int64_t g = amx_row_group(nt, nh);
   const int64_t ng = nh / g, gr = g * nt, kr = amx_k(r), kq = amx_k(g * dk), ka = 2 * kr + kq;
   const int64_t nch = (p + FA_CHUNK - 1) / FA_CHUNK;
   /* every prompt's and group's left operands: its 16 rows of f0 and f1 (kr), then its block-diagonal queries (kq) */

@@ -76,32 +76,18 @@ def _call_factored_scores(lib: ctypes.CDLL, f: torch.Tensor, probs0: torch.Tenso
 
 def _call_final_scores(lib: ctypes.CDLL, f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor, torch.Tensor],
                        q: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
-                       scales: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor, wide: bool = False) -> bool:
+                       scales: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor, wide: bool = False,
+                       amx: bool = False) -> bool:
+    """The float32 kernel (``wide``: in AVX-512 registers) or, with ``amx``, the bf16 one on AMX tiles."""
     n, nh, nt, dk = q.shape
-    rc = lib.geosam_final_scores(
-        _P(f[0].data_ptr()), _P(f[1].data_ptr()), _P(probs[0].data_ptr()), _P(probs[1].data_ptr()),
-        _I64(probs[0].shape[1]), _P(q.data_ptr()), _I64(q.stride(0)), _I64(q.stride(1)), _I64(q.stride(2)),
-        _P(keys[0].data_ptr()), _P(keys[1].data_ptr()), _P(c.data_ptr()), _P(scales[0].data_ptr()),
-        _P(scales[1].data_ptr()), _P(s.data_ptr()), _I64(n), _I64(nh), _I64(nt), _I64(dk), _I64(s.shape[-1]),
-        ctypes.c_int(torch.get_num_threads()), ctypes.c_int(int(wide)),
-    )  # fmt: skip
-    if rc == 2:
-        raise MemoryError("cpu_decoder: out of memory for the scores' buffers")
-    return rc == 0
-
-
-def _call_final_scores_amx(lib: ctypes.CDLL, f: tuple[torch.Tensor, torch.Tensor],
-                           probs: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor,
-                           keys: tuple[torch.Tensor, torch.Tensor], c: torch.Tensor,
-                           scales: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor) -> bool:
-    n, nh, nt, dk = q.shape
-    rc = lib.geosam_final_scores_amx(
+    args = (
         _P(f[0].data_ptr()), _P(f[1].data_ptr()), _P(probs[0].data_ptr()), _P(probs[1].data_ptr()),
         _I64(probs[0].shape[1]), _P(q.data_ptr()), _I64(q.stride(0)), _I64(q.stride(1)), _I64(q.stride(2)),
         _P(keys[0].data_ptr()), _P(keys[1].data_ptr()), _P(c.data_ptr()), _P(scales[0].data_ptr()),
         _P(scales[1].data_ptr()), _P(s.data_ptr()), _I64(n), _I64(nh), _I64(nt), _I64(dk), _I64(s.shape[-1]),
         ctypes.c_int(torch.get_num_threads()),
     )  # fmt: skip
+    rc = lib.geosam_final_scores_amx(*args) if amx else lib.geosam_final_scores(*args, ctypes.c_int(int(wide)))
     if rc == 2:
         raise MemoryError("cpu_decoder: out of memory for the scores' buffers")
     return rc == 0
@@ -188,7 +174,7 @@ def _amx_scores_agree(lib: ctypes.CDLL, gen: torch.Generator) -> bool:
         args = _final_inputs(gen, *shape)
         want = final_scores_reference(*args, bf16=True)
         got = torch.full_like(want, float("nan"))
-        if not _call_final_scores_amx(lib, *args, got) or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+        if not _call_final_scores(lib, *args, got, amx=True) or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
             return False
     return True
 
@@ -373,7 +359,7 @@ def final_scores(f: tuple[torch.Tensor, torch.Tensor], probs: tuple[torch.Tensor
     scales = (scales[0].contiguous(), scales[1].contiguous())
     s = torch.empty((n, nh, nt, p), dtype=torch.float32)
     c = c.contiguous()
-    if bf16 and p % 32 == 0 and amx_available() and _call_final_scores_amx(lib, f, probs, q, keys, c, scales, s):
+    if bf16 and p % 32 == 0 and amx_available() and _call_final_scores(lib, f, probs, q, keys, c, scales, s, amx=True):
         return s
     return s if _call_final_scores(lib, f, probs, q, keys, c, scales, s, wide_available()) else None
 

@@ -298,15 +298,17 @@ int geosam_softmax_products(float* s, int64_t n, int64_t nh, int64_t nt, int64_t
  * 32, nt <= 16, dv a multiple of 16. Returns 0, 1 where the shapes do not fit, 2 if out of memory. */
 #define WA_CHUNK 256
 #if GEOSAM_AMX
-/* acc (16 rows `sa` floats apart, nt tiles of 16 columns) += a (16 rows of kn bf16, `la` apart) times panels[t]
- * (kn / 2 pairs each), four output tiles at a time: tiles 0-3 the accumulators, 4 the left operand, 5 the right */
-static TAMX void wa_product(const uint16_t* a, int64_t la, int64_t kn, const uint16_t* const* panels, int64_t nt,
+/* acc (16 rows `sa` floats apart, nt tiles of 16 columns) += a (16 rows of kn bf16, `la` apart) times nt panels of
+ * kn / 2 pairs (panel t at panel + t ps), four output tiles at a time: tiles 0-3 the accumulators, 4 the left
+ * operand, 5 the right */
+static TAMX void wa_product(const uint16_t* a, int64_t la, int64_t kn, const uint16_t* panel, int64_t ps, int64_t nt,
                             float* acc, int64_t sa) {
   const int64_t sb = 4 * sa;
   for (int64_t t0 = 0; t0 < nt; t0 += 4) {
     const int64_t m = nt - t0 < 4 ? nt - t0 : 4;
     float* o = acc + 16 * t0;
-    const uint16_t* const* pt = panels + t0;
+    const uint16_t* pt[4];
+    for (int64_t j = 0; j < 4; j++) pt[j] = panel + (t0 + (j < m ? j : 0)) * ps;
     _tile_loadd(0, o, sb);
     if (m > 1) _tile_loadd(1, o + 16, sb);
     if (m > 2) _tile_loadd(2, o + 32, sb);
@@ -341,8 +343,7 @@ TAMX int geosam_softmax_products_amx(const float* s, int64_t n, int64_t nh, int6
                                      int threads) {
   if (p % 32 || nt < 1 || nt > 16 || n < 1 || nh < 1 || (v && (dv < 16 || dv % 16)) || (x1 && r1 < 1) || (x2 && r2 < 1))
     return 1;
-  int64_t g = 16 / nt < nh ? 16 / nt : nh; /* heads per row tile: cpu_heads.c's final scores' choice */
-  while (nh % g) g--;
+  const int64_t g = amx_row_group(nt, nh); /* heads per row tile, as cpu_heads.c's final scores */
   const int64_t ng = nh / g, gr = g * nt, rt = nh * nt;
   const int64_t t1 = x1 ? (r1 + 15) / 16 : 0, t2 = x2 ? (r2 + 15) / 16 : 0, tv = v ? g * dv / 16 : 0;
   const int64_t ld = 16 * (t1 + t2 + tv), kc = WA_CHUNK; /* accumulator row length; positions a chunk */
@@ -409,26 +410,12 @@ TAMX int geosam_softmax_products_amx(const float* s, int64_t n, int64_t nh, int6
         if (x1) amx_pack_right(x1 + (i * p + c0) * r1, kn, r1, r1, kn, t1, b1, NULL);
         if (x2) amx_pack_right(x2 + (i * p + c0) * r2, kn, r2, r2, kn, t2, b2, NULL);
         for (int64_t grp = 0; grp < ng; grp++) {
-          const uint16_t* pan[64];
           float* ag = acc + grp * 16 * ld;
-          for (int64_t t0 = 0; t0 < t1; t0 += 64) {
-            const int64_t m = t1 - t0 < 64 ? t1 - t0 : 64;
-            for (int64_t t = 0; t < m; t++) pan[t] = b1 + (t0 + t) * (kn / 2) * 32;
-            wa_product(w1b + grp * 16 * kc, kc, kn, pan, m, ag + 16 * t0, ld);
-          }
-          for (int64_t t0 = 0; t0 < t2; t0 += 64) {
-            const int64_t m = t2 - t0 < 64 ? t2 - t0 : 64;
-            for (int64_t t = 0; t < m; t++) pan[t] = b2 + (t0 + t) * (kn / 2) * 32;
-            wa_product(w2b + grp * 16 * kc, kc, kn, pan, m, ag + 16 * (t1 + t0), ld);
-          }
-          for (int64_t t0 = 0; t0 < tv; t0 += 64) { /* the group's heads' panels, from this chunk's pairs */
-            const int64_t m = tv - t0 < 64 ? tv - t0 : 64;
-            for (int64_t t = 0; t < m; t++) {
-              const int64_t j = t0 + t, h = grp * g + j / (dv / 16), d = j % (dv / 16);
-              pan[t] = vb + (h * dv / 16 + d) * 16 * p + (c0 / 2) * 32;
-            }
-            wa_product(w2b + grp * 16 * kc, kc, kn, pan, m, ag + 16 * (t1 + t2 + t0), ld);
-          }
+          if (x1) wa_product(w1b + grp * 16 * kc, kc, kn, b1, (kn / 2) * 32, t1, ag, ld);
+          if (x2) wa_product(w2b + grp * 16 * kc, kc, kn, b2, (kn / 2) * 32, t2, ag + 16 * t1, ld);
+          /* the group's heads' panels (consecutive in vb), from this chunk's pairs */
+          if (v) wa_product(w2b + grp * 16 * kc, kc, kn, vb + grp * g * dv * p + (c0 / 2) * 32, 16 * p, tv,
+                            ag + 16 * (t1 + t2), ld);
         }
       }
       for (int64_t grp = 0; grp < ng; grp++)
