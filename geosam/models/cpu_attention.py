@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from geosam.models.cpu_build import alternating_threads, load
+from geosam.models.cpu_build import alternating_threads, amx_checked, load
 from geosam.models.cpu_kernels import transposed_tables
 from geosam.models.device import cpu_flags
 
@@ -250,16 +250,10 @@ def amx_available() -> bool:
     """Whether the kernel's bf16 products run on AMX tiles here (Intel Xeon): `bf16_available`, the CPU has AMX
     bf16, the tiles are granted to this process (``geosam_amx_init``) and the products match the reference on load
     (`_matches_reference`, within `BF16_TOLERANCE`)."""
-    lib = _library()
-    if lib is None or not {"amx_bf16", "amx_tile"} <= set(cpu_flags()) or not bf16_available():
-        return False
-    if lib.geosam_amx_init() != 0:
-        log.info("cpu_attention512.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
-        return False
-    if _matches_reference(lib, AMX) and _matches_reference(lib, AMX, tokens_bf16=True):
-        return True
-    log.warning("cpu_attention512.c: the AMX attention does not match the reference here; not used")
-    return False
+    return bf16_available() and amx_checked(  # bf16_available: the library in use and AVX-512 BF16
+        _library(), "cpu_attention512.c", "attention",
+        lambda lib: _matches_reference(lib, AMX) and _matches_reference(lib, AMX, tokens_bf16=True),
+    )
 
 
 def _head_fits(head_dim: int, bf16_tokens: bool, relative: bool) -> bool:

@@ -271,16 +271,12 @@ def amx_available() -> bool:
     a CPU with AMX bf16 and AVX-512 BF16, the AVX-512 path in use (`wide_available`: the rest of the pass), the tiles
     granted to this process, and the masks `reference`'s with ``bf16=True`` here (within `BF16_TOLERANCE`: the same
     bf16 inputs, sums in float32 in the tiles' order)."""
-    lib = _library()
-    if lib is None or not {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(cpu_flags()) or not wide_available():
-        return False
-    if lib.geosam_amx_init() != 0:
-        log.info("cpu_decoder.c: the kernel did not grant the AMX tiles (or the compiler has no AMX); not used")
-        return False
-    if _upscale_agrees(lib, torch.Generator().manual_seed(3), BF16 | WIDE | AMX, BF16_TOLERANCE):
-        return True
-    log.warning("cpu_decoder.c: the AMX upscaling products do not match torch's on bf16 inputs here; not used")
-    return False
+    from geosam.models.cpu_build import amx_checked
+
+    return wide_available() and amx_checked(
+        _library(), "cpu_decoder.c", "upscaling products",
+        lambda lib: _upscale_agrees(lib, torch.Generator().manual_seed(3), BF16 | WIDE | AMX, BF16_TOLERANCE),
+    )
 
 
 @functools.lru_cache(maxsize=1)
