@@ -14,9 +14,9 @@ behind geosam's float32 encoder or its bf16 one (``dtype="bfloat16"``), everythi
 * ``*_emulated_scores``: every factor of the scores (f0, f1, p0, p1, q, kx, kp) rounded to bf16 (the float32 kernel on
   rounded inputs: what the AMX kernel computes, summed in another order);
 * ``*_final_products_bf16`` / ``bfloat16_emulated``: the scores emulated so and the final attention's softmax products
-  (`geosam.models.cpu_weights.softmax_products` there) on bf16 numbers, emulated: the weights times their scales
-  rounded, the matrices they multiply (the two layers' weights transposed, the first image side's values) rounded, the
-  sums and the softmax's normalisation float32;
+  (`geosam.models.cpu_weights.softmax_products` there) on bf16 numbers, emulated by its reference with ``bf16``: the
+  weights times their scales rounded, the matrices they multiply (the two layers' weights transposed, the first image
+  side's values) rounded, the products summed in float64, the softmax's normalisation;
 * ``bfloat16``: the bf16 dtype as it runs (the final attention on AMX tiles where the CPU has them);
   ``bfloat16_float32_final``: its final attention on the float32 kernels (before session 52);
 * ``*_norms_bf16``: the norms' quadratic forms and projections' dot products on their inputs rounded to bf16 (the Gram
@@ -37,7 +37,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -50,22 +49,6 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).to(t.dtype)
 
 
-def products_bf16(s: torch.Tensor, scale1: torch.Tensor, want_sum: bool, x1: torch.Tensor, scale2: torch.Tensor,
-                  x2: torch.Tensor, v: torch.Tensor) -> Any:  # fmt: skip
-    """The final attention's `softmax_products` on bf16 numbers (module docstring), torch's ops."""
-    from geosam.models.cpu_weights import WeightProducts
-
-    n, nh, nt, p = s.shape
-    e = torch.exp(s - s.amax(dim=-1, keepdim=True))
-    total = e.sum(dim=-1).view(n, nh * nt, 1)
-    w1 = e * scale1[:, None, None, :]
-    w2 = _bf16(w1 * scale2[:, None, None, :])
-    x1p = torch.bmm(_bf16(w1).view(n, nh * nt, p), _bf16(x1)) / total
-    x2p = torch.bmm(w2.view(n, nh * nt, p), _bf16(x2)) / total
-    vp = torch.einsum("nhtp,hpd->nhtd", w2, _bf16(v)) / total.view(n, nh, nt, 1)
-    return WeightProducts(w1.view(n, nh * nt, p).sum(dim=-1) / total[..., 0] if want_sum else None, None, x1p, x2p, vp)
-
-
 def main() -> None:
     from _alternate import parse_and_set_up
     from _machine import machine
@@ -75,6 +58,7 @@ def main() -> None:
     import geosam.models.fast_final as ff
     from geosam.models import load_model
     from geosam.models.cpu_heads import amx_available
+    from geosam.models.cpu_weights import softmax_products_reference
     from geosam.segment import SamMaskGenerator
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -98,7 +82,7 @@ def main() -> None:
 
     def products(s, scale1=None, y=None, want_sum=False, x1=None, scale2=None, x2=None, v=None, bf16=False):
         calls["products"] += 1
-        return products_bf16(s, scale1, want_sum, x1, scale2, x2, v)
+        return softmax_products_reference(s, scale1, y, want_sum, x1, scale2, x2, v, bf16=True)
 
     def quad16(gram, left, right, symmetric=False):
         calls["norms"] += 1
